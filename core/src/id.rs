@@ -1,0 +1,252 @@
+//! Identifiers: users, devices, channels and messages.
+//!
+//! Every id has a fixed-width byte form (used in keys and on the wire) and a
+//! lowercase-hex text form (used by the CLI and in documents).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::hlc::Timestamp;
+
+/// Fill `buf` from the operating system's random source.
+pub fn random_bytes(buf: &mut [u8]) -> Result<()> {
+    getrandom::fill(buf).map_err(|_| Error::Random)
+}
+
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+pub(crate) fn from_hex<const N: usize>(what: &'static str, s: &str) -> Result<[u8; N]> {
+    let b = s.as_bytes();
+    if b.len() != N * 2 {
+        return Err(Error::invalid(what, format!("expected {} hex digits, got {}", N * 2, b.len())));
+    }
+    let digit = |c: u8| -> Result<u8> {
+        match c {
+            b'0'..=b'9' => Ok(c - b'0'),
+            b'a'..=b'f' => Ok(c - b'a' + 10),
+            b'A'..=b'F' => Ok(c - b'A' + 10),
+            _ => Err(Error::invalid(what, "not a hex digit")),
+        }
+    };
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = (digit(b[2 * i])? << 4) | digit(b[2 * i + 1])?;
+    }
+    Ok(out)
+}
+
+macro_rules! byte_id {
+    ($(#[$doc:meta])* $name:ident, $len:expr, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        pub struct $name(pub [u8; $len]);
+
+        impl $name {
+            /// Length of the byte form.
+            pub const LEN: usize = $len;
+
+            /// The byte form.
+            pub fn as_bytes(&self) -> &[u8; $len] {
+                &self.0
+            }
+
+            /// The lowercase-hex text form.
+            pub fn to_hex(&self) -> String {
+                to_hex(&self.0)
+            }
+
+            /// Parse from a byte slice of exactly [`Self::LEN`] bytes.
+            pub fn from_slice(b: &[u8]) -> Result<Self> {
+                <[u8; $len]>::try_from(b)
+                    .map($name)
+                    .map_err(|_| Error::invalid($what, format!("expected {} bytes, got {}", $len, b.len())))
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.to_hex())
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.to_hex())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self> {
+                from_hex::<$len>($what, s).map($name)
+            }
+        }
+    };
+}
+
+byte_id!(
+    /// A user identity: an ed25519 public key. All devices of a user share it.
+    UserId, 32, "user id"
+);
+byte_id!(
+    /// A device: 16 random bytes, also the device's automerge actor id, so two
+    /// devices of one user never write under the same actor.
+    DeviceId, 16, "device id"
+);
+byte_id!(
+    /// A channel's public identity: 32 random bytes chosen at creation.
+    ChannelId, 32, "channel id"
+);
+byte_id!(
+    /// A channel's name on the wire and in sled keys: a keyed hash of the channel
+    /// key, so whoever reads the disk or relays entries learns no channel name or id.
+    WireId, 32, "wire id"
+);
+
+impl DeviceId {
+    /// A fresh random device id.
+    pub fn generate() -> Result<Self> {
+        let mut b = [0u8; 16];
+        random_bytes(&mut b)?;
+        Ok(DeviceId(b))
+    }
+
+    /// The 4-byte tag embedded in message ids.
+    pub fn tag(&self) -> [u8; 4] {
+        [self.0[0], self.0[1], self.0[2], self.0[3]]
+    }
+}
+
+impl ChannelId {
+    /// A fresh random channel id.
+    pub fn generate() -> Result<Self> {
+        let mut b = [0u8; 32];
+        random_bytes(&mut b)?;
+        Ok(ChannelId(b))
+    }
+
+    /// The 4-byte tag embedded in message ids, so a message id alone finds its channel.
+    pub fn tag(&self) -> [u8; 4] {
+        [self.0[0], self.0[1], self.0[2], self.0[3]]
+    }
+}
+
+/// An epoch number: the shard of a channel a message lives in.
+///
+/// Epoch 0 holds the channel's metadata (name, members); messages start at epoch 1.
+pub type Epoch = u32;
+
+/// The metadata epoch of every channel.
+pub const META_EPOCH: Epoch = 0;
+
+/// A message id: 20 bytes that sort by time.
+///
+/// Layout (big-endian): `hlc u64 | epoch u32 | channel tag [4] | device tag [4]`.
+/// The HLC makes ids sort by time across devices; the epoch says which epoch
+/// document holds the message (edits, reactions, deletes and replies go there);
+/// the channel tag finds the channel from the id alone; the device tag keeps two
+/// devices that tick the same HLC value apart.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MessageId(pub [u8; 20]);
+
+impl MessageId {
+    /// Length of the byte form.
+    pub const LEN: usize = 20;
+
+    /// Assemble an id from its parts.
+    pub fn new(ts: Timestamp, epoch: Epoch, channel: &ChannelId, device: &DeviceId) -> Self {
+        let mut b = [0u8; 20];
+        b[..8].copy_from_slice(&ts.0.to_be_bytes());
+        b[8..12].copy_from_slice(&epoch.to_be_bytes());
+        b[12..16].copy_from_slice(&channel.tag());
+        b[16..20].copy_from_slice(&device.tag());
+        MessageId(b)
+    }
+
+    /// The HLC timestamp of the message.
+    pub fn timestamp(&self) -> Timestamp {
+        Timestamp(u64::from_be_bytes(self.0[..8].try_into().expect("8 bytes")))
+    }
+
+    /// The epoch document that holds the message.
+    pub fn epoch(&self) -> Epoch {
+        u32::from_be_bytes(self.0[8..12].try_into().expect("4 bytes"))
+    }
+
+    /// The tag of the channel the message belongs to.
+    pub fn channel_tag(&self) -> [u8; 4] {
+        self.0[12..16].try_into().expect("4 bytes")
+    }
+
+    /// The lowercase-hex text form (40 digits).
+    pub fn to_hex(&self) -> String {
+        to_hex(&self.0)
+    }
+
+    /// The smallest id of a timestamp: a cursor bound.
+    pub fn min_at(ts: Timestamp) -> Self {
+        let mut b = [0u8; 20];
+        b[..8].copy_from_slice(&ts.0.to_be_bytes());
+        MessageId(b)
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId({})", self.to_hex())
+    }
+}
+
+impl FromStr for MessageId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let b = from_hex::<20>("message id", s)?;
+        let id = MessageId(b);
+        if id.epoch() == META_EPOCH {
+            return Err(Error::invalid("message id", "epoch 0 holds no messages"));
+        }
+        Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_id_round_trips_and_sorts_by_time() {
+        let c = ChannelId([7; 32]);
+        let d = DeviceId([9; 16]);
+        let a = MessageId::new(Timestamp(5 << 16), 3, &c, &d);
+        let b = MessageId::new(Timestamp(6 << 16), 1, &c, &d);
+        assert!(a < b);
+        assert_eq!(a.epoch(), 3);
+        assert_eq!(a.timestamp(), Timestamp(5 << 16));
+        assert_eq!(a.channel_tag(), [7; 4]);
+        assert_eq!(a.to_hex().parse::<MessageId>().unwrap(), a);
+    }
+
+    #[test]
+    fn bad_hex_is_a_typed_error() {
+        assert!(matches!("zz".parse::<MessageId>(), Err(Error::Invalid { .. })));
+        assert!(matches!("00".repeat(20).parse::<MessageId>(), Err(Error::Invalid { .. })));
+        assert!(matches!("0g".repeat(16).parse::<DeviceId>(), Err(Error::Invalid { .. })));
+    }
+}

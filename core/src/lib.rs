@@ -1,0 +1,58 @@
+//! # hearth-core
+//!
+//! The pure core of Hearth, an encrypted local-first storage engine for chat apps:
+//! ids and the hybrid logical clock, user operations, the channel document model
+//! on automerge (channels sharded into epoch documents), crypto (Argon2id key
+//! derivation, key wrapping, XChaCha20-Poly1305 sealing, ed25519 signatures) and
+//! the byte formats (store header, feed envelopes).
+//!
+//! It does no I/O: every function maps bytes and values to bytes and values, so it
+//! can be fuzzed and property-tested in isolation. Storage lives in `hearth-store`,
+//! the embedding API in `hearth`.
+//!
+//! ```
+//! use hearth_core::{ChannelKeys, DeviceId, EntryBody, Envelope, EpochDoc, Identity, MessageId, Op, Timestamp, Devices};
+//!
+//! let me = Identity::generate("alice")?;
+//! let keys = ChannelKeys::generate()?;
+//! let id = MessageId::new(Timestamp::from_millis(1_700_000_000_000), 1, &keys.id(), &me.device());
+//! let mut doc = EpochDoc::new(1, &me.device());
+//! let change = doc
+//!     .apply_local(&me.user(), &me.device(), &[Op::Post { id, text: "hi".into(), reply_to: None }], 0)?
+//!     .expect("a change");
+//! // Seal the change into the first entry of this device's feed.
+//! let (bytes, _hash) = Envelope::seal(&keys, &me, 1, [0; 32], &EntryBody { epoch: 1, change })?;
+//! let env = Envelope::decode(&bytes)?;
+//! env.verify()?;
+//! assert_eq!(env.open(&keys)?.epoch, 1);
+//! let devices = Devices::from([(me.device(), me.user())]);
+//! assert_eq!(doc.view(&devices).get(&id).unwrap().text.as_deref(), Some("hi"));
+//! # Ok::<(), hearth_core::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+mod channel;
+mod doc;
+mod envelope;
+mod error;
+mod header;
+mod hlc;
+mod id;
+mod identity;
+mod op;
+mod seal;
+mod secret;
+mod view;
+
+pub use channel::{ChannelKeys, ChannelRecord};
+pub use doc::{Devices, EpochDoc, decode_change};
+pub use envelope::{ENVELOPE_VERSION, EntryBody, EntryHash, EntryHeader, Envelope, MAX_ENTRY_BYTES};
+pub use error::{Error, Result};
+pub use header::{HEADER_MAGIC, HEADER_MAX_LEN, HEADER_VERSION, KdfParams, StoreHeader};
+pub use hlc::{Hlc, Timestamp};
+pub use id::{ChannelId, DeviceId, Epoch, META_EPOCH, MessageId, UserId, WireId, random_bytes};
+pub use identity::{Identity, verify_signature};
+pub use op::{MAX_EMOJI_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES, Op};
+pub use seal::{Purpose, SEAL_OVERHEAD, derive, open, seal};
+pub use secret::{Passphrase, SecretKey};
+pub use view::{EpochView, Message};

@@ -1,0 +1,138 @@
+//! Materialised views: what queries return, derived from epoch documents.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::{MessageId, UserId};
+
+/// One message as every replica shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Its id (sorts by time).
+    pub id: MessageId,
+    /// Who posted it.
+    pub author: UserId,
+    /// The current text (the newest edit), or `None` once deleted.
+    pub text: Option<String>,
+    /// The root of its thread, for a reply.
+    pub reply_to: Option<MessageId>,
+    /// Whether the author edited it.
+    pub edited: bool,
+    /// Whether the author deleted it (a tombstone).
+    pub deleted: bool,
+    /// Reactions: emoji to the users who added it (add-wins per emoji and user).
+    pub reactions: BTreeMap<String, BTreeSet<UserId>>,
+    /// Replies in its thread that are not deleted.
+    pub reply_count: u32,
+}
+
+/// The view of one epoch: messages, threads, read markers and metadata.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EpochView {
+    messages: BTreeMap<MessageId, Message>,
+    /// Thread root to reply ids. Replies live in their root's epoch, so a thread
+    /// never spans epochs.
+    threads: BTreeMap<MessageId, BTreeSet<MessageId>>,
+    read: BTreeMap<UserId, MessageId>,
+    /// The channel name (metadata epoch only).
+    pub name: Option<String>,
+    /// Display names of members (metadata epoch only).
+    pub names: BTreeMap<UserId, String>,
+}
+
+impl EpochView {
+    /// Insert or replace a message.
+    pub fn insert(&mut self, m: Message) {
+        if let Some(root) = m.reply_to {
+            self.threads.entry(root).or_default().insert(m.id);
+        }
+        self.messages.insert(m.id, m);
+    }
+
+    /// Move a user's read marker forward (never back).
+    pub fn mark_read(&mut self, user: UserId, msg: MessageId) {
+        let e = self.read.entry(user).or_insert(msg);
+        if msg > *e {
+            *e = msg;
+        }
+    }
+
+    /// A user's read marker in this epoch.
+    pub fn read_marker(&self, user: &UserId) -> Option<MessageId> {
+        self.read.get(user).copied()
+    }
+
+    /// Every read marker in this epoch.
+    pub fn read_markers(&self) -> impl Iterator<Item = (&UserId, &MessageId)> {
+        self.read.iter()
+    }
+
+    fn with_replies(&self, m: &Message) -> Message {
+        let mut m = m.clone();
+        m.reply_count = self
+            .threads
+            .get(&m.id)
+            .map(|r| r.iter().filter(|id| self.messages.get(id).is_some_and(|x| !x.deleted)).count() as u32)
+            .unwrap_or(0);
+        m
+    }
+
+    /// One message, with its reply count.
+    pub fn get(&self, id: &MessageId) -> Option<Message> {
+        self.messages.get(id).map(|m| self.with_replies(m))
+    }
+
+    /// Whether the epoch holds a message.
+    pub fn contains(&self, id: &MessageId) -> bool {
+        self.messages.contains_key(id)
+    }
+
+    /// Top-level messages (not replies) older than `before`, newest first.
+    pub fn page(&self, before: Option<MessageId>, limit: usize) -> Vec<Message> {
+        let range = match before {
+            Some(b) => self.messages.range(..b),
+            None => self.messages.range(..),
+        };
+        range.rev().filter(|(_, m)| m.reply_to.is_none()).take(limit).map(|(_, m)| self.with_replies(m)).collect()
+    }
+
+    /// The replies of a thread, oldest first.
+    pub fn replies(&self, root: &MessageId) -> Vec<Message> {
+        self.threads
+            .get(root)
+            .map(|ids| ids.iter().filter_map(|id| self.get(id)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Messages newer than `after` that `user` did not write and that are not
+    /// deleted: the unread count of this epoch.
+    pub fn unread(&self, user: &UserId, after: Option<MessageId>) -> u64 {
+        let range = match after {
+            Some(a) => self.messages.range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => self.messages.range(..),
+        };
+        range.filter(|(_, m)| m.author != *user && !m.deleted).count() as u64
+    }
+
+    /// Number of messages (replies and tombstones included).
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// Whether the epoch holds no message.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// The newest top-level message id and the newest id of any message.
+    pub fn bounds(&self) -> (Option<MessageId>, Option<MessageId>) {
+        let top = self.messages.values().rev().find(|m| m.reply_to.is_none()).map(|m| m.id);
+        (top, self.messages.keys().next_back().copied())
+    }
+
+    /// Every message in id order (for comparisons and exports).
+    pub fn messages(&self) -> impl Iterator<Item = Message> + '_ {
+        self.messages.values().map(|m| self.with_replies(m))
+    }
+}
