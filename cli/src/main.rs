@@ -1,1 +1,4 @@
-fn main(){}
+//! The `hearth` command-line tool.
+mod bench;
+
+fn main() {}

@@ -1,0 +1,2 @@
+//! `hearth bench`: the benchmark report.
+pub mod sqlite;
