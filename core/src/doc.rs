@@ -89,54 +89,69 @@ impl EpochDoc {
 
     /// Apply ops written by the local device as one automerge change and return
     /// its bytes (compressed), or `None` if the ops changed nothing.
-    ///
-    /// Every op must belong to this epoch; `author` names keys for the author.
     pub fn apply_local(&mut self, author: &UserId, device: &DeviceId, ops: &[Op], time_ms: i64) -> Result<Option<Vec<u8>>> {
-        let user = author.to_hex();
         for op in ops {
-            if op.epoch() != self.epoch {
-                return Err(Error::invalid("op", "op does not belong to this epoch"));
+            self.stage(author, device, op)?;
+        }
+        Ok(self.commit(time_ms))
+    }
+
+    /// Apply one local op to the document without closing the change: the view
+    /// functions see it at once, and [`EpochDoc::commit`] later seals every staged
+    /// op into one change (group commit at the CRDT level).
+    pub fn stage(&mut self, author: &UserId, device: &DeviceId, op: &Op) -> Result<()> {
+        if op.epoch() != self.epoch {
+            return Err(Error::invalid("op", "op does not belong to this epoch"));
+        }
+        let user = author.to_hex();
+        let d = &mut self.doc;
+        match op {
+            Op::CreateChannel { name } | Op::Rename { name } => {
+                d.put(ROOT, "name", name.as_str())?;
             }
-            let d = &mut self.doc;
-            match op {
-                Op::CreateChannel { name } | Op::Rename { name } => {
-                    d.put(ROOT, "name", name.as_str())?;
+            Op::SetName { name } => {
+                d.put(ROOT, format!("n:{user}"), name.as_str())?;
+            }
+            Op::Post { id, text, reply_to } => {
+                let m = d.put_object(ROOT, format!("m:{id}"), ObjType::Map)?;
+                d.put(&m, "t", text.as_str())?;
+                if let Some(root) = reply_to {
+                    d.put(&m, "p", root.to_hex())?;
                 }
-                Op::SetName { name } => {
-                    d.put(ROOT, format!("n:{user}"), name.as_str())?;
+            }
+            Op::React { msg, emoji } => {
+                d.put(ROOT, format!("r:{msg}:{user}:{emoji}"), true)?;
+            }
+            Op::Unreact { msg, emoji } => {
+                let key = format!("r:{msg}:{user}:{emoji}");
+                if d.get(ROOT, key.as_str())?.is_some() {
+                    d.delete(ROOT, key.as_str())?;
                 }
-                Op::Post { id, text, reply_to } => {
-                    let m = d.put_object(ROOT, format!("m:{id}"), ObjType::Map)?;
-                    d.put(&m, "t", text.as_str())?;
-                    if let Some(root) = reply_to {
-                        d.put(&m, "p", root.to_hex())?;
-                    }
-                }
-                Op::React { msg, emoji } => {
-                    d.put(ROOT, format!("r:{msg}:{user}:{emoji}"), true)?;
-                }
-                Op::Unreact { msg, emoji } => {
-                    let key = format!("r:{msg}:{user}:{emoji}");
-                    if d.get(ROOT, key.as_str())?.is_some() {
-                        d.delete(ROOT, key.as_str())?;
-                    }
-                }
-                Op::Edit { msg, text } => {
-                    d.put(ROOT, format!("e:{msg}:{user}"), text.as_str())?;
-                }
-                Op::Delete { msg } => {
-                    d.put(ROOT, format!("x:{msg}:{user}"), true)?;
-                }
-                Op::ReadUpTo { msg } => {
-                    d.put(ROOT, format!("rd:{user}:{device}"), msg.to_hex())?;
-                }
+            }
+            Op::Edit { msg, text } => {
+                d.put(ROOT, format!("e:{msg}:{user}"), text.as_str())?;
+            }
+            Op::Delete { msg } => {
+                d.put(ROOT, format!("x:{msg}:{user}"), true)?;
+            }
+            Op::ReadUpTo { msg } => {
+                d.put(ROOT, format!("rd:{user}:{device}"), msg.to_hex())?;
             }
         }
-        let Some(_) = self.doc.commit_with(CommitOptions::default().with_time(time_ms)) else {
-            return Ok(None);
-        };
+        Ok(())
+    }
+
+    /// Number of ops staged since the last commit.
+    pub fn pending_ops(&self) -> usize {
+        self.doc.pending_ops()
+    }
+
+    /// Close the staged ops into one change and return its bytes (compressed), or
+    /// `None` if nothing was staged.
+    pub fn commit(&mut self, time_ms: i64) -> Option<Vec<u8>> {
+        self.doc.commit_with(CommitOptions::default().with_time(time_ms))?;
         let mut change = self.doc.get_last_local_change().expect("a change was just committed");
-        Ok(Some(change.bytes().into_owned()))
+        Some(change.bytes().into_owned())
     }
 
     /// Apply a batch of remote changes in one automerge call (never one call per

@@ -55,4 +55,4 @@ pub use identity::{Identity, verify_signature};
 pub use op::{MAX_EMOJI_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES, Op};
 pub use seal::{Purpose, SEAL_OVERHEAD, derive, open, seal};
 pub use secret::{Passphrase, SecretKey};
-pub use view::{EpochView, Message};
+pub use view::{EpochStats, EpochView, Message};

@@ -131,8 +131,42 @@ impl EpochView {
         (top, self.messages.keys().next_back().copied())
     }
 
+    /// Counts and bounds of the epoch in one pass over borrowed messages.
+    pub fn stats(&self, me: &UserId) -> EpochStats {
+        let mut st = EpochStats { messages: self.messages.len() as u64, ..EpochStats::default() };
+        st.min = self.messages.keys().next().copied();
+        st.max = self.messages.keys().next_back().copied();
+        for m in self.messages.values() {
+            if m.reply_to.is_none() {
+                st.top_min = st.top_min.or(Some(m.id));
+                st.top_max = Some(m.id);
+            }
+            if m.author != *me && !m.deleted {
+                st.others_live += 1;
+            }
+        }
+        st
+    }
+
     /// Every message in id order (for comparisons and exports).
     pub fn messages(&self) -> impl Iterator<Item = Message> + '_ {
         self.messages.values().map(|m| self.with_replies(m))
     }
+}
+
+/// Counts and bounds of an epoch (see [`EpochView::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EpochStats {
+    /// Messages, replies and tombstones included.
+    pub messages: u64,
+    /// Messages by other users that are not deleted.
+    pub others_live: u64,
+    /// Oldest message id.
+    pub min: Option<MessageId>,
+    /// Newest message id.
+    pub max: Option<MessageId>,
+    /// Oldest top-level message id.
+    pub top_min: Option<MessageId>,
+    /// Newest top-level message id.
+    pub top_max: Option<MessageId>,
 }

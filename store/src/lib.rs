@@ -1,1 +1,58 @@
-//! x
+//! # hearth-store
+//!
+//! Hearth's local engine: an encrypted, crash-safe commit log of automerge
+//! changes in sled, with group commit, epoch snapshots, an in-memory channel
+//! cache and the queries a chat app needs (pages, threads, reactions, unread
+//! counts), plus `verify`, `stats` and passphrase changes.
+//!
+//! It is not the sync layer (that is `hearth-sync`) and not the embedding facade
+//! (`hearth`, which joins both). Nothing here writes plaintext to disk: every
+//! record is sealed (XChaCha20-Poly1305) under keys derived from a master key that
+//! the passphrase unwraps (Argon2id).
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use hearth_store::{Config, Store};
+//! use hearth_core::{KdfParams, Passphrase};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let pass = Passphrase::new("correct horse");
+//! // KdfParams::INSECURE_FAST keeps the example quick; keep the default in real use.
+//! let config = Config::default().with_kdf(KdfParams::INSECURE_FAST);
+//! let store = Store::create(dir.path(), &pass, "alice", config.clone()).await?;
+//! let general = store.create_channel("general").await?;
+//! let hello = store.post(general, "hello").await?; // returns once durable
+//! store.reply(hello, "hi back").await?;
+//! store.react(hello, "👋").await?;
+//! store.close().await?;
+//!
+//! let store = Store::open(dir.path(), &pass, config).await?;
+//! let page = store.page(general, None, 50).await?;
+//! assert_eq!(page[0].text.as_deref(), Some("hello"));
+//! assert_eq!(page[0].reply_count, 1);
+//! assert!(store.verify().await?.is_clean());
+//! # store.close().await?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+#![deny(missing_docs)]
+
+mod actor;
+mod channel;
+mod config;
+mod engine;
+mod error;
+mod journal;
+mod layout;
+mod open;
+mod query;
+mod store;
+mod verify;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use journal::{Decoded as JournalContents, JournalEntry, JournalRecord, decode_records as decode_journal};
+pub use open::OpenReport;
+pub use query::{ChannelInfo, Located, Thread};
+pub use store::{Store, Whoami};
+pub use verify::{Problem, Stats, VerifyReport};

@@ -1,0 +1,89 @@
+//! Per-channel state the engine keeps in memory: keys, the version vector, and
+//! the summaries of every epoch (small; the epoch documents load on demand).
+
+use std::collections::BTreeMap;
+
+use hearth_core::{ChannelKeys, Devices, Epoch, EpochView, EntryHash, MessageId, UserId};
+use serde::{Deserialize, Serialize};
+
+/// The head of one device's feed in one channel: `heads` rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedHead {
+    /// The user who signs this feed.
+    pub user: UserId,
+    /// Highest sequence number stored (entries 1..=seq are all present).
+    pub seq: u64,
+    /// Hash of entry `seq`.
+    pub hash: EntryHash,
+}
+
+/// What the store remembers of an epoch without loading it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochSummary {
+    /// Messages (replies and tombstones included).
+    pub messages: u64,
+    /// Messages by other users that are not deleted (for unread counts).
+    pub others_live: u64,
+    /// Oldest and newest message ids.
+    pub min: Option<MessageId>,
+    /// Newest message id.
+    pub max: Option<MessageId>,
+    /// Newest top-level message id (pages skip epochs by it).
+    pub top_max: Option<MessageId>,
+    /// Oldest top-level message id.
+    pub top_min: Option<MessageId>,
+    /// The local user's read marker in this epoch.
+    pub my_read: Option<MessageId>,
+    /// Entries in the epoch log.
+    pub entries: u64,
+    /// Epoch log rows covered by the snapshot (rows are numbered from 1; 0: no snapshot).
+    pub snapshot_upto: u64,
+    /// Number of snapshot chunks.
+    pub snapshot_chunks: u16,
+}
+
+impl EpochSummary {
+    /// Refresh the counts from a view.
+    pub fn refresh(&mut self, view: &EpochView, me: &UserId) {
+        let st = view.stats(me);
+        self.messages = st.messages;
+        self.others_live = st.others_live;
+        self.min = st.min;
+        self.max = st.max;
+        self.top_min = st.top_min;
+        self.top_max = st.top_max;
+        self.my_read = view.read_marker(me);
+    }
+}
+
+/// A channel's in-memory state.
+pub struct ChannelState {
+    /// Keys (id, key, wire id, feed key).
+    pub keys: ChannelKeys,
+    /// Every feed's head, own included.
+    pub heads: BTreeMap<hearth_core::DeviceId, FeedHead>,
+    /// Device to user, from signed heads: who wrote what.
+    pub devices: Devices,
+    /// Summaries of every epoch (epoch 0 is the metadata epoch).
+    pub summaries: BTreeMap<Epoch, EpochSummary>,
+    /// The epoch new top-level posts go to, and how many posts this store has put
+    /// or seen there.
+    pub current: (Epoch, u64),
+}
+
+impl ChannelState {
+    /// The local user's read marker: the newest over every epoch.
+    pub fn my_read(&self) -> Option<MessageId> {
+        self.summaries.values().filter_map(|s| s.my_read).max()
+    }
+
+    /// The newest message of the channel.
+    pub fn newest(&self) -> Option<MessageId> {
+        self.summaries.values().filter_map(|s| s.max).max()
+    }
+
+    /// Messages in the channel.
+    pub fn message_count(&self) -> u64 {
+        self.summaries.values().map(|s| s.messages).sum()
+    }
+}

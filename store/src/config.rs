@@ -1,0 +1,78 @@
+//! Store configuration.
+
+use std::time::Duration;
+
+use hearth_core::KdfParams;
+
+/// How a store behaves. Every field has a default suited to a chat app.
+///
+/// | field | default |
+/// |---|---|
+/// | `kdf` | Argon2id m = 64 MiB, t = 3, p = 4 (used when creating or re-keying) |
+/// | `epoch_messages` | 2048 messages per epoch document before a new epoch opens |
+/// | `cached_epochs` | 48 epoch documents kept in memory |
+/// | `max_batch_ops` | 1024 operations per group commit |
+/// | `checkpoint_bytes` | 4 MiB of journal before sled is flushed and the journal emptied |
+/// | `checkpoint_interval` | 2 s: an idle store checkpoints at most this long after a write |
+/// | `snapshot_entries` | 64 feed entries past an epoch's snapshot before it is re-snapshotted on eviction or close |
+/// | `command_queue` | 4096 commands queued to the store task before senders wait |
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Argon2id parameters for new headers.
+    pub kdf: KdfParams,
+    /// Messages in an epoch before new top-level posts open the next epoch.
+    pub epoch_messages: usize,
+    /// Epoch documents kept in memory (least recently used are dropped).
+    pub cached_epochs: usize,
+    /// Most operations in one group commit.
+    pub max_batch_ops: usize,
+    /// Journal size that triggers a checkpoint.
+    pub checkpoint_bytes: u64,
+    /// Longest time between a write and the checkpoint that covers it.
+    pub checkpoint_interval: Duration,
+    /// Entries past a snapshot that make an epoch worth re-snapshotting.
+    pub snapshot_entries: u64,
+    /// Capacity of the command queue.
+    pub command_queue: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            kdf: KdfParams::default(),
+            epoch_messages: 2048,
+            cached_epochs: 48,
+            max_batch_ops: 1024,
+            checkpoint_bytes: 4 << 20,
+            checkpoint_interval: Duration::from_secs(2),
+            snapshot_entries: 64,
+            command_queue: 4096,
+        }
+    }
+}
+
+impl Config {
+    /// Set the Argon2id parameters.
+    pub fn with_kdf(mut self, kdf: KdfParams) -> Self {
+        self.kdf = kdf;
+        self
+    }
+
+    /// Set the epoch size.
+    pub fn with_epoch_messages(mut self, n: usize) -> Self {
+        self.epoch_messages = n.max(1);
+        self
+    }
+
+    /// Set how many epoch documents stay in memory.
+    pub fn with_cached_epochs(mut self, n: usize) -> Self {
+        self.cached_epochs = n.max(2);
+        self
+    }
+
+    /// Set the checkpoint interval.
+    pub fn with_checkpoint_interval(mut self, d: Duration) -> Self {
+        self.checkpoint_interval = d;
+        self
+    }
+}

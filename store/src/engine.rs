@@ -1,0 +1,566 @@
+//! The engine: owns the sled tree, the channel states and the loaded epoch
+//! documents. Single-threaded by design; the store task ([`crate::actor`]) drives it.
+//!
+//! A write goes through three steps:
+//! 1. [`Engine::prepare`] validates it against the current view and assigns ids
+//!    (HLC), producing journal entries;
+//! 2. [`Engine::apply`] stages those entries into the epoch documents (views
+//!    see them at once) — the same function replays the journal on open;
+//! 3. [`Engine::finish_batch`] closes one automerge change per touched epoch,
+//!    seals and signs each into the device's feed, and applies every row of the
+//!    group (entries, heads, epoch log, summaries, watermark) as one sled batch.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hearth_core::{
+    ChannelId, ChannelKeys, ChannelRecord, EntryBody, Envelope, Epoch, EpochDoc, EpochView, Hlc, Identity, META_EPOCH,
+    MessageId, Op, SecretKey, WireId, decode_change,
+};
+
+use crate::channel::{ChannelState, EpochSummary, FeedHead};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::journal::JournalEntry;
+use crate::layout::*;
+
+/// Staged bytes (text plus a per-op allowance) after which an epoch's change is
+/// closed early, so every feed entry stays far below [`hearth_core::MAX_ENTRY_BYTES`].
+const ENTRY_BUDGET: usize = 40 * 1024;
+const OP_ALLOWANCE: usize = 96;
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// An epoch document in memory with its view.
+pub(crate) struct LoadedEpoch {
+    pub doc: EpochDoc,
+    pub view: EpochView,
+    used: u64,
+}
+
+/// A user write, before it has ids.
+#[derive(Clone, Debug)]
+pub enum Write {
+    /// Create a channel with a name.
+    CreateChannel {
+        /// Its name.
+        name: String,
+    },
+    /// Rename a channel.
+    Rename {
+        /// The channel.
+        channel: ChannelId,
+        /// The new name.
+        name: String,
+    },
+    /// Post a message or a reply.
+    Post {
+        /// The channel.
+        channel: ChannelId,
+        /// The text.
+        text: String,
+        /// A message of the thread to reply to (its root is used).
+        reply_to: Option<MessageId>,
+    },
+    /// Add or remove the local user's reaction.
+    React {
+        /// The message.
+        msg: MessageId,
+        /// The reaction.
+        emoji: String,
+        /// Remove instead of add.
+        remove: bool,
+    },
+    /// Edit one's own message.
+    Edit {
+        /// The message.
+        msg: MessageId,
+        /// The new text.
+        text: String,
+    },
+    /// Delete one's own message.
+    Delete {
+        /// The message.
+        msg: MessageId,
+    },
+    /// Mark a channel read up to a message (default: its newest).
+    MarkRead {
+        /// The channel.
+        channel: ChannelId,
+        /// The newest message read.
+        up_to: Option<MessageId>,
+    },
+}
+
+/// What an acknowledged write returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new channel.
+    Channel(ChannelId),
+    /// A new message.
+    Message(MessageId),
+    /// Done, nothing new to name.
+    Done,
+}
+
+pub(crate) struct Engine {
+    pub dir: PathBuf,
+    pub config: Config,
+    pub db: sled::Db,
+    pub tree: sled::Tree,
+    pub master: SecretKey,
+    pub records: SecretKey,
+    pub identity: Identity,
+    pub hlc: Hlc,
+    pub channels: BTreeMap<ChannelId, ChannelState>,
+    pub by_wire: HashMap<WireId, ChannelId>,
+    pub epochs: HashMap<(ChannelId, Epoch), LoadedEpoch>,
+    clock: u64,
+    /// Last journal sequence number applied.
+    pub watermark: u64,
+    touched: BTreeMap<(ChannelId, Epoch), usize>,
+    batch: sled::Batch,
+    /// Whether sled holds writes not yet covered by a checkpoint.
+    pub dirty: bool,
+    pub _lock: File,
+}
+
+impl Engine {
+    pub(crate) fn new(
+        dir: PathBuf,
+        config: Config,
+        db: sled::Db,
+        master: SecretKey,
+        identity: Identity,
+        lock: File,
+    ) -> Result<Self> {
+        let tree = db.open_tree(TREE)?;
+        let records = hearth_core::derive(&master, hearth_core::Purpose::LocalRecords);
+        Ok(Engine {
+            dir,
+            config,
+            db,
+            tree,
+            master,
+            records,
+            identity,
+            hlc: Hlc::default(),
+            channels: BTreeMap::new(),
+            by_wire: HashMap::new(),
+            epochs: HashMap::new(),
+            clock: 0,
+            watermark: 0,
+            touched: BTreeMap::new(),
+            batch: sled::Batch::default(),
+            dirty: false,
+            _lock: lock,
+        })
+    }
+
+    /// Read meta values and every channel's state (not the epoch documents).
+    pub(crate) fn load(&mut self) -> Result<()> {
+        if let Some(v) = self.tree.get(META_WATERMARK)? {
+            self.watermark = key_u64(&v)?;
+        }
+        if let Some(v) = self.tree.get(META_HLC)? {
+            self.hlc.observe(hearth_core::Timestamp(key_u64(&v)?));
+        }
+        for row in self.tree.scan_prefix([T_CHANNELS]) {
+            let (k, v) = row?;
+            let plain = open_record(&self.records, &k, &v)?;
+            let keys = ChannelRecord::decode(&plain)?;
+            if channel_key(&keys.wire()) != *k {
+                return Err(Error::corrupted("channel record", "stored under another channel's key"));
+            }
+            self.load_channel(keys)?;
+        }
+        Ok(())
+    }
+
+    fn load_channel(&mut self, keys: ChannelKeys) -> Result<()> {
+        let wire = keys.wire();
+        let mut state = ChannelState {
+            keys,
+            heads: BTreeMap::new(),
+            devices: Default::default(),
+            summaries: BTreeMap::new(),
+            current: (1, 0),
+        };
+        state.devices.insert(self.identity.device(), self.identity.user());
+        for row in self.tree.scan_prefix(channel_prefix(T_HEADS, &wire)) {
+            let (k, v) = row?;
+            let device = hearth_core::DeviceId::from_slice(&k[33..])?;
+            let head: FeedHead = postcard::from_bytes(&v).map_err(|e| Error::corrupted("feed head", e))?;
+            state.devices.insert(device, head.user);
+            state.heads.insert(device, head);
+        }
+        for row in self.tree.scan_prefix(channel_prefix(T_EPOCHS, &wire)) {
+            let (k, v) = row?;
+            let epoch = u32::from_be_bytes(k[33..37].try_into().map_err(|_| Error::corrupted("epoch summary", "bad key"))?);
+            let plain = open_record(&self.records, &k, &v)?;
+            let s: EpochSummary = postcard::from_bytes(&plain).map_err(|e| Error::corrupted("epoch summary", e))?;
+            state.summaries.insert(epoch, s);
+        }
+        if let Some((&e, s)) = state.summaries.iter().next_back().filter(|(e, _)| **e != META_EPOCH) {
+            state.current = (e, s.messages);
+        }
+        self.by_wire.insert(wire, state.keys.id());
+        self.channels.insert(state.keys.id(), state);
+        Ok(())
+    }
+
+    pub(crate) fn channel(&self, id: &ChannelId) -> Result<&ChannelState> {
+        self.channels.get(id).ok_or_else(|| Error::NotFound { what: "channel", id: id.to_hex() })
+    }
+
+    // ----- epochs -----
+
+    /// Make sure an epoch is in memory. With `create`, a missing epoch starts
+    /// empty; without, a missing epoch is `Ok(false)`.
+    pub(crate) fn ensure_epoch(&mut self, channel: ChannelId, epoch: Epoch, create: bool) -> Result<bool> {
+        self.clock += 1;
+        if let Some(le) = self.epochs.get_mut(&(channel, epoch)) {
+            le.used = self.clock;
+            return Ok(true);
+        }
+        let device = self.identity.device();
+        let ch = self.channels.get_mut(&channel).ok_or_else(|| Error::NotFound { what: "channel", id: channel.to_hex() })?;
+        let le = match ch.summaries.get(&epoch) {
+            None if !create => return Ok(false),
+            None => {
+                ch.summaries.insert(epoch, EpochSummary::default());
+                LoadedEpoch { doc: EpochDoc::new(epoch, &device), view: EpochView::default(), used: self.clock }
+            }
+            Some(s) => {
+                let wire = ch.keys.wire();
+                let mut doc = if s.snapshot_chunks > 0 {
+                    let mut bytes = Vec::new();
+                    for i in 0..s.snapshot_chunks {
+                        let k = snap_key(&wire, epoch, i);
+                        let v = self.tree.get(k)?.ok_or_else(|| Error::corrupted("snapshot", "missing chunk"))?;
+                        bytes.extend(open_record(&self.records, &k, &v)?);
+                    }
+                    EpochDoc::load(epoch, &bytes, &device)?
+                } else {
+                    EpochDoc::new(epoch, &device)
+                };
+                let mut changes = Vec::new();
+                let from = elog_key(&wire, epoch, s.snapshot_upto + 1);
+                let to = elog_key(&wire, epoch, u64::MAX);
+                for row in self.tree.range(from..=to) {
+                    let (_, v) = row?;
+                    let (dev, seq) = decode_elog_value(&v)?;
+                    let bytes = self
+                        .tree
+                        .get(feed_key(&wire, &dev, seq))?
+                        .ok_or_else(|| Error::corrupted("feed", format!("epoch log names a missing entry {dev}/{seq}")))?;
+                    let env = Envelope::decode(&bytes)?;
+                    let body = env.open(&ch.keys)?;
+                    if body.epoch != epoch {
+                        return Err(Error::corrupted("feed entry", "epoch log and entry disagree on the epoch"));
+                    }
+                    changes.push(decode_change(&body.change, &dev)?);
+                }
+                doc.apply_remote(changes)?;
+                let view = doc.view(&ch.devices);
+                LoadedEpoch { doc, view, used: self.clock }
+            }
+        };
+        self.epochs.insert((channel, epoch), le);
+        Ok(true)
+    }
+
+    pub(crate) fn loaded(&self, channel: &ChannelId, epoch: Epoch) -> Option<&LoadedEpoch> {
+        self.epochs.get(&(*channel, epoch))
+    }
+
+    /// Drop least recently used epochs beyond the cache size, snapshotting those
+    /// with a long tail first. Never drops an epoch with staged ops.
+    pub(crate) fn evict(&mut self) -> Result<()> {
+        while self.epochs.len() > self.config.cached_epochs {
+            let victim = self
+                .epochs
+                .iter()
+                .filter(|(k, _)| !self.touched.contains_key(k))
+                .min_by_key(|(_, le)| le.used)
+                .map(|(k, _)| *k);
+            let Some((channel, epoch)) = victim else { break };
+            self.maybe_snapshot(channel, epoch, self.config.snapshot_entries)?;
+            self.epochs.remove(&(channel, epoch));
+        }
+        Ok(())
+    }
+
+    /// Snapshot an epoch if at least `min_tail` entries follow its snapshot.
+    pub(crate) fn maybe_snapshot(&mut self, channel: ChannelId, epoch: Epoch, min_tail: u64) -> Result<()> {
+        let Some(ch) = self.channels.get_mut(&channel) else { return Ok(()) };
+        let Some(le) = self.epochs.get_mut(&(channel, epoch)) else { return Ok(()) };
+        let Some(s) = ch.summaries.get_mut(&epoch) else { return Ok(()) };
+        if s.entries == 0 || s.entries - s.snapshot_upto < min_tail.max(1) {
+            return Ok(());
+        }
+        let wire = ch.keys.wire();
+        let bytes = le.doc.save();
+        let mut batch = sled::Batch::default();
+        let chunks: Vec<&[u8]> = bytes.chunks(SNAPSHOT_CHUNK).collect();
+        let count = u16::try_from(chunks.len()).map_err(|_| Error::TooLarge {
+            what: "epoch snapshot".into(),
+            size: bytes.len(),
+            limit: SNAPSHOT_CHUNK * u16::MAX as usize,
+        })?;
+        for (i, c) in chunks.iter().enumerate() {
+            let k = snap_key(&wire, epoch, i as u16);
+            batch.insert(&k[..], seal_record(&self.records, &k, c)?);
+        }
+        for i in count..s.snapshot_chunks {
+            batch.remove(&snap_key(&wire, epoch, i)[..]);
+        }
+        s.snapshot_upto = s.entries;
+        s.snapshot_chunks = count;
+        let k = epoch_key(T_EPOCHS, &wire, epoch);
+        batch.insert(&k[..], seal_record(&self.records, &k, &postcard::to_stdvec(&*s).expect("summary encodes"))?);
+        self.tree.apply_batch(batch)?;
+        self.dirty = true;
+        Ok(())
+    }
+
+    // ----- writes -----
+
+    fn top_epoch(&self, ch: &ChannelState) -> Epoch {
+        let (e, n) = ch.current;
+        if n as usize >= self.config.epoch_messages { e + 1 } else { e }
+    }
+
+    fn message_at(&mut self, msg: &MessageId) -> Result<(ChannelId, hearth_core::Message)> {
+        let candidates: Vec<ChannelId> =
+            self.channels.keys().filter(|c| c.tag() == msg.channel_tag()).copied().collect();
+        for c in candidates {
+            if self.ensure_epoch(c, msg.epoch(), false)?
+                && let Some(m) = self.epochs[&(c, msg.epoch())].view.get(msg)
+            {
+                return Ok((c, m));
+            }
+        }
+        Err(Error::NotFound { what: "message", id: msg.to_hex() })
+    }
+
+    /// Validate a write and give it ids. Nothing changes yet.
+    pub(crate) fn prepare(&mut self, w: Write) -> Result<(Vec<JournalEntry>, Outcome)> {
+        let me = self.identity.user();
+        let op_entry = |channel, op: Op| -> Result<JournalEntry> {
+            op.validate()?;
+            Ok(JournalEntry::Op { channel, op })
+        };
+        Ok(match w {
+            Write::CreateChannel { name } => {
+                Op::CreateChannel { name: name.clone() }.validate()?;
+                let keys = ChannelKeys::generate()?;
+                let id = keys.id();
+                let entries = vec![
+                    JournalEntry::Channel { id, key: *keys.key().expose() },
+                    op_entry(id, Op::CreateChannel { name })?,
+                    op_entry(id, Op::SetName { name: self.identity.name().to_string() })?,
+                ];
+                (entries, Outcome::Channel(id))
+            }
+            Write::Rename { channel, name } => {
+                self.channel(&channel)?;
+                (vec![op_entry(channel, Op::Rename { name })?], Outcome::Done)
+            }
+            Write::Post { channel, text, reply_to } => {
+                let epoch = match reply_to {
+                    None => self.top_epoch(self.channel(&channel)?),
+                    Some(_) => 0,
+                };
+                let root = match reply_to {
+                    None => None,
+                    Some(parent) => {
+                        let (c, m) = self.message_at(&parent)?;
+                        if c != channel {
+                            return Err(Error::invalid("reply", "the message is in another channel"));
+                        }
+                        if m.deleted {
+                            return Err(Error::invalid("reply", "the message was deleted"));
+                        }
+                        Some(m.reply_to.unwrap_or(m.id))
+                    }
+                };
+                let epoch = root.map(|r| r.epoch()).unwrap_or(epoch);
+                let ts = self.hlc.tick(now_ms());
+                let id = MessageId::new(ts, epoch, &channel, &self.identity.device());
+                (vec![op_entry(channel, Op::Post { id, text, reply_to: root })?], Outcome::Message(id))
+            }
+            Write::React { msg, emoji, remove } => {
+                let (c, m) = self.message_at(&msg)?;
+                if m.deleted {
+                    return Err(Error::invalid("reaction", "the message was deleted"));
+                }
+                let op = if remove { Op::Unreact { msg, emoji } } else { Op::React { msg, emoji } };
+                (vec![op_entry(c, op)?], Outcome::Done)
+            }
+            Write::Edit { msg, text } => {
+                let (c, m) = self.message_at(&msg)?;
+                if m.author != me {
+                    return Err(Error::NotAuthor { action: "edit" });
+                }
+                if m.deleted {
+                    return Err(Error::invalid("edit", "the message was deleted"));
+                }
+                (vec![op_entry(c, Op::Edit { msg, text })?], Outcome::Done)
+            }
+            Write::Delete { msg } => {
+                let (c, m) = self.message_at(&msg)?;
+                if m.author != me {
+                    return Err(Error::NotAuthor { action: "delete" });
+                }
+                (vec![op_entry(c, Op::Delete { msg })?], Outcome::Done)
+            }
+            Write::MarkRead { channel, up_to } => {
+                let target = match up_to {
+                    Some(msg) => {
+                        let (c, _) = self.message_at(&msg)?;
+                        if c != channel {
+                            return Err(Error::invalid("read marker", "the message is in another channel"));
+                        }
+                        Some(msg)
+                    }
+                    None => self.channel(&channel)?.newest(),
+                };
+                match target {
+                    Some(msg) if self.channel(&channel)?.my_read() < Some(msg) => {
+                        (vec![op_entry(channel, Op::ReadUpTo { msg })?], Outcome::Done)
+                    }
+                    _ => (vec![], Outcome::Done),
+                }
+            }
+        })
+    }
+
+    /// Stage journal entries into the documents and views. Used for new writes
+    /// and for journal replay alike.
+    pub(crate) fn apply(&mut self, entries: &[JournalEntry]) -> Result<()> {
+        for e in entries {
+            match e {
+                JournalEntry::Channel { id, key } => {
+                    if self.channels.contains_key(id) {
+                        continue;
+                    }
+                    let keys = ChannelKeys::new(*id, SecretKey::from_bytes(*key));
+                    let k = channel_key(&keys.wire());
+                    self.batch.insert(&k[..], seal_record(&self.records, &k, &ChannelRecord::encode(&keys))?);
+                    self.load_channel(keys)?;
+                }
+                JournalEntry::Op { channel, op } => self.stage(*channel, op)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn stage(&mut self, channel: ChannelId, op: &Op) -> Result<()> {
+        let epoch = op.epoch();
+        if let Op::Post { id, .. } = op {
+            self.hlc.observe(id.timestamp());
+        }
+        self.ensure_epoch(channel, epoch, true)?;
+        let (user, device) = (self.identity.user(), self.identity.device());
+        let ch = self.channels.get_mut(&channel).expect("ensure_epoch checked the channel");
+        let le = self.epochs.get_mut(&(channel, epoch)).expect("ensure_epoch loaded it");
+        le.doc.stage(&user, &device, op)?;
+        let mut size = OP_ALLOWANCE;
+        match op {
+            Op::Post { id, text, reply_to } => {
+                size += text.len();
+                if let Some(m) = le.doc.message(id, &ch.devices) {
+                    le.view.insert(m);
+                }
+                if reply_to.is_none() {
+                    ch.current = if epoch == ch.current.0 { (epoch, ch.current.1 + 1) } else { (epoch.max(ch.current.0), 1) };
+                }
+            }
+            Op::React { msg, .. } | Op::Unreact { msg, .. } | Op::Edit { msg, .. } | Op::Delete { msg } => {
+                if let Op::Edit { text, .. } = op {
+                    size += text.len();
+                }
+                if let Some(m) = le.doc.message(msg, &ch.devices) {
+                    le.view.insert(m);
+                }
+            }
+            Op::ReadUpTo { msg } => le.view.mark_read(user, *msg),
+            Op::CreateChannel { .. } | Op::Rename { .. } | Op::SetName { .. } => le.view = le.doc.view(&ch.devices),
+        }
+        let staged = self.touched.entry((channel, epoch)).or_default();
+        *staged += size;
+        if *staged >= ENTRY_BUDGET {
+            self.commit_epoch(channel, epoch)?;
+            self.touched.insert((channel, epoch), 0);
+        }
+        Ok(())
+    }
+
+    /// Close an epoch's staged ops into a feed entry, queued in the batch.
+    fn commit_epoch(&mut self, channel: ChannelId, epoch: Epoch) -> Result<()> {
+        let le = self.epochs.get_mut(&(channel, epoch)).expect("touched epochs stay loaded");
+        let Some(change) = le.doc.commit(now_ms() as i64) else { return Ok(()) };
+        let ch = self.channels.get_mut(&channel).expect("touched channels exist");
+        let wire = ch.keys.wire();
+        let device = self.identity.device();
+        let (seq, prev) = ch.heads.get(&device).map(|h| (h.seq + 1, h.hash)).unwrap_or((1, [0; 32]));
+        let (bytes, hash) = Envelope::seal(&ch.keys, &self.identity, seq, prev, &EntryBody { epoch, change })?;
+        self.batch.insert(&feed_key(&wire, &device, seq)[..], bytes);
+        let head = FeedHead { user: self.identity.user(), seq, hash };
+        self.batch.insert(&head_key(&wire, &device)[..], postcard::to_stdvec(&head).expect("head encodes"));
+        ch.heads.insert(device, head);
+        let s = ch.summaries.entry(epoch).or_default();
+        s.entries += 1;
+        self.batch.insert(&elog_key(&wire, epoch, s.entries)[..], &elog_value(&device, seq)[..]);
+        s.refresh(&le.view, &self.identity.user());
+        let k = epoch_key(T_EPOCHS, &wire, epoch);
+        self.batch.insert(&k[..], seal_record(&self.records, &k, &postcard::to_stdvec(&*s).expect("summary encodes"))?);
+        Ok(())
+    }
+
+    /// Close every touched epoch and write the group to sled as one batch,
+    /// recording `journal_seq` as applied.
+    pub(crate) fn finish_batch(&mut self, journal_seq: u64) -> Result<()> {
+        let touched: Vec<(ChannelId, Epoch)> = self.touched.keys().copied().collect();
+        for (c, e) in touched {
+            self.commit_epoch(c, e)?;
+        }
+        self.touched.clear();
+        self.watermark = self.watermark.max(journal_seq);
+        self.batch.insert(META_WATERMARK, &self.watermark.to_be_bytes()[..]);
+        self.batch.insert(META_HLC, &self.hlc.last().0.to_be_bytes()[..]);
+        self.tree.apply_batch(std::mem::take(&mut self.batch))?;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Make everything in sled durable: flush, then fsync the files ourselves
+    /// (sled 0.34's flush ends in sync_file_range, which does not survive power loss).
+    pub(crate) fn checkpoint(&mut self) -> Result<()> {
+        self.db.flush()?;
+        let db_dir = self.dir.join(DB_DIR);
+        for name in ["db", "conf"] {
+            let p = db_dir.join(name);
+            if p.exists() {
+                File::open(&p)?.sync_all()?;
+            }
+        }
+        File::open(&db_dir)?.sync_all()?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Snapshot every loaded epoch with a tail (on close).
+    pub(crate) fn snapshot_all(&mut self) -> Result<()> {
+        let keys: Vec<(ChannelId, Epoch)> = self.epochs.keys().copied().collect();
+        for (c, e) in keys {
+            self.maybe_snapshot(c, e, 1)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,172 @@
+//! The on-disk layout: files in the store directory, the sled tree and its keys.
+//! docs/format.md describes the same; keep them in step.
+//!
+//! Integers in keys are fixed-width big-endian so that sled's byte order is
+//! numeric order. The tree name carries a version suffix.
+
+use hearth_core::{DeviceId, Epoch, SecretKey, WireId};
+
+use crate::error::{Error, Result};
+
+/// The clear header (Argon2id parameters, salt, wrapped master key).
+pub const HEADER_FILE: &str = "header";
+/// Held locked (flock) while a process has the store open.
+pub const LOCK_FILE: &str = "LOCK";
+/// The sled database directory.
+pub const DB_DIR: &str = "db";
+/// The write-ahead journal of acknowledged operations.
+pub const JOURNAL_FILE: &str = "journal";
+
+/// The one sled tree every record lives in. One tree makes every group commit a
+/// single atomic `sled::Batch`: entries, heads, summaries and the journal
+/// watermark land together or not at all. Tables are told apart by a one-byte
+/// prefix; the version is in the tree name.
+pub const TREE: &str = "hearth.v1";
+
+/// `M | name` -> meta values (below).
+pub const T_META: u8 = b'M';
+/// `C | wire id [32]` -> sealed channel record.
+pub const T_CHANNELS: u8 = b'C';
+/// `F | wire id [32] | device [16] | seq u64` -> envelope bytes (the commit log).
+pub const T_FEEDS: u8 = b'F';
+/// `H | wire id [32] | device [16]` -> postcard(FeedHead): the version vector.
+pub const T_HEADS: u8 = b'H';
+/// `E | wire id [32] | epoch u32` -> sealed postcard(EpochSummary).
+pub const T_EPOCHS: u8 = b'E';
+/// `L | wire id [32] | epoch u32 | ingest u64` -> device [16] | seq u64: the
+/// entries of an epoch in the order this store applied them.
+pub const T_ELOG: u8 = b'L';
+/// `S | wire id [32] | epoch u32 | chunk u16` -> sealed chunk of an automerge save.
+pub const T_SNAPS: u8 = b'S';
+
+/// Sealed [`hearth_core::Identity`].
+pub const META_IDENTITY: &[u8] = b"Midentity";
+/// u64 BE: the last journal sequence number whose effects are in sled.
+pub const META_WATERMARK: &[u8] = b"Mwatermark";
+/// u64 BE: the highest HLC timestamp issued, so the clock never repeats after a restart.
+pub const META_HLC: &[u8] = b"Mhlc";
+
+/// Name of a table, for error messages and record AAD.
+pub fn table_name(tag: u8) -> &'static str {
+    match tag {
+        T_META => "meta",
+        T_CHANNELS => "channels",
+        T_FEEDS => "feeds",
+        T_HEADS => "heads",
+        T_EPOCHS => "epochs",
+        T_ELOG => "elog",
+        T_SNAPS => "snaps",
+        _ => "unknown",
+    }
+}
+
+/// Key of a channel record.
+pub fn channel_key(wire: &WireId) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    k[0] = T_CHANNELS;
+    k[1..].copy_from_slice(&wire.0);
+    k
+}
+
+/// Largest plaintext chunk of a snapshot: records stay far below sled's blob threshold.
+pub const SNAPSHOT_CHUNK: usize = 48 * 1024;
+
+/// Key of a feed entry.
+pub fn feed_key(wire: &WireId, device: &DeviceId, seq: u64) -> [u8; 57] {
+    let mut k = [0u8; 57];
+    k[..49].copy_from_slice(&prefixed(T_FEEDS, wire, device));
+    k[49..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// `tag | wire | device`: a head key, or the prefix of a feed's entries.
+pub fn prefixed(tag: u8, wire: &WireId, device: &DeviceId) -> [u8; 49] {
+    let mut k = [0u8; 49];
+    k[0] = tag;
+    k[1..33].copy_from_slice(&wire.0);
+    k[33..].copy_from_slice(&device.0);
+    k
+}
+
+/// `tag | wire`: the prefix of a channel's rows in one table.
+pub fn channel_prefix(tag: u8, wire: &WireId) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    k[0] = tag;
+    k[1..].copy_from_slice(&wire.0);
+    k
+}
+
+/// Key of a feed head (and prefix of its entries).
+pub fn head_key(wire: &WireId, device: &DeviceId) -> [u8; 49] {
+    prefixed(T_HEADS, wire, device)
+}
+
+/// Key of an epoch summary (and prefix of its elog and snapshot keys).
+pub fn epoch_key(tag: u8, wire: &WireId, epoch: Epoch) -> [u8; 37] {
+    let mut k = [0u8; 37];
+    k[..33].copy_from_slice(&channel_prefix(tag, wire));
+    k[33..].copy_from_slice(&epoch.to_be_bytes());
+    k
+}
+
+/// Key of an epoch log row.
+pub fn elog_key(wire: &WireId, epoch: Epoch, ingest: u64) -> [u8; 45] {
+    let mut k = [0u8; 45];
+    k[..37].copy_from_slice(&epoch_key(T_ELOG, wire, epoch));
+    k[37..].copy_from_slice(&ingest.to_be_bytes());
+    k
+}
+
+/// Value of an epoch log row.
+pub fn elog_value(device: &DeviceId, seq: u64) -> [u8; 24] {
+    let mut v = [0u8; 24];
+    v[..16].copy_from_slice(&device.0);
+    v[16..].copy_from_slice(&seq.to_be_bytes());
+    v
+}
+
+/// Decode an epoch log value.
+pub fn decode_elog_value(v: &[u8]) -> Result<(DeviceId, u64)> {
+    if v.len() != 24 {
+        return Err(Error::corrupted("epoch log", "bad row length"));
+    }
+    let device = DeviceId::from_slice(&v[..16])?;
+    Ok((device, u64::from_be_bytes(v[16..].try_into().expect("8 bytes"))))
+}
+
+/// Key of a snapshot chunk.
+pub fn snap_key(wire: &WireId, epoch: Epoch, chunk: u16) -> [u8; 39] {
+    let mut k = [0u8; 39];
+    k[..37].copy_from_slice(&epoch_key(T_SNAPS, wire, epoch));
+    k[37..].copy_from_slice(&chunk.to_be_bytes());
+    k
+}
+
+/// Trailing big-endian u64 of a key.
+pub fn key_u64(key: &[u8]) -> Result<u64> {
+    let n = key.len();
+    if n < 8 {
+        return Err(Error::corrupted("sled key", "too short"));
+    }
+    Ok(u64::from_be_bytes(key[n - 8..].try_into().expect("8 bytes")))
+}
+
+/// Seal a local record bound to its tree and key, so it cannot be moved.
+/// The key itself is the associated data: it names the table and the row.
+pub fn seal_record(key: &SecretKey, k: &[u8], plain: &[u8]) -> Result<Vec<u8>> {
+    Ok(hearth_core::seal(key, &record_aad(k), plain)?)
+}
+
+/// Open a record sealed by [`seal_record`].
+pub fn open_record(key: &SecretKey, k: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+    let what = table_name(k.first().copied().unwrap_or(0));
+    Ok(hearth_core::open(key, &record_aad(k), sealed, what)?)
+}
+
+fn record_aad(k: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(TREE.len() + 1 + k.len());
+    aad.extend_from_slice(TREE.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(k);
+    aad
+}

@@ -1,0 +1,185 @@
+//! Queries: pages, threads, single messages, unread counts, channel lists.
+//! Each loads only the epochs it needs.
+
+use std::collections::BTreeMap;
+
+use hearth_core::{ChannelId, META_EPOCH, Message, MessageId, UserId};
+use serde::Serialize;
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+
+/// A channel in the channel list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChannelInfo {
+    /// Its id.
+    pub id: ChannelId,
+    /// Its current name.
+    pub name: String,
+    /// Messages in it (replies and tombstones included).
+    pub messages: u64,
+    /// Messages by others, not deleted, newer than the local user's read marker.
+    pub unread: u64,
+    /// Its newest message.
+    pub newest: Option<MessageId>,
+}
+
+/// A thread: its root and its replies, oldest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Thread {
+    /// The root message.
+    pub root: Message,
+    /// The replies, oldest first.
+    pub replies: Vec<Message>,
+}
+
+/// A message with where it lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Located {
+    /// The channel.
+    pub channel: ChannelId,
+    /// The message.
+    pub message: Message,
+}
+
+impl Engine {
+    /// One message by id.
+    pub(crate) fn get_message(&mut self, msg: &MessageId) -> Result<Located> {
+        let candidates: Vec<ChannelId> =
+            self.channels.keys().filter(|c| c.tag() == msg.channel_tag()).copied().collect();
+        for c in candidates {
+            if self.ensure_epoch(c, msg.epoch(), false)?
+                && let Some(m) = self.loaded(&c, msg.epoch()).and_then(|le| le.view.get(msg))
+            {
+                return Ok(Located { channel: c, message: m });
+            }
+        }
+        Err(Error::NotFound { what: "message", id: msg.to_hex() })
+    }
+
+    /// Top-level messages older than `before`, newest first.
+    pub(crate) fn page(&mut self, channel: &ChannelId, before: Option<MessageId>, limit: usize) -> Result<Vec<Message>> {
+        if let Some(b) = before {
+            // A cursor must name a message of this channel.
+            let loc = self.get_message(&b)?;
+            if loc.channel != *channel {
+                return Err(Error::invalid("cursor", "the message is in another channel"));
+            }
+        }
+        let ch = self.channel(channel)?;
+        // Epochs in order of their newest top-level message. Messages of an epoch
+        // can be newer than those of a higher-numbered one (an offline device), so
+        // the order comes from the summaries, not the epoch numbers.
+        let mut order: Vec<(MessageId, MessageId, u32)> = ch
+            .summaries
+            .iter()
+            .filter(|(e, _)| **e != META_EPOCH)
+            .filter_map(|(e, s)| Some((s.top_max?, s.top_min?, *e)))
+            .filter(|(_, min, _)| before.is_none_or(|b| *min < b))
+            .collect();
+        order.sort_by(|a, b| b.0.cmp(&a.0));
+        let mut out: Vec<Message> = Vec::new();
+        for (top_max, _, epoch) in order {
+            if out.len() >= limit && out.get(limit - 1).is_some_and(|m| m.id > top_max) {
+                break;
+            }
+            self.ensure_epoch(*channel, epoch, false)?;
+            if let Some(le) = self.loaded(channel, epoch) {
+                out.extend(le.view.page(before, limit));
+                out.sort_by(|a, b| b.id.cmp(&a.id));
+                out.truncate(limit);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A thread, given its root or any of its replies.
+    pub(crate) fn thread(&mut self, msg: &MessageId) -> Result<Thread> {
+        let loc = self.get_message(msg)?;
+        let root_id = loc.message.reply_to.unwrap_or(loc.message.id);
+        let root = if root_id == loc.message.id { loc.message } else { self.get_message(&root_id)?.message };
+        let replies = self.loaded(&loc.channel, root_id.epoch()).map(|le| le.view.replies(&root_id)).unwrap_or_default();
+        Ok(Thread { root, replies })
+    }
+
+    /// Unread messages for the local user.
+    pub(crate) fn unread(&mut self, channel: &ChannelId) -> Result<u64> {
+        let me = self.identity.user();
+        let ch = self.channel(channel)?;
+        let marker = ch.my_read();
+        let mut total = 0;
+        let mut straddling = Vec::new();
+        for (e, s) in &ch.summaries {
+            match (marker, s.min, s.max) {
+                (_, None, _) | (_, _, None) => {}
+                (None, _, _) => total += s.others_live,
+                (Some(m), Some(min), _) if min > m => total += s.others_live,
+                (Some(m), _, Some(max)) if max <= m => {}
+                _ => straddling.push(*e),
+            }
+        }
+        for e in straddling {
+            self.ensure_epoch(*channel, e, false)?;
+            if let Some(le) = self.loaded(channel, e) {
+                total += le.view.unread(&me, marker);
+            }
+        }
+        Ok(total)
+    }
+
+    /// Display names of a channel's members.
+    pub(crate) fn members(&mut self, channel: &ChannelId) -> Result<BTreeMap<UserId, String>> {
+        self.channel(channel)?;
+        self.ensure_epoch(*channel, META_EPOCH, false)?;
+        Ok(self.loaded(channel, META_EPOCH).map(|le| le.view.names.clone()).unwrap_or_default())
+    }
+
+    fn channel_name(&mut self, channel: &ChannelId) -> Result<String> {
+        self.ensure_epoch(*channel, META_EPOCH, false)?;
+        Ok(self.loaded(channel, META_EPOCH).and_then(|le| le.view.name.clone()).unwrap_or_default())
+    }
+
+    /// One channel's entry in the list.
+    pub(crate) fn channel_info(&mut self, channel: &ChannelId) -> Result<ChannelInfo> {
+        let name = self.channel_name(channel)?;
+        let unread = self.unread(channel)?;
+        let ch = self.channel(channel)?;
+        Ok(ChannelInfo { id: *channel, name, messages: ch.message_count(), unread, newest: ch.newest() })
+    }
+
+    /// Every channel, by name.
+    pub(crate) fn list_channels(&mut self) -> Result<Vec<ChannelInfo>> {
+        let ids: Vec<ChannelId> = self.channels.keys().copied().collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(self.channel_info(&id)?);
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Find a channel by full id, unique id prefix (at least 4 hex digits) or exact name.
+    pub(crate) fn resolve_channel(&mut self, input: &str) -> Result<ChannelId> {
+        if let Ok(id) = input.parse::<ChannelId>() {
+            return self.channel(&id).map(|_| id);
+        }
+        let ids: Vec<ChannelId> = self.channels.keys().copied().collect();
+        let mut by_name = Vec::new();
+        for id in &ids {
+            if self.channel_name(id)? == input {
+                by_name.push(*id);
+            }
+        }
+        let matches = if by_name.is_empty() && input.len() >= 4 && input.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let lower = input.to_ascii_lowercase();
+            ids.into_iter().filter(|id| id.to_hex().starts_with(&lower)).collect()
+        } else {
+            by_name
+        };
+        match matches.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(Error::NotFound { what: "channel", id: input.to_string() }),
+            _ => Err(Error::Ambiguous { input: input.to_string() }),
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The [`Store`] handle: cloneable, async, talks to the store task.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hearth_core::{ChannelId, DeviceId, Message, MessageId, Passphrase, UserId};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::actor::{self, Cmd};
+use crate::config::Config;
+use crate::engine::{Engine, Outcome, Write};
+use crate::error::{Error, Result};
+use crate::open::{self, OpenReport};
+use crate::query::{ChannelInfo, Located, Thread};
+use crate::verify::{Stats, VerifyReport};
+
+/// Who this store belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Whoami {
+    /// The user id.
+    pub user: UserId,
+    /// This device.
+    pub device: DeviceId,
+    /// The user's display name.
+    pub name: String,
+    /// The store directory.
+    pub dir: PathBuf,
+}
+
+struct Shared {
+    whoami: Whoami,
+    report: OpenReport,
+}
+
+/// A handle to an open store. Clones share the store; the store closes when
+/// [`Store::close`] is called or the last handle is dropped.
+///
+/// Every write method returns once the write is durable (its journal record is
+/// fsynced; concurrent writes share one fsync).
+#[derive(Clone)]
+pub struct Store {
+    tx: mpsc::Sender<Cmd>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("whoami", &self.shared.whoami).finish_non_exhaustive()
+    }
+}
+
+fn expect_message(o: Outcome) -> Result<MessageId> {
+    match o {
+        Outcome::Message(m) => Ok(m),
+        _ => Err(Error::corrupted("store task", "unexpected reply")),
+    }
+}
+
+impl Store {
+    async fn start<F>(config: Config, opener: F) -> Result<Store>
+    where
+        F: FnOnce(Config) -> Result<(Engine, crate::journal::Journal, OpenReport)> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(config.command_queue);
+        let (ready_tx, ready_rx) = oneshot::channel();
+        std::thread::Builder::new().name("hearth-store".into()).spawn(move || match opener(config) {
+            Ok((engine, journal, report)) => {
+                let whoami = Whoami {
+                    user: engine.identity.user(),
+                    device: engine.identity.device(),
+                    name: engine.identity.name().to_string(),
+                    dir: engine.dir.clone(),
+                };
+                let _ = ready_tx.send(Ok((whoami, report)));
+                actor::run(engine, journal, rx);
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+            }
+        })?;
+        let (whoami, report) = ready_rx.await.map_err(|_| Error::Closed)??;
+        Ok(Store { tx, shared: Arc::new(Shared { whoami, report }) })
+    }
+
+    /// Create a new store in `dir` (created if missing) for a new user.
+    pub async fn create(dir: impl AsRef<Path>, pass: &Passphrase, user_name: &str, config: Config) -> Result<Store> {
+        let dir = open::abs(dir.as_ref());
+        let (pass, name) = (pass.clone(), user_name.to_string());
+        Self::start(config, move |c| {
+            let (e, j) = open::create(&dir, &pass, &name, c)?;
+            Ok((e, j, OpenReport::default()))
+        })
+        .await
+    }
+
+    /// Open the store in `dir`, replaying writes acknowledged before a crash.
+    pub async fn open(dir: impl AsRef<Path>, pass: &Passphrase, config: Config) -> Result<Store> {
+        let dir = open::abs(dir.as_ref());
+        let pass = pass.clone();
+        Self::start(config, move |c| open::open(&dir, &pass, c)).await
+    }
+
+    /// Whether `dir` holds a store.
+    pub fn exists(dir: impl AsRef<Path>) -> bool {
+        open::exists(dir.as_ref())
+    }
+
+    /// Who the store belongs to.
+    pub fn whoami(&self) -> &Whoami {
+        &self.shared.whoami
+    }
+
+    /// What opening found (journal replay after a crash).
+    pub fn open_report(&self) -> &OpenReport {
+        &self.shared.report
+    }
+
+    async fn write(&self, w: Write) -> Result<Outcome> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Cmd::Write(w, tx)).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    async fn query<T: Send + 'static>(&self, f: impl FnOnce(&mut Engine) -> Result<T> + Send + 'static) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        let q: actor::Query = Box::new(move |e: &mut Engine| {
+            let _ = tx.send(f(e));
+        });
+        self.tx.send(Cmd::Query(q)).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Create a channel; returns its id.
+    pub async fn create_channel(&self, name: &str) -> Result<ChannelId> {
+        match self.write(Write::CreateChannel { name: name.to_string() }).await? {
+            Outcome::Channel(c) => Ok(c),
+            _ => Err(Error::corrupted("store task", "unexpected reply")),
+        }
+    }
+
+    /// Rename a channel.
+    pub async fn rename_channel(&self, channel: ChannelId, name: &str) -> Result<()> {
+        self.write(Write::Rename { channel, name: name.to_string() }).await.map(drop)
+    }
+
+    /// Post a top-level message.
+    pub async fn post(&self, channel: ChannelId, text: &str) -> Result<MessageId> {
+        expect_message(self.write(Write::Post { channel, text: text.to_string(), reply_to: None }).await?)
+    }
+
+    /// Reply in the thread of `to` (a root or any reply of it).
+    pub async fn reply(&self, to: MessageId, text: &str) -> Result<MessageId> {
+        let channel = self.message(to).await?.channel;
+        expect_message(self.write(Write::Post { channel, text: text.to_string(), reply_to: Some(to) }).await?)
+    }
+
+    /// Add the local user's reaction to a message.
+    pub async fn react(&self, msg: MessageId, emoji: &str) -> Result<()> {
+        self.write(Write::React { msg, emoji: emoji.to_string(), remove: false }).await.map(drop)
+    }
+
+    /// Remove the local user's reaction from a message.
+    pub async fn unreact(&self, msg: MessageId, emoji: &str) -> Result<()> {
+        self.write(Write::React { msg, emoji: emoji.to_string(), remove: true }).await.map(drop)
+    }
+
+    /// Edit one of the local user's messages.
+    pub async fn edit(&self, msg: MessageId, text: &str) -> Result<()> {
+        self.write(Write::Edit { msg, text: text.to_string() }).await.map(drop)
+    }
+
+    /// Delete one of the local user's messages (its text leaves every view).
+    pub async fn delete(&self, msg: MessageId) -> Result<()> {
+        self.write(Write::Delete { msg }).await.map(drop)
+    }
+
+    /// Mark a channel read up to a message, or up to its newest message.
+    pub async fn mark_read(&self, channel: ChannelId, up_to: Option<MessageId>) -> Result<()> {
+        self.write(Write::MarkRead { channel, up_to }).await.map(drop)
+    }
+
+    /// Top-level messages of a channel older than `before`, newest first.
+    pub async fn page(&self, channel: ChannelId, before: Option<MessageId>, limit: usize) -> Result<Vec<Message>> {
+        self.query(move |e| e.page(&channel, before, limit)).await
+    }
+
+    /// A thread (root and replies, oldest first), given its root or a reply.
+    pub async fn thread(&self, msg: MessageId) -> Result<Thread> {
+        self.query(move |e| e.thread(&msg)).await
+    }
+
+    /// One message with its reactions, edit and deletion state and reply count.
+    pub async fn message(&self, msg: MessageId) -> Result<Located> {
+        self.query(move |e| e.get_message(&msg)).await
+    }
+
+    /// Unread messages in a channel for the local user.
+    pub async fn unread(&self, channel: ChannelId) -> Result<u64> {
+        self.query(move |e| e.unread(&channel)).await
+    }
+
+    /// Every channel with its name, size and unread count.
+    pub async fn channels(&self) -> Result<Vec<ChannelInfo>> {
+        self.query(|e| e.list_channels()).await
+    }
+
+    /// One channel's entry.
+    pub async fn channel(&self, channel: ChannelId) -> Result<ChannelInfo> {
+        self.query(move |e| e.channel_info(&channel)).await
+    }
+
+    /// Find a channel by id, unique id prefix or name.
+    pub async fn resolve_channel(&self, input: &str) -> Result<ChannelId> {
+        let input = input.to_string();
+        self.query(move |e| e.resolve_channel(&input)).await
+    }
+
+    /// Display names of a channel's members.
+    pub async fn members(&self, channel: ChannelId) -> Result<BTreeMap<UserId, String>> {
+        self.query(move |e| e.members(&channel)).await
+    }
+
+    /// Counts and sizes.
+    pub async fn stats(&self) -> Result<Stats> {
+        self.query(|e| Ok(e.stats())).await
+    }
+
+    /// Decrypt and check every record; see [`VerifyReport`].
+    pub async fn verify(&self) -> Result<VerifyReport> {
+        self.query(|e| e.verify()).await
+    }
+
+    /// Make every acknowledged write durable in sled and empty the journal now
+    /// (it happens on its own every `checkpoint_interval`).
+    pub async fn checkpoint(&self) -> Result<()> {
+        self.query(|e| e.checkpoint()).await
+    }
+
+    /// Change the passphrase: only the wrapped key in the header is rewritten,
+    /// atomically.
+    pub async fn change_passphrase(&self, new: &Passphrase) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Cmd::Passwd(new.clone(), tx)).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Close the store: snapshot, checkpoint, release the lock. Other clones get
+    /// [`Error::Closed`] afterwards.
+    pub async fn close(self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Cmd::Close(tx)).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+}

@@ -1,0 +1,227 @@
+//! `verify`: read every record back, decrypt it and check it — AEAD tags,
+//! signatures, hash chains, heads, epoch logs, summaries and snapshots — without
+//! trusting sled's own bookkeeping. `stats`: what the store holds.
+
+use std::path::Path;
+
+use hearth_core::{ChannelId, EpochDoc, Envelope, WireId, decode_change};
+use serde::Serialize;
+
+use crate::channel::{EpochSummary, FeedHead};
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::layout::*;
+
+/// One defect found by verify.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// Where: table and key, never content.
+    pub place: String,
+    /// What is wrong.
+    pub detail: String,
+}
+
+/// What verify checked and what it found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Channels checked.
+    pub channels: u64,
+    /// Feed entries checked (signature, chain, AEAD, change).
+    pub entries: u64,
+    /// Epochs checked (summary, log, snapshot).
+    pub epochs: u64,
+    /// Snapshots that were loaded and checked.
+    pub snapshots: u64,
+    /// Defects, empty when the store is sound.
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    /// Whether no problem was found.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    fn problem(&mut self, place: impl Into<String>, detail: impl std::fmt::Display) {
+        self.problems.push(Problem { place: place.into(), detail: detail.to_string() });
+    }
+}
+
+/// Counts and sizes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Channels.
+    pub channels: u64,
+    /// Messages (replies and tombstones included).
+    pub messages: u64,
+    /// Feed entries (sealed automerge changes) in the commit log.
+    pub feed_entries: u64,
+    /// Epoch documents.
+    pub epochs: u64,
+    /// Epoch documents in memory.
+    pub cached_epochs: u64,
+    /// Bytes of every file under the store directory.
+    pub disk_bytes: u64,
+    /// Bytes in the journal (writes not yet checkpointed into sled).
+    pub journal_bytes: u64,
+}
+
+fn dir_bytes(p: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(p) else { return 0 };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+impl Engine {
+    pub(crate) fn stats(&self) -> Stats {
+        let mut s = Stats { channels: self.channels.len() as u64, ..Stats::default() };
+        for ch in self.channels.values() {
+            s.messages += ch.message_count();
+            s.feed_entries += ch.heads.values().map(|h| h.seq).sum::<u64>();
+            s.epochs += ch.summaries.len() as u64;
+        }
+        s.cached_epochs = self.epochs.len() as u64;
+        s.disk_bytes = dir_bytes(&self.dir);
+        s.journal_bytes = std::fs::metadata(self.dir.join(JOURNAL_FILE)).map(|m| m.len()).unwrap_or(0);
+        s
+    }
+
+    pub(crate) fn verify(&mut self) -> Result<VerifyReport> {
+        let mut r = VerifyReport::default();
+        if let Err(e) = self.tree.get(META_IDENTITY).map_err(crate::Error::from).and_then(|v| {
+            let v = v.ok_or_else(|| crate::Error::corrupted("identity", "missing"))?;
+            let plain = open_record(&self.records, META_IDENTITY, &v)?;
+            Ok(hearth_core::Identity::decode(&plain)?)
+        }) {
+            r.problem("meta/identity", e);
+        }
+        let ids: Vec<ChannelId> = self.channels.keys().copied().collect();
+        for id in ids {
+            r.channels += 1;
+            self.verify_channel(&id, &mut r)?;
+        }
+        // Rows that belong to no known channel are a defect too.
+        for row in self.tree.iter() {
+            let (k, _) = row?;
+            if k.len() < 33 || !matches!(k[0], T_FEEDS | T_HEADS | T_EPOCHS | T_ELOG | T_SNAPS) {
+                continue;
+            }
+            let wire = WireId::from_slice(&k[1..33]).expect("32 bytes");
+            if !self.by_wire.contains_key(&wire) {
+                r.problem(format!("{}/{}", table_name(k[0]), wire), "row of an unknown channel");
+            }
+        }
+        Ok(r)
+    }
+
+    fn verify_channel(&mut self, id: &ChannelId, r: &mut VerifyReport) -> Result<()> {
+        let ch = &self.channels[id];
+        let wire = ch.keys.wire();
+        // Feeds: a gapless hash chain from 1 to the head, each entry signed by the
+        // feed's user and opening under the channel key.
+        let mut heads = Vec::new();
+        for row in self.tree.scan_prefix(channel_prefix(T_HEADS, &wire)) {
+            let (k, v) = row?;
+            match postcard::from_bytes::<FeedHead>(&v) {
+                Ok(h) => heads.push((hearth_core::DeviceId::from_slice(&k[33..])?, h)),
+                Err(e) => r.problem(format!("heads/{wire}"), e),
+            }
+        }
+        for (device, head) in heads {
+            let place = format!("feeds/{}/{device}", ch.keys.id());
+            let mut expect_seq = 1u64;
+            let mut prev = [0u8; 32];
+            for row in self.tree.scan_prefix(prefixed(T_FEEDS, &wire, &device)) {
+                let (k, v) = row?;
+                let seq = key_u64(&k)?;
+                r.entries += 1;
+                if seq != expect_seq {
+                    r.problem(format!("{place}/{seq}"), format!("gap: expected entry {expect_seq}"));
+                }
+                let check = Envelope::decode(&v).map_err(crate::Error::from).and_then(|env| {
+                    env.verify()?;
+                    if env.header.wire != wire || env.header.device != device || env.header.seq != seq {
+                        return Err(crate::Error::corrupted("feed entry", "header does not match its key"));
+                    }
+                    if env.header.user != head.user {
+                        return Err(crate::Error::corrupted("feed entry", "signed by another user than the feed's"));
+                    }
+                    if env.header.prev != prev {
+                        return Err(crate::Error::corrupted("feed entry", "hash chain broken"));
+                    }
+                    let body = env.open(&ch.keys)?;
+                    decode_change(&body.change, &device)?;
+                    Ok(())
+                });
+                if let Err(e) = check {
+                    r.problem(format!("{place}/{seq}"), e);
+                }
+                prev = Envelope::hash_of(&v);
+                expect_seq = seq + 1;
+            }
+            if head.seq != expect_seq - 1 || head.hash != prev {
+                r.problem(place, format!("head says entry {} but the feed ends at {}", head.seq, expect_seq - 1));
+            }
+        }
+        // Epochs: summary opens, log rows name existing entries, snapshot loads.
+        let summaries: Vec<(u32, EpochSummary)> = ch.summaries.iter().map(|(e, s)| (*e, s.clone())).collect();
+        for (epoch, s) in summaries {
+            r.epochs += 1;
+            let place = format!("epochs/{}/{epoch}", ch.keys.id());
+            let k = epoch_key(T_EPOCHS, &wire, epoch);
+            match self.tree.get(k)? {
+                Some(v) => {
+                    if let Err(e) = open_record(&self.records, &k, &v) {
+                        r.problem(&place, e);
+                    }
+                }
+                None => r.problem(&place, "summary missing"),
+            }
+            let mut rows = 0u64;
+            for row in self.tree.scan_prefix(epoch_key(T_ELOG, &wire, epoch)) {
+                let (k, v) = row?;
+                rows += 1;
+                match decode_elog_value(&v) {
+                    Ok((dev, seq)) if self.tree.contains_key(feed_key(&wire, &dev, seq))? => {
+                        if key_u64(&k)? != rows {
+                            r.problem(&place, format!("epoch log row {rows} is numbered {}", key_u64(&k)?));
+                        }
+                    }
+                    Ok((dev, seq)) => r.problem(&place, format!("epoch log names missing entry {dev}/{seq}")),
+                    Err(e) => r.problem(&place, e),
+                }
+            }
+            if rows != s.entries {
+                r.problem(&place, format!("summary counts {} entries, the log has {rows}", s.entries));
+            }
+            if s.snapshot_chunks > 0 {
+                r.snapshots += 1;
+                let mut bytes = Vec::new();
+                let mut ok = true;
+                for i in 0..s.snapshot_chunks {
+                    let k = snap_key(&wire, epoch, i);
+                    match self.tree.get(k)?.map(|v| open_record(&self.records, &k, &v)) {
+                        Some(Ok(b)) => bytes.extend(b),
+                        Some(Err(e)) => {
+                            r.problem(format!("snaps/{}/{epoch}/{i}", ch.keys.id()), e);
+                            ok = false;
+                        }
+                        None => {
+                            r.problem(format!("snaps/{}/{epoch}/{i}", ch.keys.id()), "chunk missing");
+                            ok = false;
+                        }
+                    }
+                }
+                if ok && let Err(e) = EpochDoc::load(epoch, &bytes, &self.identity.device()) {
+                    r.problem(format!("snaps/{}/{epoch}", ch.keys.id()), e);
+                }
+            }
+        }
+        Ok(())
+    }
+}
