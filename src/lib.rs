@@ -1,1 +1,96 @@
-//! x
+//! # hearth
+//!
+//! An embeddable, encrypted, local-first storage engine for chat apps: channels,
+//! threads, reactions, edits, deletes and read markers that work offline, stay
+//! encrypted on the device and survive crashes with nothing acknowledged lost.
+//!
+//! This crate is the embedding API: a [`Hearth`] handle over the local engine
+//! (`hearth-store`). Every user action becomes an automerge change, sealed with
+//! XChaCha20-Poly1305 into the device's hash-chained, signed feed in a sled commit
+//! log; the keys come from a passphrase through Argon2id. Peer-to-peer sync
+//! (`hearth-sync`) joins the same handle in a later release.
+//!
+//! It is not a chat client and not a server: there is no server.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use hearth::{Config, Hearth, KdfParams, Passphrase};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let pass = Passphrase::new("correct horse battery staple");
+//! // Tests may lower the Argon2id cost; real stores keep the default.
+//! let config = Config::default().with_kdf(KdfParams::INSECURE_FAST);
+//! let hearth = Hearth::create(dir.path(), &pass, "alice", config.clone()).await?;
+//! let general = hearth.create_channel("general").await?;
+//! let root = hearth.post(general, "lunch?").await?;
+//! let reply = hearth.reply(root, "yes, 12:30").await?;
+//! hearth.react(reply, "👍").await?;
+//! hearth.edit(root, "lunch at noon?").await?;
+//! hearth.close().await?;
+//!
+//! let hearth = Hearth::open(dir.path(), &pass, config).await?;
+//! let thread = hearth.thread(root).await?;
+//! assert_eq!(thread.root.text.as_deref(), Some("lunch at noon?"));
+//! assert!(thread.root.edited);
+//! assert_eq!(thread.replies[0].reactions["👍"].len(), 1);
+//! hearth.close().await?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+#![deny(missing_docs)]
+
+use std::ops::Deref;
+use std::path::Path;
+
+/// The pure core (ids, clock, crypto, document model, byte formats), re-exported whole.
+pub use hearth_core as core;
+pub use hearth_core::{ChannelId, DeviceId, KdfParams, MAX_TEXT_BYTES, Message, MessageId, Passphrase, UserId};
+pub use hearth_store::{
+    ChannelInfo, Config, Error, Located, OpenReport, Outcome, Pending, Problem, Result, Stats, Store, Thread, VerifyReport,
+    Whoami, Write,
+};
+
+/// A Hearth store, opened with its passphrase.
+///
+/// Every method of [`Store`] is available on it (posting, reacting, editing,
+/// deleting, read markers, pages, threads, unread counts, stats, verify);
+/// writes return only once durable. Clones share one store.
+#[derive(Clone, Debug)]
+pub struct Hearth {
+    store: Store,
+}
+
+impl Hearth {
+    /// Create a store in `dir` for a new user named `user_name`.
+    pub async fn create(dir: impl AsRef<Path>, pass: &Passphrase, user_name: &str, config: Config) -> Result<Self> {
+        Ok(Hearth { store: Store::create(dir, pass, user_name, config).await? })
+    }
+
+    /// Open the store in `dir`. Writes acknowledged before a crash are recovered.
+    pub async fn open(dir: impl AsRef<Path>, pass: &Passphrase, config: Config) -> Result<Self> {
+        Ok(Hearth { store: Store::open(dir, pass, config).await? })
+    }
+
+    /// Whether `dir` holds a store.
+    pub fn exists(dir: impl AsRef<Path>) -> bool {
+        Store::exists(dir)
+    }
+
+    /// The local engine.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Close the store cleanly (snapshot, checkpoint, unlock).
+    pub async fn close(self) -> Result<()> {
+        self.store.close().await
+    }
+}
+
+impl Deref for Hearth {
+    type Target = Store;
+
+    fn deref(&self) -> &Store {
+        &self.store
+    }
+}

@@ -1,4 +1,167 @@
-//! The `hearth` command-line tool.
-mod bench;
+//! The `hearth` command-line tool: a thin shell over the `hearth` crate. It parses
+//! arguments, asks for the passphrase, calls the embedding API and prints.
+//!
+//! Exit status: 0 on success, 1 on an error (one line on stderr), 2 on a usage error.
 
-fn main() {}
+mod bench;
+mod commands;
+mod demo;
+mod output;
+mod pass;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hearth::MessageId;
+
+/// Hearth: an encrypted, local-first chat store.
+#[derive(Parser, Debug)]
+#[command(name = "hearth", version, about)]
+pub struct Cli {
+    /// Store directory.
+    #[arg(long, global = true, default_value = "./hearth-store")]
+    pub store: PathBuf,
+    /// Print machine-readable JSON (one object per line for lists).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Read the passphrase from this file (first line) when HEARTH_PASSPHRASE is unset.
+    #[arg(long, global = true)]
+    pub passphrase_file: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a store for a new user.
+    Init {
+        /// Display name.
+        #[arg(long, default_value = "me")]
+        user: String,
+    },
+    /// Create, list or rename channels.
+    #[command(subcommand)]
+    Channel(ChannelCmd),
+    /// Post a message (prints its id once durable).
+    Post {
+        /// Channel id or name.
+        channel: String,
+        /// The text (omit with --stdin).
+        #[arg(required_unless_present = "stdin", conflicts_with = "stdin")]
+        text: Option<String>,
+        /// Post one message per input line, printing each id once durable.
+        #[arg(long)]
+        stdin: bool,
+        /// Reply in the thread of this message.
+        #[arg(long)]
+        reply_to: Option<MessageId>,
+    },
+    /// Add (or with --remove, remove) a reaction.
+    React {
+        /// The message.
+        msg: MessageId,
+        /// The reaction, e.g. 👍 or :tada:.
+        emoji: String,
+        /// Remove the reaction instead.
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Edit one of your messages.
+    Edit {
+        /// The message.
+        msg: MessageId,
+        /// The new text.
+        text: String,
+    },
+    /// Delete one of your messages.
+    Delete {
+        /// The message.
+        msg: MessageId,
+    },
+    /// Mark a channel read (up to its newest message, or --up-to).
+    Read {
+        /// Channel id or name.
+        channel: String,
+        /// The newest message read.
+        #[arg(long)]
+        up_to: Option<MessageId>,
+    },
+    /// Show a channel's messages, newest first.
+    Log {
+        /// Channel id or name.
+        channel: String,
+        /// How many messages.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Only messages older than this one.
+        #[arg(long)]
+        before: Option<MessageId>,
+    },
+    /// Show a thread, oldest first.
+    Thread {
+        /// The root or any reply.
+        msg: MessageId,
+    },
+    /// Show one message with reactions, edit state and replies.
+    Show {
+        /// The message.
+        msg: MessageId,
+    },
+    /// Bulk-load JSON lines {"text": ..., "reply_to"?: ...} into a channel.
+    Import {
+        /// Channel id or name.
+        channel: String,
+        /// The file ("-" for standard input).
+        file: PathBuf,
+    },
+    /// Counts and sizes.
+    Stats,
+    /// Decrypt and check every record; exits 1 if anything is wrong.
+    Verify,
+    /// Change the passphrase (new one from HEARTH_NEW_PASSPHRASE or a prompt).
+    Passwd,
+    /// Run the demo in a temporary directory: no set-up needed.
+    Demo,
+    /// Benchmark against the SQLite baseline.
+    Bench(bench::BenchArgs),
+}
+
+/// Channel commands.
+#[derive(Subcommand, Debug)]
+pub enum ChannelCmd {
+    /// Create a channel.
+    Create {
+        /// Its name.
+        name: String,
+    },
+    /// List channels with unread counts.
+    List,
+    /// Rename a channel.
+    Rename {
+        /// Channel id or name.
+        channel: String,
+        /// The new name.
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(commands::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", output::one_line(&e));
+            ExitCode::from(1)
+        }
+    }
+}

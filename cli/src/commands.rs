@@ -1,0 +1,329 @@
+//! Each command: open the store, call the API, print.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, IsTerminal, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use hearth::{ChannelId, Config, Hearth, MessageId, Outcome, Pending, Write};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::output::{Names, message_json, message_line, print_json};
+use crate::{ChannelCmd, Cli, Command};
+
+/// Writes kept in flight by `post --stdin` and `import`: enough to fill a group
+/// commit, bounded so memory stays flat on any input size.
+const IN_FLIGHT: usize = 2048;
+
+async fn open(cli: &Cli) -> Result<Hearth> {
+    let pass = crate::pass::passphrase(cli.passphrase_file.as_deref(), false)?;
+    Ok(Hearth::open(&cli.store, &pass, Config::default()).await?)
+}
+
+async fn names(h: &Hearth, channel: ChannelId) -> Result<Names> {
+    Ok(Names { names: h.members(channel).await? })
+}
+
+/// Run a parsed command line.
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Init { user } => {
+            let pass = crate::pass::passphrase(cli.passphrase_file.as_deref(), true)?;
+            let h = Hearth::create(&cli.store, &pass, user, Config::default()).await?;
+            let w = h.whoami().clone();
+            if cli.json {
+                print_json(&json!({"dir": w.dir, "user": w.user.to_hex(), "device": w.device.to_hex(), "name": w.name}));
+            } else {
+                println!("created store at {} for {} (user {})", w.dir.display(), w.name, w.user);
+            }
+            h.close().await?;
+        }
+        Command::Demo => return crate::demo::run(cli.json).await,
+        Command::Bench(args) => return crate::bench::run(args, cli.json).await,
+        _ => {
+            let h = open(&cli).await?;
+            let code = run_on(&cli, &h).await;
+            h.close().await?;
+            return code;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Channel(ChannelCmd::Create { name }) => {
+            let id = h.create_channel(name).await?;
+            if cli.json {
+                print_json(&json!({"id": id.to_hex(), "name": name}));
+            } else {
+                println!("{id}");
+            }
+        }
+        Command::Channel(ChannelCmd::List) => {
+            for c in h.channels().await? {
+                if cli.json {
+                    print_json(&json!({
+                        "id": c.id.to_hex(), "name": c.name, "messages": c.messages,
+                        "unread": c.unread, "newest": c.newest.map(|m| m.to_hex()),
+                    }));
+                } else {
+                    println!("{}  {:<24} {:>8} messages {:>6} unread", &c.id.to_hex()[..16], c.name, c.messages, c.unread);
+                }
+            }
+        }
+        Command::Channel(ChannelCmd::Rename { channel, name }) => {
+            let id = h.resolve_channel(channel).await?;
+            h.rename_channel(id, name).await?;
+            done(cli, json!({"id": id.to_hex(), "name": name}));
+        }
+        Command::Post { channel, text, stdin, reply_to } => {
+            let id = h.resolve_channel(channel).await?;
+            if *stdin {
+                stream_posts(cli, h, id, Source::Stdin(*reply_to), false).await?;
+            } else {
+                let text = text.as_deref().unwrap_or_default();
+                let msg = match reply_to {
+                    Some(to) => {
+                        match h.submit(Write::Post { channel: id, text: text.to_string(), reply_to: Some(*to) }).await?.await? {
+                            Outcome::Message(m) => m,
+                            other => bail!("unexpected reply {other:?}"),
+                        }
+                    }
+                    None => h.post(id, text).await?,
+                };
+                print_id(cli, msg);
+            }
+        }
+        Command::React { msg, emoji, remove } => {
+            if *remove { h.unreact(*msg, emoji).await? } else { h.react(*msg, emoji).await? }
+            done(cli, json!({"id": msg.to_hex(), "emoji": emoji, "removed": remove}));
+        }
+        Command::Edit { msg, text } => {
+            h.edit(*msg, text).await?;
+            done(cli, json!({"id": msg.to_hex(), "edited": true}));
+        }
+        Command::Delete { msg } => {
+            h.delete(*msg).await?;
+            done(cli, json!({"id": msg.to_hex(), "deleted": true}));
+        }
+        Command::Read { channel, up_to } => {
+            let id = h.resolve_channel(channel).await?;
+            h.mark_read(id, *up_to).await?;
+            let unread = h.unread(id).await?;
+            if cli.json {
+                print_json(&json!({"channel": id.to_hex(), "unread": unread}));
+            } else {
+                println!("{unread} unread");
+            }
+        }
+        Command::Log { channel, limit, before } => {
+            let id = h.resolve_channel(channel).await?;
+            let names = names(h, id).await?;
+            for m in h.page(id, *before, *limit).await? {
+                if cli.json { print_json(&message_json(&m, &names)) } else { println!("{}", message_line(&m, &names)) }
+            }
+        }
+        Command::Thread { msg } => {
+            let loc = h.message(*msg).await?;
+            let names = names(h, loc.channel).await?;
+            let t = h.thread(*msg).await?;
+            if cli.json {
+                print_json(&message_json(&t.root, &names));
+                t.replies.iter().for_each(|m| print_json(&message_json(m, &names)));
+            } else {
+                println!("{}", message_line(&t.root, &names));
+                t.replies.iter().for_each(|m| println!("  ↳ {}", message_line(m, &names)));
+            }
+        }
+        Command::Show { msg } => {
+            let loc = h.message(*msg).await?;
+            let names = names(h, loc.channel).await?;
+            let m = &loc.message;
+            if cli.json {
+                let mut v = message_json(m, &names);
+                v["channel"] = json!(loc.channel.to_hex());
+                print_json(&v);
+            } else {
+                println!("id:       {}", m.id);
+                println!("channel:  {}", loc.channel);
+                println!("author:   {} ({})", names.of(&m.author), m.author);
+                println!("time:     {} ms since the Unix epoch", m.id.timestamp().millis());
+                println!("text:     {}", m.text.as_deref().unwrap_or("(deleted)"));
+                println!("edited:   {}", m.edited);
+                println!("deleted:  {}", m.deleted);
+                if let Some(r) = m.reply_to {
+                    println!("reply to: {r}");
+                }
+                println!("replies:  {}", m.reply_count);
+                for (emoji, users) in &m.reactions {
+                    let who: Vec<String> = users.iter().map(|u| names.of(u)).collect();
+                    println!("reaction: {emoji} {}", who.join(", "));
+                }
+            }
+        }
+        Command::Import { channel, file } => {
+            let id = h.resolve_channel(channel).await?;
+            stream_posts(cli, h, id, Source::JsonLines(file.clone()), true).await?;
+        }
+        Command::Stats => {
+            let s = h.stats().await?;
+            if cli.json {
+                print_json(&serde_json::to_value(&s)?);
+            } else {
+                println!("channels:      {}", s.channels);
+                println!("messages:      {}", s.messages);
+                println!("feed entries:  {}", s.feed_entries);
+                println!("epochs:        {} ({} in memory)", s.epochs, s.cached_epochs);
+                println!("disk:          {} bytes", s.disk_bytes);
+                println!("journal:       {} bytes", s.journal_bytes);
+            }
+        }
+        Command::Verify => {
+            let r = h.verify().await?;
+            if cli.json {
+                print_json(&serde_json::to_value(&r)?);
+            } else {
+                println!(
+                    "verified {} channels, {} feed entries, {} epochs, {} snapshots: {}",
+                    r.channels,
+                    r.entries,
+                    r.epochs,
+                    r.snapshots,
+                    if r.is_clean() { "clean".to_string() } else { format!("{} problems", r.problems.len()) }
+                );
+                for p in &r.problems {
+                    println!("problem: {}: {}", p.place, p.detail);
+                }
+            }
+            if !r.is_clean() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Passwd => {
+            let new = crate::pass::new_passphrase()?;
+            h.change_passphrase(&new).await?;
+            done(cli, json!({"passphrase": "changed"}));
+        }
+        Command::Init { .. } | Command::Demo | Command::Bench(_) => unreachable!("handled before opening"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn done(cli: &Cli, v: serde_json::Value) {
+    if cli.json {
+        print_json(&v);
+    } else {
+        println!("ok");
+    }
+}
+
+fn print_id(cli: &Cli, id: MessageId) {
+    if cli.json {
+        print_json(&json!({"id": id.to_hex()}));
+    } else {
+        println!("{id}");
+    }
+}
+
+/// Where streamed posts come from.
+pub enum Source {
+    /// Plain lines on standard input, all replying to the same message or none.
+    Stdin(Option<MessageId>),
+    /// JSON lines `{"text": .., "reply_to"?: ..}` from a file, or stdin for "-".
+    JsonLines(PathBuf),
+}
+
+type Line = std::result::Result<(String, Option<MessageId>), String>;
+
+/// Read the source on a blocking thread, one parsed line at a time.
+fn read_source(source: Source, tx: tokio::sync::mpsc::Sender<Line>) {
+    #[derive(Deserialize)]
+    struct JsonLine {
+        text: String,
+        reply_to: Option<MessageId>,
+    }
+    let (reader, json, reply): (Box<dyn BufRead>, bool, Option<MessageId>) = match source {
+        Source::Stdin(r) => (Box::new(std::io::stdin().lock()), false, r),
+        Source::JsonLines(p) if p.as_os_str() == "-" => (Box::new(std::io::stdin().lock()), true, None),
+        Source::JsonLines(p) => match std::fs::File::open(&p) {
+            Ok(f) => (Box::new(std::io::BufReader::new(f)), true, None),
+            Err(e) => {
+                let _ = tx.blocking_send(Err(format!("opening {}: {e}", p.display())));
+                return;
+            }
+        },
+    };
+    for (n, line) in reader.lines().enumerate() {
+        let item = match line {
+            Err(e) => Err(format!("reading line {}: {e}", n + 1)),
+            Ok(l) if !json => Ok((l, reply)),
+            Ok(l) if l.trim().is_empty() => continue,
+            Ok(l) => serde_json::from_str::<JsonLine>(&l)
+                .map(|j| (j.text, j.reply_to))
+                .map_err(|e| format!("line {}: {e}", n + 1)),
+        };
+        let stop = item.is_err();
+        if tx.blocking_send(item).is_err() || stop {
+            return;
+        }
+    }
+}
+
+/// Post a stream of messages with up to [`IN_FLIGHT`] in flight, printing each
+/// id, in input order, as soon as that message is durable. With `import`, print
+/// a summary (and a progress line on a terminal) instead of every id.
+async fn stream_posts(cli: &Cli, h: &Hearth, channel: ChannelId, source: Source, import: bool) -> Result<()> {
+    let show_progress = import && std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut last_tick = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Line>(IN_FLIGHT);
+    std::thread::spawn(move || read_source(source, tx));
+    let mut queue: VecDeque<Pending> = VecDeque::new();
+    let mut done = 0u64;
+    let mut eof = false;
+    let mut out = std::io::stdout().lock();
+    loop {
+        tokio::select! {
+            biased;
+            r = async { queue.front_mut().expect("guarded by the condition").await }, if !queue.is_empty() => {
+                queue.pop_front();
+                if let (Outcome::Message(id), false) = (r?, import) {
+                    if cli.json { writeln!(out, "{}", json!({"id": id.to_hex()}))? } else { writeln!(out, "{id}")? }
+                    out.flush()?;
+                }
+                done += 1;
+                if show_progress && last_tick.elapsed() > Duration::from_millis(200) {
+                    eprint!("\rimported {done} messages");
+                    last_tick = Instant::now();
+                }
+            }
+            line = rx.recv(), if !eof && queue.len() < IN_FLIGHT => match line {
+                Some(Ok((text, reply_to))) if text.is_empty() => { let _ = reply_to; }
+                Some(Ok((text, reply_to))) => queue.push_back(h.submit(Write::Post { channel, text, reply_to }).await?),
+                Some(Err(e)) => {
+                    // Finish what was accepted before reporting the bad line.
+                    while let Some(p) = queue.pop_front() { p.await?; done += 1; }
+                    bail!("{e} ({done} messages before it were stored)");
+                }
+                None => eof = true,
+            },
+            else => break,
+        }
+    }
+    if import {
+        let secs = started.elapsed().as_secs_f64();
+        if show_progress {
+            eprintln!();
+        }
+        if cli.json {
+            writeln!(out, "{}", json!({"imported": done, "secs": secs}))?;
+        } else {
+            writeln!(out, "imported {done} messages in {secs:.2} s ({:.0} msg/s)", done as f64 / secs.max(1e-9))?;
+        }
+    }
+    Ok(())
+}
