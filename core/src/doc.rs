@@ -22,10 +22,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use automerge::transaction::{CommitOptions, Transactable};
+use automerge::legacy::{Key, ObjectId, OpType};
 use automerge::{ActorId, AutoCommit, Change, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, ScalarValueRef, Value, ValueRef};
 
 use crate::error::{Error, Result};
-use crate::id::{DeviceId, Epoch, MessageId, UserId};
+use crate::id::{DeviceId, Epoch, MessageId, UserId, writer_tag};
 use crate::op::Op;
 use crate::view::{EpochView, Message};
 
@@ -78,28 +79,46 @@ impl EpochDoc {
     }
 
     /// Save the whole document (compressed), for a snapshot.
-    pub fn save(&mut self) -> Vec<u8> {
-        self.doc.save()
+    pub fn save(&mut self) -> Result<Vec<u8>> {
+        self.no_pending()?;
+        Ok(self.doc.save())
     }
 
     /// Number of changes in the document.
-    pub fn change_count(&mut self) -> usize {
-        self.doc.get_changes(&[]).len()
+    pub fn change_count(&mut self) -> Result<usize> {
+        self.no_pending()?;
+        Ok(self.doc.get_changes(&[]).len())
     }
 
     /// Apply ops written by the local device as one automerge change and return
     /// its bytes (compressed), or `None` if the ops changed nothing.
+    ///
+    /// All or nothing: if any op fails, none of them stays staged.
     pub fn apply_local(&mut self, author: &UserId, device: &DeviceId, ops: &[Op], time_ms: i64) -> Result<Option<Vec<u8>>> {
+        self.no_pending()?;
         for op in ops {
-            self.stage(author, device, op)?;
+            if let Err(e) = self.stage(author, device, op) {
+                self.doc.rollback();
+                return Err(e);
+            }
         }
         Ok(self.commit(time_ms))
+    }
+
+    /// automerge closes an open change on save, apply and history reads; staged
+    /// ops would then never come back from [`EpochDoc::commit`]. Refuse instead.
+    fn no_pending(&self) -> Result<()> {
+        if self.doc.pending_ops() > 0 {
+            return Err(Error::invalid("epoch document", "ops are staged; commit them first"));
+        }
+        Ok(())
     }
 
     /// Apply one local op to the document without closing the change: the view
     /// functions see it at once, and [`EpochDoc::commit`] later seals every staged
     /// op into one change (group commit at the CRDT level).
     pub fn stage(&mut self, author: &UserId, device: &DeviceId, op: &Op) -> Result<()> {
+        op.validate()?;
         if op.epoch() != self.epoch {
             return Err(Error::invalid("op", "op does not belong to this epoch"));
         }
@@ -113,7 +132,16 @@ impl EpochDoc {
                 d.put(ROOT, format!("n:{user}"), name.as_str())?;
             }
             Op::Post { id, text, reply_to } => {
-                let m = d.put_object(ROOT, format!("m:{id}"), ObjType::Map)?;
+                // What decode_change refuses for the writer, stage refuses too:
+                // an id minted for another writer, or one already used.
+                if id.writer() != writer_tag(author, device) {
+                    return Err(Error::invalid("message id", "minted for another writer"));
+                }
+                let key = format!("m:{id}");
+                if d.get(ROOT, key.as_str())?.is_some() {
+                    return Err(Error::invalid("message id", "already used"));
+                }
+                let m = d.put_object(ROOT, key, ObjType::Map)?;
                 d.put(&m, "t", text.as_str())?;
                 if let Some(root) = reply_to {
                     d.put(&m, "p", root.to_hex())?;
@@ -157,6 +185,7 @@ impl EpochDoc {
     /// Apply a batch of remote changes in one automerge call (never one call per
     /// change: each call costs time proportional to the document).
     pub fn apply_remote(&mut self, changes: Vec<Change>) -> Result<()> {
+        self.no_pending()?;
         self.doc.apply_changes(changes)?;
         Ok(())
     }
@@ -219,6 +248,10 @@ impl EpochDoc {
             return None;
         }
         let author = writer(&obj, devices)?;
+        let ObjId::Id(_, actor, _) = &obj else { return None };
+        if writer_tag(&author, &device_of(actor)?) != id.writer() {
+            return None;
+        }
         let field = |name: &str| -> Option<String> {
             let all = self.doc.get_all(&obj, name).ok()?;
             all.into_iter()
@@ -256,12 +289,54 @@ impl EpochDoc {
     }
 }
 
-/// Decode a remote change and check that it was written by the device whose
-/// signed feed carried it: a member cannot write under another device's actor.
-pub fn decode_change(bytes: &[u8], device: &DeviceId) -> Result<Change> {
+/// Decode a change from a feed entry and check that it only does what its writer
+/// may do: written under the feed's device (actor), and touching only keys that
+/// belong to the writer (see the table in the module docs). Checking the ops,
+/// not only the visible values, is what stops a member from *removing* someone
+/// else's reaction or overwriting their message: a forged delete or overwrite
+/// never becomes visible as a value, so a view-time filter cannot catch it.
+pub fn decode_change(bytes: &[u8], device: &DeviceId, user: &UserId) -> Result<Change> {
     let change = Change::from_bytes(bytes.to_vec()).map_err(|e| Error::corrupted("automerge change", e))?;
     if change.actor_id().to_bytes() != device.0 {
         return Err(Error::corrupted("automerge change", "actor is not the feed's device"));
     }
+    let expanded = change.decode();
+    for op in &expanded.operations {
+        if op.insert {
+            return Err(Error::corrupted("automerge change", "sequence insert in a chat document"));
+        }
+        match (&op.obj, &op.key) {
+            (ObjectId::Root, Key::Map(k)) => check_root_op(k, &op.action, op.pred.len(), user, device)?,
+            (ObjectId::Id(id), Key::Map(k)) if id.actor() == change.actor_id() => {
+                if !matches!((k.as_str(), &op.action), ("t" | "p", OpType::Put(ScalarValue::Str(_)))) {
+                    return Err(Error::corrupted("automerge change", "unexpected field in a message"));
+                }
+            }
+            _ => return Err(Error::corrupted("automerge change", "writes into an object of another device")),
+        }
+    }
     Ok(change)
+}
+
+fn check_root_op(key: &str, action: &OpType, preds: usize, user: &UserId, device: &DeviceId) -> Result<()> {
+    let (me, dev) = (user.to_hex(), device.to_hex());
+    let (me, dev) = (me.as_str(), dev.as_str());
+    let bad = |why: &str| Err(Error::corrupted("automerge change", why));
+    let is_str = matches!(action, OpType::Put(ScalarValue::Str(_)));
+    let is_true = matches!(action, OpType::Put(ScalarValue::Boolean(true)));
+    let parts: Vec<&str> = key.splitn(4, ':').collect();
+    let ok = match parts.as_slice() {
+        ["name"] => is_str,
+        ["m", id] => {
+            // A message is created once by its author's device and never replaced.
+            let Ok(id) = id.parse::<MessageId>() else { return bad("malformed message id") };
+            matches!(action, OpType::Make(ObjType::Map)) && preds == 0 && id.writer() == writer_tag(user, device)
+        }
+        ["e", _, u] | ["n", u] => *u == me && is_str,
+        ["x", _, u] => *u == me && is_true,
+        ["r", _, u, emoji] => *u == me && !emoji.is_empty() && (is_true || matches!(action, OpType::Delete)),
+        ["rd", u, d] => *u == me && *d == dev && is_str,
+        _ => return bad("unknown key"),
+    };
+    if ok { Ok(()) } else { bad("key does not belong to the writer") }
 }

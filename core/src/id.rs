@@ -122,10 +122,21 @@ impl DeviceId {
         Ok(DeviceId(b))
     }
 
-    /// The 4-byte tag embedded in message ids.
-    pub fn tag(&self) -> [u8; 4] {
-        [self.0[0], self.0[1], self.0[2], self.0[3]]
-    }
+}
+
+/// The 8-byte writer tag in message ids: a hash of the author and device.
+///
+/// A device id is 16 bytes its owner picks at will, so a plain device prefix would
+/// prove nothing: a member could register a device with another's prefix and
+/// create a message under their id. Binding the user (whose key signs the feed)
+/// makes a collision cost about 2^64 work.
+pub fn writer_tag(user: &UserId, device: &DeviceId) -> [u8; 8] {
+    let mut h = blake3::Hasher::new_derive_key("hearth v1 message writer tag");
+    h.update(&user.0);
+    h.update(&device.0);
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&h.finalize().as_bytes()[..8]);
+    out
 }
 
 impl ChannelId {
@@ -150,28 +161,34 @@ pub type Epoch = u32;
 /// The metadata epoch of every channel.
 pub const META_EPOCH: Epoch = 0;
 
-/// A message id: 20 bytes that sort by time.
+/// A message id: 24 bytes that sort by time.
 ///
-/// Layout (big-endian): `hlc u64 | epoch u32 | channel tag [4] | device tag [4]`.
+/// Layout (big-endian): `hlc u64 | epoch u32 | channel tag [4] | writer tag [8]`.
 /// The HLC makes ids sort by time across devices; the epoch says which epoch
 /// document holds the message (edits, reactions, deletes and replies go there);
-/// the channel tag finds the channel from the id alone; the device tag keeps two
-/// devices that tick the same HLC value apart.
+/// the channel tag finds the channel from the id alone; the writer tag
+/// ([`writer_tag`]) keeps two devices that tick the same HLC value apart and ties
+/// the id to its author, so nobody else can create a message under it.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct MessageId(pub [u8; 20]);
+pub struct MessageId(pub [u8; 24]);
 
 impl MessageId {
     /// Length of the byte form.
-    pub const LEN: usize = 20;
+    pub const LEN: usize = 24;
 
-    /// Assemble an id from its parts.
-    pub fn new(ts: Timestamp, epoch: Epoch, channel: &ChannelId, device: &DeviceId) -> Self {
-        let mut b = [0u8; 20];
+    /// Assemble an id from its parts; `writer` comes from [`writer_tag`].
+    pub fn new(ts: Timestamp, epoch: Epoch, channel: &ChannelId, writer: [u8; 8]) -> Self {
+        let mut b = [0u8; 24];
         b[..8].copy_from_slice(&ts.0.to_be_bytes());
         b[8..12].copy_from_slice(&epoch.to_be_bytes());
         b[12..16].copy_from_slice(&channel.tag());
-        b[16..20].copy_from_slice(&device.tag());
+        b[16..24].copy_from_slice(&writer);
         MessageId(b)
+    }
+
+    /// The writer tag of the id.
+    pub fn writer(&self) -> [u8; 8] {
+        self.0[16..24].try_into().expect("8 bytes")
     }
 
     /// The HLC timestamp of the message.
@@ -189,14 +206,14 @@ impl MessageId {
         self.0[12..16].try_into().expect("4 bytes")
     }
 
-    /// The lowercase-hex text form (40 digits).
+    /// The lowercase-hex text form (48 digits).
     pub fn to_hex(&self) -> String {
         to_hex(&self.0)
     }
 
     /// The smallest id of a timestamp: a cursor bound.
     pub fn min_at(ts: Timestamp) -> Self {
-        let mut b = [0u8; 20];
+        let mut b = [0u8; 24];
         b[..8].copy_from_slice(&ts.0.to_be_bytes());
         MessageId(b)
     }
@@ -217,7 +234,7 @@ impl fmt::Debug for MessageId {
 impl FromStr for MessageId {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let b = from_hex::<20>("message id", s)?;
+        let b = from_hex::<24>("message id", s)?;
         let id = MessageId(b);
         if id.epoch() == META_EPOCH {
             return Err(Error::invalid("message id", "epoch 0 holds no messages"));
@@ -233,9 +250,9 @@ mod tests {
     #[test]
     fn message_id_round_trips_and_sorts_by_time() {
         let c = ChannelId([7; 32]);
-        let d = DeviceId([9; 16]);
-        let a = MessageId::new(Timestamp(5 << 16), 3, &c, &d);
-        let b = MessageId::new(Timestamp(6 << 16), 1, &c, &d);
+        let d = writer_tag(&UserId([1; 32]), &DeviceId([9; 16]));
+        let a = MessageId::new(Timestamp(5 << 16), 3, &c, d);
+        let b = MessageId::new(Timestamp(6 << 16), 1, &c, d);
         assert!(a < b);
         assert_eq!(a.epoch(), 3);
         assert_eq!(a.timestamp(), Timestamp(5 << 16));
@@ -246,7 +263,8 @@ mod tests {
     #[test]
     fn bad_hex_is_a_typed_error() {
         assert!(matches!("zz".parse::<MessageId>(), Err(Error::Invalid { .. })));
-        assert!(matches!("00".repeat(20).parse::<MessageId>(), Err(Error::Invalid { .. })));
+        assert!(matches!("00".repeat(24).parse::<MessageId>(), Err(Error::Invalid { .. })));
+        assert_ne!(writer_tag(&UserId([1; 32]), &DeviceId([9; 16])), writer_tag(&UserId([2; 32]), &DeviceId([9; 16])));
         assert!(matches!("0g".repeat(16).parse::<DeviceId>(), Err(Error::Invalid { .. })));
     }
 }

@@ -11,11 +11,12 @@
 //! the embedding API in `hearth`.
 //!
 //! ```
-//! use hearth_core::{ChannelKeys, DeviceId, EntryBody, Envelope, EpochDoc, Identity, MessageId, Op, Timestamp, Devices};
+//! use hearth_core::{ChannelKeys, EntryBody, Envelope, EpochDoc, Identity, MessageId, Op, Timestamp, Devices, writer_tag};
 //!
 //! let me = Identity::generate("alice")?;
 //! let keys = ChannelKeys::generate()?;
-//! let id = MessageId::new(Timestamp::from_millis(1_700_000_000_000), 1, &keys.id(), &me.device());
+//! let tag = writer_tag(&me.user(), &me.device());
+//! let id = MessageId::new(Timestamp::from_millis(1_700_000_000_000), 1, &keys.id(), tag);
 //! let mut doc = EpochDoc::new(1, &me.device());
 //! let change = doc
 //!     .apply_local(&me.user(), &me.device(), &[Op::Post { id, text: "hi".into(), reply_to: None }], 0)?
@@ -50,7 +51,7 @@ pub use envelope::{ENVELOPE_VERSION, EntryBody, EntryHash, EntryHeader, Envelope
 pub use error::{Error, Result};
 pub use header::{HEADER_MAGIC, HEADER_MAX_LEN, HEADER_VERSION, KdfParams, StoreHeader};
 pub use hlc::{Hlc, Timestamp};
-pub use id::{ChannelId, DeviceId, Epoch, META_EPOCH, MessageId, UserId, WireId, random_bytes};
+pub use id::{ChannelId, DeviceId, Epoch, META_EPOCH, MessageId, UserId, WireId, random_bytes, writer_tag};
 pub use identity::{Identity, verify_signature};
 pub use op::{MAX_EMOJI_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES, Op};
 pub use seal::{Purpose, SEAL_OVERHEAD, derive, open, seal};

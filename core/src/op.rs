@@ -146,7 +146,7 @@ mod tests {
 
     #[test]
     fn oversized_and_empty_inputs_are_typed_errors() {
-        let id: MessageId = format!("{:016x}00000001{:016x}", 1u64 << 20, 7u64).parse().unwrap();
+        let id: MessageId = format!("{:016x}00000001{:024x}", 1u64 << 20, 7u64).parse().unwrap();
         let big = "x".repeat(MAX_TEXT_BYTES + 1);
         assert!(matches!(
             Op::Post { id, text: big, reply_to: None }.validate(),

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::id::{MessageId, UserId};
+use crate::op::Op;
 
 /// One message as every replica shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +49,56 @@ impl EpochView {
             self.threads.entry(root).or_default().insert(m.id);
         }
         self.messages.insert(m.id, m);
+    }
+
+    /// Apply an op that `author` just wrote locally, without reading the
+    /// document back: a local op supersedes every value its author has seen, so
+    /// its effect on the view is known. Must agree with [`crate::EpochDoc::view`]
+    /// (tests compare the two). Metadata ops are not handled here.
+    pub fn apply_local(&mut self, author: &UserId, op: &Op) {
+        match op {
+            Op::Post { id, text, reply_to } => self.insert(Message {
+                id: *id,
+                author: *author,
+                text: Some(text.clone()),
+                reply_to: *reply_to,
+                edited: false,
+                deleted: false,
+                reactions: BTreeMap::new(),
+                reply_count: 0,
+            }),
+            Op::React { msg, emoji } => {
+                if let Some(m) = self.messages.get_mut(msg).filter(|m| !m.deleted) {
+                    m.reactions.entry(emoji.clone()).or_default().insert(*author);
+                }
+            }
+            Op::Unreact { msg, emoji } => {
+                if let Some(m) = self.messages.get_mut(msg)
+                    && let Some(users) = m.reactions.get_mut(emoji)
+                {
+                    users.remove(author);
+                    if users.is_empty() {
+                        m.reactions.remove(emoji);
+                    }
+                }
+            }
+            Op::Edit { msg, text } => {
+                if let Some(m) = self.messages.get_mut(msg).filter(|m| m.author == *author && !m.deleted) {
+                    m.text = Some(text.clone());
+                    m.edited = true;
+                }
+            }
+            Op::Delete { msg } => {
+                if let Some(m) = self.messages.get_mut(msg).filter(|m| m.author == *author) {
+                    m.text = None;
+                    m.edited = false;
+                    m.deleted = true;
+                    m.reactions.clear();
+                }
+            }
+            Op::ReadUpTo { msg } => self.mark_read(*author, *msg),
+            Op::CreateChannel { .. } | Op::Rename { .. } | Op::SetName { .. } => {}
+        }
     }
 
     /// Move a user's read marker forward (never back).

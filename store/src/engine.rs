@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use hearth_core::{
     ChannelId, ChannelKeys, ChannelRecord, EntryBody, Envelope, Epoch, EpochDoc, EpochView, Hlc, Identity, META_EPOCH,
-    MessageId, Op, SecretKey, WireId, decode_change,
+    MessageId, Op, SecretKey, WireId, decode_change, writer_tag,
 };
 
 use crate::channel::{ChannelState, EpochSummary, FeedHead};
@@ -263,7 +263,11 @@ impl Engine {
                     if body.epoch != epoch {
                         return Err(Error::corrupted("feed entry", "epoch log and entry disagree on the epoch"));
                     }
-                    changes.push(decode_change(&body.change, &dev)?);
+                    let user = ch.devices.get(&dev).ok_or_else(|| Error::corrupted("feed", "entry of a device with no head"))?;
+                    if env.header.user != *user {
+                        return Err(Error::corrupted("feed entry", "signed by another user than its feed's"));
+                    }
+                    changes.push(decode_change(&body.change, &dev, user)?);
                 }
                 doc.apply_remote(changes)?;
                 let view = doc.view(&ch.devices);
@@ -304,7 +308,7 @@ impl Engine {
             return Ok(());
         }
         let wire = ch.keys.wire();
-        let bytes = le.doc.save();
+        let bytes = le.doc.save()?;
         let mut batch = sled::Batch::default();
         let chunks: Vec<&[u8]> = bytes.chunks(SNAPSHOT_CHUNK).collect();
         let count = u16::try_from(chunks.len()).map_err(|_| Error::TooLarge {
@@ -391,7 +395,7 @@ impl Engine {
                 };
                 let epoch = root.map(|r| r.epoch()).unwrap_or(epoch);
                 let ts = self.hlc.tick(now_ms());
-                let id = MessageId::new(ts, epoch, &channel, &self.identity.device());
+                let id = MessageId::new(ts, epoch, &channel, writer_tag(&me, &self.identity.device()));
                 (vec![op_entry(channel, Op::Post { id, text, reply_to: root })?], Outcome::Message(id))
             }
             Write::React { msg, emoji, remove } => {
@@ -470,27 +474,17 @@ impl Engine {
         let ch = self.channels.get_mut(&channel).expect("ensure_epoch checked the channel");
         let le = self.epochs.get_mut(&(channel, epoch)).expect("ensure_epoch loaded it");
         le.doc.stage(&user, &device, op)?;
-        let mut size = OP_ALLOWANCE;
+        let size = OP_ALLOWANCE
+            + match op {
+                Op::Post { text, .. } | Op::Edit { text, .. } => text.len(),
+                _ => 0,
+            };
         match op {
-            Op::Post { id, text, reply_to } => {
-                size += text.len();
-                if let Some(m) = le.doc.message(id, &ch.devices) {
-                    le.view.insert(m);
-                }
-                if reply_to.is_none() {
-                    ch.current = if epoch == ch.current.0 { (epoch, ch.current.1 + 1) } else { (epoch.max(ch.current.0), 1) };
-                }
-            }
-            Op::React { msg, .. } | Op::Unreact { msg, .. } | Op::Edit { msg, .. } | Op::Delete { msg } => {
-                if let Op::Edit { text, .. } = op {
-                    size += text.len();
-                }
-                if let Some(m) = le.doc.message(msg, &ch.devices) {
-                    le.view.insert(m);
-                }
-            }
-            Op::ReadUpTo { msg } => le.view.mark_read(user, *msg),
             Op::CreateChannel { .. } | Op::Rename { .. } | Op::SetName { .. } => le.view = le.doc.view(&ch.devices),
+            _ => le.view.apply_local(&user, op),
+        }
+        if let Op::Post { reply_to: None, .. } = op {
+            ch.current = if epoch == ch.current.0 { (epoch, ch.current.1 + 1) } else { (epoch.max(ch.current.0), 1) };
         }
         let staged = self.touched.entry((channel, epoch)).or_default();
         *staged += size;

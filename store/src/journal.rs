@@ -179,7 +179,7 @@ mod tests {
     fn entry(i: u8) -> JournalEntry {
         JournalEntry::Op {
             channel: ChannelId([i; 32]),
-            op: Op::ReadUpTo { msg: MessageId([i; 20]) },
+            op: Op::ReadUpTo { msg: MessageId([i; 24]) },
         }
     }
 

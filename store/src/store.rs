@@ -15,6 +15,18 @@ use crate::open::{self, OpenReport};
 use crate::query::{ChannelInfo, Located, Thread};
 use crate::verify::{Stats, VerifyReport};
 
+/// A submitted write; resolves to its [`Outcome`] once durable.
+#[derive(Debug)]
+pub struct Pending(oneshot::Receiver<Result<Outcome>>);
+
+impl std::future::Future for Pending {
+    type Output = Result<Outcome>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| r.map_err(|_| Error::Closed).and_then(|r| r))
+    }
+}
+
 /// Who this store belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Whoami {
@@ -117,9 +129,18 @@ impl Store {
     }
 
     async fn write(&self, w: Write) -> Result<Outcome> {
+        self.submit(w).await?.await
+    }
+
+    /// Queue a write and return at once with a future of its acknowledgement.
+    ///
+    /// Writes are applied in the order they are submitted, so a caller can keep
+    /// many in flight (a bulk import) and still get ids in input order; each
+    /// [`Pending`] resolves once its write is durable.
+    pub async fn submit(&self, w: Write) -> Result<Pending> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Cmd::Write(w, tx)).await.map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)?
+        Ok(Pending(rx))
     }
 
     async fn query<T: Send + 'static>(&self, f: impl FnOnce(&mut Engine) -> Result<T> + Send + 'static) -> Result<T> {

@@ -155,7 +155,7 @@ impl Engine {
                         return Err(crate::Error::corrupted("feed entry", "hash chain broken"));
                     }
                     let body = env.open(&ch.keys)?;
-                    decode_change(&body.change, &device)?;
+                    decode_change(&body.change, &device, &head.user)?;
                     Ok(())
                 });
                 if let Err(e) = check {

@@ -208,8 +208,11 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> Result<ExitCode> {
     let h8 = hearth_writers(&h, ch, 8, n, args.text_len).await?;
     let stream = hearth_stream(&h, ch, n.max(20_000), args.text_len, 1 << 40).await?;
     h.close().await?;
-    let s1 = sqlite::run_writers(&root.join("sqlite-1"), 1, n, args.text_len)?;
-    let s8 = sqlite::run_writers(&root.join("sqlite-8"), 8, n / 8, args.text_len)?;
+    let (d1, d8) = (root.join("sqlite-1"), root.join("sqlite-8"));
+    std::fs::create_dir_all(&d1)?;
+    std::fs::create_dir_all(&d8)?;
+    let s1 = sqlite::run_writers(&d1, 1, n, args.text_len)?;
+    let s8 = sqlite::run_writers(&d8, 8, n / 8, args.text_len)?;
 
     // The big channel, built with the bulk path, on both sides.
     say(format!("big channel: {} messages (bulk path)", args.big));
