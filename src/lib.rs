@@ -46,8 +46,8 @@ use std::path::Path;
 pub use hearth_core as core;
 pub use hearth_core::{ChannelId, DeviceId, KdfParams, MAX_TEXT_BYTES, Message, MessageId, Passphrase, UserId};
 pub use hearth_store::{
-    ChannelInfo, Config, Error, Located, OpenReport, Outcome, Pending, Problem, Result, Stats, Store, Thread, VerifyReport,
-    Whoami, Write,
+    ChannelInfo, Config, Error, Located, OpenReport, Outcome, Pending, Problem, Result, Stats, Store, Thread,
+    VerifyReport, Whoami, Write,
 };
 
 /// A Hearth store, opened with its passphrase.
@@ -63,12 +63,16 @@ pub struct Hearth {
 impl Hearth {
     /// Create a store in `dir` for a new user named `user_name`.
     pub async fn create(dir: impl AsRef<Path>, pass: &Passphrase, user_name: &str, config: Config) -> Result<Self> {
-        Ok(Hearth { store: Store::create(dir, pass, user_name, config).await? })
+        Ok(Hearth {
+            store: Store::create(dir, pass, user_name, config).await?,
+        })
     }
 
     /// Open the store in `dir`. Writes acknowledged before a crash are recovered.
     pub async fn open(dir: impl AsRef<Path>, pass: &Passphrase, config: Config) -> Result<Self> {
-        Ok(Hearth { store: Store::open(dir, pass, config).await? })
+        Ok(Hearth {
+            store: Store::open(dir, pass, config).await?,
+        })
     }
 
     /// Whether `dir` holds a store.

@@ -24,7 +24,9 @@ async fn open(cli: &Cli) -> Result<Hearth> {
 }
 
 async fn names(h: &Hearth, channel: ChannelId) -> Result<Names> {
-    Ok(Names { names: h.members(channel).await? })
+    Ok(Names {
+        names: h.members(channel).await?,
+    })
 }
 
 /// Run a parsed command line.
@@ -35,7 +37,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let h = Hearth::create(&cli.store, &pass, user, Config::default()).await?;
             let w = h.whoami().clone();
             if cli.json {
-                print_json(&json!({"dir": w.dir, "user": w.user.to_hex(), "device": w.device.to_hex(), "name": w.name}));
+                print_json(
+                    &json!({"dir": w.dir, "user": w.user.to_hex(), "device": w.device.to_hex(), "name": w.name}),
+                );
             } else {
                 println!("created store at {} for {} (user {})", w.dir.display(), w.name, w.user);
             }
@@ -71,7 +75,13 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
                         "unread": c.unread, "newest": c.newest.map(|m| m.to_hex()),
                     }));
                 } else {
-                    println!("{}  {:<24} {:>8} messages {:>6} unread", &c.id.to_hex()[..16], c.name, c.messages, c.unread);
+                    println!(
+                        "{}  {:<24} {:>8} messages {:>6} unread",
+                        &c.id.to_hex()[..16],
+                        c.name,
+                        c.messages,
+                        c.unread
+                    );
                 }
             }
         }
@@ -80,7 +90,12 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
             h.rename_channel(id, name).await?;
             done(cli, json!({"id": id.to_hex(), "name": name}));
         }
-        Command::Post { channel, text, stdin, reply_to } => {
+        Command::Post {
+            channel,
+            text,
+            stdin,
+            reply_to,
+        } => {
             let id = h.resolve_channel(channel).await?;
             if *stdin {
                 stream_posts(cli, h, id, Source::Stdin(*reply_to), false).await?;
@@ -88,7 +103,15 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
                 let text = text.as_deref().unwrap_or_default();
                 let msg = match reply_to {
                     Some(to) => {
-                        match h.submit(Write::Post { channel: id, text: text.to_string(), reply_to: Some(*to) }).await?.await? {
+                        match h
+                            .submit(Write::Post {
+                                channel: id,
+                                text: text.to_string(),
+                                reply_to: Some(*to),
+                            })
+                            .await?
+                            .await?
+                        {
                             Outcome::Message(m) => m,
                             other => bail!("unexpected reply {other:?}"),
                         }
@@ -99,7 +122,11 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
             }
         }
         Command::React { msg, emoji, remove } => {
-            if *remove { h.unreact(*msg, emoji).await? } else { h.react(*msg, emoji).await? }
+            if *remove {
+                h.unreact(*msg, emoji).await?
+            } else {
+                h.react(*msg, emoji).await?
+            }
             done(cli, json!({"id": msg.to_hex(), "emoji": emoji, "removed": remove}));
         }
         Command::Edit { msg, text } => {
@@ -124,7 +151,11 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
             let id = h.resolve_channel(channel).await?;
             let names = names(h, id).await?;
             for m in h.page(id, *before, *limit).await? {
-                if cli.json { print_json(&message_json(&m, &names)) } else { println!("{}", message_line(&m, &names)) }
+                if cli.json {
+                    print_json(&message_json(&m, &names))
+                } else {
+                    println!("{}", message_line(&m, &names))
+                }
             }
         }
         Command::Thread { msg } => {
@@ -136,7 +167,9 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
                 t.replies.iter().for_each(|m| print_json(&message_json(m, &names)));
             } else {
                 println!("{}", message_line(&t.root, &names));
-                t.replies.iter().for_each(|m| println!("  ↳ {}", message_line(m, &names)));
+                t.replies
+                    .iter()
+                    .for_each(|m| println!("  ↳ {}", message_line(m, &names)));
             }
         }
         Command::Show { msg } => {
@@ -193,7 +226,11 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
                     r.entries,
                     r.epochs,
                     r.snapshots,
-                    if r.is_clean() { "clean".to_string() } else { format!("{} problems", r.problems.len()) }
+                    if r.is_clean() {
+                        "clean".to_string()
+                    } else {
+                        format!("{} problems", r.problems.len())
+                    }
                 );
                 for p in &r.problems {
                     println!("problem: {}: {}", p.place, p.detail);
@@ -322,7 +359,11 @@ async fn stream_posts(cli: &Cli, h: &Hearth, channel: ChannelId, source: Source,
         if cli.json {
             writeln!(out, "{}", json!({"imported": done, "secs": secs}))?;
         } else {
-            writeln!(out, "imported {done} messages in {secs:.2} s ({:.0} msg/s)", done as f64 / secs.max(1e-9))?;
+            writeln!(
+                out,
+                "imported {done} messages in {secs:.2} s ({:.0} msg/s)",
+                done as f64 / secs.max(1e-9)
+            )?;
         }
     }
     Ok(())

@@ -12,7 +12,9 @@ use serde_json::json;
 use crate::output::{Names, message_json, message_line, print_json};
 
 async fn show_channel(h: &Hearth, id: ChannelId, name: &str, json: bool) -> Result<()> {
-    let names = Names { names: h.members(id).await? };
+    let names = Names {
+        names: h.members(id).await?,
+    };
     let page = h.page(id, None, 50).await?;
     if !json {
         println!("\n#{name} (newest first)");
@@ -105,7 +107,10 @@ pub async fn run(json: bool) -> Result<ExitCode> {
             report.epochs,
             if report.is_clean() { "clean" } else { "PROBLEMS" }
         );
-        println!("disk: {} bytes for {} messages, all sealed", stats.disk_bytes, stats.messages);
+        println!(
+            "disk: {} bytes for {} messages, all sealed",
+            stats.disk_bytes, stats.messages
+        );
     }
     h.close().await?;
     if !report.is_clean() {

@@ -34,8 +34,11 @@ impl Names {
 
 /// A message as JSON.
 pub fn message_json(m: &Message, names: &Names) -> Value {
-    let reactions: BTreeMap<&str, Vec<String>> =
-        m.reactions.iter().map(|(e, us)| (e.as_str(), us.iter().map(|u| names.of(u)).collect())).collect();
+    let reactions: BTreeMap<&str, Vec<String>> = m
+        .reactions
+        .iter()
+        .map(|(e, us)| (e.as_str(), us.iter().map(|u| names.of(u)).collect()))
+        .collect();
     json!({
         "id": m.id.to_hex(),
         "author": m.author.to_hex(),
@@ -61,7 +64,11 @@ pub fn message_line(m: &Message, names: &Names) -> String {
         s.push_str(" (edited)");
     }
     if m.reply_count > 0 {
-        s.push_str(&format!("  [{} repl{}]", m.reply_count, if m.reply_count == 1 { "y" } else { "ies" }));
+        s.push_str(&format!(
+            "  [{} repl{}]",
+            m.reply_count,
+            if m.reply_count == 1 { "y" } else { "ies" }
+        ));
     }
     for (emoji, users) in &m.reactions {
         s.push_str(&format!("  {emoji} {}", users.len()));

@@ -66,7 +66,11 @@ impl ChannelRecord {
 
     /// Encode a channel's keys.
     pub fn encode(keys: &ChannelKeys) -> Vec<u8> {
-        let rec = ChannelRecord { version: Self::VERSION, id: keys.id, key: *keys.key.expose() };
+        let rec = ChannelRecord {
+            version: Self::VERSION,
+            id: keys.id,
+            key: *keys.key.expose(),
+        };
         let out = postcard::to_stdvec(&rec).expect("channel record encodes");
         let mut rec = rec;
         zeroize::Zeroize::zeroize(&mut rec.key);
@@ -77,7 +81,11 @@ impl ChannelRecord {
     pub fn decode(bytes: &[u8]) -> Result<ChannelKeys> {
         let mut rec: ChannelRecord = postcard::from_bytes(bytes).map_err(|e| Error::corrupted("channel record", e))?;
         if rec.version != Self::VERSION {
-            return Err(Error::UnsupportedFormat { what: "channel record", found: rec.version, expected: Self::VERSION });
+            return Err(Error::UnsupportedFormat {
+                what: "channel record",
+                found: rec.version,
+                expected: Self::VERSION,
+            });
         }
         let keys = ChannelKeys::new(rec.id, SecretKey::from_bytes(rec.key));
         zeroize::Zeroize::zeroize(&mut rec.key);

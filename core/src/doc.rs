@@ -21,9 +21,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use automerge::transaction::{CommitOptions, Transactable};
 use automerge::legacy::{Key, ObjectId, OpType};
-use automerge::{ActorId, AutoCommit, Change, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, ScalarValueRef, Value, ValueRef};
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{
+    ActorId, AutoCommit, Change, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, ScalarValueRef, Value, ValueRef,
+};
 
 use crate::error::{Error, Result};
 use crate::id::{DeviceId, Epoch, MessageId, UserId, writer_tag};
@@ -94,7 +96,13 @@ impl EpochDoc {
     /// its bytes (compressed), or `None` if the ops changed nothing.
     ///
     /// All or nothing: if any op fails, none of them stays staged.
-    pub fn apply_local(&mut self, author: &UserId, device: &DeviceId, ops: &[Op], time_ms: i64) -> Result<Option<Vec<u8>>> {
+    pub fn apply_local(
+        &mut self,
+        author: &UserId,
+        device: &DeviceId,
+        ops: &[Op],
+        time_ms: i64,
+    ) -> Result<Option<Vec<u8>>> {
         self.no_pending()?;
         for op in ops {
             if let Err(e) = self.stage(author, device, op) {
@@ -204,10 +212,13 @@ impl EpochDoc {
             }
         }
         for item in self.doc.map_range(ROOT, "rd:".to_string().."rd;".to_string()) {
-            let Some((user, _device)) = item.key["rd:".len()..].split_once(':') else { continue };
-            let (Ok(user), Some(Ok(msg))) =
-                (user.parse::<UserId>(), value_str(&item.value).map(str::parse::<MessageId>))
-            else {
+            let Some((user, _device)) = item.key["rd:".len()..].split_once(':') else {
+                continue;
+            };
+            let (Ok(user), Some(Ok(msg))) = (
+                user.parse::<UserId>(),
+                value_str(&item.value).map(str::parse::<MessageId>),
+            ) else {
                 continue;
             };
             if writer(&item.id(), devices) == Some(user) {
@@ -237,7 +248,10 @@ impl EpochDoc {
     /// The newest value under `key` that `user` wrote, if any.
     fn authored(&self, key: &str, user: &UserId, devices: &Devices) -> Option<Value<'_>> {
         let all = self.doc.get_all(ROOT, key).ok()?;
-        all.into_iter().rev().find(|(_, id)| writer(id, devices).as_ref() == Some(user)).map(|(v, _)| v)
+        all.into_iter()
+            .rev()
+            .find(|(_, id)| writer(id, devices).as_ref() == Some(user))
+            .map(|(v, _)| v)
     }
 
     /// Materialise one message, or `None` if it does not exist (or was written by
@@ -263,13 +277,17 @@ impl EpochDoc {
         let reply_to = field("p").and_then(|p| p.parse().ok());
         let a = author.to_hex();
         let deleted = self.authored(&format!("x:{id}:{a}"), &author, devices).is_some();
-        let edit = self.authored(&format!("e:{id}:{a}"), &author, devices).and_then(|v| v.as_str().map(str::to_string));
+        let edit = self
+            .authored(&format!("e:{id}:{a}"), &author, devices)
+            .and_then(|v| v.as_str().map(str::to_string));
         let mut reactions: BTreeMap<String, BTreeSet<UserId>> = BTreeMap::new();
         if !deleted {
             let prefix = format!("r:{id}:");
             let end = format!("r:{id};");
             for item in self.doc.map_range(ROOT, prefix.clone()..end) {
-                let Some((user, emoji)) = item.key[prefix.len()..].split_once(':') else { continue };
+                let Some((user, emoji)) = item.key[prefix.len()..].split_once(':') else {
+                    continue;
+                };
                 let Ok(user) = user.parse::<UserId>() else { continue };
                 if writer(&item.id(), devices) == Some(user) {
                     reactions.entry(emoji.to_string()).or_default().insert(user);
@@ -279,7 +297,11 @@ impl EpochDoc {
         Some(Message {
             id: *id,
             author,
-            text: if deleted { None } else { Some(edit.clone().unwrap_or(original)) },
+            text: if deleted {
+                None
+            } else {
+                Some(edit.clone().unwrap_or(original))
+            },
             reply_to,
             edited: edit.is_some() && !deleted,
             deleted,
@@ -303,7 +325,10 @@ pub fn decode_change(bytes: &[u8], device: &DeviceId, user: &UserId) -> Result<C
     let expanded = change.decode();
     for op in &expanded.operations {
         if op.insert {
-            return Err(Error::corrupted("automerge change", "sequence insert in a chat document"));
+            return Err(Error::corrupted(
+                "automerge change",
+                "sequence insert in a chat document",
+            ));
         }
         match (&op.obj, &op.key) {
             (ObjectId::Root, Key::Map(k)) => check_root_op(k, &op.action, op.pred.len(), user, device)?,
@@ -312,7 +337,12 @@ pub fn decode_change(bytes: &[u8], device: &DeviceId, user: &UserId) -> Result<C
                     return Err(Error::corrupted("automerge change", "unexpected field in a message"));
                 }
             }
-            _ => return Err(Error::corrupted("automerge change", "writes into an object of another device")),
+            _ => {
+                return Err(Error::corrupted(
+                    "automerge change",
+                    "writes into an object of another device",
+                ));
+            }
         }
     }
     Ok(change)
@@ -329,7 +359,9 @@ fn check_root_op(key: &str, action: &OpType, preds: usize, user: &UserId, device
         ["name"] => is_str,
         ["m", id] => {
             // A message is created once by its author's device and never replaced.
-            let Ok(id) = id.parse::<MessageId>() else { return bad("malformed message id") };
+            let Ok(id) = id.parse::<MessageId>() else {
+                return bad("malformed message id");
+            };
             matches!(action, OpType::Make(ObjType::Map)) && preds == 0 && id.writer() == writer_tag(user, device)
         }
         ["e", _, u] | ["n", u] => *u == me && is_str,
@@ -338,5 +370,9 @@ fn check_root_op(key: &str, action: &OpType, preds: usize, user: &UserId, device
         ["rd", u, d] => *u == me && *d == dev && is_str,
         _ => return bad("unknown key"),
     };
-    if ok { Ok(()) } else { bad("key does not belong to the writer") }
+    if ok {
+        Ok(())
+    } else {
+        bad("key does not belong to the writer")
+    }
 }

@@ -91,9 +91,18 @@ impl Envelope {
         let plain = postcard::to_stdvec(body).expect("body encodes");
         let sealed = seal(keys.feed_key(), &hb, &plain)?;
         let sig = identity.sign(&signed_bytes(&hb, &sealed)).to_vec();
-        let bytes = postcard::to_stdvec(&Envelope { header, body: sealed, sig }).expect("envelope encodes");
+        let bytes = postcard::to_stdvec(&Envelope {
+            header,
+            body: sealed,
+            sig,
+        })
+        .expect("envelope encodes");
         if bytes.len() > MAX_ENTRY_BYTES {
-            return Err(Error::TooLarge { what: "feed entry", size: bytes.len(), limit: MAX_ENTRY_BYTES });
+            return Err(Error::TooLarge {
+                what: "feed entry",
+                size: bytes.len(),
+                limit: MAX_ENTRY_BYTES,
+            });
         }
         let hash = *blake3::hash(&bytes).as_bytes();
         Ok((bytes, hash))
@@ -102,7 +111,11 @@ impl Envelope {
     /// Decode entry bytes (size-checked first). Nothing is trusted yet.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         if bytes.len() > MAX_ENTRY_BYTES {
-            return Err(Error::TooLarge { what: "feed entry", size: bytes.len(), limit: MAX_ENTRY_BYTES });
+            return Err(Error::TooLarge {
+                what: "feed entry",
+                size: bytes.len(),
+                limit: MAX_ENTRY_BYTES,
+            });
         }
         let (env, rest): (Envelope, &[u8]) =
             postcard::take_from_bytes(bytes).map_err(|e| Error::corrupted("feed entry", e))?;
@@ -129,8 +142,11 @@ impl Envelope {
 
     /// Check the author's signature (no key needed: a relay can do this).
     pub fn verify(&self) -> Result<()> {
-        let sig: [u8; 64] =
-            self.sig.as_slice().try_into().map_err(|_| Error::corrupted("feed entry", "signature length"))?;
+        let sig: [u8; 64] = self
+            .sig
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::corrupted("feed entry", "signature length"))?;
         let hb = postcard::to_stdvec(&self.header).expect("header encodes");
         verify_signature(&self.header.user, &signed_bytes(&hb, &self.body), &sig)
     }
@@ -154,7 +170,10 @@ mod tests {
     fn seal_verify_open_and_tamper() {
         let keys = ChannelKeys::generate().unwrap();
         let me = Identity::generate("a").unwrap();
-        let body = EntryBody { epoch: 1, change: vec![1, 2, 3] };
+        let body = EntryBody {
+            epoch: 1,
+            change: vec![1, 2, 3],
+        };
         let (bytes, hash) = Envelope::seal(&keys, &me, 1, [0; 32], &body).unwrap();
         assert_eq!(hash, Envelope::hash_of(&bytes));
         let env = Envelope::decode(&bytes).unwrap();
@@ -169,7 +188,10 @@ mod tests {
             let mut b = bytes.clone();
             b[i] ^= 0x01;
             if let Ok(e) = Envelope::decode(&b) {
-                assert!(e.verify().is_err() || e.open(&keys).is_err(), "flip at {i} went unnoticed");
+                assert!(
+                    e.verify().is_err() || e.open(&keys).is_err(),
+                    "flip at {i} went unnoticed"
+                );
             }
         }
     }

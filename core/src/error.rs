@@ -55,11 +55,17 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn corrupted(what: &'static str, detail: impl std::fmt::Display) -> Self {
-        Error::Corrupted { what, detail: detail.to_string() }
+        Error::Corrupted {
+            what,
+            detail: detail.to_string(),
+        }
     }
 
     pub(crate) fn invalid(what: &'static str, detail: impl std::fmt::Display) -> Self {
-        Error::Invalid { what, detail: detail.to_string() }
+        Error::Invalid {
+            what,
+            detail: detail.to_string(),
+        }
     }
 }
 

@@ -37,7 +37,11 @@ pub struct KdfParams {
 
 impl Default for KdfParams {
     fn default() -> Self {
-        KdfParams { m_kib: 64 * 1024, t: 3, p: 4 }
+        KdfParams {
+            m_kib: 64 * 1024,
+            t: 3,
+            p: 4,
+        }
     }
 }
 
@@ -51,14 +55,18 @@ impl KdfParams {
             && (1..=64).contains(&self.t)
             && (1..=16).contains(&self.p)
             && self.m_kib >= 8 * self.p;
-        if ok { Ok(()) } else { Err(Error::corrupted("store header", "KDF parameters out of range")) }
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::corrupted("store header", "KDF parameters out of range"))
+        }
     }
 
     /// Derive the key-encryption key from a passphrase.
     pub fn derive(&self, pass: &Passphrase, salt: &[u8; 16]) -> Result<SecretKey> {
         self.check()?;
-        let params = Params::new(self.m_kib, self.t, self.p, Some(32))
-            .map_err(|e| Error::corrupted("store header", e))?;
+        let params =
+            Params::new(self.m_kib, self.t, self.p, Some(32)).map_err(|e| Error::corrupted("store header", e))?;
         let mut out = [0u8; 32];
         Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
             .hash_password_into(pass.expose(), salt, &mut out)
@@ -120,7 +128,11 @@ impl StoreHeader {
 
     /// The header file bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let body = HeaderBody { kdf: self.kdf, salt: self.salt, wrapped: self.wrapped.clone() };
+        let body = HeaderBody {
+            kdf: self.kdf,
+            salt: self.salt,
+            wrapped: self.wrapped.clone(),
+        };
         let mut out = Vec::with_capacity(128);
         out.extend_from_slice(HEADER_MAGIC);
         out.push(HEADER_VERSION);
@@ -133,22 +145,33 @@ impl StoreHeader {
     /// Decode header file bytes, checking magic, version, size and checksum.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         if bytes.len() > HEADER_MAX_LEN {
-            return Err(Error::TooLarge { what: "store header", size: bytes.len(), limit: HEADER_MAX_LEN });
+            return Err(Error::TooLarge {
+                what: "store header",
+                size: bytes.len(),
+                limit: HEADER_MAX_LEN,
+            });
         }
         if bytes.len() < HEADER_MAGIC.len() + 1 + 32 || &bytes[..8] != HEADER_MAGIC {
             return Err(Error::corrupted("store header", "not a Hearth store header"));
         }
         if bytes[8] != HEADER_VERSION {
-            return Err(Error::UnsupportedFormat { what: "store header", found: bytes[8], expected: HEADER_VERSION });
+            return Err(Error::UnsupportedFormat {
+                what: "store header",
+                found: bytes[8],
+                expected: HEADER_VERSION,
+            });
         }
         let (content, sum) = bytes.split_at(bytes.len() - 32);
         if blake3::hash(content).as_bytes() != sum {
             return Err(Error::corrupted("store header", "checksum mismatch"));
         }
-        let body: HeaderBody =
-            postcard::from_bytes(&content[9..]).map_err(|e| Error::corrupted("store header", e))?;
+        let body: HeaderBody = postcard::from_bytes(&content[9..]).map_err(|e| Error::corrupted("store header", e))?;
         body.kdf.check()?;
-        Ok(StoreHeader { kdf: body.kdf, salt: body.salt, wrapped: body.wrapped })
+        Ok(StoreHeader {
+            kdf: body.kdf,
+            salt: body.salt,
+            wrapped: body.wrapped,
+        })
     }
 }
 
@@ -167,7 +190,10 @@ mod tests {
         for i in 0..bytes.len() {
             let mut b = bytes.clone();
             b[i] ^= 0x10;
-            assert!(matches!(StoreHeader::decode(&b), Err(Error::Corrupted { .. } | Error::UnsupportedFormat { .. })));
+            assert!(matches!(
+                StoreHeader::decode(&b),
+                Err(Error::Corrupted { .. } | Error::UnsupportedFormat { .. })
+            ));
         }
         assert!(StoreHeader::decode(&bytes[..bytes.len() - 1]).is_err());
     }

@@ -44,7 +44,11 @@ impl Hlc {
         let wall = Timestamp::from_millis(now_ms);
         // When the logical counter of a millisecond runs out we borrow the next
         // millisecond: the clock runs slightly ahead rather than repeating.
-        self.last = if wall > self.last { wall } else { Timestamp(self.last.0 + 1) };
+        self.last = if wall > self.last {
+            wall
+        } else {
+            Timestamp(self.last.0 + 1)
+        };
         self.last
     }
 

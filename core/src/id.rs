@@ -29,7 +29,10 @@ pub(crate) fn to_hex(bytes: &[u8]) -> String {
 pub(crate) fn from_hex<const N: usize>(what: &'static str, s: &str) -> Result<[u8; N]> {
     let b = s.as_bytes();
     if b.len() != N * 2 {
-        return Err(Error::invalid(what, format!("expected {} hex digits, got {}", N * 2, b.len())));
+        return Err(Error::invalid(
+            what,
+            format!("expected {} hex digits, got {}", N * 2, b.len()),
+        ));
     }
     let digit = |c: u8| -> Result<u8> {
         match c {
@@ -121,7 +124,6 @@ impl DeviceId {
         random_bytes(&mut b)?;
         Ok(DeviceId(b))
     }
-
 }
 
 /// The 8-byte writer tag in message ids: a hash of the author and device.
@@ -263,8 +265,17 @@ mod tests {
     #[test]
     fn bad_hex_is_a_typed_error() {
         assert!(matches!("zz".parse::<MessageId>(), Err(Error::Invalid { .. })));
-        assert!(matches!("00".repeat(24).parse::<MessageId>(), Err(Error::Invalid { .. })));
-        assert_ne!(writer_tag(&UserId([1; 32]), &DeviceId([9; 16])), writer_tag(&UserId([2; 32]), &DeviceId([9; 16])));
-        assert!(matches!("0g".repeat(16).parse::<DeviceId>(), Err(Error::Invalid { .. })));
+        assert!(matches!(
+            "00".repeat(24).parse::<MessageId>(),
+            Err(Error::Invalid { .. })
+        ));
+        assert_ne!(
+            writer_tag(&UserId([1; 32]), &DeviceId([9; 16])),
+            writer_tag(&UserId([2; 32]), &DeviceId([9; 16]))
+        );
+        assert!(matches!(
+            "0g".repeat(16).parse::<DeviceId>(),
+            Err(Error::Invalid { .. })
+        ));
     }
 }

@@ -39,7 +39,12 @@ impl Identity {
     fn from_parts(secret: &SecretKey, device: DeviceId, name: &str) -> Self {
         let signing = SigningKey::from_bytes(secret.expose());
         let user = UserId(signing.verifying_key().to_bytes());
-        Identity { signing, user, device, name: name.to_string() }
+        Identity {
+            signing,
+            user,
+            device,
+            name: name.to_string(),
+        }
     }
 
     /// The user id (public key).
@@ -77,22 +82,34 @@ impl Identity {
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         let rec: IdentityRecord = postcard::from_bytes(bytes).map_err(|e| Error::corrupted("identity", e))?;
         if rec.version != IDENTITY_VERSION {
-            return Err(Error::UnsupportedFormat { what: "identity", found: rec.version, expected: IDENTITY_VERSION });
+            return Err(Error::UnsupportedFormat {
+                what: "identity",
+                found: rec.version,
+                expected: IDENTITY_VERSION,
+            });
         }
-        Ok(Self::from_parts(&SecretKey::from_bytes(rec.secret), DeviceId(rec.device), &rec.name))
+        Ok(Self::from_parts(
+            &SecretKey::from_bytes(rec.secret),
+            DeviceId(rec.device),
+            &rec.name,
+        ))
     }
 }
 
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity").field("user", &self.user).field("device", &self.device).finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("user", &self.user)
+            .field("device", &self.device)
+            .finish_non_exhaustive()
     }
 }
 
 /// Verify an ed25519 signature by `user` over `msg`.
 pub fn verify_signature(user: &UserId, msg: &[u8], sig: &[u8; 64]) -> Result<()> {
     let key = VerifyingKey::from_bytes(&user.0).map_err(|_| Error::corrupted("signature", "invalid public key"))?;
-    key.verify(msg, &Signature::from_bytes(sig)).map_err(|_| Error::corrupted("signature", "does not verify"))
+    key.verify(msg, &Signature::from_bytes(sig))
+        .map_err(|_| Error::corrupted("signature", "does not verify"))
 }
 
 #[cfg(test)]

@@ -78,7 +78,11 @@ fn check_name(what: &'static str, name: &str) -> Result<()> {
         return Err(Error::invalid(what, "empty"));
     }
     if name.len() > MAX_NAME_BYTES {
-        return Err(Error::TooLarge { what, size: name.len(), limit: MAX_NAME_BYTES });
+        return Err(Error::TooLarge {
+            what,
+            size: name.len(),
+            limit: MAX_NAME_BYTES,
+        });
     }
     if name.chars().any(char::is_control) {
         return Err(Error::invalid(what, "contains control characters"));
@@ -91,7 +95,11 @@ fn check_text(text: &str) -> Result<()> {
         return Err(Error::invalid("message text", "empty"));
     }
     if text.len() > MAX_TEXT_BYTES {
-        return Err(Error::TooLarge { what: "message text", size: text.len(), limit: MAX_TEXT_BYTES });
+        return Err(Error::TooLarge {
+            what: "message text",
+            size: text.len(),
+            limit: MAX_TEXT_BYTES,
+        });
     }
     Ok(())
 }
@@ -127,10 +135,17 @@ impl Op {
             }
             Op::React { emoji, .. } | Op::Unreact { emoji, .. } => {
                 if emoji.is_empty() || emoji.chars().any(|c| c.is_control() || c.is_whitespace()) {
-                    return Err(Error::invalid("reaction", "empty or contains spaces/control characters"));
+                    return Err(Error::invalid(
+                        "reaction",
+                        "empty or contains spaces/control characters",
+                    ));
                 }
                 if emoji.len() > MAX_EMOJI_BYTES {
-                    return Err(Error::TooLarge { what: "reaction", size: emoji.len(), limit: MAX_EMOJI_BYTES });
+                    return Err(Error::TooLarge {
+                        what: "reaction",
+                        size: emoji.len(),
+                        limit: MAX_EMOJI_BYTES,
+                    });
                 }
                 Ok(())
             }
@@ -149,12 +164,42 @@ mod tests {
         let id: MessageId = format!("{:016x}00000001{:024x}", 1u64 << 20, 7u64).parse().unwrap();
         let big = "x".repeat(MAX_TEXT_BYTES + 1);
         assert!(matches!(
-            Op::Post { id, text: big, reply_to: None }.validate(),
+            Op::Post {
+                id,
+                text: big,
+                reply_to: None
+            }
+            .validate(),
             Err(Error::TooLarge { .. })
         ));
-        assert!(matches!(Op::Post { id, text: String::new(), reply_to: None }.validate(), Err(Error::Invalid { .. })));
-        assert!(matches!(Op::React { msg: id, emoji: "a b".into() }.validate(), Err(Error::Invalid { .. })));
-        assert!(matches!(Op::Rename { name: "\u{7}".into() }.validate(), Err(Error::Invalid { .. })));
-        assert!(Op::React { msg: id, emoji: "👍".into() }.validate().is_ok());
+        assert!(matches!(
+            Op::Post {
+                id,
+                text: String::new(),
+                reply_to: None
+            }
+            .validate(),
+            Err(Error::Invalid { .. })
+        ));
+        assert!(matches!(
+            Op::React {
+                msg: id,
+                emoji: "a b".into()
+            }
+            .validate(),
+            Err(Error::Invalid { .. })
+        ));
+        assert!(matches!(
+            Op::Rename { name: "\u{7}".into() }.validate(),
+            Err(Error::Invalid { .. })
+        ));
+        assert!(
+            Op::React {
+                msg: id,
+                emoji: "👍".into()
+            }
+            .validate()
+            .is_ok()
+        );
     }
 }

@@ -41,7 +41,8 @@ impl Purpose {
 pub fn derive(master: &SecretKey, purpose: Purpose) -> SecretKey {
     let hk = Hkdf::<Sha256>::new(None, master.expose());
     let mut out = [0u8; 32];
-    hk.expand(purpose.label(), &mut out).expect("32 bytes is a valid HKDF-SHA256 length");
+    hk.expand(purpose.label(), &mut out)
+        .expect("32 bytes is a valid HKDF-SHA256 length");
     SecretKey::from_bytes(out)
 }
 

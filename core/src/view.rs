@@ -124,7 +124,11 @@ impl EpochView {
         m.reply_count = self
             .threads
             .get(&m.id)
-            .map(|r| r.iter().filter(|id| self.messages.get(id).is_some_and(|x| !x.deleted)).count() as u32)
+            .map(|r| {
+                r.iter()
+                    .filter(|id| self.messages.get(id).is_some_and(|x| !x.deleted))
+                    .count() as u32
+            })
             .unwrap_or(0);
         m
     }
@@ -145,7 +149,12 @@ impl EpochView {
             Some(b) => self.messages.range(..b),
             None => self.messages.range(..),
         };
-        range.rev().filter(|(_, m)| m.reply_to.is_none()).take(limit).map(|(_, m)| self.with_replies(m)).collect()
+        range
+            .rev()
+            .filter(|(_, m)| m.reply_to.is_none())
+            .take(limit)
+            .map(|(_, m)| self.with_replies(m))
+            .collect()
     }
 
     /// The replies of a thread, oldest first.
@@ -160,7 +169,9 @@ impl EpochView {
     /// deleted: the unread count of this epoch.
     pub fn unread(&self, user: &UserId, after: Option<MessageId>) -> u64 {
         let range = match after {
-            Some(a) => self.messages.range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            Some(a) => self
+                .messages
+                .range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
             None => self.messages.range(..),
         };
         range.filter(|(_, m)| m.author != *user && !m.deleted).count() as u64
@@ -178,13 +189,21 @@ impl EpochView {
 
     /// The newest top-level message id and the newest id of any message.
     pub fn bounds(&self) -> (Option<MessageId>, Option<MessageId>) {
-        let top = self.messages.values().rev().find(|m| m.reply_to.is_none()).map(|m| m.id);
+        let top = self
+            .messages
+            .values()
+            .rev()
+            .find(|m| m.reply_to.is_none())
+            .map(|m| m.id);
         (top, self.messages.keys().next_back().copied())
     }
 
     /// Counts and bounds of the epoch in one pass over borrowed messages.
     pub fn stats(&self, me: &UserId) -> EpochStats {
-        let mut st = EpochStats { messages: self.messages.len() as u64, ..EpochStats::default() };
+        let mut st = EpochStats {
+            messages: self.messages.len() as u64,
+            ..EpochStats::default()
+        };
         st.min = self.messages.keys().next().copied();
         st.max = self.messages.keys().next_back().copied();
         for m in self.messages.values() {

@@ -61,13 +61,18 @@ fn journal_thread(mut journal: Journal, rx: std_mpsc::Receiver<JournalMsg>, pois
                         }
                     }
                 }
-                let res = if poisoned.load(Ordering::SeqCst) { Err(Error::Poisoned) } else { journal.append_durable(&buf) };
+                let res = if poisoned.load(Ordering::SeqCst) {
+                    Err(Error::Poisoned)
+                } else {
+                    journal.append_durable(&buf)
+                };
                 match res {
                     Ok(()) => all.into_iter().for_each(|a| a(Ok(()))),
                     Err(e) => {
                         poisoned.store(true, Ordering::SeqCst);
                         let text = e.to_string();
-                        all.into_iter().for_each(|a| a(Err(Error::Io(std::io::Error::other(text.clone())))));
+                        all.into_iter()
+                            .for_each(|a| a(Err(Error::Io(std::io::Error::other(text.clone())))));
                     }
                 }
             }
@@ -138,7 +143,9 @@ impl Actor {
         let bytes = encode_record(&self.engine.records, seq, &std::mem::take(&mut self.group))?;
         self.journal_bytes += bytes.len() as u64;
         let acks = std::mem::take(&mut self.acks);
-        self.journal.send(JournalMsg::Group(bytes, acks)).map_err(|_| Error::Closed)?;
+        self.journal
+            .send(JournalMsg::Group(bytes, acks))
+            .map_err(|_| Error::Closed)?;
         self.engine.finish_batch(seq)
     }
 
@@ -156,14 +163,19 @@ impl Actor {
     fn housekeeping(&mut self) -> Result<()> {
         self.engine.evict()?;
         let due = self.last_checkpoint.elapsed() >= self.engine.config.checkpoint_interval;
-        if self.journal_bytes >= self.engine.config.checkpoint_bytes || (due && (self.journal_bytes > 0 || self.engine.dirty)) {
+        if self.journal_bytes >= self.engine.config.checkpoint_bytes
+            || (due && (self.journal_bytes > 0 || self.engine.dirty))
+        {
             self.checkpoint()?;
         }
         Ok(())
     }
 
     fn shutdown(mut self) -> Result<()> {
-        let res = self.close_group().and_then(|()| self.engine.snapshot_all()).and_then(|()| self.checkpoint());
+        let res = self
+            .close_group()
+            .and_then(|()| self.engine.snapshot_all())
+            .and_then(|()| self.checkpoint());
         drop(self.journal);
         if let Some(t) = self.journal_thread.take() {
             let _ = t.join();
@@ -195,7 +207,10 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
         journal_bytes: 0,
         last_checkpoint: Instant::now(),
     };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a timer runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a timer runtime");
     let mut close_reply = None;
     loop {
         let first = rt.block_on(async { tokio::time::timeout(interval, rx.recv()).await });

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use hearth_core::{ChannelKeys, Devices, Epoch, EpochView, EntryHash, MessageId, UserId};
+use hearth_core::{ChannelKeys, Devices, EntryHash, Epoch, EpochView, MessageId, UserId};
 use serde::{Deserialize, Serialize};
 
 /// The head of one device's feed in one channel: `heads` rows.

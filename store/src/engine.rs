@@ -32,7 +32,10 @@ const ENTRY_BUDGET: usize = 40 * 1024;
 const OP_ALLOWANCE: usize = 96;
 
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// An epoch document in memory with its view.
@@ -200,7 +203,11 @@ impl Engine {
         }
         for row in self.tree.scan_prefix(channel_prefix(T_EPOCHS, &wire)) {
             let (k, v) = row?;
-            let epoch = u32::from_be_bytes(k[33..37].try_into().map_err(|_| Error::corrupted("epoch summary", "bad key"))?);
+            let epoch = u32::from_be_bytes(
+                k[33..37]
+                    .try_into()
+                    .map_err(|_| Error::corrupted("epoch summary", "bad key"))?,
+            );
             let plain = open_record(&self.records, &k, &v)?;
             let s: EpochSummary = postcard::from_bytes(&plain).map_err(|e| Error::corrupted("epoch summary", e))?;
             state.summaries.insert(epoch, s);
@@ -214,7 +221,10 @@ impl Engine {
     }
 
     pub(crate) fn channel(&self, id: &ChannelId) -> Result<&ChannelState> {
-        self.channels.get(id).ok_or_else(|| Error::NotFound { what: "channel", id: id.to_hex() })
+        self.channels.get(id).ok_or_else(|| Error::NotFound {
+            what: "channel",
+            id: id.to_hex(),
+        })
     }
 
     // ----- epochs -----
@@ -228,12 +238,19 @@ impl Engine {
             return Ok(true);
         }
         let device = self.identity.device();
-        let ch = self.channels.get_mut(&channel).ok_or_else(|| Error::NotFound { what: "channel", id: channel.to_hex() })?;
+        let ch = self.channels.get_mut(&channel).ok_or_else(|| Error::NotFound {
+            what: "channel",
+            id: channel.to_hex(),
+        })?;
         let le = match ch.summaries.get(&epoch) {
             None if !create => return Ok(false),
             None => {
                 ch.summaries.insert(epoch, EpochSummary::default());
-                LoadedEpoch { doc: EpochDoc::new(epoch, &device), view: EpochView::default(), used: self.clock }
+                LoadedEpoch {
+                    doc: EpochDoc::new(epoch, &device),
+                    view: EpochView::default(),
+                    used: self.clock,
+                }
             }
             Some(s) => {
                 let wire = ch.keys.wire();
@@ -241,7 +258,10 @@ impl Engine {
                     let mut bytes = Vec::new();
                     for i in 0..s.snapshot_chunks {
                         let k = snap_key(&wire, epoch, i);
-                        let v = self.tree.get(k)?.ok_or_else(|| Error::corrupted("snapshot", "missing chunk"))?;
+                        let v = self
+                            .tree
+                            .get(k)?
+                            .ok_or_else(|| Error::corrupted("snapshot", "missing chunk"))?;
                         bytes.extend(open_record(&self.records, &k, &v)?);
                     }
                     EpochDoc::load(epoch, &bytes, &device)?
@@ -254,16 +274,21 @@ impl Engine {
                 for row in self.tree.range(from..=to) {
                     let (_, v) = row?;
                     let (dev, seq) = decode_elog_value(&v)?;
-                    let bytes = self
-                        .tree
-                        .get(feed_key(&wire, &dev, seq))?
-                        .ok_or_else(|| Error::corrupted("feed", format!("epoch log names a missing entry {dev}/{seq}")))?;
+                    let bytes = self.tree.get(feed_key(&wire, &dev, seq))?.ok_or_else(|| {
+                        Error::corrupted("feed", format!("epoch log names a missing entry {dev}/{seq}"))
+                    })?;
                     let env = Envelope::decode(&bytes)?;
                     let body = env.open(&ch.keys)?;
                     if body.epoch != epoch {
-                        return Err(Error::corrupted("feed entry", "epoch log and entry disagree on the epoch"));
+                        return Err(Error::corrupted(
+                            "feed entry",
+                            "epoch log and entry disagree on the epoch",
+                        ));
                     }
-                    let user = ch.devices.get(&dev).ok_or_else(|| Error::corrupted("feed", "entry of a device with no head"))?;
+                    let user = ch
+                        .devices
+                        .get(&dev)
+                        .ok_or_else(|| Error::corrupted("feed", "entry of a device with no head"))?;
                     if env.header.user != *user {
                         return Err(Error::corrupted("feed entry", "signed by another user than its feed's"));
                     }
@@ -271,7 +296,11 @@ impl Engine {
                 }
                 doc.apply_remote(changes)?;
                 let view = doc.view(&ch.devices);
-                LoadedEpoch { doc, view, used: self.clock }
+                LoadedEpoch {
+                    doc,
+                    view,
+                    used: self.clock,
+                }
             }
         };
         self.epochs.insert((channel, epoch), le);
@@ -301,9 +330,15 @@ impl Engine {
 
     /// Snapshot an epoch if at least `min_tail` entries follow its snapshot.
     pub(crate) fn maybe_snapshot(&mut self, channel: ChannelId, epoch: Epoch, min_tail: u64) -> Result<()> {
-        let Some(ch) = self.channels.get_mut(&channel) else { return Ok(()) };
-        let Some(le) = self.epochs.get_mut(&(channel, epoch)) else { return Ok(()) };
-        let Some(s) = ch.summaries.get_mut(&epoch) else { return Ok(()) };
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            return Ok(());
+        };
+        let Some(le) = self.epochs.get_mut(&(channel, epoch)) else {
+            return Ok(());
+        };
+        let Some(s) = ch.summaries.get_mut(&epoch) else {
+            return Ok(());
+        };
         if s.entries == 0 || s.entries - s.snapshot_upto < min_tail.max(1) {
             return Ok(());
         }
@@ -326,7 +361,10 @@ impl Engine {
         s.snapshot_upto = s.entries;
         s.snapshot_chunks = count;
         let k = epoch_key(T_EPOCHS, &wire, epoch);
-        batch.insert(&k[..], seal_record(&self.records, &k, &postcard::to_stdvec(&*s).expect("summary encodes"))?);
+        batch.insert(
+            &k[..],
+            seal_record(&self.records, &k, &postcard::to_stdvec(&*s).expect("summary encodes"))?,
+        );
         self.tree.apply_batch(batch)?;
         self.dirty = true;
         Ok(())
@@ -336,12 +374,20 @@ impl Engine {
 
     fn top_epoch(&self, ch: &ChannelState) -> Epoch {
         let (e, n) = ch.current;
-        if n as usize >= self.config.epoch_messages { e + 1 } else { e }
+        if n as usize >= self.config.epoch_messages {
+            e + 1
+        } else {
+            e
+        }
     }
 
     fn message_at(&mut self, msg: &MessageId) -> Result<(ChannelId, hearth_core::Message)> {
-        let candidates: Vec<ChannelId> =
-            self.channels.keys().filter(|c| c.tag() == msg.channel_tag()).copied().collect();
+        let candidates: Vec<ChannelId> = self
+            .channels
+            .keys()
+            .filter(|c| c.tag() == msg.channel_tag())
+            .copied()
+            .collect();
         for c in candidates {
             if self.ensure_epoch(c, msg.epoch(), false)?
                 && let Some(m) = self.epochs[&(c, msg.epoch())].view.get(msg)
@@ -349,7 +395,10 @@ impl Engine {
                 return Ok((c, m));
             }
         }
-        Err(Error::NotFound { what: "message", id: msg.to_hex() })
+        Err(Error::NotFound {
+            what: "message",
+            id: msg.to_hex(),
+        })
     }
 
     /// Validate a write and give it ids. Nothing changes yet.
@@ -365,9 +414,17 @@ impl Engine {
                 let keys = ChannelKeys::generate()?;
                 let id = keys.id();
                 let entries = vec![
-                    JournalEntry::Channel { id, key: *keys.key().expose() },
+                    JournalEntry::Channel {
+                        id,
+                        key: *keys.key().expose(),
+                    },
                     op_entry(id, Op::CreateChannel { name })?,
-                    op_entry(id, Op::SetName { name: self.identity.name().to_string() })?,
+                    op_entry(
+                        id,
+                        Op::SetName {
+                            name: self.identity.name().to_string(),
+                        },
+                    )?,
                 ];
                 (entries, Outcome::Channel(id))
             }
@@ -375,7 +432,11 @@ impl Engine {
                 self.channel(&channel)?;
                 (vec![op_entry(channel, Op::Rename { name })?], Outcome::Done)
             }
-            Write::Post { channel, text, reply_to } => {
+            Write::Post {
+                channel,
+                text,
+                reply_to,
+            } => {
                 let epoch = match reply_to {
                     None => self.top_epoch(self.channel(&channel)?),
                     Some(_) => 0,
@@ -396,14 +457,28 @@ impl Engine {
                 let epoch = root.map(|r| r.epoch()).unwrap_or(epoch);
                 let ts = self.hlc.tick(now_ms());
                 let id = MessageId::new(ts, epoch, &channel, writer_tag(&me, &self.identity.device()));
-                (vec![op_entry(channel, Op::Post { id, text, reply_to: root })?], Outcome::Message(id))
+                (
+                    vec![op_entry(
+                        channel,
+                        Op::Post {
+                            id,
+                            text,
+                            reply_to: root,
+                        },
+                    )?],
+                    Outcome::Message(id),
+                )
             }
             Write::React { msg, emoji, remove } => {
                 let (c, m) = self.message_at(&msg)?;
                 if m.deleted {
                     return Err(Error::invalid("reaction", "the message was deleted"));
                 }
-                let op = if remove { Op::Unreact { msg, emoji } } else { Op::React { msg, emoji } };
+                let op = if remove {
+                    Op::Unreact { msg, emoji }
+                } else {
+                    Op::React { msg, emoji }
+                };
                 (vec![op_entry(c, op)?], Outcome::Done)
             }
             Write::Edit { msg, text } => {
@@ -455,7 +530,8 @@ impl Engine {
                     }
                     let keys = ChannelKeys::new(*id, SecretKey::from_bytes(*key));
                     let k = channel_key(&keys.wire());
-                    self.batch.insert(&k[..], seal_record(&self.records, &k, &ChannelRecord::encode(&keys))?);
+                    self.batch
+                        .insert(&k[..], seal_record(&self.records, &k, &ChannelRecord::encode(&keys))?);
                     self.load_channel(keys)?;
                 }
                 JournalEntry::Op { channel, op } => self.stage(*channel, op)?,
@@ -471,7 +547,10 @@ impl Engine {
         }
         self.ensure_epoch(channel, epoch, true)?;
         let (user, device) = (self.identity.user(), self.identity.device());
-        let ch = self.channels.get_mut(&channel).expect("ensure_epoch checked the channel");
+        let ch = self
+            .channels
+            .get_mut(&channel)
+            .expect("ensure_epoch checked the channel");
         let le = self.epochs.get_mut(&(channel, epoch)).expect("ensure_epoch loaded it");
         le.doc.stage(&user, &device, op)?;
         let size = OP_ALLOWANCE
@@ -484,7 +563,11 @@ impl Engine {
             _ => le.view.apply_local(&user, op),
         }
         if let Op::Post { reply_to: None, .. } = op {
-            ch.current = if epoch == ch.current.0 { (epoch, ch.current.1 + 1) } else { (epoch.max(ch.current.0), 1) };
+            ch.current = if epoch == ch.current.0 {
+                (epoch, ch.current.1 + 1)
+            } else {
+                (epoch.max(ch.current.0), 1)
+            };
         }
         let staged = self.touched.entry((channel, epoch)).or_default();
         *staged += size;
@@ -497,23 +580,43 @@ impl Engine {
 
     /// Close an epoch's staged ops into a feed entry, queued in the batch.
     fn commit_epoch(&mut self, channel: ChannelId, epoch: Epoch) -> Result<()> {
-        let le = self.epochs.get_mut(&(channel, epoch)).expect("touched epochs stay loaded");
-        let Some(change) = le.doc.commit(now_ms() as i64) else { return Ok(()) };
+        let le = self
+            .epochs
+            .get_mut(&(channel, epoch))
+            .expect("touched epochs stay loaded");
+        let Some(change) = le.doc.commit(now_ms() as i64) else {
+            return Ok(());
+        };
         let ch = self.channels.get_mut(&channel).expect("touched channels exist");
         let wire = ch.keys.wire();
         let device = self.identity.device();
-        let (seq, prev) = ch.heads.get(&device).map(|h| (h.seq + 1, h.hash)).unwrap_or((1, [0; 32]));
+        let (seq, prev) = ch
+            .heads
+            .get(&device)
+            .map(|h| (h.seq + 1, h.hash))
+            .unwrap_or((1, [0; 32]));
         let (bytes, hash) = Envelope::seal(&ch.keys, &self.identity, seq, prev, &EntryBody { epoch, change })?;
         self.batch.insert(&feed_key(&wire, &device, seq)[..], bytes);
-        let head = FeedHead { user: self.identity.user(), seq, hash };
-        self.batch.insert(&head_key(&wire, &device)[..], postcard::to_stdvec(&head).expect("head encodes"));
+        let head = FeedHead {
+            user: self.identity.user(),
+            seq,
+            hash,
+        };
+        self.batch.insert(
+            &head_key(&wire, &device)[..],
+            postcard::to_stdvec(&head).expect("head encodes"),
+        );
         ch.heads.insert(device, head);
         let s = ch.summaries.entry(epoch).or_default();
         s.entries += 1;
-        self.batch.insert(&elog_key(&wire, epoch, s.entries)[..], &elog_value(&device, seq)[..]);
+        self.batch
+            .insert(&elog_key(&wire, epoch, s.entries)[..], &elog_value(&device, seq)[..]);
         s.refresh(&le.view, &self.identity.user());
         let k = epoch_key(T_EPOCHS, &wire, epoch);
-        self.batch.insert(&k[..], seal_record(&self.records, &k, &postcard::to_stdvec(&*s).expect("summary encodes"))?);
+        self.batch.insert(
+            &k[..],
+            seal_record(&self.records, &k, &postcard::to_stdvec(&*s).expect("summary encodes"))?,
+        );
         Ok(())
     }
 

@@ -98,11 +98,17 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn corrupted(what: impl Into<String>, detail: impl std::fmt::Display) -> Self {
-        Error::Corrupted { what: what.into(), detail: detail.to_string() }
+        Error::Corrupted {
+            what: what.into(),
+            detail: detail.to_string(),
+        }
     }
 
     pub(crate) fn invalid(what: impl Into<String>, detail: impl std::fmt::Display) -> Self {
-        Error::Invalid { what: what.into(), detail: detail.to_string() }
+        Error::Invalid {
+            what: what.into(),
+            detail: detail.to_string(),
+        }
     }
 }
 
@@ -111,10 +117,24 @@ impl From<hearth_core::Error> for Error {
         use hearth_core::Error as C;
         match e {
             C::WrongPassphrase => Error::WrongPassphrase,
-            C::Corrupted { what, detail } => Error::Corrupted { what: what.into(), detail },
-            C::UnsupportedFormat { what, found, expected } => Error::UnsupportedFormat { what: what.into(), found, expected },
-            C::TooLarge { what, size, limit } => Error::TooLarge { what: what.into(), size, limit },
-            C::Invalid { what, detail } => Error::Invalid { what: what.into(), detail },
+            C::Corrupted { what, detail } => Error::Corrupted {
+                what: what.into(),
+                detail,
+            },
+            C::UnsupportedFormat { what, found, expected } => Error::UnsupportedFormat {
+                what: what.into(),
+                found,
+                expected,
+            },
+            C::TooLarge { what, size, limit } => Error::TooLarge {
+                what: what.into(),
+                size,
+                limit,
+            },
+            C::Invalid { what, detail } => Error::Invalid {
+                what: what.into(),
+                detail,
+            },
             other => Error::corrupted("document", other),
         }
     }

@@ -121,7 +121,9 @@ pub fn decode_records(key: &SecretKey, bytes: &[u8]) -> Decoded {
         }
         let entries = hearth_core::open(key, &aad(seq), &body[8..], "journal record")
             .map_err(Error::from)
-            .and_then(|plain| postcard::from_bytes::<Vec<JournalEntry>>(&plain).map_err(|e| Error::corrupted("journal record", e)));
+            .and_then(|plain| {
+                postcard::from_bytes::<Vec<JournalEntry>>(&plain).map_err(|e| Error::corrupted("journal record", e))
+            });
         match entries {
             Ok(entries) => d.records.push(JournalRecord { seq, entries }),
             Err(e) => {
@@ -179,7 +181,9 @@ mod tests {
     fn entry(i: u8) -> JournalEntry {
         JournalEntry::Op {
             channel: ChannelId([i; 32]),
-            op: Op::ReadUpTo { msg: MessageId([i; 24]) },
+            op: Op::ReadUpTo {
+                msg: MessageId([i; 24]),
+            },
         }
     }
 

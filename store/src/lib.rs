@@ -50,10 +50,10 @@ mod store;
 mod verify;
 
 pub use config::Config;
+pub use engine::{Outcome, Write};
 pub use error::{Error, Result};
 pub use journal::{Decoded as JournalContents, JournalEntry, JournalRecord, decode_records as decode_journal};
 pub use open::OpenReport;
 pub use query::{ChannelInfo, Located, Thread};
-pub use engine::{Outcome, Write};
 pub use store::{Pending, Store, Whoami};
 pub use verify::{Problem, Stats, VerifyReport};

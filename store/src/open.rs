@@ -37,10 +37,16 @@ pub struct OpenReport {
 }
 
 fn lock(dir: &Path) -> Result<File> {
-    let f = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK_FILE))?;
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))?;
     match f.try_lock() {
         Ok(()) => Ok(f),
-        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked { path: dir.to_path_buf() }),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked {
+            path: dir.to_path_buf(),
+        }),
         Err(fs::TryLockError::Error(e)) => Err(Error::Io(e)),
     }
 }
@@ -80,10 +86,15 @@ fn open_sled(dir: &Path) -> Result<sled::Db> {
 
 /// Create a new store.
 pub(crate) fn create(dir: &Path, pass: &Passphrase, user_name: &str, config: Config) -> Result<(Engine, Journal)> {
-    hearth_core::Op::SetName { name: user_name.to_string() }.validate()?;
+    hearth_core::Op::SetName {
+        name: user_name.to_string(),
+    }
+    .validate()?;
     fs::create_dir_all(dir)?;
     if dir.join(HEADER_FILE).exists() {
-        return Err(Error::AlreadyExists { path: dir.to_path_buf() });
+        return Err(Error::AlreadyExists {
+            path: dir.to_path_buf(),
+        });
     }
     let lock = lock(dir)?;
     // No header means any leftover is an interrupted `create`: start afresh.
@@ -109,7 +120,11 @@ fn read_header(dir: &Path) -> Result<StoreHeader> {
     let path = dir.join(HEADER_FILE);
     let mut f = match File::open(&path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::NotAStore { path: dir.to_path_buf() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::NotAStore {
+                path: dir.to_path_buf(),
+            });
+        }
         Err(e) => return Err(e.into()),
     };
     let mut bytes = Vec::new();
@@ -125,12 +140,17 @@ pub(crate) fn open(dir: &Path, pass: &Passphrase, config: Config) -> Result<(Eng
     let db = open_sled(dir)?;
     let tree = db.open_tree(TREE)?;
     let records = hearth_core::derive(&master, hearth_core::Purpose::LocalRecords);
-    let sealed = tree.get(META_IDENTITY)?.ok_or_else(|| Error::corrupted("identity", "missing"))?;
+    let sealed = tree
+        .get(META_IDENTITY)?
+        .ok_or_else(|| Error::corrupted("identity", "missing"))?;
     let identity = Identity::decode(&open_record(&records, META_IDENTITY, &sealed)?)?;
     let mut engine = Engine::new(dir.to_path_buf(), config, db, master, identity, lock)?;
     engine.load()?;
     let (mut journal, decoded) = Journal::open(&dir.join(JOURNAL_FILE), &engine.records)?;
-    let mut report = OpenReport { journal_tail: decoded.stopped, ..OpenReport::default() };
+    let mut report = OpenReport {
+        journal_tail: decoded.stopped,
+        ..OpenReport::default()
+    };
     let mut last = engine.watermark;
     for rec in decoded.records {
         last = last.max(rec.seq);

@@ -45,8 +45,12 @@ pub struct Located {
 impl Engine {
     /// One message by id.
     pub(crate) fn get_message(&mut self, msg: &MessageId) -> Result<Located> {
-        let candidates: Vec<ChannelId> =
-            self.channels.keys().filter(|c| c.tag() == msg.channel_tag()).copied().collect();
+        let candidates: Vec<ChannelId> = self
+            .channels
+            .keys()
+            .filter(|c| c.tag() == msg.channel_tag())
+            .copied()
+            .collect();
         for c in candidates {
             if self.ensure_epoch(c, msg.epoch(), false)?
                 && let Some(m) = self.loaded(&c, msg.epoch()).and_then(|le| le.view.get(msg))
@@ -54,11 +58,19 @@ impl Engine {
                 return Ok(Located { channel: c, message: m });
             }
         }
-        Err(Error::NotFound { what: "message", id: msg.to_hex() })
+        Err(Error::NotFound {
+            what: "message",
+            id: msg.to_hex(),
+        })
     }
 
     /// Top-level messages older than `before`, newest first.
-    pub(crate) fn page(&mut self, channel: &ChannelId, before: Option<MessageId>, limit: usize) -> Result<Vec<Message>> {
+    pub(crate) fn page(
+        &mut self,
+        channel: &ChannelId,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<Message>> {
         if let Some(b) = before {
             // A cursor must name a message of this channel.
             let loc = self.get_message(&b)?;
@@ -77,7 +89,7 @@ impl Engine {
             .filter_map(|(e, s)| Some((s.top_max?, s.top_min?, *e)))
             .filter(|(_, min, _)| before.is_none_or(|b| *min < b))
             .collect();
-        order.sort_by(|a, b| b.0.cmp(&a.0));
+        order.sort_by_key(|o| std::cmp::Reverse(o.0));
         let mut out: Vec<Message> = Vec::new();
         for (top_max, _, epoch) in order {
             if out.len() >= limit && out.get(limit - 1).is_some_and(|m| m.id > top_max) {
@@ -86,7 +98,7 @@ impl Engine {
             self.ensure_epoch(*channel, epoch, false)?;
             if let Some(le) = self.loaded(channel, epoch) {
                 out.extend(le.view.page(before, limit));
-                out.sort_by(|a, b| b.id.cmp(&a.id));
+                out.sort_by_key(|m| std::cmp::Reverse(m.id));
                 out.truncate(limit);
             }
         }
@@ -97,8 +109,15 @@ impl Engine {
     pub(crate) fn thread(&mut self, msg: &MessageId) -> Result<Thread> {
         let loc = self.get_message(msg)?;
         let root_id = loc.message.reply_to.unwrap_or(loc.message.id);
-        let root = if root_id == loc.message.id { loc.message } else { self.get_message(&root_id)?.message };
-        let replies = self.loaded(&loc.channel, root_id.epoch()).map(|le| le.view.replies(&root_id)).unwrap_or_default();
+        let root = if root_id == loc.message.id {
+            loc.message
+        } else {
+            self.get_message(&root_id)?.message
+        };
+        let replies = self
+            .loaded(&loc.channel, root_id.epoch())
+            .map(|le| le.view.replies(&root_id))
+            .unwrap_or_default();
         Ok(Thread { root, replies })
     }
 
@@ -131,12 +150,18 @@ impl Engine {
     pub(crate) fn members(&mut self, channel: &ChannelId) -> Result<BTreeMap<UserId, String>> {
         self.channel(channel)?;
         self.ensure_epoch(*channel, META_EPOCH, false)?;
-        Ok(self.loaded(channel, META_EPOCH).map(|le| le.view.names.clone()).unwrap_or_default())
+        Ok(self
+            .loaded(channel, META_EPOCH)
+            .map(|le| le.view.names.clone())
+            .unwrap_or_default())
     }
 
     fn channel_name(&mut self, channel: &ChannelId) -> Result<String> {
         self.ensure_epoch(*channel, META_EPOCH, false)?;
-        Ok(self.loaded(channel, META_EPOCH).and_then(|le| le.view.name.clone()).unwrap_or_default())
+        Ok(self
+            .loaded(channel, META_EPOCH)
+            .and_then(|le| le.view.name.clone())
+            .unwrap_or_default())
     }
 
     /// One channel's entry in the list.
@@ -144,7 +169,13 @@ impl Engine {
         let name = self.channel_name(channel)?;
         let unread = self.unread(channel)?;
         let ch = self.channel(channel)?;
-        Ok(ChannelInfo { id: *channel, name, messages: ch.message_count(), unread, newest: ch.newest() })
+        Ok(ChannelInfo {
+            id: *channel,
+            name,
+            messages: ch.message_count(),
+            unread,
+            newest: ch.newest(),
+        })
     }
 
     /// Every channel, by name.
@@ -178,8 +209,13 @@ impl Engine {
         };
         match matches.as_slice() {
             [one] => Ok(*one),
-            [] => Err(Error::NotFound { what: "channel", id: input.to_string() }),
-            _ => Err(Error::Ambiguous { input: input.to_string() }),
+            [] => Err(Error::NotFound {
+                what: "channel",
+                id: input.to_string(),
+            }),
+            _ => Err(Error::Ambiguous {
+                input: input.to_string(),
+            }),
         }
     }
 }

@@ -23,7 +23,9 @@ impl std::future::Future for Pending {
     type Output = Result<Outcome>;
 
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| r.map_err(|_| Error::Closed).and_then(|r| r))
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.map_err(|_| Error::Closed).and_then(|r| r))
     }
 }
 
@@ -58,7 +60,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("whoami", &self.shared.whoami).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("whoami", &self.shared.whoami)
+            .finish_non_exhaustive()
     }
 }
 
@@ -76,23 +80,28 @@ impl Store {
     {
         let (tx, rx) = mpsc::channel(config.command_queue);
         let (ready_tx, ready_rx) = oneshot::channel();
-        std::thread::Builder::new().name("hearth-store".into()).spawn(move || match opener(config) {
-            Ok((engine, journal, report)) => {
-                let whoami = Whoami {
-                    user: engine.identity.user(),
-                    device: engine.identity.device(),
-                    name: engine.identity.name().to_string(),
-                    dir: engine.dir.clone(),
-                };
-                let _ = ready_tx.send(Ok((whoami, report)));
-                actor::run(engine, journal, rx);
-            }
-            Err(e) => {
-                let _ = ready_tx.send(Err(e));
-            }
-        })?;
+        std::thread::Builder::new()
+            .name("hearth-store".into())
+            .spawn(move || match opener(config) {
+                Ok((engine, journal, report)) => {
+                    let whoami = Whoami {
+                        user: engine.identity.user(),
+                        device: engine.identity.device(),
+                        name: engine.identity.name().to_string(),
+                        dir: engine.dir.clone(),
+                    };
+                    let _ = ready_tx.send(Ok((whoami, report)));
+                    actor::run(engine, journal, rx);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })?;
         let (whoami, report) = ready_rx.await.map_err(|_| Error::Closed)??;
-        Ok(Store { tx, shared: Arc::new(Shared { whoami, report }) })
+        Ok(Store {
+            tx,
+            shared: Arc::new(Shared { whoami, report }),
+        })
     }
 
     /// Create a new store in `dir` (created if missing) for a new user.
@@ -162,33 +171,69 @@ impl Store {
 
     /// Rename a channel.
     pub async fn rename_channel(&self, channel: ChannelId, name: &str) -> Result<()> {
-        self.write(Write::Rename { channel, name: name.to_string() }).await.map(drop)
+        self.write(Write::Rename {
+            channel,
+            name: name.to_string(),
+        })
+        .await
+        .map(drop)
     }
 
     /// Post a top-level message.
     pub async fn post(&self, channel: ChannelId, text: &str) -> Result<MessageId> {
-        expect_message(self.write(Write::Post { channel, text: text.to_string(), reply_to: None }).await?)
+        expect_message(
+            self.write(Write::Post {
+                channel,
+                text: text.to_string(),
+                reply_to: None,
+            })
+            .await?,
+        )
     }
 
     /// Reply in the thread of `to` (a root or any reply of it).
     pub async fn reply(&self, to: MessageId, text: &str) -> Result<MessageId> {
         let channel = self.message(to).await?.channel;
-        expect_message(self.write(Write::Post { channel, text: text.to_string(), reply_to: Some(to) }).await?)
+        expect_message(
+            self.write(Write::Post {
+                channel,
+                text: text.to_string(),
+                reply_to: Some(to),
+            })
+            .await?,
+        )
     }
 
     /// Add the local user's reaction to a message.
     pub async fn react(&self, msg: MessageId, emoji: &str) -> Result<()> {
-        self.write(Write::React { msg, emoji: emoji.to_string(), remove: false }).await.map(drop)
+        self.write(Write::React {
+            msg,
+            emoji: emoji.to_string(),
+            remove: false,
+        })
+        .await
+        .map(drop)
     }
 
     /// Remove the local user's reaction from a message.
     pub async fn unreact(&self, msg: MessageId, emoji: &str) -> Result<()> {
-        self.write(Write::React { msg, emoji: emoji.to_string(), remove: true }).await.map(drop)
+        self.write(Write::React {
+            msg,
+            emoji: emoji.to_string(),
+            remove: true,
+        })
+        .await
+        .map(drop)
     }
 
     /// Edit one of the local user's messages.
     pub async fn edit(&self, msg: MessageId, text: &str) -> Result<()> {
-        self.write(Write::Edit { msg, text: text.to_string() }).await.map(drop)
+        self.write(Write::Edit {
+            msg,
+            text: text.to_string(),
+        })
+        .await
+        .map(drop)
     }
 
     /// Delete one of the local user's messages (its text leaves every view).
@@ -262,7 +307,10 @@ impl Store {
     /// atomically.
     pub async fn change_passphrase(&self, new: &Passphrase) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Cmd::Passwd(new.clone(), tx)).await.map_err(|_| Error::Closed)?;
+        self.tx
+            .send(Cmd::Passwd(new.clone(), tx))
+            .await
+            .map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
     }
 

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use hearth_core::{ChannelId, EpochDoc, Envelope, WireId, decode_change};
+use hearth_core::{ChannelId, Envelope, EpochDoc, WireId, decode_change};
 use serde::Serialize;
 
 use crate::channel::{EpochSummary, FeedHead};
@@ -43,7 +43,10 @@ impl VerifyReport {
     }
 
     fn problem(&mut self, place: impl Into<String>, detail: impl std::fmt::Display) {
-        self.problems.push(Problem { place: place.into(), detail: detail.to_string() });
+        self.problems.push(Problem {
+            place: place.into(),
+            detail: detail.to_string(),
+        });
     }
 }
 
@@ -79,7 +82,10 @@ fn dir_bytes(p: &Path) -> u64 {
 
 impl Engine {
     pub(crate) fn stats(&self) -> Stats {
-        let mut s = Stats { channels: self.channels.len() as u64, ..Stats::default() };
+        let mut s = Stats {
+            channels: self.channels.len() as u64,
+            ..Stats::default()
+        };
         for ch in self.channels.values() {
             s.messages += ch.message_count();
             s.feed_entries += ch.heads.values().map(|h| h.seq).sum::<u64>();
@@ -87,7 +93,9 @@ impl Engine {
         }
         s.cached_epochs = self.epochs.len() as u64;
         s.disk_bytes = dir_bytes(&self.dir);
-        s.journal_bytes = std::fs::metadata(self.dir.join(JOURNAL_FILE)).map(|m| m.len()).unwrap_or(0);
+        s.journal_bytes = std::fs::metadata(self.dir.join(JOURNAL_FILE))
+            .map(|m| m.len())
+            .unwrap_or(0);
         s
     }
 
@@ -149,7 +157,10 @@ impl Engine {
                         return Err(crate::Error::corrupted("feed entry", "header does not match its key"));
                     }
                     if env.header.user != head.user {
-                        return Err(crate::Error::corrupted("feed entry", "signed by another user than the feed's"));
+                        return Err(crate::Error::corrupted(
+                            "feed entry",
+                            "signed by another user than the feed's",
+                        ));
                     }
                     if env.header.prev != prev {
                         return Err(crate::Error::corrupted("feed entry", "hash chain broken"));
@@ -165,7 +176,10 @@ impl Engine {
                 expect_seq = seq + 1;
             }
             if head.seq != expect_seq - 1 || head.hash != prev {
-                r.problem(place, format!("head says entry {} but the feed ends at {}", head.seq, expect_seq - 1));
+                r.problem(
+                    place,
+                    format!("head says entry {} but the feed ends at {}", head.seq, expect_seq - 1),
+                );
             }
         }
         // Epochs: summary opens, log rows name existing entries, snapshot loads.
@@ -197,7 +211,10 @@ impl Engine {
                 }
             }
             if rows != s.entries {
-                r.problem(&place, format!("summary counts {} entries, the log has {rows}", s.entries));
+                r.problem(
+                    &place,
+                    format!("summary counts {} entries, the log has {rows}", s.entries),
+                );
             }
             if s.snapshot_chunks > 0 {
                 r.snapshots += 1;

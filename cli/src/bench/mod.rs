@@ -60,7 +60,13 @@ struct HearthWrites {
     p99_us: f64,
 }
 
-async fn hearth_writers(h: &Hearth, channel: ChannelId, writers: usize, total: usize, text_len: usize) -> Result<HearthWrites> {
+async fn hearth_writers(
+    h: &Hearth,
+    channel: ChannelId,
+    writers: usize,
+    total: usize,
+    text_len: usize,
+) -> Result<HearthWrites> {
     let per = total / writers;
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -98,7 +104,14 @@ async fn hearth_stream(h: &Hearth, channel: ChannelId, n: usize, text_len: usize
     let mut queue: std::collections::VecDeque<Pending> = Default::default();
     for i in 0..n {
         let text = sqlite::bench_text(seed + i as u64, text_len);
-        queue.push_back(h.submit(Write::Post { channel, text, reply_to: None }).await?);
+        queue.push_back(
+            h.submit(Write::Post {
+                channel,
+                text,
+                reply_to: None,
+            })
+            .await?,
+        );
         if queue.len() >= 4096 {
             queue.pop_front().expect("non-empty").await?;
         }
@@ -112,7 +125,11 @@ async fn hearth_stream(h: &Hearth, channel: ChannelId, n: usize, text_len: usize
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
         .map(|kb| kb * 1024)
         .unwrap_or(0)
 }
@@ -141,7 +158,11 @@ async fn probe(dir: &Path) -> Result<Probe> {
     let h = Hearth::open(dir, &pass, Config::default()).await?;
     let open = t.elapsed();
     let channels = h.channels().await?;
-    let big = channels.iter().max_by_key(|c| c.messages).context("the big store has no channel")?.id;
+    let big = channels
+        .iter()
+        .max_by_key(|c| c.messages)
+        .context("the big store has no channel")?
+        .id;
     let t = Instant::now();
     let page = h.page(big, None, 50).await?;
     let first_page = t.elapsed();
@@ -200,7 +221,10 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> Result<ExitCode> {
     let n = args.messages.max(8);
 
     // Durable writes, Hearth then SQLite, same sizes.
-    say(format!("writes: {n} durable posts of {} bytes, 1 and 8 writers", args.text_len));
+    say(format!(
+        "writes: {n} durable posts of {} bytes, 1 and 8 writers",
+        args.text_len
+    ));
     let wdir = root.join("hearth-writes");
     let h = Hearth::create(&wdir, &pass, "bench", Config::default()).await?;
     let ch = h.create_channel("writes").await?;
@@ -284,19 +308,54 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> Result<ExitCode> {
 
 fn print_table(r: &serde_json::Value) {
     let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
-    println!("hearth bench ({} cores, {}-byte messages)", r["machine"]["cores"], r["text_len"]);
+    println!(
+        "hearth bench ({} cores, {}-byte messages)",
+        r["machine"]["cores"], r["text_len"]
+    );
     println!("{:<44} {:>14} {:>14} {:>8}", "metric", "hearth", "sqlite", "ratio");
-    for (name, k) in [("durable post, 1 writer (msg/s)", "writes_1"), ("durable post, 8 writers (msg/s)", "writes_8")] {
+    for (name, k) in [
+        ("durable post, 1 writer (msg/s)", "writes_1"),
+        ("durable post, 8 writers (msg/s)", "writes_8"),
+    ] {
         let w = &r[k];
-        println!("{:<44} {:>14.0} {:>14.0} {:>8.2}", name, f(&w["hearth"]["msgs_per_sec"]), f(&w["sqlite"]["msgs_per_sec"]), f(&w["ratio"]));
-        println!("{:<44} {:>14.0} {:>14.0}", "  p50 latency (us)", f(&w["hearth"]["p50_us"]), f(&w["sqlite"]["p50_us"]));
-        println!("{:<44} {:>14.0} {:>14.0}", "  p99 latency (us)", f(&w["hearth"]["p99_us"]), f(&w["sqlite"]["p99_us"]));
+        println!(
+            "{:<44} {:>14.0} {:>14.0} {:>8.2}",
+            name,
+            f(&w["hearth"]["msgs_per_sec"]),
+            f(&w["sqlite"]["msgs_per_sec"]),
+            f(&w["ratio"])
+        );
+        println!(
+            "{:<44} {:>14.0} {:>14.0}",
+            "  p50 latency (us)",
+            f(&w["hearth"]["p50_us"]),
+            f(&w["sqlite"]["p50_us"])
+        );
+        println!(
+            "{:<44} {:>14.0} {:>14.0}",
+            "  p99 latency (us)",
+            f(&w["hearth"]["p99_us"]),
+            f(&w["sqlite"]["p99_us"])
+        );
     }
-    println!("{:<44} {:>14.0}", "streaming post (msg/s, durable)", f(&r["stream_msgs_per_sec"]));
+    println!(
+        "{:<44} {:>14.0}",
+        "streaming post (msg/s, durable)",
+        f(&r["stream_msgs_per_sec"])
+    );
     let b = &r["big"];
     println!("big channel: {} messages", b["messages"]);
-    println!("{:<44} {:>14.1} {:>14.1}", "  build (s)", f(&b["hearth_build_secs"]), f(&b["sqlite_build_secs"]));
-    println!("{:<44} {:>14.1}", "  unlock, Argon2id (ms)", f(&b["hearth_cold"]["unlock_ms"]));
+    println!(
+        "{:<44} {:>14.1} {:>14.1}",
+        "  build (s)",
+        f(&b["hearth_build_secs"]),
+        f(&b["sqlite_build_secs"])
+    );
+    println!(
+        "{:<44} {:>14.1}",
+        "  unlock, Argon2id (ms)",
+        f(&b["hearth_cold"]["unlock_ms"])
+    );
     println!(
         "{:<44} {:>14.1} {:>14.1}",
         "  cold open + newest 50, unlock apart (ms)",
@@ -309,7 +368,11 @@ fn print_table(r: &serde_json::Value) {
         f(&b["hearth_cold"]["warm_page_p50_us"]),
         f(&b["sqlite_warm_page"]["p50_us"])
     );
-    println!("{:<44} {:>14.1}", "  RSS, store open + 10 channels cached (MB)", f(&b["hearth_cold"]["rss_mb"]));
+    println!(
+        "{:<44} {:>14.1}",
+        "  RSS, store open + 10 channels cached (MB)",
+        f(&b["hearth_cold"]["rss_mb"])
+    );
     println!(
         "{:<44} {:>14.2} {:>14.2}",
         "  disk / plaintext bytes",

@@ -93,11 +93,9 @@ impl SqliteBaseline {
     pub fn open(dir: &Path, key: &SecretKey) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join(DB_FILE);
-        let conn = Connection::open(&path)
-            .with_context(|| format!("opening SQLite baseline {}", path.display()))?;
+        let conn = Connection::open(&path).with_context(|| format!("opening SQLite baseline {}", path.display()))?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        let mode: String =
-            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             bail!("SQLite baseline: journal_mode is {mode}, not wal");
         }
@@ -168,8 +166,8 @@ impl SqliteBaseline {
                     .map_err(|_| anyhow!("SQLite baseline: id of {} bytes", id.len()))?,
             );
             let body = row.get_ref(1)?.as_blob()?;
-            let plain = open(&self.key, &aad(channel, &id), body, ROW)
-                .with_context(|| format!("opening message {id}"))?;
+            let plain =
+                open(&self.key, &aad(channel, &id), body, ROW).with_context(|| format!("opening message {id}"))?;
             out.push(String::from_utf8(plain).context("message text is not UTF-8")?);
         }
         Ok(out)
@@ -194,12 +192,7 @@ impl SqliteBaseline {
 /// serialise on the write lock (waiting up to [`BUSY_TIMEOUT`]).
 ///
 /// Texts are made and connections opened before the clock starts.
-pub fn run_writers(
-    dir: &Path,
-    writers: usize,
-    per_writer: usize,
-    text_len: usize,
-) -> Result<WriteReport> {
+pub fn run_writers(dir: &Path, writers: usize, per_writer: usize, text_len: usize) -> Result<WriteReport> {
     if writers == 0 {
         bail!("run_writers needs at least one writer");
     }
@@ -260,11 +253,7 @@ pub fn run_writers(
         writers,
         messages,
         secs,
-        msgs_per_sec: if secs > 0.0 {
-            messages as f64 / secs
-        } else {
-            0.0
-        },
+        msgs_per_sec: if secs > 0.0 { messages as f64 / secs } else { 0.0 },
         p50_us: percentile_us(&lat, 0.50),
         p99_us: percentile_us(&lat, 0.99),
     })
@@ -272,12 +261,7 @@ pub fn run_writers(
 
 /// Warm "newest [`PAGE`]" queries with decryption on one connection: one
 /// untimed warm-up query, then `iterations` timed ones.
-pub fn page_latency(
-    dir: &Path,
-    key: &SecretKey,
-    channel: &ChannelId,
-    iterations: usize,
-) -> Result<LatencyReport> {
+pub fn page_latency(dir: &Path, key: &SecretKey, channel: &ChannelId, iterations: usize) -> Result<LatencyReport> {
     let mut db = SqliteBaseline::open(dir, key)?;
     if db.newest_page(channel, PAGE)?.is_empty() {
         bail!("SQLite baseline: channel {channel} has no messages to page");
@@ -397,11 +381,7 @@ mod tests {
         assert_eq!(db.newest_page(&a, PAGE).unwrap(), ["three", "two", "one"]);
         assert_eq!(db.newest_page(&a, 2).unwrap(), ["three", "two"]);
         assert_eq!(db.newest_page(&b, PAGE).unwrap(), ["elsewhere"]);
-        assert!(
-            db.newest_page(&ChannelId([3; 32]), PAGE)
-                .unwrap()
-                .is_empty()
-        );
+        assert!(db.newest_page(&ChannelId([3; 32]), PAGE).unwrap().is_empty());
         // Another connection with the same key reads the same page.
         let mut other = SqliteBaseline::open(dir.path(), &key()).unwrap();
         assert_eq!(other.newest_page(&a, 1).unwrap(), ["three"]);
@@ -421,16 +401,11 @@ mod tests {
             .unwrap();
         assert_eq!(rows, 100);
         let bodies: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM messages WHERE length(body) = 140",
-                [],
-                |r| r.get(0),
-            )
+            .query_row("SELECT count(*) FROM messages WHERE length(body) = 140", [], |r| {
+                r.get(0)
+            })
             .unwrap();
-        assert_eq!(
-            bodies, 100,
-            "100-byte texts sealed with 40 bytes of overhead"
-        );
+        assert_eq!(bodies, 100, "100-byte texts sealed with 40 bytes of overhead");
     }
 
     #[test]
@@ -444,14 +419,9 @@ mod tests {
             .query_row("SELECT body FROM messages", [], |r| r.get(0))
             .unwrap();
         body[30] ^= 1;
-        db.conn
-            .execute("UPDATE messages SET body = ?1", params![body])
-            .unwrap();
+        db.conn.execute("UPDATE messages SET body = ?1", params![body]).unwrap();
         let err = db.newest_page(&a, PAGE).unwrap_err();
-        assert!(
-            format!("{err:#}").contains("authentication failed"),
-            "{err:#}"
-        );
+        assert!(format!("{err:#}").contains("authentication failed"), "{err:#}");
 
         // An intact row moved to another channel fails too: the channel is in the AAD.
         let b = ChannelId([2; 32]);
