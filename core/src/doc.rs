@@ -19,7 +19,7 @@
 //! fills from signed feed headers. A value under a key that names another user is
 //! ignored, so a member cannot edit, delete or react for somebody else.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use automerge::legacy::{Key, ObjectId, OpType};
 use automerge::transaction::{CommitOptions, Transactable};
@@ -198,35 +198,132 @@ impl EpochDoc {
         Ok(())
     }
 
-    /// Build the full view of this epoch.
+    /// Build the full view of this epoch in one pass over the root keys.
+    ///
+    /// Keys whose value is in conflict (concurrent writes) take the slow path
+    /// through `get_all`, which applies the writer checks to every candidate.
     pub fn view(&self, devices: &Devices) -> EpochView {
         let mut view = EpochView::default();
-        let ids: Vec<MessageId> = self
-            .doc
-            .map_range(ROOT, "m:".to_string().."m;".to_string())
-            .filter_map(|item| item.key.strip_prefix("m:").and_then(|h| h.parse().ok()))
-            .collect();
-        for id in ids {
+        let mut slow: Vec<MessageId> = Vec::new();
+        let mut posts: Vec<Message> = Vec::new();
+        let mut edits: HashMap<(MessageId, UserId), String> = HashMap::new();
+        let mut deletes: HashSet<(MessageId, UserId)> = HashSet::new();
+        let mut reactions: Vec<(MessageId, UserId, String)> = Vec::new();
+        for item in self.doc.map_range(ROOT, ..) {
+            let key: &str = &item.key;
+            let Some((kind, rest)) = key.split_once(':') else {
+                continue;
+            };
+            let id = item.id();
+            let w = writer(&id, devices);
+            match kind {
+                "m" => {
+                    let Ok(msg) = rest.parse::<MessageId>() else { continue };
+                    match (item.conflict, self.fast_post(&msg, &id, devices)) {
+                        (false, Some(m)) => posts.push(m),
+                        _ => slow.push(msg),
+                    }
+                }
+                "e" | "x" => {
+                    let Some((msg, user)) = rest.split_once(':') else {
+                        continue;
+                    };
+                    let (Ok(msg), Ok(user)) = (msg.parse::<MessageId>(), user.parse::<UserId>()) else {
+                        continue;
+                    };
+                    if item.conflict || w != Some(user) {
+                        // Rare: resolved per message on the slow path below.
+                        slow.push(msg);
+                    } else if kind == "x" {
+                        deletes.insert((msg, user));
+                    } else if let Some(text) = value_str(&item.value) {
+                        edits.insert((msg, user), text.to_string());
+                    }
+                }
+                "r" => {
+                    let mut parts = rest.splitn(3, ':');
+                    let (Some(msg), Some(user), Some(emoji)) = (parts.next(), parts.next(), parts.next()) else {
+                        continue;
+                    };
+                    let (Ok(msg), Ok(user)) = (msg.parse::<MessageId>(), user.parse::<UserId>()) else {
+                        continue;
+                    };
+                    if item.conflict {
+                        slow.push(msg);
+                    } else if w == Some(user) {
+                        reactions.push((msg, user, emoji.to_string()));
+                    }
+                }
+                "rd" => {
+                    let Some((user, _device)) = rest.split_once(':') else {
+                        continue;
+                    };
+                    let (Ok(user), Some(Ok(msg))) = (
+                        user.parse::<UserId>(),
+                        value_str(&item.value).map(str::parse::<MessageId>),
+                    ) else {
+                        continue;
+                    };
+                    if w == Some(user) {
+                        view.mark_read(user, msg);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for mut m in posts {
+            if edits.contains_key(&(m.id, m.author)) || deletes.contains(&(m.id, m.author)) {
+                if deletes.contains(&(m.id, m.author)) {
+                    m.text = None;
+                    m.deleted = true;
+                } else {
+                    m.text = edits.remove(&(m.id, m.author));
+                    m.edited = true;
+                }
+            }
+            view.insert(m);
+        }
+        for (msg, user, emoji) in reactions {
+            view.add_reaction(&msg, user, emoji);
+        }
+        for id in slow {
             if let Some(m) = self.message(&id, devices) {
                 view.insert(m);
             }
         }
-        for item in self.doc.map_range(ROOT, "rd:".to_string().."rd;".to_string()) {
-            let Some((user, _device)) = item.key["rd:".len()..].split_once(':') else {
-                continue;
-            };
-            let (Ok(user), Some(Ok(msg))) = (
-                user.parse::<UserId>(),
-                value_str(&item.value).map(str::parse::<MessageId>),
-            ) else {
-                continue;
-            };
-            if writer(&item.id(), devices) == Some(user) {
-                view.mark_read(user, msg);
-            }
-        }
         self.read_meta(&mut view, devices);
         view
+    }
+
+    /// A message map as it was posted (no edits, deletes or reactions applied),
+    /// if its fields are free of conflicts; `None` sends it to the slow path.
+    fn fast_post(&self, id: &MessageId, obj: &ObjId, devices: &Devices) -> Option<Message> {
+        let author = writer(obj, devices)?;
+        let ObjId::Id(_, actor, _) = obj else { return None };
+        if writer_tag(&author, &device_of(actor)?) != id.writer() {
+            return None;
+        }
+        let (mut text, mut reply_to) = (None, None);
+        for f in self.doc.map_range(obj, ..) {
+            if f.conflict || writer(&f.id(), devices) != Some(author) {
+                return None;
+            }
+            match &*f.key {
+                "t" => text = value_str(&f.value).map(str::to_string),
+                "p" => reply_to = Some(value_str(&f.value)?.parse().ok()?),
+                _ => {}
+            }
+        }
+        Some(Message {
+            id: *id,
+            author,
+            text: Some(text?),
+            reply_to,
+            edited: false,
+            deleted: false,
+            reactions: BTreeMap::new(),
+            reply_count: 0,
+        })
     }
 
     fn read_meta(&self, view: &mut EpochView, devices: &Devices) {
@@ -257,15 +354,18 @@ impl EpochDoc {
     /// Materialise one message, or `None` if it does not exist (or was written by
     /// a device no signed header vouches for).
     pub fn message(&self, id: &MessageId, devices: &Devices) -> Option<Message> {
-        let (value, obj) = self.doc.get(ROOT, format!("m:{id}")).ok()??;
-        if !matches!(value, Value::Object(ObjType::Map)) {
-            return None;
-        }
-        let author = writer(&obj, devices)?;
-        let ObjId::Id(_, actor, _) = &obj else { return None };
-        if writer_tag(&author, &device_of(actor)?) != id.writer() {
-            return None;
-        }
+        // Among concurrent maps under this key, the message is the one whose
+        // creating device and user hash to the id's writer tag; any other is a
+        // forgery that must neither show nor hide the real one.
+        let candidates = self.doc.get_all(ROOT, format!("m:{id}")).ok()?;
+        let (author, obj) = candidates.into_iter().rev().find_map(|(value, obj)| {
+            if !matches!(value, Value::Object(ObjType::Map)) {
+                return None;
+            }
+            let author = writer(&obj, devices)?;
+            let ObjId::Id(_, actor, _) = &obj else { return None };
+            (writer_tag(&author, &device_of(actor)?) == id.writer()).then_some((author, obj))
+        })?;
         let field = |name: &str| -> Option<String> {
             let all = self.doc.get_all(&obj, name).ok()?;
             all.into_iter()
@@ -322,7 +422,11 @@ pub fn decode_change(bytes: &[u8], device: &DeviceId, user: &UserId) -> Result<C
     if change.actor_id().to_bytes() != device.0 {
         return Err(Error::corrupted("automerge change", "actor is not the feed's device"));
     }
-    let expanded = change.decode();
+    // automerge 0.12 panics on some malformed changes that `from_bytes` accepts
+    // (an op naming an actor index the change does not list): found by fuzzing,
+    // pinned by fuzz/corpus/change. Untrusted bytes must give an error instead.
+    let expanded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| change.decode()))
+        .map_err(|_| Error::corrupted("automerge change", "malformed operations"))?;
     for op in &expanded.operations {
         if op.insert {
             return Err(Error::corrupted(
@@ -374,5 +478,89 @@ fn check_root_op(key: &str, action: &OpType, preds: usize, user: &UserId, device
         Ok(())
     } else {
         bad("key does not belong to the writer")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hlc::Timestamp;
+    use crate::id::ChannelId;
+    use crate::identity::Identity;
+
+    /// The store updates views from ops (`EpochView::apply_local`) instead of
+    /// reading the document back; both must agree after any sequence of local ops.
+    #[test]
+    fn views_updated_from_ops_match_views_built_from_the_document() {
+        let me = Identity::generate("me").unwrap();
+        let (user, device) = (me.user(), me.device());
+        let devices = Devices::from([(device, user)]);
+        let channel = ChannelId([3; 32]);
+        let mut doc = EpochDoc::new(1, &device);
+        let mut view = EpochView::default();
+        let mut ids = Vec::new();
+        let mut seed = 7u64;
+        let mut next = |n: u64| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        for step in 0..400u64 {
+            let pick = |ids: &Vec<MessageId>, r: u64| ids[(r as usize) % ids.len()];
+            let op = match (next(8), ids.is_empty()) {
+                (_, true) | (0 | 1, _) => {
+                    let id = MessageId::new(
+                        Timestamp::from_millis(1000 + step),
+                        1,
+                        &channel,
+                        writer_tag(&user, &device),
+                    );
+                    let root = if next(3) == 0 && !ids.is_empty() {
+                        let r: MessageId = pick(&ids, next(1000));
+                        Some(view.get(&r).and_then(|m| m.reply_to).unwrap_or(r))
+                    } else {
+                        None
+                    };
+                    ids.push(id);
+                    Op::Post {
+                        id,
+                        text: format!("m{step}"),
+                        reply_to: root,
+                    }
+                }
+                (2, _) => Op::React {
+                    msg: pick(&ids, next(1000)),
+                    emoji: ["👍", "🎉"][next(2) as usize].into(),
+                },
+                (3, _) => Op::Unreact {
+                    msg: pick(&ids, next(1000)),
+                    emoji: "👍".into(),
+                },
+                (4, _) => Op::Edit {
+                    msg: pick(&ids, next(1000)),
+                    text: format!("e{step}"),
+                },
+                (5, _) => Op::Delete {
+                    msg: pick(&ids, next(1000)),
+                },
+                _ => {
+                    // Like the store, only ever move the marker forward: the
+                    // document keeps each device's last marker, the view the max.
+                    let msg = pick(&ids, next(1000));
+                    if view.read_marker(&user) >= Some(msg) {
+                        continue;
+                    }
+                    Op::ReadUpTo { msg }
+                }
+            };
+            doc.stage(&user, &device, &op).unwrap();
+            view.apply_local(&user, &op);
+            if next(5) == 0 {
+                doc.commit(0);
+            }
+        }
+        doc.commit(0);
+        assert_eq!(view, doc.view(&devices));
+        let saved = doc.save().unwrap();
+        assert_eq!(view, EpochDoc::load(1, &saved, &device).unwrap().view(&devices));
     }
 }

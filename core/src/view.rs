@@ -54,7 +54,8 @@ impl EpochView {
     /// Apply an op that `author` just wrote locally, without reading the
     /// document back: a local op supersedes every value its author has seen, so
     /// its effect on the view is known. Must agree with [`crate::EpochDoc::view`]
-    /// (tests compare the two). Metadata ops are not handled here.
+    /// (tests compare the two). Metadata ops are not handled here, and a read
+    /// marker must only move forward (the document keeps each device's last one).
     pub fn apply_local(&mut self, author: &UserId, op: &Op) {
         match op {
             Op::Post { id, text, reply_to } => self.insert(Message {
@@ -98,6 +99,13 @@ impl EpochView {
             }
             Op::ReadUpTo { msg } => self.mark_read(*author, *msg),
             Op::CreateChannel { .. } | Op::Rename { .. } | Op::SetName { .. } => {}
+        }
+    }
+
+    /// Add a reaction to a message that is not deleted (used when building a view).
+    pub fn add_reaction(&mut self, msg: &MessageId, user: UserId, emoji: String) {
+        if let Some(m) = self.messages.get_mut(msg).filter(|m| !m.deleted) {
+            m.reactions.entry(emoji).or_default().insert(user);
         }
     }
 

@@ -2,17 +2,18 @@
 //! file and does the group commit.
 //!
 //! ```text
-//!  handles ──cmd──▶ store thread: prepare → stage → journal group ──▶ journal thread: write + fdatasync → acks
-//!                                 └─ finish_batch (automerge commit, seal, sign, sled batch), in parallel with the fsync
+//!  handles ──cmd──▶ store thread: prepare ──record──▶ journal thread: write + fdatasync (all queued records) → acks
+//!                                 └─ stage, then finish_batch (automerge commit, seal, sign, sled batch),
+//!                                    while the fsync runs
 //! ```
-//! Writes queued while an fsync is in flight form the next group, so concurrent
-//! writers share one fsync, and the CRDT work of a group overlaps the fsync of
-//! its journal record. A query first closes the current group, so it sees every
-//! write queued before it.
+//! Records queued while an fsync is in flight share the next one, so concurrent
+//! writers share one fsync, and the CRDT work of a write overlaps the fsync of
+//! its journal record. A reply waits for both (see [`Join`]). A query first
+//! closes the current group, so it sees every write queued before it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use hearth_core::Passphrase;
@@ -20,10 +21,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::{Engine, Outcome, Write};
 use crate::error::{Error, Result};
-use crate::journal::{Journal, JournalEntry, encode_record};
+use crate::journal::{Journal, encode_record};
 
-/// Groups queued to the journal thread before the store thread waits.
-const JOURNAL_QUEUE: usize = 64;
+/// Journal records queued to the journal thread before the store thread waits
+/// (the journal thread takes every queued record into one write and one fsync).
+const JOURNAL_QUEUE: usize = 8192;
 
 type Ack = Box<dyn FnOnce(Result<()>) + Send>;
 
@@ -90,19 +92,45 @@ fn journal_thread(mut journal: Journal, rx: std_mpsc::Receiver<JournalMsg>, pois
     }
 }
 
+/// The reply of a write waits for two things: its journal record being durable
+/// (journal thread) and its ops being staged (store thread). Whichever comes
+/// second sends the reply.
+struct Join {
+    journal: Option<Result<()>>,
+    staged: Option<Result<()>>,
+    reply: Option<oneshot::Sender<Result<Outcome>>>,
+    outcome: Outcome,
+}
+
+impl Join {
+    fn settle(&mut self) {
+        if self.journal.is_none() || self.staged.is_none() {
+            return;
+        }
+        let (Some(journal), Some(staged), Some(reply)) = (self.journal.take(), self.staged.take(), self.reply.take())
+        else {
+            return;
+        };
+        let _ = reply.send(journal.and(staged).map(|()| self.outcome));
+    }
+}
+
 struct Actor {
     engine: Engine,
     journal: std_mpsc::SyncSender<JournalMsg>,
     journal_thread: Option<std::thread::JoinHandle<()>>,
     poisoned: Arc<AtomicBool>,
-    group: Vec<JournalEntry>,
-    acks: Vec<Ack>,
+    /// Highest journal seq handed to the journal thread but not yet in a sled batch.
+    unbatched: Option<u64>,
     next_seq: u64,
     journal_bytes: u64,
     last_checkpoint: Instant,
 }
 
 impl Actor {
+    /// Journal first, then stage: the record goes to the journal thread as soon
+    /// as the write is validated, so its fsync runs while this thread does the
+    /// automerge work (and while the next writes of the group are validated).
     fn write(&mut self, w: Write, reply: oneshot::Sender<Result<Outcome>>) {
         if self.poisoned.load(Ordering::SeqCst) {
             let _ = reply.send(Err(Error::Poisoned));
@@ -119,34 +147,48 @@ impl Actor {
             let _ = reply.send(Ok(outcome));
             return;
         }
-        // Entries are journaled even if staging fails half-way, so that replay
-        // reproduces exactly what reached the documents.
-        let staged = self.engine.apply(&entries);
-        self.group.extend(entries);
-        match staged {
-            Ok(()) => self.acks.push(Box::new(move |r: Result<()>| {
-                let _ = reply.send(r.map(|()| outcome));
-            })),
+        let seq = self.next_seq;
+        let bytes = match encode_record(&self.engine.records, seq, &entries) {
+            Ok(b) => b,
             Err(e) => {
                 let _ = reply.send(Err(e));
+                return;
             }
+        };
+        self.next_seq += 1;
+        self.journal_bytes += bytes.len() as u64;
+        let join = Arc::new(Mutex::new(Join {
+            journal: None,
+            staged: None,
+            reply: Some(reply),
+            outcome,
+        }));
+        let j = join.clone();
+        let ack: Ack = Box::new(move |r| {
+            let mut j = j.lock().unwrap_or_else(|p| p.into_inner());
+            j.journal = Some(r);
+            j.settle();
+        });
+        if let Err(std_mpsc::SendError(JournalMsg::Group(_, acks))) =
+            self.journal.send(JournalMsg::Group(bytes, vec![ack]))
+        {
+            acks.into_iter().for_each(|a| a(Err(Error::Closed)));
         }
+        // A record is replayed exactly as staged here, so even a staging error
+        // leaves the journal and the documents in agreement.
+        let staged = self.engine.apply(&entries);
+        self.unbatched = Some(seq);
+        let mut j = join.lock().unwrap_or_else(|p| p.into_inner());
+        j.staged = Some(staged);
+        j.settle();
     }
 
-    /// Send the current group to the journal thread and apply it to sled.
+    /// Close the group: one automerge change per touched epoch, one sled batch.
     fn close_group(&mut self) -> Result<()> {
-        if self.group.is_empty() {
-            return Ok(());
+        match self.unbatched.take() {
+            Some(seq) => self.engine.finish_batch(seq),
+            None => Ok(()),
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let bytes = encode_record(&self.engine.records, seq, &std::mem::take(&mut self.group))?;
-        self.journal_bytes += bytes.len() as u64;
-        let acks = std::mem::take(&mut self.acks);
-        self.journal
-            .send(JournalMsg::Group(bytes, acks))
-            .map_err(|_| Error::Closed)?;
-        self.engine.finish_batch(seq)
     }
 
     fn checkpoint(&mut self) -> Result<()> {
@@ -201,8 +243,7 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
         journal: jtx,
         journal_thread: Some(journal_thread),
         poisoned,
-        group: Vec::new(),
-        acks: Vec::new(),
+        unbatched: None,
         next_seq,
         journal_bytes: 0,
         last_checkpoint: Instant::now(),

@@ -66,8 +66,8 @@ pub struct ChannelState {
     pub devices: Devices,
     /// Summaries of every epoch (epoch 0 is the metadata epoch).
     pub summaries: BTreeMap<Epoch, EpochSummary>,
-    /// The epoch new top-level posts go to, and how many posts this store has put
-    /// or seen there.
+    /// The newest epoch and how many messages (replies included) it holds; new
+    /// top-level posts go there until it is full.
     pub current: (Epoch, u64),
 }
 
