@@ -562,12 +562,14 @@ impl Engine {
             Op::CreateChannel { .. } | Op::Rename { .. } | Op::SetName { .. } => le.view = le.doc.view(&ch.devices),
             _ => le.view.apply_local(&user, op),
         }
-        if let Op::Post { reply_to: None, .. } = op {
-            ch.current = if epoch == ch.current.0 {
-                (epoch, ch.current.1 + 1)
-            } else {
-                (epoch.max(ch.current.0), 1)
-            };
+        // The epoch size counts every message in it, replies included, exactly
+        // like the summaries it is rebuilt from on open.
+        if let Op::Post { .. } = op {
+            if epoch == ch.current.0 {
+                ch.current.1 += 1;
+            } else if epoch > ch.current.0 {
+                ch.current = (epoch, 1);
+            }
         }
         let staged = self.touched.entry((channel, epoch)).or_default();
         *staged += size;

@@ -71,6 +71,10 @@ impl Engine {
         before: Option<MessageId>,
         limit: usize,
     ) -> Result<Vec<Message>> {
+        if limit == 0 {
+            self.channel(channel)?;
+            return Ok(Vec::new());
+        }
         if let Some(b) = before {
             // A cursor must name a message of this channel.
             let loc = self.get_message(&b)?;
@@ -129,6 +133,9 @@ impl Engine {
         let mut total = 0;
         let mut straddling = Vec::new();
         for (e, s) in &ch.summaries {
+            if s.others_live == 0 {
+                continue;
+            }
             match (marker, s.min, s.max) {
                 (_, None, _) | (_, _, None) => {}
                 (None, _, _) => total += s.others_live,
