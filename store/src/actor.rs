@@ -214,10 +214,13 @@ impl Actor {
     }
 
     fn shutdown(mut self) -> Result<()> {
-        let res = self
-            .close_group()
-            .and_then(|()| self.engine.snapshot_all())
-            .and_then(|()| self.checkpoint());
+        // A poisoned store leaves the disk as it is: the journal and sled's
+        // atomic batches are what a reopen recovers from.
+        let res = if self.poisoned.load(Ordering::SeqCst) {
+            Err(Error::Poisoned)
+        } else {
+            self.close_group().and_then(|()| self.engine.snapshot_all()).and_then(|()| self.checkpoint())
+        };
         drop(self.journal);
         if let Some(t) = self.journal_thread.take() {
             let _ = t.join();
@@ -273,7 +276,15 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
             }
         }
         for cmd in cmds {
-            match cmd {
+            if let Cmd::Close(reply) = cmd {
+                close_reply = Some(reply);
+                break;
+            }
+            // A panic is a bug; it must not take the embedding app down. The
+            // caller's reply is dropped (it sees `Closed`), and the store refuses
+            // writes from then on: its in-memory state is suspect, while what is
+            // on disk is intact and a reopen recovers every acknowledged write.
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match cmd {
                 Cmd::Write(w, reply) => actor.write(w, reply),
                 Cmd::Query(q) => {
                     if let Err(e) = actor.close_group() {
@@ -285,10 +296,10 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
                 Cmd::Passwd(p, reply) => {
                     let _ = reply.send(actor.close_group().and_then(|()| actor.engine.change_passphrase(&p)));
                 }
-                Cmd::Close(reply) => close_reply = Some(reply),
-            }
-            if close_reply.is_some() {
-                break;
+                Cmd::Close(_) => unreachable!("handled above"),
+            }));
+            if run.is_err() {
+                actor.poisoned.store(true, Ordering::SeqCst);
             }
         }
         if close_reply.is_some() {
