@@ -152,6 +152,7 @@ pub(crate) fn open(dir: &Path, pass: &Passphrase, config: Config) -> Result<(Eng
         ..OpenReport::default()
     };
     let mut last = engine.watermark;
+    let journal_empty = decoded.records.is_empty();
     for rec in decoded.records {
         last = last.max(rec.seq);
         if rec.seq <= engine.watermark {
@@ -165,10 +166,13 @@ pub(crate) fn open(dir: &Path, pass: &Passphrase, config: Config) -> Result<(Eng
         engine.finish_batch(rec.seq)?;
     }
     engine.watermark = last;
-    if report.replayed_records > 0 {
+    // Whatever the journal held must be durable in sled before the journal
+    // starts over: after a process crash, sled's recovered state may still sit
+    // only in the page cache.
+    if !journal_empty {
         engine.snapshot_all()?;
         engine.checkpoint()?;
-        journal.clear()?;
+        journal.clear(Journal::new_run()?);
     }
     Ok((engine, journal, report))
 }
