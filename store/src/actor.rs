@@ -205,6 +205,7 @@ impl Actor {
 
     /// Close the group: one automerge change per touched epoch, one sled batch.
     fn close_group(&mut self) -> Result<()> {
+        self.engine.journal_pending = self.journal_bytes;
         self.staged_since = None;
         self.staged_ops = 0;
         match self.unbatched.take() {
@@ -224,6 +225,7 @@ impl Actor {
         rx.blocking_recv().map_err(|_| Error::Closed)?;
         self.run = run;
         self.journal_bytes = 0;
+        self.engine.journal_pending = 0;
         self.last_checkpoint = Instant::now();
         Ok(())
     }
@@ -368,7 +370,7 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
         // lone writer's ops wait a little and share one entry with the next ones
         // instead of paying that cost each.
         let due = actor.staged_since.is_some_and(|s| s.elapsed() >= FINISH_AFTER);
-        if due || actor.staged_ops >= max_batch {
+        if due || actor.staged_ops >= max_batch || actor.staged_since.is_none() {
             if let Err(e) = actor.close_group().and_then(|()| actor.housekeeping()) {
                 actor.poisoned.store(true, Ordering::SeqCst);
                 eprintln!("hearth: group commit failed: {e}");

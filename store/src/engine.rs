@@ -129,6 +129,8 @@ pub(crate) struct Engine {
     batch: sled::Batch,
     /// Whether sled holds writes not yet covered by a checkpoint.
     pub dirty: bool,
+    /// Journal bytes written since the last checkpoint (kept by the store task).
+    pub journal_pending: u64,
     pub _lock: File,
 }
 
@@ -160,6 +162,7 @@ impl Engine {
             touched: BTreeMap::new(),
             batch: sled::Batch::default(),
             dirty: false,
+            journal_pending: 0,
             _lock: lock,
         })
     }

@@ -116,19 +116,29 @@ pub fn decode_records(key: &SecretKey, bytes: &[u8]) -> Decoded {
         if rest.iter().take(RECORD_HEAD).all(|b| *b == 0) {
             break;
         }
+        // Bytes that do not form a good record end the readable part. They are
+        // worth reporting only if they claim the run being read (a torn write of
+        // this run, or damage); otherwise they are stale bytes of an earlier run,
+        // left behind when the journal started over: the normal end.
+        let claims_run = rest.len() >= 16 && last.is_some_and(|(r, _)| rest[8..16] == r.to_le_bytes());
+        let mut stop = |why: String| {
+            if claims_run {
+                d.stopped = Some(why);
+            }
+        };
         if rest.len() < RECORD_HEAD {
-            d.stopped = Some(format!("torn record header at byte {pos}"));
+            stop(format!("torn record header at byte {pos}"));
             break;
         }
         let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
         if !(RECORD_HEAD - 4..=MAX_RECORD_BYTES).contains(&len) || rest.len() < 4 + len {
-            d.stopped = Some(format!("torn or oversized record at byte {pos}"));
+            stop(format!("torn or oversized record at byte {pos}"));
             break;
         }
         let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
         let body = &rest[8..4 + len];
         if crc32fast::hash(body) != crc {
-            d.stopped = Some(format!("checksum mismatch at byte {pos}"));
+            stop(format!("checksum mismatch at byte {pos}"));
             break;
         }
         let run = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));

@@ -65,7 +65,8 @@ pub struct Stats {
     pub cached_epochs: u64,
     /// Bytes of every file under the store directory.
     pub disk_bytes: u64,
-    /// Bytes in the journal (writes not yet checkpointed into sled).
+    /// Journal bytes written since the last checkpoint (acknowledged writes that
+    /// a crash would replay; the file itself is preallocated).
     pub journal_bytes: u64,
 }
 
@@ -93,9 +94,7 @@ impl Engine {
         }
         s.cached_epochs = self.epochs.len() as u64;
         s.disk_bytes = dir_bytes(&self.dir);
-        s.journal_bytes = std::fs::metadata(self.dir.join(JOURNAL_FILE))
-            .map(|m| m.len())
-            .unwrap_or(0);
+        s.journal_bytes = self.journal_pending;
         s
     }
 
