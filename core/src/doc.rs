@@ -40,6 +40,9 @@ pub type Devices = HashMap<DeviceId, UserId>;
 pub struct EpochDoc {
     epoch: Epoch,
     doc: AutoCommit,
+    /// automerge panicked inside an apply: the document may be half-updated and
+    /// must be dropped and loaded again from the log.
+    broken: bool,
 }
 
 fn device_of(actor: &ActorId) -> Option<DeviceId> {
@@ -64,15 +67,26 @@ impl EpochDoc {
     /// An empty epoch document written by `device`.
     pub fn new(epoch: Epoch, device: &DeviceId) -> Self {
         let doc = AutoCommit::new().with_actor(ActorId::from(&device.0[..]));
-        EpochDoc { epoch, doc }
+        EpochDoc {
+            epoch,
+            doc,
+            broken: false,
+        }
     }
 
     /// Load a saved document (a snapshot).
     pub fn load(epoch: Epoch, bytes: &[u8], device: &DeviceId) -> Result<Self> {
-        let doc = AutoCommit::load(bytes)
+        // automerge 0.12 panics on some crafted documents (found by fuzzing:
+        // fuzz/corpus/snapshot/crash-*); a damaged snapshot must be an error.
+        let doc = std::panic::catch_unwind(|| AutoCommit::load(bytes))
+            .map_err(|_| Error::corrupted("epoch snapshot", "malformed document"))?
             .map_err(|e| Error::corrupted("epoch snapshot", e))?
             .with_actor(ActorId::from(&device.0[..]));
-        Ok(EpochDoc { epoch, doc })
+        Ok(EpochDoc {
+            epoch,
+            doc,
+            broken: false,
+        })
     }
 
     /// The epoch number.
@@ -116,6 +130,12 @@ impl EpochDoc {
     /// automerge closes an open change on save, apply and history reads; staged
     /// ops would then never come back from [`EpochDoc::commit`]. Refuse instead.
     fn no_pending(&self) -> Result<()> {
+        if self.broken {
+            return Err(Error::invalid(
+                "epoch document",
+                "broken by a failed apply; load it again",
+            ));
+        }
         if self.doc.pending_ops() > 0 {
             return Err(Error::invalid("epoch document", "ops are staged; commit them first"));
         }
@@ -126,6 +146,12 @@ impl EpochDoc {
     /// functions see it at once, and [`EpochDoc::commit`] later seals every staged
     /// op into one change (group commit at the CRDT level).
     pub fn stage(&mut self, author: &UserId, device: &DeviceId, op: &Op) -> Result<()> {
+        if self.broken {
+            return Err(Error::invalid(
+                "epoch document",
+                "broken by a failed apply; load it again",
+            ));
+        }
         op.validate()?;
         if op.epoch() != self.epoch {
             return Err(Error::invalid("op", "op does not belong to this epoch"));
@@ -192,10 +218,27 @@ impl EpochDoc {
 
     /// Apply a batch of remote changes in one automerge call (never one call per
     /// change: each call costs time proportional to the document).
+    ///
+    /// automerge 0.12 panics on some changes that decode cleanly (an op naming an
+    /// actor the document has never seen; found by fuzzing:
+    /// fuzz/corpus/change/crash-unknown-other-actor-*). Such a panic becomes an
+    /// error, and the document refuses further use ([`EpochDoc::is_broken`]):
+    /// the caller drops it and loads the epoch again.
     pub fn apply_remote(&mut self, changes: Vec<Change>) -> Result<()> {
         self.no_pending()?;
-        self.doc.apply_changes(changes)?;
-        Ok(())
+        let doc = &mut self.doc;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| doc.apply_changes(changes))) {
+            Ok(r) => Ok(r?),
+            Err(_) => {
+                self.broken = true;
+                Err(Error::corrupted("automerge change", "automerge could not apply it"))
+            }
+        }
+    }
+
+    /// Whether an apply failed half-way; a broken document must be dropped.
+    pub fn is_broken(&self) -> bool {
+        self.broken
     }
 
     /// Build the full view of this epoch in one pass over the root keys.
@@ -427,6 +470,18 @@ pub fn decode_change(bytes: &[u8], device: &DeviceId, user: &UserId) -> Result<C
     // pinned by fuzz/corpus/change. Untrusted bytes must give an error instead.
     let expanded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| change.decode()))
         .map_err(|_| Error::corrupted("automerge change", "malformed operations"))?;
+    // Only the canonical encoding of what the ops say: no extra bytes, no message
+    // or author fields (Hearth never writes them), nothing automerge keeps but
+    // does not understand. A change with unknown columns applied fine yet made
+    // its epoch's snapshot unloadable (fuzz/corpus/change/crash-accepted-*).
+    if !expanded.extra_bytes.is_empty() || expanded.message.is_some() || expanded.author.is_some() {
+        return Err(Error::corrupted("automerge change", "fields Hearth does not write"));
+    }
+    let canonical = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Change::from(expanded.clone())))
+        .map_err(|_| Error::corrupted("automerge change", "malformed operations"))?;
+    if canonical.hash() != change.hash() {
+        return Err(Error::corrupted("automerge change", "not in canonical encoding"));
+    }
     for op in &expanded.operations {
         if op.insert {
             return Err(Error::corrupted(

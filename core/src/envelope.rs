@@ -132,6 +132,13 @@ impl Envelope {
         if env.header.seq == 0 {
             return Err(Error::corrupted("feed entry", "sequence numbers start at 1"));
         }
+        // One entry, one encoding: postcard accepts over-long varints, and an
+        // entry re-encoded differently would verify (the signature covers the
+        // re-encoded header) yet hash differently, breaking chains and dedup.
+        // Found by fuzzing (fuzz/corpus/envelope/crash-overlong-*).
+        if postcard::to_stdvec(&env).map_err(|e| Error::corrupted("feed entry", e))? != bytes {
+            return Err(Error::corrupted("feed entry", "not in canonical encoding"));
+        }
         Ok(env)
     }
 

@@ -1,0 +1,371 @@
+//! Replays the fuzz corpora on stable, so CI covers every decoder of untrusted bytes
+//! without nightly: each file of `fuzz/corpus/<target>/` (seeds, inputs the fuzzer
+//! found, and `crash-*` reproducers of bugs it found), and of `fuzz/artifacts/<target>/`
+//! when a local fuzz run left crashes there, goes through the same check the fuzz
+//! target runs (`fuzz/src/lib.rs`). A `crash-*` input keeps its test red until the
+//! bug is fixed; then it stays as a regression input.
+//!
+//! The seeds are written by the ignored test at the bottom:
+//! `cargo test -p hearth-core --test fuzz_corpus -- --ignored regenerate_seed_corpus`.
+
+#[path = "../../fuzz/src/lib.rs"]
+mod checks;
+
+use std::fs;
+use std::panic;
+use std::path::{Path, PathBuf};
+
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
+}
+
+/// The files of `dir`, sorted, without dotfiles; empty if `dir` does not exist.
+fn inputs(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .collect();
+    files.sort();
+    files
+}
+
+fn replay(target: &str, check: fn(&[u8])) {
+    let corpus = inputs(&fuzz_dir().join("corpus").join(target));
+    assert!(!corpus.is_empty(), "fuzz/corpus/{target}/ has no inputs");
+    let artifacts = inputs(&fuzz_dir().join("artifacts").join(target));
+    let failed: Vec<String> = corpus
+        .iter()
+        .chain(&artifacts)
+        .filter(|path| {
+            let data = fs::read(path).expect("a readable corpus file");
+            panic::catch_unwind(|| check(&data)).is_err()
+        })
+        .map(|path| path.display().to_string())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{target}: {} of {} inputs fail their check (panics above):\n{}",
+        failed.len(),
+        corpus.len() + artifacts.len(),
+        failed.join("\n"),
+    );
+}
+
+macro_rules! replay_tests {
+    ($($target:ident => $check:path),* $(,)?) => {
+        $(
+            #[test]
+            fn $target() {
+                replay(stringify!($target), $check);
+            }
+        )*
+    };
+}
+
+replay_tests! {
+    store_header => checks::check_store_header,
+    envelope => checks::check_envelope,
+    change => checks::check_change,
+    identity => checks::check_identity,
+    channel_record => checks::check_channel_record,
+    snapshot => checks::check_snapshot,
+}
+
+/// Writes the seed corpus: valid inputs made by the encoders, plus truncated and
+/// bit-flipped variants. Envelopes and headers hold random nonces and salts, so a
+/// rerun changes their bytes but not what they cover.
+#[test]
+#[ignore = "rewrites the seed corpus in fuzz/corpus; run by hand with --ignored"]
+fn regenerate_seed_corpus() {
+    seeds::write_all();
+}
+
+mod seeds {
+    use std::fs;
+
+    use hearth_core::{
+        ChannelId, ChannelKeys, ChannelRecord, DeviceId, ENVELOPE_VERSION, EntryBody, EntryHeader, Envelope, EpochDoc,
+        Identity, KdfParams, META_EPOCH, MessageId, Op, Passphrase, SecretKey, StoreHeader, Timestamp, decode_change,
+        writer_tag,
+    };
+
+    use super::checks::{AUTHOR_DEVICE, EPOCH, LOCAL_DEVICE, PASSPHRASE, author, channel_keys};
+    use super::fuzz_dir;
+
+    /// Seeds must stay small: libFuzzer mutates small inputs best, and they are committed.
+    const MAX_SEED: usize = 8 * 1024;
+
+    fn write(target: &str, name: &str, data: &[u8]) {
+        assert!(data.len() < MAX_SEED, "{target}/{name} is {} bytes", data.len());
+        assert!(
+            !name.starts_with("valid-") || accepted(target, data),
+            "{target}/{name} is named valid but does not decode"
+        );
+        let dir = fuzz_dir().join("corpus").join(target);
+        fs::create_dir_all(&dir).expect("corpus directory");
+        fs::write(dir.join(name), data).expect("corpus file");
+    }
+
+    /// Whether the decoder of `target` accepts `data` (an envelope must also verify).
+    fn accepted(target: &str, data: &[u8]) -> bool {
+        match target {
+            "store_header" => StoreHeader::decode(data).is_ok(),
+            "envelope" => Envelope::decode(data).is_ok_and(|e| e.verify().is_ok()),
+            "change" => decode_change(data, &AUTHOR_DEVICE, &author().user()).is_ok(),
+            "identity" => Identity::decode(data).is_ok(),
+            "channel_record" => ChannelRecord::decode(data).is_ok(),
+            "snapshot" => EpochDoc::load(EPOCH, data, &LOCAL_DEVICE).is_ok(),
+            _ => unreachable!("no fuzz target {target}"),
+        }
+    }
+
+    fn flip(data: &[u8], at: usize) -> Vec<u8> {
+        let mut b = data.to_vec();
+        b[at] ^= 0x04;
+        b
+    }
+
+    fn msg(n: u64) -> MessageId {
+        let channel = channel_keys().id();
+        MessageId::new(
+            Timestamp::from_millis(1_700_000_000_000 + n),
+            EPOCH,
+            &channel,
+            writer_tag(&author().user(), &AUTHOR_DEVICE),
+        )
+    }
+
+    fn change(doc: &mut EpochDoc, device: &DeviceId, ops: &[Op]) -> Vec<u8> {
+        doc.apply_local(&author().user(), device, ops, 1_700_000_000_000)
+            .expect("ops apply")
+            .expect("ops change the document")
+    }
+
+    fn post(n: u64, text: &str, reply_to: Option<MessageId>) -> Op {
+        Op::Post {
+            id: msg(n),
+            text: text.into(),
+            reply_to,
+        }
+    }
+
+    pub fn write_all() {
+        store_headers();
+        let changes = changes();
+        envelopes(&changes.first_post, &changes.second);
+        identities();
+        channel_records();
+        snapshots();
+    }
+
+    fn store_headers() {
+        let master = SecretKey::from_bytes([0x66; 32]);
+        let pass = Passphrase::new(PASSPHRASE);
+        let fast = StoreHeader::wrap(&master, &pass, KdfParams::INSECURE_FAST)
+            .unwrap()
+            .encode();
+        let default = StoreHeader::wrap(&master, &pass, KdfParams::default())
+            .unwrap()
+            .encode();
+        let other = StoreHeader::wrap(&master, &"another passphrase".into(), KdfParams::INSECURE_FAST)
+            .unwrap()
+            .encode();
+        let mut version_2 = fast.clone();
+        version_2[8] = 2;
+        write("store_header", "valid-insecure-fast-kdf", &fast);
+        write("store_header", "valid-default-kdf", &default);
+        write("store_header", "valid-other-passphrase", &other);
+        write("store_header", "truncated-checksum", &fast[..fast.len() - 1]);
+        write("store_header", "bitflip-salt", &flip(&fast, 20));
+        write("store_header", "version-2", &version_2);
+        write("store_header", "magic-only", b"HEARTHHD");
+    }
+
+    struct Changes {
+        first_post: Vec<u8>,
+        second: Vec<u8>,
+    }
+
+    fn changes() -> Changes {
+        let mut doc = EpochDoc::new(EPOCH, &AUTHOR_DEVICE);
+        let first_post = change(&mut doc, &AUTHOR_DEVICE, &[post(1, "hello", None)]);
+        let second = change(
+            &mut doc,
+            &AUTHOR_DEVICE,
+            &[
+                Op::React {
+                    msg: msg(1),
+                    emoji: "👍".into(),
+                },
+                Op::Edit {
+                    msg: msg(1),
+                    text: "hello, edited".into(),
+                },
+            ],
+        );
+        let mut many = EpochDoc::new(EPOCH, &AUTHOR_DEVICE);
+        let many_ops = change(
+            &mut many,
+            &AUTHOR_DEVICE,
+            &[
+                post(1, "root", None),
+                post(2, "a reply", Some(msg(1))),
+                Op::React {
+                    msg: msg(1),
+                    emoji: ":tada:".into(),
+                },
+                Op::Edit {
+                    msg: msg(2),
+                    text: "an edited reply".into(),
+                },
+                Op::Delete { msg: msg(2) },
+                Op::ReadUpTo { msg: msg(2) },
+            ],
+        );
+        let mut long = EpochDoc::new(EPOCH, &AUTHOR_DEVICE);
+        let text = "a long message that compresses well. ".repeat(60);
+        let compressed = change(&mut long, &AUTHOR_DEVICE, &[post(1, &text, None)]);
+        let mut meta = EpochDoc::new(META_EPOCH, &AUTHOR_DEVICE);
+        let meta_change = change(
+            &mut meta,
+            &AUTHOR_DEVICE,
+            &[
+                Op::CreateChannel { name: "general".into() },
+                Op::SetName { name: "Author".into() },
+            ],
+        );
+        let mut other = EpochDoc::new(EPOCH, &LOCAL_DEVICE);
+        let wrong_actor = change(&mut other, &LOCAL_DEVICE, &[Op::ReadUpTo { msg: msg(1) }]);
+
+        write("change", "valid-first-post", &first_post);
+        write("change", "valid-second-change-react-edit", &second);
+        write("change", "valid-many-ops-reply-delete-read", &many_ops);
+        write("change", "valid-compressed-long-post", &compressed);
+        write("change", "valid-meta-channel-and-user-name", &meta_change);
+        write("change", "wrong-actor", &wrong_actor);
+        write("change", "truncated-first-post", &first_post[..first_post.len() - 3]);
+        write("change", "bitflip-first-post", &flip(&first_post, first_post.len() - 6));
+        Changes { first_post, second }
+    }
+
+    fn envelopes(first_change: &[u8], second_change: &[u8]) {
+        let keys = channel_keys();
+        let me = author();
+        let first = EntryBody {
+            epoch: EPOCH,
+            change: first_change.to_vec(),
+        };
+        let (seq1, hash1) = Envelope::seal(keys, me, 1, [0; 32], &first).unwrap();
+        let second = EntryBody {
+            epoch: EPOCH,
+            change: second_change.to_vec(),
+        };
+        let (seq2, _) = Envelope::seal(keys, me, 2, hash1, &second).unwrap();
+        let stranger = ChannelKeys::new(ChannelId([0x77; 32]), SecretKey::from_bytes([0x88; 32]));
+        let (other_channel, _) = Envelope::seal(&stranger, me, 1, [0; 32], &first).unwrap();
+        let reencode = |edit: &dyn Fn(&mut EntryHeader)| {
+            let mut env = Envelope::decode(&seq1).unwrap();
+            edit(&mut env.header);
+            postcard::to_stdvec(&env).unwrap()
+        };
+        let seq_zero = reencode(&|h| h.seq = 0);
+        let version_2 = reencode(&|h| h.version = ENVELOPE_VERSION + 1);
+
+        write("envelope", "valid-seq1", &seq1);
+        write("envelope", "valid-seq2-chained", &seq2);
+        write("envelope", "valid-other-channel", &other_channel);
+        write("envelope", "truncated-signature", &seq1[..seq1.len() - 1]);
+        write("envelope", "bitflip-sealed-body", &flip(&seq1, seq1.len() - 80));
+        write("envelope", "bitflip-signature", &flip(&seq1, seq1.len() - 10));
+        write("envelope", "seq-zero", &seq_zero);
+        write("envelope", "version-2", &version_2);
+    }
+
+    fn identities() {
+        let valid = author().encode();
+        let unicode = Identity::generate("Zoë 🔥 Ünïcode").unwrap().encode();
+        let empty_name = Identity::generate("").unwrap().encode();
+        let mut version_2 = valid.clone();
+        version_2[0] = 2;
+        // A name length of 2^32 - 1: must fail without allocating it.
+        let mut huge_name = valid[..49].to_vec();
+        huge_name.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+        write("identity", "valid-author", &valid);
+        write("identity", "valid-unicode-name", &unicode);
+        write("identity", "valid-empty-name", &empty_name);
+        write("identity", "version-2", &version_2);
+        write("identity", "truncated-name", &valid[..valid.len() - 2]);
+        write("identity", "huge-name-length", &huge_name);
+    }
+
+    fn channel_records() {
+        let valid = ChannelRecord::encode(channel_keys());
+        let mut version_2 = valid.clone();
+        version_2[0] = 2;
+        let mut trailing = valid.clone();
+        trailing.extend_from_slice(b"trailing");
+        write("channel_record", "valid-fixed-channel", &valid);
+        write(
+            "channel_record",
+            "valid-random-channel",
+            &ChannelRecord::encode(&ChannelKeys::generate().unwrap()),
+        );
+        write("channel_record", "version-2", &version_2);
+        write("channel_record", "truncated-key", &valid[..valid.len() - 1]);
+        write("channel_record", "trailing-bytes", &trailing);
+    }
+
+    fn snapshots() {
+        let mut empty = EpochDoc::new(EPOCH, &AUTHOR_DEVICE);
+        let mut doc = EpochDoc::new(EPOCH, &AUTHOR_DEVICE);
+        change(
+            &mut doc,
+            &AUTHOR_DEVICE,
+            &[post(1, "root", None), post(2, "a reply", Some(msg(1)))],
+        );
+        change(
+            &mut doc,
+            &AUTHOR_DEVICE,
+            &[
+                Op::React {
+                    msg: msg(1),
+                    emoji: "👍".into(),
+                },
+                Op::Edit {
+                    msg: msg(1),
+                    text: "root, edited".into(),
+                },
+                Op::ReadUpTo { msg: msg(2) },
+            ],
+        );
+        let messages = doc.save().unwrap();
+        let later = change(
+            &mut doc,
+            &AUTHOR_DEVICE,
+            &[Op::Delete { msg: msg(2) }, post(3, "later", None)],
+        );
+        let mut doc_then_change = messages.clone();
+        doc_then_change.extend_from_slice(&later);
+        let mut meta = EpochDoc::new(META_EPOCH, &AUTHOR_DEVICE);
+        change(
+            &mut meta,
+            &AUTHOR_DEVICE,
+            &[
+                Op::CreateChannel { name: "general".into() },
+                Op::SetName { name: "Author".into() },
+            ],
+        );
+        let meta = meta.save().unwrap();
+
+        write("snapshot", "valid-empty-doc", &empty.save().unwrap());
+        write("snapshot", "valid-messages-reply-react-edit-read", &messages);
+        write("snapshot", "valid-doc-then-change", &doc_then_change);
+        write("snapshot", "valid-meta-names", &meta);
+        write("snapshot", "change-chunk-only", &later);
+        write("snapshot", "truncated-messages", &messages[..messages.len() - 5]);
+        write("snapshot", "bitflip-messages", &flip(&messages, messages.len() / 2));
+    }
+}

@@ -1,0 +1,4 @@
+//! Identity records: `Identity::decode`. The check lives in `hearth_fuzz`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hearth_fuzz::check_identity(data));

@@ -1,0 +1,4 @@
+//! Epoch snapshots: `EpochDoc::load`, view. The check lives in `hearth_fuzz`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hearth_fuzz::check_snapshot(data));

@@ -1,0 +1,230 @@
+//! The checks behind Hearth's fuzz targets, one `check_*` function per decoder of
+//! untrusted bytes.
+//!
+//! Each fuzz target in `fuzz_targets/` is one line that calls its check, and
+//! `core/tests/fuzz_corpus.rs` replays every committed corpus and crash file through
+//! the same functions on stable. The checks therefore live here, in one place.
+//!
+//! A check panics only when it finds a bug: a decoder that panics, or a property
+//! that does not hold for something a decoder accepted. Rejecting input with an
+//! error is always fine.
+//!
+//! This file is also compiled as a module of hearth-core's integration test (through
+//! `#[path]`), so it may only use `hearth_core` and crates that hearth-core itself
+//! depends on (`postcard`, `blake3`, `sha2`), never `libfuzzer-sys`.
+
+use std::sync::OnceLock;
+
+use hearth_core::{
+    ChannelId, ChannelKeys, ChannelRecord, DeviceId, Devices, Envelope, EpochDoc, Error, Identity, KdfParams,
+    Passphrase, SecretKey, StoreHeader, decode_change,
+};
+
+/// The passphrase the store header seeds were wrapped with.
+pub const PASSPHRASE: &str = "fuzz corpus passphrase";
+
+/// The device whose feed carries the change seeds (the author's device).
+pub const AUTHOR_DEVICE: DeviceId = DeviceId([0x22; 16]);
+
+/// The device a fresh or loaded epoch document writes as: not the author's, as for
+/// a document that received the author's changes over sync.
+pub const LOCAL_DEVICE: DeviceId = DeviceId([0x33; 16]);
+
+/// The epoch of the change and snapshot seeds.
+pub const EPOCH: u32 = 1;
+
+/// The encoded author identity: `postcard(IdentityRecord)` written out by hand so
+/// that the identity, and with it every seed, is the same on each regeneration.
+fn author_record() -> Vec<u8> {
+    let name = b"fuzz author";
+    let mut rec = vec![1];
+    rec.extend_from_slice(&[0x11; 32]);
+    rec.extend_from_slice(&AUTHOR_DEVICE.0);
+    rec.push(name.len() as u8);
+    rec.extend_from_slice(name);
+    rec
+}
+
+/// The fixed author of the envelope, change and snapshot seeds.
+pub fn author() -> &'static Identity {
+    static AUTHOR: OnceLock<Identity> = OnceLock::new();
+    AUTHOR.get_or_init(|| Identity::decode(&author_record()).expect("the author record decodes"))
+}
+
+/// The fixed channel the envelope seeds were sealed for.
+pub fn channel_keys() -> &'static ChannelKeys {
+    static KEYS: OnceLock<ChannelKeys> = OnceLock::new();
+    KEYS.get_or_init(|| ChannelKeys::new(ChannelId([0x44; 32]), SecretKey::from_bytes([0x55; 32])))
+}
+
+/// Signed feed headers vouch for the author's device, so views show what it wrote.
+pub fn devices() -> Devices {
+    Devices::from([(AUTHOR_DEVICE, author().user())])
+}
+
+/// A copy of `data` whose trailing blake3 checksum is recomputed, or `None` if it
+/// is too short to hold one. The checksum only detects damage (anyone can compute
+/// it), so a hostile header always carries a valid one; fuzzing only the raw bytes
+/// would stop at the checksum and never reach the body decoder.
+fn with_blake3_fixed(data: &[u8]) -> Option<Vec<u8>> {
+    let body_len = data.len().checked_sub(32)?;
+    let mut fixed = data.to_vec();
+    let sum = blake3::hash(&data[..body_len]);
+    fixed[body_len..].copy_from_slice(sum.as_bytes());
+    Some(fixed)
+}
+
+/// Decode store header bytes. On success: `encode` round-trips to an equal header,
+/// and unwrapping returns the key or a typed error (only for cheap KDF parameters,
+/// so a hostile header cannot turn one input into seconds of Argon2).
+pub fn check_store_header(data: &[u8]) {
+    store_header_once(data);
+    if let Some(fixed) = with_blake3_fixed(data)
+        && fixed != data
+    {
+        store_header_once(&fixed);
+    }
+}
+
+fn store_header_once(data: &[u8]) {
+    let Ok(header) = StoreHeader::decode(data) else {
+        return;
+    };
+    let again = StoreHeader::decode(&header.encode()).expect("an encoded header decodes");
+    assert_eq!(again, header, "store header does not round-trip");
+    let cheap = KdfParams::INSECURE_FAST;
+    if header.kdf.m_kib <= cheap.m_kib && header.kdf.t <= cheap.t && header.kdf.p <= cheap.p {
+        match header.unwrap(&Passphrase::new(PASSPHRASE)) {
+            Ok(_) | Err(Error::WrongPassphrase | Error::Corrupted { .. } | Error::Invalid { .. }) => {}
+            Err(e) => panic!("unwrap failed with an unexpected error: {e:?}"),
+        }
+    }
+}
+
+/// Decode a feed entry. On success: `verify` and `open` return without panicking,
+/// and the entry re-encodes to exactly the input bytes. Entries are named by the
+/// blake3 hash of their bytes (the feed chain, deduplication) while the signature
+/// covers the decoded header, so two encodings of one entry must not both decode.
+pub fn check_envelope(data: &[u8]) {
+    let Ok(env) = Envelope::decode(data) else {
+        return;
+    };
+    let verified = env.verify();
+    let opened = env.open(channel_keys());
+    let bytes = postcard::to_stdvec(&env).expect("a decoded envelope encodes");
+    assert!(
+        bytes == data,
+        "an envelope decodes from bytes that are not its encoding \
+         (verify: {verified:?}, open ok: {}):\n input:     {data:02x?}\n re-encoded: {bytes:02x?}",
+        opened.is_ok(),
+    );
+}
+
+/// Decode a change from the author's feed (as the author), apply it to a fresh epoch
+/// document and view it. A document that accepted the change must also snapshot and
+/// reload to the same view, since the store snapshots whatever sync delivered.
+pub fn check_change(data: &[u8]) {
+    let Ok(change) = decode_change(data, &AUTHOR_DEVICE, &author().user()) else {
+        return;
+    };
+    let mut doc = EpochDoc::new(EPOCH, &LOCAL_DEVICE);
+    if doc.apply_remote(vec![change]).is_err() {
+        return;
+    }
+    let devices = devices();
+    let view = doc.view(&devices);
+    let snapshot = doc.save().expect("a document with no staged ops saves");
+    let reloaded = EpochDoc::load(EPOCH, &snapshot, &LOCAL_DEVICE)
+        .expect("the snapshot of a document that accepted a change loads");
+    assert_eq!(reloaded.view(&devices), view, "view changed across save and load");
+}
+
+/// Decode an identity record. On success it re-encodes to the same identity.
+pub fn check_identity(data: &[u8]) {
+    let Ok(id) = Identity::decode(data) else {
+        return;
+    };
+    let again = Identity::decode(&id.encode()).expect("an encoded identity decodes");
+    assert_eq!(again.user(), id.user());
+    assert_eq!(again.device(), id.device());
+    assert_eq!(again.name(), id.name());
+}
+
+/// Decode a channel record. On success it re-encodes to the same channel.
+pub fn check_channel_record(data: &[u8]) {
+    let Ok(keys) = ChannelRecord::decode(data) else {
+        return;
+    };
+    let again = ChannelRecord::decode(&ChannelRecord::encode(&keys)).expect("an encoded channel record decodes");
+    assert_eq!(again.id(), keys.id());
+    assert_eq!(again.wire(), keys.wire());
+}
+
+/// The magic bytes that open every automerge chunk.
+const AUTOMERGE_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+
+/// A copy of `data` with the checksum of every automerge chunk recomputed (the
+/// first four bytes of `sha256(type | leb128(len) | chunk data)`), or `None` if
+/// nothing changed. As for the header, an attacker computes checksums at will;
+/// without this the fuzzer would never get past the first chunk header.
+fn with_automerge_checksums_fixed(data: &[u8]) -> Option<Vec<u8>> {
+    use sha2::{Digest, Sha256};
+
+    let mut fixed = data.to_vec();
+    let mut at = 0;
+    while fixed.len() >= at + 9 && fixed[at..at + 4] == AUTOMERGE_MAGIC {
+        let kind = fixed[at + 8];
+        let (len, leb_len) = read_leb128(&fixed[at + 9..])?;
+        let start = at + 9 + leb_len;
+        let end = start.checked_add(usize::try_from(len).ok()?)?;
+        if end > fixed.len() {
+            break;
+        }
+        let mut hasher = Sha256::new();
+        hasher.update([kind]);
+        hasher.update(write_leb128(len));
+        hasher.update(&fixed[start..end]);
+        let hash = hasher.finalize();
+        fixed[at + 4..at + 8].copy_from_slice(&hash[..4]);
+        at = end;
+    }
+    (fixed != data).then_some(fixed)
+}
+
+fn read_leb128(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, b) in bytes.iter().take(10).enumerate() {
+        value |= u64::from(b & 0x7f).checked_shl(7 * i as u32)?;
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+fn write_leb128(mut value: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(10);
+    loop {
+        let b = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(b);
+            return out;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+/// Load an epoch snapshot and view it (also with its chunk checksums fixed).
+pub fn check_snapshot(data: &[u8]) {
+    snapshot_once(data);
+    if let Some(fixed) = with_automerge_checksums_fixed(data) {
+        snapshot_once(&fixed);
+    }
+}
+
+fn snapshot_once(data: &[u8]) {
+    if let Ok(doc) = EpochDoc::load(EPOCH, data, &LOCAL_DEVICE) {
+        doc.view(&devices());
+    }
+}
