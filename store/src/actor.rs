@@ -370,11 +370,11 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
         // lone writer's ops wait a little and share one entry with the next ones
         // instead of paying that cost each.
         let due = actor.staged_since.is_some_and(|s| s.elapsed() >= FINISH_AFTER);
-        if due || actor.staged_ops >= max_batch || actor.staged_since.is_none() {
-            if let Err(e) = actor.close_group().and_then(|()| actor.housekeeping()) {
-                actor.poisoned.store(true, Ordering::SeqCst);
-                eprintln!("hearth: group commit failed: {e}");
-            }
+        if (due || actor.staged_ops >= max_batch || actor.staged_since.is_none())
+            && let Err(e) = actor.close_group().and_then(|()| actor.housekeeping())
+        {
+            actor.poisoned.store(true, Ordering::SeqCst);
+            eprintln!("hearth: group commit failed: {e}");
         }
     }
     // Refuse what is still queued, then close: snapshots, checkpoint, empty journal.
