@@ -52,7 +52,10 @@ mod verify;
 pub use config::Config;
 pub use engine::{Outcome, Write};
 pub use error::{Error, Result};
-pub use journal::{Decoded as JournalContents, JournalEntry, JournalRecord, decode_records as decode_journal};
+pub use journal::{
+    Decoded as JournalContents, JournalEntry, JournalRecord, decode_records as decode_journal,
+    encode_record as encode_journal_record,
+};
 pub use open::OpenReport;
 pub use query::{ChannelInfo, Located, Thread};
 pub use store::{Pending, Store, Whoami};

@@ -1,0 +1,7 @@
+//! The store's journal file: `hearth_store::decode_journal`.
+#![no_main]
+
+#[path = "../src/journal.rs"]
+mod journal;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| journal::check_journal(data));
