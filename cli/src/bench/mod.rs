@@ -41,6 +41,8 @@ pub struct BenchArgs {
 }
 
 const PASS: &str = "bench passphrase";
+/// Rounds of each write measurement.
+const ROUNDS: usize = 3;
 
 fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -228,15 +230,35 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> Result<ExitCode> {
     let wdir = root.join("hearth-writes");
     let h = Hearth::create(&wdir, &pass, "bench", Config::default()).await?;
     let ch = h.create_channel("writes").await?;
-    let h1 = hearth_writers(&h, ch, 1, n, args.text_len).await?;
-    let h8 = hearth_writers(&h, ch, 8, n, args.text_len).await?;
+    // Rounds alternate Hearth and SQLite so that neither always runs first (the
+    // machine's background writeback and noise shift over a run); the median
+    // round of each side is reported.
+    let (mut hr1, mut hr8, mut sr1, mut sr8) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        hr1.push(hearth_writers(&h, ch, 1, n, args.text_len).await?);
+        let d = root.join(format!("sqlite-1-{round}"));
+        std::fs::create_dir_all(&d)?;
+        sr1.push(sqlite::run_writers(&d, 1, n, args.text_len)?);
+        hr8.push(hearth_writers(&h, ch, 8, n, args.text_len).await?);
+        let d = root.join(format!("sqlite-8-{round}"));
+        std::fs::create_dir_all(&d)?;
+        sr8.push(sqlite::run_writers(&d, 8, n / 8, args.text_len)?);
+    }
     let stream = hearth_stream(&h, ch, n.max(20_000), args.text_len, 1 << 40).await?;
     h.close().await?;
-    let (d1, d8) = (root.join("sqlite-1"), root.join("sqlite-8"));
-    std::fs::create_dir_all(&d1)?;
-    std::fs::create_dir_all(&d8)?;
-    let s1 = sqlite::run_writers(&d1, 1, n, args.text_len)?;
-    let s8 = sqlite::run_writers(&d8, 8, n / 8, args.text_len)?;
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let pick_h = |v: Vec<HearthWrites>| {
+        let m = median(&mut v.iter().map(|w| w.msgs_per_sec).collect());
+        v.into_iter().find(|w| w.msgs_per_sec == m).expect("the median is one of them")
+    };
+    let pick_s = |v: Vec<sqlite::WriteReport>| {
+        let m = median(&mut v.iter().map(|w| w.msgs_per_sec).collect());
+        v.into_iter().find(|w| w.msgs_per_sec == m).expect("the median is one of them")
+    };
+    let (h1, h8, s1, s8) = (pick_h(hr1), pick_h(hr8), pick_s(sr1), pick_s(sr8));
 
     // The big channel, built with the bulk path, on both sides.
     say(format!("big channel: {} messages (bulk path)", args.big));
