@@ -38,6 +38,7 @@ pub(crate) enum Cmd {
     Write(Write, oneshot::Sender<Result<Outcome>>),
     Query(Query),
     Passwd(Passphrase, oneshot::Sender<Result<()>>),
+    Checkpoint(oneshot::Sender<Result<()>>),
     Close(oneshot::Sender<Result<()>>),
 }
 
@@ -356,6 +357,9 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
                 Cmd::Passwd(p, reply) => {
                     let _ = reply.send(actor.close_group().and_then(|()| actor.engine.change_passphrase(&p)));
                 }
+                Cmd::Checkpoint(reply) => {
+                    let _ = reply.send(actor.checkpoint());
+                }
                 Cmd::Close(_) => unreachable!("handled above"),
             }));
             if run.is_err() {
@@ -382,7 +386,7 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
     while let Ok(cmd) = rx.try_recv() {
         match cmd {
             Cmd::Write(_, r) => drop(r.send(Err(Error::Closed))),
-            Cmd::Passwd(_, r) | Cmd::Close(r) => drop(r.send(Err(Error::Closed))),
+            Cmd::Passwd(_, r) | Cmd::Checkpoint(r) | Cmd::Close(r) => drop(r.send(Err(Error::Closed))),
             Cmd::Query(q) => drop(q),
         }
     }

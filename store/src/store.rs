@@ -300,7 +300,9 @@ impl Store {
     /// Make every acknowledged write durable in sled and empty the journal now
     /// (it happens on its own every `checkpoint_interval`).
     pub async fn checkpoint(&self) -> Result<()> {
-        self.query(|e| e.checkpoint()).await
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Cmd::Checkpoint(tx)).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
     }
 
     /// Change the passphrase: only the wrapped key in the header is rewritten,
