@@ -385,23 +385,7 @@ impl Engine {
     }
 
     fn message_at(&mut self, msg: &MessageId) -> Result<(ChannelId, hearth_core::Message)> {
-        let candidates: Vec<ChannelId> = self
-            .channels
-            .keys()
-            .filter(|c| c.tag() == msg.channel_tag())
-            .copied()
-            .collect();
-        for c in candidates {
-            if self.ensure_epoch(c, msg.epoch(), false)?
-                && let Some(m) = self.epochs[&(c, msg.epoch())].view.get(msg)
-            {
-                return Ok((c, m));
-            }
-        }
-        Err(Error::NotFound {
-            what: "message",
-            id: msg.to_hex(),
-        })
+        self.get_message(msg).map(|l| (l.channel, l.message))
     }
 
     /// Validate a write and give it ids. Nothing changes yet.
