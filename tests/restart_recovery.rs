@@ -1218,7 +1218,7 @@ async fn own_messages_are_never_unread() -> TestResult {
 /// A page of zero messages is empty, and asking for one must not take the store
 /// down.
 ///
-/// Bug: `Engine::page` (store/src/query.rs) evaluates `out.get(limit - 1)` with
+/// Regression (fixed): `Engine::page` (store/src/query.rs) evaluates `out.get(limit - 1)` with
 /// `limit == 0` as soon as the channel has an epoch with top-level messages; in
 /// builds with overflow checks (debug, tests) the subtraction panics on the store
 /// thread, the store task dies and every later call on every handle returns
@@ -1241,7 +1241,7 @@ async fn page_of_zero_messages() -> TestResult {
 /// Where the next top-level post goes does not depend on whether the store was
 /// restarted.
 ///
-/// Bug: while running, `ChannelState::current.1` counts only top-level posts
+/// Regression (fixed): while running, `ChannelState::current.1` counts only top-level posts
 /// (`Engine::stage`), but `Engine::load_channel` restores it from
 /// `EpochSummary::messages`, which counts replies and tombstones too. So after a
 /// restart the current epoch is treated as fuller than it was and new posts open

@@ -237,6 +237,11 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
                 }
             }
             if !r.is_clean() {
+                eprintln!(
+                    "error: verify found {} problem(s) in {}",
+                    r.problems.len(),
+                    cli.store.display()
+                );
                 return Ok(ExitCode::from(1));
             }
         }

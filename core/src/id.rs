@@ -49,11 +49,41 @@ pub(crate) fn from_hex<const N: usize>(what: &'static str, s: &str) -> Result<[u
     Ok(out)
 }
 
+/// Ids are raw bytes in binary formats (postcard: on disk and on the wire) and
+/// lowercase hex in human-readable ones (JSON: the CLI, an app's API), so the
+/// same text a user copies from `hearth log` works in an import file.
+macro_rules! serde_bytes_or_hex {
+    ($name:ident, $len:expr) => {
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                if s.is_human_readable() {
+                    s.serialize_str(&to_hex(&self.0))
+                } else {
+                    self.0.serialize(s)
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                if d.is_human_readable() {
+                    let s = String::deserialize(d)?;
+                    s.parse().map_err(serde::de::Error::custom)
+                } else {
+                    <[u8; $len]>::deserialize(d).map($name)
+                }
+            }
+        }
+    };
+}
+
 macro_rules! byte_id {
     ($(#[$doc:meta])* $name:ident, $len:expr, $what:literal) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name(pub [u8; $len]);
+
+        serde_bytes_or_hex!($name, $len);
 
         impl $name {
             /// Length of the byte form.
@@ -171,8 +201,10 @@ pub const META_EPOCH: Epoch = 0;
 /// the channel tag finds the channel from the id alone; the writer tag
 /// ([`writer_tag`]) keeps two devices that tick the same HLC value apart and ties
 /// the id to its author, so nobody else can create a message under it.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MessageId(pub [u8; 24]);
+
+serde_bytes_or_hex!(MessageId, 24);
 
 impl MessageId {
     /// Length of the byte form.
@@ -260,6 +292,22 @@ mod tests {
         assert_eq!(a.timestamp(), Timestamp(5 << 16));
         assert_eq!(a.channel_tag(), [7; 4]);
         assert_eq!(a.to_hex().parse::<MessageId>().unwrap(), a);
+    }
+
+    #[test]
+    fn ids_are_bytes_in_postcard_and_hex_in_json() {
+        let id = MessageId::new(Timestamp(9 << 16), 2, &ChannelId([1; 32]), [3; 8]);
+        assert_eq!(postcard::to_stdvec(&id).unwrap(), id.0.to_vec());
+        assert_eq!(postcard::from_bytes::<MessageId>(&id.0).unwrap(), id);
+        let json = format!("\"{}\"", id.to_hex());
+        assert_eq!(serde_json::to_string(&id).unwrap(), json);
+        assert_eq!(serde_json::from_str::<MessageId>(&json).unwrap(), id);
+        assert!(serde_json::from_str::<MessageId>("\"zz\"").is_err());
+        let user = UserId([0xab; 32]);
+        assert_eq!(
+            postcard::from_bytes::<UserId>(&postcard::to_stdvec(&user).unwrap()).unwrap(),
+            user
+        );
     }
 
     #[test]

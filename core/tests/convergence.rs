@@ -936,11 +936,10 @@ fn a_device_with_my_tag_cannot_replace_my_message_concurrently() {
 /// Defence in depth for the test above: a replica that applies bob's concurrent
 /// `m:<id>` unvalidated must still show alice's message with alice's text (the
 /// view ignores a message map whose creating device and user do not hash to the
-/// id's writer tag). But `EpochDoc::message` (and so `view`) reads only the
-/// winning value of `m:<id>` (`doc.get`, the greatest op id), and when that map
-/// fails the tag check it returns `None` instead of falling back to the
-/// conflicting map alice created: bob's forgery, which wins by op counter,
-/// makes alice's message disappear from every view of that replica.
+/// id's writer tag). Regression: `EpochDoc::message` once read only the winning
+/// value of `m:<id>` (the greatest op id), so bob's forgery, which wins by op
+/// counter, made alice's message disappear; it now picks, among the conflicting
+/// maps, the one whose writer matches the tag.
 #[test]
 fn a_concurrent_map_under_my_id_does_not_hide_my_message() {
     let [alice, bob] = ["alice", "bob"].map(|n| Identity::generate(n).unwrap());

@@ -48,7 +48,9 @@ struct Shared {
 }
 
 /// A handle to an open store. Clones share the store; the store closes when
-/// [`Store::close`] is called or the last handle is dropped.
+/// [`Store::close`] is called or the last handle is dropped. Dropping closes in
+/// the background: call [`Store::close`] to wait until the lock is released
+/// (before reopening the same directory, for example).
 ///
 /// Every write method returns once the write is durable (its journal record is
 /// fsynced; concurrent writes share one fsync).

@@ -252,11 +252,15 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> Result<ExitCode> {
     };
     let pick_h = |v: Vec<HearthWrites>| {
         let m = median(&mut v.iter().map(|w| w.msgs_per_sec).collect());
-        v.into_iter().find(|w| w.msgs_per_sec == m).expect("the median is one of them")
+        v.into_iter()
+            .find(|w| w.msgs_per_sec == m)
+            .expect("the median is one of them")
     };
     let pick_s = |v: Vec<sqlite::WriteReport>| {
         let m = median(&mut v.iter().map(|w| w.msgs_per_sec).collect());
-        v.into_iter().find(|w| w.msgs_per_sec == m).expect("the median is one of them")
+        v.into_iter()
+            .find(|w| w.msgs_per_sec == m)
+            .expect("the median is one of them")
     };
     let (h1, h8, s1, s8) = (pick_h(hr1), pick_h(hr8), pick_s(sr1), pick_s(sr8));
 

@@ -1,0 +1,405 @@
+//! The `hearth` command-line contract, run against the real binary: exit codes
+//! (0 ok, 1 error with one `error: ` line on stderr, 2 usage error), where the
+//! passphrase comes from, a store locked by another process, and every command's
+//! happy path with its `--json` output (one object per line for lists).
+//!
+//! Every command that opens a store pays one Argon2id derivation at the default
+//! cost, so the scenarios share stores and stay under 60 invocations in all.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use hearth::MessageId;
+use serde_json::Value;
+
+const PASS: &str = "cli test passphrase";
+
+/// A `hearth --store DIR` command with no passphrase in its environment.
+fn bare(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hearth"));
+    c.arg("--store")
+        .arg(dir)
+        .env_remove("HEARTH_PASSPHRASE")
+        .env_remove("HEARTH_NEW_PASSPHRASE");
+    c.stdin(Stdio::null());
+    c
+}
+
+/// The same with the store passphrase set.
+fn hearth(dir: &Path) -> Command {
+    let mut c = bare(dir);
+    c.env("HEARTH_PASSPHRASE", PASS);
+    c
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run hearth")
+}
+
+/// Run, expect exit 0, return stdout.
+fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?}: exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
+
+/// Run, expect exit 1 with exactly one `error: ` line on stderr; return that line.
+fn fails(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    let err = String::from_utf8(out.stderr).expect("utf-8 stderr");
+    assert_eq!(out.status.code(), Some(1), "{cmd:?}: stderr: {err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{cmd:?}: expected one stderr line, got {err:?}");
+    assert!(lines[0].starts_with("error: "), "{cmd:?}: {err:?}");
+    lines[0].to_string()
+}
+
+/// Run, expect a usage error: exit 2, nothing on stdout.
+fn usage(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    let err = String::from_utf8(out.stderr).expect("utf-8 stderr");
+    assert_eq!(out.status.code(), Some(2), "{cmd:?}: stderr: {err}");
+    assert!(out.stdout.is_empty(), "{cmd:?}");
+    assert!(err.starts_with("error: "), "{cmd:?}: {err:?}");
+    err
+}
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("not one JSON object: {s:?}: {e}"))
+}
+
+fn json_lines(s: &str) -> Vec<Value> {
+    s.lines().map(json).collect()
+}
+
+fn id_of(v: &Value) -> MessageId {
+    v["id"].as_str().expect("an id string").parse().expect("a message id")
+}
+
+fn init(dir: &Path, user: &str) {
+    ok(hearth(dir).args(["init", "--user", user]));
+}
+
+fn store(tmp: &tempfile::TempDir) -> PathBuf {
+    tmp.path().join("store")
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = store(&tmp);
+    let zeros = "00".repeat(MessageId::LEN);
+    assert!(usage(hearth(&dir).arg("frobnicate")).contains("frobnicate"));
+    assert!(usage(hearth(&dir).args(["show", "not-an-id"])).contains("not-an-id"));
+    usage(hearth(&dir).args(["react", "0123456789abcdef", "👍"]));
+    usage(hearth(&dir).args(["edit", &zeros, "epoch 0 holds no messages"]));
+    usage(hearth(&dir).arg("post"));
+    usage(hearth(&dir).args(["post", "general", "text", "--stdin"]));
+    usage(hearth(&dir).args(["log", "general", "--limit", "many"]));
+    // None of them touched the directory.
+    assert!(!dir.exists());
+}
+
+#[test]
+fn passphrase_sources_and_their_errors() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = store(&tmp);
+    // Not a store yet: a clear error before any passphrase is used.
+    assert!(fails(hearth(&dir).arg("stats")).contains("no Hearth store"));
+
+    let created = json(&ok(hearth(&dir).args(["--json", "init", "--user", "pat"])));
+    assert_eq!(created["name"], "pat");
+    assert_eq!(created["user"].as_str().expect("user").len(), 64);
+    assert!(created["device"].is_string() && created["dir"].is_string(), "{created}");
+    assert!(fails(hearth(&dir).arg("init")).contains("already exists"));
+
+    let none = fails(bare(&dir).arg("stats"));
+    assert!(none.starts_with("error: no passphrase"), "{none}");
+    assert!(
+        none.contains("HEARTH_PASSPHRASE") && none.contains("--passphrase-file"),
+        "{none}"
+    );
+    assert!(fails(bare(&dir).arg("stats").env("HEARTH_PASSPHRASE", "")).contains("empty"));
+    assert!(fails(bare(&dir).arg("stats").env("HEARTH_PASSPHRASE", "not it")).contains("wrong passphrase"));
+
+    let right = tmp.path().join("right");
+    std::fs::write(&right, format!("{PASS}\nthe second line is ignored\n")).expect("write");
+    let wrong = tmp.path().join("wrong");
+    std::fs::write(&wrong, "not it\n").expect("write");
+    let stats = json(&ok(bare(&dir)
+        .arg("--passphrase-file")
+        .arg(&right)
+        .args(["--json", "stats"])));
+    assert_eq!(stats["channels"], 0);
+    assert!(fails(bare(&dir).arg("--passphrase-file").arg(&wrong).arg("stats")).contains("wrong passphrase"));
+    assert!(
+        fails(
+            bare(&dir)
+                .arg("--passphrase-file")
+                .arg(tmp.path().join("missing"))
+                .arg("stats")
+        )
+        .contains("passphrase file")
+    );
+    // HEARTH_PASSPHRASE wins over the file.
+    ok(hearth(&dir).arg("--passphrase-file").arg(&wrong).arg("stats"));
+}
+
+#[test]
+fn a_store_held_by_another_process_is_locked() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = store(&tmp);
+    init(&dir, "lou");
+    ok(hearth(&dir).args(["channel", "create", "general"]));
+
+    let mut holder = hearth(&dir)
+        .args(["post", "general", "--stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the holder");
+    let mut stdin = holder.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(holder.stdout.take().expect("stdout"));
+    writeln!(stdin, "held").expect("write");
+    stdin.flush().expect("flush");
+    // Its first id proves it has the store open.
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("read the first id");
+    let held: MessageId = line.trim().parse().expect("an id");
+
+    let err = fails(hearth(&dir).arg("stats"));
+    assert!(err.contains("locked"), "{err}");
+
+    drop(stdin);
+    let rest: Vec<String> = stdout.lines().map(|l| l.expect("line")).collect();
+    assert!(rest.is_empty(), "{rest:?}");
+    let status = holder.wait().expect("wait");
+    assert!(status.success(), "the holder ends cleanly at end of input: {status}");
+    let shown = json(&ok(hearth(&dir).args(["--json", "show", &held.to_hex()])));
+    assert_eq!(shown["text"], "held");
+}
+
+#[test]
+fn every_command_works_and_speaks_json() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = store(&tmp);
+    init(&dir, "alice");
+    let h = |args: &[&str]| ok(hearth(&dir).args(args));
+    let hj = |args: &[&str]| ok(hearth(&dir).arg("--json").args(args));
+
+    // Channels.
+    let general = json(&hj(&["channel", "create", "general"]));
+    assert_eq!(general["name"], "general");
+    let general_id = general["id"].as_str().expect("id").to_string();
+    let random_id = h(&["channel", "create", "random"]).trim().to_string();
+    assert_eq!(random_id.len(), 64, "plain output is the channel id: {random_id}");
+    assert_eq!(
+        json(&hj(&["channel", "rename", &random_id[..8], "watercooler"]))["name"],
+        "watercooler"
+    );
+
+    // Posts, replies, reactions, edits, deletes.
+    let first = id_of(&json(&hj(&["post", "general", "hello world"])));
+    let second: MessageId = h(&["post", &general_id, "second"])
+        .trim()
+        .parse()
+        .expect("plain output is the id");
+    let reply = id_of(&json(&hj(&[
+        "post",
+        "general",
+        "a reply",
+        "--reply-to",
+        &first.to_hex(),
+    ])));
+    let reacted = json(&hj(&["react", &first.to_hex(), "👍"]));
+    assert_eq!(
+        (reacted["emoji"].as_str(), reacted["removed"].as_bool()),
+        (Some("👍"), Some(false))
+    );
+    assert_eq!(json(&hj(&["edit", &second.to_hex(), "second, edited"]))["edited"], true);
+    let typo = id_of(&json(&hj(&["post", "watercooler", "tpyo"])));
+    assert_eq!(json(&hj(&["delete", &typo.to_hex()]))["deleted"], true);
+
+    let shown = json(&hj(&["show", &first.to_hex()]));
+    assert_eq!(shown["text"], "hello world");
+    assert_eq!(shown["channel"], general_id.as_str());
+    assert_eq!(shown["author_name"], "alice");
+    assert_eq!(shown["reply_count"], 1);
+    assert_eq!(shown["reactions"]["👍"], serde_json::json!(["alice"]));
+    assert_eq!(shown["edited"], false);
+    let deleted = json(&hj(&["show", &typo.to_hex()]));
+    assert_eq!(
+        (deleted["deleted"].as_bool(), deleted["text"].is_null()),
+        (Some(true), true)
+    );
+    let plain = h(&["show", &second.to_hex()]);
+    assert!(
+        plain.contains("second, edited") && plain.contains("edited:   true"),
+        "{plain}"
+    );
+
+    // Streaming posts: one id per line, in input order; empty lines are skipped.
+    let mut child = hearth(&dir)
+        .args(["post", "general", "--stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"stream 1\nstream 2\n\nstream 3\nstream 4\nstream 5\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success());
+    let streamed: Vec<MessageId> = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|l| l.parse().expect("one id per line"))
+        .collect();
+    assert_eq!(streamed.len(), 5);
+    assert!(streamed.windows(2).all(|w| w[0] < w[1]), "ids in input order");
+
+    // Import: plain posts (replies by id are pinned in `import_reply_to_takes_a_printed_id`).
+    let file = tmp.path().join("import.jsonl");
+    std::fs::write(
+        &file,
+        "{\"text\": \"imported 1\"}\n\n{\"text\": \"imported 2\"}\n{\"text\": \"imported 3\"}\n",
+    )
+    .expect("write");
+    let summary = json(&hj(&["import", "general", file.to_str().expect("utf-8 path")]));
+    assert_eq!(summary["imported"], 3);
+
+    // Log: top-level messages, newest first.
+    let log = json_lines(&hj(&["log", "general", "--limit", "50"]));
+    let texts: Vec<&str> = log.iter().map(|m| m["text"].as_str().expect("text")).collect();
+    assert_eq!(
+        texts,
+        [
+            "imported 3",
+            "imported 2",
+            "imported 1",
+            "stream 5",
+            "stream 4",
+            "stream 3",
+            "stream 2",
+            "stream 1",
+            "second, edited",
+            "hello world"
+        ]
+    );
+    assert_eq!(id_of(&log[8]), second);
+    assert_eq!(log[8]["edited"], true);
+    assert_eq!(
+        json_lines(&hj(&[
+            "log",
+            "general",
+            "--limit",
+            "2",
+            "--before",
+            &streamed[2].to_hex()
+        ]))
+        .len(),
+        2
+    );
+
+    // Thread: root then replies, oldest first, from the root or from a reply.
+    let thread = json_lines(&hj(&["thread", &reply.to_hex()]));
+    assert_eq!(thread.iter().map(id_of).collect::<Vec<_>>(), [first, reply]);
+    assert_eq!(thread[1]["reply_to"], first.to_hex().as_str());
+
+    // Channel list: one object per line, by name, with counts and unread counts
+    // (one's own messages are never unread).
+    let list = json_lines(&hj(&["channel", "list"]));
+    assert_eq!(list.len(), 2);
+    assert_eq!(
+        (list[0]["name"].as_str(), list[0]["messages"].as_u64()),
+        (Some("general"), Some(11))
+    );
+    assert_eq!(
+        (list[1]["name"].as_str(), list[1]["messages"].as_u64()),
+        (Some("watercooler"), Some(1))
+    );
+    assert!(list.iter().all(|c| c["unread"] == 0), "{list:?}");
+    assert_eq!(list[1]["id"], random_id.as_str());
+    let read = json(&hj(&["read", "general"]));
+    assert_eq!(
+        (read["channel"].as_str(), read["unread"].as_u64()),
+        (Some(general_id.as_str()), Some(0))
+    );
+
+    // Stats and verify.
+    let stats = json(&hj(&["stats"]));
+    assert_eq!(
+        (stats["channels"].as_u64(), stats["messages"].as_u64()),
+        (Some(2), Some(12))
+    );
+    assert!(stats["disk_bytes"].as_u64().expect("disk_bytes") > 0);
+    assert!(h(&["verify"]).contains("clean"));
+    let report = json(&hj(&["verify"]));
+    assert_eq!(report["problems"], serde_json::json!([]));
+    assert_eq!(report["channels"], 2);
+
+    // Passwd: the old passphrase stops working, the new one works.
+    let changed = json(&ok(hearth(&dir)
+        .args(["--json", "passwd"])
+        .env("HEARTH_NEW_PASSPHRASE", "a new passphrase")));
+    assert_eq!(changed["passphrase"], "changed");
+    assert!(fails(hearth(&dir).arg("stats")).contains("wrong passphrase"));
+    let shown = json(&ok(bare(&dir)
+        .args(["--json", "show", &first.to_hex()])
+        .env("HEARTH_PASSPHRASE", "a new passphrase")));
+    assert_eq!(shown["text"], "hello world");
+}
+
+/// `import` documents its lines as `{"text": .., "reply_to"?: ..}`, and ids are
+/// printed as hex everywhere, so `reply_to` takes the hex id the CLI printed.
+/// Regression: ids once had derived serde (a JSON array of bytes) and the hex id
+/// was refused.
+#[test]
+fn import_reply_to_takes_a_printed_id() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = store(&tmp);
+    init(&dir, "ivy");
+    ok(hearth(&dir).args(["channel", "create", "general"]));
+    let root: MessageId = ok(hearth(&dir).args(["post", "general", "root"]))
+        .trim()
+        .parse()
+        .expect("id");
+    let file = tmp.path().join("import.jsonl");
+    let lines = format!(
+        "{{\"text\": \"top\"}}\n{{\"text\": \"reply 1\", \"reply_to\": \"{root}\"}}\n{{\"text\": \"reply 2\", \"reply_to\": \"{root}\"}}\n"
+    );
+    std::fs::write(&file, lines).expect("write");
+    let summary = json(&ok(hearth(&dir).args([
+        "--json",
+        "import",
+        "general",
+        file.to_str().expect("utf-8"),
+    ])));
+    assert_eq!(summary["imported"], 3);
+    let thread = json_lines(&ok(hearth(&dir).args(["--json", "thread", &root.to_hex()])));
+    let texts: Vec<&str> = thread.iter().map(|m| m["text"].as_str().expect("text")).collect();
+    assert_eq!(texts, ["root", "reply 1", "reply 2"]);
+}
+
+#[test]
+fn demo_runs_anywhere_and_ends_clean() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // The demo needs no store and no passphrase.
+    let out = ok(bare(&tmp.path().join("unused")).arg("demo"));
+    assert!(out.contains("clean"), "{out}");
+    assert!(
+        out.contains("watercooler") && out.contains("The release is on Friday."),
+        "{out}"
+    );
+}
