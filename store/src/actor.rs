@@ -276,7 +276,7 @@ fn spin_recv(rx: &mut mpsc::Receiver<Cmd>) -> Option<Cmd> {
 }
 
 /// How long [`spin_recv`] looks before parking.
-const SPIN: Duration = Duration::from_micros(50);
+const SPIN: Duration = Duration::from_micros(500);
 
 /// Run the store task on the current thread until closed.
 pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>) {
