@@ -46,8 +46,8 @@ use std::path::Path;
 pub use hearth_core as core;
 pub use hearth_core::{ChannelId, DeviceId, KdfParams, MAX_TEXT_BYTES, Message, MessageId, Passphrase, UserId};
 pub use hearth_store::{
-    ChannelInfo, Config, Error, Located, OpenReport, Outcome, Pending, Problem, Result, Stats, Store, Thread,
-    VerifyReport, Whoami, Write,
+    ChannelInfo, Config, Error, Located, OpenReport, OpenTimings, Outcome, Pending, Problem, Result, Stats, Store,
+    Thread, VerifyReport, Whoami, Write,
 };
 
 /// A Hearth store, opened with its passphrase.

@@ -46,6 +46,8 @@ enum JournalMsg {
     Group(Vec<u8>, Vec<Ack>),
     /// Start a new run (everything written so far is durable in sled).
     Clear(u64, oneshot::Sender<()>),
+    /// The store closed cleanly: leave an empty journal behind.
+    Finish(oneshot::Sender<Result<()>>),
 }
 
 fn journal_thread(mut journal: Journal, rx: std_mpsc::Receiver<JournalMsg>, poisoned: Arc<AtomicBool>) {
@@ -86,6 +88,9 @@ fn journal_thread(mut journal: Journal, rx: std_mpsc::Receiver<JournalMsg>, pois
             JournalMsg::Clear(run, done) => {
                 journal.clear(run);
                 let _ = done.send(());
+            }
+            JournalMsg::Finish(done) => {
+                let _ = done.send(journal.mark_empty());
             }
         }
         if next.is_none() {
@@ -251,6 +256,11 @@ impl Actor {
             self.close_group()
                 .and_then(|()| self.engine.snapshot_all())
                 .and_then(|()| self.checkpoint())
+                .and_then(|()| {
+                    let (tx, rx) = oneshot::channel();
+                    self.journal.send(JournalMsg::Finish(tx)).map_err(|_| Error::Closed)?;
+                    rx.blocking_recv().map_err(|_| Error::Closed)?
+                })
         };
         drop(self.journal);
         if let Some(t) = self.journal_thread.take() {

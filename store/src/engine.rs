@@ -131,6 +131,8 @@ pub(crate) struct Engine {
     pub dirty: bool,
     /// Journal bytes written since the last checkpoint (kept by the store task).
     pub journal_pending: u64,
+    /// How long the Argon2id unlock took when this engine was opened.
+    pub unlock_time: std::time::Duration,
     pub _lock: File,
 }
 
@@ -163,6 +165,7 @@ impl Engine {
             batch: sled::Batch::default(),
             dirty: false,
             journal_pending: 0,
+            unlock_time: std::time::Duration::ZERO,
             _lock: lock,
         })
     }

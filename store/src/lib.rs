@@ -58,5 +58,5 @@ pub use journal::{
 };
 pub use open::OpenReport;
 pub use query::{ChannelInfo, Located, Thread};
-pub use store::{Pending, Store, Whoami};
+pub use store::{OpenTimings, Pending, Store, Whoami};
 pub use verify::{Problem, Stats, VerifyReport};

@@ -136,7 +136,9 @@ fn read_header(dir: &Path) -> Result<StoreHeader> {
 pub(crate) fn open(dir: &Path, pass: &Passphrase, config: Config) -> Result<(Engine, Journal, OpenReport)> {
     let header = read_header(dir)?;
     let lock = lock(dir)?;
+    let started = std::time::Instant::now();
     let master = header.unwrap(pass)?;
+    let unlock_time = started.elapsed();
     let db = open_sled(dir)?;
     let tree = db.open_tree(TREE)?;
     let records = hearth_core::derive(&master, hearth_core::Purpose::LocalRecords);
@@ -145,6 +147,7 @@ pub(crate) fn open(dir: &Path, pass: &Passphrase, config: Config) -> Result<(Eng
         .ok_or_else(|| Error::corrupted("identity", "missing"))?;
     let identity = Identity::decode(&open_record(&records, META_IDENTITY, &sealed)?)?;
     let mut engine = Engine::new(dir.to_path_buf(), config, db, master, identity, lock)?;
+    engine.unlock_time = unlock_time;
     engine.load()?;
     let (mut journal, decoded) = Journal::open(&dir.join(JOURNAL_FILE), &engine.records)?;
     let mut report = OpenReport {

@@ -45,6 +45,16 @@ pub struct Whoami {
 struct Shared {
     whoami: Whoami,
     report: OpenReport,
+    timings: OpenTimings,
+}
+
+/// How long opening took.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenTimings {
+    /// The Argon2id derivation that unlocks the store (0 for a new store).
+    pub unlock: std::time::Duration,
+    /// Everything: unlock, sled, channel states, journal replay.
+    pub total: std::time::Duration,
 }
 
 /// A handle to an open store. Clones share the store; the store closes when
@@ -82,27 +92,36 @@ impl Store {
     {
         let (tx, rx) = mpsc::channel(config.command_queue);
         let (ready_tx, ready_rx) = oneshot::channel();
+        let started = std::time::Instant::now();
         std::thread::Builder::new()
             .name("hearth-store".into())
             .spawn(move || match opener(config) {
                 Ok((engine, journal, report)) => {
+                    let timings = OpenTimings {
+                        unlock: engine.unlock_time,
+                        total: started.elapsed(),
+                    };
                     let whoami = Whoami {
                         user: engine.identity.user(),
                         device: engine.identity.device(),
                         name: engine.identity.name().to_string(),
                         dir: engine.dir.clone(),
                     };
-                    let _ = ready_tx.send(Ok((whoami, report)));
+                    let _ = ready_tx.send(Ok((whoami, report, timings)));
                     actor::run(engine, journal, rx);
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
                 }
             })?;
-        let (whoami, report) = ready_rx.await.map_err(|_| Error::Closed)??;
+        let (whoami, report, timings) = ready_rx.await.map_err(|_| Error::Closed)??;
         Ok(Store {
             tx,
-            shared: Arc::new(Shared { whoami, report }),
+            shared: Arc::new(Shared {
+                whoami,
+                report,
+                timings,
+            }),
         })
     }
 
@@ -132,6 +151,11 @@ impl Store {
     /// Who the store belongs to.
     pub fn whoami(&self) -> &Whoami {
         &self.shared.whoami
+    }
+
+    /// How long opening took, the Argon2id unlock apart.
+    pub fn open_timings(&self) -> OpenTimings {
+        self.shared.timings
     }
 
     /// What opening found (journal replay after a crash).
