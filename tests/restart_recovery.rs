@@ -488,6 +488,8 @@ async fn call(h: &Hearth, w: Write) -> hearth::Result<Option<MessageId>> {
         Write::MarkRead { channel, up_to } => h.mark_read(channel, up_to).await.map(|()| None),
         Write::Rename { channel, name } => h.rename_channel(channel, &name).await.map(|()| None),
         Write::CreateChannel { name } => h.create_channel(&name).await.map(|_| None),
+        Write::Reply { to, text } => h.reply(to, &text).await.map(Some),
+        other => unreachable!("the workload makes no {other:?}"),
     }
 }
 

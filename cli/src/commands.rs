@@ -315,6 +315,36 @@ fn read_source(source: Source, tx: tokio::sync::mpsc::Sender<Line>) {
     }
 }
 
+fn emit(json: bool, print: bool, o: Outcome, out: &mut std::io::StdoutLock) -> Result<()> {
+    if let (Outcome::Message(id), true) = (o, print) {
+        if json {
+            writeln!(out, "{}", json!({"id": id.to_hex()}))?
+        } else {
+            writeln!(out, "{id}")?
+        }
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// On any error, the writes already submitted still become durable: print their
+/// ids before reporting it, so the output names everything stored.
+async fn drain(
+    json: bool,
+    print: bool,
+    queue: &mut VecDeque<Pending>,
+    out: &mut std::io::StdoutLock<'_>,
+    done: &mut u64,
+) -> Result<()> {
+    while let Some(p) = queue.pop_front() {
+        if let Ok(o) = p.await {
+            emit(json, print, o, out)?;
+            *done += 1;
+        }
+    }
+    Ok(())
+}
+
 /// Post a stream of messages with up to [`IN_FLIGHT`] in flight, printing each
 /// id, in input order, as soon as that message is durable. With `import`, print
 /// a summary (and a progress line on a terminal) instead of every id.
@@ -328,14 +358,18 @@ async fn stream_posts(cli: &Cli, h: &Hearth, channel: ChannelId, source: Source,
     let mut done = 0u64;
     let mut eof = false;
     let mut out = std::io::stdout().lock();
+    let print = !import;
     loop {
         tokio::select! {
             biased;
             r = async { queue.front_mut().expect("guarded by the condition").await }, if !queue.is_empty() => {
                 queue.pop_front();
-                if let (Outcome::Message(id), false) = (r?, import) {
-                    if cli.json { writeln!(out, "{}", json!({"id": id.to_hex()}))? } else { writeln!(out, "{id}")? }
-                    out.flush()?;
+                match r {
+                    Ok(o) => emit(cli.json, print, o, &mut out)?,
+                    Err(e) => {
+                        drain(cli.json, print, &mut queue, &mut out, &mut done).await?;
+                        bail!("{e} ({done} messages were stored)");
+                    }
                 }
                 done += 1;
                 if show_progress && last_tick.elapsed() > Duration::from_millis(200) {
@@ -344,11 +378,10 @@ async fn stream_posts(cli: &Cli, h: &Hearth, channel: ChannelId, source: Source,
                 }
             }
             line = rx.recv(), if !eof && queue.len() < IN_FLIGHT => match line {
-                Some(Ok((text, reply_to))) if text.is_empty() => { let _ = reply_to; }
+                Some(Ok((text, _))) if text.is_empty() => eprintln!("hearth: skipped an empty line (no id printed for it)"),
                 Some(Ok((text, reply_to))) => queue.push_back(h.submit(Write::Post { channel, text, reply_to }).await?),
                 Some(Err(e)) => {
-                    // Finish what was accepted before reporting the bad line.
-                    while let Some(p) = queue.pop_front() { p.await?; done += 1; }
+                    drain(cli.json, print, &mut queue, &mut out, &mut done).await?;
                     bail!("{e} ({done} messages before it were stored)");
                 }
                 None => eof = true,

@@ -210,19 +210,48 @@ impl Actor {
     }
 
     /// Close the group: one automerge change per touched epoch, one sled batch.
+    ///
+    /// A group that fails to close cannot be retried (its automerge change and
+    /// feed position are spent), so any error poisons the store: nothing more
+    /// reaches sled and the journal is never cleared, and a reopen replays the
+    /// group from the journal. A poisoned store does nothing here.
     fn close_group(&mut self) -> Result<()> {
+        self.guard()?;
         self.engine.journal_pending = self.journal_bytes;
         self.staged_since = None;
         self.staged_ops = 0;
-        match self.unbatched.take() {
+        let res = match self.unbatched.take() {
             Some(seq) => self.engine.finish_batch(seq),
             None => Ok(()),
+        };
+        self.poison_on(res)
+    }
+
+    fn guard(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            Err(Error::Poisoned)
+        } else {
+            Ok(())
         }
     }
 
+    fn poison_on<T>(&self, res: Result<T>) -> Result<T> {
+        if res.is_err() {
+            self.poisoned.store(true, Ordering::SeqCst);
+        }
+        res
+    }
+
+    /// Make sled durable, then let the journal start over. Never clears the
+    /// journal of a poisoned store, nor when sled lags behind the journal.
     fn checkpoint(&mut self) -> Result<()> {
         self.close_group()?;
-        self.engine.checkpoint()?;
+        let flushed = self.engine.checkpoint();
+        self.poison_on(flushed)?;
+        self.guard()?;
+        if self.engine.watermark + 1 != self.next_seq {
+            return self.poison_on(Err(Error::corrupted("store task", "sled lags behind the journal")));
+        }
         let run = Journal::new_run()?;
         let (tx, rx) = oneshot::channel();
         self.journal
@@ -285,6 +314,14 @@ fn spin_recv(rx: &mut mpsc::Receiver<Cmd>) -> Option<Cmd> {
     }
 }
 
+/// Say once, on stderr, why the store stopped accepting writes (the callers get
+/// `Poisoned`; this is for whoever reads the app's log).
+fn report_failure(e: &Error) {
+    if !matches!(e, Error::Poisoned) {
+        eprintln!("hearth: the store stopped accepting writes: {e}");
+    }
+}
+
 /// How long [`spin_recv`] looks before parking.
 const SPIN: Duration = Duration::from_micros(500);
 
@@ -333,7 +370,7 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
             Err(_) => {
                 if let Err(e) = actor.close_group().and_then(|()| actor.housekeeping()) {
                     actor.poisoned.store(true, Ordering::SeqCst);
-                    eprintln!("hearth: checkpoint failed: {e}");
+                    report_failure(&e);
                 }
                 continue;
             }
@@ -360,7 +397,7 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
                 Cmd::Query(q) => {
                     if let Err(e) = actor.close_group() {
                         actor.poisoned.store(true, Ordering::SeqCst);
-                        eprintln!("hearth: group commit failed: {e}");
+                        report_failure(&e);
                     }
                     q(&mut actor.engine);
                 }
@@ -388,7 +425,7 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
             && let Err(e) = actor.close_group().and_then(|()| actor.housekeeping())
         {
             actor.poisoned.store(true, Ordering::SeqCst);
-            eprintln!("hearth: group commit failed: {e}");
+            report_failure(&e);
         }
     }
     // Refuse what is still queued, then close: snapshots, checkpoint, empty journal.

@@ -69,17 +69,31 @@ pub struct ChannelState {
     /// The newest epoch and how many messages (replies included) it holds; new
     /// top-level posts go there until it is full.
     pub current: (Epoch, u64),
+    /// The newest read marker and message staged since the summaries were last
+    /// refreshed (they catch up when the group closes), so that a marker never
+    /// moves back between two quick `mark_read` calls.
+    pub staged_read: Option<MessageId>,
+    /// See `staged_read`.
+    pub staged_newest: Option<MessageId>,
 }
 
 impl ChannelState {
     /// The local user's read marker: the newest over every epoch.
     pub fn my_read(&self) -> Option<MessageId> {
-        self.summaries.values().filter_map(|s| s.my_read).max()
+        self.summaries
+            .values()
+            .filter_map(|s| s.my_read)
+            .max()
+            .max(self.staged_read)
     }
 
     /// The newest message of the channel.
     pub fn newest(&self) -> Option<MessageId> {
-        self.summaries.values().filter_map(|s| s.max).max()
+        self.summaries
+            .values()
+            .filter_map(|s| s.max)
+            .max()
+            .max(self.staged_newest)
     }
 
     /// Messages in the channel.

@@ -52,6 +52,18 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The configuration with every field in a workable range (fields are public,
+    /// so a caller can set any value): queues and batches of at least one, epochs
+    /// of at least one message, a checkpoint interval of at least 10 ms.
+    pub fn clamped(mut self) -> Self {
+        self.epoch_messages = self.epoch_messages.max(1);
+        self.cached_epochs = self.cached_epochs.max(2);
+        self.max_batch_ops = self.max_batch_ops.max(1);
+        self.command_queue = self.command_queue.max(1);
+        self.checkpoint_interval = self.checkpoint_interval.max(Duration::from_millis(10));
+        self
+    }
+
     /// Set the Argon2id parameters.
     pub fn with_kdf(mut self, kdf: KdfParams) -> Self {
         self.kdf = kdf;

@@ -47,6 +47,7 @@ pub(crate) struct LoadedEpoch {
 
 /// A user write, before it has ids.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum Write {
     /// Create a channel with a name.
     CreateChannel {
@@ -68,6 +69,13 @@ pub enum Write {
         text: String,
         /// A message of the thread to reply to (its root is used).
         reply_to: Option<MessageId>,
+    },
+    /// Reply in the thread of a message (its channel comes from the message).
+    Reply {
+        /// A message of the thread (its root is used).
+        to: MessageId,
+        /// The text.
+        text: String,
     },
     /// Add or remove the local user's reaction.
     React {
@@ -198,6 +206,8 @@ impl Engine {
             devices: Default::default(),
             summaries: BTreeMap::new(),
             current: (1, 0),
+            staged_read: None,
+            staged_newest: None,
         };
         state.devices.insert(self.identity.device(), self.identity.user());
         for row in self.tree.scan_prefix(channel_prefix(T_HEADS, &wire)) {
@@ -210,9 +220,9 @@ impl Engine {
         for row in self.tree.scan_prefix(channel_prefix(T_EPOCHS, &wire)) {
             let (k, v) = row?;
             let epoch = u32::from_be_bytes(
-                k[33..37]
-                    .try_into()
-                    .map_err(|_| Error::corrupted("epoch summary", "bad key"))?,
+                k.get(33..37)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| Error::corrupted("epoch summary", "bad key"))?,
             );
             let plain = open_record(&self.records, &k, &v)?;
             let s: EpochSummary = postcard::from_bytes(&plain).map_err(|e| Error::corrupted("epoch summary", e))?;
@@ -422,6 +432,14 @@ impl Engine {
                 self.channel(&channel)?;
                 (vec![op_entry(channel, Op::Rename { name })?], Outcome::Done)
             }
+            Write::Reply { to, text } => {
+                let channel = self.message_at(&to)?.0;
+                return self.prepare(Write::Post {
+                    channel,
+                    text,
+                    reply_to: Some(to),
+                });
+            }
             Write::Post {
                 channel,
                 text,
@@ -554,6 +572,11 @@ impl Engine {
         }
         // The epoch size counts every message in it, replies included, exactly
         // like the summaries it is rebuilt from on open.
+        match op {
+            Op::Post { id, .. } => ch.staged_newest = ch.staged_newest.max(Some(*id)),
+            Op::ReadUpTo { msg } => ch.staged_read = ch.staged_read.max(Some(*msg)),
+            _ => {}
+        }
         if let Op::Post { .. } = op {
             if epoch == ch.current.0 {
                 ch.current.1 += 1;

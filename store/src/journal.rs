@@ -29,16 +29,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Largest journal record accepted when reading (a group of up to
-/// `max_batch_ops` ops of at most 16 KiB each stays far below it).
+/// Largest journal record accepted when reading (a record is one write: a few
+/// entries of at most 16 KiB of text each).
 pub const MAX_RECORD_BYTES: usize = 64 << 20;
 /// Bytes of zeros the journal file is kept at, at least. The default checkpoint
 /// threshold (4 MiB) keeps a journal inside it; past it the file just grows.
 pub const PREALLOCATED_BYTES: u64 = 8 << 20;
 const RECORD_HEAD: usize = 4 + 4 + 8 + 8;
 
-/// One journaled write.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One journaled write. Its `Debug` never prints a channel key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JournalEntry {
     /// A channel this device created or joined: its key must be durable before
     /// anything is written to it.
@@ -57,7 +57,20 @@ pub enum JournalEntry {
     },
 }
 
-/// A decoded journal record: one group commit.
+impl std::fmt::Debug for JournalEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JournalEntry::Channel { id, .. } => f
+                .debug_struct("Channel")
+                .field("id", id)
+                .field("key", &"<redacted>")
+                .finish(),
+            JournalEntry::Op { channel, op } => f.debug_struct("Op").field("channel", channel).field("op", op).finish(),
+        }
+    }
+}
+
+/// A decoded journal record: one write (its entries).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JournalRecord {
     /// Sequence number, increasing across the life of the store.
@@ -302,6 +315,16 @@ mod tests {
         bytes.extend([0u8; 100]);
         let d = decode_records(&key, &bytes);
         assert_eq!((d.records.len(), d.stopped), (2, None));
+    }
+
+    #[test]
+    fn debug_never_prints_a_channel_key() {
+        let e = JournalEntry::Channel {
+            id: ChannelId([1; 32]),
+            key: [0xee; 32],
+        };
+        let text = format!("{e:?}");
+        assert!(!text.contains("238") && !text.contains("ee"), "{text}");
     }
 
     #[test]

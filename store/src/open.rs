@@ -90,7 +90,12 @@ pub(crate) fn create(dir: &Path, pass: &Passphrase, user_name: &str, config: Con
         name: user_name.to_string(),
     }
     .validate()?;
+    let existed = dir.exists();
     fs::create_dir_all(dir)?;
+    if !existed && let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        // The new directory's entry must survive a power loss too.
+        sync_dir(parent)?;
+    }
     if dir.join(HEADER_FILE).exists() {
         return Err(Error::AlreadyExists {
             path: dir.to_path_buf(),
@@ -156,6 +161,10 @@ pub(crate) fn open(dir: &Path, pass: &Passphrase, config: Config) -> Result<(Eng
     };
     let mut last = engine.watermark;
     let journal_empty = decoded.records.is_empty();
+    // Replay in groups, as the store task writes them: one feed entry per touched
+    // epoch per group, not one per record.
+    let group = engine.config.max_batch_ops.max(1);
+    let mut staged = 0usize;
     for rec in decoded.records {
         last = last.max(rec.seq);
         if rec.seq <= engine.watermark {
@@ -166,7 +175,15 @@ pub(crate) fn open(dir: &Path, pass: &Passphrase, config: Config) -> Result<(Eng
         if let Err(e) = engine.apply(&rec.entries) {
             report.skipped.push(format!("journal record {}: {e}", rec.seq));
         }
-        engine.finish_batch(rec.seq)?;
+        staged += rec.entries.len();
+        if staged >= group {
+            engine.finish_batch(rec.seq)?;
+            engine.evict()?;
+            staged = 0;
+        }
+    }
+    if staged > 0 {
+        engine.finish_batch(last)?;
     }
     engine.watermark = last;
     // Whatever the journal held must be durable in sled before the journal

@@ -90,12 +90,16 @@ impl Store {
     where
         F: FnOnce(Config) -> Result<(Engine, crate::journal::Journal, OpenReport)> + Send + 'static,
     {
+        let config = config.clamped();
         let (tx, rx) = mpsc::channel(config.command_queue);
         let (ready_tx, ready_rx) = oneshot::channel();
         let started = std::time::Instant::now();
-        std::thread::Builder::new()
-            .name("hearth-store".into())
-            .spawn(move || match opener(config) {
+        std::thread::Builder::new().name("hearth-store".into()).spawn(move || {
+            // A panic while opening (a bug, or a library on damaged bytes)
+            // must reach the caller as an error, not as `Closed`.
+            let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| opener(config)))
+                .unwrap_or_else(|_| Err(Error::corrupted("store", "opening it failed unexpectedly")));
+            match opened {
                 Ok((engine, journal, report)) => {
                     let timings = OpenTimings {
                         unlock: engine.unlock_time,
@@ -113,7 +117,8 @@ impl Store {
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
                 }
-            })?;
+            }
+        })?;
         let (whoami, report, timings) = ready_rx.await.map_err(|_| Error::Closed)??;
         Ok(Store {
             tx,
@@ -219,12 +224,10 @@ impl Store {
 
     /// Reply in the thread of `to` (a root or any reply of it).
     pub async fn reply(&self, to: MessageId, text: &str) -> Result<MessageId> {
-        let channel = self.message(to).await?.channel;
         expect_message(
-            self.write(Write::Post {
-                channel,
+            self.write(Write::Reply {
+                to,
                 text: text.to_string(),
-                reply_to: Some(to),
             })
             .await?,
         )
