@@ -72,7 +72,7 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
                 if cli.json {
                     print_json(&json!({
                         "id": c.id.to_hex(), "name": c.name, "messages": c.messages,
-                        "unread": c.unread, "newest": c.newest.map(|m| m.to_hex()),
+                        "unread": c.unread, "newest": c.newest.map(|m| m.to_hex()), "read_up_to": c.read_up_to.map(|m| m.to_hex()),
                     }));
                 } else {
                     println!(

@@ -22,6 +22,8 @@ pub struct ChannelInfo {
     pub unread: u64,
     /// Its newest message.
     pub newest: Option<MessageId>,
+    /// The local user's read marker (the newest message marked read).
+    pub read_up_to: Option<MessageId>,
 }
 
 /// A thread: its root and its replies, oldest first.
@@ -182,6 +184,7 @@ impl Engine {
             messages: ch.message_count(),
             unread,
             newest: ch.newest(),
+            read_up_to: ch.my_read(),
         })
     }
 
