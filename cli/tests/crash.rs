@@ -35,22 +35,9 @@ fn deferred(round: u32) -> bool {
     round % 5 == 3
 }
 
-/// splitmix64: small, deterministic, good enough to spread kill moments.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
-}
+#[path = "../../tests/support/rng.rs"]
+mod rng;
+use rng::Rng;
 
 fn hearth(dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_hearth"));
@@ -288,11 +275,11 @@ fn sigkill_at_random_moments_never_loses_an_acknowledged_post() {
                     let ms = if round == 2 {
                         0
                     } else {
-                        rng.below(open.as_millis() as u64)
+                        rng.below_u64(open.as_millis() as u64)
                     };
                     Kill::AfterSpawn(Duration::from_millis(ms))
                 }
-                _ => Kill::AfterFirstId(Duration::from_millis(rng.below(MAX_STREAM_MS + 1))),
+                _ => Kill::AfterFirstId(Duration::from_millis(rng.below_u64(MAX_STREAM_MS + 1))),
             };
             let r = run_round(&dir, round, kill);
             if let Some(t) = r.first_id {
