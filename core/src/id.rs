@@ -244,13 +244,6 @@ impl MessageId {
     pub fn to_hex(&self) -> String {
         to_hex(&self.0)
     }
-
-    /// The smallest id of a timestamp: a cursor bound.
-    pub fn min_at(ts: Timestamp) -> Self {
-        let mut b = [0u8; 24];
-        b[..8].copy_from_slice(&ts.0.to_be_bytes());
-        MessageId(b)
-    }
 }
 
 impl fmt::Display for MessageId {

@@ -195,17 +195,6 @@ impl EpochView {
         self.messages.is_empty()
     }
 
-    /// The newest top-level message id and the newest id of any message.
-    pub fn bounds(&self) -> (Option<MessageId>, Option<MessageId>) {
-        let top = self
-            .messages
-            .values()
-            .rev()
-            .find(|m| m.reply_to.is_none())
-            .map(|m| m.id);
-        (top, self.messages.keys().next_back().copied())
-    }
-
     /// Counts and bounds of the epoch in one pass over borrowed messages.
     pub fn stats(&self, me: &UserId) -> EpochStats {
         let mut st = EpochStats {

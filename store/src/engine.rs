@@ -38,6 +38,13 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The sled row of an epoch summary: its key and the sealed value.
+fn summary_row(records: &SecretKey, wire: &WireId, epoch: Epoch, s: &EpochSummary) -> Result<([u8; 37], Vec<u8>)> {
+    let k = epoch_key(T_EPOCHS, wire, epoch);
+    let v = seal_record(records, &k, &postcard::to_stdvec(s).expect("summary encodes"))?;
+    Ok((k, v))
+}
+
 /// An epoch document in memory with its view.
 pub(crate) struct LoadedEpoch {
     pub doc: EpochDoc,
@@ -376,11 +383,8 @@ impl Engine {
         }
         s.snapshot_upto = s.entries;
         s.snapshot_chunks = count;
-        let k = epoch_key(T_EPOCHS, &wire, epoch);
-        batch.insert(
-            &k[..],
-            seal_record(&self.records, &k, &postcard::to_stdvec(&*s).expect("summary encodes"))?,
-        );
+        let (k, v) = summary_row(&self.records, &wire, epoch, s)?;
+        batch.insert(&k[..], v);
         self.tree.apply_batch(batch)?;
         self.dirty = true;
         Ok(())
@@ -627,11 +631,8 @@ impl Engine {
         self.batch
             .insert(&elog_key(&wire, epoch, s.entries)[..], &elog_value(&device, seq)[..]);
         s.refresh(&le.view, &self.identity.user());
-        let k = epoch_key(T_EPOCHS, &wire, epoch);
-        self.batch.insert(
-            &k[..],
-            seal_record(&self.records, &k, &postcard::to_stdvec(&*s).expect("summary encodes"))?,
-        );
+        let (k, v) = summary_row(&self.records, &wire, epoch, s)?;
+        self.batch.insert(&k[..], v);
         Ok(())
     }
 

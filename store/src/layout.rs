@@ -62,10 +62,7 @@ pub fn table_name(tag: u8) -> &'static str {
 
 /// Key of a channel record.
 pub fn channel_key(wire: &WireId) -> [u8; 33] {
-    let mut k = [0u8; 33];
-    k[0] = T_CHANNELS;
-    k[1..].copy_from_slice(&wire.0);
-    k
+    channel_prefix(T_CHANNELS, wire)
 }
 
 /// Largest plaintext chunk of a snapshot: records stay far below sled's blob threshold.
