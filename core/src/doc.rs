@@ -461,6 +461,12 @@ impl EpochDoc {
 /// else's reaction or overwriting their message: a forged delete or overwrite
 /// never becomes visible as a value, so a view-time filter cannot catch it.
 pub fn decode_change(bytes: &[u8], device: &DeviceId, user: &UserId) -> Result<Change> {
+    decode_change_posts(bytes, device, user).map(|(c, _)| c)
+}
+
+/// [`decode_change`], also returning the ids of the messages the change creates
+/// (in the order of its ops).
+pub fn decode_change_posts(bytes: &[u8], device: &DeviceId, user: &UserId) -> Result<(Change, Vec<MessageId>)> {
     let change = Change::from_bytes(bytes.to_vec()).map_err(|e| Error::corrupted("automerge change", e))?;
     if change.actor_id().to_bytes() != device.0 {
         return Err(Error::corrupted("automerge change", "actor is not the feed's device"));
@@ -482,7 +488,13 @@ pub fn decode_change(bytes: &[u8], device: &DeviceId, user: &UserId) -> Result<C
     if canonical.hash() != change.hash() {
         return Err(Error::corrupted("automerge change", "not in canonical encoding"));
     }
+    let mut posts = Vec::new();
     for op in &expanded.operations {
+        if let (ObjectId::Root, Key::Map(k)) = (&op.obj, &op.key)
+            && let Some(id) = k.strip_prefix("m:").and_then(|id| id.parse::<MessageId>().ok())
+        {
+            posts.push(id);
+        }
         if op.insert {
             return Err(Error::corrupted(
                 "automerge change",
@@ -504,7 +516,7 @@ pub fn decode_change(bytes: &[u8], device: &DeviceId, user: &UserId) -> Result<C
             }
         }
     }
-    Ok(change)
+    Ok((change, posts))
 }
 
 fn check_root_op(key: &str, action: &OpType, preds: usize, user: &UserId, device: &DeviceId) -> Result<()> {

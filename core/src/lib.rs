@@ -43,10 +43,11 @@ mod identity;
 mod op;
 mod seal;
 mod secret;
+mod vector;
 mod view;
 
 pub use channel::{ChannelKeys, ChannelRecord};
-pub use doc::{Devices, EpochDoc, decode_change};
+pub use doc::{Devices, EpochDoc, decode_change, decode_change_posts};
 pub use envelope::{ENVELOPE_VERSION, EntryBody, EntryHash, EntryHeader, Envelope, MAX_ENTRY_BYTES};
 pub use error::{Error, Result};
 pub use header::{HEADER_MAGIC, HEADER_MAX_LEN, HEADER_VERSION, KdfParams, StoreHeader};
@@ -56,4 +57,5 @@ pub use identity::{Identity, verify_signature};
 pub use op::{MAX_EMOJI_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES, Op};
 pub use seal::{Purpose, SEAL_OVERHEAD, derive, open, seal};
 pub use secret::{Passphrase, SecretKey};
+pub use vector::{FeedPos, Missing, Vector};
 pub use view::{EpochStats, EpochView, Message};

@@ -34,9 +34,16 @@ const FINISH_AFTER: Duration = Duration::from_millis(5);
 
 pub(crate) type Query = Box<dyn FnOnce(&mut Engine) + Send>;
 
+/// A change to the engine outside the write path (sync ingest). It gets whether
+/// the store is usable (not poisoned, group closed), replies to its caller
+/// itself, and returns `Err` when the engine failed mid-way: the store is then
+/// poisoned, like after a failed group close.
+pub(crate) type Mutation = Box<dyn FnOnce(&mut Engine, Result<()>) -> std::result::Result<(), ()> + Send>;
+
 pub(crate) enum Cmd {
     Write(Write, oneshot::Sender<Result<Outcome>>),
     Query(Query),
+    Mutate(Mutation),
     Passwd(Passphrase, oneshot::Sender<Result<()>>),
     Checkpoint(oneshot::Sender<Result<()>>),
     Close(oneshot::Sender<Result<()>>),
@@ -401,6 +408,12 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
                     }
                     q(&mut actor.engine);
                 }
+                Cmd::Mutate(m) => {
+                    let ready = actor.close_group();
+                    if m(&mut actor.engine, ready).is_err() {
+                        actor.poisoned.store(true, Ordering::SeqCst);
+                    }
+                }
                 Cmd::Passwd(p, reply) => {
                     let _ = reply.send(actor.close_group().and_then(|()| actor.engine.change_passphrase(&p)));
                 }
@@ -435,6 +448,7 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
             Cmd::Write(_, r) => drop(r.send(Err(Error::Closed))),
             Cmd::Passwd(_, r) | Cmd::Checkpoint(r) | Cmd::Close(r) => drop(r.send(Err(Error::Closed))),
             Cmd::Query(q) => drop(q),
+            Cmd::Mutate(m) => drop(m(&mut actor.engine, Err(Error::Closed))),
         }
     }
     let res = actor.shutdown();

@@ -30,6 +30,9 @@ use crate::layout::*;
 /// closed early, so every feed entry stays far below [`hearth_core::MAX_ENTRY_BYTES`].
 const ENTRY_BUDGET: usize = 40 * 1024;
 const OP_ALLOWANCE: usize = 96;
+/// Store events buffered per subscriber; a slower one misses events and is told
+/// it lagged (a sync node then reconciles everything).
+const EVENT_QUEUE: usize = 4096;
 
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
@@ -39,7 +42,12 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// The sled row of an epoch summary: its key and the sealed value.
-fn summary_row(records: &SecretKey, wire: &WireId, epoch: Epoch, s: &EpochSummary) -> Result<([u8; 37], Vec<u8>)> {
+pub(crate) fn summary_row(
+    records: &SecretKey,
+    wire: &WireId,
+    epoch: Epoch,
+    s: &EpochSummary,
+) -> Result<([u8; 37], Vec<u8>)> {
     let k = epoch_key(T_EPOCHS, wire, epoch);
     let v = seal_record(records, &k, &postcard::to_stdvec(s).expect("summary encodes"))?;
     Ok((k, v))
@@ -105,6 +113,12 @@ pub enum Write {
         /// The message.
         msg: MessageId,
     },
+    /// Join a channel whose keys came in an invite (nothing happens if it is
+    /// already here). The channel's history arrives by sync.
+    Join {
+        /// The channel's id and key.
+        keys: ChannelKeys,
+    },
     /// Mark a channel read up to a message (default: its newest).
     MarkRead {
         /// The channel.
@@ -141,6 +155,8 @@ pub(crate) struct Engine {
     /// Last journal sequence number applied.
     pub watermark: u64,
     touched: BTreeMap<(ChannelId, Epoch), usize>,
+    /// Channels with feed entries in the current batch (announced once it is applied).
+    appended: std::collections::BTreeSet<ChannelId>,
     batch: sled::Batch,
     /// Whether sled holds writes not yet covered by a checkpoint.
     pub dirty: bool,
@@ -148,6 +164,8 @@ pub(crate) struct Engine {
     pub journal_pending: u64,
     /// How long the Argon2id unlock took when this engine was opened.
     pub unlock_time: std::time::Duration,
+    /// Where [`crate::StoreEvent`]s go (subscribers hold receivers).
+    pub events: tokio::sync::broadcast::Sender<crate::StoreEvent>,
     pub _lock: File,
 }
 
@@ -177,10 +195,12 @@ impl Engine {
             clock: 0,
             watermark: 0,
             touched: BTreeMap::new(),
+            appended: Default::default(),
             batch: sled::Batch::default(),
             dirty: false,
             journal_pending: 0,
             unlock_time: std::time::Duration::ZERO,
+            events: tokio::sync::broadcast::channel(EVENT_QUEUE).0,
             _lock: lock,
         })
     }
@@ -432,6 +452,25 @@ impl Engine {
                 ];
                 (entries, Outcome::Channel(id))
             }
+            Write::Join { keys } => {
+                let id = keys.id();
+                if self.channels.contains_key(&id) {
+                    return Ok((vec![], Outcome::Channel(id)));
+                }
+                let entries = vec![
+                    JournalEntry::Channel {
+                        id,
+                        key: *keys.key().expose(),
+                    },
+                    op_entry(
+                        id,
+                        Op::SetName {
+                            name: self.identity.name().to_string(),
+                        },
+                    )?,
+                ];
+                (entries, Outcome::Channel(id))
+            }
             Write::Rename { channel, name } => {
                 self.channel(&channel)?;
                 (vec![op_entry(channel, Op::Rename { name })?], Outcome::Done)
@@ -606,6 +645,7 @@ impl Engine {
         let Some(change) = le.doc.commit(now_ms() as i64) else {
             return Ok(());
         };
+        self.appended.insert(channel);
         let ch = self.channels.get_mut(&channel).expect("touched channels exist");
         let wire = ch.keys.wire();
         let device = self.identity.device();
@@ -649,6 +689,14 @@ impl Engine {
         self.batch.insert(META_HLC, &self.hlc.last().0.to_be_bytes()[..]);
         self.tree.apply_batch(std::mem::take(&mut self.batch))?;
         self.dirty = true;
+        for channel in std::mem::take(&mut self.appended) {
+            let wire = self.channel(&channel)?.keys.wire();
+            let _ = self.events.send(crate::StoreEvent::Appended {
+                channel,
+                wire,
+                local: true,
+            });
+        }
         Ok(())
     }
 

@@ -47,6 +47,7 @@ mod layout;
 mod open;
 mod query;
 mod store;
+mod sync;
 mod verify;
 
 pub use config::Config;
@@ -59,4 +60,5 @@ pub use journal::{
 pub use open::OpenReport;
 pub use query::{ChannelInfo, Located, Thread};
 pub use store::{OpenTimings, Pending, Store, Whoami};
+pub use sync::{EntryBatch, IngestReport, Rejection, StoreEvent};
 pub use verify::{Problem, Stats, VerifyReport};

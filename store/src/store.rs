@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hearth_core::{ChannelId, DeviceId, Message, MessageId, Passphrase, UserId};
+use hearth_core::{ChannelId, ChannelKeys, DeviceId, Message, MessageId, Passphrase, UserId, Vector, WireId};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::actor::{self, Cmd};
@@ -13,6 +13,7 @@ use crate::engine::{Engine, Outcome, Write};
 use crate::error::{Error, Result};
 use crate::open::{self, OpenReport};
 use crate::query::{ChannelInfo, Located, Thread};
+use crate::sync::{EntryBatch, IngestReport, StoreEvent};
 use crate::verify::{Stats, VerifyReport};
 
 /// A submitted write; resolves to its [`Outcome`] once durable.
@@ -43,6 +44,7 @@ pub struct Whoami {
 }
 
 struct Shared {
+    events: tokio::sync::broadcast::Sender<StoreEvent>,
     whoami: Whoami,
     report: OpenReport,
     timings: OpenTimings,
@@ -111,7 +113,7 @@ impl Store {
                         name: engine.identity.name().to_string(),
                         dir: engine.dir.clone(),
                     };
-                    let _ = ready_tx.send(Ok((whoami, report, timings)));
+                    let _ = ready_tx.send(Ok((whoami, report, timings, engine.events.clone())));
                     actor::run(engine, journal, rx);
                 }
                 Err(e) => {
@@ -119,10 +121,11 @@ impl Store {
                 }
             }
         })?;
-        let (whoami, report, timings) = ready_rx.await.map_err(|_| Error::Closed)??;
+        let (whoami, report, timings, events) = ready_rx.await.map_err(|_| Error::Closed)??;
         Ok(Store {
             tx,
             shared: Arc::new(Shared {
+                events,
                 whoami,
                 report,
                 timings,
@@ -190,6 +193,74 @@ impl Store {
         });
         self.tx.send(Cmd::Query(q)).await.map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
+    }
+
+    async fn mutate<T: Send + 'static>(&self, f: impl FnOnce(&mut Engine) -> Result<T> + Send + 'static) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        let m: actor::Mutation = Box::new(move |e: &mut Engine, ready: Result<()>| {
+            let r = ready.and_then(|()| f(e));
+            // Input errors leave the engine as it was; anything else happened
+            // half-way through a change and poisons the store.
+            let failed = matches!(
+                &r,
+                Err(Error::Io(_) | Error::Corrupted { .. } | Error::UnsupportedFormat { .. })
+            );
+            let _ = tx.send(r);
+            if failed { Err(()) } else { Ok(()) }
+        });
+        self.tx.send(Cmd::Mutate(m)).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Subscribe to [`StoreEvent`]s: new entries, messages and read markers
+    /// from other devices. A receiver that falls behind by more than a few
+    /// thousand events gets `Lagged` and should re-read what it shows.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StoreEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Every channel's wire id and version vector.
+    pub async fn vectors(&self) -> Result<Vec<(WireId, Vector)>> {
+        self.query(|e| e.vectors()).await
+    }
+
+    /// One channel's version vector.
+    pub async fn vector(&self, channel: ChannelId) -> Result<Vector> {
+        self.query(move |e| e.vector_of(&channel)).await
+    }
+
+    /// The entries of a channel (by wire id) that `have` lacks, feed by feed in
+    /// order, at most `max_entries` and about `max_bytes` (at least one entry).
+    /// Only durable entries leave the store: this checkpoints first if needed.
+    pub async fn entries_after(
+        &self,
+        wire: WireId,
+        have: Vector,
+        max_bytes: usize,
+        max_entries: usize,
+    ) -> Result<EntryBatch> {
+        self.mutate(move |e| e.entries_after(&wire, &have, max_bytes, max_entries))
+            .await
+    }
+
+    /// Verify and store a peer's entries for a channel (by wire id). Returns
+    /// once what was accepted is durable; refused entries are listed, never
+    /// stored, and never stop the rest of the batch.
+    pub async fn ingest(&self, wire: WireId, entries: Vec<Vec<u8>>) -> Result<IngestReport> {
+        self.mutate(move |e| e.ingest(&wire, entries)).await
+    }
+
+    /// A channel's keys, to invite someone into it.
+    pub async fn channel_keys(&self, channel: ChannelId) -> Result<ChannelKeys> {
+        self.query(move |e| e.channel_keys(&channel)).await
+    }
+
+    /// Join a channel from its keys (an invite). Its history arrives by sync.
+    pub async fn join_channel(&self, keys: ChannelKeys) -> Result<ChannelId> {
+        match self.write(Write::Join { keys }).await? {
+            Outcome::Channel(c) => Ok(c),
+            _ => Err(Error::corrupted("store task", "unexpected reply")),
+        }
     }
 
     /// Create a channel; returns its id.

@@ -1,0 +1,403 @@
+//! What sync needs from the store: version vectors, the entries a peer lacks,
+//! and verified ingest of a peer's entries.
+//!
+//! Ingest trusts nothing: every entry is decoded with a size cap, its signature
+//! checked, its place in its feed's hash chain checked (no gap, no fork, no
+//! device claimed by two users), its body opened with the channel key (AEAD) and
+//! its automerge change checked against what its writer may touch. Accepted
+//! entries of one call are applied with one automerge call per epoch and written
+//! as one sled batch, made durable before the call returns: a peer may forget
+//! what we acknowledged.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use hearth_core::{
+    ChannelId, ChannelKeys, DeviceId, Envelope, Epoch, FeedPos, META_EPOCH, MessageId, UserId, Vector, WireId,
+    decode_change_posts,
+};
+
+use crate::channel::FeedHead;
+use crate::engine::{Engine, summary_row};
+use crate::error::{Error, Result};
+use crate::layout::*;
+
+/// Something the store tells its subscribers (the sync node, an app's UI).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreEvent {
+    /// New feed entries are stored for a channel: local writes (`local`) or a
+    /// peer's. A sync node pushes them to the other peers.
+    Appended {
+        /// The channel.
+        channel: ChannelId,
+        /// Its wire id.
+        wire: WireId,
+        /// Written here (not received).
+        local: bool,
+    },
+    /// Messages written on another device arrived.
+    Received {
+        /// The channel.
+        channel: ChannelId,
+        /// Their author.
+        author: UserId,
+        /// The writing device.
+        device: DeviceId,
+        /// The new messages, in feed order.
+        messages: Vec<MessageId>,
+    },
+    /// A device of another user (or another device of ours) marked the channel
+    /// read up to a message.
+    Read {
+        /// The channel.
+        channel: ChannelId,
+        /// The reader.
+        user: UserId,
+        /// The newest message they have read.
+        up_to: MessageId,
+    },
+}
+
+/// Why an entry was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// The feed, when the header decoded.
+    pub device: Option<DeviceId>,
+    /// The entry's position, when the header decoded.
+    pub seq: Option<u64>,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// What [`crate::Store::ingest`] did with a batch of entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IngestReport {
+    /// Entries verified and stored.
+    pub accepted: usize,
+    /// Entries already held (same bytes).
+    pub duplicates: usize,
+    /// Entries refused; nothing of them was stored.
+    pub rejected: Vec<Rejection>,
+    /// The channel's vector after the batch (what to acknowledge).
+    pub vector: Vector,
+    /// Messages that arrived (posts of accepted entries).
+    pub messages: usize,
+}
+
+/// A batch of a feed's entries for a peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EntryBatch {
+    /// Envelope bytes, each feed in seq order.
+    pub entries: Vec<Vec<u8>>,
+    /// More entries are missing beyond this batch's byte or count budget.
+    pub more: bool,
+}
+
+struct Accepted {
+    device: DeviceId,
+    user: UserId,
+    seq: u64,
+    bytes: Vec<u8>,
+    change: automerge::Change,
+    posts: Vec<MessageId>,
+}
+
+impl Engine {
+    fn channel_by_wire(&self, wire: &WireId) -> Result<ChannelId> {
+        self.by_wire.get(wire).copied().ok_or_else(|| Error::NotFound {
+            what: "channel",
+            id: hex_prefix(wire),
+        })
+    }
+
+    /// The version vector of a channel.
+    pub(crate) fn vector_of(&self, channel: &ChannelId) -> Result<Vector> {
+        let ch = self.channel(channel)?;
+        Ok(Vector(
+            ch.heads
+                .iter()
+                .map(|(d, h)| {
+                    (
+                        *d,
+                        FeedPos {
+                            seq: h.seq,
+                            hash: h.hash,
+                        },
+                    )
+                })
+                .collect(),
+        ))
+    }
+
+    /// Every channel's wire id and vector.
+    pub(crate) fn vectors(&self) -> Result<Vec<(WireId, Vector)>> {
+        self.channels
+            .values()
+            .map(|ch| Ok((ch.keys.wire(), self.vector_of(&ch.keys.id())?)))
+            .collect()
+    }
+
+    /// A channel's keys (to invite someone).
+    pub(crate) fn channel_keys(&self, channel: &ChannelId) -> Result<ChannelKeys> {
+        Ok(self.channel(channel)?.keys.clone())
+    }
+
+    /// The entries `have` lacks, feed by feed in seq order, within a budget.
+    ///
+    /// Entries of this device are only handed out once durable in sled: an
+    /// entry above the last checkpoint could be produced again differently by
+    /// journal replay after a crash, and a peer holding the first version would
+    /// then see a fork. So this checkpoints first when sled holds unsynced writes.
+    pub(crate) fn entries_after(
+        &mut self,
+        wire: &WireId,
+        have: &Vector,
+        max_bytes: usize,
+        max_entries: usize,
+    ) -> Result<EntryBatch> {
+        let channel = self.channel_by_wire(wire)?;
+        let mine = self.vector_of(&channel)?;
+        let missing = have.lacks(&mine);
+        if missing.is_empty() {
+            return Ok(EntryBatch::default());
+        }
+        if self.dirty {
+            self.checkpoint()?;
+        }
+        let mut batch = EntryBatch::default();
+        let mut bytes = 0usize;
+        for run in missing {
+            let from = feed_key(wire, &run.device, run.from);
+            let to = feed_key(wire, &run.device, run.to);
+            let mut expect = run.from;
+            for row in self.tree.range(from..=to) {
+                let (k, v) = row?;
+                if key_u64(&k[49..])? != expect {
+                    return Err(Error::corrupted(
+                        "feed",
+                        format!("entry {}/{expect} is missing", run.device),
+                    ));
+                }
+                if batch.entries.len() >= max_entries || (bytes + v.len() > max_bytes && !batch.entries.is_empty()) {
+                    batch.more = true;
+                    return Ok(batch);
+                }
+                bytes += v.len();
+                batch.entries.push(v.to_vec());
+                expect += 1;
+            }
+            if expect != run.to + 1 {
+                return Err(Error::corrupted(
+                    "feed",
+                    format!("entry {}/{expect} is missing", run.device),
+                ));
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Verify and store a peer's entries of one channel (see the module docs).
+    pub(crate) fn ingest(&mut self, wire: &WireId, entries: Vec<Vec<u8>>) -> Result<IngestReport> {
+        let channel = self.channel_by_wire(wire)?;
+        let me = self.identity.device();
+        let mut report = IngestReport::default();
+        let mut heads: BTreeMap<DeviceId, FeedHead> = BTreeMap::new();
+        let mut refused: BTreeSet<DeviceId> = BTreeSet::new();
+        let mut accepted: BTreeMap<Epoch, Vec<Accepted>> = BTreeMap::new();
+        for bytes in entries {
+            let reject = |report: &mut IngestReport, device, seq, reason: String| {
+                report.rejected.push(Rejection { device, seq, reason });
+            };
+            let env = match Envelope::decode(&bytes) {
+                Ok(e) => e,
+                Err(e) => {
+                    reject(&mut report, None, None, e.to_string());
+                    continue;
+                }
+            };
+            let h = &env.header;
+            let (device, seq) = (h.device, h.seq);
+            if h.wire != *wire {
+                reject(&mut report, Some(device), Some(seq), "entry of another channel".into());
+                continue;
+            }
+            if refused.contains(&device) {
+                reject(&mut report, Some(device), Some(seq), "follows a refused entry".into());
+                continue;
+            }
+            let ch = self.channel(&channel)?;
+            let head = heads.get(&device).or_else(|| ch.heads.get(&device)).copied();
+            let (have, prev) = head.map_or((0, [0; 32]), |h| (h.seq, h.hash));
+            if seq <= have {
+                // Already held: the same bytes are a duplicate, other bytes a fork.
+                let stored = self.tree.get(feed_key(wire, &device, seq))?;
+                let held_here = stored.as_deref() == Some(&bytes[..])
+                    || accepted
+                        .values()
+                        .flatten()
+                        .any(|a| a.device == device && a.bytes == bytes);
+                if held_here {
+                    report.duplicates += 1;
+                } else {
+                    refused.insert(device);
+                    reject(
+                        &mut report,
+                        Some(device),
+                        Some(seq),
+                        "conflicts with the entry held at this position (forked feed)".into(),
+                    );
+                }
+                continue;
+            }
+            let checked = (|| -> std::result::Result<(UserId, EntryBodyParts), String> {
+                if device == me {
+                    return Err("an entry of this device that this device never wrote".into());
+                }
+                if seq != have + 1 {
+                    return Err(format!("gap in the feed: expected entry {}", have + 1));
+                }
+                if h.prev != prev {
+                    return Err("does not chain onto the previous entry".into());
+                }
+                if let Some(owner) = ch.devices.get(&device)
+                    && *owner != h.user
+                {
+                    return Err("device belongs to another user".into());
+                }
+                env.verify().map_err(|e| e.to_string())?;
+                let body = env.open(&ch.keys).map_err(|e| e.to_string())?;
+                let (change, posts) = decode_change_posts(&body.change, &device, &h.user).map_err(|e| e.to_string())?;
+                Ok((h.user, (body.epoch, change, posts)))
+            })();
+            match checked {
+                Ok((user, (epoch, change, posts))) => {
+                    heads.insert(
+                        device,
+                        FeedHead {
+                            user,
+                            seq,
+                            hash: Envelope::hash_of(&bytes),
+                        },
+                    );
+                    accepted.entry(epoch).or_default().push(Accepted {
+                        device,
+                        user,
+                        seq,
+                        bytes,
+                        change,
+                        posts,
+                    });
+                }
+                Err(reason) => {
+                    refused.insert(device);
+                    reject(&mut report, Some(device), Some(seq), reason);
+                }
+            }
+        }
+        if !accepted.is_empty() {
+            self.store_accepted(channel, wire, accepted, &heads, &mut report)?;
+        }
+        report.vector = self.vector_of(&channel)?;
+        Ok(report)
+    }
+
+    fn store_accepted(
+        &mut self,
+        channel: ChannelId,
+        wire: &WireId,
+        accepted: BTreeMap<Epoch, Vec<Accepted>>,
+        heads: &BTreeMap<DeviceId, FeedHead>,
+        report: &mut IngestReport,
+    ) -> Result<()> {
+        {
+            let ch = self.channels.get_mut(&channel).expect("checked by the caller");
+            for (d, h) in heads {
+                ch.devices.insert(*d, h.user);
+            }
+        }
+        let me = self.identity.user();
+        let mut batch = sled::Batch::default();
+        let mut events = Vec::new();
+        for (epoch, list) in accepted {
+            self.ensure_epoch(channel, epoch, true)?;
+            let ch = self.channels.get_mut(&channel).expect("checked by the caller");
+            let le = self.epochs.get_mut(&(channel, epoch)).expect("ensure_epoch loaded it");
+            let readers_before: BTreeMap<UserId, MessageId> = le.view.read_markers().map(|(u, m)| (*u, *m)).collect();
+            let changes: Vec<automerge::Change> = list.iter().map(|a| a.change.clone()).collect();
+            if let Err(e) = le.doc.apply_remote(changes) {
+                // automerge refused a batch that passed every check: drop the
+                // (possibly half-updated) document, store nothing, report it.
+                self.epochs.remove(&(channel, epoch));
+                for a in &list {
+                    report.rejected.push(Rejection {
+                        device: Some(a.device),
+                        seq: Some(a.seq),
+                        reason: e.to_string(),
+                    });
+                }
+                // Later entries of these feeds chain onto refused ones: nothing
+                // of this batch is stored; the peer sends again.
+                return Ok(());
+            }
+            le.view = le.doc.view(&ch.devices);
+            let s = ch.summaries.entry(epoch).or_default();
+            for a in &list {
+                batch.insert(&feed_key(wire, &a.device, a.seq)[..], &a.bytes[..]);
+                s.entries += 1;
+                batch.insert(&elog_key(wire, epoch, s.entries)[..], &elog_value(&a.device, a.seq)[..]);
+                for p in &a.posts {
+                    self.hlc.observe(p.timestamp());
+                }
+                report.messages += a.posts.len();
+                if !a.posts.is_empty() {
+                    events.push(crate::StoreEvent::Received {
+                        channel,
+                        author: a.user,
+                        device: a.device,
+                        messages: a.posts.clone(),
+                    });
+                }
+            }
+            report.accepted += list.len();
+            s.refresh(&le.view, &me);
+            let (k, v) = summary_row(&self.records, wire, epoch, s)?;
+            batch.insert(&k[..], v);
+            for (u, m) in le.view.read_markers() {
+                if readers_before.get(u).is_none_or(|b| b < m) {
+                    events.push(crate::StoreEvent::Read {
+                        channel,
+                        user: *u,
+                        up_to: *m,
+                    });
+                }
+            }
+        }
+        let ch = self.channels.get_mut(&channel).expect("checked by the caller");
+        for (d, h) in heads {
+            batch.insert(&head_key(wire, d)[..], postcard::to_stdvec(h).expect("head encodes"));
+            ch.heads.insert(*d, *h);
+        }
+        if let Some((&e, s)) = ch.summaries.iter().next_back().filter(|(e, _)| **e != META_EPOCH) {
+            ch.current = (e, s.messages);
+        }
+        batch.insert(META_HLC, &self.hlc.last().0.to_be_bytes()[..]);
+        self.tree.apply_batch(batch)?;
+        self.dirty = true;
+        self.checkpoint()?;
+        let _ = self.events.send(crate::StoreEvent::Appended {
+            channel,
+            wire: *wire,
+            local: false,
+        });
+        for e in events {
+            let _ = self.events.send(e);
+        }
+        Ok(())
+    }
+}
+
+type EntryBodyParts = (Epoch, automerge::Change, Vec<MessageId>);
+
+fn hex_prefix(wire: &WireId) -> String {
+    wire.0[..8].iter().map(|b| format!("{b:02x}")).collect()
+}

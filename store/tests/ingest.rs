@@ -1,0 +1,155 @@
+//! Sync's view of the store: vectors, entries a peer lacks, verified ingest.
+
+use hearth_core::{KdfParams, Passphrase, Vector};
+use hearth_store::{Config, Store, StoreEvent};
+
+fn config() -> Config {
+    Config::default().with_kdf(KdfParams::INSECURE_FAST)
+}
+
+/// Move everything `from` holds of a channel that `to` lacks; returns entries moved.
+async fn pull(from: &Store, to: &Store, wire: hearth_core::WireId, channel: hearth_core::ChannelId) -> usize {
+    let mut moved = 0;
+    loop {
+        let have = to.vector(channel).await.unwrap();
+        let batch = from.entries_after(wire, have, 16 * 1024, 64).await.unwrap();
+        if batch.entries.is_empty() {
+            return moved;
+        }
+        moved += batch.entries.len();
+        let report = to.ingest(wire, batch.entries).await.unwrap();
+        assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+    }
+}
+
+#[tokio::test]
+async fn two_stores_converge_through_entries_and_ingest() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pass = Passphrase::new("pw");
+    let a = Store::create(da.path(), &pass, "alice", config()).await.unwrap();
+    let b = Store::create(db.path(), &pass, "bob", config()).await.unwrap();
+    let mut events = b.subscribe();
+    let general = a.create_channel("general").await.unwrap();
+    let mut roots = Vec::new();
+    for i in 0..300 {
+        roots.push(a.post(general, &format!("alice {i}")).await.unwrap());
+    }
+    a.react(roots[3], "👍").await.unwrap();
+    let keys = a.channel_keys(general).await.unwrap();
+    let wire = keys.wire();
+    assert_eq!(b.join_channel(keys.clone()).await.unwrap(), general);
+    assert_eq!(b.join_channel(keys).await.unwrap(), general, "joining twice is a no-op");
+    assert!(pull(&a, &b, wire, general).await > 1);
+    assert_eq!(
+        b.page(general, None, 1000).await.unwrap(),
+        a.page(general, None, 1000).await.unwrap()
+    );
+    assert_eq!(b.channel(general).await.unwrap().name, "general");
+    assert_eq!(b.unread(general).await.unwrap(), 300);
+    let mut received = 0;
+    while let Ok(e) = events.try_recv() {
+        if let StoreEvent::Received { messages, .. } = e {
+            received += messages.len();
+        }
+    }
+    assert_eq!(received, 300);
+
+    // Bob replies, reacts, reads; Alice edits concurrently.
+    let r = b.reply(roots[0], "bob here").await.unwrap();
+    b.react(roots[1], "🎉").await.unwrap();
+    b.mark_read(general, None).await.unwrap();
+    a.edit(roots[2], "edited").await.unwrap();
+    pull(&b, &a, wire, general).await;
+    pull(&a, &b, wire, general).await;
+    assert_eq!(a.vector(general).await.unwrap(), b.vector(general).await.unwrap());
+    assert_eq!(
+        b.page(general, None, 1000).await.unwrap(),
+        a.page(general, None, 1000).await.unwrap()
+    );
+    assert_eq!(a.thread(r).await.unwrap(), b.thread(r).await.unwrap());
+    assert_eq!(a.members(general).await.unwrap().len(), 2);
+    assert_eq!(a.unread(general).await.unwrap(), 1, "bob's reply");
+    assert_eq!(b.unread(general).await.unwrap(), 0);
+
+    // Duplicates are recognised; nothing changes.
+    let all = a
+        .entries_after(wire, Vector::default(), usize::MAX, usize::MAX)
+        .await
+        .unwrap();
+    let report = b.ingest(wire, all.entries).await.unwrap();
+    assert_eq!(report.accepted, 0);
+    assert!(report.rejected.is_empty());
+    assert!(report.duplicates > 0);
+
+    // Both survive a restart and verify clean.
+    let before = b.page(general, None, 1000).await.unwrap();
+    b.close().await.unwrap();
+    let b = Store::open(db.path(), &pass, config()).await.unwrap();
+    assert_eq!(b.page(general, None, 1000).await.unwrap(), before);
+    assert!(b.verify().await.unwrap().is_clean(), "{:?}", b.verify().await.unwrap());
+    assert!(a.verify().await.unwrap().is_clean());
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_entries_are_refused_and_nothing_is_lost() {
+    let (da, db, dm) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let pass = Passphrase::new("pw");
+    let a = Store::create(da.path(), &pass, "alice", config()).await.unwrap();
+    let b = Store::create(db.path(), &pass, "bob", config()).await.unwrap();
+    let general = a.create_channel("general").await.unwrap();
+    for i in 0..20 {
+        a.post(general, &format!("m{i}")).await.unwrap();
+    }
+    let keys = a.channel_keys(general).await.unwrap();
+    let wire = keys.wire();
+    b.join_channel(keys.clone()).await.unwrap();
+    let all = a
+        .entries_after(wire, Vector::default(), usize::MAX, usize::MAX)
+        .await
+        .unwrap()
+        .entries;
+    assert!(all.len() >= 2);
+
+    // Garbage, a flipped bit anywhere, a gap, an entry of another channel.
+    let mut bad = vec![vec![], vec![0xff; 100], vec![1; hearth_core::MAX_ENTRY_BYTES + 1]];
+    for i in (0..all[0].len()).step_by(7) {
+        let mut e = all[0].clone();
+        e[i] ^= 0x40;
+        bad.push(e);
+    }
+    let report = b.ingest(wire, bad.clone()).await.unwrap();
+    assert_eq!(report.accepted, 0);
+    assert_eq!(report.rejected.len(), bad.len());
+    let gap = b.ingest(wire, vec![all[1].clone()]).await.unwrap();
+    assert_eq!(gap.accepted, 0);
+    assert!(gap.rejected[0].reason.contains("gap"), "{:?}", gap.rejected);
+
+    // A member of another channel cannot inject entries here.
+    let m = Store::create(dm.path(), &pass, "mallory", config()).await.unwrap();
+    let other = m.create_channel("other").await.unwrap();
+    m.post(other, "spam").await.unwrap();
+    let mwire = m.channel_keys(other).await.unwrap().wire();
+    let spam = m
+        .entries_after(mwire, Vector::default(), usize::MAX, usize::MAX)
+        .await
+        .unwrap()
+        .entries;
+    assert!(b.ingest(mwire, spam.clone()).await.is_err(), "unknown channel");
+    let report = b.ingest(wire, spam).await.unwrap();
+    assert_eq!(report.accepted, 0);
+
+    // The good entries still go in afterwards, and the store is whole.
+    let report = b.ingest(wire, all).await.unwrap();
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+    assert_eq!(b.page(general, None, 100).await.unwrap().len(), 20);
+    assert!(b.verify().await.unwrap().is_clean());
+    for s in [a, b, m] {
+        s.close().await.unwrap();
+    }
+}
