@@ -25,6 +25,8 @@ pub enum Purpose {
     FeedBody,
     /// The keyed hash that names a channel on the wire and in sled keys.
     WireId,
+    /// The device's libp2p node key (a stable peer id across restarts).
+    NodeKey,
 }
 
 impl Purpose {
@@ -33,6 +35,7 @@ impl Purpose {
             Purpose::LocalRecords => b"hearth v1 local records",
             Purpose::FeedBody => b"hearth v1 feed body",
             Purpose::WireId => b"hearth v1 wire id",
+            Purpose::NodeKey => b"hearth v1 node key",
         }
     }
 }

@@ -219,6 +219,13 @@ impl Store {
         self.shared.events.subscribe()
     }
 
+    /// The secret of this device's network identity (its libp2p ed25519 key),
+    /// derived from the store's master key: the same peer id on every start.
+    pub async fn node_secret(&self) -> Result<hearth_core::SecretKey> {
+        self.query(|e| Ok(hearth_core::derive(&e.master, hearth_core::Purpose::NodeKey)))
+            .await
+    }
+
     /// Every channel's wire id and version vector.
     pub async fn vectors(&self) -> Result<Vec<(WireId, Vector)>> {
         self.query(|e| e.vectors()).await

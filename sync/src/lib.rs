@@ -1,1 +1,18 @@
-//! Hearth sync.
+//! # hearth-sync
+//!
+//! Peer-to-peer sync for Hearth over libp2p: devices of one user and members of
+//! a channel reconcile the sealed feed entries of the channels they share.
+//!
+//! - [`proto`]: the frames and their capped codec;
+//! - [`reconcile`]: the sans-I/O reconciliation logic (what to ask, what to send);
+//! - [`Replica`]: what a node syncs (a member's [`hearth_store::Store`], or a
+//!   [`RelayStore`] that holds sealed entries without any channel key);
+//! - [`Node`]: the libp2p event loop, its handle and its events.
+#![deny(missing_docs)]
+
+pub mod drive;
+pub mod proto;
+pub mod reconcile;
+mod replica;
+
+pub use replica::{Replica, ReplicaEvent};

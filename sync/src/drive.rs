@@ -1,0 +1,123 @@
+//! Running a [`Session`] against a replica, and answering a peer's requests.
+//! Both are independent of the transport: the node plugs libp2p in, tests plug
+//! in a direct call to the other replica.
+
+use std::future::Future;
+
+use serde_bytes::ByteBuf;
+
+use crate::Replica;
+use crate::proto::{BATCH_BYTES, BATCH_ENTRIES, Request, Response};
+use crate::reconcile::{Action, Outcome, Session, answer_hello, fetch_budget};
+
+/// Run a session to the end. `send` delivers a request to the peer and returns
+/// its answer (or why there is none). A local storage error ends the session
+/// with `failed` set.
+pub async fn run_session<R, F, Fut>(mut session: Session, replica: &R, mut send: F) -> Outcome
+where
+    R: Replica,
+    F: FnMut(Request) -> Fut,
+    Fut: Future<Output = Result<Response, String>>,
+{
+    let mut action = session.start();
+    loop {
+        action = match action {
+            Action::Send(req) => match send(req).await {
+                Ok(resp) => session.on_response(resp),
+                Err(e) => return failed(session, e),
+            },
+            Action::Read { wire, have } => match replica.entries_after(wire, have, BATCH_BYTES, BATCH_ENTRIES).await {
+                Ok(batch) => session.on_entries(batch),
+                Err(e) => return failed(session, e.to_string()),
+            },
+            Action::Ingest { wire, entries } => match replica.ingest(wire, entries).await {
+                Ok(report) => session.on_ingested(report),
+                Err(e) => return failed(session, e.to_string()),
+            },
+            Action::Done => return session.into_outcome(),
+        }
+    }
+}
+
+fn failed(session: Session, why: String) -> Outcome {
+    let mut o = session.into_outcome();
+    o.failed.get_or_insert(why);
+    o
+}
+
+/// What serving one request did, besides the answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Served {
+    /// Entries of a Push stored.
+    pub accepted: u64,
+    /// Entries of a Push refused, and why the first was.
+    pub rejected: u64,
+    /// Why the first refused entry was refused.
+    pub reason: Option<String>,
+    /// Refusals that prove the peer sent forged or broken data (not a mere gap).
+    pub malicious: bool,
+    /// For a Push: the channel and this replica's vector after it.
+    pub acked: Option<(hearth_core::WireId, hearth_core::Vector)>,
+}
+
+/// Answer one request from a peer.
+pub async fn serve<R: Replica>(replica: &R, req: Request) -> (Response, Served) {
+    let mut served = Served::default();
+    let resp = match req {
+        Request::Hello {
+            version,
+            summary,
+            relay,
+        } => {
+            if version != crate::proto::VERSION {
+                Response::Refused {
+                    reason: format!("protocol version {version} not spoken (this node speaks {})", crate::proto::VERSION),
+                }
+            } else {
+                match replica.vectors().await {
+                    Ok(local) => answer_hello(&local, &summary, relay, replica.is_relay()),
+                    Err(e) => refused(e),
+                }
+            }
+        }
+        Request::Fetch { wire, have, max_bytes } => {
+            let (bytes, count) = fetch_budget(max_bytes);
+            match replica.entries_after(wire, have, bytes, count).await {
+                Ok(Some(b)) => Response::Entries {
+                    entries: b.entries.into_iter().map(ByteBuf::from).collect(),
+                    more: b.more,
+                },
+                Ok(None) => Response::Refused {
+                    reason: "unknown channel".into(),
+                },
+                Err(e) => refused(e),
+            }
+        }
+        Request::Push { wire, entries } => {
+            match replica.ingest(wire, entries.into_iter().map(ByteBuf::into_vec).collect()).await {
+                Ok(Some(r)) => {
+                    served.accepted = r.accepted as u64;
+                    served.rejected = r.rejected.len() as u64;
+                    served.reason = r.rejected.first().map(|x| x.reason.clone());
+                    served.malicious = r.rejected.iter().any(|x| !x.reason.starts_with("gap"));
+                    served.acked = Some((wire, r.vector.clone()));
+                    Response::Ack {
+                        vector: r.vector,
+                        accepted: r.accepted as u32,
+                        rejected: r.rejected.len() as u32,
+                        reason: served.reason.clone(),
+                    }
+                }
+                Ok(None) => Response::Refused {
+                    reason: "unknown channel".into(),
+                },
+                Err(e) => refused(e),
+            }
+        }
+    };
+    (resp, served)
+}
+
+fn refused(e: hearth_store::Error) -> Response {
+    Response::Refused { reason: e.to_string() }
+}

@@ -1,0 +1,299 @@
+//! The wire protocol: request/response frames over libp2p request-response,
+//! each a postcard value behind a 4-byte big-endian length.
+//!
+//! ```text
+//! Hello  {version, summary: [(wire tag 8 B, vector digest 8 B)], relay}
+//!     -> Hello {differ: [(wire, vector)], extra: [(wire, vector)], want: [wire tag]}
+//! Fetch  {wire, have: vector, max_bytes}       -> Entries {entries, more}
+//! Push   {wire, entries}                       -> Ack {vector, accepted, rejected}
+//! ```
+//!
+//! Two peers already in sync settle every channel with one Hello: 16 bytes a
+//! channel out, a few bytes back. Frames are capped before anything is
+//! allocated; entries travel as the exact bytes stored (sealed once).
+
+use std::io;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use hearth_core::{Vector, WireId};
+use libp2p::StreamProtocol;
+use serde::{Deserialize, Serialize};
+
+/// The protocol name (the version is in it).
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/sync/1");
+/// Protocol version carried in Hello.
+pub const VERSION: u16 = 1;
+/// Largest request frame (a push batch).
+pub const MAX_REQUEST: usize = 1 << 20;
+/// Largest response frame (an entries batch).
+pub const MAX_RESPONSE: usize = 2 << 20;
+/// Largest batch of entries a side sends in one frame, in bytes.
+pub const BATCH_BYTES: usize = 512 * 1024;
+/// Largest number of entries in one frame.
+pub const BATCH_ENTRIES: usize = 2048;
+/// Most channels in one Hello.
+pub const MAX_CHANNELS: usize = 16_384;
+
+/// The first 8 bytes of a wire id: enough to name a channel in a Hello.
+pub type WireTag = [u8; 8];
+
+/// A wire id's tag.
+pub fn tag(wire: &WireId) -> WireTag {
+    let mut t = [0; 8];
+    t.copy_from_slice(&wire.0[..8]);
+    t
+}
+
+/// One channel in a Hello.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelDigest {
+    /// The channel's wire tag.
+    pub tag: WireTag,
+    /// [`Vector::digest`] of the sender's vector.
+    pub digest: [u8; 8],
+}
+
+/// A request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Compare every channel the sender holds.
+    Hello {
+        /// Protocol version.
+        version: u16,
+        /// The sender's channels.
+        summary: Vec<ChannelDigest>,
+        /// The sender is a relay: it takes any channel it is offered.
+        relay: bool,
+    },
+    /// Ask for the entries `have` lacks.
+    Fetch {
+        /// The channel.
+        wire: WireId,
+        /// What the sender holds.
+        have: Vector,
+        /// Budget for the answer.
+        max_bytes: u32,
+    },
+    /// Entries the receiver lacks, each feed in order.
+    Push {
+        /// The channel.
+        wire: WireId,
+        /// Envelope bytes.
+        entries: Vec<serde_bytes::ByteBuf>,
+    },
+}
+
+/// A response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Answer to Hello.
+    Hello {
+        /// Channels both hold whose vectors differ: the responder's vector.
+        differ: Vec<(WireId, Vector)>,
+        /// Channels only the responder holds, listed for a relay requester.
+        extra: Vec<(WireId, Vector)>,
+        /// Tags the responder (a relay) does not hold and wants pushed.
+        want: Vec<WireTag>,
+        /// The responder is a relay.
+        relay: bool,
+    },
+    /// Answer to Fetch.
+    Entries {
+        /// Envelope bytes, each feed in order.
+        entries: Vec<serde_bytes::ByteBuf>,
+        /// More is missing beyond this batch.
+        more: bool,
+    },
+    /// Answer to Push: the receiver's vector after storing what it accepted.
+    Ack {
+        /// The receiver's vector of the channel.
+        vector: Vector,
+        /// Entries accepted.
+        accepted: u32,
+        /// Entries refused.
+        rejected: u32,
+        /// Why the first refused entry was refused.
+        reason: Option<String>,
+    },
+    /// The request was not served.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why a frame was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    /// Longer than the cap for its direction.
+    #[error("frame of {size} bytes exceeds the {limit}-byte limit")]
+    TooLarge {
+        /// Claimed size.
+        size: usize,
+        /// Limit.
+        limit: usize,
+    },
+    /// Does not decode, or not in canonical form, or over a count limit.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+fn check_len(size: usize, limit: usize) -> Result<(), FrameError> {
+    if size > limit {
+        Err(FrameError::TooLarge { size, limit })
+    } else {
+        Ok(())
+    }
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], limit: usize) -> Result<T, FrameError> {
+    check_len(bytes.len(), limit)?;
+    let (v, rest) = postcard::take_from_bytes(bytes).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(FrameError::Malformed("trailing bytes".into()));
+    }
+    Ok(v)
+}
+
+impl Request {
+    /// Decode a request frame body (after the length prefix).
+    pub fn decode(bytes: &[u8]) -> Result<Self, FrameError> {
+        let r: Request = decode(bytes, MAX_REQUEST)?;
+        match &r {
+            Request::Hello { summary, .. } if summary.len() > MAX_CHANNELS => {
+                Err(FrameError::Malformed("too many channels".into()))
+            }
+            Request::Push { entries, .. } if entries.len() > BATCH_ENTRIES => {
+                Err(FrameError::Malformed("too many entries".into()))
+            }
+            _ => Ok(r),
+        }
+    }
+
+    /// Encode a request frame body.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("requests encode")
+    }
+}
+
+impl Response {
+    /// Decode a response frame body (after the length prefix).
+    pub fn decode(bytes: &[u8]) -> Result<Self, FrameError> {
+        let r: Response = decode(bytes, MAX_RESPONSE)?;
+        match &r {
+            Response::Hello { differ, extra, want, .. } if differ.len() + extra.len() + want.len() > MAX_CHANNELS => {
+                Err(FrameError::Malformed("too many channels".into()))
+            }
+            Response::Entries { entries, .. } if entries.len() > BATCH_ENTRIES => {
+                Err(FrameError::Malformed("too many entries".into()))
+            }
+            _ => Ok(r),
+        }
+    }
+
+    /// Encode a response frame body.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("responses encode")
+    }
+}
+
+/// The libp2p codec: length-prefixed postcard frames, capped before allocating.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Codec;
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, limit: usize) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    check_len(len, limit).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8], limit: usize) -> io::Result<()> {
+    check_len(bytes.len(), limit).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    io.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
+    io.write_all(bytes).await?;
+    io.flush().await
+}
+
+fn invalid(e: FrameError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl libp2p::request_response::Codec for Codec {
+    type Protocol = StreamProtocol;
+    type Request = Request;
+    type Response = Response;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Request>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        Request::decode(&read_frame(io, MAX_REQUEST).await?).map_err(invalid)
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        Response::decode(&read_frame(io, MAX_RESPONSE).await?).map_err(invalid)
+    }
+
+    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Request) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &req.encode(), MAX_REQUEST).await
+    }
+
+    async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, res: Response) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &res.encode(), MAX_RESPONSE).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_core::FeedPos;
+
+    #[test]
+    fn frames_round_trip_and_caps_hold() {
+        let v = Vector([(hearth_core::DeviceId([1; 16]), FeedPos { seq: 3, hash: [2; 32] })].into());
+        let reqs = [
+            Request::Hello {
+                version: VERSION,
+                summary: vec![ChannelDigest { tag: [1; 8], digest: [2; 8] }],
+                relay: false,
+            },
+            Request::Fetch { wire: WireId([3; 32]), have: v.clone(), max_bytes: 100 },
+            Request::Push { wire: WireId([3; 32]), entries: vec![serde_bytes::ByteBuf::from(vec![1, 2, 3])] },
+        ];
+        for r in reqs {
+            assert_eq!(Request::decode(&r.encode()).unwrap(), r);
+        }
+        let resp = Response::Ack { vector: v, accepted: 1, rejected: 0, reason: None };
+        assert_eq!(Response::decode(&resp.encode()).unwrap(), resp);
+        assert!(matches!(Request::decode(&vec![0; MAX_REQUEST + 1]), Err(FrameError::TooLarge { .. })));
+        assert!(Request::decode(&[9, 9, 9]).is_err());
+        let mut trailing = Request::Hello { version: 1, summary: vec![], relay: false }.encode();
+        trailing.push(0);
+        assert!(Request::decode(&trailing).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_codec_refuses_an_oversized_length_before_reading_it() {
+        use libp2p::request_response::Codec as _;
+        let mut frame = ((MAX_REQUEST + 1) as u32).to_be_bytes().to_vec();
+        frame.extend([0; 16]);
+        let mut io = futures::io::Cursor::new(frame);
+        let err = Codec.read_request(&PROTOCOL, &mut io).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        // Nothing beyond the prefix was consumed.
+        assert_eq!(io.position(), 4);
+    }
+}

@@ -1,0 +1,387 @@
+//! Reconciliation, sans I/O: what to ask a peer and what to send it, given
+//! version vectors. The node drives a [`Session`] by performing its
+//! [`Action`]s (a request to the peer, a read or an ingest on the local
+//! replica) and feeding the results back; tests drive it with in-memory replicas.
+//!
+//! A session starts with one Hello carrying an 8-byte digest per channel. When
+//! every digest matches, the peers are in sync: one round trip, done. For each
+//! channel that differs the peer returns its vector; the session then pulls
+//! what it lacks (Fetch, in bounded batches, ingesting each before asking for
+//! more: that is the backpressure) and pushes what the peer lacks (Push,
+//! bounded batches, the peer's Ack carrying its new vector).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use hearth_core::{Vector, WireId};
+use hearth_store::{EntryBatch, IngestReport};
+use serde_bytes::ByteBuf;
+
+use crate::proto::{self, BATCH_BYTES, BATCH_ENTRIES, ChannelDigest, Request, Response, WireTag};
+
+/// The Hello a replica holding `local` sends.
+pub fn hello(local: &[(WireId, Vector)], relay: bool) -> Request {
+    Request::Hello {
+        version: proto::VERSION,
+        summary: local
+            .iter()
+            .map(|(w, v)| ChannelDigest {
+                tag: proto::tag(w),
+                digest: v.digest(),
+            })
+            .collect(),
+        relay,
+    }
+}
+
+/// A replica's answer to a Hello.
+///
+/// Channels both hold with different digests come back with the responder's
+/// vector. A relay requester also gets the responder's other channels (it
+/// takes any); a relay responder asks for the requester's channels it lacks.
+pub fn answer_hello(
+    local: &[(WireId, Vector)],
+    summary: &[ChannelDigest],
+    requester_relay: bool,
+    i_am_relay: bool,
+) -> Response {
+    let by_tag: BTreeMap<WireTag, &(WireId, Vector)> = local.iter().map(|cv| (proto::tag(&cv.0), cv)).collect();
+    let mut differ = Vec::new();
+    let mut want = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for d in summary {
+        match by_tag.get(&d.tag) {
+            Some((w, v)) => {
+                seen.insert(d.tag);
+                if v.digest() != d.digest {
+                    differ.push((*w, v.clone()));
+                }
+            }
+            None if i_am_relay => want.push(d.tag),
+            None => {}
+        }
+    }
+    let extra = if requester_relay {
+        local
+            .iter()
+            .filter(|(w, _)| !seen.contains(&proto::tag(w)))
+            .cloned()
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Response::Hello {
+        differ,
+        extra,
+        want,
+        relay: i_am_relay,
+    }
+}
+
+/// The next thing a [`Session`] needs done.
+#[derive(Debug)]
+pub enum Action {
+    /// Send this request to the peer; feed the answer to [`Session::on_response`].
+    Send(Request),
+    /// Read the local entries `have` lacks; feed them to [`Session::on_entries`].
+    Read {
+        /// The channel.
+        wire: WireId,
+        /// What the peer holds.
+        have: Vector,
+    },
+    /// Verify and store the peer's entries; feed the report to [`Session::on_ingested`].
+    Ingest {
+        /// The channel.
+        wire: WireId,
+        /// Envelope bytes.
+        entries: Vec<Vec<u8>>,
+    },
+    /// Finished.
+    Done,
+}
+
+/// What a session did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// The Hello found every shared channel equal.
+    pub in_sync_at_hello: bool,
+    /// Channels compared.
+    pub channels: usize,
+    /// Entries received and stored.
+    pub received: u64,
+    /// Entries sent and acknowledged.
+    pub sent: u64,
+    /// Entries the peer sent that were refused here.
+    pub refused_here: u64,
+    /// Entries sent that the peer refused.
+    pub refused_there: u64,
+    /// Why the first refused entry was refused (either side).
+    pub refusal: Option<String>,
+    /// The peer's vectors as last seen (for status and delivery receipts).
+    pub peer: BTreeMap<WireId, Vector>,
+    /// Requests sent.
+    pub round_trips: u32,
+    /// The session stopped on an unexpected answer.
+    pub failed: Option<String>,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Start,
+    AwaitHello,
+    Pull,
+    AwaitEntries,
+    AwaitIngest,
+    Push,
+    AwaitRead,
+    AwaitAck,
+    Finished,
+}
+
+/// One reconciliation with one peer.
+#[derive(Debug)]
+pub struct Session {
+    local: BTreeMap<WireId, Vector>,
+    relay: bool,
+    queue: VecDeque<WireId>,
+    current: Option<WireId>,
+    phase: Phase,
+    outcome: Outcome,
+    /// Entries of the batch being pushed (to count an ack).
+    pushing: usize,
+}
+
+impl Session {
+    /// A full session: Hello, then every channel that differs.
+    pub fn full(local: Vec<(WireId, Vector)>, relay: bool) -> Self {
+        Session {
+            local: local.into_iter().collect(),
+            relay,
+            queue: VecDeque::new(),
+            current: None,
+            phase: Phase::Start,
+            outcome: Outcome::default(),
+            pushing: 0,
+        }
+    }
+
+    /// A push-only session for one channel whose peer vector is known (live
+    /// push of new entries): no Hello.
+    pub fn push(wire: WireId, local: Vector, peer: Vector) -> Self {
+        let mut s = Session::full(vec![(wire, local)], false);
+        s.outcome.peer.insert(wire, peer);
+        s.queue.push_back(wire);
+        s.phase = Phase::Pull;
+        s.outcome.channels = 1;
+        s
+    }
+
+    /// What the session found so far.
+    pub fn outcome(&self) -> &Outcome {
+        &self.outcome
+    }
+
+    /// Take the outcome once done.
+    pub fn into_outcome(self) -> Outcome {
+        self.outcome
+    }
+
+    /// The first action.
+    pub fn start(&mut self) -> Action {
+        match self.phase {
+            Phase::Start => {
+                let local: Vec<(WireId, Vector)> = self.local.iter().map(|(w, v)| (*w, v.clone())).collect();
+                self.phase = Phase::AwaitHello;
+                self.outcome.round_trips += 1;
+                Action::Send(hello(&local, self.relay))
+            }
+            // A push session goes straight to pushing (it never pulls).
+            _ => {
+                self.current = self.queue.pop_front();
+                self.phase = Phase::Push;
+                self.step()
+            }
+        }
+    }
+
+    fn fail(&mut self, why: String) -> Action {
+        self.outcome.failed.get_or_insert(why);
+        self.phase = Phase::Finished;
+        Action::Done
+    }
+
+    fn refuse(slot: &mut Option<String>, reason: Option<String>) {
+        if slot.is_none() {
+            *slot = reason;
+        }
+    }
+
+    /// Feed the peer's answer to the last [`Action::Send`].
+    pub fn on_response(&mut self, resp: Response) -> Action {
+        match (&self.phase, resp) {
+            (
+                Phase::AwaitHello,
+                Response::Hello {
+                    differ, extra, want, ..
+                },
+            ) => {
+                self.outcome.channels = self.local.len();
+                self.outcome.in_sync_at_hello = differ.is_empty() && extra.is_empty() && want.is_empty();
+                let by_tag: BTreeMap<WireTag, WireId> = self.local.keys().map(|w| (proto::tag(w), *w)).collect();
+                for (w, v) in differ.into_iter().chain(extra) {
+                    if !self.local.contains_key(&w) {
+                        if !self.relay {
+                            continue; // not ours; a member never takes it
+                        }
+                        self.local.insert(w, Vector::default());
+                    }
+                    self.outcome.peer.insert(w, v);
+                    self.queue.push_back(w);
+                }
+                for t in want {
+                    if let Some(w) = by_tag.get(&t) {
+                        self.outcome.peer.insert(*w, Vector::default());
+                        self.queue.push_back(*w);
+                    }
+                }
+                self.next_channel()
+            }
+            (Phase::AwaitEntries, Response::Entries { entries, more: _ }) => {
+                let wire = self.current.expect("pulling a channel");
+                if entries.is_empty() {
+                    // The peer claimed entries it does not hand out: stop pulling.
+                    self.phase = Phase::Push;
+                    return self.step();
+                }
+                self.phase = Phase::AwaitIngest;
+                Action::Ingest {
+                    wire,
+                    entries: entries.into_iter().map(ByteBuf::into_vec).collect(),
+                }
+            }
+            (
+                Phase::AwaitAck,
+                Response::Ack {
+                    vector,
+                    accepted,
+                    rejected,
+                    reason,
+                },
+            ) => {
+                let wire = self.current.expect("pushing a channel");
+                self.outcome.sent += u64::from(accepted);
+                self.outcome.refused_there += u64::from(rejected);
+                Self::refuse(&mut self.outcome.refusal, reason);
+                let progressed = accepted > 0 || vector != *self.outcome.peer.get(&wire).unwrap_or(&Vector::default());
+                self.outcome.peer.insert(wire, vector);
+                if !progressed {
+                    // Nothing taken: do not send the same batch forever.
+                    return self.next_channel();
+                }
+                self.phase = Phase::Push;
+                self.step()
+            }
+            (_, Response::Refused { reason }) => {
+                // The peer does not serve this channel: go on with the others.
+                Self::refuse(&mut self.outcome.refusal, Some(reason));
+                if matches!(self.phase, Phase::AwaitHello) {
+                    return self.fail("hello refused".into());
+                }
+                self.next_channel()
+            }
+            (phase, other) => {
+                let why = format!("unexpected answer {} while {phase:?}", kind(&other));
+                self.fail(why)
+            }
+        }
+    }
+
+    /// Feed the local entries asked for by [`Action::Read`].
+    pub fn on_entries(&mut self, batch: Option<EntryBatch>) -> Action {
+        let Some(wire) = self.current else {
+            return self.fail("read without a channel".into());
+        };
+        match batch {
+            Some(b) if !b.entries.is_empty() => {
+                self.pushing = b.entries.len();
+                self.phase = Phase::AwaitAck;
+                self.outcome.round_trips += 1;
+                Action::Send(Request::Push {
+                    wire,
+                    entries: b.entries.into_iter().map(ByteBuf::from).collect(),
+                })
+            }
+            _ => self.next_channel(),
+        }
+    }
+
+    /// Feed the report of an [`Action::Ingest`].
+    pub fn on_ingested(&mut self, report: Option<IngestReport>) -> Action {
+        let Some(wire) = self.current else {
+            return self.fail("ingest without a channel".into());
+        };
+        let Some(r) = report else {
+            return self.next_channel();
+        };
+        self.outcome.received += r.accepted as u64;
+        self.outcome.refused_here += r.rejected.len() as u64;
+        Self::refuse(&mut self.outcome.refusal, r.rejected.first().map(|x| x.reason.clone()));
+        let progressed = r.accepted > 0 || r.duplicates > 0;
+        self.local.insert(wire, r.vector);
+        self.phase = if progressed { Phase::Pull } else { Phase::Push };
+        self.step()
+    }
+
+    fn next_channel(&mut self) -> Action {
+        self.current = self.queue.pop_front();
+        if self.current.is_none() {
+            self.phase = Phase::Finished;
+            return Action::Done;
+        }
+        self.phase = Phase::Pull;
+        self.step()
+    }
+
+    /// Decide within the current channel: pull while we lack, then push while the peer lacks.
+    fn step(&mut self) -> Action {
+        let Some(wire) = self.current else {
+            return self.next_channel();
+        };
+        let local = self.local.get(&wire).cloned().unwrap_or_default();
+        let peer = self.outcome.peer.get(&wire).cloned().unwrap_or_default();
+        if matches!(self.phase, Phase::Pull) {
+            if !local.lacks(&peer).is_empty() {
+                self.phase = Phase::AwaitEntries;
+                self.outcome.round_trips += 1;
+                return Action::Send(Request::Fetch {
+                    wire,
+                    have: local,
+                    max_bytes: BATCH_BYTES as u32,
+                });
+            }
+            self.phase = Phase::Push;
+        }
+        if !peer.lacks(&local).is_empty() {
+            self.phase = Phase::AwaitRead;
+            return Action::Read { wire, have: peer };
+        }
+        self.next_channel()
+    }
+}
+
+fn kind(r: &Response) -> &'static str {
+    match r {
+        Response::Hello { .. } => "Hello",
+        Response::Entries { .. } => "Entries",
+        Response::Ack { .. } => "Ack",
+        Response::Refused { .. } => "Refused",
+    }
+}
+
+/// Budget for one answer to Fetch, within the frame cap.
+pub fn fetch_budget(max_bytes: u32) -> (usize, usize) {
+    ((max_bytes as usize).min(BATCH_BYTES), BATCH_ENTRIES)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,103 @@
+//! What a node syncs: a member's store, or a relay's store of sealed entries.
+
+use std::future::Future;
+
+use hearth_core::{Vector, WireId};
+use hearth_store::{EntryBatch, IngestReport, Store, StoreEvent};
+use tokio::sync::broadcast;
+
+/// What happened in a replica that a node acts on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplicaEvent {
+    /// New entries are stored for a channel: push them to peers.
+    Appended(WireId),
+    /// Something an app shows (messages and read markers from other devices).
+    Store(StoreEvent),
+    /// Events were missed: reconcile everything.
+    Lagged,
+}
+
+/// A set of channel feeds a node reconciles with its peers.
+///
+/// A member's [`Store`] holds only its channels, opens every entry and refuses
+/// channels it has no key for. A [`crate::RelayStore`] takes any channel it
+/// is offered and checks only signatures and hash chains.
+pub trait Replica: Clone + Send + Sync + 'static {
+    /// Whether this replica takes channels it does not hold yet.
+    fn is_relay(&self) -> bool;
+
+    /// Every channel's wire id and vector.
+    fn vectors(&self) -> impl Future<Output = hearth_store::Result<Vec<(WireId, Vector)>>> + Send;
+
+    /// The entries `have` lacks; `None` for a channel not held.
+    fn entries_after(
+        &self,
+        wire: WireId,
+        have: Vector,
+        max_bytes: usize,
+        max_entries: usize,
+    ) -> impl Future<Output = hearth_store::Result<Option<EntryBatch>>> + Send;
+
+    /// Verify and store entries; `None` for a channel this replica does not take.
+    fn ingest(
+        &self,
+        wire: WireId,
+        entries: Vec<Vec<u8>>,
+    ) -> impl Future<Output = hearth_store::Result<Option<IngestReport>>> + Send;
+
+    /// Events, from now on.
+    fn subscribe(&self) -> broadcast::Receiver<ReplicaEvent>;
+}
+
+fn unknown_channel(e: &hearth_store::Error) -> bool {
+    matches!(e, hearth_store::Error::NotFound { what: "channel", .. })
+}
+
+impl Replica for Store {
+    fn is_relay(&self) -> bool {
+        false
+    }
+
+    async fn vectors(&self) -> hearth_store::Result<Vec<(WireId, Vector)>> {
+        Store::vectors(self).await
+    }
+
+    async fn entries_after(
+        &self,
+        wire: WireId,
+        have: Vector,
+        max_bytes: usize,
+        max_entries: usize,
+    ) -> hearth_store::Result<Option<EntryBatch>> {
+        match Store::entries_after(self, wire, have, max_bytes, max_entries).await {
+            Err(e) if unknown_channel(&e) => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
+    async fn ingest(&self, wire: WireId, entries: Vec<Vec<u8>>) -> hearth_store::Result<Option<IngestReport>> {
+        match Store::ingest(self, wire, entries).await {
+            Err(e) if unknown_channel(&e) => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<ReplicaEvent> {
+        let mut rx = Store::subscribe(self);
+        let (tx, out) = broadcast::channel(4096);
+        tokio::spawn(async move {
+            loop {
+                let ev = match rx.recv().await {
+                    Ok(StoreEvent::Appended { wire, .. }) => ReplicaEvent::Appended(wire),
+                    Ok(e) => ReplicaEvent::Store(e),
+                    Err(broadcast::error::RecvError::Lagged(_)) => ReplicaEvent::Lagged,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if tx.send(ev).is_err() {
+                    return;
+                }
+            }
+        });
+        out
+    }
+}
