@@ -11,8 +11,11 @@
 #![deny(missing_docs)]
 
 pub mod drive;
+mod node;
 pub mod proto;
 pub mod reconcile;
 mod replica;
 
+pub use node::{NodeConfig, NodeError, NodeEvent, NodeHandle, PeerStatus, peer_id_of_secret, peer_of, start};
 pub use replica::{Replica, ReplicaEvent};
+pub use libp2p::{Multiaddr, PeerId};

@@ -123,6 +123,8 @@ pub struct Outcome {
     pub round_trips: u32,
     /// The session stopped on an unexpected answer.
     pub failed: Option<String>,
+    /// The peer said it is a relay.
+    pub peer_relay: bool,
 }
 
 #[derive(Debug)]
@@ -222,9 +224,13 @@ impl Session {
             (
                 Phase::AwaitHello,
                 Response::Hello {
-                    differ, extra, want, ..
+                    differ,
+                    extra,
+                    want,
+                    relay,
                 },
             ) => {
+                self.outcome.peer_relay = relay;
                 self.outcome.channels = self.local.len();
                 self.outcome.in_sync_at_hello = differ.is_empty() && extra.is_empty() && want.is_empty();
                 let by_tag: BTreeMap<WireTag, WireId> = self.local.keys().map(|w| (proto::tag(w), *w)).collect();
@@ -272,7 +278,12 @@ impl Session {
                 self.outcome.sent += u64::from(accepted);
                 self.outcome.refused_there += u64::from(rejected);
                 Self::refuse(&mut self.outcome.refusal, reason);
-                let progressed = accepted > 0 || vector != *self.outcome.peer.get(&wire).unwrap_or(&Vector::default());
+                // Progress is what the peer's vector shows, not the count it
+                // claims: an Ack saying "accepted" with a vector that never moves
+                // would have the same batch sent forever.
+                let local = self.local.get(&wire).cloned().unwrap_or_default();
+                let before = self.outcome.peer.get(&wire).cloned().unwrap_or_default();
+                let progressed = lacking(&vector, &local) < lacking(&before, &local);
                 self.outcome.peer.insert(wire, vector);
                 if !progressed {
                     // Nothing taken: do not send the same batch forever.
@@ -326,7 +337,10 @@ impl Session {
         self.outcome.received += r.accepted as u64;
         self.outcome.refused_here += r.rejected.len() as u64;
         Self::refuse(&mut self.outcome.refusal, r.rejected.first().map(|x| x.reason.clone()));
-        let progressed = r.accepted > 0 || r.duplicates > 0;
+        // Duplicates are progress only when another session stored them
+        // meanwhile (the vector moved); a peer answering every Fetch with
+        // entries held here already would otherwise be asked forever.
+        let progressed = r.accepted > 0 || self.local.get(&wire) != Some(&r.vector);
         self.local.insert(wire, r.vector);
         self.phase = if progressed { Phase::Pull } else { Phase::Push };
         self.step()
@@ -367,6 +381,11 @@ impl Session {
         }
         self.next_channel()
     }
+}
+
+/// How many entries `have` lacks of `other`.
+fn lacking(have: &Vector, other: &Vector) -> u64 {
+    have.lacks(other).iter().map(|m| m.len()).sum()
 }
 
 fn kind(r: &Response) -> &'static str {

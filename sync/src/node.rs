@@ -1,0 +1,868 @@
+//! The node: one task owns the libp2p swarm; a worker task per connected peer
+//! runs reconciliation sessions with it; inbound requests are served by short
+//! tasks under a concurrency limit. Everything talks to the swarm task through
+//! bounded channels; [`NodeHandle`] is the cloneable outside view.
+//!
+//! ```text
+//!   replica events ──▶ swarm task ──Work──▶ peer worker ──run_session──▶ Request ──▶ swarm ──▶ peer
+//!   peer ──Request──▶ swarm task ──spawn──▶ serve(replica) ──Respond──▶ swarm task ──▶ peer
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use hearth_core::{Vector, WireId};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
+use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, connection_limits, identify, mdns, noise, ping, tcp, yamux};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+
+use crate::drive::{Served, run_session, serve};
+use crate::proto::{self, Request, Response};
+use crate::reconcile::{Outcome, Session};
+use crate::{Replica, ReplicaEvent};
+
+/// How a node runs. Defaults: no listen address, no peers, mDNS off,
+/// anti-entropy every 30 s, redial backoff 250 ms doubling to 30 s.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Addresses to listen on (e.g. `/ip4/127.0.0.1/tcp/0`, `/ip4/127.0.0.1/udp/0/quic-v1`).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial and keep dialing (with `/p2p/<peer id>` when known).
+    pub peers: Vec<Multiaddr>,
+    /// Discover peers on the local network by mDNS. It multicasts on the real
+    /// network interfaces: off unless a user asks for it.
+    pub mdns: bool,
+    /// Full reconciliation with every connected peer this often.
+    pub anti_entropy: Duration,
+    /// First redial delay after a failed or lost connection to a known peer.
+    pub redial_min: Duration,
+    /// Longest redial delay.
+    pub redial_max: Duration,
+    /// Most connections in all.
+    pub max_connections: u32,
+    /// Most connections to one peer.
+    pub max_per_peer: u32,
+    /// Most inbound requests served at once (beyond: answered "busy").
+    pub max_inbound: usize,
+    /// Most concurrent request streams per connection.
+    pub max_streams: usize,
+    /// How long a request may take.
+    pub request_timeout: Duration,
+    /// How long a peer that sent forged or broken data stays disconnected.
+    pub ban: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            listen: Vec::new(),
+            peers: Vec::new(),
+            mdns: false,
+            anti_entropy: Duration::from_secs(30),
+            redial_min: Duration::from_millis(250),
+            redial_max: Duration::from_secs(30),
+            max_connections: 256,
+            max_per_peer: 2,
+            max_inbound: 64,
+            max_streams: 32,
+            request_timeout: Duration::from_secs(30),
+            ban: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Something a node did or saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeEvent {
+    /// Listening on an address (give it to peers).
+    Listening {
+        /// The address, with `/p2p/<peer id>`.
+        addr: Multiaddr,
+    },
+    /// A peer connected.
+    PeerConnected {
+        /// The peer.
+        peer: PeerId,
+        /// Its address.
+        addr: Multiaddr,
+    },
+    /// A peer's last connection closed.
+    PeerDisconnected {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A reconciliation with a peer finished.
+    Synced {
+        /// The peer.
+        peer: PeerId,
+        /// Channels compared.
+        channels: usize,
+        /// Entries received and stored.
+        received: u64,
+        /// Entries the peer acknowledged.
+        sent: u64,
+        /// Requests it took.
+        round_trips: u32,
+        /// Both hold the same entries of every shared channel now.
+        in_sync: bool,
+    },
+    /// A peer acknowledged holding a channel up to a vector (delivery receipts).
+    Acknowledged {
+        /// The peer.
+        peer: PeerId,
+        /// The channel.
+        wire: WireId,
+        /// What it holds.
+        vector: Vector,
+    },
+    /// Something from the local replica an app shows: messages and read
+    /// markers from other devices.
+    Store(hearth_store::StoreEvent),
+    /// A peer's input was refused.
+    Rejected {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+        /// The peer was disconnected (forged or broken data, malformed frame).
+        dropped: bool,
+    },
+    /// Dialing a known peer failed; it is tried again later.
+    DialFailed {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        error: String,
+        /// When the next attempt is.
+        retry_in: Duration,
+    },
+}
+
+/// What a node knows about one peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The peer.
+    pub peer: PeerId,
+    /// Connected now.
+    pub connected: bool,
+    /// Its address, if known.
+    pub addr: Option<Multiaddr>,
+    /// The last reconciliation left both with the same entries of every shared channel.
+    pub in_sync: bool,
+    /// Entries the peer holds that this node lacks, as last seen.
+    pub behind: u64,
+    /// Entries this node holds that the peer lacks, as last seen.
+    pub ahead: u64,
+    /// Completed reconciliations with it.
+    pub sessions: u64,
+    /// The peer is a relay.
+    pub relay: bool,
+}
+
+/// Errors of the node API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// libp2p could not be set up (transport, listen address).
+    #[error("network setup failed: {0}")]
+    Setup(String),
+    /// The node has stopped.
+    #[error("the node has stopped")]
+    Stopped,
+    /// No connection to that peer.
+    #[error("not connected to {0}")]
+    NotConnected(PeerId),
+    /// A local storage error.
+    #[error(transparent)]
+    Store(#[from] hearth_store::Error),
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    rr: request_response::Behaviour<proto::Codec>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    limits: connection_limits::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+enum Cmd {
+    Request(PeerId, Request, oneshot::Sender<Result<Response, String>>),
+    Respond(PeerId, ResponseChannel<Response>, Response, Served),
+    SessionDone(PeerId, Outcome, SyncState),
+    Dial(Multiaddr, oneshot::Sender<Result<(), NodeError>>),
+    Status(oneshot::Sender<Vec<PeerStatus>>),
+    Listening(oneshot::Sender<Vec<Multiaddr>>),
+    SyncWith(PeerId, oneshot::Sender<Result<Outcome, NodeError>>),
+    Stop(oneshot::Sender<()>),
+}
+
+/// Where a peer stands after a session.
+#[derive(Clone, Copy, Debug, Default)]
+struct SyncState {
+    in_sync: bool,
+    behind: u64,
+    ahead: u64,
+}
+
+enum Work {
+    Reconcile(Option<oneshot::Sender<Result<Outcome, NodeError>>>),
+    Push(WireId),
+    Learned(WireId, Vector),
+}
+
+/// The cloneable handle of a running node.
+#[derive(Clone)]
+pub struct NodeHandle {
+    cmd: mpsc::Sender<Cmd>,
+    events: broadcast::Sender<NodeEvent>,
+    peer_id: PeerId,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle").field("peer_id", &self.peer_id).finish()
+    }
+}
+
+impl NodeHandle {
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
+        self.events.subscribe()
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd.send(make(tx)).await.map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// The addresses the node listens on, with `/p2p/<peer id>`.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NodeError> {
+        self.ask(Cmd::Listening).await
+    }
+
+    /// Dial a peer and keep it: it is redialed with backoff whenever the
+    /// connection is lost.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NodeError> {
+        self.ask(|tx| Cmd::Dial(addr, tx)).await?
+    }
+
+    /// Every peer the node knows, connected or not.
+    pub async fn status(&self) -> Result<Vec<PeerStatus>, NodeError> {
+        self.ask(Cmd::Status).await
+    }
+
+    /// Run a full reconciliation with a connected peer now and return what it did.
+    pub async fn sync_with(&self, peer: PeerId) -> Result<Outcome, NodeError> {
+        self.ask(|tx| Cmd::SyncWith(peer, tx)).await?
+    }
+
+    /// Wait until a peer is connected (or the timeout passes).
+    pub async fn wait_connected(&self, peer: PeerId, timeout: Duration) -> Result<(), NodeError> {
+        let mut events = self.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.status().await?.iter().any(|s| s.peer == peer && s.connected) {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Err(_) => return Err(NodeError::NotConnected(peer)),
+                Ok(Err(broadcast::error::RecvError::Closed)) => return Err(NodeError::Stopped),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Stop the node: close every connection; in-flight requests are dropped
+    /// (the peer retries). Nothing acknowledged is lost: the replica is durable.
+    pub async fn stop(&self) -> Result<(), NodeError> {
+        self.ask(Cmd::Stop).await
+    }
+}
+
+/// The peer id a node started with this secret has.
+pub fn peer_id_of_secret(secret: &hearth_core::SecretKey) -> Result<PeerId, NodeError> {
+    Ok(keypair(secret)?.public().to_peer_id())
+}
+
+fn keypair(secret: &hearth_core::SecretKey) -> Result<libp2p::identity::Keypair, NodeError> {
+    let mut bytes = *secret.expose();
+    let kp = libp2p::identity::Keypair::ed25519_from_bytes(&mut bytes).map_err(|e| NodeError::Setup(e.to_string()));
+    zeroize::Zeroize::zeroize(&mut bytes);
+    kp
+}
+
+/// The peer id named by an address's `/p2p/` part.
+pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
+}
+
+/// Start a node syncing `replica` under the network identity `secret`.
+pub async fn start<R: Replica>(
+    replica: R,
+    secret: &hearth_core::SecretKey,
+    config: NodeConfig,
+) -> Result<NodeHandle, NodeError> {
+    let kp = keypair(secret)?;
+    let setup = |e: &dyn std::fmt::Display| NodeError::Setup(e.to_string());
+    let cfg = config.clone();
+    let mut swarm: Swarm<Behaviour> = SwarmBuilder::with_existing_identity(kp)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| setup(&e))?
+        .with_quic()
+        .with_behaviour(|key| {
+            let rr = request_response::Behaviour::with_codec(
+                proto::Codec,
+                [(proto::PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(cfg.request_timeout)
+                    .with_max_concurrent_streams(cfg.max_streams),
+            );
+            let identify = identify::Behaviour::new(identify::Config::new("/hearth/1".into(), key.public()));
+            let ping = ping::Behaviour::new(ping::Config::new());
+            let limits = connection_limits::Behaviour::new(
+                connection_limits::ConnectionLimits::default()
+                    .with_max_established(Some(cfg.max_connections))
+                    .with_max_established_per_peer(Some(cfg.max_per_peer))
+                    .with_max_pending_incoming(Some(64)),
+            );
+            let mdns = if cfg.mdns {
+                Toggle::from(Some(mdns::tokio::Behaviour::new(
+                    mdns::Config::default(),
+                    key.public().to_peer_id(),
+                )?))
+            } else {
+                Toggle::from(None)
+            };
+            Ok(Behaviour {
+                rr,
+                identify,
+                ping,
+                limits,
+                mdns,
+            })
+        })
+        .map_err(|e| setup(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(24 * 3600)))
+        .build();
+    for addr in &config.listen {
+        swarm.listen_on(addr.clone()).map_err(|e| setup(&e))?;
+    }
+    let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+    let (events, _) = broadcast::channel(4096);
+    let handle = NodeHandle {
+        cmd: cmd_tx.clone(),
+        events: events.clone(),
+        peer_id: *swarm.local_peer_id(),
+    };
+    let mut node = Loop {
+        swarm,
+        replica: replica.clone(),
+        config: config.clone(),
+        cmd_tx,
+        events,
+        pending: HashMap::new(),
+        peers: HashMap::new(),
+        known: BTreeMap::new(),
+        banned: HashMap::new(),
+        listening: Vec::new(),
+        inbound: Arc::new(Semaphore::new(config.max_inbound)),
+    };
+    for addr in config.peers {
+        node.add_known(addr);
+    }
+    let replica_events = replica.subscribe();
+    tokio::spawn(node.run(cmd_rx, replica_events));
+    Ok(handle)
+}
+
+struct PeerState {
+    work: mpsc::UnboundedSender<Work>,
+    status: PeerStatus,
+}
+
+/// A peer we keep dialing.
+struct Known {
+    addr: Multiaddr,
+    peer: Option<PeerId>,
+    backoff: Duration,
+    next: Option<Instant>,
+}
+
+struct Loop<R: Replica> {
+    swarm: Swarm<Behaviour>,
+    replica: R,
+    config: NodeConfig,
+    cmd_tx: mpsc::Sender<Cmd>,
+    events: broadcast::Sender<NodeEvent>,
+    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, String>>>,
+    peers: HashMap<PeerId, PeerState>,
+    known: BTreeMap<String, Known>,
+    banned: HashMap<PeerId, Instant>,
+    listening: Vec<Multiaddr>,
+    inbound: Arc<Semaphore>,
+}
+
+impl<R: Replica> Loop<R> {
+    fn emit(&self, e: NodeEvent) {
+        let _ = self.events.send(e);
+    }
+
+    fn add_known(&mut self, addr: Multiaddr) {
+        let key = addr.to_string();
+        self.known.entry(key).or_insert(Known {
+            peer: peer_of(&addr),
+            addr,
+            backoff: self.config.redial_min,
+            next: Some(Instant::now()),
+        });
+    }
+
+    async fn run(mut self, mut cmds: mpsc::Receiver<Cmd>, mut replica_events: broadcast::Receiver<ReplicaEvent>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut last_anti_entropy = Instant::now();
+        loop {
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_swarm(ev),
+                cmd = cmds.recv() => match cmd {
+                    Some(Cmd::Stop(done)) => {
+                        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+                        for p in peers {
+                            let _ = self.swarm.disconnect_peer_id(p);
+                        }
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(c) => self.on_cmd(c),
+                    None => return,
+                },
+                ev = replica_events.recv() => match ev {
+                    Ok(ReplicaEvent::Appended(wire)) => {
+                        for p in self.peers.values() {
+                            let _ = p.work.send(Work::Push(wire));
+                        }
+                    }
+                    Ok(ReplicaEvent::Store(e)) => self.emit(NodeEvent::Store(e)),
+                    Ok(ReplicaEvent::Lagged) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        for p in self.peers.values() {
+                            let _ = p.work.send(Work::Reconcile(None));
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        replica_events = broadcast::channel(1).1;
+                    }
+                },
+                _ = tick.tick() => {
+                    self.redial();
+                    if last_anti_entropy.elapsed() >= self.config.anti_entropy {
+                        last_anti_entropy = Instant::now();
+                        for p in self.peers.values() {
+                            let _ = p.work.send(Work::Reconcile(None));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn redial(&mut self) {
+        let now = Instant::now();
+        let connected: BTreeSet<PeerId> = self.swarm.connected_peers().copied().collect();
+        let mut dial = Vec::new();
+        for k in self.known.values_mut() {
+            if k.peer.is_some_and(|p| connected.contains(&p)) {
+                continue;
+            }
+            if k.next.is_some_and(|t| t <= now) {
+                k.next = None; // the outcome of this dial schedules the next one
+                dial.push(k.addr.clone());
+            }
+        }
+        for addr in dial {
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                self.dial_failed(&addr, e.to_string());
+            }
+        }
+    }
+
+    fn dial_failed(&mut self, addr: &Multiaddr, error: String) {
+        let max = self.config.redial_max;
+        let Some(k) = self.known.get_mut(&addr.to_string()) else {
+            return;
+        };
+        let retry_in = k.backoff;
+        k.next = Some(Instant::now() + retry_in);
+        k.backoff = (k.backoff * 2).min(max);
+        self.emit(NodeEvent::DialFailed {
+            addr: addr.clone(),
+            error,
+            retry_in,
+        });
+    }
+
+    fn on_cmd(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Request(peer, req, reply) => {
+                if !self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Err(format!("not connected to {peer}")));
+                    return;
+                }
+                let id = self.swarm.behaviour_mut().rr.send_request(&peer, req);
+                self.pending.insert(id, reply);
+            }
+            Cmd::Respond(peer, channel, resp, served) => {
+                let _ = self.swarm.behaviour_mut().rr.send_response(channel, resp);
+                self.after_serving(peer, served);
+            }
+            Cmd::SessionDone(peer, outcome, state) => self.session_done(peer, outcome, state),
+            Cmd::Dial(addr, reply) => {
+                self.add_known(addr.clone());
+                let r = self.swarm.dial(addr).map_err(|e| NodeError::Setup(e.to_string()));
+                let _ = reply.send(r);
+            }
+            Cmd::Status(reply) => {
+                let mut out: Vec<PeerStatus> = self.peers.values().map(|p| p.status.clone()).collect();
+                for k in self.known.values() {
+                    if let Some(p) = k.peer
+                        && !self.peers.contains_key(&p)
+                    {
+                        out.push(PeerStatus {
+                            peer: p,
+                            connected: false,
+                            addr: Some(k.addr.clone()),
+                            in_sync: false,
+                            behind: 0,
+                            ahead: 0,
+                            sessions: 0,
+                            relay: false,
+                        });
+                    }
+                }
+                let _ = reply.send(out);
+            }
+            Cmd::Listening(reply) => {
+                let _ = reply.send(self.listening.clone());
+            }
+            Cmd::SyncWith(peer, reply) => match self.peers.get(&peer) {
+                Some(p) => {
+                    let _ = p.work.send(Work::Reconcile(Some(reply)));
+                }
+                None => {
+                    let _ = reply.send(Err(NodeError::NotConnected(peer)));
+                }
+            },
+            Cmd::Stop(_) => unreachable!("handled by the loop"),
+        }
+    }
+
+    fn after_serving(&mut self, peer: PeerId, served: Served) {
+        // `served.acked` is this replica's own vector (what the peer learns),
+        // not the peer's: nothing to learn about the peer from it.
+        if served.rejected > 0 {
+            let reason = served.reason.unwrap_or_default();
+            self.reject(peer, reason, served.malicious);
+        }
+    }
+
+    /// Report a peer's bad input; drop and ban it if the input was forged or broken.
+    fn reject(&mut self, peer: PeerId, reason: String, drop: bool) {
+        if drop {
+            self.banned.insert(peer, Instant::now() + self.config.ban);
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        self.emit(NodeEvent::Rejected {
+            peer,
+            reason,
+            dropped: drop,
+        });
+    }
+
+    fn session_done(&mut self, peer: PeerId, outcome: Outcome, state: SyncState) {
+        if outcome.refused_here > 0 {
+            let reason = outcome.refusal.clone().unwrap_or_default();
+            let malicious = !reason.starts_with("gap");
+            self.reject(peer, reason, malicious);
+        }
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if outcome.failed.is_none() {
+            p.status.sessions += 1;
+        }
+        p.status.in_sync = state.in_sync;
+        p.status.behind = state.behind;
+        p.status.ahead = state.ahead;
+        p.status.relay |= outcome.peer_relay;
+        for (wire, vector) in &outcome.peer {
+            self.events
+                .send(NodeEvent::Acknowledged {
+                    peer,
+                    wire: *wire,
+                    vector: vector.clone(),
+                })
+                .ok();
+        }
+    }
+
+    fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address.with(Protocol::P2p(*self.swarm.local_peer_id()));
+                self.listening.push(full.clone());
+                self.emit(NodeEvent::Listening { addr: full });
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                if self.banned.get(&peer_id).is_some_and(|t| *t > Instant::now()) {
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
+                let addr = endpoint.get_remote_address().clone();
+                let dialer = endpoint.is_dialer();
+                for k in self.known.values_mut() {
+                    if k.peer == Some(peer_id) || (k.peer.is_none() && k.addr == addr) {
+                        k.peer = Some(peer_id);
+                        k.backoff = self.config.redial_min;
+                        k.next = None;
+                    }
+                }
+                if num_established.get() == 1 {
+                    let work = spawn_worker(peer_id, self.replica.clone(), self.cmd_tx.clone(), self.events.clone());
+                    if dialer {
+                        let _ = work.send(Work::Reconcile(None));
+                    }
+                    self.peers.insert(
+                        peer_id,
+                        PeerState {
+                            work,
+                            status: PeerStatus {
+                                peer: peer_id,
+                                connected: true,
+                                addr: Some(addr.clone()),
+                                in_sync: false,
+                                behind: 0,
+                                ahead: 0,
+                                sessions: 0,
+                                relay: false,
+                            },
+                        },
+                    );
+                    self.emit(NodeEvent::PeerConnected { peer: peer_id, addr });
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id, num_established, ..
+            } => {
+                if num_established == 0 {
+                    self.peers.remove(&peer_id);
+                    let retry = self.config.redial_min;
+                    for k in self.known.values_mut() {
+                        if k.peer == Some(peer_id) && k.next.is_none() {
+                            k.next = Some(Instant::now() + retry);
+                        }
+                    }
+                    self.emit(NodeEvent::PeerDisconnected { peer: peer_id });
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                let addrs: Vec<Multiaddr> = self
+                    .known
+                    .values()
+                    .filter(|k| k.next.is_none() && (peer_id.is_none() || k.peer == peer_id))
+                    .filter(|k| k.peer.is_none_or(|p| !self.swarm.is_connected(&p)))
+                    .map(|k| k.addr.clone())
+                    .collect();
+                for a in addrs {
+                    self.dial_failed(&a, error.to_string());
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Rr(ev)) => self.on_rr(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
+                for (peer, addr) in list {
+                    if !self.swarm.is_connected(&peer) {
+                        let _ = self.swarm.dial(addr.with(Protocol::P2p(peer)));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_rr(&mut self, ev: request_response::Event<Request, Response>) {
+        match ev {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let Ok(permit) = self.inbound.clone().try_acquire_owned() else {
+                        let busy = Response::Refused {
+                            reason: "busy: too many requests in progress".into(),
+                        };
+                        let _ = self.swarm.behaviour_mut().rr.send_response(channel, busy);
+                        return;
+                    };
+                    if let (Request::Fetch { wire, have, .. }, Some(p)) = (&request, self.peers.get(&peer)) {
+                        let _ = p.work.send(Work::Learned(*wire, have.clone()));
+                    }
+                    let replica = self.replica.clone();
+                    let tx = self.cmd_tx.clone();
+                    tokio::spawn(async move {
+                        let (resp, served) = serve(&replica, request).await;
+                        drop(permit);
+                        let _ = tx.send(Cmd::Respond(peer, channel, resp, served)).await;
+                    });
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(tx) = self.pending.remove(&request_id) {
+                        let _ = tx.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { request_id, error, .. } => {
+                if let Some(tx) = self.pending.remove(&request_id) {
+                    let _ = tx.send(Err(error.to_string()));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                // A frame that does not decode or is over its cap is the peer's
+                // fault; a timeout or a closed stream is not.
+                let malformed = matches!(
+                    &error,
+                    request_response::InboundFailure::Io(e) if e.kind() == std::io::ErrorKind::InvalidData
+                );
+                if malformed {
+                    self.reject(peer, format!("malformed frame: {error}"), true);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The worker of one connected peer: runs its sessions one at a time.
+fn spawn_worker<R: Replica>(
+    peer: PeerId,
+    replica: R,
+    cmd: mpsc::Sender<Cmd>,
+    events: broadcast::Sender<NodeEvent>,
+) -> mpsc::UnboundedSender<Work> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Work>();
+    tokio::spawn(async move {
+        // What the peer holds, as last acknowledged.
+        let mut known: BTreeMap<WireId, Vector> = BTreeMap::new();
+        while let Some(first) = rx.recv().await {
+            let mut reconcile = false;
+            let mut replies = Vec::new();
+            let mut pushes = BTreeSet::new();
+            let mut absorb = |w: Work, known: &mut BTreeMap<WireId, Vector>| match w {
+                Work::Reconcile(r) => {
+                    reconcile = true;
+                    replies.extend(r);
+                }
+                Work::Push(wire) => {
+                    pushes.insert(wire);
+                }
+                Work::Learned(wire, v) => known.entry(wire).or_default().merge(&v),
+            };
+            absorb(first, &mut known);
+            while let Ok(w) = rx.try_recv() {
+                absorb(w, &mut known);
+            }
+            let local = match replica.vectors().await {
+                Ok(v) => v,
+                Err(_) => continue,
+            };
+            // A push to a channel the peer's vector is unknown for needs a Hello.
+            if pushes.iter().any(|w| !known.contains_key(w)) {
+                reconcile = true;
+            }
+            let send = |req: Request| {
+                let cmd = cmd.clone();
+                async move {
+                    let (tx, rx) = oneshot::channel();
+                    cmd.send(Cmd::Request(peer, req, tx))
+                        .await
+                        .map_err(|_| "node stopped".to_string())?;
+                    rx.await.map_err(|_| "node stopped".to_string())?
+                }
+            };
+            let outcome = if reconcile {
+                let o = run_session(Session::full(local.clone(), replica.is_relay()), &replica, send).await;
+                for (w, v) in &o.peer {
+                    known.insert(*w, v.clone());
+                }
+                o
+            } else {
+                let mut total = Outcome::default();
+                for wire in pushes {
+                    let (Some(mine), Some(theirs)) = (
+                        local.iter().find(|(w, _)| *w == wire).map(|(_, v)| v.clone()),
+                        known.get(&wire).cloned(),
+                    ) else {
+                        continue;
+                    };
+                    if theirs.covers(&mine) {
+                        continue;
+                    }
+                    let o = run_session(Session::push(wire, mine, theirs), &replica, send).await;
+                    if let Some(v) = o.peer.get(&wire) {
+                        known.insert(wire, v.clone());
+                    }
+                    total.sent += o.sent;
+                    total.round_trips += o.round_trips;
+                    total.refused_there += o.refused_there;
+                    total.failed = total.failed.or(o.failed);
+                    total.peer.extend(o.peer);
+                    total.channels += 1;
+                }
+                total
+            };
+            // In sync: for every channel both hold, the same vector.
+            let local_after = replica.vectors().await.unwrap_or(local);
+            let mut in_sync = outcome.failed.is_none();
+            let (mut behind, mut ahead) = (0, 0);
+            for (w, mine) in &local_after {
+                if let Some(theirs) = known.get(w) {
+                    let b: u64 = mine.lacks(theirs).iter().map(|m| m.len()).sum();
+                    let a: u64 = theirs.lacks(mine).iter().map(|m| m.len()).sum();
+                    behind += b;
+                    ahead += a;
+                    in_sync &= a == 0 && b == 0;
+                }
+            }
+            if reconcile || outcome.sent > 0 {
+                let _ = events.send(NodeEvent::Synced {
+                    peer,
+                    channels: outcome.channels,
+                    received: outcome.received,
+                    sent: outcome.sent,
+                    round_trips: outcome.round_trips,
+                    in_sync,
+                });
+            }
+            let state = SyncState { in_sync, behind, ahead };
+            let _ = cmd.send(Cmd::SessionDone(peer, outcome.clone(), state)).await;
+            for r in replies {
+                let _ = r.send(Ok(outcome.clone()));
+            }
+        }
+    });
+    tx
+}

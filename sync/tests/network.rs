@@ -1,0 +1,136 @@
+//! Nodes over real loopback sockets (TCP and QUIC): devices converge.
+
+use std::time::Duration;
+
+use hearth_core::{ChannelId, KdfParams, Passphrase};
+use hearth_store::{Config, Store};
+use hearth_sync::{Multiaddr, NodeConfig, NodeHandle};
+
+fn config() -> Config {
+    Config::default().with_kdf(KdfParams::INSECURE_FAST)
+}
+
+async fn node(store: &Store, listen: &str) -> (NodeHandle, Multiaddr) {
+    let cfg = NodeConfig {
+        listen: vec![listen.parse().unwrap()],
+        ..NodeConfig::default()
+    };
+    let n = hearth_sync::start(store.clone(), &store.node_secret().await.unwrap(), cfg).await.unwrap();
+    if std::env::var_os("HEARTH_TEST_TRACE").is_some() {
+        let mut ev = n.subscribe();
+        let me = n.peer_id().to_string();
+        tokio::spawn(async move {
+            while let Ok(e) = ev.recv().await {
+                eprintln!("[{}] {e:?}", &me[me.len() - 4..]);
+            }
+        });
+    }
+    let mut addrs = Vec::new();
+    for _ in 0..100 {
+        addrs = n.listen_addrs().await.unwrap();
+        if !addrs.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (n.clone(), addrs.into_iter().next().expect("a listen address"))
+}
+
+/// Everything a user sees of a channel, for comparing replicas.
+async fn snapshot(s: &Store, c: ChannelId) -> String {
+    let page = s.page(c, None, 10_000).await.unwrap();
+    let mut out = format!("{page:?}");
+    for m in &page {
+        if m.reply_count > 0 {
+            out += &format!("{:?}", s.thread(m.id).await.unwrap());
+        }
+    }
+    out += &format!("{:?}", s.members(c).await.unwrap());
+    out
+}
+
+async fn converged(stores: &[&Store], c: ChannelId, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let first = snapshot(stores[0], c).await;
+        let mut same = true;
+        for s in &stores[1..] {
+            same &= s.vector(c).await.ok() == stores[0].vector(c).await.ok() && snapshot(s, c).await == first;
+        }
+        if same {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn three_devices_converge(listen: &str) {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let pass = Passphrase::new("pw");
+    let mut stores = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        stores.push(Store::create(d.path(), &pass, &format!("user{i}"), config()).await.unwrap());
+    }
+    let (a, b, c) = (&stores[0], &stores[1], &stores[2]);
+    let ch = a.create_channel("general").await.unwrap();
+    let first = a.post(ch, "before anyone joined").await.unwrap();
+    let keys = a.channel_keys(ch).await.unwrap();
+    b.join_channel(keys.clone()).await.unwrap();
+    c.join_channel(keys).await.unwrap();
+
+    let (na, addr_a) = node(a, listen).await;
+    let (nb, addr_b) = node(b, listen).await;
+    let (nc, _) = node(c, listen).await;
+    // A chain: c - b - a. What c writes reaches a through b.
+    nb.dial(addr_a.clone()).await.unwrap();
+    nc.dial(addr_b.clone()).await.unwrap();
+    assert!(converged(&[a, b, c], ch, Duration::from_secs(20)).await, "initial sync");
+    assert_eq!(c.message(first).await.unwrap().message.text.as_deref(), Some("before anyone joined"));
+
+    // Concurrent writes everywhere.
+    let mut tasks = Vec::new();
+    for (i, s) in stores.iter().enumerate() {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for j in 0..30 {
+                mine.push(s.post(ch, &format!("user{i} says {j}")).await.unwrap());
+            }
+            s.reply(first, &format!("reply from {i}")).await.unwrap();
+            s.react(first, "👍").await.unwrap();
+            s.edit(mine[0], "edited").await.unwrap();
+            s.delete(mine[1]).await.unwrap();
+            s.mark_read(ch, None).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(converged(&[a, b, c], ch, Duration::from_secs(30)).await, "after concurrent writes");
+    let m = a.message(first).await.unwrap().message;
+    assert_eq!(m.reply_count, 3);
+    assert_eq!(m.reactions.get("👍").map(|u| u.len()), Some(3));
+    assert_eq!(a.page(ch, None, 1000).await.unwrap().len(), 1 + 90);
+    for s in &stores {
+        assert!(s.verify().await.unwrap().is_clean());
+    }
+    for n in [na, nb, nc] {
+        n.stop().await.unwrap();
+    }
+    for s in stores {
+        s.close().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_devices_converge_over_tcp() {
+    three_devices_converge("/ip4/127.0.0.1/tcp/0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_devices_converge_over_quic() {
+    three_devices_converge("/ip4/127.0.0.1/udp/0/quic-v1").await;
+}
