@@ -11,6 +11,7 @@
 //! | `x:<msg>:<user>`                 | `true` (tombstone)             | the author      |
 //! | `r:<msg>:<user>:<emoji>`         | `true`; deleted on unreact     | the reactor     |
 //! | `rd:<user>:<device>`             | id of the newest message read  | that device     |
+//! | `dl:<user>:<device>:<writer>` (epoch 0) | newest message of device `writer` held | that device |
 //! | `name` (epoch 0)                 | channel name, last writer wins | any member      |
 //! | `n:<user>` (epoch 0)             | the user's display name        | that user       |
 //!
@@ -59,6 +60,14 @@ fn value_str<'a>(v: &'a ValueRef<'_>) -> Option<&'a str> {
 fn writer(id: &ObjId, devices: &Devices) -> Option<UserId> {
     match id {
         ObjId::Id(_, actor, _) => device_of(actor).and_then(|d| devices.get(&d).copied()),
+        ObjId::Root => None,
+    }
+}
+
+/// The device (actor) that wrote an object or value.
+fn id_device(id: &ObjId) -> Option<DeviceId> {
+    match id {
+        ObjId::Id(_, actor, _) => device_of(actor),
         ObjId::Root => None,
     }
 }
@@ -199,6 +208,9 @@ impl EpochDoc {
             Op::ReadUpTo { msg } => {
                 d.put(ROOT, format!("rd:{user}:{device}"), msg.to_hex())?;
             }
+            Op::Delivered { author: writer, up_to } => {
+                d.put(ROOT, format!("dl:{user}:{device}:{writer}"), up_to.to_hex())?;
+            }
         }
         Ok(())
     }
@@ -309,6 +321,24 @@ impl EpochDoc {
                     };
                     if w == Some(user) {
                         view.mark_read(user, msg);
+                    }
+                }
+                "dl" => {
+                    let mut parts = rest.splitn(3, ':');
+                    let (Some(user), Some(device), Some(writer_dev)) = (parts.next(), parts.next(), parts.next())
+                    else {
+                        continue;
+                    };
+                    let (Ok(user), Ok(device), Ok(writer_dev), Some(Ok(msg))) = (
+                        user.parse::<UserId>(),
+                        device.parse::<DeviceId>(),
+                        writer_dev.parse::<DeviceId>(),
+                        value_str(&item.value).map(str::parse::<MessageId>),
+                    ) else {
+                        continue;
+                    };
+                    if w == Some(user) && id_device(&id) == Some(device) {
+                        view.mark_delivered(user, device, writer_dev, msg);
                     }
                 }
                 _ => {}
@@ -539,6 +569,7 @@ fn check_root_op(key: &str, action: &OpType, preds: usize, user: &UserId, device
         ["x", _, u] => *u == me && is_true,
         ["r", _, u, emoji] => *u == me && !emoji.is_empty() && (is_true || matches!(action, OpType::Delete)),
         ["rd", u, d] => *u == me && *d == dev && is_str,
+        ["dl", u, d, w] => *u == me && *d == dev && w.parse::<DeviceId>().is_ok() && is_str,
         _ => return bad("unknown key"),
     };
     if ok {

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::id::{Epoch, META_EPOCH, MessageId};
+use crate::id::{DeviceId, Epoch, META_EPOCH, MessageId};
 
 /// Longest message text, in bytes. Keeps every feed entry far below sled's
 /// 128 KiB blob threshold (DESIGN.md, durability).
@@ -71,6 +71,14 @@ pub enum Op {
         /// The newest message read.
         msg: MessageId,
     },
+    /// This device holds `author`'s feed up to its message `up_to` (a delivery
+    /// receipt: every message of that device up to it has arrived here).
+    Delivered {
+        /// The writing device whose messages arrived.
+        author: DeviceId,
+        /// Its newest message held here.
+        up_to: MessageId,
+    },
 }
 
 fn check_name(what: &'static str, name: &str) -> Result<()> {
@@ -109,7 +117,7 @@ impl Op {
     /// ops to the epoch of the message they create or target.
     pub fn epoch(&self) -> Epoch {
         match self {
-            Op::CreateChannel { .. } | Op::Rename { .. } | Op::SetName { .. } => META_EPOCH,
+            Op::CreateChannel { .. } | Op::Rename { .. } | Op::SetName { .. } | Op::Delivered { .. } => META_EPOCH,
             Op::Post { id, .. } => id.epoch(),
             Op::React { msg, .. }
             | Op::Unreact { msg, .. }
@@ -150,7 +158,7 @@ impl Op {
                 Ok(())
             }
             Op::Edit { text, .. } => check_text(text),
-            Op::Delete { .. } | Op::ReadUpTo { .. } => Ok(()),
+            Op::Delete { .. } | Op::ReadUpTo { .. } | Op::Delivered { .. } => Ok(()),
         }
     }
 }

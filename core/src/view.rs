@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::id::{MessageId, UserId};
+use crate::id::{DeviceId, MessageId, UserId};
 use crate::op::Op;
 
 /// One message as every replica shows it.
@@ -40,6 +40,9 @@ pub struct EpochView {
     pub name: Option<String>,
     /// Display names of members (metadata epoch only).
     pub names: BTreeMap<UserId, String>,
+    /// Delivery receipts (metadata epoch only): for each receiving device (and
+    /// its user), the newest message held of each writing device's feed.
+    pub delivered: BTreeMap<(UserId, DeviceId), BTreeMap<DeviceId, MessageId>>,
 }
 
 impl EpochView {
@@ -98,7 +101,7 @@ impl EpochView {
                 }
             }
             Op::ReadUpTo { msg } => self.mark_read(*author, *msg),
-            Op::CreateChannel { .. } | Op::Rename { .. } | Op::SetName { .. } => {}
+            Op::CreateChannel { .. } | Op::Rename { .. } | Op::SetName { .. } | Op::Delivered { .. } => {}
         }
     }
 
@@ -112,6 +115,20 @@ impl EpochView {
     /// Move a user's read marker forward (never back).
     pub fn mark_read(&mut self, user: UserId, msg: MessageId) {
         let e = self.read.entry(user).or_insert(msg);
+        if msg > *e {
+            *e = msg;
+        }
+    }
+
+    /// Record that `device` (of `user`) holds `author`'s messages up to `msg`
+    /// (forward only).
+    pub fn mark_delivered(&mut self, user: UserId, device: DeviceId, author: DeviceId, msg: MessageId) {
+        let e = self
+            .delivered
+            .entry((user, device))
+            .or_default()
+            .entry(author)
+            .or_insert(msg);
         if msg > *e {
             *e = msg;
         }

@@ -16,8 +16,8 @@ use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hearth_core::{
-    ChannelId, ChannelKeys, ChannelRecord, EntryBody, Envelope, Epoch, EpochDoc, EpochView, Hlc, Identity, META_EPOCH,
-    MessageId, Op, SecretKey, WireId, decode_change, writer_tag,
+    ChannelId, ChannelKeys, ChannelRecord, DeviceId, EntryBody, Envelope, Epoch, EpochDoc, EpochView, Hlc, Identity,
+    META_EPOCH, MessageId, Op, SecretKey, WireId, decode_change, writer_tag,
 };
 
 use crate::channel::{ChannelState, EpochSummary, FeedHead};
@@ -118,6 +118,14 @@ pub enum Write {
     Join {
         /// The channel's id and key.
         keys: ChannelKeys,
+    },
+    /// Record delivery receipts: this device holds each writing device's
+    /// messages up to the given one (written after sync stores them).
+    Delivered {
+        /// The channel.
+        channel: ChannelId,
+        /// Writing device and its newest message held here.
+        marks: Vec<(DeviceId, MessageId)>,
     },
     /// Mark a channel read up to a message (default: its newest).
     MarkRead {
@@ -549,6 +557,21 @@ impl Engine {
                 }
                 (vec![op_entry(c, Op::Delete { msg })?], Outcome::Done)
             }
+            Write::Delivered { channel, marks } => {
+                self.ensure_epoch(channel, META_EPOCH, true)?;
+                let me = (self.identity.user(), self.identity.device());
+                let held = self
+                    .loaded(&channel, META_EPOCH)
+                    .and_then(|le| le.view.delivered.get(&me).cloned())
+                    .unwrap_or_default();
+                let mut entries = Vec::new();
+                for (author, up_to) in marks {
+                    if author != me.1 && held.get(&author).is_none_or(|h| *h < up_to) {
+                        entries.push(op_entry(channel, Op::Delivered { author, up_to })?);
+                    }
+                }
+                (entries, Outcome::Done)
+            }
             Write::MarkRead { channel, up_to } => {
                 let target = match up_to {
                     Some(msg) => {
@@ -610,7 +633,9 @@ impl Engine {
                 _ => 0,
             };
         match op {
-            Op::CreateChannel { .. } | Op::Rename { .. } | Op::SetName { .. } => le.view = le.doc.view(&ch.devices),
+            Op::CreateChannel { .. } | Op::Rename { .. } | Op::SetName { .. } | Op::Delivered { .. } => {
+                le.view = le.doc.view(&ch.devices)
+            }
             _ => le.view.apply_local(&user, op),
         }
         // The epoch size counts every message in it, replies included, exactly

@@ -60,5 +60,5 @@ pub use journal::{
 pub use open::OpenReport;
 pub use query::{ChannelInfo, Located, Thread};
 pub use store::{OpenTimings, Pending, Store, Whoami};
-pub use sync::{EntryBatch, IngestReport, Rejection, StoreEvent};
+pub use sync::{EntryBatch, IngestReport, Receipts, Rejection, StoreEvent};
 pub use verify::{Problem, Stats, VerifyReport};

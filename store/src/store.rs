@@ -13,7 +13,7 @@ use crate::engine::{Engine, Outcome, Write};
 use crate::error::{Error, Result};
 use crate::open::{self, OpenReport};
 use crate::query::{ChannelInfo, Located, Thread};
-use crate::sync::{EntryBatch, IngestReport, StoreEvent};
+use crate::sync::{EntryBatch, IngestReport, Receipts, StoreEvent};
 use crate::verify::{Stats, VerifyReport};
 
 /// A submitted write; resolves to its [`Outcome`] once durable.
@@ -253,8 +253,27 @@ impl Store {
     /// Verify and store a peer's entries for a channel (by wire id). Returns
     /// once what was accepted is durable; refused entries are listed, never
     /// stored, and never stop the rest of the batch.
+    ///
+    /// New messages get this device's delivery receipt: a small local write,
+    /// queued (not awaited), that travels back to their writers by sync.
     pub async fn ingest(&self, wire: WireId, entries: Vec<Vec<u8>>) -> Result<IngestReport> {
-        self.mutate(move |e| e.ingest(&wire, entries)).await
+        let (report, channel) = self
+            .mutate(move |e| {
+                let r = e.ingest(&wire, entries)?;
+                Ok((r, e.by_wire.get(&wire).copied()))
+            })
+            .await?;
+        if let (false, Some(channel)) = (report.newest.is_empty(), channel) {
+            let marks = report.newest.iter().map(|(d, m)| (*d, *m)).collect();
+            // Best effort: a receipt lost to a crash is written again with the next message.
+            let _ = self.submit(Write::Delivered { channel, marks }).await;
+        }
+        Ok(report)
+    }
+
+    /// Who has stored a message (devices) and who has read it (users).
+    pub async fn receipts(&self, msg: MessageId) -> Result<Receipts> {
+        self.query(move |e| e.receipts(&msg)).await
     }
 
     /// A channel's keys, to invite someone into it.

@@ -46,6 +46,20 @@ pub enum StoreEvent {
         /// The new messages, in feed order.
         messages: Vec<MessageId>,
     },
+    /// A device reported holding a writing device's messages up to one
+    /// (a delivery receipt).
+    Delivered {
+        /// The channel.
+        channel: ChannelId,
+        /// The receiving user.
+        user: UserId,
+        /// The receiving device.
+        device: DeviceId,
+        /// The writing device.
+        author: DeviceId,
+        /// Its newest message held there.
+        up_to: MessageId,
+    },
     /// A device of another user (or another device of ours) marked the channel
     /// read up to a message.
     Read {
@@ -56,6 +70,15 @@ pub enum StoreEvent {
         /// The newest message they have read.
         up_to: MessageId,
     },
+}
+
+/// Who holds and who has read a message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Receipts {
+    /// Devices (with their users) that have stored it, the writing device apart.
+    pub delivered: Vec<(UserId, DeviceId)>,
+    /// Users whose read marker is at or past it, the author apart.
+    pub read: Vec<UserId>,
 }
 
 /// Why an entry was refused.
@@ -82,6 +105,9 @@ pub struct IngestReport {
     pub vector: Vector,
     /// Messages that arrived (posts of accepted entries).
     pub messages: usize,
+    /// For each writing device with new messages, its newest one now held
+    /// (what this device's delivery receipt says).
+    pub newest: BTreeMap<DeviceId, MessageId>,
 }
 
 /// A batch of a feed's entries for a peer.
@@ -323,6 +349,7 @@ impl Engine {
             let ch = self.channels.get_mut(&channel).expect("checked by the caller");
             let le = self.epochs.get_mut(&(channel, epoch)).expect("ensure_epoch loaded it");
             let readers_before: BTreeMap<UserId, MessageId> = le.view.read_markers().map(|(u, m)| (*u, *m)).collect();
+            let delivered_before = le.view.delivered.clone();
             let changes: Vec<automerge::Change> = list.iter().map(|a| a.change.clone()).collect();
             if let Err(e) = le.doc.apply_remote(changes) {
                 // automerge refused a batch that passed every check: drop the
@@ -349,6 +376,10 @@ impl Engine {
                     self.hlc.observe(p.timestamp());
                 }
                 report.messages += a.posts.len();
+                if let Some(last) = a.posts.iter().max() {
+                    let e = report.newest.entry(a.device).or_insert(*last);
+                    *e = (*e).max(*last);
+                }
                 if !a.posts.is_empty() {
                     events.push(crate::StoreEvent::Received {
                         channel,
@@ -362,6 +393,20 @@ impl Engine {
             s.refresh(&le.view, &me);
             let (k, v) = summary_row(&self.records, wire, epoch, s)?;
             batch.insert(&k[..], v);
+            for ((user, device), marks) in &le.view.delivered {
+                for (author, up_to) in marks {
+                    let before = delivered_before.get(&(*user, *device)).and_then(|m| m.get(author));
+                    if before.is_none_or(|b| b < up_to) {
+                        events.push(crate::StoreEvent::Delivered {
+                            channel,
+                            user: *user,
+                            device: *device,
+                            author: *author,
+                            up_to: *up_to,
+                        });
+                    }
+                }
+            }
             for (u, m) in le.view.read_markers() {
                 if readers_before.get(u).is_none_or(|b| b < m) {
                     events.push(crate::StoreEvent::Read {
@@ -393,6 +438,52 @@ impl Engine {
             let _ = self.events.send(e);
         }
         Ok(())
+    }
+}
+
+impl Engine {
+    /// Delivery and read receipts of a message.
+    pub(crate) fn receipts(&mut self, msg: &MessageId) -> Result<Receipts> {
+        let located = self.get_message(msg)?;
+        let channel = located.channel;
+        let author = located.message.author;
+        let ch = self.channel(&channel)?;
+        let writer = ch
+            .devices
+            .iter()
+            .find(|(d, u)| hearth_core::writer_tag(u, d) == msg.writer())
+            .map(|(d, _)| *d);
+        let later: Vec<Epoch> = ch
+            .summaries
+            .iter()
+            .filter(|(e, s)| **e != META_EPOCH && s.max.is_some_and(|m| m >= *msg))
+            .map(|(e, _)| *e)
+            .collect();
+        let mut out = Receipts::default();
+        if self.ensure_epoch(channel, META_EPOCH, false)?
+            && let (Some(le), Some(writer)) = (self.loaded(&channel, META_EPOCH), writer)
+        {
+            for ((user, device), marks) in &le.view.delivered {
+                if *device != writer && marks.get(&writer).is_some_and(|m| m >= msg) {
+                    out.delivered.push((*user, *device));
+                }
+            }
+        }
+        let mut readers = BTreeSet::new();
+        for e in later {
+            if self.ensure_epoch(channel, e, false)?
+                && let Some(le) = self.loaded(&channel, e)
+            {
+                readers.extend(
+                    le.view
+                        .read_markers()
+                        .filter(|(u, m)| *m >= msg && **u != author)
+                        .map(|(u, _)| *u),
+                );
+            }
+        }
+        out.read = readers.into_iter().collect();
+        Ok(out)
     }
 }
 

@@ -15,7 +15,9 @@ async fn node(store: &Store, listen: &str) -> (NodeHandle, Multiaddr) {
         listen: vec![listen.parse().unwrap()],
         ..NodeConfig::default()
     };
-    let n = hearth_sync::start(store.clone(), &store.node_secret().await.unwrap(), cfg).await.unwrap();
+    let n = hearth_sync::start(store.clone(), &store.node_secret().await.unwrap(), cfg)
+        .await
+        .unwrap();
     if std::env::var_os("HEARTH_TEST_TRACE").is_some() {
         let mut ev = n.subscribe();
         let me = n.peer_id().to_string();
@@ -72,7 +74,11 @@ async fn three_devices_converge(listen: &str) {
     let pass = Passphrase::new("pw");
     let mut stores = Vec::new();
     for (i, d) in dirs.iter().enumerate() {
-        stores.push(Store::create(d.path(), &pass, &format!("user{i}"), config()).await.unwrap());
+        stores.push(
+            Store::create(d.path(), &pass, &format!("user{i}"), config())
+                .await
+                .unwrap(),
+        );
     }
     let (a, b, c) = (&stores[0], &stores[1], &stores[2]);
     let ch = a.create_channel("general").await.unwrap();
@@ -88,7 +94,10 @@ async fn three_devices_converge(listen: &str) {
     nb.dial(addr_a.clone()).await.unwrap();
     nc.dial(addr_b.clone()).await.unwrap();
     assert!(converged(&[a, b, c], ch, Duration::from_secs(20)).await, "initial sync");
-    assert_eq!(c.message(first).await.unwrap().message.text.as_deref(), Some("before anyone joined"));
+    assert_eq!(
+        c.message(first).await.unwrap().message.text.as_deref(),
+        Some("before anyone joined")
+    );
 
     // Concurrent writes everywhere.
     let mut tasks = Vec::new();
@@ -109,11 +118,31 @@ async fn three_devices_converge(listen: &str) {
     for t in tasks {
         t.await.unwrap();
     }
-    assert!(converged(&[a, b, c], ch, Duration::from_secs(30)).await, "after concurrent writes");
+    assert!(
+        converged(&[a, b, c], ch, Duration::from_secs(30)).await,
+        "after concurrent writes"
+    );
     let m = a.message(first).await.unwrap().message;
     assert_eq!(m.reply_count, 3);
     assert_eq!(m.reactions.get("👍").map(|u| u.len()), Some(3));
     assert_eq!(a.page(ch, None, 1000).await.unwrap().len(), 1 + 90);
+    // Receipts: both other devices stored Alice's first message and read past it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = a.receipts(first).await.unwrap();
+        let want_delivered = [b.whoami().device, c.whoami().device];
+        let delivered: Vec<_> = r.delivered.iter().map(|(_, d)| *d).collect();
+        if want_delivered.iter().all(|d| delivered.contains(d)) && r.read.len() == 2 {
+            assert!(r.read.contains(&b.whoami().user) && r.read.contains(&c.whoami().user));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "receipts never arrived: {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        converged(&[a, b, c], ch, Duration::from_secs(20)).await,
+        "after receipts"
+    );
     for s in &stores {
         assert!(s.verify().await.unwrap().is_clean());
     }
