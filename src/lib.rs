@@ -8,7 +8,9 @@
 //! (`hearth-store`). Every user action becomes an automerge change, sealed with
 //! XChaCha20-Poly1305 into the device's hash-chained, signed feed in a sled commit
 //! log; the keys come from a passphrase through Argon2id. Peer-to-peer sync
-//! (`hearth-sync`) joins the same handle in a later release.
+//! (`hearth-sync`, re-exported as [`sync`]) runs on the same handle:
+//! [`Hearth::start_node`] reconciles every channel with the peers it meets over
+//! libp2p and reports what happens as [`sync::NodeEvent`]s.
 //!
 //! It is not a chat client and not a server: there is no server.
 //!
@@ -45,8 +47,10 @@ use std::path::Path;
 /// The pure core (ids, clock, crypto, document model, byte formats), re-exported whole.
 pub use hearth_core as core;
 pub use hearth_core::{ChannelId, DeviceId, KdfParams, MAX_TEXT_BYTES, Message, MessageId, Passphrase, UserId};
+/// Sync over libp2p: nodes, events, tickets, relays.
+pub use hearth_sync as sync;
 pub use hearth_store::{
-    ChannelInfo, Config, Error, Located, OpenReport, OpenTimings, Outcome, Pending, Problem, Result, Stats, Store,
+    ChannelInfo, Receipts, StoreEvent, Config, Error, Located, OpenReport, OpenTimings, Outcome, Pending, Problem, Result, Stats, Store,
     Thread, VerifyReport, Whoami, Write,
 };
 
@@ -83,6 +87,35 @@ impl Hearth {
     /// The local engine.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Start a sync node for this store: it listens and dials as `config` says,
+    /// reconciles every shared channel with each peer it meets, pushes new
+    /// entries at once and runs anti-entropy. Its network identity (peer id) is
+    /// derived from the store's key, so it is the same on every start.
+    /// Stop it with [`sync::NodeHandle::stop`] before closing the store.
+    pub async fn start_node(&self, config: sync::NodeConfig) -> std::result::Result<sync::NodeHandle, sync::NodeError> {
+        let secret = self.store.node_secret().await?;
+        sync::start(self.store.clone(), &secret, config).await
+    }
+
+    /// Invite someone into a channel: a ticket with the channel's keys and the
+    /// addresses of a node that serves it. Anyone holding it can read the channel.
+    pub async fn invite(&self, channel: ChannelId, addrs: Vec<sync::Multiaddr>) -> Result<sync::ticket::Ticket> {
+        let keys = self.store.channel_keys(channel).await?;
+        let name = self.store.channel(channel).await?.name;
+        sync::ticket::Ticket::invite(&keys, name, addrs).map_err(|e| Error::Invalid {
+            what: "ticket".into(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Join the channel of an invite ticket; its history arrives by sync.
+    pub async fn join(&self, ticket: &sync::ticket::Ticket) -> Result<ChannelId> {
+        let keys = ticket
+            .channel_keys()
+            .ok_or_else(|| Error::Invalid { what: "ticket".into(), detail: "not an invite".into() })?;
+        self.store.join_channel(keys).await
     }
 
     /// Close the store cleanly (snapshot, checkpoint, unlock).

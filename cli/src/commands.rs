@@ -46,6 +46,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             h.close().await?;
         }
         Command::Demo => return crate::demo::run(cli.json).await,
+        Command::Relay { listen, peer } => return crate::net::relay(&cli.store, listen.clone(), peer.clone()).await,
         Command::Bench(args) => return crate::bench::run(args, cli.json).await,
         _ => {
             let h = open(&cli).await?;
@@ -59,6 +60,30 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
 
 async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
     match &cli.command {
+        Command::Invite { channel, addr } => crate::net::invite(h, &cli.store, channel, addr, cli.json).await?,
+        Command::Join { ticket, timeout } => {
+            return crate::net::join(h, &cli.store, ticket, Duration::from_secs(*timeout), cli.json).await;
+        }
+        Command::Sync { peer, timeout } => {
+            return crate::net::sync(h, peer, Duration::from_secs(*timeout), cli.json).await;
+        }
+        Command::Node {
+            listen,
+            peer,
+            relay,
+            mdns,
+            exit_on_eof,
+            anti_entropy,
+        } => {
+            let config = hearth::sync::NodeConfig {
+                listen: listen.clone(),
+                peers: peer.iter().chain(relay).cloned().collect(),
+                mdns: *mdns,
+                anti_entropy: Duration::from_secs((*anti_entropy).max(1)),
+                ..Default::default()
+            };
+            return crate::net::node(h, &cli.store, config, *exit_on_eof).await;
+        }
         Command::Channel(ChannelCmd::Create { name }) => {
             let id = h.create_channel(name).await?;
             if cli.json {
@@ -176,9 +201,26 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
             let loc = h.message(*msg).await?;
             let names = names(h, loc.channel).await?;
             let m = &loc.message;
+            let receipts = h.receipts(*msg).await?;
+            let delivered: Vec<String> = receipts
+                .delivered
+                .iter()
+                .map(|(u, d)| format!("{} ({})", names.of(u), &d.to_hex()[..8]))
+                .collect();
+            let read: Vec<String> = receipts.read.iter().map(|u| names.of(u)).collect();
             if cli.json {
                 let mut v = message_json(m, &names);
                 v["channel"] = json!(loc.channel.to_hex());
+                v["delivered"] = json!(receipts
+                    .delivered
+                    .iter()
+                    .map(|(u, d)| json!({"user": u.to_hex(), "name": names.of(u), "device": d.to_hex()}))
+                    .collect::<Vec<_>>());
+                v["read_by"] = json!(receipts
+                    .read
+                    .iter()
+                    .map(|u| json!({"user": u.to_hex(), "name": names.of(u)}))
+                    .collect::<Vec<_>>());
                 print_json(&v);
             } else {
                 println!("id:       {}", m.id);
@@ -196,6 +238,8 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
                     let who: Vec<String> = users.iter().map(|u| names.of(u)).collect();
                     println!("reaction: {emoji} {}", who.join(", "));
                 }
+                println!("delivered: {}", if delivered.is_empty() { "-".into() } else { delivered.join(", ") });
+                println!("read by:  {}", if read.is_empty() { "-".into() } else { read.join(", ") });
             }
         }
         Command::Import { channel, file } => {
@@ -250,7 +294,9 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
             h.change_passphrase(&new).await?;
             done(cli, json!({"passphrase": "changed"}));
         }
-        Command::Init { .. } | Command::Demo | Command::Bench(_) => unreachable!("handled before opening"),
+        Command::Init { .. } | Command::Demo | Command::Bench(_) | Command::Relay { .. } => {
+            unreachable!("handled before opening")
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,7 @@
 mod bench;
 mod commands;
 mod demo;
+mod net;
 mod output;
 mod pass;
 
@@ -14,6 +15,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hearth::MessageId;
+use hearth::sync::Multiaddr;
 
 /// Hearth: an encrypted, local-first chat store.
 #[derive(Parser, Debug)]
@@ -123,6 +125,62 @@ pub enum Command {
     Verify,
     /// Change the passphrase (new one from HEARTH_NEW_PASSPHRASE or a prompt).
     Passwd,
+    /// Print an invite ticket for a channel: its keys and this node's addresses.
+    Invite {
+        /// Channel id or name.
+        channel: String,
+        /// Addresses to put in the ticket (default: where the last `hearth node` listened).
+        #[arg(long)]
+        addr: Vec<Multiaddr>,
+    },
+    /// Join a channel from an invite ticket, then try to sync with the inviter.
+    Join {
+        /// The ticket (`hearth1...`).
+        ticket: String,
+        /// How long to try to sync right away, in seconds.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+    /// Run a sync node: JSON events on stdout, JSON-line commands on stdin.
+    Node {
+        /// Address to listen on, e.g. /ip4/0.0.0.0/tcp/4001 or /ip4/0.0.0.0/udp/4001/quic-v1
+        /// (default: a free loopback TCP port).
+        #[arg(long)]
+        listen: Vec<Multiaddr>,
+        /// A peer to dial and keep dialing (ending in /p2p/<peer id>).
+        #[arg(long)]
+        peer: Vec<Multiaddr>,
+        /// A relay to dial and keep dialing.
+        #[arg(long)]
+        relay: Vec<Multiaddr>,
+        /// Find peers on the local network by mDNS (multicasts on your network interfaces).
+        #[arg(long)]
+        mdns: bool,
+        /// Stop when standard input closes (for scripts).
+        #[arg(long)]
+        exit_on_eof: bool,
+        /// Seconds between full reconciliations with each peer.
+        #[arg(long, default_value_t = 30)]
+        anti_entropy: u64,
+    },
+    /// Reconcile every shared channel with one peer; exit 0 once both hold the same entries.
+    Sync {
+        /// The peer's address (ending in /p2p/<peer id>).
+        #[arg(long)]
+        peer: Multiaddr,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Run a relay in --store DIR: it keeps sealed entries for peers that are offline, without any key.
+    Relay {
+        /// Address to listen on.
+        #[arg(long, required = true)]
+        listen: Vec<Multiaddr>,
+        /// Other relays or nodes to dial.
+        #[arg(long)]
+        peer: Vec<Multiaddr>,
+    },
     /// Run the demo in a temporary directory: no set-up needed.
     Demo,
     /// Benchmark against the SQLite baseline.

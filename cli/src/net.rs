@@ -1,0 +1,457 @@
+//! Network commands: invite, join, node, sync, relay.
+//!
+//! A store directory remembers two plain-text lists next to the sealed data
+//! (addresses are not secret; they travel in tickets): `node.addrs`, the
+//! addresses the last `hearth node` listened on (what `invite` puts in a
+//! ticket), and `peers`, addresses learned from tickets (what `node` dials).
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use hearth::sync::ticket::Ticket;
+use hearth::sync::{Multiaddr, NodeConfig, NodeEvent, NodeHandle, RelayStore};
+use hearth::{Hearth, StoreEvent, Write};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt;
+
+use crate::output::print_json;
+
+const ADDRS_FILE: &str = "node.addrs";
+const PEERS_FILE: &str = "peers";
+
+fn read_addrs(path: &Path) -> Vec<Multiaddr> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn write_addrs(path: &Path, addrs: &[Multiaddr]) -> Result<()> {
+    let mut text = String::new();
+    for a in addrs {
+        text.push_str(&a.to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Remember peer addresses (from a ticket) for `hearth node`.
+fn remember_peers(store: &Path, addrs: &[Multiaddr]) -> Result<()> {
+    let path = store.join(PEERS_FILE);
+    let mut all = read_addrs(&path);
+    for a in addrs {
+        if !all.contains(a) {
+            all.push(a.clone());
+        }
+    }
+    write_addrs(&path, &all)
+}
+
+/// `hearth invite CHANNEL [--addr A]...`
+pub async fn invite(h: &Hearth, store: &Path, channel: &str, addrs: &[Multiaddr], as_json: bool) -> Result<()> {
+    let channel = h.resolve_channel(channel).await?;
+    let mut addrs = addrs.to_vec();
+    if addrs.is_empty() {
+        addrs = read_addrs(&store.join(ADDRS_FILE));
+    }
+    if addrs.is_empty() {
+        eprintln!(
+            "note: the ticket carries no address; run `hearth node --listen ...` once first, or pass --addr, \
+             so that the invited device can reach this one"
+        );
+    }
+    let ticket = h.invite(channel, addrs).await?;
+    if as_json {
+        print_json(&json!({"ticket": ticket.to_string(), "channel": channel.to_hex()}));
+    } else {
+        println!("{ticket}");
+    }
+    Ok(())
+}
+
+/// `hearth join TICKET`: join, remember the inviter's addresses, try to sync now.
+pub async fn join(h: &Hearth, store: &Path, ticket: &str, timeout: Duration, as_json: bool) -> Result<ExitCode> {
+    let ticket: Ticket = ticket.parse().context("reading the ticket")?;
+    let channel = h.join(&ticket).await?;
+    remember_peers(store, ticket.addrs())?;
+    let mut synced = None;
+    for addr in ticket.addrs() {
+        match sync_once(h, addr.clone(), timeout).await {
+            Ok(o) => {
+                synced = Some((addr.clone(), o));
+                break;
+            }
+            Err(e) => eprintln!("note: {addr}: {e:#}"),
+        }
+    }
+    let name = h.channel(channel).await?.name;
+    if as_json {
+        print_json(&json!({
+            "channel": channel.to_hex(), "name": name,
+            "synced_with": synced.as_ref().map(|(a, _)| a.to_string()),
+            "received": synced.as_ref().map(|(_, o)| o.0),
+        }));
+    } else {
+        match synced {
+            Some((addr, (received, _))) => {
+                println!("joined {name} ({channel}); {received} entries from {addr}")
+            }
+            None => println!("joined {channel}; its history arrives when a peer is reachable (`hearth node`)"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Dial one peer, reconcile until a session finds every shared channel equal.
+/// Returns (entries received, entries sent).
+async fn sync_once(h: &Hearth, addr: Multiaddr, timeout: Duration) -> Result<(u64, u64)> {
+    let node = h.start_node(NodeConfig::default()).await?;
+    let res = tokio::time::timeout(timeout, sync_until_equal(&node, addr)).await;
+    node.stop().await.ok();
+    match res {
+        Ok(r) => r,
+        Err(_) => bail!("not in sync after {} s", timeout.as_secs()),
+    }
+}
+
+async fn sync_until_equal(node: &NodeHandle, addr: Multiaddr) -> Result<(u64, u64)> {
+    let peer = hearth::sync::peer_of(&addr).context("the address must end in /p2p/<peer id>")?;
+    // Count every session with the peer: the one the node starts on connect too.
+    let mut events = node.subscribe();
+    node.dial(addr).await?;
+    node.wait_connected(peer, Duration::from_secs(3600)).await?;
+    loop {
+        let o = node.sync_with(peer).await?;
+        if o.failed.is_none() && o.in_sync_at_hello {
+            let (mut received, mut sent) = (0, 0);
+            while let Ok(e) = events.try_recv() {
+                if let NodeEvent::Synced { peer: p, received: r, sent: s, .. } = e
+                    && p == peer
+                {
+                    received += r;
+                    sent += s;
+                }
+            }
+            return Ok((received, sent));
+        }
+        if o.failed.is_some() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            node.wait_connected(peer, Duration::from_secs(3600)).await?;
+        }
+    }
+}
+
+/// `hearth sync --peer ADDR`: exit 0 once both sides hold the same entries.
+pub async fn sync(h: &Hearth, peer: &Multiaddr, timeout: Duration, as_json: bool) -> Result<ExitCode> {
+    match sync_once(h, peer.clone(), timeout).await {
+        Ok((received, sent)) => {
+            if as_json {
+                print_json(&json!({"event": "synced", "peer": peer.to_string(), "received": received, "sent": sent, "in_sync": true}));
+            } else {
+                println!("in sync with {peer}: {received} entries received, {sent} sent");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => bail!("sync with {peer} failed: {e:#}"),
+    }
+}
+
+/// One JSON-line command on a node's stdin.
+#[derive(Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+enum NodeCmd {
+    Post {
+        channel: String,
+        text: String,
+        #[serde(default)]
+        reply_to: Option<hearth::MessageId>,
+    },
+    Reply {
+        to: hearth::MessageId,
+        text: String,
+    },
+    React {
+        msg: hearth::MessageId,
+        emoji: String,
+        #[serde(default)]
+        remove: bool,
+    },
+    Edit {
+        msg: hearth::MessageId,
+        text: String,
+    },
+    Delete {
+        msg: hearth::MessageId,
+    },
+    Read {
+        channel: String,
+        #[serde(default)]
+        up_to: Option<hearth::MessageId>,
+    },
+}
+
+async fn node_cmd(h: &Hearth, line: &str) -> Result<Value> {
+    let cmd: NodeCmd = serde_json::from_str(line).context("not a command")?;
+    let (name, w) = match cmd {
+        NodeCmd::Post {
+            channel,
+            text,
+            reply_to,
+        } => (
+            "post",
+            Write::Post {
+                channel: h.resolve_channel(&channel).await?,
+                text,
+                reply_to,
+            },
+        ),
+        NodeCmd::Reply { to, text } => ("reply", Write::Reply { to, text }),
+        NodeCmd::React { msg, emoji, remove } => ("react", Write::React { msg, emoji, remove }),
+        NodeCmd::Edit { msg, text } => ("edit", Write::Edit { msg, text }),
+        NodeCmd::Delete { msg } => ("delete", Write::Delete { msg }),
+        NodeCmd::Read { channel, up_to } => (
+            "read",
+            Write::MarkRead {
+                channel: h.resolve_channel(&channel).await?,
+                up_to,
+            },
+        ),
+    };
+    let outcome = h.submit(w).await?.await?;
+    let mut v = json!({"event": "done", "cmd": name});
+    if let hearth::Outcome::Message(id) = outcome {
+        v["id"] = json!(id.to_hex());
+    }
+    Ok(v)
+}
+
+async fn event_json(h: &Hearth, e: NodeEvent) -> Option<Value> {
+    Some(match e {
+        NodeEvent::Listening { addr } => json!({"event": "listening", "addr": addr.to_string()}),
+        NodeEvent::PeerConnected { peer, addr } => {
+            json!({"event": "peer_connected", "peer": peer.to_string(), "addr": addr.to_string()})
+        }
+        NodeEvent::PeerDisconnected { peer } => json!({"event": "peer_disconnected", "peer": peer.to_string()}),
+        NodeEvent::Synced {
+            peer,
+            channels,
+            received,
+            sent,
+            round_trips,
+            in_sync,
+        } => json!({
+            "event": "synced", "peer": peer.to_string(), "channels": channels, "received": received,
+            "sent": sent, "round_trips": round_trips, "in_sync": in_sync,
+        }),
+        NodeEvent::Rejected { peer, reason, dropped } => {
+            json!({"event": "rejected", "peer": peer.to_string(), "reason": reason, "dropped": dropped})
+        }
+        NodeEvent::DialFailed { addr, error, retry_in } => json!({
+            "event": "dial_failed", "addr": addr.to_string(), "error": error, "retry_in_ms": retry_in.as_millis() as u64,
+        }),
+        NodeEvent::Store(StoreEvent::Received {
+            channel,
+            author,
+            messages,
+            ..
+        }) => {
+            let mut list = Vec::new();
+            for id in messages {
+                let text = h.message(id).await.ok().and_then(|l| l.message.text);
+                list.push(json!({"id": id.to_hex(), "text": text}));
+            }
+            json!({"event": "messages", "channel": channel.to_hex(), "author": author.to_hex(), "messages": list})
+        }
+        NodeEvent::Store(StoreEvent::Delivered {
+            channel,
+            user,
+            device,
+            author,
+            up_to,
+        }) => json!({
+            "event": "receipt", "kind": "delivered", "channel": channel.to_hex(), "user": user.to_hex(),
+            "device": device.to_hex(), "writer_device": author.to_hex(), "up_to": up_to.to_hex(),
+        }),
+        NodeEvent::Store(StoreEvent::Read { channel, user, up_to }) => json!({
+            "event": "receipt", "kind": "read", "channel": channel.to_hex(), "user": user.to_hex(), "up_to": up_to.to_hex(),
+        }),
+        _ => return None,
+    })
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// `hearth node`: run until SIGINT/SIGTERM (or stdin closes with `--exit-on-eof`).
+pub async fn node(h: &Hearth, store: &Path, mut config: NodeConfig, exit_on_eof: bool) -> Result<ExitCode> {
+    if config.listen.is_empty() {
+        config.listen.push("/ip4/127.0.0.1/tcp/0".parse().expect("a valid address"));
+    }
+    for a in read_addrs(&store.join(PEERS_FILE)) {
+        if !config.peers.contains(&a) {
+            config.peers.push(a);
+        }
+    }
+    let node = h.start_node(config).await?;
+    let mut events = node.subscribe();
+    // Listen addresses may come up before the subscription: report them from the node.
+    let addrs = listen_addrs(&node).await;
+    write_addrs(&store.join(ADDRS_FILE), &addrs)?;
+    for a in &addrs {
+        print_json(&json!({"event": "listening", "addr": a.to_string()}));
+    }
+    let printer = {
+        let h = h.clone();
+        let store = store.to_path_buf();
+        let node = node.clone();
+        tokio::spawn(async move {
+            loop {
+                let e = match events.recv().await {
+                    Ok(e) => e,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        print_json(&json!({"event": "lagged", "missed": n}));
+                        continue;
+                    }
+                    Err(_) => return,
+                };
+                if let NodeEvent::Listening { addr } = &e {
+                    if addrs.contains(addr) {
+                        continue;
+                    }
+                    if let Ok(all) = node.listen_addrs().await {
+                        let _ = write_addrs(&store.join(ADDRS_FILE), &all);
+                    }
+                }
+                if let Some(v) = event_json(&h, e).await {
+                    print_json(&v);
+                }
+            }
+        })
+    };
+    let stdin = async {
+        stdin_commands(h).await;
+        if !exit_on_eof {
+            // Without a script attached, stdin closing does not stop the node.
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = stdin => {}
+    }
+    node.stop().await.ok();
+    printer.abort();
+    print_json(&json!({"event": "stopped"}));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Run the JSON-line commands of stdin until it closes; one result line each.
+async fn stdin_commands(h: &Hearth) {
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match node_cmd(h, &line).await {
+            Ok(v) => print_json(&v),
+            Err(e) => print_json(&json!({"event": "error", "input": line, "error": crate::output::one_line(&e)})),
+        }
+    }
+}
+
+/// The node's listen addresses once they are up (at most a few seconds).
+async fn listen_addrs(node: &NodeHandle) -> Vec<Multiaddr> {
+    for _ in 0..100 {
+        match node.listen_addrs().await {
+            Ok(a) if !a.is_empty() => {
+                // Give the other listeners (TCP and QUIC) a moment to come up too.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return node.listen_addrs().await.unwrap_or(a);
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(_) => break,
+        }
+    }
+    Vec::new()
+}
+
+/// `hearth relay --store DIR --listen A`: store and forward sealed entries.
+pub async fn relay(dir: &Path, listen: Vec<Multiaddr>, peers: Vec<Multiaddr>) -> Result<ExitCode> {
+    if listen.is_empty() {
+        bail!("a relay needs at least one --listen address");
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let relay = RelayStore::open(dir)?;
+    let secret = relay_secret(dir)?;
+    let node = hearth::sync::start(
+        relay.clone(),
+        &secret,
+        NodeConfig {
+            listen,
+            peers,
+            ..NodeConfig::default()
+        },
+    )
+    .await?;
+    let mut events = node.subscribe();
+    let addrs = listen_addrs(&node).await;
+    for a in &addrs {
+        print_json(&json!({"event": "listening", "addr": a.to_string()}));
+    }
+    let printer = tokio::spawn(async move {
+        while let Ok(e) = events.recv().await {
+            let v = match e {
+                NodeEvent::Listening { addr } if !addrs.contains(&addr) => {
+                    json!({"event": "listening", "addr": addr.to_string()})
+                }
+                NodeEvent::PeerConnected { peer, addr } => {
+                    json!({"event": "peer_connected", "peer": peer.to_string(), "addr": addr.to_string()})
+                }
+                NodeEvent::PeerDisconnected { peer } => json!({"event": "peer_disconnected", "peer": peer.to_string()}),
+                NodeEvent::Synced { peer, received, sent, in_sync, .. } => json!({
+                    "event": "synced", "peer": peer.to_string(), "received": received, "sent": sent, "in_sync": in_sync,
+                }),
+                NodeEvent::Rejected { peer, reason, dropped } => {
+                    json!({"event": "rejected", "peer": peer.to_string(), "reason": reason, "dropped": dropped})
+                }
+                _ => continue,
+            };
+            print_json(&v);
+        }
+    });
+    shutdown_signal().await;
+    node.stop().await.ok();
+    printer.abort();
+    print_json(&json!({"event": "stopped"}));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A relay's network key: random, kept in `node.key` (it guards no data; it
+/// only keeps the relay's peer id stable across restarts).
+fn relay_secret(dir: &Path) -> Result<hearth::core::SecretKey> {
+    let path = dir.join("node.key");
+    if let Ok(bytes) = std::fs::read(&path)
+        && let Ok(b) = <[u8; 32]>::try_from(bytes.as_slice())
+    {
+        return Ok(hearth::core::SecretKey::from_bytes(b));
+    }
+    let key = hearth::core::SecretKey::generate()?;
+    std::fs::write(&path, key.expose()).with_context(|| format!("writing {}", path.display()))?;
+    Ok(key)
+}
