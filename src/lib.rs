@@ -47,12 +47,12 @@ use std::path::Path;
 /// The pure core (ids, clock, crypto, document model, byte formats), re-exported whole.
 pub use hearth_core as core;
 pub use hearth_core::{ChannelId, DeviceId, KdfParams, MAX_TEXT_BYTES, Message, MessageId, Passphrase, UserId};
+pub use hearth_store::{
+    ChannelInfo, Config, Error, Located, OpenReport, OpenTimings, Outcome, Pending, Problem, Receipts, Result, Stats,
+    Store, StoreEvent, Thread, VerifyReport, Whoami, Write,
+};
 /// Sync over libp2p: nodes, events, tickets, relays.
 pub use hearth_sync as sync;
-pub use hearth_store::{
-    ChannelInfo, Receipts, StoreEvent, Config, Error, Located, OpenReport, OpenTimings, Outcome, Pending, Problem, Result, Stats, Store,
-    Thread, VerifyReport, Whoami, Write,
-};
 
 /// A Hearth store, opened with its passphrase.
 ///
@@ -112,10 +112,66 @@ impl Hearth {
 
     /// Join the channel of an invite ticket; its history arrives by sync.
     pub async fn join(&self, ticket: &sync::ticket::Ticket) -> Result<ChannelId> {
-        let keys = ticket
-            .channel_keys()
-            .ok_or_else(|| Error::Invalid { what: "ticket".into(), detail: "not an invite".into() })?;
+        let keys = ticket.channel_keys().ok_or_else(|| Error::Invalid {
+            what: "ticket".into(),
+            detail: "not an invite".into(),
+        })?;
         self.store.join_channel(keys).await
+    }
+
+    /// Offer to link a new device of this user through a running node: returns
+    /// a one-time ticket (with `addrs`, where the node can be reached). The first
+    /// device that presents it gets the user's key, name and channel keys, sealed
+    /// under the ticket's secret (see [`Hearth::create_linked`]).
+    pub async fn link_ticket(&self, node: &sync::NodeHandle, addrs: Vec<sync::Multiaddr>) -> Result<sync::ticket::Ticket> {
+        let secret = hearth_core::SecretKey::generate()?;
+        let sealed = self.store.link_bundle().await?.seal(&secret)?;
+        node.offer_link(secret.clone(), sealed).await.map_err(|_| Error::Closed)?;
+        sync::ticket::Ticket::link(secret, addrs).map_err(|e| Error::Invalid {
+            what: "ticket".into(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Create a store in `dir` for a new device of the user who made a link
+    /// ticket: fetch the sealed bundle from the ticket's node, then create the
+    /// store as that user with a new device id and every channel joined (their
+    /// history arrives by sync).
+    pub async fn create_linked(
+        dir: impl AsRef<Path>,
+        pass: &Passphrase,
+        ticket: &sync::ticket::Ticket,
+        config: Config,
+        timeout: std::time::Duration,
+    ) -> std::result::Result<Self, sync::NodeError> {
+        let sync::ticket::Ticket::Link { secret, addrs } = ticket else {
+            return Err(sync::NodeError::Link("not a link ticket".into()));
+        };
+        let node_key = hearth_core::SecretKey::generate().map_err(Error::from)?;
+        let node = sync::start(sync::Detached, &node_key, sync::NodeConfig::default()).await?;
+        let fetch = async {
+            let mut last = sync::NodeError::Link("the ticket has no address".into());
+            for addr in addrs {
+                let Some(peer) = sync::peer_of(addr) else { continue };
+                if let Err(e) = node.dial(addr.clone()).await {
+                    last = e;
+                    continue;
+                }
+                match node.wait_connected(peer, timeout).await {
+                    Ok(()) => return node.fetch_link(peer, secret).await,
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        };
+        let bundle = tokio::time::timeout(timeout, fetch)
+            .await
+            .unwrap_or_else(|_| Err(sync::NodeError::Link("no answer from the linking device".into())));
+        node.stop().await.ok();
+        let bundle = bundle?;
+        Ok(Hearth {
+            store: Store::create_linked(dir, pass, &bundle, config).await?,
+        })
     }
 
     /// Close the store cleanly (snapshot, checkpoint, unlock).

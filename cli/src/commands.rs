@@ -32,7 +32,15 @@ async fn names(h: &Hearth, channel: ChannelId) -> Result<Names> {
 /// Run a parsed command line.
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
-        Command::Init { user } => {
+        Command::Init {
+            link: Some(ticket),
+            timeout,
+            ..
+        } => {
+            let pass = crate::pass::passphrase(cli.passphrase_file.as_deref(), true)?;
+            return crate::net::init_linked(&cli.store, &pass, ticket, Duration::from_secs(*timeout), cli.json).await;
+        }
+        Command::Init { user, .. } => {
             let pass = crate::pass::passphrase(cli.passphrase_file.as_deref(), true)?;
             let h = Hearth::create(&cli.store, &pass, user, Config::default()).await?;
             let w = h.whoami().clone();
@@ -60,6 +68,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
 
 async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
     match &cli.command {
+        Command::Link { listen, timeout } => {
+            return crate::net::link(h, listen.clone(), Duration::from_secs(*timeout), cli.json).await;
+        }
         Command::Invite { channel, addr } => crate::net::invite(h, &cli.store, channel, addr, cli.json).await?,
         Command::Join { ticket, timeout } => {
             return crate::net::join(h, &cli.store, ticket, Duration::from_secs(*timeout), cli.json).await;
@@ -211,16 +222,20 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
             if cli.json {
                 let mut v = message_json(m, &names);
                 v["channel"] = json!(loc.channel.to_hex());
-                v["delivered"] = json!(receipts
-                    .delivered
-                    .iter()
-                    .map(|(u, d)| json!({"user": u.to_hex(), "name": names.of(u), "device": d.to_hex()}))
-                    .collect::<Vec<_>>());
-                v["read_by"] = json!(receipts
-                    .read
-                    .iter()
-                    .map(|u| json!({"user": u.to_hex(), "name": names.of(u)}))
-                    .collect::<Vec<_>>());
+                v["delivered"] = json!(
+                    receipts
+                        .delivered
+                        .iter()
+                        .map(|(u, d)| json!({"user": u.to_hex(), "name": names.of(u), "device": d.to_hex()}))
+                        .collect::<Vec<_>>()
+                );
+                v["read_by"] = json!(
+                    receipts
+                        .read
+                        .iter()
+                        .map(|u| json!({"user": u.to_hex(), "name": names.of(u)}))
+                        .collect::<Vec<_>>()
+                );
                 print_json(&v);
             } else {
                 println!("id:       {}", m.id);
@@ -238,8 +253,18 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
                     let who: Vec<String> = users.iter().map(|u| names.of(u)).collect();
                     println!("reaction: {emoji} {}", who.join(", "));
                 }
-                println!("delivered: {}", if delivered.is_empty() { "-".into() } else { delivered.join(", ") });
-                println!("read by:  {}", if read.is_empty() { "-".into() } else { read.join(", ") });
+                println!(
+                    "delivered: {}",
+                    if delivered.is_empty() {
+                        "-".into()
+                    } else {
+                        delivered.join(", ")
+                    }
+                );
+                println!(
+                    "read by:  {}",
+                    if read.is_empty() { "-".into() } else { read.join(", ") }
+                );
             }
         }
         Command::Import { channel, file } => {

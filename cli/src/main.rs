@@ -43,6 +43,21 @@ pub enum Command {
         /// Display name.
         #[arg(long, default_value = "me")]
         user: String,
+        /// Become a new device of an existing user, from the ticket `hearth link` printed there.
+        #[arg(long, conflicts_with = "user")]
+        link: Option<String>,
+        /// With --link: how long to wait for the linking device, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Print a one-time ticket that makes a new device this user (`hearth init --link`).
+    Link {
+        /// Address to listen on while waiting (default: a free loopback TCP port).
+        #[arg(long)]
+        listen: Vec<Multiaddr>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
     },
     /// Create, list or rename channels.
     #[command(subcommand)]

@@ -129,7 +129,12 @@ async fn sync_until_equal(node: &NodeHandle, addr: Multiaddr) -> Result<(u64, u6
         if o.failed.is_none() && o.in_sync_at_hello {
             let (mut received, mut sent) = (0, 0);
             while let Ok(e) = events.try_recv() {
-                if let NodeEvent::Synced { peer: p, received: r, sent: s, .. } = e
+                if let NodeEvent::Synced {
+                    peer: p,
+                    received: r,
+                    sent: s,
+                    ..
+                } = e
                     && p == peer
                 {
                     received += r;
@@ -150,7 +155,9 @@ pub async fn sync(h: &Hearth, peer: &Multiaddr, timeout: Duration, as_json: bool
     match sync_once(h, peer.clone(), timeout).await {
         Ok((received, sent)) => {
             if as_json {
-                print_json(&json!({"event": "synced", "peer": peer.to_string(), "received": received, "sent": sent, "in_sync": true}));
+                print_json(
+                    &json!({"event": "synced", "peer": peer.to_string(), "received": received, "sent": sent, "in_sync": true}),
+                );
             } else {
                 println!("in sync with {peer}: {received} entries received, {sent} sent");
             }
@@ -301,7 +308,9 @@ async fn shutdown_signal() {
 /// `hearth node`: run until SIGINT/SIGTERM (or stdin closes with `--exit-on-eof`).
 pub async fn node(h: &Hearth, store: &Path, mut config: NodeConfig, exit_on_eof: bool) -> Result<ExitCode> {
     if config.listen.is_empty() {
-        config.listen.push("/ip4/127.0.0.1/tcp/0".parse().expect("a valid address"));
+        config
+            .listen
+            .push("/ip4/127.0.0.1/tcp/0".parse().expect("a valid address"));
     }
     for a in read_addrs(&store.join(PEERS_FILE)) {
         if !config.peers.contains(&a) {
@@ -375,6 +384,105 @@ async fn stdin_commands(h: &Hearth) {
     }
 }
 
+/// `hearth link`: offer this user's identity to a new device, once; serve its
+/// first sync; exit.
+pub async fn link(h: &Hearth, mut listen: Vec<Multiaddr>, timeout: Duration, as_json: bool) -> Result<ExitCode> {
+    if listen.is_empty() {
+        listen.push("/ip4/127.0.0.1/tcp/0".parse().expect("a valid address"));
+    }
+    let node = h
+        .start_node(NodeConfig {
+            listen,
+            ..NodeConfig::default()
+        })
+        .await?;
+    let mut events = node.subscribe();
+    let addrs = listen_addrs(&node).await;
+    let ticket = h.link_ticket(&node, addrs).await?;
+    if as_json {
+        print_json(&json!({"event": "link_ticket", "ticket": ticket.to_string()}));
+    } else {
+        println!("{ticket}");
+        eprintln!("on the new device: hearth init --link <ticket above>   (waiting up to {} s)", timeout.as_secs());
+    }
+    let wait = async {
+        let mut linked = None;
+        while let Ok(e) = events.recv().await {
+            match e {
+                NodeEvent::Linked { peer } => {
+                    linked = Some(peer);
+                    if as_json {
+                        print_json(&json!({"event": "linked"}));
+                    }
+                }
+                // The new device comes back under its own peer id to sync: done
+                // once a session with it finds both sides equal.
+                NodeEvent::PeerConnected { peer, .. } if linked.is_some_and(|l| l != peer) => {
+                    for _ in 0..20 {
+                        match node.sync_with(peer).await {
+                            Ok(o) if o.failed.is_none() && o.in_sync_at_hello => return true,
+                            Ok(_) => {}
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        false
+    };
+    let done = tokio::select! {
+        r = tokio::time::timeout(timeout, wait) => r.unwrap_or(false),
+        _ = shutdown_signal() => false,
+    };
+    node.stop().await.ok();
+    if done {
+        if !as_json {
+            println!("linked a new device; it is in sync");
+        }
+        Ok(ExitCode::SUCCESS)
+    } else {
+        bail!("no device completed the link within {} s", timeout.as_secs())
+    }
+}
+
+/// `hearth init --link TICKET`: become a new device of the ticket's user.
+pub async fn init_linked(
+    store: &Path,
+    pass: &hearth::Passphrase,
+    ticket: &str,
+    timeout: Duration,
+    as_json: bool,
+) -> Result<ExitCode> {
+    let ticket: Ticket = ticket.parse().context("reading the ticket")?;
+    let h = Hearth::create_linked(store, pass, &ticket, hearth::Config::default(), timeout).await?;
+    let mut synced = (0, 0);
+    for addr in ticket.addrs() {
+        if let Ok(r) = sync_once(&h, addr.clone(), timeout).await {
+            synced = r;
+            break;
+        }
+    }
+    let w = h.whoami().clone();
+    let channels = h.channels().await?.len();
+    if as_json {
+        print_json(&json!({
+            "dir": w.dir, "user": w.user.to_hex(), "device": w.device.to_hex(), "name": w.name,
+            "channels": channels, "received": synced.0,
+        }));
+    } else {
+        println!(
+            "created store at {} as a new device of {} (user {}): {channels} channels, {} entries received",
+            w.dir.display(),
+            w.name,
+            w.user,
+            synced.0
+        );
+    }
+    h.close().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The node's listen addresses once they are up (at most a few seconds).
 async fn listen_addrs(node: &NodeHandle) -> Vec<Multiaddr> {
     for _ in 0..100 {
@@ -424,7 +532,13 @@ pub async fn relay(dir: &Path, listen: Vec<Multiaddr>, peers: Vec<Multiaddr>) ->
                     json!({"event": "peer_connected", "peer": peer.to_string(), "addr": addr.to_string()})
                 }
                 NodeEvent::PeerDisconnected { peer } => json!({"event": "peer_disconnected", "peer": peer.to_string()}),
-                NodeEvent::Synced { peer, received, sent, in_sync, .. } => json!({
+                NodeEvent::Synced {
+                    peer,
+                    received,
+                    sent,
+                    in_sync,
+                    ..
+                } => json!({
                     "event": "synced", "peer": peer.to_string(), "received": received, "sent": sent, "in_sync": in_sync,
                 }),
                 NodeEvent::Rejected { peer, reason, dropped } => {

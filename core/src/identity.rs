@@ -36,6 +36,17 @@ impl Identity {
         Ok(Self::from_parts(&secret, DeviceId::generate()?, name))
     }
 
+    /// A new device of an existing user (from the user's secret key, as a
+    /// linked device receives it).
+    pub fn new_device(secret: &SecretKey, name: &str) -> Result<Self> {
+        Ok(Self::from_parts(secret, DeviceId::generate()?, name))
+    }
+
+    /// The user's secret signing key (for linking a new device; handle with care).
+    pub fn secret(&self) -> SecretKey {
+        SecretKey::from_bytes(self.signing.to_bytes())
+    }
+
     fn from_parts(secret: &SecretKey, device: DeviceId, name: &str) -> Self {
         let signing = SigningKey::from_bytes(secret.expose());
         let user = UserId(signing.verifying_key().to_bytes());

@@ -90,6 +90,11 @@ pub(crate) fn create(dir: &Path, pass: &Passphrase, user_name: &str, config: Con
         name: user_name.to_string(),
     }
     .validate()?;
+    create_as(dir, pass, Identity::generate(user_name)?, config)
+}
+
+/// Create a new store for an identity (a new user, or a new device of a user).
+pub(crate) fn create_as(dir: &Path, pass: &Passphrase, identity: Identity, config: Config) -> Result<(Engine, Journal)> {
     let existed = dir.exists();
     fs::create_dir_all(dir)?;
     if !existed && let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -109,7 +114,6 @@ pub(crate) fn create(dir: &Path, pass: &Passphrase, user_name: &str, config: Con
     let _ = fs::remove_file(dir.join(JOURNAL_FILE));
     let master = SecretKey::generate()?;
     let header = StoreHeader::wrap(&master, pass, config.kdf)?;
-    let identity = Identity::generate(user_name)?;
     let db = open_sled(dir)?;
     let mut engine = Engine::new(dir.to_path_buf(), config, db, master, identity, lock)?;
     let sealed = seal_record(&engine.records, META_IDENTITY, &engine.identity.encode())?;

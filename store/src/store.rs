@@ -144,6 +144,42 @@ impl Store {
         .await
     }
 
+    /// Create a store in `dir` for a new device of an existing user, from the
+    /// bundle a device of that user sent (see `hearth link`): same user, new
+    /// device id, every channel joined (their history arrives by sync).
+    pub async fn create_linked(
+        dir: impl AsRef<Path>,
+        pass: &Passphrase,
+        bundle: &hearth_core::LinkBundle,
+        config: Config,
+    ) -> Result<Store> {
+        let dir = open::abs(dir.as_ref());
+        let pass = pass.clone();
+        let identity = hearth_core::Identity::new_device(&bundle.identity, &bundle.name)?;
+        let store = Self::start(config, move |c| {
+            let (e, j) = open::create_as(&dir, &pass, identity, c)?;
+            Ok((e, j, OpenReport::default()))
+        })
+        .await?;
+        for keys in &bundle.channels {
+            store.join_channel(keys.clone()).await?;
+        }
+        Ok(store)
+    }
+
+    /// What a new device of this user needs (see [`Store::create_linked`]): the
+    /// user's signing key, name and every channel key. Seal it before it leaves.
+    pub async fn link_bundle(&self) -> Result<hearth_core::LinkBundle> {
+        self.query(|e| {
+            Ok(hearth_core::LinkBundle {
+                identity: e.identity.secret(),
+                name: e.identity.name().to_string(),
+                channels: e.channels.values().map(|c| c.keys.clone()).collect(),
+            })
+        })
+        .await
+    }
+
     /// Open the store in `dir`, replaying writes acknowledged before a crash.
     pub async fn open(dir: impl AsRef<Path>, pass: &Passphrase, config: Config) -> Result<Store> {
         let dir = open::abs(dir.as_ref());

@@ -71,7 +71,10 @@ pub async fn serve<R: Replica>(replica: &R, req: Request) -> (Response, Served) 
         } => {
             if version != crate::proto::VERSION {
                 Response::Refused {
-                    reason: format!("protocol version {version} not spoken (this node speaks {})", crate::proto::VERSION),
+                    reason: format!(
+                        "protocol version {version} not spoken (this node speaks {})",
+                        crate::proto::VERSION
+                    ),
                 }
             } else {
                 match replica.vectors().await {
@@ -93,8 +96,15 @@ pub async fn serve<R: Replica>(replica: &R, req: Request) -> (Response, Served) 
                 Err(e) => refused(e),
             }
         }
+        // Only a node with a link offer answers Link (it does so itself).
+        Request::Link { .. } => Response::Refused {
+            reason: "no device link is on offer here".into(),
+        },
         Request::Push { wire, entries } => {
-            match replica.ingest(wire, entries.into_iter().map(ByteBuf::into_vec).collect()).await {
+            match replica
+                .ingest(wire, entries.into_iter().map(ByteBuf::into_vec).collect())
+                .await
+            {
                 Ok(Some(r)) => {
                     served.accepted = r.accepted as u64;
                     served.rejected = r.rejected.len() as u64;

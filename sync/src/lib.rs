@@ -14,8 +14,11 @@ pub mod drive;
 mod node;
 pub mod proto;
 pub mod reconcile;
+mod relay;
 mod replica;
+pub mod ticket;
 
-pub use node::{NodeConfig, NodeError, NodeEvent, NodeHandle, PeerStatus, peer_id_of_secret, peer_of, start};
-pub use replica::{Replica, ReplicaEvent};
 pub use libp2p::{Multiaddr, PeerId};
+pub use node::{NodeConfig, NodeError, NodeEvent, NodeHandle, PeerStatus, peer_id_of_secret, peer_of, start};
+pub use relay::RelayStore;
+pub use replica::{Detached, Replica, ReplicaEvent};

@@ -132,6 +132,11 @@ pub enum NodeEvent {
         /// The peer was disconnected (forged or broken data, malformed frame).
         dropped: bool,
     },
+    /// A new device of this user received its link bundle.
+    Linked {
+        /// The new device's (temporary) peer id.
+        peer: PeerId,
+    },
     /// Dialing a known peer failed; it is tried again later.
     DialFailed {
         /// The address.
@@ -180,6 +185,9 @@ pub enum NodeError {
     /// A local storage error.
     #[error(transparent)]
     Store(#[from] hearth_store::Error),
+    /// Linking a device failed.
+    #[error("device link failed: {0}")]
+    Link(String),
 }
 
 #[derive(NetworkBehaviour)]
@@ -199,6 +207,7 @@ enum Cmd {
     Status(oneshot::Sender<Vec<PeerStatus>>),
     Listening(oneshot::Sender<Vec<Multiaddr>>),
     SyncWith(PeerId, oneshot::Sender<Result<Outcome, NodeError>>),
+    OfferLink(hearth_core::SecretKey, Vec<u8>),
     Stop(oneshot::Sender<()>),
 }
 
@@ -284,6 +293,35 @@ impl NodeHandle {
         }
     }
 
+    /// Offer a device link: the first peer that proves it holds `secret` (a
+    /// link ticket's) gets `sealed` (a [`hearth_core::LinkBundle`] sealed under
+    /// it), once. A wrong proof is rejected and its peer dropped.
+    pub async fn offer_link(&self, secret: hearth_core::SecretKey, sealed: Vec<u8>) -> Result<(), NodeError> {
+        self.cmd
+            .send(Cmd::OfferLink(secret, sealed))
+            .await
+            .map_err(|_| NodeError::Stopped)
+    }
+
+    /// Ask a connected peer for the link bundle of a link ticket's secret.
+    pub async fn fetch_link(
+        &self,
+        peer: PeerId,
+        secret: &hearth_core::SecretKey,
+    ) -> Result<hearth_core::LinkBundle, NodeError> {
+        let proof = hearth_core::link_proof(secret, &self.peer_id.to_bytes());
+        let resp = self
+            .ask(|tx| Cmd::Request(peer, Request::Link { proof }, tx))
+            .await?
+            .map_err(NodeError::Link)?;
+        match resp {
+            Response::Link { sealed } => hearth_core::LinkBundle::open(secret, &sealed)
+                .map_err(|e| NodeError::Link(format!("the bundle does not open: {e}"))),
+            Response::Refused { reason } => Err(NodeError::Link(reason)),
+            _ => Err(NodeError::Link("unexpected answer".into())),
+        }
+    }
+
     /// Stop the node: close every connection; in-flight requests are dropped
     /// (the peer retries). Nothing acknowledged is lost: the replica is durable.
     pub async fn stop(&self) -> Result<(), NodeError> {
@@ -322,7 +360,11 @@ pub async fn start<R: Replica>(
     let cfg = config.clone();
     let mut swarm: Swarm<Behaviour> = SwarmBuilder::with_existing_identity(kp)
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
         .map_err(|e| setup(&e))?
         .with_quic()
         .with_behaviour(|key| {
@@ -381,6 +423,7 @@ pub async fn start<R: Replica>(
         known: BTreeMap::new(),
         banned: HashMap::new(),
         listening: Vec::new(),
+        link: None,
         inbound: Arc::new(Semaphore::new(config.max_inbound)),
     };
     for addr in config.peers {
@@ -415,6 +458,8 @@ struct Loop<R: Replica> {
     known: BTreeMap<String, Known>,
     banned: HashMap<PeerId, Instant>,
     listening: Vec<Multiaddr>,
+    /// A one-time device link on offer: the secret and the sealed bundle.
+    link: Option<(hearth_core::SecretKey, Vec<u8>)>,
     inbound: Arc<Semaphore>,
 }
 
@@ -436,6 +481,7 @@ impl<R: Replica> Loop<R> {
     async fn run(mut self, mut cmds: mpsc::Receiver<Cmd>, mut replica_events: broadcast::Receiver<ReplicaEvent>) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut last_anti_entropy = Instant::now();
+        let mut replica_open = true;
         loop {
             tokio::select! {
                 ev = self.swarm.select_next_some() => self.on_swarm(ev),
@@ -451,7 +497,7 @@ impl<R: Replica> Loop<R> {
                     Some(c) => self.on_cmd(c),
                     None => return,
                 },
-                ev = replica_events.recv() => match ev {
+                ev = replica_events.recv(), if replica_open => match ev {
                     Ok(ReplicaEvent::Appended(wire)) => {
                         for p in self.peers.values() {
                             let _ = p.work.send(Work::Push(wire));
@@ -463,9 +509,7 @@ impl<R: Replica> Loop<R> {
                             let _ = p.work.send(Work::Reconcile(None));
                         }
                     }
-                    Err(broadcast::error::RecvError::Closed) => {
-                        replica_events = broadcast::channel(1).1;
-                    }
+                    Err(broadcast::error::RecvError::Closed) => replica_open = false,
                 },
                 _ = tick.tick() => {
                     self.redial();
@@ -566,6 +610,7 @@ impl<R: Replica> Loop<R> {
                     let _ = reply.send(Err(NodeError::NotConnected(peer)));
                 }
             },
+            Cmd::OfferLink(secret, sealed) => self.link = Some((secret, sealed)),
             Cmd::Stop(_) => unreachable!("handled by the loop"),
         }
     }
@@ -670,7 +715,9 @@ impl<R: Replica> Loop<R> {
                 }
             }
             SwarmEvent::ConnectionClosed {
-                peer_id, num_established, ..
+                peer_id,
+                num_established,
+                ..
             } => {
                 if num_established == 0 {
                     self.peers.remove(&peer_id);
@@ -710,6 +757,28 @@ impl<R: Replica> Loop<R> {
     fn on_rr(&mut self, ev: request_response::Event<Request, Response>) {
         match ev {
             request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request: Request::Link { proof },
+                    channel,
+                    ..
+                } => {
+                    let resp = match self.link.take() {
+                        Some((secret, sealed)) if hearth_core::link_proof(&secret, &peer.to_bytes()) == proof => {
+                            self.emit(NodeEvent::Linked { peer });
+                            Response::Link {
+                                sealed: serde_bytes::ByteBuf::from(sealed),
+                            }
+                        }
+                        other => {
+                            self.link = other;
+                            self.reject(peer, "wrong device link proof".into(), true);
+                            Response::Refused {
+                                reason: "no such device link".into(),
+                            }
+                        }
+                    };
+                    let _ = self.swarm.behaviour_mut().rr.send_response(channel, resp);
+                }
                 request_response::Message::Request { request, channel, .. } => {
                     let Ok(permit) = self.inbound.clone().try_acquire_owned() else {
                         let busy = Response::Refused {

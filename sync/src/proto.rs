@@ -81,6 +81,11 @@ pub enum Request {
         /// Envelope bytes.
         entries: Vec<serde_bytes::ByteBuf>,
     },
+    /// A new device of the user asks for its link bundle (`hearth link`).
+    Link {
+        /// [`hearth_core::link_proof`] of the link secret over the requester's peer id.
+        proof: [u8; 32],
+    },
 }
 
 /// A response.
@@ -114,6 +119,11 @@ pub enum Response {
         rejected: u32,
         /// Why the first refused entry was refused.
         reason: Option<String>,
+    },
+    /// Answer to Link: the sealed [`hearth_core::LinkBundle`].
+    Link {
+        /// The bundle, sealed under the link secret.
+        sealed: serde_bytes::ByteBuf,
     },
     /// The request was not served.
     Refused {
@@ -181,7 +191,9 @@ impl Response {
     pub fn decode(bytes: &[u8]) -> Result<Self, FrameError> {
         let r: Response = decode(bytes, MAX_RESPONSE)?;
         match &r {
-            Response::Hello { differ, extra, want, .. } if differ.len() + extra.len() + want.len() > MAX_CHANNELS => {
+            Response::Hello {
+                differ, extra, want, ..
+            } if differ.len() + extra.len() + want.len() > MAX_CHANNELS => {
                 Err(FrameError::Malformed("too many channels".into()))
             }
             Response::Entries { entries, .. } if entries.len() > BATCH_ENTRIES => {
@@ -267,20 +279,43 @@ mod tests {
         let reqs = [
             Request::Hello {
                 version: VERSION,
-                summary: vec![ChannelDigest { tag: [1; 8], digest: [2; 8] }],
+                summary: vec![ChannelDigest {
+                    tag: [1; 8],
+                    digest: [2; 8],
+                }],
                 relay: false,
             },
-            Request::Fetch { wire: WireId([3; 32]), have: v.clone(), max_bytes: 100 },
-            Request::Push { wire: WireId([3; 32]), entries: vec![serde_bytes::ByteBuf::from(vec![1, 2, 3])] },
+            Request::Fetch {
+                wire: WireId([3; 32]),
+                have: v.clone(),
+                max_bytes: 100,
+            },
+            Request::Push {
+                wire: WireId([3; 32]),
+                entries: vec![serde_bytes::ByteBuf::from(vec![1, 2, 3])],
+            },
         ];
         for r in reqs {
             assert_eq!(Request::decode(&r.encode()).unwrap(), r);
         }
-        let resp = Response::Ack { vector: v, accepted: 1, rejected: 0, reason: None };
+        let resp = Response::Ack {
+            vector: v,
+            accepted: 1,
+            rejected: 0,
+            reason: None,
+        };
         assert_eq!(Response::decode(&resp.encode()).unwrap(), resp);
-        assert!(matches!(Request::decode(&vec![0; MAX_REQUEST + 1]), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            Request::decode(&vec![0; MAX_REQUEST + 1]),
+            Err(FrameError::TooLarge { .. })
+        ));
         assert!(Request::decode(&[9, 9, 9]).is_err());
-        let mut trailing = Request::Hello { version: 1, summary: vec![], relay: false }.encode();
+        let mut trailing = Request::Hello {
+            version: 1,
+            summary: vec![],
+            relay: false,
+        }
+        .encode();
         trailing.push(0);
         assert!(Request::decode(&trailing).is_err());
     }

@@ -394,6 +394,7 @@ fn kind(r: &Response) -> &'static str {
         Response::Entries { .. } => "Entries",
         Response::Ack { .. } => "Ack",
         Response::Refused { .. } => "Refused",
+        Response::Link { .. } => "Link",
     }
 }
 

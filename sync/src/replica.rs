@@ -101,3 +101,35 @@ impl Replica for Store {
         out
     }
 }
+
+/// A replica with no channels: for a node that only links a new device.
+#[derive(Clone, Debug, Default)]
+pub struct Detached;
+
+impl Replica for Detached {
+    fn is_relay(&self) -> bool {
+        false
+    }
+
+    async fn vectors(&self) -> hearth_store::Result<Vec<(WireId, Vector)>> {
+        Ok(Vec::new())
+    }
+
+    async fn entries_after(
+        &self,
+        _: WireId,
+        _: Vector,
+        _: usize,
+        _: usize,
+    ) -> hearth_store::Result<Option<EntryBatch>> {
+        Ok(None)
+    }
+
+    async fn ingest(&self, _: WireId, _: Vec<Vec<u8>>) -> hearth_store::Result<Option<IngestReport>> {
+        Ok(None)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<ReplicaEvent> {
+        broadcast::channel(1).1
+    }
+}

@@ -7,8 +7,12 @@
 //! `--big` messages (in a fresh child process, the Argon2id unlock reported
 //! apart); warm page of 50; RSS with that store open and 10 channels cached;
 //! bytes on disk per message.
+//!
+//! `hearth bench sync` measures sync instead, against a naive automerge
+//! baseline: see [`sync`].
 
 pub mod sqlite;
+pub mod sync;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -38,6 +42,16 @@ pub struct BenchArgs {
     /// Internal: open the big store in this directory and print the cold figures.
     #[arg(long, hide = true)]
     pub probe: Option<PathBuf>,
+    /// Another benchmark instead of the storage one.
+    #[command(subcommand)]
+    pub mode: Option<BenchMode>,
+}
+
+/// Benchmarks other than the default storage one.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum BenchMode {
+    /// Sync over loopback against one automerge document per channel.
+    Sync(sync::SyncArgs),
 }
 
 const PASS: &str = "bench passphrase";
@@ -193,6 +207,9 @@ async fn probe(dir: &Path) -> Result<Probe> {
 
 /// Run `hearth bench`.
 pub async fn run(args: &BenchArgs, json_out: bool) -> Result<ExitCode> {
+    if let Some(BenchMode::Sync(sync_args)) = &args.mode {
+        return sync::run(sync_args, json_out).await;
+    }
     if let Some(dir) = &args.probe {
         let p = probe(dir).await?;
         println!("{}", serde_json::to_string(&p)?);

@@ -1,0 +1,664 @@
+//! The network commands of the real binary, with real processes on loopback:
+//! `invite`/`join`/`sync` between two stores, `hearth node` driven through its
+//! JSON-line stdin while a second node watches its JSON events, SIGKILL of a
+//! `hearth sync` in the middle of a 3,000-message catch-up, and a keyless relay
+//! that carries a channel between two devices that are never online together.
+//!
+//! Every child is owned by a [`Proc`] that kills it on drop and reads its stdout
+//! on a thread, so a test that fails (or a command that hangs) ends with the
+//! child's output in the panic message instead of a stuck test run. Every store
+//! open pays one Argon2id derivation at the default cost, so the scenarios keep
+//! the number of invocations modest.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+#[path = "../../tests/support/rng.rs"]
+mod rng;
+use rng::Rng;
+
+const PASS: &str = "sync cli test passphrase";
+/// Where every node and relay listens: a free loopback TCP port.
+const LOOPBACK: &str = "/ip4/127.0.0.1/tcp/0";
+/// The longest wait for one expected event or one command. Generous: the
+/// machine may be busy with other Argon2id derivations and builds.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A `hearth --store DIR` command with no passphrase in its environment.
+fn bare(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hearth"));
+    c.arg("--store")
+        .arg(dir)
+        .env_remove("HEARTH_PASSPHRASE")
+        .env_remove("HEARTH_NEW_PASSPHRASE")
+        .stdin(Stdio::null());
+    c
+}
+
+/// The same with the store passphrase set.
+fn hearth(dir: &Path) -> Command {
+    let mut c = bare(dir);
+    c.env("HEARTH_PASSPHRASE", PASS);
+    c
+}
+
+/// Run to the end, killing the child if it takes longer than [`WAIT`].
+fn run(cmd: &mut Command) -> Output {
+    let mut p = Proc::spawn(&format!("{cmd:?}"), cmd.stdin(Stdio::null()));
+    let status = p.wait(WAIT);
+    p.drain();
+    Output {
+        status,
+        stdout: p.seen.join("\n").into_bytes(),
+        stderr: p.stderr().into_bytes(),
+    }
+}
+
+/// Run, expect exit 0, return stdout.
+fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
+
+/// Run, expect exit 1 with exactly one `error: ` line on stderr; return that line.
+fn fails(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    let err = String::from_utf8(out.stderr).expect("utf-8 stderr");
+    assert_eq!(out.status.code(), Some(1), "{cmd:?}: stderr: {err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{cmd:?}: expected one stderr line, got {err:?}");
+    assert!(lines[0].starts_with("error: "), "{cmd:?}: {err:?}");
+    lines[0].to_string()
+}
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("not one JSON object: {s:?}: {e}"))
+}
+
+fn json_lines(s: &str) -> Vec<Value> {
+    s.lines().map(json).collect()
+}
+
+/// `init` a store; returns the user id.
+fn init(dir: &Path, name: &str) -> String {
+    let v = json(&ok(hearth(dir).args(["--json", "init", "--user", name])));
+    v["user"].as_str().expect("user id").to_string()
+}
+
+/// Decrypt and check every record of a store; returns its feed entry count.
+fn verify_clean(dir: &Path) -> u64 {
+    let report = json(&ok(hearth(dir).args(["--json", "verify"])));
+    assert_eq!(report["problems"], json!([]), "{}: {report}", dir.display());
+    report["entries"].as_u64().expect("entries")
+}
+
+fn texts(log: &[Value]) -> Vec<&str> {
+    log.iter().map(|m| m["text"].as_str().unwrap_or("(deleted)")).collect()
+}
+
+/// A running `hearth` child. Its stdout is read line by line on a thread (every
+/// line is kept for the failure message); it is killed if still running on drop.
+struct Proc {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    /// Every stdout line read so far.
+    seen: Vec<String>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<thread::JoinHandle<()>>,
+    status: Option<ExitStatus>,
+}
+
+impl Proc {
+    fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let stdin = child.stdin.take();
+        let out = child.stdout.take().expect("piped stdout");
+        let mut err = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = mpsc::channel();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let sink = stderr.clone();
+        let readers = vec![
+            thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { return };
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            }),
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = err.read(&mut buf) {
+                    sink.lock().expect("stderr lock").extend_from_slice(&buf[..n]);
+                }
+            }),
+        ];
+        Proc {
+            name: name.to_string(),
+            child,
+            stdin,
+            lines,
+            seen: Vec::new(),
+            stderr,
+            readers,
+            status: None,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().expect("stderr lock")).into_owned()
+    }
+
+    /// What the child said so far, for a failure message.
+    fn report(&self) -> String {
+        format!(
+            "{}:\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.name,
+            self.seen.join("\n"),
+            self.stderr()
+        )
+    }
+
+    /// The next stdout line before `deadline`, or `None` at EOF or the deadline.
+    fn next_line(&mut self, deadline: Instant) -> Option<String> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.lines.recv_timeout(left) {
+            Ok(line) => {
+                self.seen.push(line.clone());
+                Some(line)
+            }
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
+        }
+    }
+
+    /// Forget the lines already printed (events of an earlier round).
+    fn skip_pending(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+    }
+
+    /// Skip JSON events until one matches; panic (killing the child) after [`WAIT`].
+    fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        while let Some(line) = self.next_line(deadline) {
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("{what}: not a JSON line: {line:?}: {e}\n{}", self.report()));
+            if pred(&v) {
+                return v;
+            }
+        }
+        panic!("{what}: not seen within {WAIT:?}\n{}", self.report())
+    }
+
+    /// The `listening` address a node or relay prints first.
+    fn listening(&mut self) -> String {
+        let v = self.wait_for("a listening address", |e| e["event"] == "listening");
+        let addr = v["addr"].as_str().expect("addr").to_string();
+        assert!(
+            addr.starts_with("/ip4/127.0.0.1/tcp/") && addr.contains("/p2p/"),
+            "{addr}"
+        );
+        addr
+    }
+
+    fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("spawned with piped stdin");
+        let sent = writeln!(stdin, "{line}").and_then(|()| stdin.flush());
+        if let Err(e) = sent {
+            panic!("write to {}: {e}\n{}", self.name, self.report());
+        }
+    }
+
+    /// Send one JSON command to a node and return its `done` event.
+    fn command(&mut self, cmd: Value) -> Value {
+        self.send_line(&cmd.to_string());
+        let name = cmd["cmd"].clone();
+        let done = self.wait_for(&format!("the result of {cmd}"), |e| {
+            e["event"] == "done" || e["event"] == "error"
+        });
+        assert_eq!((&done["event"], &done["cmd"]), (&json!("done"), &name), "{cmd}");
+        done
+    }
+
+    /// Wait for the exit, killing the child after `limit`.
+    fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                self.status = Some(s);
+                return s;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("{} still running after {limit:?}\n{}", self.name, self.report());
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// After the exit: collect the rest of stdout and stderr.
+    fn drain(&mut self) {
+        for r in self.readers.drain(..) {
+            r.join().expect("reader thread");
+        }
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill(2) has no memory effects; the child is not reaped yet (no
+        // wait has returned for it), so its pid still names it.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig})");
+    }
+
+    /// SIGTERM a node or relay: it must print `stopped` last and exit 0.
+    fn terminate(mut self) -> Vec<Value> {
+        self.stdin.take();
+        self.signal(libc::SIGTERM);
+        let status = self.wait(WAIT);
+        self.drain();
+        assert!(status.success(), "{status}\n{}", self.report());
+        let events: Vec<Value> = self.seen.iter().map(|l| json(l)).collect();
+        assert_eq!(
+            events.last().map(|e| &e["event"]),
+            Some(&json!("stopped")),
+            "{}",
+            self.report()
+        );
+        events
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn is_messages_with(e: &Value, id: &str, text: Option<&str>) -> bool {
+    e["event"] == "messages"
+        && e["messages"]
+            .as_array()
+            .is_some_and(|ms| ms.iter().any(|m| m["id"] == id && m["text"] == json!(text)))
+}
+
+/// 1. The invite flow: a ticket carries the address of the last `hearth node`;
+///    `join` syncs through it right away; `sync --peer` pushes a reply back.
+#[test]
+fn invite_join_then_sync_back() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    init(&a, "alice");
+    let bob = init(&b, "bob");
+    ok(hearth(&a).args(["channel", "create", "general"]));
+    let hello = "hello from alice, before any invite";
+    let hello_id = ok(hearth(&a).args(["post", "general", hello])).trim().to_string();
+
+    // A first run only to learn (and save) where the node listens.
+    let mut node = Proc::spawn("alice's first node", hearth(&a).args(["node", "--listen", LOOPBACK]));
+    let addr = node.listening();
+    node.terminate();
+    let saved = std::fs::read_to_string(a.join("node.addrs")).expect("node.addrs");
+    assert_eq!(saved.trim(), addr);
+    let ticket = ok(hearth(&a).args(["invite", "general"])).trim().to_string();
+    assert!(ticket.starts_with("hearth1"), "{ticket}");
+
+    // The same port again, so that the ticket's address is still right; the
+    // peer id comes from the store, so it is the same too.
+    let port = addr.split("/p2p/").next().expect("an address");
+    let mut node = Proc::spawn("alice's node", hearth(&a).args(["node", "--listen", port]));
+    assert_eq!(node.listening(), addr);
+
+    let joined = json(&ok(hearth(&b).args(["--json", "join", &ticket, "--timeout", "60"])));
+    assert_eq!(joined["name"], "general", "{joined}");
+    assert_eq!(joined["synced_with"], addr.as_str(), "{joined}");
+    assert!(joined["received"].as_u64() >= Some(1), "{joined}");
+    let log = json_lines(&ok(hearth(&b).args(["--json", "log", "general"])));
+    assert_eq!(texts(&log), [hello]);
+    assert_eq!((&log[0]["id"], &log[0]["author_name"]), (&json!(hello_id), &json!("alice")));
+
+    let answer = "hi alice, bob here";
+    let answer_id = ok(hearth(&b).args(["post", "general", answer])).trim().to_string();
+    let synced = json(&ok(hearth(&b).args(["--json", "sync", "--peer", &addr, "--timeout", "60"])));
+    assert_eq!((&synced["event"], &synced["in_sync"]), (&json!("synced"), &json!(true)));
+    assert!(synced["sent"].as_u64() >= Some(1), "{synced}");
+    let got = node.wait_for("bob's answer", |e| is_messages_with(e, &answer_id, Some(answer)));
+    assert_eq!(got["author"], bob.as_str());
+    let receipt = node.wait_for("bob's delivery receipt", |e| {
+        e["event"] == "receipt" && e["kind"] == "delivered" && e["user"] == bob.as_str()
+    });
+    assert_eq!(receipt["up_to"], hello_id.as_str());
+    node.terminate();
+
+    let shown = json(&ok(hearth(&a).args(["--json", "show", &hello_id])));
+    let delivered = shown["delivered"].as_array().expect("delivered");
+    assert!(delivered.iter().any(|d| d["user"] == bob.as_str()), "{shown}");
+    let log = json_lines(&ok(hearth(&a).args(["--json", "log", "general"])));
+    assert_eq!(texts(&log), [answer, hello]);
+
+    // Tickets that are not tickets, damaged by one character, or cut short.
+    let mid = ticket.len() / 2;
+    let flipped = if &ticket[mid..=mid] == "a" { "b" } else { "a" };
+    let damaged = format!("{}{flipped}{}", &ticket[..mid], &ticket[mid + 1..]);
+    for bad in ["hearth1garbage!", &damaged, &ticket[..ticket.len() - 7], "not a ticket"] {
+        let err = fails(hearth(&b).args(["join", bad, "--timeout", "5"]));
+        assert!(err.contains("ticket"), "{bad}: {err}");
+    }
+}
+
+/// 2. `hearth node` as a scripting surface: every stdin command reaches the
+///    other node as the matching event; bad input is reported and skipped.
+#[test]
+fn node_stdin_commands_reach_the_other_node() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    let alice = init(&a, "alice");
+    let bob = init(&b, "bob");
+    ok(hearth(&a).args(["channel", "create", "general"]));
+    // No address in the ticket: the nodes find each other through --peer.
+    let ticket = ok(hearth(&a).args(["invite", "general"])).trim().to_string();
+    let joined = json(&ok(hearth(&b).args(["--json", "join", &ticket, "--timeout", "0"])));
+    assert_eq!(joined["synced_with"], Value::Null);
+
+    let mut an = Proc::spawn(
+        "alice's node",
+        hearth(&a)
+            .args(["node", "--listen", LOOPBACK])
+            .stdin(Stdio::piped()),
+    );
+    let addr = an.listening();
+    let mut bn = Proc::spawn(
+        "bob's node",
+        hearth(&b)
+            .args(["node", "--listen", LOOPBACK, "--peer", &addr])
+            .stdin(Stdio::piped()),
+    );
+    bn.listening();
+    bn.wait_for("the connection to alice", |e| e["event"] == "peer_connected");
+    bn.wait_for("a first sync", |e| e["event"] == "synced" && e["in_sync"] == true);
+
+    let first = an.command(json!({"cmd": "post", "channel": "general", "text": "first post"}));
+    let first = first["id"].as_str().expect("id").to_string();
+    let got = bn.wait_for("the post", |e| is_messages_with(e, &first, Some("first post")));
+    assert_eq!(got["author"], alice.as_str());
+
+    let reply = an.command(json!({"cmd": "reply", "to": first, "text": "a reply"}));
+    let reply = reply["id"].as_str().expect("id").to_string();
+    bn.wait_for("the reply", |e| is_messages_with(e, &reply, Some("a reply")));
+    let second = an.command(json!({"cmd": "post", "channel": "general", "text": "replying by post", "reply_to": first}));
+    let second = second["id"].as_str().expect("id").to_string();
+    bn.wait_for("the reply by post", |e| is_messages_with(e, &second, Some("replying by post")));
+
+    an.command(json!({"cmd": "react", "msg": first, "emoji": "👍"}));
+    bn.wait_for("the reaction", |e| is_messages_with(e, &first, Some("first post")));
+    an.command(json!({"cmd": "edit", "msg": first, "text": "first post, edited"}));
+    bn.wait_for("the edit", |e| is_messages_with(e, &first, Some("first post, edited")));
+    an.command(json!({"cmd": "delete", "msg": second}));
+    bn.wait_for("the delete", |e| is_messages_with(e, &second, None));
+    an.command(json!({"cmd": "read", "channel": "general"}));
+    let read = bn.wait_for("alice's read receipt", |e| {
+        e["event"] == "receipt" && e["kind"] == "read" && e["user"] == alice.as_str()
+    });
+    assert!(
+        [&first, &reply, &second].iter().any(|id| read["up_to"] == id.as_str()),
+        "{read}"
+    );
+
+    // The other way, then bad input: each line gets an error and the node goes on.
+    let back = bn.command(json!({"cmd": "post", "channel": "general", "text": "bob answers"}));
+    let back = back["id"].as_str().expect("id").to_string();
+    let got = an.wait_for("bob's answer", |e| is_messages_with(e, &back, Some("bob answers")));
+    assert_eq!(got["author"], bob.as_str());
+    for bad in [
+        "this is not json",
+        r#"{"cmd": "fly", "to": "the moon"}"#,
+        r#"{"cmd": "post", "channel": "general"}"#,
+        r#"{"cmd": "edit", "msg": "not-an-id", "text": "x"}"#,
+        r#"{"cmd": "post", "channel": "no-such-channel", "text": "x"}"#,
+    ] {
+        an.send_line(bad);
+        let err = an.wait_for(bad, |e| e["event"] == "error" || e["event"] == "done");
+        assert_eq!((&err["event"], &err["input"]), (&json!("error"), &json!(bad)), "{err}");
+        assert!(err["error"].as_str().is_some_and(|s| !s.is_empty()), "{err}");
+    }
+    let alive = an.command(json!({"cmd": "post", "channel": "general", "text": "still alive"}));
+    let alive = alive["id"].as_str().expect("id").to_string();
+    bn.wait_for("the post after bad input", |e| is_messages_with(e, &alive, Some("still alive")));
+
+    an.terminate();
+    bn.terminate();
+    verify_clean(&a);
+    verify_clean(&b);
+    let page = |dir: &Path| ok(hearth(dir).args(["--json", "log", "general", "--limit", "100"]));
+    let (pa, pb) = (page(&a), page(&b));
+    assert_eq!(pa, pb);
+    let log = json_lines(&pa);
+    assert_eq!(texts(&log), ["still alive", "bob answers", "first post, edited"]);
+    assert_eq!(log[2]["reactions"], json!({"👍": ["alice"]}));
+    assert_eq!((&log[2]["edited"], &log[2]["reply_count"]), (&json!(true), &json!(1)));
+}
+
+const BULK: usize = 3000;
+/// Posts per chunk: each chunk waits for its ids, so it becomes its own feed
+/// entry (group commit) and the catch-up has a hundred entries to move, not a
+/// handful of large ones.
+const CHUNK: usize = 25;
+
+fn bulk_text(n: usize) -> String {
+    format!("bulk {n:05}: sphinx of black quartz, judge my vow")
+}
+
+/// Post [`BULK`] messages through one `post --stdin`, a chunk at a time.
+fn post_bulk(dir: &Path) {
+    let mut p = Proc::spawn(
+        "post --stdin",
+        hearth(dir)
+            .args(["post", "general", "--stdin"])
+            .stdin(Stdio::piped()),
+    );
+    let deadline = Instant::now() + WAIT;
+    for start in (0..BULK).step_by(CHUNK) {
+        let chunk: String = (start..start + CHUNK).map(|n| bulk_text(n) + "\n").collect();
+        p.send_line(chunk.trim_end());
+        for _ in 0..CHUNK {
+            if p.next_line(deadline).is_none() {
+                panic!("no id for a bulk post\n{}", p.report());
+            }
+        }
+    }
+    p.stdin.take();
+    let status = p.wait(WAIT);
+    assert!(status.success(), "{status}\n{}", p.report());
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kill {
+    /// This long after the spawn: while bob's store opens or the dial runs.
+    AfterSpawn(Duration),
+    /// This long after alice's node sees bob connect: during the catch-up.
+    AfterConnect(Duration),
+}
+
+/// 3. A catch-up killed at random moments: bob's store still opens and verifies,
+///    and a later `sync` finishes the job.
+#[test]
+fn sigkill_during_catch_up_then_sync_completes() {
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    init(&a, "alice");
+    init(&b, "bob");
+    ok(hearth(&a).args(["channel", "create", "general"]));
+    post_bulk(&a);
+    let ticket = ok(hearth(&a).args(["invite", "general"])).trim().to_string();
+    ok(hearth(&b).args(["join", &ticket, "--timeout", "0"]));
+    let joined_entries = verify_clean(&b);
+    eprintln!("set-up: {:?}", started.elapsed());
+
+    let mut node = Proc::spawn("alice's node", hearth(&a).args(["node", "--listen", LOOPBACK]));
+    let addr = node.listening();
+    let kills = [
+        Kill::AfterConnect(Duration::from_millis(20)),
+        Kill::AfterSpawn(Duration::from_millis(150)),
+        Kill::AfterConnect(Duration::from_millis(120)),
+        Kill::AfterConnect(Duration::from_millis(250)),
+        Kill::AfterConnect(Duration::from_millis(400)),
+    ];
+    let mut rng = Rng(0x5359_4e43_4b49_4c4c);
+    let mut progress = vec![joined_entries];
+    for (round, kill) in kills.into_iter().enumerate() {
+        // Jitter each delay by up to half of it, so runs differ but reproduce.
+        let kill = match kill {
+            Kill::AfterSpawn(d) => Kill::AfterSpawn(d + Duration::from_millis(rng.below_u64(d.as_millis() as u64 / 2))),
+            Kill::AfterConnect(d) => {
+                Kill::AfterConnect(d + Duration::from_millis(rng.below_u64(d.as_millis() as u64 / 2)))
+            }
+        };
+        node.skip_pending();
+        let mut sync = Proc::spawn(
+            &format!("bob's sync, round {round}"),
+            hearth(&b).args(["sync", "--peer", &addr, "--timeout", "60"]),
+        );
+        match kill {
+            Kill::AfterSpawn(d) => thread::sleep(d),
+            Kill::AfterConnect(d) => {
+                node.wait_for("bob connecting", |e| e["event"] == "peer_connected");
+                thread::sleep(d);
+            }
+        }
+        let outcome = match sync.child.try_wait().expect("try_wait") {
+            Some(status) => {
+                sync.status = Some(status);
+                sync.drain();
+                assert!(status.success(), "{status}\n{}", sync.report());
+                "finished before the kill"
+            }
+            None => {
+                sync.child.kill().expect("SIGKILL bob's sync");
+                let status = sync.wait(WAIT);
+                assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+                "killed"
+            }
+        };
+        let entries = verify_clean(&b);
+        eprintln!("round {round}: {kill:?}: {outcome}; bob holds {entries} entries");
+        progress.push(entries);
+    }
+
+    let synced = json(&ok(hearth(&b).args(["--json", "sync", "--peer", &addr, "--timeout", "60"])));
+    assert_eq!(synced["in_sync"], true, "{synced}");
+    node.terminate();
+    let total = verify_clean(&a);
+    assert_eq!(verify_clean(&b), total);
+    eprintln!("entries after each round: {progress:?} of {total}");
+    assert!(
+        progress.iter().any(|&e| e > joined_entries && e < total),
+        "no kill landed in the middle of the catch-up: {progress:?} of {total}"
+    );
+
+    let page = |dir: &Path| ok(hearth(dir).args(["--json", "log", "general", "--limit", "10000"]));
+    let (pa, pb) = (page(&a), page(&b));
+    assert_eq!(pa.lines().count(), BULK);
+    assert!(pa == pb, "the logs differ after the final sync");
+    assert_eq!(json(pa.lines().next().expect("a line"))["text"], bulk_text(BULK - 1));
+    eprintln!("whole test: {:?}", started.elapsed());
+}
+
+/// Every file under `dir`, recursively.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read_dir") {
+        let path = e.expect("dir entry").path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// 4. A relay holds sealed entries without keys and hands them on: alice and
+///    bob are never online at the same time.
+#[test]
+fn relay_carries_a_channel_between_devices_never_online_together() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b, r) = (tmp.path().join("alice"), tmp.path().join("bob"), tmp.path().join("relay"));
+    // A relay needs no passphrase.
+    let mut relay = Proc::spawn("relay", bare(&r).args(["relay", "--listen", LOOPBACK]));
+    let raddr = relay.listening();
+
+    init(&a, "alice");
+    init(&b, "bob");
+    ok(hearth(&a).args(["channel", "create", "general"]));
+    let secrets = [
+        "the relay must never see this: tangerine-47-zebra",
+        "nor this one: quartz-otter-1911",
+    ];
+    for s in secrets {
+        ok(hearth(&a).args(["post", "general", s]));
+    }
+    let ticket = ok(hearth(&a).args(["invite", "general"])).trim().to_string();
+    ok(hearth(&b).args(["join", &ticket, "--timeout", "0"]));
+
+    let up = json(&ok(hearth(&a).args(["--json", "sync", "--peer", &raddr, "--timeout", "60"])));
+    assert!(up["sent"].as_u64() >= Some(1), "{up}");
+    // Alice is offline from here on: only the relay holds her entries.
+    let down = json(&ok(hearth(&b).args(["--json", "sync", "--peer", &raddr, "--timeout", "60"])));
+    assert!(down["received"].as_u64() >= Some(1), "{down}");
+    let log = json_lines(&ok(hearth(&b).args(["--json", "log", "general"])));
+    assert_eq!(texts(&log), [secrets[1], secrets[0]]);
+
+    // And back: bob's answer reaches alice through the relay too.
+    let answer = "bob's answer, also sealed: marmalade-2718";
+    ok(hearth(&b).args(["post", "general", answer]));
+    ok(hearth(&b).args(["sync", "--peer", &raddr, "--timeout", "60"]));
+    ok(hearth(&a).args(["sync", "--peer", &raddr, "--timeout", "60"]));
+    let log = json_lines(&ok(hearth(&a).args(["--json", "log", "general"])));
+    assert_eq!(texts(&log), [answer, secrets[1], secrets[0]]);
+    relay.terminate();
+
+    let stored = files(&r);
+    let bytes: u64 = stored.iter().map(|f| f.metadata().expect("metadata").len()).sum();
+    assert!(bytes > 0, "the relay stored nothing");
+    for f in &stored {
+        let data = std::fs::read(f).expect("read a relay file");
+        for s in secrets.iter().chain([&answer]) {
+            assert!(
+                !data.windows(s.len()).any(|w| w == s.as_bytes()),
+                "{} holds plaintext {s:?}",
+                f.display()
+            );
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Linking a new device to a user: what travels, sealed, from a device of the
+//! user to the new one.
+//!
+//! `hearth link` makes a one-time 32-byte secret and puts it in a ticket. The
+//! new device proves it holds the ticket by a keyed hash over its own network
+//! peer id (which the Noise handshake authenticates), and receives the
+//! [`LinkBundle`] sealed under a key derived from the secret: the user's
+//! signing key, display name and every channel key. The new device makes its
+//! own device id; from then on it writes its own feeds as the same user.
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroize;
+
+use crate::channel::ChannelKeys;
+use crate::error::{Error, Result};
+use crate::id::ChannelId;
+use crate::seal::{open, seal};
+use crate::secret::SecretKey;
+
+/// Largest sealed bundle accepted (about 20,000 channels).
+pub const MAX_LINK_BUNDLE: usize = 1 << 20;
+const VERSION: u8 = 1;
+const AAD: &[u8] = b"hearth v1 link bundle";
+
+/// What a new device of a user needs: the user's signing key, name and channel keys.
+pub struct LinkBundle {
+    /// The user's ed25519 secret key.
+    pub identity: SecretKey,
+    /// The user's display name.
+    pub name: String,
+    /// Every channel of the user.
+    pub channels: Vec<ChannelKeys>,
+}
+
+impl std::fmt::Debug for LinkBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkBundle")
+            .field("name", &self.name)
+            .field("channels", &self.channels.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    version: u8,
+    identity: [u8; 32],
+    name: String,
+    channels: Vec<(ChannelId, [u8; 32])>,
+}
+
+impl Drop for Wire {
+    fn drop(&mut self) {
+        self.identity.zeroize();
+        for (_, k) in &mut self.channels {
+            k.zeroize();
+        }
+    }
+}
+
+fn bundle_key(secret: &SecretKey) -> SecretKey {
+    SecretKey::from_bytes(*blake3::keyed_hash(secret.expose(), b"hearth v1 link bundle key").as_bytes())
+}
+
+/// The proof that a peer holds the link secret: a keyed hash of its peer id bytes.
+pub fn link_proof(secret: &SecretKey, peer: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_keyed(secret.expose());
+    h.update(b"hearth v1 link proof");
+    h.update(peer);
+    *h.finalize().as_bytes()
+}
+
+impl LinkBundle {
+    /// Seal the bundle under the link secret.
+    pub fn seal(&self, secret: &SecretKey) -> Result<Vec<u8>> {
+        let wire = Wire {
+            version: VERSION,
+            identity: *self.identity.expose(),
+            name: self.name.clone(),
+            channels: self.channels.iter().map(|k| (k.id(), *k.key().expose())).collect(),
+        };
+        let mut plain = postcard::to_stdvec(&wire).expect("a link bundle encodes");
+        let sealed = seal(&bundle_key(secret), AAD, &plain);
+        plain.zeroize();
+        let sealed = sealed?;
+        if sealed.len() > MAX_LINK_BUNDLE {
+            return Err(Error::TooLarge {
+                what: "link bundle",
+                size: sealed.len(),
+                limit: MAX_LINK_BUNDLE,
+            });
+        }
+        Ok(sealed)
+    }
+
+    /// Open a sealed bundle (untrusted bytes: size-checked, authenticated, then decoded).
+    pub fn open(secret: &SecretKey, sealed: &[u8]) -> Result<Self> {
+        if sealed.len() > MAX_LINK_BUNDLE {
+            return Err(Error::TooLarge {
+                what: "link bundle",
+                size: sealed.len(),
+                limit: MAX_LINK_BUNDLE,
+            });
+        }
+        let mut plain = open(&bundle_key(secret), AAD, sealed, "link bundle")?;
+        let decoded = postcard::take_from_bytes::<Wire>(&plain);
+        let res = match decoded {
+            Ok((w, rest)) if rest.is_empty() => {
+                if w.version != VERSION {
+                    Err(Error::UnsupportedFormat {
+                        what: "link bundle",
+                        found: w.version,
+                        expected: VERSION,
+                    })
+                } else {
+                    crate::op::Op::SetName { name: w.name.clone() }.validate()?;
+                    Ok(LinkBundle {
+                        identity: SecretKey::from_bytes(w.identity),
+                        name: w.name.clone(),
+                        channels: w
+                            .channels
+                            .iter()
+                            .map(|(id, k)| ChannelKeys::new(*id, SecretKey::from_bytes(*k)))
+                            .collect(),
+                    })
+                }
+            }
+            Ok(_) => Err(Error::corrupted("link bundle", "trailing bytes")),
+            Err(e) => Err(Error::corrupted("link bundle", e)),
+        };
+        plain.zeroize();
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bundle_opens_only_with_its_secret() {
+        let secret = SecretKey::generate().unwrap();
+        let keys = ChannelKeys::generate().unwrap();
+        let b = LinkBundle {
+            identity: SecretKey::generate().unwrap(),
+            name: "alice".into(),
+            channels: vec![keys.clone()],
+        };
+        let sealed = b.seal(&secret).unwrap();
+        let back = LinkBundle::open(&secret, &sealed).unwrap();
+        assert_eq!(back.identity.expose(), b.identity.expose());
+        assert_eq!(back.name, "alice");
+        assert_eq!(back.channels[0].wire(), keys.wire());
+        assert!(LinkBundle::open(&SecretKey::generate().unwrap(), &sealed).is_err());
+        let mut bad = sealed.clone();
+        bad[10] ^= 1;
+        assert!(LinkBundle::open(&secret, &bad).is_err());
+        assert!(!format!("{back:?}").contains(&format!("{:02x}", b.identity.expose()[0]).repeat(2)));
+        assert_ne!(link_proof(&secret, b"peer a"), link_proof(&secret, b"peer b"));
+    }
+}

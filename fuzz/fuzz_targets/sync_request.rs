@@ -1,0 +1,9 @@
+//! Sync request frames: `Request::decode`, caps, canonical encoding.
+//! The check lives in `src/sync.rs`.
+#![no_main]
+
+#[path = "../src/sync.rs"]
+#[allow(dead_code, reason = "each target calls one of the checks")]
+mod sync;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sync::check_request(data));

@@ -1,0 +1,9 @@
+//! Invite and link tickets: `Ticket::decode` of pasted text and of forged bodies, canonical text.
+//! The check lives in `src/sync.rs`.
+#![no_main]
+
+#[path = "../src/sync.rs"]
+#[allow(dead_code, reason = "each target calls one of the checks")]
+mod sync;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sync::check_ticket(data));

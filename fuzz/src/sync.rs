@@ -1,0 +1,96 @@
+//! The checks of the `sync_request`, `sync_response` and `ticket` targets: the
+//! decoders of bytes a peer sends (sync frames) and of text a user pastes (tickets).
+//! Kept out of `lib.rs` (which hearth-core's tests include) because they need
+//! hearth-sync; hearth-sync's `tests/fuzz_corpus.rs` includes this file, so it may
+//! only use `hearth_sync` and `blake3`, never `libfuzzer-sys`.
+
+use hearth_sync::proto::{BATCH_ENTRIES, MAX_CHANNELS, Request, Response};
+use hearth_sync::ticket::{PREFIX, Ticket};
+
+/// Decode a request frame body. On success it is within its count caps and
+/// re-encodes to exactly the input: a frame has one encoding, so a peer cannot
+/// make one request look like two (or slip bytes past a hash of the frame).
+pub fn check_request(data: &[u8]) {
+    let Ok(req) = Request::decode(data) else {
+        return;
+    };
+    match &req {
+        Request::Hello { summary, .. } => assert!(summary.len() <= MAX_CHANNELS, "Hello over the channel cap"),
+        Request::Push { entries, .. } => assert!(entries.len() <= BATCH_ENTRIES, "Push over the entry cap"),
+        Request::Fetch { .. } => {}
+    }
+    let bytes = req.encode();
+    assert!(
+        bytes == data,
+        "a request decodes from bytes that are not its encoding:\n input:      {data:02x?}\n re-encoded: {bytes:02x?}\n request: {req:?}",
+    );
+}
+
+/// Decode a response frame body: within its caps, and re-encodes to the input.
+pub fn check_response(data: &[u8]) {
+    let Ok(resp) = Response::decode(data) else {
+        return;
+    };
+    match &resp {
+        Response::Hello {
+            differ, extra, want, ..
+        } => {
+            assert!(
+                differ.len() + extra.len() + want.len() <= MAX_CHANNELS,
+                "Hello over the channel cap"
+            )
+        }
+        Response::Entries { entries, .. } => assert!(entries.len() <= BATCH_ENTRIES, "Entries over the entry cap"),
+        Response::Ack { .. } | Response::Refused { .. } => {}
+    }
+    let bytes = resp.encode();
+    assert!(
+        bytes == data,
+        "a response decodes from bytes that are not its encoding:\n input:      {data:02x?}\n re-encoded: {bytes:02x?}\n response: {resp:?}",
+    );
+}
+
+/// Decode a ticket twice: `data` as the text a user pasted (when it is UTF-8),
+/// and `data` as a ticket body given a valid checksum (see [`ticket_from_body`]).
+/// On success the ticket prints back to the trimmed text and decodes to itself.
+pub fn check_ticket(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        ticket_once(text);
+    }
+    ticket_once(&ticket_from_body(data));
+}
+
+fn ticket_once(text: &str) {
+    let Ok(ticket) = Ticket::decode(text) else {
+        return;
+    };
+    let again = ticket.to_string();
+    assert_eq!(
+        again,
+        text.trim(),
+        "a ticket decodes from text that is not its encoding"
+    );
+    assert_eq!(Ticket::decode(&again).expect("an encoded ticket decodes"), ticket);
+}
+
+/// The ticket text for a body (version byte and postcard), with its checksum.
+/// The checksum only detects a bad copy (anyone can compute it), so a hostile
+/// ticket always carries a valid one; fuzzing only raw text would stop at the
+/// checksum and never reach the body decoder. The base32 here is written apart
+/// from hearth-sync's, so each checks the other.
+pub fn ticket_from_body(body: &[u8]) -> String {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut data = body.to_vec();
+    data.extend_from_slice(&blake3::hash(body).as_bytes()[..4]);
+    let mut text = String::from(PREFIX);
+    for chunk in data.chunks(5) {
+        let mut block = [0u8; 5];
+        block[..chunk.len()].copy_from_slice(chunk);
+        let n = block.iter().fold(0u64, |n, &b| (n << 8) | u64::from(b));
+        let chars = (chunk.len() * 8).div_ceil(5);
+        for i in 0..chars {
+            text.push(char::from(ALPHABET[((n >> (35 - 5 * i)) & 31) as usize]));
+        }
+    }
+    text
+}

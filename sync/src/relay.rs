@@ -1,0 +1,817 @@
+//! A relay's replica: the sealed feed entries of any channel peers push to it,
+//! kept and handed to the others. It holds no channel key and cannot read a word.
+//!
+//! ```text
+//! <dir>/LOCK   locked while a relay has the directory open
+//! <dir>/db/    sled, one tree `hearth-relay.v1`:
+//!   F | wire [32] | device [16] | seq u64 BE  -> envelope bytes
+//!   H | wire [32] | device [16]               -> postcard(RelayHead {user, seq, hash, bytes})
+//! ```
+//!
+//! A relay checks what needs no key: the canonical encoding under the size cap,
+//! the author's signature and the hash chain of every feed (no gap, no fork, the
+//! previous hash, one user per device), with the same rules and reasons as a
+//! member's ingest. It cannot check the body (AEAD) or the automerge change; the
+//! members it hands entries to do. On disk and in memory it has wire ids, user and
+//! device ids, sizes, counts and timing: never a channel name or message text.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
+
+use hearth_core::{DeviceId, EntryHash, Envelope, FeedPos, UserId, Vector, WireId};
+use hearth_store::{EntryBatch, Error, IngestReport, Rejection, Result};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::{Replica, ReplicaEvent};
+
+/// The one sled tree of a relay; the version is in the name.
+const TREE: &str = "hearth-relay.v1";
+/// `F | wire [32] | device [16] | seq u64 BE` -> envelope bytes.
+const T_FEEDS: u8 = b'F';
+/// `H | wire [32] | device [16]` -> postcard([`RelayHead`]): the version vectors.
+const T_HEADS: u8 = b'H';
+/// Locked (`File::try_lock`) while open, so two relays never share a directory.
+const LOCK_FILE: &str = "LOCK";
+/// The sled database directory.
+const DB_DIR: &str = "db";
+/// Events buffered for a slow subscriber before it sees `Lagged`.
+const EVENT_CAPACITY: usize = 1024;
+/// sled's page cache: a relay reads each entry about once per member.
+const CACHE_BYTES: u64 = 16 << 20;
+
+/// Limits of a relay.
+///
+/// Defaults: `max_channels` 10 000, `max_bytes` 10 GiB.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// Most channels held; entries of further channels are refused. Default 10 000.
+    pub max_channels: usize,
+    /// Most envelope bytes held in all; entries beyond are refused. Default 10 GiB.
+    pub max_bytes: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            max_channels: 10_000,
+            max_bytes: 10 << 30,
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Set [`RelayConfig::max_channels`].
+    pub fn with_max_channels(self, max_channels: usize) -> Self {
+        RelayConfig { max_channels, ..self }
+    }
+
+    /// Set [`RelayConfig::max_bytes`].
+    pub fn with_max_bytes(self, max_bytes: u64) -> Self {
+        RelayConfig { max_bytes, ..self }
+    }
+}
+
+/// What a relay holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    /// Channels with at least one entry.
+    pub channels: usize,
+    /// Device feeds over all channels.
+    pub feeds: usize,
+    /// Entries held.
+    pub entries: u64,
+    /// Envelope bytes held (keys and sled overhead not counted).
+    pub bytes: u64,
+}
+
+/// The head of one feed: an `H` row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct RelayHead {
+    /// The user who signs this feed.
+    user: UserId,
+    /// Highest seq held (entries 1..=seq are all present).
+    seq: u64,
+    /// Hash of entry `seq`.
+    hash: EntryHash,
+    /// Envelope bytes of entries 1..=seq, so that opening needs no scan of `F`.
+    bytes: u64,
+}
+
+/// What a relay keeps in memory: every durable head.
+#[derive(Default)]
+struct State {
+    feeds: BTreeMap<WireId, BTreeMap<DeviceId, RelayHead>>,
+    bytes: u64,
+    entries: u64,
+}
+
+impl State {
+    fn vector(&self, wire: &WireId) -> Option<Vector> {
+        self.feeds.get(wire).map(|f| {
+            Vector(
+                f.iter()
+                    .map(|(d, h)| {
+                        (
+                            *d,
+                            FeedPos {
+                                seq: h.seq,
+                                hash: h.hash,
+                            },
+                        )
+                    })
+                    .collect(),
+            )
+        })
+    }
+}
+
+/// A relay's store of sealed entries: a cheap, cloneable handle.
+///
+/// Disk work runs on tokio's blocking pool. An ingest returns once its accepted
+/// entries are durable (sled flush, then fsync of sled's files), so its
+/// acknowledged vector is a promise kept across a power loss.
+#[derive(Clone)]
+pub struct RelayStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    config: RelayConfig,
+    db: sled::Db,
+    tree: sled::Tree,
+    /// Ingests run one at a time: each checks chains against the heads the
+    /// previous one left.
+    write: Mutex<()>,
+    /// Heads of durable entries only: readers never hand out an entry a crash
+    /// could take back.
+    state: RwLock<State>,
+    /// Set when a write failed to reach the disk; further ingests are refused
+    /// (the page cache may claim data the disk lost) until the relay is reopened.
+    poisoned: AtomicBool,
+    events: broadcast::Sender<ReplicaEvent>,
+    _lock: File,
+}
+
+impl std::fmt::Debug for RelayStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayStore").field("dir", &self.inner.dir).finish()
+    }
+}
+
+impl RelayStore {
+    /// Open (or create) the relay in `dir` with the default [`RelayConfig`].
+    pub fn open(dir: &Path) -> Result<RelayStore> {
+        Self::open_with(dir, RelayConfig::default())
+    }
+
+    /// Open (or create) the relay in `dir` (blocking file I/O). Fails with [`Error::Locked`] when
+    /// another relay has it open, and with [`Error::Corrupted`] (never a panic)
+    /// when sled cannot read its files.
+    pub fn open_with(dir: &Path, config: RelayConfig) -> Result<RelayStore> {
+        let existed = dir.exists();
+        fs::create_dir_all(dir)?;
+        if !existed && let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // The new directory's entry must survive a power loss too.
+            File::open(parent)?.sync_all()?;
+        }
+        let lock = lock(dir)?;
+        let cfg = sled::Config::new()
+            .path(dir.join(DB_DIR))
+            .cache_capacity(CACHE_BYTES)
+            .flush_every_ms(None)
+            .mode(sled::Mode::HighThroughput);
+        // sled 0.34 can panic on damaged files (issues 1527, 1533): a typed error
+        // instead of taking the process down.
+        let opened = catch_unwind(AssertUnwindSafe(|| -> Result<_> {
+            let db = cfg.open().map_err(sled_error)?;
+            let tree = db.open_tree(TREE).map_err(sled_error)?;
+            let state = load(&tree)?;
+            Ok((db, tree, state))
+        }));
+        let (db, tree, state) = match opened {
+            Ok(r) => r?,
+            Err(_) => return Err(corrupted("relay database", "sled panicked while opening it")),
+        };
+        checkpoint(&db, dir)?;
+        // sled may just have created `db/`: its entry must be durable too.
+        File::open(dir)?.sync_all()?;
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        Ok(RelayStore {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                config,
+                db,
+                tree,
+                write: Mutex::new(()),
+                state: RwLock::new(state),
+                poisoned: AtomicBool::new(false),
+                events,
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// What the relay holds.
+    pub fn stats(&self) -> RelayStats {
+        let st = self.inner.state();
+        RelayStats {
+            channels: st.feeds.len(),
+            feeds: st.feeds.values().map(BTreeMap::len).sum(),
+            entries: st.entries,
+            bytes: st.bytes,
+        }
+    }
+
+    /// Run disk work on the blocking pool. A panic there (sled on a damaged
+    /// page) becomes an error: the node keeps serving.
+    async fn blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        match tokio::task::spawn_blocking(move || f(&inner)).await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => Err(corrupted("relay database", "sled panicked")),
+            Err(_) => Err(Error::Closed),
+        }
+    }
+}
+
+impl Replica for RelayStore {
+    fn is_relay(&self) -> bool {
+        true
+    }
+
+    async fn vectors(&self) -> Result<Vec<(WireId, Vector)>> {
+        let st = self.inner.state();
+        Ok(st
+            .feeds
+            .keys()
+            .map(|w| (*w, st.vector(w).expect("a held channel")))
+            .collect())
+    }
+
+    async fn entries_after(
+        &self,
+        wire: WireId,
+        have: Vector,
+        max_bytes: usize,
+        max_entries: usize,
+    ) -> Result<Option<EntryBatch>> {
+        self.blocking(move |i| i.entries_after(&wire, &have, max_bytes, max_entries))
+            .await
+    }
+
+    async fn ingest(&self, wire: WireId, entries: Vec<Vec<u8>>) -> Result<Option<IngestReport>> {
+        self.blocking(move |i| {
+            let r = catch_unwind(AssertUnwindSafe(|| i.ingest(&wire, entries)));
+            r.unwrap_or_else(|_| {
+                // A half-applied batch: refuse writes until a reopen reloads the heads.
+                i.poisoned.store(true, Ordering::SeqCst);
+                Err(corrupted("relay database", "sled panicked"))
+            })
+        })
+        .await
+        .map(Some)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<ReplicaEvent> {
+        self.inner.events.subscribe()
+    }
+}
+
+impl Inner {
+    fn state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The entries `have` lacks, feed by feed in seq order, within a budget.
+    fn entries_after(
+        &self,
+        wire: &WireId,
+        have: &Vector,
+        max_bytes: usize,
+        max_entries: usize,
+    ) -> Result<Option<EntryBatch>> {
+        let Some(mine) = self.state().vector(wire) else {
+            return Ok(None);
+        };
+        let mut batch = EntryBatch::default();
+        let mut bytes = 0usize;
+        for run in have.lacks(&mine) {
+            let mut expect = run.from;
+            let from = feed_key(wire, &run.device, run.from);
+            let to = feed_key(wire, &run.device, run.to);
+            for row in self.tree.range(from..=to) {
+                let (k, v) = row.map_err(sled_error)?;
+                if k.len() != 57 || k[49..] != expect.to_be_bytes() {
+                    return Err(corrupted(
+                        "relay feed",
+                        format!("entry {}/{expect} is missing", run.device),
+                    ));
+                }
+                if batch.entries.len() >= max_entries || (bytes + v.len() > max_bytes && !batch.entries.is_empty()) {
+                    batch.more = true;
+                    return Ok(Some(batch));
+                }
+                bytes += v.len();
+                batch.entries.push(v.to_vec());
+                expect += 1;
+            }
+            if expect != run.to + 1 {
+                return Err(corrupted(
+                    "relay feed",
+                    format!("entry {}/{expect} is missing", run.device),
+                ));
+            }
+        }
+        Ok(Some(batch))
+    }
+
+    /// Check a peer's entries of one channel and store those that pass, durably.
+    fn ingest(&self, wire: &WireId, entries: Vec<Vec<u8>>) -> Result<IngestReport> {
+        let _one_writer = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(Error::Poisoned);
+        }
+        let (held, no_room, bytes_before) = {
+            let st = self.state();
+            let held = st.feeds.get(wire).cloned().unwrap_or_default();
+            let no_room = (!st.feeds.contains_key(wire) && st.feeds.len() >= self.config.max_channels).then(|| {
+                format!(
+                    "relay is full: it holds the maximum of {} channels",
+                    self.config.max_channels
+                )
+            });
+            (held, no_room, st.bytes)
+        };
+        let mut report = IngestReport::default();
+        // Heads moved by this batch, and its accepted entries by position.
+        let mut heads: BTreeMap<DeviceId, RelayHead> = BTreeMap::new();
+        let mut accepted: BTreeMap<(DeviceId, u64), Vec<u8>> = BTreeMap::new();
+        let mut refused: BTreeSet<DeviceId> = BTreeSet::new();
+        let mut added = 0u64;
+        for bytes in entries {
+            let env = match Envelope::decode(&bytes) {
+                Ok(e) => e,
+                Err(e) => {
+                    reject(&mut report, None, None, e.to_string());
+                    continue;
+                }
+            };
+            let h = &env.header;
+            let (device, seq) = (h.device, h.seq);
+            if h.wire != *wire {
+                reject(&mut report, Some(device), Some(seq), "entry of another channel".into());
+                continue;
+            }
+            if refused.contains(&device) {
+                reject(&mut report, Some(device), Some(seq), "follows a refused entry".into());
+                continue;
+            }
+            if let Some(why) = &no_room {
+                refused.insert(device);
+                reject(&mut report, Some(device), Some(seq), why.clone());
+                continue;
+            }
+            let head = heads.get(&device).or_else(|| held.get(&device)).copied();
+            let (have, prev) = head.map_or((0, [0; 32]), |h| (h.seq, h.hash));
+            if seq <= have {
+                // Already held: the same bytes are a duplicate, other bytes a fork.
+                let same = match accepted.get(&(device, seq)) {
+                    Some(b) => *b == bytes,
+                    None => {
+                        self.tree
+                            .get(feed_key(wire, &device, seq))
+                            .map_err(sled_error)?
+                            .as_deref()
+                            == Some(&bytes[..])
+                    }
+                };
+                if same {
+                    report.duplicates += 1;
+                } else {
+                    refused.insert(device);
+                    reject(
+                        &mut report,
+                        Some(device),
+                        Some(seq),
+                        "conflicts with the entry held at this position (forked feed)".into(),
+                    );
+                }
+                continue;
+            }
+            let checked = (|| -> std::result::Result<(), String> {
+                if seq != have + 1 {
+                    return Err(format!("gap in the feed: expected entry {}", have + 1));
+                }
+                if h.prev != prev {
+                    return Err("does not chain onto the previous entry".into());
+                }
+                // The owner as of this batch too: a second user must not take
+                // over a device whose first entries arrive in the same batch.
+                if let Some(owner) = head.map(|h| h.user)
+                    && owner != h.user
+                {
+                    return Err("device belongs to another user".into());
+                }
+                env.verify().map_err(|e| e.to_string())?;
+                let total = bytes_before + added + bytes.len() as u64;
+                if total > self.config.max_bytes {
+                    return Err(format!(
+                        "relay is full: it holds at most {} bytes of entries",
+                        self.config.max_bytes
+                    ));
+                }
+                Ok(())
+            })();
+            match checked {
+                Ok(()) => {
+                    let len = bytes.len() as u64;
+                    heads.insert(
+                        device,
+                        RelayHead {
+                            user: h.user,
+                            seq,
+                            hash: Envelope::hash_of(&bytes),
+                            bytes: head.map_or(0, |h| h.bytes) + len,
+                        },
+                    );
+                    added += len;
+                    accepted.insert((device, seq), bytes);
+                }
+                Err(reason) => {
+                    refused.insert(device);
+                    reject(&mut report, Some(device), Some(seq), reason);
+                }
+            }
+        }
+        if !accepted.is_empty() {
+            self.store(wire, &accepted, &heads)?;
+            let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
+            st.feeds.entry(*wire).or_default().extend(heads);
+            st.bytes += added;
+            st.entries += accepted.len() as u64;
+            report.accepted = accepted.len();
+        }
+        report.vector = self.state().vector(wire).unwrap_or_default();
+        if report.accepted > 0 {
+            let _ = self.events.send(ReplicaEvent::Appended(*wire));
+        }
+        Ok(report)
+    }
+
+    /// Write accepted entries and their heads as one sled batch, durably.
+    fn store(
+        &self,
+        wire: &WireId,
+        accepted: &BTreeMap<(DeviceId, u64), Vec<u8>>,
+        heads: &BTreeMap<DeviceId, RelayHead>,
+    ) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for ((device, seq), bytes) in accepted {
+            batch.insert(&feed_key(wire, device, *seq)[..], &bytes[..]);
+        }
+        for (device, head) in heads {
+            let value = postcard::to_stdvec(head).expect("a head encodes");
+            batch.insert(&prefixed(T_HEADS, wire, device)[..], value);
+        }
+        let written = self
+            .tree
+            .apply_batch(batch)
+            .map_err(sled_error)
+            .and_then(|()| checkpoint(&self.db, &self.dir));
+        if written.is_err() {
+            self.poisoned.store(true, Ordering::SeqCst);
+        }
+        written
+    }
+}
+
+fn reject(report: &mut IngestReport, device: Option<DeviceId>, seq: Option<u64>, reason: String) {
+    report.rejected.push(Rejection { device, seq, reason });
+}
+
+/// Make everything sled holds durable. sled 0.34's `flush` ends in
+/// `sync_file_range`, which does not survive a power loss (sled issues 1351,
+/// 1452): fsync its files and directory as well.
+fn checkpoint(db: &sled::Db, dir: &Path) -> Result<()> {
+    db.flush().map_err(sled_error)?;
+    let db_dir = dir.join(DB_DIR);
+    for name in ["db", "conf"] {
+        let p = db_dir.join(name);
+        if p.exists() {
+            File::open(&p)?.sync_all()?;
+        }
+    }
+    File::open(&db_dir)?.sync_all()?;
+    Ok(())
+}
+
+fn lock(dir: &Path) -> Result<File> {
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(fs::TryLockError::Error(e)) => Err(Error::Io(e)),
+    }
+}
+
+/// Every head, with the totals they imply.
+fn load(tree: &sled::Tree) -> Result<State> {
+    let mut st = State::default();
+    for row in tree.scan_prefix([T_HEADS]) {
+        let (k, v) = row.map_err(sled_error)?;
+        if k.len() != 49 {
+            return Err(corrupted("relay heads", "key of the wrong length"));
+        }
+        let wire = WireId(k[1..33].try_into().expect("32 bytes"));
+        let device = DeviceId(k[33..49].try_into().expect("16 bytes"));
+        let head: RelayHead = postcard::from_bytes(&v).map_err(|e| corrupted("relay heads", e))?;
+        st.bytes += head.bytes;
+        st.entries += head.seq;
+        st.feeds.entry(wire).or_default().insert(device, head);
+    }
+    Ok(st)
+}
+
+/// `tag | wire | device`: a head key, or the prefix of a feed's entries.
+fn prefixed(tag: u8, wire: &WireId, device: &DeviceId) -> [u8; 49] {
+    let mut k = [0u8; 49];
+    k[0] = tag;
+    k[1..33].copy_from_slice(&wire.0);
+    k[33..].copy_from_slice(&device.0);
+    k
+}
+
+/// Key of a feed entry.
+fn feed_key(wire: &WireId, device: &DeviceId, seq: u64) -> [u8; 57] {
+    let mut k = [0u8; 57];
+    k[..49].copy_from_slice(&prefixed(T_FEEDS, wire, device));
+    k[49..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn corrupted(what: &str, detail: impl std::fmt::Display) -> Error {
+    Error::Corrupted {
+        what: what.into(),
+        detail: detail.to_string(),
+    }
+}
+
+fn sled_error(e: sled::Error) -> Error {
+    match e {
+        sled::Error::Io(io) => Error::Io(io),
+        other => corrupted("relay database", other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_core::{ChannelKeys, ENVELOPE_VERSION, EntryBody, EntryHeader, Identity};
+
+    /// Entry `seq` of `me`'s feed; `fill` tells apart two entries at one position.
+    fn entry(keys: &ChannelKeys, me: &Identity, seq: u64, prev: EntryHash, fill: u8) -> (Vec<u8>, EntryHash) {
+        let body = EntryBody {
+            epoch: 1,
+            change: vec![fill; 32],
+        };
+        Envelope::seal(keys, me, seq, prev, &body).unwrap()
+    }
+
+    /// Entries 1..=n of `me`'s feed.
+    fn chain(keys: &ChannelKeys, me: &Identity, n: u64) -> Vec<(Vec<u8>, EntryHash)> {
+        let mut out: Vec<(Vec<u8>, EntryHash)> = Vec::new();
+        for seq in 1..=n {
+            let prev = out.last().map_or([0; 32], |e| e.1);
+            out.push(entry(keys, me, seq, prev, seq as u8));
+        }
+        out
+    }
+
+    /// A validly signed entry by `signer` claiming `device`'s feed
+    /// (`Envelope::seal` always writes the signer's own device). The relay
+    /// never opens bodies, so any bytes do.
+    fn claimed(wire: WireId, signer: &Identity, device: DeviceId, seq: u64, prev: EntryHash) -> Vec<u8> {
+        let header = EntryHeader {
+            version: ENVELOPE_VERSION,
+            wire,
+            user: signer.user(),
+            device,
+            seq,
+            prev,
+        };
+        let body = vec![7u8; 40];
+        let mut signed = postcard::to_stdvec(&header).unwrap();
+        signed.extend_from_slice(&body);
+        let sig = signer.sign(&signed).to_vec();
+        postcard::to_stdvec(&Envelope { header, body, sig }).unwrap()
+    }
+
+    async fn ingest(relay: &RelayStore, wire: WireId, entries: &[&Vec<u8>]) -> IngestReport {
+        let entries = entries.iter().map(|e| (*e).clone()).collect();
+        relay
+            .ingest(wire, entries)
+            .await
+            .unwrap()
+            .expect("a relay takes any channel")
+    }
+
+    fn reasons(r: &IngestReport) -> Vec<&str> {
+        r.rejected.iter().map(|x| x.reason.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn chain_rules_match_a_members_ingest() {
+        let dir = tempfile::tempdir().unwrap();
+        let relay = RelayStore::open(dir.path()).unwrap();
+        let mut events = relay.subscribe();
+        let keys = ChannelKeys::generate().unwrap();
+        let wire = keys.wire();
+        let a = Identity::generate("a").unwrap();
+        let e = chain(&keys, &a, 5);
+
+        // A gap refuses the entry and everything after it from that device.
+        let r = ingest(&relay, wire, &[&e[0].0, &e[2].0, &e[3].0]).await;
+        assert_eq!(r.accepted, 1);
+        assert_eq!(
+            reasons(&r),
+            ["gap in the feed: expected entry 2", "follows a refused entry"]
+        );
+        assert_eq!(r.rejected[0].device, Some(a.device()));
+        assert_eq!(r.rejected[0].seq, Some(3));
+        assert_eq!(r.vector.seq(&a.device()), 1);
+        assert_eq!(events.try_recv().unwrap(), ReplicaEvent::Appended(wire));
+
+        // Same bytes again are duplicates; the rest chains on.
+        let r = ingest(&relay, wire, &[&e[0].0, &e[1].0, &e[2].0, &e[2].0]).await;
+        assert_eq!((r.accepted, r.duplicates, r.rejected.len()), (2, 2, 0));
+        assert_eq!(r.vector.seq(&a.device()), 3);
+        assert_eq!(events.try_recv().unwrap(), ReplicaEvent::Appended(wire));
+
+        // Other bytes at a held position: a fork, refused with what follows.
+        let (fork, _) = entry(&keys, &a, 2, e[0].1, 99);
+        let r = ingest(&relay, wire, &[&fork, &e[3].0]).await;
+        assert_eq!(r.accepted, 0);
+        assert!(reasons(&r)[0].contains("forked feed"), "{r:?}");
+        assert_eq!(reasons(&r)[1], "follows a refused entry");
+        assert!(events.try_recv().is_err(), "nothing appended, nothing announced");
+
+        // A wrong previous hash; a broken signature.
+        let (unchained, _) = entry(&keys, &a, 4, [9; 32], 4);
+        assert_eq!(
+            reasons(&ingest(&relay, wire, &[&unchained]).await),
+            ["does not chain onto the previous entry"]
+        );
+        let mut unsigned = e[3].0.clone();
+        *unsigned.last_mut().unwrap() ^= 1;
+        assert!(reasons(&ingest(&relay, wire, &[&unsigned]).await)[0].contains("signature"));
+
+        // Entries of another channel; bytes that are no entry at all.
+        let other = chain(&ChannelKeys::generate().unwrap(), &a, 1);
+        assert_eq!(
+            reasons(&ingest(&relay, wire, &[&other[0].0]).await),
+            ["entry of another channel"]
+        );
+        let r = ingest(&relay, wire, &[&vec![1, 2, 3]]).await;
+        assert_eq!((r.rejected[0].device, r.rejected[0].seq), (None, None));
+
+        // Another user may not write into a device's feed, whether the device
+        // was bound before this batch or earlier in it.
+        let b = Identity::generate("b").unwrap();
+        let r = ingest(&relay, wire, &[&e[3].0, &claimed(wire, &b, a.device(), 5, e[3].1)]).await;
+        assert_eq!(r.accepted, 1);
+        assert_eq!(reasons(&r), ["device belongs to another user"]);
+        let d = DeviceId([5; 16]);
+        let first = claimed(wire, &a, d, 1, [0; 32]);
+        let second = claimed(wire, &b, d, 2, Envelope::hash_of(&first));
+        let r = ingest(&relay, wire, &[&first, &second]).await;
+        assert_eq!(r.accepted, 1);
+        assert_eq!(reasons(&r), ["device belongs to another user"]);
+
+        let held = relay.vectors().await.unwrap();
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].1.seq(&a.device()), 4);
+        assert_eq!(held[0].1.seq(&d), 1);
+        let bytes: u64 = e[..4].iter().map(|x| x.0.len() as u64).sum::<u64>() + first.len() as u64;
+        assert_eq!(
+            relay.stats(),
+            RelayStats {
+                channels: 1,
+                feeds: 2,
+                entries: 5,
+                bytes
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn hands_out_what_a_peer_lacks_within_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let relay = RelayStore::open(dir.path()).unwrap();
+        assert!(relay.is_relay());
+        let keys = ChannelKeys::generate().unwrap();
+        let wire = keys.wire();
+        assert_eq!(
+            relay
+                .entries_after(wire, Vector::default(), 1 << 20, 100)
+                .await
+                .unwrap(),
+            None
+        );
+        let a = Identity::generate("a").unwrap();
+        let e = chain(&keys, &a, 5);
+        let all: Vec<Vec<u8>> = e.iter().map(|x| x.0.clone()).collect();
+        relay.ingest(wire, all.clone()).await.unwrap();
+        let b = relay
+            .entries_after(wire, Vector::default(), 1 << 20, 2)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((b.entries, b.more), (all[..2].to_vec(), true));
+        let b = relay
+            .entries_after(wire, Vector::default(), 1, 100)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (b.entries.len(), b.more),
+            (1, true),
+            "one entry even over the byte budget"
+        );
+        let mut have = Vector::default();
+        have.0.insert(a.device(), FeedPos { seq: 3, hash: e[2].1 });
+        let b = relay.entries_after(wire, have, 1 << 20, 100).await.unwrap().unwrap();
+        assert_eq!((b.entries, b.more), (all[3..].to_vec(), false));
+        let full = relay.vectors().await.unwrap()[0].1.clone();
+        assert_eq!(
+            relay.entries_after(wire, full, 1 << 20, 100).await.unwrap(),
+            Some(EntryBatch::default())
+        );
+    }
+
+    #[tokio::test]
+    async fn locked_while_open_and_reopens_with_the_same_heads() {
+        let dir = tempfile::tempdir().unwrap();
+        let relay = RelayStore::open(dir.path()).unwrap();
+        let keys = ChannelKeys::generate().unwrap();
+        let a = Identity::generate("a").unwrap();
+        let e = chain(&keys, &a, 3);
+        relay
+            .ingest(keys.wire(), e.iter().map(|x| x.0.clone()).collect())
+            .await
+            .unwrap();
+        assert!(matches!(RelayStore::open(dir.path()), Err(Error::Locked { .. })));
+        let (vectors, stats) = (relay.vectors().await.unwrap(), relay.stats());
+        drop(relay);
+        let relay = RelayStore::open(dir.path()).unwrap();
+        assert_eq!(relay.vectors().await.unwrap(), vectors);
+        assert_eq!(relay.stats(), stats);
+        let r = ingest(&relay, keys.wire(), &[&e[2].0]).await;
+        assert_eq!(r.duplicates, 1, "held entries are still recognised");
+    }
+
+    #[tokio::test]
+    async fn refuses_channels_and_bytes_beyond_its_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Identity::generate("a").unwrap();
+        let (k1, k2) = (ChannelKeys::generate().unwrap(), ChannelKeys::generate().unwrap());
+        let e1 = chain(&k1, &a, 3);
+        let cap = (e1[0].0.len() + e1[1].0.len()) as u64;
+        let config = RelayConfig::default().with_max_channels(1).with_max_bytes(cap);
+        let relay = RelayStore::open_with(dir.path(), config).unwrap();
+        let r = ingest(&relay, k1.wire(), &[&e1[0].0, &e1[1].0, &e1[2].0]).await;
+        assert_eq!(r.accepted, 2);
+        assert!(reasons(&r)[0].starts_with("relay is full"), "{r:?}");
+        let e2 = chain(&k2, &a, 1);
+        let r = ingest(&relay, k2.wire(), &[&e2[0].0]).await;
+        assert_eq!(reasons(&r), ["relay is full: it holds the maximum of 1 channels"]);
+        assert_eq!(r.vector, Vector::default());
+        assert_eq!(relay.stats().channels, 1);
+        assert_eq!(relay.stats().bytes, cap);
+    }
+
+    #[test]
+    fn damaged_files_give_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join(DB_DIR)).unwrap();
+        for name in ["conf", "db"] {
+            fs::write(dir.path().join(DB_DIR).join(name), [0xA5; 4096]).unwrap();
+        }
+        assert!(RelayStore::open(dir.path()).is_err());
+    }
+}

@@ -1,0 +1,849 @@
+//! A malicious peer over real loopback TCP: forged entries behind a lying
+//! replica, oversized and garbage frames from a raw libp2p client, a flood of
+//! streams, replayed entries. The honest node refuses what is wrong, drops a
+//! peer whose input proves forgery, loses nothing it held, stores nothing
+//! forged, and keeps syncing with honest peers.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io;
+use std::time::{Duration, Instant};
+
+use futures::{AsyncRead, AsyncWrite, AsyncWriteExt, StreamExt};
+use hearth_core::{ChannelId, DeviceId, Envelope, FeedPos, KdfParams, Passphrase, SecretKey, Vector, WireId};
+use hearth_store::{Config, EntryBatch, IngestReport, Store};
+use hearth_sync::proto::{self, MAX_REQUEST, PROTOCOL, Request, Response};
+use hearth_sync::{Multiaddr, NodeConfig, NodeEvent, NodeHandle, PeerId, Replica, ReplicaEvent, peer_of};
+use libp2p::request_response::{self, Codec as _, ProtocolSupport};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{StreamProtocol, SwarmBuilder, noise, tcp, yamux};
+use serde_bytes::ByteBuf;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+const LISTEN: &str = "/ip4/127.0.0.1/tcp/0";
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn config() -> Config {
+    Config::default().with_kdf(KdfParams::INSECURE_FAST)
+}
+
+fn pass() -> Passphrase {
+    Passphrase::new("pw")
+}
+
+/// Start a node on any replica; print its events under `HEARTH_TEST_TRACE`.
+async fn start_node<R: Replica>(replica: R, secret: &SecretKey) -> (NodeHandle, Multiaddr) {
+    let cfg = NodeConfig {
+        listen: vec![LISTEN.parse().unwrap()],
+        ..NodeConfig::default()
+    };
+    let n = hearth_sync::start(replica, secret, cfg).await.unwrap();
+    if std::env::var_os("HEARTH_TEST_TRACE").is_some() {
+        let mut ev = n.subscribe();
+        let me = n.peer_id().to_string();
+        tokio::spawn(async move {
+            while let Ok(e) = ev.recv().await {
+                eprintln!("[{}] {e:?}", &me[me.len() - 4..]);
+            }
+        });
+    }
+    let mut addrs = Vec::new();
+    for _ in 0..100 {
+        addrs = n.listen_addrs().await.unwrap();
+        if !addrs.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (n, addrs.into_iter().next().expect("a listen address"))
+}
+
+async fn node(store: &Store) -> (NodeHandle, Multiaddr) {
+    start_node(store.clone(), &store.node_secret().await.unwrap()).await
+}
+
+/// Everything a user sees of a channel, for comparing replicas.
+async fn snapshot(s: &Store, c: ChannelId) -> String {
+    let page = s.page(c, None, 10_000).await.unwrap();
+    let mut out = format!("{page:?}");
+    for m in &page {
+        if m.reply_count > 0 {
+            out += &format!("{:?}", s.thread(m.id).await.unwrap());
+        }
+    }
+    out += &format!("{:?}", s.members(c).await.unwrap());
+    out
+}
+
+async fn converged(stores: &[&Store], c: ChannelId, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let first = snapshot(stores[0], c).await;
+        let mut same = true;
+        for s in &stores[1..] {
+            same &= s.vector(c).await.ok() == stores[0].vector(c).await.ok() && snapshot(s, c).await == first;
+        }
+        if same {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The first event matching `want` within `timeout`.
+async fn wait_for(
+    events: &mut broadcast::Receiver<NodeEvent>,
+    timeout: Duration,
+    mut want: impl FnMut(&NodeEvent) -> bool,
+) -> Option<NodeEvent> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Err(_) | Ok(Err(broadcast::error::RecvError::Closed)) => return None,
+            Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+            Ok(Ok(e)) if want(&e) => return Some(e),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Every entry a store holds of a channel, as stored.
+async fn all_entries(s: &Store, wire: WireId) -> Vec<Vec<u8>> {
+    s.entries_after(wire, Vector::default(), usize::MAX, usize::MAX)
+        .await
+        .unwrap()
+        .entries
+}
+
+/// The node answers, and within a few seconds.
+async fn answers(n: &NodeHandle) {
+    let status = tokio::time::timeout(Duration::from_secs(10), n.status()).await;
+    assert!(matches!(status, Ok(Ok(_))), "the node stopped answering: {status:?}");
+}
+
+async fn connected(n: &NodeHandle, peer: PeerId) -> bool {
+    n.status().await.unwrap().iter().any(|s| s.peer == peer && s.connected)
+}
+
+// ---------------------------------------------------------------------------
+// An evil replica: a real member's store that corrupts what it serves.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Forgery {
+    /// A flipped bit in the signature.
+    Signature,
+    /// A flipped bit in the sealed body (the signature covers it).
+    Body,
+    /// Entry n+1 relabeled as entry n: no gap, but it does not chain.
+    Seq,
+    /// A flipped bit in the header's hash of the previous entry.
+    Prev,
+    /// Bytes that are no envelope at all.
+    Garbage,
+    /// Genuine entries of another channel, served as this one's.
+    OtherChannel,
+    /// A forged seq that leaves a gap; the batch holds only that entry.
+    Gap,
+    /// Hello vectors with a feed it does not have; genuine entries served.
+    ClaimsMore,
+}
+
+/// A feed no one writes: what [`Forgery::ClaimsMore`] claims to hold.
+const PHANTOM: DeviceId = DeviceId([0xEE; 16]);
+
+#[derive(Clone)]
+struct Evil {
+    store: Store,
+    forgery: Forgery,
+    /// Index of the first corrupted entry in each batch served.
+    at: usize,
+    other: WireId,
+}
+
+fn reencode(bytes: &[u8], f: impl FnOnce(&mut Envelope)) -> Vec<u8> {
+    let mut env = Envelope::decode(bytes).unwrap();
+    f(&mut env);
+    postcard::to_stdvec(&env).unwrap()
+}
+
+impl Evil {
+    fn corrupt(&self, mut e: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+        if e.is_empty() {
+            return e;
+        }
+        let at = self.at.min(e.len() - 1);
+        match self.forgery {
+            Forgery::Signature => e[at] = reencode(&e[at], |env| env.sig[0] ^= 1),
+            Forgery::Body => e[at] = reencode(&e[at], |env| env.body[0] ^= 0x80),
+            Forgery::Prev => e[at] = reencode(&e[at], |env| env.header.prev[31] ^= 1),
+            Forgery::Garbage => e[at] = vec![0xA5; 300],
+            Forgery::Seq if at + 1 < e.len() => {
+                e.remove(at);
+                e[at] = reencode(&e[at], |env| env.header.seq -= 1);
+            }
+            Forgery::Seq => e[at] = reencode(&e[at], |env| env.header.prev = [0; 32]),
+            Forgery::Gap => {
+                e.truncate(at + 1);
+                e[at] = reencode(&e[at], |env| env.header.seq += 1);
+            }
+            Forgery::OtherChannel | Forgery::ClaimsMore => {}
+        }
+        e
+    }
+}
+
+impl Replica for Evil {
+    fn is_relay(&self) -> bool {
+        false
+    }
+
+    async fn vectors(&self) -> hearth_store::Result<Vec<(WireId, Vector)>> {
+        let mut v = Replica::vectors(&self.store).await?;
+        if self.forgery == Forgery::ClaimsMore {
+            for (_, vector) in &mut v {
+                vector.0.insert(PHANTOM, FeedPos { seq: 1000, hash: [7; 32] });
+            }
+        }
+        Ok(v)
+    }
+
+    async fn entries_after(
+        &self,
+        wire: WireId,
+        have: Vector,
+        max_bytes: usize,
+        max_entries: usize,
+    ) -> hearth_store::Result<Option<EntryBatch>> {
+        let Some(mut batch) = Replica::entries_after(&self.store, wire, have, max_bytes, max_entries).await? else {
+            return Ok(None);
+        };
+        if self.forgery == Forgery::OtherChannel && !batch.entries.is_empty() {
+            batch.entries = all_entries(&self.store, self.other).await;
+        } else {
+            batch.entries = self.corrupt(batch.entries);
+        }
+        Ok(Some(batch))
+    }
+
+    async fn ingest(&self, wire: WireId, entries: Vec<Vec<u8>>) -> hearth_store::Result<Option<IngestReport>> {
+        Replica::ingest(&self.store, wire, entries).await
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<ReplicaEvent> {
+        Replica::subscribe(&self.store)
+    }
+}
+
+/// An honest node dials a node serving `forgery` (from the `at`-th entry of
+/// each batch on). It must report the peer (dropping it when the data is
+/// forged), hold only genuine entries, and still converge with an honest peer.
+async fn refuses_forgery(forgery: Forgery, at: usize) {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let h = Store::create(dirs[0].path(), &pass(), "honest", config()).await.unwrap();
+    let ch = h.create_channel("general").await.unwrap();
+    let first = h.post(ch, "first").await.unwrap();
+    for i in 0..4 {
+        h.post(ch, &format!("honest {i}")).await.unwrap();
+    }
+    h.reply(first, "a reply").await.unwrap();
+    h.react(first, "👍").await.unwrap();
+    let keys = h.channel_keys(ch).await.unwrap();
+    let wire = keys.wire();
+
+    let e = Store::create(dirs[1].path(), &pass(), "mallory", config()).await.unwrap();
+    e.join_channel(keys.clone()).await.unwrap();
+    for i in 0..5 {
+        e.post(ch, &format!("mallory {i}")).await.unwrap();
+    }
+    let elsewhere = e.create_channel("elsewhere").await.unwrap();
+    for i in 0..3 {
+        e.post(elsewhere, &format!("elsewhere {i}")).await.unwrap();
+    }
+    let other = e.channel_keys(elsewhere).await.unwrap().wire();
+    let genuine_evil: BTreeSet<Vec<u8>> = all_entries(&e, wire).await.into_iter().collect();
+    let evil_device = e.whoami().device;
+
+    let h2 = Store::create(dirs[2].path(), &pass(), "carol", config()).await.unwrap();
+    h2.join_channel(keys).await.unwrap();
+    for i in 0..3 {
+        h2.post(ch, &format!("carol {i}")).await.unwrap();
+    }
+
+    let page_before = snapshot(&h, ch).await;
+    let vector_before = h.vector(ch).await.unwrap();
+    let held_before = all_entries(&h, wire).await;
+
+    let evil = Evil {
+        store: e.clone(),
+        forgery,
+        at,
+        other,
+    };
+    let (ne, addr_e) = start_node(evil, &e.node_secret().await.unwrap()).await;
+    let (nh, _) = node(&h).await;
+    let mut events = nh.subscribe();
+    nh.dial(addr_e).await.unwrap();
+    let evil_peer = ne.peer_id();
+
+    let forged = !matches!(forgery, Forgery::Gap | Forgery::ClaimsMore);
+    match forgery {
+        Forgery::ClaimsMore => {
+            // Nothing to refuse: the session ends (it does not chase the
+            // phantom feed forever) and the peer stays connected.
+            let synced = wait_for(&mut events, PATIENCE, |e| matches!(e, NodeEvent::Synced { peer, .. } if *peer == evil_peer)).await;
+            assert!(
+                matches!(synced, Some(NodeEvent::Synced { in_sync: false, .. })),
+                "{synced:?}"
+            );
+        }
+        _ => {
+            let rejected = wait_for(&mut events, PATIENCE, |e| matches!(e, NodeEvent::Rejected { peer, .. } if *peer == evil_peer)).await;
+            let Some(NodeEvent::Rejected { dropped, reason, .. }) = rejected else {
+                panic!("{forgery:?}: no Rejected event");
+            };
+            assert_eq!(dropped, forged, "{forgery:?}: {reason}");
+        }
+    }
+    answers(&nh).await;
+    if forged {
+        // Dropped, and kept out while banned (it is redialed and refused).
+        let deadline = Instant::now() + PATIENCE;
+        while connected(&nh, evil_peer).await {
+            assert!(Instant::now() < deadline, "{forgery:?}: the forger is still connected");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(!connected(&nh, evil_peer).await, "{forgery:?}: a banned peer reconnected");
+    }
+
+    // Nothing held was lost; nothing forged was stored.
+    let held_after: BTreeSet<Vec<u8>> = all_entries(&h, wire).await.into_iter().collect();
+    assert!(held_before.iter().all(|b| held_after.contains(b)), "{forgery:?}: lost entries");
+    let mut from_evil = 0;
+    for b in &held_after {
+        let env = Envelope::decode(b).expect("stored entries decode");
+        assert_eq!(env.header.wire, wire);
+        if env.header.device == evil_device {
+            assert!(genuine_evil.contains(b), "{forgery:?}: a forged entry was stored");
+            from_evil += 1;
+        }
+    }
+    if at == 0 && forgery != Forgery::ClaimsMore {
+        assert_eq!(from_evil, 0, "{forgery:?}");
+        assert_eq!(snapshot(&h, ch).await, page_before, "{forgery:?}");
+        assert_eq!(h.vector(ch).await.unwrap(), vector_before, "{forgery:?}");
+    } else if forgery == Forgery::ClaimsMore {
+        assert!(!h.vector(ch).await.unwrap().0.contains_key(&PHANTOM));
+    } else {
+        // The genuine prefix before the corrupted entry may be kept.
+        assert!(from_evil <= at, "{forgery:?}: {from_evil} entries of the forger kept");
+    }
+    assert_eq!(h.channels().await.unwrap().len(), 1, "another channel leaked in");
+    assert!(h.verify().await.unwrap().is_clean());
+
+    // Still syncs with an honest peer and converges.
+    let (n2, addr2) = node(&h2).await;
+    nh.dial(addr2).await.unwrap();
+    assert!(
+        converged(&[&h, &h2], ch, PATIENCE).await,
+        "{forgery:?}: no convergence with an honest peer afterwards"
+    );
+    let page = h.page(ch, None, 10_000).await.unwrap();
+    for i in 0..4 {
+        assert!(page.iter().any(|m| m.text.as_deref() == Some(&format!("honest {i}"))));
+    }
+    for s in [&h, &h2] {
+        assert!(s.verify().await.unwrap().is_clean());
+    }
+    for n in [nh, ne, n2] {
+        n.stop().await.unwrap();
+    }
+    for s in [h, e, h2] {
+        s.close().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_signature_bit_is_refused_and_the_peer_dropped() {
+    refuses_forgery(Forgery::Signature, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgery_mid_batch_keeps_only_the_genuine_prefix() {
+    refuses_forgery(Forgery::Signature, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_body_bit_is_refused_and_the_peer_dropped() {
+    refuses_forgery(Forgery::Body, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_seq_is_refused_and_the_peer_dropped() {
+    refuses_forgery(Forgery::Seq, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_prev_hash_is_refused_and_the_peer_dropped() {
+    refuses_forgery(Forgery::Prev, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_entries_are_refused_and_the_peer_dropped() {
+    refuses_forgery(Forgery::Garbage, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_of_another_channel_are_refused_and_the_peer_dropped() {
+    refuses_forgery(Forgery::OtherChannel, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_is_refused_without_dropping_the_peer() {
+    refuses_forgery(Forgery::Gap, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_claiming_more_than_is_served_ends_the_session() {
+    refuses_forgery(Forgery::ClaimsMore, 0).await;
+}
+
+// ---------------------------------------------------------------------------
+// A raw libp2p client speaking the sync protocol, or bytes that only look like it.
+
+enum Frame {
+    /// Exactly these bytes, length prefix included.
+    Raw(Vec<u8>),
+    /// A well-formed request.
+    Req(Request),
+}
+
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl request_response::Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = Frame;
+    type Response = Response;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, _: &mut T) -> io::Result<Frame>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        Err(io::Error::other("this client serves nothing"))
+    }
+
+    async fn read_response<T>(&mut self, p: &StreamProtocol, io: &mut T) -> io::Result<Response>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        proto::Codec.read_response(p, io).await
+    }
+
+    async fn write_request<T>(&mut self, p: &StreamProtocol, io: &mut T, frame: Frame) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        match frame {
+            Frame::Raw(bytes) => {
+                io.write_all(&bytes).await?;
+                io.flush().await
+            }
+            Frame::Req(r) => proto::Codec.write_request(p, io, r).await,
+        }
+    }
+
+    async fn write_response<T>(&mut self, _: &StreamProtocol, _: &mut T, _: Response) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        Err(io::Error::other("this client serves nothing"))
+    }
+}
+
+type Reply = oneshot::Sender<Result<Response, String>>;
+
+/// A connected raw client: send frames, see whether the connection lives.
+struct RawPeer {
+    id: PeerId,
+    tx: mpsc::Sender<(Frame, Reply)>,
+    open: watch::Receiver<bool>,
+}
+
+impl RawPeer {
+    async fn connect(target: &Multiaddr) -> RawPeer {
+        let mut swarm = SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|_| {
+                request_response::Behaviour::with_codec(
+                    RawCodec,
+                    [(PROTOCOL, ProtocolSupport::Outbound)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(90))
+                        .with_max_concurrent_streams(1024),
+                )
+            })
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+            .build();
+        let peer = peer_of(target).expect("a /p2p/ address");
+        swarm.dial(target.clone()).unwrap();
+        // Connected before any request: a request to a peer not connected
+        // would have the behaviour dial it by id, with no address.
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                match swarm.select_next_some().await {
+                    SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == peer => return,
+                    SwarmEvent::OutgoingConnectionError { error, .. } => panic!("raw dial failed: {error}"),
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("raw client connects");
+        let id = *swarm.local_peer_id();
+        let (tx, mut rx) = mpsc::channel::<(Frame, Reply)>(1024);
+        let (open_tx, open) = watch::channel(true);
+        tokio::spawn(async move {
+            let mut pending = HashMap::new();
+            loop {
+                tokio::select! {
+                    ev = swarm.select_next_some() => match ev {
+                        SwarmEvent::Behaviour(request_response::Event::Message {
+                            message: request_response::Message::Response { request_id, response },
+                            ..
+                        }) => {
+                            if let Some(r) = pending.remove(&request_id) {
+                                let _ = r.send(Ok(response));
+                            }
+                        }
+                        SwarmEvent::Behaviour(request_response::Event::OutboundFailure { request_id, error, .. }) => {
+                            if let Some(r) = pending.remove(&request_id) {
+                                let _ = r.send(Err(error.to_string()));
+                            }
+                        }
+                        SwarmEvent::ConnectionClosed { num_established: 0, .. } => {
+                            let _ = open_tx.send(false);
+                        }
+                        _ => {}
+                    },
+                    cmd = rx.recv() => match cmd {
+                        Some((frame, reply)) => {
+                            let id = swarm.behaviour_mut().send_request(&peer, frame);
+                            pending.insert(id, reply);
+                        }
+                        None => return,
+                    },
+                }
+            }
+        });
+        RawPeer { id, tx, open }
+    }
+
+    /// Send a frame; the answer arrives on the receiver.
+    async fn send(&self, frame: Frame) -> oneshot::Receiver<Result<Response, String>> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send((frame, tx)).await.expect("raw client task runs");
+        rx
+    }
+
+    async fn request(&self, frame: Frame) -> Result<Response, String> {
+        let rx = self.send(frame).await;
+        match tokio::time::timeout(PATIENCE * 2, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("raw client stopped".into()),
+            Err(_) => Err("no answer in time".into()),
+        }
+    }
+
+    /// Wait until the node closes the connection.
+    async fn dropped(&mut self) -> bool {
+        tokio::time::timeout(PATIENCE, self.open.wait_for(|open| !*open)).await.is_ok()
+    }
+}
+
+fn prefixed(len: u32, body: &[u8]) -> Vec<u8> {
+    let mut out = len.to_be_bytes().to_vec();
+    out.extend_from_slice(body);
+    out
+}
+
+/// A node holding a channel with a few messages, and an honest store (not yet
+/// a node) that has joined it and written more.
+struct Fixture {
+    _dirs: Vec<tempfile::TempDir>,
+    store: Store,
+    peer_store: Store,
+    channel: ChannelId,
+    wire: WireId,
+    node: NodeHandle,
+    addr: Multiaddr,
+}
+
+async fn fixture() -> Fixture {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let store = Store::create(dirs[0].path(), &pass(), "honest", config()).await.unwrap();
+    let channel = store.create_channel("general").await.unwrap();
+    for i in 0..20 {
+        store.post(channel, &format!("honest {i}")).await.unwrap();
+    }
+    let keys = store.channel_keys(channel).await.unwrap();
+    let peer_store = Store::create(dirs[1].path(), &pass(), "carol", config()).await.unwrap();
+    peer_store.join_channel(keys.clone()).await.unwrap();
+    for i in 0..5 {
+        peer_store.post(channel, &format!("carol {i}")).await.unwrap();
+    }
+    let (node, addr) = node(&store).await;
+    Fixture {
+        _dirs: dirs,
+        store,
+        peer_store,
+        channel,
+        wire: keys.wire(),
+        node,
+        addr,
+    }
+}
+
+impl Fixture {
+    /// The honest peer connects; both converge.
+    async fn honest_peer_converges(&self) -> NodeHandle {
+        let (n, _) = node(&self.peer_store).await;
+        n.dial(self.addr.clone()).await.unwrap();
+        assert!(
+            converged(&[&self.store, &self.peer_store], self.channel, PATIENCE).await,
+            "the honest peer did not converge"
+        );
+        n
+    }
+
+    async fn finish(self, others: Vec<NodeHandle>) {
+        for s in [&self.store, &self.peer_store] {
+            assert!(s.verify().await.unwrap().is_clean());
+        }
+        self.node.stop().await.unwrap();
+        for n in others {
+            n.stop().await.unwrap();
+        }
+        self.store.close().await.unwrap();
+        self.peer_store.close().await.unwrap();
+    }
+}
+
+/// One malformed frame from a fresh raw client: the node reports it, drops
+/// that client, and keeps its data.
+async fn refuses_frame(f: &Fixture, frame: Vec<u8>, what: &str) {
+    let before = snapshot(&f.store, f.channel).await;
+    let mut events = f.node.subscribe();
+    let mut raw = RawPeer::connect(&f.addr).await;
+    let answer = raw.request(Frame::Raw(frame)).await;
+    assert!(answer.is_err(), "{what}: answered {answer:?}");
+    let rejected = wait_for(&mut events, PATIENCE, |e| matches!(e, NodeEvent::Rejected { peer, .. } if *peer == raw.id)).await;
+    assert!(
+        matches!(rejected, Some(NodeEvent::Rejected { dropped: true, .. })),
+        "{what}: {rejected:?}"
+    );
+    assert!(raw.dropped().await, "{what}: the connection stays open");
+    answers(&f.node).await;
+    assert_eq!(snapshot(&f.store, f.channel).await, before, "{what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_garbage_frames_drop_the_sender_only() {
+    let f = fixture().await;
+    // A length one past the cap, then junk: refused from the prefix alone.
+    refuses_frame(&f, prefixed(MAX_REQUEST as u32 + 1, &[0x5A; 64 * 1024]), "oversized").await;
+    // A 4 GiB claim: were it allocated, this process would not survive it.
+    refuses_frame(&f, prefixed(u32::MAX, &[0; 1024]), "4 GiB").await;
+    // Within the cap, but no request.
+    refuses_frame(&f, prefixed(32, &[0xFF; 32]), "garbage").await;
+    // A Push whose entry count claims 2^32 - 1 entries, with none behind it.
+    let mut lying = vec![2u8];
+    lying.extend_from_slice(&f.wire.0);
+    lying.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF, 0x0F]);
+    refuses_frame(&f, prefixed(lying.len() as u32, &lying), "lying count").await;
+    // A valid request with trailing bytes (not canonical).
+    let mut trailing = Request::Hello {
+        version: proto::VERSION,
+        summary: Vec::new(),
+        relay: false,
+    }
+    .encode();
+    trailing.push(0);
+    refuses_frame(&f, prefixed(trailing.len() as u32, &trailing), "trailing bytes").await;
+    // A prefix promising more than is ever sent: not the sender's forgery
+    // (the stream just ends); the node must not hang on it either.
+    let raw = RawPeer::connect(&f.addr).await;
+    assert!(raw.request(Frame::Raw(prefixed(1000, &[0; 10]))).await.is_err());
+
+    // An unknown protocol version is refused politely, not dropped.
+    let raw = RawPeer::connect(&f.addr).await;
+    let answer = raw
+        .request(Frame::Req(Request::Hello {
+            version: 99,
+            summary: Vec::new(),
+            relay: false,
+        }))
+        .await;
+    assert!(matches!(answer, Ok(Response::Refused { .. })), "{answer:?}");
+    assert!(connected(&f.node, raw.id).await);
+
+    let n = f.honest_peer_converges().await;
+    f.finish(vec![n]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_streams_is_answered_or_refused_and_honest_peers_still_sync() {
+    const CLIENTS: usize = 4;
+    const EACH: usize = 125;
+    let f = fixture().await;
+    let honest = f.honest_peer_converges().await;
+    let mut events = f.node.subscribe();
+    let local = f.store.vectors().await.unwrap();
+    let mut raws = Vec::new();
+    for _ in 0..CLIENTS {
+        raws.push(RawPeer::connect(&f.addr).await);
+    }
+    let started = Instant::now();
+    let mut answers_rx = Vec::new();
+    for (c, raw) in raws.iter().enumerate() {
+        for i in 0..EACH {
+            // Mostly Hellos; every fifth a Fetch of the whole channel, which
+            // holds a serving slot longer.
+            let req = if i % 5 == 0 {
+                Request::Fetch {
+                    wire: f.wire,
+                    have: Vector::default(),
+                    max_bytes: proto::BATCH_BYTES as u32,
+                }
+            } else if (c + i) % 2 == 0 {
+                hearth_sync::reconcile::hello(&local, false)
+            } else {
+                hearth_sync::reconcile::hello(&[] as &[(WireId, Vector)], false)
+            };
+            answers_rx.push(raw.send(Frame::Req(req)).await);
+        }
+    }
+    // While the flood is served: the node answers its handle, and an honest
+    // peer's new messages arrive.
+    answers(&f.node).await;
+    for i in 0..10 {
+        f.peer_store.post(f.channel, &format!("during the flood {i}")).await.unwrap();
+    }
+    assert!(
+        converged(&[&f.store, &f.peer_store], f.channel, PATIENCE * 2).await,
+        "an honest peer starved by the flood"
+    );
+    let (mut answered, mut busy, mut failed) = (0, 0, 0);
+    for rx in answers_rx {
+        match tokio::time::timeout(PATIENCE * 3, rx).await.expect("every request ends").unwrap() {
+            Ok(Response::Hello { .. } | Response::Entries { .. }) => answered += 1,
+            Ok(Response::Refused { reason }) if reason.starts_with("busy") => busy += 1,
+            Ok(other) => panic!("unexpected answer {other:?}"),
+            Err(_) => failed += 1,
+        }
+    }
+    eprintln!(
+        "flood: {answered} answered, {busy} busy, {failed} streams dropped, in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(answered + busy + failed, CLIENTS * EACH);
+    assert!(answered > 0);
+    // Capacity limits are not misbehaviour: no flooder was reported as forging.
+    while let Ok(e) = events.try_recv() {
+        assert!(!matches!(e, NodeEvent::Rejected { dropped: true, .. }), "{e:?}");
+    }
+    answers(&f.node).await;
+    f.peer_store.post(f.channel, "after the flood").await.unwrap();
+    assert!(converged(&[&f.store, &f.peer_store], f.channel, PATIENCE).await);
+    f.finish(vec![honest]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_and_duplicated_entries_are_harmless() {
+    let f = fixture().await;
+    let mut events = f.node.subscribe();
+    let raw = RawPeer::connect(&f.addr).await;
+    let push = |entries: &[Vec<u8>]| {
+        Frame::Req(Request::Push {
+            wire: f.wire,
+            entries: entries.iter().cloned().map(ByteBuf::from).collect(),
+        })
+    };
+    let ack = |r: Result<Response, String>| match r {
+        Ok(Response::Ack {
+            accepted,
+            rejected,
+            reason,
+            vector,
+        }) => {
+            assert_eq!(rejected, 0, "{reason:?}");
+            (accepted, vector)
+        }
+        other => panic!("{other:?}"),
+    };
+
+    // The node's own entries, replayed to it: all duplicates.
+    let own = all_entries(&f.store, f.wire).await;
+    let before = snapshot(&f.store, f.channel).await;
+    let vector = f.store.vector(f.channel).await.unwrap();
+    assert_eq!(ack(raw.request(push(&own)).await), (0, vector.clone()));
+
+    // New genuine entries, each twice within one batch: stored once.
+    let theirs = all_entries(&f.peer_store, f.wire).await;
+    let doubled: Vec<Vec<u8>> = theirs.iter().flat_map(|e| [e.clone(), e.clone()]).collect();
+    let (accepted, _) = ack(raw.request(push(&doubled)).await);
+    assert_eq!(accepted as usize, theirs.len());
+    // Replayed again, reversed, and as a suffix alone: nothing new.
+    let reversed: Vec<Vec<u8>> = theirs.iter().rev().cloned().collect();
+    for batch in [&theirs[..], &reversed[..], &theirs[theirs.len() - 1..]] {
+        assert_eq!(ack(raw.request(push(batch)).await).0, 0);
+    }
+    // The same new batch pushed 20 times at once: taken exactly once.
+    for i in 0..5 {
+        f.peer_store.post(f.channel, &format!("carol again {i}")).await.unwrap();
+    }
+    let have = f.store.vector(f.channel).await.unwrap();
+    let fresh = f
+        .peer_store
+        .entries_after(f.wire, have, usize::MAX, usize::MAX)
+        .await
+        .unwrap()
+        .entries;
+    assert!(!fresh.is_empty());
+    let mut pending = Vec::new();
+    for _ in 0..20 {
+        pending.push(raw.send(push(&fresh)).await);
+    }
+    let mut total = 0;
+    for rx in pending {
+        let r = tokio::time::timeout(PATIENCE, rx).await.unwrap().unwrap();
+        total += ack(r).0;
+    }
+    assert_eq!(total as usize, fresh.len());
+
+    // Nothing lost, nothing refused, nobody dropped.
+    let after = snapshot(&f.store, f.channel).await;
+    assert!(after.len() > before.len());
+    let page = f.store.page(f.channel, None, 10_000).await.unwrap();
+    for i in 0..20 {
+        assert!(page.iter().any(|m| m.text.as_deref() == Some(&format!("honest {i}"))));
+    }
+    for i in 0..5 {
+        assert!(page.iter().any(|m| m.text.as_deref() == Some(&format!("carol again {i}"))));
+    }
+    assert!(connected(&f.node, raw.id).await);
+    while let Ok(e) = events.try_recv() {
+        assert!(!matches!(e, NodeEvent::Rejected { .. }), "{e:?}");
+    }
+    let n = f.honest_peer_converges().await;
+    f.finish(vec![n]).await;
+}

@@ -1,0 +1,291 @@
+//! Replays the sync fuzz corpora on stable, through the same checks the
+//! `sync_request`, `sync_response` and `ticket` fuzz targets run
+//! (`fuzz/src/sync.rs`): each file of `fuzz/corpus/<target>/`, and of
+//! `fuzz/artifacts/<target>/` when a local fuzz run left crashes there. A `crash-*`
+//! input keeps its test red until the bug is fixed; then it stays as a regression
+//! input.
+//!
+//! The seeds are written by the ignored test at the bottom:
+//! `cargo test -p hearth-sync --test fuzz_corpus -- --ignored regenerate_seed_corpus`.
+
+#[path = "../../fuzz/src/sync.rs"]
+mod checks;
+
+use std::fs;
+use std::panic;
+use std::path::{Path, PathBuf};
+
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
+}
+
+/// The files of `dir`, sorted, without dotfiles; empty if `dir` does not exist.
+fn inputs(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .collect();
+    files.sort();
+    files
+}
+
+fn replay(target: &str, check: fn(&[u8])) {
+    let corpus = inputs(&fuzz_dir().join("corpus").join(target));
+    assert!(!corpus.is_empty(), "fuzz/corpus/{target}/ has no inputs");
+    let artifacts = inputs(&fuzz_dir().join("artifacts").join(target));
+    let failed: Vec<String> = corpus
+        .iter()
+        .chain(&artifacts)
+        .filter(|path| {
+            let data = fs::read(path).expect("a readable corpus file");
+            panic::catch_unwind(|| check(&data)).is_err()
+        })
+        .map(|path| path.display().to_string())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{target}: {} of {} inputs fail their check (panics above):\n{}",
+        failed.len(),
+        corpus.len() + artifacts.len(),
+        failed.join("\n"),
+    );
+}
+
+#[test]
+fn sync_request() {
+    replay("sync_request", checks::check_request);
+}
+
+#[test]
+fn sync_response() {
+    replay("sync_response", checks::check_response);
+}
+
+#[test]
+fn ticket() {
+    replay("ticket", checks::check_ticket);
+}
+
+/// Writes the seed corpus: valid inputs made by the encoders, plus truncated,
+/// altered and forged variants. Everything is fixed, so a rerun writes the same bytes.
+#[test]
+#[ignore = "rewrites the seed corpus in fuzz/corpus; run by hand with --ignored"]
+fn regenerate_seed_corpus() {
+    seeds::write_all();
+}
+
+mod seeds {
+    use std::collections::BTreeMap;
+    use std::fs;
+
+    use hearth_core::{ChannelId, ChannelKeys, DeviceId, FeedPos, SecretKey, Vector, WireId};
+    use hearth_sync::proto::{ChannelDigest, Request, Response, VERSION};
+    use hearth_sync::ticket::Ticket;
+    use serde_bytes::ByteBuf;
+
+    use super::checks::ticket_from_body;
+    use super::fuzz_dir;
+
+    /// Seeds must stay small: libFuzzer mutates small inputs best, and they are committed.
+    const MAX_SEED: usize = 8 * 1024;
+
+    fn write(target: &str, name: &str, data: &[u8]) {
+        assert!(data.len() < MAX_SEED, "{target}/{name} is {} bytes", data.len());
+        assert!(
+            !name.starts_with("valid-") || accepted(target, data),
+            "{target}/{name} is named valid but does not decode"
+        );
+        let dir = fuzz_dir().join("corpus").join(target);
+        fs::create_dir_all(&dir).expect("corpus directory");
+        fs::write(dir.join(name), data).expect("corpus file");
+    }
+
+    /// Whether the decoder of `target` accepts `data` (a ticket as text or as a body).
+    fn accepted(target: &str, data: &[u8]) -> bool {
+        match target {
+            "sync_request" => Request::decode(data).is_ok(),
+            "sync_response" => Response::decode(data).is_ok(),
+            "ticket" => {
+                std::str::from_utf8(data).is_ok_and(|t| Ticket::decode(t).is_ok())
+                    || Ticket::decode(&ticket_from_body(data)).is_ok()
+            }
+            _ => unreachable!("no fuzz target {target}"),
+        }
+    }
+
+    pub fn write_all() {
+        requests();
+        responses();
+        tickets();
+    }
+
+    fn vector() -> Vector {
+        let pos = |seq, h| FeedPos { seq, hash: [h; 32] };
+        Vector(BTreeMap::from([
+            (DeviceId([1; 16]), pos(3, 0xa1)),
+            (DeviceId([2; 16]), pos(1, 0xb2)),
+        ]))
+    }
+
+    fn entries() -> Vec<ByteBuf> {
+        vec![ByteBuf::from(b"first entry".to_vec()), ByteBuf::from(vec![0; 40])]
+    }
+
+    fn requests() {
+        let hello = Request::Hello {
+            version: VERSION,
+            summary: vec![
+                ChannelDigest {
+                    tag: [1; 8],
+                    digest: [2; 8],
+                },
+                ChannelDigest {
+                    tag: [3; 8],
+                    digest: [4; 8],
+                },
+            ],
+            relay: false,
+        }
+        .encode();
+        let empty_hello = Request::Hello {
+            version: VERSION,
+            summary: vec![],
+            relay: true,
+        }
+        .encode();
+        let fetch = Request::Fetch {
+            wire: WireId([5; 32]),
+            have: vector(),
+            max_bytes: 512 * 1024,
+        }
+        .encode();
+        let push = Request::Push {
+            wire: WireId([6; 32]),
+            entries: entries(),
+        }
+        .encode();
+        let mut trailing = empty_hello.clone();
+        trailing.push(0);
+        // A Hello claiming u32::MAX digests: must fail without allocating them.
+        let huge_count = [0, 1, 0xff, 0xff, 0xff, 0xff, 0x0f];
+        let mut relay_2 = empty_hello.clone();
+        *relay_2.last_mut().unwrap() = 2;
+
+        write("sync_request", "valid-hello", &hello);
+        write("sync_request", "valid-hello-empty-relay", &empty_hello);
+        write("sync_request", "valid-fetch", &fetch);
+        write("sync_request", "valid-push", &push);
+        write("sync_request", "truncated-fetch", &fetch[..fetch.len() - 1]);
+        write("sync_request", "trailing-byte", &trailing);
+        write("sync_request", "huge-count", &huge_count);
+        write("sync_request", "bool-2", &relay_2);
+        write("sync_request", "variant-9", &[9, 0]);
+    }
+
+    fn responses() {
+        let hello = Response::Hello {
+            differ: vec![(WireId([7; 32]), vector())],
+            extra: vec![(WireId([8; 32]), Vector::default())],
+            want: vec![[9; 8]],
+            relay: true,
+        }
+        .encode();
+        let entries_frame = Response::Entries {
+            entries: entries(),
+            more: true,
+        }
+        .encode();
+        let ack = Response::Ack {
+            vector: vector(),
+            accepted: 1,
+            rejected: 1,
+            reason: Some("bad signature".into()),
+        }
+        .encode();
+        let refused = Response::Refused { reason: "busy".into() }.encode();
+        let mut bad_utf8 = refused.clone();
+        *bad_utf8.last_mut().unwrap() = 0xff;
+
+        write("sync_response", "valid-hello", &hello);
+        write("sync_response", "valid-entries", &entries_frame);
+        write("sync_response", "valid-ack", &ack);
+        write("sync_response", "valid-refused", &refused);
+        write("sync_response", "truncated-ack", &ack[..ack.len() - 3]);
+        write("sync_response", "refused-bad-utf8", &bad_utf8);
+        write("sync_response", "variant-9", &[9, 0]);
+    }
+
+    /// A link body written out by hand (see the layout in `sync/src/ticket.rs`).
+    fn link_body(addrs: &[&str]) -> Vec<u8> {
+        let mut body = vec![1, 1];
+        body.extend_from_slice(&[0x5e; 32]);
+        body.push(addrs.len() as u8);
+        for a in addrs {
+            body.push(a.len() as u8);
+            body.extend_from_slice(a.as_bytes());
+        }
+        body
+    }
+
+    fn invite_body(name: &str, addrs: &[&str]) -> Vec<u8> {
+        let mut body = vec![1, 0];
+        body.extend_from_slice(&[0x44; 32]);
+        body.extend_from_slice(&[0x55; 32]);
+        body.push(name.len() as u8);
+        body.extend_from_slice(name.as_bytes());
+        body.push(addrs.len() as u8);
+        for a in addrs {
+            body.push(a.len() as u8);
+            body.extend_from_slice(a.as_bytes());
+        }
+        body
+    }
+
+    fn tickets() {
+        let addrs = ["/ip4/192.168.1.20/tcp/4001", "/ip6/::1/udp/4001/quic-v1"];
+        let keys = ChannelKeys::new(ChannelId([0x44; 32]), SecretKey::from_bytes([0x55; 32]));
+        let invite = Ticket::invite(&keys, "general", addrs.iter().map(|a| a.parse().unwrap()).collect())
+            .unwrap()
+            .to_string();
+        let link = Ticket::link(SecretKey::from_bytes([0x5e; 32]), vec![addrs[0].parse().unwrap()])
+            .unwrap()
+            .to_string();
+        let bare = Ticket::invite(&keys, "", vec![]).unwrap().to_string();
+        let mut substituted = invite.clone().into_bytes();
+        substituted[30] = if substituted[30] == b'a' { b'b' } else { b'a' };
+        let mut version_2 = link_body(&addrs[..1]);
+        version_2[0] = 2;
+        let mut trailing = link_body(&addrs[..1]);
+        trailing.push(0);
+
+        write("ticket", "valid-invite", invite.as_bytes());
+        write("ticket", "valid-link", link.as_bytes());
+        write("ticket", "valid-invite-no-name-no-addrs", bare.as_bytes());
+        write(
+            "ticket",
+            "valid-pasted-with-whitespace",
+            format!("  {link}\r\n").as_bytes(),
+        );
+        write("ticket", "valid-body-invite", &invite_body("général", &addrs));
+        write("ticket", "valid-body-link", &link_body(&addrs[..1]));
+        write("ticket", "truncated", &invite.as_bytes()[..invite.len() - 4]);
+        write("ticket", "substituted", &substituted);
+        write(
+            "ticket",
+            "wrong-prefix",
+            invite.replacen("hearth1", "hearth2", 1).as_bytes(),
+        );
+        write("ticket", "uppercase", invite.to_uppercase().as_bytes());
+        write("ticket", "body-version-2", &version_2);
+        write("ticket", "body-trailing-byte", &trailing);
+        write("ticket", "body-bad-address", &link_body(&["/ip4/1.2.3/tcp/1"]));
+        write(
+            "ticket",
+            "body-noncanonical-address",
+            &link_body(&["/ip4/1.2.3.4/tcp/01"]),
+        );
+    }
+}

@@ -1,0 +1,328 @@
+//! A relay between members who are never online together: it stores and hands
+//! on sealed entries, refuses forged ones and never holds a readable byte.
+//! Sessions run in-process (a direct call to the other replica's `serve`); the
+//! network test lives in network.rs.
+
+use std::path::Path;
+
+use hearth_core::{ChannelId, ChannelKeys, EntryBody, Envelope, Identity, KdfParams, Passphrase, Vector, WireId};
+use hearth_store::{Config, Store};
+use hearth_sync::drive::{run_session, serve};
+use hearth_sync::reconcile::{Outcome, Session};
+use hearth_sync::{RelayStore, Replica};
+
+const CHANNEL_NAME: &str = "plaintext-canary-channel";
+const ALICE: &str = "alice-canary-name";
+const BOB: &str = "bob-canary-name";
+
+fn config() -> Config {
+    Config::default().with_kdf(KdfParams::INSECURE_FAST)
+}
+
+fn pass() -> Passphrase {
+    Passphrase::new("pw")
+}
+
+fn text(i: usize) -> String {
+    format!("alice canary message {i:03}")
+}
+
+/// One full session of `local` (the requester) with `remote` (the responder).
+async fn sync<A: Replica, B: Replica>(local: &A, remote: &B) -> Outcome {
+    let session = Session::full(local.vectors().await.unwrap(), local.is_relay());
+    let outcome = run_session(session, local, |req| {
+        let remote = remote.clone();
+        async move { Ok(serve(&remote, req).await.0) }
+    })
+    .await;
+    assert_eq!(outcome.failed, None, "{outcome:?}");
+    outcome
+}
+
+/// Sync until one Hello finds `member` and `relay` equal: receiving messages
+/// makes a member write delivery receipts, which the next round carries.
+async fn settle(member: &Store, relay: &RelayStore) {
+    for _ in 0..5 {
+        if sync(member, relay).await.in_sync_at_hello {
+            return;
+        }
+    }
+    panic!("no quiescence after 5 rounds");
+}
+
+/// The messages of a channel: its page and every thread.
+async fn messages(s: &Store, c: ChannelId) -> String {
+    let page = s.page(c, None, 10_000).await.unwrap();
+    let mut out = format!("{page:?}");
+    for m in &page {
+        if m.reply_count > 0 {
+            out += &format!("{:?}", s.thread(m.id).await.unwrap());
+        }
+    }
+    out
+}
+
+/// Everything a user sees of a channel, members included.
+async fn snapshot(s: &Store, c: ChannelId) -> String {
+    messages(s, c).await + &format!("{:?}", s.members(c).await.unwrap())
+}
+
+fn vector_of(vectors: &[(WireId, Vector)], wire: WireId) -> Option<Vector> {
+    vectors.iter().find(|(w, _)| *w == wire).map(|(_, v)| v.clone())
+}
+
+/// Alice's store with a busy channel: 200 posts, reactions, replies, an edit.
+async fn alice(dir: &Path) -> (Store, ChannelId) {
+    let a = Store::create(dir, &pass(), ALICE, config()).await.unwrap();
+    let general = a.create_channel(CHANNEL_NAME).await.unwrap();
+    let mut roots = Vec::new();
+    for i in 0..200 {
+        roots.push(a.post(general, &text(i)).await.unwrap());
+    }
+    for (i, r) in roots.iter().enumerate().step_by(10) {
+        a.react(*r, "👍").await.unwrap();
+        a.reply(*r, &format!("alice canary reply {i:03}")).await.unwrap();
+    }
+    a.edit(roots[5], "alice canary edited").await.unwrap();
+    (a, general)
+}
+
+/// Every file under `dir`, recursively.
+fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn members_never_online_together_converge_through_a_relay() {
+    let (da, db, dr) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let relay = RelayStore::open(dr.path()).unwrap();
+    let (a, general) = alice(da.path()).await;
+    let keys = a.channel_keys(general).await.unwrap();
+    let wire = keys.wire();
+
+    // The relay learns the channel from Alice's Hello (`want`) and takes it all.
+    let o = sync(&a, &relay).await;
+    assert!(o.peer_relay);
+    // Writes are group-committed: an entry holds many operations.
+    assert_eq!(o.sent, a.vector(general).await.unwrap().total(), "{o:?}");
+    assert_eq!((o.refused_here, o.refused_there), (0, 0), "{o:?}");
+    assert_eq!(
+        vector_of(&relay.vectors().await.unwrap(), wire),
+        Some(a.vector(general).await.unwrap())
+    );
+    let alice_view = messages(&a, general).await;
+    a.close().await.unwrap();
+
+    // Bob joins while Alice is offline and gets everything from the relay.
+    let b = Store::create(db.path(), &pass(), BOB, config()).await.unwrap();
+    assert_eq!(b.join_channel(keys).await.unwrap(), general);
+    let o = sync(&b, &relay).await;
+    assert_eq!(o.refused_here, 0, "{o:?}");
+    let bob_page = b.page(general, None, 10_000).await.unwrap();
+    assert_eq!(bob_page.iter().filter(|m| m.reply_to.is_none()).count(), 200);
+    assert_eq!(messages(&b, general).await, alice_view);
+
+    let first = bob_page[bob_page.len() - 1].id;
+    let bob_reply = b.reply(first, "bob canary reply").await.unwrap();
+    b.react(first, "🎉").await.unwrap();
+    let o = sync(&b, &relay).await;
+    assert!(o.sent >= 1, "{o:?}");
+    assert_eq!(
+        vector_of(&relay.vectors().await.unwrap(), wire),
+        Some(b.vector(general).await.unwrap())
+    );
+    let bob_view = snapshot(&b, general).await;
+
+    // Alice comes back from disk while Bob is gone, and sees Bob's writes.
+    let b_vector = b.vector(general).await.unwrap();
+    assert!(b.verify().await.unwrap().is_clean());
+    b.close().await.unwrap();
+    let a = Store::open(da.path(), &pass(), config()).await.unwrap();
+    let o = sync(&a, &relay).await;
+    assert!(o.received >= 1, "{o:?}");
+    assert_eq!(o.refused_here, 0, "{o:?}");
+    assert!(a.vector(general).await.unwrap().covers(&b_vector));
+    assert_eq!(snapshot(&a, general).await, bob_view);
+    let thread = a.thread(bob_reply).await.unwrap();
+    assert_eq!(thread.replies.last().unwrap().text.as_deref(), Some("bob canary reply"));
+    assert!(a.verify().await.unwrap().is_clean());
+
+    // Receiving Bob's messages made Alice write delivery receipts: they reach
+    // the relay, after which one Hello settles everything.
+    settle(&a, &relay).await;
+    assert_eq!(
+        vector_of(&relay.vectors().await.unwrap(), wire),
+        Some(a.vector(general).await.unwrap())
+    );
+
+    // Bob comes back and catches up the same way: all three hold one vector.
+    let b = Store::open(db.path(), &pass(), config()).await.unwrap();
+    sync(&b, &relay).await;
+    assert_eq!(b.vector(general).await.unwrap(), a.vector(general).await.unwrap());
+    assert_eq!(snapshot(&b, general).await, snapshot(&a, general).await);
+    assert!(b.verify().await.unwrap().is_clean());
+    b.close().await.unwrap();
+    a.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_relay_holds_no_plaintext() {
+    let (da, dr) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let relay = RelayStore::open(dr.path()).unwrap();
+    let (a, general) = alice(da.path()).await;
+    sync(&a, &relay).await;
+    let stats = relay.stats();
+    assert_eq!((stats.channels, stats.feeds), (1, 1));
+    assert!(stats.entries > 0 && stats.bytes > 0);
+    a.close().await.unwrap();
+    drop(relay);
+
+    let mut needles: Vec<String> = (0..200).map(text).collect();
+    needles.extend([
+        CHANNEL_NAME.into(),
+        ALICE.into(),
+        "alice canary reply".into(),
+        "alice canary edited".into(),
+        "canary".into(),
+    ]);
+    let id = general.0;
+    let found = files(dr.path()).into_iter().any(|p| {
+        let bytes = std::fs::read(&p).unwrap();
+        let hit = |n: &[u8]| bytes.windows(n.len()).any(|w| w == n);
+        needles.iter().any(|n| hit(n.as_bytes())) || hit(&id) || hit(general.to_hex().as_bytes())
+    });
+    assert!(!found, "plaintext or the channel id under {}", dr.path().display());
+}
+
+#[tokio::test]
+async fn forged_entries_are_refused_and_the_good_ones_served() {
+    let (da, db, dr) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let relay = RelayStore::open(dr.path()).unwrap();
+    let (a, general) = alice(da.path()).await;
+    let keys = a.channel_keys(general).await.unwrap();
+    let wire = keys.wire();
+    let good = a
+        .entries_after(wire, Vector::default(), usize::MAX, usize::MAX)
+        .await
+        .unwrap()
+        .entries;
+    assert!(good.len() > 3);
+
+    // Bit flips anywhere in an entry: each one refused on its own.
+    for i in (0..good[0].len()).step_by(3) {
+        let mut e = good[0].clone();
+        e[i] ^= 0x10;
+        let r = relay.ingest(wire, vec![e]).await.unwrap().unwrap();
+        assert_eq!((r.accepted, r.rejected.len()), (0, 1), "flip at {i}: {r:?}");
+    }
+    // Entries of another channel.
+    let other = a.create_channel("other").await.unwrap();
+    a.post(other, "elsewhere").await.unwrap();
+    let other_wire = a.channel_keys(other).await.unwrap().wire();
+    let foreign = a
+        .entries_after(other_wire, Vector::default(), usize::MAX, usize::MAX)
+        .await
+        .unwrap()
+        .entries;
+    let r = relay.ingest(wire, foreign).await.unwrap().unwrap();
+    assert_eq!(r.accepted, 0);
+    assert!(
+        r.rejected.iter().all(|x| x.reason == "entry of another channel"),
+        "{r:?}"
+    );
+    // A gap: entry 1, then entries from 3 on.
+    let mut gapped = vec![good[0].clone()];
+    gapped.extend(good[2..].iter().cloned());
+    let r = relay.ingest(wire, gapped).await.unwrap().unwrap();
+    assert_eq!(r.accepted, 1);
+    assert!(r.rejected[0].reason.starts_with("gap"), "{r:?}");
+    assert!(r.rejected[1..].iter().all(|x| x.reason == "follows a refused entry"));
+
+    // A fork: a writer signs two different entries at one position.
+    let mallory = Identity::generate("mallory").unwrap();
+    let side = ChannelKeys::generate().unwrap();
+    let body = |b: u8| EntryBody {
+        epoch: 1,
+        change: vec![b; 16],
+    };
+    let (one, h1) = Envelope::seal(&side, &mallory, 1, [0; 32], &body(1)).unwrap();
+    let (two, _) = Envelope::seal(&side, &mallory, 2, h1, &body(2)).unwrap();
+    let (two_again, _) = Envelope::seal(&side, &mallory, 2, h1, &body(3)).unwrap();
+    let r = relay.ingest(side.wire(), vec![one, two]).await.unwrap().unwrap();
+    assert_eq!(r.accepted, 2);
+    let r = relay.ingest(side.wire(), vec![two_again]).await.unwrap().unwrap();
+    assert_eq!(r.accepted, 0);
+    assert!(r.rejected[0].reason.contains("forked"), "{r:?}");
+    assert_eq!(r.vector.seq(&mallory.device()), 2);
+
+    // Alice's good entries go through; Bob gets all of them and nothing forged.
+    let o = sync(&a, &relay).await;
+    assert_eq!(o.refused_there, 0, "{o:?}");
+    let b = Store::create(db.path(), &pass(), BOB, config()).await.unwrap();
+    b.join_channel(keys).await.unwrap();
+    let o = sync(&b, &relay).await;
+    assert_eq!(o.refused_here, 0, "{o:?}");
+    assert_eq!(
+        b.page(general, None, 10_000).await.unwrap(),
+        a.page(general, None, 10_000).await.unwrap()
+    );
+    assert!(b.verify().await.unwrap().is_clean());
+    settle(&b, &relay).await;
+
+    // The relay comes back from disk the same.
+    let (vectors, stats) = (relay.vectors().await.unwrap(), relay.stats());
+    drop(relay);
+    let relay = RelayStore::open(dr.path()).unwrap();
+    assert_eq!(relay.vectors().await.unwrap(), vectors);
+    assert_eq!(relay.stats(), stats);
+    assert!(sync(&b, &relay).await.in_sync_at_hello);
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_relay_dialing_a_member_takes_its_channels() {
+    let (da, dr) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let relay = RelayStore::open(dr.path()).unwrap();
+    let (a, general) = alice(da.path()).await;
+    let other = a.create_channel("other").await.unwrap();
+    a.post(other, "elsewhere").await.unwrap();
+
+    let o = sync(&relay, &a).await;
+    assert!(!o.peer_relay);
+    assert_eq!(o.refused_here, 0, "{o:?}");
+    let mut held = relay.vectors().await.unwrap();
+    let mut mine = a.vectors().await.unwrap();
+    held.sort_by_key(|(w, _)| *w);
+    mine.sort_by_key(|(w, _)| *w);
+    assert_eq!(held, mine);
+    assert_eq!(relay.stats().channels, 2);
+
+    // Later writes come over on the next dial.
+    a.post(general, "later").await.unwrap();
+    let o = sync(&relay, &a).await;
+    assert_eq!(o.received, 1, "{o:?}");
+    let wire = a.channel_keys(general).await.unwrap().wire();
+    assert_eq!(
+        vector_of(&relay.vectors().await.unwrap(), wire),
+        Some(a.vector(general).await.unwrap())
+    );
+    a.close().await.unwrap();
+}
