@@ -1,11 +1,17 @@
 //! `hearth demo`: the main job, with no set-up. In a temporary directory it
 //! creates a store, two channels and a conversation with threads, reactions, an
 //! edit and a delete; closes the store; reopens it (a restart); prints the
-//! recovered history and a verify summary.
+//! recovered history and a verify summary. Then sync, on loopback only: Alice
+//! links her phone, invites Bob into #general, the phone goes offline and
+//! catches up, restarts in the middle of a sync, and all three end with
+//! identical views, delivery and read receipts included.
 
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use anyhow::{Result, bail};
+use hearth::sync::{Multiaddr, NodeConfig, NodeEvent, NodeHandle};
 use hearth::{ChannelId, Config, Hearth, Passphrase};
 use serde_json::json;
 
@@ -112,9 +118,208 @@ pub async fn run(json: bool) -> Result<ExitCode> {
             stats.disk_bytes, stats.messages
         );
     }
-    h.close().await?;
     if !report.is_clean() {
+        h.close().await?;
         bail!("verify found {} problems", report.problems.len());
     }
+    let general = channels.iter().find(|c| c.name == "general").map(|c| c.id);
+    let general = general.ok_or_else(|| anyhow::anyhow!("#general is missing"))?;
+    let res = sync_demo(&h, dir.path(), &pass, general, lunch, standup, json).await;
+    h.close().await?;
+    res?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Everything a user sees of a channel, to compare devices.
+async fn view_of(h: &Hearth, c: ChannelId) -> Result<String> {
+    let mut out = String::new();
+    for m in h.page(c, None, 1000).await? {
+        out += &format!("{m:?}\n");
+        if m.reply_count > 0 {
+            out += &format!("{:?}\n", h.thread(m.id).await?.replies);
+        }
+    }
+    Ok(out)
+}
+
+/// Wait until every device shows the same channel and holds the same entries.
+async fn wait_identical(devices: &[&Hearth], c: ChannelId, timeout: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let first = view_of(devices[0], c).await?;
+        let vector = devices[0].vector(c).await?;
+        let mut same = true;
+        for d in &devices[1..] {
+            same &= d.vector(c).await? == vector && view_of(d, c).await? == first;
+        }
+        if same {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("devices did not converge within {} s", timeout.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn start(h: &Hearth) -> Result<NodeHandle> {
+    let node = h
+        .start_node(NodeConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+            ..NodeConfig::default()
+        })
+        .await?;
+    for _ in 0..200 {
+        if !node.listen_addrs().await?.is_empty() {
+            return Ok(node);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bail!("the node did not start listening")
+}
+
+async fn addr_of(node: &NodeHandle) -> Result<Multiaddr> {
+    node.listen_addrs()
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no listen address"))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn sync_demo(
+    laptop: &Hearth,
+    dir: &std::path::Path,
+    pass: &Passphrase,
+    general: ChannelId,
+    lunch: hearth::MessageId,
+    standup: hearth::MessageId,
+    json: bool,
+) -> Result<()> {
+    let say = |s: &str| {
+        if !json {
+            println!("{s}");
+        } else {
+            print_json(&json!({"step": s}));
+        }
+    };
+    const T: Duration = Duration::from_secs(30);
+    say("\n--- sync, on loopback (127.0.0.1); mDNS stays off ---");
+    let laptop_node = start(laptop).await?;
+    let laptop_addr = addr_of(&laptop_node).await?;
+    say(&format!("Alice's laptop listens on {laptop_addr}"));
+
+    // Alice links her phone: one-time ticket, sealed identity and channel keys.
+    let ticket = laptop.link_ticket(&laptop_node, vec![laptop_addr.clone()]).await?;
+    let phone_dir = dir.join("phone");
+    let phone = Hearth::create_linked(&phone_dir, pass, &ticket, Config::default(), T).await?;
+    say(&format!(
+        "linked Alice's phone with a one-time ticket ({}...): same user, device {}",
+        &ticket.to_string()[..24],
+        &phone.whoami().device.to_hex()[..8]
+    ));
+    let mut phone_node = start(&phone).await?;
+    phone_node.dial(laptop_addr.clone()).await?;
+    wait_identical(&[laptop, &phone], general, T).await?;
+    say(&format!(
+        "the phone caught up: {} messages in #general",
+        phone.channel(general).await?.messages
+    ));
+
+    // Alice invites Bob into #general.
+    let invite = laptop.invite(general, vec![laptop_addr.clone()]).await?;
+    let bob = Hearth::create(dir.join("bob"), pass, "bob", Config::default()).await?;
+    bob.join(&invite).await?;
+    let bob_node = start(&bob).await?;
+    bob_node.dial(laptop_addr.clone()).await?;
+    wait_identical(&[laptop, &bob], general, T).await?;
+    say("Bob joined #general from an invite ticket and received its history");
+
+    // The phone goes offline; Bob and the laptop keep talking.
+    phone_node.stop().await?;
+    phone.close().await?;
+    say("the phone goes offline");
+    bob.reply(standup, "Bob here: I'll demo the sync.").await?;
+    bob.react(lunch, "🥗").await?;
+    bob.mark_read(general, None).await?;
+    let late = laptop.post(general, "Release notes are up.").await?;
+    let deadline = tokio::time::Instant::now() + T;
+    while bob.message(late).await.is_err() {
+        if tokio::time::Instant::now() > deadline {
+            bail!("Alice's post never reached Bob");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bob.reply(late, "Thanks, reading them now.").await?;
+    wait_identical(&[laptop, &bob], general, T).await?;
+    say("while it was offline: Bob replied in the standup thread, reacted to lunch, read the channel; Alice posted");
+
+    // The phone comes back, and restarts in the middle of its catch-up.
+    let phone = Hearth::open(&phone_dir, pass, Config::default()).await?;
+    phone_node = start(&phone).await?;
+    let mut events = phone_node.subscribe();
+    phone_node.dial(laptop_addr.clone()).await?;
+    let first = tokio::time::timeout(T, async {
+        loop {
+            match events.recv().await {
+                Ok(NodeEvent::Store(hearth::StoreEvent::Received { messages, .. })) => return Ok(messages.len()),
+                Ok(_) => {}
+                Err(e) => return Err(anyhow::anyhow!("{e}")),
+            }
+        }
+    })
+    .await??;
+    phone_node.stop().await?;
+    phone.close().await?;
+    say(&format!(
+        "the phone came back online, received {first} message(s), and restarted mid-sync"
+    ));
+    let phone = Hearth::open(&phone_dir, pass, Config::default()).await?;
+    let phone_node = start(&phone).await?;
+    phone_node.dial(laptop_addr.clone()).await?;
+    bob_node.dial(addr_of(&phone_node).await?).await?;
+    wait_identical(&[laptop, &phone, &bob], general, T).await?;
+    say("after the restart it caught up; laptop, phone and Bob now show identical views:");
+    show_channel(&phone, general, "general (on the phone)", json).await?;
+
+    // Receipts for Alice's lunch message.
+    let deadline = tokio::time::Instant::now() + T;
+    let receipts = loop {
+        let r = laptop.receipts(lunch).await?;
+        if (r.delivered.len() >= 2 && !r.read.is_empty()) || tokio::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let names = Names {
+        names: laptop.members(general).await?,
+    };
+    let delivered: Vec<String> = receipts
+        .delivered
+        .iter()
+        .map(|(u, d)| format!("{}'s device {}", names.of(u), &d.to_hex()[..8]))
+        .collect();
+    let read: Vec<String> = receipts.read.iter().map(|u| names.of(u)).collect();
+    say(&format!(
+        "receipts for \"Who's up for lunch\": delivered to {}; read by {}",
+        delivered.join(", "),
+        if read.is_empty() {
+            "-".to_string()
+        } else {
+            read.join(", ")
+        }
+    ));
+    for n in [&laptop_node, &phone_node, &bob_node] {
+        n.stop().await?;
+    }
+    for h in [&phone, &bob] {
+        let r = h.verify().await?;
+        if !r.is_clean() {
+            bail!("verify found problems: {:?}", r.problems);
+        }
+    }
+    phone.close().await?;
+    bob.close().await?;
+    say("verify on the phone and on Bob's device: clean");
+    Ok(())
 }
