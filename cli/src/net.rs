@@ -199,11 +199,19 @@ enum NodeCmd {
         #[serde(default)]
         up_to: Option<hearth::MessageId>,
     },
+    Invite {
+        channel: String,
+    },
 }
 
-async fn node_cmd(h: &Hearth, line: &str) -> Result<Value> {
+async fn node_cmd(h: &Hearth, node: &NodeHandle, line: &str) -> Result<Value> {
     let cmd: NodeCmd = serde_json::from_str(line).context("not a command")?;
     let (name, w) = match cmd {
+        NodeCmd::Invite { channel } => {
+            let channel = h.resolve_channel(&channel).await?;
+            let ticket = h.invite(channel, node.listen_addrs().await?).await?;
+            return Ok(json!({"event": "done", "cmd": "invite", "ticket": ticket.to_string()}));
+        }
         NodeCmd::Post {
             channel,
             text,
@@ -354,7 +362,7 @@ pub async fn node(h: &Hearth, store: &Path, mut config: NodeConfig, exit_on_eof:
         })
     };
     let stdin = async {
-        stdin_commands(h).await;
+        stdin_commands(h, &node).await;
         if !exit_on_eof {
             // Without a script attached, stdin closing does not stop the node.
             std::future::pending::<()>().await;
@@ -371,13 +379,13 @@ pub async fn node(h: &Hearth, store: &Path, mut config: NodeConfig, exit_on_eof:
 }
 
 /// Run the JSON-line commands of stdin until it closes; one result line each.
-async fn stdin_commands(h: &Hearth) {
+async fn stdin_commands(h: &Hearth, node: &NodeHandle) {
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         if line.trim().is_empty() {
             continue;
         }
-        match node_cmd(h, &line).await {
+        match node_cmd(h, node, &line).await {
             Ok(v) => print_json(&v),
             Err(e) => print_json(&json!({"event": "error", "input": line, "error": crate::output::one_line(&e)})),
         }
@@ -403,7 +411,10 @@ pub async fn link(h: &Hearth, mut listen: Vec<Multiaddr>, timeout: Duration, as_
         print_json(&json!({"event": "link_ticket", "ticket": ticket.to_string()}));
     } else {
         println!("{ticket}");
-        eprintln!("on the new device: hearth init --link <ticket above>   (waiting up to {} s)", timeout.as_secs());
+        eprintln!(
+            "on the new device: hearth init --link <ticket above>   (waiting up to {} s)",
+            timeout.as_secs()
+        );
     }
     let wait = async {
         let mut linked = None;
