@@ -105,7 +105,7 @@ impl LinkBundle {
         let mut plain = open(&bundle_key(secret), AAD, sealed, "link bundle")?;
         let decoded = postcard::take_from_bytes::<Wire>(&plain);
         let res = match decoded {
-            Ok((w, rest)) if rest.is_empty() => {
+            Ok((w, [])) => {
                 if w.version != VERSION {
                     Err(Error::UnsupportedFormat {
                         what: "link bundle",

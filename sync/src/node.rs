@@ -190,6 +190,9 @@ pub enum NodeError {
     Link(String),
 }
 
+/// How long the accepting side of a new connection waits before its own session.
+const LISTENER_SESSION_DELAY: Duration = Duration::from_millis(300);
+
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     rr: request_response::Behaviour<proto::Codec>,
@@ -694,6 +697,16 @@ impl<R: Replica> Loop<R> {
                     let work = spawn_worker(peer_id, self.replica.clone(), self.cmd_tx.clone(), self.events.clone());
                     if dialer {
                         let _ = work.send(Work::Reconcile(None));
+                    } else {
+                        // The dialer reconciles at once; the listener follows a
+                        // moment later, by then usually finding both in sync in
+                        // one round trip, so that its status and its knowledge of
+                        // the peer's vectors (for live push) are current.
+                        let work = work.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(LISTENER_SESSION_DELAY).await;
+                            let _ = work.send(Work::Reconcile(None));
+                        });
                     }
                     self.peers.insert(
                         peer_id,
@@ -716,19 +729,17 @@ impl<R: Replica> Loop<R> {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established,
+                num_established: 0,
                 ..
             } => {
-                if num_established == 0 {
-                    self.peers.remove(&peer_id);
-                    let retry = self.config.redial_min;
-                    for k in self.known.values_mut() {
-                        if k.peer == Some(peer_id) && k.next.is_none() {
-                            k.next = Some(Instant::now() + retry);
-                        }
+                self.peers.remove(&peer_id);
+                let retry = self.config.redial_min;
+                for k in self.known.values_mut() {
+                    if k.peer == Some(peer_id) && k.next.is_none() {
+                        k.next = Some(Instant::now() + retry);
                     }
-                    self.emit(NodeEvent::PeerDisconnected { peer: peer_id });
                 }
+                self.emit(NodeEvent::PeerDisconnected { peer: peer_id });
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 let addrs: Vec<Multiaddr> = self

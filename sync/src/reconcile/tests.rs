@@ -178,6 +178,9 @@ impl Fake {
                     },
                 }
             }
+            Request::Link { .. } => Response::Refused {
+                reason: "no link offer".into(),
+            },
         }
     }
 }
@@ -214,6 +217,7 @@ fn drive(mut session: Session, local: &mut Fake, mut peer: impl FnMut(Request) -
                         run.pushes += 1;
                         run.batches.push(entries.len());
                     }
+                    Request::Link { .. } => panic!("a session never asks for a link bundle"),
                 }
                 let resp = peer(req);
                 let bytes = resp.encode();
@@ -407,8 +411,8 @@ fn a_large_backlog_moves_in_bounded_batches() {
 /// Fetch and Push with `fetch` and `push`.
 fn liar(
     claimed: Vector,
-    mut fetch: impl FnMut(&Vector) -> Response,
-    mut push: impl FnMut() -> Response,
+    fetch: impl Fn(&Vector) -> Response,
+    push: impl Fn() -> Response,
 ) -> impl FnMut(Request) -> Response {
     move |req| match req {
         Request::Hello { .. } => Response::Hello {
@@ -419,6 +423,7 @@ fn liar(
         },
         Request::Fetch { have, .. } => fetch(&have),
         Request::Push { .. } => push(),
+        Request::Link { .. } => panic!("a session never asks for a link bundle"),
     }
 }
 
@@ -528,26 +533,33 @@ fn unexpected_answers_fail_the_session() {
         relay: false,
     };
     let refused = || Response::Refused { reason: "no".into() };
-    let wrong: [(&str, Answer); 5] = [
+    let link = || Response::Link {
+        sealed: ByteBuf::from(vec![1, 2, 3]),
+    };
+    let wrong: [(&str, Answer); 6] = [
         (
             "entries to a hello",
-            Box::new(|r| matches!(r, Request::Hello { .. }).then(entries)),
+            Box::new(move |r| matches!(r, Request::Hello { .. }).then(entries)),
         ),
         (
             "an ack to a hello",
-            Box::new(|r| matches!(r, Request::Hello { .. }).then(ack)),
+            Box::new(move |r| matches!(r, Request::Hello { .. }).then(ack)),
         ),
         (
             "a refused hello",
-            Box::new(|r| matches!(r, Request::Hello { .. }).then(refused)),
+            Box::new(move |r| matches!(r, Request::Hello { .. }).then(refused)),
         ),
         (
             "an ack to a fetch",
-            Box::new(|r| matches!(r, Request::Fetch { .. }).then(ack)),
+            Box::new(move |r| matches!(r, Request::Fetch { .. }).then(ack)),
         ),
         (
             "a hello to a push",
-            Box::new(|r| matches!(r, Request::Push { .. }).then(hello)),
+            Box::new(move |r| matches!(r, Request::Push { .. }).then(hello)),
+        ),
+        (
+            "a link bundle to a fetch",
+            Box::new(move |r| matches!(r, Request::Fetch { .. }).then(link)),
         ),
     ];
     for (what, answer) in wrong {
