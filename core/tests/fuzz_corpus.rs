@@ -72,6 +72,7 @@ replay_tests! {
     identity => checks::check_identity,
     channel_record => checks::check_channel_record,
     snapshot => checks::check_snapshot,
+    link_bundle => checks::check_link_bundle,
 }
 
 /// Writes the seed corpus: valid inputs made by the encoders, plus truncated and
@@ -118,6 +119,7 @@ mod seeds {
             "identity" => Identity::decode(data).is_ok(),
             "channel_record" => ChannelRecord::decode(data).is_ok(),
             "snapshot" => EpochDoc::load(EPOCH, data, &LOCAL_DEVICE).is_ok(),
+            "link_bundle" => true,
             _ => unreachable!("no fuzz target {target}"),
         }
     }
@@ -159,6 +161,49 @@ mod seeds {
         identities();
         channel_records();
         snapshots();
+        link_bundles();
+    }
+
+    fn link_bundles() {
+        let secret = SecretKey::from_bytes(super::checks::LINK_SECRET);
+        let bundle = hearth_core::LinkBundle {
+            identity: SecretKey::from_bytes([0x42; 32]),
+            name: "fuzz author".into(),
+            channels: vec![
+                channel_keys().clone(),
+                ChannelKeys::new(ChannelId([9; 32]), SecretKey::from_bytes([8; 32])),
+            ],
+        };
+        let sealed = bundle.seal(&secret).unwrap();
+        let plain = hearth_core::open(
+            &super::checks::link_bundle_key(),
+            b"hearth v1 link bundle",
+            &sealed,
+            "seed",
+        )
+        .unwrap();
+        write("link_bundle", "valid-plaintext", &plain);
+        write("link_bundle", "sealed", &sealed);
+        write("link_bundle", "truncated", &plain[..plain.len() - 3]);
+        write("link_bundle", "version-2", &{
+            let mut p = plain.clone();
+            p[0] = 2;
+            p
+        });
+        let empty = hearth_core::LinkBundle {
+            identity: SecretKey::from_bytes([1; 32]),
+            name: String::new(),
+            channels: vec![],
+        };
+        let sealed = empty.seal(&secret).unwrap();
+        let plain = hearth_core::open(
+            &super::checks::link_bundle_key(),
+            b"hearth v1 link bundle",
+            &sealed,
+            "seed",
+        )
+        .unwrap();
+        write("link_bundle", "no-channels-empty-name", &plain);
     }
 
     fn store_headers() {

@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 
 use hearth_core::{
     ChannelId, ChannelKeys, ChannelRecord, DeviceId, Devices, Envelope, EpochDoc, Error, Identity, KdfParams,
-    Passphrase, SecretKey, StoreHeader, decode_change,
+    LinkBundle, Passphrase, SecretKey, StoreHeader, decode_change,
 };
 
 /// The passphrase the store header seeds were wrapped with.
@@ -227,4 +227,35 @@ fn snapshot_once(data: &[u8]) {
     if let Ok(doc) = EpochDoc::load(EPOCH, data, &LOCAL_DEVICE) {
         doc.view(&devices());
     }
+}
+
+/// The link secret the link bundle seeds are sealed under.
+pub const LINK_SECRET: [u8; 32] = [0x5a; 32];
+
+/// The key a link bundle is sealed with (as `hearth_core::LinkBundle` derives it).
+pub fn link_bundle_key() -> SecretKey {
+    SecretKey::from_bytes(*blake3::keyed_hash(&LINK_SECRET, b"hearth v1 link bundle key").as_bytes())
+}
+
+/// A link bundle: the input is the bundle's plaintext, sealed here under the
+/// fixed link secret so that the fuzzer reaches the decoder behind the AEAD;
+/// the input is also tried as sealed bytes as they arrive. Whatever opens
+/// must seal and open again to the same bundle.
+pub fn check_link_bundle(data: &[u8]) {
+    let secret = SecretKey::from_bytes(LINK_SECRET);
+    let _ = LinkBundle::open(&secret, data);
+    let Ok(sealed) = hearth_core::seal(&link_bundle_key(), b"hearth v1 link bundle", data) else {
+        return;
+    };
+    let Ok(bundle) = LinkBundle::open(&secret, &sealed) else {
+        return;
+    };
+    let again = LinkBundle::open(&secret, &bundle.seal(&secret).expect("an opened bundle seals"))
+        .expect("a sealed bundle opens");
+    assert_eq!(again.identity.expose(), bundle.identity.expose());
+    assert_eq!(again.name, bundle.name);
+    assert_eq!(
+        again.channels.iter().map(|k| k.wire()).collect::<Vec<_>>(),
+        bundle.channels.iter().map(|k| k.wire()).collect::<Vec<_>>()
+    );
 }

@@ -22,3 +22,4 @@ pub use libp2p::{Multiaddr, PeerId};
 pub use node::{NodeConfig, NodeError, NodeEvent, NodeHandle, PeerStatus, peer_id_of_secret, peer_of, start};
 pub use relay::RelayStore;
 pub use replica::{Detached, Replica, ReplicaEvent};
+pub use ticket::{Ticket, TicketError};

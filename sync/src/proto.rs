@@ -156,11 +156,17 @@ fn check_len(size: usize, limit: usize) -> Result<(), FrameError> {
     }
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], limit: usize) -> Result<T, FrameError> {
+fn decode<T: for<'de> Deserialize<'de> + Serialize>(bytes: &[u8], limit: usize) -> Result<T, FrameError> {
     check_len(bytes.len(), limit)?;
     let (v, rest) = postcard::take_from_bytes(bytes).map_err(|e| FrameError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(FrameError::Malformed("trailing bytes".into()));
+    }
+    // One frame, one encoding: postcard takes over-long varints, and a map
+    // (a vector) in any order or with repeated keys. Found by fuzzing
+    // (fuzz/corpus/sync_request/crash-*). Re-encoding costs one copy.
+    if postcard::to_stdvec(&v).map_err(|e| FrameError::Malformed(e.to_string()))? != bytes {
+        return Err(FrameError::Malformed("not in canonical encoding".into()));
     }
     Ok(v)
 }
