@@ -94,7 +94,12 @@ pub(crate) fn create(dir: &Path, pass: &Passphrase, user_name: &str, config: Con
 }
 
 /// Create a new store for an identity (a new user, or a new device of a user).
-pub(crate) fn create_as(dir: &Path, pass: &Passphrase, identity: Identity, config: Config) -> Result<(Engine, Journal)> {
+pub(crate) fn create_as(
+    dir: &Path,
+    pass: &Passphrase,
+    identity: Identity,
+    config: Config,
+) -> Result<(Engine, Journal)> {
     let existed = dir.exists();
     fs::create_dir_all(dir)?;
     if !existed && let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {

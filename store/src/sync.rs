@@ -128,6 +128,14 @@ struct Accepted {
     posts: Vec<MessageId>,
 }
 
+impl Rejection {
+    /// Whether the refusal proves the sender sent forged or broken data. A gap
+    /// (entries out of order) or a full relay is not the sender's fault.
+    pub fn is_peer_fault(&self) -> bool {
+        !(self.reason.starts_with("gap") || self.reason.starts_with("relay is full"))
+    }
+}
+
 impl Engine {
     fn channel_by_wire(&self, wire: &WireId) -> Result<ChannelId> {
         self.by_wire.get(wire).copied().ok_or_else(|| Error::NotFound {
@@ -285,9 +293,13 @@ impl Engine {
                 if h.prev != prev {
                     return Err("does not chain onto the previous entry".into());
                 }
-                if let Some(owner) = ch.devices.get(&device)
-                    && *owner != h.user
-                {
+                // The owner as of this batch: an earlier entry of the same
+                // batch may have bound a new device already.
+                let owner = heads
+                    .get(&device)
+                    .map(|x| x.user)
+                    .or_else(|| ch.devices.get(&device).copied());
+                if owner.is_some_and(|o| o != h.user) {
                     return Err("device belongs to another user".into());
                 }
                 env.verify().map_err(|e| e.to_string())?;

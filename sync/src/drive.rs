@@ -109,7 +109,7 @@ pub async fn serve<R: Replica>(replica: &R, req: Request) -> (Response, Served) 
                     served.accepted = r.accepted as u64;
                     served.rejected = r.rejected.len() as u64;
                     served.reason = r.rejected.first().map(|x| x.reason.clone());
-                    served.malicious = r.rejected.iter().any(|x| !x.reason.starts_with("gap"));
+                    served.malicious = r.rejected.iter().any(|x| x.is_peer_fault());
                     served.acked = Some((wire, r.vector.clone()));
                     Response::Ack {
                         vector: r.vector,

@@ -20,6 +20,6 @@ pub mod ticket;
 
 pub use libp2p::{Multiaddr, PeerId};
 pub use node::{NodeConfig, NodeError, NodeEvent, NodeHandle, PeerStatus, peer_id_of_secret, peer_of, start};
-pub use relay::RelayStore;
+pub use relay::{RelayConfig, RelayStats, RelayStore};
 pub use replica::{Detached, Replica, ReplicaEvent};
 pub use ticket::{Ticket, TicketError};

@@ -193,12 +193,16 @@ pub enum NodeError {
 /// How long the accepting side of a new connection waits before its own session.
 const LISTENER_SESSION_DELAY: Duration = Duration::from_millis(300);
 
+// `limits` comes first: the derive asks each field in order whether to take a
+// connection, and request-response records one as soon as it is asked; denied
+// by a later field, it kept a phantom connection (a debug-build panic on close,
+// requests routed to a dead connection; rust-libp2p PR #6601).
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    limits: connection_limits::Behaviour,
     rr: request_response::Behaviour<proto::Codec>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
-    limits: connection_limits::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
@@ -643,7 +647,7 @@ impl<R: Replica> Loop<R> {
     fn session_done(&mut self, peer: PeerId, outcome: Outcome, state: SyncState) {
         if outcome.refused_here > 0 {
             let reason = outcome.refusal.clone().unwrap_or_default();
-            let malicious = !reason.starts_with("gap");
+            let malicious = !(reason.starts_with("gap") || reason.starts_with("relay is full"));
             self.reject(peer, reason, malicious);
         }
         let Some(p) = self.peers.get_mut(&peer) else {
