@@ -123,10 +123,16 @@ impl Hearth {
     /// a one-time ticket (with `addrs`, where the node can be reached). The first
     /// device that presents it gets the user's key, name and channel keys, sealed
     /// under the ticket's secret (see [`Hearth::create_linked`]).
-    pub async fn link_ticket(&self, node: &sync::NodeHandle, addrs: Vec<sync::Multiaddr>) -> Result<sync::ticket::Ticket> {
+    pub async fn link_ticket(
+        &self,
+        node: &sync::NodeHandle,
+        addrs: Vec<sync::Multiaddr>,
+    ) -> Result<sync::ticket::Ticket> {
         let secret = hearth_core::SecretKey::generate()?;
         let sealed = self.store.link_bundle().await?.seal(&secret)?;
-        node.offer_link(secret.clone(), sealed).await.map_err(|_| Error::Closed)?;
+        node.offer_link(secret.clone(), sealed)
+            .await
+            .map_err(|_| Error::Closed)?;
         sync::ticket::Ticket::link(secret, addrs).map_err(|e| Error::Invalid {
             what: "ticket".into(),
             detail: e.to_string(),
