@@ -83,6 +83,8 @@ async fn create(root: &Path, name: &str) -> Result<Hearth> {
 struct Bytes {
     up: u64,
     down: u64,
+    /// Connections the proxy accepted.
+    conns: u64,
 }
 
 impl Bytes {
@@ -94,11 +96,12 @@ impl Bytes {
         Bytes {
             up: self.up - before.up,
             down: self.down - before.down,
+            conns: self.conns - before.conns,
         }
     }
 
     fn json(self) -> Value {
-        json!({"up": self.up, "down": self.down, "total": self.total()})
+        json!({"up": self.up, "down": self.down, "total": self.total(), "connections": self.conns})
     }
 }
 
@@ -107,6 +110,7 @@ struct Proxy {
     addr: SocketAddr,
     up: Arc<AtomicU64>,
     down: Arc<AtomicU64>,
+    conns: Arc<AtomicU64>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -115,9 +119,11 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (up, down) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let (u, d) = (up.clone(), down.clone());
+        let conns = Arc::new(AtomicU64::new(0));
+        let (u, d, c) = (up.clone(), down.clone(), conns.clone());
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
                 let Ok(server) = TcpStream::connect(upstream).await else {
                     continue;
                 };
@@ -130,13 +136,20 @@ impl Proxy {
                 tokio::spawn(pump(sr, cw, d.clone()));
             }
         });
-        Ok(Proxy { addr, up, down, accept })
+        Ok(Proxy {
+            addr,
+            up,
+            down,
+            conns,
+            accept,
+        })
     }
 
     fn bytes(&self) -> Bytes {
         Bytes {
             up: self.up.load(Ordering::SeqCst),
             down: self.down.load(Ordering::SeqCst),
+            conns: self.conns.load(Ordering::SeqCst),
         }
     }
 }
@@ -148,7 +161,11 @@ impl Drop for Proxy {
     }
 }
 
-async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, count: Arc<AtomicU64>) {
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    count: Arc<AtomicU64>,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match from.read(&mut buf).await {
@@ -202,7 +219,13 @@ async fn next_synced(ev: &mut tokio::sync::broadcast::Receiver<NodeEvent>, withi
     loop {
         match tokio::time::timeout_at(deadline, ev.recv()).await {
             Err(_) => bail!("no Synced event within {within:?}"),
-            Ok(Ok(e @ NodeEvent::Synced { .. })) => return Ok(e),
+            Ok(Ok(e @ NodeEvent::Synced { .. })) => {
+                if std::env::var_os("HEARTH_BENCH_TRACE").is_some() {
+                    eprintln!("{e:?}");
+                }
+                return Ok(e);
+            }
+            Ok(Ok(e)) if std::env::var_os("HEARTH_BENCH_TRACE").is_some() => eprintln!("{e:?}"),
             Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
             Ok(Err(e)) => bail!("node events closed: {e}"),
         }
@@ -214,7 +237,6 @@ async fn next_synced(ev: &mut tokio::sync::broadcast::Receiver<NodeEvent>, withi
 /// What catching up cost Hearth.
 #[derive(Debug, Default)]
 struct HearthCatchup {
-    messages: usize,
     build_secs: f64,
     secs: f64,
     round_trips: u32,
@@ -267,7 +289,11 @@ async fn apply_rate(root: &Path, keys: hearth::core::ChannelKeys, wire: WireId, 
     let t = Instant::now();
     for b in batches {
         let r = c.ingest(wire, b).await?;
-        ensure!(r.rejected.is_empty(), "ingest refused entries: {:?}", r.rejected.first());
+        ensure!(
+            r.rejected.is_empty(),
+            "ingest refused entries: {:?}",
+            r.rejected.first()
+        );
     }
     let secs = t.elapsed().as_secs_f64();
     c.close().await?;
@@ -276,11 +302,13 @@ async fn apply_rate(root: &Path, keys: hearth::core::ChannelKeys, wire: WireId, 
 
 /// A writer with `n` posts, a fresh member that dials it through the proxy and
 /// catches up; then (if `samples` > 0) live delivery on the same connection.
-async fn hearth_catchup(root: &Path, n: usize, text_len: usize, samples: usize) -> Result<(HearthCatchup, Option<Live>)> {
-    let mut r = HearthCatchup {
-        messages: n,
-        ..Default::default()
-    };
+async fn hearth_catchup(
+    root: &Path,
+    n: usize,
+    text_len: usize,
+    samples: usize,
+) -> Result<(HearthCatchup, Option<Live>)> {
+    let mut r = HearthCatchup::default();
     let a = create(root, &format!("writer-{n}")).await?;
     let ch = a.create_channel("catch-up").await?;
     let t = Instant::now();
@@ -312,17 +340,16 @@ async fn hearth_catchup(root: &Path, n: usize, text_len: usize, samples: usize) 
     }
     r.secs = t0.elapsed().as_secs_f64();
     r.bytes = proxy.bytes();
-    // The session that pulled the history (the dialer's, on connect).
-    loop {
+    // The session that pulled the history (the dialer's, on connect). The
+    // writer's group commit packs the bulk-posted messages into few entries,
+    // so `received` counts entries, not messages.
+    while r.received == 0 {
         if let NodeEvent::Synced {
             round_trips, received, ..
         } = next_synced(&mut ev, Duration::from_secs(30)).await?
         {
-            r.round_trips += round_trips;
-            r.received += received;
-            if r.received >= n as u64 {
-                break;
-            }
+            r.round_trips = round_trips;
+            r.received = received;
         }
     }
 
@@ -405,7 +432,12 @@ struct HearthReconnect {
 
 /// Two replicas share `channels` channels, fully synced; the member's node is
 /// stopped and started again, redials through the proxy, and runs one sync.
-async fn hearth_reconnect(root: &Path, channels: usize, per_channel: usize, text_len: usize) -> Result<HearthReconnect> {
+async fn hearth_reconnect(
+    root: &Path,
+    channels: usize,
+    per_channel: usize,
+    text_len: usize,
+) -> Result<HearthReconnect> {
     let mut r = HearthReconnect::default();
     // The libp2p handshake alone (noise, yamux, identify, an empty Hello).
     {
@@ -642,7 +674,11 @@ async fn am_catchup(n: usize, text_len: usize, samples: usize) -> Result<(AmCatc
     r.bytes = proxy.bytes();
     r.frames = ra.frames + rb.frames;
     r.messages = ra.messages + rb.messages;
-    ensure!(b.count(0) == n, "the baseline peer holds {} of {n} messages", b.count(0));
+    ensure!(
+        b.count(0) == n,
+        "the baseline peer holds {} of {n} messages",
+        b.count(0)
+    );
 
     if samples == 0 {
         return Ok((r, None));
@@ -651,7 +687,11 @@ async fn am_catchup(n: usize, text_len: usize, samples: usize) -> Result<(AmCatc
     let (mut deliver, mut quiet) = (Vec::with_capacity(samples), Vec::with_capacity(samples));
     for i in 0..samples {
         let t = Instant::now();
-        am_post(&mut a.docs[0], (1 << 45) + i as u64, &bench_text((1 << 45) + i as u64, text_len))?;
+        am_post(
+            &mut a.docs[0],
+            (1 << 45) + i as u64,
+            &bench_text((1 << 45) + i as u64, text_len),
+        )?;
         let (_, rb) = am_round(&mut a, &mut b, true).await?;
         quiet.push(t.elapsed());
         deliver.push(rb.changed_at.context("a live change never arrived")? - t);
@@ -696,10 +736,7 @@ async fn am_reconnect(channels: usize, per_channel: usize, text_len: usize) -> R
     }
     drop(proxy);
     let persist = |p: &AmPeer| -> Result<Vec<am::State>> {
-        p.states
-            .iter()
-            .map(|s| Ok(am::State::decode(&s.encode())?))
-            .collect()
+        p.states.iter().map(|s| Ok(am::State::decode(&s.encode())?)).collect()
     };
     let (sa, sb) = (persist(&a)?, persist(&b)?);
     let (dialer, accepted, proxy) = am_connect().await?;
@@ -765,7 +802,7 @@ pub async fn run(args: &SyncArgs, json_out: bool) -> Result<std::process::ExitCo
             "metric": "catch_up", "messages": n,
             "hearth": {
                 "secs": h.secs, "msgs_per_sec": nf / h.secs,
-                "round_trips": h.round_trips, "received": h.received,
+                "round_trips": h.round_trips, "entries_received": h.received,
                 "writer_build_secs": h.build_secs,
             },
             "automerge": {
@@ -790,7 +827,8 @@ pub async fn run(args: &SyncArgs, json_out: bool) -> Result<std::process::ExitCo
         metrics.push(json!({
             "metric": "remote_apply", "messages": n,
             "hearth": {
-                "ingest_msgs_per_sec": h.entries as f64 / h.apply_secs,
+                "ingest_msgs_per_sec": nf / h.apply_secs,
+                "ingest_entries": h.entries,
                 "ingest_secs": h.apply_secs,
                 "catch_up_msgs_per_sec": nf / h.secs,
             },
@@ -851,8 +889,8 @@ fn print_table(metrics: &[Value]) {
     let row = |name: &str, h: String, b: String, g: String| println!("{name:<46} {h:>14} {b:>14} {g:>8}");
     let setup = &metrics[0];
     println!(
-        "hearth bench sync ({} cores, {}-byte messages, {}; loopback through a counting proxy, mDNS off)",
-        setup["cores"], setup["text_len"], "KDF INSECURE_FAST"
+        "hearth bench sync ({} cores, {}-byte messages, KDF INSECURE_FAST; loopback through a counting proxy, mDNS off)",
+        setup["cores"], setup["text_len"]
     );
     row("metric", "hearth".into(), "automerge".into(), "gain".into());
     for m in &metrics[1..] {
@@ -974,10 +1012,17 @@ fn print_table(metrics: &[Value]) {
                     "  bytes of the sync, both ways",
                     h["session_bytes"]["total"].to_string(),
                     b["bytes"]["total"].to_string(),
+                    format!("{:.2}", f(&b["bytes"]["total"]) / f(&h["session_bytes"]["total"])),
+                );
+                row(
+                    "  proxied connections (idle / reconnect)",
                     format!(
-                        "{:.2}",
-                        f(&b["bytes"]["total"]) / f(&h["session_bytes"]["total"])
+                        "{}/{}",
+                        h["idle_connect_bytes_libp2p_handshake_identify_empty_hello"]["connections"],
+                        h["connection_bytes_incl_handshake_and_on_connect_session"]["connections"]
                     ),
+                    String::new(),
+                    String::new(),
                 );
                 row(
                     "  libp2p handshake (idle connect), both ways",
