@@ -248,6 +248,38 @@ impl EpochDoc {
         }
     }
 
+    /// Whether changes wait in automerge's queue for dependencies not applied yet.
+    pub fn has_queued(&mut self) -> bool {
+        !self.doc.get_missing_deps(&[]).is_empty()
+    }
+
+    /// Update `view` for what applied changes touched (see [`ChangeEffects`]),
+    /// instead of rebuilding it: the cost is per touched message, whatever the
+    /// epoch's size. Metadata changes need a rebuild ([`EpochDoc::view`]).
+    pub fn refresh_view(&self, view: &mut EpochView, effects: &ChangeEffects, devices: &Devices) {
+        for id in &effects.messages {
+            if let Some(m) = self.message(id, devices) {
+                view.insert(m);
+            }
+        }
+        if effects.read_markers {
+            for item in self.doc.map_range(ROOT, "rd:".to_string().."rd;".to_string()) {
+                let Some((user, _)) = item.key.strip_prefix("rd:").and_then(|r| r.split_once(':')) else {
+                    continue;
+                };
+                let (Ok(user), Some(Ok(msg))) = (
+                    user.parse::<UserId>(),
+                    value_str(&item.value).map(str::parse::<MessageId>),
+                ) else {
+                    continue;
+                };
+                if writer(&item.id(), devices) == Some(user) {
+                    view.mark_read(user, msg);
+                }
+            }
+        }
+    }
+
     /// Whether an apply failed half-way; a broken document must be dropped.
     pub fn is_broken(&self) -> bool {
         self.broken
@@ -497,6 +529,35 @@ pub fn decode_change(bytes: &[u8], device: &DeviceId, user: &UserId) -> Result<C
 /// [`decode_change`], also returning the ids of the messages the change creates
 /// (in the order of its ops).
 pub fn decode_change_posts(bytes: &[u8], device: &DeviceId, user: &UserId) -> Result<(Change, Vec<MessageId>)> {
+    decode_change_effects(bytes, device, user).map(|(c, e)| (c, e.posts))
+}
+
+/// What a change touches, so that a view can be updated for just that
+/// ([`EpochDoc::refresh_view`]) instead of rebuilt.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangeEffects {
+    /// Messages the change creates, in op order.
+    pub posts: Vec<MessageId>,
+    /// Messages whose text, edit, deletion or reactions it touches (posts included).
+    pub messages: BTreeSet<MessageId>,
+    /// It moves a read marker.
+    pub read_markers: bool,
+    /// It touches channel metadata (name, display names, delivery receipts).
+    pub meta: bool,
+}
+
+impl ChangeEffects {
+    /// Add what another change touches.
+    pub fn merge(&mut self, other: ChangeEffects) {
+        self.posts.extend(other.posts);
+        self.messages.extend(other.messages);
+        self.read_markers |= other.read_markers;
+        self.meta |= other.meta;
+    }
+}
+
+/// [`decode_change`], also returning what the change touches.
+pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> Result<(Change, ChangeEffects)> {
     let change = Change::from_bytes(bytes.to_vec()).map_err(|e| Error::corrupted("automerge change", e))?;
     if change.actor_id().to_bytes() != device.0 {
         return Err(Error::corrupted("automerge change", "actor is not the feed's device"));
@@ -518,12 +579,22 @@ pub fn decode_change_posts(bytes: &[u8], device: &DeviceId, user: &UserId) -> Re
     if canonical.hash() != change.hash() {
         return Err(Error::corrupted("automerge change", "not in canonical encoding"));
     }
-    let mut posts = Vec::new();
+    let mut effects = ChangeEffects::default();
     for op in &expanded.operations {
-        if let (ObjectId::Root, Key::Map(k)) = (&op.obj, &op.key)
-            && let Some(id) = k.strip_prefix("m:").and_then(|id| id.parse::<MessageId>().ok())
-        {
-            posts.push(id);
+        if let (ObjectId::Root, Key::Map(k)) = (&op.obj, &op.key) {
+            let (kind, rest) = k.split_once(':').unwrap_or((k.as_str(), ""));
+            let id = rest.split(':').next().and_then(|id| id.parse::<MessageId>().ok());
+            match (kind, id) {
+                ("m", Some(id)) => {
+                    effects.posts.push(id);
+                    effects.messages.insert(id);
+                }
+                ("e" | "x" | "r", Some(id)) => {
+                    effects.messages.insert(id);
+                }
+                ("rd", _) => effects.read_markers = true,
+                _ => effects.meta = true,
+            }
         }
         if op.insert {
             return Err(Error::corrupted(
@@ -546,7 +617,7 @@ pub fn decode_change_posts(bytes: &[u8], device: &DeviceId, user: &UserId) -> Re
             }
         }
     }
-    Ok((change, posts))
+    Ok((change, effects))
 }
 
 fn check_root_op(key: &str, action: &OpType, preds: usize, user: &UserId, device: &DeviceId) -> Result<()> {

@@ -48,7 +48,7 @@ mod vector;
 mod view;
 
 pub use channel::{ChannelKeys, ChannelRecord};
-pub use doc::{Devices, EpochDoc, decode_change, decode_change_posts};
+pub use doc::{ChangeEffects, Devices, EpochDoc, decode_change, decode_change_effects, decode_change_posts};
 pub use envelope::{ENVELOPE_VERSION, EntryBody, EntryHash, EntryHeader, Envelope, MAX_ENTRY_BYTES};
 pub use error::{Error, Result};
 pub use header::{HEADER_MAGIC, HEADER_MAX_LEN, HEADER_VERSION, KdfParams, StoreHeader};

@@ -55,6 +55,9 @@ pub(crate) fn summary_row(
 
 /// An epoch document in memory with its view.
 pub(crate) struct LoadedEpoch {
+    /// Remote changes wait in automerge's queue for their dependencies: when
+    /// they apply, what they touch is unknown, so the view is rebuilt.
+    pub queued: bool,
     pub doc: EpochDoc,
     pub view: EpochView,
     used: u64,
@@ -301,6 +304,7 @@ impl Engine {
                     doc: EpochDoc::new(epoch, &device),
                     view: EpochView::default(),
                     used: self.clock,
+                    queued: false,
                 }
             }
             Some(s) => {
@@ -347,10 +351,12 @@ impl Engine {
                 }
                 doc.apply_remote(changes)?;
                 let view = doc.view(&ch.devices);
+                let queued = doc.has_queued();
                 LoadedEpoch {
                     doc,
                     view,
                     used: self.clock,
+                    queued,
                 }
             }
         };

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use hearth_core::{
     ChannelId, ChannelKeys, DeviceId, Envelope, Epoch, FeedPos, META_EPOCH, MessageId, UserId, Vector, WireId,
-    decode_change_posts,
+    ChangeEffects, decode_change_effects,
 };
 
 use crate::channel::FeedHead;
@@ -125,7 +125,7 @@ struct Accepted {
     seq: u64,
     bytes: Vec<u8>,
     change: automerge::Change,
-    posts: Vec<MessageId>,
+    effects: ChangeEffects,
 }
 
 impl Rejection {
@@ -304,11 +304,12 @@ impl Engine {
                 }
                 env.verify().map_err(|e| e.to_string())?;
                 let body = env.open(&ch.keys).map_err(|e| e.to_string())?;
-                let (change, posts) = decode_change_posts(&body.change, &device, &h.user).map_err(|e| e.to_string())?;
-                Ok((h.user, (body.epoch, change, posts)))
+                let (change, effects) =
+                    decode_change_effects(&body.change, &device, &h.user).map_err(|e| e.to_string())?;
+                Ok((h.user, (body.epoch, change, effects)))
             })();
             match checked {
-                Ok((user, (epoch, change, posts))) => {
+                Ok((user, (epoch, change, effects))) => {
                     heads.insert(
                         device,
                         FeedHead {
@@ -323,7 +324,7 @@ impl Engine {
                         seq,
                         bytes,
                         change,
-                        posts,
+                        effects,
                     });
                 }
                 Err(reason) => {
@@ -378,26 +379,42 @@ impl Engine {
                 // of this batch is stored; the peer sends again.
                 return Ok(());
             }
-            le.view = le.doc.view(&ch.devices);
+            // Live messages touch a few keys of a large epoch: update the view
+            // for those (cost per message, not per epoch). Metadata, or changes
+            // that waited for dependencies, need the full rebuild.
+            let mut effects = ChangeEffects::default();
+            for a in &list {
+                effects.merge(a.effects.clone());
+            }
+            let queued = le.doc.has_queued();
+            if epoch == META_EPOCH || effects.meta || le.queued || queued {
+                le.view = le.doc.view(&ch.devices);
+            } else {
+                le.doc.refresh_view(&mut le.view, &effects, &ch.devices);
+                // Every debug build (all the tests) checks the shortcut against
+                // the rebuild.
+                debug_assert_eq!(le.view, le.doc.view(&ch.devices), "incremental view diverged");
+            }
+            le.queued = queued;
             let s = ch.summaries.entry(epoch).or_default();
             for a in &list {
                 batch.insert(&feed_key(wire, &a.device, a.seq)[..], &a.bytes[..]);
                 s.entries += 1;
                 batch.insert(&elog_key(wire, epoch, s.entries)[..], &elog_value(&a.device, a.seq)[..]);
-                for p in &a.posts {
+                for p in &a.effects.posts {
                     self.hlc.observe(p.timestamp());
                 }
-                report.messages += a.posts.len();
-                if let Some(last) = a.posts.iter().max() {
+                report.messages += a.effects.posts.len();
+                if let Some(last) = a.effects.posts.iter().max() {
                     let e = report.newest.entry(a.device).or_insert(*last);
                     *e = (*e).max(*last);
                 }
-                if !a.posts.is_empty() {
+                if !a.effects.posts.is_empty() {
                     events.push(crate::StoreEvent::Received {
                         channel,
                         author: a.user,
                         device: a.device,
-                        messages: a.posts.clone(),
+                        messages: a.effects.posts.clone(),
                     });
                 }
             }
@@ -499,7 +516,7 @@ impl Engine {
     }
 }
 
-type EntryBodyParts = (Epoch, automerge::Change, Vec<MessageId>);
+type EntryBodyParts = (Epoch, automerge::Change, ChangeEffects);
 
 fn hex_prefix(wire: &WireId) -> String {
     wire.0[..8].iter().map(|b| format!("{b:02x}")).collect()
