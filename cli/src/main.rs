@@ -234,7 +234,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(commands::run(cli)) {
+    let res = rt.block_on(commands::run(cli));
+    // Everything that matters is done (the store is closed); a read of stdin
+    // still blocked in the runtime's thread pool must not hold the exit.
+    rt.shutdown_background();
+    match res {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", output::one_line(&e));

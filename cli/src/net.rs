@@ -298,18 +298,29 @@ async fn event_json(h: &Hearth, e: NodeEvent) -> Option<Value> {
     })
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// SIGINT or SIGTERM. The handlers are installed when this is called (not
+/// when it is first awaited): call it before announcing anything, so that a
+/// signal sent right after the announcement is not lost.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
+    async move {
+        let recv = |s: &mut Option<tokio::signal::unix::Signal>| {
+            let s = s.take();
+            async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
             }
-            Err(_) => std::future::pending().await,
+        };
+        tokio::select! {
+            _ = recv(&mut term) => {}
+            _ = recv(&mut int) => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }
 
@@ -325,8 +336,14 @@ pub async fn node(h: &Hearth, store: &Path, mut config: NodeConfig, exit_on_eof:
             config.peers.push(a);
         }
     }
+    let signals = shutdown_signal();
+    // Dial after subscribing, so that no peer_connected event is missed.
+    let peers = std::mem::take(&mut config.peers);
     let node = h.start_node(config).await?;
     let mut events = node.subscribe();
+    for p in peers {
+        node.dial(p).await?;
+    }
     // Listen addresses may come up before the subscription: report them from the node.
     let addrs = listen_addrs(&node).await;
     write_addrs(&store.join(ADDRS_FILE), &addrs)?;
@@ -369,7 +386,7 @@ pub async fn node(h: &Hearth, store: &Path, mut config: NodeConfig, exit_on_eof:
         }
     };
     tokio::select! {
-        _ = shutdown_signal() => {}
+        _ = signals => {}
         _ = stdin => {}
     }
     node.stop().await.ok();
@@ -398,6 +415,7 @@ pub async fn link(h: &Hearth, mut listen: Vec<Multiaddr>, timeout: Duration, as_
     if listen.is_empty() {
         listen.push("/ip4/127.0.0.1/tcp/0".parse().expect("a valid address"));
     }
+    let signals = shutdown_signal();
     let node = h
         .start_node(NodeConfig {
             listen,
@@ -444,7 +462,7 @@ pub async fn link(h: &Hearth, mut listen: Vec<Multiaddr>, timeout: Duration, as_
     };
     let done = tokio::select! {
         r = tokio::time::timeout(timeout, wait) => r.unwrap_or(false),
-        _ = shutdown_signal() => false,
+        _ = signals => false,
     };
     node.stop().await.ok();
     if done {
@@ -516,6 +534,7 @@ pub async fn relay(dir: &Path, listen: Vec<Multiaddr>, peers: Vec<Multiaddr>) ->
         bail!("a relay needs at least one --listen address");
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let signals = shutdown_signal();
     let relay = RelayStore::open(dir)?;
     let secret = relay_secret(dir)?;
     let node = hearth::sync::start(
@@ -560,7 +579,7 @@ pub async fn relay(dir: &Path, listen: Vec<Multiaddr>, peers: Vec<Multiaddr>) ->
             print_json(&v);
         }
     });
-    shutdown_signal().await;
+    signals.await;
     node.stop().await.ok();
     printer.abort();
     print_json(&json!({"event": "stopped"}));

@@ -10,6 +10,7 @@
 //! open pays one Argon2id derivation at the default cost, so the scenarios keep
 //! the number of invocations modest.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -120,6 +121,8 @@ struct Proc {
     lines: Receiver<String>,
     /// Every stdout line read so far.
     seen: Vec<String>,
+    /// Events read but not matched yet, oldest first.
+    unmatched: VecDeque<Value>,
     stderr: Arc<Mutex<Vec<u8>>>,
     readers: Vec<thread::JoinHandle<()>>,
     status: Option<ExitStatus>,
@@ -160,6 +163,7 @@ impl Proc {
             stdin,
             lines,
             seen: Vec::new(),
+            unmatched: VecDeque::new(),
             stderr,
             readers,
             status: None,
@@ -192,15 +196,21 @@ impl Proc {
         }
     }
 
-    /// Forget the lines already printed (events of an earlier round).
+    /// Forget the events printed so far (those of an earlier round).
     fn skip_pending(&mut self) {
+        self.unmatched.clear();
         while let Ok(line) = self.lines.try_recv() {
             self.seen.push(line);
         }
     }
 
-    /// Skip JSON events until one matches; panic (killing the child) after [`WAIT`].
+    /// The oldest unmatched event that satisfies `pred`, waiting up to [`WAIT`]
+    /// for it (and then panicking, which kills the child). Events passed over
+    /// stay for later calls: peers' events arrive in no fixed order.
     fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(i) = self.unmatched.iter().position(&pred) {
+            return self.unmatched.remove(i).expect("a valid index");
+        }
         let deadline = Instant::now() + WAIT;
         while let Some(line) = self.next_line(deadline) {
             let v: Value = serde_json::from_str(&line)
@@ -208,6 +218,7 @@ impl Proc {
             if pred(&v) {
                 return v;
             }
+            self.unmatched.push_back(v);
         }
         panic!("{what}: not seen within {WAIT:?}\n{}", self.report())
     }
@@ -221,6 +232,19 @@ impl Proc {
             "{addr}"
         );
         addr
+    }
+
+    /// Wait until a node's main loop runs. `hearth node` prints its listening
+    /// addresses before it installs its SIGINT/SIGTERM handlers, so a signal
+    /// sent right after them kills it outright (no `stopped`, exit by signal).
+    /// An answer to a stdin line proves that the loop, which polls the
+    /// handlers together with stdin, has started.
+    fn ready(&mut self) {
+        let probe = r#"{"cmd": "ready?"}"#;
+        self.send_line(probe);
+        self.wait_for("the answer to a probe", |e| {
+            e["event"] == "error" && e["input"] == probe
+        });
     }
 
     fn send_line(&mut self, line: &str) {
@@ -280,6 +304,8 @@ impl Proc {
 
     /// SIGTERM a node or relay: it must print `stopped` last and exit 0.
     fn terminate(mut self) -> Vec<Value> {
+        // Close stdin first: while it is open, a node prints `stopped` and then
+        // never exits (`sigterm_stops_a_node_whose_stdin_is_still_open`).
         self.stdin.take();
         self.signal(libc::SIGTERM);
         let status = self.wait(WAIT);
@@ -312,6 +338,34 @@ fn is_messages_with(e: &Value, id: &str, text: Option<&str>) -> bool {
             .is_some_and(|ms| ms.iter().any(|m| m["id"] == id && m["text"] == json!(text)))
 }
 
+/// Start `hearth node` on `dir` with `args`; returns it, ready, and its address.
+fn start_node(name: &str, dir: &Path, args: &[&str]) -> (Proc, String) {
+    let mut p = Proc::spawn(name, hearth(dir).arg("node").args(args).stdin(Stdio::piped()));
+    let addr = p.listening();
+    p.ready();
+    (p, addr)
+}
+
+/// A node is stopped by SIGTERM while a script still holds its stdin open, as
+/// a supervisor or a terminal does. It fails today: the node prints `stopped`,
+/// then hangs at exit in the runtime's shutdown, which waits for the blocking
+/// read of stdin; a second SIGTERM or SIGINT does nothing.
+#[test]
+fn sigterm_stops_a_node_whose_stdin_is_still_open() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("store");
+    init(&dir, "solo");
+    let (mut node, _) = start_node("a node", &dir, &["--listen", LOOPBACK]);
+    node.signal(libc::SIGTERM);
+    let status = node.wait(Duration::from_secs(10));
+    node.drain();
+    assert!(status.success(), "{status}\n{}", node.report());
+    assert_eq!(
+        node.seen.last().map(|l| json(l)["event"].clone()),
+        Some(json!("stopped"))
+    );
+}
+
 /// 1. The invite flow: a ticket carries the address of the last `hearth node`;
 ///    `join` syncs through it right away; `sync --peer` pushes a reply back.
 #[test]
@@ -325,8 +379,7 @@ fn invite_join_then_sync_back() {
     let hello_id = ok(hearth(&a).args(["post", "general", hello])).trim().to_string();
 
     // A first run only to learn (and save) where the node listens.
-    let mut node = Proc::spawn("alice's first node", hearth(&a).args(["node", "--listen", LOOPBACK]));
-    let addr = node.listening();
+    let (node, addr) = start_node("alice's first node", &a, &["--listen", LOOPBACK]);
     node.terminate();
     let saved = std::fs::read_to_string(a.join("node.addrs")).expect("node.addrs");
     assert_eq!(saved.trim(), addr);
@@ -336,8 +389,8 @@ fn invite_join_then_sync_back() {
     // The same port again, so that the ticket's address is still right; the
     // peer id comes from the store, so it is the same too.
     let port = addr.split("/p2p/").next().expect("an address");
-    let mut node = Proc::spawn("alice's node", hearth(&a).args(["node", "--listen", port]));
-    assert_eq!(node.listening(), addr);
+    let (mut node, again) = start_node("alice's node", &a, &["--listen", port]);
+    assert_eq!(again, addr);
 
     let joined = json(&ok(hearth(&b).args(["--json", "join", &ticket, "--timeout", "60"])));
     assert_eq!(joined["name"], "general", "{joined}");
@@ -345,11 +398,21 @@ fn invite_join_then_sync_back() {
     assert!(joined["received"].as_u64() >= Some(1), "{joined}");
     let log = json_lines(&ok(hearth(&b).args(["--json", "log", "general"])));
     assert_eq!(texts(&log), [hello]);
-    assert_eq!((&log[0]["id"], &log[0]["author_name"]), (&json!(hello_id), &json!("alice")));
+    assert_eq!(
+        (&log[0]["id"], &log[0]["author_name"]),
+        (&json!(hello_id), &json!("alice"))
+    );
 
     let answer = "hi alice, bob here";
     let answer_id = ok(hearth(&b).args(["post", "general", answer])).trim().to_string();
-    let synced = json(&ok(hearth(&b).args(["--json", "sync", "--peer", &addr, "--timeout", "60"])));
+    let synced = json(&ok(hearth(&b).args([
+        "--json",
+        "sync",
+        "--peer",
+        &addr,
+        "--timeout",
+        "60",
+    ])));
     assert_eq!((&synced["event"], &synced["in_sync"]), (&json!("synced"), &json!(true)));
     assert!(synced["sent"].as_u64() >= Some(1), "{synced}");
     let got = node.wait_for("bob's answer", |e| is_messages_with(e, &answer_id, Some(answer)));
@@ -390,21 +453,11 @@ fn node_stdin_commands_reach_the_other_node() {
     let joined = json(&ok(hearth(&b).args(["--json", "join", &ticket, "--timeout", "0"])));
     assert_eq!(joined["synced_with"], Value::Null);
 
-    let mut an = Proc::spawn(
-        "alice's node",
-        hearth(&a)
-            .args(["node", "--listen", LOOPBACK])
-            .stdin(Stdio::piped()),
-    );
-    let addr = an.listening();
-    let mut bn = Proc::spawn(
-        "bob's node",
-        hearth(&b)
-            .args(["node", "--listen", LOOPBACK, "--peer", &addr])
-            .stdin(Stdio::piped()),
-    );
-    bn.listening();
-    bn.wait_for("the connection to alice", |e| e["event"] == "peer_connected");
+    let (mut an, addr) = start_node("alice's node", &a, &["--listen", LOOPBACK]);
+    let (mut bn, _) = start_node("bob's node", &b, &["--listen", LOOPBACK, "--peer", &addr]);
+    // Alice's side: bob's node may connect before it subscribes to its own
+    // events, and then it never prints this `peer_connected`.
+    an.wait_for("bob's connection", |e| e["event"] == "peer_connected");
     bn.wait_for("a first sync", |e| e["event"] == "synced" && e["in_sync"] == true);
 
     let first = an.command(json!({"cmd": "post", "channel": "general", "text": "first post"}));
@@ -415,24 +468,29 @@ fn node_stdin_commands_reach_the_other_node() {
     let reply = an.command(json!({"cmd": "reply", "to": first, "text": "a reply"}));
     let reply = reply["id"].as_str().expect("id").to_string();
     bn.wait_for("the reply", |e| is_messages_with(e, &reply, Some("a reply")));
-    let second = an.command(json!({"cmd": "post", "channel": "general", "text": "replying by post", "reply_to": first}));
+    let second =
+        an.command(json!({"cmd": "post", "channel": "general", "text": "replying by post", "reply_to": first}));
     let second = second["id"].as_str().expect("id").to_string();
-    bn.wait_for("the reply by post", |e| is_messages_with(e, &second, Some("replying by post")));
+    bn.wait_for("the reply by post", |e| {
+        is_messages_with(e, &second, Some("replying by post"))
+    });
 
+    // A reaction, an edit or a delete that arrives prints no event (the node
+    // reports new messages and receipts only), so a post after them marks the
+    // moment they are in: one device's entries are applied in feed order.
     an.command(json!({"cmd": "react", "msg": first, "emoji": "👍"}));
-    bn.wait_for("the reaction", |e| is_messages_with(e, &first, Some("first post")));
     an.command(json!({"cmd": "edit", "msg": first, "text": "first post, edited"}));
-    bn.wait_for("the edit", |e| is_messages_with(e, &first, Some("first post, edited")));
     an.command(json!({"cmd": "delete", "msg": second}));
-    bn.wait_for("the delete", |e| is_messages_with(e, &second, None));
+    let marker = an.command(json!({"cmd": "post", "channel": "general", "text": "after the changes"}));
+    let marker = marker["id"].as_str().expect("id").to_string();
+    bn.wait_for("the post after the changes", |e| {
+        is_messages_with(e, &marker, Some("after the changes"))
+    });
     an.command(json!({"cmd": "read", "channel": "general"}));
     let read = bn.wait_for("alice's read receipt", |e| {
         e["event"] == "receipt" && e["kind"] == "read" && e["user"] == alice.as_str()
     });
-    assert!(
-        [&first, &reply, &second].iter().any(|id| read["up_to"] == id.as_str()),
-        "{read}"
-    );
+    assert_eq!(read["up_to"], marker.as_str());
 
     // The other way, then bad input: each line gets an error and the node goes on.
     let back = bn.command(json!({"cmd": "post", "channel": "general", "text": "bob answers"}));
@@ -453,7 +511,9 @@ fn node_stdin_commands_reach_the_other_node() {
     }
     let alive = an.command(json!({"cmd": "post", "channel": "general", "text": "still alive"}));
     let alive = alive["id"].as_str().expect("id").to_string();
-    bn.wait_for("the post after bad input", |e| is_messages_with(e, &alive, Some("still alive")));
+    bn.wait_for("the post after bad input", |e| {
+        is_messages_with(e, &alive, Some("still alive"))
+    });
 
     an.terminate();
     bn.terminate();
@@ -463,33 +523,42 @@ fn node_stdin_commands_reach_the_other_node() {
     let (pa, pb) = (page(&a), page(&b));
     assert_eq!(pa, pb);
     let log = json_lines(&pa);
-    assert_eq!(texts(&log), ["still alive", "bob answers", "first post, edited"]);
-    assert_eq!(log[2]["reactions"], json!({"👍": ["alice"]}));
-    assert_eq!((&log[2]["edited"], &log[2]["reply_count"]), (&json!(true), &json!(1)));
+    assert_eq!(
+        texts(&log),
+        ["still alive", "bob answers", "after the changes", "first post, edited"]
+    );
+    assert_eq!(log[3]["reactions"], json!({"👍": ["alice"]}));
+    // The deleted reply stays in the thread as a tombstone but is not counted.
+    assert_eq!((&log[3]["edited"], &log[3]["reply_count"]), (&json!(true), &json!(1)));
+    let thread = json_lines(&ok(hearth(&b).args(["--json", "thread", &first])));
+    assert_eq!(texts(&thread), ["first post, edited", "a reply", "(deleted)"]);
+    assert_eq!(thread[2]["deleted"], true);
 }
 
 const BULK: usize = 3000;
 /// Posts per chunk: each chunk waits for its ids, so it becomes its own feed
-/// entry (group commit) and the catch-up has a hundred entries to move, not a
-/// handful of large ones.
+/// entry (group commit) and the catch-up moves over a hundred entries in
+/// several fetch batches, not a handful of entries in one.
 const CHUNK: usize = 25;
 
+/// The text of bulk post `n`: 300-odd bytes that do not compress, so that the
+/// catch-up has megabytes to move and lasts long enough to be interrupted.
 fn bulk_text(n: usize) -> String {
-    format!("bulk {n:05}: sphinx of black quartz, judge my vow")
+    let mut rng = Rng(n as u64);
+    let noise: String = (0..20).map(|_| format!("{:016x}", rng.next())).collect();
+    format!("bulk {n:05}: {noise}")
 }
 
 /// Post [`BULK`] messages through one `post --stdin`, a chunk at a time.
 fn post_bulk(dir: &Path) {
     let mut p = Proc::spawn(
         "post --stdin",
-        hearth(dir)
-            .args(["post", "general", "--stdin"])
-            .stdin(Stdio::piped()),
+        hearth(dir).args(["post", "general", "--stdin"]).stdin(Stdio::piped()),
     );
     let deadline = Instant::now() + WAIT;
     for start in (0..BULK).step_by(CHUNK) {
-        let chunk: String = (start..start + CHUNK).map(|n| bulk_text(n) + "\n").collect();
-        p.send_line(chunk.trim_end());
+        let chunk: Vec<String> = (start..start + CHUNK).map(bulk_text).collect();
+        p.send_line(&chunk.join("\n"));
         for _ in 0..CHUNK {
             if p.next_line(deadline).is_none() {
                 panic!("no id for a bulk post\n{}", p.report());
@@ -501,12 +570,29 @@ fn post_bulk(dir: &Path) {
     assert!(status.success(), "{status}\n{}", p.report());
 }
 
+/// Size and modification time of every file of a store's sled database: it
+/// changes when an ingested batch is written.
+fn db_stamp(store: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    let mut v: Vec<_> = files(&store.join("db"))
+        .into_iter()
+        .filter_map(|f| {
+            let m = f.metadata().ok()?;
+            Some((f, m.len(), m.modified().ok()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Kill {
     /// This long after the spawn: while bob's store opens or the dial runs.
-    AfterSpawn(Duration),
-    /// This long after alice's node sees bob connect: during the catch-up.
-    AfterConnect(Duration),
+    Spawned(Duration),
+    /// This long after alice's node sees bob connect: while they compare.
+    Connected(Duration),
+    /// This long after bob's database is first written once connected: while
+    /// fetched batches are being stored.
+    Writing(Duration),
 }
 
 /// 3. A catch-up killed at random moments: bob's store still opens and verifies,
@@ -522,40 +608,46 @@ fn sigkill_during_catch_up_then_sync_completes() {
     post_bulk(&a);
     let ticket = ok(hearth(&a).args(["invite", "general"])).trim().to_string();
     ok(hearth(&b).args(["join", &ticket, "--timeout", "0"]));
-    let joined_entries = verify_clean(&b);
+    let joined = verify_clean(&b);
     eprintln!("set-up: {:?}", started.elapsed());
 
-    let mut node = Proc::spawn("alice's node", hearth(&a).args(["node", "--listen", LOOPBACK]));
-    let addr = node.listening();
-    let kills = [
-        Kill::AfterConnect(Duration::from_millis(20)),
-        Kill::AfterSpawn(Duration::from_millis(150)),
-        Kill::AfterConnect(Duration::from_millis(120)),
-        Kill::AfterConnect(Duration::from_millis(250)),
-        Kill::AfterConnect(Duration::from_millis(400)),
-    ];
+    let (mut node, addr) = start_node("alice's node", &a, &["--listen", LOOPBACK]);
     let mut rng = Rng(0x5359_4e43_4b49_4c4c);
-    let mut progress = vec![joined_entries];
+    let mut ms = |below: u64| Duration::from_millis(rng.below_u64(below));
+    let kills = [
+        Kill::Spawned(ms(300)),
+        Kill::Connected(ms(30)),
+        Kill::Writing(ms(5)),
+        Kill::Writing(ms(10)),
+        Kill::Writing(ms(20)),
+    ];
+    let mut progress = vec![joined];
     for (round, kill) in kills.into_iter().enumerate() {
-        // Jitter each delay by up to half of it, so runs differ but reproduce.
-        let kill = match kill {
-            Kill::AfterSpawn(d) => Kill::AfterSpawn(d + Duration::from_millis(rng.below_u64(d.as_millis() as u64 / 2))),
-            Kill::AfterConnect(d) => {
-                Kill::AfterConnect(d + Duration::from_millis(rng.below_u64(d.as_millis() as u64 / 2)))
-            }
-        };
         node.skip_pending();
         let mut sync = Proc::spawn(
             &format!("bob's sync, round {round}"),
             hearth(&b).args(["sync", "--peer", &addr, "--timeout", "60"]),
         );
-        match kill {
-            Kill::AfterSpawn(d) => thread::sleep(d),
-            Kill::AfterConnect(d) => {
+        let delay = match kill {
+            Kill::Spawned(d) => d,
+            Kill::Connected(d) => {
                 node.wait_for("bob connecting", |e| e["event"] == "peer_connected");
-                thread::sleep(d);
+                d
             }
-        }
+            Kill::Writing(d) => {
+                node.wait_for("bob connecting", |e| e["event"] == "peer_connected");
+                let before = db_stamp(&b);
+                let deadline = Instant::now() + WAIT;
+                while db_stamp(&b) == before && Instant::now() < deadline {
+                    if sync.child.try_wait().expect("try_wait").is_some() {
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(1));
+                }
+                d
+            }
+        };
+        thread::sleep(delay);
         let outcome = match sync.child.try_wait().expect("try_wait") {
             Some(status) => {
                 sync.status = Some(status);
@@ -575,14 +667,21 @@ fn sigkill_during_catch_up_then_sync_completes() {
         progress.push(entries);
     }
 
-    let synced = json(&ok(hearth(&b).args(["--json", "sync", "--peer", &addr, "--timeout", "60"])));
+    let synced = json(&ok(hearth(&b).args([
+        "--json",
+        "sync",
+        "--peer",
+        &addr,
+        "--timeout",
+        "60",
+    ])));
     assert_eq!(synced["in_sync"], true, "{synced}");
     node.terminate();
     let total = verify_clean(&a);
     assert_eq!(verify_clean(&b), total);
-    eprintln!("entries after each round: {progress:?} of {total}");
+    eprintln!("entries after the join and each round: {progress:?} of {total}");
     assert!(
-        progress.iter().any(|&e| e > joined_entries && e < total),
+        progress.iter().any(|&e| e > joined && e < total),
         "no kill landed in the middle of the catch-up: {progress:?} of {total}"
     );
 
@@ -613,7 +712,11 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn relay_carries_a_channel_between_devices_never_online_together() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (a, b, r) = (tmp.path().join("alice"), tmp.path().join("bob"), tmp.path().join("relay"));
+    let (a, b, r) = (
+        tmp.path().join("alice"),
+        tmp.path().join("bob"),
+        tmp.path().join("relay"),
+    );
     // A relay needs no passphrase.
     let mut relay = Proc::spawn("relay", bare(&r).args(["relay", "--listen", LOOPBACK]));
     let raddr = relay.listening();
@@ -631,10 +734,24 @@ fn relay_carries_a_channel_between_devices_never_online_together() {
     let ticket = ok(hearth(&a).args(["invite", "general"])).trim().to_string();
     ok(hearth(&b).args(["join", &ticket, "--timeout", "0"]));
 
-    let up = json(&ok(hearth(&a).args(["--json", "sync", "--peer", &raddr, "--timeout", "60"])));
+    let up = json(&ok(hearth(&a).args([
+        "--json",
+        "sync",
+        "--peer",
+        &raddr,
+        "--timeout",
+        "60",
+    ])));
     assert!(up["sent"].as_u64() >= Some(1), "{up}");
     // Alice is offline from here on: only the relay holds her entries.
-    let down = json(&ok(hearth(&b).args(["--json", "sync", "--peer", &raddr, "--timeout", "60"])));
+    let down = json(&ok(hearth(&b).args([
+        "--json",
+        "sync",
+        "--peer",
+        &raddr,
+        "--timeout",
+        "60",
+    ])));
     assert!(down["received"].as_u64() >= Some(1), "{down}");
     let log = json_lines(&ok(hearth(&b).args(["--json", "log", "general"])));
     assert_eq!(texts(&log), [secrets[1], secrets[0]]);

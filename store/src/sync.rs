@@ -12,8 +12,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use hearth_core::{
-    ChannelId, ChannelKeys, DeviceId, Envelope, Epoch, FeedPos, META_EPOCH, MessageId, UserId, Vector, WireId,
-    ChangeEffects, decode_change_effects,
+    ChangeEffects, ChannelId, ChannelKeys, DeviceId, Envelope, Epoch, FeedPos, META_EPOCH, MessageId, UserId, Vector,
+    WireId, decode_change_effects,
 };
 
 use crate::channel::FeedHead;
@@ -132,7 +132,9 @@ impl Rejection {
     /// Whether the refusal proves the sender sent forged or broken data. A gap
     /// (entries out of order) or a full relay is not the sender's fault.
     pub fn is_peer_fault(&self) -> bool {
-        !(self.reason.starts_with("gap") || self.reason.starts_with("relay is full"))
+        !(self.reason.starts_with("gap")
+            || self.reason.starts_with("relay is full")
+            || self.reason.starts_with("follows a refused entry"))
     }
 }
 
@@ -287,6 +289,8 @@ impl Engine {
                 if device == me {
                     return Err("an entry of this device that this device never wrote".into());
                 }
+                // The signature first: a forged entry is a fault whatever its position.
+                env.verify().map_err(|e| e.to_string())?;
                 if seq != have + 1 {
                     return Err(format!("gap in the feed: expected entry {}", have + 1));
                 }
@@ -302,7 +306,6 @@ impl Engine {
                 if owner.is_some_and(|o| o != h.user) {
                     return Err("device belongs to another user".into());
                 }
-                env.verify().map_err(|e| e.to_string())?;
                 let body = env.open(&ch.keys).map_err(|e| e.to_string())?;
                 let (change, effects) =
                     decode_change_effects(&body.change, &device, &h.user).map_err(|e| e.to_string())?;

@@ -21,7 +21,7 @@ use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, connection_limits, identify
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 
 use crate::drive::{Served, run_session, serve};
-use crate::proto::{self, Request, Response};
+use crate::proto::{self, Framed, Request, Response};
 use crate::reconcile::{Outcome, Session};
 use crate::{Replica, ReplicaEvent};
 
@@ -434,7 +434,7 @@ pub async fn start<R: Replica>(
         inbound: Arc::new(Semaphore::new(config.max_inbound)),
     };
     for addr in config.peers {
-        node.add_known(addr);
+        node.add_known(addr, true);
     }
     let replica_events = replica.subscribe();
     tokio::spawn(node.run(cmd_rx, replica_events));
@@ -475,14 +475,21 @@ impl<R: Replica> Loop<R> {
         let _ = self.events.send(e);
     }
 
-    fn add_known(&mut self, addr: Multiaddr) {
+    /// Keep dialing `addr`. With `dial_now`, the next tick dials it; without,
+    /// the caller dials it and the outcome schedules the next attempt.
+    fn add_known(&mut self, addr: Multiaddr, dial_now: bool) {
         let key = addr.to_string();
         self.known.entry(key).or_insert(Known {
             peer: peer_of(&addr),
             addr,
             backoff: self.config.redial_min,
-            next: Some(Instant::now()),
+            next: dial_now.then(Instant::now),
         });
+    }
+
+    /// When a banned peer may be dialed again.
+    fn banned_until(&self, peer: &PeerId) -> Option<Instant> {
+        self.banned.get(peer).copied().filter(|t| *t > Instant::now())
     }
 
     async fn run(mut self, mut cmds: mpsc::Receiver<Cmd>, mut replica_events: broadcast::Receiver<ReplicaEvent>) {
@@ -573,7 +580,7 @@ impl<R: Replica> Loop<R> {
                     let _ = reply.send(Err(format!("not connected to {peer}")));
                     return;
                 }
-                let id = self.swarm.behaviour_mut().rr.send_request(&peer, req);
+                let id = self.swarm.behaviour_mut().rr.send_request(&peer, Framed::Valid(req));
                 self.pending.insert(id, reply);
             }
             Cmd::Respond(peer, channel, resp, served) => {
@@ -582,7 +589,7 @@ impl<R: Replica> Loop<R> {
             }
             Cmd::SessionDone(peer, outcome, state) => self.session_done(peer, outcome, state),
             Cmd::Dial(addr, reply) => {
-                self.add_known(addr.clone());
+                self.add_known(addr.clone(), false);
                 let r = self.swarm.dial(addr).map_err(|e| NodeError::Setup(e.to_string()));
                 let _ = reply.send(r);
             }
@@ -737,10 +744,13 @@ impl<R: Replica> Loop<R> {
                 ..
             } => {
                 self.peers.remove(&peer_id);
-                let retry = self.config.redial_min;
+                // A banned peer is not redialed before its ban ends.
+                let at = self
+                    .banned_until(&peer_id)
+                    .unwrap_or_else(|| Instant::now() + self.config.redial_min);
                 for k in self.known.values_mut() {
-                    if k.peer == Some(peer_id) && k.next.is_none() {
-                        k.next = Some(Instant::now() + retry);
+                    if k.peer == Some(peer_id) && k.next.is_none_or(|n| n < at) {
+                        k.next = Some(at);
                     }
                 }
                 self.emit(NodeEvent::PeerDisconnected { peer: peer_id });
@@ -769,11 +779,22 @@ impl<R: Replica> Loop<R> {
         }
     }
 
-    fn on_rr(&mut self, ev: request_response::Event<Request, Response>) {
+    fn on_rr(&mut self, ev: request_response::Event<Framed, Response>) {
         match ev {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
-                    request: Request::Link { proof },
+                    request: Framed::Malformed(why),
+                    channel,
+                    ..
+                } => {
+                    self.reject(peer, format!("malformed frame: {why}"), true);
+                    let refused = Response::Refused {
+                        reason: "malformed frame".into(),
+                    };
+                    let _ = self.swarm.behaviour_mut().rr.send_response(channel, refused);
+                }
+                request_response::Message::Request {
+                    request: Framed::Valid(Request::Link { proof }),
                     channel,
                     ..
                 } => {
@@ -794,7 +815,11 @@ impl<R: Replica> Loop<R> {
                     };
                     let _ = self.swarm.behaviour_mut().rr.send_response(channel, resp);
                 }
-                request_response::Message::Request { request, channel, .. } => {
+                request_response::Message::Request {
+                    request: Framed::Valid(request),
+                    channel,
+                    ..
+                } => {
                     let Ok(permit) = self.inbound.clone().try_acquire_owned() else {
                         let busy = Response::Refused {
                             reason: "busy: too many requests in progress".into(),

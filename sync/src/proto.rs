@@ -215,6 +215,17 @@ impl Response {
     }
 }
 
+/// A request as the codec reads it: a frame that is over its cap or does not
+/// decode still reaches the node (as `Malformed`), which reports the peer and
+/// drops it; libp2p itself would only log a failed read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Framed {
+    /// A well-formed request.
+    Valid(Request),
+    /// Why the frame was refused.
+    Malformed(String),
+}
+
 /// The libp2p codec: length-prefixed postcard frames, capped before allocating.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Codec;
@@ -242,14 +253,21 @@ fn invalid(e: FrameError) -> io::Error {
 
 impl libp2p::request_response::Codec for Codec {
     type Protocol = StreamProtocol;
-    type Request = Request;
+    type Request = Framed;
     type Response = Response;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Request>
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Framed>
     where
         T: AsyncRead + Unpin + Send,
     {
-        Request::decode(&read_frame(io, MAX_REQUEST).await?).map_err(invalid)
+        match read_frame(io, MAX_REQUEST).await {
+            Ok(bytes) => Ok(match Request::decode(&bytes) {
+                Ok(r) => Framed::Valid(r),
+                Err(e) => Framed::Malformed(e.to_string()),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => Ok(Framed::Malformed(e.to_string())),
+            Err(e) => Err(e),
+        }
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
@@ -259,11 +277,14 @@ impl libp2p::request_response::Codec for Codec {
         Response::decode(&read_frame(io, MAX_RESPONSE).await?).map_err(invalid)
     }
 
-    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Request) -> io::Result<()>
+    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Framed) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &req.encode(), MAX_REQUEST).await
+        match req {
+            Framed::Valid(r) => write_frame(io, &r.encode(), MAX_REQUEST).await,
+            Framed::Malformed(why) => Err(io::Error::new(io::ErrorKind::InvalidInput, why)),
+        }
     }
 
     async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, res: Response) -> io::Result<()>
@@ -332,8 +353,8 @@ mod tests {
         let mut frame = ((MAX_REQUEST + 1) as u32).to_be_bytes().to_vec();
         frame.extend([0; 16]);
         let mut io = futures::io::Cursor::new(frame);
-        let err = Codec.read_request(&PROTOCOL, &mut io).await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let got = Codec.read_request(&PROTOCOL, &mut io).await.unwrap();
+        assert!(matches!(got, Framed::Malformed(_)), "{got:?}");
         // Nothing beyond the prefix was consumed.
         assert_eq!(io.position(), 4);
     }

@@ -144,7 +144,7 @@ enum Forgery {
     Garbage,
     /// Genuine entries of another channel, served as this one's.
     OtherChannel,
-    /// A forged seq that leaves a gap; the batch holds only that entry.
+    /// Genuine entries with one left out (a gap, which is not forgery).
     Gap,
     /// Hello vectors with a feed it does not have; genuine entries served.
     ClaimsMore,
@@ -170,10 +170,12 @@ fn reencode(bytes: &[u8], f: impl FnOnce(&mut Envelope)) -> Vec<u8> {
 
 impl Evil {
     fn corrupt(&self, mut e: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
-        if e.is_empty() {
+        // A batch too short to reach `at` goes out genuine, so that what is
+        // kept before the forgery does not depend on how batches fall.
+        let at = self.at;
+        if at >= e.len() {
             return e;
         }
-        let at = self.at.min(e.len() - 1);
         match self.forgery {
             Forgery::Signature => e[at] = reencode(&e[at], |env| env.sig[0] ^= 1),
             Forgery::Body => e[at] = reencode(&e[at], |env| env.body[0] ^= 0x80),
@@ -184,10 +186,13 @@ impl Evil {
                 e[at] = reencode(&e[at], |env| env.header.seq -= 1);
             }
             Forgery::Seq => e[at] = reencode(&e[at], |env| env.header.prev = [0; 32]),
-            Forgery::Gap => {
+            // Genuine entries with one left out: a gap, not a forgery (a
+            // forged seq fails its signature, checked first, and is a forgery).
+            Forgery::Gap if at + 1 < e.len() => {
+                e.remove(at);
                 e.truncate(at + 1);
-                e[at] = reencode(&e[at], |env| env.header.seq += 1);
             }
+            Forgery::Gap => e.clear(),
             Forgery::OtherChannel | Forgery::ClaimsMore => {}
         }
         e
@@ -376,8 +381,10 @@ async fn refuses_forgery(forgery: Forgery, at: usize) {
     } else if forgery == Forgery::ClaimsMore {
         assert!(!h.vector(ch).await.unwrap().0.contains_key(&PHANTOM));
     } else {
-        // The genuine prefix before the corrupted entry may be kept.
-        assert!(from_evil <= at, "{forgery:?}: {from_evil} entries of the forger kept");
+        // The genuine entries before the corrupted one are kept (the first
+        // batch starts at the feed's first entry; a later one may start
+        // further on, so more than `at` may arrive, all genuine as checked).
+        assert!(from_evil >= at, "{forgery:?}: only {from_evil} genuine entries kept");
     }
     assert_eq!(h.channels().await.unwrap().len(), 1, "another channel leaked in");
     assert!(h.verify().await.unwrap().is_clean());
@@ -490,7 +497,7 @@ impl request_response::Codec for RawCodec {
                 io.write_all(&bytes).await?;
                 io.flush().await
             }
-            Frame::Req(r) => proto::Codec.write_request(p, io, r).await,
+            Frame::Req(r) => proto::Codec.write_request(p, io, proto::Framed::Valid(r)).await,
         }
     }
 
@@ -743,9 +750,6 @@ async fn oversized_and_garbage_frames_are_refused_and_the_node_stays_up() {
 /// What `NodeEvent::Rejected` promises for a malformed frame: reported, and
 /// the sender dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: libp2p-request-response 0.30 raises no InboundFailure when read_request fails \
-            (it logs 'Inbound failure is reported for an unknown request_id'), so node.rs on_rr \
-            never sees a malformed frame: no Rejected event, no drop, no ban"]
 async fn a_malformed_frame_is_reported_and_its_sender_dropped() {
     let f = fixture().await;
     for (what, frame) in malformed_frames(f.wire) {
@@ -929,10 +933,6 @@ async fn replayed_and_duplicated_entries_are_harmless() {
 /// the entries are genuine. The rest of that feed in the batch ("follows a
 /// refused entry") must not turn it into forgery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: drive.rs serve() sets `malicious` when any refusal reason does not start with \
-            \"gap\", and the entries after a gap are refused as \"follows a refused entry\", so a \
-            pushed gap of two or more entries drops and bans the pusher (a pulled one does not: \
-            node.rs session_done looks at the first reason only)"]
 async fn a_pushed_gap_is_refused_without_dropping_the_peer() {
     let f = fixture().await;
     let mut events = f.node.subscribe();
