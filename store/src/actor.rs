@@ -31,6 +31,9 @@ type Ack = Box<dyn FnOnce(Result<()>) + Send>;
 
 /// Longest time staged ops wait before they are closed into feed entries.
 const FINISH_AFTER: Duration = Duration::from_millis(5);
+/// The same when someone listens to store events (a sync node pushing new
+/// entries to peers, an app's UI): a shorter wait, since a peer waits on it.
+const FINISH_AFTER_LIVE: Duration = Duration::from_millis(1);
 
 pub(crate) type Query = Box<dyn FnOnce(&mut Engine) + Send>;
 
@@ -234,6 +237,14 @@ impl Actor {
         self.poison_on(res)
     }
 
+    fn finish_after(&self) -> Duration {
+        if self.engine.events.receiver_count() > 0 {
+            FINISH_AFTER_LIVE
+        } else {
+            FINISH_AFTER
+        }
+    }
+
     fn guard(&self) -> Result<()> {
         if self.poisoned.load(Ordering::SeqCst) {
             Err(Error::Poisoned)
@@ -366,7 +377,7 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
     loop {
         // With ops staged, wake up in time to close them into feed entries.
         let wait = match actor.staged_since {
-            Some(since) => FINISH_AFTER.saturating_sub(since.elapsed()),
+            Some(since) => actor.finish_after().saturating_sub(since.elapsed()),
             None => interval,
         };
         let first = match spin_recv(&mut rx) {
@@ -433,7 +444,7 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
         // as much as an fsync. Writes are already durable in the journal, so a
         // lone writer's ops wait a little and share one entry with the next ones
         // instead of paying that cost each.
-        let due = actor.staged_since.is_some_and(|s| s.elapsed() >= FINISH_AFTER);
+        let due = actor.staged_since.is_some_and(|s| s.elapsed() >= actor.finish_after());
         if (due || actor.staged_ops >= max_batch || actor.staged_since.is_none())
             && let Err(e) = actor.close_group().and_then(|()| actor.housekeeping())
         {

@@ -43,8 +43,15 @@ pub struct Whoami {
     pub dir: PathBuf,
 }
 
+/// How long delivery receipts gather before they are written.
+pub const RECEIPT_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+
+type PendingReceipts = BTreeMap<ChannelId, BTreeMap<DeviceId, MessageId>>;
+
 struct Shared {
     events: tokio::sync::broadcast::Sender<StoreEvent>,
+    receipts: std::sync::Mutex<PendingReceipts>,
+    receipts_scheduled: std::sync::atomic::AtomicBool,
     whoami: Whoami,
     report: OpenReport,
     timings: OpenTimings,
@@ -126,6 +133,8 @@ impl Store {
             tx,
             shared: Arc::new(Shared {
                 events,
+                receipts: Default::default(),
+                receipts_scheduled: Default::default(),
                 whoami,
                 report,
                 timings,
@@ -300,11 +309,42 @@ impl Store {
             })
             .await?;
         if let (false, Some(channel)) = (report.newest.is_empty(), channel) {
-            let marks = report.newest.iter().map(|(d, m)| (*d, *m)).collect();
-            // Best effort: a receipt lost to a crash is written again with the next message.
-            let _ = self.submit(Write::Delivered { channel, marks }).await;
+            self.queue_receipts(channel, &report.newest);
         }
         Ok(report)
+    }
+
+    /// Gather delivery receipts for [`RECEIPT_DELAY`] and write them as one
+    /// entry per channel: a live chat then costs one receipt entry per channel
+    /// and period, not one per received batch. Best effort: receipts still
+    /// waiting when the store closes are lost (the next message brings them back).
+    fn queue_receipts(&self, channel: ChannelId, newest: &BTreeMap<DeviceId, MessageId>) {
+        let mut pending = self.shared.receipts.lock().unwrap_or_else(|p| p.into_inner());
+        let marks = pending.entry(channel).or_default();
+        for (d, m) in newest {
+            let e = marks.entry(*d).or_insert(*m);
+            *e = (*e).max(*m);
+        }
+        if self
+            .shared
+            .receipts_scheduled
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(RECEIPT_DELAY).await;
+            store
+                .shared
+                .receipts_scheduled
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+            let all = std::mem::take(&mut *store.shared.receipts.lock().unwrap_or_else(|p| p.into_inner()));
+            for (channel, marks) in all {
+                let marks = marks.into_iter().collect();
+                let _ = store.submit(Write::Delivered { channel, marks }).await;
+            }
+        });
     }
 
     /// Who has stored a message (devices) and who has read it (users).

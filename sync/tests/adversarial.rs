@@ -271,6 +271,9 @@ async fn refuses_forgery(forgery: Forgery, at: usize) {
     e.join_channel(keys.clone()).await.unwrap();
     for i in 0..5 {
         e.post(ch, &format!("mallory {i}")).await.unwrap();
+        // One feed entry per post (a checkpoint closes the group), so that
+        // batches reach the forged position whatever the group timing.
+        e.checkpoint().await.unwrap();
     }
     let elsewhere = e.create_channel("elsewhere").await.unwrap();
     for i in 0..3 {
