@@ -171,6 +171,9 @@ pub(crate) struct Engine {
     batch: sled::Batch,
     /// Whether sled holds writes not yet covered by a checkpoint.
     pub dirty: bool,
+    /// Whether sled holds entries of this device not yet covered by a
+    /// checkpoint (they must not leave the device before; see `entries_after`).
+    pub own_unsynced: bool,
     /// Journal bytes written since the last checkpoint (kept by the store task).
     pub journal_pending: u64,
     /// How long the Argon2id unlock took when this engine was opened.
@@ -209,6 +212,7 @@ impl Engine {
             appended: Default::default(),
             batch: sled::Batch::default(),
             dirty: false,
+            own_unsynced: false,
             journal_pending: 0,
             unlock_time: std::time::Duration::ZERO,
             events: tokio::sync::broadcast::channel(EVENT_QUEUE).0,
@@ -720,6 +724,7 @@ impl Engine {
         self.batch.insert(META_HLC, &self.hlc.last().0.to_be_bytes()[..]);
         self.tree.apply_batch(std::mem::take(&mut self.batch))?;
         self.dirty = true;
+        self.own_unsynced |= !self.appended.is_empty();
         for channel in std::mem::take(&mut self.appended) {
             let wire = self.channel(&channel)?.keys.wire();
             let _ = self.events.send(crate::StoreEvent::Appended {
@@ -744,6 +749,7 @@ impl Engine {
         }
         File::open(&db_dir)?.sync_all()?;
         self.dirty = false;
+        self.own_unsynced = false;
         Ok(())
     }
 

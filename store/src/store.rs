@@ -295,9 +295,10 @@ impl Store {
             .await
     }
 
-    /// Verify and store a peer's entries for a channel (by wire id). Returns
-    /// once what was accepted is durable; refused entries are listed, never
-    /// stored, and never stop the rest of the batch.
+    /// Verify and store a peer's entries for a channel (by wire id). What was
+    /// accepted is visible at once and durable at the next checkpoint (within
+    /// `checkpoint_interval`); refused entries are listed, never stored, and
+    /// never stop the rest of the batch.
     ///
     /// New messages get this device's delivery receipt: a small local write,
     /// queued (not awaited), that travels back to their writers by sync.

@@ -6,8 +6,8 @@
 //! device claimed by two users), its body opened with the channel key (AEAD) and
 //! its automerge change checked against what its writer may touch. Accepted
 //! entries of one call are applied with one automerge call per epoch and written
-//! as one sled batch, made durable before the call returns: a peer may forget
-//! what we acknowledged.
+//! as one sled batch, durable at the next checkpoint (the sender keeps every
+//! entry, so an acknowledgement lost to a crash is only asked for again).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -197,7 +197,8 @@ impl Engine {
         if missing.is_empty() {
             return Ok(EntryBatch::default());
         }
-        if self.dirty {
+        let me = self.identity.device();
+        if self.own_unsynced && missing.iter().any(|m| m.device == me) {
             self.checkpoint()?;
         }
         let mut batch = EntryBatch::default();
@@ -390,7 +391,7 @@ impl Engine {
                 effects.merge(a.effects.clone());
             }
             let queued = le.doc.has_queued();
-            if epoch == META_EPOCH || effects.meta || le.queued || queued {
+            if epoch == META_EPOCH || effects.meta || le.queued || queued || effects.messages.len() > INCREMENTAL_MAX {
                 le.view = le.doc.view(&ch.devices);
             } else {
                 le.doc.refresh_view(&mut le.view, &effects, &ch.devices);
@@ -459,8 +460,11 @@ impl Engine {
         }
         batch.insert(META_HLC, &self.hlc.last().0.to_be_bytes()[..]);
         self.tree.apply_batch(batch)?;
+        // Durable at the next checkpoint (at most `checkpoint_interval` away,
+        // and before any entry of this device leaves it). An acknowledgement
+        // sent before that and lost to a crash costs nothing: the sender keeps
+        // every entry, and the lower vector after the restart asks for it again.
         self.dirty = true;
-        self.checkpoint()?;
         let _ = self.events.send(crate::StoreEvent::Appended {
             channel,
             wire: *wire,
@@ -518,6 +522,10 @@ impl Engine {
         Ok(out)
     }
 }
+
+/// Above this many touched messages, rebuilding the epoch's view in one pass is
+/// cheaper than re-deriving each message (a catch-up batch).
+const INCREMENTAL_MAX: usize = 32;
 
 type EntryBodyParts = (Epoch, automerge::Change, ChangeEffects);
 
