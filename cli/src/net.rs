@@ -110,7 +110,7 @@ pub async fn join(h: &Hearth, store: &Path, ticket: &str, timeout: Duration, as_
 /// Returns (entries received, entries sent).
 async fn sync_once(h: &Hearth, addr: Multiaddr, timeout: Duration) -> Result<(u64, u64)> {
     let node = h.start_node(NodeConfig::default()).await?;
-    let res = tokio::time::timeout(timeout, sync_until_equal(&node, addr)).await;
+    let res = tokio::time::timeout(timeout, sync_until_equal(h, &node, addr)).await;
     node.stop().await.ok();
     match res {
         Ok(r) => r,
@@ -118,7 +118,7 @@ async fn sync_once(h: &Hearth, addr: Multiaddr, timeout: Duration) -> Result<(u6
     }
 }
 
-async fn sync_until_equal(node: &NodeHandle, addr: Multiaddr) -> Result<(u64, u64)> {
+async fn sync_until_equal(h: &Hearth, node: &NodeHandle, addr: Multiaddr) -> Result<(u64, u64)> {
     let peer = hearth::sync::peer_of(&addr).context("the address must end in /p2p/<peer id>")?;
     // Count every session with the peer: the one the node starts on connect too.
     let mut events = node.subscribe();
@@ -126,7 +126,11 @@ async fn sync_until_equal(node: &NodeHandle, addr: Multiaddr) -> Result<(u64, u6
     node.wait_connected(peer, Duration::from_secs(3600)).await?;
     loop {
         let o = node.sync_with(peer).await?;
-        if o.failed.is_none() && o.in_sync_at_hello {
+        // This device's delivery receipts for what arrived (in this session or
+        // in the one the node ran on connect) go in now: if there were any,
+        // one more round carries them, so both sides end with the same entries.
+        let receipts = h.flush_receipts().await?;
+        if o.failed.is_none() && o.in_sync_at_hello && receipts == 0 {
             let (mut received, mut sent) = (0, 0);
             while let Ok(e) = events.try_recv() {
                 if let NodeEvent::Synced {

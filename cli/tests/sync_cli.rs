@@ -622,6 +622,8 @@ fn sigkill_during_catch_up_then_sync_completes() {
         Kill::Writing(ms(20)),
     ];
     let mut progress = vec![joined];
+    // Rounds killed after bob connected, while the catch-up was under way.
+    let mut killed_connected = 0;
     for (round, kill) in kills.into_iter().enumerate() {
         node.skip_pending();
         let mut sync = Proc::spawn(
@@ -665,6 +667,9 @@ fn sigkill_during_catch_up_then_sync_completes() {
         let entries = verify_clean(&b);
         eprintln!("round {round}: {kill:?}: {outcome}; bob holds {entries} entries");
         progress.push(entries);
+        if outcome == "killed" && !matches!(kill, Kill::Spawned(_)) {
+            killed_connected += 1;
+        }
     }
 
     let synced = json(&ok(hearth(&b).args([
@@ -680,9 +685,12 @@ fn sigkill_during_catch_up_then_sync_completes() {
     let total = verify_clean(&a);
     assert_eq!(verify_clean(&b), total);
     eprintln!("entries after the join and each round: {progress:?} of {total}");
+    // Received entries are durable at bob's next checkpoint, so a kill in the
+    // middle of the catch-up may leave none of them or some of them (both are
+    // fine: the next sync asks again); what matters is that kills landed there.
     assert!(
-        progress.iter().any(|&e| e > joined && e < total),
-        "no kill landed in the middle of the catch-up: {progress:?} of {total}"
+        killed_connected > 0,
+        "no kill landed after bob connected: {progress:?} of {total}"
     );
 
     let page = |dir: &Path| ok(hearth(dir).args(["--json", "log", "general", "--limit", "10000"]));

@@ -317,8 +317,8 @@ impl Store {
 
     /// Gather delivery receipts for [`RECEIPT_DELAY`] and write them as one
     /// entry per channel: a live chat then costs one receipt entry per channel
-    /// and period, not one per received batch. Best effort: receipts still
-    /// waiting when the store closes are lost (the next message brings them back).
+    /// and period, not one per received batch. [`Store::close`] writes what is
+    /// still gathering; a crash loses it (the next message brings it back).
     fn queue_receipts(&self, channel: ChannelId, newest: &BTreeMap<DeviceId, MessageId>) {
         let mut pending = self.shared.receipts.lock().unwrap_or_else(|p| p.into_inner());
         let marks = pending.entry(channel).or_default();
@@ -340,12 +340,30 @@ impl Store {
                 .shared
                 .receipts_scheduled
                 .store(false, std::sync::atomic::Ordering::SeqCst);
-            let all = std::mem::take(&mut *store.shared.receipts.lock().unwrap_or_else(|p| p.into_inner()));
-            for (channel, marks) in all {
-                let marks = marks.into_iter().collect();
-                let _ = store.submit(Write::Delivered { channel, marks }).await;
-            }
+            store.write_receipts().await;
         });
+    }
+
+    /// Write the delivery receipts gathered so far (queued, not awaited).
+    async fn write_receipts(&self) {
+        let all = std::mem::take(&mut *self.shared.receipts.lock().unwrap_or_else(|p| p.into_inner()));
+        for (channel, marks) in all {
+            let marks = marks.into_iter().collect();
+            let _ = self.submit(Write::Delivered { channel, marks }).await;
+        }
+    }
+
+    /// Write the delivery receipts still gathering now, and wait until they
+    /// are durable (a one-shot sync does this before its last round, so that
+    /// the peer gets them). Returns how many channels had receipts waiting.
+    pub async fn flush_receipts(&self) -> Result<usize> {
+        let all = std::mem::take(&mut *self.shared.receipts.lock().unwrap_or_else(|p| p.into_inner()));
+        let n = all.len();
+        for (channel, marks) in all {
+            let marks = marks.into_iter().collect();
+            self.submit(Write::Delivered { channel, marks }).await?.await?;
+        }
+        Ok(n)
     }
 
     /// Who has stored a message (devices) and who has read it (users).
@@ -522,6 +540,8 @@ impl Store {
     /// Close the store: snapshot, checkpoint, release the lock. Other clones get
     /// [`Error::Closed`] afterwards.
     pub async fn close(self) -> Result<()> {
+        // Receipts still gathering go in first (the close waits for them).
+        self.write_receipts().await;
         let (tx, rx) = oneshot::channel();
         self.tx.send(Cmd::Close(tx)).await.map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
