@@ -9,87 +9,23 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use futures::{AsyncRead, AsyncWrite, AsyncWriteExt, StreamExt};
-use hearth_core::{ChannelId, DeviceId, Envelope, FeedPos, KdfParams, Passphrase, SecretKey, Vector, WireId};
-use hearth_store::{Config, EntryBatch, IngestReport, Store};
+use hearth_core::{ChannelId, DeviceId, Envelope, FeedPos, SecretKey, Vector, WireId};
+use hearth_store::{EntryBatch, IngestReport, Store};
 use hearth_sync::proto::{self, MAX_REQUEST, PROTOCOL, Request, Response};
-use hearth_sync::{Multiaddr, NodeConfig, NodeEvent, NodeHandle, PeerId, Replica, ReplicaEvent, peer_of};
+use hearth_sync::{Multiaddr, NodeEvent, NodeHandle, PeerId, Replica, ReplicaEvent, peer_of};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{StreamProtocol, SwarmBuilder, noise, tcp, yamux};
 use serde_bytes::ByteBuf;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-const LISTEN: &str = "/ip4/127.0.0.1/tcp/0";
+mod support;
+use support::{LISTEN, config, converged, node, pass, snapshot, start_node_on};
+
 const PATIENCE: Duration = Duration::from_secs(30);
 
-fn config() -> Config {
-    Config::default().with_kdf(KdfParams::INSECURE_FAST)
-}
-
-fn pass() -> Passphrase {
-    Passphrase::new("pw")
-}
-
-/// Start a node on any replica; print its events under `HEARTH_TEST_TRACE`.
 async fn start_node<R: Replica>(replica: R, secret: &SecretKey) -> (NodeHandle, Multiaddr) {
-    let cfg = NodeConfig {
-        listen: vec![LISTEN.parse().unwrap()],
-        ..NodeConfig::default()
-    };
-    let n = hearth_sync::start(replica, secret, cfg).await.unwrap();
-    if std::env::var_os("HEARTH_TEST_TRACE").is_some() {
-        let mut ev = n.subscribe();
-        let me = n.peer_id().to_string();
-        tokio::spawn(async move {
-            while let Ok(e) = ev.recv().await {
-                eprintln!("[{}] {e:?}", &me[me.len() - 4..]);
-            }
-        });
-    }
-    let mut addrs = Vec::new();
-    for _ in 0..100 {
-        addrs = n.listen_addrs().await.unwrap();
-        if !addrs.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (n, addrs.into_iter().next().expect("a listen address"))
-}
-
-async fn node(store: &Store) -> (NodeHandle, Multiaddr) {
-    start_node(store.clone(), &store.node_secret().await.unwrap()).await
-}
-
-/// Everything a user sees of a channel, for comparing replicas.
-async fn snapshot(s: &Store, c: ChannelId) -> String {
-    let page = s.page(c, None, 10_000).await.unwrap();
-    let mut out = format!("{page:?}");
-    for m in &page {
-        if m.reply_count > 0 {
-            out += &format!("{:?}", s.thread(m.id).await.unwrap());
-        }
-    }
-    out += &format!("{:?}", s.members(c).await.unwrap());
-    out
-}
-
-async fn converged(stores: &[&Store], c: ChannelId, timeout: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let first = snapshot(stores[0], c).await;
-        let mut same = true;
-        for s in &stores[1..] {
-            same &= s.vector(c).await.ok() == stores[0].vector(c).await.ok() && snapshot(s, c).await == first;
-        }
-        if same {
-            return true;
-        }
-        if tokio::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    start_node_on(replica, secret, LISTEN).await
 }
 
 /// The first event matching `want` within `timeout`.

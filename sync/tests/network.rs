@@ -2,71 +2,15 @@
 
 use std::time::Duration;
 
-use hearth_core::{ChannelId, KdfParams, Passphrase};
-use hearth_store::{Config, Store};
-use hearth_sync::{Multiaddr, NodeConfig, NodeHandle};
+use hearth_core::Passphrase;
+use hearth_store::Store;
+use hearth_sync::{Multiaddr, NodeHandle};
 
-fn config() -> Config {
-    Config::default().with_kdf(KdfParams::INSECURE_FAST)
-}
+mod support;
+use support::{config, converged, start_node_on};
 
 async fn node(store: &Store, listen: &str) -> (NodeHandle, Multiaddr) {
-    let cfg = NodeConfig {
-        listen: vec![listen.parse().unwrap()],
-        ..NodeConfig::default()
-    };
-    let n = hearth_sync::start(store.clone(), &store.node_secret().await.unwrap(), cfg)
-        .await
-        .unwrap();
-    if std::env::var_os("HEARTH_TEST_TRACE").is_some() {
-        let mut ev = n.subscribe();
-        let me = n.peer_id().to_string();
-        tokio::spawn(async move {
-            while let Ok(e) = ev.recv().await {
-                eprintln!("[{}] {e:?}", &me[me.len() - 4..]);
-            }
-        });
-    }
-    let mut addrs = Vec::new();
-    for _ in 0..100 {
-        addrs = n.listen_addrs().await.unwrap();
-        if !addrs.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (n.clone(), addrs.into_iter().next().expect("a listen address"))
-}
-
-/// Everything a user sees of a channel, for comparing replicas.
-async fn snapshot(s: &Store, c: ChannelId) -> String {
-    let page = s.page(c, None, 10_000).await.unwrap();
-    let mut out = format!("{page:?}");
-    for m in &page {
-        if m.reply_count > 0 {
-            out += &format!("{:?}", s.thread(m.id).await.unwrap());
-        }
-    }
-    out += &format!("{:?}", s.members(c).await.unwrap());
-    out
-}
-
-async fn converged(stores: &[&Store], c: ChannelId, timeout: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let first = snapshot(stores[0], c).await;
-        let mut same = true;
-        for s in &stores[1..] {
-            same &= s.vector(c).await.ok() == stores[0].vector(c).await.ok() && snapshot(s, c).await == first;
-        }
-        if same {
-            return true;
-        }
-        if tokio::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    start_node_on(store.clone(), &store.node_secret().await.unwrap(), listen).await
 }
 
 async fn three_devices_converge(listen: &str) {

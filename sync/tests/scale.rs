@@ -3,85 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use hearth_core::{ChannelId, KdfParams, Passphrase};
-use hearth_store::{Config, Store};
-use hearth_sync::{Multiaddr, NodeConfig, NodeHandle};
+use hearth_core::ChannelId;
+use hearth_store::Store;
 
-const LISTEN: &str = "/ip4/127.0.0.1/tcp/0";
-
-fn config() -> Config {
-    Config::default().with_kdf(KdfParams::INSECURE_FAST)
-}
-
-fn pass() -> Passphrase {
-    Passphrase::new("pw")
-}
-
-async fn node(store: &Store) -> (NodeHandle, Multiaddr) {
-    let cfg = NodeConfig {
-        listen: vec![LISTEN.parse().unwrap()],
-        ..NodeConfig::default()
-    };
-    let n = hearth_sync::start(store.clone(), &store.node_secret().await.unwrap(), cfg)
-        .await
-        .unwrap();
-    if std::env::var_os("HEARTH_TEST_TRACE").is_some() {
-        let mut ev = n.subscribe();
-        let me = n.peer_id().to_string();
-        tokio::spawn(async move {
-            while let Ok(e) = ev.recv().await {
-                eprintln!("[{}] {e:?}", &me[me.len() - 4..]);
-            }
-        });
-    }
-    let mut addrs = Vec::new();
-    for _ in 0..100 {
-        addrs = n.listen_addrs().await.unwrap();
-        if !addrs.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (n.clone(), addrs.into_iter().next().expect("a listen address"))
-}
-
-/// Everything a user sees of a channel, for comparing replicas.
-async fn snapshot(s: &Store, c: ChannelId) -> String {
-    let page = s.page(c, None, 10_000).await.unwrap();
-    let mut out = format!("{page:?}");
-    for m in &page {
-        if m.reply_count > 0 {
-            out += &format!("{:?}", s.thread(m.id).await.unwrap());
-        }
-    }
-    out += &format!("{:?}", s.members(c).await.unwrap());
-    out
-}
-
-async fn converged(stores: &[&Store], c: ChannelId, timeout: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        // Vectors first: cheap, and they must match before pages can.
-        let v0 = stores[0].vector(c).await.ok();
-        let mut same = true;
-        for s in &stores[1..] {
-            same &= s.vector(c).await.ok() == v0;
-        }
-        if same {
-            let first = snapshot(stores[0], c).await;
-            for s in &stores[1..] {
-                same &= snapshot(s, c).await == first;
-            }
-        }
-        if same {
-            return true;
-        }
-        if tokio::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+mod support;
+use support::{config, converged, node, pass, snapshot};
 
 /// `n` stores in `dirs`; the first creates a channel the others join by its keys.
 async fn stores(dirs: &[tempfile::TempDir]) -> (Vec<Store>, ChannelId) {
