@@ -64,6 +64,19 @@ fn writer(id: &ObjId, devices: &Devices) -> Option<UserId> {
     }
 }
 
+/// Apply the read marker under key `rd:<rest>` (`rest` = `<user>:<device>`),
+/// written by `writer`, if that is the user it names.
+fn read_marker(view: &mut EpochView, rest: &str, value: &ValueRef<'_>, writer: Option<UserId>) {
+    let Some((user, _device)) = rest.split_once(':') else {
+        return;
+    };
+    if let (Ok(user), Some(Ok(msg))) = (user.parse::<UserId>(), value_str(value).map(str::parse::<MessageId>))
+        && writer == Some(user)
+    {
+        view.mark_read(user, msg);
+    }
+}
+
 /// The device (actor) that wrote an object or value.
 fn id_device(id: &ObjId) -> Option<DeviceId> {
     match id {
@@ -264,17 +277,8 @@ impl EpochDoc {
         }
         if effects.read_markers {
             for item in self.doc.map_range(ROOT, "rd:".to_string().."rd;".to_string()) {
-                let Some((user, _)) = item.key.strip_prefix("rd:").and_then(|r| r.split_once(':')) else {
-                    continue;
-                };
-                let (Ok(user), Some(Ok(msg))) = (
-                    user.parse::<UserId>(),
-                    value_str(&item.value).map(str::parse::<MessageId>),
-                ) else {
-                    continue;
-                };
-                if writer(&item.id(), devices) == Some(user) {
-                    view.mark_read(user, msg);
+                if let Some(rest) = item.key.strip_prefix("rd:") {
+                    read_marker(view, rest, &item.value, writer(&item.id(), devices));
                 }
             }
         }
@@ -341,20 +345,7 @@ impl EpochDoc {
                         reactions.push((msg, user, emoji.to_string()));
                     }
                 }
-                "rd" => {
-                    let Some((user, _device)) = rest.split_once(':') else {
-                        continue;
-                    };
-                    let (Ok(user), Some(Ok(msg))) = (
-                        user.parse::<UserId>(),
-                        value_str(&item.value).map(str::parse::<MessageId>),
-                    ) else {
-                        continue;
-                    };
-                    if w == Some(user) {
-                        view.mark_read(user, msg);
-                    }
-                }
+                "rd" => read_marker(&mut view, rest, &item.value, w),
                 "dl" => {
                     let mut parts = rest.splitn(3, ':');
                     let (Some(user), Some(device), Some(writer_dev)) = (parts.next(), parts.next(), parts.next())
