@@ -107,3 +107,41 @@ async fn three_devices_converge_over_tcp() {
 async fn three_devices_converge_over_quic() {
     three_devices_converge("/ip4/127.0.0.1/udp/0/quic-v1").await;
 }
+
+/// A peer that goes away and comes back on the same address is redialed (with
+/// backoff) without anyone asking, and what was written meanwhile arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_peer_is_redialed_when_it_comes_back() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let pass = Passphrase::new("pw");
+    let a = Store::create(dirs[0].path(), &pass, "a", config()).await.unwrap();
+    let b = Store::create(dirs[1].path(), &pass, "b", config()).await.unwrap();
+    let ch = a.create_channel("general").await.unwrap();
+    b.join_channel(a.channel_keys(ch).await.unwrap()).await.unwrap();
+    let (na, _) = node(&a, "/ip4/127.0.0.1/tcp/0").await;
+    let (nb, addr_b) = node(&b, "/ip4/127.0.0.1/tcp/0").await;
+    na.dial(addr_b.clone()).await.unwrap();
+    assert!(converged(&[&a, &b], ch, Duration::from_secs(20)).await);
+
+    // B goes away; A keeps writing; B comes back on the same address.
+    nb.stop().await.unwrap();
+    let mut late = Vec::new();
+    for i in 0..5 {
+        late.push(a.post(ch, &format!("while b was away {i}")).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let listen: String = addr_b.to_string().split("/p2p/").next().unwrap().to_string();
+    let (nb, _) = node(&b, &listen).await;
+    let mut waited = 0;
+    while b.message(late[4]).await.is_err() {
+        assert!(waited < 400, "A never redialed B");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    assert!(converged(&[&a, &b], ch, Duration::from_secs(20)).await);
+    for n in [na, nb] {
+        n.stop().await.unwrap();
+    }
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
