@@ -39,7 +39,7 @@ pub struct Missing {
 impl Missing {
     /// Number of entries in the run.
     pub fn len(&self) -> u64 {
-        self.to + 1 - self.from
+        (self.to - self.from).saturating_add(1)
     }
 
     /// Whether the run is empty (never, for runs [`Vector::lacks`] returns).
@@ -56,7 +56,7 @@ impl Vector {
 
     /// Entries held in all.
     pub fn total(&self) -> u64 {
-        self.0.values().map(|p| p.seq).sum()
+        self.0.values().fold(0u64, |s, p| s.saturating_add(p.seq))
     }
 
     /// An 8-byte digest of every position: equal digests mean equal vectors

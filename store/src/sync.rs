@@ -129,12 +129,15 @@ struct Accepted {
 }
 
 impl Rejection {
-    /// Whether the refusal proves the sender sent forged or broken data. A gap
-    /// (entries out of order) or a full relay is not the sender's fault.
+    /// Whether the refusal proves the *sending peer* sent forged or broken
+    /// data (bad encoding, signature, chain, fork). A gap (entries out of
+    /// order), a full relay, and content that fails under a valid signature
+    /// (reasons starting "content:": the author sealed it, a relay may only
+    /// have forwarded it) are not the sender's fault.
     pub fn is_peer_fault(&self) -> bool {
-        !(self.reason.starts_with("gap")
-            || self.reason.starts_with("relay is full")
-            || self.reason.starts_with("follows a refused entry"))
+        !["gap", "relay is full", "follows a refused entry", "content:"]
+            .iter()
+            .any(|p| self.reason.starts_with(p))
     }
 }
 
@@ -307,9 +310,11 @@ impl Engine {
                 if owner.is_some_and(|o| o != h.user) {
                     return Err("device belongs to another user".into());
                 }
-                let body = env.open(&ch.keys).map_err(|e| e.to_string())?;
+                // What follows is sealed and signed by the author: a failure is
+                // the author's, not the forwarding peer's ("content:").
+                let body = env.open(&ch.keys).map_err(|e| format!("content: {e}"))?;
                 let (change, effects) =
-                    decode_change_effects(&body.change, &device, &h.user).map_err(|e| e.to_string())?;
+                    decode_change_effects(&body.change, &device, &h.user).map_err(|e| format!("content: {e}"))?;
                 Ok((h.user, (body.epoch, change, effects)))
             })();
             match checked {
@@ -352,37 +357,59 @@ impl Engine {
         heads: &BTreeMap<DeviceId, FeedHead>,
         report: &mut IngestReport,
     ) -> Result<()> {
+        // Phase 1: apply every epoch's changes. If automerge refuses any,
+        // nothing of the batch is kept: every touched document is dropped (it
+        // reloads from the log), new epochs are forgotten, nothing is written.
+        let mut before = BTreeMap::new();
+        let mut failure = None;
+        for (epoch, list) in &accepted {
+            let existed = self.channel(&channel)?.summaries.contains_key(epoch);
+            // A storage error here poisons the store (the caller's `mutate`).
+            self.ensure_epoch(channel, *epoch, true)?;
+            let le = self.epochs.get_mut(&(channel, *epoch)).expect("ensure_epoch loaded it");
+            let readers: BTreeMap<UserId, MessageId> = le.view.read_markers().map(|(u, m)| (*u, *m)).collect();
+            before.insert(*epoch, (readers, le.view.delivered.clone(), existed));
+            let changes: Vec<automerge::Change> = list.iter().map(|a| a.change.clone()).collect();
+            if let Err(e) = le.doc.apply_remote(changes) {
+                failure = Some(e.to_string());
+                break;
+            }
+        }
+        if let Some(why) = failure {
+            let ch = self.channels.get_mut(&channel).expect("checked by the caller");
+            for (epoch, (_, _, existed)) in &before {
+                if !existed {
+                    ch.summaries.remove(epoch);
+                }
+            }
+            for epoch in accepted.keys() {
+                self.epochs.remove(&(channel, *epoch));
+            }
+            // The content is the author's (its signature and chain verified):
+            // refused, but not held against the peer that forwarded it.
+            for a in accepted.values().flatten() {
+                report.rejected.push(Rejection {
+                    device: Some(a.device),
+                    seq: Some(a.seq),
+                    reason: format!("content: {why}"),
+                });
+            }
+            return Ok(());
+        }
         {
             let ch = self.channels.get_mut(&channel).expect("checked by the caller");
             for (d, h) in heads {
                 ch.devices.insert(*d, h.user);
             }
         }
+        // Phase 2: views, summaries, rows, events.
         let me = self.identity.user();
         let mut batch = sled::Batch::default();
         let mut events = Vec::new();
         for (epoch, list) in accepted {
-            self.ensure_epoch(channel, epoch, true)?;
             let ch = self.channels.get_mut(&channel).expect("checked by the caller");
-            let le = self.epochs.get_mut(&(channel, epoch)).expect("ensure_epoch loaded it");
-            let readers_before: BTreeMap<UserId, MessageId> = le.view.read_markers().map(|(u, m)| (*u, *m)).collect();
-            let delivered_before = le.view.delivered.clone();
-            let changes: Vec<automerge::Change> = list.iter().map(|a| a.change.clone()).collect();
-            if let Err(e) = le.doc.apply_remote(changes) {
-                // automerge refused a batch that passed every check: drop the
-                // (possibly half-updated) document, store nothing, report it.
-                self.epochs.remove(&(channel, epoch));
-                for a in &list {
-                    report.rejected.push(Rejection {
-                        device: Some(a.device),
-                        seq: Some(a.seq),
-                        reason: e.to_string(),
-                    });
-                }
-                // Later entries of these feeds chain onto refused ones: nothing
-                // of this batch is stored; the peer sends again.
-                return Ok(());
-            }
+            let le = self.epochs.get_mut(&(channel, epoch)).expect("loaded in phase 1");
+            let (readers_before, delivered_before, _) = before.remove(&epoch).expect("recorded in phase 1");
             // Live messages touch a few keys of a large epoch: update the view
             // for those (cost per message, not per epoch). Metadata, or changes
             // that waited for dependencies, need the full rebuild.

@@ -58,6 +58,8 @@ pub struct Served {
     pub malicious: bool,
     /// For a Push: the channel and this replica's vector after it.
     pub acked: Option<(hearth_core::WireId, hearth_core::Vector)>,
+    /// For a Fetch of a channel held here: what the peer said it holds.
+    pub learned: Option<(hearth_core::WireId, hearth_core::Vector)>,
 }
 
 /// Answer one request from a peer.
@@ -85,11 +87,14 @@ pub async fn serve<R: Replica>(replica: &R, req: Request) -> (Response, Served) 
         }
         Request::Fetch { wire, have, max_bytes } => {
             let (bytes, count) = fetch_budget(max_bytes);
-            match replica.entries_after(wire, have, bytes, count).await {
-                Ok(Some(b)) => Response::Entries {
-                    entries: b.entries.into_iter().map(ByteBuf::from).collect(),
-                    more: b.more,
-                },
+            match replica.entries_after(wire, have.clone(), bytes, count).await {
+                Ok(Some(b)) => {
+                    served.learned = Some((wire, have));
+                    Response::Entries {
+                        entries: b.entries.into_iter().map(ByteBuf::from).collect(),
+                        more: b.more,
+                    }
+                }
                 Ok(None) => Response::Refused {
                     reason: "unknown channel".into(),
                 },

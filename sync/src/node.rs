@@ -526,6 +526,8 @@ impl<R: Replica> Loop<R> {
                     Err(broadcast::error::RecvError::Closed) => replica_open = false,
                 },
                 _ = tick.tick() => {
+                    let now = Instant::now();
+                    self.banned.retain(|_, until| *until > now);
                     self.redial();
                     if last_anti_entropy.elapsed() >= self.config.anti_entropy {
                         last_anti_entropy = Instant::now();
@@ -631,7 +633,10 @@ impl<R: Replica> Loop<R> {
 
     fn after_serving(&mut self, peer: PeerId, served: Served) {
         // `served.acked` is this replica's own vector (what the peer learns),
-        // not the peer's: nothing to learn about the peer from it.
+        // not the peer's. A Fetch of a channel held here says what the peer has.
+        if let (Some((wire, have)), Some(p)) = (served.learned, self.peers.get(&peer)) {
+            let _ = p.work.send(Work::Learned(wire, have));
+        }
         if served.rejected > 0 {
             let reason = served.reason.unwrap_or_default();
             self.reject(peer, reason, served.malicious);
@@ -654,8 +659,7 @@ impl<R: Replica> Loop<R> {
     fn session_done(&mut self, peer: PeerId, outcome: Outcome, state: SyncState) {
         if outcome.refused_here > 0 {
             let reason = outcome.refusal.clone().unwrap_or_default();
-            let malicious = !(reason.starts_with("gap") || reason.starts_with("relay is full"));
-            self.reject(peer, reason, malicious);
+            self.reject(peer, reason, outcome.fault_here);
         }
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
@@ -827,9 +831,6 @@ impl<R: Replica> Loop<R> {
                         let _ = self.swarm.behaviour_mut().rr.send_response(channel, busy);
                         return;
                     };
-                    if let (Request::Fetch { wire, have, .. }, Some(p)) = (&request, self.peers.get(&peer)) {
-                        let _ = p.work.send(Work::Learned(*wire, have.clone()));
-                    }
                     let replica = self.replica.clone();
                     let tx = self.cmd_tx.clone();
                     tokio::spawn(async move {
@@ -946,13 +947,13 @@ fn spawn_worker<R: Replica>(
             // In sync: for every channel both hold, the same vector.
             let local_after = replica.vectors().await.unwrap_or(local);
             let mut in_sync = outcome.failed.is_none();
-            let (mut behind, mut ahead) = (0, 0);
+            let (mut behind, mut ahead) = (0u64, 0u64);
             for (w, mine) in &local_after {
                 if let Some(theirs) = known.get(w) {
-                    let b: u64 = mine.lacks(theirs).iter().map(|m| m.len()).sum();
-                    let a: u64 = theirs.lacks(mine).iter().map(|m| m.len()).sum();
-                    behind += b;
-                    ahead += a;
+                    let b: u64 = mine.lacks(theirs).iter().fold(0u64, |s, m| s.saturating_add(m.len()));
+                    let a: u64 = theirs.lacks(mine).iter().fold(0u64, |s, m| s.saturating_add(m.len()));
+                    behind = behind.saturating_add(b);
+                    ahead = ahead.saturating_add(a);
                     in_sync &= a == 0 && b == 0;
                 }
             }

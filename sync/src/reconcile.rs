@@ -18,6 +18,9 @@ use serde_bytes::ByteBuf;
 
 use crate::proto::{self, BATCH_BYTES, BATCH_ENTRIES, ChannelDigest, Request, Response, WireTag};
 
+/// Bytes of vectors one Hello answer carries at most (under `MAX_RESPONSE`).
+const HELLO_ANSWER_BUDGET: usize = proto::MAX_RESPONSE * 3 / 4;
+
 /// The Hello a replica holding `local` sends.
 pub fn hello(local: &[(WireId, Vector)], relay: bool) -> Request {
     Request::Hello {
@@ -47,12 +50,23 @@ pub fn answer_hello(
     let by_tag: BTreeMap<WireTag, &(WireId, Vector)> = local.iter().map(|cv| (proto::tag(&cv.0), cv)).collect();
     let mut differ = Vec::new();
     let mut want = Vec::new();
+    // Keep the answer inside its frame: channels left out still differ at the
+    // next session, which takes them then.
+    let mut budget = HELLO_ANSWER_BUDGET;
+    let mut fits = |v: &Vector| {
+        let size = 40 + v.0.len() * 60;
+        let ok = size <= budget;
+        if ok {
+            budget -= size;
+        }
+        ok
+    };
     let mut seen = std::collections::BTreeSet::new();
     for d in summary {
         match by_tag.get(&d.tag) {
             Some((w, v)) => {
                 seen.insert(d.tag);
-                if v.digest() != d.digest {
+                if v.digest() != d.digest && fits(v) {
                     differ.push((*w, v.clone()));
                 }
             }
@@ -63,7 +77,7 @@ pub fn answer_hello(
     let extra = if requester_relay {
         local
             .iter()
-            .filter(|(w, _)| !seen.contains(&proto::tag(w)))
+            .filter(|(w, v)| !seen.contains(&proto::tag(w)) && fits(v))
             .cloned()
             .collect()
     } else {
@@ -117,6 +131,9 @@ pub struct Outcome {
     pub refused_there: u64,
     /// Why the first refused entry was refused (either side).
     pub refusal: Option<String>,
+    /// Something the peer sent proves it forged or broke data (see
+    /// `hearth_store::Rejection::is_peer_fault`); decides whether it is dropped.
+    pub fault_here: bool,
     /// The peer's vectors as last seen (for status and delivery receipts).
     pub peer: BTreeMap<WireId, Vector>,
     /// Requests sent.
@@ -340,7 +357,10 @@ impl Session {
         // Duplicates are progress only when another session stored them
         // meanwhile (the vector moved); a peer answering every Fetch with
         // entries held here already would otherwise be asked forever.
-        let progressed = r.accepted > 0 || self.local.get(&wire) != Some(&r.vector);
+        // Only a moved vector is progress: entries "accepted" by a batch that
+        // was then rolled back (automerge refused it) move nothing.
+        let progressed = self.local.get(&wire) != Some(&r.vector);
+        self.outcome.fault_here |= r.rejected.iter().any(|x| x.is_peer_fault());
         self.local.insert(wire, r.vector);
         self.phase = if progressed { Phase::Pull } else { Phase::Push };
         self.step()

@@ -326,6 +326,7 @@ impl World {
             // A write's feed entry exists once its group closes; so do the
             // delivery receipts the last round queued.
             for node in &self.nodes {
+                node.store().flush_receipts().await.unwrap();
                 node.store().checkpoint().await.unwrap();
             }
             let mut moved = 0;
