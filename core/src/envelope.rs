@@ -158,6 +158,25 @@ impl Envelope {
         verify_signature(&self.header.user, &signed_bytes(&hb, &self.body), &sig)
     }
 
+    /// Whether this entry may follow a feed held up to `have` (whose entry
+    /// `have` hashes to `prev`) and owned by `owner`: signature first (a forged
+    /// entry is refused as forged wherever it claims to sit), then the position
+    /// (no gap), the chain (`prev`) and the owner (one user per device). The
+    /// same rules for members and relays; the reason is what peers are told.
+    pub fn check_next(&self, have: u64, prev: &EntryHash, owner: Option<UserId>) -> std::result::Result<(), String> {
+        self.verify().map_err(|e| e.to_string())?;
+        if self.header.seq != have + 1 {
+            return Err(format!("gap in the feed: expected entry {}", have + 1));
+        }
+        if self.header.prev != *prev {
+            return Err("does not chain onto the previous entry".into());
+        }
+        if owner.is_some_and(|o| o != self.header.user) {
+            return Err("device belongs to another user".into());
+        }
+        Ok(())
+    }
+
     /// Open the body with the channel keys (a member only). Verify first.
     pub fn open(&self, keys: &ChannelKeys) -> Result<EntryBody> {
         if self.header.wire != keys.wire() {

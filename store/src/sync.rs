@@ -293,23 +293,13 @@ impl Engine {
                 if device == me {
                     return Err("an entry of this device that this device never wrote".into());
                 }
-                // The signature first: a forged entry is a fault whatever its position.
-                env.verify().map_err(|e| e.to_string())?;
-                if seq != have + 1 {
-                    return Err(format!("gap in the feed: expected entry {}", have + 1));
-                }
-                if h.prev != prev {
-                    return Err("does not chain onto the previous entry".into());
-                }
                 // The owner as of this batch: an earlier entry of the same
                 // batch may have bound a new device already.
                 let owner = heads
                     .get(&device)
                     .map(|x| x.user)
                     .or_else(|| ch.devices.get(&device).copied());
-                if owner.is_some_and(|o| o != h.user) {
-                    return Err("device belongs to another user".into());
-                }
+                env.check_next(have, &prev, owner)?;
                 // What follows is sealed and signed by the author: a failure is
                 // the author's, not the forwarding peer's ("content:").
                 let body = env.open(&ch.keys).map_err(|e| format!("content: {e}"))?;

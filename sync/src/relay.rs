@@ -409,20 +409,9 @@ impl Inner {
                 continue;
             }
             let checked = (|| -> std::result::Result<(), String> {
-                if seq != have + 1 {
-                    return Err(format!("gap in the feed: expected entry {}", have + 1));
-                }
-                if h.prev != prev {
-                    return Err("does not chain onto the previous entry".into());
-                }
                 // The owner as of this batch too: a second user must not take
                 // over a device whose first entries arrive in the same batch.
-                if let Some(owner) = head.map(|h| h.user)
-                    && owner != h.user
-                {
-                    return Err("device belongs to another user".into());
-                }
-                env.verify().map_err(|e| e.to_string())?;
+                env.check_next(have, &prev, head.map(|h| h.user))?;
                 let total = bytes_before + added + bytes.len() as u64;
                 if total > self.config.max_bytes {
                     return Err(format!(
