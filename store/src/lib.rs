@@ -57,7 +57,7 @@ pub use journal::{
     Decoded as JournalContents, JournalEntry, JournalRecord, decode_records as decode_journal,
     encode_record as encode_journal_record,
 };
-pub use open::OpenReport;
+pub use open::{OpenReport, open_sled_config};
 pub use query::{ChannelInfo, Located, Thread};
 pub use store::{OpenTimings, Pending, Store, Whoami};
 pub use sync::{EntryBatch, IngestReport, Receipts, Rejection, StoreEvent};

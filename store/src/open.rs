@@ -76,12 +76,40 @@ fn open_sled(dir: &Path) -> Result<sled::Db> {
         .mode(sled::Mode::HighThroughput);
     // sled 0.34 can panic on damaged files (issues 1527, 1533): turn that into a
     // typed error instead of taking the embedding process down.
-    match catch_unwind(AssertUnwindSafe(|| cfg.open())) {
+    match catch_unwind(AssertUnwindSafe(|| open_sled_config(&cfg))) {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(sled::Error::Io(e))) => Err(Error::Io(e)),
         Ok(Err(e)) => Err(Error::corrupted("sled database", e)),
         Err(_) => Err(Error::corrupted("sled database", "sled panicked while opening it")),
     }
+}
+
+/// Open a sled database whose directory the caller holds locked (its own
+/// `LOCK` file, taken first).
+///
+/// sled takes a lock of its own on `db/db`, and releases it only when the last of
+/// its background I/O threads lets go of the file, which can be a moment after
+/// the previous `Db` in this process was dropped. Since the caller's lock rules
+/// out any other opener, a busy sled lock can only be that moment: wait for it
+/// (up to 5 s) instead of failing a reopen that follows a close.
+pub fn open_sled_config(cfg: &sled::Config) -> sled::Result<sled::Db> {
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+    let start = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match cfg.open() {
+            Err(sled::Error::Io(e)) if is_sled_lock_busy(&e) && start.elapsed() < PATIENCE => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// sled 0.34 reports a busy lock only as an `Other` error with this text.
+fn is_sled_lock_busy(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::Other && e.to_string().starts_with("could not acquire lock")
 }
 
 /// Create a new store.

@@ -189,7 +189,7 @@ impl RelayStore {
         // sled 0.34 can panic on damaged files (issues 1527, 1533): a typed error
         // instead of taking the process down.
         let opened = catch_unwind(AssertUnwindSafe(|| -> Result<_> {
-            let db = cfg.open().map_err(sled_error)?;
+            let db = hearth_store::open_sled_config(&cfg).map_err(sled_error)?;
             let tree = db.open_tree(TREE).map_err(sled_error)?;
             let state = load(&tree)?;
             Ok((db, tree, state))
