@@ -232,6 +232,7 @@ impl Actor {
         self.staged_ops = 0;
         let res = match self.unbatched.take() {
             Some(seq) => self.engine.finish_batch(seq),
+            None if self.engine.rows_pending => self.engine.finish_batch(self.engine.watermark),
             None => Ok(()),
         };
         self.poison_on(res)

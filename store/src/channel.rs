@@ -75,6 +75,10 @@ pub struct ChannelState {
     pub staged_read: Option<MessageId>,
     /// See `staged_read`.
     pub staged_newest: Option<MessageId>,
+    /// Delivery receipts owed: for each writer device, the newest of its
+    /// messages stored here that no receipt of this device covers yet (also in
+    /// sled, `T_OWED`, so they survive a crash before they are written).
+    pub owed: BTreeMap<hearth_core::DeviceId, MessageId>,
 }
 
 impl ChannelState {

@@ -16,6 +16,7 @@ use hearth_core::KdfParams;
 /// | `checkpoint_interval` | 2 s: an idle store checkpoints at most this long after a write |
 /// | `snapshot_entries` | 64 feed entries past an epoch's snapshot before it is re-snapshotted on eviction or close |
 /// | `command_queue` | 4096 commands queued to the store task before senders wait |
+/// | `receipt_delay` | 250 ms: delivery receipts of received messages gather this long into one entry per channel |
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Argon2id parameters for new headers.
@@ -34,6 +35,11 @@ pub struct Config {
     pub snapshot_entries: u64,
     /// Capacity of the command queue.
     pub command_queue: usize,
+    /// How long delivery receipts gather before they are written (one entry
+    /// per channel and period instead of one per received batch). Receipts
+    /// owed are recorded with the messages they are for, so a crash in this
+    /// window only delays them to the next open.
+    pub receipt_delay: Duration,
 }
 
 impl Default for Config {
@@ -47,6 +53,7 @@ impl Default for Config {
             checkpoint_interval: Duration::from_secs(2),
             snapshot_entries: 64,
             command_queue: 4096,
+            receipt_delay: Duration::from_millis(250),
         }
     }
 }
@@ -85,6 +92,12 @@ impl Config {
     /// Set the checkpoint interval.
     pub fn with_checkpoint_interval(mut self, d: Duration) -> Self {
         self.checkpoint_interval = d;
+        self
+    }
+
+    /// Set how long delivery receipts gather before they are written.
+    pub fn with_receipt_delay(mut self, d: Duration) -> Self {
+        self.receipt_delay = d;
         self
     }
 }

@@ -53,6 +53,23 @@ pub(crate) fn summary_row(
     Ok((k, v))
 }
 
+/// Queue a channel's owed receipts into `batch` (the row goes when none are owed).
+pub(crate) fn put_owed(
+    batch: &mut sled::Batch,
+    records: &SecretKey,
+    wire: &WireId,
+    owed: &BTreeMap<DeviceId, MessageId>,
+) -> Result<()> {
+    let k = channel_prefix(T_OWED, wire);
+    if owed.is_empty() {
+        batch.remove(&k[..]);
+    } else {
+        let plain = postcard::to_stdvec(owed).expect("owed receipts encode");
+        batch.insert(&k[..], seal_record(records, &k, &plain)?);
+    }
+    Ok(())
+}
+
 /// An epoch document in memory with its view.
 pub(crate) struct LoadedEpoch {
     /// Remote changes wait in automerge's queue for their dependencies: when
@@ -169,6 +186,9 @@ pub(crate) struct Engine {
     /// Channels with feed entries in the current batch (announced once it is applied).
     appended: std::collections::BTreeSet<ChannelId>,
     batch: sled::Batch,
+    /// Whether `batch` holds rows that no staged op will flush (owed receipts
+    /// cleared by a receipt write that wrote nothing new).
+    pub rows_pending: bool,
     /// Whether sled holds writes not yet covered by a checkpoint.
     pub dirty: bool,
     /// Whether sled holds entries of this device not yet covered by a
@@ -211,6 +231,7 @@ impl Engine {
             touched: BTreeMap::new(),
             appended: Default::default(),
             batch: sled::Batch::default(),
+            rows_pending: false,
             dirty: false,
             own_unsynced: false,
             journal_pending: 0,
@@ -250,7 +271,13 @@ impl Engine {
             current: (1, 0),
             staged_read: None,
             staged_newest: None,
+            owed: BTreeMap::new(),
         };
+        let owed_key = channel_prefix(T_OWED, &wire);
+        if let Some(v) = self.tree.get(owed_key)? {
+            let plain = open_record(&self.records, &owed_key, &v)?;
+            state.owed = postcard::from_bytes(&plain).map_err(|e| Error::corrupted("owed receipts", e))?;
+        }
         state.devices.insert(self.identity.device(), self.identity.user());
         for row in self.tree.scan_prefix(channel_prefix(T_HEADS, &wire)) {
             let (k, v) = row?;
@@ -575,10 +602,33 @@ impl Engine {
                     .and_then(|le| le.view.delivered.get(&me).cloned())
                     .unwrap_or_default();
                 let mut entries = Vec::new();
-                for (author, up_to) in marks {
-                    if author != me.1 && held.get(&author).is_none_or(|h| *h < up_to) {
-                        entries.push(op_entry(channel, Op::Delivered { author, up_to })?);
+                for (author, up_to) in &marks {
+                    if *author != me.1 && held.get(author).is_none_or(|h| h < up_to) {
+                        entries.push(op_entry(
+                            channel,
+                            Op::Delivered {
+                                author: *author,
+                                up_to: *up_to,
+                            },
+                        )?);
                     }
+                }
+                // What these receipts (or earlier ones) cover is no longer owed.
+                // The row goes with this group's batch, after the receipts are
+                // journaled: a crash in between owes them again, and writing them
+                // again then finds them held and writes nothing.
+                let ch = self
+                    .channels
+                    .get_mut(&channel)
+                    .expect("ensure_epoch checked the channel");
+                let before = ch.owed.len();
+                ch.owed.retain(|author, owed| {
+                    let covered = |m: Option<&MessageId>| m.is_some_and(|m| m >= owed);
+                    !(covered(held.get(author)) || covered(marks.iter().find(|(a, _)| a == author).map(|(_, m)| m)))
+                });
+                if ch.owed.len() != before {
+                    put_owed(&mut self.batch, &self.records, &ch.keys.wire(), &ch.owed)?;
+                    self.rows_pending = true;
                 }
                 (entries, Outcome::Done)
             }
@@ -723,6 +773,7 @@ impl Engine {
         self.batch.insert(META_WATERMARK, &self.watermark.to_be_bytes()[..]);
         self.batch.insert(META_HLC, &self.hlc.last().0.to_be_bytes()[..]);
         self.tree.apply_batch(std::mem::take(&mut self.batch))?;
+        self.rows_pending = false;
         self.dirty = true;
         self.own_unsynced |= !self.appended.is_empty();
         for channel in std::mem::take(&mut self.appended) {

@@ -38,6 +38,10 @@ pub const T_EPOCHS: u8 = b'E';
 pub const T_ELOG: u8 = b'L';
 /// `S | wire id [32] | epoch u32 | chunk u16` -> sealed chunk of an automerge save.
 pub const T_SNAPS: u8 = b'S';
+/// `R | wire id [32]` -> sealed postcard(map writer device -> message id): the
+/// delivery receipts this device owes for messages it stored, until it has
+/// written them (they survive a crash in the gathering window).
+pub const T_OWED: u8 = b'R';
 
 /// Sealed [`hearth_core::Identity`].
 pub const META_IDENTITY: &[u8] = b"Midentity";
@@ -56,6 +60,7 @@ pub fn table_name(tag: u8) -> &'static str {
         T_EPOCHS => "epochs",
         T_ELOG => "elog",
         T_SNAPS => "snaps",
+        T_OWED => "owed receipts",
         _ => "unknown",
     }
 }

@@ -43,15 +43,13 @@ pub struct Whoami {
     pub dir: PathBuf,
 }
 
-/// How long delivery receipts gather before they are written.
-pub const RECEIPT_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
-
 type PendingReceipts = BTreeMap<ChannelId, BTreeMap<DeviceId, MessageId>>;
 
 struct Shared {
     events: tokio::sync::broadcast::Sender<StoreEvent>,
     receipts: std::sync::Mutex<PendingReceipts>,
     receipts_scheduled: std::sync::atomic::AtomicBool,
+    receipt_delay: std::time::Duration,
     whoami: Whoami,
     report: OpenReport,
     timings: OpenTimings,
@@ -100,6 +98,7 @@ impl Store {
         F: FnOnce(Config) -> Result<(Engine, crate::journal::Journal, OpenReport)> + Send + 'static,
     {
         let config = config.clamped();
+        let receipt_delay = config.receipt_delay;
         let (tx, rx) = mpsc::channel(config.command_queue);
         let (ready_tx, ready_rx) = oneshot::channel();
         let started = std::time::Instant::now();
@@ -120,7 +119,15 @@ impl Store {
                         name: engine.identity.name().to_string(),
                         dir: engine.dir.clone(),
                     };
-                    let _ = ready_tx.send(Ok((whoami, report, timings, engine.events.clone())));
+                    // Receipts owed when the store last stopped (a crash while
+                    // they gathered) are written again.
+                    let owed: PendingReceipts = engine
+                        .channels
+                        .iter()
+                        .filter(|(_, ch)| !ch.owed.is_empty())
+                        .map(|(id, ch)| (*id, ch.owed.clone()))
+                        .collect();
+                    let _ = ready_tx.send(Ok((whoami, report, timings, engine.events.clone(), owed)));
                     actor::run(engine, journal, rx);
                 }
                 Err(e) => {
@@ -128,18 +135,23 @@ impl Store {
                 }
             }
         })?;
-        let (whoami, report, timings, events) = ready_rx.await.map_err(|_| Error::Closed)??;
-        Ok(Store {
+        let (whoami, report, timings, events, owed) = ready_rx.await.map_err(|_| Error::Closed)??;
+        let store = Store {
             tx,
             shared: Arc::new(Shared {
                 events,
                 receipts: Default::default(),
                 receipts_scheduled: Default::default(),
+                receipt_delay,
                 whoami,
                 report,
                 timings,
             }),
-        })
+        };
+        for (channel, marks) in &owed {
+            store.queue_receipts(*channel, marks);
+        }
+        Ok(store)
     }
 
     /// Create a new store in `dir` (created if missing) for a new user.
@@ -315,10 +327,11 @@ impl Store {
         Ok(report)
     }
 
-    /// Gather delivery receipts for [`RECEIPT_DELAY`] and write them as one
-    /// entry per channel: a live chat then costs one receipt entry per channel
-    /// and period, not one per received batch. [`Store::close`] writes what is
-    /// still gathering; a crash loses it (the next message brings it back).
+    /// Gather delivery receipts for [`Config::receipt_delay`] and write them as
+    /// one entry per channel: a live chat then costs one receipt entry per
+    /// channel and period, not one per received batch. [`Store::close`] writes
+    /// what is still gathering; after a crash the store owes them (recorded
+    /// with the messages) and the next open writes them.
     fn queue_receipts(&self, channel: ChannelId, newest: &BTreeMap<DeviceId, MessageId>) {
         let mut pending = self.shared.receipts.lock().unwrap_or_else(|p| p.into_inner());
         let marks = pending.entry(channel).or_default();
@@ -335,7 +348,7 @@ impl Store {
         }
         let store = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(RECEIPT_DELAY).await;
+            tokio::time::sleep(store.shared.receipt_delay).await;
             store
                 .shared
                 .receipts_scheduled

@@ -394,6 +394,7 @@ impl Engine {
         }
         // Phase 2: views, summaries, rows, events.
         let me = self.identity.user();
+        let me_device = self.identity.device();
         let mut batch = sled::Batch::default();
         let mut events = Vec::new();
         for (epoch, list) in accepted {
@@ -474,6 +475,19 @@ impl Engine {
         }
         if let Some((&e, s)) = ch.summaries.iter().next_back().filter(|(e, _)| **e != META_EPOCH) {
             ch.current = (e, s.messages);
+        }
+        // The receipts these messages call for are owed from now on, in the
+        // same batch as the messages: a crash before they are written owes
+        // them still.
+        let mut owed_more = false;
+        for (d, m) in &report.newest {
+            if *d != me_device && ch.owed.get(d).is_none_or(|o| o < m) {
+                ch.owed.insert(*d, *m);
+                owed_more = true;
+            }
+        }
+        if owed_more {
+            crate::engine::put_owed(&mut batch, &self.records, wire, &ch.owed)?;
         }
         batch.insert(META_HLC, &self.hlc.last().0.to_be_bytes()[..]);
         self.tree.apply_batch(batch)?;

@@ -115,7 +115,7 @@ impl Engine {
         // Rows that belong to no known channel are a defect too.
         for row in self.tree.iter() {
             let (k, _) = row?;
-            if k.len() < 33 || !matches!(k[0], T_FEEDS | T_HEADS | T_EPOCHS | T_ELOG | T_SNAPS) {
+            if k.len() < 33 || !matches!(k[0], T_FEEDS | T_HEADS | T_EPOCHS | T_ELOG | T_SNAPS | T_OWED) {
                 continue;
             }
             let wire = WireId::from_slice(&k[1..33]).expect("32 bytes");

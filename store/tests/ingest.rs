@@ -153,3 +153,76 @@ async fn bad_entries_are_refused_and_nothing_is_lost() {
         s.close().await.unwrap();
     }
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A member stores messages and dies before their delivery receipts are
+/// written (they gather first): the receipts are owed on disk with the
+/// messages, and the next open writes them, once.
+#[tokio::test]
+async fn delivery_receipts_owed_at_a_crash_are_written_at_the_next_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pass = Passphrase::new("pw");
+    let a = Store::create(tmp.path().join("a"), &pass, "alice", config())
+        .await
+        .unwrap();
+    // Receipts that would gather for an hour: the crash comes first.
+    let slow = config().with_receipt_delay(std::time::Duration::from_secs(3600));
+    let b = Store::create(tmp.path().join("b"), &pass, "bob", slow.clone())
+        .await
+        .unwrap();
+    let general = a.create_channel("general").await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(a.post(general, &format!("hello {i}")).await.unwrap());
+    }
+    let keys = a.channel_keys(general).await.unwrap();
+    let wire = keys.wire();
+    b.join_channel(keys).await.unwrap();
+    pull(&a, &b, wire, general).await;
+    assert!(
+        b.receipts(ids[2]).await.unwrap().delivered.is_empty(),
+        "still gathering"
+    );
+    // What a SIGKILL leaves now: the ingest made durable, no receipt written.
+    b.checkpoint().await.unwrap();
+    let image = tmp.path().join("b-crashed");
+    copy_dir(&tmp.path().join("b"), &image);
+    let bob = (b.whoami().user, b.whoami().device);
+    drop(b);
+
+    let b = Store::open(&image, &pass, config()).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while b.receipts(ids[2]).await.unwrap().delivered != vec![bob] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the owed receipt was never written"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(b.receipts(ids[0]).await.unwrap().delivered, vec![bob]);
+    // It travels like any receipt.
+    pull(&b, &a, wire, general).await;
+    assert_eq!(a.receipts(ids[2]).await.unwrap().delivered, vec![bob]);
+
+    // Written once: reopening owes nothing more, so it writes nothing more.
+    b.close().await.unwrap();
+    let held = a.vector(general).await.unwrap();
+    let b = Store::open(&image, &pass, slow).await.unwrap();
+    assert_eq!(b.flush_receipts().await.unwrap(), 0, "nothing owed after the reopen");
+    assert_eq!(b.vector(general).await.unwrap(), held);
+    assert!(b.verify().await.unwrap().is_clean());
+    b.close().await.unwrap();
+    a.close().await.unwrap();
+}

@@ -5,7 +5,8 @@
 //!
 //! Measured: catch-up of a fresh member that missed N messages (time and rate
 //! from dial to every message present); bytes on the wire per message against
-//! the sealed envelopes; remote apply (ingest) rate; reconnect of two replicas
+//! the sealed envelopes; remote apply (ingest) rate; live apply of one remote
+//! message into a replica holding the whole history; reconnect of two replicas
 //! already in sync over many channels (round trips and bytes, the libp2p
 //! handshake apart); live delivery latency between two connected replicas.
 //!
@@ -245,6 +246,8 @@ struct HearthCatchup {
     entries: usize,
     envelope_bytes: u64,
     apply_secs: f64,
+    /// Sorted times of single-entry live applies into a member holding the history.
+    live_apply: Vec<Duration>,
 }
 
 /// Live delivery figures, microseconds.
@@ -271,8 +274,14 @@ fn live_stats(deliver: &mut [Duration], other: &mut [Duration], bytes: Bytes) ->
 }
 
 /// Verify and store `entries` in a fresh member, in the protocol's batches:
-/// the remote apply path without the network. Returns the seconds it took.
-async fn apply_rate(root: &Path, keys: hearth::core::ChannelKeys, wire: WireId, entries: &[Vec<u8>]) -> Result<f64> {
+/// the remote apply path without the network. Returns the seconds it took and
+/// the member, still open, holding the whole history.
+async fn apply_rate(
+    root: &Path,
+    keys: hearth::core::ChannelKeys,
+    wire: WireId,
+    entries: &[Vec<u8>],
+) -> Result<(f64, Hearth)> {
     let c = create(root, &format!("apply-{}", entries.len())).await?;
     c.join_channel(keys).await?;
     let mut batches: Vec<Vec<Vec<u8>>> = vec![Vec::new()];
@@ -295,9 +304,60 @@ async fn apply_rate(root: &Path, keys: hearth::core::ChannelKeys, wire: WireId, 
             r.rejected.first()
         );
     }
-    let secs = t.elapsed().as_secs_f64();
-    c.close().await?;
-    Ok(secs)
+    Ok((t.elapsed().as_secs_f64(), c))
+}
+
+/// Live apply of one remote message into a member that holds the whole
+/// history: the writer posts one message at a time, and the member ingests the
+/// entry it lacks. Only the ingest is timed (size-capped decode, signature,
+/// chain, AEAD, change checks, automerge apply, view update, sled batch, store
+/// event); no network. Returns the sorted times.
+async fn live_apply(
+    writer: &Hearth,
+    member: &Hearth,
+    ch: ChannelId,
+    samples: usize,
+    text_len: usize,
+) -> Result<Vec<Duration>> {
+    let wire = writer.channel_keys(ch).await?.wire();
+    let mut times = Vec::with_capacity(samples);
+    for i in 0..samples {
+        writer.post(ch, &bench_text((1 << 46) + i as u64, text_len)).await?;
+        let have = member.vector(ch).await?;
+        let batch = writer.entries_after(wire, have, usize::MAX, usize::MAX).await?;
+        let t = Instant::now();
+        let r = member.ingest(wire, batch.entries).await?;
+        times.push(t.elapsed());
+        ensure!(
+            r.messages == 1 && r.rejected.is_empty(),
+            "live entry not applied: {:?}",
+            r.rejected.first()
+        );
+    }
+    times.sort_unstable();
+    Ok(times)
+}
+
+/// The baseline's live apply: one change (one new message) applied to a
+/// document that holds the whole history, in memory (the baseline persists
+/// nothing). Returns the sorted times.
+fn am_live_apply(
+    writer: &mut AutoCommit,
+    member: &mut AutoCommit,
+    samples: usize,
+    text_len: usize,
+) -> Result<Vec<Duration>> {
+    let mut times = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let seq = (1 << 46) + i as u64;
+        am_post(writer, seq, &bench_text(seq, text_len))?;
+        let change = writer.get_last_local_change().context("no change made")?;
+        let t = Instant::now();
+        member.apply_changes([change])?;
+        times.push(t.elapsed());
+    }
+    times.sort_unstable();
+    Ok(times)
 }
 
 /// A writer with `n` posts, a fresh member that dials it through the proxy and
@@ -307,6 +367,7 @@ async fn hearth_catchup(
     n: usize,
     text_len: usize,
     samples: usize,
+    apply_samples: usize,
 ) -> Result<(HearthCatchup, Option<Live>)> {
     let mut r = HearthCatchup::default();
     let a = create(root, &format!("writer-{n}")).await?;
@@ -319,7 +380,8 @@ async fn hearth_catchup(
     let all = a.entries_after(wire, Vector::default(), usize::MAX, usize::MAX).await?;
     r.entries = all.entries.len();
     r.envelope_bytes = all.entries.iter().map(|e| e.len() as u64).sum();
-    r.apply_secs = apply_rate(root, keys.clone(), wire, &all.entries).await?;
+    let (apply_secs, member) = apply_rate(root, keys.clone(), wire, &all.entries).await?;
+    r.apply_secs = apply_secs;
     drop(all);
 
     let b = create(root, &format!("member-{n}")).await?;
@@ -360,8 +422,10 @@ async fn hearth_catchup(
     };
     na.stop().await?;
     nb.stop().await?;
-    a.close().await?;
     b.close().await?;
+    r.live_apply = live_apply(&a, &member, ch, apply_samples, text_len).await?;
+    member.close().await?;
+    a.close().await?;
     Ok((r, live))
 }
 
@@ -648,11 +712,18 @@ struct AmCatchup {
     frames: u32,
     messages: u32,
     bytes: Bytes,
+    /// Sorted times of one-change applies into a document holding the history.
+    live_apply: Vec<Duration>,
 }
 
 /// A document with `n` messages; a fresh peer connects and syncs it to
 /// quiescence. Then (if `samples` > 0) live changes on the same connection.
-async fn am_catchup(n: usize, text_len: usize, samples: usize) -> Result<(AmCatchup, Option<Live>)> {
+async fn am_catchup(
+    n: usize,
+    text_len: usize,
+    samples: usize,
+    apply_samples: usize,
+) -> Result<(AmCatchup, Option<Live>)> {
     let mut r = AmCatchup::default();
     let t = Instant::now();
     let doc = am_doc(n, text_len, 0)?;
@@ -681,6 +752,7 @@ async fn am_catchup(n: usize, text_len: usize, samples: usize) -> Result<(AmCatc
     );
 
     if samples == 0 {
+        r.live_apply = am_live_apply(&mut a.docs[0], &mut b.docs[0], apply_samples, text_len)?;
         return Ok((r, None));
     }
     let before = proxy.bytes();
@@ -698,6 +770,7 @@ async fn am_catchup(n: usize, text_len: usize, samples: usize) -> Result<(AmCatc
         tokio::time::sleep(LIVE_GAP).await;
     }
     let bytes = proxy.bytes().since(before);
+    r.live_apply = am_live_apply(&mut a.docs[0], &mut b.docs[0], apply_samples, text_len)?;
     Ok((r, Some(live_stats(&mut deliver, &mut quiet, bytes))))
 }
 
@@ -794,9 +867,9 @@ pub async fn run(args: &SyncArgs, json_out: bool) -> Result<std::process::ExitCo
         // Live delivery runs once, on the first (smaller) history.
         let samples = if k == 0 { args.samples } else { 0 };
         say(format!("catch-up of {n} messages: Hearth"));
-        let (h, h_live) = hearth_catchup(&root, n, args.text_len, samples).await?;
+        let (h, h_live) = hearth_catchup(&root, n, args.text_len, samples, args.samples).await?;
         say(format!("catch-up of {n} messages: automerge baseline"));
-        let (b, b_live) = am_catchup(n, args.text_len, samples).await?;
+        let (b, b_live) = am_catchup(n, args.text_len, samples, args.samples).await?;
         let nf = n as f64;
         metrics.push(json!({
             "metric": "catch_up", "messages": n,
@@ -833,6 +906,20 @@ pub async fn run(args: &SyncArgs, json_out: bool) -> Result<std::process::ExitCo
                 "catch_up_msgs_per_sec": nf / h.secs,
             },
             "target_msgs_per_sec": 20_000,
+        }));
+        metrics.push(json!({
+            "metric": "live_apply", "history": n, "samples": args.samples,
+            "hearth": {
+                "p50_us": percentile_us(&h.live_apply, 0.5),
+                "p99_us": percentile_us(&h.live_apply, 0.99),
+                "what": "Store::ingest of one remote entry: verify, decrypt, apply, view, sled batch",
+            },
+            "automerge": {
+                "p50_us": percentile_us(&b.live_apply, 0.5),
+                "p99_us": percentile_us(&b.live_apply, 0.99),
+                "what": "apply_changes of one change, in memory",
+            },
+            "target_p99_us": 1000,
         }));
         if let (Some(h), Some(b)) = (h_live, b_live) {
             metrics.push(json!({
@@ -956,6 +1043,21 @@ fn print_table(metrics: &[Value]) {
                     String::new(),
                     String::new(),
                 );
+            }
+            "live_apply" => {
+                println!(
+                    "live apply of one remote message ({} samples, {} messages of history)",
+                    m["samples"], m["history"]
+                );
+                for p in ["p50", "p99"] {
+                    let k = format!("{p}_us");
+                    row(
+                        &format!("  ingest one entry, {p} (us)"),
+                        format!("{:.0}", f(&h[&k])),
+                        format!("{:.0}", f(&b[&k])),
+                        format!("{:.2}", f(&b[&k]) / f(&h[&k])),
+                    );
+                }
             }
             "live_delivery" => {
                 println!(
