@@ -260,11 +260,12 @@ async fn event_json(h: &Hearth, e: NodeEvent) -> Option<Value> {
             channels,
             received,
             sent,
+            pushed,
             round_trips,
             in_sync,
         } => json!({
             "event": "synced", "peer": peer.to_string(), "channels": channels, "received": received,
-            "sent": sent, "round_trips": round_trips, "in_sync": in_sync,
+            "sent": sent, "pushed": pushed, "round_trips": round_trips, "in_sync": in_sync,
         }),
         NodeEvent::Rejected { peer, reason, dropped } => {
             json!({"event": "rejected", "peer": peer.to_string(), "reason": reason, "dropped": dropped})

@@ -60,6 +60,29 @@ pub struct Served {
     pub acked: Option<(hearth_core::WireId, hearth_core::Vector)>,
     /// For a Fetch of a channel held here: what the peer said it holds.
     pub learned: Option<(hearth_core::WireId, hearth_core::Vector)>,
+    /// For a Push stored whole: the feed positions it shows the peer holds
+    /// (each pushed feed up to its highest pushed entry), so that they are not
+    /// pushed back to it.
+    pub held: Option<(hearth_core::WireId, hearth_core::Vector)>,
+}
+
+/// Each feed of `entries` up to its highest entry there. Only meaningful for
+/// entries that were verified (the caller checks the ingest took them all).
+fn pushed_heads(entries: &[Vec<u8>]) -> hearth_core::Vector {
+    let mut v = hearth_core::Vector::default();
+    for e in entries {
+        if let Ok(env) = hearth_core::Envelope::decode(e) {
+            let pos = hearth_core::FeedPos {
+                seq: env.header.seq,
+                hash: hearth_core::Envelope::hash_of(e),
+            };
+            let p = v.0.entry(env.header.device).or_insert(pos);
+            if pos.seq > p.seq {
+                *p = pos;
+            }
+        }
+    }
+    v
 }
 
 /// Answer one request from a peer.
@@ -106,11 +129,13 @@ pub async fn serve<R: Replica>(replica: &R, req: Request) -> (Response, Served) 
             reason: "no device link is on offer here".into(),
         },
         Request::Push { wire, entries } => {
-            match replica
-                .ingest(wire, entries.into_iter().map(ByteBuf::into_vec).collect())
-                .await
-            {
+            let entries: Vec<Vec<u8>> = entries.into_iter().map(ByteBuf::into_vec).collect();
+            let heads = pushed_heads(&entries);
+            match replica.ingest(wire, entries).await {
                 Ok(Some(r)) => {
+                    if r.rejected.is_empty() {
+                        served.held = Some((wire, heads));
+                    }
                     served.accepted = r.accepted as u64;
                     served.rejected = r.rejected.len() as u64;
                     served.reason = r.rejected.first().map(|x| x.reason.clone());

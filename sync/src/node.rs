@@ -106,6 +106,8 @@ pub enum NodeEvent {
         received: u64,
         /// Entries the peer acknowledged.
         sent: u64,
+        /// Entries pushed, those the peer held already included.
+        pushed: u64,
         /// Requests it took.
         round_trips: u32,
         /// Both hold the same entries of every shared channel now.
@@ -192,6 +194,10 @@ pub enum NodeError {
 
 /// How long the accepting side of a new connection waits before its own session.
 const LISTENER_SESSION_DELAY: Duration = Duration::from_millis(300);
+/// The accepting side's session waits until the peer has not fetched from it
+/// for this long (a catch-up fetches batch after batch, each ingested before
+/// the next is asked for).
+const PEER_SESSION_QUIET: Duration = Duration::from_secs(2);
 
 // `limits` comes first: the derive asks each field in order whether to take a
 // connection, and request-response records one as soon as it is asked; denied
@@ -228,8 +234,14 @@ struct SyncState {
 
 enum Work {
     Reconcile(Option<oneshot::Sender<Result<Outcome, NodeError>>>),
+    /// The accepting side's own session, after the dialer's: put off while the
+    /// peer is still fetching from here (its session moves both ways already;
+    /// a second one at the same time would push the same entries again).
+    ReconcileAfterPeer,
     Push(WireId),
-    Learned(WireId, Vector),
+    /// The peer holds at least this; `true` when it said so in a Fetch (its
+    /// session is running), `false` when it pushed these entries.
+    Learned(WireId, Vector, bool),
 }
 
 /// The cloneable handle of a running node.
@@ -634,8 +646,13 @@ impl<R: Replica> Loop<R> {
     fn after_serving(&mut self, peer: PeerId, served: Served) {
         // `served.acked` is this replica's own vector (what the peer learns),
         // not the peer's. A Fetch of a channel held here says what the peer has.
-        if let (Some((wire, have)), Some(p)) = (served.learned, self.peers.get(&peer)) {
-            let _ = p.work.send(Work::Learned(wire, have));
+        if let Some(p) = self.peers.get(&peer) {
+            if let Some((wire, have)) = served.learned {
+                let _ = p.work.send(Work::Learned(wire, have, true));
+            }
+            if let Some((wire, held)) = served.held {
+                let _ = p.work.send(Work::Learned(wire, held, false));
+            }
         }
         if served.rejected > 0 {
             let reason = served.reason.unwrap_or_default();
@@ -720,7 +737,7 @@ impl<R: Replica> Loop<R> {
                         let work = work.clone();
                         tokio::spawn(async move {
                             tokio::time::sleep(LISTENER_SESSION_DELAY).await;
-                            let _ = work.send(Work::Reconcile(None));
+                            let _ = work.send(Work::ReconcileAfterPeer);
                         });
                     }
                     self.peers.insert(
@@ -874,11 +891,16 @@ fn spawn_worker<R: Replica>(
     events: broadcast::Sender<NodeEvent>,
 ) -> mpsc::UnboundedSender<Work> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Work>();
+    // Weak: the worker ends when the node drops the peer's sender.
+    let me = tx.downgrade();
     tokio::spawn(async move {
         // What the peer holds, as last acknowledged.
         let mut known: BTreeMap<WireId, Vector> = BTreeMap::new();
+        // When the peer last fetched from here (its session is running).
+        let mut peer_fetched: Option<Instant> = None;
         while let Some(first) = rx.recv().await {
             let mut reconcile = false;
+            let mut after_peer = false;
             let mut replies = Vec::new();
             let mut pushes = BTreeSet::new();
             let mut absorb = |w: Work, known: &mut BTreeMap<WireId, Vector>| match w {
@@ -886,14 +908,36 @@ fn spawn_worker<R: Replica>(
                     reconcile = true;
                     replies.extend(r);
                 }
+                Work::ReconcileAfterPeer => after_peer = true,
                 Work::Push(wire) => {
                     pushes.insert(wire);
                 }
-                Work::Learned(wire, v) => known.entry(wire).or_default().merge(&v),
+                Work::Learned(wire, v, fetched) => {
+                    if fetched {
+                        known.entry(wire).or_default().merge(&v);
+                        peer_fetched = Some(Instant::now());
+                    } else if let Some(k) = known.get_mut(&wire) {
+                        // Pushed feeds only: a part of the peer's vector, that
+                        // can only raise one already known.
+                        k.merge(&v);
+                    }
+                }
             };
             absorb(first, &mut known);
             while let Ok(w) = rx.try_recv() {
                 absorb(w, &mut known);
+            }
+            if after_peer && !reconcile {
+                if peer_fetched.is_some_and(|t| t.elapsed() < PEER_SESSION_QUIET) {
+                    if let Some(tx) = me.upgrade() {
+                        tokio::spawn(async move {
+                            tokio::time::sleep(LISTENER_SESSION_DELAY).await;
+                            let _ = tx.send(Work::ReconcileAfterPeer);
+                        });
+                    }
+                } else {
+                    reconcile = true;
+                }
             }
             let local = match replica.vectors().await {
                 Ok(v) => v,
@@ -936,6 +980,7 @@ fn spawn_worker<R: Replica>(
                         known.insert(wire, v.clone());
                     }
                     total.sent += o.sent;
+                    total.pushed += o.pushed;
                     total.round_trips += o.round_trips;
                     total.refused_there += o.refused_there;
                     total.failed = total.failed.or(o.failed);
@@ -963,6 +1008,7 @@ fn spawn_worker<R: Replica>(
                     channels: outcome.channels,
                     received: outcome.received,
                     sent: outcome.sent,
+                    pushed: outcome.pushed,
                     round_trips: outcome.round_trips,
                     in_sync,
                 });

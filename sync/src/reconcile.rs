@@ -125,6 +125,9 @@ pub struct Outcome {
     pub received: u64,
     /// Entries sent and acknowledged.
     pub sent: u64,
+    /// Entries pushed, those the peer turned out to hold already included
+    /// (`pushed - sent - refused_there` is what travelled for nothing).
+    pub pushed: u64,
     /// Entries the peer sent that were refused here.
     pub refused_here: u64,
     /// Entries sent that the peer refused.
@@ -332,6 +335,7 @@ impl Session {
         match batch {
             Some(b) if !b.entries.is_empty() => {
                 self.pushing = b.entries.len();
+                self.outcome.pushed = self.outcome.pushed.saturating_add(b.entries.len() as u64);
                 self.phase = Phase::AwaitAck;
                 self.outcome.round_trips += 1;
                 Action::Send(Request::Push {

@@ -145,3 +145,70 @@ async fn a_lost_peer_is_redialed_when_it_comes_back() {
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
+
+/// A long catch-up travels once: the accepting side's own session waits until
+/// the dialer has stopped fetching, instead of pushing the same history
+/// alongside the pull.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_is_not_pushed_alongside_the_pull() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let pass = Passphrase::new("pw");
+    let a = Store::create(dirs[0].path(), &pass, "a", config()).await.unwrap();
+    let b = Store::create(dirs[1].path(), &pass, "b", config()).await.unwrap();
+    let ch = a.create_channel("general").await.unwrap();
+    // About 3 MB: a catch-up of several batches (512 KiB each), long past the
+    // accepting side's first wait.
+    // Texts that do not compress (automerge deflates changes).
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut text = || {
+        (0..1000)
+            .map(|_| {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                char::from(b'a' + (seed >> 59) as u8 % 26)
+            })
+            .collect::<String>()
+    };
+    for round in 0..30 {
+        let texts: Vec<String> = (0..100).map(|_| text()).collect();
+        let posts = texts.iter().map(|t| a.post(ch, t));
+        for r in futures::future::join_all(posts).await {
+            r.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        }
+    }
+    b.join_channel(a.channel_keys(ch).await.unwrap()).await.unwrap();
+    let (na, addr_a) = node(&a, "/ip4/127.0.0.1/tcp/0").await;
+    let (nb, _) = node(&b, "/ip4/127.0.0.1/tcp/0").await;
+    let mut a_events = na.subscribe();
+    let mut b_events = nb.subscribe();
+    nb.dial(addr_a).await.unwrap();
+    assert!(converged(&[&a, &b], ch, Duration::from_secs(120)).await);
+
+    // The dialer's catch-up took several requests ...
+    let pulled = loop {
+        match tokio::time::timeout(Duration::from_secs(30), b_events.recv()).await {
+            Ok(Ok(hearth_sync::NodeEvent::Synced {
+                received, round_trips, ..
+            })) if received > 0 => {
+                break round_trips;
+            }
+            Ok(Ok(_)) => {}
+            other => panic!("no catch-up session: {other:?}"),
+        }
+    };
+    assert!(pulled >= 4, "a catch-up of {pulled} requests proves nothing");
+    // ... and the accepting side's own session, once it ran, found nothing to
+    // push: it did not send the history the dialer was pulling.
+    let pushed = loop {
+        match tokio::time::timeout(Duration::from_secs(30), a_events.recv()).await {
+            Ok(Ok(hearth_sync::NodeEvent::Synced { pushed, channels, .. })) if channels > 0 => break pushed,
+            Ok(Ok(_)) => {}
+            other => panic!("the accepting side never reconciled: {other:?}"),
+        }
+    };
+    assert_eq!(pushed, 0, "the accepting side pushed entries the dialer was pulling");
+    for n in [na, nb] {
+        n.stop().await.unwrap();
+    }
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
