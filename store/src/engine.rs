@@ -140,13 +140,16 @@ pub enum Write {
         keys: ChannelKeys,
     },
     /// Record delivery receipts: this device holds each writing device's
-    /// messages up to the given one (written after sync stores them).
+    /// messages up to the given one.
     Delivered {
         /// The channel.
         channel: ChannelId,
         /// Writing device and its newest message held here.
         marks: Vec<(DeviceId, MessageId)>,
     },
+    /// Write the delivery receipts this device owes for the messages sync
+    /// stored (every channel; see [`crate::Store::flush_receipts`]).
+    OwedReceipts,
     /// Mark a channel read up to a message (default: its newest).
     MarkRead {
         /// The channel.
@@ -165,6 +168,8 @@ pub enum Outcome {
     Message(MessageId),
     /// Done, nothing new to name.
     Done,
+    /// Owed delivery receipts written: for how many channels.
+    Receipts(usize),
 }
 
 pub(crate) struct Engine {
@@ -595,42 +600,21 @@ impl Engine {
                 (vec![op_entry(c, Op::Delete { msg })?], Outcome::Done)
             }
             Write::Delivered { channel, marks } => {
-                self.ensure_epoch(channel, META_EPOCH, true)?;
-                let me = (self.identity.user(), self.identity.device());
-                let held = self
-                    .loaded(&channel, META_EPOCH)
-                    .and_then(|le| le.view.delivered.get(&me).cloned())
-                    .unwrap_or_default();
-                let mut entries = Vec::new();
-                for (author, up_to) in &marks {
-                    if *author != me.1 && held.get(author).is_none_or(|h| h < up_to) {
-                        entries.push(op_entry(
-                            channel,
-                            Op::Delivered {
-                                author: *author,
-                                up_to: *up_to,
-                            },
-                        )?);
-                    }
-                }
-                // What these receipts (or earlier ones) cover is no longer owed.
-                // The row goes with this group's batch, after the receipts are
-                // journaled: a crash in between owes them again, and writing them
-                // again then finds them held and writes nothing.
-                let ch = self
+                self.channel(&channel)?;
+                (self.receipt_entries(channel, &marks)?, Outcome::Done)
+            }
+            Write::OwedReceipts => {
+                let owing: Vec<(ChannelId, Vec<(DeviceId, MessageId)>)> = self
                     .channels
-                    .get_mut(&channel)
-                    .expect("ensure_epoch checked the channel");
-                let before = ch.owed.len();
-                ch.owed.retain(|author, owed| {
-                    let covered = |m: Option<&MessageId>| m.is_some_and(|m| m >= owed);
-                    !(covered(held.get(author)) || covered(marks.iter().find(|(a, _)| a == author).map(|(_, m)| m)))
-                });
-                if ch.owed.len() != before {
-                    put_owed(&mut self.batch, &self.records, &ch.keys.wire(), &ch.owed)?;
-                    self.rows_pending = true;
+                    .iter()
+                    .filter(|(_, ch)| !ch.owed.is_empty())
+                    .map(|(id, ch)| (*id, ch.owed.iter().map(|(d, m)| (*d, *m)).collect()))
+                    .collect();
+                let mut entries = Vec::new();
+                for (channel, marks) in &owing {
+                    entries.extend(self.receipt_entries(*channel, marks)?);
                 }
-                (entries, Outcome::Done)
+                (entries, Outcome::Receipts(owing.len()))
             }
             Write::MarkRead { channel, up_to } => {
                 let target = match up_to {
@@ -651,6 +635,45 @@ impl Engine {
                 }
             }
         })
+    }
+
+    /// The receipt ops `marks` call for (those not held already), and what they
+    /// settle of the channel's owed receipts. The owed row goes with this
+    /// group's batch, after the receipts are journaled: a crash in between
+    /// owes them again, and writing them again then finds them held.
+    fn receipt_entries(&mut self, channel: ChannelId, marks: &[(DeviceId, MessageId)]) -> Result<Vec<JournalEntry>> {
+        self.ensure_epoch(channel, META_EPOCH, true)?;
+        let me = (self.identity.user(), self.identity.device());
+        let held = self
+            .loaded(&channel, META_EPOCH)
+            .and_then(|le| le.view.delivered.get(&me).cloned())
+            .unwrap_or_default();
+        let mut entries = Vec::new();
+        for (author, up_to) in marks {
+            if *author != me.1 && held.get(author).is_none_or(|h| h < up_to) {
+                let op = Op::Delivered {
+                    author: *author,
+                    up_to: *up_to,
+                };
+                op.validate()?;
+                entries.push(JournalEntry::Op { channel, op });
+            }
+        }
+        let ch = self
+            .channels
+            .get_mut(&channel)
+            .expect("ensure_epoch checked the channel");
+        let before = ch.owed.len();
+        let written = |author: &DeviceId| marks.iter().find(|(a, _)| a == author).map(|(_, m)| m);
+        ch.owed.retain(|author, owed| {
+            let covers = |m: Option<&MessageId>| m.is_some_and(|m| m >= owed);
+            !(covers(held.get(author)) || covers(written(author)))
+        });
+        if ch.owed.len() != before {
+            put_owed(&mut self.batch, &self.records, &ch.keys.wire(), &ch.owed)?;
+            self.rows_pending = true;
+        }
+        Ok(entries)
     }
 
     /// Stage journal entries into the documents and views. Used for new writes

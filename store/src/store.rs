@@ -43,11 +43,8 @@ pub struct Whoami {
     pub dir: PathBuf,
 }
 
-type PendingReceipts = BTreeMap<ChannelId, BTreeMap<DeviceId, MessageId>>;
-
 struct Shared {
     events: tokio::sync::broadcast::Sender<StoreEvent>,
-    receipts: std::sync::Mutex<PendingReceipts>,
     receipts_scheduled: std::sync::atomic::AtomicBool,
     receipt_delay: std::time::Duration,
     whoami: Whoami,
@@ -120,13 +117,8 @@ impl Store {
                         dir: engine.dir.clone(),
                     };
                     // Receipts owed when the store last stopped (a crash while
-                    // they gathered) are written again.
-                    let owed: PendingReceipts = engine
-                        .channels
-                        .iter()
-                        .filter(|(_, ch)| !ch.owed.is_empty())
-                        .map(|(id, ch)| (*id, ch.owed.clone()))
-                        .collect();
+                    // they gathered) are written soon.
+                    let owed = engine.channels.values().any(|ch| !ch.owed.is_empty());
                     let _ = ready_tx.send(Ok((whoami, report, timings, engine.events.clone(), owed)));
                     actor::run(engine, journal, rx);
                 }
@@ -140,7 +132,6 @@ impl Store {
             tx,
             shared: Arc::new(Shared {
                 events,
-                receipts: Default::default(),
                 receipts_scheduled: Default::default(),
                 receipt_delay,
                 whoami,
@@ -148,8 +139,8 @@ impl Store {
                 timings,
             }),
         };
-        for (channel, marks) in &owed {
-            store.queue_receipts(*channel, marks);
+        if owed {
+            store.schedule_receipts();
         }
         Ok(store)
     }
@@ -315,30 +306,19 @@ impl Store {
     /// New messages get this device's delivery receipt: a small local write,
     /// queued (not awaited), that travels back to their writers by sync.
     pub async fn ingest(&self, wire: WireId, entries: Vec<Vec<u8>>) -> Result<IngestReport> {
-        let (report, channel) = self
-            .mutate(move |e| {
-                let r = e.ingest(&wire, entries)?;
-                Ok((r, e.by_wire.get(&wire).copied()))
-            })
-            .await?;
-        if let (false, Some(channel)) = (report.newest.is_empty(), channel) {
-            self.queue_receipts(channel, &report.newest);
+        let report = self.mutate(move |e| e.ingest(&wire, entries)).await?;
+        if !report.newest.is_empty() {
+            self.schedule_receipts();
         }
         Ok(report)
     }
 
-    /// Gather delivery receipts for [`Config::receipt_delay`] and write them as
-    /// one entry per channel: a live chat then costs one receipt entry per
-    /// channel and period, not one per received batch. [`Store::close`] writes
-    /// what is still gathering; after a crash the store owes them (recorded
-    /// with the messages) and the next open writes them.
-    fn queue_receipts(&self, channel: ChannelId, newest: &BTreeMap<DeviceId, MessageId>) {
-        let mut pending = self.shared.receipts.lock().unwrap_or_else(|p| p.into_inner());
-        let marks = pending.entry(channel).or_default();
-        for (d, m) in newest {
-            let e = marks.entry(*d).or_insert(*m);
-            *e = (*e).max(*m);
-        }
+    /// Write the delivery receipts owed in [`Config::receipt_delay`], as one
+    /// entry per channel: a live chat then costs one receipt entry per channel
+    /// and period, not one per received batch. The engine records what is owed
+    /// with the messages it is for, so [`Store::close`] writes what is still
+    /// gathering, and after a crash the next open does.
+    fn schedule_receipts(&self) {
         if self
             .shared
             .receipts_scheduled
@@ -353,30 +333,19 @@ impl Store {
                 .shared
                 .receipts_scheduled
                 .store(false, std::sync::atomic::Ordering::SeqCst);
-            store.write_receipts().await;
+            // Queued, not awaited: a failure shows on the next write.
+            let _ = store.submit(Write::OwedReceipts).await;
         });
-    }
-
-    /// Write the delivery receipts gathered so far (queued, not awaited).
-    async fn write_receipts(&self) {
-        let all = std::mem::take(&mut *self.shared.receipts.lock().unwrap_or_else(|p| p.into_inner()));
-        for (channel, marks) in all {
-            let marks = marks.into_iter().collect();
-            let _ = self.submit(Write::Delivered { channel, marks }).await;
-        }
     }
 
     /// Write the delivery receipts still gathering now, and wait until they
     /// are durable (a one-shot sync does this before its last round, so that
     /// the peer gets them). Returns how many channels had receipts waiting.
     pub async fn flush_receipts(&self) -> Result<usize> {
-        let all = std::mem::take(&mut *self.shared.receipts.lock().unwrap_or_else(|p| p.into_inner()));
-        let n = all.len();
-        for (channel, marks) in all {
-            let marks = marks.into_iter().collect();
-            self.submit(Write::Delivered { channel, marks }).await?.await?;
+        match self.submit(Write::OwedReceipts).await?.await? {
+            Outcome::Receipts(n) => Ok(n),
+            _ => Ok(0),
         }
-        Ok(n)
     }
 
     /// Who has stored a message (devices) and who has read it (users).
@@ -554,7 +523,7 @@ impl Store {
     /// [`Error::Closed`] afterwards.
     pub async fn close(self) -> Result<()> {
         // Receipts still gathering go in first (the close waits for them).
-        self.write_receipts().await;
+        let _ = self.submit(Write::OwedReceipts).await;
         let (tx, rx) = oneshot::channel();
         self.tx.send(Cmd::Close(tx)).await.map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
