@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -60,6 +60,9 @@ pub struct SyncArgs {
     /// Working directory (default: a temporary one, removed afterwards).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Messages per epoch document in Hearth's stores (default: the store's).
+    #[arg(long)]
+    pub epoch_messages: Option<usize>,
 }
 
 const PASS: &str = "bench passphrase";
@@ -68,13 +71,15 @@ const LIVE_GAP: Duration = Duration::from_millis(5);
 /// How long any one wait may take before the bench gives up.
 const PATIENCE: Duration = Duration::from_secs(600);
 
-/// Benches may lower the Argon2id cost: unlocking is not what is measured here.
-fn config() -> Config {
-    Config::default().with_kdf(KdfParams::INSECURE_FAST)
+/// Where the bench's stores go, and how they are configured.
+struct Root {
+    dir: PathBuf,
+    config: Config,
 }
 
-async fn create(root: &Path, name: &str) -> Result<Hearth> {
-    Ok(Hearth::create(root.join(name), &Passphrase::new(PASS), name, config()).await?)
+async fn create(root: &Root, name: &str) -> Result<Hearth> {
+    let config = root.config.clone();
+    Ok(Hearth::create(root.dir.join(name), &Passphrase::new(PASS), name, config).await?)
 }
 
 // ---------------------------------------------------------------- transport
@@ -277,7 +282,7 @@ fn live_stats(deliver: &mut [Duration], other: &mut [Duration], bytes: Bytes) ->
 /// the remote apply path without the network. Returns the seconds it took and
 /// the member, still open, holding the whole history.
 async fn apply_rate(
-    root: &Path,
+    root: &Root,
     keys: hearth::core::ChannelKeys,
     wire: WireId,
     entries: &[Vec<u8>],
@@ -367,7 +372,7 @@ fn am_live_apply(
 /// A writer with `n` posts, a fresh member that dials it through the proxy and
 /// catches up; then (if `samples` > 0) live delivery on the same connection.
 async fn hearth_catchup(
-    root: &Path,
+    root: &Root,
     n: usize,
     text_len: usize,
     samples: usize,
@@ -501,7 +506,7 @@ struct HearthReconnect {
 /// Two replicas share `channels` channels, fully synced; the member's node is
 /// stopped and started again, redials through the proxy, and runs one sync.
 async fn hearth_reconnect(
-    root: &Path,
+    root: &Root,
     channels: usize,
     per_channel: usize,
     text_len: usize,
@@ -840,7 +845,7 @@ async fn am_reconnect(channels: usize, per_channel: usize, text_len: usize) -> R
 /// a table otherwise.
 pub async fn run(args: &SyncArgs, json_out: bool) -> Result<std::process::ExitCode> {
     let tmp;
-    let root = match &args.dir {
+    let dir = match &args.dir {
         Some(d) => {
             std::fs::create_dir_all(d)?;
             d.clone()
@@ -850,6 +855,12 @@ pub async fn run(args: &SyncArgs, json_out: bool) -> Result<std::process::ExitCo
             tmp.path().to_path_buf()
         }
     };
+    // Benches may lower the Argon2id cost: unlocking is not what is measured here.
+    let mut config = Config::default().with_kdf(KdfParams::INSECURE_FAST);
+    if let Some(n) = args.epoch_messages {
+        config = config.with_epoch_messages(n);
+    }
+    let root = Root { dir, config };
     let say = |s: String| {
         if !json_out {
             eprintln!("{s}");
@@ -860,6 +871,7 @@ pub async fn run(args: &SyncArgs, json_out: bool) -> Result<std::process::ExitCo
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "text_len": args.text_len,
         "kdf": "KdfParams::INSECURE_FAST (bench only: unlock is not measured here)",
+        "epoch_messages": root.config.epoch_messages,
         "transport": "loopback; Hearth: libp2p TCP+noise+yamux; baseline: TCP, u32-length frames; both through a counting TCP proxy",
         "mdns": false,
     })];
@@ -980,8 +992,8 @@ fn print_table(metrics: &[Value]) {
     let row = |name: &str, h: String, b: String, g: String| println!("{name:<46} {h:>14} {b:>14} {g:>8}");
     let setup = &metrics[0];
     println!(
-        "hearth bench sync ({} cores, {}-byte messages, KDF INSECURE_FAST; loopback through a counting proxy, mDNS off)",
-        setup["cores"], setup["text_len"]
+        "hearth bench sync ({} cores, {}-byte messages, {}-message epochs, KDF INSECURE_FAST; loopback through a counting proxy, mDNS off)",
+        setup["cores"], setup["text_len"], setup["epoch_messages"]
     );
     row("metric", "hearth".into(), "automerge".into(), "gain".into());
     for m in &metrics[1..] {
