@@ -610,11 +610,18 @@ impl Engine {
                     .filter(|(_, ch)| !ch.owed.is_empty())
                     .map(|(id, ch)| (*id, ch.owed.iter().map(|(d, m)| (*d, *m)).collect()))
                     .collect();
-                let mut entries = Vec::new();
+                let (mut entries, mut channels) = (Vec::new(), 0);
                 for (channel, marks) in &owing {
-                    entries.extend(self.receipt_entries(*channel, marks)?);
+                    // A channel whose metadata epoch cannot be read keeps what it
+                    // owes; the others' receipts still go out.
+                    if let Ok(e) = self.receipt_entries(*channel, marks)
+                        && !e.is_empty()
+                    {
+                        entries.extend(e);
+                        channels += 1;
+                    }
                 }
-                (entries, Outcome::Receipts(owing.len()))
+                (entries, Outcome::Receipts(channels))
             }
             Write::MarkRead { channel, up_to } => {
                 let target = match up_to {
@@ -637,10 +644,10 @@ impl Engine {
         })
     }
 
-    /// The receipt ops `marks` call for (those not held already), and what they
-    /// settle of the channel's owed receipts. The owed row goes with this
-    /// group's batch, after the receipts are journaled: a crash in between
-    /// owes them again, and writing them again then finds them held.
+    /// The receipt ops `marks` call for (those not held already). Owed receipts
+    /// that held ones cover are settled here; the rest are settled when their
+    /// op is staged (see [`Engine::settle_owed`]), so nothing is settled for a
+    /// write that fails before it reaches the journal.
     fn receipt_entries(&mut self, channel: ChannelId, marks: &[(DeviceId, MessageId)]) -> Result<Vec<JournalEntry>> {
         self.ensure_epoch(channel, META_EPOCH, true)?;
         let me = (self.identity.user(), self.identity.device());
@@ -659,21 +666,27 @@ impl Engine {
                 entries.push(JournalEntry::Op { channel, op });
             }
         }
-        let ch = self
-            .channels
-            .get_mut(&channel)
-            .expect("ensure_epoch checked the channel");
-        let before = ch.owed.len();
-        let written = |author: &DeviceId| marks.iter().find(|(a, _)| a == author).map(|(_, m)| m);
-        ch.owed.retain(|author, owed| {
-            let covers = |m: Option<&MessageId>| m.is_some_and(|m| m >= owed);
-            !(covers(held.get(author)) || covers(written(author)))
-        });
-        if ch.owed.len() != before {
+        for (author, up_to) in held {
+            self.settle_owed(channel, author, up_to)?;
+        }
+        Ok(entries)
+    }
+
+    /// This device's receipt now says `author`'s messages up to `up_to` are
+    /// held: that much is no longer owed. The row change goes with the current
+    /// group's batch, so with the receipt entry itself when there is one (a
+    /// crash before it owes the receipt again, and writing it again finds it
+    /// held). Journal replay settles the same way.
+    fn settle_owed(&mut self, channel: ChannelId, author: DeviceId, up_to: MessageId) -> Result<()> {
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            return Ok(());
+        };
+        if ch.owed.get(&author).is_some_and(|owed| *owed <= up_to) {
+            ch.owed.remove(&author);
             put_owed(&mut self.batch, &self.records, &ch.keys.wire(), &ch.owed)?;
             self.rows_pending = true;
         }
-        Ok(entries)
+        Ok(())
     }
 
     /// Stage journal entries into the documents and views. Used for new writes
@@ -740,6 +753,9 @@ impl Engine {
         if *staged >= ENTRY_BUDGET {
             self.commit_epoch(channel, epoch)?;
             self.touched.insert((channel, epoch), 0);
+        }
+        if let Op::Delivered { author, up_to } = op {
+            self.settle_owed(channel, *author, *up_to)?;
         }
         Ok(())
     }

@@ -198,6 +198,8 @@ const LISTENER_SESSION_DELAY: Duration = Duration::from_millis(300);
 /// for this long (a catch-up fetches batch after batch, each ingested before
 /// the next is asked for).
 const PEER_SESSION_QUIET: Duration = Duration::from_secs(2);
+/// ... but not for longer than this after connecting.
+const PEER_SESSION_PATIENCE: Duration = Duration::from_secs(30);
 
 // `limits` comes first: the derive asks each field in order whether to take a
 // connection, and request-response records one as soon as it is asked; denied
@@ -898,9 +900,11 @@ fn spawn_worker<R: Replica>(
         let mut known: BTreeMap<WireId, Vector> = BTreeMap::new();
         // When the peer last fetched from here (its session is running).
         let mut peer_fetched: Option<Instant> = None;
+        let connected = Instant::now();
         while let Some(first) = rx.recv().await {
             let mut reconcile = false;
             let mut after_peer = false;
+            let mut fetched_now = false;
             let mut replies = Vec::new();
             let mut pushes = BTreeSet::new();
             let mut absorb = |w: Work, known: &mut BTreeMap<WireId, Vector>| match w {
@@ -916,6 +920,7 @@ fn spawn_worker<R: Replica>(
                     if fetched {
                         known.entry(wire).or_default().merge(&v);
                         peer_fetched = Some(Instant::now());
+                        fetched_now = true;
                     } else if let Some(k) = known.get_mut(&wire) {
                         // Pushed feeds only: a part of the peer's vector, that
                         // can only raise one already known.
@@ -928,16 +933,24 @@ fn spawn_worker<R: Replica>(
                 absorb(w, &mut known);
             }
             if after_peer && !reconcile {
-                if peer_fetched.is_some_and(|t| t.elapsed() < PEER_SESSION_QUIET) {
-                    if let Some(tx) = me.upgrade() {
-                        tokio::spawn(async move {
-                            tokio::time::sleep(LISTENER_SESSION_DELAY).await;
+                let peer_busy = peer_fetched.is_some_and(|t| t.elapsed() < PEER_SESSION_QUIET);
+                if peer_busy && connected.elapsed() < PEER_SESSION_PATIENCE {
+                    // Weak until it fires: a peer gone meanwhile ends the worker.
+                    let me = me.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(LISTENER_SESSION_DELAY).await;
+                        if let Some(tx) = me.upgrade() {
                             let _ = tx.send(Work::ReconcileAfterPeer);
-                        });
-                    }
+                        }
+                    });
                 } else {
                     reconcile = true;
                 }
+            }
+            // Only learned what the peer pushed (or a session put off): no
+            // session ran, so neither the store nor the status need a look.
+            if !reconcile && pushes.is_empty() && !fetched_now {
+                continue;
             }
             let local = match replica.vectors().await {
                 Ok(v) => v,
