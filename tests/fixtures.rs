@@ -1,0 +1,277 @@
+//! Stores written by earlier versions of Hearth must keep working.
+//!
+//! `tests/fixtures/<format>/` holds store directories made by the code of that
+//! format, with `answers.json`: what that code answered about them (channels,
+//! every page, thread and message, receipts, members). The test copies each
+//! store, opens it with today's code (which migrates it), and asks the same
+//! questions; then it opens it once more (a migrated store must open as it is).
+//!
+//! The `v1` stores were written by the code before Hearth kept its own feed
+//! log (sled held everything): `alice` is a crash image (a non-empty journal
+//! past sled's checkpoint, delivery receipts owed), with every kind of op,
+//! several epochs, a joined channel and a linked device's feed; `alice-phone`
+//! is that linked device, closed cleanly. Regenerate only with the code of
+//! that format: `HEARTH_WRITE_FIXTURES=1 cargo test --test fixtures -- --ignored`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hearth::core::{LinkBundle, WireId};
+use hearth::{ChannelId, Config, KdfParams, Passphrase, Store};
+use serde_json::{Value, json};
+
+const PASS: &str = "fixture passphrase";
+const STORES: [&str; 2] = ["alice", "alice-phone"];
+
+fn fixtures(format: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(format)
+}
+
+fn config() -> Config {
+    // Small epochs, so that a few dozen messages span several epoch documents.
+    Config::default()
+        .with_kdf(KdfParams::INSECURE_FAST)
+        .with_epoch_messages(8)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read dir") {
+        let e = e.expect("dir entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("file type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// Everything a store answers about its content, as JSON (sorted, so two
+/// stores with the same content give the same text).
+async fn answers(s: &Store) -> Value {
+    let me = s.whoami();
+    let mut channels = BTreeMap::new();
+    for info in s.channels().await.expect("channels") {
+        let c = info.id;
+        let page = s.page(c, None, 100_000).await.expect("page");
+        let mut threads = BTreeMap::new();
+        let mut receipts = BTreeMap::new();
+        for m in &page {
+            let t = s.thread(m.id).await.expect("thread");
+            for msg in std::iter::once(&t.root).chain(&t.replies) {
+                let r = s.receipts(msg.id).await.expect("receipts");
+                let mut delivered: Vec<String> = r.delivered.iter().map(|(u, d)| format!("{u}/{d}")).collect();
+                delivered.sort();
+                let read: Vec<String> = r.read.iter().map(|u| u.to_string()).collect();
+                receipts.insert(msg.id.to_string(), json!({ "delivered": delivered, "read": read }));
+                let located = s.message(msg.id).await.expect("message");
+                assert_eq!(located.channel, c);
+                assert_eq!(&located.message, msg);
+            }
+            threads.insert(m.id.to_string(), serde_json::to_value(&t).expect("thread json"));
+        }
+        let members: BTreeMap<String, String> = s
+            .members(c)
+            .await
+            .expect("members")
+            .into_iter()
+            .map(|(u, n)| (u.to_string(), n))
+            .collect();
+        channels.insert(
+            c.to_string(),
+            json!({
+                "info": info,
+                "unread": s.unread(c).await.expect("unread"),
+                "page": page,
+                "threads": threads,
+                "receipts": receipts,
+                "members": members,
+            }),
+        );
+    }
+    let report = s.verify().await.expect("verify");
+    assert!(report.is_clean(), "{report:?}");
+    json!({
+        "user": me.user.to_string(),
+        "device": me.device.to_string(),
+        "name": me.name,
+        "channels": channels,
+    })
+}
+
+/// Every feed of every channel (device and seq): what sync would see.
+async fn feeds(s: &Store) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    for (wire, v) in s.vectors().await.expect("vectors") {
+        let feeds = v.0.iter().map(|(d, p)| (d.to_string(), p.seq)).collect();
+        out.insert(hex(&wire), feeds);
+    }
+    out
+}
+
+fn hex(w: &WireId) -> String {
+    w.0.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn v1_stores_open_migrate_and_answer_the_same() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let pass = Passphrase::new(PASS);
+    for name in STORES {
+        let dir = tmp.path().join(name);
+        copy_dir(&fixtures("v1").join(name), &dir);
+        let expected: Value =
+            serde_json::from_slice(&std::fs::read(fixtures("v1").join(format!("{name}.answers.json"))).expect("answers"))
+                .expect("answers json");
+        let s = Store::open(&dir, &pass, config()).await.expect("open the v1 store");
+        s.flush_receipts().await.expect("receipts");
+        let got = answers(&s).await;
+        assert_eq!(got, expected["answers"], "{name}: answers differ after migration");
+        let held = feeds(&s).await;
+        // Remote feeds come back exactly; this device's own feed may have more
+        // entries (journal replay closes its own), never fewer.
+        let want: BTreeMap<String, BTreeMap<String, u64>> =
+            serde_json::from_value(expected["feeds"].clone()).expect("feeds json");
+        for (wire, feeds) in &want {
+            for (device, seq) in feeds {
+                let have = held.get(wire).and_then(|f| f.get(device)).copied().unwrap_or(0);
+                assert!(have >= *seq, "{name}: feed {wire}/{device} has {have} of {seq}");
+            }
+        }
+        s.close().await.expect("close");
+        // Migrated once: it opens as it is and answers the same.
+        let s = Store::open(&dir, &pass, config()).await.expect("reopen");
+        assert_eq!(answers(&s).await, expected["answers"], "{name}: answers differ after a reopen");
+        assert_eq!(feeds(&s).await, held, "{name}: feeds changed at a reopen");
+        s.close().await.expect("close");
+    }
+}
+
+/// Move what `from` holds of a channel that `to` lacks.
+async fn pull(from: &Store, to: &Store, channel: ChannelId) {
+    let wire = from.channel_keys(channel).await.expect("keys").wire();
+    loop {
+        let have = to.vector(channel).await.expect("vector");
+        let batch = from.entries_after(wire, have, 64 * 1024, 64).await.expect("entries");
+        if batch.entries.is_empty() {
+            return;
+        }
+        let r = to.ingest(wire, batch.entries).await.expect("ingest");
+        assert!(r.rejected.is_empty(), "{:?}", r.rejected);
+    }
+}
+
+/// Writes the fixtures of the current format (see the module docs). Only run
+/// by hand, and only with the code of the format being written.
+#[tokio::test]
+#[ignore = "writes fixtures; run by hand with HEARTH_WRITE_FIXTURES=1"]
+async fn write_fixtures() {
+    let format = std::env::var("HEARTH_WRITE_FIXTURES").expect("HEARTH_WRITE_FIXTURES=<format>, e.g. v1");
+    let out = fixtures(&format);
+    assert!(!out.exists(), "{} exists: fixtures are never rewritten", out.display());
+    let tmp = tempfile::tempdir().expect("tmp");
+    let pass = Passphrase::new(PASS);
+    // No checkpoint on its own and receipts that would gather for an hour: the
+    // image taken below has a journal past sled's checkpoint and receipts owed.
+    let slow = config()
+        .with_checkpoint_interval(Duration::from_secs(3600))
+        .with_receipt_delay(Duration::from_secs(3600));
+    let alice = Store::create(tmp.path().join("alice"), &pass, "alice", slow.clone())
+        .await
+        .expect("alice");
+    let bob = Store::create(tmp.path().join("bob"), &pass, "bob", config())
+        .await
+        .expect("bob");
+
+    let general = alice.create_channel("general").await.expect("channel");
+    let random = alice.create_channel("random").await.expect("channel");
+    let mut roots = Vec::new();
+    for i in 0..30 {
+        roots.push(alice.post(general, &format!("general message {i}")).await.expect("post"));
+    }
+    let reply = alice.reply(roots[2], "a reply").await.expect("reply");
+    alice.reply(reply, "a reply to the reply").await.expect("reply");
+    alice.react(roots[3], "👍").await.expect("react");
+    alice.react(roots[3], "🎉").await.expect("react");
+    alice.unreact(roots[3], "🎉").await.expect("unreact");
+    alice.edit(roots[4], "general message 4, edited").await.expect("edit");
+    alice.delete(roots[5]).await.expect("delete");
+    alice.mark_read(general, Some(roots[20])).await.expect("read");
+    alice.rename_channel(random, "off-topic").await.expect("rename");
+    alice.post(random, "random message").await.expect("post");
+
+    // A channel Bob made and Alice joined; Bob's messages are owed receipts.
+    let bobs = bob.create_channel("bobs").await.expect("channel");
+    let b1 = bob.post(bobs, "bob's first").await.expect("post");
+    bob.post(bobs, "bob's second").await.expect("post");
+    alice
+        .join_channel(bob.channel_keys(bobs).await.expect("keys"))
+        .await
+        .expect("join");
+    pull(&bob, &alice, bobs).await;
+    alice.reply(b1, "alice answers bob").await.expect("reply");
+    alice.react(b1, "❤️").await.expect("react");
+    // Bob is in general too: his reply there, and Alice's read marker.
+    bob.join_channel(alice.channel_keys(general).await.expect("keys"))
+        .await
+        .expect("join");
+    pull(&alice, &bob, general).await;
+    bob.reply(roots[0], "bob in general").await.expect("reply");
+    bob.react(roots[0], "👀").await.expect("react");
+    pull(&bob, &alice, general).await;
+
+    // A linked device of Alice's, whose feed Alice holds.
+    let bundle: LinkBundle = alice.link_bundle().await.expect("bundle");
+    let phone = Store::create_linked(tmp.path().join("alice-phone"), &pass, &bundle, config())
+        .await
+        .expect("phone");
+    pull(&alice, &phone, general).await;
+    pull(&alice, &phone, random).await;
+    pull(&alice, &phone, bobs).await;
+    phone.post(general, "from the phone").await.expect("post");
+    phone.react(roots[1], "📱").await.expect("react");
+    pull(&phone, &alice, general).await;
+    alice.checkpoint().await.expect("checkpoint");
+
+    // Late writes: acknowledged (in the journal), not checkpointed.
+    for i in 0..5 {
+        alice.post(general, &format!("late message {i}")).await.expect("post");
+    }
+    alice.react(roots[6], "🔥").await.expect("react");
+
+    // Let the last group close (it would on its own), then take the image.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    std::fs::create_dir_all(&out).expect("mkdir");
+    // Alice as a SIGKILL would leave her now.
+    copy_dir(&tmp.path().join("alice"), &out.join("alice"));
+    alice.close().await.expect("close");
+    bob.close().await.expect("close");
+    phone.close().await.expect("close");
+    copy_dir(&tmp.path().join("alice-phone"), &out.join("alice-phone"));
+    for name in ["alice", "alice-phone"] {
+        let _ = std::fs::remove_file(out.join(name).join("LOCK"));
+    }
+
+    // What this code answers about each, opened from a copy.
+    for name in STORES {
+        let dir = tmp.path().join(format!("{name}-check"));
+        copy_dir(&out.join(name), &dir);
+        let s = Store::open(&dir, &pass, config()).await.expect("open the fixture");
+        s.flush_receipts().await.expect("receipts");
+        let journal = s.open_report().replayed_records;
+        let value = json!({
+            "format": format,
+            "replayed_records": journal,
+            "feeds": feeds(&s).await,
+            "answers": answers(&s).await,
+        });
+        s.close().await.expect("close");
+        std::fs::write(
+            out.join(format!("{name}.answers.json")),
+            serde_json::to_string_pretty(&value).expect("json"),
+        )
+        .expect("write answers");
+    }
+}
