@@ -49,7 +49,7 @@ pub use hearth_core as core;
 pub use hearth_core::{ChannelId, DeviceId, KdfParams, MAX_TEXT_BYTES, Message, MessageId, Passphrase, UserId};
 pub use hearth_store::{
     ChannelInfo, Config, Error, Located, OpenReport, OpenTimings, Outcome, Pending, Problem, Receipts, Result, Stats,
-    Store, StoreEvent, Thread, VerifyReport, Whoami, Write,
+    Store, StoreEvent, Thread, VerifyReport, Whoami, Write, write_atomic,
 };
 /// Sync over libp2p: nodes, events, tickets, relays.
 pub use hearth_sync as sync;
@@ -76,6 +76,14 @@ impl Hearth {
     pub async fn open(dir: impl AsRef<Path>, pass: &Passphrase, config: Config) -> Result<Self> {
         Ok(Hearth {
             store: Store::open(dir, pass, config).await?,
+        })
+    }
+
+    /// Open the store in `dir` after rebuilding its database from the feed
+    /// log, whatever state it is in (see [`Store::repair`]).
+    pub async fn repair(dir: impl AsRef<Path>, pass: &Passphrase, config: Config) -> Result<Self> {
+        Ok(Hearth {
+            store: Store::repair(dir, pass, config).await?,
         })
     }
 

@@ -17,15 +17,21 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hearth::core::{LinkBundle, WireId};
-use hearth::{ChannelId, Config, KdfParams, Passphrase, Store};
+use hearth::core::LinkBundle;
+use hearth::{Config, KdfParams, Passphrase, Store};
 use serde_json::{Value, json};
+
+#[path = "support/answers.rs"]
+mod answers;
+use answers::{answers, copy_dir, feeds, pull};
 
 const PASS: &str = "fixture passphrase";
 const STORES: [&str; 2] = ["alice", "alice-phone"];
 
 fn fixtures(format: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(format)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(format)
 }
 
 fn config() -> Config {
@@ -35,86 +41,6 @@ fn config() -> Config {
         .with_epoch_messages(8)
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read dir") {
-        let e = e.expect("dir entry");
-        let target = to.join(e.file_name());
-        if e.file_type().expect("file type").is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).expect("copy");
-        }
-    }
-}
-
-/// Everything a store answers about its content, as JSON (sorted, so two
-/// stores with the same content give the same text).
-async fn answers(s: &Store) -> Value {
-    let me = s.whoami();
-    let mut channels = BTreeMap::new();
-    for info in s.channels().await.expect("channels") {
-        let c = info.id;
-        let page = s.page(c, None, 100_000).await.expect("page");
-        let mut threads = BTreeMap::new();
-        let mut receipts = BTreeMap::new();
-        for m in &page {
-            let t = s.thread(m.id).await.expect("thread");
-            for msg in std::iter::once(&t.root).chain(&t.replies) {
-                let r = s.receipts(msg.id).await.expect("receipts");
-                let mut delivered: Vec<String> = r.delivered.iter().map(|(u, d)| format!("{u}/{d}")).collect();
-                delivered.sort();
-                let read: Vec<String> = r.read.iter().map(|u| u.to_string()).collect();
-                receipts.insert(msg.id.to_string(), json!({ "delivered": delivered, "read": read }));
-                let located = s.message(msg.id).await.expect("message");
-                assert_eq!(located.channel, c);
-                assert_eq!(&located.message, msg);
-            }
-            threads.insert(m.id.to_string(), serde_json::to_value(&t).expect("thread json"));
-        }
-        let members: BTreeMap<String, String> = s
-            .members(c)
-            .await
-            .expect("members")
-            .into_iter()
-            .map(|(u, n)| (u.to_string(), n))
-            .collect();
-        channels.insert(
-            c.to_string(),
-            json!({
-                "info": info,
-                "unread": s.unread(c).await.expect("unread"),
-                "page": page,
-                "threads": threads,
-                "receipts": receipts,
-                "members": members,
-            }),
-        );
-    }
-    let report = s.verify().await.expect("verify");
-    assert!(report.is_clean(), "{report:?}");
-    json!({
-        "user": me.user.to_string(),
-        "device": me.device.to_string(),
-        "name": me.name,
-        "channels": channels,
-    })
-}
-
-/// Every feed of every channel (device and seq): what sync would see.
-async fn feeds(s: &Store) -> BTreeMap<String, BTreeMap<String, u64>> {
-    let mut out = BTreeMap::new();
-    for (wire, v) in s.vectors().await.expect("vectors") {
-        let feeds = v.0.iter().map(|(d, p)| (d.to_string(), p.seq)).collect();
-        out.insert(hex(&wire), feeds);
-    }
-    out
-}
-
-fn hex(w: &WireId) -> String {
-    w.0.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[tokio::test]
 async fn v1_stores_open_migrate_and_answer_the_same() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -122,10 +48,13 @@ async fn v1_stores_open_migrate_and_answer_the_same() {
     for name in STORES {
         let dir = tmp.path().join(name);
         copy_dir(&fixtures("v1").join(name), &dir);
-        let expected: Value =
-            serde_json::from_slice(&std::fs::read(fixtures("v1").join(format!("{name}.answers.json"))).expect("answers"))
-                .expect("answers json");
+        let expected: Value = serde_json::from_slice(
+            &std::fs::read(fixtures("v1").join(format!("{name}.answers.json"))).expect("answers"),
+        )
+        .expect("answers json");
         let s = Store::open(&dir, &pass, config()).await.expect("open the v1 store");
+        assert_eq!(s.open_report().migrated_from, Some(1), "{name}: migrated");
+        assert_eq!(s.open_report().rebuilt, None, "{name}: sled was fine");
         s.flush_receipts().await.expect("receipts");
         let got = answers(&s).await;
         assert_eq!(got, expected["answers"], "{name}: answers differ after migration");
@@ -143,23 +72,14 @@ async fn v1_stores_open_migrate_and_answer_the_same() {
         s.close().await.expect("close");
         // Migrated once: it opens as it is and answers the same.
         let s = Store::open(&dir, &pass, config()).await.expect("reopen");
-        assert_eq!(answers(&s).await, expected["answers"], "{name}: answers differ after a reopen");
+        assert_eq!(s.open_report().migrated_from, None, "{name}: migrated once");
+        assert_eq!(
+            answers(&s).await,
+            expected["answers"],
+            "{name}: answers differ after a reopen"
+        );
         assert_eq!(feeds(&s).await, held, "{name}: feeds changed at a reopen");
         s.close().await.expect("close");
-    }
-}
-
-/// Move what `from` holds of a channel that `to` lacks.
-async fn pull(from: &Store, to: &Store, channel: ChannelId) {
-    let wire = from.channel_keys(channel).await.expect("keys").wire();
-    loop {
-        let have = to.vector(channel).await.expect("vector");
-        let batch = from.entries_after(wire, have, 64 * 1024, 64).await.expect("entries");
-        if batch.entries.is_empty() {
-            return;
-        }
-        let r = to.ingest(wire, batch.entries).await.expect("ingest");
-        assert!(r.rejected.is_empty(), "{:?}", r.rejected);
     }
 }
 
@@ -189,7 +109,12 @@ async fn write_fixtures() {
     let random = alice.create_channel("random").await.expect("channel");
     let mut roots = Vec::new();
     for i in 0..30 {
-        roots.push(alice.post(general, &format!("general message {i}")).await.expect("post"));
+        roots.push(
+            alice
+                .post(general, &format!("general message {i}"))
+                .await
+                .expect("post"),
+        );
     }
     let reply = alice.reply(roots[2], "a reply").await.expect("reply");
     alice.reply(reply, "a reply to the reply").await.expect("reply");

@@ -20,7 +20,58 @@ const IN_FLIGHT: usize = 2048;
 
 async fn open(cli: &Cli) -> Result<Hearth> {
     let pass = crate::pass::passphrase(cli.passphrase_file.as_deref(), false)?;
-    Ok(Hearth::open(&cli.store, &pass, Config::default()).await?)
+    let h = Hearth::open(&cli.store, &pass, Config::default()).await?;
+    let r = h.open_report();
+    // Worth a line on stderr: the store was repaired or upgraded on the way in.
+    if let Some(from) = r.migrated_from {
+        eprintln!("hearth: migrated {} from store format {from}", cli.store.display());
+    }
+    if let Some(why) = &r.rebuilt {
+        eprintln!(
+            "hearth: rebuilt the database of {} from its feed log ({} entries): {why}",
+            cli.store.display(),
+            r.log_entries
+        );
+    }
+    Ok(h)
+}
+
+/// `hearth repair`: rebuild sled from the feed log, then verify.
+async fn repair(cli: &Cli) -> Result<ExitCode> {
+    let pass = crate::pass::passphrase(cli.passphrase_file.as_deref(), false)?;
+    let started = Instant::now();
+    let h = Hearth::repair(&cli.store, &pass, Config::default()).await?;
+    let took = started.elapsed();
+    let report = h.open_report().clone();
+    let v = h.verify().await?;
+    if cli.json {
+        print_json(&json!({"open": report, "verify": v, "seconds": took.as_secs_f64()}));
+    } else {
+        println!(
+            "rebuilt {} from its feed log in {:.2} s: {} batches, {} entries; {} journal records replayed",
+            cli.store.display(),
+            took.as_secs_f64(),
+            report.log_batches,
+            report.log_entries,
+            report.replayed_records
+        );
+        if let Some(t) = &report.log_tail {
+            println!("the log's readable part ended early: {t}");
+        }
+        for s in &report.skipped {
+            println!("skipped: {s}");
+        }
+        println!("verify: {}", if v.is_clean() { "clean" } else { "problems found" });
+        for p in &v.problems {
+            println!("problem: {}: {}", p.place, p.detail);
+        }
+    }
+    h.close().await?;
+    Ok(if v.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn names(h: &Hearth, channel: ChannelId) -> Result<Names> {
@@ -56,6 +107,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo => return crate::demo::run(cli.json).await,
         Command::Relay { listen, peer } => return crate::net::relay(&cli.store, listen.clone(), peer.clone()).await,
         Command::Bench(args) => return crate::bench::run(args, cli.json).await,
+        Command::Repair => return repair(&cli).await,
         _ => {
             let h = open(&cli).await?;
             let code = run_on(&cli, &h).await;
@@ -319,7 +371,7 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
             h.change_passphrase(&new).await?;
             done(cli, json!({"passphrase": "changed"}));
         }
-        Command::Init { .. } | Command::Demo | Command::Bench(_) | Command::Relay { .. } => {
+        Command::Init { .. } | Command::Demo | Command::Bench(_) | Command::Relay { .. } | Command::Repair => {
             unreachable!("handled before opening")
         }
     }

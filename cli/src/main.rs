@@ -138,6 +138,9 @@ pub enum Command {
     Stats,
     /// Decrypt and check every record; exits 1 if anything is wrong.
     Verify,
+    /// Rebuild the sled database from the feed log (an open does this on its
+    /// own when sled is missing or damaged), then verify; prints what was done.
+    Repair,
     /// Change the passphrase (new one from HEARTH_NEW_PASSPHRASE or a prompt).
     Passwd,
     /// Print an invite ticket for a channel: its keys and this node's addresses.

@@ -36,7 +36,8 @@ fn write_addrs(path: &Path, addrs: &[Multiaddr]) -> Result<()> {
         text.push_str(&a.to_string());
         text.push('\n');
     }
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    // Replaced whole, never torn by a crash or a power cut.
+    hearth::write_atomic(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Remember peer addresses (from a ticket) for `hearth node`.
@@ -601,6 +602,6 @@ fn relay_secret(dir: &Path) -> Result<hearth::core::SecretKey> {
         return Ok(hearth::core::SecretKey::from_bytes(b));
     }
     let key = hearth::core::SecretKey::generate()?;
-    std::fs::write(&path, key.expose()).with_context(|| format!("writing {}", path.display()))?;
+    hearth::write_atomic(&path, key.expose()).with_context(|| format!("writing {}", path.display()))?;
     Ok(key)
 }

@@ -287,9 +287,10 @@ impl Actor {
     fn housekeeping(&mut self) -> Result<()> {
         self.engine.evict()?;
         let due = self.last_checkpoint.elapsed() >= self.engine.config.checkpoint_interval;
-        if self.journal_bytes >= self.engine.config.checkpoint_bytes
-            || (due && (self.journal_bytes > 0 || self.engine.dirty))
-        {
+        // The feed log counts too: a long catch-up writes no journal, and
+        // what it stored is durable only once checkpointed.
+        let unsynced = self.journal_bytes + self.engine.log.unsynced_bytes();
+        if unsynced >= self.engine.config.checkpoint_bytes || (due && (self.journal_bytes > 0 || self.engine.dirty)) {
             self.checkpoint()?;
         }
         Ok(())

@@ -22,9 +22,11 @@ use hearth_core::{
 
 use crate::channel::{ChannelState, EpochSummary, FeedHead};
 use crate::config::Config;
+use crate::durable::SledFiles;
 use crate::error::{Error, Result};
 use crate::journal::JournalEntry;
 use crate::layout::*;
+use crate::log::{self, Log, kind};
 
 /// Staged bytes (text plus a per-op allowance) after which an epoch's change is
 /// closed early, so every feed entry stays far below [`hearth_core::MAX_ENTRY_BYTES`].
@@ -205,6 +207,15 @@ pub(crate) struct Engine {
     pub unlock_time: std::time::Duration,
     /// Where [`crate::StoreEvent`]s go (subscribers hold receivers).
     pub events: tokio::sync::broadcast::Sender<crate::StoreEvent>,
+    /// The feed log: what sled is rebuilt from ([`crate::log`]).
+    pub log: Log,
+    /// Log records of the sled batch being gathered (written to the log, with
+    /// a commit record, just before that batch is applied).
+    pub(crate) log_buf: Vec<u8>,
+    /// Applying the feed log to sled at open: entries of this device are
+    /// accepted, and nothing is written to the log again.
+    pub replaying: bool,
+    sled_files: SledFiles,
     pub _lock: File,
 }
 
@@ -216,8 +227,10 @@ impl Engine {
         master: SecretKey,
         identity: Identity,
         lock: File,
+        log: Log,
     ) -> Result<Self> {
         let tree = db.open_tree(TREE)?;
+        let sled_files = SledFiles::new(&dir.join(DB_DIR));
         let records = hearth_core::derive(&master, hearth_core::Purpose::LocalRecords);
         Ok(Engine {
             dir,
@@ -242,8 +255,47 @@ impl Engine {
             journal_pending: 0,
             unlock_time: std::time::Duration::ZERO,
             events: tokio::sync::broadcast::channel(EVENT_QUEUE).0,
+            log,
+            log_buf: Vec::new(),
+            replaying: false,
+            sled_files,
             _lock: lock,
         })
+    }
+
+    // ----- the feed log -----
+
+    /// Queue a record for the feed log; it goes with the next sled batch.
+    pub(crate) fn log_record(&mut self, kind: u8, body: &[u8]) {
+        if !self.replaying {
+            log::encode_record(&mut self.log_buf, kind, body);
+        }
+    }
+
+    /// Seal a log record that is not already sealed (identity, channel keys,
+    /// commit) under the record key, bound to its kind.
+    pub(crate) fn seal_log(&self, kind: u8, plain: &[u8]) -> Result<Vec<u8>> {
+        crate::recover::seal(&self.records, kind, plain)
+    }
+
+    /// Write the queued log records, closed by a commit record, to the log,
+    /// and record the log position reached in `batch`, which the caller
+    /// applies next: sled never holds a row the log does not (see
+    /// [`crate::log`]). Nothing to write, nothing done.
+    pub(crate) fn write_log_batch(&mut self, batch: &mut sled::Batch) -> Result<()> {
+        if self.log_buf.is_empty() {
+            return Ok(());
+        }
+        let commit = log::Commit {
+            watermark: self.watermark,
+            hlc: self.hlc.last().0,
+        };
+        let sealed = self.seal_log(kind::COMMIT, &postcard::to_stdvec(&commit).expect("commit encodes"))?;
+        log::encode_record(&mut self.log_buf, kind::COMMIT, &sealed);
+        let end = self.log.append(&self.log_buf);
+        self.log_buf.clear();
+        batch.insert(META_LOG, &end?.encode()[..]);
+        Ok(())
     }
 
     /// Read meta values and every channel's state (not the epoch documents).
@@ -266,7 +318,7 @@ impl Engine {
         Ok(())
     }
 
-    fn load_channel(&mut self, keys: ChannelKeys) -> Result<()> {
+    pub(crate) fn load_channel(&mut self, keys: ChannelKeys) -> Result<()> {
         let wire = keys.wire();
         let mut state = ChannelState {
             keys,
@@ -700,8 +752,10 @@ impl Engine {
                     }
                     let keys = ChannelKeys::new(*id, SecretKey::from_bytes(*key));
                     let k = channel_key(&keys.wire());
-                    self.batch
-                        .insert(&k[..], seal_record(&self.records, &k, &ChannelRecord::encode(&keys))?);
+                    let record = ChannelRecord::encode(&keys);
+                    self.batch.insert(&k[..], seal_record(&self.records, &k, &record)?);
+                    let sealed = self.seal_log(kind::CHANNEL, &record)?;
+                    self.log_record(kind::CHANNEL, &sealed);
                     self.load_channel(keys)?;
                 }
                 JournalEntry::Op { channel, op } => self.stage(*channel, op)?,
@@ -779,6 +833,9 @@ impl Engine {
             .map(|h| (h.seq + 1, h.hash))
             .unwrap_or((1, [0; 32]));
         let (bytes, hash) = Envelope::seal(&ch.keys, &self.identity, seq, prev, &EntryBody { epoch, change })?;
+        if !self.replaying {
+            log::encode_record(&mut self.log_buf, kind::ENTRY, &bytes);
+        }
         self.batch.insert(&feed_key(&wire, &device, seq)[..], bytes);
         let head = FeedHead {
             user: self.identity.user(),
@@ -811,7 +868,9 @@ impl Engine {
         self.watermark = self.watermark.max(journal_seq);
         self.batch.insert(META_WATERMARK, &self.watermark.to_be_bytes()[..]);
         self.batch.insert(META_HLC, &self.hlc.last().0.to_be_bytes()[..]);
-        self.tree.apply_batch(std::mem::take(&mut self.batch))?;
+        let mut batch = std::mem::take(&mut self.batch);
+        self.write_log_batch(&mut batch)?;
+        self.tree.apply_batch(batch)?;
         self.rows_pending = false;
         self.dirty = true;
         self.own_unsynced |= !self.appended.is_empty();
@@ -826,18 +885,16 @@ impl Engine {
         Ok(())
     }
 
-    /// Make everything in sled durable: flush, then fsync the files ourselves
-    /// (sled 0.34's flush ends in sync_file_range, which does not survive power loss).
+    /// Make everything written so far durable: first the feed log, then sled
+    /// (flushed, then every file of it fsynced by us: sled 0.34's flush ends
+    /// in sync_file_range, which does not survive power loss, and it never
+    /// fsyncs its blob files). The log's synced position goes into sled
+    /// between the two, so sled never names a durable log position that is not.
     pub(crate) fn checkpoint(&mut self) -> Result<()> {
+        self.log.sync()?;
+        self.tree.insert(META_LOG_SYNCED, &self.log.synced().encode()[..])?;
         self.db.flush()?;
-        let db_dir = self.dir.join(DB_DIR);
-        for name in ["db", "conf"] {
-            let p = db_dir.join(name);
-            if p.exists() {
-                File::open(&p)?.sync_all()?;
-            }
-        }
-        File::open(&db_dir)?.sync_all()?;
+        self.sled_files.sync()?;
         self.dirty = false;
         self.own_unsynced = false;
         Ok(())

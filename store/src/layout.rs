@@ -12,8 +12,11 @@ use crate::error::{Error, Result};
 pub const HEADER_FILE: &str = "header";
 /// Held locked (flock) while a process has the store open.
 pub const LOCK_FILE: &str = "LOCK";
-/// The sled database directory.
+/// The sled database directory: derived state, rebuilt from the feed log
+/// ([`crate::log`]) when it is missing or damaged.
 pub const DB_DIR: &str = "db";
+/// Where a migration writes the feed log before it is renamed into place.
+pub const LOG_TMP_DIR: &str = "log.tmp";
 /// The write-ahead journal of acknowledged operations.
 pub const JOURNAL_FILE: &str = "journal";
 
@@ -49,6 +52,19 @@ pub const META_IDENTITY: &[u8] = b"Midentity";
 pub const META_WATERMARK: &[u8] = b"Mwatermark";
 /// u64 BE: the highest HLC timestamp issued, so the clock never repeats after a restart.
 pub const META_HLC: &[u8] = b"Mhlc";
+/// u8: the store format of this sled tree ([`STORE_FORMAT`]); absent in format 1.
+pub const META_FORMAT: &[u8] = b"Mformat";
+/// [`crate::log::LogPos`]: the end of the last feed-log batch applied to sled,
+/// written in the same sled batch as that batch's rows.
+pub const META_LOG: &[u8] = b"Mlog";
+/// [`crate::log::LogPos`]: how far the feed log was durable at the last
+/// checkpoint (recorded after the log's fsync, before sled's flush), so it is
+/// always inside the durable log. Reading at open starts here.
+pub const META_LOG_SYNCED: &[u8] = b"Mlogsynced";
+
+/// The store format this build writes. 1: everything in sled, no feed log.
+/// 2: the feed log (`log/`) is the source of truth and sled is derived.
+pub const STORE_FORMAT: u8 = 2;
 
 /// Name of a table, for error messages and record AAD.
 pub fn table_name(tag: u8) -> &'static str {

@@ -40,22 +40,31 @@
 mod actor;
 mod channel;
 mod config;
+mod durable;
 mod engine;
 mod error;
 mod journal;
 mod layout;
+mod log;
 mod open;
 mod query;
+mod recover;
 mod store;
 mod sync;
 mod verify;
 
 pub use config::Config;
+pub use durable::{SledFiles, sync_dir, write_atomic};
 pub use engine::{Outcome, Write};
 pub use error::{Error, Result};
 pub use journal::{
     Decoded as JournalContents, JournalEntry, JournalRecord, decode_records as decode_journal,
     encode_record as encode_journal_record,
+};
+pub use log::{
+    Commit as LogCommit, DecodedSegment as DecodedLogSegment, LOG_DIR, Log as FeedLog, LogBatch, LogPos, LogRecord,
+    ScanEnd, decode_segment as decode_log_segment, encode_record as encode_log_record, kind as log_kind,
+    scan as scan_log, segment_head as log_segment_head,
 };
 pub use open::{OpenReport, open_sled_config};
 pub use query::{ChannelInfo, Located, Thread};

@@ -4,7 +4,8 @@
 //! <dir>/header    clear: Argon2id parameters, salt, wrapped master key (written last at create)
 //! <dir>/LOCK      flock'ed while open
 //! <dir>/journal   write-ahead journal of acknowledged writes
-//! <dir>/db/       sled
+//! <dir>/log/      the feed log: identity, channel keys, feed entries (the source of truth)
+//! <dir>/db/       sled: everything else, derived from the log (rebuilt when damaged)
 //! ```
 
 use std::fs::{self, File, OpenOptions};
@@ -20,6 +21,8 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::journal::Journal;
 use crate::layout::*;
+use crate::log::{Log, LogPos};
+use crate::recover;
 
 /// What opening a store found and repaired.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -32,8 +35,23 @@ pub struct OpenReport {
     /// Why the journal's tail was cut, if it was (a write torn by a crash; such a
     /// write was never acknowledged).
     pub journal_tail: Option<String>,
-    /// Journal entries that could not be applied (reported, skipped).
+    /// Journal entries or feed-log entries that could not be applied
+    /// (reported, skipped).
     pub skipped: Vec<String>,
+    /// The store format the store was migrated from, if it was of an earlier one.
+    pub migrated_from: Option<u8>,
+    /// Why sled was rebuilt from the feed log, if it was (it did not open, was
+    /// damaged or missing, had got ahead of the log in a power cut, or a repair
+    /// asked for it).
+    pub rebuilt: Option<String>,
+    /// Feed-log batches applied to sled at this open (sled lagged the log after
+    /// a crash, or was rebuilt).
+    pub log_batches: u64,
+    /// Feed entries in those batches.
+    pub log_entries: u64,
+    /// Why the feed log's readable part ended before its files did (a batch
+    /// torn by a crash, which was never acknowledged; or damage), if it did.
+    pub log_tail: Option<String>,
 }
 
 fn lock(dir: &Path) -> Result<File> {
@@ -52,20 +70,12 @@ fn lock(dir: &Path) -> Result<File> {
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)?.sync_all()?;
-    Ok(())
+    Ok(crate::durable::sync_dir(dir)?)
 }
 
 /// Replace the header atomically: write a temporary file, fsync, rename, fsync the directory.
 pub(crate) fn write_header(dir: &Path, header: &StoreHeader) -> Result<()> {
-    let tmp = dir.join(format!("{HEADER_FILE}.tmp"));
-    {
-        let mut f = File::create(&tmp)?;
-        std::io::Write::write_all(&mut f, &header.encode())?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, dir.join(HEADER_FILE))?;
-    sync_dir(dir)
+    Ok(crate::durable::write_atomic(&dir.join(HEADER_FILE), &header.encode())?)
 }
 
 fn open_sled(dir: &Path) -> Result<sled::Db> {
@@ -141,16 +151,26 @@ pub(crate) fn create_as(
     }
     let lock = lock(dir)?;
     // No header means any leftover is an interrupted `create`: start afresh.
-    if dir.join(DB_DIR).exists() {
-        fs::remove_dir_all(dir.join(DB_DIR))?;
+    for d in [DB_DIR, crate::log::LOG_DIR, LOG_TMP_DIR] {
+        if dir.join(d).exists() {
+            fs::remove_dir_all(dir.join(d))?;
+        }
     }
     let _ = fs::remove_file(dir.join(JOURNAL_FILE));
     let master = SecretKey::generate()?;
     let header = StoreHeader::wrap(&master, pass, config.kdf)?;
+    let log = Log::create(&dir.join(crate::log::LOG_DIR))?;
     let db = open_sled(dir)?;
-    let mut engine = Engine::new(dir.to_path_buf(), config, db, master, identity, lock)?;
-    let sealed = seal_record(&engine.records, META_IDENTITY, &engine.identity.encode())?;
-    engine.tree.insert(META_IDENTITY, sealed)?;
+    let mut engine = Engine::new(dir.to_path_buf(), config, db, master, identity, lock, log)?;
+    let identity = engine.identity.encode();
+    let sealed = seal_record(&engine.records, META_IDENTITY, &identity)?;
+    let mut batch = sled::Batch::default();
+    batch.insert(META_IDENTITY, sealed);
+    batch.insert(META_FORMAT, &[STORE_FORMAT][..]);
+    let sealed = engine.seal_log(crate::log::kind::IDENTITY, &identity)?;
+    engine.log_record(crate::log::kind::IDENTITY, &sealed);
+    engine.write_log_batch(&mut batch)?;
+    engine.tree.apply_batch(batch)?;
     engine.checkpoint()?;
     let (journal, _) = Journal::open(&dir.join(JOURNAL_FILE), &engine.records)?;
     // The header is written last: its presence is what makes the directory a store.
@@ -174,28 +194,157 @@ fn read_header(dir: &Path) -> Result<StoreHeader> {
     Ok(StoreHeader::decode(&bytes)?)
 }
 
-/// Open an existing store and replay its journal.
-pub(crate) fn open(dir: &Path, pass: &Passphrase, config: Config) -> Result<(Engine, Journal, OpenReport)> {
-    let header = read_header(dir)?;
-    let lock = lock(dir)?;
-    let started = std::time::Instant::now();
-    let master = header.unwrap(pass)?;
-    let unlock_time = started.elapsed();
-    let db = open_sled(dir)?;
-    let tree = db.open_tree(TREE)?;
-    let records = hearth_core::derive(&master, hearth_core::Purpose::LocalRecords);
+/// The identity sealed in a sled tree.
+fn read_identity(tree: &sled::Tree, records: &SecretKey) -> Result<Identity> {
     let sealed = tree
         .get(META_IDENTITY)?
         .ok_or_else(|| Error::corrupted("identity", "missing"))?;
-    let identity = Identity::decode(&open_record(&records, META_IDENTITY, &sealed)?)?;
-    let mut engine = Engine::new(dir.to_path_buf(), config, db, master, identity, lock)?;
-    engine.unlock_time = unlock_time;
-    engine.load()?;
-    let (mut journal, decoded) = Journal::open(&dir.join(JOURNAL_FILE), &engine.records)?;
-    let mut report = OpenReport {
-        journal_tail: decoded.stopped,
-        ..OpenReport::default()
+    Ok(Identity::decode(&open_record(records, META_IDENTITY, &sealed)?)?)
+}
+
+/// Where a sled tree stands against the feed log: sled's position, and how
+/// far the log reaches. `Err` says why sled must be rebuilt instead.
+struct Standing {
+    identity: Identity,
+    /// Log position sled has applied (for a store just migrated from format
+    /// 1: the end of its new log, which is sled's content exactly).
+    applied: LogPos,
+    end: LogPos,
+    stopped: Option<String>,
+    format: u8,
+}
+
+fn standing(tree: &sled::Tree, records: &SecretKey, log_dir: &Path) -> std::result::Result<Standing, String> {
+    let identity = read_identity(tree, records).map_err(|e| format!("sled's identity: {e}"))?;
+    let meta = |k: &[u8]| tree.get(k).map_err(|e| format!("sled: {e}"));
+    let format = match meta(META_FORMAT)? {
+        None => 1,
+        Some(v) if v.len() == 1 => v[0],
+        Some(_) => return Err("sled's format row is damaged".into()),
     };
+    let pos = |k: &[u8]| -> std::result::Result<Option<LogPos>, String> {
+        meta(k)?
+            .map(|v| LogPos::decode(&v))
+            .transpose()
+            .map_err(|e| format!("sled's log position: {e}"))
+    };
+    let (synced, applied) = if format == 1 {
+        // Its log was written from it by a migration: read all of it once.
+        (LogPos::START, None)
+    } else {
+        let applied = pos(META_LOG)?.ok_or("sled has no log position")?;
+        (pos(META_LOG_SYNCED)?.unwrap_or(LogPos::START), Some(applied))
+    };
+    let target = applied.unwrap_or(synced);
+    let reach = recover::reach(log_dir, synced, target).map_err(|e| format!("feed log: {e}"))?;
+    if !reach.reaches {
+        return Err(format!(
+            "sled has applied the feed log up to {target}, which the log does not reach (it ends at {}): \
+             sled got ahead of the log's durable part, as after a power cut",
+            reach.end
+        ));
+    }
+    Ok(Standing {
+        identity,
+        applied: applied.unwrap_or(reach.end),
+        end: reach.end,
+        stopped: reach.stopped,
+        format,
+    })
+}
+
+/// Open an existing store: bring sled in line with the feed log (migrating a
+/// format 1 store, catching up after a crash, rebuilding sled when it is
+/// missing or damaged, or when `rebuild` asks for it), then replay the journal.
+pub(crate) fn open(
+    dir: &Path,
+    pass: &Passphrase,
+    config: Config,
+    rebuild: bool,
+) -> Result<(Engine, Journal, OpenReport)> {
+    let header = read_header(dir)?;
+    let mut lock = Some(lock(dir)?);
+    let started = std::time::Instant::now();
+    let master = header.unwrap(pass)?;
+    let unlock_time = started.elapsed();
+    let records = hearth_core::derive(&master, hearth_core::Purpose::LocalRecords);
+    let mut report = OpenReport::default();
+    let log_dir = dir.join(crate::log::LOG_DIR);
+    if dir.join(LOG_TMP_DIR).exists() {
+        // A migration that did not finish: it starts again below.
+        fs::remove_dir_all(dir.join(LOG_TMP_DIR))?;
+    }
+    let mut sled = open_sled(dir).and_then(|db| {
+        let tree = db.open_tree(TREE)?;
+        Ok((db, tree))
+    });
+    if !log_dir.exists() {
+        // Format 1: sled is all there is (if it does not open, nothing can
+        // be rebuilt), so the log is written from it first.
+        let (db, tree) = sled?;
+        let identity = read_identity(&tree, &records)?;
+        recover::migrate(dir, &tree, &records, &identity)?;
+        report.migrated_from = Some(1);
+        sled = Ok((db, tree));
+    }
+    let mut why = rebuild.then(|| "a repair asked for it".to_string());
+    let mut engine = None;
+    if why.is_none() {
+        match sled {
+            Err(e) => why = Some(format!("sled does not open: {e}")),
+            Ok((db, tree)) => match standing(&tree, &records, &log_dir) {
+                Err(w) => why = Some(w),
+                Ok(st) => {
+                    let log = Log::open_at(&log_dir, st.end)?;
+                    let mut e = Engine::new(
+                        dir.to_path_buf(),
+                        config.clone(),
+                        db,
+                        master.clone(),
+                        st.identity,
+                        lock.take().expect("the lock"),
+                        log,
+                    )?;
+                    report.log_tail = st.stopped;
+                    if st.format == 1 {
+                        // Just migrated: sled's content is exactly the new log.
+                        // Durably so before anything else reaches the log, or
+                        // a crash could leave a format 1 sled beside a log
+                        // that holds more than it.
+                        let mut b = sled::Batch::default();
+                        b.insert(META_FORMAT, &[STORE_FORMAT][..]);
+                        b.insert(META_LOG, &st.applied.encode()[..]);
+                        e.tree.apply_batch(b)?;
+                        e.checkpoint()?;
+                    }
+                    match e
+                        .load()
+                        .and_then(|()| recover::catch_up(&mut e, st.applied, &mut report))
+                    {
+                        Ok(()) => engine = Some(e),
+                        Err(err @ (Error::Io(_) | Error::Closed)) => return Err(err),
+                        Err(err) => {
+                            why = Some(format!("sled is damaged: {err}"));
+                            lock = Some(e._lock);
+                        }
+                    }
+                }
+            },
+        }
+    }
+    let mut engine = match engine {
+        Some(e) => e,
+        None => {
+            report.rebuilt = why;
+            report.log_batches = 0;
+            report.log_entries = 0;
+            report.skipped.clear();
+            rebuild_sled(dir, config, master, lock.take().expect("the lock"), &mut report)?
+        }
+    };
+    engine.unlock_time = unlock_time;
+    let (mut journal, decoded) = Journal::open(&dir.join(JOURNAL_FILE), &engine.records)?;
+    report.journal_tail = decoded.stopped;
     let mut last = engine.watermark;
     let journal_empty = decoded.records.is_empty();
     // Replay in groups, as the store task writes them: one feed entry per touched
@@ -223,15 +372,41 @@ pub(crate) fn open(dir: &Path, pass: &Passphrase, config: Config) -> Result<(Eng
         engine.finish_batch(last)?;
     }
     engine.watermark = last;
-    // Whatever the journal held must be durable in sled before the journal
-    // starts over: after a process crash, sled's recovered state may still sit
-    // only in the page cache.
-    if !journal_empty {
+    // Whatever the journal held, and whatever the log brought back, must be
+    // durable in sled before the journal starts over: after a process crash,
+    // sled's recovered state may still sit only in the page cache.
+    if !journal_empty || engine.dirty {
         engine.snapshot_all()?;
         engine.checkpoint()?;
         journal.clear(Journal::new_run()?);
     }
     Ok((engine, journal, report))
+}
+
+/// Build a fresh sled from the whole feed log (the old one, if any, is
+/// deleted: it is derived data, sealed like the rest).
+fn rebuild_sled(dir: &Path, config: Config, master: SecretKey, lock: File, report: &mut OpenReport) -> Result<Engine> {
+    let log_dir = dir.join(crate::log::LOG_DIR);
+    let records = hearth_core::derive(&master, hearth_core::Purpose::LocalRecords);
+    let identity = recover::identity_from_log(&log_dir, &records)?;
+    let reach = recover::reach(&log_dir, LogPos::START, LogPos::START)?;
+    report.log_tail = reach.stopped;
+    if dir.join(DB_DIR).exists() {
+        fs::remove_dir_all(dir.join(DB_DIR))?;
+    }
+    let db = open_sled(dir)?;
+    let log = Log::open_at(&log_dir, reach.end)?;
+    let mut engine = Engine::new(dir.to_path_buf(), config, db, master, identity, lock, log)?;
+    let sealed = seal_record(&engine.records, META_IDENTITY, &engine.identity.encode())?;
+    let mut b = sled::Batch::default();
+    b.insert(META_IDENTITY, sealed);
+    b.insert(META_FORMAT, &[STORE_FORMAT][..]);
+    b.insert(META_LOG, &LogPos::START.encode()[..]);
+    engine.tree.apply_batch(b)?;
+    engine.dirty = true;
+    recover::catch_up(&mut engine, LogPos::START, report)?;
+    sync_dir(dir)?;
+    Ok(engine)
 }
 
 impl Engine {

@@ -196,7 +196,19 @@ impl Store {
     pub async fn open(dir: impl AsRef<Path>, pass: &Passphrase, config: Config) -> Result<Store> {
         let dir = open::abs(dir.as_ref());
         let pass = pass.clone();
-        Self::start(config, move |c| open::open(&dir, &pass, c)).await
+        Self::start(config, move |c| open::open(&dir, &pass, c, false)).await
+    }
+
+    /// Open the store in `dir` after rebuilding its sled database from the
+    /// feed log (the identity, channel keys and every feed entry, kept in
+    /// Hearth's own fsync-disciplined files), whatever state sled is in. An
+    /// open does this on its own when sled is missing, does not open or is
+    /// damaged; this is for a store that opens but answers wrongly. What was
+    /// done is in [`Store::open_report`].
+    pub async fn repair(dir: impl AsRef<Path>, pass: &Passphrase, config: Config) -> Result<Store> {
+        let dir = open::abs(dir.as_ref());
+        let pass = pass.clone();
+        Self::start(config, move |c| open::open(&dir, &pass, c, true)).await
     }
 
     /// Whether `dir` holds a store.

@@ -290,7 +290,9 @@ impl Engine {
                 continue;
             }
             let checked = (|| -> std::result::Result<(UserId, EntryBodyParts), String> {
-                if device == me {
+                // Replaying the feed log at open brings this device's own
+                // entries back; from a peer, they can only be forged.
+                if device == me && !self.replaying {
                     return Err("an entry of this device that this device never wrote".into());
                 }
                 // The owner as of this batch: an earlier entry of the same
@@ -392,6 +394,15 @@ impl Engine {
                 ch.devices.insert(*d, h.user);
             }
         }
+        // The feed log gets each feed's entries in seq order (they are grouped
+        // by epoch below), so that replaying it never sees a gap.
+        if !self.replaying {
+            let mut order: Vec<&Accepted> = accepted.values().flatten().collect();
+            order.sort_by_key(|a| (a.device, a.seq));
+            for a in order {
+                crate::log::encode_record(&mut self.log_buf, crate::log::kind::ENTRY, &a.bytes);
+            }
+        }
         // Phase 2: views, summaries, rows, events.
         let me = self.identity.user();
         let me_device = self.identity.device();
@@ -490,6 +501,7 @@ impl Engine {
             crate::engine::put_owed(&mut batch, &self.records, wire, &ch.owed)?;
         }
         batch.insert(META_HLC, &self.hlc.last().0.to_be_bytes()[..]);
+        self.write_log_batch(&mut batch)?;
         self.tree.apply_batch(batch)?;
         // Durable at the next checkpoint (at most `checkpoint_interval` away,
         // and before any entry of this device leaves it). An acknowledgement

@@ -2,6 +2,7 @@
 //! signatures, hash chains, heads, epoch logs, summaries and snapshots — without
 //! trusting sled's own bookkeeping. `stats`: what the store holds.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use hearth_core::{ChannelId, Envelope, EpochDoc, WireId, decode_change};
@@ -11,6 +12,7 @@ use crate::channel::{EpochSummary, FeedHead};
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::layout::*;
+use crate::log::kind;
 
 /// One defect found by verify.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -32,6 +34,8 @@ pub struct VerifyReport {
     pub epochs: u64,
     /// Snapshots that were loaded and checked.
     pub snapshots: u64,
+    /// Records of the feed log checked against sled.
+    pub log_records: u64,
     /// Defects, empty when the store is sound.
     pub problems: Vec<Problem>,
 }
@@ -112,6 +116,7 @@ impl Engine {
             r.channels += 1;
             self.verify_channel(&id, &mut r)?;
         }
+        self.verify_log(&mut r)?;
         // Rows that belong to no known channel are a defect too.
         for row in self.tree.iter() {
             let (k, _) = row?;
@@ -124,6 +129,87 @@ impl Engine {
             }
         }
         Ok(r)
+    }
+
+    /// The feed log holds exactly what sled holds: every channel's keys, and
+    /// every feed from entry 1 to its head, in order, with the same bytes.
+    fn verify_log(&mut self, r: &mut VerifyReport) -> Result<()> {
+        let mut feeds: HashMap<(WireId, hearth_core::DeviceId), u64> = HashMap::new();
+        let mut channels = std::collections::HashSet::new();
+        let mut problems = Vec::new();
+        let log_dir = self.dir.join(crate::log::LOG_DIR);
+        let end = crate::log::scan(&log_dir, crate::log::LogPos::START, |b| {
+            for rec in b.records {
+                r.log_records += 1;
+                let place = |what: &str| format!("log/{}/{what}", b.end);
+                match rec.kind {
+                    kind::IDENTITY => match crate::recover::open(&self.records, kind::IDENTITY, &rec.body)
+                        .and_then(|p| Ok(hearth_core::Identity::decode(&p)?))
+                    {
+                        Ok(id) if id.device() == self.identity.device() && id.user() == self.identity.user() => {}
+                        Ok(_) => problems.push((place("identity"), "another device's identity".to_string())),
+                        Err(e) => problems.push((place("identity"), e.to_string())),
+                    },
+                    kind::CHANNEL => match crate::recover::open(&self.records, kind::CHANNEL, &rec.body)
+                        .and_then(|p| Ok(hearth_core::ChannelRecord::decode(&p)?))
+                    {
+                        Ok(keys) => {
+                            channels.insert(keys.id());
+                        }
+                        Err(e) => problems.push((place("channel"), e.to_string())),
+                    },
+                    kind::COMMIT => {
+                        if let Err(e) = crate::recover::open_commit(&self.records, &rec.body) {
+                            problems.push((place("commit"), e.to_string()));
+                        }
+                    }
+                    _ => {
+                        let env = match Envelope::decode(&rec.body) {
+                            Ok(e) => e,
+                            Err(e) => {
+                                problems.push((place("entry"), e.to_string()));
+                                continue;
+                            }
+                        };
+                        let h = &env.header;
+                        let next = feeds.entry((h.wire, h.device)).or_insert(0);
+                        let here = format!("log/{}/{}", h.device, h.seq);
+                        if h.seq != *next + 1 {
+                            problems.push((here.clone(), format!("out of order: expected entry {}", *next + 1)));
+                        }
+                        *next = (*next).max(h.seq);
+                        if self.tree.get(feed_key(&h.wire, &h.device, h.seq))?.as_deref() != Some(&rec.body[..]) {
+                            problems.push((here, "not in sled, or other bytes there".to_string()));
+                        }
+                    }
+                }
+            }
+            Ok(true)
+        })?;
+        if let Some(why) = end.stopped {
+            problems.push(("log".to_string(), why));
+        }
+        for ch in self.channels.values() {
+            if !channels.contains(&ch.keys.id()) {
+                problems.push((
+                    format!("log/channels/{}", ch.keys.id()),
+                    "channel keys not in the log".into(),
+                ));
+            }
+            for (device, head) in &ch.heads {
+                let logged = feeds.get(&(ch.keys.wire(), *device)).copied().unwrap_or(0);
+                if logged != head.seq {
+                    problems.push((
+                        format!("log/{device}"),
+                        format!("the log holds this feed up to {logged}, sled up to {}", head.seq),
+                    ));
+                }
+            }
+        }
+        for (place, detail) in problems {
+            r.problem(place, detail);
+        }
+        Ok(())
     }
 
     fn verify_channel(&mut self, id: &ChannelId, r: &mut VerifyReport) -> Result<()> {

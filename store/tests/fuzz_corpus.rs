@@ -78,3 +78,58 @@ fn regenerate_journal_seeds() {
         std::fs::write(corpus().join(name), bytes).unwrap();
     }
 }
+
+#[path = "../../fuzz/src/log.rs"]
+mod log;
+
+fn log_corpus() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/log_segment")
+}
+
+#[test]
+fn log_segment_corpus_replays_cleanly() {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(log_corpus())
+        .expect("fuzz/corpus/log_segment exists")
+        .map(|e| e.expect("an entry").path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "fuzz/corpus/log_segment has too few inputs");
+    for f in files {
+        let data = std::fs::read(&f).expect("readable");
+        if std::panic::catch_unwind(|| log::check_log_segment(&data)).is_err() {
+            panic!("{} fails the log segment check", f.display());
+        }
+    }
+}
+
+#[test]
+#[ignore = "writes the seed corpus"]
+fn regenerate_log_segment_seeds() {
+    use hearth_store::{encode_log_record, log_kind, log_segment_head};
+    let mut valid = log_segment_head(1).to_vec();
+    encode_log_record(&mut valid, log_kind::IDENTITY, &[1; 40]);
+    encode_log_record(&mut valid, log_kind::CHANNEL, &[2; 60]);
+    encode_log_record(&mut valid, log_kind::COMMIT, &[4; 30]);
+    encode_log_record(&mut valid, log_kind::ENTRY, &[3; 300]);
+    encode_log_record(&mut valid, log_kind::COMMIT, &[4; 30]);
+    let mut torn = valid.clone();
+    torn.truncate(valid.len() - 7);
+    let mut flipped = valid.clone();
+    flipped[70] ^= 0x10;
+    let mut unfinished = valid.clone();
+    encode_log_record(&mut unfinished, log_kind::ENTRY, &[3; 50]);
+    let mut bad_kind = log_segment_head(1).to_vec();
+    encode_log_record(&mut bad_kind, 9, &[0; 8]);
+    let seeds: [(&str, Vec<u8>); 6] = [
+        ("valid-two-batches", valid),
+        ("torn-tail", torn),
+        ("bit-flipped", flipped),
+        ("unfinished-batch", unfinished),
+        ("unknown-kind", bad_kind),
+        ("head-only", log_segment_head(1).to_vec()),
+    ];
+    std::fs::create_dir_all(log_corpus()).unwrap();
+    for (name, bytes) in seeds {
+        std::fs::write(log_corpus().join(name), bytes).unwrap();
+    }
+}

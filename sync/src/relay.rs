@@ -3,9 +3,11 @@
 //!
 //! ```text
 //! <dir>/LOCK   locked while a relay has the directory open
-//! <dir>/db/    sled, one tree `hearth-relay.v1`:
+//! <dir>/log/   the feed log: every entry stored, fsynced before it is acknowledged
+//! <dir>/db/    sled, one tree `hearth-relay.v1`, derived from the log (see `disk`):
 //!   F | wire [32] | device [16] | seq u64 BE  -> envelope bytes
 //!   H | wire [32] | device [16]               -> postcard(RelayHead {user, seq, hash, bytes})
+//!   M format | M log | M logsynced            -> format 2; log positions
 //! ```
 //!
 //! A relay checks what needs no key: the canonical encoding under the size cap,
@@ -23,11 +25,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 
 use hearth_core::{DeviceId, EntryHash, Envelope, FeedPos, UserId, Vector, WireId};
-use hearth_store::{EntryBatch, Error, IngestReport, Rejection, Result};
+use hearth_store::{EntryBatch, Error, IngestReport, LogPos, Rejection, Result};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::{Replica, ReplicaEvent};
+
+mod disk;
 
 /// The one sled tree of a relay; the version is in the name.
 const TREE: &str = "hearth-relay.v1";
@@ -146,8 +150,8 @@ struct Inner {
     db: sled::Db,
     tree: sled::Tree,
     /// Ingests run one at a time: each checks chains against the heads the
-    /// previous one left.
-    write: Mutex<()>,
+    /// previous one left, and appends to the log.
+    write: Mutex<disk::Writer>,
     /// Heads of durable entries only: readers never hand out an entry a crash
     /// could take back.
     state: RwLock<State>,
@@ -181,6 +185,7 @@ impl RelayStore {
             File::open(parent)?.sync_all()?;
         }
         let lock = lock(dir)?;
+        disk::clear_unfinished(dir)?;
         let cfg = sled::Config::new()
             .path(dir.join(DB_DIR))
             .cache_capacity(CACHE_BYTES)
@@ -188,33 +193,69 @@ impl RelayStore {
             .mode(sled::Mode::HighThroughput);
         // sled 0.34 can panic on damaged files (issues 1527, 1533): a typed error
         // instead of taking the process down.
-        let opened = catch_unwind(AssertUnwindSafe(|| -> Result<_> {
-            let db = hearth_store::open_sled_config(&cfg).map_err(sled_error)?;
-            let tree = db.open_tree(TREE).map_err(sled_error)?;
-            let state = load(&tree)?;
-            Ok((db, tree, state))
-        }));
-        let (db, tree, state) = match opened {
-            Ok(r) => r?,
-            Err(_) => return Err(corrupted("relay database", "sled panicked while opening it")),
+        let open_sled = || {
+            catch_unwind(AssertUnwindSafe(|| -> Result<_> {
+                let db = hearth_store::open_sled_config(&cfg).map_err(sled_error)?;
+                let tree = db.open_tree(TREE).map_err(sled_error)?;
+                Ok((db, tree))
+            }))
+            .unwrap_or_else(|_| Err(corrupted("relay database", "sled panicked while opening it")))
         };
-        checkpoint(&db, dir)?;
-        // sled may just have created `db/`: its entry must be durable too.
-        File::open(dir)?.sync_all()?;
+        let log_dir = dir.join(hearth_store::LOG_DIR);
+        let had_db = dir.join(DB_DIR).exists();
+        let mut opened = open_sled();
+        if !log_dir.exists() {
+            match &opened {
+                // Format 1: the log is written from sled first.
+                Ok((_, tree)) if had_db => disk::migrate(dir, tree)?,
+                // A new relay.
+                Ok(_) => drop(hearth_store::FeedLog::create(&log_dir)?),
+                Err(_) => return opened.map(|_| unreachable!("an error")),
+            }
+        }
+        let standing = match &opened {
+            Ok((_, tree)) => disk::standing(tree, &log_dir).unwrap_or_else(|e| disk::Standing::Rebuild(e.to_string())),
+            Err(e) => disk::Standing::Rebuild(format!("sled does not open: {e}")),
+        };
+        let (applied, end) = match standing {
+            disk::Standing::Usable { applied, end } => (applied, end),
+            disk::Standing::Rebuild(why) => {
+                // Derived data: dropped and built again from the log.
+                eprintln!("hearth relay: rebuilding {} from its log: {why}", dir.display());
+                drop(opened);
+                if dir.join(DB_DIR).exists() {
+                    fs::remove_dir_all(dir.join(DB_DIR))?;
+                }
+                opened = open_sled();
+                let end = disk::log_end(&log_dir)?;
+                let (_, tree) = opened.as_ref().map_err(|e| corrupted("relay database", e))?;
+                let mut b = sled::Batch::default();
+                b.insert(disk::META_FORMAT, &[disk::RELAY_FORMAT][..]);
+                b.insert(disk::META_LOG, &LogPos::START.encode()[..]);
+                tree.apply_batch(b).map_err(sled_error)?;
+                (LogPos::START, end)
+            }
+        };
+        let (db, tree) = opened?;
+        let state = load(&tree)?;
+        let log = hearth_store::FeedLog::open_at(&log_dir, end)?;
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
-        Ok(RelayStore {
-            inner: Arc::new(Inner {
-                dir: dir.to_path_buf(),
-                config,
-                db,
-                tree,
-                write: Mutex::new(()),
-                state: RwLock::new(state),
-                poisoned: AtomicBool::new(false),
-                events,
-                _lock: lock,
-            }),
-        })
+        let inner = Inner {
+            dir: dir.to_path_buf(),
+            config,
+            db,
+            tree,
+            write: Mutex::new(disk::Writer::new(log, dir)),
+            state: RwLock::new(state),
+            poisoned: AtomicBool::new(false),
+            events,
+            _lock: lock,
+        };
+        inner.catch_up(applied)?;
+        inner.checkpoint(&mut inner.write.lock().unwrap_or_else(PoisonError::into_inner))?;
+        // sled may just have created `db/`: its entry must be durable too.
+        hearth_store::sync_dir(dir)?;
+        Ok(RelayStore { inner: Arc::new(inner) })
     }
 
     /// What the relay holds.
@@ -337,14 +378,23 @@ impl Inner {
 
     /// Check a peer's entries of one channel and store those that pass, durably.
     fn ingest(&self, wire: &WireId, entries: Vec<Vec<u8>>) -> Result<IngestReport> {
-        let _one_writer = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        self.ingest_at(wire, entries, None)
+    }
+
+    /// [`Inner::ingest`], or with `replay`, the same checks on entries of the
+    /// relay's own log being applied to sled again at open (up to that log
+    /// position; nothing is logged again, and the size limits, which held when
+    /// they were first stored, are not applied again).
+    fn ingest_at(&self, wire: &WireId, entries: Vec<Vec<u8>>, replay: Option<LogPos>) -> Result<IngestReport> {
+        let mut writer = self.write.lock().unwrap_or_else(PoisonError::into_inner);
         if self.poisoned.load(Ordering::SeqCst) {
             return Err(Error::Poisoned);
         }
         let (held, no_room, bytes_before) = {
             let st = self.state();
             let held = st.feeds.get(wire).cloned().unwrap_or_default();
-            let no_room = (!st.feeds.contains_key(wire) && st.feeds.len() >= self.config.max_channels).then(|| {
+            let full = !st.feeds.contains_key(wire) && st.feeds.len() >= self.config.max_channels;
+            let no_room = (full && replay.is_none()).then(|| {
                 format!(
                     "relay is full: it holds the maximum of {} channels",
                     self.config.max_channels
@@ -413,7 +463,7 @@ impl Inner {
                 // over a device whose first entries arrive in the same batch.
                 env.check_next(have, &prev, head.map(|h| h.user))?;
                 let total = bytes_before + added + bytes.len() as u64;
-                if total > self.config.max_bytes {
+                if total > self.config.max_bytes && replay.is_none() {
                     return Err(format!(
                         "relay is full: it holds at most {} bytes of entries",
                         self.config.max_bytes
@@ -443,7 +493,7 @@ impl Inner {
             }
         }
         if !accepted.is_empty() {
-            self.store(wire, &accepted, &heads)?;
+            self.store(&mut writer, wire, &accepted, &heads, replay)?;
             let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
             st.feeds.entry(*wire).or_default().extend(heads);
             st.bytes += added;
@@ -457,12 +507,15 @@ impl Inner {
         Ok(report)
     }
 
-    /// Write accepted entries and their heads as one sled batch, durably.
+    /// Write accepted entries to the log (durably) and, with their heads, to
+    /// sled as one batch.
     fn store(
         &self,
+        writer: &mut disk::Writer,
         wire: &WireId,
         accepted: &BTreeMap<(DeviceId, u64), Vec<u8>>,
         heads: &BTreeMap<DeviceId, RelayHead>,
+        replay: Option<LogPos>,
     ) -> Result<()> {
         let mut batch = sled::Batch::default();
         for ((device, seq), bytes) in accepted {
@@ -472,11 +525,10 @@ impl Inner {
             let value = postcard::to_stdvec(head).expect("a head encodes");
             batch.insert(&prefixed(T_HEADS, wire, device)[..], value);
         }
-        let written = self
-            .tree
-            .apply_batch(batch)
-            .map_err(sled_error)
-            .and_then(|()| checkpoint(&self.db, &self.dir));
+        // Each feed's entries in seq order (the map's order), so that the log
+        // replays without a gap.
+        let entries: Vec<&[u8]> = accepted.values().map(Vec::as_slice).collect();
+        let written = self.write(writer, batch, &entries, replay);
         if written.is_err() {
             self.poisoned.store(true, Ordering::SeqCst);
         }
@@ -484,24 +536,17 @@ impl Inner {
     }
 }
 
-fn reject(report: &mut IngestReport, device: Option<DeviceId>, seq: Option<u64>, reason: String) {
-    report.rejected.push(Rejection { device, seq, reason });
+impl Drop for Inner {
+    /// A relay that stops makes sled durable, so the next open has no log to
+    /// apply again (it would, safely, if this did not happen).
+    fn drop(&mut self) {
+        let mut w = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = self.checkpoint(&mut w);
+    }
 }
 
-/// Make everything sled holds durable. sled 0.34's `flush` ends in
-/// `sync_file_range`, which does not survive a power loss (sled issues 1351,
-/// 1452): fsync its files and directory as well.
-fn checkpoint(db: &sled::Db, dir: &Path) -> Result<()> {
-    db.flush().map_err(sled_error)?;
-    let db_dir = dir.join(DB_DIR);
-    for name in ["db", "conf"] {
-        let p = db_dir.join(name);
-        if p.exists() {
-            File::open(&p)?.sync_all()?;
-        }
-    }
-    File::open(&db_dir)?.sync_all()?;
-    Ok(())
+fn reject(report: &mut IngestReport, device: Option<DeviceId>, seq: Option<u64>, reason: String) {
+    report.rejected.push(Rejection { device, seq, reason });
 }
 
 fn lock(dir: &Path) -> Result<File> {

@@ -1,0 +1,574 @@
+//! The feed log: Hearth's own append-only files, from which sled is rebuilt.
+//!
+//! sled answers every query, but it is not trusted to survive a power cut or a
+//! damaged disk (sled issues 1527 and 1533; ARCHITECTURE.md, "Durability"). The
+//! log keeps what cannot be derived: the identity and the channel keys (sealed
+//! under the record key) and every feed entry (envelope bytes, sealed and signed
+//! by their author), in the order sled applied them, each batch closed by a
+//! commit record (sealed: the journal watermark and the HLC high-water mark
+//! that batch reached). Everything else in sled (heads, epoch logs, summaries,
+//! snapshots, owed receipts) is derived from those.
+//!
+//! The rules that make it the source of truth (ARCHITECTURE.md has the whole
+//! argument):
+//! - a batch is written to the log before its sled batch is applied, and sled
+//!   records the log position it has reached in that same sled batch, so after
+//!   a process crash the log is never behind sled;
+//! - a checkpoint fsyncs the log first, then records that position in sled as
+//!   synced, then flushes and fsyncs sled: the synced position sled holds is
+//!   always inside the durable log;
+//! - at open, the log is read from that synced position to its end; sled
+//!   catches up on any batch past its own position, and if sled is missing,
+//!   damaged, or claims a position the log does not reach (it got ahead of the
+//!   log in a power cut), it is rebuilt from the whole log.
+//!
+//! Layout (docs/format.md): `log/<segment, 8 hex digits>`, segments from 1, each
+//! at most about [`SEGMENT_BYTES`]:
+//!
+//! ```text
+//! segment = magic "HEARTHLG" | version u8 = 1 | segment u32 BE | record*
+//! record  = len u32 LE (bytes after crc) | crc32 u32 LE (of kind | body) | kind u8 | body
+//! ```
+//!
+//! Reading stops at the first record that is torn, fails its CRC or is of an
+//! unknown kind; what follows the last commit record is an unfinished batch
+//! (never applied to sled, or applied only in a process that then crashed before
+//! anything of it was synced) and is cut off before the log is appended to.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The log directory in a store (or relay) directory.
+pub const LOG_DIR: &str = "log";
+/// A segment is closed and the next one started once it passes this size.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// Largest record body accepted when reading (an entry is at most 96 KiB).
+pub const MAX_LOG_RECORD: usize = 1 << 20;
+/// Magic bytes that open a segment.
+pub const SEGMENT_MAGIC: &[u8; 8] = b"HEARTHLG";
+/// The log format this build writes and reads.
+pub const LOG_VERSION: u8 = 1;
+/// Bytes of a segment's head (magic, version, segment number).
+pub const SEGMENT_HEAD: u64 = 8 + 1 + 4;
+const RECORD_HEAD: usize = 4 + 4;
+
+/// Kinds of log records.
+pub mod kind {
+    /// The device's identity, sealed under the record key.
+    pub const IDENTITY: u8 = 1;
+    /// A channel's keys (`ChannelRecord`), sealed under the record key.
+    pub const CHANNEL: u8 = 2;
+    /// A feed entry: envelope bytes exactly as stored and sent.
+    pub const ENTRY: u8 = 3;
+    /// End of a batch: sealed postcard([`super::Commit`]).
+    pub const COMMIT: u8 = 4;
+}
+
+/// What a commit record says: how far the batch it closes took the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
+    /// The last journal record whose effects are in the log up to here.
+    pub watermark: u64,
+    /// The highest HLC timestamp issued or seen up to here.
+    pub hlc: u64,
+}
+
+/// A place in the log: a segment and a byte offset in it (a record boundary).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LogPos {
+    /// Segment number (from 1).
+    pub segment: u32,
+    /// Byte offset in the segment.
+    pub offset: u64,
+}
+
+impl LogPos {
+    /// The first record of the log.
+    pub const START: LogPos = LogPos {
+        segment: 1,
+        offset: SEGMENT_HEAD,
+    };
+
+    /// `segment u32 BE | offset u64 BE`, as sled keeps it.
+    pub fn encode(&self) -> [u8; 12] {
+        let mut b = [0u8; 12];
+        b[..4].copy_from_slice(&self.segment.to_be_bytes());
+        b[4..].copy_from_slice(&self.offset.to_be_bytes());
+        b
+    }
+
+    /// Decode [`LogPos::encode`].
+    pub fn decode(b: &[u8]) -> Result<LogPos> {
+        if b.len() != 12 {
+            return Err(Error::corrupted("log position", "bad length"));
+        }
+        Ok(LogPos {
+            segment: u32::from_be_bytes(b[..4].try_into().expect("4 bytes")),
+            offset: u64::from_be_bytes(b[4..].try_into().expect("8 bytes")),
+        })
+    }
+}
+
+impl std::fmt::Display for LogPos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:08x}:{}", self.segment, self.offset)
+    }
+}
+
+/// Append one record to `out`.
+pub fn encode_record(out: &mut Vec<u8>, kind: u8, body: &[u8]) {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&[kind]);
+    crc.update(body);
+    out.extend_from_slice(&((1 + body.len()) as u32).to_le_bytes());
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(body);
+}
+
+/// The head of segment `n`.
+pub fn segment_head(n: u32) -> [u8; SEGMENT_HEAD as usize] {
+    let mut h = [0u8; SEGMENT_HEAD as usize];
+    h[..8].copy_from_slice(SEGMENT_MAGIC);
+    h[8] = LOG_VERSION;
+    h[9..].copy_from_slice(&n.to_be_bytes());
+    h
+}
+
+/// One record read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogRecord {
+    /// Its kind (see [`kind`]).
+    pub kind: u8,
+    /// Its body.
+    pub body: Vec<u8>,
+    /// The offset just past it.
+    pub end: u64,
+}
+
+/// What [`decode_segment`] read.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct DecodedSegment {
+    /// Every readable record from the starting offset, in order.
+    pub records: Vec<LogRecord>,
+    /// Why reading stopped before the end of the bytes, if it did.
+    pub stopped: Option<String>,
+}
+
+/// Decode a segment's bytes (the whole file) from `from` (a record boundary,
+/// or 0 for the segment's start). Never panics: it stops at the first record
+/// that is torn, oversized, fails its CRC or has an unknown kind, and says why.
+pub fn decode_segment(bytes: &[u8], segment: u32, from: u64) -> DecodedSegment {
+    let mut d = DecodedSegment::default();
+    if bytes.len() < SEGMENT_HEAD as usize || bytes[..SEGMENT_HEAD as usize] != segment_head(segment) {
+        d.stopped = Some(match bytes.get(8) {
+            Some(v) if bytes.starts_with(SEGMENT_MAGIC) && *v != LOG_VERSION => {
+                format!("segment {segment:08x}: log format version {v} (this build reads {LOG_VERSION})")
+            }
+            _ => format!("segment {segment:08x}: bad or torn segment head"),
+        });
+        return d;
+    }
+    let mut pos = usize::try_from(from).unwrap_or(usize::MAX).max(SEGMENT_HEAD as usize);
+    while pos < bytes.len() {
+        let rest = &bytes[pos..];
+        if rest.len() < RECORD_HEAD + 1 {
+            d.stopped = Some(format!("torn record head at {segment:08x}:{pos}"));
+            break;
+        }
+        let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+        if len == 0 || len > MAX_LOG_RECORD + 1 || rest.len() < RECORD_HEAD + len {
+            d.stopped = Some(format!("torn or oversized record at {segment:08x}:{pos}"));
+            break;
+        }
+        let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+        let data = &rest[RECORD_HEAD..RECORD_HEAD + len];
+        if crc32fast::hash(data) != crc {
+            d.stopped = Some(format!("checksum mismatch at {segment:08x}:{pos}"));
+            break;
+        }
+        if !(kind::IDENTITY..=kind::COMMIT).contains(&data[0]) {
+            d.stopped = Some(format!("unknown record kind {} at {segment:08x}:{pos}", data[0]));
+            break;
+        }
+        pos += RECORD_HEAD + len;
+        d.records.push(LogRecord {
+            kind: data[0],
+            body: data[1..].to_vec(),
+            end: pos as u64,
+        });
+    }
+    d
+}
+
+fn segment_path(dir: &Path, n: u32) -> PathBuf {
+    dir.join(format!("{n:08x}"))
+}
+
+/// Segment numbers present in a log directory, ascending.
+fn segments(dir: &Path) -> Result<Vec<u32>> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir)? {
+        let name = e?.file_name();
+        if let Some(n) = name
+            .to_str()
+            .filter(|s| s.len() == 8)
+            .and_then(|s| u32::from_str_radix(s, 16).ok())
+        {
+            out.push(n);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// A batch read back: its records (the commit record last) and where it ends.
+#[derive(Debug)]
+pub struct LogBatch {
+    /// The records, in order; the last is the commit record.
+    pub records: Vec<LogRecord>,
+    /// The position just past the commit record.
+    pub end: LogPos,
+}
+
+/// Where reading the log ended.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ScanEnd {
+    /// Just past the last complete batch: where the next batch goes.
+    pub end: LogPos,
+    /// Why the readable part ended before the files did (a batch torn by a
+    /// crash, damage), if it did.
+    pub stopped: Option<String>,
+}
+
+/// Read the log in `dir` from `from` (a batch boundary), handing each complete
+/// batch to `f` in order; `f` returns `false` to stop early. Fails if `from`
+/// is past what the files hold; a torn tail only ends the reading.
+pub fn scan(dir: &Path, from: LogPos, mut f: impl FnMut(LogBatch) -> Result<bool>) -> Result<ScanEnd> {
+    let segs = segments(dir)?;
+    if !segs.contains(&from.segment) {
+        return Err(Error::corrupted(
+            "feed log",
+            format!("segment {:08x} is missing", from.segment),
+        ));
+    }
+    let mut end = ScanEnd {
+        end: from,
+        stopped: None,
+    };
+    let mut batch = Vec::new();
+    for &n in segs.iter().filter(|n| **n >= from.segment) {
+        let mut bytes = Vec::new();
+        File::open(segment_path(dir, n))?.read_to_end(&mut bytes)?;
+        let start = if n == from.segment {
+            if from.offset > bytes.len() as u64 {
+                return Err(Error::corrupted(
+                    "feed log",
+                    format!("position {from} is past the end of its segment"),
+                ));
+            }
+            from.offset
+        } else {
+            0
+        };
+        if n != from.segment && n != end.end.segment + 1 {
+            end.stopped = Some(format!("segment {:08x} is missing", end.end.segment + 1));
+            return Ok(end);
+        }
+        let decoded = decode_segment(&bytes, n, start);
+        for r in decoded.records {
+            let is_commit = r.kind == kind::COMMIT;
+            let at = r.end;
+            batch.push(r);
+            if is_commit {
+                let b = LogBatch {
+                    records: std::mem::take(&mut batch),
+                    end: LogPos { segment: n, offset: at },
+                };
+                end.end = b.end;
+                if !f(b)? {
+                    return Ok(end);
+                }
+            }
+        }
+        if !batch.is_empty() || decoded.stopped.is_some() {
+            // An unfinished batch or a torn record ends what can be read; a
+            // later segment could only follow a finished one.
+            end.stopped = decoded
+                .stopped
+                .or_else(|| Some(format!("unfinished batch at the end of segment {n:08x}")));
+            return Ok(end);
+        }
+        if end.end.segment != n {
+            // A segment with no complete batch yet: the next batch starts in it.
+            end.end = LogPos {
+                segment: n,
+                offset: bytes.len().max(SEGMENT_HEAD as usize) as u64,
+            };
+        }
+    }
+    Ok(end)
+}
+
+/// The log, open for appending.
+pub struct Log {
+    dir: PathBuf,
+    file: File,
+    segment: u32,
+    /// Where the next batch goes.
+    end: u64,
+    /// The position up to which the log is durable.
+    synced: LogPos,
+    /// Whether a segment was created since the directory was last fsynced.
+    dir_unsynced: bool,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("dir", &self.dir)
+            .field("end", &self.end())
+            .field("synced", &self.synced)
+            .finish()
+    }
+}
+
+impl Log {
+    /// Create an empty log in `dir` (which must not hold one), durable at once.
+    pub fn create(dir: &Path) -> Result<Log> {
+        fs::create_dir_all(dir)?;
+        let file = new_segment(dir, 1)?;
+        file.sync_all()?;
+        sync_dir(dir)?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
+        Ok(Log {
+            dir: dir.to_path_buf(),
+            file,
+            segment: 1,
+            end: SEGMENT_HEAD,
+            synced: LogPos::START,
+            dir_unsynced: false,
+        })
+    }
+
+    /// Open the log in `dir` for appending at `end` (what [`scan`] found):
+    /// anything past it (an unfinished batch, a torn record, segments after
+    /// it) is cut off first, durably, so it can never be read as part of a
+    /// later batch.
+    pub fn open_at(dir: &Path, end: LogPos) -> Result<Log> {
+        let mut changed = false;
+        for n in segments(dir)?.into_iter().filter(|n| *n > end.segment) {
+            // Never read past `end`: a crash left it unfinished (or damage cut
+            // the log before it). Kept aside, not deleted.
+            fs::rename(segment_path(dir, n), dir.join(format!("{n:08x}.orphaned")))?;
+            changed = true;
+        }
+        let path = segment_path(dir, end.segment);
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        if file.metadata()?.len() != end.offset {
+            file.set_len(end.offset)?;
+            file.sync_all()?;
+        }
+        if changed {
+            sync_dir(dir)?;
+        }
+        Ok(Log {
+            dir: dir.to_path_buf(),
+            file,
+            segment: end.segment,
+            end: end.offset,
+            synced: end,
+            dir_unsynced: false,
+        })
+    }
+
+    /// Where the next batch goes.
+    pub fn end(&self) -> LogPos {
+        LogPos {
+            segment: self.segment,
+            offset: self.end,
+        }
+    }
+
+    /// Up to where the log is durable.
+    pub fn synced(&self) -> LogPos {
+        self.synced
+    }
+
+    /// Bytes written since the last [`Log::sync`] (a checkpoint is due past a limit).
+    pub fn unsynced_bytes(&self) -> u64 {
+        if self.synced.segment == self.segment {
+            self.end - self.synced.offset
+        } else {
+            self.end + SEGMENT_BYTES
+        }
+    }
+
+    /// Append a batch (encoded records, the commit record last); returns the
+    /// position just past it. Not durable until [`Log::sync`].
+    pub fn append(&mut self, batch: &[u8]) -> Result<LogPos> {
+        if self.end >= SEGMENT_BYTES {
+            // The full segment is made durable before the next one exists, so
+            // a later segment only ever follows a complete one.
+            self.file.sync_data()?;
+            let next = self.segment + 1;
+            self.file = new_segment(&self.dir, next)?;
+            self.segment = next;
+            self.end = SEGMENT_HEAD;
+            self.dir_unsynced = true;
+        }
+        self.file.write_all_at(batch, self.end)?;
+        self.end += batch.len() as u64;
+        Ok(self.end())
+    }
+
+    /// Make everything appended durable: the segment's data, and the directory
+    /// when a segment was created.
+    pub fn sync(&mut self) -> Result<()> {
+        if self.synced != self.end() {
+            self.file.sync_data()?;
+        }
+        if self.dir_unsynced {
+            // A new segment's own size and entry: sync_all, then the directory.
+            self.file.sync_all()?;
+            sync_dir(&self.dir)?;
+            self.dir_unsynced = false;
+        }
+        self.synced = self.end();
+        Ok(())
+    }
+}
+
+fn new_segment(dir: &Path, n: u32) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(segment_path(dir, n))?;
+    file.write_all_at(&segment_head(n), 0)?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(items: &[(u8, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (k, b) in items {
+            encode_record(&mut out, *k, b);
+        }
+        out
+    }
+
+    /// Each batch's records as (kind, body).
+    type Batches = Vec<Vec<(u8, Vec<u8>)>>;
+
+    fn read_all(dir: &Path, from: LogPos) -> (Batches, ScanEnd) {
+        let mut out = Vec::new();
+        let end = scan(dir, from, |b| {
+            out.push(b.records.into_iter().map(|r| (r.kind, r.body)).collect());
+            Ok(true)
+        })
+        .unwrap();
+        (out, end)
+    }
+
+    #[test]
+    fn batches_round_trip_and_an_unfinished_batch_is_cut_off() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("log");
+        let mut log = Log::create(&dir).unwrap();
+        let b1 = log
+            .append(&batch(&[(kind::ENTRY, b"one"), (kind::COMMIT, b"c1")]))
+            .unwrap();
+        log.append(&batch(&[(kind::ENTRY, b"two"), (kind::COMMIT, b"c2")]))
+            .unwrap();
+        // A batch torn by a crash: records without their commit.
+        log.append(&batch(&[(kind::ENTRY, b"three")])).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let (all, end) = read_all(&dir, LogPos::START);
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[1][0], (kind::ENTRY, b"two".to_vec()));
+        assert!(end.stopped.is_some());
+        let (tail, _) = read_all(&dir, b1);
+        assert_eq!(tail.len(), 1, "reading from a batch boundary");
+        let mut log = Log::open_at(&dir, end.end).unwrap();
+        log.append(&batch(&[(kind::ENTRY, b"four"), (kind::COMMIT, b"c4")]))
+            .unwrap();
+        drop(log);
+        let (all, end) = read_all(&dir, LogPos::START);
+        assert_eq!(all.len(), 3, "the unfinished batch is gone, the new one follows");
+        assert_eq!(all[2][0], (kind::ENTRY, b"four".to_vec()));
+        assert_eq!(end.stopped, None);
+        assert!(
+            scan(
+                &dir,
+                LogPos {
+                    segment: 1,
+                    offset: 1 << 30
+                },
+                |_| Ok(true)
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn torn_and_flipped_records_end_the_readable_part() {
+        let bytes = {
+            let mut b = segment_head(1).to_vec();
+            b.extend(batch(&[(kind::ENTRY, b"abc"), (kind::COMMIT, b"c")]));
+            b
+        };
+        for cut in 0..bytes.len() {
+            let d = decode_segment(&bytes[..cut], 1, 0);
+            assert!(d.records.len() < 2);
+        }
+        for i in SEGMENT_HEAD as usize..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x40;
+            let d = decode_segment(&b, 1, 0);
+            assert!(d.records.len() < 2 && d.stopped.is_some(), "flip at {i}");
+        }
+        assert_eq!(decode_segment(&bytes, 1, 0).records.len(), 2);
+        assert!(
+            decode_segment(&bytes, 2, 0).stopped.is_some(),
+            "the segment number is checked"
+        );
+    }
+
+    #[test]
+    fn segments_roll_over_and_read_across() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("log");
+        let mut log = Log::create(&dir).unwrap();
+        log.append(&batch(&[(kind::ENTRY, b"a"), (kind::COMMIT, b"c")]))
+            .unwrap();
+        log.end = SEGMENT_BYTES; // pretend the first segment is full
+        let end = log
+            .append(&batch(&[(kind::ENTRY, b"b"), (kind::COMMIT, b"c")]))
+            .unwrap();
+        assert_eq!(end.segment, 2);
+        log.sync().unwrap();
+        drop(log);
+        // Segment 1 is shorter than SEGMENT_BYTES here; reading goes on into 2.
+        let (all, e) = read_all(&dir, LogPos::START);
+        assert_eq!(all.len(), 2);
+        assert_eq!(e.end, end);
+    }
+}

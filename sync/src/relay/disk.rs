@@ -1,0 +1,229 @@
+//! A relay's files: the feed log (the source of truth, fsynced before every
+//! acknowledgement) and sled (heads and entries by position, derived from the
+//! log and rebuilt from it when it is missing, damaged or ahead of the log).
+//!
+//! ```text
+//! <dir>/LOCK   locked while a relay has the directory open
+//! <dir>/log/   the feed log (hearth_store::FeedLog): entry records, each ingest's
+//!              batch closed by a commit record
+//! <dir>/db/    sled, one tree `hearth-relay.v1` (F and H rows, M meta rows)
+//! ```
+//!
+//! The same rules as a member store's (hearth-store's `log` module): a batch
+//! goes to the log (and, for a relay, is fsynced there) before its sled batch
+//! is applied, and that sled batch records the log position it reached; sled
+//! is checkpointed every few MiB of log, recording first how far the log was
+//! durable. At open, sled catches up on the log's batches past its position,
+//! or is rebuilt from the whole log.
+
+use std::fs;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use hearth_store::{
+    Error, FeedLog, LogBatch, LogCommit, LogPos, Result, SledFiles, encode_log_record, log_kind, scan_log,
+};
+
+use super::{Inner, sled_error};
+
+/// Meta rows of the relay tree.
+pub(super) const META_FORMAT: &[u8] = b"Mformat";
+/// The end of the last log batch applied to sled (in that batch).
+pub(super) const META_LOG: &[u8] = b"Mlog";
+/// How far the log was durable at sled's last checkpoint.
+pub(super) const META_LOG_SYNCED: &[u8] = b"Mlogsynced";
+/// 1: sled only. 2: the feed log is the source of truth.
+pub(super) const RELAY_FORMAT: u8 = 2;
+/// sled is checkpointed once this much log was written since the last time
+/// (the log itself is durable at every acknowledgement).
+const CHECKPOINT_BYTES: u64 = 4 << 20;
+const LOG_TMP_DIR: &str = "log.tmp";
+/// Entries a migration puts in one log batch.
+const MIGRATE_BATCH: usize = 2048;
+
+/// What the relay writes with: the log and sled's files (behind the writer lock).
+pub(super) struct Writer {
+    pub log: FeedLog,
+    sled_files: SledFiles,
+    since_checkpoint: u64,
+}
+
+impl Writer {
+    pub fn new(log: FeedLog, dir: &Path) -> Writer {
+        Writer {
+            log,
+            sled_files: SledFiles::new(&dir.join(super::DB_DIR)),
+            since_checkpoint: 0,
+        }
+    }
+}
+
+/// What opening found: where sled stands against the log.
+pub(super) enum Standing {
+    /// sled is usable: it applied the log up to `applied`; the log ends at `end`.
+    Usable { applied: LogPos, end: LogPos },
+    /// sled must be rebuilt from the log, for this reason.
+    Rebuild(String),
+}
+
+/// Where sled stands against the log in `log_dir`.
+pub(super) fn standing(tree: &sled::Tree, log_dir: &Path) -> Result<Standing> {
+    let pos = |k: &[u8]| -> Result<Option<LogPos>> {
+        tree.get(k).map_err(sled_error)?.map(|v| LogPos::decode(&v)).transpose()
+    };
+    let format = tree
+        .get(META_FORMAT)
+        .map_err(sled_error)?
+        .map_or(1, |v| v.first().copied().unwrap_or(0));
+    let (synced, applied) = match format {
+        // Migrated: sled is exactly what its new log holds.
+        1 => (LogPos::START, None),
+        RELAY_FORMAT => match pos(META_LOG)? {
+            Some(a) => (pos(META_LOG_SYNCED)?.unwrap_or(LogPos::START), Some(a)),
+            None => return Ok(Standing::Rebuild("sled has no log position".into())),
+        },
+        other => return Ok(Standing::Rebuild(format!("sled has an unknown format {other}"))),
+    };
+    let target = applied.unwrap_or(synced);
+    let mut reaches = synced == target;
+    let end = scan_log(log_dir, synced, |b| {
+        reaches |= b.end == target;
+        Ok(true)
+    })?;
+    if !reaches {
+        return Ok(Standing::Rebuild(format!(
+            "sled has applied the log up to {target}, which the log does not reach (it ends at {})",
+            end.end
+        )));
+    }
+    let applied = applied.unwrap_or(end.end);
+    if format == 1 {
+        let mut b = sled::Batch::default();
+        b.insert(META_FORMAT, &[RELAY_FORMAT][..]);
+        b.insert(META_LOG, &applied.encode()[..]);
+        tree.apply_batch(b).map_err(sled_error)?;
+    }
+    Ok(Standing::Usable { applied, end: end.end })
+}
+
+/// The end of the log's readable part (from its start).
+pub(super) fn log_end(log_dir: &Path) -> Result<LogPos> {
+    Ok(scan_log(log_dir, LogPos::START, |_| Ok(true))?.end)
+}
+
+/// Write the log of a format 1 relay from its sled tree (every feed in order),
+/// into `log.tmp/`, renamed to `log/` once durable.
+pub(super) fn migrate(dir: &Path, tree: &sled::Tree) -> Result<()> {
+    let tmp = dir.join(LOG_TMP_DIR);
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp)?;
+    }
+    let mut log = FeedLog::create(&tmp)?;
+    let mut buf = Vec::new();
+    let mut n = 0usize;
+    let commit = postcard::to_stdvec(&LogCommit::default()).expect("a commit encodes");
+    // F keys sort by wire, device, seq: each feed in order.
+    for row in tree.scan_prefix([super::T_FEEDS]) {
+        let (_, v) = row.map_err(sled_error)?;
+        encode_log_record(&mut buf, log_kind::ENTRY, &v);
+        n += 1;
+        if n.is_multiple_of(MIGRATE_BATCH) {
+            encode_log_record(&mut buf, log_kind::COMMIT, &commit);
+            log.append(&buf)?;
+            buf.clear();
+        }
+    }
+    if !buf.is_empty() {
+        encode_log_record(&mut buf, log_kind::COMMIT, &commit);
+        log.append(&buf)?;
+    }
+    log.sync()?;
+    drop(log);
+    fs::rename(&tmp, dir.join(hearth_store::LOG_DIR))?;
+    hearth_store::sync_dir(dir)?;
+    Ok(())
+}
+
+/// Remove a migration that did not finish.
+pub(super) fn clear_unfinished(dir: &Path) -> Result<()> {
+    let tmp = dir.join(LOG_TMP_DIR);
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp)?;
+    }
+    Ok(())
+}
+
+impl Inner {
+    /// Apply the log's batches after `from` to sled (a catch-up after a
+    /// crash, or a whole rebuild from `LogPos::START`).
+    pub(super) fn catch_up(&self, from: LogPos) -> Result<u64> {
+        let log_dir = self.dir.join(hearth_store::LOG_DIR);
+        let mut batches = 0u64;
+        scan_log(&log_dir, from, |b: LogBatch| {
+            batches += 1;
+            let end = b.end;
+            let mut by_wire: std::collections::BTreeMap<hearth_core::WireId, Vec<Vec<u8>>> = Default::default();
+            for r in b.records.into_iter().filter(|r| r.kind == log_kind::ENTRY) {
+                let env = hearth_core::Envelope::decode(&r.body)?;
+                by_wire.entry(env.header.wire).or_default().push(r.body);
+            }
+            for (wire, entries) in by_wire {
+                self.ingest_at(&wire, entries, Some(end))?;
+            }
+            let mut batch = sled::Batch::default();
+            batch.insert(META_LOG, &end.encode()[..]);
+            self.tree.apply_batch(batch).map_err(sled_error)?;
+            Ok(true)
+        })?;
+        Ok(batches)
+    }
+
+    /// Log accepted entries (fsynced: the acknowledgement is a promise kept
+    /// across a power cut), then apply their sled rows with the log position
+    /// reached. When replaying the log, `replay` is that position and nothing
+    /// is logged again.
+    pub(super) fn write(
+        &self,
+        w: &mut Writer,
+        mut batch: sled::Batch,
+        entries: &[&[u8]],
+        replay: Option<LogPos>,
+    ) -> Result<()> {
+        let end = match replay {
+            Some(end) => end,
+            None => {
+                let mut buf = Vec::new();
+                for e in entries {
+                    encode_log_record(&mut buf, log_kind::ENTRY, e);
+                }
+                let commit = postcard::to_stdvec(&LogCommit::default()).expect("a commit encodes");
+                encode_log_record(&mut buf, log_kind::COMMIT, &commit);
+                let end = w.log.append(&buf)?;
+                w.log.sync()?;
+                w.since_checkpoint += buf.len() as u64;
+                end
+            }
+        };
+        batch.insert(META_LOG, &end.encode()[..]);
+        self.tree.apply_batch(batch).map_err(sled_error)?;
+        if w.since_checkpoint >= CHECKPOINT_BYTES {
+            self.checkpoint(w)?;
+        }
+        Ok(())
+    }
+
+    /// Make sled durable: record how far the log is durable, flush, fsync
+    /// every file of sled.
+    pub(super) fn checkpoint(&self, w: &mut Writer) -> Result<()> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(Error::Poisoned);
+        }
+        self.tree
+            .insert(META_LOG_SYNCED, &w.log.synced().encode()[..])
+            .map_err(sled_error)?;
+        self.db.flush().map_err(sled_error)?;
+        w.sled_files.sync()?;
+        w.since_checkpoint = 0;
+        Ok(())
+    }
+}
