@@ -10,7 +10,9 @@
 //! log (sled held everything): `alice` is a crash image (a non-empty journal
 //! past sled's checkpoint, delivery receipts owed), with every kind of op,
 //! several epochs, a joined channel and a linked device's feed; `alice-phone`
-//! is that linked device, closed cleanly. Regenerate only with the code of
+//! is that linked device, closed cleanly; `relay` is a relay directory
+//! holding entries of two channels (opened, migrated and rebuilt by
+//! sync/tests/relay.rs). Regenerate only with the code of
 //! that format: `HEARTH_WRITE_FIXTURES=1 cargo test --test fixtures -- --ignored`.
 
 use std::collections::BTreeMap;

@@ -403,3 +403,29 @@ fn demo_runs_anywhere_and_ends_clean() {
         "{out}"
     );
 }
+
+/// The database is derived state: after losing it the next command rebuilds
+/// it from the feed log (saying so on stderr), and `hearth repair` rebuilds it
+/// on demand and reports what it did.
+#[test]
+fn a_lost_database_is_rebuilt_and_repair_reports() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("s");
+    ok(hearth(&dir).args(["init", "--user", "erin"]));
+    ok(hearth(&dir).args(["channel", "create", "c"]));
+    let id = ok(hearth(&dir).args(["post", "c", "kept through a rebuild"]));
+    ok(hearth(&dir).args(["react", id.trim(), "👍"]));
+    std::fs::remove_dir_all(dir.join("db")).expect("rm db");
+    let out = run(hearth(&dir).args(["log", "c"]));
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("kept through a rebuild"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rebuilt the database"), "{err}");
+    let report = ok(hearth(&dir).args(["--json", "repair"]));
+    let v: Value = serde_json::from_str(report.trim()).expect("json");
+    assert!(v["open"]["rebuilt"].is_string(), "{v}");
+    assert!(v["open"]["log_entries"].as_u64().expect("count") >= 2, "{v}");
+    assert_eq!(v["verify"]["problems"].as_array().map(Vec::len), Some(0), "{v}");
+    let show = ok(hearth(&dir).args(["show", id.trim()]));
+    assert!(show.contains("kept through a rebuild") && show.contains("👍"), "{show}");
+}

@@ -288,8 +288,9 @@ impl Actor {
         self.engine.evict()?;
         let due = self.last_checkpoint.elapsed() >= self.engine.config.checkpoint_interval;
         // The feed log counts too: a long catch-up writes no journal, and
-        // what it stored is durable only once checkpointed.
-        let unsynced = self.journal_bytes + self.engine.log.unsynced_bytes();
+        // what it stored is durable only once checkpointed. (Not the sum:
+        // local writes fill both, and would checkpoint twice as often.)
+        let unsynced = self.journal_bytes.max(self.engine.log.unsynced_bytes());
         if unsynced >= self.engine.config.checkpoint_bytes || (due && (self.journal_bytes > 0 || self.engine.dirty)) {
             self.checkpoint()?;
         }

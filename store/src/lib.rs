@@ -64,7 +64,7 @@ pub use journal::{
 pub use log::{
     Commit as LogCommit, DecodedSegment as DecodedLogSegment, LOG_DIR, Log as FeedLog, LogBatch, LogPos, LogRecord,
     ScanEnd, decode_segment as decode_log_segment, encode_record as encode_log_record, kind as log_kind,
-    scan as scan_log, segment_head as log_segment_head,
+    reach as log_reach, scan as scan_log, segment_head as log_segment_head,
 };
 pub use open::{OpenReport, open_sled_config};
 pub use query::{ChannelInfo, Located, Thread};

@@ -36,7 +36,7 @@
 //! anything of it was synced) and is cut off before the log is appended to.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -165,19 +165,32 @@ pub struct DecodedSegment {
 /// or 0 for the segment's start). Never panics: it stops at the first record
 /// that is torn, oversized, fails its CRC or has an unknown kind, and says why.
 pub fn decode_segment(bytes: &[u8], segment: u32, from: u64) -> DecodedSegment {
+    let head = &bytes[..bytes.len().min(SEGMENT_HEAD as usize)];
+    let base = usize::try_from(from)
+        .unwrap_or(usize::MAX)
+        .max(SEGMENT_HEAD as usize)
+        .min(bytes.len());
+    decode_parts(head, &bytes[base..], segment, base as u64)
+}
+
+/// [`decode_segment`] of a segment read in two parts: its head, and its bytes
+/// from offset `base` on (so that reading a segment's tail needs no read of
+/// the rest).
+fn decode_parts(head: &[u8], tail: &[u8], segment: u32, base: u64) -> DecodedSegment {
     let mut d = DecodedSegment::default();
-    if bytes.len() < SEGMENT_HEAD as usize || bytes[..SEGMENT_HEAD as usize] != segment_head(segment) {
-        d.stopped = Some(match bytes.get(8) {
-            Some(v) if bytes.starts_with(SEGMENT_MAGIC) && *v != LOG_VERSION => {
+    if head != segment_head(segment) {
+        d.stopped = Some(match head.get(8) {
+            Some(v) if head.starts_with(SEGMENT_MAGIC) && *v != LOG_VERSION => {
                 format!("segment {segment:08x}: log format version {v} (this build reads {LOG_VERSION})")
             }
             _ => format!("segment {segment:08x}: bad or torn segment head"),
         });
         return d;
     }
-    let mut pos = usize::try_from(from).unwrap_or(usize::MAX).max(SEGMENT_HEAD as usize);
-    while pos < bytes.len() {
-        let rest = &bytes[pos..];
+    let mut at = 0usize;
+    while at < tail.len() {
+        let pos = base as usize + at;
+        let rest = &tail[at..];
         if rest.len() < RECORD_HEAD + 1 {
             d.stopped = Some(format!("torn record head at {segment:08x}:{pos}"));
             break;
@@ -197,11 +210,11 @@ pub fn decode_segment(bytes: &[u8], segment: u32, from: u64) -> DecodedSegment {
             d.stopped = Some(format!("unknown record kind {} at {segment:08x}:{pos}", data[0]));
             break;
         }
-        pos += RECORD_HEAD + len;
+        at += RECORD_HEAD + len;
         d.records.push(LogRecord {
             kind: data[0],
             body: data[1..].to_vec(),
-            end: pos as u64,
+            end: base + at as u64,
         });
     }
     d
@@ -269,24 +282,33 @@ pub fn scan(dir: &Path, from: LogPos, mut f: impl FnMut(LogBatch) -> Result<bool
     };
     let mut batch = Vec::new();
     for &n in segs.iter().filter(|n| **n >= from.segment) {
-        let mut bytes = Vec::new();
-        File::open(segment_path(dir, n))?.read_to_end(&mut bytes)?;
+        let mut file = File::open(segment_path(dir, n))?;
+        let len = file.metadata()?.len();
         let start = if n == from.segment {
-            if from.offset > bytes.len() as u64 {
+            if from.offset > len {
                 return Err(Error::corrupted(
                     "feed log",
                     format!("position {from} is past the end of its segment"),
                 ));
             }
-            from.offset
+            from.offset.max(SEGMENT_HEAD)
         } else {
-            0
+            SEGMENT_HEAD
         };
+        // Only the head and what follows `start` are read: an open reads the
+        // log from the last checkpoint's position, usually at its very end.
+        let mut head = Vec::new();
+        (&mut file).take(SEGMENT_HEAD).read_to_end(&mut head)?;
+        let mut tail = Vec::new();
+        if len > start {
+            file.seek(SeekFrom::Start(start))?;
+            file.read_to_end(&mut tail)?;
+        }
         if n != from.segment && n != end.end.segment + 1 {
             end.stopped = Some(format!("segment {:08x} is missing", end.end.segment + 1));
             return Ok(end);
         }
-        let decoded = decode_segment(&bytes, n, start);
+        let decoded = decode_parts(&head, &tail, n, start);
         for r in decoded.records {
             let is_commit = r.kind == kind::COMMIT;
             let at = r.end;
@@ -314,11 +336,23 @@ pub fn scan(dir: &Path, from: LogPos, mut f: impl FnMut(LogBatch) -> Result<bool
             // A segment with no complete batch yet: the next batch starts in it.
             end.end = LogPos {
                 segment: n,
-                offset: bytes.len().max(SEGMENT_HEAD as usize) as u64,
+                offset: len.max(SEGMENT_HEAD),
             };
         }
     }
     Ok(end)
+}
+
+/// How far the log reaches from `from`, and whether `target` is one of its
+/// batch ends on the way (or `from` itself). A sled (of a store or a relay)
+/// whose position is not is ahead of the log: it holds batches the log lost.
+pub fn reach(dir: &Path, from: LogPos, target: LogPos) -> Result<(ScanEnd, bool)> {
+    let mut reaches = from == target;
+    let end = scan(dir, from, |b| {
+        reaches |= b.end == target;
+        Ok(true)
+    })?;
+    Ok((end, reaches))
 }
 
 /// The log, open for appending.

@@ -287,9 +287,12 @@ pub(crate) fn open(
         report.migrated_from = Some(1);
         sled = Ok((db, tree));
     }
-    let mut why = rebuild.then(|| "a repair asked for it".to_string());
+    let mut why = None;
     let mut engine = None;
-    if why.is_none() {
+    if rebuild {
+        drop(sled);
+        why = Some("a repair asked for it".to_string());
+    } else {
         match sled {
             Err(e) => why = Some(format!("sled does not open: {e}")),
             Ok((db, tree)) => match standing(&tree, &records, &log_dir) {

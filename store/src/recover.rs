@@ -68,8 +68,8 @@ pub(crate) fn identity_from_log(log_dir: &Path, records: &SecretKey) -> Result<I
     Ok(Identity::decode(&open(records, kind::IDENTITY, &sealed.body)?)?)
 }
 
-/// How far the log reaches from `from`, and whether `target` is one of its
-/// batch boundaries there (or `from` itself).
+/// How far the log reaches from `from`, and whether `target` is a batch end
+/// on the way ([`log::reach`]).
 pub(crate) struct Reach {
     pub end: LogPos,
     pub stopped: Option<String>,
@@ -77,11 +77,7 @@ pub(crate) struct Reach {
 }
 
 pub(crate) fn reach(log_dir: &Path, from: LogPos, target: LogPos) -> Result<Reach> {
-    let mut reaches = from == target;
-    let end = log::scan(log_dir, from, |b| {
-        reaches |= b.end == target;
-        Ok(true)
-    })?;
+    let (end, reaches) = log::reach(log_dir, from, target)?;
     Ok(Reach {
         end: end.end,
         stopped: end.stopped,

@@ -329,3 +329,88 @@ async fn a_relay_dialing_a_member_takes_its_channels() {
     );
     a.close().await.unwrap();
 }
+
+/// Every entry a relay holds, per channel: (feed seqs, count, blake3 of all).
+async fn holdings(relay: &RelayStore) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for (wire, v) in relay.vectors().await.unwrap() {
+        let all = relay
+            .entries_after(wire, Vector::default(), usize::MAX, usize::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut h = blake3::Hasher::new();
+        for e in &all.entries {
+            h.update(e);
+        }
+        let feeds: serde_json::Map<String, serde_json::Value> =
+            v.0.iter()
+                .map(|(d, p)| (d.to_string(), serde_json::json!(p.seq)))
+                .collect();
+        let wire: String = wire.0.iter().map(|b| format!("{b:02x}")).collect();
+        out.insert(
+            wire,
+            serde_json::json!({"feeds": feeds, "entries": all.entries.len(), "blake3": h.finalize().to_hex().to_string()}),
+        );
+    }
+    serde_json::Value::Object(out)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// A relay of format 1 (sled only, written by the code before the feed log):
+/// it opens, writes its log, and holds exactly what it held; then it loses
+/// its database and rebuilds it from that log.
+#[tokio::test]
+async fn a_format_1_relay_migrates_and_its_database_can_be_rebuilt() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/v1");
+    let want: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture.join("relay.answers.json")).unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("relay");
+    copy_dir(&fixture.join("relay"), &dir);
+    assert!(!dir.join("log").exists());
+    let relay = RelayStore::open(&dir).unwrap();
+    assert!(dir.join("log").exists(), "the migration wrote the log");
+    assert_eq!(holdings(&relay).await, want);
+    drop(relay);
+    let relay = RelayStore::open(&dir).unwrap();
+    assert_eq!(holdings(&relay).await, want, "after a reopen");
+    drop(relay);
+    std::fs::remove_dir_all(dir.join("db")).unwrap();
+    let relay = RelayStore::open(&dir).unwrap();
+    assert_eq!(holdings(&relay).await, want, "rebuilt from the log");
+    // It goes on taking entries after the rebuild.
+    let (alice, c) = alice(&tmp.path().join("alice")).await;
+    let wire = alice.channel_keys(c).await.unwrap().wire();
+    let all = alice
+        .entries_after(wire, Vector::default(), usize::MAX, usize::MAX)
+        .await
+        .unwrap();
+    let n = all.entries.len();
+    let r = relay.ingest(wire, all.entries).await.unwrap().unwrap();
+    assert_eq!((r.accepted, r.rejected.len()), (n, 0));
+    drop(relay);
+    std::fs::write(dir.join("db").join("db"), [0xA5; 4096]).unwrap();
+    let relay = RelayStore::open(&dir).unwrap();
+    assert_eq!(
+        relay.stats().entries as usize,
+        n + want
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v["entries"].as_u64().unwrap() as usize)
+            .sum::<usize>()
+    );
+    alice.close().await.unwrap();
+}

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use hearth_store::{
-    Error, FeedLog, LogBatch, LogCommit, LogPos, Result, SledFiles, encode_log_record, log_kind, scan_log,
+    Error, FeedLog, LogBatch, LogCommit, LogPos, Result, SledFiles, encode_log_record, log_kind, log_reach, scan_log,
 };
 
 use super::{Inner, sled_error};
@@ -85,18 +85,21 @@ pub(super) fn standing(tree: &sled::Tree, log_dir: &Path) -> Result<Standing> {
         other => return Ok(Standing::Rebuild(format!("sled has an unknown format {other}"))),
     };
     let target = applied.unwrap_or(synced);
-    let mut reaches = synced == target;
-    let end = scan_log(log_dir, synced, |b| {
-        reaches |= b.end == target;
-        Ok(true)
-    })?;
+    let (end, reaches) = log_reach(log_dir, synced, target)?;
     if !reaches {
         return Ok(Standing::Rebuild(format!(
             "sled has applied the log up to {target}, which the log does not reach (it ends at {})",
             end.end
         )));
     }
-    let applied = applied.unwrap_or(end.end);
+    // A format 1 tree is a migrated relay (its log is a copy of it), unless it
+    // is empty: a new or lost database, which the whole log must fill.
+    let empty = tree.scan_prefix([super::T_HEADS]).next().is_none();
+    let applied = match applied {
+        Some(a) => a,
+        None if empty => LogPos::START,
+        None => end.end,
+    };
     if format == 1 {
         let mut b = sled::Batch::default();
         b.insert(META_FORMAT, &[RELAY_FORMAT][..]);
