@@ -1,5 +1,7 @@
-//! The engine: owns the sled tree, the channel states and the loaded epoch
-//! documents. Single-threaded by design; the store task ([`crate::actor`]) drives it.
+//! The engine: owns the sled tree, the feed log, the channel states and the
+//! loaded epoch documents. Single-threaded by design; the store task
+//! ([`crate::actor`]) drives it. Durability (log batches, checkpoints,
+//! snapshots) is in [`crate::persist`].
 //!
 //! A write goes through three steps:
 //! 1. [`Engine::prepare`] validates it against the current view and assigns ids
@@ -7,8 +9,9 @@
 //! 2. [`Engine::apply`] stages those entries into the epoch documents (views
 //!    see them at once) — the same function replays the journal on open;
 //! 3. [`Engine::finish_batch`] closes one automerge change per touched epoch,
-//!    seals and signs each into the device's feed, and applies every row of the
-//!    group (entries, heads, epoch log, summaries, watermark) as one sled batch.
+//!    seals and signs each into the device's feed, writes the new entries to
+//!    the feed log, then applies every row of the group (entries, heads, epoch
+//!    log, summaries, watermark, log position) as one sled batch.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -79,7 +82,7 @@ pub(crate) struct LoadedEpoch {
     pub queued: bool,
     pub doc: EpochDoc,
     pub view: EpochView,
-    used: u64,
+    pub(crate) used: u64,
 }
 
 /// A user write, before it has ids.
@@ -189,7 +192,7 @@ pub(crate) struct Engine {
     clock: u64,
     /// Last journal sequence number applied.
     pub watermark: u64,
-    touched: BTreeMap<(ChannelId, Epoch), usize>,
+    pub(crate) touched: BTreeMap<(ChannelId, Epoch), usize>,
     /// Channels with feed entries in the current batch (announced once it is applied).
     appended: std::collections::BTreeSet<ChannelId>,
     batch: sled::Batch,
@@ -215,7 +218,7 @@ pub(crate) struct Engine {
     /// Applying the feed log to sled at open: entries of this device are
     /// accepted, and nothing is written to the log again.
     pub replaying: bool,
-    sled_files: SledFiles,
+    pub(crate) sled_files: SledFiles,
     pub _lock: File,
 }
 
@@ -261,41 +264,6 @@ impl Engine {
             sled_files,
             _lock: lock,
         })
-    }
-
-    // ----- the feed log -----
-
-    /// Queue a record for the feed log; it goes with the next sled batch.
-    pub(crate) fn log_record(&mut self, kind: u8, body: &[u8]) {
-        if !self.replaying {
-            log::encode_record(&mut self.log_buf, kind, body);
-        }
-    }
-
-    /// Seal a log record that is not already sealed (identity, channel keys,
-    /// commit) under the record key, bound to its kind.
-    pub(crate) fn seal_log(&self, kind: u8, plain: &[u8]) -> Result<Vec<u8>> {
-        crate::recover::seal(&self.records, kind, plain)
-    }
-
-    /// Write the queued log records, closed by a commit record, to the log,
-    /// and record the log position reached in `batch`, which the caller
-    /// applies next: sled never holds a row the log does not (see
-    /// [`crate::log`]). Nothing to write, nothing done.
-    pub(crate) fn write_log_batch(&mut self, batch: &mut sled::Batch) -> Result<()> {
-        if self.log_buf.is_empty() {
-            return Ok(());
-        }
-        let commit = log::Commit {
-            watermark: self.watermark,
-            hlc: self.hlc.last().0,
-        };
-        let sealed = self.seal_log(kind::COMMIT, &postcard::to_stdvec(&commit).expect("commit encodes"))?;
-        log::encode_record(&mut self.log_buf, kind::COMMIT, &sealed);
-        let end = self.log.append(&self.log_buf);
-        self.log_buf.clear();
-        batch.insert(META_LOG, &end?.encode()[..]);
-        Ok(())
     }
 
     /// Read meta values and every channel's state (not the epoch documents).
@@ -454,62 +422,6 @@ impl Engine {
 
     pub(crate) fn loaded(&self, channel: &ChannelId, epoch: Epoch) -> Option<&LoadedEpoch> {
         self.epochs.get(&(*channel, epoch))
-    }
-
-    /// Drop least recently used epochs beyond the cache size, snapshotting those
-    /// with a long tail first. Never drops an epoch with staged ops.
-    pub(crate) fn evict(&mut self) -> Result<()> {
-        while self.epochs.len() > self.config.cached_epochs {
-            let victim = self
-                .epochs
-                .iter()
-                .filter(|(k, _)| !self.touched.contains_key(k))
-                .min_by_key(|(_, le)| le.used)
-                .map(|(k, _)| *k);
-            let Some((channel, epoch)) = victim else { break };
-            self.maybe_snapshot(channel, epoch, self.config.snapshot_entries)?;
-            self.epochs.remove(&(channel, epoch));
-        }
-        Ok(())
-    }
-
-    /// Snapshot an epoch if at least `min_tail` entries follow its snapshot.
-    pub(crate) fn maybe_snapshot(&mut self, channel: ChannelId, epoch: Epoch, min_tail: u64) -> Result<()> {
-        let Some(ch) = self.channels.get_mut(&channel) else {
-            return Ok(());
-        };
-        let Some(le) = self.epochs.get_mut(&(channel, epoch)) else {
-            return Ok(());
-        };
-        let Some(s) = ch.summaries.get_mut(&epoch) else {
-            return Ok(());
-        };
-        if s.entries == 0 || s.entries - s.snapshot_upto < min_tail.max(1) {
-            return Ok(());
-        }
-        let wire = ch.keys.wire();
-        let bytes = le.doc.save()?;
-        let mut batch = sled::Batch::default();
-        let chunks: Vec<&[u8]> = bytes.chunks(SNAPSHOT_CHUNK).collect();
-        let count = u16::try_from(chunks.len()).map_err(|_| Error::TooLarge {
-            what: "epoch snapshot".into(),
-            size: bytes.len(),
-            limit: SNAPSHOT_CHUNK * u16::MAX as usize,
-        })?;
-        for (i, c) in chunks.iter().enumerate() {
-            let k = snap_key(&wire, epoch, i as u16);
-            batch.insert(&k[..], seal_record(&self.records, &k, c)?);
-        }
-        for i in count..s.snapshot_chunks {
-            batch.remove(&snap_key(&wire, epoch, i)[..]);
-        }
-        s.snapshot_upto = s.entries;
-        s.snapshot_chunks = count;
-        let (k, v) = summary_row(&self.records, &wire, epoch, s)?;
-        batch.insert(&k[..], v);
-        self.tree.apply_batch(batch)?;
-        self.dirty = true;
-        Ok(())
     }
 
     // ----- writes -----
@@ -881,30 +793,6 @@ impl Engine {
                 wire,
                 local: true,
             });
-        }
-        Ok(())
-    }
-
-    /// Make everything written so far durable: first the feed log, then sled
-    /// (flushed, then every file of it fsynced by us: sled 0.34's flush ends
-    /// in sync_file_range, which does not survive power loss, and it never
-    /// fsyncs its blob files). The log's synced position goes into sled
-    /// between the two, so sled never names a durable log position that is not.
-    pub(crate) fn checkpoint(&mut self) -> Result<()> {
-        self.log.sync()?;
-        self.tree.insert(META_LOG_SYNCED, &self.log.synced().encode()[..])?;
-        self.db.flush()?;
-        self.sled_files.sync()?;
-        self.dirty = false;
-        self.own_unsynced = false;
-        Ok(())
-    }
-
-    /// Snapshot every loaded epoch with a tail (on close).
-    pub(crate) fn snapshot_all(&mut self) -> Result<()> {
-        let keys: Vec<(ChannelId, Epoch)> = self.epochs.keys().copied().collect();
-        for (c, e) in keys {
-            self.maybe_snapshot(c, e, 1)?;
         }
         Ok(())
     }

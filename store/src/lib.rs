@@ -47,6 +47,7 @@ mod journal;
 mod layout;
 mod log;
 mod open;
+mod persist;
 mod query;
 mod recover;
 mod store;
