@@ -428,6 +428,18 @@ fn store_rounds(mode: &str) {
     let started = Instant::now();
     for round in 0..rounds() {
         let acked = run_child(mode, &dir, &entries, &mut rng, round);
+        if round % 3 == 1 {
+            // Killed, then opened and closed again (catch-up, journal replay,
+            // checkpoint, empty journal) before the power goes: what the
+            // killed process wrote but never fsynced must be made durable by
+            // that open, not merely read back from the page cache.
+            rt().block_on(async {
+                let s = Store::open(&dir, &Passphrase::new(PASS), config())
+                    .await
+                    .expect("reopen");
+                s.close().await.expect("close");
+            });
+        }
         fs.cut();
         posts += acked.posts.len();
         let (v, r) = check_store(&dir, &src, &acked, mode, round);
@@ -522,6 +534,14 @@ fn a_passphrase_change_survives_power_cuts() {
     assert!(ok(hearth("pass-0").args(["init", "--user", "dana"])));
     assert!(ok(hearth("pass-0").args(["channel", "create", "c"])));
     assert!(ok(hearth("pass-0").args(["post", "c", "written before the changes"])));
+    // How long a whole `passwd` takes here (two Argon2id runs, the rename):
+    // kills land anywhere in 1.3 times that, so some land in the
+    // derivations, some around the rename, and some after it finished.
+    let t = Instant::now();
+    assert!(ok(hearth("pass-0")
+        .arg("passwd")
+        .env("HEARTH_NEW_PASSPHRASE", "pass-0")));
+    let window = (t.elapsed().as_millis() as usize * 13 / 10).max(50);
     let mut rng = Rng(0x9a55);
     let (mut current, mut finished) = (0u32, 0u32);
     for round in 0..rounds() {
@@ -533,10 +553,7 @@ fn a_passphrase_change_survives_power_cuts() {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn passwd");
-        // Argon2id runs twice (unlock, then the new key): about 0.4 s here,
-        // so some kills land in the derivations, some around the rename, and
-        // some after `passwd` finished.
-        std::thread::sleep(Duration::from_millis(rng.below(1400) as u64));
+        std::thread::sleep(Duration::from_millis(rng.below(window) as u64));
         let done = matches!(child.try_wait(), Ok(Some(s)) if s.success());
         let _ = child.kill();
         let _ = child.wait();

@@ -48,6 +48,9 @@ use crate::error::{Error, Result};
 pub const LOG_DIR: &str = "log";
 /// A segment is closed and the next one started once it passes this size.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// Largest segment file read back: a segment is closed past [`SEGMENT_BYTES`]
+/// at a batch boundary, and no batch comes near the rest.
+const MAX_SEGMENT_FILE: u64 = 4 * SEGMENT_BYTES;
 /// Largest record body accepted when reading (an entry is at most 96 KiB).
 pub const MAX_LOG_RECORD: usize = 1 << 20;
 /// Magic bytes that open a segment.
@@ -284,6 +287,12 @@ pub fn scan(dir: &Path, from: LogPos, mut f: impl FnMut(LogBatch) -> Result<bool
     for &n in segs.iter().filter(|n| **n >= from.segment) {
         let mut file = File::open(segment_path(dir, n))?;
         let len = file.metadata()?.len();
+        if len > MAX_SEGMENT_FILE {
+            // Hearth never writes one this big: damage, not a log to read
+            // into memory.
+            end.stopped = Some(format!("segment {n:08x} is {len} bytes, more than any Hearth writes"));
+            return Ok(end);
+        }
         let start = if n == from.segment {
             if from.offset > len {
                 return Err(Error::corrupted(
@@ -332,13 +341,9 @@ pub fn scan(dir: &Path, from: LogPos, mut f: impl FnMut(LogBatch) -> Result<bool
                 .or_else(|| Some(format!("unfinished batch at the end of segment {n:08x}")));
             return Ok(end);
         }
-        if end.end.segment != n {
-            // A segment with no complete batch yet: the next batch starts in it.
-            end.end = LogPos {
-                segment: n,
-                offset: len.max(SEGMENT_HEAD),
-            };
-        }
+        // A segment with no complete batch (a crash right after it was
+        // created) does not move the end: the next batch goes where the last
+        // one ended, and `Log::open_at` sets the empty segment aside.
     }
     Ok(end)
 }
@@ -403,22 +408,21 @@ impl Log {
     /// it) is cut off first, durably, so it can never be read as part of a
     /// later batch.
     pub fn open_at(dir: &Path, end: LogPos) -> Result<Log> {
-        let mut changed = false;
         for n in segments(dir)?.into_iter().filter(|n| *n > end.segment) {
             // Never read past `end`: a crash left it unfinished (or damage cut
             // the log before it). Kept aside, not deleted.
             fs::rename(segment_path(dir, n), dir.join(format!("{n:08x}.orphaned")))?;
-            changed = true;
         }
         let path = segment_path(dir, end.segment);
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         if file.metadata()?.len() != end.offset {
             file.set_len(end.offset)?;
-            file.sync_all()?;
         }
-        if changed {
-            sync_dir(dir)?;
-        }
+        // What was read back may sit only in the page cache (the process that
+        // wrote it was killed before a checkpoint): it is called synced below,
+        // so make it so, and the segment's directory entry with it.
+        file.sync_all()?;
+        sync_dir(dir)?;
         Ok(Log {
             dir: dir.to_path_buf(),
             file,
@@ -584,6 +588,34 @@ mod tests {
             decode_segment(&bytes, 2, 0).stopped.is_some(),
             "the segment number is checked"
         );
+    }
+
+    /// A crash right after a new segment was created leaves it holding only
+    /// its head: the end stays where the last batch ended (so sled's
+    /// position is still found there), and opening sets the empty segment aside.
+    #[test]
+    fn a_segment_with_no_batch_does_not_move_the_end() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("log");
+        let mut log = Log::create(&dir).unwrap();
+        let b1 = log
+            .append(&batch(&[(kind::ENTRY, b"a"), (kind::COMMIT, b"c")]))
+            .unwrap();
+        log.sync().unwrap();
+        drop(log);
+        drop(new_segment(&dir, 2).unwrap());
+        let (all, end) = read_all(&dir, LogPos::START);
+        assert_eq!((all.len(), end.end), (1, b1));
+        let (reach_end, reaches) = reach(&dir, LogPos::START, b1).unwrap();
+        assert!(reaches && reach_end.end == b1);
+        let mut log = Log::open_at(&dir, end.end).unwrap();
+        assert!(dir.join("00000002.orphaned").exists());
+        let b2 = log
+            .append(&batch(&[(kind::ENTRY, b"b"), (kind::COMMIT, b"c")]))
+            .unwrap();
+        assert_eq!(b2.segment, 1);
+        drop(log);
+        assert_eq!(read_all(&dir, LogPos::START).0.len(), 2);
     }
 
     #[test]

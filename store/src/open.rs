@@ -325,7 +325,9 @@ pub(crate) fn open(
                         .and_then(|()| recover::catch_up(&mut e, st.applied, &mut report))
                     {
                         Ok(()) => engine = Some(e),
-                        Err(err @ (Error::Io(_) | Error::Closed)) => return Err(err),
+                        // Any failure here is sled's (a blob file a power cut
+                        // emptied reads as an I/O error) or the log's; a
+                        // rebuild cures the first and fails again on the second.
                         Err(err) => {
                             why = Some(format!("sled is damaged: {err}"));
                             lock = Some(e._lock);

@@ -396,11 +396,14 @@ impl Engine {
         }
         // The feed log gets each feed's entries in seq order (they are grouped
         // by epoch below), so that replaying it never sees a gap.
+        // Kept aside until the sled batch is written, so that a failure on
+        // the way leaves nothing of this batch queued for the log.
+        let mut log_records = Vec::new();
         if !self.replaying {
             let mut order: Vec<&Accepted> = accepted.values().flatten().collect();
             order.sort_by_key(|a| (a.device, a.seq));
             for a in order {
-                crate::log::encode_record(&mut self.log_buf, crate::log::kind::ENTRY, &a.bytes);
+                crate::log::encode_record(&mut log_records, crate::log::kind::ENTRY, &a.bytes);
             }
         }
         // Phase 2: views, summaries, rows, events.
@@ -501,6 +504,7 @@ impl Engine {
             crate::engine::put_owed(&mut batch, &self.records, wire, &ch.owed)?;
         }
         batch.insert(META_HLC, &self.hlc.last().0.to_be_bytes()[..]);
+        self.log_buf.extend_from_slice(&log_records);
         self.write_log_batch(&mut batch)?;
         self.tree.apply_batch(batch)?;
         // Durable at the next checkpoint (at most `checkpoint_interval` away,

@@ -203,7 +203,7 @@ impl RelayStore {
         };
         let log_dir = dir.join(hearth_store::LOG_DIR);
         let had_db = dir.join(DB_DIR).exists();
-        let mut opened = open_sled();
+        let opened = open_sled();
         if !log_dir.exists() {
             match &opened {
                 // Format 1: the log is written from sled first.
@@ -217,28 +217,61 @@ impl RelayStore {
             Ok((_, tree)) => disk::standing(tree, &log_dir).unwrap_or_else(|e| disk::Standing::Rebuild(e.to_string())),
             Err(e) => disk::Standing::Rebuild(format!("sled does not open: {e}")),
         };
-        let (applied, end) = match standing {
-            disk::Standing::Usable { applied, end } => (applied, end),
-            disk::Standing::Rebuild(why) => {
-                // Derived data: dropped and built again from the log.
-                eprintln!("hearth relay: rebuilding {} from its log: {why}", dir.display());
-                drop(opened);
-                if dir.join(DB_DIR).exists() {
-                    fs::remove_dir_all(dir.join(DB_DIR))?;
+        let mut lock = Some(lock);
+        let why = match standing {
+            disk::Standing::Usable { applied, end } => {
+                let (db, tree) = opened?;
+                match Self::start(
+                    dir,
+                    config.clone(),
+                    db,
+                    tree,
+                    lock.take().expect("the lock"),
+                    applied,
+                    end,
+                ) {
+                    Ok(relay) => return Ok(relay),
+                    // A blob file a power cut emptied reads as an I/O error:
+                    // sled is rebuilt (a bad log fails again below).
+                    Err(e) => format!("sled is damaged: {e}"),
                 }
-                opened = open_sled();
-                let end = disk::log_end(&log_dir)?;
-                let (_, tree) = opened.as_ref().map_err(|e| corrupted("relay database", e))?;
-                let mut b = sled::Batch::default();
-                b.insert(disk::META_FORMAT, &[disk::RELAY_FORMAT][..]);
-                b.insert(disk::META_LOG, &LogPos::START.encode()[..]);
-                tree.apply_batch(b).map_err(sled_error)?;
-                (LogPos::START, end)
+            }
+            disk::Standing::Rebuild(why) => {
+                drop(opened);
+                why
             }
         };
-        let (db, tree) = opened?;
+        // Derived data: dropped and built again from the log.
+        eprintln!("hearth relay: rebuilding {} from its log: {why}", dir.display());
+        // A failed start released the lock with its sled: take it again.
+        let lock = match lock {
+            Some(l) => l,
+            None => self::lock(dir)?,
+        };
+        if dir.join(DB_DIR).exists() {
+            fs::remove_dir_all(dir.join(DB_DIR))?;
+        }
+        let (db, tree) = open_sled()?;
+        let end = disk::log_end(&log_dir)?;
+        let mut b = sled::Batch::default();
+        b.insert(disk::META_FORMAT, &[disk::RELAY_FORMAT][..]);
+        b.insert(disk::META_LOG, &LogPos::START.encode()[..]);
+        tree.apply_batch(b).map_err(sled_error)?;
+        Self::start(dir, config, db, tree, lock, LogPos::START, end)
+    }
+
+    /// Load sled's heads, apply the log's batches past `applied`, checkpoint.
+    fn start(
+        dir: &Path,
+        config: RelayConfig,
+        db: sled::Db,
+        tree: sled::Tree,
+        lock: File,
+        applied: LogPos,
+        end: LogPos,
+    ) -> Result<RelayStore> {
         let state = load(&tree)?;
-        let log = hearth_store::FeedLog::open_at(&log_dir, end)?;
+        let log = hearth_store::FeedLog::open_at(&dir.join(hearth_store::LOG_DIR), end)?;
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let inner = Inner {
             dir: dir.to_path_buf(),
@@ -251,8 +284,14 @@ impl RelayStore {
             events,
             _lock: lock,
         };
-        inner.catch_up(applied)?;
-        inner.checkpoint(&mut inner.write.lock().unwrap_or_else(PoisonError::into_inner))?;
+        let caught_up = inner
+            .catch_up(applied)
+            .and_then(|_| inner.checkpoint(&mut inner.write.lock().unwrap_or_else(PoisonError::into_inner)));
+        if let Err(e) = caught_up {
+            // Nothing more may reach this sled, not even the checkpoint at drop.
+            inner.poisoned.store(true, Ordering::SeqCst);
+            return Err(e);
+        }
         // sled may just have created `db/`: its entry must be durable too.
         hearth_store::sync_dir(dir)?;
         Ok(RelayStore { inner: Arc::new(inner) })

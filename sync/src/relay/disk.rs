@@ -192,9 +192,12 @@ impl Inner {
         entries: &[&[u8]],
         replay: Option<LogPos>,
     ) -> Result<()> {
+        // A replayed batch may span several channels, each written here on
+        // its own: only `catch_up` records the position, once all are in, or
+        // an interrupted replay would skip the rest.
         let end = match replay {
-            Some(end) => end,
-            None => {
+            Some(_) => None,
+            None => Some({
                 let mut buf = Vec::new();
                 for e in entries {
                     encode_log_record(&mut buf, log_kind::ENTRY, e);
@@ -205,9 +208,11 @@ impl Inner {
                 w.log.sync()?;
                 w.since_checkpoint += buf.len() as u64;
                 end
-            }
+            }),
         };
-        batch.insert(META_LOG, &end.encode()[..]);
+        if let Some(end) = end {
+            batch.insert(META_LOG, &end.encode()[..]);
+        }
         self.tree.apply_batch(batch).map_err(sled_error)?;
         if w.since_checkpoint >= CHECKPOINT_BYTES {
             self.checkpoint(w)?;
