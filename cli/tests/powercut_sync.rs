@@ -58,6 +58,36 @@ fn rt() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// Retry an open that finds the store locked, for up to 5 s. The tests of
+/// this file run in parallel threads of one process, and a child forked for
+/// one of them shares every open file description of the process until it
+/// execs, the lock of a store another thread just closed included (flock
+/// locks belong to the description): a moment in which the store looks
+/// locked to the next opener.
+fn retry_locked<T>(mut open: impl FnMut() -> hearth::Result<T>) -> hearth::Result<T> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match open() {
+            Err(hearth::Error::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn open_store(dir: &Path, pass: &Passphrase, config: Config) -> hearth::Result<Store> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match Store::open(dir, pass, config.clone()).await {
+            Err(hearth::Error::Locked { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The source of the entries a round feeds: a channel with two writers
 /// (alice's posts and bob's replies and reactions), exported as envelope bytes
 /// in feed order, with the channel's keys. Made on the normal disk.
@@ -194,7 +224,7 @@ fn powercut_child() {
     say(String::new());
     rt().block_on(async {
         if mode == "relay" {
-            let relay = RelayStore::open(&dir).expect("open the relay");
+            let relay = retry_locked(|| RelayStore::open(&dir)).expect("open the relay");
             // Once the source is all stored, a feed of this child's own: a
             // relay checks signatures and chains, never bodies, so random
             // bodies of any size do (big ones make sled write blob files).
@@ -240,7 +270,7 @@ fn powercut_child() {
                 say(format!("acked {}", vector_line(&r.vector)));
             }
         }
-        let store = Store::open(&dir, &Passphrase::new(PASS), config())
+        let store = open_store(&dir, &Passphrase::new(PASS), config())
             .await
             .expect("open the store");
         let channel = src.keys.id();
@@ -369,7 +399,7 @@ fn run_child(mode: &str, dir: &Path, entries: &Path, rng: &mut Rng, round: u32) 
 
 fn check_store(dir: &Path, src: &Source, acked: &Acked, mode: &str, round: u32) -> (Vector, u64) {
     rt().block_on(async {
-        let s = Store::open(dir, &Passphrase::new(PASS), config())
+        let s = open_store(dir, &Passphrase::new(PASS), config())
             .await
             .unwrap_or_else(|e| panic!("{mode} round {round}: the store does not open after the cut: {e}"));
         let report = s.verify().await.expect("verify");
@@ -437,7 +467,7 @@ fn store_rounds(mode: &str) {
             // killed process wrote but never fsynced must be made durable by
             // that open, not merely read back from the page cache.
             rt().block_on(async {
-                let s = Store::open(&dir, &Passphrase::new(PASS), config())
+                let s = open_store(&dir, &Passphrase::new(PASS), config())
                     .await
                     .expect("reopen");
                 s.close().await.expect("close");
@@ -488,7 +518,7 @@ fn a_relay_storing_entries_survives_power_cuts() {
         let acked = run_child("relay", &dir, &entries, &mut rng, round);
         acks += acked.lines;
         fs.cut();
-        let relay = RelayStore::open(&dir)
+        let relay = retry_locked(|| RelayStore::open(&dir))
             .unwrap_or_else(|e| panic!("relay round {round}: the relay does not open after the cut: {e}"));
         let held = rt().block_on(async {
             let v = relay.vectors().await.expect("vectors");
@@ -656,7 +686,7 @@ fn a_migration_survives_power_cuts() {
         fs.cut();
         started += u32::from(dir.join("log").exists() || dir.join("log.tmp").exists());
         rt().block_on(async {
-            let s = Store::open(&dir, &pass, config.clone())
+            let s = open_store(&dir, &pass, config.clone())
                 .await
                 .unwrap_or_else(|e| panic!("migration round {round}: the store does not open after the cut: {e}"));
             s.flush_receipts().await.expect("receipts");
