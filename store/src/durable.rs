@@ -42,6 +42,30 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     sync_dir(&dir)
 }
 
+/// Copy a directory tree, fsyncing every file and directory of the copy (and
+/// the directory it is created in).
+pub fn copy_dir_durably(from: &Path, to: &Path) -> std::io::Result<()> {
+    fn copy(from: &Path, to: &Path) -> std::io::Result<()> {
+        fs::create_dir_all(to)?;
+        for e in fs::read_dir(from)? {
+            let e = e?;
+            let target = to.join(e.file_name());
+            if e.file_type()?.is_dir() {
+                copy(&e.path(), &target)?;
+            } else {
+                fs::copy(e.path(), &target)?;
+                File::open(&target)?.sync_all()?;
+            }
+        }
+        sync_dir(to)
+    }
+    copy(from, to)?;
+    match to.parent() {
+        Some(p) if !p.as_os_str().is_empty() => sync_dir(p),
+        _ => Ok(()),
+    }
+}
+
 /// The files of a sled 0.34 database directory, made durable after a flush.
 ///
 /// sled's `flush()` ends in `sync_file_range`, which does not survive a power

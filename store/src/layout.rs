@@ -17,6 +17,10 @@ pub const LOCK_FILE: &str = "LOCK";
 pub const DB_DIR: &str = "db";
 /// Where a migration writes the feed log before it is renamed into place.
 pub const LOG_TMP_DIR: &str = "log.tmp";
+/// A migration's durable copy of a format 1 sled, which it opens and reads
+/// (opening sled writes to it) so that the original stays untouched until
+/// the log exists.
+pub const DB_COPY_DIR: &str = "db.v1";
 /// The write-ahead journal of acknowledged operations.
 pub const JOURNAL_FILE: &str = "journal";
 

@@ -55,7 +55,7 @@ mod sync;
 mod verify;
 
 pub use config::Config;
-pub use durable::{SledFiles, sync_dir, write_atomic};
+pub use durable::{SledFiles, copy_dir_durably, sync_dir, write_atomic};
 pub use engine::{Outcome, Write};
 pub use error::{Error, Result};
 pub use journal::{

@@ -79,8 +79,12 @@ pub(crate) fn write_header(dir: &Path, header: &StoreHeader) -> Result<()> {
 }
 
 fn open_sled(dir: &Path) -> Result<sled::Db> {
+    open_sled_at(&dir.join(DB_DIR))
+}
+
+fn open_sled_at(path: &Path) -> Result<sled::Db> {
     let cfg = sled::Config::new()
-        .path(dir.join(DB_DIR))
+        .path(path)
         .cache_capacity(32 << 20)
         .flush_every_ms(None)
         .mode(sled::Mode::HighThroughput);
@@ -151,7 +155,7 @@ pub(crate) fn create_as(
     }
     let lock = lock(dir)?;
     // No header means any leftover is an interrupted `create`: start afresh.
-    for d in [DB_DIR, crate::log::LOG_DIR, LOG_TMP_DIR] {
+    for d in [DB_DIR, crate::log::LOG_DIR, LOG_TMP_DIR, DB_COPY_DIR] {
         if dir.join(d).exists() {
             fs::remove_dir_all(dir.join(d))?;
         }
@@ -274,19 +278,29 @@ pub(crate) fn open(
         // A migration that did not finish: it starts again below.
         fs::remove_dir_all(dir.join(LOG_TMP_DIR))?;
     }
-    let mut sled = open_sled(dir).and_then(|db| {
+    if dir.join(DB_COPY_DIR).exists() {
+        fs::remove_dir_all(dir.join(DB_COPY_DIR))?;
+    }
+    if !log_dir.exists() {
+        // Format 1: sled is all there is (if it does not open, nothing can
+        // be rebuilt), so the log is written from it first, from a durable
+        // copy: opening sled writes to it (its recovery), and a power cut in
+        // that must not touch the only copy of the store.
+        let copy = dir.join(DB_COPY_DIR);
+        crate::durable::copy_dir_durably(&dir.join(DB_DIR), &copy)?;
+        {
+            let db = open_sled_at(&copy)?;
+            let tree = db.open_tree(TREE)?;
+            let identity = read_identity(&tree, &records)?;
+            recover::migrate(dir, &tree, &records, &identity)?;
+        }
+        fs::remove_dir_all(&copy)?;
+        report.migrated_from = Some(1);
+    }
+    let sled = open_sled(dir).and_then(|db| {
         let tree = db.open_tree(TREE)?;
         Ok((db, tree))
     });
-    if !log_dir.exists() {
-        // Format 1: sled is all there is (if it does not open, nothing can
-        // be rebuilt), so the log is written from it first.
-        let (db, tree) = sled?;
-        let identity = read_identity(&tree, &records)?;
-        recover::migrate(dir, &tree, &records, &identity)?;
-        report.migrated_from = Some(1);
-        sled = Ok((db, tree));
-    }
     let mut why = None;
     let mut engine = None;
     if rebuild {

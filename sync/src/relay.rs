@@ -202,12 +202,15 @@ impl RelayStore {
             .unwrap_or_else(|_| Err(corrupted("relay database", "sled panicked while opening it")))
         };
         let log_dir = dir.join(hearth_store::LOG_DIR);
-        let had_db = dir.join(DB_DIR).exists();
+        if !log_dir.exists() && dir.join(DB_DIR).exists() {
+            // Format 1: the log is written from sled first, from a durable
+            // copy (opening sled writes to it; a power cut then must not
+            // touch the only copy).
+            disk::migrate_from_copy(dir, TREE)?;
+        }
         let opened = open_sled();
         if !log_dir.exists() {
             match &opened {
-                // Format 1: the log is written from sled first.
-                Ok((_, tree)) if had_db => disk::migrate(dir, tree)?,
                 // A new relay.
                 Ok(_) => drop(hearth_store::FeedLog::create(&log_dir)?),
                 Err(_) => return opened.map(|_| unreachable!("an error")),

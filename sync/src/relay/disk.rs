@@ -38,6 +38,8 @@ pub(super) const RELAY_FORMAT: u8 = 2;
 /// (the log itself is durable at every acknowledgement).
 const CHECKPOINT_BYTES: u64 = 4 << 20;
 const LOG_TMP_DIR: &str = "log.tmp";
+/// A migration's copy of a format 1 sled.
+const DB_COPY_DIR: &str = "db.v1";
 /// Entries a migration puts in one log batch.
 const MIGRATE_BATCH: usize = 2048;
 
@@ -147,11 +149,33 @@ pub(super) fn migrate(dir: &Path, tree: &sled::Tree) -> Result<()> {
     Ok(())
 }
 
+/// Migrate a format 1 relay: copy its sled durably, write the log from the
+/// copy, drop the copy. The original sled is never opened before the log
+/// exists.
+pub(super) fn migrate_from_copy(dir: &Path, tree_name: &str) -> Result<()> {
+    let copy = dir.join(DB_COPY_DIR);
+    if copy.exists() {
+        fs::remove_dir_all(&copy)?;
+    }
+    hearth_store::copy_dir_durably(&dir.join(super::DB_DIR), &copy)?;
+    {
+        let cfg = sled::Config::new().path(&copy).flush_every_ms(None);
+        let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hearth_store::open_sled_config(&cfg)))
+            .unwrap_or_else(|_| Err(sled::Error::Unsupported("sled panicked while opening it".into())))
+            .map_err(sled_error)?;
+        let tree = db.open_tree(tree_name).map_err(sled_error)?;
+        migrate(dir, &tree)?;
+    }
+    fs::remove_dir_all(&copy)?;
+    Ok(())
+}
+
 /// Remove a migration that did not finish.
 pub(super) fn clear_unfinished(dir: &Path) -> Result<()> {
-    let tmp = dir.join(LOG_TMP_DIR);
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp)?;
+    for d in [LOG_TMP_DIR, DB_COPY_DIR] {
+        if dir.join(d).exists() {
+            fs::remove_dir_all(dir.join(d))?;
+        }
     }
     Ok(())
 }
