@@ -48,8 +48,8 @@ use std::path::Path;
 pub use hearth_core as core;
 pub use hearth_core::{ChannelId, DeviceId, KdfParams, MAX_TEXT_BYTES, Message, MessageId, Passphrase, UserId};
 pub use hearth_store::{
-    ChannelInfo, Config, Error, Located, OpenReport, OpenTimings, Outcome, Pending, Problem, Receipts, Result, Stats,
-    Store, StoreEvent, Thread, VerifyReport, Whoami, Write, write_atomic,
+    ChannelInfo, Config, Error, Located, OpenReport, OpenTimings, Outcome, Pending, Problem, Receipts, Result,
+    STORE_FORMAT, Stats, Store, StoreEvent, Thread, VerifyReport, Whoami, Write, write_atomic,
 };
 /// Sync over libp2p: nodes, events, tickets, relays.
 pub use hearth_sync as sync;

@@ -12,14 +12,20 @@
 //! several epochs, a joined channel and a linked device's feed; `alice-phone`
 //! is that linked device, closed cleanly; `relay` is a relay directory
 //! holding entries of two channels (opened, migrated and rebuilt by
-//! sync/tests/relay.rs). Regenerate only with the code of
-//! that format: `HEARTH_WRITE_FIXTURES=1 cargo test --test fixtures -- --ignored`.
+//! sync/tests/relay.rs). The `v2` stores (written by the code of the feed
+//! log, before devices had keys of their own) are the same scenario, with
+//! the relay holding every entry of the three channels.
+//!
+//! Write the fixtures of a format only with the code of that format:
+//! `HEARTH_WRITE_FIXTURES=v2 cargo test --test fixtures -- --ignored`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hearth::core::LinkBundle;
+use hearth::core::Vector;
+use hearth::sync::{RelayStore, Replica};
 use hearth::{Config, KdfParams, Passphrase, Store};
 use serde_json::{Value, json};
 
@@ -45,17 +51,28 @@ fn config() -> Config {
 
 #[tokio::test]
 async fn v1_stores_open_migrate_and_answer_the_same() {
+    old_stores_open_migrate_and_answer_the_same("v1", 1).await;
+}
+
+#[tokio::test]
+async fn v2_stores_open_migrate_and_answer_the_same() {
+    old_stores_open_migrate_and_answer_the_same("v2", 2).await;
+}
+
+async fn old_stores_open_migrate_and_answer_the_same(format: &str, number: u8) {
     let tmp = tempfile::tempdir().expect("tmp");
     let pass = Passphrase::new(PASS);
+    // A store of today's format opens as it is.
+    let migrated = (number != hearth::STORE_FORMAT).then_some(number);
     for name in STORES {
         let dir = tmp.path().join(name);
-        copy_dir(&fixtures("v1").join(name), &dir);
+        copy_dir(&fixtures(format).join(name), &dir);
         let expected: Value = serde_json::from_slice(
-            &std::fs::read(fixtures("v1").join(format!("{name}.answers.json"))).expect("answers"),
+            &std::fs::read(fixtures(format).join(format!("{name}.answers.json"))).expect("answers"),
         )
         .expect("answers json");
-        let s = Store::open(&dir, &pass, config()).await.expect("open the v1 store");
-        assert_eq!(s.open_report().migrated_from, Some(1), "{name}: migrated");
+        let s = Store::open(&dir, &pass, config()).await.expect("open the old store");
+        assert_eq!(s.open_report().migrated_from, migrated, "{name}: migrated");
         assert_eq!(s.open_report().rebuilt, None, "{name}: sled was fine");
         s.flush_receipts().await.expect("receipts");
         let got = answers(&s).await;
@@ -173,6 +190,31 @@ async fn write_fixtures() {
     std::fs::create_dir_all(&out).expect("mkdir");
     // Alice as a SIGKILL would leave her now.
     copy_dir(&tmp.path().join("alice"), &out.join("alice"));
+    // A relay that holds every entry of the three channels, closed cleanly.
+    {
+        let relay = RelayStore::open(&out.join("relay")).expect("relay");
+        for store in [&alice, &phone] {
+            for info in store.channels().await.expect("channels") {
+                let wire = store.channel_keys(info.id).await.expect("keys").wire();
+                let all = store
+                    .entries_after(wire, Vector::default(), usize::MAX, usize::MAX)
+                    .await
+                    .expect("entries");
+                relay
+                    .ingest(wire, all.entries)
+                    .await
+                    .expect("ingest")
+                    .expect("relay ingest");
+            }
+        }
+        std::fs::write(
+            out.join("relay.answers.json"),
+            serde_json::to_string_pretty(&relay_holdings(&relay).await).expect("json"),
+        )
+        .expect("write relay answers");
+    }
+    let _ = std::fs::remove_file(out.join("relay").join("LOCK"));
+
     alice.close().await.expect("close");
     bob.close().await.expect("close");
     phone.close().await.expect("close");
@@ -201,4 +243,28 @@ async fn write_fixtures() {
         )
         .expect("write answers");
     }
+}
+
+/// What a relay holds, per channel: its feeds, its entry count and a hash of
+/// every entry in order (sync/tests/relay.rs computes the same).
+async fn relay_holdings(relay: &RelayStore) -> Value {
+    let mut out = serde_json::Map::new();
+    for (wire, v) in relay.vectors().await.expect("vectors") {
+        let all = relay
+            .entries_after(wire, Vector::default(), usize::MAX, usize::MAX)
+            .await
+            .expect("entries")
+            .expect("known channel");
+        let mut h = blake3::Hasher::new();
+        for e in &all.entries {
+            h.update(e);
+        }
+        let feeds: serde_json::Map<String, Value> = v.0.iter().map(|(d, p)| (d.to_string(), json!(p.seq))).collect();
+        let wire: String = wire.0.iter().map(|b| format!("{b:02x}")).collect();
+        out.insert(
+            wire,
+            json!({"feeds": feeds, "entries": all.entries.len(), "blake3": h.finalize().to_hex().to_string()}),
+        );
+    }
+    Value::Object(out)
 }

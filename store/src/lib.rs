@@ -62,6 +62,7 @@ pub use journal::{
     Decoded as JournalContents, JournalEntry, JournalRecord, decode_records as decode_journal,
     encode_record as encode_journal_record,
 };
+pub use layout::STORE_FORMAT;
 pub use log::{
     Commit as LogCommit, DecodedSegment as DecodedLogSegment, LOG_DIR, Log as FeedLog, LogBatch, LogPos, LogRecord,
     ScanEnd, decode_segment as decode_log_segment, encode_record as encode_log_record, kind as log_kind,

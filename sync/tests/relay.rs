@@ -373,13 +373,25 @@ fn copy_dir(from: &Path, to: &Path) {
 /// its database and rebuilds it from that log.
 #[tokio::test]
 async fn a_format_1_relay_migrates_and_its_database_can_be_rebuilt() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/v1");
+    old_relay_opens_and_its_database_can_be_rebuilt("v1").await;
+}
+
+/// A relay of format 2 (the feed log, before devices had keys of their own).
+#[tokio::test]
+async fn a_format_2_relay_opens_and_its_database_can_be_rebuilt() {
+    old_relay_opens_and_its_database_can_be_rebuilt("v2").await;
+}
+
+async fn old_relay_opens_and_its_database_can_be_rebuilt(format: &str) {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(format);
     let want: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fixture.join("relay.answers.json")).unwrap()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("relay");
     copy_dir(&fixture.join("relay"), &dir);
-    assert!(!dir.join("log").exists());
+    assert_eq!(dir.join("log").exists(), format != "v1");
     let relay = RelayStore::open(&dir).unwrap();
     assert!(dir.join("log").exists(), "the migration wrote the log");
     assert_eq!(holdings(&relay).await, want);
