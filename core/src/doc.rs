@@ -549,7 +549,9 @@ impl ChangeEffects {
 
 /// [`decode_change`], also returning what the change touches.
 pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> Result<(Change, ChangeEffects)> {
-    let change = Change::from_bytes(bytes.to_vec()).map_err(|e| Error::corrupted("automerge change", e))?;
+    // Compressed changes are inflated here, under a cap (crate::chunk).
+    let plain = crate::chunk::plain_change(bytes)?;
+    let change = Change::from_bytes(plain.into_owned()).map_err(|e| Error::corrupted("automerge change", e))?;
     if change.actor_id().to_bytes() != device.0 {
         return Err(Error::corrupted("automerge change", "actor is not the feed's device"));
     }
@@ -567,7 +569,7 @@ pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> 
     }
     let canonical = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Change::from(expanded.clone())))
         .map_err(|_| Error::corrupted("automerge change", "malformed operations"))?;
-    if canonical.hash() != change.hash() {
+    if canonical.hash() != change.hash() || canonical.raw_bytes() != change.raw_bytes() {
         return Err(Error::corrupted("automerge change", "not in canonical encoding"));
     }
     let mut effects = ChangeEffects::default();

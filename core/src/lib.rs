@@ -33,9 +33,11 @@
 #![deny(missing_docs)]
 
 mod channel;
+mod chunk;
 mod doc;
 mod envelope;
 mod error;
+mod fork;
 mod header;
 mod hlc;
 mod id;
@@ -48,6 +50,8 @@ mod vector;
 mod view;
 
 pub use channel::{ChannelKeys, ChannelRecord};
+pub use chunk::{MAX_CHANGE_BYTES, plain_change};
+pub use fork::{Fork, ForkProof};
 pub use doc::{ChangeEffects, Devices, EpochDoc, decode_change, decode_change_effects, decode_change_posts};
 pub use envelope::{ENVELOPE_VERSION, EntryBody, EntryHash, EntryHeader, Envelope, MAX_ENTRY_BYTES};
 pub use error::{Error, Result};

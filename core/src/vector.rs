@@ -100,6 +100,22 @@ impl Vector {
             .collect()
     }
 
+    /// Claim one entry less of `device`'s feed (to be sent its last entry
+    /// again: a peer's version of it, when the hashes differ). The hash of
+    /// the position claimed is not known, so it is left zero.
+    pub fn step_back(&mut self, device: &DeviceId) {
+        match self.0.get_mut(device) {
+            Some(p) if p.seq > 1 => {
+                p.seq -= 1;
+                p.hash = [0; 32];
+            }
+            Some(_) => {
+                self.0.remove(device);
+            }
+            None => {}
+        }
+    }
+
     /// Whether `self` holds at least everything `other` holds.
     pub fn covers(&self, other: &Vector) -> bool {
         self.lacks(other).is_empty()

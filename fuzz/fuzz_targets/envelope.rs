@@ -1,4 +1,4 @@
 //! Feed entries: `Envelope::decode`, verify, open, canonical encoding. The check lives in `hearth_fuzz`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| hearth_fuzz::check_envelope(data));
+libfuzzer_sys::fuzz_target!(init: hearth_fuzz::init(), |data: &[u8]| hearth_fuzz::check_envelope(data));

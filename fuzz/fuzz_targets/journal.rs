@@ -4,4 +4,4 @@
 #[path = "../src/journal.rs"]
 mod journal;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| journal::check_journal(data));
+libfuzzer_sys::fuzz_target!(init: hearth_fuzz::init(), |data: &[u8]| journal::check_journal(data));

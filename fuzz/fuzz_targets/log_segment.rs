@@ -4,4 +4,4 @@
 #[path = "../src/log.rs"]
 mod log;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| log::check_log_segment(data));
+libfuzzer_sys::fuzz_target!(init: hearth_fuzz::init(), |data: &[u8]| log::check_log_segment(data));

@@ -1,4 +1,4 @@
 //! Store header files: `StoreHeader::decode`, round-trip, unwrap. The check lives in `hearth_fuzz`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| hearth_fuzz::check_store_header(data));
+libfuzzer_sys::fuzz_target!(init: hearth_fuzz::init(), |data: &[u8]| hearth_fuzz::check_store_header(data));

@@ -6,4 +6,4 @@
 #[allow(dead_code, reason = "each target calls one of the checks")]
 mod sync;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| sync::check_ticket(data));
+libfuzzer_sys::fuzz_target!(init: hearth_fuzz::init(), |data: &[u8]| sync::check_ticket(data));

@@ -15,6 +15,19 @@
 
 use std::sync::OnceLock;
 
+/// Run once before a target's first input: puts the default panic hook back.
+///
+/// libfuzzer-sys installs a hook that aborts on *every* panic, caught ones
+/// included, and several decoders catch automerge's panics on purpose
+/// (`decode_change`, `EpochDoc::load`, `EpochDoc::apply_remote`): under that
+/// hook the `snapshot` target aborted on its own seed corpus and never fuzzed.
+/// With the default hook a caught panic only prints; an uncaught one still
+/// reaches libfuzzer-sys's wrapper, which aborts and saves the input.
+#[allow(dead_code)] // the fuzz targets call it; the corpus replay (tests) does not
+pub fn init() {
+    drop(std::panic::take_hook());
+}
+
 use hearth_core::{
     ChannelId, ChannelKeys, ChannelRecord, DeviceId, Devices, Envelope, EpochDoc, Error, Identity, KdfParams,
     LinkBundle, Passphrase, SecretKey, StoreHeader, decode_change,

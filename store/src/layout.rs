@@ -49,6 +49,9 @@ pub const T_SNAPS: u8 = b'S';
 /// delivery receipts this device owes for messages it stored, until it has
 /// written them (they survive a crash in the gathering window).
 pub const T_OWED: u8 = b'R';
+/// `K | wire id [32] | device [16]` -> postcard(ForkProof): the author of
+/// that feed signed two versions of it (the first proof found is kept).
+pub const T_FORKS: u8 = b'K';
 
 /// Sealed [`hearth_core::Identity`].
 pub const META_IDENTITY: &[u8] = b"Midentity";
@@ -68,7 +71,8 @@ pub const META_LOG_SYNCED: &[u8] = b"Mlogsynced";
 
 /// The store format this build writes. 1: everything in sled, no feed log.
 /// 2: the feed log (`log/`) is the source of truth and sled is derived.
-pub const STORE_FORMAT: u8 = 2;
+/// 3: fork proofs (log record kind 5, table `K`).
+pub const STORE_FORMAT: u8 = 3;
 
 /// Name of a table, for error messages and record AAD.
 pub fn table_name(tag: u8) -> &'static str {
@@ -81,6 +85,7 @@ pub fn table_name(tag: u8) -> &'static str {
         T_ELOG => "elog",
         T_SNAPS => "snaps",
         T_OWED => "owed receipts",
+        T_FORKS => "forks",
         _ => "unknown",
     }
 }

@@ -38,6 +38,7 @@
 #![deny(missing_docs)]
 
 mod actor;
+mod admit;
 mod channel;
 mod config;
 mod durable;
@@ -71,5 +72,6 @@ pub use log::{
 pub use open::{OpenReport, open_sled_config};
 pub use query::{ChannelInfo, Located, Thread};
 pub use store::{OpenTimings, Pending, Store, Whoami};
-pub use sync::{EntryBatch, IngestReport, Receipts, Rejection, StoreEvent};
-pub use verify::{Problem, Stats, VerifyReport};
+pub use admit::{Admission, Feeds, Head, Refusal, Rejection, Verdict};
+pub use sync::{EntryBatch, IngestReport, Receipts, StoreEvent};
+pub use verify::{ForkReport, Problem, Stats, VerifyReport};

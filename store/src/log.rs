@@ -71,6 +71,9 @@ pub mod kind {
     pub const ENTRY: u8 = 3;
     /// End of a batch: sealed postcard([`super::Commit`]).
     pub const COMMIT: u8 = 4;
+    /// A fork proof (postcard [`hearth_core::ForkProof`]; not sealed: it is two
+    /// envelopes, as public as entries). From store format 3.
+    pub const FORK: u8 = 5;
 }
 
 /// What a commit record says: how far the batch it closes took the store.
@@ -209,7 +212,7 @@ fn decode_parts(head: &[u8], tail: &[u8], segment: u32, base: u64) -> DecodedSeg
             d.stopped = Some(format!("checksum mismatch at {segment:08x}:{pos}"));
             break;
         }
-        if !(kind::IDENTITY..=kind::COMMIT).contains(&data[0]) {
+        if !(kind::IDENTITY..=kind::FORK).contains(&data[0]) {
             d.stopped = Some(format!("unknown record kind {} at {segment:08x}:{pos}", data[0]));
             break;
         }

@@ -311,6 +311,14 @@ pub(crate) fn open(
             Err(e) => why = Some(format!("sled does not open: {e}")),
             Ok((db, tree)) => match standing(&tree, &records, &log_dir) {
                 Err(w) => why = Some(w),
+                Ok(st) if st.format > STORE_FORMAT => {
+                    // Written by a newer Hearth: leave it as it is.
+                    return Err(Error::UnsupportedFormat {
+                        what: "store".into(),
+                        found: st.format,
+                        expected: STORE_FORMAT,
+                    });
+                }
                 Ok(st) => {
                     let log = Log::open_at(&log_dir, st.end)?;
                     let mut e = Engine::new(
@@ -333,6 +341,13 @@ pub(crate) fn open(
                         b.insert(META_LOG, &st.applied.encode()[..]);
                         e.tree.apply_batch(b)?;
                         e.checkpoint()?;
+                    } else if st.format < STORE_FORMAT {
+                        // Format 2 to 3 adds only a log record kind and a
+                        // table (fork proofs), both empty until a fork is
+                        // seen: the store is marked and goes on as it is.
+                        e.tree.insert(META_FORMAT, &[STORE_FORMAT][..])?;
+                        e.dirty = true;
+                        report.migrated_from = Some(st.format);
                     }
                     match e
                         .load()

@@ -91,6 +91,8 @@ struct Pending {
     channels: Vec<Vec<u8>>,
     /// Entries per channel, each feed's in log order.
     entries: BTreeMap<WireId, Vec<Vec<u8>>>,
+    /// Fork proofs (applied after the entries they are about).
+    forks: Vec<Vec<u8>>,
     count: usize,
     bytes: usize,
     commit: log::Commit,
@@ -125,6 +127,7 @@ fn gather(engine: &Engine, b: LogBatch, p: &mut Pending, report: &mut OpenReport
                 }
             }
             kind::CHANNEL => p.channels.push(r.body),
+            kind::FORK => p.forks.push(r.body),
             kind::ENTRY => {
                 let env = hearth_core::Envelope::decode(&r.body)?;
                 p.count += 1;
@@ -177,6 +180,17 @@ fn apply(engine: &mut Engine, p: &mut Pending, report: &mut OpenReport) -> Resul
         }
         engine.evict()?;
     }
+    let mut batch = sled::Batch::default();
+    for bytes in std::mem::take(&mut p.forks) {
+        match hearth_core::ForkProof::decode(&bytes) {
+            Ok((_, fork)) if engine.by_wire.contains_key(&fork.wire) => {
+                batch.insert(&prefixed(T_FORKS, &fork.wire, &fork.device)[..], bytes);
+            }
+            Ok(_) => report.skipped.push("a fork proof of a channel with no key record".into()),
+            Err(e) => report.skipped.push(format!("feed log fork proof: {e}")),
+        }
+    }
+    engine.tree.apply_batch(batch)?;
     engine.watermark = engine.watermark.max(p.commit.watermark);
     engine.hlc.observe(Timestamp(p.commit.hlc));
     let mut batch = sled::Batch::default();

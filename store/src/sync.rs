@@ -12,10 +12,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use hearth_core::{
-    ChangeEffects, ChannelId, ChannelKeys, DeviceId, Envelope, Epoch, FeedPos, META_EPOCH, MessageId, UserId, Vector,
+    ChangeEffects, ChannelId, ChannelKeys, DeviceId, Epoch, Fork, ForkProof, FeedPos, META_EPOCH, MessageId, UserId, Vector,
     WireId, decode_change_effects,
 };
 
+use crate::admit::{Admission, Feeds, Head, Refusal, Rejection, Verdict};
 use crate::channel::FeedHead;
 use crate::engine::{Engine, summary_row};
 use crate::error::{Error, Result};
@@ -60,6 +61,19 @@ pub enum StoreEvent {
         /// Its newest message held there.
         up_to: MessageId,
     },
+    /// A feed's author signed two versions of it: its other branch is refused
+    /// here, and the proof kept (`verify` and `stats` report it). The peer
+    /// that sent it is not blamed.
+    Forked {
+        /// The channel.
+        channel: ChannelId,
+        /// The author who signed both versions.
+        user: UserId,
+        /// The forked feed's device.
+        device: DeviceId,
+        /// The position with two versions.
+        seq: u64,
+    },
     /// A device of another user (or another device of ours) marked the channel
     /// read up to a message.
     Read {
@@ -72,6 +86,41 @@ pub enum StoreEvent {
     },
 }
 
+impl Engine {
+    /// Keep the first proof of each forked feed (sled row and log record)
+    /// and tell subscribers.
+    fn keep_forks(&mut self, channel: ChannelId, wire: &WireId, forks: Vec<ForkProof>) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        let mut events = Vec::new();
+        for proof in forks {
+            let Ok(fork) = proof.check() else { continue };
+            let k = prefixed(T_FORKS, wire, &fork.device);
+            if self.tree.get(k)?.is_some() || events.iter().any(|e: &Fork| e.device == fork.device) {
+                continue;
+            }
+            let bytes = proof.encode();
+            self.log_record(crate::log::kind::FORK, &bytes);
+            batch.insert(&k[..], bytes);
+            events.push(fork);
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.write_log_batch(&mut batch)?;
+        self.tree.apply_batch(batch)?;
+        self.dirty = true;
+        for fork in events {
+            let _ = self.events.send(StoreEvent::Forked {
+                channel,
+                user: fork.user,
+                device: fork.device,
+                seq: fork.seq,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Who holds and who has read a message.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Receipts {
@@ -79,17 +128,6 @@ pub struct Receipts {
     pub delivered: Vec<(UserId, DeviceId)>,
     /// Users whose read marker is at or past it, the author apart.
     pub read: Vec<UserId>,
-}
-
-/// Why an entry was refused.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rejection {
-    /// The feed, when the header decoded.
-    pub device: Option<DeviceId>,
-    /// The entry's position, when the header decoded.
-    pub seq: Option<u64>,
-    /// What is wrong with it.
-    pub reason: String,
 }
 
 /// What [`crate::Store::ingest`] did with a batch of entries.
@@ -126,19 +164,6 @@ struct Accepted {
     bytes: Vec<u8>,
     change: automerge::Change,
     effects: ChangeEffects,
-}
-
-impl Rejection {
-    /// Whether the refusal proves the *sending peer* sent forged or broken
-    /// data (bad encoding, signature, chain, fork). A gap (entries out of
-    /// order), a full relay, and content that fails under a valid signature
-    /// (reasons starting "content:": the author sealed it, a relay may only
-    /// have forwarded it) are not the sender's fault.
-    pub fn is_peer_fault(&self) -> bool {
-        !["gap", "relay is full", "follows a refused entry", "content:"]
-            .iter()
-            .any(|p| self.reason.starts_with(p))
-    }
 }
 
 impl Engine {
@@ -239,103 +264,72 @@ impl Engine {
     /// Verify and store a peer's entries of one channel (see the module docs).
     pub(crate) fn ingest(&mut self, wire: &WireId, entries: Vec<Vec<u8>>) -> Result<IngestReport> {
         let channel = self.channel_by_wire(wire)?;
-        let me = self.identity.device();
+        // Replaying the feed log at open brings this device's own entries
+        // back; from a peer, they can only be forged.
+        let own = (!self.replaying).then(|| self.identity.device());
+        let mut admission = Admission::new(*wire, own);
         let mut report = IngestReport::default();
-        let mut heads: BTreeMap<DeviceId, FeedHead> = BTreeMap::new();
-        let mut refused: BTreeSet<DeviceId> = BTreeSet::new();
         let mut accepted: BTreeMap<Epoch, Vec<Accepted>> = BTreeMap::new();
         for bytes in entries {
-            let reject = |report: &mut IngestReport, device, seq, reason: String| {
-                report.rejected.push(Rejection { device, seq, reason });
+            let ch = self.channel(&channel)?;
+            let feeds = MemberFeeds {
+                tree: &self.tree,
+                wire,
+                heads: &ch.heads,
             };
-            let env = match Envelope::decode(&bytes) {
-                Ok(e) => e,
-                Err(e) => {
-                    reject(&mut report, None, None, e.to_string());
+            let env = match admission.check(&feeds, &bytes)? {
+                Verdict::Next(env) => env,
+                Verdict::Duplicate => {
+                    report.duplicates += 1;
+                    continue;
+                }
+                Verdict::Refused(r) => {
+                    report.rejected.push(r);
                     continue;
                 }
             };
+            // What follows is sealed and signed by the author: a failure is
+            // the author's, not the forwarding peer's.
             let h = &env.header;
-            let (device, seq) = (h.device, h.seq);
-            if h.wire != *wire {
-                reject(&mut report, Some(device), Some(seq), "entry of another channel".into());
-                continue;
-            }
-            if refused.contains(&device) {
-                reject(&mut report, Some(device), Some(seq), "follows a refused entry".into());
-                continue;
-            }
-            let ch = self.channel(&channel)?;
-            let head = heads.get(&device).or_else(|| ch.heads.get(&device)).copied();
-            let (have, prev) = head.map_or((0, [0; 32]), |h| (h.seq, h.hash));
-            if seq <= have {
-                // Already held: the same bytes are a duplicate, other bytes a fork.
-                let stored = self.tree.get(feed_key(wire, &device, seq))?;
-                let held_here = stored.as_deref() == Some(&bytes[..])
-                    || accepted
-                        .values()
-                        .flatten()
-                        .any(|a| a.device == device && a.bytes == bytes);
-                if held_here {
-                    report.duplicates += 1;
-                } else {
-                    refused.insert(device);
-                    reject(
-                        &mut report,
-                        Some(device),
-                        Some(seq),
-                        "conflicts with the entry held at this position (forked feed)".into(),
-                    );
-                }
-                continue;
-            }
-            let checked = (|| -> std::result::Result<(UserId, EntryBodyParts), String> {
-                // Replaying the feed log at open brings this device's own
-                // entries back; from a peer, they can only be forged.
-                if device == me && !self.replaying {
-                    return Err("an entry of this device that this device never wrote".into());
-                }
-                // The owner as of this batch: an earlier entry of the same
-                // batch may have bound a new device already.
-                let owner = heads
-                    .get(&device)
-                    .map(|x| x.user)
-                    .or_else(|| ch.devices.get(&device).copied());
-                env.check_next(have, &prev, owner)?;
-                // What follows is sealed and signed by the author: a failure is
-                // the author's, not the forwarding peer's ("content:").
-                let body = env.open(&ch.keys).map_err(|e| format!("content: {e}"))?;
-                let (change, effects) =
-                    decode_change_effects(&body.change, &device, &h.user).map_err(|e| format!("content: {e}"))?;
-                Ok((h.user, (body.epoch, change, effects)))
-            })();
-            match checked {
-                Ok((user, (epoch, change, effects))) => {
-                    heads.insert(
-                        device,
-                        FeedHead {
-                            user,
-                            seq,
-                            hash: Envelope::hash_of(&bytes),
-                        },
-                    );
+            let opened = env.open(&ch.keys).and_then(|body| {
+                let (change, effects) = decode_change_effects(&body.change, &h.device, &h.user)?;
+                Ok((body.epoch, change, effects))
+            });
+            match opened {
+                Ok((epoch, change, effects)) => {
                     accepted.entry(epoch).or_default().push(Accepted {
-                        device,
-                        user,
-                        seq,
-                        bytes,
+                        device: h.device,
+                        user: h.user,
+                        seq: h.seq,
+                        bytes: bytes.clone(),
                         change,
                         effects,
                     });
+                    admission.accept(&env, bytes);
                 }
-                Err(reason) => {
-                    refused.insert(device);
-                    reject(&mut report, Some(device), Some(seq), reason);
-                }
+                Err(e) => report.rejected.push(admission.refuse(&env, Refusal::Content(e.to_string()))),
             }
         }
+        let heads: BTreeMap<DeviceId, FeedHead> = admission
+            .heads()
+            .iter()
+            .map(|(d, h)| {
+                (
+                    *d,
+                    FeedHead {
+                        user: h.user,
+                        seq: h.seq,
+                        hash: h.hash,
+                    },
+                )
+            })
+            .collect();
+        let (_, forks) = admission.into_accepted();
         if !accepted.is_empty() {
             self.store_accepted(channel, wire, accepted, &heads, &mut report)?;
+        }
+        if !forks.is_empty() {
+            self.keep_forks(channel, wire, forks)?;
         }
         report.vector = self.vector_of(&channel)?;
         Ok(report)
@@ -383,7 +377,7 @@ impl Engine {
                 report.rejected.push(Rejection {
                     device: Some(a.device),
                     seq: Some(a.seq),
-                    reason: format!("content: {why}"),
+                    reason: Refusal::Content(why.clone()),
                 });
             }
             return Ok(());
@@ -574,7 +568,26 @@ impl Engine {
 /// cheaper than re-deriving each message (a catch-up batch).
 const INCREMENTAL_MAX: usize = 32;
 
-type EntryBodyParts = (Epoch, automerge::Change, ChangeEffects);
+/// A member's stored feeds of one channel, for [`Admission`].
+struct MemberFeeds<'a> {
+    tree: &'a sled::Tree,
+    wire: &'a WireId,
+    heads: &'a BTreeMap<DeviceId, FeedHead>,
+}
+
+impl Feeds for MemberFeeds<'_> {
+    fn head(&self, device: &DeviceId) -> Option<Head> {
+        self.heads.get(device).map(|h| Head {
+            user: h.user,
+            seq: h.seq,
+            hash: h.hash,
+        })
+    }
+
+    fn entry(&self, device: &DeviceId, seq: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self.tree.get(feed_key(self.wire, device, seq))?.map(|v| v.to_vec()))
+    }
+}
 
 fn hex_prefix(wire: &WireId) -> String {
     wire.0[..8].iter().map(|b| format!("{b:02x}")).collect()

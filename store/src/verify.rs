@@ -38,6 +38,22 @@ pub struct VerifyReport {
     pub log_records: u64,
     /// Defects, empty when the store is sound.
     pub problems: Vec<Problem>,
+    /// Feeds whose author signed two versions of them, each with a checked
+    /// proof held (not a defect of this store: a finding about an author).
+    pub forks: Vec<ForkReport>,
+}
+
+/// A forked feed (see [`crate::StoreEvent::Forked`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ForkReport {
+    /// The channel.
+    pub channel: ChannelId,
+    /// The author who signed both versions.
+    pub user: hearth_core::UserId,
+    /// The forked feed's device.
+    pub device: hearth_core::DeviceId,
+    /// The position with two versions.
+    pub seq: u64,
 }
 
 impl VerifyReport {
@@ -67,6 +83,8 @@ pub struct Stats {
     pub epochs: u64,
     /// Epoch documents in memory.
     pub cached_epochs: u64,
+    /// Feeds whose author signed two versions of them (proofs held).
+    pub forked_feeds: u64,
     /// Bytes of every file under the store directory.
     pub disk_bytes: u64,
     /// Journal bytes written since the last checkpoint (acknowledged writes that
@@ -97,6 +115,7 @@ impl Engine {
             s.epochs += ch.summaries.len() as u64;
         }
         s.cached_epochs = self.epochs.len() as u64;
+        s.forked_feeds = self.tree.scan_prefix([T_FORKS]).count() as u64;
         s.disk_bytes = dir_bytes(&self.dir);
         s.journal_bytes = self.journal_pending;
         s
@@ -117,10 +136,28 @@ impl Engine {
             self.verify_channel(&id, &mut r)?;
         }
         self.verify_log(&mut r)?;
+        for row in self.tree.scan_prefix([T_FORKS]) {
+            let (k, v) = row?;
+            let place = format!("forks/{}", k[1..].iter().map(|b| format!("{b:02x}")).collect::<String>());
+            match hearth_core::ForkProof::decode(&v) {
+                Ok((_, fork)) if k[1..] == prefixed(T_FORKS, &fork.wire, &fork.device)[1..] => {
+                    if let Some(&channel) = self.by_wire.get(&fork.wire) {
+                        r.forks.push(ForkReport {
+                            channel,
+                            user: fork.user,
+                            device: fork.device,
+                            seq: fork.seq,
+                        });
+                    }
+                }
+                Ok(_) => r.problem(place, "a fork proof under another feed's key"),
+                Err(e) => r.problem(place, e),
+            }
+        }
         // Rows that belong to no known channel are a defect too.
         for row in self.tree.iter() {
             let (k, _) = row?;
-            if k.len() < 33 || !matches!(k[0], T_FEEDS | T_HEADS | T_EPOCHS | T_ELOG | T_SNAPS | T_OWED) {
+            if k.len() < 33 || !matches!(k[0], T_FEEDS | T_HEADS | T_EPOCHS | T_ELOG | T_SNAPS | T_OWED | T_FORKS) {
                 continue;
             }
             let wire = WireId::from_slice(&k[1..33]).expect("32 bytes");
@@ -157,6 +194,16 @@ impl Engine {
                             channels.insert(keys.id());
                         }
                         Err(e) => problems.push((place("channel"), e.to_string())),
+                    },
+                    kind::FORK => match hearth_core::ForkProof::decode(&rec.body) {
+                        Ok((_, fork)) => {
+                            if self.tree.get(prefixed(T_FORKS, &fork.wire, &fork.device))?.as_deref()
+                                != Some(&rec.body[..])
+                            {
+                                problems.push((place("fork"), "fork proof not in sled".to_string()));
+                            }
+                        }
+                        Err(e) => problems.push((place("fork"), e.to_string())),
                     },
                     kind::COMMIT => {
                         if let Err(e) = crate::recover::open_commit(&self.records, &rec.body) {

@@ -1,7 +1,7 @@
 //! Sync's view of the store: vectors, entries a peer lacks, verified ingest.
 
 use hearth_core::{KdfParams, Passphrase, Vector};
-use hearth_store::{Config, Store, StoreEvent};
+use hearth_store::{Config, Refusal, Store, StoreEvent};
 
 fn config() -> Config {
     Config::default().with_kdf(KdfParams::INSECURE_FAST)
@@ -128,7 +128,7 @@ async fn bad_entries_are_refused_and_nothing_is_lost() {
     assert_eq!(report.rejected.len(), bad.len());
     let gap = b.ingest(wire, vec![all[1].clone()]).await.unwrap();
     assert_eq!(gap.accepted, 0);
-    assert!(gap.rejected[0].reason.contains("gap"), "{:?}", gap.rejected);
+    assert!(matches!(gap.rejected[0].reason, hearth_store::Refusal::Gap { .. }), "{:?}", gap.rejected);
 
     // A member of another channel cannot inject entries here.
     let m = Store::create(dm.path(), &pass, "mallory", config()).await.unwrap();
@@ -225,4 +225,86 @@ async fn delivery_receipts_owed_at_a_crash_are_written_at_the_next_open() {
     assert!(b.verify().await.unwrap().is_clean());
     b.close().await.unwrap();
     a.close().await.unwrap();
+}
+
+/// An author that signs two versions of its feed (here: a copy of a store
+/// that went on writing beside the original) is caught: the second branch is
+/// refused, the sender is not blamed, the proof is kept (in the log too, so
+/// a rebuild keeps it) and reported by an event, `verify` and `stats`.
+#[tokio::test]
+async fn a_forked_feed_is_proved_reported_and_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pass = Passphrase::new("pw");
+    let a = Store::create(tmp.path().join("a"), &pass, "alice", config())
+        .await
+        .unwrap();
+    let general = a.create_channel("general").await.unwrap();
+    a.post(general, "one").await.unwrap();
+    a.checkpoint().await.unwrap();
+    let common = a.vector(general).await.unwrap().seq(&a.whoami().device);
+    copy_dir(&tmp.path().join("a"), &tmp.path().join("a2"));
+    let _ = std::fs::remove_file(tmp.path().join("a2").join("LOCK"));
+    a.post(general, "two").await.unwrap();
+    let a2 = Store::open(tmp.path().join("a2"), &pass, config()).await.unwrap();
+    a2.post(general, "another two").await.unwrap();
+
+    let b = Store::create(tmp.path().join("b"), &pass, "bob", config())
+        .await
+        .unwrap();
+    let keys = a.channel_keys(general).await.unwrap();
+    let wire = keys.wire();
+    b.join_channel(keys).await.unwrap();
+    let mut events = b.subscribe();
+    pull(&a, &b, wire, general).await;
+    let other = a2
+        .entries_after(wire, Vector::default(), usize::MAX, usize::MAX)
+        .await
+        .unwrap()
+        .entries;
+    let r = b.ingest(wire, other).await.unwrap();
+    assert_eq!(r.accepted, 0);
+    assert_eq!(r.duplicates as u64, common, "the entries before the fork are the same");
+    let alice = a.whoami();
+    assert_eq!(r.rejected.len(), 1, "{r:?}");
+    assert_eq!(r.rejected[0].reason, Refusal::Forked { seq: common + 1 });
+    assert!(!r.rejected[0].is_peer_fault(), "the forwarder is not to blame");
+    let mut forked = None;
+    while let Ok(e) = events.try_recv() {
+        if let StoreEvent::Forked { user, device, seq, .. } = e {
+            forked = Some((user, device, seq));
+        }
+    }
+    assert_eq!(forked, Some((alice.user, alice.device, common + 1)));
+    let check = |report: hearth_store::VerifyReport| {
+        assert!(report.is_clean(), "{:?}", report.problems);
+        assert_eq!(report.forks.len(), 1);
+        assert_eq!(
+            (report.forks[0].user, report.forks[0].device, report.forks[0].seq),
+            (alice.user, alice.device, common + 1)
+        );
+    };
+    check(b.verify().await.unwrap());
+    assert_eq!(b.stats().await.unwrap().forked_feeds, 1);
+    // Seen again: nothing new is kept or announced.
+    let again = a2
+        .entries_after(wire, Vector::default(), usize::MAX, usize::MAX)
+        .await
+        .unwrap()
+        .entries;
+    assert_eq!(b.ingest(wire, again).await.unwrap().rejected.len(), 1);
+    assert!(
+        !std::iter::from_fn(|| events.try_recv().ok()).any(|e| matches!(e, StoreEvent::Forked { .. })),
+        "one event per forked feed"
+    );
+    // The first branch goes on; the proof survives a reopen and a rebuild.
+    a.post(general, "three").await.unwrap();
+    pull(&a, &b, wire, general).await;
+    b.close().await.unwrap();
+    let b = Store::repair(tmp.path().join("b"), &pass, config()).await.unwrap();
+    check(b.verify().await.unwrap());
+    assert_eq!(b.stats().await.unwrap().forked_feeds, 1);
+    assert_eq!(b.page(general, None, 10).await.unwrap().len(), 3);
+    for s in [a, a2, b] {
+        s.close().await.unwrap();
+    }
 }

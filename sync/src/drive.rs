@@ -138,7 +138,7 @@ pub async fn serve<R: Replica>(replica: &R, req: Request) -> (Response, Served) 
                     }
                     served.accepted = r.accepted as u64;
                     served.rejected = r.rejected.len() as u64;
-                    served.reason = r.rejected.first().map(|x| x.reason.clone());
+                    served.reason = r.rejected.first().map(|x| x.reason.to_string());
                     served.malicious = r.rejected.iter().any(|x| x.is_peer_fault());
                     served.acked = Some((wire, r.vector.clone()));
                     Response::Ack {

@@ -10,7 +10,7 @@
 //! more: that is the backpressure) and pushes what the peer lacks (Push,
 //! bounded batches, the peer's Ack carrying its new vector).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use hearth_core::{Vector, WireId};
 use hearth_store::{EntryBatch, IngestReport};
@@ -171,6 +171,8 @@ pub struct Session {
     outcome: Outcome,
     /// Entries of the batch being pushed (to count an ack).
     pushing: usize,
+    /// Channels whose same-position forks were already probed this session.
+    probed: BTreeSet<WireId>,
 }
 
 impl Session {
@@ -184,6 +186,7 @@ impl Session {
             phase: Phase::Start,
             outcome: Outcome::default(),
             pushing: 0,
+            probed: BTreeSet::new(),
         }
     }
 
@@ -357,7 +360,7 @@ impl Session {
         };
         self.outcome.received += r.accepted as u64;
         self.outcome.refused_here += r.rejected.len() as u64;
-        Self::refuse(&mut self.outcome.refusal, r.rejected.first().map(|x| x.reason.clone()));
+        Self::refuse(&mut self.outcome.refusal, r.rejected.first().map(|x| x.reason.to_string()));
         // Duplicates are progress only when another session stored them
         // meanwhile (the vector moved); a peer answering every Fetch with
         // entries held here already would otherwise be asked forever.
@@ -388,12 +391,24 @@ impl Session {
         let local = self.local.get(&wire).cloned().unwrap_or_default();
         let peer = self.outcome.peer.get(&wire).cloned().unwrap_or_default();
         if matches!(self.phase, Phase::Pull) {
-            if !local.lacks(&peer).is_empty() {
+            // A feed held to the same position under another hash on each
+            // side was forked by its author, and neither side lacks anything
+            // by position: ask once for the peer's version of that position,
+            // so that ingest sees the two and keeps the proof.
+            let forked = local.forks(&peer);
+            let probe = !forked.is_empty() && self.probed.insert(wire);
+            if probe || !local.lacks(&peer).is_empty() {
+                let mut have = local;
+                if probe {
+                    for d in forked {
+                        have.step_back(&d);
+                    }
+                }
                 self.phase = Phase::AwaitEntries;
                 self.outcome.round_trips += 1;
                 return Action::Send(Request::Fetch {
                     wire,
-                    have: local,
+                    have,
                     max_bytes: BATCH_BYTES as u32,
                 });
             }

@@ -17,15 +17,17 @@
 //! members it hands entries to do. On disk and in memory it has wire ids, user and
 //! device ids, sizes, counts and timing: never a channel name or message text.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 
-use hearth_core::{DeviceId, EntryHash, Envelope, FeedPos, UserId, Vector, WireId};
-use hearth_store::{EntryBatch, Error, IngestReport, LogPos, Rejection, Result};
+use hearth_core::{DeviceId, EntryHash, FeedPos, UserId, Vector, WireId};
+use hearth_store::{
+    Admission, EntryBatch, Error, Feeds, Head, IngestReport, LogPos, Refusal, Result, Verdict, log_kind,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -39,6 +41,9 @@ const TREE: &str = "hearth-relay.v1";
 const T_FEEDS: u8 = b'F';
 /// `H | wire [32] | device [16]` -> postcard([`RelayHead`]): the version vectors.
 const T_HEADS: u8 = b'H';
+/// `K | wire [32] | device [16]` -> postcard([`hearth_core::ForkProof`]): the
+/// first proof that the feed's author forked it.
+const T_FORKS: u8 = b'K';
 /// Locked (`File::try_lock`) while open, so two relays never share a directory.
 const LOCK_FILE: &str = "LOCK";
 /// The sled database directory.
@@ -91,6 +96,9 @@ pub struct RelayStats {
     pub entries: u64,
     /// Envelope bytes held (keys and sled overhead not counted).
     pub bytes: u64,
+    /// Feeds whose author signed two versions of them (a proof is held; the
+    /// second branch is refused).
+    pub forked_feeds: u64,
 }
 
 /// The head of one feed: an `H` row.
@@ -112,6 +120,7 @@ struct State {
     feeds: BTreeMap<WireId, BTreeMap<DeviceId, RelayHead>>,
     bytes: u64,
     entries: u64,
+    forks: u64,
 }
 
 impl State {
@@ -308,6 +317,7 @@ impl RelayStore {
             feeds: st.feeds.values().map(BTreeMap::len).sum(),
             entries: st.entries,
             bytes: st.bytes,
+            forked_feeds: st.forks,
         }
     }
 
@@ -437,109 +447,86 @@ impl Inner {
             let held = st.feeds.get(wire).cloned().unwrap_or_default();
             let full = !st.feeds.contains_key(wire) && st.feeds.len() >= self.config.max_channels;
             let no_room = (full && replay.is_none()).then(|| {
-                format!(
-                    "relay is full: it holds the maximum of {} channels",
-                    self.config.max_channels
-                )
+                format!("it holds the maximum of {} channels", self.config.max_channels)
             });
             (held, no_room, st.bytes)
         };
         let mut report = IngestReport::default();
-        // Heads moved by this batch, and its accepted entries by position.
-        let mut heads: BTreeMap<DeviceId, RelayHead> = BTreeMap::new();
-        let mut accepted: BTreeMap<(DeviceId, u64), Vec<u8>> = BTreeMap::new();
-        let mut refused: BTreeSet<DeviceId> = BTreeSet::new();
+        let mut admission = Admission::new(*wire, None);
+        // Sizes of the feeds this batch moves (for the relay's quota).
+        let mut sizes: BTreeMap<DeviceId, u64> = BTreeMap::new();
         let mut added = 0u64;
+        let feeds = RelayFeeds {
+            tree: &self.tree,
+            wire,
+            held: &held,
+        };
         for bytes in entries {
-            let env = match Envelope::decode(&bytes) {
-                Ok(e) => e,
-                Err(e) => {
-                    reject(&mut report, None, None, e.to_string());
+            let env = match admission.check(&feeds, &bytes)? {
+                Verdict::Next(env) => env,
+                Verdict::Duplicate => {
+                    report.duplicates += 1;
+                    continue;
+                }
+                Verdict::Refused(r) => {
+                    report.rejected.push(r);
                     continue;
                 }
             };
-            let h = &env.header;
-            let (device, seq) = (h.device, h.seq);
-            if h.wire != *wire {
-                reject(&mut report, Some(device), Some(seq), "entry of another channel".into());
-                continue;
-            }
-            if refused.contains(&device) {
-                reject(&mut report, Some(device), Some(seq), "follows a refused entry".into());
-                continue;
-            }
+            let device = env.header.device;
             if let Some(why) = &no_room {
-                refused.insert(device);
-                reject(&mut report, Some(device), Some(seq), why.clone());
+                report.rejected.push(admission.refuse(&env, Refusal::Full(why.clone())));
                 continue;
             }
-            let head = heads.get(&device).or_else(|| held.get(&device)).copied();
-            let (have, prev) = head.map_or((0, [0; 32]), |h| (h.seq, h.hash));
-            if seq <= have {
-                // Already held: the same bytes are a duplicate, other bytes a fork.
-                let same = match accepted.get(&(device, seq)) {
-                    Some(b) => *b == bytes,
-                    None => {
-                        self.tree
-                            .get(feed_key(wire, &device, seq))
-                            .map_err(sled_error)?
-                            .as_deref()
-                            == Some(&bytes[..])
-                    }
+            let total = bytes_before + added + bytes.len() as u64;
+            if total > self.config.max_bytes && replay.is_none() {
+                let why = format!("it holds at most {} bytes of entries", self.config.max_bytes);
+                report.rejected.push(admission.refuse(&env, Refusal::Full(why)));
+                continue;
+            }
+            let len = bytes.len() as u64;
+            let size = sizes
+                .entry(device)
+                .or_insert_with(|| held.get(&device).map_or(0, |h| h.bytes));
+            *size += len;
+            added += len;
+            admission.accept(&env, bytes);
+        }
+        let heads: BTreeMap<DeviceId, RelayHead> = admission
+            .heads()
+            .iter()
+            .map(|(d, h)| {
+                let head = RelayHead {
+                    user: h.user,
+                    seq: h.seq,
+                    hash: h.hash,
+                    bytes: sizes.get(d).copied().unwrap_or(0),
                 };
-                if same {
-                    report.duplicates += 1;
-                } else {
-                    refused.insert(device);
-                    reject(
-                        &mut report,
-                        Some(device),
-                        Some(seq),
-                        "conflicts with the entry held at this position (forked feed)".into(),
-                    );
-                }
-                continue;
-            }
-            let checked = (|| -> std::result::Result<(), String> {
-                // The owner as of this batch too: a second user must not take
-                // over a device whose first entries arrive in the same batch.
-                env.check_next(have, &prev, head.map(|h| h.user))?;
-                let total = bytes_before + added + bytes.len() as u64;
-                if total > self.config.max_bytes && replay.is_none() {
-                    return Err(format!(
-                        "relay is full: it holds at most {} bytes of entries",
-                        self.config.max_bytes
-                    ));
-                }
-                Ok(())
-            })();
-            match checked {
-                Ok(()) => {
-                    let len = bytes.len() as u64;
-                    heads.insert(
-                        device,
-                        RelayHead {
-                            user: h.user,
-                            seq,
-                            hash: Envelope::hash_of(&bytes),
-                            bytes: head.map_or(0, |h| h.bytes) + len,
-                        },
-                    );
-                    added += len;
-                    accepted.insert((device, seq), bytes);
-                }
-                Err(reason) => {
-                    refused.insert(device);
-                    reject(&mut report, Some(device), Some(seq), reason);
-                }
+                (*d, head)
+            })
+            .collect();
+        let (accepted, forks) = admission.into_accepted();
+        // The first proof of each feed not yet forked here.
+        let mut proofs: BTreeMap<DeviceId, Vec<u8>> = BTreeMap::new();
+        for proof in forks {
+            if let Ok(fork) = proof.check()
+                && !proofs.contains_key(&fork.device)
+                && self
+                    .tree
+                    .get(prefixed(T_FORKS, wire, &fork.device))
+                    .map_err(sled_error)?
+                    .is_none()
+            {
+                proofs.insert(fork.device, proof.encode());
             }
         }
-        if !accepted.is_empty() {
-            self.store(&mut writer, wire, &accepted, &heads, replay)?;
+        if !accepted.is_empty() || !proofs.is_empty() {
+            self.store(&mut writer, wire, &accepted, &heads, &proofs, replay)?;
             let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
             st.feeds.entry(*wire).or_default().extend(heads);
             st.bytes += added;
             st.entries += accepted.len() as u64;
+            st.forks += proofs.len() as u64;
             report.accepted = accepted.len();
         }
         report.vector = self.state().vector(wire).unwrap_or_default();
@@ -549,14 +536,15 @@ impl Inner {
         Ok(report)
     }
 
-    /// Write accepted entries to the log (durably) and, with their heads, to
-    /// sled as one batch.
+    /// Write accepted entries and new fork proofs to the log (durably) and,
+    /// with their heads, to sled as one batch.
     fn store(
         &self,
         writer: &mut disk::Writer,
         wire: &WireId,
         accepted: &BTreeMap<(DeviceId, u64), Vec<u8>>,
         heads: &BTreeMap<DeviceId, RelayHead>,
+        proofs: &BTreeMap<DeviceId, Vec<u8>>,
         replay: Option<LogPos>,
     ) -> Result<()> {
         let mut batch = sled::Batch::default();
@@ -567,10 +555,17 @@ impl Inner {
             let value = postcard::to_stdvec(head).expect("a head encodes");
             batch.insert(&prefixed(T_HEADS, wire, device)[..], value);
         }
+        for (device, proof) in proofs {
+            batch.insert(&prefixed(T_FORKS, wire, device)[..], &proof[..]);
+        }
         // Each feed's entries in seq order (the map's order), so that the log
-        // replays without a gap.
-        let entries: Vec<&[u8]> = accepted.values().map(Vec::as_slice).collect();
-        let written = self.write(writer, batch, &entries, replay);
+        // replays without a gap; proofs after them.
+        let records: Vec<(u8, &[u8])> = accepted
+            .values()
+            .map(|e| (log_kind::ENTRY, e.as_slice()))
+            .chain(proofs.values().map(|p| (log_kind::FORK, p.as_slice())))
+            .collect();
+        let written = self.write(writer, batch, &records, replay);
         if written.is_err() {
             self.poisoned.store(true, Ordering::SeqCst);
         }
@@ -587,9 +582,6 @@ impl Drop for Inner {
     }
 }
 
-fn reject(report: &mut IngestReport, device: Option<DeviceId>, seq: Option<u64>, reason: String) {
-    report.rejected.push(Rejection { device, seq, reason });
-}
 
 fn lock(dir: &Path) -> Result<File> {
     let f = OpenOptions::new()
@@ -621,7 +613,33 @@ fn load(tree: &sled::Tree) -> Result<State> {
         st.entries += head.seq;
         st.feeds.entry(wire).or_default().insert(device, head);
     }
+    st.forks = tree.scan_prefix([T_FORKS]).count() as u64;
     Ok(st)
+}
+
+/// A relay's stored feeds of one channel, for [`Admission`].
+struct RelayFeeds<'a> {
+    tree: &'a sled::Tree,
+    wire: &'a WireId,
+    held: &'a BTreeMap<DeviceId, RelayHead>,
+}
+
+impl Feeds for RelayFeeds<'_> {
+    fn head(&self, device: &DeviceId) -> Option<Head> {
+        self.held.get(device).map(|h| Head {
+            user: h.user,
+            seq: h.seq,
+            hash: h.hash,
+        })
+    }
+
+    fn entry(&self, device: &DeviceId, seq: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .tree
+            .get(feed_key(self.wire, device, seq))
+            .map_err(sled_error)?
+            .map(|v| v.to_vec()))
+    }
 }
 
 /// `tag | wire | device`: a head key, or the prefix of a feed's entries.
@@ -658,7 +676,7 @@ fn sled_error(e: sled::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hearth_core::{ChannelKeys, ENVELOPE_VERSION, EntryBody, EntryHeader, Identity};
+    use hearth_core::{ChannelKeys, ENVELOPE_VERSION, EntryBody, EntryHeader, Envelope, Identity};
 
     /// Entry `seq` of `me`'s feed; `fill` tells apart two entries at one position.
     fn entry(keys: &ChannelKeys, me: &Identity, seq: u64, prev: EntryHash, fill: u8) -> (Vec<u8>, EntryHash) {
@@ -707,8 +725,8 @@ mod tests {
             .expect("a relay takes any channel")
     }
 
-    fn reasons(r: &IngestReport) -> Vec<&str> {
-        r.rejected.iter().map(|x| x.reason.as_str()).collect()
+    fn reasons(r: &IngestReport) -> Vec<String> {
+        r.rejected.iter().map(|x| x.reason.to_string()).collect()
     }
 
     #[tokio::test]
@@ -747,15 +765,16 @@ mod tests {
         assert_eq!(reasons(&r)[1], "follows a refused entry");
         assert!(events.try_recv().is_err(), "nothing appended, nothing announced");
 
-        // A wrong previous hash; a broken signature.
+        // A wrong previous hash (signed onto another entry 3: a fork too);
+        // a broken signature.
         let (unchained, _) = entry(&keys, &a, 4, [9; 32], 4);
-        assert_eq!(
-            reasons(&ingest(&relay, wire, &[&unchained]).await),
-            ["does not chain onto the previous entry"]
-        );
+        let r = ingest(&relay, wire, &[&unchained]).await;
+        assert_eq!(r.rejected[0].reason, Refusal::Forked { seq: 3 });
         let mut unsigned = e[3].0.clone();
         *unsigned.last_mut().unwrap() ^= 1;
-        assert!(reasons(&ingest(&relay, wire, &[&unsigned]).await)[0].contains("signature"));
+        let r = ingest(&relay, wire, &[&unsigned]).await;
+        assert_eq!(r.rejected[0].reason, Refusal::BadSignature);
+        assert!(r.rejected[0].is_peer_fault());
 
         // Entries of another channel; bytes that are no entry at all.
         let other = chain(&ChannelKeys::generate().unwrap(), &a, 1);
@@ -790,7 +809,8 @@ mod tests {
                 channels: 1,
                 feeds: 2,
                 entries: 5,
-                bytes
+                bytes,
+                forked_feeds: 1,
             }
         );
     }

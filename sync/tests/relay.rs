@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use hearth_core::{ChannelId, ChannelKeys, EntryBody, Envelope, Identity, KdfParams, Passphrase, Vector, WireId};
-use hearth_store::{Config, Store};
+use hearth_store::{Config, Refusal, Store};
 use hearth_sync::drive::{run_session, serve};
 use hearth_sync::reconcile::{Outcome, Session};
 use hearth_sync::{RelayStore, Replica};
@@ -247,7 +247,7 @@ async fn forged_entries_are_refused_and_the_good_ones_served() {
     let r = relay.ingest(wire, foreign).await.unwrap().unwrap();
     assert_eq!(r.accepted, 0);
     assert!(
-        r.rejected.iter().all(|x| x.reason == "entry of another channel"),
+        r.rejected.iter().all(|x| x.reason == Refusal::OtherChannel && x.is_peer_fault()),
         "{r:?}"
     );
     // A gap: entry 1, then entries from 3 on.
@@ -255,8 +255,9 @@ async fn forged_entries_are_refused_and_the_good_ones_served() {
     gapped.extend(good[2..].iter().cloned());
     let r = relay.ingest(wire, gapped).await.unwrap().unwrap();
     assert_eq!(r.accepted, 1);
-    assert!(r.rejected[0].reason.starts_with("gap"), "{r:?}");
-    assert!(r.rejected[1..].iter().all(|x| x.reason == "follows a refused entry"));
+    assert_eq!(r.rejected[0].reason, Refusal::Gap { expected: 2 }, "{r:?}");
+    assert!(!r.rejected[0].is_peer_fault());
+    assert!(r.rejected[1..].iter().all(|x| x.reason == Refusal::FollowsRefused));
 
     // A fork: a writer signs two different entries at one position.
     let mallory = Identity::generate("mallory").unwrap();
@@ -272,8 +273,11 @@ async fn forged_entries_are_refused_and_the_good_ones_served() {
     assert_eq!(r.accepted, 2);
     let r = relay.ingest(side.wire(), vec![two_again]).await.unwrap().unwrap();
     assert_eq!(r.accepted, 0);
-    assert!(r.rejected[0].reason.contains("forked"), "{r:?}");
+    assert_eq!(r.rejected[0].reason, Refusal::Forked { seq: 2 }, "{r:?}");
+    // The author forked, not whoever forwarded it: no ban for the sender.
+    assert!(!r.rejected[0].is_peer_fault());
     assert_eq!(r.vector.seq(&mallory.device()), 2);
+    assert_eq!(relay.stats().forked_feeds, 1, "the proof is kept");
 
     // Alice's good entries go through; Bob gets all of them and nothing forged.
     let o = sync(&a, &relay).await;
@@ -425,4 +429,76 @@ async fn old_relay_opens_and_its_database_can_be_rebuilt(format: &str) {
             .sum::<usize>()
     );
     alice.close().await.unwrap();
+}
+
+/// Two honest members, each holding one branch of a feed its author forked
+/// (a copy of Alice's store wrote on beside the original), and a relay: they
+/// sync with each other in every direction and nobody is blamed, since the
+/// refusals are the author's fault, proved by the author's own signatures.
+#[tokio::test]
+async fn honest_peers_forwarding_two_branches_of_a_fork_blame_nobody() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, general) = alice(&tmp.path().join("a")).await;
+    a.checkpoint().await.unwrap();
+    copy_dir(&tmp.path().join("a"), &tmp.path().join("a2"));
+    let _ = std::fs::remove_file(tmp.path().join("a2").join("LOCK"));
+    a.post(general, "branch one").await.unwrap();
+    let a2 = Store::open(tmp.path().join("a2"), &pass(), config()).await.unwrap();
+    a2.post(general, "branch two").await.unwrap();
+    a2.post(general, "branch two, again").await.unwrap();
+    let keys = a.channel_keys(general).await.unwrap();
+    let (b, c) = (
+        Store::create(tmp.path().join("b"), &pass(), BOB, config()).await.unwrap(),
+        Store::create(tmp.path().join("c"), &pass(), "carol", config()).await.unwrap(),
+    );
+    b.join_channel(keys.clone()).await.unwrap();
+    c.join_channel(keys).await.unwrap();
+    let relay = RelayStore::open(&tmp.path().join("relay")).unwrap();
+    sync(&b, &a).await;
+    sync(&c, &a2).await;
+    sync(&relay, &b).await;
+
+    /// A session both ways, with the serving side's verdict too.
+    async fn both<A: Replica, B: Replica>(x: &A, y: &B) -> (Outcome, bool) {
+        let malicious = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = malicious.clone();
+        let session = Session::full(x.vectors().await.unwrap(), x.is_relay());
+        let outcome = run_session(session, x, |req| {
+            let (y, seen) = (y.clone(), seen.clone());
+            async move {
+                let (response, served) = serve(&y, req).await;
+                if served.malicious {
+                    seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                Ok(response)
+            }
+        })
+        .await;
+        (outcome, malicious.load(std::sync::atomic::Ordering::SeqCst))
+    }
+    let mut refusals = 0;
+    for _ in 0..2 {
+        for (o, served_malicious) in [
+            both(&b, &c).await,
+            both(&c, &b).await,
+            both(&c, &relay).await,
+            both(&relay, &c).await,
+        ] {
+            assert_eq!(o.failed, None, "{o:?}");
+            assert!(!o.fault_here, "an honest forwarder was blamed: {o:?}");
+            assert!(!served_malicious, "an honest forwarder was blamed by the server");
+            refusals += o.refused_here + o.refused_there;
+        }
+    }
+    assert!(refusals > 0, "the other branch was offered and refused");
+    // Each keeps its own branch and the proof.
+    assert_eq!(b.stats().await.unwrap().forked_feeds, 1);
+    assert_eq!(c.stats().await.unwrap().forked_feeds, 1);
+    assert_eq!(relay.stats().forked_feeds, 1);
+    let texts = |p: Vec<hearth_core::Message>| p.into_iter().filter_map(|m| m.text).collect::<Vec<_>>();
+    assert!(texts(b.page(general, None, 100).await.unwrap()).contains(&"branch one".to_string()));
+    assert!(!texts(c.page(general, None, 100).await.unwrap()).contains(&"branch one".to_string()));
+    for s in [a, a2, b, c] {
+        s.close().await.unwrap();
+    }
 }

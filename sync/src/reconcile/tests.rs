@@ -119,30 +119,30 @@ impl Fake {
         let feeds = self.channels.entry(w).or_default();
         let mut report = IngestReport::default();
         for bytes in entries {
-            let reject = |reason: &str| hearth_store::Rejection {
+            let reject = |reason: hearth_store::Refusal| hearth_store::Rejection {
                 device: None,
                 seq: None,
-                reason: reason.into(),
+                reason,
             };
             let Some((d, seq)) = parse(&bytes) else {
-                report.rejected.push(reject("malformed"));
+                report.rejected.push(reject(hearth_store::Refusal::Malformed("no entry".into())));
                 continue;
             };
             let feed = feeds.entry(d).or_default();
             let held = feed.len() as u64;
             if seq == 0 {
-                report.rejected.push(reject("malformed"));
+                report.rejected.push(reject(hearth_store::Refusal::Malformed("seq 0".into())));
             } else if seq <= held {
                 if feed[seq as usize - 1] == bytes {
                     report.duplicates += 1;
                 } else {
-                    report.rejected.push(reject("forked feed"));
+                    report.rejected.push(reject(hearth_store::Refusal::Forked { seq }));
                 }
             } else if seq == held + 1 {
                 feed.push(bytes);
                 report.accepted += 1;
             } else {
-                report.rejected.push(reject("gap in the feed"));
+                report.rejected.push(reject(hearth_store::Refusal::Gap { expected: held + 1 }));
             }
         }
         report.vector = self.vector(&w);
@@ -171,7 +171,7 @@ impl Fake {
                         vector: r.vector,
                         accepted: r.accepted as u32,
                         rejected: r.rejected.len() as u32,
-                        reason: r.rejected.first().map(|x| x.reason.clone()),
+                        reason: r.rejected.first().map(|x| x.reason.to_string()),
                     },
                     None => Response::Refused {
                         reason: "unknown channel".into(),

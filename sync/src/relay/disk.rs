@@ -32,8 +32,9 @@ pub(super) const META_FORMAT: &[u8] = b"Mformat";
 pub(super) const META_LOG: &[u8] = b"Mlog";
 /// How far the log was durable at sled's last checkpoint.
 pub(super) const META_LOG_SYNCED: &[u8] = b"Mlogsynced";
-/// 1: sled only. 2: the feed log is the source of truth.
-pub(super) const RELAY_FORMAT: u8 = 2;
+/// 1: sled only. 2: the feed log is the source of truth. 3: fork proofs
+/// (log record kind 5, table `K`); a format 2 relay is only marked.
+pub(super) const RELAY_FORMAT: u8 = 3;
 /// sled is checkpointed once this much log was written since the last time
 /// (the log itself is durable at every acknowledgement).
 const CHECKPOINT_BYTES: u64 = 4 << 20;
@@ -80,10 +81,19 @@ pub(super) fn standing(tree: &sled::Tree, log_dir: &Path) -> Result<Standing> {
     let (synced, applied) = match format {
         // Migrated: sled is exactly what its new log holds.
         1 => (LogPos::START, None),
-        RELAY_FORMAT => match pos(META_LOG)? {
+        2 | RELAY_FORMAT => match pos(META_LOG)? {
             Some(a) => (pos(META_LOG_SYNCED)?.unwrap_or(LogPos::START), Some(a)),
             None => return Ok(Standing::Rebuild("sled has no log position".into())),
         },
+        // A newer relay's: its log may hold records this build cannot read,
+        // so nothing is touched.
+        newer if newer > RELAY_FORMAT && newer != 0xff => {
+            return Err(Error::UnsupportedFormat {
+                what: "relay".into(),
+                found: newer,
+                expected: RELAY_FORMAT,
+            });
+        }
         other => return Ok(Standing::Rebuild(format!("sled has an unknown format {other}"))),
     };
     let target = applied.unwrap_or(synced);
@@ -107,6 +117,8 @@ pub(super) fn standing(tree: &sled::Tree, log_dir: &Path) -> Result<Standing> {
         b.insert(META_FORMAT, &[RELAY_FORMAT][..]);
         b.insert(META_LOG, &applied.encode()[..]);
         tree.apply_batch(b).map_err(sled_error)?;
+    } else if format == 2 {
+        tree.insert(META_FORMAT, &[RELAY_FORMAT][..]).map_err(sled_error)?;
     }
     Ok(Standing::Usable { applied, end: end.end })
 }
@@ -190,14 +202,29 @@ impl Inner {
             batches += 1;
             let end = b.end;
             let mut by_wire: std::collections::BTreeMap<hearth_core::WireId, Vec<Vec<u8>>> = Default::default();
-            for r in b.records.into_iter().filter(|r| r.kind == log_kind::ENTRY) {
-                let env = hearth_core::Envelope::decode(&r.body)?;
-                by_wire.entry(env.header.wire).or_default().push(r.body);
+            let mut batch = sled::Batch::default();
+            let mut forks = 0;
+            for r in b.records {
+                match r.kind {
+                    log_kind::ENTRY => {
+                        let env = hearth_core::Envelope::decode(&r.body)?;
+                        by_wire.entry(env.header.wire).or_default().push(r.body);
+                    }
+                    log_kind::FORK => {
+                        let (_, fork) = hearth_core::ForkProof::decode(&r.body)?;
+                        let k = super::prefixed(super::T_FORKS, &fork.wire, &fork.device);
+                        if self.tree.get(k).map_err(sled_error)?.is_none() {
+                            forks += 1;
+                        }
+                        batch.insert(&k[..], r.body);
+                    }
+                    _ => {}
+                }
             }
             for (wire, entries) in by_wire {
                 self.ingest_at(&wire, entries, Some(end))?;
             }
-            let mut batch = sled::Batch::default();
+            self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner).forks += forks;
             batch.insert(META_LOG, &end.encode()[..]);
             self.tree.apply_batch(batch).map_err(sled_error)?;
             Ok(true)
@@ -213,7 +240,7 @@ impl Inner {
         &self,
         w: &mut Writer,
         mut batch: sled::Batch,
-        entries: &[&[u8]],
+        records: &[(u8, &[u8])],
         replay: Option<LogPos>,
     ) -> Result<()> {
         // A replayed batch may span several channels, each written here on
@@ -223,8 +250,8 @@ impl Inner {
             Some(_) => None,
             None => Some({
                 let mut buf = Vec::new();
-                for e in entries {
-                    encode_log_record(&mut buf, log_kind::ENTRY, e);
+                for (kind, body) in records {
+                    encode_log_record(&mut buf, *kind, body);
                 }
                 let commit = postcard::to_stdvec(&LogCommit::default()).expect("a commit encodes");
                 encode_log_record(&mut buf, log_kind::COMMIT, &commit);

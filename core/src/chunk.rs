@@ -1,0 +1,159 @@
+//! Automerge chunk framing, for changes that arrive compressed.
+//!
+//! ```text
+//! chunk = magic [85 6f 4a 83] | checksum [4] | type u8 | leb128 length | data
+//! type 1 = change, type 2 = compressed change (data is DEFLATE of a change's data)
+//! checksum = sha256(type | leb128 length | data)[..4], of the *uncompressed* data
+//! ```
+//!
+//! automerge 0.12 inflates a compressed change with no limit (a 96 KiB entry
+//! can carry gigabytes of zeros), and keeps the compressed bytes it was given
+//! beside the ops it decoded: a crafted compressed change (trailing bytes
+//! after the DEFLATE stream) applied fine and then left its epoch's snapshot
+//! unloadable ("bad checksum"; fuzz/artifacts/change/crash-issue8-*). So a
+//! compressed change is inflated here, under [`MAX_CHANGE_BYTES`] and with
+//! nothing after the stream, and automerge only ever sees plain changes.
+
+use std::borrow::Cow;
+use std::io::Read;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// The largest change accepted once inflated. Hearth closes a change after
+/// about 40 KiB of staged text (store's entry budget), so an honest change is
+/// far below this.
+pub const MAX_CHANGE_BYTES: usize = 1024 * 1024;
+
+const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+const TYPE_CHANGE: u8 = 1;
+const TYPE_COMPRESSED: u8 = 2;
+
+fn bad(why: &'static str) -> Error {
+    Error::corrupted("automerge change", why)
+}
+
+/// The plain form of a change chunk: the bytes themselves if the chunk is not
+/// compressed (automerge checks the rest), else the chunk inflated under
+/// [`MAX_CHANGE_BYTES`], with its checksum checked against the inflated data.
+pub fn plain_change(bytes: &[u8]) -> Result<Cow<'_, [u8]>> {
+    if bytes.len() > MAX_CHANGE_BYTES {
+        return Err(bad("too large"));
+    }
+    if bytes.len() < 9 || bytes[..4] != MAGIC || bytes[8] != TYPE_COMPRESSED {
+        return Ok(Cow::Borrowed(bytes));
+    }
+    let (len, leb) = read_leb128(&bytes[9..]).ok_or(bad("malformed chunk length"))?;
+    let start = 9 + leb;
+    if usize::try_from(len).ok() != Some(bytes.len() - start) {
+        return Err(bad("chunk length does not match its bytes"));
+    }
+    let mut decoder = flate2::bufread::DeflateDecoder::new(&bytes[start..]);
+    let mut data = Vec::new();
+    (&mut decoder)
+        .take(MAX_CHANGE_BYTES as u64 + 1)
+        .read_to_end(&mut data)
+        .map_err(|_| bad("compressed data does not inflate"))?;
+    if data.len() > MAX_CHANGE_BYTES {
+        return Err(bad("inflates beyond the size limit"));
+    }
+    if !decoder.into_inner().is_empty() {
+        return Err(bad("bytes after the compressed data"));
+    }
+    let header = chunk_header(TYPE_CHANGE, &data);
+    if header[4..8] != bytes[4..8] {
+        return Err(bad("checksum does not match the inflated data"));
+    }
+    let mut plain = header;
+    plain.extend_from_slice(&data);
+    Ok(Cow::Owned(plain))
+}
+
+/// magic | checksum | type | leb128 length, for `data` of chunk type `kind`.
+fn chunk_header(kind: u8, data: &[u8]) -> Vec<u8> {
+    let len = write_leb128(data.len() as u64);
+    let mut hasher = Sha256::new();
+    hasher.update([kind]);
+    hasher.update(&len);
+    hasher.update(data);
+    let hash = hasher.finalize();
+    let mut out = Vec::with_capacity(9 + len.len() + data.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&hash[..4]);
+    out.push(kind);
+    out.extend_from_slice(&len);
+    out
+}
+
+fn read_leb128(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, b) in bytes.iter().take(10).enumerate() {
+        value |= u64::from(b & 0x7f).checked_shl(7 * i as u32)?;
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+fn write_leb128(mut value: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(10);
+    loop {
+        let b = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(b);
+            return out;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn compressed(data: &[u8], trailing: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(data).unwrap();
+        let mut deflated = enc.finish().unwrap();
+        deflated.extend_from_slice(trailing);
+        let plain_header = chunk_header(TYPE_CHANGE, data);
+        let len = write_leb128(deflated.len() as u64);
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&plain_header[4..8]);
+        out.push(TYPE_COMPRESSED);
+        out.extend_from_slice(&len);
+        out.extend_from_slice(&deflated);
+        out
+    }
+
+    #[test]
+    fn a_compressed_chunk_inflates_to_its_plain_chunk() {
+        let data = b"some change data ".repeat(40);
+        let chunk = compressed(&data, b"");
+        let plain = plain_change(&chunk).unwrap();
+        let mut want = chunk_header(TYPE_CHANGE, &data);
+        want.extend_from_slice(&data);
+        assert_eq!(&*plain, &want[..]);
+        // A plain chunk passes as it is.
+        assert!(matches!(plain_change(&want).unwrap(), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn bombs_trailing_bytes_and_bad_checksums_are_refused() {
+        let bomb = compressed(&vec![0u8; MAX_CHANGE_BYTES + 1], b"");
+        assert!(bomb.len() < 4096, "a small chunk that inflates beyond the cap");
+        assert!(plain_change(&bomb).is_err());
+        assert!(plain_change(&compressed(b"data", b"\x00junk")).is_err());
+        let mut c = compressed(b"data data data", b"");
+        c[5] ^= 1;
+        assert!(plain_change(&c).is_err());
+        let mut c = compressed(b"data data data", b"");
+        c.pop();
+        assert!(plain_change(&c).is_err());
+    }
+}

@@ -1,0 +1,305 @@
+//! Feed admission: the rules every received entry passes before anything of
+//! it is stored, shared by member ingest (`sync.rs`) and relays
+//! (`hearth_sync::RelayStore`).
+//!
+//! In order: the entry decodes (size cap, canonical encoding), names the
+//! channel it was sent for, does not follow a refused entry of its feed; then,
+//! against what is held (stored, or accepted earlier in the same batch): the
+//! same bytes again are a duplicate (no signature check needed); anything else
+//! must carry its author's valid signature; a second version of a held
+//! position, or a next entry naming another previous one, is a fork, proved by
+//! the two signed entries ([`ForkProof`]); a gap waits for the missing
+//! entries; a device stays with the first user that signed for it. Members
+//! then open the body (`Refusal::Content`), relays check their quotas
+//! (`Refusal::Full`).
+//!
+//! Refusals are typed: a sync node bans a peer only for what proves the peer
+//! itself sent forged or broken data ([`Refusal::is_peer_fault`]), never for
+//! what the author signed (a fork, bad content), which an honest peer may have
+//! forwarded.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use hearth_core::{DeviceId, EntryHash, Envelope, ForkProof, UserId, WireId};
+
+use crate::error::Result;
+
+/// Why an entry was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The bytes are not an entry (size, encoding, version).
+    Malformed(String),
+    /// The entry names another channel than the one it was sent for.
+    OtherChannel,
+    /// The signature does not verify under the author's key.
+    BadSignature,
+    /// Entries before this one are missing.
+    Gap {
+        /// The position expected next.
+        expected: u64,
+    },
+    /// An earlier entry of the same feed in this batch was refused.
+    FollowsRefused,
+    /// The author signed a second version of its feed from this position.
+    Forked {
+        /// The position with two versions.
+        seq: u64,
+    },
+    /// The first entry of a feed names a previous entry.
+    Unchained,
+    /// The device's feed is bound to another user in this channel.
+    DeviceOfAnotherUser,
+    /// An entry of this device that this device does not hold.
+    OwnDevice,
+    /// Signed by its author, but its sealed content is refused (does not open,
+    /// breaks a rule of the document model, or is out of bounds).
+    Content(String),
+    /// A relay's quota is reached.
+    Full(String),
+}
+
+impl Refusal {
+    /// Whether the refusal proves that the *sending peer* sent forged or broken
+    /// data: bytes that are no entry, an entry for the wrong channel, a bad
+    /// signature. Everything else either is not wrong (a gap, a full relay) or
+    /// is signed by its author, whom an honest peer may have trusted before
+    /// the proof reached it (a fork, content): the sender is not to blame.
+    pub fn is_peer_fault(&self) -> bool {
+        matches!(self, Refusal::Malformed(_) | Refusal::OtherChannel | Refusal::BadSignature)
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Malformed(why) => write!(f, "malformed entry: {why}"),
+            Refusal::OtherChannel => f.write_str("entry of another channel"),
+            Refusal::BadSignature => f.write_str("bad signature"),
+            Refusal::Gap { expected } => write!(f, "gap in the feed: expected entry {expected}"),
+            Refusal::FollowsRefused => f.write_str("follows a refused entry"),
+            Refusal::Forked { seq } => write!(f, "forked feed: its author signed two versions of entry {seq}"),
+            Refusal::Unchained => f.write_str("the first entry of a feed names a previous entry"),
+            Refusal::DeviceOfAnotherUser => f.write_str("device belongs to another user"),
+            Refusal::OwnDevice => f.write_str("an entry of this device that this device never wrote"),
+            Refusal::Content(why) => write!(f, "content: {why}"),
+            Refusal::Full(why) => write!(f, "relay is full: {why}"),
+        }
+    }
+}
+
+/// An entry refused, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// The feed, when the header decoded.
+    pub device: Option<DeviceId>,
+    /// The entry's position, when the header decoded.
+    pub seq: Option<u64>,
+    /// What is wrong with it.
+    pub reason: Refusal,
+}
+
+impl Rejection {
+    /// See [`Refusal::is_peer_fault`].
+    pub fn is_peer_fault(&self) -> bool {
+        self.reason.is_peer_fault()
+    }
+}
+
+/// The head of a feed: its author, its last position and that entry's hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// The user the device is bound to.
+    pub user: UserId,
+    /// The last position held.
+    pub seq: u64,
+    /// The hash of that entry.
+    pub hash: EntryHash,
+}
+
+/// What an admission reads from the storage behind it.
+pub trait Feeds {
+    /// The stored head of a device's feed in this channel.
+    fn head(&self, device: &DeviceId) -> Option<Head>;
+    /// The stored entry at a position.
+    fn entry(&self, device: &DeviceId, seq: u64) -> Result<Option<Vec<u8>>>;
+}
+
+/// Accepted entries by feed and position (envelope bytes).
+pub type Accepted = BTreeMap<(DeviceId, u64), Vec<u8>>;
+
+/// The outcome of [`Admission::check`].
+#[derive(Debug)]
+pub enum Verdict {
+    /// The next entry of its feed, signature and chain verified: the caller
+    /// checks what else it must, then calls [`Admission::accept`] or
+    /// [`Admission::refuse`].
+    Next(Envelope),
+    /// Already held, the same bytes.
+    Duplicate,
+    /// Refused (the feed is refused for the rest of the batch).
+    Refused(Rejection),
+}
+
+/// The admission of one batch of entries of one channel.
+pub struct Admission {
+    wire: WireId,
+    own: Option<DeviceId>,
+    heads: BTreeMap<DeviceId, Head>,
+    batch: Accepted,
+    refused: BTreeSet<DeviceId>,
+    forks: Vec<ForkProof>,
+}
+
+impl Admission {
+    /// Admit entries sent for channel `wire`. `own`: this device, whose entries
+    /// can only come back from its own log (a member replaying it passes
+    /// `None`, as does a relay).
+    pub fn new(wire: WireId, own: Option<DeviceId>) -> Self {
+        Admission {
+            wire,
+            own,
+            heads: BTreeMap::new(),
+            batch: BTreeMap::new(),
+            refused: BTreeSet::new(),
+            forks: Vec::new(),
+        }
+    }
+
+    fn head(&self, feeds: &impl Feeds, device: &DeviceId) -> Option<Head> {
+        self.heads.get(device).copied().or_else(|| feeds.head(device))
+    }
+
+    fn held(&self, feeds: &impl Feeds, device: &DeviceId, seq: u64) -> Result<Option<Vec<u8>>> {
+        match self.batch.get(&(*device, seq)) {
+            Some(b) => Ok(Some(b.clone())),
+            None => feeds.entry(device, seq),
+        }
+    }
+
+    /// Check one entry against the rules (module docs) and what is held.
+    pub fn check(&mut self, feeds: &impl Feeds, bytes: &[u8]) -> Result<Verdict> {
+        let env = match Envelope::decode(bytes) {
+            Ok(e) => e,
+            Err(e) => {
+                return Ok(Verdict::Refused(Rejection {
+                    device: None,
+                    seq: None,
+                    reason: Refusal::Malformed(e.to_string()),
+                }));
+            }
+        };
+        let (device, seq) = (env.header.device, env.header.seq);
+        let refuse = |reason| Rejection {
+            device: Some(device),
+            seq: Some(seq),
+            reason,
+        };
+        if env.header.wire != self.wire {
+            return Ok(Verdict::Refused(refuse(Refusal::OtherChannel)));
+        }
+        if self.refused.contains(&device) {
+            return Ok(Verdict::Refused(refuse(Refusal::FollowsRefused)));
+        }
+        let head = self.head(feeds, &device);
+        let (have, prev) = head.map_or((0, [0; 32]), |h| (h.seq, h.hash));
+        if seq <= have {
+            let held = self.held(feeds, &device, seq)?;
+            if held.as_deref() == Some(bytes) {
+                return Ok(Verdict::Duplicate);
+            }
+        }
+        if env.verify().is_err() {
+            self.refused.insert(device);
+            return Ok(Verdict::Refused(refuse(Refusal::BadSignature)));
+        }
+        let reason = if seq <= have {
+            // A second version of a held position.
+            self.fork(feeds, &device, seq, bytes)?
+        } else if self.own == Some(device) {
+            Some(Refusal::OwnDevice)
+        } else if seq > have + 1 {
+            Some(Refusal::Gap { expected: have + 1 })
+        } else if env.header.prev != prev {
+            if have == 0 {
+                Some(Refusal::Unchained)
+            } else {
+                // Signed onto another version of entry `have`.
+                self.fork(feeds, &device, have, bytes)?
+            }
+        } else if head.is_some_and(|h| h.user != env.header.user) {
+            Some(Refusal::DeviceOfAnotherUser)
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => {
+                self.refused.insert(device);
+                Ok(Verdict::Refused(refuse(reason)))
+            }
+            None => Ok(Verdict::Next(env)),
+        }
+    }
+
+    /// The refusal for `bytes`, which conflict with the entry held at `seq`
+    /// (at that position, or as its successor): a fork if that entry is of
+    /// the same author, else the device is someone else's.
+    fn fork(&mut self, feeds: &impl Feeds, device: &DeviceId, seq: u64, bytes: &[u8]) -> Result<Option<Refusal>> {
+        let Some(first) = self.held(feeds, device, seq)? else {
+            // Held by its head but missing: damage `verify` reports.
+            return Ok(Some(Refusal::Forked { seq }));
+        };
+        let proof = ForkProof {
+            first,
+            second: bytes.to_vec(),
+        };
+        Ok(Some(match proof.check() {
+            Ok(fork) => {
+                self.forks.push(proof);
+                Refusal::Forked { seq: fork.seq }
+            }
+            Err(_) => Refusal::DeviceOfAnotherUser,
+        }))
+    }
+
+    /// Take the entry [`Admission::check`] passed: its feed's head moves.
+    pub fn accept(&mut self, env: &Envelope, bytes: Vec<u8>) {
+        let h = &env.header;
+        self.heads.insert(
+            h.device,
+            Head {
+                user: h.user,
+                seq: h.seq,
+                hash: Envelope::hash_of(&bytes),
+            },
+        );
+        self.batch.insert((h.device, h.seq), bytes);
+    }
+
+    /// Refuse the entry [`Admission::check`] passed, for a reason of the
+    /// caller's; the rest of its feed in this batch is refused too.
+    pub fn refuse(&mut self, env: &Envelope, reason: Refusal) -> Rejection {
+        self.refused.insert(env.header.device);
+        Rejection {
+            device: Some(env.header.device),
+            seq: Some(env.header.seq),
+            reason,
+        }
+    }
+
+    /// The heads the accepted entries moved.
+    pub fn heads(&self) -> &BTreeMap<DeviceId, Head> {
+        &self.heads
+    }
+
+    /// The accepted entries, by feed and position, and the fork proofs found.
+    pub fn into_accepted(self) -> (Accepted, Vec<ForkProof>) {
+        (self.batch, self.forks)
+    }
+
+    /// Fork proofs found so far.
+    pub fn forks(&self) -> &[ForkProof] {
+        &self.forks
+    }
+}
