@@ -29,8 +29,9 @@ use automerge::{
 };
 
 use crate::error::{Error, Result};
-use crate::id::{DeviceId, Epoch, MessageId, UserId, writer_tag};
-use crate::op::Op;
+use crate::hlc::Timestamp;
+use crate::id::{ChannelId, DeviceId, Epoch, MessageId, UserId, writer_tag};
+use crate::op::{MAX_EMOJI_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES, Op};
 use crate::view::{EpochView, Message};
 
 /// Which user each device (automerge actor) belongs to, as proven by signed feed
@@ -535,6 +536,11 @@ pub struct ChangeEffects {
     pub read_markers: bool,
     /// It touches channel metadata (name, display names, delivery receipts).
     pub meta: bool,
+    /// Message ids that must lie in the entry's epoch: posts, the targets of
+    /// edits, deletes and reactions, reply roots, read markers.
+    pub placed: Vec<MessageId>,
+    /// Other message ids it names (delivery receipts), of any epoch.
+    pub mentioned: Vec<MessageId>,
 }
 
 impl ChangeEffects {
@@ -544,6 +550,37 @@ impl ChangeEffects {
         self.messages.extend(other.messages);
         self.read_markers |= other.read_markers;
         self.meta |= other.meta;
+        self.placed.extend(other.placed);
+        self.mentioned.extend(other.mentioned);
+    }
+
+    /// Check that every message id the change names belongs where its entry
+    /// says: in this channel (its tag), posts and what they touch in the
+    /// entry's epoch (messages live from epoch 1), and no post stamped after
+    /// `latest` (the receiver's clock plus the allowed skew), so that a peer
+    /// cannot drag every receiver's clock forward.
+    pub fn check_place(&self, epoch: Epoch, channel: &ChannelId, latest: Timestamp) -> Result<()> {
+        let bad = |why: String| Err(Error::corrupted("automerge change", why));
+        let tag = channel.tag();
+        for id in self.placed.iter().chain(&self.mentioned) {
+            if id.channel_tag() != tag {
+                return bad(format!("message {id} is of another channel"));
+            }
+        }
+        for id in &self.placed {
+            if id.epoch() != epoch || epoch == crate::META_EPOCH {
+                return bad(format!("message {id} is not of epoch {epoch}"));
+            }
+        }
+        for id in &self.posts {
+            if id.timestamp() > latest {
+                return bad(format!(
+                    "message {id} is stamped {} ms ahead of this device's clock and the allowed skew",
+                    id.timestamp().millis().saturating_sub(latest.millis())
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -581,11 +618,24 @@ pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> 
                 ("m", Some(id)) => {
                     effects.posts.push(id);
                     effects.messages.insert(id);
+                    effects.placed.push(id);
                 }
                 ("e" | "x" | "r", Some(id)) => {
                     effects.messages.insert(id);
+                    effects.placed.push(id);
                 }
-                ("rd", _) => effects.read_markers = true,
+                ("rd", _) => {
+                    effects.read_markers = true;
+                    if let OpType::Put(ScalarValue::Str(s)) = &op.action {
+                        effects.placed.push(parse_id(s)?);
+                    }
+                }
+                ("dl", _) => {
+                    effects.meta = true;
+                    if let OpType::Put(ScalarValue::Str(s)) = &op.action {
+                        effects.mentioned.push(parse_id(s)?);
+                    }
+                }
                 _ => effects.meta = true,
             }
         }
@@ -597,11 +647,11 @@ pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> 
         }
         match (&op.obj, &op.key) {
             (ObjectId::Root, Key::Map(k)) => check_root_op(k, &op.action, op.pred.len(), user, device)?,
-            (ObjectId::Id(id), Key::Map(k)) if id.actor() == change.actor_id() => {
-                if !matches!((k.as_str(), &op.action), ("t" | "p", OpType::Put(ScalarValue::Str(_)))) {
-                    return Err(Error::corrupted("automerge change", "unexpected field in a message"));
-                }
-            }
+            (ObjectId::Id(id), Key::Map(k)) if id.actor() == change.actor_id() => match (k.as_str(), &op.action) {
+                ("t", OpType::Put(ScalarValue::Str(t))) => check_len("message text", t, MAX_TEXT_BYTES)?,
+                ("p", OpType::Put(ScalarValue::Str(p))) => effects.placed.push(parse_id(p)?),
+                _ => return Err(Error::corrupted("automerge change", "unexpected field in a message")),
+            },
             _ => {
                 return Err(Error::corrupted(
                     "automerge change",
@@ -613,13 +663,46 @@ pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> 
     Ok((change, effects))
 }
 
+fn parse_id(s: &str) -> Result<MessageId> {
+    s.parse()
+        .map_err(|_| Error::corrupted("automerge change", "malformed message id in a value"))
+}
+
+fn check_len(what: &'static str, s: &str, limit: usize) -> Result<()> {
+    if s.len() > limit {
+        return Err(Error::TooLarge {
+            what,
+            size: s.len(),
+            limit,
+        });
+    }
+    Ok(())
+}
+
 fn check_root_op(key: &str, action: &OpType, preds: usize, user: &UserId, device: &DeviceId) -> Result<()> {
     let (me, dev) = (user.to_hex(), device.to_hex());
     let (me, dev) = (me.as_str(), dev.as_str());
     let bad = |why: &str| Err(Error::corrupted("automerge change", why));
-    let is_str = matches!(action, OpType::Put(ScalarValue::Str(_)));
+    let text = match action {
+        OpType::Put(ScalarValue::Str(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    let is_str = text.is_some();
     let is_true = matches!(action, OpType::Put(ScalarValue::Boolean(true)));
+    // The local size limits hold for every writer's ops.
+    let sized = |what: &'static str, limit: usize| text.map_or(Ok(()), |t| check_len(what, t, limit));
     let parts: Vec<&str> = key.splitn(4, ':').collect();
+    match parts.as_slice() {
+        ["name"] | ["n", _] => sized("name", MAX_NAME_BYTES)?,
+        ["e", ..] => sized("edited text", MAX_TEXT_BYTES)?,
+        ["r", _, _, emoji] if emoji.len() > MAX_EMOJI_BYTES => return bad("reaction longer than the emoji limit"),
+        _ => {}
+    }
+    if let ["e" | "x" | "r", id, ..] = parts.as_slice()
+        && id.parse::<MessageId>().is_err()
+    {
+        return bad("malformed message id");
+    }
     let ok = match parts.as_slice() {
         ["name"] => is_str,
         ["m", id] => {

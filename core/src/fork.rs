@@ -144,7 +144,10 @@ mod tests {
             (one.clone(), two.clone()),
             (one.clone(), one.clone()),
             (two.clone(), one.clone()),
-            (one.clone(), entry(&keys, &Identity::generate("b").unwrap(), 1, [0; 32], 2)),
+            (
+                one.clone(),
+                entry(&keys, &Identity::generate("b").unwrap(), 1, [0; 32], 2),
+            ),
         ] {
             assert!(ForkProof { first, second }.check().is_err());
         }
@@ -152,6 +155,13 @@ mod tests {
         let mut forged = Envelope::decode(&other_one).unwrap();
         forged.body[0] ^= 1;
         let forged = postcard::to_stdvec(&forged).unwrap();
-        assert!(ForkProof { first: one, second: forged }.check().is_err());
+        assert!(
+            ForkProof {
+                first: one,
+                second: forged
+            }
+            .check()
+            .is_err()
+        );
     }
 }

@@ -44,10 +44,12 @@ impl Hlc {
         let wall = Timestamp::from_millis(now_ms);
         // When the logical counter of a millisecond runs out we borrow the next
         // millisecond: the clock runs slightly ahead rather than repeating.
+        // Received posts are bounded by the allowed clock skew, so the
+        // counter cannot reach the top; if it ever did, it stays there.
         self.last = if wall > self.last {
             wall
         } else {
-            Timestamp(self.last.0 + 1)
+            Timestamp(self.last.0.saturating_add(1))
         };
         self.last
     }

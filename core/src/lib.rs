@@ -51,10 +51,10 @@ mod view;
 
 pub use channel::{ChannelKeys, ChannelRecord};
 pub use chunk::{MAX_CHANGE_BYTES, plain_change};
-pub use fork::{Fork, ForkProof};
 pub use doc::{ChangeEffects, Devices, EpochDoc, decode_change, decode_change_effects, decode_change_posts};
 pub use envelope::{ENVELOPE_VERSION, EntryBody, EntryHash, EntryHeader, Envelope, MAX_ENTRY_BYTES};
 pub use error::{Error, Result};
+pub use fork::{Fork, ForkProof};
 pub use header::{HEADER_MAGIC, HEADER_MAX_LEN, HEADER_VERSION, KdfParams, StoreHeader};
 pub use hlc::{Hlc, Timestamp};
 pub use id::{ChannelId, DeviceId, Epoch, META_EPOCH, MessageId, UserId, WireId, random_bytes, writer_tag};

@@ -67,7 +67,10 @@ impl Refusal {
     /// is signed by its author, whom an honest peer may have trusted before
     /// the proof reached it (a fork, content): the sender is not to blame.
     pub fn is_peer_fault(&self) -> bool {
-        matches!(self, Refusal::Malformed(_) | Refusal::OtherChannel | Refusal::BadSignature)
+        matches!(
+            self,
+            Refusal::Malformed(_) | Refusal::OtherChannel | Refusal::BadSignature
+        )
     }
 }
 

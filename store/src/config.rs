@@ -17,6 +17,7 @@ use hearth_core::KdfParams;
 /// | `snapshot_entries` | 64 feed entries past an epoch's snapshot before it is re-snapshotted on eviction or close |
 /// | `command_queue` | 4096 commands queued to the store task before senders wait |
 /// | `receipt_delay` | 250 ms: delivery receipts of received messages gather this long into one entry per channel |
+/// | `max_clock_skew` | 10 min: a received post stamped further ahead of this device's clock waits (is refused until the clock gets there) |
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Argon2id parameters for new headers.
@@ -40,6 +41,13 @@ pub struct Config {
     /// owed are recorded with the messages they are for, so a crash in this
     /// window only delays them to the next open.
     pub receipt_delay: Duration,
+    /// How far ahead of this device's clock a received post may be stamped.
+    /// One stamped later is refused for now (its feed waits; the sender
+    /// offers it again at the next sync, and it is taken once this clock is
+    /// close enough): refused rather than clamped, since its id is signed and
+    /// cannot change, and waiting costs only that writer. It keeps a peer from
+    /// dragging every receiver's clock, and so every later id, forward.
+    pub max_clock_skew: Duration,
 }
 
 impl Default for Config {
@@ -54,6 +62,7 @@ impl Default for Config {
             snapshot_entries: 64,
             command_queue: 4096,
             receipt_delay: Duration::from_millis(250),
+            max_clock_skew: Duration::from_secs(600),
         }
     }
 }
@@ -98,6 +107,12 @@ impl Config {
     /// Set how long delivery receipts gather before they are written.
     pub fn with_receipt_delay(mut self, d: Duration) -> Self {
         self.receipt_delay = d;
+        self
+    }
+
+    /// Set how far ahead of this clock a received post may be stamped.
+    pub fn with_max_clock_skew(mut self, d: Duration) -> Self {
+        self.max_clock_skew = d;
         self
     }
 }

@@ -429,7 +429,7 @@ impl Engine {
     fn top_epoch(&self, ch: &ChannelState) -> Epoch {
         let (e, n) = ch.current;
         if n as usize >= self.config.epoch_messages {
-            e + 1
+            e.saturating_add(1)
         } else {
             e
         }

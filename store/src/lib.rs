@@ -55,6 +55,7 @@ mod store;
 mod sync;
 mod verify;
 
+pub use admit::{Admission, Feeds, Head, Refusal, Rejection, Verdict};
 pub use config::Config;
 pub use durable::{SledFiles, copy_dir_durably, sync_dir, write_atomic};
 pub use engine::{Outcome, Write};
@@ -72,6 +73,5 @@ pub use log::{
 pub use open::{OpenReport, open_sled_config};
 pub use query::{ChannelInfo, Located, Thread};
 pub use store::{OpenTimings, Pending, Store, Whoami};
-pub use admit::{Admission, Feeds, Head, Refusal, Rejection, Verdict};
 pub use sync::{EntryBatch, IngestReport, Receipts, StoreEvent};
 pub use verify::{ForkReport, Problem, Stats, VerifyReport};

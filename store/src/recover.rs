@@ -186,7 +186,9 @@ fn apply(engine: &mut Engine, p: &mut Pending, report: &mut OpenReport) -> Resul
             Ok((_, fork)) if engine.by_wire.contains_key(&fork.wire) => {
                 batch.insert(&prefixed(T_FORKS, &fork.wire, &fork.device)[..], bytes);
             }
-            Ok(_) => report.skipped.push("a fork proof of a channel with no key record".into()),
+            Ok(_) => report
+                .skipped
+                .push("a fork proof of a channel with no key record".into()),
             Err(e) => report.skipped.push(format!("feed log fork proof: {e}")),
         }
     }

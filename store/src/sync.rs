@@ -12,13 +12,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use hearth_core::{
-    ChangeEffects, ChannelId, ChannelKeys, DeviceId, Epoch, Fork, ForkProof, FeedPos, META_EPOCH, MessageId, UserId, Vector,
-    WireId, decode_change_effects,
+    ChangeEffects, ChannelId, ChannelKeys, DeviceId, Envelope, Epoch, FeedPos, Fork, ForkProof, META_EPOCH, MessageId,
+    Timestamp, UserId, Vector, WireId, decode_change_effects,
 };
 
 use crate::admit::{Admission, Feeds, Head, Refusal, Rejection, Verdict};
 use crate::channel::FeedHead;
-use crate::engine::{Engine, summary_row};
+use crate::engine::{Engine, now_ms, summary_row};
 use crate::error::{Error, Result};
 use crate::layout::*;
 
@@ -270,45 +270,100 @@ impl Engine {
         let mut admission = Admission::new(*wire, own);
         let mut report = IngestReport::default();
         let mut accepted: BTreeMap<Epoch, Vec<Accepted>> = BTreeMap::new();
-        for bytes in entries {
-            let ch = self.channel(&channel)?;
-            let feeds = MemberFeeds {
-                tree: &self.tree,
-                wire,
-                heads: &ch.heads,
-            };
-            let env = match admission.check(&feeds, &bytes)? {
-                Verdict::Next(env) => env,
-                Verdict::Duplicate => {
-                    report.duplicates += 1;
+        // Bounds on what a writer may claim: no epoch beyond the newest held
+        // (or accepted earlier in this batch) plus one, no post stamped
+        // further ahead than the allowed skew. The log replayed at open
+        // passed them when it was first taken.
+        let mut top = self
+            .channel(&channel)?
+            .summaries
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(META_EPOCH);
+        let skew = u64::try_from(self.config.max_clock_skew.as_millis()).unwrap_or(u64::MAX);
+        let latest = Timestamp(Timestamp::from_millis(now_ms().saturating_add(skew)).0 | 0xffff);
+        // An entry of an epoch not reached yet waits, with the rest of its
+        // feed, until the other entries of the batch are in (a catch-up
+        // brings a feed that jumps from epoch 1 to 4 before the feeds that
+        // filled 2 and 3); what still does not fit is refused.
+        let mut pending = entries;
+        loop {
+            let mut waiting: Vec<Vec<u8>> = Vec::new();
+            let mut waiting_feeds: BTreeSet<DeviceId> = BTreeSet::new();
+            let before = pending.len();
+            let mut progressed = false;
+            for bytes in pending {
+                if !waiting_feeds.is_empty()
+                    && let Ok(env) = Envelope::decode(&bytes)
+                    && waiting_feeds.contains(&env.header.device)
+                {
+                    waiting.push(bytes);
                     continue;
                 }
-                Verdict::Refused(r) => {
-                    report.rejected.push(r);
-                    continue;
+                let ch = self.channel(&channel)?;
+                let feeds = MemberFeeds {
+                    tree: &self.tree,
+                    wire,
+                    heads: &ch.heads,
+                };
+                let env = match admission.check(&feeds, &bytes)? {
+                    Verdict::Next(env) => env,
+                    Verdict::Duplicate => {
+                        report.duplicates += 1;
+                        continue;
+                    }
+                    Verdict::Refused(r) => {
+                        report.rejected.push(r);
+                        continue;
+                    }
+                };
+                // What follows is sealed and signed by the author: a failure
+                // is the author's, not the forwarding peer's.
+                let h = &env.header;
+                let opened = env.open(&ch.keys).and_then(|body| {
+                    let (change, effects) = decode_change_effects(&body.change, &h.device, &h.user)?;
+                    if !self.replaying {
+                        effects.check_place(body.epoch, &channel, latest)?;
+                    }
+                    Ok((body.epoch, change, effects))
+                });
+                match opened {
+                    Ok((epoch, _, _)) if epoch > top.saturating_add(1) && !self.replaying => {
+                        waiting_feeds.insert(h.device);
+                        waiting.push(bytes);
+                    }
+                    Ok((epoch, change, effects)) => {
+                        top = top.max(epoch);
+                        progressed = true;
+                        accepted.entry(epoch).or_default().push(Accepted {
+                            device: h.device,
+                            user: h.user,
+                            seq: h.seq,
+                            bytes: bytes.clone(),
+                            change,
+                            effects,
+                        });
+                        admission.accept(&env, bytes);
+                    }
+                    Err(e) => report
+                        .rejected
+                        .push(admission.refuse(&env, Refusal::Content(e.to_string()))),
                 }
-            };
-            // What follows is sealed and signed by the author: a failure is
-            // the author's, not the forwarding peer's.
-            let h = &env.header;
-            let opened = env.open(&ch.keys).and_then(|body| {
-                let (change, effects) = decode_change_effects(&body.change, &h.device, &h.user)?;
-                Ok((body.epoch, change, effects))
-            });
-            match opened {
-                Ok((epoch, change, effects)) => {
-                    accepted.entry(epoch).or_default().push(Accepted {
-                        device: h.device,
-                        user: h.user,
-                        seq: h.seq,
-                        bytes: bytes.clone(),
-                        change,
-                        effects,
-                    });
-                    admission.accept(&env, bytes);
-                }
-                Err(e) => report.rejected.push(admission.refuse(&env, Refusal::Content(e.to_string()))),
             }
+            if waiting.is_empty() {
+                break;
+            }
+            if !progressed || waiting.len() == before {
+                for bytes in waiting {
+                    if let Ok(env) = Envelope::decode(&bytes) {
+                        let why = format!("an epoch beyond the newest held ({top}) plus one");
+                        report.rejected.push(admission.refuse(&env, Refusal::Content(why)));
+                    }
+                }
+                break;
+            }
+            pending = waiting;
         }
         let heads: BTreeMap<DeviceId, FeedHead> = admission
             .heads()

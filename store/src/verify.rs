@@ -138,7 +138,10 @@ impl Engine {
         self.verify_log(&mut r)?;
         for row in self.tree.scan_prefix([T_FORKS]) {
             let (k, v) = row?;
-            let place = format!("forks/{}", k[1..].iter().map(|b| format!("{b:02x}")).collect::<String>());
+            let place = format!(
+                "forks/{}",
+                k[1..].iter().map(|b| format!("{b:02x}")).collect::<String>()
+            );
             match hearth_core::ForkProof::decode(&v) {
                 Ok((_, fork)) if k[1..] == prefixed(T_FORKS, &fork.wire, &fork.device)[1..] => {
                     if let Some(&channel) = self.by_wire.get(&fork.wire) {

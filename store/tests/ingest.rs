@@ -128,7 +128,11 @@ async fn bad_entries_are_refused_and_nothing_is_lost() {
     assert_eq!(report.rejected.len(), bad.len());
     let gap = b.ingest(wire, vec![all[1].clone()]).await.unwrap();
     assert_eq!(gap.accepted, 0);
-    assert!(matches!(gap.rejected[0].reason, hearth_store::Refusal::Gap { .. }), "{:?}", gap.rejected);
+    assert!(
+        matches!(gap.rejected[0].reason, hearth_store::Refusal::Gap { .. }),
+        "{:?}",
+        gap.rejected
+    );
 
     // A member of another channel cannot inject entries here.
     let m = Store::create(dm.path(), &pass, "mallory", config()).await.unwrap();

@@ -360,7 +360,10 @@ impl Session {
         };
         self.outcome.received += r.accepted as u64;
         self.outcome.refused_here += r.rejected.len() as u64;
-        Self::refuse(&mut self.outcome.refusal, r.rejected.first().map(|x| x.reason.to_string()));
+        Self::refuse(
+            &mut self.outcome.refusal,
+            r.rejected.first().map(|x| x.reason.to_string()),
+        );
         // Duplicates are progress only when another session stored them
         // meanwhile (the vector moved); a peer answering every Fetch with
         // entries held here already would otherwise be asked forever.

@@ -446,9 +446,8 @@ impl Inner {
             let st = self.state();
             let held = st.feeds.get(wire).cloned().unwrap_or_default();
             let full = !st.feeds.contains_key(wire) && st.feeds.len() >= self.config.max_channels;
-            let no_room = (full && replay.is_none()).then(|| {
-                format!("it holds the maximum of {} channels", self.config.max_channels)
-            });
+            let no_room = (full && replay.is_none())
+                .then(|| format!("it holds the maximum of {} channels", self.config.max_channels));
             (held, no_room, st.bytes)
         };
         let mut report = IngestReport::default();
@@ -581,7 +580,6 @@ impl Drop for Inner {
         let _ = self.checkpoint(&mut w);
     }
 }
-
 
 fn lock(dir: &Path) -> Result<File> {
     let f = OpenOptions::new()

@@ -247,7 +247,9 @@ async fn forged_entries_are_refused_and_the_good_ones_served() {
     let r = relay.ingest(wire, foreign).await.unwrap().unwrap();
     assert_eq!(r.accepted, 0);
     assert!(
-        r.rejected.iter().all(|x| x.reason == Refusal::OtherChannel && x.is_peer_fault()),
+        r.rejected
+            .iter()
+            .all(|x| x.reason == Refusal::OtherChannel && x.is_peer_fault()),
         "{r:?}"
     );
     // A gap: entry 1, then entries from 3 on.
@@ -448,8 +450,12 @@ async fn honest_peers_forwarding_two_branches_of_a_fork_blame_nobody() {
     a2.post(general, "branch two, again").await.unwrap();
     let keys = a.channel_keys(general).await.unwrap();
     let (b, c) = (
-        Store::create(tmp.path().join("b"), &pass(), BOB, config()).await.unwrap(),
-        Store::create(tmp.path().join("c"), &pass(), "carol", config()).await.unwrap(),
+        Store::create(tmp.path().join("b"), &pass(), BOB, config())
+            .await
+            .unwrap(),
+        Store::create(tmp.path().join("c"), &pass(), "carol", config())
+            .await
+            .unwrap(),
     );
     b.join_channel(keys.clone()).await.unwrap();
     c.join_channel(keys).await.unwrap();

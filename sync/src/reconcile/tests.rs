@@ -125,13 +125,17 @@ impl Fake {
                 reason,
             };
             let Some((d, seq)) = parse(&bytes) else {
-                report.rejected.push(reject(hearth_store::Refusal::Malformed("no entry".into())));
+                report
+                    .rejected
+                    .push(reject(hearth_store::Refusal::Malformed("no entry".into())));
                 continue;
             };
             let feed = feeds.entry(d).or_default();
             let held = feed.len() as u64;
             if seq == 0 {
-                report.rejected.push(reject(hearth_store::Refusal::Malformed("seq 0".into())));
+                report
+                    .rejected
+                    .push(reject(hearth_store::Refusal::Malformed("seq 0".into())));
             } else if seq <= held {
                 if feed[seq as usize - 1] == bytes {
                     report.duplicates += 1;
@@ -142,7 +146,9 @@ impl Fake {
                 feed.push(bytes);
                 report.accepted += 1;
             } else {
-                report.rejected.push(reject(hearth_store::Refusal::Gap { expected: held + 1 }));
+                report
+                    .rejected
+                    .push(reject(hearth_store::Refusal::Gap { expected: held + 1 }));
             }
         }
         report.vector = self.vector(&w);

@@ -224,7 +224,10 @@ impl Inner {
             for (wire, entries) in by_wire {
                 self.ingest_at(&wire, entries, Some(end))?;
             }
-            self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner).forks += forks;
+            self.state
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .forks += forks;
             batch.insert(META_LOG, &end.encode()[..]);
             self.tree.apply_batch(batch).map_err(sled_error)?;
             Ok(true)

@@ -1,0 +1,249 @@
+//! A malicious member: it holds the channel key and signs what it likes. What
+//! it writes is bounded (issue 8, item 6): no epoch beyond the newest held plus
+//! one, no message id of another epoch or channel, no timestamp further ahead
+//! than the allowed skew, the local size limits on every text, name and emoji.
+//! Each attempt is refused as the author's fault (not the forwarder's), and
+//! leaves the receiver's clock, epochs and content as they were.
+
+use std::time::Duration;
+
+use automerge::transaction::Transactable;
+use automerge::{ActorId, AutoCommit, ObjType, ROOT};
+use hearth_core::{
+    ChannelId, ChannelKeys, EntryBody, EntryHash, Envelope, Identity, KdfParams, MessageId, Passphrase, Timestamp,
+    Vector, writer_tag,
+};
+use hearth_store::{Config, IngestReport, Refusal, Store};
+
+fn config() -> Config {
+    Config::default()
+        .with_kdf(KdfParams::INSECURE_FAST)
+        .with_max_clock_skew(Duration::from_secs(60))
+}
+
+/// A member that writes raw automerge changes into its own feed.
+struct Mallory {
+    me: Identity,
+    keys: ChannelKeys,
+    seq: u64,
+    prev: EntryHash,
+    doc: AutoCommit,
+}
+
+impl Mallory {
+    fn new(keys: ChannelKeys) -> Self {
+        let me = Identity::generate("mallory").unwrap();
+        let doc = AutoCommit::new().with_actor(ActorId::from(&me.device().0[..]));
+        Mallory {
+            me,
+            keys,
+            seq: 0,
+            prev: [0; 32],
+            doc,
+        }
+    }
+
+    fn id(&self, ts: Timestamp, epoch: u32, channel: &ChannelId) -> MessageId {
+        MessageId::new(ts, epoch, channel, writer_tag(&self.me.user(), &self.me.device()))
+    }
+
+    /// The next entry of its feed: `write` edits a fresh document of `epoch`.
+    fn entry(&mut self, epoch: u32, write: impl FnOnce(&mut AutoCommit, &str)) -> Vec<u8> {
+        self.doc = AutoCommit::new().with_actor(ActorId::from(&self.me.device().0[..]));
+        write(&mut self.doc, &self.me.user().to_hex());
+        self.doc.commit();
+        let change = self.doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+        let body = EntryBody { epoch, change };
+        let (bytes, hash) = Envelope::seal(&self.keys, &self.me, self.seq + 1, self.prev, &body).unwrap();
+        (self.seq, self.prev) = (self.seq + 1, hash);
+        bytes
+    }
+
+    /// Forget the last entry (it was refused; the next one takes its place).
+    fn undo(&mut self, prev: EntryHash) {
+        self.seq -= 1;
+        self.prev = prev;
+    }
+}
+
+fn post(doc: &mut AutoCommit, id: &MessageId, text: &str) {
+    let m = doc.put_object(ROOT, format!("m:{id}"), ObjType::Map).unwrap();
+    doc.put(&m, "t", text).unwrap();
+}
+
+fn only_refusal(r: &IngestReport) -> &Refusal {
+    assert_eq!(r.accepted, 0, "{r:?}");
+    assert_eq!(r.rejected.len(), 1, "{r:?}");
+    assert!(
+        !r.rejected[0].is_peer_fault(),
+        "the author's fault, not the forwarder's"
+    );
+    &r.rejected[0].reason
+}
+
+fn content(r: &IngestReport, what: &str) {
+    match only_refusal(r) {
+        Refusal::Content(why) => assert!(why.contains(what), "{why:?} does not say {what:?}"),
+        other => panic!("refused for {other:?}, not content"),
+    }
+}
+
+#[tokio::test]
+async fn a_members_hostile_writes_are_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pass = Passphrase::new("pw");
+    let a = Store::create(tmp.path().join("a"), &pass, "alice", config())
+        .await
+        .unwrap();
+    let general = a.create_channel("general").await.unwrap();
+    let other = a.create_channel("other").await.unwrap();
+    let hello = a.post(general, "hello").await.unwrap();
+    let keys = a.channel_keys(general).await.unwrap();
+    let wire = keys.wire();
+    let mut m = Mallory::new(keys);
+    let now = Timestamp::from_millis(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+    );
+    let before = a.page(general, None, 100).await.unwrap();
+
+    // An honest first entry, so that what follows is judged on its content.
+    let ok = m.id(now, 1, &general);
+    let e = m.entry(1, |d, _| post(d, &ok, "mallory says hi"));
+    assert_eq!(a.ingest(wire, vec![e]).await.unwrap().accepted, 1);
+    let attempt = |m: &mut Mallory, epoch: u32, write: &dyn Fn(&mut AutoCommit, &str)| {
+        let prev = m.prev;
+        let e = m.entry(epoch, |d, u| write(d, u));
+        m.undo(prev);
+        e
+    };
+
+    // Epochs: far ahead (and at the top of the range, where `+ 1` overflowed).
+    for epoch in [3, u32::MAX] {
+        let id = m.id(now, epoch, &general);
+        let e = attempt(&mut m, epoch, &|d, _| post(d, &id, "far ahead"));
+        content(&a.ingest(wire, vec![e]).await.unwrap(), "epoch beyond");
+    }
+    // An id whose epoch is not its entry's, or of another channel.
+    let id = m.id(now, 2, &general);
+    let e = attempt(&mut m, 1, &|d, _| post(d, &id, "wrong epoch"));
+    content(&a.ingest(wire, vec![e]).await.unwrap(), "is not of epoch 1");
+    let id = m.id(now, 1, &other);
+    let e = attempt(&mut m, 1, &|d, _| post(d, &id, "wrong channel"));
+    content(&a.ingest(wire, vec![e]).await.unwrap(), "of another channel");
+    // A reaction to, and a reply under, a message of another epoch.
+    let elsewhere = m.id(now, 2, &general);
+    let e = attempt(&mut m, 1, &|d, u| {
+        d.put(ROOT, format!("r:{elsewhere}:{u}:👍"), true).unwrap();
+    });
+    content(&a.ingest(wire, vec![e]).await.unwrap(), "is not of epoch 1");
+    let id = m.id(now, 1, &general);
+    let e = attempt(&mut m, 1, &|d, _| {
+        let o = d.put_object(ROOT, format!("m:{id}"), ObjType::Map).unwrap();
+        d.put(&o, "t", "a reply").unwrap();
+        d.put(&o, "p", elsewhere.to_hex()).unwrap();
+    });
+    content(&a.ingest(wire, vec![e]).await.unwrap(), "is not of epoch 1");
+
+    // A post stamped a day ahead: refused (for now), the clock not dragged.
+    let ahead = Timestamp::from_millis(now.millis() + 86_400_000);
+    let id = m.id(ahead, 1, &general);
+    let e = attempt(&mut m, 1, &|d, _| post(d, &id, "from the future"));
+    content(&a.ingest(wire, vec![e]).await.unwrap(), "ahead of this device's clock");
+    let mine = a.post(general, "after the attempt").await.unwrap();
+    assert!(mine.timestamp() < ahead, "the receiver's clock was dragged forward");
+
+    // Sizes: text, edit, channel name, display name, emoji.
+    let big = "x".repeat(hearth_core::MAX_TEXT_BYTES + 1);
+    let id = m.id(now, 1, &general);
+    let e = attempt(&mut m, 1, &|d, _| post(d, &id, &big));
+    content(&a.ingest(wire, vec![e]).await.unwrap(), "too large");
+    let e = attempt(&mut m, 1, &|d, u| {
+        d.put(ROOT, format!("e:{ok}:{u}"), big.as_str()).unwrap();
+    });
+    content(&a.ingest(wire, vec![e]).await.unwrap(), "too large");
+    let long = "n".repeat(hearth_core::MAX_NAME_BYTES + 1);
+    let e = attempt(&mut m, 0, &|d, _| {
+        d.put(ROOT, "name", long.as_str()).unwrap();
+    });
+    content(&a.ingest(wire, vec![e]).await.unwrap(), "too large");
+    let e = attempt(&mut m, 0, &|d, u| {
+        d.put(ROOT, format!("n:{u}"), long.as_str()).unwrap();
+    });
+    content(&a.ingest(wire, vec![e]).await.unwrap(), "too large");
+    let emoji = "🎉".repeat(hearth_core::MAX_EMOJI_BYTES);
+    let e = attempt(&mut m, 1, &|d, u| {
+        d.put(ROOT, format!("r:{hello}:{u}:{emoji}"), true).unwrap();
+    });
+    content(&a.ingest(wire, vec![e]).await.unwrap(), "emoji");
+
+    // Nothing of it got in; the store is whole and goes on.
+    let mut want = before;
+    let page = a.page(general, None, 100).await.unwrap();
+    want.retain(|x| x.id != mine);
+    assert_eq!(page.len(), want.len() + 2, "only the honest post and Alice's own");
+    assert!(page.iter().all(|x| x.text.as_deref().is_some_and(|t| t.len() < 100)));
+    assert!(a.verify().await.unwrap().is_clean());
+    let next = a.post(general, "still fine").await.unwrap();
+    assert!(next.epoch() < 3);
+    a.close().await.unwrap();
+}
+
+/// A catch-up that brings a feed jumping from epoch 1 to 3 before the feed
+/// that filled epoch 2 is taken whole, in one batch, with nothing refused:
+/// the entry waits within the batch until the epoch before it is in.
+#[tokio::test]
+async fn a_feed_that_jumps_epochs_is_taken_in_one_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pass = Passphrase::new("pw");
+    let small = config().with_epoch_messages(4);
+    let a = Store::create(tmp.path().join("a"), &pass, "alice", small.clone())
+        .await
+        .unwrap();
+    let b = Store::create(tmp.path().join("b"), &pass, "bob", small.clone())
+        .await
+        .unwrap();
+    let c = Store::create(tmp.path().join("c"), &pass, "carol", small)
+        .await
+        .unwrap();
+    let general = a.create_channel("general").await.unwrap();
+    let keys = a.channel_keys(general).await.unwrap();
+    let wire = keys.wire();
+    for s in [&b, &c] {
+        s.join_channel(keys.clone()).await.unwrap();
+    }
+    let all = |s: &Store| {
+        let s = s.clone();
+        async move {
+            s.entries_after(wire, Vector::default(), usize::MAX, usize::MAX)
+                .await
+                .unwrap()
+                .entries
+        }
+    };
+    for i in 0..4 {
+        a.post(general, &format!("alice {i}")).await.unwrap();
+    }
+    b.ingest(wire, all(&a).await).await.unwrap();
+    for i in 0..8 {
+        b.post(general, &format!("bob {i}")).await.unwrap();
+    }
+    a.ingest(wire, all(&b).await).await.unwrap();
+    let late = a.post(general, "alice, later").await.unwrap();
+    assert!(late.epoch() >= 3, "alice's feed jumps to epoch {}", late.epoch());
+    // Alice's whole feed first, then Bob's.
+    let alice = a.whoami().device;
+    let mut batch: Vec<Vec<u8>> = all(&a).await;
+    batch.sort_by_key(|e| Envelope::decode(e).unwrap().header.device != alice);
+    let r = c.ingest(wire, batch).await.unwrap();
+    assert!(r.rejected.is_empty(), "{:?}", r.rejected);
+    assert_eq!(
+        c.page(general, None, 100).await.unwrap(),
+        a.page(general, None, 100).await.unwrap()
+    );
+    for s in [a, b, c] {
+        s.close().await.unwrap();
+    }
+}
