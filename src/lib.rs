@@ -49,7 +49,8 @@ pub use hearth_core as core;
 pub use hearth_core::{ChannelId, DeviceId, KdfParams, MAX_TEXT_BYTES, Message, MessageId, Passphrase, UserId};
 pub use hearth_store::{
     ChannelInfo, Config, Error, Located, OpenReport, OpenTimings, Outcome, Pending, Problem, Receipts, Result,
-    STORE_FORMAT, Stats, Store, StoreEvent, Thread, VerifyReport, Whoami, Write, write_atomic,
+    STORE_FORMAT, Stats, Store, StoreEvent, Thread, VerifyReport, Whoami, Write, create_private_dir, make_private,
+    write_atomic,
 };
 /// Sync over libp2p: nodes, events, tickets, relays.
 pub use hearth_sync as sync;

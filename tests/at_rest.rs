@@ -284,3 +284,67 @@ async fn a_forced_checkpoint_empties_the_journal() {
     );
     h.close().await.expect("close");
 }
+
+/// Every directory under a store and its relay is 0700 and every file 0600,
+/// whatever the umask (sled makes its files with it); a store found looser
+/// (copied by hand, restored from a backup) is tightened at open and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_and_relay_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    fn loose(dir: &Path) -> Vec<(PathBuf, u32)> {
+        let mut paths = vec![dir.to_path_buf()];
+        let mut i = 0;
+        while i < paths.len() {
+            if paths[i].is_dir() {
+                let more: Vec<PathBuf> = std::fs::read_dir(&paths[i])
+                    .expect("read_dir")
+                    .map(|e| e.expect("entry").path())
+                    .collect();
+                paths.extend(more);
+            }
+            i += 1;
+        }
+        paths
+            .into_iter()
+            .filter_map(|p| {
+                let mode = std::fs::symlink_metadata(&p).ok()?.permissions().mode() & 0o777;
+                let want = if p.is_dir() { 0o700 } else { 0o600 };
+                (mode & !want != 0).then_some((p, mode))
+            })
+            .collect()
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("store");
+    let pass = Passphrase::new(PASS);
+    let h = Hearth::create(&dir, &pass, USER, config()).await.expect("create");
+    let c = h.create_channel(CHANNEL_A).await.expect("channel");
+    for i in 0..50 {
+        h.post(c, &marker("perm", i)).await.expect("post");
+    }
+    h.checkpoint().await.expect("checkpoint");
+    assert_eq!(loose(&dir), vec![], "an open store");
+    h.close().await.expect("close");
+    assert_eq!(loose(&dir), vec![], "a closed store");
+
+    // Loosened by hand: the next open tightens it and reports what it found.
+    for p in [dir.clone(), dir.join("db")] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    for p in [dir.join("header"), dir.join("journal"), dir.join("db").join("conf")] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let h = Hearth::open(&dir, &pass, config()).await.expect("open");
+    let mut found = h.open_report().loose_permissions.clone();
+    found.sort();
+    assert_eq!(found, [".", "db", "db/conf", "header", "journal"].map(String::from));
+    assert_eq!(loose(&dir), vec![]);
+    h.close().await.expect("close");
+    let h = Hearth::open(&dir, &pass, config()).await.expect("open");
+    assert!(h.open_report().loose_permissions.is_empty(), "tight now");
+    h.close().await.expect("close");
+
+    let relay_dir = tmp.path().join("relay");
+    let relay = hearth::sync::RelayStore::open(&relay_dir).expect("relay");
+    drop(relay);
+    assert_eq!(loose(&relay_dir), vec![], "a relay");
+}

@@ -33,6 +33,19 @@ async fn open(cli: &Cli) -> Result<Hearth> {
             r.log_entries
         );
     }
+    if !r.loose_permissions.is_empty() {
+        eprintln!(
+            "hearth: warning: {} held {} path(s) other accounts could read or write ({}); made owner-only",
+            cli.store.display(),
+            r.loose_permissions.len(),
+            r.loose_permissions
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     Ok(h)
 }
 

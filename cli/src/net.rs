@@ -539,7 +539,7 @@ pub async fn relay(dir: &Path, listen: Vec<Multiaddr>, peers: Vec<Multiaddr>) ->
     if listen.is_empty() {
         bail!("a relay needs at least one --listen address");
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    hearth::create_private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
     let signals = shutdown_signal();
     let relay = RelayStore::open(dir)?;
     let secret = relay_secret(dir)?;

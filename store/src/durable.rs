@@ -42,6 +42,64 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     sync_dir(&dir)
 }
 
+/// Make a store (or relay) directory private to its owner: the directory
+/// and every directory under it 0700, every file 0600. Returns the paths
+/// (relative to `dir`) that were looser. Symbolic links are left alone.
+///
+/// Hearth creates its own files owner-only, but sled creates its files with
+/// the process umask (0644 with the usual 022), and a directory copied or
+/// restored by hand may carry anything: a header readable by another account
+/// is an offline passphrase guess away from the whole store.
+pub fn make_private(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    use std::os::unix::fs::PermissionsExt;
+    fn walk(root: &Path, path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        let meta = match fs::symlink_metadata(path) {
+            Ok(m) => m,
+            // Removed meanwhile (sled drops old blobs and snapshots).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let want = if meta.is_dir() {
+            0o700
+        } else if meta.is_file() {
+            0o600
+        } else {
+            return Ok(());
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & !want & 0o7777 != 0 {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode & want))?;
+            let rel = path.strip_prefix(root).unwrap_or(path);
+            out.push(if rel.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                rel.to_path_buf()
+            });
+        }
+        if meta.is_dir() {
+            for e in fs::read_dir(path)? {
+                walk(root, &e?.path(), out)?;
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out)?;
+    Ok(out)
+}
+
+/// Create `dir` (and its missing parents) with the new directory owner-only.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent)?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        other => other,
+    }
+}
+
 /// Copy a directory tree, fsyncing every file and directory of the copy (and
 /// the directory it is created in).
 pub fn copy_dir_durably(from: &Path, to: &Path) -> std::io::Result<()> {

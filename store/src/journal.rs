@@ -205,11 +205,13 @@ impl Journal {
     /// holds. The caller replays what it needs, makes it durable elsewhere and
     /// then calls [`Journal::clear`]; until then nothing is written.
     pub fn open(path: &Path, key: &SecretKey) -> Result<(Journal, Decoded)> {
+        use std::os::unix::fs::OpenOptionsExt;
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;

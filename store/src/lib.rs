@@ -57,7 +57,7 @@ mod verify;
 
 pub use admit::{Admission, Feeds, Head, Refusal, Rejection, Verdict};
 pub use config::Config;
-pub use durable::{SledFiles, copy_dir_durably, sync_dir, write_atomic};
+pub use durable::{SledFiles, copy_dir_durably, create_private_dir, make_private, sync_dir, write_atomic};
 pub use engine::{Outcome, Write};
 pub use error::{Error, Result};
 pub use journal::{

@@ -389,7 +389,7 @@ impl std::fmt::Debug for Log {
 impl Log {
     /// Create an empty log in `dir` (which must not hold one), durable at once.
     pub fn create(dir: &Path) -> Result<Log> {
-        fs::create_dir_all(dir)?;
+        crate::durable::create_private_dir(dir)?;
         let file = new_segment(dir, 1)?;
         file.sync_all()?;
         sync_dir(dir)?;
@@ -494,10 +494,12 @@ impl Log {
 }
 
 fn new_segment(dir: &Path, n: u32) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(segment_path(dir, n))?;
     file.write_all_at(&segment_head(n), 0)?;
     Ok(file)

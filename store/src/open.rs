@@ -52,13 +52,19 @@ pub struct OpenReport {
     /// Why the feed log's readable part ended before its files did (a batch
     /// torn by a crash, which was never acknowledged; or damage), if it did.
     pub log_tail: Option<String>,
+    /// Paths in the store directory (`.` for the directory itself) that other
+    /// accounts could read or write: tightened to 0700 (directories) and 0600
+    /// (files) by this open. Empty on a store only Hearth has touched.
+    pub loose_permissions: Vec<String>,
 }
 
 fn lock(dir: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     let f = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(dir.join(LOCK_FILE))?;
     match f.try_lock() {
         Ok(()) => Ok(f),
@@ -143,7 +149,7 @@ pub(crate) fn create_as(
     config: Config,
 ) -> Result<(Engine, Journal)> {
     let existed = dir.exists();
-    fs::create_dir_all(dir)?;
+    crate::durable::create_private_dir(dir)?;
     if !existed && let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         // The new directory's entry must survive a power loss too.
         sync_dir(parent)?;
@@ -177,6 +183,8 @@ pub(crate) fn create_as(
     engine.tree.apply_batch(batch)?;
     engine.checkpoint()?;
     let (journal, _) = Journal::open(&dir.join(JOURNAL_FILE), &engine.records)?;
+    // sled made its files with the process umask.
+    crate::durable::make_private(dir)?;
     // The header is written last: its presence is what makes the directory a store.
     write_header(dir, &header)?;
     Ok((engine, journal))
@@ -268,11 +276,17 @@ pub(crate) fn open(
 ) -> Result<(Engine, Journal, OpenReport)> {
     let header = read_header(dir)?;
     let mut lock = Some(lock(dir)?);
+    // Anything looser than owner-only is tightened, and reported: it was
+    // readable by other accounts until now.
+    let loose = crate::durable::make_private(dir)?;
     let started = std::time::Instant::now();
     let master = header.unwrap(pass)?;
     let unlock_time = started.elapsed();
     let records = hearth_core::derive(&master, hearth_core::Purpose::LocalRecords);
-    let mut report = OpenReport::default();
+    let mut report = OpenReport {
+        loose_permissions: loose.iter().map(|p| p.display().to_string()).collect(),
+        ..OpenReport::default()
+    };
     let log_dir = dir.join(crate::log::LOG_DIR);
     if dir.join(LOG_TMP_DIR).exists() {
         // A migration that did not finish: it starts again below.
@@ -414,6 +428,8 @@ pub(crate) fn open(
         engine.checkpoint()?;
         journal.clear(Journal::new_run()?);
     }
+    // Files sled made in this open (a rebuild makes all of them).
+    crate::durable::make_private(dir)?;
     Ok((engine, journal, report))
 }
 

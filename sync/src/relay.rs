@@ -187,13 +187,23 @@ impl RelayStore {
     /// another relay has it open, and with [`Error::Corrupted`] (never a panic)
     /// when sled cannot read its files.
     pub fn open_with(dir: &Path, config: RelayConfig) -> Result<RelayStore> {
+        let relay = Self::open_dir(dir, config)?;
+        // The files sled made in this open.
+        hearth_store::make_private(dir)?;
+        Ok(relay)
+    }
+
+    fn open_dir(dir: &Path, config: RelayConfig) -> Result<RelayStore> {
         let existed = dir.exists();
-        fs::create_dir_all(dir)?;
+        hearth_store::create_private_dir(dir)?;
         if !existed && let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             // The new directory's entry must survive a power loss too.
             File::open(parent)?.sync_all()?;
         }
         let lock = lock(dir)?;
+        // Owner-only, as a store (its node key and what it holds are nobody
+        // else's business); sled makes its files with the process umask.
+        hearth_store::make_private(dir)?;
         disk::clear_unfinished(dir)?;
         let cfg = sled::Config::new()
             .path(dir.join(DB_DIR))
@@ -582,10 +592,12 @@ impl Drop for Inner {
 }
 
 fn lock(dir: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     let f = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(dir.join(LOCK_FILE))?;
     match f.try_lock() {
         Ok(()) => Ok(f),
