@@ -125,7 +125,12 @@ impl Hearth {
             what: "ticket".into(),
             detail: "not an invite".into(),
         })?;
-        self.store.join_channel(keys).await
+        match ticket {
+            sync::ticket::Ticket::Invite { name, .. } if !name.is_empty() => {
+                self.store.join_channel_named(keys, name).await
+            }
+            _ => self.store.join_channel(keys).await,
+        }
     }
 
     /// Offer to link a new device of this user through a running node: returns

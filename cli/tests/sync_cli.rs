@@ -787,3 +787,36 @@ fn relay_carries_a_channel_between_devices_never_online_together() {
         }
     }
 }
+
+/// Right after `join`, offline, the channel answers to the name its ticket
+/// carried (`post general ...` used to fail with "unknown channel" until a
+/// sync had run); once the channel's own name arrives, that one is used.
+#[test]
+fn a_joined_channel_answers_to_its_ticket_name_at_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    init(&a, "alice");
+    init(&b, "bob");
+    ok(hearth(&a).args(["channel", "create", "general"]));
+    let ticket = ok(hearth(&a).args(["invite", "general"])).trim().to_string();
+    ok(hearth(&b).args(["join", &ticket, "--timeout", "0"]));
+    ok(hearth(&b).args(["post", "general", "written before any sync"]));
+    let list = json_lines(&ok(hearth(&b).args(["--json", "channel", "list"])));
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["name"], "general");
+    // The name survives a reopen (it is in the channel's record).
+    ok(hearth(&b).args(["post", "general", "and after a reopen"]));
+
+    // Renamed before Bob ever synced: the channel's own name wins once it arrives.
+    ok(hearth(&a).args(["channel", "rename", "general", "lobby"]));
+    let (an, addr) = start_node("alice's node", &a, &["--listen", LOOPBACK]);
+    let (mut bn, _) = start_node("bob's node", &b, &["--listen", LOOPBACK, "--peer", &addr]);
+    bn.wait_for("a sync that brings the name", |e| {
+        e["event"] == "synced" && e["in_sync"] == true
+    });
+    bn.terminate();
+    an.terminate();
+    let list = json_lines(&ok(hearth(&b).args(["--json", "channel", "list"])));
+    assert_eq!(list[0]["name"], "lobby");
+    fails(hearth(&b).args(["post", "general", "the old name is gone"]));
+}

@@ -51,6 +51,9 @@ impl ChannelKeys {
 }
 
 /// A channel as stored locally (sealed with the store's record key).
+///
+/// Version 1: `{ version, id, key }`. Version 2 adds the name the invite
+/// gave the channel, shown until its own name arrives by sync.
 #[derive(Serialize, Deserialize)]
 pub struct ChannelRecord {
     /// Format version.
@@ -61,34 +64,68 @@ pub struct ChannelRecord {
     pub key: [u8; 32],
 }
 
+#[derive(Serialize, Deserialize)]
+struct ChannelRecordV2 {
+    version: u8,
+    id: ChannelId,
+    key: [u8; 32],
+    invited_name: Option<String>,
+}
+
+/// The longest invited name kept (as the local name limit).
+const MAX_INVITED_NAME: usize = 256;
+
 impl ChannelRecord {
-    const VERSION: u8 = 1;
+    const VERSION: u8 = 2;
 
     /// Encode a channel's keys.
     pub fn encode(keys: &ChannelKeys) -> Vec<u8> {
-        let rec = ChannelRecord {
+        Self::encode_named(keys, None)
+    }
+
+    /// Encode a channel's keys with the name its invite gave it.
+    pub fn encode_named(keys: &ChannelKeys, invited_name: Option<&str>) -> Vec<u8> {
+        let mut rec = ChannelRecordV2 {
             version: Self::VERSION,
             id: keys.id,
             key: *keys.key.expose(),
+            invited_name: invited_name.map(str::to_string),
         };
         let out = postcard::to_stdvec(&rec).expect("channel record encodes");
-        let mut rec = rec;
         zeroize::Zeroize::zeroize(&mut rec.key);
         out
     }
 
     /// Decode a channel's keys.
     pub fn decode(bytes: &[u8]) -> Result<ChannelKeys> {
-        let mut rec: ChannelRecord = postcard::from_bytes(bytes).map_err(|e| Error::corrupted("channel record", e))?;
-        if rec.version != Self::VERSION {
-            return Err(Error::UnsupportedFormat {
-                what: "channel record",
-                found: rec.version,
-                expected: Self::VERSION,
-            });
-        }
-        let keys = ChannelKeys::new(rec.id, SecretKey::from_bytes(rec.key));
-        zeroize::Zeroize::zeroize(&mut rec.key);
-        Ok(keys)
+        Self::decode_named(bytes).map(|(k, _)| k)
+    }
+
+    /// Decode a channel's keys and the name its invite gave it.
+    pub fn decode_named(bytes: &[u8]) -> Result<(ChannelKeys, Option<String>)> {
+        let bad = |e: postcard::Error| Error::corrupted("channel record", e);
+        let (id, mut key, name) = match bytes.first() {
+            Some(1) => {
+                let rec: ChannelRecord = postcard::from_bytes(bytes).map_err(bad)?;
+                (rec.id, rec.key, None)
+            }
+            Some(2) => {
+                let rec: ChannelRecordV2 = postcard::from_bytes(bytes).map_err(bad)?;
+                if rec.invited_name.as_ref().is_some_and(|n| n.len() > MAX_INVITED_NAME) {
+                    return Err(Error::corrupted("channel record", "invited name too long"));
+                }
+                (rec.id, rec.key, rec.invited_name)
+            }
+            other => {
+                return Err(Error::UnsupportedFormat {
+                    what: "channel record",
+                    found: other.copied().unwrap_or(0),
+                    expected: Self::VERSION,
+                });
+            }
+        };
+        let keys = ChannelKeys::new(id, SecretKey::from_bytes(key));
+        zeroize::Zeroize::zeroize(&mut key);
+        Ok((keys, name))
     }
 }

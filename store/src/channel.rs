@@ -79,6 +79,8 @@ pub struct ChannelState {
     /// messages stored here that no receipt of this device covers yet (also in
     /// sled, `T_OWED`, so they survive a crash before they are written).
     pub owed: BTreeMap<hearth_core::DeviceId, MessageId>,
+    /// The name the invite gave the channel: its name until its own arrives.
+    pub invited_name: Option<String>,
 }
 
 impl ChannelState {

@@ -143,6 +143,9 @@ pub enum Write {
     Join {
         /// The channel's id and key.
         keys: ChannelKeys,
+        /// The name the invite gave it, answered to until the channel's own
+        /// name arrives by sync.
+        name: Option<String>,
     },
     /// Record delivery receipts: this device holds each writing device's
     /// messages up to the given one.
@@ -277,11 +280,15 @@ impl Engine {
         for row in self.tree.scan_prefix([T_CHANNELS]) {
             let (k, v) = row?;
             let plain = open_record(&self.records, &k, &v)?;
-            let keys = ChannelRecord::decode(&plain)?;
+            let (keys, invited) = ChannelRecord::decode_named(&plain)?;
             if channel_key(&keys.wire()) != *k {
                 return Err(Error::corrupted("channel record", "stored under another channel's key"));
             }
+            let id = keys.id();
             self.load_channel(keys)?;
+            if let Some(ch) = self.channels.get_mut(&id) {
+                ch.invited_name = invited;
+            }
         }
         Ok(())
     }
@@ -297,6 +304,7 @@ impl Engine {
             staged_read: None,
             staged_newest: None,
             owed: BTreeMap::new(),
+            invited_name: None,
         };
         let owed_key = channel_prefix(T_OWED, &wire);
         if let Some(v) = self.tree.get(owed_key)? {
@@ -466,16 +474,21 @@ impl Engine {
                 ];
                 (entries, Outcome::Channel(id))
             }
-            Write::Join { keys } => {
+            Write::Join { keys, name } => {
                 let id = keys.id();
                 if self.channels.contains_key(&id) {
                     return Ok((vec![], Outcome::Channel(id)));
                 }
+                let key = *keys.key().expose();
+                let joined = match name {
+                    Some(name) => {
+                        Op::Rename { name: name.clone() }.validate()?;
+                        JournalEntry::Joined { id, key, name }
+                    }
+                    None => JournalEntry::Channel { id, key },
+                };
                 let entries = vec![
-                    JournalEntry::Channel {
-                        id,
-                        key: *keys.key().expose(),
-                    },
+                    joined,
                     op_entry(
                         id,
                         Op::SetName {
@@ -658,20 +671,29 @@ impl Engine {
     pub(crate) fn apply(&mut self, entries: &[JournalEntry]) -> Result<()> {
         for e in entries {
             match e {
-                JournalEntry::Channel { id, key } => {
-                    if self.channels.contains_key(id) {
-                        continue;
-                    }
-                    let keys = ChannelKeys::new(*id, SecretKey::from_bytes(*key));
-                    let k = channel_key(&keys.wire());
-                    let record = ChannelRecord::encode(&keys);
-                    self.batch.insert(&k[..], seal_record(&self.records, &k, &record)?);
-                    let sealed = self.seal_log(kind::CHANNEL, &record)?;
-                    self.log_record(kind::CHANNEL, &sealed);
-                    self.load_channel(keys)?;
-                }
+                JournalEntry::Channel { id, key } => self.add_channel(id, key, None)?,
+                JournalEntry::Joined { id, key, name } => self.add_channel(id, key, Some(name))?,
                 JournalEntry::Op { channel, op } => self.stage(*channel, op)?,
             }
+        }
+        Ok(())
+    }
+
+    /// A channel created or joined here: its keys (and invited name) go to
+    /// sled and the log with the current group.
+    fn add_channel(&mut self, id: &ChannelId, key: &[u8; 32], invited: Option<&String>) -> Result<()> {
+        if self.channels.contains_key(id) {
+            return Ok(());
+        }
+        let keys = ChannelKeys::new(*id, SecretKey::from_bytes(*key));
+        let k = channel_key(&keys.wire());
+        let record = ChannelRecord::encode_named(&keys, invited.map(String::as_str));
+        self.batch.insert(&k[..], seal_record(&self.records, &k, &record)?);
+        let sealed = self.seal_log(kind::CHANNEL, &record)?;
+        self.log_record(kind::CHANNEL, &sealed);
+        self.load_channel(keys)?;
+        if let Some(ch) = self.channels.get_mut(id) {
+            ch.invited_name = invited.cloned();
         }
         Ok(())
     }

@@ -55,6 +55,16 @@ pub enum JournalEntry {
         /// The op (message ids already assigned, so replay reproduces them).
         op: Op,
     },
+    /// A channel joined from an invite that named it: as `Channel`, plus the
+    /// name shown until the channel's own name arrives by sync.
+    Joined {
+        /// Channel id.
+        id: ChannelId,
+        /// Channel key.
+        key: [u8; 32],
+        /// The name the invite gave it.
+        name: String,
+    },
 }
 
 impl std::fmt::Debug for JournalEntry {
@@ -66,6 +76,11 @@ impl std::fmt::Debug for JournalEntry {
                 .field("key", &"<redacted>")
                 .finish(),
             JournalEntry::Op { channel, op } => f.debug_struct("Op").field("channel", channel).field("op", op).finish(),
+            JournalEntry::Joined { id, .. } => f
+                .debug_struct("Joined")
+                .field("id", id)
+                .field("key", &"<redacted>")
+                .finish_non_exhaustive(),
         }
     }
 }

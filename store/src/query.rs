@@ -165,11 +165,13 @@ impl Engine {
             .unwrap_or_default())
     }
 
+    /// The channel's own name (epoch 0), or until that arrives by sync, the
+    /// name its invite gave it.
     fn channel_name(&mut self, channel: &ChannelId) -> Result<String> {
         self.ensure_epoch(*channel, META_EPOCH, false)?;
-        Ok(self
-            .loaded(channel, META_EPOCH)
-            .and_then(|le| le.view.name.clone())
+        let own = self.loaded(channel, META_EPOCH).and_then(|le| le.view.name.clone());
+        Ok(own
+            .or_else(|| self.channels.get(channel).and_then(|ch| ch.invited_name.clone()))
             .unwrap_or_default())
     }
 

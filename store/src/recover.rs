@@ -153,11 +153,16 @@ fn apply(engine: &mut Engine, p: &mut Pending, report: &mut OpenReport) -> Resul
     };
     let mut batch = sled::Batch::default();
     for sealed in std::mem::take(&mut p.channels) {
-        let keys = ChannelRecord::decode(&open(&engine.records, kind::CHANNEL, &sealed)?)?;
-        if !engine.channels.contains_key(&keys.id()) {
+        let plain = open(&engine.records, kind::CHANNEL, &sealed)?;
+        let (keys, invited) = ChannelRecord::decode_named(&plain)?;
+        let id = keys.id();
+        if !engine.channels.contains_key(&id) {
             let k = channel_key(&keys.wire());
-            batch.insert(&k[..], seal_record(&engine.records, &k, &ChannelRecord::encode(&keys))?);
+            batch.insert(&k[..], seal_record(&engine.records, &k, &plain)?);
             engine.load_channel(keys)?;
+            if let Some(ch) = engine.channels.get_mut(&id) {
+                ch.invited_name = invited;
+            }
         }
     }
     engine.tree.apply_batch(batch)?;
@@ -243,12 +248,9 @@ pub(crate) fn migrate(dir: &Path, tree: &sled::Tree, records: &SecretKey, identi
     let mut wires = Vec::new();
     for row in tree.scan_prefix([T_CHANNELS]) {
         let (k, v) = row?;
-        let keys = ChannelRecord::decode(&open_record(records, &k, &v)?)?;
-        log::encode_record(
-            &mut buf,
-            kind::CHANNEL,
-            &seal(records, kind::CHANNEL, &ChannelRecord::encode(&keys))?,
-        );
+        let plain = open_record(records, &k, &v)?;
+        let keys = ChannelRecord::decode(&plain)?;
+        log::encode_record(&mut buf, kind::CHANNEL, &seal(records, kind::CHANNEL, &plain)?);
         wires.push(keys.wire());
     }
     flush(&mut buf, &mut log)?;

@@ -372,7 +372,22 @@ impl Store {
 
     /// Join a channel from its keys (an invite). Its history arrives by sync.
     pub async fn join_channel(&self, keys: ChannelKeys) -> Result<ChannelId> {
-        match self.write(Write::Join { keys }).await? {
+        match self.write(Write::Join { keys, name: None }).await? {
+            Outcome::Channel(c) => Ok(c),
+            _ => Err(Error::corrupted("store task", "unexpected reply")),
+        }
+    }
+
+    /// Join a channel from an invite that named it: it answers to `name` at
+    /// once, offline, until its own name arrives by sync (then that one).
+    pub async fn join_channel_named(&self, keys: ChannelKeys, name: &str) -> Result<ChannelId> {
+        match self
+            .write(Write::Join {
+                keys,
+                name: Some(name.to_string()),
+            })
+            .await?
+        {
             Outcome::Channel(c) => Ok(c),
             _ => Err(Error::corrupted("store task", "unexpected reply")),
         }
