@@ -136,9 +136,9 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
         Command::Link { listen, timeout } => {
             return crate::net::link(h, listen.clone(), Duration::from_secs(*timeout), cli.json).await;
         }
-        Command::Invite { channel, addr } => crate::net::invite(h, &cli.store, channel, addr, cli.json).await?,
+        Command::Invite { channel, addr } => crate::net::invite(h, channel, addr, cli.json).await?,
         Command::Join { ticket, timeout } => {
-            return crate::net::join(h, &cli.store, ticket, Duration::from_secs(*timeout), cli.json).await;
+            return crate::net::join(h, ticket, Duration::from_secs(*timeout), cli.json).await;
         }
         Command::Sync { peer, timeout } => {
             return crate::net::sync(h, peer, Duration::from_secs(*timeout), cli.json).await;
@@ -158,7 +158,7 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
                 anti_entropy: Duration::from_secs((*anti_entropy).max(1)),
                 ..Default::default()
             };
-            return crate::net::node(h, &cli.store, config, *exit_on_eof).await;
+            return crate::net::node(h, config, *exit_on_eof).await;
         }
         Command::Channel(ChannelCmd::Create { name }) => {
             let id = h.create_channel(name).await?;

@@ -1,9 +1,10 @@
 //! Network commands: invite, join, node, sync, relay.
 //!
-//! A store directory remembers two plain-text lists next to the sealed data
-//! (addresses are not secret; they travel in tickets): `node.addrs`, the
-//! addresses the last `hearth node` listened on (what `invite` puts in a
-//! ticket), and `peers`, addresses learned from tickets (what `node` dials).
+//! A store directory remembers two lists next to the sealed data, sealed too
+//! (`Store::write_private_file`: addresses travel in tickets, but they show
+//! where a device was reachable): `node.addrs`, the addresses the last
+//! `hearth node` listened on (what `invite` puts in a ticket), and `peers`,
+//! addresses learned from tickets (what `node` dials).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -22,42 +23,45 @@ use crate::output::print_json;
 const ADDRS_FILE: &str = "node.addrs";
 const PEERS_FILE: &str = "peers";
 
-fn read_addrs(path: &Path) -> Vec<Multiaddr> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+/// One multiaddr per line (a file written before they were sealed is read
+/// the same way).
+async fn read_addrs(h: &Hearth, name: &str) -> Result<Vec<Multiaddr>> {
+    let bytes = h.read_private_file(name).await?.unwrap_or_default();
+    Ok(String::from_utf8_lossy(&bytes)
         .lines()
         .filter_map(|l| l.trim().parse().ok())
-        .collect()
+        .collect())
 }
 
-fn write_addrs(path: &Path, addrs: &[Multiaddr]) -> Result<()> {
+/// Replaced whole (never torn by a crash or a power cut), sealed.
+async fn write_addrs(h: &Hearth, name: &str, addrs: &[Multiaddr]) -> Result<()> {
     let mut text = String::new();
     for a in addrs {
         text.push_str(&a.to_string());
         text.push('\n');
     }
-    // Replaced whole, never torn by a crash or a power cut.
-    hearth::write_atomic(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+    h.write_private_file(name, text.into_bytes())
+        .await
+        .with_context(|| format!("writing {name}"))
 }
 
 /// Remember peer addresses (from a ticket) for `hearth node`.
-fn remember_peers(store: &Path, addrs: &[Multiaddr]) -> Result<()> {
-    let path = store.join(PEERS_FILE);
-    let mut all = read_addrs(&path);
+async fn remember_peers(h: &Hearth, addrs: &[Multiaddr]) -> Result<()> {
+    let mut all = read_addrs(h, PEERS_FILE).await?;
     for a in addrs {
         if !all.contains(a) {
             all.push(a.clone());
         }
     }
-    write_addrs(&path, &all)
+    write_addrs(h, PEERS_FILE, &all).await
 }
 
 /// `hearth invite CHANNEL [--addr A]...`
-pub async fn invite(h: &Hearth, store: &Path, channel: &str, addrs: &[Multiaddr], as_json: bool) -> Result<()> {
+pub async fn invite(h: &Hearth, channel: &str, addrs: &[Multiaddr], as_json: bool) -> Result<()> {
     let channel = h.resolve_channel(channel).await?;
     let mut addrs = addrs.to_vec();
     if addrs.is_empty() {
-        addrs = read_addrs(&store.join(ADDRS_FILE));
+        addrs = read_addrs(h, ADDRS_FILE).await?;
     }
     if addrs.is_empty() {
         eprintln!(
@@ -75,10 +79,10 @@ pub async fn invite(h: &Hearth, store: &Path, channel: &str, addrs: &[Multiaddr]
 }
 
 /// `hearth join TICKET`: join, remember the inviter's addresses, try to sync now.
-pub async fn join(h: &Hearth, store: &Path, ticket: &str, timeout: Duration, as_json: bool) -> Result<ExitCode> {
+pub async fn join(h: &Hearth, ticket: &str, timeout: Duration, as_json: bool) -> Result<ExitCode> {
     let ticket: Ticket = ticket.parse().context("reading the ticket")?;
     let channel = h.join(&ticket).await?;
-    remember_peers(store, ticket.addrs())?;
+    remember_peers(h, ticket.addrs()).await?;
     let mut synced = None;
     for addr in ticket.addrs() {
         match sync_once(h, addr.clone(), timeout).await {
@@ -331,13 +335,13 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 }
 
 /// `hearth node`: run until SIGINT/SIGTERM (or stdin closes with `--exit-on-eof`).
-pub async fn node(h: &Hearth, store: &Path, mut config: NodeConfig, exit_on_eof: bool) -> Result<ExitCode> {
+pub async fn node(h: &Hearth, mut config: NodeConfig, exit_on_eof: bool) -> Result<ExitCode> {
     if config.listen.is_empty() {
         config
             .listen
             .push("/ip4/127.0.0.1/tcp/0".parse().expect("a valid address"));
     }
-    for a in read_addrs(&store.join(PEERS_FILE)) {
+    for a in read_addrs(h, PEERS_FILE).await? {
         if !config.peers.contains(&a) {
             config.peers.push(a);
         }
@@ -352,13 +356,12 @@ pub async fn node(h: &Hearth, store: &Path, mut config: NodeConfig, exit_on_eof:
     }
     // Listen addresses may come up before the subscription: report them from the node.
     let addrs = listen_addrs(&node).await;
-    write_addrs(&store.join(ADDRS_FILE), &addrs)?;
+    write_addrs(h, ADDRS_FILE, &addrs).await?;
     for a in &addrs {
         print_json(&json!({"event": "listening", "addr": a.to_string()}));
     }
     let printer = {
         let h = h.clone();
-        let store = store.to_path_buf();
         let node = node.clone();
         tokio::spawn(async move {
             loop {
@@ -375,7 +378,7 @@ pub async fn node(h: &Hearth, store: &Path, mut config: NodeConfig, exit_on_eof:
                         continue;
                     }
                     if let Ok(all) = node.listen_addrs().await {
-                        let _ = write_addrs(&store.join(ADDRS_FILE), &all);
+                        let _ = write_addrs(&h, ADDRS_FILE, &all).await;
                     }
                 }
                 if let Some(v) = event_json(&h, e).await {

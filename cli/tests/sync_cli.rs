@@ -381,8 +381,11 @@ fn invite_join_then_sync_back() {
     // A first run only to learn (and save) where the node listens.
     let (node, addr) = start_node("alice's first node", &a, &["--listen", LOOPBACK]);
     node.terminate();
-    let saved = std::fs::read_to_string(a.join("node.addrs")).expect("node.addrs");
-    assert_eq!(saved.trim(), addr);
+    // Saved sealed: where the device listened is nobody else's business.
+    let saved = std::fs::read(a.join("node.addrs")).expect("node.addrs");
+    assert!(saved.starts_with(b"HEARTHSF"));
+    let port_text = addr.split("/p2p/").next().expect("an address");
+    assert!(!saved.windows(port_text.len()).any(|w| w == port_text.as_bytes()));
     let ticket = ok(hearth(&a).args(["invite", "general"])).trim().to_string();
     assert!(ticket.starts_with("hearth1"), "{ticket}");
 

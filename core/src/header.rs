@@ -46,8 +46,16 @@ impl Default for KdfParams {
 }
 
 impl KdfParams {
-    /// Minimal cost, for tests that open many stores. Never use for real data.
+    /// Minimal cost, for tests that open many stores. Never use for real data:
+    /// it is the one preset below [`KdfParams::is_strong`] that new headers
+    /// accept, named so that it cannot be picked by accident.
     pub const INSECURE_FAST: KdfParams = KdfParams { m_kib: 64, t: 1, p: 1 };
+
+    /// Whether the parameters meet the floor for new headers (OWASP's Argon2id
+    /// minimums): at least 19 MiB with two passes, or 46 MiB with one.
+    pub fn is_strong(&self) -> bool {
+        (self.m_kib >= 19 * 1024 && self.t >= 2) || (self.m_kib >= 46 * 1024 && self.t >= 1)
+    }
 
     /// Reject parameters a hostile header could use to exhaust memory or time.
     fn check(&self) -> Result<()> {
@@ -105,7 +113,20 @@ fn wrap_aad(kdf: &KdfParams, salt: &[u8; 16]) -> Vec<u8> {
 
 impl StoreHeader {
     /// Wrap `master` under a key derived from `pass` with a fresh salt.
+    ///
+    /// Parameters below [`KdfParams::is_strong`] are refused (only the
+    /// explicitly named [`KdfParams::INSECURE_FAST`] test preset passes):
+    /// existing headers with weaker ones still open.
     pub fn wrap(master: &SecretKey, pass: &Passphrase, kdf: KdfParams) -> Result<Self> {
+        if !kdf.is_strong() && kdf != KdfParams::INSECURE_FAST {
+            return Err(Error::invalid(
+                "KDF parameters",
+                format!(
+                    "m = {} KiB, t = {} is weaker than the floor for new stores (19 MiB with t >= 2, or 46 MiB)",
+                    kdf.m_kib, kdf.t
+                ),
+            ));
+        }
         let mut salt = [0u8; 16];
         random_bytes(&mut salt)?;
         let kek = kdf.derive(pass, &salt)?;
@@ -196,5 +217,47 @@ mod tests {
             ));
         }
         assert!(StoreHeader::decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn new_headers_refuse_weak_kdf_parameters() {
+        let master = SecretKey::from_bytes([5; 32]);
+        for weak in [
+            KdfParams {
+                m_kib: 1024,
+                t: 3,
+                p: 1,
+            },
+            KdfParams {
+                m_kib: 19 * 1024,
+                t: 1,
+                p: 1,
+            },
+            KdfParams { m_kib: 8, t: 64, p: 1 },
+        ] {
+            assert!(
+                matches!(
+                    StoreHeader::wrap(&master, &"pw".into(), weak),
+                    Err(Error::Invalid { .. })
+                ),
+                "{weak:?}"
+            );
+        }
+        for strong in [
+            KdfParams::default(),
+            KdfParams {
+                m_kib: 19 * 1024,
+                t: 2,
+                p: 1,
+            },
+            KdfParams {
+                m_kib: 46 * 1024,
+                t: 1,
+                p: 1,
+            },
+        ] {
+            assert!(strong.is_strong(), "{strong:?}");
+        }
+        assert!(KdfParams::default().is_strong());
     }
 }

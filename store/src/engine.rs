@@ -275,7 +275,7 @@ impl Engine {
             self.watermark = key_u64(&v)?;
         }
         if let Some(v) = self.tree.get(META_HLC)? {
-            self.hlc.observe(hearth_core::Timestamp(key_u64(&v)?));
+            self.hlc.observe(hearth_core::Timestamp(read_hlc(&self.records, &v)?));
         }
         for row in self.tree.scan_prefix([T_CHANNELS]) {
             let (k, v) = row?;
@@ -801,7 +801,8 @@ impl Engine {
         self.touched.clear();
         self.watermark = self.watermark.max(journal_seq);
         self.batch.insert(META_WATERMARK, &self.watermark.to_be_bytes()[..]);
-        self.batch.insert(META_HLC, &self.hlc.last().0.to_be_bytes()[..]);
+        self.batch
+            .insert(META_HLC, hlc_value(&self.records, self.hlc.last().0)?);
         let mut batch = std::mem::take(&mut self.batch);
         self.write_log_batch(&mut batch)?;
         self.tree.apply_batch(batch)?;

@@ -184,6 +184,20 @@ pub fn seal_record(key: &SecretKey, k: &[u8], plain: &[u8]) -> Result<Vec<u8>> {
     Ok(hearth_core::seal(key, &record_aad(k), plain)?)
 }
 
+/// The clock row's value (`M hlc`): the HLC high-water mark, sealed (it
+/// tells when the store was last written, to the millisecond).
+pub fn hlc_value(key: &SecretKey, hlc: u64) -> Result<Vec<u8>> {
+    seal_record(key, META_HLC, &hlc.to_be_bytes())
+}
+
+/// Read the clock row: sealed from format 3 on, a plain u64 BE before.
+pub fn read_hlc(key: &SecretKey, v: &[u8]) -> Result<u64> {
+    if v.len() == 8 {
+        return key_u64(v);
+    }
+    key_u64(&open_record(key, META_HLC, v)?)
+}
+
 /// Open a record sealed by [`seal_record`].
 pub fn open_record(key: &SecretKey, k: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
     let what = table_name(k.first().copied().unwrap_or(0));
@@ -196,4 +210,19 @@ fn record_aad(k: &[u8]) -> Vec<u8> {
     aad.push(0);
     aad.extend_from_slice(k);
     aad
+}
+
+#[cfg(test)]
+mod clock_row_tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_row_is_sealed_and_old_plain_rows_still_read() {
+        let key = SecretKey::from_bytes([7; 32]);
+        let v = hlc_value(&key, 0x0123_4567_89ab_cdef).unwrap();
+        assert!(!v.windows(8).any(|w| w == 0x0123_4567_89ab_cdefu64.to_be_bytes()));
+        assert_eq!(read_hlc(&key, &v).unwrap(), 0x0123_4567_89ab_cdef);
+        assert!(read_hlc(&SecretKey::from_bytes([8; 32]), &v).is_err());
+        assert_eq!(read_hlc(&key, &42u64.to_be_bytes()).unwrap(), 42);
+    }
 }

@@ -202,7 +202,7 @@ fn apply(engine: &mut Engine, p: &mut Pending, report: &mut OpenReport) -> Resul
     engine.hlc.observe(Timestamp(p.commit.hlc));
     let mut batch = sled::Batch::default();
     batch.insert(META_WATERMARK, &engine.watermark.to_be_bytes()[..]);
-    batch.insert(META_HLC, &engine.hlc.last().0.to_be_bytes()[..]);
+    batch.insert(META_HLC, hlc_value(&engine.records, engine.hlc.last().0)?);
     batch.insert(META_LOG, &end.encode()[..]);
     engine.tree.apply_batch(batch)?;
     engine.dirty = true;
@@ -225,7 +225,11 @@ pub(crate) fn migrate(dir: &Path, tree: &sled::Tree, records: &SecretKey, identi
     let meta = |k: &[u8]| -> Result<u64> { tree.get(k)?.map(|v| key_u64(&v)).transpose().map(|v| v.unwrap_or(0)) };
     let commit = log::Commit {
         watermark: meta(META_WATERMARK)?,
-        hlc: meta(META_HLC)?,
+        hlc: tree
+            .get(META_HLC)?
+            .map(|v| read_hlc(records, &v))
+            .transpose()?
+            .unwrap_or(0),
     };
     let sealed_commit = seal(
         records,

@@ -82,6 +82,42 @@ impl std::fmt::Debug for Store {
     }
 }
 
+const PRIVATE_FILE_MAGIC: &[u8; 8] = b"HEARTHSF";
+
+fn file_aad(name: &str) -> Vec<u8> {
+    let mut aad = b"hearth.file.v1".to_vec();
+    aad.extend_from_slice(name.as_bytes());
+    aad
+}
+
+fn check_file_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+        && !name.starts_with('.')
+        && ![
+            "header",
+            "header.tmp",
+            "journal",
+            "LOCK",
+            "db",
+            "log",
+            "log.tmp",
+            "db.v1",
+        ]
+        .contains(&name);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid {
+            what: "file name".into(),
+            detail: format!("{name:?} is not a plain file name"),
+        })
+    }
+}
+
 fn expect_message(o: Outcome) -> Result<MessageId> {
     match o {
         Outcome::Message(m) => Ok(m),
@@ -284,6 +320,48 @@ impl Store {
     pub async fn node_secret(&self) -> Result<hearth_core::SecretKey> {
         self.query(|e| Ok(hearth_core::derive(&e.master, hearth_core::Purpose::NodeKey)))
             .await
+    }
+
+    /// Replace a small file beside the store (a node's addresses, its known
+    /// peers), sealed under the store's keys: atomically and durably, owner
+    /// only. `name` is a plain file name. Format: magic `HEARTHSF` | sealed
+    /// bytes (AAD `"hearth.file.v1" | name`).
+    pub async fn write_private_file(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
+        check_file_name(name)?;
+        let name = name.to_string();
+        self.query(move |e| {
+            let sealed = hearth_core::seal(&e.records, &file_aad(&name), &bytes)?;
+            let mut out = PRIVATE_FILE_MAGIC.to_vec();
+            out.extend_from_slice(&sealed);
+            crate::durable::write_atomic(&e.dir.join(&name), &out)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Read what [`Store::write_private_file`] wrote (`None` if there is no
+    /// such file). A file without the magic is from before files were sealed
+    /// (plain text): it is returned as it is, and sealed at the next write.
+    pub async fn read_private_file(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        check_file_name(name)?;
+        let name = name.to_string();
+        self.query(move |e| {
+            let bytes = match std::fs::read(e.dir.join(&name)) {
+                Ok(b) => b,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(err) => return Err(err.into()),
+            };
+            match bytes.strip_prefix(PRIVATE_FILE_MAGIC) {
+                Some(sealed) => Ok(Some(hearth_core::open(
+                    &e.records,
+                    &file_aad(&name),
+                    sealed,
+                    "private file",
+                )?)),
+                None => Ok(Some(bytes)),
+            }
+        })
+        .await
     }
 
     /// Every channel's wire id and version vector.

@@ -552,7 +552,7 @@ impl Engine {
         if owed_more {
             crate::engine::put_owed(&mut batch, &self.records, wire, &ch.owed)?;
         }
-        batch.insert(META_HLC, &self.hlc.last().0.to_be_bytes()[..]);
+        batch.insert(META_HLC, hlc_value(&self.records, self.hlc.last().0)?);
         self.log_buf.extend_from_slice(&log_records);
         self.write_log_batch(&mut batch)?;
         self.tree.apply_batch(batch)?;
