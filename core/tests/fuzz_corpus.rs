@@ -73,6 +73,16 @@ replay_tests! {
     channel_record => checks::check_channel_record,
     snapshot => checks::check_snapshot,
     link_bundle => checks::check_link_bundle,
+    fork_proof => checks::check_fork_proof,
+}
+
+/// Writes the seeds added with fork proofs and named channel records only
+/// (the other seeds hold random nonces, so regenerating them all rewrites
+/// every file).
+#[test]
+#[ignore = "rewrites fuzz/corpus/fork_proof and two channel_record seeds; run by hand with --ignored"]
+fn regenerate_format_3_seeds() {
+    seeds::write_fork_proofs();
 }
 
 /// Writes the seed corpus: valid inputs made by the encoders, plus truncated and
@@ -120,8 +130,41 @@ mod seeds {
             "channel_record" => ChannelRecord::decode(data).is_ok(),
             "snapshot" => EpochDoc::load(EPOCH, data, &LOCAL_DEVICE).is_ok(),
             "link_bundle" => true,
+            "fork_proof" => hearth_core::ForkProof::decode(data).is_ok(),
             _ => unreachable!("no fuzz target {target}"),
         }
+    }
+
+    /// Two forks of the author's feed (same position; next position on
+    /// another previous entry) and a chain that is no fork, plus variants.
+    pub fn write_fork_proofs() {
+        let keys = channel_keys();
+        let me = author();
+        let body = |b: u8| EntryBody {
+            epoch: EPOCH,
+            change: vec![b; 8],
+        };
+        let (one, h1) = Envelope::seal(keys, &me, 1, [0; 32], &body(1)).expect("seal");
+        let (other, h1b) = Envelope::seal(keys, &me, 1, [0; 32], &body(2)).expect("seal");
+        let (two, _) = Envelope::seal(keys, &me, 2, h1, &body(3)).expect("seal");
+        let (two_b, _) = Envelope::seal(keys, &me, 2, h1b, &body(4)).expect("seal");
+        let proof = |first: &[u8], second: &[u8]| {
+            hearth_core::ForkProof {
+                first: first.to_vec(),
+                second: second.to_vec(),
+            }
+            .encode()
+        };
+        let same = proof(&one, &other);
+        let next = proof(&one, &two_b);
+        write("fork_proof", "valid-same-position", &same);
+        write("fork_proof", "valid-next-position", &next);
+        write("fork_proof", "chain-not-a-fork", &proof(&one, &two));
+        write("fork_proof", "truncated", &same[..same.len() / 2]);
+        write("fork_proof", "flipped-in-second", &flip(&next, next.len() - 10));
+        let named = ChannelRecord::encode_named(keys, Some("general"));
+        write("channel_record", "valid-v2-named", &named);
+        write("channel_record", "valid-v2-unnamed", &ChannelRecord::encode(keys));
     }
 
     fn flip(data: &[u8], at: usize) -> Vec<u8> {

@@ -152,6 +152,23 @@ pub fn check_change(data: &[u8]) {
     assert_eq!(reloaded.view(&devices), view, "view changed across save and load");
 }
 
+/// Decode a fork proof (from a feed log, where a rebuild reads it back). On
+/// success it re-encodes to exactly the input and its check names the feed
+/// of both entries.
+pub fn check_fork_proof(data: &[u8]) {
+    let Ok((proof, fork)) = hearth_core::ForkProof::decode(data) else {
+        return;
+    };
+    assert_eq!(
+        proof.encode(),
+        data,
+        "a fork proof decodes from bytes that are not its encoding"
+    );
+    assert_eq!(proof.check().expect("a decoded proof checks"), fork);
+    let first = Envelope::decode(&proof.first).expect("a checked proof's first entry decodes");
+    assert_eq!((first.header.wire, first.header.device), (fork.wire, fork.device));
+}
+
 /// Decode an identity record. On success it re-encodes to the same identity.
 pub fn check_identity(data: &[u8]) {
     let Ok(id) = Identity::decode(data) else {
