@@ -144,10 +144,10 @@ mod seeds {
             epoch: EPOCH,
             change: vec![b; 8],
         };
-        let (one, h1) = Envelope::seal(keys, &me, 1, [0; 32], &body(1)).expect("seal");
-        let (other, h1b) = Envelope::seal(keys, &me, 1, [0; 32], &body(2)).expect("seal");
-        let (two, _) = Envelope::seal(keys, &me, 2, h1, &body(3)).expect("seal");
-        let (two_b, _) = Envelope::seal(keys, &me, 2, h1b, &body(4)).expect("seal");
+        let (one, h1) = Envelope::seal(keys, me, 1, [0; 32], &body(1)).expect("seal");
+        let (other, h1b) = Envelope::seal(keys, me, 1, [0; 32], &body(2)).expect("seal");
+        let (two, _) = Envelope::seal(keys, me, 2, h1, &body(3)).expect("seal");
+        let (two_b, _) = Envelope::seal(keys, me, 2, h1b, &body(4)).expect("seal");
         let proof = |first: &[u8], second: &[u8]| {
             hearth_core::ForkProof {
                 first: first.to_vec(),
