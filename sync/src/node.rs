@@ -46,6 +46,13 @@ pub struct NodeConfig {
     pub max_connections: u32,
     /// Most connections to one peer.
     pub max_per_peer: u32,
+    /// Most connections from one IP address (one host opening many peer
+    /// ids); beyond, a new connection is closed at once.
+    pub max_per_ip: u32,
+    /// A connection with no request in flight for this long is closed (a
+    /// connected peer reconciles every `anti_entropy`, so only idle strangers
+    /// and departed peers are).
+    pub idle_timeout: Duration,
     /// Most inbound requests served at once (beyond: answered "busy").
     pub max_inbound: usize,
     /// Most concurrent request streams per connection.
@@ -67,6 +74,8 @@ impl Default for NodeConfig {
             redial_max: Duration::from_secs(30),
             max_connections: 256,
             max_per_peer: 2,
+            max_per_ip: 16,
+            idle_timeout: Duration::from_secs(300),
             max_inbound: 64,
             max_streams: 32,
             request_timeout: Duration::from_secs(30),
@@ -421,7 +430,7 @@ pub async fn start<R: Replica>(
             })
         })
         .map_err(|e| setup(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(24 * 3600)))
+        .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_timeout))
         .build();
     for addr in &config.listen {
         swarm.listen_on(addr.clone()).map_err(|e| setup(&e))?;
@@ -446,6 +455,7 @@ pub async fn start<R: Replica>(
         listening: Vec::new(),
         link: None,
         inbound: Arc::new(Semaphore::new(config.max_inbound)),
+        per_ip: HashMap::new(),
     };
     for addr in config.peers {
         node.add_known(addr, true);
@@ -482,6 +492,17 @@ struct Loop<R: Replica> {
     /// A one-time device link on offer: the secret and the sealed bundle.
     link: Option<(hearth_core::SecretKey, Vec<u8>)>,
     inbound: Arc<Semaphore>,
+    /// Established connections per remote IP address.
+    per_ip: HashMap<std::net::IpAddr, u32>,
+}
+
+/// The IP address a multiaddr starts with.
+fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(a) => Some(a.into()),
+        Protocol::Ip6(a) => Some(a.into()),
+        _ => None,
+    })
 }
 
 impl<R: Replica> Loop<R> {
@@ -712,8 +733,23 @@ impl<R: Replica> Loop<R> {
                 peer_id,
                 endpoint,
                 num_established,
+                connection_id,
                 ..
             } => {
+                if let Some(ip) = ip_of(endpoint.get_remote_address()) {
+                    let n = self.per_ip.entry(ip).or_insert(0);
+                    *n += 1;
+                    if *n > self.config.max_per_ip {
+                        // Counted until its close event, which uncounts it.
+                        self.swarm.close_connection(connection_id);
+                        self.emit(NodeEvent::Rejected {
+                            peer: peer_id,
+                            reason: format!("more than {} connections from {ip}", self.config.max_per_ip),
+                            dropped: true,
+                        });
+                        return;
+                    }
+                }
                 if self.banned.get(&peer_id).is_some_and(|t| *t > Instant::now()) {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
@@ -763,9 +799,21 @@ impl<R: Replica> Loop<R> {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                num_established,
+                endpoint,
                 ..
             } => {
+                if let Some(ip) = ip_of(endpoint.get_remote_address())
+                    && let Some(n) = self.per_ip.get_mut(&ip)
+                {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.per_ip.remove(&ip);
+                    }
+                }
+                if num_established > 0 {
+                    return;
+                }
                 self.peers.remove(&peer_id);
                 // A banned peer is not redialed before its ban ends.
                 let at = self

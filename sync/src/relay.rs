@@ -55,13 +55,16 @@ const CACHE_BYTES: u64 = 16 << 20;
 
 /// Limits of a relay.
 ///
-/// Defaults: `max_channels` 10 000, `max_bytes` 10 GiB.
+/// Defaults: `max_channels` 10 000, `max_bytes` 10 GiB, `max_bytes_per_user` 1 GiB.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RelayConfig {
     /// Most channels held; entries of further channels are refused. Default 10 000.
     pub max_channels: usize,
     /// Most envelope bytes held in all; entries beyond are refused. Default 10 GiB.
     pub max_bytes: u64,
+    /// Most envelope bytes held of one author (user), over all its devices
+    /// and channels: one member cannot fill the relay for everyone. Default 1 GiB.
+    pub max_bytes_per_user: u64,
 }
 
 impl Default for RelayConfig {
@@ -69,6 +72,7 @@ impl Default for RelayConfig {
         RelayConfig {
             max_channels: 10_000,
             max_bytes: 10 << 30,
+            max_bytes_per_user: 1 << 30,
         }
     }
 }
@@ -82,6 +86,14 @@ impl RelayConfig {
     /// Set [`RelayConfig::max_bytes`].
     pub fn with_max_bytes(self, max_bytes: u64) -> Self {
         RelayConfig { max_bytes, ..self }
+    }
+
+    /// Set [`RelayConfig::max_bytes_per_user`].
+    pub fn with_max_bytes_per_user(self, max_bytes_per_user: u64) -> Self {
+        RelayConfig {
+            max_bytes_per_user,
+            ..self
+        }
     }
 }
 
@@ -121,6 +133,8 @@ struct State {
     bytes: u64,
     entries: u64,
     forks: u64,
+    /// Envelope bytes held per author, over every channel.
+    by_user: BTreeMap<UserId, u64>,
 }
 
 impl State {
@@ -452,6 +466,7 @@ impl Inner {
         if self.poisoned.load(Ordering::SeqCst) {
             return Err(Error::Poisoned);
         }
+        let mut by_user: BTreeMap<UserId, u64> = BTreeMap::new();
         let (held, no_room, bytes_before) = {
             let st = self.state();
             let held = st.feeds.get(wire).cloned().unwrap_or_default();
@@ -494,6 +509,17 @@ impl Inner {
                 continue;
             }
             let len = bytes.len() as u64;
+            let before = self.state().by_user.get(&env.header.user).copied().unwrap_or(0);
+            let author = by_user.entry(env.header.user).or_insert(0);
+            if before + *author + len > self.config.max_bytes_per_user && replay.is_none() {
+                let why = format!(
+                    "it holds at most {} bytes of one author's entries",
+                    self.config.max_bytes_per_user
+                );
+                report.rejected.push(admission.refuse(&env, Refusal::Full(why)));
+                continue;
+            }
+            *author += len;
             let size = sizes
                 .entry(device)
                 .or_insert_with(|| held.get(&device).map_or(0, |h| h.bytes));
@@ -536,6 +562,9 @@ impl Inner {
             st.bytes += added;
             st.entries += accepted.len() as u64;
             st.forks += proofs.len() as u64;
+            for (user, added) in by_user {
+                *st.by_user.entry(user).or_insert(0) += added;
+            }
             report.accepted = accepted.len();
         }
         report.vector = self.state().vector(wire).unwrap_or_default();
@@ -621,6 +650,7 @@ fn load(tree: &sled::Tree) -> Result<State> {
         let head: RelayHead = postcard::from_bytes(&v).map_err(|e| corrupted("relay heads", e))?;
         st.bytes += head.bytes;
         st.entries += head.seq;
+        *st.by_user.entry(head.user).or_insert(0) += head.bytes;
         st.feeds.entry(wire).or_default().insert(device, head);
     }
     st.forks = tree.scan_prefix([T_FORKS]).count() as u64;
@@ -909,6 +939,38 @@ mod tests {
         assert_eq!(r.vector, Vector::default());
         assert_eq!(relay.stats().channels, 1);
         assert_eq!(relay.stats().bytes, cap);
+    }
+
+    /// One author cannot fill a relay for everyone: its quota covers all its
+    /// devices and channels, survives a reopen, and others still get in.
+    #[tokio::test]
+    async fn one_authors_entries_are_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (Identity::generate("a").unwrap(), Identity::generate("b").unwrap());
+        let a2 = Identity::new_device(&a.secret(), "a").unwrap();
+        let (k1, k2) = (ChannelKeys::generate().unwrap(), ChannelKeys::generate().unwrap());
+        let (ea, ea2, eb) = (chain(&k1, &a, 2), chain(&k2, &a2, 2), chain(&k1, &b, 2));
+        let cap = (ea[0].0.len() + ea[1].0.len() + ea2[0].0.len()) as u64;
+        let config = RelayConfig::default().with_max_bytes_per_user(cap);
+        let relay = RelayStore::open_with(dir.path(), config.clone()).unwrap();
+        assert_eq!(ingest(&relay, k1.wire(), &[&ea[0].0, &ea[1].0]).await.accepted, 2);
+        let r = ingest(&relay, k2.wire(), &[&ea2[0].0, &ea2[1].0]).await;
+        assert_eq!(r.accepted, 1, "another device of the same user, in another channel");
+        assert_eq!(
+            reasons(&r),
+            [format!(
+                "relay is full: it holds at most {cap} bytes of one author's entries"
+            )]
+        );
+        assert!(!r.rejected[0].is_peer_fault());
+        assert_eq!(ingest(&relay, k1.wire(), &[&eb[0].0, &eb[1].0]).await.accepted, 2);
+        drop(relay);
+        let relay = RelayStore::open_with(dir.path(), config).unwrap();
+        assert_eq!(
+            ingest(&relay, k2.wire(), &[&ea2[1].0]).await.accepted,
+            0,
+            "after a reopen too"
+        );
     }
 
     #[test]

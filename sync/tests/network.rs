@@ -212,3 +212,58 @@ async fn a_catch_up_is_not_pushed_alongside_the_pull() {
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
+
+/// One host may hold only so many connections to a node (`max_per_ip`):
+/// beyond, each new one is closed at once and reported; the ones within
+/// the limit keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_from_one_ip_are_capped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pass = Passphrase::new("pw");
+    let hub = Store::create(tmp.path().join("hub"), &pass, "hub", config())
+        .await
+        .unwrap();
+    let cfg = hearth_sync::NodeConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        max_per_ip: 2,
+        ..hearth_sync::NodeConfig::default()
+    };
+    let node = hearth_sync::start(hub.clone(), &hub.node_secret().await.unwrap(), cfg)
+        .await
+        .unwrap();
+    let mut events = node.subscribe();
+    let mut addr = Vec::new();
+    while addr.is_empty() {
+        addr = node.listen_addrs().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut others = Vec::new();
+    for i in 0..4 {
+        let s = Store::create(tmp.path().join(format!("s{i}")), &pass, "s", config())
+            .await
+            .unwrap();
+        let (n, _) = start_node_on(s.clone(), &s.node_secret().await.unwrap(), "/ip4/127.0.0.1/tcp/0").await;
+        n.dial(addr[0].clone()).await.unwrap();
+        others.push((s, n));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut refused = 0;
+    while refused < 2 && std::time::Instant::now() < deadline {
+        if let Ok(Ok(hearth_sync::NodeEvent::Rejected { reason, dropped, .. })) =
+            tokio::time::timeout(Duration::from_millis(200), events.recv()).await
+        {
+            assert!(dropped);
+            assert!(reason.contains("connections from 127.0.0.1"), "{reason}");
+            refused += 1;
+        }
+    }
+    assert!(refused >= 2, "the third and fourth host connections were refused");
+    let connected = node.status().await.unwrap().iter().filter(|p| p.connected).count();
+    assert!(connected <= 2, "{connected} connected");
+    for (s, n) in others {
+        n.stop().await.ok();
+        s.close().await.unwrap();
+    }
+    node.stop().await.ok();
+    hub.close().await.unwrap();
+}
