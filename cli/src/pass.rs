@@ -6,19 +6,23 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use hearth::Passphrase;
+use zeroize::Zeroizing;
+
+// Every buffer that holds a passphrase is wiped when dropped: `Passphrase`
+// itself, and the strings it is read into (`Zeroizing`).
 
 fn from_tty(prompt: &str, confirm: bool) -> Result<Passphrase> {
-    let p = rpassword::prompt_password(prompt).context("reading the passphrase")?;
+    let p = Zeroizing::new(rpassword::prompt_password(prompt).context("reading the passphrase")?);
     if confirm {
-        let again = rpassword::prompt_password("Repeat it: ").context("reading the passphrase")?;
-        if again != p {
+        let again = Zeroizing::new(rpassword::prompt_password("Repeat it: ").context("reading the passphrase")?);
+        if *again != *p {
             bail!("the passphrases do not match");
         }
     }
     if p.is_empty() {
         bail!("the passphrase is empty");
     }
-    Ok(Passphrase::new(p))
+    Ok(Passphrase::new(p.as_str()))
 }
 
 /// The store passphrase. `confirm` asks twice on a terminal (for `init`).
@@ -30,7 +34,9 @@ pub fn passphrase(file: Option<&Path>, confirm: bool) -> Result<Passphrase> {
         return Ok(Passphrase::new(p));
     }
     if let Some(f) = file {
-        let text = std::fs::read_to_string(f).with_context(|| format!("reading passphrase file {}", f.display()))?;
+        let text = Zeroizing::new(
+            std::fs::read_to_string(f).with_context(|| format!("reading passphrase file {}", f.display()))?,
+        );
         let line = text.lines().next().unwrap_or("");
         if line.is_empty() {
             bail!("passphrase file {} is empty", f.display());

@@ -195,6 +195,10 @@ pub(crate) struct Engine {
     clock: u64,
     /// Last journal sequence number applied.
     pub watermark: u64,
+    /// XOR digest of every feed head (`root.rs`).
+    pub root_heads: [u8; 32],
+    /// The counter of the last store root written.
+    pub root_counter: u64,
     pub(crate) touched: BTreeMap<(ChannelId, Epoch), usize>,
     /// Channels with feed entries in the current batch (announced once it is applied).
     appended: std::collections::BTreeSet<ChannelId>,
@@ -252,6 +256,8 @@ impl Engine {
             epochs: HashMap::new(),
             clock: 0,
             watermark: 0,
+            root_heads: [0; 32],
+            root_counter: 0,
             touched: BTreeMap::new(),
             appended: Default::default(),
             batch: sled::Batch::default(),
@@ -317,6 +323,7 @@ impl Engine {
             let device = hearth_core::DeviceId::from_slice(&k[33..])?;
             let head: FeedHead = postcard::from_bytes(&v).map_err(|e| Error::corrupted("feed head", e))?;
             state.devices.insert(device, head.user);
+            crate::root::xor_into(&mut self.root_heads, &crate::root::head_term(&wire, &device, &head));
             state.heads.insert(device, head);
         }
         for row in self.tree.scan_prefix(channel_prefix(T_EPOCHS, &wire)) {
@@ -780,7 +787,11 @@ impl Engine {
             &head_key(&wire, &device)[..],
             postcard::to_stdvec(&head).expect("head encodes"),
         );
-        ch.heads.insert(device, head);
+        let old = ch.heads.insert(device, head);
+        if let Some(old) = &old {
+            crate::root::xor_into(&mut self.root_heads, &crate::root::head_term(&wire, &device, old));
+        }
+        crate::root::xor_into(&mut self.root_heads, &crate::root::head_term(&wire, &device, &head));
         let s = ch.summaries.entry(epoch).or_default();
         s.entries += 1;
         self.batch
@@ -800,10 +811,10 @@ impl Engine {
         }
         self.touched.clear();
         self.watermark = self.watermark.max(journal_seq);
-        self.batch.insert(META_WATERMARK, &self.watermark.to_be_bytes()[..]);
         self.batch
             .insert(META_HLC, hlc_value(&self.records, self.hlc.last().0)?);
         let mut batch = std::mem::take(&mut self.batch);
+        self.put_root(&mut batch)?;
         self.write_log_batch(&mut batch)?;
         self.tree.apply_batch(batch)?;
         self.rows_pending = false;

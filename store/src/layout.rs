@@ -59,6 +59,9 @@ pub const META_IDENTITY: &[u8] = b"Midentity";
 pub const META_WATERMARK: &[u8] = b"Mwatermark";
 /// u64 BE: the highest HLC timestamp issued, so the clock never repeats after a restart.
 pub const META_HLC: &[u8] = b"Mhlc";
+/// Sealed store root (see `root.rs`): digest of every feed head, the
+/// watermark and a counter, written with every batch that moves them.
+pub const META_ROOT: &[u8] = b"Mroot";
 /// u8: the store format of this sled tree ([`STORE_FORMAT`]); absent in format 1.
 pub const META_FORMAT: &[u8] = b"Mformat";
 /// [`crate::log::LogPos`]: the end of the last feed-log batch applied to sled,

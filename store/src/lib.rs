@@ -51,6 +51,7 @@ mod open;
 mod persist;
 mod query;
 mod recover;
+mod root;
 mod store;
 mod sync;
 mod verify;

@@ -365,6 +365,7 @@ pub(crate) fn open(
                     }
                     match e
                         .load()
+                        .and_then(|()| e.check_root())
                         .and_then(|()| recover::catch_up(&mut e, st.applied, &mut report))
                     {
                         Ok(()) => engine = Some(e),

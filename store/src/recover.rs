@@ -201,7 +201,7 @@ fn apply(engine: &mut Engine, p: &mut Pending, report: &mut OpenReport) -> Resul
     engine.watermark = engine.watermark.max(p.commit.watermark);
     engine.hlc.observe(Timestamp(p.commit.hlc));
     let mut batch = sled::Batch::default();
-    batch.insert(META_WATERMARK, &engine.watermark.to_be_bytes()[..]);
+    engine.put_root(&mut batch)?;
     batch.insert(META_HLC, hlc_value(&engine.records, engine.hlc.last().0)?);
     batch.insert(META_LOG, &end.encode()[..]);
     engine.tree.apply_batch(batch)?;

@@ -531,11 +531,14 @@ impl Engine {
                 }
             }
         }
-        let ch = self.channels.get_mut(&channel).expect("checked by the caller");
         for (d, h) in heads {
             batch.insert(&head_key(wire, d)[..], postcard::to_stdvec(h).expect("head encodes"));
-            ch.heads.insert(*d, *h);
+            let ch = self.channels.get_mut(&channel).expect("checked by the caller");
+            let old = ch.heads.insert(*d, *h);
+            self.root_head_moved(wire, d, old.as_ref(), h);
         }
+        self.put_root(&mut batch)?;
+        let ch = self.channels.get_mut(&channel).expect("checked by the caller");
         if let Some((&e, s)) = ch.summaries.iter().next_back().filter(|(e, _)| **e != META_EPOCH) {
             ch.current = (e, s.messages);
         }

@@ -275,6 +275,8 @@ impl Engine {
                 Err(e) => r.problem(format!("heads/{wire}"), e),
             }
         }
+        // Which epoch each entry's body names, to find it in that epoch's log.
+        let mut epoch_of: HashMap<(hearth_core::DeviceId, u64), u32> = HashMap::new();
         for (device, head) in heads {
             let place = format!("feeds/{}/{device}", ch.keys.id());
             let mut expect_seq = 1u64;
@@ -302,6 +304,7 @@ impl Engine {
                     }
                     let body = env.open(&ch.keys)?;
                     decode_change(&body.change, &device, &head.user)?;
+                    epoch_of.insert((device, seq), body.epoch);
                     Ok(())
                 });
                 if let Err(e) = check {
@@ -337,6 +340,17 @@ impl Engine {
                 rows += 1;
                 match decode_elog_value(&v) {
                     Ok((dev, seq)) if self.tree.contains_key(feed_key(&wire, &dev, seq))? => {
+                        match epoch_of.remove(&(dev, seq)) {
+                            Some(e) if e == epoch => {}
+                            Some(e) => r.problem(
+                                &place,
+                                format!("epoch log names entry {dev}/{seq}, which is of epoch {e}"),
+                            ),
+                            None => r.problem(
+                                &place,
+                                format!("epoch log names entry {dev}/{seq} twice, or one that does not open"),
+                            ),
+                        }
                         if key_u64(&k)? != rows {
                             r.problem(&place, format!("epoch log row {rows} is numbered {}", key_u64(&k)?));
                         }
@@ -373,6 +387,14 @@ impl Engine {
                     r.problem(format!("snaps/{}/{epoch}", ch.keys.id()), e);
                 }
             }
+        }
+        let mut unlogged: Vec<_> = epoch_of.into_iter().collect();
+        unlogged.sort();
+        for ((device, seq), epoch) in unlogged {
+            r.problem(
+                format!("feeds/{}/{device}/{seq}", ch.keys.id()),
+                format!("not in the log of its epoch {epoch}"),
+            );
         }
         Ok(())
     }
