@@ -56,6 +56,9 @@ pub struct Served {
     pub reason: Option<String>,
     /// Refusals that prove the peer sent forged or broken data (not a mere gap).
     pub malicious: bool,
+    /// Entries of a Push refused for their content (signed by their author,
+    /// but not opening or not valid): not the peer's fault, but rate limited.
+    pub failed_content: u64,
     /// For a Push: the channel and this replica's vector after it.
     pub acked: Option<(hearth_core::WireId, hearth_core::Vector)>,
     /// For a Fetch of a channel held here: what the peer said it holds.
@@ -140,6 +143,11 @@ pub async fn serve<R: Replica>(replica: &R, req: Request) -> (Response, Served) 
                     served.rejected = r.rejected.len() as u64;
                     served.reason = r.rejected.first().map(|x| x.reason.to_string());
                     served.malicious = r.rejected.iter().any(|x| x.is_peer_fault());
+                    served.failed_content = r
+                        .rejected
+                        .iter()
+                        .filter(|x| matches!(x.reason, hearth_store::Refusal::Content(_)))
+                        .count() as u64;
                     served.acked = Some((wire, r.vector.clone()));
                     Response::Ack {
                         vector: r.vector,

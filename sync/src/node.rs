@@ -61,6 +61,12 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// How long a peer that sent forged or broken data stays disconnected.
     pub ban: Duration,
+    /// Most entries a peer may send in a minute that are refused for their
+    /// content (signed by a member, but not opening or breaking the document
+    /// rules: each costs a decryption and a decode). Beyond, the peer is
+    /// disconnected for `ban` like a faulty one, though the fault may be the
+    /// authors' it forwarded.
+    pub max_failed_content_per_minute: u64,
 }
 
 impl Default for NodeConfig {
@@ -80,6 +86,7 @@ impl Default for NodeConfig {
             max_streams: 32,
             request_timeout: Duration::from_secs(30),
             ban: Duration::from_secs(60),
+            max_failed_content_per_minute: 256,
         }
     }
 }
@@ -456,6 +463,7 @@ pub async fn start<R: Replica>(
         link: None,
         inbound: Arc::new(Semaphore::new(config.max_inbound)),
         per_ip: HashMap::new(),
+        failed_content: HashMap::new(),
     };
     for addr in config.peers {
         node.add_known(addr, true);
@@ -494,6 +502,9 @@ struct Loop<R: Replica> {
     inbound: Arc<Semaphore>,
     /// Established connections per remote IP address.
     per_ip: HashMap<std::net::IpAddr, u32>,
+    /// Per peer: the start of the current minute and the entries it sent
+    /// that failed for their content in it.
+    failed_content: HashMap<PeerId, (Instant, u64)>,
 }
 
 /// The IP address a multiaddr starts with.
@@ -681,6 +692,34 @@ impl<R: Replica> Loop<R> {
             let reason = served.reason.unwrap_or_default();
             self.reject(peer, reason, served.malicious);
         }
+        self.count_failed_content(peer, served.failed_content);
+    }
+
+    /// Rate limit on entries that fail for their content, per peer and minute.
+    fn count_failed_content(&mut self, peer: PeerId, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let now = Instant::now();
+        // Kept across reconnections (a reconnect must not reset the count);
+        // minutes that are over are dropped once there are many.
+        if self.failed_content.len() > 1024 {
+            self.failed_content
+                .retain(|_, w| now.duration_since(w.0) < Duration::from_secs(60));
+        }
+        let w = self.failed_content.entry(peer).or_insert((now, 0));
+        if now.duration_since(w.0) >= Duration::from_secs(60) {
+            *w = (now, 0);
+        }
+        w.1 += n;
+        if w.1 > self.config.max_failed_content_per_minute {
+            let reason = format!(
+                "throttled: more than {} entries that fail for their content in a minute",
+                self.config.max_failed_content_per_minute
+            );
+            self.failed_content.remove(&peer);
+            self.reject(peer, reason, true);
+        }
     }
 
     /// Report a peer's bad input; drop and ban it if the input was forged or broken.
@@ -701,6 +740,7 @@ impl<R: Replica> Loop<R> {
             let reason = outcome.refusal.clone().unwrap_or_default();
             self.reject(peer, reason, outcome.fault_here);
         }
+        self.count_failed_content(peer, outcome.failed_content);
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };

@@ -145,6 +145,9 @@ pub struct Outcome {
     pub failed: Option<String>,
     /// The peer said it is a relay.
     pub peer_relay: bool,
+    /// Entries the peer sent that were refused for their content (see
+    /// `hearth_store::Refusal::Content`): rate limited per peer by the node.
+    pub failed_content: u64,
 }
 
 #[derive(Debug)]
@@ -371,6 +374,11 @@ impl Session {
         // was then rolled back (automerge refused it) move nothing.
         let progressed = self.local.get(&wire) != Some(&r.vector);
         self.outcome.fault_here |= r.rejected.iter().any(|x| x.is_peer_fault());
+        self.outcome.failed_content += r
+            .rejected
+            .iter()
+            .filter(|x| matches!(x.reason, hearth_store::Refusal::Content(_)))
+            .count() as u64;
         self.local.insert(wire, r.vector);
         self.phase = if progressed { Phase::Pull } else { Phase::Push };
         self.step()

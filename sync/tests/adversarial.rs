@@ -84,6 +84,35 @@ enum Forgery {
     Gap,
     /// Hello vectors with a feed it does not have; genuine entries served.
     ClaimsMore,
+    /// Genuine entries, then many feeds of one entry each, validly signed by
+    /// their (made-up) authors but sealed under another key: each costs the
+    /// receiver a decryption and is refused for its content.
+    Content,
+}
+
+/// `n` first entries of new feeds for channel `wire`, signed, whose bodies do
+/// not open under the channel's key.
+fn unopenable(wire: WireId, n: usize) -> Vec<Vec<u8>> {
+    let wrong = hearth_core::ChannelKeys::generate().unwrap();
+    (0..n)
+        .map(|_| {
+            let me = hearth_core::Identity::generate("sock puppet").unwrap();
+            let header = hearth_core::EntryHeader {
+                version: hearth_core::ENVELOPE_VERSION,
+                wire,
+                user: me.user(),
+                device: me.device(),
+                seq: 1,
+                prev: [0; 32],
+            };
+            let hb = postcard::to_stdvec(&header).unwrap();
+            let body = hearth_core::seal(wrong.feed_key(), &hb, b"not a change").unwrap();
+            let mut signed = hb.clone();
+            signed.extend_from_slice(&body);
+            let sig = me.sign(&signed).to_vec();
+            postcard::to_stdvec(&Envelope { header, body, sig }).unwrap()
+        })
+        .collect()
 }
 
 /// A feed no one writes: what [`Forgery::ClaimsMore`] claims to hold.
@@ -129,7 +158,7 @@ impl Evil {
                 e.truncate(at + 1);
             }
             Forgery::Gap => e.clear(),
-            Forgery::OtherChannel | Forgery::ClaimsMore => {}
+            Forgery::OtherChannel | Forgery::ClaimsMore | Forgery::Content => {}
         }
         e
     }
@@ -168,6 +197,8 @@ impl Replica for Evil {
         };
         if self.forgery == Forgery::OtherChannel && !batch.entries.is_empty() {
             batch.entries = all_entries(&self.store, self.other).await;
+        } else if self.forgery == Forgery::Content {
+            batch.entries.extend(unopenable(wire, 300));
         } else {
             batch.entries = self.corrupt(batch.entries);
         }
@@ -388,6 +419,58 @@ async fn entries_of_another_channel_are_refused_and_the_peer_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_is_refused_without_dropping_the_peer() {
     refuses_forgery(Forgery::Gap, 0).await;
+}
+
+/// A peer that sends more entries failing for their content than a minute
+/// allows (300 feeds of sock puppets, each entry signed but sealed under
+/// another key) is disconnected for a while: not as a forger (the entries
+/// are their authors'), but because each costs a decryption.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_that_fail_for_their_content_are_rate_limited() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let h = Store::create(dirs[0].path(), &pass(), "honest", config())
+        .await
+        .unwrap();
+    let ch = h.create_channel("general").await.unwrap();
+    let keys = h.channel_keys(ch).await.unwrap();
+    let e = Store::create(dirs[1].path(), &pass(), "mallory", config())
+        .await
+        .unwrap();
+    e.join_channel(keys.clone()).await.unwrap();
+    e.post(ch, "mallory's one real post").await.unwrap();
+    let evil = Evil {
+        store: e.clone(),
+        forgery: Forgery::Content,
+        at: 0,
+        other: keys.wire(),
+    };
+    let (ne, addr_e) = start_node(evil, &e.node_secret().await.unwrap()).await;
+    let (nh, _) = node(&h).await;
+    let mut events = nh.subscribe();
+    nh.dial(addr_e).await.unwrap();
+    let evil_peer = ne.peer_id();
+    let throttled = wait_for(&mut events, PATIENCE, |ev| {
+        matches!(ev, NodeEvent::Rejected { peer, reason, dropped: true } if *peer == evil_peer && reason.starts_with("throttled"))
+    })
+    .await;
+    assert!(throttled.is_some(), "the peer was not throttled");
+    answers(&nh).await;
+    // The genuine post got in; none of the puppets did.
+    let texts: Vec<String> = h
+        .page(ch, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| m.text)
+        .collect();
+    assert_eq!(texts, ["mallory's one real post"]);
+    assert_eq!(
+        h.vector(ch).await.unwrap().0.len(),
+        2,
+        "two feeds: the honest one and mallory's"
+    );
+    h.close().await.unwrap();
+    e.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
