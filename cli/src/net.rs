@@ -304,6 +304,14 @@ async fn event_json(h: &Hearth, e: NodeEvent) -> Option<Value> {
         NodeEvent::Store(StoreEvent::Read { channel, user, up_to }) => json!({
             "event": "receipt", "kind": "read", "channel": channel.to_hex(), "user": user.to_hex(), "up_to": up_to.to_hex(),
         }),
+        NodeEvent::Store(StoreEvent::Forked {
+            channel,
+            user,
+            device,
+            seq,
+        }) => json!({
+            "event": "forked", "channel": channel.to_hex(), "user": user.to_hex(), "device": device.to_hex(), "seq": seq,
+        }),
         _ => return None,
     })
 }
