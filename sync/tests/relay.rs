@@ -501,6 +501,12 @@ async fn honest_peers_forwarding_two_branches_of_a_fork_blame_nobody() {
     assert_eq!(b.stats().await.unwrap().forked_feeds, 1);
     assert_eq!(c.stats().await.unwrap().forked_feeds, 1);
     assert_eq!(relay.stats().forked_feeds, 1);
+    // The relay's proof is in its log: a rebuilt database still has it.
+    drop(relay);
+    std::fs::remove_dir_all(tmp.path().join("relay").join("db")).unwrap();
+    let relay = RelayStore::open(&tmp.path().join("relay")).unwrap();
+    assert_eq!(relay.stats().forked_feeds, 1, "after a rebuild");
+    drop(relay);
     let texts = |p: Vec<hearth_core::Message>| p.into_iter().filter_map(|m| m.text).collect::<Vec<_>>();
     assert!(texts(b.page(general, None, 100).await.unwrap()).contains(&"branch one".to_string()));
     assert!(!texts(c.page(general, None, 100).await.unwrap()).contains(&"branch one".to_string()));

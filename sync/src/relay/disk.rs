@@ -210,13 +210,16 @@ impl Inner {
                         let env = hearth_core::Envelope::decode(&r.body)?;
                         by_wire.entry(env.header.wire).or_default().push(r.body);
                     }
+                    // A proof that does not check is skipped: it only ever
+                    // reported a fork, and entries are what the log is for.
                     log_kind::FORK => {
-                        let (_, fork) = hearth_core::ForkProof::decode(&r.body)?;
-                        let k = super::prefixed(super::T_FORKS, &fork.wire, &fork.device);
-                        if self.tree.get(k).map_err(sled_error)?.is_none() {
-                            forks += 1;
+                        if let Ok((_, fork)) = hearth_core::ForkProof::decode(&r.body) {
+                            let k = super::prefixed(super::T_FORKS, &fork.wire, &fork.device);
+                            if self.tree.get(k).map_err(sled_error)?.is_none() {
+                                forks += 1;
+                            }
+                            batch.insert(&k[..], r.body);
                         }
-                        batch.insert(&k[..], r.body);
                     }
                     _ => {}
                 }
