@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -116,10 +116,13 @@ impl fmt::Debug for Identity {
     }
 }
 
-/// Verify an ed25519 signature by `user` over `msg`.
+/// Verify an ed25519 signature by `user` over `msg`, strictly: weak
+/// (small-order) public keys and non-canonical signatures are refused, so a
+/// "user" whose key is the identity point cannot have one signature verify
+/// over every message.
 pub fn verify_signature(user: &UserId, msg: &[u8], sig: &[u8; 64]) -> Result<()> {
     let key = VerifyingKey::from_bytes(&user.0).map_err(|_| Error::corrupted("signature", "invalid public key"))?;
-    key.verify(msg, &Signature::from_bytes(sig))
+    key.verify_strict(msg, &Signature::from_bytes(sig))
         .map_err(|_| Error::corrupted("signature", "does not verify"))
 }
 
@@ -138,5 +141,18 @@ mod tests {
         assert!(verify_signature(&id.user(), b"m", &sig).is_ok());
         assert!(verify_signature(&id.user(), b"n", &sig).is_err());
         assert!(!format!("{id:?}").contains("secret"));
+    }
+
+    #[test]
+    fn a_small_order_key_verifies_nothing() {
+        // The identity point as the key and (R = identity, s = 0) as the
+        // signature satisfy the plain ed25519 equation for every message.
+        let mut identity_point = [0u8; 32];
+        identity_point[0] = 1;
+        let mut sig = [0u8; 64];
+        sig[0] = 1;
+        for msg in [&b"one"[..], b"another"] {
+            assert!(verify_signature(&UserId(identity_point), msg, &sig).is_err());
+        }
     }
 }
