@@ -26,7 +26,9 @@ use crate::error::{Error, Result};
 /// far below this.
 pub const MAX_CHANGE_BYTES: usize = 1024 * 1024;
 
-const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+/// The magic bytes that open every automerge chunk.
+pub const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+const MAGIC: [u8; 4] = CHUNK_MAGIC;
 const TYPE_CHANGE: u8 = 1;
 const TYPE_COMPRESSED: u8 = 2;
 
@@ -73,20 +75,26 @@ pub fn plain_change(bytes: &[u8]) -> Result<Cow<'_, [u8]>> {
 /// magic | checksum | type | leb128 length, for `data` of chunk type `kind`.
 fn chunk_header(kind: u8, data: &[u8]) -> Vec<u8> {
     let len = write_leb128(data.len() as u64);
-    let mut hasher = Sha256::new();
-    hasher.update([kind]);
-    hasher.update(&len);
-    hasher.update(data);
-    let hash = hasher.finalize();
     let mut out = Vec::with_capacity(9 + len.len() + data.len());
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&hash[..4]);
+    out.extend_from_slice(&chunk_checksum(kind, data));
     out.push(kind);
     out.extend_from_slice(&len);
     out
 }
 
-fn read_leb128(bytes: &[u8]) -> Option<(u64, usize)> {
+/// An automerge chunk's checksum: `sha256(type | leb128(len) | data)[..4]`.
+pub fn chunk_checksum(kind: u8, data: &[u8]) -> [u8; 4] {
+    let mut hasher = Sha256::new();
+    hasher.update([kind]);
+    hasher.update(write_leb128(data.len() as u64));
+    hasher.update(data);
+    let hash = hasher.finalize();
+    [hash[0], hash[1], hash[2], hash[3]]
+}
+
+/// Read an unsigned LEB128 integer: its value and its length in bytes.
+pub fn read_leb128(bytes: &[u8]) -> Option<(u64, usize)> {
     let mut value = 0u64;
     for (i, b) in bytes.iter().take(10).enumerate() {
         value |= u64::from(b & 0x7f).checked_shl(7 * i as u32)?;
@@ -97,7 +105,8 @@ fn read_leb128(bytes: &[u8]) -> Option<(u64, usize)> {
     None
 }
 
-fn write_leb128(mut value: u64) -> Vec<u8> {
+/// Write an unsigned LEB128 integer.
+pub fn write_leb128(mut value: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(10);
     loop {
         let b = (value & 0x7f) as u8;

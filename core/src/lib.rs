@@ -50,7 +50,7 @@ mod vector;
 mod view;
 
 pub use channel::{ChannelKeys, ChannelRecord};
-pub use chunk::{MAX_CHANGE_BYTES, plain_change};
+pub use chunk::{CHUNK_MAGIC, MAX_CHANGE_BYTES, chunk_checksum, plain_change, read_leb128, write_leb128};
 pub use doc::{ChangeEffects, Devices, EpochDoc, decode_change, decode_change_effects, decode_change_posts};
 pub use envelope::{ENVELOPE_VERSION, EntryBody, EntryHash, EntryHeader, Envelope, MAX_ENTRY_BYTES};
 pub use error::{Error, Result};

@@ -190,19 +190,16 @@ pub fn check_channel_record(data: &[u8]) {
     assert_eq!(again.wire(), keys.wire());
 }
 
-/// The magic bytes that open every automerge chunk.
-const AUTOMERGE_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
-
 /// A copy of `data` with the checksum of every automerge chunk recomputed (the
 /// first four bytes of `sha256(type | leb128(len) | chunk data)`), or `None` if
 /// nothing changed. As for the header, an attacker computes checksums at will;
 /// without this the fuzzer would never get past the first chunk header.
 fn with_automerge_checksums_fixed(data: &[u8]) -> Option<Vec<u8>> {
-    use sha2::{Digest, Sha256};
+    use hearth_core::{CHUNK_MAGIC, chunk_checksum, read_leb128};
 
     let mut fixed = data.to_vec();
     let mut at = 0;
-    while fixed.len() >= at + 9 && fixed[at..at + 4] == AUTOMERGE_MAGIC {
+    while fixed.len() >= at + 9 && fixed[at..at + 4] == CHUNK_MAGIC {
         let kind = fixed[at + 8];
         let (len, leb_len) = read_leb128(&fixed[at + 9..])?;
         let start = at + 9 + leb_len;
@@ -210,39 +207,11 @@ fn with_automerge_checksums_fixed(data: &[u8]) -> Option<Vec<u8>> {
         if end > fixed.len() {
             break;
         }
-        let mut hasher = Sha256::new();
-        hasher.update([kind]);
-        hasher.update(write_leb128(len));
-        hasher.update(&fixed[start..end]);
-        let hash = hasher.finalize();
-        fixed[at + 4..at + 8].copy_from_slice(&hash[..4]);
+        let sum = chunk_checksum(kind, &fixed[start..end]);
+        fixed[at + 4..at + 8].copy_from_slice(&sum);
         at = end;
     }
     (fixed != data).then_some(fixed)
-}
-
-fn read_leb128(bytes: &[u8]) -> Option<(u64, usize)> {
-    let mut value = 0u64;
-    for (i, b) in bytes.iter().take(10).enumerate() {
-        value |= u64::from(b & 0x7f).checked_shl(7 * i as u32)?;
-        if b & 0x80 == 0 {
-            return Some((value, i + 1));
-        }
-    }
-    None
-}
-
-fn write_leb128(mut value: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(10);
-    loop {
-        let b = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.push(b);
-            return out;
-        }
-        out.push(b | 0x80);
-    }
 }
 
 /// Load an epoch snapshot and view it (also with its chunk checksums fixed).
