@@ -14,7 +14,10 @@
 //! holding entries of two channels (opened, migrated and rebuilt by
 //! sync/tests/relay.rs). The `v2` stores (written by the code of the feed
 //! log, before devices had keys of their own) are the same scenario, with
-//! the relay holding every entry of the three channels.
+//! the relay holding every entry of the three channels. The `v3` stores
+//! (fork proofs, sealed clock row and store root; written before the sync
+//! protocol asked peers to prove membership and relays kept access grants)
+//! are the same scenario again.
 //!
 //! Write the fixtures of a format only with the code of that format:
 //! `HEARTH_WRITE_FIXTURES=v2 cargo test --test fixtures -- --ignored`.
@@ -57,6 +60,11 @@ async fn v1_stores_open_migrate_and_answer_the_same() {
 #[tokio::test]
 async fn v2_stores_open_migrate_and_answer_the_same() {
     old_stores_open_migrate_and_answer_the_same("v2", 2).await;
+}
+
+#[tokio::test]
+async fn v3_stores_open_migrate_and_answer_the_same() {
+    old_stores_open_migrate_and_answer_the_same("v3", 3).await;
 }
 
 async fn old_stores_open_migrate_and_answer_the_same(format: &str, number: u8) {

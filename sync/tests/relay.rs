@@ -388,6 +388,12 @@ async fn a_format_2_relay_opens_and_its_database_can_be_rebuilt() {
     old_relay_opens_and_its_database_can_be_rebuilt("v2").await;
 }
 
+/// A relay of format 3 (fork proofs, before relays kept access grants).
+#[tokio::test]
+async fn a_format_3_relay_opens_and_its_database_can_be_rebuilt() {
+    old_relay_opens_and_its_database_can_be_rebuilt("v3").await;
+}
+
 async fn old_relay_opens_and_its_database_can_be_rebuilt(format: &str) {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/fixtures")
