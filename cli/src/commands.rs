@@ -151,9 +151,19 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
             exit_on_eof,
             anti_entropy,
         } => {
+            // A relay this user names is trusted with the channels' access
+            // keys (never their content keys): it must be named by peer id.
+            let relays = relay
+                .iter()
+                .map(|a| {
+                    hearth::sync::peer_of(a)
+                        .ok_or_else(|| anyhow::anyhow!("--relay {a}: the address must end in /p2p/<the relay's peer id>"))
+                })
+                .collect::<Result<Vec<_>>>()?;
             let config = hearth::sync::NodeConfig {
                 listen: listen.clone(),
                 peers: peer.iter().chain(relay).cloned().collect(),
+                relays,
                 mdns: *mdns,
                 anti_entropy: Duration::from_secs((*anti_entropy).max(1)),
                 ..Default::default()

@@ -168,7 +168,9 @@ pub enum Command {
         /// A peer to dial and keep dialing (ending in /p2p/<peer id>).
         #[arg(long)]
         peer: Vec<Multiaddr>,
-        /// A relay to dial and keep dialing.
+        /// A relay to dial and keep dialing (ending in /p2p/<peer id>). It is
+        /// trusted to carry every channel of this store: it gets their access
+        /// keys, never their content keys.
         #[arg(long)]
         relay: Vec<Multiaddr>,
         /// Find peers on the local network by mDNS (multicasts on your network interfaces).

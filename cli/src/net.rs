@@ -275,6 +275,10 @@ async fn event_json(h: &Hearth, e: NodeEvent) -> Option<Value> {
         NodeEvent::Rejected { peer, reason, dropped } => {
             json!({"event": "rejected", "peer": peer.to_string(), "reason": reason, "dropped": dropped})
         }
+        NodeEvent::Incompatible { peer, offers } => json!({
+            "event": "incompatible", "peer": peer.to_string(), "offers": offers,
+            "speaks": hearth::sync::proto::PROTOCOL.to_string(),
+        }),
         NodeEvent::DialFailed { addr, error, retry_in } => json!({
             "event": "dial_failed", "addr": addr.to_string(), "error": error, "retry_in_ms": retry_in.as_millis() as u64,
         }),
@@ -591,6 +595,10 @@ pub async fn relay(dir: &Path, listen: Vec<Multiaddr>, peers: Vec<Multiaddr>) ->
                 NodeEvent::Rejected { peer, reason, dropped } => {
                     json!({"event": "rejected", "peer": peer.to_string(), "reason": reason, "dropped": dropped})
                 }
+                NodeEvent::Incompatible { peer, offers } => json!({
+                    "event": "incompatible", "peer": peer.to_string(), "offers": offers,
+                    "speaks": hearth::sync::proto::PROTOCOL.to_string(),
+                }),
                 _ => continue,
             };
             print_json(&v);

@@ -14,6 +14,7 @@ pub struct ChannelKeys {
     key: SecretKey,
     wire: WireId,
     feed: SecretKey,
+    access: SecretKey,
 }
 
 impl ChannelKeys {
@@ -26,7 +27,14 @@ impl ChannelKeys {
     pub fn new(id: ChannelId, key: SecretKey) -> Self {
         let wire = WireId(*derive(&key, Purpose::WireId).expose());
         let feed = derive(&key, Purpose::FeedBody);
-        ChannelKeys { id, key, wire, feed }
+        let access = derive(&key, Purpose::Access);
+        ChannelKeys {
+            id,
+            key,
+            wire,
+            feed,
+            access,
+        }
     }
 
     /// The channel id.
@@ -42,6 +50,13 @@ impl ChannelKeys {
     /// The key that seals feed entry bodies.
     pub fn feed_key(&self) -> &SecretKey {
         &self.feed
+    }
+
+    /// The access key: a peer proves it holds the channel with it (the sync
+    /// protocol's Hello), and a relay its member trusts is granted it, so that
+    /// the relay can check other members' proofs. It opens nothing.
+    pub fn access(&self) -> &SecretKey {
+        &self.access
     }
 
     /// The channel key itself (for invites and the local channel record).

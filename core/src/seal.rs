@@ -27,6 +27,9 @@ pub enum Purpose {
     WireId,
     /// The device's libp2p node key (a stable peer id across restarts).
     NodeKey,
+    /// A channel's access key (derived from the channel key): proves
+    /// membership to peers and relays in the sync protocol, opens nothing.
+    Access,
 }
 
 impl Purpose {
@@ -36,6 +39,7 @@ impl Purpose {
             Purpose::FeedBody => b"hearth v1 feed body",
             Purpose::WireId => b"hearth v1 wire id",
             Purpose::NodeKey => b"hearth v1 node key",
+            Purpose::Access => b"hearth v2 channel access",
         }
     }
 }

@@ -74,6 +74,9 @@ pub mod kind {
     /// A fork proof (postcard [`hearth_core::ForkProof`]; not sealed: it is two
     /// envelopes, as public as entries). From store format 3.
     pub const FORK: u8 = 5;
+    /// A channel's access key granted to a relay by a member: wire id (32
+    /// bytes), then the key (32 bytes). Relays only, from relay format 4.
+    pub const GRANT: u8 = 6;
 }
 
 /// What a commit record says: how far the batch it closes took the store.
@@ -212,7 +215,7 @@ fn decode_parts(head: &[u8], tail: &[u8], segment: u32, base: u64) -> DecodedSeg
             d.stopped = Some(format!("checksum mismatch at {segment:08x}:{pos}"));
             break;
         }
-        if !(kind::IDENTITY..=kind::FORK).contains(&data[0]) {
+        if !(kind::IDENTITY..=kind::GRANT).contains(&data[0]) {
             d.stopped = Some(format!("unknown record kind {} at {segment:08x}:{pos}", data[0]));
             break;
         }

@@ -369,6 +369,12 @@ impl Store {
         self.query(|e| e.vectors()).await
     }
 
+    /// Every channel's wire id and access key, with which this device proves
+    /// to a peer that it holds the channel (see hearth-sync's protocol).
+    pub async fn access_keys(&self) -> Result<Vec<(WireId, hearth_core::SecretKey)>> {
+        self.query(|e| Ok(e.access_keys())).await
+    }
+
     /// One channel's version vector.
     pub async fn vector(&self, channel: ChannelId) -> Result<Vector> {
         self.query(move |e| e.vector_of(&channel)).await

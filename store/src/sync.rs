@@ -201,6 +201,14 @@ impl Engine {
             .collect()
     }
 
+    /// Every channel's wire id and access key (membership proofs in sync).
+    pub(crate) fn access_keys(&self) -> Vec<(WireId, hearth_core::SecretKey)> {
+        self.channels
+            .values()
+            .map(|ch| (ch.keys.wire(), ch.keys.access().clone()))
+            .collect()
+    }
+
     /// A channel's keys (to invite someone).
     pub(crate) fn channel_keys(&self, channel: &ChannelId) -> Result<ChannelKeys> {
         Ok(self.channel(channel)?.keys.clone())

@@ -2,18 +2,81 @@
 //! Both are independent of the transport: the node plugs libp2p in, tests plug
 //! in a direct call to the other replica.
 
+use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use hearth_core::{SecretKey, WireId};
 use serde_bytes::ByteBuf;
 
 use crate::Replica;
+use crate::auth::Ends;
 use crate::proto::{BATCH_BYTES, BATCH_ENTRIES, Request, Response};
-use crate::reconcile::{Action, Outcome, Session, answer_hello, fetch_budget};
+use crate::reconcile::{Action, Auth, Outcome, Session, answer_hello, fetch_budget};
+
+/// One side's view of a connection: who is who (peer id bytes, as Noise
+/// authenticated them), and the channels the peer proved it holds on this
+/// connection. Those are the only channels served to it (Fetch, Push), and
+/// the only ones pushed to it. Cheap to clone: clones share the proofs.
+#[derive(Clone, Debug)]
+pub struct Conn {
+    me: Vec<u8>,
+    peer: Vec<u8>,
+    proven: Arc<Mutex<BTreeSet<WireId>>>,
+}
+
+impl Conn {
+    /// A new connection between `me` and `peer`: nothing proved yet.
+    pub fn new(me: Vec<u8>, peer: Vec<u8>) -> Self {
+        Conn {
+            me,
+            peer,
+            proven: Arc::default(),
+        }
+    }
+
+    /// Record channels the peer proved.
+    pub fn prove(&self, wires: impl IntoIterator<Item = WireId>) {
+        self.proven.lock().unwrap_or_else(PoisonError::into_inner).extend(wires);
+    }
+
+    /// Whether the peer proved `wire` on this connection.
+    pub fn proved(&self, wire: &WireId) -> bool {
+        self.proven
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(wire)
+    }
+
+    /// Proofs for a session this side starts, with a fresh nonce.
+    pub fn auth(&self, keys: Vec<(WireId, SecretKey)>) -> Auth {
+        Auth::new(keys, self.me.clone(), self.peer.clone())
+    }
+
+    /// A full session of `replica` with the peer: its vectors, its keys.
+    pub async fn session<R: Replica>(&self, replica: &R, grant: bool) -> hearth_store::Result<Session> {
+        let local = replica.vectors().await?;
+        let keys = replica.access_keys().await?;
+        Ok(Session::full(
+            local,
+            replica.is_relay(),
+            self.auth(keys).granting(grant),
+        ))
+    }
+
+    fn ends_as_responder(&self) -> Ends {
+        Ends {
+            requester: self.peer.clone(),
+            responder: self.me.clone(),
+        }
+    }
+}
 
 /// Run a session to the end. `send` delivers a request to the peer and returns
-/// its answer (or why there is none). A local storage error ends the session
+/// its answer (or why there is none). Channels the peer proves are recorded
+/// in `conn` as soon as they are. A local storage error ends the session
 /// with `failed` set.
-pub async fn run_session<R, F, Fut>(mut session: Session, replica: &R, mut send: F) -> Outcome
+pub async fn run_session<R, F, Fut>(mut session: Session, replica: &R, conn: &Conn, mut send: F) -> Outcome
 where
     R: Replica,
     F: FnMut(Request) -> Fut,
@@ -23,7 +86,11 @@ where
     loop {
         action = match action {
             Action::Send(req) => match send(req).await {
-                Ok(resp) => session.on_response(resp),
+                Ok(resp) => {
+                    let next = session.on_response(resp);
+                    conn.prove(session.take_proved());
+                    next
+                }
                 Err(e) => return failed(session, e),
             },
             Action::Read { wire, have } => match replica.entries_after(wire, have, BATCH_BYTES, BATCH_ENTRIES).await {
@@ -88,14 +155,24 @@ fn pushed_heads(entries: &[Vec<u8>]) -> hearth_core::Vector {
     v
 }
 
-/// Answer one request from a peer.
-pub async fn serve<R: Replica>(replica: &R, req: Request) -> (Response, Served) {
+/// The answer to a request for a channel the peer did not prove: the same
+/// as for a channel not held, so that it learns nothing.
+fn unknown() -> Response {
+    Response::Refused {
+        reason: "unknown channel".into(),
+    }
+}
+
+/// Answer one request from the peer of `conn`. A Hello records the channels
+/// the peer proved; Fetch and Push are served only for those.
+pub async fn serve<R: Replica>(replica: &R, req: Request, conn: &Conn) -> (Response, Served) {
     let mut served = Served::default();
     let resp = match req {
         Request::Hello {
             version,
+            nonce,
             summary,
-            relay,
+            relay: _,
         } => {
             if version != crate::proto::VERSION {
                 Response::Refused {
@@ -105,12 +182,42 @@ pub async fn serve<R: Replica>(replica: &R, req: Request) -> (Response, Served) 
                     ),
                 }
             } else {
-                match replica.vectors().await {
-                    Ok(local) => answer_hello(&local, &summary, relay, replica.is_relay()),
-                    Err(e) => refused(e),
+                match (replica.vectors().await, replica.access_keys().await) {
+                    (Ok(local), Ok(keys)) => {
+                        let keys = keys.into_iter().collect();
+                        let (resp, proved) = answer_hello(
+                            &local,
+                            &keys,
+                            &nonce,
+                            &summary,
+                            &conn.ends_as_responder(),
+                            replica.is_relay(),
+                        );
+                        // Before the answer leaves: the peer fetches at once.
+                        conn.prove(proved);
+                        resp
+                    }
+                    (Err(e), _) | (_, Err(e)) => refused(e),
                 }
             }
         }
+        Request::Grant { grants } => {
+            let grants = grants
+                .into_iter()
+                .map(|(w, k)| (w, SecretKey::from_bytes(k.0)))
+                .collect();
+            match replica.grant(grants).await {
+                Ok(Some(vectors)) => {
+                    conn.prove(vectors.iter().map(|(w, _)| *w));
+                    Response::Granted { vectors }
+                }
+                Ok(None) => Response::Refused {
+                    reason: "only a relay takes grants".into(),
+                },
+                Err(e) => refused(e),
+            }
+        }
+        Request::Fetch { wire, .. } | Request::Push { wire, .. } if !conn.proved(&wire) => unknown(),
         Request::Fetch { wire, have, max_bytes } => {
             let (bytes, count) = fetch_budget(max_bytes);
             match replica.entries_after(wire, have.clone(), bytes, count).await {
@@ -121,9 +228,7 @@ pub async fn serve<R: Replica>(replica: &R, req: Request) -> (Response, Served) 
                         more: b.more,
                     }
                 }
-                Ok(None) => Response::Refused {
-                    reason: "unknown channel".into(),
-                },
+                Ok(None) => unknown(),
                 Err(e) => refused(e),
             }
         }
@@ -156,9 +261,7 @@ pub async fn serve<R: Replica>(replica: &R, req: Request) -> (Response, Served) 
                         reason: served.reason.clone(),
                     }
                 }
-                Ok(None) => Response::Refused {
-                    reason: "unknown channel".into(),
-                },
+                Ok(None) => unknown(),
                 Err(e) => refused(e),
             }
         }

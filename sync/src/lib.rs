@@ -4,12 +4,14 @@
 //! a channel reconcile the sealed feed entries of the channels they share.
 //!
 //! - [`proto`]: the frames and their capped codec;
+//! - [`auth`]: the membership proofs a peer gives before it learns of a channel;
 //! - [`reconcile`]: the sans-I/O reconciliation logic (what to ask, what to send);
 //! - [`Replica`]: what a node syncs (a member's [`hearth_store::Store`], or a
 //!   [`RelayStore`] that holds sealed entries without any channel key);
 //! - [`Node`]: the libp2p event loop, its handle and its events.
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod drive;
 mod node;
 pub mod proto;

@@ -20,7 +20,7 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
 use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, connection_limits, identify, mdns, noise, ping, tcp, yamux};
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 
-use crate::drive::{Served, run_session, serve};
+use crate::drive::{Conn, Served, run_session, serve};
 use crate::proto::{self, Framed, Request, Response};
 use crate::reconcile::{Outcome, Session};
 use crate::{Replica, ReplicaEvent};
@@ -67,6 +67,11 @@ pub struct NodeConfig {
     /// disconnected for `ban` like a faulty one, though the fault may be the
     /// authors' it forwarded.
     pub max_failed_content_per_minute: u64,
+    /// Relays this user configured (by peer id): each is granted the access
+    /// key (never the content key) of every channel it does not prove it
+    /// holds, so that it carries them and serves them to members who prove
+    /// membership. Any other peer learns only of the channels it proves.
+    pub relays: Vec<PeerId>,
 }
 
 impl Default for NodeConfig {
@@ -87,6 +92,7 @@ impl Default for NodeConfig {
             request_timeout: Duration::from_secs(30),
             ban: Duration::from_secs(60),
             max_failed_content_per_minute: 256,
+            relays: Vec::new(),
         }
     }
 }
@@ -150,6 +156,14 @@ pub enum NodeEvent {
         /// The peer was disconnected (forged or broken data, malformed frame).
         dropped: bool,
     },
+    /// A peer speaks another version of the sync protocol: nothing is
+    /// exchanged with it (it is not banned; one of the two needs updating).
+    Incompatible {
+        /// The peer.
+        peer: PeerId,
+        /// The sync protocols it offers.
+        offers: Vec<String>,
+    },
     /// A new device of this user received its link bundle.
     Linked {
         /// The new device's (temporary) peer id.
@@ -185,6 +199,8 @@ pub struct PeerStatus {
     pub sessions: u64,
     /// The peer is a relay.
     pub relay: bool,
+    /// The peer speaks another version of the sync protocol.
+    pub incompatible: bool,
 }
 
 /// Errors of the node API.
@@ -476,6 +492,9 @@ pub async fn start<R: Replica>(
 struct PeerState {
     work: mpsc::UnboundedSender<Work>,
     status: PeerStatus,
+    /// What the peer proved on this connection (shared with its worker and
+    /// the tasks serving its requests).
+    conn: Conn,
 }
 
 /// A peer we keep dialing.
@@ -656,6 +675,7 @@ impl<R: Replica> Loop<R> {
                             ahead: 0,
                             sessions: 0,
                             relay: false,
+                            incompatible: false,
                         });
                     }
                 }
@@ -722,6 +742,18 @@ impl<R: Replica> Loop<R> {
         }
     }
 
+    /// Report, once per connection, a peer that speaks another version of the
+    /// sync protocol. It is not banned.
+    fn incompatible(&mut self, peer: PeerId, offers: Vec<String>) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            if p.status.incompatible {
+                return;
+            }
+            p.status.incompatible = true;
+        }
+        self.emit(NodeEvent::Incompatible { peer, offers });
+    }
+
     /// Report a peer's bad input; drop and ban it if the input was forged or broken.
     fn reject(&mut self, peer: PeerId, reason: String, drop: bool) {
         if drop {
@@ -736,8 +768,12 @@ impl<R: Replica> Loop<R> {
     }
 
     fn session_done(&mut self, peer: PeerId, outcome: Outcome, state: SyncState) {
-        if outcome.refused_here > 0 {
-            let reason = outcome.refusal.clone().unwrap_or_default();
+        if outcome.refused_here > 0 || outcome.fault_here {
+            let reason = outcome
+                .refusal
+                .clone()
+                .or_else(|| outcome.failed.clone())
+                .unwrap_or_default();
             self.reject(peer, reason, outcome.fault_here);
         }
         self.count_failed_content(peer, outcome.failed_content);
@@ -804,7 +840,17 @@ impl<R: Replica> Loop<R> {
                     }
                 }
                 if num_established.get() == 1 {
-                    let work = spawn_worker(peer_id, self.replica.clone(), self.cmd_tx.clone(), self.events.clone());
+                    let conn = Conn::new(self.swarm.local_peer_id().to_bytes(), peer_id.to_bytes());
+                    let work = spawn_worker(
+                        Worker {
+                            peer: peer_id,
+                            conn: conn.clone(),
+                            grant: self.config.relays.contains(&peer_id),
+                        },
+                        self.replica.clone(),
+                        self.cmd_tx.clone(),
+                        self.events.clone(),
+                    );
                     if dialer {
                         let _ = work.send(Work::Reconcile(None));
                     } else {
@@ -831,7 +877,9 @@ impl<R: Replica> Loop<R> {
                                 ahead: 0,
                                 sessions: 0,
                                 relay: false,
+                                incompatible: false,
                             },
+                            conn,
                         },
                     );
                     self.emit(NodeEvent::PeerConnected { peer: peer_id, addr });
@@ -879,6 +927,18 @@ impl<R: Replica> Loop<R> {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Rr(ev)) => self.on_rr(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                let ours = proto::PROTOCOL.to_string();
+                let offers: Vec<String> = info
+                    .protocols
+                    .iter()
+                    .map(|p| p.to_string())
+                    .filter(|p| p.starts_with("/hearth/sync/"))
+                    .collect();
+                if !offers.is_empty() && !offers.iter().any(|p| *p == ours) {
+                    self.incompatible(peer_id, offers);
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
                 for (peer, addr) in list {
                     if !self.swarm.is_connected(&peer) {
@@ -940,8 +1000,14 @@ impl<R: Replica> Loop<R> {
                     };
                     let replica = self.replica.clone();
                     let tx = self.cmd_tx.clone();
+                    // A request racing the connection's setup proves nothing
+                    // lasting: it is served with no proofs but its own.
+                    let conn = match self.peers.get(&peer) {
+                        Some(p) => p.conn.clone(),
+                        None => Conn::new(self.swarm.local_peer_id().to_bytes(), peer.to_bytes()),
+                    };
                     tokio::spawn(async move {
-                        let (resp, served) = serve(&replica, request).await;
+                        let (resp, served) = serve(&replica, request, &conn).await;
                         drop(permit);
                         let _ = tx.send(Cmd::Respond(peer, channel, resp, served)).await;
                     });
@@ -952,7 +1018,12 @@ impl<R: Replica> Loop<R> {
                     }
                 }
             },
-            request_response::Event::OutboundFailure { request_id, error, .. } => {
+            request_response::Event::OutboundFailure {
+                request_id, error, peer, ..
+            } => {
+                if matches!(error, request_response::OutboundFailure::UnsupportedProtocols) {
+                    self.incompatible(peer, Vec::new());
+                }
                 if let Some(tx) = self.pending.remove(&request_id) {
                     let _ = tx.send(Err(error.to_string()));
                 }
@@ -973,9 +1044,18 @@ impl<R: Replica> Loop<R> {
     }
 }
 
+/// Who a worker syncs with.
+struct Worker {
+    peer: PeerId,
+    /// What the peer proved on this connection.
+    conn: Conn,
+    /// The peer is a relay this user configured: grant it every channel.
+    grant: bool,
+}
+
 /// The worker of one connected peer: runs its sessions one at a time.
 fn spawn_worker<R: Replica>(
-    peer: PeerId,
+    Worker { peer, conn, grant }: Worker,
     replica: R,
     cmd: mpsc::Sender<Cmd>,
     events: broadcast::Sender<NodeEvent>,
@@ -1059,7 +1139,13 @@ fn spawn_worker<R: Replica>(
                 }
             };
             let outcome = if reconcile {
-                let o = run_session(Session::full(local.clone(), replica.is_relay()), &replica, send).await;
+                let o = match conn.session(&replica, grant).await {
+                    Ok(session) => run_session(session, &replica, &conn, send).await,
+                    Err(e) => Outcome {
+                        failed: Some(e.to_string()),
+                        ..Outcome::default()
+                    },
+                };
                 for (w, v) in &o.peer {
                     known.insert(*w, v.clone());
                 }
@@ -1073,10 +1159,11 @@ fn spawn_worker<R: Replica>(
                     ) else {
                         continue;
                     };
-                    if theirs.covers(&mine) {
+                    // Only channels the peer proved on this connection.
+                    if theirs.covers(&mine) || !conn.proved(&wire) {
                         continue;
                     }
-                    let o = run_session(Session::push(wire, mine, theirs), &replica, send).await;
+                    let o = run_session(Session::push(wire, mine, theirs), &replica, &conn, send).await;
                     if let Some(v) = o.peer.get(&wire) {
                         known.insert(wire, v.clone());
                     }

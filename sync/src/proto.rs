@@ -2,14 +2,20 @@
 //! each a postcard value behind a 4-byte big-endian length.
 //!
 //! ```text
-//! Hello  {version, summary: [(wire tag 8 B, vector digest 8 B)], relay}
-//!     -> Hello {differ: [(wire, vector)], extra: [(wire, vector)], want: [wire tag]}
+//! Hello  {version, nonce, summary: [(tag 8 B, digest 8 B)], relay}
+//!     -> Hello {matched: bitmap, proof 16 B, differ: [(index, vector)], relay}
 //! Fetch  {wire, have: vector, max_bytes}       -> Entries {entries, more}
 //! Push   {wire, entries}                       -> Ack {vector, accepted, rejected}
+//! Grant  {grants: [(wire, access key)]}        -> Granted {vectors}   (to a relay)
 //! ```
 //!
-//! Two peers already in sync settle every channel with one Hello: 16 bytes a
-//! channel out, a few bytes back. Frames are capped before anything is
+//! Protocol 2: a channel is named in a Hello only by a tag its members can
+//! compute, and listed, fetched or pushed only between peers that proved
+//! they hold it on this connection ([`crate::auth`]). Two peers already in
+//! sync settle every channel with one Hello: 16 bytes a channel out, a bitmap
+//! and 16 bytes back. A member grants the relays its user configured the
+//! access keys (never the content keys) of its channels, so that they can
+//! check other members' proofs. Frames are capped before anything is
 //! allocated; entries travel as the exact bytes stored (sealed once).
 
 use std::io;
@@ -20,9 +26,12 @@ use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 
 /// The protocol name (the version is in it).
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/sync/1");
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/sync/2");
 /// Protocol version carried in Hello.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
+/// Names of earlier versions of the protocol, which this node does not speak:
+/// a peer offering only these is reported as incompatible, not banned.
+pub const OLD_PROTOCOLS: [&str; 1] = ["/hearth/sync/1"];
 /// Largest request frame (a push batch).
 pub const MAX_REQUEST: usize = 1 << 20;
 /// Largest response frame (an entries batch).
@@ -47,11 +56,24 @@ pub fn tag(wire: &WireId) -> WireTag {
 /// One channel in a Hello.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelDigest {
-    /// The channel's wire tag.
-    pub tag: WireTag,
-    /// [`Vector::digest`] of the sender's vector.
+    /// [`crate::auth::tag`]: names the channel to a peer holding its access key.
+    pub tag: [u8; 8],
+    /// [`crate::auth::digest`] of the sender's [`Vector::digest`].
     pub digest: [u8; 8],
 }
+
+/// A channel's access key as a Grant carries it (never shown by `Debug`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+pub struct AccessBytes(pub [u8; 32]);
+
+impl std::fmt::Debug for AccessBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccessBytes(<redacted>)")
+    }
+}
+
+/// Most bytes of a Hello answer's `matched` bitmap.
+pub const MAX_BITMAP: usize = MAX_CHANNELS.div_ceil(8);
 
 /// A request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,9 +82,11 @@ pub enum Request {
     Hello {
         /// Protocol version.
         version: u16,
-        /// The sender's channels.
+        /// Fresh for this Hello: the answer's proof covers it.
+        nonce: [u8; 16],
+        /// The sender's channels, each named by a tag only members can compute.
         summary: Vec<ChannelDigest>,
-        /// The sender is a relay: it takes any channel it is offered.
+        /// The sender is a relay (shown in status).
         relay: bool,
     },
     /// Ask for the entries `have` lacks.
@@ -81,6 +105,13 @@ pub enum Request {
         /// Envelope bytes.
         entries: Vec<serde_bytes::ByteBuf>,
     },
+    /// A member gives a relay its user configured the access keys of channels
+    /// the relay did not prove it holds, so that the relay carries them and
+    /// can check other members' proofs. Only a relay takes it.
+    Grant {
+        /// Channels and their access keys.
+        grants: Vec<(WireId, AccessBytes)>,
+    },
     /// A new device of the user asks for its link bundle (`hearth link`).
     Link {
         /// [`hearth_core::link_proof`] of the link secret over the requester's peer id.
@@ -93,14 +124,20 @@ pub enum Request {
 pub enum Response {
     /// Answer to Hello.
     Hello {
-        /// Channels both hold whose vectors differ: the responder's vector.
-        differ: Vec<(WireId, Vector)>,
-        /// Channels only the responder holds, listed for a relay requester.
-        extra: Vec<(WireId, Vector)>,
-        /// Tags the responder (a relay) does not hold and wants pushed.
-        want: Vec<WireTag>,
+        /// Bit `i` set: the responder holds the channel of the Hello's `i`-th tag.
+        matched: serde_bytes::ByteBuf,
+        /// [`crate::auth::answer`] over `matched`: the responder holds them all.
+        proof: [u8; 16],
+        /// Matched channels whose vectors differ, by their index in the
+        /// Hello: the responder's vector.
+        differ: Vec<(u32, Vector)>,
         /// The responder is a relay.
         relay: bool,
+    },
+    /// Answer to Grant: the relay's vector of each channel it took.
+    Granted {
+        /// Channels granted and what the relay holds of them.
+        vectors: Vec<(WireId, Vector)>,
     },
     /// Answer to Fetch.
     Entries {
@@ -182,6 +219,9 @@ impl Request {
             Request::Push { entries, .. } if entries.len() > BATCH_ENTRIES => {
                 Err(FrameError::Malformed("too many entries".into()))
             }
+            Request::Grant { grants } if grants.len() > MAX_CHANNELS => {
+                Err(FrameError::Malformed("too many channels".into()))
+            }
             _ => Ok(r),
         }
     }
@@ -197,9 +237,10 @@ impl Response {
     pub fn decode(bytes: &[u8]) -> Result<Self, FrameError> {
         let r: Response = decode(bytes, MAX_RESPONSE)?;
         match &r {
-            Response::Hello {
-                differ, extra, want, ..
-            } if differ.len() + extra.len() + want.len() > MAX_CHANNELS => {
+            Response::Hello { matched, differ, .. } if matched.len() > MAX_BITMAP || differ.len() > MAX_CHANNELS => {
+                Err(FrameError::Malformed("too many channels".into()))
+            }
+            Response::Granted { vectors } if vectors.len() > MAX_CHANNELS => {
                 Err(FrameError::Malformed("too many channels".into()))
             }
             Response::Entries { entries, .. } if entries.len() > BATCH_ENTRIES => {
@@ -306,6 +347,7 @@ mod tests {
         let reqs = [
             Request::Hello {
                 version: VERSION,
+                nonce: [4; 16],
                 summary: vec![ChannelDigest {
                     tag: [1; 8],
                     digest: [2; 8],
@@ -337,8 +379,14 @@ mod tests {
             Err(FrameError::TooLarge { .. })
         ));
         assert!(Request::decode(&[9, 9, 9]).is_err());
+        let grant = Request::Grant {
+            grants: vec![(WireId([3; 32]), AccessBytes([9; 32]))],
+        };
+        assert_eq!(Request::decode(&grant.encode()).unwrap(), grant);
+        assert!(!format!("{grant:?}").contains("9, 9"), "access keys stay out of Debug");
         let mut trailing = Request::Hello {
             version: 1,
+            nonce: [0; 16],
             summary: vec![],
             relay: false,
         }

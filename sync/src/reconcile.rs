@@ -16,79 +16,122 @@ use hearth_core::{Vector, WireId};
 use hearth_store::{EntryBatch, IngestReport};
 use serde_bytes::ByteBuf;
 
-use crate::proto::{self, BATCH_BYTES, BATCH_ENTRIES, ChannelDigest, Request, Response, WireTag};
+use hearth_core::SecretKey;
+
+use crate::auth::{self, Ends, Keyring, Nonce};
+use crate::proto::{self, AccessBytes, BATCH_BYTES, BATCH_ENTRIES, ChannelDigest, Request, Response};
 
 /// Bytes of vectors one Hello answer carries at most (under `MAX_RESPONSE`).
 const HELLO_ANSWER_BUDGET: usize = proto::MAX_RESPONSE * 3 / 4;
 
-/// The Hello a replica holding `local` sends.
-pub fn hello(local: &[(WireId, Vector)], relay: bool) -> Request {
+/// What a requester proves with: its access keys, the connection's ends and
+/// this Hello's nonce; and whether the peer is a relay its user configured
+/// (which is then granted the channels it does not prove).
+#[derive(Clone, Debug)]
+pub struct Auth {
+    /// Access keys of the channels this side may prove.
+    pub keys: Keyring,
+    /// This side asks, the peer answers.
+    pub ends: Ends,
+    /// Fresh for this session.
+    pub nonce: Nonce,
+    /// The peer is a relay this user configured: grant it what it lacks.
+    pub grant: bool,
+}
+
+impl Auth {
+    /// Proofs for a session from `me` to `peer` (peer id bytes), with a fresh nonce.
+    pub fn new(keys: impl IntoIterator<Item = (WireId, SecretKey)>, me: Vec<u8>, peer: Vec<u8>) -> Self {
+        Auth {
+            keys: keys.into_iter().collect(),
+            ends: Ends {
+                requester: me,
+                responder: peer,
+            },
+            nonce: auth::nonce(),
+            grant: false,
+        }
+    }
+
+    /// Grant the peer (a relay this user configured) the channels it lacks.
+    pub fn granting(mut self, grant: bool) -> Self {
+        self.grant = grant;
+        self
+    }
+}
+
+/// The Hello a replica holding `local` sends: the channels it holds a key
+/// for, by tag (in `local`'s order).
+pub fn hello(local: &[(WireId, Vector)], auth: &Auth, relay: bool) -> Request {
     Request::Hello {
         version: proto::VERSION,
+        nonce: auth.nonce,
         summary: local
             .iter()
-            .map(|(w, v)| ChannelDigest {
-                tag: proto::tag(w),
-                digest: v.digest(),
+            .filter_map(|(w, v)| {
+                let key = auth.keys.get(w)?;
+                Some(ChannelDigest {
+                    tag: auth::tag(key, &auth.nonce, &auth.ends),
+                    digest: auth::digest(key, &auth.nonce, &v.digest()),
+                })
             })
             .collect(),
         relay,
     }
 }
 
-/// A replica's answer to a Hello.
+/// A replica's answer to a Hello, and the channels the requester proved it holds.
 ///
-/// Channels both hold with different digests come back with the responder's
-/// vector. A relay requester also gets the responder's other channels (it
-/// takes any); a relay responder asks for the requester's channels it lacks.
+/// `local` is what this replica holds; `keys` its access keys (a channel
+/// without a key is never matched; a key without entries matches with an
+/// empty vector). Matched channels whose digests differ come back with this
+/// replica's vector, within the frame budget (channels left out still differ
+/// at the next session, which takes them then).
 pub fn answer_hello(
     local: &[(WireId, Vector)],
+    keys: &Keyring,
+    nonce: &Nonce,
     summary: &[ChannelDigest],
-    requester_relay: bool,
+    ends: &Ends,
     i_am_relay: bool,
-) -> Response {
-    let by_tag: BTreeMap<WireTag, &(WireId, Vector)> = local.iter().map(|cv| (proto::tag(&cv.0), cv)).collect();
+) -> (Response, Vec<WireId>) {
+    let vectors: BTreeMap<&WireId, &Vector> = local.iter().map(|(w, v)| (w, v)).collect();
+    let empty = Vector::default();
+    let by_tag: BTreeMap<[u8; 8], (&WireId, &SecretKey)> = keys
+        .iter()
+        .map(|(w, k)| (auth::tag(k, nonce, ends), (w, k)))
+        .collect();
+    let mut found: Vec<Option<(&WireId, &SecretKey)>> = vec![None; summary.len()];
     let mut differ = Vec::new();
-    let mut want = Vec::new();
-    // Keep the answer inside its frame: channels left out still differ at the
-    // next session, which takes them then.
     let mut budget = HELLO_ANSWER_BUDGET;
-    let mut fits = |v: &Vector| {
-        let size = 40 + v.0.len() * 60;
-        let ok = size <= budget;
-        if ok {
-            budget -= size;
+    for (i, d) in summary.iter().enumerate() {
+        // A tag listed twice is matched once.
+        let Some(&(w, k)) = by_tag.get(&d.tag) else { continue };
+        if found.iter().flatten().any(|(x, _)| *x == w) {
+            continue;
         }
-        ok
-    };
-    let mut seen = std::collections::BTreeSet::new();
-    for d in summary {
-        match by_tag.get(&d.tag) {
-            Some((w, v)) => {
-                seen.insert(d.tag);
-                if v.digest() != d.digest && fits(v) {
-                    differ.push((*w, v.clone()));
-                }
+        found[i] = Some((w, k));
+        let v = vectors.get(w).copied().unwrap_or(&empty);
+        if auth::digest(k, nonce, &v.digest()) != d.digest {
+            let size = 40 + v.0.len() * 60;
+            if size <= budget {
+                budget -= size;
+                differ.push((i as u32, v.clone()));
             }
-            None if i_am_relay => want.push(d.tag),
-            None => {}
         }
     }
-    let extra = if requester_relay {
-        local
-            .iter()
-            .filter(|(w, v)| !seen.contains(&proto::tag(w)) && fits(v))
-            .cloned()
-            .collect()
-    } else {
-        Vec::new()
-    };
-    Response::Hello {
-        differ,
-        extra,
-        want,
-        relay: i_am_relay,
-    }
+    let matched = auth::bitmap(summary.len(), |i| found[i].is_some());
+    let proof = auth::answer(found.iter().flatten().map(|(_, k)| *k), nonce, ends, &matched);
+    let proved = found.iter().flatten().map(|(w, _)| **w).collect();
+    (
+        Response::Hello {
+            matched: ByteBuf::from(matched),
+            proof,
+            differ,
+            relay: i_am_relay,
+        },
+        proved,
+    )
 }
 
 /// The next thing a [`Session`] needs done.
@@ -148,12 +191,18 @@ pub struct Outcome {
     /// Entries the peer sent that were refused for their content (see
     /// `hearth_store::Refusal::Content`): rate limited per peer by the node.
     pub failed_content: u64,
+    /// Channels the peer proved it holds (in its answer to the Hello, or by
+    /// taking a grant): the only ones it is served.
+    pub proved: BTreeSet<WireId>,
+    /// Channels granted to the peer (a relay this user configured).
+    pub granted: usize,
 }
 
 #[derive(Debug)]
 enum Phase {
     Start,
     AwaitHello,
+    AwaitGranted,
     Pull,
     AwaitEntries,
     AwaitIngest,
@@ -168,6 +217,13 @@ enum Phase {
 pub struct Session {
     local: BTreeMap<WireId, Vector>,
     relay: bool,
+    /// The proofs of a full session (a push session has none: it runs only
+    /// for channels the peer proved already).
+    auth: Option<Auth>,
+    /// The channels of the Hello, in its order.
+    listed: Vec<WireId>,
+    /// Proved channels not yet handed out by [`Session::take_proved`].
+    fresh: Vec<WireId>,
     queue: VecDeque<WireId>,
     current: Option<WireId>,
     phase: Phase,
@@ -180,10 +236,19 @@ pub struct Session {
 
 impl Session {
     /// A full session: Hello, then every channel that differs.
-    pub fn full(local: Vec<(WireId, Vector)>, relay: bool) -> Self {
+    pub fn full(local: Vec<(WireId, Vector)>, relay: bool, auth: Auth) -> Self {
+        let mut s = Self::new(local, relay);
+        s.auth = Some(auth);
+        s
+    }
+
+    fn new(local: Vec<(WireId, Vector)>, relay: bool) -> Self {
         Session {
             local: local.into_iter().collect(),
             relay,
+            auth: None,
+            listed: Vec::new(),
+            fresh: Vec::new(),
             queue: VecDeque::new(),
             current: None,
             phase: Phase::Start,
@@ -196,7 +261,7 @@ impl Session {
     /// A push-only session for one channel whose peer vector is known (live
     /// push of new entries): no Hello.
     pub fn push(wire: WireId, local: Vector, peer: Vector) -> Self {
-        let mut s = Session::full(vec![(wire, local)], false);
+        let mut s = Session::new(vec![(wire, local)], false);
         s.outcome.peer.insert(wire, peer);
         s.queue.push_back(wire);
         s.phase = Phase::Pull;
@@ -209,6 +274,12 @@ impl Session {
         &self.outcome
     }
 
+    /// Channels the peer proved since the last call (the node serves the
+    /// peer those at once, before the session ends).
+    pub fn take_proved(&mut self) -> Vec<WireId> {
+        std::mem::take(&mut self.fresh)
+    }
+
     /// Take the outcome once done.
     pub fn into_outcome(self) -> Outcome {
         self.outcome
@@ -218,10 +289,20 @@ impl Session {
     pub fn start(&mut self) -> Action {
         match self.phase {
             Phase::Start => {
-                let local: Vec<(WireId, Vector)> = self.local.iter().map(|(w, v)| (*w, v.clone())).collect();
+                let Some(auth) = &self.auth else {
+                    return self.fail("a full session needs proofs".into());
+                };
+                let local: Vec<(WireId, Vector)> = self
+                    .local
+                    .iter()
+                    .filter(|(w, _)| auth.keys.contains_key(w))
+                    .map(|(w, v)| (*w, v.clone()))
+                    .collect();
+                self.listed = local.iter().map(|(w, _)| *w).collect();
+                let hello = hello(&local, auth, self.relay);
                 self.phase = Phase::AwaitHello;
                 self.outcome.round_trips += 1;
-                Action::Send(hello(&local, self.relay))
+                Action::Send(hello)
             }
             // A push session goes straight to pushing (it never pulls).
             _ => {
@@ -250,30 +331,20 @@ impl Session {
             (
                 Phase::AwaitHello,
                 Response::Hello {
+                    matched,
+                    proof,
                     differ,
-                    extra,
-                    want,
                     relay,
                 },
-            ) => {
-                self.outcome.peer_relay = relay;
-                self.outcome.channels = self.local.len();
-                self.outcome.in_sync_at_hello = differ.is_empty() && extra.is_empty() && want.is_empty();
-                let by_tag: BTreeMap<WireTag, WireId> = self.local.keys().map(|w| (proto::tag(w), *w)).collect();
-                for (w, v) in differ.into_iter().chain(extra) {
-                    if !self.local.contains_key(&w) {
-                        if !self.relay {
-                            continue; // not ours; a member never takes it
-                        }
-                        self.local.insert(w, Vector::default());
-                    }
-                    self.outcome.peer.insert(w, v);
-                    self.queue.push_back(w);
-                }
-                for t in want {
-                    if let Some(w) = by_tag.get(&t) {
-                        self.outcome.peer.insert(*w, Vector::default());
-                        self.queue.push_back(*w);
+            ) => self.on_hello(&matched, proof, differ, relay),
+            (Phase::AwaitGranted, Response::Granted { vectors }) => {
+                let asked: BTreeSet<WireId> = self.ungranted().into_iter().collect();
+                for (w, v) in vectors {
+                    if asked.contains(&w) && self.outcome.proved.insert(w) {
+                        self.fresh.push(w);
+                        self.outcome.granted += 1;
+                        self.outcome.peer.insert(w, v);
+                        self.queue.push_back(w);
                     }
                 }
                 self.next_channel()
@@ -384,6 +455,80 @@ impl Session {
         self.step()
     }
 
+    /// The peer's answer to the Hello: check its proof, then queue what differs.
+    fn on_hello(&mut self, matched: &[u8], proof: [u8; 16], differ: Vec<(u32, Vector)>, relay: bool) -> Action {
+        let Some(auth) = self.auth.as_ref() else {
+            return self.fail("a Hello answer to a push session".into());
+        };
+        let n = self.listed.len();
+        if matched.len() != n.div_ceil(8) || (n..matched.len() * 8).any(|i| auth::bit(matched, i)) {
+            self.outcome.fault_here = true;
+            return self.fail("the Hello answer's bitmap does not fit the Hello".into());
+        }
+        let held: Vec<WireId> = (0..n)
+            .filter(|i| auth::bit(matched, *i))
+            .map(|i| self.listed[i])
+            .collect();
+        let want = auth::answer(
+            held.iter().map(|w| &auth.keys[w]),
+            &auth.nonce,
+            &auth.ends,
+            matched,
+        );
+        if want != proof {
+            // Only a peer that guessed or replayed a proof gets here.
+            self.outcome.fault_here = true;
+            return self.fail("the peer's membership proof does not check".into());
+        }
+        self.outcome.peer_relay = relay;
+        self.outcome.channels = n;
+        self.outcome.in_sync_at_hello = differ.is_empty();
+        for w in &held {
+            if self.outcome.proved.insert(*w) {
+                self.fresh.push(*w);
+            }
+            // Equal digests: the peer holds what this side holds.
+            self.outcome.peer.insert(*w, self.local[w].clone());
+        }
+        for (i, v) in differ {
+            let Some(w) = self.listed.get(i as usize).copied().filter(|w| held.contains(w)) else {
+                self.outcome.fault_here = true;
+                return self.fail("the Hello answer names a channel it did not prove".into());
+            };
+            if self.queue.contains(&w) {
+                continue;
+            }
+            self.outcome.peer.insert(w, v);
+            self.queue.push_back(w);
+        }
+        let ungranted = self.ungranted();
+        if !ungranted.is_empty() {
+            let grants = ungranted
+                .iter()
+                .map(|w| (*w, AccessBytes(*self.auth.as_ref().expect("checked").keys[w].expose())))
+                .collect();
+            self.outcome.in_sync_at_hello = false;
+            self.phase = Phase::AwaitGranted;
+            self.outcome.round_trips += 1;
+            return Action::Send(Request::Grant { grants });
+        }
+        self.next_channel()
+    }
+
+    /// Channels to grant the peer: those of the Hello it did not prove, when
+    /// it is a relay this user configured.
+    fn ungranted(&self) -> Vec<WireId> {
+        match &self.auth {
+            Some(a) if a.grant => self
+                .listed
+                .iter()
+                .filter(|w| !self.outcome.proved.contains(w))
+                .copied()
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     fn next_channel(&mut self) -> Action {
         self.current = self.queue.pop_front();
         if self.current.is_none() {
@@ -445,6 +590,7 @@ fn kind(r: &Response) -> &'static str {
         Response::Ack { .. } => "Ack",
         Response::Refused { .. } => "Refused",
         Response::Link { .. } => "Link",
+        Response::Granted { .. } => "Granted",
     }
 }
 

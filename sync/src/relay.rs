@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 
-use hearth_core::{DeviceId, EntryHash, FeedPos, UserId, Vector, WireId};
+use hearth_core::{DeviceId, EntryHash, FeedPos, SecretKey, UserId, Vector, WireId};
 use hearth_store::{
     Admission, EntryBatch, Error, Feeds, Head, IngestReport, LogPos, Refusal, Result, Verdict, log_kind,
 };
@@ -44,6 +44,9 @@ const T_HEADS: u8 = b'H';
 /// `K | wire [32] | device [16]` -> postcard([`hearth_core::ForkProof`]): the
 /// first proof that the feed's author forked it.
 const T_FORKS: u8 = b'K';
+/// `G | wire [32]` -> the channel's access key (32 bytes), granted by a
+/// member: proofs of membership of the channel are checked against it.
+const T_GRANTS: u8 = b'G';
 /// Locked (`File::try_lock`) while open, so two relays never share a directory.
 const LOCK_FILE: &str = "LOCK";
 /// The sled database directory.
@@ -111,6 +114,9 @@ pub struct RelayStats {
     /// Feeds whose author signed two versions of them (a proof is held; the
     /// second branch is refused).
     pub forked_feeds: u64,
+    /// Channels whose access key a member granted: the only ones this relay
+    /// serves (to peers that prove membership with that key).
+    pub granted_channels: usize,
 }
 
 /// The head of one feed: an `H` row.
@@ -135,6 +141,8 @@ struct State {
     forks: u64,
     /// Envelope bytes held per author, over every channel.
     by_user: BTreeMap<UserId, u64>,
+    /// Access keys granted by members, by channel (the first grant stands).
+    grants: BTreeMap<WireId, SecretKey>,
 }
 
 impl State {
@@ -342,6 +350,7 @@ impl RelayStore {
             entries: st.entries,
             bytes: st.bytes,
             forked_feeds: st.forks,
+            granted_channels: st.grants.len(),
         }
     }
 
@@ -373,6 +382,20 @@ impl Replica for RelayStore {
             .keys()
             .map(|w| (*w, st.vector(w).expect("a held channel")))
             .collect())
+    }
+
+    async fn access_keys(&self) -> Result<Vec<(WireId, SecretKey)>> {
+        Ok(self
+            .inner
+            .state()
+            .grants
+            .iter()
+            .map(|(w, k)| (*w, k.clone()))
+            .collect())
+    }
+
+    async fn grant(&self, grants: Vec<(WireId, SecretKey)>) -> Result<Option<Vec<(WireId, Vector)>>> {
+        self.blocking(move |i| i.grant(grants)).await.map(Some)
     }
 
     async fn entries_after(
@@ -407,6 +430,62 @@ impl Replica for RelayStore {
 impl Inner {
     fn state(&self) -> RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Take access grants: a channel's first grant stands (a later one with
+    /// another key is ignored: the granter cannot prove it holds the channel
+    /// under the key already held), at most `max_channels` in all. Durable
+    /// (log, fsynced) before it is answered. The channels taken, with what
+    /// this relay holds of them.
+    fn grant(&self, grants: Vec<(WireId, SecretKey)>) -> Result<Vec<(WireId, Vector)>> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(Error::Poisoned);
+        }
+        let mut w = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut taken = Vec::new();
+        let mut new = BTreeMap::new();
+        {
+            let st = self.state();
+            for (wire, key) in grants {
+                match st.grants.get(&wire).or(new.get(&wire)) {
+                    Some(held) if held == &key => taken.push(wire),
+                    Some(_) => {}
+                    None if st.grants.len() + new.len() < self.config.max_channels => {
+                        taken.push(wire);
+                        new.insert(wire, key);
+                    }
+                    None => {}
+                }
+            }
+        }
+        if !new.is_empty() {
+            let mut batch = sled::Batch::default();
+            let bodies: Vec<Vec<u8>> = new
+                .iter()
+                .map(|(wire, key)| {
+                    batch.insert(&grant_key(wire)[..], &key.expose()[..]);
+                    let mut body = wire.0.to_vec();
+                    body.extend_from_slice(key.expose());
+                    body
+                })
+                .collect();
+            let records: Vec<(u8, &[u8])> = bodies.iter().map(|b| (log_kind::GRANT, b.as_slice())).collect();
+            let written = self.write(&mut w, batch, &records, None);
+            if written.is_err() {
+                self.poisoned.store(true, Ordering::SeqCst);
+            }
+            written?;
+            self.state
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .grants
+                .extend(new);
+        }
+        let st = self.state();
+        Ok(taken
+            .into_iter()
+            .map(|w| (w, st.vector(&w).unwrap_or_default()))
+            .collect())
     }
 
     /// The entries `have` lacks, feed by feed in seq order, within a budget.
@@ -654,7 +733,31 @@ fn load(tree: &sled::Tree) -> Result<State> {
         st.feeds.entry(wire).or_default().insert(device, head);
     }
     st.forks = tree.scan_prefix([T_FORKS]).count() as u64;
+    for row in tree.scan_prefix([T_GRANTS]) {
+        let (k, v) = row.map_err(sled_error)?;
+        let mut body = k[1..].to_vec();
+        body.extend_from_slice(&v);
+        let (wire, key) = decode_grant(&body).ok_or_else(|| corrupted("relay grants", "a row of the wrong length"))?;
+        st.grants.insert(wire, key);
+    }
     Ok(st)
+}
+
+/// The sled key of a channel's grant.
+fn grant_key(wire: &WireId) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    k[0] = T_GRANTS;
+    k[1..].copy_from_slice(&wire.0);
+    k
+}
+
+/// A grant log record's body: wire id, then key.
+fn decode_grant(body: &[u8]) -> Option<(WireId, SecretKey)> {
+    let (wire, key) = (body.get(..32)?, body.get(32..)?);
+    Some((
+        WireId(wire.try_into().ok()?),
+        SecretKey::from_bytes(key.try_into().ok()?),
+    ))
 }
 
 /// A relay's stored feeds of one channel, for [`Admission`].
@@ -851,8 +954,42 @@ mod tests {
                 entries: 5,
                 bytes,
                 forked_feeds: 1,
+                granted_channels: 0,
             }
         );
+    }
+
+    #[tokio::test]
+    async fn grants_are_durable_and_the_first_stands() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w1, w2) = (WireId([1; 32]), WireId([2; 32]));
+        let key = |b: u8| SecretKey::from_bytes([b; 32]);
+        {
+            let relay = RelayStore::open_with(dir.path(), RelayConfig::default().with_max_channels(2)).unwrap();
+            let got = relay.grant(vec![(w1, key(1)), (w2, key(2))]).await.unwrap().unwrap();
+            assert_eq!(got, vec![(w1, Vector::default()), (w2, Vector::default())]);
+            // Another key for a granted channel is not taken; the same one is.
+            let got = relay.grant(vec![(w1, key(9)), (w2, key(2))]).await.unwrap().unwrap();
+            assert_eq!(got, vec![(w2, Vector::default())]);
+            // Beyond max_channels: not taken.
+            let got = relay.grant(vec![(WireId([3; 32]), key(3))]).await.unwrap().unwrap();
+            assert!(got.is_empty());
+            assert_eq!(relay.stats().granted_channels, 2);
+        }
+        let keys = |relay: &RelayStore| {
+            let relay = relay.clone();
+            async move {
+                let mut k = relay.access_keys().await.unwrap();
+                k.sort_by_key(|(w, _)| *w);
+                k
+            }
+        };
+        let relay = RelayStore::open(dir.path()).unwrap();
+        assert_eq!(keys(&relay).await, vec![(w1, key(1)), (w2, key(2))], "after a reopen");
+        drop(relay);
+        std::fs::remove_dir_all(dir.path().join(DB_DIR)).unwrap();
+        let relay = RelayStore::open(dir.path()).unwrap();
+        assert_eq!(keys(&relay).await, vec![(w1, key(1)), (w2, key(2))], "rebuilt from the log");
     }
 
     #[tokio::test]

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 
-use hearth_core::{Vector, WireId};
+use hearth_core::{SecretKey, Vector, WireId};
 use hearth_store::{EntryBatch, IngestReport, Store, StoreEvent};
 use tokio::sync::broadcast;
 
@@ -28,6 +28,18 @@ pub trait Replica: Clone + Send + Sync + 'static {
 
     /// Every channel's wire id and vector.
     fn vectors(&self) -> impl Future<Output = hearth_store::Result<Vec<(WireId, Vector)>>> + Send;
+
+    /// The access keys this replica proves channels with (and checks a peer's
+    /// proofs against): a member's, derived from its channel keys; a relay's,
+    /// granted by members.
+    fn access_keys(&self) -> impl Future<Output = hearth_store::Result<Vec<(WireId, SecretKey)>>> + Send;
+
+    /// Take channels granted by a member (a relay only): their vectors here,
+    /// for the grants taken; `None` when this replica takes no grants.
+    fn grant(
+        &self,
+        grants: Vec<(WireId, SecretKey)>,
+    ) -> impl Future<Output = hearth_store::Result<Option<Vec<(WireId, Vector)>>>> + Send;
 
     /// The entries `have` lacks; `None` for a channel not held.
     fn entries_after(
@@ -60,6 +72,14 @@ impl Replica for Store {
 
     async fn vectors(&self) -> hearth_store::Result<Vec<(WireId, Vector)>> {
         Store::vectors(self).await
+    }
+
+    async fn access_keys(&self) -> hearth_store::Result<Vec<(WireId, SecretKey)>> {
+        Store::access_keys(self).await
+    }
+
+    async fn grant(&self, _: Vec<(WireId, SecretKey)>) -> hearth_store::Result<Option<Vec<(WireId, Vector)>>> {
+        Ok(None)
     }
 
     async fn entries_after(
@@ -113,6 +133,14 @@ impl Replica for Detached {
 
     async fn vectors(&self) -> hearth_store::Result<Vec<(WireId, Vector)>> {
         Ok(Vec::new())
+    }
+
+    async fn access_keys(&self) -> hearth_store::Result<Vec<(WireId, SecretKey)>> {
+        Ok(Vec::new())
+    }
+
+    async fn grant(&self, _: Vec<(WireId, SecretKey)>) -> hearth_store::Result<Option<Vec<(WireId, Vector)>>> {
+        Ok(None)
     }
 
     async fn entries_after(

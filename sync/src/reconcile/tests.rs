@@ -4,6 +4,7 @@
 
 use super::*;
 use hearth_core::{DeviceId, FeedPos};
+use std::collections::BTreeSet;
 
 use crate::proto::{MAX_REQUEST, MAX_RESPONSE};
 
@@ -15,6 +16,19 @@ const MAX_ACTIONS: usize = 10_000;
 
 fn wire(n: u8) -> WireId {
     WireId([n; 32])
+}
+
+/// The access key of a fake channel.
+fn access(w: &WireId) -> SecretKey {
+    SecretKey::from_bytes(*blake3::hash(&w.0).as_bytes())
+}
+
+/// The requester's and the responder's peer ids in every test session.
+fn ends() -> Ends {
+    Ends {
+        requester: b"peer a".to_vec(),
+        responder: b"peer b".to_vec(),
+    }
 }
 
 fn device(n: u8) -> DeviceId {
@@ -42,6 +56,8 @@ fn parse(bytes: &[u8]) -> Option<(DeviceId, u64)> {
 struct Fake {
     relay: bool,
     channels: BTreeMap<WireId, BTreeMap<DeviceId, Vec<Vec<u8>>>>,
+    /// A relay's granted channels.
+    grants: BTreeSet<WireId>,
 }
 
 impl Fake {
@@ -89,6 +105,29 @@ impl Fake {
 
     fn vectors(&self) -> Vec<(WireId, Vector)> {
         self.channels.keys().map(|w| (*w, self.vector(w))).collect()
+    }
+
+    /// A member's keys are its channels'; a relay's are those granted.
+    fn keys(&self) -> Keyring {
+        let wires: Vec<WireId> = if self.relay {
+            self.grants.iter().copied().collect()
+        } else {
+            self.channels.keys().copied().collect()
+        };
+        wires.iter().map(|w| (*w, access(w))).collect()
+    }
+
+    /// A relay granted `w` by a member.
+    fn granted(&mut self, w: WireId) -> &mut Self {
+        self.grants.insert(w);
+        self
+    }
+
+    /// Proofs for a session from this replica (always "peer a").
+    fn auth(&self) -> Auth {
+        let mut a = Auth::new(self.keys(), ends().requester, ends().responder);
+        a.nonce = [self.channels.len() as u8; 16];
+        a
     }
 
     /// What the store's `entries_after` does: feed by feed, in seq order, at
@@ -158,7 +197,23 @@ impl Fake {
     /// What `drive::serve` answers.
     fn serve(&mut self, req: Request) -> Response {
         match req {
-            Request::Hello { summary, relay, .. } => answer_hello(&self.vectors(), &summary, relay, self.relay),
+            Request::Hello { summary, nonce, .. } => {
+                answer_hello(&self.vectors(), &self.keys(), &nonce, &summary, &ends(), self.relay).0
+            }
+            Request::Grant { grants } if self.relay => {
+                let mut vectors = Vec::new();
+                for (w, k) in grants {
+                    if k.0 == *access(&w).expose() {
+                        self.grants.insert(w);
+                        self.channels.entry(w).or_default();
+                        vectors.push((w, self.vector(&w)));
+                    }
+                }
+                Response::Granted { vectors }
+            }
+            Request::Grant { .. } => Response::Refused {
+                reason: "not a relay".into(),
+            },
             Request::Fetch { wire, have, max_bytes } => {
                 let (bytes, count) = fetch_budget(max_bytes);
                 match self.entries_after(&wire, &have, bytes, count) {
@@ -196,6 +251,7 @@ impl Fake {
 struct Run {
     outcome: Outcome,
     hellos: usize,
+    grants: usize,
     fetches: usize,
     pushes: usize,
     /// Entries in each Entries answer and each Push, in order.
@@ -218,6 +274,7 @@ fn drive(mut session: Session, local: &mut Fake, mut peer: impl FnMut(Request) -
                 let req = Request::decode(&bytes).expect("requests decode");
                 match &req {
                     Request::Hello { .. } => run.hellos += 1,
+                    Request::Grant { .. } => run.grants += 1,
                     Request::Fetch { .. } => run.fetches += 1,
                     Request::Push { entries, .. } => {
                         run.pushes += 1;
@@ -243,7 +300,7 @@ fn drive(mut session: Session, local: &mut Fake, mut peer: impl FnMut(Request) -
                 run.outcome = session.into_outcome();
                 assert_eq!(
                     run.outcome.round_trips as usize,
-                    run.hellos + run.fetches + run.pushes,
+                    run.hellos + run.grants + run.fetches + run.pushes,
                     "round trips count requests"
                 );
                 return run;
@@ -255,7 +312,13 @@ fn drive(mut session: Session, local: &mut Fake, mut peer: impl FnMut(Request) -
 
 /// A full session from `a` to `b`.
 fn sync(a: &mut Fake, b: &mut Fake) -> Run {
-    let session = Session::full(a.vectors(), a.relay);
+    let session = Session::full(a.vectors(), a.relay, a.auth());
+    drive(session, a, |req| b.serve(req))
+}
+
+/// A full session from member `a` to `b`, a relay `a`'s user configured.
+fn sync_granting(a: &mut Fake, b: &mut Fake) -> Run {
+    let session = Session::full(a.vectors(), a.relay, a.auth().granting(true));
     drive(session, a, |req| b.serve(req))
 }
 
@@ -295,21 +358,23 @@ fn a_hello_for_100_channels_is_under_2_kb_both_ways() {
             a.write(wire(c), device(d), 7, HEAD);
         }
     }
-    let req = hello(&a.vectors(), false);
-    let in_sync = answer_hello(&a.vectors(), summary(&req), false, false);
+    let auth = a.auth();
+    let req = hello(&a.vectors(), &auth, false);
+    let (in_sync, proved) = answer_hello(&a.vectors(), &a.keys(), &auth.nonce, summary(&req), &ends(), false);
+    assert_eq!(proved.len(), 100);
     let (req_len, resp_len) = (req.encode().len(), in_sync.encode().len());
-    // Every channel of a relay requester that the responder also holds: still nothing to list.
-    let relay_resp_len = answer_hello(&a.vectors(), summary(&req), true, true).encode().len();
-    eprintln!("hello for 100 channels: request {req_len} B, in-sync answer {resp_len} B (relay {relay_resp_len} B)");
-    assert!(req_len < 2048, "{req_len}");
-    assert!(resp_len < 2048 && relay_resp_len < 2048, "{resp_len} {relay_resp_len}");
+    eprintln!("hello for 100 channels: request {req_len} B, in-sync answer {resp_len} B");
+    assert!(req_len + resp_len < 2048, "{req_len} + {resp_len}");
 
     // When every channel differs the answer carries the vectors, and still fits a frame.
     let mut b = a.clone();
     for c in 0..100 {
         b.write(wire(c), device(1), 8, HEAD);
     }
-    let differ = answer_hello(&b.vectors(), summary(&req), false, false).encode().len();
+    let differ = answer_hello(&b.vectors(), &b.keys(), &auth.nonce, summary(&req), &ends(), false)
+        .0
+        .encode()
+        .len();
     eprintln!("hello for 100 channels: answer when all differ {differ} B");
     assert!(differ < MAX_RESPONSE);
     let run = sync(&mut a, &mut b);
@@ -420,16 +485,14 @@ fn liar(
     fetch: impl Fn(&Vector) -> Response,
     push: impl Fn() -> Response,
 ) -> impl FnMut(Request) -> Response {
+    let keys: Keyring = [(wire(1), access(&wire(1)))].into();
     move |req| match req {
-        Request::Hello { .. } => Response::Hello {
-            differ: vec![(wire(1), claimed.clone())],
-            extra: vec![],
-            want: vec![],
-            relay: false,
-        },
+        Request::Hello { nonce, summary, .. } => {
+            answer_hello(&[(wire(1), claimed.clone())], &keys, &nonce, &summary, &ends(), false).0
+        }
         Request::Fetch { have, .. } => fetch(&have),
         Request::Push { .. } => push(),
-        Request::Link { .. } => panic!("a session never asks for a link bundle"),
+        Request::Link { .. } | Request::Grant { .. } => panic!("not asked of a member"),
     }
 }
 
@@ -454,7 +517,7 @@ fn a_peer_that_withholds_entries_or_acks_without_progress_does_not_stall_the_ses
         more: true,
     };
     let run = drive(
-        Session::full(local.vectors(), false),
+        Session::full(local.vectors(), false, local.auth()),
         &mut local.clone(),
         liar(claimed.clone(), empty, unchanged),
     );
@@ -468,7 +531,7 @@ fn a_peer_that_withholds_entries_or_acks_without_progress_does_not_stall_the_ses
         more: true,
     };
     let run = drive(
-        Session::full(local.vectors(), false),
+        Session::full(local.vectors(), false, local.auth()),
         &mut local.clone(),
         liar(claimed.clone(), stale, unchanged),
     );
@@ -478,7 +541,7 @@ fn a_peer_that_withholds_entries_or_acks_without_progress_does_not_stall_the_ses
     // move its vector: one Push, then stop.
     let none = |_: &Vector| -> Response { panic!("nothing to pull") };
     let run = drive(
-        Session::full(local.vectors(), false),
+        Session::full(local.vectors(), false, local.auth()),
         &mut local.clone(),
         liar(Vector::default(), none, unchanged),
     );
@@ -492,7 +555,7 @@ fn a_peer_that_withholds_entries_or_acks_without_progress_does_not_stall_the_ses
         reason: None,
     };
     let run = drive(
-        Session::full(local.vectors(), false),
+        Session::full(local.vectors(), false, local.auth()),
         &mut local.clone(),
         liar(Vector::default(), none, claims),
     );
@@ -508,7 +571,7 @@ fn a_peer_that_withholds_entries_or_acks_without_progress_does_not_stall_the_ses
         }
         other => taker.serve(other),
     };
-    let run = drive(Session::full(local.vectors(), false), &mut local.clone(), partial);
+    let run = drive(Session::full(local.vectors(), false, local.auth()), &mut local.clone(), partial);
     assert_eq!((run.pushes, run.outcome.sent, run.outcome.failed), (3, 5, None));
 }
 
@@ -533,9 +596,9 @@ fn unexpected_answers_fail_the_session() {
         reason: None,
     };
     let hello = || Response::Hello {
+        matched: ByteBuf::new(),
+        proof: [0; 16],
         differ: vec![],
-        extra: vec![],
-        want: vec![],
         relay: false,
     };
     let refused = || Response::Refused { reason: "no".into() };
@@ -570,13 +633,13 @@ fn unexpected_answers_fail_the_session() {
     ];
     for (what, answer) in wrong {
         let mut peer = peer.clone();
-        let run = drive(Session::full(local.vectors(), false), &mut local.clone(), |req| {
+        let run = drive(Session::full(local.vectors(), false, local.auth()), &mut local.clone(), |req| {
             answer(&req).unwrap_or_else(|| peer.serve(req))
         });
         assert!(run.outcome.failed.is_some(), "{what}: {:?}", run.outcome);
         assert_eq!(
             run.outcome.round_trips,
-            run.hellos as u32 + run.fetches as u32 + run.pushes as u32
+            (run.hellos + run.grants + run.fetches + run.pushes) as u32
         );
     }
 
@@ -584,7 +647,7 @@ fn unexpected_answers_fail_the_session() {
     // next channel (here: none).
     for on_fetch in [true, false] {
         let run = drive(
-            Session::full(local.vectors(), false),
+            Session::full(local.vectors(), false, local.auth()),
             &mut local.clone(),
             |req| match req {
                 Request::Fetch { .. } if on_fetch => refused(),
@@ -598,83 +661,183 @@ fn unexpected_answers_fail_the_session() {
 }
 
 #[test]
-fn answer_hello_lists_what_a_relay_wants_and_what_a_relay_may_take() {
+fn answer_hello_matches_only_channels_whose_key_it_holds() {
     let (both, only_req, only_resp) = (wire(1), wire(2), wire(3));
     let mut requester = Fake::default();
     requester
-        .write(both, device(1), 3, HEAD)
-        .write(only_req, device(1), 2, HEAD);
+        .write(only_req, device(1), 2, HEAD)
+        .write(both, device(1), 3, HEAD);
     let mut responder = Fake::default();
     responder
         .write(both, device(1), 2, HEAD)
         .write(only_resp, device(2), 4, HEAD);
-    let req = hello(&requester.vectors(), false);
-    let local = responder.vectors();
-    let differ = vec![(both, responder.vector(&both))];
+    let auth = requester.auth();
+    let req = hello(&requester.vectors(), &auth, false);
+    let (got, proved) = answer_hello(
+        &responder.vectors(),
+        &responder.keys(),
+        &auth.nonce,
+        summary(&req),
+        &ends(),
+        false,
+    );
+    // `both` is the Hello's first channel (wire order).
+    let matched = auth::bitmap(2, |i| i == 0);
+    let proof = auth::answer([&access(&both)], &auth.nonce, &ends(), &matched);
+    assert_eq!(
+        got,
+        Response::Hello {
+            matched: ByteBuf::from(matched),
+            proof,
+            differ: vec![(0, responder.vector(&both))],
+            relay: false,
+        }
+    );
+    assert_eq!(proved, vec![both]);
 
-    let cases = [
-        // (requester is a relay, responder is a relay) -> (extra, want)
-        ((false, false), (vec![], vec![])),
-        ((false, true), (vec![], vec![proto::tag(&only_req)])),
-        ((true, false), (vec![(only_resp, responder.vector(&only_resp))], vec![])),
+    // A stranger (no key) matches nothing and proves nothing; a Hello names
+    // no channel it can recognise.
+    let (got, proved) = answer_hello(&[], &Keyring::new(), &auth.nonce, summary(&req), &ends(), false);
+    assert!(proved.is_empty());
+    assert_eq!(
+        got,
+        Response::Hello {
+            matched: ByteBuf::from(vec![0]),
+            proof: [0; 16],
+            differ: vec![],
+            relay: false,
+        }
+    );
+    let tags: Vec<[u8; 8]> = summary(&req).iter().map(|d| d.tag).collect();
+    assert!(tags.iter().all(|t| t[..] != both.0[..8] && t[..] != only_req.0[..8]));
+    // Another nonce, other tags: two Hellos cannot be linked by their tags.
+    let mut again = requester.auth();
+    again.nonce = [99; 16];
+    let req2 = hello(&requester.vectors(), &again, false);
+    assert!(summary(&req2).iter().all(|d| !tags.contains(&d.tag)));
+    // Nor proofs made for another pair of peers.
+    let other_pair = Ends {
+        requester: b"peer a".to_vec(),
+        responder: b"peer c".to_vec(),
+    };
+    let (_, proved) = answer_hello(
+        &responder.vectors(),
+        &responder.keys(),
+        &auth.nonce,
+        summary(&req),
+        &other_pair,
+        false,
+    );
+    assert!(proved.is_empty(), "a proof is good for one pair of peers");
+}
+
+#[test]
+fn a_forged_or_inconsistent_answer_fails_the_session_as_the_peers_fault() {
+    let w = wire(1);
+    let mut local = Fake::default();
+    local.write(w, device(1), 5, HEAD);
+    let mut peer = Fake::default();
+    peer.write(w, device(2), 5, HEAD);
+    let forged: [(&str, Answer); 3] = [
+        (
+            "a proof without the key",
+            Box::new(|r| {
+                matches!(r, Request::Hello { .. }).then(|| Response::Hello {
+                    matched: ByteBuf::from(vec![1]),
+                    proof: [7; 16],
+                    differ: vec![(0, Vector::default())],
+                    relay: false,
+                })
+            }),
+        ),
+        (
+            "a bitmap of the wrong size",
+            Box::new(|r| {
+                matches!(r, Request::Hello { .. }).then(|| Response::Hello {
+                    matched: ByteBuf::from(vec![0, 0]),
+                    proof: [0; 16],
+                    differ: vec![],
+                    relay: false,
+                })
+            }),
+        ),
+        (
+            "a differing channel it did not prove",
+            Box::new(|r| {
+                matches!(r, Request::Hello { .. }).then(|| Response::Hello {
+                    matched: ByteBuf::from(vec![0]),
+                    proof: [0; 16],
+                    differ: vec![(0, Vector::default())],
+                    relay: false,
+                })
+            }),
+        ),
     ];
-    for ((requester_relay, i_am_relay), (extra, want)) in cases {
-        let got = answer_hello(&local, summary(&req), requester_relay, i_am_relay);
-        assert_eq!(
-            got,
-            Response::Hello {
-                differ: differ.clone(),
-                extra,
-                want,
-                relay: i_am_relay
-            }
-        );
+    for (what, answer) in forged {
+        let mut peer = peer.clone();
+        let session = Session::full(local.vectors(), false, local.auth());
+        let run = drive(session, &mut local.clone(), |req| {
+            answer(&req).unwrap_or_else(|| peer.serve(req))
+        });
+        assert!(run.outcome.failed.is_some(), "{what}: {:?}", run.outcome);
+        assert!(run.outcome.fault_here, "{what}");
+        assert!(run.outcome.proved.is_empty(), "{what}");
+        assert_eq!((run.fetches, run.pushes), (0, 0), "{what}: nothing served after it");
     }
 }
 
 #[test]
-fn relays_take_every_channel_members_only_their_own() {
-    let (a_only, shared, b_only) = (wire(1), wire(2), wire(3));
+fn a_member_grants_its_relay_and_no_other_peer_learns_its_channels() {
+    let (a_only, shared) = (wire(1), wire(2));
     let mut member = Fake::default();
     member
         .write(a_only, device(1), 6, HEAD)
         .write(shared, device(1), 3, HEAD)
         .write(shared, device(2), 2, HEAD);
 
-    // A member syncing with a relay: the relay wants everything it lacks.
+    // A relay its user configured: granted every channel it did not prove,
+    // then synced both ways.
+    let (mut m, mut r) = (member.clone(), Fake::relay());
+    r.write(shared, device(2), 4, HEAD);
+    let run = sync_granting(&mut m, &mut r);
+    clean(&run.outcome);
+    assert_eq!((run.hellos, run.grants), (1, 1));
+    assert_eq!(run.outcome.granted, 2);
+    assert_eq!((run.outcome.sent, run.outcome.received), (6 + 3, 2));
+    assert_eq!(m.vectors(), r.vectors());
+    assert_eq!(r.grants, [a_only, shared].into());
+    // Granted once: the next session proves both in one round trip.
+    let run = sync_granting(&mut m, &mut r);
+    assert!(run.outcome.in_sync_at_hello);
+    assert_eq!((run.outcome.round_trips, run.grants), (1, 0));
+
+    // A relay nobody configured holds the same channel's entries, but no key:
+    // it proves nothing, so it is given nothing and told nothing.
     let (mut m, mut r) = (member.clone(), Fake::relay());
     r.write(shared, device(2), 4, HEAD);
     let run = sync(&mut m, &mut r);
     clean(&run.outcome);
-    assert_eq!((run.outcome.sent, run.outcome.received), (6 + 3, 2));
-    assert_eq!(m.vectors(), r.vectors());
+    assert!(run.outcome.proved.is_empty());
+    assert_eq!((run.outcome.sent, run.outcome.received, run.grants), (0, 0, 0));
+    assert_eq!(r.vector(&shared).seq(&device(1)), 0);
 
-    // A relay syncing with a member: the member lists its other channels as
-    // extra, the relay takes them; the member takes none of the relay's.
+    // A relay granted one channel (by another member) syncing with the
+    // member: that channel only.
     let (mut r, mut m) = (Fake::relay(), member.clone());
-    r.write(b_only, device(3), 2, HEAD).write(shared, device(2), 4, HEAD);
+    r.granted(shared).write(shared, device(2), 4, HEAD);
     let run = sync(&mut r, &mut m);
     clean(&run.outcome);
-    assert_eq!((run.outcome.received, run.outcome.sent), (6 + 3, 2));
-    assert_eq!(r.vector(&a_only), m.vector(&a_only));
+    assert_eq!(run.outcome.proved, [shared].into());
     assert_eq!(r.vector(&shared), m.vector(&shared));
-    assert!(!m.channels.contains_key(&b_only));
-    assert!(sync(&mut r, &mut m).outcome.in_sync_at_hello);
+    assert!(!r.channels.contains_key(&a_only), "a channel not proved is not given");
 
-    // A member ignores channels a peer offers it unasked.
+    // A member of another channel learns nothing either.
+    let mut other = Fake::default();
+    other.write(wire(9), device(5), 2, HEAD);
     let mut m = member.clone();
-    let offered = Fake::default().write(b_only, device(3), 2, HEAD).vector(&b_only);
-    let run = drive(Session::full(m.vectors(), false), &mut m, |req| match req {
-        Request::Hello { .. } => Response::Hello {
-            differ: vec![],
-            extra: vec![(b_only, offered.clone())],
-            want: vec![],
-            relay: false,
-        },
-        other => panic!("asked {other:?}"),
-    });
-    assert_eq!((run.outcome.round_trips, run.outcome.failed), (1, None));
-    assert!(!m.channels.contains_key(&b_only));
+    let run = sync(&mut other, &mut m);
+    assert!(run.outcome.proved.is_empty() && run.outcome.peer.is_empty());
+    assert_eq!((run.outcome.sent, run.outcome.received), (0, 0));
 }
 
 #[test]

@@ -33,8 +33,9 @@ pub(super) const META_LOG: &[u8] = b"Mlog";
 /// How far the log was durable at sled's last checkpoint.
 pub(super) const META_LOG_SYNCED: &[u8] = b"Mlogsynced";
 /// 1: sled only. 2: the feed log is the source of truth. 3: fork proofs
-/// (log record kind 5, table `K`); a format 2 relay is only marked.
-pub(super) const RELAY_FORMAT: u8 = 3;
+/// (log record kind 5, table `K`); a format 2 relay is only marked. 4: access
+/// grants (log record kind 6, table `G`); a format 3 relay is only marked.
+pub(super) const RELAY_FORMAT: u8 = 4;
 /// sled is checkpointed once this much log was written since the last time
 /// (the log itself is durable at every acknowledgement).
 const CHECKPOINT_BYTES: u64 = 4 << 20;
@@ -81,7 +82,7 @@ pub(super) fn standing(tree: &sled::Tree, log_dir: &Path) -> Result<Standing> {
     let (synced, applied) = match format {
         // Migrated: sled is exactly what its new log holds.
         1 => (LogPos::START, None),
-        2 | RELAY_FORMAT => match pos(META_LOG)? {
+        2..=RELAY_FORMAT => match pos(META_LOG)? {
             Some(a) => (pos(META_LOG_SYNCED)?.unwrap_or(LogPos::START), Some(a)),
             None => return Ok(Standing::Rebuild("sled has no log position".into())),
         },
@@ -117,7 +118,8 @@ pub(super) fn standing(tree: &sled::Tree, log_dir: &Path) -> Result<Standing> {
         b.insert(META_FORMAT, &[RELAY_FORMAT][..]);
         b.insert(META_LOG, &applied.encode()[..]);
         tree.apply_batch(b).map_err(sled_error)?;
-    } else if format == 2 {
+    } else if format < RELAY_FORMAT {
+        // Formats 2 and 3: the new records and tables start empty.
         tree.insert(META_FORMAT, &[RELAY_FORMAT][..]).map_err(sled_error)?;
     }
     Ok(Standing::Usable { applied, end: end.end })
@@ -219,6 +221,17 @@ impl Inner {
                                 forks += 1;
                             }
                             batch.insert(&k[..], r.body);
+                        }
+                    }
+                    log_kind::GRANT => {
+                        if let Some((wire, key)) = super::decode_grant(&r.body) {
+                            batch.insert(&super::grant_key(&wire)[..], &r.body[32..]);
+                            self.state
+                                .write()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .grants
+                                .entry(wire)
+                                .or_insert(key);
                         }
                     }
                     _ => {}
