@@ -4,7 +4,7 @@
 //! hearth-sync; hearth-sync's `tests/fuzz_corpus.rs` includes this file, so it may
 //! only use `hearth_sync` and `blake3`, never `libfuzzer-sys`.
 
-use hearth_sync::proto::{BATCH_ENTRIES, MAX_CHANNELS, Request, Response};
+use hearth_sync::proto::{BATCH_ENTRIES, MAX_BITMAP, MAX_CHANNELS, Request, Response};
 use hearth_sync::ticket::{PREFIX, Ticket};
 
 /// Decode a request frame body. On success it is within its count caps and
@@ -17,6 +17,7 @@ pub fn check_request(data: &[u8]) {
     match &req {
         Request::Hello { summary, .. } => assert!(summary.len() <= MAX_CHANNELS, "Hello over the channel cap"),
         Request::Push { entries, .. } => assert!(entries.len() <= BATCH_ENTRIES, "Push over the entry cap"),
+        Request::Grant { grants } => assert!(grants.len() <= MAX_CHANNELS, "Grant over the channel cap"),
         _ => {}
     }
     let bytes = req.encode();
@@ -32,14 +33,13 @@ pub fn check_response(data: &[u8]) {
         return;
     };
     match &resp {
-        Response::Hello {
-            differ, extra, want, ..
-        } => {
+        Response::Hello { matched, differ, .. } => {
             assert!(
-                differ.len() + extra.len() + want.len() <= MAX_CHANNELS,
+                matched.len() <= MAX_BITMAP && differ.len() <= MAX_CHANNELS,
                 "Hello over the channel cap"
             )
         }
+        Response::Granted { vectors } => assert!(vectors.len() <= MAX_CHANNELS, "Granted over the channel cap"),
         Response::Entries { entries, .. } => assert!(entries.len() <= BATCH_ENTRIES, "Entries over the entry cap"),
         _ => {}
     }

@@ -169,6 +169,17 @@ impl Replica for Evil {
         false
     }
 
+    async fn access_keys(&self) -> hearth_store::Result<Vec<(WireId, hearth_core::SecretKey)>> {
+        Replica::access_keys(&self.store).await
+    }
+
+    async fn grant(
+        &self,
+        grants: Vec<(WireId, hearth_core::SecretKey)>,
+    ) -> hearth_store::Result<Option<Vec<(WireId, Vector)>>> {
+        Replica::grant(&self.store, grants).await
+    }
+
     async fn vectors(&self) -> hearth_store::Result<Vec<(WireId, Vector)>> {
         let mut v = Replica::vectors(&self.store).await?;
         if self.forgery == Forgery::ClaimsMore {
@@ -658,6 +669,23 @@ struct Fixture {
     addr: Multiaddr,
 }
 
+impl Fixture {
+    /// A raw client that proves membership of the channel (it holds the
+    /// access key an honest member holds) with a valid Hello.
+    async fn member_raw(&self) -> RawPeer {
+        let raw = RawPeer::connect(&self.addr).await;
+        let keys = self.peer_store.access_keys().await.unwrap();
+        let auth = hearth_sync::reconcile::Auth::new(keys, raw.id.to_bytes(), self.node.peer_id().to_bytes());
+        let local = self.peer_store.vectors().await.unwrap();
+        let hello = hearth_sync::reconcile::hello(&local, &auth, false);
+        match raw.request(Frame::Req(hello)).await {
+            Ok(Response::Hello { matched, .. }) => assert_eq!(matched.as_slice(), [1], "the node proves its channel"),
+            other => panic!("{other:?}"),
+        }
+        raw
+    }
+}
+
 async fn fixture() -> Fixture {
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let store = Store::create(dirs[0].path(), &pass(), "honest", config())
@@ -710,6 +738,11 @@ impl Fixture {
     }
 }
 
+/// Proofs of a raw peer with no key.
+fn stranger_auth() -> hearth_sync::reconcile::Auth {
+    hearth_sync::reconcile::Auth::new([], Vec::new(), Vec::new())
+}
+
 /// Frames no honest peer sends, each with what it is.
 fn malformed_frames(wire: WireId) -> Vec<(&'static str, Vec<u8>)> {
     // A Push whose entry count claims 2^32 - 1 entries, with none behind it.
@@ -717,7 +750,7 @@ fn malformed_frames(wire: WireId) -> Vec<(&'static str, Vec<u8>)> {
     lying.extend_from_slice(&wire.0);
     lying.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF, 0x0F]);
     // A valid request with trailing bytes (not canonical).
-    let mut trailing = hearth_sync::reconcile::hello(&[] as &[(WireId, Vector)], false).encode();
+    let mut trailing = hearth_sync::reconcile::hello(&[] as &[(WireId, Vector)], &stranger_auth(), false).encode();
     trailing.push(0);
     vec![
         // A length one past the cap, then junk: refused from the prefix alone.
@@ -758,6 +791,7 @@ async fn oversized_and_garbage_frames_are_refused_and_the_node_stays_up() {
     let answer = raw
         .request(Frame::Req(Request::Hello {
             version: 99,
+            nonce: [0; 16],
             summary: Vec::new(),
             relay: false,
         }))
@@ -801,9 +835,13 @@ async fn a_flood_of_streams_is_answered_or_refused_and_honest_peers_still_sync()
     let honest = f.honest_peer_converges().await;
     let mut events = f.node.subscribe();
     let local = f.store.vectors().await.unwrap();
+    let keys = f.store.access_keys().await.unwrap();
+    let auth = |raw: PeerId| {
+        hearth_sync::reconcile::Auth::new(keys.clone(), raw.to_bytes(), f.node.peer_id().to_bytes())
+    };
     let mut raws = Vec::new();
     for _ in 0..CLIENTS {
-        raws.push(RawPeer::connect(&f.addr).await);
+        raws.push(f.member_raw().await);
     }
     let started = Instant::now();
     let mut answers_rx = Vec::new();
@@ -818,9 +856,9 @@ async fn a_flood_of_streams_is_answered_or_refused_and_honest_peers_still_sync()
                     max_bytes: proto::BATCH_BYTES as u32,
                 }
             } else if (c + i) % 2 == 0 {
-                hearth_sync::reconcile::hello(&local, false)
+                hearth_sync::reconcile::hello(&local, &auth(raw.id), false)
             } else {
-                hearth_sync::reconcile::hello(&[] as &[(WireId, Vector)], false)
+                hearth_sync::reconcile::hello(&[] as &[(WireId, Vector)], &stranger_auth(), false)
             };
             answers_rx.push(raw.send(Frame::Req(req)).await);
         }
@@ -871,7 +909,7 @@ async fn a_flood_of_streams_is_answered_or_refused_and_honest_peers_still_sync()
 async fn replayed_and_duplicated_entries_are_harmless() {
     let f = fixture().await;
     let mut events = f.node.subscribe();
-    let raw = RawPeer::connect(&f.addr).await;
+    let raw = f.member_raw().await;
     let push = |entries: &[Vec<u8>]| {
         Frame::Req(Request::Push {
             wire: f.wire,
@@ -951,6 +989,70 @@ async fn replayed_and_duplicated_entries_are_harmless() {
     f.finish(vec![n]).await;
 }
 
+/// A raw client that knows a channel's wire id (as a relay does, or a member
+/// removed from it) but not its access key: its Hello is answered with no
+/// channel, and it can neither fetch nor push the channel's entries. Not a
+/// ban: it broke no rule of the protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_the_access_key_gets_nothing_and_gives_nothing() {
+    let f = fixture().await;
+    let mut events = f.node.subscribe();
+    let raw = RawPeer::connect(&f.addr).await;
+    let before = snapshot(&f.store, f.channel).await;
+    // A Hello naming the channel as protocol 1 did (the wire id's first 8 bytes),
+    // and one with a tag made under a wrong key.
+    let wrong = hearth_sync::reconcile::Auth::new(
+        [(f.wire, hearth_core::SecretKey::from_bytes([7; 32]))],
+        raw.id.to_bytes(),
+        f.node.peer_id().to_bytes(),
+    );
+    let local = f.store.vectors().await.unwrap();
+    let mut guessed = hearth_sync::reconcile::hello(&local, &wrong, false);
+    if let Request::Hello { summary, .. } = &mut guessed {
+        summary.push(proto::ChannelDigest {
+            tag: f.wire.0[..8].try_into().unwrap(),
+            digest: [0; 8],
+        });
+    }
+    match raw.request(Frame::Req(guessed)).await {
+        Ok(Response::Hello {
+            matched, proof, differ, ..
+        }) => {
+            assert_eq!((matched.as_slice(), proof, differ.len()), (&[0u8][..], [0; 16], 0));
+        }
+        other => panic!("{other:?}"),
+    }
+    let fetch = raw
+        .request(Frame::Req(Request::Fetch {
+            wire: f.wire,
+            have: Vector::default(),
+            max_bytes: proto::BATCH_BYTES as u32,
+        }))
+        .await;
+    assert!(
+        matches!(&fetch, Ok(Response::Refused { reason }) if reason == "unknown channel"),
+        "{fetch:?}"
+    );
+    let theirs = all_entries(&f.peer_store, f.wire).await;
+    let push = raw
+        .request(Frame::Req(Request::Push {
+            wire: f.wire,
+            entries: theirs.into_iter().map(ByteBuf::from).collect(),
+        }))
+        .await;
+    assert!(
+        matches!(&push, Ok(Response::Refused { reason }) if reason == "unknown channel"),
+        "{push:?}"
+    );
+    assert_eq!(snapshot(&f.store, f.channel).await, before, "nothing pushed was taken");
+    assert!(connected(&f.node, raw.id).await);
+    while let Ok(e) = events.try_recv() {
+        assert!(!matches!(e, NodeEvent::Rejected { .. }), "{e:?}");
+    }
+    let n = f.honest_peer_converges().await;
+    f.finish(vec![n]).await;
+}
+
 /// A pushed batch that starts past the receiver's head is a gap, not forgery:
 /// the entries are genuine. The rest of that feed in the batch ("follows a
 /// refused entry") must not turn it into forgery.
@@ -958,7 +1060,7 @@ async fn replayed_and_duplicated_entries_are_harmless() {
 async fn a_pushed_gap_is_refused_without_dropping_the_peer() {
     let f = fixture().await;
     let mut events = f.node.subscribe();
-    let raw = RawPeer::connect(&f.addr).await;
+    let raw = f.member_raw().await;
     let theirs = all_entries(&f.peer_store, f.wire).await;
     let gap = Frame::Req(Request::Push {
         wire: f.wire,

@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use hearth_core::{ChannelId, KdfParams, Message, MessageId, Passphrase, UserId};
 use hearth_store::{Config, Store};
-use hearth_sync::drive::{run_session, serve};
-use hearth_sync::reconcile::{Outcome, Session};
+use hearth_sync::drive::{Conn, run_session, serve};
+use hearth_sync::reconcile::Outcome;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use rng::Rng;
@@ -128,20 +128,22 @@ fn delivery(rng: &mut Option<Rng>) -> Delivery {
 /// messages (`faults` seeds it; `None`: a perfect link).
 async fn session(a: &Store, b: &Store, faults: Option<u64>) -> Outcome {
     let mut rng = faults.map(Rng);
-    let local = a.vectors().await.unwrap();
-    let outcome = run_session(Session::full(local, false), a, |req| {
+    let (mine, theirs) = (Conn::new(b"a".to_vec(), b"b".to_vec()), Conn::new(b"b".to_vec(), b"a".to_vec()));
+    let theirs = &theirs;
+    let session = mine.session(a, false).await.unwrap();
+    let outcome = run_session(session, a, &mine, |req| {
         let how = delivery(&mut rng);
         async move {
             match how {
-                Delivery::Once => Ok(serve(b, req).await.0),
+                Delivery::Once => Ok(serve(b, req, theirs).await.0),
                 Delivery::LostRequest => Err("request lost".to_string()),
                 Delivery::LostAnswer => {
-                    serve(b, req).await;
+                    serve(b, req, theirs).await;
                     Err("answer lost".to_string())
                 }
                 Delivery::Twice { first_answer } => {
-                    let first = serve(b, req.clone()).await.0;
-                    let second = serve(b, req).await.0;
+                    let first = serve(b, req.clone(), theirs).await.0;
+                    let second = serve(b, req, theirs).await.0;
                     Ok(if first_answer { first } else { second })
                 }
             }

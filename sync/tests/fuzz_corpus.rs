@@ -82,7 +82,7 @@ mod seeds {
     use std::fs;
 
     use hearth_core::{ChannelId, ChannelKeys, DeviceId, FeedPos, SecretKey, Vector, WireId};
-    use hearth_sync::proto::{ChannelDigest, Request, Response, VERSION};
+    use hearth_sync::proto::{AccessBytes, ChannelDigest, Request, Response, VERSION};
     use hearth_sync::ticket::Ticket;
     use serde_bytes::ByteBuf;
 
@@ -137,6 +137,7 @@ mod seeds {
     fn requests() {
         let hello = Request::Hello {
             version: VERSION,
+            nonce: [0x4e; 16],
             summary: vec![
                 ChannelDigest {
                     tag: [1; 8],
@@ -152,6 +153,7 @@ mod seeds {
         .encode();
         let empty_hello = Request::Hello {
             version: VERSION,
+            nonce: [0; 16],
             summary: vec![],
             relay: true,
         }
@@ -167,6 +169,10 @@ mod seeds {
             entries: entries(),
         }
         .encode();
+        let grant = Request::Grant {
+            grants: vec![(WireId([5; 32]), AccessBytes([0x6b; 32]))],
+        }
+        .encode();
         let mut trailing = empty_hello.clone();
         trailing.push(0);
         // A Hello claiming u32::MAX digests: must fail without allocating them.
@@ -178,6 +184,8 @@ mod seeds {
         write("sync_request", "valid-hello-empty-relay", &empty_hello);
         write("sync_request", "valid-fetch", &fetch);
         write("sync_request", "valid-push", &push);
+        write("sync_request", "valid-grant", &grant);
+        write("sync_request", "truncated-grant", &grant[..grant.len() - 1]);
         write("sync_request", "truncated-fetch", &fetch[..fetch.len() - 1]);
         write("sync_request", "trailing-byte", &trailing);
         write("sync_request", "huge-count", &huge_count);
@@ -187,10 +195,14 @@ mod seeds {
 
     fn responses() {
         let hello = Response::Hello {
-            differ: vec![(WireId([7; 32]), vector())],
-            extra: vec![(WireId([8; 32]), Vector::default())],
-            want: vec![[9; 8]],
+            matched: ByteBuf::from(vec![0b101]),
+            proof: [0x9f; 16],
+            differ: vec![(2, vector())],
             relay: true,
+        }
+        .encode();
+        let granted = Response::Granted {
+            vectors: vec![(WireId([8; 32]), vector()), (WireId([9; 32]), Vector::default())],
         }
         .encode();
         let entries_frame = Response::Entries {
@@ -210,6 +222,7 @@ mod seeds {
         *bad_utf8.last_mut().unwrap() = 0xff;
 
         write("sync_response", "valid-hello", &hello);
+        write("sync_response", "valid-granted", &granted);
         write("sync_response", "valid-entries", &entries_frame);
         write("sync_response", "valid-ack", &ack);
         write("sync_response", "valid-refused", &refused);

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use hearth_core::{ChannelId, ChannelKeys, EntryBody, Envelope, Identity, KdfParams, Passphrase, Vector, WireId};
 use hearth_store::{Config, Refusal, Store};
-use hearth_sync::drive::{run_session, serve};
-use hearth_sync::reconcile::{Outcome, Session};
+use hearth_sync::drive::{Conn, run_session, serve};
+use hearth_sync::reconcile::Outcome;
 use hearth_sync::{RelayStore, Replica};
 
 const CHANNEL_NAME: &str = "plaintext-canary-channel";
@@ -27,12 +27,23 @@ fn text(i: usize) -> String {
     format!("alice canary message {i:03}")
 }
 
-/// One full session of `local` (the requester) with `remote` (the responder).
+/// The two ends of a connection: the requester's view and the responder's.
+fn conns() -> (Conn, Conn) {
+    (
+        Conn::new(b"requester".to_vec(), b"responder".to_vec()),
+        Conn::new(b"responder".to_vec(), b"requester".to_vec()),
+    )
+}
+
+/// One full session of `local` (the requester) with `remote` (the
+/// responder). A member grants a relay it syncs with the channels it lacks,
+/// as it does the relays its user configured.
 async fn sync<A: Replica, B: Replica>(local: &A, remote: &B) -> Outcome {
-    let session = Session::full(local.vectors().await.unwrap(), local.is_relay());
-    let outcome = run_session(session, local, |req| {
-        let remote = remote.clone();
-        async move { Ok(serve(&remote, req).await.0) }
+    let (mine, theirs) = conns();
+    let session = mine.session(local, remote.is_relay()).await.unwrap();
+    let outcome = run_session(session, local, &mine, |req| {
+        let (remote, theirs) = (remote.clone(), theirs.clone());
+        async move { Ok(serve(&remote, req, &theirs).await.0) }
     })
     .await;
     assert_eq!(outcome.failed, None, "{outcome:?}");
@@ -474,11 +485,12 @@ async fn honest_peers_forwarding_two_branches_of_a_fork_blame_nobody() {
     async fn both<A: Replica, B: Replica>(x: &A, y: &B) -> (Outcome, bool) {
         let malicious = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let seen = malicious.clone();
-        let session = Session::full(x.vectors().await.unwrap(), x.is_relay());
-        let outcome = run_session(session, x, |req| {
-            let (y, seen) = (y.clone(), seen.clone());
+        let (mine, theirs) = conns();
+        let session = mine.session(x, y.is_relay()).await.unwrap();
+        let outcome = run_session(session, x, &mine, |req| {
+            let (y, seen, theirs) = (y.clone(), seen.clone(), theirs.clone());
             async move {
-                let (response, served) = serve(&y, req).await;
+                let (response, served) = serve(&y, req, &theirs).await;
                 if served.malicious {
                     seen.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
