@@ -140,8 +140,13 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
         Command::Join { ticket, timeout } => {
             return crate::net::join(h, ticket, Duration::from_secs(*timeout), cli.json).await;
         }
-        Command::Sync { peer, timeout } => {
-            return crate::net::sync(h, peer, Duration::from_secs(*timeout), cli.json).await;
+        Command::Sync { peer, relay, timeout } => {
+            let (addr, trusted) = match (peer, relay) {
+                (Some(p), None) => (p, false),
+                (None, Some(r)) => (r, true),
+                _ => bail!("give one of --peer and --relay"),
+            };
+            return crate::net::sync(h, addr, trusted, Duration::from_secs(*timeout), cli.json).await;
         }
         Command::Node {
             listen,

@@ -185,9 +185,14 @@ pub enum Command {
     },
     /// Reconcile every shared channel with one peer; exit 0 once both hold the same entries.
     Sync {
-        /// The peer's address (ending in /p2p/<peer id>).
+        /// The peer's address (ending in /p2p/<peer id>): it is given only
+        /// the channels it proves it holds.
+        #[arg(long, required_unless_present = "relay", conflicts_with = "relay")]
+        peer: Option<Multiaddr>,
+        /// A relay to trust with every channel of this store (it gets their
+        /// access keys, never their content keys), ending in /p2p/<peer id>.
         #[arg(long)]
-        peer: Multiaddr,
+        relay: Option<Multiaddr>,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 30)]
         timeout: u64,

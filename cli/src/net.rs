@@ -85,7 +85,7 @@ pub async fn join(h: &Hearth, ticket: &str, timeout: Duration, as_json: bool) ->
     remember_peers(h, ticket.addrs()).await?;
     let mut synced = None;
     for addr in ticket.addrs() {
-        match sync_once(h, addr.clone(), timeout).await {
+        match sync_once(h, addr.clone(), false, timeout).await {
             Ok(o) => {
                 synced = Some((addr.clone(), o));
                 break;
@@ -111,10 +111,17 @@ pub async fn join(h: &Hearth, ticket: &str, timeout: Duration, as_json: bool) ->
     Ok(ExitCode::SUCCESS)
 }
 
-/// Dial one peer, reconcile until a session finds every shared channel equal.
-/// Returns (entries received, entries sent).
-async fn sync_once(h: &Hearth, addr: Multiaddr, timeout: Duration) -> Result<(u64, u64)> {
-    let node = h.start_node(NodeConfig::default()).await?;
+/// Dial one peer, reconcile until a session finds every shared channel equal
+/// (with `trusted`, the peer is a relay this user trusts: it is granted every
+/// channel). Returns (entries received, entries sent).
+async fn sync_once(h: &Hearth, addr: Multiaddr, trusted: bool, timeout: Duration) -> Result<(u64, u64)> {
+    let peer = hearth::sync::peer_of(&addr).context("the address must end in /p2p/<peer id>")?;
+    let node = h
+        .start_node(NodeConfig {
+            relays: if trusted { vec![peer] } else { Vec::new() },
+            ..NodeConfig::default()
+        })
+        .await?;
     let res = tokio::time::timeout(timeout, sync_until_equal(h, &node, addr)).await;
     node.stop().await.ok();
     match res {
@@ -160,8 +167,8 @@ async fn sync_until_equal(h: &Hearth, node: &NodeHandle, addr: Multiaddr) -> Res
 }
 
 /// `hearth sync --peer ADDR`: exit 0 once both sides hold the same entries.
-pub async fn sync(h: &Hearth, peer: &Multiaddr, timeout: Duration, as_json: bool) -> Result<ExitCode> {
-    match sync_once(h, peer.clone(), timeout).await {
+pub async fn sync(h: &Hearth, peer: &Multiaddr, trusted: bool, timeout: Duration, as_json: bool) -> Result<ExitCode> {
+    match sync_once(h, peer.clone(), trusted, timeout).await {
         Ok((received, sent)) => {
             if as_json {
                 print_json(
@@ -508,7 +515,7 @@ pub async fn init_linked(
     let h = Hearth::create_linked(store, pass, &ticket, hearth::Config::default(), timeout).await?;
     let mut synced = (0, 0);
     for addr in ticket.addrs() {
-        if let Ok(r) = sync_once(&h, addr.clone(), timeout).await {
+        if let Ok(r) = sync_once(&h, addr.clone(), false, timeout).await {
             synced = r;
             break;
         }

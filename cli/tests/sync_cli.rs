@@ -745,16 +745,20 @@ fn relay_carries_a_channel_between_devices_never_online_together() {
     let ticket = ok(hearth(&a).args(["invite", "general"])).trim().to_string();
     ok(hearth(&b).args(["join", &ticket, "--timeout", "0"]));
 
+    // A relay Alice does not trust (`--peer`) is given nothing.
+    let untrusted = json(&ok(hearth(&a).args(["--json", "sync", "--peer", &raddr, "--timeout", "60"])));
+    assert_eq!(untrusted["sent"].as_u64(), Some(0), "{untrusted}");
     let up = json(&ok(hearth(&a).args([
         "--json",
         "sync",
-        "--peer",
+        "--relay",
         &raddr,
         "--timeout",
         "60",
     ])));
     assert!(up["sent"].as_u64() >= Some(1), "{up}");
-    // Alice is offline from here on: only the relay holds her entries.
+    // Alice is offline from here on: only the relay holds her entries. Bob
+    // proves membership to the relay with the access key Alice granted it.
     let down = json(&ok(hearth(&b).args([
         "--json",
         "sync",

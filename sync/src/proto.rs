@@ -105,17 +105,17 @@ pub enum Request {
         /// Envelope bytes.
         entries: Vec<serde_bytes::ByteBuf>,
     },
+    /// A new device of the user asks for its link bundle (`hearth link`).
+    Link {
+        /// [`hearth_core::link_proof`] of the link secret over the requester's peer id.
+        proof: [u8; 32],
+    },
     /// A member gives a relay its user configured the access keys of channels
     /// the relay did not prove it holds, so that the relay carries them and
     /// can check other members' proofs. Only a relay takes it.
     Grant {
         /// Channels and their access keys.
         grants: Vec<(WireId, AccessBytes)>,
-    },
-    /// A new device of the user asks for its link bundle (`hearth link`).
-    Link {
-        /// [`hearth_core::link_proof`] of the link secret over the requester's peer id.
-        proof: [u8; 32],
     },
 }
 
@@ -133,11 +133,6 @@ pub enum Response {
         differ: Vec<(u32, Vector)>,
         /// The responder is a relay.
         relay: bool,
-    },
-    /// Answer to Grant: the relay's vector of each channel it took.
-    Granted {
-        /// Channels granted and what the relay holds of them.
-        vectors: Vec<(WireId, Vector)>,
     },
     /// Answer to Fetch.
     Entries {
@@ -166,6 +161,11 @@ pub enum Response {
     Refused {
         /// Why.
         reason: String,
+    },
+    /// Answer to Grant: the relay's vector of each channel it took.
+    Granted {
+        /// Channels granted and what the relay holds of them.
+        vectors: Vec<(WireId, Vector)>,
     },
 }
 

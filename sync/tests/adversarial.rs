@@ -1081,3 +1081,70 @@ async fn a_pushed_gap_is_refused_without_dropping_the_peer() {
     assert!(connected(&f.node, raw.id).await);
     f.finish(Vec::new()).await;
 }
+
+/// A peer of protocol 1 (`/hearth/sync/1`), listening: it answers nothing
+/// (a protocol 1 node negotiates nothing with a protocol 2 one anyway).
+async fn protocol_1_peer() -> (PeerId, Multiaddr) {
+    let mut swarm = SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| {
+            request_response::Behaviour::with_codec(
+                RawCodec,
+                [(StreamProtocol::new("/hearth/sync/1"), ProtocolSupport::Full)],
+                request_response::Config::default(),
+            )
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+    swarm.listen_on(LISTEN.parse().unwrap()).unwrap();
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+            break address;
+        }
+    };
+    let id = *swarm.local_peer_id();
+    tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    (id, addr.with(libp2p::multiaddr::Protocol::P2p(id)))
+}
+
+/// A peer that speaks only an older version of the sync protocol is reported
+/// as incompatible (in events and in status), and neither banned nor told
+/// anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_of_an_older_protocol_is_reported_incompatible_not_banned() {
+    let f = fixture().await;
+    let mut events = f.node.subscribe();
+    let (old, addr) = protocol_1_peer().await;
+    f.node.dial(addr).await.unwrap();
+    let seen = wait_for(
+        &mut events,
+        PATIENCE,
+        |e| matches!(e, NodeEvent::Incompatible { peer, .. } if *peer == old),
+    )
+    .await;
+    assert!(seen.is_some(), "no incompatible event");
+    let status = f.node.status().await.unwrap();
+    let s = status.iter().find(|s| s.peer == old).expect("the peer is known");
+    assert!(s.incompatible && s.connected, "{s:?}");
+    // The session the dial started failed on negotiation, not on the peer's data.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while let Ok(e) = events.try_recv() {
+        assert!(
+            !matches!(&e, NodeEvent::Rejected { peer, .. } if *peer == old),
+            "{e:?}"
+        );
+    }
+    let n = f.honest_peer_converges().await;
+    f.finish(vec![n]).await;
+}

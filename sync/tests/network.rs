@@ -267,3 +267,141 @@ async fn connections_from_one_ip_are_capped() {
     node.stop().await.ok();
     hub.close().await.unwrap();
 }
+
+/// Start a node for `replica` on a free loopback port, trusting `relays`.
+async fn node_trusting<R: hearth_sync::Replica>(
+    replica: R,
+    secret: &hearth_core::SecretKey,
+    relays: Vec<hearth_sync::PeerId>,
+) -> (NodeHandle, Multiaddr) {
+    let n = hearth_sync::start(
+        replica,
+        secret,
+        hearth_sync::NodeConfig {
+            listen: vec![support::LISTEN.parse().unwrap()],
+            relays,
+            ..hearth_sync::NodeConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let addr = loop {
+        if let Some(a) = n.listen_addrs().await.unwrap().into_iter().next() {
+            break a;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    (n, addr)
+}
+
+/// Connect `n` to `addr` and run sessions until one ends cleanly; its outcome.
+async fn session_with(n: &NodeHandle, addr: &Multiaddr) -> hearth_sync::reconcile::Outcome {
+    let peer = hearth_sync::peer_of(addr).unwrap();
+    n.dial(addr.clone()).await.unwrap();
+    n.wait_connected(peer, Duration::from_secs(20)).await.unwrap();
+    for _ in 0..50 {
+        match n.sync_with(peer).await {
+            Ok(o) if o.failed.is_none() => return o,
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    panic!("no clean session with {peer}");
+}
+
+/// Serve only members: a stranger, a member of another channel and a relay
+/// nobody configured dial a member's node and learn no channel, no vector,
+/// no entry; the relay its user configured carries both of its channels,
+/// serves a stranger nothing, and serves a member of one channel that
+/// channel only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_learn_nothing_from_a_member_or_a_relay() {
+    let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+    let pass = Passphrase::new("pw");
+    let store = |i: usize, name: &'static str| {
+        let (dir, pass) = (dirs[i].path().to_path_buf(), pass.clone());
+        async move { Store::create(dir, &pass, name, config()).await.unwrap() }
+    };
+    let (alice, bob, carol, stranger) = (
+        store(0, "alice").await,
+        store(1, "bob").await,
+        store(2, "carol").await,
+        store(3, "stranger").await,
+    );
+    let general = alice.create_channel("general").await.unwrap();
+    let secret = alice.create_channel("secret").await.unwrap();
+    for i in 0..5 {
+        alice.post(general, &format!("general {i}")).await.unwrap();
+        alice.post(secret, &format!("secret {i}")).await.unwrap();
+    }
+    bob.join_channel(alice.channel_keys(general).await.unwrap())
+        .await
+        .unwrap();
+    let other = carol.create_channel("other").await.unwrap();
+    carol.post(other, "carol's own").await.unwrap();
+    let unconfigured = hearth_sync::RelayStore::open(&dirs[4].path().join("relay")).unwrap();
+    let trusted = hearth_sync::RelayStore::open(&dirs[5].path().join("relay")).unwrap();
+    let relay_secret = |b: u8| hearth_core::SecretKey::from_bytes([b; 32]);
+    let (n_unconfigured, _) = node_trusting(unconfigured.clone(), &relay_secret(1), vec![]).await;
+    let (n_trusted, addr_trusted) = node_trusting(trusted.clone(), &relay_secret(2), vec![]).await;
+    let trusted_id = hearth_sync::peer_id_of_secret(&relay_secret(2)).unwrap();
+    let (n_alice, addr_alice) = node_trusting(alice.clone(), &alice.node_secret().await.unwrap(), vec![trusted_id]).await;
+
+    // A stranger (no channel), a member of another channel, a relay nobody
+    // configured: each dials Alice and runs a full session.
+    let (n_stranger, _) = node(&stranger, support::LISTEN).await;
+    let (n_carol, _) = node(&carol, support::LISTEN).await;
+    for (who, n) in [("stranger", &n_stranger), ("carol", &n_carol), ("relay", &n_unconfigured)] {
+        let o = session_with(n, &addr_alice).await;
+        assert!(o.proved.is_empty(), "{who}: {o:?}");
+        assert!(o.peer.is_empty(), "{who} learned a vector: {o:?}");
+        assert_eq!((o.received, o.sent), (0, 0), "{who}");
+    }
+    assert!(stranger.channels().await.unwrap().is_empty());
+    assert_eq!(carol.channels().await.unwrap().len(), 1);
+    assert_eq!(unconfigured.stats().entries, 0);
+    assert_eq!(unconfigured.stats().channels, 0);
+    // Alice learned none of theirs either, and banned nobody: no rule broken.
+    assert_eq!(alice.channels().await.unwrap().len(), 2);
+    let status = n_alice.status().await.unwrap();
+    assert!(status.iter().all(|s| s.connected), "{status:?}");
+
+    // The relay Alice configured: granted and filled with both channels.
+    n_alice.dial(addr_trusted.clone()).await.unwrap();
+    let all = alice.vectors().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut held = hearth_sync::Replica::vectors(&trusted).await.unwrap();
+        held.sort_by_key(|(w, _)| *w);
+        let mut want = all.clone();
+        want.sort_by_key(|(w, _)| *w);
+        if held == want {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the relay holds {held:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(trusted.stats().granted_channels, 2);
+
+    // The stranger and Carol get nothing from the relay either.
+    for (who, n) in [("stranger", &n_stranger), ("carol", &n_carol)] {
+        let o = session_with(n, &addr_trusted).await;
+        assert!(o.proved.is_empty() && o.peer.is_empty(), "{who}: {o:?}");
+        assert_eq!(o.received, 0, "{who}");
+    }
+    assert!(stranger.channels().await.unwrap().is_empty());
+
+    // Bob, a member of `general` only, gets `general` from the relay alone
+    // (Alice is not dialed), and nothing of `secret`.
+    let (n_bob, _) = node(&bob, support::LISTEN).await;
+    let o = session_with(&n_bob, &addr_trusted).await;
+    assert_eq!(o.proved.len(), 1, "{o:?}");
+    assert_eq!(bob.vector(general).await.unwrap(), alice.vector(general).await.unwrap());
+    assert_eq!(bob.page(general, None, 100).await.unwrap().len(), 5);
+    assert_eq!(bob.channels().await.unwrap().len(), 1);
+    for n in [n_alice, n_bob, n_carol, n_stranger, n_trusted, n_unconfigured] {
+        n.stop().await.unwrap();
+    }
+    for s in [alice, bob, carol, stranger] {
+        s.close().await.unwrap();
+    }
+}
