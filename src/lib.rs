@@ -88,6 +88,17 @@ impl Hearth {
         })
     }
 
+    /// Replace the store's master key, wrapping the new one under `new_pass`
+    /// (see [`Store::rotate_master_key`]). The store must not be open.
+    pub async fn rotate_master_key(
+        dir: impl AsRef<Path>,
+        pass: &Passphrase,
+        new_pass: &Passphrase,
+        config: Config,
+    ) -> Result<hearth_store::RotateReport> {
+        Ok(Store::rotate_master_key(dir, pass, new_pass, config).await?)
+    }
+
     /// Whether `dir` holds a store.
     pub fn exists(dir: impl AsRef<Path>) -> bool {
         Store::exists(dir)

@@ -50,6 +50,42 @@ async fn open(cli: &Cli) -> Result<Hearth> {
 }
 
 /// `hearth repair`: rebuild sled from the feed log, then verify.
+/// `passwd --rotate-key`: a new master key, and the store re-sealed under it.
+async fn rotate_key(cli: &Cli) -> Result<ExitCode> {
+    let pass = crate::pass::passphrase(cli.passphrase_file.as_deref(), false)?;
+    let new = crate::pass::new_passphrase()?;
+    let started = Instant::now();
+    let report = Hearth::rotate_master_key(&cli.store, &pass, &new, Config::default()).await?;
+    let took = started.elapsed();
+    // Reopened once: sled is rebuilt from the re-sealed log now rather than
+    // at the next command, and the new peer id is known.
+    let h = Hearth::open(&cli.store, &new, Config::default()).await?;
+    let peer = hearth::sync::peer_id_of_secret(&h.node_secret().await?)?;
+    let v = h.verify().await?;
+    h.close().await?;
+    if cli.json {
+        print_json(&json!({
+            "passphrase": "changed", "master_key": "rotated", "batches": report.batches,
+            "resealed": report.resealed, "files": report.files, "peer_id": peer.to_string(),
+            "verify_clean": v.is_clean(), "seconds": took.as_secs_f64(),
+        }));
+    } else {
+        println!(
+            "master key replaced in {:.2} s: {} log records and {} node files re-sealed; verify: {}",
+            took.as_secs_f64(),
+            report.resealed,
+            report.files,
+            if v.is_clean() { "clean" } else { "problems found" }
+        );
+        println!("this device's peer id is now {peer}: tickets and addresses printed before no longer reach it");
+    }
+    Ok(if v.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 async fn repair(cli: &Cli) -> Result<ExitCode> {
     let pass = crate::pass::passphrase(cli.passphrase_file.as_deref(), false)?;
     let started = Instant::now();
@@ -121,6 +157,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Relay { listen, peer } => return crate::net::relay(&cli.store, listen.clone(), peer.clone()).await,
         Command::Bench(args) => return crate::bench::run(args, cli.json).await,
         Command::Repair => return repair(&cli).await,
+        Command::Passwd { rotate_key: true } => return rotate_key(&cli).await,
         _ => {
             let h = open(&cli).await?;
             let code = run_on(&cli, &h).await;
@@ -161,8 +198,9 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
             let relays = relay
                 .iter()
                 .map(|a| {
-                    hearth::sync::peer_of(a)
-                        .ok_or_else(|| anyhow::anyhow!("--relay {a}: the address must end in /p2p/<the relay's peer id>"))
+                    hearth::sync::peer_of(a).ok_or_else(|| {
+                        anyhow::anyhow!("--relay {a}: the address must end in /p2p/<the relay's peer id>")
+                    })
                 })
                 .collect::<Result<Vec<_>>>()?;
             let config = hearth::sync::NodeConfig {
@@ -394,12 +432,17 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Command::Passwd => {
+        Command::Passwd { rotate_key: false } => {
             let new = crate::pass::new_passphrase()?;
             h.change_passphrase(&new).await?;
             done(cli, json!({"passphrase": "changed"}));
         }
-        Command::Init { .. } | Command::Demo | Command::Bench(_) | Command::Relay { .. } | Command::Repair => {
+        Command::Init { .. }
+        | Command::Demo
+        | Command::Bench(_)
+        | Command::Relay { .. }
+        | Command::Repair
+        | Command::Passwd { rotate_key: true } => {
             unreachable!("handled before opening")
         }
     }

@@ -142,7 +142,13 @@ pub enum Command {
     /// own when sled is missing or damaged), then verify; prints what was done.
     Repair,
     /// Change the passphrase (new one from HEARTH_NEW_PASSPHRASE or a prompt).
-    Passwd,
+    Passwd {
+        /// Also replace the master key and re-seal the store under it, so that
+        /// nothing stays readable with the old key or an old copy of the
+        /// header. This device's peer id changes with it.
+        #[arg(long)]
+        rotate_key: bool,
+    },
     /// Print an invite ticket for a channel: its keys and this node's addresses.
     Invite {
         /// Channel id or name.

@@ -359,6 +359,24 @@ fn every_command_works_and_speaks_json() {
         .args(["--json", "show", &first.to_hex()])
         .env("HEARTH_PASSPHRASE", "a new passphrase")));
     assert_eq!(shown["text"], "hello world");
+
+    // Passwd --rotate-key: a new master key (the passphrase may stay), the
+    // store re-sealed, everything still there.
+    let rotated = json(&ok(bare(&dir)
+        .args(["--json", "passwd", "--rotate-key"])
+        .env("HEARTH_PASSPHRASE", "a new passphrase")
+        .env("HEARTH_NEW_PASSPHRASE", "a new passphrase")));
+    assert_eq!(rotated["master_key"], "rotated");
+    assert_eq!(rotated["verify_clean"], true);
+    assert!(rotated["resealed"].as_u64() >= Some(3), "{rotated}");
+    let shown = json(&ok(bare(&dir)
+        .args(["--json", "show", &first.to_hex()])
+        .env("HEARTH_PASSPHRASE", "a new passphrase")));
+    assert_eq!(shown["text"], "hello world");
+    let stats = json(&ok(bare(&dir)
+        .args(["--json", "stats"])
+        .env("HEARTH_PASSPHRASE", "a new passphrase")));
+    assert_eq!(stats["messages"].as_u64(), Some(12));
 }
 
 /// `import` documents its lines as `{"text": .., "reply_to"?: ..}`, and ids are

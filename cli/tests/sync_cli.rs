@@ -746,7 +746,14 @@ fn relay_carries_a_channel_between_devices_never_online_together() {
     ok(hearth(&b).args(["join", &ticket, "--timeout", "0"]));
 
     // A relay Alice does not trust (`--peer`) is given nothing.
-    let untrusted = json(&ok(hearth(&a).args(["--json", "sync", "--peer", &raddr, "--timeout", "60"])));
+    let untrusted = json(&ok(hearth(&a).args([
+        "--json",
+        "sync",
+        "--peer",
+        &raddr,
+        "--timeout",
+        "60",
+    ])));
     assert_eq!(untrusted["sent"].as_u64(), Some(0), "{untrusted}");
     let up = json(&ok(hearth(&a).args([
         "--json",

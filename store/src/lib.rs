@@ -52,6 +52,7 @@ mod persist;
 mod query;
 mod recover;
 mod root;
+mod rotate;
 mod store;
 mod sync;
 mod verify;
@@ -73,6 +74,7 @@ pub use log::{
 };
 pub use open::{OpenReport, open_sled_config};
 pub use query::{ChannelInfo, Located, Thread};
+pub use rotate::{RotateReport, StopAt};
 pub use store::{OpenTimings, Pending, Store, Whoami};
 pub use sync::{EntryBatch, IngestReport, Receipts, StoreEvent};
 pub use verify::{ForkReport, Problem, Stats, VerifyReport};

@@ -58,7 +58,7 @@ pub struct OpenReport {
     pub loose_permissions: Vec<String>,
 }
 
-fn lock(dir: &Path) -> Result<File> {
+pub(crate) fn lock(dir: &Path) -> Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = OpenOptions::new()
         .create(true)
@@ -274,8 +274,12 @@ pub(crate) fn open(
     config: Config,
     rebuild: bool,
 ) -> Result<(Engine, Journal, OpenReport)> {
-    let header = read_header(dir)?;
+    let mut header = read_header(dir)?;
     let mut lock = Some(lock(dir)?);
+    if crate::rotate::recover(dir)? {
+        // A key rotation was finished (or dropped): the header may be the new one.
+        header = read_header(dir)?;
+    }
     // Anything looser than owner-only is tightened, and reported: it was
     // readable by other accounts until now.
     let loose = crate::durable::make_private(dir)?;

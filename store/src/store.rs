@@ -13,6 +13,7 @@ use crate::engine::{Engine, Outcome, Write};
 use crate::error::{Error, Result};
 use crate::open::{self, OpenReport};
 use crate::query::{ChannelInfo, Located, Thread};
+use crate::rotate::{RotateReport, StopAt};
 use crate::sync::{EntryBatch, IngestReport, Receipts, StoreEvent};
 use crate::verify::{Stats, VerifyReport};
 
@@ -82,9 +83,9 @@ impl std::fmt::Debug for Store {
     }
 }
 
-const PRIVATE_FILE_MAGIC: &[u8; 8] = b"HEARTHSF";
+pub(crate) const PRIVATE_FILE_MAGIC: &[u8; 8] = b"HEARTHSF";
 
-fn file_aad(name: &str) -> Vec<u8> {
+pub(crate) fn file_aad(name: &str) -> Vec<u8> {
     let mut aad = b"hearth.file.v1".to_vec();
     aad.extend_from_slice(name.as_bytes());
     aad
@@ -106,6 +107,9 @@ fn check_file_name(name: &str) -> Result<()> {
             "log",
             "log.tmp",
             "db.v1",
+            "log.old",
+            "rotate",
+            "rotate.tmp",
         ]
         .contains(&name);
     if ok {
@@ -245,6 +249,51 @@ impl Store {
         let dir = open::abs(dir.as_ref());
         let pass = pass.clone();
         Self::start(config, move |c| open::open(&dir, &pass, c, true)).await
+    }
+
+    /// Replace the master key of the store in `dir` and wrap the new one under
+    /// `new_pass` (which may be the same passphrase): nothing the old key
+    /// opened stays sealed under it (feed log records, sled rows, node files;
+    /// see the `rotate` module). The store is opened with `pass` and closed
+    /// cleanly first, so it must not be open elsewhere. The node's peer id
+    /// changes with the key: tickets printed before no longer reach it.
+    /// Interrupted at any moment, the next open finishes or drops it.
+    pub async fn rotate_master_key(
+        dir: impl AsRef<Path>,
+        pass: &Passphrase,
+        new_pass: &Passphrase,
+        config: Config,
+    ) -> Result<RotateReport> {
+        Self::rotate_master_key_until(dir, pass, new_pass, config, None).await
+    }
+
+    /// [`Store::rotate_master_key`], stopping at `stop` (as a crash there would).
+    #[doc(hidden)]
+    pub async fn rotate_master_key_until(
+        dir: impl AsRef<Path>,
+        pass: &Passphrase,
+        new_pass: &Passphrase,
+        config: Config,
+        stop: Option<StopAt>,
+    ) -> Result<RotateReport> {
+        let dir = open::abs(dir.as_ref());
+        let store = Store::open(&dir, pass, config.clone()).await?;
+        let master = store.query(|e| Ok(e.master.clone())).await?;
+        store.close().await?;
+        let new_pass = new_pass.clone();
+        tokio::task::spawn_blocking(move || {
+            let _lock = open::lock(&dir)?;
+            let records = hearth_core::derive(&master, hearth_core::Purpose::LocalRecords);
+            // Closed cleanly just now: nothing may wait in the journal.
+            let (journal, decoded) = crate::journal::Journal::open(&dir.join(crate::layout::JOURNAL_FILE), &records)?;
+            drop(journal);
+            if !decoded.records.is_empty() {
+                return Err(Error::corrupted("journal", "records left after a clean close"));
+            }
+            crate::rotate::rotate(&dir, &master, &new_pass, &config, stop)
+        })
+        .await
+        .map_err(|_| Error::Closed)?
     }
 
     /// Whether `dir` holds a store.

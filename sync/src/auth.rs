@@ -61,7 +61,11 @@ pub fn nonce() -> Nonce {
 
 /// The tag that names a channel in a Hello between `ends`.
 pub fn tag(access: &SecretKey, nonce: &Nonce, ends: &Ends) -> [u8; 8] {
-    let m = mac(access, b"hearth sync 2 hello", &[nonce, &ends.requester, &ends.responder]);
+    let m = mac(
+        access,
+        b"hearth sync 2 hello",
+        &[nonce, &ends.requester, &ends.responder],
+    );
     m[..8].try_into().expect("8 bytes")
 }
 

@@ -1019,7 +1019,10 @@ impl<R: Replica> Loop<R> {
                 }
             },
             request_response::Event::OutboundFailure {
-                request_id, error, peer, ..
+                request_id,
+                error,
+                peer,
+                ..
             } => {
                 if matches!(error, request_response::OutboundFailure::UnsupportedProtocols) {
                     self.incompatible(peer, Vec::new());

@@ -97,10 +97,8 @@ pub fn answer_hello(
 ) -> (Response, Vec<WireId>) {
     let vectors: BTreeMap<&WireId, &Vector> = local.iter().map(|(w, v)| (w, v)).collect();
     let empty = Vector::default();
-    let by_tag: BTreeMap<[u8; 8], (&WireId, &SecretKey)> = keys
-        .iter()
-        .map(|(w, k)| (auth::tag(k, nonce, ends), (w, k)))
-        .collect();
+    let by_tag: BTreeMap<[u8; 8], (&WireId, &SecretKey)> =
+        keys.iter().map(|(w, k)| (auth::tag(k, nonce, ends), (w, k))).collect();
     let mut found: Vec<Option<(&WireId, &SecretKey)>> = vec![None; summary.len()];
     let mut differ = Vec::new();
     let mut budget = HELLO_ANSWER_BUDGET;
@@ -469,12 +467,7 @@ impl Session {
             .filter(|i| auth::bit(matched, *i))
             .map(|i| self.listed[i])
             .collect();
-        let want = auth::answer(
-            held.iter().map(|w| &auth.keys[w]),
-            &auth.nonce,
-            &auth.ends,
-            matched,
-        );
+        let want = auth::answer(held.iter().map(|w| &auth.keys[w]), &auth.nonce, &auth.ends, matched);
         if want != proof {
             // Only a peer that guessed or replayed a proof gets here.
             self.outcome.fault_here = true;

@@ -385,13 +385,7 @@ impl Replica for RelayStore {
     }
 
     async fn access_keys(&self) -> Result<Vec<(WireId, SecretKey)>> {
-        Ok(self
-            .inner
-            .state()
-            .grants
-            .iter()
-            .map(|(w, k)| (*w, k.clone()))
-            .collect())
+        Ok(self.inner.state().grants.iter().map(|(w, k)| (*w, k.clone())).collect())
     }
 
     async fn grant(&self, grants: Vec<(WireId, SecretKey)>) -> Result<Option<Vec<(WireId, Vector)>>> {
@@ -989,7 +983,11 @@ mod tests {
         drop(relay);
         std::fs::remove_dir_all(dir.path().join(DB_DIR)).unwrap();
         let relay = RelayStore::open(dir.path()).unwrap();
-        assert_eq!(keys(&relay).await, vec![(w1, key(1)), (w2, key(2))], "rebuilt from the log");
+        assert_eq!(
+            keys(&relay).await,
+            vec![(w1, key(1)), (w2, key(2))],
+            "rebuilt from the log"
+        );
     }
 
     #[tokio::test]

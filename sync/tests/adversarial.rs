@@ -836,9 +836,8 @@ async fn a_flood_of_streams_is_answered_or_refused_and_honest_peers_still_sync()
     let mut events = f.node.subscribe();
     let local = f.store.vectors().await.unwrap();
     let keys = f.store.access_keys().await.unwrap();
-    let auth = |raw: PeerId| {
-        hearth_sync::reconcile::Auth::new(keys.clone(), raw.to_bytes(), f.node.peer_id().to_bytes())
-    };
+    let auth =
+        |raw: PeerId| hearth_sync::reconcile::Auth::new(keys.clone(), raw.to_bytes(), f.node.peer_id().to_bytes());
     let mut raws = Vec::new();
     for _ in 0..CLIENTS {
         raws.push(f.member_raw().await);
@@ -1140,10 +1139,7 @@ async fn a_peer_of_an_older_protocol_is_reported_incompatible_not_banned() {
     // The session the dial started failed on negotiation, not on the peer's data.
     tokio::time::sleep(Duration::from_millis(500)).await;
     while let Ok(e) = events.try_recv() {
-        assert!(
-            !matches!(&e, NodeEvent::Rejected { peer, .. } if *peer == old),
-            "{e:?}"
-        );
+        assert!(!matches!(&e, NodeEvent::Rejected { peer, .. } if *peer == old), "{e:?}");
     }
     let n = f.honest_peer_converges().await;
     f.finish(vec![n]).await;

@@ -128,7 +128,10 @@ fn delivery(rng: &mut Option<Rng>) -> Delivery {
 /// messages (`faults` seeds it; `None`: a perfect link).
 async fn session(a: &Store, b: &Store, faults: Option<u64>) -> Outcome {
     let mut rng = faults.map(Rng);
-    let (mine, theirs) = (Conn::new(b"a".to_vec(), b"b".to_vec()), Conn::new(b"b".to_vec(), b"a".to_vec()));
+    let (mine, theirs) = (
+        Conn::new(b"a".to_vec(), b"b".to_vec()),
+        Conn::new(b"b".to_vec(), b"a".to_vec()),
+    );
     let theirs = &theirs;
     let session = mine.session(a, false).await.unwrap();
     let outcome = run_session(session, a, &mine, |req| {

@@ -344,13 +344,18 @@ async fn strangers_learn_nothing_from_a_member_or_a_relay() {
     let (n_unconfigured, _) = node_trusting(unconfigured.clone(), &relay_secret(1), vec![]).await;
     let (n_trusted, addr_trusted) = node_trusting(trusted.clone(), &relay_secret(2), vec![]).await;
     let trusted_id = hearth_sync::peer_id_of_secret(&relay_secret(2)).unwrap();
-    let (n_alice, addr_alice) = node_trusting(alice.clone(), &alice.node_secret().await.unwrap(), vec![trusted_id]).await;
+    let (n_alice, addr_alice) =
+        node_trusting(alice.clone(), &alice.node_secret().await.unwrap(), vec![trusted_id]).await;
 
     // A stranger (no channel), a member of another channel, a relay nobody
     // configured: each dials Alice and runs a full session.
     let (n_stranger, _) = node(&stranger, support::LISTEN).await;
     let (n_carol, _) = node(&carol, support::LISTEN).await;
-    for (who, n) in [("stranger", &n_stranger), ("carol", &n_carol), ("relay", &n_unconfigured)] {
+    for (who, n) in [
+        ("stranger", &n_stranger),
+        ("carol", &n_carol),
+        ("relay", &n_unconfigured),
+    ] {
         let o = session_with(n, &addr_alice).await;
         assert!(o.proved.is_empty(), "{who}: {o:?}");
         assert!(o.peer.is_empty(), "{who} learned a vector: {o:?}");

@@ -317,17 +317,26 @@ async fn forged_entries_are_refused_and_the_good_ones_served() {
     b.close().await.unwrap();
 }
 
+/// A relay that dials a member takes only the channels it proves, that is,
+/// those a member granted it: nothing before Alice trusts it, her later
+/// writes once she has.
 #[tokio::test]
-async fn a_relay_dialing_a_member_takes_its_channels() {
+async fn a_relay_dialing_a_member_takes_the_channels_it_was_granted() {
     let (da, dr) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let relay = RelayStore::open(dr.path()).unwrap();
     let (a, general) = alice(da.path()).await;
     let other = a.create_channel("other").await.unwrap();
     a.post(other, "elsewhere").await.unwrap();
 
+    // Not granted anything: it learns nothing.
     let o = sync(&relay, &a).await;
     assert!(!o.peer_relay);
-    assert_eq!(o.refused_here, 0, "{o:?}");
+    assert!(o.proved.is_empty() && o.peer.is_empty(), "{o:?}");
+    assert_eq!((o.received, relay.stats().channels), (0, 0));
+
+    // Alice trusts it (her session grants it both channels and fills it).
+    let o = sync(&a, &relay).await;
+    assert_eq!(o.granted, 2, "{o:?}");
     let mut held = relay.vectors().await.unwrap();
     let mut mine = a.vectors().await.unwrap();
     held.sort_by_key(|(w, _)| *w);
@@ -335,7 +344,7 @@ async fn a_relay_dialing_a_member_takes_its_channels() {
     assert_eq!(held, mine);
     assert_eq!(relay.stats().channels, 2);
 
-    // Later writes come over on the next dial.
+    // Later writes come over when the relay dials her.
     a.post(general, "later").await.unwrap();
     let o = sync(&relay, &a).await;
     assert_eq!(o.received, 1, "{o:?}");
@@ -479,7 +488,8 @@ async fn honest_peers_forwarding_two_branches_of_a_fork_blame_nobody() {
     let relay = RelayStore::open(&tmp.path().join("relay")).unwrap();
     sync(&b, &a).await;
     sync(&c, &a2).await;
-    sync(&relay, &b).await;
+    // B trusts the relay: it grants it the channel with its branch.
+    sync(&b, &relay).await;
 
     /// A session both ways, with the serving side's verdict too.
     async fn both<A: Replica, B: Replica>(x: &A, y: &B) -> (Outcome, bool) {

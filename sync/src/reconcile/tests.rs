@@ -571,7 +571,11 @@ fn a_peer_that_withholds_entries_or_acks_without_progress_does_not_stall_the_ses
         }
         other => taker.serve(other),
     };
-    let run = drive(Session::full(local.vectors(), false, local.auth()), &mut local.clone(), partial);
+    let run = drive(
+        Session::full(local.vectors(), false, local.auth()),
+        &mut local.clone(),
+        partial,
+    );
     assert_eq!((run.pushes, run.outcome.sent, run.outcome.failed), (3, 5, None));
 }
 
@@ -633,9 +637,11 @@ fn unexpected_answers_fail_the_session() {
     ];
     for (what, answer) in wrong {
         let mut peer = peer.clone();
-        let run = drive(Session::full(local.vectors(), false, local.auth()), &mut local.clone(), |req| {
-            answer(&req).unwrap_or_else(|| peer.serve(req))
-        });
+        let run = drive(
+            Session::full(local.vectors(), false, local.auth()),
+            &mut local.clone(),
+            |req| answer(&req).unwrap_or_else(|| peer.serve(req)),
+        );
         assert!(run.outcome.failed.is_some(), "{what}: {:?}", run.outcome);
         assert_eq!(
             run.outcome.round_trips,
