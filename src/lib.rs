@@ -65,6 +65,15 @@ pub struct Hearth {
     store: Store,
 }
 
+/// How long a link ticket is good for.
+pub const LINK_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 impl Hearth {
     /// Create a store in `dir` for a new user named `user_name`.
     pub async fn create(dir: impl AsRef<Path>, pass: &Passphrase, user_name: &str, config: Config) -> Result<Self> {
@@ -96,7 +105,7 @@ impl Hearth {
         new_pass: &Passphrase,
         config: Config,
     ) -> Result<hearth_store::RotateReport> {
-        Ok(Store::rotate_master_key(dir, pass, new_pass, config).await?)
+        Store::rotate_master_key(dir, pass, new_pass, config).await
     }
 
     /// Whether `dir` holds a store.
@@ -145,9 +154,13 @@ impl Hearth {
     }
 
     /// Offer to link a new device of this user through a running node: returns
-    /// a one-time ticket (with `addrs`, where the node can be reached). The first
-    /// device that presents it gets the user's key, name and channel keys, sealed
-    /// under the ticket's secret (see [`Hearth::create_linked`]).
+    /// a one-time ticket (with `addrs`, where the node can be reached), good for
+    /// [`LINK_TTL`]. The first device that presents it is reported by the node
+    /// ([`sync::NodeEvent::LinkRequested`], with a six-digit code); once this
+    /// user confirms that the new device shows the same code
+    /// ([`sync::NodeHandle::confirm_link`]), it gets the user's key, name and
+    /// channel keys, sealed under the ticket's secret (see
+    /// [`Hearth::create_linked`]).
     pub async fn link_ticket(
         &self,
         node: &sync::NodeHandle,
@@ -155,29 +168,38 @@ impl Hearth {
     ) -> Result<sync::ticket::Ticket> {
         let secret = hearth_core::SecretKey::generate()?;
         let sealed = self.store.link_bundle().await?.seal(&secret)?;
-        node.offer_link(secret.clone(), sealed)
+        node.offer_link(secret.clone(), sealed, LINK_TTL)
             .await
             .map_err(|_| Error::Closed)?;
-        sync::ticket::Ticket::link(secret, addrs).map_err(|e| Error::Invalid {
+        let expires = unix_now().saturating_add(LINK_TTL.as_secs());
+        sync::ticket::Ticket::link(secret, addrs, expires).map_err(|e| Error::Invalid {
             what: "ticket".into(),
             detail: e.to_string(),
         })
     }
 
     /// Create a store in `dir` for a new device of the user who made a link
-    /// ticket: fetch the sealed bundle from the ticket's node, then create the
-    /// store as that user with a new device id and every channel joined (their
-    /// history arrives by sync).
+    /// ticket: reach the ticket's node, show the code (`show_code`: the
+    /// linking device shows the same one, and its user confirms it there),
+    /// fetch the sealed bundle once confirmed, then create the store as that
+    /// user with a new device id and every channel joined (their history
+    /// arrives by sync). Fails at once for a ticket past its end.
     pub async fn create_linked(
         dir: impl AsRef<Path>,
         pass: &Passphrase,
         ticket: &sync::ticket::Ticket,
         config: Config,
         timeout: std::time::Duration,
+        mut show_code: impl FnMut(&str) + Send,
     ) -> std::result::Result<Self, sync::NodeError> {
-        let sync::ticket::Ticket::Link { secret, addrs } = ticket else {
+        let sync::ticket::Ticket::Link { secret, addrs, expires } = ticket else {
             return Err(sync::NodeError::Link("not a link ticket".into()));
         };
+        if expires.is_some_and(|e| e <= unix_now()) {
+            return Err(sync::NodeError::Link(
+                "the link ticket has expired: make a new one with `hearth link`".into(),
+            ));
+        }
         let node_key = hearth_core::SecretKey::generate().map_err(Error::from)?;
         let node = sync::start(sync::Detached, &node_key, sync::NodeConfig::default()).await?;
         let fetch = async {
@@ -189,15 +211,20 @@ impl Hearth {
                     continue;
                 }
                 match node.wait_connected(peer, timeout).await {
-                    Ok(()) => return node.fetch_link(peer, secret).await,
+                    Ok(()) => {
+                        show_code(&node.link_code(peer, secret));
+                        return node.fetch_link(peer, secret).await;
+                    }
                     Err(e) => last = e,
                 }
             }
             Err(last)
         };
-        let bundle = tokio::time::timeout(timeout, fetch)
-            .await
-            .unwrap_or_else(|_| Err(sync::NodeError::Link("no answer from the linking device".into())));
+        let bundle = tokio::time::timeout(timeout, fetch).await.unwrap_or_else(|_| {
+            Err(sync::NodeError::Link(
+                "no answer from the linking device in time".into(),
+            ))
+        });
         node.stop().await.ok();
         let bundle = bundle?;
         Ok(Hearth {

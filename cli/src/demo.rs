@@ -209,12 +209,41 @@ async fn sync_demo(
     let laptop_addr = addr_of(&laptop_node).await?;
     say(&format!("Alice's laptop listens on {laptop_addr}"));
 
-    // Alice links her phone: one-time ticket, sealed identity and channel keys.
+    // Alice links her phone: one-time ticket, a code both screens show,
+    // then the sealed identity and channel keys.
     let ticket = laptop.link_ticket(&laptop_node, vec![laptop_addr.clone()]).await?;
     let phone_dir = dir.join("phone");
-    let phone = Hearth::create_linked(&phone_dir, pass, &ticket, Config::default(), T).await?;
+    let on_phone = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let mut laptop_events = laptop_node.subscribe();
+    let confirm = {
+        let (node, on_phone) = (laptop_node.clone(), on_phone.clone());
+        tokio::spawn(async move {
+            while let Ok(e) = laptop_events.recv().await {
+                if let NodeEvent::LinkRequested { peer, code } = e {
+                    // Alice looks at both screens: the phone shows its code
+                    // before it asks, so it is there by now.
+                    let same = on_phone
+                        .lock()
+                        .map(|c| c.as_deref() == Some(code.as_str()))
+                        .unwrap_or(false);
+                    let _ = node.confirm_link(peer, same).await;
+                    return Some((code, same));
+                }
+            }
+            None
+        })
+    };
+    let phone = Hearth::create_linked(&phone_dir, pass, &ticket, Config::default(), T, |code| {
+        if let Ok(mut c) = on_phone.lock() {
+            *c = Some(code.to_string());
+        }
+    })
+    .await?;
+    let Some((code, true)) = confirm.await? else {
+        anyhow::bail!("the two devices showed different link codes");
+    };
     say(&format!(
-        "linked Alice's phone with a one-time ticket ({}...): same user, device {}",
+        "linked Alice's phone with a one-time ticket ({}...): both screens showed {code}, Alice confirmed; same user, device {}",
         &ticket.to_string()[..24],
         &phone.whoami().device.to_hex()[..8]
     ));

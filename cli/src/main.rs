@@ -46,11 +46,14 @@ pub enum Command {
         /// Become a new device of an existing user, from the ticket `hearth link` printed there.
         #[arg(long, conflicts_with = "user")]
         link: Option<String>,
-        /// With --link: how long to wait for the linking device, in seconds.
-        #[arg(long, default_value_t = 60)]
+        /// With --link: how long to wait for the linking device (and its
+        /// user's confirmation of the code), in seconds.
+        #[arg(long, default_value_t = 300)]
         timeout: u64,
     },
-    /// Print a one-time ticket that makes a new device this user (`hearth init --link`).
+    /// Print a one-time ticket that makes a new device this user (`hearth init --link`),
+    /// good for 10 minutes. When a device asks, both show a six-digit code: answer
+    /// `y` on standard input (a line) only if they are the same.
     Link {
         /// Address to listen on while waiting (default: a free loopback TCP port).
         #[arg(long)]

@@ -463,9 +463,29 @@ pub async fn link(h: &Hearth, mut listen: Vec<Multiaddr>, timeout: Duration, as_
         );
     }
     let wait = async {
+        let mut answers = tokio::io::BufReader::new(tokio::io::stdin()).lines();
         let mut linked = None;
         while let Ok(e) = events.recv().await {
             match e {
+                // Nothing leaves this device before its user compares the codes.
+                NodeEvent::LinkRequested { peer, code } => {
+                    if as_json {
+                        print_json(&json!({"event": "link_request", "code": code}));
+                    } else {
+                        eprint!(
+                            "a device asks to link. Does it show the code {code}? Answer y only if it does [y/N]: "
+                        );
+                    }
+                    let answer = answers.next_line().await.ok().flatten().unwrap_or_default();
+                    let accept = matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes");
+                    let _ = node.confirm_link(peer, accept).await;
+                    if !accept {
+                        if as_json {
+                            print_json(&json!({"event": "link_declined"}));
+                        }
+                        return Err("declined: the codes were not confirmed to match".to_string());
+                    }
+                }
                 NodeEvent::Linked { peer } => {
                     linked = Some(peer);
                     if as_json {
@@ -477,7 +497,7 @@ pub async fn link(h: &Hearth, mut listen: Vec<Multiaddr>, timeout: Duration, as_
                 NodeEvent::PeerConnected { peer, .. } if linked.is_some_and(|l| l != peer) => {
                     for _ in 0..20 {
                         match node.sync_with(peer).await {
-                            Ok(o) if o.failed.is_none() && o.in_sync_at_hello => return true,
+                            Ok(o) if o.failed.is_none() && o.in_sync_at_hello => return Ok(()),
                             Ok(_) => {}
                             Err(_) => break,
                         }
@@ -486,20 +506,23 @@ pub async fn link(h: &Hearth, mut listen: Vec<Multiaddr>, timeout: Duration, as_
                 _ => {}
             }
         }
-        false
+        Err("the node stopped".to_string())
     };
     let done = tokio::select! {
-        r = tokio::time::timeout(timeout, wait) => r.unwrap_or(false),
-        _ = signals => false,
+        r = tokio::time::timeout(timeout, wait) => {
+            r.unwrap_or_else(|_| Err(format!("no device completed the link within {} s", timeout.as_secs())))
+        }
+        _ = signals => Err("interrupted".to_string()),
     };
     node.stop().await.ok();
-    if done {
-        if !as_json {
-            println!("linked a new device; it is in sync");
+    match done {
+        Ok(()) => {
+            if !as_json {
+                println!("linked a new device; it is in sync");
+            }
+            Ok(ExitCode::SUCCESS)
         }
-        Ok(ExitCode::SUCCESS)
-    } else {
-        bail!("no device completed the link within {} s", timeout.as_secs())
+        Err(why) => bail!("no device was linked: {why}"),
     }
 }
 
@@ -512,7 +535,14 @@ pub async fn init_linked(
     as_json: bool,
 ) -> Result<ExitCode> {
     let ticket: Ticket = ticket.parse().context("reading the ticket")?;
-    let h = Hearth::create_linked(store, pass, &ticket, hearth::Config::default(), timeout).await?;
+    let show = |code: &str| {
+        if as_json {
+            print_json(&json!({"event": "link_code", "code": code}));
+        } else {
+            eprintln!("code: {code}. Check that the linking device shows the same code, and confirm it there.");
+        }
+    };
+    let h = Hearth::create_linked(store, pass, &ticket, hearth::Config::default(), timeout, show).await?;
     let mut synced = (0, 0);
     for addr in ticket.addrs() {
         if let Ok(r) = sync_once(&h, addr.clone(), false, timeout).await {

@@ -834,3 +834,61 @@ fn a_joined_channel_answers_to_its_ticket_name_at_once() {
     assert_eq!(list[0]["name"], "lobby");
     fails(hearth(&b).args(["post", "general", "the old name is gone"]));
 }
+
+/// `hearth link` and `init --link`: both devices show one code, and the new
+/// device gets its keys only once the code is confirmed on the linking
+/// device (a line on its stdin); a declined link leaves no store behind.
+#[test]
+fn linking_a_device_shows_one_code_on_both_and_waits_for_confirmation() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, phone, other) = (
+        tmp.path().join("alice"),
+        tmp.path().join("phone"),
+        tmp.path().join("other"),
+    );
+    init(&a, "alice");
+    ok(hearth(&a).args(["channel", "create", "general"]));
+    ok(hearth(&a).args(["post", "general", "before the phone"]));
+    let start = |dir: &Path| {
+        let mut link = Proc::spawn(
+            "link",
+            hearth(&a)
+                .args(["--json", "link", "--listen", LOOPBACK])
+                .stdin(Stdio::piped()),
+        );
+        let ticket = link.wait_for("the ticket", |e| e["event"] == "link_ticket")["ticket"]
+            .as_str()
+            .expect("ticket")
+            .to_string();
+        let mut new = Proc::spawn("init --link", hearth(dir).args(["--json", "init", "--link", &ticket]));
+        let shown = new.wait_for("the new device's code", |e| e["event"] == "link_code")["code"].clone();
+        let asked = link.wait_for("the request", |e| e["event"] == "link_request")["code"].clone();
+        assert_eq!(asked, shown, "both devices show the same code");
+        assert!(shown.as_str().is_some_and(|c| c.len() == 7), "{shown}");
+        (link, new)
+    };
+
+    let (mut link, mut new) = start(&phone);
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        !phone.join("header").exists(),
+        "the new device got its keys before the code was confirmed"
+    );
+    link.send_line("y");
+    assert!(new.wait(WAIT).success(), "{}", new.report());
+    new.drain();
+    let created = json(new.seen.last().expect("a result line"));
+    assert_eq!(created["channels"], 1, "{created}");
+    assert!(link.wait(WAIT).success(), "{}", link.report());
+    let log = json_lines(&ok(hearth(&phone).args(["--json", "log", "general"])));
+    assert_eq!(texts(&log), ["before the phone"]);
+
+    // Declined: nothing is sent, both sides say so, no store is made.
+    let (mut link, mut new) = start(&other);
+    link.send_line("n");
+    assert!(!new.wait(WAIT).success());
+    assert!(!link.wait(WAIT).success());
+    link.drain();
+    assert!(link.stderr().contains("declined"), "{}", link.report());
+    assert!(!other.join("header").exists());
+}

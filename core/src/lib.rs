@@ -59,7 +59,7 @@ pub use header::{HEADER_MAGIC, HEADER_MAX_LEN, HEADER_VERSION, KdfParams, StoreH
 pub use hlc::{Hlc, Timestamp};
 pub use id::{ChannelId, DeviceId, Epoch, META_EPOCH, MessageId, UserId, WireId, random_bytes, writer_tag};
 pub use identity::{Identity, verify_signature};
-pub use link::{LinkBundle, MAX_LINK_BUNDLE, link_proof};
+pub use link::{LinkBundle, MAX_LINK_BUNDLE, link_code, link_proof};
 pub use op::{MAX_EMOJI_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES, Op};
 pub use seal::{Purpose, SEAL_OVERHEAD, derive, open, seal};
 pub use secret::{Passphrase, SecretKey};

@@ -62,6 +62,22 @@ fn bundle_key(secret: &SecretKey) -> SecretKey {
     SecretKey::from_bytes(*blake3::keyed_hash(secret.expose(), b"hearth v1 link bundle key").as_bytes())
 }
 
+/// The short code both devices show before the new one gets any key: six
+/// digits derived from the link secret and both peer ids (which Noise
+/// authenticated). Someone else who got hold of the ticket and asked first
+/// has another peer id, so the linking device shows another code than the
+/// new device does, and its user declines.
+pub fn link_code(secret: &SecretKey, linking_peer: &[u8], new_peer: &[u8]) -> String {
+    let mut h = blake3::Hasher::new_keyed(secret.expose());
+    h.update(b"hearth v2 link code");
+    for p in [linking_peer, new_peer] {
+        h.update(&(p.len() as u32).to_le_bytes());
+        h.update(p);
+    }
+    let n = u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes")) % 1_000_000;
+    format!("{:03} {:03}", n / 1000, n % 1000)
+}
+
 /// The proof that a peer holds the link secret: a keyed hash of its peer id bytes.
 pub fn link_proof(secret: &SecretKey, peer: &[u8]) -> [u8; 32] {
     let mut h = blake3::Hasher::new_keyed(secret.expose());
@@ -157,5 +173,23 @@ mod tests {
         assert!(LinkBundle::open(&secret, &bad).is_err());
         assert!(!format!("{back:?}").contains(&format!("{:02x}", b.identity.expose()[0]).repeat(2)));
         assert_ne!(link_proof(&secret, b"peer a"), link_proof(&secret, b"peer b"));
+    }
+
+    #[test]
+    fn link_codes_are_six_digits_bound_to_both_peers() {
+        // Fixed inputs, so that no chance clash (one in a million) can fail this.
+        let secret = SecretKey::from_bytes([1; 32]);
+        let code = link_code(&secret, b"old", b"new");
+        assert_eq!(code.len(), 7);
+        assert!(
+            code.chars()
+                .enumerate()
+                .all(|(i, c)| if i == 3 { c == ' ' } else { c.is_ascii_digit() })
+        );
+        assert_eq!(code, link_code(&secret, b"old", b"new"));
+        // Another asking peer, another linking peer, another secret: another code.
+        assert_ne!(code, link_code(&secret, b"old", b"mallory"));
+        assert_ne!(code, link_code(&secret, b"older", b"new"));
+        assert_ne!(code, link_code(&SecretKey::from_bytes([2; 32]), b"old", b"new"));
     }
 }

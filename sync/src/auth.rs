@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! tag    = BLAKE3-keyed(access, "hello"  | nonce | requester | responder)[..8]
-//! digest = BLAKE3-keyed(access, "digest" | nonce | vector digest)[..8]
+//! digest = BLAKE3-keyed(access, "digest" | nonce | vector digest)[..6]
 //! proof  = XOR over matched channels of
 //!          BLAKE3-keyed(access, "answer" | nonce | requester | responder | matched)[..16]
 //! ```
@@ -69,10 +69,13 @@ pub fn tag(access: &SecretKey, nonce: &Nonce, ends: &Ends) -> [u8; 8] {
     m[..8].try_into().expect("8 bytes")
 }
 
-/// A vector digest as a Hello carries it: comparable only with the key.
-pub fn digest(access: &SecretKey, nonce: &Nonce, vector_digest: &[u8; 8]) -> [u8; 8] {
+/// A vector digest as a Hello carries it: comparable only with the key. Six
+/// bytes: two replicas that differ are taken for equal with a chance of one
+/// in 2^48 per channel and session, and the next session (another nonce)
+/// compares again.
+pub fn digest(access: &SecretKey, nonce: &Nonce, vector_digest: &[u8; 8]) -> [u8; 6] {
     let m = mac(access, b"hearth sync 2 digest", &[nonce, vector_digest]);
-    m[..8].try_into().expect("8 bytes")
+    m[..6].try_into().expect("6 bytes")
 }
 
 /// The responder's aggregate proof that it holds every channel set in `matched`.

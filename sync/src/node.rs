@@ -164,6 +164,15 @@ pub enum NodeEvent {
         /// The sync protocols it offers.
         offers: Vec<String>,
     },
+    /// A device proved it holds a link ticket's secret and waits for this
+    /// user to confirm: show `code` and ask whether the new device shows the
+    /// same, then call [`NodeHandle::confirm_link`]. Nothing is sent before.
+    LinkRequested {
+        /// The asking device's (temporary) peer id.
+        peer: PeerId,
+        /// The code it must show too (six digits).
+        code: String,
+    },
     /// A new device of this user received its link bundle.
     Linked {
         /// The new device's (temporary) peer id.
@@ -224,6 +233,21 @@ pub enum NodeError {
     Link(String),
 }
 
+/// What a linking node answers while its user has not confirmed the code.
+const AWAITING_CONFIRMATION: &str = "awaiting confirmation of the code on the linking device";
+
+/// A device link on offer.
+struct LinkOffer {
+    secret: hearth_core::SecretKey,
+    /// The sealed bundle.
+    sealed: Vec<u8>,
+    /// When the offer ends.
+    until: Instant,
+    /// The device that proved the secret first, and whether this user
+    /// confirmed its code.
+    asking: Option<(PeerId, bool)>,
+}
+
 /// How long the accepting side of a new connection waits before its own session.
 const LISTENER_SESSION_DELAY: Duration = Duration::from_millis(300);
 /// The accepting side's session waits until the peer has not fetched from it
@@ -254,7 +278,8 @@ enum Cmd {
     Status(oneshot::Sender<Vec<PeerStatus>>),
     Listening(oneshot::Sender<Vec<Multiaddr>>),
     SyncWith(PeerId, oneshot::Sender<Result<Outcome, NodeError>>),
-    OfferLink(hearth_core::SecretKey, Vec<u8>),
+    OfferLink(hearth_core::SecretKey, Vec<u8>, Duration),
+    ConfirmLink(PeerId, bool, oneshot::Sender<Result<(), NodeError>>),
     Stop(oneshot::Sender<()>),
 }
 
@@ -346,32 +371,62 @@ impl NodeHandle {
         }
     }
 
-    /// Offer a device link: the first peer that proves it holds `secret` (a
-    /// link ticket's) gets `sealed` (a [`hearth_core::LinkBundle`] sealed under
-    /// it), once. A wrong proof is rejected and its peer dropped.
-    pub async fn offer_link(&self, secret: hearth_core::SecretKey, sealed: Vec<u8>) -> Result<(), NodeError> {
+    /// Offer a device link for `valid_for`: the first peer that proves it
+    /// holds `secret` (a link ticket's) is reported ([`NodeEvent::LinkRequested`],
+    /// with the code both devices show) and gets `sealed` (a
+    /// [`hearth_core::LinkBundle`] sealed under the secret) once this user
+    /// confirms it ([`NodeHandle::confirm_link`]). One device, once: a decline
+    /// or the end of `valid_for` ends the offer.
+    pub async fn offer_link(
+        &self,
+        secret: hearth_core::SecretKey,
+        sealed: Vec<u8>,
+        valid_for: Duration,
+    ) -> Result<(), NodeError> {
         self.cmd
-            .send(Cmd::OfferLink(secret, sealed))
+            .send(Cmd::OfferLink(secret, sealed, valid_for))
             .await
             .map_err(|_| NodeError::Stopped)
     }
 
-    /// Ask a connected peer for the link bundle of a link ticket's secret.
+    /// Answer a [`NodeEvent::LinkRequested`]: `accept` when the asking device
+    /// shows the same code (it gets the bundle at its next request), or not
+    /// (the offer ends). Fails when that device is not the one asking.
+    pub async fn confirm_link(&self, peer: PeerId, accept: bool) -> Result<(), NodeError> {
+        self.ask(|tx| Cmd::ConfirmLink(peer, accept, tx)).await?
+    }
+
+    /// The code this (new) device shows while it asks `peer` for the link
+    /// bundle of `secret`: the linking device shows the same one.
+    pub fn link_code(&self, peer: PeerId, secret: &hearth_core::SecretKey) -> String {
+        hearth_core::link_code(secret, &peer.to_bytes(), &self.peer_id.to_bytes())
+    }
+
+    /// Ask a connected peer for the link bundle of a link ticket's secret, and
+    /// keep asking while its user has not confirmed the code yet (the caller
+    /// bounds the wait). Fails when the offer is declined, used or over.
     pub async fn fetch_link(
         &self,
         peer: PeerId,
         secret: &hearth_core::SecretKey,
     ) -> Result<hearth_core::LinkBundle, NodeError> {
         let proof = hearth_core::link_proof(secret, &self.peer_id.to_bytes());
-        let resp = self
-            .ask(|tx| Cmd::Request(peer, Request::Link { proof }, tx))
-            .await?
-            .map_err(NodeError::Link)?;
-        match resp {
-            Response::Link { sealed } => hearth_core::LinkBundle::open(secret, &sealed)
-                .map_err(|e| NodeError::Link(format!("the bundle does not open: {e}"))),
-            Response::Refused { reason } => Err(NodeError::Link(reason)),
-            _ => Err(NodeError::Link("unexpected answer".into())),
+        loop {
+            let resp = self
+                .ask(|tx| Cmd::Request(peer, Request::Link { proof }, tx))
+                .await?
+                .map_err(NodeError::Link)?;
+            match resp {
+                Response::Link { sealed } => {
+                    return hearth_core::LinkBundle::open(secret, &sealed)
+                        .map_err(|e| NodeError::Link(format!("the bundle does not open: {e}")));
+                }
+                Response::Refused { reason } if reason == AWAITING_CONFIRMATION => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Response::Refused { reason } => return Err(NodeError::Link(reason)),
+                _ => return Err(NodeError::Link("unexpected answer".into())),
+            }
         }
     }
 
@@ -516,8 +571,8 @@ struct Loop<R: Replica> {
     known: BTreeMap<String, Known>,
     banned: HashMap<PeerId, Instant>,
     listening: Vec<Multiaddr>,
-    /// A one-time device link on offer: the secret and the sealed bundle.
-    link: Option<(hearth_core::SecretKey, Vec<u8>)>,
+    /// A one-time device link on offer.
+    link: Option<LinkOffer>,
     inbound: Arc<Semaphore>,
     /// Established connections per remote IP address.
     per_ip: HashMap<std::net::IpAddr, u32>,
@@ -692,7 +747,28 @@ impl<R: Replica> Loop<R> {
                     let _ = reply.send(Err(NodeError::NotConnected(peer)));
                 }
             },
-            Cmd::OfferLink(secret, sealed) => self.link = Some((secret, sealed)),
+            Cmd::OfferLink(secret, sealed, valid_for) => {
+                self.link = Some(LinkOffer {
+                    secret,
+                    sealed,
+                    until: Instant::now() + valid_for,
+                    asking: None,
+                })
+            }
+            Cmd::ConfirmLink(peer, accept, reply) => {
+                let r = match &mut self.link {
+                    Some(o) if o.asking.is_some_and(|(p, _)| p == peer) => {
+                        if accept {
+                            o.asking = Some((peer, true));
+                        } else {
+                            self.link = None;
+                        }
+                        Ok(())
+                    }
+                    _ => Err(NodeError::Link(format!("{peer} is not asking to link"))),
+                };
+                let _ = reply.send(r);
+            }
             Cmd::Stop(_) => unreachable!("handled by the loop"),
         }
     }
@@ -739,6 +815,40 @@ impl<R: Replica> Loop<R> {
             );
             self.failed_content.remove(&peer);
             self.reject(peer, reason, true);
+        }
+    }
+
+    /// Answer a device's Link request (see [`NodeHandle::offer_link`]).
+    fn answer_link(&mut self, peer: PeerId, proof: [u8; 32]) -> Response {
+        let refused = |reason: &str| Response::Refused { reason: reason.into() };
+        if self.link.as_ref().is_some_and(|o| o.until <= Instant::now()) {
+            self.link = None;
+        }
+        let Some(offer) = &mut self.link else {
+            return refused("no device link is on offer here (it ended, was used or was declined)");
+        };
+        if hearth_core::link_proof(&offer.secret, &peer.to_bytes()) != proof {
+            // Only a guess gets here: the secret is the ticket's.
+            self.reject(peer, "wrong device link proof".into(), true);
+            return refused("no such device link");
+        }
+        match offer.asking {
+            None => {
+                offer.asking = Some((peer, false));
+                let code =
+                    hearth_core::link_code(&offer.secret, &self.swarm.local_peer_id().to_bytes(), &peer.to_bytes());
+                self.emit(NodeEvent::LinkRequested { peer, code });
+                refused(AWAITING_CONFIRMATION)
+            }
+            Some((p, false)) if p == peer => refused(AWAITING_CONFIRMATION),
+            Some((p, true)) if p == peer => {
+                let offer = self.link.take().expect("an offer");
+                self.emit(NodeEvent::Linked { peer });
+                Response::Link {
+                    sealed: serde_bytes::ByteBuf::from(offer.sealed.clone()),
+                }
+            }
+            Some(_) => refused("another device is linking with this ticket"),
         }
     }
 
@@ -935,7 +1045,7 @@ impl<R: Replica> Loop<R> {
                     .map(|p| p.to_string())
                     .filter(|p| p.starts_with("/hearth/sync/"))
                     .collect();
-                if !offers.is_empty() && !offers.iter().any(|p| *p == ours) {
+                if !offers.is_empty() && !offers.contains(&ours) {
                     self.incompatible(peer_id, offers);
                 }
             }
@@ -969,21 +1079,7 @@ impl<R: Replica> Loop<R> {
                     channel,
                     ..
                 } => {
-                    let resp = match self.link.take() {
-                        Some((secret, sealed)) if hearth_core::link_proof(&secret, &peer.to_bytes()) == proof => {
-                            self.emit(NodeEvent::Linked { peer });
-                            Response::Link {
-                                sealed: serde_bytes::ByteBuf::from(sealed),
-                            }
-                        }
-                        other => {
-                            self.link = other;
-                            self.reject(peer, "wrong device link proof".into(), true);
-                            Response::Refused {
-                                reason: "no such device link".into(),
-                            }
-                        }
-                    };
+                    let resp = self.answer_link(peer, proof);
                     let _ = self.swarm.behaviour_mut().rr.send_response(channel, resp);
                 }
                 request_response::Message::Request {

@@ -2,7 +2,7 @@
 //! each a postcard value behind a 4-byte big-endian length.
 //!
 //! ```text
-//! Hello  {version, nonce, summary: [(tag 8 B, digest 8 B)], relay}
+//! Hello  {version, nonce, summary: [(tag 8 B, digest 6 B)], relay}
 //!     -> Hello {matched: bitmap, proof 16 B, differ: [(index, vector)], relay}
 //! Fetch  {wire, have: vector, max_bytes}       -> Entries {entries, more}
 //! Push   {wire, entries}                       -> Ack {vector, accepted, rejected}
@@ -12,7 +12,7 @@
 //! Protocol 2: a channel is named in a Hello only by a tag its members can
 //! compute, and listed, fetched or pushed only between peers that proved
 //! they hold it on this connection ([`crate::auth`]). Two peers already in
-//! sync settle every channel with one Hello: 16 bytes a channel out, a bitmap
+//! sync settle every channel with one Hello: 14 bytes a channel out, a bitmap
 //! and 16 bytes back. A member grants the relays its user configured the
 //! access keys (never the content keys) of its channels, so that they can
 //! check other members' proofs. Frames are capped before anything is
@@ -59,7 +59,7 @@ pub struct ChannelDigest {
     /// [`crate::auth::tag`]: names the channel to a peer holding its access key.
     pub tag: [u8; 8],
     /// [`crate::auth::digest`] of the sender's [`Vector::digest`].
-    pub digest: [u8; 8],
+    pub digest: [u8; 6],
 }
 
 /// A channel's access key as a Grant carries it (never shown by `Debug`).
@@ -350,7 +350,7 @@ mod tests {
                 nonce: [4; 16],
                 summary: vec![ChannelDigest {
                     tag: [1; 8],
-                    digest: [2; 8],
+                    digest: [2; 6],
                 }],
                 relay: false,
             },

@@ -8,7 +8,8 @@
 //! ticket   = "hearth1" base32(body | checksum)
 //! body     = version u8 (= 1) | postcard(kind)
 //! kind     = 0 Invite {channel [32], key [32], name str, addrs [str]}
-//!          | 1 Link   {secret [32], addrs [str]}
+//!          | 1 Link   {secret [32], addrs [str]}            (written before links expired)
+//!          | 2 Link   {secret [32], expires u64, addrs [str]} (expires: unix seconds)
 //! checksum = blake3(body)[..4]
 //! ```
 //!
@@ -72,6 +73,9 @@ pub enum Ticket {
         secret: SecretKey,
         /// Where the linking node listens.
         addrs: Vec<Multiaddr>,
+        /// When the offer ends (unix seconds); `None` in a ticket written
+        /// before links expired (the linking node ends its offer anyway).
+        expires: Option<u64>,
     },
 }
 
@@ -127,13 +131,19 @@ enum Wire<'a> {
         #[serde(borrow)]
         addrs: Vec<&'a str>,
     },
+    LinkUntil {
+        secret: [u8; 32],
+        expires: u64,
+        #[serde(borrow)]
+        addrs: Vec<&'a str>,
+    },
 }
 
 impl Drop for Wire<'_> {
     fn drop(&mut self) {
         match self {
             Wire::Invite { key, .. } => key.zeroize(),
-            Wire::Link { secret, .. } => secret.zeroize(),
+            Wire::Link { secret, .. } | Wire::LinkUntil { secret, .. } => secret.zeroize(),
         }
     }
 }
@@ -151,11 +161,24 @@ impl Ticket {
         Ok(ticket)
     }
 
-    /// A link ticket for the one-time `secret`, reachable at `addrs`.
-    pub fn link(secret: SecretKey, addrs: Vec<Multiaddr>) -> Result<Self, TicketError> {
-        let ticket = Ticket::Link { secret, addrs };
+    /// A link ticket for the one-time `secret`, reachable at `addrs`, good
+    /// until `expires` (unix seconds).
+    pub fn link(secret: SecretKey, addrs: Vec<Multiaddr>, expires: u64) -> Result<Self, TicketError> {
+        let ticket = Ticket::Link {
+            secret,
+            addrs,
+            expires: Some(expires),
+        };
         ticket.check_caps()?;
         Ok(ticket)
+    }
+
+    /// When a link ticket's offer ends (unix seconds), if it says.
+    pub fn expires(&self) -> Option<u64> {
+        match self {
+            Ticket::Link { expires, .. } => *expires,
+            Ticket::Invite { .. } => None,
+        }
     }
 
     /// The channel's keys, for an invite.
@@ -184,8 +207,19 @@ impl Ticket {
                 name,
                 addrs,
             },
-            Ticket::Link { secret, .. } => Wire::Link {
+            Ticket::Link {
+                secret, expires: None, ..
+            } => Wire::Link {
                 secret: *secret.expose(),
+                addrs,
+            },
+            Ticket::Link {
+                secret,
+                expires: Some(expires),
+                ..
+            } => Wire::LinkUntil {
+                secret: *secret.expose(),
+                expires: *expires,
                 addrs,
             },
         };
@@ -254,6 +288,12 @@ impl Ticket {
             Wire::Link { secret, addrs } => Ticket::Link {
                 secret: SecretKey::from_bytes(*secret),
                 addrs: parse_addrs(addrs)?,
+                expires: None,
+            },
+            Wire::LinkUntil { secret, expires, addrs } => Ticket::Link {
+                secret: SecretKey::from_bytes(*secret),
+                addrs: parse_addrs(addrs)?,
+                expires: Some(*expires),
             },
         };
         // One ticket, one text: anything the encoder would not have written (an
@@ -356,10 +396,11 @@ impl fmt::Debug for Ticket {
                 .field("name", name)
                 .field("addrs", addrs)
                 .finish(),
-            Ticket::Link { addrs, .. } => f
+            Ticket::Link { addrs, expires, .. } => f
                 .debug_struct("Link")
                 .field("secret", &"<redacted>")
                 .field("addrs", addrs)
+                .field("expires", expires)
                 .finish(),
         }
     }
@@ -443,7 +484,7 @@ mod tests {
     }
 
     fn link() -> Ticket {
-        Ticket::link(SecretKey::from_bytes([0xcd; 32]), addrs()).unwrap()
+        Ticket::link(SecretKey::from_bytes([0xcd; 32]), addrs(), 1_800_000_000).unwrap()
     }
 
     #[test]
@@ -652,18 +693,19 @@ mod tests {
 
         let many = vec!["/ip4/10.0.0.1/tcp/1".parse::<Multiaddr>().unwrap(); MAX_ADDRS + 1];
         assert!(matches!(
-            Ticket::link(SecretKey::from_bytes([1; 32]), many),
+            Ticket::link(SecretKey::from_bytes([1; 32]), many, 1),
             Err(TicketError::TooLarge { .. })
         ));
         let dns = format!("/dns4/{}/tcp/1", "a".repeat(MAX_ADDR_BYTES));
         let long_addr = vec![dns.parse::<Multiaddr>().unwrap()];
         assert!(matches!(
-            Ticket::link(SecretKey::from_bytes([1; 32]), long_addr.clone()),
+            Ticket::link(SecretKey::from_bytes([1; 32]), long_addr.clone(), 1),
             Err(TicketError::TooLarge { .. })
         ));
         let by_hand = Ticket::Link {
             secret: SecretKey::from_bytes([1; 32]),
             addrs: long_addr,
+            expires: None,
         };
         assert!(matches!(
             Ticket::decode(&by_hand.to_string()),
@@ -672,6 +714,23 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn link_tickets_carry_their_end_and_old_ones_still_read() {
+        let t = link();
+        assert_eq!(t.expires(), Some(1_800_000_000));
+        assert_eq!(Ticket::decode(&t.to_string()).unwrap(), t);
+        // Written before links expired: no end, still read, still one text.
+        let old = Ticket::Link {
+            secret: SecretKey::from_bytes([0xcd; 32]),
+            addrs: addrs(),
+            expires: None,
+        };
+        let text = old.to_string();
+        assert_ne!(text, t.to_string());
+        assert_eq!(Ticket::decode(&text).unwrap(), old);
+        assert_eq!(invite().expires(), None);
     }
 
     #[test]

@@ -1010,7 +1010,7 @@ async fn a_peer_without_the_access_key_gets_nothing_and_gives_nothing() {
     if let Request::Hello { summary, .. } = &mut guessed {
         summary.push(proto::ChannelDigest {
             tag: f.wire.0[..8].try_into().unwrap(),
-            digest: [0; 8],
+            digest: [0; 6],
         });
     }
     match raw.request(Frame::Req(guessed)).await {

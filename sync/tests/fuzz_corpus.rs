@@ -141,11 +141,11 @@ mod seeds {
             summary: vec![
                 ChannelDigest {
                     tag: [1; 8],
-                    digest: [2; 8],
+                    digest: [2; 6],
                 },
                 ChannelDigest {
                     tag: [3; 8],
-                    digest: [4; 8],
+                    digest: [4; 6],
                 },
             ],
             relay: false,
@@ -243,6 +243,19 @@ mod seeds {
         body
     }
 
+    /// A link body with an end (variant 2), written out by hand.
+    fn link_until_body(expires: u64, addrs: &[&str]) -> Vec<u8> {
+        let mut body = vec![1, 2];
+        body.extend_from_slice(&[0x5e; 32]);
+        body.extend(postcard::to_stdvec(&expires).unwrap());
+        body.push(addrs.len() as u8);
+        for a in addrs {
+            body.push(a.len() as u8);
+            body.extend_from_slice(a.as_bytes());
+        }
+        body
+    }
+
     fn invite_body(name: &str, addrs: &[&str]) -> Vec<u8> {
         let mut body = vec![1, 0];
         body.extend_from_slice(&[0x44; 32]);
@@ -263,9 +276,13 @@ mod seeds {
         let invite = Ticket::invite(&keys, "general", addrs.iter().map(|a| a.parse().unwrap()).collect())
             .unwrap()
             .to_string();
-        let link = Ticket::link(SecretKey::from_bytes([0x5e; 32]), vec![addrs[0].parse().unwrap()])
-            .unwrap()
-            .to_string();
+        let link = Ticket::link(
+            SecretKey::from_bytes([0x5e; 32]),
+            vec![addrs[0].parse().unwrap()],
+            1_800_000_000,
+        )
+        .unwrap()
+        .to_string();
         let bare = Ticket::invite(&keys, "", vec![]).unwrap().to_string();
         let mut substituted = invite.clone().into_bytes();
         substituted[30] = if substituted[30] == b'a' { b'b' } else { b'a' };
@@ -284,6 +301,11 @@ mod seeds {
         );
         write("ticket", "valid-body-invite", &invite_body("général", &addrs));
         write("ticket", "valid-body-link", &link_body(&addrs[..1]));
+        write(
+            "ticket",
+            "valid-body-link-until",
+            &link_until_body(1_800_000_000, &addrs[..1]),
+        );
         write("ticket", "truncated", &invite.as_bytes()[..invite.len() - 4]);
         write("ticket", "substituted", &substituted);
         write(

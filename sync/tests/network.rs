@@ -410,3 +410,120 @@ async fn strangers_learn_nothing_from_a_member_or_a_relay() {
         s.close().await.unwrap();
     }
 }
+
+/// Wait for the first event `want` picks (or panic after 20 s).
+async fn next_event<T>(
+    events: &mut tokio::sync::broadcast::Receiver<hearth_sync::NodeEvent>,
+    mut want: impl FnMut(hearth_sync::NodeEvent) -> Option<T>,
+) -> T {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok(e) = events.recv().await
+                && let Some(t) = want(e)
+            {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("the event came")
+}
+
+/// A new device on a fresh key, connected to `addr`.
+async fn new_device(addr: &Multiaddr) -> NodeHandle {
+    let key = hearth_core::SecretKey::generate().unwrap();
+    let n = hearth_sync::start(hearth_sync::Detached, &key, hearth_sync::NodeConfig::default())
+        .await
+        .unwrap();
+    n.dial(addr.clone()).await.unwrap();
+    n.wait_connected(hearth_sync::peer_of(addr).unwrap(), Duration::from_secs(20))
+        .await
+        .unwrap();
+    n
+}
+
+/// Linking a device: the linking node reports the asking device with the
+/// code the new device shows, and sends nothing until its user confirms;
+/// another holder of the ticket is turned away meanwhile; the offer is used
+/// once; a decline or the end of the offer ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_link_waits_for_the_code_to_be_confirmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = Store::create(dir.path(), &Passphrase::new("pw"), "alice", config())
+        .await
+        .unwrap();
+    alice.create_channel("general").await.unwrap();
+    let (node, addr) = node(&alice, support::LISTEN).await;
+    let linking = node.peer_id();
+    let offer = |valid_for: Duration| {
+        let (node, alice) = (node.clone(), alice.clone());
+        async move {
+            let secret = hearth_core::SecretKey::generate().unwrap();
+            let sealed = alice.link_bundle().await.unwrap().seal(&secret).unwrap();
+            node.offer_link(secret.clone(), sealed, valid_for).await.unwrap();
+            secret
+        }
+    };
+    let mut events = node.subscribe();
+
+    let secret = offer(Duration::from_secs(600)).await;
+    let phone = new_device(&addr).await;
+    let code = phone.link_code(linking, &secret);
+    let fetch = tokio::spawn({
+        let (phone, secret) = (phone.clone(), secret.clone());
+        async move { phone.fetch_link(linking, &secret).await }
+    });
+    let (asking, shown) = next_event(&mut events, |e| match e {
+        hearth_sync::NodeEvent::LinkRequested { peer, code } => Some((peer, code)),
+        _ => None,
+    })
+    .await;
+    assert_eq!((asking, &shown), (phone.peer_id(), &code), "both devices show one code");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!fetch.is_finished(), "the bundle left before the code was confirmed");
+    // Someone else with the ticket, asking meanwhile: turned away, with
+    // another code than the phone's.
+    let thief = new_device(&addr).await;
+    assert_ne!(thief.link_code(linking, &secret), code);
+    let e = thief.fetch_link(linking, &secret).await.unwrap_err();
+    assert!(e.to_string().contains("another device"), "{e}");
+    assert!(
+        node.confirm_link(thief.peer_id(), true).await.is_err(),
+        "only the asking device can be confirmed"
+    );
+
+    node.confirm_link(asking, true).await.unwrap();
+    let bundle = fetch.await.unwrap().unwrap();
+    assert_eq!(bundle.name, "alice");
+    assert_eq!(bundle.channels.len(), 1);
+    // Used once.
+    let e = phone.fetch_link(linking, &secret).await.unwrap_err();
+    assert!(e.to_string().contains("no device link is on offer"), "{e}");
+
+    // Declined: the asking device gets nothing, and the offer is over.
+    let secret = offer(Duration::from_secs(600)).await;
+    let other = new_device(&addr).await;
+    let fetch = tokio::spawn({
+        let (other, secret) = (other.clone(), secret.clone());
+        async move { other.fetch_link(linking, &secret).await }
+    });
+    let asking = next_event(&mut events, |e| match e {
+        hearth_sync::NodeEvent::LinkRequested { peer, .. } => Some(peer),
+        _ => None,
+    })
+    .await;
+    node.confirm_link(asking, false).await.unwrap();
+    assert!(fetch.await.unwrap().is_err());
+    assert!(other.fetch_link(linking, &secret).await.is_err());
+
+    // An offer past its end answers nobody.
+    let secret = offer(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let late = new_device(&addr).await;
+    let e = late.fetch_link(linking, &secret).await.unwrap_err();
+    assert!(e.to_string().contains("no device link is on offer"), "{e}");
+    for n in [node, phone, thief, other, late] {
+        n.stop().await.unwrap();
+    }
+    alice.close().await.unwrap();
+}
