@@ -34,6 +34,7 @@
 
 mod channel;
 mod chunk;
+pub mod device;
 mod doc;
 mod envelope;
 mod error;

@@ -74,6 +74,14 @@ replay_tests! {
     snapshot => checks::check_snapshot,
     link_bundle => checks::check_link_bundle,
     fork_proof => checks::check_fork_proof,
+    device_cert => checks::check_device_cert,
+}
+
+/// Writes the device certificate seeds only.
+#[test]
+#[ignore = "rewrites fuzz/corpus/device_cert; run by hand with --ignored"]
+fn regenerate_device_cert_seeds() {
+    seeds::write_device_certs();
 }
 
 /// Writes the seeds added with fork proofs and named channel records only
@@ -131,6 +139,7 @@ mod seeds {
             "snapshot" => EpochDoc::load(EPOCH, data, &LOCAL_DEVICE).is_ok(),
             "link_bundle" => true,
             "fork_proof" => hearth_core::ForkProof::decode(data).is_ok(),
+            "device_cert" => hearth_core::device::DeviceCert::decode(data).is_ok(),
             _ => unreachable!("no fuzz target {target}"),
         }
     }
@@ -165,6 +174,26 @@ mod seeds {
         let named = ChannelRecord::encode_named(keys, Some("general"));
         write("channel_record", "valid-v2-named", &named);
         write("channel_record", "valid-v2-unnamed", &ChannelRecord::encode(keys));
+    }
+
+    /// Certificates by a user and by a device, a kept (legacy) id, and variants.
+    pub fn write_device_certs() {
+        use hearth_core::device::{DeviceCert, DeviceKeys};
+        let user = ed25519_dalek::SigningKey::from_bytes(&[0x31; 32]);
+        let (a, b) = (
+            DeviceKeys::generate().expect("keys"),
+            DeviceKeys::generate().expect("keys"),
+        );
+        let by_user = DeviceCert::by_user(&user, a.device_id(), a.public(), 1_700_000_000_000, false).encode();
+        let legacy = DeviceCert::by_user(&user, DeviceId([0x22; 16]), b.public(), 1_700_000_000_001, true).encode();
+        let ca = DeviceCert::decode(&by_user).expect("decodes");
+        let by_device = DeviceCert::by_device(&a, &ca.body, b.public(), 1_700_000_000_002).encode();
+        write("device_cert", "valid-by-user", &by_user);
+        write("device_cert", "valid-legacy-id", &legacy);
+        write("device_cert", "valid-by-device", &by_device);
+        write("device_cert", "truncated", &by_user[..by_user.len() - 5]);
+        write("device_cert", "flipped-signature", &flip(&by_user, by_user.len() - 3));
+        write("device_cert", "flipped-device-id", &flip(&by_user, 40));
     }
 
     fn flip(data: &[u8], at: usize) -> Vec<u8> {

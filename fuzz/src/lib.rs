@@ -169,6 +169,30 @@ pub fn check_fork_proof(data: &[u8]) {
     assert_eq!((first.header.wire, first.header.device), (fork.wire, fork.device));
 }
 
+/// Decode a device certificate (it travels with feeds, from any peer). On
+/// success it re-encodes to the input, and a chain of it alone either fails
+/// to verify or certifies a device whose id is its key's (or a kept id bound
+/// by the user key itself).
+pub fn check_device_cert(data: &[u8]) {
+    use hearth_core::device::{DeviceCert, Issuer, device_id_of, verify_chain};
+    let Ok(cert) = DeviceCert::decode(data) else {
+        return;
+    };
+    assert_eq!(
+        cert.encode(),
+        data,
+        "a certificate decodes from bytes that are not its encoding"
+    );
+    if let Ok(body) = verify_chain(std::slice::from_ref(&cert)) {
+        assert_eq!(
+            body.issuer,
+            Issuer::User,
+            "a lone certificate verified with a device as issuer"
+        );
+        assert!(body.legacy || body.device == device_id_of(&body.keys.signing));
+    }
+}
+
 /// Decode an identity record. On success it re-encodes to the same identity.
 pub fn check_identity(data: &[u8]) {
     let Ok(id) = Identity::decode(data) else {

@@ -1,0 +1,4 @@
+//! Device certificates: `DeviceCert::decode` and `verify_chain`. The check lives in `hearth_fuzz`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(init: hearth_fuzz::init(), |data: &[u8]| hearth_fuzz::check_device_cert(data));
