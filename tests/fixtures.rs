@@ -83,6 +83,16 @@ async fn old_stores_open_migrate_and_answer_the_same(format: &str, number: u8) {
         assert_eq!(s.open_report().migrated_from, migrated, "{name}: migrated");
         assert_eq!(s.open_report().rebuilt, None, "{name}: sled was fine");
         s.flush_receipts().await.expect("receipts");
+        // The device has its own keys now (format 4), certified by its user as
+        // keeping the device id its feeds were written under.
+        let cert = s.device_cert().await.expect("a device certificate");
+        assert_eq!((cert.body.device, cert.body.user), (s.whoami().device, s.whoami().user));
+        assert_eq!(
+            cert.body.legacy,
+            number < 4,
+            "{name}: a kept id only for an older store"
+        );
+        hearth::core::device::verify_chain(std::slice::from_ref(&cert)).expect("the certificate verifies");
         let got = answers(&s).await;
         assert_eq!(got, expected["answers"], "{name}: answers differ after migration");
         let held = feeds(&s).await;
@@ -100,6 +110,21 @@ async fn old_stores_open_migrate_and_answer_the_same(format: &str, number: u8) {
         // Migrated once: it opens as it is and answers the same.
         let s = Store::open(&dir, &pass, config()).await.expect("reopen");
         assert_eq!(s.open_report().migrated_from, None, "{name}: migrated once");
+        assert_eq!(
+            s.device_cert().await.expect("cert"),
+            cert,
+            "{name}: the same keys after a reopen"
+        );
+        // The keys are in the log: a rebuilt database has them too.
+        s.close().await.expect("close");
+        std::fs::remove_dir_all(dir.join("db")).expect("remove db");
+        let s = Store::open(&dir, &pass, config()).await.expect("open rebuilt");
+        assert!(s.open_report().rebuilt.is_some());
+        assert_eq!(
+            s.device_cert().await.expect("cert"),
+            cert,
+            "{name}: the same keys after a rebuild"
+        );
         assert_eq!(
             answers(&s).await,
             expected["answers"],

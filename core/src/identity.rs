@@ -1,4 +1,6 @@
-//! The local identity: the user's signing key, this device's id and the user's name.
+//! The local identity: the user's signing key, this device's id and the user's
+//! name, and (from identity record version 2) the device's own keys and its
+//! certificate (see [`crate::device`]).
 
 use std::fmt;
 
@@ -6,6 +8,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+use crate::device::{DeviceCert, DeviceKeys};
 use crate::error::{Error, Result};
 use crate::id::{DeviceId, UserId};
 use crate::secret::SecretKey;
@@ -17,8 +20,13 @@ pub struct Identity {
     user: UserId,
     device: DeviceId,
     name: String,
+    /// The device's own keys and certificate; `None` for an identity written
+    /// before devices had keys (record version 1), until the store gives it
+    /// some ([`Identity::with_device_keys`]).
+    device_keys: Option<(DeviceKeys, DeviceCert)>,
 }
 
+/// Version 1: the user key, the device id and the name.
 #[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
 struct IdentityRecord {
     version: u8,
@@ -27,19 +35,66 @@ struct IdentityRecord {
     name: String,
 }
 
-const IDENTITY_VERSION: u8 = 1;
+/// Version 2 adds the device's keys ([`DeviceKeys::encode`]) and certificate.
+#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+struct IdentityRecordV2 {
+    version: u8,
+    secret: [u8; 32],
+    device: [u8; 16],
+    name: String,
+    #[serde(with = "serde_bytes")]
+    keys: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    cert: Vec<u8>,
+}
+
+const IDENTITY_VERSION: u8 = 2;
+
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 impl Identity {
     /// A new user with a new device.
     pub fn generate(name: &str) -> Result<Self> {
         let secret = SecretKey::generate()?;
-        Ok(Self::from_parts(&secret, DeviceId::generate()?, name))
+        Self::new_device(&secret, name)
     }
 
     /// A new device of an existing user (from the user's secret key, as a
-    /// linked device receives it).
+    /// linked device receives it): its own keys, its id derived from them,
+    /// certified by the user key.
     pub fn new_device(secret: &SecretKey, name: &str) -> Result<Self> {
-        Ok(Self::from_parts(secret, DeviceId::generate()?, name))
+        let keys = DeviceKeys::generate()?;
+        let mut id = Self::from_parts(secret, keys.device_id(), name);
+        let cert = DeviceCert::by_user(&id.signing, id.device, keys.public(), unix_millis(), false);
+        id.device_keys = Some((keys, cert));
+        Ok(id)
+    }
+
+    /// An identity of record version 1 (no device keys) given fresh device
+    /// keys, certified by the user key as binding this device's existing id
+    /// (it wrote feeds under it). An identity that has keys is returned as
+    /// it is.
+    pub fn with_device_keys(mut self) -> Result<Self> {
+        if self.device_keys.is_none() {
+            let keys = DeviceKeys::generate()?;
+            let cert = DeviceCert::by_user(&self.signing, self.device, keys.public(), unix_millis(), true);
+            self.device_keys = Some((keys, cert));
+        }
+        Ok(self)
+    }
+
+    /// The device's own keys, if it has them yet.
+    pub fn device_keys(&self) -> Option<&DeviceKeys> {
+        self.device_keys.as_ref().map(|(k, _)| k)
+    }
+
+    /// The device's certificate, if it has keys yet.
+    pub fn device_cert(&self) -> Option<&DeviceCert> {
+        self.device_keys.as_ref().map(|(_, c)| c)
     }
 
     /// The user's secret signing key (for linking a new device; handle with care).
@@ -55,6 +110,7 @@ impl Identity {
             user,
             device,
             name: name.to_string(),
+            device_keys: None,
         }
     }
 
@@ -78,32 +134,59 @@ impl Identity {
         self.signing.sign(msg).to_bytes()
     }
 
-    /// Encode for sealing into the store (the caller seals it).
+    /// Encode for sealing into the store (the caller seals it): record
+    /// version 2 once the device has keys, version 1 before.
     pub fn encode(&self) -> Vec<u8> {
-        let rec = IdentityRecord {
-            version: IDENTITY_VERSION,
-            secret: self.signing.to_bytes(),
-            device: self.device.0,
-            name: self.name.clone(),
-        };
-        postcard::to_stdvec(&rec).expect("identity encodes")
+        match &self.device_keys {
+            Some((keys, cert)) => postcard::to_stdvec(&IdentityRecordV2 {
+                version: IDENTITY_VERSION,
+                secret: self.signing.to_bytes(),
+                device: self.device.0,
+                name: self.name.clone(),
+                keys: keys.encode(),
+                cert: cert.encode(),
+            }),
+            None => postcard::to_stdvec(&IdentityRecord {
+                version: 1,
+                secret: self.signing.to_bytes(),
+                device: self.device.0,
+                name: self.name.clone(),
+            }),
+        }
+        .expect("identity encodes")
     }
 
-    /// Decode what [`Identity::encode`] wrote.
+    /// Decode what [`Identity::encode`] wrote (either version). A version 2
+    /// record's certificate must be the user's, for this device and its keys.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let rec: IdentityRecord = postcard::from_bytes(bytes).map_err(|e| Error::corrupted("identity", e))?;
-        if rec.version != IDENTITY_VERSION {
-            return Err(Error::UnsupportedFormat {
+        let corrupted = |e: &dyn fmt::Display| Error::corrupted("identity", e.to_string());
+        match bytes.first() {
+            Some(1) => {
+                let rec: IdentityRecord = postcard::from_bytes(bytes).map_err(|e| corrupted(&e))?;
+                Ok(Self::from_parts(
+                    &SecretKey::from_bytes(rec.secret),
+                    DeviceId(rec.device),
+                    &rec.name,
+                ))
+            }
+            Some(&IDENTITY_VERSION) => {
+                let rec: IdentityRecordV2 = postcard::from_bytes(bytes).map_err(|e| corrupted(&e))?;
+                let mut id = Self::from_parts(&SecretKey::from_bytes(rec.secret), DeviceId(rec.device), &rec.name);
+                let keys = DeviceKeys::decode(&rec.keys)?;
+                let cert = DeviceCert::decode(&rec.cert)?;
+                let body = crate::device::verify_chain(std::slice::from_ref(&cert))?;
+                if body.user != id.user || body.device != id.device || body.keys != keys.public() {
+                    return Err(corrupted(&"the device certificate is not this device's"));
+                }
+                id.device_keys = Some((keys, cert));
+                Ok(id)
+            }
+            found => Err(Error::UnsupportedFormat {
                 what: "identity",
-                found: rec.version,
+                found: found.copied().unwrap_or(0),
                 expected: IDENTITY_VERSION,
-            });
+            }),
         }
-        Ok(Self::from_parts(
-            &SecretKey::from_bytes(rec.secret),
-            DeviceId(rec.device),
-            &rec.name,
-        ))
     }
 }
 
@@ -137,6 +220,34 @@ mod tests {
         assert_eq!(back.user(), id.user());
         assert_eq!(back.device(), id.device());
         assert_eq!(back.name(), "alice");
+        // A new device's id is its key's, certified by the user.
+        let keys = back.device_keys().unwrap();
+        assert_eq!(back.device(), keys.device_id());
+        assert_eq!(back.device_cert(), id.device_cert());
+        assert!(!back.device_cert().unwrap().body.legacy);
+        // An identity of version 1 (no device keys) is read, and given keys
+        // that keep its id.
+        let v1 = postcard::to_stdvec(&IdentityRecord {
+            version: 1,
+            secret: [5; 32],
+            device: [6; 16],
+            name: "old".into(),
+        })
+        .unwrap();
+        let old = Identity::decode(&v1).unwrap();
+        assert!(old.device_keys().is_none());
+        assert_eq!(old.encode(), v1);
+        let migrated = old.with_device_keys().unwrap();
+        assert_eq!(migrated.device(), DeviceId([6; 16]));
+        let cert = migrated.device_cert().unwrap();
+        assert!(cert.body.legacy && cert.body.device == DeviceId([6; 16]));
+        let again = Identity::decode(&migrated.encode()).unwrap();
+        assert_eq!(again.device_cert(), migrated.device_cert());
+        // A certificate of another device in the record is refused.
+        let other = Identity::generate("x").unwrap();
+        let mut rec: IdentityRecordV2 = postcard::from_bytes(&again.encode()).unwrap();
+        rec.cert = other.device_cert().unwrap().encode();
+        assert!(Identity::decode(&postcard::to_stdvec(&rec).unwrap()).is_err());
         let sig = id.sign(b"m");
         assert!(verify_signature(&id.user(), b"m", &sig).is_ok());
         assert!(verify_signature(&id.user(), b"n", &sig).is_err());

@@ -77,9 +77,9 @@ replay_tests! {
     device_cert => checks::check_device_cert,
 }
 
-/// Writes the device certificate seeds only.
+/// Writes the device certificate seeds and the version 2 identity seeds only.
 #[test]
-#[ignore = "rewrites fuzz/corpus/device_cert; run by hand with --ignored"]
+#[ignore = "rewrites fuzz/corpus/device_cert and two identity seeds; run by hand with --ignored"]
 fn regenerate_device_cert_seeds() {
     seeds::write_device_certs();
 }
@@ -194,6 +194,9 @@ mod seeds {
         write("device_cert", "truncated", &by_user[..by_user.len() - 5]);
         write("device_cert", "flipped-signature", &flip(&by_user, by_user.len() - 3));
         write("device_cert", "flipped-device-id", &flip(&by_user, 40));
+        let v2 = Identity::generate("fuzz").expect("identity").encode();
+        write("identity", "valid-v2", &v2);
+        write("identity", "flipped-v2-cert", &flip(&v2, v2.len() - 20));
     }
 
     fn flip(data: &[u8], at: usize) -> Vec<u8> {

@@ -75,7 +75,9 @@ pub const META_LOG_SYNCED: &[u8] = b"Mlogsynced";
 /// The store format this build writes. 1: everything in sled, no feed log.
 /// 2: the feed log (`log/`) is the source of truth and sled is derived.
 /// 3: fork proofs (log record kind 5, table `K`).
-pub const STORE_FORMAT: u8 = 3;
+/// 4: the device has its own keys and certificate (identity record version 2,
+/// appended to the log as a second identity record by the migration).
+pub const STORE_FORMAT: u8 = 4;
 
 /// Name of a table, for error messages and record AAD.
 pub fn table_name(tag: u8) -> &'static str {

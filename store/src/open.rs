@@ -362,7 +362,9 @@ pub(crate) fn open(
                     } else if st.format < STORE_FORMAT {
                         // Format 2 to 3 adds only a log record kind and a
                         // table (fork proofs), both empty until a fork is
-                        // seen: the store is marked and goes on as it is.
+                        // seen; 3 to 4 gives the device keys, at the end of
+                        // this open (`give_device_keys`), once sled has
+                        // caught up with the log. The store is marked here.
                         e.tree.insert(META_FORMAT, &[STORE_FORMAT][..])?;
                         e.dirty = true;
                         report.migrated_from = Some(st.format);
@@ -425,6 +427,7 @@ pub(crate) fn open(
         engine.finish_batch(last)?;
     }
     engine.watermark = last;
+    give_device_keys(&mut engine)?;
     // Whatever the journal held, and whatever the log brought back, must be
     // durable in sled before the journal starts over: after a process crash,
     // sled's recovered state may still sit only in the page cache.
@@ -462,6 +465,29 @@ fn rebuild_sled(dir: &Path, config: Config, master: SecretKey, lock: File, repor
     recover::catch_up(&mut engine, LogPos::START, report)?;
     sync_dir(dir)?;
     Ok(engine)
+}
+
+/// A device of a store written before devices had keys (format 3 and older)
+/// gets its own keys now, certified by the user key as keeping its device id:
+/// the new identity record goes to the log (the source of truth) and sled in
+/// one batch, after sled has caught up with the log, so that a crash leaves
+/// either the old identity (and this runs again) or the new one.
+fn give_device_keys(engine: &mut Engine) -> Result<()> {
+    if engine.identity.device_keys().is_some() {
+        return Ok(());
+    }
+    let identity = engine.identity.clone().with_device_keys()?;
+    let plain = identity.encode();
+    let sealed = engine.seal_log(crate::log::kind::IDENTITY, &plain)?;
+    engine.log_record(crate::log::kind::IDENTITY, &sealed);
+    let mut batch = sled::Batch::default();
+    batch.insert(META_IDENTITY, seal_record(&engine.records, META_IDENTITY, &plain)?);
+    batch.insert(META_FORMAT, &[STORE_FORMAT][..]);
+    engine.write_log_batch(&mut batch)?;
+    engine.tree.apply_batch(batch)?;
+    engine.identity = identity;
+    engine.dirty = true;
+    Ok(())
 }
 
 impl Engine {

@@ -57,15 +57,36 @@ pub(crate) fn open_commit(records: &SecretKey, sealed: &[u8]) -> Result<log::Com
     postcard::from_bytes(&open(records, kind::COMMIT, sealed)?).map_err(|e| Error::corrupted("log commit", e))
 }
 
-/// The identity in the log's first batch, for a rebuild.
+/// The identity the log holds last (the first batch holds one; a store of
+/// format 3 or older appended another when its device got keys), for a
+/// rebuild. It must be of the same user and device as the first.
 pub(crate) fn identity_from_log(log_dir: &Path, records: &SecretKey) -> Result<Identity> {
-    let mut found = None;
+    let mut first: Option<Identity> = None;
+    let mut last = None;
+    let mut bad = None;
     log::scan(log_dir, LogPos::START, |b| {
-        found = b.records.into_iter().find(|r| r.kind == kind::IDENTITY);
-        Ok(false)
+        if first.is_none() && !b.records.iter().any(|r| r.kind == kind::IDENTITY) {
+            bad = Some("no identity record at its start");
+            return Ok(false);
+        }
+        for r in b.records.into_iter().filter(|r| r.kind == kind::IDENTITY) {
+            let id = Identity::decode(&open(records, kind::IDENTITY, &r.body)?)?;
+            match &first {
+                None => first = Some(id.clone()),
+                Some(f) if f.user() != id.user() || f.device() != id.device() => {
+                    bad = Some("identity of another device");
+                    return Ok(false);
+                }
+                Some(_) => {}
+            }
+            last = Some(id);
+        }
+        Ok(true)
     })?;
-    let sealed = found.ok_or_else(|| Error::corrupted("feed log", "no identity record at its start"))?;
-    Ok(Identity::decode(&open(records, kind::IDENTITY, &sealed.body)?)?)
+    if let Some(why) = bad {
+        return Err(Error::corrupted("feed log", why));
+    }
+    last.ok_or_else(|| Error::corrupted("feed log", "no identity record at its start"))
 }
 
 /// How far the log reaches from `from`, and whether `target` is a batch end

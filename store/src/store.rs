@@ -418,6 +418,19 @@ impl Store {
         self.query(|e| e.vectors()).await
     }
 
+    /// This device's certificate: its own signing and key-agreement keys,
+    /// bound to its user by the user key (a device of a store written before
+    /// devices had keys keeps its id: `legacy`).
+    pub async fn device_cert(&self) -> Result<hearth_core::device::DeviceCert> {
+        self.query(|e| {
+            e.identity
+                .device_cert()
+                .cloned()
+                .ok_or_else(|| Error::corrupted("identity", "no device keys"))
+        })
+        .await
+    }
+
     /// Every channel's wire id and access key, with which this device proves
     /// to a peer that it holds the channel (see hearth-sync's protocol).
     pub async fn access_keys(&self) -> Result<Vec<(WireId, hearth_core::SecretKey)>> {
