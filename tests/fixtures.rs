@@ -17,7 +17,9 @@
 //! the relay holding every entry of the three channels. The `v3` stores
 //! (fork proofs, sealed clock row and store root; written before the sync
 //! protocol asked peers to prove membership and relays kept access grants)
-//! are the same scenario again.
+//! are the same scenario again, and so are the `v4` stores (devices with
+//! keys of their own, written before entries were signed by them) and relay
+//! (access grants).
 //!
 //! Write the fixtures of a format only with the code of that format:
 //! `HEARTH_WRITE_FIXTURES=v2 cargo test --test fixtures -- --ignored`.
@@ -65,6 +67,11 @@ async fn v2_stores_open_migrate_and_answer_the_same() {
 #[tokio::test]
 async fn v3_stores_open_migrate_and_answer_the_same() {
     old_stores_open_migrate_and_answer_the_same("v3", 3).await;
+}
+
+#[tokio::test]
+async fn v4_stores_open_and_answer_the_same() {
+    old_stores_open_migrate_and_answer_the_same("v4", 4).await;
 }
 
 async fn old_stores_open_migrate_and_answer_the_same(format: &str, number: u8) {
@@ -223,7 +230,8 @@ async fn write_fixtures() {
     std::fs::create_dir_all(&out).expect("mkdir");
     // Alice as a SIGKILL would leave her now.
     copy_dir(&tmp.path().join("alice"), &out.join("alice"));
-    // A relay that holds every entry of the three channels, closed cleanly.
+    // A relay that holds every entry of the three channels, granted them,
+    // closed cleanly.
     {
         let relay = RelayStore::open(&out.join("relay")).expect("relay");
         for store in [&alice, &phone] {
@@ -238,6 +246,13 @@ async fn write_fixtures() {
                     .await
                     .expect("ingest")
                     .expect("relay ingest");
+                // Granted by its member (relay format 4), as a configured relay is.
+                let access = store.channel_keys(info.id).await.expect("keys").access().clone();
+                relay
+                    .grant(vec![(wire, access)])
+                    .await
+                    .expect("grant")
+                    .expect("a relay takes grants");
             }
         }
         std::fs::write(

@@ -414,6 +414,12 @@ async fn a_format_3_relay_opens_and_its_database_can_be_rebuilt() {
     old_relay_opens_and_its_database_can_be_rebuilt("v3").await;
 }
 
+/// A relay of format 4 (access grants).
+#[tokio::test]
+async fn a_format_4_relay_opens_and_its_database_can_be_rebuilt() {
+    old_relay_opens_and_its_database_can_be_rebuilt("v4").await;
+}
+
 async fn old_relay_opens_and_its_database_can_be_rebuilt(format: &str) {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/fixtures")
@@ -434,6 +440,13 @@ async fn old_relay_opens_and_its_database_can_be_rebuilt(format: &str) {
     std::fs::remove_dir_all(dir.join("db")).unwrap();
     let relay = RelayStore::open(&dir).unwrap();
     assert_eq!(holdings(&relay).await, want, "rebuilt from the log");
+    // From format 4 its access grants are in the log too.
+    let granted = if format >= "v4" {
+        want.as_object().unwrap().len()
+    } else {
+        0
+    };
+    assert_eq!(relay.stats().granted_channels, granted, "grants after a rebuild");
     // It goes on taking entries after the rebuild.
     let (alice, c) = alice(&tmp.path().join("alice")).await;
     let wire = alice.channel_keys(c).await.unwrap().wire();
