@@ -115,6 +115,11 @@ impl DeviceKeys {
         self.signing.sign(&domain_message(domain, msg)).to_bytes()
     }
 
+    /// Sign a message that already carries its domain label.
+    pub(crate) fn sign_raw(&self, msg: &[u8]) -> [u8; 64] {
+        self.signing.sign(msg).to_bytes()
+    }
+
     /// Encode for sealing into the store (the caller seals it).
     pub fn encode(&self) -> Vec<u8> {
         let rec = KeysRecord {

@@ -1,10 +1,19 @@
 //! Feed entries: the unit of the commit log and of sync.
 //!
 //! ```text
-//! header (clear): version, channel wire id, user, device, seq, hash of entry seq-1
+//! format 1 (written today)
+//! header (clear): version 1, channel wire id, user, device, seq, hash of entry seq-1
 //! body (sealed):  XChaCha20-Poly1305(feed key, random nonce, aad = header bytes)
 //!                 of postcard(EntryBody { epoch, change })
 //! signature:      ed25519 by the user over header bytes | body
+//!
+//! format 2 (read and checked; written once devices sign: docs/trust.md)
+//! header (clear): version 2, wire, user, device, seq, prev, key generation u32
+//! certs (clear):  the device's certificate chain ([`crate::device`]), in the
+//!                 first format 2 entry of its feed; empty after
+//! body (sealed):  as in format 1, aad = the format 2 header bytes
+//! signature:      ed25519 by the device key over
+//!                 "hearth v2 entry" 0x00 | header bytes | postcard(certs) | body
 //! ```
 //!
 //! The same bytes are stored and sent: an entry is sealed once. Anyone can check
@@ -13,13 +22,20 @@
 use serde::{Deserialize, Serialize};
 
 use crate::channel::ChannelKeys;
+use crate::device::{DeviceCert, domain_message, verify_chain};
 use crate::error::{Error, Result};
 use crate::id::{DeviceId, Epoch, UserId, WireId};
 use crate::identity::{Identity, verify_signature};
 use crate::seal::{open, seal};
 
-/// The envelope format this build writes and reads.
+/// The envelope format this build writes (it reads 1 and 2).
 pub const ENVELOPE_VERSION: u8 = 1;
+/// The envelope format signed by device keys.
+pub const ENVELOPE_V2: u8 = 2;
+/// Most certificates an entry carries (a chain).
+pub const MAX_ENTRY_CERTS: usize = 8;
+/// The signing-domain label of format 2 entries.
+const ENTRY_DOMAIN: &[u8] = b"hearth v2 entry";
 /// Largest encoded entry accepted, kept well below sled's 128 KiB blob threshold.
 pub const MAX_ENTRY_BYTES: usize = 96 * 1024;
 
@@ -41,6 +57,42 @@ pub struct EntryHeader {
     pub seq: u64,
     /// Hash of entry `seq - 1`, zero for the first entry.
     pub prev: EntryHash,
+    /// The channel key generation the body is sealed under (format 2; 0 in
+    /// format 1, whose encoding does not carry it).
+    #[serde(skip)]
+    pub generation: u32,
+}
+
+/// A format 2 header as encoded.
+#[derive(Serialize, Deserialize)]
+struct HeaderV2 {
+    version: u8,
+    wire: WireId,
+    user: UserId,
+    device: DeviceId,
+    seq: u64,
+    prev: EntryHash,
+    generation: u32,
+}
+
+impl EntryHeader {
+    /// The header's bytes as its format encodes them (the body's AAD).
+    pub fn encode(&self) -> Vec<u8> {
+        if self.version == ENVELOPE_V2 {
+            postcard::to_stdvec(&HeaderV2 {
+                version: self.version,
+                wire: self.wire,
+                user: self.user,
+                device: self.device,
+                seq: self.seq,
+                prev: self.prev,
+                generation: self.generation,
+            })
+        } else {
+            postcard::to_stdvec(self)
+        }
+        .expect("header encodes")
+    }
 }
 
 /// The sealed part of an entry.
@@ -52,15 +104,28 @@ pub struct EntryBody {
     pub change: Vec<u8>,
 }
 
-/// A decoded (not yet opened) entry.
+/// A decoded (not yet opened) entry. Its derived serde encoding is format
+/// 1's; [`Envelope::encode`] writes either format.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
     /// The clear header.
     pub header: EntryHeader,
+    /// Format 2: the device's certificate chain (first entry of its feed only).
+    #[serde(skip)]
+    pub certs: Vec<DeviceCert>,
     /// The sealed body.
     pub body: Vec<u8>,
-    /// ed25519 signature over header bytes | body.
+    /// ed25519 signature (see the module docs).
     pub sig: Vec<u8>,
+}
+
+/// A format 2 envelope as encoded.
+#[derive(Serialize, Deserialize)]
+struct EnvelopeV2 {
+    header: HeaderV2,
+    certs: Vec<DeviceCert>,
+    body: Vec<u8>,
+    sig: Vec<u8>,
 }
 
 fn signed_bytes(header_bytes: &[u8], body: &[u8]) -> Vec<u8> {
@@ -68,6 +133,14 @@ fn signed_bytes(header_bytes: &[u8], body: &[u8]) -> Vec<u8> {
     m.extend_from_slice(header_bytes);
     m.extend_from_slice(body);
     m
+}
+
+/// What a format 2 signature covers.
+fn signed_v2(header_bytes: &[u8], certs: &[DeviceCert], body: &[u8]) -> Vec<u8> {
+    let mut m = header_bytes.to_vec();
+    m.extend(postcard::to_stdvec(certs).expect("certificates encode"));
+    m.extend_from_slice(body);
+    domain_message(ENTRY_DOMAIN, &m)
 }
 
 impl Envelope {
@@ -86,17 +159,58 @@ impl Envelope {
             device: identity.device(),
             seq,
             prev,
+            generation: 0,
         };
-        let hb = postcard::to_stdvec(&header).expect("header encodes");
+        let hb = header.encode();
         let plain = postcard::to_stdvec(body).expect("body encodes");
         let sealed = seal(keys.feed_key(), &hb, &plain)?;
         let sig = identity.sign(&signed_bytes(&hb, &sealed)).to_vec();
-        let bytes = postcard::to_stdvec(&Envelope {
+        Self::finish(Envelope {
             header,
+            certs: Vec::new(),
             body: sealed,
             sig,
         })
-        .expect("envelope encodes");
+    }
+
+    /// Seal a format 2 entry, signed by this device's key; `certs` is the
+    /// device's chain in the first format 2 entry of its feed, empty after.
+    pub fn seal_v2(
+        keys: &ChannelKeys,
+        identity: &Identity,
+        seq: u64,
+        prev: EntryHash,
+        body: &EntryBody,
+        generation: u32,
+        certs: Vec<DeviceCert>,
+    ) -> Result<(Vec<u8>, EntryHash)> {
+        let device = identity
+            .device_keys()
+            .ok_or_else(|| Error::corrupted("identity", "no device keys to sign with"))?;
+        let header = EntryHeader {
+            version: ENVELOPE_V2,
+            wire: keys.wire(),
+            user: identity.user(),
+            device: identity.device(),
+            seq,
+            prev,
+            generation,
+        };
+        let hb = header.encode();
+        let plain = postcard::to_stdvec(body).expect("body encodes");
+        let sealed = seal(keys.feed_key(), &hb, &plain)?;
+        let msg = signed_v2(&hb, &certs, &sealed);
+        let sig = device.sign_raw(&msg).to_vec();
+        Self::finish(Envelope {
+            header,
+            certs,
+            body: sealed,
+            sig,
+        })
+    }
+
+    fn finish(env: Envelope) -> Result<(Vec<u8>, EntryHash)> {
+        let bytes = env.encode();
         if bytes.len() > MAX_ENTRY_BYTES {
             return Err(Error::TooLarge {
                 what: "feed entry",
@@ -108,6 +222,30 @@ impl Envelope {
         Ok((bytes, hash))
     }
 
+    /// The entry's bytes in its format.
+    pub fn encode(&self) -> Vec<u8> {
+        if self.header.version == ENVELOPE_V2 {
+            let h = &self.header;
+            postcard::to_stdvec(&EnvelopeV2 {
+                header: HeaderV2 {
+                    version: h.version,
+                    wire: h.wire,
+                    user: h.user,
+                    device: h.device,
+                    seq: h.seq,
+                    prev: h.prev,
+                    generation: h.generation,
+                },
+                certs: self.certs.clone(),
+                body: self.body.clone(),
+                sig: self.sig.clone(),
+            })
+        } else {
+            postcard::to_stdvec(self)
+        }
+        .expect("envelope encodes")
+    }
+
     /// Decode entry bytes (size-checked first). Nothing is trusted yet.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         if bytes.len() > MAX_ENTRY_BYTES {
@@ -117,18 +255,50 @@ impl Envelope {
                 limit: MAX_ENTRY_BYTES,
             });
         }
-        let (env, rest): (Envelope, &[u8]) =
-            postcard::take_from_bytes(bytes).map_err(|e| Error::corrupted("feed entry", e))?;
-        if !rest.is_empty() {
-            return Err(Error::corrupted("feed entry", "trailing bytes"));
-        }
-        if env.header.version != ENVELOPE_VERSION {
-            return Err(Error::UnsupportedFormat {
-                what: "feed entry",
-                found: env.header.version,
-                expected: ENVELOPE_VERSION,
-            });
-        }
+        let malformed = |e: &dyn std::fmt::Display| Error::corrupted("feed entry", e.to_string());
+        let env = match bytes.first() {
+            Some(&ENVELOPE_VERSION) => {
+                let (env, rest): (Envelope, &[u8]) = postcard::take_from_bytes(bytes).map_err(|e| malformed(&e))?;
+                if !rest.is_empty() {
+                    return Err(malformed(&"trailing bytes"));
+                }
+                env
+            }
+            Some(&ENVELOPE_V2) => {
+                let (w, rest): (EnvelopeV2, &[u8]) = postcard::take_from_bytes(bytes).map_err(|e| malformed(&e))?;
+                if !rest.is_empty() {
+                    return Err(malformed(&"trailing bytes"));
+                }
+                if w.certs.len() > MAX_ENTRY_CERTS {
+                    return Err(malformed(&"too many certificates"));
+                }
+                for c in &w.certs {
+                    // The same checks as a certificate decoded on its own.
+                    DeviceCert::decode(&c.encode())?;
+                }
+                Envelope {
+                    header: EntryHeader {
+                        version: w.header.version,
+                        wire: w.header.wire,
+                        user: w.header.user,
+                        device: w.header.device,
+                        seq: w.header.seq,
+                        prev: w.header.prev,
+                        generation: w.header.generation,
+                    },
+                    certs: w.certs,
+                    body: w.body,
+                    sig: w.sig,
+                }
+            }
+            found => {
+                return Err(Error::UnsupportedFormat {
+                    what: "feed entry",
+                    found: found.copied().unwrap_or(0),
+                    expected: ENVELOPE_V2,
+                });
+            }
+        };
         if env.header.seq == 0 {
             return Err(Error::corrupted("feed entry", "sequence numbers start at 1"));
         }
@@ -136,7 +306,7 @@ impl Envelope {
         // entry re-encoded differently would verify (the signature covers the
         // re-encoded header) yet hash differently, breaking chains and dedup.
         // Found by fuzzing (fuzz/corpus/envelope/crash-overlong-*).
-        if postcard::to_stdvec(&env).map_err(|e| Error::corrupted("feed entry", e))? != bytes {
+        if env.encode() != bytes {
             return Err(Error::corrupted("feed entry", "not in canonical encoding"));
         }
         Ok(env)
@@ -148,14 +318,57 @@ impl Envelope {
     }
 
     /// Check the author's signature (no key needed: a relay can do this).
+    /// Format 1: the user's key. Format 2: the device key its certificate
+    /// chain certifies; one without a chain needs the key held for its feed
+    /// ([`Envelope::verify_with`]).
     pub fn verify(&self) -> Result<()> {
-        let sig: [u8; 64] = self
-            .sig
+        match self.device_key()? {
+            Some(key) => self.verify_with(&key),
+            None if self.header.version == ENVELOPE_V2 => Err(Error::corrupted(
+                "feed entry",
+                "signed by a device key it does not carry",
+            )),
+            None => {
+                let sig = self.signature()?;
+                let hb = self.header.encode();
+                verify_signature(&self.header.user, &signed_bytes(&hb, &self.body), &sig)
+            }
+        }
+    }
+
+    /// Check a format 2 entry's signature under its device's key (`key`, held
+    /// for the feed or taken from [`Envelope::device_key`]); a format 1 entry
+    /// is checked under its user's key whatever `key` is.
+    pub fn verify_with(&self, key: &[u8; 32]) -> Result<()> {
+        if self.header.version != ENVELOPE_V2 {
+            let sig = self.signature()?;
+            let hb = self.header.encode();
+            return verify_signature(&self.header.user, &signed_bytes(&hb, &self.body), &sig);
+        }
+        let sig = self.signature()?;
+        let msg = signed_v2(&self.header.encode(), &self.certs, &self.body);
+        verify_signature(&UserId(*key), &msg, &sig)
+    }
+
+    /// The device key a format 2 entry's certificate chain certifies for its
+    /// user and device (`None`: no chain, or a format 1 entry). A chain for
+    /// another user or device is an error.
+    pub fn device_key(&self) -> Result<Option<[u8; 32]>> {
+        if self.certs.is_empty() {
+            return Ok(None);
+        }
+        let body = verify_chain(&self.certs)?;
+        if body.user != self.header.user || body.device != self.header.device {
+            return Err(Error::corrupted("feed entry", "a certificate of another device"));
+        }
+        Ok(Some(body.keys.signing))
+    }
+
+    fn signature(&self) -> Result<[u8; 64]> {
+        self.sig
             .as_slice()
             .try_into()
-            .map_err(|_| Error::corrupted("feed entry", "signature length"))?;
-        let hb = postcard::to_stdvec(&self.header).expect("header encodes");
-        verify_signature(&self.header.user, &signed_bytes(&hb, &self.body), &sig)
+            .map_err(|_| Error::corrupted("feed entry", "signature length"))
     }
 
     /// Whether this entry may follow a feed held up to `have` (whose entry
@@ -182,7 +395,7 @@ impl Envelope {
         if self.header.wire != keys.wire() {
             return Err(Error::corrupted("feed entry", "belongs to another channel"));
         }
-        let hb = postcard::to_stdvec(&self.header).expect("header encodes");
+        let hb = self.header.encode();
         let plain = open(keys.feed_key(), &hb, &self.body, "feed entry")?;
         postcard::from_bytes(&plain).map_err(|e| Error::corrupted("feed entry body", e))
     }
@@ -191,6 +404,62 @@ impl Envelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn format_2_entries_are_signed_by_their_device_and_carry_its_chain() {
+        let keys = ChannelKeys::generate().unwrap();
+        let me = Identity::generate("a").unwrap();
+        let chain = vec![me.device_cert().unwrap().clone()];
+        let body = EntryBody {
+            epoch: 1,
+            change: vec![1, 2, 3],
+        };
+        let (first, h1) = Envelope::seal_v2(&keys, &me, 1, [0; 32], &body, 0, chain).unwrap();
+        let (second, _) = Envelope::seal_v2(&keys, &me, 2, h1, &body, 3, Vec::new()).unwrap();
+        let e1 = Envelope::decode(&first).unwrap();
+        let e2 = Envelope::decode(&second).unwrap();
+        assert_eq!((e1.header.version, e2.header.generation), (ENVELOPE_V2, 3));
+        // The first carries the chain: it verifies alone, and names the key.
+        e1.verify().unwrap();
+        let key = e1.device_key().unwrap().unwrap();
+        assert_eq!(key, me.device_keys().unwrap().public().signing);
+        // The next verifies with the key held for the feed, not alone.
+        assert!(e2.verify().is_err());
+        e2.verify_with(&key).unwrap();
+        assert!(e2.verify_with(&[9; 32]).is_err());
+        // Not under the user key: a format 2 signature is the device's.
+        assert!(e2.verify_with(&me.user().0).is_err());
+        assert_eq!(e1.open(&keys).unwrap(), body);
+        // Every byte counts.
+        for bytes in [&first, &second] {
+            for i in 0..bytes.len() {
+                let mut b = bytes.clone();
+                b[i] ^= 0x01;
+                if let Ok(e) = Envelope::decode(&b) {
+                    assert!(
+                        e.verify_with(&key).is_err() || e.open(&keys).is_err(),
+                        "flip at {i} went unnoticed"
+                    );
+                }
+            }
+        }
+        // Another device's chain in the entry: refused.
+        let other = Identity::generate("b").unwrap();
+        let mut swapped = e1.clone();
+        swapped.certs = vec![other.device_cert().unwrap().clone()];
+        assert!(swapped.device_key().is_err() && swapped.verify().is_err());
+        // A device that claims another's id cannot sign for it: the header's
+        // device must be the one its chain certifies.
+        let mut squat = e1.clone();
+        squat.header.device = other.device();
+        assert!(squat.verify().is_err());
+        // A format 1 entry is still the user's.
+        let (v1, _) = Envelope::seal(&keys, &me, 3, [0; 32], &body).unwrap();
+        let e = Envelope::decode(&v1).unwrap();
+        assert_eq!(e.header.version, ENVELOPE_VERSION);
+        e.verify().unwrap();
+        assert!(e.device_key().unwrap().is_none());
+    }
 
     #[test]
     fn seal_verify_open_and_tamper() {

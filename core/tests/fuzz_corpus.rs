@@ -79,7 +79,7 @@ replay_tests! {
 
 /// Writes the device certificate seeds and the version 2 identity seeds only.
 #[test]
-#[ignore = "rewrites fuzz/corpus/device_cert and two identity seeds; run by hand with --ignored"]
+#[ignore = "rewrites fuzz/corpus/device_cert, two identity and three envelope seeds; run by hand with --ignored"]
 fn regenerate_device_cert_seeds() {
     seeds::write_device_certs();
 }
@@ -197,6 +197,18 @@ mod seeds {
         let v2 = Identity::generate("fuzz").expect("identity").encode();
         write("identity", "valid-v2", &v2);
         write("identity", "flipped-v2-cert", &flip(&v2, v2.len() - 20));
+        // Format 2 entries: the first of a feed with its chain, the next without.
+        let me = Identity::generate("fuzz").expect("identity");
+        let body = EntryBody {
+            epoch: EPOCH,
+            change: vec![5; 8],
+        };
+        let chain = vec![me.device_cert().expect("cert").clone()];
+        let (first, h) = Envelope::seal_v2(channel_keys(), &me, 1, [0; 32], &body, 0, chain).expect("seal");
+        let (next, _) = Envelope::seal_v2(channel_keys(), &me, 2, h, &body, 1, Vec::new()).expect("seal");
+        write("envelope", "valid-v2-with-chain", &first);
+        write("envelope", "v2-next-needs-the-feed-key", &next);
+        write("envelope", "v2-flipped-in-chain", &flip(&first, 120));
     }
 
     fn flip(data: &[u8], at: usize) -> Vec<u8> {

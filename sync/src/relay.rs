@@ -845,12 +845,19 @@ mod tests {
             device,
             seq,
             prev,
+            generation: 0,
         };
         let body = vec![7u8; 40];
         let mut signed = postcard::to_stdvec(&header).unwrap();
         signed.extend_from_slice(&body);
         let sig = signer.sign(&signed).to_vec();
-        postcard::to_stdvec(&Envelope { header, body, sig }).unwrap()
+        postcard::to_stdvec(&Envelope {
+            header,
+            certs: Vec::new(),
+            body,
+            sig,
+        })
+        .unwrap()
     }
 
     async fn ingest(relay: &RelayStore, wire: WireId, entries: &[&Vec<u8>]) -> IngestReport {

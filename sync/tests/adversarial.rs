@@ -104,13 +104,20 @@ fn unopenable(wire: WireId, n: usize) -> Vec<Vec<u8>> {
                 device: me.device(),
                 seq: 1,
                 prev: [0; 32],
+                generation: 0,
             };
             let hb = postcard::to_stdvec(&header).unwrap();
             let body = hearth_core::seal(wrong.feed_key(), &hb, b"not a change").unwrap();
             let mut signed = hb.clone();
             signed.extend_from_slice(&body);
             let sig = me.sign(&signed).to_vec();
-            postcard::to_stdvec(&Envelope { header, body, sig }).unwrap()
+            postcard::to_stdvec(&Envelope {
+                header,
+                certs: Vec::new(),
+                body,
+                sig,
+            })
+            .unwrap()
         })
         .collect()
 }
