@@ -138,6 +138,29 @@ async fn old_stores_open_migrate_and_answer_the_same(format: &str, number: u8) {
             "{name}: answers differ after a reopen"
         );
         assert_eq!(feeds(&s).await, held, "{name}: feeds changed at a reopen");
+        // It writes on, now signing with its device key (entry format 2): its
+        // feed's first such entry carries the chain, and it all verifies.
+        let c = s.channels().await.expect("channels")[0].id;
+        s.post(c, "after the migration").await.expect("post");
+        s.checkpoint().await.expect("checkpoint");
+        let wire = s.channel_keys(c).await.expect("keys").wire();
+        let mine = s
+            .entries_after(wire, Vector::default(), usize::MAX, usize::MAX)
+            .await
+            .expect("entries")
+            .entries
+            .into_iter()
+            .map(|e| hearth::core::Envelope::decode(&e).expect("decodes"))
+            .filter(|e| e.header.device == s.whoami().device)
+            .collect::<Vec<_>>();
+        let first_v2 = mine
+            .iter()
+            .position(|e| e.header.version == hearth::core::ENVELOPE_V2)
+            .expect("a format 2 entry");
+        assert_eq!(mine[first_v2].certs, vec![cert.clone()], "{name}: the chain in the first");
+        assert!(mine[first_v2 + 1..].iter().all(|e| e.header.version == hearth::core::ENVELOPE_V2));
+        let v = s.verify().await.expect("verify");
+        assert!(v.is_clean(), "{name}: {v:?}");
         s.close().await.expect("close");
     }
 }

@@ -79,7 +79,7 @@ replay_tests! {
 
 /// Writes the device certificate seeds and the version 2 identity seeds only.
 #[test]
-#[ignore = "rewrites fuzz/corpus/device_cert, two identity and three envelope seeds; run by hand with --ignored"]
+#[ignore = "rewrites fuzz/corpus/device_cert, two identity, three envelope and two fork_proof seeds; run by hand with --ignored"]
 fn regenerate_device_cert_seeds() {
     seeds::write_device_certs();
 }
@@ -161,6 +161,7 @@ mod seeds {
             hearth_core::ForkProof {
                 first: first.to_vec(),
                 second: second.to_vec(),
+                certs: Vec::new(),
             }
             .encode()
         };
@@ -209,6 +210,28 @@ mod seeds {
         write("envelope", "valid-v2-with-chain", &first);
         write("envelope", "v2-next-needs-the-feed-key", &next);
         write("envelope", "v2-flipped-in-chain", &flip(&first, 120));
+        // A fork of format 2 entries without their chain, proved with it.
+        let (next_b, _) = Envelope::seal_v2(
+            channel_keys(),
+            &me,
+            2,
+            h,
+            &EntryBody {
+                epoch: EPOCH,
+                change: vec![6; 8],
+            },
+            1,
+            Vec::new(),
+        )
+        .expect("seal");
+        let proof = hearth_core::ForkProof {
+            first: next.clone(),
+            second: next_b,
+            certs: vec![me.device_cert().expect("cert").clone()],
+        }
+        .encode();
+        write("fork_proof", "valid-v2-with-chain", &proof);
+        write("fork_proof", "v2-chain-truncated", &proof[..proof.len() - 30]);
     }
 
     fn flip(data: &[u8], at: usize) -> Vec<u8> {

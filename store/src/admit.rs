@@ -9,7 +9,11 @@
 //! must carry its author's valid signature; a second version of a held
 //! position, or a next entry naming another previous one, is a fork, proved by
 //! the two signed entries ([`ForkProof`]); a gap waits for the missing
-//! entries; a device stays with the first user that signed for it. Members
+//! entries; a device stays with the first user that signed for it. A format 2
+//! entry is signed by its device's key: the first of its feed carries the
+//! certificate chain that certifies that key for its user and device, later
+//! ones are checked under the key held since; a format 1 entry (signed by the
+//! user key) after it is refused. Members
 //! then open the body (`Refusal::Content`), relays check their quotas
 //! (`Refusal::Full`).
 //!
@@ -21,7 +25,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use hearth_core::{DeviceId, EntryHash, Envelope, ForkProof, UserId, WireId};
+use hearth_core::device::DeviceCert;
+use hearth_core::{DeviceId, ENVELOPE_V2, EntryHash, Envelope, ForkProof, UserId, WireId};
 
 use crate::error::Result;
 
@@ -58,6 +63,12 @@ pub enum Refusal {
     Content(String),
     /// A relay's quota is reached.
     Full(String),
+    /// A format 1 entry (signed by the user key) in a feed whose device
+    /// signs its entries with its own key already.
+    Downgrade,
+    /// A certificate chain for the feed's device with another key than the
+    /// one its earlier entries were signed with.
+    KeyChanged,
 }
 
 impl Refusal {
@@ -88,6 +99,8 @@ impl fmt::Display for Refusal {
             Refusal::OwnDevice => f.write_str("an entry of this device that this device never wrote"),
             Refusal::Content(why) => write!(f, "content: {why}"),
             Refusal::Full(why) => write!(f, "relay is full: {why}"),
+            Refusal::Downgrade => f.write_str("an entry signed by the user key after the device signed with its own"),
+            Refusal::KeyChanged => f.write_str("a certificate for the device with another key than its feed's"),
         }
     }
 }
@@ -119,14 +132,24 @@ pub struct Head {
     pub seq: u64,
     /// The hash of that entry.
     pub hash: EntryHash,
+    /// The device's signing key, once a format 2 entry of the feed carried
+    /// the chain that certifies it.
+    pub key: Option<[u8; 32]>,
 }
 
 /// What an admission reads from the storage behind it.
 pub trait Feeds {
-    /// The stored head of a device's feed in this channel.
+    /// The stored head of a device's feed in this channel (with its key).
     fn head(&self, device: &DeviceId) -> Option<Head>;
     /// The stored entry at a position.
     fn entry(&self, device: &DeviceId, seq: u64) -> Result<Option<Vec<u8>>>;
+    /// The certificate chain held for a device's feed in this channel.
+    fn chain(&self, device: &DeviceId) -> Option<Vec<DeviceCert>>;
+}
+
+/// The signing key a certificate chain certifies (the chain verified).
+pub fn chain_key(chain: &[DeviceCert]) -> Option<[u8; 32]> {
+    hearth_core::device::verify_chain(chain).ok().map(|b| b.keys.signing)
 }
 
 /// Accepted entries by feed and position (envelope bytes).
@@ -153,6 +176,13 @@ pub struct Admission {
     batch: Accepted,
     refused: BTreeSet<DeviceId>,
     forks: Vec<ForkProof>,
+    /// Chains first seen in this batch (the caller keeps them).
+    chains: BTreeMap<DeviceId, Vec<DeviceCert>>,
+    /// For the entry [`Admission::check`] passed last, per device: the key
+    /// its feed is signed with from then on.
+    keys: BTreeMap<DeviceId, [u8; 32]>,
+    /// Devices whose key the entry passed last certifies for the first time.
+    fresh: BTreeSet<DeviceId>,
 }
 
 impl Admission {
@@ -167,7 +197,14 @@ impl Admission {
             batch: BTreeMap::new(),
             refused: BTreeSet::new(),
             forks: Vec::new(),
+            chains: BTreeMap::new(),
+            keys: BTreeMap::new(),
+            fresh: BTreeSet::new(),
         }
+    }
+
+    fn chain(&self, feeds: &impl Feeds, device: &DeviceId) -> Option<Vec<DeviceCert>> {
+        self.chains.get(device).cloned().or_else(|| feeds.chain(device))
     }
 
     fn head(&self, feeds: &impl Feeds, device: &DeviceId) -> Option<Head> {
@@ -213,8 +250,29 @@ impl Admission {
                 return Ok(Verdict::Duplicate);
             }
         }
-        if env.verify().is_err() {
+        // The signature first: a forgery is the sender's fault, whatever else.
+        let held_key = head.and_then(|h| h.key);
+        let (signed, key_reason) = if env.header.version == ENVELOPE_V2 {
+            match env.device_key() {
+                Ok(Some(k)) => (
+                    env.verify_with(&k).is_ok(),
+                    held_key.filter(|h| *h != k).map(|_| Refusal::KeyChanged),
+                ),
+                Ok(None) => (held_key.is_some_and(|k| env.verify_with(&k).is_ok()), None),
+                Err(_) => (false, None),
+            }
+        } else {
+            (env.verify().is_ok(), held_key.map(|_| Refusal::Downgrade))
+        };
+        if !signed {
             self.refused.insert(device);
+            // An entry without its chain, past entries not held yet (the one
+            // with the chain among them): it cannot be checked before those
+            // arrive, which is a gap, not a forgery.
+            let unverifiable = env.header.version == ENVELOPE_V2 && env.certs.is_empty() && held_key.is_none();
+            if unverifiable && seq > have + 1 {
+                return Ok(Verdict::Refused(refuse(Refusal::Gap { expected: have + 1 })));
+            }
             return Ok(Verdict::Refused(refuse(Refusal::BadSignature)));
         }
         let reason = if seq <= have {
@@ -234,14 +292,23 @@ impl Admission {
         } else if head.is_some_and(|h| h.user != env.header.user) {
             Some(Refusal::DeviceOfAnotherUser)
         } else {
-            None
+            key_reason
         };
         match reason {
             Some(reason) => {
                 self.refused.insert(device);
                 Ok(Verdict::Refused(refuse(reason)))
             }
-            None => Ok(Verdict::Next(env)),
+            None => {
+                let carried = env.device_key().ok().flatten();
+                if carried.is_some() && held_key.is_none() {
+                    self.fresh.insert(device);
+                }
+                if let Some(k) = carried.or(held_key) {
+                    self.keys.insert(device, k);
+                }
+                Ok(Verdict::Next(env))
+            }
         }
     }
 
@@ -253,10 +320,16 @@ impl Admission {
             // Held by its head but missing: damage `verify` reports.
             return Ok(Some(Refusal::Forked { seq }));
         };
-        let proof = ForkProof {
+        // Format 2 entries without their chain are proved with the feed's.
+        let certs = self.chain(feeds, device).unwrap_or_default();
+        let mut proof = ForkProof {
             first,
             second: bytes.to_vec(),
+            certs: Vec::new(),
         };
+        if proof.check().is_err() && !certs.is_empty() {
+            proof.certs = certs;
+        }
         Ok(Some(match proof.check() {
             Ok(fork) => {
                 self.forks.push(proof);
@@ -269,12 +342,18 @@ impl Admission {
     /// Take the entry [`Admission::check`] passed: its feed's head moves.
     pub fn accept(&mut self, env: &Envelope, bytes: Vec<u8>) {
         let h = &env.header;
+        let key = self.keys.get(&h.device).copied();
+        // A chain that certifies the feed's key for the first time is kept.
+        if self.fresh.remove(&h.device) {
+            self.chains.insert(h.device, env.certs.clone());
+        }
         self.heads.insert(
             h.device,
             Head {
                 user: h.user,
                 seq: h.seq,
                 hash: Envelope::hash_of(&bytes),
+                key,
             },
         );
         self.batch.insert((h.device, h.seq), bytes);
@@ -299,6 +378,12 @@ impl Admission {
     /// The accepted entries, by feed and position, and the fork proofs found.
     pub fn into_accepted(self) -> (Accepted, Vec<ForkProof>) {
         (self.batch, self.forks)
+    }
+
+    /// Certificate chains seen for the first time in this batch, by device
+    /// (to keep with the accepted entries).
+    pub fn new_chains(&self) -> &BTreeMap<DeviceId, Vec<DeviceCert>> {
+        &self.chains
     }
 
     /// Fork proofs found so far.

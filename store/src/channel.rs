@@ -62,6 +62,9 @@ pub struct ChannelState {
     pub keys: ChannelKeys,
     /// Every feed's head, own included.
     pub heads: BTreeMap<hearth_core::DeviceId, FeedHead>,
+    /// The key each device signs its feed with (format 2 entries) and the
+    /// certificate chain that certifies it (`T_CHAINS` rows).
+    pub chains: BTreeMap<hearth_core::DeviceId, ([u8; 32], Vec<hearth_core::device::DeviceCert>)>,
     /// Device to user, from signed heads: who wrote what.
     pub devices: Devices,
     /// Summaries of every epoch (epoch 0 is the metadata epoch).

@@ -304,6 +304,7 @@ impl Engine {
         let mut state = ChannelState {
             keys,
             heads: BTreeMap::new(),
+            chains: BTreeMap::new(),
             devices: Default::default(),
             summaries: BTreeMap::new(),
             current: (1, 0),
@@ -325,6 +326,14 @@ impl Engine {
             state.devices.insert(device, head.user);
             crate::root::xor_into(&mut self.root_heads, &crate::root::head_term(&wire, &device, &head));
             state.heads.insert(device, head);
+        }
+        for row in self.tree.scan_prefix(channel_prefix(T_CHAINS, &wire)) {
+            let (k, v) = row?;
+            let device = hearth_core::DeviceId::from_slice(&k[33..])?;
+            let chain = decode_chain(&open_record(&self.records, &k, &v)?)?;
+            let key = crate::admit::chain_key(&chain)
+                .ok_or_else(|| Error::corrupted("device chain", "does not verify"))?;
+            state.chains.insert(device, (key, chain));
         }
         for row in self.tree.scan_prefix(channel_prefix(T_EPOCHS, &wire)) {
             let (k, v) = row?;
@@ -773,7 +782,29 @@ impl Engine {
             .get(&device)
             .map(|h| (h.seq + 1, h.hash))
             .unwrap_or((1, [0; 32]));
-        let (bytes, hash) = Envelope::seal(&ch.keys, &self.identity, seq, prev, &EntryBody { epoch, change })?;
+        let body = EntryBody { epoch, change };
+        // Format 2, signed by this device's key; the feed's first such entry
+        // carries the chain (kept in `T_CHAINS`). A device without keys yet
+        // (an older store replaying its journal before it gets them) writes
+        // format 1.
+        let (bytes, hash) = match (self.identity.device_keys(), self.identity.device_cert()) {
+            (Some(keys), Some(cert)) => {
+                let chain = if ch.chains.contains_key(&device) {
+                    Vec::new()
+                } else {
+                    vec![cert.clone()]
+                };
+                let sealed = Envelope::seal_v2(&ch.keys, &self.identity, seq, prev, &body, 0, chain.clone())?;
+                if !chain.is_empty() {
+                    let k = prefixed(T_CHAINS, &wire, &device);
+                    self.batch
+                        .insert(&k[..], seal_record(&self.records, &k, &encode_chain(&chain))?);
+                    ch.chains.insert(device, (keys.public().signing, chain));
+                }
+                sealed
+            }
+            _ => Envelope::seal(&ch.keys, &self.identity, seq, prev, &body)?,
+        };
         if !self.replaying {
             log::encode_record(&mut self.log_buf, kind::ENTRY, &bytes);
         }
@@ -830,4 +861,14 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// A device's certificate chain as a `T_CHAINS` row holds it (postcard).
+pub(crate) fn encode_chain(chain: &[hearth_core::device::DeviceCert]) -> Vec<u8> {
+    postcard::to_stdvec(chain).expect("a chain encodes")
+}
+
+/// Decode a `T_CHAINS` row's chain.
+pub(crate) fn decode_chain(bytes: &[u8]) -> Result<Vec<hearth_core::device::DeviceCert>> {
+    postcard::from_bytes(bytes).map_err(|e| Error::corrupted("device chain", e))
 }

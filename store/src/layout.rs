@@ -52,6 +52,10 @@ pub const T_OWED: u8 = b'R';
 /// `K | wire id [32] | device [16]` -> postcard(ForkProof): the author of
 /// that feed signed two versions of it (the first proof found is kept).
 pub const T_FORKS: u8 = b'K';
+/// `D | wire [32] | device [16]` -> sealed postcard(chain of device
+/// certificates): the chain that certifies the key the device signs its
+/// feed in this channel with (format 5).
+pub const T_CHAINS: u8 = b'D';
 
 /// Sealed [`hearth_core::Identity`].
 pub const META_IDENTITY: &[u8] = b"Midentity";
@@ -77,7 +81,9 @@ pub const META_LOG_SYNCED: &[u8] = b"Mlogsynced";
 /// 3: fork proofs (log record kind 5, table `K`).
 /// 4: the device has its own keys and certificate (identity record version 2,
 /// appended to the log as a second identity record by the migration).
-pub const STORE_FORMAT: u8 = 4;
+/// 5: feed entries of format 2, signed by device keys; each feed's device
+/// chain kept (table `T_CHAINS`, derived from the entries); 4 is only marked.
+pub const STORE_FORMAT: u8 = 5;
 
 /// Name of a table, for error messages and record AAD.
 pub fn table_name(tag: u8) -> &'static str {
@@ -91,6 +97,7 @@ pub fn table_name(tag: u8) -> &'static str {
         T_SNAPS => "snaps",
         T_OWED => "owed receipts",
         T_FORKS => "forks",
+        T_CHAINS => "device chains",
         _ => "unknown",
     }
 }

@@ -398,6 +398,9 @@ pub(crate) fn open(
         }
     };
     engine.unlock_time = unlock_time;
+    // Before the journal is replayed, so that what it brings back is signed
+    // by the device's own key.
+    give_device_keys(&mut engine)?;
     let (mut journal, decoded) = Journal::open(&dir.join(JOURNAL_FILE), &engine.records)?;
     report.journal_tail = decoded.stopped;
     let mut last = engine.watermark;
@@ -427,7 +430,6 @@ pub(crate) fn open(
         engine.finish_batch(last)?;
     }
     engine.watermark = last;
-    give_device_keys(&mut engine)?;
     // Whatever the journal held, and whatever the log brought back, must be
     // durable in sled before the journal starts over: after a process crash,
     // sled's recovered state may still sit only in the page cache.
@@ -470,8 +472,9 @@ fn rebuild_sled(dir: &Path, config: Config, master: SecretKey, lock: File, repor
 /// A device of a store written before devices had keys (format 3 and older)
 /// gets its own keys now, certified by the user key as keeping its device id:
 /// the new identity record goes to the log (the source of truth) and sled in
-/// one batch, after sled has caught up with the log, so that a crash leaves
-/// either the old identity (and this runs again) or the new one.
+/// one batch, after sled has caught up with the log and before the journal
+/// is replayed, so that a crash leaves either the old identity (and this runs
+/// again) or the new one.
 fn give_device_keys(engine: &mut Engine) -> Result<()> {
     if engine.identity.device_keys().is_some() {
         return Ok(());

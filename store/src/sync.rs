@@ -314,6 +314,7 @@ impl Engine {
                     tree: &self.tree,
                     wire,
                     heads: &ch.heads,
+                    chains: &ch.chains,
                 };
                 let env = match admission.check(&feeds, &bytes)? {
                     Verdict::Next(env) => env,
@@ -387,9 +388,10 @@ impl Engine {
                 )
             })
             .collect();
+        let chains = admission.new_chains().clone();
         let (_, forks) = admission.into_accepted();
         if !accepted.is_empty() {
-            self.store_accepted(channel, wire, accepted, &heads, &mut report)?;
+            self.store_accepted(channel, wire, accepted, &heads, &chains, &mut report)?;
         }
         if !forks.is_empty() {
             self.keep_forks(channel, wire, forks)?;
@@ -404,6 +406,7 @@ impl Engine {
         wire: &WireId,
         accepted: BTreeMap<Epoch, Vec<Accepted>>,
         heads: &BTreeMap<DeviceId, FeedHead>,
+        chains: &BTreeMap<DeviceId, Vec<hearth_core::device::DeviceCert>>,
         report: &mut IngestReport,
     ) -> Result<()> {
         // Phase 1: apply every epoch's changes. If automerge refuses any,
@@ -545,6 +548,13 @@ impl Engine {
             let old = ch.heads.insert(*d, *h);
             self.root_head_moved(wire, d, old.as_ref(), h);
         }
+        for (d, chain) in chains {
+            let Some(key) = crate::admit::chain_key(chain) else { continue };
+            let k = prefixed(T_CHAINS, wire, d);
+            batch.insert(&k[..], seal_record(&self.records, &k, &crate::engine::encode_chain(chain))?);
+            let ch = self.channels.get_mut(&channel).expect("checked by the caller");
+            ch.chains.insert(*d, (key, chain.clone()));
+        }
         self.put_root(&mut batch)?;
         let ch = self.channels.get_mut(&channel).expect("checked by the caller");
         if let Some((&e, s)) = ch.summaries.iter().next_back().filter(|(e, _)| **e != META_EPOCH) {
@@ -639,6 +649,7 @@ struct MemberFeeds<'a> {
     tree: &'a sled::Tree,
     wire: &'a WireId,
     heads: &'a BTreeMap<DeviceId, FeedHead>,
+    chains: &'a BTreeMap<DeviceId, ([u8; 32], Vec<hearth_core::device::DeviceCert>)>,
 }
 
 impl Feeds for MemberFeeds<'_> {
@@ -647,7 +658,12 @@ impl Feeds for MemberFeeds<'_> {
             user: h.user,
             seq: h.seq,
             hash: h.hash,
+            key: self.chains.get(device).map(|(k, _)| *k),
         })
+    }
+
+    fn chain(&self, device: &DeviceId) -> Option<Vec<hearth_core::device::DeviceCert>> {
+        self.chains.get(device).map(|(_, c)| c.clone())
     }
 
     fn entry(&self, device: &DeviceId, seq: u64) -> Result<Option<Vec<u8>>> {

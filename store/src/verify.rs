@@ -160,7 +160,12 @@ impl Engine {
         // Rows that belong to no known channel are a defect too.
         for row in self.tree.iter() {
             let (k, _) = row?;
-            if k.len() < 33 || !matches!(k[0], T_FEEDS | T_HEADS | T_EPOCHS | T_ELOG | T_SNAPS | T_OWED | T_FORKS) {
+            if k.len() < 33
+                || !matches!(
+                    k[0],
+                    T_FEEDS | T_HEADS | T_EPOCHS | T_ELOG | T_SNAPS | T_OWED | T_FORKS | T_CHAINS
+                )
+            {
                 continue;
             }
             let wire = WireId::from_slice(&k[1..33]).expect("32 bytes");
@@ -281,6 +286,8 @@ impl Engine {
             let place = format!("feeds/{}/{device}", ch.keys.id());
             let mut expect_seq = 1u64;
             let mut prev = [0u8; 32];
+            // The key of the feed's format 2 entries, from its first chain.
+            let mut key: Option<[u8; 32]> = None;
             for row in self.tree.scan_prefix(prefixed(T_FEEDS, &wire, &device)) {
                 let (k, v) = row?;
                 let seq = key_u64(&k)?;
@@ -289,7 +296,23 @@ impl Engine {
                     r.problem(format!("{place}/{seq}"), format!("gap: expected entry {expect_seq}"));
                 }
                 let check = Envelope::decode(&v).map_err(crate::Error::from).and_then(|env| {
-                    env.verify()?;
+                    if env.header.version == hearth_core::ENVELOPE_V2 {
+                        if let Some(k) = env.device_key()? {
+                            if key.is_some_and(|held| held != k) {
+                                return Err(crate::Error::corrupted("feed entry", "a second key for the device"));
+                            }
+                            key = Some(k);
+                        }
+                        let k = key.ok_or_else(|| crate::Error::corrupted("feed entry", "signed by a key no chain certifies"))?;
+                        env.verify_with(&k)?;
+                    } else if key.is_some() {
+                        return Err(crate::Error::corrupted(
+                            "feed entry",
+                            "signed by the user key after the device signed with its own",
+                        ));
+                    } else {
+                        env.verify()?;
+                    }
                     if env.header.wire != wire || env.header.device != device || env.header.seq != seq {
                         return Err(crate::Error::corrupted("feed entry", "header does not match its key"));
                     }
@@ -312,6 +335,9 @@ impl Engine {
                 }
                 prev = Envelope::hash_of(&v);
                 expect_seq = seq + 1;
+            }
+            if key.is_some() && ch.chains.get(&device).map(|(k, _)| *k) != key {
+                r.problem(place.clone(), "its device chain row does not name its entries' key");
             }
             if head.seq != expect_seq - 1 || head.hash != prev {
                 r.problem(

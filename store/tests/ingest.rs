@@ -312,3 +312,135 @@ async fn a_forked_feed_is_proved_reported_and_kept() {
         s.close().await.unwrap();
     }
 }
+
+/// Feeds are signed by device keys (entry format 2): the first entry of a
+/// feed carries the chain that certifies its device's key, later ones are
+/// checked under that key. A chain of another device, a second key for the
+/// device, and an entry signed by the user key after the device's own are
+/// refused; the chains survive a reopen and a rebuild.
+#[tokio::test]
+async fn feeds_are_signed_by_device_keys() {
+    use hearth_core::device::{DeviceCert, DeviceKeys};
+    use hearth_core::{ENVELOPE_V2, ENVELOPE_VERSION, EntryHeader, Envelope, Identity};
+
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pass = Passphrase::new("pw");
+    let a = Store::create(da.path(), &pass, "alice", config()).await.unwrap();
+    let b = Store::create(db.path(), &pass, "bob", config()).await.unwrap();
+    let general = a.create_channel("general").await.unwrap();
+    for i in 0..5 {
+        a.post(general, &format!("m{i}")).await.unwrap();
+    }
+    let keys = a.channel_keys(general).await.unwrap();
+    let wire = keys.wire();
+    b.join_channel(keys.clone()).await.unwrap();
+    let all = a
+        .entries_after(wire, Vector::default(), usize::MAX, usize::MAX)
+        .await
+        .unwrap()
+        .entries;
+    let envs: Vec<Envelope> = all.iter().map(|e| Envelope::decode(e).unwrap()).collect();
+    let cert = a.device_cert().await.unwrap();
+    assert!(envs.iter().all(|e| e.header.version == ENVELOPE_V2));
+    assert_eq!(envs[0].certs, vec![cert.clone()], "the feed's first entry carries its chain");
+    assert!(envs[1..].iter().all(|e| e.certs.is_empty()));
+    assert_eq!(envs[0].device_key().unwrap(), Some(cert.body.keys.signing));
+    assert_eq!(a.whoami().device, cert.body.device);
+    assert!(!cert.body.legacy, "a new device's id is its key's");
+    pull(&a, &b, wire, general).await;
+    let alices = |v: hearth_core::Vector| v.0.get(&a.whoami().device).copied();
+    assert_eq!(alices(b.vector(general).await.unwrap()), alices(a.vector(general).await.unwrap()));
+
+    // What a hostile member holding Alice's user key could try (the bundle
+    // a device link sends holds it).
+    let user_secret = a.link_bundle().await.unwrap().identity;
+    let user_key = ed25519_dalek::SigningKey::from_bytes(user_secret.expose());
+    let head = a.vector(general).await.unwrap().0[&a.whoami().device];
+    let body = hearth_core::seal(keys.feed_key(), b"unused", b"x").unwrap();
+    let next_header = |version: u8| EntryHeader {
+        version,
+        wire,
+        user: a.whoami().user,
+        device: a.whoami().device,
+        seq: head.seq + 1,
+        prev: head.hash,
+        generation: 0,
+    };
+    // 1. Format 1, signed by the user key, after the device's own: refused.
+    let h = next_header(ENVELOPE_VERSION);
+    let mut signed = h.encode();
+    signed.extend_from_slice(&body);
+    let downgrade = Envelope {
+        header: h,
+        certs: Vec::new(),
+        body: body.clone(),
+        sig: Identity::new_device(&user_secret, "x").unwrap().sign(&signed).to_vec(),
+    }
+    .encode();
+    // 2. A second key for the device, bound by the user key: refused.
+    let other = DeviceKeys::generate().unwrap();
+    let rebound = DeviceCert::by_user(&user_key, a.whoami().device, other.public(), 1, true);
+    let h = next_header(ENVELOPE_V2);
+    let mut msg = h.encode();
+    msg.extend(postcard::to_stdvec(&vec![rebound.clone()]).unwrap());
+    msg.extend_from_slice(&body);
+    let rekeyed = Envelope {
+        header: h,
+        certs: vec![rebound],
+        body: body.clone(),
+        sig: other.sign(b"hearth v2 entry", &msg).to_vec(),
+    }
+    .encode();
+    // 3. Signed by another key, without a chain: a forgery.
+    let h = next_header(ENVELOPE_V2);
+    let mut msg = h.encode();
+    msg.extend(postcard::to_stdvec(&Vec::<DeviceCert>::new()).unwrap());
+    msg.extend_from_slice(&body);
+    let forged = Envelope {
+        header: h,
+        certs: Vec::new(),
+        body: body.clone(),
+        sig: other.sign(b"hearth v2 entry", &msg).to_vec(),
+    }
+    .encode();
+    // 4. Mallory's chain in an entry claiming Alice's device.
+    let mallory = Identity::generate("mallory").unwrap();
+    let mut claimed = envs[1].clone();
+    claimed.certs = vec![mallory.device_cert().unwrap().clone()];
+    let claimed = claimed.encode();
+    for (what, bytes, want) in [
+        ("downgrade", downgrade, Refusal::Downgrade),
+        ("rekeyed", rekeyed, Refusal::KeyChanged),
+        ("forged", forged, Refusal::BadSignature),
+    ] {
+        let r = b.ingest(wire, vec![bytes]).await.unwrap();
+        assert_eq!(r.accepted, 0, "{what}");
+        assert_eq!(r.rejected[0].reason, want, "{what}");
+        assert_eq!(r.rejected[0].is_peer_fault(), want == Refusal::BadSignature, "{what}");
+    }
+    let c = tempfile::tempdir().unwrap();
+    let fresh = Store::create(c.path(), &pass, "carol", config()).await.unwrap();
+    fresh.join_channel(keys.clone()).await.unwrap();
+    let r = fresh.ingest(wire, vec![all[0].clone(), claimed]).await.unwrap();
+    assert_eq!(r.accepted, 1);
+    assert_eq!(r.rejected[0].reason, Refusal::BadSignature, "another device's chain");
+
+    // The chain is kept: later entries verify after a reopen and a rebuild.
+    b.close().await.unwrap();
+    for i in 0..3 {
+        a.post(general, &format!("later {i}")).await.unwrap();
+        if i == 1 {
+            std::fs::remove_dir_all(db.path().join("db")).unwrap();
+        }
+        let b = Store::open(db.path(), &pass, config()).await.unwrap();
+        assert_eq!(b.open_report().rebuilt.is_some(), i == 1);
+        pull(&a, &b, wire, general).await;
+        assert_eq!(alices(b.vector(general).await.unwrap()), alices(a.vector(general).await.unwrap()));
+        let v = b.verify().await.unwrap();
+        assert!(v.is_clean(), "{v:?}");
+        b.close().await.unwrap();
+    }
+    assert!(a.verify().await.unwrap().is_clean());
+    a.close().await.unwrap();
+    fresh.close().await.unwrap();
+}

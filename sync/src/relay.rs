@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 
+use hearth_core::device::DeviceCert;
 use hearth_core::{DeviceId, EntryHash, FeedPos, SecretKey, UserId, Vector, WireId};
 use hearth_store::{
     Admission, EntryBatch, Error, Feeds, Head, IngestReport, LogPos, Refusal, Result, Verdict, log_kind,
@@ -44,6 +45,9 @@ const T_HEADS: u8 = b'H';
 /// `K | wire [32] | device [16]` -> postcard([`hearth_core::ForkProof`]): the
 /// first proof that the feed's author forked it.
 const T_FORKS: u8 = b'K';
+/// `D | wire [32] | device [16]` -> postcard(chain of device certificates):
+/// the chain that certifies the key a device signs its feed with (format 5).
+const T_CHAINS: u8 = b'D';
 /// `G | wire [32]` -> the channel's access key (32 bytes), granted by a
 /// member: proofs of membership of the channel are checked against it.
 const T_GRANTS: u8 = b'G';
@@ -143,6 +147,9 @@ struct State {
     by_user: BTreeMap<UserId, u64>,
     /// Access keys granted by members, by channel (the first grant stands).
     grants: BTreeMap<WireId, SecretKey>,
+    /// Per channel and device: the key its feed is signed with and the
+    /// chain that certifies it.
+    chains: BTreeMap<WireId, BTreeMap<DeviceId, ([u8; 32], Vec<DeviceCert>)>>,
 }
 
 impl State {
@@ -540,13 +547,14 @@ impl Inner {
             return Err(Error::Poisoned);
         }
         let mut by_user: BTreeMap<UserId, u64> = BTreeMap::new();
-        let (held, no_room, bytes_before) = {
+        let (held, chains, no_room, bytes_before) = {
             let st = self.state();
             let held = st.feeds.get(wire).cloned().unwrap_or_default();
+            let chains = st.chains.get(wire).cloned().unwrap_or_default();
             let full = !st.feeds.contains_key(wire) && st.feeds.len() >= self.config.max_channels;
             let no_room = (full && replay.is_none())
                 .then(|| format!("it holds the maximum of {} channels", self.config.max_channels));
-            (held, no_room, st.bytes)
+            (held, chains, no_room, st.bytes)
         };
         let mut report = IngestReport::default();
         let mut admission = Admission::new(*wire, None);
@@ -557,6 +565,7 @@ impl Inner {
             tree: &self.tree,
             wire,
             held: &held,
+            chains: &chains,
         };
         for bytes in entries {
             let env = match admission.check(&feeds, &bytes)? {
@@ -613,6 +622,11 @@ impl Inner {
                 (*d, head)
             })
             .collect();
+        let new_chains: BTreeMap<DeviceId, ([u8; 32], Vec<DeviceCert>)> = admission
+            .new_chains()
+            .iter()
+            .filter_map(|(d, c)| Some((*d, (hearth_store::chain_key(c)?, c.clone()))))
+            .collect();
         let (accepted, forks) = admission.into_accepted();
         // The first proof of each feed not yet forked here.
         let mut proofs: BTreeMap<DeviceId, Vec<u8>> = BTreeMap::new();
@@ -629,9 +643,10 @@ impl Inner {
             }
         }
         if !accepted.is_empty() || !proofs.is_empty() {
-            self.store(&mut writer, wire, &accepted, &heads, &proofs, replay)?;
+            self.store(&mut writer, wire, &accepted, &heads, &proofs, &new_chains, replay)?;
             let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
             st.feeds.entry(*wire).or_default().extend(heads);
+            st.chains.entry(*wire).or_default().extend(new_chains);
             st.bytes += added;
             st.entries += accepted.len() as u64;
             st.forks += proofs.len() as u64;
@@ -656,9 +671,15 @@ impl Inner {
         accepted: &BTreeMap<(DeviceId, u64), Vec<u8>>,
         heads: &BTreeMap<DeviceId, RelayHead>,
         proofs: &BTreeMap<DeviceId, Vec<u8>>,
+        chains: &BTreeMap<DeviceId, ([u8; 32], Vec<DeviceCert>)>,
         replay: Option<LogPos>,
     ) -> Result<()> {
         let mut batch = sled::Batch::default();
+        // Derived from the entries (their first chain), so rebuilt with them.
+        for (device, (_, chain)) in chains {
+            let value = postcard::to_stdvec(chain).expect("a chain encodes");
+            batch.insert(&prefixed(T_CHAINS, wire, device)[..], value);
+        }
         for ((device, seq), bytes) in accepted {
             batch.insert(&feed_key(wire, device, *seq)[..], &bytes[..]);
         }
@@ -727,6 +748,17 @@ fn load(tree: &sled::Tree) -> Result<State> {
         st.feeds.entry(wire).or_default().insert(device, head);
     }
     st.forks = tree.scan_prefix([T_FORKS]).count() as u64;
+    for row in tree.scan_prefix([T_CHAINS]) {
+        let (k, v) = row.map_err(sled_error)?;
+        if k.len() != 49 {
+            return Err(corrupted("relay device chains", "key of the wrong length"));
+        }
+        let wire = WireId(k[1..33].try_into().expect("32 bytes"));
+        let device = DeviceId(k[33..49].try_into().expect("16 bytes"));
+        let chain: Vec<DeviceCert> = postcard::from_bytes(&v).map_err(|e| corrupted("relay device chains", e))?;
+        let key = hearth_store::chain_key(&chain).ok_or_else(|| corrupted("relay device chains", "does not verify"))?;
+        st.chains.entry(wire).or_default().insert(device, (key, chain));
+    }
     for row in tree.scan_prefix([T_GRANTS]) {
         let (k, v) = row.map_err(sled_error)?;
         let mut body = k[1..].to_vec();
@@ -759,6 +791,7 @@ struct RelayFeeds<'a> {
     tree: &'a sled::Tree,
     wire: &'a WireId,
     held: &'a BTreeMap<DeviceId, RelayHead>,
+    chains: &'a BTreeMap<DeviceId, ([u8; 32], Vec<DeviceCert>)>,
 }
 
 impl Feeds for RelayFeeds<'_> {
@@ -767,7 +800,12 @@ impl Feeds for RelayFeeds<'_> {
             user: h.user,
             seq: h.seq,
             hash: h.hash,
+            key: self.chains.get(device).map(|(k, _)| *k),
         })
+    }
+
+    fn chain(&self, device: &DeviceId) -> Option<Vec<DeviceCert>> {
+        self.chains.get(device).map(|(_, c)| c.clone())
     }
 
     fn entry(&self, device: &DeviceId, seq: u64) -> Result<Option<Vec<u8>>> {
@@ -958,6 +996,42 @@ mod tests {
                 granted_channels: 0,
             }
         );
+    }
+
+    #[tokio::test]
+    async fn device_signed_feeds_are_checked_with_the_chain_kept() {
+        use hearth_core::EntryBody;
+        let dir = tempfile::tempdir().unwrap();
+        let keys = ChannelKeys::generate().unwrap();
+        let me = Identity::generate("a").unwrap();
+        let wire = keys.wire();
+        let body = |b: u8| EntryBody {
+            epoch: 1,
+            change: vec![b; 8],
+        };
+        let chain = vec![me.device_cert().unwrap().clone()];
+        let seal = |seq: u64, prev, certs| Envelope::seal_v2(&keys, &me, seq, prev, &body(seq as u8), 0, certs).unwrap();
+        let (e1, h1) = seal(1, [0; 32], chain);
+        let (e2, h2) = seal(2, h1, Vec::new());
+        let relay = RelayStore::open(dir.path()).unwrap();
+        let r = ingest(&relay, wire, &[&e1, &e2]).await;
+        assert_eq!((r.accepted, r.rejected.len()), (2, 0), "{r:?}");
+        drop(relay);
+        // The key is kept: a later entry without a chain verifies after a
+        // reopen, and after a rebuild of the database from the log.
+        let relay = RelayStore::open(dir.path()).unwrap();
+        let (e3, h3) = seal(3, h2, Vec::new());
+        assert_eq!(ingest(&relay, wire, &[&e3]).await.accepted, 1);
+        drop(relay);
+        std::fs::remove_dir_all(dir.path().join(DB_DIR)).unwrap();
+        let relay = RelayStore::open(dir.path()).unwrap();
+        let (e4, _) = seal(4, h3, Vec::new());
+        assert_eq!(ingest(&relay, wire, &[&e4]).await.accepted, 1);
+        // Another device's entry without a chain, claiming a free position:
+        // refused as a forgery (nothing certifies its key).
+        let other = Identity::generate("b").unwrap();
+        let (stray, _) = Envelope::seal_v2(&keys, &other, 1, [0; 32], &body(9), 0, Vec::new()).unwrap();
+        assert_eq!(reasons(&ingest(&relay, wire, &[&stray]).await), ["bad signature"]);
     }
 
     #[tokio::test]

@@ -35,7 +35,9 @@ pub(super) const META_LOG_SYNCED: &[u8] = b"Mlogsynced";
 /// 1: sled only. 2: the feed log is the source of truth. 3: fork proofs
 /// (log record kind 5, table `K`); a format 2 relay is only marked. 4: access
 /// grants (log record kind 6, table `G`); a format 3 relay is only marked.
-pub(super) const RELAY_FORMAT: u8 = 4;
+/// 5: device chains of format 2 entries (table `D`, derived from the
+/// entries); a format 4 relay is only marked.
+pub(super) const RELAY_FORMAT: u8 = 5;
 /// sled is checkpointed once this much log was written since the last time
 /// (the log itself is durable at every acknowledgement).
 const CHECKPOINT_BYTES: u64 = 4 << 20;
@@ -119,7 +121,7 @@ pub(super) fn standing(tree: &sled::Tree, log_dir: &Path) -> Result<Standing> {
         b.insert(META_LOG, &applied.encode()[..]);
         tree.apply_batch(b).map_err(sled_error)?;
     } else if format < RELAY_FORMAT {
-        // Formats 2 and 3: the new records and tables start empty.
+        // Formats 2 to 4: the new records and tables start empty.
         tree.insert(META_FORMAT, &[RELAY_FORMAT][..]).map_err(sled_error)?;
     }
     Ok(Standing::Usable { applied, end: end.end })
