@@ -157,8 +157,16 @@ async fn old_stores_open_migrate_and_answer_the_same(format: &str, number: u8) {
             .iter()
             .position(|e| e.header.version == hearth::core::ENVELOPE_V2)
             .expect("a format 2 entry");
-        assert_eq!(mine[first_v2].certs, vec![cert.clone()], "{name}: the chain in the first");
-        assert!(mine[first_v2 + 1..].iter().all(|e| e.header.version == hearth::core::ENVELOPE_V2));
+        assert_eq!(
+            mine[first_v2].certs,
+            vec![cert.clone()],
+            "{name}: the chain in the first"
+        );
+        assert!(
+            mine[first_v2 + 1..]
+                .iter()
+                .all(|e| e.header.version == hearth::core::ENVELOPE_V2)
+        );
         let v = s.verify().await.expect("verify");
         assert!(v.is_clean(), "{name}: {v:?}");
         s.close().await.expect("close");

@@ -147,6 +147,9 @@ pub trait Feeds {
     fn chain(&self, device: &DeviceId) -> Option<Vec<DeviceCert>>;
 }
 
+/// Per device: the key its feed is signed with, and the chain that certifies it.
+pub type DeviceChains = BTreeMap<DeviceId, ([u8; 32], Vec<DeviceCert>)>;
+
 /// The signing key a certificate chain certifies (the chain verified).
 pub fn chain_key(chain: &[DeviceCert]) -> Option<[u8; 32]> {
     hearth_core::device::verify_chain(chain).ok().map(|b| b.keys.signing)

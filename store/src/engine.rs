@@ -331,8 +331,8 @@ impl Engine {
             let (k, v) = row?;
             let device = hearth_core::DeviceId::from_slice(&k[33..])?;
             let chain = decode_chain(&open_record(&self.records, &k, &v)?)?;
-            let key = crate::admit::chain_key(&chain)
-                .ok_or_else(|| Error::corrupted("device chain", "does not verify"))?;
+            let key =
+                crate::admit::chain_key(&chain).ok_or_else(|| Error::corrupted("device chain", "does not verify"))?;
             state.chains.insert(device, (key, chain));
         }
         for row in self.tree.scan_prefix(channel_prefix(T_EPOCHS, &wire)) {

@@ -57,7 +57,7 @@ mod store;
 mod sync;
 mod verify;
 
-pub use admit::{Admission, Feeds, Head, Refusal, Rejection, Verdict, chain_key};
+pub use admit::{Admission, DeviceChains, Feeds, Head, Refusal, Rejection, Verdict, chain_key};
 pub use config::Config;
 pub use durable::{SledFiles, copy_dir_durably, create_private_dir, make_private, sync_dir, write_atomic};
 pub use engine::{Outcome, Write};

@@ -549,9 +549,14 @@ impl Engine {
             self.root_head_moved(wire, d, old.as_ref(), h);
         }
         for (d, chain) in chains {
-            let Some(key) = crate::admit::chain_key(chain) else { continue };
+            let Some(key) = crate::admit::chain_key(chain) else {
+                continue;
+            };
             let k = prefixed(T_CHAINS, wire, d);
-            batch.insert(&k[..], seal_record(&self.records, &k, &crate::engine::encode_chain(chain))?);
+            batch.insert(
+                &k[..],
+                seal_record(&self.records, &k, &crate::engine::encode_chain(chain))?,
+            );
             let ch = self.channels.get_mut(&channel).expect("checked by the caller");
             ch.chains.insert(*d, (key, chain.clone()));
         }
@@ -649,7 +654,7 @@ struct MemberFeeds<'a> {
     tree: &'a sled::Tree,
     wire: &'a WireId,
     heads: &'a BTreeMap<DeviceId, FeedHead>,
-    chains: &'a BTreeMap<DeviceId, ([u8; 32], Vec<hearth_core::device::DeviceCert>)>,
+    chains: &'a crate::admit::DeviceChains,
 }
 
 impl Feeds for MemberFeeds<'_> {

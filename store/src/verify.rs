@@ -303,7 +303,9 @@ impl Engine {
                             }
                             key = Some(k);
                         }
-                        let k = key.ok_or_else(|| crate::Error::corrupted("feed entry", "signed by a key no chain certifies"))?;
+                        let k = key.ok_or_else(|| {
+                            crate::Error::corrupted("feed entry", "signed by a key no chain certifies")
+                        })?;
                         env.verify_with(&k)?;
                     } else if key.is_some() {
                         return Err(crate::Error::corrupted(

@@ -342,14 +342,21 @@ async fn feeds_are_signed_by_device_keys() {
     let envs: Vec<Envelope> = all.iter().map(|e| Envelope::decode(e).unwrap()).collect();
     let cert = a.device_cert().await.unwrap();
     assert!(envs.iter().all(|e| e.header.version == ENVELOPE_V2));
-    assert_eq!(envs[0].certs, vec![cert.clone()], "the feed's first entry carries its chain");
+    assert_eq!(
+        envs[0].certs,
+        vec![cert.clone()],
+        "the feed's first entry carries its chain"
+    );
     assert!(envs[1..].iter().all(|e| e.certs.is_empty()));
     assert_eq!(envs[0].device_key().unwrap(), Some(cert.body.keys.signing));
     assert_eq!(a.whoami().device, cert.body.device);
     assert!(!cert.body.legacy, "a new device's id is its key's");
     pull(&a, &b, wire, general).await;
     let alices = |v: hearth_core::Vector| v.0.get(&a.whoami().device).copied();
-    assert_eq!(alices(b.vector(general).await.unwrap()), alices(a.vector(general).await.unwrap()));
+    assert_eq!(
+        alices(b.vector(general).await.unwrap()),
+        alices(a.vector(general).await.unwrap())
+    );
 
     // What a hostile member holding Alice's user key could try (the bundle
     // a device link sends holds it).
@@ -435,7 +442,10 @@ async fn feeds_are_signed_by_device_keys() {
         let b = Store::open(db.path(), &pass, config()).await.unwrap();
         assert_eq!(b.open_report().rebuilt.is_some(), i == 1);
         pull(&a, &b, wire, general).await;
-        assert_eq!(alices(b.vector(general).await.unwrap()), alices(a.vector(general).await.unwrap()));
+        assert_eq!(
+            alices(b.vector(general).await.unwrap()),
+            alices(a.vector(general).await.unwrap())
+        );
         let v = b.verify().await.unwrap();
         assert!(v.is_clean(), "{v:?}");
         b.close().await.unwrap();

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 use hearth_core::device::DeviceCert;
 use hearth_core::{DeviceId, EntryHash, FeedPos, SecretKey, UserId, Vector, WireId};
 use hearth_store::{
-    Admission, EntryBatch, Error, Feeds, Head, IngestReport, LogPos, Refusal, Result, Verdict, log_kind,
+    Admission, DeviceChains, EntryBatch, Error, Feeds, Head, IngestReport, LogPos, Refusal, Result, Verdict, log_kind,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -149,7 +149,7 @@ struct State {
     grants: BTreeMap<WireId, SecretKey>,
     /// Per channel and device: the key its feed is signed with and the
     /// chain that certifies it.
-    chains: BTreeMap<WireId, BTreeMap<DeviceId, ([u8; 32], Vec<DeviceCert>)>>,
+    chains: BTreeMap<WireId, DeviceChains>,
 }
 
 impl State {
@@ -622,7 +622,7 @@ impl Inner {
                 (*d, head)
             })
             .collect();
-        let new_chains: BTreeMap<DeviceId, ([u8; 32], Vec<DeviceCert>)> = admission
+        let new_chains: DeviceChains = admission
             .new_chains()
             .iter()
             .filter_map(|(d, c)| Some((*d, (hearth_store::chain_key(c)?, c.clone()))))
@@ -643,7 +643,13 @@ impl Inner {
             }
         }
         if !accepted.is_empty() || !proofs.is_empty() {
-            self.store(&mut writer, wire, &accepted, &heads, &proofs, &new_chains, replay)?;
+            let rows = Rows {
+                accepted: &accepted,
+                heads: &heads,
+                proofs: &proofs,
+                chains: &new_chains,
+            };
+            self.store(&mut writer, wire, rows, replay)?;
             let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
             st.feeds.entry(*wire).or_default().extend(heads);
             st.chains.entry(*wire).or_default().extend(new_chains);
@@ -664,16 +670,13 @@ impl Inner {
 
     /// Write accepted entries and new fork proofs to the log (durably) and,
     /// with their heads, to sled as one batch.
-    fn store(
-        &self,
-        writer: &mut disk::Writer,
-        wire: &WireId,
-        accepted: &BTreeMap<(DeviceId, u64), Vec<u8>>,
-        heads: &BTreeMap<DeviceId, RelayHead>,
-        proofs: &BTreeMap<DeviceId, Vec<u8>>,
-        chains: &BTreeMap<DeviceId, ([u8; 32], Vec<DeviceCert>)>,
-        replay: Option<LogPos>,
-    ) -> Result<()> {
+    fn store(&self, writer: &mut disk::Writer, wire: &WireId, rows: Rows<'_>, replay: Option<LogPos>) -> Result<()> {
+        let Rows {
+            accepted,
+            heads,
+            proofs,
+            chains,
+        } = rows;
         let mut batch = sled::Batch::default();
         // Derived from the entries (their first chain), so rebuilt with them.
         for (device, (_, chain)) in chains {
@@ -791,7 +794,15 @@ struct RelayFeeds<'a> {
     tree: &'a sled::Tree,
     wire: &'a WireId,
     held: &'a BTreeMap<DeviceId, RelayHead>,
-    chains: &'a BTreeMap<DeviceId, ([u8; 32], Vec<DeviceCert>)>,
+    chains: &'a DeviceChains,
+}
+
+/// What one ingest writes.
+struct Rows<'a> {
+    accepted: &'a BTreeMap<(DeviceId, u64), Vec<u8>>,
+    heads: &'a BTreeMap<DeviceId, RelayHead>,
+    proofs: &'a BTreeMap<DeviceId, Vec<u8>>,
+    chains: &'a DeviceChains,
 }
 
 impl Feeds for RelayFeeds<'_> {
@@ -1010,7 +1021,8 @@ mod tests {
             change: vec![b; 8],
         };
         let chain = vec![me.device_cert().unwrap().clone()];
-        let seal = |seq: u64, prev, certs| Envelope::seal_v2(&keys, &me, seq, prev, &body(seq as u8), 0, certs).unwrap();
+        let seal =
+            |seq: u64, prev, certs| Envelope::seal_v2(&keys, &me, seq, prev, &body(seq as u8), 0, certs).unwrap();
         let (e1, h1) = seal(1, [0; 32], chain);
         let (e2, h2) = seal(2, h1, Vec::new());
         let relay = RelayStore::open(dir.path()).unwrap();
