@@ -493,11 +493,23 @@ pub async fn link(h: &Hearth, mut listen: Vec<Multiaddr>, timeout: Duration, as_
                     }
                 }
                 // The new device comes back under its own peer id to sync: done
-                // once a session with it finds both sides equal.
+                // once a session with it finds both sides equal and the new
+                // device hangs up (it may have a round of its own to finish:
+                // its delivery receipts), or a while after.
                 NodeEvent::PeerConnected { peer, .. } if linked.is_some_and(|l| l != peer) => {
                     for _ in 0..20 {
                         match node.sync_with(peer).await {
-                            Ok(o) if o.failed.is_none() && o.in_sync_at_hello => return Ok(()),
+                            Ok(o) if o.failed.is_none() && o.in_sync_at_hello => {
+                                let gone = async {
+                                    while let Ok(e) = events.recv().await {
+                                        if matches!(e, NodeEvent::PeerDisconnected { peer: p } if p == peer) {
+                                            return;
+                                        }
+                                    }
+                                };
+                                let _ = tokio::time::timeout(Duration::from_secs(30), gone).await;
+                                return Ok(());
+                            }
                             Ok(_) => {}
                             Err(_) => break,
                         }
