@@ -173,6 +173,44 @@ async fn old_stores_open_migrate_and_answer_the_same(format: &str, number: u8) {
     }
 }
 
+/// A power cut can leave sled behind the log after the device got its keys
+/// (format 4) and signed entries with them: the log, the source of truth,
+/// holds the new identity, sled the old one. Opening again must take the
+/// keys from the log, not make new ones that the entries would not verify
+/// under (found by a power cut in a migration, cli/tests/powercut_sync.rs).
+#[tokio::test]
+async fn a_database_left_behind_the_new_device_keys_takes_them_from_the_log() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let pass = Passphrase::new(PASS);
+    let dir = tmp.path().join("alice");
+    copy_dir(&fixtures("v3").join("alice"), &dir);
+    // sled as it was before this code opened the store.
+    copy_dir(&dir.join("db"), &tmp.path().join("old-db"));
+    let s = Store::open(&dir, &pass, config()).await.expect("open the old store");
+    let cert = s.device_cert().await.expect("a device certificate");
+    let c = s.channels().await.expect("channels")[0].id;
+    s.post(c, "signed with the new key").await.expect("post");
+    s.flush_receipts().await.expect("receipts");
+    s.checkpoint().await.expect("checkpoint");
+    let want = answers(&s).await;
+    s.close().await.expect("close");
+    // The power cut: sled loses all of it, the log keeps it.
+    std::fs::remove_dir_all(dir.join("db")).expect("remove db");
+    copy_dir(&tmp.path().join("old-db"), &dir.join("db"));
+    let s = Store::open(&dir, &pass, config()).await.expect("open after the cut");
+    assert_eq!(s.open_report().rebuilt, None, "sled opened and caught up");
+    assert_eq!(
+        s.device_cert().await.expect("cert"),
+        cert,
+        "the keys in the log, not new ones"
+    );
+    assert_eq!(answers(&s).await, want, "the same answers");
+    s.post(c, "and on").await.expect("post");
+    let v = s.verify().await.expect("verify");
+    assert!(v.is_clean(), "{v:?}");
+    s.close().await.expect("close");
+}
+
 /// Writes the fixtures of the current format (see the module docs). Only run
 /// by hand, and only with the code of the format being written.
 #[tokio::test]

@@ -109,6 +109,9 @@ pub(crate) fn reach(log_dir: &Path, from: LogPos, target: LogPos) -> Result<Reac
 /// Records of consecutive batches waiting to be applied.
 #[derive(Default)]
 struct Pending {
+    /// The last identity record: the log's, which sled may not have yet
+    /// (a device given its keys, format 4, just before a power cut).
+    identity: Option<Identity>,
     channels: Vec<Vec<u8>>,
     /// Entries per channel, each feed's in log order.
     entries: BTreeMap<WireId, Vec<Vec<u8>>>,
@@ -146,6 +149,7 @@ fn gather(engine: &Engine, b: LogBatch, p: &mut Pending, report: &mut OpenReport
                 if id.device() != engine.identity.device() || id.user() != engine.identity.user() {
                     return Err(Error::corrupted("feed log", "identity of another device"));
                 }
+                p.identity = Some(id);
             }
             kind::CHANNEL => p.channels.push(r.body),
             kind::FORK => p.forks.push(r.body),
@@ -173,6 +177,14 @@ fn apply(engine: &mut Engine, p: &mut Pending, report: &mut OpenReport) -> Resul
         return Ok(());
     };
     let mut batch = sled::Batch::default();
+    // Before the entries: this device's own may be signed by the keys it holds.
+    if let Some(id) = p.identity.take() {
+        let plain = zeroize::Zeroizing::new(id.encode());
+        if *plain != *zeroize::Zeroizing::new(engine.identity.encode()) {
+            batch.insert(META_IDENTITY, seal_record(&engine.records, META_IDENTITY, &plain)?);
+            engine.identity = id;
+        }
+    }
     for sealed in std::mem::take(&mut p.channels) {
         let plain = open(&engine.records, kind::CHANNEL, &sealed)?;
         let (keys, invited) = ChannelRecord::decode_named(&plain)?;
