@@ -19,7 +19,8 @@
 //! protocol asked peers to prove membership and relays kept access grants)
 //! are the same scenario again, and so are the `v4` stores (devices with
 //! keys of their own, written before entries were signed by them) and relay
-//! (access grants).
+//! (access grants), and the `v5` stores (entries signed by device keys,
+//! written before channels had rosters).
 //!
 //! Write the fixtures of a format only with the code of that format:
 //! `HEARTH_WRITE_FIXTURES=v2 cargo test --test fixtures -- --ignored`.
@@ -72,6 +73,11 @@ async fn v3_stores_open_migrate_and_answer_the_same() {
 #[tokio::test]
 async fn v4_stores_open_and_answer_the_same() {
     old_stores_open_migrate_and_answer_the_same("v4", 4).await;
+}
+
+#[tokio::test]
+async fn v5_stores_open_migrate_and_answer_the_same() {
+    old_stores_open_migrate_and_answer_the_same("v5", 5).await;
 }
 
 async fn old_stores_open_migrate_and_answer_the_same(format: &str, number: u8) {

@@ -31,6 +31,7 @@ use automerge::{
 use crate::error::{Error, Result};
 use crate::hlc::Timestamp;
 use crate::id::{ChannelId, DeviceId, Epoch, MessageId, UserId, writer_tag};
+use crate::member::{MemberBody, MemberOp, OpKey, Roster};
 use crate::op::{MAX_EMOJI_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES, Op};
 use crate::view::{EpochView, Message};
 
@@ -224,6 +225,13 @@ impl EpochDoc {
             }
             Op::Delivered { author: writer, up_to } => {
                 d.put(ROOT, format!("dl:{user}:{device}:{writer}"), up_to.to_hex())?;
+            }
+            Op::Member { n, body } => {
+                let key = OpKey { device: *device, n: *n }.doc_key(author);
+                if d.get(ROOT, key.as_str())?.is_some() {
+                    return Err(Error::invalid("membership op", "number already used"));
+                }
+                d.put(ROOT, key, ScalarValue::Bytes(body.encode()))?;
             }
         }
         Ok(())
@@ -437,6 +445,38 @@ impl EpochDoc {
                 view.names.insert(user, name.to_string());
             }
         }
+        view.roster = self.roster(devices);
+    }
+
+    /// The channel's roster (metadata epoch): every membership op its writer's
+    /// signed feed vouches for, folded ([`Roster::fold`]).
+    pub fn roster(&self, devices: &Devices) -> Roster {
+        let mut ops = Vec::new();
+        for item in self.doc.map_range(ROOT, "mo:".to_string().."mo;".to_string()) {
+            let parts: Vec<&str> = item.key.splitn(4, ':').collect();
+            let [_, user, device, n] = parts.as_slice() else {
+                continue;
+            };
+            let (Ok(user), Ok(device), Ok(n)) = (user.parse::<UserId>(), device.parse::<DeviceId>(), n.parse::<u32>())
+            else {
+                continue;
+            };
+            let id = item.id();
+            if writer(&id, devices) != Some(user) || id_device(&id) != Some(device) {
+                continue;
+            }
+            let ValueRef::Scalar(ScalarValueRef::Bytes(bytes)) = &item.value else {
+                continue;
+            };
+            if let Ok(body) = MemberBody::decode(bytes) {
+                ops.push(MemberOp {
+                    key: OpKey { device, n },
+                    author: user,
+                    body,
+                });
+            }
+        }
+        Roster::fold(ops)
     }
 
     /// The newest value under `key` that `user` wrote, if any.
@@ -717,6 +757,14 @@ fn check_root_op(key: &str, action: &OpType, preds: usize, user: &UserId, device
         ["r", _, u, emoji] => *u == me && !emoji.is_empty() && (is_true || matches!(action, OpType::Delete)),
         ["rd", u, d] => *u == me && *d == dev && is_str,
         ["dl", u, d, w] => *u == me && *d == dev && w.parse::<DeviceId>().is_ok() && is_str,
+        ["mo", u, d, n] => {
+            // A membership op is written once, by the device it names.
+            *u == me
+                && *d == dev
+                && n.parse::<u32>().is_ok_and(|n| n > 0)
+                && preds == 0
+                && matches!(action, OpType::Put(ScalarValue::Bytes(b)) if MemberBody::decode(b).is_ok())
+        }
         _ => return bad("unknown key"),
     };
     if ok {

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::id::{DeviceId, Epoch, META_EPOCH, MessageId};
+use crate::member::MemberBody;
 
 /// Longest message text, in bytes. Keeps every feed entry far below sled's
 /// 128 KiB blob threshold (DESIGN.md, durability).
@@ -71,6 +72,14 @@ pub enum Op {
         /// The newest message read.
         msg: MessageId,
     },
+    /// A membership change (metadata epoch): this device's `n`-th in the
+    /// channel (see [`crate::member`]).
+    Member {
+        /// The op's number on this device.
+        n: u32,
+        /// What it says.
+        body: MemberBody,
+    },
     /// This device holds `author`'s feed up to its message `up_to` (a delivery
     /// receipt: every message of that device up to it has arrived here).
     Delivered {
@@ -117,7 +126,11 @@ impl Op {
     /// ops to the epoch of the message they create or target.
     pub fn epoch(&self) -> Epoch {
         match self {
-            Op::CreateChannel { .. } | Op::Rename { .. } | Op::SetName { .. } | Op::Delivered { .. } => META_EPOCH,
+            Op::CreateChannel { .. }
+            | Op::Rename { .. }
+            | Op::SetName { .. }
+            | Op::Delivered { .. }
+            | Op::Member { .. } => META_EPOCH,
             Op::Post { id, .. } => id.epoch(),
             Op::React { msg, .. }
             | Op::Unreact { msg, .. }
@@ -158,6 +171,12 @@ impl Op {
                 Ok(())
             }
             Op::Edit { text, .. } => check_text(text),
+            Op::Member { n, body } => {
+                if *n == 0 {
+                    return Err(Error::invalid("membership op", "numbered from 1"));
+                }
+                body.validate()
+            }
             Op::Delete { .. } | Op::ReadUpTo { .. } | Op::Delivered { .. } => Ok(()),
         }
     }

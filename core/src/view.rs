@@ -43,6 +43,8 @@ pub struct EpochView {
     /// Delivery receipts (metadata epoch only): for each receiving device (and
     /// its user), the newest message held of each writing device's feed.
     pub delivered: BTreeMap<(UserId, DeviceId), BTreeMap<DeviceId, MessageId>>,
+    /// The roster (metadata epoch only).
+    pub roster: crate::member::Roster,
 }
 
 impl EpochView {
@@ -101,7 +103,11 @@ impl EpochView {
                 }
             }
             Op::ReadUpTo { msg } => self.mark_read(*author, *msg),
-            Op::CreateChannel { .. } | Op::Rename { .. } | Op::SetName { .. } | Op::Delivered { .. } => {}
+            Op::CreateChannel { .. }
+            | Op::Rename { .. }
+            | Op::SetName { .. }
+            | Op::Delivered { .. }
+            | Op::Member { .. } => {}
         }
     }
 

@@ -1,0 +1,687 @@
+//! Channel membership: a roster kept as signed CRDT data in the channel's
+//! metadata epoch (epoch 0).
+//!
+//! Every membership change is one op, written once under its own root key
+//! `mo:<user>:<device>:<n>` by the device it names (checked like every key,
+//! see `doc.rs`), so it is signed by that device's feed and travels with it.
+//! Its value is a [`MemberBody`]: the action, the writer's clock, and the ops
+//! its writer had seen (`parents`, the heads of the roster's history then).
+//!
+//! The roster is a function of the *set* of ops, so every replica holding the
+//! same ops computes the same roster, whatever order they arrived in:
+//!
+//! 1. Ops are put in one order: parents before children; among ops ready at
+//!    the same time, removals first, then the lower clock, then the lower key.
+//!    An op whose parents are not all held (or that names itself in a cycle)
+//!    waits ([`Roster::waiting`]).
+//! 2. Each op is checked against the roster at its place in that order (the
+//!    rules are in [`Roster::allows`]); an op that fails is kept in the
+//!    history but changes nothing ([`Roster::refused`]).
+//! 3. Removal wins: an op by a user whom a removal that stands removes, and
+//!    that the removal did not see (concurrent with it), is refused, and the
+//!    fold runs again without it, until nothing changes.
+//!
+//! Who is a member: the users the roster names (owner, admins, members), and
+//! every other user who writes in the channel (holding the channel key is the
+//! invitation), as a member, unless removed. A removal names, for each device
+//! of the removed user, the last entry of its feed its author held
+//! ([`Action::Remove`]'s `upto`): later entries are refused everywhere.
+//! A channel made before rosters existed has none until a member claims it
+//! ([`Action::Create`]; the first claim in the order above stands).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::id::{DeviceId, UserId};
+
+/// Most parents one op may name.
+pub const MAX_PARENTS: usize = 32;
+/// Most device feeds one removal may cut.
+pub const MAX_CUT_DEVICES: usize = 256;
+/// Most membership ops a roster folds (more are refused as "too many").
+pub const MAX_ROSTER_OPS: usize = 4096;
+/// Version of [`MemberBody`].
+pub const MEMBER_BODY_VERSION: u8 = 1;
+
+/// A member's role, from least to most authority.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// Reads and writes.
+    Member,
+    /// Also adds, removes and promotes members and admins.
+    Admin,
+    /// Also manages owners; the last owner cannot be removed or demoted.
+    Owner,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Member => "member",
+            Role::Admin => "admin",
+            Role::Owner => "owner",
+        })
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "member" => Ok(Role::Member),
+            "admin" => Ok(Role::Admin),
+            "owner" => Ok(Role::Owner),
+            _ => Err(Error::invalid("role", "expected owner, admin or member")),
+        }
+    }
+}
+
+/// One membership change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// Start the roster with its writer as owner (written when a channel is
+    /// made; for a channel older than rosters, the first claim stands).
+    Create,
+    /// Add `user` (a removed user included) with `role`.
+    Add {
+        /// Who.
+        user: UserId,
+        /// As what.
+        role: Role,
+    },
+    /// Remove `user` (the writer itself: leave). Entries of its devices after
+    /// `upto` (per device, the last entry the writer held; absent: none) are
+    /// refused.
+    Remove {
+        /// Who.
+        user: UserId,
+        /// Per device of `user`, the last entry of its feed that stays.
+        upto: Vec<(DeviceId, u64)>,
+    },
+    /// Change a member's role.
+    SetRole {
+        /// Who.
+        user: UserId,
+        /// The new role.
+        role: Role,
+    },
+}
+
+/// What a membership op says (its key says who wrote it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberBody {
+    /// [`MEMBER_BODY_VERSION`].
+    pub version: u8,
+    /// The writer's clock (milliseconds, hybrid logical clock).
+    pub hlc: u64,
+    /// The ops the writer had seen: the heads of the roster's history.
+    pub parents: Vec<OpKey>,
+    /// The change.
+    pub action: Action,
+}
+
+impl MemberBody {
+    /// Encode (postcard).
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("a member body encodes")
+    }
+
+    /// Decode and check the bounds.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let (body, rest): (MemberBody, _) =
+            postcard::take_from_bytes(bytes).map_err(|e| Error::corrupted("membership op", e))?;
+        if !rest.is_empty() {
+            return Err(Error::corrupted("membership op", "trailing bytes"));
+        }
+        body.validate()?;
+        Ok(body)
+    }
+
+    /// Check the version and the bounds.
+    pub fn validate(&self) -> Result<()> {
+        if self.version != MEMBER_BODY_VERSION {
+            return Err(Error::corrupted("membership op", "unknown version"));
+        }
+        if self.parents.len() > MAX_PARENTS {
+            return Err(Error::corrupted("membership op", "too many parents"));
+        }
+        if let Action::Remove { upto, .. } = &self.action
+            && upto.len() > MAX_CUT_DEVICES
+        {
+            return Err(Error::corrupted("membership op", "too many devices cut"));
+        }
+        Ok(())
+    }
+}
+
+/// Names one membership op: the device that wrote it and its number there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OpKey {
+    /// The writing device.
+    pub device: DeviceId,
+    /// Its count of membership ops in this channel, from 1.
+    pub n: u32,
+}
+
+impl OpKey {
+    /// The document key of this op, written by `user`.
+    pub fn doc_key(&self, user: &UserId) -> String {
+        format!("mo:{user}:{}:{}", self.device, self.n)
+    }
+}
+
+/// One membership op as read from a document: its writer (from the signed
+/// feed the change came in) and what it says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberOp {
+    /// Which op.
+    pub key: OpKey,
+    /// Its writer.
+    pub author: UserId,
+    /// What it says.
+    pub body: MemberBody,
+}
+
+/// The roster of a channel: see the module docs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Roster {
+    /// The op that started it (`None`: a channel without a roster yet, which
+    /// every key holder may write in).
+    pub genesis: Option<OpKey>,
+    /// Users with a role. Writers not named here (and not removed) are members.
+    pub roles: BTreeMap<UserId, Role>,
+    /// Removed users, with the last entry of each of their feeds that stays.
+    pub removed: BTreeMap<UserId, BTreeMap<DeviceId, u64>>,
+    /// Ops kept in the history that changed nothing, with why.
+    pub refused: BTreeMap<OpKey, String>,
+    /// Ops whose parents are not all held yet.
+    pub waiting: BTreeSet<OpKey>,
+    /// Ops no other op names as a parent: the parents of the next op.
+    pub heads: Vec<OpKey>,
+    /// The highest op number of each device (the next op of a device is one more).
+    pub last_n: BTreeMap<DeviceId, u32>,
+}
+
+impl Roster {
+    /// The roster the ops give (see the module docs for the rules).
+    pub fn fold(ops: Vec<MemberOp>) -> Roster {
+        let mut ops: Vec<MemberOp> = ops;
+        ops.sort_by_key(|o| o.key);
+        ops.dedup_by_key(|o| o.key);
+        let mut last_n = BTreeMap::new();
+        for o in &ops {
+            let n = last_n.entry(o.key.device).or_insert(0);
+            *n = (*n).max(o.key.n);
+        }
+        let mut refused = BTreeMap::new();
+        if ops.len() > MAX_ROSTER_OPS {
+            for o in ops.drain(MAX_ROSTER_OPS..) {
+                refused.insert(o.key, "too many membership ops".to_string());
+            }
+        }
+        let index: HashMap<OpKey, usize> = ops.iter().enumerate().map(|(i, o)| (o.key, i)).collect();
+        let order = order(&ops, &index);
+        let placed: BTreeSet<usize> = order.iter().copied().collect();
+        let waiting = (0..ops.len())
+            .filter(|i| !placed.contains(i))
+            .map(|i| ops[i].key)
+            .collect();
+        // Ancestors (as indexes) of every placed op, in order, so parents first.
+        let mut ancestors: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); ops.len()];
+        for &i in &order {
+            let mut a = BTreeSet::new();
+            for p in &ops[i].body.parents {
+                let p = index[p];
+                a.insert(p);
+                a.extend(ancestors[p].iter().copied());
+            }
+            ancestors[i] = a;
+        }
+        let mut named = BTreeSet::new();
+        for &i in &order {
+            named.extend(ops[i].body.parents.iter().copied());
+        }
+        let heads = order
+            .iter()
+            .map(|&i| ops[i].key)
+            .filter(|k| !named.contains(k))
+            .collect();
+        // Removal wins: refold without the ops a standing removal did not see.
+        let mut excluded: BTreeSet<usize> = BTreeSet::new();
+        let mut roster;
+        let mut rounds = 0;
+        loop {
+            let (r, stood) = run(&ops, &order, &excluded);
+            roster = r;
+            let mut more = BTreeSet::new();
+            for &rm in &stood {
+                let Action::Remove { user, .. } = &ops[rm].body.action else {
+                    continue;
+                };
+                if *user == ops[rm].author {
+                    continue; // leaving: nothing of one's own to overrule
+                }
+                for &i in &order {
+                    if ops[i].author == *user
+                        && i != rm
+                        && !excluded.contains(&i)
+                        && !ancestors[rm].contains(&i)
+                        && !ancestors[i].contains(&rm)
+                        && !roster.refused.contains_key(&ops[i].key)
+                    {
+                        more.insert(i);
+                    }
+                }
+            }
+            rounds += 1;
+            if more.is_empty() || rounds > ops.len() {
+                break;
+            }
+            excluded.extend(more);
+        }
+        for &i in &excluded {
+            roster
+                .refused
+                .insert(ops[i].key, "concurrent with its writer's removal".into());
+        }
+        roster.refused.extend(refused);
+        roster.waiting = waiting;
+        roster.heads = heads;
+        roster.last_n = last_n;
+        roster
+    }
+
+    /// Whether the channel has a roster (else any key holder may do anything
+    /// but claim it with [`Action::Create`]).
+    pub fn is_started(&self) -> bool {
+        self.genesis.is_some()
+    }
+
+    /// `user`'s role: named, or member for any other writer not removed.
+    pub fn role(&self, user: &UserId) -> Option<Role> {
+        if self.removed.contains_key(user) {
+            return None;
+        }
+        Some(self.roles.get(user).copied().unwrap_or(Role::Member))
+    }
+
+    /// Whether entry `seq` of `device`'s feed, written by `user`, is taken: no
+    /// removal of `user` that stands cuts it off.
+    pub fn admits(&self, user: &UserId, device: &DeviceId, seq: u64) -> bool {
+        match self.removed.get(user) {
+            None => true,
+            Some(cut) => seq <= cut.get(device).copied().unwrap_or(0),
+        }
+    }
+
+    fn owners(&self) -> usize {
+        self.roles.values().filter(|r| **r == Role::Owner).count()
+    }
+
+    /// Whether `author` may do `action` now, and if not, why. The same rules
+    /// decide remote ops in the fold and local ones before they are written.
+    pub fn allows(&self, author: &UserId, action: &Action) -> std::result::Result<(), &'static str> {
+        if self.genesis.is_none() {
+            return match action {
+                Action::Create => Ok(()),
+                _ => Err("the channel has no roster yet"),
+            };
+        }
+        let Some(mine) = self.role(author) else {
+            return Err("the writer was removed");
+        };
+        match action {
+            Action::Create => Err("the channel already has a roster"),
+            Action::Add { user, role } => {
+                if mine < Role::Admin {
+                    Err("only admins and owners add members")
+                } else if *role > mine {
+                    Err("a role above the writer's own")
+                } else if !self.removed.contains_key(user) && self.roles.contains_key(user) {
+                    Err("already a member")
+                } else {
+                    Ok(())
+                }
+            }
+            Action::Remove { user, .. } => {
+                let Some(theirs) = self.role(user) else {
+                    return Err("not a member");
+                };
+                if theirs == Role::Owner && self.owners() <= 1 {
+                    Err("the last owner cannot be removed")
+                } else if user == author {
+                    Ok(())
+                } else if mine < Role::Admin {
+                    Err("only admins and owners remove others")
+                } else if theirs == Role::Owner && mine < Role::Owner {
+                    Err("only owners remove owners")
+                } else {
+                    Ok(())
+                }
+            }
+            Action::SetRole { user, role } => {
+                let Some(theirs) = self.role(user) else {
+                    return Err("not a member");
+                };
+                if theirs == *role {
+                    Err("already has that role")
+                } else if theirs == Role::Owner && self.owners() <= 1 {
+                    Err("the last owner cannot be demoted")
+                } else if mine == Role::Owner || (mine == Role::Admin && theirs < Role::Owner && *role < Role::Owner) {
+                    Ok(())
+                } else {
+                    Err("not allowed for the writer's role")
+                }
+            }
+        }
+    }
+
+    /// Apply an allowed action by `author`.
+    fn apply(&mut self, key: OpKey, author: &UserId, action: &Action) {
+        match action {
+            Action::Create => {
+                self.genesis = Some(key);
+                self.roles.insert(*author, Role::Owner);
+            }
+            Action::Add { user, role } => {
+                self.removed.remove(user);
+                self.roles.insert(*user, *role);
+            }
+            Action::Remove { user, upto } => {
+                self.roles.remove(user);
+                self.removed.insert(*user, upto.iter().copied().collect());
+            }
+            Action::SetRole { user, role } => {
+                self.roles.insert(*user, *role);
+            }
+        }
+    }
+}
+
+/// The fold's order: parents first; among ready ops, removals first, then the
+/// lower clock, then the lower key. Ops never ready are left out.
+fn order(ops: &[MemberOp], index: &HashMap<OpKey, usize>) -> Vec<usize> {
+    let mut missing: Vec<usize> = vec![0; ops.len()];
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); ops.len()];
+    let mut never = vec![false; ops.len()];
+    for (i, o) in ops.iter().enumerate() {
+        let parents: BTreeSet<&OpKey> = o.body.parents.iter().collect();
+        for p in parents {
+            match index.get(p) {
+                Some(&j) if j != i => {
+                    missing[i] += 1;
+                    children[j].push(i);
+                }
+                _ => never[i] = true,
+            }
+        }
+    }
+    let rank = |i: usize| {
+        let o = &ops[i];
+        (!matches!(o.body.action, Action::Remove { .. }), o.body.hlc, o.key)
+    };
+    let mut ready: BTreeSet<((bool, u64, OpKey), usize)> = (0..ops.len())
+        .filter(|&i| missing[i] == 0 && !never[i])
+        .map(|i| (rank(i), i))
+        .collect();
+    let mut out = Vec::with_capacity(ops.len());
+    while let Some(first) = ready.pop_first() {
+        let i = first.1;
+        out.push(i);
+        for &c in &children[i] {
+            missing[c] -= 1;
+            if missing[c] == 0 && !never[c] {
+                ready.insert((rank(c), c));
+            }
+        }
+    }
+    out
+}
+
+/// One fold in `order`, skipping `excluded`: the roster and the removals that
+/// stood.
+fn run(ops: &[MemberOp], order: &[usize], excluded: &BTreeSet<usize>) -> (Roster, Vec<usize>) {
+    let mut r = Roster::default();
+    let mut stood = Vec::new();
+    for &i in order {
+        if excluded.contains(&i) {
+            continue;
+        }
+        let o = &ops[i];
+        match r.allows(&o.author, &o.body.action) {
+            Ok(()) => {
+                r.apply(o.key, &o.author, &o.body.action);
+                if matches!(o.body.action, Action::Remove { .. }) {
+                    stood.push(i);
+                }
+            }
+            Err(why) => {
+                r.refused.insert(o.key, why.to_string());
+            }
+        }
+    }
+    (r, stood)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(b: u8) -> UserId {
+        UserId([b; 32])
+    }
+    fn dev(b: u8) -> DeviceId {
+        DeviceId([b; 16])
+    }
+    fn op(u: u8, n: u32, hlc: u64, parents: &[(u8, u32)], action: Action) -> MemberOp {
+        MemberOp {
+            key: OpKey { device: dev(u), n },
+            author: user(u),
+            body: MemberBody {
+                version: MEMBER_BODY_VERSION,
+                hlc,
+                parents: parents.iter().map(|&(d, n)| OpKey { device: dev(d), n }).collect(),
+                action,
+            },
+        }
+    }
+
+    #[test]
+    fn the_creator_owns_admins_manage_members_and_the_last_owner_stays() {
+        let ops = vec![
+            op(1, 1, 10, &[], Action::Create),
+            op(
+                1,
+                2,
+                11,
+                &[(1, 1)],
+                Action::SetRole {
+                    user: user(2),
+                    role: Role::Admin,
+                },
+            ),
+            // An admin removes a member, and may not remove the owner.
+            op(
+                2,
+                1,
+                12,
+                &[(1, 2)],
+                Action::Remove {
+                    user: user(3),
+                    upto: vec![(dev(3), 4)],
+                },
+            ),
+            op(
+                2,
+                2,
+                13,
+                &[(2, 1)],
+                Action::Remove {
+                    user: user(1),
+                    upto: vec![],
+                },
+            ),
+            // A member may not promote itself; the last owner may not leave.
+            op(
+                4,
+                1,
+                14,
+                &[(2, 2)],
+                Action::SetRole {
+                    user: user(4),
+                    role: Role::Admin,
+                },
+            ),
+            op(
+                1,
+                3,
+                15,
+                &[(4, 1)],
+                Action::Remove {
+                    user: user(1),
+                    upto: vec![],
+                },
+            ),
+        ];
+        let r = Roster::fold(ops);
+        assert_eq!(r.role(&user(1)), Some(Role::Owner));
+        assert_eq!(r.role(&user(2)), Some(Role::Admin));
+        assert_eq!(r.role(&user(3)), None);
+        assert_eq!(r.role(&user(4)), Some(Role::Member));
+        assert!(r.admits(&user(3), &dev(3), 4) && !r.admits(&user(3), &dev(3), 5));
+        assert!(!r.admits(&user(3), &dev(9), 1), "a device the removal did not name");
+        assert_eq!(r.refused.len(), 3, "{:?}", r.refused);
+        assert_eq!(r.heads, vec![OpKey { device: dev(1), n: 3 }]);
+    }
+
+    #[test]
+    fn a_removal_wins_over_what_the_removed_did_concurrently() {
+        // Owner 1 makes 2 an admin; then, concurrently, 1 removes 2 and 2
+        // promotes 3 and removes 4: neither of 2's ops stands.
+        let base = [
+            op(1, 1, 10, &[], Action::Create),
+            op(
+                1,
+                2,
+                11,
+                &[(1, 1)],
+                Action::SetRole {
+                    user: user(2),
+                    role: Role::Admin,
+                },
+            ),
+        ];
+        let mut ops = base.to_vec();
+        ops.push(op(
+            1,
+            3,
+            50,
+            &[(1, 2)],
+            Action::Remove {
+                user: user(2),
+                upto: vec![],
+            },
+        ));
+        ops.push(op(
+            2,
+            1,
+            20,
+            &[(1, 2)],
+            Action::SetRole {
+                user: user(3),
+                role: Role::Admin,
+            },
+        ));
+        ops.push(op(
+            2,
+            2,
+            21,
+            &[(2, 1)],
+            Action::Remove {
+                user: user(4),
+                upto: vec![],
+            },
+        ));
+        let r = Roster::fold(ops.clone());
+        assert_eq!(r.role(&user(2)), None);
+        assert_eq!(r.role(&user(3)), Some(Role::Member));
+        assert_eq!(r.role(&user(4)), Some(Role::Member));
+        // Had 1 seen them first, they stand.
+        let mut seen = base.to_vec();
+        seen.extend(ops[3..].iter().cloned());
+        seen.push(op(
+            1,
+            3,
+            50,
+            &[(2, 2)],
+            Action::Remove {
+                user: user(2),
+                upto: vec![],
+            },
+        ));
+        let r = Roster::fold(seen);
+        assert_eq!(r.role(&user(3)), Some(Role::Admin));
+        assert_eq!(r.role(&user(4)), None);
+    }
+
+    #[test]
+    fn the_roster_is_the_same_whatever_the_order_and_waits_for_parents() {
+        let ops = vec![
+            op(1, 1, 10, &[], Action::Create),
+            op(2, 1, 5, &[], Action::Create),
+            op(
+                1,
+                2,
+                11,
+                &[(1, 1)],
+                Action::Add {
+                    user: user(5),
+                    role: Role::Admin,
+                },
+            ),
+            op(
+                5,
+                1,
+                12,
+                &[(1, 2), (9, 9)],
+                Action::Remove {
+                    user: user(1),
+                    upto: vec![],
+                },
+            ),
+            op(6, 1, 13, &[(6, 2)], Action::Create),
+            op(6, 2, 13, &[(6, 1)], Action::Create),
+        ];
+        let a = Roster::fold(ops.clone());
+        let mut rev = ops.clone();
+        rev.reverse();
+        assert_eq!(a, Roster::fold(rev));
+        // The earlier claim stands; 5's op waits for a parent never seen; a cycle waits.
+        assert_eq!(a.genesis, Some(OpKey { device: dev(2), n: 1 }));
+        assert_eq!(a.waiting.len(), 3);
+        assert_eq!(a.role(&user(5)), Some(Role::Member), "added by one who is not an owner");
+    }
+
+    #[test]
+    fn bodies_round_trip_and_bounds_hold() {
+        let b = MemberBody {
+            version: MEMBER_BODY_VERSION,
+            hlc: 7,
+            parents: vec![OpKey { device: dev(1), n: 1 }],
+            action: Action::Remove {
+                user: user(2),
+                upto: vec![(dev(2), 3)],
+            },
+        };
+        assert_eq!(MemberBody::decode(&b.encode()).unwrap(), b);
+        let mut long = b.clone();
+        long.parents = vec![OpKey { device: dev(1), n: 1 }; MAX_PARENTS + 1];
+        assert!(MemberBody::decode(&long.encode()).is_err());
+        let mut bytes = b.encode();
+        bytes.push(0);
+        assert!(MemberBody::decode(&bytes).is_err());
+        assert!(MemberBody::decode(&[9, 1, 2]).is_err());
+    }
+}
