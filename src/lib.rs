@@ -46,11 +46,11 @@ use std::path::Path;
 
 /// The pure core (ids, clock, crypto, document model, byte formats), re-exported whole.
 pub use hearth_core as core;
-pub use hearth_core::{ChannelId, DeviceId, KdfParams, MAX_TEXT_BYTES, Message, MessageId, Passphrase, UserId};
+pub use hearth_core::{ChannelId, DeviceId, KdfParams, MAX_TEXT_BYTES, Message, MessageId, Passphrase, Role, UserId};
 pub use hearth_store::{
-    ChannelInfo, Config, Error, Located, OpenReport, OpenTimings, Outcome, Pending, Problem, Receipts, Result,
-    STORE_FORMAT, Stats, Store, StoreEvent, Thread, VerifyReport, Whoami, Write, create_private_dir, make_private,
-    write_atomic,
+    ChannelInfo, Config, Error, Located, MemberInfo, OpenReport, OpenTimings, Outcome, Pending, Problem, Receipts,
+    Result, RosterInfo, STORE_FORMAT, Stats, Store, StoreEvent, Thread, VerifyReport, Whoami, Write,
+    create_private_dir, make_private, write_atomic,
 };
 /// Sync over libp2p: nodes, events, tickets, relays.
 pub use hearth_sync as sync;

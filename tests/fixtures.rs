@@ -71,7 +71,7 @@ async fn v3_stores_open_migrate_and_answer_the_same() {
 }
 
 #[tokio::test]
-async fn v4_stores_open_and_answer_the_same() {
+async fn v4_stores_open_migrate_and_answer_the_same() {
     old_stores_open_migrate_and_answer_the_same("v4", 4).await;
 }
 
@@ -173,6 +173,31 @@ async fn old_stores_open_migrate_and_answer_the_same(format: &str, number: u8) {
                 .iter()
                 .all(|e| e.header.version == hearth::core::ENVELOPE_V2)
         );
+        // A channel older than rosters has none: every writer is a member,
+        // until one of them claims it by managing it.
+        let roster = s.roster(c).await.expect("roster");
+        assert!(!roster.started, "{name}: no roster in an old channel");
+        assert!(
+            roster
+                .members
+                .iter()
+                .all(|m| m.role == Some(hearth::core::Role::Member)),
+            "{name}: {roster:?}"
+        );
+        let other = roster
+            .members
+            .iter()
+            .map(|m| m.user)
+            .find(|u| *u != s.whoami().user)
+            .expect("another writer");
+        s.set_role(c, other, hearth::core::Role::Admin)
+            .await
+            .expect("claim and promote");
+        let roster = s.roster(c).await.expect("roster");
+        assert!(roster.started);
+        let role = |u| roster.members.iter().find(|m| m.user == u).and_then(|m| m.role);
+        assert_eq!(role(s.whoami().user), Some(hearth::core::Role::Owner));
+        assert_eq!(role(other), Some(hearth::core::Role::Admin));
         let v = s.verify().await.expect("verify");
         assert!(v.is_clean(), "{name}: {v:?}");
         s.close().await.expect("close");

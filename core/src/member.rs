@@ -378,6 +378,19 @@ impl Roster {
         }
     }
 
+    /// The roster once `author` has written `action` as op `key` on top of
+    /// this one (its parents being [`Roster::heads`]), if the rules allow it:
+    /// how a writer checks a change before writing it.
+    pub fn after(&self, key: OpKey, author: &UserId, action: &Action) -> std::result::Result<Roster, &'static str> {
+        self.allows(author, action)?;
+        let mut r = self.clone();
+        r.apply(key, author, action);
+        r.heads = vec![key];
+        let n = r.last_n.entry(key.device).or_insert(0);
+        *n = (*n).max(key.n);
+        Ok(r)
+    }
+
     /// Apply an allowed action by `author`.
     fn apply(&mut self, key: OpKey, author: &UserId, action: &Action) {
         match action {

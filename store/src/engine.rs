@@ -18,9 +18,10 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use hearth_core::member::MEMBER_BODY_VERSION;
 use hearth_core::{
     ChannelId, ChannelKeys, ChannelRecord, DeviceId, EntryBody, Envelope, Epoch, EpochDoc, EpochView, Hlc, Identity,
-    META_EPOCH, MessageId, Op, SecretKey, WireId, decode_change, writer_tag,
+    META_EPOCH, MemberAction, MemberBody, MessageId, Op, OpKey, Roster, SecretKey, WireId, decode_change, writer_tag,
 };
 
 use crate::channel::{ChannelState, EpochSummary, FeedHead};
@@ -158,6 +159,16 @@ pub enum Write {
     /// Write the delivery receipts this device owes for the messages sync
     /// stored (every channel; see [`crate::Store::flush_receipts`]).
     OwedReceipts,
+    /// Change the channel's roster: add, remove (the local user: leave) or
+    /// change a role. A channel without a roster yet is claimed first (the
+    /// local user becomes its owner). A removal's `upto` is filled here with
+    /// the removed user's feeds as held.
+    Member {
+        /// The channel.
+        channel: ChannelId,
+        /// The change.
+        action: MemberAction,
+    },
     /// Mark a channel read up to a message (default: its newest).
     MarkRead {
         /// The channel.
@@ -487,6 +498,19 @@ impl Engine {
                             name: self.identity.name().to_string(),
                         },
                     )?,
+                    // The roster starts with its maker as owner.
+                    op_entry(
+                        id,
+                        Op::Member {
+                            n: 1,
+                            body: MemberBody {
+                                version: MEMBER_BODY_VERSION,
+                                hlc: self.hlc.tick(now_ms()).0,
+                                parents: Vec::new(),
+                                action: MemberAction::Create,
+                            },
+                        },
+                    )?,
                 ];
                 (entries, Outcome::Channel(id))
             }
@@ -515,7 +539,7 @@ impl Engine {
                 (entries, Outcome::Channel(id))
             }
             Write::Rename { channel, name } => {
-                self.channel(&channel)?;
+                self.writable(&channel)?;
                 (vec![op_entry(channel, Op::Rename { name })?], Outcome::Done)
             }
             Write::Reply { to, text } => {
@@ -531,6 +555,7 @@ impl Engine {
                 text,
                 reply_to,
             } => {
+                self.writable(&channel)?;
                 let epoch = match reply_to {
                     None => self.top_epoch(self.channel(&channel)?),
                     Some(_) => 0,
@@ -565,6 +590,7 @@ impl Engine {
             }
             Write::React { msg, emoji, remove } => {
                 let (c, m) = self.message_at(&msg)?;
+                self.writable(&c)?;
                 if m.deleted {
                     return Err(Error::invalid("reaction", "the message was deleted"));
                 }
@@ -577,6 +603,7 @@ impl Engine {
             }
             Write::Edit { msg, text } => {
                 let (c, m) = self.message_at(&msg)?;
+                self.writable(&c)?;
                 if m.author != me {
                     return Err(Error::NotAuthor { action: "edit" });
                 }
@@ -587,13 +614,14 @@ impl Engine {
             }
             Write::Delete { msg } => {
                 let (c, m) = self.message_at(&msg)?;
+                self.writable(&c)?;
                 if m.author != me {
                     return Err(Error::NotAuthor { action: "delete" });
                 }
                 (vec![op_entry(c, Op::Delete { msg })?], Outcome::Done)
             }
             Write::Delivered { channel, marks } => {
-                self.channel(&channel)?;
+                self.writable(&channel)?;
                 (self.receipt_entries(channel, &marks)?, Outcome::Done)
             }
             Write::OwedReceipts => {
@@ -607,7 +635,8 @@ impl Engine {
                 for (channel, marks) in &owing {
                     // A channel whose metadata epoch cannot be read keeps what it
                     // owes; the others' receipts still go out.
-                    if let Ok(e) = self.receipt_entries(*channel, marks)
+                    if self.writable(channel).is_ok()
+                        && let Ok(e) = self.receipt_entries(*channel, marks)
                         && !e.is_empty()
                     {
                         entries.extend(e);
@@ -616,7 +645,15 @@ impl Engine {
                 }
                 (entries, Outcome::Receipts(channels))
             }
+            Write::Member { channel, action } => {
+                let ops = self.member_ops(channel, action)?;
+                (
+                    ops.into_iter().map(|op| op_entry(channel, op)).collect::<Result<_>>()?,
+                    Outcome::Done,
+                )
+            }
             Write::MarkRead { channel, up_to } => {
+                self.writable(&channel)?;
                 let target = match up_to {
                     Some(msg) => {
                         let (c, _) = self.message_at(&msg)?;
@@ -635,6 +672,73 @@ impl Engine {
                 }
             }
         })
+    }
+
+    /// The channel's roster (empty, not started, for a channel whose metadata
+    /// has not arrived yet).
+    pub(crate) fn roster(&mut self, channel: &ChannelId) -> Result<Roster> {
+        self.channel(channel)?;
+        self.ensure_epoch(*channel, META_EPOCH, false)?;
+        Ok(self
+            .loaded(channel, META_EPOCH)
+            .map(|le| le.view.roster.clone())
+            .unwrap_or_default())
+    }
+
+    /// Refuse writes in a channel the local user was removed from.
+    fn writable(&mut self, channel: &ChannelId) -> Result<()> {
+        let me = self.identity.user();
+        if self.roster(channel)?.role(&me).is_none() {
+            return Err(Error::NotAllowed {
+                action: "write in this channel".into(),
+                why: "you were removed from it".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The membership ops a roster change takes (a claim first, for a
+    /// channel without a roster), each checked against the roster it lands on.
+    fn member_ops(&mut self, channel: ChannelId, action: MemberAction) -> Result<Vec<Op>> {
+        let mut roster = self.roster(&channel)?;
+        let (me, device) = (self.identity.user(), self.identity.device());
+        let action = match action {
+            MemberAction::Remove { user, .. } => {
+                let upto = self
+                    .channel(&channel)?
+                    .heads
+                    .iter()
+                    .filter(|(_, h)| h.user == user)
+                    .map(|(d, h)| (*d, h.seq))
+                    .collect();
+                MemberAction::Remove { user, upto }
+            }
+            other => other,
+        };
+        let mut actions = Vec::new();
+        if !roster.is_started() && action != MemberAction::Create {
+            actions.push(MemberAction::Create);
+        }
+        actions.push(action);
+        let mut ops = Vec::new();
+        for action in actions {
+            let key = OpKey {
+                device,
+                n: roster.last_n.get(&device).copied().unwrap_or(0).saturating_add(1),
+            };
+            let body = MemberBody {
+                version: MEMBER_BODY_VERSION,
+                hlc: self.hlc.tick(now_ms()).0,
+                parents: roster.heads.clone(),
+                action: action.clone(),
+            };
+            roster = roster.after(key, &me, &action).map_err(|why| Error::NotAllowed {
+                action: describe(&action),
+                why: why.into(),
+            })?;
+            ops.push(Op::Member { n: key.n, body });
+        }
+        Ok(ops)
     }
 
     /// The receipt ops `marks` call for (those not held already). Owed receipts
@@ -733,9 +837,11 @@ impl Engine {
                 _ => 0,
             };
         match op {
-            Op::CreateChannel { .. } | Op::Rename { .. } | Op::SetName { .. } | Op::Delivered { .. } => {
-                le.view = le.doc.view(&ch.devices)
-            }
+            Op::CreateChannel { .. }
+            | Op::Rename { .. }
+            | Op::SetName { .. }
+            | Op::Delivered { .. }
+            | Op::Member { .. } => le.view = le.doc.view(&ch.devices),
             _ => le.view.apply_local(&user, op),
         }
         // The epoch size counts every message in it, replies included, exactly
@@ -864,6 +970,16 @@ impl Engine {
 }
 
 /// A device's certificate chain as a `T_CHAINS` row holds it (postcard).
+/// What a roster change is, for an error message.
+fn describe(action: &MemberAction) -> String {
+    match action {
+        MemberAction::Create => "claim the channel's roster".into(),
+        MemberAction::Add { user, role } => format!("add {} as {role}", &user.to_hex()[..16]),
+        MemberAction::Remove { user, .. } => format!("remove {}", &user.to_hex()[..16]),
+        MemberAction::SetRole { user, role } => format!("make {} {role}", &user.to_hex()[..16]),
+    }
+}
+
 pub(crate) fn encode_chain(chain: &[hearth_core::device::DeviceCert]) -> Vec<u8> {
     postcard::to_stdvec(chain).expect("a chain encodes")
 }

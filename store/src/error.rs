@@ -84,6 +84,14 @@ pub enum Error {
         /// "edit" or "delete".
         action: &'static str,
     },
+    /// The channel's roster does not allow it (see `hearth_core::member`).
+    #[error("not allowed to {action}: {why}")]
+    NotAllowed {
+        /// What was tried.
+        action: String,
+        /// Which rule forbids it.
+        why: String,
+    },
     /// The operating system reported an I/O error.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),

@@ -83,7 +83,9 @@ pub const META_LOG_SYNCED: &[u8] = b"Mlogsynced";
 /// appended to the log as a second identity record by the migration).
 /// 5: feed entries of format 2, signed by device keys; each feed's device
 /// chain kept (table `T_CHAINS`, derived from the entries); 4 is only marked.
-pub const STORE_FORMAT: u8 = 5;
+/// 6: channel rosters (membership ops `mo:` in epoch 0 documents, which
+/// older builds refuse as unknown keys); 5 is only marked.
+pub const STORE_FORMAT: u8 = 6;
 
 /// Name of a table, for error messages and record AAD.
 pub fn table_name(tag: u8) -> &'static str {

@@ -364,7 +364,9 @@ pub(crate) fn open(
                         // table (fork proofs), both empty until a fork is
                         // seen; 3 to 4 gives the device keys, at the end of
                         // this open (`give_device_keys`), once sled has
-                        // caught up with the log. The store is marked here.
+                        // caught up with the log; 4 to 5 and 5 to 6 add
+                        // derived rows and new kinds of content only. The
+                        // store is marked here.
                         e.tree.insert(META_FORMAT, &[STORE_FORMAT][..])?;
                         e.dirty = true;
                         report.migrated_from = Some(st.format);

@@ -9,6 +9,33 @@ use serde::Serialize;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 
+/// A user of a channel's roster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MemberInfo {
+    /// The user.
+    pub user: UserId,
+    /// The display name the user set in this channel, if any.
+    pub name: Option<String>,
+    /// Its role; `None`: removed.
+    pub role: Option<hearth_core::Role>,
+    /// Its devices that wrote in the channel, with their feed heads.
+    pub devices: Vec<(hearth_core::DeviceId, u64)>,
+}
+
+/// A channel's roster, as this store holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RosterInfo {
+    /// Whether the roster is started (a channel older than rosters has none
+    /// until a member claims it; every key holder may write in it until then).
+    pub started: bool,
+    /// Members (owners, admins, then members, by user id), then removed users.
+    pub members: Vec<MemberInfo>,
+    /// Membership ops that changed nothing, with why.
+    pub refused: usize,
+    /// Membership ops waiting for ops they name.
+    pub waiting: usize,
+}
+
 /// A channel in the channel list.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ChannelInfo {
@@ -163,6 +190,72 @@ impl Engine {
             .loaded(channel, META_EPOCH)
             .map(|le| le.view.names.clone())
             .unwrap_or_default())
+    }
+
+    /// The channel's roster: everyone it names, and every other writer.
+    pub(crate) fn roster_info(&mut self, channel: &ChannelId) -> Result<RosterInfo> {
+        let roster = self.roster(channel)?;
+        let names = self.members(channel)?;
+        let ch = self.channel(channel)?;
+        let mut users: BTreeMap<UserId, Vec<(hearth_core::DeviceId, u64)>> = BTreeMap::new();
+        for u in roster.roles.keys().chain(roster.removed.keys()).chain(names.keys()) {
+            users.entry(*u).or_default();
+        }
+        for (d, h) in &ch.heads {
+            users.entry(h.user).or_default().push((*d, h.seq));
+        }
+        let mut members: Vec<MemberInfo> = users
+            .into_iter()
+            .map(|(user, devices)| MemberInfo {
+                user,
+                name: names.get(&user).cloned(),
+                role: roster.role(&user),
+                devices,
+            })
+            .collect();
+        members.sort_by_key(|m| (m.role.is_none(), std::cmp::Reverse(m.role), m.user));
+        Ok(RosterInfo {
+            started: roster.is_started(),
+            members,
+            refused: roster.refused.len(),
+            waiting: roster.waiting.len(),
+        })
+    }
+
+    /// A user of a channel's roster by user id, unique id prefix (4 hex
+    /// digits or more) or display name.
+    pub(crate) fn resolve_member(&mut self, channel: &ChannelId, input: &str) -> Result<UserId> {
+        let info = self.roster_info(channel)?;
+        if let Ok(user) = input.parse::<UserId>() {
+            return Ok(user);
+        }
+        let by_name: Vec<UserId> = info
+            .members
+            .iter()
+            .filter(|m| m.name.as_deref() == Some(input))
+            .map(|m| m.user)
+            .collect();
+        let matches = if by_name.is_empty() && input.len() >= 4 && input.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let lower = input.to_ascii_lowercase();
+            info.members
+                .iter()
+                .filter(|m| m.user.to_hex().starts_with(&lower))
+                .map(|m| m.user)
+                .collect()
+        } else {
+            by_name
+        };
+        match matches.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(Error::NotFound {
+                what: "member",
+                id: input.to_string(),
+            }),
+            _ => Err(Error::invalid(
+                "member",
+                format!("{input:?} matches more than one member; use the user id"),
+            )),
+        }
     }
 
     /// The channel's own name (epoch 0), or until that arrives by sync, the

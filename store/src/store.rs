@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hearth_core::{ChannelId, ChannelKeys, DeviceId, Message, MessageId, Passphrase, UserId, Vector, WireId};
+use hearth_core::{
+    ChannelId, ChannelKeys, DeviceId, MemberAction, Message, MessageId, Passphrase, Role, UserId, Vector, WireId,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::actor::{self, Cmd};
@@ -12,7 +14,7 @@ use crate::config::Config;
 use crate::engine::{Engine, Outcome, Write};
 use crate::error::{Error, Result};
 use crate::open::{self, OpenReport};
-use crate::query::{ChannelInfo, Located, Thread};
+use crate::query::{ChannelInfo, Located, RosterInfo, Thread};
 use crate::rotate::{RotateReport, StopAt};
 use crate::sync::{EntryBatch, IngestReport, Receipts, StoreEvent};
 use crate::verify::{Stats, VerifyReport};
@@ -661,6 +663,48 @@ impl Store {
     /// Display names of a channel's members.
     pub async fn members(&self, channel: ChannelId) -> Result<BTreeMap<UserId, String>> {
         self.query(move |e| e.members(&channel)).await
+    }
+
+    /// A channel's roster: owners, admins and members (every writer not
+    /// removed is a member), then removed users.
+    pub async fn roster(&self, channel: ChannelId) -> Result<RosterInfo> {
+        self.query(move |e| e.roster_info(&channel)).await
+    }
+
+    /// A user of a channel's roster by user id, unique prefix or display name.
+    pub async fn resolve_member(&self, channel: ChannelId, input: &str) -> Result<UserId> {
+        let input = input.to_string();
+        self.query(move |e| e.resolve_member(&channel, &input)).await
+    }
+
+    /// Remove `user` from a channel (admins remove members and admins, owners
+    /// anyone but the last owner). Its devices' entries after the ones held
+    /// here are refused from then on. The local user: see [`Store::leave`].
+    pub async fn remove_member(&self, channel: ChannelId, user: UserId) -> Result<()> {
+        self.member(channel, MemberAction::Remove { user, upto: Vec::new() })
+            .await
+    }
+
+    /// Leave a channel (the last owner cannot): nothing more can be written
+    /// in it here.
+    pub async fn leave(&self, channel: ChannelId) -> Result<()> {
+        let me = self.whoami().user;
+        self.remove_member(channel, me).await
+    }
+
+    /// Give `user` a role in a channel (admins make members and admins,
+    /// owners anything; the last owner stays an owner).
+    pub async fn set_role(&self, channel: ChannelId, user: UserId, role: Role) -> Result<()> {
+        self.member(channel, MemberAction::SetRole { user, role }).await
+    }
+
+    /// Add `user` (back) to a channel with `role`: undoes a removal.
+    pub async fn add_member(&self, channel: ChannelId, user: UserId, role: Role) -> Result<()> {
+        self.member(channel, MemberAction::Add { user, role }).await
+    }
+
+    async fn member(&self, channel: ChannelId, action: MemberAction) -> Result<()> {
+        self.write(Write::Member { channel, action }).await.map(drop)
     }
 
     /// Counts and sizes.

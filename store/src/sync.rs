@@ -295,6 +295,13 @@ impl Engine {
         // feed, until the other entries of the batch are in (a catch-up
         // brings a feed that jumps from epoch 1 to 4 before the feeds that
         // filled 2 and 3); what still does not fit is refused.
+        // Entries of a removed writer past the removal's cut are refused (the
+        // log replayed at open holds only what was taken).
+        let roster = if self.replaying {
+            None
+        } else {
+            Some(self.roster(&channel).unwrap_or_default())
+        };
         let mut pending = entries;
         loop {
             let mut waiting: Vec<Vec<u8>> = Vec::new();
@@ -330,6 +337,18 @@ impl Engine {
                 // What follows is sealed and signed by the author: a failure
                 // is the author's, not the forwarding peer's.
                 let h = &env.header;
+                if let Some(r) = &roster
+                    && !r.admits(&h.user, &h.device, h.seq)
+                {
+                    let upto = r
+                        .removed
+                        .get(&h.user)
+                        .and_then(|cut| cut.get(&h.device))
+                        .copied()
+                        .unwrap_or(0);
+                    report.rejected.push(admission.refuse(&env, Refusal::Removed { upto }));
+                    continue;
+                }
                 let opened = env.open(&ch.keys).and_then(|body| {
                     let (change, effects) = decode_change_effects(&body.change, &h.device, &h.user)?;
                     if !self.replaying {

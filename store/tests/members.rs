@@ -1,0 +1,151 @@
+//! Channel rosters through the store (issue 8, item 2): the maker owns a
+//! channel, admins manage members, a removed member's later entries are
+//! refused by every other member, the removed store cannot write, and a
+//! channel older than rosters is claimed by the first member who manages it.
+
+use hearth_core::{ChannelId, KdfParams, Passphrase, Role, UserId, WireId};
+use hearth_store::{Config, Error, Refusal, Store};
+
+fn config() -> Config {
+    Config::default().with_kdf(KdfParams::INSECURE_FAST)
+}
+
+/// Move what `to` lacks of a channel; returns the refusals.
+async fn pull(from: &Store, to: &Store, wire: WireId, channel: ChannelId) -> Vec<Refusal> {
+    let mut refused = Vec::new();
+    loop {
+        let have = to.vector(channel).await.unwrap();
+        let batch = from.entries_after(wire, have, 64 * 1024, 64).await.unwrap();
+        if batch.entries.is_empty() {
+            return refused;
+        }
+        let report = to.ingest(wire, batch.entries).await.unwrap();
+        let stuck = report.accepted == 0;
+        refused.extend(report.rejected.into_iter().map(|r| r.reason));
+        if stuck {
+            return refused;
+        }
+    }
+}
+
+fn role_of(info: &hearth_store::RosterInfo, user: UserId) -> Option<Option<Role>> {
+    info.members.iter().find(|m| m.user == user).map(|m| m.role)
+}
+
+#[tokio::test]
+async fn admins_remove_members_whose_later_entries_are_refused_everywhere() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let pass = Passphrase::new("pw");
+    let alice = Store::create(dirs[0].path(), &pass, "alice", config()).await.unwrap();
+    let bob = Store::create(dirs[1].path(), &pass, "bob", config()).await.unwrap();
+    let carol = Store::create(dirs[2].path(), &pass, "carol", config()).await.unwrap();
+    let (a, b, c) = (alice.whoami().user, bob.whoami().user, carol.whoami().user);
+    let ch = alice.create_channel("general").await.unwrap();
+    let keys = alice.channel_keys(ch).await.unwrap();
+    let wire = keys.wire();
+    bob.join_channel(keys.clone()).await.unwrap();
+    carol.join_channel(keys).await.unwrap();
+    let all = [&alice, &bob, &carol];
+    let mesh = || async {
+        for from in all {
+            for to in all {
+                if !std::ptr::eq(from, to) {
+                    pull(from, to, wire, ch).await;
+                }
+            }
+        }
+    };
+    mesh().await;
+    let info = alice.roster(ch).await.unwrap();
+    assert!(info.started);
+    assert_eq!(role_of(&info, a), Some(Some(Role::Owner)));
+    assert_eq!(role_of(&info, b), Some(Some(Role::Member)), "a writer is a member");
+
+    // A member may not promote itself, nor remove others.
+    let denied = bob.set_role(ch, b, Role::Admin).await.unwrap_err();
+    assert!(matches!(denied, Error::NotAllowed { .. }), "{denied}");
+    assert!(matches!(bob.remove_member(ch, c).await, Err(Error::NotAllowed { .. })));
+    // The owner makes bob an admin; bob (resolving carol by name) removes carol.
+    alice.set_role(ch, b, Role::Admin).await.unwrap();
+    mesh().await;
+    assert_eq!(bob.resolve_member(ch, "carol").await.unwrap(), c);
+    assert_eq!(bob.resolve_member(ch, &c.to_hex()[..8]).await.unwrap(), c);
+    assert!(matches!(
+        bob.resolve_member(ch, "dave").await,
+        Err(Error::NotFound { .. })
+    ));
+    carol.post(ch, "before the removal").await.unwrap();
+    mesh().await;
+    bob.remove_member(ch, c).await.unwrap();
+    // Carol writes on before she learns of it.
+    carol.post(ch, "after the removal").await.unwrap();
+    let refused = pull(&carol, &bob, wire, ch).await;
+    assert!(matches!(refused.as_slice(), [Refusal::Removed { .. }]), "{refused:?}");
+    assert!(!refused[0].is_peer_fault());
+    // Alice learns of the removal from bob, then refuses carol's later entry.
+    pull(&bob, &alice, wire, ch).await;
+    let refused = pull(&carol, &alice, wire, ch).await;
+    assert!(matches!(refused.as_slice(), [Refusal::Removed { .. }]), "{refused:?}");
+    for s in [&alice, &bob] {
+        let texts: Vec<String> = s
+            .page(ch, None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|m| m.text)
+            .collect();
+        assert!(texts.contains(&"before the removal".to_string()));
+        assert!(!texts.contains(&"after the removal".to_string()));
+        assert_eq!(role_of(&s.roster(ch).await.unwrap(), c), Some(None), "removed");
+    }
+    // Carol, once she learns of it, cannot write there any more.
+    pull(&bob, &carol, wire, ch).await;
+    let err = carol.post(ch, "still here?").await.unwrap_err();
+    assert!(matches!(err, Error::NotAllowed { .. }), "{err}");
+    // The last owner can neither leave nor be removed; an admin may leave.
+    assert!(matches!(alice.leave(ch).await, Err(Error::NotAllowed { .. })));
+    assert!(matches!(bob.remove_member(ch, a).await, Err(Error::NotAllowed { .. })));
+    bob.leave(ch).await.unwrap();
+    assert!(matches!(bob.post(ch, "gone").await, Err(Error::NotAllowed { .. })));
+    // The owner adds carol back: her new entries are taken again.
+    pull(&bob, &alice, wire, ch).await;
+    alice.add_member(ch, c, Role::Member).await.unwrap();
+    pull(&alice, &carol, wire, ch).await;
+    carol.post(ch, "back again").await.unwrap();
+    // The cut goes with the removal: her whole feed is taken again, what she
+    // wrote while removed included.
+    assert!(pull(&carol, &alice, wire, ch).await.is_empty());
+    let texts: Vec<String> = alice
+        .page(ch, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| m.text)
+        .collect();
+    assert!(texts.contains(&"back again".to_string()), "{texts:?}");
+    assert_eq!(role_of(&alice.roster(ch).await.unwrap(), c), Some(Some(Role::Member)));
+    for s in [alice, bob, carol] {
+        s.close().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn rosters_survive_a_reopen_and_a_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let pass = Passphrase::new("pw");
+    let s = Store::create(dir.path(), &pass, "alice", config()).await.unwrap();
+    let ch = s.create_channel("general").await.unwrap();
+    let other = UserId([7; 32]);
+    s.set_role(ch, other, Role::Admin).await.unwrap();
+    let before = s.roster(ch).await.unwrap();
+    s.close().await.unwrap();
+    let s = Store::open(dir.path(), &pass, config()).await.unwrap();
+    assert_eq!(s.roster(ch).await.unwrap(), before);
+    s.close().await.unwrap();
+    std::fs::remove_dir_all(dir.path().join("db")).unwrap();
+    let s = Store::open(dir.path(), &pass, config()).await.unwrap();
+    assert!(s.open_report().rebuilt.is_some());
+    assert_eq!(s.roster(ch).await.unwrap(), before);
+    assert_eq!(role_of(&before, other), Some(Some(Role::Admin)));
+    s.close().await.unwrap();
+}
