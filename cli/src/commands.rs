@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::output::{Names, message_json, message_line, print_json};
-use crate::{ChannelCmd, Cli, Command};
+use crate::{ChannelCmd, Cli, Command, MemberCmd};
 
 /// Writes kept in flight by `post --stdin` and `import`: enough to fill a group
 /// commit, bounded so memory stays flat on any input size.
@@ -239,6 +239,7 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
                 }
             }
         }
+        Command::Member(cmd) => member(cli, h, cmd).await?,
         Command::Channel(ChannelCmd::Rename { channel, name }) => {
             let id = h.resolve_channel(channel).await?;
             h.rename_channel(id, name).await?;
@@ -447,6 +448,66 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `hearth member ...`.
+async fn member(cli: &Cli, h: &Hearth, cmd: &MemberCmd) -> Result<()> {
+    match cmd {
+        MemberCmd::List { channel } => {
+            let id = h.resolve_channel(channel).await?;
+            let roster = h.roster(id).await?;
+            if !cli.json && !roster.started {
+                println!("(no roster yet: every member may write; the first to manage it becomes its owner)");
+            }
+            for m in &roster.members {
+                let role = m.role.map(|r| r.to_string()).unwrap_or_else(|| "removed".into());
+                if cli.json {
+                    print_json(&json!({
+                        "user": m.user.to_hex(), "name": m.name, "role": role,
+                        "devices": m.devices.iter().map(|(d, seq)| json!({"device": d.to_hex(), "entries": seq})).collect::<Vec<_>>(),
+                    }));
+                } else {
+                    println!(
+                        "{}  {:<8} {:<24} {} device(s)",
+                        &m.user.to_hex()[..16],
+                        role,
+                        m.name.as_deref().unwrap_or("-"),
+                        m.devices.len()
+                    );
+                }
+            }
+        }
+        MemberCmd::Remove { channel, user } => {
+            let id = h.resolve_channel(channel).await?;
+            let user = h.resolve_member(id, user).await?;
+            h.remove_member(id, user).await?;
+            done(cli, json!({"channel": id.to_hex(), "removed": user.to_hex()}));
+        }
+        MemberCmd::Role { channel, user, role } => {
+            let id = h.resolve_channel(channel).await?;
+            let user = h.resolve_member(id, user).await?;
+            h.set_role(id, user, *role).await?;
+            done(
+                cli,
+                json!({"channel": id.to_hex(), "user": user.to_hex(), "role": role.to_string()}),
+            );
+        }
+        MemberCmd::Add { channel, user, role } => {
+            let id = h.resolve_channel(channel).await?;
+            let user = h.resolve_member(id, user).await?;
+            h.add_member(id, user, *role).await?;
+            done(
+                cli,
+                json!({"channel": id.to_hex(), "added": user.to_hex(), "role": role.to_string()}),
+            );
+        }
+        MemberCmd::Leave { channel } => {
+            let id = h.resolve_channel(channel).await?;
+            h.leave(id).await?;
+            done(cli, json!({"channel": id.to_hex(), "left": true}));
+        }
+    }
+    Ok(())
 }
 
 fn done(cli: &Cli, v: serde_json::Value) {

@@ -65,6 +65,9 @@ pub enum Command {
     /// Create, list or rename channels.
     #[command(subcommand)]
     Channel(ChannelCmd),
+    /// A channel's roster: list, remove, change roles, add back, leave.
+    #[command(subcommand)]
+    Member(MemberCmd),
     /// Post a message (prints its id once durable).
     Post {
         /// Channel id or name.
@@ -237,6 +240,50 @@ pub enum ChannelCmd {
         channel: String,
         /// The new name.
         name: String,
+    },
+}
+
+/// Roster commands. USER is a user id, a unique prefix of one (4 hex digits
+/// or more), or a member's display name. A channel made before rosters has
+/// none: the first of these that changes it makes you its owner.
+#[derive(Subcommand, Debug)]
+pub enum MemberCmd {
+    /// List owners, admins, members (every writer not removed) and removed users.
+    List {
+        /// Channel id or name.
+        channel: String,
+    },
+    /// Remove a user (admins remove members and admins, owners anyone but
+    /// the last owner): their devices' later entries are refused.
+    Remove {
+        /// Channel id or name.
+        channel: String,
+        /// The user.
+        user: String,
+    },
+    /// Give a user a role: owner, admin or member.
+    Role {
+        /// Channel id or name.
+        channel: String,
+        /// The user.
+        user: String,
+        /// owner, admin or member.
+        role: hearth::Role,
+    },
+    /// Add a user (back) with a role (default member): undoes a removal.
+    Add {
+        /// Channel id or name.
+        channel: String,
+        /// The user.
+        user: String,
+        /// owner, admin or member.
+        #[arg(long, default_value = "member")]
+        role: hearth::Role,
+    },
+    /// Leave a channel (the last owner cannot): nothing more is written there.
+    Leave {
+        /// Channel id or name.
+        channel: String,
     },
 }
 

@@ -892,3 +892,49 @@ fn linking_a_device_shows_one_code_on_both_and_waits_for_confirmation() {
     assert!(link.stderr().contains("declined"), "{}", link.report());
     assert!(!other.join("header").exists());
 }
+
+/// `hearth member`: the maker of a channel owns it, lists its roster, makes
+/// a member an admin and removes them; the removed member's later post never
+/// reaches the owner, and once the removal reaches them they cannot post.
+#[test]
+fn member_list_role_and_remove_through_the_cli() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    let alice = init(&a, "alice");
+    let bob = init(&b, "bob");
+    ok(hearth(&a).args(["channel", "create", "general"]));
+    let ticket = ok(hearth(&a).args(["invite", "general"])).trim().to_string();
+    ok(hearth(&b).args(["join", &ticket, "--timeout", "0"]));
+    ok(hearth(&b).args(["post", "general", "before the removal"]));
+    let sync = || {
+        let (an, addr) = start_node("alice's node", &a, &["--listen", LOOPBACK]);
+        let (mut bn, _) = start_node("bob's node", &b, &["--listen", LOOPBACK, "--peer", &addr]);
+        bn.wait_for("a sync", |e| e["event"] == "synced");
+        bn.terminate();
+        an.terminate();
+    };
+    sync();
+    let roster = json_lines(&ok(hearth(&a).args(["--json", "member", "list", "general"])));
+    let role = |r: &[Value], user: &str| {
+        r.iter()
+            .find(|m| m["user"] == user)
+            .map(|m| m["role"].as_str().expect("role").to_string())
+    };
+    assert_eq!(role(&roster, &alice).as_deref(), Some("owner"), "{roster:?}");
+    assert_eq!(role(&roster, &bob).as_deref(), Some("member"), "{roster:?}");
+    // Bob may not promote himself; Alice names him by name, then by prefix.
+    let err = fails(hearth(&b).args(["member", "role", "general", "bob", "admin"]));
+    assert!(err.contains("not allowed"), "{err}");
+    ok(hearth(&a).args(["member", "role", "general", "bob", "admin"]));
+    ok(hearth(&a).args(["member", "remove", "general", &bob[..12]]));
+    let err = fails(hearth(&a).args(["member", "leave", "general"]));
+    assert!(err.contains("last owner"), "{err}");
+    ok(hearth(&b).args(["post", "general", "after the removal"]));
+    sync();
+    let log = json_lines(&ok(hearth(&a).args(["--json", "log", "general"])));
+    assert_eq!(texts(&log), ["before the removal"]);
+    let roster = json_lines(&ok(hearth(&b).args(["--json", "member", "list", "general"])));
+    assert_eq!(role(&roster, &bob).as_deref(), Some("removed"), "{roster:?}");
+    let err = fails(hearth(&b).args(["post", "general", "still here?"]));
+    assert!(err.contains("removed"), "{err}");
+}
