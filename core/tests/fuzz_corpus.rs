@@ -75,6 +75,14 @@ replay_tests! {
     link_bundle => checks::check_link_bundle,
     fork_proof => checks::check_fork_proof,
     device_cert => checks::check_device_cert,
+    member_ops => checks::check_member_ops,
+}
+
+/// Writes the membership op seeds only.
+#[test]
+#[ignore = "rewrites fuzz/corpus/member_ops; run by hand with --ignored"]
+fn regenerate_member_seeds() {
+    seeds::write_member_ops();
 }
 
 /// Writes the device certificate seeds and the version 2 identity seeds only.
@@ -140,6 +148,7 @@ mod seeds {
             "link_bundle" => true,
             "fork_proof" => hearth_core::ForkProof::decode(data).is_ok(),
             "device_cert" => hearth_core::device::DeviceCert::decode(data).is_ok(),
+            "member_ops" => true,
             _ => unreachable!("no fuzz target {target}"),
         }
     }
@@ -175,6 +184,111 @@ mod seeds {
         let named = ChannelRecord::encode_named(keys, Some("general"));
         write("channel_record", "valid-v2-named", &named);
         write("channel_record", "valid-v2-unnamed", &ChannelRecord::encode(keys));
+    }
+
+    /// Rosters: a channel made, an admin named, a member removed, a
+    /// concurrent removal and promotion, a cycle, and variants.
+    pub fn write_member_ops() {
+        use hearth_core::member::{MEMBER_BODY_VERSION, OpKey};
+        use hearth_core::{MemberAction, MemberBody, Role, UserId};
+        let frame = |author: u8, device: u8, n: u8, hlc: u64, parents: &[(u8, u32)], action: MemberAction| {
+            let body = MemberBody {
+                version: MEMBER_BODY_VERSION,
+                hlc,
+                parents: parents
+                    .iter()
+                    .map(|&(d, n)| OpKey {
+                        device: DeviceId([d; 16]),
+                        n,
+                    })
+                    .collect(),
+                action,
+            }
+            .encode();
+            let mut out = vec![author, device, n, body.len() as u8];
+            out.extend(body);
+            out
+        };
+        let user = |b: u8| UserId([b; 32]);
+        let mut story = Vec::new();
+        story.extend(frame(0, 0, 1, 10, &[], MemberAction::Create));
+        story.extend(frame(
+            0,
+            0,
+            2,
+            11,
+            &[(0, 1)],
+            MemberAction::SetRole {
+                user: user(1),
+                role: Role::Admin,
+            },
+        ));
+        story.extend(frame(
+            1,
+            1,
+            1,
+            12,
+            &[(0, 2)],
+            MemberAction::Remove {
+                user: user(2),
+                upto: vec![(DeviceId([2; 16]), 3)],
+            },
+        ));
+        story.extend(frame(
+            0,
+            0,
+            3,
+            13,
+            &[(1, 1)],
+            MemberAction::Add {
+                user: user(2),
+                role: Role::Member,
+            },
+        ));
+        write("member_ops", "valid-story", &story);
+        let mut race = Vec::new();
+        race.extend(frame(0, 0, 1, 10, &[], MemberAction::Create));
+        race.extend(frame(
+            0,
+            0,
+            2,
+            11,
+            &[(0, 1)],
+            MemberAction::SetRole {
+                user: user(1),
+                role: Role::Admin,
+            },
+        ));
+        race.extend(frame(
+            0,
+            0,
+            3,
+            30,
+            &[(0, 2)],
+            MemberAction::Remove {
+                user: user(1),
+                upto: vec![],
+            },
+        ));
+        race.extend(frame(
+            1,
+            1,
+            1,
+            20,
+            &[(0, 2)],
+            MemberAction::SetRole {
+                user: user(3),
+                role: Role::Admin,
+            },
+        ));
+        race.extend(frame(3, 3, 1, 21, &[(0, 1)], MemberAction::Create));
+        write("member_ops", "valid-concurrent-removal", &race);
+        let mut cycle = Vec::new();
+        cycle.extend(frame(2, 2, 1, 5, &[(2, 2)], MemberAction::Create));
+        cycle.extend(frame(2, 2, 2, 5, &[(2, 1)], MemberAction::Create));
+        write("member_ops", "cycle", &cycle);
+        write("member_ops", "truncated", &story[..story.len() - 9]);
+        write("member_ops", "flipped", &flip(&race, 30));
     }
 
     /// Certificates by a user and by a device, a kept (legacy) id, and variants.

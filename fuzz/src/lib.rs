@@ -282,3 +282,52 @@ pub fn check_link_bundle(data: &[u8]) {
         bundle.channels.iter().map(|k| k.wire()).collect::<Vec<_>>()
     );
 }
+
+/// Membership ops and the roster fold: the input is a list of frames
+/// `[author][device][n][len][body bytes; len]`, each decoded as a
+/// [`hearth_core::MemberBody`] (authors and devices from small sets, so that
+/// ops name each other). The fold must not panic, must not depend on the
+/// order of the ops, and every op must end up standing, refused or waiting.
+pub fn check_member_ops(data: &[u8]) {
+    use hearth_core::member::{MemberOp, OpKey};
+    use hearth_core::{MemberBody, Roster, UserId};
+    let mut ops = Vec::new();
+    let mut rest = data;
+    while let [author, device, n, len, tail @ ..] = rest {
+        let len = (*len as usize).min(tail.len());
+        let (body, next) = tail.split_at(len);
+        rest = next;
+        let Ok(body) = MemberBody::decode(body) else {
+            continue;
+        };
+        assert_eq!(
+            MemberBody::decode(&body.encode()).expect("an encoded body decodes"),
+            body
+        );
+        ops.push(MemberOp {
+            key: OpKey {
+                device: DeviceId([device % 4; 16]),
+                n: u32::from(*n % 8),
+            },
+            author: UserId([author % 4; 32]),
+            body,
+        });
+    }
+    let roster = Roster::fold(ops.clone());
+    let mut reversed = ops.clone();
+    reversed.reverse();
+    assert_eq!(
+        Roster::fold(reversed),
+        roster,
+        "the roster depends on the order of its ops"
+    );
+    for user in roster.roles.keys() {
+        assert!(!roster.removed.contains_key(user), "a user both named and removed");
+    }
+    if roster.genesis.is_some() {
+        assert!(
+            roster.roles.values().any(|r| *r == hearth_core::Role::Owner),
+            "a started roster without an owner"
+        );
+    }
+}

@@ -1,0 +1,4 @@
+//! Membership ops and the roster fold. The check lives in `hearth_fuzz`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(init: hearth_fuzz::init(), |data: &[u8]| hearth_fuzz::check_member_ops(data));
