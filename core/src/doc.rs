@@ -33,6 +33,7 @@ use crate::hlc::Timestamp;
 use crate::id::{ChannelId, DeviceId, Epoch, MessageId, UserId, writer_tag};
 use crate::member::{MemberBody, MemberOp, OpKey, Roster};
 use crate::op::{MAX_EMOJI_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES, Op};
+use crate::rotation::KeyPackage;
 use crate::view::{EpochView, Message};
 
 /// Which user each device (automerge actor) belongs to, as proven by signed feed
@@ -225,6 +226,13 @@ impl EpochDoc {
             }
             Op::Delivered { author: writer, up_to } => {
                 d.put(ROOT, format!("dl:{user}:{device}:{writer}"), up_to.to_hex())?;
+            }
+            Op::Keys { n, package } => {
+                let key = format!("kp:{user}:{device}:{n}");
+                if d.get(ROOT, key.as_str())?.is_some() {
+                    return Err(Error::invalid("key package", "number already used"));
+                }
+                d.put(ROOT, key, ScalarValue::Bytes(package.encode()))?;
             }
             Op::Member { n, body } => {
                 let key = OpKey { device: *device, n: *n }.doc_key(author);
@@ -448,6 +456,32 @@ impl EpochDoc {
         view.roster = self.roster(devices);
     }
 
+    /// Every key package of the channel (metadata epoch) whose writer's signed
+    /// feed vouches for it: writer, device, number, package.
+    pub fn key_packages(&self, devices: &Devices) -> Vec<(UserId, DeviceId, u32, KeyPackage)> {
+        let mut out = Vec::new();
+        for item in self.doc.map_range(ROOT, "kp:".to_string().."kp;".to_string()) {
+            let parts: Vec<&str> = item.key.splitn(4, ':').collect();
+            let [_, user, device, n] = parts.as_slice() else {
+                continue;
+            };
+            let (Ok(user), Ok(device), Ok(n)) = (user.parse::<UserId>(), device.parse::<DeviceId>(), n.parse::<u32>())
+            else {
+                continue;
+            };
+            let id = item.id();
+            if writer(&id, devices) != Some(user) || id_device(&id) != Some(device) {
+                continue;
+            }
+            if let ValueRef::Scalar(ScalarValueRef::Bytes(bytes)) = &item.value
+                && let Ok(p) = KeyPackage::decode(bytes)
+            {
+                out.push((user, device, n, p));
+            }
+        }
+        out
+    }
+
     /// The channel's roster (metadata epoch): every membership op its writer's
     /// signed feed vouches for, folded ([`Roster::fold`]).
     pub fn roster(&self, devices: &Devices) -> Roster {
@@ -576,6 +610,9 @@ pub struct ChangeEffects {
     pub read_markers: bool,
     /// It touches channel metadata (name, display names, delivery receipts).
     pub meta: bool,
+    /// The key packages it writes (sealed channel keys), so that a receiver
+    /// can take its keys before opening the entries sealed under them.
+    pub packages: Vec<KeyPackage>,
     /// Message ids that must lie in the entry's epoch: posts, the targets of
     /// edits, deletes and reactions, reply roots, read markers.
     pub placed: Vec<MessageId>,
@@ -590,6 +627,7 @@ impl ChangeEffects {
         self.messages.extend(other.messages);
         self.read_markers |= other.read_markers;
         self.meta |= other.meta;
+        self.packages.extend(other.packages);
         self.placed.extend(other.placed);
         self.mentioned.extend(other.mentioned);
     }
@@ -668,6 +706,14 @@ pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> 
                     effects.read_markers = true;
                     if let OpType::Put(ScalarValue::Str(s)) = &op.action {
                         effects.placed.push(parse_id(s)?);
+                    }
+                }
+                ("kp", _) => {
+                    effects.meta = true;
+                    if let OpType::Put(ScalarValue::Bytes(b)) = &op.action
+                        && let Ok(p) = KeyPackage::decode(b)
+                    {
+                        effects.packages.push(p);
                     }
                 }
                 ("dl", _) => {
@@ -757,6 +803,14 @@ fn check_root_op(key: &str, action: &OpType, preds: usize, user: &UserId, device
         ["r", _, u, emoji] => *u == me && !emoji.is_empty() && (is_true || matches!(action, OpType::Delete)),
         ["rd", u, d] => *u == me && *d == dev && is_str,
         ["dl", u, d, w] => *u == me && *d == dev && w.parse::<DeviceId>().is_ok() && is_str,
+        ["kp", u, d, n] => {
+            // A key package is written once, by the device it names.
+            *u == me
+                && *d == dev
+                && n.parse::<u32>().is_ok_and(|n| n > 0)
+                && preds == 0
+                && matches!(action, OpType::Put(ScalarValue::Bytes(b)) if KeyPackage::decode(b).is_ok())
+        }
         ["mo", u, d, n] => {
             // A membership op is written once, by the device it names.
             *u == me

@@ -198,7 +198,10 @@ impl Envelope {
         };
         let hb = header.encode();
         let plain = postcard::to_stdvec(body).expect("body encodes");
-        let sealed = seal(keys.feed_key(), &hb, &plain)?;
+        let key = keys
+            .sealing_key(generation)
+            .ok_or_else(|| Error::invalid("key generation", "not held"))?;
+        let sealed = seal(key, &hb, &plain)?;
         let msg = signed_v2(&hb, &certs, &sealed);
         let sig = device.sign_raw(&msg).to_vec();
         Self::finish(Envelope {
@@ -396,8 +399,24 @@ impl Envelope {
             return Err(Error::corrupted("feed entry", "belongs to another channel"));
         }
         let hb = self.header.encode();
-        let plain = open(keys.feed_key(), &hb, &self.body, "feed entry")?;
-        postcard::from_bytes(&plain).map_err(|e| Error::corrupted("feed entry body", e))
+        let candidates = keys.opening_keys(self.header.generation);
+        if candidates.is_empty() {
+            return Err(Error::corrupted(
+                "feed entry",
+                format!(
+                    "sealed under key generation {}, which this device does not hold",
+                    self.header.generation
+                ),
+            ));
+        }
+        let mut last = None;
+        for key in candidates {
+            match open(key, &hb, &self.body, "feed entry") {
+                Ok(plain) => return postcard::from_bytes(&plain).map_err(|e| Error::corrupted("feed entry body", e)),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one key was tried"))
     }
 }
 
@@ -415,6 +434,8 @@ mod tests {
             change: vec![1, 2, 3],
         };
         let (first, h1) = Envelope::seal_v2(&keys, &me, 1, [0; 32], &body, 0, chain).unwrap();
+        let mut keys = keys;
+        assert!(keys.add_generation(3, crate::SecretKey::generate().unwrap()));
         let (second, _) = Envelope::seal_v2(&keys, &me, 2, h1, &body, 3, Vec::new()).unwrap();
         let e1 = Envelope::decode(&first).unwrap();
         let e2 = Envelope::decode(&second).unwrap();

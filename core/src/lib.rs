@@ -46,12 +46,13 @@ mod identity;
 mod link;
 pub mod member;
 mod op;
+pub mod rotation;
 mod seal;
 mod secret;
 mod vector;
 mod view;
 
-pub use channel::{ChannelKeys, ChannelRecord};
+pub use channel::{ChannelKeys, ChannelRecord, MAX_GENERATIONS};
 pub use chunk::{CHUNK_MAGIC, MAX_CHANGE_BYTES, chunk_checksum, plain_change, read_leb128, write_leb128};
 pub use doc::{ChangeEffects, Devices, EpochDoc, decode_change, decode_change_effects, decode_change_posts};
 pub use envelope::{
@@ -66,6 +67,7 @@ pub use identity::{Identity, verify_signature};
 pub use link::{LinkBundle, MAX_LINK_BUNDLE, link_code, link_proof};
 pub use member::{Action as MemberAction, MemberBody, OpKey, Role, Roster};
 pub use op::{MAX_EMOJI_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES, Op};
+pub use rotation::{KeyPackage, PackagedKey};
 pub use seal::{Purpose, SEAL_OVERHEAD, derive, open, seal};
 pub use secret::{Passphrase, SecretKey};
 pub use vector::{FeedPos, Missing, Vector};

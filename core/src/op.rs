@@ -80,6 +80,14 @@ pub enum Op {
         /// What it says.
         body: MemberBody,
     },
+    /// Channel keys sealed to member devices (metadata epoch): a rotation or a
+    /// share, this device's `n`-th (see [`crate::rotation`]).
+    Keys {
+        /// The package's number on this device.
+        n: u32,
+        /// The sealed keys.
+        package: crate::rotation::KeyPackage,
+    },
     /// This device holds `author`'s feed up to its message `up_to` (a delivery
     /// receipt: every message of that device up to it has arrived here).
     Delivered {
@@ -130,7 +138,8 @@ impl Op {
             | Op::Rename { .. }
             | Op::SetName { .. }
             | Op::Delivered { .. }
-            | Op::Member { .. } => META_EPOCH,
+            | Op::Member { .. }
+            | Op::Keys { .. } => META_EPOCH,
             Op::Post { id, .. } => id.epoch(),
             Op::React { msg, .. }
             | Op::Unreact { msg, .. }
@@ -176,6 +185,12 @@ impl Op {
                     return Err(Error::invalid("membership op", "numbered from 1"));
                 }
                 body.validate()
+            }
+            Op::Keys { n, package } => {
+                if *n == 0 {
+                    return Err(Error::invalid("key package", "numbered from 1"));
+                }
+                package.validate()
             }
             Op::Delete { .. } | Op::ReadUpTo { .. } | Op::Delivered { .. } => Ok(()),
         }

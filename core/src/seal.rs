@@ -30,6 +30,9 @@ pub enum Purpose {
     /// A channel's access key (derived from the channel key): proves
     /// membership to peers and relays in the sync protocol, opens nothing.
     Access,
+    /// The tag of a later key generation (derived from its key): orders two
+    /// keys made for the same generation by concurrent rotations.
+    GenerationTag,
 }
 
 impl Purpose {
@@ -40,6 +43,7 @@ impl Purpose {
             Purpose::WireId => b"hearth v1 wire id",
             Purpose::NodeKey => b"hearth v1 node key",
             Purpose::Access => b"hearth v2 channel access",
+            Purpose::GenerationTag => b"hearth v1 key generation tag",
         }
     }
 }

@@ -107,7 +107,8 @@ impl EpochView {
             | Op::Rename { .. }
             | Op::SetName { .. }
             | Op::Delivered { .. }
-            | Op::Member { .. } => {}
+            | Op::Member { .. }
+            | Op::Keys { .. } => {}
         }
     }
 

@@ -213,6 +213,10 @@ pub(crate) struct Engine {
     pub(crate) touched: BTreeMap<(ChannelId, Epoch), usize>,
     /// Channels with feed entries in the current batch (announced once it is applied).
     appended: std::collections::BTreeSet<ChannelId>,
+    /// Channels where a member device may lack a key generation this device
+    /// holds (a new device's chain arrived): shares go out with the next
+    /// owed receipts.
+    pub(crate) shares_due: std::collections::BTreeSet<ChannelId>,
     batch: sled::Batch,
     /// Whether `batch` holds rows that no staged op will flush (owed receipts
     /// cleared by a receipt write that wrote nothing new).
@@ -271,6 +275,7 @@ impl Engine {
             root_counter: 0,
             touched: BTreeMap::new(),
             appended: Default::default(),
+            shares_due: Default::default(),
             batch: sled::Batch::default(),
             rows_pending: false,
             dirty: false,
@@ -643,6 +648,19 @@ impl Engine {
                         channels += 1;
                     }
                 }
+                // Key shares owed go out with them (a failure keeps them due).
+                for channel in std::mem::take(&mut self.shares_due) {
+                    match self.owed_shares(&channel) {
+                        Ok(ops) => {
+                            for op in ops {
+                                entries.push(op_entry(channel, op)?);
+                            }
+                        }
+                        Err(_) => {
+                            self.shares_due.insert(channel);
+                        }
+                    }
+                }
                 (entries, Outcome::Receipts(channels))
             }
             Write::Member { channel, action } => {
@@ -715,6 +733,9 @@ impl Engine {
             }
             other => other,
         };
+        // Removing someone else starts a new key generation for the members
+        // left (a leaver's store cannot: see docs/trust.md).
+        let rotate = matches!(&action, MemberAction::Remove { user, .. } if *user != me);
         let mut actions = Vec::new();
         if !roster.is_started() && action != MemberAction::Create {
             actions.push(MemberAction::Create);
@@ -737,6 +758,116 @@ impl Engine {
                 why: why.into(),
             })?;
             ops.push(Op::Member { n: key.n, body });
+        }
+        // Adding someone (back) shares the later generations with their
+        // devices known here, before the op (so that they can open it).
+        if matches!(ops.last(), Some(Op::Member { body, .. }) if matches!(body.action, MemberAction::Add { .. })) {
+            let mut shares = self.owed_shares_under(&channel, &roster)?;
+            shares.extend(ops);
+            ops = shares;
+        }
+        if rotate {
+            let keys = &self.channel(&channel)?.keys;
+            let (generation, key) = hearth_core::rotation::next_generation(keys)?;
+            let devices = self.member_devices(&channel, &roster)?;
+            let first = self.last_package(&channel);
+            ops.extend(self.packages(&channel, &[(generation, &key)], &devices, first)?);
+        }
+        Ok(ops)
+    }
+
+    /// Every device of the roster's members whose key-agreement key is known
+    /// here (from its feed's certificate chain), this device first.
+    fn member_devices(&self, channel: &ChannelId, roster: &Roster) -> Result<Vec<(DeviceId, [u8; 32])>> {
+        let ch = self.channel(channel)?;
+        let me = self.identity.device();
+        let mut out = Vec::new();
+        if let Some(k) = self.identity.device_keys() {
+            out.push((me, k.public().kx));
+        }
+        for (d, (_, chain)) in &ch.chains {
+            if *d == me || ch.devices.get(d).is_none_or(|u| roster.role(u).is_none()) {
+                continue;
+            }
+            if let Some(cert) = chain.last().filter(|c| c.body.device == *d) {
+                out.push((*d, cert.body.keys.kx));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Key package ops sealing `keys` to `devices`, as many as the package
+    /// bounds call for, numbered after `after`.
+    fn packages(
+        &self,
+        channel: &ChannelId,
+        keys: &[(u32, &SecretKey)],
+        devices: &[(DeviceId, [u8; 32])],
+        after: u32,
+    ) -> Result<Vec<Op>> {
+        let wire = self.channel(channel)?.keys.wire();
+        let mut n = after;
+        let mut ops = Vec::new();
+        for group in devices.chunks(hearth_core::rotation::MAX_PACKAGE_RECIPIENTS) {
+            for ks in keys.chunks(hearth_core::rotation::MAX_PACKAGE_KEYS) {
+                n = n.saturating_add(1);
+                ops.push(Op::Keys {
+                    n,
+                    package: hearth_core::KeyPackage::seal(&wire, ks, group)?,
+                });
+            }
+        }
+        Ok(ops)
+    }
+
+    /// The number of this device's last key package in a channel.
+    fn last_package(&self, channel: &ChannelId) -> u32 {
+        let me = self.identity.device();
+        let Some((ch, le)) = self.channels.get(channel).zip(self.loaded(channel, META_EPOCH)) else {
+            return 0;
+        };
+        le.doc
+            .key_packages(&ch.devices)
+            .iter()
+            .filter(|(_, d, _, _)| *d == me)
+            .map(|(_, _, n, _)| *n)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Key shares this device owes in a channel: for every later generation
+    /// it holds, the member devices (known keys) that no package reaches.
+    fn owed_shares(&mut self, channel: &ChannelId) -> Result<Vec<Op>> {
+        let roster = self.roster(channel)?;
+        self.owed_shares_under(channel, &roster)
+    }
+
+    /// [`Engine::owed_shares`] for the members of `roster`.
+    fn owed_shares_under(&mut self, channel: &ChannelId, roster: &Roster) -> Result<Vec<Op>> {
+        if self.channel(channel)?.keys.current_generation() == 0 || roster.role(&self.identity.user()).is_none() {
+            return Ok(Vec::new());
+        }
+        self.ensure_epoch(*channel, META_EPOCH, false)?;
+        let devices = self.member_devices(channel, roster)?;
+        let ch = self.channel(channel)?;
+        let packages = self
+            .loaded(channel, META_EPOCH)
+            .map(|le| le.doc.key_packages(&ch.devices))
+            .unwrap_or_default();
+        let held = ch.keys.generations();
+        let mut n = self.last_package(channel);
+        let mut ops = Vec::new();
+        for (generation, key) in &held {
+            let lacking: Vec<(DeviceId, [u8; 32])> = devices
+                .iter()
+                .filter(|(d, _)| !packages.iter().any(|(_, _, _, p)| p.reaches(*generation, d)))
+                .copied()
+                .collect();
+            if !lacking.is_empty() {
+                let more = self.packages(channel, &[(*generation, key)], &lacking, n)?;
+                n = n.saturating_add(more.len() as u32);
+                ops.extend(more);
+            }
         }
         Ok(ops)
     }
@@ -819,6 +950,9 @@ impl Engine {
     }
 
     fn stage(&mut self, channel: ChannelId, op: &Op) -> Result<()> {
+        if let Op::Keys { package, .. } = op {
+            return self.stage_keys(channel, op, package);
+        }
         let epoch = op.epoch();
         if let Op::Post { id, .. } = op {
             self.hlc.observe(id.timestamp());
@@ -870,8 +1004,94 @@ impl Engine {
         Ok(())
     }
 
+    /// A key package goes alone into an entry sealed under generation 0
+    /// (what is staged before it is closed first, under the newest
+    /// generation), then this device takes the keys sealed to it.
+    fn stage_keys(&mut self, channel: ChannelId, op: &Op, package: &hearth_core::KeyPackage) -> Result<()> {
+        self.ensure_epoch(channel, META_EPOCH, true)?;
+        if self.touched.get(&(channel, META_EPOCH)).is_some() {
+            self.commit_epoch(channel, META_EPOCH)?;
+            self.touched.insert((channel, META_EPOCH), 0);
+        }
+        let (user, device) = (self.identity.user(), self.identity.device());
+        {
+            let ch = self
+                .channels
+                .get_mut(&channel)
+                .expect("ensure_epoch checked the channel");
+            let le = self
+                .epochs
+                .get_mut(&(channel, META_EPOCH))
+                .expect("ensure_epoch loaded it");
+            le.doc.stage(&user, &device, op)?;
+            le.view = le.doc.view(&ch.devices);
+        }
+        self.commit_epoch_under(channel, META_EPOCH, Some(0))?;
+        self.touched.insert((channel, META_EPOCH), 0);
+        if self.take_keys(channel, &user, std::slice::from_ref(package)) {
+            self.save_channel_keys(channel)?;
+        }
+        Ok(())
+    }
+
+    /// Add the keys `packages` (written by `author`) seal to this device;
+    /// whether any was new. A removed writer's packages are not taken.
+    pub(crate) fn take_keys(
+        &mut self,
+        channel: ChannelId,
+        author: &hearth_core::UserId,
+        packages: &[hearth_core::KeyPackage],
+    ) -> bool {
+        let Some(mine) = self.identity.device_keys() else {
+            return false;
+        };
+        if self
+            .loaded(&channel, META_EPOCH)
+            .is_some_and(|le| le.view.roster.role(author).is_none())
+        {
+            return false;
+        }
+        let device = self.identity.device();
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            return false;
+        };
+        let wire = ch.keys.wire();
+        let mut added = false;
+        for p in packages {
+            for (generation, key) in p.open_for(&wire, &device, mine) {
+                added |= ch.keys.add_generation(generation, key);
+            }
+        }
+        added
+    }
+
+    /// The channel's keys (with every generation held) to sled and the log,
+    /// with the current group.
+    pub(crate) fn save_channel_keys(&mut self, channel: ChannelId) -> Result<()> {
+        let (k, record) = self.channel_record(channel)?;
+        self.batch.insert(&k[..], seal_record(&self.records, &k, &record)?);
+        let sealed = self.seal_log(kind::CHANNEL, &record)?;
+        self.log_record(kind::CHANNEL, &sealed);
+        Ok(())
+    }
+
+    /// A channel's sled key and record (plain).
+    pub(crate) fn channel_record(&self, channel: ChannelId) -> Result<(Vec<u8>, Vec<u8>)> {
+        let ch = self.channel(&channel)?;
+        let k = channel_key(&ch.keys.wire());
+        let record = ChannelRecord::encode_named(&ch.keys, ch.invited_name.as_deref());
+        Ok((k.to_vec(), record))
+    }
+
     /// Close an epoch's staged ops into a feed entry, queued in the batch.
     fn commit_epoch(&mut self, channel: ChannelId, epoch: Epoch) -> Result<()> {
+        self.commit_epoch_under(channel, epoch, None)
+    }
+
+    /// [`Engine::commit_epoch`], sealed under `generation` (default: the
+    /// newest held). Key packages go under generation 0, which every member
+    /// holds, so that a device that missed rotations opens them.
+    fn commit_epoch_under(&mut self, channel: ChannelId, epoch: Epoch, generation: Option<u32>) -> Result<()> {
         let le = self
             .epochs
             .get_mut(&(channel, epoch))
@@ -900,7 +1120,8 @@ impl Engine {
                 } else {
                     vec![cert.clone()]
                 };
-                let sealed = Envelope::seal_v2(&ch.keys, &self.identity, seq, prev, &body, 0, chain.clone())?;
+                let generation = generation.unwrap_or_else(|| ch.keys.current_generation());
+                let sealed = Envelope::seal_v2(&ch.keys, &self.identity, seq, prev, &body, generation, chain.clone())?;
                 if !chain.is_empty() {
                     let k = prefixed(T_CHAINS, &wire, &device);
                     self.batch

@@ -57,6 +57,18 @@ pub const T_FORKS: u8 = b'K';
 /// feed in this channel with (format 5).
 pub const T_CHAINS: u8 = b'D';
 
+/// `U | wire [32] | device [16] | seq u64` -> generation u32 (LE): a feed
+/// entry held but not opened yet, sealed under a key generation this device
+/// does not hold (format 6). It is applied when the key arrives.
+pub const T_UNOPENED: u8 = b'U';
+
+/// Key of an entry waiting for its key generation.
+pub fn unopened_key(wire: &WireId, device: &DeviceId, seq: u64) -> [u8; 57] {
+    let mut k = feed_key(wire, device, seq);
+    k[0] = T_UNOPENED;
+    k
+}
+
 /// Sealed [`hearth_core::Identity`].
 pub const META_IDENTITY: &[u8] = b"Midentity";
 /// u64 BE: the last journal sequence number whose effects are in sled.
@@ -100,6 +112,7 @@ pub fn table_name(tag: u8) -> &'static str {
         T_OWED => "owed receipts",
         T_FORKS => "forks",
         T_CHAINS => "device chains",
+        T_UNOPENED => "unopened entries",
         _ => "unknown",
     }
 }

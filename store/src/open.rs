@@ -13,7 +13,7 @@ use std::io::Read;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
-use hearth_core::{HEADER_MAX_LEN, Identity, Passphrase, SecretKey, StoreHeader};
+use hearth_core::{ChannelId, HEADER_MAX_LEN, Identity, Passphrase, SecretKey, StoreHeader};
 use serde::Serialize;
 
 use crate::config::Config;
@@ -403,6 +403,19 @@ pub(crate) fn open(
     // Before the journal is replayed, so that what it brings back is signed
     // by the device's own key.
     give_device_keys(&mut engine)?;
+    // Entries held sealed whose key generation arrived later in the log.
+    let ids: Vec<ChannelId> = engine.channels.keys().copied().collect();
+    for id in ids {
+        let wire = engine.channel(&id)?.keys.wire();
+        if engine
+            .tree
+            .scan_prefix(channel_prefix(T_UNOPENED, &wire))
+            .next()
+            .is_some()
+        {
+            engine.open_waiting(id, &mut crate::IngestReport::default())?;
+        }
+    }
     let (mut journal, decoded) = Journal::open(&dir.join(JOURNAL_FILE), &engine.records)?;
     report.journal_tail = decoded.stopped;
     let mut last = engine.watermark;

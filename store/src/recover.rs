@@ -189,12 +189,26 @@ fn apply(engine: &mut Engine, p: &mut Pending, report: &mut OpenReport) -> Resul
         let plain = open(&engine.records, kind::CHANNEL, &sealed)?;
         let (keys, invited) = ChannelRecord::decode_named(&plain)?;
         let id = keys.id();
-        if !engine.channels.contains_key(&id) {
-            let k = channel_key(&keys.wire());
-            batch.insert(&k[..], seal_record(&engine.records, &k, &plain)?);
-            engine.load_channel(keys)?;
-            if let Some(ch) = engine.channels.get_mut(&id) {
-                ch.invited_name = invited;
+        match engine.channels.get_mut(&id) {
+            None => {
+                let k = channel_key(&keys.wire());
+                batch.insert(&k[..], seal_record(&engine.records, &k, &plain)?);
+                engine.load_channel(keys)?;
+                if let Some(ch) = engine.channels.get_mut(&id) {
+                    ch.invited_name = invited;
+                }
+            }
+            // A later record of a known channel brings key generations.
+            Some(ch) => {
+                let mut added = false;
+                for (n, key) in keys.generations() {
+                    added |= ch.keys.add_generation(n, key.clone());
+                }
+                if added {
+                    let k = channel_key(&ch.keys.wire());
+                    let record = ChannelRecord::encode_named(&ch.keys, ch.invited_name.as_deref());
+                    batch.insert(&k[..], seal_record(&engine.records, &k, &record)?);
+                }
             }
         }
     }

@@ -467,7 +467,7 @@ impl Store {
     /// queued (not awaited), that travels back to their writers by sync.
     pub async fn ingest(&self, wire: WireId, entries: Vec<Vec<u8>>) -> Result<IngestReport> {
         let report = self.mutate(move |e| e.ingest(&wire, entries)).await?;
-        if !report.newest.is_empty() {
+        if !report.newest.is_empty() || report.keys_owed {
             self.schedule_receipts();
         }
         Ok(report)

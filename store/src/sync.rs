@@ -146,6 +146,9 @@ pub struct IngestReport {
     /// For each writing device with new messages, its newest one now held
     /// (what this device's delivery receipt says).
     pub newest: BTreeMap<DeviceId, MessageId>,
+    /// A member device that may lack a key generation this device holds
+    /// appeared: key shares are owed (written with the owed receipts).
+    pub keys_owed: bool,
 }
 
 /// A batch of a feed's entries for a peer.
@@ -164,6 +167,32 @@ struct Accepted {
     bytes: Vec<u8>,
     change: automerge::Change,
     effects: ChangeEffects,
+}
+
+/// An entry taken into its feed sealed, under a key generation this device
+/// does not hold yet (`T_UNOPENED`).
+struct Held {
+    device: DeviceId,
+    seq: u64,
+    generation: u32,
+    bytes: Vec<u8>,
+}
+
+/// What one ingest stores.
+struct Incoming {
+    /// Opened entries, by epoch.
+    accepted: BTreeMap<Epoch, Vec<Accepted>>,
+    /// Entries held sealed.
+    held: Vec<Held>,
+    /// The feeds' new heads.
+    heads: BTreeMap<DeviceId, FeedHead>,
+    /// New device chains.
+    chains: BTreeMap<DeviceId, Vec<hearth_core::device::DeviceCert>>,
+    /// Key generations were taken from packages.
+    keys_changed: bool,
+    /// Entries held sealed earlier, opened now: in the feed and the log
+    /// already.
+    late: bool,
 }
 
 impl Engine {
@@ -302,6 +331,8 @@ impl Engine {
         } else {
             Some(self.roster(&channel).unwrap_or_default())
         };
+        let mut keys_changed = false;
+        let mut held = Vec::new();
         let mut pending = entries;
         loop {
             let mut waiting: Vec<Vec<u8>> = Vec::new();
@@ -349,6 +380,19 @@ impl Engine {
                     report.rejected.push(admission.refuse(&env, Refusal::Removed { upto }));
                     continue;
                 }
+                // Sealed under a key generation not held (yet): taken into its
+                // feed sealed, and opened when a package brings the key.
+                if ch.keys.opening_keys(h.generation).is_empty() {
+                    held.push(Held {
+                        device: h.device,
+                        seq: h.seq,
+                        generation: h.generation,
+                        bytes: bytes.clone(),
+                    });
+                    progressed = true;
+                    admission.accept(&env, bytes);
+                    continue;
+                }
                 let opened = env.open(&ch.keys).and_then(|body| {
                     let (change, effects) = decode_change_effects(&body.change, &h.device, &h.user)?;
                     if !self.replaying {
@@ -364,6 +408,9 @@ impl Engine {
                     Ok((epoch, change, effects)) => {
                         top = top.max(epoch);
                         progressed = true;
+                        if !effects.packages.is_empty() && self.take_keys(channel, &h.user, &effects.packages) {
+                            keys_changed = true;
+                        }
                         accepted.entry(epoch).or_default().push(Accepted {
                             device: h.device,
                             user: h.user,
@@ -409,8 +456,19 @@ impl Engine {
             .collect();
         let chains = admission.new_chains().clone();
         let (_, forks) = admission.into_accepted();
-        if !accepted.is_empty() {
-            self.store_accepted(channel, wire, accepted, &heads, &chains, &mut report)?;
+        if !accepted.is_empty() || !held.is_empty() {
+            let incoming = Incoming {
+                accepted,
+                held,
+                heads,
+                chains,
+                keys_changed,
+                late: false,
+            };
+            self.store_accepted(channel, wire, incoming, &mut report)?;
+            if keys_changed {
+                self.open_waiting(channel, &mut report)?;
+            }
         }
         if !forks.is_empty() {
             self.keep_forks(channel, wire, forks)?;
@@ -419,15 +477,110 @@ impl Engine {
         Ok(report)
     }
 
+    /// The channel's record (with its key generations) into `batch`, and
+    /// into `log_records` unless the log is being replayed.
+    fn keys_rows(&mut self, channel: ChannelId, batch: &mut sled::Batch, log_records: &mut Vec<u8>) -> Result<()> {
+        let (k, record) = self.channel_record(channel)?;
+        batch.insert(&k[..], seal_record(&self.records, &k, &record)?);
+        if !self.replaying {
+            let sealed = self.seal_log(crate::log::kind::CHANNEL, &record)?;
+            crate::log::encode_record(log_records, crate::log::kind::CHANNEL, &sealed);
+        }
+        Ok(())
+    }
+
+    /// Open the entries held sealed whose key generation is now held, and
+    /// apply them as if they had just arrived (their messages are announced
+    /// then). An entry whose content is refused stays in its feed, marked.
+    pub(crate) fn open_waiting(&mut self, channel: ChannelId, report: &mut IngestReport) -> Result<()> {
+        let ch = self.channel(&channel)?;
+        let wire = ch.keys.wire();
+        let mut accepted: BTreeMap<Epoch, Vec<Accepted>> = BTreeMap::new();
+        let mut refused = Vec::new();
+        for row in self.tree.scan_prefix(channel_prefix(T_UNOPENED, &wire)) {
+            let (k, v) = row?;
+            if v.len() != 4
+                || ch
+                    .keys
+                    .opening_keys(u32::from_le_bytes(v[..4].try_into().expect("4 bytes")))
+                    .is_empty()
+            {
+                continue;
+            }
+            let device = DeviceId::from_slice(&k[33..49]).map_err(|_| Error::corrupted("sled key", "unopened row"))?;
+            let seq = key_u64(&k)?;
+            let bytes = self
+                .tree
+                .get(feed_key(&wire, &device, seq))?
+                .ok_or_else(|| Error::corrupted("feed", "an unopened row names a missing entry"))?
+                .to_vec();
+            let env = Envelope::decode(&bytes)?;
+            let user = env.header.user;
+            let opened = env.open(&ch.keys).and_then(|body| {
+                let (change, effects) = decode_change_effects(&body.change, &device, &user)?;
+                effects.check_place(body.epoch, &channel, Timestamp(u64::MAX))?;
+                Ok((body.epoch, change, effects))
+            });
+            match opened {
+                Ok((epoch, change, effects)) => accepted.entry(epoch).or_default().push(Accepted {
+                    device,
+                    user,
+                    seq,
+                    bytes,
+                    change,
+                    effects,
+                }),
+                Err(e) => refused.push((k.to_vec(), device, seq, e.to_string())),
+            }
+        }
+        if !refused.is_empty() {
+            // Marked as refused (a fifth byte): never applied, kept in the feed.
+            let mut batch = sled::Batch::default();
+            for (k, device, seq, why) in refused {
+                let generation = self.tree.get(&k)?.map(|v| v.to_vec()).unwrap_or_default();
+                let mut v = generation;
+                v.truncate(4);
+                v.push(1);
+                batch.insert(k, v);
+                report.rejected.push(Rejection {
+                    device: Some(device),
+                    seq: Some(seq),
+                    reason: Refusal::Content(why),
+                });
+            }
+            self.tree.apply_batch(batch)?;
+            self.dirty = true;
+        }
+        if accepted.is_empty() {
+            return Ok(());
+        }
+        let incoming = Incoming {
+            accepted,
+            held: Vec::new(),
+            heads: BTreeMap::new(),
+            chains: BTreeMap::new(),
+            keys_changed: false,
+            late: true,
+        };
+        self.store_accepted(channel, &wire, incoming, report)
+    }
+
     fn store_accepted(
         &mut self,
         channel: ChannelId,
         wire: &WireId,
-        accepted: BTreeMap<Epoch, Vec<Accepted>>,
-        heads: &BTreeMap<DeviceId, FeedHead>,
-        chains: &BTreeMap<DeviceId, Vec<hearth_core::device::DeviceCert>>,
+        incoming: Incoming,
         report: &mut IngestReport,
     ) -> Result<()> {
+        let Incoming {
+            accepted,
+            held,
+            heads,
+            chains,
+            keys_changed,
+            late,
+        } = incoming;
+        let (heads, chains) = (&heads, &chains);
         // Phase 1: apply every epoch's changes. If automerge refuses any,
         // nothing of the batch is kept: every touched document is dropped (it
         // reloads from the log), new epochs are forgotten, nothing is written.
@@ -465,6 +618,24 @@ impl Engine {
                     reason: Refusal::Content(why.clone()),
                 });
             }
+            for h in &held {
+                report.rejected.push(Rejection {
+                    device: Some(h.device),
+                    seq: Some(h.seq),
+                    reason: Refusal::Content(format!("held with entries refused: {why}")),
+                });
+            }
+            // Keys taken from the batch's packages stay (this device may seal
+            // with them already): their record is written on its own.
+            if keys_changed {
+                let mut batch = sled::Batch::default();
+                let mut log_records = Vec::new();
+                self.keys_rows(channel, &mut batch, &mut log_records)?;
+                self.log_buf.extend_from_slice(&log_records);
+                self.write_log_batch(&mut batch)?;
+                self.tree.apply_batch(batch)?;
+                self.dirty = true;
+            }
             return Ok(());
         }
         {
@@ -478,11 +649,16 @@ impl Engine {
         // Kept aside until the sled batch is written, so that a failure on
         // the way leaves nothing of this batch queued for the log.
         let mut log_records = Vec::new();
-        if !self.replaying {
-            let mut order: Vec<&Accepted> = accepted.values().flatten().collect();
-            order.sort_by_key(|a| (a.device, a.seq));
-            for a in order {
-                crate::log::encode_record(&mut log_records, crate::log::kind::ENTRY, &a.bytes);
+        if !self.replaying && !late {
+            let mut order: Vec<(DeviceId, u64, &[u8])> = accepted
+                .values()
+                .flatten()
+                .map(|a| (a.device, a.seq, &a.bytes[..]))
+                .chain(held.iter().map(|h| (h.device, h.seq, &h.bytes[..])))
+                .collect();
+            order.sort_by_key(|(d, seq, _)| (*d, *seq));
+            for (_, _, bytes) in order {
+                crate::log::encode_record(&mut log_records, crate::log::kind::ENTRY, bytes);
             }
         }
         // Phase 2: views, summaries, rows, events.
@@ -490,6 +666,19 @@ impl Engine {
         let me_device = self.identity.device();
         let mut batch = sled::Batch::default();
         let mut events = Vec::new();
+        for h in &held {
+            batch.insert(&feed_key(wire, &h.device, h.seq)[..], &h.bytes[..]);
+            batch.insert(
+                &unopened_key(wire, &h.device, h.seq)[..],
+                &h.generation.to_le_bytes()[..],
+            );
+        }
+        report.accepted += held.len();
+        if late {
+            for a in accepted.values().flatten() {
+                batch.remove(&unopened_key(wire, &a.device, a.seq)[..]);
+            }
+        }
         for (epoch, list) in accepted {
             let ch = self.channels.get_mut(&channel).expect("checked by the caller");
             let le = self.epochs.get_mut(&(channel, epoch)).expect("loaded in phase 1");
@@ -578,6 +767,14 @@ impl Engine {
             );
             let ch = self.channels.get_mut(&channel).expect("checked by the caller");
             ch.chains.insert(*d, (key, chain.clone()));
+        }
+        if keys_changed {
+            self.keys_rows(channel, &mut batch, &mut log_records)?;
+        }
+        // A new device of the channel may lack a generation held here.
+        if !chains.is_empty() && self.channel(&channel)?.keys.current_generation() > 0 {
+            self.shares_due.insert(channel);
+            report.keys_owed = true;
         }
         self.put_root(&mut batch)?;
         let ch = self.channels.get_mut(&channel).expect("checked by the caller");

@@ -36,6 +36,10 @@ pub struct VerifyReport {
     pub snapshots: u64,
     /// Records of the feed log checked against sled.
     pub log_records: u64,
+    /// Feed entries held sealed: under a key generation this device does not
+    /// hold (a removed member's store holds the entries after its removal
+    /// so), or whose content was refused when their key came.
+    pub unopened: u64,
     /// Defects, empty when the store is sound.
     pub problems: Vec<Problem>,
     /// Feeds whose author signed two versions of them, each with a checked
@@ -163,7 +167,7 @@ impl Engine {
             if k.len() < 33
                 || !matches!(
                     k[0],
-                    T_FEEDS | T_HEADS | T_EPOCHS | T_ELOG | T_SNAPS | T_OWED | T_FORKS | T_CHAINS
+                    T_FEEDS | T_HEADS | T_EPOCHS | T_ELOG | T_SNAPS | T_OWED | T_FORKS | T_CHAINS | T_UNOPENED
                 )
             {
                 continue;
@@ -326,6 +330,20 @@ impl Engine {
                     }
                     if env.header.prev != prev {
                         return Err(crate::Error::corrupted("feed entry", "hash chain broken"));
+                    }
+                    // Held sealed (a key generation not held, or content
+                    // refused when it was opened): marked, and in no epoch.
+                    let held = self.tree.get(unopened_key(&wire, &device, seq))?;
+                    if let Some(v) = &held {
+                        r.unopened += 1;
+                        let waiting = v.len() == 4;
+                        if waiting && !ch.keys.opening_keys(env.header.generation).is_empty() {
+                            return Err(crate::Error::corrupted(
+                                "feed entry",
+                                "held sealed, but its key generation is held",
+                            ));
+                        }
+                        return Ok(());
                     }
                     let body = env.open(&ch.keys)?;
                     decode_change(&body.change, &device, &head.user)?;

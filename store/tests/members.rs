@@ -149,3 +149,115 @@ async fn rosters_survive_a_reopen_and_a_rebuild() {
     assert_eq!(role_of(&before, other), Some(Some(Role::Admin)));
     s.close().await.unwrap();
 }
+
+fn texts(page: Vec<hearth_core::Message>) -> Vec<String> {
+    page.into_iter().filter_map(|m| m.text).collect()
+}
+
+/// Issue 8, item 3: removing a member starts a new key generation, sealed to
+/// every device of the members left. Messages after it reach the others and
+/// not the removed member, whose store (and whose keys, used directly)
+/// opens none of them; a member offline during the rotation finds its key
+/// when it comes back; a member who joins afterwards with the old ticket gets
+/// the generation shared once its device is known.
+#[tokio::test]
+async fn a_removal_rotates_the_key_and_the_removed_reads_nothing_new() {
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let pass = Passphrase::new("pw");
+    let mut stores = Vec::new();
+    for (d, name) in dirs.iter().zip(["alice", "bob", "carol", "dave", "eve"]) {
+        stores.push(Store::create(d.path(), &pass, name, config()).await.unwrap());
+    }
+    let [alice, bob, carol, dave, eve] = &stores[..] else {
+        unreachable!()
+    };
+    let ch = alice.create_channel("general").await.unwrap();
+    let keys = alice.channel_keys(ch).await.unwrap();
+    let wire = keys.wire();
+    for s in [bob, carol, dave] {
+        s.join_channel(keys.clone()).await.unwrap();
+        s.post(ch, "hello").await.unwrap();
+        pull(s, alice, wire, ch).await;
+    }
+    for s in [bob, carol, dave] {
+        pull(alice, s, wire, ch).await;
+    }
+    // Dave goes offline. Alice removes Carol: generation 1.
+    alice.remove_member(ch, carol.whoami().user).await.unwrap();
+    assert_eq!(alice.channel_keys(ch).await.unwrap().current_generation(), 1);
+    alice.post(ch, "secret after the rotation").await.unwrap();
+    assert!(pull(alice, bob, wire, ch).await.is_empty());
+    assert_eq!(bob.channel_keys(ch).await.unwrap().current_generation(), 1);
+    assert!(texts(bob.page(ch, None, 100).await.unwrap()).contains(&"secret after the rotation".into()));
+    bob.post(ch, "bob, under generation 1").await.unwrap();
+    assert!(pull(bob, alice, wire, ch).await.is_empty());
+    assert!(texts(alice.page(ch, None, 100).await.unwrap()).contains(&"bob, under generation 1".into()));
+
+    // Carol gets the removal and the package (sealed under generation 0),
+    // but no key in it: she holds the later entries sealed, and they stay so.
+    assert!(pull(alice, carol, wire, ch).await.is_empty());
+    assert_eq!(carol.vector(ch).await.unwrap(), alice.vector(ch).await.unwrap());
+    let v = carol.verify().await.unwrap();
+    assert!(v.is_clean() && v.unopened == 2, "{v:?}");
+    let carol_keys = carol.channel_keys(ch).await.unwrap();
+    assert_eq!(carol_keys.current_generation(), 0);
+    let page = texts(carol.page(ch, None, 100).await.unwrap());
+    assert!(
+        !page.iter().any(|t| t.contains("generation 1") || t.contains("secret")),
+        "{page:?}"
+    );
+    // Her keys, used directly on every entry Alice holds, open none written
+    // under generation 1.
+    let all = alice
+        .entries_after(wire, hearth_core::Vector::default(), usize::MAX, usize::MAX)
+        .await
+        .unwrap()
+        .entries;
+    let mut later = 0;
+    for bytes in &all {
+        let env = hearth_core::Envelope::decode(bytes).unwrap();
+        if env.header.generation >= 1 {
+            later += 1;
+            assert!(env.open(&carol_keys).is_err());
+        }
+    }
+    assert_eq!(later, 2, "Alice's and Bob's posts after the rotation");
+
+    // Dave comes back: his key is in the package.
+    assert!(pull(alice, dave, wire, ch).await.is_empty());
+    assert_eq!(dave.channel_keys(ch).await.unwrap().current_generation(), 1);
+    assert!(texts(dave.page(ch, None, 100).await.unwrap()).contains(&"secret after the rotation".into()));
+
+    // Eve joins with the old ticket (generation 0 only) and writes; Alice
+    // then owes her a share of generation 1, sent with the owed receipts.
+    eve.join_channel(keys.clone()).await.unwrap();
+    pull(alice, eve, wire, ch).await;
+    assert_eq!(eve.channel_keys(ch).await.unwrap().current_generation(), 0);
+    pull(eve, alice, wire, ch).await;
+    alice.flush_receipts().await.unwrap();
+    assert!(pull(alice, eve, wire, ch).await.is_empty());
+    assert_eq!(eve.channel_keys(ch).await.unwrap().current_generation(), 1);
+    assert!(texts(eve.page(ch, None, 100).await.unwrap()).contains(&"secret after the rotation".into()));
+    // Shared once: a second flush owes nothing more.
+    let before = alice.vector(ch).await.unwrap();
+    alice.flush_receipts().await.unwrap();
+    assert_eq!(alice.vector(ch).await.unwrap(), before);
+
+    // Everything survives a reopen: the generations are in the channel record
+    // and the log.
+    let alice_dir = dirs[0].path().to_path_buf();
+    for s in stores {
+        s.close().await.unwrap();
+    }
+    let alice = Store::open(&alice_dir, &pass, config()).await.unwrap();
+    assert_eq!(alice.channel_keys(ch).await.unwrap().current_generation(), 1);
+    assert!(texts(alice.page(ch, None, 100).await.unwrap()).contains(&"bob, under generation 1".into()));
+    let v = alice.verify().await.unwrap();
+    assert!(v.is_clean(), "{v:?}");
+    alice.close().await.unwrap();
+    std::fs::remove_dir_all(alice_dir.join("db")).unwrap();
+    let alice = Store::open(&alice_dir, &pass, config()).await.unwrap();
+    assert!(alice.open_report().rebuilt.is_some());
+    assert!(texts(alice.page(ch, None, 100).await.unwrap()).contains(&"bob, under generation 1".into()));
+    alice.close().await.unwrap();
+}
