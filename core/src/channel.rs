@@ -205,7 +205,7 @@ impl ChannelRecord {
     pub fn encode_named(keys: &ChannelKeys, invited_name: Option<&str>) -> Vec<u8> {
         // A channel without later generations keeps the version 2 record, so
         // that stores and fixtures of format 5 and older read the same bytes.
-        let out = if keys.later.is_empty() {
+        if keys.later.is_empty() {
             let mut rec = ChannelRecordV2 {
                 version: 2,
                 id: keys.id,
@@ -229,8 +229,7 @@ impl ChannelRecord {
                 zeroize::Zeroize::zeroize(k);
             }
             out
-        };
-        out
+        }
     }
 
     /// Decode a channel's keys.

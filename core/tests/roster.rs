@@ -128,8 +128,7 @@ fn run(n: usize, steps: Vec<Step>) {
         match s {
             Step::Act { who, what, target } => {
                 let user = replicas[target].user;
-                let mut cut = Vec::new();
-                cut.push((replicas[target].device, replicas[target].clock));
+                let cut = vec![(replicas[target].device, replicas[target].clock)];
                 let action = match what {
                     0 => MemberAction::Add {
                         user,

@@ -1009,7 +1009,7 @@ impl Engine {
     /// generation), then this device takes the keys sealed to it.
     fn stage_keys(&mut self, channel: ChannelId, op: &Op, package: &hearth_core::KeyPackage) -> Result<()> {
         self.ensure_epoch(channel, META_EPOCH, true)?;
-        if self.touched.get(&(channel, META_EPOCH)).is_some() {
+        if self.touched.contains_key(&(channel, META_EPOCH)) {
             self.commit_epoch(channel, META_EPOCH)?;
             self.touched.insert((channel, META_EPOCH), 0);
         }
