@@ -207,8 +207,10 @@ pub struct Roster {
 impl Roster {
     /// The roster the ops give (see the module docs for the rules).
     pub fn fold(ops: Vec<MemberOp>) -> Roster {
+        // One op per key (a document holds one value per key; of two, the
+        // same one is kept whatever their order).
         let mut ops: Vec<MemberOp> = ops;
-        ops.sort_by_key(|o| o.key);
+        ops.sort_by_cached_key(|o| (o.key, o.author, o.body.encode()));
         ops.dedup_by_key(|o| o.key);
         let mut last_n = BTreeMap::new();
         for o in &ops {

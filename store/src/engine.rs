@@ -706,7 +706,12 @@ impl Engine {
     /// Refuse writes in a channel the local user was removed from.
     fn writable(&mut self, channel: &ChannelId) -> Result<()> {
         let me = self.identity.user();
-        if self.roster(channel)?.role(&me).is_none() {
+        self.channel(channel)?;
+        self.ensure_epoch(*channel, META_EPOCH, false)?;
+        if self
+            .loaded(channel, META_EPOCH)
+            .is_some_and(|le| le.view.roster.role(&me).is_none())
+        {
             return Err(Error::NotAllowed {
                 action: "write in this channel".into(),
                 why: "you were removed from it".into(),

@@ -771,8 +771,9 @@ impl Engine {
         if keys_changed {
             self.keys_rows(channel, &mut batch, &mut log_records)?;
         }
-        // A new device of the channel may lack a generation held here.
-        if !chains.is_empty() && self.channel(&channel)?.keys.current_generation() > 0 {
+        // A new device of the channel may lack a generation held here, and a
+        // generation just taken may be lacking on devices known here.
+        if (keys_changed || !chains.is_empty()) && self.channel(&channel)?.keys.current_generation() > 0 {
             self.shares_due.insert(channel);
             report.keys_owed = true;
         }

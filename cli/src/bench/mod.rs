@@ -9,10 +9,12 @@
 //! bytes on disk per message.
 //!
 //! `hearth bench sync` measures sync instead, against a naive automerge
-//! baseline: see [`sync`].
+//! baseline: see [`sync`]. `hearth bench trust` measures a member's removal
+//! with its key rotation: see [`trust`].
 
 pub mod sqlite;
 pub mod sync;
+pub mod trust;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -52,6 +54,8 @@ pub struct BenchArgs {
 pub enum BenchMode {
     /// Sync over loopback against one automerge document per channel.
     Sync(sync::SyncArgs),
+    /// Removing a member (with its key rotation) in a channel of many devices.
+    Trust(trust::TrustArgs),
 }
 
 const PASS: &str = "bench passphrase";
@@ -207,8 +211,10 @@ async fn probe(dir: &Path) -> Result<Probe> {
 
 /// Run `hearth bench`.
 pub async fn run(args: &BenchArgs, json_out: bool) -> Result<ExitCode> {
-    if let Some(BenchMode::Sync(sync_args)) = &args.mode {
-        return sync::run(sync_args, json_out).await;
+    match &args.mode {
+        Some(BenchMode::Sync(sync_args)) => return sync::run(sync_args, json_out).await,
+        Some(BenchMode::Trust(trust_args)) => return trust::run(trust_args, json_out).await,
+        None => {}
     }
     if let Some(dir) = &args.probe {
         let p = probe(dir).await?;
