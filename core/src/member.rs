@@ -25,7 +25,8 @@
 //! every other user who writes in the channel (holding the channel key is the
 //! invitation), as a member, unless removed. A removal names, for each device
 //! of the removed user, the last entry of its feed its author held
-//! ([`Action::Remove`]'s `upto`): later entries are refused everywhere.
+//! ([`Action::Remove`]'s `upto`): later entries are held, never applied, by
+//! every member. Leaving (removing oneself) cuts nothing.
 //! A channel made before rosters existed has none until a member claims it
 //! ([`Action::Create`]; the first claim in the order above stands).
 
@@ -194,6 +195,10 @@ pub struct Roster {
     pub roles: BTreeMap<UserId, Role>,
     /// Removed users, with the last entry of each of their feeds that stays.
     pub removed: BTreeMap<UserId, BTreeMap<DeviceId, u64>>,
+    /// Removed users who left on their own: their feeds are not cut (the
+    /// entry that says so comes after any cut it could name; a store that
+    /// left writes nothing more, and one that writes anyway can be removed).
+    pub left: BTreeSet<UserId>,
     /// Ops kept in the history that changed nothing, with why.
     pub refused: BTreeMap<OpKey, String>,
     /// Ops whose parents are not all held yet.
@@ -312,6 +317,9 @@ impl Roster {
     /// Whether entry `seq` of `device`'s feed, written by `user`, is taken: no
     /// removal of `user` that stands cuts it off.
     pub fn admits(&self, user: &UserId, device: &DeviceId, seq: u64) -> bool {
+        if self.left.contains(user) {
+            return true;
+        }
         match self.removed.get(user) {
             None => true,
             Some(cut) => seq <= cut.get(device).copied().unwrap_or(0),
@@ -402,11 +410,17 @@ impl Roster {
             }
             Action::Add { user, role } => {
                 self.removed.remove(user);
+                self.left.remove(user);
                 self.roles.insert(*user, *role);
             }
             Action::Remove { user, upto } => {
                 self.roles.remove(user);
                 self.removed.insert(*user, upto.iter().copied().collect());
+                if user == author {
+                    self.left.insert(*user);
+                } else {
+                    self.left.remove(user);
+                }
             }
             Action::SetRole { user, role } => {
                 self.roles.insert(*user, *role);

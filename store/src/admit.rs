@@ -69,12 +69,6 @@ pub enum Refusal {
     /// A certificate chain for the feed's device with another key than the
     /// one its earlier entries were signed with.
     KeyChanged,
-    /// The entry's writer was removed from the channel, and the removal keeps
-    /// its feed only up to `upto` (member stores; relays do not read rosters).
-    Removed {
-        /// The last entry of the feed the removal keeps.
-        upto: u64,
-    },
 }
 
 impl Refusal {
@@ -107,10 +101,6 @@ impl fmt::Display for Refusal {
             Refusal::Full(why) => write!(f, "relay is full: {why}"),
             Refusal::Downgrade => f.write_str("an entry signed by the user key after the device signed with its own"),
             Refusal::KeyChanged => f.write_str("a certificate for the device with another key than its feed's"),
-            Refusal::Removed { upto } => write!(
-                f,
-                "its writer was removed from the channel, which keeps its feed up to entry {upto}"
-            ),
         }
     }
 }

@@ -84,6 +84,8 @@ pub struct ChannelState {
     pub owed: BTreeMap<hearth_core::DeviceId, MessageId>,
     /// The name the invite gave the channel: its name until its own arrives.
     pub invited_name: Option<String>,
+    /// Messages that removal cuts hide (`crate::cuts`); `None`: to compute.
+    pub hidden: Option<std::collections::BTreeSet<MessageId>>,
 }
 
 impl ChannelState {

@@ -328,6 +328,7 @@ impl Engine {
             staged_newest: None,
             owed: BTreeMap::new(),
             invited_name: None,
+            hidden: None,
         };
         let owed_key = channel_prefix(T_OWED, &wire);
         if let Some(v) = self.tree.get(owed_key)? {
@@ -1006,6 +1007,9 @@ impl Engine {
         if let Op::Delivered { author, up_to } = op {
             self.settle_owed(channel, *author, *up_to)?;
         }
+        if let (Op::Member { .. }, Some(ch)) = (op, self.channels.get_mut(&channel)) {
+            ch.hidden = None;
+        }
         Ok(())
     }
 
@@ -1195,7 +1199,6 @@ impl Engine {
     }
 }
 
-/// A device's certificate chain as a `T_CHAINS` row holds it (postcard).
 /// What a roster change is, for an error message.
 fn describe(action: &MemberAction) -> String {
     match action {
@@ -1206,6 +1209,7 @@ fn describe(action: &MemberAction) -> String {
     }
 }
 
+/// A device's certificate chain as a `T_CHAINS` row holds it (postcard).
 pub(crate) fn encode_chain(chain: &[hearth_core::device::DeviceCert]) -> Vec<u8> {
     postcard::to_stdvec(chain).expect("a chain encodes")
 }

@@ -41,6 +41,7 @@ mod actor;
 mod admit;
 mod channel;
 mod config;
+mod cuts;
 mod durable;
 mod engine;
 mod error;

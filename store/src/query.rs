@@ -83,6 +83,7 @@ impl Engine {
         for c in candidates {
             if self.ensure_epoch(c, msg.epoch(), false)?
                 && let Some(m) = self.loaded(&c, msg.epoch()).and_then(|le| le.view.get(msg))
+                && !self.is_hidden(&c, msg)?
             {
                 return Ok(Located { channel: c, message: m });
             }
@@ -111,6 +112,8 @@ impl Engine {
                 return Err(Error::invalid("cursor", "the message is in another channel"));
             }
         }
+        // Messages a removal cut hides are left out (asked for on top).
+        let hidden = self.hidden(channel)?.clone();
         let ch = self.channel(channel)?;
         // Epochs in order of their newest top-level message. Messages of an epoch
         // can be newer than those of a higher-numbered one (an offline device), so
@@ -130,7 +133,12 @@ impl Engine {
             }
             self.ensure_epoch(*channel, epoch, false)?;
             if let Some(le) = self.loaded(channel, epoch) {
-                out.extend(le.view.page(before, limit));
+                out.extend(
+                    le.view
+                        .page(before, limit.saturating_add(hidden.len()))
+                        .into_iter()
+                        .filter(|m| !hidden.contains(&m.id)),
+                );
                 out.sort_by_key(|m| std::cmp::Reverse(m.id));
                 out.truncate(limit);
             }
@@ -147,10 +155,12 @@ impl Engine {
         } else {
             self.get_message(&root_id)?.message
         };
-        let replies = self
+        let mut replies = self
             .loaded(&loc.channel, root_id.epoch())
             .map(|le| le.view.replies(&root_id))
             .unwrap_or_default();
+        let hidden = self.hidden(&loc.channel)?;
+        replies.retain(|m| !hidden.contains(&m.id));
         Ok(Thread { root, replies })
     }
 

@@ -149,6 +149,9 @@ pub struct IngestReport {
     /// A member device that may lack a key generation this device holds
     /// appeared: key shares are owed (written with the owed receipts).
     pub keys_owed: bool,
+    /// Entries taken past a removal's cut: applied, their messages hidden
+    /// (see `crate::cuts`).
+    pub cut: usize,
 }
 
 /// A batch of a feed's entries for a peer.
@@ -175,6 +178,8 @@ struct Held {
     device: DeviceId,
     seq: u64,
     generation: u32,
+    /// `crate::cuts::WAITING` (for its key).
+    state: u8,
     bytes: Vec<u8>,
 }
 
@@ -368,17 +373,12 @@ impl Engine {
                 // What follows is sealed and signed by the author: a failure
                 // is the author's, not the forwarding peer's.
                 let h = &env.header;
+                // Past a removal's cut: taken and applied as any entry, its
+                // messages hidden (`crate::cuts`).
                 if let Some(r) = &roster
                     && !r.admits(&h.user, &h.device, h.seq)
                 {
-                    let upto = r
-                        .removed
-                        .get(&h.user)
-                        .and_then(|cut| cut.get(&h.device))
-                        .copied()
-                        .unwrap_or(0);
-                    report.rejected.push(admission.refuse(&env, Refusal::Removed { upto }));
-                    continue;
+                    report.cut += 1;
                 }
                 // Sealed under a key generation not held (yet): taken into its
                 // feed sealed, and opened when a package brings the key.
@@ -387,6 +387,7 @@ impl Engine {
                         device: h.device,
                         seq: h.seq,
                         generation: h.generation,
+                        state: crate::cuts::WAITING,
                         bytes: bytes.clone(),
                     });
                     progressed = true;
@@ -465,9 +466,15 @@ impl Engine {
                 keys_changed,
                 late: false,
             };
+            let meta = incoming.accepted.contains_key(&META_EPOCH);
             self.store_accepted(channel, wire, incoming, &mut report)?;
             if keys_changed {
                 self.open_waiting(channel, &mut report)?;
+            }
+            // The roster, or a removed user's feed, moved: hidden messages
+            // are computed again on first use.
+            if meta || keys_changed || report.cut > 0 {
+                self.channels.get_mut(&channel).expect("checked above").hidden = None;
             }
         }
         if !forks.is_empty() {
@@ -537,11 +544,9 @@ impl Engine {
             // Marked as refused (a fifth byte): never applied, kept in the feed.
             let mut batch = sled::Batch::default();
             for (k, device, seq, why) in refused {
-                let generation = self.tree.get(&k)?.map(|v| v.to_vec()).unwrap_or_default();
-                let mut v = generation;
-                v.truncate(4);
-                v.push(1);
-                batch.insert(k, v);
+                let held = self.tree.get(&k)?.map(|v| v.to_vec()).unwrap_or_default();
+                let (generation, _) = crate::cuts::decode_held(&held)?;
+                batch.insert(k, crate::cuts::held_value(generation, crate::cuts::REFUSED));
                 report.rejected.push(Rejection {
                     device: Some(device),
                     seq: Some(seq),
@@ -670,7 +675,7 @@ impl Engine {
             batch.insert(&feed_key(wire, &h.device, h.seq)[..], &h.bytes[..]);
             batch.insert(
                 &unopened_key(wire, &h.device, h.seq)[..],
-                &h.generation.to_le_bytes()[..],
+                crate::cuts::held_value(h.generation, h.state),
             );
         }
         report.accepted += held.len();

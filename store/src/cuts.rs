@@ -1,0 +1,93 @@
+//! Removal cuts: what a removed member wrote past its removal is not shown.
+//!
+//! A removal keeps each of the removed user's feeds up to the last entry its
+//! writer held ([`hearth_core::member::Action::Remove`]). Entries past the
+//! cut are still taken and applied like any other: a member that took one
+//! before the removal reached it may have written on top of it (automerge
+//! changes depend on everything their writer had), so refusing or undoing it
+//! elsewhere would leave that member's later changes waiting for ever. What
+//! the cut does is hide the messages those entries post, from every query,
+//! on every member alike: the hidden set is a function of the roster and the
+//! feeds, which converge.
+
+use std::collections::BTreeSet;
+
+use hearth_core::{ChannelId, Envelope, MessageId, decode_change_posts};
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::layout::*;
+
+/// `T_UNOPENED` state byte: waiting for a key generation (4-byte rows have none).
+pub(crate) const WAITING: u8 = 0;
+/// `T_UNOPENED` state byte: the content was refused when the key came.
+pub(crate) const REFUSED: u8 = 1;
+
+/// A `T_UNOPENED` value: the generation, and a state byte unless waiting.
+pub(crate) fn held_value(generation: u32, state: u8) -> Vec<u8> {
+    let mut v = generation.to_le_bytes().to_vec();
+    if state != WAITING {
+        v.push(state);
+    }
+    v
+}
+
+/// The generation and state of a `T_UNOPENED` value.
+pub(crate) fn decode_held(v: &[u8]) -> Result<(u32, u8)> {
+    match v.len() {
+        4 | 5 => Ok((
+            u32::from_le_bytes(v[..4].try_into().expect("4 bytes")),
+            v.get(4).copied().unwrap_or(WAITING),
+        )),
+        _ => Err(Error::corrupted("unopened entry row", "bad length")),
+    }
+}
+
+impl Engine {
+    /// The messages of a channel that removal cuts hide (computed on first
+    /// use after the roster or a removed user's feed moved).
+    pub(crate) fn hidden(&mut self, channel: &ChannelId) -> Result<&BTreeSet<MessageId>> {
+        if self.channel(channel)?.hidden.is_none() {
+            let set = self.compute_hidden(channel)?;
+            self.channels.get_mut(channel).expect("checked above").hidden = Some(set);
+        }
+        Ok(self.channel(channel)?.hidden.as_ref().expect("computed above"))
+    }
+
+    fn compute_hidden(&mut self, channel: &ChannelId) -> Result<BTreeSet<MessageId>> {
+        let roster = self.roster(channel)?;
+        let mut out = BTreeSet::new();
+        if roster.removed.is_empty() {
+            return Ok(out);
+        }
+        let ch = self.channel(channel)?;
+        let wire = ch.keys.wire();
+        for (device, head) in &ch.heads {
+            if roster.left.contains(&head.user) {
+                continue;
+            }
+            let Some(cut) = roster.removed.get(&head.user) else {
+                continue;
+            };
+            let upto = cut.get(device).copied().unwrap_or(0);
+            for seq in upto.saturating_add(1)..=head.seq {
+                let Some(bytes) = self.tree.get(feed_key(&wire, device, seq))? else {
+                    continue;
+                };
+                // An entry that does not open here posts nothing shown here.
+                let Ok(body) = Envelope::decode(&bytes).and_then(|e| e.open(&ch.keys)) else {
+                    continue;
+                };
+                if let Ok((_, posts)) = decode_change_posts(&body.change, device, &head.user) {
+                    out.extend(posts);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether a removal cut hides `msg` (of `channel`).
+    pub(crate) fn is_hidden(&mut self, channel: &ChannelId, msg: &MessageId) -> Result<bool> {
+        Ok(self.hidden(channel)?.contains(msg))
+    }
+}
