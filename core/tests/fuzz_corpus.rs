@@ -76,13 +76,15 @@ replay_tests! {
     fork_proof => checks::check_fork_proof,
     device_cert => checks::check_device_cert,
     member_ops => checks::check_member_ops,
+    key_package => checks::check_key_package,
 }
 
 /// Writes the membership op seeds only.
 #[test]
-#[ignore = "rewrites fuzz/corpus/member_ops; run by hand with --ignored"]
+#[ignore = "rewrites fuzz/corpus/member_ops and key_package; run by hand with --ignored"]
 fn regenerate_member_seeds() {
     seeds::write_member_ops();
+    seeds::write_key_packages();
 }
 
 /// Writes the device certificate seeds and the version 2 identity seeds only.
@@ -149,6 +151,7 @@ mod seeds {
             "fork_proof" => hearth_core::ForkProof::decode(data).is_ok(),
             "device_cert" => hearth_core::device::DeviceCert::decode(data).is_ok(),
             "member_ops" => true,
+            "key_package" => hearth_core::KeyPackage::decode(data).is_ok(),
             _ => unreachable!("no fuzz target {target}"),
         }
     }
@@ -289,6 +292,32 @@ mod seeds {
         write("member_ops", "cycle", &cycle);
         write("member_ops", "truncated", &story[..story.len() - 9]);
         write("member_ops", "flipped", &flip(&race, 30));
+    }
+
+    /// Key packages: two generations sealed to the fixed device and another,
+    /// one to another device only, and variants.
+    pub fn write_key_packages() {
+        use hearth_core::device::DeviceKeys;
+        use hearth_core::{KeyPackage, SecretKey};
+        let me = super::checks::fuzz_device_keys();
+        let other = DeviceKeys::generate().expect("keys");
+        let wire = super::checks::PACKAGE_WIRE;
+        let (k1, k2) = (SecretKey::from_bytes([0x71; 32]), SecretKey::from_bytes([0x72; 32]));
+        let both = KeyPackage::seal(
+            &wire,
+            &[(1, &k1), (2, &k2)],
+            &[(me.device_id(), me.public().kx), (other.device_id(), other.public().kx)],
+        )
+        .expect("seal")
+        .encode();
+        let not_mine = KeyPackage::seal(&wire, &[(3, &k1)], &[(other.device_id(), other.public().kx)])
+            .expect("seal")
+            .encode();
+        write("key_package", "valid-two-generations", &both);
+        write("key_package", "valid-for-another-device", &not_mine);
+        write("key_package", "truncated", &both[..both.len() - 7]);
+        write("key_package", "flipped-sealed-key", &flip(&both, both.len() - 20));
+        write("key_package", "flipped-generation", &flip(&both, 2));
     }
 
     /// Certificates by a user and by a device, a kept (legacy) id, and variants.

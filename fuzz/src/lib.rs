@@ -331,3 +331,32 @@ pub fn check_member_ops(data: &[u8]) {
         );
     }
 }
+
+/// The device the key package seeds are sealed to (fixed keys).
+pub fn fuzz_device_keys() -> hearth_core::device::DeviceKeys {
+    let mut record = vec![1u8];
+    record.extend([0x61; 32]);
+    record.extend([0x62; 32]);
+    hearth_core::device::DeviceKeys::decode(&record).expect("fixed device keys decode")
+}
+
+/// The wire id the key package seeds are sealed under.
+pub const PACKAGE_WIRE: hearth_core::WireId = hearth_core::WireId([0x63; 32]);
+
+/// Decode a key package; on success it re-encodes to the same package, and
+/// what it opens for the fixed device is what it says it seals to it.
+pub fn check_key_package(data: &[u8]) {
+    use hearth_core::KeyPackage;
+    let Ok(p) = KeyPackage::decode(data) else {
+        return;
+    };
+    assert_eq!(KeyPackage::decode(&p.encode()).expect("an encoded package decodes"), p);
+    let keys = fuzz_device_keys();
+    let device = keys.device_id();
+    for (generation, _) in p.open_for(&PACKAGE_WIRE, &device, &keys) {
+        assert!(
+            generation >= 1 && p.reaches(generation, &device),
+            "opened a key not sealed to it"
+        );
+    }
+}
