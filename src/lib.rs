@@ -48,8 +48,8 @@ use std::path::Path;
 pub use hearth_core as core;
 pub use hearth_core::{ChannelId, DeviceId, KdfParams, MAX_TEXT_BYTES, Message, MessageId, Passphrase, Role, UserId};
 pub use hearth_store::{
-    ChannelInfo, Config, Error, Located, MemberInfo, OpenReport, OpenTimings, Outcome, Pending, Problem, Receipts,
-    Result, RosterInfo, STORE_FORMAT, Stats, Store, StoreEvent, Thread, VerifyReport, Whoami, Write,
+    ChannelInfo, Config, DeviceInfo, Error, Located, MemberInfo, OpenReport, OpenTimings, Outcome, Pending, Problem,
+    Receipts, Result, RosterInfo, STORE_FORMAT, Stats, Store, StoreEvent, Thread, VerifyReport, Whoami, Write,
     create_private_dir, make_private, write_atomic,
 };
 /// Sync over libp2p: nodes, events, tickets, relays.

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::output::{Names, message_json, message_line, print_json};
-use crate::{ChannelCmd, Cli, Command, MemberCmd};
+use crate::{ChannelCmd, Cli, Command, DeviceCmd, MemberCmd};
 
 /// Writes kept in flight by `post --stdin` and `import`: enough to fill a group
 /// commit, bounded so memory stays flat on any input size.
@@ -240,6 +240,7 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
             }
         }
         Command::Member(cmd) => member(cli, h, cmd).await?,
+        Command::Device(cmd) => device(cli, h, cmd).await?,
         Command::Channel(ChannelCmd::Rename { channel, name }) => {
             let id = h.resolve_channel(channel).await?;
             h.rename_channel(id, name).await?;
@@ -448,6 +449,54 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `hearth device ...`.
+async fn device(cli: &Cli, h: &Hearth, cmd: &DeviceCmd) -> Result<()> {
+    match cmd {
+        DeviceCmd::List => {
+            for d in h.devices().await? {
+                if cli.json {
+                    print_json(&json!({
+                        "device": d.device.to_hex(), "this": d.this,
+                        "channels": d.channels, "revoked_in": d.revoked_in,
+                    }));
+                } else {
+                    println!(
+                        "{}{}  {} channel(s){}",
+                        d.device,
+                        if d.this { " (this device)" } else { "" },
+                        d.channels,
+                        if d.revoked_in > 0 {
+                            format!(", revoked in {}", d.revoked_in)
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+            }
+        }
+        DeviceCmd::Revoke { device } => {
+            let lower = device.to_ascii_lowercase();
+            let known = h.devices().await?;
+            let matches: Vec<_> = known
+                .iter()
+                .filter(|d| lower.len() >= 4 && d.device.to_hex().starts_with(&lower))
+                .collect();
+            let target = match matches.as_slice() {
+                [one] => one.device,
+                [] => bail!("no device of yours matches {device:?} (see `hearth device list`)"),
+                _ => bail!("{device:?} matches more than one device; give more of its id"),
+            };
+            let channels = h.revoke_device(target).await?;
+            if cli.json {
+                print_json(&json!({"revoked": target.to_hex(), "channels": channels}));
+            } else {
+                println!("revoked {target} in {channels} channel(s)");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `hearth member ...`.

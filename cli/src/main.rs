@@ -68,6 +68,9 @@ pub enum Command {
     /// A channel's roster: list, remove, change roles, add back, leave.
     #[command(subcommand)]
     Member(MemberCmd),
+    /// This user's devices: list, revoke.
+    #[command(subcommand)]
+    Device(DeviceCmd),
     /// Post a message (prints its id once durable).
     Post {
         /// Channel id or name.
@@ -240,6 +243,21 @@ pub enum ChannelCmd {
         channel: String,
         /// The new name.
         name: String,
+    },
+}
+
+/// Device commands.
+#[derive(Subcommand, Debug)]
+pub enum DeviceCmd {
+    /// List this user's devices known here (this one, and every one that
+    /// wrote in a channel held here), with the channels that revoke each.
+    List,
+    /// Revoke another device of this user, in every channel: its later
+    /// messages are not shown, each channel gets a new key it does not get,
+    /// and it cannot write once it learns of it.
+    Revoke {
+        /// The device id, or a unique prefix of it (4 hex digits or more).
+        device: String,
     },
 }
 

@@ -447,3 +447,22 @@ fn a_lost_database_is_rebuilt_and_repair_reports() {
     let show = ok(hearth(&dir).args(["show", id.trim()]));
     assert!(show.contains("kept through a rebuild") && show.contains("👍"), "{show}");
 }
+
+/// `hearth device list` shows this device; `device revoke` refuses this
+/// device and names that match nothing (the revocation itself, between two
+/// devices, is shown by store/tests/members.rs).
+#[test]
+fn device_list_and_revoke_refusals() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = store(&tmp);
+    init(&dir, "alice");
+    ok(hearth(&dir).args(["channel", "create", "general"]));
+    let list = json_lines(&ok(hearth(&dir).args(["--json", "device", "list"])));
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["this"], true);
+    let me = list[0]["device"].as_str().expect("device").to_string();
+    let err = fails(hearth(&dir).args(["device", "revoke", &me[..8]]));
+    assert!(err.contains("cannot revoke itself"), "{err}");
+    let err = fails(hearth(&dir).args(["device", "revoke", "ffff0000"]));
+    assert!(err.contains("no device of yours"), "{err}");
+}

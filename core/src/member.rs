@@ -108,6 +108,17 @@ pub enum Action {
         /// The new role.
         role: Role,
     },
+    /// Revoke a device of the writer's own user (written from another of its
+    /// devices): its feed's entries after `upto` (the last one the writer
+    /// held) are cut, and the device is left out of key generations.
+    RevokeDevice {
+        /// The device's user (the writer).
+        user: UserId,
+        /// The device.
+        device: DeviceId,
+        /// The last entry of its feed that stays.
+        upto: u64,
+    },
 }
 
 /// What a membership op says (its key says who wrote it).
@@ -199,6 +210,9 @@ pub struct Roster {
     /// entry that says so comes after any cut it could name; a store that
     /// left writes nothing more, and one that writes anyway can be removed).
     pub left: BTreeSet<UserId>,
+    /// Revoked devices: their user, and the last entry of their feed that
+    /// stays.
+    pub revoked: BTreeMap<DeviceId, (UserId, u64)>,
     /// Ops kept in the history that changed nothing, with why.
     pub refused: BTreeMap<OpKey, String>,
     /// Ops whose parents are not all held yet.
@@ -317,6 +331,12 @@ impl Roster {
     /// Whether entry `seq` of `device`'s feed, written by `user`, is taken: no
     /// removal of `user` that stands cuts it off.
     pub fn admits(&self, user: &UserId, device: &DeviceId, seq: u64) -> bool {
+        if let Some((owner, cut)) = self.revoked.get(device)
+            && owner == user
+            && seq > *cut
+        {
+            return false;
+        }
         if self.left.contains(user) {
             return true;
         }
@@ -336,6 +356,10 @@ impl Roster {
         if self.genesis.is_none() {
             return match action {
                 Action::Create => Ok(()),
+                // A user's own devices are the user's business, roster or not.
+                Action::RevokeDevice { user, device, .. } if user == author && !self.revoked.contains_key(device) => {
+                    Ok(())
+                }
                 _ => Err("the channel has no roster yet"),
             };
         }
@@ -367,6 +391,15 @@ impl Roster {
                     Err("only admins and owners remove others")
                 } else if theirs == Role::Owner && mine < Role::Owner {
                     Err("only owners remove owners")
+                } else {
+                    Ok(())
+                }
+            }
+            Action::RevokeDevice { user, device, .. } => {
+                if user != author {
+                    Err("only the device's own user revokes it")
+                } else if self.revoked.contains_key(device) {
+                    Err("already revoked")
                 } else {
                     Ok(())
                 }
@@ -425,6 +458,9 @@ impl Roster {
             Action::SetRole { user, role } => {
                 self.roles.insert(*user, *role);
             }
+            Action::RevokeDevice { user, device, upto } => {
+                self.revoked.insert(*device, (*user, *upto));
+            }
         }
     }
 }
@@ -479,6 +515,14 @@ fn run(ops: &[MemberOp], order: &[usize], excluded: &BTreeSet<usize>) -> (Roster
             continue;
         }
         let o = &ops[i];
+        if r.revoked.get(&o.key.device).is_some_and(|(u, _)| *u == o.author) {
+            r.refused.insert(o.key, "written by a revoked device".into());
+            continue;
+        }
+        if matches!(&o.body.action, Action::RevokeDevice { device, .. } if *device == o.key.device) {
+            r.refused.insert(o.key, "a device cannot revoke itself".into());
+            continue;
+        }
         match r.allows(&o.author, &o.body.action) {
             Ok(()) => {
                 r.apply(o.key, &o.author, &o.body.action);
@@ -691,6 +735,55 @@ mod tests {
         assert_eq!(a.genesis, Some(OpKey { device: dev(2), n: 1 }));
         assert_eq!(a.waiting.len(), 3);
         assert_eq!(a.role(&user(5)), Some(Role::Member), "added by one who is not an owner");
+    }
+
+    #[test]
+    fn a_user_revokes_its_own_devices_only_and_a_revoked_device_writes_nothing_more() {
+        // User 1 has devices 1 and 9 (op keys name the writing device).
+        let on = |dev_: u8, n: u32, hlc: u64, parents: &[(u8, u32)], action: Action| {
+            let mut o = op(1, n, hlc, parents, action);
+            o.key.device = dev(dev_);
+            o
+        };
+        let revoke = |device: u8, upto| Action::RevokeDevice {
+            user: user(1),
+            device: dev(device),
+            upto,
+        };
+        let ops = vec![
+            op(1, 1, 10, &[], Action::Create),
+            // Another user may not revoke user 1's device; a device not itself.
+            op(
+                2,
+                1,
+                11,
+                &[(1, 1)],
+                Action::RevokeDevice {
+                    user: user(1),
+                    device: dev(9),
+                    upto: 0,
+                },
+            ),
+            on(9, 1, 12, &[(2, 1)], revoke(9, 0)),
+            on(1, 2, 13, &[(9, 1)], revoke(9, 4)),
+            // Device 9, revoked, writes on: refused.
+            on(
+                9,
+                2,
+                14,
+                &[(1, 2)],
+                Action::SetRole {
+                    user: user(3),
+                    role: Role::Admin,
+                },
+            ),
+        ];
+        let r = Roster::fold(ops);
+        assert_eq!(r.revoked.get(&dev(9)), Some(&(user(1), 4)));
+        assert!(r.admits(&user(1), &dev(9), 4) && !r.admits(&user(1), &dev(9), 5));
+        assert!(r.admits(&user(1), &dev(1), 99), "the user's other devices write on");
+        assert_eq!(r.refused.len(), 3, "{:?}", r.refused);
+        assert_eq!(r.role(&user(3)), Some(Role::Member));
     }
 
     #[test]

@@ -57,19 +57,25 @@ impl Engine {
     fn compute_hidden(&mut self, channel: &ChannelId) -> Result<BTreeSet<MessageId>> {
         let roster = self.roster(channel)?;
         let mut out = BTreeSet::new();
-        if roster.removed.is_empty() {
+        if roster.removed.is_empty() && roster.revoked.is_empty() {
             return Ok(out);
         }
         let ch = self.channel(channel)?;
         let wire = ch.keys.wire();
         for (device, head) in &ch.heads {
-            if roster.left.contains(&head.user) {
-                continue;
-            }
-            let Some(cut) = roster.removed.get(&head.user) else {
+            // The lower of a removal's cut and a revocation's.
+            let removal = match roster.removed.get(&head.user) {
+                Some(cut) if !roster.left.contains(&head.user) => Some(cut.get(device).copied().unwrap_or(0)),
+                _ => None,
+            };
+            let revocation = roster
+                .revoked
+                .get(device)
+                .filter(|(u, _)| *u == head.user)
+                .map(|(_, cut)| *cut);
+            let Some(upto) = removal.into_iter().chain(revocation).min() else {
                 continue;
             };
-            let upto = cut.get(device).copied().unwrap_or(0);
             for seq in upto.saturating_add(1)..=head.seq {
                 let Some(bytes) = self.tree.get(feed_key(&wire, device, seq))? else {
                     continue;

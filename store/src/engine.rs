@@ -706,16 +706,22 @@ impl Engine {
 
     /// Refuse writes in a channel the local user was removed from.
     fn writable(&mut self, channel: &ChannelId) -> Result<()> {
-        let me = self.identity.user();
+        let (me, device) = (self.identity.user(), self.identity.device());
         self.channel(channel)?;
         self.ensure_epoch(*channel, META_EPOCH, false)?;
-        if self
-            .loaded(channel, META_EPOCH)
-            .is_some_and(|le| le.view.roster.role(&me).is_none())
-        {
+        let Some(roster) = self.loaded(channel, META_EPOCH).map(|le| &le.view.roster) else {
+            return Ok(());
+        };
+        if roster.role(&me).is_none() {
             return Err(Error::NotAllowed {
                 action: "write in this channel".into(),
                 why: "you were removed from it".into(),
+            });
+        }
+        if roster.revoked.contains_key(&device) {
+            return Err(Error::NotAllowed {
+                action: "write in this channel".into(),
+                why: "this device was revoked".into(),
             });
         }
         Ok(())
@@ -727,6 +733,16 @@ impl Engine {
         let mut roster = self.roster(&channel)?;
         let (me, device) = (self.identity.user(), self.identity.device());
         let action = match action {
+            MemberAction::RevokeDevice { device, .. } if device == self.identity.device() => {
+                return Err(Error::NotAllowed {
+                    action: "revoke this device".into(),
+                    why: "a device cannot revoke itself; revoke it from another device of yours".into(),
+                });
+            }
+            MemberAction::RevokeDevice { user, device, .. } => {
+                let upto = self.channel(&channel)?.heads.get(&device).map_or(0, |h| h.seq);
+                MemberAction::RevokeDevice { user, device, upto }
+            }
             MemberAction::Remove { user, .. } => {
                 let upto = self
                     .channel(&channel)?
@@ -741,9 +757,13 @@ impl Engine {
         };
         // Removing someone else starts a new key generation for the members
         // left (a leaver's store cannot: see docs/trust.md).
-        let rotate = matches!(&action, MemberAction::Remove { user, .. } if *user != me);
+        let rotate = match &action {
+            MemberAction::Remove { user, .. } => *user != me,
+            MemberAction::RevokeDevice { .. } => true,
+            _ => false,
+        };
         let mut actions = Vec::new();
-        if !roster.is_started() && action != MemberAction::Create {
+        if !roster.is_started() && !matches!(action, MemberAction::Create | MemberAction::RevokeDevice { .. }) {
             actions.push(MemberAction::Create);
         }
         actions.push(action);
@@ -792,7 +812,8 @@ impl Engine {
             out.push((me, k.public().kx));
         }
         for (d, (_, chain)) in &ch.chains {
-            if *d == me || ch.devices.get(d).is_none_or(|u| roster.role(u).is_none()) {
+            if *d == me || roster.revoked.contains_key(d) || ch.devices.get(d).is_none_or(|u| roster.role(u).is_none())
+            {
                 continue;
             }
             if let Some(cert) = chain.last().filter(|c| c.body.device == *d) {
@@ -1037,7 +1058,7 @@ impl Engine {
         }
         self.commit_epoch_under(channel, META_EPOCH, Some(0))?;
         self.touched.insert((channel, META_EPOCH), 0);
-        if self.take_keys(channel, &user, std::slice::from_ref(package)) {
+        if self.take_keys(channel, (&user, &device), std::slice::from_ref(package)) {
             self.save_channel_keys(channel)?;
         }
         Ok(())
@@ -1048,7 +1069,7 @@ impl Engine {
     pub(crate) fn take_keys(
         &mut self,
         channel: ChannelId,
-        author: &hearth_core::UserId,
+        author: (&hearth_core::UserId, &DeviceId),
         packages: &[hearth_core::KeyPackage],
     ) -> bool {
         let Some(mine) = self.identity.device_keys() else {
@@ -1056,7 +1077,7 @@ impl Engine {
         };
         if self
             .loaded(&channel, META_EPOCH)
-            .is_some_and(|le| le.view.roster.role(author).is_none())
+            .is_some_and(|le| le.view.roster.role(author.0).is_none() || le.view.roster.revoked.contains_key(author.1))
         {
             return false;
         }
@@ -1206,6 +1227,7 @@ fn describe(action: &MemberAction) -> String {
         MemberAction::Add { user, role } => format!("add {} as {role}", &user.to_hex()[..16]),
         MemberAction::Remove { user, .. } => format!("remove {}", &user.to_hex()[..16]),
         MemberAction::SetRole { user, role } => format!("make {} {role}", &user.to_hex()[..16]),
+        MemberAction::RevokeDevice { device, .. } => format!("revoke device {device}"),
     }
 }
 

@@ -74,7 +74,7 @@ pub use log::{
     reach as log_reach, scan as scan_log, segment_head as log_segment_head,
 };
 pub use open::{OpenReport, open_sled_config};
-pub use query::{ChannelInfo, Located, MemberInfo, RosterInfo, Thread};
+pub use query::{ChannelInfo, DeviceInfo, Located, MemberInfo, RosterInfo, Thread};
 pub use rotate::{RotateReport, StopAt};
 pub use store::{OpenTimings, Pending, Store, Whoami};
 pub use sync::{EntryBatch, IngestReport, Receipts, StoreEvent};

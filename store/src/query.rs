@@ -22,6 +22,19 @@ pub struct MemberInfo {
     pub devices: Vec<(hearth_core::DeviceId, u64)>,
 }
 
+/// A device of the local user, as this store knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeviceInfo {
+    /// The device.
+    pub device: hearth_core::DeviceId,
+    /// Whether it is this device.
+    pub this: bool,
+    /// Channels where it wrote (that this store holds).
+    pub channels: usize,
+    /// Channels whose roster revokes it.
+    pub revoked_in: usize,
+}
+
 /// A channel's roster, as this store holds it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RosterInfo {
@@ -230,6 +243,47 @@ impl Engine {
             refused: roster.refused.len(),
             waiting: roster.waiting.len(),
         })
+    }
+
+    /// The local user's devices: this one, and every one that wrote in a
+    /// channel held here.
+    pub(crate) fn devices(&mut self) -> Result<Vec<DeviceInfo>> {
+        let (me, this) = (self.identity.user(), self.identity.device());
+        let mut out: BTreeMap<hearth_core::DeviceId, DeviceInfo> = BTreeMap::new();
+        out.insert(
+            this,
+            DeviceInfo {
+                device: this,
+                this: true,
+                channels: 0,
+                revoked_in: 0,
+            },
+        );
+        let ids: Vec<ChannelId> = self.channels.keys().copied().collect();
+        for id in ids {
+            let roster = self.roster(&id)?;
+            let ch = self.channel(&id)?;
+            for (d, h) in &ch.heads {
+                if h.user != me {
+                    continue;
+                }
+                let e = out.entry(*d).or_insert(DeviceInfo {
+                    device: *d,
+                    this: *d == this,
+                    channels: 0,
+                    revoked_in: 0,
+                });
+                e.channels += 1;
+            }
+            for (d, (u, _)) in &roster.revoked {
+                if *u == me
+                    && let Some(e) = out.get_mut(d)
+                {
+                    e.revoked_in += 1;
+                }
+            }
+        }
+        Ok(out.into_values().collect())
     }
 
     /// A user of a channel's roster by user id, unique id prefix (4 hex

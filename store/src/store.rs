@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::engine::{Engine, Outcome, Write};
 use crate::error::{Error, Result};
 use crate::open::{self, OpenReport};
-use crate::query::{ChannelInfo, Located, RosterInfo, Thread};
+use crate::query::{ChannelInfo, DeviceInfo, Located, RosterInfo, Thread};
 use crate::rotate::{RotateReport, StopAt};
 use crate::sync::{EntryBatch, IngestReport, Receipts, StoreEvent};
 use crate::verify::{Stats, VerifyReport};
@@ -701,6 +701,42 @@ impl Store {
     /// Add `user` (back) to a channel with `role`: undoes a removal.
     pub async fn add_member(&self, channel: ChannelId, user: UserId, role: Role) -> Result<()> {
         self.member(channel, MemberAction::Add { user, role }).await
+    }
+
+    /// This user's devices: this one, and every one that wrote in a channel
+    /// held here, with the channels that revoke it.
+    pub async fn devices(&self) -> Result<Vec<DeviceInfo>> {
+        self.query(|e| e.devices()).await
+    }
+
+    /// Revoke another device of this user in every channel this user is a
+    /// member of: its entries past the last one held here are not shown, it
+    /// gets no key of the new generation each channel starts, and it cannot
+    /// write there once it learns of it. Returns the channels written to.
+    pub async fn revoke_device(&self, device: DeviceId) -> Result<usize> {
+        let me = self.whoami();
+        if device == me.device {
+            return Err(Error::NotAllowed {
+                action: "revoke this device".into(),
+                why: "a device cannot revoke itself; revoke it from another device of yours".into(),
+            });
+        }
+        let mut n = 0;
+        for info in self.channels().await? {
+            let action = MemberAction::RevokeDevice {
+                user: me.user,
+                device,
+                upto: 0,
+            };
+            // Channels this user was removed from, or where the device is
+            // revoked already, are left as they are.
+            match self.member(info.id, action).await {
+                Ok(()) => n += 1,
+                Err(Error::NotAllowed { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
     }
 
     async fn member(&self, channel: ChannelId, action: MemberAction) -> Result<()> {

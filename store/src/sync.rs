@@ -409,7 +409,9 @@ impl Engine {
                     Ok((epoch, change, effects)) => {
                         top = top.max(epoch);
                         progressed = true;
-                        if !effects.packages.is_empty() && self.take_keys(channel, &h.user, &effects.packages) {
+                        if !effects.packages.is_empty()
+                            && self.take_keys(channel, (&h.user, &h.device), &effects.packages)
+                        {
                             keys_changed = true;
                         }
                         accepted.entry(epoch).or_default().push(Accepted {

@@ -419,3 +419,77 @@ async fn concurrent_removals_adds_and_rotations_converge() {
         "the seeds exercise little: {rotated} {removed}"
     );
 }
+
+/// Issue 8, item 1: a device revoked from another device of its user is
+/// left out of the key generation each of its channels starts, what it
+/// writes past the revocation is not shown (also where it was shown before
+/// the revocation arrived), and once it learns of it, it cannot write.
+#[tokio::test]
+async fn a_revoked_device_is_cut_and_left_out_of_the_next_key() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let pass = Passphrase::new("pw");
+    let laptop = Store::create(dirs[0].path(), &pass, "alice", config()).await.unwrap();
+    let ch = laptop.create_channel("general").await.unwrap();
+    let keys = laptop.channel_keys(ch).await.unwrap();
+    let wire = keys.wire();
+    let bundle = laptop.link_bundle().await.unwrap();
+    let phone = Store::create_linked(dirs[1].path(), &pass, &bundle, config())
+        .await
+        .unwrap();
+    let bob = Store::create(dirs[2].path(), &pass, "bob", config()).await.unwrap();
+    bob.join_channel(keys).await.unwrap();
+    pull(&laptop, &phone, wire, ch).await;
+    phone.post(ch, "from the phone").await.unwrap();
+    bob.post(ch, "from bob").await.unwrap();
+    for (a, b) in [(&phone, &laptop), (&bob, &laptop), (&laptop, &phone), (&laptop, &bob)] {
+        pull(a, b, wire, ch).await;
+    }
+    let phone_id = phone.whoami().device;
+    let listed = laptop.devices().await.unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(
+        listed
+            .iter()
+            .any(|d| d.device == phone_id && !d.this && d.revoked_in == 0)
+    );
+    // A device cannot revoke itself.
+    assert!(matches!(
+        phone.revoke_device(phone_id).await,
+        Err(Error::NotAllowed { .. })
+    ));
+    assert_eq!(laptop.revoke_device(phone_id).await.unwrap(), 1);
+    assert_eq!(laptop.channel_keys(ch).await.unwrap().current_generation(), 1);
+    assert!(
+        laptop
+            .devices()
+            .await
+            .unwrap()
+            .iter()
+            .any(|d| d.device == phone_id && d.revoked_in == 1)
+    );
+    // The phone writes on, unaware; Bob shows it until the revocation reaches him.
+    phone.post(ch, "after the revocation").await.unwrap();
+    pull(&phone, &bob, wire, ch).await;
+    assert!(texts(bob.page(ch, None, 100).await.unwrap()).contains(&"after the revocation".into()));
+    pull(&laptop, &bob, wire, ch).await;
+    pull(&phone, &laptop, wire, ch).await;
+    laptop.post(ch, "after the new key").await.unwrap();
+    pull(&laptop, &bob, wire, ch).await;
+    for s in [&laptop, &bob] {
+        let t = texts(s.page(ch, None, 100).await.unwrap());
+        assert!(!t.contains(&"after the revocation".into()), "{t:?}");
+        assert!(t.contains(&"from the phone".into()) && t.contains(&"after the new key".into()));
+    }
+    // The phone gets the revocation and the package, with no key for it.
+    pull(&laptop, &phone, wire, ch).await;
+    assert_eq!(phone.channel_keys(ch).await.unwrap().current_generation(), 0);
+    assert!(!texts(phone.page(ch, None, 100).await.unwrap()).contains(&"after the new key".into()));
+    let err = phone.post(ch, "still here?").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::NotAllowed { why, .. } if why.contains("revoked")),
+        "{err}"
+    );
+    for s in [laptop, phone, bob] {
+        s.close().await.unwrap();
+    }
+}
