@@ -788,7 +788,8 @@ impl Engine {
         // Adding someone (back) shares the later generations with their
         // devices known here, before the op (so that they can open it).
         if matches!(ops.last(), Some(Op::Member { body, .. }) if matches!(body.action, MemberAction::Add { .. })) {
-            let mut shares = self.owed_shares_under(&channel, &roster)?;
+            let after = self.last_package(&channel);
+            let mut shares = self.owed_shares_under(&channel, &roster, after)?;
             shares.extend(ops);
             ops = shares;
         }
@@ -864,13 +865,64 @@ impl Engine {
 
     /// Key shares this device owes in a channel: for every later generation
     /// it holds, the member devices (known keys) that no package reaches.
+    /// First, a rotation, if one is owed and this device's user is an admin
+    /// or owner (see [`Engine::rotation_owed`]).
     fn owed_shares(&mut self, channel: &ChannelId) -> Result<Vec<Op>> {
         let roster = self.roster(channel)?;
-        self.owed_shares_under(channel, &roster)
+        let mut ops = Vec::new();
+        let first = self.last_package(channel);
+        if roster.role(&self.identity.user()) >= Some(hearth_core::Role::Admin)
+            && !roster.revoked.contains_key(&self.identity.device())
+            && self.rotation_owed(channel, &roster)?
+        {
+            let keys = &self.channel(channel)?.keys;
+            let (generation, key) = hearth_core::rotation::next_generation(keys)?;
+            let devices = self.member_devices(channel, &roster)?;
+            ops.extend(self.packages(channel, &[(generation, &key)], &devices, first)?);
+        }
+        let after = first.saturating_add(ops.len() as u32);
+        ops.extend(self.owed_shares_under(channel, &roster, after)?);
+        Ok(ops)
+    }
+
+    /// Whether the channel's roster names removed users or revoked devices
+    /// (then a roster change may owe a rotation).
+    pub(crate) fn roster_has_outsiders(&self, channel: &ChannelId) -> bool {
+        self.loaded(channel, META_EPOCH)
+            .is_some_and(|le| !le.view.roster.removed.is_empty() || !le.view.roster.revoked.is_empty())
+    }
+
+    /// Whether the newest key generation may be held by someone who must not
+    /// hold it: a removed user (or one who left), or a revoked device. For
+    /// generation 0 (the channel key), any removal or revocation; for a later
+    /// one, a package of it sealed to such a device (a rotation concurrent
+    /// with the removal, made by a member who had not seen it yet).
+    fn rotation_owed(&mut self, channel: &ChannelId, roster: &Roster) -> Result<bool> {
+        if roster.removed.is_empty() && roster.revoked.is_empty() {
+            return Ok(false);
+        }
+        let ch = self.channel(channel)?;
+        let generation = ch.keys.current_generation();
+        if generation == 0 {
+            return Ok(true);
+        }
+        let outsider = |d: &DeviceId| {
+            roster.revoked.contains_key(d) || ch.devices.get(d).is_some_and(|u| roster.removed.contains_key(u))
+        };
+        let packages = self
+            .loaded(channel, META_EPOCH)
+            .map(|le| le.doc.key_packages(&ch.devices))
+            .unwrap_or_default();
+        Ok(packages.iter().any(|(_, _, _, p)| {
+            p.keys
+                .iter()
+                .filter(|k| k.generation == generation)
+                .any(|k| k.recipients.iter().any(|(d, _)| outsider(d)))
+        }))
     }
 
     /// [`Engine::owed_shares`] for the members of `roster`.
-    fn owed_shares_under(&mut self, channel: &ChannelId, roster: &Roster) -> Result<Vec<Op>> {
+    fn owed_shares_under(&mut self, channel: &ChannelId, roster: &Roster, after: u32) -> Result<Vec<Op>> {
         if self.channel(channel)?.keys.current_generation() == 0 || roster.role(&self.identity.user()).is_none() {
             return Ok(Vec::new());
         }
@@ -882,7 +934,7 @@ impl Engine {
             .map(|le| le.doc.key_packages(&ch.devices))
             .unwrap_or_default();
         let held = ch.keys.generations();
-        let mut n = self.last_package(channel);
+        let mut n = after;
         let mut ops = Vec::new();
         for (generation, key) in &held {
             let lacking: Vec<(DeviceId, [u8; 32])> = devices

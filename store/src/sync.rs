@@ -588,6 +588,7 @@ impl Engine {
             late,
         } = incoming;
         let (heads, chains) = (&heads, &chains);
+        let meta_touched = accepted.contains_key(&META_EPOCH);
         // Phase 1: apply every epoch's changes. If automerge refuses any,
         // nothing of the batch is kept: every touched document is dropped (it
         // reloads from the log), new epochs are forgotten, nothing is written.
@@ -778,11 +779,12 @@ impl Engine {
         if keys_changed {
             self.keys_rows(channel, &mut batch, &mut log_records)?;
         }
-        // A new device of the channel may lack a generation held here, and a
-        // generation just taken may be lacking on devices known here.
-        if (keys_changed || !chains.is_empty()) && self.channel(&channel)?.keys.current_generation() > 0 {
+        // A new device of the channel may lack a generation held here, a
+        // generation just taken may be lacking on devices known here, and a
+        // roster change may call for a rotation.
+        if keys_changed || !chains.is_empty() || meta_touched {
             self.shares_due.insert(channel);
-            report.keys_owed = true;
+            report.keys_owed |= keys_changed || !chains.is_empty() || self.roster_has_outsiders(&channel);
         }
         self.put_root(&mut batch)?;
         let ch = self.channels.get_mut(&channel).expect("checked by the caller");

@@ -410,6 +410,14 @@ async fn concurrent_removals_adds_and_rotations_converge() {
                 "seed {seed}: messages differ"
             );
         }
+        // What the owner writes now reaches no removed member.
+        stores[0].post(ch, "final word").await.unwrap();
+        for s in &stores[1..] {
+            pull(&stores[0], s, wire, ch).await;
+            let member = current.iter().any(|c| std::ptr::eq(*c, s));
+            let t = texts(s.page(ch, None, 1000).await.unwrap());
+            assert_eq!(t.contains(&"final word".to_string()), member, "seed {seed}: {t:?}");
+        }
         for s in stores {
             s.close().await.unwrap();
         }
@@ -490,6 +498,90 @@ async fn a_revoked_device_is_cut_and_left_out_of_the_next_key() {
         "{err}"
     );
     for s in [laptop, phone, bob] {
+        s.close().await.unwrap();
+    }
+}
+
+/// Two admins remove members at the same time: both start generation 1, with
+/// different keys, each sealed to the member the other removed. Every member
+/// gets both, and what was sealed under either is read by all; seeing a key
+/// that reached a removed member, the admins rotate again, and from then on
+/// all seal under one key that no removed member holds.
+#[tokio::test]
+async fn concurrent_rotations_keep_both_keys_and_agree_on_one() {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let pass = Passphrase::new("pw");
+    let mut stores = Vec::new();
+    for (d, name) in dirs.iter().zip(["alice", "bob", "carol", "dave"]) {
+        stores.push(Store::create(d.path(), &pass, name, config()).await.unwrap());
+    }
+    let [alice, bob, carol, dave] = &stores[..] else {
+        unreachable!()
+    };
+    let ch = alice.create_channel("general").await.unwrap();
+    let keys = alice.channel_keys(ch).await.unwrap();
+    let wire = keys.wire();
+    for s in [bob, carol, dave] {
+        s.join_channel(keys.clone()).await.unwrap();
+        s.post(ch, "hi").await.unwrap();
+        pull(s, alice, wire, ch).await;
+    }
+    alice.set_role(ch, bob.whoami().user, Role::Admin).await.unwrap();
+    for s in [bob, carol, dave] {
+        pull(alice, s, wire, ch).await;
+    }
+    // Concurrently: Alice removes Carol, Bob removes Dave; each posts.
+    alice.remove_member(ch, carol.whoami().user).await.unwrap();
+    bob.remove_member(ch, dave.whoami().user).await.unwrap();
+    alice.post(ch, "alice under her key").await.unwrap();
+    bob.post(ch, "bob under his key").await.unwrap();
+    let (ka, kb) = (
+        alice.channel_keys(ch).await.unwrap(),
+        bob.channel_keys(ch).await.unwrap(),
+    );
+    assert_eq!((ka.current_generation(), kb.current_generation()), (1, 1));
+    assert_ne!(ka.sealing_key(1).unwrap().expose(), kb.sealing_key(1).unwrap().expose());
+    for _ in 0..2 {
+        pull(alice, bob, wire, ch).await;
+        pull(bob, alice, wire, ch).await;
+        alice.flush_receipts().await.unwrap();
+        bob.flush_receipts().await.unwrap();
+    }
+    let (ka, kb) = (
+        alice.channel_keys(ch).await.unwrap(),
+        bob.channel_keys(ch).await.unwrap(),
+    );
+    assert_eq!(ka.opening_keys(1).len(), 2);
+    // Each rotation reached the member the other removed: a rotation is owed,
+    // and the admins make generation 2 (one key or two), which reaches neither.
+    let g = ka.current_generation();
+    assert!(g >= 2 && g == kb.current_generation(), "{g}");
+    assert_eq!(ka.sealing_key(g).unwrap().expose(), kb.sealing_key(g).unwrap().expose());
+    alice.post(ch, "alice after both").await.unwrap();
+    bob.post(ch, "bob after both").await.unwrap();
+    pull(alice, bob, wire, ch).await;
+    pull(bob, alice, wire, ch).await;
+    for s in [alice, bob] {
+        let t = texts(s.page(ch, None, 100).await.unwrap());
+        for want in [
+            "alice under her key",
+            "bob under his key",
+            "alice after both",
+            "bob after both",
+        ] {
+            assert!(t.contains(&want.to_string()), "{want}: {t:?}");
+        }
+        assert_eq!(s.verify().await.unwrap().unopened, 0);
+    }
+    // Both removed: neither opens what was written once both removals were
+    // known (what was sealed in the window, under a key the concurrent
+    // rotation gave one of them, is the window's cost).
+    for s in [carol, dave] {
+        pull(alice, s, wire, ch).await;
+        let t = texts(s.page(ch, None, 100).await.unwrap());
+        assert!(!t.iter().any(|t| t.contains("after both")), "{t:?}");
+    }
+    for s in stores {
         s.close().await.unwrap();
     }
 }
