@@ -39,7 +39,7 @@ fn role_of(info: &hearth_store::RosterInfo, user: UserId) -> Option<Option<Role>
 }
 
 #[tokio::test]
-async fn admins_remove_members_whose_later_entries_are_refused_everywhere() {
+async fn admins_remove_members_whose_later_messages_are_hidden_everywhere() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let pass = Passphrase::new("pw");
     let alice = Store::create(dirs[0].path(), &pass, "alice", config()).await.unwrap();
