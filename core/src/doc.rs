@@ -456,11 +456,12 @@ impl EpochDoc {
         view.roster = self.roster(devices);
     }
 
-    /// Every key package of the channel (metadata epoch) whose writer's signed
-    /// feed vouches for it: writer, device, number, package.
-    pub fn key_packages(&self, devices: &Devices) -> Vec<(UserId, DeviceId, u32, KeyPackage)> {
+    /// Every byte value under `<kind>:<user>:<device>:<n>` (metadata epoch)
+    /// whose writer's signed feed vouches for it, as `(user, device, n,
+    /// bytes)`: membership ops and key packages are both kept so.
+    fn authored_records(&self, kind: &str, devices: &Devices) -> Vec<(UserId, DeviceId, u32, Vec<u8>)> {
         let mut out = Vec::new();
-        for item in self.doc.map_range(ROOT, "kp:".to_string().."kp;".to_string()) {
+        for item in self.doc.map_range(ROOT, format!("{kind}:")..format!("{kind};")) {
             let parts: Vec<&str> = item.key.splitn(4, ':').collect();
             let [_, user, device, n] = parts.as_slice() else {
                 continue;
@@ -473,43 +474,36 @@ impl EpochDoc {
             if writer(&id, devices) != Some(user) || id_device(&id) != Some(device) {
                 continue;
             }
-            if let ValueRef::Scalar(ScalarValueRef::Bytes(bytes)) = &item.value
-                && let Ok(p) = KeyPackage::decode(bytes)
-            {
-                out.push((user, device, n, p));
+            if let ValueRef::Scalar(ScalarValueRef::Bytes(bytes)) = &item.value {
+                out.push((user, device, n, bytes.to_vec()));
             }
         }
         out
     }
 
+    /// Every key package of the channel (metadata epoch) whose writer's signed
+    /// feed vouches for it: writer, device, number, package.
+    pub fn key_packages(&self, devices: &Devices) -> Vec<(UserId, DeviceId, u32, KeyPackage)> {
+        self.authored_records("kp", devices)
+            .into_iter()
+            .filter_map(|(user, device, n, bytes)| Some((user, device, n, KeyPackage::decode(&bytes).ok()?)))
+            .collect()
+    }
+
     /// The channel's roster (metadata epoch): every membership op its writer's
     /// signed feed vouches for, folded ([`Roster::fold`]).
     pub fn roster(&self, devices: &Devices) -> Roster {
-        let mut ops = Vec::new();
-        for item in self.doc.map_range(ROOT, "mo:".to_string().."mo;".to_string()) {
-            let parts: Vec<&str> = item.key.splitn(4, ':').collect();
-            let [_, user, device, n] = parts.as_slice() else {
-                continue;
-            };
-            let (Ok(user), Ok(device), Ok(n)) = (user.parse::<UserId>(), device.parse::<DeviceId>(), n.parse::<u32>())
-            else {
-                continue;
-            };
-            let id = item.id();
-            if writer(&id, devices) != Some(user) || id_device(&id) != Some(device) {
-                continue;
-            }
-            let ValueRef::Scalar(ScalarValueRef::Bytes(bytes)) = &item.value else {
-                continue;
-            };
-            if let Ok(body) = MemberBody::decode(bytes) {
-                ops.push(MemberOp {
+        let ops = self
+            .authored_records("mo", devices)
+            .into_iter()
+            .filter_map(|(user, device, n, bytes)| {
+                Some(MemberOp {
                     key: OpKey { device, n },
                     author: user,
-                    body,
-                });
-            }
-        }
+                    body: MemberBody::decode(&bytes).ok()?,
+                })
+            })
+            .collect();
         Roster::fold(ops)
     }
 
