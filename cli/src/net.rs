@@ -437,6 +437,9 @@ async fn stdin_commands(h: &Hearth, node: &NodeHandle) {
     }
 }
 
+/// How long `hearth link` serves the new device's first sync at most.
+const SERVE_THE_NEW_DEVICE: Duration = Duration::from_secs(60);
+
 /// `hearth link`: offer this user's identity to a new device, once; serve its
 /// first sync; exit.
 pub async fn link(h: &Hearth, mut listen: Vec<Multiaddr>, timeout: Duration, as_json: bool) -> Result<ExitCode> {
@@ -465,7 +468,17 @@ pub async fn link(h: &Hearth, mut listen: Vec<Multiaddr>, timeout: Duration, as_
     let wait = async {
         let mut answers = tokio::io::BufReader::new(tokio::io::stdin()).lines();
         let mut linked = None;
-        while let Ok(e) = events.recv().await {
+        // Once linked, the wait for the new device to come back is bounded.
+        let mut until = None;
+        loop {
+            let next = match until {
+                Some(t) => match tokio::time::timeout_at(t, events.recv()).await {
+                    Ok(e) => e,
+                    Err(_) => return Ok(()),
+                },
+                None => events.recv().await,
+            };
+            let Ok(e) = next else { break };
             match e {
                 // Nothing leaves this device before its user compares the codes.
                 NodeEvent::LinkRequested { peer, code } => {
@@ -488,32 +501,26 @@ pub async fn link(h: &Hearth, mut listen: Vec<Multiaddr>, timeout: Duration, as_
                 }
                 NodeEvent::Linked { peer } => {
                     linked = Some(peer);
+                    until = Some(tokio::time::Instant::now() + SERVE_THE_NEW_DEVICE);
                     if as_json {
                         print_json(&json!({"event": "linked"}));
                     }
                 }
-                // The new device comes back under its own peer id to sync: done
-                // once a session with it finds both sides equal and the new
-                // device hangs up (it may have a round of its own to finish:
-                // its delivery receipts), or a while after.
+                // The new device comes back under its own peer id and syncs
+                // until it finds both sides equal (with its delivery receipts),
+                // then hangs up: serve it until then. The link itself is done
+                // (the bundle went out), so a new device that never comes back
+                // ends the wait after a while, not in a failure.
                 NodeEvent::PeerConnected { peer, .. } if linked.is_some_and(|l| l != peer) => {
-                    for _ in 0..20 {
-                        match node.sync_with(peer).await {
-                            Ok(o) if o.failed.is_none() && o.in_sync_at_hello => {
-                                let gone = async {
-                                    while let Ok(e) = events.recv().await {
-                                        if matches!(e, NodeEvent::PeerDisconnected { peer: p } if p == peer) {
-                                            return;
-                                        }
-                                    }
-                                };
-                                let _ = tokio::time::timeout(Duration::from_secs(30), gone).await;
-                                return Ok(());
+                    let gone = async {
+                        while let Ok(e) = events.recv().await {
+                            if matches!(e, NodeEvent::PeerDisconnected { peer: p } if p == peer) {
+                                return;
                             }
-                            Ok(_) => {}
-                            Err(_) => break,
                         }
-                    }
+                    };
+                    let _ = tokio::time::timeout_at(until.unwrap_or_else(tokio::time::Instant::now), gone).await;
+                    return Ok(());
                 }
                 _ => {}
             }
@@ -530,7 +537,7 @@ pub async fn link(h: &Hearth, mut listen: Vec<Multiaddr>, timeout: Duration, as_
     match done {
         Ok(()) => {
             if !as_json {
-                println!("linked a new device; it is in sync");
+                println!("linked a new device");
             }
             Ok(ExitCode::SUCCESS)
         }

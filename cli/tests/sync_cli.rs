@@ -277,6 +277,7 @@ impl Proc {
             if Instant::now() >= deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
+                self.skip_pending();
                 panic!("{} still running after {limit:?}\n{}", self.name, self.report());
             }
             thread::sleep(Duration::from_millis(10));

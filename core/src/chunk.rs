@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! chunk = magic [85 6f 4a 83] | checksum [4] | type u8 | leb128 length | data
-//! type 1 = change, type 2 = compressed change (data is DEFLATE of a change's data)
+//! type 0 = document, 1 = change, 2 = compressed change (data is DEFLATE of a
+//! change's data), 3 = bundle
 //! checksum = sha256(type | leb128 length | data)[..4], of the *uncompressed* data
 //! ```
 //!
@@ -29,6 +30,7 @@ pub const MAX_CHANGE_BYTES: usize = 1024 * 1024;
 /// The magic bytes that open every automerge chunk.
 pub const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
 const MAGIC: [u8; 4] = CHUNK_MAGIC;
+const TYPE_DOCUMENT: u8 = 0;
 const TYPE_CHANGE: u8 = 1;
 const TYPE_COMPRESSED: u8 = 2;
 
@@ -43,8 +45,17 @@ pub fn plain_change(bytes: &[u8]) -> Result<Cow<'_, [u8]>> {
     if bytes.len() > MAX_CHANGE_BYTES {
         return Err(bad("too large"));
     }
-    if bytes.len() < 9 || bytes[..4] != MAGIC || bytes[8] != TYPE_COMPRESSED {
-        return Ok(Cow::Borrowed(bytes));
+    if bytes.len() < 9 || bytes[..4] != MAGIC {
+        return Err(bad("not an automerge chunk"));
+    }
+    // automerge parses a chunk of any type in full before it says that it is
+    // not a change, and a bundle chunk (type 3) of 231 bytes made it reserve
+    // 2 GiB (fuzz/corpus/change/crash-bundle-delta-column-2gib): only change
+    // chunks reach it.
+    match bytes[8] {
+        TYPE_CHANGE => return Ok(Cow::Borrowed(bytes)),
+        TYPE_COMPRESSED => {}
+        _ => return Err(bad("not a change chunk")),
     }
     let (len, leb) = read_leb128(&bytes[9..]).ok_or(bad("malformed chunk length"))?;
     let start = 9 + leb;
@@ -70,6 +81,39 @@ pub fn plain_change(bytes: &[u8]) -> Result<Cow<'_, [u8]>> {
     let mut plain = header;
     plain.extend_from_slice(&data);
     Ok(Cow::Owned(plain))
+}
+
+/// Check that `bytes` is a sequence of whole document (type 0) or change
+/// (type 1 or 2) chunks, before automerge loads it as a document. automerge
+/// parses every chunk in full, and a crafted bundle chunk (type 3) makes it
+/// reserve gigabytes (see [`plain_change`]).
+/// The error says what is wrong.
+pub fn check_document_chunks(bytes: &[u8]) -> std::result::Result<(), &'static str> {
+    let mut rest = bytes;
+    if rest.is_empty() {
+        return Err("empty");
+    }
+    while !rest.is_empty() {
+        let bad = Err;
+        if rest.len() < 9 || rest[..4] != MAGIC {
+            return bad("not an automerge chunk");
+        }
+        if !matches!(rest[8], TYPE_DOCUMENT | TYPE_CHANGE | TYPE_COMPRESSED) {
+            return bad("a chunk that is neither a document nor a change");
+        }
+        let Some((len, leb)) = read_leb128(&rest[9..]) else {
+            return bad("malformed chunk length");
+        };
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|len| (9 + leb).checked_add(len))
+            .filter(|&end| end <= rest.len());
+        let Some(end) = end else {
+            return bad("chunk length beyond its bytes");
+        };
+        rest = &rest[end..];
+    }
+    Ok(())
 }
 
 /// magic | checksum | type | leb128 length, for `data` of chunk type `kind`.
@@ -150,6 +194,41 @@ mod tests {
         assert_eq!(&*plain, &want[..]);
         // A plain chunk passes as it is.
         assert!(matches!(plain_change(&want).unwrap(), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn only_change_chunks_reach_automerge_as_changes() {
+        let data = b"some change data";
+        for kind in [TYPE_DOCUMENT, 3, 4, 0xff] {
+            let mut chunk = chunk_header(kind, data);
+            chunk.extend_from_slice(data);
+            assert!(plain_change(&chunk).is_err(), "chunk type {kind}");
+        }
+        assert!(plain_change(b"not a chunk at all").is_err());
+        assert!(plain_change(&MAGIC).is_err());
+    }
+
+    #[test]
+    fn a_document_is_document_and_change_chunks_only() {
+        let chunk = |kind: u8, data: &[u8]| {
+            let mut c = chunk_header(kind, data);
+            c.extend_from_slice(data);
+            c
+        };
+        let mut doc = chunk(TYPE_DOCUMENT, b"doc");
+        doc.extend(chunk(TYPE_CHANGE, b"change"));
+        assert!(check_document_chunks(&doc).is_ok());
+        let mut with_bundle = doc.clone();
+        with_bundle.extend(chunk(3, b"bundle"));
+        assert!(check_document_chunks(&with_bundle).is_err());
+        let mut cut = doc.clone();
+        cut.pop();
+        assert!(check_document_chunks(&cut).is_err());
+        assert!(check_document_chunks(b"").is_err());
+        let mut huge = MAGIC.to_vec();
+        huge.extend_from_slice(&[0, 0, 0, 0, TYPE_DOCUMENT]);
+        huge.extend_from_slice(&write_leb128(u64::MAX));
+        assert!(check_document_chunks(&huge).is_err());
     }
 
     #[test]

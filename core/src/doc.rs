@@ -103,6 +103,7 @@ impl EpochDoc {
     pub fn load(epoch: Epoch, bytes: &[u8], device: &DeviceId) -> Result<Self> {
         // automerge 0.12 panics on some crafted documents (found by fuzzing:
         // fuzz/corpus/snapshot/crash-*); a damaged snapshot must be an error.
+        crate::chunk::check_document_chunks(bytes).map_err(|why| Error::corrupted("epoch snapshot", why))?;
         let doc = std::panic::catch_unwind(|| AutoCommit::load(bytes))
             .map_err(|_| Error::corrupted("epoch snapshot", "malformed document"))?
             .map_err(|e| Error::corrupted("epoch snapshot", e))?
