@@ -48,9 +48,9 @@ use std::path::Path;
 pub use hearth_core as core;
 pub use hearth_core::{ChannelId, DeviceId, KdfParams, MAX_TEXT_BYTES, Message, MessageId, Passphrase, Role, UserId};
 pub use hearth_store::{
-    ChannelInfo, Config, DeviceInfo, Error, Located, MemberInfo, OpenReport, OpenTimings, Outcome, Pending, Problem,
-    Receipts, Result, RosterInfo, STORE_FORMAT, Stats, Store, StoreEvent, Thread, VerifyReport, Whoami, Write,
-    create_private_dir, make_private, write_atomic,
+    ChannelInfo, Config, DeviceInfo, Error, InviteInfo, JoinRequest, Located, MemberInfo, NewInvite, OpenReport,
+    OpenTimings, Outcome, Pending, Problem, Receipts, Result, RosterInfo, STORE_FORMAT, Stats, Store, StoreEvent,
+    Thread, VerifyReport, Whoami, Write, create_private_dir, make_private, write_atomic,
 };
 /// Sync over libp2p: nodes, events, tickets, relays.
 pub use hearth_sync as sync;
@@ -63,6 +63,32 @@ pub use hearth_sync as sync;
 #[derive(Clone, Debug)]
 pub struct Hearth {
     store: Store,
+}
+
+/// The sealed file beside the store that keeps invites not let in through yet.
+const INVITES_FILE: &str = "invites";
+
+/// What [`Hearth::join`] did with a ticket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Joined {
+    /// The channel is joined.
+    Channel(ChannelId),
+    /// The invite is kept until a member's node lets this device in.
+    Pending {
+        /// The channel.
+        channel: ChannelId,
+        /// Its name, as the ticket says.
+        name: String,
+    },
+}
+
+/// What [`Hearth::join_through`] did with the pending invites.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JoinAttempt {
+    /// Channels joined, with their names.
+    pub joined: Vec<(ChannelId, String)>,
+    /// Invites the peer did not take (by channel name), with why.
+    pub refused: Vec<(String, String)>,
 }
 
 /// How long a link ticket is good for.
@@ -128,28 +154,175 @@ impl Hearth {
         sync::start(self.store.clone(), &secret, config).await
     }
 
-    /// Invite someone into a channel: a ticket with the channel's keys and the
-    /// addresses of a node that serves it. Anyone holding it can read the channel.
-    pub async fn invite(&self, channel: ChannelId, addrs: Vec<sync::Multiaddr>) -> Result<sync::ticket::Ticket> {
-        let keys = self.store.channel_keys(channel).await?;
-        let name = self.store.channel(channel).await?.name;
-        sync::ticket::Ticket::invite(&keys, name, addrs).map_err(|e| Error::Invalid {
-            what: "ticket".into(),
-            detail: e.to_string(),
+    /// Invite someone into a channel (admins and owners): a ticket with an
+    /// invite's id and secret and the addresses of a node that serves the
+    /// channel, never a channel key. Any member's node lets its holder in
+    /// until `valid_for` has passed (if given), `uses` devices' users have
+    /// joined (0: any number) or the invite is revoked
+    /// ([`Store::revoke_invite`]).
+    pub async fn invite(
+        &self,
+        channel: ChannelId,
+        addrs: Vec<sync::Multiaddr>,
+        valid_for: Option<std::time::Duration>,
+        uses: u32,
+    ) -> Result<sync::ticket::Ticket> {
+        let new = self.store.create_invite(channel, valid_for, uses).await?;
+        let expires = new.expires.map(|ms| ms.div_ceil(1000));
+        sync::ticket::Ticket::join(new.channel, new.name, new.id, new.secret, expires, addrs).map_err(|e| {
+            Error::Invalid {
+                what: "ticket".into(),
+                detail: e.to_string(),
+            }
         })
     }
 
-    /// Join the channel of an invite ticket; its history arrives by sync.
-    pub async fn join(&self, ticket: &sync::ticket::Ticket) -> Result<ChannelId> {
-        let keys = ticket.channel_keys().ok_or_else(|| Error::Invalid {
-            what: "ticket".into(),
-            detail: "not an invite".into(),
-        })?;
+    /// Join the channel of an invite ticket. A ticket of before invites
+    /// ended carries the channel key: the channel is joined at once. Any
+    /// other is kept (sealed, beside the store) until a member's node lets
+    /// this device in: [`Hearth::join_through`], which `hearth join`,
+    /// `hearth sync` and `hearth node` call with every peer they reach.
+    pub async fn join(&self, ticket: &sync::ticket::Ticket) -> Result<Joined> {
         match ticket {
-            sync::ticket::Ticket::Invite { name, .. } if !name.is_empty() => {
-                self.store.join_channel_named(keys, name).await
+            sync::ticket::Ticket::Invite { name, .. } => {
+                let keys = ticket.channel_keys().expect("an invite of before invites ended");
+                let channel = if name.is_empty() {
+                    self.store.join_channel(keys).await?
+                } else {
+                    self.store.join_channel_named(keys, name).await?
+                };
+                Ok(Joined::Channel(channel))
             }
-            _ => self.store.join_channel(keys).await,
+            sync::ticket::Ticket::Join {
+                channel, name, expires, ..
+            } => {
+                if self.store.channel(*channel).await.is_ok() {
+                    return Ok(Joined::Channel(*channel));
+                }
+                if expires.is_some_and(|e| e <= unix_now()) {
+                    return Err(Error::NotAllowed {
+                        action: "join through this invite".into(),
+                        why: "it has expired: ask for a new one".into(),
+                    });
+                }
+                let mut pending = self.pending_invites().await?;
+                pending.retain(|t| t.invite_id() != ticket.invite_id());
+                pending.push(ticket.clone());
+                self.save_pending(&pending).await?;
+                Ok(Joined::Pending {
+                    channel: *channel,
+                    name: name.clone(),
+                })
+            }
+            sync::ticket::Ticket::Link { .. } => Err(Error::Invalid {
+                what: "ticket".into(),
+                detail: "a link ticket: use it with `hearth init --link`".into(),
+            }),
+        }
+    }
+
+    /// The invites this device was given and not let in through yet.
+    pub async fn pending_invites(&self) -> Result<Vec<sync::ticket::Ticket>> {
+        let Some(bytes) = self.store.read_private_file(INVITES_FILE).await? else {
+            return Ok(Vec::new());
+        };
+        let bytes = zeroize::Zeroizing::new(bytes);
+        let text = std::str::from_utf8(&bytes).map_err(|_| Error::Invalid {
+            what: INVITES_FILE.into(),
+            detail: "not text".into(),
+        })?;
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                l.parse().map_err(|e: sync::ticket::TicketError| Error::Invalid {
+                    what: INVITES_FILE.into(),
+                    detail: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    async fn save_pending(&self, pending: &[sync::ticket::Ticket]) -> Result<()> {
+        let mut text = zeroize::Zeroizing::new(String::new());
+        for t in pending {
+            text.push_str(&zeroize::Zeroizing::new(t.to_string()));
+            text.push('\n');
+        }
+        self.store
+            .write_private_file(INVITES_FILE, text.as_bytes().to_vec())
+            .await
+    }
+
+    /// Ask `peer` (connected to `node`) to let this device in through each
+    /// pending invite ([`Hearth::join`]). A channel let in is joined with
+    /// every key generation and answers to its name; its history comes with
+    /// the next sync with the peer. An invite past its end is dropped; one
+    /// the peer refuses stays pending (another member may know it), and the
+    /// refusal is reported.
+    pub async fn join_through(&self, node: &sync::NodeHandle, peer: sync::PeerId) -> Result<JoinAttempt> {
+        let mut attempt = JoinAttempt::default();
+        let pending = self.pending_invites().await?;
+        if pending.is_empty() {
+            return Ok(attempt);
+        }
+        let mut keep = Vec::new();
+        for ticket in pending {
+            let sync::ticket::Ticket::Join {
+                channel,
+                name,
+                invite,
+                secret,
+                expires,
+                ..
+            } = &ticket
+            else {
+                continue;
+            };
+            if self.store.channel(*channel).await.is_ok() {
+                continue;
+            }
+            if expires.is_some_and(|e| e <= unix_now()) {
+                attempt.refused.push((name.clone(), "the invite has expired".into()));
+                continue;
+            }
+            let req = self.store.join_request(*invite, secret).await?;
+            match node.join_through(peer, req).await {
+                Ok(sealed) => {
+                    let id = self.store.accept_invite(*invite, sealed).await?;
+                    attempt.joined.push((id, name.clone()));
+                }
+                Err(e) => {
+                    attempt.refused.push((name.clone(), e.to_string()));
+                    keep.push(ticket.clone());
+                }
+            }
+        }
+        self.save_pending(&keep).await?;
+        Ok(attempt)
+    }
+
+    /// A channel by id, unique id prefix or name ([`Store::resolve_channel`]);
+    /// the name of an invite still pending gives a clear error.
+    pub async fn resolve_channel(&self, input: &str) -> Result<ChannelId> {
+        match self.store.resolve_channel(input).await {
+            Err(Error::NotFound { what, id }) => {
+                let pending = self.pending_invites().await.unwrap_or_default();
+                let waiting = pending.iter().any(|t| {
+                    matches!(t, sync::ticket::Ticket::Join { name, channel, .. }
+                        if name == input || channel.to_hex().starts_with(input))
+                });
+                if waiting {
+                    Err(Error::NotAllowed {
+                        action: format!("use channel {input}"),
+                        why: "no member has let this device in yet: run `hearth node` (or `hearth sync`) while \
+                              a member's node is reachable"
+                            .into(),
+                    })
+                } else {
+                    Err(Error::NotFound { what, id })
+                }
+            }
+            other => other,
         }
     }
 

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::output::{Names, message_json, message_line, print_json};
-use crate::{ChannelCmd, Cli, Command, DeviceCmd, MemberCmd};
+use crate::{ChannelCmd, Cli, Command, DeviceCmd, InviteCmd, MemberCmd};
 
 /// Writes kept in flight by `post --stdin` and `import`: enough to fill a group
 /// commit, bounded so memory stays flat on any input size.
@@ -173,7 +173,17 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
         Command::Link { listen, timeout } => {
             return crate::net::link(h, listen.clone(), Duration::from_secs(*timeout), cli.json).await;
         }
-        Command::Invite { channel, addr } => crate::net::invite(h, channel, addr, cli.json).await?,
+        Command::Invite { cmd: Some(cmd), .. } => invite_cmd(cli, h, cmd).await?,
+        Command::Invite {
+            cmd: None,
+            channel,
+            addr,
+            expires,
+            uses,
+        } => {
+            let channel = channel.as_deref().unwrap_or_default();
+            crate::net::invite(h, channel, addr, *expires, uses.unwrap_or(0), cli.json).await?
+        }
         Command::Join { ticket, timeout } => {
             return crate::net::join(h, ticket, Duration::from_secs(*timeout), cli.json).await;
         }
@@ -554,6 +564,43 @@ async fn member(cli: &Cli, h: &Hearth, cmd: &MemberCmd) -> Result<()> {
             let id = h.resolve_channel(channel).await?;
             h.leave(id).await?;
             done(cli, json!({"channel": id.to_hex(), "left": true}));
+        }
+    }
+    Ok(())
+}
+
+async fn invite_cmd(cli: &Cli, h: &Hearth, cmd: &InviteCmd) -> Result<()> {
+    match cmd {
+        InviteCmd::List { channel } => {
+            let id = h.resolve_channel(channel).await?;
+            for i in h.invites(id).await? {
+                if cli.json {
+                    print_json(&json!({
+                        "invite": i.id, "by": i.by.to_hex(), "expires_ms": i.expires, "uses": i.uses,
+                        "used": i.used.iter().map(|u| u.to_hex()).collect::<Vec<_>>(), "closed": i.closed,
+                    }));
+                } else {
+                    let uses = i.uses.map_or("any".to_string(), |u| u.to_string());
+                    let state = i.closed.as_deref().unwrap_or("open");
+                    println!(
+                        "{}  by {}  used {}/{}  {}",
+                        &i.id[..16],
+                        &i.by.to_hex()[..16],
+                        i.used.len(),
+                        uses,
+                        state
+                    );
+                }
+            }
+        }
+        InviteCmd::Revoke { channel, invite } => {
+            let id = h.resolve_channel(channel).await?;
+            let invite = h.resolve_invite(id, invite).await?;
+            h.revoke_invite(id, invite).await?;
+            done(
+                cli,
+                json!({"channel": id.to_hex(), "revoked": hearth::core::member::invite_hex(&invite)}),
+            );
         }
     }
     Ok(())

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use hearth::sync::{Multiaddr, NodeConfig, NodeEvent, NodeHandle};
 use hearth::{ChannelId, Config, Hearth, Passphrase};
 use serde_json::json;
@@ -255,14 +255,38 @@ async fn sync_demo(
         phone.channel(general).await?.messages
     ));
 
-    // Alice invites Bob into #general.
-    let invite = laptop.invite(general, vec![laptop_addr.clone()]).await?;
+    // Alice invites Bob into #general: one use, for a day. The ticket holds
+    // no channel key; Alice's node lets Bob in and seals the keys to his device.
+    let invite = laptop
+        .invite(general, vec![laptop_addr.clone()], Some(Duration::from_secs(86_400)), 1)
+        .await?;
     let bob = Hearth::create(dir.join("bob"), pass, "bob", Config::default()).await?;
     bob.join(&invite).await?;
     let bob_node = start(&bob).await?;
+    let laptop_peer = hearth::sync::peer_of(&laptop_addr).context("the laptop's peer id")?;
     bob_node.dial(laptop_addr.clone()).await?;
+    bob_node.wait_connected(laptop_peer, T).await?;
+    let attempt = bob.join_through(&bob_node, laptop_peer).await?;
+    if attempt.joined.is_empty() {
+        bail!("Alice's node did not let Bob in: {:?}", attempt.refused);
+    }
+    bob_node.sync_with(laptop_peer).await?;
     wait_identical(&[laptop, &bob], general, T).await?;
-    say("Bob joined #general from an invite ticket and received its history");
+    say("Bob joined #general with a one-use invite that holds no channel key, and received its history");
+
+    // The same ticket again, from someone else: the invite is used up.
+    let eve = Hearth::create(dir.join("eve"), pass, "eve", Config::default()).await?;
+    eve.join(&invite).await?;
+    let eve_node = start(&eve).await?;
+    eve_node.dial(laptop_addr.clone()).await?;
+    eve_node.wait_connected(laptop_peer, T).await?;
+    let attempt = eve.join_through(&eve_node, laptop_peer).await?;
+    let Some((_, why)) = attempt.refused.first().filter(|_| attempt.joined.is_empty()) else {
+        bail!("a used-up invite let a second user in");
+    };
+    say(&format!("Eve tried the same ticket: refused ({why})"));
+    eve_node.stop().await?;
+    eve.close().await?;
 
     // The phone goes offline; Bob and the laptop keep talking.
     phone_node.stop().await?;

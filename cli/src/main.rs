@@ -158,13 +158,27 @@ pub enum Command {
         #[arg(long)]
         rotate_key: bool,
     },
-    /// Print an invite ticket for a channel: its keys and this node's addresses.
+    /// Print an invite ticket for a channel (admins and owners): an invite's
+    /// id and secret and this node's addresses, no channel key. Any member's
+    /// node lets its holder in while the invite is open. `invite list CH`
+    /// shows a channel's invites, `invite revoke CH ID` ends one.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Invite {
+        /// list or revoke.
+        #[command(subcommand)]
+        cmd: Option<InviteCmd>,
         /// Channel id or name.
-        channel: String,
+        #[arg(required = true)]
+        channel: Option<String>,
         /// Addresses to put in the ticket (default: where the last `hearth node` listened).
         #[arg(long)]
         addr: Vec<Multiaddr>,
+        /// How long the invite lets people in: 90s, 30m, 24h, 7d (default: until revoked).
+        #[arg(long, value_parser = parse_span)]
+        expires: Option<std::time::Duration>,
+        /// How many users it lets in (default: any number).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        uses: Option<u32>,
     },
     /// Join a channel from an invite ticket, then try to sync with the inviter.
     Join {
@@ -259,6 +273,46 @@ pub enum DeviceCmd {
         /// The device id, or a unique prefix of it (4 hex digits or more).
         device: String,
     },
+}
+
+/// `hearth invite` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum InviteCmd {
+    /// List a channel's invites: open ones, and ended ones with why.
+    List {
+        /// Channel id or name.
+        channel: String,
+    },
+    /// End an invite: nobody joins through it any more (whoever it let in
+    /// stays until removed: `hearth member remove`).
+    Revoke {
+        /// Channel id or name.
+        channel: String,
+        /// The invite's id, or a unique prefix of it (see `invite list`).
+        invite: String,
+    },
+}
+
+/// A span of time: a number and a unit (s, m, h or d).
+fn parse_span(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number and a unit, e.g. 24h"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    };
+    match n.checked_mul(secs) {
+        Some(0) => Err("an invite must last longer than nothing".into()),
+        Some(s) => Ok(std::time::Duration::from_secs(s)),
+        None => Err(format!("{text:?} is too long")),
+    }
 }
 
 /// Roster commands. USER is a user id, a unique prefix of one (4 hex digits

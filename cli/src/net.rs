@@ -57,7 +57,14 @@ async fn remember_peers(h: &Hearth, addrs: &[Multiaddr]) -> Result<()> {
 }
 
 /// `hearth invite CHANNEL [--addr A]...`
-pub async fn invite(h: &Hearth, channel: &str, addrs: &[Multiaddr], as_json: bool) -> Result<()> {
+pub async fn invite(
+    h: &Hearth,
+    channel: &str,
+    addrs: &[Multiaddr],
+    expires: Option<Duration>,
+    uses: u32,
+    as_json: bool,
+) -> Result<()> {
     let channel = h.resolve_channel(channel).await?;
     let mut addrs = addrs.to_vec();
     if addrs.is_empty() {
@@ -69,37 +76,61 @@ pub async fn invite(h: &Hearth, channel: &str, addrs: &[Multiaddr], as_json: boo
              so that the invited device can reach this one"
         );
     }
-    let ticket = h.invite(channel, addrs).await?;
+    let ticket = h.invite(channel, addrs, expires, uses).await?;
     if as_json {
-        print_json(&json!({"ticket": ticket.to_string(), "channel": channel.to_hex()}));
+        print_json(&json!({
+            "ticket": ticket.to_string(), "channel": channel.to_hex(),
+            "invite": ticket.invite_id().map(|i| hearth::core::member::invite_hex(&i)),
+            "expires": ticket.expires(), "uses": (uses != 0).then_some(uses),
+        }));
     } else {
         println!("{ticket}");
     }
     Ok(())
 }
 
-/// `hearth join TICKET`: join, remember the inviter's addresses, try to sync now.
+/// `hearth join TICKET`: join (an invite that can end: keep it until a
+/// member's node lets this device in), remember the inviter's addresses, try
+/// to be let in and to sync now.
 pub async fn join(h: &Hearth, ticket: &str, timeout: Duration, as_json: bool) -> Result<ExitCode> {
     let ticket: Ticket = ticket.parse().context("reading the ticket")?;
-    let channel = h.join(&ticket).await?;
+    let joined = h.join(&ticket).await?;
     remember_peers(h, ticket.addrs()).await?;
+    let (channel, name) = match &joined {
+        hearth::Joined::Channel(c) => (*c, h.channel(*c).await?.name),
+        hearth::Joined::Pending { channel, name } => (*channel, name.clone()),
+    };
     let mut synced = None;
-    for addr in ticket.addrs() {
-        match sync_once(h, addr.clone(), false, timeout).await {
-            Ok(o) => {
-                synced = Some((addr.clone(), o));
-                break;
+    let mut refused = Vec::new();
+    if !timeout.is_zero() {
+        for addr in ticket.addrs() {
+            match sync_once_joining(h, addr.clone(), timeout).await {
+                Ok((o, r)) => {
+                    refused.extend(r);
+                    synced = Some((addr.clone(), o));
+                    break;
+                }
+                Err(e) => eprintln!("note: {addr}: {e:#}"),
             }
-            Err(e) => eprintln!("note: {addr}: {e:#}"),
         }
     }
-    let name = h.channel(channel).await?.name;
+    let member = h.channel(channel).await.is_ok();
+    let reached = synced.is_some();
     if as_json {
         print_json(&json!({
-            "channel": channel.to_hex(), "name": name,
+            "channel": channel.to_hex(), "name": name, "pending": !member,
             "synced_with": synced.as_ref().map(|(a, _)| a.to_string()),
             "received": synced.as_ref().map(|(_, o)| o.0),
+            "refused": refused.iter().map(|(_, why)| why).collect::<Vec<_>>(),
         }));
+    } else if !member {
+        for (_, why) in &refused {
+            eprintln!("note: {why}");
+        }
+        println!(
+            "kept the invite to {name} ({channel}): a member's node lets this device in when one is reachable \
+             (`hearth node` or `hearth sync`)"
+        );
     } else {
         match synced {
             Some((addr, (received, _))) => {
@@ -108,7 +139,48 @@ pub async fn join(h: &Hearth, ticket: &str, timeout: Duration, as_json: bool) ->
             None => println!("joined {channel}; its history arrives when a peer is reachable (`hearth node`)"),
         }
     }
+    // A member refused the invite (revoked, expired, used up): say so.
+    if !member && reached && !refused.is_empty() {
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Let pending invites in through `peer` (for `hearth node`), printing what
+/// happened as JSON lines.
+async fn join_through(h: &Hearth, node: &NodeHandle, peer: hearth::sync::PeerId) -> Result<hearth::JoinAttempt> {
+    let attempt = h.join_through(node, peer).await?;
+    for (channel, name) in &attempt.joined {
+        print_json(&json!({"event": "joined", "channel": channel.to_hex(), "name": name, "peer": peer.to_string()}));
+    }
+    for (name, why) in &attempt.refused {
+        print_json(&json!({"event": "invite_refused", "name": name, "peer": peer.to_string(), "why": why}));
+    }
+    Ok(attempt)
+}
+
+/// [`sync_once`], letting pending invites in through the peer first.
+async fn sync_once_joining(
+    h: &Hearth,
+    addr: Multiaddr,
+    timeout: Duration,
+) -> Result<((u64, u64), Vec<(String, String)>)> {
+    let peer = hearth::sync::peer_of(&addr).context("the address must end in /p2p/<peer id>")?;
+    let node = h.start_node(NodeConfig::default()).await?;
+    let res = tokio::time::timeout(timeout, async {
+        let mut events = node.subscribe();
+        node.dial(addr.clone()).await?;
+        node.wait_connected(peer, Duration::from_secs(3600)).await?;
+        let attempt = h.join_through(&node, peer).await?;
+        let synced = sync_until_equal_subscribed(h, &node, peer, &mut events).await?;
+        Ok::<_, anyhow::Error>((synced, attempt.refused))
+    })
+    .await;
+    node.stop().await.ok();
+    match res {
+        Ok(r) => r,
+        Err(_) => bail!("not in sync after {} s", timeout.as_secs()),
+    }
 }
 
 /// Dial one peer, reconcile until a session finds every shared channel equal
@@ -136,6 +208,19 @@ async fn sync_until_equal(h: &Hearth, node: &NodeHandle, addr: Multiaddr) -> Res
     let mut events = node.subscribe();
     node.dial(addr).await?;
     node.wait_connected(peer, Duration::from_secs(3600)).await?;
+    // Invites kept by `hearth join` are let in through any member's node.
+    for (name, why) in h.join_through(node, peer).await?.refused {
+        eprintln!("note: the invite to {name} was not taken: {why}");
+    }
+    sync_until_equal_subscribed(h, node, peer, &mut events).await
+}
+
+async fn sync_until_equal_subscribed(
+    h: &Hearth,
+    node: &NodeHandle,
+    peer: hearth::sync::PeerId,
+    events: &mut tokio::sync::broadcast::Receiver<NodeEvent>,
+) -> Result<(u64, u64)> {
     loop {
         let o = node.sync_with(peer).await?;
         // This device's delivery receipts for what arrived (in this session or
@@ -225,7 +310,7 @@ async fn node_cmd(h: &Hearth, node: &NodeHandle, line: &str) -> Result<Value> {
     let (name, w) = match cmd {
         NodeCmd::Invite { channel } => {
             let channel = h.resolve_channel(&channel).await?;
-            let ticket = h.invite(channel, node.listen_addrs().await?).await?;
+            let ticket = h.invite(channel, node.listen_addrs().await?, None, 0).await?;
             return Ok(json!({"event": "done", "cmd": "invite", "ticket": ticket.to_string()}));
         }
         NodeCmd::Post {
@@ -392,6 +477,18 @@ pub async fn node(h: &Hearth, mut config: NodeConfig, exit_on_eof: bool) -> Resu
                     }
                     Err(_) => return,
                 };
+                if let NodeEvent::PeerConnected { peer, .. } = &e {
+                    // Invites kept by `hearth join`: any member's node lets
+                    // this device in; then a session brings the history.
+                    let (h, node, peer) = (h.clone(), node.clone(), *peer);
+                    tokio::spawn(async move {
+                        if let Ok(a) = join_through(&h, &node, peer).await
+                            && !a.joined.is_empty()
+                        {
+                            let _ = node.sync_with(peer).await;
+                        }
+                    });
+                }
                 if let NodeEvent::Listening { addr } = &e {
                     if addrs.contains(addr) {
                         continue;

@@ -43,6 +43,8 @@ pub const MAX_PARENTS: usize = 32;
 pub const MAX_CUT_DEVICES: usize = 256;
 /// Most membership ops a roster folds (more are refused as "too many").
 pub const MAX_ROSTER_OPS: usize = 4096;
+/// Most invites one roster holds (open or ended).
+pub const MAX_INVITES: usize = 1024;
 /// Version of [`MemberBody`].
 pub const MEMBER_BODY_VERSION: u8 = 1;
 
@@ -119,6 +121,129 @@ pub enum Action {
         /// The last entry of its feed that stays.
         upto: u64,
     },
+    /// Open an invite (admins and owners): whoever holds its secret (the
+    /// ticket) may be let in by any member, within its end and uses.
+    Invite {
+        /// The invite's id (random).
+        id: InviteId,
+        /// The ed25519 public key of the invite's secret: a join carries a
+        /// signature by it.
+        key: [u8; 32],
+        /// When it ends: unix milliseconds, compared with the milliseconds of
+        /// the joining op's clock; 0 for never.
+        expires: u64,
+        /// How many joins it lets in; 0 for any number.
+        uses: u32,
+    },
+    /// End an invite (admins and owners): no join through it stands after.
+    RevokeInvite {
+        /// The invite.
+        id: InviteId,
+    },
+    /// Let `user` in through an invite (any member, for the holder of the
+    /// invite's secret, whose signature over the join it carries).
+    Join {
+        /// Who joins.
+        user: UserId,
+        /// The joining device.
+        device: DeviceId,
+        /// Through which invite.
+        invite: InviteId,
+        /// [`sign_join`] by the invite's secret.
+        sig: serde_bytes::ByteArray<64>,
+    },
+}
+
+impl Action {
+    /// [`Action::Join`] of `user`'s `device` through `invite`, signed `sig`.
+    pub fn join(user: UserId, device: DeviceId, invite: InviteId, sig: [u8; 64]) -> Action {
+        Action::Join {
+            user,
+            device,
+            invite,
+            sig: serde_bytes::ByteArray::new(sig),
+        }
+    }
+}
+
+/// An invite's id.
+pub type InviteId = [u8; 16];
+
+/// An invite id in hex.
+pub fn invite_hex(id: &InviteId) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The signing-domain label of a join's signature.
+const JOIN_DOMAIN: &[u8] = b"hearth v1 invite join";
+
+fn join_message(invite: &InviteId, user: &UserId, device: &DeviceId) -> Vec<u8> {
+    let mut m = Vec::with_capacity(16 + 32 + 16);
+    m.extend_from_slice(invite);
+    m.extend_from_slice(&user.0);
+    m.extend_from_slice(&device.0);
+    crate::device::domain_message(JOIN_DOMAIN, &m)
+}
+
+/// The public key of an invite secret (what [`Action::Invite`] names).
+pub fn invite_public(secret: &crate::SecretKey) -> [u8; 32] {
+    ed25519_dalek::SigningKey::from_bytes(secret.expose())
+        .verifying_key()
+        .to_bytes()
+}
+
+/// The signature by an invite's secret that lets `user`'s `device` join
+/// through it.
+pub fn sign_join(secret: &crate::SecretKey, invite: &InviteId, user: &UserId, device: &DeviceId) -> [u8; 64] {
+    use ed25519_dalek::Signer;
+    ed25519_dalek::SigningKey::from_bytes(secret.expose())
+        .sign(&join_message(invite, user, device))
+        .to_bytes()
+}
+
+/// Whether `sig` is [`sign_join`] by the secret whose public key is `key`
+/// (`verify_strict`).
+pub fn verify_join(key: &[u8; 32], invite: &InviteId, user: &UserId, device: &DeviceId, sig: &[u8; 64]) -> bool {
+    let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(key) else {
+        return false;
+    };
+    key.verify_strict(
+        &join_message(invite, user, device),
+        &ed25519_dalek::Signature::from_bytes(sig),
+    )
+    .is_ok()
+}
+
+/// An invite as the roster holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InviteState {
+    /// Who opened it.
+    pub by: UserId,
+    /// Its public key.
+    pub key: [u8; 32],
+    /// When it ends (unix ms; 0 never).
+    pub expires: u64,
+    /// How many joins it lets in (0: any number).
+    pub uses: u32,
+    /// The users it let in, in fold order.
+    pub used: Vec<UserId>,
+    /// Ended by [`Action::RevokeInvite`].
+    pub revoked: bool,
+}
+
+impl InviteState {
+    /// Why no join through it stands at `now` (unix milliseconds), if none does.
+    pub fn closed_at(&self, now: u64) -> Option<&'static str> {
+        if self.revoked {
+            Some("the invite was revoked")
+        } else if self.expires != 0 && now > self.expires {
+            Some("the invite has expired")
+        } else if self.uses != 0 && self.used.len() >= self.uses as usize {
+            Some("the invite is used up")
+        } else {
+            None
+        }
+    }
 }
 
 /// What a membership op says (its key says who wrote it).
@@ -213,6 +338,8 @@ pub struct Roster {
     /// Revoked devices: their user, and the last entry of their feed that
     /// stays.
     pub revoked: BTreeMap<DeviceId, (UserId, u64)>,
+    /// Invites, open or not.
+    pub invites: BTreeMap<InviteId, InviteState>,
     /// Ops kept in the history that changed nothing, with why.
     pub refused: BTreeMap<OpKey, String>,
     /// Ops whose parents are not all held yet.
@@ -404,6 +531,44 @@ impl Roster {
                     Ok(())
                 }
             }
+            Action::Invite { id, .. } => {
+                if mine < Role::Admin {
+                    Err("only admins and owners invite")
+                } else if self.invites.contains_key(id) {
+                    Err("an invite with this id exists")
+                } else if self.invites.len() >= MAX_INVITES {
+                    Err("too many invites")
+                } else {
+                    Ok(())
+                }
+            }
+            Action::RevokeInvite { id } => match self.invites.get(id) {
+                None => Err("no such invite"),
+                Some(_) if mine < Role::Admin => Err("only admins and owners revoke invites"),
+                Some(i) if i.revoked => Err("the invite was revoked already"),
+                Some(_) => Ok(()),
+            },
+            Action::Join {
+                user,
+                device,
+                invite,
+                sig,
+            } => {
+                let Some(i) = self.invites.get(invite) else {
+                    return Err("no such invite");
+                };
+                if !verify_join(&i.key, invite, user, device, sig) {
+                    Err("the join is not signed by the invite's secret")
+                } else if self.removed.contains_key(user) && !self.left.contains(user) {
+                    Err("removed users come back only when an admin adds them")
+                } else if self.roles.contains_key(user) {
+                    Err("already a member")
+                } else {
+                    // Revoked or used up; its end is checked against the
+                    // op's clock (Roster::allows_at).
+                    i.closed_at(0).map_or(Ok(()), Err)
+                }
+            }
             Action::SetRole { user, role } => {
                 let Some(theirs) = self.role(user) else {
                     return Err("not a member");
@@ -421,11 +586,32 @@ impl Roster {
         }
     }
 
+    /// [`Roster::allows`], for an op written at clock `hlc`: a join also
+    /// needs its invite open then (not past its end, not used up).
+    pub fn allows_at(&self, author: &UserId, action: &Action, hlc: u64) -> std::result::Result<(), &'static str> {
+        self.allows(author, action)?;
+        if let Action::Join { invite, .. } = action
+            && let Some(why) = self
+                .invites
+                .get(invite)
+                .and_then(|i| i.closed_at(crate::hlc::Timestamp(hlc).millis()))
+        {
+            return Err(why);
+        }
+        Ok(())
+    }
+
     /// The roster once `author` has written `action` as op `key` on top of
     /// this one (its parents being [`Roster::heads`]), if the rules allow it:
     /// how a writer checks a change before writing it.
-    pub fn after(&self, key: OpKey, author: &UserId, action: &Action) -> std::result::Result<Roster, &'static str> {
-        self.allows(author, action)?;
+    pub fn after(
+        &self,
+        key: OpKey,
+        author: &UserId,
+        action: &Action,
+        hlc: u64,
+    ) -> std::result::Result<Roster, &'static str> {
+        self.allows_at(author, action, hlc)?;
         let mut r = self.clone();
         r.apply(key, author, action);
         r.heads = vec![key];
@@ -460,6 +646,32 @@ impl Roster {
             }
             Action::RevokeDevice { user, device, upto } => {
                 self.revoked.insert(*device, (*user, *upto));
+            }
+            Action::Invite { id, key, expires, uses } => {
+                self.invites.insert(
+                    *id,
+                    InviteState {
+                        by: *author,
+                        key: *key,
+                        expires: *expires,
+                        uses: *uses,
+                        used: Vec::new(),
+                        revoked: false,
+                    },
+                );
+            }
+            Action::RevokeInvite { id } => {
+                if let Some(i) = self.invites.get_mut(id) {
+                    i.revoked = true;
+                }
+            }
+            Action::Join { user, invite, .. } => {
+                self.removed.remove(user);
+                self.left.remove(user);
+                self.roles.insert(*user, Role::Member);
+                if let Some(i) = self.invites.get_mut(invite) {
+                    i.used.push(*user);
+                }
             }
         }
     }
@@ -523,7 +735,7 @@ fn run(ops: &[MemberOp], order: &[usize], excluded: &BTreeSet<usize>) -> (Roster
             r.refused.insert(o.key, "a device cannot revoke itself".into());
             continue;
         }
-        match r.allows(&o.author, &o.body.action) {
+        match r.allows_at(&o.author, &o.body.action, o.body.hlc) {
             Ok(()) => {
                 r.apply(o.key, &o.author, &o.body.action);
                 if matches!(o.body.action, Action::Remove { .. }) {

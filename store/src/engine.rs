@@ -779,10 +779,12 @@ impl Engine {
                 parents: roster.heads.clone(),
                 action: action.clone(),
             };
-            roster = roster.after(key, &me, &action).map_err(|why| Error::NotAllowed {
-                action: describe(&action),
-                why: why.into(),
-            })?;
+            roster = roster
+                .after(key, &me, &action, body.hlc)
+                .map_err(|why| Error::NotAllowed {
+                    action: describe(&action),
+                    why: why.into(),
+                })?;
             ops.push(Op::Member { n: key.n, body });
         }
         // Adding someone (back) shares the later generations with their
@@ -1280,6 +1282,9 @@ fn describe(action: &MemberAction) -> String {
         MemberAction::Remove { user, .. } => format!("remove {}", &user.to_hex()[..16]),
         MemberAction::SetRole { user, role } => format!("make {} {role}", &user.to_hex()[..16]),
         MemberAction::RevokeDevice { device, .. } => format!("revoke device {device}"),
+        MemberAction::Invite { .. } => "open an invite".into(),
+        MemberAction::RevokeInvite { id } => format!("revoke invite {}", crate::invite::hex(id)),
+        MemberAction::Join { user, .. } => format!("let {} in through an invite", &user.to_hex()[..16]),
     }
 }
 

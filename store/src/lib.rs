@@ -45,6 +45,7 @@ mod cuts;
 mod durable;
 mod engine;
 mod error;
+mod invite;
 mod journal;
 mod layout;
 mod log;
@@ -63,6 +64,7 @@ pub use config::Config;
 pub use durable::{SledFiles, copy_dir_durably, create_private_dir, make_private, sync_dir, write_atomic};
 pub use engine::{Outcome, Write};
 pub use error::{Error, Result};
+pub use invite::{InviteInfo, JoinRequest, NewInvite};
 pub use journal::{
     Decoded as JournalContents, JournalEntry, JournalRecord, decode_records as decode_journal,
     encode_record as encode_journal_record,

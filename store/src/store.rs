@@ -318,7 +318,7 @@ impl Store {
         &self.shared.report
     }
 
-    async fn write(&self, w: Write) -> Result<Outcome> {
+    pub(crate) async fn write(&self, w: Write) -> Result<Outcome> {
         self.submit(w).await?.await
     }
 
@@ -333,7 +333,10 @@ impl Store {
         Ok(Pending(rx))
     }
 
-    async fn query<T: Send + 'static>(&self, f: impl FnOnce(&mut Engine) -> Result<T> + Send + 'static) -> Result<T> {
+    pub(crate) async fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Engine) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         let q: actor::Query = Box::new(move |e: &mut Engine| {
             let _ = tx.send(f(e));
@@ -342,7 +345,10 @@ impl Store {
         rx.await.map_err(|_| Error::Closed)?
     }
 
-    async fn mutate<T: Send + 'static>(&self, f: impl FnOnce(&mut Engine) -> Result<T> + Send + 'static) -> Result<T> {
+    pub(crate) async fn mutate<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Engine) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         let m: actor::Mutation = Box::new(move |e: &mut Engine, ready: Result<()>| {
             let r = ready.and_then(|()| f(e));

@@ -232,6 +232,30 @@ pub async fn serve<R: Replica>(replica: &R, req: Request, conn: &Conn) -> (Respo
                 Err(e) => refused(e),
             }
         }
+        // Anyone may ask to be let in through an invite: the invite's
+        // signature, not a channel proof, decides.
+        Request::Join {
+            invite,
+            user,
+            chain,
+            sig,
+        } => {
+            let req = hearth_store::JoinRequest {
+                invite,
+                user,
+                chain,
+                sig: sig.into_array(),
+            };
+            match replica.admit(req).await {
+                Ok(Some(sealed)) => Response::Joined {
+                    sealed: ByteBuf::from(sealed),
+                },
+                Ok(None) => Response::Refused {
+                    reason: "a relay lets nobody in: ask a member's node".into(),
+                },
+                Err(e) => refused(e),
+            }
+        }
         // Only a node with a link offer answers Link (it does so itself).
         Request::Link { .. } => Response::Refused {
             reason: "no device link is on offer here".into(),

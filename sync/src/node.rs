@@ -231,6 +231,9 @@ pub enum NodeError {
     /// Linking a device failed.
     #[error("device link failed: {0}")]
     Link(String),
+    /// Joining through an invite failed.
+    #[error("the invite was not taken: {0}")]
+    Join(String),
 }
 
 /// What a linking node answers while its user has not confirmed the code.
@@ -427,6 +430,28 @@ impl NodeHandle {
                 Response::Refused { reason } => return Err(NodeError::Link(reason)),
                 _ => return Err(NodeError::Link("unexpected answer".into())),
             }
+        }
+    }
+
+    /// Ask a connected member's node to let this device in through an
+    /// invite: the channel's keys sealed to this device (open them with
+    /// `hearth_store::Store::accept_invite`). Fails when the invite is
+    /// unknown there, closed, or the node is a relay.
+    pub async fn join_through(&self, peer: PeerId, req: hearth_store::JoinRequest) -> Result<Vec<u8>, NodeError> {
+        let request = Request::Join {
+            invite: req.invite,
+            user: req.user,
+            chain: req.chain,
+            sig: serde_bytes::ByteArray::new(req.sig),
+        };
+        let resp = self
+            .ask(|tx| Cmd::Request(peer, request, tx))
+            .await?
+            .map_err(NodeError::Join)?;
+        match resp {
+            Response::Joined { sealed } => Ok(sealed.into_vec()),
+            Response::Refused { reason } => Err(NodeError::Join(reason)),
+            _ => Err(NodeError::Join("unexpected answer".into())),
         }
     }
 

@@ -7,8 +7,11 @@
 //! Fetch  {wire, have: vector, max_bytes}       -> Entries {entries, more}
 //! Push   {wire, entries}                       -> Ack {vector, accepted, rejected}
 //! Grant  {grants: [(wire, access key)]}        -> Granted {vectors}   (to a relay)
+//! Join   {invite, user, chain, sig}            -> Joined {sealed}     (from anyone)
 //! ```
 //!
+//! Protocol 3 adds Join: the holder of an invite asks a member's node to let
+//! it in (`hearth_store::Store::admit`); it needs no proof of a channel.
 //! Protocol 2: a channel is named in a Hello only by a tag its members can
 //! compute, and listed, fetched or pushed only between peers that proved
 //! they hold it on this connection ([`crate::auth`]). Two peers already in
@@ -26,12 +29,12 @@ use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 
 /// The protocol name (the version is in it).
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/sync/2");
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/sync/3");
 /// Protocol version carried in Hello.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Names of earlier versions of the protocol, which this node does not speak:
 /// a peer offering only these is reported as incompatible, not banned.
-pub const OLD_PROTOCOLS: [&str; 1] = ["/hearth/sync/1"];
+pub const OLD_PROTOCOLS: [&str; 2] = ["/hearth/sync/1", "/hearth/sync/2"];
 /// Largest request frame (a push batch).
 pub const MAX_REQUEST: usize = 1 << 20;
 /// Largest response frame (an entries batch).
@@ -40,6 +43,8 @@ pub const MAX_RESPONSE: usize = 2 << 20;
 pub const BATCH_BYTES: usize = 512 * 1024;
 /// Largest number of entries in one frame.
 pub const BATCH_ENTRIES: usize = 2048;
+/// Most certificates in a Join's chain.
+pub const MAX_JOIN_CHAIN: usize = 8;
 /// Most channels in one Hello.
 pub const MAX_CHANNELS: usize = 16_384;
 
@@ -117,6 +122,18 @@ pub enum Request {
         /// Channels and their access keys.
         grants: Vec<(WireId, AccessBytes)>,
     },
+    /// The holder of an invite asks to be let in (any member's node answers;
+    /// no proof of a channel is needed).
+    Join {
+        /// The invite's id.
+        invite: [u8; 16],
+        /// The joining user.
+        user: hearth_core::UserId,
+        /// The joining device's certificate chain.
+        chain: Vec<hearth_core::device::DeviceCert>,
+        /// `hearth_core::member::sign_join` by the invite's secret.
+        sig: serde_bytes::ByteArray<64>,
+    },
 }
 
 /// A response.
@@ -155,6 +172,12 @@ pub enum Response {
     /// Answer to Link: the sealed [`hearth_core::LinkBundle`].
     Link {
         /// The bundle, sealed under the link secret.
+        sealed: serde_bytes::ByteBuf,
+    },
+    /// Answer to Join: the channel's keys and name, sealed to the joining
+    /// device (`hearth_store::Store::accept_invite` opens them).
+    Joined {
+        /// The sealed channel record.
         sealed: serde_bytes::ByteBuf,
     },
     /// The request was not served.
@@ -221,6 +244,9 @@ impl Request {
             }
             Request::Grant { grants } if grants.len() > MAX_CHANNELS => {
                 Err(FrameError::Malformed("too many channels".into()))
+            }
+            Request::Join { chain, .. } if chain.len() > MAX_JOIN_CHAIN => {
+                Err(FrameError::Malformed("a certificate chain longer than 8".into()))
             }
             _ => Ok(r),
         }

@@ -584,6 +584,7 @@ fn kind(r: &Response) -> &'static str {
         Response::Refused { .. } => "Refused",
         Response::Link { .. } => "Link",
         Response::Granted { .. } => "Granted",
+        Response::Joined { .. } => "Joined",
     }
 }
 

@@ -399,6 +399,10 @@ impl Replica for RelayStore {
         self.blocking(move |i| i.grant(grants)).await.map(Some)
     }
 
+    async fn admit(&self, _: hearth_store::JoinRequest) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+
     async fn entries_after(
         &self,
         wire: WireId,

@@ -41,6 +41,13 @@ pub trait Replica: Clone + Send + Sync + 'static {
         grants: Vec<(WireId, SecretKey)>,
     ) -> impl Future<Output = hearth_store::Result<Option<Vec<(WireId, Vector)>>>> + Send;
 
+    /// Let the holder of an invite in (a member's store): the channel's keys
+    /// sealed to its device; `None` for a replica that lets nobody in (a relay).
+    fn admit(
+        &self,
+        req: hearth_store::JoinRequest,
+    ) -> impl Future<Output = hearth_store::Result<Option<Vec<u8>>>> + Send;
+
     /// The entries `have` lacks; `None` for a channel not held.
     fn entries_after(
         &self,
@@ -80,6 +87,10 @@ impl Replica for Store {
 
     async fn grant(&self, _: Vec<(WireId, SecretKey)>) -> hearth_store::Result<Option<Vec<(WireId, Vector)>>> {
         Ok(None)
+    }
+
+    async fn admit(&self, req: hearth_store::JoinRequest) -> hearth_store::Result<Option<Vec<u8>>> {
+        Store::admit(self, req).await.map(Some)
     }
 
     async fn entries_after(
@@ -140,6 +151,10 @@ impl Replica for Detached {
     }
 
     async fn grant(&self, _: Vec<(WireId, SecretKey)>) -> hearth_store::Result<Option<Vec<(WireId, Vector)>>> {
+        Ok(None)
+    }
+
+    async fn admit(&self, _: hearth_store::JoinRequest) -> hearth_store::Result<Option<Vec<u8>>> {
         Ok(None)
     }
 

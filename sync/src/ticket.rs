@@ -1,15 +1,20 @@
 //! Invite and link tickets: the text a user copies from one device to another.
 //!
-//! An invite carries a channel's id, key and name; a link carries a one-time
-//! secret that pairs a new device with an existing one. Both carry the addresses
+//! An invite carries a channel's id and name, an invite id and the invite's
+//! secret (no channel key: a member's node lets the holder in while the
+//! invite is open, and seals the keys to the new device); an invite of
+//! before invites ended carried the channel key itself. A link carries a
+//! one-time secret that pairs a new device with an existing one. Both carry the addresses
 //! where the issuing node listens.
 //!
 //! ```text
 //! ticket   = "hearth1" base32(body | checksum)
 //! body     = version u8 (= 1) | postcard(kind)
-//! kind     = 0 Invite {channel [32], key [32], name str, addrs [str]}
+//! kind     = 0 Invite {channel [32], key [32], name str, addrs [str]}  (written before invites ended)
 //!          | 1 Link   {secret [32], addrs [str]}            (written before links expired)
 //!          | 2 Link   {secret [32], expires u64, addrs [str]} (expires: unix seconds)
+//!          | 3 Join   {channel [32], name str, invite [16], secret [32], expires u64, addrs [str]}
+//!                     (expires: unix seconds, 0 for never; shown, the roster enforces it)
 //! checksum = blake3(body)[..4]
 //! ```
 //!
@@ -56,7 +61,25 @@ const CHECKSUM: usize = 4;
 /// prints keys.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Ticket {
-    /// Join a channel: its keys make the holder a member.
+    /// Join a channel through an invite: a member's node lets the holder in
+    /// while the invite is open (see `hearth_store::Store::admit`).
+    Join {
+        /// The channel.
+        channel: ChannelId,
+        /// The channel's name at the time of the invite; may be empty.
+        name: String,
+        /// The invite's id.
+        invite: [u8; 16],
+        /// The invite's secret (it signs the holder's join).
+        secret: SecretKey,
+        /// When the invite ends (unix seconds), if it does. Shown to the
+        /// holder; members check the end themselves.
+        expires: Option<u64>,
+        /// Where the inviting node listens.
+        addrs: Vec<Multiaddr>,
+    },
+    /// Join a channel (a ticket of before invites ended): its key makes the
+    /// holder a member.
     Invite {
         /// The channel.
         channel: ChannelId,
@@ -137,13 +160,22 @@ enum Wire<'a> {
         #[serde(borrow)]
         addrs: Vec<&'a str>,
     },
+    Join {
+        channel: ChannelId,
+        name: &'a str,
+        invite: [u8; 16],
+        secret: [u8; 32],
+        expires: u64,
+        #[serde(borrow)]
+        addrs: Vec<&'a str>,
+    },
 }
 
 impl Drop for Wire<'_> {
     fn drop(&mut self) {
         match self {
             Wire::Invite { key, .. } => key.zeroize(),
-            Wire::Link { secret, .. } | Wire::LinkUntil { secret, .. } => secret.zeroize(),
+            Wire::Link { secret, .. } | Wire::LinkUntil { secret, .. } | Wire::Join { secret, .. } => secret.zeroize(),
         }
     }
 }
@@ -155,6 +187,28 @@ impl Ticket {
             channel: keys.id(),
             key: keys.key().clone(),
             name: name.into(),
+            addrs,
+        };
+        ticket.check_caps()?;
+        Ok(ticket)
+    }
+
+    /// A ticket for invite `invite` (secret `secret`, ending at `expires`,
+    /// unix seconds) of `channel`, named `name`, reachable at `addrs`.
+    pub fn join(
+        channel: ChannelId,
+        name: impl Into<String>,
+        invite: [u8; 16],
+        secret: SecretKey,
+        expires: Option<u64>,
+        addrs: Vec<Multiaddr>,
+    ) -> Result<Self, TicketError> {
+        let ticket = Ticket::Join {
+            channel,
+            name: name.into(),
+            invite,
+            secret,
+            expires: expires.filter(|&e| e != 0),
             addrs,
         };
         ticket.check_caps()?;
@@ -173,26 +227,34 @@ impl Ticket {
         Ok(ticket)
     }
 
-    /// When a link ticket's offer ends (unix seconds), if it says.
+    /// When a link ticket's offer or an invite ends (unix seconds), if it says.
     pub fn expires(&self) -> Option<u64> {
         match self {
-            Ticket::Link { expires, .. } => *expires,
+            Ticket::Link { expires, .. } | Ticket::Join { expires, .. } => *expires,
             Ticket::Invite { .. } => None,
         }
     }
 
-    /// The channel's keys, for an invite.
+    /// The channel's keys, for an invite of before invites ended.
     pub fn channel_keys(&self) -> Option<ChannelKeys> {
         match self {
             Ticket::Invite { channel, key, .. } => Some(ChannelKeys::new(*channel, key.clone())),
-            Ticket::Link { .. } => None,
+            Ticket::Link { .. } | Ticket::Join { .. } => None,
+        }
+    }
+
+    /// The invite's id, for an invite that can end.
+    pub fn invite_id(&self) -> Option<[u8; 16]> {
+        match self {
+            Ticket::Join { invite, .. } => Some(*invite),
+            Ticket::Invite { .. } | Ticket::Link { .. } => None,
         }
     }
 
     /// Where the issuing node listens.
     pub fn addrs(&self) -> &[Multiaddr] {
         match self {
-            Ticket::Invite { addrs, .. } | Ticket::Link { addrs, .. } => addrs,
+            Ticket::Invite { addrs, .. } | Ticket::Link { addrs, .. } | Ticket::Join { addrs, .. } => addrs,
         }
     }
 
@@ -205,6 +267,21 @@ impl Ticket {
                 channel: *channel,
                 key: *key.expose(),
                 name,
+                addrs,
+            },
+            Ticket::Join {
+                channel,
+                name,
+                invite,
+                secret,
+                expires,
+                ..
+            } => Wire::Join {
+                channel: *channel,
+                name,
+                invite: *invite,
+                secret: *secret.expose(),
+                expires: expires.unwrap_or(0),
                 addrs,
             },
             Ticket::Link {
@@ -295,6 +372,24 @@ impl Ticket {
                 addrs: parse_addrs(addrs)?,
                 expires: Some(*expires),
             },
+            Wire::Join {
+                channel,
+                name,
+                invite,
+                secret,
+                expires,
+                addrs,
+            } => {
+                check_name(name.len())?;
+                Ticket::Join {
+                    channel: *channel,
+                    name: (*name).to_owned(),
+                    invite: *invite,
+                    secret: SecretKey::from_bytes(*secret),
+                    expires: (*expires != 0).then_some(*expires),
+                    addrs: parse_addrs(addrs)?,
+                }
+            }
         };
         // One ticket, one text: anything the encoder would not have written (an
         // overlong varint, stray bits in the last base32 character, an address
@@ -306,7 +401,7 @@ impl Ticket {
     }
 
     fn check_caps(&self) -> Result<(), TicketError> {
-        if let Ticket::Invite { name, .. } = self {
+        if let Ticket::Invite { name, .. } | Ticket::Join { name, .. } = self {
             check_name(name.len())?;
         }
         check_addr_count(self.addrs().len())?;
@@ -401,6 +496,22 @@ impl fmt::Debug for Ticket {
                 .field("secret", &"<redacted>")
                 .field("addrs", addrs)
                 .field("expires", expires)
+                .finish(),
+            Ticket::Join {
+                channel,
+                name,
+                invite,
+                expires,
+                addrs,
+                ..
+            } => f
+                .debug_struct("Join")
+                .field("channel", channel)
+                .field("name", name)
+                .field("invite", &hearth_core::member::invite_hex(invite))
+                .field("secret", &"<redacted>")
+                .field("expires", expires)
+                .field("addrs", addrs)
                 .finish(),
         }
     }
