@@ -289,7 +289,10 @@ impl Hearth {
             match node.join_through(peer, req).await {
                 Ok(sealed) => {
                     let id = self.store.accept_invite(*invite, sealed).await?;
-                    attempt.joined.push((id, name.clone()));
+                    // The name the channel has now (it may have changed since
+                    // the ticket was made).
+                    let name = self.store.channel(id).await.map_or_else(|_| name.clone(), |c| c.name);
+                    attempt.joined.push((id, name));
                 }
                 Err(e) => {
                     attempt.refused.push((name.clone(), e.to_string()));

@@ -237,6 +237,7 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
                     print_json(&json!({
                         "id": c.id.to_hex(), "name": c.name, "messages": c.messages,
                         "unread": c.unread, "newest": c.newest.map(|m| m.to_hex()), "read_up_to": c.read_up_to.map(|m| m.to_hex()),
+                        "pending": false,
                     }));
                 } else {
                     println!(
@@ -245,6 +246,21 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
                         c.name,
                         c.messages,
                         c.unread
+                    );
+                }
+            }
+            // Invites kept by `join` that no member's node has let in yet.
+            for t in h.pending_invites().await? {
+                let hearth::sync::ticket::Ticket::Join { channel, name, .. } = t else {
+                    continue;
+                };
+                if cli.json {
+                    print_json(&json!({"id": channel.to_hex(), "name": name, "pending": true}));
+                } else {
+                    println!(
+                        "{}  {:<24} (invited: waiting for a member to let this device in)",
+                        &channel.to_hex()[..16],
+                        name
                     );
                 }
             }

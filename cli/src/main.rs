@@ -294,7 +294,7 @@ pub enum InviteCmd {
 }
 
 /// A span of time: a number and a unit (s, m, h or d).
-fn parse_span(text: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_span(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (n, unit) = text.split_at(split);

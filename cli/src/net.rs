@@ -70,13 +70,13 @@ pub async fn invite(
     if addrs.is_empty() {
         addrs = read_addrs(h, ADDRS_FILE).await?;
     }
+    let ticket = h.invite(channel, addrs.clone(), expires, uses).await?;
     if addrs.is_empty() {
         eprintln!(
             "note: the ticket carries no address; run `hearth node --listen ...` once first, or pass --addr, \
              so that the invited device can reach this one"
         );
     }
-    let ticket = h.invite(channel, addrs, expires, uses).await?;
     if as_json {
         print_json(&json!({
             "ticket": ticket.to_string(), "channel": channel.to_hex(),
@@ -159,6 +159,17 @@ async fn join_through(h: &Hearth, node: &NodeHandle, peer: hearth::sync::PeerId)
     Ok(attempt)
 }
 
+/// Entries of other devices held, over every channel.
+async fn held_entries(h: &Hearth) -> Result<u64> {
+    let me = h.whoami().device;
+    Ok(h.vectors()
+        .await?
+        .iter()
+        .flat_map(|(_, v)| v.0.iter())
+        .filter(|(d, _)| **d != me)
+        .fold(0u64, |n, (_, p)| n.saturating_add(p.seq)))
+}
+
 /// [`sync_once`], letting pending invites in through the peer first.
 async fn sync_once_joining(
     h: &Hearth,
@@ -167,13 +178,17 @@ async fn sync_once_joining(
 ) -> Result<((u64, u64), Vec<(String, String)>)> {
     let peer = hearth::sync::peer_of(&addr).context("the address must end in /p2p/<peer id>")?;
     let node = h.start_node(NodeConfig::default()).await?;
+    let before = held_entries(h).await?;
     let res = tokio::time::timeout(timeout, async {
         let mut events = node.subscribe();
         node.dial(addr.clone()).await?;
         node.wait_connected(peer, Duration::from_secs(3600)).await?;
         let attempt = h.join_through(&node, peer).await?;
-        let synced = sync_until_equal_subscribed(h, &node, peer, &mut events).await?;
-        Ok::<_, anyhow::Error>((synced, attempt.refused))
+        let (_, sent) = sync_until_equal_subscribed(h, &node, peer, &mut events).await?;
+        // The peer may push the new channel's entries itself (its session
+        // started when the join was written): count what is held now.
+        let received = held_entries(h).await?.saturating_sub(before);
+        Ok::<_, anyhow::Error>(((received, sent), attempt.refused))
     })
     .await;
     node.stop().await.ok();
@@ -302,16 +317,35 @@ enum NodeCmd {
     },
     Invite {
         channel: String,
+        /// How long the invite lets people in ("24h"); default: until revoked.
+        #[serde(default)]
+        expires: Option<String>,
+        /// How many users it lets in; default: any number.
+        #[serde(default)]
+        uses: Option<u32>,
     },
 }
 
 async fn node_cmd(h: &Hearth, node: &NodeHandle, line: &str) -> Result<Value> {
     let cmd: NodeCmd = serde_json::from_str(line).context("not a command")?;
     let (name, w) = match cmd {
-        NodeCmd::Invite { channel } => {
+        NodeCmd::Invite { channel, expires, uses } => {
             let channel = h.resolve_channel(&channel).await?;
-            let ticket = h.invite(channel, node.listen_addrs().await?, None, 0).await?;
-            return Ok(json!({"event": "done", "cmd": "invite", "ticket": ticket.to_string()}));
+            let expires = expires
+                .as_deref()
+                .map(crate::parse_span)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!(e))?;
+            if uses == Some(0) {
+                bail!("uses must be at least 1 (leave it out for any number)");
+            }
+            let ticket = h
+                .invite(channel, node.listen_addrs().await?, expires, uses.unwrap_or(0))
+                .await?;
+            return Ok(json!({
+                "event": "done", "cmd": "invite", "ticket": ticket.to_string(),
+                "invite": ticket.invite_id().map(|i| hearth::core::member::invite_hex(&i)),
+            }));
         }
         NodeCmd::Post {
             channel,

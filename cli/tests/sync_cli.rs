@@ -462,7 +462,12 @@ fn node_stdin_commands_reach_the_other_node() {
     // Alice's side: bob's node may connect before it subscribes to its own
     // events, and then it never prints this `peer_connected`.
     an.wait_for("bob's connection", |e| e["event"] == "peer_connected");
-    bn.wait_for("a first sync", |e| e["event"] == "synced" && e["in_sync"] == true);
+    // The ticket holds no channel key: alice's node lets bob's device in.
+    let joined = bn.wait_for("bob let in", |e| e["event"] == "joined");
+    assert_eq!(joined["name"], "general", "{joined}");
+    bn.wait_for("a sync", |e| {
+        e["event"] == "synced" && e["in_sync"] == true && e["channels"] == 1
+    });
 
     let first = an.command(json!({"cmd": "post", "channel": "general", "text": "first post"}));
     let first = first["id"].as_str().expect("id").to_string();
@@ -724,9 +729,10 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn relay_carries_a_channel_between_devices_never_online_together() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (a, b, r) = (
+    let (a, b, c, r) = (
         tmp.path().join("alice"),
         tmp.path().join("bob"),
+        tmp.path().join("carol"),
         tmp.path().join("relay"),
     );
     // A relay needs no passphrase.
@@ -735,7 +741,15 @@ fn relay_carries_a_channel_between_devices_never_online_together() {
 
     init(&a, "alice");
     init(&b, "bob");
+    init(&c, "carol");
     ok(hearth(&a).args(["channel", "create", "general"]));
+    // Bob is let in once by Alice's node (a ticket holds no channel key, and
+    // a relay lets nobody in); after that they are never online together.
+    let (mut an, _) = start_node("alice's node", &a, &["--listen", LOOPBACK]);
+    let ticket = node_invite(&mut an, json!({}));
+    let joined = json(&ok(hearth(&b).args(["--json", "join", &ticket, "--timeout", "60"])));
+    assert_eq!(joined["pending"], false, "{joined}");
+    an.terminate();
     let secrets = [
         "the relay must never see this: tangerine-47-zebra",
         "nor this one: quartz-otter-1911",
@@ -743,8 +757,6 @@ fn relay_carries_a_channel_between_devices_never_online_together() {
     for s in secrets {
         ok(hearth(&a).args(["post", "general", s]));
     }
-    let ticket = ok(hearth(&a).args(["invite", "general"])).trim().to_string();
-    ok(hearth(&b).args(["join", &ticket, "--timeout", "0"]));
 
     // A relay Alice does not trust (`--peer`) is given nothing.
     let untrusted = json(&ok(hearth(&a).args([
@@ -778,6 +790,17 @@ fn relay_carries_a_channel_between_devices_never_online_together() {
     assert!(down["received"].as_u64() >= Some(1), "{down}");
     let log = json_lines(&ok(hearth(&b).args(["--json", "log", "general"])));
     assert_eq!(texts(&log), [secrets[1], secrets[0]]);
+    // The ticket gets Carol nothing from the relay: it lets nobody in.
+    ok(hearth(&c).args(["join", &ticket, "--timeout", "0"]));
+    let mut carol = Proc::spawn(
+        "carol's sync with the relay",
+        hearth(&c).args(["sync", "--peer", &raddr, "--timeout", "60"]),
+    );
+    assert!(carol.wait(WAIT).success(), "{}", carol.report());
+    carol.drain();
+    assert!(carol.stderr().contains("lets nobody in"), "{}", carol.report());
+    let err = fails(hearth(&c).args(["log", "general"]));
+    assert!(err.contains("let this device in"), "{err}");
 
     // And back: bob's answer reaches alice through the relay too.
     let answer = "bob's answer, also sealed: marmalade-2718";
@@ -804,8 +827,8 @@ fn relay_carries_a_channel_between_devices_never_online_together() {
 }
 
 /// Right after `join`, offline, the channel answers to the name its ticket
-/// carried (`post general ...` used to fail with "unknown channel" until a
-/// sync had run); once the channel's own name arrives, that one is used.
+/// carried: not let in yet, it says so (it used to be "unknown channel");
+/// once a member's node lets the device in, the channel's own name is used.
 #[test]
 fn a_joined_channel_answers_to_its_ticket_name_at_once() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -814,25 +837,38 @@ fn a_joined_channel_answers_to_its_ticket_name_at_once() {
     init(&b, "bob");
     ok(hearth(&a).args(["channel", "create", "general"]));
     let ticket = ok(hearth(&a).args(["invite", "general"])).trim().to_string();
-    ok(hearth(&b).args(["join", &ticket, "--timeout", "0"]));
-    ok(hearth(&b).args(["post", "general", "written before any sync"]));
+    let joined = json(&ok(hearth(&b).args(["--json", "join", &ticket, "--timeout", "0"])));
+    assert_eq!((&joined["name"], &joined["pending"]), (&json!("general"), &json!(true)));
+    let err = fails(hearth(&b).args(["post", "general", "written before anyone let me in"]));
+    assert!(err.contains("no member has let this device in yet"), "{err}");
     let list = json_lines(&ok(hearth(&b).args(["--json", "channel", "list"])));
     assert_eq!(list.len(), 1);
-    assert_eq!(list[0]["name"], "general");
-    // The name survives a reopen (it is in the channel's record).
-    ok(hearth(&b).args(["post", "general", "and after a reopen"]));
+    assert_eq!(
+        (&list[0]["name"], &list[0]["pending"]),
+        (&json!("general"), &json!(true))
+    );
+    // The pending invite survives a reopen (kept sealed beside the store).
+    let err = fails(hearth(&b).args(["log", "general"]));
+    assert!(err.contains("no member has let this device in yet"), "{err}");
 
-    // Renamed before Bob ever synced: the channel's own name wins once it arrives.
+    // Renamed before Bob was let in: the channel's own name wins.
     ok(hearth(&a).args(["channel", "rename", "general", "lobby"]));
     let (an, addr) = start_node("alice's node", &a, &["--listen", LOOPBACK]);
     let (mut bn, _) = start_node("bob's node", &b, &["--listen", LOOPBACK, "--peer", &addr]);
-    bn.wait_for("a sync that brings the name", |e| {
-        e["event"] == "synced" && e["in_sync"] == true
+    let joined = bn.wait_for("bob let in", |e| e["event"] == "joined");
+    assert_eq!(joined["name"], "lobby", "{joined}");
+    bn.wait_for("a sync that brings the channel", |e| {
+        e["event"] == "synced" && e["in_sync"] == true && e["channels"] == 1
     });
     bn.terminate();
     an.terminate();
     let list = json_lines(&ok(hearth(&b).args(["--json", "channel", "list"])));
-    assert_eq!(list[0]["name"], "lobby");
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(
+        (&list[0]["name"], &list[0]["pending"]),
+        (&json!("lobby"), &json!(false))
+    );
+    ok(hearth(&b).args(["post", "lobby", "let in"]));
     fails(hearth(&b).args(["post", "general", "the old name is gone"]));
 }
 
@@ -904,8 +940,10 @@ fn member_list_role_and_remove_through_the_cli() {
     let alice = init(&a, "alice");
     let bob = init(&b, "bob");
     ok(hearth(&a).args(["channel", "create", "general"]));
-    let ticket = ok(hearth(&a).args(["invite", "general"])).trim().to_string();
-    ok(hearth(&b).args(["join", &ticket, "--timeout", "0"]));
+    let (mut an, _) = start_node("alice's node", &a, &["--listen", LOOPBACK]);
+    let ticket = node_invite(&mut an, json!({"uses": 1, "expires": "1h"}));
+    ok(hearth(&b).args(["join", &ticket, "--timeout", "60"]));
+    an.terminate();
     ok(hearth(&b).args(["post", "general", "before the removal"]));
     let sync = || {
         let (an, addr) = start_node("alice's node", &a, &["--listen", LOOPBACK]);
@@ -938,4 +976,116 @@ fn member_list_role_and_remove_through_the_cli() {
     assert_eq!(role(&roster, &bob).as_deref(), Some("removed"), "{roster:?}");
     let err = fails(hearth(&b).args(["post", "general", "still here?"]));
     assert!(err.contains("removed"), "{err}");
+}
+
+/// Make an invite through a running node's stdin (the CLI cannot open the
+/// store while the node holds it); returns the ticket.
+fn node_invite(node: &mut Proc, extra: Value) -> String {
+    let mut cmd = json!({"cmd": "invite", "channel": "general"});
+    if let (Some(c), Some(e)) = (cmd.as_object_mut(), extra.as_object()) {
+        c.extend(e.clone());
+    }
+    node.command(cmd)["ticket"].as_str().expect("a ticket").to_string()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `hearth --json join TICKET` that a member's node refused: it exits 1 and
+/// says why on stdout.
+fn refused_join(dir: &Path, ticket: &str) -> Value {
+    let out = run(hearth(dir).args(["--json", "join", ticket, "--timeout", "60"]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json(&stdout);
+    assert_eq!(v["pending"], true, "{v}");
+    v
+}
+
+/// `hearth invite --uses/--expires`, `invite list`, `invite revoke`: a ticket
+/// holds no channel key; alice's node lets in as many users as the invite
+/// allows, until it ends or is revoked, and refuses the rest with why.
+#[test]
+fn invites_end_by_uses_expiry_and_revocation_through_the_cli() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = |n: &str| tmp.path().join(n);
+    let (a, b, c, d) = (dir("alice"), dir("bob"), dir("carol"), dir("dave"));
+    init(&a, "alice");
+    let bob = init(&b, "bob");
+    init(&c, "carol");
+    init(&d, "dave");
+    ok(hearth(&a).args(["channel", "create", "general"]));
+    ok(hearth(&a).args(["post", "general", "welcome"]));
+    // With the node stopped, the CLI makes the invites (the ticket carries
+    // the address the last node listened on).
+    let (an, addr) = start_node("alice's first node", &a, &["--listen", LOOPBACK]);
+    an.terminate();
+    let invite = |extra: &[&str]| {
+        let mut args = vec!["--json", "invite", "general"];
+        args.extend_from_slice(extra);
+        json(&ok(hearth(&a).args(&args)))
+    };
+    let once = invite(&["--uses", "1", "--expires", "24h"]);
+    let ticket = once["ticket"].as_str().expect("ticket").to_string();
+    assert_eq!(once["uses"], 1, "{once}");
+    assert!(once["expires"].as_u64().is_some(), "{once}");
+    let open = invite(&[]);
+    let open_ticket = open["ticket"].as_str().expect("ticket").to_string();
+    let id = open["invite"].as_str().expect("invite id").to_string();
+    let brief = invite(&["--expires", "1s"]);
+    for (bad, why) in [(["--uses", "0"], "--uses"), (["--expires", "soon"], "unit")] {
+        let out = run(hearth(&a).args(["invite", "general"]).args(bad));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {err}");
+        assert!(err.contains(why), "{bad:?}: {err}");
+    }
+
+    // Bob uses the one-use invite; Carol, with the same ticket, is refused.
+    let port = addr.split("/p2p/").next().expect("an address");
+    let start = || start_node("alice's node", &a, &["--listen", port]).0;
+    let an = start();
+    let joined = json(&ok(hearth(&b).args(["--json", "join", &ticket, "--timeout", "60"])));
+    assert_eq!(joined["pending"], false, "{joined}");
+    let log = json_lines(&ok(hearth(&b).args(["--json", "log", "general"])));
+    assert_eq!(texts(&log), ["welcome"]);
+    let refused = refused_join(&c, &ticket);
+    assert!(
+        refused["refused"][0].as_str().is_some_and(|w| w.contains("used up")),
+        "{refused}"
+    );
+    assert!(fails(hearth(&c).args(["log", "general"])).contains("let this device in"));
+    an.terminate();
+
+    let listed = json_lines(&ok(hearth(&a).args(["--json", "invite", "list", "general"])));
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    let used = listed
+        .iter()
+        .find(|i| i["used"] == json!([bob]))
+        .expect("the used invite");
+    assert_eq!(used["closed"], "the invite is used up", "{listed:?}");
+
+    // Revoked: nobody gets in any more. A member (bob) may not invite.
+    assert!(fails(hearth(&b).args(["invite", "general"])).contains("only admins and owners invite"));
+    ok(hearth(&a).args(["invite", "revoke", "general", &id[..8]]));
+    let an = start();
+    let refused = refused_join(&d, &open_ticket);
+    assert!(
+        refused["refused"][0].as_str().is_some_and(|w| w.contains("revoked")),
+        "{refused}"
+    );
+    an.terminate();
+
+    // Past its end: refused before anything is sent.
+    let wait = brief["expires"].as_u64().expect("an end").saturating_sub(unix_now());
+    thread::sleep(Duration::from_secs(wait + 1));
+    let err = fails(hearth(&d).args(["join", brief["ticket"].as_str().expect("ticket"), "--timeout", "5"]));
+    assert!(err.contains("expired"), "{err}");
 }

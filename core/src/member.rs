@@ -22,8 +22,12 @@
 //!    fold runs again without it, until nothing changes.
 //!
 //! Who is a member: the users the roster names (owner, admins, members), and
-//! every other user who writes in the channel (holding the channel key is the
-//! invitation), as a member, unless removed. A removal names, for each device
+//! every other user who writes in the channel (a key holder: let in through
+//! an invite, added, a linked device, or the holder of an old ticket that
+//! carried the key), as a member, unless removed. Invites
+//! ([`Action::Invite`]) let the holder of their secret in: any member writes
+//! the [`Action::Join`], which stands only within the invite's end and uses
+//! and before its revocation. A removal names, for each device
 //! of the removed user, the last entry of its feed its author held
 //! ([`Action::Remove`]'s `upto`): later entries are held, never applied, by
 //! every member. Leaving (removing oneself) cuts nothing.
@@ -996,6 +1000,109 @@ mod tests {
         assert!(r.admits(&user(1), &dev(1), 99), "the user's other devices write on");
         assert_eq!(r.refused.len(), 3, "{:?}", r.refused);
         assert_eq!(r.role(&user(3)), Some(Role::Member));
+    }
+
+    #[test]
+    fn invites_let_in_within_their_end_and_uses_until_revoked() {
+        let secret = crate::SecretKey::from_bytes([9; 32]);
+        let (a, b) = ([1u8; 16], [2u8; 16]);
+        let join = |invite: InviteId, u: u8| {
+            Action::join(user(u), dev(u), invite, sign_join(&secret, &invite, &user(u), &dev(u)))
+        };
+        let open = |id, expires, uses| Action::Invite {
+            id,
+            key: invite_public(&secret),
+            expires,
+            uses,
+        };
+        // Clocks in milliseconds, as ops carry them (hybrid: ms << 16).
+        let t = |ms: u64| ms << 16;
+        let mut forged = join(a, 8);
+        if let Action::Join { sig, .. } = &mut forged {
+            sig[0] ^= 1;
+        }
+        let ops = vec![
+            op(1, 1, t(1), &[], Action::Create),
+            // A member (user 7, a writer not named) may not open an invite.
+            op(7, 1, t(2), &[(1, 1)], open([3; 16], 0, 0)),
+            op(1, 2, t(3), &[(7, 1)], open(a, 1000, 2)),
+            op(1, 3, t(4), &[(1, 2)], open(b, 0, 0)),
+            // Any member lets a holder in: user 7 lets user 4 in.
+            op(7, 2, t(5), &[(1, 3)], join(a, 4)),
+            op(1, 4, t(6), &[(7, 2)], join(a, 4)), // already a member
+            op(1, 5, t(7), &[(1, 4)], forged),     // not signed by the secret
+            op(1, 6, t(8), &[(1, 5)], join(a, 5)),
+            op(1, 7, t(9), &[(1, 6)], join(a, 6)), // used up (2 uses)
+            op(1, 8, t(2000), &[(1, 7)], join(b, 6)),
+            op(1, 9, t(2001), &[(1, 8)], Action::RevokeInvite { id: b }),
+            op(1, 10, t(2002), &[(1, 9)], join(b, 9)), // revoked
+            // Past the end of an invite with uses left: refused.
+            op(1, 11, t(2003), &[(1, 10)], open([4; 16], 2002, 0)),
+            op(1, 12, t(2004), &[(1, 11)], join([4; 16], 10)),
+        ];
+        let r = Roster::fold(ops);
+        let why = |n: u32| r.refused.get(&OpKey { device: dev(1), n }).map(String::as_str);
+        assert_eq!(
+            r.refused.get(&OpKey { device: dev(7), n: 1 }).map(String::as_str),
+            Some("only admins and owners invite")
+        );
+        assert_eq!(why(4), Some("already a member"));
+        assert_eq!(why(5), Some("the join is not signed by the invite's secret"));
+        assert_eq!(why(7), Some("the invite is used up"));
+        assert_eq!(why(10), Some("the invite was revoked"));
+        assert_eq!(why(12), Some("the invite has expired"));
+        assert_eq!(r.invites[&a].used, vec![user(4), user(5)]);
+        assert_eq!(r.invites[&b].used, vec![user(6)]);
+        assert!(r.invites[&b].revoked);
+        for u in [4, 5, 6] {
+            assert_eq!(r.roles.get(&user(u)), Some(&Role::Member), "user {u}");
+        }
+        assert!(!r.roles.contains_key(&user(9)) && !r.roles.contains_key(&user(10)));
+        assert_eq!(r.refused.len(), 6, "{:?}", r.refused);
+    }
+
+    #[test]
+    fn a_removed_user_does_not_come_back_through_an_invite() {
+        let secret = crate::SecretKey::from_bytes([5; 32]);
+        let id = [7u8; 16];
+        let ops = vec![
+            op(1, 1, 10, &[], Action::Create),
+            op(
+                1,
+                2,
+                11,
+                &[(1, 1)],
+                Action::Invite {
+                    id,
+                    key: invite_public(&secret),
+                    expires: 0,
+                    uses: 0,
+                },
+            ),
+            op(
+                1,
+                3,
+                12,
+                &[(1, 2)],
+                Action::Remove {
+                    user: user(4),
+                    upto: vec![],
+                },
+            ),
+            op(
+                1,
+                4,
+                13,
+                &[(1, 3)],
+                Action::join(user(4), dev(4), id, sign_join(&secret, &id, &user(4), &dev(4))),
+            ),
+        ];
+        let r = Roster::fold(ops);
+        assert_eq!(
+            r.refused.get(&OpKey { device: dev(1), n: 4 }).map(String::as_str),
+            Some("removed users come back only when an admin adds them")
+        );
+        assert_eq!(r.role(&user(4)), None);
     }
 
     #[test]

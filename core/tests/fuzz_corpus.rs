@@ -286,6 +286,37 @@ mod seeds {
         ));
         race.extend(frame(3, 3, 1, 21, &[(0, 1)], MemberAction::Create));
         write("member_ops", "valid-concurrent-removal", &race);
+        // Invites: one opened, a join signed by its secret, a revocation, a
+        // join after it (refused), and one past the end of another.
+        let secret = hearth_core::SecretKey::from_bytes([0x5a; 32]);
+        let key = hearth_core::member::invite_public(&secret);
+        let join = |invite: [u8; 16], u: u8| {
+            let (who, device) = (user(u), DeviceId([u; 16]));
+            MemberAction::join(
+                who,
+                device,
+                invite,
+                hearth_core::member::sign_join(&secret, &invite, &who, &device),
+            )
+        };
+        let (a, b) = ([0xa1; 16], [0xb2; 16]);
+        let mut invites = Vec::new();
+        invites.extend(frame(0, 0, 1, 10 << 16, &[], MemberAction::Create));
+        let open = |id, expires, uses| MemberAction::Invite { id, key, expires, uses };
+        invites.extend(frame(0, 0, 2, 11 << 16, &[(0, 1)], open(a, 0, 2)));
+        invites.extend(frame(1, 1, 1, 12 << 16, &[(0, 2)], join(a, 5)));
+        invites.extend(frame(
+            0,
+            0,
+            3,
+            13 << 16,
+            &[(1, 1)],
+            MemberAction::RevokeInvite { id: a },
+        ));
+        invites.extend(frame(0, 0, 4, 14 << 16, &[(0, 3)], join(a, 6)));
+        invites.extend(frame(0, 0, 5, 15 << 16, &[(0, 4)], open(b, 15, 1)));
+        invites.extend(frame(2, 2, 1, 16 << 16, &[(0, 5)], join(b, 7)));
+        write("member_ops", "valid-invites", &invites);
         let mut cycle = Vec::new();
         cycle.extend(frame(2, 2, 1, 5, &[(2, 2)], MemberAction::Create));
         cycle.extend(frame(2, 2, 2, 5, &[(2, 1)], MemberAction::Create));

@@ -324,6 +324,12 @@ pub fn check_member_ops(data: &[u8]) {
     for user in roster.roles.keys() {
         assert!(!roster.removed.contains_key(user), "a user both named and removed");
     }
+    for invite in roster.invites.values() {
+        assert!(
+            invite.uses == 0 || invite.used.len() <= invite.uses as usize,
+            "an invite let in more users than its uses"
+        );
+    }
     if roster.genesis.is_some() {
         assert!(
             roster.roles.values().any(|r| *r == hearth_core::Role::Owner),

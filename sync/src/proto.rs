@@ -174,12 +174,6 @@ pub enum Response {
         /// The bundle, sealed under the link secret.
         sealed: serde_bytes::ByteBuf,
     },
-    /// Answer to Join: the channel's keys and name, sealed to the joining
-    /// device (`hearth_store::Store::accept_invite` opens them).
-    Joined {
-        /// The sealed channel record.
-        sealed: serde_bytes::ByteBuf,
-    },
     /// The request was not served.
     Refused {
         /// Why.
@@ -189,6 +183,12 @@ pub enum Response {
     Granted {
         /// Channels granted and what the relay holds of them.
         vectors: Vec<(WireId, Vector)>,
+    },
+    /// Answer to Join: the channel's keys and name, sealed to the joining
+    /// device (`hearth_store::Store::accept_invite` opens them).
+    Joined {
+        /// The sealed channel record.
+        sealed: serde_bytes::ByteBuf,
     },
 }
 

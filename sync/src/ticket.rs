@@ -598,6 +598,18 @@ mod tests {
         Ticket::link(SecretKey::from_bytes([0xcd; 32]), addrs(), 1_800_000_000).unwrap()
     }
 
+    fn join(expires: Option<u64>) -> Ticket {
+        Ticket::join(
+            ChannelId([0x42; 32]),
+            "général",
+            [0x99; 16],
+            SecretKey::from_bytes([0xef; 32]),
+            expires,
+            addrs(),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn base32_matches_rfc_4648_vectors() {
         let vectors = [
@@ -625,7 +637,13 @@ mod tests {
 
     #[test]
     fn both_kinds_round_trip() {
-        for t in [invite(), link(), Ticket::invite(&keys(), "", vec![]).unwrap()] {
+        for t in [
+            invite(),
+            link(),
+            Ticket::invite(&keys(), "", vec![]).unwrap(),
+            join(Some(1_800_000_000)),
+            join(None),
+        ] {
             let text = t.to_string();
             assert!(text.starts_with(PREFIX));
             assert!(text.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
@@ -845,8 +863,48 @@ mod tests {
     }
 
     #[test]
+    fn an_invite_that_ends_carries_no_channel_key() {
+        let t = join(Some(1_800_000_000));
+        assert!(t.channel_keys().is_none(), "no key to join with");
+        assert_eq!(t.invite_id(), Some([0x99; 16]));
+        assert_eq!(t.expires(), Some(1_800_000_000));
+        assert_eq!(join(None).expires(), None);
+        assert_eq!(t.addrs(), addrs());
+        assert_eq!(invite().invite_id(), None);
+        // A zero end is "never", one text only.
+        let zero = Ticket::join(
+            ChannelId([1; 32]),
+            "",
+            [1; 16],
+            SecretKey::from_bytes([2; 32]),
+            Some(0),
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(zero, join_none_of(&zero));
+        let long = "x".repeat(MAX_NAME_BYTES + 1);
+        assert!(matches!(
+            Ticket::join(
+                ChannelId([1; 32]),
+                long,
+                [1; 16],
+                SecretKey::from_bytes([2; 32]),
+                None,
+                vec![]
+            ),
+            Err(TicketError::TooLarge { .. })
+        ));
+    }
+
+    fn join_none_of(t: &Ticket) -> Ticket {
+        let back: Ticket = t.to_string().parse().unwrap();
+        assert_eq!(back.expires(), None);
+        back
+    }
+
+    #[test]
     fn debug_never_prints_keys() {
-        for (t, hex) in [(invite(), "abab"), (link(), "cdcd")] {
+        for (t, hex) in [(invite(), "abab"), (link(), "cdcd"), (join(None), "efef")] {
             let debug = format!("{t:?} {:?}", Ticket::decode(&t.to_string()));
             assert!(!debug.contains(hex), "{debug}");
             assert!(!debug.to_lowercase().contains(&hex.repeat(2)), "{debug}");

@@ -187,6 +187,10 @@ impl Replica for Evil {
         Replica::grant(&self.store, grants).await
     }
 
+    async fn admit(&self, req: hearth_store::JoinRequest) -> hearth_store::Result<Option<Vec<u8>>> {
+        Replica::admit(&self.store, req).await
+    }
+
     async fn vectors(&self) -> hearth_store::Result<Vec<(WireId, Vector)>> {
         let mut v = Replica::vectors(&self.store).await?;
         if self.forgery == Forgery::ClaimsMore {

@@ -185,6 +185,15 @@ mod seeds {
         write("sync_request", "valid-fetch", &fetch);
         write("sync_request", "valid-push", &push);
         write("sync_request", "valid-grant", &grant);
+        let join = Request::Join {
+            invite: [0x1a; 16],
+            user: hearth_core::UserId([0x2b; 32]),
+            chain: vec![],
+            sig: serde_bytes::ByteArray::new([0x3c; 64]),
+        }
+        .encode();
+        write("sync_request", "valid-join", &join);
+        write("sync_request", "truncated-join", &join[..join.len() - 1]);
         write("sync_request", "truncated-grant", &grant[..grant.len() - 1]);
         write("sync_request", "truncated-fetch", &fetch[..fetch.len() - 1]);
         write("sync_request", "trailing-byte", &trailing);
@@ -226,6 +235,11 @@ mod seeds {
         write("sync_response", "valid-entries", &entries_frame);
         write("sync_response", "valid-ack", &ack);
         write("sync_response", "valid-refused", &refused);
+        let joined = Response::Joined {
+            sealed: ByteBuf::from(vec![0x77; 120]),
+        }
+        .encode();
+        write("sync_response", "valid-joined", &joined);
         write("sync_response", "truncated-ack", &ack[..ack.len() - 3]);
         write("sync_response", "refused-bad-utf8", &bad_utf8);
         write("sync_response", "variant-9", &[9, 0]);
@@ -292,6 +306,28 @@ mod seeds {
         trailing.push(0);
 
         write("ticket", "valid-invite", invite.as_bytes());
+        let join = Ticket::join(
+            ChannelId([0x44; 32]),
+            "general",
+            [0x1a; 16],
+            SecretKey::from_bytes([0x66; 32]),
+            Some(1_800_000_000),
+            addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        )
+        .unwrap()
+        .to_string();
+        write("ticket", "valid-join", join.as_bytes());
+        let forever = Ticket::join(
+            ChannelId([0x44; 32]),
+            "",
+            [0x1b; 16],
+            SecretKey::from_bytes([0x67; 32]),
+            None,
+            vec![],
+        )
+        .unwrap()
+        .to_string();
+        write("ticket", "valid-join-forever-no-addrs", forever.as_bytes());
         write("ticket", "valid-link", link.as_bytes());
         write("ticket", "valid-invite-no-name-no-addrs", bare.as_bytes());
         write(

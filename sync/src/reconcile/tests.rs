@@ -239,7 +239,7 @@ impl Fake {
                     },
                 }
             }
-            Request::Link { .. } => Response::Refused {
+            Request::Link { .. } | Request::Join { .. } => Response::Refused {
                 reason: "no link offer".into(),
             },
         }
@@ -281,6 +281,7 @@ fn drive(mut session: Session, local: &mut Fake, mut peer: impl FnMut(Request) -
                         run.batches.push(entries.len());
                     }
                     Request::Link { .. } => panic!("a session never asks for a link bundle"),
+                    Request::Join { .. } => panic!("a session never asks to join"),
                 }
                 let resp = peer(req);
                 let bytes = resp.encode();
@@ -492,7 +493,7 @@ fn liar(
         }
         Request::Fetch { have, .. } => fetch(&have),
         Request::Push { .. } => push(),
-        Request::Link { .. } | Request::Grant { .. } => panic!("not asked of a member"),
+        Request::Link { .. } | Request::Grant { .. } | Request::Join { .. } => panic!("not asked of a member"),
     }
 }
 
