@@ -40,6 +40,22 @@ use crate::view::{EpochView, Message};
 /// headers. Values written by unknown actors are ignored.
 pub type Devices = HashMap<DeviceId, UserId>;
 
+/// Where a removal or a revocation cuts one device's ops in one document:
+/// its ops from `counter` on do not count (an actor's op counters grow with
+/// each of its changes), and `heads` is the document as that device had it
+/// just before the first of them (the dependencies of that change), where
+/// a value it overwrote past the cut is found again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpCut {
+    /// The first op counter of the device's first change past the cut.
+    pub counter: u64,
+    /// That change's dependencies.
+    pub heads: Vec<automerge::ChangeHash>,
+}
+
+/// The cuts of one document, by device (automerge actor).
+pub type Cuts = HashMap<DeviceId, OpCut>;
+
 /// One epoch of one channel.
 pub struct EpochDoc {
     epoch: Epoch,
@@ -47,6 +63,8 @@ pub struct EpochDoc {
     /// automerge panicked inside an apply: the document may be half-updated and
     /// must be dropped and loaded again from the log.
     broken: bool,
+    /// Ops that do not count in views ([`EpochDoc::set_cuts`]).
+    cuts: Cuts,
 }
 
 fn device_of(actor: &ActorId) -> Option<DeviceId> {
@@ -96,6 +114,7 @@ impl EpochDoc {
             epoch,
             doc,
             broken: false,
+            cuts: Cuts::new(),
         }
     }
 
@@ -112,12 +131,71 @@ impl EpochDoc {
             epoch,
             doc,
             broken: false,
+            cuts: Cuts::new(),
         })
     }
 
     /// The epoch number.
     pub fn epoch(&self) -> Epoch {
         self.epoch
+    }
+
+    /// Set which ops do not count in views: those a removal or revocation
+    /// cuts (what a removed member or a revoked device wrote past its cut:
+    /// its posts, edits, deletes, reactions, read markers, receipts, names).
+    /// A value it overwrote past the cut shows as it was before. Returns
+    /// whether anything changed (the caller rebuilds its view then). The
+    /// roster and key packages ignore cuts (the fold has its own rules).
+    pub fn set_cuts(&mut self, cuts: Cuts) -> bool {
+        if self.cuts == cuts {
+            return false;
+        }
+        self.cuts = cuts;
+        true
+    }
+
+    /// The cut `id` (an op) falls past, if any.
+    fn cut_of(&self, id: &ObjId) -> Option<&OpCut> {
+        if self.cuts.is_empty() {
+            return None;
+        }
+        match id {
+            ObjId::Id(counter, actor, _) => {
+                let cut = self.cuts.get(&device_of(actor)?)?;
+                (*counter >= cut.counter).then_some(cut)
+            }
+            ObjId::Root => None,
+        }
+    }
+
+    /// The user who wrote op `id`, unless a cut leaves it out.
+    fn author(&self, id: &ObjId, devices: &Devices) -> Option<UserId> {
+        if self.cut_of(id).is_some() {
+            return None;
+        }
+        writer(id, devices)
+    }
+
+    /// The newest value under root `key` written by `user` and not cut: for
+    /// a value that `user` overwrote past a cut, the one before it.
+    fn authored_value(&self, key: &str, user: &UserId, devices: &Devices) -> Option<Value<'_>> {
+        let all = self.doc.get_all(ROOT, key).ok()?;
+        for (value, id) in all.into_iter().rev() {
+            if self.author(&id, devices).as_ref() == Some(user) {
+                return Some(value);
+            }
+            if let Some(cut) = self.cut_of(&id)
+                && writer(&id, devices).as_ref() == Some(user)
+            {
+                let before = self.doc.get_all_at(ROOT, key, &cut.heads).ok()?;
+                return before
+                    .into_iter()
+                    .rev()
+                    .find(|(_, id)| self.author(id, devices).as_ref() == Some(user))
+                    .map(|(v, _)| v);
+            }
+        }
+        None
     }
 
     /// Save the whole document (compressed), for a snapshot.
@@ -296,7 +374,7 @@ impl EpochDoc {
         if effects.read_markers {
             for item in self.doc.map_range(ROOT, "rd:".to_string().."rd;".to_string()) {
                 if let Some(rest) = item.key.strip_prefix("rd:") {
-                    read_marker(view, rest, &item.value, writer(&item.id(), devices));
+                    read_marker(view, rest, &item.value, self.author(&item.id(), devices));
                 }
             }
         }
@@ -324,7 +402,7 @@ impl EpochDoc {
                 continue;
             };
             let id = item.id();
-            let w = writer(&id, devices);
+            let w = self.author(&id, devices);
             match kind {
                 "m" => {
                     let Ok(msg) = rest.parse::<MessageId>() else { continue };
@@ -341,7 +419,8 @@ impl EpochDoc {
                         continue;
                     };
                     if item.conflict || w != Some(user) {
-                        // Rare: resolved per message on the slow path below.
+                        // Rare (concurrent writes, a cut): resolved per message
+                        // on the slow path below.
                         slow.push(msg);
                     } else if kind == "x" {
                         deletes.insert((msg, user));
@@ -357,7 +436,7 @@ impl EpochDoc {
                     let (Ok(msg), Ok(user)) = (msg.parse::<MessageId>(), user.parse::<UserId>()) else {
                         continue;
                     };
-                    if item.conflict {
+                    if item.conflict || self.cut_of(&id).is_some() {
                         slow.push(msg);
                     } else if w == Some(user) {
                         reactions.push((msg, user, emoji.to_string()));
@@ -412,14 +491,14 @@ impl EpochDoc {
     /// A message map as it was posted (no edits, deletes or reactions applied),
     /// if its fields are free of conflicts; `None` sends it to the slow path.
     fn fast_post(&self, id: &MessageId, obj: &ObjId, devices: &Devices) -> Option<Message> {
-        let author = writer(obj, devices)?;
+        let author = self.author(obj, devices)?;
         let ObjId::Id(_, actor, _) = obj else { return None };
         if writer_tag(&author, &device_of(actor)?) != id.writer() {
             return None;
         }
         let (mut text, mut reply_to) = (None, None);
         for f in self.doc.map_range(obj, ..) {
-            if f.conflict || writer(&f.id(), devices) != Some(author) {
+            if f.conflict || self.author(&f.id(), devices) != Some(author) {
                 return None;
             }
             match &*f.key {
@@ -440,16 +519,32 @@ impl EpochDoc {
         })
     }
 
+    /// The channel's name: the newest value by any member whose op is not
+    /// cut; one written past a cut gives way to the one before it.
+    fn named(&self, devices: &Devices) -> Option<Value<'_>> {
+        let (value, id) = self.doc.get(ROOT, "name").ok()??;
+        if self.author(&id, devices).is_some() {
+            return Some(value);
+        }
+        let cut = self.cut_of(&id)?;
+        let before = self.doc.get_all_at(ROOT, "name", &cut.heads).ok()?;
+        before
+            .into_iter()
+            .rev()
+            .find(|(_, id)| self.author(id, devices).is_some())
+            .map(|(v, _)| v)
+    }
+
     fn read_meta(&self, view: &mut EpochView, devices: &Devices) {
-        if let Ok(Some((Value::Scalar(s), id))) = self.doc.get(ROOT, "name")
+        if let Some(Value::Scalar(s)) = self.named(devices)
             && let ScalarValue::Str(name) = s.as_ref()
-            && writer(&id, devices).is_some()
         {
             view.name = Some(name.to_string());
         }
         for item in self.doc.map_range(ROOT, "n:".to_string().."n;".to_string()) {
-            if let (Ok(user), Some(name)) = (item.key[2..].parse::<UserId>(), value_str(&item.value))
-                && writer(&item.id(), devices) == Some(user)
+            if let Ok(user) = item.key[2..].parse::<UserId>()
+                && let Some(Value::Scalar(s)) = self.authored_value(&item.key, &user, devices)
+                && let ScalarValue::Str(name) = s.as_ref()
             {
                 view.names.insert(user, name.to_string());
             }
@@ -508,15 +603,6 @@ impl EpochDoc {
         Roster::fold(ops)
     }
 
-    /// The newest value under `key` that `user` wrote, if any.
-    fn authored(&self, key: &str, user: &UserId, devices: &Devices) -> Option<Value<'_>> {
-        let all = self.doc.get_all(ROOT, key).ok()?;
-        all.into_iter()
-            .rev()
-            .find(|(_, id)| writer(id, devices).as_ref() == Some(user))
-            .map(|(v, _)| v)
-    }
-
     /// Materialise one message, or `None` if it does not exist (or was written by
     /// a device no signed header vouches for).
     pub fn message(&self, id: &MessageId, devices: &Devices) -> Option<Message> {
@@ -528,7 +614,7 @@ impl EpochDoc {
             if !matches!(value, Value::Object(ObjType::Map)) {
                 return None;
             }
-            let author = writer(&obj, devices)?;
+            let author = self.author(&obj, devices)?;
             let ObjId::Id(_, actor, _) = &obj else { return None };
             (writer_tag(&author, &device_of(actor)?) == id.writer()).then_some((author, obj))
         })?;
@@ -536,15 +622,15 @@ impl EpochDoc {
             let all = self.doc.get_all(&obj, name).ok()?;
             all.into_iter()
                 .rev()
-                .find(|(_, w)| writer(w, devices) == Some(author))
+                .find(|(_, w)| self.author(w, devices) == Some(author))
                 .and_then(|(v, _)| v.as_str().map(str::to_string))
         };
         let original = field("t")?;
         let reply_to = field("p").and_then(|p| p.parse().ok());
         let a = author.to_hex();
-        let deleted = self.authored(&format!("x:{id}:{a}"), &author, devices).is_some();
+        let deleted = self.authored_value(&format!("x:{id}:{a}"), &author, devices).is_some();
         let edit = self
-            .authored(&format!("e:{id}:{a}"), &author, devices)
+            .authored_value(&format!("e:{id}:{a}"), &author, devices)
             .and_then(|v| v.as_str().map(str::to_string));
         let mut reactions: BTreeMap<String, BTreeSet<UserId>> = BTreeMap::new();
         if !deleted {
@@ -555,7 +641,14 @@ impl EpochDoc {
                     continue;
                 };
                 let Ok(user) = user.parse::<UserId>() else { continue };
-                if writer(&item.id(), devices) == Some(user) {
+                let id = item.id();
+                let counts = if self.cut_of(&id).is_some() {
+                    // Reacted again past a cut: it counts if it did before.
+                    self.authored_value(&item.key, &user, devices).is_some()
+                } else {
+                    writer(&id, devices) == Some(user)
+                };
+                if counts {
                     reactions.entry(emoji.to_string()).or_default().insert(user);
                 }
             }

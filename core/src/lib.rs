@@ -54,7 +54,9 @@ mod view;
 
 pub use channel::{ChannelKeys, ChannelRecord, MAX_GENERATIONS};
 pub use chunk::{CHUNK_MAGIC, MAX_CHANGE_BYTES, chunk_checksum, plain_change, read_leb128, write_leb128};
-pub use doc::{ChangeEffects, Devices, EpochDoc, decode_change, decode_change_effects, decode_change_posts};
+pub use doc::{
+    ChangeEffects, Cuts, Devices, EpochDoc, OpCut, decode_change, decode_change_effects, decode_change_posts,
+};
 pub use envelope::{
     ENVELOPE_V2, ENVELOPE_VERSION, EntryBody, EntryHash, EntryHeader, Envelope, MAX_ENTRY_BYTES, MAX_ENTRY_CERTS,
 };

@@ -86,6 +86,9 @@ pub struct ChannelState {
     pub invited_name: Option<String>,
     /// Messages that removal cuts hide (`crate::cuts`); `None`: to compute.
     pub hidden: Option<std::collections::BTreeSet<MessageId>>,
+    /// Per epoch, the ops cuts leave out of views (`crate::cuts`), as last
+    /// computed with `hidden`.
+    pub cuts: BTreeMap<hearth_core::Epoch, hearth_core::Cuts>,
 }
 
 impl ChannelState {

@@ -6,13 +6,16 @@
 //! before the removal reached it may have written on top of it (automerge
 //! changes depend on everything their writer had), so refusing or undoing it
 //! elsewhere would leave that member's later changes waiting for ever. What
-//! the cut does is hide the messages those entries post, from every query,
-//! on every member alike: the hidden set is a function of the roster and the
-//! feeds, which converge.
+//! the cut does is hide what those entries say, from every query, on every
+//! member alike: the messages they post, and in each epoch document every op
+//! of the cut device from its first change past the cut on (edits, deletes,
+//! reactions, read markers, receipts, names; a value it overwrote shows as
+//! it was before, see [`hearth_core::EpochDoc::set_cuts`]). Both are
+//! functions of the roster and the feeds, which converge.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use hearth_core::{ChannelId, Envelope, MessageId, decode_change_posts};
+use hearth_core::{ChannelId, Cuts, Envelope, Epoch, MessageId, OpCut, decode_change_posts};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -45,20 +48,32 @@ pub(crate) fn decode_held(v: &[u8]) -> Result<(u32, u8)> {
 
 impl Engine {
     /// The messages of a channel that removal cuts hide (computed on first
-    /// use after the roster or a removed user's feed moved).
+    /// use after the roster or a removed user's feed moved). Computing them
+    /// also sets, on every loaded epoch of the channel, which ops the cuts
+    /// leave out of its view (edits, deletes, reactions, read markers,
+    /// receipts and names written past a cut), rebuilding the views that
+    /// change: call it before reading a view.
     pub(crate) fn hidden(&mut self, channel: &ChannelId) -> Result<&BTreeSet<MessageId>> {
         if self.channel(channel)?.hidden.is_none() {
-            let set = self.compute_hidden(channel)?;
-            self.channels.get_mut(channel).expect("checked above").hidden = Some(set);
+            let (set, cuts) = self.compute_hidden(channel)?;
+            let ch = self.channels.get_mut(channel).expect("checked above");
+            ch.hidden = Some(set);
+            ch.cuts = cuts;
+            for ((c, epoch), le) in self.epochs.iter_mut() {
+                if c == channel && le.doc.set_cuts(ch.cuts.get(epoch).cloned().unwrap_or_default()) {
+                    le.view = le.doc.view(&ch.devices);
+                }
+            }
         }
         Ok(self.channel(channel)?.hidden.as_ref().expect("computed above"))
     }
 
-    fn compute_hidden(&mut self, channel: &ChannelId) -> Result<BTreeSet<MessageId>> {
+    fn compute_hidden(&mut self, channel: &ChannelId) -> Result<(BTreeSet<MessageId>, BTreeMap<Epoch, Cuts>)> {
         let roster = self.roster(channel)?;
         let mut out = BTreeSet::new();
+        let mut cuts: BTreeMap<Epoch, Cuts> = BTreeMap::new();
         if roster.removed.is_empty() && roster.revoked.is_empty() {
-            return Ok(out);
+            return Ok((out, cuts));
         }
         let ch = self.channel(channel)?;
         let wire = ch.keys.wire();
@@ -84,12 +99,25 @@ impl Engine {
                 let Ok(body) = Envelope::decode(&bytes).and_then(|e| e.open(&ch.keys)) else {
                     continue;
                 };
-                if let Ok((_, posts)) = decode_change_posts(&body.change, device, &head.user) {
+                if let Ok((change, posts)) = decode_change_posts(&body.change, device, &head.user) {
                     out.extend(posts);
+                    // The device's first change past the cut in this epoch:
+                    // its ops from there on do not count.
+                    let first = OpCut {
+                        counter: change.start_op().get(),
+                        heads: change.deps().to_vec(),
+                    };
+                    let slot = cuts.entry(body.epoch).or_default();
+                    match slot.get(device) {
+                        Some(c) if c.counter <= first.counter => {}
+                        _ => {
+                            slot.insert(*device, first);
+                        }
+                    }
                 }
             }
         }
-        Ok(out)
+        Ok((out, cuts))
     }
 
     /// Whether a removal cut hides `msg` (of `channel`).

@@ -329,6 +329,7 @@ impl Engine {
             owed: BTreeMap::new(),
             invited_name: None,
             hidden: None,
+            cuts: BTreeMap::new(),
         };
         let owed_key = channel_prefix(T_OWED, &wire);
         if let Some(v) = self.tree.get(owed_key)? {
@@ -447,6 +448,7 @@ impl Engine {
                     changes.push(decode_change(&body.change, &dev, user)?);
                 }
                 doc.apply_remote(changes)?;
+                doc.set_cuts(ch.cuts.get(&epoch).cloned().unwrap_or_default());
                 let view = doc.view(&ch.devices);
                 let queued = doc.has_queued();
                 LoadedEpoch {

@@ -94,9 +94,11 @@ impl Engine {
             .copied()
             .collect();
         for c in candidates {
+            // Cuts first: they may change the view.
+            let hidden = self.is_hidden(&c, msg)?;
             if self.ensure_epoch(c, msg.epoch(), false)?
                 && let Some(m) = self.loaded(&c, msg.epoch()).and_then(|le| le.view.get(msg))
-                && !self.is_hidden(&c, msg)?
+                && !hidden
             {
                 return Ok(Located { channel: c, message: m });
             }
@@ -209,6 +211,7 @@ impl Engine {
     pub(crate) fn members(&mut self, channel: &ChannelId) -> Result<BTreeMap<UserId, String>> {
         self.channel(channel)?;
         self.ensure_epoch(*channel, META_EPOCH, false)?;
+        self.hidden(channel)?;
         Ok(self
             .loaded(channel, META_EPOCH)
             .map(|le| le.view.names.clone())
@@ -326,6 +329,7 @@ impl Engine {
     /// name its invite gave it.
     fn channel_name(&mut self, channel: &ChannelId) -> Result<String> {
         self.ensure_epoch(*channel, META_EPOCH, false)?;
+        self.hidden(channel)?;
         let own = self.loaded(channel, META_EPOCH).and_then(|le| le.view.name.clone());
         Ok(own
             .or_else(|| self.channels.get(channel).and_then(|ch| ch.invited_name.clone()))

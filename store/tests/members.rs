@@ -585,3 +585,82 @@ async fn concurrent_rotations_keep_both_keys_and_agree_on_one() {
         s.close().await.unwrap();
     }
 }
+
+/// What a removed member does past its cut to what was there before does
+/// not show either: an edit (the message shows as before it, with an edit
+/// made before the cut kept), a delete, a reaction, a rename of the channel,
+/// a new display name. The same on a member that showed them before the
+/// removal reached it, and after a reopen.
+#[tokio::test]
+async fn a_removed_members_edits_deletes_reactions_and_renames_past_the_cut_do_not_count() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let pass = Passphrase::new("pw");
+    let alice = Store::create(dirs[0].path(), &pass, "alice", config()).await.unwrap();
+    let bob = Store::create(dirs[1].path(), &pass, "bob", config()).await.unwrap();
+    let carol = Store::create(dirs[2].path(), &pass, "carol", config()).await.unwrap();
+    let b = bob.whoami().user;
+    let ch = alice.create_channel("general").await.unwrap();
+    let keys = alice.channel_keys(ch).await.unwrap();
+    let wire = keys.wire();
+    bob.join_channel(keys.clone()).await.unwrap();
+    carol.join_channel(keys).await.unwrap();
+    let hello = alice.post(ch, "alice's message").await.unwrap();
+    pull(&alice, &bob, wire, ch).await;
+    let mine = bob.post(ch, "bob's message").await.unwrap();
+    let other = bob.post(ch, "bob's other message").await.unwrap();
+    bob.edit(mine, "bob's message, edited").await.unwrap();
+    bob.react(hello, "👍").await.unwrap();
+    pull(&bob, &alice, wire, ch).await;
+    pull(&alice, &carol, wire, ch).await;
+    let before = |s: &Store| {
+        let s = s.clone();
+        async move {
+            let page = s.page(ch, None, 10).await.unwrap();
+            let by_id = |id| page.iter().find(|m| m.id == id).cloned();
+            (
+                by_id(hello).map(|m| m.reactions),
+                by_id(mine).and_then(|m| m.text),
+                by_id(other).map(|m| m.deleted),
+                s.channel(ch).await.unwrap().name,
+                s.members(ch).await.unwrap().get(&b).cloned(),
+            )
+        }
+    };
+    let want = before(&alice).await;
+    assert_eq!(want.1.as_deref(), Some("bob's message, edited"));
+    assert_eq!(want.3, "general");
+
+    // Alice removes Bob; Bob, who has not heard, goes on.
+    alice.remove_member(ch, b).await.unwrap();
+    bob.edit(mine, "SPAM SPAM SPAM").await.unwrap();
+    bob.delete(other).await.unwrap();
+    bob.react(hello, "🤡").await.unwrap();
+    bob.unreact(hello, "👍").await.unwrap();
+    bob.rename_channel(ch, "pwned").await.unwrap();
+    // Carol takes Bob's late entries before the removal, and shows them.
+    pull(&bob, &carol, wire, ch).await;
+    let shown = before(&carol).await;
+    assert_eq!(shown.1.as_deref(), Some("SPAM SPAM SPAM"));
+    assert_eq!(shown.3, "pwned");
+    pull(&bob, &alice, wire, ch).await;
+    pull(&alice, &carol, wire, ch).await;
+    for s in [&alice, &carol] {
+        let got = before(s).await;
+        assert_eq!(got.1, want.1, "the edit past the cut does not show");
+        assert_eq!(got.2, Some(false), "the delete past the cut does not count");
+        assert_eq!(got.3, "general", "the rename past the cut does not count");
+        assert_eq!(got.4, want.4);
+        let reactions = got.0.unwrap();
+        assert!(!reactions.contains_key("🤡"), "{reactions:?}");
+        // An unreact is a deletion, which leaves nothing to tell its op by:
+        // the reaction taken back past the cut is gone (docs/trust.md).
+        assert!(!reactions.get("👍").is_some_and(|u| u.contains(&alice.whoami().user)));
+    }
+    let carol_view = before(&carol).await;
+    carol.close().await.unwrap();
+    let carol = Store::open(dirs[2].path(), &pass, config()).await.unwrap();
+    assert_eq!(before(&carol).await, carol_view, "the same after a reopen");
+    for s in [alice, bob, carol] {
+        s.close().await.unwrap();
+    }
+}
