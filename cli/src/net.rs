@@ -85,6 +85,21 @@ pub async fn invite(
         }));
     } else {
         println!("{ticket}");
+        if let Some(id) = ticket.invite_id() {
+            let id = hearth::core::member::invite_hex(&id);
+            let uses = if uses == 0 {
+                "any number of users".to_string()
+            } else {
+                format!("{uses} user(s)")
+            };
+            let ends = expires.map_or("until revoked".to_string(), |d| format!("for {} s", d.as_secs()));
+            eprintln!(
+                "invite {}: lets in {uses}, {ends}; the ticket holds no channel key. End it with `hearth invite revoke {} {}`",
+                &id[..8],
+                channel.to_hex().get(..8).unwrap_or_default(),
+                &id[..8]
+            );
+        }
     }
     Ok(())
 }
