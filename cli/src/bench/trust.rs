@@ -7,7 +7,10 @@
 //! same run: the sealing alone (`KeyPackage::seal` for as many devices, the
 //! floor any design pays), and a durable post in the same channel (what any
 //! write costs here). Each removal takes one member away, so the devices left
-//! shrink by one per round; the median round is reported.
+//! shrink by one per round; the median round is reported. Then, as many
+//! times, a member's node letting a new device in through an invite
+//! (`Store::admit`: the checks, the durable join op, every key generation
+//! sealed to the device).
 
 use std::time::{Duration, Instant};
 
@@ -92,9 +95,26 @@ pub async fn run(args: &TrustArgs, json_out: bool) -> Result<std::process::ExitC
         h.post(ch, "a message").await?;
         post.push(ms(t.elapsed()));
     }
+    // Letting a device in through an invite (what a member's node does for a
+    // ticket holder): the checks, the durable join op, every key generation
+    // sealed to the device.
+    let invite = h.create_invite(ch, None, 0).await?;
+    let mut admit = Vec::new();
+    for _ in 0..rounds {
+        let id = Identity::generate("joiner")?;
+        let req = hearth::JoinRequest {
+            invite: invite.id,
+            user: id.user(),
+            chain: vec![id.device_cert().expect("a new identity has a certificate").clone()],
+            sig: hearth::core::member::sign_join(&invite.secret, &invite.id, &id.user(), &id.device()),
+        };
+        let t = Instant::now();
+        h.admit(req).await?;
+        admit.push(ms(t.elapsed()));
+    }
     let generation = h.channel_keys(ch).await?.current_generation();
     h.close().await?;
-    let (r, s, p) = (median(removal), median(seal_only), median(post));
+    let (r, s, p, a) = (median(removal), median(seal_only), median(post), median(admit));
     let out = json!({
         "devices": args.devices,
         "rounds": rounds,
@@ -105,6 +125,8 @@ pub async fn run(args: &TrustArgs, json_out: bool) -> Result<std::process::ExitC
         "post_ms_p50": p,
         "removal_over_seal": r / s,
         "removal_over_post": r / p,
+        "invite_admit_ms_p50": a,
+        "admit_over_post": a / p,
         "target_ms": 50,
     });
     if json_out {
@@ -113,10 +135,12 @@ pub async fn run(args: &TrustArgs, json_out: bool) -> Result<std::process::ExitC
         println!(
             "removal with rotation, {} member devices: p50 {r:.2} ms (target < 50 ms)\n\
              sealing the key alone: p50 {s:.2} ms; removal / sealing = {:.2}\n\
-             a durable post: p50 {p:.2} ms; removal / post = {:.2}",
+             a durable post: p50 {p:.2} ms; removal / post = {:.2}\n\
+             letting a device in through an invite (generation {generation}): p50 {a:.2} ms; / post = {:.2}",
             args.devices,
             r / s,
-            r / p
+            r / p,
+            a / p
         );
     }
     Ok(std::process::ExitCode::SUCCESS)
