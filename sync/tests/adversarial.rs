@@ -1092,9 +1092,10 @@ async fn a_pushed_gap_is_refused_without_dropping_the_peer() {
     f.finish(Vec::new()).await;
 }
 
-/// A peer of protocol 1 (`/hearth/sync/1`), listening: it answers nothing
-/// (a protocol 1 node negotiates nothing with a protocol 2 one anyway).
-async fn protocol_1_peer() -> (PeerId, Multiaddr) {
+/// A peer of an older protocol (`protocol`, e.g. `/hearth/sync/1`),
+/// listening: it answers nothing (it negotiates nothing with this one
+/// anyway).
+async fn old_protocol_peer(protocol: &'static str) -> (PeerId, Multiaddr) {
     let mut swarm = SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
@@ -1106,7 +1107,7 @@ async fn protocol_1_peer() -> (PeerId, Multiaddr) {
         .with_behaviour(|_| {
             request_response::Behaviour::with_codec(
                 RawCodec,
-                [(StreamProtocol::new("/hearth/sync/1"), ProtocolSupport::Full)],
+                [(StreamProtocol::new(protocol), ProtocolSupport::Full)],
                 request_response::Config::default(),
             )
         })
@@ -1128,14 +1129,20 @@ async fn protocol_1_peer() -> (PeerId, Multiaddr) {
     (id, addr.with(libp2p::multiaddr::Protocol::P2p(id)))
 }
 
-/// A peer that speaks only an older version of the sync protocol is reported
-/// as incompatible (in events and in status), and neither banned nor told
-/// anything.
+/// A peer that speaks only an older version of the sync protocol (1, or 2:
+/// before invites ended) is reported as incompatible (in events and in
+/// status), and neither banned nor told anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_of_an_older_protocol_is_reported_incompatible_not_banned() {
+    for protocol in hearth_sync::proto::OLD_PROTOCOLS {
+        a_peer_of_this_older_protocol_is_reported_incompatible(protocol).await;
+    }
+}
+
+async fn a_peer_of_this_older_protocol_is_reported_incompatible(protocol: &'static str) {
     let f = fixture().await;
     let mut events = f.node.subscribe();
-    let (old, addr) = protocol_1_peer().await;
+    let (old, addr) = old_protocol_peer(protocol).await;
     f.node.dial(addr).await.unwrap();
     let seen = wait_for(
         &mut events,
@@ -1143,7 +1150,7 @@ async fn a_peer_of_an_older_protocol_is_reported_incompatible_not_banned() {
         |e| matches!(e, NodeEvent::Incompatible { peer, .. } if *peer == old),
     )
     .await;
-    assert!(seen.is_some(), "no incompatible event");
+    assert!(seen.is_some(), "no incompatible event for a peer of {protocol}");
     let status = f.node.status().await.unwrap();
     let s = status.iter().find(|s| s.peer == old).expect("the peer is known");
     assert!(s.incompatible && s.connected, "{s:?}");
