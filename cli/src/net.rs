@@ -119,10 +119,15 @@ pub async fn join(h: &Hearth, ticket: &str, timeout: Duration, as_json: bool) ->
     let mut refused = Vec::new();
     if !timeout.is_zero() {
         for addr in ticket.addrs() {
-            match sync_once_joining(h, addr.clone(), timeout).await {
-                Ok((o, r)) => {
-                    refused.extend(r);
-                    synced = Some((addr.clone(), o));
+            let before = held_entries(h).await?;
+            match sync_once(h, addr.clone(), false, timeout).await {
+                Ok(o) => {
+                    // The peer may push the new channel's entries itself (its
+                    // session started when the join was written): count what
+                    // is held now.
+                    let received = held_entries(h).await?.saturating_sub(before);
+                    refused.extend(o.refused);
+                    synced = Some((addr.clone(), (received, o.sent)));
                     break;
                 }
                 Err(e) => eprintln!("note: {addr}: {e:#}"),
@@ -185,38 +190,18 @@ async fn held_entries(h: &Hearth) -> Result<u64> {
         .fold(0u64, |n, (_, p)| n.saturating_add(p.seq)))
 }
 
-/// [`sync_once`], letting pending invites in through the peer first.
-async fn sync_once_joining(
-    h: &Hearth,
-    addr: Multiaddr,
-    timeout: Duration,
-) -> Result<((u64, u64), Vec<(String, String)>)> {
-    let peer = hearth::sync::peer_of(&addr).context("the address must end in /p2p/<peer id>")?;
-    let node = h.start_node(NodeConfig::default()).await?;
-    let before = held_entries(h).await?;
-    let res = tokio::time::timeout(timeout, async {
-        let mut events = node.subscribe();
-        node.dial(addr.clone()).await?;
-        node.wait_connected(peer, Duration::from_secs(3600)).await?;
-        let attempt = h.join_through(&node, peer).await?;
-        let (_, sent) = sync_until_equal_subscribed(h, &node, peer, &mut events).await?;
-        // The peer may push the new channel's entries itself (its session
-        // started when the join was written): count what is held now.
-        let received = held_entries(h).await?.saturating_sub(before);
-        Ok::<_, anyhow::Error>(((received, sent), attempt.refused))
-    })
-    .await;
-    node.stop().await.ok();
-    match res {
-        Ok(r) => r,
-        Err(_) => bail!("not in sync after {} s", timeout.as_secs()),
-    }
+/// What [`sync_once`] did: entries received and sent, and the invites kept
+/// by `hearth join` that the peer did not take (channel name, why).
+struct SyncedOnce {
+    received: u64,
+    sent: u64,
+    refused: Vec<(String, String)>,
 }
 
-/// Dial one peer, reconcile until a session finds every shared channel equal
-/// (with `trusted`, the peer is a relay this user trusts: it is granted every
-/// channel). Returns (entries received, entries sent).
-async fn sync_once(h: &Hearth, addr: Multiaddr, trusted: bool, timeout: Duration) -> Result<(u64, u64)> {
+/// Dial one peer, let pending invites in through it, reconcile until a
+/// session finds every shared channel equal (with `trusted`, the peer is a
+/// relay this user trusts: it is granted every channel).
+async fn sync_once(h: &Hearth, addr: Multiaddr, trusted: bool, timeout: Duration) -> Result<SyncedOnce> {
     let peer = hearth::sync::peer_of(&addr).context("the address must end in /p2p/<peer id>")?;
     let node = h
         .start_node(NodeConfig {
@@ -232,25 +217,14 @@ async fn sync_once(h: &Hearth, addr: Multiaddr, trusted: bool, timeout: Duration
     }
 }
 
-async fn sync_until_equal(h: &Hearth, node: &NodeHandle, addr: Multiaddr) -> Result<(u64, u64)> {
+async fn sync_until_equal(h: &Hearth, node: &NodeHandle, addr: Multiaddr) -> Result<SyncedOnce> {
     let peer = hearth::sync::peer_of(&addr).context("the address must end in /p2p/<peer id>")?;
     // Count every session with the peer: the one the node starts on connect too.
     let mut events = node.subscribe();
     node.dial(addr).await?;
     node.wait_connected(peer, Duration::from_secs(3600)).await?;
     // Invites kept by `hearth join` are let in through any member's node.
-    for (name, why) in h.join_through(node, peer).await?.refused {
-        eprintln!("note: the invite to {name} was not taken: {why}");
-    }
-    sync_until_equal_subscribed(h, node, peer, &mut events).await
-}
-
-async fn sync_until_equal_subscribed(
-    h: &Hearth,
-    node: &NodeHandle,
-    peer: hearth::sync::PeerId,
-    events: &mut tokio::sync::broadcast::Receiver<NodeEvent>,
-) -> Result<(u64, u64)> {
+    let refused = h.join_through(node, peer).await?.refused;
     loop {
         let o = node.sync_with(peer).await?;
         // This device's delivery receipts for what arrived (in this session or
@@ -272,7 +246,11 @@ async fn sync_until_equal_subscribed(
                     sent += s;
                 }
             }
-            return Ok((received, sent));
+            return Ok(SyncedOnce {
+                received,
+                sent,
+                refused,
+            });
         }
         if o.failed.is_some() {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -284,7 +262,14 @@ async fn sync_until_equal_subscribed(
 /// `hearth sync --peer ADDR`: exit 0 once both sides hold the same entries.
 pub async fn sync(h: &Hearth, peer: &Multiaddr, trusted: bool, timeout: Duration, as_json: bool) -> Result<ExitCode> {
     match sync_once(h, peer.clone(), trusted, timeout).await {
-        Ok((received, sent)) => {
+        Ok(SyncedOnce {
+            received,
+            sent,
+            refused,
+        }) => {
+            for (name, why) in refused {
+                eprintln!("note: the invite to {name} was not taken: {why}");
+            }
             if as_json {
                 print_json(
                     &json!({"event": "synced", "peer": peer.to_string(), "received": received, "sent": sent, "in_sync": true}),
@@ -711,7 +696,7 @@ pub async fn init_linked(
     let mut synced = (0, 0);
     for addr in ticket.addrs() {
         if let Ok(r) = sync_once(&h, addr.clone(), false, timeout).await {
-            synced = r;
+            synced = (r.received, r.sent);
             break;
         }
     }
