@@ -187,15 +187,27 @@ impl EpochDoc {
             if let Some(cut) = self.cut_of(&id)
                 && writer(&id, devices).as_ref() == Some(user)
             {
-                let before = self.doc.get_all_at(ROOT, key, &cut.heads).ok()?;
-                return before
-                    .into_iter()
-                    .rev()
-                    .find(|(_, id)| self.author(id, devices).as_ref() == Some(user))
-                    .map(|(v, _)| v);
+                return self.before_cut(key, cut, devices, |w| w == Some(*user));
             }
         }
         None
+    }
+
+    /// The newest value under root `key`, as the document was before `cut`,
+    /// whose (uncut) writer satisfies `counts`.
+    fn before_cut(
+        &self,
+        key: &str,
+        cut: &OpCut,
+        devices: &Devices,
+        counts: impl Fn(Option<UserId>) -> bool,
+    ) -> Option<Value<'_>> {
+        let before = self.doc.get_all_at(ROOT, key, &cut.heads).ok()?;
+        before
+            .into_iter()
+            .rev()
+            .find(|(_, id)| counts(self.author(id, devices)))
+            .map(|(v, _)| v)
     }
 
     /// Save the whole document (compressed), for a snapshot.
@@ -526,13 +538,7 @@ impl EpochDoc {
         if self.author(&id, devices).is_some() {
             return Some(value);
         }
-        let cut = self.cut_of(&id)?;
-        let before = self.doc.get_all_at(ROOT, "name", &cut.heads).ok()?;
-        before
-            .into_iter()
-            .rev()
-            .find(|(_, id)| self.author(id, devices).is_some())
-            .map(|(v, _)| v)
+        self.before_cut("name", self.cut_of(&id)?, devices, |w| w.is_some())
     }
 
     fn read_meta(&self, view: &mut EpochView, devices: &Devices) {
