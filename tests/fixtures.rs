@@ -20,7 +20,10 @@
 //! are the same scenario again, and so are the `v4` stores (devices with
 //! keys of their own, written before entries were signed by them) and relay
 //! (access grants), and the `v5` stores (entries signed by device keys,
-//! written before channels had rosters).
+//! written before channels had rosters), and the `v6` stores (rosters: an
+//! admin, two invites, one revoked; written before devices moved to keyed
+//! ids). Every device of them moves to its keyed id at its first open
+//! (format 7): its answers are the same, its old id a former one.
 //!
 //! Write the fixtures of a format only with the code of that format:
 //! `HEARTH_WRITE_FIXTURES=v2 cargo test --test fixtures -- --ignored`.
@@ -37,7 +40,7 @@ use serde_json::{Value, json};
 
 #[path = "support/answers.rs"]
 mod answers;
-use answers::{answers, copy_dir, feeds, pull};
+use answers::{answers, copy_dir, feeds, pull, this_device};
 
 const PASS: &str = "fixture passphrase";
 const STORES: [&str; 2] = ["alice", "alice-phone"];
@@ -80,6 +83,11 @@ async fn v5_stores_open_migrate_and_answer_the_same() {
     old_stores_open_migrate_and_answer_the_same("v5", 5).await;
 }
 
+#[tokio::test]
+async fn v6_stores_open_migrate_and_answer_the_same() {
+    old_stores_open_migrate_and_answer_the_same("v6", 6).await;
+}
+
 async fn old_stores_open_migrate_and_answer_the_same(format: &str, number: u8) {
     let tmp = tempfile::tempdir().expect("tmp");
     let pass = Passphrase::new(PASS);
@@ -96,26 +104,44 @@ async fn old_stores_open_migrate_and_answer_the_same(format: &str, number: u8) {
         assert_eq!(s.open_report().migrated_from, migrated, "{name}: migrated");
         assert_eq!(s.open_report().rebuilt, None, "{name}: sled was fine");
         s.flush_receipts().await.expect("receipts");
-        // The device has its own keys now (format 4), certified by its user as
-        // keeping the device id its feeds were written under.
+        // The device has its own keys now (format 4), and writes under its
+        // keyed id (format 7), certified by its user; the id its feeds were
+        // written under is a former id.
+        let old_device = expected["answers"]["device"].as_str().expect("device").to_string();
         let cert = s.device_cert().await.expect("a device certificate");
         assert_eq!((cert.body.device, cert.body.user), (s.whoami().device, s.whoami().user));
-        assert_eq!(
-            cert.body.legacy,
-            number < 4,
-            "{name}: a kept id only for an older store"
-        );
+        assert!(!cert.body.legacy, "{name}: on its keyed id");
+        assert!(hearth::core::device::is_keyed_id(&s.whoami().device), "{name}");
+        let former: Vec<String> = s.whoami().former.iter().map(|d| d.to_string()).collect();
+        if number < 7 {
+            assert_eq!(former, vec![old_device.clone()], "{name}: the old id is a former one");
+            assert_eq!(
+                s.open_report().moved_from.map(|d| d.to_string()),
+                Some(old_device.clone()),
+                "{name}: moved at this open"
+            );
+        }
         hearth::core::device::verify_chain(std::slice::from_ref(&cert)).expect("the certificate verifies");
         let got = answers(&s).await;
-        assert_eq!(got, expected["answers"], "{name}: answers differ after migration");
+        assert_eq!(
+            this_device(&got, &s),
+            this_device(&expected["answers"], &s),
+            "{name}: answers differ after migration"
+        );
         let held = feeds(&s).await;
         // Remote feeds come back exactly; this device's own feed may have more
         // entries (journal replay closes its own), never fewer.
         let want: BTreeMap<String, BTreeMap<String, u64>> =
             serde_json::from_value(expected["feeds"].clone()).expect("feeds json");
+        let new_id = s.whoami().device.to_string();
         for (wire, feeds) in &want {
             for (device, seq) in feeds {
-                let have = held.get(wire).and_then(|f| f.get(device)).copied().unwrap_or(0);
+                let mut have = held.get(wire).and_then(|f| f.get(device)).copied().unwrap_or(0);
+                if *device == old_device {
+                    // What this device wrote at this open (receipts owed)
+                    // went to its new feed.
+                    have += held.get(wire).and_then(|f| f.get(&new_id)).copied().unwrap_or(0);
+                }
                 assert!(have >= *seq, "{name}: feed {wire}/{device} has {have} of {seq}");
             }
         }
@@ -139,10 +165,11 @@ async fn old_stores_open_migrate_and_answer_the_same(format: &str, number: u8) {
             "{name}: the same keys after a rebuild"
         );
         assert_eq!(
-            answers(&s).await,
-            expected["answers"],
+            this_device(&answers(&s).await, &s),
+            this_device(&expected["answers"], &s),
             "{name}: answers differ after a reopen"
         );
+        assert_eq!(s.open_report().moved_from, None, "{name}: moved once");
         assert_eq!(feeds(&s).await, held, "{name}: feeds changed at a reopen");
         // It writes on, now signing with its device key (entry format 2): its
         // feed's first such entry carries the chain, and it all verifies.
@@ -173,6 +200,32 @@ async fn old_stores_open_migrate_and_answer_the_same(format: &str, number: u8) {
                 .iter()
                 .all(|e| e.header.version == hearth::core::ENVELOPE_V2)
         );
+        if number >= 6 {
+            // Rosters (format 6): every channel has one from its creation; in
+            // `general`, Bob made an admin, two invites, one of them revoked.
+            let mut admins = Vec::new();
+            for info in s.channels().await.expect("channels") {
+                let r = s.roster(info.id).await.expect("roster");
+                assert!(r.started, "{name}");
+                let roles: Vec<_> = r.members.iter().filter_map(|m| m.role).collect();
+                assert!(roles.contains(&hearth::core::Role::Owner), "{name}: {r:?}");
+                if roles.contains(&hearth::core::Role::Admin) {
+                    admins.push(info.id);
+                }
+            }
+            assert_eq!(admins.len(), 1, "{name}: one channel with an admin");
+            let invites = s.invites(admins[0]).await.expect("invites");
+            assert_eq!(invites.len(), 2, "{name}");
+            assert_eq!(
+                invites.iter().filter(|i| i.closed.is_some()).count(),
+                1,
+                "{name}: {invites:?}"
+            );
+            let v = s.verify().await.expect("verify");
+            assert!(v.is_clean(), "{name}: {v:?}");
+            s.close().await.expect("close");
+            continue;
+        }
         // A channel older than rosters has none: every writer is a member,
         // until one of them claims it by managing it.
         let roster = s.roster(c).await.expect("roster");
@@ -415,4 +468,97 @@ async fn relay_holdings(relay: &RelayStore) -> Value {
         );
     }
     Value::Object(out)
+}
+
+/// Opens the `v6` stores (their devices move to keyed ids) and finds
+/// `general`, the channel where Bob is an admin, and Bob.
+async fn moved_v6(tmp: &Path) -> (Store, Store, hearth::ChannelId, hearth::UserId) {
+    let pass = Passphrase::new(PASS);
+    let mut open = Vec::new();
+    for name in STORES {
+        let dir = tmp.join(name);
+        copy_dir(&fixtures("v6").join(name), &dir);
+        let s = Store::open(&dir, &pass, config()).await.expect("open");
+        assert!(s.open_report().moved_from.is_some(), "{name} moved");
+        open.push(s);
+    }
+    let phone = open.pop().expect("phone");
+    let alice = open.pop().expect("alice");
+    for info in alice.channels().await.expect("channels") {
+        let r = alice.roster(info.id).await.expect("roster");
+        if let Some(bob) = r.members.iter().find(|m| m.role == Some(hearth::core::Role::Admin)) {
+            return (alice, phone, info.id, bob.user);
+        }
+    }
+    panic!("no channel with an admin");
+}
+
+fn texts(page: &[hearth::Message]) -> Vec<String> {
+    page.iter().filter_map(|m| m.text.clone()).collect()
+}
+
+/// A key package written by a member who knew a device only by its former
+/// id (before it moved to its keyed id) opens on that device.
+#[tokio::test]
+async fn a_moved_device_opens_keys_sealed_to_its_former_id() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (alice, phone, general, bob) = moved_v6(tmp.path()).await;
+    // The phone has not seen Alice's new id: removing Bob rotates the key to
+    // the devices it knows, Alice's under her former id.
+    phone.remove_member(general, bob).await.expect("remove bob");
+    let generations = phone.channel_keys(general).await.expect("keys").current_generation();
+    assert!(generations >= 1, "the removal rotated the key");
+    phone.post(general, "after the rotation").await.expect("post");
+    pull(&phone, &alice, general).await;
+    assert_eq!(
+        alice.channel_keys(general).await.expect("keys").current_generation(),
+        generations,
+        "the package to the former id opened"
+    );
+    assert!(texts(&alice.page(general, None, 100).await.expect("page")).contains(&"after the rotation".to_string()));
+    // Alice writes on under the new generation, as her new device; the phone reads it.
+    alice.post(general, "alice, moved").await.expect("post");
+    pull(&alice, &phone, general).await;
+    assert!(texts(&phone.page(general, None, 100).await.expect("page")).contains(&"alice, moved".to_string()));
+    for s in [alice, phone] {
+        assert!(s.verify().await.expect("verify").is_clean());
+        s.close().await.expect("close");
+    }
+}
+
+/// A device revoked under its former id by a sibling that has not seen its
+/// new one is revoked under both: it cannot write, what it writes under its
+/// new id is not shown, and the next key does not reach it. A sibling that
+/// knows both ids revokes both.
+#[tokio::test]
+async fn a_revocation_of_a_former_id_follows_the_key() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (alice, phone, general, _) = moved_v6(tmp.path()).await;
+    let former = alice.whoami().former[0];
+    assert!(phone.revoke_device(former).await.expect("revoke") >= 1);
+    // Alice, unaware yet, writes under her new id.
+    alice.post(general, "from the stolen laptop").await.expect("post");
+    pull(&alice, &phone, general).await;
+    let shown = texts(&phone.page(general, None, 100).await.expect("page"));
+    assert!(!shown.contains(&"from the stolen laptop".to_string()), "{shown:?}");
+    assert!(
+        shown.contains(&"general message 1".to_string()),
+        "what it wrote before stays"
+    );
+    // The phone's next post is under a key the laptop does not get.
+    phone
+        .post(general, "the laptop must not read this")
+        .await
+        .expect("post");
+    pull(&phone, &alice, general).await;
+    let seen = texts(&alice.page(general, None, 100).await.expect("page"));
+    assert!(!seen.contains(&"the laptop must not read this".to_string()), "{seen:?}");
+    let err = alice.post(general, "more").await.expect_err("revoked");
+    assert!(err.to_string().contains("revoked"), "{err}");
+    // The phone knows both ids now: a revocation names both.
+    let listed = phone.devices().await.expect("devices");
+    assert!(listed.iter().any(|d| d.device == alice.whoami().device));
+    for s in [alice, phone] {
+        s.close().await.expect("close");
+    }
 }

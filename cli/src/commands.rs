@@ -484,14 +484,20 @@ async fn device(cli: &Cli, h: &Hearth, cmd: &DeviceCmd) -> Result<()> {
             for d in h.devices().await? {
                 if cli.json {
                     print_json(&json!({
-                        "device": d.device.to_hex(), "this": d.this,
+                        "device": d.device.to_hex(), "this": d.this, "former": d.former,
                         "channels": d.channels, "revoked_in": d.revoked_in,
                     }));
                 } else {
                     println!(
                         "{}{}  {} channel(s){}",
                         d.device,
-                        if d.this { " (this device)" } else { "" },
+                        if d.this {
+                            " (this device)"
+                        } else if d.former {
+                            " (this device's former id: its old feeds)"
+                        } else {
+                            ""
+                        },
                         d.channels,
                         if d.revoked_in > 0 {
                             format!(", revoked in {}", d.revoked_in)

@@ -1,5 +1,4 @@
-//! Device keys and device certificates (issue 8, item 1; not yet used by
-//! feed entries: docs/trust.md has the plan).
+//! Device keys and device certificates (issue 8, item 1).
 //!
 //! Each device has its own ed25519 signing key and X25519 key-agreement key.
 //! Its id is derived from its signing key ([`device_id_of`]), so nobody can
@@ -11,9 +10,11 @@
 //! cert  = postcard { version u8 (= 1), user [32], device [16], signing [32], kx [32],
 //!                    issuer (0 User | 1 Device [16]), issued u64 (unix ms), legacy bool } | sig [64]
 //! sig   = ed25519 by the issuer over "hearth v2 device cert" 0x00 | the postcard part (verify_strict)
-//! device = device_id_of(signing), unless `legacy`: a device that wrote feeds
-//!          before it had keys keeps its random id, bound to the new keys by
-//!          its user (never by another device)
+//! device = device_id_of(signing) (a keyed id: 12 bytes of a hash of the key and
+//!          a 4-byte check), or the plain hash formats 4 to 6 derived
+//!          (`device_id_v2`, for feeds written then); with `legacy`, a random
+//!          id a device wrote feeds under before it had keys, bound to its
+//!          keys by its user (never by another device, never a keyed id)
 //! ```
 //!
 //! Sealing to a device ([`seal_to_device`]) is what key rotation (item 3)
@@ -53,8 +54,37 @@ pub fn domain_message(domain: &[u8], msg: &[u8]) -> Vec<u8> {
     m
 }
 
-/// The id of the device whose signing public key is `signing`.
+/// The id of the device whose signing public key is `signing` (a *keyed*
+/// id): 12 bytes of a hash of the key, then a 4-byte check of those 12
+/// ([`is_keyed_id`]). The check is what stops squatting: a keyed id can only
+/// be claimed by a chain that certifies its key, never by a legacy binding
+/// or a format 1 entry, and anyone can tell a keyed id from a random one.
 pub fn device_id_of(signing: &[u8; 32]) -> DeviceId {
+    let k = blake3::derive_key("hearth v3 device id", signing);
+    let mut id = [0u8; 16];
+    id[..12].copy_from_slice(&k[..12]);
+    let check = keyed_check(&id[..12]);
+    id[12..].copy_from_slice(&check);
+    DeviceId(id)
+}
+
+fn keyed_check(head: &[u8]) -> [u8; 4] {
+    let c = blake3::derive_key("hearth v3 device id check", head);
+    c[..4].try_into().expect("4 bytes")
+}
+
+/// Whether `id` has the form of a keyed id ([`device_id_of`]): its last 4
+/// bytes check its first 12. A random id (a device that wrote feeds before
+/// devices had keys) has it with a chance of 2^-32.
+pub fn is_keyed_id(id: &DeviceId) -> bool {
+    id.0[12..] == keyed_check(&id.0[..12])
+}
+
+/// The id the code of store formats 4 to 6 derived from a device's key (a
+/// plain hash, indistinguishable from a random id). Chains that certify one
+/// still verify, for the feeds written under it; a device that has one moves
+/// to its keyed id (store format 7).
+pub fn device_id_v2(signing: &[u8; 32]) -> DeviceId {
     let k = blake3::derive_key("hearth v2 device id", signing);
     DeviceId(k[..16].try_into().expect("16 bytes"))
 }
@@ -337,7 +367,10 @@ pub fn verify_chain(chain: &[DeviceCert]) -> Result<&CertBody> {
             if b.issuer != Issuer::User {
                 return Err(bad("a kept device id bound by a device, not the user"));
             }
-        } else if b.device != device_id_of(&b.keys.signing) {
+            if is_keyed_id(&b.device) {
+                return Err(bad("a keyed device id bound as a kept one (squatting)"));
+            }
+        } else if b.device != device_id_of(&b.keys.signing) && b.device != device_id_v2(&b.keys.signing) {
             return Err(bad("a device id that is not its key's"));
         }
         let bytes = postcard::to_stdvec(b).expect("a certificate encodes");
@@ -405,7 +438,35 @@ mod tests {
         by_device.sig = a
             .sign(CERT_DOMAIN, &postcard::to_stdvec(&by_device.body).unwrap())
             .to_vec();
-        assert!(verify_chain(&[ca, by_device]).is_err());
+        assert!(verify_chain(&[ca.clone(), by_device]).is_err());
+    }
+
+    #[test]
+    fn keyed_ids_are_told_from_random_ones_and_never_bound_as_legacy() {
+        let (a, m) = (DeviceKeys::generate().unwrap(), DeviceKeys::generate().unwrap());
+        assert!(is_keyed_id(&a.device_id()));
+        let random = (0..1000)
+            .filter(|_| is_keyed_id(&DeviceId::generate().unwrap()))
+            .count();
+        assert_eq!(random, 0, "a random id passes the check with a chance of 2^-32");
+        // Mallory binds Alice's keyed id to Mallory's own key as a kept id:
+        // refused, whoever signs it.
+        let mallory = SigningKey::from_bytes(&[9; 32]);
+        let squat = DeviceCert::by_user(&mallory, a.device_id(), m.public(), 1, true);
+        let err = verify_chain(std::slice::from_ref(&squat)).unwrap_err();
+        assert!(err.to_string().contains("squatting"), "{err}");
+        // Certifying Alice's public key under Mallory's user verifies, but
+        // only Alice's key signs for that id.
+        let copied = DeviceCert::by_user(&mallory, a.device_id(), a.public(), 2, false);
+        assert!(verify_chain(std::slice::from_ref(&copied)).is_ok());
+        // An id of formats 4 to 6 (a plain hash of the key) still verifies for
+        // its key, and is not keyed.
+        let old = device_id_v2(&a.public().signing);
+        assert!(!is_keyed_id(&old));
+        let c = DeviceCert::by_user(&user(), old, a.public(), 3, false);
+        assert_eq!(verify_chain(std::slice::from_ref(&c)).unwrap().device, old);
+        let wrong = DeviceCert::by_user(&user(), device_id_v2(&m.public().signing), a.public(), 4, false);
+        assert!(verify_chain(std::slice::from_ref(&wrong)).is_err());
     }
 
     #[test]

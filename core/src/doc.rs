@@ -135,6 +135,12 @@ impl EpochDoc {
         })
     }
 
+    /// Write what comes next as `device` (a device that moved to its keyed
+    /// id). Call it with nothing staged.
+    pub fn set_writer(&mut self, device: &DeviceId) {
+        self.doc.set_actor(ActorId::from(&device.0[..]));
+    }
+
     /// The epoch number.
     pub fn epoch(&self) -> Epoch {
         self.epoch

@@ -173,6 +173,24 @@ impl Envelope {
         })
     }
 
+    /// Seal entry `seq` of a feed of this device's as a store writes it:
+    /// format 2, under the channel's newest key generation, the device's
+    /// certificate in the feed's first entry (`seq` 1). For tools and tests
+    /// that write feeds by hand.
+    pub fn seal_next(
+        keys: &ChannelKeys,
+        identity: &Identity,
+        seq: u64,
+        prev: EntryHash,
+        body: &EntryBody,
+    ) -> Result<(Vec<u8>, EntryHash)> {
+        let certs = match identity.device_cert() {
+            Some(c) if seq == 1 => vec![c.clone()],
+            _ => Vec::new(),
+        };
+        Self::seal_v2(keys, identity, seq, prev, body, keys.current_generation(), certs)
+    }
+
     /// Seal a format 2 entry, signed by this device's key; `certs` is the
     /// device's chain in the first format 2 entry of its feed, empty after.
     pub fn seal_v2(

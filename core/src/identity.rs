@@ -1,6 +1,7 @@
 //! The local identity: the user's signing key, this device's id and the user's
 //! name, and (from identity record version 2) the device's own keys and its
-//! certificate (see [`crate::device`]).
+//! certificate (see [`crate::device`]); from version 3, the ids this device
+//! wrote under before it moved to its keyed id.
 
 use std::fmt;
 
@@ -24,6 +25,10 @@ pub struct Identity {
     /// before devices had keys (record version 1), until the store gives it
     /// some ([`Identity::with_device_keys`]).
     device_keys: Option<(DeviceKeys, DeviceCert)>,
+    /// Ids this device wrote feeds under before (record version 3): a random
+    /// id of a store older than device keys, or an id formats 4 to 6 derived
+    /// from its key ([`crate::device::device_id_v2`]). Oldest first.
+    former: Vec<DeviceId>,
 }
 
 /// Version 1: the user key, the device id and the name.
@@ -48,7 +53,21 @@ struct IdentityRecordV2 {
     cert: Vec<u8>,
 }
 
-const IDENTITY_VERSION: u8 = 2;
+/// Version 3 adds the ids the device wrote under before its keyed id.
+#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+struct IdentityRecordV3 {
+    version: u8,
+    secret: [u8; 32],
+    device: [u8; 16],
+    name: String,
+    #[serde(with = "serde_bytes")]
+    keys: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    cert: Vec<u8>,
+    former: Vec<[u8; 16]>,
+}
+
+const IDENTITY_VERSION: u8 = 3;
 
 fn unix_millis() -> u64 {
     std::time::SystemTime::now()
@@ -87,6 +106,44 @@ impl Identity {
         Ok(self)
     }
 
+    /// The identity of this device under its keyed id
+    /// ([`crate::device::device_id_of`]): given keys if it has none, certified
+    /// by the user key, its present id kept in [`Identity::former`]. An
+    /// identity on its keyed id already is returned as it is.
+    pub fn with_keyed_id(mut self) -> Result<Self> {
+        if self.on_keyed_id() {
+            return Ok(self);
+        }
+        let keys = match self.device_keys.take() {
+            Some((keys, _)) => keys,
+            None => DeviceKeys::generate()?,
+        };
+        let keyed = keys.device_id();
+        if keyed != self.device {
+            self.former.push(self.device);
+            self.device = keyed;
+        }
+        let cert = DeviceCert::by_user(&self.signing, keyed, keys.public(), unix_millis(), false);
+        self.device_keys = Some((keys, cert));
+        Ok(self)
+    }
+
+    /// Whether this device is on its keyed id (has keys, and its id is
+    /// theirs): what a store of format 7 holds.
+    pub fn on_keyed_id(&self) -> bool {
+        self.device_keys().is_some_and(|k| k.device_id() == self.device)
+    }
+
+    /// The ids this device wrote feeds under before its present one, oldest first.
+    pub fn former(&self) -> &[DeviceId] {
+        &self.former
+    }
+
+    /// Whether `device` is this device, under its present id or a former one.
+    pub fn is_this_device(&self, device: &DeviceId) -> bool {
+        *device == self.device || self.former.contains(device)
+    }
+
     /// The device's own keys, if it has them yet.
     pub fn device_keys(&self) -> Option<&DeviceKeys> {
         self.device_keys.as_ref().map(|(k, _)| k)
@@ -111,6 +168,7 @@ impl Identity {
             device,
             name: name.to_string(),
             device_keys: None,
+            former: Vec::new(),
         }
     }
 
@@ -135,16 +193,17 @@ impl Identity {
     }
 
     /// Encode for sealing into the store (the caller seals it): record
-    /// version 2 once the device has keys, version 1 before.
+    /// version 3 once the device has keys, version 1 before.
     pub fn encode(&self) -> Vec<u8> {
         match &self.device_keys {
-            Some((keys, cert)) => postcard::to_stdvec(&IdentityRecordV2 {
+            Some((keys, cert)) => postcard::to_stdvec(&IdentityRecordV3 {
                 version: IDENTITY_VERSION,
                 secret: self.signing.to_bytes(),
                 device: self.device.0,
                 name: self.name.clone(),
                 keys: keys.encode(),
                 cert: cert.encode(),
+                former: self.former.iter().map(|d| d.0).collect(),
             }),
             None => postcard::to_stdvec(&IdentityRecord {
                 version: 1,
@@ -169,17 +228,16 @@ impl Identity {
                     &rec.name,
                 ))
             }
-            Some(&IDENTITY_VERSION) => {
+            Some(2) => {
                 let rec: IdentityRecordV2 = postcard::from_bytes(bytes).map_err(|e| corrupted(&e))?;
+                let id = Self::from_parts(&SecretKey::from_bytes(rec.secret), DeviceId(rec.device), &rec.name);
+                id.with_keys(&rec.keys, &rec.cert)
+            }
+            Some(&IDENTITY_VERSION) => {
+                let rec: IdentityRecordV3 = postcard::from_bytes(bytes).map_err(|e| corrupted(&e))?;
                 let mut id = Self::from_parts(&SecretKey::from_bytes(rec.secret), DeviceId(rec.device), &rec.name);
-                let keys = DeviceKeys::decode(&rec.keys)?;
-                let cert = DeviceCert::decode(&rec.cert)?;
-                let body = crate::device::verify_chain(std::slice::from_ref(&cert))?;
-                if body.user != id.user || body.device != id.device || body.keys != keys.public() {
-                    return Err(corrupted(&"the device certificate is not this device's"));
-                }
-                id.device_keys = Some((keys, cert));
-                Ok(id)
+                id.former = rec.former.iter().map(|d| DeviceId(*d)).collect();
+                id.with_keys(&rec.keys, &rec.cert)
             }
             found => Err(Error::UnsupportedFormat {
                 what: "identity",
@@ -187,6 +245,24 @@ impl Identity {
                 expected: IDENTITY_VERSION,
             }),
         }
+    }
+}
+
+impl Identity {
+    /// This identity with its record's keys and certificate, which must be
+    /// the user's, for this device and its keys.
+    fn with_keys(mut self, keys: &[u8], cert: &[u8]) -> Result<Self> {
+        let keys = DeviceKeys::decode(keys)?;
+        let cert = DeviceCert::decode(cert)?;
+        let body = crate::device::verify_chain(std::slice::from_ref(&cert))?;
+        if body.user != self.user || body.device != self.device || body.keys != keys.public() {
+            return Err(Error::corrupted(
+                "identity",
+                "the device certificate is not this device's",
+            ));
+        }
+        self.device_keys = Some((keys, cert));
+        Ok(self)
     }
 }
 
@@ -245,9 +321,36 @@ mod tests {
         assert_eq!(again.device_cert(), migrated.device_cert());
         // A certificate of another device in the record is refused.
         let other = Identity::generate("x").unwrap();
-        let mut rec: IdentityRecordV2 = postcard::from_bytes(&again.encode()).unwrap();
+        let mut rec: IdentityRecordV3 = postcard::from_bytes(&again.encode()).unwrap();
         rec.cert = other.device_cert().unwrap().encode();
         assert!(Identity::decode(&postcard::to_stdvec(&rec).unwrap()).is_err());
+        // It moves to its keyed id, keeping the old one as a former id.
+        let moved = migrated.with_keyed_id().unwrap();
+        assert!(moved.on_keyed_id() && !again.on_keyed_id());
+        assert_eq!(moved.device(), moved.device_keys().unwrap().device_id());
+        assert_eq!(moved.former(), &[DeviceId([6; 16])]);
+        assert!(moved.is_this_device(&DeviceId([6; 16])) && moved.is_this_device(&moved.device()));
+        assert!(!moved.device_cert().unwrap().body.legacy);
+        let back = Identity::decode(&moved.encode()).unwrap();
+        assert_eq!((back.device(), back.former()), (moved.device(), moved.former()));
+        // A version 2 record (formats 4 to 6) still reads.
+        let v2 = postcard::to_stdvec(&IdentityRecordV2 {
+            version: 2,
+            secret: [5; 32],
+            device: [6; 16],
+            name: "old".into(),
+            keys: again.device_keys().unwrap().encode(),
+            cert: again.device_cert().unwrap().encode(),
+        })
+        .unwrap();
+        let read = Identity::decode(&v2).unwrap();
+        assert_eq!((read.device(), read.former().len()), (DeviceId([6; 16]), 0));
+        // One on its keyed id already stays as it is.
+        let fresh = Identity::generate("new").unwrap();
+        assert!(fresh.on_keyed_id());
+        let same = fresh.clone().with_keyed_id().unwrap();
+        assert_eq!((same.device(), same.former().len()), (fresh.device(), 0));
+        assert_eq!(same.device_cert(), fresh.device_cert());
         let sig = id.sign(b"m");
         assert!(verify_signature(&id.user(), b"m", &sig).is_ok());
         assert!(verify_signature(&id.user(), b"n", &sig).is_err());

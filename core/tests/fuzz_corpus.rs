@@ -94,6 +94,13 @@ fn regenerate_device_cert_seeds() {
     seeds::write_device_certs();
 }
 
+/// Writes the seeds added with keyed device ids (store format 7) only.
+#[test]
+#[ignore = "writes two device_cert and one identity seed; run by hand with --ignored"]
+fn regenerate_keyed_id_seeds() {
+    seeds::write_keyed_id_seeds();
+}
+
 /// Writes the seeds added with fork proofs and named channel records only
 /// (the other seeds hold random nonces, so regenerating them all rewrites
 /// every file).
@@ -352,6 +359,43 @@ mod seeds {
     }
 
     /// Certificates by a user and by a device, a kept (legacy) id, and variants.
+    pub fn write_keyed_id_seeds() {
+        use hearth_core::device::{DeviceCert, DeviceKeys, device_id_v2};
+        let user = ed25519_dalek::SigningKey::from_bytes(&[0x31; 32]);
+        let a = DeviceKeys::generate().expect("keys");
+        // A keyed id bound as a kept one: refused (squatting).
+        let squat = DeviceCert::by_user(&user, a.device_id(), a.public(), 1_700_000_000_003, true).encode();
+        // An id formats 4 to 6 derived: still verifies.
+        let v2 = DeviceCert::by_user(
+            &user,
+            device_id_v2(&a.public().signing),
+            a.public(),
+            1_700_000_000_004,
+            false,
+        );
+        write("device_cert", "squat-keyed-id-as-legacy", &squat);
+        write("device_cert", "valid-v2-derived-id", &v2.encode());
+        // An identity record of version 3 that moved from a kept id.
+        let v1 = {
+            #[derive(serde::Serialize)]
+            struct V1 {
+                version: u8,
+                secret: [u8; 32],
+                device: [u8; 16],
+                name: String,
+            }
+            postcard::to_stdvec(&V1 {
+                version: 1,
+                secret: [0x31; 32],
+                device: [0x22; 16],
+                name: "moved".into(),
+            })
+            .expect("encodes")
+        };
+        let moved = Identity::decode(&v1).expect("v1").with_keyed_id().expect("moves");
+        write("identity", "valid-v3-moved", &moved.encode());
+    }
+
     pub fn write_device_certs() {
         use hearth_core::device::{DeviceCert, DeviceKeys};
         let user = ed25519_dalek::SigningKey::from_bytes(&[0x31; 32]);

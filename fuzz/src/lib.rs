@@ -171,10 +171,10 @@ pub fn check_fork_proof(data: &[u8]) {
 
 /// Decode a device certificate (it travels with feeds, from any peer). On
 /// success it re-encodes to the input, and a chain of it alone either fails
-/// to verify or certifies a device whose id is its key's (or a kept id bound
-/// by the user key itself).
+/// to verify or certifies a device whose id is its key's (or a kept id, never
+/// a keyed one, bound by the user key itself).
 pub fn check_device_cert(data: &[u8]) {
-    use hearth_core::device::{DeviceCert, Issuer, device_id_of, verify_chain};
+    use hearth_core::device::{DeviceCert, Issuer, device_id_of, device_id_v2, is_keyed_id, verify_chain};
     let Ok(cert) = DeviceCert::decode(data) else {
         return;
     };
@@ -189,7 +189,11 @@ pub fn check_device_cert(data: &[u8]) {
             Issuer::User,
             "a lone certificate verified with a device as issuer"
         );
-        assert!(body.legacy || body.device == device_id_of(&body.keys.signing));
+        if body.legacy {
+            assert!(!is_keyed_id(&body.device), "a keyed id bound as a kept one");
+        } else {
+            assert!(body.device == device_id_of(&body.keys.signing) || body.device == device_id_v2(&body.keys.signing));
+        }
     }
 }
 
@@ -202,6 +206,7 @@ pub fn check_identity(data: &[u8]) {
     assert_eq!(again.user(), id.user());
     assert_eq!(again.device(), id.device());
     assert_eq!(again.name(), id.name());
+    assert_eq!(again.former(), id.former());
 }
 
 /// Decode a channel record. On success it re-encodes to the same channel.

@@ -13,7 +13,9 @@
 //! entry is signed by its device's key: the first of its feed carries the
 //! certificate chain that certifies that key for its user and device, later
 //! ones are checked under the key held since; a format 1 entry (signed by the
-//! user key) after it is refused. Members
+//! user key) after it is refused, and so is one for a keyed device id (only
+//! a chain certifying its key may claim one; a legacy binding of a keyed id
+//! does not verify). Members
 //! then open the body (`Refusal::Content`), relays check their quotas
 //! (`Refusal::Full`).
 //!
@@ -69,6 +71,10 @@ pub enum Refusal {
     /// A certificate chain for the feed's device with another key than the
     /// one its earlier entries were signed with.
     KeyChanged,
+    /// A format 1 entry (signed by a user key, for any device id it names)
+    /// for a keyed device id ([`hearth_core::device::is_keyed_id`]), which
+    /// only a chain certifying its key may claim: squatting.
+    Squatting,
 }
 
 impl Refusal {
@@ -101,6 +107,7 @@ impl fmt::Display for Refusal {
             Refusal::Full(why) => write!(f, "relay is full: {why}"),
             Refusal::Downgrade => f.write_str("an entry signed by the user key after the device signed with its own"),
             Refusal::KeyChanged => f.write_str("a certificate for the device with another key than its feed's"),
+            Refusal::Squatting => f.write_str("a keyed device id claimed by a user key, not its own key (squatting)"),
         }
     }
 }
@@ -265,7 +272,8 @@ impl Admission {
                 Err(_) => (false, None),
             }
         } else {
-            (env.verify().is_ok(), held_key.map(|_| Refusal::Downgrade))
+            let squat = hearth_core::device::is_keyed_id(&device).then_some(Refusal::Squatting);
+            (env.verify().is_ok(), squat.or(held_key.map(|_| Refusal::Downgrade)))
         };
         if !signed {
             self.refused.insert(device);

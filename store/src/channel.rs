@@ -114,4 +114,29 @@ impl ChannelState {
     pub fn message_count(&self) -> u64 {
         self.summaries.values().map(|s| s.messages).sum()
     }
+
+    /// The devices `roster` revokes here, with their user and the last entry
+    /// of their feed that stays: those it names, and every other feed of
+    /// the same user signed by a revoked device's key (a device that moved
+    /// to its keyed id, store format 7, after its revoker last saw it), cut
+    /// at its start.
+    pub fn revocations(&self, roster: &hearth_core::Roster) -> BTreeMap<hearth_core::DeviceId, (UserId, u64)> {
+        let mut out = roster.revoked.clone();
+        let keys: BTreeMap<[u8; 32], UserId> = roster
+            .revoked
+            .iter()
+            .filter_map(|(d, (u, _))| self.chains.get(d).map(|(k, _)| (*k, *u)))
+            .collect();
+        if keys.is_empty() {
+            return out;
+        }
+        for (d, (k, _)) in &self.chains {
+            if let Some(u) = keys.get(k)
+                && self.devices.get(d) == Some(u)
+            {
+                out.entry(*d).or_insert((*u, 0));
+            }
+        }
+        out
+    }
 }

@@ -77,14 +77,14 @@ impl Engine {
         }
         let ch = self.channel(channel)?;
         let wire = ch.keys.wire();
+        let revoked = ch.revocations(&roster);
         for (device, head) in &ch.heads {
             // The lower of a removal's cut and a revocation's.
             let removal = match roster.removed.get(&head.user) {
                 Some(cut) if !roster.left.contains(&head.user) => Some(cut.get(device).copied().unwrap_or(0)),
                 _ => None,
             };
-            let revocation = roster
-                .revoked
+            let revocation = revoked
                 .get(device)
                 .filter(|(u, _)| *u == head.user)
                 .map(|(_, cut)| *cut);

@@ -372,6 +372,22 @@ impl Engine {
         Ok(())
     }
 
+    /// Take `identity` as this device's (a newer record of it: keys given,
+    /// or moved to its keyed id): epoch documents in memory write as its
+    /// device from now on.
+    pub(crate) fn take_identity(&mut self, identity: Identity) {
+        let (user, device) = (identity.user(), identity.device());
+        if device != self.identity.device() {
+            for le in self.epochs.values_mut() {
+                le.doc.set_writer(&device);
+            }
+            for ch in self.channels.values_mut() {
+                ch.devices.insert(device, user);
+            }
+        }
+        self.identity = identity;
+    }
+
     pub(crate) fn channel(&self, id: &ChannelId) -> Result<&ChannelState> {
         self.channels.get(id).ok_or_else(|| Error::NotFound {
             what: "channel",
@@ -708,7 +724,7 @@ impl Engine {
 
     /// Refuse writes in a channel the local user was removed from.
     fn writable(&mut self, channel: &ChannelId) -> Result<()> {
-        let (me, device) = (self.identity.user(), self.identity.device());
+        let me = self.identity.user();
         self.channel(channel)?;
         self.ensure_epoch(*channel, META_EPOCH, false)?;
         let Some(roster) = self.loaded(channel, META_EPOCH).map(|le| &le.view.roster) else {
@@ -720,7 +736,7 @@ impl Engine {
                 why: "you were removed from it".into(),
             });
         }
-        if roster.revoked.contains_key(&device) {
+        if self.revoked_here(channel, roster) {
             return Err(Error::NotAllowed {
                 action: "write in this channel".into(),
                 why: "this device was revoked".into(),
@@ -729,13 +745,29 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether `roster` revokes this device in `channel`: under its present
+    /// id, a former one, or its key ([`crate::channel::ChannelState::revocations`]).
+    fn revoked_here(&self, channel: &ChannelId, roster: &Roster) -> bool {
+        let (me, keyed) = (&self.identity, self.identity.device_keys().map(|k| k.public().signing));
+        if roster.revoked.keys().any(|d| me.is_this_device(d)) {
+            return true;
+        }
+        let Ok(ch) = self.channel(channel) else {
+            return false;
+        };
+        roster
+            .revoked
+            .keys()
+            .any(|d| keyed.is_some() && ch.chains.get(d).map(|(k, _)| *k) == keyed)
+    }
+
     /// The membership ops a roster change takes (a claim first, for a
     /// channel without a roster), each checked against the roster it lands on.
     fn member_ops(&mut self, channel: ChannelId, action: MemberAction) -> Result<Vec<Op>> {
         let mut roster = self.roster(&channel)?;
         let (me, device) = (self.identity.user(), self.identity.device());
         let action = match action {
-            MemberAction::RevokeDevice { device, .. } if device == self.identity.device() => {
+            MemberAction::RevokeDevice { device, .. } if self.identity.is_this_device(&device) => {
                 return Err(Error::NotAllowed {
                     action: "revoke this device".into(),
                     why: "a device cannot revoke itself; revoke it from another device of yours".into(),
@@ -811,13 +843,16 @@ impl Engine {
     /// here (from its feed's certificate chain), this device first.
     fn member_devices(&self, channel: &ChannelId, roster: &Roster) -> Result<Vec<(DeviceId, [u8; 32])>> {
         let ch = self.channel(channel)?;
-        let me = self.identity.device();
+        let me = &self.identity;
         let mut out = Vec::new();
         if let Some(k) = self.identity.device_keys() {
-            out.push((me, k.public().kx));
+            out.push((me.device(), k.public().kx));
         }
+        let revoked = ch.revocations(roster);
         for (d, (_, chain)) in &ch.chains {
-            if *d == me || roster.revoked.contains_key(d) || ch.devices.get(d).is_none_or(|u| roster.role(u).is_none())
+            if me.is_this_device(d)
+                || revoked.contains_key(d)
+                || ch.devices.get(d).is_none_or(|u| roster.role(u).is_none())
             {
                 continue;
             }
@@ -876,7 +911,7 @@ impl Engine {
         let mut ops = Vec::new();
         let first = self.last_package(channel);
         if roster.role(&self.identity.user()) >= Some(hearth_core::Role::Admin)
-            && !roster.revoked.contains_key(&self.identity.device())
+            && !self.revoked_here(channel, &roster)
             && self.rotation_owed(channel, &roster)?
         {
             let keys = &self.channel(channel)?.keys;
@@ -910,9 +945,9 @@ impl Engine {
         if generation == 0 {
             return Ok(true);
         }
-        let outsider = |d: &DeviceId| {
-            roster.revoked.contains_key(d) || ch.devices.get(d).is_some_and(|u| roster.removed.contains_key(u))
-        };
+        let revoked = ch.revocations(roster);
+        let outsider =
+            |d: &DeviceId| revoked.contains_key(d) || ch.devices.get(d).is_some_and(|u| roster.removed.contains_key(u));
         let packages = self
             .loaded(channel, META_EPOCH)
             .map(|le| le.doc.key_packages(&ch.devices))
@@ -1131,21 +1166,26 @@ impl Engine {
         let Some(mine) = self.identity.device_keys() else {
             return false;
         };
-        if self
-            .loaded(&channel, META_EPOCH)
-            .is_some_and(|le| le.view.roster.role(author.0).is_none() || le.view.roster.revoked.contains_key(author.1))
+        if let Some((le, ch)) = self.loaded(&channel, META_EPOCH).zip(self.channels.get(&channel))
+            && (le.view.roster.role(author.0).is_none() || ch.revocations(&le.view.roster).contains_key(author.1))
         {
             return false;
         }
-        let device = self.identity.device();
+        // A package written before this device moved to its keyed id names
+        // its former id; the keys are the same.
+        let ids: Vec<DeviceId> = std::iter::once(self.identity.device())
+            .chain(self.identity.former().iter().copied())
+            .collect();
         let Some(ch) = self.channels.get_mut(&channel) else {
             return false;
         };
         let wire = ch.keys.wire();
         let mut added = false;
         for p in packages {
-            for (generation, key) in p.open_for(&wire, &device, mine) {
-                added |= ch.keys.add_generation(generation, key);
+            for device in &ids {
+                for (generation, key) in p.open_for(&wire, device, mine) {
+                    added |= ch.keys.add_generation(generation, key);
+                }
             }
         }
         added

@@ -97,7 +97,10 @@ pub const META_LOG_SYNCED: &[u8] = b"Mlogsynced";
 /// chain kept (table `T_CHAINS`, derived from the entries); 4 is only marked.
 /// 6: channel rosters (membership ops `mo:` in epoch 0 documents, which
 /// older builds refuse as unknown keys); 5 is only marked.
-pub const STORE_FORMAT: u8 = 6;
+/// 7: the device writes under its keyed id (identity record version 3, with
+/// its former ids; appended to the log by the migration), which no legacy
+/// binding or format 1 entry may claim; 6 is only marked.
+pub const STORE_FORMAT: u8 = 7;
 
 /// Name of a table, for error messages and record AAD.
 pub fn table_name(tag: u8) -> &'static str {

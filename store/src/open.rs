@@ -56,6 +56,10 @@ pub struct OpenReport {
     /// accounts could read or write: tightened to 0700 (directories) and 0600
     /// (files) by this open. Empty on a store only Hearth has touched.
     pub loose_permissions: Vec<String>,
+    /// The id this device wrote under until this open, if it moved to its
+    /// keyed id now (a store of format 6 or older: see
+    /// [`hearth_core::Identity::with_keyed_id`]).
+    pub moved_from: Option<hearth_core::DeviceId>,
 }
 
 pub(crate) fn lock(dir: &Path) -> Result<File> {
@@ -365,8 +369,10 @@ pub(crate) fn open(
                         // seen; 3 to 4 gives the device keys, at the end of
                         // this open (`give_device_keys`), once sled has
                         // caught up with the log; 4 to 5 and 5 to 6 add
-                        // derived rows and new kinds of content only. The
-                        // store is marked here.
+                        // derived rows and new kinds of content only; 6 to 7
+                        // moves the device to its keyed id, once the journal
+                        // is replayed (`move_to_keyed_id`). The store is
+                        // marked here.
                         e.tree.insert(META_FORMAT, &[STORE_FORMAT][..])?;
                         e.dirty = true;
                         report.migrated_from = Some(st.format);
@@ -448,10 +454,18 @@ pub(crate) fn open(
     // Whatever the journal held, and whatever the log brought back, must be
     // durable in sled before the journal starts over: after a process crash,
     // sled's recovered state may still sit only in the page cache.
-    if !journal_empty || engine.dirty {
+    // A device not on its keyed id yet (format 6 or older) moves to it, once
+    // everything written under its old id is in sled and the log and the
+    // journal is empty: journal records name message ids of the old id.
+    let moving = !engine.identity.on_keyed_id();
+    if !journal_empty || engine.dirty || moving {
         engine.snapshot_all()?;
         engine.checkpoint()?;
         journal.clear(Journal::new_run()?);
+    }
+    if moving {
+        report.moved_from = Some(engine.identity.device());
+        move_to_keyed_id(&mut engine)?;
     }
     // Files sled made in this open (a rebuild makes all of them).
     crate::durable::make_private(dir)?;
@@ -495,7 +509,27 @@ fn give_device_keys(engine: &mut Engine) -> Result<()> {
         return Ok(());
     }
     let identity = engine.identity.clone().with_device_keys()?;
-    let plain = identity.encode();
+    write_identity(engine, identity)?;
+    engine.dirty = true;
+    Ok(())
+}
+
+/// Move this device to its keyed id ([`hearth_core::device::device_id_of`]):
+/// the identity record (its old id kept as a former one) goes to the log and
+/// sled in one batch, as in [`give_device_keys`], so that a crash leaves
+/// either identity, and the move runs again or is done. What it writes from
+/// then on is a new feed in each channel, whose first entry carries a chain
+/// no one can squat; its old feeds stay as they are (a former device).
+fn move_to_keyed_id(engine: &mut Engine) -> Result<()> {
+    let identity = engine.identity.clone().with_keyed_id()?;
+    write_identity(engine, identity)?;
+    engine.checkpoint()
+}
+
+/// A newer identity record of this device to the log and sled, in one batch
+/// that also marks the store's format; then this device's identity.
+fn write_identity(engine: &mut Engine, identity: hearth_core::Identity) -> Result<()> {
+    let plain = zeroize::Zeroizing::new(identity.encode());
     let sealed = engine.seal_log(crate::log::kind::IDENTITY, &plain)?;
     engine.log_record(crate::log::kind::IDENTITY, &sealed);
     let mut batch = sled::Batch::default();
@@ -503,8 +537,7 @@ fn give_device_keys(engine: &mut Engine) -> Result<()> {
     batch.insert(META_FORMAT, &[STORE_FORMAT][..]);
     engine.write_log_batch(&mut batch)?;
     engine.tree.apply_batch(batch)?;
-    engine.identity = identity;
-    engine.dirty = true;
+    engine.take_identity(identity);
     Ok(())
 }
 

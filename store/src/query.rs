@@ -1,7 +1,7 @@
 //! Queries: pages, threads, single messages, unread counts, channel lists.
 //! Each loads only the epochs it needs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use hearth_core::{ChannelId, META_EPOCH, Message, MessageId, UserId};
 use serde::Serialize;
@@ -29,6 +29,9 @@ pub struct DeviceInfo {
     pub device: hearth_core::DeviceId,
     /// Whether it is this device.
     pub this: bool,
+    /// Whether it is an id this device wrote under before it moved to its
+    /// keyed id (store format 7): its old feeds.
+    pub former: bool,
     /// Channels where it wrote (that this store holds).
     pub channels: usize,
     /// Channels whose roster revokes it.
@@ -258,6 +261,7 @@ impl Engine {
             DeviceInfo {
                 device: this,
                 this: true,
+                former: false,
                 channels: 0,
                 revoked_in: 0,
             },
@@ -273,6 +277,7 @@ impl Engine {
                 let e = out.entry(*d).or_insert(DeviceInfo {
                     device: *d,
                     this: *d == this,
+                    former: self.identity.former().contains(d),
                     channels: 0,
                     revoked_in: 0,
                 });
@@ -287,6 +292,28 @@ impl Engine {
             }
         }
         Ok(out.into_values().collect())
+    }
+
+    /// `device` and every other id of this user's devices that a feed held
+    /// here signs with the same key (a device that moved to its keyed id).
+    pub(crate) fn ids_of_device(&self, device: &hearth_core::DeviceId) -> Result<Vec<hearth_core::DeviceId>> {
+        let me = self.identity.user();
+        let key = self
+            .channels
+            .values()
+            .find_map(|ch| ch.chains.get(device).map(|(k, _)| *k));
+        let mut ids = BTreeSet::from([*device]);
+        if let Some(key) = key {
+            for ch in self.channels.values() {
+                ids.extend(
+                    ch.chains
+                        .iter()
+                        .filter(|(d, (k, _))| *k == key && ch.devices.get(d) == Some(&me))
+                        .map(|(d, _)| *d),
+                );
+            }
+        }
+        Ok(ids.into_iter().collect())
     }
 
     /// A user of a channel's roster by user id, unique id prefix (4 hex

@@ -62,7 +62,7 @@ pub(crate) fn open_commit(records: &SecretKey, sealed: &[u8]) -> Result<log::Com
 /// rebuild. It must be of the same user and device as the first.
 pub(crate) fn identity_from_log(log_dir: &Path, records: &SecretKey) -> Result<Identity> {
     let mut first: Option<Identity> = None;
-    let mut last = None;
+    let mut last: Option<Identity> = None;
     let mut bad = None;
     log::scan(log_dir, LogPos::START, |b| {
         if first.is_none() && !b.records.iter().any(|r| r.kind == kind::IDENTITY) {
@@ -73,11 +73,17 @@ pub(crate) fn identity_from_log(log_dir: &Path, records: &SecretKey) -> Result<I
             let id = Identity::decode(&open(records, kind::IDENTITY, &r.body)?)?;
             match &first {
                 None => first = Some(id.clone()),
-                Some(f) if f.user() != id.user() || f.device() != id.device() => {
+                Some(f) if f.user() != id.user() || !id.is_this_device(&f.device()) => {
                     bad = Some("identity of another device");
                     return Ok(false);
                 }
                 Some(_) => {}
+            }
+            if let Some(l) = &last
+                && !id.is_this_device(&l.device())
+            {
+                bad = Some("an identity older than one before it");
+                return Ok(false);
             }
             last = Some(id);
         }
@@ -146,10 +152,17 @@ fn gather(engine: &Engine, b: LogBatch, p: &mut Pending, report: &mut OpenReport
         match r.kind {
             kind::IDENTITY => {
                 let id = Identity::decode(&open(&engine.records, kind::IDENTITY, &r.body)?)?;
-                if id.device() != engine.identity.device() || id.user() != engine.identity.user() {
+                let this = &engine.identity;
+                if id.user() != this.user() || !(id.is_this_device(&this.device()) || this.is_this_device(&id.device()))
+                {
                     return Err(Error::corrupted("feed log", "identity of another device"));
                 }
-                p.identity = Some(id);
+                // One from before the device moved to its keyed id (a rebuild
+                // starts from the last identity the log holds) is not taken.
+                let newer = p.identity.as_ref().unwrap_or(this);
+                if id.is_this_device(&newer.device()) {
+                    p.identity = Some(id);
+                }
             }
             kind::CHANNEL => p.channels.push(r.body),
             kind::FORK => p.forks.push(r.body),
@@ -182,7 +195,7 @@ fn apply(engine: &mut Engine, p: &mut Pending, report: &mut OpenReport) -> Resul
         let plain = zeroize::Zeroizing::new(id.encode());
         if *plain != *zeroize::Zeroizing::new(engine.identity.encode()) {
             batch.insert(META_IDENTITY, seal_record(&engine.records, META_IDENTITY, &plain)?);
-            engine.identity = id;
+            engine.take_identity(id);
         }
     }
     for sealed in std::mem::take(&mut p.channels) {

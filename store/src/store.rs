@@ -40,6 +40,9 @@ pub struct Whoami {
     pub user: UserId,
     /// This device.
     pub device: DeviceId,
+    /// Ids this device wrote under before it moved to its keyed id (store
+    /// format 7), oldest first.
+    pub former: Vec<DeviceId>,
     /// The user's display name.
     pub name: String,
     /// The store directory.
@@ -155,6 +158,7 @@ impl Store {
                     let whoami = Whoami {
                         user: engine.identity.user(),
                         device: engine.identity.device(),
+                        former: engine.identity.former().to_vec(),
                         name: engine.identity.name().to_string(),
                         dir: engine.dir.clone(),
                     };
@@ -718,29 +722,36 @@ impl Store {
     /// Revoke another device of this user in every channel this user is a
     /// member of: its entries past the last one held here are not shown, it
     /// gets no key of the new generation each channel starts, and it cannot
-    /// write there once it learns of it. Returns the channels written to.
+    /// write there once it learns of it. Every other id known here under the
+    /// same key (the device moved to its keyed id, store format 7) is
+    /// revoked with it. Returns the channels written to.
     pub async fn revoke_device(&self, device: DeviceId) -> Result<usize> {
         let me = self.whoami();
-        if device == me.device {
+        if device == me.device || me.former.contains(&device) {
             return Err(Error::NotAllowed {
                 action: "revoke this device".into(),
                 why: "a device cannot revoke itself; revoke it from another device of yours".into(),
             });
         }
+        let ids = self.query(move |e| e.ids_of_device(&device)).await?;
         let mut n = 0;
         for info in self.channels().await? {
-            let action = MemberAction::RevokeDevice {
-                user: me.user,
-                device,
-                upto: 0,
-            };
-            // Channels this user was removed from, or where the device is
-            // revoked already, are left as they are.
-            match self.member(info.id, action).await {
-                Ok(()) => n += 1,
-                Err(Error::NotAllowed { .. }) => {}
-                Err(e) => return Err(e),
+            let mut wrote = false;
+            for device in &ids {
+                let action = MemberAction::RevokeDevice {
+                    user: me.user,
+                    device: *device,
+                    upto: 0,
+                };
+                // Channels this user was removed from, or where the device
+                // is revoked already, are left as they are.
+                match self.member(info.id, action).await {
+                    Ok(()) => wrote = true,
+                    Err(Error::NotAllowed { .. }) => {}
+                    Err(e) => return Err(e),
+                }
             }
+            n += usize::from(wrote);
         }
         Ok(n)
     }

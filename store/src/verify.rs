@@ -195,7 +195,7 @@ impl Engine {
                     kind::IDENTITY => match crate::recover::open(&self.records, kind::IDENTITY, &rec.body)
                         .and_then(|p| Ok(hearth_core::Identity::decode(&p)?))
                     {
-                        Ok(id) if id.device() == self.identity.device() && id.user() == self.identity.user() => {}
+                        Ok(id) if self.identity.is_this_device(&id.device()) && id.user() == self.identity.user() => {}
                         Ok(_) => problems.push((place("identity"), "another device's identity".to_string())),
                         Err(e) => problems.push((place("identity"), e.to_string())),
                     },

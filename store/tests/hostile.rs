@@ -54,7 +54,7 @@ impl Mallory {
         self.doc.commit();
         let change = self.doc.get_last_local_change().unwrap().raw_bytes().to_vec();
         let body = EntryBody { epoch, change };
-        let (bytes, hash) = Envelope::seal(&self.keys, &self.me, self.seq + 1, self.prev, &body).unwrap();
+        let (bytes, hash) = Envelope::seal_next(&self.keys, &self.me, self.seq + 1, self.prev, &body).unwrap();
         (self.seq, self.prev) = (self.seq + 1, hash);
         bytes
     }

@@ -373,7 +373,8 @@ async fn feeds_are_signed_by_device_keys() {
         prev: head.hash,
         generation: 0,
     };
-    // 1. Format 1, signed by the user key, after the device's own: refused.
+    // 1. Format 1, signed by the user key, after the device's own: refused
+    // (for a keyed id as squatting, before it is a downgrade).
     let h = next_header(ENVELOPE_VERSION);
     let mut signed = h.encode();
     signed.extend_from_slice(&body);
@@ -384,7 +385,8 @@ async fn feeds_are_signed_by_device_keys() {
         sig: Identity::new_device(&user_secret, "x").unwrap().sign(&signed).to_vec(),
     }
     .encode();
-    // 2. A second key for the device, bound by the user key: refused.
+    // 2. A second key for the device, bound by the user key as a kept id:
+    // a keyed id is never bound so, the chain does not verify.
     let other = DeviceKeys::generate().unwrap();
     let rebound = DeviceCert::by_user(&user_key, a.whoami().device, other.public(), 1, true);
     let h = next_header(ENVELOPE_V2);
@@ -416,8 +418,8 @@ async fn feeds_are_signed_by_device_keys() {
     claimed.certs = vec![mallory.device_cert().unwrap().clone()];
     let claimed = claimed.encode();
     for (what, bytes, want) in [
-        ("downgrade", downgrade, Refusal::Downgrade),
-        ("rekeyed", rekeyed, Refusal::KeyChanged),
+        ("downgrade", downgrade, Refusal::Squatting),
+        ("rekeyed", rekeyed, Refusal::BadSignature),
         ("forged", forged, Refusal::BadSignature),
     ] {
         let r = b.ingest(wire, vec![bytes]).await.unwrap();
@@ -453,4 +455,99 @@ async fn feeds_are_signed_by_device_keys() {
     assert!(a.verify().await.unwrap().is_clean());
     a.close().await.unwrap();
     fresh.close().await.unwrap();
+}
+
+/// Squatting (issue 8, item 1): Mallory, a member, claims Alice's device id
+/// in a channel before Alice's entries reach Bob: by a format 1 entry (signed
+/// by Mallory's user key, which may name any device) and by a chain binding
+/// Alice's id to Mallory's device key as a kept (legacy) id. Both are
+/// refused, neither blames the forwarder, and Alice's entries are then taken.
+/// Before store format 7 the first was taken and Alice's feed refused at Bob
+/// as another user's.
+#[tokio::test]
+async fn a_squatted_device_id_is_impossible() {
+    use hearth_core::device::{DeviceCert, DeviceKeys, is_keyed_id};
+    use hearth_core::{ENVELOPE_V2, ENVELOPE_VERSION, EntryHeader, Envelope};
+
+    let (da, dm, db) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let pass = Passphrase::new("pw");
+    let a = Store::create(da.path(), &pass, "alice", config()).await.unwrap();
+    let m = Store::create(dm.path(), &pass, "mallory", config()).await.unwrap();
+    let b = Store::create(db.path(), &pass, "bob", config()).await.unwrap();
+    let general = a.create_channel("general").await.unwrap();
+    a.post(general, "alice's first").await.unwrap();
+    let keys = a.channel_keys(general).await.unwrap();
+    let wire = keys.wire();
+    m.join_channel(keys.clone()).await.unwrap();
+    b.join_channel(keys.clone()).await.unwrap();
+    let alice = a.whoami().device;
+    assert!(is_keyed_id(&alice), "a new device's id is keyed");
+
+    let mallory_secret = m.link_bundle().await.unwrap().identity;
+    let mallory_user = ed25519_dalek::SigningKey::from_bytes(mallory_secret.expose());
+    let mallory = hearth_core::Identity::new_device(&mallory_secret, "m").unwrap();
+    let body = hearth_core::seal(keys.feed_key(), b"unused", b"x").unwrap();
+    let header = |version: u8| EntryHeader {
+        version,
+        wire,
+        user: m.whoami().user,
+        device: alice,
+        seq: 1,
+        prev: [0; 32],
+        generation: 0,
+    };
+    // A format 1 entry naming Alice's device, signed by Mallory's user key.
+    let h = header(ENVELOPE_VERSION);
+    let mut signed = h.encode();
+    signed.extend_from_slice(&body);
+    let by_user_key = Envelope {
+        header: h,
+        certs: Vec::new(),
+        body: body.clone(),
+        sig: mallory.sign(&signed).to_vec(),
+    }
+    .encode();
+    // A chain binding Alice's id to Mallory's device key as a kept id.
+    let mkeys = DeviceKeys::generate().unwrap();
+    let kept = DeviceCert::by_user(&mallory_user, alice, mkeys.public(), 1, true);
+    let h = header(ENVELOPE_V2);
+    let mut msg = h.encode();
+    msg.extend(postcard::to_stdvec(&vec![kept.clone()]).unwrap());
+    msg.extend_from_slice(&body);
+    let by_kept_binding = Envelope {
+        header: h,
+        certs: vec![kept],
+        body: body.clone(),
+        sig: mkeys.sign(b"hearth v2 entry", &msg).to_vec(),
+    }
+    .encode();
+    for (what, bytes, want) in [
+        ("format 1", by_user_key, Refusal::Squatting),
+        ("kept binding", by_kept_binding, Refusal::BadSignature),
+    ] {
+        let r = b.ingest(wire, vec![bytes]).await.unwrap();
+        assert_eq!(r.accepted, 0, "{what}");
+        assert_eq!(r.rejected[0].reason, want, "{what}");
+        assert!(r.rejected[0].device == Some(alice), "{what}");
+    }
+    assert!(
+        !Refusal::Squatting.is_peer_fault(),
+        "the author's doing, not the forwarder's"
+    );
+    // Nothing of Alice's device is bound to Mallory at Bob: Alice's feed is taken.
+    assert_eq!(
+        pull(&a, &b, wire, general).await,
+        2,
+        "the channel's creation and a post"
+    );
+    let page = b.page(general, None, 10).await.unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].author, a.whoami().user);
+    for s in [a, m, b] {
+        s.close().await.unwrap();
+    }
 }

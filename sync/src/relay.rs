@@ -874,7 +874,7 @@ mod tests {
             epoch: 1,
             change: vec![fill; 32],
         };
-        Envelope::seal(keys, me, seq, prev, &body).unwrap()
+        Envelope::seal_next(keys, me, seq, prev, &body).unwrap()
     }
 
     /// Entries 1..=n of `me`'s feed.

@@ -98,7 +98,7 @@ fn unopenable(wire: WireId, n: usize) -> Vec<Vec<u8>> {
         .map(|_| {
             let me = hearth_core::Identity::generate("sock puppet").unwrap();
             let header = hearth_core::EntryHeader {
-                version: hearth_core::ENVELOPE_VERSION,
+                version: hearth_core::ENVELOPE_V2,
                 wire,
                 user: me.user(),
                 device: me.device(),
@@ -106,18 +106,20 @@ fn unopenable(wire: WireId, n: usize) -> Vec<Vec<u8>> {
                 prev: [0; 32],
                 generation: 0,
             };
-            let hb = postcard::to_stdvec(&header).unwrap();
+            let hb = header.encode();
             let body = hearth_core::seal(wrong.feed_key(), &hb, b"not a change").unwrap();
+            let certs = vec![me.device_cert().unwrap().clone()];
             let mut signed = hb.clone();
+            signed.extend(postcard::to_stdvec(&certs).unwrap());
             signed.extend_from_slice(&body);
-            let sig = me.sign(&signed).to_vec();
-            postcard::to_stdvec(&Envelope {
+            let sig = me.device_keys().unwrap().sign(b"hearth v2 entry", &signed).to_vec();
+            Envelope {
                 header,
-                certs: Vec::new(),
+                certs,
                 body,
                 sig,
-            })
-            .unwrap()
+            }
+            .encode()
         })
         .collect()
 }

@@ -279,9 +279,9 @@ async fn forged_entries_are_refused_and_the_good_ones_served() {
         epoch: 1,
         change: vec![b; 16],
     };
-    let (one, h1) = Envelope::seal(&side, &mallory, 1, [0; 32], &body(1)).unwrap();
-    let (two, _) = Envelope::seal(&side, &mallory, 2, h1, &body(2)).unwrap();
-    let (two_again, _) = Envelope::seal(&side, &mallory, 2, h1, &body(3)).unwrap();
+    let (one, h1) = Envelope::seal_next(&side, &mallory, 1, [0; 32], &body(1)).unwrap();
+    let (two, _) = Envelope::seal_next(&side, &mallory, 2, h1, &body(2)).unwrap();
+    let (two_again, _) = Envelope::seal_next(&side, &mallory, 2, h1, &body(3)).unwrap();
     let r = relay.ingest(side.wire(), vec![one, two]).await.unwrap().unwrap();
     assert_eq!(r.accepted, 2);
     let r = relay.ingest(side.wire(), vec![two_again]).await.unwrap().unwrap();
@@ -425,6 +425,14 @@ async fn a_format_4_relay_opens_and_its_database_can_be_rebuilt() {
 #[tokio::test]
 async fn a_format_5_relay_opens_and_its_database_can_be_rebuilt() {
     old_relay_opens_and_its_database_can_be_rebuilt("v5").await;
+}
+
+/// A relay written beside the stores of format 6 (rosters; entries of
+/// devices on ids formats 4 to 6 derived from their keys), before devices
+/// moved to keyed ids.
+#[tokio::test]
+async fn a_relay_of_the_format_6_stores_opens_and_its_database_can_be_rebuilt() {
+    old_relay_opens_and_its_database_can_be_rebuilt("v6").await;
 }
 
 async fn old_relay_opens_and_its_database_can_be_rebuilt(format: &str) {
