@@ -26,6 +26,12 @@ async fn open(cli: &Cli) -> Result<Hearth> {
     if let Some(from) = r.migrated_from {
         eprintln!("hearth: migrated {} from store format {from}", cli.store.display());
     }
+    if let Some(old) = r.moved_from {
+        eprintln!(
+            "hearth: this device now writes under {} (its key's id; no one can claim it); its feeds of {old} stay",
+            h.whoami().device
+        );
+    }
     if let Some(why) = &r.rebuilt {
         eprintln!(
             "hearth: rebuilt the database of {} from its feed log ({} entries): {why}",
