@@ -156,9 +156,46 @@ pub enum Action {
         /// [`sign_join`] by the invite's secret.
         sig: serde_bytes::ByteArray<64>,
     },
+    /// [`Action::RevokeDevice`] with `sig`, the revoking device's signature
+    /// of the revocation's notice for relays ([`RevocationNotice`]; what a
+    /// store writes from sync protocol 4 on). The fold treats both alike;
+    /// any member can hand a relay the notice, which the relay checks with
+    /// no roster.
+    RevokeDeviceSigned {
+        /// The device's user (the writer).
+        user: UserId,
+        /// The device.
+        device: DeviceId,
+        /// The last entry of its feed that stays.
+        upto: u64,
+        /// [`sign_revocation`] by the writing device's key.
+        sig: serde_bytes::ByteArray<64>,
+    },
 }
 
 impl Action {
+    /// The user, device and cut of a revocation ([`Action::RevokeDevice`]
+    /// or [`Action::RevokeDeviceSigned`]).
+    pub fn revocation(&self) -> Option<(&UserId, &DeviceId, u64)> {
+        match self {
+            Action::RevokeDevice { user, device, upto } | Action::RevokeDeviceSigned { user, device, upto, .. } => {
+                Some((user, device, *upto))
+            }
+            _ => None,
+        }
+    }
+
+    /// [`Action::RevokeDeviceSigned`] of `user`'s `device` at `upto`, its
+    /// notice signed `sig` ([`sign_revocation`]).
+    pub fn revoke_signed(user: UserId, device: DeviceId, upto: u64, sig: [u8; 64]) -> Action {
+        Action::RevokeDeviceSigned {
+            user,
+            device,
+            upto,
+            sig: serde_bytes::ByteArray::new(sig),
+        }
+    }
+
     /// [`Action::Join`] of `user`'s `device` through `invite`, signed `sig`.
     pub fn join(user: UserId, device: DeviceId, invite: InviteId, sig: [u8; 64]) -> Action {
         Action::Join {
@@ -342,6 +379,9 @@ pub struct Roster {
     /// Revoked devices: their user, and the last entry of their feed that
     /// stays.
     pub revoked: BTreeMap<DeviceId, (UserId, u64)>,
+    /// Of revocations written signed ([`Action::RevokeDeviceSigned`]): the
+    /// revoking device and its signature of the notice relays take.
+    pub revoke_sigs: BTreeMap<DeviceId, (DeviceId, [u8; 64])>,
     /// Invites, open or not.
     pub invites: BTreeMap<InviteId, InviteState>,
     /// Ops kept in the history that changed nothing, with why.
@@ -488,7 +528,10 @@ impl Roster {
             return match action {
                 Action::Create => Ok(()),
                 // A user's own devices are the user's business, roster or not.
-                Action::RevokeDevice { user, device, .. } if user == author && !self.revoked.contains_key(device) => {
+                a if a
+                    .revocation()
+                    .is_some_and(|(user, device, _)| user == author && !self.revoked.contains_key(device)) =>
+                {
                     Ok(())
                 }
                 _ => Err("the channel has no roster yet"),
@@ -526,7 +569,7 @@ impl Roster {
                     Ok(())
                 }
             }
-            Action::RevokeDevice { user, device, .. } => {
+            Action::RevokeDevice { user, device, .. } | Action::RevokeDeviceSigned { user, device, .. } => {
                 if user != author {
                     Err("only the device's own user revokes it")
                 } else if self.revoked.contains_key(device) {
@@ -651,6 +694,15 @@ impl Roster {
             Action::RevokeDevice { user, device, upto } => {
                 self.revoked.insert(*device, (*user, *upto));
             }
+            Action::RevokeDeviceSigned {
+                user,
+                device,
+                upto,
+                sig,
+            } => {
+                self.revoked.insert(*device, (*user, *upto));
+                self.revoke_sigs.insert(*device, (key.device, **sig));
+            }
             Action::Invite { id, key, expires, uses } => {
                 self.invites.insert(
                     *id,
@@ -735,7 +787,11 @@ fn run(ops: &[MemberOp], order: &[usize], excluded: &BTreeSet<usize>) -> (Roster
             r.refused.insert(o.key, "written by a revoked device".into());
             continue;
         }
-        if matches!(&o.body.action, Action::RevokeDevice { device, .. } if *device == o.key.device) {
+        if o.body
+            .action
+            .revocation()
+            .is_some_and(|(_, device, _)| *device == o.key.device)
+        {
             r.refused.insert(o.key, "a device cannot revoke itself".into());
             continue;
         }
@@ -752,6 +808,108 @@ fn run(ops: &[MemberOp], order: &[usize], excluded: &BTreeSet<usize>) -> (Roster
         }
     }
     (r, stood)
+}
+
+/// The signing-domain label of revocation notices.
+const NOTICE_DOMAIN: &[u8] = b"hearth v1 device revocation";
+/// Bytes of an encoded [`RevocationNotice`] at most (a chain of 8
+/// certificates fits).
+pub const MAX_NOTICE_BYTES: usize = 8 * crate::device::MAX_CERT_BYTES + 256;
+
+fn notice_message(wire: &crate::id::WireId, device: &DeviceId, upto: u64) -> Vec<u8> {
+    let mut m = wire.0.to_vec();
+    m.extend_from_slice(&device.0);
+    m.extend_from_slice(&upto.to_le_bytes());
+    crate::device::domain_message(NOTICE_DOMAIN, &m)
+}
+
+/// The signature of a revocation's notice by the revoking device's `keys`
+/// (what [`Action::RevokeDeviceSigned`] carries).
+pub fn sign_revocation(
+    keys: &crate::device::DeviceKeys,
+    wire: &crate::id::WireId,
+    device: &DeviceId,
+    upto: u64,
+) -> [u8; 64] {
+    keys.sign_raw(&notice_message(wire, device, upto))
+}
+
+/// What relays learn of a revocation, in the clear: in channel `wire`,
+/// `device`'s entries past `upto` are refused. Signed by the revoking device,
+/// whose chain (`by`) names its user: a relay takes it for a device of that
+/// same user only, so it needs no roster to check it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationNotice {
+    /// The channel.
+    pub wire: crate::id::WireId,
+    /// The revoked device.
+    pub device: DeviceId,
+    /// The last entry of its feed that stays.
+    pub upto: u64,
+    /// The revoking device's certificate chain.
+    pub by: Vec<crate::device::DeviceCert>,
+    /// [`sign_revocation`] by the revoking device.
+    pub sig: serde_bytes::ByteArray<64>,
+}
+
+impl RevocationNotice {
+    /// The notice of `device`'s revocation in `wire` at `upto`, signed `sig`
+    /// by the last device of chain `by`.
+    pub fn new(
+        wire: crate::id::WireId,
+        device: DeviceId,
+        upto: u64,
+        by: Vec<crate::device::DeviceCert>,
+        sig: [u8; 64],
+    ) -> Self {
+        RevocationNotice {
+            wire,
+            device,
+            upto,
+            by,
+            sig: serde_bytes::ByteArray::new(sig),
+        }
+    }
+
+    /// Encode (postcard).
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("a notice encodes")
+    }
+
+    /// Decode untrusted bytes: capped, strict and canonical. Nothing is
+    /// checked beyond the form: see [`RevocationNotice::verify`].
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() > MAX_NOTICE_BYTES {
+            return Err(Error::TooLarge {
+                what: "revocation notice",
+                size: bytes.len(),
+                limit: MAX_NOTICE_BYTES,
+            });
+        }
+        let (n, rest): (RevocationNotice, _) =
+            postcard::take_from_bytes(bytes).map_err(|e| Error::corrupted("revocation notice", e))?;
+        if !rest.is_empty() || n.encode() != bytes {
+            return Err(Error::corrupted("revocation notice", "not in canonical encoding"));
+        }
+        Ok(n)
+    }
+
+    /// Check the chain and the signature: the revoking device's user (whose
+    /// device `device` must be for the notice to count), never the revoked
+    /// device itself.
+    pub fn verify(&self) -> Result<UserId> {
+        let body = crate::device::verify_chain(&self.by)?;
+        if body.device == self.device {
+            return Err(Error::corrupted("revocation notice", "a device revoking itself"));
+        }
+        crate::identity::verify_signature(
+            &UserId(body.keys.signing),
+            &notice_message(&self.wire, &self.device, self.upto),
+            &self.sig,
+        )
+        .map_err(|_| Error::corrupted("revocation notice", "a signature that does not verify"))?;
+        Ok(body.user)
+    }
 }
 
 #[cfg(test)]
@@ -775,6 +933,17 @@ mod tests {
                 action,
             },
         }
+    }
+
+    #[test]
+    fn actions_keep_their_encoding_and_a_signed_revocation_folds_as_one() {
+        // Stores of format 6 hold these ops: variants only ever go at the end.
+        let first = |a: &Action| postcard::to_stdvec(a).unwrap()[0];
+        assert_eq!(first(&Action::RevokeInvite { id: [0; 16] }), 6);
+        assert_eq!(first(&Action::join(UserId([1; 32]), DeviceId([2; 16]), [3; 16], [4; 64])), 7);
+        let signed = Action::revoke_signed(UserId([1; 32]), DeviceId([2; 16]), 5, [6; 64]);
+        assert_eq!(first(&signed), 8);
+        assert_eq!(signed.revocation(), Some((&UserId([1; 32]), &DeviceId([2; 16]), 5)));
     }
 
     #[test]

@@ -77,6 +77,7 @@ replay_tests! {
     device_cert => checks::check_device_cert,
     member_ops => checks::check_member_ops,
     key_package => checks::check_key_package,
+    revocation_notice => checks::check_revocation_notice,
 }
 
 /// Writes the membership op seeds only.
@@ -96,9 +97,10 @@ fn regenerate_device_cert_seeds() {
 
 /// Writes the seeds added with keyed device ids (store format 7) only.
 #[test]
-#[ignore = "writes two device_cert and one identity seed; run by hand with --ignored"]
+#[ignore = "writes two device_cert, one identity and the revocation_notice seeds; run by hand with --ignored"]
 fn regenerate_keyed_id_seeds() {
     seeds::write_keyed_id_seeds();
+    seeds::write_revocation_notices();
 }
 
 /// Writes the seeds added with fork proofs and named channel records only
@@ -159,6 +161,9 @@ mod seeds {
             "device_cert" => hearth_core::device::DeviceCert::decode(data).is_ok(),
             "member_ops" => true,
             "key_package" => hearth_core::KeyPackage::decode(data).is_ok(),
+            "revocation_notice" => {
+                hearth_core::member::RevocationNotice::decode(data).is_ok_and(|n| n.verify().is_ok())
+            }
             _ => unreachable!("no fuzz target {target}"),
         }
     }
@@ -359,6 +364,33 @@ mod seeds {
     }
 
     /// Certificates by a user and by a device, a kept (legacy) id, and variants.
+    pub fn write_revocation_notices() {
+        use hearth_core::member::{RevocationNotice, sign_revocation};
+        let me = &Identity::generate("fuzz").expect("identity");
+        let wire = channel_keys().wire();
+        let other = Identity::new_device(&me.secret(), "phone").expect("device");
+        let notice = |by: &Identity, device: hearth_core::DeviceId, upto: u64| {
+            RevocationNotice::new(
+                wire,
+                device,
+                upto,
+                vec![by.device_cert().expect("cert").clone()],
+                sign_revocation(by.device_keys().expect("keys"), &wire, &device, upto),
+            )
+            .encode()
+        };
+        let good = notice(me, other.device(), 3);
+        write("revocation_notice", "valid-by-a-sibling", &good);
+        write(
+            "revocation_notice",
+            "revokes-itself",
+            &notice(&other, other.device(), 1),
+        );
+        write("revocation_notice", "truncated", &good[..good.len() - 9]);
+        write("revocation_notice", "flipped-signature", &flip(&good, good.len() - 5));
+        write("revocation_notice", "flipped-upto", &flip(&good, 49));
+    }
+
     pub fn write_keyed_id_seeds() {
         use hearth_core::device::{DeviceCert, DeviceKeys, device_id_v2};
         let user = ed25519_dalek::SigningKey::from_bytes(&[0x31; 32]);

@@ -197,6 +197,26 @@ pub fn check_device_cert(data: &[u8]) {
     }
 }
 
+/// Decode a revocation notice (relays take them from members). On success
+/// it re-encodes to the input; when it verifies, the revoking device is not
+/// the revoked one and its chain verifies.
+pub fn check_revocation_notice(data: &[u8]) {
+    use hearth_core::member::RevocationNotice;
+    let Ok(n) = RevocationNotice::decode(data) else {
+        return;
+    };
+    assert_eq!(
+        n.encode(),
+        data,
+        "a notice decodes from bytes that are not its encoding"
+    );
+    if let Ok(user) = n.verify() {
+        let by = hearth_core::device::verify_chain(&n.by).expect("a verified notice's chain verifies");
+        assert_eq!(by.user, user);
+        assert_ne!(by.device, n.device, "a device revoked itself");
+    }
+}
+
 /// Decode an identity record. On success it re-encodes to the same identity.
 pub fn check_identity(data: &[u8]) {
     let Ok(id) = Identity::decode(data) else {

@@ -75,6 +75,10 @@ pub enum Refusal {
     /// for a keyed device id ([`hearth_core::device::is_keyed_id`]), which
     /// only a chain certifying its key may claim: squatting.
     Squatting,
+    /// The device was revoked in this channel and the entry is past the
+    /// last one its revocation keeps (a relay holding the revocation's
+    /// notice refuses it; members take it and hide it, see `cuts.rs`).
+    Revoked,
 }
 
 impl Refusal {
@@ -108,6 +112,7 @@ impl fmt::Display for Refusal {
             Refusal::Downgrade => f.write_str("an entry signed by the user key after the device signed with its own"),
             Refusal::KeyChanged => f.write_str("a certificate for the device with another key than its feed's"),
             Refusal::Squatting => f.write_str("a keyed device id claimed by a user key, not its own key (squatting)"),
+            Refusal::Revoked => f.write_str("an entry of a revoked device past its revocation"),
         }
     }
 }

@@ -774,8 +774,18 @@ impl Engine {
                 });
             }
             MemberAction::RevokeDevice { user, device, .. } => {
-                let upto = self.channel(&channel)?.heads.get(&device).map_or(0, |h| h.seq);
-                MemberAction::RevokeDevice { user, device, upto }
+                let ch = self.channel(&channel)?;
+                let upto = ch.heads.get(&device).map_or(0, |h| h.seq);
+                // Signed for relays (a notice any member can hand them).
+                match self.identity.device_keys() {
+                    Some(keys) => MemberAction::revoke_signed(
+                        user,
+                        device,
+                        upto,
+                        hearth_core::member::sign_revocation(keys, &ch.keys.wire(), &device, upto),
+                    ),
+                    None => MemberAction::RevokeDevice { user, device, upto },
+                }
             }
             MemberAction::Remove { user, .. } => {
                 let upto = self
@@ -793,11 +803,10 @@ impl Engine {
         // left (a leaver's store cannot: see docs/trust.md).
         let rotate = match &action {
             MemberAction::Remove { user, .. } => *user != me,
-            MemberAction::RevokeDevice { .. } => true,
-            _ => false,
+            a => a.revocation().is_some(),
         };
         let mut actions = Vec::new();
-        if !roster.is_started() && !matches!(action, MemberAction::Create | MemberAction::RevokeDevice { .. }) {
+        if !(roster.is_started() || matches!(action, MemberAction::Create) || action.revocation().is_some()) {
             actions.push(MemberAction::Create);
         }
         actions.push(action);
@@ -1323,7 +1332,9 @@ fn describe(action: &MemberAction) -> String {
         MemberAction::Add { user, role } => format!("add {} as {role}", &user.to_hex()[..16]),
         MemberAction::Remove { user, .. } => format!("remove {}", &user.to_hex()[..16]),
         MemberAction::SetRole { user, role } => format!("make {} {role}", &user.to_hex()[..16]),
-        MemberAction::RevokeDevice { device, .. } => format!("revoke device {device}"),
+        MemberAction::RevokeDevice { device, .. } | MemberAction::RevokeDeviceSigned { device, .. } => {
+            format!("revoke device {device}")
+        }
         MemberAction::Invite { .. } => "open an invite".into(),
         MemberAction::RevokeInvite { id } => format!("revoke invite {}", crate::invite::hex(id)),
         MemberAction::Join { user, .. } => format!("let {} in through an invite", &user.to_hex()[..16]),

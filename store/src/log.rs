@@ -77,6 +77,10 @@ pub mod kind {
     /// A channel's access key granted to a relay by a member: wire id (32
     /// bytes), then the key (32 bytes). Relays only, from relay format 4.
     pub const GRANT: u8 = 6;
+    /// A revocation notice a relay took (postcard
+    /// `hearth_core::member::RevocationNotice`; not sealed: it travels in the
+    /// clear). Relays only, from relay format 6.
+    pub const REVOKE: u8 = 7;
 }
 
 /// What a commit record says: how far the batch it closes took the store.
@@ -215,7 +219,7 @@ fn decode_parts(head: &[u8], tail: &[u8], segment: u32, base: u64) -> DecodedSeg
             d.stopped = Some(format!("checksum mismatch at {segment:08x}:{pos}"));
             break;
         }
-        if !(kind::IDENTITY..=kind::GRANT).contains(&data[0]) {
+        if !(kind::IDENTITY..=kind::REVOKE).contains(&data[0]) {
             d.stopped = Some(format!("unknown record kind {} at {segment:08x}:{pos}", data[0]));
             break;
         }

@@ -294,6 +294,29 @@ impl Engine {
         Ok(out.into_values().collect())
     }
 
+    /// Every revocation notice relays should hold, by channel: one per
+    /// signed revocation in a roster here whose revoking device's chain is
+    /// held (`hearth_core::member::RevocationNotice`).
+    pub(crate) fn revocation_notices(&mut self) -> Result<Vec<(hearth_core::WireId, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let ids: Vec<ChannelId> = self.channels.keys().copied().collect();
+        for id in ids {
+            let roster = self.roster(&id)?;
+            let ch = self.channel(&id)?;
+            let wire = ch.keys.wire();
+            for (device, (by, sig)) in &roster.revoke_sigs {
+                let (Some((_, upto)), Some((_, chain))) = (roster.revoked.get(device), ch.chains.get(by)) else {
+                    continue;
+                };
+                let notice = hearth_core::member::RevocationNotice::new(wire, *device, *upto, chain.clone(), *sig);
+                if notice.verify().is_ok() {
+                    out.push((wire, notice.encode()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// `device` and every other id of this user's devices that a feed held
     /// here signs with the same key (a device that moved to its keyed id).
     pub(crate) fn ids_of_device(&self, device: &hearth_core::DeviceId) -> Result<Vec<hearth_core::DeviceId>> {

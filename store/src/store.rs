@@ -756,6 +756,14 @@ impl Store {
         Ok(n)
     }
 
+    /// The revocation notices relays should hold, by channel (encoded
+    /// `hearth_core::member::RevocationNotice`s): the sync layer hands them
+    /// to relays, which then refuse the revoked devices' entries past their
+    /// cut.
+    pub async fn revocation_notices(&self) -> Result<Vec<(WireId, Vec<u8>)>> {
+        self.query(|e| e.revocation_notices()).await
+    }
+
     async fn member(&self, channel: ChannelId, action: MemberAction) -> Result<()> {
         self.write(Write::Member { channel, action }).await.map(drop)
     }

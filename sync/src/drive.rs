@@ -23,6 +23,9 @@ pub struct Conn {
     me: Vec<u8>,
     peer: Vec<u8>,
     proven: Arc<Mutex<BTreeSet<WireId>>>,
+    /// Hashes of the revocation notices the peer (a relay) holds: each is
+    /// sent once (shared by the node across this peer's connections).
+    noted: Arc<Mutex<BTreeSet<[u8; 32]>>>,
 }
 
 impl Conn {
@@ -32,7 +35,19 @@ impl Conn {
             me,
             peer,
             proven: Arc::default(),
+            noted: Arc::default(),
         }
+    }
+
+    /// Share `noted` (the notices the peer holds, as far as this node knows)
+    /// with the node's other connections to the peer.
+    pub fn with_noted(mut self, noted: Arc<Mutex<BTreeSet<[u8; 32]>>>) -> Self {
+        self.noted = noted;
+        self
+    }
+
+    fn noted(&self) -> std::sync::MutexGuard<'_, BTreeSet<[u8; 32]>> {
+        self.noted.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Record channels the peer proved.
@@ -53,14 +68,20 @@ impl Conn {
         Auth::new(keys, self.me.clone(), self.peer.clone())
     }
 
-    /// A full session of `replica` with the peer: its vectors, its keys.
+    /// A full session of `replica` with the peer: its vectors, its keys,
+    /// the revocation notices the peer is not known to hold.
     pub async fn session<R: Replica>(&self, replica: &R, grant: bool) -> hearth_store::Result<Session> {
         let local = replica.vectors().await?;
         let keys = replica.access_keys().await?;
+        let mut notices = replica.notices().await?;
+        {
+            let noted = self.noted();
+            notices.retain(|(_, n)| !noted.contains(blake3::hash(n).as_bytes()));
+        }
         Ok(Session::full(
             local,
             replica.is_relay(),
-            self.auth(keys).granting(grant),
+            self.auth(keys).granting(grant).with_notices(notices),
         ))
     }
 
@@ -101,7 +122,11 @@ where
                 Ok(report) => session.on_ingested(report),
                 Err(e) => return failed(session, e.to_string()),
             },
-            Action::Done => return session.into_outcome(),
+            Action::Done => {
+                let o = session.into_outcome();
+                conn.noted().extend(o.noted.iter().map(|n| *blake3::hash(n).as_bytes()));
+                return o;
+            }
         }
     }
 }
@@ -252,6 +277,22 @@ pub async fn serve<R: Replica>(replica: &R, req: Request, conn: &Conn) -> (Respo
                 },
                 Ok(None) => Response::Refused {
                     reason: "a relay lets nobody in: ask a member's node".into(),
+                },
+                Err(e) => refused(e),
+            }
+        }
+        // Notices of channels the peer proved on this connection only (a
+        // stranger fills no relay with them).
+        Request::Revoke { notices } => {
+            let notices: Vec<Vec<u8>> = notices
+                .into_iter()
+                .map(ByteBuf::into_vec)
+                .filter(|n| hearth_core::member::RevocationNotice::decode(n).is_ok_and(|n| conn.proved(&n.wire)))
+                .collect();
+            match replica.note(notices).await {
+                Ok(Some(held)) => Response::Noted { held },
+                Ok(None) => Response::Refused {
+                    reason: "only a relay takes revocation notices".into(),
                 },
                 Err(e) => refused(e),
             }

@@ -253,6 +253,9 @@ struct LinkOffer {
 
 /// How long the accepting side of a new connection waits before its own session.
 const LISTENER_SESSION_DELAY: Duration = Duration::from_millis(300);
+/// Peers whose held notices a node remembers (past it, it forgets them all
+/// and sends each notice once more).
+const MAX_NOTED_PEERS: usize = 1024;
 /// The accepting side's session waits until the peer has not fetched from it
 /// for this long (a catch-up fetches batch after batch, each ingested before
 /// the next is asked for).
@@ -560,6 +563,7 @@ pub async fn start<R: Replica>(
         inbound: Arc::new(Semaphore::new(config.max_inbound)),
         per_ip: HashMap::new(),
         failed_content: HashMap::new(),
+        noted: HashMap::new(),
     };
     for addr in config.peers {
         node.add_known(addr, true);
@@ -604,6 +608,9 @@ struct Loop<R: Replica> {
     /// Per peer: the start of the current minute and the entries it sent
     /// that failed for their content in it.
     failed_content: HashMap<PeerId, (Instant, u64)>,
+    /// Per peer (a relay), the revocation notices it holds as far as this
+    /// node knows: each is sent once a run (`Conn::with_noted`).
+    noted: HashMap<PeerId, Arc<std::sync::Mutex<std::collections::BTreeSet<[u8; 32]>>>>,
 }
 
 /// The IP address a multiaddr starts with.
@@ -975,7 +982,11 @@ impl<R: Replica> Loop<R> {
                     }
                 }
                 if num_established.get() == 1 {
-                    let conn = Conn::new(self.swarm.local_peer_id().to_bytes(), peer_id.to_bytes());
+                    if self.noted.len() >= MAX_NOTED_PEERS && !self.noted.contains_key(&peer_id) {
+                        self.noted.clear();
+                    }
+                    let noted = self.noted.entry(peer_id).or_default().clone();
+                    let conn = Conn::new(self.swarm.local_peer_id().to_bytes(), peer_id.to_bytes()).with_noted(noted);
                     let work = spawn_worker(
                         Worker {
                             peer: peer_id,

@@ -8,8 +8,13 @@
 //! Push   {wire, entries}                       -> Ack {vector, accepted, rejected}
 //! Grant  {grants: [(wire, access key)]}        -> Granted {vectors}   (to a relay)
 //! Join   {invite, user, chain, sig}            -> Joined {sealed}     (from anyone)
+//! Revoke {notices: [revocation notice]}        -> Noted {held}        (to a relay)
 //! ```
 //!
+//! Protocol 4 adds Revoke: a member hands a relay the revocation notices of
+//! the channels the relay proved (`hearth_core::member::RevocationNotice`,
+//! signed by the revoking device), and the relay refuses and stops serving
+//! the revoked devices' entries past their cut.
 //! Protocol 3 adds Join: the holder of an invite asks a member's node to let
 //! it in (`hearth_store::Store::admit`); it needs no proof of a channel.
 //! Protocol 2: a channel is named in a Hello only by a tag its members can
@@ -29,12 +34,12 @@ use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 
 /// The protocol name (the version is in it).
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/sync/3");
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/sync/4");
 /// Protocol version carried in Hello.
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// Names of earlier versions of the protocol, which this node does not speak:
 /// a peer offering only these is reported as incompatible, not banned.
-pub const OLD_PROTOCOLS: [&str; 2] = ["/hearth/sync/1", "/hearth/sync/2"];
+pub const OLD_PROTOCOLS: [&str; 3] = ["/hearth/sync/1", "/hearth/sync/2", "/hearth/sync/3"];
 /// Largest request frame (a push batch).
 pub const MAX_REQUEST: usize = 1 << 20;
 /// Largest response frame (an entries batch).
@@ -47,6 +52,8 @@ pub const BATCH_ENTRIES: usize = 2048;
 pub const MAX_JOIN_CHAIN: usize = 8;
 /// Most channels in one Hello.
 pub const MAX_CHANNELS: usize = 16_384;
+/// Most revocation notices in one Revoke.
+pub const MAX_NOTICES: usize = 256;
 
 /// The first 8 bytes of a wire id: enough to name a channel in a Hello.
 pub type WireTag = [u8; 8];
@@ -134,6 +141,13 @@ pub enum Request {
         /// `hearth_core::member::sign_join` by the invite's secret.
         sig: serde_bytes::ByteArray<64>,
     },
+    /// A member hands a relay revocation notices (encoded
+    /// `hearth_core::member::RevocationNotice`s) of channels the relay
+    /// proved. Only a relay takes it.
+    Revoke {
+        /// The notices.
+        notices: Vec<serde_bytes::ByteBuf>,
+    },
 }
 
 /// A response.
@@ -189,6 +203,11 @@ pub enum Response {
     Joined {
         /// The sealed channel record.
         sealed: serde_bytes::ByteBuf,
+    },
+    /// Answer to Revoke: how many of the notices the relay holds now.
+    Noted {
+        /// Notices held (taken now or before).
+        held: u32,
     },
 }
 
@@ -247,6 +266,9 @@ impl Request {
             }
             Request::Join { chain, .. } if chain.len() > MAX_JOIN_CHAIN => {
                 Err(FrameError::Malformed("a certificate chain longer than 8".into()))
+            }
+            Request::Revoke { notices } if notices.len() > MAX_NOTICES => {
+                Err(FrameError::Malformed("too many revocation notices".into()))
             }
             _ => Ok(r),
         }

@@ -37,6 +37,9 @@ pub struct Auth {
     pub nonce: Nonce,
     /// The peer is a relay this user configured: grant it what it lacks.
     pub grant: bool,
+    /// Revocation notices to hand the peer if it is a relay, by channel
+    /// (sent for the channels it proves, before any entry is pushed).
+    pub notices: Vec<(WireId, Vec<u8>)>,
 }
 
 impl Auth {
@@ -50,7 +53,14 @@ impl Auth {
             },
             nonce: auth::nonce(),
             grant: false,
+            notices: Vec::new(),
         }
+    }
+
+    /// Hand the peer these revocation notices if it is a relay.
+    pub fn with_notices(mut self, notices: Vec<(WireId, Vec<u8>)>) -> Self {
+        self.notices = notices;
+        self
     }
 
     /// Grant the peer (a relay this user configured) the channels it lacks.
@@ -194,6 +204,9 @@ pub struct Outcome {
     pub proved: BTreeSet<WireId>,
     /// Channels granted to the peer (a relay this user configured).
     pub granted: usize,
+    /// Revocation notices the peer (a relay) holds of those sent to it: the
+    /// notices themselves, so that the node sends each only once.
+    pub noted: Vec<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -201,6 +214,7 @@ enum Phase {
     Start,
     AwaitHello,
     AwaitGranted,
+    AwaitNoted,
     Pull,
     AwaitEntries,
     AwaitIngest,
@@ -344,6 +358,13 @@ impl Session {
                         self.outcome.peer.insert(w, v);
                         self.queue.push_back(w);
                     }
+                }
+                self.notify()
+            }
+            (Phase::AwaitNoted, Response::Noted { held }) => {
+                let sent = self.notifying();
+                if held as usize >= sent.len() {
+                    self.outcome.noted = sent;
                 }
                 self.next_channel()
             }
@@ -505,7 +526,36 @@ impl Session {
             self.outcome.round_trips += 1;
             return Action::Send(Request::Grant { grants });
         }
-        self.next_channel()
+        self.notify()
+    }
+
+    /// The notices to hand the peer: those of the channels it proved, if it
+    /// is a relay (at most [`proto::MAX_NOTICES`]).
+    fn notifying(&self) -> Vec<Vec<u8>> {
+        match &self.auth {
+            Some(a) if self.outcome.peer_relay => a
+                .notices
+                .iter()
+                .filter(|(w, _)| self.outcome.proved.contains(w))
+                .map(|(_, n)| n.clone())
+                .take(proto::MAX_NOTICES)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Hand a relay the revocation notices of the channels it proved, before
+    /// any entry goes either way; then on to the channels.
+    fn notify(&mut self) -> Action {
+        let notices = self.notifying();
+        if notices.is_empty() {
+            return self.next_channel();
+        }
+        self.phase = Phase::AwaitNoted;
+        self.outcome.round_trips += 1;
+        Action::Send(Request::Revoke {
+            notices: notices.into_iter().map(ByteBuf::from).collect(),
+        })
     }
 
     /// Channels to grant the peer: those of the Hello it did not prove, when
@@ -585,6 +635,7 @@ fn kind(r: &Response) -> &'static str {
         Response::Link { .. } => "Link",
         Response::Granted { .. } => "Granted",
         Response::Joined { .. } => "Joined",
+        Response::Noted { .. } => "Noted",
     }
 }
 

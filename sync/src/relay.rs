@@ -7,7 +7,9 @@
 //! <dir>/db/    sled, one tree `hearth-relay.v1`, derived from the log (see `disk`):
 //!   F | wire [32] | device [16] | seq u64 BE  -> envelope bytes
 //!   H | wire [32] | device [16]               -> postcard(RelayHead {user, seq, hash, bytes})
-//!   M format | M log | M logsynced            -> format 2; log positions
+//!   M format | M log | M logsynced            -> format 6; log positions
+//!   (and K fork proofs, D device chains, G access grants, V revocation
+//!   notices: see the table constants)
 //! ```
 //!
 //! A relay checks what needs no key: the canonical encoding under the size cap,
@@ -51,6 +53,13 @@ const T_CHAINS: u8 = b'D';
 /// `G | wire [32]` -> the channel's access key (32 bytes), granted by a
 /// member: proofs of membership of the channel are checked against it.
 const T_GRANTS: u8 = b'G';
+/// `V | wire [32] | device [16]` -> a revocation notice a member handed the
+/// relay (postcard `hearth_core::member::RevocationNotice`, checked when
+/// taken): the device's entries past its cut are refused and not served
+/// (format 6).
+const T_REVOKED: u8 = b'V';
+/// Most revocation notices one channel holds here.
+const MAX_NOTICES_PER_CHANNEL: usize = 1024;
 /// Locked (`File::try_lock`) while open, so two relays never share a directory.
 const LOCK_FILE: &str = "LOCK";
 /// The sled database directory.
@@ -150,9 +159,33 @@ struct State {
     /// Per channel and device: the key its feed is signed with and the
     /// chain that certifies it.
     chains: BTreeMap<WireId, DeviceChains>,
+    /// Per channel, revoked devices (from members' notices): the user whose
+    /// device it is and the last entry of its feed that stays.
+    revoked: BTreeMap<WireId, BTreeMap<DeviceId, (UserId, u64)>>,
+    /// The notices, as taken (handed on to peers that ask).
+    notices: BTreeMap<WireId, BTreeMap<DeviceId, Vec<u8>>>,
 }
 
 impl State {
+    /// The last entry of `device`'s feed (of `user`, signed with `key`) in
+    /// `wire` that a revocation keeps, if one cuts it: its own notice, or a
+    /// notice of another device of the same user signed with the same key
+    /// (a device that moved to its keyed id), which cuts it from its start.
+    fn cut(&self, wire: &WireId, device: &DeviceId, user: &UserId, key: Option<[u8; 32]>) -> Option<u64> {
+        let notes = self.revoked.get(wire)?;
+        if let Some((u, upto)) = notes.get(device)
+            && u == user
+        {
+            return Some(*upto);
+        }
+        let key = key?;
+        let chains = self.chains.get(wire)?;
+        notes
+            .iter()
+            .any(|(d, (u, _))| u == user && chains.get(d).is_some_and(|(k, _)| *k == key))
+            .then_some(0)
+    }
+
     fn vector(&self, wire: &WireId) -> Option<Vector> {
         self.feeds.get(wire).map(|f| {
             Vector(
@@ -383,12 +416,30 @@ impl Replica for RelayStore {
     }
 
     async fn vectors(&self) -> Result<Vec<(WireId, Vector)>> {
+        self.blocking(|i| {
+            let wires: Vec<WireId> = i.state().feeds.keys().copied().collect();
+            let mut out = Vec::with_capacity(wires.len());
+            for w in wires {
+                if let Some(v) = i.served_vector(&w)? {
+                    out.push((w, v));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn notices(&self) -> Result<Vec<(WireId, Vec<u8>)>> {
         let st = self.inner.state();
         Ok(st
-            .feeds
-            .keys()
-            .map(|w| (*w, st.vector(w).expect("a held channel")))
+            .notices
+            .iter()
+            .flat_map(|(w, m)| m.values().map(|n| (*w, n.clone())))
             .collect())
+    }
+
+    async fn note(&self, notices: Vec<Vec<u8>>) -> Result<Option<u32>> {
+        self.blocking(move |i| i.note(notices)).await.map(Some)
     }
 
     async fn access_keys(&self) -> Result<Vec<(WireId, SecretKey)>> {
@@ -486,11 +537,125 @@ impl Inner {
                 .grants
                 .extend(new);
         }
-        let st = self.state();
-        Ok(taken
+        drop(w);
+        taken
             .into_iter()
-            .map(|w| (w, st.vector(&w).unwrap_or_default()))
-            .collect())
+            .map(|wire| Ok((wire, self.served_vector(&wire)?.unwrap_or_default())))
+            .collect()
+    }
+
+    /// The vector this relay serves of a channel: a revoked device's feed
+    /// ends at its cut (what it holds past the cut, taken before the notice,
+    /// is not handed out).
+    fn served_vector(&self, wire: &WireId) -> Result<Option<Vector>> {
+        let cuts: Vec<(DeviceId, u64)> = {
+            let st = self.state();
+            let Some(feeds) = st.feeds.get(wire) else {
+                return Ok(None);
+            };
+            let chains = st.chains.get(wire);
+            feeds
+                .iter()
+                .filter_map(|(d, h)| {
+                    let key = chains.and_then(|c| c.get(d)).map(|(k, _)| *k);
+                    st.cut(wire, d, &h.user, key)
+                        .filter(|upto| *upto < h.seq)
+                        .map(|upto| (*d, upto))
+                })
+                .collect()
+        };
+        let mut v = self.state().vector(wire).unwrap_or_default();
+        for (device, upto) in cuts {
+            if upto == 0 {
+                v.0.remove(&device);
+                continue;
+            }
+            let bytes = self
+                .tree
+                .get(feed_key(wire, &device, upto))
+                .map_err(sled_error)?
+                .ok_or_else(|| corrupted("relay feed", format!("entry {device}/{upto} is missing")))?;
+            v.0.insert(
+                device,
+                FeedPos {
+                    seq: upto,
+                    hash: *blake3::hash(&bytes).as_bytes(),
+                },
+            );
+        }
+        Ok(Some(v))
+    }
+
+    /// Take members' revocation notices (encoded `RevocationNotice`s): each
+    /// must verify, be of a channel granted here, and revoke a device of
+    /// the revoking device's own user (as far as the chains held tell); the
+    /// first notice of a device stands, at most
+    /// [`MAX_NOTICES_PER_CHANNEL`] a channel. Durable (log, fsynced) before
+    /// it is answered. Returns how many this relay holds of those sent.
+    fn note(&self, notices: Vec<Vec<u8>>) -> Result<u32> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(Error::Poisoned);
+        }
+        let mut w = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut held = 0u32;
+        let mut new: BTreeMap<(WireId, DeviceId), (UserId, u64, Vec<u8>)> = BTreeMap::new();
+        {
+            let st = self.state();
+            for bytes in notices {
+                let Ok(n) = hearth_core::member::RevocationNotice::decode(&bytes) else {
+                    continue;
+                };
+                let Ok(user) = n.verify() else {
+                    continue;
+                };
+                if !st.grants.contains_key(&n.wire) {
+                    continue;
+                }
+                let owner = st
+                    .feeds
+                    .get(&n.wire)
+                    .and_then(|f| f.get(&n.device))
+                    .map(|h| h.user)
+                    .or_else(|| {
+                        st.chains
+                            .get(&n.wire)
+                            .and_then(|c| c.get(&n.device))
+                            .and_then(|(_, chain)| chain.last().map(|c| c.body.user))
+                    });
+                if owner.is_some_and(|o| o != user) {
+                    continue;
+                }
+                let here = st.revoked.get(&n.wire);
+                if here.is_some_and(|m| m.contains_key(&n.device)) || new.contains_key(&(n.wire, n.device)) {
+                    held += 1;
+                    continue;
+                }
+                let count = here.map_or(0, BTreeMap::len) + new.keys().filter(|(w, _)| *w == n.wire).count();
+                if count >= MAX_NOTICES_PER_CHANNEL {
+                    continue;
+                }
+                new.insert((n.wire, n.device), (user, n.upto, bytes));
+            }
+        }
+        if !new.is_empty() {
+            let mut batch = sled::Batch::default();
+            for ((wire, device), (_, _, bytes)) in &new {
+                batch.insert(&prefixed(T_REVOKED, wire, device)[..], &bytes[..]);
+            }
+            let records: Vec<(u8, &[u8])> = new.values().map(|(_, _, b)| (log_kind::REVOKE, b.as_slice())).collect();
+            let written = self.write(&mut w, batch, &records, None);
+            if written.is_err() {
+                self.poisoned.store(true, Ordering::SeqCst);
+            }
+            written?;
+            held += new.len() as u32;
+            let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
+            for ((wire, device), (user, upto, bytes)) in new {
+                st.revoked.entry(wire).or_default().insert(device, (user, upto));
+                st.notices.entry(wire).or_default().insert(device, bytes);
+            }
+        }
+        Ok(held)
     }
 
     /// The entries `have` lacks, feed by feed in seq order, within a budget.
@@ -501,7 +666,7 @@ impl Inner {
         max_bytes: usize,
         max_entries: usize,
     ) -> Result<Option<EntryBatch>> {
-        let Some(mine) = self.state().vector(wire) else {
+        let Some(mine) = self.served_vector(wire)? else {
             return Ok(None);
         };
         let mut batch = EntryBatch::default();
@@ -584,6 +749,19 @@ impl Inner {
                 }
             };
             let device = env.header.device;
+            if replay.is_none() {
+                let key = env
+                    .device_key()
+                    .ok()
+                    .flatten()
+                    .or_else(|| chains.get(&device).map(|(k, _)| *k));
+                if let Some(upto) = self.state().cut(wire, &device, &env.header.user, key)
+                    && env.header.seq > upto
+                {
+                    report.rejected.push(admission.refuse(&env, Refusal::Revoked));
+                    continue;
+                }
+            }
             if let Some(why) = &no_room {
                 report.rejected.push(admission.refuse(&env, Refusal::Full(why.clone())));
                 continue;
@@ -665,7 +843,7 @@ impl Inner {
             }
             report.accepted = accepted.len();
         }
-        report.vector = self.state().vector(wire).unwrap_or_default();
+        report.vector = self.served_vector(wire)?.unwrap_or_default();
         if report.accepted > 0 {
             let _ = self.events.send(ReplicaEvent::Appended(*wire));
         }
@@ -765,6 +943,16 @@ fn load(tree: &sled::Tree) -> Result<State> {
         let chain: Vec<DeviceCert> = postcard::from_bytes(&v).map_err(|e| corrupted("relay device chains", e))?;
         let key = hearth_store::chain_key(&chain).ok_or_else(|| corrupted("relay device chains", "does not verify"))?;
         st.chains.entry(wire).or_default().insert(device, (key, chain));
+    }
+    for row in tree.scan_prefix([T_REVOKED]) {
+        let (k, v) = row.map_err(sled_error)?;
+        let n = hearth_core::member::RevocationNotice::decode(&v).map_err(|e| corrupted("relay revocations", e))?;
+        let user = n.verify().map_err(|e| corrupted("relay revocations", e))?;
+        if k.len() != 49 || k[1..33] != n.wire.0 || k[33..49] != n.device.0 {
+            return Err(corrupted("relay revocations", "a key that is not its notice's"));
+        }
+        st.revoked.entry(n.wire).or_default().insert(n.device, (user, n.upto));
+        st.notices.entry(n.wire).or_default().insert(n.device, v.to_vec());
     }
     for row in tree.scan_prefix([T_GRANTS]) {
         let (k, v) = row.map_err(sled_error)?;
@@ -1048,6 +1236,98 @@ mod tests {
         let other = Identity::generate("b").unwrap();
         let (stray, _) = Envelope::seal_v2(&keys, &other, 1, [0; 32], &body(9), 0, Vec::new()).unwrap();
         assert_eq!(reasons(&ingest(&relay, wire, &[&stray]).await), ["bad signature"]);
+    }
+
+    /// Revocation on a relay (issue 8, item 1): a member's notice, signed by
+    /// another device of the revoked device's own user, cuts the device's
+    /// feed there: later entries are refused (not the forwarder's fault),
+    /// what was taken past the cut is no longer served, and it all survives
+    /// a reopen and a rebuild. Notices of another user, of a device revoking
+    /// itself, with a bad signature or for a channel not granted are not taken.
+    #[tokio::test]
+    async fn revocation_notices_cut_a_devices_feed_for_good() {
+        use hearth_core::member::{RevocationNotice, sign_revocation};
+        let dir = tempfile::tempdir().unwrap();
+        let keys = ChannelKeys::generate().unwrap();
+        let wire = keys.wire();
+        let a = Identity::generate("a").unwrap();
+        let stolen = Identity::new_device(&a.secret(), "a").unwrap();
+        let mallory = Identity::generate("m").unwrap();
+        let feed = chain(&keys, &stolen, 6);
+        let mine = chain(&keys, &a, 2);
+        let notice = |by: &Identity, device: DeviceId, upto: u64, wire: WireId| {
+            RevocationNotice::new(
+                wire,
+                device,
+                upto,
+                vec![by.device_cert().unwrap().clone()],
+                sign_revocation(by.device_keys().unwrap(), &wire, &device, upto),
+            )
+            .encode()
+        };
+        let relay = RelayStore::open(dir.path()).unwrap();
+        relay.grant(vec![(wire, keys.access().clone())]).await.unwrap();
+        let r = ingest(&relay, wire, &[&feed[0].0, &feed[1].0, &feed[2].0, &mine[0].0]).await;
+        assert_eq!(r.accepted, 4);
+        let mut forged = notice(&a, stolen.device(), 1, wire);
+        let at = forged.len() - 10;
+        forged[at] ^= 1;
+        let refused = vec![
+            notice(&mallory, stolen.device(), 1, wire),
+            notice(&stolen, stolen.device(), 1, wire),
+            forged,
+            notice(&a, stolen.device(), 1, WireId([7; 32])),
+        ];
+        assert_eq!(relay.note(refused).await.unwrap(), Some(0));
+        assert_eq!(relay.notices().await.unwrap(), Vec::new());
+        let good = notice(&a, stolen.device(), 2, wire);
+        assert_eq!(relay.note(vec![good.clone(), good.clone()]).await.unwrap(), Some(2));
+        // The first notice of a device stands.
+        assert_eq!(
+            relay.note(vec![notice(&a, stolen.device(), 5, wire)]).await.unwrap(),
+            Some(1)
+        );
+        let (sd, ad) = (stolen.device(), a.device());
+        let check = |relay: RelayStore| {
+            let (feed, mine, good) = (feed.clone(), mine.clone(), good.clone());
+            async move { check_cut(relay, wire, sd, ad, feed, mine, good).await }
+        };
+        check(relay.clone()).await;
+        drop(relay);
+        check(RelayStore::open(dir.path()).unwrap()).await;
+        std::fs::remove_dir_all(dir.path().join(DB_DIR)).unwrap();
+        check(RelayStore::open(dir.path()).unwrap()).await;
+    }
+
+    async fn check_cut(
+        relay: RelayStore,
+        wire: WireId,
+        stolen: DeviceId,
+        a: DeviceId,
+        feed: Vec<(Vec<u8>, EntryHash)>,
+        mine: Vec<(Vec<u8>, EntryHash)>,
+        good: Vec<u8>,
+    ) {
+        {
+            let v = relay.vectors().await.unwrap()[0].1.clone();
+            assert_eq!(v.seq(&stolen), 2, "served up to the cut");
+            assert!(v.seq(&a) >= 1);
+            let b = relay
+                .entries_after(wire, Vector::default(), 1 << 20, 100)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                b.entries.len() as u64,
+                2 + v.seq(&a),
+                "the entry taken past the cut is not handed out"
+            );
+            assert!(!b.entries.contains(&feed[2].0));
+            let r = ingest(&relay, wire, &[&feed[3].0, &feed[4].0, &mine[1].0]).await;
+            assert_eq!(r.rejected[0].reason, Refusal::Revoked, "{r:?}");
+            assert!(!r.rejected[0].is_peer_fault());
+            assert_eq!(relay.notices().await.unwrap(), vec![(wire, good.clone())]);
+        }
     }
 
     #[tokio::test]

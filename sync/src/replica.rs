@@ -64,6 +64,14 @@ pub trait Replica: Clone + Send + Sync + 'static {
         entries: Vec<Vec<u8>>,
     ) -> impl Future<Output = hearth_store::Result<Option<IngestReport>>> + Send;
 
+    /// The revocation notices to hand relays, by channel (encoded
+    /// `hearth_core::member::RevocationNotice`s).
+    fn notices(&self) -> impl Future<Output = hearth_store::Result<Vec<(WireId, Vec<u8>)>>> + Send;
+
+    /// Take revocation notices (a relay: how many of them it holds now;
+    /// `None`: this replica takes none).
+    fn note(&self, notices: Vec<Vec<u8>>) -> impl Future<Output = hearth_store::Result<Option<u32>>> + Send;
+
     /// Events, from now on.
     fn subscribe(&self) -> broadcast::Receiver<ReplicaEvent>;
 }
@@ -111,6 +119,15 @@ impl Replica for Store {
             Err(e) if unknown_channel(&e) => Ok(None),
             other => other.map(Some),
         }
+    }
+
+    async fn notices(&self) -> hearth_store::Result<Vec<(WireId, Vec<u8>)>> {
+        Store::revocation_notices(self).await
+    }
+
+    async fn note(&self, _: Vec<Vec<u8>>) -> hearth_store::Result<Option<u32>> {
+        // A member reads revocations from the roster, signed in its feeds.
+        Ok(None)
     }
 
     fn subscribe(&self) -> broadcast::Receiver<ReplicaEvent> {
@@ -165,6 +182,14 @@ impl Replica for Detached {
         _: usize,
         _: usize,
     ) -> hearth_store::Result<Option<EntryBatch>> {
+        Ok(None)
+    }
+
+    async fn notices(&self) -> hearth_store::Result<Vec<(WireId, Vec<u8>)>> {
+        Ok(Vec::new())
+    }
+
+    async fn note(&self, _: Vec<Vec<u8>>) -> hearth_store::Result<Option<u32>> {
         Ok(None)
     }
 

@@ -193,6 +193,14 @@ impl Replica for Evil {
         Replica::admit(&self.store, req).await
     }
 
+    async fn notices(&self) -> hearth_store::Result<Vec<(WireId, Vec<u8>)>> {
+        Replica::notices(&self.store).await
+    }
+
+    async fn note(&self, notices: Vec<Vec<u8>>) -> hearth_store::Result<Option<u32>> {
+        Replica::note(&self.store, notices).await
+    }
+
     async fn vectors(&self) -> hearth_store::Result<Vec<(WireId, Vector)>> {
         let mut v = Replica::vectors(&self.store).await?;
         if self.forgery == Forgery::ClaimsMore {

@@ -193,6 +193,12 @@ mod seeds {
         }
         .encode();
         write("sync_request", "valid-join", &join);
+        let revoke = Request::Revoke {
+            notices: vec![ByteBuf::from(vec![0x5d; 40]), ByteBuf::from(vec![0x6e; 3])],
+        }
+        .encode();
+        write("sync_request", "valid-revoke", &revoke);
+        write("sync_request", "truncated-revoke", &revoke[..revoke.len() - 2]);
         write("sync_request", "truncated-join", &join[..join.len() - 1]);
         write("sync_request", "truncated-grant", &grant[..grant.len() - 1]);
         write("sync_request", "truncated-fetch", &fetch[..fetch.len() - 1]);
@@ -240,6 +246,7 @@ mod seeds {
         }
         .encode();
         write("sync_response", "valid-joined", &joined);
+        write("sync_response", "valid-noted", &Response::Noted { held: 300 }.encode());
         write("sync_response", "truncated-ack", &ack[..ack.len() - 3]);
         write("sync_response", "refused-bad-utf8", &bad_utf8);
         write("sync_response", "variant-9", &[9, 0]);

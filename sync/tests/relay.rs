@@ -570,3 +570,75 @@ async fn honest_peers_forwarding_two_branches_of_a_fork_blame_nobody() {
         s.close().await.unwrap();
     }
 }
+
+/// A revoked device's entries past its cut are refused by relays too
+/// (issue 8, item 1): the revoking device hands its relay the revocation's
+/// notice in the next session, before any entry; any other member hands it
+/// to a relay it syncs with (Bob, to a relay of his own). Neither relay then
+/// takes or serves what the stolen phone writes, and the one that took a
+/// late entry before the notice stops handing it out.
+#[tokio::test]
+async fn relays_refuse_a_revoked_devices_later_entries() {
+    let dirs: Vec<tempfile::TempDir> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let laptop = Store::create(dirs[0].path(), &pass(), ALICE, config()).await.unwrap();
+    let bundle = laptop.link_bundle().await.unwrap();
+    let phone = Store::create_linked(dirs[1].path(), &pass(), &bundle, config())
+        .await
+        .unwrap();
+    let bob = Store::create(dirs[2].path(), &pass(), BOB, config()).await.unwrap();
+    let (relay, bobs_relay) = (
+        RelayStore::open(dirs[3].path()).unwrap(),
+        RelayStore::open(dirs[4].path()).unwrap(),
+    );
+    let general = laptop.create_channel(CHANNEL_NAME).await.unwrap();
+    laptop.post(general, "before").await.unwrap();
+    let keys = laptop.channel_keys(general).await.unwrap();
+    let wire = keys.wire();
+    phone.join_channel(keys.clone()).await.unwrap();
+    bob.join_channel(keys).await.unwrap();
+    for s in [&laptop, &phone, &bob, &laptop, &phone] {
+        settle(s, &relay).await;
+    }
+    phone.post(general, "the phone, still honest").await.unwrap();
+    settle(&phone, &relay).await;
+    settle(&laptop, &relay).await;
+    let phone_id = phone.whoami().device;
+
+    // The phone is stolen: the laptop revokes it and syncs with the relay.
+    assert_eq!(laptop.revoke_device(phone_id).await.unwrap(), 1);
+    let notices = laptop.revocation_notices().await.unwrap();
+    assert_eq!(notices.len(), 1);
+    let o = sync(&laptop, &relay).await;
+    assert_eq!(o.noted, vec![notices[0].1.clone()], "{o:?}");
+    let cut = vector_of(&relay.vectors().await.unwrap(), wire).unwrap().seq(&phone_id);
+    assert!(cut > 0);
+
+    // The thief writes on and syncs with the relay: refused, the phone not blamed.
+    phone.post(general, "from the stolen phone").await.unwrap();
+    let o = sync(&phone, &relay).await;
+    assert!(o.refused_there > 0, "{o:?}");
+    assert!(!o.fault_here);
+    assert_eq!(
+        vector_of(&relay.vectors().await.unwrap(), wire).unwrap().seq(&phone_id),
+        cut
+    );
+
+    // Bob took the revocation from the relay; he hands the notice to a relay
+    // of his own, which then refuses the thief's entries too.
+    settle(&bob, &relay).await;
+    let o = sync(&bob, &bobs_relay).await;
+    assert_eq!(o.noted.len(), 1, "{o:?}");
+    let o = sync(&phone, &bobs_relay).await;
+    assert!(o.refused_there > 0, "{o:?}");
+    let held = vector_of(&bobs_relay.vectors().await.unwrap(), wire).unwrap();
+    assert_eq!(held.seq(&phone_id), cut);
+    let texts: Vec<String> = bob
+        .page(general, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| m.text)
+        .collect();
+    assert!(!texts.contains(&"from the stolen phone".to_string()), "{texts:?}");
+    assert!(texts.contains(&"the phone, still honest".to_string()), "{texts:?}");
+}

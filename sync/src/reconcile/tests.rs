@@ -58,6 +58,8 @@ struct Fake {
     channels: BTreeMap<WireId, BTreeMap<DeviceId, Vec<Vec<u8>>>>,
     /// A relay's granted channels.
     grants: BTreeSet<WireId>,
+    /// Revocation notices a relay took.
+    notices: Vec<Vec<u8>>,
 }
 
 impl Fake {
@@ -239,7 +241,13 @@ impl Fake {
                     },
                 }
             }
-            Request::Link { .. } | Request::Join { .. } => Response::Refused {
+            Request::Revoke { notices } if self.relay => {
+                self.notices.extend(notices.into_iter().map(ByteBuf::into_vec));
+                Response::Noted {
+                    held: self.notices.len() as u32,
+                }
+            }
+            Request::Link { .. } | Request::Join { .. } | Request::Revoke { .. } => Response::Refused {
                 reason: "no link offer".into(),
             },
         }
@@ -252,6 +260,7 @@ struct Run {
     outcome: Outcome,
     hellos: usize,
     grants: usize,
+    revokes: usize,
     fetches: usize,
     pushes: usize,
     /// Entries in each Entries answer and each Push, in order.
@@ -275,6 +284,10 @@ fn drive(mut session: Session, local: &mut Fake, mut peer: impl FnMut(Request) -
                 match &req {
                     Request::Hello { .. } => run.hellos += 1,
                     Request::Grant { .. } => run.grants += 1,
+                    Request::Revoke { .. } => {
+                        assert_eq!(run.pushes + run.fetches, 0, "notices go before any entry");
+                        run.revokes += 1
+                    }
                     Request::Fetch { .. } => run.fetches += 1,
                     Request::Push { entries, .. } => {
                         run.pushes += 1;
@@ -301,7 +314,7 @@ fn drive(mut session: Session, local: &mut Fake, mut peer: impl FnMut(Request) -
                 run.outcome = session.into_outcome();
                 assert_eq!(
                     run.outcome.round_trips as usize,
-                    run.hellos + run.grants + run.fetches + run.pushes,
+                    run.hellos + run.grants + run.revokes + run.fetches + run.pushes,
                     "round trips count requests"
                 );
                 return run;
@@ -493,7 +506,9 @@ fn liar(
         }
         Request::Fetch { have, .. } => fetch(&have),
         Request::Push { .. } => push(),
-        Request::Link { .. } | Request::Grant { .. } | Request::Join { .. } => panic!("not asked of a member"),
+        Request::Link { .. } | Request::Grant { .. } | Request::Join { .. } | Request::Revoke { .. } => {
+            panic!("not asked of a member")
+        }
     }
 }
 
@@ -817,6 +832,23 @@ fn a_member_grants_its_relay_and_no_other_peer_learns_its_channels() {
     let run = sync_granting(&mut m, &mut r);
     assert!(run.outcome.in_sync_at_hello);
     assert_eq!((run.outcome.round_trips, run.grants), (1, 0));
+
+    // Revocation notices go to a relay, for the channels it proved only,
+    // before any entry, once; never to a member.
+    let notices = vec![
+        (shared, b"notice of shared".to_vec()),
+        (wire(9), b"another channel".to_vec()),
+    ];
+    let session = Session::full(m.vectors(), m.relay, m.auth().with_notices(notices.clone()));
+    let run = drive(session, &mut m, |req| r.serve(req));
+    clean(&run.outcome);
+    assert_eq!(run.revokes, 1);
+    assert_eq!(r.notices, vec![b"notice of shared".to_vec()]);
+    assert_eq!(run.outcome.noted, vec![b"notice of shared".to_vec()]);
+    let mut other = member.clone();
+    let session = Session::full(m.vectors(), m.relay, m.auth().with_notices(notices));
+    let run = drive(session, &mut m, |req| other.serve(req));
+    assert_eq!((run.revokes, run.outcome.noted.len()), (0, 0), "a member takes none");
 
     // A relay nobody configured holds the same channel's entries, but no key:
     // it proves nothing, so it is given nothing and told nothing.

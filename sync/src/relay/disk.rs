@@ -36,8 +36,9 @@ pub(super) const META_LOG_SYNCED: &[u8] = b"Mlogsynced";
 /// (log record kind 5, table `K`); a format 2 relay is only marked. 4: access
 /// grants (log record kind 6, table `G`); a format 3 relay is only marked.
 /// 5: device chains of format 2 entries (table `D`, derived from the
-/// entries); a format 4 relay is only marked.
-pub(super) const RELAY_FORMAT: u8 = 5;
+/// entries); a format 4 relay is only marked. 6: revocation notices (log
+/// record kind 7, table `V`); a format 5 relay is only marked.
+pub(super) const RELAY_FORMAT: u8 = 6;
 /// sled is checkpointed once this much log was written since the last time
 /// (the log itself is durable at every acknowledgement).
 const CHECKPOINT_BYTES: u64 = 4 << 20;
@@ -223,6 +224,22 @@ impl Inner {
                                 forks += 1;
                             }
                             batch.insert(&k[..], r.body);
+                        }
+                    }
+                    // Checked when taken; one that does not decode now is
+                    // skipped (it only ever refused entries).
+                    log_kind::REVOKE => {
+                        if let Ok(n) = hearth_core::member::RevocationNotice::decode(&r.body)
+                            && let Ok(user) = n.verify()
+                        {
+                            batch.insert(&super::prefixed(super::T_REVOKED, &n.wire, &n.device)[..], &r.body[..]);
+                            let mut st = self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                            st.revoked
+                                .entry(n.wire)
+                                .or_default()
+                                .entry(n.device)
+                                .or_insert((user, n.upto));
+                            st.notices.entry(n.wire).or_default().entry(n.device).or_insert(r.body);
                         }
                     }
                     log_kind::GRANT => {
