@@ -940,7 +940,10 @@ mod tests {
         // Stores of format 6 hold these ops: variants only ever go at the end.
         let first = |a: &Action| postcard::to_stdvec(a).unwrap()[0];
         assert_eq!(first(&Action::RevokeInvite { id: [0; 16] }), 6);
-        assert_eq!(first(&Action::join(UserId([1; 32]), DeviceId([2; 16]), [3; 16], [4; 64])), 7);
+        assert_eq!(
+            first(&Action::join(UserId([1; 32]), DeviceId([2; 16]), [3; 16], [4; 64])),
+            7
+        );
         let signed = Action::revoke_signed(UserId([1; 32]), DeviceId([2; 16]), 5, [6; 64]);
         assert_eq!(first(&signed), 8);
         assert_eq!(signed.revocation(), Some((&UserId([1; 32]), &DeviceId([2; 16]), 5)));

@@ -68,12 +68,15 @@ impl Conn {
         Auth::new(keys, self.me.clone(), self.peer.clone())
     }
 
-    /// A full session of `replica` with the peer: its vectors, its keys,
-    /// the revocation notices the peer is not known to hold.
+    /// A full session of `replica` with the peer: its vectors, its keys;
+    /// with `grant` (the peer is a relay this user configured), the grants
+    /// it lacks and the revocation notices it is not known to hold (each
+    /// relay hears them from its own users' devices; a member's session
+    /// with another member reads no roster for them).
     pub async fn session<R: Replica>(&self, replica: &R, grant: bool) -> hearth_store::Result<Session> {
         let local = replica.vectors().await?;
         let keys = replica.access_keys().await?;
-        let mut notices = replica.notices().await?;
+        let mut notices = if grant { replica.notices().await? } else { Vec::new() };
         {
             let noted = self.noted();
             notices.retain(|(_, n)| !noted.contains(blake3::hash(n).as_bytes()));
