@@ -103,6 +103,9 @@ pub struct DevicePublic {
 pub struct DeviceKeys {
     signing: SigningKey,
     kx: StaticSecret,
+    /// The public halves, computed once (an X25519 public key costs a
+    /// scalar multiplication).
+    public: DevicePublic,
 }
 
 #[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
@@ -118,21 +121,23 @@ impl DeviceKeys {
         let (mut s, mut k) = ([0u8; 32], [0u8; 32]);
         random_bytes(&mut s)?;
         random_bytes(&mut k)?;
-        let keys = DeviceKeys {
-            signing: SigningKey::from_bytes(&s),
-            kx: StaticSecret::from(k),
-        };
+        let keys = Self::from_secrets(SigningKey::from_bytes(&s), StaticSecret::from(k));
         s.zeroize();
         k.zeroize();
         Ok(keys)
     }
 
+    fn from_secrets(signing: SigningKey, kx: StaticSecret) -> Self {
+        let public = DevicePublic {
+            signing: signing.verifying_key().to_bytes(),
+            kx: PublicKey::from(&kx).to_bytes(),
+        };
+        DeviceKeys { signing, kx, public }
+    }
+
     /// The public halves.
     pub fn public(&self) -> DevicePublic {
-        DevicePublic {
-            signing: self.signing.verifying_key().to_bytes(),
-            kx: PublicKey::from(&self.kx).to_bytes(),
-        }
+        self.public
     }
 
     /// The id these keys give a new device.
@@ -170,10 +175,10 @@ impl DeviceKeys {
                 expected: 1,
             });
         }
-        Ok(DeviceKeys {
-            signing: SigningKey::from_bytes(&rec.signing),
-            kx: StaticSecret::from(rec.kx),
-        })
+        Ok(Self::from_secrets(
+            SigningKey::from_bytes(&rec.signing),
+            StaticSecret::from(rec.kx),
+        ))
     }
 
     /// Open what [`seal_to_device`] sealed to this device.

@@ -748,6 +748,9 @@ impl Engine {
     /// Whether `roster` revokes this device in `channel`: under its present
     /// id, a former one, or its key ([`crate::channel::ChannelState::revocations`]).
     fn revoked_here(&self, channel: &ChannelId, roster: &Roster) -> bool {
+        if roster.revoked.is_empty() {
+            return false;
+        }
         let (me, keyed) = (&self.identity, self.identity.device_keys().map(|k| k.public().signing));
         if roster.revoked.keys().any(|d| me.is_this_device(d)) {
             return true;

@@ -346,23 +346,11 @@ impl Engine {
         if let Ok(user) = input.parse::<UserId>() {
             return Ok(user);
         }
-        let by_name: Vec<UserId> = info
+        let items = info
             .members
             .iter()
-            .filter(|m| m.name.as_deref() == Some(input))
-            .map(|m| m.user)
-            .collect();
-        let matches = if by_name.is_empty() && input.len() >= 4 && input.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let lower = input.to_ascii_lowercase();
-            info.members
-                .iter()
-                .filter(|m| m.user.to_hex().starts_with(&lower))
-                .map(|m| m.user)
-                .collect()
-        } else {
-            by_name
-        };
-        match matches.as_slice() {
+            .map(|m| (m.user, m.user.to_hex(), m.name.as_deref() == Some(input)));
+        match named_or_prefixed(input, items).as_slice() {
             [one] => Ok(*one),
             [] => Err(Error::NotFound {
                 what: "member",
@@ -418,19 +406,12 @@ impl Engine {
             return self.channel(&id).map(|_| id);
         }
         let ids: Vec<ChannelId> = self.channels.keys().copied().collect();
-        let mut by_name = Vec::new();
-        for id in &ids {
-            if self.channel_name(id)? == input {
-                by_name.push(*id);
-            }
+        let mut items = Vec::with_capacity(ids.len());
+        for id in ids {
+            let named = self.channel_name(&id)? == input;
+            items.push((id, id.to_hex(), named));
         }
-        let matches = if by_name.is_empty() && input.len() >= 4 && input.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let lower = input.to_ascii_lowercase();
-            ids.into_iter().filter(|id| id.to_hex().starts_with(&lower)).collect()
-        } else {
-            by_name
-        };
-        match matches.as_slice() {
+        match named_or_prefixed(input, items).as_slice() {
             [one] => Ok(*one),
             [] => Err(Error::NotFound {
                 what: "channel",
@@ -441,4 +422,27 @@ impl Engine {
             }),
         }
     }
+}
+
+/// The items `input` names, of `(item, id in hex, whether its name is
+/// input)`: those whose name is `input`; failing that, when `input` is 4 hex
+/// digits or more, those whose id starts with it.
+fn named_or_prefixed<T>(input: &str, items: impl IntoIterator<Item = (T, String, bool)>) -> Vec<T> {
+    let items: Vec<(T, String, bool)> = items.into_iter().collect();
+    if items.iter().any(|(_, _, named)| *named) {
+        return items
+            .into_iter()
+            .filter(|(_, _, named)| *named)
+            .map(|(t, _, _)| t)
+            .collect();
+    }
+    if input.len() < 4 || !input.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Vec::new();
+    }
+    let lower = input.to_ascii_lowercase();
+    items
+        .into_iter()
+        .filter(|(_, hex, _)| hex.starts_with(&lower))
+        .map(|(t, _, _)| t)
+        .collect()
 }
