@@ -13,6 +13,10 @@ use std::process::{Command, Output, Stdio};
 use hearth::MessageId;
 use serde_json::Value;
 
+#[path = "../../tests/support/answers.rs"]
+mod answers;
+use answers::copy_dir;
+
 const PASS: &str = "cli test passphrase";
 
 /// A `hearth --store DIR` command with no passphrase in its environment.
@@ -465,4 +469,45 @@ fn device_list_and_revoke_refusals() {
     assert!(err.contains("cannot revoke itself"), "{err}");
     let err = fails(hearth(&dir).args(["device", "revoke", "ffff0000"]));
     assert!(err.contains("no device of yours"), "{err}");
+}
+
+/// A store of format 6 (the `v6` fixture) moves its device to its keyed id
+/// at its first open through the CLI: it says so once, `device list` shows
+/// the old id as this device's former one, and that id cannot be revoked
+/// from this device (it is this device).
+#[test]
+fn an_old_store_moves_to_its_keyed_device_id_and_lists_the_former_one() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("alice");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/v6/alice");
+    copy_dir(&fixture, &dir);
+    let open = |args: &[&str]| {
+        let out = run(bare(&dir).env("HEARTH_PASSPHRASE", "fixture passphrase").args(args));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8(out.stdout).expect("utf-8"),
+            String::from_utf8(out.stderr).expect("utf-8"),
+        )
+    };
+    let (stdout, stderr) = open(&["--json", "device", "list"]);
+    assert!(stderr.contains("now writes under"), "{stderr}");
+    let list = json_lines(&stdout);
+    let this: Vec<&Value> = list.iter().filter(|d| d["this"] == true).collect();
+    let former: Vec<&Value> = list.iter().filter(|d| d["former"] == true).collect();
+    assert_eq!((this.len(), former.len()), (1, 1), "{list:?}");
+    assert!(stderr.contains(former[0]["device"].as_str().expect("id")), "{stderr}");
+    let (_, again) = open(&["device", "list"]);
+    assert!(!again.contains("now writes under"), "moved once: {again}");
+    let out = run(bare(&dir).env("HEARTH_PASSPHRASE", "fixture passphrase").args([
+        "device",
+        "revoke",
+        &former[0]["device"].as_str().expect("id")[..12],
+    ]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot revoke itself"), "{err}");
 }
