@@ -159,11 +159,38 @@ struct State {
     /// Per channel and device: the key its feed is signed with and the
     /// chain that certifies it.
     chains: BTreeMap<WireId, DeviceChains>,
-    /// Per channel, revoked devices (from members' notices): the user whose
-    /// device it is and the last entry of its feed that stays.
-    revoked: BTreeMap<WireId, BTreeMap<DeviceId, (UserId, u64)>>,
-    /// The notices, as taken (handed on to peers that ask).
-    notices: BTreeMap<WireId, BTreeMap<DeviceId, Vec<u8>>>,
+    /// Per channel, revoked devices, from members' notices.
+    revoked: BTreeMap<WireId, BTreeMap<DeviceId, Held>>,
+}
+
+/// A revocation notice held: what it says, and its bytes (handed on to
+/// peers that ask).
+#[derive(Clone, Debug)]
+struct Held {
+    /// The user whose device it revokes.
+    user: UserId,
+    /// The last entry of the device's feed that stays.
+    upto: u64,
+    /// The encoded notice.
+    bytes: Vec<u8>,
+}
+
+impl Held {
+    /// A notice's bytes, if it decodes and verifies: its channel, device
+    /// and what it says.
+    fn check(bytes: Vec<u8>) -> Option<(WireId, DeviceId, Held)> {
+        let n = hearth_core::member::RevocationNotice::decode(&bytes).ok()?;
+        let user = n.verify().ok()?;
+        Some((
+            n.wire,
+            n.device,
+            Held {
+                user,
+                upto: n.upto,
+                bytes,
+            },
+        ))
+    }
 }
 
 impl State {
@@ -173,16 +200,16 @@ impl State {
     /// (a device that moved to its keyed id), which cuts it from its start.
     fn cut(&self, wire: &WireId, device: &DeviceId, user: &UserId, key: Option<[u8; 32]>) -> Option<u64> {
         let notes = self.revoked.get(wire)?;
-        if let Some((u, upto)) = notes.get(device)
-            && u == user
+        if let Some(h) = notes.get(device)
+            && h.user == *user
         {
-            return Some(*upto);
+            return Some(h.upto);
         }
         let key = key?;
         let chains = self.chains.get(wire)?;
         notes
             .iter()
-            .any(|(d, (u, _))| u == user && chains.get(d).is_some_and(|(k, _)| *k == key))
+            .any(|(d, h)| h.user == *user && chains.get(d).is_some_and(|(k, _)| *k == key))
             .then_some(0)
     }
 
@@ -432,9 +459,9 @@ impl Replica for RelayStore {
     async fn notices(&self) -> Result<Vec<(WireId, Vec<u8>)>> {
         let st = self.inner.state();
         Ok(st
-            .notices
+            .revoked
             .iter()
-            .flat_map(|(w, m)| m.values().map(|n| (*w, n.clone())))
+            .flat_map(|(w, m)| m.values().map(|h| (*w, h.bytes.clone())))
             .collect())
     }
 
@@ -598,51 +625,48 @@ impl Inner {
         }
         let mut w = self.write.lock().unwrap_or_else(PoisonError::into_inner);
         let mut held = 0u32;
-        let mut new: BTreeMap<(WireId, DeviceId), (UserId, u64, Vec<u8>)> = BTreeMap::new();
+        let mut new: BTreeMap<(WireId, DeviceId), Held> = BTreeMap::new();
         {
             let st = self.state();
             for bytes in notices {
-                let Ok(n) = hearth_core::member::RevocationNotice::decode(&bytes) else {
+                let Some((wire, device, h)) = Held::check(bytes) else {
                     continue;
                 };
-                let Ok(user) = n.verify() else {
-                    continue;
-                };
-                if !st.grants.contains_key(&n.wire) {
+                if !st.grants.contains_key(&wire) {
                     continue;
                 }
                 let owner = st
                     .feeds
-                    .get(&n.wire)
-                    .and_then(|f| f.get(&n.device))
-                    .map(|h| h.user)
+                    .get(&wire)
+                    .and_then(|f| f.get(&device))
+                    .map(|head| head.user)
                     .or_else(|| {
                         st.chains
-                            .get(&n.wire)
-                            .and_then(|c| c.get(&n.device))
+                            .get(&wire)
+                            .and_then(|c| c.get(&device))
                             .and_then(|(_, chain)| chain.last().map(|c| c.body.user))
                     });
-                if owner.is_some_and(|o| o != user) {
+                if owner.is_some_and(|o| o != h.user) {
                     continue;
                 }
-                let here = st.revoked.get(&n.wire);
-                if here.is_some_and(|m| m.contains_key(&n.device)) || new.contains_key(&(n.wire, n.device)) {
+                let here = st.revoked.get(&wire);
+                if here.is_some_and(|m| m.contains_key(&device)) || new.contains_key(&(wire, device)) {
                     held += 1;
                     continue;
                 }
-                let count = here.map_or(0, BTreeMap::len) + new.keys().filter(|(w, _)| *w == n.wire).count();
+                let count = here.map_or(0, BTreeMap::len) + new.keys().filter(|(w, _)| *w == wire).count();
                 if count >= MAX_NOTICES_PER_CHANNEL {
                     continue;
                 }
-                new.insert((n.wire, n.device), (user, n.upto, bytes));
+                new.insert((wire, device), h);
             }
         }
         if !new.is_empty() {
             let mut batch = sled::Batch::default();
-            for ((wire, device), (_, _, bytes)) in &new {
-                batch.insert(&prefixed(T_REVOKED, wire, device)[..], &bytes[..]);
+            for ((wire, device), h) in &new {
+                batch.insert(&prefixed(T_REVOKED, wire, device)[..], &h.bytes[..]);
             }
-            let records: Vec<(u8, &[u8])> = new.values().map(|(_, _, b)| (log_kind::REVOKE, b.as_slice())).collect();
+            let records: Vec<(u8, &[u8])> = new.values().map(|h| (log_kind::REVOKE, h.bytes.as_slice())).collect();
             let written = self.write(&mut w, batch, &records, None);
             if written.is_err() {
                 self.poisoned.store(true, Ordering::SeqCst);
@@ -650,9 +674,8 @@ impl Inner {
             written?;
             held += new.len() as u32;
             let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
-            for ((wire, device), (user, upto, bytes)) in new {
-                st.revoked.entry(wire).or_default().insert(device, (user, upto));
-                st.notices.entry(wire).or_default().insert(device, bytes);
+            for ((wire, device), h) in new {
+                st.revoked.entry(wire).or_default().insert(device, h);
             }
         }
         Ok(held)
@@ -946,13 +969,12 @@ fn load(tree: &sled::Tree) -> Result<State> {
     }
     for row in tree.scan_prefix([T_REVOKED]) {
         let (k, v) = row.map_err(sled_error)?;
-        let n = hearth_core::member::RevocationNotice::decode(&v).map_err(|e| corrupted("relay revocations", e))?;
-        let user = n.verify().map_err(|e| corrupted("relay revocations", e))?;
-        if k.len() != 49 || k[1..33] != n.wire.0 || k[33..49] != n.device.0 {
+        let (wire, device, h) =
+            Held::check(v.to_vec()).ok_or_else(|| corrupted("relay revocations", "a notice that does not verify"))?;
+        if k.len() != 49 || k[1..33] != wire.0 || k[33..49] != device.0 {
             return Err(corrupted("relay revocations", "a key that is not its notice's"));
         }
-        st.revoked.entry(n.wire).or_default().insert(n.device, (user, n.upto));
-        st.notices.entry(n.wire).or_default().insert(n.device, v.to_vec());
+        st.revoked.entry(wire).or_default().insert(device, h);
     }
     for row in tree.scan_prefix([T_GRANTS]) {
         let (k, v) = row.map_err(sled_error)?;

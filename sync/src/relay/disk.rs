@@ -229,17 +229,10 @@ impl Inner {
                     // Checked when taken; one that does not decode now is
                     // skipped (it only ever refused entries).
                     log_kind::REVOKE => {
-                        if let Ok(n) = hearth_core::member::RevocationNotice::decode(&r.body)
-                            && let Ok(user) = n.verify()
-                        {
-                            batch.insert(&super::prefixed(super::T_REVOKED, &n.wire, &n.device)[..], &r.body[..]);
+                        if let Some((wire, device, h)) = super::Held::check(r.body) {
+                            batch.insert(&super::prefixed(super::T_REVOKED, &wire, &device)[..], &h.bytes[..]);
                             let mut st = self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-                            st.revoked
-                                .entry(n.wire)
-                                .or_default()
-                                .entry(n.device)
-                                .or_insert((user, n.upto));
-                            st.notices.entry(n.wire).or_default().entry(n.device).or_insert(r.body);
+                            st.revoked.entry(wire).or_default().entry(device).or_insert(h);
                         }
                     }
                     log_kind::GRANT => {
