@@ -46,6 +46,7 @@ mod identity;
 mod link;
 pub mod member;
 mod op;
+pub mod peer;
 pub mod rotation;
 mod seal;
 mod secret;

@@ -78,6 +78,14 @@ replay_tests! {
     member_ops => checks::check_member_ops,
     key_package => checks::check_key_package,
     revocation_notice => checks::check_revocation_notice,
+    peer_proofs => checks::check_peer_proofs,
+}
+
+/// Writes the relay certificate and removal seeds (sync protocol 5) only.
+#[test]
+#[ignore = "writes the peer_proofs seeds; run by hand with --ignored"]
+fn regenerate_peer_proof_seeds() {
+    seeds::write_peer_proofs();
 }
 
 /// Writes the membership op seeds only.
@@ -163,6 +171,10 @@ mod seeds {
             "key_package" => hearth_core::KeyPackage::decode(data).is_ok(),
             "revocation_notice" => {
                 hearth_core::member::RevocationNotice::decode(data).is_ok_and(|n| n.verify().is_ok())
+            }
+            "peer_proofs" => {
+                hearth_core::peer::RelayCert::decode(data).is_ok_and(|c| c.verify().is_ok())
+                    || hearth_core::peer::RemovalNotice::decode(data).is_ok()
             }
             _ => unreachable!("no fuzz target {target}"),
         }
@@ -389,6 +401,38 @@ mod seeds {
         write("revocation_notice", "truncated", &good[..good.len() - 9]);
         write("revocation_notice", "flipped-signature", &flip(&good, good.len() - 5));
         write("revocation_notice", "flipped-upto", &flip(&good, 49));
+    }
+
+    /// A relay certificate, a removal and a leave, and variants.
+    pub fn write_peer_proofs() {
+        use hearth_core::peer::{RelayCert, RemovalNotice};
+        let me = &Identity::generate("fuzz").expect("identity");
+        let chain = vec![me.device_cert().expect("cert").clone()];
+        let cert = RelayCert::sign(me.device_keys().expect("keys"), chain, &[0x22; 38]).encode();
+        write("peer_proofs", "valid-relay-cert", &cert);
+        write("peer_proofs", "relay-cert-truncated", &cert[..cert.len() - 9]);
+        write(
+            "peer_proofs",
+            "relay-cert-flipped-signature",
+            &flip(&cert, cert.len() - 5),
+        );
+        write("peer_proofs", "relay-cert-flipped-relay", &flip(&cert, 3));
+        let removal = RemovalNotice {
+            wire: channel_keys().wire(),
+            user: me.user(),
+            left: false,
+            cuts: vec![(hearth_core::DeviceId([1; 16]), 7), (hearth_core::DeviceId([2; 16]), 0)],
+        };
+        let r = removal.encode();
+        write("peer_proofs", "valid-removal", &r);
+        let mut left = removal.clone();
+        left.left = true;
+        left.cuts.clear();
+        write("peer_proofs", "valid-leave", &left.encode());
+        let mut unsorted = removal.clone();
+        unsorted.cuts.reverse();
+        write("peer_proofs", "removal-cuts-unsorted", &unsorted.encode());
+        write("peer_proofs", "removal-truncated", &r[..r.len() - 3]);
     }
 
     pub fn write_keyed_id_seeds() {

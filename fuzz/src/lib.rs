@@ -217,6 +217,35 @@ pub fn check_revocation_notice(data: &[u8]) {
     }
 }
 
+/// Decode a relay certificate and a removal notice (relays take both from
+/// peers and keep them): strict and canonical; a certificate that verifies
+/// has a chain that verifies, of the user it names.
+pub fn check_peer_proofs(data: &[u8]) {
+    use hearth_core::peer::{RelayCert, RemovalNotice};
+    if let Ok(c) = RelayCert::decode(data) {
+        assert_eq!(
+            c.encode(),
+            data,
+            "a relay certificate decodes from bytes that are not its encoding"
+        );
+        if let Ok(by) = c.verify() {
+            let body = hearth_core::device::verify_chain(&c.chain).expect("a verified certificate's chain verifies");
+            assert_eq!((body.user, body.device), (by.user, by.device));
+        }
+    }
+    if let Ok(n) = RemovalNotice::decode(data) {
+        assert_eq!(
+            n.encode(),
+            data,
+            "a removal decodes from bytes that are not its encoding"
+        );
+        assert!(n.check().is_ok());
+        for (d, upto) in &n.cuts {
+            assert_eq!(n.cut(d), Some(*upto));
+        }
+    }
+}
+
 /// Decode an identity record. On success it re-encodes to the same identity.
 pub fn check_identity(data: &[u8]) {
     let Ok(id) = Identity::decode(data) else {

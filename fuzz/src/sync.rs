@@ -4,7 +4,7 @@
 //! hearth-sync; hearth-sync's `tests/fuzz_corpus.rs` includes this file, so it may
 //! only use `hearth_sync` and `blake3`, never `libfuzzer-sys`.
 
-use hearth_sync::proto::{BATCH_ENTRIES, MAX_BITMAP, MAX_CHANNELS, Request, Response};
+use hearth_sync::proto::{BATCH_ENTRIES, MAX_BITMAP, MAX_CERTS, MAX_CHANNELS, MAX_NOTICES, Request, Response};
 use hearth_sync::ticket::{PREFIX, Ticket};
 
 /// Decode a request frame body. On success it is within its count caps and
@@ -15,9 +15,19 @@ pub fn check_request(data: &[u8]) {
         return;
     };
     match &req {
-        Request::Hello { summary, .. } => assert!(summary.len() <= MAX_CHANNELS, "Hello over the channel cap"),
+        Request::Hello { summary, certs, .. } => {
+            assert!(summary.len() <= MAX_CHANNELS, "Hello over the channel cap");
+            assert!(certs.len() <= MAX_CERTS, "Hello over the certificate cap");
+        }
         Request::Push { entries, .. } => assert!(entries.len() <= BATCH_ENTRIES, "Push over the entry cap"),
-        Request::Grant { grants } => assert!(grants.len() <= MAX_CHANNELS, "Grant over the channel cap"),
+        Request::Grant { grants, .. } => assert!(grants.len() <= MAX_CHANNELS, "Grant over the channel cap"),
+        Request::Revoke { notices, removals } => {
+            assert!(
+                notices.len() <= MAX_NOTICES && removals.len() <= MAX_NOTICES,
+                "Revoke over its caps"
+            );
+            assert!(removals.iter().all(|r| r.check().is_ok()), "a removal out of form");
+        }
         _ => {}
     }
     let bytes = req.encode();
@@ -33,11 +43,14 @@ pub fn check_response(data: &[u8]) {
         return;
     };
     match &resp {
-        Response::Hello { matched, differ, .. } => {
+        Response::Hello {
+            matched, differ, certs, ..
+        } => {
             assert!(
                 matched.len() <= MAX_BITMAP && differ.len() <= MAX_CHANNELS,
                 "Hello over the channel cap"
-            )
+            );
+            assert!(certs.len() <= MAX_CERTS, "Hello over the certificate cap");
         }
         Response::Granted { vectors } => assert!(vectors.len() <= MAX_CHANNELS, "Granted over the channel cap"),
         Response::Entries { entries, .. } => assert!(entries.len() <= BATCH_ENTRIES, "Entries over the entry cap"),

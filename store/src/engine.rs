@@ -217,6 +217,9 @@ pub(crate) struct Engine {
     /// holds (a new device's chain arrived): shares go out with the next
     /// owed receipts.
     pub(crate) shares_due: std::collections::BTreeSet<ChannelId>,
+    /// Devices whose chains sync peers sent (`crate::peers`): their user and
+    /// key, so that a peer's later proofs need no chain.
+    pub(crate) peer_keys: HashMap<hearth_core::DeviceId, (hearth_core::UserId, [u8; 32])>,
     batch: sled::Batch,
     /// Whether `batch` holds rows that no staged op will flush (owed receipts
     /// cleared by a receipt write that wrote nothing new).
@@ -276,6 +279,7 @@ impl Engine {
             touched: BTreeMap::new(),
             appended: Default::default(),
             shares_due: Default::default(),
+            peer_keys: HashMap::new(),
             batch: sled::Batch::default(),
             rows_pending: false,
             dirty: false,

@@ -50,6 +50,7 @@ mod journal;
 mod layout;
 mod log;
 mod open;
+mod peers;
 mod persist;
 mod query;
 mod recover;

@@ -81,6 +81,14 @@ pub mod kind {
     /// `hearth_core::member::RevocationNotice`; not sealed: it travels in the
     /// clear). Relays only, from relay format 6.
     pub const REVOKE: u8 = 7;
+    /// A relay certificate a relay keeps for a channel: the wire id (32
+    /// bytes), then postcard `hearth_core::peer::RelayCert` (not sealed: a
+    /// relay shows it to anyone that proves the channel). Relays only, from
+    /// relay format 7.
+    pub const CERT: u8 = 8;
+    /// A removal a relay took (postcard `hearth_core::peer::RemovalNotice`,
+    /// not sealed). Relays only, from relay format 7.
+    pub const REMOVE: u8 = 9;
 }
 
 /// What a commit record says: how far the batch it closes took the store.
@@ -219,7 +227,7 @@ fn decode_parts(head: &[u8], tail: &[u8], segment: u32, base: u64) -> DecodedSeg
             d.stopped = Some(format!("checksum mismatch at {segment:08x}:{pos}"));
             break;
         }
-        if !(kind::IDENTITY..=kind::REVOKE).contains(&data[0]) {
+        if !(kind::IDENTITY..=kind::REMOVE).contains(&data[0]) {
             d.stopped = Some(format!("unknown record kind {} at {segment:08x}:{pos}", data[0]));
             break;
         }

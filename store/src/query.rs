@@ -317,6 +317,34 @@ impl Engine {
         Ok(out)
     }
 
+    /// Every removal relays should hold, by channel: one per user a roster
+    /// here removes (`hearth_core::peer::RemovalNotice`).
+    pub(crate) fn removal_notices(&mut self) -> Result<Vec<hearth_core::peer::RemovalNotice>> {
+        let mut out = Vec::new();
+        let ids: Vec<ChannelId> = self.channels.keys().copied().collect();
+        for id in ids {
+            let roster = self.roster(&id)?;
+            let wire = self.channel(&id)?.keys.wire();
+            for (user, cuts) in &roster.removed {
+                let left = roster.left.contains(user);
+                out.push(hearth_core::peer::RemovalNotice {
+                    wire,
+                    user: *user,
+                    left,
+                    cuts: if left {
+                        Vec::new()
+                    } else {
+                        cuts.iter()
+                            .take(hearth_core::peer::MAX_REMOVAL_CUTS)
+                            .map(|(d, s)| (*d, *s))
+                            .collect()
+                    },
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// `device` and every other id of this user's devices that a feed held
     /// here signs with the same key (a device that moved to its keyed id).
     pub(crate) fn ids_of_device(&self, device: &hearth_core::DeviceId) -> Result<Vec<hearth_core::DeviceId>> {

@@ -23,22 +23,11 @@
 
 use std::collections::BTreeMap;
 
+pub use hearth_core::peer::{Claim, Ends, Nonce, RelayCert, Vetting, Who, WhoRole, who_message};
 use hearth_core::{SecretKey, WireId};
-
-/// A requester's fresh random value, one per Hello.
-pub type Nonce = [u8; 16];
 
 /// A replica's access keys by channel.
 pub type Keyring = BTreeMap<WireId, SecretKey>;
-
-/// The two ends of a connection, by peer id bytes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Ends {
-    /// The peer that sent the Hello.
-    pub requester: Vec<u8>,
-    /// The peer that answers it.
-    pub responder: Vec<u8>,
-}
 
 fn mac(key: &SecretKey, label: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     let mut h = blake3::Hasher::new_keyed(key.expose());
@@ -99,109 +88,6 @@ pub fn answer<'a>(
     out
 }
 
-/// Which side of a session a device proof ([`Who`]) speaks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WhoRole {
-    /// The requester, in its Hello.
-    Hello,
-    /// The responder, in its answer (which also covers `matched`).
-    Answer,
-}
-
-/// A device's proof, on one connection, that it is the device it names
-/// (docs/trust.md, "Serve only members", the plan for item 5): its device
-/// key's signature over the Hello's nonce and both peer ids (and, in an
-/// answer, the bitmap of the channels matched). The chain that certifies
-/// the key travels only when the peer has not seen it; otherwise the peer
-/// takes the key from the chain its feeds hold. Not on the wire yet.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Who {
-    /// The device.
-    pub device: hearth_core::DeviceId,
-    /// Its certificate chain, or empty.
-    pub chain: Vec<hearth_core::device::DeviceCert>,
-    /// The device key's signature ([`who_message`]).
-    pub sig: serde_bytes::ByteArray<64>,
-}
-
-/// The signing-domain label of [`Who`] proofs.
-const WHO_DOMAIN: &[u8] = b"hearth v1 sync who";
-
-/// What a [`Who`] signature covers: the role, the nonce, both ends and
-/// (for an answer) the matched bitmap, each length-prefixed.
-pub fn who_message(role: WhoRole, nonce: &Nonce, ends: &Ends, matched: &[u8]) -> Vec<u8> {
-    hearth_core::device::domain_message(WHO_DOMAIN, &who_body(role, nonce, ends, matched))
-}
-
-fn who_body(role: WhoRole, nonce: &Nonce, ends: &Ends, matched: &[u8]) -> Vec<u8> {
-    let mut m = vec![match role {
-        WhoRole::Hello => 0u8,
-        WhoRole::Answer => 1,
-    }];
-    let matched: &[u8] = if role == WhoRole::Answer { matched } else { &[] };
-    for p in [&nonce[..], &ends.requester, &ends.responder, matched] {
-        m.extend_from_slice(&(p.len() as u32).to_le_bytes());
-        m.extend_from_slice(p);
-    }
-    m
-}
-
-impl Who {
-    /// This device's proof for `role` on this connection; `chain` is its
-    /// certificate chain, or empty when the peer holds it already.
-    pub fn sign(
-        keys: &hearth_core::device::DeviceKeys,
-        chain: Vec<hearth_core::device::DeviceCert>,
-        role: WhoRole,
-        nonce: &Nonce,
-        ends: &Ends,
-        matched: &[u8],
-    ) -> Who {
-        let sig = keys.sign(WHO_DOMAIN, &who_body(role, nonce, ends, matched));
-        Who {
-            device: keys.device_id(),
-            chain,
-            sig: serde_bytes::ByteArray::new(sig),
-        }
-    }
-
-    /// Check the proof. `held` is the key a feed of the device's holds, if
-    /// any; a chain sent must verify, end at this device, and (if a key is
-    /// held) certify that key. Returns the device's user and key.
-    pub fn verify(
-        &self,
-        held: Option<(hearth_core::UserId, [u8; 32])>,
-        role: WhoRole,
-        nonce: &Nonce,
-        ends: &Ends,
-        matched: &[u8],
-    ) -> hearth_core::Result<(hearth_core::UserId, [u8; 32])> {
-        let bad = |why: &str| hearth_core::Error::Corrupted {
-            what: "device proof",
-            detail: why.to_string(),
-        };
-        let (user, key) = if self.chain.is_empty() {
-            held.ok_or_else(|| bad("no chain, and none held for the device"))?
-        } else {
-            let body = hearth_core::device::verify_chain(&self.chain)?;
-            if body.device != self.device {
-                return Err(bad("a chain of another device"));
-            }
-            if held.is_some_and(|(_, k)| k != body.keys.signing) {
-                return Err(bad("a chain with another key than the one held"));
-            }
-            (body.user, body.keys.signing)
-        };
-        hearth_core::verify_signature(
-            &hearth_core::UserId(key),
-            &who_message(role, nonce, ends, matched),
-            &self.sig,
-        )
-        .map_err(|_| bad("a signature that does not verify"))?;
-        Ok((user, key))
-    }
-}
-
 /// A bitmap of `n` bits, bit `i` set when `set(i)`.
 pub fn bitmap(n: usize, set: impl Fn(usize) -> bool) -> Vec<u8> {
     let mut map = vec![0u8; n.div_ceil(8)];
@@ -245,57 +131,6 @@ mod tests {
         assert_ne!(both, answer([&key(1)], &n, &ends, &map), "every key counts");
         assert_ne!(both, answer([&key(1), &key(3)], &n, &ends, &bitmap(3, |_| true)));
         assert_eq!(answer([], &n, &ends, &map), [0; 16]);
-    }
-
-    #[test]
-    fn a_device_proof_holds_for_one_connection_one_role_and_one_device() {
-        use hearth_core::Identity;
-        let a = Identity::generate("a").unwrap();
-        let keys = a.device_keys().unwrap();
-        let chain = vec![a.device_cert().unwrap().clone()];
-        let ends = Ends {
-            requester: vec![1; 38],
-            responder: vec![2; 38],
-        };
-        let n = [7; 16];
-        let who = Who::sign(keys, chain.clone(), WhoRole::Answer, &n, &ends, &[0b101]);
-        let key = keys.public().signing;
-        assert_eq!(
-            who.verify(None, WhoRole::Answer, &n, &ends, &[0b101]).unwrap(),
-            (a.user(), key)
-        );
-        // Another bitmap, role, nonce or pair of peers: refused.
-        assert!(who.verify(None, WhoRole::Answer, &n, &ends, &[0b111]).is_err());
-        assert!(who.verify(None, WhoRole::Hello, &n, &ends, &[0b101]).is_err());
-        assert!(who.verify(None, WhoRole::Answer, &[8; 16], &ends, &[0b101]).is_err());
-        let swapped = Ends {
-            requester: ends.responder.clone(),
-            responder: ends.requester.clone(),
-        };
-        assert!(who.verify(None, WhoRole::Answer, &n, &swapped, &[0b101]).is_err());
-        // Without the chain, the key held for the device decides.
-        let bare = Who::sign(keys, Vec::new(), WhoRole::Hello, &n, &ends, &[]);
-        assert!(bare.verify(None, WhoRole::Hello, &n, &ends, &[]).is_err());
-        assert!(
-            bare.verify(Some((a.user(), key)), WhoRole::Hello, &n, &ends, &[])
-                .is_ok()
-        );
-        let other = Identity::generate("b").unwrap();
-        let theirs = other.device_keys().unwrap().public().signing;
-        assert!(
-            bare.verify(Some((other.user(), theirs)), WhoRole::Hello, &n, &ends, &[])
-                .is_err()
-        );
-        // A chain of another device, or with another key than the one held.
-        let mut claimed = Who::sign(keys, chain.clone(), WhoRole::Hello, &n, &ends, &[]);
-        claimed.device = other.device();
-        assert!(claimed.verify(None, WhoRole::Hello, &n, &ends, &[]).is_err());
-        let with_chain = Who::sign(keys, chain, WhoRole::Hello, &n, &ends, &[]);
-        assert!(
-            with_chain
-                .verify(Some((a.user(), theirs)), WhoRole::Hello, &n, &ends, &[])
-                .is_err()
-        );
     }
 
     #[test]

@@ -10,8 +10,22 @@ use hearth_core::{SecretKey, WireId};
 use serde_bytes::ByteBuf;
 
 use crate::Replica;
-use crate::auth::Ends;
+use crate::auth::{Claim, Ends, Vetting, WhoRole};
 use crate::proto::{BATCH_BYTES, BATCH_ENTRIES, Request, Response};
+use hearth_core::peer::Certifier;
+
+/// What a node remembers of a peer across its connections in one run.
+#[derive(Debug, Default)]
+pub struct PeerMemo {
+    /// Hashes of the revocation notices and removals the peer (a relay)
+    /// holds: each is sent once.
+    pub noted: BTreeSet<[u8; 32]>,
+    /// The peer holds this device's chain: Hellos leave it out.
+    pub introduced: bool,
+    /// The peer (a relay this user configured) holds this device's
+    /// certificate of it.
+    pub certified: bool,
+}
 use crate::reconcile::{Action, Auth, Outcome, Session, answer_hello, fetch_budget};
 
 /// One side's view of a connection: who is who (peer id bytes, as Noise
@@ -23,9 +37,14 @@ pub struct Conn {
     me: Vec<u8>,
     peer: Vec<u8>,
     proven: Arc<Mutex<BTreeSet<WireId>>>,
-    /// Hashes of the revocation notices the peer (a relay) holds: each is
-    /// sent once (shared by the node across this peer's connections).
-    noted: Arc<Mutex<BTreeSet<[u8; 32]>>>,
+    /// What this node remembers of the peer (shared by the node across
+    /// this peer's connections).
+    memo: Arc<Mutex<PeerMemo>>,
+    /// The peer is a relay this user configured: served without a device
+    /// proof or a certificate.
+    trusted: bool,
+    /// The device the peer proved itself on its last Hello here.
+    device: Arc<Mutex<Option<Certifier>>>,
 }
 
 impl Conn {
@@ -35,24 +54,46 @@ impl Conn {
             me,
             peer,
             proven: Arc::default(),
-            noted: Arc::default(),
+            memo: Arc::default(),
+            trusted: false,
+            device: Arc::default(),
         }
     }
 
-    /// Share `noted` (the notices the peer holds, as far as this node knows)
-    /// with the node's other connections to the peer.
-    pub fn with_noted(mut self, noted: Arc<Mutex<BTreeSet<[u8; 32]>>>) -> Self {
-        self.noted = noted;
+    /// Share `memo` (what this node knows of the peer) with the node's
+    /// other connections to the peer.
+    pub fn with_memo(mut self, memo: Arc<Mutex<PeerMemo>>) -> Self {
+        self.memo = memo;
         self
     }
 
-    fn noted(&self) -> std::sync::MutexGuard<'_, BTreeSet<[u8; 32]>> {
-        self.noted.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The peer is a relay this user configured.
+    pub fn trusting(mut self, trusted: bool) -> Self {
+        self.trusted = trusted;
+        self
+    }
+
+    fn memo(&self) -> std::sync::MutexGuard<'_, PeerMemo> {
+        self.memo.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Record channels the peer proved.
     pub fn prove(&self, wires: impl IntoIterator<Item = WireId>) {
         self.proven.lock().unwrap_or_else(PoisonError::into_inner).extend(wires);
+    }
+
+    /// Stop serving the peer these channels (its proof of the access key
+    /// stands, but it is no longer a member there).
+    pub fn unprove(&self, wires: impl IntoIterator<Item = WireId>) {
+        let mut p = self.proven.lock().unwrap_or_else(PoisonError::into_inner);
+        for w in wires {
+            p.remove(&w);
+        }
+    }
+
+    /// The device the peer proved itself on its last Hello here, if any.
+    pub fn device(&self) -> Option<Certifier> {
+        *self.device.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether the peer proved `wire` on this connection.
@@ -77,15 +118,41 @@ impl Conn {
         let local = replica.vectors().await?;
         let keys = replica.access_keys().await?;
         let mut notices = if grant { replica.notices().await? } else { Vec::new() };
-        {
-            let noted = self.noted();
-            notices.retain(|(_, n)| !noted.contains(blake3::hash(n).as_bytes()));
-        }
-        Ok(Session::full(
-            local,
-            replica.is_relay(),
-            self.auth(keys).granting(grant).with_notices(notices),
-        ))
+        let mut removals = if grant { replica.removals().await? } else { Vec::new() };
+        let (introduce, certified) = {
+            let memo = self.memo();
+            notices.retain(|(_, n)| !memo.noted.contains(blake3::hash(n).as_bytes()));
+            removals.retain(|r| !memo.noted.contains(blake3::hash(&r.encode()).as_bytes()));
+            (!memo.introduced, memo.certified)
+        };
+        let auth = self
+            .auth(keys)
+            .granting(grant)
+            .with_notices(notices)
+            .with_removals(removals);
+        let (nonce, ends) = (auth.nonce, auth.ends.clone());
+        let bare = replica
+            .who(WhoRole::Hello, nonce, ends.clone(), Vec::new(), false)
+            .await?;
+        let auth = match bare {
+            Some(bare) => {
+                let chained = replica
+                    .who(WhoRole::Hello, nonce, ends, Vec::new(), true)
+                    .await?
+                    .unwrap_or_else(|| bare.clone());
+                auth.proving(bare, chained, introduce)
+            }
+            None => {
+                let wires: Vec<WireId> = local.iter().map(|(w, _)| *w).collect();
+                auth.showing(replica.relay_certs(wires).await?)
+            }
+        };
+        let cert = if grant && !certified {
+            replica.relay_cert(self.peer.clone()).await?
+        } else {
+            None
+        };
+        Ok(Session::full(local, replica.is_relay(), auth.certifying(cert)))
     }
 
     fn ends_as_responder(&self) -> Ends {
@@ -125,9 +192,23 @@ where
                 Ok(report) => session.on_ingested(report),
                 Err(e) => return failed(session, e.to_string()),
             },
+            Action::Vet { claim, wires } => match replica.vet(claim, wires.clone()).await {
+                Ok(v) => {
+                    if let Vetting::Allowed { wires: allowed, .. } = &v {
+                        conn.unprove(wires.into_iter().filter(|w| !allowed.contains(w)));
+                    }
+                    let next = session.on_vetted(v);
+                    conn.prove(session.take_proved());
+                    next
+                }
+                Err(e) => return failed(session, e.to_string()),
+            },
             Action::Done => {
                 let o = session.into_outcome();
-                conn.noted().extend(o.noted.iter().map(|n| *blake3::hash(n).as_bytes()));
+                let mut memo = conn.memo();
+                memo.noted.extend(o.noted.iter().map(|n| *blake3::hash(n).as_bytes()));
+                memo.introduced |= o.introduced;
+                memo.certified |= o.certified;
                 return o;
             }
         }
@@ -201,6 +282,9 @@ pub async fn serve<R: Replica>(replica: &R, req: Request, conn: &Conn) -> (Respo
             nonce,
             summary,
             relay: _,
+            who,
+            certs,
+            want_chain,
         } => {
             if version != crate::proto::VERSION {
                 Response::Refused {
@@ -210,34 +294,66 @@ pub async fn serve<R: Replica>(replica: &R, req: Request, conn: &Conn) -> (Respo
                     ),
                 }
             } else {
-                match (replica.vectors().await, replica.access_keys().await) {
-                    (Ok(local), Ok(keys)) => {
-                        let keys = keys.into_iter().collect();
-                        let (resp, proved) = answer_hello(
-                            &local,
-                            &keys,
-                            &nonce,
-                            &summary,
-                            &conn.ends_as_responder(),
-                            replica.is_relay(),
-                        );
-                        // Before the answer leaves: the peer fetches at once.
-                        conn.prove(proved);
-                        resp
+                let claim = Claim {
+                    who: who.map(|w| *w),
+                    certs,
+                    role: WhoRole::Hello,
+                    nonce,
+                    ends: conn.ends_as_responder(),
+                    matched: Vec::new(),
+                };
+                match answer(replica, conn, claim, &summary, want_chain).await {
+                    Ok(Ok(resp)) => resp,
+                    Ok(Err(forged)) => {
+                        served.malicious = true;
+                        served.reason = Some(forged.clone());
+                        Response::Refused { reason: forged }
                     }
-                    (Err(e), _) | (_, Err(e)) => refused(e),
+                    Err(e) => refused(e),
                 }
             }
         }
-        Request::Grant { grants } => {
+        Request::Grant { grants, cert } => {
             let grants = grants
                 .into_iter()
                 .map(|(w, k)| (w, SecretKey::from_bytes(k.0)))
                 .collect();
             match replica.grant(grants).await {
-                Ok(Some(vectors)) => {
+                Ok(Some(mut vectors)) => {
+                    // Served only to a device that may be (a removed
+                    // member's grant proves nothing), or from a relay this
+                    // user configured.
+                    if !conn.trusted {
+                        let wires = vectors.iter().map(|(w, _)| *w).collect();
+                        let allowed = match conn.device() {
+                            Some(d) => match replica.serving(d, wires).await {
+                                Ok(a) => a,
+                                Err(e) => return (refused(e), served),
+                            },
+                            None => Vec::new(),
+                        };
+                        vectors.retain(|(w, _)| allowed.contains(w));
+                    }
                     conn.prove(vectors.iter().map(|(w, _)| *w));
-                    Response::Granted { vectors }
+                    // The certificate stands for the channels of this
+                    // connection (proved or just granted).
+                    let kept = match cert {
+                        Some(c) => {
+                            let wires = conn
+                                .proven
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .iter()
+                                .copied()
+                                .collect();
+                            replica.certify(c, conn.me.clone(), wires).await
+                        }
+                        None => Ok(()),
+                    };
+                    match kept {
+                        Ok(()) => Response::Granted { vectors },
+                        Err(e) => refused(e),
+                    }
                 }
                 Ok(None) => Response::Refused {
                     reason: "only a relay takes grants".into(),
@@ -286,13 +402,14 @@ pub async fn serve<R: Replica>(replica: &R, req: Request, conn: &Conn) -> (Respo
         }
         // Notices of channels the peer proved on this connection only (a
         // stranger fills no relay with them).
-        Request::Revoke { notices } => {
+        Request::Revoke { notices, removals } => {
             let notices: Vec<Vec<u8>> = notices
                 .into_iter()
                 .map(ByteBuf::into_vec)
                 .filter(|n| hearth_core::member::RevocationNotice::decode(n).is_ok_and(|n| conn.proved(&n.wire)))
                 .collect();
-            match replica.note(notices).await {
+            let removals = removals.into_iter().filter(|r| conn.proved(&r.wire)).collect();
+            match replica.note(notices, removals, conn.device()).await {
                 Ok(Some(held)) => Response::Noted { held },
                 Ok(None) => Response::Refused {
                     reason: "only a relay takes revocation notices".into(),
@@ -335,6 +452,57 @@ pub async fn serve<R: Replica>(replica: &R, req: Request, conn: &Conn) -> (Respo
         }
     };
     (resp, served)
+}
+
+/// The answer to a Hello: the channels the peer proved the access key of
+/// and may be served (see [`Replica::vet`]), this side's own proof, and
+/// (`Err`) why a proof the peer sent was forged.
+async fn answer<R: Replica>(
+    replica: &R,
+    conn: &Conn,
+    claim: Claim,
+    summary: &[crate::proto::ChannelDigest],
+    want_chain: bool,
+) -> hearth_store::Result<Result<Response, String>> {
+    let local = replica.vectors().await?;
+    let mut keys: crate::auth::Keyring = replica.access_keys().await?.into_iter().collect();
+    let ends = conn.ends_as_responder();
+    let (_, candidates) = answer_hello(&local, &keys, &claim.nonce, summary, &ends, replica.is_relay());
+    let (allowed, device) = if conn.trusted && claim.who.is_none() {
+        (candidates.clone(), None)
+    } else if candidates.is_empty() && claim.who.is_none() {
+        (Vec::new(), None)
+    } else {
+        match replica.vet(claim.clone(), candidates.clone()).await? {
+            Vetting::Allowed { wires, device } => (wires, device),
+            Vetting::Unknown => {
+                return Ok(Ok(Response::Refused {
+                    reason: crate::proto::WHO.into(),
+                }));
+            }
+            Vetting::Forged(why) => return Ok(Err(format!("a forged device proof: {why}"))),
+        }
+    };
+    *conn.device.lock().unwrap_or_else(PoisonError::into_inner) = device;
+    // A member no more (removed, revoked): served nothing, as a stranger.
+    conn.unprove(candidates.iter().filter(|w| !allowed.contains(w)).copied());
+    keys.retain(|w, _| allowed.contains(w));
+    let (mut resp, proved) = answer_hello(&local, &keys, &claim.nonce, summary, &ends, replica.is_relay());
+    if let Response::Hello {
+        matched, who, certs, ..
+    } = &mut resp
+    {
+        *who = replica
+            .who(WhoRole::Answer, claim.nonce, ends, matched.to_vec(), want_chain)
+            .await?
+            .map(Box::new);
+        if who.is_none() {
+            *certs = replica.relay_certs(proved.clone()).await?;
+        }
+    }
+    // Before the answer leaves: the peer fetches at once.
+    conn.prove(proved);
+    Ok(Ok(resp))
 }
 
 fn refused(e: hearth_store::Error) -> Response {

@@ -608,9 +608,10 @@ struct Loop<R: Replica> {
     /// Per peer: the start of the current minute and the entries it sent
     /// that failed for their content in it.
     failed_content: HashMap<PeerId, (Instant, u64)>,
-    /// Per peer (a relay), the revocation notices it holds as far as this
-    /// node knows: each is sent once a run (`Conn::with_noted`).
-    noted: HashMap<PeerId, Arc<std::sync::Mutex<std::collections::BTreeSet<[u8; 32]>>>>,
+    /// Per peer, what this node knows it holds: the revocation notices and
+    /// removals (a relay), this device's chain, its certificate (a relay
+    /// this user configured); each is sent once a run (`Conn::with_memo`).
+    noted: HashMap<PeerId, Arc<std::sync::Mutex<crate::drive::PeerMemo>>>,
 }
 
 /// The IP address a multiaddr starts with.
@@ -985,8 +986,10 @@ impl<R: Replica> Loop<R> {
                     if self.noted.len() >= MAX_NOTED_PEERS && !self.noted.contains_key(&peer_id) {
                         self.noted.clear();
                     }
-                    let noted = self.noted.entry(peer_id).or_default().clone();
-                    let conn = Conn::new(self.swarm.local_peer_id().to_bytes(), peer_id.to_bytes()).with_noted(noted);
+                    let memo = self.noted.entry(peer_id).or_default().clone();
+                    let conn = Conn::new(self.swarm.local_peer_id().to_bytes(), peer_id.to_bytes())
+                        .with_memo(memo)
+                        .trusting(self.config.relays.contains(&peer_id));
                     let work = spawn_worker(
                         Worker {
                             peer: peer_id,

@@ -2,14 +2,24 @@
 //! each a postcard value behind a 4-byte big-endian length.
 //!
 //! ```text
-//! Hello  {version, nonce, summary: [(tag 8 B, digest 6 B)], relay}
-//!     -> Hello {matched: bitmap, proof 16 B, differ: [(index, vector)], relay}
+//! Hello  {version, nonce, summary: [(tag 8 B, digest 6 B)], relay, who, certs, want_chain}
+//!     -> Hello {matched: bitmap, proof 16 B, differ: [(index, vector)], relay, who, certs}
 //! Fetch  {wire, have: vector, max_bytes}       -> Entries {entries, more}
 //! Push   {wire, entries}                       -> Ack {vector, accepted, rejected}
-//! Grant  {grants: [(wire, access key)]}        -> Granted {vectors}   (to a relay)
+//! Grant  {grants: [(wire, access key)], cert}  -> Granted {vectors}   (to a relay)
 //! Join   {invite, user, chain, sig}            -> Joined {sealed}     (from anyone)
-//! Revoke {notices: [revocation notice]}        -> Noted {held}        (to a relay)
+//! Revoke {notices: [revocation notice], removals} -> Noted {held}      (to a relay)
 //! ```
+//!
+//! Protocol 5 adds who asks (`hearth_core::peer`): a Hello and its answer
+//! carry the device's proof (`who`, its chain when the other side may not
+//! hold it, or asked for it with `want_chain`), or, from a relay, the relay
+//! certificates of the users that configured it (`certs`). A channel is
+//! served only to a device its roster neither removes nor revokes, or to a
+//! relay a current member certified; a proof without a chain for a device
+//! the responder does not know is answered `Refused` [`WHO`], and the
+//! requester says it again with its chain. A Grant carries the granting
+//! device's relay certificate; Revoke, the removals of the channels.
 //!
 //! Protocol 4 adds Revoke: a member hands a relay the revocation notices of
 //! the channels the relay proved (`hearth_core::member::RevocationNotice`,
@@ -34,12 +44,17 @@ use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 
 /// The protocol name (the version is in it).
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/sync/4");
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/sync/5");
 /// Protocol version carried in Hello.
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 /// Names of earlier versions of the protocol, which this node does not speak:
 /// a peer offering only these is reported as incompatible, not banned.
-pub const OLD_PROTOCOLS: [&str; 3] = ["/hearth/sync/1", "/hearth/sync/2", "/hearth/sync/3"];
+pub const OLD_PROTOCOLS: [&str; 4] = ["/hearth/sync/1", "/hearth/sync/2", "/hearth/sync/3", "/hearth/sync/4"];
+/// The reason of a Hello refused for a device proof without a chain that
+/// the responder cannot check: say it again with the chain.
+pub const WHO: &str = "who are you? (send your certificate chain)";
+/// Most relay certificates in a Hello or its answer.
+pub const MAX_CERTS: usize = 64;
 /// Largest request frame (a push batch).
 pub const MAX_REQUEST: usize = 1 << 20;
 /// Largest response frame (an entries batch).
@@ -100,6 +115,12 @@ pub enum Request {
         summary: Vec<ChannelDigest>,
         /// The sender is a relay (shown in status).
         relay: bool,
+        /// The sending device's proof (none from a relay).
+        who: Option<Box<hearth_core::peer::Who>>,
+        /// A relay's certificates by the users that configured it.
+        certs: Vec<hearth_core::peer::RelayCert>,
+        /// Answer with the responder's certificate chain.
+        want_chain: bool,
     },
     /// Ask for the entries `have` lacks.
     Fetch {
@@ -128,6 +149,9 @@ pub enum Request {
     Grant {
         /// Channels and their access keys.
         grants: Vec<(WireId, AccessBytes)>,
+        /// The granting device's certificate of the relay, which the relay
+        /// keeps for the channels of this connection and shows members.
+        cert: Option<hearth_core::peer::RelayCert>,
     },
     /// The holder of an invite asks to be let in (any member's node answers;
     /// no proof of a channel is needed).
@@ -147,6 +171,9 @@ pub enum Request {
     Revoke {
         /// The notices.
         notices: Vec<serde_bytes::ByteBuf>,
+        /// Removals of channels the relay proved (taken from a user that
+        /// certified the relay for the channel only).
+        removals: Vec<hearth_core::peer::RemovalNotice>,
     },
 }
 
@@ -164,6 +191,10 @@ pub enum Response {
         differ: Vec<(u32, Vector)>,
         /// The responder is a relay.
         relay: bool,
+        /// The responding device's proof over `matched` too (none from a relay).
+        who: Option<Box<hearth_core::peer::Who>>,
+        /// A relay's certificates of the channels matched.
+        certs: Vec<hearth_core::peer::RelayCert>,
     },
     /// Answer to Fetch.
     Entries {
@@ -250,6 +281,15 @@ fn decode<T: for<'de> Deserialize<'de> + Serialize>(bytes: &[u8], limit: usize) 
     Ok(v)
 }
 
+/// A Hello's proofs within their counts: at most [`MAX_CERTS`] relay
+/// certificates, chains of at most 8.
+fn proofs_fit(who: &Option<Box<hearth_core::peer::Who>>, certs: &[hearth_core::peer::RelayCert]) -> bool {
+    use hearth_core::peer::MAX_CHAIN;
+    certs.len() <= MAX_CERTS
+        && certs.iter().all(|c| c.chain.len() <= MAX_CHAIN)
+        && who.as_ref().is_none_or(|w| w.chain.len() <= MAX_CHAIN)
+}
+
 impl Request {
     /// Decode a request frame body (after the length prefix).
     pub fn decode(bytes: &[u8]) -> Result<Self, FrameError> {
@@ -258,17 +298,23 @@ impl Request {
             Request::Hello { summary, .. } if summary.len() > MAX_CHANNELS => {
                 Err(FrameError::Malformed("too many channels".into()))
             }
+            Request::Hello { who, certs, .. } if !proofs_fit(who, certs) => {
+                Err(FrameError::Malformed("too many certificates".into()))
+            }
             Request::Push { entries, .. } if entries.len() > BATCH_ENTRIES => {
                 Err(FrameError::Malformed("too many entries".into()))
             }
-            Request::Grant { grants } if grants.len() > MAX_CHANNELS => {
+            Request::Grant { grants, .. } if grants.len() > MAX_CHANNELS => {
                 Err(FrameError::Malformed("too many channels".into()))
             }
             Request::Join { chain, .. } if chain.len() > MAX_JOIN_CHAIN => {
                 Err(FrameError::Malformed("a certificate chain longer than 8".into()))
             }
-            Request::Revoke { notices } if notices.len() > MAX_NOTICES => {
-                Err(FrameError::Malformed("too many revocation notices".into()))
+            Request::Revoke { notices, removals } if notices.len() > MAX_NOTICES || removals.len() > MAX_NOTICES => {
+                Err(FrameError::Malformed("too many notices".into()))
+            }
+            Request::Revoke { removals, .. } if removals.iter().any(|r| r.check().is_err()) => {
+                Err(FrameError::Malformed("a removal notice out of form".into()))
             }
             _ => Ok(r),
         }
@@ -287,6 +333,9 @@ impl Response {
         match &r {
             Response::Hello { matched, differ, .. } if matched.len() > MAX_BITMAP || differ.len() > MAX_CHANNELS => {
                 Err(FrameError::Malformed("too many channels".into()))
+            }
+            Response::Hello { who, certs, .. } if !proofs_fit(who, certs) => {
+                Err(FrameError::Malformed("too many certificates".into()))
             }
             Response::Granted { vectors } if vectors.len() > MAX_CHANNELS => {
                 Err(FrameError::Malformed("too many channels".into()))
@@ -401,6 +450,9 @@ mod tests {
                     digest: [2; 6],
                 }],
                 relay: false,
+                who: None,
+                certs: Vec::new(),
+                want_chain: false,
             },
             Request::Fetch {
                 wire: WireId([3; 32]),
@@ -429,6 +481,7 @@ mod tests {
         assert!(Request::decode(&[9, 9, 9]).is_err());
         let grant = Request::Grant {
             grants: vec![(WireId([3; 32]), AccessBytes([9; 32]))],
+            cert: None,
         };
         assert_eq!(Request::decode(&grant.encode()).unwrap(), grant);
         assert!(!format!("{grant:?}").contains("9, 9"), "access keys stay out of Debug");
@@ -437,6 +490,9 @@ mod tests {
             nonce: [0; 16],
             summary: vec![],
             relay: false,
+            who: None,
+            certs: Vec::new(),
+            want_chain: false,
         }
         .encode();
         trailing.push(0);

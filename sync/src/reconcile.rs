@@ -18,8 +18,9 @@ use serde_bytes::ByteBuf;
 
 use hearth_core::SecretKey;
 
-use crate::auth::{self, Ends, Keyring, Nonce};
+use crate::auth::{self, Claim, Ends, Keyring, Nonce, Vetting, WhoRole};
 use crate::proto::{self, AccessBytes, BATCH_BYTES, BATCH_ENTRIES, ChannelDigest, Request, Response};
+use hearth_core::peer::{RelayCert, RemovalNotice, Who};
 
 /// Bytes of vectors one Hello answer carries at most (under `MAX_RESPONSE`).
 const HELLO_ANSWER_BUDGET: usize = proto::MAX_RESPONSE * 3 / 4;
@@ -40,6 +41,19 @@ pub struct Auth {
     /// Revocation notices to hand the peer if it is a relay, by channel
     /// (sent for the channels it proves, before any entry is pushed).
     pub notices: Vec<(WireId, Vec<u8>)>,
+    /// Removals to hand the peer if it is a relay (with the notices).
+    pub removals: Vec<RemovalNotice>,
+    /// This device's proof for the Hello, without its chain and with it
+    /// (none: a relay).
+    pub who: Option<(Who, Who)>,
+    /// Send the chain, and ask for the peer's (the first session with this
+    /// peer in a run, or after the peer asked [`proto::WHO`]).
+    pub introduce: bool,
+    /// A relay's certificates, shown instead of a device proof.
+    pub certs: Vec<RelayCert>,
+    /// This device's certificate of the peer, a relay its user configured,
+    /// to hand it with the grants (once a run).
+    pub cert: Option<RelayCert>,
 }
 
 impl Auth {
@@ -54,7 +68,38 @@ impl Auth {
             nonce: auth::nonce(),
             grant: false,
             notices: Vec::new(),
+            removals: Vec::new(),
+            who: None,
+            introduce: false,
+            certs: Vec::new(),
+            cert: None,
         }
+    }
+
+    /// Prove who this side is: `bare` and `chained` (the same proof with
+    /// the chain); with `introduce`, the chain goes in the first Hello.
+    pub fn proving(mut self, bare: Who, chained: Who, introduce: bool) -> Self {
+        self.who = Some((bare, chained));
+        self.introduce = introduce;
+        self
+    }
+
+    /// Show these relay certificates (a relay asks).
+    pub fn showing(mut self, certs: Vec<RelayCert>) -> Self {
+        self.certs = certs;
+        self
+    }
+
+    /// Hand the peer (a relay this user configured) this certificate.
+    pub fn certifying(mut self, cert: Option<RelayCert>) -> Self {
+        self.cert = cert;
+        self
+    }
+
+    /// Hand the peer these removals if it is a relay.
+    pub fn with_removals(mut self, removals: Vec<RemovalNotice>) -> Self {
+        self.removals = removals;
+        self
     }
 
     /// Hand the peer these revocation notices if it is a relay.
@@ -87,6 +132,16 @@ pub fn hello(local: &[(WireId, Vector)], auth: &Auth, relay: bool) -> Request {
             })
             .collect(),
         relay,
+        who: auth
+            .who
+            .as_ref()
+            .map(|(bare, chained)| Box::new(if auth.introduce { chained.clone() } else { bare.clone() })),
+        certs: if auth.who.is_some() {
+            Vec::new()
+        } else {
+            auth.certs.clone()
+        },
+        want_chain: auth.introduce,
     }
 }
 
@@ -137,6 +192,8 @@ pub fn answer_hello(
             proof,
             differ,
             relay: i_am_relay,
+            who: None,
+            certs: Vec::new(),
         },
         proved,
     )
@@ -153,6 +210,14 @@ pub enum Action {
         wire: WireId,
         /// What the peer holds.
         have: Vector,
+    },
+    /// Check who the peer is (its answer's proof) for the channels it
+    /// proved the access key of; feed the decision to [`Session::on_vetted`].
+    Vet {
+        /// What the peer claims.
+        claim: Claim,
+        /// The channels it proved.
+        wires: Vec<WireId>,
     },
     /// Verify and store the peer's entries; feed the report to [`Session::on_ingested`].
     Ingest {
@@ -204,15 +269,25 @@ pub struct Outcome {
     pub proved: BTreeSet<WireId>,
     /// Channels granted to the peer (a relay this user configured).
     pub granted: usize,
-    /// Revocation notices the peer (a relay) holds of those sent to it: the
-    /// notices themselves, so that the node sends each only once.
+    /// Revocation notices and removals (encoded) the peer (a relay) holds
+    /// of those sent to it, so that the node sends each only once.
     pub noted: Vec<Vec<u8>>,
+    /// The peer (a relay) took this device's certificate of it.
+    pub certified: bool,
+    /// The peer holds this device's chain now (it was sent, and the peer
+    /// answered): later sessions in this run leave it out.
+    pub introduced: bool,
+    /// Channels the peer proved the access key of but is not served: its
+    /// user is removed there, its device revoked, or (a relay) no current
+    /// member certified it.
+    pub withheld: usize,
 }
 
 #[derive(Debug)]
 enum Phase {
     Start,
     AwaitHello,
+    AwaitVet,
     AwaitGranted,
     AwaitNoted,
     Pull,
@@ -223,6 +298,10 @@ enum Phase {
     AwaitAck,
     Finished,
 }
+
+/// A Hello answer waiting for its vetting: the channels the peer proved,
+/// and the vectors of those that differ (by index in the Hello).
+type Answered = (Vec<WireId>, Vec<(u32, Vector)>);
 
 /// One reconciliation with one peer.
 #[derive(Debug)]
@@ -244,6 +323,9 @@ pub struct Session {
     pushing: usize,
     /// Channels whose same-position forks were already probed this session.
     probed: BTreeSet<WireId>,
+    /// The Hello answer being vetted: the channels proved, what differs,
+    /// and the matched bitmap.
+    answered: Option<Answered>,
 }
 
 impl Session {
@@ -267,6 +349,7 @@ impl Session {
             outcome: Outcome::default(),
             pushing: 0,
             probed: BTreeSet::new(),
+            answered: None,
         }
     }
 
@@ -316,6 +399,17 @@ impl Session {
                 self.outcome.round_trips += 1;
                 Action::Send(hello)
             }
+            Phase::AwaitHello => {
+                // Again, with the chain (the peer asked who this is).
+                let local: Vec<(WireId, Vector)> = self.listed.iter().map(|w| (*w, self.local[w].clone())).collect();
+                let Some(auth) = self.auth.as_mut() else {
+                    return self.fail("a full session needs proofs".into());
+                };
+                auth.introduce = true;
+                let hello = hello(&local, auth, self.relay);
+                self.outcome.round_trips += 1;
+                Action::Send(hello)
+            }
             // A push session goes straight to pushing (it never pulls).
             _ => {
                 self.current = self.queue.pop_front();
@@ -347,10 +441,13 @@ impl Session {
                     proof,
                     differ,
                     relay,
+                    who,
+                    certs,
                 },
-            ) => self.on_hello(&matched, proof, differ, relay),
+            ) => self.on_hello(&matched, proof, differ, relay, who, certs),
             (Phase::AwaitGranted, Response::Granted { vectors }) => {
                 let asked: BTreeSet<WireId> = self.ungranted().into_iter().collect();
+                self.outcome.certified |= self.auth.as_ref().is_some_and(|a| a.cert.is_some());
                 for (w, v) in vectors {
                     if asked.contains(&w) && self.outcome.proved.insert(w) {
                         self.fresh.push(w);
@@ -362,7 +459,8 @@ impl Session {
                 self.notify()
             }
             (Phase::AwaitNoted, Response::Noted { held }) => {
-                let sent = self.notifying();
+                let mut sent = self.notifying();
+                sent.extend(self.removing().iter().map(RemovalNotice::encode));
                 if held as usize >= sent.len() {
                     self.outcome.noted = sent;
                 }
@@ -407,6 +505,11 @@ impl Session {
                 }
                 self.phase = Phase::Push;
                 self.step()
+            }
+            (Phase::AwaitHello, Response::Refused { reason })
+                if reason == proto::WHO && self.auth.as_ref().is_some_and(|a| !a.introduce && a.who.is_some()) =>
+            {
+                self.start()
             }
             (_, Response::Refused { reason }) => {
                 // The peer does not serve this channel: go on with the others.
@@ -474,8 +577,17 @@ impl Session {
         self.step()
     }
 
-    /// The peer's answer to the Hello: check its proof, then queue what differs.
-    fn on_hello(&mut self, matched: &[u8], proof: [u8; 16], differ: Vec<(u32, Vector)>, relay: bool) -> Action {
+    /// The peer's answer to the Hello: check its proof of the access keys,
+    /// then who it is.
+    fn on_hello(
+        &mut self,
+        matched: &[u8],
+        proof: [u8; 16],
+        differ: Vec<(u32, Vector)>,
+        relay: bool,
+        who: Option<Box<Who>>,
+        certs: Vec<RelayCert>,
+    ) -> Action {
         let Some(auth) = self.auth.as_ref() else {
             return self.fail("a Hello answer to a push session".into());
         };
@@ -494,9 +606,62 @@ impl Session {
             self.outcome.fault_here = true;
             return self.fail("the peer's membership proof does not check".into());
         }
+        if differ.iter().any(|(i, _)| !auth::bit(matched, *i as usize)) {
+            self.outcome.fault_here = true;
+            return self.fail("the Hello answer names a channel it did not prove".into());
+        }
         self.outcome.peer_relay = relay;
         self.outcome.channels = n;
-        self.outcome.in_sync_at_hello = differ.is_empty();
+        // A relay this user configured is trusted with what it is granted;
+        // any other peer shows who it is.
+        if (auth.grant && who.is_none()) || held.is_empty() {
+            self.outcome.introduced |= auth.introduce;
+            return self.serve_proved(held, differ);
+        }
+        let claim = Claim {
+            who: who.map(|w| *w),
+            certs,
+            role: WhoRole::Answer,
+            nonce: auth.nonce,
+            ends: auth.ends.clone(),
+            matched: matched.to_vec(),
+        };
+        self.answered = Some((held.clone(), differ));
+        self.phase = Phase::AwaitVet;
+        Action::Vet { claim, wires: held }
+    }
+
+    /// Feed the decision on the peer's claim asked by [`Action::Vet`].
+    pub fn on_vetted(&mut self, vetting: Vetting) -> Action {
+        let Some((held, differ)) = self.answered.take() else {
+            return self.fail("a vetting nobody asked for".into());
+        };
+        match vetting {
+            Vetting::Allowed { wires, .. } => {
+                self.outcome.introduced |= self.auth.as_ref().is_some_and(|a| a.introduce);
+                let allowed: BTreeSet<WireId> = wires.into_iter().collect();
+                self.outcome.withheld = held.iter().filter(|w| !allowed.contains(w)).count();
+                let held = held.into_iter().filter(|w| allowed.contains(w)).collect();
+                self.serve_proved(held, differ)
+            }
+            // The peer's device is not known here: ask again, with this
+            // side's chain and asking for the peer's.
+            Vetting::Unknown if self.auth.as_ref().is_some_and(|a| !a.introduce && a.who.is_some()) => {
+                self.phase = Phase::AwaitHello;
+                self.start()
+            }
+            Vetting::Unknown => self.fail("the peer's device proof names a device it does not certify".into()),
+            Vetting::Forged(why) => {
+                self.outcome.fault_here = true;
+                self.fail(format!("the peer's device proof does not check: {why}"))
+            }
+        }
+    }
+
+    /// Serve the peer the channels it proved and may be served: queue what
+    /// differs, grant a relay this user configured what it lacks.
+    fn serve_proved(&mut self, held: Vec<WireId>, differ: Vec<(u32, Vector)>) -> Action {
+        self.outcome.in_sync_at_hello = true;
         for w in &held {
             if self.outcome.proved.insert(*w) {
                 self.fresh.push(*w);
@@ -506,9 +671,9 @@ impl Session {
         }
         for (i, v) in differ {
             let Some(w) = self.listed.get(i as usize).copied().filter(|w| held.contains(w)) else {
-                self.outcome.fault_here = true;
-                return self.fail("the Hello answer names a channel it did not prove".into());
+                continue;
             };
+            self.outcome.in_sync_at_hello = false;
             if self.queue.contains(&w) {
                 continue;
             }
@@ -516,15 +681,19 @@ impl Session {
             self.queue.push_back(w);
         }
         let ungranted = self.ungranted();
-        if !ungranted.is_empty() {
+        let cert = self
+            .auth
+            .as_ref()
+            .and_then(|a| a.grant.then(|| a.cert.clone()).flatten());
+        if !ungranted.is_empty() || cert.is_some() {
             let grants = ungranted
                 .iter()
                 .map(|w| (*w, AccessBytes(*self.auth.as_ref().expect("checked").keys[w].expose())))
                 .collect();
-            self.outcome.in_sync_at_hello = false;
+            self.outcome.in_sync_at_hello &= ungranted.is_empty();
             self.phase = Phase::AwaitGranted;
             self.outcome.round_trips += 1;
-            return Action::Send(Request::Grant { grants });
+            return Action::Send(Request::Grant { grants, cert });
         }
         self.notify()
     }
@@ -544,17 +713,34 @@ impl Session {
         }
     }
 
-    /// Hand a relay the revocation notices of the channels it proved, before
-    /// any entry goes either way; then on to the channels.
+    /// The removals to hand the peer: those of the channels it proved, if
+    /// it is a relay (at most [`proto::MAX_NOTICES`]).
+    fn removing(&self) -> Vec<RemovalNotice> {
+        match &self.auth {
+            Some(a) if self.outcome.peer_relay => a
+                .removals
+                .iter()
+                .filter(|r| self.outcome.proved.contains(&r.wire))
+                .take(proto::MAX_NOTICES)
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Hand a relay the revocation notices and removals of the channels it
+    /// proved, before any entry goes either way; then on to the channels.
     fn notify(&mut self) -> Action {
         let notices = self.notifying();
-        if notices.is_empty() {
+        let removals = self.removing();
+        if notices.is_empty() && removals.is_empty() {
             return self.next_channel();
         }
         self.phase = Phase::AwaitNoted;
         self.outcome.round_trips += 1;
         Action::Send(Request::Revoke {
             notices: notices.into_iter().map(ByteBuf::from).collect(),
+            removals,
         })
     }
 

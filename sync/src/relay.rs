@@ -37,6 +37,7 @@ use tokio::sync::broadcast;
 use crate::{Replica, ReplicaEvent};
 
 mod disk;
+mod members;
 
 /// The one sled tree of a relay; the version is in the name.
 const TREE: &str = "hearth-relay.v1";
@@ -161,6 +162,11 @@ struct State {
     chains: BTreeMap<WireId, DeviceChains>,
     /// Per channel, revoked devices, from members' notices.
     revoked: BTreeMap<WireId, BTreeMap<DeviceId, Held>>,
+    /// Per channel, the certificates of this relay by the users that
+    /// configured it (`members`), with who made each.
+    certs: BTreeMap<WireId, BTreeMap<UserId, (hearth_core::peer::RelayCert, hearth_core::peer::Certifier)>>,
+    /// Per channel, users a certifying user removed (`members`).
+    removed: BTreeMap<WireId, BTreeMap<UserId, hearth_core::peer::RemovalNotice>>,
 }
 
 /// A revocation notice held: what it says, and its bytes (handed on to
@@ -198,7 +204,7 @@ impl State {
     /// `wire` that a revocation keeps, if one cuts it: its own notice, or a
     /// notice of another device of the same user signed with the same key
     /// (a device that moved to its keyed id), which cuts it from its start.
-    fn cut(&self, wire: &WireId, device: &DeviceId, user: &UserId, key: Option<[u8; 32]>) -> Option<u64> {
+    fn revocation_cut(&self, wire: &WireId, device: &DeviceId, user: &UserId, key: Option<[u8; 32]>) -> Option<u64> {
         let notes = self.revoked.get(wire)?;
         if let Some(h) = notes.get(device)
             && h.user == *user
@@ -211,6 +217,16 @@ impl State {
             .iter()
             .any(|(d, h)| h.user == *user && chains.get(d).is_some_and(|(k, _)| *k == key))
             .then_some(0)
+    }
+
+    /// The last entry of `device`'s feed (of `user`, signed with `key`) in
+    /// `wire` that stays, if a revocation or a removal cuts it: the lower.
+    fn cut(&self, wire: &WireId, device: &DeviceId, user: &UserId, key: Option<[u8; 32]>) -> Option<u64> {
+        let removal = self.removal(wire, user).and_then(|r| r.cut(device));
+        removal
+            .into_iter()
+            .chain(self.revocation_cut(wire, device, user, key))
+            .min()
     }
 
     fn vector(&self, wire: &WireId) -> Option<Vector> {
@@ -257,6 +273,8 @@ struct Inner {
     /// (the page cache may claim data the disk lost) until the relay is reopened.
     poisoned: AtomicBool,
     events: broadcast::Sender<ReplicaEvent>,
+    /// Devices whose chains peers sent with their proofs: user and key.
+    peer_keys: Mutex<std::collections::HashMap<DeviceId, (UserId, [u8; 32])>>,
     _lock: File,
 }
 
@@ -392,6 +410,7 @@ impl RelayStore {
             write: Mutex::new(disk::Writer::new(log, dir)),
             state: RwLock::new(state),
             poisoned: AtomicBool::new(false),
+            peer_keys: Mutex::default(),
             events,
             _lock: lock,
         };
@@ -465,8 +484,49 @@ impl Replica for RelayStore {
             .collect())
     }
 
-    async fn note(&self, notices: Vec<Vec<u8>>) -> Result<Option<u32>> {
-        self.blocking(move |i| i.note(notices)).await.map(Some)
+    async fn note(
+        &self,
+        notices: Vec<Vec<u8>>,
+        removals: Vec<hearth_core::peer::RemovalNotice>,
+        by: Option<hearth_core::peer::Certifier>,
+    ) -> Result<Option<u32>> {
+        self.blocking(move |i| i.note(notices, removals, by)).await.map(Some)
+    }
+
+    async fn removals(&self) -> Result<Vec<hearth_core::peer::RemovalNotice>> {
+        Ok(Vec::new())
+    }
+
+    async fn who(
+        &self,
+        _: hearth_core::peer::WhoRole,
+        _: hearth_core::peer::Nonce,
+        _: hearth_core::peer::Ends,
+        _: Vec<u8>,
+        _: bool,
+    ) -> Result<Option<hearth_core::peer::Who>> {
+        Ok(None)
+    }
+
+    async fn vet(&self, claim: hearth_core::peer::Claim, wires: Vec<WireId>) -> Result<hearth_core::peer::Vetting> {
+        self.blocking(move |i| Ok(i.vet(&claim, &wires))).await
+    }
+
+    async fn serving(&self, device: hearth_core::peer::Certifier, wires: Vec<WireId>) -> Result<Vec<WireId>> {
+        let st = self.inner.state();
+        Ok(wires.into_iter().filter(|w| st.serves(w, &device)).collect())
+    }
+
+    async fn relay_cert(&self, _: Vec<u8>) -> Result<Option<hearth_core::peer::RelayCert>> {
+        Ok(None)
+    }
+
+    async fn relay_certs(&self, wires: Vec<WireId>) -> Result<Vec<hearth_core::peer::RelayCert>> {
+        Ok(self.inner.certs_for(&wires))
+    }
+
+    async fn certify(&self, cert: hearth_core::peer::RelayCert, me: Vec<u8>, wires: Vec<WireId>) -> Result<()> {
+        self.blocking(move |i| i.certify(cert, &me, wires)).await
     }
 
     async fn access_keys(&self) -> Result<Vec<(WireId, SecretKey)>> {
@@ -619,12 +679,17 @@ impl Inner {
     /// first notice of a device stands, at most
     /// [`MAX_NOTICES_PER_CHANNEL`] a channel. Durable (log, fsynced) before
     /// it is answered. Returns how many this relay holds of those sent.
-    fn note(&self, notices: Vec<Vec<u8>>) -> Result<u32> {
+    fn note(
+        &self,
+        notices: Vec<Vec<u8>>,
+        removals: Vec<hearth_core::peer::RemovalNotice>,
+        by: Option<hearth_core::peer::Certifier>,
+    ) -> Result<u32> {
         if self.poisoned.load(Ordering::SeqCst) {
             return Err(Error::Poisoned);
         }
         let mut w = self.write.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut held = 0u32;
+        let (removed, mut held) = self.removals_taken(removals, by);
         let mut new: BTreeMap<(WireId, DeviceId), Held> = BTreeMap::new();
         {
             let st = self.state();
@@ -661,12 +726,20 @@ impl Inner {
                 new.insert((wire, device), h);
             }
         }
-        if !new.is_empty() {
+        if !new.is_empty() || !removed.is_empty() {
             let mut batch = sled::Batch::default();
             for ((wire, device), h) in &new {
                 batch.insert(&prefixed(T_REVOKED, wire, device)[..], &h.bytes[..]);
             }
-            let records: Vec<(u8, &[u8])> = new.values().map(|h| (log_kind::REVOKE, h.bytes.as_slice())).collect();
+            let bodies: Vec<Vec<u8>> = removed.iter().map(|r| r.encode()).collect();
+            for (r, body) in removed.iter().zip(&bodies) {
+                batch.insert(&members::user_key(members::T_REMOVED, &r.wire, &r.user)[..], &body[..]);
+            }
+            let records: Vec<(u8, &[u8])> = new
+                .values()
+                .map(|h| (log_kind::REVOKE, h.bytes.as_slice()))
+                .chain(bodies.iter().map(|b| (log_kind::REMOVE, b.as_slice())))
+                .collect();
             let written = self.write(&mut w, batch, &records, None);
             if written.is_err() {
                 self.poisoned.store(true, Ordering::SeqCst);
@@ -676,6 +749,9 @@ impl Inner {
             let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
             for ((wire, device), h) in new {
                 st.revoked.entry(wire).or_default().insert(device, h);
+            }
+            for r in removed {
+                st.take_removal(r);
             }
         }
         Ok(held)
@@ -983,6 +1059,7 @@ fn load(tree: &sled::Tree) -> Result<State> {
         let (wire, key) = decode_grant(&body).ok_or_else(|| corrupted("relay grants", "a row of the wrong length"))?;
         st.grants.insert(wire, key);
     }
+    Inner::load_members(tree, &mut st)?;
     Ok(st)
 }
 
@@ -1300,13 +1377,22 @@ mod tests {
             forged,
             notice(&a, stolen.device(), 1, WireId([7; 32])),
         ];
-        assert_eq!(relay.note(refused).await.unwrap(), Some(0));
+        assert_eq!(relay.note(refused, Vec::new(), None).await.unwrap(), Some(0));
         assert_eq!(relay.notices().await.unwrap(), Vec::new());
         let good = notice(&a, stolen.device(), 2, wire);
-        assert_eq!(relay.note(vec![good.clone(), good.clone()]).await.unwrap(), Some(2));
+        assert_eq!(
+            relay
+                .note(vec![good.clone(), good.clone()], Vec::new(), None)
+                .await
+                .unwrap(),
+            Some(2)
+        );
         // The first notice of a device stands.
         assert_eq!(
-            relay.note(vec![notice(&a, stolen.device(), 5, wire)]).await.unwrap(),
+            relay
+                .note(vec![notice(&a, stolen.device(), 5, wire)], Vec::new(), None)
+                .await
+                .unwrap(),
             Some(1)
         );
         let (sd, ad) = (stolen.device(), a.device());

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 
+use hearth_core::peer::{Certifier, Claim, Ends, Nonce, RelayCert, RemovalNotice, Vetting, Who, WhoRole};
 use hearth_core::{SecretKey, Vector, WireId};
 use hearth_store::{EntryBatch, IngestReport, Store, StoreEvent};
 use tokio::sync::broadcast;
@@ -68,9 +69,56 @@ pub trait Replica: Clone + Send + Sync + 'static {
     /// `hearth_core::member::RevocationNotice`s).
     fn notices(&self) -> impl Future<Output = hearth_store::Result<Vec<(WireId, Vec<u8>)>>> + Send;
 
-    /// Take revocation notices (a relay: how many of them it holds now;
-    /// `None`: this replica takes none).
-    fn note(&self, notices: Vec<Vec<u8>>) -> impl Future<Output = hearth_store::Result<Option<u32>>> + Send;
+    /// Take revocation notices, and the removals `by` (the device that
+    /// proved itself on this connection) sends of the channels it
+    /// certified this relay for (a relay: how many of the notices and
+    /// removals it holds now; `None`: this replica takes none).
+    fn note(
+        &self,
+        notices: Vec<Vec<u8>>,
+        removals: Vec<RemovalNotice>,
+        by: Option<Certifier>,
+    ) -> impl Future<Output = hearth_store::Result<Option<u32>>> + Send;
+
+    /// The removals to hand relays (a member's, from its rosters).
+    fn removals(&self) -> impl Future<Output = hearth_store::Result<Vec<RemovalNotice>>> + Send;
+
+    /// This device's proof on a connection (`None`: a relay, which has no device).
+    fn who(
+        &self,
+        role: WhoRole,
+        nonce: Nonce,
+        ends: Ends,
+        matched: Vec<u8>,
+        with_chain: bool,
+    ) -> impl Future<Output = hearth_store::Result<Option<Who>>> + Send;
+
+    /// Which of `wires` the peer that makes `claim` may be served.
+    fn vet(&self, claim: Claim, wires: Vec<WireId>) -> impl Future<Output = hearth_store::Result<Vetting>> + Send;
+
+    /// Of `wires`, those the device `device`, proved on a connection, may be
+    /// served (what [`Replica::vet`] decides for a proof already checked).
+    fn serving(
+        &self,
+        device: Certifier,
+        wires: Vec<WireId>,
+    ) -> impl Future<Output = hearth_store::Result<Vec<WireId>>> + Send;
+
+    /// This device's certificate of the relay `relay` (peer id bytes) its
+    /// user configured (`None`: a relay certifies nobody).
+    fn relay_cert(&self, relay: Vec<u8>) -> impl Future<Output = hearth_store::Result<Option<RelayCert>>> + Send;
+
+    /// A relay's certificates to show for `wires` (a member has none).
+    fn relay_certs(&self, wires: Vec<WireId>) -> impl Future<Output = hearth_store::Result<Vec<RelayCert>>> + Send;
+
+    /// Keep a certificate of this relay (`me`: its peer id bytes) for
+    /// `wires` (a relay; a member keeps none).
+    fn certify(
+        &self,
+        cert: RelayCert,
+        me: Vec<u8>,
+        wires: Vec<WireId>,
+    ) -> impl Future<Output = hearth_store::Result<()>> + Send;
 
     /// Events, from now on.
     fn subscribe(&self) -> broadcast::Receiver<ReplicaEvent>;
@@ -125,9 +173,51 @@ impl Replica for Store {
         Store::revocation_notices(self).await
     }
 
-    async fn note(&self, _: Vec<Vec<u8>>) -> hearth_store::Result<Option<u32>> {
-        // A member reads revocations from the roster, signed in its feeds.
+    async fn note(
+        &self,
+        _: Vec<Vec<u8>>,
+        _: Vec<RemovalNotice>,
+        _: Option<Certifier>,
+    ) -> hearth_store::Result<Option<u32>> {
+        // A member reads revocations and removals from the roster, signed in its feeds.
         Ok(None)
+    }
+
+    async fn removals(&self) -> hearth_store::Result<Vec<RemovalNotice>> {
+        Store::removal_notices(self).await
+    }
+
+    async fn who(
+        &self,
+        role: WhoRole,
+        nonce: Nonce,
+        ends: Ends,
+        matched: Vec<u8>,
+        with_chain: bool,
+    ) -> hearth_store::Result<Option<Who>> {
+        Store::sync_who(self, role, nonce, ends, matched, with_chain)
+            .await
+            .map(Some)
+    }
+
+    async fn vet(&self, claim: Claim, wires: Vec<WireId>) -> hearth_store::Result<Vetting> {
+        Store::vet(self, claim, wires).await
+    }
+
+    async fn serving(&self, device: Certifier, wires: Vec<WireId>) -> hearth_store::Result<Vec<WireId>> {
+        Store::serving(self, device, wires).await
+    }
+
+    async fn relay_cert(&self, relay: Vec<u8>) -> hearth_store::Result<Option<RelayCert>> {
+        Store::relay_cert(self, relay).await.map(Some)
+    }
+
+    async fn relay_certs(&self, _: Vec<WireId>) -> hearth_store::Result<Vec<RelayCert>> {
+        Ok(Vec::new())
+    }
+
+    async fn certify(&self, _: RelayCert, _: Vec<u8>, _: Vec<WireId>) -> hearth_store::Result<()> {
+        Ok(())
     }
 
     fn subscribe(&self) -> broadcast::Receiver<ReplicaEvent> {
@@ -189,8 +279,44 @@ impl Replica for Detached {
         Ok(Vec::new())
     }
 
-    async fn note(&self, _: Vec<Vec<u8>>) -> hearth_store::Result<Option<u32>> {
+    async fn note(
+        &self,
+        _: Vec<Vec<u8>>,
+        _: Vec<RemovalNotice>,
+        _: Option<Certifier>,
+    ) -> hearth_store::Result<Option<u32>> {
         Ok(None)
+    }
+
+    async fn removals(&self) -> hearth_store::Result<Vec<RemovalNotice>> {
+        Ok(Vec::new())
+    }
+
+    async fn who(&self, _: WhoRole, _: Nonce, _: Ends, _: Vec<u8>, _: bool) -> hearth_store::Result<Option<Who>> {
+        Ok(None)
+    }
+
+    async fn vet(&self, _: Claim, _: Vec<WireId>) -> hearth_store::Result<Vetting> {
+        Ok(Vetting::Allowed {
+            wires: Vec::new(),
+            device: None,
+        })
+    }
+
+    async fn serving(&self, _: Certifier, _: Vec<WireId>) -> hearth_store::Result<Vec<WireId>> {
+        Ok(Vec::new())
+    }
+
+    async fn relay_cert(&self, _: Vec<u8>) -> hearth_store::Result<Option<RelayCert>> {
+        Ok(None)
+    }
+
+    async fn relay_certs(&self, _: Vec<WireId>) -> hearth_store::Result<Vec<RelayCert>> {
+        Ok(Vec::new())
+    }
+
+    async fn certify(&self, _: RelayCert, _: Vec<u8>, _: Vec<WireId>) -> hearth_store::Result<()> {
+        Ok(())
     }
 
     async fn ingest(&self, _: WireId, _: Vec<Vec<u8>>) -> hearth_store::Result<Option<IngestReport>> {

@@ -197,8 +197,61 @@ impl Replica for Evil {
         Replica::notices(&self.store).await
     }
 
-    async fn note(&self, notices: Vec<Vec<u8>>) -> hearth_store::Result<Option<u32>> {
-        Replica::note(&self.store, notices).await
+    async fn note(
+        &self,
+        notices: Vec<Vec<u8>>,
+        removals: Vec<hearth_core::peer::RemovalNotice>,
+        by: Option<hearth_core::peer::Certifier>,
+    ) -> hearth_store::Result<Option<u32>> {
+        Replica::note(&self.store, notices, removals, by).await
+    }
+
+    async fn removals(&self) -> hearth_store::Result<Vec<hearth_core::peer::RemovalNotice>> {
+        Replica::removals(&self.store).await
+    }
+
+    async fn who(
+        &self,
+        role: hearth_core::peer::WhoRole,
+        nonce: hearth_core::peer::Nonce,
+        ends: hearth_core::peer::Ends,
+        matched: Vec<u8>,
+        with_chain: bool,
+    ) -> hearth_store::Result<Option<hearth_core::peer::Who>> {
+        Replica::who(&self.store, role, nonce, ends, matched, with_chain).await
+    }
+
+    async fn vet(
+        &self,
+        claim: hearth_core::peer::Claim,
+        wires: Vec<WireId>,
+    ) -> hearth_store::Result<hearth_core::peer::Vetting> {
+        Replica::vet(&self.store, claim, wires).await
+    }
+
+    async fn serving(
+        &self,
+        device: hearth_core::peer::Certifier,
+        wires: Vec<WireId>,
+    ) -> hearth_store::Result<Vec<WireId>> {
+        Replica::serving(&self.store, device, wires).await
+    }
+
+    async fn relay_cert(&self, relay: Vec<u8>) -> hearth_store::Result<Option<hearth_core::peer::RelayCert>> {
+        Replica::relay_cert(&self.store, relay).await
+    }
+
+    async fn relay_certs(&self, wires: Vec<WireId>) -> hearth_store::Result<Vec<hearth_core::peer::RelayCert>> {
+        Replica::relay_certs(&self.store, wires).await
+    }
+
+    async fn certify(
+        &self,
+        cert: hearth_core::peer::RelayCert,
+        me: Vec<u8>,
+        wires: Vec<WireId>,
+    ) -> hearth_store::Result<()> {
+        Replica::certify(&self.store, cert, me, wires).await
     }
 
     async fn vectors(&self) -> hearth_store::Result<Vec<(WireId, Vector)>> {
@@ -691,12 +744,31 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// Proofs of the honest member's channel and device for a Hello from
+    /// `raw` to the node, its chain in it or not.
+    async fn member_auth(&self, raw: PeerId, chain: bool) -> hearth_sync::reconcile::Auth {
+        let keys = self.peer_store.access_keys().await.unwrap();
+        let auth = hearth_sync::reconcile::Auth::new(keys, raw.to_bytes(), self.node.peer_id().to_bytes());
+        let who = self
+            .peer_store
+            .sync_who(
+                hearth_core::peer::WhoRole::Hello,
+                auth.nonce,
+                auth.ends.clone(),
+                Vec::new(),
+                chain,
+            )
+            .await
+            .unwrap();
+        auth.proving(who.clone(), who, chain)
+    }
+
     /// A raw client that proves membership of the channel (it holds the
     /// access key an honest member holds) with a valid Hello.
     async fn member_raw(&self) -> RawPeer {
         let raw = RawPeer::connect(&self.addr).await;
-        let keys = self.peer_store.access_keys().await.unwrap();
-        let auth = hearth_sync::reconcile::Auth::new(keys, raw.id.to_bytes(), self.node.peer_id().to_bytes());
+        // It says which device it is, with its chain (sync protocol 5).
+        let auth = self.member_auth(raw.id, true).await;
         let local = self.peer_store.vectors().await.unwrap();
         let hello = hearth_sync::reconcile::hello(&local, &auth, false);
         match raw.request(Frame::Req(hello)).await {
@@ -815,6 +887,9 @@ async fn oversized_and_garbage_frames_are_refused_and_the_node_stays_up() {
             nonce: [0; 16],
             summary: Vec::new(),
             relay: false,
+            who: None,
+            certs: Vec::new(),
+            want_chain: false,
         }))
         .await;
     assert!(matches!(answer, Ok(Response::Refused { .. })), "{answer:?}");
@@ -856,12 +931,13 @@ async fn a_flood_of_streams_is_answered_or_refused_and_honest_peers_still_sync()
     let honest = f.honest_peer_converges().await;
     let mut events = f.node.subscribe();
     let local = f.store.vectors().await.unwrap();
-    let keys = f.store.access_keys().await.unwrap();
-    let auth =
-        |raw: PeerId| hearth_sync::reconcile::Auth::new(keys.clone(), raw.to_bytes(), f.node.peer_id().to_bytes());
     let mut raws = Vec::new();
+    let mut auths = Vec::new();
     for _ in 0..CLIENTS {
-        raws.push(f.member_raw().await);
+        let raw = f.member_raw().await;
+        // Each says who it is (the chain went with `member_raw`'s Hello).
+        auths.push(f.member_auth(raw.id, false).await);
+        raws.push(raw);
     }
     let started = Instant::now();
     let mut answers_rx = Vec::new();
@@ -876,7 +952,7 @@ async fn a_flood_of_streams_is_answered_or_refused_and_honest_peers_still_sync()
                     max_bytes: proto::BATCH_BYTES as u32,
                 }
             } else if (c + i) % 2 == 0 {
-                hearth_sync::reconcile::hello(&local, &auth(raw.id), false)
+                hearth_sync::reconcile::hello(&local, &auths[c], false)
             } else {
                 hearth_sync::reconcile::hello(&[] as &[(WireId, Vector)], &stranger_auth(), false)
             };

@@ -134,7 +134,33 @@ mod seeds {
         vec![ByteBuf::from(b"first entry".to_vec()), ByteBuf::from(vec![0; 40])]
     }
 
+    /// A device's proof, a relay certificate and a removal, as peers send them.
+    fn proofs() -> (
+        hearth_core::peer::Who,
+        hearth_core::peer::RelayCert,
+        hearth_core::peer::RemovalNotice,
+    ) {
+        use hearth_core::peer::{Ends, RelayCert, RemovalNotice, Who, WhoRole};
+        let id = hearth_core::Identity::generate("seed").unwrap();
+        let keys = id.device_keys().unwrap();
+        let chain = vec![id.device_cert().unwrap().clone()];
+        let ends = Ends {
+            requester: vec![0x11; 38],
+            responder: vec![0x22; 38],
+        };
+        let who = Who::sign(keys, chain.clone(), WhoRole::Hello, &[0x4e; 16], &ends, &[]);
+        let cert = RelayCert::sign(keys, chain, &[0x22; 38]);
+        let removal = RemovalNotice {
+            wire: WireId([5; 32]),
+            user: hearth_core::UserId([0x7a; 32]),
+            left: false,
+            cuts: vec![(DeviceId([1; 16]), 4), (DeviceId([2; 16]), 0)],
+        };
+        (who, cert, removal)
+    }
+
     fn requests() {
+        let (who, cert, removal) = proofs();
         let hello = Request::Hello {
             version: VERSION,
             nonce: [0x4e; 16],
@@ -149,6 +175,9 @@ mod seeds {
                 },
             ],
             relay: false,
+            who: Some(Box::new(who)),
+            certs: vec![],
+            want_chain: true,
         }
         .encode();
         let empty_hello = Request::Hello {
@@ -156,6 +185,9 @@ mod seeds {
             nonce: [0; 16],
             summary: vec![],
             relay: true,
+            who: None,
+            certs: vec![cert.clone()],
+            want_chain: false,
         }
         .encode();
         let fetch = Request::Fetch {
@@ -171,6 +203,7 @@ mod seeds {
         .encode();
         let grant = Request::Grant {
             grants: vec![(WireId([5; 32]), AccessBytes([0x6b; 32]))],
+            cert: Some(cert),
         }
         .encode();
         let mut trailing = empty_hello.clone();
@@ -195,6 +228,7 @@ mod seeds {
         write("sync_request", "valid-join", &join);
         let revoke = Request::Revoke {
             notices: vec![ByteBuf::from(vec![0x5d; 40]), ByteBuf::from(vec![0x6e; 3])],
+            removals: vec![removal],
         }
         .encode();
         write("sync_request", "valid-revoke", &revoke);
@@ -209,11 +243,14 @@ mod seeds {
     }
 
     fn responses() {
+        let (who, _, _) = proofs();
         let hello = Response::Hello {
             matched: ByteBuf::from(vec![0b101]),
             proof: [0x9f; 16],
             differ: vec![(2, vector())],
-            relay: true,
+            relay: false,
+            who: Some(Box::new(who)),
+            certs: vec![],
         }
         .encode();
         let granted = Response::Granted {

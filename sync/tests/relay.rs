@@ -27,19 +27,23 @@ fn text(i: usize) -> String {
     format!("alice canary message {i:03}")
 }
 
-/// The two ends of a connection: the requester's view and the responder's.
-fn conns() -> (Conn, Conn) {
-    (
-        Conn::new(b"requester".to_vec(), b"responder".to_vec()),
-        Conn::new(b"responder".to_vec(), b"requester".to_vec()),
-    )
+/// A replica's peer id in these in-process sessions: where its handle
+/// lives in the test (stable while the test holds it, as a node's is).
+fn id_of<R>(r: &R) -> Vec<u8> {
+    format!("peer at {:p}", std::ptr::from_ref(r)).into_bytes()
+}
+
+/// The two ends of a connection from `a` to `b`: the requester's view and
+/// the responder's.
+fn conns<A, B>(a: &A, b: &B) -> (Conn, Conn) {
+    (Conn::new(id_of(a), id_of(b)), Conn::new(id_of(b), id_of(a)))
 }
 
 /// One full session of `local` (the requester) with `remote` (the
 /// responder). A member grants a relay it syncs with the channels it lacks,
 /// as it does the relays its user configured.
 async fn sync<A: Replica, B: Replica>(local: &A, remote: &B) -> Outcome {
-    let (mine, theirs) = conns();
+    let (mine, theirs) = conns(local, remote);
     let session = mine.session(local, remote.is_relay()).await.unwrap();
     let outcome = run_session(session, local, &mine, |req| {
         let (remote, theirs) = (remote.clone(), theirs.clone());
@@ -73,6 +77,16 @@ async fn messages(s: &Store, c: ChannelId) -> String {
         }
     }
     out
+}
+
+/// The texts of a channel's page.
+async fn texts_of(s: &Store, c: ChannelId) -> Vec<String> {
+    s.page(c, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| m.text)
+        .collect()
 }
 
 /// Everything a user sees of a channel, members included.
@@ -523,7 +537,7 @@ async fn honest_peers_forwarding_two_branches_of_a_fork_blame_nobody() {
     async fn both<A: Replica, B: Replica>(x: &A, y: &B) -> (Outcome, bool) {
         let malicious = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let seen = malicious.clone();
-        let (mine, theirs) = conns();
+        let (mine, theirs) = conns(x, y);
         let session = mine.session(x, y.is_relay()).await.unwrap();
         let outcome = run_session(session, x, &mine, |req| {
             let (y, seen, theirs) = (y.clone(), seen.clone(), theirs.clone());
@@ -613,10 +627,12 @@ async fn relays_refuse_a_revoked_devices_later_entries() {
     let cut = vector_of(&relay.vectors().await.unwrap(), wire).unwrap().seq(&phone_id);
     assert!(cut > 0);
 
-    // The thief writes on and syncs with the relay: refused, the phone not blamed.
+    // The thief writes on and syncs with the relay: it is served nothing
+    // more (its device proof names a revoked device), and nothing it
+    // writes gets in.
     phone.post(general, "from the stolen phone").await.unwrap();
     let o = sync(&phone, &relay).await;
-    assert!(o.refused_there > 0, "{o:?}");
+    learned_nothing(&o, wire);
     assert!(!o.fault_here);
     assert_eq!(
         vector_of(&relay.vectors().await.unwrap(), wire).unwrap().seq(&phone_id),
@@ -629,16 +645,119 @@ async fn relays_refuse_a_revoked_devices_later_entries() {
     let o = sync(&bob, &bobs_relay).await;
     assert_eq!(o.noted.len(), 1, "{o:?}");
     let o = sync(&phone, &bobs_relay).await;
-    assert!(o.refused_there > 0, "{o:?}");
+    learned_nothing(&o, wire);
     let held = vector_of(&bobs_relay.vectors().await.unwrap(), wire).unwrap();
     assert_eq!(held.seq(&phone_id), cut);
-    let texts: Vec<String> = bob
-        .page(general, None, 100)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|m| m.text)
-        .collect();
+    let texts = texts_of(&bob, general).await;
     assert!(!texts.contains(&"from the stolen phone".to_string()), "{texts:?}");
     assert!(texts.contains(&"the phone, still honest".to_string()), "{texts:?}");
+}
+
+/// One full session of `local` with `remote` where `local` passes for a
+/// relay: no device proof, only the relay certificates `certs` (its own
+/// peer id is the conns' "requester").
+async fn sync_as_relay<A: Replica, B: Replica>(
+    local: &A,
+    remote: &B,
+    certs: Vec<hearth_core::peer::RelayCert>,
+) -> Outcome {
+    let (mine, theirs) = conns(local, remote);
+    let auth = mine.auth(local.access_keys().await.unwrap()).showing(certs);
+    let session = hearth_sync::reconcile::Session::full(local.vectors().await.unwrap(), true, auth);
+    run_session(session, local, &mine, |req| {
+        let (remote, theirs) = (remote.clone(), theirs.clone());
+        async move { Ok(serve(&remote, req, &theirs).await.0) }
+    })
+    .await
+}
+
+/// What a removed member gets from a session: no channel, no vector, no entry.
+fn learned_nothing(o: &Outcome, wire: WireId) {
+    assert!(o.proved.is_empty(), "{o:?}");
+    assert!(!o.peer.contains_key(&wire), "{o:?}");
+    assert_eq!((o.received, o.sent), (0, 0), "{o:?}");
+}
+
+#[tokio::test]
+async fn a_removed_member_learns_nothing_from_members_or_relays_and_one_that_missed_rotations_catches_up() {
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let alice = Store::create(dirs[0].path(), &pass(), ALICE, config()).await.unwrap();
+    let bob = Store::create(dirs[1].path(), &pass(), BOB, config()).await.unwrap();
+    let carol = Store::create(dirs[2].path(), &pass(), "carol", config()).await.unwrap();
+    let relay = RelayStore::open(dirs[3].path()).unwrap();
+    let general = alice.create_channel(CHANNEL_NAME).await.unwrap();
+    alice.post(general, "before").await.unwrap();
+    let keys = alice.channel_keys(general).await.unwrap();
+    let wire = keys.wire();
+    bob.join_channel(keys.clone()).await.unwrap();
+    carol.join_channel(keys).await.unwrap();
+    bob.post(general, "bob was here").await.unwrap();
+    carol.post(general, "carol was here").await.unwrap();
+    // Alice configured the relay: it holds her certificate for the channel.
+    let o = sync(&alice, &relay).await;
+    assert!(o.certified, "{o:?}");
+    for s in [&bob, &carol, &alice, &bob, &carol] {
+        settle(s, &relay).await;
+    }
+    // Each of them configured it: it shows their three certificates.
+    let certifiers = |certs: Vec<hearth_core::peer::RelayCert>| {
+        certs
+            .iter()
+            .map(|c| c.verify().unwrap().user)
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let users = [&alice, &bob, &carol].map(|s| s.whoami().user);
+    assert_eq!(
+        certifiers(relay.relay_certs(vec![wire]).await.unwrap()),
+        users.into_iter().collect()
+    );
+
+    // Carol goes offline; Alice removes Bob (a new key generation) and
+    // writes on; her relay takes the removal.
+    let bob_user = bob.whoami().user;
+    alice.remove_member(general, bob_user).await.unwrap();
+    alice.post(general, "after the removal").await.unwrap();
+    let o = sync(&alice, &relay).await;
+    assert_eq!(o.noted.len(), 1, "the removal, once: {o:?}");
+    assert_eq!(
+        certifiers(relay.relay_certs(vec![wire]).await.unwrap()),
+        [users[0], users[2]].into_iter().collect(),
+        "a removed user's certificate is no longer shown"
+    );
+    let alice_vector = alice.vector(general).await.unwrap();
+    assert_eq!(
+        vector_of(&relay.vectors().await.unwrap(), wire),
+        Some(alice_vector.clone())
+    );
+    let bob_before = bob.vector(general).await.unwrap();
+
+    // Bob's node dials Alice's and the relay (it still proves the access
+    // key): nothing. Nor when Alice's node dials Bob's.
+    learned_nothing(&sync(&bob, &alice).await, wire);
+    learned_nothing(&sync(&bob, &relay).await, wire);
+    let o = sync(&alice, &bob).await;
+    learned_nothing(&o, wire);
+    assert_eq!(o.withheld, 1, "{o:?}");
+    // Posing as a relay, bare or with a certificate of its own.
+    let own_cert = bob.relay_cert(id_of(&bob)).await.unwrap();
+    for certs in [Vec::new(), vec![own_cert.clone()]] {
+        learned_nothing(&sync_as_relay(&bob, &alice, certs.clone()).await, wire);
+        learned_nothing(&sync_as_relay(&bob, &relay, certs).await, wire);
+    }
+    assert_eq!(bob.vector(general).await.unwrap(), bob_before);
+    // The relay takes nothing Bob writes after his cut, from anyone.
+    assert_eq!(
+        vector_of(&relay.vectors().await.unwrap(), wire),
+        Some(alice_vector.clone())
+    );
+
+    // Carol missed the rotation: she catches up through the relay alone,
+    // then through Alice's node, and reads what was written after it.
+    let o = sync(&carol, &relay).await;
+    assert!(o.received > 0, "{o:?}");
+    let texts = texts_of(&carol, general).await;
+    assert!(texts.contains(&"after the removal".to_string()), "{texts:?}");
+    let o = sync(&carol, &alice).await;
+    assert_eq!(o.proved.len(), 1, "{o:?}");
+    assert!(!texts_of(&bob, general).await.contains(&"after the removal".to_string()));
 }

@@ -60,6 +60,9 @@ struct Fake {
     grants: BTreeSet<WireId>,
     /// Revocation notices a relay took.
     notices: Vec<Vec<u8>>,
+    /// Channels whose peers this replica serves nothing (its roster
+    /// removed them): what `Replica::vet` withholds.
+    barred: BTreeSet<WireId>,
 }
 
 impl Fake {
@@ -202,7 +205,7 @@ impl Fake {
             Request::Hello { summary, nonce, .. } => {
                 answer_hello(&self.vectors(), &self.keys(), &nonce, &summary, &ends(), self.relay).0
             }
-            Request::Grant { grants } if self.relay => {
+            Request::Grant { grants, .. } if self.relay => {
                 let mut vectors = Vec::new();
                 for (w, k) in grants {
                     if k.0 == *access(&w).expose() {
@@ -241,7 +244,7 @@ impl Fake {
                     },
                 }
             }
-            Request::Revoke { notices } if self.relay => {
+            Request::Revoke { notices, .. } if self.relay => {
                 self.notices.extend(notices.into_iter().map(ByteBuf::into_vec));
                 Response::Noted {
                     held: self.notices.len() as u32,
@@ -310,6 +313,10 @@ fn drive(mut session: Session, local: &mut Fake, mut peer: impl FnMut(Request) -
                 session.on_entries(local.entries_after(&wire, &have, BATCH_BYTES, BATCH_ENTRIES))
             }
             Action::Ingest { wire, entries } => session.on_ingested(local.ingest(wire, entries)),
+            Action::Vet { wires, .. } => session.on_vetted(Vetting::Allowed {
+                wires: wires.into_iter().filter(|w| !local.barred.contains(w)).collect(),
+                device: None,
+            }),
             Action::Done => {
                 run.outcome = session.into_outcome();
                 assert_eq!(
@@ -362,6 +369,24 @@ fn identical_replicas_settle_in_one_round_trip() {
     assert!(o.in_sync_at_hello);
     assert_eq!((o.round_trips, o.channels, o.received, o.sent), (1, 3, 0, 0));
     assert_eq!(run.hellos, 1);
+}
+
+#[test]
+fn a_peer_its_replica_withholds_a_channel_from_is_neither_pulled_from_nor_pushed_to() {
+    // `a` holds more of channel 2 than `b`, `b` more of channel 1; `a`'s
+    // roster removed `b`'s user from channel 1 (what `Replica::vet` decides).
+    let mut a = populated();
+    let mut b = populated();
+    a.write(wire(2), device(9), 5, 100);
+    b.write(wire(1), device(8), 4, 100);
+    a.barred.insert(wire(1));
+    let run = sync(&mut a, &mut b);
+    let o = &run.outcome;
+    clean(o);
+    assert_eq!(o.withheld, 1);
+    assert!(!o.proved.contains(&wire(1)) && !o.peer.contains_key(&wire(1)), "{o:?}");
+    assert_eq!((o.received, o.sent), (0, 5), "channel 2 pushed, channel 1 left alone");
+    assert_eq!(a.vector(&wire(1)).0.get(&device(8)), None, "nothing pulled from it");
 }
 
 #[test]
@@ -616,6 +641,8 @@ fn unexpected_answers_fail_the_session() {
         reason: None,
     };
     let hello = || Response::Hello {
+        who: None,
+        certs: Vec::new(),
         matched: ByteBuf::new(),
         proof: [0; 16],
         differ: vec![],
@@ -709,6 +736,8 @@ fn answer_hello_matches_only_channels_whose_key_it_holds() {
     assert_eq!(
         got,
         Response::Hello {
+            who: None,
+            certs: Vec::new(),
             matched: ByteBuf::from(matched),
             proof,
             differ: vec![(0, responder.vector(&both))],
@@ -724,6 +753,8 @@ fn answer_hello_matches_only_channels_whose_key_it_holds() {
     assert_eq!(
         got,
         Response::Hello {
+            who: None,
+            certs: Vec::new(),
             matched: ByteBuf::from(vec![0]),
             proof: [0; 16],
             differ: vec![],
@@ -765,6 +796,8 @@ fn a_forged_or_inconsistent_answer_fails_the_session_as_the_peers_fault() {
             "a proof without the key",
             Box::new(|r| {
                 matches!(r, Request::Hello { .. }).then(|| Response::Hello {
+                    who: None,
+                    certs: Vec::new(),
                     matched: ByteBuf::from(vec![1]),
                     proof: [7; 16],
                     differ: vec![(0, Vector::default())],
@@ -776,6 +809,8 @@ fn a_forged_or_inconsistent_answer_fails_the_session_as_the_peers_fault() {
             "a bitmap of the wrong size",
             Box::new(|r| {
                 matches!(r, Request::Hello { .. }).then(|| Response::Hello {
+                    who: None,
+                    certs: Vec::new(),
                     matched: ByteBuf::from(vec![0, 0]),
                     proof: [0; 16],
                     differ: vec![],
@@ -787,6 +822,8 @@ fn a_forged_or_inconsistent_answer_fails_the_session_as_the_peers_fault() {
             "a differing channel it did not prove",
             Box::new(|r| {
                 matches!(r, Request::Hello { .. }).then(|| Response::Hello {
+                    who: None,
+                    certs: Vec::new(),
                     matched: ByteBuf::from(vec![0]),
                     proof: [0; 16],
                     differ: vec![(0, Vector::default())],

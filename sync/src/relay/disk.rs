@@ -37,8 +37,10 @@ pub(super) const META_LOG_SYNCED: &[u8] = b"Mlogsynced";
 /// grants (log record kind 6, table `G`); a format 3 relay is only marked.
 /// 5: device chains of format 2 entries (table `D`, derived from the
 /// entries); a format 4 relay is only marked. 6: revocation notices (log
-/// record kind 7, table `V`); a format 5 relay is only marked.
-pub(super) const RELAY_FORMAT: u8 = 6;
+/// record kind 7, table `V`); a format 5 relay is only marked. 7: relay
+/// certificates (log record kind 8, table `C`) and removals (kind 9, table
+/// `X`); a format 6 relay is only marked.
+pub(super) const RELAY_FORMAT: u8 = 7;
 /// sled is checkpointed once this much log was written since the last time
 /// (the log itself is durable at every acknowledgement).
 const CHECKPOINT_BYTES: u64 = 4 << 20;
@@ -233,6 +235,34 @@ impl Inner {
                             batch.insert(&super::prefixed(super::T_REVOKED, &wire, &device)[..], &h.bytes[..]);
                             let mut st = self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
                             st.revoked.entry(wire).or_default().entry(device).or_insert(h);
+                        }
+                    }
+                    log_kind::CERT => {
+                        if let Some((wire, cert, by)) = r
+                            .body
+                            .get(..32)
+                            .and_then(|w| super::members::decode_cert(w, &r.body[32..]))
+                        {
+                            batch.insert(
+                                &super::members::user_key(super::members::T_CERTS, &wire, &by.user)[..],
+                                &r.body[32..],
+                            );
+                            self.state
+                                .write()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .take_cert(wire, cert, by);
+                        }
+                    }
+                    log_kind::REMOVE => {
+                        if let Ok(n) = hearth_core::peer::RemovalNotice::decode(&r.body) {
+                            batch.insert(
+                                &super::members::user_key(super::members::T_REMOVED, &n.wire, &n.user)[..],
+                                &r.body[..],
+                            );
+                            self.state
+                                .write()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .take_removal(n);
                         }
                     }
                     log_kind::GRANT => {

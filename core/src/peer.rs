@@ -1,0 +1,509 @@
+//! Who is at the other end of a sync connection (issue 8, item 5).
+//!
+//! A channel's access key is derived from its first key generation, so a
+//! removed member keeps it, and so does a member that missed rotations: the
+//! two ask for the same things with the same keys. They are told apart by
+//! who asks. A member's device signs, on each connection, who it is
+//! ([`Who`]); a relay, which has no device, shows instead the certificates
+//! its users gave it ([`RelayCert`]). The node that answers serves a channel
+//! only to a device its roster neither removes nor revokes, or to a relay
+//! certified by a current member ([`Claim`], checked by the replica).
+//!
+//! ```text
+//! who   = { device [16], chain [device cert] (often empty), sig [64] }
+//! sig   = ed25519 by the device key over "hearth v1 sync who" 0x00 |
+//!         role u8 | len-prefixed nonce, requester, responder, matched (answer only)
+//! relay cert = { relay (peer id bytes), chain [device cert], sig [64] }
+//! sig   = ed25519 by the certifying device over "hearth v1 relay cert" 0x00 | relay
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::device::{DeviceCert, DeviceKeys, domain_message, verify_chain};
+use crate::error::{Error, Result};
+use crate::id::{DeviceId, UserId};
+use crate::identity::verify_signature;
+
+/// A requester's fresh random value, one per Hello.
+pub type Nonce = [u8; 16];
+
+/// Most bytes of a peer id a relay certificate names (libp2p's are 38).
+pub const MAX_PEER_ID_BYTES: usize = 64;
+/// Most certificates in a chain a proof carries.
+pub const MAX_CHAIN: usize = 8;
+/// Bytes of an encoded relay certificate at most.
+pub const MAX_RELAY_CERT_BYTES: usize = 4 + MAX_PEER_ID_BYTES + MAX_CHAIN * crate::device::MAX_CERT_BYTES + 64;
+
+/// The signing-domain label of [`Who`] proofs.
+const WHO_DOMAIN: &[u8] = b"hearth v1 sync who";
+/// The signing-domain label of [`RelayCert`]s.
+const RELAY_DOMAIN: &[u8] = b"hearth v1 relay cert";
+
+/// The two ends of a connection, by peer id bytes (as Noise authenticated them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ends {
+    /// The peer that sent the Hello.
+    pub requester: Vec<u8>,
+    /// The peer that answers it.
+    pub responder: Vec<u8>,
+}
+
+/// Which side of a session a device proof ([`Who`]) speaks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhoRole {
+    /// The requester, in its Hello.
+    Hello,
+    /// The responder, in its answer (which also covers `matched`).
+    Answer,
+}
+
+/// A device's proof, on one connection, that it is the device it names: its
+/// device key's signature over the Hello's nonce and both peer ids (and, in
+/// an answer, the bitmap of the channels matched). The chain that certifies
+/// the key travels only when the peer may not hold it; otherwise the peer
+/// takes the key from the chain its feeds hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Who {
+    /// The device.
+    pub device: DeviceId,
+    /// Its certificate chain, or empty.
+    pub chain: Vec<DeviceCert>,
+    /// The device key's signature ([`who_message`]).
+    pub sig: serde_bytes::ByteArray<64>,
+}
+
+/// What a [`Who`] signature covers: the role, the nonce, both ends and
+/// (for an answer) the matched bitmap, each length-prefixed.
+pub fn who_message(role: WhoRole, nonce: &Nonce, ends: &Ends, matched: &[u8]) -> Vec<u8> {
+    domain_message(WHO_DOMAIN, &who_body(role, nonce, ends, matched))
+}
+
+fn who_body(role: WhoRole, nonce: &Nonce, ends: &Ends, matched: &[u8]) -> Vec<u8> {
+    let mut m = vec![match role {
+        WhoRole::Hello => 0u8,
+        WhoRole::Answer => 1,
+    }];
+    let matched: &[u8] = if role == WhoRole::Answer { matched } else { &[] };
+    for p in [&nonce[..], &ends.requester, &ends.responder, matched] {
+        m.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        m.extend_from_slice(p);
+    }
+    m
+}
+
+fn bad(what: &'static str, why: &str) -> Error {
+    Error::Corrupted {
+        what,
+        detail: why.to_string(),
+    }
+}
+
+impl Who {
+    /// This device's proof for `role` on this connection; `chain` is its
+    /// certificate chain, or empty when the peer holds it already.
+    pub fn sign(
+        keys: &DeviceKeys,
+        chain: Vec<DeviceCert>,
+        role: WhoRole,
+        nonce: &Nonce,
+        ends: &Ends,
+        matched: &[u8],
+    ) -> Who {
+        let sig = keys.sign(WHO_DOMAIN, &who_body(role, nonce, ends, matched));
+        Who {
+            device: keys.device_id(),
+            chain,
+            sig: serde_bytes::ByteArray::new(sig),
+        }
+    }
+
+    /// Check the proof. `held` is the user and key a feed of the device
+    /// holds, if any; a chain sent must verify, end at this device, and (if
+    /// a key is held) certify that key. Returns the device's user and key.
+    pub fn verify(
+        &self,
+        held: Option<(UserId, [u8; 32])>,
+        role: WhoRole,
+        nonce: &Nonce,
+        ends: &Ends,
+        matched: &[u8],
+    ) -> Result<(UserId, [u8; 32])> {
+        let bad = |why: &str| bad("device proof", why);
+        let (user, key) = if self.chain.is_empty() {
+            held.ok_or_else(|| bad("no chain, and none held for the device"))?
+        } else {
+            if self.chain.len() > MAX_CHAIN {
+                return Err(bad("a chain longer than 8"));
+            }
+            let body = verify_chain(&self.chain)?;
+            if body.device != self.device {
+                return Err(bad("a chain of another device"));
+            }
+            if held.is_some_and(|(u, k)| k != body.keys.signing || u != body.user) {
+                return Err(bad("a chain with another key than the one held"));
+            }
+            (body.user, body.keys.signing)
+        };
+        verify_signature(&UserId(key), &who_message(role, nonce, ends, matched), &self.sig)
+            .map_err(|_| bad("a signature that does not verify"))?;
+        Ok((user, key))
+    }
+}
+
+/// A user's certificate that a relay carries its channels: signed by one of
+/// its devices over the relay's peer id, so that the relay (and only that
+/// peer) can show members that a member configured it. Deterministic (no
+/// time in it): the same device certifies the same relay with the same bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayCert {
+    /// The relay's peer id bytes.
+    pub relay: serde_bytes::ByteBuf,
+    /// The certifying device's chain.
+    pub chain: Vec<DeviceCert>,
+    /// Its signature over the relay's peer id.
+    pub sig: serde_bytes::ByteArray<64>,
+}
+
+/// Who certified a relay, as [`RelayCert::verify`] finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Certifier {
+    /// The user.
+    pub user: UserId,
+    /// The certifying device.
+    pub device: DeviceId,
+    /// That device's signing key.
+    pub key: [u8; 32],
+}
+
+impl RelayCert {
+    /// `keys`' certificate (its chain is `chain`) of the relay `relay`.
+    pub fn sign(keys: &DeviceKeys, chain: Vec<DeviceCert>, relay: &[u8]) -> RelayCert {
+        RelayCert {
+            relay: serde_bytes::ByteBuf::from(relay.to_vec()),
+            sig: serde_bytes::ByteArray::new(keys.sign(RELAY_DOMAIN, relay)),
+            chain,
+        }
+    }
+
+    /// Check the chain and the signature; who certified the relay.
+    pub fn verify(&self) -> Result<Certifier> {
+        let bad = |why: &str| bad("relay certificate", why);
+        if self.relay.len() > MAX_PEER_ID_BYTES {
+            return Err(bad("a peer id longer than 64 bytes"));
+        }
+        if self.chain.len() > MAX_CHAIN {
+            return Err(bad("a chain longer than 8"));
+        }
+        let body = verify_chain(&self.chain)?;
+        verify_signature(
+            &UserId(body.keys.signing),
+            &domain_message(RELAY_DOMAIN, &self.relay),
+            &self.sig,
+        )
+        .map_err(|_| bad("a signature that does not verify"))?;
+        Ok(Certifier {
+            user: body.user,
+            device: body.device,
+            key: body.keys.signing,
+        })
+    }
+
+    /// Encode.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("a relay certificate encodes")
+    }
+
+    /// Decode (untrusted bytes: capped, strict and canonical). Nothing is
+    /// checked beyond the form: see [`RelayCert::verify`].
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() > MAX_RELAY_CERT_BYTES {
+            return Err(Error::TooLarge {
+                what: "relay certificate",
+                size: bytes.len(),
+                limit: MAX_RELAY_CERT_BYTES,
+            });
+        }
+        let (cert, rest): (RelayCert, &[u8]) =
+            postcard::take_from_bytes(bytes).map_err(|e| Error::corrupted("relay certificate", e))?;
+        if !rest.is_empty() || cert.encode() != bytes {
+            return Err(Error::corrupted("relay certificate", "not in canonical encoding"));
+        }
+        Ok(cert)
+    }
+}
+
+/// What one side of a connection claims it is, to be checked by a replica
+/// (a member's store against its rosters, a relay against the removals and
+/// revocations it was told of) before it is served a channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// A device's proof, or none (a relay).
+    pub who: Option<Who>,
+    /// A relay's certificates (with no `who`).
+    pub certs: Vec<RelayCert>,
+    /// Which side claims.
+    pub role: WhoRole,
+    /// The Hello's nonce.
+    pub nonce: Nonce,
+    /// The connection.
+    pub ends: Ends,
+    /// The answer's matched bitmap (an answer's claim only).
+    pub matched: Vec<u8>,
+}
+
+impl Claim {
+    /// The claimant's peer id bytes.
+    pub fn claimant(&self) -> &[u8] {
+        match self.role {
+            WhoRole::Hello => &self.ends.requester,
+            WhoRole::Answer => &self.ends.responder,
+        }
+    }
+
+    /// Check the device proof with the key held for its device (`held`
+    /// looks it up): `Ok(None)` without a proof, [`Vetting::Unknown`]
+    /// territory (`Err(None)`) when it has no chain and no key is held.
+    pub fn device(
+        &self,
+        held: impl FnOnce(&DeviceId) -> Option<(UserId, [u8; 32])>,
+    ) -> std::result::Result<Option<Certifier>, Option<Error>> {
+        let Some(who) = &self.who else { return Ok(None) };
+        let known = held(&who.device);
+        if known.is_none() && who.chain.is_empty() {
+            return Err(None);
+        }
+        let (user, key) = who
+            .verify(known, self.role, &self.nonce, &self.ends, &self.matched)
+            .map_err(Some)?;
+        Ok(Some(Certifier {
+            user,
+            device: who.device,
+            key,
+        }))
+    }
+
+    /// The relay certificates that verify and name the claimant.
+    pub fn certifiers(&self) -> Vec<Certifier> {
+        if self.who.is_some() {
+            return Vec::new();
+        }
+        self.certs
+            .iter()
+            .filter(|c| c.relay.as_slice() == self.claimant())
+            .filter_map(|c| c.verify().ok())
+            .collect()
+    }
+}
+
+/// A replica's decision on a [`Claim`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Vetting {
+    /// The channels (of those asked about) the claimant may be served.
+    Allowed {
+        /// Those channels.
+        wires: Vec<crate::id::WireId>,
+        /// The device that proved itself (none for a relay).
+        device: Option<Certifier>,
+    },
+    /// A device proof without a chain, for a device nothing here knows:
+    /// ask for the chain.
+    Unknown,
+    /// A proof that does not check: the claimant forged it.
+    Forged(String),
+}
+
+/// Most devices a removal notice cuts.
+pub const MAX_REMOVAL_CUTS: usize = 256;
+/// Bytes of an encoded removal notice at most.
+pub const MAX_REMOVAL_BYTES: usize = 32 + 32 + 1 + 3 + MAX_REMOVAL_CUTS * (16 + 10);
+
+/// What a relay learns of a removal from a user that certified it for the
+/// channel (over a connection whose device proof names that user): in
+/// `wire`, `user` is served nothing more, and (unless it left on its own)
+/// its devices' entries past their cuts are refused; a device not listed is
+/// cut from its start. The relay trusts its certifying users on this, as it
+/// trusts them with the access key: it has no roster to check it against.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovalNotice {
+    /// The channel.
+    pub wire: crate::id::WireId,
+    /// The removed user.
+    pub user: UserId,
+    /// The user left on its own: nothing of its feeds is cut.
+    pub left: bool,
+    /// Per device of the user, the last entry of its feed that stays.
+    pub cuts: Vec<(DeviceId, u64)>,
+}
+
+impl RemovalNotice {
+    /// Encode (postcard).
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("a removal notice encodes")
+    }
+
+    /// Decode untrusted bytes: capped, strict and canonical (cuts sorted
+    /// by device, each device once).
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() > MAX_REMOVAL_BYTES {
+            return Err(Error::TooLarge {
+                what: "removal notice",
+                size: bytes.len(),
+                limit: MAX_REMOVAL_BYTES,
+            });
+        }
+        let (n, rest): (RemovalNotice, _) =
+            postcard::take_from_bytes(bytes).map_err(|e| Error::corrupted("removal notice", e))?;
+        if !rest.is_empty() || n.encode() != bytes {
+            return Err(Error::corrupted("removal notice", "not in canonical encoding"));
+        }
+        n.check()?;
+        Ok(n)
+    }
+
+    /// The form's rules: at most [`MAX_REMOVAL_CUTS`] cuts, sorted by
+    /// device, each device once, none for a user that left.
+    pub fn check(&self) -> Result<()> {
+        if self.cuts.len() > MAX_REMOVAL_CUTS {
+            return Err(bad("removal notice", "too many cuts"));
+        }
+        if self.cuts.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(bad("removal notice", "cuts not sorted by device"));
+        }
+        if self.left && !self.cuts.is_empty() {
+            return Err(bad("removal notice", "cuts for a user that left"));
+        }
+        Ok(())
+    }
+
+    /// The last entry of `device`'s feed that stays, if this removal cuts it.
+    pub fn cut(&self, device: &DeviceId) -> Option<u64> {
+        if self.left {
+            return None;
+        }
+        Some(
+            self.cuts
+                .binary_search_by(|(d, _)| d.cmp(device))
+                .map_or(0, |i| self.cuts[i].1),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Identity;
+
+    #[test]
+    fn a_device_proof_holds_for_one_connection_one_role_and_one_device() {
+        let a = Identity::generate("a").unwrap();
+        let keys = a.device_keys().unwrap();
+        let chain = vec![a.device_cert().unwrap().clone()];
+        let ends = Ends {
+            requester: vec![1; 38],
+            responder: vec![2; 38],
+        };
+        let n = [7; 16];
+        let who = Who::sign(keys, chain.clone(), WhoRole::Answer, &n, &ends, &[0b101]);
+        let key = keys.public().signing;
+        assert_eq!(
+            who.verify(None, WhoRole::Answer, &n, &ends, &[0b101]).unwrap(),
+            (a.user(), key)
+        );
+        // Another bitmap, role, nonce or pair of peers: refused.
+        assert!(who.verify(None, WhoRole::Answer, &n, &ends, &[0b111]).is_err());
+        assert!(who.verify(None, WhoRole::Hello, &n, &ends, &[0b101]).is_err());
+        assert!(who.verify(None, WhoRole::Answer, &[8; 16], &ends, &[0b101]).is_err());
+        let swapped = Ends {
+            requester: ends.responder.clone(),
+            responder: ends.requester.clone(),
+        };
+        assert!(who.verify(None, WhoRole::Answer, &n, &swapped, &[0b101]).is_err());
+        // Without the chain, the key held for the device decides.
+        let bare = Who::sign(keys, Vec::new(), WhoRole::Hello, &n, &ends, &[]);
+        assert!(bare.verify(None, WhoRole::Hello, &n, &ends, &[]).is_err());
+        assert!(
+            bare.verify(Some((a.user(), key)), WhoRole::Hello, &n, &ends, &[])
+                .is_ok()
+        );
+        let other = Identity::generate("b").unwrap();
+        let theirs = other.device_keys().unwrap().public().signing;
+        assert!(
+            bare.verify(Some((other.user(), theirs)), WhoRole::Hello, &n, &ends, &[])
+                .is_err()
+        );
+        // A chain of another device, or with another key than the one held.
+        let mut claimed = Who::sign(keys, chain.clone(), WhoRole::Hello, &n, &ends, &[]);
+        claimed.device = other.device();
+        assert!(claimed.verify(None, WhoRole::Hello, &n, &ends, &[]).is_err());
+        let with_chain = Who::sign(keys, chain, WhoRole::Hello, &n, &ends, &[]);
+        assert!(
+            with_chain
+                .verify(Some((a.user(), theirs)), WhoRole::Hello, &n, &ends, &[])
+                .is_err()
+        );
+        // A claim without a chain for a device not known asks for it.
+        let claim = Claim {
+            who: Some(bare),
+            certs: Vec::new(),
+            role: WhoRole::Hello,
+            nonce: n,
+            ends: ends.clone(),
+            matched: Vec::new(),
+        };
+        assert!(matches!(claim.device(|_| None), Err(None)));
+        assert_eq!(claim.device(|_| Some((a.user(), key))).unwrap().unwrap().user, a.user());
+        assert!(matches!(claim.device(|_| Some((other.user(), theirs))), Err(Some(_))));
+    }
+
+    #[test]
+    fn removal_notices_are_strict_and_cut_unlisted_devices_from_their_start() {
+        let n = RemovalNotice {
+            wire: crate::id::WireId([1; 32]),
+            user: UserId([2; 32]),
+            left: false,
+            cuts: vec![(DeviceId([3; 16]), 5), (DeviceId([4; 16]), 0)],
+        };
+        assert_eq!(RemovalNotice::decode(&n.encode()).unwrap(), n);
+        assert_eq!(n.cut(&DeviceId([3; 16])), Some(5));
+        assert_eq!(n.cut(&DeviceId([9; 16])), Some(0));
+        let mut unsorted = n.clone();
+        unsorted.cuts.reverse();
+        assert!(RemovalNotice::decode(&unsorted.encode()).is_err());
+        let mut left = n.clone();
+        left.left = true;
+        assert!(RemovalNotice::decode(&left.encode()).is_err(), "a leave cuts nothing");
+        left.cuts.clear();
+        assert_eq!(left.cut(&DeviceId([3; 16])), None);
+    }
+
+    #[test]
+    fn a_relay_certificate_names_one_relay_and_its_certifier() {
+        let a = Identity::generate("a").unwrap();
+        let keys = a.device_keys().unwrap();
+        let chain = vec![a.device_cert().unwrap().clone()];
+        let cert = RelayCert::sign(keys, chain, &[9; 38]);
+        let by = cert.verify().unwrap();
+        assert_eq!((by.user, by.device), (a.user(), a.device()));
+        assert_eq!(RelayCert::decode(&cert.encode()).unwrap(), cert);
+        let mut moved = cert.clone();
+        moved.relay = serde_bytes::ByteBuf::from(vec![8; 38]);
+        assert!(moved.verify().is_err(), "bound to the relay's peer id");
+        let mut long = cert.encode();
+        long.push(0);
+        assert!(RelayCert::decode(&long).is_err());
+        // Shown by the relay it names only.
+        let claim = |responder: Vec<u8>| Claim {
+            who: None,
+            certs: vec![cert.clone()],
+            role: WhoRole::Answer,
+            nonce: [0; 16],
+            ends: Ends {
+                requester: vec![1; 38],
+                responder,
+            },
+            matched: Vec::new(),
+        };
+        assert_eq!(claim(vec![9; 38]).certifiers().len(), 1);
+        assert!(claim(vec![8; 38]).certifiers().is_empty());
+    }
+}
