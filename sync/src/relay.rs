@@ -1407,6 +1407,90 @@ mod tests {
         check(RelayStore::open(dir.path()).unwrap()).await;
     }
 
+    #[tokio::test]
+    async fn certificates_and_removals_come_from_certifying_users_and_last() {
+        use hearth_core::peer::{Certifier, RelayCert, RemovalNotice};
+        let dir = tempfile::tempdir().unwrap();
+        let keys = ChannelKeys::generate().unwrap();
+        let wire = keys.wire();
+        let me = b"this relay".to_vec();
+        let (a, b, m) = (
+            Identity::generate("a").unwrap(),
+            Identity::generate("b").unwrap(),
+            Identity::generate("m").unwrap(),
+        );
+        let cert = |id: &Identity, relay: &[u8]| {
+            RelayCert::sign(
+                id.device_keys().unwrap(),
+                vec![id.device_cert().unwrap().clone()],
+                relay,
+            )
+        };
+        let by = |id: &Identity| Certifier {
+            user: id.user(),
+            device: id.device(),
+            key: id.device_keys().unwrap().public().signing,
+        };
+        let removal = |user: &Identity| RemovalNotice {
+            wire,
+            user: user.user(),
+            left: false,
+            cuts: vec![(user.device(), 1)],
+        };
+        let relay = RelayStore::open(dir.path()).unwrap();
+        // Not granted yet: no certificate is kept for the channel.
+        relay.certify(cert(&a, &me), me.clone(), vec![wire]).await.unwrap();
+        assert!(relay.relay_certs(vec![wire]).await.unwrap().is_empty());
+        relay.grant(vec![(wire, keys.access().clone())]).await.unwrap();
+        // One naming another relay is refused.
+        assert!(
+            relay
+                .certify(cert(&a, b"another"), me.clone(), vec![wire])
+                .await
+                .is_err()
+        );
+        relay.certify(cert(&a, &me), me.clone(), vec![wire]).await.unwrap();
+        relay.certify(cert(&a, &me), me.clone(), vec![wire]).await.unwrap();
+        relay.certify(cert(&b, &me), me.clone(), vec![wire]).await.unwrap();
+        assert_eq!(relay.relay_certs(vec![wire]).await.unwrap().len(), 2);
+        // Removals: not from a device that proved nothing, nor from a user
+        // that did not certify the relay, nor of oneself.
+        let held = |r: Option<u32>| r.unwrap();
+        assert_eq!(held(relay.note(vec![], vec![removal(&b)], None).await.unwrap()), 0);
+        assert_eq!(
+            held(relay.note(vec![], vec![removal(&b)], Some(by(&m))).await.unwrap()),
+            0
+        );
+        assert_eq!(
+            held(relay.note(vec![], vec![removal(&a)], Some(by(&a))).await.unwrap()),
+            0
+        );
+        assert_eq!(
+            held(relay.note(vec![], vec![removal(&b)], Some(by(&a))).await.unwrap()),
+            1
+        );
+        // The removed user's own removals are not taken any more.
+        assert_eq!(
+            held(relay.note(vec![], vec![removal(&a)], Some(by(&b))).await.unwrap()),
+            0
+        );
+        let check = |relay: RelayStore| {
+            let (wire, a, b) = (wire, by(&a), by(&b));
+            async move {
+                let shown = relay.relay_certs(vec![wire]).await.unwrap();
+                assert_eq!(shown.len(), 1, "a removed user's certificate is not shown");
+                assert_eq!(shown[0].verify().unwrap().user, a.user);
+                assert_eq!(relay.serving(a, vec![wire]).await.unwrap(), vec![wire]);
+                assert!(relay.serving(b, vec![wire]).await.unwrap().is_empty());
+            }
+        };
+        check(relay.clone()).await;
+        drop(relay);
+        check(RelayStore::open(dir.path()).unwrap()).await;
+        std::fs::remove_dir_all(dir.path().join(DB_DIR)).unwrap();
+        check(RelayStore::open(dir.path()).unwrap()).await;
+    }
+
     async fn check_cut(
         relay: RelayStore,
         wire: WireId,
