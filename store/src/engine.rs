@@ -1137,6 +1137,7 @@ impl Engine {
         }
         if let (Op::Member { .. }, Some(ch)) = (op, self.channels.get_mut(&channel)) {
             ch.hidden = None;
+            let _ = self.events.send(crate::StoreEvent::Roster { channel });
         }
         Ok(())
     }

@@ -84,6 +84,13 @@ pub enum StoreEvent {
         /// The newest message they have read.
         up_to: MessageId,
     },
+    /// The channel's roster moved (a membership op was written here or
+    /// arrived): who may be served the channel may have changed, so a sync
+    /// node checks its peers again.
+    Roster {
+        /// The channel.
+        channel: ChannelId,
+    },
 }
 
 impl Engine {
@@ -477,6 +484,9 @@ impl Engine {
             // are computed again on first use.
             if meta || keys_changed || report.cut > 0 {
                 self.channels.get_mut(&channel).expect("checked above").hidden = None;
+            }
+            if meta {
+                let _ = self.events.send(StoreEvent::Roster { channel });
             }
         }
         if !forks.is_empty() {

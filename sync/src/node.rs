@@ -671,7 +671,10 @@ impl<R: Replica> Loop<R> {
                         }
                     }
                     Ok(ReplicaEvent::Store(e)) => self.emit(NodeEvent::Store(e)),
-                    Ok(ReplicaEvent::Lagged) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // A full session with each peer checks who it is
+                    // against the rosters again (a removed member's
+                    // connection stops being served).
+                    Ok(ReplicaEvent::Lagged | ReplicaEvent::Recheck) | Err(broadcast::error::RecvError::Lagged(_)) => {
                         for p in self.peers.values() {
                             let _ = p.work.send(Work::Reconcile(None));
                         }

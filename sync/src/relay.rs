@@ -753,6 +753,8 @@ impl Inner {
             for r in removed {
                 st.take_removal(r);
             }
+            drop(st);
+            let _ = self.events.send(ReplicaEvent::Recheck);
         }
         Ok(held)
     }

@@ -16,6 +16,9 @@ pub enum ReplicaEvent {
     Store(StoreEvent),
     /// Events were missed: reconcile everything.
     Lagged,
+    /// Who may be served changed (a roster moved; a relay took a removal or
+    /// a revocation): check every peer again (a full session with each).
+    Recheck,
 }
 
 /// A set of channel feeds a node reconciles with its peers.
@@ -227,6 +230,7 @@ impl Replica for Store {
             loop {
                 let ev = match rx.recv().await {
                     Ok(StoreEvent::Appended { wire, .. }) => ReplicaEvent::Appended(wire),
+                    Ok(StoreEvent::Roster { .. }) => ReplicaEvent::Recheck,
                     Ok(e) => ReplicaEvent::Store(e),
                     Err(broadcast::error::RecvError::Lagged(_)) => ReplicaEvent::Lagged,
                     Err(broadcast::error::RecvError::Closed) => return,

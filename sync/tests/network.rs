@@ -146,6 +146,53 @@ async fn a_lost_peer_is_redialed_when_it_comes_back() {
     b.close().await.unwrap();
 }
 
+/// A removal is checked at once on the connections a node has: the removed
+/// member's node, connected all along, is pushed nothing written after it
+/// (without waiting for the next anti-entropy session, 30 s away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_members_live_connection_is_checked_again_at_once() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let pass = Passphrase::new("pw");
+    let a = Store::create(dirs[0].path(), &pass, "a", config()).await.unwrap();
+    let b = Store::create(dirs[1].path(), &pass, "b", config()).await.unwrap();
+    let ch = a.create_channel("general").await.unwrap();
+    b.join_channel(a.channel_keys(ch).await.unwrap()).await.unwrap();
+    b.post(ch, "b was here").await.unwrap();
+    let (na, _) = node(&a, "/ip4/127.0.0.1/tcp/0").await;
+    let (nb, addr_b) = node(&b, "/ip4/127.0.0.1/tcp/0").await;
+    na.dial(addr_b).await.unwrap();
+    assert!(converged(&[&a, &b], ch, Duration::from_secs(20)).await);
+    // Live pushes work while b is a member.
+    let seen = a.post(ch, "while b is a member").await.unwrap();
+    let mut waited = 0;
+    while b.message(seen).await.is_err() {
+        assert!(waited < 400, "a live push never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+    }
+
+    a.remove_member(ch, b.whoami().user).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 0..3 {
+        a.post(ch, &format!("after the removal {i}")).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let me = a.whoami().device;
+    let (held_a, held_b) = (
+        a.vector(ch).await.unwrap().seq(&me),
+        b.vector(ch).await.unwrap().seq(&me),
+    );
+    assert!(
+        held_b + 3 <= held_a,
+        "b was pushed what a wrote after the removal: {held_b} of {held_a}"
+    );
+    for n in [na, nb] {
+        n.stop().await.unwrap();
+    }
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
 /// A long catch-up travels once: the accepting side's own session waits until
 /// the dialer has stopped fetching, instead of pushing the same history
 /// alongside the pull.
