@@ -108,20 +108,33 @@ async fn three_devices_converge_over_quic() {
     three_devices_converge("/ip4/127.0.0.1/udp/0/quic-v1").await;
 }
 
-/// A peer that goes away and comes back on the same address is redialed (with
-/// backoff) without anyone asking, and what was written meanwhile arrives.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_peer_is_redialed_when_it_comes_back() {
+/// Two users' stores holding one channel (made by `a`).
+async fn two_members() -> (Vec<tempfile::TempDir>, Store, Store, hearth_core::ChannelId) {
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let pass = Passphrase::new("pw");
     let a = Store::create(dirs[0].path(), &pass, "a", config()).await.unwrap();
     let b = Store::create(dirs[1].path(), &pass, "b", config()).await.unwrap();
     let ch = a.create_channel("general").await.unwrap();
     b.join_channel(a.channel_keys(ch).await.unwrap()).await.unwrap();
-    let (na, _) = node(&a, "/ip4/127.0.0.1/tcp/0").await;
-    let (nb, addr_b) = node(&b, "/ip4/127.0.0.1/tcp/0").await;
+    (dirs, a, b, ch)
+}
+
+/// Nodes of `a` and `b` on loopback TCP, `a` dialing `b`, converged on `ch`;
+/// and `b`'s address.
+async fn connected(a: &Store, b: &Store, ch: hearth_core::ChannelId) -> (NodeHandle, NodeHandle, Multiaddr) {
+    let (na, _) = node(a, "/ip4/127.0.0.1/tcp/0").await;
+    let (nb, addr_b) = node(b, "/ip4/127.0.0.1/tcp/0").await;
     na.dial(addr_b.clone()).await.unwrap();
-    assert!(converged(&[&a, &b], ch, Duration::from_secs(20)).await);
+    assert!(converged(&[a, b], ch, Duration::from_secs(20)).await);
+    (na, nb, addr_b)
+}
+
+/// A peer that goes away and comes back on the same address is redialed (with
+/// backoff) without anyone asking, and what was written meanwhile arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_peer_is_redialed_when_it_comes_back() {
+    let (_dirs, a, b, ch) = two_members().await;
+    let (na, nb, addr_b) = connected(&a, &b, ch).await;
 
     // B goes away; A keeps writing; B comes back on the same address.
     nb.stop().await.unwrap();
@@ -151,17 +164,9 @@ async fn a_lost_peer_is_redialed_when_it_comes_back() {
 /// (without waiting for the next anti-entropy session, 30 s away).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_members_live_connection_is_checked_again_at_once() {
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let pass = Passphrase::new("pw");
-    let a = Store::create(dirs[0].path(), &pass, "a", config()).await.unwrap();
-    let b = Store::create(dirs[1].path(), &pass, "b", config()).await.unwrap();
-    let ch = a.create_channel("general").await.unwrap();
-    b.join_channel(a.channel_keys(ch).await.unwrap()).await.unwrap();
+    let (_dirs, a, b, ch) = two_members().await;
     b.post(ch, "b was here").await.unwrap();
-    let (na, _) = node(&a, "/ip4/127.0.0.1/tcp/0").await;
-    let (nb, addr_b) = node(&b, "/ip4/127.0.0.1/tcp/0").await;
-    na.dial(addr_b).await.unwrap();
-    assert!(converged(&[&a, &b], ch, Duration::from_secs(20)).await);
+    let (na, nb, _) = connected(&a, &b, ch).await;
     // Live pushes work while b is a member.
     let seen = a.post(ch, "while b is a member").await.unwrap();
     let mut waited = 0;
