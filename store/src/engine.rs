@@ -726,6 +726,16 @@ impl Engine {
             .unwrap_or_default())
     }
 
+    /// A mark of the membership ops a channel's roster holds (each op has
+    /// a number one more than its device's last): it moves with every new
+    /// op, and only then. `None` while the metadata epoch is not loaded.
+    pub(crate) fn roster_mark(&self, channel: &ChannelId) -> Option<(usize, u64)> {
+        self.loaded(channel, META_EPOCH).map(|le| {
+            let r = &le.view.roster;
+            (r.last_n.len(), r.last_n.values().map(|n| u64::from(*n)).sum())
+        })
+    }
+
     /// Refuse writes in a channel the local user was removed from.
     fn writable(&mut self, channel: &ChannelId) -> Result<()> {
         let me = self.identity.user();

@@ -476,6 +476,7 @@ impl Engine {
                 late: false,
             };
             let meta = incoming.accepted.contains_key(&META_EPOCH);
+            let roster_before = meta.then(|| self.roster_mark(&channel));
             self.store_accepted(channel, wire, incoming, &mut report)?;
             if keys_changed {
                 self.open_waiting(channel, &mut report)?;
@@ -485,7 +486,9 @@ impl Engine {
             if meta || keys_changed || report.cut > 0 {
                 self.channels.get_mut(&channel).expect("checked above").hidden = None;
             }
-            if meta {
+            // Receipts live in the metadata epoch too: only new membership
+            // ops count.
+            if roster_before.is_some_and(|b| b != self.roster_mark(&channel)) {
                 let _ = self.events.send(StoreEvent::Roster { channel });
             }
         }

@@ -664,3 +664,40 @@ async fn a_removed_members_edits_deletes_reactions_and_renames_past_the_cut_do_n
         s.close().await.unwrap();
     }
 }
+
+/// `StoreEvent::Roster` (a sync node checks its peers again on it) comes
+/// with new membership ops, local or remote, and not with the receipts and
+/// names that share the metadata epoch with them.
+#[tokio::test]
+async fn a_roster_event_comes_with_membership_ops_only() {
+    use hearth_store::StoreEvent;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pass = Passphrase::new("pw");
+    let alice = Store::create(da.path(), &pass, "alice", config()).await.unwrap();
+    let bob = Store::create(db.path(), &pass, "bob", config()).await.unwrap();
+    let ch = alice.create_channel("general").await.unwrap();
+    let keys = alice.channel_keys(ch).await.unwrap();
+    let wire = keys.wire();
+    bob.join_channel(keys).await.unwrap();
+    let rosters = |rx: &mut tokio::sync::broadcast::Receiver<StoreEvent>| {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .filter(|e| matches!(e, StoreEvent::Roster { .. }))
+            .count()
+    };
+    let mut at_bob = bob.subscribe();
+    pull(&alice, &bob, wire, ch).await;
+    assert_eq!(rosters(&mut at_bob), 1, "the roster's first op arrived");
+    // Messages, then receipts and a name: metadata, but no roster op.
+    alice.post(ch, "hello").await.unwrap();
+    pull(&alice, &bob, wire, ch).await;
+    bob.flush_receipts().await.unwrap();
+    let mut at_alice = alice.subscribe();
+    pull(&bob, &alice, wire, ch).await;
+    assert_eq!(rosters(&mut at_alice), 0, "receipts are not roster ops");
+    // A removal: an event where it is written, and where it arrives.
+    alice.remove_member(ch, bob.whoami().user).await.unwrap();
+    assert!(rosters(&mut at_alice) >= 1);
+    let _ = rosters(&mut at_bob);
+    pull(&alice, &bob, wire, ch).await;
+    assert!(rosters(&mut at_bob) >= 1);
+}
