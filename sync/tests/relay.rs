@@ -449,6 +449,13 @@ async fn a_relay_of_the_format_6_stores_opens_and_its_database_can_be_rebuilt() 
     old_relay_opens_and_its_database_can_be_rebuilt("v6").await;
 }
 
+/// Relay format 6 (revocation notices), written before relay certificates
+/// and removals (format 7).
+#[tokio::test]
+async fn a_relay_of_the_format_7_stores_opens_and_its_database_can_be_rebuilt() {
+    old_relay_opens_and_its_database_can_be_rebuilt("v7").await;
+}
+
 async fn old_relay_opens_and_its_database_can_be_rebuilt(format: &str) {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/fixtures")
