@@ -131,17 +131,8 @@ impl Conn {
             .with_notices(notices)
             .with_removals(removals);
         let (nonce, ends) = (auth.nonce, auth.ends.clone());
-        let bare = replica
-            .who(WhoRole::Hello, nonce, ends.clone(), Vec::new(), false)
-            .await?;
-        let auth = match bare {
-            Some(bare) => {
-                let chained = replica
-                    .who(WhoRole::Hello, nonce, ends, Vec::new(), true)
-                    .await?
-                    .unwrap_or_else(|| bare.clone());
-                auth.proving(bare, chained, introduce)
-            }
+        let auth = match replica.who(WhoRole::Hello, nonce, ends, Vec::new(), true).await? {
+            Some(who) => auth.proving(who, introduce),
             None => {
                 let wires: Vec<WireId> = local.iter().map(|(w, _)| *w).collect();
                 auth.showing(replica.relay_certs(wires).await?)

@@ -43,9 +43,9 @@ pub struct Auth {
     pub notices: Vec<(WireId, Vec<u8>)>,
     /// Removals to hand the peer if it is a relay (with the notices).
     pub removals: Vec<RemovalNotice>,
-    /// This device's proof for the Hello, without its chain and with it
-    /// (none: a relay).
-    pub who: Option<(Who, Who)>,
+    /// This device's proof for the Hello, with its chain (which the
+    /// signature does not cover: it goes only with `introduce`); none: a relay.
+    pub who: Option<Who>,
     /// Send the chain, and ask for the peer's (the first session with this
     /// peer in a run, or after the peer asked [`proto::WHO`]).
     pub introduce: bool,
@@ -76,10 +76,10 @@ impl Auth {
         }
     }
 
-    /// Prove who this side is: `bare` and `chained` (the same proof with
-    /// the chain); with `introduce`, the chain goes in the first Hello.
-    pub fn proving(mut self, bare: Who, chained: Who, introduce: bool) -> Self {
-        self.who = Some((bare, chained));
+    /// Prove who this side is with `who` (its chain in it); with
+    /// `introduce`, the chain goes in the first Hello.
+    pub fn proving(mut self, who: Who, introduce: bool) -> Self {
+        self.who = Some(who);
         self.introduce = introduce;
         self
     }
@@ -132,10 +132,13 @@ pub fn hello(local: &[(WireId, Vector)], auth: &Auth, relay: bool) -> Request {
             })
             .collect(),
         relay,
-        who: auth
-            .who
-            .as_ref()
-            .map(|(bare, chained)| Box::new(if auth.introduce { chained.clone() } else { bare.clone() })),
+        who: auth.who.as_ref().map(|w| {
+            let mut w = w.clone();
+            if !auth.introduce {
+                w.chain.clear();
+            }
+            Box::new(w)
+        }),
         certs: if auth.who.is_some() {
             Vec::new()
         } else {

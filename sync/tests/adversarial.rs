@@ -760,7 +760,7 @@ impl Fixture {
             )
             .await
             .unwrap();
-        auth.proving(who.clone(), who, chain)
+        auth.proving(who, chain)
     }
 
     /// A raw client that proves membership of the channel (it holds the
