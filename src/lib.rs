@@ -334,17 +334,18 @@ impl Hearth {
     /// [`LINK_TTL`]. The first device that presents it is reported by the node
     /// ([`sync::NodeEvent::LinkRequested`], with a six-digit code); once this
     /// user confirms that the new device shows the same code
-    /// ([`sync::NodeHandle::confirm_link`]), it gets the user's key, name and
-    /// channel keys, sealed under the ticket's secret (see
-    /// [`Hearth::create_linked`]).
+    /// ([`sync::NodeHandle::confirm_link`]), it gets a certificate chain this
+    /// device issues for the keys it sent (never the user key), the user's
+    /// name and the channel keys, sealed under the ticket's secret (see
+    /// [`Hearth::create_linked`]). A revocation of this device reaches the
+    /// devices it linked.
     pub async fn link_ticket(
         &self,
         node: &sync::NodeHandle,
         addrs: Vec<sync::Multiaddr>,
     ) -> Result<sync::ticket::Ticket> {
         let secret = hearth_core::SecretKey::generate()?;
-        let sealed = self.store.link_bundle().await?.seal(&secret)?;
-        node.offer_link(secret.clone(), sealed, LINK_TTL)
+        node.offer_link(secret.clone(), LINK_TTL)
             .await
             .map_err(|_| Error::Closed)?;
         let expires = unix_now().saturating_add(LINK_TTL.as_secs());
@@ -357,9 +358,11 @@ impl Hearth {
     /// Create a store in `dir` for a new device of the user who made a link
     /// ticket: reach the ticket's node, show the code (`show_code`: the
     /// linking device shows the same one, and its user confirms it there),
-    /// fetch the sealed bundle once confirmed, then create the store as that
-    /// user with a new device id and every channel joined (their history
-    /// arrives by sync). Fails at once for a ticket past its end.
+    /// send this device's new public keys and fetch the sealed bundle once
+    /// confirmed, then create the store as that user, certified by the
+    /// linking device, with its own device id and every channel joined
+    /// (their history arrives by sync). Fails at once for a ticket past its
+    /// end.
     pub async fn create_linked(
         dir: impl AsRef<Path>,
         pass: &Passphrase,
@@ -377,6 +380,8 @@ impl Hearth {
             ));
         }
         let node_key = hearth_core::SecretKey::generate().map_err(Error::from)?;
+        let keys = hearth_core::device::DeviceKeys::generate().map_err(Error::from)?;
+        let public = keys.public();
         let node = sync::start(sync::Detached, &node_key, sync::NodeConfig::default()).await?;
         let fetch = async {
             let mut last = sync::NodeError::Link("the ticket has no address".into());
@@ -389,7 +394,7 @@ impl Hearth {
                 match node.wait_connected(peer, timeout).await {
                     Ok(()) => {
                         show_code(&node.link_code(peer, secret));
-                        return node.fetch_link(peer, secret).await;
+                        return node.fetch_link(peer, secret, public).await;
                     }
                     Err(e) => last = e,
                 }
@@ -404,7 +409,7 @@ impl Hearth {
         node.stop().await.ok();
         let bundle = bundle?;
         Ok(Hearth {
-            store: Store::create_linked(dir, pass, &bundle, config).await?,
+            store: Store::create_linked(dir, pass, keys, &bundle, config).await?,
         })
     }
 

@@ -35,7 +35,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hearth::core::LinkBundle;
 use hearth::core::Vector;
 use hearth::sync::{RelayStore, Replica};
 use hearth::{Config, KdfParams, Passphrase, Store};
@@ -372,8 +371,9 @@ async fn write_fixtures() {
     pull(&bob, &alice, general).await;
 
     // A linked device of Alice's, whose feed Alice holds.
-    let bundle: LinkBundle = alice.link_bundle().await.expect("bundle");
-    let phone = Store::create_linked(tmp.path().join("alice-phone"), &pass, &bundle, config())
+    let phone_keys = hearth::core::device::DeviceKeys::generate().unwrap();
+    let bundle = alice.link_bundle(phone_keys.public()).await.unwrap();
+    let phone = Store::create_linked(tmp.path().join("alice-phone"), &pass, phone_keys, &bundle, config())
         .await
         .expect("phone");
     pull(&alice, &phone, general).await;

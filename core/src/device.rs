@@ -42,6 +42,10 @@ pub const MAX_CERT_BYTES: usize = 512;
 /// Bytes a sealed box to a device adds: ephemeral key, nonce and tag.
 pub const SEAL_TO_DEVICE_OVERHEAD: usize = 32 + crate::seal::SEAL_OVERHEAD;
 
+/// Certificates in a chain at most: a device linked by a device linked by
+/// ... the user, seven links deep.
+pub const MAX_CHAIN: usize = 8;
+
 /// The signing-domain label of certificates.
 const CERT_DOMAIN: &[u8] = b"hearth v2 device cert";
 
@@ -356,7 +360,6 @@ impl DeviceCert {
 /// question. Returns that device's body. A legacy binding (a random id kept)
 /// must be signed by the user key itself.
 pub fn verify_chain(chain: &[DeviceCert]) -> Result<&CertBody> {
-    const MAX_CHAIN: usize = 8;
     let bad = |why: &str| Error::corrupted("device certificate", why.to_string());
     let last = chain.last().ok_or_else(|| bad("an empty chain"))?;
     if chain.len() > MAX_CHAIN {
@@ -395,6 +398,27 @@ pub fn verify_chain(chain: &[DeviceCert]) -> Result<&CertBody> {
     Ok(&last.body)
 }
 
+/// The devices a chain's last certificate was issued through, nearest
+/// first: its issuer, that one's issuer, and so on up to a certificate the
+/// user key signed (id and signing key of each). A revocation of any of
+/// them reaches the last device too. Empty for a device the user key
+/// certified. The chain is taken as verified ([`verify_chain`]).
+pub fn issuers(chain: &[DeviceCert]) -> Vec<(DeviceId, [u8; 32])> {
+    let mut out = Vec::new();
+    let Some(mut at) = chain.last() else { return out };
+    while let Issuer::Device(d) = at.body.issuer {
+        let Some(issuer) = chain.iter().find(|c| c.body.device == d) else {
+            break;
+        };
+        if out.len() >= MAX_CHAIN || out.iter().any(|(o, _)| *o == d) {
+            break;
+        }
+        out.push((d, issuer.body.keys.signing));
+        at = issuer;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,6 +439,21 @@ mod tests {
         assert!(
             verify_chain(std::slice::from_ref(&cb)).is_err(),
             "its issuer is not in the chain"
+        );
+        // What `b` was issued through: `a`; and a third device linked by
+        // `b`, through both, nearest first.
+        assert!(issuers(std::slice::from_ref(&ca)).is_empty());
+        assert_eq!(
+            issuers(&[ca.clone(), cb.clone()]),
+            vec![(a.device_id(), a.public().signing)]
+        );
+        let c = DeviceKeys::generate().unwrap();
+        let cc = DeviceCert::by_device(&b, &cb.body, c.public(), 3);
+        let three = [ca.clone(), cb.clone(), cc];
+        assert_eq!(verify_chain(&three).unwrap().device, c.device_id());
+        assert_eq!(
+            issuers(&three),
+            vec![(b.device_id(), b.public().signing), (a.device_id(), a.public().signing)]
         );
         // Round trip, strictly.
         assert_eq!(DeviceCert::decode(&cb.encode()).unwrap(), cb);

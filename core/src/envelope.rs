@@ -164,7 +164,7 @@ impl Envelope {
         let hb = header.encode();
         let plain = postcard::to_stdvec(body).expect("body encodes");
         let sealed = seal(keys.feed_key(), &hb, &plain)?;
-        let sig = identity.sign(&signed_bytes(&hb, &sealed)).to_vec();
+        let sig = identity.sign(&signed_bytes(&hb, &sealed))?.to_vec();
         Self::finish(Envelope {
             header,
             certs: Vec::new(),
@@ -184,8 +184,8 @@ impl Envelope {
         prev: EntryHash,
         body: &EntryBody,
     ) -> Result<(Vec<u8>, EntryHash)> {
-        let certs = match identity.device_cert() {
-            Some(c) if seq == 1 => vec![c.clone()],
+        let certs = match identity.device_chain() {
+            Some(c) if seq == 1 => c.to_vec(),
             _ => Vec::new(),
         };
         Self::seal_v2(keys, identity, seq, prev, body, keys.current_generation(), certs)

@@ -1,7 +1,10 @@
 //! The local identity: the user's signing key, this device's id and the user's
 //! name, and (from identity record version 2) the device's own keys and its
 //! certificate (see [`crate::device`]); from version 3, the ids this device
-//! wrote under before it moved to its keyed id.
+//! wrote under before it moved to its keyed id; from version 4, the device's
+//! whole certificate chain, and no user key on a device linked by another
+//! device ([`Identity::linked`]): a stolen linked device cannot certify
+//! devices that no revocation of it reaches.
 
 use std::fmt;
 
@@ -17,14 +20,18 @@ use crate::secret::SecretKey;
 /// A user's identity on one device. The secret never prints.
 #[derive(Clone)]
 pub struct Identity {
-    signing: SigningKey,
+    /// The user's signing key: held by the device that made the user (and
+    /// devices linked before identity record version 4), not by a device
+    /// linked since, whose chain runs through the device that linked it.
+    signing: Option<SigningKey>,
     user: UserId,
     device: DeviceId,
     name: String,
-    /// The device's own keys and certificate; `None` for an identity written
-    /// before devices had keys (record version 1), until the store gives it
-    /// some ([`Identity::with_device_keys`]).
-    device_keys: Option<(DeviceKeys, DeviceCert)>,
+    /// The device's own keys and certificate chain (its own certificate
+    /// last); `None` for an identity written before devices had keys
+    /// (record version 1), until the store gives it some
+    /// ([`Identity::with_device_keys`]).
+    device_keys: Option<(DeviceKeys, Vec<DeviceCert>)>,
     /// Ids this device wrote feeds under before (record version 3): a random
     /// id of a store older than device keys, or an id formats 4 to 6 derived
     /// from its key ([`crate::device::device_id_v2`]). Oldest first.
@@ -67,7 +74,21 @@ struct IdentityRecordV3 {
     former: Vec<[u8; 16]>,
 }
 
-const IDENTITY_VERSION: u8 = 3;
+/// Version 4: the user key only where the device holds it, the user id
+/// apart, and the device's whole certificate chain.
+#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+struct IdentityRecordV4 {
+    version: u8,
+    secret: Option<[u8; 32]>,
+    user: [u8; 32],
+    device: [u8; 16],
+    name: String,
+    keys: Vec<u8>,
+    chain: Vec<Vec<u8>>,
+    former: Vec<[u8; 16]>,
+}
+
+const IDENTITY_VERSION: u8 = 4;
 
 fn unix_millis() -> u64 {
     std::time::SystemTime::now()
@@ -88,9 +109,71 @@ impl Identity {
     pub fn new_device(secret: &SecretKey, name: &str) -> Result<Self> {
         let keys = DeviceKeys::generate()?;
         let mut id = Self::from_parts(secret, keys.device_id(), name);
-        let cert = DeviceCert::by_user(&id.signing, id.device, keys.public(), unix_millis(), false);
-        id.device_keys = Some((keys, cert));
+        let cert = DeviceCert::by_user(id.user_key()?, id.device, keys.public(), unix_millis(), false);
+        id.device_keys = Some((keys, vec![cert]));
         Ok(id)
+    }
+
+    /// A device linked by another device of the user: its own `keys`, and
+    /// the chain the linking device issued (the linking device's chain,
+    /// then its certificate of these keys). It holds no user key, so it
+    /// certifies devices only under its own chain, which a revocation of it
+    /// (or of any device of the chain) reaches.
+    pub fn linked(keys: DeviceKeys, chain: Vec<DeviceCert>, name: &str) -> Result<Self> {
+        let body = crate::device::verify_chain(&chain)?;
+        if body.keys != keys.public() || body.device != keys.device_id() || body.legacy {
+            return Err(Error::Invalid {
+                what: "device link",
+                detail: "the certificate chain is not of this device's keys".into(),
+            });
+        }
+        Ok(Identity {
+            signing: None,
+            user: body.user,
+            device: body.device,
+            name: name.to_string(),
+            device_keys: Some((keys, chain)),
+            former: Vec::new(),
+        })
+    }
+
+    /// The user key, which a device linked by another device does not hold.
+    fn user_key(&self) -> Result<&SigningKey> {
+        self.signing.as_ref().ok_or_else(|| Error::Invalid {
+            what: "user key",
+            detail: "this device was linked by another device and holds no user key".into(),
+        })
+    }
+
+    /// Whether this device holds the user's key (it made the user, or was
+    /// linked before devices linked under their own certificates).
+    pub fn holds_user_key(&self) -> bool {
+        self.signing.is_some()
+    }
+
+    /// A certificate of `keys` (a new device's) for linking it: issued by
+    /// this device, after this device's own chain, so that the new device
+    /// gets no user key. Fails for an identity without device keys, or one
+    /// whose chain is as long as chains go (link from a device nearer the
+    /// user).
+    pub fn certify_device(&self, keys: crate::device::DevicePublic) -> Result<Vec<DeviceCert>> {
+        let (own, chain) = self.device_keys.as_ref().ok_or_else(|| Error::Invalid {
+            what: "device link",
+            detail: "this device has no keys yet".into(),
+        })?;
+        if chain.len() >= crate::device::MAX_CHAIN {
+            return Err(Error::Invalid {
+                what: "device link",
+                detail: format!(
+                    "this device is {} links from the user; link from a device nearer the user",
+                    chain.len()
+                ),
+            });
+        }
+        let last = chain.last().expect("a chain is never empty");
+        let mut out = chain.clone();
+        out.push(DeviceCert::by_device(own, &last.body, keys, unix_millis()));
+        Ok(out)
     }
 
     /// An identity of record version 1 (no device keys) given fresh device
@@ -100,8 +183,8 @@ impl Identity {
     pub fn with_device_keys(mut self) -> Result<Self> {
         if self.device_keys.is_none() {
             let keys = DeviceKeys::generate()?;
-            let cert = DeviceCert::by_user(&self.signing, self.device, keys.public(), unix_millis(), true);
-            self.device_keys = Some((keys, cert));
+            let cert = DeviceCert::by_user(self.user_key()?, self.device, keys.public(), unix_millis(), true);
+            self.device_keys = Some((keys, vec![cert]));
         }
         Ok(self)
     }
@@ -123,8 +206,8 @@ impl Identity {
             self.former.push(self.device);
             self.device = keyed;
         }
-        let cert = DeviceCert::by_user(&self.signing, keyed, keys.public(), unix_millis(), false);
-        self.device_keys = Some((keys, cert));
+        let cert = DeviceCert::by_user(self.user_key()?, keyed, keys.public(), unix_millis(), false);
+        self.device_keys = Some((keys, vec![cert]));
         Ok(self)
     }
 
@@ -149,21 +232,28 @@ impl Identity {
         self.device_keys.as_ref().map(|(k, _)| k)
     }
 
-    /// The device's certificate, if it has keys yet.
+    /// The device's own certificate (its chain's last), if it has keys yet.
     pub fn device_cert(&self) -> Option<&DeviceCert> {
-        self.device_keys.as_ref().map(|(_, c)| c)
+        self.device_keys.as_ref().and_then(|(_, c)| c.last())
     }
 
-    /// The user's secret signing key (for linking a new device; handle with care).
-    pub fn secret(&self) -> SecretKey {
-        SecretKey::from_bytes(self.signing.to_bytes())
+    /// The device's certificate chain (its own certificate last; one
+    /// certificate for a device certified by the user key), if it has keys.
+    pub fn device_chain(&self) -> Option<&[DeviceCert]> {
+        self.device_keys.as_ref().map(|(_, c)| c.as_slice())
+    }
+
+    /// The user's secret signing key, where this device holds it (to make
+    /// devices of the user by hand in tests and tools; handle with care).
+    pub fn secret(&self) -> Option<SecretKey> {
+        self.signing.as_ref().map(|s| SecretKey::from_bytes(s.to_bytes()))
     }
 
     fn from_parts(secret: &SecretKey, device: DeviceId, name: &str) -> Self {
         let signing = SigningKey::from_bytes(secret.expose());
         let user = UserId(signing.verifying_key().to_bytes());
         Identity {
-            signing,
+            signing: Some(signing),
             user,
             device,
             name: name.to_string(),
@@ -187,30 +277,34 @@ impl Identity {
         &self.name
     }
 
-    /// Sign bytes as the user.
-    pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
-        self.signing.sign(msg).to_bytes()
+    /// Sign bytes as the user (format 1 entries, which tools and tests
+    /// still write); fails on a device that holds no user key.
+    pub fn sign(&self, msg: &[u8]) -> Result<[u8; 64]> {
+        Ok(self.user_key()?.sign(msg).to_bytes())
     }
 
     /// Encode for sealing into the store (the caller seals it): record
-    /// version 3 once the device has keys, version 1 before.
+    /// version 4 once the device has keys, version 1 before (an identity of
+    /// version 1 always holds the user key).
     pub fn encode(&self) -> Vec<u8> {
-        match &self.device_keys {
-            Some((keys, cert)) => postcard::to_stdvec(&IdentityRecordV3 {
+        match (&self.device_keys, &self.signing) {
+            (Some((keys, chain)), signing) => postcard::to_stdvec(&IdentityRecordV4 {
                 version: IDENTITY_VERSION,
-                secret: self.signing.to_bytes(),
+                secret: signing.as_ref().map(SigningKey::to_bytes),
+                user: self.user.0,
                 device: self.device.0,
                 name: self.name.clone(),
                 keys: keys.encode(),
-                cert: cert.encode(),
+                chain: chain.iter().map(DeviceCert::encode).collect(),
                 former: self.former.iter().map(|d| d.0).collect(),
             }),
-            None => postcard::to_stdvec(&IdentityRecord {
+            (None, Some(signing)) => postcard::to_stdvec(&IdentityRecord {
                 version: 1,
-                secret: self.signing.to_bytes(),
+                secret: signing.to_bytes(),
                 device: self.device.0,
                 name: self.name.clone(),
             }),
+            (None, None) => unreachable!("an identity without a user key is made with its device keys"),
         }
         .expect("identity encodes")
     }
@@ -233,11 +327,39 @@ impl Identity {
                 let id = Self::from_parts(&SecretKey::from_bytes(rec.secret), DeviceId(rec.device), &rec.name);
                 id.with_keys(&rec.keys, &rec.cert)
             }
-            Some(&IDENTITY_VERSION) => {
+            Some(3) => {
                 let rec: IdentityRecordV3 = postcard::from_bytes(bytes).map_err(|e| corrupted(&e))?;
                 let mut id = Self::from_parts(&SecretKey::from_bytes(rec.secret), DeviceId(rec.device), &rec.name);
                 id.former = rec.former.iter().map(|d| DeviceId(*d)).collect();
                 id.with_keys(&rec.keys, &rec.cert)
+            }
+            Some(&IDENTITY_VERSION) => {
+                let rec: IdentityRecordV4 = postcard::from_bytes(bytes).map_err(|e| corrupted(&e))?;
+                if rec.chain.len() > crate::device::MAX_CHAIN {
+                    return Err(corrupted(&"a certificate chain longer than 8"));
+                }
+                let chain = rec
+                    .chain
+                    .iter()
+                    .map(|c| DeviceCert::decode(c))
+                    .collect::<Result<Vec<_>>>()?;
+                let keys = DeviceKeys::decode(&rec.keys)?;
+                let mut id = match &rec.secret {
+                    Some(s) => Self::from_parts(&SecretKey::from_bytes(*s), DeviceId(rec.device), &rec.name),
+                    None => Identity {
+                        signing: None,
+                        user: UserId(rec.user),
+                        device: DeviceId(rec.device),
+                        name: rec.name.clone(),
+                        device_keys: None,
+                        former: Vec::new(),
+                    },
+                };
+                if id.user.0 != rec.user {
+                    return Err(corrupted(&"the user id is not the user key's"));
+                }
+                id.former = rec.former.iter().map(|d| DeviceId(*d)).collect();
+                id.with_chain(keys, chain)
             }
             found => Err(Error::UnsupportedFormat {
                 what: "identity",
@@ -251,17 +373,23 @@ impl Identity {
 impl Identity {
     /// This identity with its record's keys and certificate, which must be
     /// the user's, for this device and its keys.
-    fn with_keys(mut self, keys: &[u8], cert: &[u8]) -> Result<Self> {
+    fn with_keys(self, keys: &[u8], cert: &[u8]) -> Result<Self> {
         let keys = DeviceKeys::decode(keys)?;
         let cert = DeviceCert::decode(cert)?;
-        let body = crate::device::verify_chain(std::slice::from_ref(&cert))?;
+        self.with_chain(keys, vec![cert])
+    }
+
+    /// This identity with `keys` and their chain, which must verify and
+    /// certify this user's device and those keys.
+    fn with_chain(mut self, keys: DeviceKeys, chain: Vec<DeviceCert>) -> Result<Self> {
+        let body = crate::device::verify_chain(&chain)?;
         if body.user != self.user || body.device != self.device || body.keys != keys.public() {
             return Err(Error::corrupted(
                 "identity",
                 "the device certificate is not this device's",
             ));
         }
-        self.device_keys = Some((keys, cert));
+        self.device_keys = Some((keys, chain));
         Ok(self)
     }
 }
@@ -321,9 +449,27 @@ mod tests {
         assert_eq!(again.device_cert(), migrated.device_cert());
         // A certificate of another device in the record is refused.
         let other = Identity::generate("x").unwrap();
-        let mut rec: IdentityRecordV3 = postcard::from_bytes(&again.encode()).unwrap();
-        rec.cert = other.device_cert().unwrap().encode();
+        let mut rec: IdentityRecordV4 = postcard::from_bytes(&again.encode()).unwrap();
+        rec.chain = vec![other.device_cert().unwrap().encode()];
         assert!(Identity::decode(&postcard::to_stdvec(&rec).unwrap()).is_err());
+        // Nor a user id that is not the user key's.
+        let mut rec: IdentityRecordV4 = postcard::from_bytes(&again.encode()).unwrap();
+        rec.user = other.user().0;
+        assert!(Identity::decode(&postcard::to_stdvec(&rec).unwrap()).is_err());
+        // A version 3 record (format 7) still reads.
+        let v3 = postcard::to_stdvec(&IdentityRecordV3 {
+            version: 3,
+            secret: [5; 32],
+            device: [6; 16],
+            name: "old".into(),
+            keys: again.device_keys().unwrap().encode(),
+            cert: again.device_cert().unwrap().encode(),
+            former: vec![[1; 16]],
+        })
+        .unwrap();
+        let read = Identity::decode(&v3).unwrap();
+        assert_eq!(read.former(), &[DeviceId([1; 16])]);
+        assert!(read.holds_user_key() && read.device_chain().unwrap().len() == 1);
         // It moves to its keyed id, keeping the old one as a former id.
         let moved = migrated.with_keyed_id().unwrap();
         assert!(moved.on_keyed_id() && !again.on_keyed_id());
@@ -351,7 +497,7 @@ mod tests {
         let same = fresh.clone().with_keyed_id().unwrap();
         assert_eq!((same.device(), same.former().len()), (fresh.device(), 0));
         assert_eq!(same.device_cert(), fresh.device_cert());
-        let sig = id.sign(b"m");
+        let sig = id.sign(b"m").unwrap();
         assert!(verify_signature(&id.user(), b"m", &sig).is_ok());
         assert!(verify_signature(&id.user(), b"n", &sig).is_err());
         assert!(!format!("{id:?}").contains("secret"));

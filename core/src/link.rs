@@ -2,16 +2,20 @@
 //! user to the new one.
 //!
 //! `hearth link` makes a one-time 32-byte secret and puts it in a ticket. The
-//! new device proves it holds the ticket by a keyed hash over its own network
-//! peer id (which the Noise handshake authenticates), and receives the
-//! [`LinkBundle`] sealed under a key derived from the secret: the user's
-//! signing key, display name and every channel key. The new device makes its
-//! own device id; from then on it writes its own feeds as the same user.
+//! new device makes its own keys first, proves it holds the ticket by a
+//! keyed hash over its own network peer id (which the Noise handshake
+//! authenticates), sends its public keys, and (once both users saw the same
+//! code) receives the [`LinkBundle`] sealed under a key derived from the
+//! secret: a certificate chain for its keys issued by the linking device
+//! (never the user key), the display name and every channel key. Its id is
+//! its key's; from then on it writes its own feeds as the same user, and a
+//! revocation of the linking device reaches it too.
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroize;
 
 use crate::channel::ChannelKeys;
+use crate::device::{DeviceCert, MAX_CHAIN};
 use crate::error::{Error, Result};
 use crate::id::ChannelId;
 use crate::seal::{open, seal};
@@ -19,13 +23,17 @@ use crate::secret::SecretKey;
 
 /// Largest sealed bundle accepted (about 20,000 channels).
 pub const MAX_LINK_BUNDLE: usize = 1 << 20;
-const VERSION: u8 = 1;
+/// Version 2: a certificate chain instead of the user key (version 1).
+const VERSION: u8 = 2;
 const AAD: &[u8] = b"hearth v1 link bundle";
 
-/// What a new device of a user needs: the user's signing key, name and channel keys.
+/// What a new device of a user needs: its certificate chain, the user's
+/// name and the channel keys.
 pub struct LinkBundle {
-    /// The user's ed25519 secret key.
-    pub identity: SecretKey,
+    /// The new device's chain: the linking device's, then the linking
+    /// device's certificate of the new device's keys
+    /// ([`crate::Identity::certify_device`]).
+    pub chain: Vec<DeviceCert>,
     /// The user's display name.
     pub name: String,
     /// Every channel of the user.
@@ -36,6 +44,7 @@ impl std::fmt::Debug for LinkBundle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LinkBundle")
             .field("name", &self.name)
+            .field("chain", &self.chain.len())
             .field("channels", &self.channels.len())
             .finish_non_exhaustive()
     }
@@ -44,14 +53,13 @@ impl std::fmt::Debug for LinkBundle {
 #[derive(Serialize, Deserialize)]
 struct Wire {
     version: u8,
-    identity: [u8; 32],
+    chain: Vec<serde_bytes::ByteBuf>,
     name: String,
     channels: Vec<(ChannelId, [u8; 32])>,
 }
 
 impl Drop for Wire {
     fn drop(&mut self) {
-        self.identity.zeroize();
         for (_, k) in &mut self.channels {
             k.zeroize();
         }
@@ -91,7 +99,11 @@ impl LinkBundle {
     pub fn seal(&self, secret: &SecretKey) -> Result<Vec<u8>> {
         let wire = Wire {
             version: VERSION,
-            identity: *self.identity.expose(),
+            chain: self
+                .chain
+                .iter()
+                .map(|c| serde_bytes::ByteBuf::from(c.encode()))
+                .collect(),
             name: self.name.clone(),
             channels: self.channels.iter().map(|k| (k.id(), *k.key().expose())).collect(),
         };
@@ -128,10 +140,20 @@ impl LinkBundle {
                         found: w.version,
                         expected: VERSION,
                     })
+                } else if w.chain.is_empty() || w.chain.len() > MAX_CHAIN {
+                    Err(Error::corrupted(
+                        "link bundle",
+                        "a chain of no or more than 8 certificates",
+                    ))
                 } else {
                     crate::op::Op::SetName { name: w.name.clone() }.validate()?;
+                    let chain = w
+                        .chain
+                        .iter()
+                        .map(|c| DeviceCert::decode(c))
+                        .collect::<Result<Vec<_>>>()?;
                     Ok(LinkBundle {
-                        identity: SecretKey::from_bytes(w.identity),
+                        chain,
                         name: w.name.clone(),
                         channels: w
                             .channels
@@ -157,21 +179,38 @@ mod tests {
     fn a_bundle_opens_only_with_its_secret() {
         let secret = SecretKey::generate().unwrap();
         let keys = ChannelKeys::generate().unwrap();
+        let laptop = crate::Identity::generate("alice").unwrap();
+        let phone_keys = crate::device::DeviceKeys::generate().unwrap();
         let b = LinkBundle {
-            identity: SecretKey::generate().unwrap(),
+            chain: laptop.certify_device(phone_keys.public()).unwrap(),
             name: "alice".into(),
             channels: vec![keys.clone()],
         };
         let sealed = b.seal(&secret).unwrap();
         let back = LinkBundle::open(&secret, &sealed).unwrap();
-        assert_eq!(back.identity.expose(), b.identity.expose());
+        assert_eq!(back.chain, b.chain);
         assert_eq!(back.name, "alice");
         assert_eq!(back.channels[0].wire(), keys.wire());
+        // The new device holds no user key: its chain runs through the laptop.
+        let phone = crate::Identity::linked(phone_keys.clone(), back.chain, "alice").unwrap();
+        assert!(!phone.holds_user_key() && phone.secret().is_none() && laptop.holds_user_key());
+        assert_eq!((phone.user(), phone.device()), (laptop.user(), phone_keys.device_id()));
+        assert_eq!(
+            crate::device::issuers(phone.device_chain().unwrap()),
+            vec![(laptop.device(), laptop.device_keys().unwrap().public().signing)]
+        );
+        assert!(phone.sign(b"a format 1 entry").is_err());
+        let again = crate::Identity::decode(&phone.encode()).unwrap();
+        assert!(!again.holds_user_key());
+        assert_eq!(again.device_chain(), phone.device_chain());
+        // A chain for other keys is not this device's.
+        let other = crate::device::DeviceKeys::generate().unwrap();
+        assert!(crate::Identity::linked(other, b.chain.clone(), "alice").is_err());
+        // Nor does it open with another secret or once tampered with.
         assert!(LinkBundle::open(&SecretKey::generate().unwrap(), &sealed).is_err());
         let mut bad = sealed.clone();
         bad[10] ^= 1;
         assert!(LinkBundle::open(&secret, &bad).is_err());
-        assert!(!format!("{back:?}").contains(&format!("{:02x}", b.identity.expose()[0]).repeat(2)));
         assert_ne!(link_proof(&secret, b"peer a"), link_proof(&secret, b"peer b"));
     }
 

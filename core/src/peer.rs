@@ -30,7 +30,7 @@ pub type Nonce = [u8; 16];
 /// Most bytes of a peer id a relay certificate names (libp2p's are 38).
 pub const MAX_PEER_ID_BYTES: usize = 64;
 /// Most certificates in a chain a proof carries.
-pub const MAX_CHAIN: usize = 8;
+pub const MAX_CHAIN: usize = crate::device::MAX_CHAIN;
 /// Bytes of an encoded relay certificate at most.
 pub const MAX_RELAY_CERT_BYTES: usize = 4 + MAX_PEER_ID_BYTES + MAX_CHAIN * crate::device::MAX_CERT_BYTES + 64;
 
@@ -164,15 +164,27 @@ pub struct RelayCert {
     pub sig: serde_bytes::ByteArray<64>,
 }
 
-/// Who certified a relay, as [`RelayCert::verify`] finds it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A device that proved itself, or certified a relay, as
+/// [`Claim::device`] and [`RelayCert::verify`] find it.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Certifier {
     /// The user.
     pub user: UserId,
-    /// The certifying device.
+    /// The device.
     pub device: DeviceId,
     /// That device's signing key.
     pub key: [u8; 32],
+    /// The devices its certificate was issued through, nearest first
+    /// ([`crate::device::issuers`]): a revocation of any of them reaches it.
+    pub via: Vec<(DeviceId, [u8; 32])>,
+}
+
+impl Certifier {
+    /// Whether `revoked` (by id or by signing key) holds this device or one
+    /// it was issued through.
+    pub fn revoked_by(&self, revoked: impl Fn(&DeviceId, &[u8; 32]) -> bool) -> bool {
+        revoked(&self.device, &self.key) || self.via.iter().any(|(d, k)| revoked(d, k))
+    }
 }
 
 impl RelayCert {
@@ -205,6 +217,7 @@ impl RelayCert {
             user: body.user,
             device: body.device,
             key: body.keys.signing,
+            via: crate::device::issuers(&self.chain),
         })
     }
 
@@ -260,12 +273,13 @@ impl Claim {
         }
     }
 
-    /// Check the device proof with the key held for its device (`held`
-    /// looks it up): `Ok(None)` without a proof, [`Vetting::Unknown`]
-    /// territory (`Err(None)`) when it has no chain and no key is held.
+    /// Check the device proof with what is held of its device (`held`
+    /// looks it up: its user, key and the devices it was issued through):
+    /// `Ok(None)` without a proof, [`Vetting::Unknown`] territory
+    /// (`Err(None)`) when it has no chain and nothing is held.
     pub fn device(
         &self,
-        held: impl FnOnce(&DeviceId) -> Option<(UserId, [u8; 32])>,
+        held: impl FnOnce(&DeviceId) -> Option<Certifier>,
     ) -> std::result::Result<Option<Certifier>, Option<Error>> {
         let Some(who) = &self.who else { return Ok(None) };
         let known = held(&who.device);
@@ -273,12 +287,24 @@ impl Claim {
             return Err(None);
         }
         let (user, key) = who
-            .verify(known, self.role, &self.nonce, &self.ends, &self.matched)
+            .verify(
+                known.as_ref().map(|k| (k.user, k.key)),
+                self.role,
+                &self.nonce,
+                &self.ends,
+                &self.matched,
+            )
             .map_err(Some)?;
+        let via = if who.chain.is_empty() {
+            known.map(|k| k.via).unwrap_or_default()
+        } else {
+            crate::device::issuers(&who.chain)
+        };
         Ok(Some(Certifier {
             user,
             device: who.device,
             key,
+            via,
         }))
     }
 
@@ -451,8 +477,22 @@ mod tests {
             matched: Vec::new(),
         };
         assert!(matches!(claim.device(|_| None), Err(None)));
-        assert_eq!(claim.device(|_| Some((a.user(), key))).unwrap().unwrap().user, a.user());
-        assert!(matches!(claim.device(|_| Some((other.user(), theirs))), Err(Some(_))));
+        let held = |user, key| Certifier {
+            user,
+            device: a.device(),
+            key,
+            via: vec![(DeviceId([4; 16]), [4; 32])],
+        };
+        let known = claim.device(|_| Some(held(a.user(), key))).unwrap().unwrap();
+        // The devices it was issued through come from what is held.
+        assert_eq!((known.user, known.via.clone()), (a.user(), held(a.user(), key).via));
+        assert!(known.revoked_by(|d, _| *d == DeviceId([4; 16])));
+        assert!(known.revoked_by(|_, k| *k == key));
+        assert!(!known.revoked_by(|d, _| *d == DeviceId([5; 16])));
+        assert!(matches!(
+            claim.device(|_| Some(held(other.user(), theirs))),
+            Err(Some(_))
+        ));
     }
 
     #[test]

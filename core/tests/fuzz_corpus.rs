@@ -88,6 +88,14 @@ fn regenerate_peer_proof_seeds() {
     seeds::write_peer_proofs();
 }
 
+/// Writes the seeds added with device-issued links (store format 8): the
+/// link bundle seeds (version 2) and two identity records of version 4.
+#[test]
+#[ignore = "rewrites fuzz/corpus/link_bundle and two identity seeds; run by hand with --ignored"]
+fn regenerate_link_seeds() {
+    seeds::write_link_seeds();
+}
+
 /// Writes the membership op seeds only.
 #[test]
 #[ignore = "rewrites fuzz/corpus/member_ops and key_package; run by hand with --ignored"]
@@ -380,7 +388,7 @@ mod seeds {
         use hearth_core::member::{RevocationNotice, sign_revocation};
         let me = &Identity::generate("fuzz").expect("identity");
         let wire = channel_keys().wire();
-        let other = Identity::new_device(&me.secret(), "phone").expect("device");
+        let other = Identity::new_device(&me.secret().expect("a user key"), "phone").expect("device");
         let notice = |by: &Identity, device: hearth_core::DeviceId, upto: u64| {
             RevocationNotice::new(
                 wire,
@@ -570,8 +578,11 @@ mod seeds {
 
     fn link_bundles() {
         let secret = SecretKey::from_bytes(super::checks::LINK_SECRET);
+        let laptop = Identity::new_device(&SecretKey::from_bytes([0x42; 32]), "fuzz author").expect("device");
+        let phone = hearth_core::device::DeviceKeys::generate().expect("keys");
+        let chain = laptop.certify_device(phone.public()).expect("a chain");
         let bundle = hearth_core::LinkBundle {
-            identity: SecretKey::from_bytes([0x42; 32]),
+            chain: chain.clone(),
             name: "fuzz author".into(),
             channels: vec![
                 channel_keys().clone(),
@@ -589,13 +600,13 @@ mod seeds {
         write("link_bundle", "valid-plaintext", &plain);
         write("link_bundle", "sealed", &sealed);
         write("link_bundle", "truncated", &plain[..plain.len() - 3]);
-        write("link_bundle", "version-2", &{
+        write("link_bundle", "version-1", &{
             let mut p = plain.clone();
-            p[0] = 2;
+            p[0] = 1;
             p
         });
         let empty = hearth_core::LinkBundle {
-            identity: SecretKey::from_bytes([1; 32]),
+            chain: chain[1..].to_vec(),
             name: String::new(),
             channels: vec![],
         };
@@ -731,6 +742,16 @@ mod seeds {
         write("envelope", "bitflip-signature", &flip(&seq1, seq1.len() - 10));
         write("envelope", "seq-zero", &seq_zero);
         write("envelope", "version-2", &version_2);
+    }
+
+    pub fn write_link_seeds() {
+        link_bundles();
+        let laptop = Identity::generate("laptop").unwrap();
+        let keys = hearth_core::device::DeviceKeys::generate().unwrap();
+        let chain = laptop.certify_device(keys.public()).unwrap();
+        let phone = Identity::linked(keys, chain, "phone").unwrap();
+        write("identity", "valid-v4-user-key", &laptop.encode());
+        write("identity", "valid-v4-linked", &phone.encode());
     }
 
     fn identities() {

@@ -116,24 +116,28 @@ impl ChannelState {
     }
 
     /// The devices `roster` revokes here, with their user and the last entry
-    /// of their feed that stays: those it names, and every other feed of
-    /// the same user signed by a revoked device's key (a device that moved
-    /// to its keyed id, store format 7, after its revoker last saw it), cut
-    /// at its start.
+    /// of their feed that stays: those it names; every other feed of the
+    /// same user signed by a revoked device's key (a device that moved to
+    /// its keyed id, store format 7, after its revoker last saw it); and
+    /// every feed whose device was certified through a revoked device
+    /// (linked by it, or by a device it linked), the latter two cut at
+    /// their start.
     pub fn revocations(&self, roster: &hearth_core::Roster) -> BTreeMap<hearth_core::DeviceId, (UserId, u64)> {
         let mut out = roster.revoked.clone();
+        if out.is_empty() {
+            return out;
+        }
         let keys: BTreeMap<[u8; 32], UserId> = roster
             .revoked
             .iter()
             .filter_map(|(d, (u, _))| self.chains.get(d).map(|(k, _)| (*k, *u)))
             .collect();
-        if keys.is_empty() {
-            return out;
-        }
-        for (d, (k, _)) in &self.chains {
-            if let Some(u) = keys.get(k)
-                && self.devices.get(d) == Some(u)
-            {
+        let revoked = |d: &hearth_core::DeviceId, k: &[u8; 32]| roster.revoked.contains_key(d) || keys.contains_key(k);
+        for (d, (k, chain)) in &self.chains {
+            let Some(u) = self.devices.get(d) else { continue };
+            let by_key = keys.get(k) == Some(u);
+            let through = hearth_core::device::issuers(chain).iter().any(|(i, ik)| revoked(i, ik));
+            if by_key || through {
                 out.entry(*d).or_insert((*u, 0));
             }
         }

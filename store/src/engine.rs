@@ -219,7 +219,7 @@ pub(crate) struct Engine {
     pub(crate) shares_due: std::collections::BTreeSet<ChannelId>,
     /// Devices whose chains sync peers sent (`crate::peers`): their user and
     /// key, so that a peer's later proofs need no chain.
-    pub(crate) peer_keys: HashMap<hearth_core::DeviceId, (hearth_core::UserId, [u8; 32])>,
+    pub(crate) peer_keys: HashMap<hearth_core::DeviceId, hearth_core::peer::Certifier>,
     batch: sled::Batch,
     /// Whether `batch` holds rows that no staged op will flush (owed receipts
     /// cleared by a receipt write that wrote nothing new).
@@ -760,22 +760,28 @@ impl Engine {
     }
 
     /// Whether `roster` revokes this device in `channel`: under its present
-    /// id, a former one, or its key ([`crate::channel::ChannelState::revocations`]).
+    /// id, a former one, or its key, or a device it was linked through
+    /// ([`crate::channel::ChannelState::revocations`]).
     fn revoked_here(&self, channel: &ChannelId, roster: &Roster) -> bool {
         if roster.revoked.is_empty() {
             return false;
         }
-        let (me, keyed) = (&self.identity, self.identity.device_keys().map(|k| k.public().signing));
+        let me = &self.identity;
         if roster.revoked.keys().any(|d| me.is_this_device(d)) {
             return true;
         }
         let Ok(ch) = self.channel(channel) else {
             return false;
         };
-        roster
-            .revoked
-            .keys()
-            .any(|d| keyed.is_some() && ch.chains.get(d).map(|(k, _)| *k) == keyed)
+        let mut mine: Vec<(hearth_core::DeviceId, [u8; 32])> =
+            me.device_chain().map(hearth_core::device::issuers).unwrap_or_default();
+        if let Some(k) = me.device_keys() {
+            mine.push((me.device(), k.public().signing));
+        }
+        roster.revoked.keys().any(|d| {
+            mine.iter()
+                .any(|(m, k)| m == d || ch.chains.get(d).is_some_and(|(rk, _)| rk == k))
+        })
     }
 
     /// The membership ops a roster change takes (a claim first, for a
@@ -1266,12 +1272,12 @@ impl Engine {
         // carries the chain (kept in `T_CHAINS`). A device without keys yet
         // (an older store replaying its journal before it gets them) writes
         // format 1.
-        let (bytes, hash) = match (self.identity.device_keys(), self.identity.device_cert()) {
-            (Some(keys), Some(cert)) => {
+        let (bytes, hash) = match (self.identity.device_keys(), self.identity.device_chain()) {
+            (Some(keys), Some(own)) => {
                 let chain = if ch.chains.contains_key(&device) {
                     Vec::new()
                 } else {
-                    vec![cert.clone()]
+                    own.to_vec()
                 };
                 let generation = generation.unwrap_or_else(|| ch.keys.current_generation());
                 let sealed = Envelope::seal_v2(&ch.keys, &self.identity, seq, prev, &body, generation, chain.clone())?;

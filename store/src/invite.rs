@@ -290,13 +290,13 @@ impl Store {
     /// What this device sends a member's node to join through an invite
     /// whose ticket carried `invite` and `secret`.
     pub async fn join_request(&self, invite: InviteId, secret: &SecretKey) -> Result<JoinRequest> {
-        let cert = self.device_cert().await?;
+        let chain = self.device_chain().await?;
         let me = self.whoami();
         Ok(JoinRequest {
             invite,
             user: me.user,
             sig: sign_join(secret, &invite, &me.user, &me.device),
-            chain: vec![cert],
+            chain,
         })
     }
 

@@ -100,7 +100,10 @@ pub const META_LOG_SYNCED: &[u8] = b"Mlogsynced";
 /// 7: the device writes under its keyed id (identity record version 3, with
 /// its former ids; appended to the log by the migration), which no legacy
 /// binding or format 1 entry may claim; 6 is only marked.
-pub const STORE_FORMAT: u8 = 7;
+/// 8: a device linked by another device holds no user key, and its identity
+/// keeps its whole certificate chain (identity record version 4, which
+/// every identity written from now on is); 7 is only marked.
+pub const STORE_FORMAT: u8 = 8;
 
 /// Name of a table, for error messages and record AAD.
 pub fn table_name(tag: u8) -> &'static str {

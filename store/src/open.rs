@@ -371,8 +371,9 @@ pub(crate) fn open(
                         // caught up with the log; 4 to 5 and 5 to 6 add
                         // derived rows and new kinds of content only; 6 to 7
                         // moves the device to its keyed id, once the journal
-                        // is replayed (`move_to_keyed_id`). The store is
-                        // marked here.
+                        // is replayed (`move_to_keyed_id`); 7 to 8 changes
+                        // only identity records written from then on. The
+                        // store is marked here.
                         e.tree.insert(META_FORMAT, &[STORE_FORMAT][..])?;
                         e.dirty = true;
                         report.migrated_from = Some(st.format);

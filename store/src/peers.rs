@@ -22,8 +22,8 @@ const MAX_PEER_KEYS: usize = 4096;
 
 impl Engine {
     fn own_chain(&self) -> Result<(&hearth_core::device::DeviceKeys, Vec<DeviceCert>)> {
-        match (self.identity.device_keys(), self.identity.device_cert()) {
-            (Some(k), Some(c)) => Ok((k, vec![c.clone()])),
+        match (self.identity.device_keys(), self.identity.device_chain()) {
+            (Some(k), Some(c)) => Ok((k, c.to_vec())),
             _ => Err(Error::corrupted("identity", "no device keys")),
         }
     }
@@ -48,21 +48,27 @@ impl Engine {
         Ok(RelayCert::sign(keys, chain, relay))
     }
 
-    /// The user and key of `device`, from a chain a feed here holds or one
-    /// a peer sent.
-    fn held_key(&self, device: &hearth_core::DeviceId) -> Option<(hearth_core::UserId, [u8; 32])> {
+    /// The user, key and issuers of `device`, from a chain a feed here
+    /// holds or one a peer sent.
+    fn held_key(&self, device: &hearth_core::DeviceId) -> Option<Certifier> {
+        let held = |user, key: [u8; 32], chain: &[DeviceCert]| Certifier {
+            user,
+            device: *device,
+            key,
+            via: hearth_core::device::issuers(chain),
+        };
         if *device == self.identity.device()
-            && let Some(k) = self.identity.device_keys()
+            && let (Some(k), Some(chain)) = (self.identity.device_keys(), self.identity.device_chain())
         {
-            return Some((self.identity.user(), k.public().signing));
+            return Some(held(self.identity.user(), k.public().signing, chain));
         }
         self.channels
             .values()
             .find_map(|ch| {
                 let (key, chain) = ch.chains.get(device)?;
-                Some((chain.last()?.body.user, *key))
+                Some(held(chain.last()?.body.user, *key, chain))
             })
-            .or_else(|| self.peer_keys.get(device).copied())
+            .or_else(|| self.peer_keys.get(device).cloned())
     }
 
     /// Which of `wires` the claimant may be served (see the module docs).
@@ -78,7 +84,7 @@ impl Engine {
             if self.peer_keys.len() >= MAX_PEER_KEYS {
                 self.peer_keys.clear();
             }
-            self.peer_keys.insert(c.device, (c.user, c.key));
+            self.peer_keys.insert(c.device, c.clone());
         }
         let certifiers = claim.certifiers();
         let allowed = self.serving(device.as_ref(), &certifiers, wires)?;
@@ -103,12 +109,12 @@ impl Engine {
             let roster = self.roster(&id)?;
             let ch = self.channel(&id)?;
             let revoked = ch.revocations(&roster);
+            let keys: Vec<[u8; 32]> = revoked
+                .keys()
+                .filter_map(|d| ch.chains.get(d).map(|(k, _)| *k))
+                .collect();
             let current = |c: &Certifier| {
-                roster.role(&c.user).is_some()
-                    && !revoked.contains_key(&c.device)
-                    && !revoked
-                        .keys()
-                        .any(|d| ch.chains.get(d).is_some_and(|(k, _)| *k == c.key))
+                roster.role(&c.user).is_some() && !c.revoked_by(|d, k| revoked.contains_key(d) || keys.contains(k))
             };
             let ok = match device {
                 Some(c) => current(c),

@@ -346,7 +346,12 @@ impl Engine {
     }
 
     /// `device` and every other id of this user's devices that a feed held
-    /// here signs with the same key (a device that moved to its keyed id).
+    /// here signs with the same key (a device that moved to its keyed id),
+    /// then every device of this user certified through one of those; in
+    /// that order, so that the revocation of `device` itself is written
+    /// first, under the key generation all of them hold (each revocation
+    /// starts a generation that leaves the revoked out, and a device linked
+    /// through `device` learns it is revoked from that first one).
     pub(crate) fn ids_of_device(&self, device: &hearth_core::DeviceId) -> Result<Vec<hearth_core::DeviceId>> {
         let me = self.identity.user();
         let key = self
@@ -364,7 +369,23 @@ impl Engine {
                 );
             }
         }
-        Ok(ids.into_iter().collect())
+        // Devices certified through one of those (linked by it, or by a
+        // device it linked) go with it, each named with its own cut.
+        let keys: BTreeSet<[u8; 32]> = key.into_iter().collect();
+        for ch in self.channels.values() {
+            for (d, (_, chain)) in &ch.chains {
+                if ch.devices.get(d) == Some(&me)
+                    && hearth_core::device::issuers(chain)
+                        .iter()
+                        .any(|(i, k)| ids.contains(i) || keys.contains(k))
+                {
+                    ids.insert(*d);
+                }
+            }
+        }
+        let mut out = vec![*device];
+        out.extend(ids.into_iter().filter(|d| d != device));
+        Ok(out)
     }
 
     /// A user of a channel's roster by user id, unique id prefix (4 hex

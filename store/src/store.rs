@@ -202,35 +202,55 @@ impl Store {
         .await
     }
 
-    /// Create a store in `dir` for a new device of an existing user, from the
-    /// bundle a device of that user sent (see `hearth link`): same user, new
-    /// device id, every channel joined (their history arrives by sync).
+    /// Create a new store in `dir` for an identity made elsewhere (tools and
+    /// tests that keep the user key apart, as `hearth_core::Identity::generate`
+    /// makes it).
+    pub async fn create_as(
+        dir: impl AsRef<Path>,
+        pass: &Passphrase,
+        identity: hearth_core::Identity,
+        config: Config,
+    ) -> Result<Store> {
+        let dir = open::abs(dir.as_ref());
+        let pass = pass.clone();
+        Self::start(config, move |c| {
+            let (e, j) = open::create_as(&dir, &pass, identity, c)?;
+            Ok((e, j, OpenReport::default()))
+        })
+        .await
+    }
+
+    /// Create a store in `dir` for a new device of an existing user, from its
+    /// own `keys` (whose public half it sent to be linked) and the bundle a
+    /// device of that user sent back for them (see `hearth link`): same
+    /// user, its own device id, a certificate chain through the linking
+    /// device and no user key, every channel joined (their history arrives
+    /// by sync). A bundle whose chain is not of `keys` is refused.
     pub async fn create_linked(
         dir: impl AsRef<Path>,
         pass: &Passphrase,
+        keys: hearth_core::device::DeviceKeys,
         bundle: &hearth_core::LinkBundle,
         config: Config,
     ) -> Result<Store> {
         let dir = open::abs(dir.as_ref());
         let pass = pass.clone();
-        let identity = hearth_core::Identity::new_device(&bundle.identity, &bundle.name)?;
-        let store = Self::start(config, move |c| {
-            let (e, j) = open::create_as(&dir, &pass, identity, c)?;
-            Ok((e, j, OpenReport::default()))
-        })
-        .await?;
+        let identity = hearth_core::Identity::linked(keys, bundle.chain.clone(), &bundle.name)?;
+        let store = Self::create_as(dir, &pass, identity, config).await?;
         for keys in &bundle.channels {
             store.join_channel(keys.clone()).await?;
         }
         Ok(store)
     }
 
-    /// What a new device of this user needs (see [`Store::create_linked`]): the
-    /// user's signing key, name and every channel key. Seal it before it leaves.
-    pub async fn link_bundle(&self) -> Result<hearth_core::LinkBundle> {
-        self.query(|e| {
+    /// What the new device of this user whose public keys are `keys` needs
+    /// (see [`Store::create_linked`]): a certificate of those keys issued by
+    /// this device, after this device's own chain (never the user key), the
+    /// user's name and every channel key. Seal it before it leaves.
+    pub async fn link_bundle(&self, keys: hearth_core::device::DevicePublic) -> Result<hearth_core::LinkBundle> {
+        self.query(move |e| {
             Ok(hearth_core::LinkBundle {
-                identity: e.identity.secret(),
+                chain: e.identity.certify_device(keys)?,
                 name: e.identity.name().to_string(),
                 channels: e.channels.values().map(|c| c.keys.clone()).collect(),
             })
@@ -431,13 +451,26 @@ impl Store {
     }
 
     /// This device's certificate: its own signing and key-agreement keys,
-    /// bound to its user by the user key (a device of a store written before
-    /// devices had keys keeps its id: `legacy`).
+    /// bound to its user by the user key, or by the device that linked it
+    /// (a device of a store written before devices had keys keeps its id:
+    /// `legacy`).
     pub async fn device_cert(&self) -> Result<hearth_core::device::DeviceCert> {
         self.query(|e| {
             e.identity
                 .device_cert()
                 .cloned()
+                .ok_or_else(|| Error::corrupted("identity", "no device keys"))
+        })
+        .await
+    }
+
+    /// This device's certificate chain: its own certificate last, after
+    /// those of the devices it was linked through, if any.
+    pub async fn device_chain(&self) -> Result<Vec<hearth_core::device::DeviceCert>> {
+        self.query(|e| {
+            e.identity
+                .device_chain()
+                .map(<[_]>::to_vec)
                 .ok_or_else(|| Error::corrupted("identity", "no device keys"))
         })
         .await
@@ -724,7 +757,10 @@ impl Store {
     /// gets no key of the new generation each channel starts, and it cannot
     /// write there once it learns of it. Every other id known here under the
     /// same key (the device moved to its keyed id, store format 7) is
-    /// revoked with it. Returns the channels written to.
+    /// revoked with it, and so is every device linked through it (by it, or
+    /// by a device it linked): their chains run through it. A device
+    /// cannot revoke one it was itself linked through. Returns the
+    /// channels written to.
     pub async fn revoke_device(&self, device: DeviceId) -> Result<usize> {
         let me = self.whoami();
         if device == me.device || me.former.contains(&device) {
@@ -733,7 +769,25 @@ impl Store {
                 why: "a device cannot revoke itself; revoke it from another device of yours".into(),
             });
         }
-        let ids = self.query(move |e| e.ids_of_device(&device)).await?;
+        let ids = self
+            .query(move |e| {
+                let ids = e.ids_of_device(&device)?;
+                let through = e
+                    .identity
+                    .device_chain()
+                    .map(hearth_core::device::issuers)
+                    .unwrap_or_default();
+                if through.iter().any(|(d, _)| ids.contains(d)) || ids.iter().any(|d| e.identity.is_this_device(d)) {
+                    return Err(Error::NotAllowed {
+                        action: "revoke this device".into(),
+                        why: "this device was linked through it, and would be revoked with it; revoke it \
+                              from a device that was not"
+                            .into(),
+                    });
+                }
+                Ok(ids)
+            })
+            .await?;
         let mut n = 0;
         for info in self.channels().await? {
             let mut wrote = false;

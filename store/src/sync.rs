@@ -343,6 +343,12 @@ impl Engine {
         } else {
             Some(self.roster(&channel).unwrap_or_default())
         };
+        // Devices revoked here, also by key or through a revoked device that
+        // certified them (`ChannelState::revocations`), with their cuts.
+        let revoked = match &roster {
+            Some(r) if !r.revoked.is_empty() => self.channel(&channel)?.revocations(r),
+            _ => BTreeMap::new(),
+        };
         let mut keys_changed = false;
         let mut held = Vec::new();
         let mut pending = entries;
@@ -382,8 +388,14 @@ impl Engine {
                 let h = &env.header;
                 // Past a removal's cut: taken and applied as any entry, its
                 // messages hidden (`crate::cuts`).
+                // So is a revoked device's (by id, by key or through a
+                // device that certified it), and a new chain while devices
+                // are revoked may put its device behind a cut.
+                let revoked_past = revoked.get(&h.device).is_some_and(|(_, upto)| h.seq > *upto);
                 if let Some(r) = &roster
-                    && !r.admits(&h.user, &h.device, h.seq)
+                    && (!r.admits(&h.user, &h.device, h.seq)
+                        || revoked_past
+                        || (!r.revoked.is_empty() && !env.certs.is_empty()))
                 {
                     report.cut += 1;
                 }

@@ -325,7 +325,10 @@ async fn feeds_are_signed_by_device_keys() {
 
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let pass = Passphrase::new("pw");
-    let a = Store::create(da.path(), &pass, "alice", config()).await.unwrap();
+    let alice_id = Identity::generate("alice").unwrap();
+    let a = Store::create_as(da.path(), &pass, alice_id.clone(), config())
+        .await
+        .unwrap();
     let b = Store::create(db.path(), &pass, "bob", config()).await.unwrap();
     let general = a.create_channel("general").await.unwrap();
     for i in 0..5 {
@@ -358,9 +361,9 @@ async fn feeds_are_signed_by_device_keys() {
         alices(a.vector(general).await.unwrap())
     );
 
-    // What a hostile member holding Alice's user key could try (the bundle
-    // a device link sends holds it).
-    let user_secret = a.link_bundle().await.unwrap().identity;
+    // What a hostile member holding Alice's user key could try (a device
+    // linked before link bundle version 2 holds it).
+    let user_secret = alice_id.secret().unwrap();
     let user_key = ed25519_dalek::SigningKey::from_bytes(user_secret.expose());
     let head = a.vector(general).await.unwrap().0[&a.whoami().device];
     let body = hearth_core::seal(keys.feed_key(), b"unused", b"x").unwrap();
@@ -382,7 +385,11 @@ async fn feeds_are_signed_by_device_keys() {
         header: h,
         certs: Vec::new(),
         body: body.clone(),
-        sig: Identity::new_device(&user_secret, "x").unwrap().sign(&signed).to_vec(),
+        sig: Identity::new_device(&user_secret, "x")
+            .unwrap()
+            .sign(&signed)
+            .unwrap()
+            .to_vec(),
     }
     .encode();
     // 2. A second key for the device, bound by the user key as a kept id:
@@ -467,7 +474,7 @@ async fn feeds_are_signed_by_device_keys() {
 #[tokio::test]
 async fn a_squatted_device_id_is_impossible() {
     use hearth_core::device::{DeviceCert, DeviceKeys, is_keyed_id};
-    use hearth_core::{ENVELOPE_V2, ENVELOPE_VERSION, EntryHeader, Envelope};
+    use hearth_core::{ENVELOPE_V2, ENVELOPE_VERSION, EntryHeader, Envelope, Identity};
 
     let (da, dm, db) = (
         tempfile::tempdir().unwrap(),
@@ -476,7 +483,10 @@ async fn a_squatted_device_id_is_impossible() {
     );
     let pass = Passphrase::new("pw");
     let a = Store::create(da.path(), &pass, "alice", config()).await.unwrap();
-    let m = Store::create(dm.path(), &pass, "mallory", config()).await.unwrap();
+    let mallory_id = Identity::generate("mallory").unwrap();
+    let m = Store::create_as(dm.path(), &pass, mallory_id.clone(), config())
+        .await
+        .unwrap();
     let b = Store::create(db.path(), &pass, "bob", config()).await.unwrap();
     let general = a.create_channel("general").await.unwrap();
     a.post(general, "alice's first").await.unwrap();
@@ -487,7 +497,7 @@ async fn a_squatted_device_id_is_impossible() {
     let alice = a.whoami().device;
     assert!(is_keyed_id(&alice), "a new device's id is keyed");
 
-    let mallory_secret = m.link_bundle().await.unwrap().identity;
+    let mallory_secret = mallory_id.secret().unwrap();
     let mallory_user = ed25519_dalek::SigningKey::from_bytes(mallory_secret.expose());
     let mallory = hearth_core::Identity::new_device(&mallory_secret, "m").unwrap();
     let body = hearth_core::seal(keys.feed_key(), b"unused", b"x").unwrap();
@@ -508,7 +518,7 @@ async fn a_squatted_device_id_is_impossible() {
         header: h,
         certs: Vec::new(),
         body: body.clone(),
-        sig: mallory.sign(&signed).to_vec(),
+        sig: mallory.sign(&signed).unwrap().to_vec(),
     }
     .encode();
     // A chain binding Alice's id to Mallory's device key as a kept id.

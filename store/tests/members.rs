@@ -440,8 +440,9 @@ async fn a_revoked_device_is_cut_and_left_out_of_the_next_key() {
     let ch = laptop.create_channel("general").await.unwrap();
     let keys = laptop.channel_keys(ch).await.unwrap();
     let wire = keys.wire();
-    let bundle = laptop.link_bundle().await.unwrap();
-    let phone = Store::create_linked(dirs[1].path(), &pass, &bundle, config())
+    let phone_keys = hearth_core::device::DeviceKeys::generate().unwrap();
+    let bundle = laptop.link_bundle(phone_keys.public()).await.unwrap();
+    let phone = Store::create_linked(dirs[1].path(), &pass, phone_keys, &bundle, config())
         .await
         .unwrap();
     let bob = Store::create(dirs[2].path(), &pass, "bob", config()).await.unwrap();
@@ -498,6 +499,124 @@ async fn a_revoked_device_is_cut_and_left_out_of_the_next_key() {
         "{err}"
     );
     for s in [laptop, phone, bob] {
+        s.close().await.unwrap();
+    }
+}
+
+/// Issue 8, item 1: a linked device gets a chain issued by the device that
+/// linked it, never the user key, and a revocation reaches every device
+/// linked through the revoked one: those the revoker knows are named with
+/// their own cut; one it never saw (linked by the stolen phone after) is
+/// cut from its start on every member, is served nothing, and its own store
+/// stops writing once it learns of the revocation. A device cannot revoke
+/// one it was linked through.
+#[tokio::test]
+async fn a_device_linked_through_a_revoked_device_is_revoked_with_it() {
+    use hearth_core::device::{DeviceKeys, issuers};
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let pass = Passphrase::new("pw");
+    let laptop = Store::create(dirs[0].path(), &pass, "alice", config()).await.unwrap();
+    let ch = laptop.create_channel("general").await.unwrap();
+    let keys = laptop.channel_keys(ch).await.unwrap();
+    let wire = keys.wire();
+    let link = |by: Store, dir: std::path::PathBuf| {
+        let pass = pass.clone();
+        async move {
+            let k = DeviceKeys::generate().unwrap();
+            let bundle = by.link_bundle(k.public()).await.unwrap();
+            Store::create_linked(dir, &pass, k, &bundle, config()).await.unwrap()
+        }
+    };
+    let phone = link(laptop.clone(), dirs[1].path().into()).await;
+    let tablet = link(phone.clone(), dirs[2].path().into()).await;
+    let bob = Store::create(dirs[3].path(), &pass, "bob", config()).await.unwrap();
+    bob.join_channel(keys).await.unwrap();
+    bob.post(ch, "from bob").await.unwrap();
+    pull(&bob, &laptop, wire, ch).await;
+    // Chains: laptop <- phone <- tablet, one user.
+    let (laptop_id, phone_id, tablet_id) = (laptop.whoami().device, phone.whoami().device, tablet.whoami().device);
+    let tablet_chain = tablet.device_chain().await.unwrap();
+    assert_eq!(tablet_chain.len(), 3);
+    assert_eq!(
+        issuers(&tablet_chain).iter().map(|(d, _)| *d).collect::<Vec<_>>(),
+        vec![phone_id, laptop_id]
+    );
+    assert_eq!(tablet.whoami().user, laptop.whoami().user);
+    for s in [&phone, &tablet] {
+        pull(&laptop, s, wire, ch).await;
+    }
+    tablet.post(ch, "from the tablet").await.unwrap();
+    phone.post(ch, "from the phone").await.unwrap();
+    for s in [&phone, &tablet] {
+        pull(s, &laptop, wire, ch).await;
+        pull(s, &bob, wire, ch).await;
+    }
+    assert!(texts(bob.page(ch, None, 100).await.unwrap()).contains(&"from the tablet".into()));
+    // Neither the tablet nor the phone may revoke a device it was linked through.
+    for (s, d) in [(&tablet, phone_id), (&tablet, laptop_id), (&phone, laptop_id)] {
+        let e = s.revoke_device(d).await.unwrap_err();
+        assert!(
+            matches!(&e, Error::NotAllowed { why, .. } if why.contains("linked through")),
+            "{e}"
+        );
+    }
+    // The phone is stolen: the thief links one more device the laptop never sees.
+    let stray = link(phone.clone(), dirs[4].path().into()).await;
+    pull(&laptop, &stray, wire, ch).await;
+    let stray_id = stray.whoami().device;
+    // The laptop revokes the phone: the tablet it knows goes with it.
+    assert_eq!(laptop.revoke_device(phone_id).await.unwrap(), 1);
+    let listed = laptop.devices().await.unwrap();
+    for d in [phone_id, tablet_id] {
+        assert!(listed.iter().any(|i| i.device == d && i.revoked_in == 1), "{listed:?}");
+    }
+    pull(&laptop, &bob, wire, ch).await;
+    assert_eq!(
+        bob.revocation_notices().await.unwrap().len(),
+        2,
+        "the phone and the tablet"
+    );
+    // The tablet and the stray write on, unaware; then everyone syncs.
+    tablet.post(ch, "tablet after").await.unwrap();
+    stray.post(ch, "stray after").await.unwrap();
+    for s in [&tablet, &stray] {
+        pull(s, &bob, wire, ch).await;
+        pull(s, &laptop, wire, ch).await;
+    }
+    for s in [&laptop, &bob] {
+        let t = texts(s.page(ch, None, 100).await.unwrap());
+        assert!(
+            t.contains(&"from the tablet".into()),
+            "what it wrote before stays: {t:?}"
+        );
+        assert!(
+            !t.contains(&"tablet after".into()) && !t.contains(&"stray after".into()),
+            "{t:?}"
+        );
+    }
+    // Nobody serves the stray (its chain runs through the phone) or the tablet.
+    for (who, store) in [(stray_id, &stray), (tablet_id, &tablet)] {
+        let chain = store.device_chain().await.unwrap();
+        let me = hearth_core::peer::Certifier {
+            user: store.whoami().user,
+            device: who,
+            key: chain.last().unwrap().body.keys.signing,
+            via: issuers(&chain),
+        };
+        for s in [&laptop, &bob] {
+            assert!(s.serving(me.clone(), vec![wire]).await.unwrap().is_empty());
+        }
+    }
+    // Once they learn of it, neither writes any more.
+    for s in [&tablet, &stray] {
+        pull(&laptop, s, wire, ch).await;
+        let e = s.post(ch, "still here?").await.unwrap_err();
+        assert!(
+            matches!(&e, Error::NotAllowed { why, .. } if why.contains("revoked")),
+            "{e}"
+        );
+    }
+    for s in [laptop, phone, tablet, stray, bob] {
         s.close().await.unwrap();
     }
 }

@@ -93,7 +93,7 @@ impl Conn {
 
     /// The device the peer proved itself on its last Hello here, if any.
     pub fn device(&self) -> Option<Certifier> {
-        *self.device.lock().unwrap_or_else(PoisonError::into_inner)
+        self.device.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Whether the peer proved `wire` on this connection.

@@ -242,8 +242,6 @@ const AWAITING_CONFIRMATION: &str = "awaiting confirmation of the code on the li
 /// A device link on offer.
 struct LinkOffer {
     secret: hearth_core::SecretKey,
-    /// The sealed bundle.
-    sealed: Vec<u8>,
     /// When the offer ends.
     until: Instant,
     /// The device that proved the secret first, and whether this user
@@ -284,7 +282,9 @@ enum Cmd {
     Status(oneshot::Sender<Vec<PeerStatus>>),
     Listening(oneshot::Sender<Vec<Multiaddr>>),
     SyncWith(PeerId, oneshot::Sender<Result<Outcome, NodeError>>),
-    OfferLink(hearth_core::SecretKey, Vec<u8>, Duration),
+    OfferLink(hearth_core::SecretKey, Duration),
+    /// A confirmed link's answer is ready (its bundle built and sealed).
+    LinkAnswer(PeerId, ResponseChannel<Response>, Response),
     ConfirmLink(PeerId, bool, oneshot::Sender<Result<(), NodeError>>),
     Stop(oneshot::Sender<()>),
 }
@@ -379,18 +379,15 @@ impl NodeHandle {
 
     /// Offer a device link for `valid_for`: the first peer that proves it
     /// holds `secret` (a link ticket's) is reported ([`NodeEvent::LinkRequested`],
-    /// with the code both devices show) and gets `sealed` (a
-    /// [`hearth_core::LinkBundle`] sealed under the secret) once this user
-    /// confirms it ([`NodeHandle::confirm_link`]). One device, once: a decline
-    /// or the end of `valid_for` ends the offer.
-    pub async fn offer_link(
-        &self,
-        secret: hearth_core::SecretKey,
-        sealed: Vec<u8>,
-        valid_for: Duration,
-    ) -> Result<(), NodeError> {
+    /// with the code both devices show) and, once this user confirms it
+    /// ([`NodeHandle::confirm_link`]), gets the replica's
+    /// [`hearth_core::LinkBundle`] for the keys it sent (a certificate chain
+    /// this device issues for them, never the user key), sealed under the
+    /// secret. One device, once: a decline or the end of `valid_for` ends
+    /// the offer.
+    pub async fn offer_link(&self, secret: hearth_core::SecretKey, valid_for: Duration) -> Result<(), NodeError> {
         self.cmd
-            .send(Cmd::OfferLink(secret, sealed, valid_for))
+            .send(Cmd::OfferLink(secret, valid_for))
             .await
             .map_err(|_| NodeError::Stopped)
     }
@@ -408,24 +405,34 @@ impl NodeHandle {
         hearth_core::link_code(secret, &peer.to_bytes(), &self.peer_id.to_bytes())
     }
 
-    /// Ask a connected peer for the link bundle of a link ticket's secret, and
-    /// keep asking while its user has not confirmed the code yet (the caller
-    /// bounds the wait). Fails when the offer is declined, used or over.
+    /// Ask a connected peer for the link bundle of a link ticket's secret,
+    /// for this new device's public `keys`, and keep asking while its user
+    /// has not confirmed the code yet (the caller bounds the wait). Fails
+    /// when the offer is declined, used or over.
     pub async fn fetch_link(
         &self,
         peer: PeerId,
         secret: &hearth_core::SecretKey,
+        keys: hearth_core::device::DevicePublic,
     ) -> Result<hearth_core::LinkBundle, NodeError> {
         let proof = hearth_core::link_proof(secret, &self.peer_id.to_bytes());
         loop {
             let resp = self
-                .ask(|tx| Cmd::Request(peer, Request::Link { proof }, tx))
+                .ask(|tx| Cmd::Request(peer, Request::Link { proof, keys }, tx))
                 .await?
                 .map_err(NodeError::Link)?;
             match resp {
                 Response::Link { sealed } => {
-                    return hearth_core::LinkBundle::open(secret, &sealed)
-                        .map_err(|e| NodeError::Link(format!("the bundle does not open: {e}")));
+                    let bundle = hearth_core::LinkBundle::open(secret, &sealed)
+                        .map_err(|e| NodeError::Link(format!("the bundle does not open: {e}")))?;
+                    let certified = hearth_core::device::verify_chain(&bundle.chain)
+                        .map_err(|e| NodeError::Link(format!("the certificate chain does not verify: {e}")))?;
+                    if certified.keys != keys {
+                        return Err(NodeError::Link(
+                            "the certificate chain is not of this device's keys".into(),
+                        ));
+                    }
+                    return Ok(bundle);
                 }
                 Response::Refused { reason } if reason == AWAITING_CONFIRMATION => {
                     tokio::time::sleep(Duration::from_millis(250)).await;
@@ -783,13 +790,18 @@ impl<R: Replica> Loop<R> {
                     let _ = reply.send(Err(NodeError::NotConnected(peer)));
                 }
             },
-            Cmd::OfferLink(secret, sealed, valid_for) => {
+            Cmd::OfferLink(secret, valid_for) => {
                 self.link = Some(LinkOffer {
                     secret,
-                    sealed,
                     until: Instant::now() + valid_for,
                     asking: None,
                 })
+            }
+            Cmd::LinkAnswer(peer, channel, resp) => {
+                if matches!(resp, Response::Link { .. }) {
+                    self.emit(NodeEvent::Linked { peer });
+                }
+                let _ = self.swarm.behaviour_mut().rr.send_response(channel, resp);
             }
             Cmd::ConfirmLink(peer, accept, reply) => {
                 let r = match &mut self.link {
@@ -854,38 +866,58 @@ impl<R: Replica> Loop<R> {
         }
     }
 
-    /// Answer a device's Link request (see [`NodeHandle::offer_link`]).
-    fn answer_link(&mut self, peer: PeerId, proof: [u8; 32]) -> Response {
+    /// Answer a device's Link request (see [`NodeHandle::offer_link`]):
+    /// refused until this user confirmed the code; once confirmed, the
+    /// bundle for `keys` is built by the replica and sealed off the loop.
+    fn answer_link(
+        &mut self,
+        peer: PeerId,
+        proof: [u8; 32],
+        keys: hearth_core::device::DevicePublic,
+        channel: ResponseChannel<Response>,
+    ) {
         let refused = |reason: &str| Response::Refused { reason: reason.into() };
         if self.link.as_ref().is_some_and(|o| o.until <= Instant::now()) {
             self.link = None;
         }
-        let Some(offer) = &mut self.link else {
-            return refused("no device link is on offer here (it ended, was used or was declined)");
-        };
-        if hearth_core::link_proof(&offer.secret, &peer.to_bytes()) != proof {
-            // Only a guess gets here: the secret is the ticket's.
-            self.reject(peer, "wrong device link proof".into(), true);
-            return refused("no such device link");
-        }
-        match offer.asking {
-            None => {
-                offer.asking = Some((peer, false));
-                let code =
-                    hearth_core::link_code(&offer.secret, &self.swarm.local_peer_id().to_bytes(), &peer.to_bytes());
-                self.emit(NodeEvent::LinkRequested { peer, code });
-                refused(AWAITING_CONFIRMATION)
+        let resp = match &mut self.link {
+            None => refused("no device link is on offer here (it ended, was used or was declined)"),
+            Some(offer) if hearth_core::link_proof(&offer.secret, &peer.to_bytes()) != proof => {
+                // Only a guess gets here: the secret is the ticket's.
+                self.reject(peer, "wrong device link proof".into(), true);
+                refused("no such device link")
             }
-            Some((p, false)) if p == peer => refused(AWAITING_CONFIRMATION),
-            Some((p, true)) if p == peer => {
-                let offer = self.link.take().expect("an offer");
-                self.emit(NodeEvent::Linked { peer });
-                Response::Link {
-                    sealed: serde_bytes::ByteBuf::from(offer.sealed.clone()),
+            Some(offer) => match offer.asking {
+                None => {
+                    offer.asking = Some((peer, false));
+                    let code =
+                        hearth_core::link_code(&offer.secret, &self.swarm.local_peer_id().to_bytes(), &peer.to_bytes());
+                    self.emit(NodeEvent::LinkRequested { peer, code });
+                    refused(AWAITING_CONFIRMATION)
                 }
-            }
-            Some(_) => refused("another device is linking with this ticket"),
-        }
+                Some((p, false)) if p == peer => refused(AWAITING_CONFIRMATION),
+                Some((p, true)) if p == peer => {
+                    let offer = self.link.take().expect("an offer");
+                    let (replica, tx) = (self.replica.clone(), self.cmd_tx.clone());
+                    tokio::spawn(async move {
+                        let resp = match replica.link_bundle(keys).await {
+                            Ok(Some(bundle)) => match bundle.seal(&offer.secret) {
+                                Ok(sealed) => Response::Link {
+                                    sealed: serde_bytes::ByteBuf::from(sealed),
+                                },
+                                Err(e) => refused(&format!("the bundle could not be sealed: {e}")),
+                            },
+                            Ok(None) => refused("this node links no devices"),
+                            Err(e) => refused(&format!("no bundle for this device: {e}")),
+                        };
+                        let _ = tx.send(Cmd::LinkAnswer(peer, channel, resp)).await;
+                    });
+                    return;
+                }
+                Some(_) => refused("another device is linking with this ticket"),
+            },
+        };
+        let _ = self.swarm.behaviour_mut().rr.send_response(channel, resp);
     }
 
     /// Report, once per connection, a peer that speaks another version of the
@@ -1117,13 +1149,10 @@ impl<R: Replica> Loop<R> {
                     let _ = self.swarm.behaviour_mut().rr.send_response(channel, refused);
                 }
                 request_response::Message::Request {
-                    request: Framed::Valid(Request::Link { proof }),
+                    request: Framed::Valid(Request::Link { proof, keys }),
                     channel,
                     ..
-                } => {
-                    let resp = self.answer_link(peer, proof);
-                    let _ = self.swarm.behaviour_mut().rr.send_response(channel, resp);
-                }
+                } => self.answer_link(peer, proof, keys, channel),
                 request_response::Message::Request {
                     request: Framed::Valid(request),
                     channel,

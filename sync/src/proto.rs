@@ -9,7 +9,12 @@
 //! Grant  {grants: [(wire, access key)], cert}  -> Granted {vectors}   (to a relay)
 //! Join   {invite, user, chain, sig}            -> Joined {sealed}     (from anyone)
 //! Revoke {notices: [revocation notice], removals} -> Noted {held}      (to a relay)
+//! Link   {proof, keys}                         -> Link {sealed}       (a new device)
 //! ```
+//!
+//! Protocol 6 changes Link: the new device sends its public keys, and the
+//! linking device answers with a certificate chain it issued for them
+//! instead of the user key (`hearth_core::LinkBundle` version 2).
 //!
 //! Protocol 5 adds who asks (`hearth_core::peer`): a Hello and its answer
 //! carry the device's proof (`who`, its chain when the other side may not
@@ -44,12 +49,18 @@ use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 
 /// The protocol name (the version is in it).
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/sync/5");
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/sync/6");
 /// Protocol version carried in Hello.
-pub const VERSION: u16 = 5;
+pub const VERSION: u16 = 6;
 /// Names of earlier versions of the protocol, which this node does not speak:
 /// a peer offering only these is reported as incompatible, not banned.
-pub const OLD_PROTOCOLS: [&str; 4] = ["/hearth/sync/1", "/hearth/sync/2", "/hearth/sync/3", "/hearth/sync/4"];
+pub const OLD_PROTOCOLS: [&str; 5] = [
+    "/hearth/sync/1",
+    "/hearth/sync/2",
+    "/hearth/sync/3",
+    "/hearth/sync/4",
+    "/hearth/sync/5",
+];
 /// The reason of a Hello refused for a device proof without a chain that
 /// the responder cannot check: say it again with the chain.
 pub const WHO: &str = "who are you? (send your certificate chain)";
@@ -142,6 +153,9 @@ pub enum Request {
     Link {
         /// [`hearth_core::link_proof`] of the link secret over the requester's peer id.
         proof: [u8; 32],
+        /// The new device's public keys, which the linking device certifies
+        /// (protocol 6).
+        keys: hearth_core::device::DevicePublic,
     },
     /// A member gives a relay its user configured the access keys of channels
     /// the relay did not prove it holds, so that the relay carries them and
@@ -214,7 +228,8 @@ pub enum Response {
         /// Why the first refused entry was refused.
         reason: Option<String>,
     },
-    /// Answer to Link: the sealed [`hearth_core::LinkBundle`].
+    /// Answer to Link: the sealed [`hearth_core::LinkBundle`] (its chain
+    /// certifies the keys the Link sent).
     Link {
         /// The bundle, sealed under the link secret.
         sealed: serde_bytes::ByteBuf,

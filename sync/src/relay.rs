@@ -201,9 +201,11 @@ impl Held {
 
 impl State {
     /// The last entry of `device`'s feed (of `user`, signed with `key`) in
-    /// `wire` that a revocation keeps, if one cuts it: its own notice, or a
+    /// `wire` that a revocation keeps, if one cuts it: its own notice; or a
     /// notice of another device of the same user signed with the same key
-    /// (a device that moved to its keyed id), which cuts it from its start.
+    /// (a device that moved to its keyed id), or of a device its chain was
+    /// issued through (linked by it, or by a device it linked), which cut it
+    /// from its start.
     fn revocation_cut(&self, wire: &WireId, device: &DeviceId, user: &UserId, key: Option<[u8; 32]>) -> Option<u64> {
         let notes = self.revoked.get(wire)?;
         if let Some(h) = notes.get(device)
@@ -211,12 +213,35 @@ impl State {
         {
             return Some(h.upto);
         }
-        let key = key?;
-        let chains = self.chains.get(wire)?;
-        notes
-            .iter()
-            .any(|(d, h)| h.user == *user && chains.get(d).is_some_and(|(k, _)| *k == key))
-            .then_some(0)
+        let chains = self.chains.get(wire);
+        let through = chains
+            .and_then(|c| c.get(device))
+            .map(|(_, chain)| hearth_core::device::issuers(chain))
+            .unwrap_or_default();
+        self.revoked_through(wire, user, key, &through).then_some(0)
+    }
+
+    /// Whether a notice held for `wire` revokes a device of `user` whose
+    /// key is `key`, or one of `through` (devices a chain was issued
+    /// through, by id or key).
+    pub(super) fn revoked_through(
+        &self,
+        wire: &WireId,
+        user: &UserId,
+        key: Option<[u8; 32]>,
+        through: &[(DeviceId, [u8; 32])],
+    ) -> bool {
+        let Some(notes) = self.revoked.get(wire) else {
+            return false;
+        };
+        let chains = self.chains.get(wire);
+        notes.iter().any(|(d, h)| {
+            h.user == *user && {
+                let revoked_key = chains.and_then(|c| c.get(d)).map(|(k, _)| *k);
+                through.iter().any(|(t, tk)| t == d || Some(*tk) == revoked_key)
+                    || (key.is_some() && revoked_key == key)
+            }
+        })
     }
 
     /// The last entry of `device`'s feed (of `user`, signed with `key`) in
@@ -274,7 +299,7 @@ struct Inner {
     poisoned: AtomicBool,
     events: broadcast::Sender<ReplicaEvent>,
     /// Devices whose chains peers sent with their proofs: user and key.
-    peer_keys: Mutex<std::collections::HashMap<DeviceId, (UserId, [u8; 32])>>,
+    peer_keys: Mutex<std::collections::HashMap<DeviceId, hearth_core::peer::Certifier>>,
     _lock: File,
 }
 
@@ -1192,7 +1217,7 @@ mod tests {
         let body = vec![7u8; 40];
         let mut signed = postcard::to_stdvec(&header).unwrap();
         signed.extend_from_slice(&body);
-        let sig = signer.sign(&signed).to_vec();
+        let sig = signer.sign(&signed).unwrap().to_vec();
         postcard::to_stdvec(&Envelope {
             header,
             certs: Vec::new(),
@@ -1352,7 +1377,7 @@ mod tests {
         let keys = ChannelKeys::generate().unwrap();
         let wire = keys.wire();
         let a = Identity::generate("a").unwrap();
-        let stolen = Identity::new_device(&a.secret(), "a").unwrap();
+        let stolen = Identity::new_device(&a.secret().unwrap(), "a").unwrap();
         let mallory = Identity::generate("m").unwrap();
         let feed = chain(&keys, &stolen, 6);
         let mine = chain(&keys, &a, 2);
@@ -1432,6 +1457,7 @@ mod tests {
             user: id.user(),
             device: id.device(),
             key: id.device_keys().unwrap().public().signing,
+            via: Vec::new(),
         };
         let removal = |user: &Identity| RemovalNotice {
             wire,
@@ -1653,7 +1679,7 @@ mod tests {
     async fn one_authors_entries_are_capped() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (Identity::generate("a").unwrap(), Identity::generate("b").unwrap());
-        let a2 = Identity::new_device(&a.secret(), "a").unwrap();
+        let a2 = Identity::new_device(&a.secret().unwrap(), "a").unwrap();
         let (k1, k2) = (ChannelKeys::generate().unwrap(), ChannelKeys::generate().unwrap());
         let (ea, ea2, eb) = (chain(&k1, &a, 2), chain(&k2, &a2, 2), chain(&k1, &b, 2));
         let cap = (ea[0].0.len() + ea[1].0.len() + ea2[0].0.len()) as u64;

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 
+use hearth_core::device::DevicePublic;
 use hearth_core::peer::{Certifier, Claim, Ends, Nonce, RelayCert, RemovalNotice, Vetting, Who, WhoRole};
 use hearth_core::{SecretKey, Vector, WireId};
 use hearth_store::{EntryBatch, IngestReport, Store, StoreEvent};
@@ -123,6 +124,18 @@ pub trait Replica: Clone + Send + Sync + 'static {
         wires: Vec<WireId>,
     ) -> impl Future<Output = hearth_store::Result<()>> + Send;
 
+    /// What the new device of this user whose public keys are `keys` gets
+    /// when its link is confirmed: a certificate chain issued by this
+    /// device, the name and the channel keys (`None`: this replica links no
+    /// devices, as a relay).
+    fn link_bundle(
+        &self,
+        keys: DevicePublic,
+    ) -> impl Future<Output = hearth_store::Result<Option<hearth_core::LinkBundle>>> + Send {
+        let _ = keys;
+        async { Ok(None) }
+    }
+
     /// Events, from now on.
     fn subscribe(&self) -> broadcast::Receiver<ReplicaEvent>;
 }
@@ -213,6 +226,10 @@ impl Replica for Store {
 
     async fn relay_cert(&self, relay: Vec<u8>) -> hearth_store::Result<Option<RelayCert>> {
         Store::relay_cert(self, relay).await.map(Some)
+    }
+
+    async fn link_bundle(&self, keys: DevicePublic) -> hearth_store::Result<Option<hearth_core::LinkBundle>> {
+        Store::link_bundle(self, keys).await.map(Some)
     }
 
     async fn relay_certs(&self, _: Vec<WireId>) -> hearth_store::Result<Vec<RelayCert>> {

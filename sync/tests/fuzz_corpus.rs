@@ -226,6 +226,16 @@ mod seeds {
         }
         .encode();
         write("sync_request", "valid-join", &join);
+        let link = Request::Link {
+            proof: [0x4d; 32],
+            keys: hearth_core::device::DevicePublic {
+                signing: [0x5e; 32],
+                kx: [0x6f; 32],
+            },
+        }
+        .encode();
+        write("sync_request", "valid-link", &link);
+        write("sync_request", "truncated-link", &link[..link.len() - 1]);
         let revoke = Request::Revoke {
             notices: vec![ByteBuf::from(vec![0x5d; 40]), ByteBuf::from(vec![0x6e; 3])],
             removals: vec![removal],

@@ -497,7 +497,9 @@ async fn new_device(addr: &Multiaddr) -> NodeHandle {
 /// Linking a device: the linking node reports the asking device with the
 /// code the new device shows, and sends nothing until its user confirms;
 /// another holder of the ticket is turned away meanwhile; the offer is used
-/// once; a decline or the end of the offer ends it.
+/// once; a decline or the end of the offer ends it. What the new device
+/// gets is a chain the linking device issued for the keys it sent, never
+/// the user key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_link_waits_for_the_code_to_be_confirmed() {
     let dir = tempfile::tempdir().unwrap();
@@ -510,9 +512,9 @@ async fn a_device_link_waits_for_the_code_to_be_confirmed() {
     let offer = |valid_for: Duration| {
         let (node, alice) = (node.clone(), alice.clone());
         async move {
+            let _ = &alice;
             let secret = hearth_core::SecretKey::generate().unwrap();
-            let sealed = alice.link_bundle().await.unwrap().seal(&secret).unwrap();
-            node.offer_link(secret.clone(), sealed, valid_for).await.unwrap();
+            node.offer_link(secret.clone(), valid_for).await.unwrap();
             secret
         }
     };
@@ -521,9 +523,11 @@ async fn a_device_link_waits_for_the_code_to_be_confirmed() {
     let secret = offer(Duration::from_secs(600)).await;
     let phone = new_device(&addr).await;
     let code = phone.link_code(linking, &secret);
+    let phone_keys = hearth_core::device::DeviceKeys::generate().unwrap();
+    let public = phone_keys.public();
     let fetch = tokio::spawn({
         let (phone, secret) = (phone.clone(), secret.clone());
-        async move { phone.fetch_link(linking, &secret).await }
+        async move { phone.fetch_link(linking, &secret, public).await }
     });
     let (asking, shown) = next_event(&mut events, |e| match e {
         hearth_sync::NodeEvent::LinkRequested { peer, code } => Some((peer, code)),
@@ -537,7 +541,8 @@ async fn a_device_link_waits_for_the_code_to_be_confirmed() {
     // another code than the phone's.
     let thief = new_device(&addr).await;
     assert_ne!(thief.link_code(linking, &secret), code);
-    let e = thief.fetch_link(linking, &secret).await.unwrap_err();
+    let thief_keys = hearth_core::device::DeviceKeys::generate().unwrap().public();
+    let e = thief.fetch_link(linking, &secret, thief_keys).await.unwrap_err();
     assert!(e.to_string().contains("another device"), "{e}");
     assert!(
         node.confirm_link(thief.peer_id(), true).await.is_err(),
@@ -548,8 +553,20 @@ async fn a_device_link_waits_for_the_code_to_be_confirmed() {
     let bundle = fetch.await.unwrap().unwrap();
     assert_eq!(bundle.name, "alice");
     assert_eq!(bundle.channels.len(), 1);
+    // A chain through Alice's device, for the phone's keys: no user key.
+    let certified = hearth_core::device::verify_chain(&bundle.chain).unwrap();
+    assert_eq!((certified.keys, certified.user), (public, alice.whoami().user));
+    assert_eq!(
+        hearth_core::device::issuers(&bundle.chain),
+        vec![(
+            alice.whoami().device,
+            alice.device_cert().await.unwrap().body.keys.signing
+        )]
+    );
+    let linked = hearth_core::Identity::linked(phone_keys, bundle.chain, "alice").unwrap();
+    assert!(!linked.holds_user_key());
     // Used once.
-    let e = phone.fetch_link(linking, &secret).await.unwrap_err();
+    let e = phone.fetch_link(linking, &secret, public).await.unwrap_err();
     assert!(e.to_string().contains("no device link is on offer"), "{e}");
 
     // Declined: the asking device gets nothing, and the offer is over.
@@ -557,7 +574,7 @@ async fn a_device_link_waits_for_the_code_to_be_confirmed() {
     let other = new_device(&addr).await;
     let fetch = tokio::spawn({
         let (other, secret) = (other.clone(), secret.clone());
-        async move { other.fetch_link(linking, &secret).await }
+        async move { other.fetch_link(linking, &secret, public).await }
     });
     let asking = next_event(&mut events, |e| match e {
         hearth_sync::NodeEvent::LinkRequested { peer, .. } => Some(peer),
@@ -566,13 +583,13 @@ async fn a_device_link_waits_for_the_code_to_be_confirmed() {
     .await;
     node.confirm_link(asking, false).await.unwrap();
     assert!(fetch.await.unwrap().is_err());
-    assert!(other.fetch_link(linking, &secret).await.is_err());
+    assert!(other.fetch_link(linking, &secret, public).await.is_err());
 
     // An offer past its end answers nobody.
     let secret = offer(Duration::from_millis(200)).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let late = new_device(&addr).await;
-    let e = late.fetch_link(linking, &secret).await.unwrap_err();
+    let e = late.fetch_link(linking, &secret, public).await.unwrap_err();
     assert!(e.to_string().contains("no device link is on offer"), "{e}");
     for n in [node, phone, thief, other, late] {
         n.stop().await.unwrap();

@@ -602,8 +602,9 @@ async fn honest_peers_forwarding_two_branches_of_a_fork_blame_nobody() {
 async fn relays_refuse_a_revoked_devices_later_entries() {
     let dirs: Vec<tempfile::TempDir> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
     let laptop = Store::create(dirs[0].path(), &pass(), ALICE, config()).await.unwrap();
-    let bundle = laptop.link_bundle().await.unwrap();
-    let phone = Store::create_linked(dirs[1].path(), &pass(), &bundle, config())
+    let phone_keys = hearth_core::device::DeviceKeys::generate().unwrap();
+    let bundle = laptop.link_bundle(phone_keys.public()).await.unwrap();
+    let phone = Store::create_linked(dirs[1].path(), &pass(), phone_keys, &bundle, config())
         .await
         .unwrap();
     let bob = Store::create(dirs[2].path(), &pass(), BOB, config()).await.unwrap();

@@ -70,7 +70,9 @@ impl State {
     /// Whether `c` (a device, or a relay's certifier) is served `wire`:
     /// its user not removed there, its device not revoked.
     pub(super) fn serves(&self, wire: &WireId, c: &Certifier) -> bool {
-        self.removal(wire, &c.user).is_none() && self.revocation_cut(wire, &c.device, &c.user, Some(c.key)).is_none()
+        self.removal(wire, &c.user).is_none()
+            && self.revocation_cut(wire, &c.device, &c.user, Some(c.key)).is_none()
+            && !self.revoked_through(wire, &c.user, None, &c.via)
     }
 
     pub(super) fn take_cert(&mut self, wire: WireId, cert: RelayCert, by: Certifier) {
@@ -83,19 +85,24 @@ impl State {
 }
 
 impl Inner {
-    /// The user and key of `device`, from a chain a feed here holds or one
-    /// a peer sent.
-    fn held_key(&self, st: &State, device: &DeviceId) -> Option<(UserId, [u8; 32])> {
+    /// The user, key and issuers of `device`, from a chain a feed here
+    /// holds or one a peer sent.
+    fn held_key(&self, st: &State, device: &DeviceId) -> Option<Certifier> {
         st.chains
             .values()
             .find_map(|c| {
                 let (key, chain) = c.get(device)?;
-                Some((chain.last()?.body.user, *key))
+                Some(Certifier {
+                    user: chain.last()?.body.user,
+                    device: *device,
+                    key: *key,
+                    via: hearth_core::device::issuers(chain),
+                })
             })
-            .or_else(|| self.peer_keys().get(device).copied())
+            .or_else(|| self.peer_keys().get(device).cloned())
     }
 
-    fn peer_keys(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, (UserId, [u8; 32])>> {
+    fn peer_keys(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Certifier>> {
         self.peer_keys.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -116,7 +123,7 @@ impl Inner {
             if keys.len() >= MAX_PEER_KEYS {
                 keys.clear();
             }
-            keys.insert(c.device, (c.user, c.key));
+            keys.insert(c.device, c.clone());
         }
         let certifiers = claim.certifiers();
         let allowed = wires
@@ -194,7 +201,7 @@ impl Inner {
         written?;
         let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
         for wire in new {
-            st.take_cert(wire, cert.clone(), by);
+            st.take_cert(wire, cert.clone(), by.clone());
         }
         Ok(())
     }
