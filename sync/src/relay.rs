@@ -881,7 +881,24 @@ impl Inner {
                     .ok()
                     .flatten()
                     .or_else(|| chains.get(&device).map(|(k, _)| *k));
-                if let Some(upto) = self.state().cut(wire, &device, &env.header.user, key)
+                // A chain issued through a revoked device (this entry's, the
+                // one held, or one this batch brought) cuts it from its start.
+                let through = if env.certs.is_empty() {
+                    chains
+                        .get(&device)
+                        .map(|(_, c)| c.as_slice())
+                        .or_else(|| admission.new_chains().get(&device).map(Vec::as_slice))
+                        .map(hearth_core::device::issuers)
+                        .unwrap_or_default()
+                } else {
+                    hearth_core::device::issuers(&env.certs)
+                };
+                let cut = {
+                    let st = self.state();
+                    st.cut(wire, &device, &env.header.user, key)
+                        .or_else(|| st.revoked_through(wire, &env.header.user, None, &through).then_some(0))
+                };
+                if let Some(upto) = cut
                     && env.header.seq > upto
                 {
                     report.rejected.push(admission.refuse(&env, Refusal::Revoked));

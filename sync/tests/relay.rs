@@ -597,7 +597,9 @@ async fn honest_peers_forwarding_two_branches_of_a_fork_blame_nobody() {
 /// notice in the next session, before any entry; any other member hands it
 /// to a relay it syncs with (Bob, to a relay of his own). Neither relay then
 /// takes or serves what the stolen phone writes, and the one that took a
-/// late entry before the notice stops handing it out.
+/// late entry before the notice stops handing it out. A device the thief
+/// links with the phone afterwards is refused and served nothing too (its
+/// chain runs through the phone).
 #[tokio::test]
 async fn relays_refuse_a_revoked_devices_later_entries() {
     let dirs: Vec<tempfile::TempDir> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -647,6 +649,38 @@ async fn relays_refuse_a_revoked_devices_later_entries() {
         cut
     );
 
+    // The thief links one more device with the phone (its chain runs
+    // through the phone, which holds no user key): the relay serves it
+    // nothing and refuses its entries, though no notice names it.
+    let stray_dir = tempfile::tempdir().unwrap();
+    let stray_keys = hearth_core::device::DeviceKeys::generate().unwrap();
+    let bundle = phone.link_bundle(stray_keys.public()).await.unwrap();
+    let stray = Store::create_linked(stray_dir.path(), &pass(), stray_keys, &bundle, config())
+        .await
+        .unwrap();
+    stray.post(general, "from the stray").await.unwrap();
+    let o = sync(&stray, &relay).await;
+    learned_nothing(&o, wire);
+    let stray_id = stray.whoami().device;
+    let entries = stray
+        .entries_after(wire, hearth_core::Vector::default(), 1 << 20, 64)
+        .await
+        .unwrap()
+        .entries;
+    let report = Replica::ingest(&relay, wire, entries).await.unwrap().unwrap();
+    assert_eq!(report.accepted, 0, "{report:?}");
+    assert_eq!(
+        report.rejected.first().map(|r| r.reason.clone()),
+        Some(hearth_store::Refusal::Revoked),
+        "{report:?}"
+    );
+    assert!(
+        !vector_of(&relay.vectors().await.unwrap(), wire)
+            .unwrap()
+            .0
+            .contains_key(&stray_id)
+    );
+
     // Bob took the revocation from the relay; he hands the notice to a relay
     // of his own, which then refuses the thief's entries too.
     settle(&bob, &relay).await;
@@ -659,6 +693,7 @@ async fn relays_refuse_a_revoked_devices_later_entries() {
     let texts = texts_of(&bob, general).await;
     assert!(!texts.contains(&"from the stolen phone".to_string()), "{texts:?}");
     assert!(texts.contains(&"the phone, still honest".to_string()), "{texts:?}");
+    stray.close().await.unwrap();
 }
 
 /// One full session of `local` with `remote` where `local` passes for a
