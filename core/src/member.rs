@@ -171,9 +171,32 @@ pub enum Action {
         /// [`sign_revocation`] by the writing device's key.
         sig: serde_bytes::ByteArray<64>,
     },
+    /// [`Action::Remove`] of another user with `sig`, the removing device's
+    /// signature of the removal's notice to the removed user
+    /// ([`crate::peer::RemovedNotice`]; what a store writes from sync
+    /// protocol 6 on). The fold treats both alike; any member can hand the
+    /// notice to the removed user's devices, which are served the channel no
+    /// more and so would not learn of it otherwise.
+    RemoveSigned {
+        /// Who.
+        user: UserId,
+        /// Per device of `user`, the last entry of its feed that stays.
+        upto: Vec<(DeviceId, u64)>,
+        /// [`sign_removal`] by the writing device's key.
+        sig: serde_bytes::ByteArray<64>,
+    },
 }
 
 impl Action {
+    /// The user and cuts of a removal ([`Action::Remove`] or
+    /// [`Action::RemoveSigned`]).
+    pub fn removal(&self) -> Option<(&UserId, &[(DeviceId, u64)])> {
+        match self {
+            Action::Remove { user, upto } | Action::RemoveSigned { user, upto, .. } => Some((user, upto)),
+            _ => None,
+        }
+    }
+
     /// The user, device and cut of a revocation ([`Action::RevokeDevice`]
     /// or [`Action::RevokeDeviceSigned`]).
     pub fn revocation(&self) -> Option<(&UserId, &DeviceId, u64)> {
@@ -191,6 +214,16 @@ impl Action {
         Action::RevokeDeviceSigned {
             user,
             device,
+            upto,
+            sig: serde_bytes::ByteArray::new(sig),
+        }
+    }
+
+    /// [`Action::RemoveSigned`] of `user` with cuts `upto`, its notice
+    /// signed `sig` ([`sign_removal`]).
+    pub fn remove_signed(user: UserId, upto: Vec<(DeviceId, u64)>, sig: [u8; 64]) -> Action {
+        Action::RemoveSigned {
+            user,
             upto,
             sig: serde_bytes::ByteArray::new(sig),
         }
@@ -325,7 +358,7 @@ impl MemberBody {
         if self.parents.len() > MAX_PARENTS {
             return Err(Error::corrupted("membership op", "too many parents"));
         }
-        if let Action::Remove { upto, .. } = &self.action
+        if let Some((_, upto)) = self.action.removal()
             && upto.len() > MAX_CUT_DEVICES
         {
             return Err(Error::corrupted("membership op", "too many devices cut"));
@@ -382,6 +415,10 @@ pub struct Roster {
     /// Of revocations written signed ([`Action::RevokeDeviceSigned`]): the
     /// revoking device and its signature of the notice relays take.
     pub revoke_sigs: BTreeMap<DeviceId, (DeviceId, [u8; 64])>,
+    /// Of users removed by a removal written signed ([`Action::RemoveSigned`]),
+    /// as they stand: the removal op and its signature of the notice the
+    /// removed user's devices are handed ([`crate::peer::RemovedNotice`]).
+    pub remove_sigs: BTreeMap<UserId, (OpKey, [u8; 64])>,
     /// Invites, open or not.
     pub invites: BTreeMap<InviteId, InviteState>,
     /// Ops kept in the history that changed nothing, with why.
@@ -449,7 +486,7 @@ impl Roster {
             roster = r;
             let mut more = BTreeSet::new();
             for &rm in &stood {
-                let Action::Remove { user, .. } = &ops[rm].body.action else {
+                let Some((user, _)) = ops[rm].body.action.removal() else {
                     continue;
                 };
                 if *user == ops[rm].author {
@@ -553,7 +590,7 @@ impl Roster {
                     Ok(())
                 }
             }
-            Action::Remove { user, .. } => {
+            Action::Remove { user, .. } | Action::RemoveSigned { user, .. } => {
                 let Some(theirs) = self.role(user) else {
                     return Err("not a member");
                 };
@@ -679,13 +716,21 @@ impl Roster {
                 self.left.remove(user);
                 self.roles.insert(*user, *role);
             }
-            Action::Remove { user, upto } => {
+            Action::Remove { user, upto } | Action::RemoveSigned { user, upto, .. } => {
                 self.roles.remove(user);
                 self.removed.insert(*user, upto.iter().copied().collect());
                 if user == author {
                     self.left.insert(*user);
                 } else {
                     self.left.remove(user);
+                }
+                match action {
+                    Action::RemoveSigned { sig, .. } if user != author => {
+                        self.remove_sigs.insert(*user, (key, **sig));
+                    }
+                    _ => {
+                        self.remove_sigs.remove(user);
+                    }
                 }
             }
             Action::SetRole { user, role } => {
@@ -753,7 +798,7 @@ fn order(ops: &[MemberOp], index: &HashMap<OpKey, usize>) -> Vec<usize> {
     }
     let rank = |i: usize| {
         let o = &ops[i];
-        (!matches!(o.body.action, Action::Remove { .. }), o.body.hlc, o.key)
+        (o.body.action.removal().is_none(), o.body.hlc, o.key)
     };
     let mut ready: BTreeSet<((bool, u64, OpKey), usize)> = (0..ops.len())
         .filter(|&i| missing[i] == 0 && !never[i])
@@ -798,7 +843,7 @@ fn run(ops: &[MemberOp], order: &[usize], excluded: &BTreeSet<usize>) -> (Roster
         match r.allows_at(&o.author, &o.body.action, o.body.hlc) {
             Ok(()) => {
                 r.apply(o.key, &o.author, &o.body.action);
-                if matches!(o.body.action, Action::Remove { .. }) {
+                if o.body.action.removal().is_some() {
                     stood.push(i);
                 }
             }
@@ -821,6 +866,26 @@ fn notice_message(wire: &crate::id::WireId, device: &DeviceId, upto: u64) -> Vec
     m.extend_from_slice(&device.0);
     m.extend_from_slice(&upto.to_le_bytes());
     crate::device::domain_message(NOTICE_DOMAIN, &m)
+}
+
+/// The signing-domain label of removal notices to the removed.
+const REMOVED_DOMAIN: &[u8] = b"hearth v1 removal notice";
+
+/// What the removing device signs for the removed user: the channel, the
+/// user, and the removal op (its writing device and number).
+pub fn removal_message(wire: &crate::id::WireId, user: &UserId, op: &OpKey) -> Vec<u8> {
+    let mut m = Vec::with_capacity(32 + 32 + 16 + 4);
+    m.extend_from_slice(&wire.0);
+    m.extend_from_slice(&user.0);
+    m.extend_from_slice(&op.device.0);
+    m.extend_from_slice(&op.n.to_le_bytes());
+    crate::device::domain_message(REMOVED_DOMAIN, &m)
+}
+
+/// The signature of a removal's notice by the removing device's `keys`
+/// (what [`Action::RemoveSigned`] carries), for the op `op`.
+pub fn sign_removal(keys: &crate::device::DeviceKeys, wire: &crate::id::WireId, user: &UserId, op: &OpKey) -> [u8; 64] {
+    keys.sign_raw(&removal_message(wire, user, op))
 }
 
 /// The signature of a revocation's notice by the revoking device's `keys`

@@ -414,6 +414,80 @@ impl RemovalNotice {
     }
 }
 
+/// Bytes of an encoded notice to the removed at most.
+pub const MAX_REMOVED_BYTES: usize = 32 + 32 + 16 + 5 + 1 + MAX_CHAIN * (crate::device::MAX_CERT_BYTES + 2) + 64;
+
+/// What a member tells a removed user's device that asks for a channel it is
+/// no longer served (sync protocol 6, in the Hello's answer): the removal
+/// op and the removing device's signature of it
+/// ([`crate::member::sign_removal`], carried by the op,
+/// [`crate::member::Action::RemoveSigned`]). The removed store checks that
+/// the signer is an admin or owner by its own roster, and then writes
+/// nothing more in the channel, though it never gets the op itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedNotice {
+    /// The channel.
+    pub wire: crate::id::WireId,
+    /// The removed user.
+    pub user: UserId,
+    /// The removal op (written by the removing device).
+    pub op: crate::member::OpKey,
+    /// The removing device's certificate chain.
+    pub chain: Vec<DeviceCert>,
+    /// Its signature ([`crate::member::sign_removal`]).
+    pub sig: serde_bytes::ByteArray<64>,
+}
+
+impl RemovedNotice {
+    /// Encode (postcard).
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("a removed notice encodes")
+    }
+
+    /// Decode untrusted bytes: capped, strict and canonical. Nothing is
+    /// checked beyond the form: see [`RemovedNotice::verify`].
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() > MAX_REMOVED_BYTES {
+            return Err(Error::TooLarge {
+                what: "notice of a removal",
+                size: bytes.len(),
+                limit: MAX_REMOVED_BYTES,
+            });
+        }
+        let (n, rest): (RemovedNotice, _) =
+            postcard::take_from_bytes(bytes).map_err(|e| Error::corrupted("notice of a removal", e))?;
+        if !rest.is_empty() || n.encode() != bytes {
+            return Err(Error::corrupted("notice of a removal", "not in canonical encoding"));
+        }
+        Ok(n)
+    }
+
+    /// Check the chain (its device wrote the op) and the signature; who
+    /// signed.
+    pub fn verify(&self) -> Result<Certifier> {
+        let bad = |why: &str| bad("notice of a removal", why);
+        if self.chain.len() > MAX_CHAIN {
+            return Err(bad("a chain longer than 8"));
+        }
+        let body = verify_chain(&self.chain)?;
+        if body.device != self.op.device {
+            return Err(bad("a chain of another device than the op's"));
+        }
+        verify_signature(
+            &UserId(body.keys.signing),
+            &crate::member::removal_message(&self.wire, &self.user, &self.op),
+            &self.sig,
+        )
+        .map_err(|_| bad("a signature that does not verify"))?;
+        Ok(Certifier {
+            user: body.user,
+            device: body.device,
+            key: body.keys.signing,
+            via: crate::device::issuers(&self.chain),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,6 +567,56 @@ mod tests {
             claim.device(|_| Some(held(other.user(), theirs))),
             Err(Some(_))
         ));
+    }
+
+    #[test]
+    fn notices_to_the_removed_are_bound_to_the_op_channel_and_user() {
+        use crate::member::{OpKey, sign_removal};
+        let admin = Identity::generate("admin").unwrap();
+        let keys = admin.device_keys().unwrap();
+        let (wire, bob) = (crate::id::WireId([3; 32]), UserId([4; 32]));
+        let op = OpKey {
+            device: admin.device(),
+            n: 7,
+        };
+        let n = RemovedNotice {
+            wire,
+            user: bob,
+            op,
+            chain: admin.device_chain().unwrap().to_vec(),
+            sig: serde_bytes::ByteArray::new(sign_removal(keys, &wire, &bob, &op)),
+        };
+        let by = n.verify().unwrap();
+        assert_eq!((by.user, by.device), (admin.user(), admin.device()));
+        assert_eq!(RemovedNotice::decode(&n.encode()).unwrap(), n);
+        assert!(n.encode().len() <= MAX_REMOVED_BYTES);
+        // Another user, channel or op: the signature does not cover it.
+        for forged in [
+            RemovedNotice {
+                user: UserId([5; 32]),
+                ..n.clone()
+            },
+            RemovedNotice {
+                wire: crate::id::WireId([6; 32]),
+                ..n.clone()
+            },
+            RemovedNotice {
+                op: OpKey { n: 8, ..op },
+                ..n.clone()
+            },
+        ] {
+            assert!(forged.verify().is_err());
+        }
+        // A chain of another device than the op's.
+        let other = Identity::generate("other").unwrap();
+        let wrong = RemovedNotice {
+            chain: other.device_chain().unwrap().to_vec(),
+            ..n.clone()
+        };
+        assert!(wrong.verify().is_err());
+        let mut trailing = n.encode();
+        trailing.push(0);
+        assert!(RemovedNotice::decode(&trailing).is_err());
     }
 
     #[test]

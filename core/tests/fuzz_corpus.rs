@@ -81,7 +81,8 @@ replay_tests! {
     peer_proofs => checks::check_peer_proofs,
 }
 
-/// Writes the relay certificate and removal seeds (sync protocol 5) only.
+/// Writes the relay certificate and removal seeds (sync protocol 5) and
+/// the notices to the removed (protocol 6) only.
 #[test]
 #[ignore = "writes the peer_proofs seeds; run by hand with --ignored"]
 fn regenerate_peer_proof_seeds() {
@@ -183,6 +184,7 @@ mod seeds {
             "peer_proofs" => {
                 hearth_core::peer::RelayCert::decode(data).is_ok_and(|c| c.verify().is_ok())
                     || hearth_core::peer::RemovalNotice::decode(data).is_ok()
+                    || hearth_core::peer::RemovedNotice::decode(data).is_ok_and(|n| n.verify().is_ok())
             }
             _ => unreachable!("no fuzz target {target}"),
         }
@@ -441,6 +443,28 @@ mod seeds {
         unsorted.cuts.reverse();
         write("peer_proofs", "removal-cuts-unsorted", &unsorted.encode());
         write("peer_proofs", "removal-truncated", &r[..r.len() - 3]);
+        let op = hearth_core::member::OpKey {
+            device: me.device(),
+            n: 2,
+        };
+        let wire = channel_keys().wire();
+        let other = hearth_core::UserId([0x7a; 32]);
+        let told = hearth_core::peer::RemovedNotice {
+            wire,
+            user: other,
+            op,
+            chain: me.device_chain().expect("chain").to_vec(),
+            sig: serde_bytes::ByteArray::new(hearth_core::member::sign_removal(
+                me.device_keys().expect("keys"),
+                &wire,
+                &other,
+                &op,
+            )),
+        }
+        .encode();
+        write("peer_proofs", "valid-removed-notice", &told);
+        write("peer_proofs", "removed-notice-flipped-op", &flip(&told, 32 + 32 + 3));
+        write("peer_proofs", "removed-notice-truncated", &told[..told.len() - 7]);
     }
 
     pub fn write_keyed_id_seeds() {

@@ -244,6 +244,19 @@ pub fn check_peer_proofs(data: &[u8]) {
             assert_eq!(n.cut(d), Some(*upto));
         }
     }
+    if let Ok(n) = hearth_core::peer::RemovedNotice::decode(data) {
+        assert_eq!(
+            n.encode(),
+            data,
+            "a notice of a removal decodes from bytes that are not its encoding"
+        );
+        if let Ok(by) = n.verify() {
+            assert_eq!(
+                by.device, n.op.device,
+                "a notice verifies for another device than its op's"
+            );
+        }
+    }
 }
 
 /// Decode an identity record. On success it re-encodes to the same identity.

@@ -89,6 +89,10 @@ pub struct ChannelState {
     /// Per epoch, the ops cuts leave out of views (`crate::cuts`), as last
     /// computed with `hidden`.
     pub cuts: BTreeMap<hearth_core::Epoch, hearth_core::Cuts>,
+    /// A member told this device that its user was removed from the
+    /// channel (`T_TOLD`): no writes here while the roster does not hold
+    /// that removal.
+    pub told: Option<hearth_core::peer::RemovedNotice>,
 }
 
 impl ChannelState {

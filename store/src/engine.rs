@@ -334,8 +334,14 @@ impl Engine {
             invited_name: None,
             hidden: None,
             cuts: BTreeMap::new(),
+            told: None,
         };
         let owed_key = channel_prefix(T_OWED, &wire);
+        let told_key = channel_prefix(T_TOLD, &wire);
+        if let Some(v) = self.tree.get(told_key)? {
+            let plain = open_record(&self.records, &told_key, &v)?;
+            state.told = Some(hearth_core::peer::RemovedNotice::decode(&plain)?);
+        }
         if let Some(v) = self.tree.get(owed_key)? {
             let plain = open_record(&self.records, &owed_key, &v)?;
             state.owed = postcard::from_bytes(&plain).map_err(|e| Error::corrupted("owed receipts", e))?;
@@ -756,6 +762,12 @@ impl Engine {
                 why: "this device was revoked".into(),
             });
         }
+        if self.told_removed(channel, roster) {
+            return Err(Error::NotAllowed {
+                action: "write in this channel".into(),
+                why: "you were removed from it (a member's node said so, signed by the admin)".into(),
+            });
+        }
         Ok(())
     }
 
@@ -834,10 +846,20 @@ impl Engine {
         }
         actions.push(action);
         let mut ops = Vec::new();
+        let wire = self.channel(&channel)?.keys.wire();
         for action in actions {
             let key = OpKey {
                 device,
                 n: roster.last_n.get(&device).copied().unwrap_or(0).saturating_add(1),
+            };
+            // Removing someone else: signed, so that any member can tell the
+            // removed user's devices (`crate::peers`, `RemovedNotice`).
+            let action = match (action, self.identity.device_keys()) {
+                (MemberAction::Remove { user, upto }, Some(k)) if user != me => {
+                    let sig = hearth_core::member::sign_removal(k, &wire, &user, &key);
+                    MemberAction::remove_signed(user, upto, sig)
+                }
+                (a, _) => a,
             };
             let body = MemberBody {
                 version: MEMBER_BODY_VERSION,
@@ -1354,7 +1376,9 @@ fn describe(action: &MemberAction) -> String {
     match action {
         MemberAction::Create => "claim the channel's roster".into(),
         MemberAction::Add { user, role } => format!("add {} as {role}", &user.to_hex()[..16]),
-        MemberAction::Remove { user, .. } => format!("remove {}", &user.to_hex()[..16]),
+        MemberAction::Remove { user, .. } | MemberAction::RemoveSigned { user, .. } => {
+            format!("remove {}", &user.to_hex()[..16])
+        }
         MemberAction::SetRole { user, role } => format!("make {} {role}", &user.to_hex()[..16]),
         MemberAction::RevokeDevice { device, .. } | MemberAction::RevokeDeviceSigned { device, .. } => {
             format!("revoke device {device}")

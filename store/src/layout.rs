@@ -57,6 +57,12 @@ pub const T_FORKS: u8 = b'K';
 /// feed in this channel with (format 5).
 pub const T_CHAINS: u8 = b'D';
 
+/// `B | wire [32]` -> sealed postcard(`RemovedNotice`): a member told this
+/// device that its user was removed from the channel, by an admin's signed
+/// removal it does not hold (format 8). It writes nothing more there until
+/// its roster holds that removal (and so decides).
+pub const T_TOLD: u8 = b'B';
+
 /// `U | wire [32] | device [16] | seq u64` -> generation u32 (LE): a feed
 /// entry held but not opened yet, sealed under a key generation this device
 /// does not hold (format 6). It is applied when the key arrives.
@@ -102,7 +108,8 @@ pub const META_LOG_SYNCED: &[u8] = b"Mlogsynced";
 /// binding or format 1 entry may claim; 6 is only marked.
 /// 8: a device linked by another device holds no user key, and its identity
 /// keeps its whole certificate chain (identity record version 4, which
-/// every identity written from now on is); 7 is only marked.
+/// every identity written from now on is); a device told of its user's
+/// removal keeps the notice (log kind 10, table `T_TOLD`); 7 is only marked.
 pub const STORE_FORMAT: u8 = 8;
 
 /// Name of a table, for error messages and record AAD.
@@ -119,6 +126,7 @@ pub fn table_name(tag: u8) -> &'static str {
         T_FORKS => "forks",
         T_CHAINS => "device chains",
         T_UNOPENED => "unopened entries",
+        T_TOLD => "removals told",
         _ => "unknown",
     }
 }

@@ -89,6 +89,10 @@ pub mod kind {
     /// A removal a relay took (postcard `hearth_core::peer::RemovalNotice`,
     /// not sealed). Relays only, from relay format 7.
     pub const REMOVE: u8 = 9;
+    /// A notice of this user's removal from a channel that a member handed
+    /// this device (postcard `hearth_core::peer::RemovedNotice`, sealed
+    /// under the record key). Stores only, from store format 8.
+    pub const TOLD: u8 = 10;
 }
 
 /// What a commit record says: how far the batch it closes took the store.
@@ -227,7 +231,7 @@ fn decode_parts(head: &[u8], tail: &[u8], segment: u32, base: u64) -> DecodedSeg
             d.stopped = Some(format!("checksum mismatch at {segment:08x}:{pos}"));
             break;
         }
-        if !(kind::IDENTITY..=kind::REMOVE).contains(&data[0]) {
+        if !(kind::IDENTITY..=kind::TOLD).contains(&data[0]) {
             d.stopped = Some(format!("unknown record kind {} at {segment:08x}:{pos}", data[0]));
             break;
         }

@@ -10,11 +10,17 @@
 
 use hearth_core::WireId;
 use hearth_core::device::DeviceCert;
-use hearth_core::peer::{Certifier, Claim, Ends, Nonce, RelayCert, Vetting, Who, WhoRole};
+use hearth_core::peer::{Certifier, Claim, Ends, Nonce, RelayCert, RemovedNotice, Vetting, Who, WhoRole};
+use hearth_core::{ChannelId, Role};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::layout::{T_TOLD, channel_prefix, seal_record};
+use crate::log::kind;
 use crate::store::Store;
+
+/// Notices of a removal handed or taken in one go, at most.
+pub const MAX_TOLD: usize = 64;
 
 /// Devices whose keys a store remembers from peers' proofs, at most (the
 /// memory is cleared when full; a peer then sends its chain once more).
@@ -128,7 +134,128 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Whether a member told this device its user was removed from
+    /// `channel` by a removal `roster` does not hold (once it holds it, the
+    /// roster decides: a user added back writes again).
+    pub(crate) fn told_removed(&self, channel: &ChannelId, roster: &hearth_core::Roster) -> bool {
+        let Ok(ch) = self.channel(channel) else { return false };
+        ch.told
+            .as_ref()
+            .is_some_and(|n| roster.last_n.get(&n.op.device).is_none_or(|m| *m < n.op.n))
+    }
+
+    /// The notices of `user`'s removal from those of `wires` that removed
+    /// it by a signed removal (at most [`MAX_TOLD`]), for its devices,
+    /// which are served those channels no more.
+    pub(crate) fn told(&mut self, user: &hearth_core::UserId, wires: &[WireId]) -> Result<Vec<RemovedNotice>> {
+        let mut out = Vec::new();
+        for wire in wires {
+            let Some(id) = self.by_wire.get(wire).copied() else {
+                continue;
+            };
+            let roster = self.roster(&id)?;
+            let (Some((op, sig)), None) = (roster.remove_sigs.get(user), roster.role(user)) else {
+                continue;
+            };
+            let chain = if self.identity.is_this_device(&op.device) {
+                self.identity.device_chain().map(<[_]>::to_vec)
+            } else {
+                self.channel(&id)?.chains.get(&op.device).map(|(_, c)| c.clone())
+            };
+            let Some(chain) = chain else { continue };
+            out.push(RemovedNotice {
+                wire: *wire,
+                user: *user,
+                op: *op,
+                chain,
+                sig: serde_bytes::ByteArray::new(*sig),
+            });
+            if out.len() >= MAX_TOLD {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Take notices of this user's removal a member handed this device:
+    /// each must be of a channel held here, name this user, verify, and be
+    /// signed by a device of an admin or owner by this store's roster, not
+    /// revoked; one the roster holds already is left to the roster. Kept
+    /// (log record, sled row) and raised as a roster event. Returns how
+    /// many stand here.
+    pub(crate) fn take_told(&mut self, notices: Vec<RemovedNotice>) -> Result<u32> {
+        let me = self.identity.user();
+        let mut held = 0;
+        let mut batch = sled::Batch::default();
+        let mut moved = Vec::new();
+        for n in notices.into_iter().take(MAX_TOLD) {
+            let Some(channel) = self.by_wire.get(&n.wire).copied() else {
+                continue;
+            };
+            if n.user != me {
+                continue;
+            }
+            let Ok(by) = n.verify() else { continue };
+            let roster = self.roster(&channel)?;
+            let ch = self.channel(&channel)?;
+            let revoked = ch.revocations(&roster);
+            let keys: Vec<[u8; 32]> = revoked
+                .keys()
+                .filter_map(|d| ch.chains.get(d).map(|(k, _)| *k))
+                .collect();
+            if roster.role(&by.user).is_none_or(|r| r < Role::Admin)
+                || by.revoked_by(|d, k| revoked.contains_key(d) || keys.contains(k))
+            {
+                continue;
+            }
+            if ch.told.as_ref().is_some_and(|t| t.op == n.op) {
+                held += 1;
+                continue;
+            }
+            if roster.last_n.get(&n.op.device).is_some_and(|m| *m >= n.op.n) {
+                continue; // the roster holds the removal: it decides
+            }
+            let plain = n.encode();
+            let sealed = self.seal_log(kind::TOLD, &plain)?;
+            self.log_record(kind::TOLD, &sealed);
+            let k = channel_prefix(T_TOLD, &n.wire);
+            batch.insert(&k[..], seal_record(&self.records, &k, &plain)?);
+            moved.push((channel, n));
+            held += 1;
+        }
+        if moved.is_empty() {
+            return Ok(held);
+        }
+        self.write_log_batch(&mut batch)?;
+        self.tree.apply_batch(batch)?;
+        self.dirty = true;
+        for (channel, n) in moved {
+            if let Some(ch) = self.channels.get_mut(&channel) {
+                ch.told = Some(n);
+            }
+            let _ = self.events.send(crate::StoreEvent::Roster { channel });
+        }
+        Ok(held)
+    }
+}
+
 impl Store {
+    /// The notices of `user`'s removal from those of `wires` removed by a
+    /// signed removal, to hand that user's device (sync protocol 6: in the
+    /// answer to a Hello whose channels it is no longer served).
+    pub async fn told(&self, user: hearth_core::UserId, wires: Vec<WireId>) -> Result<Vec<RemovedNotice>> {
+        self.query(move |e| e.told(&user, &wires)).await
+    }
+
+    /// Take notices of this user's removal that a member handed this device
+    /// (see [`Engine::take_told`](crate::engine::Engine)): a channel told
+    /// so takes no more writes here (`Error::NotAllowed`) until its roster
+    /// holds that removal. Returns how many stand.
+    pub async fn take_told(&self, notices: Vec<RemovedNotice>) -> Result<u32> {
+        self.query(move |e| e.take_told(notices)).await
+    }
+
     /// Of `wires`, those the device `device` (proved on a connection) may be
     /// served: its user not removed there, the device not revoked.
     pub async fn serving(&self, device: Certifier, wires: Vec<WireId>) -> Result<Vec<WireId>> {

@@ -123,6 +123,8 @@ struct Pending {
     entries: BTreeMap<WireId, Vec<Vec<u8>>>,
     /// Fork proofs (applied after the entries they are about).
     forks: Vec<Vec<u8>>,
+    /// Notices of this user's removal a member handed (format 8), sealed.
+    told: Vec<Vec<u8>>,
     count: usize,
     bytes: usize,
     commit: log::Commit,
@@ -166,6 +168,7 @@ fn gather(engine: &Engine, b: LogBatch, p: &mut Pending, report: &mut OpenReport
             }
             kind::CHANNEL => p.channels.push(r.body),
             kind::FORK => p.forks.push(r.body),
+            kind::TOLD => p.told.push(r.body),
             kind::ENTRY => {
                 let env = hearth_core::Envelope::decode(&r.body)?;
                 p.count += 1;
@@ -255,6 +258,25 @@ fn apply(engine: &mut Engine, p: &mut Pending, report: &mut OpenReport) -> Resul
                 .skipped
                 .push("a fork proof of a channel with no key record".into()),
             Err(e) => report.skipped.push(format!("feed log fork proof: {e}")),
+        }
+    }
+    for sealed in std::mem::take(&mut p.told) {
+        let told = open(&engine.records, kind::TOLD, &sealed)
+            .and_then(|plain| Ok(hearth_core::peer::RemovedNotice::decode(&plain)?));
+        match told {
+            Ok(n) => match engine.by_wire.get(&n.wire).copied() {
+                Some(channel) => {
+                    let k = crate::layout::channel_prefix(crate::layout::T_TOLD, &n.wire);
+                    batch.insert(&k[..], seal_record(&engine.records, &k, &n.encode())?);
+                    if let Some(ch) = engine.channels.get_mut(&channel) {
+                        ch.told = Some(n);
+                    }
+                }
+                None => report
+                    .skipped
+                    .push("a notice of a removal from a channel with no key record".into()),
+            },
+            Err(e) => report.skipped.push(format!("feed log notice of a removal: {e}")),
         }
     }
     engine.tree.apply_batch(batch)?;

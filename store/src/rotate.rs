@@ -105,7 +105,7 @@ pub(crate) fn rotate(
         let mut buf = Vec::new();
         for r in batch.records {
             let body = match r.kind {
-                kind::IDENTITY | kind::CHANNEL | kind::COMMIT => {
+                kind::IDENTITY | kind::CHANNEL | kind::COMMIT | kind::TOLD => {
                     report.resealed += 1;
                     let plain = recover::open(&old_records, r.kind, &r.body)?;
                     recover::seal(&new_records, r.kind, &plain)?

@@ -217,6 +217,13 @@ impl Engine {
                         }
                         Err(e) => problems.push((place("fork"), e.to_string())),
                     },
+                    kind::TOLD => {
+                        if let Err(e) = crate::recover::open(&self.records, kind::TOLD, &rec.body)
+                            .and_then(|p| Ok(hearth_core::peer::RemovedNotice::decode(&p)?))
+                        {
+                            problems.push((place("notice of a removal"), e.to_string()));
+                        }
+                    }
                     kind::COMMIT => {
                         if let Err(e) = crate::recover::open_commit(&self.records, &rec.body) {
                             problems.push((place("commit"), e.to_string()));

@@ -621,6 +621,105 @@ async fn a_device_linked_through_a_revoked_device_is_revoked_with_it() {
     }
 }
 
+/// Issue 8, item 2: a removed member is served its channel no more, so no
+/// member's node can hand it the op that removes it; any member hands it
+/// the removing admin's signed notice instead. Its store checks the notice
+/// (signed by an admin by its own roster, of this user, this channel), keeps
+/// it through a reopen and a rebuild, and writes there no more; until it is
+/// added back and syncs the roster, which then decides. A notice signed by
+/// a plain member, or naming another user, changes nothing.
+#[tokio::test]
+async fn a_removed_member_is_told_by_any_member_and_writes_no_more() {
+    use hearth_core::member::{OpKey, sign_removal};
+    use hearth_core::peer::RemovedNotice;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let pass = Passphrase::new("pw");
+    let alice = Store::create(dirs[0].path(), &pass, "alice", config()).await.unwrap();
+    let bob = Store::create(dirs[1].path(), &pass, "bob", config()).await.unwrap();
+    let carol_id = hearth_core::Identity::generate("carol").unwrap();
+    let carol = Store::create_as(dirs[2].path(), &pass, carol_id.clone(), config())
+        .await
+        .unwrap();
+    let ch = alice.create_channel("general").await.unwrap();
+    let keys = alice.channel_keys(ch).await.unwrap();
+    let wire = keys.wire();
+    for s in [&bob, &carol] {
+        s.join_channel(keys.clone()).await.unwrap();
+        s.post(ch, "hi").await.unwrap();
+        pull(s, &alice, wire, ch).await;
+    }
+    for s in [&bob, &carol] {
+        pull(&alice, s, wire, ch).await;
+    }
+    let bob_user = bob.whoami().user;
+    // A plain member (Carol) signs a "removal" of Bob: not an admin's.
+    let op = OpKey {
+        device: carol_id.device(),
+        n: 9,
+    };
+    let forged = RemovedNotice {
+        wire,
+        user: bob_user,
+        op,
+        chain: carol_id.device_chain().unwrap().to_vec(),
+        sig: serde_bytes::ByteArray::new(sign_removal(carol_id.device_keys().unwrap(), &wire, &bob_user, &op)),
+    };
+    assert!(
+        forged.verify().is_ok(),
+        "it verifies; only the roster says Carol is no admin"
+    );
+    assert_eq!(bob.take_told(vec![forged]).await.unwrap(), 0);
+    bob.post(ch, "still a member").await.unwrap();
+
+    // Alice removes Bob; Carol learns of it; Bob does not (he is served
+    // nothing more), but Carol's store has the notice to hand him.
+    alice.remove_member(ch, bob_user).await.unwrap();
+    pull(&alice, &carol, wire, ch).await;
+    assert!(carol.told(carol.whoami().user, vec![wire]).await.unwrap().is_empty());
+    let notices = carol.told(bob_user, vec![wire]).await.unwrap();
+    assert_eq!(notices.len(), 1);
+    assert_eq!(alice.told(bob_user, vec![wire]).await.unwrap(), notices);
+    // Carol's own store takes no notice that is not about her.
+    assert_eq!(carol.take_told(notices.clone()).await.unwrap(), 0);
+    carol.post(ch, "carol writes on").await.unwrap();
+    // Bob takes it, once; then writes there no more.
+    let mut events = bob.subscribe();
+    assert_eq!(bob.take_told(notices.clone()).await.unwrap(), 1);
+    let mut seen = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        seen.push(e);
+    }
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, hearth_store::StoreEvent::Roster { channel } if *channel == ch)),
+        "{seen:?}"
+    );
+    assert_eq!(bob.take_told(notices.clone()).await.unwrap(), 1, "held already");
+    let refused = |e: Error| matches!(&e, Error::NotAllowed { why, .. } if why.contains("removed"));
+    assert!(refused(bob.post(ch, "told").await.unwrap_err()));
+    // Through a reopen and a rebuild from the feed log.
+    let dir = dirs[1].path().to_path_buf();
+    bob.close().await.unwrap();
+    let bob = Store::open(&dir, &pass, config()).await.unwrap();
+    assert!(refused(bob.post(ch, "reopened").await.unwrap_err()));
+    bob.close().await.unwrap();
+    let bob = Store::repair(&dir, &pass, config()).await.unwrap();
+    assert!(refused(bob.post(ch, "rebuilt").await.unwrap_err()));
+    assert!(
+        bob.verify().await.unwrap().is_clean(),
+        "{:?}",
+        bob.verify().await.unwrap()
+    );
+    // Added back: once Bob's store holds the roster (the removal and the
+    // add), the roster decides, and he writes again.
+    alice.add_member(ch, bob_user, Role::Member).await.unwrap();
+    pull(&alice, &bob, wire, ch).await;
+    bob.post(ch, "back").await.unwrap();
+    for s in [alice, bob, carol] {
+        s.close().await.unwrap();
+    }
+}
+
 /// Two admins remove members at the same time: both start generation 1, with
 /// different keys, each sealed to the member the other removed. Every member
 /// gets both, and what was sealed under either is read by all; seeing a key

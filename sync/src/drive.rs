@@ -195,7 +195,15 @@ where
                 Err(e) => return failed(session, e.to_string()),
             },
             Action::Done => {
-                let o = session.into_outcome();
+                let mut o = session.into_outcome();
+                if !o.told.is_empty() {
+                    match replica.take_told(std::mem::take(&mut o.told)).await {
+                        Ok(n) => o.told_here = n,
+                        Err(e) => {
+                            o.failed.get_or_insert(e.to_string());
+                        }
+                    }
+                }
                 let mut memo = conn.memo();
                 memo.noted.extend(o.noted.iter().map(|n| *blake3::hash(n).as_bytes()));
                 memo.introduced |= o.introduced;
@@ -474,15 +482,26 @@ async fn answer<R: Replica>(
             Vetting::Forged(why) => return Ok(Err(format!("a forged device proof: {why}"))),
         }
     };
-    *conn.device.lock().unwrap_or_else(PoisonError::into_inner) = device;
-    // A member no more (removed, revoked): served nothing, as a stranger.
-    conn.unprove(candidates.iter().filter(|w| !allowed.contains(w)).copied());
+    *conn.device.lock().unwrap_or_else(PoisonError::into_inner) = device.clone();
+    // A member no more (removed, revoked): served nothing, as a stranger,
+    // but told of its removal where an admin signed it.
+    let withheld: Vec<WireId> = candidates.iter().filter(|w| !allowed.contains(w)).copied().collect();
+    let told = match &device {
+        Some(d) if !withheld.is_empty() => replica.told(d.user, withheld.clone()).await?,
+        _ => Vec::new(),
+    };
+    conn.unprove(withheld);
     keys.retain(|w, _| allowed.contains(w));
     let (mut resp, proved) = answer_hello(&local, &keys, &claim.nonce, summary, &ends, replica.is_relay());
     if let Response::Hello {
-        matched, who, certs, ..
+        matched,
+        who,
+        certs,
+        removed,
+        ..
     } = &mut resp
     {
+        *removed = told;
         *who = replica
             .who(WhoRole::Answer, claim.nonce, ends, matched.to_vec(), want_chain)
             .await?

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! Hello  {version, nonce, summary: [(tag 8 B, digest 6 B)], relay, who, certs, want_chain}
-//!     -> Hello {matched: bitmap, proof 16 B, differ: [(index, vector)], relay, who, certs}
+//!     -> Hello {matched: bitmap, proof 16 B, differ: [(index, vector)], relay, who, certs, removed}
 //! Fetch  {wire, have: vector, max_bytes}       -> Entries {entries, more}
 //! Push   {wire, entries}                       -> Ack {vector, accepted, rejected}
 //! Grant  {grants: [(wire, access key)], cert}  -> Granted {vectors}   (to a relay)
@@ -14,7 +14,10 @@
 //!
 //! Protocol 6 changes Link: the new device sends its public keys, and the
 //! linking device answers with a certificate chain it issued for them
-//! instead of the user key (`hearth_core::LinkBundle` version 2).
+//! instead of the user key (`hearth_core::LinkBundle` version 2); and the
+//! answer to a Hello carries, for the channels the requester proved but is
+//! served no more, the notices of its user's removal (`removed`), signed by
+//! the removing admin, which its store keeps and then writes there no more.
 //!
 //! Protocol 5 adds who asks (`hearth_core::peer`): a Hello and its answer
 //! carry the device's proof (`who`, its chain when the other side may not
@@ -209,6 +212,10 @@ pub enum Response {
         who: Option<Box<hearth_core::peer::Who>>,
         /// A relay's certificates of the channels matched.
         certs: Vec<hearth_core::peer::RelayCert>,
+        /// Notices of the requesting user's removal from channels it proved
+        /// but is served no more (protocol 6; at most 64), so that its
+        /// devices learn of it ([`hearth_core::peer::RemovedNotice`]).
+        removed: Vec<hearth_core::peer::RemovedNotice>,
     },
     /// Answer to Fetch.
     Entries {
@@ -351,6 +358,12 @@ impl Response {
             }
             Response::Hello { who, certs, .. } if !proofs_fit(who, certs) => {
                 Err(FrameError::Malformed("too many certificates".into()))
+            }
+            Response::Hello { removed, .. }
+                if removed.len() > MAX_CERTS
+                    || removed.iter().any(|n| n.chain.len() > hearth_core::peer::MAX_CHAIN) =>
+            {
+                Err(FrameError::Malformed("too many notices of a removal".into()))
             }
             Response::Granted { vectors } if vectors.len() > MAX_CHANNELS => {
                 Err(FrameError::Malformed("too many channels".into()))

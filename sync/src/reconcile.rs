@@ -197,6 +197,7 @@ pub fn answer_hello(
             relay: i_am_relay,
             who: None,
             certs: Vec::new(),
+            removed: Vec::new(),
         },
         proved,
     )
@@ -262,6 +263,11 @@ pub struct Outcome {
     pub round_trips: u32,
     /// The session stopped on an unexpected answer.
     pub failed: Option<String>,
+    /// Notices of this user's removal the peer handed (in its Hello
+    /// answer), for the replica to check and keep.
+    pub told: Vec<hearth_core::peer::RemovedNotice>,
+    /// Of those, how many stand here (the replica took them or held them).
+    pub told_here: u32,
     /// The peer said it is a relay.
     pub peer_relay: bool,
     /// Entries the peer sent that were refused for their content (see
@@ -446,8 +452,12 @@ impl Session {
                     relay,
                     who,
                     certs,
+                    removed,
                 },
-            ) => self.on_hello(&matched, proof, differ, relay, who, certs),
+            ) => {
+                self.outcome.told = removed;
+                self.on_hello(&matched, proof, differ, relay, who, certs)
+            }
             (Phase::AwaitGranted, Response::Granted { vectors }) => {
                 let asked: BTreeSet<WireId> = self.ungranted().into_iter().collect();
                 self.outcome.certified |= self.auth.as_ref().is_some_and(|a| a.cert.is_some());

@@ -3,7 +3,9 @@
 use std::future::Future;
 
 use hearth_core::device::DevicePublic;
-use hearth_core::peer::{Certifier, Claim, Ends, Nonce, RelayCert, RemovalNotice, Vetting, Who, WhoRole};
+use hearth_core::peer::{
+    Certifier, Claim, Ends, Nonce, RelayCert, RemovalNotice, RemovedNotice, Vetting, Who, WhoRole,
+};
 use hearth_core::{SecretKey, Vector, WireId};
 use hearth_store::{EntryBatch, IngestReport, Store, StoreEvent};
 use tokio::sync::broadcast;
@@ -136,6 +138,26 @@ pub trait Replica: Clone + Send + Sync + 'static {
         async { Ok(None) }
     }
 
+    /// The notices of `user`'s removal from those of `wires` (channels its
+    /// device proved but is not served), to hand it (a member's; a relay has
+    /// none).
+    fn told(
+        &self,
+        user: hearth_core::UserId,
+        wires: Vec<WireId>,
+    ) -> impl Future<Output = hearth_store::Result<Vec<RemovedNotice>>> + Send {
+        let _ = (user, wires);
+        async { Ok(Vec::new()) }
+    }
+
+    /// Take notices of this user's removal a peer handed (a member's store
+    /// checks and keeps them, and writes no more in those channels): how
+    /// many stand.
+    fn take_told(&self, notices: Vec<RemovedNotice>) -> impl Future<Output = hearth_store::Result<u32>> + Send {
+        let _ = notices;
+        async { Ok(0) }
+    }
+
     /// Events, from now on.
     fn subscribe(&self) -> broadcast::Receiver<ReplicaEvent>;
 }
@@ -230,6 +252,14 @@ impl Replica for Store {
 
     async fn link_bundle(&self, keys: DevicePublic) -> hearth_store::Result<Option<hearth_core::LinkBundle>> {
         Store::link_bundle(self, keys).await.map(Some)
+    }
+
+    async fn told(&self, user: hearth_core::UserId, wires: Vec<WireId>) -> hearth_store::Result<Vec<RemovedNotice>> {
+        Store::told(self, user, wires).await
+    }
+
+    async fn take_told(&self, notices: Vec<RemovedNotice>) -> hearth_store::Result<u32> {
+        Store::take_told(self, notices).await
     }
 
     async fn relay_certs(&self, _: Vec<WireId>) -> hearth_store::Result<Vec<RelayCert>> {

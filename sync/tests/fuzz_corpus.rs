@@ -159,6 +159,24 @@ mod seeds {
         (who, cert, removal)
     }
 
+    /// A notice of a removal by an admin's device (protocol 6).
+    pub fn removed_notice() -> hearth_core::peer::RemovedNotice {
+        use hearth_core::member::{OpKey, sign_removal};
+        let admin = hearth_core::Identity::generate("admin").unwrap();
+        let (wire, user) = (WireId([5; 32]), hearth_core::UserId([0x7a; 32]));
+        let op = OpKey {
+            device: admin.device(),
+            n: 3,
+        };
+        hearth_core::peer::RemovedNotice {
+            wire,
+            user,
+            op,
+            chain: admin.device_chain().unwrap().to_vec(),
+            sig: serde_bytes::ByteArray::new(sign_removal(admin.device_keys().unwrap(), &wire, &user, &op)),
+        }
+    }
+
     fn requests() {
         let (who, cert, removal) = proofs();
         let hello = Request::Hello {
@@ -261,8 +279,21 @@ mod seeds {
             relay: false,
             who: Some(Box::new(who)),
             certs: vec![],
+            removed: vec![],
         }
         .encode();
+        let told = Response::Hello {
+            matched: ByteBuf::from(vec![0]),
+            proof: [0x9f; 16],
+            differ: vec![],
+            relay: false,
+            who: None,
+            certs: vec![],
+            removed: vec![removed_notice()],
+        }
+        .encode();
+        write("sync_response", "valid-hello-told", &told);
+        write("sync_response", "truncated-hello-told", &told[..told.len() - 5]);
         let granted = Response::Granted {
             vectors: vec![(WireId([8; 32]), vector()), (WireId([9; 32]), Vector::default())],
         }

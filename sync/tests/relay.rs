@@ -772,11 +772,21 @@ async fn a_removed_member_learns_nothing_from_members_or_relays_and_one_that_mis
         vector_of(&relay.vectors().await.unwrap(), wire),
         Some(alice_vector.clone())
     );
+    bob.post(general, "bob, unaware").await.unwrap();
     let bob_before = bob.vector(general).await.unwrap();
 
     // Bob's node dials Alice's and the relay (it still proves the access
-    // key): nothing. Nor when Alice's node dials Bob's.
-    learned_nothing(&sync(&bob, &alice).await, wire);
+    // key): nothing, but that he was removed (Alice's signed removal, which
+    // his store keeps: it writes there no more). Nor when Alice's node
+    // dials Bob's.
+    let o = sync(&bob, &alice).await;
+    learned_nothing(&o, wire);
+    assert_eq!(o.told_here, 1, "{o:?}");
+    let e = bob.post(general, "bob, told").await.unwrap_err();
+    assert!(
+        matches!(&e, hearth_store::Error::NotAllowed { why, .. } if why.contains("removed")),
+        "{e}"
+    );
     learned_nothing(&sync(&bob, &relay).await, wire);
     let o = sync(&alice, &bob).await;
     learned_nothing(&o, wire);

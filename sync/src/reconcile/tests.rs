@@ -643,6 +643,7 @@ fn unexpected_answers_fail_the_session() {
     let hello = || Response::Hello {
         who: None,
         certs: Vec::new(),
+        removed: Vec::new(),
         matched: ByteBuf::new(),
         proof: [0; 16],
         differ: vec![],
@@ -738,6 +739,7 @@ fn answer_hello_matches_only_channels_whose_key_it_holds() {
         Response::Hello {
             who: None,
             certs: Vec::new(),
+            removed: Vec::new(),
             matched: ByteBuf::from(matched),
             proof,
             differ: vec![(0, responder.vector(&both))],
@@ -755,6 +757,7 @@ fn answer_hello_matches_only_channels_whose_key_it_holds() {
         Response::Hello {
             who: None,
             certs: Vec::new(),
+            removed: Vec::new(),
             matched: ByteBuf::from(vec![0]),
             proof: [0; 16],
             differ: vec![],
@@ -798,6 +801,7 @@ fn a_forged_or_inconsistent_answer_fails_the_session_as_the_peers_fault() {
                 matches!(r, Request::Hello { .. }).then(|| Response::Hello {
                     who: None,
                     certs: Vec::new(),
+                    removed: Vec::new(),
                     matched: ByteBuf::from(vec![1]),
                     proof: [7; 16],
                     differ: vec![(0, Vector::default())],
@@ -811,6 +815,7 @@ fn a_forged_or_inconsistent_answer_fails_the_session_as_the_peers_fault() {
                 matches!(r, Request::Hello { .. }).then(|| Response::Hello {
                     who: None,
                     certs: Vec::new(),
+                    removed: Vec::new(),
                     matched: ByteBuf::from(vec![0, 0]),
                     proof: [0; 16],
                     differ: vec![],
@@ -824,6 +829,7 @@ fn a_forged_or_inconsistent_answer_fails_the_session_as_the_peers_fault() {
                 matches!(r, Request::Hello { .. }).then(|| Response::Hello {
                     who: None,
                     certs: Vec::new(),
+                    removed: Vec::new(),
                     matched: ByteBuf::from(vec![0]),
                     proof: [0; 16],
                     differ: vec![(0, Vector::default())],
