@@ -1191,6 +1191,28 @@ mod tests {
     }
 
     #[test]
+    fn actions_keep_their_variant_numbers_and_a_signed_removal_folds_as_a_removal() {
+        // Stored ops are postcard: a variant's number is its format.
+        let sig = [3u8; 64];
+        let signed = Action::remove_signed(UserId([1; 32]), vec![(DeviceId([2; 16]), 5)], sig);
+        assert_eq!(postcard::to_stdvec(&signed).unwrap()[0], 9);
+        let revoke = Action::revoke_signed(UserId([1; 32]), DeviceId([2; 16]), 5, sig);
+        assert_eq!(postcard::to_stdvec(&revoke).unwrap()[0], 8);
+        assert_eq!(
+            signed.removal(),
+            Some((&UserId([1; 32]), &[(DeviceId([2; 16]), 5)][..]))
+        );
+        assert!(
+            Action::SetRole {
+                user: UserId([1; 32]),
+                role: Role::Admin
+            }
+            .removal()
+            .is_none()
+        );
+    }
+
+    #[test]
     fn a_user_revokes_its_own_devices_only_and_a_revoked_device_writes_nothing_more() {
         // User 1 has devices 1 and 9 (op keys name the writing device).
         let on = |dev_: u8, n: u32, hlc: u64, parents: &[(u8, u32)], action: Action| {
