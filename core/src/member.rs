@@ -419,6 +419,11 @@ pub struct Roster {
     /// as they stand: the removal op and its signature of the notice the
     /// removed user's devices are handed ([`crate::peer::RemovedNotice`]).
     pub remove_sigs: BTreeMap<UserId, (OpKey, [u8; 64])>,
+    /// Of removed users, the clock of the removal that stands.
+    pub removed_at: BTreeMap<UserId, u64>,
+    /// Users added back after a removal, with the clock of the add (what a
+    /// relay that took the removal needs to serve them again).
+    pub added_back: BTreeMap<UserId, u64>,
     /// Invites, open or not.
     pub invites: BTreeMap<InviteId, InviteState>,
     /// Ops kept in the history that changed nothing, with why.
@@ -697,7 +702,7 @@ impl Roster {
     ) -> std::result::Result<Roster, &'static str> {
         self.allows_at(author, action, hlc)?;
         let mut r = self.clone();
-        r.apply(key, author, action);
+        r.apply(key, author, action, hlc);
         r.heads = vec![key];
         let n = r.last_n.entry(key.device).or_insert(0);
         *n = (*n).max(key.n);
@@ -705,18 +710,24 @@ impl Roster {
     }
 
     /// Apply an allowed action by `author`.
-    fn apply(&mut self, key: OpKey, author: &UserId, action: &Action) {
+    fn apply(&mut self, key: OpKey, author: &UserId, action: &Action, hlc: u64) {
         match action {
             Action::Create => {
                 self.genesis = Some(key);
                 self.roles.insert(*author, Role::Owner);
             }
             Action::Add { user, role } => {
+                if self.removed.contains_key(user) || self.added_back.contains_key(user) {
+                    self.added_back.insert(*user, hlc);
+                }
+                self.removed_at.remove(user);
                 self.removed.remove(user);
                 self.left.remove(user);
                 self.roles.insert(*user, *role);
             }
             Action::Remove { user, upto } | Action::RemoveSigned { user, upto, .. } => {
+                self.added_back.remove(user);
+                self.removed_at.insert(*user, hlc);
                 self.roles.remove(user);
                 self.removed.insert(*user, upto.iter().copied().collect());
                 if user == author {
@@ -842,7 +853,7 @@ fn run(ops: &[MemberOp], order: &[usize], excluded: &BTreeSet<usize>) -> (Roster
         }
         match r.allows_at(&o.author, &o.body.action, o.body.hlc) {
             Ok(()) => {
-                r.apply(o.key, &o.author, &o.body.action);
+                r.apply(o.key, &o.author, &o.body.action, o.body.hlc);
                 if o.body.action.removal().is_some() {
                     stood.push(i);
                 }

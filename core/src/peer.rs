@@ -341,7 +341,7 @@ pub enum Vetting {
 /// Most devices a removal notice cuts.
 pub const MAX_REMOVAL_CUTS: usize = 256;
 /// Bytes of an encoded removal notice at most.
-pub const MAX_REMOVAL_BYTES: usize = 32 + 32 + 1 + 3 + MAX_REMOVAL_CUTS * (16 + 10);
+pub const MAX_REMOVAL_BYTES: usize = 32 + 32 + 1 + 3 + MAX_REMOVAL_CUTS * (16 + 10) + 10 + 1;
 
 /// What a relay learns of a removal from a user that certified it for the
 /// channel (over a connection whose device proof names that user): in
@@ -349,6 +349,11 @@ pub const MAX_REMOVAL_BYTES: usize = 32 + 32 + 1 + 3 + MAX_REMOVAL_CUTS * (16 + 
 /// its devices' entries past their cuts are refused; a device not listed is
 /// cut from its start. The relay trusts its certifying users on this, as it
 /// trusts them with the access key: it has no roster to check it against.
+///
+/// From sync protocol 6 (relay format 8) a notice carries the clock of the
+/// roster op it stands for (`at`), and may say the user was added back
+/// (`back`: no cuts, served again); a relay keeps, per channel and user, the
+/// notice of the latest op.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemovalNotice {
     /// The channel.
@@ -359,6 +364,19 @@ pub struct RemovalNotice {
     pub left: bool,
     /// Per device of the user, the last entry of its feed that stays.
     pub cuts: Vec<(DeviceId, u64)>,
+    /// The clock (HLC) of the roster op: its removal, or its adding back.
+    pub at: u64,
+    /// The user was added back after a removal: it is a member again.
+    pub back: bool,
+}
+
+/// A removal notice as relay format 7 kept it (no clock, never "back").
+#[derive(Deserialize)]
+struct RemovalNoticeV7 {
+    wire: crate::id::WireId,
+    user: UserId,
+    left: bool,
+    cuts: Vec<(DeviceId, u64)>,
 }
 
 impl RemovalNotice {
@@ -386,6 +404,30 @@ impl RemovalNotice {
         Ok(n)
     }
 
+    /// Decode what relay format 7 kept (a removal with no clock, taken as
+    /// the oldest: any later notice of the user overrules it); a notice of
+    /// today's form is read as [`RemovalNotice::decode`] reads it.
+    pub fn decode_kept(bytes: &[u8]) -> Result<Self> {
+        if let Ok(n) = Self::decode(bytes) {
+            return Ok(n);
+        }
+        let (old, rest): (RemovalNoticeV7, _) =
+            postcard::take_from_bytes(bytes).map_err(|e| Error::corrupted("removal notice", e))?;
+        let n = RemovalNotice {
+            wire: old.wire,
+            user: old.user,
+            left: old.left,
+            cuts: old.cuts,
+            at: 0,
+            back: false,
+        };
+        if !rest.is_empty() || bytes.len() > MAX_REMOVAL_BYTES {
+            return Err(Error::corrupted("removal notice", "not in canonical encoding"));
+        }
+        n.check()?;
+        Ok(n)
+    }
+
     /// The form's rules: at most [`MAX_REMOVAL_CUTS`] cuts, sorted by
     /// device, each device once, none for a user that left.
     pub fn check(&self) -> Result<()> {
@@ -398,12 +440,20 @@ impl RemovalNotice {
         if self.left && !self.cuts.is_empty() {
             return Err(bad("removal notice", "cuts for a user that left"));
         }
+        if self.back && (self.left || !self.cuts.is_empty()) {
+            return Err(bad("removal notice", "cuts or a leave for a user added back"));
+        }
         Ok(())
+    }
+
+    /// Whether this notice says the user is removed (not added back).
+    pub fn removes(&self) -> bool {
+        !self.back
     }
 
     /// The last entry of `device`'s feed that stays, if this removal cuts it.
     pub fn cut(&self, device: &DeviceId) -> Option<u64> {
-        if self.left {
+        if self.left || self.back {
             return None;
         }
         Some(
@@ -626,8 +676,51 @@ mod tests {
             user: UserId([2; 32]),
             left: false,
             cuts: vec![(DeviceId([3; 16]), 5), (DeviceId([4; 16]), 0)],
+            at: 77,
+            back: false,
         };
         assert_eq!(RemovalNotice::decode(&n.encode()).unwrap(), n);
+        assert!(n.removes());
+        // What relay format 7 kept (no clock) still reads, as the oldest.
+        #[derive(Serialize)]
+        struct V7<'a> {
+            wire: crate::id::WireId,
+            user: UserId,
+            left: bool,
+            cuts: &'a [(DeviceId, u64)],
+        }
+        let old = postcard::to_stdvec(&V7 {
+            wire: n.wire,
+            user: n.user,
+            left: false,
+            cuts: &n.cuts,
+        })
+        .unwrap();
+        assert!(RemovalNotice::decode(&old).is_err());
+        assert_eq!(
+            RemovalNotice::decode_kept(&old).unwrap(),
+            RemovalNotice { at: 0, ..n.clone() }
+        );
+        assert_eq!(RemovalNotice::decode_kept(&n.encode()).unwrap(), n);
+        // Added back: no cuts, removes nothing.
+        let back = RemovalNotice {
+            cuts: Vec::new(),
+            at: 99,
+            back: true,
+            ..n.clone()
+        };
+        assert_eq!(RemovalNotice::decode(&back.encode()).unwrap(), back);
+        assert!(!back.removes() && back.cut(&DeviceId([3; 16])).is_none());
+        assert!(
+            RemovalNotice::decode(
+                &RemovalNotice {
+                    back: true,
+                    ..n.clone()
+                }
+                .encode()
+            )
+            .is_err()
+        );
         assert_eq!(n.cut(&DeviceId([3; 16])), Some(5));
         assert_eq!(n.cut(&DeviceId([9; 16])), Some(0));
         let mut unsorted = n.clone();

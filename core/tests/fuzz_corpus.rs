@@ -432,6 +432,8 @@ mod seeds {
             user: me.user(),
             left: false,
             cuts: vec![(hearth_core::DeviceId([1; 16]), 7), (hearth_core::DeviceId([2; 16]), 0)],
+            at: 1234,
+            back: false,
         };
         let r = removal.encode();
         write("peer_proofs", "valid-removal", &r);
@@ -443,6 +445,12 @@ mod seeds {
         unsorted.cuts.reverse();
         write("peer_proofs", "removal-cuts-unsorted", &unsorted.encode());
         write("peer_proofs", "removal-truncated", &r[..r.len() - 3]);
+        let back = RemovalNotice {
+            cuts: Vec::new(),
+            back: true,
+            ..removal.clone()
+        };
+        write("peer_proofs", "valid-added-back", &back.encode());
         let op = hearth_core::member::OpKey {
             device: me.device(),
             n: 2,

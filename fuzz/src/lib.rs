@@ -244,6 +244,13 @@ pub fn check_peer_proofs(data: &[u8]) {
             assert_eq!(n.cut(d), Some(*upto));
         }
     }
+    if let Ok(n) = RemovalNotice::decode_kept(data) {
+        // What a relay reads from its own log and rows (format 7 too).
+        assert!(n.check().is_ok());
+        if RemovalNotice::decode(data).is_ok() {
+            assert_eq!(n.encode(), data);
+        }
+    }
     if let Ok(n) = hearth_core::peer::RemovedNotice::decode(data) {
         assert_eq!(
             n.encode(),

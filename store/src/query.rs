@@ -318,7 +318,8 @@ impl Engine {
     }
 
     /// Every removal relays should hold, by channel: one per user a roster
-    /// here removes (`hearth_core::peer::RemovalNotice`).
+    /// here removes, and one per user it added back after a removal
+    /// (`hearth_core::peer::RemovalNotice`, with the clock of the op).
     pub(crate) fn removal_notices(&mut self) -> Result<Vec<hearth_core::peer::RemovalNotice>> {
         let mut out = Vec::new();
         let ids: Vec<ChannelId> = self.channels.keys().copied().collect();
@@ -339,6 +340,19 @@ impl Engine {
                             .map(|(d, s)| (*d, *s))
                             .collect()
                     },
+                    at: roster.removed_at.get(user).copied().unwrap_or(0),
+                    back: false,
+                });
+            }
+            // Added back: a relay that took the removal serves them again.
+            for (user, at) in &roster.added_back {
+                out.push(hearth_core::peer::RemovalNotice {
+                    wire,
+                    user: *user,
+                    left: false,
+                    cuts: Vec::new(),
+                    at: *at,
+                    back: true,
                 });
             }
         }

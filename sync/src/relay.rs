@@ -1481,6 +1481,8 @@ mod tests {
             user: user.user(),
             left: false,
             cuts: vec![(user.device(), 1)],
+            at: 10,
+            back: false,
         };
         let relay = RelayStore::open(dir.path()).unwrap();
         // Not granted yet: no certificate is kept for the channel.
@@ -1534,6 +1536,57 @@ mod tests {
         check(RelayStore::open(dir.path()).unwrap()).await;
         std::fs::remove_dir_all(dir.path().join(DB_DIR)).unwrap();
         check(RelayStore::open(dir.path()).unwrap()).await;
+        // The latest op of a user stands: Bob added back (a later clock) is
+        // served again and his certificate shown; a notice older than the one
+        // held changes nothing; removed once more, he is not served.
+        let relay = RelayStore::open(dir.path()).unwrap();
+        let back = |user: &Identity, at| RemovalNotice {
+            wire,
+            user: user.user(),
+            left: false,
+            cuts: Vec::new(),
+            at,
+            back: true,
+        };
+        let served = |relay: RelayStore, who: Certifier| async move {
+            !relay.serving(who, vec![wire]).await.unwrap().is_empty()
+        };
+        assert_eq!(
+            held(relay.note(vec![], vec![back(&b, 5)], Some(by(&a))).await.unwrap()),
+            1
+        );
+        assert!(!served(relay.clone(), by(&b)).await, "older than the removal held");
+        assert_eq!(
+            held(relay.note(vec![], vec![back(&b, 20)], Some(by(&a))).await.unwrap()),
+            1
+        );
+        assert!(served(relay.clone(), by(&b)).await);
+        assert_eq!(relay.relay_certs(vec![wire]).await.unwrap().len(), 2);
+        let again = RemovalNotice { at: 30, ..removal(&b) };
+        assert_eq!(held(relay.note(vec![], vec![again], Some(by(&a))).await.unwrap()), 1);
+        assert!(!served(relay.clone(), by(&b)).await);
+        drop(relay);
+        assert!(
+            !served(RelayStore::open(dir.path()).unwrap(), by(&b)).await,
+            "after a reopen"
+        );
+        std::fs::remove_dir_all(dir.path().join(DB_DIR)).unwrap();
+        assert!(
+            !served(RelayStore::open(dir.path()).unwrap(), by(&b)).await,
+            "after a rebuild"
+        );
+        let relay = RelayStore::open(dir.path()).unwrap();
+        assert!(served(relay.clone(), by(&a)).await);
+        assert_eq!(
+            held(relay.note(vec![], vec![back(&b, 40)], Some(by(&a))).await.unwrap()),
+            1
+        );
+        drop(relay);
+        std::fs::remove_dir_all(dir.path().join(DB_DIR)).unwrap();
+        assert!(
+            served(RelayStore::open(dir.path()).unwrap(), by(&b)).await,
+            "the latest, after a rebuild"
+        );
     }
 
     async fn check_cut(

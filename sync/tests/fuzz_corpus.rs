@@ -155,6 +155,8 @@ mod seeds {
             user: hearth_core::UserId([0x7a; 32]),
             left: false,
             cuts: vec![(DeviceId([1; 16]), 4), (DeviceId([2; 16]), 0)],
+            at: 12,
+            back: false,
         };
         (who, cert, removal)
     }

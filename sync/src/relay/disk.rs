@@ -39,8 +39,11 @@ pub(super) const META_LOG_SYNCED: &[u8] = b"Mlogsynced";
 /// entries); a format 4 relay is only marked. 6: revocation notices (log
 /// record kind 7, table `V`); a format 5 relay is only marked. 7: relay
 /// certificates (log record kind 8, table `C`) and removals (kind 9, table
-/// `X`); a format 6 relay is only marked.
-pub(super) const RELAY_FORMAT: u8 = 7;
+/// `X`); a format 6 relay is only marked. 8: a removal carries the clock of
+/// its op and may say the user was added back; the latest of a user stands
+/// (kind 9 records and `X` rows of format 7, with no clock, still read, as
+/// the oldest); a format 7 relay is only marked.
+pub(super) const RELAY_FORMAT: u8 = 8;
 /// sled is checkpointed once this much log was written since the last time
 /// (the log itself is durable at every acknowledgement).
 const CHECKPOINT_BYTES: u64 = 4 << 20;
@@ -254,15 +257,16 @@ impl Inner {
                         }
                     }
                     log_kind::REMOVE => {
-                        if let Ok(n) = hearth_core::peer::RemovalNotice::decode(&r.body) {
-                            batch.insert(
-                                &super::members::user_key(super::members::T_REMOVED, &n.wire, &n.user)[..],
-                                &r.body[..],
-                            );
-                            self.state
+                        if let Ok(n) = hearth_core::peer::RemovalNotice::decode_kept(&r.body) {
+                            let key = super::members::user_key(super::members::T_REMOVED, &n.wire, &n.user);
+                            let kept = self
+                                .state
                                 .write()
                                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                                 .take_removal(n);
+                            if kept {
+                                batch.insert(&key[..], &r.body[..]);
+                            }
                         }
                     }
                     log_kind::GRANT => {

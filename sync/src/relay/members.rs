@@ -62,9 +62,10 @@ pub(super) fn decode_cert(wire: &[u8], cert: &[u8]) -> Option<(WireId, RelayCert
 }
 
 impl State {
-    /// The removal of `user` from `wire` held here, if any.
+    /// The removal of `user` from `wire` held here, if any (the latest
+    /// notice of the user, unless it says the user was added back).
     pub(super) fn removal(&self, wire: &WireId, user: &UserId) -> Option<&RemovalNotice> {
-        self.removed.get(wire)?.get(user)
+        self.removed.get(wire)?.get(user).filter(|r| r.removes())
     }
 
     /// Whether `c` (a device, or a relay's certifier) is served `wire`:
@@ -79,8 +80,17 @@ impl State {
         self.certs.entry(wire).or_default().insert(by.user, (cert, by));
     }
 
-    pub(super) fn take_removal(&mut self, r: RemovalNotice) {
-        self.removed.entry(r.wire).or_default().entry(r.user).or_insert(r);
+    /// Keep `r` if it stands for a later op than the notice held of its
+    /// user there (of two of the same clock, the first stands; a notice of
+    /// relay format 7 has none, and any later one overrules it). Returns
+    /// whether it was kept.
+    pub(super) fn take_removal(&mut self, r: RemovalNotice) -> bool {
+        let slot = self.removed.entry(r.wire).or_default();
+        if slot.get(&r.user).is_some_and(|old| old.at >= r.at) {
+            return false;
+        }
+        slot.insert(r.user, r);
+        true
     }
 }
 
@@ -208,8 +218,9 @@ impl Inner {
 
     /// Of `removals`, those `by` may make: of channels it certified this
     /// relay for, of another user, while `by` itself is not removed there.
-    /// The first removal of a user stands. Returns the new ones and how
-    /// many of those sent are held (new or before).
+    /// The notice of the latest op of a user stands (a removal, or its
+    /// adding back). Returns the new ones and how many of those sent are
+    /// held (new or before).
     pub(super) fn removals_taken(
         &self,
         removals: Vec<RemovalNotice>,
@@ -227,13 +238,21 @@ impl Inner {
             {
                 continue;
             }
-            if st.removal(&r.wire, &r.user).is_some() || new.iter().any(|n| n.wire == r.wire && n.user == r.user) {
+            let kept = st.removed.get(&r.wire).and_then(|m| m.get(&r.user));
+            if kept.is_some_and(|k| k.at >= r.at) {
                 held += 1;
+                continue;
+            }
+            if let Some(i) = new.iter().position(|n| n.wire == r.wire && n.user == r.user) {
+                held += 1;
+                if new[i].at < r.at {
+                    new[i] = r;
+                }
                 continue;
             }
             let count =
                 st.removed.get(&r.wire).map_or(0, BTreeMap::len) + new.iter().filter(|n| n.wire == r.wire).count();
-            if count >= MAX_REMOVALS_PER_CHANNEL {
+            if kept.is_none() && count >= MAX_REMOVALS_PER_CHANNEL {
                 continue;
             }
             held += 1;
@@ -257,7 +276,7 @@ impl Inner {
         }
         for row in tree.scan_prefix([T_REMOVED]) {
             let (k, v) = row.map_err(sled_error)?;
-            let r = RemovalNotice::decode(&v).map_err(|e| corrupted("relay removals", e))?;
+            let r = RemovalNotice::decode_kept(&v).map_err(|e| corrupted("relay removals", e))?;
             if k.len() != 65 || k[1..33] != r.wire.0 || k[33..] != r.user.0 {
                 return Err(corrupted("relay removals", "a key that is not its removal's"));
             }
