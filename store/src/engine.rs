@@ -989,7 +989,8 @@ impl Engine {
     /// hold it: a removed user (or one who left), or a revoked device. For
     /// generation 0 (the channel key), any removal or revocation; for a later
     /// one, a package of it sealed to such a device (a rotation concurrent
-    /// with the removal, made by a member who had not seen it yet).
+    /// with the removal, made by a member who had not seen it yet), or
+    /// written by one (the removed member's own, taken before its removal).
     fn rotation_owed(&mut self, channel: &ChannelId, roster: &Roster) -> Result<bool> {
         if roster.removed.is_empty() && roster.revoked.is_empty() {
             return Ok(false);
@@ -1006,11 +1007,13 @@ impl Engine {
             .loaded(channel, META_EPOCH)
             .map(|le| le.doc.key_packages(&ch.devices))
             .unwrap_or_default();
-        Ok(packages.iter().any(|(_, _, _, p)| {
-            p.keys
-                .iter()
-                .filter(|k| k.generation == generation)
-                .any(|k| k.recipients.iter().any(|(d, _)| outsider(d)))
+        // Sealed to an outsider, or written by one: a removed member's own
+        // package (written before its removal reached this store, and
+        // taken) may leave out its own device, but its writer knows the key.
+        Ok(packages.iter().any(|(writer, device, _, p)| {
+            let of_it = p.keys.iter().filter(|k| k.generation == generation);
+            let by_outsider = outsider(device) || roster.removed.contains_key(writer);
+            of_it.clone().any(|k| k.recipients.iter().any(|(d, _)| outsider(d))) || (by_outsider && of_it.count() > 0)
         }))
     }
 

@@ -720,6 +720,93 @@ async fn a_removed_member_is_told_by_any_member_and_writes_no_more() {
     }
 }
 
+/// Issue 8, item 3, the concurrent window the other way: a member writes a
+/// key package of its own (sealed to Carol, not to itself) just before its
+/// removal reaches her; Carol takes that key. The first admin that sees the
+/// package once the writer is removed owes a rotation (its writer knows the
+/// key), so what Carol writes from then on is sealed under a generation the
+/// removed member's key does not open.
+#[tokio::test]
+async fn a_removed_members_own_key_package_is_rotated_away() {
+    use automerge::transaction::Transactable;
+    use automerge::{ActorId, AutoCommit, ROOT, ScalarValue};
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let pass = Passphrase::new("pw");
+    let alice = Store::create(dirs[0].path(), &pass, "alice", config()).await.unwrap();
+    let carol = Store::create(dirs[1].path(), &pass, "carol", config()).await.unwrap();
+    let ch = alice.create_channel("general").await.unwrap();
+    let keys = alice.channel_keys(ch).await.unwrap();
+    let wire = keys.wire();
+    carol.join_channel(keys.clone()).await.unwrap();
+    carol.post(ch, "hi").await.unwrap();
+    pull(&carol, &alice, wire, ch).await;
+    pull(&alice, &carol, wire, ch).await;
+    // Mallory, a member that writes raw changes: a package of generation 1
+    // with a key of her own, sealed to Carol's device only.
+    let mallory = hearth_core::Identity::generate("mallory").unwrap();
+    let mine = hearth_core::SecretKey::generate().unwrap();
+    let carol_cert = carol.device_cert().await.unwrap();
+    let package = hearth_core::KeyPackage::seal(
+        &wire,
+        &[(1, &mine)],
+        &[(carol_cert.body.device, carol_cert.body.keys.kx)],
+    )
+    .unwrap();
+    let mut doc = AutoCommit::new().with_actor(ActorId::from(&mallory.device().0[..]));
+    doc.put(
+        ROOT,
+        format!("kp:{}:{}:1", mallory.user().to_hex(), mallory.device()),
+        ScalarValue::Bytes(package.encode()),
+    )
+    .unwrap();
+    doc.commit();
+    let change = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+    let body = hearth_core::EntryBody { epoch: 0, change };
+    let (entry, _) = hearth_core::Envelope::seal_next(&keys, &mallory, 1, [0; 32], &body).unwrap();
+    let r = carol.ingest(wire, vec![entry]).await.unwrap();
+    assert_eq!(r.accepted, 1, "{r:?}");
+    assert_eq!(
+        carol.channel_keys(ch).await.unwrap().current_generation(),
+        1,
+        "Carol took it"
+    );
+    // Alice removes Mallory (not having seen the package), then syncs with Carol.
+    alice.remove_member(ch, mallory.user()).await.unwrap();
+    for _ in 0..3 {
+        pull(&alice, &carol, wire, ch).await;
+        pull(&carol, &alice, wire, ch).await;
+        alice.flush_receipts().await.unwrap();
+        carol.flush_receipts().await.unwrap();
+    }
+    let (ka, kc) = (
+        alice.channel_keys(ch).await.unwrap(),
+        carol.channel_keys(ch).await.unwrap(),
+    );
+    let g = ka.current_generation();
+    assert!(g >= 2 && g == kc.current_generation(), "a rotation was owed: {g}");
+    // What Carol writes now, Mallory's key does not open.
+    carol.post(ch, "after").await.unwrap();
+    let batch = carol
+        .entries_after(wire, hearth_core::Vector::default(), 1 << 22, 10_000)
+        .await
+        .unwrap();
+    let me = carol.whoami().device;
+    let last = batch
+        .entries
+        .iter()
+        .filter_map(|b| hearth_core::Envelope::decode(b).ok())
+        .filter(|e| e.header.device == me)
+        .max_by_key(|e| e.header.seq)
+        .unwrap();
+    assert!(last.header.generation >= 2, "{}", last.header.generation);
+    let mut theirs = keys.clone();
+    theirs.add_generation(1, mine.clone());
+    assert!(last.open(&theirs).is_err());
+    for s in [alice, carol] {
+        s.close().await.unwrap();
+    }
+}
+
 /// Two admins remove members at the same time: both start generation 1, with
 /// different keys, each sealed to the member the other removed. Every member
 /// gets both, and what was sealed under either is read by all; seeing a key
