@@ -65,6 +65,8 @@ pub struct EpochDoc {
     broken: bool,
     /// Ops that do not count in views ([`EpochDoc::set_cuts`]).
     cuts: Cuts,
+    /// The devices each device was linked through ([`EpochDoc::set_issuers`]).
+    issuers: HashMap<DeviceId, Vec<DeviceId>>,
 }
 
 fn device_of(actor: &ActorId) -> Option<DeviceId> {
@@ -115,6 +117,7 @@ impl EpochDoc {
             doc,
             broken: false,
             cuts: Cuts::new(),
+            issuers: HashMap::new(),
         }
     }
 
@@ -132,6 +135,7 @@ impl EpochDoc {
             doc,
             broken: false,
             cuts: Cuts::new(),
+            issuers: HashMap::new(),
         })
     }
 
@@ -157,6 +161,19 @@ impl EpochDoc {
             return false;
         }
         self.cuts = cuts;
+        true
+    }
+
+    /// Set the devices each device's certificate was issued through (from
+    /// the chains of the feeds held), for the roster's fold
+    /// ([`Roster::fold_with`]): a device linked through a revoked one
+    /// writes no membership ops that count. Returns whether anything
+    /// changed (the caller rebuilds its view then).
+    pub fn set_issuers(&mut self, issuers: HashMap<DeviceId, Vec<DeviceId>>) -> bool {
+        if self.issuers == issuers {
+            return false;
+        }
+        self.issuers = issuers;
         true
     }
 
@@ -612,7 +629,7 @@ impl EpochDoc {
                 })
             })
             .collect();
-        Roster::fold(ops)
+        Roster::fold_with(ops, &self.issuers)
     }
 
     /// Materialise one message, or `None` if it does not exist (or was written by

@@ -409,12 +409,14 @@ pub struct Roster {
     /// entry that says so comes after any cut it could name; a store that
     /// left writes nothing more, and one that writes anyway can be removed).
     pub left: BTreeSet<UserId>,
-    /// Revoked devices: their user, and the last entry of their feed that
-    /// stays.
-    pub revoked: BTreeMap<DeviceId, (UserId, u64)>,
+    /// Revoked devices, by device and the user whose revocation it is (a
+    /// user revokes its own devices only; the fold cannot tell whose a
+    /// device is, so another user's "revocation" of it is kept apart and
+    /// never blocks the real one): the last entry of the feed that stays.
+    pub revoked: BTreeMap<(DeviceId, UserId), u64>,
     /// Of revocations written signed ([`Action::RevokeDeviceSigned`]): the
     /// revoking device and its signature of the notice relays take.
-    pub revoke_sigs: BTreeMap<DeviceId, (DeviceId, [u8; 64])>,
+    pub revoke_sigs: BTreeMap<(DeviceId, UserId), (DeviceId, [u8; 64])>,
     /// Of users removed by a removal written signed ([`Action::RemoveSigned`]),
     /// as they stand: the removal op and its signature of the notice the
     /// removed user's devices are handed ([`crate::peer::RemovedNotice`]).
@@ -439,6 +441,14 @@ pub struct Roster {
 impl Roster {
     /// The roster the ops give (see the module docs for the rules).
     pub fn fold(ops: Vec<MemberOp>) -> Roster {
+        Self::fold_with(ops, &HashMap::new())
+    }
+
+    /// [`Roster::fold`], knowing the devices each device's certificate was
+    /// issued through (`issuers`, from its chain: [`crate::device::issuers`]):
+    /// ops of a device linked through one its user revoked count no more
+    /// than the revoked device's own.
+    pub fn fold_with(ops: Vec<MemberOp>, issuers: &HashMap<DeviceId, Vec<DeviceId>>) -> Roster {
         // One op per key (a document holds one value per key; of two, the
         // same one is kept whatever their order).
         let mut ops: Vec<MemberOp> = ops;
@@ -487,10 +497,30 @@ impl Roster {
         let mut roster;
         let mut rounds = 0;
         loop {
-            let (r, stood) = run(&ops, &order, &excluded);
+            let (r, stood) = run(&ops, &order, &excluded, issuers);
             roster = r;
             let mut more = BTreeSet::new();
             for &rm in &stood {
+                // Revocation wins too: the ops of the revoked device, and of
+                // devices linked through it, that the revocation did not see.
+                if let Some((user, device, _)) = ops[rm].body.action.revocation() {
+                    for &i in &order {
+                        let o = &ops[i];
+                        let by_it =
+                            o.key.device == *device || issuers.get(&o.key.device).is_some_and(|is| is.contains(device));
+                        if o.author == *user
+                            && by_it
+                            && i != rm
+                            && !excluded.contains(&i)
+                            && !ancestors[rm].contains(&i)
+                            && !ancestors[i].contains(&rm)
+                            && !roster.refused.contains_key(&o.key)
+                        {
+                            more.insert(i);
+                        }
+                    }
+                    continue;
+                }
                 let Some((user, _)) = ops[rm].body.action.removal() else {
                     continue;
                 };
@@ -518,7 +548,7 @@ impl Roster {
         for &i in &excluded {
             roster
                 .refused
-                .insert(ops[i].key, "concurrent with its writer's removal".into());
+                .insert(ops[i].key, "concurrent with its writer's removal or revocation".into());
         }
         roster.refused.extend(refused);
         roster.waiting = waiting;
@@ -544,8 +574,7 @@ impl Roster {
     /// Whether entry `seq` of `device`'s feed, written by `user`, is taken: no
     /// removal of `user` that stands cuts it off.
     pub fn admits(&self, user: &UserId, device: &DeviceId, seq: u64) -> bool {
-        if let Some((owner, cut)) = self.revoked.get(device)
-            && owner == user
+        if let Some(cut) = self.revoked.get(&(*device, *user))
             && seq > *cut
         {
             return false;
@@ -570,9 +599,9 @@ impl Roster {
             return match action {
                 Action::Create => Ok(()),
                 // A user's own devices are the user's business, roster or not.
-                a if a
-                    .revocation()
-                    .is_some_and(|(user, device, _)| user == author && !self.revoked.contains_key(device)) =>
+                a if a.revocation().is_some_and(|(user, device, _)| {
+                    user == author && !self.revoked.contains_key(&(*device, *user))
+                }) =>
                 {
                     Ok(())
                 }
@@ -614,7 +643,7 @@ impl Roster {
             Action::RevokeDevice { user, device, .. } | Action::RevokeDeviceSigned { user, device, .. } => {
                 if user != author {
                     Err("only the device's own user revokes it")
-                } else if self.revoked.contains_key(device) {
+                } else if self.revoked.contains_key(&(*device, *user)) {
                     Err("already revoked")
                 } else {
                     Ok(())
@@ -748,7 +777,7 @@ impl Roster {
                 self.roles.insert(*user, *role);
             }
             Action::RevokeDevice { user, device, upto } => {
-                self.revoked.insert(*device, (*user, *upto));
+                self.revoked.insert((*device, *user), *upto);
             }
             Action::RevokeDeviceSigned {
                 user,
@@ -756,8 +785,8 @@ impl Roster {
                 upto,
                 sig,
             } => {
-                self.revoked.insert(*device, (*user, *upto));
-                self.revoke_sigs.insert(*device, (key.device, **sig));
+                self.revoked.insert((*device, *user), *upto);
+                self.revoke_sigs.insert((*device, *user), (key.device, **sig));
             }
             Action::Invite { id, key, expires, uses } => {
                 self.invites.insert(
@@ -778,6 +807,11 @@ impl Roster {
                 }
             }
             Action::Join { user, invite, .. } => {
+                // Back through an invite (a user who left): as an Add.
+                if self.removed.contains_key(user) || self.added_back.contains_key(user) {
+                    self.added_back.insert(*user, hlc);
+                }
+                self.removed_at.remove(user);
                 self.removed.remove(user);
                 self.left.remove(user);
                 self.roles.insert(*user, Role::Member);
@@ -831,7 +865,12 @@ fn order(ops: &[MemberOp], index: &HashMap<OpKey, usize>) -> Vec<usize> {
 
 /// One fold in `order`, skipping `excluded`: the roster and the removals that
 /// stood.
-fn run(ops: &[MemberOp], order: &[usize], excluded: &BTreeSet<usize>) -> (Roster, Vec<usize>) {
+fn run(
+    ops: &[MemberOp],
+    order: &[usize],
+    excluded: &BTreeSet<usize>,
+    issuers: &HashMap<DeviceId, Vec<DeviceId>>,
+) -> (Roster, Vec<usize>) {
     let mut r = Roster::default();
     let mut stood = Vec::new();
     for &i in order {
@@ -839,8 +878,16 @@ fn run(ops: &[MemberOp], order: &[usize], excluded: &BTreeSet<usize>) -> (Roster
             continue;
         }
         let o = &ops[i];
-        if r.revoked.get(&o.key.device).is_some_and(|(u, _)| *u == o.author) {
+        if r.revoked.contains_key(&(o.key.device, o.author)) {
             r.refused.insert(o.key, "written by a revoked device".into());
+            continue;
+        }
+        if issuers
+            .get(&o.key.device)
+            .is_some_and(|is| is.iter().any(|i| r.revoked.contains_key(&(*i, o.author))))
+        {
+            r.refused
+                .insert(o.key, "written by a device linked through a revoked one".into());
             continue;
         }
         if o.body
@@ -854,7 +901,7 @@ fn run(ops: &[MemberOp], order: &[usize], excluded: &BTreeSet<usize>) -> (Roster
         match r.allows_at(&o.author, &o.body.action, o.body.hlc) {
             Ok(()) => {
                 r.apply(o.key, &o.author, &o.body.action, o.body.hlc);
-                if o.body.action.removal().is_some() {
+                if o.body.action.removal().is_some() || o.body.action.revocation().is_some() {
                     stood.push(i);
                 }
             }
@@ -1265,11 +1312,65 @@ mod tests {
             ),
         ];
         let r = Roster::fold(ops);
-        assert_eq!(r.revoked.get(&dev(9)), Some(&(user(1), 4)));
+        assert_eq!(r.revoked.get(&(dev(9), user(1))), Some(&4));
         assert!(r.admits(&user(1), &dev(9), 4) && !r.admits(&user(1), &dev(9), 5));
         assert!(r.admits(&user(1), &dev(1), 99), "the user's other devices write on");
         assert_eq!(r.refused.len(), 3, "{:?}", r.refused);
         assert_eq!(r.role(&user(3)), Some(Role::Member));
+    }
+
+    #[test]
+    fn removals_and_comings_back_keep_their_clocks() {
+        let secret = crate::SecretKey::from_bytes([9; 32]);
+        let b = [2u8; 16];
+        let join = |u: u8| Action::join(user(u), dev(u), b, sign_join(&secret, &b, &user(u), &dev(u)));
+        let t = |ms: u64| ms << 16;
+        let ops = vec![
+            op(1, 1, t(1), &[], Action::Create),
+            op(
+                1,
+                2,
+                t(2),
+                &[(1, 1)],
+                Action::Invite {
+                    id: b,
+                    key: invite_public(&secret),
+                    expires: 0,
+                    uses: 0,
+                },
+            ),
+            op(1, 3, t(3), &[(1, 2)], join(4)),
+            // User 4 leaves, and comes back through the invite.
+            op(
+                4,
+                1,
+                t(4),
+                &[(1, 3)],
+                Action::Remove {
+                    user: user(4),
+                    upto: Vec::new(),
+                },
+            ),
+            op(1, 4, t(5), &[(4, 1)], join(4)),
+            // User 5 is removed by the owner, and stays removed.
+            op(1, 5, t(6), &[(1, 4)], join(5)),
+            op(
+                1,
+                6,
+                t(7),
+                &[(1, 5)],
+                Action::Remove {
+                    user: user(5),
+                    upto: Vec::new(),
+                },
+            ),
+        ];
+        let r = Roster::fold(ops);
+        assert!(r.refused.is_empty(), "{:?}", r.refused);
+        assert_eq!(r.added_back.get(&user(4)), Some(&t(5)), "back through an invite");
+        assert!(!r.removed_at.contains_key(&user(4)));
+        assert_eq!(r.removed_at.get(&user(5)), Some(&t(7)));
+        assert!(!r.added_back.contains_key(&user(5)));
     }
 
     #[test]

@@ -408,6 +408,13 @@ impl RemovalNotice {
     /// the oldest: any later notice of the user overrules it); a notice of
     /// today's form is read as [`RemovalNotice::decode`] reads it.
     pub fn decode_kept(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() > MAX_REMOVAL_BYTES {
+            return Err(Error::TooLarge {
+                what: "removal notice",
+                size: bytes.len(),
+                limit: MAX_REMOVAL_BYTES,
+            });
+        }
         if let Ok(n) = Self::decode(bytes) {
             return Ok(n);
         }

@@ -119,6 +119,19 @@ impl ChannelState {
         self.summaries.values().map(|s| s.messages).sum()
     }
 
+    /// Of the devices whose feeds are held here, those certified through
+    /// other devices, with those (ids, nearest first): what the roster's
+    /// fold needs to refuse the ops of a device linked through a revoked one.
+    pub fn issuers(&self) -> std::collections::HashMap<hearth_core::DeviceId, Vec<hearth_core::DeviceId>> {
+        self.chains
+            .iter()
+            .filter_map(|(d, (_, chain))| {
+                let is = hearth_core::device::issuers(chain);
+                (!is.is_empty()).then(|| (*d, is.into_iter().map(|(i, _)| i).collect()))
+            })
+            .collect()
+    }
+
     /// The devices `roster` revokes here, with their user and the last entry
     /// of their feed that stays: those it names; every other feed of the
     /// same user signed by a revoked device's key (a device that moved to
@@ -127,18 +140,39 @@ impl ChannelState {
     /// (linked by it, or by a device it linked), the latter two cut at
     /// their start.
     pub fn revocations(&self, roster: &hearth_core::Roster) -> BTreeMap<hearth_core::DeviceId, (UserId, u64)> {
-        let mut out = roster.revoked.clone();
+        // A revocation counts for a device of its own user only (the fold
+        // checks that its writer is that user; whose the device is, the
+        // feeds held here tell).
+        let mut out: BTreeMap<hearth_core::DeviceId, (UserId, u64)> = BTreeMap::new();
+        for ((d, u), upto) in &roster.revoked {
+            match self.devices.get(d) {
+                Some(owner) if owner == u => {
+                    out.insert(*d, (*u, *upto));
+                }
+                // A device not held here: whichever revocation of it, until
+                // its feed says whose it is (the lowest cut, to be safe).
+                None => {
+                    let e = out.entry(*d).or_insert((*u, *upto));
+                    if *upto < e.1 {
+                        *e = (*u, *upto);
+                    }
+                }
+                Some(_) => {}
+            }
+        }
         if out.is_empty() {
             return out;
         }
-        let keys: BTreeMap<[u8; 32], UserId> = roster
-            .revoked
+        let keys: BTreeMap<[u8; 32], UserId> = out
             .iter()
             .filter_map(|(d, (u, _))| self.chains.get(d).map(|(k, _)| (*k, *u)))
             .collect();
-        let revoked = |d: &hearth_core::DeviceId, k: &[u8; 32]| roster.revoked.contains_key(d) || keys.contains_key(k);
+        let named = out.clone();
         for (d, (k, chain)) in &self.chains {
             let Some(u) = self.devices.get(d) else { continue };
+            let revoked = |i: &hearth_core::DeviceId, ik: &[u8; 32]| {
+                named.get(i).is_some_and(|(ru, _)| ru == u) || keys.get(ik) == Some(u)
+            };
             let by_key = keys.get(k) == Some(u);
             let through = hearth_core::device::issuers(chain).iter().any(|(i, ik)| revoked(i, ik));
             if by_key || through {

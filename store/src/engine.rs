@@ -475,6 +475,9 @@ impl Engine {
                 }
                 doc.apply_remote(changes)?;
                 doc.set_cuts(ch.cuts.get(&epoch).cloned().unwrap_or_default());
+                if epoch == META_EPOCH {
+                    doc.set_issuers(ch.issuers());
+                }
                 let view = doc.view(&ch.devices);
                 let queued = doc.has_queued();
                 LoadedEpoch {
@@ -779,7 +782,14 @@ impl Engine {
             return false;
         }
         let me = &self.identity;
-        if roster.revoked.keys().any(|d| me.is_this_device(d)) {
+        // Revocations by this user only (another user cannot revoke ours).
+        let mine_revoked: Vec<&DeviceId> = roster
+            .revoked
+            .keys()
+            .filter(|(_, u)| *u == me.user())
+            .map(|(d, _)| d)
+            .collect();
+        if mine_revoked.iter().any(|d| me.is_this_device(d)) {
             return true;
         }
         let Ok(ch) = self.channel(channel) else {
@@ -790,9 +800,9 @@ impl Engine {
         if let Some(k) = me.device_keys() {
             mine.push((me.device(), k.public().signing));
         }
-        roster.revoked.keys().any(|d| {
+        mine_revoked.iter().any(|d| {
             mine.iter()
-                .any(|(m, k)| m == d || ch.chains.get(d).is_some_and(|(rk, _)| rk == k))
+                .any(|(m, k)| m == *d || ch.chains.get(*d).is_some_and(|(rk, _)| rk == k))
         })
     }
 

@@ -170,6 +170,17 @@ impl Engine {
             let Some(state) = roster.invites.get(&req.invite) else {
                 continue;
             };
+            // A revoked device, or one linked through a revoked device, is
+            // let in nowhere (not even again).
+            let claimant = hearth_core::peer::Certifier {
+                user: cert.user,
+                device,
+                key: cert.keys.signing,
+                via: hearth_core::device::issuers(&req.chain),
+            };
+            if crate::peers::revoked_devices(self.channel(&channel)?, &roster)(&claimant) {
+                return Err(refused("this device was revoked"));
+            }
             let action = MemberAction::join(req.user, device, req.invite, req.sig);
             if state.used.contains(&req.user)
                 && roster.role(&req.user).is_some()

@@ -8,10 +8,10 @@
 //! key, learns nothing more of the channel from this store's node, and
 //! cannot pose as a relay either: its own certificates name a removed user.
 
+use hearth_core::ChannelId;
 use hearth_core::WireId;
 use hearth_core::device::DeviceCert;
 use hearth_core::peer::{Certifier, Claim, Ends, Nonce, RelayCert, RemovedNotice, Vetting, Who, WhoRole};
-use hearth_core::{ChannelId, Role};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -21,6 +21,10 @@ use crate::store::Store;
 
 /// Notices of a removal handed or taken in one go, at most.
 pub const MAX_TOLD: usize = 64;
+/// How far ahead of the ops held of its writing device a removal op a
+/// notice names may be (a notice is lifted once the roster holds that op:
+/// one naming an op number no device reaches would never be).
+pub const MAX_TOLD_AHEAD: u32 = 4096;
 
 /// Devices whose keys a store remembers from peers' proofs, at most (the
 /// memory is cleared when full; a peer then sends its chain once more).
@@ -114,14 +118,8 @@ impl Engine {
             };
             let roster = self.roster(&id)?;
             let ch = self.channel(&id)?;
-            let revoked = ch.revocations(&roster);
-            let keys: Vec<[u8; 32]> = revoked
-                .keys()
-                .filter_map(|d| ch.chains.get(d).map(|(k, _)| *k))
-                .collect();
-            let current = |c: &Certifier| {
-                roster.role(&c.user).is_some() && !c.revoked_by(|d, k| revoked.contains_key(d) || keys.contains(k))
-            };
+            let revoked = revoked_devices(ch, &roster);
+            let current = |c: &Certifier| roster.role(&c.user).is_some() && !revoked(c);
             let ok = match device {
                 Some(c) => current(c),
                 None => certifiers.iter().any(current),
@@ -131,6 +129,23 @@ impl Engine {
             }
         }
         Ok(allowed)
+    }
+}
+
+/// Whether the roster (with the chains held in `ch`) revokes a device
+/// that proved itself, or one it was issued through: by id or by key, a
+/// revocation of the device's own user only.
+pub(crate) fn revoked_devices<'a>(
+    ch: &'a crate::channel::ChannelState,
+    roster: &hearth_core::Roster,
+) -> impl Fn(&Certifier) -> bool + 'a {
+    let revoked = ch.revocations(roster);
+    let keys: std::collections::BTreeMap<[u8; 32], hearth_core::UserId> = revoked
+        .iter()
+        .filter_map(|(d, (u, _))| ch.chains.get(d).map(|(k, _)| (*k, *u)))
+        .collect();
+    move |c: &Certifier| {
+        c.revoked_by(|d, k| revoked.get(d).is_some_and(|(u, _)| *u == c.user) || keys.get(k) == Some(&c.user))
     }
 }
 
@@ -198,23 +213,32 @@ impl Engine {
             }
             let Ok(by) = n.verify() else { continue };
             let roster = self.roster(&channel)?;
-            let ch = self.channel(&channel)?;
-            let revoked = ch.revocations(&roster);
-            let keys: Vec<[u8; 32]> = revoked
-                .keys()
-                .filter_map(|d| ch.chains.get(d).map(|(k, _)| *k))
-                .collect();
-            if roster.role(&by.user).is_none_or(|r| r < Role::Admin)
-                || by.revoked_by(|d, k| revoked.contains_key(d) || keys.contains(k))
-            {
+            let (allowed, held_here) = {
+                let ch = self.channel(&channel)?;
+                let revoked = revoked_devices(ch, &roster);
+                // The signer may remove this user by the roster here (an
+                // admin removes members and admins, only an owner owners,
+                // never the last owner), and is not revoked.
+                let removal = hearth_core::member::Action::Remove {
+                    user: me,
+                    upto: Vec::new(),
+                };
+                let allowed = roster.allows(&by.user, &removal).is_ok() && !revoked(&by);
+                (allowed, ch.told.as_ref().is_some_and(|t| t.op == n.op))
+            };
+            if !allowed {
                 continue;
             }
-            if ch.told.as_ref().is_some_and(|t| t.op == n.op) {
+            if held_here {
                 held += 1;
                 continue;
             }
-            if roster.last_n.get(&n.op.device).is_some_and(|m| *m >= n.op.n) {
+            let seen = roster.last_n.get(&n.op.device).copied().unwrap_or(0);
+            if seen >= n.op.n {
                 continue; // the roster holds the removal: it decides
+            }
+            if n.op.n - seen > MAX_TOLD_AHEAD {
+                continue; // an op this far ahead of what is held is made up
             }
             let plain = n.encode();
             let sealed = self.seal_log(kind::TOLD, &plain)?;

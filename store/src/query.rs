@@ -283,7 +283,7 @@ impl Engine {
                 });
                 e.channels += 1;
             }
-            for (d, (u, _)) in &roster.revoked {
+            for (d, u) in roster.revoked.keys() {
                 if *u == me
                     && let Some(e) = out.get_mut(d)
                 {
@@ -304,8 +304,12 @@ impl Engine {
             let roster = self.roster(&id)?;
             let ch = self.channel(&id)?;
             let wire = ch.keys.wire();
-            for (device, (by, sig)) in &roster.revoke_sigs {
-                let (Some((_, upto)), Some((_, chain))) = (roster.revoked.get(device), ch.chains.get(by)) else {
+            for ((device, user), (by, sig)) in &roster.revoke_sigs {
+                // Only a revocation by the device's own user counts.
+                if ch.devices.get(device).is_some_and(|owner| owner != user) {
+                    continue;
+                }
+                let (Some(upto), Some((_, chain))) = (roster.revoked.get(&(*device, *user)), ch.chains.get(by)) else {
                     continue;
                 };
                 let notice = hearth_core::member::RevocationNotice::new(wire, *device, *upto, chain.clone(), *sig);

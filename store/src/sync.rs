@@ -428,7 +428,22 @@ impl Engine {
                     Ok((epoch, change, effects)) => {
                         top = top.max(epoch);
                         progressed = true;
+                        // A device linked through a revoked one (its chain may
+                        // come in this very entry) gives no keys.
+                        let through_revoked = !revoked.is_empty() && {
+                            let chain = if env.certs.is_empty() {
+                                admission.new_chains().get(&h.device).map(Vec::as_slice)
+                            } else {
+                                Some(env.certs.as_slice())
+                            };
+                            chain.is_some_and(|c| {
+                                hearth_core::device::issuers(c)
+                                    .iter()
+                                    .any(|(i, _)| revoked.get(i).is_some_and(|(u, _)| *u == h.user))
+                            })
+                        };
                         if !effects.packages.is_empty()
+                            && !through_revoked
                             && self.take_keys(channel, (&h.user, &h.device), &effects.packages)
                         {
                             keys_changed = true;
@@ -800,6 +815,17 @@ impl Engine {
             );
             let ch = self.channels.get_mut(&channel).expect("checked by the caller");
             ch.chains.insert(*d, (key, chain.clone()));
+        }
+        // A new chain may name a device linked through a revoked one: the
+        // roster's fold then refuses its ops.
+        if !chains.is_empty() {
+            let ch = self.channels.get(&channel).expect("checked by the caller");
+            let issuers = ch.issuers();
+            if let Some(le) = self.epochs.get_mut(&(channel, META_EPOCH))
+                && le.doc.set_issuers(issuers)
+            {
+                le.view = le.doc.view(&ch.devices);
+            }
         }
         if keys_changed {
             self.keys_rows(channel, &mut batch, &mut log_records)?;

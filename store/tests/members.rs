@@ -576,9 +576,14 @@ async fn a_device_linked_through_a_revoked_device_is_revoked_with_it() {
         2,
         "the phone and the tablet"
     );
-    // The tablet and the stray write on, unaware; then everyone syncs.
+    // The tablet and the stray write on, unaware; the stray (the thief's)
+    // even removes Bob, as Alice (the owner) could, which seals a key of its
+    // own to everyone it knows; then everyone syncs. Nobody takes that key
+    // (else the laptop wrote under a key Bob does not hold).
     tablet.post(ch, "tablet after").await.unwrap();
     stray.post(ch, "stray after").await.unwrap();
+    let bob_user = bob.whoami().user;
+    stray.remove_member(ch, bob_user).await.unwrap();
     for s in [&tablet, &stray] {
         pull(s, &bob, wire, ch).await;
         pull(s, &laptop, wire, ch).await;
@@ -593,7 +598,14 @@ async fn a_device_linked_through_a_revoked_device_is_revoked_with_it() {
             !t.contains(&"tablet after".into()) && !t.contains(&"stray after".into()),
             "{t:?}"
         );
+        // The stray's removal of Bob does not count: its device was linked
+        // through a revoked one.
+        assert_eq!(
+            role_of(&s.roster(ch).await.unwrap(), bob_user),
+            Some(Some(Role::Member))
+        );
     }
+    bob.post(ch, "bob stays").await.unwrap();
     // Nobody serves the stray (its chain runs through the phone) or the tablet.
     for (who, store) in [(stray_id, &stray), (tablet_id, &tablet)] {
         let chain = store.device_chain().await.unwrap();
@@ -616,6 +628,26 @@ async fn a_device_linked_through_a_revoked_device_is_revoked_with_it() {
             "{e}"
         );
     }
+    // Another user cannot revoke Alice's devices: Bob's "revocation" of the
+    // laptop counts nowhere (its store writes on, Bob's node serves it).
+    bob.revoke_device(laptop_id).await.unwrap();
+    pull(&bob, &laptop, wire, ch).await;
+    laptop.post(ch, "the laptop, unmoved").await.unwrap();
+    pull(&laptop, &bob, wire, ch).await;
+    assert!(texts(bob.page(ch, None, 100).await.unwrap()).contains(&"the laptop, unmoved".into()));
+    let chain = laptop.device_chain().await.unwrap();
+    let the_laptop = hearth_core::peer::Certifier {
+        user: laptop.whoami().user,
+        device: laptop_id,
+        key: chain.last().unwrap().body.keys.signing,
+        via: Vec::new(),
+    };
+    assert_eq!(bob.serving(the_laptop, vec![wire]).await.unwrap(), vec![wire]);
+    assert_eq!(
+        bob.revocation_notices().await.unwrap().len(),
+        2,
+        "Bob's own is handed to no relay"
+    );
     for s in [laptop, phone, tablet, stray, bob] {
         s.close().await.unwrap();
     }
@@ -715,6 +747,40 @@ async fn a_removed_member_is_told_by_any_member_and_writes_no_more() {
     alice.add_member(ch, bob_user, Role::Member).await.unwrap();
     pull(&alice, &bob, wire, ch).await;
     bob.post(ch, "back").await.unwrap();
+    // An admin cannot tell the owner (the last one) that she was removed:
+    // the roster would not let an admin remove her.
+    alice.set_role(ch, carol_id.user(), Role::Admin).await.unwrap();
+    pull(&alice, &carol, wire, ch).await;
+    pull(&alice, &bob, wire, ch).await;
+    let alice_user = alice.whoami().user;
+    let op = OpKey {
+        device: carol_id.device(),
+        n: 50,
+    };
+    let by_admin = RemovedNotice {
+        wire,
+        user: alice_user,
+        op,
+        chain: carol_id.device_chain().unwrap().to_vec(),
+        sig: serde_bytes::ByteArray::new(sign_removal(carol_id.device_keys().unwrap(), &wire, &alice_user, &op)),
+    };
+    assert_eq!(alice.take_told(vec![by_admin]).await.unwrap(), 0);
+    alice.post(ch, "the owner writes on").await.unwrap();
+    // Nor can an admin make one up for Bob with an op number far ahead of
+    // what is held (it would never be lifted).
+    let far = OpKey {
+        device: carol_id.device(),
+        n: u32::MAX,
+    };
+    let made_up = RemovedNotice {
+        wire,
+        user: bob_user,
+        op: far,
+        chain: carol_id.device_chain().unwrap().to_vec(),
+        sig: serde_bytes::ByteArray::new(sign_removal(carol_id.device_keys().unwrap(), &wire, &bob_user, &far)),
+    };
+    assert_eq!(bob.take_told(vec![made_up]).await.unwrap(), 0);
+    bob.post(ch, "bob writes on").await.unwrap();
     for s in [alice, bob, carol] {
         s.close().await.unwrap();
     }

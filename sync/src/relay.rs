@@ -895,8 +895,11 @@ impl Inner {
                 };
                 let cut = {
                     let st = self.state();
+                    let through = st.revoked_through(wire, &env.header.user, None, &through).then_some(0);
                     st.cut(wire, &device, &env.header.user, key)
-                        .or_else(|| st.revoked_through(wire, &env.header.user, None, &through).then_some(0))
+                        .into_iter()
+                        .chain(through)
+                        .min()
                 };
                 if let Some(upto) = cut
                     && env.header.seq > upto
@@ -1551,6 +1554,16 @@ mod tests {
         let served = |relay: RelayStore, who: Certifier| async move {
             !relay.serving(who, vec![wire]).await.unwrap().is_empty()
         };
+        // A clock from the far future is refused (it would stand for good).
+        assert_eq!(
+            held(
+                relay
+                    .note(vec![], vec![back(&b, u64::MAX)], Some(by(&a)))
+                    .await
+                    .unwrap()
+            ),
+            0
+        );
         assert_eq!(
             held(relay.note(vec![], vec![back(&b, 5)], Some(by(&a))).await.unwrap()),
             1

@@ -33,6 +33,9 @@ pub(super) const T_REMOVED: u8 = b'X';
 const MAX_CERTS_PER_CHANNEL: usize = 256;
 /// Most removals one channel keeps.
 const MAX_REMOVALS_PER_CHANNEL: usize = 4096;
+/// How far ahead of this relay's clock a removal's clock may be (as members
+/// allow remote timestamps: `hearth_store::Config::max_clock_skew`).
+const MAX_NOTICE_SKEW_MS: u64 = 10 * 60 * 1000;
 /// Devices whose keys the relay remembers from peers' proofs, at most.
 pub(super) const MAX_PEER_KEYS: usize = 4096;
 
@@ -227,11 +230,21 @@ impl Inner {
         by: Option<Certifier>,
     ) -> (Vec<RemovalNotice>, u32) {
         let Some(by) = by else { return (Vec::new(), 0) };
+        // A notice's clock no later than this relay's clock allows: one from
+        // the far future would stand for good (nothing later could overrule it).
+        let latest = hearth_core::Timestamp::from_millis(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+                .saturating_add(MAX_NOTICE_SKEW_MS),
+        )
+        .0;
         let st = self.state();
         let mut new: Vec<RemovalNotice> = Vec::new();
         let mut held = 0;
         for r in removals {
             if r.check().is_err()
+                || r.at > latest
                 || r.user == by.user
                 || !st.certs.get(&r.wire).is_some_and(|m| m.contains_key(&by.user))
                 || !st.serves(&r.wire, &by)
