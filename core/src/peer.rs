@@ -91,6 +91,27 @@ fn who_body(role: WhoRole, nonce: &Nonce, ends: &Ends, matched: &[u8]) -> Vec<u8
     m
 }
 
+/// Decode `bytes` as a `T`, untrusted: at most `limit` bytes, nothing
+/// after it, and in canonical encoding (it encodes back to the same bytes).
+fn decode_strict<T: Serialize + serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    limit: usize,
+    what: &'static str,
+) -> Result<T> {
+    if bytes.len() > limit {
+        return Err(Error::TooLarge {
+            what,
+            size: bytes.len(),
+            limit,
+        });
+    }
+    let (value, rest): (T, &[u8]) = postcard::take_from_bytes(bytes).map_err(|e| Error::corrupted(what, e))?;
+    if !rest.is_empty() || postcard::to_stdvec(&value).map_err(|e| Error::corrupted(what, e))? != bytes {
+        return Err(Error::corrupted(what, "not in canonical encoding"));
+    }
+    Ok(value)
+}
+
 fn bad(what: &'static str, why: &str) -> Error {
     Error::Corrupted {
         what,
@@ -229,19 +250,7 @@ impl RelayCert {
     /// Decode (untrusted bytes: capped, strict and canonical). Nothing is
     /// checked beyond the form: see [`RelayCert::verify`].
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        if bytes.len() > MAX_RELAY_CERT_BYTES {
-            return Err(Error::TooLarge {
-                what: "relay certificate",
-                size: bytes.len(),
-                limit: MAX_RELAY_CERT_BYTES,
-            });
-        }
-        let (cert, rest): (RelayCert, &[u8]) =
-            postcard::take_from_bytes(bytes).map_err(|e| Error::corrupted("relay certificate", e))?;
-        if !rest.is_empty() || cert.encode() != bytes {
-            return Err(Error::corrupted("relay certificate", "not in canonical encoding"));
-        }
-        Ok(cert)
+        decode_strict(bytes, MAX_RELAY_CERT_BYTES, "relay certificate")
     }
 }
 
@@ -388,18 +397,7 @@ impl RemovalNotice {
     /// Decode untrusted bytes: capped, strict and canonical (cuts sorted
     /// by device, each device once).
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        if bytes.len() > MAX_REMOVAL_BYTES {
-            return Err(Error::TooLarge {
-                what: "removal notice",
-                size: bytes.len(),
-                limit: MAX_REMOVAL_BYTES,
-            });
-        }
-        let (n, rest): (RemovalNotice, _) =
-            postcard::take_from_bytes(bytes).map_err(|e| Error::corrupted("removal notice", e))?;
-        if !rest.is_empty() || n.encode() != bytes {
-            return Err(Error::corrupted("removal notice", "not in canonical encoding"));
-        }
+        let n: RemovalNotice = decode_strict(bytes, MAX_REMOVAL_BYTES, "removal notice")?;
         n.check()?;
         Ok(n)
     }
@@ -504,19 +502,7 @@ impl RemovedNotice {
     /// Decode untrusted bytes: capped, strict and canonical. Nothing is
     /// checked beyond the form: see [`RemovedNotice::verify`].
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        if bytes.len() > MAX_REMOVED_BYTES {
-            return Err(Error::TooLarge {
-                what: "notice of a removal",
-                size: bytes.len(),
-                limit: MAX_REMOVED_BYTES,
-            });
-        }
-        let (n, rest): (RemovedNotice, _) =
-            postcard::take_from_bytes(bytes).map_err(|e| Error::corrupted("notice of a removal", e))?;
-        if !rest.is_empty() || n.encode() != bytes {
-            return Err(Error::corrupted("notice of a removal", "not in canonical encoding"));
-        }
-        Ok(n)
+        decode_strict(bytes, MAX_REMOVED_BYTES, "notice of a removal")
     }
 
     /// Check the chain (its device wrote the op) and the signature; who
