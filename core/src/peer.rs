@@ -112,6 +112,20 @@ fn decode_strict<T: Serialize + serde::de::DeserializeOwned>(
     Ok(value)
 }
 
+/// Check `sig` over `msg` by the device `chain` certifies (the chain
+/// verified): who signed, with the devices it was issued through.
+fn signed_by_chain(chain: &[DeviceCert], msg: &[u8], sig: &[u8; 64], what: &'static str) -> Result<Certifier> {
+    let body = verify_chain(chain)?;
+    verify_signature(&UserId(body.keys.signing), msg, sig)
+        .map_err(|_| bad(what, "a signature that does not verify"))?;
+    Ok(Certifier {
+        user: body.user,
+        device: body.device,
+        key: body.keys.signing,
+        via: crate::device::issuers(chain),
+    })
+}
+
 fn bad(what: &'static str, why: &str) -> Error {
     Error::Corrupted {
         what,
@@ -227,19 +241,12 @@ impl RelayCert {
         if self.chain.len() > MAX_CHAIN {
             return Err(bad("a chain longer than 8"));
         }
-        let body = verify_chain(&self.chain)?;
-        verify_signature(
-            &UserId(body.keys.signing),
+        signed_by_chain(
+            &self.chain,
             &domain_message(RELAY_DOMAIN, &self.relay),
             &self.sig,
+            "relay certificate",
         )
-        .map_err(|_| bad("a signature that does not verify"))?;
-        Ok(Certifier {
-            user: body.user,
-            device: body.device,
-            key: body.keys.signing,
-            via: crate::device::issuers(&self.chain),
-        })
     }
 
     /// Encode.
@@ -494,6 +501,25 @@ pub struct RemovedNotice {
 }
 
 impl RemovedNotice {
+    /// The notice of `user`'s removal from `wire` by the op `op`, signed by
+    /// the removing device (`keys`, certified by `chain`).
+    pub fn sign(
+        keys: &DeviceKeys,
+        chain: Vec<DeviceCert>,
+        wire: crate::id::WireId,
+        user: UserId,
+        op: crate::member::OpKey,
+    ) -> RemovedNotice {
+        let sig = crate::member::sign_removal(keys, &wire, &user, &op);
+        RemovedNotice {
+            wire,
+            user,
+            op,
+            chain,
+            sig: serde_bytes::ByteArray::new(sig),
+        }
+    }
+
     /// Encode (postcard).
     pub fn encode(&self) -> Vec<u8> {
         postcard::to_stdvec(self).expect("a removed notice encodes")
@@ -512,22 +538,16 @@ impl RemovedNotice {
         if self.chain.len() > MAX_CHAIN {
             return Err(bad("a chain longer than 8"));
         }
-        let body = verify_chain(&self.chain)?;
-        if body.device != self.op.device {
-            return Err(bad("a chain of another device than the op's"));
-        }
-        verify_signature(
-            &UserId(body.keys.signing),
+        let by = signed_by_chain(
+            &self.chain,
             &crate::member::removal_message(&self.wire, &self.user, &self.op),
             &self.sig,
-        )
-        .map_err(|_| bad("a signature that does not verify"))?;
-        Ok(Certifier {
-            user: body.user,
-            device: body.device,
-            key: body.keys.signing,
-            via: crate::device::issuers(&self.chain),
-        })
+            "notice of a removal",
+        )?;
+        if by.device != self.op.device {
+            return Err(bad("a chain of another device than the op's"));
+        }
+        Ok(by)
     }
 }
 
@@ -614,7 +634,7 @@ mod tests {
 
     #[test]
     fn notices_to_the_removed_are_bound_to_the_op_channel_and_user() {
-        use crate::member::{OpKey, sign_removal};
+        use crate::member::OpKey;
         let admin = Identity::generate("admin").unwrap();
         let keys = admin.device_keys().unwrap();
         let (wire, bob) = (crate::id::WireId([3; 32]), UserId([4; 32]));
@@ -622,13 +642,7 @@ mod tests {
             device: admin.device(),
             n: 7,
         };
-        let n = RemovedNotice {
-            wire,
-            user: bob,
-            op,
-            chain: admin.device_chain().unwrap().to_vec(),
-            sig: serde_bytes::ByteArray::new(sign_removal(keys, &wire, &bob, &op)),
-        };
+        let n = RemovedNotice::sign(keys, admin.device_chain().unwrap().to_vec(), wire, bob, op);
         let by = n.verify().unwrap();
         assert_eq!((by.user, by.device), (admin.user(), admin.device()));
         assert_eq!(RemovedNotice::decode(&n.encode()).unwrap(), n);

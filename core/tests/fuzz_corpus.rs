@@ -457,18 +457,13 @@ mod seeds {
         };
         let wire = channel_keys().wire();
         let other = hearth_core::UserId([0x7a; 32]);
-        let told = hearth_core::peer::RemovedNotice {
+        let told = hearth_core::peer::RemovedNotice::sign(
+            me.device_keys().expect("keys"),
+            me.device_chain().expect("chain").to_vec(),
             wire,
-            user: other,
+            other,
             op,
-            chain: me.device_chain().expect("chain").to_vec(),
-            sig: serde_bytes::ByteArray::new(hearth_core::member::sign_removal(
-                me.device_keys().expect("keys"),
-                &wire,
-                &other,
-                &op,
-            )),
-        }
+        )
         .encode();
         write("peer_proofs", "valid-removed-notice", &told);
         write("peer_proofs", "removed-notice-flipped-op", &flip(&told, 32 + 32 + 3));

@@ -662,7 +662,7 @@ async fn a_device_linked_through_a_revoked_device_is_revoked_with_it() {
 /// a plain member, or naming another user, changes nothing.
 #[tokio::test]
 async fn a_removed_member_is_told_by_any_member_and_writes_no_more() {
-    use hearth_core::member::{OpKey, sign_removal};
+    use hearth_core::member::OpKey;
     use hearth_core::peer::RemovedNotice;
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let pass = Passphrase::new("pw");
@@ -689,13 +689,13 @@ async fn a_removed_member_is_told_by_any_member_and_writes_no_more() {
         device: carol_id.device(),
         n: 9,
     };
-    let forged = RemovedNotice {
+    let forged = RemovedNotice::sign(
+        carol_id.device_keys().unwrap(),
+        carol_id.device_chain().unwrap().to_vec(),
         wire,
-        user: bob_user,
+        bob_user,
         op,
-        chain: carol_id.device_chain().unwrap().to_vec(),
-        sig: serde_bytes::ByteArray::new(sign_removal(carol_id.device_keys().unwrap(), &wire, &bob_user, &op)),
-    };
+    );
     assert!(
         forged.verify().is_ok(),
         "it verifies; only the roster says Carol is no admin"
@@ -757,13 +757,13 @@ async fn a_removed_member_is_told_by_any_member_and_writes_no_more() {
         device: carol_id.device(),
         n: 50,
     };
-    let by_admin = RemovedNotice {
+    let by_admin = RemovedNotice::sign(
+        carol_id.device_keys().unwrap(),
+        carol_id.device_chain().unwrap().to_vec(),
         wire,
-        user: alice_user,
+        alice_user,
         op,
-        chain: carol_id.device_chain().unwrap().to_vec(),
-        sig: serde_bytes::ByteArray::new(sign_removal(carol_id.device_keys().unwrap(), &wire, &alice_user, &op)),
-    };
+    );
     assert_eq!(alice.take_told(vec![by_admin]).await.unwrap(), 0);
     alice.post(ch, "the owner writes on").await.unwrap();
     // Nor can an admin make one up for Bob with an op number far ahead of
@@ -772,13 +772,13 @@ async fn a_removed_member_is_told_by_any_member_and_writes_no_more() {
         device: carol_id.device(),
         n: u32::MAX,
     };
-    let made_up = RemovedNotice {
+    let made_up = RemovedNotice::sign(
+        carol_id.device_keys().unwrap(),
+        carol_id.device_chain().unwrap().to_vec(),
         wire,
-        user: bob_user,
-        op: far,
-        chain: carol_id.device_chain().unwrap().to_vec(),
-        sig: serde_bytes::ByteArray::new(sign_removal(carol_id.device_keys().unwrap(), &wire, &bob_user, &far)),
-    };
+        bob_user,
+        far,
+    );
     assert_eq!(bob.take_told(vec![made_up]).await.unwrap(), 0);
     bob.post(ch, "bob writes on").await.unwrap();
     for s in [alice, bob, carol] {

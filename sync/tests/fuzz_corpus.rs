@@ -163,20 +163,20 @@ mod seeds {
 
     /// A notice of a removal by an admin's device (protocol 6).
     pub fn removed_notice() -> hearth_core::peer::RemovedNotice {
-        use hearth_core::member::{OpKey, sign_removal};
+        use hearth_core::member::OpKey;
         let admin = hearth_core::Identity::generate("admin").unwrap();
         let (wire, user) = (WireId([5; 32]), hearth_core::UserId([0x7a; 32]));
         let op = OpKey {
             device: admin.device(),
             n: 3,
         };
-        hearth_core::peer::RemovedNotice {
+        hearth_core::peer::RemovedNotice::sign(
+            admin.device_keys().unwrap(),
+            admin.device_chain().unwrap().to_vec(),
             wire,
             user,
             op,
-            chain: admin.device_chain().unwrap().to_vec(),
-            sig: serde_bytes::ByteArray::new(sign_removal(admin.device_keys().unwrap(), &wire, &user, &op)),
-        }
+        )
     }
 
     fn requests() {
