@@ -48,9 +48,9 @@ use std::path::Path;
 pub use hearth_core as core;
 pub use hearth_core::{ChannelId, DeviceId, KdfParams, MAX_TEXT_BYTES, Message, MessageId, Passphrase, Role, UserId};
 pub use hearth_store::{
-    ChannelInfo, Config, DeviceInfo, Error, InviteInfo, JoinRequest, Located, MemberInfo, NewInvite, OpenReport,
-    OpenTimings, Outcome, Pending, Problem, Receipts, Result, RosterInfo, STORE_FORMAT, Stats, Store, StoreEvent,
-    Thread, VerifyReport, Whoami, Write, create_private_dir, make_private, write_atomic,
+    ChannelInfo, CompactReport, Config, DeviceInfo, Error, InviteInfo, JoinRequest, Located, MemberInfo, NewInvite,
+    OpenReport, OpenTimings, Outcome, Pending, Problem, Receipts, Result, RosterInfo, STORE_FORMAT, Stats, Store,
+    StoreEvent, Thread, VerifyReport, Whoami, Write, create_private_dir, dir_bytes, make_private, write_atomic,
 };
 /// Sync over libp2p: nodes, events, tickets, relays.
 pub use hearth_sync as sync;
@@ -132,6 +132,12 @@ impl Hearth {
         config: Config,
     ) -> Result<hearth_store::RotateReport> {
         Store::rotate_master_key(dir, pass, new_pass, config).await
+    }
+
+    /// Drop the bytes of deleted texts from every file of the store in
+    /// `dir` (see [`Store::compact`]). The store must not be open.
+    pub async fn compact(dir: impl AsRef<Path>, pass: &Passphrase, config: Config) -> Result<CompactReport> {
+        Store::compact(dir, pass, config).await
     }
 
     /// Whether `dir` holds a store.

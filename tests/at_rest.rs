@@ -220,7 +220,8 @@ async fn a_closed_store_holds_no_plaintext() {
     // Reopening (which reads, snapshots and checkpoints) leaks nothing either.
     let h = Hearth::open(&dir, &pass, config()).await.expect("reopen");
     assert_readable(&h, &w).await;
-    assert!(h.verify().await.expect("verify").is_clean());
+    let report = h.verify().await.expect("verify");
+    assert!(report.is_clean(), "{report:?}");
     h.close().await.expect("close");
     assert_no_plaintext(&dir, &needles, "after reopen and close");
 }

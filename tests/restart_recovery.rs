@@ -123,6 +123,7 @@ impl Model {
             reply_to: m.root,
             edited: m.edited && !m.deleted,
             deleted: m.deleted,
+            dropped: false,
             reactions: if m.deleted {
                 BTreeMap::new()
             } else {

@@ -150,6 +150,10 @@ pub enum Command {
     /// Rebuild the sled database from the feed log (an open does this on its
     /// own when sled is missing or damaged), then verify; prints what was done.
     Repair,
+    /// Drop the bytes of deleted texts from every file of the store (a new
+    /// feed log; sled and the journal built afresh), then verify. The store
+    /// must not be open elsewhere.
+    Compact,
     /// Change the passphrase (new one from HEARTH_NEW_PASSPHRASE or a prompt).
     Passwd {
         /// Also replace the master key and re-seal the store under it, so that

@@ -452,6 +452,37 @@ fn a_lost_database_is_rebuilt_and_repair_reports() {
     assert!(show.contains("kept through a rebuild") && show.contains("👍"), "{show}");
 }
 
+/// `hearth compact` after a delete: the deleted text's segment is dropped
+/// from the entries, the log is rewritten, sled built afresh; what stays is
+/// there and verify is clean.
+#[test]
+fn compact_drops_deleted_texts_and_keeps_the_rest() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("s");
+    ok(hearth(&dir).args(["init", "--user", "erin"]));
+    ok(hearth(&dir).args(["channel", "create", "c"]));
+    let kept = ok(hearth(&dir).args(["post", "c", "this one stays"]));
+    let gone = ok(hearth(&dir).args(["post", "c", "this one goes"]));
+    ok(hearth(&dir).args(["delete", gone.trim()]));
+    let report = ok(hearth(&dir).args(["--json", "compact"]));
+    let v: Value = serde_json::from_str(report.trim()).expect("json");
+    assert_eq!(v["segments_dropped"], 1, "{v}");
+    assert_eq!(v["entries_rewritten"], 1, "{v}");
+    assert_eq!(v["verify_clean"], true, "{v}");
+    assert!(!dir.join("compact").exists() && !dir.join("log.old").exists());
+    let log = ok(hearth(&dir).args(["log", "c"]));
+    assert!(
+        log.contains("this one stays") && !log.contains("this one goes"),
+        "{log}"
+    );
+    let show = ok(hearth(&dir).args(["show", kept.trim()]));
+    assert!(show.contains("this one stays"), "{show}");
+    // Nothing left to drop: a second compaction rewrites nothing.
+    let again: Value = serde_json::from_str(ok(hearth(&dir).args(["--json", "compact"])).trim()).expect("json");
+    assert_eq!(again["entries_rewritten"], 0, "{again}");
+    ok(hearth(&dir).args(["verify"]));
+}
+
 /// `hearth device list` shows this device; `device revoke` refuses this
 /// device and names that match nothing (the revocation itself, between two
 /// devices, is shown by store/tests/members.rs).

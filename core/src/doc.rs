@@ -8,6 +8,12 @@
 //! |----------------------------------|--------------------------------|-----------------|
 //! | `m:<msg>`                        | map {`t`: text, `p`: root id}  | the author      |
 //! | `e:<msg>:<user>`                 | edited text                    | the author      |
+//!
+//! A text is a 16-byte content id (bytes) from store format 9 on: the text
+//! rides in a droppable segment of the same feed entry ([`crate::content`]),
+//! and the document holds what it was handed ([`EpochDoc::add_texts`]); a
+//! text whose segment is gone shows as dropped. Older documents hold the
+//! text itself (a string), which is read as before.
 //! | `x:<msg>:<user>`                 | `true` (tombstone)             | the author      |
 //! | `r:<msg>:<user>:<emoji>`         | `true`; deleted on unreact     | the reactor     |
 //! | `rd:<user>:<device>`             | id of the newest message read  | that device     |
@@ -28,6 +34,7 @@ use automerge::{
     ActorId, AutoCommit, Change, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, ScalarValueRef, Value, ValueRef,
 };
 
+use crate::content::{Content, ContentId};
 use crate::error::{Error, Result};
 use crate::hlc::Timestamp;
 use crate::id::{ChannelId, DeviceId, Epoch, MessageId, UserId, writer_tag};
@@ -67,10 +74,48 @@ pub struct EpochDoc {
     cuts: Cuts,
     /// The devices each device was linked through ([`EpochDoc::set_issuers`]).
     issuers: HashMap<DeviceId, Vec<DeviceId>>,
+    /// The texts held, by content id, with their message.
+    texts: HashMap<ContentId, (MessageId, String)>,
+    /// Texts staged since the last commit: the segments of the next entry.
+    pending: Vec<Content>,
+    /// Stage texts into the document itself, as before store format 9 (a
+    /// writer whose entries cannot carry segments: format 1).
+    inline_texts: bool,
 }
 
 fn device_of(actor: &ActorId) -> Option<DeviceId> {
     DeviceId::from_slice(actor.to_bytes()).ok()
+}
+
+/// A text value as the document holds it: the text itself (before store
+/// format 9) or the content id of a segment.
+enum TextRef<'a> {
+    Inline(&'a str),
+    Id(ContentId),
+}
+
+fn text_ref<'a>(v: &'a ValueRef<'_>) -> Option<TextRef<'a>> {
+    match v {
+        ValueRef::Scalar(ScalarValueRef::Str(s)) => Some(TextRef::Inline(s)),
+        ValueRef::Scalar(ScalarValueRef::Bytes(b)) => ContentId::from_slice(b).map(TextRef::Id),
+        _ => None,
+    }
+}
+
+fn text_ref_owned(v: &Value<'_>) -> Option<TextRefOwned> {
+    match v {
+        Value::Scalar(s) => match s.as_ref() {
+            ScalarValue::Str(s) => Some(TextRefOwned::Inline(s.to_string())),
+            ScalarValue::Bytes(b) => ContentId::from_slice(b).map(TextRefOwned::Id),
+            _ => None,
+        },
+        Value::Object(_) => None,
+    }
+}
+
+enum TextRefOwned {
+    Inline(String),
+    Id(ContentId),
 }
 
 fn value_str<'a>(v: &'a ValueRef<'_>) -> Option<&'a str> {
@@ -118,6 +163,9 @@ impl EpochDoc {
             broken: false,
             cuts: Cuts::new(),
             issuers: HashMap::new(),
+            texts: HashMap::new(),
+            pending: Vec::new(),
+            inline_texts: false,
         }
     }
 
@@ -136,7 +184,86 @@ impl EpochDoc {
             broken: false,
             cuts: Cuts::new(),
             issuers: HashMap::new(),
+            texts: HashMap::new(),
+            pending: Vec::new(),
+            inline_texts: false,
         })
+    }
+
+    /// Hold texts (from segments: of entries applied, or held on disk), each
+    /// of them for the message its content names.
+    pub fn add_texts(&mut self, texts: impl IntoIterator<Item = Content>) {
+        for c in texts {
+            let id = c.id();
+            self.texts.insert(id, (c.msg, c.text));
+        }
+    }
+
+    /// The texts staged since the last commit, for the segments of the entry
+    /// that commit made (taken once).
+    pub fn take_texts(&mut self) -> Vec<Content> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// The content ids of every text held for `msg` (its post and edits).
+    pub fn text_ids(&self, msg: &MessageId) -> Vec<ContentId> {
+        let mut ids: Vec<ContentId> = self
+            .texts
+            .iter()
+            .filter(|(_, (m, _))| m == msg)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Forget these texts (a delete, an expiry): they show as dropped, and
+    /// one staged but not committed yet goes into no segment.
+    pub fn drop_texts(&mut self, ids: &[ContentId]) {
+        for id in ids {
+            self.texts.remove(id);
+        }
+        self.pending.retain(|c| !ids.contains(&c.id()));
+    }
+
+    /// Write texts into the document itself, as before store format 9, or
+    /// (the default) as content ids with the texts beside.
+    pub fn set_inline_texts(&mut self, inline: bool) {
+        self.inline_texts = inline;
+    }
+
+    /// Whether the text of this id is held.
+    pub fn holds_text(&self, id: &ContentId) -> bool {
+        self.texts.contains_key(id)
+    }
+
+    /// The text a value names: `Some(None)` when it names a text not held
+    /// (dropped), `None` when it is no text value at all.
+    fn resolve(&self, r: TextRef<'_>) -> Option<Option<String>> {
+        Some(match r {
+            TextRef::Inline(s) => Some(s.to_string()),
+            TextRef::Id(id) => self.texts.get(&id).map(|(_, t)| t.clone()),
+        })
+    }
+
+    fn resolve_owned(&self, r: TextRefOwned) -> Option<String> {
+        match r {
+            TextRefOwned::Inline(s) => Some(s),
+            TextRefOwned::Id(id) => self.texts.get(&id).map(|(_, t)| t.clone()),
+        }
+    }
+
+    /// Stage a text: its content (with a fresh salt) goes into the next
+    /// entry's segments, its id into the document.
+    fn stage_text(&mut self, msg: MessageId, text: &str) -> Result<ScalarValue> {
+        if self.inline_texts {
+            return Ok(ScalarValue::Str(text.into()));
+        }
+        let c = Content::new(msg, text.to_string())?;
+        let id = c.id();
+        self.texts.insert(id, (msg, c.text.clone()));
+        self.pending.push(c);
+        Ok(ScalarValue::Bytes(id.0.to_vec()))
     }
 
     /// Write what comes next as `device` (a device that moved to its keyed
@@ -257,9 +384,13 @@ impl EpochDoc {
         time_ms: i64,
     ) -> Result<Option<Vec<u8>>> {
         self.no_pending()?;
+        let staged = self.pending.len();
         for op in ops {
             if let Err(e) = self.stage(author, device, op) {
                 self.doc.rollback();
+                for c in self.pending.drain(staged..) {
+                    self.texts.remove(&c.id());
+                }
                 return Err(e);
             }
         }
@@ -296,6 +427,21 @@ impl EpochDoc {
             return Err(Error::invalid("op", "op does not belong to this epoch"));
         }
         let user = author.to_hex();
+        if let Op::Post { id, .. } = op {
+            // What decode_change refuses for the writer, stage refuses too:
+            // an id minted for another writer, or one already used.
+            if id.writer() != writer_tag(author, device) {
+                return Err(Error::invalid("message id", "minted for another writer"));
+            }
+            if self.doc.get(ROOT, format!("m:{id}").as_str())?.is_some() {
+                return Err(Error::invalid("message id", "already used"));
+            }
+        }
+        let text = match op {
+            Op::Post { id, text, .. } => Some(self.stage_text(*id, text)?),
+            Op::Edit { msg, text } => Some(self.stage_text(*msg, text)?),
+            _ => None,
+        };
         let d = &mut self.doc;
         match op {
             Op::CreateChannel { name } | Op::Rename { name } => {
@@ -304,18 +450,9 @@ impl EpochDoc {
             Op::SetName { name } => {
                 d.put(ROOT, format!("n:{user}"), name.as_str())?;
             }
-            Op::Post { id, text, reply_to } => {
-                // What decode_change refuses for the writer, stage refuses too:
-                // an id minted for another writer, or one already used.
-                if id.writer() != writer_tag(author, device) {
-                    return Err(Error::invalid("message id", "minted for another writer"));
-                }
-                let key = format!("m:{id}");
-                if d.get(ROOT, key.as_str())?.is_some() {
-                    return Err(Error::invalid("message id", "already used"));
-                }
-                let m = d.put_object(ROOT, key, ObjType::Map)?;
-                d.put(&m, "t", text.as_str())?;
+            Op::Post { id, reply_to, .. } => {
+                let m = d.put_object(ROOT, format!("m:{id}"), ObjType::Map)?;
+                d.put(&m, "t", text.expect("a post stages its text"))?;
                 if let Some(root) = reply_to {
                     d.put(&m, "p", root.to_hex())?;
                 }
@@ -329,8 +466,8 @@ impl EpochDoc {
                     d.delete(ROOT, key.as_str())?;
                 }
             }
-            Op::Edit { msg, text } => {
-                d.put(ROOT, format!("e:{msg}:{user}"), text.as_str())?;
+            Op::Edit { msg, .. } => {
+                d.put(ROOT, format!("e:{msg}:{user}"), text.expect("an edit stages its text"))?;
             }
             Op::Delete { msg } => {
                 d.put(ROOT, format!("x:{msg}:{user}"), true)?;
@@ -428,7 +565,7 @@ impl EpochDoc {
         let mut view = EpochView::default();
         let mut slow: Vec<MessageId> = Vec::new();
         let mut posts: Vec<Message> = Vec::new();
-        let mut edits: HashMap<(MessageId, UserId), String> = HashMap::new();
+        let mut edits: HashMap<(MessageId, UserId), Option<String>> = HashMap::new();
         let mut deletes: HashSet<(MessageId, UserId)> = HashSet::new();
         let mut reactions: Vec<(MessageId, UserId, String)> = Vec::new();
         for item in self.doc.map_range(ROOT, ..) {
@@ -459,8 +596,8 @@ impl EpochDoc {
                         slow.push(msg);
                     } else if kind == "x" {
                         deletes.insert((msg, user));
-                    } else if let Some(text) = value_str(&item.value) {
-                        edits.insert((msg, user), text.to_string());
+                    } else if let Some(text) = text_ref(&item.value).and_then(|r| self.resolve(r)) {
+                        edits.insert((msg, user), text);
                     }
                 }
                 "r" => {
@@ -504,8 +641,10 @@ impl EpochDoc {
                 if deletes.contains(&(m.id, m.author)) {
                     m.text = None;
                     m.deleted = true;
+                    m.dropped = false;
                 } else {
-                    m.text = edits.remove(&(m.id, m.author));
+                    m.text = edits.remove(&(m.id, m.author)).flatten();
+                    m.dropped = m.text.is_none();
                     m.edited = true;
                 }
             }
@@ -537,15 +676,17 @@ impl EpochDoc {
                 return None;
             }
             match &*f.key {
-                "t" => text = value_str(&f.value).map(str::to_string),
+                "t" => text = Some(self.resolve(text_ref(&f.value)?)?),
                 "p" => reply_to = Some(value_str(&f.value)?.parse().ok()?),
                 _ => {}
             }
         }
+        let text = text?;
         Some(Message {
             id: *id,
             author,
-            text: Some(text?),
+            dropped: text.is_none(),
+            text,
             reply_to,
             edited: false,
             deleted: false,
@@ -647,20 +788,25 @@ impl EpochDoc {
             let ObjId::Id(_, actor, _) = &obj else { return None };
             (writer_tag(&author, &device_of(actor)?) == id.writer()).then_some((author, obj))
         })?;
-        let field = |name: &str| -> Option<String> {
+        let field = |name: &str| -> Option<Value<'_>> {
             let all = self.doc.get_all(&obj, name).ok()?;
             all.into_iter()
                 .rev()
                 .find(|(_, w)| self.author(w, devices) == Some(author))
-                .and_then(|(v, _)| v.as_str().map(str::to_string))
+                .map(|(v, _)| v)
         };
-        let original = field("t")?;
-        let reply_to = field("p").and_then(|p| p.parse().ok());
+        let original = self.resolve_owned(text_ref_owned(&field("t")?)?);
+        let reply_to = field("p").and_then(|p| p.as_str().and_then(|p| p.parse().ok()));
         let a = author.to_hex();
         let deleted = self.authored_value(&format!("x:{id}:{a}"), &author, devices).is_some();
         let edit = self
             .authored_value(&format!("e:{id}:{a}"), &author, devices)
-            .and_then(|v| v.as_str().map(str::to_string));
+            .and_then(|v| text_ref_owned(&v))
+            .map(|r| self.resolve_owned(r));
+        let current = match &edit {
+            Some(e) => e.clone(),
+            None => original,
+        };
         let mut reactions: BTreeMap<String, BTreeSet<UserId>> = BTreeMap::new();
         if !deleted {
             let prefix = format!("r:{id}:");
@@ -685,11 +831,8 @@ impl EpochDoc {
         Some(Message {
             id: *id,
             author,
-            text: if deleted {
-                None
-            } else {
-                Some(edit.clone().unwrap_or(original))
-            },
+            text: if deleted { None } else { current.clone() },
+            dropped: !deleted && current.is_none(),
             reply_to,
             edited: edit.is_some() && !deleted,
             deleted,
@@ -735,6 +878,9 @@ pub struct ChangeEffects {
     pub placed: Vec<MessageId>,
     /// Other message ids it names (delivery receipts), of any epoch.
     pub mentioned: Vec<MessageId>,
+    /// The texts it names by content id (posts and edits, format 9), with
+    /// their message: what its entry's segments may carry.
+    pub texts: Vec<(MessageId, ContentId)>,
 }
 
 impl ChangeEffects {
@@ -747,6 +893,7 @@ impl ChangeEffects {
         self.packages.extend(other.packages);
         self.placed.extend(other.placed);
         self.mentioned.extend(other.mentioned);
+        self.texts.extend(other.texts);
     }
 
     /// Check that every message id the change names belongs where its entry
@@ -811,12 +958,17 @@ pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> 
         return Err(Error::corrupted("automerge change", "not in canonical encoding"));
     }
     let mut effects = ChangeEffects::default();
-    for op in &expanded.operations {
+    // The message maps this change makes, by op counter: a text id put in
+    // one is that message's.
+    let mut made: HashMap<u64, MessageId> = HashMap::new();
+    let start = expanded.start_op.get();
+    for (i, op) in expanded.operations.iter().enumerate() {
         if let (ObjectId::Root, Key::Map(k)) = (&op.obj, &op.key) {
             let (kind, rest) = k.split_once(':').unwrap_or((k.as_str(), ""));
             let id = rest.split(':').next().and_then(|id| id.parse::<MessageId>().ok());
             match (kind, id) {
                 ("m", Some(id)) => {
+                    made.insert(start + i as u64, id);
                     effects.posts.push(id);
                     effects.messages.insert(id);
                     effects.placed.push(id);
@@ -824,6 +976,11 @@ pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> 
                 ("e" | "x" | "r", Some(id)) => {
                     effects.messages.insert(id);
                     effects.placed.push(id);
+                    if let ("e", OpType::Put(ScalarValue::Bytes(b))) = (kind, &op.action)
+                        && let Some(c) = ContentId::from_slice(b)
+                    {
+                        effects.texts.push((id, c));
+                    }
                 }
                 ("rd", _) => {
                     effects.read_markers = true;
@@ -858,6 +1015,15 @@ pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> 
             (ObjectId::Root, Key::Map(k)) => check_root_op(k, &op.action, op.pred.len(), user, device)?,
             (ObjectId::Id(id), Key::Map(k)) if id.actor() == change.actor_id() => match (k.as_str(), &op.action) {
                 ("t", OpType::Put(ScalarValue::Str(t))) => check_len("message text", t, MAX_TEXT_BYTES)?,
+                ("t", OpType::Put(ScalarValue::Bytes(b))) => {
+                    let (Some(c), Some(msg)) = (ContentId::from_slice(b), made.get(&id.counter())) else {
+                        return Err(Error::corrupted(
+                            "automerge change",
+                            "a text id that is no content id of a post it makes",
+                        ));
+                    };
+                    effects.texts.push((*msg, c));
+                }
                 ("p", OpType::Put(ScalarValue::Str(p))) => effects.placed.push(parse_id(p)?),
                 _ => return Err(Error::corrupted("automerge change", "unexpected field in a message")),
             },
@@ -897,6 +1063,8 @@ fn check_root_op(key: &str, action: &OpType, preds: usize, user: &UserId, device
         _ => None,
     };
     let is_str = text.is_some();
+    // A text: the text itself (before format 9), or the content id of a segment.
+    let is_text = is_str || matches!(action, OpType::Put(ScalarValue::Bytes(b)) if b.len() == 16);
     let is_true = matches!(action, OpType::Put(ScalarValue::Boolean(true)));
     // The local size limits hold for every writer's ops.
     let sized = |what: &'static str, limit: usize| text.map_or(Ok(()), |t| check_len(what, t, limit));
@@ -921,7 +1089,8 @@ fn check_root_op(key: &str, action: &OpType, preds: usize, user: &UserId, device
             };
             matches!(action, OpType::Make(ObjType::Map)) && preds == 0 && id.writer() == writer_tag(user, device)
         }
-        ["e", _, u] | ["n", u] => *u == me && is_str,
+        ["e", _, u] => *u == me && is_text,
+        ["n", u] => *u == me && is_str,
         ["x", _, u] => *u == me && is_true,
         ["r", _, u, emoji] => *u == me && !emoji.is_empty() && (is_true || matches!(action, OpType::Delete)),
         ["rd", u, d] => *u == me && *d == dev && is_str,
@@ -969,6 +1138,7 @@ mod tests {
         let mut doc = EpochDoc::new(1, &device);
         let mut view = EpochView::default();
         let mut ids = Vec::new();
+        let mut texts = Vec::new();
         let mut seed = 7u64;
         let mut next = |n: u64| {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -1026,11 +1196,22 @@ mod tests {
             view.apply_local(&user, &op);
             if next(5) == 0 {
                 doc.commit(0);
+                texts.extend(doc.take_texts());
             }
         }
         doc.commit(0);
+        texts.extend(doc.take_texts());
         assert_eq!(view, doc.view(&devices));
         let saved = doc.save().unwrap();
-        assert_eq!(view, EpochDoc::load(1, &saved, &device).unwrap().view(&devices));
+        let mut loaded = EpochDoc::load(1, &saved, &device).unwrap();
+        // A loaded document holds no texts until it is handed them: its
+        // messages show as dropped (deleted ones as deleted).
+        let bare = loaded.view(&devices);
+        for m in view.messages() {
+            let b = bare.get(&m.id).unwrap();
+            assert_eq!((b.text.is_none(), b.dropped, b.deleted), (true, !m.deleted, m.deleted));
+        }
+        loaded.add_texts(texts);
+        assert_eq!(view, loaded.view(&devices));
     }
 }

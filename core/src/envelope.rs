@@ -14,6 +14,20 @@
 //! body (sealed):  as in format 1, aad = the format 2 header bytes
 //! signature:      ed25519 by the device key over
 //!                 "hearth v2 entry" 0x00 | header bytes | postcard(certs) | body
+//!
+//! format 3 (written from store format 9: docs/lifecycle.md)
+//! header (clear): version 3, wire, user, device, seq, prev, key generation,
+//!                 epoch u32
+//! certs (clear):  as in format 2
+//! body:           Sealed(bytes), as in format 2 (aad = the format 3 header
+//!                 bytes), or Pruned(blake3 of them): a stub whose body was
+//!                 dropped
+//! signature:      ed25519 by the device key over
+//!                 "hearth v3 entry" 0x00 | header bytes | postcard(certs) | blake3(body)
+//! segments:       the texts the change names by content id
+//!                 ([`crate::content`]), each droppable: outside the signature
+//!                 and the entry hash
+//! entry hash:     blake3 of postcard(header, certs, blake3(body), signature)
 //! ```
 //!
 //! The same bytes are stored and sent: an entry is sealed once. Anyone can check
@@ -22,16 +36,25 @@
 use serde::{Deserialize, Serialize};
 
 use crate::channel::ChannelKeys;
+use crate::content::{Content, ContentId, MAX_SEGMENT_BYTES, Segment};
 use crate::device::{DeviceCert, domain_message, verify_chain};
 use crate::error::{Error, Result};
 use crate::id::{DeviceId, Epoch, UserId, WireId};
 use crate::identity::{Identity, verify_signature};
 use crate::seal::{open, seal};
 
-/// The envelope format this build writes (it reads 1 and 2).
+/// The first envelope format (signed by user keys; read, and written only
+/// by tools and tests).
 pub const ENVELOPE_VERSION: u8 = 1;
 /// The envelope format signed by device keys.
 pub const ENVELOPE_V2: u8 = 2;
+/// The envelope format with droppable content (texts in segments, a body
+/// that can be pruned to its hash).
+pub const ENVELOPE_V3: u8 = 3;
+/// Most segments an entry carries.
+pub const MAX_ENTRY_SEGMENTS: usize = 4096;
+/// The signing-domain label of format 3 entries.
+const ENTRY_DOMAIN_V3: &[u8] = b"hearth v3 entry";
 /// Most certificates an entry carries (a chain).
 pub const MAX_ENTRY_CERTS: usize = 8;
 /// The signing-domain label of format 2 entries.
@@ -61,6 +84,11 @@ pub struct EntryHeader {
     /// format 1, whose encoding does not carry it).
     #[serde(skip)]
     pub generation: u32,
+    /// The epoch document the change belongs to (format 3, in the clear so
+    /// that a relay keeps what must never expire, epoch 0; 0 in formats 1
+    /// and 2, whose body alone says it).
+    #[serde(skip)]
+    pub epoch: Epoch,
 }
 
 /// A format 2 header as encoded.
@@ -75,10 +103,25 @@ struct HeaderV2 {
     generation: u32,
 }
 
+/// A format 3 header as encoded.
+#[derive(Serialize, Deserialize)]
+struct HeaderV3 {
+    version: u8,
+    wire: WireId,
+    user: UserId,
+    device: DeviceId,
+    seq: u64,
+    prev: EntryHash,
+    generation: u32,
+    epoch: Epoch,
+}
+
 impl EntryHeader {
     /// The header's bytes as its format encodes them (the body's AAD).
     pub fn encode(&self) -> Vec<u8> {
-        if self.version == ENVELOPE_V2 {
+        if self.version == ENVELOPE_V3 {
+            postcard::to_stdvec(&self.v3())
+        } else if self.version == ENVELOPE_V2 {
             postcard::to_stdvec(&HeaderV2 {
                 version: self.version,
                 wire: self.wire,
@@ -92,6 +135,19 @@ impl EntryHeader {
             postcard::to_stdvec(self)
         }
         .expect("header encodes")
+    }
+
+    fn v3(&self) -> HeaderV3 {
+        HeaderV3 {
+            version: self.version,
+            wire: self.wire,
+            user: self.user,
+            device: self.device,
+            seq: self.seq,
+            prev: self.prev,
+            generation: self.generation,
+            epoch: self.epoch,
+        }
     }
 }
 
@@ -113,10 +169,62 @@ pub struct Envelope {
     /// Format 2: the device's certificate chain (first entry of its feed only).
     #[serde(skip)]
     pub certs: Vec<DeviceCert>,
-    /// The sealed body.
+    /// The sealed body (empty in a stub: see `pruned`).
     pub body: Vec<u8>,
     /// ed25519 signature (see the module docs).
     pub sig: Vec<u8>,
+    /// Format 3: the body was dropped and this is its hash (a stub).
+    #[serde(skip)]
+    pub pruned: Option<[u8; 32]>,
+    /// Format 3: the texts the change names, each droppable.
+    #[serde(skip)]
+    pub segments: Vec<Segment>,
+}
+
+/// A format 3 body: sealed, or dropped down to its hash.
+#[derive(Serialize, Deserialize)]
+enum BodyV3 {
+    Sealed(Vec<u8>),
+    Pruned([u8; 32]),
+}
+
+/// A format 3 envelope as encoded.
+#[derive(Serialize, Deserialize)]
+struct EnvelopeV3 {
+    header: HeaderV3,
+    certs: Vec<DeviceCert>,
+    body: BodyV3,
+    sig: Vec<u8>,
+    segments: Vec<Segment>,
+}
+
+/// What a format 3 entry's hash covers: everything but its droppable parts.
+#[derive(Serialize)]
+struct SkeletonV3<'a> {
+    header: HeaderV3,
+    certs: &'a [DeviceCert],
+    body: [u8; 32],
+    sig: &'a [u8],
+}
+
+/// The certificates of a format 2 or 3 entry: at most [`MAX_ENTRY_CERTS`],
+/// each passing the checks of a certificate decoded on its own.
+fn check_certs(certs: &[DeviceCert]) -> Result<()> {
+    if certs.len() > MAX_ENTRY_CERTS {
+        return Err(Error::corrupted("feed entry", "too many certificates"));
+    }
+    for c in certs {
+        DeviceCert::decode(&c.encode())?;
+    }
+    Ok(())
+}
+
+/// What a format 3 signature covers.
+fn signed_v3(header_bytes: &[u8], certs: &[DeviceCert], body_hash: &[u8; 32]) -> Vec<u8> {
+    let mut m = header_bytes.to_vec();
+    m.extend(postcard::to_stdvec(certs).expect("certificates encode"));
+    m.extend_from_slice(body_hash);
+    domain_message(ENTRY_DOMAIN_V3, &m)
 }
 
 /// A format 2 envelope as encoded.
@@ -160,6 +268,7 @@ impl Envelope {
             seq,
             prev,
             generation: 0,
+            epoch: 0,
         };
         let hb = header.encode();
         let plain = postcard::to_stdvec(body).expect("body encodes");
@@ -170,13 +279,15 @@ impl Envelope {
             certs: Vec::new(),
             body: sealed,
             sig,
+            pruned: None,
+            segments: Vec::new(),
         })
     }
 
     /// Seal entry `seq` of a feed of this device's as a store writes it:
-    /// format 2, under the channel's newest key generation, the device's
-    /// certificate in the feed's first entry (`seq` 1). For tools and tests
-    /// that write feeds by hand.
+    /// format 3 (with no texts beside), under the channel's newest key
+    /// generation, the device's certificate in the feed's first entry (`seq`
+    /// 1). For tools and tests that write feeds by hand.
     pub fn seal_next(
         keys: &ChannelKeys,
         identity: &Identity,
@@ -188,7 +299,7 @@ impl Envelope {
             Some(c) if seq == 1 => c.to_vec(),
             _ => Vec::new(),
         };
-        Self::seal_v2(keys, identity, seq, prev, body, keys.current_generation(), certs)
+        Self::seal_v3(keys, identity, seq, prev, body, keys.current_generation(), certs, &[])
     }
 
     /// Seal a format 2 entry, signed by this device's key; `certs` is the
@@ -202,32 +313,134 @@ impl Envelope {
         generation: u32,
         certs: Vec<DeviceCert>,
     ) -> Result<(Vec<u8>, EntryHash)> {
+        let (header, sealed, device) = Self::seal_body(keys, identity, seq, prev, body, generation, ENVELOPE_V2)?;
+        let sig = device.sign_raw(&signed_v2(&header.encode(), &certs, &sealed)).to_vec();
+        Self::finish(Envelope {
+            header,
+            certs,
+            body: sealed,
+            sig,
+            pruned: None,
+            segments: Vec::new(),
+        })
+    }
+
+    /// The header and sealed body of a device-signed entry (format 2 or 3),
+    /// and the device keys that sign it.
+    fn seal_body<'a>(
+        keys: &ChannelKeys,
+        identity: &'a Identity,
+        seq: u64,
+        prev: EntryHash,
+        body: &EntryBody,
+        generation: u32,
+        version: u8,
+    ) -> Result<(EntryHeader, Vec<u8>, &'a crate::device::DeviceKeys)> {
         let device = identity
             .device_keys()
             .ok_or_else(|| Error::corrupted("identity", "no device keys to sign with"))?;
         let header = EntryHeader {
-            version: ENVELOPE_V2,
+            version,
             wire: keys.wire(),
             user: identity.user(),
             device: identity.device(),
             seq,
             prev,
             generation,
+            epoch: if version == ENVELOPE_V3 { body.epoch } else { 0 },
         };
-        let hb = header.encode();
         let plain = postcard::to_stdvec(body).expect("body encodes");
         let key = keys
             .sealing_key(generation)
             .ok_or_else(|| Error::invalid("key generation", "not held"))?;
-        let sealed = seal(key, &hb, &plain)?;
-        let msg = signed_v2(&hb, &certs, &sealed);
-        let sig = device.sign_raw(&msg).to_vec();
+        let sealed = seal(key, &header.encode(), &plain)?;
+        Ok((header, sealed, device))
+    }
+
+    /// Seal a format 3 entry, signed by this device's key, with the texts its
+    /// change names as segments (each sealed for this entry); `certs` as in
+    /// [`Envelope::seal_v2`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn seal_v3(
+        keys: &ChannelKeys,
+        identity: &Identity,
+        seq: u64,
+        prev: EntryHash,
+        body: &EntryBody,
+        generation: u32,
+        certs: Vec<DeviceCert>,
+        texts: &[Content],
+    ) -> Result<(Vec<u8>, EntryHash)> {
+        let (header, sealed, device) = Self::seal_body(keys, identity, seq, prev, body, generation, ENVELOPE_V3)?;
+        let hb = header.encode();
+        let sig = device
+            .sign_raw(&signed_v3(&hb, &certs, blake3::hash(&sealed).as_bytes()))
+            .to_vec();
+        let segments = texts
+            .iter()
+            .map(|c| Segment::seal(keys, generation, &hb, c))
+            .collect::<Result<Vec<_>>>()?;
         Self::finish(Envelope {
             header,
             certs,
             body: sealed,
             sig,
+            pruned: None,
+            segments,
         })
+    }
+
+    /// The hash of the body as a format 3 signature covers it.
+    pub fn body_hash(&self) -> [u8; 32] {
+        self.pruned.unwrap_or_else(|| *blake3::hash(&self.body).as_bytes())
+    }
+
+    /// This entry's hash (what the next entry's `prev` names): of its bytes
+    /// in formats 1 and 2, of everything but its droppable parts in format 3.
+    pub fn hash(&self) -> EntryHash {
+        if self.header.version == ENVELOPE_V3 {
+            let skeleton = SkeletonV3 {
+                header: self.header.v3(),
+                certs: &self.certs,
+                body: self.body_hash(),
+                sig: &self.sig,
+            };
+            *blake3::hash(&postcard::to_stdvec(&skeleton).expect("skeleton encodes")).as_bytes()
+        } else {
+            *blake3::hash(&self.encode()).as_bytes()
+        }
+    }
+
+    /// Drop the segments of these content ids (a delete, an expiry); the
+    /// entry still verifies and hashes the same. Returns how many it dropped.
+    pub fn drop_segments(&mut self, ids: &[ContentId]) -> usize {
+        let before = self.segments.len();
+        self.segments.retain(|s| !ids.contains(&s.id));
+        before - self.segments.len()
+    }
+
+    /// Drop the body down to its hash (format 3; the segments go with it):
+    /// the entry still verifies and chains, and opens to nothing.
+    pub fn prune_body(&mut self) {
+        if self.header.version == ENVELOPE_V3 && self.pruned.is_none() {
+            self.pruned = Some(self.body_hash());
+            self.body = Vec::new();
+            self.segments.clear();
+        }
+    }
+
+    /// Open every segment (a member only), each checked against its id;
+    /// a segment that does not open is left out (a forwarder may have
+    /// damaged it: it is outside the signature).
+    pub fn open_segments(&self, keys: &ChannelKeys) -> Vec<Content> {
+        if self.segments.is_empty() {
+            return Vec::new();
+        }
+        let hb = self.header.encode();
+        self.segments
+            .iter()
+            .filter_map(|s| s.open(keys, self.header.generation, &hb).ok())
+            .collect()
     }
 
     fn finish(env: Envelope) -> Result<(Vec<u8>, EntryHash)> {
@@ -239,13 +452,23 @@ impl Envelope {
                 limit: MAX_ENTRY_BYTES,
             });
         }
-        let hash = *blake3::hash(&bytes).as_bytes();
-        Ok((bytes, hash))
+        Ok((bytes, env.hash()))
     }
 
     /// The entry's bytes in its format.
     pub fn encode(&self) -> Vec<u8> {
-        if self.header.version == ENVELOPE_V2 {
+        if self.header.version == ENVELOPE_V3 {
+            postcard::to_stdvec(&EnvelopeV3 {
+                header: self.header.v3(),
+                certs: self.certs.clone(),
+                body: match self.pruned {
+                    Some(h) => BodyV3::Pruned(h),
+                    None => BodyV3::Sealed(self.body.clone()),
+                },
+                sig: self.sig.clone(),
+                segments: self.segments.clone(),
+            })
+        } else if self.header.version == ENVELOPE_V2 {
             let h = &self.header;
             postcard::to_stdvec(&EnvelopeV2 {
                 header: HeaderV2 {
@@ -290,13 +513,7 @@ impl Envelope {
                 if !rest.is_empty() {
                     return Err(malformed(&"trailing bytes"));
                 }
-                if w.certs.len() > MAX_ENTRY_CERTS {
-                    return Err(malformed(&"too many certificates"));
-                }
-                for c in &w.certs {
-                    // The same checks as a certificate decoded on its own.
-                    DeviceCert::decode(&c.encode())?;
-                }
+                check_certs(&w.certs)?;
                 Envelope {
                     header: EntryHeader {
                         version: w.header.version,
@@ -306,17 +523,63 @@ impl Envelope {
                         seq: w.header.seq,
                         prev: w.header.prev,
                         generation: w.header.generation,
+                        epoch: 0,
                     },
                     certs: w.certs,
                     body: w.body,
                     sig: w.sig,
+                    pruned: None,
+                    segments: Vec::new(),
+                }
+            }
+            Some(&ENVELOPE_V3) => {
+                let (w, rest): (EnvelopeV3, &[u8]) = postcard::take_from_bytes(bytes).map_err(|e| malformed(&e))?;
+                if !rest.is_empty() {
+                    return Err(malformed(&"trailing bytes"));
+                }
+                check_certs(&w.certs)?;
+                if w.segments.len() > MAX_ENTRY_SEGMENTS {
+                    return Err(malformed(&"too many segments"));
+                }
+                let mut ids = std::collections::HashSet::with_capacity(w.segments.len());
+                for s in &w.segments {
+                    if s.sealed.len() > MAX_SEGMENT_BYTES || !ids.insert(s.id) {
+                        return Err(malformed(&"an oversized or repeated segment"));
+                    }
+                }
+                let (body, pruned) = match w.body {
+                    BodyV3::Sealed(b) => (b, None),
+                    BodyV3::Pruned(h) => {
+                        if !w.segments.is_empty() {
+                            return Err(malformed(&"segments beside a pruned body"));
+                        }
+                        (Vec::new(), Some(h))
+                    }
+                };
+                let h = w.header;
+                Envelope {
+                    header: EntryHeader {
+                        version: h.version,
+                        wire: h.wire,
+                        user: h.user,
+                        device: h.device,
+                        seq: h.seq,
+                        prev: h.prev,
+                        generation: h.generation,
+                        epoch: h.epoch,
+                    },
+                    certs: w.certs,
+                    body,
+                    sig: w.sig,
+                    pruned,
+                    segments: w.segments,
                 }
             }
             found => {
                 return Err(Error::UnsupportedFormat {
                     what: "feed entry",
                     found: found.copied().unwrap_or(0),
-                    expected: ENVELOPE_V2,
+                    expected: ENVELOPE_V3,
                 });
             }
         };
@@ -333,8 +596,15 @@ impl Envelope {
         Ok(env)
     }
 
-    /// The hash of an entry's bytes.
+    /// The hash of an entry's bytes ([`Envelope::hash`]): of the bytes
+    /// themselves before format 3; a format 3 entry is decoded for it (bytes
+    /// that do not decode hash as they are, and match no chain).
     pub fn hash_of(bytes: &[u8]) -> EntryHash {
+        if bytes.first() == Some(&ENVELOPE_V3)
+            && let Ok(env) = Envelope::decode(bytes)
+        {
+            return env.hash();
+        }
         *blake3::hash(bytes).as_bytes()
     }
 
@@ -345,7 +615,7 @@ impl Envelope {
     pub fn verify(&self) -> Result<()> {
         match self.device_key()? {
             Some(key) => self.verify_with(&key),
-            None if self.header.version == ENVELOPE_V2 => Err(Error::corrupted(
+            None if self.header.version >= ENVELOPE_V2 => Err(Error::corrupted(
                 "feed entry",
                 "signed by a device key it does not carry",
             )),
@@ -361,13 +631,17 @@ impl Envelope {
     /// for the feed or taken from [`Envelope::device_key`]); a format 1 entry
     /// is checked under its user's key whatever `key` is.
     pub fn verify_with(&self, key: &[u8; 32]) -> Result<()> {
-        if self.header.version != ENVELOPE_V2 {
+        if self.header.version < ENVELOPE_V2 {
             let sig = self.signature()?;
             let hb = self.header.encode();
             return verify_signature(&self.header.user, &signed_bytes(&hb, &self.body), &sig);
         }
         let sig = self.signature()?;
-        let msg = signed_v2(&self.header.encode(), &self.certs, &self.body);
+        let msg = if self.header.version == ENVELOPE_V3 {
+            signed_v3(&self.header.encode(), &self.certs, &self.body_hash())
+        } else {
+            signed_v2(&self.header.encode(), &self.certs, &self.body)
+        };
         verify_signature(&UserId(*key), &msg, &sig)
     }
 
@@ -416,6 +690,9 @@ impl Envelope {
         if self.header.wire != keys.wire() {
             return Err(Error::corrupted("feed entry", "belongs to another channel"));
         }
+        if self.pruned.is_some() {
+            return Err(Error::corrupted("feed entry", "its body was pruned"));
+        }
         let hb = self.header.encode();
         let candidates = keys.opening_keys(self.header.generation);
         if candidates.is_empty() {
@@ -430,7 +707,14 @@ impl Envelope {
         let mut last = None;
         for key in candidates {
             match open(key, &hb, &self.body, "feed entry") {
-                Ok(plain) => return postcard::from_bytes(&plain).map_err(|e| Error::corrupted("feed entry body", e)),
+                Ok(plain) => {
+                    let body: EntryBody =
+                        postcard::from_bytes(&plain).map_err(|e| Error::corrupted("feed entry body", e))?;
+                    if self.header.version == ENVELOPE_V3 && body.epoch != self.header.epoch {
+                        return Err(Error::corrupted("feed entry", "header and body disagree on the epoch"));
+                    }
+                    return Ok(body);
+                }
                 Err(e) => last = Some(e),
             }
         }
@@ -498,6 +782,69 @@ mod tests {
         assert_eq!(e.header.version, ENVELOPE_VERSION);
         e.verify().unwrap();
         assert!(e.device_key().unwrap().is_none());
+    }
+
+    #[test]
+    fn format_3_segments_and_bodies_drop_without_breaking_the_feed() {
+        let keys = ChannelKeys::generate().unwrap();
+        let me = Identity::generate("a").unwrap();
+        let chain = vec![me.device_cert().unwrap().clone()];
+        let body = EntryBody {
+            epoch: 4,
+            change: vec![1, 2, 3],
+        };
+        let msg = crate::MessageId([7; 24]);
+        let texts = vec![
+            Content::new(msg, "first".into()).unwrap(),
+            Content::new(msg, "second".into()).unwrap(),
+        ];
+        let (bytes, hash) = Envelope::seal_v3(&keys, &me, 1, [0; 32], &body, 0, chain, &texts).unwrap();
+        let env = Envelope::decode(&bytes).unwrap();
+        assert_eq!((env.header.version, env.header.epoch), (ENVELOPE_V3, 4));
+        env.verify().unwrap();
+        assert_eq!(env.hash(), hash);
+        assert_eq!(Envelope::hash_of(&bytes), hash);
+        assert_eq!(env.open(&keys).unwrap(), body);
+        assert_eq!(env.open_segments(&keys), texts);
+        // A segment dropped: same hash, still verifies, the other opens.
+        let mut dropped = env.clone();
+        assert_eq!(dropped.drop_segments(&[texts[0].id()]), 1);
+        let again = Envelope::decode(&dropped.encode()).unwrap();
+        again.verify().unwrap();
+        assert_eq!(again.hash(), hash);
+        assert_eq!(again.open_segments(&keys), vec![texts[1].clone()]);
+        // The body pruned: a stub that verifies and chains, opens to nothing.
+        let mut stub = env.clone();
+        stub.prune_body();
+        let stub = Envelope::decode(&stub.encode()).unwrap();
+        stub.verify().unwrap();
+        assert_eq!(stub.hash(), hash);
+        assert!(stub.open(&keys).is_err() && stub.segments.is_empty());
+        // The next entry chains onto either copy.
+        let (next, _) = Envelope::seal_v3(&keys, &me, 2, hash, &body, 0, Vec::new(), &[]).unwrap();
+        let next = Envelope::decode(&next).unwrap();
+        next.verify_with(&me.device_keys().unwrap().public().signing).unwrap();
+        assert!(
+            next.check_next(1, &stub.hash(), None).is_err(),
+            "no chain in the entry: verify_with"
+        );
+        // A segment moved to another entry does not open there.
+        let mut moved = next.clone();
+        moved.segments = env.segments.clone();
+        assert!(moved.open_segments(&keys).is_empty());
+        // Every byte of the signed part counts.
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x01;
+            if let Ok(e) = Envelope::decode(&b) {
+                let intact = e.verify().is_ok() && e.open(&keys).is_ok() && e.hash() == hash;
+                let same_texts = e.open_segments(&keys) == texts;
+                assert!(
+                    !intact || !same_texts || e.encode() == bytes,
+                    "flip at {i} went unnoticed"
+                );
+            }
+        }
     }
 
     #[test]

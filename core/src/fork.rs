@@ -45,7 +45,7 @@ struct WithChain {
 /// Verify an entry's signature: its own chain, else `certs`, for a format 2
 /// entry; the user's key for format 1.
 fn verify_entry(env: &Envelope, certs: &[DeviceCert]) -> Result<()> {
-    if env.header.version != ENVELOPE_V2 || !env.certs.is_empty() || certs.is_empty() {
+    if env.header.version < ENVELOPE_V2 || !env.certs.is_empty() || certs.is_empty() {
         return env.verify();
     }
     let body = verify_chain(certs)?;
@@ -93,10 +93,12 @@ impl ForkProof {
         if ha.wire != hb.wire || ha.device != hb.device || ha.user != hb.user {
             return Err(bad("the entries are of different feeds"));
         }
+        // Two copies of one format 3 entry may differ in the segments each
+        // still carries: only what the hash covers conflicts.
         let conflict = if ha.seq == hb.seq {
-            self.first != self.second
+            a.hash() != b.hash()
         } else {
-            hb.seq.checked_sub(1) == Some(ha.seq) && hb.prev != Envelope::hash_of(&self.first)
+            hb.seq.checked_sub(1) == Some(ha.seq) && hb.prev != a.hash()
         };
         if !conflict {
             return Err(bad("the entries do not conflict"));

@@ -34,6 +34,7 @@
 
 mod channel;
 mod chunk;
+pub mod content;
 pub mod device;
 mod doc;
 mod envelope;
@@ -55,11 +56,13 @@ mod view;
 
 pub use channel::{ChannelKeys, ChannelRecord, MAX_GENERATIONS};
 pub use chunk::{CHUNK_MAGIC, MAX_CHANGE_BYTES, chunk_checksum, plain_change, read_leb128, write_leb128};
+pub use content::{Content, ContentId, Segment};
 pub use doc::{
     ChangeEffects, Cuts, Devices, EpochDoc, OpCut, decode_change, decode_change_effects, decode_change_posts,
 };
 pub use envelope::{
-    ENVELOPE_V2, ENVELOPE_VERSION, EntryBody, EntryHash, EntryHeader, Envelope, MAX_ENTRY_BYTES, MAX_ENTRY_CERTS,
+    ENVELOPE_V2, ENVELOPE_V3, ENVELOPE_VERSION, EntryBody, EntryHash, EntryHeader, Envelope, MAX_ENTRY_BYTES,
+    MAX_ENTRY_CERTS, MAX_ENTRY_SEGMENTS,
 };
 pub use error::{Error, Result};
 pub use fork::{Fork, ForkProof};

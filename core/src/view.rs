@@ -22,6 +22,11 @@ pub struct Message {
     pub edited: bool,
     /// Whether the author deleted it (a tombstone).
     pub deleted: bool,
+    /// Whether its text was dropped though it was not deleted: expired, or
+    /// its segment never reached this device (`text` is `None`). Left out
+    /// of serialized forms when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dropped: bool,
     /// Reactions: emoji to the users who added it (add-wins per emoji and user).
     pub reactions: BTreeMap<String, BTreeSet<UserId>>,
     /// Replies in its thread that are not deleted.
@@ -70,6 +75,7 @@ impl EpochView {
                 reply_to: *reply_to,
                 edited: false,
                 deleted: false,
+                dropped: false,
                 reactions: BTreeMap::new(),
                 reply_count: 0,
             }),
@@ -92,6 +98,7 @@ impl EpochView {
                 if let Some(m) = self.messages.get_mut(msg).filter(|m| m.author == *author && !m.deleted) {
                     m.text = Some(text.clone());
                     m.edited = true;
+                    m.dropped = false;
                 }
             }
             Op::Delete { msg } => {
@@ -99,6 +106,7 @@ impl EpochView {
                     m.text = None;
                     m.edited = false;
                     m.deleted = true;
+                    m.dropped = false;
                     m.reactions.clear();
                 }
             }

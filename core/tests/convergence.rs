@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, AutomergeError, ObjId, ObjType, ROOT, ReadDoc};
 use hearth_core::{
-    ChannelId, DeviceId, Devices, EpochDoc, EpochView, Error, Hlc, Identity, Message, MessageId, Op, Timestamp, UserId,
-    decode_change, writer_tag,
+    ChannelId, Content, DeviceId, Devices, EpochDoc, EpochView, Error, Hlc, Identity, Message, MessageId, Op,
+    Timestamp, UserId, decode_change, writer_tag,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -60,6 +60,9 @@ enum Effect {
 struct Entry {
     device: DeviceId,
     bytes: Vec<u8>,
+    /// The texts the change introduced, which travel beside it (the segments
+    /// of its feed entry): a doc that applies the change is handed them.
+    texts: Vec<Content>,
     effect: Effect,
 }
 
@@ -141,14 +144,13 @@ fn posts(log: &[Entry], known: &BTreeSet<usize>) -> Vec<(MessageId, Option<Messa
 }
 
 /// Decode the changes of `batch` as the store would, each checked against the
-/// user its device belongs to, and apply them in one call.
+/// user its device belongs to, and apply them in one call, handing the doc the
+/// texts that travel beside them.
 fn deliver<'a>(doc: &mut EpochDoc, users: &Devices, log: &[Entry], batch: impl IntoIterator<Item = &'a usize>) {
-    let decode = |i: &usize| {
-        let Entry { device, bytes, .. } = &log[*i];
-        decode_change(bytes, device, &users[device]).expect("decodes")
-    };
-    doc.apply_remote(batch.into_iter().map(decode).collect())
-        .expect("applies");
+    let batch: Vec<&Entry> = batch.into_iter().map(|i| &log[*i]).collect();
+    let decode = |Entry { device, bytes, .. }: &&Entry| decode_change(bytes, device, &users[device]).expect("decodes");
+    doc.apply_remote(batch.iter().map(decode).collect()).expect("applies");
+    doc.add_texts(batch.iter().flat_map(|e| e.texts.iter().cloned()));
 }
 
 /// A small deterministic generator for delivery orders (splitmix64).
@@ -226,13 +228,17 @@ impl Sim {
         let ops = std::slice::from_ref(&op);
         let out = dev.doc.apply_local(&dev.user, &dev.id, ops, self.step as i64).unwrap();
         assert_eq!(out.is_none(), noop, "apply_local result for {op:?}");
+        let texts = dev.doc.take_texts();
         if let Some(bytes) = out {
             dev.known.insert(self.log.len());
             self.log.push(Entry {
                 device: dev.id,
                 bytes,
+                texts,
                 effect,
             });
+        } else {
+            assert!(texts.is_empty(), "texts staged by a no-op {op:?}");
         }
     }
 
@@ -439,7 +445,10 @@ fn run(n: usize, steps: &[(usize, Action)], seeds: &[u64]) -> Result<(), TestCas
     }
     let reference = causal.view(registry);
     let snapshot = causal.save().unwrap();
-    let mut replicas = vec![EpochDoc::load(EPOCH, &snapshot, &observer).unwrap()];
+    // A loaded snapshot holds no texts: the store hands it the ones it keeps.
+    let mut loaded = EpochDoc::load(EPOCH, &snapshot, &observer).unwrap();
+    loaded.add_texts(sim.log.iter().flat_map(|e| e.texts.iter().cloned()));
+    let mut replicas = vec![loaded];
     for &seed in seeds {
         let mut doc = EpochDoc::new(EPOCH, &observer);
         for batch in scrambled(sim.log.len(), &mut Rng(seed)) {
@@ -495,43 +504,70 @@ fn react(msg: MessageId, emoji: &str) -> Op {
     }
 }
 
-/// Ops `author` writes from `device`, as the bytes of one non-empty change.
-fn change(doc: &mut EpochDoc, author: UserId, device: DeviceId, ops: &[Op]) -> Vec<u8> {
-    doc.apply_local(&author, &device, ops, 0).unwrap().expect("a change")
+/// A change as a feed entry carries it: its bytes, and beside them the texts it
+/// introduced (the entry's segments), which a doc applying it is handed.
+struct Written {
+    bytes: Vec<u8>,
+    texts: Vec<Content>,
+}
+
+/// The change `doc` just committed (`bytes`), with the texts it introduced.
+fn written(doc: &mut EpochDoc, bytes: Vec<u8>) -> Written {
+    Written {
+        bytes,
+        texts: doc.take_texts(),
+    }
+}
+
+/// Ops `author` writes from `device`, as one non-empty change.
+fn change(doc: &mut EpochDoc, author: UserId, device: DeviceId, ops: &[Op]) -> Written {
+    let bytes = doc.apply_local(&author, &device, ops, 0).unwrap().expect("a change");
+    written(doc, bytes)
 }
 
 /// Decode changes as the store does, each checked against the user the feed's
-/// signed header names for its device, and apply them in one call.
-fn receive(doc: &mut EpochDoc, changes: &[(DeviceId, UserId, &[u8])]) {
-    let decode = |(d, u, bytes): &(DeviceId, UserId, &[u8])| decode_change(bytes, d, u).unwrap();
+/// signed header names for its device, and apply them in one call, handing the
+/// doc the texts that travel beside them.
+fn receive(doc: &mut EpochDoc, changes: &[(DeviceId, UserId, &Written)]) {
+    let decode = |(d, u, w): &(DeviceId, UserId, &Written)| decode_change(&w.bytes, d, u).unwrap();
     doc.apply_remote(changes.iter().map(decode).collect()).unwrap();
+    doc.add_texts(changes.iter().flat_map(|(_, _, w)| w.texts.iter().cloned()));
 }
 
 /// Apply changes the way a replica that skipped [`decode_change`] would: only
-/// the view's own filters stand between them and what users see.
-fn receive_unchecked(doc: &mut EpochDoc, changes: &[&[u8]]) {
-    let decode = |bytes: &&[u8]| automerge::Change::from_bytes(bytes.to_vec()).unwrap();
+/// the view's own filters stand between them and what users see. The texts that
+/// travel beside them are handed over too.
+fn receive_unchecked(doc: &mut EpochDoc, changes: &[&Written]) {
+    let decode = |w: &&Written| automerge::Change::from_bytes(w.bytes.clone()).unwrap();
     doc.apply_remote(changes.iter().map(decode).collect()).unwrap();
+    doc.add_texts(changes.iter().flat_map(|w| w.texts.iter().cloned()));
 }
 
 /// A change written by `device` with automerge directly, on top of `base`: what a
-/// modified client can send, whatever [`EpochDoc::stage`] lets through.
+/// modified client can send, whatever [`EpochDoc::stage`] lets through. It
+/// carries no texts beside it: what it writes is in the change.
 fn forge(
     device: &DeviceId,
-    base: &[&[u8]],
+    base: &[&Written],
     write: impl FnOnce(&mut AutoCommit) -> Result<(), AutomergeError>,
-) -> Vec<u8> {
+) -> Written {
     let mut doc = AutoCommit::new().with_actor(ActorId::from(&device.0[..]));
-    let base = base.iter().map(|b| automerge::Change::from_bytes(b.to_vec()).unwrap());
+    let base = base
+        .iter()
+        .map(|b| automerge::Change::from_bytes(b.bytes.clone()).unwrap());
     doc.apply_changes(base).unwrap();
     write(&mut doc).unwrap();
     doc.commit().expect("a change");
     let mut change = doc.get_last_local_change().expect("a change");
-    change.bytes().into_owned()
+    Written {
+        bytes: change.bytes().into_owned(),
+        texts: Vec::new(),
+    }
 }
 
-/// A post under `m:<id>` by `device`, replacing the map there in `base` if any.
-fn forge_post(device: &DeviceId, base: &[&[u8]], id: MessageId, text: &str) -> Vec<u8> {
+/// A post under `m:<id>` by `device`, replacing the map there in `base` if any
+/// (its text inline, as documents before content ids held it).
+fn forge_post(device: &DeviceId, base: &[&Written], id: MessageId, text: &str) -> Written {
     forge(device, base, |d| {
         let m = d.put_object(ROOT, format!("m:{id}"), ObjType::Map)?;
         d.put(&m, "t", text)
@@ -591,18 +627,19 @@ fn a_change_under_another_device_is_rejected() {
     let bob = Identity::generate("bob").unwrap();
     let id = at(0, &alice.user(), &alice.device());
     let mut doc = EpochDoc::new(EPOCH, &alice.device());
-    let bytes = change(&mut doc, alice.user(), alice.device(), &[say(id, "hi")]);
+    let hi = change(&mut doc, alice.user(), alice.device(), &[say(id, "hi")]);
+    let bytes = &hi.bytes;
 
     // Whichever user the header names, the actor must be the feed's device.
-    assert_corrupted(decode_change(&bytes, &bob.device(), &bob.user()), "bob's feed");
+    assert_corrupted(decode_change(bytes, &bob.device(), &bob.user()), "bob's feed");
     assert_corrupted(
-        decode_change(&bytes, &bob.device(), &alice.user()),
+        decode_change(bytes, &bob.device(), &alice.user()),
         "bob's device as alice",
     );
     let cut = decode_change(&bytes[..bytes.len() - 1], &alice.device(), &alice.user());
     assert_corrupted(cut, "truncated");
     let mut replica = EpochDoc::new(EPOCH, &bob.device());
-    receive(&mut replica, &[(alice.device(), alice.user(), &bytes)]);
+    receive(&mut replica, &[(alice.device(), alice.user(), &hi)]);
     let devices = Devices::from([(alice.device(), alice.user())]);
     assert_eq!(replica.view(&devices).get(&id).unwrap().text.as_deref(), Some("hi"));
 }
@@ -643,26 +680,27 @@ fn values_from_unregistered_devices_or_under_other_names_are_ignored() {
         react(hello, "🎉"),
         Op::ReadUpTo { msg: hello },
     ];
-    let mut from_bob: Vec<Vec<u8>> = ops
+    let mut from_bob: Vec<Written> = ops
         .iter()
         .map(|op| change(&mut b, alice.user(), bob.device(), std::slice::from_ref(op)))
         .collect();
     // The post goes through automerge directly, on top of bob's other changes.
-    let base: Vec<&[u8]> = [&first].into_iter().chain(&from_bob).map(Vec::as_slice).collect();
+    let base: Vec<&Written> = [&first].into_iter().chain(&from_bob).collect();
     from_bob.push(forge_post(&bob.device(), &base, forged, "alice says hi"));
-    for bytes in &from_bob {
-        let decoded = decode_change(bytes, &bob.device(), &bob.user());
+    for w in &from_bob {
+        let decoded = decode_change(&w.bytes, &bob.device(), &bob.user());
         assert_corrupted(decoded, "a write as alice from bob's feed");
     }
 
-    // A replica that skipped that check still shows none of it as alice's.
+    // A replica that skipped that check still shows none of it as alice's, even
+    // holding the texts that came beside the forgeries (bob's edit as alice).
     let mut replica = EpochDoc::new(EPOCH, &DeviceId::generate().unwrap());
     let all = [
-        (alice.device(), alice.user(), &first[..]),
+        (alice.device(), alice.user(), &first),
         (mallory.device(), mallory.user(), &from_mallory),
     ];
     receive(&mut replica, &all);
-    let forgeries: Vec<&[u8]> = from_bob.iter().map(Vec::as_slice).collect();
+    let forgeries: Vec<&Written> = from_bob.iter().collect();
     receive_unchecked(&mut replica, &forgeries);
     assert_eq!(replica.change_count().unwrap(), 2 + from_bob.len());
     let mut devices = Devices::from([(alice.device(), alice.user()), (bob.device(), bob.user())]);
@@ -723,14 +761,14 @@ fn another_member_cannot_unreact_edit_or_replace_for_me() {
         receive(&mut b, &[(alice.device(), alice.user(), &mine)]);
         for op in [&unreact, &edit] {
             let forged = change(&mut b, alice.user(), device, std::slice::from_ref(op));
-            let decoded = decode_change(&forged, &device, &bob.user());
+            let decoded = decode_change(&forged.bytes, &device, &bob.user());
             assert_corrupted(decoded, &format!("{op:?} by {device} as bob"));
         }
         // Replacing is refused whoever the header names: the map already exists
         // (and, as bob, the id carries another writer's tag).
         let replaced = forge_post(&device, &[&mine], hello, "replaced");
         for user in [bob.user(), alice.user()] {
-            let decoded = decode_change(&replaced, &device, &user);
+            let decoded = decode_change(&replaced.bytes, &device, &user);
             assert_corrupted(decoded, &format!("post over {hello} by {device} as {user}"));
         }
     }
@@ -738,13 +776,13 @@ fn another_member_cannot_unreact_edit_or_replace_for_me() {
     // Alice's other device may do all of it but the replacement.
     let mut l = EpochDoc::new(EPOCH, &laptop);
     receive(&mut l, &[(alice.device(), alice.user(), &mine)]);
-    let own: Vec<Vec<u8>> = [&unreact, &edit]
+    let own: Vec<Written> = [&unreact, &edit]
         .into_iter()
         .map(|op| change(&mut l, alice.user(), laptop, std::slice::from_ref(op)))
         .collect();
     let replaced = forge_post(&laptop, &[&mine], hello, "replaced");
     assert_corrupted(
-        decode_change(&replaced, &laptop, &alice.user()),
+        decode_change(&replaced.bytes, &laptop, &alice.user()),
         "post over a message of alice's other device",
     );
     let mut replica = EpochDoc::new(EPOCH, &bob.device());
@@ -753,10 +791,7 @@ fn another_member_cannot_unreact_edit_or_replace_for_me() {
     let before = replica.view(&devices).get(&hello).unwrap();
     assert_eq!(before.text.as_deref(), Some("hello!"));
     assert_eq!(before.reactions["👍"], BTreeSet::from([alice.user()]));
-    let own: Vec<_> = own
-        .iter()
-        .map(|bytes| (laptop, alice.user(), bytes.as_slice()))
-        .collect();
+    let own: Vec<_> = own.iter().map(|w| (laptop, alice.user(), w)).collect();
     receive(&mut replica, &own);
     let after = replica.view(&devices).get(&hello).unwrap();
     assert_eq!(after.author, alice.user());
@@ -793,7 +828,7 @@ fn staged_ops_survive_refused_save_apply_and_history_reads() {
     // The view sees staged ops at once.
     let msg = a.view(&devices).get(&hello).unwrap();
     assert_eq!(msg.text.as_deref(), Some("hello!"));
-    let bob_change = || vec![decode_change(&from_bob, &bob.device(), &bob.user()).unwrap()];
+    let bob_change = || vec![decode_change(&from_bob.bytes, &bob.device(), &bob.user()).unwrap()];
     assert_invalid(a.apply_remote(bob_change()), "apply_remote");
     assert_invalid(a.apply_remote(Vec::new()), "apply_remote of nothing");
     assert_invalid(a.save(), "save");
@@ -803,6 +838,7 @@ fn staged_ops_survive_refused_save_apply_and_history_reads() {
     assert_eq!(a.pending_ops(), staged);
 
     let sealed = a.commit(2).expect("the staged change");
+    let sealed = written(&mut a, sealed);
     assert_eq!(a.pending_ops(), 0);
     assert_eq!(a.commit(3), None);
     a.apply_remote(bob_change()).unwrap();
@@ -811,7 +847,7 @@ fn staged_ops_survive_refused_save_apply_and_history_reads() {
 
     let mut replica = EpochDoc::new(EPOCH, &DeviceId::generate().unwrap());
     let all = [
-        (alice.device(), alice.user(), &first[..]),
+        (alice.device(), alice.user(), &first),
         (alice.device(), alice.user(), &sealed),
         (bob.device(), bob.user(), &from_bob),
     ];
@@ -822,7 +858,9 @@ fn staged_ops_survive_refused_save_apply_and_history_reads() {
     assert_eq!(msg.reactions["👍"], BTreeSet::from([alice.user()]));
     assert_eq!(msg.reactions["🎉"], BTreeSet::from([bob.user()]));
     assert!(!msg.reactions.contains_key("👀"));
-    let loaded = EpochDoc::load(EPOCH, &snapshot, &alice.device()).unwrap();
+    // A loaded snapshot holds no texts until it is handed them.
+    let mut loaded = EpochDoc::load(EPOCH, &snapshot, &alice.device()).unwrap();
+    loaded.add_texts(all.iter().flat_map(|(_, _, w)| w.texts.iter().cloned()));
     assert_eq!(loaded.view(&devices), view);
 }
 
@@ -864,6 +902,7 @@ fn apply_local_is_all_or_nothing() {
 
     // The rolled-back ops never leak into a later change.
     let next = change(&mut a, user, device, &[react(hello, "🎉")]);
+    assert!(next.texts.is_empty(), "{:?}", next.texts);
     let mut replica = EpochDoc::new(EPOCH, &DeviceId::generate().unwrap());
     receive(&mut replica, &[(device, user, &first), (device, user, &next)]);
     let view = replica.view(&devices);
@@ -878,7 +917,7 @@ fn apply_local_is_all_or_nothing() {
 /// written with automerge directly since `stage` refuses it. The reactions make
 /// his op counter the greater one, so his map wins the automerge conflict
 /// whatever the actor order. Returns (reactions, post).
-fn concurrent_post_under(hello: MessageId, bob: &UserId, twin: DeviceId) -> (Vec<u8>, Vec<u8>) {
+fn concurrent_post_under(hello: MessageId, bob: &UserId, twin: DeviceId) -> (Written, Written) {
     let mut b = EpochDoc::new(EPOCH, &twin);
     let ops = [react(hello, "🎉"), react(hello, "👀"), say(hello, "replaced")];
     assert_invalid(
@@ -887,7 +926,7 @@ fn concurrent_post_under(hello: MessageId, bob: &UserId, twin: DeviceId) -> (Vec
     );
     assert_eq!(b.pending_ops(), 0);
     let reactions = change(&mut b, *bob, twin, &ops[..2]);
-    decode_change(&reactions, &twin, bob).unwrap();
+    decode_change(&reactions.bytes, &twin, bob).unwrap();
     let post = forge_post(&twin, &[&reactions], hello, "replaced");
     (reactions, post)
 }
@@ -910,7 +949,7 @@ fn a_device_with_my_tag_cannot_replace_my_message_concurrently() {
     for twin in [bob.device(), DeviceId::generate().unwrap(), near, alice.device()] {
         assert_ne!(writer_tag(&bob.user(), &twin), hello.writer(), "{twin}");
         let (reactions, theirs) = concurrent_post_under(hello, &bob.user(), twin);
-        let decoded = decode_change(&theirs, &twin, &bob.user());
+        let decoded = decode_change(&theirs.bytes, &twin, &bob.user());
         assert_corrupted(decoded, &format!("post under {hello} by {twin} as bob"));
 
         // Alice's own device id cannot be registered for bob too.
@@ -951,10 +990,7 @@ fn a_concurrent_map_under_my_id_does_not_hide_my_message() {
     for twin in [bob.device(), DeviceId::generate().unwrap(), near] {
         let (reactions, theirs) = concurrent_post_under(hello, &bob.user(), twin);
         let devices = Devices::from([(alice.device(), alice.user()), (twin, bob.user())]);
-        let valid = [
-            (alice.device(), alice.user(), &mine[..]),
-            (twin, bob.user(), &reactions),
-        ];
+        let valid = [(alice.device(), alice.user(), &mine), (twin, bob.user(), &reactions)];
         let mut views = Vec::new();
         for valid_first in [true, false] {
             let mut replica = EpochDoc::new(EPOCH, &DeviceId::generate().unwrap());
@@ -1037,8 +1073,9 @@ fn every_change_apply_local_returns_decodes_for_its_writer() {
             continue;
         }
         let bytes = out.unwrap().expect("a change");
-        match decode_change(&bytes, &device, &user) {
-            Ok(_) => accepted.push(bytes),
+        let w = written(&mut a, bytes);
+        match decode_change(&w.bytes, &device, &user) {
+            Ok(_) => accepted.push(w),
             Err(e) => refused.push(format!("{ops:?}: {e}")),
         }
     }
@@ -1058,14 +1095,14 @@ fn every_change_apply_local_returns_decodes_for_its_writer() {
     );
     // Alice's other device posts under its own tag once it has her messages.
     let mut o = EpochDoc::new(EPOCH, &other);
-    let mine: Vec<_> = accepted.iter().map(|b| (device, user, b.as_slice())).collect();
+    let mine: Vec<_> = accepted.iter().map(|w| (device, user, w)).collect();
     receive(&mut o, &mine);
     assert_invalid(
         o.apply_local(&user, &other, std::slice::from_ref(&again), 1),
         "another device replaying alice's post",
     );
     let theirs = change(&mut o, user, other, &[say(at(3, &user, &other), "hi")]);
-    decode_change(&theirs, &other, &user).unwrap();
+    decode_change(&theirs.bytes, &other, &user).unwrap();
 
     // A replica shows exactly the accepted posts.
     let devices = Devices::from([(device, user), (other, user)]);

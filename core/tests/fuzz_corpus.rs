@@ -129,6 +129,13 @@ fn regenerate_format_3_seeds() {
     seeds::write_fork_proofs();
 }
 
+/// Writes the format 3 entry seeds (store format 9: segments, a pruned body).
+#[test]
+#[ignore = "writes the envelope v3 seeds; run by hand with --ignored"]
+fn regenerate_entry_v3_seeds() {
+    seeds::write_entry_v3_seeds();
+}
+
 /// Writes the seed corpus: valid inputs made by the encoders, plus truncated and
 /// bit-flipped variants. Envelopes and headers hold random nonces and salts, so a
 /// rerun changes their bytes but not what they cover.
@@ -769,6 +776,33 @@ mod seeds {
         write("envelope", "bitflip-signature", &flip(&seq1, seq1.len() - 10));
         write("envelope", "seq-zero", &seq_zero);
         write("envelope", "version-2", &version_2);
+    }
+
+    /// Format 3 entries: with two texts beside the change, one dropped, the
+    /// body pruned, and damaged variants.
+    pub fn write_entry_v3_seeds() {
+        let keys = channel_keys();
+        let me = Identity::generate("fuzz").unwrap();
+        let chain = vec![me.device_cert().unwrap().clone()];
+        let body = EntryBody {
+            epoch: EPOCH,
+            change: vec![7; 24],
+        };
+        let texts = [
+            hearth_core::Content::new(msg(1), "hello".into()).unwrap(),
+            hearth_core::Content::new(msg(1), "hello, edited".into()).unwrap(),
+        ];
+        let (full, _) = Envelope::seal_v3(keys, &me, 1, [0; 32], &body, 0, chain, &texts).unwrap();
+        let env = Envelope::decode(&full).unwrap();
+        let mut one = env.clone();
+        one.drop_segments(&[texts[0].id()]);
+        let mut stub = env.clone();
+        stub.prune_body();
+        write("envelope", "valid-v3-two-segments", &full);
+        write("envelope", "valid-v3-one-segment-dropped", &one.encode());
+        write("envelope", "valid-v3-pruned-body", &stub.encode());
+        write("envelope", "v3-flipped-in-segment", &flip(&full, full.len() - 20));
+        write("envelope", "v3-truncated-segment", &full[..full.len() - 5]);
     }
 
     pub fn write_link_seeds() {

@@ -124,6 +124,8 @@ pub fn check_envelope(data: &[u8]) {
     };
     let verified = env.verify();
     let opened = env.open(channel_keys());
+    let texts = env.open_segments(channel_keys());
+    assert!(texts.len() <= env.segments.len());
     let bytes = env.encode();
     assert!(
         bytes == data,
@@ -131,6 +133,22 @@ pub fn check_envelope(data: &[u8]) {
          (verify: {verified:?}, open ok: {}):\n input:     {data:02x?}\n re-encoded: {bytes:02x?}",
         opened.is_ok(),
     );
+    // What a holder may drop (segments, the body) changes neither the hash
+    // nor whether the entry verifies.
+    let hash = env.hash();
+    let mut fewer = env.clone();
+    fewer.segments.truncate(env.segments.len() / 2);
+    let mut stub = env.clone();
+    stub.prune_body();
+    for cut in [fewer, stub] {
+        let again = Envelope::decode(&cut.encode()).expect("an entry with parts dropped decodes");
+        assert_eq!(again.hash(), hash, "dropping a part changed the entry's hash");
+        assert_eq!(
+            again.verify().is_ok(),
+            verified.is_ok(),
+            "dropping a part changed the signature's verdict"
+        );
+    }
 }
 
 /// Decode a change from the author's feed (as the author), apply it to a fresh epoch

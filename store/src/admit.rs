@@ -261,13 +261,18 @@ impl Admission {
         let (have, prev) = head.map_or((0, [0; 32]), |h| (h.seq, h.hash));
         if seq <= have {
             let held = self.held(feeds, &device, seq)?;
-            if held.as_deref() == Some(bytes) {
+            // The same entry, whatever segments either copy still carries
+            // (format 3: they are outside the hash).
+            if held
+                .as_deref()
+                .is_some_and(|h| h == bytes || Envelope::hash_of(h) == env.hash())
+            {
                 return Ok(Verdict::Duplicate);
             }
         }
         // The signature first: a forgery is the sender's fault, whatever else.
         let held_key = head.and_then(|h| h.key);
-        let (signed, key_reason) = if env.header.version == ENVELOPE_V2 {
+        let (signed, key_reason) = if env.header.version >= ENVELOPE_V2 {
             match env.device_key() {
                 Ok(Some(k)) => (
                     env.verify_with(&k).is_ok(),
@@ -285,7 +290,7 @@ impl Admission {
             // An entry without its chain, past entries not held yet (the one
             // with the chain among them): it cannot be checked before those
             // arrive, which is a gap, not a forgery.
-            let unverifiable = env.header.version == ENVELOPE_V2 && env.certs.is_empty() && held_key.is_none();
+            let unverifiable = env.header.version >= ENVELOPE_V2 && env.certs.is_empty() && held_key.is_none();
             if unverifiable && seq > have + 1 {
                 return Ok(Verdict::Refused(refuse(Refusal::Gap { expected: have + 1 })));
             }

@@ -159,7 +159,9 @@ impl SledFiles {
                 for e in entries {
                     let name = e?.file_name();
                     if !self.blobs.contains(&name) {
-                        if !sync_file(&blob_dir.join(&name))? {
+                        // sled creates blobs under the process umask: owner
+                        // only, like every other file of the store.
+                        if !private_file(&blob_dir.join(&name))? || !sync_file(&blob_dir.join(&name))? {
                             continue;
                         }
                         changed = true;
@@ -189,6 +191,23 @@ impl SledFiles {
             }
         }
         sync_dir(&self.dir)
+    }
+}
+
+/// Make a file readable by its owner only; `false` if it is gone.
+fn private_file(path: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    match fs::metadata(path) {
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+            match fs::set_permissions(path, fs::Permissions::from_mode(0o600)) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

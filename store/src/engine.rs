@@ -20,8 +20,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use hearth_core::member::MEMBER_BODY_VERSION;
 use hearth_core::{
-    ChannelId, ChannelKeys, ChannelRecord, DeviceId, EntryBody, Envelope, Epoch, EpochDoc, EpochView, Hlc, Identity,
-    META_EPOCH, MemberAction, MemberBody, MessageId, Op, OpKey, Roster, SecretKey, WireId, decode_change, writer_tag,
+    ChannelId, ChannelKeys, ChannelRecord, ContentId, DeviceId, EntryBody, Envelope, Epoch, EpochDoc, EpochView, Hlc,
+    Identity, META_EPOCH, MemberAction, MemberBody, MessageId, Op, OpKey, Roster, SecretKey, WireId, decode_change,
+    writer_tag,
 };
 
 use crate::channel::{ChannelState, EpochSummary, FeedHead};
@@ -36,6 +37,9 @@ use crate::log::{self, Log, kind};
 /// closed early, so every feed entry stays far below [`hearth_core::MAX_ENTRY_BYTES`].
 const ENTRY_BUDGET: usize = 40 * 1024;
 const OP_ALLOWANCE: usize = 96;
+/// What a text's segment adds to an entry beside the text: content id,
+/// salt, message id, nonce, tag and length prefixes.
+const SEGMENT_ALLOWANCE: usize = 112;
 /// Store events buffered per subscriber; a slower one misses events and is told
 /// it lagged (a sync node then reconciles everything).
 const EVENT_QUEUE: usize = 4096;
@@ -84,6 +88,8 @@ pub(crate) struct LoadedEpoch {
     pub doc: EpochDoc,
     pub view: EpochView,
     pub(crate) used: u64,
+    /// The entry whose segment carries each text held (`crate::prune`).
+    pub segments: HashMap<ContentId, (DeviceId, u64)>,
 }
 
 /// A user write, before it has ids.
@@ -245,6 +251,12 @@ pub(crate) struct Engine {
     pub replaying: bool,
     pub(crate) sled_files: SledFiles,
     pub _lock: File,
+    /// Messages deleted since the last prune, whose texts go
+    /// (`crate::prune`).
+    pub(crate) prune_queue: Vec<(ChannelId, Epoch, MessageId)>,
+    /// Texts were dropped since the last compaction: the old bytes still sit
+    /// in the log, sled's old segments and the journal until one runs.
+    pub compaction_owed: bool,
 }
 
 impl Engine {
@@ -292,6 +304,8 @@ impl Engine {
             replaying: false,
             sled_files,
             _lock: lock,
+            prune_queue: Vec::new(),
+            compaction_owed: false,
         })
     }
 
@@ -424,11 +438,14 @@ impl Engine {
             None if !create => return Ok(false),
             None => {
                 ch.summaries.insert(epoch, EpochSummary::default());
+                let mut doc = EpochDoc::new(epoch, &device);
+                doc.set_inline_texts(self.identity.device_keys().is_none());
                 LoadedEpoch {
-                    doc: EpochDoc::new(epoch, &device),
+                    doc,
                     view: EpochView::default(),
                     used: self.clock,
                     queued: false,
+                    segments: HashMap::new(),
                 }
             }
             Some(s) => {
@@ -447,16 +464,31 @@ impl Engine {
                 } else {
                     EpochDoc::new(epoch, &device)
                 };
+                doc.set_inline_texts(self.identity.device_keys().is_none());
                 let mut changes = Vec::new();
-                let from = elog_key(&wire, epoch, s.snapshot_upto + 1);
+                let mut segments = HashMap::new();
+                // Every entry of the epoch is read for the texts its segments
+                // carry; those past the snapshot also for their changes.
+                let from = elog_key(&wire, epoch, 1);
                 let to = elog_key(&wire, epoch, u64::MAX);
                 for row in self.tree.range(from..=to) {
-                    let (_, v) = row?;
+                    let (k, v) = row?;
                     let (dev, seq) = decode_elog_value(&v)?;
+                    let past_snapshot = key_u64(&k)? > s.snapshot_upto;
                     let bytes = self.tree.get(feed_key(&wire, &dev, seq))?.ok_or_else(|| {
                         Error::corrupted("feed", format!("epoch log names a missing entry {dev}/{seq}"))
                     })?;
                     let env = Envelope::decode(&bytes)?;
+                    if !env.segments.is_empty() {
+                        let texts = env.open_segments(&ch.keys);
+                        for c in &texts {
+                            segments.insert(c.id(), (dev, seq));
+                        }
+                        doc.add_texts(texts);
+                    }
+                    if !past_snapshot {
+                        continue;
+                    }
                     let body = env.open(&ch.keys)?;
                     if body.epoch != epoch {
                         return Err(Error::corrupted(
@@ -485,6 +517,7 @@ impl Engine {
                     view,
                     used: self.clock,
                     queued,
+                    segments,
                 }
             }
         };
@@ -1152,9 +1185,12 @@ impl Engine {
         le.doc.stage(&user, &device, op)?;
         let size = OP_ALLOWANCE
             + match op {
-                Op::Post { text, .. } | Op::Edit { text, .. } => text.len(),
+                Op::Post { text, .. } | Op::Edit { text, .. } => text.len() + SEGMENT_ALLOWANCE,
                 _ => 0,
             };
+        if let Op::Delete { msg } = op {
+            self.prune_queue.push((channel, epoch, *msg));
+        }
         match op {
             Op::CreateChannel { .. }
             | Op::Rename { .. }
@@ -1293,6 +1329,7 @@ impl Engine {
         let Some(change) = le.doc.commit(now_ms() as i64) else {
             return Ok(());
         };
+        let texts = le.doc.take_texts();
         self.appended.insert(channel);
         let ch = self.channels.get_mut(&channel).expect("touched channels exist");
         let wire = ch.keys.wire();
@@ -1315,7 +1352,19 @@ impl Engine {
                     own.to_vec()
                 };
                 let generation = generation.unwrap_or_else(|| ch.keys.current_generation());
-                let sealed = Envelope::seal_v2(&ch.keys, &self.identity, seq, prev, &body, generation, chain.clone())?;
+                let sealed = Envelope::seal_v3(
+                    &ch.keys,
+                    &self.identity,
+                    seq,
+                    prev,
+                    &body,
+                    generation,
+                    chain.clone(),
+                    &texts,
+                )?;
+                for c in &texts {
+                    le.segments.insert(c.id(), (device, seq));
+                }
                 if !chain.is_empty() {
                     let k = prefixed(T_CHAINS, &wire, &device);
                     self.batch
@@ -1324,6 +1373,7 @@ impl Engine {
                 }
                 sealed
             }
+            // Its texts are inline (`EpochDoc::set_inline_texts`).
             _ => Envelope::seal(&ch.keys, &self.identity, seq, prev, &body)?,
         };
         if !self.replaying {
@@ -1357,6 +1407,8 @@ impl Engine {
     /// Close every touched epoch and write the group to sled as one batch,
     /// recording `journal_seq` as applied.
     pub(crate) fn finish_batch(&mut self, journal_seq: u64) -> Result<()> {
+        // Deleted texts first: one staged in this group goes into no segment.
+        self.run_prunes()?;
         let touched: Vec<(ChannelId, Epoch)> = self.touched.keys().copied().collect();
         for (c, e) in touched {
             self.commit_epoch(c, e)?;

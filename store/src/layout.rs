@@ -110,7 +110,11 @@ pub const META_LOG_SYNCED: &[u8] = b"Mlogsynced";
 /// keeps its whole certificate chain (identity record version 4, which
 /// every identity written from now on is); a device told of its user's
 /// removal keeps the notice (log kind 10, table `T_TOLD`); 7 is only marked.
-pub const STORE_FORMAT: u8 = 8;
+/// 9: feed entries of format 3: texts ride in droppable segments beside the
+/// change, which names them by content id; a deleted message's texts are
+/// dropped from its stored entries; `compact.tmp/` and `compact/` during a
+/// compaction; 8 is only marked.
+pub const STORE_FORMAT: u8 = 9;
 
 /// Name of a table, for error messages and record AAD.
 pub fn table_name(tag: u8) -> &'static str {

@@ -40,6 +40,7 @@
 mod actor;
 mod admit;
 mod channel;
+mod compact;
 mod config;
 mod cuts;
 mod durable;
@@ -52,6 +53,7 @@ mod log;
 mod open;
 mod peers;
 mod persist;
+mod prune;
 mod query;
 mod recover;
 mod root;
@@ -61,6 +63,7 @@ mod sync;
 mod verify;
 
 pub use admit::{Admission, DeviceChains, Feeds, Head, Refusal, Rejection, Verdict, chain_key};
+pub use compact::{CompactReport, CompactStop, dir_bytes};
 pub use config::Config;
 pub use durable::{SledFiles, copy_dir_durably, create_private_dir, make_private, sync_dir, write_atomic};
 pub use engine::{Outcome, Write};

@@ -284,6 +284,9 @@ pub(crate) fn open(
         // A key rotation was finished (or dropped): the header may be the new one.
         header = read_header(dir)?;
     }
+    // A compaction committed before a crash is finished (sled goes, and is
+    // built afresh from the new log below); one not committed is dropped.
+    crate::compact::recover(dir)?;
     // Anything looser than owner-only is tightened, and reported: it was
     // readable by other accounts until now.
     let loose = crate::durable::make_private(dir)?;

@@ -197,9 +197,11 @@ pub(crate) fn recover(dir: &Path) -> Result<bool> {
     Ok(found)
 }
 
-/// The swap after the commit; every step is skipped when already done.
-fn finish(dir: &Path, stop: Option<StopAt>) -> Result<()> {
-    let staging = dir.join(ROTATE_DIR);
+/// Move `staging/log/` in as the store's log, the live one becoming
+/// `log.old/`; each step is skipped when already done. With
+/// `stop_when_old_moved`, stops (returns `false`) right after the live log
+/// moved aside, as a crash there would.
+pub(crate) fn move_log_in(dir: &Path, staging: &Path, stop_when_old_moved: bool) -> Result<bool> {
     let (live, old, new) = (
         dir.join(log::LOG_DIR),
         dir.join(LOG_OLD_DIR),
@@ -213,14 +215,20 @@ fn finish(dir: &Path, stop: Option<StopAt>) -> Result<()> {
             fs::rename(&live, &old)?;
             sync_dir(dir)?;
         }
-        if stop == Some(StopAt::OldLogMoved) {
-            return Ok(());
+        if stop_when_old_moved {
+            return Ok(false);
         }
         fs::rename(&new, &live)?;
         sync_dir(dir)?;
-        sync_dir(&staging)?;
+        sync_dir(staging)?;
     }
-    if stop == Some(StopAt::NewLogMoved) {
+    Ok(true)
+}
+
+/// The swap after the commit; every step is skipped when already done.
+fn finish(dir: &Path, stop: Option<StopAt>) -> Result<()> {
+    let staging = dir.join(ROTATE_DIR);
+    if !move_log_in(dir, &staging, stop == Some(StopAt::OldLogMoved))? || stop == Some(StopAt::NewLogMoved) {
         return Ok(());
     }
     for e in fs::read_dir(&staging)? {

@@ -10,6 +10,7 @@ use hearth_core::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::actor::{self, Cmd};
+use crate::compact::{CompactReport, CompactStop};
 use crate::config::Config;
 use crate::engine::{Engine, Outcome, Write};
 use crate::error::{Error, Result};
@@ -115,6 +116,8 @@ fn check_file_name(name: &str) -> Result<()> {
             "log.old",
             "rotate",
             "rotate.tmp",
+            "compact",
+            "compact.tmp",
         ]
         .contains(&name);
     if ok {
@@ -132,6 +135,18 @@ fn expect_message(o: Outcome) -> Result<MessageId> {
         Outcome::Message(m) => Ok(m),
         _ => Err(Error::corrupted("store task", "unexpected reply")),
     }
+}
+
+/// A store closed cleanly just now (under its lock): nothing may wait in
+/// its journal before a rotation or a compaction replaces its files.
+fn closed_cleanly(dir: &Path, master: &hearth_core::SecretKey) -> Result<()> {
+    let records = hearth_core::derive(master, hearth_core::Purpose::LocalRecords);
+    let (journal, decoded) = crate::journal::Journal::open(&dir.join(crate::layout::JOURNAL_FILE), &records)?;
+    drop(journal);
+    if !decoded.records.is_empty() {
+        return Err(Error::corrupted("journal", "records left after a clean close"));
+    }
+    Ok(())
 }
 
 impl Store {
@@ -309,14 +324,43 @@ impl Store {
         let new_pass = new_pass.clone();
         tokio::task::spawn_blocking(move || {
             let _lock = open::lock(&dir)?;
-            let records = hearth_core::derive(&master, hearth_core::Purpose::LocalRecords);
-            // Closed cleanly just now: nothing may wait in the journal.
-            let (journal, decoded) = crate::journal::Journal::open(&dir.join(crate::layout::JOURNAL_FILE), &records)?;
-            drop(journal);
-            if !decoded.records.is_empty() {
-                return Err(Error::corrupted("journal", "records left after a clean close"));
-            }
+            closed_cleanly(&dir, &master)?;
             crate::rotate::rotate(&dir, &master, &new_pass, &config, stop)
+        })
+        .await
+        .map_err(|_| Error::Closed)?
+    }
+
+    /// Compact the store in `dir` (`hearth compact`): the bytes of every
+    /// text dropped by a delete leave the feed log, sled and the journal (see
+    /// the `compact` module). The store is opened with `pass`, and closed
+    /// cleanly once the new log is written, so it must not be open
+    /// elsewhere; the next open builds sled afresh from the new log.
+    /// Interrupted at any moment, the next open finishes or drops it.
+    pub async fn compact(dir: impl AsRef<Path>, pass: &Passphrase, config: Config) -> Result<CompactReport> {
+        Self::compact_until(dir, pass, config, None).await
+    }
+
+    /// [`Store::compact`], stopping at `stop` (as a crash there would).
+    #[doc(hidden)]
+    pub async fn compact_until(
+        dir: impl AsRef<Path>,
+        pass: &Passphrase,
+        config: Config,
+        stop: Option<CompactStop>,
+    ) -> Result<CompactReport> {
+        let dir = open::abs(dir.as_ref());
+        let store = Store::open(&dir, pass, config).await?;
+        let staging = dir.join(crate::compact::COMPACT_TMP_DIR);
+        let written = store.query(move |e| e.write_compacted_log(&staging)).await;
+        let master = store.query(|e| Ok(e.master.clone())).await;
+        store.close().await?;
+        let ((covered, new_end, mut report), master) = (written?, master?);
+        tokio::task::spawn_blocking(move || {
+            let _lock = open::lock(&dir)?;
+            closed_cleanly(&dir, &master)?;
+            crate::compact::commit(&dir, covered, new_end, &mut report, stop)?;
+            Ok(report)
         })
         .await
         .map_err(|_| Error::Closed)?

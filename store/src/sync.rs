@@ -177,6 +177,34 @@ struct Accepted {
     bytes: Vec<u8>,
     change: automerge::Change,
     effects: ChangeEffects,
+    /// The texts of its segments that its change names.
+    texts: Vec<hearth_core::Content>,
+}
+
+/// The texts of an entry's segments that its change names (each checked
+/// against its id), and the entry's bytes with only those segments: a
+/// segment is outside the signature, so one a forwarder damaged or added is
+/// dropped here rather than stored or passed on.
+fn entry_texts(
+    env: &Envelope,
+    bytes: Vec<u8>,
+    keys: &hearth_core::ChannelKeys,
+    effects: &ChangeEffects,
+) -> (Vec<hearth_core::Content>, Vec<u8>) {
+    if env.segments.is_empty() {
+        return (Vec::new(), bytes);
+    }
+    let texts: Vec<hearth_core::Content> = env
+        .open_segments(keys)
+        .into_iter()
+        .filter(|c| effects.texts.contains(&(c.msg, c.id())))
+        .collect();
+    if texts.len() == env.segments.len() {
+        return (texts, bytes);
+    }
+    let mut kept = env.clone();
+    kept.segments.retain(|s| texts.iter().any(|c| c.id() == s.id));
+    (texts, kept.encode())
 }
 
 /// An entry taken into its feed sealed, under a key generation this device
@@ -428,6 +456,7 @@ impl Engine {
                     Ok((epoch, change, effects)) => {
                         top = top.max(epoch);
                         progressed = true;
+                        let (texts, bytes) = entry_texts(&env, bytes, &ch.keys, &effects);
                         // A device linked through a revoked one (its chain may
                         // come in this very entry) gives no keys.
                         let through_revoked = !revoked.is_empty() && {
@@ -455,6 +484,7 @@ impl Engine {
                             bytes: bytes.clone(),
                             change,
                             effects,
+                            texts,
                         });
                         admission.accept(&env, bytes);
                     }
@@ -571,14 +601,18 @@ impl Engine {
                 Ok((body.epoch, change, effects))
             });
             match opened {
-                Ok((epoch, change, effects)) => accepted.entry(epoch).or_default().push(Accepted {
-                    device,
-                    user,
-                    seq,
-                    bytes,
-                    change,
-                    effects,
-                }),
+                Ok((epoch, change, effects)) => {
+                    let (texts, bytes) = entry_texts(&env, bytes, &ch.keys, &effects);
+                    accepted.entry(epoch).or_default().push(Accepted {
+                        device,
+                        user,
+                        seq,
+                        bytes,
+                        change,
+                        effects,
+                        texts,
+                    })
+                }
                 Err(e) => refused.push((k.to_vec(), device, seq, e.to_string())),
             }
         }
@@ -642,6 +676,12 @@ impl Engine {
             let readers: BTreeMap<UserId, MessageId> = le.view.read_markers().map(|(u, m)| (*u, *m)).collect();
             before.insert(*epoch, (readers, le.view.delivered.clone(), existed));
             let changes: Vec<automerge::Change> = list.iter().map(|a| a.change.clone()).collect();
+            for a in list {
+                for c in &a.texts {
+                    le.segments.insert(c.id(), (a.device, a.seq));
+                }
+                le.doc.add_texts(a.texts.iter().cloned());
+            }
             if let Err(e) = le.doc.apply_remote(changes) {
                 failure = Some(e.to_string());
                 break;
@@ -748,6 +788,13 @@ impl Engine {
                 debug_assert_eq!(le.view, le.doc.view(&ch.devices), "incremental view diverged");
             }
             le.queued = queued;
+            // A delete that counts drops the message's texts (`crate::prune`),
+            // also one that arrived before the text it deletes.
+            for msg in &effects.messages {
+                if le.view.get(msg).is_some_and(|m| m.deleted) && !le.doc.text_ids(msg).is_empty() {
+                    self.prune_queue.push((channel, epoch, *msg));
+                }
+            }
             let s = ch.summaries.entry(epoch).or_default();
             for a in &list {
                 batch.insert(&feed_key(wire, &a.device, a.seq)[..], &a.bytes[..]);
@@ -864,6 +911,7 @@ impl Engine {
         // sent before that and lost to a crash costs nothing: the sender keeps
         // every entry, and the lower vector after the restart asks for it again.
         self.dirty = true;
+        self.run_prunes()?;
         let _ = self.events.send(crate::StoreEvent::Appended {
             channel,
             wire: *wire,

@@ -244,7 +244,16 @@ impl Engine {
                             problems.push((here.clone(), format!("out of order: expected entry {}", *next + 1)));
                         }
                         *next = (*next).max(h.seq);
-                        if self.tree.get(feed_key(&h.wire, &h.device, h.seq))?.as_deref() != Some(&rec.body[..]) {
+                        // sled may hold it with fewer segments (texts dropped
+                        // since: the log keeps them until a compaction).
+                        let held = self.tree.get(feed_key(&h.wire, &h.device, h.seq))?;
+                        let same = held.as_deref().is_some_and(|v| {
+                            v == &rec.body[..]
+                                || Envelope::decode(v).is_ok_and(|now| {
+                                    now.hash() == env.hash() && now.segments.iter().all(|s| env.segments.contains(s))
+                                })
+                        });
+                        if !same {
                             problems.push((here, "not in sled, or other bytes there".to_string()));
                         }
                     }
@@ -307,7 +316,7 @@ impl Engine {
                     r.problem(format!("{place}/{seq}"), format!("gap: expected entry {expect_seq}"));
                 }
                 let check = Envelope::decode(&v).map_err(crate::Error::from).and_then(|env| {
-                    if env.header.version == hearth_core::ENVELOPE_V2 {
+                    if env.header.version >= hearth_core::ENVELOPE_V2 {
                         if let Some(k) = env.device_key()? {
                             if key.is_some_and(|held| held != k) {
                                 return Err(crate::Error::corrupted("feed entry", "a second key for the device"));

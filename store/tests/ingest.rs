@@ -321,7 +321,7 @@ async fn a_forked_feed_is_proved_reported_and_kept() {
 #[tokio::test]
 async fn feeds_are_signed_by_device_keys() {
     use hearth_core::device::{DeviceCert, DeviceKeys};
-    use hearth_core::{ENVELOPE_V2, ENVELOPE_VERSION, EntryHeader, Envelope, Identity};
+    use hearth_core::{ENVELOPE_V2, ENVELOPE_V3, ENVELOPE_VERSION, EntryHeader, Envelope, Identity};
 
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let pass = Passphrase::new("pw");
@@ -344,7 +344,7 @@ async fn feeds_are_signed_by_device_keys() {
         .entries;
     let envs: Vec<Envelope> = all.iter().map(|e| Envelope::decode(e).unwrap()).collect();
     let cert = a.device_cert().await.unwrap();
-    assert!(envs.iter().all(|e| e.header.version == ENVELOPE_V2));
+    assert!(envs.iter().all(|e| e.header.version == ENVELOPE_V3));
     assert_eq!(
         envs[0].certs,
         vec![cert.clone()],
@@ -375,6 +375,7 @@ async fn feeds_are_signed_by_device_keys() {
         seq: head.seq + 1,
         prev: head.hash,
         generation: 0,
+        epoch: 0,
     };
     // 1. Format 1, signed by the user key, after the device's own: refused
     // (for a keyed id as squatting, before it is a downgrade).
@@ -390,6 +391,8 @@ async fn feeds_are_signed_by_device_keys() {
             .sign(&signed)
             .unwrap()
             .to_vec(),
+        pruned: None,
+        segments: Vec::new(),
     }
     .encode();
     // 2. A second key for the device, bound by the user key as a kept id:
@@ -405,6 +408,8 @@ async fn feeds_are_signed_by_device_keys() {
         certs: vec![rebound],
         body: body.clone(),
         sig: other.sign(b"hearth v2 entry", &msg).to_vec(),
+        pruned: None,
+        segments: Vec::new(),
     }
     .encode();
     // 3. Signed by another key, without a chain: a forgery.
@@ -417,6 +422,8 @@ async fn feeds_are_signed_by_device_keys() {
         certs: Vec::new(),
         body: body.clone(),
         sig: other.sign(b"hearth v2 entry", &msg).to_vec(),
+        pruned: None,
+        segments: Vec::new(),
     }
     .encode();
     // 4. Mallory's chain in an entry claiming Alice's device.
@@ -509,6 +516,7 @@ async fn a_squatted_device_id_is_impossible() {
         seq: 1,
         prev: [0; 32],
         generation: 0,
+        epoch: 0,
     };
     // A format 1 entry naming Alice's device, signed by Mallory's user key.
     let h = header(ENVELOPE_VERSION);
@@ -519,6 +527,8 @@ async fn a_squatted_device_id_is_impossible() {
         certs: Vec::new(),
         body: body.clone(),
         sig: mallory.sign(&signed).unwrap().to_vec(),
+        pruned: None,
+        segments: Vec::new(),
     }
     .encode();
     // A chain binding Alice's id to Mallory's device key as a kept id.
@@ -533,6 +543,8 @@ async fn a_squatted_device_id_is_impossible() {
         certs: vec![kept],
         body: body.clone(),
         sig: mkeys.sign(b"hearth v2 entry", &msg).to_vec(),
+        pruned: None,
+        segments: Vec::new(),
     }
     .encode();
     for (what, bytes, want) in [

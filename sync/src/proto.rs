@@ -52,17 +52,18 @@ use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 
 /// The protocol name (the version is in it).
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/sync/6");
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/sync/7");
 /// Protocol version carried in Hello.
-pub const VERSION: u16 = 6;
+pub const VERSION: u16 = 7;
 /// Names of earlier versions of the protocol, which this node does not speak:
 /// a peer offering only these is reported as incompatible, not banned.
-pub const OLD_PROTOCOLS: [&str; 5] = [
+pub const OLD_PROTOCOLS: [&str; 6] = [
     "/hearth/sync/1",
     "/hearth/sync/2",
     "/hearth/sync/3",
     "/hearth/sync/4",
     "/hearth/sync/5",
+    "/hearth/sync/6",
 ];
 /// The reason of a Hello refused for a device proof without a chain that
 /// the responder cannot check: say it again with the chain.

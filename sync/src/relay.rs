@@ -691,7 +691,7 @@ impl Inner {
                 device,
                 FeedPos {
                     seq: upto,
-                    hash: *blake3::hash(&bytes).as_bytes(),
+                    hash: hearth_core::Envelope::hash_of(&bytes),
                 },
             );
         }
@@ -1233,6 +1233,7 @@ mod tests {
             seq,
             prev,
             generation: 0,
+            epoch: 0,
         };
         let body = vec![7u8; 40];
         let mut signed = postcard::to_stdvec(&header).unwrap();
@@ -1243,6 +1244,8 @@ mod tests {
             certs: Vec::new(),
             body,
             sig,
+            pruned: None,
+            segments: Vec::new(),
         })
         .unwrap()
     }
@@ -1301,8 +1304,10 @@ mod tests {
         let (unchained, _) = entry(&keys, &a, 4, [9; 32], 4);
         let r = ingest(&relay, wire, &[&unchained]).await;
         assert_eq!(r.rejected[0].reason, Refusal::Forked { seq: 3 });
+        // The signature's last byte (format 3: before the empty segment list).
         let mut unsigned = e[3].0.clone();
-        *unsigned.last_mut().unwrap() ^= 1;
+        let n = unsigned.len();
+        unsigned[n - 2] ^= 1;
         let r = ingest(&relay, wire, &[&unsigned]).await;
         assert_eq!(r.rejected[0].reason, Refusal::BadSignature);
         assert!(r.rejected[0].is_peer_fault());

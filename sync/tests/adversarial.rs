@@ -105,6 +105,7 @@ fn unopenable(wire: WireId, n: usize) -> Vec<Vec<u8>> {
                 seq: 1,
                 prev: [0; 32],
                 generation: 0,
+                epoch: 0,
             };
             let hb = header.encode();
             let body = hearth_core::seal(wrong.feed_key(), &hb, b"not a change").unwrap();
@@ -118,6 +119,8 @@ fn unopenable(wire: WireId, n: usize) -> Vec<Vec<u8>> {
                 certs,
                 body,
                 sig,
+                pruned: None,
+                segments: Vec::new(),
             }
             .encode()
         })

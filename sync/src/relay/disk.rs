@@ -42,8 +42,10 @@ pub(super) const META_LOG_SYNCED: &[u8] = b"Mlogsynced";
 /// `X`); a format 6 relay is only marked. 8: a removal carries the clock of
 /// its op and may say the user was added back; the latest of a user stands
 /// (kind 9 records and `X` rows of format 7, with no clock, still read, as
-/// the oldest); a format 7 relay is only marked.
-pub(super) const RELAY_FORMAT: u8 = 8;
+/// the oldest); a format 7 relay is only marked. 9: feed entries of format
+/// 3 (droppable segments, outside the entry hash); a format 8 relay is only
+/// marked.
+pub(super) const RELAY_FORMAT: u8 = 9;
 /// sled is checkpointed once this much log was written since the last time
 /// (the log itself is durable at every acknowledgement).
 const CHECKPOINT_BYTES: u64 = 4 << 20;

@@ -1,0 +1,208 @@
+//! Message content that can be dropped: texts travel beside the change that
+//! posts them, not inside it.
+//!
+//! A post or an edit puts a 16-byte *content id* in its epoch document where
+//! the text used to be; the text itself rides in a *segment* of the same
+//! feed entry ([`crate::Envelope`], format 3), sealed under the entry's key
+//! generation and bound to the entry's header and the id. Segments are
+//! outside the entry's signature and hash, so any holder can drop one (a
+//! delete, an expiry) and the feed still verifies; the id, which the signed
+//! change carries, still commits to the text:
+//!
+//! ```text
+//! content id = blake3("hearth v1 content id" | salt [16] | message id [24] | text)[..16]
+//! segment    = { id, sealed: XChaCha20-Poly1305(generation key, random nonce,
+//!                  aad = "hearth v3 segment" | entry header bytes | id,
+//!                  postcard(Content { salt, msg, text })) }
+//! ```
+//!
+//! The salt is random per text, so an id tells nothing about its text once
+//! the segment is gone (no one can confirm a guess), and a receiver checks a
+//! segment's text against the id before it shows it: neither a forwarder nor
+//! the author can hand two receivers two texts for one message.
+
+use serde::{Deserialize, Serialize};
+
+use crate::channel::ChannelKeys;
+use crate::error::{Error, Result};
+use crate::id::{MessageId, random_bytes, to_hex};
+use crate::op::MAX_TEXT_BYTES;
+use crate::seal::{open, seal};
+
+/// Signing-domain label of content ids.
+const ID_DOMAIN: &[u8] = b"hearth v1 content id";
+/// AAD label of sealed segments.
+const SEGMENT_DOMAIN: &[u8] = b"hearth v3 segment";
+/// Largest sealed segment accepted: the longest text, its salt, postcard's
+/// length prefix and the seal's nonce and tag, with room to spare.
+pub const MAX_SEGMENT_BYTES: usize = MAX_TEXT_BYTES + 128;
+
+/// The id of one text (a post's or an edit's), as its epoch document holds it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ContentId(pub [u8; 16]);
+
+impl std::fmt::Debug for ContentId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ContentId({})", to_hex(&self.0))
+    }
+}
+
+impl ContentId {
+    /// The id from its 16 bytes (as a document value holds them).
+    pub fn from_slice(b: &[u8]) -> Option<Self> {
+        Some(ContentId(b.try_into().ok()?))
+    }
+}
+
+/// A text, its message and its salt: what a segment seals.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Content {
+    /// Random per text, so the id says nothing about the text.
+    pub salt: [u8; 16],
+    /// The message whose text (posted or edited) this is.
+    pub msg: MessageId,
+    /// The text.
+    pub text: String,
+}
+
+impl std::fmt::Debug for Content {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Message text is content: never in Debug output or logs.
+        write!(f, "Content({} bytes)", self.text.len())
+    }
+}
+
+impl Content {
+    /// A text of `msg` with a fresh salt.
+    pub fn new(msg: MessageId, text: String) -> Result<Self> {
+        let mut salt = [0u8; 16];
+        random_bytes(&mut salt)?;
+        Ok(Content { salt, msg, text })
+    }
+
+    /// The id that commits to this text.
+    pub fn id(&self) -> ContentId {
+        let mut h = blake3::Hasher::new();
+        h.update(ID_DOMAIN);
+        h.update(&self.salt);
+        h.update(&self.msg.0);
+        h.update(self.text.as_bytes());
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        ContentId(id)
+    }
+}
+
+/// One droppable part of a feed entry: a text sealed for the entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    /// The content id the entry's change names.
+    pub id: ContentId,
+    /// The sealed [`Content`].
+    pub sealed: Vec<u8>,
+}
+
+fn segment_aad(header: &[u8], id: &ContentId) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(SEGMENT_DOMAIN.len() + header.len() + 16);
+    aad.extend_from_slice(SEGMENT_DOMAIN);
+    aad.extend_from_slice(header);
+    aad.extend_from_slice(&id.0);
+    aad
+}
+
+impl Segment {
+    /// Seal `content` for the entry whose header encodes to `header`, under
+    /// key generation `generation` of `keys`.
+    pub fn seal(keys: &ChannelKeys, generation: u32, header: &[u8], content: &Content) -> Result<Self> {
+        let key = keys
+            .sealing_key(generation)
+            .ok_or_else(|| Error::invalid("key generation", "not held"))?;
+        let id = content.id();
+        let plain = postcard::to_stdvec(content).expect("content encodes");
+        Ok(Segment {
+            id,
+            sealed: seal(key, &segment_aad(header, &id), &plain)?,
+        })
+    }
+
+    /// Open a segment of the entry whose header encodes to `header`, sealed
+    /// under `generation`, and check its text against its id.
+    pub fn open(&self, keys: &ChannelKeys, generation: u32, header: &[u8]) -> Result<Content> {
+        if self.sealed.len() > MAX_SEGMENT_BYTES {
+            return Err(Error::TooLarge {
+                what: "content segment",
+                size: self.sealed.len(),
+                limit: MAX_SEGMENT_BYTES,
+            });
+        }
+        let aad = segment_aad(header, &self.id);
+        let mut last = None;
+        for key in keys.opening_keys(generation) {
+            match open(key, &aad, &self.sealed, "content segment") {
+                Ok(plain) => {
+                    let content: Content =
+                        postcard::from_bytes(&plain).map_err(|e| Error::corrupted("content segment", e))?;
+                    if content.text.len() > MAX_TEXT_BYTES {
+                        return Err(Error::TooLarge {
+                            what: "message text",
+                            size: content.text.len(),
+                            limit: MAX_TEXT_BYTES,
+                        });
+                    }
+                    if content.id() != self.id {
+                        return Err(Error::corrupted("content segment", "text does not match its id"));
+                    }
+                    return Ok(content);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            Error::corrupted(
+                "content segment",
+                format!("sealed under key generation {generation}, which this device does not hold"),
+            )
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_segment_opens_only_for_its_entry_and_matches_its_id() {
+        let keys = ChannelKeys::generate().unwrap();
+        let msg = MessageId([5; 24]);
+        let c = Content::new(msg, "hello".into()).unwrap();
+        let s = Segment::seal(&keys, 0, b"header", &c).unwrap();
+        assert_eq!(s.id, c.id());
+        assert_eq!(s.open(&keys, 0, b"header").unwrap(), c);
+        // Another entry's header, another channel: refused.
+        assert!(s.open(&keys, 0, b"other").is_err());
+        assert!(s.open(&ChannelKeys::generate().unwrap(), 0, b"header").is_err());
+        // The id commits to the text: a segment moved under another id fails
+        // (the aad binds it), and a text under a forged id fails the check.
+        let mut moved = s.clone();
+        moved.id = Content::new(msg, "hello".into()).unwrap().id();
+        assert!(moved.open(&keys, 0, b"header").is_err());
+        let forged = Content {
+            salt: c.salt,
+            msg,
+            text: "bye".into(),
+        };
+        let mut s2 = Segment::seal(&keys, 0, b"header", &forged).unwrap();
+        s2.id = c.id();
+        let aad = segment_aad(b"header", &s2.id);
+        s2.sealed = seal(
+            keys.sealing_key(0).unwrap(),
+            &aad,
+            &postcard::to_stdvec(&forged).unwrap(),
+        )
+        .unwrap();
+        assert!(s2.open(&keys, 0, b"header").is_err());
+        // Same text, new salt: another id (an id tells nothing of its text).
+        assert_ne!(Content::new(msg, "hello".into()).unwrap().id(), c.id());
+        assert_eq!(format!("{c:?}"), "Content(5 bytes)");
+    }
+}

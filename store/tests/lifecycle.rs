@@ -1,0 +1,196 @@
+//! Deletes that delete: a deleted message's texts leave every file of the
+//! author's store and of a peer's after a compaction (issue 9).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use hearth_core::{ChannelId, Envelope, KdfParams, MessageId, Passphrase, Vector, WireId};
+use hearth_store::{CompactStop, Config, Store};
+
+fn config() -> Config {
+    Config::default().with_kdf(KdfParams::INSECURE_FAST)
+}
+
+/// Move everything `from` holds of a channel that `to` lacks.
+async fn pull(from: &Store, to: &Store, wire: WireId, channel: ChannelId) {
+    loop {
+        let have = to.vector(channel).await.unwrap();
+        let batch = from.entries_after(wire, have, 16 * 1024, 64).await.unwrap();
+        if batch.entries.is_empty() {
+            return;
+        }
+        let report = to.ingest(wire, batch.entries).await.unwrap();
+        assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+    }
+}
+
+/// The sealed bytes of every segment `store` serves for `channel`, by the
+/// message whose text it carries.
+async fn segments(store: &Store, channel: ChannelId) -> HashMap<MessageId, Vec<Vec<u8>>> {
+    let keys = store.channel_keys(channel).await.unwrap();
+    let batch = store
+        .entries_after(keys.wire(), Vector::default(), usize::MAX, usize::MAX)
+        .await
+        .unwrap();
+    let mut out: HashMap<MessageId, Vec<Vec<u8>>> = HashMap::new();
+    for bytes in batch.entries {
+        let env = Envelope::decode(&bytes).unwrap();
+        let header = env.header.encode();
+        for s in &env.segments {
+            let content = s.open(&keys, env.header.generation, &header).unwrap();
+            out.entry(content.msg).or_default().push(s.sealed.clone());
+        }
+    }
+    out
+}
+
+/// The files under `dir` that hold `needle` anywhere.
+fn holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_message_leaves_every_file_of_the_author_and_of_a_peer() {
+    let (da, db, dc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let pass = Passphrase::new("pw");
+    let a = Store::create(da.path(), &pass, "alice", config()).await.unwrap();
+    let b = Store::create(db.path(), &pass, "bob", config()).await.unwrap();
+    let general = a.create_channel("general").await.unwrap();
+    let keep = a.post(general, "a message that stays").await.unwrap();
+    let secret = a.post(general, "the secret that must go").await.unwrap();
+    a.edit(secret, "the secret, edited").await.unwrap();
+    let reply = a.reply(keep, "a reply that stays").await.unwrap();
+    let keys = a.channel_keys(general).await.unwrap();
+    let wire = keys.wire();
+    b.join_channel(keys.clone()).await.unwrap();
+    pull(&a, &b, wire, general).await;
+    assert_eq!(
+        b.message(secret).await.unwrap().message.text.as_deref(),
+        Some("the secret, edited")
+    );
+    let served = segments(&a, general).await;
+    let gone = served[&secret].clone();
+    assert_eq!(gone.len(), 2, "the post and its edit");
+    let kept: Vec<Vec<u8>> = [keep, reply].iter().flat_map(|m| served[m].clone()).collect();
+    a.checkpoint().await.unwrap();
+    b.checkpoint().await.unwrap();
+    // The control: before the delete both stores hold every segment on disk.
+    for (dir, who) in [(da.path(), "alice"), (db.path(), "bob")] {
+        for needle in gone.iter().chain(&kept) {
+            assert!(!holding(dir, needle).is_empty(), "{who} holds it before the delete");
+        }
+    }
+
+    a.delete(secret).await.unwrap();
+    // Posted and deleted at once: its text may never leave in a segment.
+    let quick = a.post(general, "posted and deleted at once").await.unwrap();
+    a.delete(quick).await.unwrap();
+    pull(&a, &b, wire, general).await;
+    for s in [&a, &b] {
+        let m = s.message(secret).await.unwrap().message;
+        assert!(m.deleted && m.text.is_none(), "{m:?}");
+        // What either serves carries no text of it any more.
+        let served = segments(s, general).await;
+        assert!(!served.contains_key(&secret) && !served.contains_key(&quick));
+        assert_eq!(served[&keep].len(), 1);
+        assert!(s.verify().await.unwrap().is_clean());
+    }
+    // A member that joins after the delete never receives it.
+    let c = Store::create(dc.path(), &pass, "carol", config()).await.unwrap();
+    c.join_channel(keys).await.unwrap();
+    pull(&a, &c, wire, general).await;
+    assert!(!segments(&c, general).await.contains_key(&secret));
+    assert_eq!(
+        c.page(general, None, 10).await.unwrap(),
+        a.page(general, None, 10).await.unwrap()
+    );
+    c.close().await.unwrap();
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+
+    for (dir, who) in [(da.path(), "alice"), (db.path(), "bob")] {
+        let report = Store::compact(dir, &pass, config()).await.unwrap();
+        assert!(report.entries_rewritten >= 1, "{who}: {report:?}");
+        for needle in &gone {
+            let left = holding(dir, needle);
+            assert!(left.is_empty(), "{who}: a deleted text's segment is still in {left:?}");
+        }
+        // The search finds what is still there: what was not deleted.
+        for needle in &kept {
+            assert!(!holding(dir, needle).is_empty(), "{who}: a kept text is on disk");
+        }
+        let s = Store::open(dir, &pass, config()).await.unwrap();
+        assert!(s.open_report().rebuilt.is_some(), "{who}: sled is built afresh");
+        assert_eq!(
+            s.message(keep).await.unwrap().message.text.as_deref(),
+            Some("a message that stays")
+        );
+        assert_eq!(
+            s.message(reply).await.unwrap().message.text.as_deref(),
+            Some("a reply that stays")
+        );
+        assert!(s.message(secret).await.unwrap().message.deleted);
+        assert!(s.verify().await.unwrap().is_clean(), "{who}");
+        // Writing goes on after a compaction.
+        s.post(general, &format!("{who} writes on")).await.unwrap();
+        s.close().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_stopped_at_any_step_is_finished_or_dropped_by_the_next_open() {
+    let pass = Passphrase::new("pw");
+    for stop in [
+        CompactStop::Prepared,
+        CompactStop::Committed,
+        CompactStop::OldLogMoved,
+        CompactStop::NewLogMoved,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(dir.path(), &pass, "alice", config()).await.unwrap();
+        let general = s.create_channel("general").await.unwrap();
+        let mut ids = Vec::new();
+        for i in 0..50 {
+            ids.push(s.post(general, &format!("message {i}")).await.unwrap());
+        }
+        let secret = s.post(general, "a secret").await.unwrap();
+        let needle = segments(&s, general).await[&secret][0].clone();
+        s.delete(secret).await.unwrap();
+        let before = s.page(general, None, 100).await.unwrap();
+        s.close().await.unwrap();
+        Store::compact_until(dir.path(), &pass, config(), Some(stop))
+            .await
+            .unwrap();
+        let s = Store::open(dir.path(), &pass, config()).await.unwrap();
+        assert_eq!(s.page(general, None, 100).await.unwrap(), before, "{stop:?}");
+        assert!(s.verify().await.unwrap().is_clean(), "{stop:?}");
+        for left in ["compact", "compact.tmp", "log.old"] {
+            assert!(!dir.path().join(left).exists(), "{stop:?}: {left} is left");
+        }
+        let still = !holding(dir.path(), &needle).is_empty();
+        // Committed: the next open finished it. Not committed: dropped, and
+        // the next compaction does it.
+        assert_eq!(still, stop == CompactStop::Prepared, "{stop:?}");
+        s.close().await.unwrap();
+        if still {
+            Store::compact(dir.path(), &pass, config()).await.unwrap();
+            assert!(holding(dir.path(), &needle).is_empty(), "{stop:?}");
+        }
+    }
+}
