@@ -4,16 +4,18 @@
 //! A post or an edit puts a 16-byte *content id* in its epoch document where
 //! the text used to be; the text itself rides in a *segment* of the same
 //! feed entry ([`crate::Envelope`], format 3), sealed under the entry's key
-//! generation and bound to the entry's header and the id. Segments are
-//! outside the entry's signature and hash, so any holder can drop one (a
-//! delete, an expiry) and the feed still verifies; the id, which the signed
-//! change carries, still commits to the text:
+//! generation and bound to the entry's header and the id. The entry's
+//! signature and hash cover each segment's id and the hash of its sealed
+//! bytes, not the bytes: any holder can drop a segment's bytes (a delete, an
+//! expiry) and the feed still verifies, while nobody can add, swap or damage
+//! one unnoticed (a relay checks that too, without keys); the id, which the
+//! signed change carries, commits to the text:
 //!
 //! ```text
 //! content id = blake3("hearth v1 content id" | salt [16] | message id [24] | text)[..16]
-//! segment    = { id, sealed: XChaCha20-Poly1305(generation key, random nonce,
-//!                  aad = "hearth v3 segment" | entry header bytes | id,
-//!                  postcard(Content { salt, msg, text })) }
+//! segment    = { id, hash = blake3(sealed), sealed?: XChaCha20-Poly1305(generation
+//!                  key, random nonce, aad = "hearth v3 segment" | entry header bytes | id,
+//!                  postcard(Content { salt, msg, text })) }   (sealed: absent once dropped)
 //! ```
 //!
 //! The salt is random per text, so an id tells nothing about its text once
@@ -93,13 +95,16 @@ impl Content {
     }
 }
 
-/// One droppable part of a feed entry: a text sealed for the entry.
+/// One droppable part of a feed entry: a text sealed for the entry. The
+/// entry signs its id and hash; the sealed bytes can be dropped.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Segment {
     /// The content id the entry's change names.
     pub id: ContentId,
-    /// The sealed [`Content`].
-    pub sealed: Vec<u8>,
+    /// blake3 of the sealed bytes.
+    pub hash: [u8; 32],
+    /// The sealed [`Content`], or `None` once dropped.
+    pub sealed: Option<Vec<u8>>,
 }
 
 fn segment_aad(header: &[u8], id: &ContentId) -> Vec<u8> {
@@ -119,26 +124,37 @@ impl Segment {
             .ok_or_else(|| Error::invalid("key generation", "not held"))?;
         let id = content.id();
         let plain = postcard::to_stdvec(content).expect("content encodes");
+        let sealed = seal(key, &segment_aad(header, &id), &plain)?;
         Ok(Segment {
             id,
-            sealed: seal(key, &segment_aad(header, &id), &plain)?,
+            hash: *blake3::hash(&sealed).as_bytes(),
+            sealed: Some(sealed),
         })
+    }
+
+    /// Whether its bytes are held and match the hash the entry signs.
+    pub fn intact(&self) -> bool {
+        self.sealed
+            .as_ref()
+            .is_some_and(|s| s.len() <= MAX_SEGMENT_BYTES && *blake3::hash(s).as_bytes() == self.hash)
     }
 
     /// Open a segment of the entry whose header encodes to `header`, sealed
     /// under `generation`, and check its text against its id.
     pub fn open(&self, keys: &ChannelKeys, generation: u32, header: &[u8]) -> Result<Content> {
-        if self.sealed.len() > MAX_SEGMENT_BYTES {
-            return Err(Error::TooLarge {
-                what: "content segment",
-                size: self.sealed.len(),
-                limit: MAX_SEGMENT_BYTES,
-            });
+        let Some(sealed) = self.sealed.as_deref() else {
+            return Err(Error::corrupted("content segment", "dropped"));
+        };
+        if !self.intact() {
+            return Err(Error::corrupted(
+                "content segment",
+                "does not match the hash its entry signs",
+            ));
         }
         let aad = segment_aad(header, &self.id);
         let mut last = None;
         for key in keys.opening_keys(generation) {
-            match open(key, &aad, &self.sealed, "content segment") {
+            match open(key, &aad, sealed, "content segment") {
                 Ok(plain) => {
                     let content: Content =
                         postcard::from_bytes(&plain).map_err(|e| Error::corrupted("content segment", e))?;
@@ -194,15 +210,24 @@ mod tests {
         let mut s2 = Segment::seal(&keys, 0, b"header", &forged).unwrap();
         s2.id = c.id();
         let aad = segment_aad(b"header", &s2.id);
-        s2.sealed = seal(
+        let sealed = seal(
             keys.sealing_key(0).unwrap(),
             &aad,
             &postcard::to_stdvec(&forged).unwrap(),
         )
         .unwrap();
+        s2.hash = *blake3::hash(&sealed).as_bytes();
+        s2.sealed = Some(sealed);
         assert!(s2.open(&keys, 0, b"header").is_err());
         // Same text, new salt: another id (an id tells nothing of its text).
         assert_ne!(Content::new(msg, "hello".into()).unwrap().id(), c.id());
         assert_eq!(format!("{c:?}"), "Content(5 bytes)");
+        // Bytes that do not match the signed hash, or none: not opened.
+        let mut damaged = s.clone();
+        damaged.sealed.as_mut().unwrap()[30] ^= 1;
+        assert!(!damaged.intact() && damaged.open(&keys, 0, b"header").is_err());
+        let mut dropped = s.clone();
+        dropped.sealed = None;
+        assert!(!dropped.intact() && dropped.open(&keys, 0, b"header").is_err());
     }
 }

@@ -232,25 +232,36 @@ impl EpochDoc {
         self.inline_texts = inline;
     }
 
+    /// The messages with a text held.
+    pub fn text_messages(&self) -> BTreeSet<MessageId> {
+        self.texts.values().map(|(m, _)| *m).collect()
+    }
+
     /// Whether the text of this id is held.
     pub fn holds_text(&self, id: &ContentId) -> bool {
         self.texts.contains_key(id)
     }
 
-    /// The text a value names: `Some(None)` when it names a text not held
-    /// (dropped), `None` when it is no text value at all.
-    fn resolve(&self, r: TextRef<'_>) -> Option<Option<String>> {
+    /// The text a value of message `msg` names: `Some(None)` when it names a
+    /// text not held (dropped), `None` when it is no text value at all. A
+    /// text of another message is none of this one's (an author cannot show
+    /// another message's text under its own).
+    fn resolve(&self, r: TextRef<'_>, msg: &MessageId) -> Option<Option<String>> {
         Some(match r {
             TextRef::Inline(s) => Some(s.to_string()),
-            TextRef::Id(id) => self.texts.get(&id).map(|(_, t)| t.clone()),
+            TextRef::Id(id) => self.held_text(&id, msg),
         })
     }
 
-    fn resolve_owned(&self, r: TextRefOwned) -> Option<String> {
+    fn resolve_owned(&self, r: TextRefOwned, msg: &MessageId) -> Option<String> {
         match r {
             TextRefOwned::Inline(s) => Some(s),
-            TextRefOwned::Id(id) => self.texts.get(&id).map(|(_, t)| t.clone()),
+            TextRefOwned::Id(id) => self.held_text(&id, msg),
         }
+    }
+
+    fn held_text(&self, id: &ContentId, msg: &MessageId) -> Option<String> {
+        self.texts.get(id).filter(|(m, _)| m == msg).map(|(_, t)| t.clone())
     }
 
     /// Stage a text: its content (with a fresh salt) goes into the next
@@ -596,7 +607,7 @@ impl EpochDoc {
                         slow.push(msg);
                     } else if kind == "x" {
                         deletes.insert((msg, user));
-                    } else if let Some(text) = text_ref(&item.value).and_then(|r| self.resolve(r)) {
+                    } else if let Some(text) = text_ref(&item.value).and_then(|r| self.resolve(r, &msg)) {
                         edits.insert((msg, user), text);
                     }
                 }
@@ -676,7 +687,7 @@ impl EpochDoc {
                 return None;
             }
             match &*f.key {
-                "t" => text = Some(self.resolve(text_ref(&f.value)?)?),
+                "t" => text = Some(self.resolve(text_ref(&f.value)?, id)?),
                 "p" => reply_to = Some(value_str(&f.value)?.parse().ok()?),
                 _ => {}
             }
@@ -795,14 +806,14 @@ impl EpochDoc {
                 .find(|(_, w)| self.author(w, devices) == Some(author))
                 .map(|(v, _)| v)
         };
-        let original = self.resolve_owned(text_ref_owned(&field("t")?)?);
+        let original = self.resolve_owned(text_ref_owned(&field("t")?)?, id);
         let reply_to = field("p").and_then(|p| p.as_str().and_then(|p| p.parse().ok()));
         let a = author.to_hex();
         let deleted = self.authored_value(&format!("x:{id}:{a}"), &author, devices).is_some();
         let edit = self
             .authored_value(&format!("e:{id}:{a}"), &author, devices)
             .and_then(|v| text_ref_owned(&v))
-            .map(|r| self.resolve_owned(r));
+            .map(|r| self.resolve_owned(r, id));
         let current = match &edit {
             Some(e) => e.clone(),
             None => original,

@@ -24,10 +24,12 @@
 //!                 dropped
 //! signature:      ed25519 by the device key over
 //!                 "hearth v3 entry" 0x00 | header bytes | postcard(certs) | blake3(body)
+//!                 | postcard([(segment id, segment hash)])
 //! segments:       the texts the change names by content id
-//!                 ([`crate::content`]), each droppable: outside the signature
-//!                 and the entry hash
-//! entry hash:     blake3 of postcard(header, certs, blake3(body), signature)
+//!                 ([`crate::content`]): id and hash signed, the sealed bytes
+//!                 droppable (absent once dropped)
+//! entry hash:     blake3 of postcard(header, certs, blake3(body), signature,
+//!                 [(segment id, segment hash)])
 //! ```
 //!
 //! The same bytes are stored and sent: an entry is sealed once. Anyone can check
@@ -36,7 +38,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::channel::ChannelKeys;
-use crate::content::{Content, ContentId, MAX_SEGMENT_BYTES, Segment};
+use crate::content::{Content, ContentId, Segment};
 use crate::device::{DeviceCert, domain_message, verify_chain};
 use crate::error::{Error, Result};
 use crate::id::{DeviceId, Epoch, UserId, WireId};
@@ -205,6 +207,12 @@ struct SkeletonV3<'a> {
     certs: &'a [DeviceCert],
     body: [u8; 32],
     sig: &'a [u8],
+    segments: Vec<(ContentId, [u8; 32])>,
+}
+
+/// The signed part of each segment: its id and hash.
+fn slots(segments: &[Segment]) -> Vec<(ContentId, [u8; 32])> {
+    segments.iter().map(|s| (s.id, s.hash)).collect()
 }
 
 /// The certificates of a format 2 or 3 entry: at most [`MAX_ENTRY_CERTS`],
@@ -220,10 +228,11 @@ fn check_certs(certs: &[DeviceCert]) -> Result<()> {
 }
 
 /// What a format 3 signature covers.
-fn signed_v3(header_bytes: &[u8], certs: &[DeviceCert], body_hash: &[u8; 32]) -> Vec<u8> {
+fn signed_v3(header_bytes: &[u8], certs: &[DeviceCert], body_hash: &[u8; 32], segments: &[Segment]) -> Vec<u8> {
     let mut m = header_bytes.to_vec();
     m.extend(postcard::to_stdvec(certs).expect("certificates encode"));
     m.extend_from_slice(body_hash);
+    m.extend(postcard::to_stdvec(&slots(segments)).expect("segment ids encode"));
     domain_message(ENTRY_DOMAIN_V3, &m)
 }
 
@@ -373,13 +382,13 @@ impl Envelope {
     ) -> Result<(Vec<u8>, EntryHash)> {
         let (header, sealed, device) = Self::seal_body(keys, identity, seq, prev, body, generation, ENVELOPE_V3)?;
         let hb = header.encode();
-        let sig = device
-            .sign_raw(&signed_v3(&hb, &certs, blake3::hash(&sealed).as_bytes()))
-            .to_vec();
         let segments = texts
             .iter()
             .map(|c| Segment::seal(keys, generation, &hb, c))
             .collect::<Result<Vec<_>>>()?;
+        let sig = device
+            .sign_raw(&signed_v3(&hb, &certs, blake3::hash(&sealed).as_bytes(), &segments))
+            .to_vec();
         Self::finish(Envelope {
             header,
             certs,
@@ -404,6 +413,7 @@ impl Envelope {
                 certs: &self.certs,
                 body: self.body_hash(),
                 sig: &self.sig,
+                segments: slots(&self.segments),
             };
             *blake3::hash(&postcard::to_stdvec(&skeleton).expect("skeleton encodes")).as_bytes()
         } else {
@@ -411,21 +421,42 @@ impl Envelope {
         }
     }
 
-    /// Drop the segments of these content ids (a delete, an expiry); the
-    /// entry still verifies and hashes the same. Returns how many it dropped.
+    /// Drop the bytes of the segments of these content ids (a delete, an
+    /// expiry); the entry still verifies and hashes the same. Returns how
+    /// many it dropped.
     pub fn drop_segments(&mut self, ids: &[ContentId]) -> usize {
-        let before = self.segments.len();
-        self.segments.retain(|s| !ids.contains(&s.id));
-        before - self.segments.len()
+        let mut dropped = 0;
+        for s in self.segments.iter_mut().filter(|s| ids.contains(&s.id)) {
+            dropped += usize::from(s.sealed.take().is_some());
+        }
+        dropped
     }
 
-    /// Drop the body down to its hash (format 3; the segments go with it):
-    /// the entry still verifies and chains, and opens to nothing.
+    /// How many segments still hold their bytes.
+    pub fn held_segments(&self) -> usize {
+        self.segments.iter().filter(|s| s.sealed.is_some()).count()
+    }
+
+    /// Whether `self` is `other` with no more segment bytes (a copy some of
+    /// whose texts were dropped, or the same bytes).
+    pub fn is_copy_of(&self, other: &Envelope) -> bool {
+        self.hash() == other.hash()
+            && self
+                .segments
+                .iter()
+                .zip(&other.segments)
+                .all(|(a, b)| a.sealed.is_none() || a.sealed == b.sealed)
+    }
+
+    /// Drop the body down to its hash (format 3; the segments' bytes go
+    /// with it): the entry still verifies and chains, and opens to nothing.
     pub fn prune_body(&mut self) {
         if self.header.version == ENVELOPE_V3 && self.pruned.is_none() {
             self.pruned = Some(self.body_hash());
             self.body = Vec::new();
-            self.segments.clear();
+            for s in &mut self.segments {
+                s.sealed = None;
+            }
         }
     }
 
@@ -433,7 +464,7 @@ impl Envelope {
     /// a segment that does not open is left out (a forwarder may have
     /// damaged it: it is outside the signature).
     pub fn open_segments(&self, keys: &ChannelKeys) -> Vec<Content> {
-        if self.segments.is_empty() {
+        if self.held_segments() == 0 {
             return Vec::new();
         }
         let hb = self.header.encode();
@@ -541,17 +572,19 @@ impl Envelope {
                 if w.segments.len() > MAX_ENTRY_SEGMENTS {
                     return Err(malformed(&"too many segments"));
                 }
+                // Segment bytes must match the hash the entry signs: no one
+                // can add, swap or damage one unnoticed (a relay checks it).
                 let mut ids = std::collections::HashSet::with_capacity(w.segments.len());
                 for s in &w.segments {
-                    if s.sealed.len() > MAX_SEGMENT_BYTES || !ids.insert(s.id) {
-                        return Err(malformed(&"an oversized or repeated segment"));
+                    if !ids.insert(s.id) || (s.sealed.is_some() && !s.intact()) {
+                        return Err(malformed(&"a repeated segment, or bytes that do not match its hash"));
                     }
                 }
                 let (body, pruned) = match w.body {
                     BodyV3::Sealed(b) => (b, None),
                     BodyV3::Pruned(h) => {
-                        if !w.segments.is_empty() {
-                            return Err(malformed(&"segments beside a pruned body"));
+                        if w.segments.iter().any(|s| s.sealed.is_some()) {
+                            return Err(malformed(&"segment bytes beside a pruned body"));
                         }
                         (Vec::new(), Some(h))
                     }
@@ -638,7 +671,7 @@ impl Envelope {
         }
         let sig = self.signature()?;
         let msg = if self.header.version == ENVELOPE_V3 {
-            signed_v3(&self.header.encode(), &self.certs, &self.body_hash())
+            signed_v3(&self.header.encode(), &self.certs, &self.body_hash(), &self.segments)
         } else {
             signed_v2(&self.header.encode(), &self.certs, &self.body)
         };
@@ -819,7 +852,7 @@ mod tests {
         let stub = Envelope::decode(&stub.encode()).unwrap();
         stub.verify().unwrap();
         assert_eq!(stub.hash(), hash);
-        assert!(stub.open(&keys).is_err() && stub.segments.is_empty());
+        assert!(stub.open(&keys).is_err() && stub.held_segments() == 0);
         // The next entry chains onto either copy.
         let (next, _) = Envelope::seal_v3(&keys, &me, 2, hash, &body, 0, Vec::new(), &[]).unwrap();
         let next = Envelope::decode(&next).unwrap();
@@ -828,10 +861,24 @@ mod tests {
             next.check_next(1, &stub.hash(), None).is_err(),
             "no chain in the entry: verify_with"
         );
-        // A segment moved to another entry does not open there.
+        // A segment moved to another entry breaks its signature, and would
+        // not open there.
         let mut moved = next.clone();
         moved.segments = env.segments.clone();
+        assert!(moved.verify_with(&me.device_keys().unwrap().public().signing).is_err());
         assert!(moved.open_segments(&keys).is_empty());
+        // A segment added, swapped or damaged: refused (the entry signs each
+        // segment's id and hash).
+        let mut added = env.clone();
+        added.segments.push(added.segments[0].clone());
+        assert!(Envelope::decode(&added.encode()).is_err(), "a repeated segment");
+        let mut swapped = env.clone();
+        swapped.segments[0].sealed = env.segments[1].sealed.clone();
+        assert!(Envelope::decode(&swapped.encode()).is_err(), "another segment's bytes");
+        let mut fewer = env.clone();
+        fewer.segments.truncate(1);
+        assert!(fewer.verify().is_err(), "a segment left out of the list");
+        assert!(again.is_copy_of(&env) && !env.is_copy_of(&again));
         // Every byte of the signed part counts.
         for i in 0..bytes.len() {
             let mut b = bytes.clone();

@@ -254,6 +254,16 @@ impl Admission {
         if env.header.wire != self.wire {
             return Ok(Verdict::Refused(refuse(Refusal::OtherChannel)));
         }
+        // A body pruned to its hash (format 3) is what retention will keep
+        // of an expired entry; nobody writes or takes one yet, so whoever
+        // sends one cut it (no key is needed to), and a held stub would
+        // stand in for the whole entry for good.
+        if env.pruned.is_some() {
+            self.refused.insert(device);
+            return Ok(Verdict::Refused(refuse(Refusal::Malformed(
+                "a pruned body, which is taken from no one yet".into(),
+            ))));
+        }
         if self.refused.contains(&device) {
             return Ok(Verdict::Refused(refuse(Refusal::FollowsRefused)));
         }

@@ -85,11 +85,13 @@ pub fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// An entry without segments (for a fork proof, which needs none).
+/// An entry without its segments' bytes (for a fork proof, which needs
+/// none).
 fn bare(bytes: &[u8]) -> Vec<u8> {
     match Envelope::decode(bytes) {
-        Ok(mut env) if !env.segments.is_empty() => {
-            env.segments.clear();
+        Ok(mut env) if env.held_segments() > 0 => {
+            let ids: Vec<_> = env.segments.iter().map(|s| s.id).collect();
+            env.drop_segments(&ids);
             env.encode()
         }
         _ => bytes.to_vec(),
@@ -130,7 +132,8 @@ impl Engine {
                                     ));
                                 }
                                 report.entries_rewritten += 1;
-                                report.segments_dropped += env.segments.len().saturating_sub(now.segments.len()) as u64;
+                                report.segments_dropped +=
+                                    env.held_segments().saturating_sub(now.held_segments()) as u64;
                                 row.to_vec()
                             }
                             _ => r.body,

@@ -88,8 +88,8 @@ pub(crate) struct LoadedEpoch {
     pub doc: EpochDoc,
     pub view: EpochView,
     pub(crate) used: u64,
-    /// The entry whose segment carries each text held (`crate::prune`).
-    pub segments: HashMap<ContentId, (DeviceId, u64)>,
+    /// The entries whose segments carry each text held (`crate::prune`).
+    pub segments: HashMap<ContentId, Vec<(DeviceId, u64)>>,
 }
 
 /// A user write, before it has ids.
@@ -254,6 +254,9 @@ pub(crate) struct Engine {
     /// Messages deleted since the last prune, whose texts go
     /// (`crate::prune`).
     pub(crate) prune_queue: Vec<(ChannelId, Epoch, MessageId)>,
+    /// Stored entries to rewrite without dropped segments, once the batch
+    /// that wrote them is applied (`crate::prune`).
+    pub(crate) prune_rows: crate::prune::PruneRows,
     /// Texts were dropped since the last compaction: the old bytes still sit
     /// in the log, sled's old segments and the journal until one runs.
     pub compaction_owed: bool,
@@ -305,6 +308,7 @@ impl Engine {
             sled_files,
             _lock: lock,
             prune_queue: Vec::new(),
+            prune_rows: Default::default(),
             compaction_owed: false,
         })
     }
@@ -479,10 +483,10 @@ impl Engine {
                         Error::corrupted("feed", format!("epoch log names a missing entry {dev}/{seq}"))
                     })?;
                     let env = Envelope::decode(&bytes)?;
-                    if !env.segments.is_empty() {
+                    if env.held_segments() > 0 {
                         let texts = env.open_segments(&ch.keys);
                         for c in &texts {
-                            segments.insert(c.id(), (dev, seq));
+                            segments.entry(c.id()).or_insert_with(Vec::new).push((dev, seq));
                         }
                         doc.add_texts(texts);
                     }
@@ -522,6 +526,7 @@ impl Engine {
             }
         };
         self.epochs.insert((channel, epoch), le);
+        self.prune_loaded(channel, epoch)?;
         Ok(true)
     }
 
@@ -1188,7 +1193,11 @@ impl Engine {
                 Op::Post { text, .. } | Op::Edit { text, .. } => text.len() + SEGMENT_ALLOWANCE,
                 _ => 0,
             };
-        if let Op::Delete { msg } = op {
+        // A delete drops the message's texts; so does an edit of a message
+        // already deleted (replayed from the journal after the delete came).
+        if let Op::Delete { msg } | Op::Edit { msg, .. } = op
+            && (matches!(op, Op::Delete { .. }) || le.view.get(msg).is_some_and(|m| m.deleted))
+        {
             self.prune_queue.push((channel, epoch, *msg));
         }
         match op {
@@ -1363,7 +1372,7 @@ impl Engine {
                     &texts,
                 )?;
                 for c in &texts {
-                    le.segments.insert(c.id(), (device, seq));
+                    le.segments.entry(c.id()).or_default().push((device, seq));
                 }
                 if !chain.is_empty() {
                     let k = prefixed(T_CHAINS, &wire, &device);
@@ -1424,6 +1433,7 @@ impl Engine {
         self.rows_pending = false;
         self.dirty = true;
         self.own_unsynced |= !self.appended.is_empty();
+        self.apply_prune_rows()?;
         for channel in std::mem::take(&mut self.appended) {
             let wire = self.channel(&channel)?.keys.wire();
             let _ = self.events.send(crate::StoreEvent::Appended {

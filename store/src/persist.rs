@@ -106,6 +106,7 @@ impl Engine {
     /// fsyncs its blob files). The log's synced position goes into sled
     /// between the two, so sled never names a durable log position that is not.
     pub(crate) fn checkpoint(&mut self) -> Result<()> {
+        self.apply_prune_rows()?;
         self.log.sync()?;
         self.tree.insert(META_LOG_SYNCED, &self.log.synced().encode()[..])?;
         self.db.flush()?;

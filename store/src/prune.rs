@@ -1,57 +1,80 @@
 //! Deletes that delete: the texts of a deleted message leave the store.
 //!
 //! A text rides in a segment of the feed entry that posts or edits it
-//! ([`hearth_core::content`]); segments are outside the entry's signature and
-//! hash, so dropping one leaves the feed verifiable. When a delete counts
-//! (the view says the message is deleted, whoever's store it reaches), its
-//! texts are dropped from the epoch document, from any entry not closed yet
-//! (a post deleted in the same group never leaves in a segment), and from
-//! every stored entry that carries them (`F` rows rewritten). The feed log,
-//! sled's old pages and the journal still hold the old bytes until the next
-//! compaction ([`crate::compact`]), which this schedules. A rebuild from the
-//! log drops them again: the delete is in the log too.
+//! ([`hearth_core::content`]); the entry signs each segment's id and hash,
+//! not its bytes, so dropping them leaves the feed verifiable. When a delete
+//! counts (the view says the message is deleted, whoever's store it
+//! reaches), its texts are dropped from the epoch document and from any
+//! entry not closed yet (a post deleted in the same group never leaves in a
+//! segment), and every stored entry that carries them is rewritten without
+//! their bytes (`F` rows), once the batch that wrote it is applied. The feed
+//! log, sled's old pages and the journal still hold the old bytes until the
+//! next compaction ([`crate::compact`]), which this schedules.
+//!
+//! Nothing here has to survive a crash: an epoch that loads with a text of a
+//! deleted message still held (a crash between the batch of a delete and
+//! the rewrite of the rows, a rebuild from a log that still holds the
+//! segment) drops it again then.
 
 use std::collections::BTreeMap;
 
-use hearth_core::{ContentId, DeviceId, Envelope, WireId};
+use hearth_core::{ChannelId, ContentId, DeviceId, Envelope, Epoch, MessageId, WireId};
 
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::layout::feed_key;
 
+/// Stored entries whose segment bytes go: (wire, device, seq) -> content ids.
+pub(crate) type PruneRows = BTreeMap<(WireId, DeviceId, u64), Vec<ContentId>>;
+
 impl Engine {
     /// Drop the texts of every message queued as deleted whose deletion
-    /// counts, from documents, pending segments and stored entries.
+    /// counts from documents and pending segments, and note the stored
+    /// entries to rewrite ([`Engine::apply_prune_rows`]).
     pub(crate) fn run_prunes(&mut self) -> Result<()> {
-        if self.prune_queue.is_empty() {
-            return Ok(());
-        }
-        let queue = std::mem::take(&mut self.prune_queue);
-        let mut rows: BTreeMap<(WireId, DeviceId, u64), Vec<ContentId>> = BTreeMap::new();
-        let mut dropped = 0usize;
-        for (channel, epoch, msg) in queue {
-            if !self.ensure_epoch(channel, epoch, false)? {
-                continue;
-            }
-            let wire = self.channel(&channel)?.keys.wire();
-            let le = self.epochs.get_mut(&(channel, epoch)).expect("ensure_epoch loaded it");
-            // Only a delete that counts (the author's, by the view's rules).
-            if !le.view.get(&msg).is_some_and(|m| m.deleted) {
-                continue;
-            }
-            let ids = le.doc.text_ids(&msg);
-            dropped += ids.len();
-            le.doc.drop_texts(&ids);
-            for id in ids {
-                if let Some((device, seq)) = le.segments.remove(&id) {
-                    rows.entry((wire, device, seq)).or_default().push(id);
+        while !self.prune_queue.is_empty() {
+            let queue = std::mem::take(&mut self.prune_queue);
+            for (channel, epoch, msg) in queue {
+                if self.ensure_epoch(channel, epoch, false)? {
+                    self.drop_texts_of(channel, epoch, &msg)?;
                 }
             }
         }
-        if rows.is_empty() {
-            self.compaction_owed |= dropped > 0;
+        Ok(())
+    }
+
+    /// Drop the texts of `msg` if the view says it is deleted.
+    pub(crate) fn drop_texts_of(&mut self, channel: ChannelId, epoch: Epoch, msg: &MessageId) -> Result<()> {
+        let wire = self.channel(&channel)?.keys.wire();
+        let Some(le) = self.epochs.get_mut(&(channel, epoch)) else {
+            return Ok(());
+        };
+        // Only a delete that counts (the author's, by the view's rules).
+        if !le.view.get(msg).is_some_and(|m| m.deleted) {
             return Ok(());
         }
+        let ids = le.doc.text_ids(msg);
+        if ids.is_empty() {
+            return Ok(());
+        }
+        le.doc.drop_texts(&ids);
+        for id in ids {
+            for (device, seq) in le.segments.remove(&id).unwrap_or_default() {
+                self.prune_rows.entry((wire, device, seq)).or_default().push(id);
+            }
+        }
+        self.compaction_owed = true;
+        Ok(())
+    }
+
+    /// Rewrite the stored entries noted by [`Engine::run_prunes`] without
+    /// the dropped segments' bytes. Called once the batches that wrote them
+    /// are applied.
+    pub(crate) fn apply_prune_rows(&mut self) -> Result<()> {
+        if self.prune_rows.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::take(&mut self.prune_rows);
         let mut batch = sled::Batch::default();
         for ((wire, device, seq), ids) in rows {
             let k = feed_key(&wire, &device, seq);
@@ -63,7 +86,25 @@ impl Engine {
         }
         self.tree.apply_batch(batch)?;
         self.dirty = true;
-        self.compaction_owed = true;
+        Ok(())
+    }
+
+    /// After an epoch loaded: a text of a deleted message still held (a
+    /// prune a crash cut short, a rebuild from a log that holds it) is
+    /// dropped now.
+    pub(crate) fn prune_loaded(&mut self, channel: ChannelId, epoch: Epoch) -> Result<()> {
+        let Some(le) = self.epochs.get(&(channel, epoch)) else {
+            return Ok(());
+        };
+        let deleted: Vec<MessageId> = le
+            .doc
+            .text_messages()
+            .into_iter()
+            .filter(|m| le.view.get(m).is_some_and(|v| v.deleted))
+            .collect();
+        for msg in deleted {
+            self.drop_texts_of(channel, epoch, &msg)?;
+        }
         Ok(())
     }
 }

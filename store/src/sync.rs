@@ -182,16 +182,14 @@ struct Accepted {
 }
 
 /// The texts of an entry's segments that its change names (each checked
-/// against its id), and the entry's bytes with only those segments: a
-/// segment is outside the signature, so one a forwarder damaged or added is
-/// dropped here rather than stored or passed on.
+/// against its id), and the entry's bytes with only those segments' bytes.
 fn entry_texts(
     env: &Envelope,
     bytes: Vec<u8>,
     keys: &hearth_core::ChannelKeys,
     effects: &ChangeEffects,
 ) -> (Vec<hearth_core::Content>, Vec<u8>) {
-    if env.segments.is_empty() {
+    if env.held_segments() == 0 {
         return (Vec::new(), bytes);
     }
     let texts: Vec<hearth_core::Content> = env
@@ -199,11 +197,20 @@ fn entry_texts(
         .into_iter()
         .filter(|c| effects.texts.contains(&(c.msg, c.id())))
         .collect();
-    if texts.len() == env.segments.len() {
+    if texts.len() == env.held_segments() {
         return (texts, bytes);
     }
+    // A segment its author sealed wrong (it matches its signed hash, so no
+    // forwarder touched it): its bytes are dropped here, and the entry
+    // still verifies.
     let mut kept = env.clone();
-    kept.segments.retain(|s| texts.iter().any(|c| c.id() == s.id));
+    let bad: Vec<hearth_core::ContentId> = kept
+        .segments
+        .iter()
+        .filter(|s| s.sealed.is_some() && !texts.iter().any(|c| c.id() == s.id))
+        .map(|s| s.id)
+        .collect();
+    kept.drop_segments(&bad);
     (texts, kept.encode())
 }
 
@@ -678,7 +685,7 @@ impl Engine {
             let changes: Vec<automerge::Change> = list.iter().map(|a| a.change.clone()).collect();
             for a in list {
                 for c in &a.texts {
-                    le.segments.insert(c.id(), (a.device, a.seq));
+                    le.segments.entry(c.id()).or_default().push((a.device, a.seq));
                 }
                 le.doc.add_texts(a.texts.iter().cloned());
             }
@@ -912,6 +919,7 @@ impl Engine {
         // every entry, and the lower vector after the restart asks for it again.
         self.dirty = true;
         self.run_prunes()?;
+        self.apply_prune_rows()?;
         let _ = self.events.send(crate::StoreEvent::Appended {
             channel,
             wire: *wire,

@@ -248,10 +248,7 @@ impl Engine {
                         // since: the log keeps them until a compaction).
                         let held = self.tree.get(feed_key(&h.wire, &h.device, h.seq))?;
                         let same = held.as_deref().is_some_and(|v| {
-                            v == &rec.body[..]
-                                || Envelope::decode(v).is_ok_and(|now| {
-                                    now.hash() == env.hash() && now.segments.iter().all(|s| env.segments.contains(s))
-                                })
+                            v == &rec.body[..] || Envelope::decode(v).is_ok_and(|now| now.is_copy_of(&env))
                         });
                         if !same {
                             problems.push((here, "not in sled, or other bytes there".to_string()));

@@ -36,9 +36,9 @@ async fn segments(store: &Store, channel: ChannelId) -> HashMap<MessageId, Vec<V
     for bytes in batch.entries {
         let env = Envelope::decode(&bytes).unwrap();
         let header = env.header.encode();
-        for s in &env.segments {
+        for s in env.segments.iter().filter(|s| s.sealed.is_some()) {
             let content = s.open(&keys, env.header.generation, &header).unwrap();
-            out.entry(content.msg).or_default().push(s.sealed.clone());
+            out.entry(content.msg).or_default().push(s.sealed.clone().unwrap());
         }
     }
     out
@@ -193,4 +193,57 @@ async fn a_compaction_stopped_at_any_step_is_finished_or_dropped_by_the_next_ope
             assert!(holding(dir.path(), &needle).is_empty(), "{stop:?}");
         }
     }
+}
+
+/// Segments are outside what an entry's bytes hash to, but the entry signs
+/// each one's id and hash: a forwarder can drop a segment's bytes (the text
+/// then shows as dropped there) but not add, swap or damage one, nor cut a
+/// body down to a stub; those are the sender's fault.
+#[tokio::test]
+async fn a_forwarder_can_drop_a_segment_but_not_change_one() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pass = Passphrase::new("pw");
+    let a = Store::create(da.path(), &pass, "alice", config()).await.unwrap();
+    let b = Store::create(db.path(), &pass, "bob", config()).await.unwrap();
+    let general = a.create_channel("general").await.unwrap();
+    let keys = a.channel_keys(general).await.unwrap();
+    let wire = keys.wire();
+    b.join_channel(keys).await.unwrap();
+    pull(&a, &b, wire, general).await;
+    let first = a.post(general, "first").await.unwrap();
+    // A read closes the group: the second post goes into another entry.
+    a.message(first).await.unwrap();
+    let second = a.post(general, "second").await.unwrap();
+    a.checkpoint().await.unwrap();
+    let have = b.vector(general).await.unwrap();
+    let batch = a.entries_after(wire, have, usize::MAX, usize::MAX).await.unwrap();
+    let envs: Vec<Envelope> = batch.entries.iter().map(|e| Envelope::decode(e).unwrap()).collect();
+    let with_texts: Vec<usize> = (0..envs.len()).filter(|i| envs[*i].held_segments() > 0).collect();
+    assert_eq!(with_texts.len(), 2, "one entry per post");
+    let (one, two) = (&envs[with_texts[0]], &envs[with_texts[1]]);
+    // Damaged, swapped in from another entry, or a body cut to its hash:
+    // refused, as the sender's fault, whoever signed it.
+    let mut damaged = one.clone();
+    damaged.segments[0].sealed.as_mut().unwrap()[40] ^= 1;
+    let mut swapped = one.clone();
+    swapped.segments[0].sealed = two.segments[0].sealed.clone();
+    let mut stub = one.clone();
+    stub.prune_body();
+    for (what, env) in [("damaged", damaged), ("swapped", swapped), ("stub", stub)] {
+        let r = b.ingest(wire, vec![env.encode()]).await.unwrap();
+        assert_eq!(r.accepted, 0, "{what}");
+        assert!(r.rejected[0].is_peer_fault(), "{what}: {:?}", r.rejected);
+    }
+    // Dropped on the way: taken, the feed verifies, the text shows dropped.
+    let mut dropped = one.clone();
+    let ids: Vec<_> = dropped.segments.iter().map(|s| s.id).collect();
+    dropped.drop_segments(&ids);
+    let mut rest: Vec<Vec<u8>> = batch.entries.clone();
+    rest[with_texts[0]] = dropped.encode();
+    let r = b.ingest(wire, rest).await.unwrap();
+    assert!(r.rejected.is_empty(), "{:?}", r.rejected);
+    let m = b.message(first).await.unwrap().message;
+    assert!(m.dropped && m.text.is_none() && !m.deleted, "{m:?}");
+    assert_eq!(b.message(second).await.unwrap().message.text.as_deref(), Some("second"));
+    assert!(b.verify().await.unwrap().is_clean());
 }
