@@ -81,6 +81,9 @@ pub struct EpochDoc {
     /// Stage texts into the document itself, as before store format 9 (a
     /// writer whose entries cannot carry segments: format 1).
     inline_texts: bool,
+    /// Users whose deletes count for anyone's message: the channel's
+    /// admins and owners ([`EpochDoc::set_moderators`]).
+    moderators: BTreeSet<UserId>,
 }
 
 fn device_of(actor: &ActorId) -> Option<DeviceId> {
@@ -166,6 +169,7 @@ impl EpochDoc {
             texts: HashMap::new(),
             pending: Vec::new(),
             inline_texts: false,
+            moderators: BTreeSet::new(),
         }
     }
 
@@ -187,6 +191,7 @@ impl EpochDoc {
             texts: HashMap::new(),
             pending: Vec::new(),
             inline_texts: false,
+            moderators: BTreeSet::new(),
         })
     }
 
@@ -224,6 +229,15 @@ impl EpochDoc {
             self.texts.remove(id);
         }
         self.pending.retain(|c| !ids.contains(&c.id()));
+    }
+
+    /// The users whose deletes count for anyone's message (the channel's
+    /// admins and owners, by its roster now): a delete is the author's, or
+    /// theirs. Returns whether the set changed (views must be rebuilt).
+    pub fn set_moderators(&mut self, moderators: BTreeSet<UserId>) -> bool {
+        let changed = moderators != self.moderators;
+        self.moderators = moderators;
+        changed
     }
 
     /// Write texts into the document itself, as before store format 9, or
@@ -578,6 +592,8 @@ impl EpochDoc {
         let mut posts: Vec<Message> = Vec::new();
         let mut edits: HashMap<(MessageId, UserId), Option<String>> = HashMap::new();
         let mut deletes: HashSet<(MessageId, UserId)> = HashSet::new();
+        // Messages deleted by a moderator (an admin or owner).
+        let mut moderated: HashSet<MessageId> = HashSet::new();
         let mut reactions: Vec<(MessageId, UserId, String)> = Vec::new();
         for item in self.doc.map_range(ROOT, ..) {
             let key: &str = &item.key;
@@ -606,6 +622,9 @@ impl EpochDoc {
                         // on the slow path below.
                         slow.push(msg);
                     } else if kind == "x" {
+                        if self.moderators.contains(&user) {
+                            moderated.insert(msg);
+                        }
                         deletes.insert((msg, user));
                     } else if let Some(text) = text_ref(&item.value).and_then(|r| self.resolve(r, &msg)) {
                         edits.insert((msg, user), text);
@@ -648,8 +667,9 @@ impl EpochDoc {
             }
         }
         for mut m in posts {
-            if edits.contains_key(&(m.id, m.author)) || deletes.contains(&(m.id, m.author)) {
-                if deletes.contains(&(m.id, m.author)) {
+            let deleted = deletes.contains(&(m.id, m.author)) || moderated.contains(&m.id);
+            if edits.contains_key(&(m.id, m.author)) || deleted {
+                if deleted {
                     m.text = None;
                     m.deleted = true;
                     m.dropped = false;
@@ -809,7 +829,11 @@ impl EpochDoc {
         let original = self.resolve_owned(text_ref_owned(&field("t")?)?, id);
         let reply_to = field("p").and_then(|p| p.as_str().and_then(|p| p.parse().ok()));
         let a = author.to_hex();
-        let deleted = self.authored_value(&format!("x:{id}:{a}"), &author, devices).is_some();
+        let deleted = self.authored_value(&format!("x:{id}:{a}"), &author, devices).is_some()
+            || self.moderators.iter().any(|u| {
+                self.authored_value(&format!("x:{id}:{}", u.to_hex()), u, devices)
+                    .is_some()
+            });
         let edit = self
             .authored_value(&format!("e:{id}:{a}"), &author, devices)
             .and_then(|v| text_ref_owned(&v))

@@ -460,9 +460,9 @@ impl Envelope {
         }
     }
 
-    /// Open every segment (a member only), each checked against its id;
-    /// a segment that does not open is left out (a forwarder may have
-    /// damaged it: it is outside the signature).
+    /// Open every segment whose bytes are held (a member only), each checked
+    /// against its id; one that does not open is left out (its author
+    /// sealed it wrong: the bytes match the hash it signed).
     pub fn open_segments(&self, keys: &ChannelKeys) -> Vec<Content> {
         if self.held_segments() == 0 {
             return Vec::new();

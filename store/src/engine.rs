@@ -526,6 +526,9 @@ impl Engine {
             }
         };
         self.epochs.insert((channel, epoch), le);
+        if epoch != META_EPOCH {
+            self.apply_moderators(channel, epoch)?;
+        }
         self.prune_loaded(channel, epoch)?;
         Ok(true)
     }
@@ -690,7 +693,8 @@ impl Engine {
             Write::Delete { msg } => {
                 let (c, m) = self.message_at(&msg)?;
                 self.writable(&c)?;
-                if m.author != me {
+                // The author, or an admin or owner of a channel with a roster.
+                if m.author != me && !self.moderators(&c)?.contains(&me) {
                     return Err(Error::NotAuthor { action: "delete" });
                 }
                 (vec![op_entry(c, Op::Delete { msg })?], Outcome::Done)
@@ -771,6 +775,58 @@ impl Engine {
             .loaded(channel, META_EPOCH)
             .map(|le| le.view.roster.clone())
             .unwrap_or_default())
+    }
+
+    /// The users whose deletes count for anyone's message in a channel:
+    /// its admins and owners (none for a channel without a roster).
+    pub(crate) fn moderators(
+        &mut self,
+        channel: &ChannelId,
+    ) -> Result<std::collections::BTreeSet<hearth_core::UserId>> {
+        let roster = self.roster(channel)?;
+        if !roster.is_started() {
+            return Ok(Default::default());
+        }
+        Ok(roster
+            .roles
+            .iter()
+            .filter(|(u, r)| {
+                matches!(r, hearth_core::Role::Admin | hearth_core::Role::Owner) && !roster.removed.contains_key(*u)
+            })
+            .map(|(u, _)| *u)
+            .collect())
+    }
+
+    /// Give a loaded message epoch the channel's moderators; its view is
+    /// built again if they changed.
+    fn apply_moderators(&mut self, channel: ChannelId, epoch: Epoch) -> Result<()> {
+        let moderators = self.moderators(&channel)?;
+        let ch = self.channels.get(&channel).expect("the caller checked the channel");
+        if let Some(le) = self.epochs.get_mut(&(channel, epoch))
+            && le.doc.set_moderators(moderators)
+        {
+            le.view = le.doc.view(&ch.devices);
+        }
+        Ok(())
+    }
+
+    /// The roster moved: every loaded message epoch of the channel takes the
+    /// moderators it names (a delete by a new admin counts now, one by a
+    /// former admin no longer), and drops the texts of what is deleted.
+    pub(crate) fn refresh_moderators(&mut self, channel: ChannelId) -> Result<()> {
+        let epochs: Vec<Epoch> = self
+            .epochs
+            .keys()
+            .filter(|(c, e)| *c == channel && *e != META_EPOCH)
+            .map(|(_, e)| *e)
+            .collect();
+        for epoch in epochs {
+            // Staged ops stay staged: a view is built from the document,
+            // which holds them.
+            self.apply_moderators(channel, epoch)?;
+            self.prune_loaded(channel, epoch)?;
+        }
+        Ok(())
     }
 
     /// A mark of the membership ops a channel's roster holds (each op has
@@ -1208,6 +1264,14 @@ impl Engine {
             | Op::Member { .. } => le.view = le.doc.view(&ch.devices),
             _ => le.view.apply_local(&user, op),
         }
+        // A moderator's delete of someone else's message: the view takes it
+        // from the document (apply_local knows only the author's).
+        if let Op::Delete { msg } = op
+            && le.view.get(msg).is_some_and(|m| !m.deleted)
+            && let Some(m) = le.doc.message(msg, &ch.devices)
+        {
+            le.view.insert(m);
+        }
         // The epoch size counts every message in it, replies included, exactly
         // like the summaries it is rebuilt from on open.
         match op {
@@ -1234,6 +1298,7 @@ impl Engine {
         if let (Op::Member { .. }, Some(ch)) = (op, self.channels.get_mut(&channel)) {
             ch.hidden = None;
             let _ = self.events.send(crate::StoreEvent::Roster { channel });
+            self.refresh_moderators(channel)?;
         }
         Ok(())
     }

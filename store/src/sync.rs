@@ -554,6 +554,7 @@ impl Engine {
             // ops count.
             if roster_before.is_some_and(|b| b != self.roster_mark(&channel)) {
                 let _ = self.events.send(StoreEvent::Roster { channel });
+                self.refresh_moderators(channel)?;
             }
         }
         if !forks.is_empty() {

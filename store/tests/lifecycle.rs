@@ -247,3 +247,63 @@ async fn a_forwarder_can_drop_a_segment_but_not_change_one() {
     assert_eq!(b.message(second).await.unwrap().message.text.as_deref(), Some("second"));
     assert!(b.verify().await.unwrap().is_clean());
 }
+
+/// Deleting needs the author, or an admin or owner of the channel's roster:
+/// a member's delete of another's message is refused, an admin's counts on
+/// every member and drops the text there too; one made admin later can.
+#[tokio::test]
+async fn an_admin_deletes_anyones_message_and_a_member_only_their_own() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pass = Passphrase::new("pw");
+    let a = Store::create(da.path(), &pass, "alice", config()).await.unwrap();
+    let b = Store::create(db.path(), &pass, "bob", config()).await.unwrap();
+    let general = a.create_channel("general").await.unwrap();
+    let keys = a.channel_keys(general).await.unwrap();
+    let wire = keys.wire();
+    let from_alice = a.post(general, "alice writes").await.unwrap();
+    b.join_channel(keys).await.unwrap();
+    pull(&a, &b, wire, general).await;
+    let from_bob = b.post(general, "bob writes").await.unwrap();
+    let bob_too = b.post(general, "bob writes again").await.unwrap();
+    pull(&b, &a, wire, general).await;
+    // Bob is a member: his own message, yes; Alice's, no.
+    assert!(matches!(
+        b.delete(from_alice).await,
+        Err(hearth_store::Error::NotAuthor { .. })
+    ));
+    // Alice owns the channel: Bob's message goes, everywhere, text and all.
+    a.delete(from_bob).await.unwrap();
+    pull(&a, &b, wire, general).await;
+    for s in [&a, &b] {
+        let m = s.message(from_bob).await.unwrap().message;
+        assert!(m.deleted && m.text.is_none(), "{m:?}");
+        assert!(!segments(s, general).await.contains_key(&from_bob));
+        assert_eq!(
+            s.message(from_alice).await.unwrap().message.text.as_deref(),
+            Some("alice writes")
+        );
+    }
+    // Made an admin, Bob deletes Alice's message; Alice's store takes it.
+    a.set_role(general, b.whoami().user, hearth_core::Role::Admin)
+        .await
+        .unwrap();
+    pull(&a, &b, wire, general).await;
+    b.delete(from_alice).await.unwrap();
+    b.delete(bob_too).await.unwrap();
+    pull(&b, &a, wire, general).await;
+    for s in [&a, &b] {
+        for m in [from_alice, bob_too] {
+            let m = s.message(m).await.unwrap().message;
+            assert!(m.deleted && m.text.is_none(), "{m:?}");
+        }
+        assert!(segments(s, general).await.is_empty());
+        assert!(s.verify().await.unwrap().is_clean());
+    }
+    // After a reopen (views built from the documents) the same.
+    a.close().await.unwrap();
+    let a = Store::open(da.path(), &pass, config()).await.unwrap();
+    assert!(a.message(from_alice).await.unwrap().message.deleted);
+    assert!(a.message(from_bob).await.unwrap().message.deleted);
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}

@@ -12,6 +12,7 @@
 //! baseline: see [`sync`]. `hearth bench trust` measures a member's removal
 //! with its key rotation: see [`trust`].
 
+pub mod lifecycle;
 pub mod sqlite;
 pub mod sync;
 pub mod trust;
@@ -56,6 +57,8 @@ pub enum BenchMode {
     Sync(sync::SyncArgs),
     /// Removing a member (with its key rotation) in a channel of many devices.
     Trust(trust::TrustArgs),
+    /// Deleting a message and compacting, in a big channel.
+    Lifecycle(lifecycle::LifecycleArgs),
 }
 
 const PASS: &str = "bench passphrase";
@@ -214,6 +217,7 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> Result<ExitCode> {
     match &args.mode {
         Some(BenchMode::Sync(sync_args)) => return sync::run(sync_args, json_out).await,
         Some(BenchMode::Trust(trust_args)) => return trust::run(trust_args, json_out).await,
+        Some(BenchMode::Lifecycle(args)) => return lifecycle::run(args, json_out).await,
         None => {}
     }
     if let Some(dir) = &args.probe {
