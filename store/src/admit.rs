@@ -383,7 +383,7 @@ impl Admission {
             Head {
                 user: h.user,
                 seq: h.seq,
-                hash: Envelope::hash_of(&bytes),
+                hash: env.hash(),
                 key,
             },
         );

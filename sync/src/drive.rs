@@ -252,7 +252,7 @@ fn pushed_heads(entries: &[Vec<u8>]) -> hearth_core::Vector {
         if let Ok(env) = hearth_core::Envelope::decode(e) {
             let pos = hearth_core::FeedPos {
                 seq: env.header.seq,
-                hash: hearth_core::Envelope::hash_of(e),
+                hash: env.hash(),
             };
             let p = v.0.entry(env.header.device).or_insert(pos);
             if pos.seq > p.seq {
