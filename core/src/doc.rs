@@ -246,6 +246,24 @@ impl EpochDoc {
         self.inline_texts = inline;
     }
 
+    /// Whether a delete here was written by someone other than its
+    /// message's writer (a moderator's, or a forgery): only then do views
+    /// need the moderators ([`EpochDoc::set_moderators`]).
+    pub fn has_foreign_deletes(&self) -> bool {
+        self.doc
+            .map_range(ROOT, "x:".to_string().."x;".to_string())
+            .any(|item| {
+                let mut parts = item.key[2..].splitn(2, ':');
+                let (Some(msg), Some(user)) = (parts.next(), parts.next()) else {
+                    return false;
+                };
+                let (Ok(msg), Ok(user)) = (msg.parse::<MessageId>(), user.parse::<UserId>()) else {
+                    return false;
+                };
+                id_device(&item.id()).is_none_or(|d| writer_tag(&user, &d) != msg.writer())
+            })
+    }
+
     /// The messages with a text held.
     pub fn text_messages(&self) -> BTreeSet<MessageId> {
         self.texts.values().map(|(m, _)| *m).collect()

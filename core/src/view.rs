@@ -183,6 +183,11 @@ impl EpochView {
         self.messages.contains_key(id)
     }
 
+    /// Whether the epoch holds a message and it is deleted.
+    pub fn is_deleted(&self, id: &MessageId) -> bool {
+        self.messages.get(id).is_some_and(|m| m.deleted)
+    }
+
     /// Top-level messages (not replies) older than `before`, newest first.
     pub fn page(&self, before: Option<MessageId>, limit: usize) -> Vec<Message> {
         let range = match before {

@@ -90,6 +90,9 @@ pub(crate) struct LoadedEpoch {
     pub(crate) used: u64,
     /// The entries whose segments carry each text held (`crate::prune`).
     pub segments: HashMap<ContentId, Vec<(DeviceId, u64)>>,
+    /// Whether the channel's moderators were given to the document (once
+    /// a delete by someone other than its message's writer is in it).
+    pub moderated: bool,
 }
 
 /// A user write, before it has ids.
@@ -450,6 +453,7 @@ impl Engine {
                     used: self.clock,
                     queued: false,
                     segments: HashMap::new(),
+                    moderated: false,
                 }
             }
             Some(s) => {
@@ -522,13 +526,12 @@ impl Engine {
                     used: self.clock,
                     queued,
                     segments,
+                    moderated: false,
                 }
             }
         };
         self.epochs.insert((channel, epoch), le);
-        if epoch != META_EPOCH {
-            self.apply_moderators(channel, epoch)?;
-        }
+        self.ensure_moderators(channel, epoch)?;
         self.prune_loaded(channel, epoch)?;
         Ok(true)
     }
@@ -797,15 +800,31 @@ impl Engine {
             .collect())
     }
 
+    /// Give a loaded message epoch the channel's moderators if a delete in
+    /// it is not its message's writer's (only then do they matter: the
+    /// roster is not read for every epoch that loads).
+    pub(crate) fn ensure_moderators(&mut self, channel: ChannelId, epoch: Epoch) -> Result<()> {
+        let due = epoch != META_EPOCH
+            && self
+                .epochs
+                .get(&(channel, epoch))
+                .is_some_and(|le| !le.moderated && le.doc.has_foreign_deletes());
+        if due {
+            self.apply_moderators(channel, epoch)?;
+        }
+        Ok(())
+    }
+
     /// Give a loaded message epoch the channel's moderators; its view is
     /// built again if they changed.
     fn apply_moderators(&mut self, channel: ChannelId, epoch: Epoch) -> Result<()> {
         let moderators = self.moderators(&channel)?;
         let ch = self.channels.get(&channel).expect("the caller checked the channel");
-        if let Some(le) = self.epochs.get_mut(&(channel, epoch))
-            && le.doc.set_moderators(moderators)
-        {
-            le.view = le.doc.view(&ch.devices);
+        if let Some(le) = self.epochs.get_mut(&(channel, epoch)) {
+            le.moderated = true;
+            if le.doc.set_moderators(moderators) {
+                le.view = le.doc.view(&ch.devices);
+            }
         }
         Ok(())
     }
@@ -822,8 +841,13 @@ impl Engine {
             .collect();
         for epoch in epochs {
             // Staged ops stay staged: a view is built from the document,
-            // which holds them.
-            self.apply_moderators(channel, epoch)?;
+            // which holds them. An epoch whose deletes are all its writers'
+            // keeps needing none.
+            if self.epochs.get(&(channel, epoch)).is_some_and(|le| le.moderated) {
+                self.apply_moderators(channel, epoch)?;
+            } else {
+                self.ensure_moderators(channel, epoch)?;
+            }
             self.prune_loaded(channel, epoch)?;
         }
         Ok(())
@@ -1252,7 +1276,7 @@ impl Engine {
         // A delete drops the message's texts; so does an edit of a message
         // already deleted (replayed from the journal after the delete came).
         if let Op::Delete { msg } | Op::Edit { msg, .. } = op
-            && (matches!(op, Op::Delete { .. }) || le.view.get(msg).is_some_and(|m| m.deleted))
+            && (matches!(op, Op::Delete { .. }) || le.view.is_deleted(msg))
         {
             self.prune_queue.push((channel, epoch, *msg));
         }
@@ -1263,14 +1287,6 @@ impl Engine {
             | Op::Delivered { .. }
             | Op::Member { .. } => le.view = le.doc.view(&ch.devices),
             _ => le.view.apply_local(&user, op),
-        }
-        // A moderator's delete of someone else's message: the view takes it
-        // from the document (apply_local knows only the author's).
-        if let Op::Delete { msg } = op
-            && le.view.get(msg).is_some_and(|m| !m.deleted)
-            && let Some(m) = le.doc.message(msg, &ch.devices)
-        {
-            le.view.insert(m);
         }
         // The epoch size counts every message in it, replies included, exactly
         // like the summaries it is rebuilt from on open.
@@ -1294,6 +1310,19 @@ impl Engine {
         }
         if let Op::Delivered { author, up_to } = op {
             self.settle_owed(channel, *author, *up_to)?;
+        }
+        // A moderator's delete of someone else's message: the document gets
+        // the moderators, and the view takes it from the document
+        // (apply_local knows only the author's).
+        if let Op::Delete { msg } = op {
+            self.ensure_moderators(channel, epoch)?;
+            let ch = self.channels.get(&channel).expect("ensure_epoch checked the channel");
+            if let Some(le) = self.epochs.get_mut(&(channel, epoch))
+                && !le.view.is_deleted(msg)
+                && let Some(m) = le.doc.message(msg, &ch.devices)
+            {
+                le.view.insert(m);
+            }
         }
         if let (Op::Member { .. }, Some(ch)) = (op, self.channels.get_mut(&channel)) {
             ch.hidden = None;

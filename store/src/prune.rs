@@ -50,7 +50,7 @@ impl Engine {
             return Ok(());
         };
         // Only a delete that counts (the author's, by the view's rules).
-        if !le.view.get(msg).is_some_and(|m| m.deleted) {
+        if !le.view.is_deleted(msg) {
             return Ok(());
         }
         let ids = le.doc.text_ids(msg);
@@ -100,7 +100,7 @@ impl Engine {
             .doc
             .text_messages()
             .into_iter()
-            .filter(|m| le.view.get(m).is_some_and(|v| v.deleted))
+            .filter(|m| le.view.is_deleted(m))
             .collect();
         for msg in deleted {
             self.drop_texts_of(channel, epoch, &msg)?;

@@ -776,6 +776,9 @@ impl Engine {
             }
         }
         for (epoch, list) in accepted {
+            // A delete by someone other than its message's writer needs the
+            // channel's moderators (an admin's counts).
+            self.ensure_moderators(channel, epoch)?;
             let ch = self.channels.get_mut(&channel).expect("checked by the caller");
             let le = self.epochs.get_mut(&(channel, epoch)).expect("loaded in phase 1");
             let (readers_before, delivered_before, _) = before.remove(&epoch).expect("recorded in phase 1");
@@ -799,7 +802,7 @@ impl Engine {
             // A delete that counts drops the message's texts (`crate::prune`),
             // also one that arrived before the text it deletes.
             for msg in &effects.messages {
-                if le.view.get(msg).is_some_and(|m| m.deleted) && !le.doc.text_ids(msg).is_empty() {
+                if le.view.is_deleted(msg) && !le.doc.text_ids(msg).is_empty() {
                     self.prune_queue.push((channel, epoch, *msg));
                 }
             }
