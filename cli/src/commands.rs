@@ -432,7 +432,8 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
                 println!("channel:  {}", loc.channel);
                 println!("author:   {} ({})", names.of(&m.author), m.author);
                 println!("time:     {} ms since the Unix epoch", m.id.timestamp().millis());
-                println!("text:     {}", m.text.as_deref().unwrap_or("(deleted)"));
+                let gone = if m.dropped { "(text dropped)" } else { "(deleted)" };
+                println!("text:     {}", m.text.as_deref().unwrap_or(gone));
                 println!("edited:   {}", m.edited);
                 println!("deleted:  {}", m.deleted);
                 if let Some(r) = m.reply_to {

@@ -47,6 +47,7 @@ pub fn message_json(m: &Message, names: &Names) -> Value {
         "reply_to": m.reply_to.map(|r| r.to_hex()),
         "edited": m.edited,
         "deleted": m.deleted,
+        "dropped": m.dropped,
         "reply_count": m.reply_count,
         "reactions": reactions,
         "time_ms": m.id.timestamp().millis(),
@@ -58,6 +59,7 @@ pub fn message_line(m: &Message, names: &Names) -> String {
     let mut s = format!("{}  {}: ", m.id, names.of(&m.author));
     match &m.text {
         Some(t) => s.push_str(&t.replace('\n', " ")),
+        None if m.dropped => s.push_str("(text dropped)"),
         None => s.push_str("(deleted)"),
     }
     if m.edited {
