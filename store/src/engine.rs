@@ -260,9 +260,6 @@ pub(crate) struct Engine {
     /// Stored entries to rewrite without dropped segments, once the batch
     /// that wrote them is applied (`crate::prune`).
     pub(crate) prune_rows: crate::prune::PruneRows,
-    /// Texts were dropped since the last compaction: the old bytes still sit
-    /// in the log, sled's old segments and the journal until one runs.
-    pub compaction_owed: bool,
 }
 
 impl Engine {
@@ -312,7 +309,6 @@ impl Engine {
             _lock: lock,
             prune_queue: Vec::new(),
             prune_rows: Default::default(),
-            compaction_owed: false,
         })
     }
 

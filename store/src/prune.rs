@@ -9,7 +9,7 @@
 //! segment), and every stored entry that carries them is rewritten without
 //! their bytes (`F` rows), once the batch that wrote it is applied. The feed
 //! log, sled's old pages and the journal still hold the old bytes until the
-//! next compaction ([`crate::compact`]), which this schedules.
+//! next compaction ([`crate::compact`]; run by hand so far).
 //!
 //! Nothing here has to survive a crash: an epoch that loads with a text of a
 //! deleted message still held (a crash between the batch of a delete and
@@ -63,7 +63,6 @@ impl Engine {
                 self.prune_rows.entry((wire, device, seq)).or_default().push(id);
             }
         }
-        self.compaction_owed = true;
         Ok(())
     }
 
