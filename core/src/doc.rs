@@ -105,20 +105,16 @@ fn text_ref<'a>(v: &'a ValueRef<'_>) -> Option<TextRef<'a>> {
     }
 }
 
-fn text_ref_owned(v: &Value<'_>) -> Option<TextRefOwned> {
+/// [`text_ref`] of a value read with `get`/`get_all`.
+fn text_of<'a>(v: &'a Value<'_>) -> Option<TextRef<'a>> {
     match v {
         Value::Scalar(s) => match s.as_ref() {
-            ScalarValue::Str(s) => Some(TextRefOwned::Inline(s.to_string())),
-            ScalarValue::Bytes(b) => ContentId::from_slice(b).map(TextRefOwned::Id),
+            ScalarValue::Str(s) => Some(TextRef::Inline(s)),
+            ScalarValue::Bytes(b) => ContentId::from_slice(b).map(TextRef::Id),
             _ => None,
         },
         Value::Object(_) => None,
     }
-}
-
-enum TextRefOwned {
-    Inline(String),
-    Id(ContentId),
 }
 
 fn value_str<'a>(v: &'a ValueRef<'_>) -> Option<&'a str> {
@@ -269,11 +265,6 @@ impl EpochDoc {
         self.texts.values().map(|(m, _)| *m).collect()
     }
 
-    /// Whether the text of this id is held.
-    pub fn holds_text(&self, id: &ContentId) -> bool {
-        self.texts.contains_key(id)
-    }
-
     /// The text a value of message `msg` names: `Some(None)` when it names a
     /// text not held (dropped), `None` when it is no text value at all. A
     /// text of another message is none of this one's (an author cannot show
@@ -283,13 +274,6 @@ impl EpochDoc {
             TextRef::Inline(s) => Some(s.to_string()),
             TextRef::Id(id) => self.held_text(&id, msg),
         })
-    }
-
-    fn resolve_owned(&self, r: TextRefOwned, msg: &MessageId) -> Option<String> {
-        match r {
-            TextRefOwned::Inline(s) => Some(s),
-            TextRefOwned::Id(id) => self.held_text(&id, msg),
-        }
     }
 
     fn held_text(&self, id: &ContentId, msg: &MessageId) -> Option<String> {
@@ -844,7 +828,8 @@ impl EpochDoc {
                 .find(|(_, w)| self.author(w, devices) == Some(author))
                 .map(|(v, _)| v)
         };
-        let original = self.resolve_owned(text_ref_owned(&field("t")?)?, id);
+        let t = field("t")?;
+        let original = self.resolve(text_of(&t)?, id)?;
         let reply_to = field("p").and_then(|p| p.as_str().and_then(|p| p.parse().ok()));
         let a = author.to_hex();
         let deleted = self.authored_value(&format!("x:{id}:{a}"), &author, devices).is_some()
@@ -854,8 +839,7 @@ impl EpochDoc {
             });
         let edit = self
             .authored_value(&format!("e:{id}:{a}"), &author, devices)
-            .and_then(|v| text_ref_owned(&v))
-            .map(|r| self.resolve_owned(r, id));
+            .and_then(|v| self.resolve(text_of(&v)?, id));
         let current = match &edit {
             Some(e) => e.clone(),
             None => original,

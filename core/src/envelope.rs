@@ -470,7 +470,7 @@ impl Envelope {
         let hb = self.header.encode();
         self.segments
             .iter()
-            .filter_map(|s| s.open(keys, self.header.generation, &hb).ok())
+            .filter_map(|s| s.open_decoded(keys, self.header.generation, &hb).ok())
             .collect()
     }
 

@@ -24,6 +24,20 @@ async fn pull(from: &Store, to: &Store, wire: WireId, channel: ChannelId) {
     }
 }
 
+/// Alice's store with a channel `general`, and Bob's, which joined it with
+/// its keys and holds what Alice wrote there.
+async fn alice_and_bob(da: &Path, db: &Path) -> (Store, Store, ChannelId, WireId) {
+    let pass = Passphrase::new("pw");
+    let a = Store::create(da, &pass, "alice", config()).await.unwrap();
+    let b = Store::create(db, &pass, "bob", config()).await.unwrap();
+    let general = a.create_channel("general").await.unwrap();
+    let keys = a.channel_keys(general).await.unwrap();
+    let wire = keys.wire();
+    b.join_channel(keys).await.unwrap();
+    pull(&a, &b, wire, general).await;
+    (a, b, general, wire)
+}
+
 /// The sealed bytes of every segment `store` serves for `channel`, by the
 /// message whose text it carries.
 async fn segments(store: &Store, channel: ChannelId) -> HashMap<MessageId, Vec<Vec<u8>>> {
@@ -202,14 +216,7 @@ async fn a_compaction_stopped_at_any_step_is_finished_or_dropped_by_the_next_ope
 #[tokio::test]
 async fn a_forwarder_can_drop_a_segment_but_not_change_one() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let pass = Passphrase::new("pw");
-    let a = Store::create(da.path(), &pass, "alice", config()).await.unwrap();
-    let b = Store::create(db.path(), &pass, "bob", config()).await.unwrap();
-    let general = a.create_channel("general").await.unwrap();
-    let keys = a.channel_keys(general).await.unwrap();
-    let wire = keys.wire();
-    b.join_channel(keys).await.unwrap();
-    pull(&a, &b, wire, general).await;
+    let (a, b, general, wire) = alice_and_bob(da.path(), db.path()).await;
     let first = a.post(general, "first").await.unwrap();
     // A read closes the group: the second post goes into another entry.
     a.message(first).await.unwrap();
@@ -255,13 +262,8 @@ async fn a_forwarder_can_drop_a_segment_but_not_change_one() {
 async fn an_admin_deletes_anyones_message_and_a_member_only_their_own() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let pass = Passphrase::new("pw");
-    let a = Store::create(da.path(), &pass, "alice", config()).await.unwrap();
-    let b = Store::create(db.path(), &pass, "bob", config()).await.unwrap();
-    let general = a.create_channel("general").await.unwrap();
-    let keys = a.channel_keys(general).await.unwrap();
-    let wire = keys.wire();
+    let (a, b, general, wire) = alice_and_bob(da.path(), db.path()).await;
     let from_alice = a.post(general, "alice writes").await.unwrap();
-    b.join_channel(keys).await.unwrap();
     pull(&a, &b, wire, general).await;
     let from_bob = b.post(general, "bob writes").await.unwrap();
     let bob_too = b.post(general, "bob writes again").await.unwrap();
