@@ -104,6 +104,72 @@ async fn v8_stores_open_and_answer_the_same() {
     old_stores_open_migrate_and_answer_the_same("v8", 8).await;
 }
 
+/// Format 9: entries of format 3, texts in segments (written by `9f7dfb9`).
+#[tokio::test]
+async fn v9_stores_open_and_answer_the_same() {
+    old_stores_open_migrate_and_answer_the_same("v9", 9).await;
+}
+
+/// A text of format 9 rides in a segment of a format 3 entry: deleting its
+/// message on today's code drops the segment from sled at once and from every
+/// file at the next compaction, while the texts beside it stay.
+#[tokio::test]
+async fn a_format_9_segment_text_is_deleted_for_good() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let pass = Passphrase::new(PASS);
+    let dir = tmp.path().join("alice");
+    copy_dir(&fixtures("v9").join("alice"), &dir);
+    let s = Store::open(&dir, &pass, config()).await.expect("open");
+    // A message of the fixture's own, in a format 3 entry, and its segment.
+    let mut found = None;
+    for ch in s.channels().await.expect("channels") {
+        let keys = s.channel_keys(ch.id).await.expect("keys");
+        let all = s
+            .entries_after(keys.wire(), Vector::default(), usize::MAX, usize::MAX)
+            .await
+            .expect("entries");
+        for bytes in all.entries {
+            let env = hearth::core::Envelope::decode(&bytes).expect("decode");
+            if env.header.version != hearth::core::ENVELOPE_V3 || env.header.user != s.whoami().user {
+                continue;
+            }
+            let hb = env.header.encode();
+            for seg in env.segments.iter().filter(|x| x.sealed.is_some()) {
+                let c = seg.open(&keys, env.header.generation, &hb).expect("opens");
+                let m = s.message(c.msg).await.expect("message").message;
+                if !m.deleted && m.text.as_deref() == Some(c.text.as_str()) && found.is_none() {
+                    found = Some((ch.id, c.msg, seg.sealed.clone().expect("bytes")));
+                }
+            }
+        }
+    }
+    let (channel, msg, needle) = found.expect("a text of the fixture in a format 3 segment");
+    let before = s.page(channel, None, 500).await.expect("page");
+    let parent = s.message(msg).await.expect("message").message.reply_to;
+    s.delete(msg).await.expect("delete");
+    let m = s.message(msg).await.expect("message").message;
+    assert!(m.deleted && m.text.is_none());
+    assert!(s.verify().await.expect("verify").is_clean());
+    s.close().await.expect("close");
+    Store::compact(&dir, &pass, config()).await.expect("compact");
+    assert!(!answers::holds(&dir, &needle), "the segment is gone from every file");
+    let s = Store::open(&dir, &pass, config()).await.expect("reopen");
+    let after = s.page(channel, None, 500).await.expect("page");
+    assert_eq!(after.len(), before.len());
+    for (a, b) in before.iter().zip(&after) {
+        if a.id == msg {
+            assert!(b.deleted && b.text.is_none());
+        } else if Some(a.id) == parent {
+            // A deleted reply is not counted.
+            assert_eq!(b.reply_count + 1, a.reply_count);
+        } else {
+            assert_eq!(a, b, "every other message answers the same");
+        }
+    }
+    assert!(s.verify().await.expect("verify").is_clean());
+    s.close().await.expect("close");
+}
+
 async fn old_stores_open_migrate_and_answer_the_same(format: &str, number: u8) {
     let tmp = tempfile::tempdir().expect("tmp");
     let pass = Passphrase::new(PASS);

@@ -106,7 +106,7 @@ async fn compact(cli: &Cli) -> Result<ExitCode> {
     let after = hearth::dir_bytes(&cli.store);
     if cli.json {
         print_json(&json!({
-            "entries_rewritten": report.entries_rewritten, "segments_dropped": report.segments_dropped,
+            "entries_rewritten": report.entries_rewritten, "texts_dropped": report.texts_dropped,
             "records": report.records, "log_bytes_before": report.log_bytes_before,
             "log_bytes_after": report.log_bytes_after, "store_bytes_before": report.store_bytes_before,
             "store_bytes_after": after, "verify_clean": v.is_clean(), "seconds": took.as_secs_f64(),
@@ -116,7 +116,7 @@ async fn compact(cli: &Cli) -> Result<ExitCode> {
             "compacted in {:.2} s: {} entries rewritten, {} deleted texts dropped; store {} -> {} bytes; verify: {}",
             took.as_secs_f64(),
             report.entries_rewritten,
-            report.segments_dropped,
+            report.texts_dropped,
             report.store_bytes_before,
             after,
             if v.is_clean() { "clean" } else { "problems found" }

@@ -466,7 +466,7 @@ fn compact_drops_deleted_texts_and_keeps_the_rest() {
     ok(hearth(&dir).args(["delete", gone.trim()]));
     let report = ok(hearth(&dir).args(["--json", "compact"]));
     let v: Value = serde_json::from_str(report.trim()).expect("json");
-    assert_eq!(v["segments_dropped"], 1, "{v}");
+    assert_eq!(v["texts_dropped"], 1, "{v}");
     assert_eq!(v["entries_rewritten"], 1, "{v}");
     assert_eq!(v["verify_clean"], true, "{v}");
     assert!(!dir.join("compact").exists() && !dir.join("log.old").exists());

@@ -30,6 +30,16 @@
 //!                 droppable (absent once dropped)
 //! entry hash:     blake3 of postcard(header, certs, blake3(body), signature,
 //!                 [(segment id, segment hash)])
+//!
+//! format 4 (written from store format 10)
+//! header, certs, body: as in format 3 (version 4)
+//! signature:      ed25519 by the device key over
+//!                 "hearth v4 entry" 0x00 | header bytes | postcard(certs) | blake3(body)
+//! texts:          the texts the change names, sealed together in one pack
+//!                 ([`crate::content::seal_pack`]), or none; neither signed
+//!                 nor hashed: the change names each text by an id that
+//!                 commits to it
+//! entry hash:     blake3 of postcard(header, certs, blake3(body), signature)
 //! ```
 //!
 //! The same bytes are stored and sent: an entry is sealed once. Anyone can check
@@ -38,7 +48,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::channel::ChannelKeys;
-use crate::content::{Content, ContentId, Segment};
+use crate::content::{Content, ContentId, Segment, open_pack, seal_pack};
 use crate::device::{DeviceCert, domain_message, verify_chain};
 use crate::error::{Error, Result};
 use crate::id::{DeviceId, Epoch, UserId, WireId};
@@ -53,6 +63,11 @@ pub const ENVELOPE_V2: u8 = 2;
 /// The envelope format with droppable content (texts in segments, a body
 /// that can be pruned to its hash).
 pub const ENVELOPE_V3: u8 = 3;
+/// The envelope format with the texts packed together (one sealed pack
+/// beside the body, outside the signature).
+pub const ENVELOPE_V4: u8 = 4;
+/// The signing-domain label of format 4 entries.
+const ENTRY_DOMAIN_V4: &[u8] = b"hearth v4 entry";
 /// Most segments an entry carries.
 pub const MAX_ENTRY_SEGMENTS: usize = 4096;
 /// The signing-domain label of format 3 entries.
@@ -121,7 +136,7 @@ struct HeaderV3 {
 impl EntryHeader {
     /// The header's bytes as its format encodes them (the body's AAD).
     pub fn encode(&self) -> Vec<u8> {
-        if self.version == ENVELOPE_V3 {
+        if self.version >= ENVELOPE_V3 {
             postcard::to_stdvec(&self.v3())
         } else if self.version == ENVELOPE_V2 {
             postcard::to_stdvec(&HeaderV2 {
@@ -181,6 +196,10 @@ pub struct Envelope {
     /// Format 3: the texts the change names, each droppable.
     #[serde(skip)]
     pub segments: Vec<Segment>,
+    /// Format 4: the texts the change names, sealed together (`None`: no
+    /// texts, or dropped).
+    #[serde(skip)]
+    pub pack: Option<Vec<u8>>,
 }
 
 /// A format 3 body: sealed, or dropped down to its hash.
@@ -198,6 +217,33 @@ struct EnvelopeV3 {
     body: BodyV3,
     sig: Vec<u8>,
     segments: Vec<Segment>,
+}
+
+/// A format 4 envelope as encoded.
+#[derive(Serialize, Deserialize)]
+struct EnvelopeV4 {
+    header: HeaderV3,
+    certs: Vec<DeviceCert>,
+    body: BodyV3,
+    sig: Vec<u8>,
+    pack: Option<Vec<u8>>,
+}
+
+/// What a format 4 entry's hash covers: everything but its texts.
+#[derive(Serialize)]
+struct SkeletonV4<'a> {
+    header: HeaderV3,
+    certs: &'a [DeviceCert],
+    body: [u8; 32],
+    sig: &'a [u8],
+}
+
+/// What a format 4 signature covers.
+fn signed_v4(header_bytes: &[u8], certs: &[DeviceCert], body_hash: &[u8; 32]) -> Vec<u8> {
+    let mut m = header_bytes.to_vec();
+    m.extend(postcard::to_stdvec(certs).expect("certificates encode"));
+    m.extend_from_slice(body_hash);
+    domain_message(ENTRY_DOMAIN_V4, &m)
 }
 
 /// What a format 3 entry's hash covers: everything but its droppable parts.
@@ -290,11 +336,12 @@ impl Envelope {
             sig,
             pruned: None,
             segments: Vec::new(),
+            pack: None,
         })
     }
 
     /// Seal entry `seq` of a feed of this device's as a store writes it:
-    /// format 3 (with no texts beside), under the channel's newest key
+    /// format 4 (with no texts beside), under the channel's newest key
     /// generation, the device's certificate in the feed's first entry (`seq`
     /// 1). For tools and tests that write feeds by hand.
     pub fn seal_next(
@@ -308,7 +355,7 @@ impl Envelope {
             Some(c) if seq == 1 => c.to_vec(),
             _ => Vec::new(),
         };
-        Self::seal_v3(keys, identity, seq, prev, body, keys.current_generation(), certs, &[])
+        Self::seal_v4(keys, identity, seq, prev, body, keys.current_generation(), certs, &[])
     }
 
     /// Seal a format 2 entry, signed by this device's key; `certs` is the
@@ -331,6 +378,7 @@ impl Envelope {
             sig,
             pruned: None,
             segments: Vec::new(),
+            pack: None,
         })
     }
 
@@ -356,7 +404,7 @@ impl Envelope {
             seq,
             prev,
             generation,
-            epoch: if version == ENVELOPE_V3 { body.epoch } else { 0 },
+            epoch: if version >= ENVELOPE_V3 { body.epoch } else { 0 },
         };
         let plain = postcard::to_stdvec(body).expect("body encodes");
         let key = keys
@@ -396,6 +444,38 @@ impl Envelope {
             sig,
             pruned: None,
             segments,
+            pack: None,
+        })
+    }
+
+    /// Seal a format 4 entry, signed by this device's key, with the texts its
+    /// change names sealed together in its pack; `certs` as in
+    /// [`Envelope::seal_v2`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn seal_v4(
+        keys: &ChannelKeys,
+        identity: &Identity,
+        seq: u64,
+        prev: EntryHash,
+        body: &EntryBody,
+        generation: u32,
+        certs: Vec<DeviceCert>,
+        texts: &[Content],
+    ) -> Result<(Vec<u8>, EntryHash)> {
+        let (header, sealed, device) = Self::seal_body(keys, identity, seq, prev, body, generation, ENVELOPE_V4)?;
+        let hb = header.encode();
+        let pack = seal_pack(keys, generation, &hb, texts)?;
+        let sig = device
+            .sign_raw(&signed_v4(&hb, &certs, blake3::hash(&sealed).as_bytes()))
+            .to_vec();
+        Self::finish(Envelope {
+            header,
+            certs,
+            body: sealed,
+            sig,
+            pruned: None,
+            segments: Vec::new(),
+            pack,
         })
     }
 
@@ -405,9 +485,17 @@ impl Envelope {
     }
 
     /// This entry's hash (what the next entry's `prev` names): of its bytes
-    /// in formats 1 and 2, of everything but its droppable parts in format 3.
+    /// in formats 1 and 2, of everything but its droppable parts from format 3.
     pub fn hash(&self) -> EntryHash {
-        if self.header.version == ENVELOPE_V3 {
+        if self.header.version == ENVELOPE_V4 {
+            let skeleton = SkeletonV4 {
+                header: self.header.v3(),
+                certs: &self.certs,
+                body: self.body_hash(),
+                sig: &self.sig,
+            };
+            *blake3::hash(&postcard::to_stdvec(&skeleton).expect("skeleton encodes")).as_bytes()
+        } else if self.header.version == ENVELOPE_V3 {
             let skeleton = SkeletonV3 {
                 header: self.header.v3(),
                 certs: &self.certs,
@@ -437,10 +525,19 @@ impl Envelope {
         self.segments.iter().filter(|s| s.sealed.is_some()).count()
     }
 
-    /// Whether `self` is `other` with no more segment bytes (a copy some of
-    /// whose texts were dropped, or the same bytes).
+    /// Whether it still carries texts (format 3: a segment's bytes; format
+    /// 4: a pack).
+    pub fn holds_texts(&self) -> bool {
+        self.pack.is_some() || self.held_segments() > 0
+    }
+
+    /// Whether `self` is `other` with no more texts (a copy some of whose
+    /// texts were dropped, or the same bytes). A format 4 pack sealed again
+    /// without some texts is a copy of the one before only where it is
+    /// dropped whole or the same: without the keys nobody can tell more.
     pub fn is_copy_of(&self, other: &Envelope) -> bool {
         self.hash() == other.hash()
+            && (self.pack.is_none() || self.pack == other.pack)
             && self
                 .segments
                 .iter()
@@ -448,16 +545,76 @@ impl Envelope {
                 .all(|(a, b)| a.sealed.is_none() || a.sealed == b.sealed)
     }
 
-    /// Drop the body down to its hash (format 3; the segments' bytes go
-    /// with it): the entry still verifies and chains, and opens to nothing.
+    /// [`Envelope::is_copy_of`] as a member sees it: also a copy whose pack
+    /// was sealed again with fewer of `other`'s texts.
+    pub fn is_copy_of_opened(&self, other: &Envelope, keys: &ChannelKeys) -> bool {
+        if self.is_copy_of(other) {
+            return true;
+        }
+        if self.hash() != other.hash() || self.pack.is_none() {
+            return false;
+        }
+        let theirs: std::collections::HashSet<ContentId> = other.open_texts(keys).iter().map(Content::id).collect();
+        self.open_texts_checked(keys)
+            .is_ok_and(|t| t.iter().all(|c| theirs.contains(&c.id())))
+    }
+
+    /// Drop the body down to its hash (from format 3; the texts go with
+    /// it): the entry still verifies and chains, and opens to nothing.
     pub fn prune_body(&mut self) {
-        if self.header.version == ENVELOPE_V3 && self.pruned.is_none() {
+        if self.header.version >= ENVELOPE_V3 && self.pruned.is_none() {
             self.pruned = Some(self.body_hash());
             self.body = Vec::new();
-            for s in &mut self.segments {
-                s.sealed = None;
-            }
+            self.strip_texts();
         }
+    }
+
+    /// Drop every text it carries (no key needed: a forwarder can, and a
+    /// fork proof keeps none).
+    pub fn strip_texts(&mut self) {
+        self.pack = None;
+        for s in &mut self.segments {
+            s.sealed = None;
+        }
+    }
+
+    /// Every text it carries that opens (a member only). Format 3: each
+    /// segment checked against its id, one that does not open left out (its
+    /// author sealed it wrong: the bytes match the hash it signed). Format 4:
+    /// the pack's texts, none if it does not open; no text is checked
+    /// against a change yet ([`crate::content`]).
+    pub fn open_texts(&self, keys: &ChannelKeys) -> Vec<Content> {
+        self.open_texts_checked(keys).unwrap_or_default()
+    }
+
+    /// [`Envelope::open_texts`], with the error of a pack that does not open
+    /// (damaged on the way: a receiver refuses the entry from that sender,
+    /// as it would a damaged segment, and takes it from another).
+    pub fn open_texts_checked(&self, keys: &ChannelKeys) -> Result<Vec<Content>> {
+        match &self.pack {
+            Some(sealed) => open_pack(keys, self.header.generation, &self.header.encode(), sealed),
+            None => Ok(self.open_segments(keys)),
+        }
+    }
+
+    /// Keep only the texts whose ids `keep` says yes to (a member: a format 4
+    /// pack is sealed again; one that does not open is dropped, and counts
+    /// as none). Returns how many texts went.
+    pub fn retain_texts(&mut self, keys: &ChannelKeys, keep: impl Fn(&ContentId) -> bool) -> Result<usize> {
+        if let Some(sealed) = &self.pack {
+            let hb = self.header.encode();
+            let Ok(texts) = open_pack(keys, self.header.generation, &hb, sealed) else {
+                self.pack = None;
+                return Ok(0);
+            };
+            let kept: Vec<Content> = texts.iter().filter(|c| keep(&c.id())).cloned().collect();
+            if kept.len() < texts.len() {
+                self.pack = seal_pack(keys, self.header.generation, &hb, &kept)?;
+            }
+            return Ok(texts.len() - kept.len());
+        }
+        let gone: Vec<ContentId> = self.segments.iter().map(|s| s.id).filter(|id| !keep(id)).collect();
+        Ok(self.drop_segments(&gone))
     }
 
     /// Open every segment whose bytes are held (a member only), each checked
@@ -488,7 +645,18 @@ impl Envelope {
 
     /// The entry's bytes in its format.
     pub fn encode(&self) -> Vec<u8> {
-        if self.header.version == ENVELOPE_V3 {
+        if self.header.version == ENVELOPE_V4 {
+            postcard::to_stdvec(&EnvelopeV4 {
+                header: self.header.v3(),
+                certs: self.certs.clone(),
+                body: match self.pruned {
+                    Some(h) => BodyV3::Pruned(h),
+                    None => BodyV3::Sealed(self.body.clone()),
+                },
+                sig: self.sig.clone(),
+                pack: self.pack.clone(),
+            })
+        } else if self.header.version == ENVELOPE_V3 {
             postcard::to_stdvec(&EnvelopeV3 {
                 header: self.header.v3(),
                 certs: self.certs.clone(),
@@ -561,6 +729,7 @@ impl Envelope {
                     sig: w.sig,
                     pruned: None,
                     segments: Vec::new(),
+                    pack: None,
                 }
             }
             Some(&ENVELOPE_V3) => {
@@ -580,39 +749,21 @@ impl Envelope {
                         return Err(malformed(&"a repeated segment, or bytes that do not match its hash"));
                     }
                 }
-                let (body, pruned) = match w.body {
-                    BodyV3::Sealed(b) => (b, None),
-                    BodyV3::Pruned(h) => {
-                        if w.segments.iter().any(|s| s.sealed.is_some()) {
-                            return Err(malformed(&"segment bytes beside a pruned body"));
-                        }
-                        (Vec::new(), Some(h))
-                    }
-                };
-                let h = w.header;
-                Envelope {
-                    header: EntryHeader {
-                        version: h.version,
-                        wire: h.wire,
-                        user: h.user,
-                        device: h.device,
-                        seq: h.seq,
-                        prev: h.prev,
-                        generation: h.generation,
-                        epoch: h.epoch,
-                    },
-                    certs: w.certs,
-                    body,
-                    sig: w.sig,
-                    pruned,
-                    segments: w.segments,
+                Envelope::from_v3_parts(w.header, w.certs, w.body, w.sig, w.segments, None)?
+            }
+            Some(&ENVELOPE_V4) => {
+                let (w, rest): (EnvelopeV4, &[u8]) = postcard::take_from_bytes(bytes).map_err(|e| malformed(&e))?;
+                if !rest.is_empty() {
+                    return Err(malformed(&"trailing bytes"));
                 }
+                check_certs(&w.certs)?;
+                Envelope::from_v3_parts(w.header, w.certs, w.body, w.sig, Vec::new(), w.pack)?
             }
             found => {
                 return Err(Error::UnsupportedFormat {
                     what: "feed entry",
                     found: found.copied().unwrap_or(0),
-                    expected: ENVELOPE_V3,
+                    expected: ENVELOPE_V4,
                 });
             }
         };
@@ -629,11 +780,48 @@ impl Envelope {
         Ok(env)
     }
 
+    /// A format 3 or 4 entry from its decoded parts: no texts (segment bytes,
+    /// a pack) beside a pruned body.
+    fn from_v3_parts(
+        h: HeaderV3,
+        certs: Vec<DeviceCert>,
+        body: BodyV3,
+        sig: Vec<u8>,
+        segments: Vec<Segment>,
+        pack: Option<Vec<u8>>,
+    ) -> Result<Self> {
+        let (body, pruned) = match body {
+            BodyV3::Sealed(b) => (b, None),
+            BodyV3::Pruned(_) if pack.is_some() || segments.iter().any(|s| s.sealed.is_some()) => {
+                return Err(Error::corrupted("feed entry", "texts beside a pruned body"));
+            }
+            BodyV3::Pruned(hash) => (Vec::new(), Some(hash)),
+        };
+        Ok(Envelope {
+            header: EntryHeader {
+                version: h.version,
+                wire: h.wire,
+                user: h.user,
+                device: h.device,
+                seq: h.seq,
+                prev: h.prev,
+                generation: h.generation,
+                epoch: h.epoch,
+            },
+            certs,
+            body,
+            sig,
+            pruned,
+            segments,
+            pack,
+        })
+    }
+
     /// The hash of an entry's bytes ([`Envelope::hash`]): of the bytes
-    /// themselves before format 3; a format 3 entry is decoded for it (bytes
+    /// themselves before format 3; a later entry is decoded for it (bytes
     /// that do not decode hash as they are, and match no chain).
     pub fn hash_of(bytes: &[u8]) -> EntryHash {
-        if bytes.first() == Some(&ENVELOPE_V3)
+        if bytes.first().is_some_and(|v| *v >= ENVELOPE_V3)
             && let Ok(env) = Envelope::decode(bytes)
         {
             return env.hash();
@@ -670,7 +858,9 @@ impl Envelope {
             return verify_signature(&self.header.user, &signed_bytes(&hb, &self.body), &sig);
         }
         let sig = self.signature()?;
-        let msg = if self.header.version == ENVELOPE_V3 {
+        let msg = if self.header.version == ENVELOPE_V4 {
+            signed_v4(&self.header.encode(), &self.certs, &self.body_hash())
+        } else if self.header.version == ENVELOPE_V3 {
             signed_v3(&self.header.encode(), &self.certs, &self.body_hash(), &self.segments)
         } else {
             signed_v2(&self.header.encode(), &self.certs, &self.body)
@@ -743,7 +933,7 @@ impl Envelope {
                 Ok(plain) => {
                     let body: EntryBody =
                         postcard::from_bytes(&plain).map_err(|e| Error::corrupted("feed entry body", e))?;
-                    if self.header.version == ENVELOPE_V3 && body.epoch != self.header.epoch {
+                    if self.header.version >= ENVELOPE_V3 && body.epoch != self.header.epoch {
                         return Err(Error::corrupted("feed entry", "header and body disagree on the epoch"));
                     }
                     return Ok(body);
@@ -817,8 +1007,9 @@ mod tests {
         assert!(e.device_key().unwrap().is_none());
     }
 
-    #[test]
-    fn format_3_segments_and_bodies_drop_without_breaking_the_feed() {
+    /// Channel keys, a writer and its chain, a body of epoch 4 and two texts
+    /// of one message.
+    fn two_texts() -> (ChannelKeys, Identity, Vec<DeviceCert>, EntryBody, Vec<Content>) {
         let keys = ChannelKeys::generate().unwrap();
         let me = Identity::generate("a").unwrap();
         let chain = vec![me.device_cert().unwrap().clone()];
@@ -831,6 +1022,82 @@ mod tests {
             Content::new(msg, "first".into()).unwrap(),
             Content::new(msg, "second".into()).unwrap(),
         ];
+        (keys, me, chain, body, texts)
+    }
+
+    #[test]
+    fn format_4_packs_drop_texts_without_breaking_the_feed() {
+        let (keys, me, chain, body, texts) = two_texts();
+        let (bytes, hash) = Envelope::seal_v4(&keys, &me, 1, [0; 32], &body, 0, chain, &texts).unwrap();
+        let env = Envelope::decode(&bytes).unwrap();
+        assert_eq!((env.header.version, env.header.epoch), (ENVELOPE_V4, 4));
+        env.verify().unwrap();
+        assert_eq!(env.hash(), hash);
+        assert_eq!(Envelope::hash_of(&bytes), hash);
+        assert_eq!(env.open(&keys).unwrap(), body);
+        assert!(env.holds_texts());
+        assert_eq!(env.open_texts(&keys), texts);
+        // A member drops one text (the pack sealed again): same hash, still
+        // verifies, the other opens; dropping it again changes nothing.
+        let mut dropped = env.clone();
+        assert_eq!(dropped.retain_texts(&keys, |id| *id != texts[0].id()).unwrap(), 1);
+        assert_eq!(dropped.retain_texts(&keys, |id| *id != texts[0].id()).unwrap(), 0);
+        let again = Envelope::decode(&dropped.encode()).unwrap();
+        again.verify().unwrap();
+        assert_eq!(again.hash(), hash);
+        assert_eq!(again.open_texts(&keys), vec![texts[1].clone()]);
+        assert_ne!(again.pack, env.pack);
+        // Its last text dropped: no pack at all.
+        let mut none = again.clone();
+        assert_eq!(none.retain_texts(&keys, |_| false).unwrap(), 1);
+        assert!(!none.holds_texts() && none.pack.is_none() && none.hash() == hash);
+        // Anyone can strip the pack, or prune the body (the pack goes with it).
+        let mut stripped = env.clone();
+        stripped.strip_texts();
+        assert!(Envelope::decode(&stripped.encode()).unwrap().verify().is_ok());
+        assert!(stripped.is_copy_of(&env) && !env.is_copy_of(&stripped));
+        let mut stub = env.clone();
+        stub.prune_body();
+        let stub = Envelope::decode(&stub.encode()).unwrap();
+        stub.verify().unwrap();
+        assert_eq!(stub.hash(), hash);
+        assert!(stub.open(&keys).is_err() && !stub.holds_texts());
+        // A pack beside a pruned body does not decode.
+        let mut both = stub.clone();
+        both.pack = env.pack.clone();
+        assert!(Envelope::decode(&both.encode()).is_err());
+        // The next entry chains onto either copy; a pack moved to it does not
+        // open there (its AAD is the header), and changes nothing signed.
+        let (next, _) = Envelope::seal_v4(&keys, &me, 2, hash, &body, 0, Vec::new(), &[]).unwrap();
+        let next = Envelope::decode(&next).unwrap();
+        assert!(next.pack.is_none());
+        let signing = me.device_keys().unwrap().public().signing;
+        next.verify_with(&signing).unwrap();
+        let mut moved = next.clone();
+        moved.pack = env.pack.clone();
+        moved.verify_with(&signing).unwrap();
+        assert!(moved.open_texts(&keys).is_empty());
+        // A damaged pack opens to nothing, and a member keeping texts drops it.
+        let mut damaged = env.clone();
+        damaged.pack.as_mut().unwrap()[5] ^= 1;
+        assert!(damaged.open_texts(&keys).is_empty());
+        assert_eq!(damaged.retain_texts(&keys, |_| true).unwrap(), 0);
+        assert!(damaged.pack.is_none());
+        // Every byte outside the pack is signed or checked.
+        let pack_at = bytes.len() - env.pack.as_ref().unwrap().len();
+        for i in 0..pack_at {
+            let mut b = bytes.clone();
+            b[i] ^= 0x01;
+            if let Ok(e) = Envelope::decode(&b) {
+                let intact = e.verify().is_ok() && e.open(&keys).is_ok() && e.hash() == hash;
+                assert!(!intact || e.encode() == bytes, "flip at {i} went unnoticed");
+            }
+        }
+    }
+
+    #[test]
+    fn format_3_segments_and_bodies_drop_without_breaking_the_feed() {
+        let (keys, me, chain, body, texts) = two_texts();
         let (bytes, hash) = Envelope::seal_v3(&keys, &me, 1, [0; 32], &body, 0, chain, &texts).unwrap();
         let env = Envelope::decode(&bytes).unwrap();
         assert_eq!((env.header.version, env.header.epoch), (ENVELOPE_V3, 4));

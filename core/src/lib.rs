@@ -61,8 +61,8 @@ pub use doc::{
     ChangeEffects, Cuts, Devices, EpochDoc, OpCut, decode_change, decode_change_effects, decode_change_posts,
 };
 pub use envelope::{
-    ENVELOPE_V2, ENVELOPE_V3, ENVELOPE_VERSION, EntryBody, EntryHash, EntryHeader, Envelope, MAX_ENTRY_BYTES,
-    MAX_ENTRY_CERTS, MAX_ENTRY_SEGMENTS,
+    ENVELOPE_V2, ENVELOPE_V3, ENVELOPE_V4, ENVELOPE_VERSION, EntryBody, EntryHash, EntryHeader, Envelope,
+    MAX_ENTRY_BYTES, MAX_ENTRY_CERTS, MAX_ENTRY_SEGMENTS,
 };
 pub use error::{Error, Result};
 pub use fork::{Fork, ForkProof};

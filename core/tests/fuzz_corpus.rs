@@ -136,6 +136,13 @@ fn regenerate_entry_v3_seeds() {
     seeds::write_entry_v3_seeds();
 }
 
+/// Writes the format 4 entry seeds (store format 10: a pack of texts).
+#[test]
+#[ignore = "writes the envelope v4 seeds; run by hand with --ignored"]
+fn regenerate_entry_v4_seeds() {
+    seeds::write_entry_v4_seeds();
+}
+
 /// Writes the seed corpus: valid inputs made by the encoders, plus truncated and
 /// bit-flipped variants. Envelopes and headers hold random nonces and salts, so a
 /// rerun changes their bytes but not what they cover.
@@ -780,14 +787,20 @@ mod seeds {
 
     /// Format 3 entries: with two texts beside the change, one dropped, the
     /// body pruned, and damaged variants.
-    pub fn write_entry_v3_seeds() {
-        let keys = channel_keys();
+    /// A device that writes the entry seeds, its chain and a body.
+    fn seed_writer() -> (Identity, Vec<hearth_core::device::DeviceCert>, EntryBody) {
         let me = Identity::generate("fuzz").unwrap();
         let chain = vec![me.device_cert().unwrap().clone()];
         let body = EntryBody {
             epoch: EPOCH,
             change: vec![7; 24],
         };
+        (me, chain, body)
+    }
+
+    pub fn write_entry_v3_seeds() {
+        let keys = channel_keys();
+        let (me, chain, body) = seed_writer();
         let texts = [
             hearth_core::Content::new(msg(1), "hello".into()).unwrap(),
             hearth_core::Content::new(msg(1), "hello, edited".into()).unwrap(),
@@ -803,6 +816,30 @@ mod seeds {
         write("envelope", "valid-v3-pruned-body", &stub.encode());
         write("envelope", "v3-flipped-in-segment", &flip(&full, full.len() - 20));
         write("envelope", "v3-truncated-segment", &full[..full.len() - 5]);
+    }
+
+    pub fn write_entry_v4_seeds() {
+        let keys = channel_keys();
+        let (me, chain, body) = seed_writer();
+        let texts: Vec<_> = (0..6u8)
+            .map(|i| hearth_core::Content::new(msg(1 + u64::from(i / 2)), format!("text {i} of the pack")).unwrap())
+            .collect();
+        let (full, _) = Envelope::seal_v4(keys, &me, 1, [0; 32], &body, 0, chain, &texts).unwrap();
+        let env = Envelope::decode(&full).unwrap();
+        let mut one = env.clone();
+        one.retain_texts(keys, |id| *id != texts[0].id()).unwrap();
+        let mut stripped = env.clone();
+        stripped.strip_texts();
+        let mut stub = env.clone();
+        stub.prune_body();
+        let (plain, _) = Envelope::seal_v4(keys, &me, 2, [1; 32], &body, 0, Vec::new(), &texts[..1]).unwrap();
+        write("envelope", "valid-v4-packed", &full);
+        write("envelope", "valid-v4-one-text-dropped", &one.encode());
+        write("envelope", "valid-v4-no-pack", &stripped.encode());
+        write("envelope", "valid-v4-pruned-body", &stub.encode());
+        write("envelope", "v4-one-plain-text-unchained", &plain);
+        write("envelope", "v4-flipped-in-pack", &flip(&full, full.len() - 20));
+        write("envelope", "v4-truncated-pack", &full[..full.len() - 5]);
     }
 
     pub fn write_link_seeds() {

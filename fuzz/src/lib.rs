@@ -124,8 +124,10 @@ pub fn check_envelope(data: &[u8]) {
     };
     let verified = env.verify();
     let opened = env.open(channel_keys());
-    let texts = env.open_segments(channel_keys());
-    assert!(texts.len() <= env.held_segments());
+    let texts = env.open_texts(channel_keys());
+    if env.pack.is_none() {
+        assert!(texts.len() <= env.held_segments());
+    }
     let bytes = env.encode();
     assert!(
         bytes == data,
@@ -139,9 +141,16 @@ pub fn check_envelope(data: &[u8]) {
     let mut fewer = env.clone();
     let half: Vec<_> = env.segments.iter().take(env.segments.len() / 2).map(|s| s.id).collect();
     fewer.drop_segments(&half);
+    // A member drops one text of a pack (sealed again), anyone the pack.
+    let mut repacked = env.clone();
+    let first = texts.first().map(|c| c.id());
+    let _ = repacked.retain_texts(channel_keys(), |id| Some(*id) != first);
+    let mut stripped = env.clone();
+    stripped.strip_texts();
+    assert!(!stripped.holds_texts());
     let mut stub = env.clone();
     stub.prune_body();
-    for cut in [fewer, stub] {
+    for cut in [fewer, repacked, stripped, stub] {
         let again = Envelope::decode(&cut.encode()).expect("an entry with parts dropped decodes");
         assert_eq!(again.hash(), hash, "dropping a part changed the entry's hash");
         assert_eq!(

@@ -176,7 +176,7 @@ pub enum Verdict {
     /// The next entry of its feed, signature and chain verified: the caller
     /// checks what else it must, then calls [`Admission::accept`] or
     /// [`Admission::refuse`].
-    Next(Envelope),
+    Next(Box<Envelope>),
     /// Already held, the same bytes.
     Duplicate,
     /// Refused (the feed is refused for the rest of the batch).
@@ -338,7 +338,7 @@ impl Admission {
                 if let Some(k) = carried.or(held_key) {
                     self.keys.insert(device, k);
                 }
-                Ok(Verdict::Next(env))
+                Ok(Verdict::Next(Box::new(env)))
             }
         }
     }

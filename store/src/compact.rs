@@ -23,10 +23,11 @@
 //! committed and is dropped (the old log is whole); `compact/` is committed
 //! and its swap is finished (each step checks what is already done).
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 
-use hearth_core::{Envelope, ForkProof};
+use hearth_core::{ChannelKeys, Envelope, ForkProof, WireId};
 
 use crate::durable::{create_private_dir, sync_dir};
 use crate::engine::Engine;
@@ -62,8 +63,8 @@ pub struct CompactReport {
     pub records: u64,
     /// Entries written without the segments dropped from them.
     pub entries_rewritten: u64,
-    /// Segments left out.
-    pub segments_dropped: u64,
+    /// Texts left out (of the entries rewritten).
+    pub texts_dropped: u64,
     /// Bytes of the log before and after.
     pub log_bytes_before: u64,
     /// Bytes of the new log.
@@ -89,9 +90,8 @@ pub fn dir_bytes(dir: &Path) -> u64 {
 /// none).
 fn bare(bytes: &[u8]) -> Vec<u8> {
     match Envelope::decode(bytes) {
-        Ok(mut env) if env.held_segments() > 0 => {
-            let ids: Vec<_> = env.segments.iter().map(|s| s.id).collect();
-            env.drop_segments(&ids);
+        Ok(mut env) if env.holds_texts() => {
+            env.strip_texts();
             env.encode()
         }
         _ => bytes.to_vec(),
@@ -114,12 +114,17 @@ impl Engine {
         create_private_dir(staging)?;
         let mut new_log = Log::create(&staging.join(log::LOG_DIR))?;
         let tree = self.tree.clone();
+        let keys: HashMap<WireId, ChannelKeys> = self
+            .channels
+            .values()
+            .map(|ch| (ch.keys.wire(), ch.keys.clone()))
+            .collect();
         let scanned = log::scan(&self.dir.join(log::LOG_DIR), LogPos::START, |batch| {
             let mut buf = Vec::new();
             for r in batch.records {
                 report.records += 1;
                 let body = match r.kind {
-                    kind::ENTRY if r.body.first() == Some(&hearth_core::ENVELOPE_V3) => {
+                    kind::ENTRY if r.body.first().is_some_and(|v| *v >= hearth_core::ENVELOPE_V3) => {
                         let env = Envelope::decode(&r.body)?;
                         let held = tree.get(feed_key(&env.header.wire, &env.header.device, env.header.seq))?;
                         match held {
@@ -132,8 +137,10 @@ impl Engine {
                                     ));
                                 }
                                 report.entries_rewritten += 1;
-                                report.segments_dropped +=
-                                    env.held_segments().saturating_sub(now.held_segments()) as u64;
+                                if let Some(keys) = keys.get(&env.header.wire) {
+                                    report.texts_dropped +=
+                                        env.open_texts(keys).len().saturating_sub(now.open_texts(keys).len()) as u64;
+                                }
                                 row.to_vec()
                             }
                             _ => r.body,

@@ -483,8 +483,8 @@ impl Engine {
                         Error::corrupted("feed", format!("epoch log names a missing entry {dev}/{seq}"))
                     })?;
                     let env = Envelope::decode(&bytes)?;
-                    if env.held_segments() > 0 {
-                        let texts = env.open_segments(&ch.keys);
+                    if env.holds_texts() {
+                        let texts = env.open_texts(&ch.keys);
                         for c in &texts {
                             segments.entry(c.id()).or_insert_with(Vec::new).push((dev, seq));
                         }
@@ -1451,7 +1451,7 @@ impl Engine {
                     own.to_vec()
                 };
                 let generation = generation.unwrap_or_else(|| ch.keys.current_generation());
-                let sealed = Envelope::seal_v3(
+                let sealed = Envelope::seal_v4(
                     &ch.keys,
                     &self.identity,
                     seq,

@@ -114,7 +114,9 @@ pub const META_LOG_SYNCED: &[u8] = b"Mlogsynced";
 /// change, which names them by content id; a deleted message's texts are
 /// dropped from its stored entries; `compact.tmp/` and `compact/` during a
 /// compaction; 8 is only marked.
-pub const STORE_FORMAT: u8 = 9;
+/// 10: feed entries of format 4: an entry's texts sealed together in one
+/// pack, deflated; 9 is only marked.
+pub const STORE_FORMAT: u8 = 10;
 
 /// Name of a table, for error messages and record AAD.
 pub fn table_name(tag: u8) -> &'static str {

@@ -79,8 +79,18 @@ impl Engine {
             let k = feed_key(&wire, &device, seq);
             let Some(bytes) = self.tree.get(k)? else { continue };
             let mut env = Envelope::decode(&bytes)?;
-            if env.drop_segments(&ids) > 0 {
-                batch.insert(&k[..], env.encode());
+            let Some(keys) = self
+                .by_wire
+                .get(&wire)
+                .and_then(|c| self.channels.get(c))
+                .map(|ch| &ch.keys)
+            else {
+                continue;
+            };
+            env.retain_texts(keys, |id| !ids.contains(id))?;
+            let now = env.encode();
+            if now != bytes.as_ref() {
+                batch.insert(&k[..], now);
             }
         }
         self.tree.apply_batch(batch)?;

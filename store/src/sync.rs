@@ -181,36 +181,40 @@ struct Accepted {
     texts: Vec<hearth_core::Content>,
 }
 
-/// The texts of an entry's segments that its change names (each checked
-/// against its id), and the entry's bytes with only those segments' bytes.
+/// The texts an entry carries (`opened`: [`Envelope::open_texts_checked`])
+/// that its change names (each checked against its id), and the entry's
+/// bytes with only those texts.
 fn entry_texts(
     env: &Envelope,
     bytes: Vec<u8>,
     keys: &hearth_core::ChannelKeys,
     effects: &ChangeEffects,
+    opened: Vec<hearth_core::Content>,
 ) -> (Vec<hearth_core::Content>, Vec<u8>) {
-    if env.held_segments() == 0 {
+    if !env.holds_texts() {
         return (Vec::new(), bytes);
     }
-    let texts: Vec<hearth_core::Content> = env
-        .open_segments(keys)
-        .into_iter()
+    let texts: Vec<hearth_core::Content> = opened
+        .iter()
         .filter(|c| effects.texts.contains(&(c.msg, c.id())))
+        .cloned()
         .collect();
-    if texts.len() == env.held_segments() {
+    let all_named = match env.pack {
+        Some(_) => !texts.is_empty() && texts.len() == opened.len(),
+        None => texts.len() == env.held_segments(),
+    };
+    if all_named {
         return (texts, bytes);
     }
-    // A segment its author sealed wrong (it matches its signed hash, so no
-    // forwarder touched it): its bytes are dropped here, and the entry
-    // still verifies.
+    // Texts its change does not name (in a pack a member sealed), or a
+    // segment its author sealed wrong: left out here, and the entry still
+    // verifies.
+    let named: std::collections::HashSet<hearth_core::ContentId> = texts.iter().map(|c| c.id()).collect();
     let mut kept = env.clone();
-    let bad: Vec<hearth_core::ContentId> = kept
-        .segments
-        .iter()
-        .filter(|s| s.sealed.is_some() && !texts.iter().any(|c| c.id() == s.id))
-        .map(|s| s.id)
-        .collect();
-    kept.drop_segments(&bad);
+    if kept.retain_texts(keys, |id| named.contains(id)).is_err() {
+        kept.strip_texts();
+        return (Vec::new(), kept.encode());
+    }
     (texts, kept.encode())
 }
 
@@ -408,7 +412,7 @@ impl Engine {
                     chains: &ch.chains,
                 };
                 let env = match admission.check(&feeds, &bytes)? {
-                    Verdict::Next(env) => env,
+                    Verdict::Next(env) => *env,
                     Verdict::Duplicate => {
                         report.duplicates += 1;
                         continue;
@@ -461,9 +465,20 @@ impl Engine {
                         waiting.push(bytes);
                     }
                     Ok((epoch, change, effects)) => {
+                        // A pack that does not open was damaged on the way:
+                        // refused from this sender, like a body that does not.
+                        let packed = match env.open_texts_checked(&ch.keys) {
+                            Ok(t) => t,
+                            Err(e) => {
+                                report
+                                    .rejected
+                                    .push(admission.refuse(&env, Refusal::Malformed(e.to_string())));
+                                continue;
+                            }
+                        };
                         top = top.max(epoch);
                         progressed = true;
-                        let (texts, bytes) = entry_texts(&env, bytes, &ch.keys, &effects);
+                        let (texts, bytes) = entry_texts(&env, bytes, &ch.keys, &effects, packed);
                         // A device linked through a revoked one (its chain may
                         // come in this very entry) gives no keys.
                         let through_revoked = !revoked.is_empty() && {
@@ -606,11 +621,12 @@ impl Engine {
             let opened = env.open(&ch.keys).and_then(|body| {
                 let (change, effects) = decode_change_effects(&body.change, &device, &user)?;
                 effects.check_place(body.epoch, &channel, Timestamp(u64::MAX))?;
-                Ok((body.epoch, change, effects))
+                let packed = env.open_texts_checked(&ch.keys)?;
+                Ok((body.epoch, change, effects, packed))
             });
             match opened {
-                Ok((epoch, change, effects)) => {
-                    let (texts, bytes) = entry_texts(&env, bytes, &ch.keys, &effects);
+                Ok((epoch, change, effects, packed)) => {
+                    let (texts, bytes) = entry_texts(&env, bytes, &ch.keys, &effects, packed);
                     accepted.entry(epoch).or_default().push(Accepted {
                         device,
                         user,

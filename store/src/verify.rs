@@ -244,11 +244,20 @@ impl Engine {
                             problems.push((here.clone(), format!("out of order: expected entry {}", *next + 1)));
                         }
                         *next = (*next).max(h.seq);
-                        // sled may hold it with fewer segments (texts dropped
+                        // sled may hold it with fewer texts (texts dropped
                         // since: the log keeps them until a compaction).
                         let held = self.tree.get(feed_key(&h.wire, &h.device, h.seq))?;
+                        let keys = self
+                            .by_wire
+                            .get(&h.wire)
+                            .and_then(|c| self.channels.get(c))
+                            .map(|ch| &ch.keys);
                         let same = held.as_deref().is_some_and(|v| {
-                            v == &rec.body[..] || Envelope::decode(v).is_ok_and(|now| now.is_copy_of(&env))
+                            v == &rec.body[..]
+                                || Envelope::decode(v).is_ok_and(|now| match keys {
+                                    Some(keys) => now.is_copy_of_opened(&env, keys),
+                                    None => now.is_copy_of(&env),
+                                })
                         });
                         if !same {
                             problems.push((here, "not in sled, or other bytes there".to_string()));

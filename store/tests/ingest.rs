@@ -321,7 +321,7 @@ async fn a_forked_feed_is_proved_reported_and_kept() {
 #[tokio::test]
 async fn feeds_are_signed_by_device_keys() {
     use hearth_core::device::{DeviceCert, DeviceKeys};
-    use hearth_core::{ENVELOPE_V2, ENVELOPE_V3, ENVELOPE_VERSION, EntryHeader, Envelope, Identity};
+    use hearth_core::{ENVELOPE_V2, ENVELOPE_V4, ENVELOPE_VERSION, EntryHeader, Envelope, Identity};
 
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let pass = Passphrase::new("pw");
@@ -344,7 +344,7 @@ async fn feeds_are_signed_by_device_keys() {
         .entries;
     let envs: Vec<Envelope> = all.iter().map(|e| Envelope::decode(e).unwrap()).collect();
     let cert = a.device_cert().await.unwrap();
-    assert!(envs.iter().all(|e| e.header.version == ENVELOPE_V3));
+    assert!(envs.iter().all(|e| e.header.version == ENVELOPE_V4));
     assert_eq!(
         envs[0].certs,
         vec![cert.clone()],
@@ -393,6 +393,7 @@ async fn feeds_are_signed_by_device_keys() {
             .to_vec(),
         pruned: None,
         segments: Vec::new(),
+        pack: None,
     }
     .encode();
     // 2. A second key for the device, bound by the user key as a kept id:
@@ -410,6 +411,7 @@ async fn feeds_are_signed_by_device_keys() {
         sig: other.sign(b"hearth v2 entry", &msg).to_vec(),
         pruned: None,
         segments: Vec::new(),
+        pack: None,
     }
     .encode();
     // 3. Signed by another key, without a chain: a forgery.
@@ -424,6 +426,7 @@ async fn feeds_are_signed_by_device_keys() {
         sig: other.sign(b"hearth v2 entry", &msg).to_vec(),
         pruned: None,
         segments: Vec::new(),
+        pack: None,
     }
     .encode();
     // 4. Mallory's chain in an entry claiming Alice's device.
@@ -529,6 +532,7 @@ async fn a_squatted_device_id_is_impossible() {
         sig: mallory.sign(&signed).unwrap().to_vec(),
         pruned: None,
         segments: Vec::new(),
+        pack: None,
     }
     .encode();
     // A chain binding Alice's id to Mallory's device key as a kept id.
@@ -545,6 +549,7 @@ async fn a_squatted_device_id_is_impossible() {
         sig: mkeys.sign(b"hearth v2 entry", &msg).to_vec(),
         pruned: None,
         segments: Vec::new(),
+        pack: None,
     }
     .encode();
     for (what, bytes, want) in [

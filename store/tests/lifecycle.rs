@@ -38,8 +38,8 @@ async fn alice_and_bob(da: &Path, db: &Path) -> (Store, Store, ChannelId, WireId
     (a, b, general, wire)
 }
 
-/// The sealed bytes of every segment `store` serves for `channel`, by the
-/// message whose text it carries.
+/// The sealed bytes of every text pack `store` serves for `channel`: for
+/// each message, the pack of each of its texts (a post, each edit).
 async fn segments(store: &Store, channel: ChannelId) -> HashMap<MessageId, Vec<Vec<u8>>> {
     let keys = store.channel_keys(channel).await.unwrap();
     let batch = store
@@ -49,10 +49,12 @@ async fn segments(store: &Store, channel: ChannelId) -> HashMap<MessageId, Vec<V
     let mut out: HashMap<MessageId, Vec<Vec<u8>>> = HashMap::new();
     for bytes in batch.entries {
         let env = Envelope::decode(&bytes).unwrap();
-        let header = env.header.encode();
-        for s in env.segments.iter().filter(|s| s.sealed.is_some()) {
-            let content = s.open(&keys, env.header.generation, &header).unwrap();
-            out.entry(content.msg).or_default().push(s.sealed.clone().unwrap());
+        assert!(env.segments.is_empty(), "format 4 entries carry packs");
+        let Some(pack) = &env.pack else { continue };
+        let texts = env.open_texts_checked(&keys).unwrap();
+        assert!(!texts.is_empty());
+        for content in texts {
+            out.entry(content.msg).or_default().push(pack.clone());
         }
     }
     out
@@ -101,12 +103,11 @@ async fn a_deleted_message_leaves_every_file_of_the_author_and_of_a_peer() {
     let served = segments(&a, general).await;
     let gone = served[&secret].clone();
     assert_eq!(gone.len(), 2, "the post and its edit");
-    let kept: Vec<Vec<u8>> = [keep, reply].iter().flat_map(|m| served[m].clone()).collect();
     a.checkpoint().await.unwrap();
     b.checkpoint().await.unwrap();
     // The control: before the delete both stores hold every segment on disk.
     for (dir, who) in [(da.path(), "alice"), (db.path(), "bob")] {
-        for needle in gone.iter().chain(&kept) {
+        for needle in &gone {
             assert!(!holding(dir, needle).is_empty(), "{who} holds it before the delete");
         }
     }
@@ -116,13 +117,23 @@ async fn a_deleted_message_leaves_every_file_of_the_author_and_of_a_peer() {
     let quick = a.post(general, "posted and deleted at once").await.unwrap();
     a.delete(quick).await.unwrap();
     pull(&a, &b, wire, general).await;
-    for s in [&a, &b] {
+    // The packs each store holds now, of the texts that stay (a pack that
+    // held the secret too was sealed again without it, on each store).
+    let mut kept = HashMap::new();
+    for (s, who) in [(&a, "alice"), (&b, "bob")] {
         let m = s.message(secret).await.unwrap().message;
         assert!(m.deleted && m.text.is_none(), "{m:?}");
         // What either serves carries no text of it any more.
         let served = segments(s, general).await;
         assert!(!served.contains_key(&secret) && !served.contains_key(&quick));
         assert_eq!(served[&keep].len(), 1);
+        for needle in &gone {
+            assert!(served.values().flatten().all(|p| p != needle), "{who}");
+        }
+        kept.insert(
+            who,
+            [keep, reply].iter().flat_map(|m| served[m].clone()).collect::<Vec<_>>(),
+        );
         assert!(s.verify().await.unwrap().is_clean());
     }
     // A member that joins after the delete never receives it.
@@ -146,7 +157,7 @@ async fn a_deleted_message_leaves_every_file_of_the_author_and_of_a_peer() {
             assert!(left.is_empty(), "{who}: a deleted text's segment is still in {left:?}");
         }
         // The search finds what is still there: what was not deleted.
-        for needle in &kept {
+        for needle in &kept[who] {
             assert!(!holding(dir, needle).is_empty(), "{who}: a kept text is on disk");
         }
         let s = Store::open(dir, &pass, config()).await.unwrap();
@@ -209,12 +220,12 @@ async fn a_compaction_stopped_at_any_step_is_finished_or_dropped_by_the_next_ope
     }
 }
 
-/// Segments are outside what an entry's bytes hash to, but the entry signs
-/// each one's id and hash: a forwarder can drop a segment's bytes (the text
-/// then shows as dropped there) but not add, swap or damage one, nor cut a
-/// body down to a stub; those are the sender's fault.
+/// A pack is outside what an entry signs and hashes to: a forwarder can drop
+/// it (the texts then show as dropped there), but a pack damaged or moved
+/// from another entry does not open, and is refused as the sender's fault,
+/// as is a body cut down to a stub.
 #[tokio::test]
-async fn a_forwarder_can_drop_a_segment_but_not_change_one() {
+async fn a_forwarder_can_drop_a_pack_but_not_change_one() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, b, general, wire) = alice_and_bob(da.path(), db.path()).await;
     let first = a.post(general, "first").await.unwrap();
@@ -225,15 +236,15 @@ async fn a_forwarder_can_drop_a_segment_but_not_change_one() {
     let have = b.vector(general).await.unwrap();
     let batch = a.entries_after(wire, have, usize::MAX, usize::MAX).await.unwrap();
     let envs: Vec<Envelope> = batch.entries.iter().map(|e| Envelope::decode(e).unwrap()).collect();
-    let with_texts: Vec<usize> = (0..envs.len()).filter(|i| envs[*i].held_segments() > 0).collect();
+    let with_texts: Vec<usize> = (0..envs.len()).filter(|i| envs[*i].holds_texts()).collect();
     assert_eq!(with_texts.len(), 2, "one entry per post");
     let (one, two) = (&envs[with_texts[0]], &envs[with_texts[1]]);
     // Damaged, swapped in from another entry, or a body cut to its hash:
     // refused, as the sender's fault, whoever signed it.
     let mut damaged = one.clone();
-    damaged.segments[0].sealed.as_mut().unwrap()[40] ^= 1;
+    damaged.pack.as_mut().unwrap()[30] ^= 1;
     let mut swapped = one.clone();
-    swapped.segments[0].sealed = two.segments[0].sealed.clone();
+    swapped.pack = two.pack.clone();
     let mut stub = one.clone();
     stub.prune_body();
     for (what, env) in [("damaged", damaged), ("swapped", swapped), ("stub", stub)] {
@@ -243,8 +254,7 @@ async fn a_forwarder_can_drop_a_segment_but_not_change_one() {
     }
     // Dropped on the way: taken, the feed verifies, the text shows dropped.
     let mut dropped = one.clone();
-    let ids: Vec<_> = dropped.segments.iter().map(|s| s.id).collect();
-    dropped.drop_segments(&ids);
+    dropped.strip_texts();
     let mut rest: Vec<Vec<u8>> = batch.entries.clone();
     rest[with_texts[0]] = dropped.encode();
     let r = b.ingest(wire, rest).await.unwrap();

@@ -12,6 +12,10 @@
 //! Link   {proof, keys}                         -> Link {sealed}       (a new device)
 //! ```
 //!
+//! Protocol 8 carries feed entries of format 4 (an entry's texts in one
+//! pack), protocol 7 those of format 3 (a segment per text): the frames are
+//! the same, but a peer of an older protocol cannot read the entries.
+//!
 //! Protocol 6 changes Link: the new device sends its public keys, and the
 //! linking device answers with a certificate chain it issued for them
 //! instead of the user key (`hearth_core::LinkBundle` version 2); and the
@@ -52,18 +56,19 @@ use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 
 /// The protocol name (the version is in it).
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/sync/7");
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/sync/8");
 /// Protocol version carried in Hello.
-pub const VERSION: u16 = 7;
+pub const VERSION: u16 = 8;
 /// Names of earlier versions of the protocol, which this node does not speak:
 /// a peer offering only these is reported as incompatible, not banned.
-pub const OLD_PROTOCOLS: [&str; 6] = [
+pub const OLD_PROTOCOLS: [&str; 7] = [
     "/hearth/sync/1",
     "/hearth/sync/2",
     "/hearth/sync/3",
     "/hearth/sync/4",
     "/hearth/sync/5",
     "/hearth/sync/6",
+    "/hearth/sync/7",
 ];
 /// The reason of a Hello refused for a device proof without a chain that
 /// the responder cannot check: say it again with the chain.

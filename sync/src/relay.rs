@@ -864,7 +864,7 @@ impl Inner {
         };
         for bytes in entries {
             let env = match admission.check(&feeds, &bytes)? {
-                Verdict::Next(env) => env,
+                Verdict::Next(env) => *env,
                 Verdict::Duplicate => {
                     report.duplicates += 1;
                     continue;
@@ -1246,6 +1246,7 @@ mod tests {
             sig,
             pruned: None,
             segments: Vec::new(),
+            pack: None,
         })
         .unwrap()
     }
@@ -1304,7 +1305,7 @@ mod tests {
         let (unchained, _) = entry(&keys, &a, 4, [9; 32], 4);
         let r = ingest(&relay, wire, &[&unchained]).await;
         assert_eq!(r.rejected[0].reason, Refusal::Forked { seq: 3 });
-        // The signature's last byte (format 3: before the empty segment list).
+        // The signature's last byte (format 4: before the absent pack).
         let mut unsigned = e[3].0.clone();
         let n = unsigned.len();
         unsigned[n - 2] ^= 1;

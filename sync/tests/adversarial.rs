@@ -121,6 +121,7 @@ fn unopenable(wire: WireId, n: usize) -> Vec<Vec<u8>> {
                 sig,
                 pruned: None,
                 segments: Vec::new(),
+                pack: None,
             }
             .encode()
         })

@@ -463,6 +463,13 @@ async fn a_relay_of_the_format_8_stores_opens_and_its_database_can_be_rebuilt() 
     old_relay_opens_and_its_database_can_be_rebuilt("v8").await;
 }
 
+/// Relay format 9 (entries of format 3, texts in segments), written before
+/// entries of format 4 (texts in packs, relay format 10).
+#[tokio::test]
+async fn a_relay_of_the_format_9_stores_opens_and_its_database_can_be_rebuilt() {
+    old_relay_opens_and_its_database_can_be_rebuilt("v9").await;
+}
+
 /// Relay format 8: a relay of format 7 (`tests/fixtures/relay7`, written by
 /// `write_relay7_fixture` with the code of `faa7f29`) keeps the removal it
 /// took (its records have no clock), and takes a later adding back, which

@@ -114,3 +114,20 @@ pub async fn pull(from: &Store, to: &Store, channel: ChannelId) {
         assert!(r.rejected.is_empty(), "{:?}", r.rejected);
     }
 }
+
+/// Whether any file under `dir` holds `needle`.
+#[allow(dead_code)]
+pub fn holds(dir: &Path, needle: &[u8]) -> bool {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
+                return true;
+            }
+        }
+    }
+    false
+}

@@ -69,7 +69,7 @@ pub async fn run(args: &LifecycleArgs, json_out: bool) -> Result<std::process::E
         "delete_compact_reopen_ms": total_ms,
         "plain_reopen_ms": reopen_ms,
         "over_plain_reopen": total_ms / reopen_ms,
-        "segments_dropped": report.segments_dropped,
+        "texts_dropped": report.texts_dropped,
         "log_bytes_before": report.log_bytes_before,
         "log_bytes_after": report.log_bytes_after,
         "store_bytes_before": before,

@@ -44,8 +44,9 @@ pub(super) const META_LOG_SYNCED: &[u8] = b"Mlogsynced";
 /// (kind 9 records and `X` rows of format 7, with no clock, still read, as
 /// the oldest); a format 7 relay is only marked. 9: feed entries of format
 /// 3 (droppable segments, outside the entry hash); a format 8 relay is only
-/// marked.
-pub(super) const RELAY_FORMAT: u8 = 9;
+/// marked. 10: feed entries of format 4 (one pack of texts, outside the
+/// signature and the hash); a format 9 relay is only marked.
+pub(super) const RELAY_FORMAT: u8 = 10;
 /// sled is checkpointed once this much log was written since the last time
 /// (the log itself is durable at every acknowledgement).
 const CHECKPOINT_BYTES: u64 = 4 << 20;
