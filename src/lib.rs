@@ -48,9 +48,10 @@ use std::path::Path;
 pub use hearth_core as core;
 pub use hearth_core::{ChannelId, DeviceId, KdfParams, MAX_TEXT_BYTES, Message, MessageId, Passphrase, Role, UserId};
 pub use hearth_store::{
-    ChannelInfo, CompactReport, Config, DeviceInfo, Error, InviteInfo, JoinRequest, Located, MemberInfo, NewInvite,
-    OpenReport, OpenTimings, Outcome, Pending, Problem, Receipts, Result, RosterInfo, STORE_FORMAT, Stats, Store,
-    StoreEvent, Thread, VerifyReport, Whoami, Write, create_private_dir, dir_bytes, make_private, write_atomic,
+    ChannelInfo, CompactProgress, CompactReport, Config, DeviceInfo, Error, InviteInfo, JoinRequest, Located,
+    MemberInfo, NewInvite, OpenReport, OpenTimings, Outcome, Pending, Problem, Receipts, Result, RosterInfo,
+    STORE_FORMAT, Stats, Store, StoreEvent, Thread, VerifyReport, Whoami, Write, create_private_dir, dir_bytes,
+    make_private, write_atomic,
 };
 /// Sync over libp2p: nodes, events, tickets, relays.
 pub use hearth_sync as sync;
@@ -135,9 +136,10 @@ impl Hearth {
     }
 
     /// Drop the bytes of deleted texts from every file of the store in
-    /// `dir` (see [`Store::compact`]). The store must not be open.
+    /// `dir` (see [`Store::compact`], which does it on a store that is open
+    /// and in use). The store must not be open elsewhere.
     pub async fn compact(dir: impl AsRef<Path>, pass: &Passphrase, config: Config) -> Result<CompactReport> {
-        Store::compact(dir, pass, config).await
+        Store::compact_dir(dir, pass, config).await
     }
 
     /// Whether `dir` holds a store.

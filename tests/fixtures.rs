@@ -151,7 +151,7 @@ async fn a_format_9_segment_text_is_deleted_for_good() {
     assert!(m.deleted && m.text.is_none());
     assert!(s.verify().await.expect("verify").is_clean());
     s.close().await.expect("close");
-    Store::compact(&dir, &pass, config()).await.expect("compact");
+    Store::compact_dir(&dir, &pass, config()).await.expect("compact");
     assert!(!answers::holds(&dir, &needle), "the segment is gone from every file");
     let s = Store::open(&dir, &pass, config()).await.expect("reopen");
     let after = s.page(channel, None, 500).await.expect("page");

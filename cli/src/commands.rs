@@ -96,11 +96,30 @@ async fn rotate_key(cli: &Cli) -> Result<ExitCode> {
 async fn compact(cli: &Cli) -> Result<ExitCode> {
     let pass = crate::pass::passphrase(cli.passphrase_file.as_deref(), false)?;
     let started = Instant::now();
-    let report = Hearth::compact(&cli.store, &pass, Config::default()).await?;
-    let took = started.elapsed();
-    // Reopened once: sled is built afresh from the new log now, not at the
-    // next command.
     let h = Hearth::open(&cli.store, &pass, Config::default()).await?;
+    let progress = std::sync::Arc::new(hearth::CompactProgress::default());
+    // On a terminal: how far the copy is, redrawn in place.
+    let shown = std::io::stderr().is_terminal().then(|| {
+        let p = progress.clone();
+        tokio::spawn(async move {
+            use std::sync::atomic::Ordering::Relaxed;
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                let (done, total) = (p.rows_copied.load(Relaxed), p.rows_total.load(Relaxed).max(1));
+                eprint!(
+                    "\rcompacting: {done} of about {total} rows copied ({}%)",
+                    done * 100 / total
+                );
+            }
+        })
+    });
+    let report = h.compact_with(progress).await;
+    if let Some(t) = shown {
+        t.abort();
+        eprintln!();
+    }
+    let report = report?;
+    let took = started.elapsed();
     let v = h.verify().await?;
     h.close().await?;
     let after = hearth::dir_bytes(&cli.store);

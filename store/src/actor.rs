@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use hearth_core::Passphrase;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::compact::{CompactProgress, CompactReport, CompactStop};
 use crate::engine::{Engine, Outcome, Write};
 use crate::error::{Error, Result};
 use crate::journal::{Journal, encode_record};
@@ -26,6 +27,11 @@ use crate::journal::{Journal, encode_record};
 /// Journal records queued to the journal thread before the store thread waits
 /// (the journal thread takes every queued record into one write and one fsync).
 const JOURNAL_QUEUE: usize = 8192;
+/// After an automatic compaction failed to start or finish, how long before
+/// the next try.
+const AUTO_COMPACT_RETRY: Duration = Duration::from_secs(60);
+/// How often the store task looks at a compaction's copy while it runs.
+const COMPACT_POLL: Duration = Duration::from_millis(5);
 
 type Ack = Box<dyn FnOnce(Result<()>) + Send>;
 
@@ -49,7 +55,21 @@ pub(crate) enum Cmd {
     Mutate(Mutation),
     Passwd(Passphrase, oneshot::Sender<Result<()>>),
     Checkpoint(oneshot::Sender<Result<()>>),
+    /// Start a compaction (or wait for the one under way); the reply comes
+    /// once it is done.
+    Compact(
+        Option<CompactStop>,
+        Arc<CompactProgress>,
+        oneshot::Sender<Result<CompactReport>>,
+    ),
     Close(oneshot::Sender<Result<()>>),
+}
+
+/// A compaction under way, and who waits for it.
+struct Compacting {
+    running: crate::compact::Running,
+    stop: Option<CompactStop>,
+    waiters: Vec<oneshot::Sender<Result<CompactReport>>>,
 }
 
 enum JournalMsg {
@@ -58,6 +78,8 @@ enum JournalMsg {
     Clear(u64, oneshot::Sender<()>),
     /// The store closed cleanly: leave an empty journal behind.
     Finish(oneshot::Sender<Result<()>>),
+    /// A compaction swapped its files in: zero the old records.
+    Purge(oneshot::Sender<Result<()>>),
 }
 
 fn journal_thread(mut journal: Journal, rx: std_mpsc::Receiver<JournalMsg>, poisoned: Arc<AtomicBool>) {
@@ -101,6 +123,9 @@ fn journal_thread(mut journal: Journal, rx: std_mpsc::Receiver<JournalMsg>, pois
             }
             JournalMsg::Finish(done) => {
                 let _ = done.send(journal.mark_empty());
+            }
+            JournalMsg::Purge(done) => {
+                let _ = done.send(journal.purge());
             }
         }
         if next.is_none() {
@@ -159,6 +184,10 @@ struct Actor {
     next_seq: u64,
     journal_bytes: u64,
     last_checkpoint: Instant,
+    /// A compaction under way.
+    compaction: Option<Compacting>,
+    /// No automatic compaction before then (after one failed).
+    auto_compact_after: Instant,
 }
 
 impl Actor {
@@ -284,8 +313,102 @@ impl Actor {
         Ok(())
     }
 
+    /// Start a compaction, or add the caller to the one under way.
+    fn compact(
+        &mut self,
+        stop: Option<CompactStop>,
+        progress: Arc<CompactProgress>,
+        reply: Option<oneshot::Sender<Result<CompactReport>>>,
+    ) {
+        if let Some(c) = &mut self.compaction {
+            c.waiters.extend(reply);
+            return;
+        }
+        let started = self
+            .guard()
+            .and_then(|()| self.checkpoint())
+            .and_then(|()| self.engine.start_compaction(progress));
+        match started {
+            Ok(running) => {
+                self.compaction = Some(Compacting {
+                    running,
+                    stop,
+                    waiters: reply.into_iter().collect(),
+                })
+            }
+            Err(e) => match reply {
+                Some(r) => drop(r.send(Err(e))),
+                None => {
+                    eprintln!("hearth: an automatic compaction did not start: {e}");
+                    self.auto_compact_after = Instant::now() + AUTO_COMPACT_RETRY;
+                }
+            },
+        }
+    }
+
+    /// Once the copy of a compaction under way caught up: the pause, the
+    /// commit and the swap, then the journal's old records zeroed.
+    fn poll_compaction(&mut self) {
+        if !self.compaction.as_ref().is_some_and(|c| c.running.ready()) {
+            return;
+        }
+        let Some(Compacting { running, stop, waiters }) = self.compaction.take() else {
+            return;
+        };
+        let res = match self.checkpoint() {
+            Err(e) => {
+                running.abandon();
+                Err(e)
+            }
+            Ok(()) => self.engine.finish_compaction(running, stop),
+        };
+        let res = match res {
+            // A test's stop is a crash there: nothing more is written.
+            Ok(report) if stop.is_some() => {
+                self.poisoned.store(true, Ordering::SeqCst);
+                Ok(report)
+            }
+            Ok(report) => {
+                // The journal thread zeroes the old records before it writes
+                // the next ones; the callers hear once that is done, while
+                // this thread goes on.
+                let (tx, rx) = oneshot::channel();
+                if self.journal.send(JournalMsg::Purge(tx)).is_err() {
+                    Err(Error::Closed)
+                } else {
+                    std::thread::spawn(move || {
+                        let res = rx.blocking_recv().map_err(|_| Error::Closed).and_then(|r| r);
+                        reply_all(waiters, res.map(|()| report));
+                    });
+                    return;
+                }
+            }
+            Err(e) => {
+                // Committed but not swapped in: only an open can finish it.
+                if self.engine.dir.join(crate::compact::COMPACT_DIR).exists() {
+                    self.poisoned.store(true, Ordering::SeqCst);
+                }
+                if waiters.is_empty() {
+                    eprintln!("hearth: an automatic compaction failed: {e}");
+                    self.auto_compact_after = Instant::now() + AUTO_COMPACT_RETRY;
+                }
+                Err(e)
+            }
+        };
+        reply_all(waiters, res);
+    }
+
     fn housekeeping(&mut self) -> Result<()> {
         self.engine.evict()?;
+        if self.compaction.is_none()
+            && Instant::now() >= self.auto_compact_after
+            && self
+                .engine
+                .dropped_since_compaction
+                .is_some_and(|d| d.due(&self.engine.config))
+        {
+            self.compact(None, Arc::default(), None);
+        }
         let due = self.last_checkpoint.elapsed() >= self.engine.config.checkpoint_interval;
         // The feed log counts too: a long catch-up writes no journal, and
         // what it stored is durable only once checkpointed. (Not the sum:
@@ -298,6 +421,12 @@ impl Actor {
     }
 
     fn shutdown(mut self) -> Result<()> {
+        if let Some(c) = self.compaction.take() {
+            c.running.abandon();
+            for w in c.waiters {
+                let _ = w.send(Err(Error::Closed));
+            }
+        }
         // A poisoned store leaves the disk as it is: the journal and sled's
         // atomic batches are what a reopen recovers from.
         let res = if self.poisoned.load(Ordering::SeqCst) {
@@ -317,6 +446,22 @@ impl Actor {
             let _ = t.join();
         }
         res
+    }
+}
+
+/// Tell everyone waiting for a compaction how it went: the first gets the
+/// error itself, the others its text.
+fn reply_all(waiters: Vec<oneshot::Sender<Result<CompactReport>>>, res: Result<CompactReport>) {
+    let copy = match &res {
+        Ok(report) => Ok(report.clone()),
+        Err(e) => Err(e.to_string()),
+    };
+    let mut first = Some(res);
+    for w in waiters {
+        let r = first
+            .take()
+            .unwrap_or_else(|| copy.clone().map_err(|text| Error::corrupted("compaction", text)));
+        let _ = w.send(r);
     }
 }
 
@@ -371,6 +516,8 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
         next_seq,
         journal_bytes: 0,
         last_checkpoint: Instant::now(),
+        compaction: None,
+        auto_compact_after: Instant::now(),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -383,6 +530,11 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
             Some(since) => actor.finish_after().saturating_sub(since.elapsed()),
             None => interval,
         };
+        let wait = if actor.compaction.is_some() {
+            wait.min(COMPACT_POLL)
+        } else {
+            wait
+        };
         let first = match spin_recv(&mut rx) {
             Some(c) => Ok(Some(c)),
             None => rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }),
@@ -393,6 +545,7 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
                     actor.poisoned.store(true, Ordering::SeqCst);
                     report_failure(&e);
                 }
+                actor.poll_compaction();
                 continue;
             }
             Ok(None) => break,
@@ -434,6 +587,7 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
                 Cmd::Checkpoint(reply) => {
                     let _ = reply.send(actor.checkpoint());
                 }
+                Cmd::Compact(stop, progress, reply) => actor.compact(stop, progress, Some(reply)),
                 Cmd::Close(_) => unreachable!("handled above"),
             }));
             if run.is_err() {
@@ -454,6 +608,7 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
             actor.poisoned.store(true, Ordering::SeqCst);
             report_failure(&e);
         }
+        actor.poll_compaction();
     }
     // Refuse what is still queued, then close: snapshots, checkpoint, empty journal.
     rx.close();
@@ -461,6 +616,7 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
         match cmd {
             Cmd::Write(_, r) => drop(r.send(Err(Error::Closed))),
             Cmd::Passwd(_, r) | Cmd::Checkpoint(r) | Cmd::Close(r) => drop(r.send(Err(Error::Closed))),
+            Cmd::Compact(_, _, r) => drop(r.send(Err(Error::Closed))),
             Cmd::Query(q) => drop(q),
             Cmd::Mutate(m) => drop(m(&mut actor.engine, Err(Error::Closed))),
         }

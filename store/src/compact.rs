@@ -1,48 +1,66 @@
-//! Compaction: the bytes of dropped texts leave every file of the store.
+//! Compaction: the bytes of dropped texts leave every file of the store,
+//! while the store runs.
 //!
 //! A delete drops a text from the epoch document and from the stored entry
 //! that carried it ([`crate::prune`]), but the old bytes stay where they were
 //! written: in the feed log (append-only), in sled's old pages, and in the
 //! journal's old records. Compaction rewrites all three, as SQLite's VACUUM
-//! copies a database into a fresh file:
+//! copies a database into a fresh file, without stopping reads and writes:
 //!
-//! 1. in the store task, with the group closed and a checkpoint taken,
-//!    `compact.tmp/log/` is written from the log: each entry as sled holds it
-//!    now (its dropped segments gone), fork proofs without segments, every
-//!    other record as it is;
-//! 2. the store is closed cleanly (the journal is empty) and, under its lock,
-//!    whatever the log gained meanwhile is copied after it (those batches
-//!    are newer than any drop it covers); `compact.tmp/` is made durable and
-//!    renamed `compact/`: **the commit**;
-//! 3. the swap: `log/` becomes `log.old/`, `compact/log/` becomes `log/`,
-//!    then `db/` (sled, with its old pages), the journal (empty, but its file
-//!    still holds old records) and `log.old/` are deleted, then `compact/`.
-//!    The next open builds a fresh sled from the new log (and a new journal).
+//! 1. in the store task (a checkpoint, then a moment): a subscription to
+//!    every write sled takes from then on, and two threads;
+//! 2. in the background, while the store goes on: `compact.tmp/log/` written
+//!    from the log up to that point, each entry as sled holds it (dropped
+//!    texts gone), fork proofs without texts, every other record as it is;
+//!    then every row of sled copied into a fresh sled, `compact.tmp/db/`;
+//!    then every write sled took since the subscription applied to the copy,
+//!    in order (a key's last write wins), and so on as they come;
+//! 3. the pause, in the store task once the copy has caught up (writes wait;
+//!    their journal records are durable meanwhile): a checkpoint, the last
+//!    writes applied, the log's tail copied after the new log, the copy's
+//!    log positions set to the new log's, both made durable, a marker file;
+//!    `compact.tmp/` renamed `compact/`: **the commit**;
+//! 4. the swap: `log/` becomes `log.old/`, `compact/log/` becomes `log/`,
+//!    `db/` (sled, with its old pages) is deleted and `compact/db/` takes its
+//!    place, `log.old/` and `compact/` are deleted; sled is opened again and
+//!    the store goes on. The journal thread then zeroes the journal's file
+//!    past the records written since the checkpoint.
 //!
 //! An open finishes or drops what it finds: `compact.tmp/` was never
-//! committed and is dropped (the old log is whole); `compact/` is committed
-//! and its swap is finished (each step checks what is already done).
+//! committed and is dropped (the old log and sled are whole); `compact/` is
+//! committed and its swap is finished (each step checks what is already
+//! done), and the journal is zeroed once replayed. A `compact/` without the
+//! marker (written by store format 9, on a closed store) carries no sled:
+//! the old one is deleted and built afresh from the new log.
 
 use std::collections::HashMap;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use hearth_core::{ChannelKeys, Envelope, ForkProof, WireId};
 
-use crate::durable::{create_private_dir, sync_dir};
+use crate::durable::{SledFiles, create_private_dir, sync_dir, write_atomic};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::layout::*;
-use crate::log::{self, Log, LogPos, kind};
+use crate::log::{self, Log, LogPos, LogRecord, kind};
 use crate::rotate::LOG_OLD_DIR;
 
-/// Where a compaction writes the new log.
+/// Where a compaction writes the new log and sled.
 pub const COMPACT_TMP_DIR: &str = "compact.tmp";
 /// A committed compaction, until its swap is done.
 pub const COMPACT_DIR: &str = "compact";
+/// In a committed compaction: its `db/` is a complete sled for its `log/`.
+const FRESH_DB_MARK: &str = "fresh-db";
+/// Rows copied into the fresh sled per batch.
+const COPY_BATCH: usize = 4096;
 
 /// Where a compaction stops early, for tests of what an open then finds (a
-/// crash at that step). `None`: run to the end.
+/// crash at that step: the store stops writing there). `None`: run to the end.
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum CompactStop {
@@ -52,8 +70,55 @@ pub enum CompactStop {
     Committed,
     /// In the swap: after `log/` became `log.old/`.
     OldLogMoved,
-    /// In the swap: after the new log moved in, before sled and the journal go.
+    /// In the swap: after the new log moved in, before the new sled does.
     NewLogMoved,
+}
+
+/// How far a running compaction is, for a progress display: rows of sled
+/// copied of about how many.
+#[derive(Debug, Default)]
+pub struct CompactProgress {
+    /// About how many rows sled holds (counted when the copy starts).
+    pub rows_total: AtomicU64,
+    /// Rows copied so far.
+    pub rows_copied: AtomicU64,
+    /// Writes taken meanwhile, applied to the copy.
+    pub writes_applied: AtomicU64,
+}
+
+/// Texts dropped from stored entries since the last compaction: what the
+/// automatic one goes by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CompactDue {
+    /// When the first was dropped (unix ms).
+    pub since_ms: u64,
+    /// Bytes dropped since (what the stored entries shrank by; the old
+    /// bytes are dead space in the log, sled and the journal).
+    pub bytes: u64,
+}
+
+impl CompactDue {
+    /// `bytes` more dropped.
+    pub(crate) fn after(before: Option<CompactDue>, bytes: u64) -> CompactDue {
+        match before {
+            Some(d) => CompactDue {
+                since_ms: d.since_ms,
+                bytes: d.bytes.saturating_add(bytes),
+            },
+            None => CompactDue {
+                since_ms: crate::engine::now_ms(),
+                bytes,
+            },
+        }
+    }
+
+    /// Whether an automatic compaction is due under `config`.
+    pub(crate) fn due(&self, config: &crate::Config) -> bool {
+        config.compact_after.is_some_and(|after| {
+            self.bytes >= config.compact_dead_bytes
+                || crate::engine::now_ms().saturating_sub(self.since_ms) >= after.as_millis() as u64
+        })
+    }
 }
 
 /// What a compaction did.
@@ -71,6 +136,14 @@ pub struct CompactReport {
     pub log_bytes_after: u64,
     /// Bytes of the whole store directory before (sled, log, journal).
     pub store_bytes_before: u64,
+    /// Rows of sled copied into the fresh one.
+    pub rows_copied: u64,
+    /// Writes the store took while the copy ran, applied to it.
+    pub writes_applied: u64,
+    /// How long reads and writes waited: the pause, commit and swap.
+    pub paused: Duration,
+    /// How long it took, from the start to the swap.
+    pub took: Duration,
 }
 
 /// The bytes of every file under `dir`.
@@ -86,8 +159,7 @@ pub fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// An entry without its segments' bytes (for a fork proof, which needs
-/// none).
+/// An entry without its texts (for a fork proof, which needs none).
 fn bare(bytes: &[u8]) -> Vec<u8> {
     match Envelope::decode(bytes) {
         Ok(mut env) if env.holds_texts() => {
@@ -98,159 +170,432 @@ fn bare(bytes: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Copy the log from `from` (up to `upto`, a batch boundary, if given: the
+/// store may be appending past it) into `new_log`: each entry as `tree`
+/// holds it now (its dropped texts gone), fork proofs without texts, every
+/// other record as it is. Returns where the copy stopped in the old log.
+fn copy_log(
+    dir: &Path,
+    (from, upto): (LogPos, Option<LogPos>),
+    tree: &sled::Tree,
+    keys: &HashMap<WireId, ChannelKeys>,
+    new_log: &mut Log,
+    report: &mut CompactReport,
+) -> Result<LogPos> {
+    let mut reached = from;
+    let scanned = log::scan(&dir.join(log::LOG_DIR), from, |batch| {
+        if upto.is_some_and(|u| batch.end > u) {
+            return Ok(false);
+        }
+        reached = batch.end;
+        let mut buf = Vec::new();
+        for r in batch.records {
+            report.records += 1;
+            let body = as_held(tree, keys, r, report)?;
+            log::encode_record(&mut buf, body.0, &body.1);
+        }
+        new_log.append(&buf)?;
+        Ok(true)
+    })?;
+    // Past `upto` the store may be writing a batch: not the log's fault.
+    if let Some(why) = scanned.stopped
+        && upto.is_none_or(|u| reached < u)
+    {
+        return Err(Error::corrupted(
+            "feed log",
+            format!("{why}; run `repair` before compacting"),
+        ));
+    }
+    new_log.sync()?;
+    Ok(reached)
+}
+
+/// A log record as the new log holds it.
+fn as_held(
+    tree: &sled::Tree,
+    keys: &HashMap<WireId, ChannelKeys>,
+    r: LogRecord,
+    report: &mut CompactReport,
+) -> Result<(u8, Vec<u8>)> {
+    let body = match r.kind {
+        kind::ENTRY if r.body.first().is_some_and(|v| *v >= hearth_core::ENVELOPE_V3) => {
+            let env = Envelope::decode(&r.body)?;
+            match tree.get(feed_key(&env.header.wire, &env.header.device, env.header.seq))? {
+                Some(row) if row.as_ref() != r.body.as_slice() => {
+                    let now = Envelope::decode(&row)?;
+                    if now.hash() != env.hash() {
+                        return Err(Error::corrupted(
+                            "feed log",
+                            "an entry differs from the one sled holds at its place",
+                        ));
+                    }
+                    report.entries_rewritten += 1;
+                    if let Some(keys) = keys.get(&env.header.wire) {
+                        report.texts_dropped +=
+                            env.open_texts(keys).len().saturating_sub(now.open_texts(keys).len()) as u64;
+                    }
+                    row.to_vec()
+                }
+                _ => r.body,
+            }
+        }
+        kind::FORK => match ForkProof::decode(&r.body) {
+            Ok((mut proof, _)) => {
+                proof.first = bare(&proof.first);
+                proof.second = bare(&proof.second);
+                proof.encode()
+            }
+            Err(_) => r.body,
+        },
+        _ => r.body,
+    };
+    Ok((r.kind, body))
+}
+
+/// What the background part of a compaction hands over.
+struct Copied {
+    db: sled::Db,
+    /// Where the new log ends, and the old log position it covers.
+    new_log_end: LogPos,
+    covered: LogPos,
+    report: CompactReport,
+}
+
+/// A compaction under way: its background threads and what they share.
+pub(crate) struct Running {
+    staging: PathBuf,
+    /// Set in the pause: no write comes any more, the drain ends once empty.
+    quiet: Arc<AtomicBool>,
+    /// Set to give up (the store closes).
+    abort: Arc<AtomicBool>,
+    /// Set once the copy has caught up with the writes taken meanwhile.
+    caught: Arc<AtomicBool>,
+    drain: Option<JoinHandle<()>>,
+    copier: Option<JoinHandle<Result<Copied>>>,
+    started: Instant,
+}
+
+impl Running {
+    /// Whether the pause can come: the copy caught up (or failed).
+    pub(crate) fn ready(&self) -> bool {
+        self.caught.load(Ordering::SeqCst) || self.copier.as_ref().is_none_or(|c| c.is_finished())
+    }
+
+    /// Stop the threads; what they return goes (the store closes, or the
+    /// pause failed).
+    fn stop(&mut self) -> Option<Result<Copied>> {
+        self.quiet.store(true, Ordering::SeqCst);
+        if let Some(d) = self.drain.take() {
+            let _ = d.join();
+        }
+        self.copier.take().map(|c| {
+            c.join()
+                .unwrap_or_else(|_| Err(Error::corrupted("compaction", "its copy thread panicked")))
+        })
+    }
+
+    /// Give up: the threads stop, `compact.tmp/` goes.
+    pub(crate) fn abandon(mut self) {
+        self.abort.store(true, Ordering::SeqCst);
+        drop(self.stop());
+        let _ = fs::remove_dir_all(&self.staging);
+    }
+}
+
+/// The background part: the log up to `covered`, then every row of `tree`
+/// into a fresh sled, then the writes taken meanwhile, until told to stop.
+#[allow(clippy::too_many_arguments)]
+fn copy_in_background(
+    dir: PathBuf,
+    staging: PathBuf,
+    covered: LogPos,
+    tree: sled::Tree,
+    keys: HashMap<WireId, ChannelKeys>,
+    queue: Arc<Mutex<Vec<sled::Event>>>,
+    (drained, abort, caught): (Arc<AtomicBool>, Arc<AtomicBool>, Arc<AtomicBool>),
+    progress: Arc<CompactProgress>,
+    mut report: CompactReport,
+) -> Result<Copied> {
+    let mut new_log = Log::create(&staging.join(log::LOG_DIR))?;
+    let covered = copy_log(
+        &dir,
+        (LogPos::START, Some(covered)),
+        &tree,
+        &keys,
+        &mut new_log,
+        &mut report,
+    )?;
+    let new_log_end = new_log.end();
+    drop(new_log);
+    let db = crate::open::open_sled_at(&staging.join(DB_DIR))?;
+    let fresh = db.open_tree(TREE)?;
+    progress.rows_total.store(tree.len() as u64, Ordering::Relaxed);
+    let mut batch = sled::Batch::default();
+    let mut n = 0u64;
+    for row in tree.iter() {
+        let (k, v) = row?;
+        batch.insert(k, v);
+        n += 1;
+        if n.is_multiple_of(COPY_BATCH as u64) {
+            fresh.apply_batch(std::mem::take(&mut batch))?;
+            progress.rows_copied.store(n, Ordering::Relaxed);
+            if abort.load(Ordering::SeqCst) {
+                return Err(Error::Closed);
+            }
+        }
+    }
+    fresh.apply_batch(batch)?;
+    progress.rows_copied.store(n, Ordering::Relaxed);
+    report.rows_copied = n;
+    // Durable now, in the background: the pause flushes only what follows.
+    db.flush()?;
+    let mut files = SledFiles::new(&staging.join(DB_DIR));
+    files.sync()?;
+    // The writes since the subscription, in order: a key's last one wins.
+    loop {
+        let done = drained.load(Ordering::SeqCst);
+        let events = std::mem::take(&mut *queue.lock().map_err(|_| Error::Closed)?);
+        if events.is_empty() {
+            caught.store(true, Ordering::SeqCst);
+            if done {
+                break;
+            }
+            if abort.load(Ordering::SeqCst) {
+                return Err(Error::Closed);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        }
+        let mut batch = sled::Batch::default();
+        for e in &events {
+            match e {
+                sled::Event::Insert { key, value } => batch.insert(key, value),
+                sled::Event::Remove { key } => batch.remove(key),
+            }
+        }
+        fresh.apply_batch(batch)?;
+        report.writes_applied += events.len() as u64;
+        progress
+            .writes_applied
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+    }
+    drop(fresh);
+    Ok(Copied {
+        db,
+        new_log_end,
+        covered,
+        report,
+    })
+}
+
 impl Engine {
-    /// Step 1: write `staging/log/` from the log, each entry as sled holds it.
-    /// Returns the position of the old log it covers and the new log's end.
-    pub(crate) fn write_compacted_log(&mut self, staging: &Path) -> Result<(LogPos, LogPos, CompactReport)> {
+    /// Start a compaction: a checkpoint, then the copy in the background
+    /// (steps 1 and 2 of the module docs). The store goes on meanwhile.
+    pub(crate) fn start_compaction(&mut self, progress: Arc<CompactProgress>) -> Result<Running> {
         self.checkpoint()?;
-        let mut report = CompactReport {
+        let staging = self.dir.join(COMPACT_TMP_DIR);
+        if staging.exists() {
+            fs::remove_dir_all(&staging)?;
+        }
+        create_private_dir(&staging)?;
+        let report = CompactReport {
             log_bytes_before: dir_bytes(&self.dir.join(log::LOG_DIR)),
             store_bytes_before: dir_bytes(&self.dir),
             ..CompactReport::default()
         };
-        if staging.exists() {
-            fs::remove_dir_all(staging)?;
-        }
-        create_private_dir(staging)?;
-        let mut new_log = Log::create(&staging.join(log::LOG_DIR))?;
-        let tree = self.tree.clone();
         let keys: HashMap<WireId, ChannelKeys> = self
             .channels
             .values()
             .map(|ch| (ch.keys.wire(), ch.keys.clone()))
             .collect();
-        let scanned = log::scan(&self.dir.join(log::LOG_DIR), LogPos::START, |batch| {
-            let mut buf = Vec::new();
-            for r in batch.records {
-                report.records += 1;
-                let body = match r.kind {
-                    kind::ENTRY if r.body.first().is_some_and(|v| *v >= hearth_core::ENVELOPE_V3) => {
-                        let env = Envelope::decode(&r.body)?;
-                        let held = tree.get(feed_key(&env.header.wire, &env.header.device, env.header.seq))?;
-                        match held {
-                            Some(row) if row.as_ref() != r.body.as_slice() => {
-                                let now = Envelope::decode(&row)?;
-                                if now.hash() != env.hash() {
-                                    return Err(Error::corrupted(
-                                        "feed log",
-                                        "an entry differs from the one sled holds at its place",
-                                    ));
-                                }
-                                report.entries_rewritten += 1;
-                                if let Some(keys) = keys.get(&env.header.wire) {
-                                    report.texts_dropped +=
-                                        env.open_texts(keys).len().saturating_sub(now.open_texts(keys).len()) as u64;
-                                }
-                                row.to_vec()
+        let queue: Arc<Mutex<Vec<sled::Event>>> = Arc::default();
+        let (quiet, abort, caught, drained) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        // Every write from here on, in order: this thread is sled's only
+        // writer, and none is under way.
+        let mut subscriber = self.tree.watch_prefix(Vec::<u8>::new());
+        let drain = {
+            let (queue, quiet, abort, drained) = (queue.clone(), quiet.clone(), abort.clone(), drained.clone());
+            std::thread::Builder::new()
+                .name("hearth-compact-drain".into())
+                .spawn(move || {
+                    loop {
+                        let calm = quiet.load(Ordering::SeqCst);
+                        let wait = Duration::from_millis(if calm { 1 } else { 20 });
+                        match subscriber.next_timeout(wait) {
+                            Ok(e) => match queue.lock() {
+                                Ok(mut q) => q.push(e),
+                                Err(_) => break,
+                            },
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if calm || abort.load(Ordering::SeqCst) => {
+                                break;
                             }
-                            _ => r.body,
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
                         }
                     }
-                    kind::FORK => match ForkProof::decode(&r.body) {
-                        Ok((mut proof, _)) => {
-                            proof.first = bare(&proof.first);
-                            proof.second = bare(&proof.second);
-                            proof.encode()
-                        }
-                        Err(_) => r.body,
-                    },
-                    _ => r.body,
-                };
-                log::encode_record(&mut buf, r.kind, &body);
-            }
-            new_log.append(&buf)?;
-            Ok(true)
-        })?;
-        if let Some(why) = scanned.stopped {
-            return Err(Error::corrupted(
-                "feed log",
-                format!("{why}; run `repair` before compacting"),
-            ));
-        }
-        new_log.sync()?;
-        Ok((scanned.end, new_log.end(), report))
+                    drained.store(true, Ordering::SeqCst);
+                })?
+        };
+        let copier = {
+            let (dir, staging, tree) = (self.dir.clone(), staging.clone(), self.tree.clone());
+            let covered = self.log.end();
+            let flags = (drained, abort.clone(), caught.clone());
+            std::thread::Builder::new()
+                .name("hearth-compact".into())
+                .spawn(move || copy_in_background(dir, staging, covered, tree, keys, queue, flags, progress, report))?
+        };
+        Ok(Running {
+            staging,
+            quiet,
+            abort,
+            caught,
+            drain: Some(drain),
+            copier: Some(copier),
+            started: Instant::now(),
+        })
     }
-}
 
-/// Steps 2 and 3, on the closed store in `dir` (the caller holds its lock):
-/// copy what the old log gained past `covered`, commit, swap.
-pub(crate) fn commit(
-    dir: &Path,
-    covered: LogPos,
-    new_end: LogPos,
-    report: &mut CompactReport,
-    stop: Option<CompactStop>,
-) -> Result<()> {
-    let staging = dir.join(COMPACT_TMP_DIR);
-    let mut new_log = Log::open_at(&staging.join(log::LOG_DIR), new_end)?;
-    let tail = log::scan(&dir.join(log::LOG_DIR), covered, |batch| {
-        let mut buf = Vec::new();
-        for r in batch.records {
-            report.records += 1;
-            log::encode_record(&mut buf, r.kind, &r.body);
+    /// The pause, the commit and the swap (steps 3 and 4): called by the store
+    /// task once [`Running::ready`], with the group closed, a checkpoint
+    /// taken and the journal cleared. An error before the commit leaves the store as it was
+    /// (`compact.tmp/` removed); after it, the store must stop (an open
+    /// finishes the swap).
+    pub(crate) fn finish_compaction(
+        &mut self,
+        mut running: Running,
+        stop: Option<CompactStop>,
+    ) -> Result<CompactReport> {
+        let paused = Instant::now();
+        let staging = running.staging.clone();
+        let copied = running
+            .stop()
+            .unwrap_or_else(|| Err(Error::corrupted("compaction", "no copy under way")));
+        let copied = match copied.and_then(|c| self.seal_compaction(&staging, c)) {
+            Ok(c) => c,
+            Err(e) => {
+                running.abandon();
+                return Err(e);
+            }
+        };
+        let (end, mut report) = copied;
+        if stop == Some(CompactStop::Prepared) {
+            return Ok(report);
         }
-        new_log.append(&buf)?;
-        Ok(true)
-    })?;
-    if let Some(why) = tail.stopped {
-        return Err(Error::corrupted("feed log", why));
+        // The commit point.
+        fs::rename(&staging, self.dir.join(COMPACT_DIR))?;
+        sync_dir(&self.dir)?;
+        if stop == Some(CompactStop::Committed) {
+            return Ok(report);
+        }
+        // sled is let go before its directory goes (a stand-in holds its
+        // place), then opened again on the fresh one.
+        let standin = sled::Config::new().temporary(true).open()?;
+        self.tree = standin.open_tree(TREE)?;
+        self.db = standin;
+        if !finish(&self.dir, stop)? {
+            return Ok(report);
+        }
+        self.db = crate::open::open_sled(&self.dir)?;
+        self.tree = self.db.open_tree(TREE)?;
+        self.sled_files = SledFiles::new(&self.dir.join(DB_DIR));
+        self.log = Log::open_at(&self.dir.join(log::LOG_DIR), end)?;
+        self.dropped_since_compaction = None;
+        report.paused = paused.elapsed();
+        report.took = running.started.elapsed();
+        Ok(report)
     }
-    new_log.sync()?;
-    drop(new_log);
-    report.log_bytes_after = dir_bytes(&staging.join(log::LOG_DIR));
-    sync_dir(&staging)?;
-    if stop == Some(CompactStop::Prepared) {
-        return Ok(());
+
+    /// The last writes and the log's tail into the copy, its log positions
+    /// set to the new log's, both durable, the marker written: all but the
+    /// rename that commits. Returns the new log's end.
+    fn seal_compaction(&mut self, staging: &Path, copied: Copied) -> Result<(LogPos, CompactReport)> {
+        let Copied {
+            db,
+            new_log_end,
+            covered,
+            mut report,
+        } = copied;
+        let keys: HashMap<WireId, ChannelKeys> = self
+            .channels
+            .values()
+            .map(|ch| (ch.keys.wire(), ch.keys.clone()))
+            .collect();
+        let mut new_log = Log::open_at(&staging.join(log::LOG_DIR), new_log_end)?;
+        copy_log(&self.dir, (covered, None), &self.tree, &keys, &mut new_log, &mut report)?;
+        let end = new_log.end();
+        drop(new_log);
+        let fresh = db.open_tree(TREE)?;
+        let mut b = sled::Batch::default();
+        b.insert(META_LOG, &end.encode()[..]);
+        b.insert(META_LOG_SYNCED, &end.encode()[..]);
+        b.remove(META_COMPACT_DUE);
+        fresh.apply_batch(b)?;
+        db.flush()?;
+        drop(fresh);
+        drop(db);
+        SledFiles::new(&staging.join(DB_DIR)).sync()?;
+        sync_dir(&staging.join(DB_DIR))?;
+        write_atomic(&staging.join(FRESH_DB_MARK), b"")?;
+        sync_dir(staging)?;
+        report.log_bytes_after = dir_bytes(&staging.join(log::LOG_DIR));
+        Ok((end, report))
     }
-    // The commit point.
-    fs::rename(&staging, dir.join(COMPACT_DIR))?;
-    sync_dir(dir)?;
-    if stop == Some(CompactStop::Committed) {
-        return Ok(());
-    }
-    finish(dir, stop)
 }
 
 /// At open (under the store's lock): finish or drop a compaction that was
-/// interrupted. Returns whether there was one.
+/// interrupted. Returns whether one was finished (its journal is then zeroed
+/// once replayed: [`crate::journal::Journal::purge`]).
 pub(crate) fn recover(dir: &Path) -> Result<bool> {
     let (tmp, done) = (dir.join(COMPACT_TMP_DIR), dir.join(COMPACT_DIR));
-    let mut found = false;
     if tmp.exists() {
         fs::remove_dir_all(&tmp)?;
-        found = true;
+        sync_dir(dir)?;
     }
     if done.exists() {
         finish(dir, None)?;
-        found = true;
+        return Ok(true);
     }
-    if found {
-        sync_dir(dir)?;
-    }
-    Ok(found)
+    Ok(false)
 }
 
 /// The swap after the commit; every step is skipped when already done.
-fn finish(dir: &Path, stop: Option<CompactStop>) -> Result<()> {
+/// Returns `false` when `stop` stopped it.
+fn finish(dir: &Path, stop: Option<CompactStop>) -> Result<bool> {
     let staging = dir.join(COMPACT_DIR);
     if !crate::rotate::move_log_in(dir, &staging, stop == Some(CompactStop::OldLogMoved))?
         || stop == Some(CompactStop::NewLogMoved)
     {
-        return Ok(());
+        return Ok(false);
     }
-    // sled (with its old pages) is built afresh from the new log at the next
-    // open, and a new journal made (the old one was empty; its file still
-    // held old records).
-    for d in [DB_DIR, LOG_OLD_DIR] {
-        if dir.join(d).exists() {
-            fs::remove_dir_all(dir.join(d))?;
+    let (live, fresh) = (dir.join(DB_DIR), staging.join(DB_DIR));
+    if staging.join(FRESH_DB_MARK).exists() {
+        // The fresh sled takes the old one's place.
+        if fresh.exists() {
+            if live.exists() {
+                fs::remove_dir_all(&live)?;
+            }
+            fs::rename(&fresh, &live)?;
+            sync_dir(dir)?;
+            sync_dir(&staging)?;
+        }
+    } else if live.exists() {
+        // A compaction of store format 9 brought no sled: the old one (with
+        // its old pages) goes, and the next open builds one from the new log.
+        fs::remove_dir_all(&live)?;
+        if dir.join(JOURNAL_FILE).exists() {
+            fs::remove_file(dir.join(JOURNAL_FILE))?;
         }
     }
-    if dir.join(JOURNAL_FILE).exists() {
-        fs::remove_file(dir.join(JOURNAL_FILE))?;
+    if dir.join(LOG_OLD_DIR).exists() {
+        fs::remove_dir_all(dir.join(LOG_OLD_DIR))?;
     }
     sync_dir(dir)?;
     fs::remove_dir_all(&staging)?;
     sync_dir(dir)?;
-    Ok(())
+    Ok(true)
 }

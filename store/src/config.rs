@@ -48,6 +48,14 @@ pub struct Config {
     /// cannot change, and waiting costs only that writer. It keeps a peer from
     /// dragging every receiver's clock, and so every later id, forward.
     pub max_clock_skew: Duration,
+    /// Automatic compaction ([`crate::Store::compact`]) once texts were
+    /// dropped from stored entries (a delete, an expiry): it starts this long
+    /// after the first drop since the last compaction, or at once when the
+    /// bytes dropped pass [`Config::compact_dead_bytes`]. `None`: only when
+    /// asked.
+    pub compact_after: Option<Duration>,
+    /// Bytes of dropped texts that start an automatic compaction at once.
+    pub compact_dead_bytes: u64,
 }
 
 impl Default for Config {
@@ -63,6 +71,8 @@ impl Default for Config {
             command_queue: 4096,
             receipt_delay: Duration::from_millis(250),
             max_clock_skew: Duration::from_secs(600),
+            compact_after: Some(Duration::from_secs(600)),
+            compact_dead_bytes: 16 << 20,
         }
     }
 }

@@ -260,6 +260,8 @@ pub(crate) struct Engine {
     /// Stored entries to rewrite without dropped segments, once the batch
     /// that wrote them is applied (`crate::prune`).
     pub(crate) prune_rows: crate::prune::PruneRows,
+    /// Texts dropped from stored entries since the last compaction.
+    pub(crate) dropped_since_compaction: Option<crate::compact::CompactDue>,
 }
 
 impl Engine {
@@ -309,6 +311,7 @@ impl Engine {
             _lock: lock,
             prune_queue: Vec::new(),
             prune_rows: Default::default(),
+            dropped_since_compaction: None,
         })
     }
 
@@ -319,6 +322,11 @@ impl Engine {
         }
         if let Some(v) = self.tree.get(META_HLC)? {
             self.hlc.observe(hearth_core::Timestamp(read_hlc(&self.records, &v)?));
+        }
+        if let Some(v) = self.tree.get(META_COMPACT_DUE)? {
+            let plain = open_record(&self.records, META_COMPACT_DUE, &v)?;
+            self.dropped_since_compaction =
+                Some(postcard::from_bytes(&plain).map_err(|e| Error::corrupted("compaction due", e.to_string()))?);
         }
         for row in self.tree.scan_prefix([T_CHANNELS]) {
             let (k, v) = row?;

@@ -207,6 +207,9 @@ pub struct Journal {
     offset: u64,
     /// The current run: records of this run are written from offset 0 on.
     run: u64,
+    /// How far the file may hold records of earlier runs (its length at
+    /// open, then the furthest offset written): what [`Journal::purge`] zeroes.
+    high: u64,
 }
 
 fn random_run() -> Result<u64> {
@@ -252,6 +255,7 @@ impl Journal {
                 file,
                 offset: decoded.valid_len as u64,
                 run: random_run()?,
+                high: len.max(PREALLOCATED_BYTES),
             },
             decoded,
         ))
@@ -266,6 +270,7 @@ impl Journal {
     pub fn append_durable(&mut self, bytes: &[u8]) -> Result<()> {
         self.file.write_all_at(bytes, self.offset)?;
         self.offset += bytes.len() as u64;
+        self.high = self.high.max(self.offset);
         self.file.sync_data()?;
         Ok(())
     }
@@ -288,6 +293,24 @@ impl Journal {
         Ok(())
     }
 
+    /// Zero every byte past the current run's records (old runs' records,
+    /// which hold the texts of their writes), durably; the current run's
+    /// records stay as they are, so a crash at any moment loses nothing. A
+    /// compaction does this once sled holds everything (the journal was
+    /// cleared) so that no deleted text is left in the journal's file.
+    pub fn purge(&mut self) -> Result<()> {
+        let zeros = vec![0u8; 1 << 20];
+        let mut at = self.offset;
+        while at < self.high {
+            let n = (self.high - at).min(zeros.len() as u64);
+            self.file.write_all_at(&zeros[..n as usize], at)?;
+            at += n;
+        }
+        self.file.sync_data()?;
+        self.high = self.offset;
+        Ok(())
+    }
+
     /// A fresh run id for [`Journal::clear`].
     pub fn new_run() -> Result<u64> {
         random_run()
@@ -306,6 +329,43 @@ mod tests {
                 msg: MessageId([i; 24]),
             },
         }
+    }
+
+    /// A purge zeroes every byte past the current run's records, and keeps
+    /// those: what an old run wrote is gone from the file.
+    #[test]
+    fn a_purge_zeroes_old_runs_and_keeps_the_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let key = SecretKey::from_bytes([4; 32]);
+        let (mut j, _) = Journal::open(&path, &key).unwrap();
+        let old: Vec<Vec<u8>> = (1..=20)
+            .map(|i| encode_record(&key, j.run(), i, &[entry(i as u8)]).unwrap())
+            .collect();
+        for r in &old {
+            j.append_durable(r).unwrap();
+        }
+        j.clear(Journal::new_run().unwrap());
+        let live = encode_record(&key, j.run(), 21, &[entry(21)]).unwrap();
+        j.append_durable(&live).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            bytes.windows(old[5].len()).any(|w| w == old[5]),
+            "the old run is still there"
+        );
+        j.purge().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        for r in &old[1..] {
+            assert!(!bytes.windows(r.len()).any(|w| w == &r[..]), "an old record is left");
+        }
+        assert!(bytes[live.len()..].iter().all(|b| *b == 0));
+        let d = decode_records(&key, &bytes);
+        assert_eq!(d.records.len(), 1);
+        assert_eq!(d.records[0].seq, 21);
+        // Appending goes on after it.
+        j.append_durable(&encode_record(&key, j.run(), 22, &[entry(22)]).unwrap())
+            .unwrap();
+        assert_eq!(decode_records(&key, &std::fs::read(&path).unwrap()).records.len(), 2);
     }
 
     #[test]

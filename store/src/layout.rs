@@ -93,6 +93,9 @@ pub const META_LOG: &[u8] = b"Mlog";
 /// checkpoint (recorded after the log's fsync, before sled's flush), so it is
 /// always inside the durable log. Reading at open starts here.
 pub const META_LOG_SYNCED: &[u8] = b"Mlogsynced";
+/// Sealed postcard [`crate::compact::CompactDue`]: texts dropped from stored
+/// entries since the last compaction (store format 10), for the automatic one.
+pub const META_COMPACT_DUE: &[u8] = b"Mcompactdue";
 
 /// The store format this build writes. 1: everything in sled, no feed log.
 /// 2: the feed log (`log/`) is the source of truth and sled is derived.

@@ -63,7 +63,7 @@ mod sync;
 mod verify;
 
 pub use admit::{Admission, DeviceChains, Feeds, Head, Refusal, Rejection, Verdict, chain_key};
-pub use compact::{CompactReport, CompactStop, dir_bytes};
+pub use compact::{CompactDue, CompactProgress, CompactReport, CompactStop, dir_bytes};
 pub use config::Config;
 pub use durable::{SledFiles, copy_dir_durably, create_private_dir, make_private, sync_dir, write_atomic};
 pub use engine::{Outcome, Write};

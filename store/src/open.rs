@@ -88,11 +88,11 @@ pub(crate) fn write_header(dir: &Path, header: &StoreHeader) -> Result<()> {
     Ok(crate::durable::write_atomic(&dir.join(HEADER_FILE), &header.encode())?)
 }
 
-fn open_sled(dir: &Path) -> Result<sled::Db> {
+pub(crate) fn open_sled(dir: &Path) -> Result<sled::Db> {
     open_sled_at(&dir.join(DB_DIR))
 }
 
-fn open_sled_at(path: &Path) -> Result<sled::Db> {
+pub(crate) fn open_sled_at(path: &Path) -> Result<sled::Db> {
     let cfg = sled::Config::new()
         .path(path)
         .cache_capacity(32 << 20)
@@ -284,9 +284,9 @@ pub(crate) fn open(
         // A key rotation was finished (or dropped): the header may be the new one.
         header = read_header(dir)?;
     }
-    // A compaction committed before a crash is finished (sled goes, and is
-    // built afresh from the new log below); one not committed is dropped.
-    crate::compact::recover(dir)?;
+    // A compaction committed before a crash is finished (its fresh sled and
+    // new log swapped in); one not committed is dropped.
+    let compacted = crate::compact::recover(dir)?;
     // Anything looser than owner-only is tightened, and reported: it was
     // readable by other accounts until now.
     let loose = crate::durable::make_private(dir)?;
@@ -462,10 +462,15 @@ pub(crate) fn open(
     // everything written under its old id is in sled and the log and the
     // journal is empty: journal records name message ids of the old id.
     let moving = !engine.identity.on_keyed_id();
-    if !journal_empty || engine.dirty || moving {
+    if !journal_empty || engine.dirty || moving || compacted {
         engine.snapshot_all()?;
         engine.checkpoint()?;
         journal.clear(Journal::new_run()?);
+    }
+    // What the journal held is in sled now: its old records (texts a
+    // compaction dropped among them) are zeroed.
+    if compacted {
+        journal.purge()?;
     }
     if moving {
         report.moved_from = Some(engine.identity.device());

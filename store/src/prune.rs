@@ -22,7 +22,7 @@ use hearth_core::{ChannelId, ContentId, DeviceId, Envelope, Epoch, MessageId, Wi
 
 use crate::engine::Engine;
 use crate::error::Result;
-use crate::layout::feed_key;
+use crate::layout::{META_COMPACT_DUE, feed_key, seal_record};
 
 /// Stored entries whose segment bytes go: (wire, device, seq) -> content ids.
 pub(crate) type PruneRows = BTreeMap<(WireId, DeviceId, u64), Vec<ContentId>>;
@@ -75,6 +75,7 @@ impl Engine {
         }
         let rows = std::mem::take(&mut self.prune_rows);
         let mut batch = sled::Batch::default();
+        let mut dropped = 0u64;
         for ((wire, device, seq), ids) in rows {
             let k = feed_key(&wire, &device, seq);
             let Some(bytes) = self.tree.get(k)? else { continue };
@@ -90,8 +91,15 @@ impl Engine {
             env.retain_texts(keys, |id| !ids.contains(id))?;
             let now = env.encode();
             if now != bytes.as_ref() {
+                dropped += bytes.len().saturating_sub(now.len()) as u64;
                 batch.insert(&k[..], now);
             }
+        }
+        if dropped > 0 {
+            let due = crate::compact::CompactDue::after(self.dropped_since_compaction, dropped);
+            let plain = postcard::to_stdvec(&due).expect("compaction due encodes");
+            batch.insert(META_COMPACT_DUE, seal_record(&self.records, META_COMPACT_DUE, &plain)?);
+            self.dropped_since_compaction = Some(due);
         }
         self.tree.apply_batch(batch)?;
         self.dirty = true;

@@ -10,7 +10,7 @@ use hearth_core::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::actor::{self, Cmd};
-use crate::compact::{CompactReport, CompactStop};
+use crate::compact::{CompactProgress, CompactReport, CompactStop};
 use crate::config::Config;
 use crate::engine::{Engine, Outcome, Write};
 use crate::error::{Error, Result};
@@ -331,39 +331,47 @@ impl Store {
         .map_err(|_| Error::Closed)?
     }
 
-    /// Compact the store in `dir` (`hearth compact`): the bytes of every
-    /// text dropped by a delete leave the feed log, sled and the journal (see
-    /// the `compact` module). The store is opened with `pass`, and closed
-    /// cleanly once the new log is written, so it must not be open
-    /// elsewhere; the next open builds sled afresh from the new log.
-    /// Interrupted at any moment, the next open finishes or drops it.
-    pub async fn compact(dir: impl AsRef<Path>, pass: &Passphrase, config: Config) -> Result<CompactReport> {
-        Self::compact_until(dir, pass, config, None).await
+    /// Compact the store (`hearth compact`, or automatically: see
+    /// [`Config::compact_after`]): the bytes of every text dropped by a delete
+    /// leave the feed log, sled and the journal (see the `compact` module).
+    /// Reads and writes go on while it copies; they wait only for the short
+    /// pause that swaps the files in. Interrupted at any moment (a crash, a
+    /// power cut), the next open finishes or drops it; nothing acknowledged
+    /// is lost either way. A call while one runs waits for that one.
+    pub async fn compact(&self) -> Result<CompactReport> {
+        self.compact_with(Arc::default()).await
     }
 
-    /// [`Store::compact`], stopping at `stop` (as a crash there would).
+    /// [`Store::compact`], with its progress shared (for a progress bar).
+    pub async fn compact_with(&self, progress: Arc<CompactProgress>) -> Result<CompactReport> {
+        self.compact_inner(None, progress).await
+    }
+
+    /// [`Store::compact`], stopping at `stop` as a crash there would: the
+    /// store writes nothing more (it is poisoned), for tests of what the next
+    /// open finds.
     #[doc(hidden)]
-    pub async fn compact_until(
-        dir: impl AsRef<Path>,
-        pass: &Passphrase,
-        config: Config,
-        stop: Option<CompactStop>,
-    ) -> Result<CompactReport> {
-        let dir = open::abs(dir.as_ref());
-        let store = Store::open(&dir, pass, config).await?;
-        let staging = dir.join(crate::compact::COMPACT_TMP_DIR);
-        let written = store.query(move |e| e.write_compacted_log(&staging)).await;
-        let master = store.query(|e| Ok(e.master.clone())).await;
-        store.close().await?;
-        let ((covered, new_end, mut report), master) = (written?, master?);
-        tokio::task::spawn_blocking(move || {
-            let _lock = open::lock(&dir)?;
-            closed_cleanly(&dir, &master)?;
-            crate::compact::commit(&dir, covered, new_end, &mut report, stop)?;
-            Ok(report)
-        })
-        .await
-        .map_err(|_| Error::Closed)?
+    pub async fn compact_until(&self, stop: CompactStop) -> Result<CompactReport> {
+        self.compact_inner(Some(stop), Arc::default()).await
+    }
+
+    async fn compact_inner(&self, stop: Option<CompactStop>, progress: Arc<CompactProgress>) -> Result<CompactReport> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Compact(stop, progress, tx))
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Open the store in `dir`, compact it ([`Store::compact`]) and close it.
+    pub async fn compact_dir(dir: impl AsRef<Path>, pass: &Passphrase, config: Config) -> Result<CompactReport> {
+        let store = Store::open(dir, pass, config).await?;
+        let report = store.compact().await;
+        let closed = store.close().await;
+        let report = report?;
+        closed?;
+        Ok(report)
     }
 
     /// Whether `dir` holds a store.

@@ -150,7 +150,7 @@ async fn a_deleted_message_leaves_every_file_of_the_author_and_of_a_peer() {
     b.close().await.unwrap();
 
     for (dir, who) in [(da.path(), "alice"), (db.path(), "bob")] {
-        let report = Store::compact(dir, &pass, config()).await.unwrap();
+        let report = Store::compact_dir(dir, &pass, config()).await.unwrap();
         assert!(report.entries_rewritten >= 1, "{who}: {report:?}");
         for needle in &gone {
             let left = holding(dir, needle);
@@ -161,7 +161,10 @@ async fn a_deleted_message_leaves_every_file_of_the_author_and_of_a_peer() {
             assert!(!holding(dir, needle).is_empty(), "{who}: a kept text is on disk");
         }
         let s = Store::open(dir, &pass, config()).await.unwrap();
-        assert!(s.open_report().rebuilt.is_some(), "{who}: sled is built afresh");
+        assert!(
+            s.open_report().rebuilt.is_none(),
+            "{who}: the fresh sled opens as it is"
+        );
         assert_eq!(
             s.message(keep).await.unwrap().message.text.as_deref(),
             Some("a message that stays")
@@ -198,10 +201,10 @@ async fn a_compaction_stopped_at_any_step_is_finished_or_dropped_by_the_next_ope
         let needle = segments(&s, general).await[&secret][0].clone();
         s.delete(secret).await.unwrap();
         let before = s.page(general, None, 100).await.unwrap();
-        s.close().await.unwrap();
-        Store::compact_until(dir.path(), &pass, config(), Some(stop))
-            .await
-            .unwrap();
+        // Stopped there as by a crash: the store writes nothing more.
+        s.compact_until(stop).await.unwrap();
+        assert!(s.post(general, "after the stop").await.is_err(), "{stop:?}");
+        assert!(s.close().await.is_err(), "{stop:?}: poisoned");
         let s = Store::open(dir.path(), &pass, config()).await.unwrap();
         assert_eq!(s.page(general, None, 100).await.unwrap(), before, "{stop:?}");
         assert!(s.verify().await.unwrap().is_clean(), "{stop:?}");
@@ -214,7 +217,7 @@ async fn a_compaction_stopped_at_any_step_is_finished_or_dropped_by_the_next_ope
         assert_eq!(still, stop == CompactStop::Prepared, "{stop:?}");
         s.close().await.unwrap();
         if still {
-            Store::compact(dir.path(), &pass, config()).await.unwrap();
+            Store::compact_dir(dir.path(), &pass, config()).await.unwrap();
             assert!(holding(dir.path(), &needle).is_empty(), "{stop:?}");
         }
     }
@@ -318,4 +321,98 @@ async fn an_admin_deletes_anyones_message_and_a_member_only_their_own() {
     assert!(a.message(from_bob).await.unwrap().message.deleted);
     a.close().await.unwrap();
     b.close().await.unwrap();
+}
+
+/// Compaction runs while the store is written and read: posts made while it
+/// copies are acknowledged (they wait only for the pause), every one is there
+/// after it, and the text deleted before it is gone from every file (the
+/// new log, the fresh sled, the journal zeroed past its live records).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_runs_while_the_store_is_written_and_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let pass = Passphrase::new("pw");
+    let s = std::sync::Arc::new(Store::create(dir.path(), &pass, "alice", config()).await.unwrap());
+    let general = s.create_channel("general").await.unwrap();
+    for i in 0..1500 {
+        s.post(general, &format!("history {i}")).await.unwrap();
+    }
+    let secret = s.post(general, "the secret that must go").await.unwrap();
+    s.checkpoint().await.unwrap();
+    let needle = segments(&s, general).await[&secret][0].clone();
+    s.delete(secret).await.unwrap();
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (s, running) = (s.clone(), running.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut during = 0;
+            let mut i = 0;
+            while running.load(std::sync::atomic::Ordering::SeqCst) || i < 50 {
+                let id = s.post(general, &format!("written meanwhile {i}")).await.unwrap();
+                during += usize::from(running.load(std::sync::atomic::Ordering::SeqCst));
+                acked.push(id);
+                if i % 10 == 0 {
+                    assert!(!s.page(general, None, 20).await.unwrap().is_empty());
+                }
+                i += 1;
+            }
+            (acked, during)
+        })
+    };
+    let report = s.compact().await.unwrap();
+    running.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (acked, during) = writer.await.unwrap();
+    assert!(during > 0, "posts were acknowledged while it ran: {report:?}");
+    assert!(report.rows_copied > 0 && report.paused <= report.took, "{report:?}");
+    let left = holding(dir.path(), &needle);
+    assert!(left.is_empty(), "the deleted text is still in {left:?}");
+    for id in &acked {
+        assert!(s.message(*id).await.unwrap().message.text.is_some());
+    }
+    assert!(s.message(secret).await.unwrap().message.deleted);
+    assert!(s.verify().await.unwrap().is_clean());
+    let page = s.page(general, None, 100).await.unwrap();
+    let s = std::sync::Arc::into_inner(s).unwrap();
+    s.close().await.unwrap();
+    let s = Store::open(dir.path(), &pass, config()).await.unwrap();
+    assert!(s.open_report().rebuilt.is_none() && s.open_report().replayed_records == 0);
+    assert_eq!(s.page(general, None, 100).await.unwrap(), page);
+    assert!(s.verify().await.unwrap().is_clean());
+    s.close().await.unwrap();
+    assert!(holding(dir.path(), &needle).is_empty());
+}
+
+/// A delete schedules a compaction: past `compact_after`, the store compacts
+/// itself, and the deleted text leaves every file without anyone asking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_schedules_an_automatic_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let pass = Passphrase::new("pw");
+    let mut cfg = config();
+    cfg.compact_after = Some(std::time::Duration::from_millis(50));
+    cfg.checkpoint_interval = std::time::Duration::from_millis(100);
+    let s = Store::create(dir.path(), &pass, "alice", cfg.clone()).await.unwrap();
+    let general = s.create_channel("general").await.unwrap();
+    let keep = s.post(general, "a message that stays").await.unwrap();
+    let secret = s.post(general, "the secret that must go").await.unwrap();
+    s.checkpoint().await.unwrap();
+    let needle = segments(&s, general).await[&secret][0].clone();
+    // No delete, no compaction: the log keeps what it has.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(!holding(dir.path(), &needle).is_empty());
+    s.delete(secret).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !holding(dir.path(), &needle).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no automatic compaction");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        s.message(keep).await.unwrap().message.text.as_deref(),
+        Some("a message that stays")
+    );
+    assert!(s.verify().await.unwrap().is_clean());
+    s.close().await.unwrap();
+    let s = Store::open(dir.path(), &pass, cfg).await.unwrap();
+    assert!(s.message(secret).await.unwrap().message.deleted);
+    s.close().await.unwrap();
 }
