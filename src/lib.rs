@@ -44,6 +44,9 @@
 use std::ops::Deref;
 use std::path::Path;
 
+mod export;
+pub use export::{EXPORT_FORMAT, EXPORT_VERSION, Export, ExportChannel, ExportMessage, ImportReport};
+
 /// The pure core (ids, clock, crypto, document model, byte formats), re-exported whole.
 pub use hearth_core as core;
 pub use hearth_core::{ChannelId, DeviceId, KdfParams, MAX_TEXT_BYTES, Message, MessageId, Passphrase, Role, UserId};

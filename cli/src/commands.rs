@@ -477,9 +477,60 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
                 );
             }
         }
-        Command::Import { channel, file } => {
+        Command::Import {
+            channel,
+            file,
+            new: false,
+        } => {
             let id = h.resolve_channel(channel).await?;
             stream_posts(cli, h, id, Source::JsonLines(file.clone()), true).await?;
+        }
+        Command::Import {
+            channel,
+            file,
+            new: true,
+        } => {
+            let bytes = if file.as_os_str() == "-" {
+                let mut b = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
+                b
+            } else {
+                std::fs::read(file)?
+            };
+            let export = hearth::Export::from_json(&bytes)?;
+            let r = h.import_export(&export, Some(channel)).await?;
+            let id = r.channel.expect("a new channel");
+            if cli.json {
+                print_json(&json!({
+                    "channel": id.to_string(), "messages": r.messages, "edited": r.edited,
+                    "deleted": r.deleted, "reactions": r.reactions, "reactions_left_out": r.reactions_left_out,
+                }));
+            } else {
+                println!(
+                    "{id}: {} messages ({} edited, {} deleted), {} of your reactions; {} reactions of others left out",
+                    r.messages, r.edited, r.deleted, r.reactions, r.reactions_left_out
+                );
+            }
+        }
+        Command::Export { channel, format, out } => {
+            let id = h.resolve_channel(channel).await?;
+            let export = h.export(id).await?;
+            let bytes = match format {
+                crate::ExportFormat::Json => export.to_json(),
+                crate::ExportFormat::Automerge => export.to_automerge(),
+            };
+            if out.as_os_str() == "-" {
+                std::io::stdout().write_all(&bytes)?;
+            } else {
+                // Owner-only (0600), like the store: an export holds every text.
+                hearth::write_atomic(out, &bytes)?;
+                eprintln!(
+                    "{} messages of {} written to {}",
+                    export.messages.len(),
+                    export.channel.name,
+                    out.display()
+                );
+            }
         }
         Command::Stats => {
             let s = h.stats().await?;

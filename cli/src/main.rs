@@ -136,12 +136,30 @@ pub enum Command {
         /// The message.
         msg: MessageId,
     },
-    /// Bulk-load JSON lines {"text": ..., "reply_to"?: ...} into a channel.
+    /// Bulk-load JSON lines {"text": ..., "reply_to"?: ...} into a channel;
+    /// with --new, take a `hearth export --format json` file back into a new
+    /// channel of that name.
     Import {
-        /// Channel id or name.
+        /// Channel id or name (with --new: the new channel's name).
         channel: String,
         /// The file ("-" for standard input).
         file: PathBuf,
+        /// Create the channel from an export (docs/export.md).
+        #[arg(long)]
+        new: bool,
+    },
+    /// Export a channel: every message with its thread, reactions, edit and
+    /// delete state, author and time (docs/export.md).
+    Export {
+        /// Channel id or name.
+        channel: String,
+        /// json (readable, and `import --new` takes it back) or automerge (a
+        /// plain document any automerge implementation loads).
+        #[arg(long, value_enum, default_value_t = ExportFormat::Json)]
+        format: ExportFormat,
+        /// Where to write it ("-" for standard output).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Counts and sizes.
     Stats,
@@ -151,8 +169,9 @@ pub enum Command {
     /// own when sled is missing or damaged), then verify; prints what was done.
     Repair,
     /// Drop the bytes of deleted texts from every file of the store (a new
-    /// feed log; sled and the journal built afresh), then verify. The store
-    /// must not be open elsewhere.
+    /// feed log and a fresh sled, the journal's old records zeroed), with
+    /// progress on a terminal, then verify. A store in use compacts itself
+    /// (a delete schedules it); this one must not be open elsewhere.
     Compact,
     /// Change the passphrase (new one from HEARTH_NEW_PASSPHRASE or a prompt).
     Passwd {
@@ -243,6 +262,15 @@ pub enum Command {
     Demo,
     /// Benchmark against the SQLite baseline.
     Bench(bench::BenchArgs),
+}
+
+/// What `hearth export` writes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// JSON (docs/export.md).
+    Json,
+    /// A plain automerge document (docs/export.md).
+    Automerge,
 }
 
 /// Channel commands.

@@ -487,7 +487,7 @@ impl Engine {
             return Ok(report);
         }
         // The commit point.
-        fs::rename(&staging, self.dir.join(COMPACT_DIR))?;
+        fs::rename(&staging, self.dir.join(COMPACT_DIR)).map_err(at("commit: rename", &staging))?;
         sync_dir(&self.dir)?;
         if stop == Some(CompactStop::Committed) {
             return Ok(report);
@@ -497,13 +497,18 @@ impl Engine {
         let standin = sled::Config::new().temporary(true).open()?;
         self.tree = standin.open_tree(TREE)?;
         self.db = standin;
-        if !finish(&self.dir, stop)? {
+        let compact = self.dir.join(COMPACT_DIR);
+        if !crate::rotate::move_log_in(&self.dir, &compact, stop == Some(CompactStop::OldLogMoved))?
+            || stop == Some(CompactStop::NewLogMoved)
+        {
             return Ok(report);
         }
+        // The old log's file is closed before its directory goes.
+        self.log = Log::open_at(&self.dir.join(log::LOG_DIR), end)?;
+        finish(&self.dir, None)?;
         self.db = crate::open::open_sled(&self.dir)?;
         self.tree = self.db.open_tree(TREE)?;
         self.sled_files = SledFiles::new(&self.dir.join(DB_DIR));
-        self.log = Log::open_at(&self.dir.join(log::LOG_DIR), end)?;
         self.dropped_since_compaction = None;
         report.paused = paused.elapsed();
         report.took = running.started.elapsed();
@@ -563,6 +568,29 @@ pub(crate) fn recover(dir: &Path) -> Result<bool> {
     Ok(false)
 }
 
+/// An I/O error that says which step on which path failed.
+fn at(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let context = format!("compaction: {what} {}", path.display());
+    move |e| Error::Io(std::io::Error::new(e.kind(), format!("{context}: {e}")))
+}
+
+/// `remove_dir_all`, waiting a little while a file in it is still open
+/// elsewhere in this process (a sled thread letting go of the old database):
+/// on some file systems (FUSE) an open file that is unlinked stays as a
+/// hidden file until it is closed, and the directory is not empty until then.
+fn remove_dir_patiently(path: &Path, what: &str) -> Result<()> {
+    let mut tries = 0;
+    loop {
+        match fs::remove_dir_all(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty && tries < 200 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other.map_err(at(what, path)),
+        }
+    }
+}
+
 /// The swap after the commit; every step is skipped when already done.
 /// Returns `false` when `stop` stopped it.
 fn finish(dir: &Path, stop: Option<CompactStop>) -> Result<bool> {
@@ -577,9 +605,9 @@ fn finish(dir: &Path, stop: Option<CompactStop>) -> Result<bool> {
         // The fresh sled takes the old one's place.
         if fresh.exists() {
             if live.exists() {
-                fs::remove_dir_all(&live)?;
+                remove_dir_patiently(&live, "remove the old sled")?;
             }
-            fs::rename(&fresh, &live)?;
+            fs::rename(&fresh, &live).map_err(at("move the fresh sled to", &live))?;
             sync_dir(dir)?;
             sync_dir(&staging)?;
         }
@@ -592,10 +620,10 @@ fn finish(dir: &Path, stop: Option<CompactStop>) -> Result<bool> {
         }
     }
     if dir.join(LOG_OLD_DIR).exists() {
-        fs::remove_dir_all(dir.join(LOG_OLD_DIR))?;
+        remove_dir_patiently(&dir.join(LOG_OLD_DIR), "remove")?;
     }
     sync_dir(dir)?;
-    fs::remove_dir_all(&staging)?;
+    remove_dir_patiently(&staging, "remove")?;
     sync_dir(dir)?;
     Ok(true)
 }

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use hearth_core::{ChannelId, META_EPOCH, Message, MessageId, UserId};
+use hearth_core::{ChannelId, Epoch, META_EPOCH, Message, MessageId, UserId};
 use serde::Serialize;
 
 use crate::engine::Engine;
@@ -113,6 +113,29 @@ impl Engine {
     }
 
     /// Top-level messages older than `before`, newest first.
+    /// Every message of a channel, top-level and replies, deleted ones too
+    /// (without their text), oldest first: what an export holds. Messages a
+    /// removal cut hides are left out, as from every other read.
+    pub(crate) fn all_messages(&mut self, channel: &ChannelId) -> Result<Vec<Message>> {
+        let hidden = self.hidden(channel)?.clone();
+        let epochs: Vec<Epoch> = self
+            .channel(channel)?
+            .summaries
+            .keys()
+            .copied()
+            .filter(|e| *e != META_EPOCH)
+            .collect();
+        let mut out = Vec::new();
+        for epoch in epochs {
+            self.ensure_epoch(*channel, epoch, false)?;
+            if let Some(le) = self.loaded(channel, epoch) {
+                out.extend(le.view.messages().filter(|m| !hidden.contains(&m.id)));
+            }
+        }
+        out.sort_by_key(|m| m.id);
+        Ok(out)
+    }
+
     pub(crate) fn page(
         &mut self,
         channel: &ChannelId,

@@ -724,6 +724,13 @@ impl Store {
         self.query(move |e| e.page(&channel, before, limit)).await
     }
 
+    /// Every message of a channel, top-level and replies, deleted ones too
+    /// (without their text), oldest first: what an export holds (one pass
+    /// over every epoch; for a screen, use [`Store::page`]).
+    pub async fn all_messages(&self, channel: ChannelId) -> Result<Vec<Message>> {
+        self.query(move |e| e.all_messages(&channel)).await
+    }
+
     /// A thread (root and replies, oldest first), given its root or a reply.
     pub async fn thread(&self, msg: MessageId) -> Result<Thread> {
         self.query(move |e| e.thread(&msg)).await
