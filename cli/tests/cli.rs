@@ -483,6 +483,88 @@ fn compact_drops_deleted_texts_and_keeps_the_rest() {
     ok(hearth(&dir).args(["verify"]));
 }
 
+/// `hearth export` writes a channel as JSON (owner-only) and as a plain
+/// automerge document; `hearth import --new` takes the JSON back into a new
+/// channel, whose own export has the same texts, threads and states; a file
+/// that is no export is refused and creates nothing.
+#[test]
+fn export_and_import_round_trip() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("s");
+    ok(hearth(&dir).args(["init", "--user", "erin"]));
+    ok(hearth(&dir).args(["channel", "create", "c"]));
+    let root = ok(hearth(&dir).args(["post", "c", "a root"])).trim().to_string();
+    ok(hearth(&dir).args(["post", "c", "a reply", "--reply-to", &root]));
+    ok(hearth(&dir).args(["react", &root, "👍"]));
+    ok(hearth(&dir).args(["edit", &root, "a root, edited"]));
+    let gone = ok(hearth(&dir).args(["post", "c", "a post that goes"]));
+    ok(hearth(&dir).args(["delete", gone.trim()]));
+    let json = tmp.path().join("c.json");
+    ok(hearth(&dir).args(["export", "c", "--out", json.to_str().expect("utf-8")]));
+    assert_eq!(
+        std::fs::metadata(&json).expect("file").permissions().mode() & 0o777,
+        0o600
+    );
+    let e: Value = serde_json::from_slice(&std::fs::read(&json).expect("read")).expect("json");
+    assert_eq!(e["format"], "hearth-export");
+    let messages = e["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 3, "{e}");
+    assert_eq!(messages[0]["text"], "a root, edited");
+    assert_eq!(messages[0]["edited"], true);
+    assert_eq!(messages[1]["reply_to"], messages[0]["id"]);
+    assert_eq!(messages[2]["deleted"], true);
+    assert!(messages[2]["text"].is_null());
+    let am = tmp.path().join("c.automerge");
+    ok(hearth(&dir).args([
+        "export",
+        "c",
+        "--format",
+        "automerge",
+        "--out",
+        am.to_str().expect("utf-8"),
+    ]));
+    assert!(
+        std::fs::read(&am).expect("read").starts_with(&[0x85, 0x6f, 0x4a, 0x83]),
+        "automerge magic"
+    );
+    let r: Value = serde_json::from_str(
+        ok(hearth(&dir).args(["--json", "import", "--new", "c2", json.to_str().expect("utf-8")])).trim(),
+    )
+    .expect("json");
+    assert_eq!(
+        (r["messages"].as_u64(), r["deleted"].as_u64(), r["reactions"].as_u64()),
+        (Some(3), Some(1), Some(1))
+    );
+    let again: Value = serde_json::from_str(&ok(hearth(&dir).args(["export", "c2", "--out", "-"]))).expect("json");
+    let texts = |v: &Value| -> Vec<(Value, bool, bool)> {
+        v["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| {
+                (
+                    m["text"].clone(),
+                    m["edited"].as_bool().unwrap_or(false),
+                    m["reply_to"].is_null(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(texts(&again), texts(&e));
+    std::fs::write(tmp.path().join("bad.json"), "{\"format\": \"nope\"}").expect("write");
+    let err = fails(hearth(&dir).args([
+        "import",
+        "--new",
+        "c3",
+        tmp.path().join("bad.json").to_str().expect("utf-8"),
+    ]));
+    assert!(err.contains("export"), "{err}");
+    let channels = ok(hearth(&dir).args(["channel", "list"]));
+    assert!(!channels.contains("c3"), "{channels}");
+    ok(hearth(&dir).args(["verify"]));
+}
+
 /// `hearth device list` shows this device; `device revoke` refuses this
 /// device and names that match nothing (the revocation itself, between two
 /// devices, is shown by store/tests/members.rs).
