@@ -254,7 +254,6 @@ pub fn seal_pack(keys: &ChannelKeys, generation: u32, header: &[u8], texts: &[Co
 /// sealed under `generation`. The texts are not checked against any id yet:
 /// a caller keeps a text only where a change names [`Content::id`].
 pub fn open_pack(keys: &ChannelKeys, generation: u32, header: &[u8], sealed: &[u8]) -> Result<Vec<Content>> {
-    let bad = |why: &str| Error::corrupted("text pack", why.to_string());
     let aad = pack_aad(header);
     let mut last = None;
     for key in keys.opening_keys(generation) {
@@ -265,40 +264,7 @@ pub fn open_pack(keys: &ChannelKeys, generation: u32, header: &[u8], sealed: &[u
                 continue;
             }
         };
-        let inflated;
-        let encoded = match plain.split_first() {
-            Some((&PACK_PLAIN, rest)) => rest,
-            Some((&PACK_DEFLATE, rest)) => {
-                use std::io::Read;
-                let mut decoder = flate2::bufread::DeflateDecoder::new(rest);
-                let mut data = Vec::new();
-                (&mut decoder)
-                    .take(MAX_PACK_PLAIN_BYTES as u64 + 1)
-                    .read_to_end(&mut data)
-                    .map_err(|_| bad("does not inflate"))?;
-                if data.len() > MAX_PACK_PLAIN_BYTES {
-                    return Err(bad("inflates beyond the size limit"));
-                }
-                if !decoder.into_inner().is_empty() {
-                    return Err(bad("bytes after the compressed data"));
-                }
-                inflated = data;
-                &inflated[..]
-            }
-            _ => return Err(bad("unknown kind")),
-        };
-        let texts: Vec<Content> = postcard::from_bytes(encoded).map_err(|e| Error::corrupted("text pack", e))?;
-        if texts.len() > MAX_PACK_TEXTS {
-            return Err(bad("too many texts"));
-        }
-        if let Some(t) = texts.iter().find(|t| t.text.len() > MAX_TEXT_BYTES) {
-            return Err(Error::TooLarge {
-                what: "message text",
-                size: t.text.len(),
-                limit: MAX_TEXT_BYTES,
-            });
-        }
-        return Ok(texts);
+        return decode_pack_plain(&plain);
     }
     Err(last.unwrap_or_else(|| {
         Error::corrupted(
@@ -306,6 +272,53 @@ pub fn open_pack(keys: &ChannelKeys, generation: u32, header: &[u8], sealed: &[u
             format!("sealed under key generation {generation}, which this device does not hold"),
         )
     }))
+}
+
+/// The texts of a pack's plaintext (`kind u8 | data`, once opened): a kind
+/// this build does not know, data that does not inflate or inflates past
+/// [`MAX_PACK_PLAIN_BYTES`], bytes after it, more than [`MAX_PACK_TEXTS`]
+/// texts or a text past the longest are refused. The plaintext comes from a
+/// member (any member can seal a pack), so it is untrusted: fuzzed (`text_pack`).
+pub fn decode_pack_plain(plain: &[u8]) -> Result<Vec<Content>> {
+    let bad = |why: &str| Error::corrupted("text pack", why.to_string());
+    let inflated;
+    let encoded = match plain.split_first() {
+        Some((&PACK_PLAIN, rest)) => rest,
+        Some((&PACK_DEFLATE, rest)) => {
+            use std::io::Read;
+            let mut decoder = flate2::bufread::DeflateDecoder::new(rest);
+            let mut data = Vec::new();
+            (&mut decoder)
+                .take(MAX_PACK_PLAIN_BYTES as u64 + 1)
+                .read_to_end(&mut data)
+                .map_err(|_| bad("does not inflate"))?;
+            if data.len() > MAX_PACK_PLAIN_BYTES {
+                return Err(bad("inflates beyond the size limit"));
+            }
+            if !decoder.into_inner().is_empty() {
+                return Err(bad("bytes after the compressed data"));
+            }
+            inflated = data;
+            &inflated[..]
+        }
+        _ => return Err(bad("unknown kind")),
+    };
+    let (texts, rest): (Vec<Content>, &[u8]) =
+        postcard::take_from_bytes(encoded).map_err(|e| Error::corrupted("text pack", e))?;
+    if !rest.is_empty() {
+        return Err(bad("trailing bytes"));
+    }
+    if texts.len() > MAX_PACK_TEXTS {
+        return Err(bad("too many texts"));
+    }
+    if let Some(t) = texts.iter().find(|t| t.text.len() > MAX_TEXT_BYTES) {
+        return Err(Error::TooLarge {
+            what: "message text",
+            size: t.text.len(),
+            limit: MAX_TEXT_BYTES,
+        });
+    }
+    Ok(texts)
 }
 
 #[cfg(test)]

@@ -79,6 +79,7 @@ replay_tests! {
     key_package => checks::check_key_package,
     revocation_notice => checks::check_revocation_notice,
     peer_proofs => checks::check_peer_proofs,
+    text_pack => checks::check_text_pack,
 }
 
 /// Writes the relay certificate and removal seeds (sync protocol 5) and
@@ -136,6 +137,13 @@ fn regenerate_entry_v3_seeds() {
     seeds::write_entry_v3_seeds();
 }
 
+/// Writes the text pack seeds (plaintexts of format 4 packs).
+#[test]
+#[ignore = "writes the text_pack seeds; run by hand with --ignored"]
+fn regenerate_text_pack_seeds() {
+    seeds::write_text_pack_seeds();
+}
+
 /// Writes the format 4 entry seeds (store format 10: a pack of texts).
 #[test]
 #[ignore = "writes the envelope v4 seeds; run by hand with --ignored"]
@@ -191,6 +199,7 @@ mod seeds {
             "fork_proof" => hearth_core::ForkProof::decode(data).is_ok(),
             "device_cert" => hearth_core::device::DeviceCert::decode(data).is_ok(),
             "member_ops" => true,
+            "text_pack" => hearth_core::content::decode_pack_plain(data).is_ok(),
             "key_package" => hearth_core::KeyPackage::decode(data).is_ok(),
             "revocation_notice" => {
                 hearth_core::member::RevocationNotice::decode(data).is_ok_and(|n| n.verify().is_ok())
@@ -816,6 +825,34 @@ mod seeds {
         write("envelope", "valid-v3-pruned-body", &stub.encode());
         write("envelope", "v3-flipped-in-segment", &flip(&full, full.len() - 20));
         write("envelope", "v3-truncated-segment", &full[..full.len() - 5]);
+    }
+
+    pub fn write_text_pack_seeds() {
+        let texts: Vec<_> = (0..8u8)
+            .map(|i| hearth_core::Content::new(msg(1 + u64::from(i / 2)), format!("text {i} of the pack, ünïcode ✓")).unwrap())
+            .collect();
+        let encoded = postcard::to_stdvec(&texts).unwrap();
+        let mut plain = vec![0u8];
+        plain.extend_from_slice(&encoded);
+        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut enc, &encoded).unwrap();
+        let mut deflated = vec![1u8];
+        deflated.extend(enc.finish().unwrap());
+        let one = postcard::to_stdvec(&texts[..1]).unwrap();
+        let mut single = vec![0u8];
+        single.extend_from_slice(&one);
+        write("text_pack", "valid-plain-eight", &plain);
+        write("text_pack", "valid-deflated-eight", &deflated);
+        write("text_pack", "valid-plain-one", &single);
+        write("text_pack", "valid-empty", &[0, 0]);
+        write("text_pack", "unknown-kind", &[7, 0]);
+        write("text_pack", "deflate-garbage", &[1, 0xff, 0xfe, 0x00, 0x13]);
+        write("text_pack", "truncated", &deflated[..deflated.len() - 3]);
+        let mut trailing = plain.clone();
+        trailing.push(0);
+        write("text_pack", "trailing-byte", &trailing);
+        // A count of 2^32 - 1 texts: refused without allocating them.
+        write("text_pack", "huge-count", &[0, 0xff, 0xff, 0xff, 0xff, 0x0f]);
     }
 
     pub fn write_entry_v4_seeds() {

@@ -161,6 +161,22 @@ pub fn check_envelope(data: &[u8]) {
     }
 }
 
+/// Decode a text pack's plaintext (what a member sealed: untrusted once
+/// opened). What decodes seals into a pack again and opens to the same texts.
+pub fn check_text_pack(data: &[u8]) {
+    let Ok(texts) = hearth_core::content::decode_pack_plain(data) else {
+        return;
+    };
+    match hearth_core::content::seal_pack(channel_keys(), 0, b"fuzz header", &texts).expect("a pack seals") {
+        Some(p) => assert_eq!(
+            hearth_core::content::open_pack(channel_keys(), 0, b"fuzz header", &p).expect("a sealed pack opens"),
+            texts,
+            "a pack does not open to what it sealed"
+        ),
+        None => assert!(texts.is_empty(), "texts without a pack"),
+    }
+}
+
 /// Decode a change from the author's feed (as the author), apply it to a fresh epoch
 /// document and view it. A document that accepted the change must also snapshot and
 /// reload to the same view, since the store snapshots whatever sync delivered.
