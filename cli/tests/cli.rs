@@ -469,7 +469,9 @@ fn compact_drops_deleted_texts_and_keeps_the_rest() {
     assert_eq!(v["texts_dropped"], 1, "{v}");
     assert_eq!(v["entries_rewritten"], 1, "{v}");
     assert_eq!(v["verify_clean"], true, "{v}");
-    assert!(!dir.join("compact").exists() && !dir.join("log.old").exists());
+    for left in ["compact", "compacted", "compact.tmp", "log.old"] {
+        assert!(!dir.join(left).exists(), "{left}");
+    }
     let log = ok(hearth(&dir).args(["log", "c"]));
     assert!(
         log.contains("this one stays") && !log.contains("this one goes"),

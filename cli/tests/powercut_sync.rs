@@ -701,7 +701,7 @@ fn a_compaction_survives_power_cuts() {
         for g in &gone {
             assert!(!log.contains(g.as_str()), "round {round}: {g} is back:\n{log}");
         }
-        for left in ["compact", "compact.tmp", "log.old"] {
+        for left in ["compact", "compacted", "compact.tmp", "log.old"] {
             assert!(!dir.join(left).exists(), "round {round}: {left} left after an open");
         }
     }

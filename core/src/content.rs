@@ -35,8 +35,9 @@
 //! Nothing about a pack is signed: the change, which the entry signs, names
 //! each text by its id, and a receiver keeps a text only when a change names
 //! its id (the id commits to the text, its message and its salt). A member
-//! drops a text by sealing the pack again without it; anyone can drop the
-//! whole pack. Packed, the texts of a group commit compress together (message
+//! drops a text by sealing the pack again without it (under the key that
+//! opened it); anyone can drop the whole pack, and a pack that does not open
+//! counts as dropped. Packed, the texts of a group commit compress together (message
 //! ids of one writer share most of their bytes) and share one nonce and tag:
 //! a segment cost about 150 bytes beside its text, a packed text about 40.
 
@@ -228,12 +229,19 @@ fn pack_aad(header: &[u8]) -> Vec<u8> {
 /// Seal `texts` into the pack of the format 4 entry whose header encodes to
 /// `header`, under key generation `generation` (`None`: no texts, no pack).
 pub fn seal_pack(keys: &ChannelKeys, generation: u32, header: &[u8], texts: &[Content]) -> Result<Option<Vec<u8>>> {
-    if texts.is_empty() {
-        return Ok(None);
-    }
     let key = keys
         .sealing_key(generation)
         .ok_or_else(|| Error::invalid("key generation", "not held"))?;
+    seal_pack_with(key, header, texts)
+}
+
+/// [`seal_pack`] under `key` itself (the one a pack opened with, when a
+/// member seals it again without some texts: a generation may have two
+/// keys for a while, and the receivers hold the author's).
+pub fn seal_pack_with(key: &crate::SecretKey, header: &[u8], texts: &[Content]) -> Result<Option<Vec<u8>>> {
+    if texts.is_empty() {
+        return Ok(None);
+    }
     let encoded = postcard::to_stdvec(texts).expect("texts encode");
     let mut plain = Vec::with_capacity(encoded.len() + 1);
     let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
@@ -254,6 +262,16 @@ pub fn seal_pack(keys: &ChannelKeys, generation: u32, header: &[u8], texts: &[Co
 /// sealed under `generation`. The texts are not checked against any id yet:
 /// a caller keeps a text only where a change names [`Content::id`].
 pub fn open_pack(keys: &ChannelKeys, generation: u32, header: &[u8], sealed: &[u8]) -> Result<Vec<Content>> {
+    open_pack_keyed(keys, generation, header, sealed).map(|(texts, _)| texts)
+}
+
+/// [`open_pack`], with the key that opened it.
+pub fn open_pack_keyed<'k>(
+    keys: &'k ChannelKeys,
+    generation: u32,
+    header: &[u8],
+    sealed: &[u8],
+) -> Result<(Vec<Content>, &'k crate::SecretKey)> {
     let aad = pack_aad(header);
     let mut last = None;
     for key in keys.opening_keys(generation) {
@@ -264,7 +282,7 @@ pub fn open_pack(keys: &ChannelKeys, generation: u32, header: &[u8], sealed: &[u
                 continue;
             }
         };
-        return decode_pack_plain(&plain);
+        return Ok((decode_pack_plain(&plain)?, key));
     }
     Err(last.unwrap_or_else(|| {
         Error::corrupted(

@@ -48,7 +48,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::channel::ChannelKeys;
-use crate::content::{Content, ContentId, Segment, open_pack, seal_pack};
+use crate::content::{Content, ContentId, Segment, open_pack, open_pack_keyed, seal_pack, seal_pack_with};
 use crate::device::{DeviceCert, domain_message, verify_chain};
 use crate::error::{Error, Result};
 use crate::id::{DeviceId, Epoch, UserId, WireId};
@@ -588,8 +588,8 @@ impl Envelope {
     }
 
     /// [`Envelope::open_texts`], with the error of a pack that does not open
-    /// (damaged on the way: a receiver refuses the entry from that sender,
-    /// as it would a damaged segment, and takes it from another).
+    /// (damaged or moved on the way; a receiver takes the entry without it,
+    /// since nothing about a pack is signed and nobody can be blamed).
     pub fn open_texts_checked(&self, keys: &ChannelKeys) -> Result<Vec<Content>> {
         match &self.pack {
             Some(sealed) => open_pack(keys, self.header.generation, &self.header.encode(), sealed),
@@ -603,13 +603,22 @@ impl Envelope {
     pub fn retain_texts(&mut self, keys: &ChannelKeys, keep: impl Fn(&ContentId) -> bool) -> Result<usize> {
         if let Some(sealed) = &self.pack {
             let hb = self.header.encode();
-            let Ok(texts) = open_pack(keys, self.header.generation, &hb, sealed) else {
+            let Ok((texts, key)) = open_pack_keyed(keys, self.header.generation, &hb, sealed) else {
                 self.pack = None;
                 return Ok(0);
             };
             let kept: Vec<Content> = texts.iter().filter(|c| keep(&c.id())).cloned().collect();
             if kept.len() < texts.len() {
-                self.pack = seal_pack(keys, self.header.generation, &hb, &kept)?;
+                // Under the key that opened it; and never past the largest
+                // entry (deflate may code a subset longer than an author's
+                // stronger compression coded the whole): then none is kept.
+                let old = sealed.len();
+                let repacked = seal_pack_with(key, &hb, &kept)?;
+                let grows = repacked.as_ref().map_or(0, Vec::len).saturating_sub(old);
+                self.pack = repacked;
+                if grows > 0 && self.encode().len() > MAX_ENTRY_BYTES {
+                    self.pack = None;
+                }
             }
             return Ok(texts.len() - kept.len());
         }

@@ -829,7 +829,10 @@ mod seeds {
 
     pub fn write_text_pack_seeds() {
         let texts: Vec<_> = (0..8u8)
-            .map(|i| hearth_core::Content::new(msg(1 + u64::from(i / 2)), format!("text {i} of the pack, ünïcode ✓")).unwrap())
+            .map(|i| {
+                hearth_core::Content::new(msg(1 + u64::from(i / 2)), format!("text {i} of the pack, ünïcode ✓"))
+                    .unwrap()
+            })
             .collect();
         let encoded = postcard::to_stdvec(&texts).unwrap();
         let mut plain = vec![0u8];

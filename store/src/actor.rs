@@ -355,12 +355,13 @@ impl Actor {
         let Some(Compacting { running, stop, waiters }) = self.compaction.take() else {
             return;
         };
+        let mut committed = false;
         let res = match self.checkpoint() {
             Err(e) => {
                 running.abandon();
                 Err(e)
             }
-            Ok(()) => self.engine.finish_compaction(running, stop),
+            Ok(()) => self.engine.finish_compaction(running, stop, &mut committed),
         };
         let res = match res {
             // A test's stop is a crash there: nothing more is written.
@@ -372,20 +373,28 @@ impl Actor {
                 // The journal thread zeroes the old records before it writes
                 // the next ones; the callers hear once that is done, while
                 // this thread goes on.
+                // Then the committed directory goes: until then an open
+                // after a crash zeroes the journal itself.
                 let (tx, rx) = oneshot::channel();
                 if self.journal.send(JournalMsg::Purge(tx)).is_err() {
                     Err(Error::Closed)
                 } else {
+                    let dir = self.engine.dir.clone();
                     std::thread::spawn(move || {
-                        let res = rx.blocking_recv().map_err(|_| Error::Closed).and_then(|r| r);
+                        let res = rx
+                            .blocking_recv()
+                            .map_err(|_| Error::Closed)
+                            .and_then(|r| r)
+                            .and_then(|()| crate::compact::done(&dir));
                         reply_all(waiters, res.map(|()| report));
                     });
                     return;
                 }
             }
             Err(e) => {
-                // Committed but not swapped in: only an open can finish it.
-                if self.engine.dir.join(crate::compact::COMPACT_DIR).exists() {
+                // Committed but not all swapped in: only an open can finish
+                // it, and this store may run on a stand-in.
+                if committed {
                     self.poisoned.store(true, Ordering::SeqCst);
                 }
                 if waiters.is_empty() {

@@ -18,20 +18,20 @@
 //! 3. the pause, in the store task once the copy has caught up (writes wait;
 //!    their journal records are durable meanwhile): a checkpoint, the last
 //!    writes applied, the log's tail copied after the new log, the copy's
-//!    log positions set to the new log's, both made durable, a marker file;
-//!    `compact.tmp/` renamed `compact/`: **the commit**;
-//! 4. the swap: `log/` becomes `log.old/`, `compact/log/` becomes `log/`,
-//!    `db/` (sled, with its old pages) is deleted and `compact/db/` takes its
-//!    place, `log.old/` and `compact/` are deleted; sled is opened again and
-//!    the store goes on. The journal thread then zeroes the journal's file
-//!    past the records written since the checkpoint.
+//!    log positions set to the new log's, both made durable;
+//!    `compact.tmp/` renamed `compacted/`: **the commit**;
+//! 4. the swap: `log/` becomes `log.old/`, `compacted/log/` becomes `log/`,
+//!    `db/` (sled, with its old pages) is deleted and `compacted/db/` takes
+//!    its place, `log.old/` is deleted; sled is opened again and the store
+//!    goes on. The journal thread then zeroes the journal's file past the
+//!    records written since the checkpoint, and `compacted/` goes last.
 //!
 //! An open finishes or drops what it finds: `compact.tmp/` was never
-//! committed and is dropped (the old log and sled are whole); `compact/` is
-//! committed and its swap is finished (each step checks what is already
-//! done), and the journal is zeroed once replayed. A `compact/` without the
-//! marker (written by store format 9, on a closed store) carries no sled:
-//! the old one is deleted and built afresh from the new log.
+//! committed and is dropped (the old log and sled are whole); `compacted/`
+//! is committed and its swap is finished (each step checks what is already
+//! done), and the journal is zeroed once replayed. A `compact/` (store
+//! format 9's compaction, on a closed store) carries no sled: the old one is
+//! deleted and built afresh from the new log.
 
 use std::collections::HashMap;
 use std::fs;
@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use hearth_core::{ChannelKeys, Envelope, ForkProof, WireId};
 
-use crate::durable::{SledFiles, create_private_dir, sync_dir, write_atomic};
+use crate::durable::{SledFiles, create_private_dir, sync_dir};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::layout::*;
@@ -52,10 +52,12 @@ use crate::rotate::LOG_OLD_DIR;
 
 /// Where a compaction writes the new log and sled.
 pub const COMPACT_TMP_DIR: &str = "compact.tmp";
-/// A committed compaction, until its swap is done.
-pub const COMPACT_DIR: &str = "compact";
-/// In a committed compaction: its `db/` is a complete sled for its `log/`.
-const FRESH_DB_MARK: &str = "fresh-db";
+/// A committed compaction (its new `log/` and fresh `db/`), until its swap
+/// is done and the journal zeroed.
+pub const COMPACTED_DIR: &str = "compacted";
+/// A compaction of store format 9 (a new log, no sled), committed on a
+/// closed store, until its swap is done.
+pub const LEGACY_COMPACT_DIR: &str = "compact";
 /// Rows copied into the fresh sled per batch.
 const COPY_BATCH: usize = 4096;
 
@@ -174,6 +176,7 @@ fn bare(bytes: &[u8]) -> Vec<u8> {
 /// store may be appending past it) into `new_log`: each entry as `tree`
 /// holds it now (its dropped texts gone), fork proofs without texts, every
 /// other record as it is. Returns where the copy stopped in the old log.
+#[allow(clippy::too_many_arguments)]
 fn copy_log(
     dir: &Path,
     (from, upto): (LogPos, Option<LogPos>),
@@ -181,9 +184,13 @@ fn copy_log(
     keys: &HashMap<WireId, ChannelKeys>,
     new_log: &mut Log,
     report: &mut CompactReport,
+    abort: &AtomicBool,
 ) -> Result<LogPos> {
     let mut reached = from;
     let scanned = log::scan(&dir.join(log::LOG_DIR), from, |batch| {
+        if abort.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
         if upto.is_some_and(|u| batch.end > u) {
             return Ok(false);
         }
@@ -270,6 +277,9 @@ pub(crate) struct Running {
     abort: Arc<AtomicBool>,
     /// Set once the copy has caught up with the writes taken meanwhile.
     caught: Arc<AtomicBool>,
+    /// Texts dropped before the copy started (those dropped since may be in
+    /// the copy: they stay due).
+    due_at_start: Option<CompactDue>,
     drain: Option<JoinHandle<()>>,
     copier: Option<JoinHandle<Result<Copied>>>,
     started: Instant,
@@ -324,6 +334,7 @@ fn copy_in_background(
         &keys,
         &mut new_log,
         &mut report,
+        &abort,
     )?;
     let new_log_end = new_log.end();
     drop(new_log);
@@ -392,6 +403,12 @@ impl Engine {
     /// Start a compaction: a checkpoint, then the copy in the background
     /// (steps 1 and 2 of the module docs). The store goes on meanwhile.
     pub(crate) fn start_compaction(&mut self, progress: Arc<CompactProgress>) -> Result<Running> {
+        if self.dir.join(COMPACTED_DIR).exists() {
+            return Err(Error::invalid(
+                "compaction",
+                "the last one is still zeroing the journal; try again in a moment",
+            ));
+        }
         self.checkpoint()?;
         let staging = self.dir.join(COMPACT_TMP_DIR);
         if staging.exists() {
@@ -445,9 +462,18 @@ impl Engine {
             let (dir, staging, tree) = (self.dir.clone(), staging.clone(), self.tree.clone());
             let covered = self.log.end();
             let flags = (drained, abort.clone(), caught.clone());
-            std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name("hearth-compact".into())
-                .spawn(move || copy_in_background(dir, staging, covered, tree, keys, queue, flags, progress, report))?
+                .spawn(move || copy_in_background(dir, staging, covered, tree, keys, queue, flags, progress, report));
+            match spawned {
+                Ok(c) => c,
+                Err(e) => {
+                    // The drain thread stops, and with it the subscription.
+                    abort.store(true, Ordering::SeqCst);
+                    let _ = drain.join();
+                    return Err(e.into());
+                }
+            }
         };
         Ok(Running {
             staging,
@@ -457,68 +483,81 @@ impl Engine {
             drain: Some(drain),
             copier: Some(copier),
             started: Instant::now(),
+            due_at_start: self.dropped_since_compaction,
         })
     }
 
     /// The pause, the commit and the swap (steps 3 and 4): called by the store
     /// task once [`Running::ready`], with the group closed, a checkpoint
-    /// taken and the journal cleared. An error before the commit leaves the store as it was
-    /// (`compact.tmp/` removed); after it, the store must stop (an open
-    /// finishes the swap).
+    /// taken and the journal cleared. An error before the commit leaves the
+    /// store as it was (`compact.tmp/` removed); `committed` says whether it
+    /// got past the commit, after which any error means the store must stop
+    /// (an open finishes the swap). The committed directory stays until the
+    /// journal is zeroed ([`done`]).
     pub(crate) fn finish_compaction(
         &mut self,
         mut running: Running,
         stop: Option<CompactStop>,
+        committed: &mut bool,
     ) -> Result<CompactReport> {
         let paused = Instant::now();
         let staging = running.staging.clone();
+        let due_at_start = running.due_at_start;
         let copied = running
             .stop()
             .unwrap_or_else(|| Err(Error::corrupted("compaction", "no copy under way")));
-        let copied = match copied.and_then(|c| self.seal_compaction(&staging, c)) {
-            Ok(c) => c,
+        // A stand-in holds sled's place in the swap (made now: a failure
+        // here still leaves the store as it was).
+        let prepared = copied
+            .and_then(|c| self.seal_compaction(&staging, c, due_at_start))
+            .and_then(|sealed| Ok((sealed, sled::Config::new().temporary(true).open()?)));
+        let ((end, mut report), standin) = match prepared {
+            Ok(p) => p,
             Err(e) => {
                 running.abandon();
                 return Err(e);
             }
         };
-        let (end, mut report) = copied;
         if stop == Some(CompactStop::Prepared) {
             return Ok(report);
         }
         // The commit point.
-        fs::rename(&staging, self.dir.join(COMPACT_DIR)).map_err(at("commit: rename", &staging))?;
+        *committed = true;
+        let done_dir = self.dir.join(COMPACTED_DIR);
+        fs::rename(&staging, &done_dir).map_err(at("commit: rename", &staging))?;
         sync_dir(&self.dir)?;
         if stop == Some(CompactStop::Committed) {
             return Ok(report);
         }
-        // sled is let go before its directory goes (a stand-in holds its
-        // place), then opened again on the fresh one.
-        let standin = sled::Config::new().temporary(true).open()?;
+        // sled is let go before its directory goes, then opened again on the
+        // fresh one; the old log's file is closed before its directory goes.
         self.tree = standin.open_tree(TREE)?;
         self.db = standin;
-        let compact = self.dir.join(COMPACT_DIR);
-        if !crate::rotate::move_log_in(&self.dir, &compact, stop == Some(CompactStop::OldLogMoved))?
+        if !crate::rotate::move_log_in(&self.dir, &done_dir, stop == Some(CompactStop::OldLogMoved))?
             || stop == Some(CompactStop::NewLogMoved)
         {
             return Ok(report);
         }
-        // The old log's file is closed before its directory goes.
         self.log = Log::open_at(&self.dir.join(log::LOG_DIR), end)?;
-        finish(&self.dir, None)?;
+        finish(&self.dir)?;
         self.db = crate::open::open_sled(&self.dir)?;
         self.tree = self.db.open_tree(TREE)?;
         self.sled_files = SledFiles::new(&self.dir.join(DB_DIR));
-        self.dropped_since_compaction = None;
         report.paused = paused.elapsed();
         report.took = running.started.elapsed();
         Ok(report)
     }
 
     /// The last writes and the log's tail into the copy, its log positions
-    /// set to the new log's, both durable, the marker written: all but the
-    /// rename that commits. Returns the new log's end.
-    fn seal_compaction(&mut self, staging: &Path, copied: Copied) -> Result<(LogPos, CompactReport)> {
+    /// set to the new log's, both durable: all but the rename that commits.
+    /// Texts dropped since the copy started may still be in it: they stay
+    /// due, for the next compaction. Returns the new log's end.
+    fn seal_compaction(
+        &mut self,
+        staging: &Path,
+        copied: Copied,
+        due_at_start: Option<CompactDue>,
+    ) -> Result<(LogPos, CompactReport)> {
         let Copied {
             db,
             new_log_end,
@@ -531,41 +570,48 @@ impl Engine {
             .map(|ch| (ch.keys.wire(), ch.keys.clone()))
             .collect();
         let mut new_log = Log::open_at(&staging.join(log::LOG_DIR), new_log_end)?;
-        copy_log(&self.dir, (covered, None), &self.tree, &keys, &mut new_log, &mut report)?;
+        let never = AtomicBool::new(false);
+        copy_log(
+            &self.dir,
+            (covered, None),
+            &self.tree,
+            &keys,
+            &mut new_log,
+            &mut report,
+            &never,
+        )?;
         let end = new_log.end();
         drop(new_log);
         let fresh = db.open_tree(TREE)?;
         let mut b = sled::Batch::default();
         b.insert(META_LOG, &end.encode()[..]);
         b.insert(META_LOG_SYNCED, &end.encode()[..]);
-        b.remove(META_COMPACT_DUE);
+        let still_due = match (self.dropped_since_compaction, due_at_start) {
+            (Some(now), Some(then)) if now.bytes > then.bytes => Some(CompactDue {
+                since_ms: crate::engine::now_ms(),
+                bytes: now.bytes - then.bytes,
+            }),
+            (Some(now), None) => Some(now),
+            _ => None,
+        };
+        match still_due {
+            Some(due) => {
+                let plain = postcard::to_stdvec(&due).expect("compaction due encodes");
+                b.insert(META_COMPACT_DUE, seal_record(&self.records, META_COMPACT_DUE, &plain)?);
+            }
+            None => b.remove(META_COMPACT_DUE),
+        }
         fresh.apply_batch(b)?;
         db.flush()?;
         drop(fresh);
         drop(db);
         SledFiles::new(&staging.join(DB_DIR)).sync()?;
         sync_dir(&staging.join(DB_DIR))?;
-        write_atomic(&staging.join(FRESH_DB_MARK), b"")?;
         sync_dir(staging)?;
         report.log_bytes_after = dir_bytes(&staging.join(log::LOG_DIR));
+        self.dropped_since_compaction = still_due;
         Ok((end, report))
     }
-}
-
-/// At open (under the store's lock): finish or drop a compaction that was
-/// interrupted. Returns whether one was finished (its journal is then zeroed
-/// once replayed: [`crate::journal::Journal::purge`]).
-pub(crate) fn recover(dir: &Path) -> Result<bool> {
-    let (tmp, done) = (dir.join(COMPACT_TMP_DIR), dir.join(COMPACT_DIR));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp)?;
-        sync_dir(dir)?;
-    }
-    if done.exists() {
-        finish(dir, None)?;
-        return Ok(true);
-    }
-    Ok(false)
 }
 
 /// An I/O error that says which step on which path failed.
@@ -591,39 +637,69 @@ fn remove_dir_patiently(path: &Path, what: &str) -> Result<()> {
     }
 }
 
-/// The swap after the commit; every step is skipped when already done.
-/// Returns `false` when `stop` stopped it.
-fn finish(dir: &Path, stop: Option<CompactStop>) -> Result<bool> {
-    let staging = dir.join(COMPACT_DIR);
-    if !crate::rotate::move_log_in(dir, &staging, stop == Some(CompactStop::OldLogMoved))?
-        || stop == Some(CompactStop::NewLogMoved)
-    {
-        return Ok(false);
+/// At open (under the store's lock): finish or drop a compaction that was
+/// interrupted. Returns whether one was committed: its directory then stays
+/// until the journal has been replayed and zeroed ([`done`]).
+pub(crate) fn recover(dir: &Path) -> Result<bool> {
+    let tmp = dir.join(COMPACT_TMP_DIR);
+    if tmp.exists() {
+        remove_dir_patiently(&tmp, "drop")?;
+        sync_dir(dir)?;
     }
-    let (live, fresh) = (dir.join(DB_DIR), staging.join(DB_DIR));
-    if staging.join(FRESH_DB_MARK).exists() {
-        // The fresh sled takes the old one's place.
-        if fresh.exists() {
-            if live.exists() {
-                remove_dir_patiently(&live, "remove the old sled")?;
+    // Store format 9's compaction, on a closed store, brought no sled: the
+    // old one goes with the journal (empty: the store was closed), and the
+    // next open builds sled from the new log.
+    let legacy = dir.join(LEGACY_COMPACT_DIR);
+    if legacy.exists() {
+        crate::rotate::move_log_in(dir, &legacy, false)?;
+        for d in [DB_DIR, LOG_OLD_DIR] {
+            if dir.join(d).exists() {
+                remove_dir_patiently(&dir.join(d), "remove")?;
             }
-            fs::rename(&fresh, &live).map_err(at("move the fresh sled to", &live))?;
-            sync_dir(dir)?;
-            sync_dir(&staging)?;
         }
-    } else if live.exists() {
-        // A compaction of store format 9 brought no sled: the old one (with
-        // its old pages) goes, and the next open builds one from the new log.
-        fs::remove_dir_all(&live)?;
         if dir.join(JOURNAL_FILE).exists() {
             fs::remove_file(dir.join(JOURNAL_FILE))?;
         }
+        sync_dir(dir)?;
+        remove_dir_patiently(&legacy, "remove")?;
+        sync_dir(dir)?;
+    }
+    if dir.join(COMPACTED_DIR).exists() {
+        crate::rotate::move_log_in(dir, &dir.join(COMPACTED_DIR), false)?;
+        finish(dir)?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// The rest of the swap once the new log is in; every step is skipped when
+/// already done: the fresh sled takes the old one's place, `log.old/` goes.
+fn finish(dir: &Path) -> Result<()> {
+    let committed = dir.join(COMPACTED_DIR);
+    let (live, fresh) = (dir.join(DB_DIR), committed.join(DB_DIR));
+    if fresh.exists() {
+        if live.exists() {
+            remove_dir_patiently(&live, "remove the old sled")?;
+        }
+        fs::rename(&fresh, &live).map_err(at("move the fresh sled to", &live))?;
+        sync_dir(dir)?;
+        sync_dir(&committed)?;
     }
     if dir.join(LOG_OLD_DIR).exists() {
         remove_dir_patiently(&dir.join(LOG_OLD_DIR), "remove")?;
+        sync_dir(dir)?;
     }
-    sync_dir(dir)?;
-    remove_dir_patiently(&staging, "remove")?;
-    sync_dir(dir)?;
-    Ok(true)
+    Ok(())
+}
+
+/// Once the journal's old records are zeroed: the committed compaction's
+/// directory (empty by now) goes, and with it the mark that an open must
+/// zero the journal.
+pub(crate) fn done(dir: &Path) -> Result<()> {
+    let committed = dir.join(COMPACTED_DIR);
+    if committed.exists() {
+        remove_dir_patiently(&committed, "remove")?;
+        sync_dir(dir)?;
+    }
+    Ok(())
 }

@@ -471,6 +471,7 @@ pub(crate) fn open(
     // compaction dropped among them) are zeroed.
     if compacted {
         journal.purge()?;
+        crate::compact::done(dir)?;
     }
     if moving {
         report.moved_from = Some(engine.identity.device());

@@ -206,9 +206,9 @@ fn entry_texts(
     if all_named {
         return (texts, bytes);
     }
-    // Texts its change does not name (in a pack a member sealed), or a
-    // segment its author sealed wrong: left out here, and the entry still
-    // verifies.
+    // Texts its change does not name (in a pack a member sealed), a pack
+    // that does not open, or a segment its author sealed wrong: left out
+    // here, and the entry still verifies.
     let named: std::collections::HashSet<hearth_core::ContentId> = texts.iter().map(|c| c.id()).collect();
     let mut kept = env.clone();
     if kept.retain_texts(keys, |id| named.contains(id)).is_err() {
@@ -465,17 +465,11 @@ impl Engine {
                         waiting.push(bytes);
                     }
                     Ok((epoch, change, effects)) => {
-                        // A pack that does not open was damaged on the way:
-                        // refused from this sender, like a body that does not.
-                        let packed = match env.open_texts_checked(&ch.keys) {
-                            Ok(t) => t,
-                            Err(e) => {
-                                report
-                                    .rejected
-                                    .push(admission.refuse(&env, Refusal::Malformed(e.to_string())));
-                                continue;
-                            }
-                        };
+                        // A pack that does not open is nobody's provable
+                        // fault (nothing about it is signed, and anyone may
+                        // drop one): the entry is taken without it, its texts
+                        // dropped, as if a forwarder had stripped it.
+                        let packed = env.open_texts(&ch.keys);
                         top = top.max(epoch);
                         progressed = true;
                         let (texts, bytes) = entry_texts(&env, bytes, &ch.keys, &effects, packed);
@@ -621,8 +615,7 @@ impl Engine {
             let opened = env.open(&ch.keys).and_then(|body| {
                 let (change, effects) = decode_change_effects(&body.change, &device, &user)?;
                 effects.check_place(body.epoch, &channel, Timestamp(u64::MAX))?;
-                let packed = env.open_texts_checked(&ch.keys)?;
-                Ok((body.epoch, change, effects, packed))
+                Ok((body.epoch, change, effects, env.open_texts(&ch.keys)))
             });
             match opened {
                 Ok((epoch, change, effects, packed)) => {
