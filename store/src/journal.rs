@@ -120,6 +120,34 @@ fn aad(run: u64, seq: u64) -> [u8; 23] {
     a
 }
 
+/// Every record `key` opens anywhere in `bytes`, stale ones of earlier runs
+/// included (found at any offset: a length that fits, a good checksum, then
+/// the seal), as (offset, plaintext). For audits ([`crate::Store::find_text`]),
+/// not for replay.
+pub fn every_sealed_record(key: &SecretKey, bytes: &[u8]) -> Vec<(usize, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while pos + RECORD_HEAD <= bytes.len() {
+        let rest = &bytes[pos..];
+        let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+        if (RECORD_HEAD - 4..=MAX_RECORD_BYTES).contains(&len) && rest.len() >= 4 + len {
+            let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+            let body = &rest[8..4 + len];
+            if crc32fast::hash(body) == crc {
+                let run = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
+                let seq = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
+                if let Ok(plain) = hearth_core::open(key, &aad(run, seq), &body[16..], "journal record") {
+                    out.push((pos, plain));
+                    pos += 4 + len;
+                    continue;
+                }
+            }
+        }
+        pos += 1;
+    }
+    out
+}
+
 /// What reading a journal found.
 #[derive(Debug, Default)]
 pub struct Decoded {

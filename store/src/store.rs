@@ -724,6 +724,17 @@ impl Store {
         self.query(move |e| e.page(&channel, before, limit)).await
     }
 
+    /// Where in the store's files a key reachable from the passphrase opens
+    /// something that holds `needle` (journal records, stale ones too; feed
+    /// entries in the log and in sled; every sealed sled row): an audit of
+    /// what a delete and a compaction left. After a delete and a compaction,
+    /// a deleted text is found nowhere. It reads every file: slow on a big
+    /// store.
+    pub async fn find_text(&self, needle: &str) -> Result<Vec<String>> {
+        let needle = needle.to_string();
+        self.query(move |e| e.find_text(&needle)).await
+    }
+
     /// Every message of a channel, top-level and replies, deleted ones too
     /// (without their text), oldest first: what an export holds (one pass
     /// over every epoch; for a screen, use [`Store::page`]).

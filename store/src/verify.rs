@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use hearth_core::{ChannelId, Envelope, EpochDoc, WireId, decode_change};
+use hearth_core::{ChannelId, ChannelKeys, Envelope, EpochDoc, WireId, decode_change};
 use serde::Serialize;
 
 use crate::channel::{EpochSummary, FeedHead};
@@ -465,5 +465,60 @@ impl Engine {
             );
         }
         Ok(())
+    }
+}
+
+impl Engine {
+    /// Where in the store's files a key reachable from the passphrase opens
+    /// something that holds `needle`: journal records (stale ones of earlier
+    /// runs too), feed entries in the log and in sled (bodies, packs,
+    /// segments) and every sealed sled row. An audit of what a delete and a
+    /// compaction left ([`crate::Store::find_text`]); it reads every file.
+    pub(crate) fn find_text(&mut self, needle: &str) -> Result<Vec<String>> {
+        self.checkpoint()?;
+        let needle = needle.as_bytes();
+        let holds = |b: &[u8]| !needle.is_empty() && b.windows(needle.len()).any(|w| w == needle);
+        let keys: HashMap<WireId, ChannelKeys> = self
+            .channels
+            .values()
+            .map(|ch| (ch.keys.wire(), ch.keys.clone()))
+            .collect();
+        let entry_holds = |bytes: &[u8]| -> bool {
+            let Ok(env) = Envelope::decode(bytes) else { return false };
+            let Some(k) = keys.get(&env.header.wire) else {
+                return false;
+            };
+            env.open_texts(k).iter().any(|c| holds(c.text.as_bytes())) || env.open(k).is_ok_and(|b| holds(&b.change))
+        };
+        let mut found = Vec::new();
+        let journal = std::fs::read(self.dir.join(JOURNAL_FILE)).unwrap_or_default();
+        for (at, plain) in crate::journal::every_sealed_record(&self.records, &journal) {
+            if holds(&plain) {
+                found.push(format!("journal@{at}"));
+            }
+        }
+        crate::log::scan(
+            &self.dir.join(crate::log::LOG_DIR),
+            crate::log::LogPos::START,
+            |batch| {
+                for r in batch.records {
+                    if r.kind == crate::log::kind::ENTRY && entry_holds(&r.body) {
+                        found.push(format!("log entry ending at {}", r.end));
+                    }
+                }
+                Ok(true)
+            },
+        )?;
+        for row in self.tree.iter() {
+            let (k, v) = row?;
+            let hit = match k.first() {
+                Some(&T_FEEDS) => entry_holds(&v),
+                _ => open_record(&self.records, &k, &v).is_ok_and(|p| holds(&p)),
+            };
+            if hit {
+                found.push(format!("sled row {}", k.first().map_or("?", |t| table_name(*t))));
+            }
+        }
+        Ok(found)
     }
 }

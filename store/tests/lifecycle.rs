@@ -105,12 +105,20 @@ async fn a_deleted_message_leaves_every_file_of_the_author_and_of_a_peer() {
     assert_eq!(gone.len(), 2, "the post and its edit");
     a.checkpoint().await.unwrap();
     b.checkpoint().await.unwrap();
-    // The control: before the delete both stores hold every segment on disk.
+    // The control: before the delete both stores hold every pack on disk,
+    // and the audit finds the text where a key from the passphrase opens it.
     for (dir, who) in [(da.path(), "alice"), (db.path(), "bob")] {
         for needle in &gone {
             assert!(!holding(dir, needle).is_empty(), "{who} holds it before the delete");
         }
     }
+    for (s, who) in [(&a, "alice"), (&b, "bob")] {
+        let at = s.find_text("the secret, edited").await.unwrap();
+        assert!(at.iter().any(|w| w.starts_with("log")), "{who}: {at:?}");
+        assert!(at.iter().any(|w| w.starts_with("sled")), "{who}: {at:?}");
+    }
+    let at = a.find_text("the secret that must go").await.unwrap();
+    assert!(at.iter().any(|w| w.starts_with("journal")), "alice's journal: {at:?}");
 
     a.delete(secret).await.unwrap();
     // Posted and deleted at once: its text may never leave in a segment.
@@ -151,6 +159,18 @@ async fn a_deleted_message_leaves_every_file_of_the_author_and_of_a_peer() {
 
     for (dir, who) in [(da.path(), "alice"), (db.path(), "bob")] {
         let report = Store::compact_dir(dir, &pass, config()).await.unwrap();
+        // Nothing any key from the passphrase opens holds them any more:
+        // not a journal record (stale ones too), an entry or a sled row.
+        let s = Store::open(dir, &pass, config()).await.unwrap();
+        for text in [
+            "the secret that must go",
+            "the secret, edited",
+            "posted and deleted at once",
+        ] {
+            assert_eq!(s.find_text(text).await.unwrap(), Vec::<String>::new(), "{who}: {text}");
+        }
+        assert!(!s.find_text("a reply that stays").await.unwrap().is_empty(), "{who}");
+        s.close().await.unwrap();
         assert!(report.entries_rewritten >= 1, "{who}: {report:?}");
         for needle in &gone {
             let left = holding(dir, needle);
@@ -380,6 +400,9 @@ async fn a_compaction_runs_while_the_store_is_written_and_read() {
     assert!(report.rows_copied > 0 && report.paused <= report.took, "{report:?}");
     let left = holding(dir.path(), &needle);
     assert!(left.is_empty(), "the deleted text is still in {left:?}");
+    let at = s.find_text("the secret that must go").await.unwrap();
+    assert!(at.is_empty(), "a key from the passphrase still opens it at {at:?}");
+    assert!(!s.find_text("history 7").await.unwrap().is_empty());
     for id in &acked {
         assert!(s.message(*id).await.unwrap().message.text.is_some());
     }
@@ -423,6 +446,16 @@ async fn a_delete_schedules_an_automatic_compaction() {
     assert_eq!(
         s.message(keep).await.unwrap().message.text.as_deref(),
         Some("a message that stays")
+    );
+    // The journal is zeroed just after the swap: wait for the last step.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while dir.path().join("compacted").exists() {
+        assert!(std::time::Instant::now() < deadline, "the compaction did not finish");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        s.find_text("the secret that must go").await.unwrap(),
+        Vec::<String>::new()
     );
     assert!(s.verify().await.unwrap().is_clean());
     s.close().await.unwrap();
