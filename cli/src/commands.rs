@@ -545,7 +545,22 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
                 println!("journal:       {} bytes", s.journal_bytes);
             }
         }
-        Command::Verify => {
+        Command::Verify { find: Some(text) } => {
+            let places = h.find_text(text).await?;
+            if cli.json {
+                print_json(&json!({ "found": places }));
+            } else if places.is_empty() {
+                println!("found nowhere");
+            } else {
+                for p in &places {
+                    println!("found in {p}");
+                }
+            }
+            if !places.is_empty() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Verify { find: None } => {
             let r = h.verify().await?;
             if cli.json {
                 print_json(&serde_json::to_value(&r)?);

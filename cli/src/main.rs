@@ -164,7 +164,13 @@ pub enum Command {
     /// Counts and sizes.
     Stats,
     /// Decrypt and check every record; exits 1 if anything is wrong.
-    Verify,
+    Verify {
+        /// Instead: say where in the store's files a key from the passphrase
+        /// still opens something holding this text (journal, log, sled);
+        /// exits 1 if anywhere. After a delete and `compact`, nowhere.
+        #[arg(long, value_name = "TEXT")]
+        find: Option<String>,
+    },
     /// Rebuild the sled database from the feed log (an open does this on its
     /// own when sled is missing or damaged), then verify; prints what was done.
     Repair,

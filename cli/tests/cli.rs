@@ -464,6 +464,13 @@ fn compact_drops_deleted_texts_and_keeps_the_rest() {
     let kept = ok(hearth(&dir).args(["post", "c", "this one stays"]));
     let gone = ok(hearth(&dir).args(["post", "c", "this one goes"]));
     ok(hearth(&dir).args(["delete", gone.trim()]));
+    // Before the compaction the log still holds it: `verify --find` says so.
+    let before = run(hearth(&dir).args(["verify", "--find", "this one goes"]));
+    assert_eq!(before.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&before.stdout).contains("found in log"),
+        "{before:?}"
+    );
     let report = ok(hearth(&dir).args(["--json", "compact"]));
     let v: Value = serde_json::from_str(report.trim()).expect("json");
     assert_eq!(v["texts_dropped"], 1, "{v}");
@@ -479,6 +486,11 @@ fn compact_drops_deleted_texts_and_keeps_the_rest() {
     );
     let show = ok(hearth(&dir).args(["show", kept.trim()]));
     assert!(show.contains("this one stays"), "{show}");
+    assert!(ok(hearth(&dir).args(["verify", "--find", "this one goes"])).contains("found nowhere"));
+    let stays = run(hearth(&dir).args(["--json", "verify", "--find", "this one stays"]));
+    assert_eq!(stays.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&stays.stdout).expect("json");
+    assert!(!v["found"].as_array().expect("found").is_empty(), "{v}");
     // Nothing left to drop: a second compaction rewrites nothing.
     let again: Value = serde_json::from_str(ok(hearth(&dir).args(["--json", "compact"])).trim()).expect("json");
     assert_eq!(again["entries_rewritten"], 0, "{again}");
