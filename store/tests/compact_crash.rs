@@ -56,6 +56,9 @@ fn compact_crash_child() {
         let s = Arc::new(Store::open(&dir, &Passphrase::new(PASS), config()).await.unwrap());
         let general = s.channels().await.unwrap()[0].id;
         let out = Arc::new(Mutex::new(std::io::stdout()));
+        // libtest has printed "test compact_crash_child ... " without a
+        // newline: end that line, so that every acknowledgement has its own.
+        say(&out, String::new());
         let writer = {
             let (s, out) = (s.clone(), out.clone());
             tokio::spawn(async move {
