@@ -563,7 +563,9 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
         Command::Verify { find: None } => {
             let r = h.verify().await?;
             if cli.json {
-                print_json(&serde_json::to_value(&r)?);
+                let mut v = serde_json::to_value(&r)?;
+                v["repair_would_help"] = json!(r.repair_would_help());
+                print_json(&v);
             } else {
                 println!(
                     "verified {} channels, {} feed entries, {} epochs, {} snapshots: {}",
@@ -579,6 +581,14 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
                 );
                 for p in &r.problems {
                     println!("problem: {}: {}", p.place, p.detail);
+                }
+                if r.repair_would_help() {
+                    println!("every problem is in rows built from the feed log: `hearth repair` builds them afresh");
+                } else if !r.is_clean() {
+                    println!(
+                        "the feed log itself is damaged or behind: sync with a peer (`hearth sync`) to take \
+                         back what is missing (see README, \"Recovering a store\")"
+                    );
                 }
             }
             if !r.is_clean() {

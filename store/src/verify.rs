@@ -66,6 +66,14 @@ impl VerifyReport {
         self.problems.is_empty()
     }
 
+    /// Whether `hearth repair` ([`crate::Store::repair`]: sled built afresh
+    /// from the feed log) would cure what was found: there are problems, and
+    /// none in the log itself (a damaged log or one behind sled is not cured
+    /// by building from it: take what is missing from a peer, or a backup).
+    pub fn repair_would_help(&self) -> bool {
+        !self.problems.is_empty() && self.problems.iter().all(|p| !p.place.starts_with("log"))
+    }
+
     fn problem(&mut self, place: impl Into<String>, detail: impl std::fmt::Display) {
         self.problems.push(Problem {
             place: place.into(),
@@ -520,5 +528,23 @@ impl Engine {
             }
         }
         Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A repair builds sled from the log: it cures problems in sled's rows,
+    /// never one in the log (building from a damaged log loses more).
+    #[test]
+    fn repair_helps_only_when_the_log_is_sound() {
+        let mut r = VerifyReport::default();
+        assert!(!r.repair_would_help(), "nothing to cure");
+        r.problem("snaps/x/1/0", "chunk missing");
+        r.problem("epochs/x/1", "summary counts 2 entries, the log has 0");
+        assert!(r.repair_would_help());
+        r.problem("log", "torn record at 00000001:77");
+        assert!(!r.repair_would_help());
     }
 }
