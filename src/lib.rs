@@ -52,9 +52,9 @@ pub use hearth_core as core;
 pub use hearth_core::{ChannelId, DeviceId, KdfParams, MAX_TEXT_BYTES, Message, MessageId, Passphrase, Role, UserId};
 pub use hearth_store::{
     ChannelInfo, CompactProgress, CompactReport, Config, DeviceInfo, Error, InviteInfo, JoinRequest, Located,
-    MemberInfo, NewInvite, OpenReport, OpenTimings, Outcome, Pending, Problem, Receipts, Result, RosterInfo,
-    STORE_FORMAT, Stats, Store, StoreEvent, Thread, VerifyReport, Whoami, Write, create_private_dir, dir_bytes,
-    make_private, write_atomic,
+    MemberInfo, MigrationPlan, NewInvite, OpenReport, OpenTimings, Outcome, Pending, Problem, Receipts, Result,
+    RosterInfo, STORE_FORMAT, Stats, Store, StoreEvent, Thread, VerifyReport, Whoami, Write, create_private_dir,
+    dir_bytes, make_private, write_atomic,
 };
 /// Sync over libp2p: nodes, events, tickets, relays.
 pub use hearth_sync as sync;
@@ -136,6 +136,12 @@ impl Hearth {
         config: Config,
     ) -> Result<hearth_store::RotateReport> {
         Store::rotate_master_key(dir, pass, new_pass, config).await
+    }
+
+    /// What opening the store in `dir` would migrate, writing nothing (see
+    /// [`Store::migration_plan`]).
+    pub async fn migration_plan(dir: impl AsRef<Path>, pass: &Passphrase) -> Result<MigrationPlan> {
+        Store::migration_plan(dir, pass).await
     }
 
     /// Drop the bytes of deleted texts from every file of the store in

@@ -170,6 +170,67 @@ async fn a_format_9_segment_text_is_deleted_for_good() {
     s.close().await.expect("close");
 }
 
+/// Every file under `dir` with its bytes, to show that something wrote
+/// nothing.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n != "LOCK") {
+                out.insert(p.clone(), std::fs::read(&p).expect("read"));
+            }
+        }
+    }
+    out
+}
+
+/// `migrate --check` on every fixture: the format it is in, the steps the
+/// next open takes, and not one byte of the store written (sled is read from
+/// a copy); after the open that migrates it, nothing is left to do. A wrong
+/// passphrase is refused before anything is read.
+#[tokio::test]
+async fn a_migration_plan_says_what_an_open_would_do_and_writes_nothing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let pass = Passphrase::new(PASS);
+    for number in 1..hearth::STORE_FORMAT {
+        let format = format!("v{number}");
+        let dir = tmp.path().join(&format);
+        copy_dir(&fixtures(&format).join("alice"), &dir);
+        let before = snapshot(&dir);
+        let plan = Store::migration_plan(&dir, &pass).await.expect("plan");
+        assert_eq!((plan.from, plan.to), (Some(number), hearth::STORE_FORMAT), "{format}");
+        assert!(!plan.steps.is_empty(), "{format}");
+        assert_eq!(
+            plan.steps.iter().any(|s| s.contains("feed log (log/) is written")),
+            number == 1,
+            "{format}"
+        );
+        assert_eq!(
+            plan.steps.iter().any(|s| s.contains("keyed")) || plan.steps.iter().any(|s| s.contains("keys")),
+            number < 7,
+            "{format}"
+        );
+        assert!(snapshot(&dir) == before, "{format}: the check wrote to the store");
+        assert!(matches!(
+            Store::migration_plan(&dir, &Passphrase::new("wrong")).await,
+            Err(hearth::Error::WrongPassphrase)
+        ));
+        Store::open(&dir, &pass, config())
+            .await
+            .expect("open")
+            .close()
+            .await
+            .expect("close");
+        let after = Store::migration_plan(&dir, &pass).await.expect("plan");
+        assert_eq!(after.from, Some(hearth::STORE_FORMAT), "{format}");
+        assert!(after.steps.is_empty(), "{format}: {:?}", after.steps);
+    }
+}
+
 async fn old_stores_open_migrate_and_answer_the_same(format: &str, number: u8) {
     let tmp = tempfile::tempdir().expect("tmp");
     let pass = Passphrase::new(PASS);

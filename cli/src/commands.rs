@@ -92,6 +92,55 @@ async fn rotate_key(cli: &Cli) -> Result<ExitCode> {
     })
 }
 
+/// `hearth migrate [--check]`: what a migration would do, or do it (an open).
+async fn migrate(cli: &Cli, check: bool) -> Result<ExitCode> {
+    let pass = crate::pass::passphrase(cli.passphrase_file.as_deref(), false)?;
+    let plan = Hearth::migration_plan(&cli.store, &pass).await?;
+    let from = plan
+        .from
+        .map_or("unknown (sled does not open)".to_string(), |f| f.to_string());
+    if check {
+        if cli.json {
+            print_json(&json!({ "from": plan.from, "to": plan.to, "steps": plan.steps, "migrated": false }));
+        } else if plan.steps.is_empty() {
+            println!("store format {from}: nothing to migrate");
+        } else {
+            println!("store format {from} -> {}:", plan.to);
+            for s in &plan.steps {
+                println!("  {s}");
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let h = Hearth::open(&cli.store, &pass, Config::default()).await?;
+    let report = h.open_report().clone();
+    let v = h.verify().await?;
+    h.close().await?;
+    if cli.json {
+        print_json(&json!({
+            "from": plan.from, "to": plan.to, "steps": plan.steps, "migrated": !plan.steps.is_empty(),
+            "rebuilt": report.rebuilt, "verify_clean": v.is_clean(),
+        }));
+    } else if plan.steps.is_empty() {
+        println!(
+            "store format {from}: nothing to migrate; verify: {}",
+            if v.is_clean() { "clean" } else { "problems found" }
+        );
+    } else {
+        println!(
+            "migrated from format {from} to {} ({} steps); verify: {}",
+            plan.to,
+            plan.steps.len(),
+            if v.is_clean() { "clean" } else { "problems found" }
+        );
+    }
+    Ok(if v.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 /// `hearth compact`: the bytes of deleted texts leave the store, then verify.
 async fn compact(cli: &Cli) -> Result<ExitCode> {
     let pass = crate::pass::passphrase(cli.passphrase_file.as_deref(), false)?;
@@ -219,6 +268,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Relay { listen, peer } => return crate::net::relay(&cli.store, listen.clone(), peer.clone()).await,
         Command::Bench(args) => return crate::bench::run(args, cli.json).await,
         Command::Repair => return repair(&cli).await,
+        Command::Migrate { check } => return migrate(&cli, *check).await,
         Command::Compact => return compact(&cli).await,
         Command::Passwd { rotate_key: true } => return rotate_key(&cli).await,
         _ => {
@@ -610,6 +660,7 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
         | Command::Bench(_)
         | Command::Relay { .. }
         | Command::Repair
+        | Command::Migrate { .. }
         | Command::Compact
         | Command::Passwd { rotate_key: true } => {
             unreachable!("handled before opening")

@@ -179,6 +179,13 @@ pub enum Command {
     /// progress on a terminal, then verify. A store in use compacts itself
     /// (a delete schedules it); this one must not be open elsewhere.
     Compact,
+    /// Bring a store written by an older Hearth to this build's format (an
+    /// open does it too); with --check, only say what that would do.
+    Migrate {
+        /// Say what a migration would do, and write nothing.
+        #[arg(long)]
+        check: bool,
+    },
     /// Change the passphrase (new one from HEARTH_NEW_PASSPHRASE or a prompt).
     Passwd {
         /// Also replace the master key and re-seal the store under it, so that

@@ -579,6 +579,39 @@ fn export_and_import_round_trip() {
     ok(hearth(&dir).args(["verify"]));
 }
 
+/// `hearth migrate --check` on a store of format 8 says what the migration
+/// would do and writes nothing; `hearth migrate` does it; then nothing is
+/// left to do.
+#[test]
+fn migrate_check_then_migrate() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("alice");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/v8/alice");
+    copy_dir(&fixture, &dir);
+    let with = |args: &[&str]| {
+        let out = run(bare(&dir).env("HEARTH_PASSPHRASE", "fixture passphrase").args(args));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let check = with(&["migrate", "--check"]);
+    assert!(check.starts_with("store format 8 -> 10:"), "{check}");
+    let v: Value = serde_json::from_str(with(&["--json", "migrate", "--check"]).trim()).expect("json");
+    assert_eq!(
+        (v["from"].as_u64(), v["to"].as_u64(), v["migrated"].as_bool()),
+        (Some(8), Some(10), Some(false))
+    );
+    let done = with(&["migrate"]);
+    assert!(
+        done.starts_with("migrated from format 8 to 10") && done.contains("verify: clean"),
+        "{done}"
+    );
+    assert!(with(&["migrate", "--check"]).contains("nothing to migrate"));
+}
+
 /// `hearth device list` shows this device; `device revoke` refuses this
 /// device and names that match nothing (the revocation itself, between two
 /// devices, is shown by store/tests/members.rs).

@@ -121,6 +121,39 @@ pub const META_COMPACT_DUE: &[u8] = b"Mcompactdue";
 /// pack, deflated; 9 is only marked.
 pub const STORE_FORMAT: u8 = 10;
 
+/// What opening a store of format `from` does to bring it to
+/// [`STORE_FORMAT`], step by step (`hearth migrate --check`). Empty when
+/// there is nothing to do.
+pub fn migration_steps(from: u8) -> Vec<&'static str> {
+    let mut steps = Vec::new();
+    if from < 2 {
+        steps.push(
+            "1 -> 2: the feed log (log/) is written from a durable copy of sled (db.v1/), through log.tmp/; \
+             sled is then derived from it",
+        );
+    }
+    if from < 4 {
+        steps.push(
+            "3 -> 4: the device gets keys of its own, certified by its user (an identity record of version 2 \
+             appended to the log)",
+        );
+    }
+    if from < 7 {
+        steps.push(
+            "6 -> 7: the device moves to an id derived from its keys (an identity record of version 3 appended \
+             to the log; its old id kept as a former one); it writes new feeds from then on",
+        );
+    }
+    if from < STORE_FORMAT {
+        steps.push(
+            "the other steps only mark sled: the rows and kinds of record they add come with the content that \
+             needs them (fork proofs, device chains, rosters, notices, texts beside their changes, packs)",
+        );
+        steps.push("sled's format row set to the current format, and the store checkpointed");
+    }
+    steps
+}
+
 /// Name of a table, for error messages and record AAD.
 pub fn table_name(tag: u8) -> &'static str {
     match tag {

@@ -73,13 +73,13 @@ pub use journal::{
     Decoded as JournalContents, JournalEntry, JournalRecord, decode_records as decode_journal,
     encode_record as encode_journal_record,
 };
-pub use layout::STORE_FORMAT;
+pub use layout::{STORE_FORMAT, migration_steps};
 pub use log::{
     Commit as LogCommit, DecodedSegment as DecodedLogSegment, LOG_DIR, Log as FeedLog, LogBatch, LogPos, LogRecord,
     ScanEnd, decode_segment as decode_log_segment, encode_record as encode_log_record, kind as log_kind,
     reach as log_reach, scan as scan_log, segment_head as log_segment_head,
 };
-pub use open::{OpenReport, open_sled_config};
+pub use open::{MigrationPlan, OpenReport, open_sled_config};
 pub use query::{ChannelInfo, DeviceInfo, Located, MemberInfo, RosterInfo, Thread};
 pub use rotate::{RotateReport, StopAt};
 pub use store::{OpenTimings, Pending, Store, Whoami};

@@ -567,3 +567,87 @@ pub fn exists(dir: &Path) -> bool {
 pub(crate) fn abs(dir: &Path) -> PathBuf {
     std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
+
+/// What opening a store would migrate ([`crate::Store::migration_plan`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MigrationPlan {
+    /// The store's format now (`None`: its sled does not open, and the next
+    /// open builds it afresh from the feed log, in the current format).
+    pub from: Option<u8>,
+    /// The format this build writes.
+    pub to: u8,
+    /// What the next open does, in order (empty: nothing).
+    pub steps: Vec<String>,
+}
+
+/// Read what opening the store in `dir` would migrate, writing nothing to it:
+/// the passphrase is checked, and sled is read from a copy (opening sled
+/// writes to it).
+pub(crate) fn migration_plan(dir: &Path, pass: &Passphrase) -> Result<MigrationPlan> {
+    let header = read_header(dir)?;
+    let _lock = lock(dir)?;
+    let master = header.unwrap(pass)?;
+    let records = hearth_core::derive(&master, hearth_core::Purpose::LocalRecords);
+    let mut steps: Vec<String> = Vec::new();
+    for (what, done) in [
+        (
+            crate::rotate::ROTATE_DIR,
+            "a key rotation that was committed is finished",
+        ),
+        (
+            crate::compact::COMPACTED_DIR,
+            "a compaction that was committed is finished",
+        ),
+        (
+            crate::compact::LEGACY_COMPACT_DIR,
+            "a compaction that was committed is finished",
+        ),
+    ] {
+        if dir.join(what).exists() {
+            steps.push(done.to_string());
+        }
+    }
+    let from = if !dir.join(crate::log::LOG_DIR).exists() {
+        Some(1)
+    } else {
+        let mut copy = std::env::temp_dir();
+        let mut tag = [0u8; 8];
+        hearth_core::random_bytes(&mut tag)?;
+        copy.push(format!("hearth-migrate-check-{}", u64::from_le_bytes(tag)));
+        let read = crate::durable::copy_dir_durably(&dir.join(DB_DIR), &copy)
+            .map_err(Error::from)
+            .and_then(|()| open_sled_at(&copy))
+            .and_then(|db| {
+                let tree = db.open_tree(TREE)?;
+                read_identity(&tree, &records)?;
+                Ok(match tree.get(META_FORMAT)? {
+                    None => 1,
+                    Some(v) if v.len() == 1 => v[0],
+                    Some(_) => return Err(Error::corrupted("sled", "its format row is damaged")),
+                })
+            });
+        let _ = fs::remove_dir_all(&copy);
+        match read {
+            Ok(f) if f > STORE_FORMAT => {
+                return Err(Error::UnsupportedFormat {
+                    what: "store".into(),
+                    found: f,
+                    expected: STORE_FORMAT,
+                });
+            }
+            Ok(f) => Some(f),
+            Err(e) => {
+                steps.push(format!("sled is built afresh from the feed log ({e})"));
+                None
+            }
+        }
+    };
+    if let Some(f) = from {
+        steps.extend(migration_steps(f).into_iter().map(str::to_string));
+    }
+    Ok(MigrationPlan {
+        from,
+        to: STORE_FORMAT,
+        steps,
+    })
+}

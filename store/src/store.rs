@@ -374,6 +374,17 @@ impl Store {
         Ok(report)
     }
 
+    /// What opening the store in `dir` would migrate (`hearth migrate
+    /// --check`), writing nothing to it: its format now, this build's, and
+    /// the steps in between. The store must not be open; `pass` is checked.
+    pub async fn migration_plan(dir: impl AsRef<Path>, pass: &Passphrase) -> Result<open::MigrationPlan> {
+        let dir = open::abs(dir.as_ref());
+        let pass = pass.clone();
+        tokio::task::spawn_blocking(move || open::migration_plan(&dir, &pass))
+            .await
+            .map_err(|_| Error::Closed)?
+    }
+
     /// Whether `dir` holds a store.
     pub fn exists(dir: impl AsRef<Path>) -> bool {
         open::exists(dir.as_ref())
