@@ -200,6 +200,14 @@ impl EpochDoc {
         }
     }
 
+    /// [`EpochDoc::add_texts`] of texts whose ids the caller computed
+    /// ([`Content::id`]: a hash, so once is enough).
+    pub fn add_texts_with_ids(&mut self, texts: impl IntoIterator<Item = (ContentId, Content)>) {
+        for (id, c) in texts {
+            self.texts.insert(id, (c.msg, c.text));
+        }
+    }
+
     /// The texts staged since the last commit, for the segments of the entry
     /// that commit made (taken once).
     pub fn take_texts(&mut self) -> Vec<Content> {

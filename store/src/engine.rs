@@ -492,11 +492,10 @@ impl Engine {
                     })?;
                     let env = Envelope::decode(&bytes)?;
                     if env.holds_texts() {
-                        let texts = env.open_texts(&ch.keys);
-                        for c in &texts {
-                            segments.entry(c.id()).or_insert_with(Vec::new).push((dev, seq));
-                        }
-                        doc.add_texts(texts);
+                        let texts = env.open_texts(&ch.keys).into_iter().map(|c| (c.id(), c));
+                        doc.add_texts_with_ids(texts.inspect(|(id, _)| {
+                            segments.entry(*id).or_insert_with(Vec::new).push((dev, seq));
+                        }));
                     }
                     if !past_snapshot {
                         continue;
