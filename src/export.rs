@@ -100,6 +100,14 @@ impl Export {
     /// threads (a reply's root must come before it).
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
         let e: Export = serde_json::from_slice(bytes).map_err(|e| invalid("export", e.to_string()))?;
+        e.check()?;
+        Ok(e)
+    }
+
+    /// The checks of [`Export::from_json`] (an export built in code is
+    /// checked too before an import writes anything).
+    pub fn check(&self) -> Result<()> {
+        let e = self;
         if e.format != EXPORT_FORMAT {
             return Err(invalid(
                 "export",
@@ -128,7 +136,7 @@ impl Export {
                 return Err(invalid("export", format!("message {} twice", m.id)));
             }
         }
-        Ok(e)
+        Ok(())
     }
 
     /// The export as a plain automerge document (docs/export.md): any
@@ -207,10 +215,16 @@ impl Hearth {
             .into_iter()
             .map(|(u, n)| (u.to_string(), n))
             .collect();
-        let messages = self
-            .all_messages(channel)
-            .await?
+        let all = self.all_messages(channel).await?;
+        let held: std::collections::HashSet<MessageId> = all.iter().map(|m| m.id).collect();
+        let messages = all
             .into_iter()
+            // A reply whose root a removal's cut hides goes out as a
+            // top-level message: every reply_to names a message before it.
+            .map(|mut m| {
+                m.reply_to = m.reply_to.filter(|r| held.contains(r));
+                m
+            })
             .map(|m| ExportMessage {
                 id: m.id.to_string(),
                 author: m.author.to_string(),
@@ -249,6 +263,7 @@ impl Hearth {
     /// New ids, times and author: nobody can write in another user's name,
     /// so the export itself is what keeps those.
     pub async fn import_export(&self, export: &Export, name: Option<&str>) -> Result<ImportReport> {
+        export.check()?;
         let channel = self.create_channel(name.unwrap_or(&export.channel.name)).await?;
         let me = self.whoami().user.to_string();
         let mut report = ImportReport {

@@ -173,6 +173,11 @@ async fn a_json_export_goes_back_into_a_new_channel() {
         Export::from_json(&backwards.to_json()),
         Err(hearth::Error::Invalid { .. })
     ));
+    // An export built in code is checked before anything is written.
+    assert!(matches!(
+        c.alice.import_export(&backwards, None).await,
+        Err(hearth::Error::Invalid { .. })
+    ));
     assert_eq!(c.alice.channels().await.unwrap().len(), before);
 }
 

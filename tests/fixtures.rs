@@ -215,6 +215,14 @@ async fn a_migration_plan_says_what_an_open_would_do_and_writes_nothing() {
             "{format}"
         );
         assert!(snapshot(&dir) == before, "{format}: the check wrote to the store");
+        let copies = || {
+            std::fs::read_dir(std::env::temp_dir())
+                .expect("temp dir")
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("hearth-migrate-check-"))
+                .count()
+        };
+        assert_eq!(copies(), 0, "{format}: the copy of sled is left behind");
         assert!(matches!(
             Store::migration_plan(&dir, &Passphrase::new("wrong")).await,
             Err(hearth::Error::WrongPassphrase)

@@ -139,9 +139,9 @@ async fn a_damaged_database_is_rebuilt_and_repair_rebuilds_on_demand() {
     s.close().await.expect("close");
 }
 
-/// Rows built from the feed log removed while the store is closed (epoch
-/// logs, snapshots, receipts owed: docs/format.md, tables `L`, `S`, `R` of
-/// tree `hearth.v1`): the store still opens, `verify` finds what is missing
+/// Rows built from the feed log removed while the store is closed (a feed
+/// entry, epoch logs, snapshots, receipts owed: docs/format.md, tables `F`,
+/// `L`, `S`, `R` of tree `hearth.v1`): the store still opens, `verify` finds what is missing
 /// and says a repair would cure it, and `repair` gives back a store that
 /// answers exactly as before and verifies clean.
 #[tokio::test]
@@ -154,6 +154,9 @@ async fn repair_rebuilds_derived_rows_that_were_removed() {
         let db = sled::open(dir.join("db")).expect("open sled");
         let tree = db.open_tree("hearth.v1").expect("tree");
         let mut removed = 0;
+        // One feed entry (table `F`) goes too: sled lacks what the log holds.
+        let first = tree.scan_prefix([b'F']).next().expect("an entry").expect("row").0;
+        tree.remove(first).expect("remove");
         for tag in [b'L', b'S', b'R'] {
             for row in tree.scan_prefix([tag]) {
                 let (k, _) = row.expect("row");
@@ -174,6 +177,11 @@ async fn repair_rebuilds_derived_rows_that_were_removed() {
     );
     assert!(
         r.problems.iter().any(|p| p.place.starts_with("snaps")),
+        "{:?}",
+        r.problems
+    );
+    assert!(
+        r.problems.iter().any(|p| p.place.starts_with("feeds")),
         "{:?}",
         r.problems
     );

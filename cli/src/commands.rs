@@ -595,7 +595,13 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
                 println!("journal:       {} bytes", s.journal_bytes);
             }
         }
-        Command::Verify { find: Some(text) } => {
+        Command::Verify { find: true } => {
+            let mut text = String::new();
+            std::io::stdin().read_line(&mut text)?;
+            let text = text.trim_end_matches(['\n', '\r']);
+            if text.is_empty() {
+                anyhow::bail!("verify --find reads the text to look for from standard input: none came");
+            }
             let places = h.find_text(text).await?;
             if cli.json {
                 print_json(&json!({ "found": places }));
@@ -610,7 +616,7 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Command::Verify { find: None } => {
+        Command::Verify { find: false } => {
             let r = h.verify().await?;
             if cli.json {
                 let mut v = serde_json::to_value(&r)?;

@@ -166,10 +166,12 @@ pub enum Command {
     /// Decrypt and check every record; exits 1 if anything is wrong.
     Verify {
         /// Instead: say where in the store's files a key from the passphrase
-        /// still opens something holding this text (journal, log, sled);
-        /// exits 1 if anywhere. After a delete and `compact`, nowhere.
-        #[arg(long, value_name = "TEXT")]
-        find: Option<String>,
+        /// still opens something holding the text read from standard input
+        /// (its first line; not an argument, which shell history and the
+        /// process list would keep); exits 1 if anywhere. After a delete and
+        /// `compact`, nowhere.
+        #[arg(long)]
+        find: bool,
     },
     /// Rebuild the sled database from the feed log (an open does this on its
     /// own when sled is missing or damaged), then verify; prints what was done.

@@ -41,6 +41,23 @@ fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("run hearth")
 }
 
+/// Run with `input` on standard input.
+fn run_with_input(cmd: &mut Command, input: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hearth");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
 /// Run, expect exit 0, return stdout.
 fn ok(cmd: &mut Command) -> String {
     let out = run(cmd);
@@ -465,7 +482,7 @@ fn compact_drops_deleted_texts_and_keeps_the_rest() {
     let gone = ok(hearth(&dir).args(["post", "c", "this one goes"]));
     ok(hearth(&dir).args(["delete", gone.trim()]));
     // Before the compaction the log still holds it: `verify --find` says so.
-    let before = run(hearth(&dir).args(["verify", "--find", "this one goes"]));
+    let before = run_with_input(hearth(&dir).args(["verify", "--find"]), "this one goes\n");
     assert_eq!(before.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&before.stdout).contains("found in log"),
@@ -486,8 +503,13 @@ fn compact_drops_deleted_texts_and_keeps_the_rest() {
     );
     let show = ok(hearth(&dir).args(["show", kept.trim()]));
     assert!(show.contains("this one stays"), "{show}");
-    assert!(ok(hearth(&dir).args(["verify", "--find", "this one goes"])).contains("found nowhere"));
-    let stays = run(hearth(&dir).args(["--json", "verify", "--find", "this one stays"]));
+    let gone = run_with_input(hearth(&dir).args(["verify", "--find"]), "this one goes\n");
+    assert_eq!(gone.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&gone.stdout).contains("found nowhere"),
+        "{gone:?}"
+    );
+    let stays = run_with_input(hearth(&dir).args(["--json", "verify", "--find"]), "this one stays");
     assert_eq!(stays.status.code(), Some(1));
     let v: Value = serde_json::from_slice(&stays.stdout).expect("json");
     assert!(!v["found"].as_array().expect("found").is_empty(), "{v}");

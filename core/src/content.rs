@@ -239,12 +239,23 @@ pub fn seal_pack(keys: &ChannelKeys, generation: u32, header: &[u8], texts: &[Co
 /// member seals it again without some texts: a generation may have two
 /// keys for a while, and the receivers hold the author's).
 pub fn seal_pack_with(key: &crate::SecretKey, header: &[u8], texts: &[Content]) -> Result<Option<Vec<u8>>> {
+    seal_pack_at(key, header, texts, flate2::Compression::default())
+}
+
+/// [`seal_pack_with`] at a deflate level of the caller's (the strongest,
+/// when a pack sealed again must fit where the author's did).
+pub fn seal_pack_at(
+    key: &crate::SecretKey,
+    header: &[u8],
+    texts: &[Content],
+    level: flate2::Compression,
+) -> Result<Option<Vec<u8>>> {
     if texts.is_empty() {
         return Ok(None);
     }
     let encoded = postcard::to_stdvec(texts).expect("texts encode");
     let mut plain = Vec::with_capacity(encoded.len() + 1);
-    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), level);
     let deflated = std::io::Write::write_all(&mut enc, &encoded)
         .and_then(|_| enc.finish())
         .expect("deflate into memory");

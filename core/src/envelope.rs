@@ -48,7 +48,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::channel::ChannelKeys;
-use crate::content::{Content, ContentId, Segment, open_pack, open_pack_keyed, seal_pack, seal_pack_with};
+use crate::content::{
+    Content, ContentId, Segment, open_pack, open_pack_keyed, seal_pack, seal_pack_at, seal_pack_with,
+};
 use crate::device::{DeviceCert, domain_message, verify_chain};
 use crate::error::{Error, Result};
 use crate::id::{DeviceId, Epoch, UserId, WireId};
@@ -612,11 +614,13 @@ impl Envelope {
                 // Under the key that opened it; and never past the largest
                 // entry (deflate may code a subset longer than an author's
                 // stronger compression coded the whole): then none is kept.
-                let old = sealed.len();
-                let repacked = seal_pack_with(key, &hb, &kept)?;
-                let grows = repacked.as_ref().map_or(0, Vec::len).saturating_sub(old);
-                self.pack = repacked;
-                if grows > 0 && self.encode().len() > MAX_ENTRY_BYTES {
+                self.pack = seal_pack_with(key, &hb, &kept)?;
+                if self.encode().len() > MAX_ENTRY_BYTES {
+                    self.pack = seal_pack_at(key, &hb, &kept, flate2::Compression::best())?;
+                }
+                if self.encode().len() > MAX_ENTRY_BYTES {
+                    // Still too long (an author's stronger compression): the
+                    // pack goes whole; a caller sees it in `holds_texts`.
                     self.pack = None;
                 }
             }

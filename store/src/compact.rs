@@ -172,6 +172,22 @@ fn bare(bytes: &[u8]) -> Vec<u8> {
     }
 }
 
+/// A sled row as the fresh sled holds it: a fork proof without the texts
+/// its two entries came with, every other row as it is.
+fn held_row(key: &[u8], value: sled::IVec) -> sled::IVec {
+    if key.first() != Some(&T_FORKS) {
+        return value;
+    }
+    match ForkProof::decode(&value) {
+        Ok((mut proof, _)) => {
+            proof.first = bare(&proof.first);
+            proof.second = bare(&proof.second);
+            proof.encode().into()
+        }
+        Err(_) => value,
+    }
+}
+
 /// Copy the log from `from` (up to `upto`, a batch boundary, if given: the
 /// store may be appending past it) into `new_log`: each entry as `tree`
 /// holds it now (its dropped texts gone), fork proofs without texts, every
@@ -345,6 +361,7 @@ fn copy_in_background(
     let mut n = 0u64;
     for row in tree.iter() {
         let (k, v) = row?;
+        let v = held_row(&k, v);
         batch.insert(k, v);
         n += 1;
         if n.is_multiple_of(COPY_BATCH as u64) {
@@ -380,7 +397,7 @@ fn copy_in_background(
         let mut batch = sled::Batch::default();
         for e in &events {
             match e {
-                sled::Event::Insert { key, value } => batch.insert(key, value),
+                sled::Event::Insert { key, value } => batch.insert(key, held_row(key, value.clone())),
                 sled::Event::Remove { key } => batch.remove(key),
             }
         }
@@ -511,7 +528,7 @@ impl Engine {
         let prepared = copied
             .and_then(|c| self.seal_compaction(&staging, c, due_at_start))
             .and_then(|sealed| Ok((sealed, sled::Config::new().temporary(true).open()?)));
-        let ((end, mut report), standin) = match prepared {
+        let ((end, mut report, still_due), standin) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 running.abandon();
@@ -526,6 +543,8 @@ impl Engine {
         let done_dir = self.dir.join(COMPACTED_DIR);
         fs::rename(&staging, &done_dir).map_err(at("commit: rename", &staging))?;
         sync_dir(&self.dir)?;
+        // What the new sled says is due is what is due from now on.
+        self.dropped_since_compaction = still_due;
         if stop == Some(CompactStop::Committed) {
             return Ok(report);
         }
@@ -557,7 +576,7 @@ impl Engine {
         staging: &Path,
         copied: Copied,
         due_at_start: Option<CompactDue>,
-    ) -> Result<(LogPos, CompactReport)> {
+    ) -> Result<(LogPos, CompactReport, Option<CompactDue>)> {
         let Copied {
             db,
             new_log_end,
@@ -609,8 +628,7 @@ impl Engine {
         sync_dir(&staging.join(DB_DIR))?;
         sync_dir(staging)?;
         report.log_bytes_after = dir_bytes(&staging.join(log::LOG_DIR));
-        self.dropped_since_compaction = still_due;
-        Ok((end, report))
+        Ok((end, report, still_due))
     }
 }
 
@@ -632,6 +650,9 @@ fn remove_dir_patiently(path: &Path, what: &str) -> Result<()> {
                 tries += 1;
                 std::thread::sleep(Duration::from_millis(10));
             }
+            // Removed meanwhile (an open finishing it while the store that
+            // compacted lets go): done.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             other => return other.map_err(at(what, path)),
         }
     }

@@ -27,6 +27,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp_name = name.to_os_string();
     tmp_name.push(".tmp");
     let tmp = dir.join(tmp_name);
+    // A leftover of a crash keeps its mode when truncated: start afresh, so
+    // that the file is owner-only whatever was there.
+    let _ = fs::remove_file(&tmp);
     {
         use std::os::unix::fs::OpenOptionsExt;
         let mut f = fs::OpenOptions::new()

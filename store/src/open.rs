@@ -607,26 +607,45 @@ pub(crate) fn migration_plan(dir: &Path, pass: &Passphrase) -> Result<MigrationP
             steps.push(done.to_string());
         }
     }
-    let from = if !dir.join(crate::log::LOG_DIR).exists() {
+    // A swap a crash interrupted (the old log moved aside, the new one not
+    // yet in) is finished before anything else: no log then is no format 1.
+    let swapping = [
+        crate::rotate::LOG_OLD_DIR,
+        crate::rotate::ROTATE_DIR,
+        crate::compact::COMPACTED_DIR,
+        crate::compact::LEGACY_COMPACT_DIR,
+    ]
+    .iter()
+    .any(|d| dir.join(d).exists());
+    let from = if !dir.join(crate::log::LOG_DIR).exists() && !swapping {
         Some(1)
+    } else if dir.join(crate::compact::LEGACY_COMPACT_DIR).exists() {
+        // Its swap deletes sled, which is built afresh from the new log.
+        steps.push("sled is built afresh from the feed log".to_string());
+        None
     } else {
-        let mut copy = std::env::temp_dir();
+        // sled is read from a private copy (opening sled writes to it),
+        // removed on every path.
+        struct Copy(std::path::PathBuf);
+        impl Drop for Copy {
+            fn drop(&mut self) {
+                let _ = fs::remove_dir_all(&self.0);
+            }
+        }
         let mut tag = [0u8; 8];
         hearth_core::random_bytes(&mut tag)?;
-        copy.push(format!("hearth-migrate-check-{}", u64::from_le_bytes(tag)));
-        let read = crate::durable::copy_dir_durably(&dir.join(DB_DIR), &copy)
-            .map_err(Error::from)
-            .and_then(|()| open_sled_at(&copy))
-            .and_then(|db| {
-                let tree = db.open_tree(TREE)?;
-                read_identity(&tree, &records)?;
-                Ok(match tree.get(META_FORMAT)? {
-                    None => 1,
-                    Some(v) if v.len() == 1 => v[0],
-                    Some(_) => return Err(Error::corrupted("sled", "its format row is damaged")),
-                })
-            });
-        let _ = fs::remove_dir_all(&copy);
+        let copy = Copy(std::env::temp_dir().join(format!("hearth-migrate-check-{}", u64::from_le_bytes(tag))));
+        crate::durable::create_private_dir(&copy.0)?;
+        copy_files_private(&dir.join(DB_DIR), &copy.0)?;
+        let read = open_sled_at(&copy.0).and_then(|db| {
+            let tree = db.open_tree(TREE)?;
+            read_identity(&tree, &records)?;
+            Ok(match tree.get(META_FORMAT)? {
+                None => 1,
+                Some(v) if v.len() == 1 => v[0],
+                Some(_) => return Err(Error::corrupted("sled", "its format row is damaged")),
+            })
+        });
         match read {
             Ok(f) if f > STORE_FORMAT => {
                 return Err(Error::UnsupportedFormat {
@@ -637,7 +656,9 @@ pub(crate) fn migration_plan(dir: &Path, pass: &Passphrase) -> Result<MigrationP
             }
             Ok(f) => Some(f),
             Err(e) => {
-                steps.push(format!("sled is built afresh from the feed log ({e})"));
+                steps.push(format!(
+                    "sled does not open as it is ({e}): it is built afresh from the feed log"
+                ));
                 None
             }
         }
@@ -650,4 +671,27 @@ pub(crate) fn migration_plan(dir: &Path, pass: &Passphrase) -> Result<MigrationP
         to: STORE_FORMAT,
         steps,
     })
+}
+
+/// Copy the files under `from` to `to` (which exists, private), each file
+/// owner-only, without fsyncs: a throwaway copy.
+fn copy_files_private(from: &Path, to: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    for e in fs::read_dir(from)? {
+        let e = e?;
+        let target = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            crate::durable::create_private_dir(&target)?;
+            copy_files_private(&e.path(), &target)?;
+        } else {
+            let mut src = File::open(e.path())?;
+            let mut dst = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&target)?;
+            std::io::copy(&mut src, &mut dst)?;
+        }
+    }
+    Ok(())
 }

@@ -375,8 +375,10 @@ impl Store {
     }
 
     /// What opening the store in `dir` would migrate (`hearth migrate
-    /// --check`), writing nothing to it: its format now, this build's, and
-    /// the steps in between. The store must not be open; `pass` is checked.
+    /// --check`), writing nothing to it but the lock file an open takes: its
+    /// format now, this build's, and the steps in between (sled is read from
+    /// a private copy in the temporary directory, removed after). The store
+    /// must not be open; `pass` is checked.
     pub async fn migration_plan(dir: impl AsRef<Path>, pass: &Passphrase) -> Result<open::MigrationPlan> {
         let dir = open::abs(dir.as_ref());
         let pass = pass.clone();

@@ -211,7 +211,7 @@ fn entry_texts(
     // here, and the entry still verifies.
     let named: std::collections::HashSet<hearth_core::ContentId> = texts.iter().map(|c| c.id()).collect();
     let mut kept = env.clone();
-    if kept.retain_texts(keys, |id| named.contains(id)).is_err() {
+    if kept.retain_texts(keys, |id| named.contains(id)).is_err() || !kept.holds_texts() {
         kept.strip_texts();
         return (Vec::new(), kept.encode());
     }

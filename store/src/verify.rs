@@ -68,8 +68,9 @@ impl VerifyReport {
 
     /// Whether `hearth repair` ([`crate::Store::repair`]: sled built afresh
     /// from the feed log) would cure what was found: there are problems, and
-    /// none in the log itself (a damaged log or one behind sled is not cured
-    /// by building from it: take what is missing from a peer, or a backup).
+    /// none in the log itself (places `log...`: a damaged log, or one behind
+    /// sled, is not cured by building from it; what it lacks is on peers).
+    /// sled lacking what the log holds is sled's fault (`feeds/`, `heads/`).
     pub fn repair_would_help(&self) -> bool {
         !self.problems.is_empty() && self.problems.iter().all(|p| !p.place.starts_with("log"))
     }
@@ -268,7 +269,11 @@ impl Engine {
                                 })
                         });
                         if !same {
-                            problems.push((here, "not in sled, or other bytes there".to_string()));
+                            // sled's fault: a repair builds it from the log.
+                            problems.push((
+                                format!("feeds/{}/{}", h.device, h.seq),
+                                "in the log, not in sled (or other bytes there)".to_string(),
+                            ));
                         }
                     }
                 }
@@ -288,8 +293,11 @@ impl Engine {
             for (device, head) in &ch.heads {
                 let logged = feeds.get(&(ch.keys.wire(), *device)).copied().unwrap_or(0);
                 if logged != head.seq {
+                    // sled behind the log: a repair cures it; the log behind
+                    // sled (it lost entries): a repair would lose them too.
+                    let place = if logged > head.seq { "heads" } else { "log" };
                     problems.push((
-                        format!("log/{device}"),
+                        format!("{place}/{device}"),
                         format!("the log holds this feed up to {logged}, sled up to {}", head.seq),
                     ));
                 }
@@ -499,19 +507,31 @@ impl Engine {
             env.open_texts(k).iter().any(|c| holds(c.text.as_bytes())) || env.open(k).is_ok_and(|b| holds(&b.change))
         };
         let mut found = Vec::new();
-        let journal = std::fs::read(self.dir.join(JOURNAL_FILE)).unwrap_or_default();
+        let journal = match std::fs::read(self.dir.join(JOURNAL_FILE)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
         for (at, plain) in crate::journal::every_sealed_record(&self.records, &journal) {
             if holds(&plain) {
                 found.push(format!("journal@{at}"));
             }
         }
+        let proof_holds = |bytes: &[u8]| {
+            hearth_core::ForkProof::decode(bytes).is_ok_and(|(p, _)| entry_holds(&p.first) || entry_holds(&p.second))
+        };
         crate::log::scan(
             &self.dir.join(crate::log::LOG_DIR),
             crate::log::LogPos::START,
             |batch| {
                 for r in batch.records {
-                    if r.kind == crate::log::kind::ENTRY && entry_holds(&r.body) {
-                        found.push(format!("log entry ending at {}", r.end));
+                    let hit = match r.kind {
+                        crate::log::kind::ENTRY => entry_holds(&r.body),
+                        crate::log::kind::FORK => proof_holds(&r.body),
+                        _ => false,
+                    };
+                    if hit {
+                        found.push(format!("log record ending at {}", r.end));
                     }
                 }
                 Ok(true)
@@ -521,6 +541,7 @@ impl Engine {
             let (k, v) = row?;
             let hit = match k.first() {
                 Some(&T_FEEDS) => entry_holds(&v),
+                Some(&T_FORKS) => proof_holds(&v),
                 _ => open_record(&self.records, &k, &v).is_ok_and(|p| holds(&p)),
             };
             if hit {
