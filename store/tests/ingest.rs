@@ -308,6 +308,16 @@ async fn a_forked_feed_is_proved_reported_and_kept() {
     check(b.verify().await.unwrap());
     assert_eq!(b.stats().await.unwrap().forked_feeds, 1);
     assert_eq!(b.page(general, None, 10).await.unwrap().len(), 3);
+    // The proof carries the refused branch's text; a compaction keeps the
+    // proof (it still proves the fork) and drops the texts it came with, in
+    // the log and in sled.
+    let proof_at = b.find_text("another two").await.unwrap();
+    assert!(proof_at.iter().any(|w| w.starts_with("log")), "{proof_at:?}");
+    assert!(proof_at.iter().any(|w| w.starts_with("sled")), "{proof_at:?}");
+    b.compact().await.unwrap();
+    assert_eq!(b.find_text("another two").await.unwrap(), Vec::<String>::new());
+    assert!(!b.find_text("three").await.unwrap().is_empty());
+    check(b.verify().await.unwrap());
     for s in [a, a2, b] {
         s.close().await.unwrap();
     }
