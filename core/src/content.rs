@@ -62,6 +62,8 @@ const PACK_DOMAIN: &[u8] = b"hearth v4 texts";
 /// A pack's plaintext kinds: postcard as is, or deflated.
 const PACK_PLAIN: u8 = 0;
 const PACK_DEFLATE: u8 = 1;
+/// Packs whose texts encode to fewer bytes are sealed plain.
+const MIN_DEFLATE_BYTES: usize = 160;
 /// Most texts a pack holds.
 pub const MAX_PACK_TEXTS: usize = 4096;
 /// Most bytes a pack's texts take once inflated: a pack is a part of an
@@ -255,10 +257,16 @@ pub fn seal_pack_at(
     }
     let encoded = postcard::to_stdvec(texts).expect("texts encode");
     let mut plain = Vec::with_capacity(encoded.len() + 1);
-    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), level);
-    let deflated = std::io::Write::write_all(&mut enc, &encoded)
-        .and_then(|_| enc.finish())
-        .expect("deflate into memory");
+    // One short text (a lone post: the live path) does not deflate shorter
+    // (its salt and message id are random): not worth the encoder's set-up.
+    let deflated = if encoded.len() < MIN_DEFLATE_BYTES {
+        encoded.clone()
+    } else {
+        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), level);
+        std::io::Write::write_all(&mut enc, &encoded)
+            .and_then(|_| enc.finish())
+            .expect("deflate into memory")
+    };
     if deflated.len() < encoded.len() {
         plain.push(PACK_DEFLATE);
         plain.extend_from_slice(&deflated);
