@@ -430,24 +430,7 @@ impl Envelope {
         certs: Vec<DeviceCert>,
         texts: &[Content],
     ) -> Result<(Vec<u8>, EntryHash)> {
-        let (header, sealed, device) = Self::seal_body(keys, identity, seq, prev, body, generation, ENVELOPE_V3)?;
-        let hb = header.encode();
-        let segments = texts
-            .iter()
-            .map(|c| Segment::seal(keys, generation, &hb, c))
-            .collect::<Result<Vec<_>>>()?;
-        let sig = device
-            .sign_raw(&signed_v3(&hb, &certs, blake3::hash(&sealed).as_bytes(), &segments))
-            .to_vec();
-        Self::finish(Envelope {
-            header,
-            certs,
-            body: sealed,
-            sig,
-            pruned: None,
-            segments,
-            pack: None,
-        })
+        Self::seal_with_texts(keys, identity, (seq, prev), body, generation, certs, texts, ENVELOPE_V3)
     }
 
     /// Seal a format 4 entry, signed by this device's key, with the texts its
@@ -464,19 +447,43 @@ impl Envelope {
         certs: Vec<DeviceCert>,
         texts: &[Content],
     ) -> Result<(Vec<u8>, EntryHash)> {
-        let (header, sealed, device) = Self::seal_body(keys, identity, seq, prev, body, generation, ENVELOPE_V4)?;
+        Self::seal_with_texts(keys, identity, (seq, prev), body, generation, certs, texts, ENVELOPE_V4)
+    }
+
+    /// A format 3 entry (a segment per text) or 4 (one pack of texts).
+    #[allow(clippy::too_many_arguments)]
+    fn seal_with_texts(
+        keys: &ChannelKeys,
+        identity: &Identity,
+        (seq, prev): (u64, EntryHash),
+        body: &EntryBody,
+        generation: u32,
+        certs: Vec<DeviceCert>,
+        texts: &[Content],
+        version: u8,
+    ) -> Result<(Vec<u8>, EntryHash)> {
+        let (header, sealed, device) = Self::seal_body(keys, identity, seq, prev, body, generation, version)?;
         let hb = header.encode();
-        let pack = seal_pack(keys, generation, &hb, texts)?;
-        let sig = device
-            .sign_raw(&signed_v4(&hb, &certs, blake3::hash(&sealed).as_bytes()))
-            .to_vec();
+        let body_hash = *blake3::hash(&sealed).as_bytes();
+        let (segments, pack, signed) = if version == ENVELOPE_V4 {
+            let pack = seal_pack(keys, generation, &hb, texts)?;
+            (Vec::new(), pack, signed_v4(&hb, &certs, &body_hash))
+        } else {
+            let segments = texts
+                .iter()
+                .map(|c| Segment::seal(keys, generation, &hb, c))
+                .collect::<Result<Vec<_>>>()?;
+            let signed = signed_v3(&hb, &certs, &body_hash, &segments);
+            (segments, None, signed)
+        };
+        let sig = device.sign_raw(&signed).to_vec();
         Self::finish(Envelope {
             header,
             certs,
             body: sealed,
             sig,
             pruned: None,
-            segments: Vec::new(),
+            segments,
             pack,
         })
     }

@@ -115,19 +115,26 @@ pub async fn pull(from: &Store, to: &Store, channel: ChannelId) {
     }
 }
 
-/// Whether any file under `dir` holds `needle`.
-#[allow(dead_code)]
-pub fn holds(dir: &Path, needle: &[u8]) -> bool {
+/// Every file under `dir`, at any depth.
+pub fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).expect("read dir").flatten() {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
-                return true;
+            } else {
+                out.push(p);
             }
         }
     }
-    false
+    out
+}
+
+/// Whether any file under `dir` holds `needle`.
+pub fn holds(dir: &Path, needle: &[u8]) -> bool {
+    files(dir)
+        .iter()
+        .any(|p| std::fs::read(p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)))
 }
