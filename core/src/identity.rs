@@ -36,6 +36,11 @@ pub struct Identity {
     /// id of a store older than device keys, or an id formats 4 to 6 derived
     /// from its key ([`crate::device::device_id_v2`]). Oldest first.
     former: Vec<DeviceId>,
+    /// The secret of this device's network key, where it is not derived from
+    /// the store's master key (record version 5): a device restored from a
+    /// backup shares the master key with the device backed up, and must not
+    /// share its peer id.
+    node: Option<SecretKey>,
 }
 
 /// Version 1: the user key, the device id and the name.
@@ -89,6 +94,10 @@ struct IdentityRecordV4 {
 }
 
 const IDENTITY_VERSION: u8 = 4;
+/// Version 5: a version 4 record followed by postcard(node key secret
+/// `[u8; 32]`); written only by an identity that has its own network key
+/// ([`Identity::restored`]).
+const IDENTITY_VERSION_NODE: u8 = 5;
 
 fn unix_millis() -> u64 {
     std::time::SystemTime::now()
@@ -134,6 +143,7 @@ impl Identity {
             name: name.to_string(),
             device_keys: Some((keys, chain)),
             former: Vec::new(),
+            node: None,
         })
     }
 
@@ -211,6 +221,35 @@ impl Identity {
         Ok(self)
     }
 
+    /// A new device of this user to continue from a backup of this one
+    /// (`hearth restore`): its own keys and id, so that it never writes a
+    /// feed sequence number the backed-up device may have used after the
+    /// backup; its own network key, so that the two never share a peer id;
+    /// the same name. It is certified by the user key where this device
+    /// holds it (and keeps it), and otherwise through this device's chain,
+    /// as a link would certify it (a revocation of this device then reaches
+    /// it too). No former ids: what this device wrote is another device's
+    /// feed to the new one.
+    pub fn restored(&self) -> Result<Self> {
+        let mut id = match &self.signing {
+            Some(signing) => Self::new_device(&SecretKey::from_bytes(signing.to_bytes()), &self.name)?,
+            None => {
+                let keys = DeviceKeys::generate()?;
+                let chain = self.certify_device(keys.public())?;
+                Self::linked(keys, chain, &self.name)?
+            }
+        };
+        id.node = Some(SecretKey::generate()?);
+        Ok(id)
+    }
+
+    /// The secret of this device's own network key, if it has one (a device
+    /// restored from a backup); otherwise the store derives it from its
+    /// master key.
+    pub fn node_secret(&self) -> Option<SecretKey> {
+        self.node.clone()
+    }
+
     /// Whether this device is on its keyed id (has keys, and its id is
     /// theirs): what a store of format 7 holds.
     pub fn on_keyed_id(&self) -> bool {
@@ -259,6 +298,7 @@ impl Identity {
             name: name.to_string(),
             device_keys: None,
             former: Vec::new(),
+            node: None,
         }
     }
 
@@ -289,7 +329,11 @@ impl Identity {
     pub fn encode(&self) -> Vec<u8> {
         match (&self.device_keys, &self.signing) {
             (Some((keys, chain)), signing) => postcard::to_stdvec(&IdentityRecordV4 {
-                version: IDENTITY_VERSION,
+                version: if self.node.is_some() {
+                    IDENTITY_VERSION_NODE
+                } else {
+                    IDENTITY_VERSION
+                },
                 secret: signing.as_ref().map(SigningKey::to_bytes),
                 user: self.user.0,
                 device: self.device.0,
@@ -297,6 +341,12 @@ impl Identity {
                 keys: keys.encode(),
                 chain: chain.iter().map(DeviceCert::encode).collect(),
                 former: self.former.iter().map(|d| d.0).collect(),
+            })
+            .map(|mut out| {
+                if let Some(node) = &self.node {
+                    out.extend_from_slice(node.expose());
+                }
+                out
             }),
             (None, Some(signing)) => postcard::to_stdvec(&IdentityRecord {
                 version: 1,
@@ -333,8 +383,15 @@ impl Identity {
                 id.former = rec.former.iter().map(|d| DeviceId(*d)).collect();
                 id.with_keys(&rec.keys, &rec.cert)
             }
-            Some(&IDENTITY_VERSION) => {
-                let rec: IdentityRecordV4 = postcard::from_bytes(bytes).map_err(|e| corrupted(&e))?;
+            Some(&(IDENTITY_VERSION | IDENTITY_VERSION_NODE)) => {
+                let (rec, rest): (IdentityRecordV4, _) = postcard::take_from_bytes(bytes).map_err(|e| corrupted(&e))?;
+                let node = match (rec.version, rest) {
+                    (IDENTITY_VERSION, _) => None,
+                    (_, rest) => Some(SecretKey::from_bytes(
+                        rest.try_into()
+                            .map_err(|_| corrupted(&"a network key that is not 32 bytes"))?,
+                    )),
+                };
                 if rec.chain.len() > crate::device::MAX_CHAIN {
                     return Err(corrupted(&"a certificate chain longer than 8"));
                 }
@@ -353,12 +410,14 @@ impl Identity {
                         name: rec.name.clone(),
                         device_keys: None,
                         former: Vec::new(),
+                        node: None,
                     },
                 };
                 if id.user.0 != rec.user {
                     return Err(corrupted(&"the user id is not the user key's"));
                 }
                 id.former = rec.former.iter().map(|d| DeviceId(*d)).collect();
+                id.node = node;
                 id.with_chain(keys, chain)
             }
             found => Err(Error::UnsupportedFormat {
@@ -416,6 +475,43 @@ pub fn verify_signature(user: &UserId, msg: &[u8], sig: &[u8; 64]) -> Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restored_device_is_a_new_device_with_its_own_network_key() {
+        let owner = Identity::generate("alice").unwrap();
+        let restored = owner.restored().unwrap();
+        assert_eq!((restored.user(), restored.name()), (owner.user(), "alice"));
+        assert_ne!(restored.device(), owner.device());
+        assert!(restored.on_keyed_id() && restored.former().is_empty());
+        // Certified by the user key, which it keeps.
+        assert!(restored.holds_user_key() && restored.device_chain().unwrap().len() == 1);
+        let node = restored.node_secret().expect("its own network key");
+        assert!(owner.node_secret().is_none());
+        // Version 5 carries the key; without one, version 4 stays.
+        let bytes = restored.encode();
+        assert_eq!(bytes[0], IDENTITY_VERSION_NODE);
+        assert_eq!(owner.encode()[0], IDENTITY_VERSION);
+        let back = Identity::decode(&bytes).unwrap();
+        assert_eq!(back.node_secret(), Some(node));
+        assert_eq!(back.device_cert(), restored.device_cert());
+        // A key cut short is refused.
+        assert!(Identity::decode(&bytes[..bytes.len() - 1]).is_err());
+        // A device linked by another holds no user key: its restored device
+        // is certified through its chain.
+        let linked_keys = DeviceKeys::generate().unwrap();
+        let chain = owner.certify_device(linked_keys.public()).unwrap();
+        let linked = Identity::linked(linked_keys, chain, "alice").unwrap();
+        let again = linked.restored().unwrap();
+        assert!(!again.holds_user_key());
+        assert_eq!(again.device_chain().unwrap().len(), 3);
+        assert_eq!(
+            crate::device::verify_chain(again.device_chain().unwrap())
+                .unwrap()
+                .device,
+            again.device()
+        );
+        assert_ne!(again.node_secret(), back.node_secret());
+    }
 
     #[test]
     fn identity_round_trips_and_signs() {

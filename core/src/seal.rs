@@ -33,6 +33,8 @@ pub enum Purpose {
     /// The tag of a later key generation (derived from its key): orders two
     /// keys made for the same generation by concurrent rotations.
     GenerationTag,
+    /// Sealing a backup file's chunks (`hearth backup`).
+    Backup,
 }
 
 impl Purpose {
@@ -44,6 +46,7 @@ impl Purpose {
             Purpose::NodeKey => b"hearth v1 node key",
             Purpose::Access => b"hearth v2 channel access",
             Purpose::GenerationTag => b"hearth v1 key generation tag",
+            Purpose::Backup => b"hearth v1 backup",
         }
     }
 }

@@ -62,12 +62,28 @@ pub(crate) enum Cmd {
         Arc<CompactProgress>,
         oneshot::Sender<Result<CompactReport>>,
     ),
+    /// Write a backup to the file; the reply comes once it is durable.
+    Backup(BackupJob),
     Close(oneshot::Sender<Result<()>>),
+}
+
+/// A backup asked for: the file, its progress, who waits.
+pub(crate) struct BackupJob {
+    pub(crate) path: std::path::PathBuf,
+    pub(crate) progress: Arc<CompactProgress>,
+    pub(crate) reply: oneshot::Sender<Result<crate::backup::BackupReport>>,
+}
+
+/// A backup under way, and who waits for it.
+struct BackingUp {
+    running: crate::compact::Running<crate::backup::BackupWriter>,
+    path: std::path::PathBuf,
+    reply: oneshot::Sender<Result<crate::backup::BackupReport>>,
 }
 
 /// A compaction under way, and who waits for it.
 struct Compacting {
-    running: crate::compact::Running,
+    running: crate::compact::Running<crate::compact::Fresh>,
     stop: Option<CompactStop>,
     waiters: Vec<oneshot::Sender<Result<CompactReport>>>,
 }
@@ -186,6 +202,10 @@ struct Actor {
     last_checkpoint: Instant,
     /// A compaction under way.
     compaction: Option<Compacting>,
+    /// A backup under way (one copy runs at a time).
+    backup: Option<BackingUp>,
+    /// Backups asked for while another copy ran, in order.
+    backups_waiting: std::collections::VecDeque<BackupJob>,
     /// No automatic compaction before then (after one failed).
     auto_compact_after: Instant,
 }
@@ -324,6 +344,16 @@ impl Actor {
             c.waiters.extend(reply);
             return;
         }
+        if self.backup.is_some() {
+            match reply {
+                Some(r) => drop(r.send(Err(Error::invalid(
+                    "compaction",
+                    "a backup is being written; try again once it is done",
+                )))),
+                None => self.auto_compact_after = Instant::now() + COMPACT_POLL * 20,
+            }
+            return;
+        }
         let started = self
             .guard()
             .and_then(|()| self.checkpoint())
@@ -407,9 +437,75 @@ impl Actor {
         reply_all(waiters, res);
     }
 
+    /// Start the next backup asked for, if no copy runs.
+    fn next_backup(&mut self) {
+        if self.compaction.is_some() || self.backup.is_some() {
+            return;
+        }
+        let Some(BackupJob { path, progress, reply }) = self.backups_waiting.pop_front() else {
+            return;
+        };
+        let started = self
+            .guard()
+            .and_then(|()| self.checkpoint())
+            .and_then(|()| self.engine.start_backup(&path, progress));
+        match started {
+            Ok(running) => self.backup = Some(BackingUp { running, path, reply }),
+            Err(e) => drop(reply.send(Err(e))),
+        }
+    }
+
+    /// Once a backup's copy caught up: the pause (a checkpoint, the last
+    /// writes, the log's tail), then the file is finished off this thread.
+    fn poll_backup(&mut self) {
+        if self.backup.is_none() {
+            self.next_backup();
+        }
+        if !self.backup.as_ref().is_some_and(|b| b.running.ready()) {
+            return;
+        }
+        let Some(BackingUp {
+            mut running,
+            path,
+            reply,
+        }) = self.backup.take()
+        else {
+            return;
+        };
+        let paused = Instant::now();
+        let copied = self.checkpoint().and_then(|()| self.engine.end_copy(&mut running));
+        let copied = match copied {
+            Ok(c) => c,
+            Err(e) => {
+                running.abandon();
+                let _ = reply.send(Err(e));
+                self.next_backup();
+                return;
+            }
+        };
+        let paused = paused.elapsed();
+        let channels = self.engine.channels.len() as u32;
+        let started = running.started;
+        std::thread::spawn(move || {
+            let report = copied.report;
+            let res = copied.sink.finish(channels).map(|bytes| crate::backup::BackupReport {
+                path,
+                bytes,
+                log_records: report.records,
+                rows_copied: report.rows_copied,
+                writes_applied: report.writes_applied,
+                paused,
+                took: started.elapsed(),
+            });
+            let _ = reply.send(res);
+        });
+        self.next_backup();
+    }
+
     fn housekeeping(&mut self) -> Result<()> {
         self.engine.evict()?;
         if self.compaction.is_none()
+            && self.backup.is_none()
             && Instant::now() >= self.auto_compact_after
             && self
                 .engine
@@ -435,6 +531,13 @@ impl Actor {
             for w in c.waiters {
                 let _ = w.send(Err(Error::Closed));
             }
+        }
+        if let Some(b) = self.backup.take() {
+            b.running.abandon();
+            let _ = b.reply.send(Err(Error::Closed));
+        }
+        for b in self.backups_waiting.drain(..) {
+            let _ = b.reply.send(Err(Error::Closed));
         }
         // A poisoned store leaves the disk as it is: the journal and sled's
         // atomic batches are what a reopen recovers from.
@@ -526,6 +629,8 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
         journal_bytes: 0,
         last_checkpoint: Instant::now(),
         compaction: None,
+        backup: None,
+        backups_waiting: Default::default(),
         auto_compact_after: Instant::now(),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -539,7 +644,7 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
             Some(since) => actor.finish_after().saturating_sub(since.elapsed()),
             None => interval,
         };
-        let wait = if actor.compaction.is_some() {
+        let wait = if actor.compaction.is_some() || actor.backup.is_some() {
             wait.min(COMPACT_POLL)
         } else {
             wait
@@ -555,6 +660,7 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
                     report_failure(&e);
                 }
                 actor.poll_compaction();
+                actor.poll_backup();
                 continue;
             }
             Ok(None) => break,
@@ -597,6 +703,10 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
                     let _ = reply.send(actor.checkpoint());
                 }
                 Cmd::Compact(stop, progress, reply) => actor.compact(stop, progress, Some(reply)),
+                Cmd::Backup(job) => {
+                    actor.backups_waiting.push_back(job);
+                    actor.next_backup();
+                }
                 Cmd::Close(_) => unreachable!("handled above"),
             }));
             if run.is_err() {
@@ -618,6 +728,7 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
             report_failure(&e);
         }
         actor.poll_compaction();
+        actor.poll_backup();
     }
     // Refuse what is still queued, then close: snapshots, checkpoint, empty journal.
     rx.close();
@@ -626,6 +737,7 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
             Cmd::Write(_, r) => drop(r.send(Err(Error::Closed))),
             Cmd::Passwd(_, r) | Cmd::Checkpoint(r) | Cmd::Close(r) => drop(r.send(Err(Error::Closed))),
             Cmd::Compact(_, _, r) => drop(r.send(Err(Error::Closed))),
+            Cmd::Backup(b) => drop(b.reply.send(Err(Error::Closed))),
             Cmd::Query(q) => drop(q),
             Cmd::Mutate(m) => drop(m(&mut actor.engine, Err(Error::Closed))),
         }

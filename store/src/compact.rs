@@ -188,17 +188,85 @@ fn held_row(key: &[u8], value: sled::IVec) -> sled::IVec {
     }
 }
 
+/// Where a background copy of the store goes: a compaction's new log and
+/// fresh sled ([`Fresh`]), or a backup file (`crate::backup`).
+pub(crate) trait CopySink: Send + 'static {
+    /// One batch of log records `(kind, body)`, as the copy holds them.
+    fn log_batch(&mut self, records: Vec<(u8, Vec<u8>)>) -> Result<()>;
+    /// The log records so far must be durable (where that means anything).
+    fn log_synced(&mut self) -> Result<()>;
+    /// Rows of sled, in key order, then as written since; `None` removes.
+    fn rows(&mut self, rows: Vec<(sled::IVec, Option<sled::IVec>)>) -> Result<()>;
+    /// Every row of sled is copied; the writes taken meanwhile follow.
+    fn rows_copied(&mut self) -> Result<()>;
+}
+
+/// A compaction's copy: the new log and the fresh sled in `compact.tmp/`.
+pub(crate) struct Fresh {
+    staging: PathBuf,
+    log: Log,
+    db: Option<(sled::Db, sled::Tree)>,
+}
+
+impl Fresh {
+    fn db(&mut self) -> Result<&sled::Tree> {
+        if self.db.is_none() {
+            let db = crate::open::open_sled_at(&self.staging.join(DB_DIR))?;
+            let tree = db.open_tree(TREE)?;
+            self.db = Some((db, tree));
+        }
+        Ok(&self.db.as_ref().expect("opened above").1)
+    }
+}
+
+impl CopySink for Fresh {
+    fn log_batch(&mut self, records: Vec<(u8, Vec<u8>)>) -> Result<()> {
+        let mut buf = Vec::new();
+        for (k, body) in &records {
+            log::encode_record(&mut buf, *k, body);
+        }
+        self.log.append(&buf)?;
+        Ok(())
+    }
+
+    fn log_synced(&mut self) -> Result<()> {
+        self.log.sync()
+    }
+
+    fn rows(&mut self, rows: Vec<(sled::IVec, Option<sled::IVec>)>) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (k, v) in rows {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        self.db()?.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn rows_copied(&mut self) -> Result<()> {
+        // Durable now, in the background: the pause flushes only what follows.
+        self.db()?;
+        if let Some((db, _)) = &self.db {
+            db.flush()?;
+        }
+        SledFiles::new(&self.staging.join(DB_DIR)).sync()?;
+        Ok(())
+    }
+}
+
 /// Copy the log from `from` (up to `upto`, a batch boundary, if given: the
-/// store may be appending past it) into `new_log`: each entry as `tree`
-/// holds it now (its dropped texts gone), fork proofs without texts, every
-/// other record as it is. Returns where the copy stopped in the old log.
+/// store may be appending past it) into `sink`: each entry as `tree` holds
+/// it now (its dropped texts gone), fork proofs without texts, every other
+/// record as it is. Returns where the copy stopped in the old log.
 #[allow(clippy::too_many_arguments)]
 fn copy_log(
     dir: &Path,
     (from, upto): (LogPos, Option<LogPos>),
     tree: &sled::Tree,
     keys: &HashMap<WireId, ChannelKeys>,
-    new_log: &mut Log,
+    sink: &mut dyn CopySink,
     report: &mut CompactReport,
     abort: &AtomicBool,
 ) -> Result<LogPos> {
@@ -211,13 +279,12 @@ fn copy_log(
             return Ok(false);
         }
         reached = batch.end;
-        let mut buf = Vec::new();
+        let mut records = Vec::with_capacity(batch.records.len());
         for r in batch.records {
             report.records += 1;
-            let body = as_held(tree, keys, r, report)?;
-            log::encode_record(&mut buf, body.0, &body.1);
+            records.push(as_held(tree, keys, r, report)?);
         }
-        new_log.append(&buf)?;
+        sink.log_batch(records)?;
         Ok(true)
     })?;
     // Past `upto` the store may be writing a batch: not the log's fault.
@@ -229,7 +296,7 @@ fn copy_log(
             format!("{why}; run `repair` before compacting"),
         ));
     }
-    new_log.sync()?;
+    sink.log_synced()?;
     Ok(reached)
 }
 
@@ -275,17 +342,19 @@ fn as_held(
     Ok((r.kind, body))
 }
 
-/// What the background part of a compaction hands over.
-struct Copied {
-    db: sled::Db,
-    /// Where the new log ends, and the old log position it covers.
-    new_log_end: LogPos,
-    covered: LogPos,
-    report: CompactReport,
+/// What the background part of a copy hands over.
+pub(crate) struct Copied<S> {
+    pub(crate) sink: S,
+    /// The old log position the copy of the log covers.
+    pub(crate) covered: LogPos,
+    pub(crate) report: CompactReport,
 }
 
-/// A compaction under way: its background threads and what they share.
-pub(crate) struct Running {
+/// A copy under way (a compaction's, or a backup's): its background threads
+/// and what they share.
+pub(crate) struct Running<S> {
+    /// Where the copy is written (a directory or a file): removed if it is
+    /// given up.
     staging: PathBuf,
     /// Set in the pause: no write comes any more, the drain ends once empty.
     quiet: Arc<AtomicBool>,
@@ -297,11 +366,11 @@ pub(crate) struct Running {
     /// the copy: they stay due).
     due_at_start: Option<CompactDue>,
     drain: Option<JoinHandle<()>>,
-    copier: Option<JoinHandle<Result<Copied>>>,
-    started: Instant,
+    copier: Option<JoinHandle<Result<Copied<S>>>>,
+    pub(crate) started: Instant,
 }
 
-impl Running {
+impl<S> Running<S> {
     /// Whether the pause can come: the copy caught up (or failed).
     pub(crate) fn ready(&self) -> bool {
         self.caught.load(Ordering::SeqCst) || self.copier.as_ref().is_none_or(|c| c.is_finished())
@@ -309,31 +378,35 @@ impl Running {
 
     /// Stop the threads; what they return goes (the store closes, or the
     /// pause failed).
-    fn stop(&mut self) -> Option<Result<Copied>> {
+    pub(crate) fn stop(&mut self) -> Option<Result<Copied<S>>> {
         self.quiet.store(true, Ordering::SeqCst);
         if let Some(d) = self.drain.take() {
             let _ = d.join();
         }
         self.copier.take().map(|c| {
             c.join()
-                .unwrap_or_else(|_| Err(Error::corrupted("compaction", "its copy thread panicked")))
+                .unwrap_or_else(|_| Err(Error::corrupted("copy", "its copy thread panicked")))
         })
     }
 
-    /// Give up: the threads stop, `compact.tmp/` goes.
+    /// Give up: the threads stop, what they wrote goes.
     pub(crate) fn abandon(mut self) {
         self.abort.store(true, Ordering::SeqCst);
         drop(self.stop());
-        let _ = fs::remove_dir_all(&self.staging);
+        let _ = if self.staging.is_dir() {
+            fs::remove_dir_all(&self.staging)
+        } else {
+            fs::remove_file(&self.staging)
+        };
     }
 }
 
-/// The background part: the log up to `covered`, then every row of `tree`
-/// into a fresh sled, then the writes taken meanwhile, until told to stop.
+/// The background part: the log up to `covered`, then every row of `tree`,
+/// then the writes taken meanwhile, until told to stop.
 #[allow(clippy::too_many_arguments)]
-fn copy_in_background(
+fn copy_in_background<S: CopySink>(
     dir: PathBuf,
-    staging: PathBuf,
+    mut sink: S,
     covered: LogPos,
     tree: sled::Tree,
     keys: HashMap<WireId, ChannelKeys>,
@@ -341,44 +414,36 @@ fn copy_in_background(
     (drained, abort, caught): (Arc<AtomicBool>, Arc<AtomicBool>, Arc<AtomicBool>),
     progress: Arc<CompactProgress>,
     mut report: CompactReport,
-) -> Result<Copied> {
-    let mut new_log = Log::create(&staging.join(log::LOG_DIR))?;
+) -> Result<Copied<S>> {
     let covered = copy_log(
         &dir,
         (LogPos::START, Some(covered)),
         &tree,
         &keys,
-        &mut new_log,
+        &mut sink,
         &mut report,
         &abort,
     )?;
-    let new_log_end = new_log.end();
-    drop(new_log);
-    let db = crate::open::open_sled_at(&staging.join(DB_DIR))?;
-    let fresh = db.open_tree(TREE)?;
     progress.rows_total.store(tree.len() as u64, Ordering::Relaxed);
-    let mut batch = sled::Batch::default();
+    let mut rows = Vec::with_capacity(COPY_BATCH);
     let mut n = 0u64;
     for row in tree.iter() {
         let (k, v) = row?;
         let v = held_row(&k, v);
-        batch.insert(k, v);
+        rows.push((k, Some(v)));
         n += 1;
-        if n.is_multiple_of(COPY_BATCH as u64) {
-            fresh.apply_batch(std::mem::take(&mut batch))?;
+        if rows.len() == COPY_BATCH {
+            sink.rows(std::mem::replace(&mut rows, Vec::with_capacity(COPY_BATCH)))?;
             progress.rows_copied.store(n, Ordering::Relaxed);
             if abort.load(Ordering::SeqCst) {
                 return Err(Error::Closed);
             }
         }
     }
-    fresh.apply_batch(batch)?;
+    sink.rows(rows)?;
     progress.rows_copied.store(n, Ordering::Relaxed);
     report.rows_copied = n;
-    // Durable now, in the background: the pause flushes only what follows.
-    db.flush()?;
-    let mut files = SledFiles::new(&staging.join(DB_DIR));
-    files.sync()?;
+    sink.rows_copied()?;
     // The writes since the subscription, in order: a key's last one wins.
     loop {
         let done = drained.load(Ordering::SeqCst);
@@ -394,32 +459,28 @@ fn copy_in_background(
             std::thread::sleep(Duration::from_millis(2));
             continue;
         }
-        let mut batch = sled::Batch::default();
-        for e in &events {
-            match e {
-                sled::Event::Insert { key, value } => batch.insert(key, held_row(key, value.clone())),
-                sled::Event::Remove { key } => batch.remove(key),
-            }
-        }
-        fresh.apply_batch(batch)?;
-        report.writes_applied += events.len() as u64;
-        progress
-            .writes_applied
-            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        let n = events.len() as u64;
+        let rows = events
+            .into_iter()
+            .map(|e| match e {
+                sled::Event::Insert { key, value } => {
+                    let value = held_row(&key, value);
+                    (key, Some(value))
+                }
+                sled::Event::Remove { key } => (key, None),
+            })
+            .collect();
+        sink.rows(rows)?;
+        report.writes_applied += n;
+        progress.writes_applied.fetch_add(n, Ordering::Relaxed);
     }
-    drop(fresh);
-    Ok(Copied {
-        db,
-        new_log_end,
-        covered,
-        report,
-    })
+    Ok(Copied { sink, covered, report })
 }
 
 impl Engine {
     /// Start a compaction: a checkpoint, then the copy in the background
     /// (steps 1 and 2 of the module docs). The store goes on meanwhile.
-    pub(crate) fn start_compaction(&mut self, progress: Arc<CompactProgress>) -> Result<Running> {
+    pub(crate) fn start_compaction(&mut self, progress: Arc<CompactProgress>) -> Result<Running<Fresh>> {
         if self.dir.join(COMPACTED_DIR).exists() {
             return Err(Error::invalid(
                 "compaction",
@@ -432,6 +493,24 @@ impl Engine {
             fs::remove_dir_all(&staging)?;
         }
         create_private_dir(&staging)?;
+        let sink = Fresh {
+            log: Log::create(&staging.join(log::LOG_DIR))?,
+            staging: staging.clone(),
+            db: None,
+        };
+        self.start_copy(sink, staging, progress)
+    }
+
+    /// Start a copy of the store into `sink` in the background (the caller
+    /// took a checkpoint): the log so far, every row of sled, then every
+    /// write sled takes from now on, until the pause. `staging` is where the
+    /// sink writes, removed if the copy is given up.
+    pub(crate) fn start_copy<S: CopySink>(
+        &mut self,
+        sink: S,
+        staging: PathBuf,
+        progress: Arc<CompactProgress>,
+    ) -> Result<Running<S>> {
         let report = CompactReport {
             log_bytes_before: dir_bytes(&self.dir.join(log::LOG_DIR)),
             store_bytes_before: dir_bytes(&self.dir),
@@ -455,7 +534,7 @@ impl Engine {
         let drain = {
             let (queue, quiet, abort, drained) = (queue.clone(), quiet.clone(), abort.clone(), drained.clone());
             std::thread::Builder::new()
-                .name("hearth-compact-drain".into())
+                .name("hearth-copy-drain".into())
                 .spawn(move || {
                     loop {
                         let calm = quiet.load(Ordering::SeqCst);
@@ -476,12 +555,12 @@ impl Engine {
                 })?
         };
         let copier = {
-            let (dir, staging, tree) = (self.dir.clone(), staging.clone(), self.tree.clone());
+            let (dir, tree) = (self.dir.clone(), self.tree.clone());
             let covered = self.log.end();
             let flags = (drained, abort.clone(), caught.clone());
             let spawned = std::thread::Builder::new()
-                .name("hearth-compact".into())
-                .spawn(move || copy_in_background(dir, staging, covered, tree, keys, queue, flags, progress, report));
+                .name("hearth-copy".into())
+                .spawn(move || copy_in_background(dir, sink, covered, tree, keys, queue, flags, progress, report));
             match spawned {
                 Ok(c) => c,
                 Err(e) => {
@@ -504,6 +583,32 @@ impl Engine {
         })
     }
 
+    /// The pause of a copy (the caller took a checkpoint, so sled holds
+    /// every write): the threads stop once the copy has taken every write,
+    /// and the log's tail goes after the log copied so far. Returns the
+    /// copy, which nothing writes any more.
+    pub(crate) fn end_copy<S: CopySink>(&mut self, running: &mut Running<S>) -> Result<Copied<S>> {
+        let mut copied = running
+            .stop()
+            .unwrap_or_else(|| Err(Error::corrupted("copy", "no copy under way")))?;
+        let keys: HashMap<WireId, ChannelKeys> = self
+            .channels
+            .values()
+            .map(|ch| (ch.keys.wire(), ch.keys.clone()))
+            .collect();
+        let never = AtomicBool::new(false);
+        copy_log(
+            &self.dir,
+            (copied.covered, None),
+            &self.tree,
+            &keys,
+            &mut copied.sink,
+            &mut copied.report,
+            &never,
+        )?;
+        Ok(copied)
+    }
+
     /// The pause, the commit and the swap (steps 3 and 4): called by the store
     /// task once [`Running::ready`], with the group closed, a checkpoint
     /// taken and the journal cleared. An error before the commit leaves the
@@ -513,16 +618,14 @@ impl Engine {
     /// journal is zeroed ([`done`]).
     pub(crate) fn finish_compaction(
         &mut self,
-        mut running: Running,
+        mut running: Running<Fresh>,
         stop: Option<CompactStop>,
         committed: &mut bool,
     ) -> Result<CompactReport> {
         let paused = Instant::now();
         let staging = running.staging.clone();
         let due_at_start = running.due_at_start;
-        let copied = running
-            .stop()
-            .unwrap_or_else(|| Err(Error::corrupted("compaction", "no copy under way")));
+        let copied = self.end_copy(&mut running);
         // A stand-in holds sled's place in the swap (made now: a failure
         // here still leaves the store as it was).
         let prepared = copied
@@ -567,41 +670,21 @@ impl Engine {
         Ok(report)
     }
 
-    /// The last writes and the log's tail into the copy, its log positions
-    /// set to the new log's, both durable: all but the rename that commits.
-    /// Texts dropped since the copy started may still be in it: they stay
-    /// due, for the next compaction. Returns the new log's end.
+    /// The copy's log positions set to the new log's, both durable: all but
+    /// the rename that commits. Texts dropped since the copy started may
+    /// still be in it: they stay due, for the next compaction. Returns the
+    /// new log's end.
     fn seal_compaction(
         &mut self,
         staging: &Path,
-        copied: Copied,
+        copied: Copied<Fresh>,
         due_at_start: Option<CompactDue>,
     ) -> Result<(LogPos, CompactReport, Option<CompactDue>)> {
         let Copied {
-            db,
-            new_log_end,
-            covered,
-            mut report,
+            mut sink, mut report, ..
         } = copied;
-        let keys: HashMap<WireId, ChannelKeys> = self
-            .channels
-            .values()
-            .map(|ch| (ch.keys.wire(), ch.keys.clone()))
-            .collect();
-        let mut new_log = Log::open_at(&staging.join(log::LOG_DIR), new_log_end)?;
-        let never = AtomicBool::new(false);
-        copy_log(
-            &self.dir,
-            (covered, None),
-            &self.tree,
-            &keys,
-            &mut new_log,
-            &mut report,
-            &never,
-        )?;
-        let end = new_log.end();
-        drop(new_log);
-        let fresh = db.open_tree(TREE)?;
+        let end = sink.log.end();
+        let fresh = sink.db()?.clone();
         let mut b = sled::Batch::default();
         b.insert(META_LOG, &end.encode()[..]);
         b.insert(META_LOG_SYNCED, &end.encode()[..]);
@@ -621,9 +704,14 @@ impl Engine {
             None => b.remove(META_COMPACT_DUE),
         }
         fresh.apply_batch(b)?;
-        db.flush()?;
         drop(fresh);
-        drop(db);
+        let Fresh { log, db, .. } = sink;
+        drop(log);
+        if let Some((db, tree)) = db {
+            db.flush()?;
+            drop(tree);
+            drop(db);
+        }
         SledFiles::new(&staging.join(DB_DIR)).sync()?;
         sync_dir(&staging.join(DB_DIR))?;
         sync_dir(staging)?;

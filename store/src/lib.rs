@@ -39,6 +39,7 @@
 
 mod actor;
 mod admit;
+mod backup;
 mod channel;
 mod compact;
 mod config;
@@ -63,6 +64,10 @@ mod sync;
 mod verify;
 
 pub use admit::{Admission, DeviceChains, Feeds, Head, Refusal, Rejection, Verdict, chain_key};
+pub use backup::{
+    BACKUP_MAGIC, BACKUP_VERSION, BackupInfo, BackupReport, BackupSummary, MAX_BACKUP_CHUNK, RestoreReport,
+    check_backup, check_backup_bytes,
+};
 pub use compact::{CompactDue, CompactProgress, CompactReport, CompactStop, dir_bytes};
 pub use config::Config;
 pub use durable::{SledFiles, copy_dir_durably, create_private_dir, make_private, sync_dir, write_atomic};

@@ -164,13 +164,7 @@ pub(crate) fn create_as(
         });
     }
     let lock = lock(dir)?;
-    // No header means any leftover is an interrupted `create`: start afresh.
-    for d in [DB_DIR, crate::log::LOG_DIR, LOG_TMP_DIR, DB_COPY_DIR] {
-        if dir.join(d).exists() {
-            fs::remove_dir_all(dir.join(d))?;
-        }
-    }
-    let _ = fs::remove_file(dir.join(JOURNAL_FILE));
+    remove_leftovers(dir)?;
     let master = SecretKey::generate()?;
     let header = StoreHeader::wrap(&master, pass, config.kdf)?;
     let log = Log::create(&dir.join(crate::log::LOG_DIR))?;
@@ -194,7 +188,35 @@ pub(crate) fn create_as(
     Ok((engine, journal))
 }
 
-fn read_header(dir: &Path) -> Result<StoreHeader> {
+/// In a directory without a header (held locked), whatever a store keeps
+/// is what an interrupted `create` or `restore` left: it goes, so that the
+/// next one starts afresh.
+pub(crate) fn remove_leftovers(dir: &Path) -> Result<()> {
+    use crate::compact::{COMPACT_TMP_DIR, COMPACTED_DIR, LEGACY_COMPACT_DIR};
+    use crate::rotate::{LOG_OLD_DIR, ROTATE_DIR, ROTATE_TMP_DIR};
+    for d in [
+        DB_DIR,
+        crate::log::LOG_DIR,
+        LOG_TMP_DIR,
+        DB_COPY_DIR,
+        COMPACT_TMP_DIR,
+        COMPACTED_DIR,
+        LEGACY_COMPACT_DIR,
+        ROTATE_TMP_DIR,
+        ROTATE_DIR,
+        LOG_OLD_DIR,
+    ] {
+        if dir.join(d).exists() {
+            fs::remove_dir_all(dir.join(d))?;
+        }
+    }
+    match fs::remove_file(dir.join(JOURNAL_FILE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn read_header(dir: &Path) -> Result<StoreHeader> {
     let path = dir.join(HEADER_FILE);
     let mut f = match File::open(&path) {
         Ok(f) => f,

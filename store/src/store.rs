@@ -10,6 +10,7 @@ use hearth_core::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::actor::{self, Cmd};
+use crate::backup::{BackupReport, RestoreReport};
 use crate::compact::{CompactProgress, CompactReport, CompactStop};
 use crate::config::Config;
 use crate::engine::{Engine, Outcome, Write};
@@ -118,6 +119,7 @@ fn check_file_name(name: &str) -> Result<()> {
             "rotate.tmp",
             "compact",
             "compact.tmp",
+            "compacted",
         ]
         .contains(&name);
     if ok {
@@ -374,6 +376,53 @@ impl Store {
         Ok(report)
     }
 
+    /// Write a backup of this store to the file `path` (`hearth backup`):
+    /// a consistent copy, taken while reads and writes go on (they wait
+    /// only for a pause of milliseconds), sealed under a key derived from
+    /// the master key, with the store's header in the clear, so that the
+    /// passphrase of this moment opens it. Deleted texts are not in it.
+    /// The file is written as `path.tmp`, made durable, then renamed: once
+    /// this returns, it is whole. One copy runs at a time: a backup asked
+    /// for during a compaction or another backup starts after it. See the
+    /// `backup` module for the format.
+    pub async fn backup(&self, path: impl AsRef<Path>) -> Result<BackupReport> {
+        self.backup_with(path, Arc::default()).await
+    }
+
+    /// [`Store::backup`], with its progress shared (for a progress bar).
+    pub async fn backup_with(&self, path: impl AsRef<Path>, progress: Arc<CompactProgress>) -> Result<BackupReport> {
+        let (tx, rx) = oneshot::channel();
+        let job = crate::actor::BackupJob {
+            path: open::abs(path.as_ref()),
+            progress,
+            reply: tx,
+        };
+        self.tx.send(Cmd::Backup(job)).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Restore the backup at `file` into `dir`, which must not hold a store
+    /// (`hearth restore`), under the passphrase of the moment of the backup
+    /// (a wrong one is [`Error::WrongPassphrase`]). The restored store
+    /// continues as a new device of the same user
+    /// ([`hearth_core::Identity::restored`]: its own device keys, id and
+    /// peer id), so it never reuses a feed sequence number the device
+    /// backed up may have used since; what that device wrote after the
+    /// backup arrives by sync. The file is checked as it is read: a damaged
+    /// one leaves no store behind. Open the store afterwards as any other.
+    pub async fn restore(
+        file: impl AsRef<Path>,
+        dir: impl AsRef<Path>,
+        pass: &Passphrase,
+        progress: Arc<CompactProgress>,
+    ) -> Result<RestoreReport> {
+        let (file, dir) = (file.as_ref().to_path_buf(), open::abs(dir.as_ref()));
+        let pass = pass.clone();
+        tokio::task::spawn_blocking(move || crate::backup::restore(&file, &dir, &pass, &progress))
+            .await
+            .map_err(|_| Error::corrupted("restore", "its task panicked"))?
+    }
+
     /// What opening the store in `dir` would migrate (`hearth migrate
     /// --check`), writing nothing to it but the lock file an open takes: its
     /// format now, this build's, and the steps in between (sled is read from
@@ -462,10 +511,16 @@ impl Store {
     }
 
     /// The secret of this device's network identity (its libp2p ed25519 key),
-    /// derived from the store's master key: the same peer id on every start.
+    /// derived from the store's master key (or, on a device restored from a
+    /// backup, its own: [`hearth_core::Identity::node_secret`]): the same
+    /// peer id on every start.
     pub async fn node_secret(&self) -> Result<hearth_core::SecretKey> {
-        self.query(|e| Ok(hearth_core::derive(&e.master, hearth_core::Purpose::NodeKey)))
-            .await
+        self.query(|e| {
+            Ok(e.identity
+                .node_secret()
+                .unwrap_or_else(|| hearth_core::derive(&e.master, hearth_core::Purpose::NodeKey)))
+        })
+        .await
     }
 
     /// Replace a small file beside the store (a node's addresses, its known
