@@ -51,10 +51,10 @@ pub use export::{EXPORT_FORMAT, EXPORT_VERSION, Export, ExportChannel, ExportMes
 pub use hearth_core as core;
 pub use hearth_core::{ChannelId, DeviceId, KdfParams, MAX_TEXT_BYTES, Message, MessageId, Passphrase, Role, UserId};
 pub use hearth_store::{
-    ChannelInfo, CompactProgress, CompactReport, Config, DeviceInfo, Error, InviteInfo, JoinRequest, Located,
-    MemberInfo, MigrationPlan, NewInvite, OpenReport, OpenTimings, Outcome, Pending, Problem, Receipts, Result,
-    RosterInfo, STORE_FORMAT, Stats, Store, StoreEvent, Thread, VerifyReport, Whoami, Write, create_private_dir,
-    dir_bytes, make_private, write_atomic,
+    BackupInfo, BackupReport, BackupSummary, ChannelInfo, CompactProgress, CompactReport, Config, DeviceInfo, Error,
+    InviteInfo, JoinRequest, Located, MemberInfo, MigrationPlan, NewInvite, OpenReport, OpenTimings, Outcome, Pending,
+    Problem, Receipts, RestoreReport, Result, RosterInfo, STORE_FORMAT, Stats, Store, StoreEvent, Thread, VerifyReport,
+    Whoami, Write, check_backup, create_private_dir, dir_bytes, make_private, write_atomic,
 };
 /// Sync over libp2p: nodes, events, tickets, relays.
 pub use hearth_sync as sync;
@@ -149,6 +149,17 @@ impl Hearth {
     /// and in use). The store must not be open elsewhere.
     pub async fn compact(dir: impl AsRef<Path>, pass: &Passphrase, config: Config) -> Result<CompactReport> {
         Store::compact_dir(dir, pass, config).await
+    }
+
+    /// Restore the backup at `file` into `dir` (see [`Store::restore`]): the
+    /// store continues as a new device of the same user. Open it afterwards.
+    pub async fn restore(
+        file: impl AsRef<Path>,
+        dir: impl AsRef<Path>,
+        pass: &Passphrase,
+        progress: std::sync::Arc<CompactProgress>,
+    ) -> Result<RestoreReport> {
+        Store::restore(file, dir, pass, progress).await
     }
 
     /// Whether `dir` holds a store.

@@ -141,32 +141,157 @@ async fn migrate(cli: &Cli, check: bool) -> Result<ExitCode> {
     })
 }
 
+/// On a terminal: how far a copy is (a compaction's, a backup's, a
+/// restore's), redrawn in place until the task is aborted.
+fn show_progress(
+    what: &'static str,
+    progress: std::sync::Arc<hearth::CompactProgress>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    std::io::stderr().is_terminal().then(|| {
+        tokio::spawn(async move {
+            use std::sync::atomic::Ordering::Relaxed;
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                let (done, total) = (progress.rows_copied.load(Relaxed), progress.rows_total.load(Relaxed));
+                if total > 0 {
+                    eprint!(
+                        "\r{what}: {done} of about {total} rows copied ({}%)",
+                        done * 100 / total
+                    );
+                } else {
+                    eprint!("\r{what}: {done} rows");
+                }
+            }
+        })
+    })
+}
+
+/// Stop a progress display, ending its line.
+fn hide_progress(shown: Option<tokio::task::JoinHandle<()>>) {
+    if let Some(t) = shown {
+        t.abort();
+        eprintln!();
+    }
+}
+
+/// `hearth backup FILE`: a backup of the store, taken while it is open.
+async fn backup(cli: &Cli, file: &std::path::Path) -> Result<ExitCode> {
+    let pass = crate::pass::passphrase(cli.passphrase_file.as_deref(), false)?;
+    let h = Hearth::open(&cli.store, &pass, Config::default()).await?;
+    let progress = std::sync::Arc::new(hearth::CompactProgress::default());
+    let shown = show_progress("backing up", progress.clone());
+    let report = h.backup_with(file, progress).await;
+    hide_progress(shown);
+    let closed = h.close().await;
+    let report = report?;
+    closed?;
+    if cli.json {
+        print_json(&json!({
+            "file": report.path, "bytes": report.bytes, "log_records": report.log_records,
+            "rows": report.rows_copied, "writes_applied": report.writes_applied,
+            "paused_ms": report.paused.as_secs_f64() * 1e3, "seconds": report.took.as_secs_f64(),
+        }));
+    } else {
+        println!(
+            "backup written to {} in {:.2} s: {} bytes, {} log records, {} rows (writes waited {:.1} ms)",
+            report.path.display(),
+            report.took.as_secs_f64(),
+            report.bytes,
+            report.log_records,
+            report.rows_copied,
+            report.paused.as_secs_f64() * 1e3
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hearth backup --check FILE`: read it whole, write nothing.
+fn backup_check(cli: &Cli, file: &std::path::Path) -> Result<ExitCode> {
+    let pass = crate::pass::passphrase(cli.passphrase_file.as_deref(), false)?;
+    match hearth::check_backup(file, &pass) {
+        Ok(info) => {
+            let s = &info.summary;
+            if cli.json {
+                print_json(&json!({
+                    "ok": true, "user": s.user.to_hex(), "device": s.device.to_hex(), "name": info.name,
+                    "taken_ms": s.taken_ms, "store_format": s.store_format, "channels": s.channels,
+                    "log_records": s.log_records, "rows": s.rows, "chunks": info.chunks, "bytes": info.bytes,
+                }));
+            } else {
+                println!(
+                    "backup ok: {} ({}), device {}, taken at {} (unix ms), store format {}, {} channel(s), {} log records, {} rows, {} bytes",
+                    info.name,
+                    s.user,
+                    s.device,
+                    s.taken_ms,
+                    s.store_format,
+                    s.channels,
+                    s.log_records,
+                    s.rows,
+                    info.bytes
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ (hearth::Error::WrongPassphrase | hearth::Error::Io(_))) => Err(e.into()),
+        Err(e) => {
+            if cli.json {
+                print_json(&json!({"ok": false, "error": e.to_string()}));
+            } else {
+                eprintln!("error: {} is not a whole backup: {e}", file.display());
+            }
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// `hearth restore FILE`: the backup becomes the store in --store, as a new
+/// device of the same user.
+async fn restore(cli: &Cli, file: &std::path::Path) -> Result<ExitCode> {
+    let pass = crate::pass::passphrase(cli.passphrase_file.as_deref(), false)?;
+    let progress = std::sync::Arc::new(hearth::CompactProgress::default());
+    let shown = show_progress("restoring", progress.clone());
+    let report = Hearth::restore(file, &cli.store, &pass, progress).await;
+    hide_progress(shown);
+    let report = report?;
+    let h = Hearth::open(&cli.store, &pass, Config::default()).await?;
+    let v = h.verify().await?;
+    h.close().await?;
+    if cli.json {
+        print_json(&json!({
+            "dir": cli.store, "user": report.info.summary.user.to_hex(),
+            "device": report.device.to_hex(), "backed_up_device": report.info.summary.device.to_hex(),
+            "taken_ms": report.info.summary.taken_ms, "seconds": report.took.as_secs_f64(),
+            "verify_clean": v.is_clean(),
+        }));
+    } else {
+        println!(
+            "restored {} into {} in {:.2} s as a new device {} of {} (the backup was of device {}); verify: {}",
+            file.display(),
+            cli.store.display(),
+            report.took.as_secs_f64(),
+            report.device,
+            report.info.name,
+            report.info.summary.device,
+            if v.is_clean() { "clean" } else { "problems found" }
+        );
+    }
+    Ok(if v.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 /// `hearth compact`: the bytes of deleted texts leave the store, then verify.
 async fn compact(cli: &Cli) -> Result<ExitCode> {
     let pass = crate::pass::passphrase(cli.passphrase_file.as_deref(), false)?;
     let started = Instant::now();
     let h = Hearth::open(&cli.store, &pass, Config::default()).await?;
     let progress = std::sync::Arc::new(hearth::CompactProgress::default());
-    // On a terminal: how far the copy is, redrawn in place.
-    let shown = std::io::stderr().is_terminal().then(|| {
-        let p = progress.clone();
-        tokio::spawn(async move {
-            use std::sync::atomic::Ordering::Relaxed;
-            loop {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                let (done, total) = (p.rows_copied.load(Relaxed), p.rows_total.load(Relaxed).max(1));
-                eprint!(
-                    "\rcompacting: {done} of about {total} rows copied ({}%)",
-                    done * 100 / total
-                );
-            }
-        })
-    });
+    let shown = show_progress("compacting", progress.clone());
     let report = h.compact_with(progress).await;
-    if let Some(t) = shown {
-        t.abort();
-        eprintln!();
-    }
+    hide_progress(shown);
     let report = report?;
     let took = started.elapsed();
     let v = h.verify().await?;
@@ -270,6 +395,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Repair => return repair(&cli).await,
         Command::Migrate { check } => return migrate(&cli, *check).await,
         Command::Compact => return compact(&cli).await,
+        Command::Backup { file, check: true } => return backup_check(&cli, file),
+        Command::Backup { file, check: false } => return backup(&cli, file).await,
+        Command::Restore { file } => return restore(&cli, file).await,
         Command::Passwd { rotate_key: true } => return rotate_key(&cli).await,
         _ => {
             let h = open(&cli).await?;
@@ -668,6 +796,8 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
         | Command::Repair
         | Command::Migrate { .. }
         | Command::Compact
+        | Command::Backup { .. }
+        | Command::Restore { .. }
         | Command::Passwd { rotate_key: true } => {
             unreachable!("handled before opening")
         }

@@ -181,6 +181,28 @@ pub enum Command {
     /// progress on a terminal, then verify. A store in use compacts itself
     /// (a delete schedules it); this one must not be open elsewhere.
     Compact,
+    /// Write a backup of the store to FILE: one sealed file holding a
+    /// consistent copy, taken while the store runs (reads and writes wait
+    /// for a pause of milliseconds), with progress on a terminal. The
+    /// passphrase of this moment opens it. A store a node is serving is
+    /// backed up by that node: type `backup FILE` on its standard input.
+    /// With --check, read FILE whole and say what it holds instead.
+    Backup {
+        /// The backup file (written as FILE.tmp, then renamed once durable).
+        file: PathBuf,
+        /// Check FILE (every chunk opens, in order, to its end) instead of
+        /// writing one; exits 1 if it does not read whole.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Restore a backup into the store directory (--store), which must not
+    /// hold a store, under the passphrase of the moment of the backup. The
+    /// store continues as a new device of the same user (its own device id
+    /// and peer id): what the device backed up wrote since arrives by sync.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+    },
     /// Bring a store written by an older Hearth to this build's format (an
     /// open does it too); with --check, only say what that would do.
     Migrate {

@@ -315,6 +315,11 @@ enum NodeCmd {
         #[serde(default)]
         up_to: Option<hearth::MessageId>,
     },
+    /// Write a backup of the store this node serves (`hearth backup`, which
+    /// cannot open a store a node holds).
+    Backup {
+        file: std::path::PathBuf,
+    },
     Invite {
         channel: String,
         /// How long the invite lets people in ("24h"); default: until revoked.
@@ -329,6 +334,14 @@ enum NodeCmd {
 async fn node_cmd(h: &Hearth, node: &NodeHandle, line: &str) -> Result<Value> {
     let cmd: NodeCmd = serde_json::from_str(line).context("not a command")?;
     let (name, w) = match cmd {
+        NodeCmd::Backup { file } => {
+            let r = h.backup(&file).await?;
+            return Ok(json!({
+                "event": "done", "cmd": "backup", "file": r.path, "bytes": r.bytes,
+                "log_records": r.log_records, "rows": r.rows_copied, "writes_applied": r.writes_applied,
+                "paused_ms": r.paused.as_secs_f64() * 1e3, "seconds": r.took.as_secs_f64(),
+            }));
+        }
         NodeCmd::Invite { channel, expires, uses } => {
             let channel = h.resolve_channel(&channel).await?;
             let expires = expires

@@ -519,6 +519,62 @@ fn compact_drops_deleted_texts_and_keeps_the_rest() {
     ok(hearth(&dir).args(["verify"]));
 }
 
+/// `hearth backup FILE` writes a file only its owner reads, that
+/// `backup --check` reads whole and `restore` turns into a store of the same
+/// messages, as a new device; a damaged file fails the check with exit 1,
+/// and a wrong passphrase is refused.
+#[test]
+fn backup_check_and_restore() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (dir, back) = (tmp.path().join("s"), tmp.path().join("r"));
+    let file = tmp.path().join("s.backup");
+    ok(hearth(&dir).args(["init", "--user", "erin"]));
+    ok(hearth(&dir).args(["channel", "create", "c"]));
+    let first = ok(hearth(&dir).args(["post", "c", "kept in the backup"]));
+    ok(hearth(&dir).args(["react", first.trim(), "👍"]));
+    let gone = ok(hearth(&dir).args(["post", "c", "deleted before the backup"]));
+    ok(hearth(&dir).args(["delete", gone.trim()]));
+    let made = json(&ok(hearth(&dir).args(["--json", "backup"]).arg(&file)));
+    assert!(made["bytes"].as_u64().is_some_and(|b| b > 0), "{made}");
+    let mode = std::fs::metadata(&file).expect("the file").permissions().mode();
+    assert_eq!(mode & 0o077, 0, "only its owner reads it: {mode:o}");
+    let checked = json(&ok(hearth(&dir).args(["--json", "backup", "--check"]).arg(&file)));
+    assert_eq!(checked["ok"], true, "{checked}");
+    assert_eq!(checked["name"], "erin", "{checked}");
+
+    let mut bytes = std::fs::read(&file).expect("read");
+    let n = bytes.len();
+    bytes[n - 40] ^= 1;
+    let bad = tmp.path().join("bad.backup");
+    std::fs::write(&bad, &bytes).expect("write");
+    let out = run(hearth(&dir).args(["backup", "--check"]).arg(&bad));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a whole backup"),
+        "{out:?}"
+    );
+    let wrong = run(bare(&back)
+        .env("HEARTH_PASSPHRASE", "not the passphrase")
+        .args(["restore"])
+        .arg(&file));
+    assert!(!wrong.status.success(), "{wrong:?}");
+    assert!(!back.join("header").exists());
+
+    let restored = json(&ok(hearth(&back).args(["--json", "restore"]).arg(&file)));
+    assert_eq!(restored["verify_clean"], true, "{restored}");
+    let log = ok(hearth(&back).args(["log", "c"]));
+    assert!(
+        log.contains("kept in the backup") && !log.contains("deleted before the backup"),
+        "{log}"
+    );
+    let show = ok(hearth(&back).args(["show", first.trim()]));
+    assert!(show.contains("👍"), "{show}");
+    // The restored device writes on, as the same user.
+    ok(hearth(&back).args(["post", "c", "written after the restore"]));
+    ok(hearth(&back).args(["verify"]));
+}
+
 /// `hearth export` writes a channel as JSON (owner-only) and as a plain
 /// automerge document; `hearth import --new` takes the JSON back into a new
 /// channel, whose own export has the same texts, threads and states; a file

@@ -367,6 +367,64 @@ fn sigterm_stops_a_node_whose_stdin_is_still_open() {
     );
 }
 
+/// A running node backs up the store it serves (`{"cmd":"backup"}`), and
+/// writes on; `backup --check` reads the file; `restore` makes a new device
+/// of the same user, whose node (a peer id of its own) syncs with the
+/// original's: each receives what the other wrote after the backup, and
+/// neither store finds a fork.
+#[test]
+fn a_node_backs_up_its_store_and_the_restored_device_syncs_with_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, r) = (tmp.path().join("alice"), tmp.path().join("restored"));
+    let file = tmp.path().join("alice.backup");
+    let alice = init(&a, "alice");
+    ok(hearth(&a).args(["channel", "create", "general"]));
+    ok(hearth(&a).args(["post", "general", "before the backup"]));
+    let (mut an, addr) = start_node("alice's node", &a, &["--listen", LOOPBACK]);
+    let done = an.command(json!({"cmd": "backup", "file": file}));
+    assert!(done["bytes"].as_u64().is_some_and(|b| b > 0), "{done}");
+    let after = an.command(json!({"cmd": "post", "channel": "general", "text": "after the backup"}));
+    let after = after["id"].as_str().expect("id").to_string();
+
+    let checked = json(&ok(hearth(&a).args(["--json", "backup", "--check"]).arg(&file)));
+    assert_eq!(
+        (&checked["ok"], &checked["user"]),
+        (&json!(true), &json!(alice)),
+        "{checked}"
+    );
+    let restored = json(&ok(hearth(&r).args(["--json", "restore"]).arg(&file)));
+    assert_eq!(restored["verify_clean"], true, "{restored}");
+    assert_eq!(restored["user"], alice.as_str());
+    assert_ne!(restored["device"], restored["backed_up_device"], "{restored}");
+    // Over an existing store: refused, and nothing changes.
+    fails(hearth(&r).args(["restore"]).arg(&file));
+
+    let (mut rn, _) = start_node("restored node", &r, &["--listen", LOOPBACK, "--peer", &addr]);
+    rn.wait_for("the post written after the backup", |e| {
+        is_messages_with(e, &after, Some("after the backup"))
+    });
+    let mine = rn.command(json!({"cmd": "post", "channel": "general", "text": "from the restored device"}));
+    let mine = mine["id"].as_str().expect("id").to_string();
+    let got = an.wait_for("the restored device's post", |e| {
+        is_messages_with(e, &mine, Some("from the restored device"))
+    });
+    assert_eq!(got["author"], alice.as_str());
+    for (node, dir) in [(an, &a), (rn, &r)] {
+        let events = node.terminate();
+        assert!(!events.iter().any(|e| e["event"] == "forked"), "{events:?}");
+        verify_clean(dir);
+        let report = json(&ok(hearth(dir).args(["--json", "verify"])));
+        assert_eq!(report["forks"], json!([]), "{report}");
+        let log = json_lines(&ok(hearth(dir).args(["--json", "log", "general"])));
+        assert_eq!(
+            texts(&log),
+            ["from the restored device", "after the backup", "before the backup"],
+            "{}",
+            dir.display()
+        );
+    }
+}
+
 /// 1. The invite flow: a ticket carries the address of the last `hearth node`;
 ///    `join` syncs through it right away; `sync --peer` pushes a reply back.
 #[test]
