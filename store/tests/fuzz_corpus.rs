@@ -133,3 +133,79 @@ fn regenerate_log_segment_seeds() {
         std::fs::write(log_corpus().join(name), bytes).unwrap();
     }
 }
+
+#[path = "../../fuzz/src/backup.rs"]
+mod backup;
+
+fn backup_corpus() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/backup")
+}
+
+#[test]
+fn backup_corpus_replays_cleanly() {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(backup_corpus())
+        .expect("fuzz/corpus/backup exists")
+        .map(|e| e.expect("an entry").path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "fuzz/corpus/backup has too few inputs");
+    let mut whole = 0;
+    for f in files {
+        let data = std::fs::read(&f).expect("readable");
+        if std::panic::catch_unwind(|| backup::check_backup_file(&data)).is_err() {
+            panic!("{} fails the backup check", f.display());
+        }
+        let (key, file) = data.split_first_chunk::<32>().expect("a key");
+        whole += usize::from(hearth_store::check_backup_bytes(&SecretKey::from_bytes(*key), file).is_ok());
+    }
+    assert!(
+        whole >= 1,
+        "no seed is a whole backup: the corpus would not reach past the seal"
+    );
+}
+
+#[test]
+#[ignore = "writes the seed corpus"]
+fn regenerate_backup_seeds() {
+    use hearth_core::{KdfParams, Passphrase, StoreHeader};
+    use hearth_store::{Config, Store};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let pass = Passphrase::new("fuzz");
+    let file = tmp.path().join("backup");
+    rt.block_on(async {
+        let config = Config::default().with_kdf(KdfParams::INSECURE_FAST);
+        let s = Store::create(tmp.path().join("s"), &pass, "fuzz", config)
+            .await
+            .unwrap();
+        let c = s.create_channel("c").await.unwrap();
+        let m = s.post(c, "hello").await.unwrap();
+        s.react(m, "👍").await.unwrap();
+        let gone = s.post(c, "gone").await.unwrap();
+        s.delete(gone).await.unwrap();
+        s.backup(&file).await.unwrap();
+        s.close().await.unwrap();
+    });
+    let bytes = std::fs::read(&file).unwrap();
+    let header_len = u32::from_le_bytes(bytes[25..29].try_into().unwrap()) as usize;
+    let master = StoreHeader::decode(&bytes[29..29 + header_len])
+        .unwrap()
+        .unwrap(&pass)
+        .unwrap();
+    let with_key = |file: &[u8]| [master.expose().as_slice(), file].concat();
+    assert!(hearth_store::check_backup_bytes(&master, &bytes).is_ok());
+    let mut flipped = bytes.clone();
+    let n = flipped.len();
+    flipped[n - 30] ^= 0x08;
+    let seeds: [(&str, Vec<u8>); 5] = [
+        ("valid-small-store", with_key(&bytes)),
+        ("cut-short", with_key(&bytes[..bytes.len() - 100])),
+        ("bit-flipped", with_key(&flipped)),
+        ("head-only", with_key(&bytes[..29 + header_len])),
+        ("wrong-key", [[7u8; 32].as_slice(), &bytes].concat()),
+    ];
+    std::fs::create_dir_all(backup_corpus()).unwrap();
+    for (name, bytes) in seeds {
+        std::fs::write(backup_corpus().join(name), bytes).unwrap();
+    }
+}
