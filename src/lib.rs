@@ -54,7 +54,7 @@ pub use hearth_store::{
     BackupInfo, BackupReport, BackupSummary, ChannelInfo, CompactProgress, CompactReport, Config, DeviceInfo, Error,
     InviteInfo, JoinRequest, Located, MemberInfo, MigrationPlan, NewInvite, OpenReport, OpenTimings, Outcome, Pending,
     Problem, Receipts, RestoreReport, Result, RosterInfo, STORE_FORMAT, Stats, Store, StoreEvent, Thread, VerifyReport,
-    Whoami, Write, check_backup, create_private_dir, dir_bytes, make_private, write_atomic,
+    Whoami, Write, check_backup, copy_dir_durably, create_private_dir, dir_bytes, make_private, write_atomic,
 };
 /// Sync over libp2p: nodes, events, tickets, relays.
 pub use hearth_sync as sync;
