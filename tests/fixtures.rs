@@ -110,6 +110,12 @@ async fn v9_stores_open_and_answer_the_same() {
     old_stores_open_migrate_and_answer_the_same("v9", 9).await;
 }
 
+/// Format 10: entries of format 4, texts in packs (written by `f08ed70`).
+#[tokio::test]
+async fn v10_stores_open_and_answer_the_same() {
+    old_stores_open_migrate_and_answer_the_same("v10", 10).await;
+}
+
 /// A text of format 9 rides in a segment of a format 3 entry: deleting its
 /// message on today's code drops the segment from sled at once and from every
 /// file at the next compaction, while the texts beside it stay.

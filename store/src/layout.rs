@@ -119,7 +119,10 @@ pub const META_COMPACT_DUE: &[u8] = b"Mcompactdue";
 /// compaction; 8 is only marked.
 /// 10: feed entries of format 4: an entry's texts sealed together in one
 /// pack, deflated; 9 is only marked.
-pub const STORE_FORMAT: u8 = 10;
+/// 11: a store restored from a backup holds an identity of record version 5
+/// (the device's own network key, since it shares the master key with the
+/// device backed up); 10 is only marked.
+pub const STORE_FORMAT: u8 = 11;
 
 /// What opening a store of format `from` does to bring it to
 /// [`STORE_FORMAT`], step by step (`hearth migrate --check`). Empty when
@@ -147,7 +150,8 @@ pub fn migration_steps(from: u8) -> Vec<&'static str> {
     if from < STORE_FORMAT {
         steps.push(
             "the other steps only mark sled: the rows and kinds of record they add come with the content that \
-             needs them (fork proofs, device chains, rosters, notices, texts beside their changes, packs)",
+             needs them (fork proofs, device chains, rosters, notices, texts beside their changes, packs, \
+             a restored device's own network key)",
         );
         steps.push("sled's format row set to the current format, and the store checkpointed");
     }
