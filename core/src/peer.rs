@@ -386,6 +386,65 @@ pub struct RemovalNotice {
     pub back: bool,
 }
 
+/// Largest encoded [`TextDrop`]: an entry's pack is part of the entry, at
+/// most [`crate::envelope::MAX_ENTRY_BYTES`].
+pub const MAX_TEXT_DROP_BYTES: usize = 32 + 16 + 10 + 32 + 4 + crate::envelope::MAX_ENTRY_BYTES;
+
+/// Texts a member's store dropped from a stored entry (a delete that
+/// counts): the entry's pack as that store now holds it (sealed again
+/// without the deleted texts, or none). A member hands it to the relays it
+/// syncs with (sync protocol 9), which cannot open a pack and so cannot
+/// drop a text themselves; a relay takes it from a device of the entry's
+/// author, or of a user that certified the relay for the channel, as it
+/// takes removals (the connection's proof says who), and only for the very
+/// entry (`entry`, its hash) it holds. Nothing in it is signed: it travels
+/// only on a proved connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TextDrop {
+    /// The channel.
+    pub wire: crate::id::WireId,
+    /// The feed.
+    pub device: DeviceId,
+    /// The entry's place in it.
+    pub seq: u64,
+    /// The entry's hash ([`crate::Envelope::hash`]): the pack is replaced
+    /// only in that entry.
+    pub entry: crate::envelope::EntryHash,
+    /// The entry's pack as it is now (none: every text dropped).
+    pub pack: Option<serde_bytes::ByteBuf>,
+}
+
+impl TextDrop {
+    /// Encode (postcard).
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("a text drop encodes")
+    }
+
+    /// Decode untrusted bytes: capped, strict and canonical.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        decode_strict(bytes, MAX_TEXT_DROP_BYTES, "text drop")
+    }
+
+    /// The entry `bytes` (the one this drop names, checked by its place and
+    /// hash) with its pack replaced by this drop's: `None` when the entry
+    /// is another, or its pack is already this one, or the new pack would
+    /// be larger than the old (a drop only ever takes away).
+    pub fn apply(&self, bytes: &[u8]) -> Result<Option<Vec<u8>>> {
+        let mut env = crate::Envelope::decode(bytes)?;
+        let h = &env.header;
+        if (h.wire, h.device, h.seq) != (self.wire, self.device, self.seq) || env.hash() != self.entry {
+            return Ok(None);
+        }
+        let now = self.pack.as_ref().map(|p| p.to_vec());
+        let old_len = env.pack.as_ref().map_or(0, Vec::len);
+        if env.pack == now || now.as_ref().is_some_and(|p| p.len() > old_len) {
+            return Ok(None);
+        }
+        env.pack = now;
+        Ok(Some(env.encode()))
+    }
+}
+
 /// A removal notice as relay format 7 kept it (no clock, never "back").
 #[derive(Deserialize)]
 struct RemovalNoticeV7 {

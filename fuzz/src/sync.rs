@@ -21,9 +21,13 @@ pub fn check_request(data: &[u8]) {
         }
         Request::Push { entries, .. } => assert!(entries.len() <= BATCH_ENTRIES, "Push over the entry cap"),
         Request::Grant { grants, .. } => assert!(grants.len() <= MAX_CHANNELS, "Grant over the channel cap"),
-        Request::Revoke { notices, removals } => {
+        Request::Revoke {
+            notices,
+            removals,
+            drops,
+        } => {
             assert!(
-                notices.len() <= MAX_NOTICES && removals.len() <= MAX_NOTICES,
+                notices.len() <= MAX_NOTICES && removals.len() <= MAX_NOTICES && drops.len() <= MAX_NOTICES,
                 "Revoke over its caps"
             );
             assert!(removals.iter().all(|r| r.check().is_ok()), "a removal out of form");

@@ -63,6 +63,15 @@ pub const T_CHAINS: u8 = b'D';
 /// its roster holds that removal (and so decides).
 pub const T_TOLD: u8 = b'B';
 
+/// `P | wire [32] | device [16] | seq u64` -> postcard(`TextDrop`): this
+/// store dropped texts from that stored entry (a delete): the pack it holds
+/// now, for the relays it syncs with, which cannot drop a text themselves
+/// (store format 11; at most [`MAX_DROPS_PER_CHANNEL`] per channel, the
+/// oldest places going first).
+pub const T_DROPS: u8 = b'P';
+/// Most text drops one channel keeps for relays.
+pub const MAX_DROPS_PER_CHANNEL: usize = 4096;
+
 /// `U | wire [32] | device [16] | seq u64` -> generation u32 (LE): a feed
 /// entry held but not opened yet, sealed under a key generation this device
 /// does not hold (format 6). It is applied when the key arrives.
@@ -121,7 +130,8 @@ pub const META_COMPACT_DUE: &[u8] = b"Mcompactdue";
 /// pack, deflated; 9 is only marked.
 /// 11: a store restored from a backup holds an identity of record version 5
 /// (the device's own network key, since it shares the master key with the
-/// device backed up); 10 is only marked.
+/// device backed up); the texts a delete dropped from stored entries are
+/// kept for relays (table `P`); 10 is only marked.
 pub const STORE_FORMAT: u8 = 11;
 
 /// What opening a store of format `from` does to bring it to
@@ -173,6 +183,7 @@ pub fn table_name(tag: u8) -> &'static str {
         T_CHAINS => "device chains",
         T_UNOPENED => "unopened entries",
         T_TOLD => "removals told",
+        T_DROPS => "text drops",
         _ => "unknown",
     }
 }

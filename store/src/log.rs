@@ -93,6 +93,10 @@ pub mod kind {
     /// this device (postcard `hearth_core::peer::RemovedNotice`, sealed
     /// under the record key). Stores only, from store format 8.
     pub const TOLD: u8 = 10;
+    /// A text drop a relay took (postcard `hearth_core::peer::TextDrop`, not
+    /// sealed: the pack in it is sealed already): the entry it names holds
+    /// that pack from then on. Relays only, from relay format 11.
+    pub const DROP: u8 = 11;
 }
 
 /// What a commit record says: how far the batch it closes took the store.
@@ -231,7 +235,7 @@ fn decode_parts(head: &[u8], tail: &[u8], segment: u32, base: u64) -> DecodedSeg
             d.stopped = Some(format!("checksum mismatch at {segment:08x}:{pos}"));
             break;
         }
-        if !(kind::IDENTITY..=kind::TOLD).contains(&data[0]) {
+        if !(kind::IDENTITY..=kind::DROP).contains(&data[0]) {
             d.stopped = Some(format!("unknown record kind {} at {segment:08x}:{pos}", data[0]));
             break;
         }

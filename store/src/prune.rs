@@ -22,7 +22,7 @@ use hearth_core::{ChannelId, ContentId, DeviceId, Envelope, Epoch, MessageId, Wi
 
 use crate::engine::Engine;
 use crate::error::Result;
-use crate::layout::{META_COMPACT_DUE, feed_key, seal_record};
+use crate::layout::{MAX_DROPS_PER_CHANNEL, META_COMPACT_DUE, T_DROPS, feed_key, seal_record};
 
 /// Stored entries whose segment bytes go: (wire, device, seq) -> content ids.
 pub(crate) type PruneRows = BTreeMap<(WireId, DeviceId, u64), Vec<ContentId>>;
@@ -76,6 +76,7 @@ impl Engine {
         let rows = std::mem::take(&mut self.prune_rows);
         let mut batch = sled::Batch::default();
         let mut dropped = 0u64;
+        let mut drops_in = std::collections::BTreeSet::new();
         for ((wire, device, seq), ids) in rows {
             let k = feed_key(&wire, &device, seq);
             let Some(bytes) = self.tree.get(k)? else { continue };
@@ -93,6 +94,20 @@ impl Engine {
             if now != bytes.as_ref() {
                 dropped += bytes.len().saturating_sub(now.len()) as u64;
                 batch.insert(&k[..], now);
+                // For the relays, which hold the entry and cannot open it.
+                if env.header.version >= hearth_core::ENVELOPE_V4 {
+                    let drop = hearth_core::peer::TextDrop {
+                        wire,
+                        device,
+                        seq,
+                        entry: env.hash(),
+                        pack: env.pack.clone().map(serde_bytes::ByteBuf::from),
+                    };
+                    let mut dk = k;
+                    dk[0] = T_DROPS;
+                    batch.insert(&dk[..], drop.encode());
+                    drops_in.insert(wire);
+                }
             }
         }
         if dropped > 0 {
@@ -102,8 +117,30 @@ impl Engine {
             self.dropped_since_compaction = Some(due);
         }
         self.tree.apply_batch(batch)?;
+        // The oldest places go past the cap.
+        for wire in drops_in {
+            let prefix = crate::layout::channel_prefix(T_DROPS, &wire);
+            let n = self.tree.scan_prefix(prefix).count();
+            if n > MAX_DROPS_PER_CHANNEL {
+                let mut b = sled::Batch::default();
+                for row in self.tree.scan_prefix(prefix).take(n - MAX_DROPS_PER_CHANNEL) {
+                    b.remove(row?.0);
+                }
+                self.tree.apply_batch(b)?;
+            }
+        }
         self.dirty = true;
         Ok(())
+    }
+
+    /// The text drops this store keeps for relays, of the channels it holds.
+    pub(crate) fn text_drops(&self) -> Result<Vec<hearth_core::peer::TextDrop>> {
+        let mut out = Vec::new();
+        for row in self.tree.scan_prefix([T_DROPS]) {
+            let (_, v) = row?;
+            out.push(hearth_core::peer::TextDrop::decode(&v)?);
+        }
+        Ok(out)
     }
 
     /// After an epoch loaded: a text of a deleted message still held (a

@@ -376,6 +376,13 @@ impl Store {
         Ok(report)
     }
 
+    /// The texts this store dropped from stored entries (deletes), kept
+    /// for the relays it syncs with, which hold those entries and cannot
+    /// open them (sync protocol 9; at most 4096 per channel).
+    pub async fn text_drops(&self) -> Result<Vec<hearth_core::peer::TextDrop>> {
+        self.query(|e| e.text_drops()).await
+    }
+
     /// Write a backup of this store to the file `path` (`hearth backup`):
     /// a consistent copy, taken while reads and writes go on (they wait
     /// only for a pause of milliseconds), sealed under a key derived from

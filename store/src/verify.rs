@@ -176,7 +176,16 @@ impl Engine {
             if k.len() < 33
                 || !matches!(
                     k[0],
-                    T_FEEDS | T_HEADS | T_EPOCHS | T_ELOG | T_SNAPS | T_OWED | T_FORKS | T_CHAINS | T_UNOPENED
+                    T_FEEDS
+                        | T_HEADS
+                        | T_EPOCHS
+                        | T_ELOG
+                        | T_SNAPS
+                        | T_OWED
+                        | T_FORKS
+                        | T_CHAINS
+                        | T_UNOPENED
+                        | T_DROPS
                 )
             {
                 continue;

@@ -17,8 +17,8 @@ use hearth_core::peer::Certifier;
 /// What a node remembers of a peer across its connections in one run.
 #[derive(Debug, Default)]
 pub struct PeerMemo {
-    /// Hashes of the revocation notices and removals the peer (a relay)
-    /// holds: each is sent once.
+    /// Hashes of the revocation notices, removals and text drops the peer
+    /// (a relay) holds or settled: each is sent once.
     pub noted: BTreeSet<[u8; 32]>,
     /// The peer holds this device's chain: Hellos leave it out.
     pub introduced: bool,
@@ -119,17 +119,22 @@ impl Conn {
         let keys = replica.access_keys().await?;
         let mut notices = if grant { replica.notices().await? } else { Vec::new() };
         let mut removals = if grant { replica.removals().await? } else { Vec::new() };
+        // Any relay that proves a channel may take the drops of it (it
+        // checks who sends them).
+        let mut drops = replica.drops().await?;
         let (introduce, certified) = {
             let memo = self.memo();
             notices.retain(|(_, n)| !memo.noted.contains(blake3::hash(n).as_bytes()));
             removals.retain(|r| !memo.noted.contains(blake3::hash(&r.encode()).as_bytes()));
+            drops.retain(|d| !memo.noted.contains(blake3::hash(&d.encode()).as_bytes()));
             (!memo.introduced, memo.certified)
         };
         let auth = self
             .auth(keys)
             .granting(grant)
             .with_notices(notices)
-            .with_removals(removals);
+            .with_removals(removals)
+            .with_drops(drops);
         let (nonce, ends) = (auth.nonce, auth.ends.clone());
         let auth = match replica.who(WhoRole::Hello, nonce, ends, Vec::new(), true).await? {
             Some(who) => auth.proving(who, introduce),
@@ -401,14 +406,19 @@ pub async fn serve<R: Replica>(replica: &R, req: Request, conn: &Conn) -> (Respo
         }
         // Notices of channels the peer proved on this connection only (a
         // stranger fills no relay with them).
-        Request::Revoke { notices, removals } => {
+        Request::Revoke {
+            notices,
+            removals,
+            drops,
+        } => {
             let notices: Vec<Vec<u8>> = notices
                 .into_iter()
                 .map(ByteBuf::into_vec)
                 .filter(|n| hearth_core::member::RevocationNotice::decode(n).is_ok_and(|n| conn.proved(&n.wire)))
                 .collect();
             let removals = removals.into_iter().filter(|r| conn.proved(&r.wire)).collect();
-            match replica.note(notices, removals, conn.device()).await {
+            let drops = drops.into_iter().filter(|d| conn.proved(&d.wire)).collect();
+            match replica.note(notices, removals, drops, conn.device()).await {
                 Ok(Some(held)) => Response::Noted { held },
                 Ok(None) => Response::Refused {
                     reason: "only a relay takes revocation notices".into(),

@@ -8,9 +8,14 @@
 //! Push   {wire, entries}                       -> Ack {vector, accepted, rejected}
 //! Grant  {grants: [(wire, access key)], cert}  -> Granted {vectors}   (to a relay)
 //! Join   {invite, user, chain, sig}            -> Joined {sealed}     (from anyone)
-//! Revoke {notices: [revocation notice], removals} -> Noted {held}      (to a relay)
+//! Revoke {notices: [revocation notice], removals, drops} -> Noted {held} (to a relay)
 //! Link   {proof, keys}                         -> Link {sealed}       (a new device)
 //! ```
+//!
+//! Protocol 9 adds text drops to Revoke: the packs a member's store sealed
+//! again without a deleted message's texts (`hearth_core::peer::TextDrop`),
+//! which a relay takes from the entry's author or a user that certified it,
+//! so that it stops serving a deleted text.
 //!
 //! Protocol 8 carries feed entries of format 4 (an entry's texts in one
 //! pack), protocol 7 those of format 3 (a segment per text): the frames are
@@ -56,12 +61,12 @@ use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 
 /// The protocol name (the version is in it).
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/sync/8");
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/sync/9");
 /// Protocol version carried in Hello.
-pub const VERSION: u16 = 8;
+pub const VERSION: u16 = 9;
 /// Names of earlier versions of the protocol, which this node does not speak:
 /// a peer offering only these is reported as incompatible, not banned.
-pub const OLD_PROTOCOLS: [&str; 7] = [
+pub const OLD_PROTOCOLS: [&str; 8] = [
     "/hearth/sync/1",
     "/hearth/sync/2",
     "/hearth/sync/3",
@@ -69,6 +74,7 @@ pub const OLD_PROTOCOLS: [&str; 7] = [
     "/hearth/sync/5",
     "/hearth/sync/6",
     "/hearth/sync/7",
+    "/hearth/sync/8",
 ];
 /// The reason of a Hello refused for a device proof without a chain that
 /// the responder cannot check: say it again with the chain.
@@ -197,6 +203,10 @@ pub enum Request {
         /// Removals of channels the relay proved (taken from a user that
         /// certified the relay for the channel only).
         removals: Vec<hearth_core::peer::RemovalNotice>,
+        /// Texts the sender's store dropped from entries of channels the
+        /// relay proved (protocol 9): taken from a device of the entry's
+        /// author or of a user that certified the relay for the channel.
+        drops: Vec<hearth_core::peer::TextDrop>,
     },
 }
 
@@ -338,7 +348,11 @@ impl Request {
             Request::Join { chain, .. } if chain.len() > MAX_JOIN_CHAIN => {
                 Err(FrameError::Malformed("a certificate chain longer than 8".into()))
             }
-            Request::Revoke { notices, removals } if notices.len() > MAX_NOTICES || removals.len() > MAX_NOTICES => {
+            Request::Revoke {
+                notices,
+                removals,
+                drops,
+            } if notices.len() > MAX_NOTICES || removals.len() > MAX_NOTICES || drops.len() > MAX_NOTICES => {
                 Err(FrameError::Malformed("too many notices".into()))
             }
             Request::Revoke { removals, .. } if removals.iter().any(|r| r.check().is_err()) => {

@@ -20,7 +20,7 @@ use hearth_core::SecretKey;
 
 use crate::auth::{self, Claim, Ends, Keyring, Nonce, Vetting, WhoRole};
 use crate::proto::{self, AccessBytes, BATCH_BYTES, BATCH_ENTRIES, ChannelDigest, Request, Response};
-use hearth_core::peer::{RelayCert, RemovalNotice, Who};
+use hearth_core::peer::{RelayCert, RemovalNotice, TextDrop, Who};
 
 /// Bytes of vectors one Hello answer carries at most (under `MAX_RESPONSE`).
 const HELLO_ANSWER_BUDGET: usize = proto::MAX_RESPONSE * 3 / 4;
@@ -43,6 +43,9 @@ pub struct Auth {
     pub notices: Vec<(WireId, Vec<u8>)>,
     /// Removals to hand the peer if it is a relay (with the notices).
     pub removals: Vec<RemovalNotice>,
+    /// Texts this store dropped, to hand the peer if it is a relay (with
+    /// the notices).
+    pub drops: Vec<TextDrop>,
     /// This device's proof for the Hello, with its chain (which the
     /// signature does not cover: it goes only with `introduce`); none: a relay.
     pub who: Option<Who>,
@@ -69,6 +72,7 @@ impl Auth {
             grant: false,
             notices: Vec::new(),
             removals: Vec::new(),
+            drops: Vec::new(),
             who: None,
             introduce: false,
             certs: Vec::new(),
@@ -99,6 +103,12 @@ impl Auth {
     /// Hand the peer these removals if it is a relay.
     pub fn with_removals(mut self, removals: Vec<RemovalNotice>) -> Self {
         self.removals = removals;
+        self
+    }
+
+    /// Hand the peer these text drops if it is a relay.
+    pub fn with_drops(mut self, drops: Vec<TextDrop>) -> Self {
+        self.drops = drops;
         self
     }
 
@@ -278,8 +288,9 @@ pub struct Outcome {
     pub proved: BTreeSet<WireId>,
     /// Channels granted to the peer (a relay this user configured).
     pub granted: usize,
-    /// Revocation notices and removals (encoded) the peer (a relay) holds
-    /// of those sent to it, so that the node sends each only once.
+    /// Revocation notices, removals and text drops (encoded) the peer (a
+    /// relay) holds or settled of those sent to it, so that the node sends
+    /// each only once.
     pub noted: Vec<Vec<u8>>,
     /// The peer (a relay) took this device's certificate of it.
     pub certified: bool,
@@ -474,6 +485,7 @@ impl Session {
             (Phase::AwaitNoted, Response::Noted { held }) => {
                 let mut sent = self.notifying();
                 sent.extend(self.removing().iter().map(RemovalNotice::encode));
+                sent.extend(self.dropping().iter().map(TextDrop::encode));
                 if held as usize >= sent.len() {
                     self.outcome.noted = sent;
                 }
@@ -741,12 +753,36 @@ impl Session {
         }
     }
 
-    /// Hand a relay the revocation notices and removals of the channels it
-    /// proved, before any entry goes either way; then on to the channels.
+    /// The text drops to hand the peer: those of the channels it proved,
+    /// if it is a relay (at most [`proto::MAX_NOTICES`], and no more than
+    /// half a request frame of them: the rest go in a later session).
+    fn dropping(&self) -> Vec<TextDrop> {
+        match &self.auth {
+            Some(a) if self.outcome.peer_relay => {
+                let mut bytes = 0usize;
+                a.drops
+                    .iter()
+                    .filter(|d| self.outcome.proved.contains(&d.wire))
+                    .take(proto::MAX_NOTICES)
+                    .take_while(|d| {
+                        bytes += d.encode().len();
+                        bytes <= proto::MAX_REQUEST / 2
+                    })
+                    .cloned()
+                    .collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Hand a relay the revocation notices, removals and text drops of the
+    /// channels it proved, before any entry goes either way; then on to the
+    /// channels.
     fn notify(&mut self) -> Action {
         let notices = self.notifying();
         let removals = self.removing();
-        if notices.is_empty() && removals.is_empty() {
+        let drops = self.dropping();
+        if notices.is_empty() && removals.is_empty() && drops.is_empty() {
             return self.next_channel();
         }
         self.phase = Phase::AwaitNoted;
@@ -754,6 +790,7 @@ impl Session {
         Action::Send(Request::Revoke {
             notices: notices.into_iter().map(ByteBuf::from).collect(),
             removals,
+            drops,
         })
     }
 

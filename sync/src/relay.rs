@@ -167,7 +167,14 @@ struct State {
     certs: BTreeMap<WireId, BTreeMap<UserId, (hearth_core::peer::RelayCert, hearth_core::peer::Certifier)>>,
     /// Per channel, users a certifying user removed (`members`).
     removed: BTreeMap<WireId, BTreeMap<UserId, hearth_core::peer::RemovalNotice>>,
+    /// Bytes text drops took from held entries since this relay opened
+    /// (they stay in the log's old records until it is compacted).
+    dropped_bytes: u64,
 }
+
+/// A text drop taken: the drop, the entry as it is held from then on, the
+/// bytes it shrank by, and the entry's author.
+struct DroppedRow(hearth_core::peer::TextDrop, Vec<u8>, u64, UserId);
 
 /// A revocation notice held: what it says, and its bytes (handed on to
 /// peers that ask).
@@ -513,9 +520,16 @@ impl Replica for RelayStore {
         &self,
         notices: Vec<Vec<u8>>,
         removals: Vec<hearth_core::peer::RemovalNotice>,
+        drops: Vec<hearth_core::peer::TextDrop>,
         by: Option<hearth_core::peer::Certifier>,
     ) -> Result<Option<u32>> {
-        self.blocking(move |i| i.note(notices, removals, by)).await.map(Some)
+        self.blocking(move |i| i.note(notices, removals, drops, by))
+            .await
+            .map(Some)
+    }
+
+    async fn drops(&self) -> Result<Vec<hearth_core::peer::TextDrop>> {
+        Ok(Vec::new())
     }
 
     async fn removals(&self) -> Result<Vec<hearth_core::peer::RemovalNotice>> {
@@ -702,19 +716,25 @@ impl Inner {
     /// must verify, be of a channel granted here, and revoke a device of
     /// the revoking device's own user (as far as the chains held tell); the
     /// first notice of a device stands, at most
-    /// [`MAX_NOTICES_PER_CHANNEL`] a channel. Durable (log, fsynced) before
-    /// it is answered. Returns how many this relay holds of those sent.
+    /// [`MAX_NOTICES_PER_CHANNEL`] a channel. And text drops (see
+    /// [`Inner::drops_taken`]). Durable (log, fsynced) before it is
+    /// answered. Returns how many this relay holds of those sent (a drop
+    /// counts once settled: taken, already held, or not to be taken).
     fn note(
         &self,
         notices: Vec<Vec<u8>>,
         removals: Vec<hearth_core::peer::RemovalNotice>,
+        drops: Vec<hearth_core::peer::TextDrop>,
         by: Option<hearth_core::peer::Certifier>,
     ) -> Result<u32> {
         if self.poisoned.load(Ordering::SeqCst) {
             return Err(Error::Poisoned);
         }
         let mut w = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        let settled = drops.len() as u32;
+        let dropped = self.drops_taken(drops, by.as_ref())?;
         let (removed, mut held) = self.removals_taken(removals, by);
+        held += settled;
         let mut new: BTreeMap<(WireId, DeviceId), Held> = BTreeMap::new();
         {
             let st = self.state();
@@ -751,8 +771,9 @@ impl Inner {
                 new.insert((wire, device), h);
             }
         }
-        if !new.is_empty() || !removed.is_empty() {
+        if !new.is_empty() || !removed.is_empty() || !dropped.is_empty() {
             let mut batch = sled::Batch::default();
+            let drop_bodies = self.drop_rows(&mut batch, &dropped);
             for ((wire, device), h) in &new {
                 batch.insert(&prefixed(T_REVOKED, wire, device)[..], &h.bytes[..]);
             }
@@ -764,6 +785,7 @@ impl Inner {
                 .values()
                 .map(|h| (log_kind::REVOKE, h.bytes.as_slice()))
                 .chain(bodies.iter().map(|b| (log_kind::REMOVE, b.as_slice())))
+                .chain(drop_bodies.iter().map(|b| (log_kind::DROP, b.as_slice())))
                 .collect();
             let written = self.write(&mut w, batch, &records, None);
             if written.is_err() {
@@ -772,6 +794,7 @@ impl Inner {
             written?;
             held += new.len() as u32;
             let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
+            Self::account_drops(&mut st, &dropped);
             for ((wire, device), h) in new {
                 st.revoked.entry(wire).or_default().insert(device, h);
             }
@@ -782,6 +805,118 @@ impl Inner {
             let _ = self.events.send(ReplicaEvent::Recheck);
         }
         Ok(held)
+    }
+
+    /// The text drops to take of `drops`, each with the entry as it will
+    /// be held and how many bytes it shrinks by: a drop is taken from `by`,
+    /// a device this relay serves the channel, of the entry's author or of
+    /// a user that certified this relay for the channel (as removals are),
+    /// for an entry held here with the very hash it names, when its pack
+    /// gets no larger (a relay cannot open a pack: it takes the author's or
+    /// the certifier's word that the texts in it are the ones to keep).
+    fn drops_taken(
+        &self,
+        drops: Vec<hearth_core::peer::TextDrop>,
+        by: Option<&hearth_core::peer::Certifier>,
+    ) -> Result<Vec<DroppedRow>> {
+        let Some(by) = by else {
+            return Ok(Vec::new());
+        };
+        let st = self.state();
+        let mut out: Vec<DroppedRow> = Vec::new();
+        for d in drops {
+            let Some(head) = st.feeds.get(&d.wire).and_then(|f| f.get(&d.device)) else {
+                continue;
+            };
+            let certifier = st.certs.get(&d.wire).is_some_and(|c| c.contains_key(&by.user));
+            if d.seq > head.seq || !(by.user == head.user || certifier) || !st.serves(&d.wire, by) {
+                continue;
+            }
+            // Two drops of one entry in a request: the later one names the
+            // entry as the first leaves it only if the hash is the same
+            // (it is: the pack is outside the hash), so each applies in turn.
+            let before = match out
+                .iter()
+                .rev()
+                .find(|r| (r.0.wire, r.0.device, r.0.seq) == (d.wire, d.device, d.seq))
+            {
+                Some(r) => r.1.clone(),
+                None => match self.tree.get(feed_key(&d.wire, &d.device, d.seq)).map_err(sled_error)? {
+                    Some(v) => v.to_vec(),
+                    None => continue,
+                },
+            };
+            if let Ok(Some(after)) = d.apply(&before) {
+                let shrink = (before.len() - after.len().min(before.len())) as u64;
+                out.push(DroppedRow(d, after, shrink, head.user));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The `F` rows (and the heads' byte counts) of the drops taken, into
+    /// `batch`; returns the log records' bodies.
+    fn drop_rows(&self, batch: &mut sled::Batch, rows: &[DroppedRow]) -> Vec<Vec<u8>> {
+        let st = self.state();
+        let mut heads: BTreeMap<(WireId, DeviceId), RelayHead> = BTreeMap::new();
+        for DroppedRow(d, after, shrink, _) in rows {
+            batch.insert(&feed_key(&d.wire, &d.device, d.seq)[..], &after[..]);
+            if let Some(h) = st.feeds.get(&d.wire).and_then(|f| f.get(&d.device)) {
+                let h = heads.entry((d.wire, d.device)).or_insert(*h);
+                h.bytes = h.bytes.saturating_sub(*shrink);
+            }
+        }
+        for ((wire, device), h) in heads {
+            batch.insert(
+                &prefixed(T_HEADS, &wire, &device)[..],
+                postcard::to_stdvec(&h).expect("a head encodes"),
+            );
+        }
+        rows.iter().map(|r| r.0.encode()).collect()
+    }
+
+    /// What the drops taken free: the heads' bytes, the relay's, the authors'.
+    fn account_drops(st: &mut State, rows: &[DroppedRow]) {
+        for DroppedRow(d, _, shrink, user) in rows {
+            if let Some(h) = st.feeds.get_mut(&d.wire).and_then(|f| f.get_mut(&d.device)) {
+                h.bytes = h.bytes.saturating_sub(*shrink);
+            }
+            st.bytes = st.bytes.saturating_sub(*shrink);
+            if let Some(b) = st.by_user.get_mut(user) {
+                *b = b.saturating_sub(*shrink);
+            }
+            st.dropped_bytes += shrink;
+        }
+    }
+
+    /// A drop record of the log, replayed (a catch-up or a rebuild): it was
+    /// checked when taken, so it applies to the entry it names, if held.
+    pub(super) fn replay_drop(&self, batch: &mut sled::Batch, body: &[u8]) -> Result<()> {
+        let Ok(d) = hearth_core::peer::TextDrop::decode(body) else {
+            return Ok(());
+        };
+        let Some(user) = self
+            .state()
+            .feeds
+            .get(&d.wire)
+            .and_then(|f| f.get(&d.device))
+            .map(|h| h.user)
+        else {
+            return Ok(());
+        };
+        let Some(before) = self.tree.get(feed_key(&d.wire, &d.device, d.seq)).map_err(sled_error)? else {
+            return Ok(());
+        };
+        if let Ok(Some(after)) = d.apply(&before) {
+            let shrink = (before.len() - after.len().min(before.len())) as u64;
+            let rows = [DroppedRow(d, after, shrink, user)];
+            self.drop_rows(batch, &rows);
+            // The rows go to sled before the next drop of the same entry
+            // reads them.
+            self.tree.apply_batch(std::mem::take(batch)).map_err(sled_error)?;
+            Self::account_drops(&mut self.state.write().unwrap_or_else(PoisonError::into_inner), &rows);
+        }
+        Ok(())
     }
 
     /// The entries `have` lacks, feed by feed in seq order, within a budget.
@@ -1430,12 +1565,15 @@ mod tests {
             forged,
             notice(&a, stolen.device(), 1, WireId([7; 32])),
         ];
-        assert_eq!(relay.note(refused, Vec::new(), None).await.unwrap(), Some(0));
+        assert_eq!(
+            relay.note(refused, Vec::new(), Vec::new(), None).await.unwrap(),
+            Some(0)
+        );
         assert_eq!(relay.notices().await.unwrap(), Vec::new());
         let good = notice(&a, stolen.device(), 2, wire);
         assert_eq!(
             relay
-                .note(vec![good.clone(), good.clone()], Vec::new(), None)
+                .note(vec![good.clone(), good.clone()], Vec::new(), Vec::new(), None)
                 .await
                 .unwrap(),
             Some(2)
@@ -1443,7 +1581,7 @@ mod tests {
         // The first notice of a device stands.
         assert_eq!(
             relay
-                .note(vec![notice(&a, stolen.device(), 5, wire)], Vec::new(), None)
+                .note(vec![notice(&a, stolen.device(), 5, wire)], Vec::new(), Vec::new(), None)
                 .await
                 .unwrap(),
             Some(1)
@@ -1512,22 +1650,45 @@ mod tests {
         // Removals: not from a device that proved nothing, nor from a user
         // that did not certify the relay, nor of oneself.
         let held = |r: Option<u32>| r.unwrap();
-        assert_eq!(held(relay.note(vec![], vec![removal(&b)], None).await.unwrap()), 0);
         assert_eq!(
-            held(relay.note(vec![], vec![removal(&b)], Some(by(&m))).await.unwrap()),
+            held(relay.note(vec![], vec![removal(&b)], Vec::new(), None).await.unwrap()),
             0
         );
         assert_eq!(
-            held(relay.note(vec![], vec![removal(&a)], Some(by(&a))).await.unwrap()),
+            held(
+                relay
+                    .note(vec![], vec![removal(&b)], Vec::new(), Some(by(&m)))
+                    .await
+                    .unwrap()
+            ),
             0
         );
         assert_eq!(
-            held(relay.note(vec![], vec![removal(&b)], Some(by(&a))).await.unwrap()),
+            held(
+                relay
+                    .note(vec![], vec![removal(&a)], Vec::new(), Some(by(&a)))
+                    .await
+                    .unwrap()
+            ),
+            0
+        );
+        assert_eq!(
+            held(
+                relay
+                    .note(vec![], vec![removal(&b)], Vec::new(), Some(by(&a)))
+                    .await
+                    .unwrap()
+            ),
             1
         );
         // The removed user's own removals are not taken any more.
         assert_eq!(
-            held(relay.note(vec![], vec![removal(&a)], Some(by(&b))).await.unwrap()),
+            held(
+                relay
+                    .note(vec![], vec![removal(&a)], Vec::new(), Some(by(&b)))
+                    .await
+                    .unwrap()
+            ),
             0
         );
         let check = |relay: RelayStore| {
@@ -1564,25 +1725,38 @@ mod tests {
         assert_eq!(
             held(
                 relay
-                    .note(vec![], vec![back(&b, u64::MAX)], Some(by(&a)))
+                    .note(vec![], vec![back(&b, u64::MAX)], Vec::new(), Some(by(&a)))
                     .await
                     .unwrap()
             ),
             0
         );
         assert_eq!(
-            held(relay.note(vec![], vec![back(&b, 5)], Some(by(&a))).await.unwrap()),
+            held(
+                relay
+                    .note(vec![], vec![back(&b, 5)], Vec::new(), Some(by(&a)))
+                    .await
+                    .unwrap()
+            ),
             1
         );
         assert!(!served(relay.clone(), by(&b)).await, "older than the removal held");
         assert_eq!(
-            held(relay.note(vec![], vec![back(&b, 20)], Some(by(&a))).await.unwrap()),
+            held(
+                relay
+                    .note(vec![], vec![back(&b, 20)], Vec::new(), Some(by(&a)))
+                    .await
+                    .unwrap()
+            ),
             1
         );
         assert!(served(relay.clone(), by(&b)).await);
         assert_eq!(relay.relay_certs(vec![wire]).await.unwrap().len(), 2);
         let again = RemovalNotice { at: 30, ..removal(&b) };
-        assert_eq!(held(relay.note(vec![], vec![again], Some(by(&a))).await.unwrap()), 1);
+        assert_eq!(
+            held(relay.note(vec![], vec![again], Vec::new(), Some(by(&a))).await.unwrap()),
+            1
+        );
         assert!(!served(relay.clone(), by(&b)).await);
         drop(relay);
         assert!(
@@ -1597,7 +1771,12 @@ mod tests {
         let relay = RelayStore::open(dir.path()).unwrap();
         assert!(served(relay.clone(), by(&a)).await);
         assert_eq!(
-            held(relay.note(vec![], vec![back(&b, 40)], Some(by(&a))).await.unwrap()),
+            held(
+                relay
+                    .note(vec![], vec![back(&b, 40)], Vec::new(), Some(by(&a)))
+                    .await
+                    .unwrap()
+            ),
             1
         );
         drop(relay);

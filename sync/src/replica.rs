@@ -4,7 +4,7 @@ use std::future::Future;
 
 use hearth_core::device::DevicePublic;
 use hearth_core::peer::{
-    Certifier, Claim, Ends, Nonce, RelayCert, RemovalNotice, RemovedNotice, Vetting, Who, WhoRole,
+    Certifier, Claim, Ends, Nonce, RelayCert, RemovalNotice, RemovedNotice, TextDrop, Vetting, Who, WhoRole,
 };
 use hearth_core::{SecretKey, Vector, WireId};
 use hearth_store::{EntryBatch, IngestReport, Store, StoreEvent};
@@ -83,8 +83,13 @@ pub trait Replica: Clone + Send + Sync + 'static {
         &self,
         notices: Vec<Vec<u8>>,
         removals: Vec<RemovalNotice>,
+        drops: Vec<TextDrop>,
         by: Option<Certifier>,
     ) -> impl Future<Output = hearth_store::Result<Option<u32>>> + Send;
+
+    /// The text drops to hand relays (a member's: what its deletes took
+    /// from stored entries).
+    fn drops(&self) -> impl Future<Output = hearth_store::Result<Vec<TextDrop>>> + Send;
 
     /// The removals to hand relays (a member's, from its rosters).
     fn removals(&self) -> impl Future<Output = hearth_store::Result<Vec<RemovalNotice>>> + Send;
@@ -215,10 +220,16 @@ impl Replica for Store {
         &self,
         _: Vec<Vec<u8>>,
         _: Vec<RemovalNotice>,
+        _: Vec<TextDrop>,
         _: Option<Certifier>,
     ) -> hearth_store::Result<Option<u32>> {
-        // A member reads revocations and removals from the roster, signed in its feeds.
+        // A member reads revocations and removals from the roster, signed in
+        // its feeds, and drops texts when the delete arrives.
         Ok(None)
+    }
+
+    async fn drops(&self) -> hearth_store::Result<Vec<TextDrop>> {
+        Store::text_drops(self).await
     }
 
     async fn removals(&self) -> hearth_store::Result<Vec<RemovalNotice>> {
@@ -334,9 +345,14 @@ impl Replica for Detached {
         &self,
         _: Vec<Vec<u8>>,
         _: Vec<RemovalNotice>,
+        _: Vec<TextDrop>,
         _: Option<Certifier>,
     ) -> hearth_store::Result<Option<u32>> {
         Ok(None)
+    }
+
+    async fn drops(&self) -> hearth_store::Result<Vec<TextDrop>> {
+        Ok(Vec::new())
     }
 
     async fn removals(&self) -> hearth_store::Result<Vec<RemovalNotice>> {

@@ -259,6 +259,13 @@ mod seeds {
         let revoke = Request::Revoke {
             notices: vec![ByteBuf::from(vec![0x5d; 40]), ByteBuf::from(vec![0x6e; 3])],
             removals: vec![removal],
+            drops: vec![hearth_core::peer::TextDrop {
+                wire: WireId([0x11; 32]),
+                device: DeviceId([0x22; 16]),
+                seq: 3,
+                entry: [0x33; 32],
+                pack: Some(ByteBuf::from(vec![0x44; 60])),
+            }],
         }
         .encode();
         write("sync_request", "valid-revoke", &revoke);

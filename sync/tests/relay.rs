@@ -235,6 +235,130 @@ async fn the_relay_holds_no_plaintext() {
     assert!(!found, "plaintext or the channel id under {}", dr.path().display());
 }
 
+/// One session of `local` with `remote`, granting (and so certifying) only
+/// with `grant`: a member that did not configure the relay.
+async fn sync_as<A: Replica, B: Replica>(local: &A, remote: &B, grant: bool) -> Outcome {
+    let (mine, theirs) = conns(local, remote);
+    let session = mine.session(local, grant).await.unwrap();
+    let outcome = run_session(session, local, &mine, |req| {
+        let (remote, theirs) = (remote.clone(), theirs.clone());
+        async move { Ok(serve(&remote, req, &theirs).await.0) }
+    })
+    .await;
+    assert_eq!(outcome.failed, None, "{outcome:?}");
+    outcome
+}
+
+/// The pack of the entry the relay serves that carried `text` when it
+/// came (found by its place), and whether `text` still opens in it.
+async fn served_pack(
+    relay: &RelayStore,
+    keys: &ChannelKeys,
+    place: (hearth_core::DeviceId, u64),
+) -> (Option<Vec<u8>>, Vec<String>) {
+    let all = relay
+        .entries_after(keys.wire(), Vector::default(), usize::MAX, usize::MAX)
+        .await
+        .unwrap()
+        .unwrap();
+    let env = all
+        .entries
+        .iter()
+        .map(|b| Envelope::decode(b).unwrap())
+        .find(|e| (e.header.device, e.header.seq) == place)
+        .expect("the relay holds the entry");
+    let texts = env.open_texts(keys).into_iter().map(|c| c.text).collect();
+    (env.pack.clone(), texts)
+}
+
+/// A delete reaches a relay (sync protocol 9): the author's store hands it
+/// the entry's pack sealed again without the deleted text, and the relay
+/// serves the entry that way from then on (after a rebuild of its database
+/// too); a member that comes later never gets the text. A member that is
+/// neither the author nor a user that certified the relay hands the same
+/// drop, and it is not taken.
+#[tokio::test]
+async fn a_relay_serves_a_deleted_text_no_more() {
+    let (da, db, dc, dr) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let relay = RelayStore::open(dr.path()).unwrap();
+    let a = Store::create(da.path(), &pass(), ALICE, config()).await.unwrap();
+    let b = Store::create(db.path(), &pass(), BOB, config()).await.unwrap();
+    let general = a.create_channel(CHANNEL_NAME).await.unwrap();
+    let keys = a.channel_keys(general).await.unwrap();
+    a.post(general, "a message that stays").await.unwrap();
+    let secret = a.post(general, "the secret that must go").await.unwrap();
+    // Alice configured the relay (she grants it the channel); Bob did not.
+    sync_as(&a, &relay, true).await;
+    b.join_channel(keys.clone()).await.unwrap();
+    sync_as(&b, &relay, false).await;
+    let place = {
+        let all = a
+            .entries_after(keys.wire(), Vector::default(), usize::MAX, usize::MAX)
+            .await
+            .unwrap();
+        let env = all
+            .entries
+            .iter()
+            .map(|x| Envelope::decode(x).unwrap())
+            .find(|e| e.open_texts(&keys).iter().any(|c| c.msg == secret))
+            .unwrap();
+        (env.header.device, env.header.seq)
+    };
+    let (before, texts) = served_pack(&relay, &keys, place).await;
+    assert!(texts.contains(&"the secret that must go".to_string()));
+
+    // Alice deletes it; Bob, a member, hears of it first and drops the text
+    // himself, but the relay does not take his word for it.
+    a.delete(secret).await.unwrap();
+    sync_as(&a, &b, false).await;
+    assert!(
+        b.find_text("the secret that must go")
+            .await
+            .unwrap()
+            .iter()
+            .all(|w| !w.starts_with("sled"))
+    );
+    assert!(
+        !b.text_drops().await.unwrap().is_empty(),
+        "Bob's store keeps the drop for relays"
+    );
+    sync_as(&b, &relay, false).await;
+    assert_eq!(
+        served_pack(&relay, &keys, place).await.0,
+        before,
+        "taken from a plain member"
+    );
+
+    // Alice hands it over: the relay serves the entry without the text.
+    let drops = a.text_drops().await.unwrap();
+    assert!(drops.iter().any(|d| (d.device, d.seq) == place), "{drops:?}");
+    sync_as(&a, &relay, true).await;
+    let (after, texts) = served_pack(&relay, &keys, place).await;
+    assert_ne!(after, before);
+    assert!(!texts.iter().any(|t| t.contains("secret")), "{texts:?}");
+    assert!(after.as_ref().map_or(0, Vec::len) < before.as_ref().map_or(0, Vec::len));
+
+    // A member that comes later gets it from the relay without the text.
+    let c = Store::create(dc.path(), &pass(), "carol", config()).await.unwrap();
+    c.join_channel(keys.clone()).await.unwrap();
+    sync_as(&c, &relay, false).await;
+    let m = c.message(secret).await.unwrap().message;
+    assert!(m.deleted && m.text.is_none(), "{m:?}");
+    assert!(c.find_text("the secret that must go").await.unwrap().is_empty());
+    assert_eq!(texts_of(&c, general).await, ["a message that stays"]);
+
+    // The relay's database rebuilt from its log: the drop holds.
+    drop(relay);
+    std::fs::remove_dir_all(dr.path().join("db")).unwrap();
+    let relay = RelayStore::open(dr.path()).unwrap();
+    assert_eq!(served_pack(&relay, &keys, place).await.0, after);
+}
+
 #[tokio::test]
 async fn forged_entries_are_refused_and_the_good_ones_served() {
     let (da, db, dr) = (
@@ -528,7 +652,10 @@ async fn a_relay_of_format_7_keeps_its_removals_and_takes_a_later_adding_back() 
         back: true,
     };
     assert_eq!(
-        relay.note(vec![], vec![back], Some(alice.clone())).await.unwrap(),
+        relay
+            .note(vec![], vec![back], vec![], Some(alice.clone()))
+            .await
+            .unwrap(),
         Some(1)
     );
     assert!(served(relay.clone(), bob.clone()).await);

@@ -45,8 +45,10 @@ pub(super) const META_LOG_SYNCED: &[u8] = b"Mlogsynced";
 /// the oldest); a format 7 relay is only marked. 9: feed entries of format
 /// 3 (droppable segments, outside the entry hash); a format 8 relay is only
 /// marked. 10: feed entries of format 4 (one pack of texts, outside the
-/// signature and the hash); a format 9 relay is only marked.
-pub(super) const RELAY_FORMAT: u8 = 10;
+/// signature and the hash); a format 9 relay is only marked. 11: text
+/// drops (log record kind 11): an entry's pack replaced by the one a
+/// member's store holds after a delete; a format 10 relay is only marked.
+pub(super) const RELAY_FORMAT: u8 = 11;
 /// sled is checkpointed once this much log was written since the last time
 /// (the log itself is durable at every acknowledgement).
 const CHECKPOINT_BYTES: u64 = 4 << 20;
@@ -272,6 +274,7 @@ impl Inner {
                             }
                         }
                     }
+                    log_kind::DROP => self.replay_drop(&mut batch, &r.body)?,
                     log_kind::GRANT => {
                         if let Some((wire, key)) = super::decode_grant(&r.body) {
                             batch.insert(&super::grant_key(&wire)[..], &r.body[32..]);
