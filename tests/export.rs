@@ -2,13 +2,20 @@
 //! edits, deletes, a deleted root with a reply) exported as JSON and as a
 //! plain automerge document. The JSON goes back into a new channel through
 //! `import_export` and out again the same; the automerge document, loaded
-//! with the automerge crate alone, says what `message` and `thread` say.
+//! with the automerge crate alone and with the JavaScript automerge
+//! (tests/js, run by node), says what `message`, `thread` and `members` say.
 
 use std::collections::BTreeMap;
 
-use automerge::{Automerge, ObjType, ReadDoc, ScalarValue, Value};
+use automerge::transaction::Transactable;
+use automerge::{AutoCommit, Automerge, ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value};
 use hearth::core::Vector;
-use hearth::{ChannelId, Config, Export, Hearth, KdfParams, MessageId, Passphrase};
+use hearth::{
+    ChannelId, Config, Export, ExportChannel, ExportMessage, Hearth, KdfParams, MessageId, Passphrase, UserId,
+};
+
+#[path = "support/node.rs"]
+mod node;
 
 fn config() -> Config {
     Config::default().with_kdf(KdfParams::INSECURE_FAST)
@@ -181,53 +188,283 @@ async fn a_json_export_goes_back_into_a_new_channel() {
     assert_eq!(c.alice.channels().await.unwrap().len(), before);
 }
 
-fn string(doc: &Automerge, obj: &automerge::ObjId, key: &str) -> Option<String> {
-    match doc.get(obj, key).unwrap() {
-        Some((Value::Scalar(s), _)) => match s.as_ref() {
-            ScalarValue::Str(t) => Some(t.to_string()),
-            ScalarValue::Null => None,
-            other => panic!("{key}: {other:?}"),
-        },
-        other => panic!("{key}: {other:?}"),
+/// The scalar at `prop` of `obj`; panics on anything else.
+fn scalar(doc: &Automerge, obj: &ObjId, prop: impl Into<Prop>) -> ScalarValue {
+    let prop = prop.into();
+    match doc.get(obj, prop.clone()).unwrap() {
+        Some((Value::Scalar(s), _)) => s.into_owned(),
+        other => panic!("{prop}: {other:?}, not a scalar"),
     }
+}
+
+/// A string scalar, or null.
+fn string(doc: &Automerge, obj: &ObjId, prop: impl Into<Prop>) -> Option<String> {
+    match scalar(doc, obj, prop) {
+        ScalarValue::Str(t) => Some(t.to_string()),
+        ScalarValue::Null => None,
+        other => panic!("{other:?}, not a string or null"),
+    }
+}
+
+fn uint(doc: &Automerge, obj: &ObjId, prop: impl Into<Prop>) -> u64 {
+    match scalar(doc, obj, prop) {
+        ScalarValue::Uint(n) => n,
+        other => panic!("{other:?}, not an unsigned integer"),
+    }
+}
+
+fn boolean(doc: &Automerge, obj: &ObjId, prop: impl Into<Prop>) -> bool {
+    match scalar(doc, obj, prop) {
+        ScalarValue::Boolean(b) => b,
+        other => panic!("{other:?}, not a boolean"),
+    }
+}
+
+/// The object of type `ty` at `prop` of `obj`; panics on anything else.
+fn object(doc: &Automerge, obj: &ObjId, prop: impl Into<Prop>, ty: ObjType) -> ObjId {
+    let prop = prop.into();
+    match doc.get(obj, prop.clone()).unwrap() {
+        Some((Value::Object(t), id)) if t == ty => id,
+        other => panic!("{prop}: {other:?}, not a {ty:?}"),
+    }
+}
+
+/// A map of strings (display names by user id).
+fn strings(doc: &Automerge, map: &ObjId) -> BTreeMap<String, String> {
+    doc.keys(map)
+        .map(|k| {
+            let v = string(doc, map, k.as_str()).expect("a string");
+            (k, v)
+        })
+        .collect()
+}
+
+/// The automerge export as the automerge crate reads it through the schema
+/// of docs/export.md, and only through it: a value of another type panics.
+fn read_automerge(bytes: &[u8]) -> Export {
+    let doc = Automerge::load(bytes).unwrap();
+    let root = automerge::ROOT;
+    let channel = object(&doc, &root, "channel", ObjType::Map);
+    let list = object(&doc, &root, "messages", ObjType::List);
+    let messages = (0..doc.length(&list))
+        .map(|i| {
+            let m = object(&doc, &list, i, ObjType::Map);
+            let r = object(&doc, &m, "reactions", ObjType::Map);
+            let reactions = doc
+                .keys(&r)
+                .map(|emoji| {
+                    let users = object(&doc, &r, emoji.as_str(), ObjType::List);
+                    let users = (0..doc.length(&users)).map(|j| string(&doc, &users, j).expect("a user id"));
+                    (emoji, users.collect())
+                })
+                .collect();
+            ExportMessage {
+                id: string(&doc, &m, "id").expect("an id"),
+                author: string(&doc, &m, "author").expect("an author"),
+                time_ms: uint(&doc, &m, "time_ms"),
+                text: string(&doc, &m, "text"),
+                reply_to: string(&doc, &m, "reply_to"),
+                edited: boolean(&doc, &m, "edited"),
+                deleted: boolean(&doc, &m, "deleted"),
+                reactions,
+            }
+        })
+        .collect();
+    Export {
+        format: string(&doc, &root, "format").expect("a format"),
+        version: uint(&doc, &root, "version").try_into().unwrap(),
+        channel: ExportChannel {
+            id: string(&doc, &channel, "id").expect("an id"),
+            name: string(&doc, &channel, "name").expect("a name"),
+            exported_at_ms: uint(&doc, &channel, "exported_at_ms"),
+            members: strings(&doc, &object(&doc, &channel, "members", ObjType::Map)),
+        },
+        messages,
+    }
+}
+
+/// Notes in `out` that `what` reads `read` where the store says `store`.
+fn same<T: PartialEq + std::fmt::Debug>(out: &mut Vec<String>, what: &str, read: T, store: T) {
+    if read != store {
+        out.push(format!("{what}: read {read:?}, the store says {store:?}"));
+    }
+}
+
+/// Where an export, as some reader read it, disagrees with what `store`
+/// answers about `channel` (`channels`, `members`, `message`, `thread`),
+/// field by field: empty when it says what the store says. An export of
+/// the channel is not consulted: the store's own answers are the truth.
+async fn disagreements(store: &Hearth, channel: ChannelId, read: &Export) -> Vec<String> {
+    let mut out = Vec::new();
+    same(
+        &mut out,
+        "format",
+        (read.format.as_str(), read.version),
+        ("hearth-export", 1),
+    );
+    let info = store
+        .channels()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.id == channel)
+        .unwrap();
+    same(&mut out, "channel id", read.channel.id.clone(), channel.to_string());
+    same(&mut out, "channel name", &read.channel.name, &info.name);
+    let members: BTreeMap<String, String> = store
+        .members(channel)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(u, n)| (u.to_string(), n))
+        .collect();
+    same(&mut out, "members", &read.channel.members, &members);
+    same(&mut out, "message count", read.messages.len() as u64, info.messages);
+    // Each root's replies as read, in order; a top-level message has a thread too.
+    let mut threads: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut previous = None;
+    for m in &read.messages {
+        let Ok(id) = m.id.parse::<MessageId>() else {
+            out.push(format!("message id {:?} is not an id", m.id));
+            continue;
+        };
+        if previous.is_some_and(|p| p >= id) {
+            out.push(format!("message {id} comes after a newer one"));
+        }
+        previous = Some(id);
+        let shown = match store.message(id).await {
+            Ok(located) => located.message,
+            Err(e) => {
+                out.push(format!("message {id}: {e}"));
+                continue;
+            }
+        };
+        let field = |name: &str| format!("message {id} {name}");
+        same(&mut out, &field("author"), m.author.clone(), shown.author.to_string());
+        same(&mut out, &field("time_ms"), m.time_ms, id.timestamp().millis());
+        same(&mut out, &field("text"), &m.text, &shown.text);
+        same(
+            &mut out,
+            &field("reply_to"),
+            m.reply_to.clone(),
+            shown.reply_to.map(|r| r.to_string()),
+        );
+        same(&mut out, &field("edited"), m.edited, shown.edited);
+        same(&mut out, &field("deleted"), m.deleted, shown.deleted);
+        // Who reacted is a set: the schema's lists in any order.
+        let mut reactions = m.reactions.clone();
+        reactions.values_mut().for_each(|users| users.sort());
+        let shown_reactions: BTreeMap<String, Vec<String>> = shown
+            .reactions
+            .iter()
+            .map(|(emoji, users)| (emoji.clone(), users.iter().map(UserId::to_string).collect()))
+            .collect();
+        same(&mut out, &field("reactions"), reactions, shown_reactions);
+        let replies = threads.entry(m.reply_to.as_deref().unwrap_or(&m.id)).or_default();
+        if m.reply_to.is_some() {
+            replies.push(m.id.clone());
+        }
+    }
+    for (root, replies) in threads {
+        let Ok(root_id) = root.parse::<MessageId>() else {
+            out.push(format!("thread root {root:?} is not an id"));
+            continue;
+        };
+        match store.thread(root_id).await {
+            Ok(t) => {
+                let shown: Vec<String> = t.replies.iter().map(|r| r.id.to_string()).collect();
+                same(&mut out, &format!("thread {root} replies"), replies, shown);
+            }
+            Err(e) => out.push(format!("thread {root}: {e}")),
+        }
+    }
+    out
 }
 
 #[tokio::test]
 async fn an_automerge_export_loads_with_automerge_alone_and_says_what_the_store_says() {
     let c = chat().await;
-    let bytes = c.alice.export(c.general).await.unwrap().to_automerge();
-    let doc = Automerge::load(&bytes).unwrap();
-    let root = automerge::ROOT;
-    assert_eq!(string(&doc, &root, "format").as_deref(), Some("hearth-export"));
-    let (Value::Object(ObjType::List), messages) = doc.get(&root, "messages").unwrap().unwrap() else {
-        panic!("messages is a list");
+    let e = c.alice.export(c.general).await.unwrap();
+    let read = read_automerge(&e.to_automerge());
+    assert_eq!(read.messages.len(), 6);
+    assert_eq!(disagreements(&c.bob, c.general, &read).await, Vec::<String>::new());
+    assert_eq!(read, e);
+}
+
+/// A reader's mistake, and the field the comparison must name.
+type Mistake = (&'static str, fn(&mut Export));
+
+#[tokio::test]
+async fn a_wrong_text_author_time_reply_or_reaction_is_a_disagreement() {
+    let c = chat().await;
+    let e = c.alice.export(c.general).await.unwrap();
+    assert_eq!(disagreements(&c.bob, c.general, &e).await, Vec::<String>::new());
+    // messages[0] is the edited root with two 🎉, messages[2] Bob's reply to it.
+    let mistakes: [Mistake; 10] = [
+        ("text", |e| e.messages[0].text = Some("lunch?".into())),
+        ("author", |e| e.messages[0].author = e.messages[2].author.clone()),
+        ("time_ms", |e| e.messages[0].time_ms += 1),
+        ("reply_to", |e| e.messages[2].reply_to = None),
+        ("replies", |e| e.messages[2].reply_to = Some(e.messages[1].id.clone())),
+        ("reactions", |e| {
+            e.messages[0].reactions.get_mut("🎉").unwrap().truncate(1)
+        }),
+        ("reactions", |e| {
+            e.messages[2].reactions = e.messages[0].reactions.clone()
+        }),
+        ("edited", |e| e.messages[0].edited = false),
+        ("deleted", |e| e.messages[1].deleted = false),
+        ("message count", |e| e.messages.truncate(5)),
+    ];
+    for (field, mistake) in mistakes {
+        let mut wrong = e.clone();
+        mistake(&mut wrong);
+        let found = disagreements(&c.bob, c.general, &wrong).await;
+        assert!(found.iter().any(|d| d.contains(field)), "{field}: {found:?}");
+    }
+}
+
+/// `file` as the JavaScript automerge reads it (tests/js/read_export.mjs).
+fn read_with_javascript(file: &std::path::Path) -> Export {
+    let json = node::read_export(file).unwrap_or_else(|why| panic!("{why}"));
+    serde_json::from_slice(&json).unwrap()
+}
+
+#[tokio::test]
+async fn the_javascript_automerge_reads_the_export() {
+    if !node::should_run("the_javascript_automerge_reads_the_export") {
+        return;
+    }
+    let c = chat().await;
+    let e = c.alice.export(c.general).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("general.automerge");
+    std::fs::write(&file, e.to_automerge()).unwrap();
+    let read = read_with_javascript(&file);
+    assert_eq!(read.messages.len(), 6);
+    assert_eq!(disagreements(&c.bob, c.general, &read).await, Vec::<String>::new());
+    assert_eq!(read, e);
+
+    // What it prints is what the document says: a text changed in it is
+    // read changed, and a value of another type than the schema's refused.
+    let change = |f: &dyn Fn(&mut AutoCommit, &ObjId)| {
+        let mut doc = AutoCommit::load(&e.to_automerge()).unwrap();
+        let list = object(doc.document(), &automerge::ROOT, "messages", ObjType::List);
+        let first = object(doc.document(), &list, 0, ObjType::Map);
+        f(&mut doc, &first);
+        std::fs::write(&file, doc.save()).unwrap();
     };
-    assert_eq!(doc.length(&messages), 6);
-    let mut replies: BTreeMap<MessageId, Vec<MessageId>> = BTreeMap::new();
-    for i in 0..doc.length(&messages) {
-        let (_, m) = doc.get(&messages, i).unwrap().unwrap();
-        let id: MessageId = string(&doc, &m, "id").unwrap().parse().unwrap();
-        let shown = c.bob.message(id).await.unwrap().message;
-        assert_eq!(string(&doc, &m, "text"), shown.text);
-        assert_eq!(string(&doc, &m, "author"), Some(shown.author.to_string()));
-        let Some((Value::Scalar(t), _)) = doc.get(&m, "time_ms").unwrap() else {
-            panic!("time_ms")
-        };
-        assert_eq!(t.as_ref(), &ScalarValue::Uint(id.timestamp().millis()));
-        if let Some(r) = string(&doc, &m, "reply_to") {
-            replies.entry(r.parse().unwrap()).or_default().push(id);
-        }
-        let (_, reactions) = doc.get(&m, "reactions").unwrap().unwrap();
-        for (emoji, users) in &shown.reactions {
-            let (_, list) = doc.get(&reactions, emoji.as_str()).unwrap().unwrap();
-            assert_eq!(doc.length(&list), users.len(), "{emoji}");
-        }
-        assert_eq!(doc.keys(&reactions).count(), shown.reactions.len());
-    }
-    // Threads as `thread` gives them, replies in order.
-    for (root_id, ids) in replies {
-        let t = c.bob.thread(root_id).await.unwrap();
-        let want: Vec<MessageId> = t.replies.iter().map(|m| m.id).collect();
-        assert_eq!(ids, want);
-    }
+    change(&|doc, m| doc.put(m, "text", "lunch at one?").unwrap());
+    let found = disagreements(&c.bob, c.general, &read_with_javascript(&file)).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("text") && found[0].contains("lunch at one?"),
+        "{found:?}"
+    );
+    change(&|doc, m| doc.put(m, "time_ms", "noon").unwrap());
+    let why = node::read_export(&file).unwrap_err();
+    assert!(
+        why.contains("messages[0].time_ms") && why.contains("not an unsigned integer"),
+        "{why}"
+    );
 }
