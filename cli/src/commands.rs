@@ -153,13 +153,9 @@ fn show_progress(
             loop {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 let (done, total) = (progress.rows_copied.load(Relaxed), progress.rows_total.load(Relaxed));
-                if total > 0 {
-                    eprint!(
-                        "\r{what}: {done} of about {total} rows copied ({}%)",
-                        done * 100 / total
-                    );
-                } else {
-                    eprint!("\r{what}: {done} rows");
+                match (done * 100).checked_div(total) {
+                    Some(pct) => eprint!("\r{what}: {done} of about {total} rows copied ({pct}%)"),
+                    None => eprint!("\r{what}: {done} rows"),
                 }
             }
         })

@@ -933,7 +933,11 @@ fn a_backup_and_a_restore_survive_power_cuts() {
         }
         stores += u32::from(has_store);
         run(hearth(&target).arg("verify"));
-        let log = run(hearth(&target).args(["log", "c", "--limit", "10"]));
+        let log = run(hearth(&target).args(["log", "c", "--limit", "100000"]));
+        assert!(
+            log.contains("bulk message 2999 "),
+            "round {round}: the bulk is missing after a restore"
+        );
         for k in &kept[..holds] {
             assert!(
                 log.contains(k.as_str()),

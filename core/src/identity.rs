@@ -243,6 +243,16 @@ impl Identity {
         Ok(id)
     }
 
+    /// This identity with `node` as its own network key, if it has one (a
+    /// master-key rotation gives a restored device a new peer id, as it
+    /// gives any other store one).
+    pub fn with_node_secret(mut self, node: &SecretKey) -> Self {
+        if self.node.is_some() {
+            self.node = Some(node.clone());
+        }
+        self
+    }
+
     /// The secret of this device's own network key, if it has one (a device
     /// restored from a backup); otherwise the store derives it from its
     /// master key.

@@ -206,6 +206,8 @@ struct Actor {
     backup: Option<BackingUp>,
     /// Backups asked for while another copy ran, in order.
     backups_waiting: std::collections::VecDeque<BackupJob>,
+    /// Backups whose file's end is being written.
+    finishing: Vec<std::thread::JoinHandle<()>>,
     /// No automatic compaction before then (after one failed).
     auto_compact_after: Instant,
 }
@@ -486,19 +488,26 @@ impl Actor {
         let paused = paused.elapsed();
         let channels = self.engine.channels.len() as u32;
         let started = running.started;
-        std::thread::spawn(move || {
+        let taken_ms = crate::engine::now_ms();
+        // The file's end is written off this thread; a close waits for it.
+        self.finishing.retain(|t| !t.is_finished());
+        let finishing = std::thread::spawn(move || {
             let report = copied.report;
-            let res = copied.sink.finish(channels).map(|bytes| crate::backup::BackupReport {
-                path,
-                bytes,
-                log_records: report.records,
-                rows_copied: report.rows_copied,
-                writes_applied: report.writes_applied,
-                paused,
-                took: started.elapsed(),
-            });
+            let res = copied
+                .sink
+                .finish(channels, taken_ms)
+                .map(|bytes| crate::backup::BackupReport {
+                    path,
+                    bytes,
+                    log_records: report.records,
+                    rows_copied: report.rows_copied,
+                    writes_applied: report.writes_applied,
+                    paused,
+                    took: started.elapsed(),
+                });
             let _ = reply.send(res);
         });
+        self.finishing.push(finishing);
         self.next_backup();
     }
 
@@ -538,6 +547,9 @@ impl Actor {
         }
         for b in self.backups_waiting.drain(..) {
             let _ = b.reply.send(Err(Error::Closed));
+        }
+        for t in self.finishing.drain(..) {
+            let _ = t.join();
         }
         // A poisoned store leaves the disk as it is: the journal and sled's
         // atomic batches are what a reopen recovers from.
@@ -631,6 +643,7 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
         compaction: None,
         backup: None,
         backups_waiting: Default::default(),
+        finishing: Vec::new(),
         auto_compact_after: Instant::now(),
     };
     let rt = tokio::runtime::Builder::new_current_thread()

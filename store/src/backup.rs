@@ -4,12 +4,16 @@
 //!
 //! A backup is a compaction's copy written out instead of swapped in
 //! ([`crate::compact`]): in the background, the feed log (each entry as sled
-//! holds it, so a deleted text is not in it) and every row of sled, then
+//! holds it) and every row of sled, then
 //! every write sled took meanwhile; then a pause of milliseconds in the store
 //! task (a checkpoint, the last writes, the log's tail), after which the
 //! file holds the store as it was at that pause, and nothing more is added
-//! but its end. The file is written beside its name (`FILE.tmp`), made
-//! durable, then renamed: a backup that was reported done is whole.
+//! but its end. The file is written beside its name (`FILE.<id>.tmp`),
+//! made durable, then renamed: a backup that was reported done is whole.
+//! A text deleted before the backup began is not in it; one deleted while
+//! it was written may be (its entry was copied before the delete), and
+//! leaves the restored store at its first compaction, which a restore
+//! makes due at once.
 //!
 //! A restore writes the log and sled back as they were (no rebuild: that
 //! would replay every entry), and the store continues as a **new device** of
@@ -70,6 +74,10 @@ const CHUNK_PLAIN: usize = 1 << 20;
 pub const MAX_BACKUP_CHUNK: usize = 4 << 20;
 /// Bit 31 of a chunk's length word: the last chunk.
 const LAST_CHUNK: u32 = 1 << 31;
+/// Marks a directory a restore is writing (removed once its header is in):
+/// a restore runs again over what one cut short left, and into no other
+/// directory that is not empty.
+const RESTORING_FILE: &str = "restoring";
 /// Rows written to the restored sled per batch.
 const RESTORE_BATCH: usize = 8192;
 
@@ -160,6 +168,11 @@ pub struct RestoreReport {
     pub took: Duration,
 }
 
+/// The first 8 bytes of `id` in hex (a temporary file's name).
+fn hex8(id: &[u8; 16]) -> String {
+    id[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn chunk_aad(file_id: &[u8; 16], index: u64, last: bool) -> Vec<u8> {
     let mut a = Vec::with_capacity(16 + 16 + 8 + 1);
     a.extend_from_slice(b"hearth.backup.v1");
@@ -199,20 +212,21 @@ impl BackupWriter {
         identity: &Identity,
         identity_row: Vec<u8>,
     ) -> Result<BackupWriter> {
+        let mut file_id = [0u8; 16];
+        hearth_core::random_bytes(&mut file_id)?;
+        // A name of its own (two backups to one path never share it), made
+        // new: never an old file's mode, never through a link.
         let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
+        tmp.push(format!(".{}.tmp", hex8(&file_id)));
         let tmp = PathBuf::from(tmp);
         let file = {
             use std::os::unix::fs::OpenOptionsExt;
             fs::OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .mode(0o600)
                 .open(&tmp)?
         };
-        let mut file_id = [0u8; 16];
-        hearth_core::random_bytes(&mut file_id)?;
         let mut head = Vec::with_capacity(8 + 1 + 16 + 4 + header.len());
         head.extend_from_slice(BACKUP_MAGIC);
         head.push(BACKUP_VERSION);
@@ -269,11 +283,12 @@ impl BackupWriter {
         Ok(())
     }
 
-    /// The end: the summary, the last chunk, the file made durable and
-    /// renamed to its name. Returns the file's size.
-    pub(crate) fn finish(mut self, channels: u32) -> Result<u64> {
+    /// The end: the summary (`taken_ms`: when the pause was), the last
+    /// chunk, the file made durable and renamed to its name. Returns the
+    /// file's size.
+    pub(crate) fn finish(mut self, channels: u32, taken_ms: u64) -> Result<u64> {
         self.summary.channels = channels;
-        self.summary.taken_ms = crate::engine::now_ms();
+        self.summary.taken_ms = taken_ms;
         let end = Item::End(self.summary.clone());
         postcard::to_io(&end, &mut self.plain).map_err(|e| corrupted(format!("the end does not encode: {e}")))?;
         self.seal_chunk(true)?;
@@ -343,6 +358,18 @@ impl crate::engine::Engine {
             return Err(Error::invalid(
                 "backup file",
                 format!("{} is a directory", path.display()),
+            ));
+        }
+        // Never a file of the store itself (a backup renamed over its header).
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let store = fs::canonicalize(&self.dir)?;
+        if fs::canonicalize(parent).is_ok_and(|p| p.starts_with(&store)) {
+            return Err(Error::invalid(
+                "backup file",
+                format!("{} is inside the store directory", path.display()),
             ));
         }
         let header = crate::open::read_header(&self.dir)?.encode();
@@ -684,7 +711,6 @@ pub(crate) fn restore(file: &Path, dir: &Path, pass: &Passphrase, progress: &Com
     let head = read_head(&mut r)?;
     let master = head.header.unwrap(pass)?;
     let started = Instant::now();
-    let records_key = hearth_core::derive(&master, hearth_core::Purpose::LocalRecords);
     let existed = dir.exists();
     create_private_dir(dir)?;
     if !existed && let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -696,7 +722,46 @@ pub(crate) fn restore(file: &Path, dir: &Path, pass: &Passphrase, progress: &Com
         });
     }
     let _lock = crate::open::lock(dir)?;
+    // Only into a directory that holds nothing, or what a restore cut short
+    // left (its mark): never over anyone's files.
+    let marker = dir.join(RESTORING_FILE);
+    let foreign = fs::read_dir(dir)?
+        .flatten()
+        .any(|e| e.file_name() != LOCK_FILE && e.file_name() != RESTORING_FILE);
+    if foreign && !marker.exists() {
+        return Err(Error::invalid(
+            "restore",
+            format!("{} is not empty: restore into a new or empty directory", dir.display()),
+        ));
+    }
+    crate::durable::write_atomic(&marker, b"")?;
     crate::open::remove_leftovers(dir)?;
+    let restored = restore_into(r, dir, &head, &master, progress);
+    match restored {
+        Ok(mut report) => {
+            fs::remove_file(&marker)?;
+            sync_dir(dir)?;
+            report.took = started.elapsed();
+            Ok(report)
+        }
+        Err(e) => {
+            // A file that does not read leaves nothing behind.
+            let _ = crate::open::remove_leftovers(dir);
+            let _ = fs::remove_file(&marker);
+            Err(e)
+        }
+    }
+}
+
+/// The body of [`restore`], into `dir` (locked, and empty but for its mark).
+fn restore_into(
+    r: impl Read,
+    dir: &Path,
+    head: &Head,
+    master: &SecretKey,
+    progress: &CompactProgress,
+) -> Result<RestoreReport> {
+    let records_key = hearth_core::derive(master, hearth_core::Purpose::LocalRecords);
     let mut log = Log::create(&dir.join(log::LOG_DIR))?;
     let db = crate::open::open_sled(dir)?;
     let tree = db.open_tree(TREE)?;
@@ -705,8 +770,8 @@ pub(crate) fn restore(file: &Path, dir: &Path, pass: &Passphrase, progress: &Com
     let mut buf = Vec::new();
     let mut rows = sled::Batch::default();
     let mut staged = 0usize;
-    let reader = Reader::new(r, &master, &head);
-    let info = check_items(reader, &master, |item| {
+    let reader = Reader::new(r, master, head);
+    let info = check_items(reader, master, |item| {
         match item {
             Item::Identity(sealed) => {
                 let plain = zeroize::Zeroizing::new(open_record(&records_key, META_IDENTITY, &sealed)?);
@@ -756,6 +821,14 @@ pub(crate) fn restore(file: &Path, dir: &Path, pass: &Passphrase, progress: &Com
     rows.insert(META_LOG_SYNCED, &end.encode()[..]);
     let plain = zeroize::Zeroizing::new(identity.encode());
     rows.insert(META_IDENTITY, seal_record(&records_key, META_IDENTITY, &plain)?);
+    // A text deleted while the backup was written may be in its log's
+    // copy: the restored store compacts itself at once (due since ever).
+    let due = crate::compact::CompactDue {
+        since_ms: 0,
+        bytes: u64::MAX / 2,
+    };
+    let plain = postcard::to_stdvec(&due).expect("compaction due encodes");
+    rows.insert(META_COMPACT_DUE, seal_record(&records_key, META_COMPACT_DUE, &plain)?);
     tree.apply_batch(rows)?;
     progress.rows_copied.fetch_add(staged as u64, Ordering::Relaxed);
     db.flush()?;
@@ -770,6 +843,6 @@ pub(crate) fn restore(file: &Path, dir: &Path, pass: &Passphrase, progress: &Com
     Ok(RestoreReport {
         info,
         device: identity.device(),
-        took: started.elapsed(),
+        took: Duration::ZERO,
     })
 }

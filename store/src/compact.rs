@@ -477,6 +477,113 @@ fn copy_in_background<S: CopySink>(
     Ok(Copied { sink, covered, report })
 }
 
+/// Start a copy of the log and sled of `dir` into `sink` in the
+/// background: the log up to `log_end`, every row of `tree`, then every
+/// write `tree` takes from now on (the caller holds off writes while this
+/// runs, and took a checkpoint), until the pause ([`end_copy_at`]).
+/// `staging` is where the sink writes, removed if the copy is given up.
+pub(crate) fn start_copy_at<S: CopySink>(
+    dir: &Path,
+    tree: &sled::Tree,
+    log_end: LogPos,
+    keys: HashMap<WireId, ChannelKeys>,
+    sink: S,
+    staging: PathBuf,
+    progress: Arc<CompactProgress>,
+) -> Result<Running<S>> {
+    let report = CompactReport {
+        log_bytes_before: dir_bytes(&dir.join(log::LOG_DIR)),
+        store_bytes_before: dir_bytes(dir),
+        ..CompactReport::default()
+    };
+    let queue: Arc<Mutex<Vec<sled::Event>>> = Arc::default();
+    let (quiet, abort, caught, drained) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    // Every write from here on, in order: this thread is sled's only
+    // writer, and none is under way.
+    let mut subscriber = tree.watch_prefix(Vec::<u8>::new());
+    let drain = {
+        let (queue, quiet, abort, drained) = (queue.clone(), quiet.clone(), abort.clone(), drained.clone());
+        std::thread::Builder::new()
+            .name("hearth-copy-drain".into())
+            .spawn(move || {
+                loop {
+                    let calm = quiet.load(Ordering::SeqCst);
+                    let wait = Duration::from_millis(if calm { 1 } else { 20 });
+                    match subscriber.next_timeout(wait) {
+                        Ok(e) => match queue.lock() {
+                            Ok(mut q) => q.push(e),
+                            Err(_) => break,
+                        },
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) if calm || abort.load(Ordering::SeqCst) => {
+                            break;
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                drained.store(true, Ordering::SeqCst);
+            })?
+    };
+    let copier = {
+        let (dir, tree) = (dir.to_path_buf(), tree.clone());
+        let covered = log_end;
+        let flags = (drained, abort.clone(), caught.clone());
+        let spawned = std::thread::Builder::new()
+            .name("hearth-copy".into())
+            .spawn(move || copy_in_background(dir, sink, covered, tree, keys, queue, flags, progress, report));
+        match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                // The drain thread stops, and with it the subscription.
+                abort.store(true, Ordering::SeqCst);
+                let _ = drain.join();
+                return Err(e.into());
+            }
+        }
+    };
+    Ok(Running {
+        staging,
+        quiet,
+        abort,
+        caught,
+        drain: Some(drain),
+        copier: Some(copier),
+        started: Instant::now(),
+        due_at_start: None,
+    })
+}
+
+/// The pause of a copy (no write comes meanwhile, and `tree` holds every
+/// write): the threads stop once the copy has taken every write, and the
+/// log's tail goes after the log copied so far. Returns the copy, which
+/// nothing writes any more.
+pub(crate) fn end_copy_at<S: CopySink>(
+    dir: &Path,
+    tree: &sled::Tree,
+    keys: &HashMap<WireId, ChannelKeys>,
+    running: &mut Running<S>,
+) -> Result<Copied<S>> {
+    let mut copied = running
+        .stop()
+        .unwrap_or_else(|| Err(Error::corrupted("copy", "no copy under way")))?;
+    let never = AtomicBool::new(false);
+    copy_log(
+        dir,
+        (copied.covered, None),
+        tree,
+        keys,
+        &mut copied.sink,
+        &mut copied.report,
+        &never,
+    )?;
+    Ok(copied)
+}
+
 impl Engine {
     /// Start a compaction: a checkpoint, then the copy in the background
     /// (steps 1 and 2 of the module docs). The store goes on meanwhile.
@@ -511,76 +618,14 @@ impl Engine {
         staging: PathBuf,
         progress: Arc<CompactProgress>,
     ) -> Result<Running<S>> {
-        let report = CompactReport {
-            log_bytes_before: dir_bytes(&self.dir.join(log::LOG_DIR)),
-            store_bytes_before: dir_bytes(&self.dir),
-            ..CompactReport::default()
-        };
         let keys: HashMap<WireId, ChannelKeys> = self
             .channels
             .values()
             .map(|ch| (ch.keys.wire(), ch.keys.clone()))
             .collect();
-        let queue: Arc<Mutex<Vec<sled::Event>>> = Arc::default();
-        let (quiet, abort, caught, drained) = (
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        // Every write from here on, in order: this thread is sled's only
-        // writer, and none is under way.
-        let mut subscriber = self.tree.watch_prefix(Vec::<u8>::new());
-        let drain = {
-            let (queue, quiet, abort, drained) = (queue.clone(), quiet.clone(), abort.clone(), drained.clone());
-            std::thread::Builder::new()
-                .name("hearth-copy-drain".into())
-                .spawn(move || {
-                    loop {
-                        let calm = quiet.load(Ordering::SeqCst);
-                        let wait = Duration::from_millis(if calm { 1 } else { 20 });
-                        match subscriber.next_timeout(wait) {
-                            Ok(e) => match queue.lock() {
-                                Ok(mut q) => q.push(e),
-                                Err(_) => break,
-                            },
-                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if calm || abort.load(Ordering::SeqCst) => {
-                                break;
-                            }
-                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-                        }
-                    }
-                    drained.store(true, Ordering::SeqCst);
-                })?
-        };
-        let copier = {
-            let (dir, tree) = (self.dir.clone(), self.tree.clone());
-            let covered = self.log.end();
-            let flags = (drained, abort.clone(), caught.clone());
-            let spawned = std::thread::Builder::new()
-                .name("hearth-copy".into())
-                .spawn(move || copy_in_background(dir, sink, covered, tree, keys, queue, flags, progress, report));
-            match spawned {
-                Ok(c) => c,
-                Err(e) => {
-                    // The drain thread stops, and with it the subscription.
-                    abort.store(true, Ordering::SeqCst);
-                    let _ = drain.join();
-                    return Err(e.into());
-                }
-            }
-        };
-        Ok(Running {
-            staging,
-            quiet,
-            abort,
-            caught,
-            drain: Some(drain),
-            copier: Some(copier),
-            started: Instant::now(),
-            due_at_start: self.dropped_since_compaction,
-        })
+        let mut running = start_copy_at(&self.dir, &self.tree, self.log.end(), keys, sink, staging, progress)?;
+        running.due_at_start = self.dropped_since_compaction;
+        Ok(running)
     }
 
     /// The pause of a copy (the caller took a checkpoint, so sled holds
@@ -588,25 +633,12 @@ impl Engine {
     /// and the log's tail goes after the log copied so far. Returns the
     /// copy, which nothing writes any more.
     pub(crate) fn end_copy<S: CopySink>(&mut self, running: &mut Running<S>) -> Result<Copied<S>> {
-        let mut copied = running
-            .stop()
-            .unwrap_or_else(|| Err(Error::corrupted("copy", "no copy under way")))?;
         let keys: HashMap<WireId, ChannelKeys> = self
             .channels
             .values()
             .map(|ch| (ch.keys.wire(), ch.keys.clone()))
             .collect();
-        let never = AtomicBool::new(false);
-        copy_log(
-            &self.dir,
-            (copied.covered, None),
-            &self.tree,
-            &keys,
-            &mut copied.sink,
-            &mut copied.report,
-            &never,
-        )?;
-        Ok(copied)
+        end_copy_at(&self.dir, &self.tree, &keys, running)
     }
 
     /// The pause, the commit and the swap (steps 3 and 4): called by the store

@@ -101,11 +101,25 @@ pub(crate) fn rotate(
 
     // The log, re-sealed batch by batch.
     let mut new_log = Log::create(&staging.join(log::LOG_DIR))?;
+    // A restored device's own network key is replaced too: the peer id
+    // changes with the key, as for any store.
+    let node = SecretKey::generate()?;
     let scanned = log::scan(&dir.join(log::LOG_DIR), LogPos::START, |batch| {
         let mut buf = Vec::new();
         for r in batch.records {
             let body = match r.kind {
-                kind::IDENTITY | kind::CHANNEL | kind::COMMIT | kind::TOLD => {
+                kind::IDENTITY => {
+                    report.resealed += 1;
+                    let plain = zeroize::Zeroizing::new(recover::open(&old_records, r.kind, &r.body)?);
+                    let id = hearth_core::Identity::decode(&plain)?;
+                    if id.node_secret().is_some() {
+                        let id = id.with_node_secret(&node);
+                        recover::seal(&new_records, r.kind, &zeroize::Zeroizing::new(id.encode()))?
+                    } else {
+                        recover::seal(&new_records, r.kind, &plain)?
+                    }
+                }
+                kind::CHANNEL | kind::COMMIT | kind::TOLD => {
                     report.resealed += 1;
                     let plain = recover::open(&old_records, r.kind, &r.body)?;
                     recover::seal(&new_records, r.kind, &plain)?

@@ -387,8 +387,9 @@ impl Store {
     /// a consistent copy, taken while reads and writes go on (they wait
     /// only for a pause of milliseconds), sealed under a key derived from
     /// the master key, with the store's header in the clear, so that the
-    /// passphrase of this moment opens it. Deleted texts are not in it.
-    /// The file is written as `path.tmp`, made durable, then renamed: once
+    /// passphrase of this moment opens it. Texts deleted before it began
+    /// are not in it (see the `backup` module for one deleted meanwhile).
+    /// The file is written as `path.<id>.tmp`, made durable, then renamed: once
     /// this returns, it is whole. One copy runs at a time: a backup asked
     /// for during a compaction or another backup starts after it. See the
     /// `backup` module for the format.

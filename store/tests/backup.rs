@@ -96,7 +96,12 @@ async fn a_backup_taken_during_writes_restores_as_a_new_device_that_syncs_withou
     writer.await.unwrap();
     assert!(report.rows_copied > 0 && report.log_records > 0, "{report:?}");
     assert_eq!(std::fs::metadata(&file).unwrap().len(), report.bytes);
-    assert!(!files.path().join("alice.backup.tmp").exists());
+    let left: Vec<_> = std::fs::read_dir(files.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, ["alice.backup"], "no temporary file left");
     let info = check_backup(&file, &pass).unwrap();
     assert_eq!(
         (info.summary.user, info.summary.device, info.name.as_str()),
@@ -177,6 +182,17 @@ async fn a_backup_taken_during_writes_restores_as_a_new_device_that_syncs_withou
     assert_eq!(rebuilt.whoami().device, restored.device);
     assert_eq!(state(&rebuilt, general).await, sr);
     clean(&rebuilt, "restored, repaired").await;
+    // A new master key gives the restored device a new peer id too.
+    let node = rebuilt.node_secret().await.unwrap();
+    rebuilt.close().await.unwrap();
+    Store::rotate_master_key(dr.path(), &pass, &pass, config())
+        .await
+        .unwrap();
+    let rotated = Store::open(dr.path(), &pass, config()).await.unwrap();
+    assert_eq!(rotated.whoami().device, restored.device);
+    assert_ne!(rotated.node_secret().await.unwrap(), node);
+    assert_ne!(rotated.node_secret().await.unwrap(), a.node_secret().await.unwrap());
+    clean(&rotated, "restored, rotated").await;
 }
 
 /// The head's length and each chunk's (offset, length with its word).
@@ -288,4 +304,68 @@ async fn a_damaged_cut_spliced_or_wrongly_unlocked_backup_is_refused_and_leaves_
     let r = Store::open(dr.path(), &pass, config()).await.unwrap();
     assert_eq!(r.all_messages(general).await.unwrap().len(), 400);
     clean(&r, "restored").await;
+}
+
+/// Two backups to one path at once each write a whole file (the second
+/// replaces the first), a compaction asked for during a backup is refused
+/// and one asked for after it runs, a backup into the store's own directory
+/// is refused, and a restore goes only into a new or empty directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_to_one_path_compactions_and_directories_do_not_collide() {
+    let (da, files) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pass = Passphrase::new("pw");
+    let a = Store::create(da.path(), &pass, "alice", config()).await.unwrap();
+    let general = a.create_channel("general").await.unwrap();
+    for i in 0..300 {
+        a.post(general, &format!("post {i}")).await.unwrap();
+    }
+    let file = files.path().join("same");
+    let (one, two) = tokio::join!(a.backup(&file), a.backup(&file));
+    let (one, two) = (one.unwrap(), two.unwrap());
+    let len = std::fs::metadata(&file).unwrap().len();
+    assert!([one.bytes, two.bytes].contains(&len), "{len} is neither backup's");
+    check_backup(&file, &pass).unwrap();
+    let left: Vec<_> = std::fs::read_dir(files.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, ["same"], "no temporary file left");
+
+    // A compaction asked for while a backup runs is refused; after it, it runs.
+    let other = files.path().join("other");
+    let (backed, compacted) = tokio::join!(a.backup(&other), async {
+        tokio::task::yield_now().await;
+        a.compact().await
+    });
+    backed.unwrap();
+    if let Err(e) = compacted {
+        assert!(e.to_string().contains("backup"), "{e}");
+    }
+    a.compact().await.unwrap();
+
+    // Not into the store's own directory.
+    for inside in [da.path().join("header"), da.path().join("log").join("x")] {
+        let e = a.backup(&inside).await.unwrap_err();
+        assert!(matches!(e, Error::Invalid { .. }), "{e:?}");
+    }
+    assert!(Store::exists(da.path()));
+    a.close().await.unwrap();
+    Store::open(da.path(), &pass, config())
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+
+    // A restore goes into no directory that holds something else.
+    let full = tempfile::tempdir().unwrap();
+    std::fs::write(full.path().join("notes.txt"), "mine").unwrap();
+    std::fs::create_dir(full.path().join("log")).unwrap();
+    let e = Store::restore(&file, full.path(), &pass, Arc::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Invalid { .. }), "{e:?}");
+    assert_eq!(std::fs::read(full.path().join("notes.txt")).unwrap(), b"mine");
+    assert!(full.path().join("log").exists());
 }

@@ -205,9 +205,14 @@ impl Replica for Evil {
         &self,
         notices: Vec<Vec<u8>>,
         removals: Vec<hearth_core::peer::RemovalNotice>,
+        drops: Vec<hearth_core::peer::TextDrop>,
         by: Option<hearth_core::peer::Certifier>,
     ) -> hearth_store::Result<Option<u32>> {
-        Replica::note(&self.store, notices, removals, by).await
+        Replica::note(&self.store, notices, removals, drops, by).await
+    }
+
+    async fn drops(&self) -> hearth_store::Result<Vec<hearth_core::peer::TextDrop>> {
+        Replica::drops(&self.store).await
     }
 
     async fn removals(&self) -> hearth_store::Result<Vec<hearth_core::peer::RemovalNotice>> {
