@@ -804,12 +804,37 @@ pub async fn relay(dir: &Path, listen: Vec<Multiaddr>, peers: Vec<Multiaddr>) ->
             print_json(&v);
         }
     });
+    // Texts members dropped (deletes) leave the relay's files: a compaction
+    // every RELAY_COMPACT_EVERY once some were.
+    let compactor = {
+        let relay = relay.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RELAY_COMPACT_EVERY).await;
+                if relay.stats().dropped_bytes == 0 {
+                    continue;
+                }
+                let v = match relay.compact().await {
+                    Ok(r) => json!({
+                        "event": "compacted", "rows": r.rows_copied, "log_bytes_before": r.log_bytes_before,
+                        "log_bytes_after": r.log_bytes_after, "paused_ms": r.paused.as_secs_f64() * 1e3,
+                    }),
+                    Err(e) => json!({"event": "error", "error": format!("compaction: {e}")}),
+                };
+                print_json(&v);
+            }
+        })
+    };
     signals.await;
+    compactor.abort();
     node.stop().await.ok();
     printer.abort();
     print_json(&json!({"event": "stopped"}));
     Ok(ExitCode::SUCCESS)
 }
+
+/// How often a relay looks whether texts were dropped, and compacts if so.
+const RELAY_COMPACT_EVERY: Duration = Duration::from_secs(600);
 
 /// A relay's network key: random, kept in `node.key` (it guards no data; it
 /// only keeps the relay's peer id stable across restarts).

@@ -1,7 +1,7 @@
 //! Power cuts (LazyFS: every write not fsynced is lost) while a store takes in
 //! a peer's entries (a catch-up, and live sync with the device's own posts
 //! and delivery receipts in between), while it checkpoints, while a relay
-//! stores entries, while the passphrase changes, and while a store of format
+//! stores entries (and compacts its files all along), while the passphrase changes, and while a store of format
 //! 1 is migrated.
 //!
 //! Each round runs the writer in a child process (this test binary again, in
@@ -229,6 +229,17 @@ fn powercut_child() {
     rt().block_on(async {
         if mode == "relay" {
             let relay = retry_locked(|| RelayStore::open(&dir)).expect("open the relay");
+            // Compactions all along (a new log and a fresh sled swapped in
+            // while entries come), so that cuts land in them too.
+            {
+                let relay = relay.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(40)).await;
+                        relay.compact().await.expect("relay compaction");
+                    }
+                });
+            }
             // Once the source is all stored, a feed of this child's own: a
             // relay checks signatures and chains, never bodies, so random
             // bodies of any size do (big ones make sled write blob files).
@@ -622,12 +633,13 @@ fn a_relay_storing_entries_survives_power_cuts() {
     let dir = fs.mnt().join("relay");
     let wire: WireId = src.keys.wire();
     let mut rng = Rng(0x7e1a_7000);
-    let mut acks = 0usize;
+    let (mut acks, mut in_compaction) = (0usize, 0usize);
     let started = Instant::now();
     for round in 0..rounds() {
         let acked = run_child("relay", &dir, &entries, &mut rng, round);
         acks += acked.lines;
         fs.cut();
+        in_compaction += usize::from(dir.join("compact.tmp").exists() || dir.join("compacted").exists());
         let relay = retry_locked(|| RelayStore::open(&dir))
             .unwrap_or_else(|e| panic!("relay round {round}: the relay does not open after the cut: {e}"));
         let held = rt().block_on(async {
@@ -651,7 +663,8 @@ fn a_relay_storing_entries_survives_power_cuts() {
         drop(relay);
     }
     eprintln!(
-        "powercut relay summary: {} cuts, {acks} acknowledgements checked, 0 relays failed to open, {:.1} s",
+        "powercut relay summary: {} cuts ({in_compaction} in a compaction), {acks} acknowledgements checked, \
+         0 relays failed to open, {:.1} s",
         rounds(),
         started.elapsed().as_secs_f64()
     );

@@ -206,13 +206,15 @@ pub(crate) struct Fresh {
     staging: PathBuf,
     log: Log,
     db: Option<(sled::Db, sled::Tree)>,
+    /// The name of the one tree the rows go to (a store's, or a relay's).
+    tree_name: &'static str,
 }
 
 impl Fresh {
     fn db(&mut self) -> Result<&sled::Tree> {
         if self.db.is_none() {
             let db = crate::open::open_sled_at(&self.staging.join(DB_DIR))?;
-            let tree = db.open_tree(TREE)?;
+            let tree = db.open_tree(self.tree_name)?;
             self.db = Some((db, tree));
         }
         Ok(&self.db.as_ref().expect("opened above").1)
@@ -281,6 +283,11 @@ fn copy_log(
         reached = batch.end;
         let mut records = Vec::with_capacity(batch.records.len());
         for r in batch.records {
+            // A relay's text drop is in its entry's row now: the copy of
+            // the entry holds it.
+            if r.kind == kind::DROP {
+                continue;
+            }
             report.records += 1;
             records.push(as_held(tree, keys, r, report)?);
         }
@@ -604,6 +611,7 @@ impl Engine {
             log: Log::create(&staging.join(log::LOG_DIR))?,
             staging: staging.clone(),
             db: None,
+            tree_name: TREE,
         };
         self.start_copy(sink, staging, progress)
     }
@@ -750,6 +758,125 @@ impl Engine {
         report.log_bytes_after = dir_bytes(&staging.join(log::LOG_DIR));
         Ok((end, report, still_due))
     }
+}
+
+/// A compaction of a directory that holds a feed log and a sled tree of
+/// the store's layout (`F` rows, `M log` positions): a relay's. The same
+/// steps as a store's, driven by its owner: [`DirCompaction::start`] with
+/// writes held off for a moment, [`DirCompaction::ready`] polled while
+/// writes go on, [`DirCompaction::commit`] with writes held off again (the
+/// pause), then [`swap_compacted`] once the owner let go of its sled, and
+/// [`recover_dir_compaction`] at every open.
+pub struct DirCompaction {
+    running: Running<Fresh>,
+    dir: PathBuf,
+}
+
+impl DirCompaction {
+    /// Start: `compact.tmp/` made, every write `tree` (named `tree_name`)
+    /// takes from now on followed, the copy started in the background. No
+    /// write may come during this call; the log must end at `log_end`,
+    /// durable, and sled must hold every batch of it.
+    pub fn start(
+        dir: &Path,
+        (tree, tree_name): (&sled::Tree, &'static str),
+        log_end: LogPos,
+        progress: Arc<CompactProgress>,
+    ) -> Result<Self> {
+        if dir.join(COMPACTED_DIR).exists() {
+            return Err(Error::invalid("compaction", "the last one is not swapped in yet"));
+        }
+        let staging = dir.join(COMPACT_TMP_DIR);
+        if staging.exists() {
+            fs::remove_dir_all(&staging)?;
+        }
+        create_private_dir(&staging)?;
+        let sink = Fresh {
+            log: Log::create(&staging.join(log::LOG_DIR))?,
+            staging: staging.clone(),
+            db: None,
+            tree_name,
+        };
+        let running = start_copy_at(dir, tree, log_end, HashMap::new(), sink, staging, progress)?;
+        Ok(DirCompaction {
+            running,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Whether the copy has caught up with the writes (the pause can come).
+    pub fn ready(&self) -> bool {
+        self.running.ready()
+    }
+
+    /// The pause (no write may come, and `tree` holds every write): the
+    /// last writes and the log's tail into the copy, its log positions set
+    /// to the new log's, all durable, then the commit (`compact.tmp/`
+    /// renamed `compacted/`). Returns the new log's end. An error leaves
+    /// the directory as it was.
+    pub fn commit(mut self, tree: &sled::Tree) -> Result<(LogPos, CompactReport)> {
+        let paused = Instant::now();
+        let sealed = end_copy_at(&self.dir, tree, &HashMap::new(), &mut self.running).and_then(|copied| {
+            let Copied {
+                mut sink, mut report, ..
+            } = copied;
+            let end = sink.log.end();
+            let fresh = sink.db()?.clone();
+            let mut b = sled::Batch::default();
+            b.insert(META_LOG, &end.encode()[..]);
+            b.insert(META_LOG_SYNCED, &end.encode()[..]);
+            fresh.apply_batch(b)?;
+            drop(fresh);
+            let Fresh { log, db, staging, .. } = sink;
+            drop(log);
+            if let Some((db, tree)) = db {
+                db.flush()?;
+                drop(tree);
+                drop(db);
+            }
+            SledFiles::new(&staging.join(DB_DIR)).sync()?;
+            sync_dir(&staging.join(DB_DIR))?;
+            sync_dir(&staging)?;
+            report.log_bytes_after = dir_bytes(&staging.join(log::LOG_DIR));
+            Ok((end, report))
+        });
+        let (end, mut report) = match sealed {
+            Ok(s) => s,
+            Err(e) => {
+                self.running.abandon();
+                return Err(e);
+            }
+        };
+        let staging = self.dir.join(COMPACT_TMP_DIR);
+        fs::rename(&staging, self.dir.join(COMPACTED_DIR)).map_err(at("commit: rename", &staging))?;
+        sync_dir(&self.dir)?;
+        report.paused = paused.elapsed();
+        report.took = self.running.started.elapsed();
+        Ok((end, report))
+    }
+
+    /// Give up (the owner closes): the copy stops, `compact.tmp/` goes.
+    pub fn abandon(self) {
+        self.running.abandon();
+    }
+}
+
+/// Swap a committed [`DirCompaction`] in, once the owner let go of its
+/// sled (and of the log's file): the new log in, the fresh sled in place
+/// of the old, `compacted/` removed. Each step is skipped when done.
+pub fn swap_compacted(dir: &Path) -> Result<()> {
+    crate::rotate::move_log_in(dir, &dir.join(COMPACTED_DIR), false)?;
+    finish(dir)?;
+    done(dir)
+}
+
+/// At the open of a directory a [`DirCompaction`] may have been cut short
+/// in: `compact.tmp/` dropped, a committed one swapped in.
+pub fn recover_dir_compaction(dir: &Path) -> Result<()> {
+    if recover(dir)? {
+        done(dir)?;
+    }
+    Ok(())
 }
 
 /// An I/O error that says which step on which path failed.

@@ -68,7 +68,10 @@ pub use backup::{
     BACKUP_MAGIC, BACKUP_VERSION, BackupInfo, BackupReport, BackupSummary, MAX_BACKUP_CHUNK, RestoreReport,
     check_backup, check_backup_bytes,
 };
-pub use compact::{CompactDue, CompactProgress, CompactReport, CompactStop, dir_bytes};
+pub use compact::{
+    CompactDue, CompactProgress, CompactReport, CompactStop, DirCompaction, dir_bytes, recover_dir_compaction,
+    swap_compacted,
+};
 pub use config::Config;
 pub use durable::{SledFiles, copy_dir_durably, create_private_dir, make_private, sync_dir, write_atomic};
 pub use engine::{Outcome, Write};

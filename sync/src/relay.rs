@@ -131,6 +131,10 @@ pub struct RelayStats {
     /// Channels whose access key a member granted: the only ones this relay
     /// serves (to peers that prove membership with that key).
     pub granted_channels: usize,
+    /// Bytes text drops took from held entries since this relay opened or
+    /// last compacted: their old bytes are still in its files until the
+    /// next compaction ([`RelayStore::compact`]).
+    pub dropped_bytes: u64,
 }
 
 /// The head of one feed: an `H` row.
@@ -293,8 +297,9 @@ pub struct RelayStore {
 struct Inner {
     dir: PathBuf,
     config: RelayConfig,
-    db: sled::Db,
-    tree: sled::Tree,
+    /// sled, and its one tree: replaced by a compaction (readers take a
+    /// handle for each call).
+    sled: RwLock<(sled::Db, sled::Tree)>,
     /// Ingests run one at a time: each checks chains against the heads the
     /// previous one left, and appends to the log.
     write: Mutex<disk::Writer>,
@@ -344,11 +349,9 @@ impl RelayStore {
         // else's business); sled makes its files with the process umask.
         hearth_store::make_private(dir)?;
         disk::clear_unfinished(dir)?;
-        let cfg = sled::Config::new()
-            .path(dir.join(DB_DIR))
-            .cache_capacity(CACHE_BYTES)
-            .flush_every_ms(None)
-            .mode(sled::Mode::HighThroughput);
+        // A compaction cut short: dropped, or (committed) swapped in.
+        hearth_store::recover_dir_compaction(dir)?;
+        let cfg = sled_config(dir);
         // sled 0.34 can panic on damaged files (issues 1527, 1533): a typed error
         // instead of taking the process down.
         let open_sled = || {
@@ -437,8 +440,7 @@ impl RelayStore {
         let inner = Inner {
             dir: dir.to_path_buf(),
             config,
-            db,
-            tree,
+            sled: RwLock::new((db, tree)),
             write: Mutex::new(disk::Writer::new(log, dir)),
             state: RwLock::new(state),
             poisoned: AtomicBool::new(false),
@@ -459,6 +461,22 @@ impl RelayStore {
         Ok(RelayStore { inner: Arc::new(inner) })
     }
 
+    /// Compact the relay's files (see [`RelayStore::compact_with`]).
+    pub async fn compact(&self) -> Result<hearth_store::CompactReport> {
+        self.compact_with(Arc::default()).await
+    }
+
+    /// Compact the relay's files while it runs: the bytes of texts members
+    /// dropped (deletes) leave its log and sled, copied afresh and swapped
+    /// in at a pause of milliseconds. `hearth relay` does it on its own once
+    /// texts were dropped ([`RelayStats::dropped_bytes`]).
+    pub async fn compact_with(
+        &self,
+        progress: Arc<hearth_store::CompactProgress>,
+    ) -> Result<hearth_store::CompactReport> {
+        self.blocking(move |i| i.compact(progress)).await
+    }
+
     /// What the relay holds.
     pub fn stats(&self) -> RelayStats {
         let st = self.inner.state();
@@ -469,6 +487,7 @@ impl RelayStore {
             bytes: st.bytes,
             forked_feeds: st.forks,
             granted_channels: st.grants.len(),
+            dropped_bytes: st.dropped_bytes,
         }
     }
 
@@ -614,6 +633,67 @@ impl Inner {
         self.state.read().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// A handle on sled's tree (a compaction replaces it).
+    fn tree(&self) -> sled::Tree {
+        self.sled.read().unwrap_or_else(PoisonError::into_inner).1.clone()
+    }
+
+    /// A handle on sled (a compaction replaces it).
+    fn db(&self) -> sled::Db {
+        self.sled.read().unwrap_or_else(PoisonError::into_inner).0.clone()
+    }
+
+    /// Compact: a new log (each entry as its row holds it: dropped texts
+    /// gone, drop records folded in) and a fresh sled, copied while the
+    /// relay takes entries, then swapped in at a pause of milliseconds in
+    /// which ingests wait (`hearth_store::DirCompaction`, the store's
+    /// compaction on a relay's files). Interrupted at any moment, the next
+    /// open finishes or drops it.
+    fn compact(&self, progress: Arc<hearth_store::CompactProgress>) -> Result<hearth_store::CompactReport> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(Error::Poisoned);
+        }
+        let copy = {
+            let mut w = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+            self.checkpoint(&mut w)?;
+            hearth_store::DirCompaction::start(&self.dir, (&self.tree(), TREE), w.log.end(), progress)?
+        };
+        while !copy.ready() {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        // The pause: no ingest until the files are swapped.
+        let mut w = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.poisoned.load(Ordering::SeqCst) {
+            copy.abandon();
+            return Err(Error::Poisoned);
+        }
+        let (end, report) = copy.commit(&self.tree())?;
+        // Committed: from here a failure poisons (the next open finishes
+        // the swap). Readers wait for the new sled; the old one is let go
+        // (a stand-in holds its place) before its directory goes.
+        let swapped = (|| -> Result<()> {
+            let mut held = self.sled.write().unwrap_or_else(PoisonError::into_inner);
+            let standin = sled::Config::new().temporary(true).open().map_err(sled_error)?;
+            let standin_tree = standin.open_tree(TREE).map_err(sled_error)?;
+            *held = (standin, standin_tree);
+            hearth_store::swap_compacted(&self.dir)?;
+            let db = hearth_store::open_sled_config(&sled_config(&self.dir)).map_err(sled_error)?;
+            let tree = db.open_tree(TREE).map_err(sled_error)?;
+            *held = (db, tree);
+            drop(held);
+            let log = hearth_store::FeedLog::open_at(&self.dir.join(hearth_store::LOG_DIR), end)?;
+            *w = disk::Writer::new(log, &self.dir);
+            hearth_store::make_private(&self.dir)?;
+            Ok(())
+        })();
+        if let Err(e) = swapped {
+            self.poisoned.store(true, Ordering::SeqCst);
+            return Err(e);
+        }
+        self.state.write().unwrap_or_else(PoisonError::into_inner).dropped_bytes = 0;
+        Ok(report)
+    }
+
     /// Take access grants: a channel's first grant stands (a later one with
     /// another key is ignored: the granter cannot prove it holds the channel
     /// under the key already held), at most `max_channels` in all. Durable
@@ -697,7 +777,7 @@ impl Inner {
                 continue;
             }
             let bytes = self
-                .tree
+                .tree()
                 .get(feed_key(wire, &device, upto))
                 .map_err(sled_error)?
                 .ok_or_else(|| corrupted("relay feed", format!("entry {device}/{upto} is missing")))?;
@@ -841,7 +921,11 @@ impl Inner {
                 .find(|r| (r.0.wire, r.0.device, r.0.seq) == (d.wire, d.device, d.seq))
             {
                 Some(r) => r.1.clone(),
-                None => match self.tree.get(feed_key(&d.wire, &d.device, d.seq)).map_err(sled_error)? {
+                None => match self
+                    .tree()
+                    .get(feed_key(&d.wire, &d.device, d.seq))
+                    .map_err(sled_error)?
+                {
                     Some(v) => v.to_vec(),
                     None => continue,
                 },
@@ -904,7 +988,11 @@ impl Inner {
         else {
             return Ok(());
         };
-        let Some(before) = self.tree.get(feed_key(&d.wire, &d.device, d.seq)).map_err(sled_error)? else {
+        let Some(before) = self
+            .tree()
+            .get(feed_key(&d.wire, &d.device, d.seq))
+            .map_err(sled_error)?
+        else {
             return Ok(());
         };
         if let Ok(Some(after)) = d.apply(&before) {
@@ -913,7 +1001,7 @@ impl Inner {
             self.drop_rows(batch, &rows);
             // The rows go to sled before the next drop of the same entry
             // reads them.
-            self.tree.apply_batch(std::mem::take(batch)).map_err(sled_error)?;
+            self.tree().apply_batch(std::mem::take(batch)).map_err(sled_error)?;
             Self::account_drops(&mut self.state.write().unwrap_or_else(PoisonError::into_inner), &rows);
         }
         Ok(())
@@ -936,7 +1024,7 @@ impl Inner {
             let mut expect = run.from;
             let from = feed_key(wire, &run.device, run.from);
             let to = feed_key(wire, &run.device, run.to);
-            for row in self.tree.range(from..=to) {
+            for row in self.tree().range(from..=to) {
                 let (k, v) = row.map_err(sled_error)?;
                 if k.len() != 57 || k[49..] != expect.to_be_bytes() {
                     return Err(corrupted(
@@ -992,7 +1080,7 @@ impl Inner {
         let mut sizes: BTreeMap<DeviceId, u64> = BTreeMap::new();
         let mut added = 0u64;
         let feeds = RelayFeeds {
-            tree: &self.tree,
+            tree: &self.tree(),
             wire,
             held: &held,
             chains: &chains,
@@ -1097,7 +1185,7 @@ impl Inner {
             if let Ok(fork) = proof.check()
                 && !proofs.contains_key(&fork.device)
                 && self
-                    .tree
+                    .tree()
                     .get(prefixed(T_FORKS, wire, &fork.device))
                     .map_err(sled_error)?
                     .is_none()
@@ -1302,6 +1390,15 @@ impl Feeds for RelayFeeds<'_> {
 }
 
 /// `tag | wire | device`: a head key, or the prefix of a feed's entries.
+/// How a relay opens its sled.
+fn sled_config(dir: &Path) -> sled::Config {
+    sled::Config::new()
+        .path(dir.join(DB_DIR))
+        .cache_capacity(CACHE_BYTES)
+        .flush_every_ms(None)
+        .mode(sled::Mode::HighThroughput)
+}
+
 fn prefixed(tag: u8, wire: &WireId, device: &DeviceId) -> [u8; 49] {
     let mut k = [0u8; 49];
     k[0] = tag;
@@ -1484,6 +1581,7 @@ mod tests {
                 bytes,
                 forked_feeds: 1,
                 granted_channels: 0,
+                dropped_bytes: 0,
             }
         );
     }

@@ -343,20 +343,51 @@ async fn a_relay_serves_a_deleted_text_no_more() {
     assert!(!texts.iter().any(|t| t.contains("secret")), "{texts:?}");
     assert!(after.as_ref().map_or(0, Vec::len) < before.as_ref().map_or(0, Vec::len));
 
-    // A member that comes later gets it from the relay without the text.
+    // Its old bytes are in the relay's files until a compaction, which
+    // runs while a member that comes later takes everything from the relay.
+    let old = before.clone().expect("the entry had a pack");
+    let holding = |dir: &Path| -> Vec<std::path::PathBuf> {
+        files(dir)
+            .into_iter()
+            .filter(|p| std::fs::read(p).is_ok_and(|b| b.windows(old.len()).any(|w| w == old.as_slice())))
+            .collect()
+    };
+    assert!(
+        !holding(dr.path()).is_empty(),
+        "the control: the relay's files hold the old pack"
+    );
+    assert!(relay.stats().dropped_bytes > 0);
     let c = Store::create(dc.path(), &pass(), "carol", config()).await.unwrap();
     c.join_channel(keys.clone()).await.unwrap();
+    let (compacted, _) = tokio::join!(relay.compact(), sync_as(&c, &relay, false));
+    let report = compacted.unwrap();
+    assert!(report.rows_copied > 0, "{report:?}");
+    assert_eq!(
+        holding(dr.path()),
+        Vec::<std::path::PathBuf>::new(),
+        "the old pack left every file"
+    );
+    assert_eq!(relay.stats().dropped_bytes, 0);
+    assert_eq!(served_pack(&relay, &keys, place).await.0, after);
     sync_as(&c, &relay, false).await;
     let m = c.message(secret).await.unwrap().message;
     assert!(m.deleted && m.text.is_none(), "{m:?}");
     assert!(c.find_text("the secret that must go").await.unwrap().is_empty());
     assert_eq!(texts_of(&c, general).await, ["a message that stays"]);
 
-    // The relay's database rebuilt from its log: the drop holds.
+    // The relay's database rebuilt from its (new) log: the drop holds, and
+    // it takes entries as before.
     drop(relay);
     std::fs::remove_dir_all(dr.path().join("db")).unwrap();
     let relay = RelayStore::open(dr.path()).unwrap();
     assert_eq!(served_pack(&relay, &keys, place).await.0, after);
+    a.post(general, "after the compaction").await.unwrap();
+    sync_as(&a, &relay, true).await;
+    sync_as(&c, &relay, false).await;
+    assert_eq!(
+        texts_of(&c, general).await,
+        ["after the compaction", "a message that stays"]
+    );
 }
 
 #[tokio::test]

@@ -230,7 +230,7 @@ impl Inner {
                     log_kind::FORK => {
                         if let Ok((_, fork)) = hearth_core::ForkProof::decode(&r.body) {
                             let k = super::prefixed(super::T_FORKS, &fork.wire, &fork.device);
-                            if self.tree.get(k).map_err(sled_error)?.is_none() {
+                            if self.tree().get(k).map_err(sled_error)?.is_none() {
                                 forks += 1;
                             }
                             batch.insert(&k[..], r.body);
@@ -297,7 +297,7 @@ impl Inner {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .forks += forks;
             batch.insert(META_LOG, &end.encode()[..]);
-            self.tree.apply_batch(batch).map_err(sled_error)?;
+            self.tree().apply_batch(batch).map_err(sled_error)?;
             Ok(true)
         })?;
         Ok(batches)
@@ -335,7 +335,7 @@ impl Inner {
         if let Some(end) = end {
             batch.insert(META_LOG, &end.encode()[..]);
         }
-        self.tree.apply_batch(batch).map_err(sled_error)?;
+        self.tree().apply_batch(batch).map_err(sled_error)?;
         if w.since_checkpoint >= CHECKPOINT_BYTES {
             self.checkpoint(w)?;
         }
@@ -348,10 +348,10 @@ impl Inner {
         if self.poisoned.load(Ordering::SeqCst) {
             return Err(Error::Poisoned);
         }
-        self.tree
+        self.tree()
             .insert(META_LOG_SYNCED, &w.log.synced().encode()[..])
             .map_err(sled_error)?;
-        self.db.flush().map_err(sled_error)?;
+        self.db().flush().map_err(sled_error)?;
         w.sled_files.sync()?;
         w.since_checkpoint = 0;
         Ok(())
