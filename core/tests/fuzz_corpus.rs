@@ -208,6 +208,7 @@ mod seeds {
                 hearth_core::peer::RelayCert::decode(data).is_ok_and(|c| c.verify().is_ok())
                     || hearth_core::peer::RemovalNotice::decode(data).is_ok()
                     || hearth_core::peer::RemovedNotice::decode(data).is_ok_and(|n| n.verify().is_ok())
+                    || hearth_core::peer::TextDrop::decode(data).is_ok()
             }
             _ => unreachable!("no fuzz target {target}"),
         }
@@ -468,6 +469,16 @@ mod seeds {
         unsorted.cuts.reverse();
         write("peer_proofs", "removal-cuts-unsorted", &unsorted.encode());
         write("peer_proofs", "removal-truncated", &r[..r.len() - 3]);
+        let drop = hearth_core::peer::TextDrop {
+            wire: channel_keys().wire(),
+            device: me.device(),
+            seq: 9,
+            entry: [0x5a; 32],
+            pack: Some(serde_bytes::ByteBuf::from(vec![0x6b; 48])),
+        }
+        .encode();
+        write("peer_proofs", "valid-text-drop", &drop);
+        write("peer_proofs", "text-drop-truncated", &drop[..drop.len() - 4]);
         let back = RemovalNotice {
             cuts: Vec::new(),
             back: true,

@@ -288,6 +288,15 @@ pub fn check_peer_proofs(data: &[u8]) {
             assert_eq!(n.cut(d), Some(*upto));
         }
     }
+    if let Ok(d) = hearth_core::peer::TextDrop::decode(data) {
+        assert_eq!(
+            d.encode(),
+            data,
+            "a text drop decodes from bytes that are not its encoding"
+        );
+        // Applied to any bytes (as a relay applies it to a row): no panic.
+        let _ = d.apply(data);
+    }
     if let Ok(n) = RemovalNotice::decode_kept(data) {
         // What a relay reads from its own log and rows (format 7 too).
         assert!(n.check().is_ok());
