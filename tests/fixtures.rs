@@ -41,28 +41,17 @@ use std::time::Duration;
 
 use hearth::core::Vector;
 use hearth::sync::{RelayStore, Replica};
-use hearth::{Config, KdfParams, Passphrase, Store};
+use hearth::{Passphrase, Store};
 use serde_json::{Value, json};
 
 #[path = "support/answers.rs"]
 mod answers;
-use answers::{answers, copy_dir, feeds, pull, this_device};
+use answers::{
+    FIXTURE_PASS, answers, assert_answers_as_written, copy_dir, feeds, fixture, fixture_answers, fixture_config, pull,
+    this_device,
+};
 
-const PASS: &str = "fixture passphrase";
 const STORES: [&str; 2] = ["alice", "alice-phone"];
-
-fn fixtures(format: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(format)
-}
-
-fn config() -> Config {
-    // Small epochs, so that a few dozen messages span several epoch documents.
-    Config::default()
-        .with_kdf(KdfParams::INSECURE_FAST)
-        .with_epoch_messages(8)
-}
 
 #[tokio::test]
 async fn v1_stores_open_migrate_and_answer_the_same() {
@@ -122,10 +111,10 @@ async fn v10_stores_open_and_answer_the_same() {
 #[tokio::test]
 async fn a_format_9_segment_text_is_deleted_for_good() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let pass = Passphrase::new(PASS);
+    let pass = Passphrase::new(FIXTURE_PASS);
     let dir = tmp.path().join("alice");
-    copy_dir(&fixtures("v9").join("alice"), &dir);
-    let s = Store::open(&dir, &pass, config()).await.expect("open");
+    copy_dir(&fixture("v9").join("alice"), &dir);
+    let s = Store::open(&dir, &pass, fixture_config()).await.expect("open");
     // A message of the fixture's own, in a format 3 entry, and its segment.
     let mut found = None;
     for ch in s.channels().await.expect("channels") {
@@ -157,9 +146,11 @@ async fn a_format_9_segment_text_is_deleted_for_good() {
     assert!(m.deleted && m.text.is_none());
     assert!(s.verify().await.expect("verify").is_clean());
     s.close().await.expect("close");
-    Store::compact_dir(&dir, &pass, config()).await.expect("compact");
+    Store::compact_dir(&dir, &pass, fixture_config())
+        .await
+        .expect("compact");
     assert!(!answers::holds(&dir, &needle), "the segment is gone from every file");
-    let s = Store::open(&dir, &pass, config()).await.expect("reopen");
+    let s = Store::open(&dir, &pass, fixture_config()).await.expect("reopen");
     let after = s.page(channel, None, 500).await.expect("page");
     assert_eq!(after.len(), before.len());
     for (a, b) in before.iter().zip(&after) {
@@ -196,11 +187,11 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 #[tokio::test]
 async fn a_migration_plan_says_what_an_open_would_do_and_writes_nothing() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let pass = Passphrase::new(PASS);
+    let pass = Passphrase::new(FIXTURE_PASS);
     for number in 1..hearth::STORE_FORMAT {
         let format = format!("v{number}");
         let dir = tmp.path().join(&format);
-        copy_dir(&fixtures(&format).join("alice"), &dir);
+        copy_dir(&fixture(&format).join("alice"), &dir);
         let before = snapshot(&dir);
         let plan = Store::migration_plan(&dir, &pass).await.expect("plan");
         assert_eq!((plan.from, plan.to), (Some(number), hearth::STORE_FORMAT), "{format}");
@@ -228,7 +219,7 @@ async fn a_migration_plan_says_what_an_open_would_do_and_writes_nothing() {
             Store::migration_plan(&dir, &Passphrase::new("wrong")).await,
             Err(hearth::Error::WrongPassphrase)
         ));
-        Store::open(&dir, &pass, config())
+        Store::open(&dir, &pass, fixture_config())
             .await
             .expect("open")
             .close()
@@ -242,20 +233,18 @@ async fn a_migration_plan_says_what_an_open_would_do_and_writes_nothing() {
 
 async fn old_stores_open_migrate_and_answer_the_same(format: &str, number: u8) {
     let tmp = tempfile::tempdir().expect("tmp");
-    let pass = Passphrase::new(PASS);
+    let pass = Passphrase::new(FIXTURE_PASS);
     // A store of today's format opens as it is.
     let migrated = (number != hearth::STORE_FORMAT).then_some(number);
     for name in STORES {
         let dir = tmp.path().join(name);
-        copy_dir(&fixtures(format).join(name), &dir);
-        let expected: Value = serde_json::from_slice(
-            &std::fs::read(fixtures(format).join(format!("{name}.answers.json"))).expect("answers"),
-        )
-        .expect("answers json");
-        let s = Store::open(&dir, &pass, config()).await.expect("open the old store");
+        copy_dir(&fixture(format).join(name), &dir);
+        let expected = fixture_answers(format, name);
+        let s = Store::open(&dir, &pass, fixture_config())
+            .await
+            .expect("open the old store");
         assert_eq!(s.open_report().migrated_from, migrated, "{name}: migrated");
         assert_eq!(s.open_report().rebuilt, None, "{name}: sled was fine");
-        s.flush_receipts().await.expect("receipts");
         // The device has its own keys now (format 4), and writes under its
         // keyed id (format 7), certified by its user; the id its feeds were
         // written under is a former id.
@@ -278,32 +267,10 @@ async fn old_stores_open_migrate_and_answer_the_same(format: &str, number: u8) {
         let chain = s.device_chain().await.expect("the chain");
         assert_eq!(chain.last(), Some(&cert), "{name}: the chain ends in its certificate");
         hearth::core::device::verify_chain(&chain).expect("the chain verifies");
-        let got = answers(&s).await;
-        assert_eq!(
-            this_device(&got, &s),
-            this_device(&expected["answers"], &s),
-            "{name}: answers differ after migration"
-        );
-        let held = feeds(&s).await;
-        // Remote feeds come back exactly; this device's own feed may have more
-        // entries (journal replay closes its own), never fewer.
-        let want: BTreeMap<String, BTreeMap<String, u64>> =
-            serde_json::from_value(expected["feeds"].clone()).expect("feeds json");
-        let new_id = s.whoami().device.to_string();
-        for (wire, feeds) in &want {
-            for (device, seq) in feeds {
-                let mut have = held.get(wire).and_then(|f| f.get(device)).copied().unwrap_or(0);
-                if *device == old_device {
-                    // What this device wrote at this open (receipts owed)
-                    // went to its new feed.
-                    have += held.get(wire).and_then(|f| f.get(&new_id)).copied().unwrap_or(0);
-                }
-                assert!(have >= *seq, "{name}: feed {wire}/{device} has {have} of {seq}");
-            }
-        }
+        let held = assert_answers_as_written(&s, &expected, name).await;
         s.close().await.expect("close");
         // Migrated once: it opens as it is and answers the same.
-        let s = Store::open(&dir, &pass, config()).await.expect("reopen");
+        let s = Store::open(&dir, &pass, fixture_config()).await.expect("reopen");
         assert_eq!(s.open_report().migrated_from, None, "{name}: migrated once");
         assert_eq!(
             s.device_cert().await.expect("cert"),
@@ -313,7 +280,7 @@ async fn old_stores_open_migrate_and_answer_the_same(format: &str, number: u8) {
         // The keys are in the log: a rebuilt database has them too.
         s.close().await.expect("close");
         std::fs::remove_dir_all(dir.join("db")).expect("remove db");
-        let s = Store::open(&dir, &pass, config()).await.expect("open rebuilt");
+        let s = Store::open(&dir, &pass, fixture_config()).await.expect("open rebuilt");
         assert!(s.open_report().rebuilt.is_some());
         assert_eq!(
             s.device_cert().await.expect("cert"),
@@ -421,12 +388,14 @@ async fn old_stores_open_migrate_and_answer_the_same(format: &str, number: u8) {
 #[tokio::test]
 async fn a_database_left_behind_the_new_device_keys_takes_them_from_the_log() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let pass = Passphrase::new(PASS);
+    let pass = Passphrase::new(FIXTURE_PASS);
     let dir = tmp.path().join("alice");
-    copy_dir(&fixtures("v3").join("alice"), &dir);
+    copy_dir(&fixture("v3").join("alice"), &dir);
     // sled as it was before this code opened the store.
     copy_dir(&dir.join("db"), &tmp.path().join("old-db"));
-    let s = Store::open(&dir, &pass, config()).await.expect("open the old store");
+    let s = Store::open(&dir, &pass, fixture_config())
+        .await
+        .expect("open the old store");
     let cert = s.device_cert().await.expect("a device certificate");
     let c = s.channels().await.expect("channels")[0].id;
     s.post(c, "signed with the new key").await.expect("post");
@@ -437,7 +406,9 @@ async fn a_database_left_behind_the_new_device_keys_takes_them_from_the_log() {
     // The power cut: sled loses all of it, the log keeps it.
     std::fs::remove_dir_all(dir.join("db")).expect("remove db");
     copy_dir(&tmp.path().join("old-db"), &dir.join("db"));
-    let s = Store::open(&dir, &pass, config()).await.expect("open after the cut");
+    let s = Store::open(&dir, &pass, fixture_config())
+        .await
+        .expect("open after the cut");
     assert_eq!(s.open_report().rebuilt, None, "sled opened and caught up");
     assert_eq!(
         s.device_cert().await.expect("cert"),
@@ -457,19 +428,19 @@ async fn a_database_left_behind_the_new_device_keys_takes_them_from_the_log() {
 #[ignore = "writes fixtures; run by hand with HEARTH_WRITE_FIXTURES=1"]
 async fn write_fixtures() {
     let format = std::env::var("HEARTH_WRITE_FIXTURES").expect("HEARTH_WRITE_FIXTURES=<format>, e.g. v1");
-    let out = fixtures(&format);
+    let out = fixture(&format);
     assert!(!out.exists(), "{} exists: fixtures are never rewritten", out.display());
     let tmp = tempfile::tempdir().expect("tmp");
-    let pass = Passphrase::new(PASS);
+    let pass = Passphrase::new(FIXTURE_PASS);
     // No checkpoint on its own and receipts that would gather for an hour: the
     // image taken below has a journal past sled's checkpoint and receipts owed.
-    let slow = config()
+    let slow = fixture_config()
         .with_checkpoint_interval(Duration::from_secs(3600))
         .with_receipt_delay(Duration::from_secs(3600));
     let alice = Store::create(tmp.path().join("alice"), &pass, "alice", slow.clone())
         .await
         .expect("alice");
-    let bob = Store::create(tmp.path().join("bob"), &pass, "bob", config())
+    let bob = Store::create(tmp.path().join("bob"), &pass, "bob", fixture_config())
         .await
         .expect("bob");
 
@@ -518,9 +489,15 @@ async fn write_fixtures() {
     // A linked device of Alice's, whose feed Alice holds.
     let phone_keys = hearth::core::device::DeviceKeys::generate().unwrap();
     let bundle = alice.link_bundle(phone_keys.public()).await.unwrap();
-    let phone = Store::create_linked(tmp.path().join("alice-phone"), &pass, phone_keys, &bundle, config())
-        .await
-        .expect("phone");
+    let phone = Store::create_linked(
+        tmp.path().join("alice-phone"),
+        &pass,
+        phone_keys,
+        &bundle,
+        fixture_config(),
+    )
+    .await
+    .expect("phone");
     pull(&alice, &phone, general).await;
     pull(&alice, &phone, random).await;
     pull(&alice, &phone, bobs).await;
@@ -585,7 +562,9 @@ async fn write_fixtures() {
     for name in STORES {
         let dir = tmp.path().join(format!("{name}-check"));
         copy_dir(&out.join(name), &dir);
-        let s = Store::open(&dir, &pass, config()).await.expect("open the fixture");
+        let s = Store::open(&dir, &pass, fixture_config())
+            .await
+            .expect("open the fixture");
         s.flush_receipts().await.expect("receipts");
         let journal = s.open_report().replayed_records;
         let value = json!({
@@ -630,12 +609,12 @@ async fn relay_holdings(relay: &RelayStore) -> Value {
 /// Opens the `v6` stores (their devices move to keyed ids) and finds
 /// `general`, the channel where Bob is an admin, and Bob.
 async fn moved_v6(tmp: &Path) -> (Store, Store, hearth::ChannelId, hearth::UserId) {
-    let pass = Passphrase::new(PASS);
+    let pass = Passphrase::new(FIXTURE_PASS);
     let mut open = Vec::new();
     for name in STORES {
         let dir = tmp.join(name);
-        copy_dir(&fixtures("v6").join(name), &dir);
-        let s = Store::open(&dir, &pass, config()).await.expect("open");
+        copy_dir(&fixture("v6").join(name), &dir);
+        let s = Store::open(&dir, &pass, fixture_config()).await.expect("open");
         assert!(s.open_report().moved_from.is_some(), "{name} moved");
         open.push(s);
     }
