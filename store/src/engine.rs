@@ -1184,14 +1184,22 @@ impl Engine {
     /// write that fails before it reaches the journal.
     fn receipt_entries(&mut self, channel: ChannelId, marks: &[(DeviceId, MessageId)]) -> Result<Vec<JournalEntry>> {
         self.ensure_epoch(channel, META_EPOCH, true)?;
-        let me = (self.identity.user(), self.identity.device());
-        let held = self
-            .loaded(&channel, META_EPOCH)
-            .and_then(|le| le.view.delivered.get(&me).cloned())
-            .unwrap_or_default();
+        let user = self.identity.user();
+        let ids: Vec<DeviceId> = std::iter::once(self.identity.device())
+            .chain(self.identity.former().iter().copied())
+            .collect();
+        let mut held: BTreeMap<DeviceId, MessageId> = BTreeMap::new();
+        if let Some(le) = self.loaded(&channel, META_EPOCH) {
+            for id in &ids {
+                for (a, m) in le.view.delivered.get(&(user, *id)).into_iter().flatten() {
+                    let e = held.entry(*a).or_insert(*m);
+                    *e = (*e).max(*m);
+                }
+            }
+        }
         let mut entries = Vec::new();
         for (author, up_to) in marks {
-            if *author != me.1 && held.get(author).is_none_or(|h| h < up_to) {
+            if !self.identity.is_this_device(author) && held.get(author).is_none_or(|h| h < up_to) {
                 let op = Op::Delivered {
                     author: *author,
                     up_to: *up_to,

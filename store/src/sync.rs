@@ -768,7 +768,6 @@ impl Engine {
         }
         // Phase 2: views, summaries, rows, events.
         let me = self.identity.user();
-        let me_device = self.identity.device();
         let mut batch = sled::Batch::default();
         let mut events = Vec::new();
         for h in &held {
@@ -914,7 +913,7 @@ impl Engine {
         // them still.
         let mut owed_more = false;
         for (d, m) in &report.newest {
-            if *d != me_device && ch.owed.get(d).is_none_or(|o| o < m) {
+            if !self.identity.is_this_device(d) && ch.owed.get(d).is_none_or(|o| o < m) {
                 ch.owed.insert(*d, *m);
                 owed_more = true;
             }
