@@ -661,12 +661,25 @@ pub(crate) fn migration_plan(dir: &Path, pass: &Passphrase) -> Result<MigrationP
         copy_files_private(&dir.join(DB_DIR), &copy.0)?;
         let read = open_sled_at(&copy.0).and_then(|db| {
             let tree = db.open_tree(TREE)?;
-            read_identity(&tree, &records)?;
-            Ok(match tree.get(META_FORMAT)? {
+            let identity = read_identity(&tree, &records)?;
+            let format = match tree.get(META_FORMAT)? {
                 None => 1,
                 Some(v) if v.len() == 1 => v[0],
                 Some(_) => return Err(Error::corrupted("sled", "its format row is damaged")),
-            })
+            };
+            Ok((format, identity.on_keyed_id()))
+        });
+        let read = read.map(|(f, keyed)| {
+            // A migration cut after sled was marked, before the device moved
+            // to its keyed id: the next open still moves it.
+            if f >= 7 && !keyed {
+                steps.push(
+                    "the device moves to an id derived from its keys (a migration from format 6 or older was cut \
+                     short before it moved)"
+                        .to_string(),
+                );
+            }
+            f
         });
         match read {
             Ok(f) if f > STORE_FORMAT => {
