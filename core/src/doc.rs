@@ -38,7 +38,7 @@ use crate::content::{Content, ContentId};
 use crate::error::{Error, Result};
 use crate::hlc::Timestamp;
 use crate::id::{ChannelId, DeviceId, Epoch, MessageId, UserId, writer_tag};
-use crate::member::{MemberBody, MemberOp, OpKey, Roster};
+use crate::member::{MemberBody, MemberOp, OpKey, Role, Roster};
 use crate::op::{MAX_EMOJI_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES, Op};
 use crate::rotation::KeyPackage;
 use crate::view::{EpochView, Message};
@@ -485,6 +485,11 @@ impl EpochDoc {
             Op::SetName { name } => {
                 d.put(ROOT, format!("n:{user}"), name.as_str())?;
             }
+            Op::SetRetention { secs, at } => {
+                let mut v = secs.to_be_bytes().to_vec();
+                v.extend_from_slice(&at.to_be_bytes());
+                d.put(ROOT, format!("ret:{user}"), ScalarValue::Bytes(v))?;
+            }
             Op::Post { id, reply_to, .. } => {
                 let m = d.put_object(ROOT, format!("m:{id}"), ObjType::Map)?;
                 d.put(&m, "t", text.expect("a post stages its text"))?;
@@ -761,6 +766,35 @@ impl EpochDoc {
             }
         }
         view.roster = self.roster(devices);
+        view.retention = self.retention(devices, &view.roster);
+    }
+
+    /// The channel's retention (metadata epoch): of each user's setting its
+    /// own signed feed vouches for, those of admins and owners (or of
+    /// anyone, while the channel has no roster), the one of the latest
+    /// clock (then the greatest user id) stands; 0 seconds is none.
+    fn retention(&self, devices: &Devices, roster: &Roster) -> Option<u64> {
+        let mut best: Option<(u64, UserId, u64)> = None;
+        for item in self.doc.map_range(ROOT, "ret:".to_string().."ret;".to_string()) {
+            let Ok(user) = item.key[4..].parse::<UserId>() else {
+                continue;
+            };
+            let allowed = roster.genesis.is_none() || matches!(roster.role(&user), Some(Role::Owner | Role::Admin));
+            if !allowed {
+                continue;
+            }
+            if let Some(Value::Scalar(s)) = self.authored_value(&item.key, &user, devices)
+                && let ScalarValue::Bytes(b) = s.as_ref()
+                && let (Some(secs), Some(at)) = (b.get(..8), b.get(8..16))
+            {
+                let secs = u64::from_be_bytes(secs.try_into().expect("8 bytes"));
+                let at = u64::from_be_bytes(at.try_into().expect("8 bytes"));
+                if best.is_none_or(|(a, u, _)| (at, user) > (a, u)) {
+                    best = Some((at, user, secs));
+                }
+            }
+        }
+        best.map(|(_, _, secs)| secs).filter(|s| *s > 0)
     }
 
     /// Every byte value under `<kind>:<user>:<device>:<n>` (metadata epoch)
@@ -1139,6 +1173,7 @@ fn check_root_op(key: &str, action: &OpType, preds: usize, user: &UserId, device
         ["x", _, u] => *u == me && is_true,
         ["r", _, u, emoji] => *u == me && !emoji.is_empty() && (is_true || matches!(action, OpType::Delete)),
         ["rd", u, d] => *u == me && *d == dev && is_str,
+        ["ret", u] => *u == me && matches!(action, OpType::Put(ScalarValue::Bytes(b)) if b.len() == 16),
         ["dl", u, d, w] => *u == me && *d == dev && w.parse::<DeviceId>().is_ok() && is_str,
         ["kp", u, d, n] => {
             // A key package is written once, by the device it names.

@@ -96,6 +96,16 @@ pub enum Op {
         /// Its newest message held here.
         up_to: MessageId,
     },
+    /// Keep the channel's messages `secs` seconds from their time, on every
+    /// member's device; 0: for ever (metadata epoch; admins and owners, or
+    /// any key holder of a channel without a roster; the setting of the
+    /// latest clock `at` stands).
+    SetRetention {
+        /// Seconds a message is kept; 0: no retention.
+        secs: u64,
+        /// The writer's clock (HLC) when it was set.
+        at: u64,
+    },
 }
 
 fn check_name(what: &'static str, name: &str) -> Result<()> {
@@ -139,7 +149,8 @@ impl Op {
             | Op::SetName { .. }
             | Op::Delivered { .. }
             | Op::Member { .. }
-            | Op::Keys { .. } => META_EPOCH,
+            | Op::Keys { .. }
+            | Op::SetRetention { .. } => META_EPOCH,
             Op::Post { id, .. } => id.epoch(),
             Op::React { msg, .. }
             | Op::Unreact { msg, .. }
@@ -193,6 +204,8 @@ impl Op {
                 package.validate()
             }
             Op::Delete { .. } | Op::ReadUpTo { .. } | Op::Delivered { .. } => Ok(()),
+            Op::SetRetention { at, .. } if *at == 0 => Err(Error::invalid("retention", "no clock")),
+            Op::SetRetention { .. } => Ok(()),
         }
     }
 }

@@ -50,6 +50,9 @@ pub struct EpochView {
     pub delivered: BTreeMap<(UserId, DeviceId), BTreeMap<DeviceId, MessageId>>,
     /// The roster (metadata epoch only).
     pub roster: crate::member::Roster,
+    /// How long messages are kept, in seconds (metadata epoch only; `None`:
+    /// for ever): the latest setting by an admin or owner.
+    pub retention: Option<u64>,
 }
 
 impl EpochView {
@@ -116,7 +119,8 @@ impl EpochView {
             | Op::SetName { .. }
             | Op::Delivered { .. }
             | Op::Member { .. }
-            | Op::Keys { .. } => {}
+            | Op::Keys { .. }
+            | Op::SetRetention { .. } => {}
         }
     }
 
