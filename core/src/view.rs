@@ -226,6 +226,19 @@ impl EpochView {
         range.filter(|(_, m)| m.author != *user && !m.deleted).count() as u64
     }
 
+    /// [`EpochView::unread`], of messages from `floor` on (retention: the
+    /// ones below it expired).
+    pub fn unread_from(&self, user: &UserId, after: Option<MessageId>, floor: Option<MessageId>) -> u64 {
+        match floor {
+            None => self.unread(user, after),
+            Some(f) => self
+                .messages
+                .range(f..)
+                .filter(|(id, m)| after.is_none_or(|a| **id > a) && m.author != *user && !m.deleted)
+                .count() as u64,
+        }
+    }
+
     /// Number of messages (replies and tombstones included).
     pub fn len(&self) -> usize {
         self.messages.len()

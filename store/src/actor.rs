@@ -30,6 +30,10 @@ const JOURNAL_QUEUE: usize = 8192;
 /// After an automatic compaction failed to start or finish, how long before
 /// the next try.
 const AUTO_COMPACT_RETRY: Duration = Duration::from_secs(60);
+/// How often the store drops expired texts (retention), and how many
+/// epochs it looks at each time.
+const EXPIRE_EVERY: Duration = Duration::from_secs(1);
+const EXPIRE_EPOCHS: usize = 4;
 /// How often the store task looks at a compaction's copy while it runs.
 const COMPACT_POLL: Duration = Duration::from_millis(5);
 
@@ -208,6 +212,8 @@ struct Actor {
     backups_waiting: std::collections::VecDeque<BackupJob>,
     /// Backups whose file's end is being written.
     finishing: Vec<std::thread::JoinHandle<()>>,
+    /// When expired texts were last dropped (retention).
+    last_expiry: Instant,
     /// No automatic compaction before then (after one failed).
     auto_compact_after: Instant,
 }
@@ -513,6 +519,13 @@ impl Actor {
 
     fn housekeeping(&mut self) -> Result<()> {
         self.engine.evict()?;
+        // Retention: a few epochs' expired texts dropped, once a second.
+        if self.last_expiry.elapsed() >= EXPIRE_EVERY {
+            self.last_expiry = Instant::now();
+            if self.engine.expire(EXPIRE_EPOCHS)? > 0 {
+                self.engine.apply_prune_rows()?;
+            }
+        }
         if self.compaction.is_none()
             && self.backup.is_none()
             && Instant::now() >= self.auto_compact_after
@@ -645,6 +658,7 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
         backups_waiting: Default::default(),
         finishing: Vec::new(),
         auto_compact_after: Instant::now(),
+        last_expiry: Instant::now(),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()

@@ -111,6 +111,14 @@ pub enum Write {
         /// The new name.
         name: String,
     },
+    /// Keep the channel's messages `secs` seconds from their time on every
+    /// member's device (0: for ever). Admins and owners only.
+    SetRetention {
+        /// The channel.
+        channel: ChannelId,
+        /// Seconds; 0: no retention.
+        secs: u64,
+    },
     /// Post a message or a reply.
     Post {
         /// The channel.
@@ -257,6 +265,9 @@ pub(crate) struct Engine {
     /// Messages deleted since the last prune, whose texts go
     /// (`crate::prune`).
     pub(crate) prune_queue: Vec<(ChannelId, Epoch, MessageId)>,
+    /// Epochs whose every message expired and whose texts are dropped
+    /// (retention), by channel: not looked at again.
+    pub(crate) expired: HashMap<ChannelId, std::collections::BTreeSet<Epoch>>,
     /// Stored entries to rewrite without dropped segments, once the batch
     /// that wrote them is applied (`crate::prune`).
     pub(crate) prune_rows: crate::prune::PruneRows,
@@ -310,6 +321,7 @@ impl Engine {
             sled_files,
             _lock: lock,
             prune_queue: Vec::new(),
+            expired: HashMap::new(),
             prune_rows: Default::default(),
             dropped_since_compaction: None,
         })
@@ -625,6 +637,23 @@ impl Engine {
             Write::Rename { channel, name } => {
                 self.writable(&channel)?;
                 (vec![op_entry(channel, Op::Rename { name })?], Outcome::Done)
+            }
+            Write::SetRetention { channel, secs } => {
+                self.writable(&channel)?;
+                let roster = self.roster(&channel)?;
+                if roster.is_started()
+                    && !matches!(
+                        roster.role(&me),
+                        Some(hearth_core::Role::Owner | hearth_core::Role::Admin)
+                    )
+                {
+                    return Err(Error::NotAllowed {
+                        action: "set the channel's retention".into(),
+                        why: "only its admins and owners may".into(),
+                    });
+                }
+                let at = self.hlc.tick(now_ms()).0;
+                (vec![op_entry(channel, Op::SetRetention { secs, at })?], Outcome::Done)
             }
             Write::Reply { to, text } => {
                 let channel = self.message_at(&to)?.0;
@@ -1296,7 +1325,8 @@ impl Engine {
             | Op::Rename { .. }
             | Op::SetName { .. }
             | Op::Delivered { .. }
-            | Op::Member { .. } => le.view = le.doc.view(&ch.devices),
+            | Op::Member { .. }
+            | Op::SetRetention { .. } => le.view = le.doc.view(&ch.devices),
             _ => le.view.apply_local(&user, op),
         }
         // The epoch size counts every message in it, replies included, exactly

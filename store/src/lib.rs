@@ -57,6 +57,7 @@ mod persist;
 mod prune;
 mod query;
 mod recover;
+mod retention;
 mod root;
 mod rotate;
 mod store;

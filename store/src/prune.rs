@@ -45,12 +45,24 @@ impl Engine {
 
     /// Drop the texts of `msg` if the view says it is deleted.
     pub(crate) fn drop_texts_of(&mut self, channel: ChannelId, epoch: Epoch, msg: &MessageId) -> Result<()> {
+        self.drop_texts(channel, epoch, msg, false)
+    }
+
+    /// Drop the texts of `msg`: when the view says it is deleted, or
+    /// whatever it says with `expired` (retention).
+    pub(crate) fn drop_texts(
+        &mut self,
+        channel: ChannelId,
+        epoch: Epoch,
+        msg: &MessageId,
+        expired: bool,
+    ) -> Result<()> {
         let wire = self.channel(&channel)?.keys.wire();
         let Some(le) = self.epochs.get_mut(&(channel, epoch)) else {
             return Ok(());
         };
         // Only a delete that counts (the author's, by the view's rules).
-        if !le.view.is_deleted(msg) {
+        if !expired && !le.view.is_deleted(msg) {
             return Ok(());
         }
         let ids = le.doc.text_ids(msg);

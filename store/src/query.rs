@@ -67,6 +67,8 @@ pub struct ChannelInfo {
     pub newest: Option<MessageId>,
     /// The local user's read marker (the newest message marked read).
     pub read_up_to: Option<MessageId>,
+    /// How long the channel keeps messages, in seconds (`None`: for ever).
+    pub retention: Option<u64>,
 }
 
 /// A thread: its root and its replies, oldest first.
@@ -97,8 +99,9 @@ impl Engine {
             .copied()
             .collect();
         for c in candidates {
-            // Cuts first: they may change the view.
-            let hidden = self.is_hidden(&c, msg)?;
+            // Cuts first: they may change the view; an expired message is
+            // not shown either.
+            let hidden = self.is_hidden(&c, msg)? || self.expiry_floor(&c)?.is_some_and(|f| *msg < f);
             if self.ensure_epoch(c, msg.epoch(), false)?
                 && let Some(m) = self.loaded(&c, msg.epoch()).and_then(|le| le.view.get(msg))
                 && !hidden
@@ -118,6 +121,7 @@ impl Engine {
     /// removal cut hides are left out, as from every other read.
     pub(crate) fn all_messages(&mut self, channel: &ChannelId) -> Result<Vec<Message>> {
         let hidden = self.hidden(channel)?.clone();
+        let floor = self.expiry_floor(channel)?;
         let epochs: Vec<Epoch> = self
             .channel(channel)?
             .summaries
@@ -129,7 +133,11 @@ impl Engine {
         for epoch in epochs {
             self.ensure_epoch(*channel, epoch, false)?;
             if let Some(le) = self.loaded(channel, epoch) {
-                out.extend(le.view.messages().filter(|m| !hidden.contains(&m.id)));
+                out.extend(
+                    le.view
+                        .messages()
+                        .filter(|m| !hidden.contains(&m.id) && floor.is_none_or(|f| m.id >= f)),
+                );
             }
         }
         out.sort_by_key(|m| m.id);
@@ -153,8 +161,10 @@ impl Engine {
                 return Err(Error::invalid("cursor", "the message is in another channel"));
             }
         }
-        // Messages a removal cut hides are left out (asked for on top).
+        // Messages a removal cut hides are left out (asked for on top), and
+        // expired ones (retention).
         let hidden = self.hidden(channel)?.clone();
+        let floor = self.expiry_floor(channel)?;
         let ch = self.channel(channel)?;
         // Epochs in order of their newest top-level message. Messages of an epoch
         // can be newer than those of a higher-numbered one (an offline device), so
@@ -165,6 +175,7 @@ impl Engine {
             .filter(|(e, _)| **e != META_EPOCH)
             .filter_map(|(e, s)| Some((s.top_max?, s.top_min?, *e)))
             .filter(|(_, min, _)| before.is_none_or(|b| *min < b))
+            .filter(|(max, _, _)| floor.is_none_or(|f| *max >= f))
             .collect();
         order.sort_by_key(|o| std::cmp::Reverse(o.0));
         let mut out: Vec<Message> = Vec::new();
@@ -178,7 +189,7 @@ impl Engine {
                     le.view
                         .page(before, limit.saturating_add(hidden.len()))
                         .into_iter()
-                        .filter(|m| !hidden.contains(&m.id)),
+                        .filter(|m| !hidden.contains(&m.id) && floor.is_none_or(|f| m.id >= f)),
                 );
                 out.sort_by_key(|m| std::cmp::Reverse(m.id));
                 out.truncate(limit);
@@ -200,14 +211,16 @@ impl Engine {
             .loaded(&loc.channel, root_id.epoch())
             .map(|le| le.view.replies(&root_id))
             .unwrap_or_default();
+        let floor = self.expiry_floor(&loc.channel)?;
         let hidden = self.hidden(&loc.channel)?;
-        replies.retain(|m| !hidden.contains(&m.id));
+        replies.retain(|m| !hidden.contains(&m.id) && floor.is_none_or(|f| m.id >= f));
         Ok(Thread { root, replies })
     }
 
     /// Unread messages for the local user.
     pub(crate) fn unread(&mut self, channel: &ChannelId) -> Result<u64> {
         let me = self.identity.user();
+        let floor = self.expiry_floor(channel)?;
         let ch = self.channel(channel)?;
         let marker = ch.my_read();
         let mut total = 0;
@@ -218,6 +231,9 @@ impl Engine {
             }
             match (marker, s.min, s.max) {
                 (_, None, _) | (_, _, None) => {}
+                // Expired whole; one that expired in part is counted below.
+                (_, _, Some(max)) if floor.is_some_and(|f| max < f) => {}
+                (_, Some(min), _) if floor.is_some_and(|f| min < f) => straddling.push(*e),
                 (None, _, _) => total += s.others_live,
                 (Some(m), Some(min), _) if min > m => total += s.others_live,
                 (Some(m), _, Some(max)) if max <= m => {}
@@ -227,7 +243,7 @@ impl Engine {
         for e in straddling {
             self.ensure_epoch(*channel, e, false)?;
             if let Some(le) = self.loaded(channel, e) {
-                total += le.view.unread(&me, marker);
+                total += le.view.unread_from(&me, marker, floor);
             }
         }
         Ok(total)
@@ -468,11 +484,14 @@ impl Engine {
     pub(crate) fn channel_info(&mut self, channel: &ChannelId) -> Result<ChannelInfo> {
         let name = self.channel_name(channel)?;
         let unread = self.unread(channel)?;
+        let messages = self.live_message_count(channel)?;
+        let retention = self.retention(channel)?;
         let ch = self.channel(channel)?;
         Ok(ChannelInfo {
+            retention,
             id: *channel,
             name,
-            messages: ch.message_count(),
+            messages,
             unread,
             newest: ch.newest(),
             read_up_to: ch.my_read(),

@@ -376,6 +376,33 @@ impl Store {
         Ok(report)
     }
 
+    /// Set how long the channel keeps its messages on every member's device
+    /// (admins and owners; `None`: for ever): a message older than that, by
+    /// its time, is expired (see the `retention` module).
+    pub async fn set_retention(&self, channel: ChannelId, keep: Option<std::time::Duration>) -> Result<()> {
+        let secs = keep.map_or(0, |d| d.as_secs().max(1));
+        self.submit(Write::SetRetention { channel, secs }).await?.await?;
+        Ok(())
+    }
+
+    /// The channel's retention (`None`: for ever).
+    pub async fn retention(&self, channel: ChannelId) -> Result<Option<std::time::Duration>> {
+        self.query(move |e| Ok(e.retention(&channel)?.map(std::time::Duration::from_secs)))
+            .await
+    }
+
+    /// Drop the texts of every expired message now (the store does it on
+    /// its own, a few epochs a second); returns how many messages lost
+    /// texts. Their old bytes leave the files at the next compaction.
+    pub async fn expire(&self) -> Result<u64> {
+        self.mutate(|e| {
+            let n = e.expire(usize::MAX)?;
+            e.apply_prune_rows()?;
+            Ok(n)
+        })
+        .await
+    }
+
     /// The texts this store dropped from stored entries (deletes), kept
     /// for the relays it syncs with, which hold those entries and cannot
     /// open them (sync protocol 9; at most 4096 per channel).

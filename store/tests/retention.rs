@@ -1,0 +1,165 @@
+//! Retention (issue 9, item 3), with a retention of seconds: an admin's
+//! setting, as CRDT data, expires messages on every member's device (no
+//! read shows them, their texts are dropped, a compaction takes them out of
+//! every file); a member away longer than the retention, and one that
+//! joins after, get only what remains; a plain member cannot set it; verify
+//! stays clean.
+
+use std::time::Duration;
+
+use hearth_core::{ChannelId, KdfParams, Passphrase, WireId};
+use hearth_store::{Config, Error, Store};
+
+fn config() -> Config {
+    Config::default().with_kdf(KdfParams::INSECURE_FAST)
+}
+
+/// Move everything `from` holds of a channel that `to` lacks.
+async fn pull(from: &Store, to: &Store, wire: WireId, channel: ChannelId) {
+    loop {
+        let have = to.vector(channel).await.unwrap();
+        let batch = from.entries_after(wire, have, 16 * 1024, 64).await.unwrap();
+        if batch.entries.is_empty() {
+            return;
+        }
+        let report = to.ingest(wire, batch.entries).await.unwrap();
+        assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+    }
+}
+
+/// The texts a store shows of a channel: its page and every thread.
+async fn shown(s: &Store, c: ChannelId) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in s.page(c, None, 1000).await.unwrap() {
+        out.push(m.text.clone().unwrap_or_else(|| "(no text)".into()));
+        if m.reply_count > 0 {
+            for r in s.thread(m.id).await.unwrap().replies {
+                out.push(r.text.unwrap_or_else(|| "(no text)".into()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+async fn clean(s: &Store, who: &str) {
+    let v = s.verify().await.unwrap();
+    assert!(v.problems.is_empty(), "{who}: {:?}", v.problems);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_older_than_the_retention_expire_on_every_member() {
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let pass = Passphrase::new("pw");
+    let a = Store::create(dirs[0].path(), &pass, "alice", config()).await.unwrap();
+    let b = Store::create(dirs[1].path(), &pass, "bob", config()).await.unwrap();
+    let c = Store::create(dirs[2].path(), &pass, "carol", config()).await.unwrap();
+    let general = a.create_channel("general").await.unwrap();
+    let keys = a.channel_keys(general).await.unwrap();
+    let wire = keys.wire();
+    for s in [&b, &c] {
+        s.join_channel(keys.clone()).await.unwrap();
+    }
+    let old_root = a.post(general, "an old root").await.unwrap();
+    pull(&a, &b, wire, general).await;
+    b.reply(old_root, "an old reply").await.unwrap();
+    b.post(general, "bob's old post").await.unwrap();
+    pull(&b, &a, wire, general).await;
+    // Carol holds the old messages, then goes away.
+    pull(&a, &c, wire, general).await;
+    assert_eq!(shown(&c, general).await.len(), 3);
+
+    // A plain member cannot set it; the owner can, and it syncs.
+    let e = b
+        .set_retention(general, Some(Duration::from_secs(1)))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::NotAllowed { .. }), "{e:?}");
+    a.set_retention(general, Some(Duration::from_secs(2))).await.unwrap();
+    pull(&a, &b, wire, general).await;
+    assert_eq!(b.retention(general).await.unwrap(), Some(Duration::from_secs(2)));
+    assert_eq!(a.channels().await.unwrap()[0].retention, Some(2));
+
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    a.post(general, "a fresh post").await.unwrap();
+    pull(&a, &b, wire, general).await;
+    for (s, who) in [(&a, "alice"), (&b, "bob")] {
+        assert_eq!(shown(s, general).await, ["a fresh post"], "{who}");
+        assert_eq!(s.all_messages(general).await.unwrap().len(), 1, "{who}");
+        assert!(
+            matches!(s.message(old_root).await, Err(Error::NotFound { .. })),
+            "{who}"
+        );
+        let info = s.channels().await.unwrap().remove(0);
+        assert_eq!(info.messages, 1, "{who}");
+    }
+    for (s, who) in [(&a, "alice"), (&b, "bob")] {
+        // Their texts go, then a compaction takes them out of every file.
+        s.expire().await.unwrap();
+        s.compact().await.unwrap();
+        for t in ["an old root", "an old reply", "bob's old post"] {
+            assert_eq!(s.find_text(t).await.unwrap(), Vec::<String>::new(), "{who}: {t}");
+        }
+        assert!(!s.find_text("a fresh post").await.unwrap().is_empty(), "{who}");
+        clean(s, who).await;
+    }
+
+    // Carol, away longer than the retention, catches up on what remains
+    // (the fresh post may have expired by now too: only what is younger
+    // than the retention shows); her own copies of the old messages expire.
+    let later = a.post(general, "a later post").await.unwrap();
+    pull(&a, &c, wire, general).await;
+    let old = ["an old root", "an old reply", "bob's old post"];
+    let seen = shown(&c, general).await;
+    assert!(seen.contains(&"a later post".to_string()), "{seen:?}");
+    assert!(!seen.iter().any(|t| old.contains(&t.as_str())), "{seen:?}");
+    c.expire().await.unwrap();
+    c.compact().await.unwrap();
+    assert!(c.find_text("an old root").await.unwrap().is_empty());
+    clean(&c, "carol").await;
+
+    // Dave joins after the expiry: he never receives an expired text.
+    let d = Store::create(dirs[3].path(), &pass, "dave", config()).await.unwrap();
+    d.join_channel(keys.clone()).await.unwrap();
+    pull(&a, &d, wire, general).await;
+    let seen = shown(&d, general).await;
+    assert!(seen.contains(&"a later post".to_string()), "{seen:?}");
+    for t in old {
+        assert!(d.find_text(t).await.unwrap().is_empty(), "dave: {t}");
+    }
+    assert_eq!(
+        d.message(later).await.unwrap().message.text.as_deref(),
+        Some("a later post")
+    );
+    clean(&d, "dave").await;
+
+    // Off: nothing more expires.
+    a.set_retention(general, None).await.unwrap();
+    assert_eq!(a.retention(general).await.unwrap(), None);
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let seen = shown(&a, general).await;
+    assert!(seen.contains(&"a later post".to_string()), "{seen:?}");
+    assert!(a.message(later).await.is_ok());
+}
+
+/// The store expires on its own, in the background: no call needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_expires_texts_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let pass = Passphrase::new("pw");
+    let a = Store::create(dir.path(), &pass, "alice", config()).await.unwrap();
+    let general = a.create_channel("general").await.unwrap();
+    a.post(general, "a text that expires by itself").await.unwrap();
+    a.set_retention(general, Some(Duration::from_secs(1))).await.unwrap();
+    let mut gone = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let at = a.find_text("a text that expires by itself").await.unwrap();
+        if !at.iter().any(|w| w.starts_with("sled")) {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "the background expiry did not drop the text from sled");
+    clean(&a, "alice").await;
+}
