@@ -746,6 +746,7 @@ fn check_model(model: &Model, answers: &Answers, sample: &Sample) {
             // The marker itself is pinned by tests/read_markers.rs; here it only
             // has to survive the restart (the captures are compared whole).
             read_up_to: ca.info.read_up_to,
+            retention: None,
         };
         assert_eq!(ca.info, info, "channel({name})");
         assert!(answers.channels.contains(&info), "channels() lists {name}");

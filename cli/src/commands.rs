@@ -474,11 +474,12 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
                     print_json(&json!({
                         "id": c.id.to_hex(), "name": c.name, "messages": c.messages,
                         "unread": c.unread, "newest": c.newest.map(|m| m.to_hex()), "read_up_to": c.read_up_to.map(|m| m.to_hex()),
-                        "pending": false,
+                        "retention_secs": c.retention, "pending": false,
                     }));
                 } else {
+                    let keep = c.retention.map(|s| format!("  kept {s} s")).unwrap_or_default();
                     println!(
-                        "{}  {:<24} {:>8} messages {:>6} unread",
+                        "{}  {:<24} {:>8} messages {:>6} unread{keep}",
                         &c.id.to_hex()[..16],
                         c.name,
                         c.messages,
@@ -508,6 +509,18 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
             let id = h.resolve_channel(channel).await?;
             h.rename_channel(id, name).await?;
             done(cli, json!({"id": id.to_hex(), "name": name}));
+        }
+        Command::Channel(ChannelCmd::Retention { channel, keep }) => {
+            let id = h.resolve_channel(channel).await?;
+            let keep = match keep.as_str() {
+                "off" => None,
+                span => Some(crate::parse_span(span).map_err(|e| anyhow::anyhow!(e))?),
+            };
+            h.set_retention(id, keep).await?;
+            done(
+                cli,
+                json!({"id": id.to_hex(), "retention_secs": keep.map(|d| d.as_secs())}),
+            );
         }
         Command::Post {
             channel,

@@ -327,6 +327,15 @@ pub enum ChannelCmd {
         /// The new name.
         name: String,
     },
+    /// How long the channel keeps messages on every member's device (admins
+    /// and owners): older ones expire (hidden, their texts dropped, then
+    /// compacted away).
+    Retention {
+        /// Channel id or name.
+        channel: String,
+        /// A span (30s, 10m, 12h, 30d), or `off`.
+        keep: String,
+    },
 }
 
 /// Device commands.
@@ -378,7 +387,7 @@ pub(crate) fn parse_span(text: &str) -> Result<std::time::Duration, String> {
         _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
     };
     match n.checked_mul(secs) {
-        Some(0) => Err("an invite must last longer than nothing".into()),
+        Some(0) => Err("a span must last longer than nothing".into()),
         Some(s) => Ok(std::time::Duration::from_secs(s)),
         None => Err(format!("{text:?} is too long")),
     }

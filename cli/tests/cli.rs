@@ -519,6 +519,36 @@ fn compact_drops_deleted_texts_and_keeps_the_rest() {
     ok(hearth(&dir).args(["verify"]));
 }
 
+/// `hearth channel retention CH SPAN|off`: older messages leave every read
+/// and, once expired, their texts leave the store; the list shows it.
+#[test]
+fn channel_retention_expires_old_messages() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("s");
+    ok(hearth(&dir).args(["init", "--user", "erin"]));
+    ok(hearth(&dir).args(["channel", "create", "c"]));
+    ok(hearth(&dir).args(["post", "c", "an old message"]));
+    fails(hearth(&dir).args(["channel", "retention", "c", "soon"]));
+    fails(hearth(&dir).args(["channel", "retention", "c", "0s"]));
+    ok(hearth(&dir).args(["channel", "retention", "c", "1s"]));
+    let list = json(&ok(hearth(&dir).args(["--json", "channel", "list"])));
+    assert_eq!(list["retention_secs"], 1, "{list}");
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    ok(hearth(&dir).args(["post", "c", "a new message"]));
+    let log = ok(hearth(&dir).args(["log", "c"]));
+    assert!(
+        log.contains("a new message") && !log.contains("an old message"),
+        "{log}"
+    );
+    // Expired texts go at the next compaction (the store drops them first).
+    ok(hearth(&dir).args(["compact"]));
+    let found = run_with_input(hearth(&dir).args(["verify", "--find"]), "an old message\n");
+    assert_eq!(found.status.code(), Some(0), "{found:?}");
+    ok(hearth(&dir).args(["channel", "retention", "c", "off"]));
+    let list = json(&ok(hearth(&dir).args(["--json", "channel", "list"])));
+    assert!(list.get("retention_secs").is_none_or(|v| v.is_null()), "{list}");
+}
+
 /// `hearth backup FILE` writes a file only its owner reads, that
 /// `backup --check` reads whole and `restore` turns into a store of the same
 /// messages, as a new device; a damaged file fails the check with exit 1,

@@ -362,9 +362,13 @@ impl Actor {
             }
             return;
         }
+        // Expired texts (retention) are dropped first, so that this
+        // compaction takes them out too.
         let started = self
             .guard()
             .and_then(|()| self.checkpoint())
+            .and_then(|()| self.engine.expire(usize::MAX))
+            .and_then(|_| self.engine.apply_prune_rows())
             .and_then(|()| self.engine.start_compaction(progress));
         match started {
             Ok(running) => {

@@ -752,6 +752,9 @@ impl Engine {
             drop(tree);
             drop(db);
         }
+        // sled made its files with the process umask: owner only, as the
+        // store's own.
+        crate::durable::make_private(staging)?;
         SledFiles::new(&staging.join(DB_DIR)).sync()?;
         sync_dir(&staging.join(DB_DIR))?;
         sync_dir(staging)?;
@@ -834,6 +837,7 @@ impl DirCompaction {
                 drop(tree);
                 drop(db);
             }
+            crate::durable::make_private(&staging)?;
             SledFiles::new(&staging.join(DB_DIR)).sync()?;
             sync_dir(&staging.join(DB_DIR))?;
             sync_dir(&staging)?;

@@ -67,7 +67,9 @@ pub struct ChannelInfo {
     pub newest: Option<MessageId>,
     /// The local user's read marker (the newest message marked read).
     pub read_up_to: Option<MessageId>,
-    /// How long the channel keeps messages, in seconds (`None`: for ever).
+    /// How long the channel keeps messages, in seconds (`None`: for ever;
+    /// left out of its JSON then).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub retention: Option<u64>,
 }
 
