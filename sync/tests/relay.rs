@@ -390,6 +390,42 @@ async fn a_relay_serves_a_deleted_text_no_more() {
     );
 }
 
+/// Retention reaches a relay the same way: the texts a member's store
+/// expired leave what the relay serves once a certifying user's device
+/// syncs, and its files at its compaction.
+#[tokio::test]
+async fn a_relay_drops_expired_texts() {
+    let (da, dr) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let relay = RelayStore::open(dr.path()).unwrap();
+    let a = Store::create(da.path(), &pass(), ALICE, config()).await.unwrap();
+    let general = a.create_channel(CHANNEL_NAME).await.unwrap();
+    let keys = a.channel_keys(general).await.unwrap();
+    let old = a.post(general, "a text that expires").await.unwrap();
+    sync_as(&a, &relay, true).await;
+    let all = a.entries_after(keys.wire(), Vector::default(), usize::MAX, usize::MAX).await.unwrap();
+    let env = all
+        .entries
+        .iter()
+        .map(|x| Envelope::decode(x).unwrap())
+        .find(|e| e.open_texts(&keys).iter().any(|c| c.msg == old))
+        .unwrap();
+    let place = (env.header.device, env.header.seq);
+    let before = served_pack(&relay, &keys, place).await.0.expect("a pack");
+    a.set_retention(general, Some(std::time::Duration::from_secs(1))).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert!(a.expire().await.unwrap() >= 1);
+    sync_as(&a, &relay, true).await;
+    let (after, texts) = served_pack(&relay, &keys, place).await;
+    assert!(texts.is_empty(), "{texts:?}");
+    assert_ne!(after.as_ref(), Some(&before));
+    relay.compact().await.unwrap();
+    let left: Vec<_> = files(dr.path())
+        .into_iter()
+        .filter(|p| std::fs::read(p).is_ok_and(|b| b.windows(before.len()).any(|w| w == before.as_slice())))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 #[tokio::test]
 async fn forged_entries_are_refused_and_the_good_ones_served() {
     let (da, db, dr) = (
