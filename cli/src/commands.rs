@@ -386,7 +386,17 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             h.close().await?;
         }
         Command::Demo => return crate::demo::run(cli.json).await,
-        Command::Relay { listen, peer } => return crate::net::relay(&cli.store, listen.clone(), peer.clone()).await,
+        Command::Relay {
+            listen,
+            peer,
+            retention,
+        } => {
+            let retention = match retention.as_str() {
+                "off" => None,
+                span => Some(crate::parse_span(span).map_err(|e| anyhow::anyhow!(e))?),
+            };
+            return crate::net::relay(&cli.store, listen.clone(), peer.clone(), retention).await;
+        }
         Command::Bench(args) => return crate::bench::run(args, cli.json).await,
         Command::Repair => return repair(&cli).await,
         Command::Migrate { check } => return migrate(&cli, *check).await,

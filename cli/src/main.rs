@@ -294,6 +294,10 @@ pub enum Command {
         /// Other relays or nodes to dial.
         #[arg(long)]
         peer: Vec<Multiaddr>,
+        /// How long it keeps the texts of what it takes (30s, 10m, 12h,
+        /// 30d) or `off`; the entries stay, their texts go.
+        #[arg(long, default_value = "30d")]
+        retention: String,
     },
     /// Run the demo in a temporary directory: no set-up needed.
     Demo,

@@ -750,13 +750,18 @@ async fn listen_addrs(node: &NodeHandle) -> Vec<Multiaddr> {
 }
 
 /// `hearth relay --store DIR --listen A`: store and forward sealed entries.
-pub async fn relay(dir: &Path, listen: Vec<Multiaddr>, peers: Vec<Multiaddr>) -> Result<ExitCode> {
+pub async fn relay(
+    dir: &Path,
+    listen: Vec<Multiaddr>,
+    peers: Vec<Multiaddr>,
+    retention: Option<Duration>,
+) -> Result<ExitCode> {
     if listen.is_empty() {
         bail!("a relay needs at least one --listen address");
     }
     hearth::create_private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
     let signals = shutdown_signal();
-    let relay = RelayStore::open(dir)?;
+    let relay = RelayStore::open_with(dir, hearth::sync::RelayConfig::default().with_retention(retention))?;
     let secret = relay_secret(dir)?;
     let node = hearth::sync::start(
         relay.clone(),
@@ -804,16 +809,24 @@ pub async fn relay(dir: &Path, listen: Vec<Multiaddr>, peers: Vec<Multiaddr>) ->
             print_json(&v);
         }
     });
-    // Texts members dropped (deletes) leave the relay's files: a compaction
-    // every RELAY_COMPACT_EVERY once some were.
+    // Texts past the relay's retention go every minute; texts members
+    // dropped (deletes) and expired ones leave the relay's files: a
+    // compaction every RELAY_COMPACT_EVERY once some were.
     let compactor = {
         let relay = relay.clone();
         tokio::spawn(async move {
+            let mut last = std::time::Instant::now();
             loop {
-                tokio::time::sleep(RELAY_COMPACT_EVERY).await;
-                if relay.stats().dropped_bytes == 0 {
+                tokio::time::sleep(RELAY_EXPIRE_EVERY).await;
+                match relay.expire().await {
+                    Ok(0) => {}
+                    Ok(n) => print_json(&json!({"event": "expired", "entries": n})),
+                    Err(e) => print_json(&json!({"event": "error", "error": format!("expiry: {e}")})),
+                }
+                if relay.stats().dropped_bytes == 0 || last.elapsed() < RELAY_COMPACT_EVERY {
                     continue;
                 }
+                last = std::time::Instant::now();
                 let v = match relay.compact().await {
                     Ok(r) => json!({
                         "event": "compacted", "rows": r.rows_copied, "log_bytes_before": r.log_bytes_before,
@@ -833,8 +846,10 @@ pub async fn relay(dir: &Path, listen: Vec<Multiaddr>, peers: Vec<Multiaddr>) ->
     Ok(ExitCode::SUCCESS)
 }
 
-/// How often a relay looks whether texts were dropped, and compacts if so.
+/// How often a relay compacts at most, once texts were dropped.
 const RELAY_COMPACT_EVERY: Duration = Duration::from_secs(600);
+/// How often a relay drops the texts past its retention.
+const RELAY_EXPIRE_EVERY: Duration = Duration::from_secs(60);
 
 /// A relay's network key: random, kept in `node.key` (it guards no data; it
 /// only keeps the relay's peer id stable across restarts).

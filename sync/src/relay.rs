@@ -59,6 +59,11 @@ const T_GRANTS: u8 = b'G';
 /// taken): the device's entries past its cut are refused and not served
 /// (format 6).
 const T_REVOKED: u8 = b'V';
+/// `A | wire [32] | device [16] | seq u64 BE` -> u64 BE: when the relay took
+/// that entry (unix ms), for an entry of a message epoch that still holds a
+/// pack: its texts go once older than the relay's retention (format 11;
+/// derived from the log, whose commit records carry the time).
+const T_ARRIVED: u8 = b'A';
 /// Most revocation notices one channel holds here.
 const MAX_NOTICES_PER_CHANNEL: usize = 1024;
 /// Locked (`File::try_lock`) while open, so two relays never share a directory.
@@ -72,7 +77,8 @@ const CACHE_BYTES: u64 = 16 << 20;
 
 /// Limits of a relay.
 ///
-/// Defaults: `max_channels` 10 000, `max_bytes` 10 GiB, `max_bytes_per_user` 1 GiB.
+/// Defaults: `max_channels` 10 000, `max_bytes` 10 GiB, `max_bytes_per_user`
+/// 1 GiB, `retention` 30 days.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RelayConfig {
     /// Most channels held; entries of further channels are refused. Default 10 000.
@@ -82,6 +88,9 @@ pub struct RelayConfig {
     /// Most envelope bytes held of one author (user), over all its devices
     /// and channels: one member cannot fill the relay for everyone. Default 1 GiB.
     pub max_bytes_per_user: u64,
+    /// How long the relay keeps the texts of an entry after it took it
+    /// ([`RelayStore::expire`]; `None`: for ever). Default 30 days.
+    pub retention: Option<std::time::Duration>,
 }
 
 impl Default for RelayConfig {
@@ -90,6 +99,7 @@ impl Default for RelayConfig {
             max_channels: 10_000,
             max_bytes: 10 << 30,
             max_bytes_per_user: 1 << 30,
+            retention: Some(std::time::Duration::from_secs(30 * 86_400)),
         }
     }
 }
@@ -103,6 +113,11 @@ impl RelayConfig {
     /// Set [`RelayConfig::max_bytes`].
     pub fn with_max_bytes(self, max_bytes: u64) -> Self {
         RelayConfig { max_bytes, ..self }
+    }
+
+    /// Set [`RelayConfig::retention`].
+    pub fn with_retention(self, retention: Option<std::time::Duration>) -> Self {
+        RelayConfig { retention, ..self }
     }
 
     /// Set [`RelayConfig::max_bytes_per_user`].
@@ -459,6 +474,17 @@ impl RelayStore {
         // sled may just have created `db/`: its entry must be durable too.
         hearth_store::sync_dir(dir)?;
         Ok(RelayStore { inner: Arc::new(inner) })
+    }
+
+    /// Drop the texts (packs) of entries taken longer ago than the relay's
+    /// retention ([`RelayConfig::retention`]; entries of a channel's
+    /// metadata epoch apart); returns how many. `hearth relay` does it every
+    /// minute; the bytes leave the files at the next compaction.
+    pub async fn expire(&self) -> Result<u64> {
+        match self.inner.config.retention {
+            Some(r) => self.blocking(move |i| i.expire(r)).await,
+            None => Ok(0),
+        }
     }
 
     /// Compact the relay's files (see [`RelayStore::compact_with`]).
@@ -887,6 +913,95 @@ impl Inner {
         Ok(held)
     }
 
+    /// Drop the packs of entries taken longer ago than `retention` (their
+    /// texts: a relay cannot open a pack to keep some), entries of the
+    /// metadata epoch apart; returns how many. The bytes leave the files at
+    /// the next compaction.
+    fn expire(&self, retention: std::time::Duration) -> Result<u64> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(Error::Poisoned);
+        }
+        let cutoff = now_ms().saturating_sub(retention.as_millis() as u64);
+        let mut total = 0u64;
+        loop {
+            let mut w = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+            let tree = self.tree();
+            let mut rows: Vec<DroppedRow> = Vec::new();
+            let mut stale = Vec::new();
+            {
+                let st = self.state();
+                for row in tree.scan_prefix([T_ARRIVED]) {
+                    let (k, v) = row.map_err(sled_error)?;
+                    let at = v
+                        .get(..8)
+                        .map_or(0, |b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
+                    if at >= cutoff {
+                        continue;
+                    }
+                    let place = (k.len() == 57)
+                        .then(|| {
+                            let wire = WireId::from_slice(&k[1..33]).ok()?;
+                            let device = DeviceId::from_slice(&k[33..49]).ok()?;
+                            Some((wire, device, u64::from_be_bytes(k[49..57].try_into().ok()?)))
+                        })
+                        .flatten();
+                    let Some((wire, device, seq)) = place else {
+                        stale.push(k);
+                        continue;
+                    };
+                    let (Some(head), Some(bytes)) = (
+                        st.feeds.get(&wire).and_then(|f| f.get(&device)),
+                        tree.get(feed_key(&wire, &device, seq)).map_err(sled_error)?,
+                    ) else {
+                        stale.push(k);
+                        continue;
+                    };
+                    let Ok(env) = hearth_core::Envelope::decode(&bytes) else {
+                        stale.push(k);
+                        continue;
+                    };
+                    let d = hearth_core::peer::TextDrop {
+                        wire,
+                        device,
+                        seq,
+                        entry: env.hash(),
+                        pack: None,
+                    };
+                    match d.apply(&bytes) {
+                        Ok(Some(after)) => {
+                            let shrink = (bytes.len() - after.len().min(bytes.len())) as u64;
+                            rows.push(DroppedRow(d, after, shrink, head.user));
+                        }
+                        _ => stale.push(k),
+                    }
+                    if rows.len() + stale.len() >= EXPIRE_BATCH {
+                        break;
+                    }
+                }
+            }
+            if rows.is_empty() && stale.is_empty() {
+                return Ok(total);
+            }
+            let mut batch = sled::Batch::default();
+            for k in &stale {
+                batch.remove(k.clone());
+            }
+            let bodies = self.drop_rows(&mut batch, &rows);
+            let records: Vec<(u8, &[u8])> = bodies.iter().map(|b| (log_kind::DROP, b.as_slice())).collect();
+            let written = if records.is_empty() {
+                self.tree().apply_batch(batch).map_err(sled_error)
+            } else {
+                self.write(&mut w, batch, &records, None)
+            };
+            if written.is_err() {
+                self.poisoned.store(true, Ordering::SeqCst);
+            }
+            written?;
+            total += rows.len() as u64;
+            Self::account_drops(&mut self.state.write().unwrap_or_else(PoisonError::into_inner), &rows);
+        }
+    }
+
     /// The text drops to take of `drops`, each with the entry as it will
     /// be held and how many bytes it shrinks by: a drop is taken from `by`,
     /// a device this relay serves the channel, of the entry's author or of
@@ -945,6 +1060,12 @@ impl Inner {
         let mut heads: BTreeMap<(WireId, DeviceId), RelayHead> = BTreeMap::new();
         for DroppedRow(d, after, shrink, _) in rows {
             batch.insert(&feed_key(&d.wire, &d.device, d.seq)[..], &after[..]);
+            if d.pack.is_none() {
+                // No pack left: nothing of it to expire.
+                let mut k = feed_key(&d.wire, &d.device, d.seq);
+                k[0] = T_ARRIVED;
+                batch.remove(&k[..]);
+            }
             if let Some(h) = st.feeds.get(&d.wire).and_then(|f| f.get(&d.device)) {
                 let h = heads.entry((d.wire, d.device)).or_insert(*h);
                 h.bytes = h.bytes.saturating_sub(*shrink);
@@ -1052,14 +1173,20 @@ impl Inner {
 
     /// Check a peer's entries of one channel and store those that pass, durably.
     fn ingest(&self, wire: &WireId, entries: Vec<Vec<u8>>) -> Result<IngestReport> {
-        self.ingest_at(wire, entries, None)
+        self.ingest_at(wire, entries, None, now_ms())
     }
 
     /// [`Inner::ingest`], or with `replay`, the same checks on entries of the
     /// relay's own log being applied to sled again at open (up to that log
     /// position; nothing is logged again, and the size limits, which held when
     /// they were first stored, are not applied again).
-    fn ingest_at(&self, wire: &WireId, entries: Vec<Vec<u8>>, replay: Option<LogPos>) -> Result<IngestReport> {
+    fn ingest_at(
+        &self,
+        wire: &WireId,
+        entries: Vec<Vec<u8>>,
+        replay: Option<LogPos>,
+        arrived: u64,
+    ) -> Result<IngestReport> {
         let mut writer = self.write.lock().unwrap_or_else(PoisonError::into_inner);
         if self.poisoned.load(Ordering::SeqCst) {
             return Err(Error::Poisoned);
@@ -1200,7 +1327,7 @@ impl Inner {
                 proofs: &proofs,
                 chains: &new_chains,
             };
-            self.store(&mut writer, wire, rows, replay)?;
+            self.store(&mut writer, wire, rows, replay, arrived)?;
             let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
             st.feeds.entry(*wire).or_default().extend(heads);
             st.chains.entry(*wire).or_default().extend(new_chains);
@@ -1221,7 +1348,14 @@ impl Inner {
 
     /// Write accepted entries and new fork proofs to the log (durably) and,
     /// with their heads, to sled as one batch.
-    fn store(&self, writer: &mut disk::Writer, wire: &WireId, rows: Rows<'_>, replay: Option<LogPos>) -> Result<()> {
+    fn store(
+        &self,
+        writer: &mut disk::Writer,
+        wire: &WireId,
+        rows: Rows<'_>,
+        replay: Option<LogPos>,
+        arrived: u64,
+    ) -> Result<()> {
         let Rows {
             accepted,
             heads,
@@ -1236,6 +1370,16 @@ impl Inner {
         }
         for ((device, seq), bytes) in accepted {
             batch.insert(&feed_key(wire, device, *seq)[..], &bytes[..]);
+            // When it came, for the relay's retention: entries that hold a
+            // pack, of a message epoch.
+            if let Ok(env) = hearth_core::Envelope::decode(bytes)
+                && env.pack.is_some()
+                && env.header.epoch != hearth_core::META_EPOCH
+            {
+                let mut k = feed_key(wire, device, *seq);
+                k[0] = T_ARRIVED;
+                batch.insert(&k[..], &arrived.to_be_bytes()[..]);
+            }
         }
         for (device, head) in heads {
             let value = postcard::to_stdvec(head).expect("a head encodes");
@@ -1390,6 +1534,16 @@ impl Feeds for RelayFeeds<'_> {
 }
 
 /// `tag | wire | device`: a head key, or the prefix of a feed's entries.
+/// Unix milliseconds now.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Entries one expiry batch drops at most (each batch is one log write).
+const EXPIRE_BATCH: usize = 1024;
+
 /// How a relay opens its sled.
 fn sled_config(dir: &Path) -> sled::Config {
     sled::Config::new()

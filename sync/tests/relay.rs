@@ -402,7 +402,10 @@ async fn a_relay_drops_expired_texts() {
     let keys = a.channel_keys(general).await.unwrap();
     let old = a.post(general, "a text that expires").await.unwrap();
     sync_as(&a, &relay, true).await;
-    let all = a.entries_after(keys.wire(), Vector::default(), usize::MAX, usize::MAX).await.unwrap();
+    let all = a
+        .entries_after(keys.wire(), Vector::default(), usize::MAX, usize::MAX)
+        .await
+        .unwrap();
     let env = all
         .entries
         .iter()
@@ -411,7 +414,9 @@ async fn a_relay_drops_expired_texts() {
         .unwrap();
     let place = (env.header.device, env.header.seq);
     let before = served_pack(&relay, &keys, place).await.0.expect("a pack");
-    a.set_retention(general, Some(std::time::Duration::from_secs(1))).await.unwrap();
+    a.set_retention(general, Some(std::time::Duration::from_secs(1)))
+        .await
+        .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
     assert!(a.expire().await.unwrap() >= 1);
     sync_as(&a, &relay, true).await;
@@ -424,6 +429,74 @@ async fn a_relay_drops_expired_texts() {
         .filter(|p| std::fs::read(p).is_ok_and(|b| b.windows(before.len()).any(|w| w == before.as_slice())))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// A relay keeps the texts of what it takes for its own retention
+/// (`RelayConfig::retention`): past it, entries stay (their feeds still
+/// verify and chain) and their packs go, from what it serves and, at its
+/// compaction, from its files; when each entry came survives a rebuild of
+/// its database (its log's commit records carry the time).
+#[tokio::test]
+async fn a_relay_keeps_texts_for_its_own_retention() {
+    let (da, dc, dr) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let keep = hearth_sync::RelayConfig::default().with_retention(Some(std::time::Duration::from_secs(1)));
+    let relay = RelayStore::open_with(dr.path(), keep.clone()).unwrap();
+    let a = Store::create(da.path(), &pass(), ALICE, config()).await.unwrap();
+    let general = a.create_channel(CHANNEL_NAME).await.unwrap();
+    let keys = a.channel_keys(general).await.unwrap();
+    let old = a.post(general, "a text the relay keeps a second").await.unwrap();
+    sync_as(&a, &relay, true).await;
+    let all = a
+        .entries_after(keys.wire(), Vector::default(), usize::MAX, usize::MAX)
+        .await
+        .unwrap();
+    let env = all
+        .entries
+        .iter()
+        .map(|x| Envelope::decode(x).unwrap())
+        .find(|e| e.open_texts(&keys).iter().any(|c| c.msg == old))
+        .unwrap();
+    let place = (env.header.device, env.header.seq);
+    let before = served_pack(&relay, &keys, place).await.0.expect("a pack");
+    assert_eq!(relay.expire().await.unwrap(), 0, "nothing is old yet");
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let young = a.post(general, "a text that came later").await.unwrap();
+    sync_as(&a, &relay, true).await;
+    assert!(relay.expire().await.unwrap() >= 1);
+    assert_eq!(served_pack(&relay, &keys, place).await, (None, Vec::new()));
+    relay.compact().await.unwrap();
+    let left: Vec<_> = files(dr.path())
+        .into_iter()
+        .filter(|p| std::fs::read(p).is_ok_and(|b| b.windows(before.len()).any(|w| w == before.as_slice())))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // A member that comes later gets the entry without its text, and the
+    // feed still verifies.
+    let c = Store::create(dc.path(), &pass(), "carol", config()).await.unwrap();
+    c.join_channel(keys.clone()).await.unwrap();
+    sync_as(&c, &relay, false).await;
+    let m = c.message(old).await.unwrap().message;
+    assert!(m.text.is_none() && m.dropped, "{m:?}");
+    assert_eq!(
+        c.message(young).await.unwrap().message.text.as_deref(),
+        Some("a text that came later")
+    );
+    assert!(c.verify().await.unwrap().problems.is_empty());
+
+    // Rebuilt from its log: what went stays gone, and the later entry keeps
+    // the time it came (it is past the retention by now, and expires at
+    // once: a time reset by the rebuild would keep it a second more).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    drop(relay);
+    std::fs::remove_dir_all(dr.path().join("db")).unwrap();
+    let relay = RelayStore::open_with(dr.path(), keep).unwrap();
+    assert_eq!(served_pack(&relay, &keys, place).await.0, None);
+    assert_eq!(relay.expire().await.unwrap(), 1);
 }
 
 #[tokio::test]

@@ -47,7 +47,9 @@ pub(super) const META_LOG_SYNCED: &[u8] = b"Mlogsynced";
 /// marked. 10: feed entries of format 4 (one pack of texts, outside the
 /// signature and the hash); a format 9 relay is only marked. 11: text
 /// drops (log record kind 11): an entry's pack replaced by the one a
-/// member's store holds after a delete; a format 10 relay is only marked.
+/// member's store holds after a delete; when each entry was taken (table
+/// `A`, from the commit records' clock), for the relay's retention; a
+/// format 10 relay is only marked.
 pub(super) const RELAY_FORMAT: u8 = 11;
 /// sled is checkpointed once this much log was written since the last time
 /// (the log itself is durable at every acknowledgement).
@@ -132,8 +134,23 @@ pub(super) fn standing(tree: &sled::Tree, log_dir: &Path) -> Result<Standing> {
         b.insert(META_LOG, &applied.encode()[..]);
         tree.apply_batch(b).map_err(sled_error)?;
     } else if format < RELAY_FORMAT {
-        // Formats 2 to 4: the new records and tables start empty.
-        tree.insert(META_FORMAT, &[RELAY_FORMAT][..]).map_err(sled_error)?;
+        // Formats 2 to 10: the new records and tables start empty, but for
+        // when each entry came (format 11), unknown before: taken as now.
+        let now = super::now_ms().to_be_bytes();
+        let mut b = sled::Batch::default();
+        for row in tree.scan_prefix([super::T_FEEDS]) {
+            let (k, v) = row.map_err(sled_error)?;
+            if let Ok(env) = hearth_core::Envelope::decode(&v)
+                && env.pack.is_some()
+                && env.header.epoch != hearth_core::META_EPOCH
+            {
+                let mut k = k.to_vec();
+                k[0] = super::T_ARRIVED;
+                b.insert(k, &now[..]);
+            }
+        }
+        b.insert(META_FORMAT, &[RELAY_FORMAT][..]);
+        tree.apply_batch(b).map_err(sled_error)?;
     }
     Ok(Standing::Usable { applied, end: end.end })
 }
@@ -219,6 +236,17 @@ impl Inner {
             let mut by_wire: std::collections::BTreeMap<hearth_core::WireId, Vec<Vec<u8>>> = Default::default();
             let mut batch = sled::Batch::default();
             let mut forks = 0;
+            // When the batch was taken (its commit record's clock, from relay
+            // format 11; before, unknown: taken as now).
+            let arrived = b
+                .records
+                .iter()
+                .rev()
+                .find(|r| r.kind == log_kind::COMMIT)
+                .and_then(|r| postcard::from_bytes::<LogCommit>(&r.body).ok())
+                .map(|c| c.hlc)
+                .filter(|t| *t > 0)
+                .unwrap_or_else(super::now_ms);
             for r in b.records {
                 match r.kind {
                     log_kind::ENTRY => {
@@ -290,7 +318,7 @@ impl Inner {
                 }
             }
             for (wire, entries) in by_wire {
-                self.ingest_at(&wire, entries, Some(end))?;
+                self.ingest_at(&wire, entries, Some(end), arrived)?;
             }
             self.state
                 .write()
@@ -324,7 +352,13 @@ impl Inner {
                 for (kind, body) in records {
                     encode_log_record(&mut buf, *kind, body);
                 }
-                let commit = postcard::to_stdvec(&LogCommit::default()).expect("a commit encodes");
+                // A relay's commit carries the time (unix ms) in its clock:
+                // when the batch's entries were taken, for the retention.
+                let commit = LogCommit {
+                    watermark: 0,
+                    hlc: super::now_ms(),
+                };
+                let commit = postcard::to_stdvec(&commit).expect("a commit encodes");
                 encode_log_record(&mut buf, log_kind::COMMIT, &commit);
                 let end = w.log.append(&buf)?;
                 w.log.sync()?;
