@@ -395,8 +395,7 @@ pub const MAX_TEXT_DROP_BYTES: usize = 32 + 16 + 10 + 32 + 4 + crate::envelope::
 /// without the deleted texts, or none). A member hands it to the relays it
 /// syncs with (sync protocol 9), which cannot open a pack and so cannot
 /// drop a text themselves; a relay takes it from a device of the entry's
-/// author, or of a user that certified the relay for the channel, as it
-/// takes removals (the connection's proof says who), and only for the very
+/// author only (the connection's proof says who), and only for the very
 /// entry (`entry`, its hash) it holds. Nothing in it is signed: it travels
 /// only on a proved connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -427,21 +426,18 @@ impl TextDrop {
 
     /// The entry `bytes` (the one this drop names, checked by its place and
     /// hash) with its pack replaced by this drop's: `None` when the entry
-    /// is another, or its pack is already this one, or the new pack would
-    /// be larger than the old (a drop only ever takes away).
+    /// is another, or the entry would not get strictly smaller (a drop only
+    /// ever takes away, so a relay's log and sled cannot be grown or its
+    /// counts bent by drops going back and forth).
     pub fn apply(&self, bytes: &[u8]) -> Result<Option<Vec<u8>>> {
         let mut env = crate::Envelope::decode(bytes)?;
         let h = &env.header;
         if (h.wire, h.device, h.seq) != (self.wire, self.device, self.seq) || env.hash() != self.entry {
             return Ok(None);
         }
-        let now = self.pack.as_ref().map(|p| p.to_vec());
-        let old_len = env.pack.as_ref().map_or(0, Vec::len);
-        if env.pack == now || now.as_ref().is_some_and(|p| p.len() > old_len) {
-            return Ok(None);
-        }
-        env.pack = now;
-        Ok(Some(env.encode()))
+        env.pack = self.pack.as_ref().map(|p| p.to_vec());
+        let after = env.encode();
+        Ok((after.len() < bytes.len()).then_some(after))
     }
 }
 

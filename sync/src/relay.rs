@@ -191,6 +191,17 @@ struct State {
     dropped_bytes: u64,
 }
 
+/// A read handle on a relay's sled tree (see [`Inner::tree`]).
+struct TreeRef<'a>(RwLockReadGuard<'a, (sled::Db, sled::Tree)>);
+
+impl std::ops::Deref for TreeRef<'_> {
+    type Target = sled::Tree;
+
+    fn deref(&self) -> &sled::Tree {
+        &self.0.1
+    }
+}
+
 /// A text drop taken: the drop, the entry as it is held from then on, the
 /// bytes it shrank by, and the entry's author.
 struct DroppedRow(hearth_core::peer::TextDrop, Vec<u8>, u64, UserId);
@@ -312,9 +323,11 @@ pub struct RelayStore {
 struct Inner {
     dir: PathBuf,
     config: RelayConfig,
-    /// sled, and its one tree: replaced by a compaction (readers take a
-    /// handle for each call).
+    /// sled, and its one tree: replaced by a compaction (readers hold it
+    /// for each call: [`Inner::tree`]).
     sled: RwLock<(sled::Db, sled::Tree)>,
+    /// Held by the compaction under way: one at a time.
+    compacting: Mutex<()>,
     /// Ingests run one at a time: each checks chains against the heads the
     /// previous one left, and appends to the log.
     write: Mutex<disk::Writer>,
@@ -456,6 +469,7 @@ impl RelayStore {
             dir: dir.to_path_buf(),
             config,
             sled: RwLock::new((db, tree)),
+            compacting: Mutex::new(()),
             write: Mutex::new(disk::Writer::new(log, dir)),
             state: RwLock::new(state),
             poisoned: AtomicBool::new(false),
@@ -659,9 +673,11 @@ impl Inner {
         self.state.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A handle on sled's tree (a compaction replaces it).
-    fn tree(&self) -> sled::Tree {
-        self.sled.read().unwrap_or_else(PoisonError::into_inner).1.clone()
+    /// sled's tree, held for as long as the handle lives: a compaction
+    /// replaces the database only once no handle is held (sled reads some
+    /// pages from files by path, which the swap moves).
+    fn tree(&self) -> TreeRef<'_> {
+        TreeRef(self.sled.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// A handle on sled (a compaction replaces it).
@@ -679,10 +695,17 @@ impl Inner {
         if self.poisoned.load(Ordering::SeqCst) {
             return Err(Error::Poisoned);
         }
-        let copy = {
+        let Ok(_one) = self.compacting.try_lock() else {
+            return Err(Error::Invalid {
+                what: "relay compaction".into(),
+                detail: "one is under way".into(),
+            });
+        };
+        let (copy, dropped_at_start) = {
             let mut w = self.write.lock().unwrap_or_else(PoisonError::into_inner);
             self.checkpoint(&mut w)?;
-            hearth_store::DirCompaction::start(&self.dir, (&self.tree(), TREE), w.log.end(), progress)?
+            let copy = hearth_store::DirCompaction::start(&self.dir, (&*self.tree(), TREE), w.log.end(), progress)?;
+            (copy, self.state().dropped_bytes)
         };
         while !copy.ready() {
             std::thread::sleep(std::time::Duration::from_millis(2));
@@ -716,7 +739,10 @@ impl Inner {
             self.poisoned.store(true, Ordering::SeqCst);
             return Err(e);
         }
-        self.state.write().unwrap_or_else(PoisonError::into_inner).dropped_bytes = 0;
+        // Drops taken while it copied may still be in the copy's log (their
+        // records are): they stay due.
+        let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        st.dropped_bytes = st.dropped_bytes.saturating_sub(dropped_at_start);
         Ok(report)
     }
 
@@ -1004,11 +1030,10 @@ impl Inner {
 
     /// The text drops to take of `drops`, each with the entry as it will
     /// be held and how many bytes it shrinks by: a drop is taken from `by`,
-    /// a device this relay serves the channel, of the entry's author or of
-    /// a user that certified this relay for the channel (as removals are),
-    /// for an entry held here with the very hash it names, when its pack
-    /// gets no larger (a relay cannot open a pack: it takes the author's or
-    /// the certifier's word that the texts in it are the ones to keep).
+    /// a device of the entry's author this relay serves the channel, for an
+    /// entry held here with the very hash it names, when the entry gets
+    /// smaller (a relay cannot open a pack: it takes the author's word that
+    /// the texts in it are the ones to keep).
     fn drops_taken(
         &self,
         drops: Vec<hearth_core::peer::TextDrop>,
@@ -1023,8 +1048,10 @@ impl Inner {
             let Some(head) = st.feeds.get(&d.wire).and_then(|f| f.get(&d.device)) else {
                 continue;
             };
-            let certifier = st.certs.get(&d.wire).is_some_and(|c| c.contains_key(&by.user));
-            if d.seq > head.seq || !(by.user == head.user || certifier) || !st.serves(&d.wire, by) {
+            // The author's devices only: any member may certify a relay, and
+            // a pack's texts are the author's to drop (an admin's delete of
+            // another's message leaves the relay at its retention).
+            if d.seq > head.seq || by.user != head.user || !st.serves(&d.wire, by) {
                 continue;
             }
             // Two drops of one entry in a request: the later one names the
@@ -1136,6 +1163,10 @@ impl Inner {
         max_bytes: usize,
         max_entries: usize,
     ) -> Result<Option<EntryBatch>> {
+        // A compaction that failed half-way may have left a stand-in.
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(Error::Poisoned);
+        }
         let Some(mine) = self.served_vector(wire)? else {
             return Ok(None);
         };

@@ -327,12 +327,16 @@ async fn a_relay_serves_a_deleted_text_no_more() {
         !b.text_drops().await.unwrap().is_empty(),
         "Bob's store keeps the drop for relays"
     );
-    sync_as(&b, &relay, false).await;
-    assert_eq!(
-        served_pack(&relay, &keys, place).await.0,
-        before,
-        "taken from a plain member"
-    );
+    // Not even once he certified the relay himself (any member may).
+    for grant in [false, true] {
+        let o = sync_as(&b, &relay, grant).await;
+        assert!(!o.noted.is_empty(), "the drop was handed over: {o:?}");
+        assert_eq!(
+            served_pack(&relay, &keys, place).await.0,
+            before,
+            "taken from a plain member"
+        );
+    }
 
     // Alice hands it over: the relay serves the entry without the text.
     let drops = a.text_drops().await.unwrap();
@@ -342,6 +346,18 @@ async fn a_relay_serves_a_deleted_text_no_more() {
     assert_ne!(after, before);
     assert!(!texts.iter().any(|t| t.contains("secret")), "{texts:?}");
     assert!(after.as_ref().map_or(0, Vec::len) < before.as_ref().map_or(0, Vec::len));
+    // The drop is in the relay's log: a database rebuilt from it holds it.
+    drop(relay);
+    std::fs::remove_dir_all(dr.path().join("db")).unwrap();
+    let relay = RelayStore::open(dr.path()).unwrap();
+    assert_eq!(
+        served_pack(&relay, &keys, place).await.0,
+        after,
+        "replayed from the log"
+    );
+    // (Its peer id in these sessions is where the handle lives: a new one,
+    // which Alice certifies again, as a relay's own key would spare her.)
+    sync_as(&a, &relay, true).await;
 
     // Its old bytes are in the relay's files until a compaction, which
     // runs while a member that comes later takes everything from the relay.
