@@ -63,11 +63,12 @@ pub const T_CHAINS: u8 = b'D';
 /// its roster holds that removal (and so decides).
 pub const T_TOLD: u8 = b'B';
 
-/// `P | wire [32] | device [16] | seq u64` -> postcard(`TextDrop`): this
+/// `P | wire [32] | device [16] | seq u64` -> when (unix ms u64 BE) |
+/// postcard(`TextDrop`): this
 /// store dropped texts from that stored entry (a delete): the pack it holds
 /// now, for the relays it syncs with, which cannot drop a text themselves
 /// (store format 11; at most [`MAX_DROPS_PER_CHANNEL`] per channel, the
-/// oldest places going first).
+/// oldest going first).
 pub const T_DROPS: u8 = b'P';
 /// Most text drops one channel keeps for relays.
 pub const MAX_DROPS_PER_CHANNEL: usize = 4096;

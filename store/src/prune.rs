@@ -117,7 +117,9 @@ impl Engine {
                     };
                     let mut dk = k;
                     dk[0] = T_DROPS;
-                    batch.insert(&dk[..], drop.encode());
+                    let mut v = crate::engine::now_ms().to_be_bytes().to_vec();
+                    v.extend_from_slice(&drop.encode());
+                    batch.insert(&dk[..], v);
                     drops_in.insert(wire);
                 }
             }
@@ -129,14 +131,20 @@ impl Engine {
             self.dropped_since_compaction = Some(due);
         }
         self.tree.apply_batch(batch)?;
-        // The oldest places go past the cap.
+        // The oldest drops go past the cap.
         for wire in drops_in {
             let prefix = crate::layout::channel_prefix(T_DROPS, &wire);
             let n = self.tree.scan_prefix(prefix).count();
             if n > MAX_DROPS_PER_CHANNEL {
+                let mut aged: Vec<(u64, sled::IVec)> = Vec::with_capacity(n);
+                for row in self.tree.scan_prefix(prefix) {
+                    let (k, v) = row?;
+                    aged.push((drop_time(&v), k));
+                }
+                aged.sort();
                 let mut b = sled::Batch::default();
-                for row in self.tree.scan_prefix(prefix).take(n - MAX_DROPS_PER_CHANNEL) {
-                    b.remove(row?.0);
+                for (_, k) in aged.into_iter().take(n - MAX_DROPS_PER_CHANNEL) {
+                    b.remove(k);
                 }
                 self.tree.apply_batch(b)?;
             }
@@ -146,13 +154,18 @@ impl Engine {
     }
 
     /// The text drops this store keeps for relays, of the channels it holds.
+    /// Newest first (a session hands a relay only so many); a row that does
+    /// not decode is left out (it only ever told relays something).
     pub(crate) fn text_drops(&self) -> Result<Vec<hearth_core::peer::TextDrop>> {
         let mut out = Vec::new();
         for row in self.tree.scan_prefix([T_DROPS]) {
             let (_, v) = row?;
-            out.push(hearth_core::peer::TextDrop::decode(&v)?);
+            if let Some(d) = v.get(8..).and_then(|b| hearth_core::peer::TextDrop::decode(b).ok()) {
+                out.push((drop_time(&v), d));
+            }
         }
-        Ok(out)
+        out.sort_by_key(|(t, _)| std::cmp::Reverse(*t));
+        Ok(out.into_iter().map(|(_, d)| d).collect())
     }
 
     /// After an epoch loaded: a text of a deleted message still held (a
@@ -173,4 +186,10 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// When a `P` row's drop was made (unix ms; 0 for a row too short).
+fn drop_time(v: &[u8]) -> u64 {
+    v.get(..8)
+        .map_or(0, |b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
 }

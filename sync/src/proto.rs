@@ -14,8 +14,8 @@
 //!
 //! Protocol 9 adds text drops to Revoke: the packs a member's store sealed
 //! again without a deleted message's texts (`hearth_core::peer::TextDrop`),
-//! which a relay takes from the entry's author or a user that certified it,
-//! so that it stops serving a deleted text.
+//! which a relay takes from the entry's author, so that it stops serving a
+//! deleted or expired text.
 //!
 //! Protocol 8 carries feed entries of format 4 (an entry's texts in one
 //! pack), protocol 7 those of format 3 (a segment per text): the frames are
@@ -205,7 +205,7 @@ pub enum Request {
         removals: Vec<hearth_core::peer::RemovalNotice>,
         /// Texts the sender's store dropped from entries of channels the
         /// relay proved (protocol 9): taken from a device of the entry's
-        /// author or of a user that certified the relay for the channel.
+        /// author.
         drops: Vec<hearth_core::peer::TextDrop>,
     },
 }
