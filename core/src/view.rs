@@ -206,6 +206,14 @@ impl EpochView {
             .collect()
     }
 
+    /// How many replies of `root` are `floor` or newer (retention: the
+    /// older ones expired).
+    pub fn replies_from(&self, root: &MessageId, floor: MessageId) -> u32 {
+        self.threads
+            .get(root)
+            .map_or(0, |ids| ids.range(floor..).count() as u32)
+    }
+
     /// The replies of a thread, oldest first.
     pub fn replies(&self, root: &MessageId) -> Vec<Message> {
         self.threads
@@ -272,6 +280,11 @@ impl EpochView {
     /// Every message in id order (for comparisons and exports).
     pub fn messages(&self) -> impl Iterator<Item = Message> + '_ {
         self.messages.values().map(|m| self.with_replies(m))
+    }
+
+    /// The ids of the messages in `range`, in order.
+    pub fn ids_in(&self, range: impl std::ops::RangeBounds<MessageId>) -> impl Iterator<Item = MessageId> + '_ {
+        self.messages.range(range).map(|(id, _)| *id)
     }
 }
 

@@ -265,9 +265,15 @@ pub(crate) struct Engine {
     /// Messages deleted since the last prune, whose texts go
     /// (`crate::prune`).
     pub(crate) prune_queue: Vec<(ChannelId, Epoch, MessageId)>,
-    /// Epochs whose every message expired and whose texts are dropped
-    /// (retention), by channel: not looked at again.
-    pub(crate) expired: HashMap<ChannelId, std::collections::BTreeSet<Epoch>>,
+    /// Retention's progress, by epoch: the floor below which its expired
+    /// messages' texts are dropped, and its message count then (a message
+    /// that arrives later makes it look again).
+    pub(crate) expired: HashMap<(ChannelId, Epoch), (MessageId, u64)>,
+    /// The channel the next expiry pass starts with (each gets its turn).
+    pub(crate) expire_turn: usize,
+    /// The highest expiry floor applied, by channel (`M expired` rows, read
+    /// when first needed).
+    pub(crate) expired_high: HashMap<ChannelId, Option<MessageId>>,
     /// Stored entries to rewrite without dropped segments, once the batch
     /// that wrote them is applied (`crate::prune`).
     pub(crate) prune_rows: crate::prune::PruneRows,
@@ -322,6 +328,8 @@ impl Engine {
             _lock: lock,
             prune_queue: Vec::new(),
             expired: HashMap::new(),
+            expire_turn: 0,
+            expired_high: HashMap::new(),
             prune_rows: Default::default(),
             dropped_since_compaction: None,
         })

@@ -106,6 +106,18 @@ pub const META_LOG_SYNCED: &[u8] = b"Mlogsynced";
 /// Sealed postcard [`crate::compact::CompactDue`]: texts dropped from stored
 /// entries since the last compaction (store format 10), for the automatic one.
 pub const META_COMPACT_DUE: &[u8] = b"Mcompactdue";
+/// `M expired | wire [32]` -> sealed message id [24]: the highest expiry
+/// floor applied in that channel (store format 11): messages below it stay
+/// expired when its retention is later lengthened or turned off (their
+/// texts are gone).
+pub const META_EXPIRED: &[u8] = b"Mexpired";
+
+/// Key of a channel's [`META_EXPIRED`] row.
+pub fn expired_key(wire: &WireId) -> Vec<u8> {
+    let mut k = META_EXPIRED.to_vec();
+    k.extend_from_slice(&wire.0);
+    k
+}
 
 /// The store format this build writes. 1: everything in sled, no feed log.
 /// 2: the feed log (`log/`) is the source of truth and sled is derived.

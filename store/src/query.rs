@@ -104,6 +104,7 @@ impl Engine {
             // Cuts first: they may change the view; an expired message is
             // not shown either.
             let hidden = self.is_hidden(&c, msg)? || self.expiry_floor(&c)?.is_some_and(|f| *msg < f);
+            let hidden = hidden || self.root_expired(&c, msg)?;
             if self.ensure_epoch(c, msg.epoch(), false)?
                 && let Some(m) = self.loaded(&c, msg.epoch()).and_then(|le| le.view.get(msg))
                 && !hidden
@@ -191,7 +192,14 @@ impl Engine {
                     le.view
                         .page(before, limit.saturating_add(hidden.len()))
                         .into_iter()
-                        .filter(|m| !hidden.contains(&m.id) && floor.is_none_or(|f| m.id >= f)),
+                        .filter(|m| !hidden.contains(&m.id) && floor.is_none_or(|f| m.id >= f))
+                        .map(|mut m| {
+                            // Expired replies are not counted either.
+                            if let Some(f) = floor {
+                                m.reply_count = le.view.replies_from(&m.id, f);
+                            }
+                            m
+                        }),
                 );
                 out.sort_by_key(|m| std::cmp::Reverse(m.id));
                 out.truncate(limit);
@@ -488,6 +496,7 @@ impl Engine {
         let unread = self.unread(channel)?;
         let messages = self.live_message_count(channel)?;
         let retention = self.retention(channel)?;
+        let floor = self.expiry_floor(channel)?;
         let ch = self.channel(channel)?;
         Ok(ChannelInfo {
             retention,
@@ -495,7 +504,7 @@ impl Engine {
             name,
             messages,
             unread,
-            newest: ch.newest(),
+            newest: ch.newest().filter(|n| floor.is_none_or(|f| *n >= f)),
             read_up_to: ch.my_read(),
         })
     }

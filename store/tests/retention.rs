@@ -133,13 +133,23 @@ async fn messages_older_than_the_retention_expire_on_every_member() {
     );
     clean(&d, "dave").await;
 
-    // Off: nothing more expires.
+    // Off: nothing more expires, and what expired (its texts gone) does not
+    // come back, even across a reopen.
     a.set_retention(general, None).await.unwrap();
     assert_eq!(a.retention(general).await.unwrap(), None);
     tokio::time::sleep(Duration::from_millis(2300)).await;
     let seen = shown(&a, general).await;
     assert!(seen.contains(&"a later post".to_string()), "{seen:?}");
     assert!(a.message(later).await.is_ok());
+    assert!(!seen.iter().any(|t| old.contains(&t.as_str())), "{seen:?}");
+    assert!(matches!(a.message(old_root).await, Err(Error::NotFound { .. })));
+    a.close().await.unwrap();
+    let a = Store::open(dirs[0].path(), &pass, config()).await.unwrap();
+    let seen = shown(&a, general).await;
+    assert!(!seen.iter().any(|t| old.contains(&t.as_str())), "{seen:?}");
+    assert!(seen.contains(&"a later post".to_string()), "{seen:?}");
+    assert!(matches!(a.message(old_root).await, Err(Error::NotFound { .. })));
+    clean(&a, "alice, reopened").await;
 }
 
 /// The store expires on its own, in the background: no call needed.
