@@ -211,6 +211,50 @@ pub(crate) struct Fresh {
 }
 
 impl Fresh {
+    /// A new copy in `dir`'s `compact.tmp/` (one left by a copy given up
+    /// goes first), its rows for the tree `tree_name`.
+    fn create(dir: &Path, tree_name: &'static str) -> Result<Fresh> {
+        let staging = dir.join(COMPACT_TMP_DIR);
+        if staging.exists() {
+            fs::remove_dir_all(&staging)?;
+        }
+        create_private_dir(&staging)?;
+        Ok(Fresh {
+            log: Log::create(&staging.join(log::LOG_DIR))?,
+            staging,
+            db: None,
+            tree_name,
+        })
+    }
+
+    /// All but the commit: the copy's log positions set to its new log's
+    /// end (with `extra` rows), everything made durable and owner-only.
+    /// Returns the new log's end and size.
+    fn seal(mut self, extra: sled::Batch) -> Result<(LogPos, u64)> {
+        let end = self.log.end();
+        let fresh = self.db()?.clone();
+        let mut b = sled::Batch::default();
+        b.insert(META_LOG, &end.encode()[..]);
+        b.insert(META_LOG_SYNCED, &end.encode()[..]);
+        fresh.apply_batch(b)?;
+        fresh.apply_batch(extra)?;
+        drop(fresh);
+        let Fresh { log, db, staging, .. } = self;
+        drop(log);
+        if let Some((db, tree)) = db {
+            db.flush()?;
+            drop(tree);
+            drop(db);
+        }
+        // sled made its files with the process umask: owner only, as the
+        // store's own.
+        crate::durable::make_private(&staging)?;
+        SledFiles::new(&staging.join(DB_DIR)).sync()?;
+        sync_dir(&staging.join(DB_DIR))?;
+        sync_dir(&staging)?;
+        Ok((end, dir_bytes(&staging.join(log::LOG_DIR))))
+    }
+
     fn db(&mut self) -> Result<&sled::Tree> {
         if self.db.is_none() {
             let db = crate::open::open_sled_at(&self.staging.join(DB_DIR))?;
@@ -604,17 +648,8 @@ impl Engine {
             ));
         }
         self.checkpoint()?;
-        let staging = self.dir.join(COMPACT_TMP_DIR);
-        if staging.exists() {
-            fs::remove_dir_all(&staging)?;
-        }
-        create_private_dir(&staging)?;
-        let sink = Fresh {
-            log: Log::create(&staging.join(log::LOG_DIR))?,
-            staging: staging.clone(),
-            db: None,
-            tree_name: TREE,
-        };
+        let sink = Fresh::create(&self.dir, TREE)?;
+        let staging = sink.staging.clone();
         self.start_copy(sink, staging, progress)
     }
 
@@ -671,7 +706,7 @@ impl Engine {
         // A stand-in holds sled's place in the swap (made now: a failure
         // here still leaves the store as it was).
         let prepared = copied
-            .and_then(|c| self.seal_compaction(&staging, c, due_at_start))
+            .and_then(|c| self.seal_compaction(c, due_at_start))
             .and_then(|sealed| Ok((sealed, sled::Config::new().temporary(true).open()?)));
         let ((end, mut report, still_due), standin) = match prepared {
             Ok(p) => p,
@@ -718,18 +753,11 @@ impl Engine {
     /// new log's end.
     fn seal_compaction(
         &mut self,
-        staging: &Path,
         copied: Copied<Fresh>,
         due_at_start: Option<CompactDue>,
     ) -> Result<(LogPos, CompactReport, Option<CompactDue>)> {
-        let Copied {
-            mut sink, mut report, ..
-        } = copied;
-        let end = sink.log.end();
-        let fresh = sink.db()?.clone();
+        let Copied { sink, mut report, .. } = copied;
         let mut b = sled::Batch::default();
-        b.insert(META_LOG, &end.encode()[..]);
-        b.insert(META_LOG_SYNCED, &end.encode()[..]);
         let still_due = match (self.dropped_since_compaction, due_at_start) {
             (Some(now), Some(then)) if now.bytes > then.bytes => Some(CompactDue {
                 since_ms: crate::engine::now_ms(),
@@ -745,22 +773,8 @@ impl Engine {
             }
             None => b.remove(META_COMPACT_DUE),
         }
-        fresh.apply_batch(b)?;
-        drop(fresh);
-        let Fresh { log, db, .. } = sink;
-        drop(log);
-        if let Some((db, tree)) = db {
-            db.flush()?;
-            drop(tree);
-            drop(db);
-        }
-        // sled made its files with the process umask: owner only, as the
-        // store's own.
-        crate::durable::make_private(staging)?;
-        SledFiles::new(&staging.join(DB_DIR)).sync()?;
-        sync_dir(&staging.join(DB_DIR))?;
-        sync_dir(staging)?;
-        report.log_bytes_after = dir_bytes(&staging.join(log::LOG_DIR));
+        let (end, log_bytes) = sink.seal(b)?;
+        report.log_bytes_after = log_bytes;
         Ok((end, report, still_due))
     }
 }
@@ -791,17 +805,8 @@ impl DirCompaction {
         if dir.join(COMPACTED_DIR).exists() {
             return Err(Error::invalid("compaction", "the last one is not swapped in yet"));
         }
-        let staging = dir.join(COMPACT_TMP_DIR);
-        if staging.exists() {
-            fs::remove_dir_all(&staging)?;
-        }
-        create_private_dir(&staging)?;
-        let sink = Fresh {
-            log: Log::create(&staging.join(log::LOG_DIR))?,
-            staging: staging.clone(),
-            db: None,
-            tree_name,
-        };
+        let sink = Fresh::create(dir, tree_name)?;
+        let staging = sink.staging.clone();
         let running = start_copy_at(dir, tree, log_end, HashMap::new(), sink, staging, progress)?;
         Ok(DirCompaction {
             running,
@@ -822,28 +827,9 @@ impl DirCompaction {
     pub fn commit(mut self, tree: &sled::Tree) -> Result<(LogPos, CompactReport)> {
         let paused = Instant::now();
         let sealed = end_copy_at(&self.dir, tree, &HashMap::new(), &mut self.running).and_then(|copied| {
-            let Copied {
-                mut sink, mut report, ..
-            } = copied;
-            let end = sink.log.end();
-            let fresh = sink.db()?.clone();
-            let mut b = sled::Batch::default();
-            b.insert(META_LOG, &end.encode()[..]);
-            b.insert(META_LOG_SYNCED, &end.encode()[..]);
-            fresh.apply_batch(b)?;
-            drop(fresh);
-            let Fresh { log, db, staging, .. } = sink;
-            drop(log);
-            if let Some((db, tree)) = db {
-                db.flush()?;
-                drop(tree);
-                drop(db);
-            }
-            crate::durable::make_private(&staging)?;
-            SledFiles::new(&staging.join(DB_DIR)).sync()?;
-            sync_dir(&staging.join(DB_DIR))?;
-            sync_dir(&staging)?;
-            report.log_bytes_after = dir_bytes(&staging.join(log::LOG_DIR));
+            let Copied { sink, mut report, .. } = copied;
+            let (end, log_bytes) = sink.seal(sled::Batch::default())?;
+            report.log_bytes_after = log_bytes;
             Ok((end, report))
         });
         let (end, mut report) = match sealed {

@@ -8,25 +8,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use hearth_core::{ChannelId, KdfParams, MessageId, Passphrase, WireId};
-use hearth_store::{Config, Error, Store, check_backup};
+use hearth_core::{ChannelId, MessageId, Passphrase};
+use hearth_store::{Error, Store, check_backup};
 
-fn config() -> Config {
-    Config::default().with_kdf(KdfParams::INSECURE_FAST)
-}
-
-/// Move everything `from` holds of a channel that `to` lacks.
-async fn pull(from: &Store, to: &Store, wire: WireId, channel: ChannelId) {
-    loop {
-        let have = to.vector(channel).await.unwrap();
-        let batch = from.entries_after(wire, have, 16 * 1024, 64).await.unwrap();
-        if batch.entries.is_empty() {
-            return;
-        }
-        let report = to.ingest(wire, batch.entries).await.unwrap();
-        assert!(report.rejected.is_empty(), "{:?}", report.rejected);
-    }
-}
+#[path = "support/two.rs"]
+mod two;
+use two::{config, pull};
 
 /// Every message of `channel` as id -> (text, deleted, reactions).
 async fn state(s: &Store, channel: ChannelId) -> BTreeMap<MessageId, (Option<String>, bool, usize)> {

@@ -4,25 +4,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use hearth_core::{ChannelId, Envelope, KdfParams, MessageId, Passphrase, Vector, WireId};
-use hearth_store::{CompactStop, Config, Store};
+use hearth_core::{ChannelId, Envelope, MessageId, Passphrase, Vector, WireId};
+use hearth_store::{CompactStop, Store};
 
-fn config() -> Config {
-    Config::default().with_kdf(KdfParams::INSECURE_FAST)
-}
-
-/// Move everything `from` holds of a channel that `to` lacks.
-async fn pull(from: &Store, to: &Store, wire: WireId, channel: ChannelId) {
-    loop {
-        let have = to.vector(channel).await.unwrap();
-        let batch = from.entries_after(wire, have, 16 * 1024, 64).await.unwrap();
-        if batch.entries.is_empty() {
-            return;
-        }
-        let report = to.ingest(wire, batch.entries).await.unwrap();
-        assert!(report.rejected.is_empty(), "{:?}", report.rejected);
-    }
-}
+#[path = "support/two.rs"]
+mod two;
+use two::{config, pull};
 
 /// Alice's store with a channel `general`, and Bob's, which joined it with
 /// its keys and holds what Alice wrote there.

@@ -7,25 +7,12 @@
 
 use std::time::Duration;
 
-use hearth_core::{ChannelId, KdfParams, Passphrase, WireId};
-use hearth_store::{Config, Error, Store};
+use hearth_core::{ChannelId, Passphrase};
+use hearth_store::{Error, Store};
 
-fn config() -> Config {
-    Config::default().with_kdf(KdfParams::INSECURE_FAST)
-}
-
-/// Move everything `from` holds of a channel that `to` lacks.
-async fn pull(from: &Store, to: &Store, wire: WireId, channel: ChannelId) {
-    loop {
-        let have = to.vector(channel).await.unwrap();
-        let batch = from.entries_after(wire, have, 16 * 1024, 64).await.unwrap();
-        if batch.entries.is_empty() {
-            return;
-        }
-        let report = to.ingest(wire, batch.entries).await.unwrap();
-        assert!(report.rejected.is_empty(), "{:?}", report.rejected);
-    }
-}
+#[path = "support/two.rs"]
+mod two;
+use two::{config, pull};
 
 /// The texts a store shows of a channel: its page and every thread.
 async fn shown(s: &Store, c: ChannelId) -> Vec<String> {

@@ -271,6 +271,29 @@ async fn served_pack(
     (env.pack.clone(), texts)
 }
 
+/// Where the entry that carried `msg`'s text sits in its feed.
+async fn place_of(s: &Store, keys: &ChannelKeys, msg: hearth_core::MessageId) -> (hearth_core::DeviceId, u64) {
+    let all = s
+        .entries_after(keys.wire(), Vector::default(), usize::MAX, usize::MAX)
+        .await
+        .unwrap();
+    let env = all
+        .entries
+        .iter()
+        .map(|x| Envelope::decode(x).unwrap())
+        .find(|e| e.open_texts(keys).iter().any(|c| c.msg == msg))
+        .expect("an entry carries the text");
+    (env.header.device, env.header.seq)
+}
+
+/// The files under `dir` that hold `needle` anywhere.
+fn holding(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    files(dir)
+        .into_iter()
+        .filter(|p| std::fs::read(p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)))
+        .collect()
+}
+
 /// A delete reaches a relay (sync protocol 9): the author's store hands it
 /// the entry's pack sealed again without the deleted text, and the relay
 /// serves the entry that way from then on (after a rebuild of its database
@@ -296,19 +319,7 @@ async fn a_relay_serves_a_deleted_text_no_more() {
     sync_as(&a, &relay, true).await;
     b.join_channel(keys.clone()).await.unwrap();
     sync_as(&b, &relay, false).await;
-    let place = {
-        let all = a
-            .entries_after(keys.wire(), Vector::default(), usize::MAX, usize::MAX)
-            .await
-            .unwrap();
-        let env = all
-            .entries
-            .iter()
-            .map(|x| Envelope::decode(x).unwrap())
-            .find(|e| e.open_texts(&keys).iter().any(|c| c.msg == secret))
-            .unwrap();
-        (env.header.device, env.header.seq)
-    };
+    let place = place_of(&a, &keys, secret).await;
     let (before, texts) = served_pack(&relay, &keys, place).await;
     assert!(texts.contains(&"the secret that must go".to_string()));
 
@@ -362,14 +373,8 @@ async fn a_relay_serves_a_deleted_text_no_more() {
     // Its old bytes are in the relay's files until a compaction, which
     // runs while a member that comes later takes everything from the relay.
     let old = before.clone().expect("the entry had a pack");
-    let holding = |dir: &Path| -> Vec<std::path::PathBuf> {
-        files(dir)
-            .into_iter()
-            .filter(|p| std::fs::read(p).is_ok_and(|b| b.windows(old.len()).any(|w| w == old.as_slice())))
-            .collect()
-    };
     assert!(
-        !holding(dr.path()).is_empty(),
+        !holding(dr.path(), &old).is_empty(),
         "the control: the relay's files hold the old pack"
     );
     assert!(relay.stats().dropped_bytes > 0);
@@ -379,7 +384,7 @@ async fn a_relay_serves_a_deleted_text_no_more() {
     let report = compacted.unwrap();
     assert!(report.rows_copied > 0, "{report:?}");
     assert_eq!(
-        holding(dr.path()),
+        holding(dr.path(), &old),
         Vec::<std::path::PathBuf>::new(),
         "the old pack left every file"
     );
@@ -407,8 +412,8 @@ async fn a_relay_serves_a_deleted_text_no_more() {
 }
 
 /// Retention reaches a relay the same way: the texts a member's store
-/// expired leave what the relay serves once a certifying user's device
-/// syncs, and its files at its compaction.
+/// expired leave what the relay serves once the author's device syncs,
+/// and its files at its compaction.
 #[tokio::test]
 async fn a_relay_drops_expired_texts() {
     let (da, dr) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -418,17 +423,7 @@ async fn a_relay_drops_expired_texts() {
     let keys = a.channel_keys(general).await.unwrap();
     let old = a.post(general, "a text that expires").await.unwrap();
     sync_as(&a, &relay, true).await;
-    let all = a
-        .entries_after(keys.wire(), Vector::default(), usize::MAX, usize::MAX)
-        .await
-        .unwrap();
-    let env = all
-        .entries
-        .iter()
-        .map(|x| Envelope::decode(x).unwrap())
-        .find(|e| e.open_texts(&keys).iter().any(|c| c.msg == old))
-        .unwrap();
-    let place = (env.header.device, env.header.seq);
+    let place = place_of(&a, &keys, old).await;
     let before = served_pack(&relay, &keys, place).await.0.expect("a pack");
     a.set_retention(general, Some(std::time::Duration::from_secs(1)))
         .await
@@ -440,10 +435,7 @@ async fn a_relay_drops_expired_texts() {
     assert!(texts.is_empty(), "{texts:?}");
     assert_ne!(after.as_ref(), Some(&before));
     relay.compact().await.unwrap();
-    let left: Vec<_> = files(dr.path())
-        .into_iter()
-        .filter(|p| std::fs::read(p).is_ok_and(|b| b.windows(before.len()).any(|w| w == before.as_slice())))
-        .collect();
+    let left = holding(dr.path(), &before);
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -466,17 +458,7 @@ async fn a_relay_keeps_texts_for_its_own_retention() {
     let keys = a.channel_keys(general).await.unwrap();
     let old = a.post(general, "a text the relay keeps a second").await.unwrap();
     sync_as(&a, &relay, true).await;
-    let all = a
-        .entries_after(keys.wire(), Vector::default(), usize::MAX, usize::MAX)
-        .await
-        .unwrap();
-    let env = all
-        .entries
-        .iter()
-        .map(|x| Envelope::decode(x).unwrap())
-        .find(|e| e.open_texts(&keys).iter().any(|c| c.msg == old))
-        .unwrap();
-    let place = (env.header.device, env.header.seq);
+    let place = place_of(&a, &keys, old).await;
     let before = served_pack(&relay, &keys, place).await.0.expect("a pack");
     assert_eq!(relay.expire().await.unwrap(), 0, "nothing is old yet");
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
@@ -485,10 +467,7 @@ async fn a_relay_keeps_texts_for_its_own_retention() {
     assert!(relay.expire().await.unwrap() >= 1);
     assert_eq!(served_pack(&relay, &keys, place).await, (None, Vec::new()));
     relay.compact().await.unwrap();
-    let left: Vec<_> = files(dr.path())
-        .into_iter()
-        .filter(|p| std::fs::read(p).is_ok_and(|b| b.windows(before.len()).any(|w| w == before.as_slice())))
-        .collect();
+    let left = holding(dr.path(), &before);
     assert!(left.is_empty(), "{left:?}");
 
     // A member that comes later gets the entry without its text, and the
