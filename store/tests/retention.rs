@@ -160,3 +160,35 @@ async fn the_store_expires_texts_on_its_own() {
     assert!(gone, "the background expiry did not drop the text from sled");
     clean(&a, "alice").await;
 }
+
+/// A setting counts while its writer is an admin or owner, by the roster as
+/// it stands on the reader's side: an admin demoted afterwards no longer
+/// sets the retention anywhere, and the one before stands again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setting_counts_only_while_its_writer_is_an_admin() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pass = Passphrase::new("pw");
+    let a = Store::create(da.path(), &pass, "alice", config()).await.unwrap();
+    let b = Store::create(db.path(), &pass, "bob", config()).await.unwrap();
+    let general = a.create_channel("general").await.unwrap();
+    let keys = a.channel_keys(general).await.unwrap();
+    let wire = keys.wire();
+    b.join_channel(keys).await.unwrap();
+    a.set_retention(general, Some(Duration::from_secs(3600))).await.unwrap();
+    a.set_role(general, b.whoami().user, hearth_core::Role::Admin)
+        .await
+        .unwrap();
+    pull(&a, &b, wire, general).await;
+    b.set_retention(general, Some(Duration::from_secs(60))).await.unwrap();
+    pull(&b, &a, wire, general).await;
+    assert_eq!(a.retention(general).await.unwrap(), Some(Duration::from_secs(60)));
+    // Demoted: his setting (the later one) counts no more.
+    a.set_role(general, b.whoami().user, hearth_core::Role::Member)
+        .await
+        .unwrap();
+    assert_eq!(a.retention(general).await.unwrap(), Some(Duration::from_secs(3600)));
+    pull(&a, &b, wire, general).await;
+    assert_eq!(b.retention(general).await.unwrap(), Some(Duration::from_secs(3600)));
+    let e = b.set_retention(general, None).await.unwrap_err();
+    assert!(matches!(e, Error::NotAllowed { .. }), "{e:?}");
+}
