@@ -43,15 +43,7 @@ fn conns<A, B>(a: &A, b: &B) -> (Conn, Conn) {
 /// responder). A member grants a relay it syncs with the channels it lacks,
 /// as it does the relays its user configured.
 async fn sync<A: Replica, B: Replica>(local: &A, remote: &B) -> Outcome {
-    let (mine, theirs) = conns(local, remote);
-    let session = mine.session(local, remote.is_relay()).await.unwrap();
-    let outcome = run_session(session, local, &mine, |req| {
-        let (remote, theirs) = (remote.clone(), theirs.clone());
-        async move { Ok(serve(&remote, req, &theirs).await.0) }
-    })
-    .await;
-    assert_eq!(outcome.failed, None, "{outcome:?}");
-    outcome
+    sync_as(local, remote, remote.is_relay()).await
 }
 
 /// Sync until one Hello finds `member` and `relay` equal: receiving messages

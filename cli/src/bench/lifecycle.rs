@@ -81,11 +81,7 @@ pub async fn run(args: &LifecycleArgs, json_out: bool) -> Result<std::process::E
     let page = h.page(ch, None, 50).await?;
     assert!(page.iter().all(|m| m.id != victim || m.deleted));
     // Again, with the writer posting all along.
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let (h, done) = (h.clone(), done.clone());
-        tokio::spawn(async move { timed_posts(&h, ch, 1, || done.load(std::sync::atomic::Ordering::SeqCst)).await })
-    };
+    let (done, writer) = background_writer(&h, ch);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let t = Instant::now();
     let busy = h.compact().await?;
@@ -178,6 +174,23 @@ pub async fn run(args: &LifecycleArgs, json_out: bool) -> Result<std::process::E
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// A writer posting without a break until the flag is set, each durable
+/// post timed.
+fn background_writer(
+    h: &std::sync::Arc<Hearth>,
+    ch: ChannelId,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tokio::task::JoinHandle<Result<Vec<Duration>>>,
+) {
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (h, done) = (h.clone(), done.clone());
+        tokio::spawn(async move { timed_posts(&h, ch, 1, || done.load(std::sync::atomic::Ordering::SeqCst)).await })
+    };
+    (done, writer)
+}
+
 /// A backup of the open store while a writer posts, its check, its restore
 /// (unlocking apart) and the restored store's open and first page; beside
 /// them, the floor: a plain copy of the store's files.
@@ -189,11 +202,7 @@ async fn backup_and_restore(
     tmp: &std::path::Path,
 ) -> Result<serde_json::Value> {
     let file = tmp.join("store.backup");
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let (h, done) = (h.clone(), done.clone());
-        tokio::spawn(async move { timed_posts(&h, ch, 1, || done.load(std::sync::atomic::Ordering::SeqCst)).await })
-    };
+    let (done, writer) = background_writer(h, ch);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let t = Instant::now();
     let report = h.backup(&file).await?;
