@@ -28,6 +28,11 @@ pub struct LifecycleArgs {
     /// Bytes of each message's text.
     #[arg(long, default_value_t = 100)]
     pub text_len: usize,
+    /// Instead: expire 90% of the channel by its retention, compact, and
+    /// say how much of the store's disk that reclaims (issue 9's target:
+    /// at least 80%).
+    #[arg(long)]
+    pub expiry: bool,
 }
 
 /// p50 and p99 of `samples`, in ms.
@@ -49,7 +54,78 @@ async fn timed_posts(h: &Hearth, ch: ChannelId, min: usize, stop: impl Fn() -> b
     Ok(took)
 }
 
+/// `--expiry`: a channel of `messages` messages, the oldest 90% of them
+/// written [`EXPIRY_GAP`] before the rest; a retention that expires just
+/// those (the cut moves on with the clock, and must not reach the rest
+/// before the compaction ends); the texts dropped and a compaction; the
+/// store's size before and after.
+/// How long before the rest the oldest 90% is written (`--expiry`).
+const EXPIRY_GAP: Duration = Duration::from_secs(20);
+
+async fn expiry(args: &LifecycleArgs, json_out: bool) -> Result<std::process::ExitCode> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("store");
+    let pass = Passphrase::new("bench passphrase");
+    let mut config = Config::default().with_kdf(KdfParams::INSECURE_FAST);
+    config.compact_after = None;
+    let h = Hearth::create(&dir, &pass, "bench", config.clone()).await?;
+    let ch = h.create_channel("big").await?;
+    let old = args.messages * 9 / 10;
+    super::hearth_stream(&h, ch, old, args.text_len, 7).await?;
+    let old_done = Instant::now();
+    tokio::time::sleep(EXPIRY_GAP).await;
+    super::hearth_stream(&h, ch, args.messages - old, args.text_len, 1_000_007).await?;
+    h.close().await?;
+    let h = Hearth::open(&dir, &pass, config.clone()).await?;
+    let before = dir_bytes(&dir);
+    let messages_before = h.channels().await?[0].messages;
+    // The cut falls just after the last old message, at the start of the gap.
+    let secs = (old_done.elapsed().as_secs_f64() - 0.5).floor().max(1.0) as u64;
+    h.set_retention(ch, Some(Duration::from_secs(secs))).await?;
+    let t = Instant::now();
+    let dropped = h.expire().await?;
+    let expire_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    h.compact().await?;
+    let compact_ms = t.elapsed().as_secs_f64() * 1e3;
+    let messages_after = h.channels().await?[0].messages;
+    let clean = h.verify().await?.is_clean();
+    h.close().await?;
+    let after = dir_bytes(&dir);
+    let reclaimed = 1.0 - after as f64 / before.max(1) as f64;
+    let out = json!({
+        "metric": "expiry",
+        "messages": args.messages,
+        "messages_shown_before": messages_before,
+        "messages_shown_after": messages_after,
+        "texts_dropped": dropped,
+        "expire_ms": expire_ms,
+        "compact_ms": compact_ms,
+        "store_bytes_before": before,
+        "store_bytes_after": after,
+        "reclaimed": reclaimed,
+        "target_reclaimed": 0.8,
+        "verify_clean": clean,
+    });
+    if json_out {
+        println!("{out}");
+    } else {
+        println!(
+            "{} messages, 90% expired: {messages_before} -> {messages_after} shown, {dropped} texts dropped in \
+             {expire_ms:.0} ms, compaction {compact_ms:.0} ms; store {before} -> {after} bytes: {:.1}% reclaimed \
+             (target 80%); verify: {}",
+            args.messages,
+            reclaimed * 100.0,
+            if clean { "clean" } else { "problems found" }
+        );
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 pub async fn run(args: &LifecycleArgs, json_out: bool) -> Result<std::process::ExitCode> {
+    if args.expiry {
+        return expiry(args, json_out).await;
+    }
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("store");
     let pass = Passphrase::new("bench passphrase");
