@@ -60,7 +60,7 @@ async fn timed_posts(h: &Hearth, ch: ChannelId, min: usize, stop: impl Fn() -> b
 /// before the compaction ends); the texts dropped and a compaction; the
 /// store's size before and after.
 /// How long before the rest the oldest 90% is written (`--expiry`).
-const EXPIRY_GAP: Duration = Duration::from_secs(20);
+const EXPIRY_GAP: Duration = Duration::from_secs(60);
 
 async fn expiry(args: &LifecycleArgs, json_out: bool) -> Result<std::process::ExitCode> {
     let tmp = tempfile::tempdir()?;
