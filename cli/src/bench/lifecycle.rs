@@ -54,22 +54,54 @@ async fn timed_posts(h: &Hearth, ch: ChannelId, min: usize, stop: impl Fn() -> b
     Ok(took)
 }
 
+/// How long before the rest the oldest 90% is written (`--expiry`).
+const EXPIRY_GAP: Duration = Duration::from_secs(60);
+
+/// A fresh store of the bench's in a temporary directory, with one channel,
+/// and compaction only when asked for.
+struct BenchStore {
+    _tmp: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    pass: Passphrase,
+    config: Config,
+    h: Hearth,
+    ch: ChannelId,
+}
+
+impl BenchStore {
+    async fn create() -> Result<Self> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("store");
+        let pass = Passphrase::new("bench passphrase");
+        let mut config = Config::default().with_kdf(KdfParams::INSECURE_FAST);
+        config.compact_after = None;
+        let h = Hearth::create(&dir, &pass, "bench", config.clone()).await?;
+        let ch = h.create_channel("big").await?;
+        Ok(Self {
+            _tmp: tmp,
+            dir,
+            pass,
+            config,
+            h,
+            ch,
+        })
+    }
+}
+
 /// `--expiry`: a channel of `messages` messages, the oldest 90% of them
 /// written [`EXPIRY_GAP`] before the rest; a retention that expires just
 /// those (the cut moves on with the clock, and must not reach the rest
 /// before the compaction ends); the texts dropped and a compaction; the
 /// store's size before and after.
-/// How long before the rest the oldest 90% is written (`--expiry`).
-const EXPIRY_GAP: Duration = Duration::from_secs(60);
-
 async fn expiry(args: &LifecycleArgs, json_out: bool) -> Result<std::process::ExitCode> {
-    let tmp = tempfile::tempdir()?;
-    let dir = tmp.path().join("store");
-    let pass = Passphrase::new("bench passphrase");
-    let mut config = Config::default().with_kdf(KdfParams::INSECURE_FAST);
-    config.compact_after = None;
-    let h = Hearth::create(&dir, &pass, "bench", config.clone()).await?;
-    let ch = h.create_channel("big").await?;
+    let BenchStore {
+        _tmp,
+        dir,
+        pass,
+        config,
+        h,
+        ch,
+    } = BenchStore::create().await?;
     let old = args.messages * 9 / 10;
     super::hearth_stream(&h, ch, old, args.text_len, 7).await?;
     let old_done = Instant::now();
@@ -126,14 +158,14 @@ pub async fn run(args: &LifecycleArgs, json_out: bool) -> Result<std::process::E
     if args.expiry {
         return expiry(args, json_out).await;
     }
-    let tmp = tempfile::tempdir()?;
-    let dir = tmp.path().join("store");
-    let pass = Passphrase::new("bench passphrase");
-    let mut config = Config::default().with_kdf(KdfParams::INSECURE_FAST);
-    // Only the compactions asked for here.
-    config.compact_after = None;
-    let h = Hearth::create(&dir, &pass, "bench", config.clone()).await?;
-    let ch = h.create_channel("big").await?;
+    let BenchStore {
+        _tmp: tmp,
+        dir,
+        pass,
+        config,
+        h,
+        ch,
+    } = BenchStore::create().await?;
     let t = Instant::now();
     super::hearth_stream(&h, ch, args.messages, args.text_len, 7).await?;
     let build_s = t.elapsed().as_secs_f64();
