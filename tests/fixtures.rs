@@ -105,6 +105,13 @@ async fn v10_stores_open_and_answer_the_same() {
     old_stores_open_migrate_and_answer_the_same("v10", 10).await;
 }
 
+/// Format 11: restored devices' own network keys, text drops for relays
+/// (written by `5c753c5`).
+#[tokio::test]
+async fn v11_stores_open_and_answer_the_same() {
+    old_stores_open_migrate_and_answer_the_same("v11", 11).await;
+}
+
 /// A text of format 9 rides in a segment of a format 3 entry: deleting its
 /// message on today's code drops the segment from sled at once and from every
 /// file at the next compaction, while the texts beside it stay.

@@ -254,14 +254,14 @@ impl Admission {
         if env.header.wire != self.wire {
             return Ok(Verdict::Refused(refuse(Refusal::OtherChannel)));
         }
-        // A body pruned to its hash (format 3) is what retention will keep
-        // of an expired entry; nobody writes or takes one yet, so whoever
-        // sends one cut it (no key is needed to), and a held stub would
-        // stand in for the whole entry for good.
-        if env.pruned.is_some() {
+        // A body pruned to its hash (a stub, store format 12) is what
+        // retention keeps of an entry of a dead epoch (every message in it
+        // expired); the metadata epoch never dies, so whoever sends a stub
+        // of it cut it (no key is needed to).
+        if env.pruned.is_some() && env.header.epoch == hearth_core::META_EPOCH {
             self.refused.insert(device);
             return Ok(Verdict::Refused(refuse(Refusal::Malformed(
-                "a pruned body, which is taken from no one yet".into(),
+                "a stub of the metadata epoch, which never expires".into(),
             ))));
         }
         if self.refused.contains(&device) {

@@ -67,8 +67,13 @@ pub struct ChannelState {
     pub chains: BTreeMap<hearth_core::DeviceId, ([u8; 32], Vec<hearth_core::device::DeviceCert>)>,
     /// Device to user, from signed heads: who wrote what.
     pub devices: Devices,
-    /// Summaries of every epoch (epoch 0 is the metadata epoch).
+    /// Summaries of every epoch (epoch 0 is the metadata epoch), dead ones
+    /// left out.
     pub summaries: BTreeMap<Epoch, EpochSummary>,
+    /// Epochs whose every message expired and whose documents are gone
+    /// (`crate::retention`; `M dead` in sled): their entries are held as
+    /// stubs, and an entry of one that comes later is cut to a stub too.
+    pub dead: std::collections::BTreeSet<Epoch>,
     /// The newest epoch and how many messages (replies included) it holds; new
     /// top-level posts go there until it is full.
     pub current: (Epoch, u64),

@@ -269,6 +269,9 @@ pub(crate) struct Engine {
     /// messages' texts are dropped, and its message count then (a message
     /// that arrives later makes it look again).
     pub(crate) expired: HashMap<(ChannelId, Epoch), (MessageId, u64)>,
+    /// Channels whose text drops grew since their cap was last applied
+    /// (`crate::prune`).
+    pub(crate) drops_due: std::collections::BTreeSet<WireId>,
     /// The channel the next expiry pass starts with (each gets its turn).
     pub(crate) expire_turn: usize,
     /// The highest expiry floor applied, by channel (`M expired` rows, read
@@ -328,6 +331,7 @@ impl Engine {
             _lock: lock,
             prune_queue: Vec::new(),
             expired: HashMap::new(),
+            drops_due: Default::default(),
             expire_turn: 0,
             expired_high: HashMap::new(),
             prune_rows: Default::default(),
@@ -380,7 +384,13 @@ impl Engine {
             hidden: None,
             cuts: BTreeMap::new(),
             told: None,
+            dead: Default::default(),
         };
+        let dead_key = crate::layout::dead_key(&wire);
+        if let Some(v) = self.tree.get(&dead_key)? {
+            let plain = open_record(&self.records, &dead_key, &v)?;
+            state.dead = postcard::from_bytes(&plain).map_err(|e| Error::corrupted("dead epochs", e))?;
+        }
         let owed_key = channel_prefix(T_OWED, &wire);
         let told_key = channel_prefix(T_TOLD, &wire);
         if let Some(v) = self.tree.get(told_key)? {
@@ -567,11 +577,13 @@ impl Engine {
 
     fn top_epoch(&self, ch: &ChannelState) -> Epoch {
         let (e, n) = ch.current;
-        if n as usize >= self.config.epoch_messages {
+        let top = if n as usize >= self.config.epoch_messages {
             e.saturating_add(1)
         } else {
             e
-        }
+        };
+        // Never a dead epoch (a member that took only stubs so far).
+        top.max(ch.dead.last().map_or(1, |d| d.saturating_add(1)))
     }
 
     fn message_at(&mut self, msg: &MessageId) -> Result<(ChannelId, hearth_core::Message)> {

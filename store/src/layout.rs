@@ -112,6 +112,19 @@ pub const META_COMPACT_DUE: &[u8] = b"Mcompactdue";
 /// texts are gone).
 pub const META_EXPIRED: &[u8] = b"Mexpired";
 
+/// `M dead | wire [32]` -> sealed postcard([u32]): the channel's dead epochs
+/// (store format 12): every message of each expired, its document, snapshot,
+/// epoch log and summary dropped, its entries held as stubs (bodies pruned
+/// to their hashes). Absent: none.
+pub const META_DEAD: &[u8] = b"Mdead";
+
+/// Key of a channel's [`META_DEAD`] row.
+pub fn dead_key(wire: &WireId) -> Vec<u8> {
+    let mut k = META_DEAD.to_vec();
+    k.extend_from_slice(&wire.0);
+    k
+}
+
 /// Key of a channel's [`META_EXPIRED`] row.
 pub fn expired_key(wire: &WireId) -> Vec<u8> {
     let mut k = META_EXPIRED.to_vec();
@@ -145,7 +158,10 @@ pub fn expired_key(wire: &WireId) -> Vec<u8> {
 /// (the device's own network key, since it shares the master key with the
 /// device backed up); the texts a delete dropped from stored entries are
 /// kept for relays (table `P`); 10 is only marked.
-pub const STORE_FORMAT: u8 = 11;
+/// 12: dead epochs (retention): every message of an epoch expired, its
+/// document's rows dropped, its entries held as stubs (bodies pruned to
+/// their hashes), listed in `M dead`; 11 is only marked.
+pub const STORE_FORMAT: u8 = 12;
 
 /// What opening a store of format `from` does to bring it to
 /// [`STORE_FORMAT`], step by step (`hearth migrate --check`). Empty when
@@ -174,7 +190,7 @@ pub fn migration_steps(from: u8) -> Vec<&'static str> {
         steps.push(
             "the other steps only mark sled: the rows and kinds of record they add come with the content that \
              needs them (fork proofs, device chains, rosters, notices, texts beside their changes, packs, \
-             a restored device's own network key)",
+             a restored device's own network key, dead epochs)",
         );
         steps.push("sled's format row set to the current format, and the store checkpointed");
     }

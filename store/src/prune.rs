@@ -108,30 +108,32 @@ impl Engine {
                 batch.insert(&k[..], now);
                 // For the relays, which hold the entry and cannot open it.
                 if env.header.version >= hearth_core::ENVELOPE_V4 {
-                    let drop = hearth_core::peer::TextDrop {
-                        wire,
-                        device,
-                        seq,
-                        entry: env.hash(),
-                        pack: env.pack.clone().map(serde_bytes::ByteBuf::from),
-                    };
-                    let mut dk = k;
-                    dk[0] = T_DROPS;
-                    let mut v = crate::engine::now_ms().to_be_bytes().to_vec();
-                    v.extend_from_slice(&drop.encode());
-                    batch.insert(&dk[..], v);
+                    keep_drop(&mut batch, &env);
                     drops_in.insert(wire);
                 }
             }
         }
-        if dropped > 0 {
-            let due = crate::compact::CompactDue::after(self.dropped_since_compaction, dropped);
+        self.note_dropped(&mut batch, dropped)?;
+        self.tree.apply_batch(batch)?;
+        self.cap_drops(drops_in)?;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Count `bytes` dropped from stored rows towards the next automatic
+    /// compaction (`M compactdue`, in `batch`).
+    pub(crate) fn note_dropped(&mut self, batch: &mut sled::Batch, bytes: u64) -> Result<()> {
+        if bytes > 0 {
+            let due = crate::compact::CompactDue::after(self.dropped_since_compaction, bytes);
             let plain = postcard::to_stdvec(&due).expect("compaction due encodes");
             batch.insert(META_COMPACT_DUE, seal_record(&self.records, META_COMPACT_DUE, &plain)?);
             self.dropped_since_compaction = Some(due);
         }
-        self.tree.apply_batch(batch)?;
-        // The oldest drops go past the cap.
+        Ok(())
+    }
+
+    /// The oldest text drops of these channels go past the cap.
+    pub(crate) fn cap_drops(&mut self, drops_in: std::collections::BTreeSet<WireId>) -> Result<()> {
         for wire in drops_in {
             let prefix = crate::layout::channel_prefix(T_DROPS, &wire);
             let n = self.tree.scan_prefix(prefix).count();
@@ -149,7 +151,6 @@ impl Engine {
                 self.tree.apply_batch(b)?;
             }
         }
-        self.dirty = true;
         Ok(())
     }
 
@@ -186,6 +187,24 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Keep `env` (a stored entry that lost texts) as a text drop for the
+/// relays (`P` row, in `batch`).
+pub(crate) fn keep_drop(batch: &mut sled::Batch, env: &Envelope) {
+    let h = &env.header;
+    let drop = hearth_core::peer::TextDrop {
+        wire: h.wire,
+        device: h.device,
+        seq: h.seq,
+        entry: env.hash(),
+        pack: env.pack.clone().map(serde_bytes::ByteBuf::from),
+    };
+    let mut dk = feed_key(&h.wire, &h.device, h.seq);
+    dk[0] = T_DROPS;
+    let mut v = crate::engine::now_ms().to_be_bytes().to_vec();
+    v.extend_from_slice(&drop.encode());
+    batch.insert(&dk[..], v);
 }
 
 /// When a `P` row's drop was made (unix ms; 0 for a row too short).

@@ -12,12 +12,37 @@
 //! away longer than the retention, or a member that joins later, receives
 //! entries whose packs no longer hold the expired texts, and hides what it
 //! still holds the same way.
+//!
+//! An epoch whose every message expired, and which is not the channel's
+//! newest, dies: its document, snapshot, epoch log and summary are dropped,
+//! and each of its stored entries is cut to a stub (the body pruned to its
+//! hash: the feed still verifies and chains, and opens to nothing). Peers
+//! receive the stubs; a member takes one when the epoch is dead or unknown
+//! to it, or when every message it holds there expired too, and then kills
+//! the epoch itself; an entry of a dead epoch that comes later is cut to a
+//! stub on arrival. Dead epochs are listed in `M dead` (store format 12);
+//! a rebuild from the log learns them again from the stubs.
 
-use hearth_core::{ChannelId, Epoch, META_EPOCH, MessageId, Timestamp};
+use hearth_core::{ChannelId, Envelope, Epoch, META_EPOCH, MessageId, Timestamp};
 
 use crate::engine::{Engine, now_ms};
 use crate::error::Result;
-use crate::layout::{expired_key, open_record, seal_record};
+use crate::layout::{
+    T_ELOG, T_EPOCHS, T_SNAPS, T_UNOPENED, channel_prefix, dead_key, decode_elog_value, epoch_key, expired_key,
+    feed_key, open_record, seal_record, unopened_key,
+};
+
+/// `bytes` (an entry) cut to a stub, with the bytes that saves; `None` when
+/// it is one already, or of a format that cannot be (before format 3).
+pub(crate) fn stub_of(bytes: &[u8]) -> Result<Option<(Envelope, Vec<u8>)>> {
+    let mut env = Envelope::decode(bytes)?;
+    if env.pruned.is_some() || env.header.version < hearth_core::ENVELOPE_V3 {
+        return Ok(None);
+    }
+    env.prune_body();
+    let stub = env.encode();
+    Ok(Some((env, stub)))
+}
 
 impl Engine {
     /// The channel's retention, in seconds (`None`: for ever).
@@ -124,6 +149,114 @@ impl Engine {
         Ok(total)
     }
 
+    /// Whether a stub of `epoch` may be taken: the epoch is dead or unknown
+    /// here, or every message this store shows there expired (an epoch
+    /// that shows none, its changes waiting for others, does not count).
+    pub(crate) fn epoch_expired(&mut self, channel: &ChannelId, epoch: Epoch) -> Result<bool> {
+        let floor = self.expiry_floor(channel)?;
+        let ch = self.channel(channel)?;
+        Ok(ch.dead.contains(&epoch)
+            || ch
+                .summaries
+                .get(&epoch)
+                .is_none_or(|s| s.max.is_some_and(|max| floor.is_some_and(|f| max < f))))
+    }
+
+    /// Kill `epoch` of `channel` (see the module docs): its stored entries
+    /// cut to stubs, its document's rows removed, all in `batch` (the rows
+    /// it reads are applied); returns the bytes that drops. This device's
+    /// own entries that carried texts become text drops for the relays.
+    pub(crate) fn kill_epoch(&mut self, channel: ChannelId, epoch: Epoch, batch: &mut sled::Batch) -> Result<u64> {
+        debug_assert_ne!(epoch, META_EPOCH, "the metadata epoch never dies");
+        let wire = self.channel(&channel)?.keys.wire();
+        let me = self.identity.device();
+        let mut dropped = 0u64;
+        let mut entries = Vec::new();
+        for row in self.tree.scan_prefix(epoch_key(T_ELOG, &wire, epoch)) {
+            let (k, v) = row?;
+            dropped += (k.len() + v.len()) as u64;
+            batch.remove(k);
+            entries.push(decode_elog_value(&v)?);
+        }
+        // Entries held sealed (a key generation not held) whose header
+        // names the epoch.
+        for row in self.tree.scan_prefix(channel_prefix(T_UNOPENED, &wire)) {
+            let (k, _) = row?;
+            let device = hearth_core::DeviceId::from_slice(&k[33..49])
+                .map_err(|_| crate::Error::corrupted("sled key", "unopened row"))?;
+            let seq = crate::layout::key_u64(&k)?;
+            if let Some(bytes) = self.tree.get(feed_key(&wire, &device, seq))?
+                && Envelope::decode(&bytes)
+                    .is_ok_and(|e| e.header.version >= hearth_core::ENVELOPE_V3 && e.header.epoch == epoch)
+            {
+                batch.remove(&unopened_key(&wire, &device, seq)[..]);
+                entries.push((device, seq));
+            }
+        }
+        let mut drops = false;
+        for (device, seq) in entries {
+            let k = feed_key(&wire, &device, seq);
+            let Some(bytes) = self.tree.get(k)? else { continue };
+            if let Some((env, stub)) = stub_of(&bytes)? {
+                dropped += bytes.len().saturating_sub(stub.len()) as u64;
+                if device == me && Envelope::decode(&bytes)?.holds_texts() {
+                    crate::prune::keep_drop(batch, &env);
+                    drops = true;
+                }
+                batch.insert(&k[..], stub);
+            }
+        }
+        for row in self.tree.scan_prefix(epoch_key(T_SNAPS, &wire, epoch)) {
+            let (k, v) = row?;
+            dropped += (k.len() + v.len()) as u64;
+            batch.remove(k);
+        }
+        batch.remove(&epoch_key(T_EPOCHS, &wire, epoch)[..]);
+        self.epochs.remove(&(channel, epoch));
+        self.expired.remove(&(channel, epoch));
+        let ch = self.channels.get_mut(&channel).expect("checked above");
+        ch.summaries.remove(&epoch);
+        ch.cuts.remove(&epoch);
+        ch.dead.insert(epoch);
+        let plain = postcard::to_stdvec(&ch.dead).expect("a set of epochs encodes");
+        let k = dead_key(&wire);
+        batch.insert(k.clone(), seal_record(&self.records, &k, &plain)?);
+        if drops {
+            self.drops_due.insert(wire);
+        }
+        Ok(dropped)
+    }
+
+    /// Kill every epoch of `channel` whose messages all expired (the
+    /// newest and the metadata epoch excepted), at most `budget` of them;
+    /// returns how many, and how many messages they held.
+    fn kill_expired(&mut self, channel: ChannelId, floor: MessageId, budget: usize) -> Result<(usize, u64)> {
+        let ch = self.channel(&channel)?;
+        let newest = ch.summaries.keys().next_back().copied();
+        let due: Vec<Epoch> = ch
+            .summaries
+            .iter()
+            .filter(|(e, s)| **e != META_EPOCH && Some(**e) != newest && s.max.is_some_and(|m| m < floor))
+            .map(|(e, _)| *e)
+            .take(budget)
+            .collect();
+        if due.is_empty() {
+            return Ok((0, 0));
+        }
+        let messages = due.iter().filter_map(|e| ch.summaries.get(e)).map(|s| s.messages).sum();
+        let mut batch = sled::Batch::default();
+        let mut dropped = 0;
+        for e in &due {
+            dropped += self.kill_epoch(channel, *e, &mut batch)?;
+        }
+        self.note_dropped(&mut batch, dropped)?;
+        self.tree.apply_batch(batch)?;
+        let wires = std::mem::take(&mut self.drops_due);
+        self.cap_drops(wires)?;
+        self.dirty = true;
+        Ok((due.len(), messages))
+    }
+
     /// Drop the texts of expired messages, loading at most `budget` epochs
     /// (the channels take turns); returns how many messages lost texts.
     /// Each epoch is looked at only for the messages that expired since the
@@ -147,6 +280,16 @@ impl Engine {
                 continue;
             };
             let before = dropped;
+            // Epochs wholly expired die first (nothing to load).
+            let (killed, messages) = self.kill_expired(channel, floor, left)?;
+            left -= killed;
+            dropped += messages;
+            if left == 0 {
+                if dropped > before {
+                    self.raise_expired(&channel, floor)?;
+                }
+                break;
+            }
             // Epochs with messages below the floor not looked at since they
             // expired (their count unchanged since the last pass).
             let due: Vec<(Epoch, MessageId, u64)> = self

@@ -244,6 +244,10 @@ struct Incoming {
     /// Entries held sealed earlier, opened now: in the feed and the log
     /// already.
     late: bool,
+    /// Entries of dead epochs, cut to stubs: (device, seq, stub bytes).
+    stubs: Vec<(DeviceId, u64, Vec<u8>)>,
+    /// Epochs that die with this batch (a stub of them came).
+    kill: BTreeSet<Epoch>,
 }
 
 impl Engine {
@@ -390,6 +394,11 @@ impl Engine {
         };
         let mut keys_changed = false;
         let mut held = Vec::new();
+        // Entries of dead epochs (see `crate::retention`): a stub is taken
+        // when its epoch is dead here, unknown, or wholly expired here (then
+        // it dies); every entry of such an epoch is kept as a stub.
+        let mut stubs: Vec<(DeviceId, u64, Vec<u8>)> = Vec::new();
+        let mut kill: BTreeSet<Epoch> = BTreeSet::new();
         let mut pending = entries;
         loop {
             let mut waiting: Vec<Vec<u8>> = Vec::new();
@@ -425,6 +434,28 @@ impl Engine {
                 // What follows is sealed and signed by the author: a failure
                 // is the author's, not the forwarding peer's.
                 let h = &env.header;
+                let v3 = h.version >= hearth_core::ENVELOPE_V3;
+                if v3
+                    && (env.pruned.is_some()
+                        || kill.contains(&h.epoch)
+                        || self.channel(&channel)?.dead.contains(&h.epoch))
+                {
+                    if !self.replaying && !kill.contains(&h.epoch) && !self.epoch_expired(&channel, h.epoch)? {
+                        let why = format!("a stub of epoch {}, whose messages have not all expired here", h.epoch);
+                        report.rejected.push(admission.refuse(&env, Refusal::Content(why)));
+                        continue;
+                    }
+                    if !self.channel(&channel)?.dead.contains(&h.epoch) {
+                        kill.insert(h.epoch);
+                    }
+                    top = top.max(h.epoch);
+                    progressed = true;
+                    let stub = crate::retention::stub_of(&bytes)?.map_or(bytes, |(_, s)| s);
+                    stubs.push((h.device, h.seq, stub.clone()));
+                    admission.accept(&env, stub);
+                    continue;
+                }
+                let ch = self.channel(&channel)?;
                 // Past a removal's cut: taken and applied as any entry, its
                 // messages hidden (`crate::cuts`).
                 // So is a revoked device's (by id, by key or through a
@@ -539,7 +570,7 @@ impl Engine {
             .collect();
         let chains = admission.new_chains().clone();
         let (_, forks) = admission.into_accepted();
-        if !accepted.is_empty() || !held.is_empty() {
+        if !accepted.is_empty() || !held.is_empty() || !stubs.is_empty() {
             let incoming = Incoming {
                 accepted,
                 held,
@@ -547,6 +578,8 @@ impl Engine {
                 chains,
                 keys_changed,
                 late: false,
+                stubs,
+                kill,
             };
             let meta = incoming.accepted.contains_key(&META_EPOCH);
             let roster_before = meta.then(|| self.roster_mark(&channel));
@@ -659,6 +692,8 @@ impl Engine {
             chains: BTreeMap::new(),
             keys_changed: false,
             late: true,
+            stubs: Vec::new(),
+            kill: BTreeSet::new(),
         };
         self.store_accepted(channel, &wire, incoming, report)
     }
@@ -671,13 +706,34 @@ impl Engine {
         report: &mut IngestReport,
     ) -> Result<()> {
         let Incoming {
-            accepted,
+            mut accepted,
             held,
             heads,
             chains,
             keys_changed,
             late,
+            mut stubs,
+            kill,
         } = incoming;
+        // Entries of an epoch that is dead, or dies now, are kept as stubs.
+        let dead: Vec<Epoch> = {
+            let ch = self.channel(&channel)?;
+            accepted
+                .keys()
+                .filter(|e| kill.contains(e) || ch.dead.contains(e))
+                .copied()
+                .collect()
+        };
+        let mut unheld = Vec::new();
+        for e in dead {
+            for a in accepted.remove(&e).unwrap_or_default() {
+                let stub = crate::retention::stub_of(&a.bytes)?.map_or(a.bytes, |(_, s)| s);
+                if late {
+                    unheld.push((a.device, a.seq));
+                }
+                stubs.push((a.device, a.seq, stub));
+            }
+        }
         let (heads, chains) = (&heads, &chains);
         let meta_touched = accepted.contains_key(&META_EPOCH);
         // Phase 1: apply every epoch's changes. If automerge refuses any,
@@ -730,6 +786,13 @@ impl Engine {
                     reason: Refusal::Content(format!("held with entries refused: {why}")),
                 });
             }
+            for (device, seq, _) in &stubs {
+                report.rejected.push(Rejection {
+                    device: Some(*device),
+                    seq: Some(*seq),
+                    reason: Refusal::Content(format!("taken with entries refused: {why}")),
+                });
+            }
             // Keys taken from the batch's packages stay (this device may seal
             // with them already): their record is written on its own.
             if keys_changed {
@@ -760,6 +823,7 @@ impl Engine {
                 .flatten()
                 .map(|a| (a.device, a.seq, &a.bytes[..]))
                 .chain(held.iter().map(|h| (h.device, h.seq, &h.bytes[..])))
+                .chain(stubs.iter().map(|(d, seq, b)| (*d, *seq, &b[..])))
                 .collect();
             order.sort_by_key(|(d, seq, _)| (*d, *seq));
             for (_, _, bytes) in order {
@@ -778,6 +842,21 @@ impl Engine {
             );
         }
         report.accepted += held.len();
+        // Epochs that die with this batch, then the stubs.
+        let mut dropped = 0;
+        for e in &kill {
+            if !self.channel(&channel)?.dead.contains(e) {
+                dropped += self.kill_epoch(channel, *e, &mut batch)?;
+            }
+        }
+        self.note_dropped(&mut batch, dropped)?;
+        for (device, seq, stub) in &stubs {
+            batch.insert(&feed_key(wire, device, *seq)[..], &stub[..]);
+        }
+        for (device, seq) in &unheld {
+            batch.remove(&unopened_key(wire, device, *seq)[..]);
+        }
+        report.accepted += stubs.len();
         if late {
             for a in accepted.values().flatten() {
                 batch.remove(&unopened_key(wire, &a.device, a.seq)[..]);
@@ -925,6 +1004,8 @@ impl Engine {
         self.log_buf.extend_from_slice(&log_records);
         self.write_log_batch(&mut batch)?;
         self.tree.apply_batch(batch)?;
+        let drops_in = std::mem::take(&mut self.drops_due);
+        self.cap_drops(drops_in)?;
         // Durable at the next checkpoint (at most `checkpoint_interval` away,
         // and before any entry of this device leaves it). An acknowledgement
         // sent before that and lost to a crash costs nothing: the sender keeps

@@ -378,6 +378,23 @@ impl Engine {
                     if env.header.prev != prev {
                         return Err(crate::Error::corrupted("feed entry", "hash chain broken"));
                     }
+                    // A dead epoch's entries are stubs (`crate::retention`),
+                    // and only those.
+                    let epoch = env.header.epoch;
+                    let v3 = env.header.version >= hearth_core::ENVELOPE_V3;
+                    if env.pruned.is_some() || (v3 && ch.dead.contains(&epoch)) {
+                        return match (ch.dead.contains(&epoch), env.pruned.is_some()) {
+                            (true, true) => Ok(()),
+                            (false, _) => Err(crate::Error::corrupted(
+                                "feed entry",
+                                format!("a stub of epoch {epoch}, which is not dead"),
+                            )),
+                            (true, false) => Err(crate::Error::corrupted(
+                                "feed entry",
+                                format!("an entry of the dead epoch {epoch}, not cut to a stub"),
+                            )),
+                        };
+                    }
                     // Held sealed (a key generation not held, or content
                     // refused when it was opened): marked, and in no epoch.
                     let held = self.tree.get(unopened_key(&wire, &device, seq))?;
@@ -394,7 +411,11 @@ impl Engine {
                     }
                     let body = env.open(&ch.keys)?;
                     decode_change(&body.change, &device, &head.user)?;
-                    epoch_of.insert((device, seq), body.epoch);
+                    // An entry before format 3 (no epoch in its header)
+                    // stays whole in a dead epoch.
+                    if !ch.dead.contains(&body.epoch) {
+                        epoch_of.insert((device, seq), body.epoch);
+                    }
                     Ok(())
                 });
                 if let Err(e) = check {

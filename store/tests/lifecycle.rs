@@ -236,8 +236,8 @@ async fn a_compaction_stopped_at_any_step_is_finished_or_dropped_by_the_next_ope
 /// who damaged one, and anyone may drop one. So a pack dropped, damaged or
 /// moved from another entry costs the receiver that entry's texts (they
 /// show as dropped; the entry is taken without a pack) and blames nobody,
-/// while every text it shows is one the author's change names. A body cut
-/// down to a stub is refused, as the sender's fault.
+/// while every text it shows is one the author's change names. A stub of
+/// the metadata epoch (which never dies) is refused, as the sender's fault.
 #[tokio::test]
 async fn a_forwarder_can_drop_a_pack_but_not_change_one() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -257,9 +257,18 @@ async fn a_forwarder_can_drop_a_pack_but_not_change_one() {
     let envs: Vec<Envelope> = batch.entries.iter().map(|e| Envelope::decode(e).unwrap()).collect();
     let with_texts: Vec<usize> = (0..envs.len()).filter(|i| envs[*i].holds_texts()).collect();
     assert_eq!(with_texts.len(), 4, "one entry per post");
-    // A body cut to its hash: refused, as the sender's fault.
-    let mut stub = envs[with_texts[0]].clone();
+    // A body of the metadata epoch cut to its hash (a stub, which only
+    // a dead epoch's entries are: `retention.rs`): refused, as the
+    // sender's fault.
+    let first = a
+        .entries_after(wire, Default::default(), usize::MAX, 1)
+        .await
+        .unwrap()
+        .entries;
+    let mut stub = Envelope::decode(&first[0]).unwrap();
+    assert_eq!(stub.header.epoch, hearth_core::META_EPOCH);
     stub.prune_body();
+    assert!(stub.pruned.is_some());
     let r = b.ingest(wire, vec![stub.encode()]).await.unwrap();
     assert_eq!(r.accepted, 0);
     assert!(r.rejected[0].is_peer_fault(), "{:?}", r.rejected);

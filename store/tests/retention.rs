@@ -192,3 +192,105 @@ async fn a_setting_counts_only_while_its_writer_is_an_admin() {
     let e = b.set_retention(general, None).await.unwrap_err();
     assert!(matches!(e, Error::NotAllowed { .. }), "{e:?}");
 }
+
+/// An epoch whose every message expired dies (not the newest): its
+/// document's rows go and its entries are kept as stubs that still verify
+/// and chain. A member that held it kills it on its own; one that joins
+/// later takes the stubs and never the changes; a stub of an epoch whose
+/// messages have not all expired is refused; a rebuild from the compacted
+/// log keeps the epochs dead; verify stays clean everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wholly_expired_epochs_die_on_every_member() {
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let pass = Passphrase::new("pw");
+    let mut cfg = config();
+    cfg.epoch_messages = 3;
+    let a = Store::create(dirs[0].path(), &pass, "alice", cfg.clone())
+        .await
+        .unwrap();
+    let b = Store::create(dirs[1].path(), &pass, "bob", cfg.clone()).await.unwrap();
+    let general = a.create_channel("general").await.unwrap();
+    let keys = a.channel_keys(general).await.unwrap();
+    let wire = keys.wire();
+    b.join_channel(keys.clone()).await.unwrap();
+    for i in 0..9 {
+        a.post(general, &format!("old post {i}")).await.unwrap();
+    }
+    a.set_retention(general, Some(Duration::from_secs(3))).await.unwrap();
+    pull(&a, &b, wire, general).await;
+    // The metadata epoch and three of messages.
+    assert_eq!(a.stats().await.unwrap().epochs, 4);
+    assert_eq!(b.stats().await.unwrap().epochs, 4);
+    tokio::time::sleep(Duration::from_millis(3300)).await;
+    a.post(general, "fresh one").await.unwrap();
+    a.post(general, "fresh two").await.unwrap();
+    a.expire().await.unwrap();
+    // Epochs 1 to 3 died; the metadata epoch and the newest stay.
+    assert_eq!(a.stats().await.unwrap().epochs, 2);
+    assert_eq!(shown(&a, general).await, ["fresh one", "fresh two"]);
+    clean(&a, "alice").await;
+
+    // Bob held them whole: he takes the fresh posts and kills the old
+    // epochs himself.
+    pull(&a, &b, wire, general).await;
+    b.expire().await.unwrap();
+    assert_eq!(b.stats().await.unwrap().epochs, 2);
+    assert_eq!(shown(&b, general).await, ["fresh one", "fresh two"]);
+    clean(&b, "bob").await;
+    // A longer retention from now on (the fresh posts stay; what died
+    // stays dead).
+    a.set_retention(general, Some(Duration::from_secs(3600))).await.unwrap();
+    pull(&a, &b, wire, general).await;
+
+    // Carol joins after: she takes the stubs, and never holds an old epoch.
+    let c = Store::create(dirs[2].path(), &pass, "carol", cfg.clone())
+        .await
+        .unwrap();
+    c.join_channel(keys.clone()).await.unwrap();
+    pull(&a, &c, wire, general).await;
+    assert_eq!(c.stats().await.unwrap().epochs, 2);
+    assert_eq!(shown(&c, general).await, ["fresh one", "fresh two"]);
+    clean(&c, "carol").await;
+    // She writes on, into a live epoch.
+    c.post(general, "carol's post").await.unwrap();
+    pull(&c, &a, wire, general).await;
+    assert_eq!(shown(&a, general).await, ["carol's post", "fresh one", "fresh two"]);
+
+    // Dave holds the newest epoch but for Alice's last entry (Carol's post
+    // waits for it), and is offered that entry cut to a stub: refused (the
+    // epoch is not all expired here), and the entry itself is taken after.
+    let d = Store::create(dirs[3].path(), &pass, "dave", cfg.clone()).await.unwrap();
+    d.join_channel(keys.clone()).await.unwrap();
+    let all = a
+        .entries_after(wire, Default::default(), 1 << 20, 10_000)
+        .await
+        .unwrap()
+        .entries;
+    let last = all
+        .iter()
+        .rposition(|e| hearth_core::Envelope::decode(e).unwrap().header.device == a.whoami().device)
+        .unwrap();
+    let mut rest = all.clone();
+    let full = rest.remove(last);
+    let report = d.ingest(wire, rest).await.unwrap();
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+    let mut stub = hearth_core::Envelope::decode(&full).unwrap();
+    stub.prune_body();
+    let report = d.ingest(wire, vec![stub.encode()]).await.unwrap();
+    assert_eq!(report.rejected.len(), 1, "{:?}", report.rejected);
+    let report = d.ingest(wire, vec![full]).await.unwrap();
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+    assert_eq!(shown(&d, general).await, ["carol's post", "fresh one", "fresh two"]);
+    clean(&d, "dave").await;
+
+    // Compacted, then rebuilt from its log: the old epochs stay dead.
+    a.compact().await.unwrap();
+    for i in 0..9 {
+        assert!(a.find_text(&format!("old post {i}")).await.unwrap().is_empty());
+    }
+    a.close().await.unwrap();
+    let a = Store::repair(dirs[0].path(), &pass, cfg.clone()).await.unwrap();
+    assert_eq!(a.stats().await.unwrap().epochs, 2);
+    assert_eq!(shown(&a, general).await, ["carol's post", "fresh one", "fresh two"]);
+    clean(&a, "alice, rebuilt").await;
+}
