@@ -61,12 +61,12 @@ use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 
 /// The protocol name (the version is in it).
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/sync/9");
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/sync/10");
 /// Protocol version carried in Hello.
-pub const VERSION: u16 = 9;
+pub const VERSION: u16 = 10;
 /// Names of earlier versions of the protocol, which this node does not speak:
 /// a peer offering only these is reported as incompatible, not banned.
-pub const OLD_PROTOCOLS: [&str; 8] = [
+pub const OLD_PROTOCOLS: [&str; 9] = [
     "/hearth/sync/1",
     "/hearth/sync/2",
     "/hearth/sync/3",
@@ -75,6 +75,7 @@ pub const OLD_PROTOCOLS: [&str; 8] = [
     "/hearth/sync/6",
     "/hearth/sync/7",
     "/hearth/sync/8",
+    "/hearth/sync/9",
 ];
 /// The reason of a Hello refused for a device proof without a chain that
 /// the responder cannot check: say it again with the chain.

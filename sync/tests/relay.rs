@@ -431,6 +431,58 @@ async fn a_relay_drops_expired_texts() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// A member whose retention killed whole epochs hands a relay that never
+/// held them their stubs (store format 12, protocol 10); the relay takes
+/// and serves them, and a member that joins later takes them from it: it
+/// never holds the old changes, shows what remains, and verifies clean.
+#[tokio::test]
+async fn a_relay_takes_and_serves_the_stubs_of_dead_epochs() {
+    let (da, dc, dr) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let relay = RelayStore::open(dr.path()).unwrap();
+    let mut cfg = config();
+    cfg.epoch_messages = 2;
+    let a = Store::create(da.path(), &pass(), ALICE, cfg.clone()).await.unwrap();
+    let general = a.create_channel(CHANNEL_NAME).await.unwrap();
+    let keys = a.channel_keys(general).await.unwrap();
+    let mut old = Vec::new();
+    for i in 0..4 {
+        old.push(a.post(general, &format!("old post {i}")).await.unwrap());
+    }
+    a.set_retention(general, Some(std::time::Duration::from_secs(1)))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let fresh = a.post(general, "a fresh post").await.unwrap();
+    assert!(a.expire().await.unwrap() >= 4);
+    assert_eq!(a.stats().await.unwrap().epochs, 2, "epochs 1 and 2 died");
+    // Longer from now on: the fresh post stays; what died stays dead.
+    a.set_retention(general, Some(std::time::Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    sync_as(&a, &relay, true).await;
+
+    let c = Store::create(dc.path(), &pass(), "carol", cfg).await.unwrap();
+    c.join_channel(keys.clone()).await.unwrap();
+    sync_as(&c, &relay, false).await;
+    assert_eq!(c.stats().await.unwrap().epochs, 2);
+    assert_eq!(
+        c.message(fresh).await.unwrap().message.text.as_deref(),
+        Some("a fresh post")
+    );
+    for id in old {
+        assert!(c.message(id).await.is_err());
+    }
+    assert!(c.verify().await.unwrap().problems.is_empty());
+    assert_eq!(
+        c.vector(general).await.unwrap().seq(&a.whoami().device),
+        a.vector(general).await.unwrap().seq(&a.whoami().device)
+    );
+}
+
 /// A relay keeps the texts of what it takes for its own retention
 /// (`RelayConfig::retention`): past it, entries stay (their feeds still
 /// verify and chain) and their packs go, from what it serves and, at its
