@@ -1320,6 +1320,12 @@ impl Engine {
         if let Op::Post { id, .. } = op {
             self.hlc.observe(id.timestamp());
         }
+        // An op into an epoch that died since it was taken (replayed from
+        // the journal): every message there expired, so it has nothing
+        // left to act on.
+        if self.channel(&channel)?.dead.contains(&epoch) {
+            return Ok(());
+        }
         self.ensure_epoch(channel, epoch, true)?;
         let (user, device) = (self.identity.user(), self.identity.device());
         let ch = self

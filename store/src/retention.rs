@@ -17,11 +17,15 @@
 //! newest, dies: its document, snapshot, epoch log and summary are dropped,
 //! and each of its stored entries is cut to a stub (the body pruned to its
 //! hash: the feed still verifies and chains, and opens to nothing). Peers
-//! receive the stubs; a member takes one when the epoch is dead or unknown
-//! to it, or when every message it holds there expired too, and then kills
-//! the epoch itself; an entry of a dead epoch that comes later is cut to a
-//! stub on arrival. Dead epochs are listed in `M dead` (store format 12);
-//! a rebuild from the log learns them again from the stubs.
+//! receive the stubs and take them into their feeds; the epoch of one dies
+//! there too when it is behind the newest and nothing shown in it, or
+//! coming with it, is younger than the retention
+//! ([`Engine::epochs_to_kill`]); an entry of a dead epoch that comes later
+//! is cut to a stub on arrival. Dead epochs are listed in `M dead` (store
+//! format 12); a rebuild from a compacted log learns them again from the
+//! stubs.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use hearth_core::{ChannelId, Envelope, Epoch, META_EPOCH, MessageId, Timestamp};
 
@@ -149,17 +153,47 @@ impl Engine {
         Ok(total)
     }
 
-    /// Whether a stub of `epoch` may be taken: the epoch is dead or unknown
-    /// here, or every message this store shows there expired (an epoch
-    /// that shows none, its changes waiting for others, does not count).
-    pub(crate) fn epoch_expired(&mut self, channel: &ChannelId, epoch: Epoch) -> Result<bool> {
+    /// Of the epochs a batch brought stubs of, those that die here: below
+    /// the newest epoch held or coming in the batch (a stub never kills
+    /// the epoch new posts go to, nor one ahead of it), with no message
+    /// the store shows there or the batch brings that is not expired
+    /// (where the store can tell, a stub of a live epoch kills nothing: it
+    /// stays in its feed, its change missing, as a dropped pack's texts
+    /// are). A stub of an epoch that does not die is kept all the same, so
+    /// that its feed goes on.
+    pub(crate) fn epochs_to_kill(
+        &mut self,
+        channel: &ChannelId,
+        stubbed: BTreeSet<Epoch>,
+        accepted: &BTreeMap<Epoch, Vec<crate::sync::Accepted>>,
+    ) -> Result<BTreeSet<Epoch>> {
+        if stubbed.is_empty() {
+            return Ok(stubbed);
+        }
         let floor = self.expiry_floor(channel)?;
         let ch = self.channel(channel)?;
-        Ok(ch.dead.contains(&epoch)
-            || ch
-                .summaries
-                .get(&epoch)
-                .is_none_or(|s| s.max.is_some_and(|max| floor.is_some_and(|f| max < f))))
+        let newest = ch
+            .summaries
+            .keys()
+            .next_back()
+            .copied()
+            .max(accepted.keys().next_back().copied())
+            .unwrap_or(META_EPOCH);
+        let expired = |id: &MessageId| floor.is_some_and(|f| *id < f);
+        let mut kill = BTreeSet::new();
+        for e in stubbed {
+            if e == META_EPOCH || e >= newest || ch.dead.contains(&e) {
+                continue;
+            }
+            let shown_live = ch.summaries.get(&e).is_some_and(|s| s.max.is_none_or(|m| !expired(&m)));
+            let coming_live = accepted
+                .get(&e)
+                .is_some_and(|list| list.iter().any(|a| a.effects.posts.iter().any(|p| !expired(p))));
+            if !shown_live && !coming_live {
+                kill.insert(e);
+            }
+        }
+        Ok(kill)
     }
 
     /// Kill `epoch` of `channel` (see the module docs): its stored entries

@@ -170,13 +170,13 @@ pub struct EntryBatch {
     pub more: bool,
 }
 
-struct Accepted {
+pub(crate) struct Accepted {
     device: DeviceId,
     user: UserId,
     seq: u64,
     bytes: Vec<u8>,
     change: automerge::Change,
-    effects: ChangeEffects,
+    pub(crate) effects: ChangeEffects,
     /// The texts of its segments that its change names.
     texts: Vec<hearth_core::Content>,
 }
@@ -394,11 +394,10 @@ impl Engine {
         };
         let mut keys_changed = false;
         let mut held = Vec::new();
-        // Entries of dead epochs (see `crate::retention`): a stub is taken
-        // when its epoch is dead here, unknown, or wholly expired here (then
-        // it dies); every entry of such an epoch is kept as a stub.
+        // Stubs and entries of dead epochs (see `crate::retention`), kept
+        // as stubs, and the epochs of the stubs.
         let mut stubs: Vec<(DeviceId, u64, Vec<u8>)> = Vec::new();
-        let mut kill: BTreeSet<Epoch> = BTreeSet::new();
+        let mut stubbed: BTreeSet<Epoch> = BTreeSet::new();
         let mut pending = entries;
         loop {
             let mut waiting: Vec<Vec<u8>> = Vec::new();
@@ -434,19 +433,21 @@ impl Engine {
                 // What follows is sealed and signed by the author: a failure
                 // is the author's, not the forwarding peer's.
                 let h = &env.header;
-                let v3 = h.version >= hearth_core::ENVELOPE_V3;
-                if v3
-                    && (env.pruned.is_some()
-                        || kill.contains(&h.epoch)
-                        || self.channel(&channel)?.dead.contains(&h.epoch))
+                // A stub, or any entry of a dead epoch (kept as a stub), is
+                // taken into its feed as it is: whether its epoch dies here
+                // is decided once the batch is in (below).
+                // A stub is bound like any entry: no epoch beyond the newest
+                // held (or taken in this batch) plus one.
+                if h.version >= hearth_core::ENVELOPE_V3
+                    && (env.pruned.is_some() || self.channel(&channel)?.dead.contains(&h.epoch))
                 {
-                    if !self.replaying && !kill.contains(&h.epoch) && !self.epoch_expired(&channel, h.epoch)? {
-                        let why = format!("a stub of epoch {}, whose messages have not all expired here", h.epoch);
-                        report.rejected.push(admission.refuse(&env, Refusal::Content(why)));
+                    if h.epoch > top.saturating_add(1) && !self.replaying {
+                        waiting_feeds.insert(h.device);
+                        waiting.push(bytes);
                         continue;
                     }
-                    if !self.channel(&channel)?.dead.contains(&h.epoch) {
-                        kill.insert(h.epoch);
+                    if env.pruned.is_some() {
+                        stubbed.insert(h.epoch);
                     }
                     top = top.max(h.epoch);
                     progressed = true;
@@ -554,6 +555,7 @@ impl Engine {
             }
             pending = waiting;
         }
+        let kill = self.epochs_to_kill(&channel, stubbed, &accepted)?;
         let heads: BTreeMap<DeviceId, FeedHead> = admission
             .heads()
             .iter()
@@ -707,7 +709,7 @@ impl Engine {
     ) -> Result<()> {
         let Incoming {
             mut accepted,
-            held,
+            mut held,
             heads,
             chains,
             keys_changed,
@@ -734,6 +736,24 @@ impl Engine {
                 stubs.push((a.device, a.seq, stub));
             }
         }
+        // So are those held sealed (a key generation not held) whose header
+        // names such an epoch: they are never opened.
+        let mut kept = Vec::with_capacity(held.len());
+        for h in held {
+            let stub = match crate::retention::stub_of(&h.bytes)? {
+                Some((env, stub))
+                    if kill.contains(&env.header.epoch) || self.channel(&channel)?.dead.contains(&env.header.epoch) =>
+                {
+                    stub
+                }
+                _ => {
+                    kept.push(h);
+                    continue;
+                }
+            };
+            stubs.push((h.device, h.seq, stub));
+        }
+        held = kept;
         let (heads, chains) = (&heads, &chains);
         let meta_touched = accepted.contains_key(&META_EPOCH);
         // Phase 1: apply every epoch's changes. If automerge refuses any,
@@ -786,11 +806,12 @@ impl Engine {
                     reason: Refusal::Content(format!("held with entries refused: {why}")),
                 });
             }
-            for (device, seq, _) in &stubs {
+            // The stubs count as one (their content is nobody's fault).
+            if let Some((device, seq, _)) = stubs.first() {
                 report.rejected.push(Rejection {
                     device: Some(*device),
                     seq: Some(*seq),
-                    reason: Refusal::Content(format!("taken with entries refused: {why}")),
+                    reason: Refusal::Content(format!("{} stubs, with entries refused: {why}", stubs.len())),
                 });
             }
             // Keys taken from the batch's packages stay (this device may seal

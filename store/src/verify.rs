@@ -378,22 +378,18 @@ impl Engine {
                     if env.header.prev != prev {
                         return Err(crate::Error::corrupted("feed entry", "hash chain broken"));
                     }
-                    // A dead epoch's entries are stubs (`crate::retention`),
-                    // and only those.
+                    // A dead epoch's entries are stubs (`crate::retention`);
+                    // a stub of a live epoch is an entry whose change this
+                    // store never held (a forwarder cut it).
                     let epoch = env.header.epoch;
-                    let v3 = env.header.version >= hearth_core::ENVELOPE_V3;
-                    if env.pruned.is_some() || (v3 && ch.dead.contains(&epoch)) {
-                        return match (ch.dead.contains(&epoch), env.pruned.is_some()) {
-                            (true, true) => Ok(()),
-                            (false, _) => Err(crate::Error::corrupted(
-                                "feed entry",
-                                format!("a stub of epoch {epoch}, which is not dead"),
-                            )),
-                            (true, false) => Err(crate::Error::corrupted(
-                                "feed entry",
-                                format!("an entry of the dead epoch {epoch}, not cut to a stub"),
-                            )),
-                        };
+                    if env.pruned.is_some() {
+                        return Ok(());
+                    }
+                    if env.header.version >= hearth_core::ENVELOPE_V3 && ch.dead.contains(&epoch) {
+                        return Err(crate::Error::corrupted(
+                            "feed entry",
+                            format!("an entry of the dead epoch {epoch}, not cut to a stub"),
+                        ));
                     }
                     // Held sealed (a key generation not held, or content
                     // refused when it was opened): marked, and in no epoch.
@@ -431,6 +427,23 @@ impl Engine {
                 r.problem(
                     place,
                     format!("head says entry {} but the feed ends at {}", head.seq, expect_seq - 1),
+                );
+            }
+        }
+        // A dead epoch keeps no document rows.
+        for epoch in &ch.dead {
+            let left = self.tree.contains_key(epoch_key(T_EPOCHS, &wire, *epoch))?
+                || self.tree.scan_prefix(epoch_key(T_ELOG, &wire, *epoch)).next().is_some()
+                || self
+                    .tree
+                    .scan_prefix(epoch_key(T_SNAPS, &wire, *epoch))
+                    .next()
+                    .is_some()
+                || ch.summaries.contains_key(epoch);
+            if left {
+                r.problem(
+                    format!("epochs/{}/{epoch}", ch.keys.id()),
+                    "a dead epoch with rows of its document left",
                 );
             }
         }

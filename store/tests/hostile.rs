@@ -247,3 +247,55 @@ async fn a_feed_that_jumps_epochs_is_taken_in_one_batch() {
         s.close().await.unwrap();
     }
 }
+
+/// A stub (an entry's body cut to its hash: what a dead epoch's entries
+/// are, `retention.rs`) kills no epoch that is not behind the newest one
+/// held: one of the epoch new posts go to, or of the next, is kept in its
+/// feed and kills nothing; one further ahead (up to the top of the range,
+/// where `+ 1` would overflow) is refused as any entry there is; posts go
+/// on into live epochs and verify stays clean. A stub of the metadata
+/// epoch is the sender's fault.
+#[tokio::test]
+async fn a_stub_kills_no_epoch_that_is_not_behind_the_newest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pass = Passphrase::new("pw");
+    let a = Store::create(tmp.path().join("a"), &pass, "alice", config())
+        .await
+        .unwrap();
+    let general = a.create_channel("general").await.unwrap();
+    a.post(general, "hello").await.unwrap();
+    let keys = a.channel_keys(general).await.unwrap();
+    let wire = keys.wire();
+    let mut m = Mallory::new(keys);
+    let epochs = a.stats().await.unwrap().epochs;
+    let stub = |bytes: Vec<u8>| {
+        let mut e = Envelope::decode(&bytes).unwrap();
+        e.prune_body();
+        assert!(e.pruned.is_some());
+        e.encode()
+    };
+    for epoch in [1, 2] {
+        let e = stub(m.entry(epoch, |d, _| d.put(ROOT, "name", "x").unwrap()));
+        let r = a.ingest(wire, vec![e]).await.unwrap();
+        assert_eq!((r.accepted, r.rejected.len()), (1, 0), "{r:?}");
+        assert_eq!(a.stats().await.unwrap().epochs, epochs, "epoch {epoch}");
+    }
+    // Bound like any entry: no epoch beyond the newest plus one.
+    for epoch in [4, u32::MAX] {
+        let prev = m.prev;
+        let e = stub(m.entry(epoch, |d, _| d.put(ROOT, "name", "x").unwrap()));
+        m.undo(prev);
+        content(&a.ingest(wire, vec![e]).await.unwrap(), "epoch beyond");
+        assert_eq!(a.stats().await.unwrap().epochs, epochs, "epoch {epoch}");
+    }
+    let prev = m.prev;
+    let meta = stub(m.entry(0, |d, _| d.put(ROOT, "name", "x").unwrap()));
+    m.undo(prev);
+    let r = a.ingest(wire, vec![meta]).await.unwrap();
+    assert!(r.rejected.len() == 1 && r.rejected[0].is_peer_fault(), "{r:?}");
+    let after = a.post(general, "after the stubs").await.unwrap();
+    assert_eq!(after.epoch(), 1);
+    assert_eq!(a.page(general, None, 10).await.unwrap().len(), 2);
+    let v = a.verify().await.unwrap();
+    assert!(v.problems.is_empty(), "{:?}", v.problems);
+}
