@@ -431,6 +431,52 @@ async fn a_relay_drops_expired_texts() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// An admin's delete of another user's message reaches a relay through
+/// the author's device: the relay takes no drop from the admin (it cannot
+/// tell an admin from a member), but the author's store, once the delete
+/// reaches it, drops the text from its own entry and hands the relay that
+/// drop, which it takes. The old bytes leave the relay at its compaction.
+#[tokio::test]
+async fn an_admins_delete_reaches_a_relay_through_the_authors_device() {
+    let (da, db, dr) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let relay = RelayStore::open(dr.path()).unwrap();
+    let a = Store::create(da.path(), &pass(), ALICE, config()).await.unwrap();
+    let b = Store::create(db.path(), &pass(), BOB, config()).await.unwrap();
+    let general = a.create_channel(CHANNEL_NAME).await.unwrap();
+    let keys = a.channel_keys(general).await.unwrap();
+    b.join_channel(keys.clone()).await.unwrap();
+    sync_as(&a, &b, false).await;
+    let secret = b.post(general, "bob's text the owner deletes").await.unwrap();
+    b.post(general, "bob's text that stays").await.unwrap();
+    sync_as(&b, &relay, true).await;
+    sync_as(&b, &a, false).await;
+    let place = place_of(&b, &keys, secret).await;
+    let (before, texts) = served_pack(&relay, &keys, place).await;
+    assert!(texts.contains(&"bob's text the owner deletes".to_string()));
+
+    // Alice owns the channel: her delete counts everywhere, but the relay
+    // does not take her word for Bob's entry.
+    a.delete(secret).await.unwrap();
+    sync_as(&a, &relay, true).await;
+    assert_eq!(served_pack(&relay, &keys, place).await.0, before);
+    // Bob's store takes the delete from the relay, drops the text from
+    // its own entry and hands the relay that drop, which it takes.
+    sync_as(&b, &relay, true).await;
+    let m = b.message(secret).await.unwrap().message;
+    assert!(m.deleted && m.text.is_none(), "{m:?}");
+    sync_as(&b, &relay, true).await;
+    let (after, texts) = served_pack(&relay, &keys, place).await;
+    assert_ne!(after, before);
+    assert_eq!(texts, ["bob's text that stays"]);
+    relay.compact().await.unwrap();
+    let old = before.expect("the entry had a pack");
+    assert!(holding(dr.path(), &old).is_empty());
+}
+
 /// A member whose retention killed whole epochs hands a relay that never
 /// held them their stubs (store format 12, protocol 10); the relay takes
 /// and serves them, and a member that joins later takes them from it: it
