@@ -633,7 +633,7 @@ impl Checker {
                     return Err(corrupted("an identity record of another user"));
                 }
             }
-            kind::CHANNEL | kind::COMMIT | kind::TOLD => {
+            kind::CHANNEL | kind::COMMIT | kind::TOLD | kind::EXPIRED => {
                 crate::recover::open(&self.records_key, k, body)?;
             }
             kind::ENTRY => {

@@ -97,6 +97,11 @@ pub mod kind {
     /// sealed: the pack in it is sealed already): the entry it names holds
     /// that pack from then on. Relays only, from relay format 11.
     pub const DROP: u8 = 11;
+    /// A channel's expiry floor (retention): wire id (32 bytes) | message
+    /// id (24 bytes), sealed under the record key: what expired there stays
+    /// expired after a rebuild (the `M expired` row). Stores only, from
+    /// store format 12.
+    pub const EXPIRED: u8 = 12;
 }
 
 /// What a commit record says: how far the batch it closes took the store.
@@ -235,7 +240,7 @@ fn decode_parts(head: &[u8], tail: &[u8], segment: u32, base: u64) -> DecodedSeg
             d.stopped = Some(format!("checksum mismatch at {segment:08x}:{pos}"));
             break;
         }
-        if !(kind::IDENTITY..=kind::DROP).contains(&data[0]) {
+        if !(kind::IDENTITY..=kind::EXPIRED).contains(&data[0]) {
             d.stopped = Some(format!("unknown record kind {} at {segment:08x}:{pos}", data[0]));
             break;
         }

@@ -125,6 +125,8 @@ struct Pending {
     forks: Vec<Vec<u8>>,
     /// Notices of this user's removal a member handed (format 8), sealed.
     told: Vec<Vec<u8>>,
+    /// Expiry floors (format 12), sealed.
+    expired: Vec<Vec<u8>>,
     count: usize,
     bytes: usize,
     commit: log::Commit,
@@ -169,6 +171,7 @@ fn gather(engine: &Engine, b: LogBatch, p: &mut Pending, report: &mut OpenReport
             kind::CHANNEL => p.channels.push(r.body),
             kind::FORK => p.forks.push(r.body),
             kind::TOLD => p.told.push(r.body),
+            kind::EXPIRED => p.expired.push(r.body),
             kind::ENTRY => {
                 let env = hearth_core::Envelope::decode(&r.body)?;
                 p.count += 1;
@@ -280,6 +283,15 @@ fn apply(engine: &mut Engine, p: &mut Pending, report: &mut OpenReport) -> Resul
         }
     }
     engine.tree.apply_batch(batch)?;
+    for sealed in std::mem::take(&mut p.expired) {
+        match open(&engine.records, kind::EXPIRED, &sealed).and_then(|plain| engine.replay_floor(&plain)) {
+            Ok(true) => {}
+            Ok(false) => report
+                .skipped
+                .push("an expiry floor of a channel with no key record".into()),
+            Err(e) => report.skipped.push(format!("feed log expiry floor: {e}")),
+        }
+    }
     engine.watermark = engine.watermark.max(p.commit.watermark);
     engine.hlc.observe(Timestamp(p.commit.hlc));
     let mut batch = sled::Batch::default();

@@ -98,16 +98,55 @@ impl Engine {
         Ok(high)
     }
 
-    /// Record that the channel expired up to `floor`.
+    /// Record that the channel expired up to `floor`: in sled and in the
+    /// feed log (so that a rebuild keeps it).
     fn raise_expired(&mut self, channel: &ChannelId, floor: MessageId) -> Result<()> {
         if self.expired_high(channel)?.is_some_and(|h| h >= floor) {
             return Ok(());
         }
-        let k = expired_key(&self.channel(channel)?.keys.wire());
-        self.tree.insert(&k, seal_record(&self.records, &k, &floor.0)?)?;
+        let wire = self.channel(channel)?.keys.wire();
+        let mut plain = wire.0.to_vec();
+        plain.extend_from_slice(&floor.0);
+        let sealed = self.seal_log(crate::log::kind::EXPIRED, &plain)?;
+        self.log_record(crate::log::kind::EXPIRED, &sealed);
+        let mut batch = sled::Batch::default();
+        self.put_floor(&wire, floor, &mut batch)?;
+        self.write_log_batch(&mut batch)?;
+        self.tree.apply_batch(batch)?;
         self.expired_high.insert(*channel, Some(floor));
         self.dirty = true;
         Ok(())
+    }
+
+    /// The `M expired` row of a channel, in `batch`.
+    fn put_floor(&self, wire: &hearth_core::WireId, floor: MessageId, batch: &mut sled::Batch) -> Result<()> {
+        let k = expired_key(wire);
+        batch.insert(k.clone(), seal_record(&self.records, &k, &floor.0)?);
+        Ok(())
+    }
+
+    /// A floor replayed from the feed log (`kind::EXPIRED`): raised in
+    /// sled if higher. `false`: the record names no channel held here.
+    pub(crate) fn replay_floor(&mut self, plain: &[u8]) -> Result<bool> {
+        let (Some(wire), Some(id)) = (plain.get(..32), plain.get(32..)) else {
+            return Err(crate::error::Error::corrupted("expiry floor record", "too short"));
+        };
+        let id: [u8; MessageId::LEN] = id
+            .try_into()
+            .map_err(|_| crate::error::Error::corrupted("expiry floor record", "not a message id"))?;
+        let wire = hearth_core::WireId::from_slice(wire)?;
+        let Some(channel) = self.by_wire.get(&wire).copied() else {
+            return Ok(false);
+        };
+        let floor = MessageId(id);
+        if self.expired_high(&channel)?.is_none_or(|h| h < floor) {
+            let mut batch = sled::Batch::default();
+            self.put_floor(&wire, floor, &mut batch)?;
+            self.tree.apply_batch(batch)?;
+            self.expired_high.insert(channel, Some(floor));
+            self.dirty = true;
+        }
+        Ok(true)
     }
 
     /// Whether `msg` is a reply whose thread's root expired: the thread

@@ -119,7 +119,7 @@ pub(crate) fn rotate(
                         recover::seal(&new_records, r.kind, &plain)?
                     }
                 }
-                kind::CHANNEL | kind::COMMIT | kind::TOLD => {
+                kind::CHANNEL | kind::COMMIT | kind::TOLD | kind::EXPIRED => {
                     report.resealed += 1;
                     let plain = recover::open(&old_records, r.kind, &r.body)?;
                     recover::seal(&new_records, r.kind, &plain)?

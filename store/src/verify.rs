@@ -242,6 +242,20 @@ impl Engine {
                             problems.push((place("notice of a removal"), e.to_string()));
                         }
                     }
+                    kind::EXPIRED => {
+                        if let Err(e) = crate::recover::open(&self.records, kind::EXPIRED, &rec.body).and_then(|p| {
+                            if p.len() == 32 + 24 {
+                                Ok(())
+                            } else {
+                                Err(crate::Error::corrupted(
+                                    "expiry floor",
+                                    "not a wire id and a message id",
+                                ))
+                            }
+                        }) {
+                            problems.push((place("expiry floor"), e.to_string()));
+                        }
+                    }
                     kind::COMMIT => {
                         if let Err(e) = crate::recover::open_commit(&self.records, &rec.body) {
                             problems.push((place("commit"), e.to_string()));

@@ -300,6 +300,24 @@ async fn wholly_expired_epochs_die_on_every_member() {
     d.post(general, "dave's post").await.unwrap();
     assert!(shown(&d, general).await.contains(&"dave's post".to_string()));
 
+    // Rebuilt from its log before any compaction (the log still holds the
+    // old entries whole, and the retention is an hour now): the floor in
+    // the log keeps the old posts expired, and the next pass kills their
+    // epochs again.
+    a.close().await.unwrap();
+    let a = Store::repair(dirs[0].path(), &pass, cfg.clone()).await.unwrap();
+    assert_eq!(shown(&a, general).await, ["carol's post", "fresh one", "fresh two"]);
+    // So does a new master key (the log sealed again, sled rebuilt from it).
+    a.close().await.unwrap();
+    Store::rotate_master_key(dirs[0].path(), &pass, &pass, cfg.clone())
+        .await
+        .unwrap();
+    let a = Store::open(dirs[0].path(), &pass, cfg.clone()).await.unwrap();
+    assert_eq!(shown(&a, general).await, ["carol's post", "fresh one", "fresh two"]);
+    a.expire().await.unwrap();
+    assert_eq!(a.stats().await.unwrap().epochs, 2);
+    clean(&a, "alice, rebuilt before compacting").await;
+
     // Compacted, then rebuilt from its log: the old epochs stay dead.
     a.compact().await.unwrap();
     for i in 0..9 {
