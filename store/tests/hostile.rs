@@ -88,14 +88,19 @@ fn content(r: &IngestReport, what: &str) {
     }
 }
 
-#[tokio::test]
-async fn a_members_hostile_writes_are_bounded() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pass = Passphrase::new("pw");
-    let a = Store::create(tmp.path().join("a"), &pass, "alice", config())
+/// Alice's store in `tmp`, with a channel.
+async fn alice(tmp: &tempfile::TempDir) -> (Store, ChannelId) {
+    let a = Store::create(tmp.path().join("a"), &Passphrase::new("pw"), "alice", config())
         .await
         .unwrap();
     let general = a.create_channel("general").await.unwrap();
+    (a, general)
+}
+
+#[tokio::test]
+async fn a_members_hostile_writes_are_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, general) = alice(&tmp).await;
     let other = a.create_channel("other").await.unwrap();
     let hello = a.post(general, "hello").await.unwrap();
     let keys = a.channel_keys(general).await.unwrap();
@@ -258,11 +263,7 @@ async fn a_feed_that_jumps_epochs_is_taken_in_one_batch() {
 #[tokio::test]
 async fn a_stub_kills_no_epoch_that_is_not_behind_the_newest() {
     let tmp = tempfile::tempdir().unwrap();
-    let pass = Passphrase::new("pw");
-    let a = Store::create(tmp.path().join("a"), &pass, "alice", config())
-        .await
-        .unwrap();
-    let general = a.create_channel("general").await.unwrap();
+    let (a, general) = alice(&tmp).await;
     a.post(general, "hello").await.unwrap();
     let keys = a.channel_keys(general).await.unwrap();
     let wire = keys.wire();

@@ -106,6 +106,17 @@ async fn alice(dir: &Path) -> (Store, ChannelId) {
     (a, general)
 }
 
+/// A relay in `dirs[2]`, and Alice's and Bob's stores in `dirs[0]` and
+/// `dirs[1]`, with the channel Alice created (Bob holds none yet).
+async fn relay_alice_bob(dirs: &[tempfile::TempDir]) -> (RelayStore, Store, Store, ChannelId, ChannelKeys) {
+    let relay = RelayStore::open(dirs[2].path()).unwrap();
+    let a = Store::create(dirs[0].path(), &pass(), ALICE, config()).await.unwrap();
+    let b = Store::create(dirs[1].path(), &pass(), BOB, config()).await.unwrap();
+    let general = a.create_channel(CHANNEL_NAME).await.unwrap();
+    let keys = a.channel_keys(general).await.unwrap();
+    (relay, a, b, general, keys)
+}
+
 /// Every file under `dir`, recursively.
 fn files(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
@@ -294,17 +305,9 @@ fn holding(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
 /// drop, and it is not taken.
 #[tokio::test]
 async fn a_relay_serves_a_deleted_text_no_more() {
-    let (da, db, dc, dr) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
-    let relay = RelayStore::open(dr.path()).unwrap();
-    let a = Store::create(da.path(), &pass(), ALICE, config()).await.unwrap();
-    let b = Store::create(db.path(), &pass(), BOB, config()).await.unwrap();
-    let general = a.create_channel(CHANNEL_NAME).await.unwrap();
-    let keys = a.channel_keys(general).await.unwrap();
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (dc, dr) = (&dirs[3], &dirs[2]);
+    let (relay, a, b, general, keys) = relay_alice_bob(&dirs).await;
     a.post(general, "a message that stays").await.unwrap();
     let secret = a.post(general, "the secret that must go").await.unwrap();
     // Alice configured the relay (she grants it the channel); Bob did not.
@@ -438,16 +441,9 @@ async fn a_relay_drops_expired_texts() {
 /// drop, which it takes. The old bytes leave the relay at its compaction.
 #[tokio::test]
 async fn an_admins_delete_reaches_a_relay_through_the_authors_device() {
-    let (da, db, dr) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
-    let relay = RelayStore::open(dr.path()).unwrap();
-    let a = Store::create(da.path(), &pass(), ALICE, config()).await.unwrap();
-    let b = Store::create(db.path(), &pass(), BOB, config()).await.unwrap();
-    let general = a.create_channel(CHANNEL_NAME).await.unwrap();
-    let keys = a.channel_keys(general).await.unwrap();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let dr = &dirs[2];
+    let (relay, a, b, general, keys) = relay_alice_bob(&dirs).await;
     b.join_channel(keys.clone()).await.unwrap();
     sync_as(&a, &b, false).await;
     let secret = b.post(general, "bob's text the owner deletes").await.unwrap();
