@@ -74,6 +74,10 @@ pub struct ChannelState {
     /// (`crate::retention`; `M dead` in sled): their entries are held as
     /// stubs, and an entry of one that comes later is cut to a stub too.
     pub dead: std::collections::BTreeSet<Epoch>,
+    /// Epochs a peer sent stubs of that are not dead here (`M stubbed` in
+    /// sled): weighed again against the newest epoch on every batch, so
+    /// that a catch-up spread over batches kills what one batch would.
+    pub stubbed: std::collections::BTreeSet<Epoch>,
     /// The newest epoch and how many messages (replies included) it holds; new
     /// top-level posts go there until it is full.
     pub current: (Epoch, u64),

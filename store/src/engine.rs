@@ -385,11 +385,16 @@ impl Engine {
             cuts: BTreeMap::new(),
             told: None,
             dead: Default::default(),
+            stubbed: Default::default(),
         };
-        let dead_key = crate::layout::dead_key(&wire);
-        if let Some(v) = self.tree.get(&dead_key)? {
-            let plain = open_record(&self.records, &dead_key, &v)?;
-            state.dead = postcard::from_bytes(&plain).map_err(|e| Error::corrupted("dead epochs", e))?;
+        for (key, set, what) in [
+            (crate::layout::dead_key(&wire), &mut state.dead, "dead epochs"),
+            (crate::layout::stubbed_key(&wire), &mut state.stubbed, "stubbed epochs"),
+        ] {
+            if let Some(v) = self.tree.get(&key)? {
+                let plain = open_record(&self.records, &key, &v)?;
+                *set = postcard::from_bytes(&plain).map_err(|e| Error::corrupted(what, e))?;
+            }
         }
         let owed_key = channel_prefix(T_OWED, &wire);
         let told_key = channel_prefix(T_TOLD, &wire);
@@ -582,8 +587,10 @@ impl Engine {
         } else {
             e
         };
-        // Never a dead epoch (a member that took only stubs so far).
-        top.max(ch.dead.last().map_or(1, |d| d.saturating_add(1)))
+        // Never a dead epoch, nor one a peer sent stubs of (a member that
+        // took only stubs so far).
+        let stubs = ch.dead.last().max(ch.stubbed.last());
+        top.max(stubs.map_or(1, |d| d.saturating_add(1)))
     }
 
     fn message_at(&mut self, msg: &MessageId) -> Result<(ChannelId, hearth_core::Message)> {

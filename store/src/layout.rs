@@ -118,6 +118,18 @@ pub const META_EXPIRED: &[u8] = b"Mexpired";
 /// to their hashes). Absent: none.
 pub const META_DEAD: &[u8] = b"Mdead";
 
+/// `M stubbed | wire [32]` -> sealed postcard([u32]): epochs of the channel
+/// that stubs came for and that are not dead (store format 12): a later
+/// batch that brings a newer epoch may kill them. Absent: none.
+pub const META_STUBBED: &[u8] = b"Mstubbed";
+
+/// Key of a channel's [`META_STUBBED`] row.
+pub fn stubbed_key(wire: &WireId) -> Vec<u8> {
+    let mut k = META_STUBBED.to_vec();
+    k.extend_from_slice(&wire.0);
+    k
+}
+
 /// Key of a channel's [`META_DEAD`] row.
 pub fn dead_key(wire: &WireId) -> Vec<u8> {
     let mut k = META_DEAD.to_vec();

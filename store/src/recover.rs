@@ -232,6 +232,17 @@ fn apply(engine: &mut Engine, p: &mut Pending, report: &mut OpenReport) -> Resul
         }
     }
     engine.tree.apply_batch(batch)?;
+    // Expiry floors before the entries: whether a stub's epoch dies
+    // depends on what is expired.
+    for sealed in std::mem::take(&mut p.expired) {
+        match open(&engine.records, kind::EXPIRED, &sealed).and_then(|plain| engine.replay_floor(&plain)) {
+            Ok(true) => {}
+            Ok(false) => report
+                .skipped
+                .push("an expiry floor of a channel with no key record".into()),
+            Err(e) => report.skipped.push(format!("feed log expiry floor: {e}")),
+        }
+    }
     for (wire, entries) in std::mem::take(&mut p.entries) {
         match engine.ingest(&wire, entries) {
             Ok(r) => {
@@ -283,15 +294,6 @@ fn apply(engine: &mut Engine, p: &mut Pending, report: &mut OpenReport) -> Resul
         }
     }
     engine.tree.apply_batch(batch)?;
-    for sealed in std::mem::take(&mut p.expired) {
-        match open(&engine.records, kind::EXPIRED, &sealed).and_then(|plain| engine.replay_floor(&plain)) {
-            Ok(true) => {}
-            Ok(false) => report
-                .skipped
-                .push("an expiry floor of a channel with no key record".into()),
-            Err(e) => report.skipped.push(format!("feed log expiry floor: {e}")),
-        }
-    }
     engine.watermark = engine.watermark.max(p.commit.watermark);
     engine.hlc.observe(Timestamp(p.commit.hlc));
     let mut batch = sled::Batch::default();

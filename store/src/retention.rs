@@ -33,7 +33,7 @@ use crate::engine::{Engine, now_ms};
 use crate::error::Result;
 use crate::layout::{
     T_ELOG, T_EPOCHS, T_SNAPS, T_UNOPENED, channel_prefix, dead_key, decode_elog_value, epoch_key, expired_key,
-    feed_key, open_record, seal_record, unopened_key,
+    feed_key, open_record, seal_record, stubbed_key, unopened_key,
 };
 
 /// `bytes` (an entry) cut to a stub, with the bytes that saves; `None` when
@@ -192,35 +192,44 @@ impl Engine {
         Ok(total)
     }
 
-    /// Of the epochs a batch brought stubs of, those that die here: below
-    /// the newest epoch held or coming in the batch (a stub never kills
-    /// the epoch new posts go to, nor one ahead of it), with no message
-    /// the store shows there or the batch brings that is not expired
-    /// (where the store can tell, a stub of a live epoch kills nothing: it
-    /// stays in its feed, its change missing, as a dropped pack's texts
-    /// are). A stub of an epoch that does not die is kept all the same, so
-    /// that its feed goes on.
+    /// Of the epochs stubs came for (`fresh`, in this batch, and those of
+    /// earlier batches that are not dead), those that die here: below the
+    /// newest epoch known, stubs and the batch included (a stub never
+    /// kills the epoch new posts go to, nor one ahead of it), with no
+    /// message the store shows there or the batch brings that is not
+    /// expired (where the store can tell, a stub of a live epoch kills
+    /// nothing: it stays in its feed, its change missing, as a dropped
+    /// pack's texts are). A stub of an epoch that does not die is kept all
+    /// the same, so that its feed goes on, and its epoch is weighed again
+    /// with the next batch (a catch-up comes in batches of a few thousand
+    /// entries: the epoch that makes an older one die may come later).
     pub(crate) fn epochs_to_kill(
         &mut self,
         channel: &ChannelId,
-        stubbed: BTreeSet<Epoch>,
+        fresh: &BTreeSet<Epoch>,
         accepted: &BTreeMap<Epoch, Vec<crate::sync::Accepted>>,
     ) -> Result<BTreeSet<Epoch>> {
-        if stubbed.is_empty() {
-            return Ok(stubbed);
+        let ch = self.channel(channel)?;
+        if fresh.is_empty() && ch.stubbed.is_empty() {
+            return Ok(BTreeSet::new());
         }
         let floor = self.expiry_floor(channel)?;
         let ch = self.channel(channel)?;
-        let newest = ch
-            .summaries
-            .keys()
-            .next_back()
-            .copied()
-            .max(accepted.keys().next_back().copied())
-            .unwrap_or(META_EPOCH);
+        let newest = [
+            ch.summaries.keys().next_back(),
+            accepted.keys().next_back(),
+            ch.stubbed.last(),
+            fresh.last(),
+            ch.dead.last(),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .copied()
+        .unwrap_or(META_EPOCH);
         let expired = |id: &MessageId| floor.is_some_and(|f| *id < f);
         let mut kill = BTreeSet::new();
-        for e in stubbed {
+        for &e in ch.stubbed.union(fresh) {
             if e == META_EPOCH || e >= newest || ch.dead.contains(&e) {
                 continue;
             }
@@ -233,6 +242,21 @@ impl Engine {
             }
         }
         Ok(kill)
+    }
+
+    /// The `M dead` and `M stubbed` rows of a channel, in `batch`.
+    pub(crate) fn put_epoch_marks(&self, channel: &ChannelId, batch: &mut sled::Batch) -> Result<()> {
+        let ch = self.channel(channel)?;
+        let wire = ch.keys.wire();
+        for (k, set) in [(dead_key(&wire), &ch.dead), (stubbed_key(&wire), &ch.stubbed)] {
+            if set.is_empty() {
+                batch.remove(k);
+            } else {
+                let plain = postcard::to_stdvec(set).expect("a set of epochs encodes");
+                batch.insert(k.clone(), seal_record(&self.records, &k, &plain)?);
+            }
+        }
+        Ok(())
     }
 
     /// Kill `epoch` of `channel` (see the module docs): its stored entries
@@ -270,14 +294,21 @@ impl Engine {
         for (device, seq) in entries {
             let k = feed_key(&wire, &device, seq);
             let Some(bytes) = self.tree.get(k)? else { continue };
-            if let Some((env, stub)) = stub_of(&bytes)? {
-                dropped += bytes.len().saturating_sub(stub.len()) as u64;
-                if device == me && Envelope::decode(&bytes)?.holds_texts() {
-                    crate::prune::keep_drop(batch, &env);
-                    drops = true;
-                }
-                batch.insert(&k[..], stub);
+            let mut env = Envelope::decode(&bytes)?;
+            if env.pruned.is_some() || env.header.version < hearth_core::ENVELOPE_V3 {
+                continue;
             }
+            // This device's own entries that carried texts tell the relays
+            // that they are gone (format 4 only, as in `crate::prune`).
+            let texts = device == me && env.header.version >= hearth_core::ENVELOPE_V4 && env.holds_texts();
+            env.prune_body();
+            let stub = env.encode();
+            dropped += bytes.len().saturating_sub(stub.len()) as u64;
+            if texts {
+                crate::prune::keep_drop(batch, &env);
+                drops = true;
+            }
+            batch.insert(&k[..], stub);
         }
         for row in self.tree.scan_prefix(epoch_key(T_SNAPS, &wire, epoch)) {
             let (k, v) = row?;
@@ -291,9 +322,8 @@ impl Engine {
         ch.summaries.remove(&epoch);
         ch.cuts.remove(&epoch);
         ch.dead.insert(epoch);
-        let plain = postcard::to_stdvec(&ch.dead).expect("a set of epochs encodes");
-        let k = dead_key(&wire);
-        batch.insert(k.clone(), seal_record(&self.records, &k, &plain)?);
+        ch.stubbed.remove(&epoch);
+        self.put_epoch_marks(&channel, batch)?;
         if drops {
             self.drops_due.insert(wire);
         }
@@ -317,6 +347,10 @@ impl Engine {
             return Ok((0, 0));
         }
         let messages = due.iter().filter_map(|e| ch.summaries.get(e)).map(|s| s.messages).sum();
+        // The floor first (in the feed log too): what a kill drops stays
+        // expired once the retention is lengthened, even when a crash
+        // comes between the two.
+        self.raise_expired(&channel, floor)?;
         let mut batch = sled::Batch::default();
         let mut dropped = 0;
         for e in &due {

@@ -246,7 +246,10 @@ struct Incoming {
     late: bool,
     /// Entries of dead epochs, cut to stubs: (device, seq, stub bytes).
     stubs: Vec<(DeviceId, u64, Vec<u8>)>,
-    /// Epochs that die with this batch (a stub of them came).
+    /// Epochs the batch brought stubs of.
+    stubbed: BTreeSet<Epoch>,
+    /// Epochs that die with this batch (stubs of them came, in it or
+    /// before).
     kill: BTreeSet<Epoch>,
 }
 
@@ -366,13 +369,17 @@ impl Engine {
         // (or accepted earlier in this batch) plus one, no post stamped
         // further ahead than the allowed skew. The log replayed at open
         // passed them when it was first taken.
-        let mut top = self
-            .channel(&channel)?
-            .summaries
-            .keys()
-            .next_back()
-            .copied()
-            .unwrap_or(META_EPOCH);
+        // Epochs known only by their stubs count (a catch-up of dead epochs
+        // comes in several batches).
+        let mut top = {
+            let ch = self.channel(&channel)?;
+            [ch.summaries.keys().next_back(), ch.dead.last(), ch.stubbed.last()]
+                .into_iter()
+                .flatten()
+                .max()
+                .copied()
+                .unwrap_or(META_EPOCH)
+        };
         let skew = u64::try_from(self.config.max_clock_skew.as_millis()).unwrap_or(u64::MAX);
         let latest = Timestamp(Timestamp::from_millis(now_ms().saturating_add(skew)).0 | 0xffff);
         // An entry of an epoch not reached yet waits, with the rest of its
@@ -555,7 +562,7 @@ impl Engine {
             }
             pending = waiting;
         }
-        let kill = self.epochs_to_kill(&channel, stubbed, &accepted)?;
+        let kill = self.epochs_to_kill(&channel, &stubbed, &accepted)?;
         let heads: BTreeMap<DeviceId, FeedHead> = admission
             .heads()
             .iter()
@@ -572,7 +579,7 @@ impl Engine {
             .collect();
         let chains = admission.new_chains().clone();
         let (_, forks) = admission.into_accepted();
-        if !accepted.is_empty() || !held.is_empty() || !stubs.is_empty() {
+        if !accepted.is_empty() || !held.is_empty() || !stubs.is_empty() || !kill.is_empty() {
             let incoming = Incoming {
                 accepted,
                 held,
@@ -581,6 +588,7 @@ impl Engine {
                 keys_changed,
                 late: false,
                 stubs,
+                stubbed,
                 kill,
             };
             let meta = incoming.accepted.contains_key(&META_EPOCH);
@@ -695,6 +703,7 @@ impl Engine {
             keys_changed: false,
             late: true,
             stubs: Vec::new(),
+            stubbed: BTreeSet::new(),
             kill: BTreeSet::new(),
         };
         self.store_accepted(channel, &wire, incoming, report)
@@ -715,6 +724,7 @@ impl Engine {
             keys_changed,
             late,
             mut stubs,
+            stubbed,
             kill,
         } = incoming;
         // Entries of an epoch that is dead, or dies now, are kept as stubs.
@@ -863,7 +873,17 @@ impl Engine {
             );
         }
         report.accepted += held.len();
-        // Epochs that die with this batch, then the stubs.
+        // Epochs that stubs came for, those that die with this batch, then
+        // the stubs.
+        let marks = {
+            let ch = self.channels.get_mut(&channel).expect("checked by the caller");
+            let before = ch.stubbed.len();
+            ch.stubbed.extend(stubbed.iter().filter(|e| !ch.dead.contains(e)));
+            ch.stubbed.len() != before
+        };
+        if marks && kill.is_empty() {
+            self.put_epoch_marks(&channel, &mut batch)?;
+        }
         let mut dropped = 0;
         for e in &kill {
             if !self.channel(&channel)?.dead.contains(e) {

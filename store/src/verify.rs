@@ -461,6 +461,13 @@ impl Engine {
                 );
             }
         }
+        // An epoch is dead or stubbed, not both.
+        if let Some(epoch) = ch.dead.intersection(&ch.stubbed).next() {
+            r.problem(
+                format!("epochs/{}/{epoch}", ch.keys.id()),
+                "an epoch listed both as dead and as stubbed (`M stubbed`)",
+            );
+        }
         // Epochs: summary opens, log rows name existing entries, snapshot loads.
         let summaries: Vec<(u32, EpochSummary)> = ch.summaries.iter().map(|(e, s)| (*e, s.clone())).collect();
         for (epoch, s) in summaries {

@@ -256,6 +256,47 @@ async fn wholly_expired_epochs_die_on_every_member() {
     pull(&c, &a, wire, general).await;
     assert_eq!(shown(&a, general).await, ["carol's post", "fresh one", "fresh two"]);
 
+    // Eve joins too, and catches up one entry a batch (a long catch-up
+    // comes in batches of a few thousand): each stub is bound by the
+    // epochs she knows only from earlier stubs, and an epoch dies as soon
+    // as a later batch brings a newer one. A rebuild from her log learns
+    // the same.
+    let e = Store::create(dirs[3].path().join("eve"), &pass, "eve", cfg.clone())
+        .await
+        .unwrap();
+    e.join_channel(keys.clone()).await.unwrap();
+    // Alice's feed first (a feed that names epochs ahead of those known
+    // waits for the feeds that fill them, within a batch only).
+    let alice = a.whoami().device;
+    let mut all = a
+        .entries_after(wire, Default::default(), 1 << 20, 10_000)
+        .await
+        .unwrap()
+        .entries;
+    all.sort_by_key(|e| hearth_core::Envelope::decode(e).unwrap().header.device != alice);
+    let stubs = all
+        .iter()
+        .filter(|e| hearth_core::Envelope::decode(e).unwrap().pruned.is_some())
+        .count();
+    assert_eq!(stubs, 3, "one entry a dead epoch");
+    for (i, entry) in all.into_iter().enumerate() {
+        let report = e.ingest(wire, vec![entry]).await.unwrap();
+        assert!(report.rejected.is_empty(), "batch {i}: {:?}", report.rejected);
+    }
+    assert_eq!(e.stats().await.unwrap().epochs, 2);
+    assert_eq!(shown(&e, general).await, ["carol's post", "fresh one", "fresh two"]);
+    clean(&e, "eve").await;
+    e.close().await.unwrap();
+    let e = Store::repair(dirs[3].path().join("eve"), &pass, cfg.clone())
+        .await
+        .unwrap();
+    assert_eq!(e.stats().await.unwrap().epochs, 2);
+    assert_eq!(shown(&e, general).await, ["carol's post", "fresh one", "fresh two"]);
+    clean(&e, "eve, rebuilt").await;
+    // She writes into a live epoch (epoch 4 is full: the next), never a
+    // dead one.
+    assert_eq!(e.post(general, "eve's post").await.unwrap().epoch(), 5);
+
     // Dave holds the newest epoch but for Alice's last entry (Carol's post
     // waits for it), and is offered that entry cut to a stub. He cannot
     // tell it from an expired one's; he takes it into its feed (so that the
