@@ -51,6 +51,8 @@ use crate::seal::{open, seal};
 
 /// Signing-domain label of content ids.
 const ID_DOMAIN: &[u8] = b"hearth v1 content id";
+/// Domain label of format 5 text ids ([`ContentId::of_op`]).
+const REF_DOMAIN: &[u8] = b"hearth v5 text ref";
 /// AAD label of sealed segments.
 const SEGMENT_DOMAIN: &[u8] = b"hearth v3 segment";
 /// Largest sealed segment accepted: the longest text, its salt, postcard's
@@ -86,6 +88,19 @@ impl ContentId {
     pub fn from_slice(b: &[u8]) -> Option<Self> {
         Some(ContentId(b.try_into().ok()?))
     }
+
+    /// The id of a format 5 text ([`crate::textpack`]): named by the op
+    /// that puts its slot into the document (the op's actor and counter,
+    /// unique in a document), never written anywhere.
+    pub fn of_op(actor: &[u8], counter: u64) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(REF_DOMAIN);
+        h.update(actor);
+        h.update(&counter.to_le_bytes());
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        ContentId(id)
+    }
 }
 
 /// A text, its message and its salt: what a segment seals.
@@ -97,6 +112,11 @@ pub struct Content {
     pub msg: MessageId,
     /// The text.
     pub text: String,
+    /// A format 5 text's id ([`ContentId::of_op`]: it has no salt, and its
+    /// id is not a hash of it) and the counter of the op that puts its
+    /// slot; `None` in formats 3 and 4.
+    #[serde(skip)]
+    pub slot: Option<(ContentId, u64)>,
 }
 
 impl std::fmt::Debug for Content {
@@ -111,11 +131,31 @@ impl Content {
     pub fn new(msg: MessageId, text: String) -> Result<Self> {
         let mut salt = [0u8; 16];
         random_bytes(&mut salt)?;
-        Ok(Content { salt, msg, text })
+        Ok(Content {
+            salt,
+            msg,
+            text,
+            slot: None,
+        })
     }
 
-    /// The id that commits to this text.
+    /// A format 5 text of `msg`, named `id` by the op (counter `op`) that
+    /// put its slot.
+    pub fn in_slot(id: ContentId, op: u64, msg: MessageId, text: String) -> Self {
+        Content {
+            salt: [0; 16],
+            msg,
+            text,
+            slot: Some((id, op)),
+        }
+    }
+
+    /// The id that commits to this text (format 5: the id of the op that
+    /// put its slot).
     pub fn id(&self) -> ContentId {
+        if let Some((id, _)) = self.slot {
+            return id;
+        }
         let mut h = blake3::Hasher::new();
         h.update(ID_DOMAIN);
         h.update(&self.salt);
@@ -311,6 +351,26 @@ pub fn open_pack_keyed<'k>(
     }))
 }
 
+/// Deflated pack data inflated, at most [`MAX_PACK_PLAIN_BYTES`], with
+/// nothing after it.
+pub(crate) fn inflate_capped(data: &[u8]) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let bad = |why: &str| Error::corrupted("text pack", why.to_string());
+    let mut decoder = flate2::bufread::DeflateDecoder::new(data);
+    let mut out = Vec::new();
+    (&mut decoder)
+        .take(MAX_PACK_PLAIN_BYTES as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|_| bad("does not inflate"))?;
+    if out.len() > MAX_PACK_PLAIN_BYTES {
+        return Err(bad("inflates beyond the size limit"));
+    }
+    if !decoder.into_inner().is_empty() {
+        return Err(bad("bytes after the compressed data"));
+    }
+    Ok(out)
+}
+
 /// The texts of a pack's plaintext (`kind u8 | data`, once opened): a kind
 /// this build does not know, data that does not inflate or inflates past
 /// [`MAX_PACK_PLAIN_BYTES`], bytes after it, more than [`MAX_PACK_TEXTS`]
@@ -322,20 +382,7 @@ pub fn decode_pack_plain(plain: &[u8]) -> Result<Vec<Content>> {
     let encoded = match plain.split_first() {
         Some((&PACK_PLAIN, rest)) => rest,
         Some((&PACK_DEFLATE, rest)) => {
-            use std::io::Read;
-            let mut decoder = flate2::bufread::DeflateDecoder::new(rest);
-            let mut data = Vec::new();
-            (&mut decoder)
-                .take(MAX_PACK_PLAIN_BYTES as u64 + 1)
-                .read_to_end(&mut data)
-                .map_err(|_| bad("does not inflate"))?;
-            if data.len() > MAX_PACK_PLAIN_BYTES {
-                return Err(bad("inflates beyond the size limit"));
-            }
-            if !decoder.into_inner().is_empty() {
-                return Err(bad("bytes after the compressed data"));
-            }
-            inflated = data;
+            inflated = inflate_capped(rest)?;
             &inflated[..]
         }
         _ => return Err(bad("unknown kind")),
@@ -382,6 +429,7 @@ mod tests {
             salt: c.salt,
             msg,
             text: "bye".into(),
+            slot: None,
         };
         let mut s2 = Segment::seal(&keys, 0, b"header", &forged).unwrap();
         s2.id = c.id();

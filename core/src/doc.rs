@@ -75,12 +75,16 @@ pub struct EpochDoc {
     /// The devices each device was linked through ([`EpochDoc::set_issuers`]).
     issuers: HashMap<DeviceId, Vec<DeviceId>>,
     /// The texts held, by content id, with their message.
-    texts: HashMap<ContentId, (MessageId, String)>,
+    /// A format 5 text loaded from its pack has no message yet (`None`: the
+    /// pack does not say; [`EpochDoc::attribute`] tells it).
+    texts: HashMap<ContentId, (Option<MessageId>, String)>,
     /// Texts staged since the last commit: the segments of the next entry.
     pending: Vec<Content>,
     /// Stage texts into the document itself, as before store format 9 (a
     /// writer whose entries cannot carry segments: format 1).
     inline_texts: bool,
+    /// Name texts by slot (entry format 5) rather than by content id.
+    slot_texts: bool,
     /// Users whose deletes count for anyone's message: the channel's
     /// admins and owners ([`EpochDoc::set_moderators`]).
     moderators: BTreeSet<UserId>,
@@ -91,29 +95,41 @@ fn device_of(actor: &ActorId) -> Option<DeviceId> {
 }
 
 /// A text value as the document holds it: the text itself (before store
-/// format 9) or the content id of a segment.
+/// format 9), the content id of a segment or packed text (formats 3 and
+/// 4), or the slot of a format 5 text (its id: that of the op).
 enum TextRef<'a> {
     Inline(&'a str),
     Id(ContentId),
 }
 
-fn text_ref<'a>(v: &'a ValueRef<'_>) -> Option<TextRef<'a>> {
+fn text_ref<'a>(v: &'a ValueRef<'_>, at: &ObjId) -> Option<TextRef<'a>> {
     match v {
         ValueRef::Scalar(ScalarValueRef::Str(s)) => Some(TextRef::Inline(s)),
         ValueRef::Scalar(ScalarValueRef::Bytes(b)) => ContentId::from_slice(b).map(TextRef::Id),
+        ValueRef::Scalar(ScalarValueRef::Uint(_)) => slot_id(at).map(TextRef::Id),
         _ => None,
     }
 }
 
 /// [`text_ref`] of a value read with `get`/`get_all`.
-fn text_of<'a>(v: &'a Value<'_>) -> Option<TextRef<'a>> {
+fn text_of<'a>(v: &'a Value<'_>, at: &ObjId) -> Option<TextRef<'a>> {
     match v {
         Value::Scalar(s) => match s.as_ref() {
             ScalarValue::Str(s) => Some(TextRef::Inline(s)),
             ScalarValue::Bytes(b) => ContentId::from_slice(b).map(TextRef::Id),
+            ScalarValue::Uint(_) => slot_id(at).map(TextRef::Id),
             _ => None,
         },
         Value::Object(_) => None,
+    }
+}
+
+/// The id of the format 5 text whose slot the op `at` put
+/// ([`ContentId::of_op`]).
+fn slot_id(at: &ObjId) -> Option<ContentId> {
+    match at {
+        ObjId::Id(counter, actor, _) => Some(ContentId::of_op(actor.to_bytes(), *counter)),
+        ObjId::Root => None,
     }
 }
 
@@ -165,6 +181,7 @@ impl EpochDoc {
             texts: HashMap::new(),
             pending: Vec::new(),
             inline_texts: false,
+            slot_texts: false,
             moderators: BTreeSet::new(),
         }
     }
@@ -187,6 +204,7 @@ impl EpochDoc {
             texts: HashMap::new(),
             pending: Vec::new(),
             inline_texts: false,
+            slot_texts: false,
             moderators: BTreeSet::new(),
         })
     }
@@ -196,7 +214,41 @@ impl EpochDoc {
     pub fn add_texts(&mut self, texts: impl IntoIterator<Item = Content>) {
         for c in texts {
             let id = c.id();
-            self.texts.insert(id, (c.msg, c.text));
+            self.texts.insert(id, (Some(c.msg), c.text));
+        }
+    }
+
+    /// Hold format 5 texts loaded from their packs, by id
+    /// ([`crate::Envelope::open_pack_texts`]): their messages are not known
+    /// until [`EpochDoc::attribute`] (a view needs none: a text is named by
+    /// the op that puts it).
+    pub fn add_slot_texts(&mut self, texts: impl IntoIterator<Item = (ContentId, String)>) {
+        for (id, text) in texts {
+            self.texts.entry(id).or_insert((None, text));
+        }
+    }
+
+    /// Whether a text is held whose message is not known yet.
+    pub fn unattributed(&self) -> bool {
+        self.texts.values().any(|(m, _)| m.is_none())
+    }
+
+    /// The ids of the texts held whose message is not known yet.
+    pub fn unattributed_ids(&self) -> Vec<ContentId> {
+        self.texts
+            .iter()
+            .filter(|(_, (m, _))| m.is_none())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Tell the messages of format 5 texts (from the changes that put them:
+    /// [`ChangeEffects::slots`]).
+    pub fn attribute(&mut self, slots: impl IntoIterator<Item = (MessageId, ContentId)>) {
+        for (msg, id) in slots {
+            if let Some((m, _)) = self.texts.get_mut(&id) {
+                *m = Some(msg);
+            }
         }
     }
 
@@ -204,7 +256,7 @@ impl EpochDoc {
     /// ([`Content::id`]: a hash, so once is enough).
     pub fn add_texts_with_ids(&mut self, texts: impl IntoIterator<Item = (ContentId, Content)>) {
         for (id, c) in texts {
-            self.texts.insert(id, (c.msg, c.text));
+            self.texts.insert(id, (Some(c.msg), c.text));
         }
     }
 
@@ -215,14 +267,52 @@ impl EpochDoc {
     }
 
     /// The content ids of every text held for `msg` (its post and edits).
+    /// A format 5 text whose message is not known yet counts when the
+    /// document names it for `msg` now (its post's text, its current
+    /// edits); an edit's older text counts once attributed
+    /// ([`EpochDoc::attribute`]).
     pub fn text_ids(&self, msg: &MessageId) -> Vec<ContentId> {
         let mut ids: Vec<ContentId> = self
             .texts
             .iter()
-            .filter(|(_, (m, _))| m == msg)
+            .filter(|(_, (m, _))| m.as_ref() == Some(msg))
             .map(|(id, _)| *id)
             .collect();
+        if self.unattributed() {
+            for id in self.slot_refs(msg) {
+                if self.texts.get(&id).is_some_and(|(m, _)| m.is_none()) {
+                    ids.push(id);
+                }
+            }
+        }
         ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// The ids of the format 5 texts the document names for `msg` now: its
+    /// post's, and each user's current edit.
+    fn slot_refs(&self, msg: &MessageId) -> Vec<ContentId> {
+        let mut ids = Vec::new();
+        let key = format!("m:{msg}");
+        for (value, obj) in self.doc.get_all(ROOT, key.as_str()).unwrap_or_default() {
+            if matches!(value, Value::Object(ObjType::Map)) {
+                for (v, at) in self.doc.get_all(&obj, "t").unwrap_or_default() {
+                    if let Some(TextRef::Id(id)) = text_of(&v, &at) {
+                        ids.push(id);
+                    }
+                }
+            }
+        }
+        let from = format!("e:{msg}:");
+        let to = format!("e:{msg};");
+        for item in self.doc.map_range(ROOT, from..to) {
+            for (v, at) in self.doc.get_all(ROOT, &*item.key).unwrap_or_default() {
+                if let Some(TextRef::Id(id)) = text_of(&v, &at) {
+                    ids.push(id);
+                }
+            }
+        }
         ids
     }
 
@@ -250,6 +340,12 @@ impl EpochDoc {
         self.inline_texts = inline;
     }
 
+    /// Name texts by their slot in the entry's pack (entry format 5, store
+    /// format 13: [`crate::textpack`]) instead of by content id.
+    pub fn set_slot_texts(&mut self, slots: bool) {
+        self.slot_texts = slots;
+    }
+
     /// Whether a delete here was written by someone other than its
     /// message's writer (a moderator's, or a forgery): only then do views
     /// need the moderators ([`EpochDoc::set_moderators`]).
@@ -268,9 +364,10 @@ impl EpochDoc {
             })
     }
 
-    /// The messages with a text held.
+    /// The messages with a text held (as far as known: see
+    /// [`EpochDoc::text_ids`]).
     pub fn text_messages(&self) -> BTreeSet<MessageId> {
-        self.texts.values().map(|(m, _)| *m).collect()
+        self.texts.values().filter_map(|(m, _)| *m).collect()
     }
 
     /// The text a value of message `msg` names: `Some(None)` when it names a
@@ -285,7 +382,12 @@ impl EpochDoc {
     }
 
     fn held_text(&self, id: &ContentId, msg: &MessageId) -> Option<String> {
-        self.texts.get(id).filter(|(m, _)| m == msg).map(|(_, t)| t.clone())
+        // A text loaded from a format 5 pack is bound to the op that puts
+        // it (its id), so to the message that op writes.
+        self.texts
+            .get(id)
+            .filter(|(m, _)| m.is_none_or(|m| m == *msg))
+            .map(|(_, t)| t.clone())
     }
 
     /// Stage a text: its content (with a fresh salt) goes into the next
@@ -294,11 +396,27 @@ impl EpochDoc {
         if self.inline_texts {
             return Ok(ScalarValue::Str(text.into()));
         }
+        if self.slot_texts {
+            // Its id is that of the op that puts the slot: bound once put
+            // ([`EpochDoc::bind_slot`]).
+            return Ok(ScalarValue::Uint(self.pending.len() as u64));
+        }
         let c = Content::new(msg, text.to_string())?;
         let id = c.id();
-        self.texts.insert(id, (msg, c.text.clone()));
+        self.texts.insert(id, (Some(msg), c.text.clone()));
         self.pending.push(c);
         Ok(ScalarValue::Bytes(id.0.to_vec()))
+    }
+
+    /// The format 5 text just put at `at` (its slot's op): held, and staged
+    /// for the pack of the entry the next commit makes.
+    fn bind_slot(&mut self, msg: MessageId, text: &str, at: Option<ObjId>) -> Result<()> {
+        let (Some(id), Some(ObjId::Id(counter, _, _))) = (at.as_ref().and_then(slot_id), &at) else {
+            return Err(Error::invalid("epoch document", "a text slot just put is not there"));
+        };
+        self.texts.insert(id, (Some(msg), text.to_string()));
+        self.pending.push(Content::in_slot(id, *counter, msg, text.to_string()));
+        Ok(())
     }
 
     /// Write what comes next as `device` (a device that moved to its keyed
@@ -364,10 +482,15 @@ impl EpochDoc {
     /// The newest value under root `key` written by `user` and not cut: for
     /// a value that `user` overwrote past a cut, the one before it.
     fn authored_value(&self, key: &str, user: &UserId, devices: &Devices) -> Option<Value<'_>> {
+        self.authored(key, user, devices).map(|(v, _)| v)
+    }
+
+    /// [`EpochDoc::authored_value`], with the op that put it.
+    fn authored(&self, key: &str, user: &UserId, devices: &Devices) -> Option<(Value<'_>, ObjId)> {
         let all = self.doc.get_all(ROOT, key).ok()?;
         for (value, id) in all.into_iter().rev() {
             if self.author(&id, devices).as_ref() == Some(user) {
-                return Some(value);
+                return Some((value, id));
             }
             if let Some(cut) = self.cut_of(&id)
                 && writer(&id, devices).as_ref() == Some(user)
@@ -386,13 +509,12 @@ impl EpochDoc {
         cut: &OpCut,
         devices: &Devices,
         counts: impl Fn(Option<UserId>) -> bool,
-    ) -> Option<Value<'_>> {
+    ) -> Option<(Value<'_>, ObjId)> {
         let before = self.doc.get_all_at(ROOT, key, &cut.heads).ok()?;
         before
             .into_iter()
             .rev()
             .find(|(_, id)| counts(self.author(id, devices)))
-            .map(|(v, _)| v)
     }
 
     /// Save the whole document (compressed), for a snapshot.
@@ -490,11 +612,19 @@ impl EpochDoc {
                 v.extend_from_slice(&at.to_be_bytes());
                 d.put(ROOT, format!("ret:{user}"), ScalarValue::Bytes(v))?;
             }
-            Op::Post { id, reply_to, .. } => {
+            Op::Post {
+                id,
+                reply_to,
+                text: plain,
+            } => {
                 let m = d.put_object(ROOT, format!("m:{id}"), ObjType::Map)?;
                 d.put(&m, "t", text.expect("a post stages its text"))?;
                 if let Some(root) = reply_to {
                     d.put(&m, "p", root.to_hex())?;
+                }
+                if self.slot_texts && !self.inline_texts {
+                    let at = self.doc.get(&m, "t")?.map(|(_, op)| op);
+                    self.bind_slot(*id, plain, at)?;
                 }
             }
             Op::React { msg, emoji } => {
@@ -506,8 +636,28 @@ impl EpochDoc {
                     d.delete(ROOT, key.as_str())?;
                 }
             }
-            Op::Edit { msg, .. } => {
-                d.put(ROOT, format!("e:{msg}:{user}"), text.expect("an edit stages its text"))?;
+            Op::Edit { msg, text: plain } => {
+                let key = format!("e:{msg}:{user}");
+                let mut value = text.expect("an edit stages its text");
+                let before = d.get(ROOT, key.as_str())?;
+                // automerge puts nothing when the value is the one there
+                // already: an edit into the slot an earlier edit had takes
+                // another value for it (slots count modulo the most a pack
+                // holds).
+                if let (ScalarValue::Uint(slot), Some((Value::Scalar(old), _))) = (&value, &before)
+                    && old.as_ref() == &ScalarValue::Uint(*slot)
+                {
+                    value = ScalarValue::Uint(slot + crate::content::MAX_PACK_TEXTS as u64);
+                }
+                let before = before.map(|(_, op)| op);
+                d.put(ROOT, key.as_str(), value)?;
+                if self.slot_texts && !self.inline_texts {
+                    let at = self.doc.get(ROOT, key.as_str())?.map(|(_, op)| op);
+                    if at == before {
+                        return Err(Error::invalid("epoch document", "an edit's text slot was not put"));
+                    }
+                    self.bind_slot(*msg, plain, at)?;
+                }
             }
             Op::Delete { msg } => {
                 d.put(ROOT, format!("x:{msg}:{user}"), true)?;
@@ -641,7 +791,7 @@ impl EpochDoc {
                             moderated.insert(msg);
                         }
                         deletes.insert((msg, user));
-                    } else if let Some(text) = text_ref(&item.value).and_then(|r| self.resolve(r, &msg)) {
+                    } else if let Some(text) = text_ref(&item.value, &item.id()).and_then(|r| self.resolve(r, &msg)) {
                         edits.insert((msg, user), text);
                     }
                 }
@@ -722,7 +872,7 @@ impl EpochDoc {
                 return None;
             }
             match &*f.key {
-                "t" => text = Some(self.resolve(text_ref(&f.value)?, id)?),
+                "t" => text = Some(self.resolve(text_ref(&f.value, &f.id())?, id)?),
                 "p" => reply_to = Some(value_str(&f.value)?.parse().ok()?),
                 _ => {}
             }
@@ -749,6 +899,7 @@ impl EpochDoc {
             return Some(value);
         }
         self.before_cut("name", self.cut_of(&id)?, devices, |w| w.is_some())
+            .map(|(v, _)| v)
     }
 
     fn read_meta(&self, view: &mut EpochView, devices: &Devices) {
@@ -863,16 +1014,15 @@ impl EpochDoc {
             let ObjId::Id(_, actor, _) = &obj else { return None };
             (writer_tag(&author, &device_of(actor)?) == id.writer()).then_some((author, obj))
         })?;
-        let field = |name: &str| -> Option<Value<'_>> {
+        let field = |name: &str| -> Option<(Value<'_>, ObjId)> {
             let all = self.doc.get_all(&obj, name).ok()?;
             all.into_iter()
                 .rev()
                 .find(|(_, w)| self.author(w, devices) == Some(author))
-                .map(|(v, _)| v)
         };
-        let t = field("t")?;
-        let original = self.resolve(text_of(&t)?, id)?;
-        let reply_to = field("p").and_then(|p| p.as_str().and_then(|p| p.parse().ok()));
+        let (t, at) = field("t")?;
+        let original = self.resolve(text_of(&t, &at)?, id)?;
+        let reply_to = field("p").and_then(|(p, _)| p.as_str().and_then(|p| p.parse().ok()));
         let a = author.to_hex();
         let deleted = self.authored_value(&format!("x:{id}:{a}"), &author, devices).is_some()
             || self.moderators.iter().any(|u| {
@@ -880,8 +1030,8 @@ impl EpochDoc {
                     .is_some()
             });
         let edit = self
-            .authored_value(&format!("e:{id}:{a}"), &author, devices)
-            .and_then(|v| self.resolve(text_of(&v)?, id));
+            .authored(&format!("e:{id}:{a}"), &author, devices)
+            .and_then(|(v, at)| self.resolve(text_of(&v, &at)?, id));
         let current = match &edit {
             Some(e) => e.clone(),
             None => original,
@@ -960,6 +1110,9 @@ pub struct ChangeEffects {
     /// The texts it names by content id (posts and edits, format 9), with
     /// their message: what its entry's segments may carry.
     pub texts: Vec<(MessageId, ContentId)>,
+    /// The texts it names by slot (entry format 5: [`crate::textpack`]):
+    /// (slot, message, id), in op order; their ids are in `texts` too.
+    pub slots: Vec<(u64, MessageId, ContentId)>,
 }
 
 impl ChangeEffects {
@@ -973,6 +1126,7 @@ impl ChangeEffects {
         self.placed.extend(other.placed);
         self.mentioned.extend(other.mentioned);
         self.texts.extend(other.texts);
+        self.slots.extend(other.slots);
     }
 
     /// Check that every message id the change names belongs where its entry
@@ -1060,6 +1214,13 @@ pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> 
                     {
                         effects.texts.push((id, c));
                     }
+                    if let ("e", OpType::Put(ScalarValue::Uint(slot))) = (kind, &op.action) {
+                        let c = ContentId::of_op(&device.0, start + i as u64);
+                        effects.texts.push((id, c));
+                        effects
+                            .slots
+                            .push((*slot % crate::content::MAX_PACK_TEXTS as u64, id, c));
+                    }
                 }
                 ("rd", _) => {
                     effects.read_markers = true;
@@ -1103,6 +1264,14 @@ pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> 
                     };
                     effects.texts.push((*msg, c));
                 }
+                ("t", OpType::Put(ScalarValue::Uint(slot))) => {
+                    let Some(msg) = made.get(&id.counter()) else {
+                        return Err(Error::corrupted("automerge change", "a text slot in no post it makes"));
+                    };
+                    let c = ContentId::of_op(&device.0, start + i as u64);
+                    effects.texts.push((*msg, c));
+                    effects.slots.push((*slot, *msg, c));
+                }
                 ("p", OpType::Put(ScalarValue::Str(p))) => effects.placed.push(parse_id(p)?),
                 _ => return Err(Error::corrupted("automerge change", "unexpected field in a message")),
             },
@@ -1143,7 +1312,9 @@ fn check_root_op(key: &str, action: &OpType, preds: usize, user: &UserId, device
     };
     let is_str = text.is_some();
     // A text: the text itself (before format 9), or the content id of a segment.
-    let is_text = is_str || matches!(action, OpType::Put(ScalarValue::Bytes(b)) if b.len() == 16);
+    let is_text = is_str
+        || matches!(action, OpType::Put(ScalarValue::Bytes(b)) if b.len() == 16)
+        || matches!(action, OpType::Put(ScalarValue::Uint(slot)) if *slot < 2 * crate::content::MAX_PACK_TEXTS as u64);
     let is_true = matches!(action, OpType::Put(ScalarValue::Boolean(true)));
     // The local size limits hold for every writer's ops.
     let sized = |what: &'static str, limit: usize| text.map_or(Ok(()), |t| check_len(what, t, limit));
@@ -1211,11 +1382,18 @@ mod tests {
     /// reading the document back; both must agree after any sequence of local ops.
     #[test]
     fn views_updated_from_ops_match_views_built_from_the_document() {
+        // Texts named by content id (formats 3 and 4), then by slot (5).
+        views_match(false);
+        views_match(true);
+    }
+
+    fn views_match(slots: bool) {
         let me = Identity::generate("me").unwrap();
         let (user, device) = (me.user(), me.device());
         let devices = Devices::from([(device, user)]);
         let channel = ChannelId([3; 32]);
         let mut doc = EpochDoc::new(1, &device);
+        doc.set_slot_texts(slots);
         let mut view = EpochView::default();
         let mut ids = Vec::new();
         let mut texts = Vec::new();
@@ -1275,12 +1453,10 @@ mod tests {
             doc.stage(&user, &device, &op).unwrap();
             view.apply_local(&user, &op);
             if next(5) == 0 {
-                doc.commit(0);
-                texts.extend(doc.take_texts());
+                commit_and_check(&mut doc, &user, &device, slots, &mut texts);
             }
         }
-        doc.commit(0);
-        texts.extend(doc.take_texts());
+        commit_and_check(&mut doc, &user, &device, slots, &mut texts);
         assert_eq!(view, doc.view(&devices));
         let saved = doc.save().unwrap();
         let mut loaded = EpochDoc::load(1, &saved, &device).unwrap();
@@ -1293,5 +1469,95 @@ mod tests {
         }
         loaded.add_texts(texts);
         assert_eq!(view, loaded.view(&devices));
+    }
+
+    /// Format 5 texts loaded from their packs show without their messages
+    /// known; a delete finds the texts the document names now, and an
+    /// edit's older text once the changes attribute it.
+    #[test]
+    fn texts_loaded_by_slot_show_and_are_found_for_deletes() {
+        let me = Identity::generate("me").unwrap();
+        let (user, device) = (me.user(), me.device());
+        let devices = Devices::from([(device, user)]);
+        let channel = ChannelId([3; 32]);
+        let mut doc = EpochDoc::new(1, &device);
+        doc.set_slot_texts(true);
+        let tag = writer_tag(&user, &device);
+        let ids: Vec<MessageId> = (0..2)
+            .map(|i| MessageId::new(Timestamp::from_millis(1000 + i), 1, &channel, tag))
+            .collect();
+        let mut all = Vec::new();
+        let mut slots = Vec::new();
+        let ops = [
+            Op::Post {
+                id: ids[0],
+                text: "first".into(),
+                reply_to: None,
+            },
+            Op::Post {
+                id: ids[1],
+                text: "second".into(),
+                reply_to: None,
+            },
+            Op::Edit {
+                msg: ids[0],
+                text: "first, edited".into(),
+            },
+            Op::Edit {
+                msg: ids[0],
+                text: "first, edited again".into(),
+            },
+        ];
+        for op in &ops {
+            // One change each: the two edits take slot 0 both (the second
+            // one's value moved on by the most a pack holds).
+            doc.stage(&user, &device, op).unwrap();
+            let change = doc.commit(0).unwrap();
+            let (_, effects) = decode_change_effects(&change, &device, &user).unwrap();
+            slots.extend(effects.slots.iter().map(|(_, m, id)| (*m, *id)));
+            all.extend(doc.take_texts());
+        }
+        assert_eq!(all.len(), 4);
+        let view = doc.view(&devices);
+        let mut loaded = EpochDoc::load(1, &doc.save().unwrap(), &device).unwrap();
+        loaded.add_slot_texts(all.iter().map(|c| (c.id(), c.text.clone())));
+        assert!(loaded.unattributed());
+        assert_eq!(view, loaded.view(&devices));
+        assert_eq!(
+            loaded.view(&devices).get(&ids[0]).unwrap().text.as_deref(),
+            Some("first, edited again")
+        );
+        // Named now: the post's text and the current edit, not the older one.
+        let now = loaded.text_ids(&ids[0]);
+        assert_eq!(now.len(), 2);
+        assert!(!now.contains(&all[2].id()));
+        assert_eq!(loaded.text_ids(&ids[1]), vec![all[1].id()]);
+        loaded.attribute(slots);
+        assert!(!loaded.unattributed());
+        let mut every: Vec<ContentId> = [0, 2, 3].iter().map(|i| all[*i].id()).collect();
+        every.sort();
+        assert_eq!(loaded.text_ids(&ids[0]), every);
+        assert_eq!(loaded.text_messages(), ids.iter().copied().collect());
+    }
+
+    /// Commit, take the texts staged, and check that the change names
+    /// each by slot, in order (slot mode), or by content id.
+    fn commit_and_check(doc: &mut EpochDoc, user: &UserId, device: &DeviceId, slots: bool, all: &mut Vec<Content>) {
+        let Some(change) = doc.commit(0) else {
+            assert!(doc.take_texts().is_empty(), "texts staged, no change");
+            return;
+        };
+        let texts = doc.take_texts();
+        let (_, effects) = decode_change_effects(&change, device, user).unwrap();
+        let named: Vec<(MessageId, ContentId)> = texts.iter().map(|c| (c.msg, c.id())).collect();
+        assert_eq!(effects.texts, named);
+        if slots {
+            let by_slot: Vec<(u64, MessageId, ContentId)> =
+                named.iter().enumerate().map(|(i, (m, c))| (i as u64, *m, *c)).collect();
+            assert_eq!(effects.slots, by_slot);
+        } else {
+            assert!(effects.slots.is_empty());
+        }
+        all.extend(texts);
     }
 }

@@ -40,6 +40,15 @@
 //!                 nor hashed: the change names each text by an id that
 //!                 commits to it
 //! entry hash:     blake3 of postcard(header, certs, blake3(body), signature)
+//!
+//! format 5 (written from store format 13)
+//! header, certs:  as in format 4 (version 5)
+//! body:           Sealed(postcard(epoch, change, root?)) or Pruned, the root
+//!                 committing to the texts of the pack ([`crate::textpack`])
+//! signature:      as in format 4, labelled "hearth v5 entry"
+//! texts:          a [`crate::textpack::TextPack`], sealed, or none; the change
+//!                 names each text by its slot
+//! entry hash:     as in format 4
 //! ```
 //!
 //! The same bytes are stored and sent: an entry is sealed once. Anyone can check
@@ -56,6 +65,7 @@ use crate::error::{Error, Result};
 use crate::id::{DeviceId, Epoch, UserId, WireId};
 use crate::identity::{Identity, verify_signature};
 use crate::seal::{open, seal};
+use crate::textpack::TextPack;
 
 /// The first envelope format (signed by user keys; read, and written only
 /// by tools and tests).
@@ -70,6 +80,11 @@ pub const ENVELOPE_V3: u8 = 3;
 pub const ENVELOPE_V4: u8 = 4;
 /// The signing-domain label of format 4 entries.
 const ENTRY_DOMAIN_V4: &[u8] = b"hearth v4 entry";
+/// The envelope format whose texts are named by slot and committed to by a
+/// root in the body ([`crate::textpack`]).
+pub const ENVELOPE_V5: u8 = 5;
+/// The signing-domain label of format 5 entries.
+const ENTRY_DOMAIN_V5: &[u8] = b"hearth v5 entry";
 /// Most segments an entry carries.
 pub const MAX_ENTRY_SEGMENTS: usize = 4096;
 /// The signing-domain label of format 3 entries.
@@ -240,12 +255,47 @@ struct SkeletonV4<'a> {
     sig: &'a [u8],
 }
 
-/// What a format 4 signature covers.
-fn signed_v4(header_bytes: &[u8], certs: &[DeviceCert], body_hash: &[u8; 32]) -> Vec<u8> {
+/// What a format 4 or 5 signature covers.
+fn signed_v4(version: u8, header_bytes: &[u8], certs: &[DeviceCert], body_hash: &[u8; 32]) -> Vec<u8> {
     let mut m = header_bytes.to_vec();
     m.extend(postcard::to_stdvec(certs).expect("certificates encode"));
     m.extend_from_slice(body_hash);
-    domain_message(ENTRY_DOMAIN_V4, &m)
+    let domain = if version >= ENVELOPE_V5 {
+        ENTRY_DOMAIN_V5
+    } else {
+        ENTRY_DOMAIN_V4
+    };
+    domain_message(domain, &m)
+}
+
+/// A format 5 body as sealed.
+#[derive(Serialize, Deserialize)]
+struct BodyV5 {
+    epoch: Epoch,
+    change: Vec<u8>,
+    /// [`crate::textpack::TextPack::root`] of its texts (`None`: none).
+    texts: Option<[u8; 32]>,
+}
+
+/// For each of a pack's `n` slots, the message and id the change names it
+/// for: `None` where no op names it, or more than one does.
+fn slot_ids(slots: &[(u64, crate::MessageId, ContentId)], n: usize) -> Vec<Option<(crate::MessageId, ContentId)>> {
+    let mut out: Vec<Option<(crate::MessageId, ContentId)>> = vec![None; n];
+    let mut seen = vec![0u8; n];
+    for (slot, msg, id) in slots {
+        if let Ok(i) = usize::try_from(*slot)
+            && i < n
+        {
+            seen[i] = seen[i].saturating_add(1);
+            out[i] = Some((*msg, *id));
+        }
+    }
+    for (o, s) in out.iter_mut().zip(seen) {
+        if s > 1 {
+            *o = None;
+        }
+    }
+    out
 }
 
 /// What a format 3 entry's hash covers: everything but its droppable parts.
@@ -371,7 +421,7 @@ impl Envelope {
         generation: u32,
         certs: Vec<DeviceCert>,
     ) -> Result<(Vec<u8>, EntryHash)> {
-        let (header, sealed, device) = Self::seal_body(keys, identity, seq, prev, body, generation, ENVELOPE_V2)?;
+        let (header, sealed, device) = Self::seal_body(keys, identity, seq, prev, body, generation, ENVELOPE_V2, None)?;
         let sig = device.sign_raw(&signed_v2(&header.encode(), &certs, &sealed)).to_vec();
         Self::finish(Envelope {
             header,
@@ -394,6 +444,7 @@ impl Envelope {
         body: &EntryBody,
         generation: u32,
         version: u8,
+        root: Option<[u8; 32]>,
     ) -> Result<(EntryHeader, Vec<u8>, &'a crate::device::DeviceKeys)> {
         let device = identity
             .device_keys()
@@ -408,7 +459,16 @@ impl Envelope {
             generation,
             epoch: if version >= ENVELOPE_V3 { body.epoch } else { 0 },
         };
-        let plain = postcard::to_stdvec(body).expect("body encodes");
+        let plain = if version >= ENVELOPE_V5 {
+            postcard::to_stdvec(&BodyV5 {
+                epoch: body.epoch,
+                change: body.change.clone(),
+                texts: root,
+            })
+        } else {
+            postcard::to_stdvec(body)
+        }
+        .expect("body encodes");
         let key = keys
             .sealing_key(generation)
             .ok_or_else(|| Error::invalid("key generation", "not held"))?;
@@ -450,6 +510,23 @@ impl Envelope {
         Self::seal_with_texts(keys, identity, (seq, prev), body, generation, certs, texts, ENVELOPE_V4)
     }
 
+    /// Seal a format 5 entry, signed by this device's key, with the texts its
+    /// change names by slot (`texts[i]` in slot `i`: [`crate::textpack`]) in
+    /// its pack; `certs` as in [`Envelope::seal_v2`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn seal_v5(
+        keys: &ChannelKeys,
+        identity: &Identity,
+        seq: u64,
+        prev: EntryHash,
+        body: &EntryBody,
+        generation: u32,
+        certs: Vec<DeviceCert>,
+        texts: &[Content],
+    ) -> Result<(Vec<u8>, EntryHash)> {
+        Self::seal_with_texts(keys, identity, (seq, prev), body, generation, certs, texts, ENVELOPE_V5)
+    }
+
     /// A format 3 entry (a segment per text) or 4 (one pack of texts).
     #[allow(clippy::too_many_arguments)]
     fn seal_with_texts(
@@ -462,12 +539,34 @@ impl Envelope {
         texts: &[Content],
         version: u8,
     ) -> Result<(Vec<u8>, EntryHash)> {
-        let (header, sealed, device) = Self::seal_body(keys, identity, seq, prev, body, generation, version)?;
+        let packed = if version >= ENVELOPE_V5 && !texts.is_empty() {
+            let slotted: Option<Vec<(u64, &str)>> = texts
+                .iter()
+                .map(|c| c.slot.map(|(_, op)| (op, c.text.as_str())))
+                .collect();
+            let slotted = slotted.ok_or_else(|| Error::invalid("format 5 entry", "a text put in no slot"))?;
+            Some(TextPack::new(slotted)?)
+        } else {
+            None
+        };
+        let root = packed.as_ref().and_then(TextPack::root);
+        let (header, sealed, device) = Self::seal_body(keys, identity, seq, prev, body, generation, version, root)?;
         let hb = header.encode();
         let body_hash = *blake3::hash(&sealed).as_bytes();
-        let (segments, pack, signed) = if version == ENVELOPE_V4 {
+        let (segments, pack, signed) = if version >= ENVELOPE_V5 {
+            let pack = match &packed {
+                Some(p) => {
+                    let key = keys
+                        .sealing_key(generation)
+                        .ok_or_else(|| Error::invalid("key generation", "not held"))?;
+                    Some(p.seal(key, &hb, flate2::Compression::default())?)
+                }
+                None => None,
+            };
+            (Vec::new(), pack, signed_v4(version, &hb, &certs, &body_hash))
+        } else if version == ENVELOPE_V4 {
             let pack = seal_pack(keys, generation, &hb, texts)?;
-            (Vec::new(), pack, signed_v4(&hb, &certs, &body_hash))
+            (Vec::new(), pack, signed_v4(version, &hb, &certs, &body_hash))
         } else {
             let segments = texts
                 .iter()
@@ -496,7 +595,7 @@ impl Envelope {
     /// This entry's hash (what the next entry's `prev` names): of its bytes
     /// in formats 1 and 2, of everything but its droppable parts from format 3.
     pub fn hash(&self) -> EntryHash {
-        if self.header.version == ENVELOPE_V4 {
+        if self.header.version >= ENVELOPE_V4 {
             let skeleton = SkeletonV4 {
                 header: self.header.v3(),
                 certs: &self.certs,
@@ -600,6 +699,13 @@ impl Envelope {
     /// (damaged or moved on the way; a receiver takes the entry without it,
     /// since nothing about a pack is signed and nobody can be blamed).
     pub fn open_texts_checked(&self, keys: &ChannelKeys) -> Result<Vec<Content>> {
+        if self.header.version >= ENVELOPE_V5 {
+            if self.pack.is_none() {
+                return Ok(Vec::new());
+            }
+            let (root, slots) = self.slots(keys)?;
+            return self.open_slots(keys, root.as_ref(), &slots);
+        }
         match &self.pack {
             Some(sealed) => open_pack(keys, self.header.generation, &self.header.encode(), sealed),
             None => Ok(self.open_segments(keys)),
@@ -610,6 +716,35 @@ impl Envelope {
     /// pack is sealed again; one that does not open is dropped, and counts
     /// as none). Returns how many texts went.
     pub fn retain_texts(&mut self, keys: &ChannelKeys, keep: impl Fn(&ContentId) -> bool) -> Result<usize> {
+        if self.header.version >= ENVELOPE_V5 {
+            let Some(sealed) = &self.pack else { return Ok(0) };
+            let hb = self.header.encode();
+            let opened = self.open_full(keys).and_then(|(_, root)| {
+                let root = root.ok_or_else(|| Error::corrupted("text pack", "beside a body with no root"))?;
+                TextPack::open(keys, self.header.generation, &hb, sealed, &root)
+            });
+            let Ok((pack, key)) = opened else {
+                self.pack = None;
+                return Ok(0);
+            };
+            let device = self.header.device;
+            let kept = pack.retain(|op| keep(&ContentId::of_op(&device.0, op)));
+            let gone = pack.held() - kept.held();
+            if gone > 0 {
+                self.pack = if kept.held() == 0 {
+                    None
+                } else {
+                    Some(kept.seal(key, &hb, flate2::Compression::default())?)
+                };
+                if self.encode().len() > MAX_ENTRY_BYTES {
+                    self.pack = Some(kept.seal(key, &hb, flate2::Compression::best())?);
+                }
+                if self.encode().len() > MAX_ENTRY_BYTES {
+                    self.pack = None;
+                }
+            }
+            return Ok(gone);
+        }
         if let Some(sealed) = &self.pack {
             let hb = self.header.encode();
             let Ok((texts, key)) = open_pack_keyed(keys, self.header.generation, &hb, sealed) else {
@@ -635,6 +770,64 @@ impl Envelope {
         }
         let gone: Vec<ContentId> = self.segments.iter().map(|s| s.id).filter(|id| !keep(id)).collect();
         Ok(self.drop_segments(&gone))
+    }
+
+    /// The root and the slots (slot, message, id) a format 5 entry's change
+    /// names (a member only: the body is opened and its change decoded).
+    pub fn slots(&self, keys: &ChannelKeys) -> Result<(Option<[u8; 32]>, Vec<(u64, crate::MessageId, ContentId)>)> {
+        let (body, root) = self.open_full(keys)?;
+        let (_, effects) = crate::doc::decode_change_effects(&body.change, &self.header.device, &self.header.user)?;
+        Ok((root, effects.slots))
+    }
+
+    /// The texts of a format 5 entry's pack, each for the message and id its
+    /// change names in that slot (`root` and `slots`: from its body, as
+    /// [`Envelope::slots`] gives them, or as a caller that decoded the change
+    /// already has them). A pack that does not open or does not match the
+    /// root is an error (nobody's provable fault); a slot no change names,
+    /// or named twice, gives no text.
+    pub fn open_slots(
+        &self,
+        keys: &ChannelKeys,
+        root: Option<&[u8; 32]>,
+        slots: &[(u64, crate::MessageId, ContentId)],
+    ) -> Result<Vec<Content>> {
+        let Some(sealed) = &self.pack else {
+            return Ok(Vec::new());
+        };
+        let root = root.ok_or_else(|| Error::corrupted("text pack", "beside a body with no root"))?;
+        let (pack, _) = TextPack::open(keys, self.header.generation, &self.header.encode(), sealed, root)?;
+        let by_slot = slot_ids(slots, pack.len());
+        let device = self.header.device;
+        Ok(pack
+            .texts()
+            .into_iter()
+            .zip(by_slot)
+            .filter_map(|((op, text), named)| {
+                let (msg, id) = named?;
+                let text = text?;
+                (ContentId::of_op(&device.0, op) == id).then(|| Content::in_slot(id, op, msg, text.to_string()))
+            })
+            .collect())
+    }
+
+    /// The texts of a format 5 entry's pack with their ids (from the op
+    /// counters the pack carries, which its root binds), without decoding
+    /// the change: what a store holds (it checked them against the change
+    /// when it took the entry) and loads with an epoch.
+    pub fn open_pack_texts(&self, keys: &ChannelKeys) -> Result<Vec<(ContentId, String)>> {
+        let Some(sealed) = &self.pack else {
+            return Ok(Vec::new());
+        };
+        let (_, root) = self.open_full(keys)?;
+        let root = root.ok_or_else(|| Error::corrupted("text pack", "beside a body with no root"))?;
+        let (pack, _) = TextPack::open(keys, self.header.generation, &self.header.encode(), sealed, &root)?;
+        let device = self.header.device;
+        Ok(pack
+            .texts()
+            .into_iter()
+            .filter_map(|(op, text)| Some((ContentId::of_op(&device.0, op), text?.to_string())))
+            .collect())
     }
 
     /// Open every segment whose bytes are held (a member only), each checked
@@ -665,7 +858,7 @@ impl Envelope {
 
     /// The entry's bytes in its format.
     pub fn encode(&self) -> Vec<u8> {
-        if self.header.version == ENVELOPE_V4 {
+        if self.header.version >= ENVELOPE_V4 {
             postcard::to_stdvec(&EnvelopeV4 {
                 header: self.header.v3(),
                 certs: self.certs.clone(),
@@ -771,7 +964,7 @@ impl Envelope {
                 }
                 Envelope::from_v3_parts(w.header, w.certs, w.body, w.sig, w.segments, None)?
             }
-            Some(&ENVELOPE_V4) => {
+            Some(&ENVELOPE_V4 | &ENVELOPE_V5) => {
                 let (w, rest): (EnvelopeV4, &[u8]) = postcard::take_from_bytes(bytes).map_err(|e| malformed(&e))?;
                 if !rest.is_empty() {
                     return Err(malformed(&"trailing bytes"));
@@ -783,7 +976,7 @@ impl Envelope {
                 return Err(Error::UnsupportedFormat {
                     what: "feed entry",
                     found: found.copied().unwrap_or(0),
-                    expected: ENVELOPE_V4,
+                    expected: ENVELOPE_V5,
                 });
             }
         };
@@ -878,8 +1071,13 @@ impl Envelope {
             return verify_signature(&self.header.user, &signed_bytes(&hb, &self.body), &sig);
         }
         let sig = self.signature()?;
-        let msg = if self.header.version == ENVELOPE_V4 {
-            signed_v4(&self.header.encode(), &self.certs, &self.body_hash())
+        let msg = if self.header.version >= ENVELOPE_V4 {
+            signed_v4(
+                self.header.version,
+                &self.header.encode(),
+                &self.certs,
+                &self.body_hash(),
+            )
         } else if self.header.version == ENVELOPE_V3 {
             signed_v3(&self.header.encode(), &self.certs, &self.body_hash(), &self.segments)
         } else {
@@ -930,6 +1128,12 @@ impl Envelope {
 
     /// Open the body with the channel keys (a member only). Verify first.
     pub fn open(&self, keys: &ChannelKeys) -> Result<EntryBody> {
+        self.open_full(keys).map(|(body, _)| body)
+    }
+
+    /// [`Envelope::open`], with the root of its texts (format 5; `None`
+    /// before, or without texts).
+    pub fn open_full(&self, keys: &ChannelKeys) -> Result<(EntryBody, Option<[u8; 32]>)> {
         if self.header.wire != keys.wire() {
             return Err(Error::corrupted("feed entry", "belongs to another channel"));
         }
@@ -951,12 +1155,25 @@ impl Envelope {
         for key in candidates {
             match open(key, &hb, &self.body, "feed entry") {
                 Ok(plain) => {
-                    let body: EntryBody =
-                        postcard::from_bytes(&plain).map_err(|e| Error::corrupted("feed entry body", e))?;
+                    let (body, root) = if self.header.version >= ENVELOPE_V5 {
+                        let b: BodyV5 =
+                            postcard::from_bytes(&plain).map_err(|e| Error::corrupted("feed entry body", e))?;
+                        (
+                            EntryBody {
+                                epoch: b.epoch,
+                                change: b.change,
+                            },
+                            b.texts,
+                        )
+                    } else {
+                        let b: EntryBody =
+                            postcard::from_bytes(&plain).map_err(|e| Error::corrupted("feed entry body", e))?;
+                        (b, None)
+                    };
                     if self.header.version >= ENVELOPE_V3 && body.epoch != self.header.epoch {
                         return Err(Error::corrupted("feed entry", "header and body disagree on the epoch"));
                     }
-                    return Ok(body);
+                    return Ok((body, root));
                 }
                 Err(e) => last = Some(e),
             }
@@ -1103,6 +1320,104 @@ mod tests {
         assert!(damaged.open_texts(&keys).is_empty());
         assert_eq!(damaged.retain_texts(&keys, |_| true).unwrap(), 0);
         assert!(damaged.pack.is_none());
+        // Every byte outside the pack is signed or checked.
+        let pack_at = bytes.len() - env.pack.as_ref().unwrap().len();
+        for i in 0..pack_at {
+            let mut b = bytes.clone();
+            b[i] ^= 0x01;
+            if let Ok(e) = Envelope::decode(&b) {
+                let intact = e.verify().is_ok() && e.open(&keys).is_ok() && e.hash() == hash;
+                assert!(!intact || e.encode() == bytes, "flip at {i} went unnoticed");
+            }
+        }
+    }
+
+    /// A change of epoch 4 that posts three messages and edits one, its
+    /// texts named by slot, and the texts staged for its pack.
+    fn slotted(me: &Identity) -> (EntryBody, Vec<Content>) {
+        let channel = crate::ChannelId([3; 32]);
+        let tag = crate::id::writer_tag(&me.user(), &me.device());
+        let mut doc = crate::EpochDoc::new(4, &me.device());
+        doc.set_slot_texts(true);
+        let ids: Vec<crate::MessageId> = (0..3)
+            .map(|i| crate::MessageId::new(crate::Timestamp::from_millis(1000 + i), 4, &channel, tag))
+            .collect();
+        for (i, id) in ids.iter().enumerate() {
+            let op = crate::Op::Post {
+                id: *id,
+                text: format!("text number {i}"),
+                reply_to: None,
+            };
+            doc.stage(&me.user(), &me.device(), &op).unwrap();
+        }
+        let edit = crate::Op::Edit {
+            msg: ids[1],
+            text: "edited".into(),
+        };
+        doc.stage(&me.user(), &me.device(), &edit).unwrap();
+        let change = doc.commit(0).unwrap();
+        (EntryBody { epoch: 4, change }, doc.take_texts())
+    }
+
+    #[test]
+    fn format_5_packs_name_texts_by_slot_and_drop_them_under_one_root() {
+        let keys = ChannelKeys::generate().unwrap();
+        let me = Identity::generate("a").unwrap();
+        let chain = vec![me.device_cert().unwrap().clone()];
+        let (body, texts) = slotted(&me);
+        assert_eq!(texts.len(), 4);
+        let (bytes, hash) = Envelope::seal_v5(&keys, &me, 1, [0; 32], &body, 0, chain, &texts).unwrap();
+        let env = Envelope::decode(&bytes).unwrap();
+        assert_eq!((env.header.version, env.header.epoch), (ENVELOPE_V5, 4));
+        env.verify().unwrap();
+        assert_eq!((env.hash(), Envelope::hash_of(&bytes)), (hash, hash));
+        let (opened, root) = env.open_full(&keys).unwrap();
+        assert_eq!(opened, body);
+        assert!(root.is_some());
+        // Each text comes back for the message and id the change names.
+        assert_eq!(env.open_texts(&keys), texts);
+        let (_, slots) = env.slots(&keys).unwrap();
+        assert_eq!(env.open_slots(&keys, root.as_ref(), &slots).unwrap(), texts);
+        // No slot named, or one named twice: no text there.
+        assert!(env.open_slots(&keys, root.as_ref(), &[]).unwrap().is_empty());
+        let twice = [slots[0], (0, slots[1].1, slots[1].2)];
+        assert!(env.open_slots(&keys, root.as_ref(), &twice).unwrap().is_empty());
+        // Under another root (the pack of another entry): refused.
+        assert!(env.open_slots(&keys, Some(&[0; 32]), &slots).is_err());
+        // A member drops the edit's text: same hash, still verifies, the
+        // rest opens; the pack's seed is gone with it.
+        let mut dropped = env.clone();
+        assert_eq!(dropped.retain_texts(&keys, |id| *id != texts[3].id()).unwrap(), 1);
+        assert_eq!(dropped.retain_texts(&keys, |id| *id != texts[3].id()).unwrap(), 0);
+        let again = Envelope::decode(&dropped.encode()).unwrap();
+        again.verify().unwrap();
+        assert_eq!(again.hash(), hash);
+        assert_eq!(again.open_texts(&keys), texts[..3].to_vec());
+        assert!(again.is_copy_of_opened(&env, &keys) && !env.is_copy_of_opened(&again, &keys));
+        let mut none = again.clone();
+        assert_eq!(none.retain_texts(&keys, |_| false).unwrap(), 3);
+        assert!(!none.holds_texts() && none.hash() == hash);
+        // A pack moved to another entry does not open there; a damaged one
+        // opens to nothing and a member keeping texts drops it.
+        let (next, _) = Envelope::seal_v5(&keys, &me, 2, hash, &body, 0, Vec::new(), &texts).unwrap();
+        let mut moved = Envelope::decode(&next).unwrap();
+        moved.pack = env.pack.clone();
+        assert!(moved.open_texts(&keys).is_empty());
+        let mut damaged = env.clone();
+        damaged.pack.as_mut().unwrap()[5] ^= 1;
+        assert!(damaged.open_texts(&keys).is_empty());
+        assert_eq!(damaged.retain_texts(&keys, |_| true).unwrap(), 0);
+        assert!(damaged.pack.is_none());
+        // A stub keeps the chain.
+        let mut stub = env.clone();
+        stub.prune_body();
+        let stub = Envelope::decode(&stub.encode()).unwrap();
+        stub.verify().unwrap();
+        assert_eq!(stub.hash(), hash);
+        // Format 5 is not format 4 under another number: the label differs.
+        let mut relabelled = env.clone();
+        relabelled.header.version = ENVELOPE_V4;
+        assert!(relabelled.verify().is_err());
         // Every byte outside the pack is signed or checked.
         let pack_at = bytes.len() - env.pack.as_ref().unwrap().len();
         for i in 0..pack_at {

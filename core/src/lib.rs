@@ -51,6 +51,7 @@ pub mod peer;
 pub mod rotation;
 mod seal;
 mod secret;
+pub mod textpack;
 mod vector;
 mod view;
 
@@ -61,7 +62,7 @@ pub use doc::{
     ChangeEffects, Cuts, Devices, EpochDoc, OpCut, decode_change, decode_change_effects, decode_change_posts,
 };
 pub use envelope::{
-    ENVELOPE_V2, ENVELOPE_V3, ENVELOPE_V4, ENVELOPE_VERSION, EntryBody, EntryHash, EntryHeader, Envelope,
+    ENVELOPE_V2, ENVELOPE_V3, ENVELOPE_V4, ENVELOPE_V5, ENVELOPE_VERSION, EntryBody, EntryHash, EntryHeader, Envelope,
     MAX_ENTRY_BYTES, MAX_ENTRY_CERTS, MAX_ENTRY_SEGMENTS,
 };
 pub use error::{Error, Result};
