@@ -1087,6 +1087,9 @@ pub fn decode_change_posts(bytes: &[u8], device: &DeviceId, user: &UserId) -> Re
     decode_change_effects(bytes, device, user).map(|(c, e)| (c, e.posts))
 }
 
+/// A text a format 5 change names by slot: (slot, message, id).
+pub type SlotRef = (u64, MessageId, ContentId);
+
 /// What a change touches, so that a view can be updated for just that
 /// ([`EpochDoc::refresh_view`]) instead of rebuilt.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -1112,7 +1115,7 @@ pub struct ChangeEffects {
     pub texts: Vec<(MessageId, ContentId)>,
     /// The texts it names by slot (entry format 5: [`crate::textpack`]):
     /// (slot, message, id), in op order; their ids are in `texts` too.
-    pub slots: Vec<(u64, MessageId, ContentId)>,
+    pub slots: Vec<SlotRef>,
 }
 
 impl ChangeEffects {

@@ -436,6 +436,7 @@ impl Envelope {
 
     /// The header and sealed body of a device-signed entry (format 2 or 3),
     /// and the device keys that sign it.
+    #[allow(clippy::too_many_arguments)]
     fn seal_body<'a>(
         keys: &ChannelKeys,
         identity: &'a Identity,
@@ -774,7 +775,7 @@ impl Envelope {
 
     /// The root and the slots (slot, message, id) a format 5 entry's change
     /// names (a member only: the body is opened and its change decoded).
-    pub fn slots(&self, keys: &ChannelKeys) -> Result<(Option<[u8; 32]>, Vec<(u64, crate::MessageId, ContentId)>)> {
+    pub fn slots(&self, keys: &ChannelKeys) -> Result<(Option<[u8; 32]>, Vec<crate::doc::SlotRef>)> {
         let (body, root) = self.open_full(keys)?;
         let (_, effects) = crate::doc::decode_change_effects(&body.change, &self.header.device, &self.header.user)?;
         Ok((root, effects.slots))

@@ -59,7 +59,7 @@ pub use channel::{ChannelKeys, ChannelRecord, MAX_GENERATIONS};
 pub use chunk::{CHUNK_MAGIC, MAX_CHANGE_BYTES, chunk_checksum, plain_change, read_leb128, write_leb128};
 pub use content::{Content, ContentId, Segment};
 pub use doc::{
-    ChangeEffects, Cuts, Devices, EpochDoc, OpCut, decode_change, decode_change_effects, decode_change_posts,
+    ChangeEffects, Cuts, Devices, EpochDoc, OpCut, SlotRef, decode_change, decode_change_effects, decode_change_posts,
 };
 pub use envelope::{
     ENVELOPE_V2, ENVELOPE_V3, ENVELOPE_V4, ENVELOPE_V5, ENVELOPE_VERSION, EntryBody, EntryHash, EntryHeader, Envelope,
