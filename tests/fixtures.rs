@@ -112,6 +112,13 @@ async fn v11_stores_open_and_answer_the_same() {
     old_stores_open_migrate_and_answer_the_same("v11", 11).await;
 }
 
+/// Format 12: dead epochs and stubs, entries of format 4 (written by
+/// `66d821a`).
+#[tokio::test]
+async fn v12_stores_open_and_answer_the_same() {
+    old_stores_open_migrate_and_answer_the_same("v12", 12).await;
+}
+
 /// A text of format 9 rides in a segment of a format 3 entry: deleting its
 /// message on today's code drops the segment from sled at once and from every
 /// file at the next compaction, while the texts beside it stay.

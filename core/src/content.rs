@@ -103,6 +103,18 @@ impl ContentId {
     }
 }
 
+/// Where a format 5 text sits ([`Content::slot`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slotted {
+    /// Its id ([`ContentId::of_op`]).
+    pub id: ContentId,
+    /// The counter of the op that puts it.
+    pub op: u64,
+    /// Dropped before its entry was sealed (a delete in the same group):
+    /// its slot is sealed empty, the text never written.
+    pub gone: bool,
+}
+
 /// A text, its message and its salt: what a segment seals.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Content {
@@ -112,11 +124,11 @@ pub struct Content {
     pub msg: MessageId,
     /// The text.
     pub text: String,
-    /// A format 5 text's id ([`ContentId::of_op`]: it has no salt, and its
-    /// id is not a hash of it) and the counter of the op that puts its
-    /// slot; `None` in formats 3 and 4.
+    /// A format 5 text's slot: its id ([`ContentId::of_op`]: it has no
+    /// salt, and its id is not a hash of it) and the op that puts it;
+    /// `None` in formats 3 and 4.
     #[serde(skip)]
-    pub slot: Option<(ContentId, u64)>,
+    pub slot: Option<Slotted>,
 }
 
 impl std::fmt::Debug for Content {
@@ -146,15 +158,15 @@ impl Content {
             salt: [0; 16],
             msg,
             text,
-            slot: Some((id, op)),
+            slot: Some(Slotted { id, op, gone: false }),
         }
     }
 
     /// The id that commits to this text (format 5: the id of the op that
     /// put its slot).
     pub fn id(&self) -> ContentId {
-        if let Some((id, _)) = self.slot {
-            return id;
+        if let Some(s) = self.slot {
+            return s.id;
         }
         let mut h = blake3::Hasher::new();
         h.update(ID_DOMAIN);

@@ -322,7 +322,17 @@ impl EpochDoc {
         for id in ids {
             self.texts.remove(id);
         }
-        self.pending.retain(|c| !ids.contains(&c.id()));
+        // A format 5 text keeps its slot (the change names it), sealed
+        // empty.
+        for c in &mut self.pending {
+            if let Some(s) = &mut c.slot
+                && ids.contains(&s.id)
+            {
+                s.gone = true;
+                c.text.clear();
+            }
+        }
+        self.pending.retain(|c| c.slot.is_some() || !ids.contains(&c.id()));
     }
 
     /// The users whose deletes count for anyone's message (the channel's

@@ -541,9 +541,9 @@ impl Envelope {
         version: u8,
     ) -> Result<(Vec<u8>, EntryHash)> {
         let packed = if version >= ENVELOPE_V5 && !texts.is_empty() {
-            let slotted: Option<Vec<(u64, &str)>> = texts
+            let slotted: Option<Vec<(u64, Option<&str>)>> = texts
                 .iter()
-                .map(|c| c.slot.map(|(_, op)| (op, c.text.as_str())))
+                .map(|c| c.slot.map(|s| (s.op, (!s.gone).then_some(c.text.as_str()))))
                 .collect();
             let slotted = slotted.ok_or_else(|| Error::invalid("format 5 entry", "a text put in no slot"))?;
             Some(TextPack::new(slotted)?)
@@ -1429,6 +1429,84 @@ mod tests {
                 assert!(!intact || e.encode() == bytes, "flip at {i} went unnoticed");
             }
         }
+    }
+
+    /// A relay takes a format 5 drop only when the pack's count of dropped
+    /// slots grows, and the entry by no more than those slots may take.
+    #[test]
+    fn a_format_5_drop_only_ever_moves_forward() {
+        let keys = ChannelKeys::generate().unwrap();
+        let me = Identity::generate("a").unwrap();
+        let chain = vec![me.device_cert().unwrap().clone()];
+        let (body, texts) = slotted(&me);
+        let (bytes, hash) = Envelope::seal_v5(&keys, &me, 1, [0; 32], &body, 0, chain, &texts).unwrap();
+        let env = Envelope::decode(&bytes).unwrap();
+        let drop_to = |e: &Envelope| crate::peer::TextDrop {
+            wire: e.header.wire,
+            device: e.header.device,
+            seq: 1,
+            entry: hash,
+            pack: e.pack.clone().map(serde_bytes::ByteBuf::from),
+        };
+        let mut one = env.clone();
+        one.retain_texts(&keys, |id| *id != texts[0].id()).unwrap();
+        let after = drop_to(&one).apply(&bytes).unwrap().expect("one more slot dropped");
+        assert_eq!(Envelope::decode(&after).unwrap().pack, one.pack);
+        // Back to the whole pack, or to another pack with as many dropped:
+        // refused.
+        assert!(drop_to(&env).apply(&after).unwrap().is_none());
+        let mut again = env.clone();
+        again.retain_texts(&keys, |id| *id != texts[1].id()).unwrap();
+        assert!(drop_to(&again).apply(&after).unwrap().is_none());
+        // Every text dropped: no pack, taken.
+        let mut none = one.clone();
+        none.retain_texts(&keys, |_| false).unwrap();
+        assert!(none.pack.is_none());
+        assert!(drop_to(&none).apply(&after).unwrap().is_some());
+        // A pack grown past what its dropped slots may take: refused.
+        let mut padded = one.pack.clone().unwrap();
+        padded.extend(vec![0; 2 * crate::textpack::MAX_GROWTH_PER_DROP]);
+        let mut fat = one.clone();
+        fat.pack = Some(padded);
+        assert!(drop_to(&fat).apply(&bytes).unwrap().is_none());
+    }
+
+    /// A text dropped before its entry is sealed (a post deleted in the
+    /// same group) keeps its slot, sealed empty: the others stay in theirs.
+    #[test]
+    fn a_text_dropped_before_sealing_leaves_its_slot_empty() {
+        let keys = ChannelKeys::generate().unwrap();
+        let me = Identity::generate("a").unwrap();
+        let channel = crate::ChannelId([3; 32]);
+        let tag = crate::id::writer_tag(&me.user(), &me.device());
+        let mut doc = crate::EpochDoc::new(4, &me.device());
+        doc.set_slot_texts(true);
+        for i in 0..3u64 {
+            let id = crate::MessageId::new(crate::Timestamp::from_millis(1000 + i), 4, &channel, tag);
+            let op = crate::Op::Post {
+                id,
+                text: format!("text number {i}"),
+                reply_to: None,
+            };
+            doc.stage(&me.user(), &me.device(), &op).unwrap();
+        }
+        let first = doc.text_ids(&crate::MessageId::new(
+            crate::Timestamp::from_millis(1000),
+            4,
+            &channel,
+            tag,
+        ));
+        doc.drop_texts(&first);
+        let change = doc.commit(0).unwrap();
+        let texts = doc.take_texts();
+        assert_eq!(texts.len(), 3);
+        assert!(texts[0].slot.unwrap().gone && texts[0].text.is_empty());
+        let body = EntryBody { epoch: 4, change };
+        let chain = vec![me.device_cert().unwrap().clone()];
+        let (bytes, _) = Envelope::seal_v5(&keys, &me, 1, [0; 32], &body, 0, chain, &texts).unwrap();
+        let env = Envelope::decode(&bytes).unwrap();
+        let opened: Vec<String> = env.open_texts(&keys).into_iter().map(|c| c.text).collect();
+        assert_eq!(opened, ["text number 1", "text number 2"]);
     }
 
     #[test]

@@ -57,7 +57,7 @@ mod view;
 
 pub use channel::{ChannelKeys, ChannelRecord, MAX_GENERATIONS};
 pub use chunk::{CHUNK_MAGIC, MAX_CHANGE_BYTES, chunk_checksum, plain_change, read_leb128, write_leb128};
-pub use content::{Content, ContentId, Segment};
+pub use content::{Content, ContentId, Segment, Slotted};
 pub use doc::{
     ChangeEffects, Cuts, Devices, EpochDoc, OpCut, SlotRef, decode_change, decode_change_effects, decode_change_posts,
 };

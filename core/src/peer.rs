@@ -428,15 +428,33 @@ impl TextDrop {
     /// hash) with its pack replaced by this drop's: `None` when the entry
     /// is another, or the entry would not get strictly smaller (a drop only
     /// ever takes away, so a relay's log and sled cannot be grown or its
-    /// counts bent by drops going back and forth).
+    /// counts bent by drops going back and forth); in format 5, when the
+    /// pack's count of dropped slots would not grow, or the entry would
+    /// grow by more than those slots can take.
     pub fn apply(&self, bytes: &[u8]) -> Result<Option<Vec<u8>>> {
         let mut env = crate::Envelope::decode(bytes)?;
         let h = &env.header;
         if (h.wire, h.device, h.seq) != (self.wire, self.device, self.seq) || env.hash() != self.entry {
             return Ok(None);
         }
+        let before = env.pack.take();
         env.pack = self.pack.as_ref().map(|p| p.to_vec());
         let after = env.encode();
+        if env.header.version >= crate::envelope::ENVELOPE_V5 {
+            // Format 5: a pack that drops a short text can grow (its leaf
+            // and key nodes take the place): the count of dropped slots,
+            // which the seal binds, must grow, and the bytes by no more
+            // than those slots can take ([`crate::textpack`]).
+            let (Some(before), Some(after_pack)) = (before, &env.pack) else {
+                return Ok((after.len() < bytes.len()).then_some(after));
+            };
+            let counts = crate::textpack::gone_of(&before).zip(crate::textpack::gone_of(after_pack));
+            let Some((was, now)) = counts.filter(|(was, now)| now > was) else {
+                return Ok(None);
+            };
+            let room = usize::from(now - was) * crate::textpack::MAX_GROWTH_PER_DROP;
+            return Ok((after.len() <= bytes.len() + room).then_some(after));
+        }
         Ok((after.len() < bytes.len()).then_some(after))
     }
 }

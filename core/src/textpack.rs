@@ -11,14 +11,25 @@
 //! change:  a post's "t" (an edit's "e:…") is Uint(slot), the text's index
 //!          in its entry's pack (an edit may add 4096 to it); the text's id
 //!          in the document is ContentId::of_op(actor, counter) of that put
-//! key_i  = blake3("hearth v5 text key" | seed [16] | i u32 LE)[..16]
+//! depth  = the bits a slot number of the pack takes (0 for one slot)
+//! node   = a 16-byte key for the slots under one prefix of their numbers;
+//!          child(node, bit) = blake3("hearth v5 text key" | node | bit)[..16]
+//! key_i  = the node over slot i, derived down the rest of i's bits
 //! leaf_i = blake3("hearth v5 text leaf" | key_i | op_i u64 LE | text_i)
 //! root   = blake3("hearth v5 texts root" | n u32 LE | leaf_0 | … | leaf_n-1)
 //! body   = sealed postcard(epoch, change, Some(root))     (signed by its hash)
-//! pack   = XChaCha20-Poly1305(generation key, random nonce, aad = "hearth v5
-//!            texts" | entry header bytes, kind u8 (0 plain, 1 deflate) |
-//!            postcard(seed?, [op_i - op_i-1], [Text { key?, text } | Gone(leaf)]))
+//! pack   = gone u16 LE | XChaCha20-Poly1305(generation key, random nonce,
+//!            aad = "hearth v5 texts" | entry header bytes | gone u16 LE,
+//!            kind u8 (0 plain, 1 deflate) | postcard([(level, prefix, node)],
+//!            [op_i - op_i-1], [Text(text) | Gone(leaf)]))
 //! ```
+//!
+//! `gone`, in the clear and bound by the seal, counts the slots dropped: a
+//! relay, which cannot open a pack, takes an author's drop only when it
+//! grows, and by no more bytes than the slots it drops can take (a drop can
+//! lengthen a pack: a short text's place takes its leaf and a few nodes),
+//! so drops going back and forth can neither grow its files without end
+//! nor bend its counts ([`crate::peer::TextDrop::apply`]).
 //!
 //! `op_i` is the counter of the op that puts slot `i` (the change's author
 //! is the entry's device): with it a store knows each text's id from the
@@ -26,14 +37,15 @@
 //! pack of it), and the root binds it. A receiver checks it against the
 //! change once, when it takes the entry.
 //!
-//! A fresh pack holds the seed and the texts alone (every key derived): a
-//! text costs its own bytes, deflated with the others. Dropping texts (a
-//! delete, an expiry) seals the pack again with the seed gone, each kept
-//! text's key written out and each dropped one's leaf in its place: the root
-//! still checks, and nobody holding the new pack can confirm a guess at a
-//! dropped text (its key went with the seed). A pack whose leaves do not
-//! give its entry's root is refused whole, so neither a forwarder nor the
-//! author can hand two receivers two texts for one slot.
+//! A fresh pack holds one node (the root of the key tree, random) and the
+//! texts alone: a text costs its own bytes, deflated with the others.
+//! Dropping texts (a delete, an expiry) seals the pack again with each
+//! dropped one's leaf in its place and the key tree punctured there: the
+//! nodes that cover every other slot and none of the dropped (at most one
+//! a level for each dropped slot), so nobody holding the new pack can
+//! confirm a guess at a dropped text, and the root still checks. A pack
+//! whose leaves do not give its entry's root is refused whole, so neither a
+//! forwarder nor the author can hand two receivers two texts for one slot.
 
 use serde::{Deserialize, Serialize};
 
@@ -53,24 +65,34 @@ const DEFLATE: u8 = 1;
 /// Packs whose encoding is shorter are sealed plain.
 const MIN_DEFLATE_BYTES: usize = 160;
 
-/// A text's key, as the pack derives it from its seed.
-type TextKey = [u8; 16];
+/// A node of the key tree (a text's key is one at the bottom).
+type Node = [u8; 16];
 /// What the root commits to for one slot.
 pub type Leaf = [u8; 32];
 
 /// One slot of a pack.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum Slot {
-    /// A text, with its key (`None`: derived from the pack's seed).
-    Text { key: Option<TextKey>, text: String },
+    /// A text.
+    Text(String),
     /// A dropped text's leaf.
     Gone(Leaf),
+}
+
+/// A node of the key tree that a pack holds: it covers the slots whose
+/// number's top `level` bits (of the tree's depth) are `prefix`.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Held {
+    level: u8,
+    prefix: u32,
+    node: Node,
 }
 
 /// The texts of a format 5 entry, by slot (see the module docs).
 #[derive(Clone, PartialEq, Eq)]
 pub struct TextPack {
-    seed: Option<[u8; 16]>,
+    /// The key tree's nodes it holds, by the first slot each covers.
+    nodes: Vec<Held>,
     /// The counter of the op that puts each slot.
     ops: Vec<u64>,
     slots: Vec<Slot>,
@@ -80,9 +102,69 @@ pub struct TextPack {
 /// by a few an op: a byte each, which deflate shortens further).
 #[derive(Serialize, Deserialize)]
 struct PackWire {
-    seed: Option<[u8; 16]>,
+    nodes: Vec<Held>,
     steps: Vec<u64>,
     slots: Vec<Slot>,
+}
+
+impl std::fmt::Debug for TextPack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Texts and keys are content: never in Debug output.
+        write!(f, "TextPack({} slots, {} held)", self.slots.len(), self.held())
+    }
+}
+
+/// The bits a slot number of a pack of `n` slots takes.
+fn depth(n: usize) -> u8 {
+    if n <= 1 {
+        0
+    } else {
+        (usize::BITS - (n - 1).leading_zeros()) as u8
+    }
+}
+
+fn child(node: &Node, bit: u32) -> Node {
+    let mut h = blake3::Hasher::new();
+    h.update(KEY_DOMAIN);
+    h.update(node);
+    h.update(&[bit as u8]);
+    let mut k = [0u8; 16];
+    k.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    k
+}
+
+fn leaf(key: &Node, op: u64, text: &str) -> Leaf {
+    let mut h = blake3::Hasher::new();
+    h.update(LEAF_DOMAIN);
+    h.update(key);
+    h.update(&op.to_le_bytes());
+    h.update(text.as_bytes());
+    *h.finalize().as_bytes()
+}
+
+fn aad(header: &[u8], gone: u16) -> Vec<u8> {
+    let mut a = PACK_DOMAIN.to_vec();
+    a.extend_from_slice(header);
+    a.extend_from_slice(&gone.to_le_bytes());
+    a
+}
+
+/// The most bytes one dropped slot may add to a sealed pack: its leaf, and
+/// a node for each level of the deepest tree (a short text's place).
+pub const MAX_GROWTH_PER_DROP: usize = 32 + 16 * 12 + 8;
+
+/// How many slots a sealed format 5 pack says are dropped (read without
+/// keys; the seal binds it), or `None` for bytes too short to be one.
+pub fn gone_of(pack: &[u8]) -> Option<u16> {
+    Some(u16::from_le_bytes(pack.get(..2)?.try_into().ok()?))
+}
+
+impl Held {
+    /// The slots it covers, in a tree of `depth` levels: [first, end).
+    fn range(&self, depth: u8) -> (u64, u64) {
+        let shift = u32::from(depth - self.level);
+        (u64::from(self.prefix) << shift, (u64::from(self.prefix) + 1) << shift)
+    }
 }
 
 impl TextPack {
@@ -98,15 +180,32 @@ impl TextPack {
             })
             .collect();
         PackWire {
-            seed: self.seed,
+            nodes: self.nodes.clone(),
             steps,
             slots: self.slots.clone(),
         }
     }
 
-    fn from_wire(w: PackWire) -> Option<Self> {
+    /// A pack from its encoding: as many steps as slots, and nodes inside
+    /// the tree, in order and apart.
+    fn from_wire(w: PackWire) -> std::result::Result<Self, &'static str> {
         if w.steps.len() != w.slots.len() {
-            return None;
+            return Err("op counters and slots disagree");
+        }
+        if w.slots.len() > crate::content::MAX_PACK_TEXTS || w.nodes.len() > crate::content::MAX_PACK_TEXTS {
+            return Err("too many texts");
+        }
+        let d = depth(w.slots.len());
+        let mut end = 0u64;
+        for n in &w.nodes {
+            if n.level > d || u64::from(n.prefix) >> n.level != 0 {
+                return Err("a key node outside its tree");
+            }
+            let (first, last) = n.range(d);
+            if first < end {
+                return Err("key nodes out of order or overlapping");
+            }
+            end = last;
         }
         let mut last = 0u64;
         let ops = w
@@ -117,71 +216,50 @@ impl TextPack {
                 last
             })
             .collect();
-        Some(TextPack {
-            seed: w.seed,
+        Ok(TextPack {
+            nodes: w.nodes,
             ops,
             slots: w.slots,
         })
     }
-}
 
-impl std::fmt::Debug for TextPack {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Texts are content: never in Debug output.
-        write!(f, "TextPack({} slots, {} held)", self.slots.len(), self.held())
-    }
-}
-
-fn derive_key(seed: &[u8; 16], slot: usize) -> TextKey {
-    let mut h = blake3::Hasher::new();
-    h.update(KEY_DOMAIN);
-    h.update(seed);
-    h.update(&(slot as u32).to_le_bytes());
-    let mut k = [0u8; 16];
-    k.copy_from_slice(&h.finalize().as_bytes()[..16]);
-    k
-}
-
-fn leaf(key: &TextKey, op: u64, text: &str) -> Leaf {
-    let mut h = blake3::Hasher::new();
-    h.update(LEAF_DOMAIN);
-    h.update(key);
-    h.update(&op.to_le_bytes());
-    h.update(text.as_bytes());
-    *h.finalize().as_bytes()
-}
-
-fn aad(header: &[u8]) -> Vec<u8> {
-    let mut a = PACK_DOMAIN.to_vec();
-    a.extend_from_slice(header);
-    a
-}
-
-impl TextPack {
     /// A fresh pack of `texts` (slot `i` is `texts[i]`: the counter of the
-    /// op that puts it, and the text), with a random seed.
-    pub fn new<'a>(texts: impl IntoIterator<Item = (u64, &'a str)>) -> Result<Self> {
-        let mut seed = [0u8; 16];
-        random_bytes(&mut seed)?;
-        let (ops, slots): (Vec<u64>, Vec<Slot>) = texts
-            .into_iter()
-            .map(|(op, t)| {
-                (
-                    op,
-                    Slot::Text {
-                        key: None,
-                        text: t.to_string(),
-                    },
-                )
-            })
-            .unzip();
+    /// op that puts it, and the text), with a random key tree. A text
+    /// `None` (dropped before its entry was sealed) leaves a random leaf: it
+    /// was never written, and nothing can be checked against it.
+    pub fn new<'a>(texts: impl IntoIterator<Item = (u64, Option<&'a str>)>) -> Result<Self> {
+        let mut node = [0u8; 16];
+        random_bytes(&mut node)?;
+        let mut ops = Vec::new();
+        let mut slots = Vec::new();
+        for (op, t) in texts {
+            ops.push(op);
+            slots.push(match t {
+                Some(t) => Slot::Text(t.to_string()),
+                None => {
+                    let mut l = [0u8; 32];
+                    random_bytes(&mut l)?;
+                    Slot::Gone(l)
+                }
+            });
+        }
         if slots.len() > crate::content::MAX_PACK_TEXTS {
             return Err(Error::invalid("text pack", "too many texts"));
         }
-        Ok(TextPack {
-            seed: Some(seed),
+        let fresh = TextPack {
+            nodes: vec![Held {
+                level: 0,
+                prefix: 0,
+                node,
+            }],
             ops,
             slots,
+        };
+        // Slots dropped before sealing are punctured out at once.
+        Ok(if fresh.held() < fresh.len() {
+            fresh.retain(|_| true)
+        } else {
+            fresh
         })
     }
 
@@ -197,7 +275,7 @@ impl TextPack {
 
     /// How many texts it still holds.
     pub fn held(&self) -> usize {
-        self.slots.iter().filter(|s| matches!(s, Slot::Text { .. })).count()
+        self.slots.iter().filter(|s| matches!(s, Slot::Text(_))).count()
     }
 
     /// The op counter and text of each slot (`None`: dropped).
@@ -206,25 +284,39 @@ impl TextPack {
             .iter()
             .zip(&self.slots)
             .map(|(op, s)| match s {
-                Slot::Text { text, .. } => (*op, Some(text.as_str())),
+                Slot::Text(text) => (*op, Some(text.as_str())),
                 Slot::Gone(_) => (*op, None),
             })
             .collect()
     }
 
-    fn key(&self, slot: usize, explicit: &Option<TextKey>) -> Option<TextKey> {
-        explicit.or_else(|| self.seed.as_ref().map(|s| derive_key(s, slot)))
+    /// The key of slot `i`, from the node that covers it (`None`: none
+    /// does).
+    fn key(&self, i: usize) -> Option<Node> {
+        let d = depth(self.slots.len());
+        let i = i as u64;
+        let at = self.nodes.partition_point(|n| n.range(d).1 <= i);
+        let n = self.nodes.get(at)?;
+        let (first, end) = n.range(d);
+        if i < first || i >= end {
+            return None;
+        }
+        let mut node = n.node;
+        for level in n.level..d {
+            node = child(&node, ((i >> (d - level - 1)) & 1) as u32);
+        }
+        Some(node)
     }
 
     /// The root its slots give (what its entry's body carries); `None`
-    /// when a text has neither a key nor a seed to derive one from.
+    /// when a text's key is not held.
     pub fn root(&self) -> Option<[u8; 32]> {
         let mut h = blake3::Hasher::new();
         h.update(ROOT_DOMAIN);
         h.update(&(self.slots.len() as u32).to_le_bytes());
         for (i, (s, op)) in self.slots.iter().zip(&self.ops).enumerate() {
             let l = match s {
-                Slot::Text { key, text } => leaf(&self.key(i, key)?, *op, text),
+                Slot::Text(text) => leaf(&self.key(i)?, *op, text),
                 Slot::Gone(l) => *l,
             };
             h.update(&l);
@@ -232,33 +324,50 @@ impl TextPack {
         Some(*h.finalize().as_bytes())
     }
 
-    /// The same pack with only the slots `keep` says yes to still holding
-    /// their texts: the seed goes, each kept text's key is written out and
-    /// each dropped one's leaf takes its place (the root is unchanged).
-    /// (`keep` is asked with each slot's op counter.)
+    /// The same pack with only the texts `keep` says yes to (asked with
+    /// each slot's op counter) still held: each dropped one's leaf takes its
+    /// place and the key tree is punctured there (the root is unchanged).
     pub fn retain(&self, keep: impl Fn(u64) -> bool) -> TextPack {
-        let slots = self
+        let d = depth(self.slots.len());
+        let slots: Vec<Slot> = self
             .slots
             .iter()
             .zip(&self.ops)
             .enumerate()
             .map(|(i, (s, op))| match s {
-                Slot::Text { key, text } => {
-                    let k = self.key(i, key).unwrap_or([0; 16]);
-                    if keep(*op) {
-                        Slot::Text {
-                            key: Some(k),
-                            text: text.clone(),
-                        }
-                    } else {
-                        Slot::Gone(leaf(&k, *op, text))
-                    }
-                }
+                Slot::Text(text) if keep(*op) => Slot::Text(text.clone()),
+                Slot::Text(text) => Slot::Gone(leaf(&self.key(i).unwrap_or([0; 16]), *op, text)),
                 Slot::Gone(l) => Slot::Gone(*l),
             })
             .collect();
+        let gone = |first: u64, end: u64| {
+            (first..end.min(slots.len() as u64)).any(|i| matches!(slots[i as usize], Slot::Gone(_)))
+        };
+        // Every held node over no dropped slot stays; one over some is split
+        // down to the nodes that are not.
+        let mut nodes = Vec::new();
+        let mut stack: Vec<Held> = self.nodes.iter().rev().copied().collect();
+        while let Some(n) = stack.pop() {
+            let (first, end) = n.range(d);
+            if first >= slots.len() as u64 || !gone(first, end) {
+                if first < slots.len() as u64 {
+                    nodes.push(n);
+                }
+                continue;
+            }
+            if n.level == d {
+                continue;
+            }
+            for bit in [1u32, 0] {
+                stack.push(Held {
+                    level: n.level + 1,
+                    prefix: (n.prefix << 1) | bit,
+                    node: child(&n.node, bit),
+                });
+            }
+        }
         TextPack {
-            seed: None,
+            nodes,
             ops: self.ops.clone(),
             slots,
         }
@@ -267,6 +376,15 @@ impl TextPack {
     /// Seal it for the format 5 entry whose header encodes to `header`,
     /// deflated at `level` when that is shorter.
     pub fn seal(&self, key: &crate::SecretKey, header: &[u8], level: flate2::Compression) -> Result<Vec<u8>> {
+        let gone = (self.len() - self.held()) as u16;
+        let mut out = gone.to_le_bytes().to_vec();
+        out.extend(seal(key, &aad(header, gone), &self.encode_plain(level))?);
+        Ok(out)
+    }
+
+    /// Its plaintext as sealed (`kind u8 | data`: deflated at `level` when
+    /// that is shorter).
+    pub fn encode_plain(&self, level: flate2::Compression) -> Vec<u8> {
         let encoded = postcard::to_stdvec(&self.wire()).expect("a text pack encodes");
         let deflated = if encoded.len() < MIN_DEFLATE_BYTES {
             None
@@ -289,7 +407,7 @@ impl TextPack {
                 plain.extend_from_slice(&encoded);
             }
         }
-        seal(key, &aad(header), &plain)
+        plain
     }
 
     /// Open the pack of the format 5 entry whose header encodes to
@@ -302,14 +420,18 @@ impl TextPack {
         sealed: &[u8],
         root: &[u8; 32],
     ) -> Result<(TextPack, &'k crate::SecretKey)> {
-        let aad = aad(header);
+        let gone = gone_of(sealed).ok_or_else(|| Error::corrupted("text pack", "too short"))?;
+        let aad = aad(header, gone);
         let mut last = None;
         for key in keys.opening_keys(generation) {
-            match open(key, &aad, sealed, "text pack") {
+            match open(key, &aad, &sealed[2..], "text pack") {
                 Ok(plain) => {
                     let pack = Self::decode_plain(&plain)?;
                     if pack.root().as_ref() != Some(root) {
                         return Err(Error::corrupted("text pack", "does not match its entry's root"));
+                    }
+                    if usize::from(gone) != pack.len() - pack.held() {
+                        return Err(Error::corrupted("text pack", "miscounts its dropped slots"));
                     }
                     return Ok((pack, key));
                 }
@@ -327,9 +449,10 @@ impl TextPack {
     /// A pack from its plaintext (`kind u8 | data`, once opened): a kind
     /// this build does not know, data that does not inflate or inflates
     /// past [`crate::content::MAX_PACK_PLAIN_BYTES`], bytes after it, more
-    /// than [`crate::content::MAX_PACK_TEXTS`] slots or a text past the
-    /// longest are refused. Any member can seal a pack, so the plaintext
-    /// is untrusted: fuzzed (`text_pack`).
+    /// than [`crate::content::MAX_PACK_TEXTS`] slots or key nodes, nodes
+    /// outside the tree or overlapping, or a text past the longest are
+    /// refused. Any member can seal a pack, so the plaintext is untrusted:
+    /// fuzzed (`text_pack_v5`).
     pub fn decode_plain(plain: &[u8]) -> Result<TextPack> {
         let bad = |why: &str| Error::corrupted("text pack", why.to_string());
         let inflated;
@@ -346,12 +469,9 @@ impl TextPack {
         if !rest.is_empty() {
             return Err(bad("trailing bytes"));
         }
-        let pack = TextPack::from_wire(wire).ok_or_else(|| bad("op counters and slots disagree"))?;
-        if pack.slots.len() > crate::content::MAX_PACK_TEXTS {
-            return Err(bad("too many texts"));
-        }
+        let pack = TextPack::from_wire(wire).map_err(bad)?;
         for s in &pack.slots {
-            if let Slot::Text { text, .. } = s
+            if let Slot::Text(text) = s
                 && text.len() > MAX_TEXT_BYTES
             {
                 return Err(Error::TooLarge {
@@ -376,12 +496,21 @@ mod tests {
             .collect()
     }
 
+    fn pack_of(t: &[String]) -> TextPack {
+        TextPack::new(
+            t.iter()
+                .enumerate()
+                .map(|(i, t)| (100 + 2 * i as u64, Some(t.as_str()))),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn a_pack_opens_against_its_root_only_and_drops_keep_the_root() {
         let keys = ChannelKeys::generate().unwrap();
         let key = keys.sealing_key(0).unwrap();
         let t = texts(40);
-        let pack = TextPack::new(t.iter().enumerate().map(|(i, t)| (100 + 2 * i as u64, t.as_str()))).unwrap();
+        let pack = pack_of(&t);
         let root = pack.root().unwrap();
         let sealed = pack.seal(key, b"header", flate2::Compression::default()).unwrap();
         let (back, _) = TextPack::open(&keys, 0, b"header", &sealed, &root).unwrap();
@@ -397,13 +526,15 @@ mod tests {
         let mut damaged = sealed.clone();
         damaged[30] ^= 1;
         assert!(TextPack::open(&keys, 0, b"header", &damaged, &root).is_err());
+        // The count of dropped slots is bound by the seal.
+        assert_eq!(gone_of(&sealed), Some(0));
+        let mut recounted = sealed.clone();
+        recounted[0] = 1;
+        assert!(TextPack::open(&keys, 0, b"header", &recounted, &root).is_err());
         // Another text in a slot, or the text of another op (the author's
         // or a member's): refused.
         let mut swapped = pack.clone();
-        swapped.slots[5] = Slot::Text {
-            key: None,
-            text: "something else".into(),
-        };
+        swapped.slots[5] = Slot::Text("something else".into());
         let s = swapped.seal(key, b"header", flate2::Compression::default()).unwrap();
         assert!(TextPack::open(&keys, 0, b"header", &s, &root).is_err());
         let mut moved = pack.clone();
@@ -411,24 +542,55 @@ mod tests {
         let s = moved.seal(key, b"header", flate2::Compression::default()).unwrap();
         assert!(TextPack::open(&keys, 0, b"header", &s, &root).is_err());
 
-        // Two texts dropped: the root still checks, the seed is gone, and
-        // the dropped texts are nowhere in the plaintext.
+        // Two texts dropped: the root still checks, the tree's top node is
+        // gone, and the dropped texts are nowhere in the plaintext.
         let kept = pack.retain(|op| op != 110 && op != 114);
         assert_eq!(kept.root(), Some(root));
         assert_eq!((kept.len(), kept.held()), (40, 38));
-        assert!(kept.seed.is_none());
+        assert!(kept.nodes.iter().all(|n| n.level > 0));
         assert_eq!(kept.texts()[5], (110, None));
-        let plain = postcard::to_stdvec(&kept.wire()).unwrap();
+        let plain = kept.encode_plain(flate2::Compression::none());
         assert!(!plain.windows(t[5].len()).any(|w| w == t[5].as_bytes()));
         let s = kept.seal(key, b"header", flate2::Compression::default()).unwrap();
+        assert_eq!(gone_of(&s), Some(2));
+        assert!(s.len() <= sealed.len() + 2 * MAX_GROWTH_PER_DROP);
         let (back, _) = TextPack::open(&keys, 0, b"header", &s, &root).unwrap();
         assert_eq!(back.texts()[6], (112, Some(t[6].as_str())));
-        // Dropped again later: still the same root.
+        // The dropped slots' keys are derivable from no node held, the
+        // others' are.
+        assert!(back.key(5).is_none() && back.key(7).is_none());
+        assert_eq!(back.key(6), pack.key(6));
+        // Puncturing costs a node a level for a dropped slot, not a key a
+        // text: the pack grows by less than the leaves and nodes of two.
+        assert!(
+            back.nodes.len() <= 2 * usize::from(depth(40)),
+            "{} nodes",
+            back.nodes.len()
+        );
+        // Dropped again later, down to none: still the same root.
         assert_eq!(back.retain(|op| op != 100).root(), Some(root));
-        // A guess at a dropped text does not give its leaf without its key.
-        let Slot::Gone(l) = kept.slots[5] else { panic!() };
-        assert_ne!(l, leaf(&[0; 16], 110, &t[5]));
+        let none = back.retain(|_| false);
+        assert_eq!((none.held(), none.root()), (0, Some(root)));
+        assert!(none.nodes.is_empty());
         assert_eq!(format!("{kept:?}"), "TextPack(40 slots, 38 held)");
+    }
+
+    #[test]
+    fn every_drop_keeps_every_other_key() {
+        // Packs of 1 to 70 slots, each slot dropped alone and in pairs.
+        for n in 1..70 {
+            let t = texts(n);
+            let pack = pack_of(&t);
+            let root = pack.root().unwrap();
+            for a in 0..n {
+                let b = (a * 7 + 3) % n;
+                let kept = pack.retain(|op| op != 100 + 2 * a as u64 && op != 100 + 2 * b as u64);
+                assert_eq!(kept.root(), Some(root), "n {n}, dropped {a} and {b}");
+                for i in 0..n {
+                    assert_eq!(kept.key(i).is_some(), i != a && i != b, "n {n}, slot {i}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -442,37 +604,48 @@ mod tests {
         bomb.extend(enc.finish().unwrap());
         assert!(TextPack::decode_plain(&bomb).is_err());
         assert!(TextPack::decode_plain(&[7, 1, 2]).is_err());
-        let mut p = vec![PLAIN];
-        p.extend(postcard::to_stdvec(&TextPack::new([(3, "a")]).unwrap().wire()).unwrap());
-        assert!(TextPack::decode_plain(&p).is_ok());
-        p.push(0);
-        assert!(TextPack::decode_plain(&p).is_err());
-        // As many op counters as slots.
-        let mut w = TextPack::new([(3, "a")]).unwrap().wire();
-        w.steps.push(1);
-        let mut p = vec![PLAIN];
-        p.extend(postcard::to_stdvec(&w).unwrap());
-        assert!(TextPack::decode_plain(&p).is_err());
-        // A text past the longest.
-        let long = TextPack {
-            seed: None,
-            ops: vec![1],
-            slots: vec![Slot::Text {
-                key: Some([1; 16]),
-                text: "x".repeat(MAX_TEXT_BYTES + 1),
-            }],
+        let one = TextPack::new([(3, Some("a"))]).unwrap();
+        let p = one.encode_plain(flate2::Compression::default());
+        assert_eq!(TextPack::decode_plain(&p).unwrap(), one);
+        let mut trailing = p.clone();
+        trailing.push(0);
+        assert!(TextPack::decode_plain(&trailing).is_err());
+        let encode = |w: &PackWire| {
+            let mut p = vec![PLAIN];
+            p.extend(postcard::to_stdvec(w).unwrap());
+            p
         };
+        // As many op counters as slots.
+        let mut w = one.wire();
+        w.steps.push(1);
+        assert!(TextPack::decode_plain(&encode(&w)).is_err());
+        // Key nodes inside the tree, in order, apart.
+        let two = pack_of(&texts(2)).retain(|_| true);
+        let mut w = two.wire();
+        w.nodes[0].level = 5;
+        assert!(TextPack::decode_plain(&encode(&w)).is_err());
+        let mut w = pack_of(&texts(4)).retain(|op| op != 100).wire();
+        assert!(w.nodes.len() >= 2);
+        w.nodes.swap(0, 1);
+        assert!(TextPack::decode_plain(&encode(&w)).is_err());
+        let mut w = two.wire();
+        w.nodes.push(w.nodes[0]);
+        assert!(TextPack::decode_plain(&encode(&w)).is_err());
+        // A slot dropped before sealing: a leaf, no text, no key, the root
+        // stands.
+        let early = TextPack::new([(3, Some("a")), (5, None)]).unwrap();
+        assert_eq!((early.len(), early.held()), (2, 1));
+        assert!(early.root().is_some() && early.key(1).is_none());
+        // A text past the longest.
+        let long = TextPack::new([(1, Some("x".repeat(MAX_TEXT_BYTES + 1).as_str()))]).unwrap();
         let sealed = long.seal(key, b"h", flate2::Compression::default()).unwrap();
         let root = long.root().unwrap();
         assert!(TextPack::open(&keys, 0, b"h", &sealed, &root).is_err());
-        // A text with no key and no seed gives no root.
+        // A text whose key no node gives: no root.
         let keyless = TextPack {
-            seed: None,
+            nodes: Vec::new(),
             ops: vec![1],
-            slots: vec![Slot::Text {
-                key: None,
-                text: "x".into(),
-            }],
+            slots: vec![Slot::Text("x".into())],
         };
         assert_eq!(keyless.root(), None);
     }

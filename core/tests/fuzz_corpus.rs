@@ -80,6 +80,7 @@ replay_tests! {
     revocation_notice => checks::check_revocation_notice,
     peer_proofs => checks::check_peer_proofs,
     text_pack => checks::check_text_pack,
+    text_pack_v5 => checks::check_text_pack_v5,
 }
 
 /// Writes the relay certificate and removal seeds (sync protocol 5) and
@@ -144,6 +145,13 @@ fn regenerate_text_pack_seeds() {
     seeds::write_text_pack_seeds();
 }
 
+/// Writes the format 5 pack and entry seeds (store format 13).
+#[test]
+#[ignore = "writes the text_pack_v5 and envelope v5 seeds; run by hand with --ignored"]
+fn regenerate_v5_seeds() {
+    seeds::write_v5_seeds();
+}
+
 /// Writes the format 4 entry seeds (store format 10: a pack of texts).
 #[test]
 #[ignore = "writes the envelope v4 seeds; run by hand with --ignored"]
@@ -200,6 +208,7 @@ mod seeds {
             "device_cert" => hearth_core::device::DeviceCert::decode(data).is_ok(),
             "member_ops" => true,
             "text_pack" => hearth_core::content::decode_pack_plain(data).is_ok(),
+            "text_pack_v5" => hearth_core::textpack::TextPack::decode_plain(data).is_ok(),
             "key_package" => hearth_core::KeyPackage::decode(data).is_ok(),
             "revocation_notice" => {
                 hearth_core::member::RevocationNotice::decode(data).is_ok_and(|n| n.verify().is_ok())
@@ -891,6 +900,73 @@ mod seeds {
         write("envelope", "v4-one-plain-text-unchained", &plain);
         write("envelope", "v4-flipped-in-pack", &flip(&full, full.len() - 20));
         write("envelope", "v4-truncated-pack", &full[..full.len() - 5]);
+    }
+
+    pub fn write_v5_seeds() {
+        use hearth_core::textpack::TextPack;
+        let texts: Vec<String> = (0..8u8).map(|i| format!("text {i} of the pack, ünïcode ✓")).collect();
+        let pack = TextPack::new(
+            texts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (10 + 3 * i as u64, Some(t.as_str()))),
+        )
+        .unwrap();
+        let plain = pack.encode_plain(flate2::Compression::none());
+        let deflated = pack.encode_plain(flate2::Compression::default());
+        assert_eq!((plain[0], deflated[0]), (0, 1));
+        let dropped = pack
+            .retain(|op| op != 13 && op != 22)
+            .encode_plain(flate2::Compression::default());
+        let one = TextPack::new([(7, Some("one"))])
+            .unwrap()
+            .encode_plain(flate2::Compression::default());
+        let early = TextPack::new([(7, Some("kept")), (9, None)])
+            .unwrap()
+            .encode_plain(flate2::Compression::default());
+        write("text_pack_v5", "valid-plain-eight", &plain);
+        write("text_pack_v5", "valid-deflated-eight", &deflated);
+        write("text_pack_v5", "valid-two-dropped", &dropped);
+        write("text_pack_v5", "valid-one", &one);
+        write("text_pack_v5", "valid-one-gone-before-sealing", &early);
+        write("text_pack_v5", "unknown-kind", &[7, 0]);
+        write("text_pack_v5", "deflate-garbage", &[1, 0xff, 0xfe, 0x00, 0x13]);
+        write("text_pack_v5", "truncated", &deflated[..deflated.len() - 3]);
+        let mut trailing = plain.clone();
+        trailing.push(0);
+        write("text_pack_v5", "trailing-byte", &trailing);
+        // No seed, counts of 2^32 - 1 op steps: refused without allocating.
+        write("text_pack_v5", "huge-count", &[0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f]);
+
+        // Entries of format 5: a change that names its texts by slot.
+        let keys = channel_keys();
+        let (me, chain, _) = seed_writer();
+        let mut doc = EpochDoc::new(EPOCH, &me.device());
+        doc.set_slot_texts(true);
+        let tag = hearth_core::writer_tag(&me.user(), &me.device());
+        for i in 0..4u64 {
+            let id = hearth_core::MessageId::new(hearth_core::Timestamp::from_millis(1000 + i), EPOCH, &keys.id(), tag);
+            let op = hearth_core::Op::Post {
+                id,
+                text: format!("text {i} of the pack"),
+                reply_to: None,
+            };
+            doc.stage(&me.user(), &me.device(), &op).unwrap();
+        }
+        let change = doc.commit(0).unwrap();
+        let texts = doc.take_texts();
+        let body = EntryBody { epoch: EPOCH, change };
+        let (full, _) = Envelope::seal_v5(keys, &me, 1, [0; 32], &body, 0, chain, &texts).unwrap();
+        let env = Envelope::decode(&full).unwrap();
+        let mut one = env.clone();
+        one.retain_texts(keys, |id| *id != texts[0].id()).unwrap();
+        let mut stub = env.clone();
+        stub.prune_body();
+        write("envelope", "valid-v5-packed", &full);
+        write("envelope", "valid-v5-one-text-dropped", &one.encode());
+        write("envelope", "valid-v5-pruned-body", &stub.encode());
+        write("envelope", "v5-flipped-in-pack", &flip(&full, full.len() - 20));
+        write("envelope", "v5-truncated-pack", &full[..full.len() - 5]);
     }
 
     pub fn write_link_seeds() {

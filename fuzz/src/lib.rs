@@ -177,6 +177,29 @@ pub fn check_text_pack(data: &[u8]) {
     }
 }
 
+/// A format 5 pack's plaintext (any member can seal one): one that decodes
+/// seals and opens back to itself against its root, and dropping texts
+/// keeps the root.
+pub fn check_text_pack_v5(data: &[u8]) {
+    use hearth_core::textpack::TextPack;
+    let Ok(pack) = TextPack::decode_plain(data) else {
+        return;
+    };
+    let Some(root) = pack.root() else {
+        // A text with no key to check it by: nothing opens against it.
+        return;
+    };
+    let key = channel_keys().sealing_key(0).expect("generation 0");
+    let sealed = pack
+        .seal(key, b"fuzz header", flate2::Compression::fast())
+        .expect("a pack seals");
+    let (back, _) = TextPack::open(channel_keys(), 0, b"fuzz header", &sealed, &root).expect("a sealed pack opens");
+    assert!(back == pack, "a pack does not open to what it sealed");
+    let fewer = pack.retain(|op| op % 2 == 0);
+    assert_eq!(fewer.root(), Some(root), "dropping texts moved the root");
+    assert!(fewer.held() <= pack.held());
+}
+
 /// Decode a change from the author's feed (as the author), apply it to a fresh epoch
 /// document and view it. A document that accepted the change must also snapshot and
 /// reload to the same view, since the store snapshots whatever sync delivered.

@@ -486,6 +486,7 @@ impl Engine {
                 ch.summaries.insert(epoch, EpochSummary::default());
                 let mut doc = EpochDoc::new(epoch, &device);
                 doc.set_inline_texts(self.identity.device_keys().is_none());
+                doc.set_slot_texts(true);
                 LoadedEpoch {
                     doc,
                     view: EpochView::default(),
@@ -512,6 +513,7 @@ impl Engine {
                     EpochDoc::new(epoch, &device)
                 };
                 doc.set_inline_texts(self.identity.device_keys().is_none());
+                doc.set_slot_texts(true);
                 let mut changes = Vec::new();
                 let mut segments = HashMap::new();
                 // Every entry of the epoch is read for the texts its segments
@@ -526,7 +528,14 @@ impl Engine {
                         Error::corrupted("feed", format!("epoch log names a missing entry {dev}/{seq}"))
                     })?;
                     let env = Envelope::decode(&bytes)?;
-                    if env.holds_texts() {
+                    if env.holds_texts() && env.header.version >= hearth_core::ENVELOPE_V5 {
+                        // Format 5: the pack names each text's op; their
+                        // messages are told when a delete needs them.
+                        let texts = env.open_pack_texts(&ch.keys).unwrap_or_default();
+                        doc.add_slot_texts(texts.into_iter().inspect(|(id, _)| {
+                            segments.entry(*id).or_insert_with(Vec::new).push((dev, seq));
+                        }));
+                    } else if env.holds_texts() {
                         let texts = env.open_texts(&ch.keys).into_iter().map(|c| (c.id(), c));
                         doc.add_texts_with_ids(texts.inspect(|(id, _)| {
                             segments.entry(*id).or_insert_with(Vec::new).push((dev, seq));
@@ -1529,7 +1538,7 @@ impl Engine {
                     own.to_vec()
                 };
                 let generation = generation.unwrap_or_else(|| ch.keys.current_generation());
-                let sealed = Envelope::seal_v4(
+                let sealed = Envelope::seal_v5(
                     &ch.keys,
                     &self.identity,
                     seq,
@@ -1539,7 +1548,7 @@ impl Engine {
                     chain.clone(),
                     &texts,
                 )?;
-                for c in &texts {
+                for c in texts.iter().filter(|c| !c.slot.is_some_and(|s| s.gone)) {
                     le.segments.entry(c.id()).or_default().push((device, seq));
                 }
                 if !chain.is_empty() {

@@ -172,8 +172,11 @@ pub fn expired_key(wire: &WireId) -> Vec<u8> {
 /// kept for relays (table `P`); 10 is only marked.
 /// 12: dead epochs (retention): every message of an epoch expired, its
 /// document's rows dropped, its entries held as stubs (bodies pruned to
-/// their hashes), listed in `M dead`; 11 is only marked.
-pub const STORE_FORMAT: u8 = 12;
+/// their hashes), listed in `M dead` (and `M stubbed`); 11 is only marked.
+/// 13: feed entries of format 5: the change names each text by its slot in
+/// the entry's pack, and the sealed body carries one root over them
+/// (`hearth_core::textpack`); 12 is only marked.
+pub const STORE_FORMAT: u8 = 13;
 
 /// What opening a store of format `from` does to bring it to
 /// [`STORE_FORMAT`], step by step (`hearth migrate --check`). Empty when
@@ -202,7 +205,7 @@ pub fn migration_steps(from: u8) -> Vec<&'static str> {
         steps.push(
             "the other steps only mark sled: the rows and kinds of record they add come with the content that \
              needs them (fork proofs, device chains, rosters, notices, texts beside their changes, packs, \
-             a restored device's own network key, dead epochs)",
+             a restored device's own network key, dead epochs, texts named by slot)",
         );
         steps.push("sled's format row set to the current format, and the store checkpointed");
     }

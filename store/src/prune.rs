@@ -58,13 +58,18 @@ impl Engine {
         expired: bool,
     ) -> Result<()> {
         let wire = self.channel(&channel)?.keys.wire();
-        let Some(le) = self.epochs.get_mut(&(channel, epoch)) else {
+        let Some(le) = self.epochs.get(&(channel, epoch)) else {
             return Ok(());
         };
         // Only a delete that counts (the author's, by the view's rules).
         if !expired && !le.view.is_deleted(msg) {
             return Ok(());
         }
+        // All of its texts, an edit's older ones too.
+        self.attribute_texts(channel, epoch)?;
+        let Some(le) = self.epochs.get_mut(&(channel, epoch)) else {
+            return Ok(());
+        };
         let ids = le.doc.text_ids(msg);
         if ids.is_empty() {
             return Ok(());
@@ -74,6 +79,43 @@ impl Engine {
             for (device, seq) in le.segments.remove(&id).unwrap_or_default() {
                 self.prune_rows.entry((wire, device, seq)).or_default().push(id);
             }
+        }
+        Ok(())
+    }
+
+    /// Tell the loaded epoch's document the messages of the format 5 texts
+    /// it holds without them (loaded from packs, which do not say): the
+    /// changes of the entries that carry them are opened and decoded, once
+    /// an epoch is loaded, and only when a delete or an expiry needs it.
+    pub(crate) fn attribute_texts(&mut self, channel: ChannelId, epoch: Epoch) -> Result<()> {
+        let Some(le) = self.epochs.get(&(channel, epoch)) else {
+            return Ok(());
+        };
+        if !le.doc.unattributed() {
+            return Ok(());
+        }
+        let entries: std::collections::BTreeSet<(DeviceId, u64)> = le
+            .doc
+            .unattributed_ids()
+            .iter()
+            .filter_map(|id| le.segments.get(id))
+            .flatten()
+            .copied()
+            .collect();
+        let ch = self.channel(&channel)?;
+        let wire = ch.keys.wire();
+        let mut named = Vec::new();
+        for (device, seq) in entries {
+            let Some(bytes) = self.tree.get(feed_key(&wire, &device, seq))? else {
+                continue;
+            };
+            // An entry that no longer opens names nothing.
+            if let Ok((_, slots)) = Envelope::decode(&bytes).and_then(|e| e.slots(&ch.keys)) {
+                named.extend(slots.into_iter().map(|(_, msg, id)| (msg, id)));
+            }
+        }
+        if let Some(le) = self.epochs.get_mut(&(channel, epoch)) {
+            le.doc.attribute(named);
         }
         Ok(())
     }
@@ -176,12 +218,22 @@ impl Engine {
         let Some(le) = self.epochs.get(&(channel, epoch)) else {
             return Ok(());
         };
-        let deleted: Vec<MessageId> = le
+        let mut deleted: Vec<MessageId> = le
             .doc
             .text_messages()
             .into_iter()
             .filter(|m| le.view.is_deleted(m))
             .collect();
+        // Format 5 texts loaded from packs: a deleted message the document
+        // still names a held text for.
+        if le.doc.unattributed() {
+            deleted.extend(
+                le.view
+                    .messages()
+                    .filter(|m| m.deleted && !le.doc.text_ids(&m.id).is_empty())
+                    .map(|m| m.id),
+            );
+        }
         for msg in deleted {
             self.drop_texts_of(channel, epoch, &msg)?;
         }

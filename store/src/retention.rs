@@ -425,6 +425,7 @@ impl Engine {
                 if !self.ensure_epoch(channel, epoch, false)? {
                     continue;
                 }
+                self.attribute_texts(channel, epoch)?;
                 let expired: Vec<MessageId> = self
                     .loaded(&channel, epoch)
                     .map(|le| {

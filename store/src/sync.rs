@@ -181,6 +181,22 @@ pub(crate) struct Accepted {
     texts: Vec<hearth_core::Content>,
 }
 
+/// The texts an entry's pack or segments carry, each for the message its
+/// change names (format 5: by slot, checked against the root in its body;
+/// none when the pack does not open).
+fn packed_texts(
+    env: &Envelope,
+    keys: &hearth_core::ChannelKeys,
+    root: Option<&[u8; 32]>,
+    effects: &ChangeEffects,
+) -> Vec<hearth_core::Content> {
+    if env.header.version >= hearth_core::ENVELOPE_V5 {
+        env.open_slots(keys, root, &effects.slots).unwrap_or_default()
+    } else {
+        env.open_texts(keys)
+    }
+}
+
 /// The texts an entry carries (`opened`: [`Envelope::open_texts_checked`])
 /// that its change names (each checked against its id), and the entry's
 /// bytes with only those texts.
@@ -491,24 +507,24 @@ impl Engine {
                     admission.accept(&env, bytes);
                     continue;
                 }
-                let opened = env.open(&ch.keys).and_then(|body| {
+                let opened = env.open_full(&ch.keys).and_then(|(body, root)| {
                     let (change, effects) = decode_change_effects(&body.change, &h.device, &h.user)?;
                     if !self.replaying {
                         effects.check_place(body.epoch, &channel, latest)?;
                     }
-                    Ok((body.epoch, change, effects))
+                    Ok((body.epoch, change, effects, root))
                 });
                 match opened {
-                    Ok((epoch, _, _)) if epoch > top.saturating_add(1) && !self.replaying => {
+                    Ok((epoch, ..)) if epoch > top.saturating_add(1) && !self.replaying => {
                         waiting_feeds.insert(h.device);
                         waiting.push(bytes);
                     }
-                    Ok((epoch, change, effects)) => {
+                    Ok((epoch, change, effects, root)) => {
                         // A pack that does not open is nobody's provable
                         // fault (nothing about it is signed, and anyone may
                         // drop one): the entry is taken without it, its texts
                         // dropped, as if a forwarder had stripped it.
-                        let packed = env.open_texts(&ch.keys);
+                        let packed = packed_texts(&env, &ch.keys, root.as_ref(), &effects);
                         top = top.max(epoch);
                         progressed = true;
                         let (texts, bytes) = entry_texts(&env, bytes, &ch.keys, &effects, packed);
@@ -655,10 +671,11 @@ impl Engine {
                 .to_vec();
             let env = Envelope::decode(&bytes)?;
             let user = env.header.user;
-            let opened = env.open(&ch.keys).and_then(|body| {
+            let opened = env.open_full(&ch.keys).and_then(|(body, root)| {
                 let (change, effects) = decode_change_effects(&body.change, &device, &user)?;
                 effects.check_place(body.epoch, &channel, Timestamp(u64::MAX))?;
-                Ok((body.epoch, change, effects, env.open_texts(&ch.keys)))
+                let packed = packed_texts(&env, &ch.keys, root.as_ref(), &effects);
+                Ok((body.epoch, change, effects, packed))
             });
             match opened {
                 Ok((epoch, change, effects, packed)) => {

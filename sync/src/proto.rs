@@ -12,6 +12,11 @@
 //! Link   {proof, keys}                         -> Link {sealed}       (a new device)
 //! ```
 //!
+//! Protocol 11 carries feed entries of format 5 (texts named by slot, one
+//! root over them in the sealed body: `hearth_core::textpack`); protocol
+//! 10 carries stubs (entries of dead epochs cut to their body's hash). The
+//! frames are the same.
+//!
 //! Protocol 9 adds text drops to Revoke: the packs a member's store sealed
 //! again without a deleted message's texts (`hearth_core::peer::TextDrop`),
 //! which a relay takes from the entry's author, so that it stops serving a
@@ -61,12 +66,12 @@ use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 
 /// The protocol name (the version is in it).
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/sync/10");
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/sync/11");
 /// Protocol version carried in Hello.
-pub const VERSION: u16 = 10;
+pub const VERSION: u16 = 11;
 /// Names of earlier versions of the protocol, which this node does not speak:
 /// a peer offering only these is reported as incompatible, not banned.
-pub const OLD_PROTOCOLS: [&str; 9] = [
+pub const OLD_PROTOCOLS: [&str; 10] = [
     "/hearth/sync/1",
     "/hearth/sync/2",
     "/hearth/sync/3",
@@ -76,6 +81,7 @@ pub const OLD_PROTOCOLS: [&str; 9] = [
     "/hearth/sync/7",
     "/hearth/sync/8",
     "/hearth/sync/9",
+    "/hearth/sync/10",
 ];
 /// The reason of a Hello refused for a device proof without a chain that
 /// the responder cannot check: say it again with the chain.

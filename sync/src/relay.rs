@@ -146,9 +146,9 @@ pub struct RelayStats {
     /// Channels whose access key a member granted: the only ones this relay
     /// serves (to peers that prove membership with that key).
     pub granted_channels: usize,
-    /// Bytes text drops took from held entries since this relay opened or
-    /// last compacted: their old bytes are still in its files until the
-    /// next compaction ([`RelayStore::compact`]).
+    /// Bytes of the held entries text drops replaced since this relay
+    /// opened or last compacted: their old bytes are still in its files
+    /// until the next compaction ([`RelayStore::compact`]).
     pub dropped_bytes: u64,
 }
 
@@ -186,8 +186,8 @@ struct State {
     certs: BTreeMap<WireId, BTreeMap<UserId, (hearth_core::peer::RelayCert, hearth_core::peer::Certifier)>>,
     /// Per channel, users a certifying user removed (`members`).
     removed: BTreeMap<WireId, BTreeMap<UserId, hearth_core::peer::RemovalNotice>>,
-    /// Bytes text drops took from held entries since this relay opened
-    /// (they stay in the log's old records until it is compacted).
+    /// Bytes of the held entries text drops replaced since this relay
+    /// opened (they stay in the log's old records until it is compacted).
     dropped_bytes: u64,
 }
 
@@ -204,7 +204,23 @@ impl std::ops::Deref for TreeRef<'_> {
 
 /// A text drop taken: the drop, the entry as it is held from then on, the
 /// bytes it shrank by, and the entry's author.
-struct DroppedRow(hearth_core::peer::TextDrop, Vec<u8>, u64, UserId);
+struct DroppedRow(hearth_core::peer::TextDrop, Vec<u8>, i64, UserId);
+
+/// What a drop takes from an entry of `before` bytes that becomes `after`
+/// (negative: a format 5 pack that grew, within what its dropped slots may
+/// take: `hearth_core::peer::TextDrop::apply`).
+fn shrink_of(before: usize, after: usize) -> i64 {
+    before as i64 - after as i64
+}
+
+/// `v` less `shrink` (more, when it is negative), within range.
+fn less(v: u64, shrink: i64) -> u64 {
+    if shrink >= 0 {
+        v.saturating_sub(shrink as u64)
+    } else {
+        v.saturating_add(shrink.unsigned_abs())
+    }
+}
 
 /// A revocation notice held: what it says, and its bytes (handed on to
 /// peers that ask).
@@ -995,7 +1011,7 @@ impl Inner {
                     };
                     match d.apply(&bytes) {
                         Ok(Some(after)) => {
-                            let shrink = (bytes.len() - after.len().min(bytes.len())) as u64;
+                            let shrink = shrink_of(bytes.len(), after.len());
                             rows.push(DroppedRow(d, after, shrink, head.user));
                         }
                         _ => stale.push(k),
@@ -1073,7 +1089,7 @@ impl Inner {
                 },
             };
             if let Ok(Some(after)) = d.apply(&before) {
-                let shrink = (before.len() - after.len().min(before.len())) as u64;
+                let shrink = shrink_of(before.len(), after.len());
                 out.push(DroppedRow(d, after, shrink, head.user));
             }
         }
@@ -1095,7 +1111,7 @@ impl Inner {
             }
             if let Some(h) = st.feeds.get(&d.wire).and_then(|f| f.get(&d.device)) {
                 let h = heads.entry((d.wire, d.device)).or_insert(*h);
-                h.bytes = h.bytes.saturating_sub(*shrink);
+                h.bytes = less(h.bytes, *shrink);
             }
         }
         for ((wire, device), h) in heads {
@@ -1109,15 +1125,16 @@ impl Inner {
 
     /// What the drops taken free: the heads' bytes, the relay's, the authors'.
     fn account_drops(st: &mut State, rows: &[DroppedRow]) {
-        for DroppedRow(d, _, shrink, user) in rows {
+        for DroppedRow(d, after, shrink, user) in rows {
             if let Some(h) = st.feeds.get_mut(&d.wire).and_then(|f| f.get_mut(&d.device)) {
-                h.bytes = h.bytes.saturating_sub(*shrink);
+                h.bytes = less(h.bytes, *shrink);
             }
-            st.bytes = st.bytes.saturating_sub(*shrink);
+            st.bytes = less(st.bytes, *shrink);
             if let Some(b) = st.by_user.get_mut(user) {
-                *b = b.saturating_sub(*shrink);
+                *b = less(*b, *shrink);
             }
-            st.dropped_bytes += shrink;
+            // The entry as it was is dead in the files, whole.
+            st.dropped_bytes += (after.len() as i64 + shrink).max(0) as u64;
         }
     }
 
@@ -1144,7 +1161,7 @@ impl Inner {
             return Ok(());
         };
         if let Ok(Some(after)) = d.apply(&before) {
-            let shrink = (before.len() - after.len().min(before.len())) as u64;
+            let shrink = shrink_of(before.len(), after.len());
             let rows = [DroppedRow(d, after, shrink, user)];
             self.drop_rows(batch, &rows);
             // The rows go to sled before the next drop of the same entry
