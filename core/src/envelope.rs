@@ -556,13 +556,15 @@ impl Envelope {
         let body_hash = *blake3::hash(&sealed).as_bytes();
         let (segments, pack, signed) = if version >= ENVELOPE_V5 {
             let pack = match &packed {
-                Some(p) => {
+                // Every text dropped before sealing: no pack (the root
+                // stands, over leaves nobody can check).
+                Some(p) if p.held() > 0 => {
                     let key = keys
                         .sealing_key(generation)
                         .ok_or_else(|| Error::invalid("key generation", "not held"))?;
                     Some(p.seal(key, &hb, flate2::Compression::default())?)
                 }
-                None => None,
+                _ => None,
             };
             (Vec::new(), pack, signed_v4(version, &hb, &certs, &body_hash))
         } else if version == ENVELOPE_V4 {

@@ -724,10 +724,17 @@ pub(crate) fn restore(file: &Path, dir: &Path, pass: &Passphrase, progress: &Com
     let _lock = crate::open::lock(dir)?;
     // Only into a directory that holds nothing, or what a restore cut short
     // left (its mark): never over anyone's files.
+    // The mark's own temporary file counts as the mark's: a cut between
+    // its creation and its rename leaves it alone.
     let marker = dir.join(RESTORING_FILE);
-    let foreign = fs::read_dir(dir)?
-        .flatten()
-        .any(|e| e.file_name() != LOCK_FILE && e.file_name() != RESTORING_FILE);
+    let marker_tmp = format!("{RESTORING_FILE}.tmp");
+    let foreign = fs::read_dir(dir)?.flatten().any(|e| {
+        let name = e.file_name();
+        name != LOCK_FILE && name != RESTORING_FILE && name != marker_tmp.as_str()
+    });
+    if !foreign && !marker.exists() {
+        let _ = fs::remove_file(dir.join(&marker_tmp));
+    }
     if foreign && !marker.exists() {
         return Err(Error::invalid(
             "restore",

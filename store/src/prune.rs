@@ -146,7 +146,9 @@ impl Engine {
             env.retain_texts(keys, |id| !ids.contains(id))?;
             let now = env.encode();
             if now != bytes.as_ref() {
-                dropped += bytes.len().saturating_sub(now.len()) as u64;
+                // The entry as it was is dead in the log and sled's old
+                // pages, whole (a format 5 pack can even grow).
+                dropped += bytes.len() as u64;
                 batch.insert(&k[..], now);
                 // For the relays, which hold the entry and cannot open it.
                 if env.header.version >= hearth_core::ENVELOPE_V4 {
