@@ -570,13 +570,23 @@ pub(crate) fn start_copy_at<S: CopySink>(
                     match subscriber.next_timeout(wait) {
                         Ok(e) => match queue.lock() {
                             Ok(mut q) => q.push(e),
-                            Err(_) => break,
+                            Err(_) => {
+                                // Writes from here on would be lost: the
+                                // copy must not be committed.
+                                abort.store(true, Ordering::SeqCst);
+                                break;
+                            }
                         },
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) if calm || abort.load(Ordering::SeqCst) => {
-                            break;
-                        }
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                        // sled 0.34 answers a wait that timed out with
+                        // `Disconnected` (its oneshot), and keeps the write
+                        // it was waiting for to give at the next call: both
+                        // are a timeout here (the copier holds the tree, so
+                        // the subscription cannot end). Stopping on it lost
+                        // the writes of an ingest that was under way, and the
+                        // copy, committed, missed them (a relay's power-cut
+                        // test found it on a loaded machine).
+                        Err(_) if calm || abort.load(Ordering::SeqCst) => break,
+                        Err(_) => {}
                     }
                 }
                 drained.store(true, Ordering::SeqCst);
