@@ -106,9 +106,17 @@ fn text_ref<'a>(v: &'a ValueRef<'_>, at: &ObjId) -> Option<TextRef<'a>> {
     match v {
         ValueRef::Scalar(ScalarValueRef::Str(s)) => Some(TextRef::Inline(s)),
         ValueRef::Scalar(ScalarValueRef::Bytes(b)) => ContentId::from_slice(b).map(TextRef::Id),
-        ValueRef::Scalar(ScalarValueRef::Uint(_)) => slot_id(at).map(TextRef::Id),
+        ValueRef::Scalar(ScalarValueRef::Null | ScalarValueRef::Boolean(true)) => slot_id(at).map(TextRef::Id),
         _ => None,
     }
+}
+
+/// A format 5 text op's value: the text's slot is the op's place among
+/// the change's text ops, and the value only says so (`Null`, or `true`
+/// for an edit whose key holds `Null` already: automerge writes no op for
+/// the value already there).
+fn is_slot_marker(action: &OpType) -> bool {
+    matches!(action, OpType::Put(ScalarValue::Null | ScalarValue::Boolean(true)))
 }
 
 /// [`text_ref`] of a value read with `get`/`get_all`.
@@ -117,7 +125,7 @@ fn text_of<'a>(v: &'a Value<'_>, at: &ObjId) -> Option<TextRef<'a>> {
         Value::Scalar(s) => match s.as_ref() {
             ScalarValue::Str(s) => Some(TextRef::Inline(s)),
             ScalarValue::Bytes(b) => ContentId::from_slice(b).map(TextRef::Id),
-            ScalarValue::Uint(_) => slot_id(at).map(TextRef::Id),
+            ScalarValue::Null | ScalarValue::Boolean(true) => slot_id(at).map(TextRef::Id),
             _ => None,
         },
         Value::Object(_) => None,
@@ -407,9 +415,10 @@ impl EpochDoc {
             return Ok(ScalarValue::Str(text.into()));
         }
         if self.slot_texts {
-            // Its id is that of the op that puts the slot: bound once put
-            // ([`EpochDoc::bind_slot`]).
-            return Ok(ScalarValue::Uint(self.pending.len() as u64));
+            // Its id is that of the op that puts it: bound once put
+            // ([`EpochDoc::bind_slot`]); its slot, its place among the
+            // change's text ops.
+            return Ok(ScalarValue::Null);
         }
         let c = Content::new(msg, text.to_string())?;
         let id = c.id();
@@ -651,13 +660,12 @@ impl EpochDoc {
                 let mut value = text.expect("an edit stages its text");
                 let before = d.get(ROOT, key.as_str())?;
                 // automerge puts nothing when the value is the one there
-                // already: an edit into the slot an earlier edit had takes
-                // another value for it (slots count modulo the most a pack
-                // holds).
-                if let (ScalarValue::Uint(slot), Some((Value::Scalar(old), _))) = (&value, &before)
-                    && old.as_ref() == &ScalarValue::Uint(*slot)
+                // already: an edit over an earlier one's marker takes the
+                // other marker.
+                if let (ScalarValue::Null, Some((Value::Scalar(old), _))) = (&value, &before)
+                    && old.as_ref() == &ScalarValue::Null
                 {
-                    value = ScalarValue::Uint(slot + crate::content::MAX_PACK_TEXTS as u64);
+                    value = ScalarValue::Boolean(true);
                 }
                 let before = before.map(|(_, op)| op);
                 d.put(ROOT, key.as_str(), value)?;
@@ -1124,7 +1132,8 @@ pub struct ChangeEffects {
     /// their message: what its entry's segments may carry.
     pub texts: Vec<(MessageId, ContentId)>,
     /// The texts it names by slot (entry format 5: [`crate::textpack`]):
-    /// (slot, message, id), in op order; their ids are in `texts` too.
+    /// (slot, message, id), in op order (a text's slot is its place among
+    /// them); their ids are in `texts` too.
     pub slots: Vec<SlotRef>,
 }
 
@@ -1227,12 +1236,10 @@ pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> 
                     {
                         effects.texts.push((id, c));
                     }
-                    if let ("e", OpType::Put(ScalarValue::Uint(slot))) = (kind, &op.action) {
+                    if kind == "e" && is_slot_marker(&op.action) {
                         let c = ContentId::of_op(&device.0, start + i as u64);
                         effects.texts.push((id, c));
-                        effects
-                            .slots
-                            .push((*slot % crate::content::MAX_PACK_TEXTS as u64, id, c));
+                        effects.slots.push((effects.slots.len() as u64, id, c));
                     }
                 }
                 ("rd", _) => {
@@ -1277,13 +1284,13 @@ pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> 
                     };
                     effects.texts.push((*msg, c));
                 }
-                ("t", OpType::Put(ScalarValue::Uint(slot))) => {
+                ("t", action) if is_slot_marker(action) => {
                     let Some(msg) = made.get(&id.counter()) else {
                         return Err(Error::corrupted("automerge change", "a text slot in no post it makes"));
                     };
                     let c = ContentId::of_op(&device.0, start + i as u64);
                     effects.texts.push((*msg, c));
-                    effects.slots.push((*slot, *msg, c));
+                    effects.slots.push((effects.slots.len() as u64, *msg, c));
                 }
                 ("p", OpType::Put(ScalarValue::Str(p))) => effects.placed.push(parse_id(p)?),
                 _ => return Err(Error::corrupted("automerge change", "unexpected field in a message")),
@@ -1325,9 +1332,8 @@ fn check_root_op(key: &str, action: &OpType, preds: usize, user: &UserId, device
     };
     let is_str = text.is_some();
     // A text: the text itself (before format 9), or the content id of a segment.
-    let is_text = is_str
-        || matches!(action, OpType::Put(ScalarValue::Bytes(b)) if b.len() == 16)
-        || matches!(action, OpType::Put(ScalarValue::Uint(slot)) if *slot < 2 * crate::content::MAX_PACK_TEXTS as u64);
+    let is_text =
+        is_str || matches!(action, OpType::Put(ScalarValue::Bytes(b)) if b.len() == 16) || is_slot_marker(action);
     let is_true = matches!(action, OpType::Put(ScalarValue::Boolean(true)));
     // The local size limits hold for every writer's ops.
     let sized = |what: &'static str, limit: usize| text.map_or(Ok(()), |t| check_len(what, t, limit));
@@ -1523,7 +1529,7 @@ mod tests {
         ];
         for op in &ops {
             // One change each: the two edits take slot 0 both (the second
-            // one's value moved on by the most a pack holds).
+            // one's marker is `true`: its key holds `Null` already).
             doc.stage(&user, &device, op).unwrap();
             let change = doc.commit(0).unwrap();
             let (_, effects) = decode_change_effects(&change, &device, &user).unwrap();

@@ -786,9 +786,9 @@ impl Envelope {
     /// The texts of a format 5 entry's pack, each for the message and id its
     /// change names in that slot (`root` and `slots`: from its body, as
     /// [`Envelope::slots`] gives them, or as a caller that decoded the change
-    /// already has them). A pack that does not open or does not match the
-    /// root is an error (nobody's provable fault); a slot no change names,
-    /// or named twice, gives no text.
+    /// already has them). A pack that does not open, does not match the
+    /// root, or holds a text in a slot the change names for no op, for two,
+    /// or for another op, is an error (taken as dropped).
     pub fn open_slots(
         &self,
         keys: &ChannelKeys,
@@ -802,29 +802,38 @@ impl Envelope {
         let (pack, _) = TextPack::open(keys, self.header.generation, &self.header.encode(), sealed, root)?;
         let by_slot = slot_ids(slots, pack.len());
         let device = self.header.device;
-        Ok(pack
-            .texts()
-            .into_iter()
-            .zip(by_slot)
-            .filter_map(|((op, text), named)| {
-                let (msg, id) = named?;
-                let text = text?;
-                (ContentId::of_op(&device.0, op) == id).then(|| Content::in_slot(id, op, msg, text.to_string()))
-            })
-            .collect())
+        let mut out = Vec::with_capacity(pack.held());
+        for ((op, text), named) in pack.texts().into_iter().zip(by_slot) {
+            let Some(text) = text else { continue };
+            // Every text held is the one a text op of the change puts in
+            // that slot: otherwise the pack is the author's mistake, and
+            // taken as dropped (as one that does not open).
+            match named {
+                Some((msg, id)) if ContentId::of_op(&device.0, op) == id => {
+                    out.push(Content::in_slot(id, op, msg, text.to_string()))
+                }
+                _ => {
+                    return Err(Error::corrupted(
+                        "text pack",
+                        "holds a text its change does not name there",
+                    ));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The texts of a format 5 entry's pack with their ids (from the op
     /// counters the pack carries, which its root binds), without decoding
-    /// the change: what a store holds (it checked them against the change
-    /// when it took the entry) and loads with an epoch.
+    /// the change or checking the root: what a store holds (it checked
+    /// them against both when it took the entry) and loads with an epoch.
     pub fn open_pack_texts(&self, keys: &ChannelKeys) -> Result<Vec<(ContentId, String)>> {
         let Some(sealed) = &self.pack else {
             return Ok(Vec::new());
         };
-        let (_, root) = self.open_full(keys)?;
-        let root = root.ok_or_else(|| Error::corrupted("text pack", "beside a body with no root"))?;
-        let (pack, _) = TextPack::open(keys, self.header.generation, &self.header.encode(), sealed, &root)?;
+        // Checked against the root when the store took it (`verify` checks
+        // it again).
+        let pack = TextPack::open_held(keys, self.header.generation, &self.header.encode(), sealed)?;
         let device = self.header.device;
         Ok(pack
             .texts()
@@ -1381,10 +1390,11 @@ mod tests {
         assert_eq!(env.open_texts(&keys), texts);
         let (_, slots) = env.slots(&keys).unwrap();
         assert_eq!(env.open_slots(&keys, root.as_ref(), &slots).unwrap(), texts);
-        // No slot named, or one named twice: no text there.
-        assert!(env.open_slots(&keys, root.as_ref(), &[]).unwrap().is_empty());
+        // A text in a slot the change names for no op, or for two: the
+        // pack is refused (taken as dropped).
+        assert!(env.open_slots(&keys, root.as_ref(), &[]).is_err());
         let twice = [slots[0], (0, slots[1].1, slots[1].2)];
-        assert!(env.open_slots(&keys, root.as_ref(), &twice).unwrap().is_empty());
+        assert!(env.open_slots(&keys, root.as_ref(), &twice).is_err());
         // Under another root (the pack of another entry): refused.
         assert!(env.open_slots(&keys, Some(&[0; 32]), &slots).is_err());
         // A member drops the edit's text: same hash, still verifies, the

@@ -8,9 +8,10 @@
 //! the commitment out of the change:
 //!
 //! ```text
-//! change:  a post's "t" (an edit's "e:…") is Uint(slot), the text's index
-//!          in its entry's pack (an edit may add 4096 to it); the text's id
-//!          in the document is ContentId::of_op(actor, counter) of that put
+//! change:  a post's "t" (an edit's "e:…") is Null (an edit over a Null:
+//!          true); the text's slot in its entry's pack is the op's place
+//!          among the change's text ops, and its id in the document
+//!          ContentId::of_op(actor, counter) of that put
 //! depth  = the bits a slot number of the pack takes (0 for one slot)
 //! node   = a 16-byte key for the slots under one prefix of their numbers;
 //!          child(node, bit) = blake3("hearth v5 text key" | node | bit)[..16]
@@ -21,7 +22,8 @@
 //! pack   = gone u16 LE | XChaCha20-Poly1305(generation key, random nonce,
 //!            aad = "hearth v5 texts" | entry header bytes | gone u16 LE,
 //!            kind u8 (0 plain, 1 deflate) | postcard([(level, prefix, node)],
-//!            [op_i - op_i-1], [Text(text) | Gone(leaf)]))
+//!            [op_i - op_i-1], [Text(length) | Gone(leaf)], texts one after
+//!            the other))
 //! ```
 //!
 //! `gone`, in the clear and bound by the seal, counts the slots dropped: a
@@ -99,12 +101,22 @@ pub struct TextPack {
 }
 
 /// A pack as encoded: op counters as steps from the one before (they grow
-/// by a few an op: a byte each, which deflate shortens further).
+/// by a few an op: a byte each, which deflate shortens further), each
+/// slot's text length or leaf, and the texts one after the other (deflate
+/// codes them better together than between length prefixes).
 #[derive(Serialize, Deserialize)]
 struct PackWire {
     nodes: Vec<Held>,
     steps: Vec<u64>,
-    slots: Vec<Slot>,
+    slots: Vec<SlotWire>,
+    texts: String,
+}
+
+/// A slot as encoded: its text's length in [`PackWire::texts`], or a leaf.
+#[derive(Serialize, Deserialize)]
+enum SlotWire {
+    Text(u32),
+    Gone(Leaf),
 }
 
 impl std::fmt::Debug for TextPack {
@@ -179,10 +191,23 @@ impl TextPack {
                 step
             })
             .collect();
+        let mut texts = String::new();
+        let slots = self
+            .slots
+            .iter()
+            .map(|s| match s {
+                Slot::Text(t) => {
+                    texts.push_str(t);
+                    SlotWire::Text(t.len() as u32)
+                }
+                Slot::Gone(l) => SlotWire::Gone(*l),
+            })
+            .collect();
         PackWire {
             nodes: self.nodes.clone(),
             steps,
-            slots: self.slots.clone(),
+            slots,
+            texts,
         }
     }
 
@@ -216,10 +241,29 @@ impl TextPack {
                 last
             })
             .collect();
+        let mut at = 0usize;
+        let mut slots = Vec::with_capacity(w.slots.len());
+        for s in w.slots {
+            slots.push(match s {
+                SlotWire::Text(len) => {
+                    let end = at.saturating_add(len as usize);
+                    let text = w
+                        .texts
+                        .get(at..end)
+                        .ok_or("a text length past the texts, or inside a character")?;
+                    at = end;
+                    Slot::Text(text.to_string())
+                }
+                SlotWire::Gone(l) => Slot::Gone(l),
+            });
+        }
+        if at != w.texts.len() {
+            return Err("bytes after the last text");
+        }
         Ok(TextPack {
             nodes: w.nodes,
             ops,
-            slots: w.slots,
+            slots,
         })
     }
 
@@ -292,6 +336,7 @@ impl TextPack {
 
     /// The key of slot `i`, from the node that covers it (`None`: none
     /// does).
+    #[cfg(test)]
     fn key(&self, i: usize) -> Option<Node> {
         let d = depth(self.slots.len());
         let i = i as u64;
@@ -308,15 +353,41 @@ impl TextPack {
         Some(node)
     }
 
+    /// Every slot's key the nodes held give, each node of the tree
+    /// derived once (about two hashes a slot, where one slot at a time
+    /// takes one a level).
+    fn keys(&self) -> Vec<Option<Node>> {
+        let n = self.slots.len() as u64;
+        let d = depth(self.slots.len());
+        let mut keys = vec![None; self.slots.len()];
+        for held in &self.nodes {
+            let mut stack = vec![(held.level, held.prefix, held.node)];
+            while let Some((level, prefix, node)) = stack.pop() {
+                let first = u64::from(prefix) << (d - level);
+                if first >= n {
+                    continue;
+                }
+                if level == d {
+                    keys[first as usize] = Some(node);
+                    continue;
+                }
+                stack.push((level + 1, (prefix << 1) | 1, child(&node, 1)));
+                stack.push((level + 1, prefix << 1, child(&node, 0)));
+            }
+        }
+        keys
+    }
+
     /// The root its slots give (what its entry's body carries); `None`
     /// when a text's key is not held.
     pub fn root(&self) -> Option<[u8; 32]> {
+        let keys = self.keys();
         let mut h = blake3::Hasher::new();
         h.update(ROOT_DOMAIN);
         h.update(&(self.slots.len() as u32).to_le_bytes());
-        for (i, (s, op)) in self.slots.iter().zip(&self.ops).enumerate() {
+        for ((s, op), key) in self.slots.iter().zip(&self.ops).zip(&keys) {
             let l = match s {
-                Slot::Text(text) => leaf(&self.key(i)?, *op, text),
+                Slot::Text(text) => leaf(key.as_ref()?, *op, text),
                 Slot::Gone(l) => *l,
             };
             h.update(&l);
@@ -329,14 +400,15 @@ impl TextPack {
     /// place and the key tree is punctured there (the root is unchanged).
     pub fn retain(&self, keep: impl Fn(u64) -> bool) -> TextPack {
         let d = depth(self.slots.len());
+        let keys = self.keys();
         let slots: Vec<Slot> = self
             .slots
             .iter()
             .zip(&self.ops)
-            .enumerate()
-            .map(|(i, (s, op))| match s {
+            .zip(&keys)
+            .map(|((s, op), key)| match s {
                 Slot::Text(text) if keep(*op) => Slot::Text(text.clone()),
-                Slot::Text(text) => Slot::Gone(leaf(&self.key(i).unwrap_or([0; 16]), *op, text)),
+                Slot::Text(text) => Slot::Gone(leaf(&key.unwrap_or([0; 16]), *op, text)),
                 Slot::Gone(l) => Slot::Gone(*l),
             })
             .collect();
@@ -444,6 +516,23 @@ impl TextPack {
                 format!("sealed under key generation {generation}, which this device does not hold"),
             )
         }))
+    }
+
+    /// [`TextPack::open`] without the check against the root: for a pack
+    /// a store checked when it took its entry, loaded again (an epoch's
+    /// load opens every pack of it, and the root needs the body opened and
+    /// every key and leaf hashed).
+    pub fn open_held(keys: &crate::ChannelKeys, generation: u32, header: &[u8], sealed: &[u8]) -> Result<TextPack> {
+        let gone = gone_of(sealed).ok_or_else(|| Error::corrupted("text pack", "too short"))?;
+        let aad = aad(header, gone);
+        let mut last = None;
+        for key in keys.opening_keys(generation) {
+            match open(key, &aad, &sealed[2..], "text pack") {
+                Ok(plain) => return Self::decode_plain(&plain),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::corrupted("text pack", "no key of its generation")))
     }
 
     /// A pack from its plaintext (`kind u8 | data`, once opened): a kind
@@ -615,8 +704,20 @@ mod tests {
             p.extend(postcard::to_stdvec(w).unwrap());
             p
         };
-        // As many op counters as slots.
+        // As many op counters as slots; texts as long as their lengths say,
+        // cut at characters.
         let mut w = one.wire();
+        w.steps.push(1);
+        assert!(TextPack::decode_plain(&encode(&w)).is_err());
+        let mut w = one.wire();
+        w.texts.push('x');
+        assert!(TextPack::decode_plain(&encode(&w)).is_err());
+        let mut w = one.wire();
+        w.slots[0] = SlotWire::Text(2);
+        assert!(TextPack::decode_plain(&encode(&w)).is_err());
+        let accented = TextPack::new([(3, Some("é"))]).unwrap();
+        let mut w = accented.wire();
+        w.slots = vec![SlotWire::Text(1), SlotWire::Text(1)];
         w.steps.push(1);
         assert!(TextPack::decode_plain(&encode(&w)).is_err());
         // Key nodes inside the tree, in order, apart.

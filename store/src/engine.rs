@@ -37,9 +37,12 @@ use crate::log::{self, Log, kind};
 /// closed early, so every feed entry stays far below [`hearth_core::MAX_ENTRY_BYTES`].
 const ENTRY_BUDGET: usize = 40 * 1024;
 const OP_ALLOWANCE: usize = 96;
-/// What a text's segment adds to an entry beside the text: content id,
-/// salt, message id, nonce, tag and length prefixes.
-const SEGMENT_ALLOWANCE: usize = 112;
+/// What a text adds to an entry beside the text itself (entry format 5:
+/// its op's step and its length in the pack; the op is counted in
+/// `OP_ALLOWANCE`). Format 4 needed 112 (content id, salt, message id):
+/// entries held fewer messages, and their own overhead showed (docs/
+/// lifecycle.md, "Measured").
+const SEGMENT_ALLOWANCE: usize = 8;
 /// Store events buffered per subscriber; a slower one misses events and is told
 /// it lagged (a sync node then reconciles everything).
 const EVENT_QUEUE: usize = 4096;

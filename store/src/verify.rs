@@ -419,8 +419,15 @@ impl Engine {
                         }
                         return Ok(());
                     }
-                    let body = env.open(&ch.keys)?;
+                    let (body, root) = env.open_full(&ch.keys)?;
                     decode_change(&body.change, &device, &head.user)?;
+                    // A format 5 pack held matches the root its body
+                    // carries and the change's text ops (an epoch's load
+                    // takes that on trust: it was checked when taken).
+                    if env.header.version >= hearth_core::ENVELOPE_V5 && env.pack.is_some() {
+                        let (_, effects) = hearth_core::decode_change_effects(&body.change, &device, &head.user)?;
+                        env.open_slots(&ch.keys, root.as_ref(), &effects.slots)?;
+                    }
                     // An entry before format 3 (no epoch in its header)
                     // stays whole in a dead epoch.
                     if !ch.dead.contains(&body.epoch) {
