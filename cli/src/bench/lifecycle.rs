@@ -57,6 +57,21 @@ async fn timed_posts(h: &Hearth, ch: ChannelId, min: usize, stop: impl Fn() -> b
 /// How long before the rest the oldest 90% is written (`--expiry`).
 const EXPIRY_GAP: Duration = Duration::from_secs(60);
 
+/// The bytes under each entry of `dir` (the journal, the log, sled...).
+fn parts(dir: &std::path::Path) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let bytes = match e.file_type() {
+                Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+                _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+            };
+            out.insert(e.file_name().to_string_lossy().into_owned(), json!(bytes));
+        }
+    }
+    serde_json::Value::Object(out)
+}
+
 /// A fresh store of the bench's in a temporary directory, with one channel,
 /// and compaction only when asked for.
 struct BenchStore {
@@ -126,6 +141,7 @@ async fn expiry(args: &LifecycleArgs, json_out: bool) -> Result<std::process::Ex
     let after = dir_bytes(&dir);
     let reclaimed = 1.0 - after as f64 / before.max(1) as f64;
     let out = json!({
+        "store_parts_after": parts(&dir),
         "metric": "expiry",
         "messages": args.messages,
         "messages_shown_before": messages_before,
