@@ -100,13 +100,14 @@ fn device_of(actor: &ActorId) -> Option<DeviceId> {
 enum TextRef<'a> {
     Inline(&'a str),
     Id(ContentId),
+    Slot(ContentId),
 }
 
 fn text_ref<'a>(v: &'a ValueRef<'_>, at: &ObjId) -> Option<TextRef<'a>> {
     match v {
         ValueRef::Scalar(ScalarValueRef::Str(s)) => Some(TextRef::Inline(s)),
         ValueRef::Scalar(ScalarValueRef::Bytes(b)) => ContentId::from_slice(b).map(TextRef::Id),
-        ValueRef::Scalar(ScalarValueRef::Null | ScalarValueRef::Boolean(true)) => slot_id(at).map(TextRef::Id),
+        ValueRef::Scalar(ScalarValueRef::Null | ScalarValueRef::Boolean(true)) => slot_id(at).map(TextRef::Slot),
         _ => None,
     }
 }
@@ -125,7 +126,7 @@ fn text_of<'a>(v: &'a Value<'_>, at: &ObjId) -> Option<TextRef<'a>> {
         Value::Scalar(s) => match s.as_ref() {
             ScalarValue::Str(s) => Some(TextRef::Inline(s)),
             ScalarValue::Bytes(b) => ContentId::from_slice(b).map(TextRef::Id),
-            ScalarValue::Null | ScalarValue::Boolean(true) => slot_id(at).map(TextRef::Id),
+            ScalarValue::Null | ScalarValue::Boolean(true) => slot_id(at).map(TextRef::Slot),
             _ => None,
         },
         Value::Object(_) => None,
@@ -306,7 +307,7 @@ impl EpochDoc {
         for (value, obj) in self.doc.get_all(ROOT, key.as_str()).unwrap_or_default() {
             if matches!(value, Value::Object(ObjType::Map)) {
                 for (v, at) in self.doc.get_all(&obj, "t").unwrap_or_default() {
-                    if let Some(TextRef::Id(id)) = text_of(&v, &at) {
+                    if let Some(TextRef::Slot(id)) = text_of(&v, &at) {
                         ids.push(id);
                     }
                 }
@@ -316,7 +317,7 @@ impl EpochDoc {
         let to = format!("e:{msg};");
         for item in self.doc.map_range(ROOT, from..to) {
             for (v, at) in self.doc.get_all(ROOT, &*item.key).unwrap_or_default() {
-                if let Some(TextRef::Id(id)) = text_of(&v, &at) {
+                if let Some(TextRef::Slot(id)) = text_of(&v, &at) {
                     ids.push(id);
                 }
             }
@@ -395,16 +396,22 @@ impl EpochDoc {
     fn resolve(&self, r: TextRef<'_>, msg: &MessageId) -> Option<Option<String>> {
         Some(match r {
             TextRef::Inline(s) => Some(s.to_string()),
-            TextRef::Id(id) => self.held_text(&id, msg),
+            TextRef::Id(id) => self.held_text(&id, msg, false),
+            TextRef::Slot(id) => self.held_text(&id, msg, true),
         })
     }
 
-    fn held_text(&self, id: &ContentId, msg: &MessageId) -> Option<String> {
+    fn held_text(&self, id: &ContentId, msg: &MessageId, slot: bool) -> Option<String> {
         // A text loaded from a format 5 pack is bound to the op that puts
-        // it (its id), so to the message that op writes.
+        // it (its id), so to the message that op writes: only a slot
+        // marker reaches it (a content id written as bytes that happens to
+        // be a slot text's would show another message's text).
         self.texts
             .get(id)
-            .filter(|(m, _)| m.is_none_or(|m| m == *msg))
+            .filter(|(m, _)| match m {
+                Some(m) => m == msg,
+                None => slot,
+            })
             .map(|(_, t)| t.clone())
     }
 
@@ -1546,6 +1553,11 @@ mod tests {
             loaded.view(&devices).get(&ids[0]).unwrap().text.as_deref(),
             Some("first, edited again")
         );
+        // A loaded text reaches only a slot marker: a content id written as
+        // bytes that is a slot text's shows nothing (it would be another
+        // message's text on some stores).
+        assert_eq!(loaded.held_text(&all[1].id(), &ids[0], true).as_deref(), Some("second"));
+        assert_eq!(loaded.held_text(&all[1].id(), &ids[0], false), None);
         // Named now: the post's text and the current edit, not the older one.
         let now = loaded.text_ids(&ids[0]);
         assert_eq!(now.len(), 2);

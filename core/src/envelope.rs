@@ -1483,6 +1483,46 @@ mod tests {
         assert!(drop_to(&fat).apply(&bytes).unwrap().is_none());
     }
 
+    /// A drop of one short text from a large pack (groups of a few hundred
+    /// posts) stays within what a relay takes, wherever the slot is.
+    #[test]
+    fn dropping_a_short_text_from_a_large_pack_is_a_drop_a_relay_takes() {
+        let keys = ChannelKeys::generate().unwrap();
+        let me = Identity::generate("a").unwrap();
+        let channel = crate::ChannelId([3; 32]);
+        let tag = crate::id::writer_tag(&me.user(), &me.device());
+        let mut doc = crate::EpochDoc::new(4, &me.device());
+        doc.set_slot_texts(true);
+        for i in 0..400u64 {
+            let id = crate::MessageId::new(crate::Timestamp::from_millis(1000 + i), 4, &channel, tag);
+            let op = crate::Op::Post {
+                id,
+                text: format!("ok {i}"),
+                reply_to: None,
+            };
+            doc.stage(&me.user(), &me.device(), &op).unwrap();
+        }
+        let change = doc.commit(0).unwrap();
+        let texts = doc.take_texts();
+        let body = EntryBody { epoch: 4, change };
+        let chain = vec![me.device_cert().unwrap().clone()];
+        let (bytes, hash) = Envelope::seal_v5(&keys, &me, 1, [0; 32], &body, 0, chain, &texts).unwrap();
+        let env = Envelope::decode(&bytes).unwrap();
+        for at in [0, 1, 137, 255, 256, 399] {
+            let mut one = env.clone();
+            assert_eq!(one.retain_texts(&keys, |id| *id != texts[at].id()).unwrap(), 1);
+            let drop = crate::peer::TextDrop {
+                wire: env.header.wire,
+                device: env.header.device,
+                seq: 1,
+                entry: hash,
+                pack: one.pack.clone().map(serde_bytes::ByteBuf::from),
+            };
+            let grew = one.encode().len() as i64 - bytes.len() as i64;
+            assert!(drop.apply(&bytes).unwrap().is_some(), "slot {at}: grew {grew} bytes");
+        }
+    }
+
     /// A text dropped before its entry is sealed (a post deleted in the
     /// same group) keeps its slot, sealed empty: the others stay in theirs.
     #[test]

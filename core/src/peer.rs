@@ -453,7 +453,11 @@ impl TextDrop {
                 return Ok(None);
             };
             let room = usize::from(now - was) * crate::textpack::MAX_GROWTH_PER_DROP;
-            return Ok((after.len() <= bytes.len() + room).then_some(after));
+            // Never past the largest entry (its members could not decode
+            // it, and would blame whoever serves it).
+            return Ok(
+                (after.len() <= bytes.len() + room && after.len() <= crate::envelope::MAX_ENTRY_BYTES).then_some(after),
+            );
         }
         Ok((after.len() < bytes.len()).then_some(after))
     }

@@ -161,9 +161,11 @@ fn aad(header: &[u8], gone: u16) -> Vec<u8> {
     a
 }
 
-/// The most bytes one dropped slot may add to a sealed pack: its leaf, and
-/// a node for each level of the deepest tree (a short text's place).
-pub const MAX_GROWTH_PER_DROP: usize = 32 + 16 * 12 + 8;
+/// The most bytes one dropped slot may add to a sealed pack: its leaf and a
+/// node for each level of the deepest tree (a short text's place: 33 and
+/// 12 times up to 19 bytes), which deflate may code longer than they are
+/// (random bytes in a block tuned to text), with room to spare.
+pub const MAX_GROWTH_PER_DROP: usize = 512;
 
 /// How many slots a sealed format 5 pack says are dropped (read without
 /// keys; the seal binds it), or `None` for bytes too short to be one.

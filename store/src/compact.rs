@@ -409,8 +409,8 @@ pub(crate) struct Running<S> {
     /// Where the copy is written (a directory or a file): removed if it is
     /// given up.
     staging: PathBuf,
-    /// Set in the pause: no write comes any more, the drain ends once empty.
-    quiet: Arc<AtomicBool>,
+    /// The live tree: the drain's mark is written there to end it.
+    tree: sled::Tree,
     /// Set to give up (the store closes).
     abort: Arc<AtomicBool>,
     /// Set once the copy has caught up with the writes taken meanwhile.
@@ -432,8 +432,8 @@ impl<S> Running<S> {
     /// Stop the threads; what they return goes (the store closes, or the
     /// pause failed).
     pub(crate) fn stop(&mut self) -> Option<Result<Copied<S>>> {
-        self.quiet.store(true, Ordering::SeqCst);
         if let Some(d) = self.drain.take() {
+            end_drain(&self.tree);
             let _ = d.join();
         }
         self.copier.take().map(|c| {
@@ -452,6 +452,17 @@ impl<S> Running<S> {
             fs::remove_file(&self.staging)
         };
     }
+}
+
+/// A key in no table, written and removed at once to end a copy's drain
+/// (sled's blocking iterator wakes only for a write).
+const DRAIN_MARK: &[u8] = b"\xffhearth copy drain mark";
+
+/// End a copy's drain: every write before the mark is in its queue when it
+/// stops.
+fn end_drain(tree: &sled::Tree) {
+    let _ = tree.insert(DRAIN_MARK, &[][..]);
+    let _ = tree.remove(DRAIN_MARK);
 }
 
 /// The background part: the log up to `covered`, then every row of `tree`,
@@ -550,60 +561,58 @@ pub(crate) fn start_copy_at<S: CopySink>(
         ..CompactReport::default()
     };
     let queue: Arc<Mutex<Vec<sled::Event>>> = Arc::default();
-    let (quiet, abort, caught, drained) = (
-        Arc::new(AtomicBool::new(false)),
+    let (abort, caught, drained) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicBool::new(false)),
     );
     // Every write from here on, in order: this thread is sled's only
-    // writer, and none is under way.
+    // writer, and none is under way. sled's blocking iterator, not its
+    // waits with a timeout: sled 0.34 answers those with `Disconnected`
+    // both when they time out and, for good, once a write that changed
+    // nothing (a value put again, a key removed that was not there) left
+    // its notice unfilled; stopping on it lost the writes after it, and a
+    // copy committed without them (a relay's power-cut test found it on a
+    // loaded machine). The pause ends the drain by writing its mark.
     let mut subscriber = tree.watch_prefix(Vec::<u8>::new());
     let drain = {
-        let (queue, quiet, abort, drained) = (queue.clone(), quiet.clone(), abort.clone(), drained.clone());
+        let (queue, abort, drained) = (queue.clone(), abort.clone(), drained.clone());
         std::thread::Builder::new()
             .name("hearth-copy-drain".into())
             .spawn(move || {
-                loop {
-                    let calm = quiet.load(Ordering::SeqCst);
-                    let wait = Duration::from_millis(if calm { 1 } else { 20 });
-                    match subscriber.next_timeout(wait) {
-                        Ok(e) => match queue.lock() {
-                            Ok(mut q) => q.push(e),
-                            Err(_) => {
-                                // Writes from here on would be lost: the
-                                // copy must not be committed.
-                                abort.store(true, Ordering::SeqCst);
-                                break;
-                            }
-                        },
-                        // sled 0.34 answers a wait that timed out with
-                        // `Disconnected` (its oneshot), and keeps the write
-                        // it was waiting for to give at the next call: both
-                        // are a timeout here (the copier holds the tree, so
-                        // the subscription cannot end). Stopping on it lost
-                        // the writes of an ingest that was under way, and the
-                        // copy, committed, missed them (a relay's power-cut
-                        // test found it on a loaded machine).
-                        Err(_) if calm || abort.load(Ordering::SeqCst) => break,
-                        Err(_) => {}
+                for e in &mut subscriber {
+                    let key = match &e {
+                        sled::Event::Insert { key, .. } | sled::Event::Remove { key } => key,
+                    };
+                    if key.as_ref() == DRAIN_MARK {
+                        break;
+                    }
+                    match queue.lock() {
+                        Ok(mut q) => q.push(e),
+                        Err(_) => {
+                            // Writes from here on would be lost: the copy
+                            // must not be committed.
+                            abort.store(true, Ordering::SeqCst);
+                            break;
+                        }
                     }
                 }
                 drained.store(true, Ordering::SeqCst);
             })?
     };
     let copier = {
-        let (dir, tree) = (dir.to_path_buf(), tree.clone());
+        let (dir, copied) = (dir.to_path_buf(), tree.clone());
         let covered = log_end;
         let flags = (drained, abort.clone(), caught.clone());
         let spawned = std::thread::Builder::new()
             .name("hearth-copy".into())
-            .spawn(move || copy_in_background(dir, sink, covered, tree, keys, queue, flags, progress, report));
+            .spawn(move || copy_in_background(dir, sink, covered, copied, keys, queue, flags, progress, report));
         match spawned {
             Ok(c) => c,
             Err(e) => {
                 // The drain thread stops, and with it the subscription.
                 abort.store(true, Ordering::SeqCst);
+                end_drain(tree);
                 let _ = drain.join();
                 return Err(e.into());
             }
@@ -611,7 +620,7 @@ pub(crate) fn start_copy_at<S: CopySink>(
     };
     Ok(Running {
         staging,
-        quiet,
+        tree: tree.clone(),
         abort,
         caught,
         drain: Some(drain),
