@@ -409,8 +409,9 @@ pub(crate) struct Running<S> {
     /// Where the copy is written (a directory or a file): removed if it is
     /// given up.
     staging: PathBuf,
-    /// The live tree: the drain's mark is written there to end it.
-    tree: sled::Tree,
+    /// The live tree: the drain's mark is written there to end it. Let go
+    /// once the drain ended (the swap drops the old sled, files and all).
+    tree: Option<sled::Tree>,
     /// Set to give up (the store closes).
     abort: Arc<AtomicBool>,
     /// Set once the copy has caught up with the writes taken meanwhile.
@@ -433,9 +434,12 @@ impl<S> Running<S> {
     /// pause failed).
     pub(crate) fn stop(&mut self) -> Option<Result<Copied<S>>> {
         if let Some(d) = self.drain.take() {
-            end_drain(&self.tree);
+            if let Some(tree) = self.tree.take() {
+                end_drain(&tree);
+            }
             let _ = d.join();
         }
+        self.tree = None;
         self.copier.take().map(|c| {
             c.join()
                 .unwrap_or_else(|_| Err(Error::corrupted("copy", "its copy thread panicked")))
@@ -620,7 +624,7 @@ pub(crate) fn start_copy_at<S: CopySink>(
     };
     Ok(Running {
         staging,
-        tree: tree.clone(),
+        tree: Some(tree.clone()),
         abort,
         caught,
         drain: Some(drain),
