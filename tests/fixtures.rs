@@ -370,7 +370,10 @@ async fn old_stores_open_migrate_and_answer_the_same(format: &str, number: u8) {
                     .duration_since(std::time::UNIX_EPOCH)
                     .expect("clock")
                     .as_millis() as u64;
-                for i in invites.iter().filter(|i| i.closed.as_deref() != Some("the invite was revoked")) {
+                for i in invites
+                    .iter()
+                    .filter(|i| i.closed.as_deref() != Some("the invite was revoked"))
+                {
                     let expired = i.expires.is_some_and(|e| e <= now);
                     assert_eq!(i.closed.is_some(), expired, "{name}: {i:?}");
                 }
