@@ -649,7 +649,14 @@ impl EpochDoc {
                     d.put(&m, "p", root.to_hex())?;
                 }
                 if self.slot_texts && !self.inline_texts {
-                    let at = self.doc.get(&m, "t")?.map(|(_, op)| op);
+                    // The text's op is the one right after the map's, by the
+                    // same actor (automerge numbers a transaction's ops in
+                    // order): no look-up on the write path.
+                    let at = match &m {
+                        ObjId::Id(counter, actor, idx) => Some(ObjId::Id(counter + 1, actor.clone(), *idx)),
+                        ObjId::Root => None,
+                    };
+                    debug_assert_eq!(at, self.doc.get(&m, "t")?.map(|(_, op)| op));
                     self.bind_slot(*id, plain, at)?;
                 }
             }

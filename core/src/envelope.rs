@@ -57,9 +57,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::channel::ChannelKeys;
-use crate::content::{
-    Content, ContentId, Segment, open_pack, open_pack_keyed, seal_pack, seal_pack_at, seal_pack_with,
-};
+use crate::content::{Content, ContentId, Segment, open_pack, open_pack_keyed, seal_pack, seal_pack_at};
 use crate::device::{DeviceCert, domain_message, verify_chain};
 use crate::error::{Error, Result};
 use crate::id::{DeviceId, Epoch, UserId, WireId};
@@ -734,17 +732,7 @@ impl Envelope {
             let kept = pack.retain(|op| keep(&ContentId::of_op(&device.0, op)));
             let gone = pack.held() - kept.held();
             if gone > 0 {
-                self.pack = if kept.held() == 0 {
-                    None
-                } else {
-                    Some(kept.seal(key, &hb, flate2::Compression::default())?)
-                };
-                if self.encode().len() > MAX_ENTRY_BYTES {
-                    self.pack = Some(kept.seal(key, &hb, flate2::Compression::best())?);
-                }
-                if self.encode().len() > MAX_ENTRY_BYTES {
-                    self.pack = None;
-                }
+                self.reseal_within_bounds(|level| (kept.held() > 0).then(|| kept.seal(key, &hb, level)).transpose())?;
             }
             return Ok(gone);
         }
@@ -756,23 +744,28 @@ impl Envelope {
             };
             let kept: Vec<Content> = texts.iter().filter(|c| keep(&c.id())).cloned().collect();
             if kept.len() < texts.len() {
-                // Under the key that opened it; and never past the largest
-                // entry (deflate may code a subset longer than an author's
-                // stronger compression coded the whole): then none is kept.
-                self.pack = seal_pack_with(key, &hb, &kept)?;
-                if self.encode().len() > MAX_ENTRY_BYTES {
-                    self.pack = seal_pack_at(key, &hb, &kept, flate2::Compression::best())?;
-                }
-                if self.encode().len() > MAX_ENTRY_BYTES {
-                    // Still too long (an author's stronger compression): the
-                    // pack goes whole; a caller sees it in `holds_texts`.
-                    self.pack = None;
-                }
+                self.reseal_within_bounds(|level| seal_pack_at(key, &hb, &kept, level))?;
             }
             return Ok(texts.len() - kept.len());
         }
         let gone: Vec<ContentId> = self.segments.iter().map(|s| s.id).filter(|id| !keep(id)).collect();
         Ok(self.drop_segments(&gone))
+    }
+
+    /// Put in the pack that `seal` makes of what a drop keeps, under the key
+    /// that opened it, and never past the largest entry: deflate may code a
+    /// subset longer than an author's stronger compression coded the whole,
+    /// so the strongest level is tried next, and if even that is too long
+    /// the pack goes whole (a caller sees it in `holds_texts`).
+    fn reseal_within_bounds(&mut self, seal: impl Fn(flate2::Compression) -> Result<Option<Vec<u8>>>) -> Result<()> {
+        self.pack = seal(flate2::Compression::default())?;
+        if self.encode().len() > MAX_ENTRY_BYTES {
+            self.pack = seal(flate2::Compression::best())?;
+        }
+        if self.encode().len() > MAX_ENTRY_BYTES {
+            self.pack = None;
+        }
+        Ok(())
     }
 
     /// The root and the slots (slot, message, id) a format 5 entry's change
@@ -1344,24 +1337,31 @@ mod tests {
         }
     }
 
-    /// A change of epoch 4 that posts three messages and edits one, its
-    /// texts named by slot, and the texts staged for its pack.
-    fn slotted(me: &Identity) -> (EntryBody, Vec<Content>) {
+    /// A slot-mode document of epoch 4 with `n` posts staged by `me`
+    /// (`text(i)` each), and their ids.
+    fn staged_posts(me: &Identity, n: u64, text: impl Fn(u64) -> String) -> (crate::EpochDoc, Vec<crate::MessageId>) {
         let channel = crate::ChannelId([3; 32]);
         let tag = crate::id::writer_tag(&me.user(), &me.device());
         let mut doc = crate::EpochDoc::new(4, &me.device());
         doc.set_slot_texts(true);
-        let ids: Vec<crate::MessageId> = (0..3)
-            .map(|i| crate::MessageId::new(crate::Timestamp::from_millis(1000 + i), 4, &channel, tag))
-            .collect();
-        for (i, id) in ids.iter().enumerate() {
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let id = crate::MessageId::new(crate::Timestamp::from_millis(1000 + i), 4, &channel, tag);
             let op = crate::Op::Post {
-                id: *id,
-                text: format!("text number {i}"),
+                id,
+                text: text(i),
                 reply_to: None,
             };
             doc.stage(&me.user(), &me.device(), &op).unwrap();
+            ids.push(id);
         }
+        (doc, ids)
+    }
+
+    /// A change of epoch 4 that posts three messages and edits one, its
+    /// texts named by slot, and the texts staged for its pack.
+    fn slotted(me: &Identity) -> (EntryBody, Vec<Content>) {
+        let (mut doc, ids) = staged_posts(me, 3, |i| format!("text number {i}"));
         let edit = crate::Op::Edit {
             msg: ids[1],
             text: "edited".into(),
@@ -1489,19 +1489,7 @@ mod tests {
     fn dropping_a_short_text_from_a_large_pack_is_a_drop_a_relay_takes() {
         let keys = ChannelKeys::generate().unwrap();
         let me = Identity::generate("a").unwrap();
-        let channel = crate::ChannelId([3; 32]);
-        let tag = crate::id::writer_tag(&me.user(), &me.device());
-        let mut doc = crate::EpochDoc::new(4, &me.device());
-        doc.set_slot_texts(true);
-        for i in 0..400u64 {
-            let id = crate::MessageId::new(crate::Timestamp::from_millis(1000 + i), 4, &channel, tag);
-            let op = crate::Op::Post {
-                id,
-                text: format!("ok {i}"),
-                reply_to: None,
-            };
-            doc.stage(&me.user(), &me.device(), &op).unwrap();
-        }
+        let (mut doc, _) = staged_posts(&me, 400, |i| format!("ok {i}"));
         let change = doc.commit(0).unwrap();
         let texts = doc.take_texts();
         let body = EntryBody { epoch: 4, change };
@@ -1529,25 +1517,8 @@ mod tests {
     fn a_text_dropped_before_sealing_leaves_its_slot_empty() {
         let keys = ChannelKeys::generate().unwrap();
         let me = Identity::generate("a").unwrap();
-        let channel = crate::ChannelId([3; 32]);
-        let tag = crate::id::writer_tag(&me.user(), &me.device());
-        let mut doc = crate::EpochDoc::new(4, &me.device());
-        doc.set_slot_texts(true);
-        for i in 0..3u64 {
-            let id = crate::MessageId::new(crate::Timestamp::from_millis(1000 + i), 4, &channel, tag);
-            let op = crate::Op::Post {
-                id,
-                text: format!("text number {i}"),
-                reply_to: None,
-            };
-            doc.stage(&me.user(), &me.device(), &op).unwrap();
-        }
-        let first = doc.text_ids(&crate::MessageId::new(
-            crate::Timestamp::from_millis(1000),
-            4,
-            &channel,
-            tag,
-        ));
+        let (mut doc, ids) = staged_posts(&me, 3, |i| format!("text number {i}"));
+        let first = doc.text_ids(&ids[0]);
         doc.drop_texts(&first);
         let change = doc.commit(0).unwrap();
         let texts = doc.take_texts();
