@@ -752,6 +752,30 @@ impl Envelope {
         Ok(self.drop_segments(&gone))
     }
 
+    /// Puncture a format 5 pack's key tree over every slot it says is
+    /// dropped, when its sealer left a node over one
+    /// ([`TextPack::covers_dropped`]): a member stores no key that opens a
+    /// guess at a text the pack dropped. Returns whether the pack changed.
+    /// `root`: its body's. Cheap for a pack with no slot dropped (the count
+    /// is in the clear).
+    pub fn puncture_dropped(&mut self, keys: &ChannelKeys, root: &[u8; 32]) -> Result<bool> {
+        if self.header.version < ENVELOPE_V5 {
+            return Ok(false);
+        }
+        let Some(sealed) = &self.pack else { return Ok(false) };
+        if crate::textpack::gone_of(sealed).unwrap_or(0) == 0 {
+            return Ok(false);
+        }
+        let hb = self.header.encode();
+        let (pack, key) = TextPack::open(keys, self.header.generation, &hb, sealed, root)?;
+        if !pack.covers_dropped() {
+            return Ok(false);
+        }
+        let kept = pack.retain(|_| true);
+        self.reseal_within_bounds(|level| (kept.held() > 0).then(|| kept.seal(key, &hb, level)).transpose())?;
+        Ok(true)
+    }
+
     /// Put in the pack that `seal` makes of what a drop keeps, under the key
     /// that opened it, and never past the largest entry: deflate may code a
     /// subset longer than an author's stronger compression coded the whole,
@@ -1509,6 +1533,40 @@ mod tests {
             let grew = one.encode().len() as i64 - bytes.len() as i64;
             assert!(drop.apply(&bytes).unwrap().is_some(), "slot {at}: grew {grew} bytes");
         }
+    }
+
+    /// A pack whose sealer dropped a text but left its key tree whole over
+    /// it is punctured by the member that stores it: the text's key is
+    /// then derivable from nothing held, and the root still checks.
+    #[test]
+    fn a_pack_dropped_without_puncturing_is_punctured_when_stored() {
+        let keys = ChannelKeys::generate().unwrap();
+        let me = Identity::generate("a").unwrap();
+        let (mut doc, _) = staged_posts(&me, 3, |i| format!("text number {i}"));
+        let change = doc.commit(0).unwrap();
+        let texts = doc.take_texts();
+        let body = EntryBody { epoch: 4, change };
+        let chain = vec![me.device_cert().unwrap().clone()];
+        let (bytes, hash) = Envelope::seal_v5(&keys, &me, 1, [0; 32], &body, 0, chain, &texts).unwrap();
+        let mut env = Envelope::decode(&bytes).unwrap();
+        let (_, root) = env.open_full(&keys).unwrap();
+        let root = root.unwrap();
+        // Nothing dropped: nothing to do, and the pack is not even opened.
+        assert!(!env.clone().puncture_dropped(&keys, &[0; 32]).unwrap());
+        let hb = env.header.encode();
+        let (pack, key) = TextPack::open(&keys, 0, &hb, env.pack.as_ref().unwrap(), &root).unwrap();
+        let careless = pack.dropped_unpunctured(1);
+        assert!(careless.covers_dropped() && !pack.retain(|op| op != careless.texts()[1].0).covers_dropped());
+        env.pack = Some(careless.seal(key, &hb, flate2::Compression::default()).unwrap());
+        assert!(TextPack::open(&keys, 0, &hb, env.pack.as_ref().unwrap(), &root).is_ok());
+        assert!(env.puncture_dropped(&keys, &root).unwrap());
+        let (mended, _) = TextPack::open(&keys, 0, &hb, env.pack.as_ref().unwrap(), &root).unwrap();
+        assert!(!mended.covers_dropped());
+        assert_eq!(mended.texts(), careless.texts());
+        assert_eq!(env.hash(), hash);
+        assert!(env.verify().is_ok());
+        // Once punctured, left as it is.
+        assert!(!env.puncture_dropped(&keys, &root).unwrap());
     }
 
     /// A text dropped before its entry is sealed (a post deleted in the

@@ -397,6 +397,31 @@ impl TextPack {
         Some(*h.finalize().as_bytes())
     }
 
+    /// Whether a key node it holds covers a dropped slot: the key of a
+    /// text its sealer dropped can still be derived, and a guess at that
+    /// text checked against its leaf. [`TextPack::retain`] never leaves one;
+    /// a member or an author that seals by other means may
+    /// ([`crate::Envelope::puncture_dropped`] mends it).
+    pub fn covers_dropped(&self) -> bool {
+        let d = depth(self.slots.len());
+        self.nodes.iter().any(|n| {
+            let (first, end) = n.range(d);
+            (first..end.min(self.slots.len() as u64)).any(|i| matches!(self.slots[i as usize], Slot::Gone(_)))
+        })
+    }
+
+    /// This pack with `slot` dropped and its key tree left whole: what a
+    /// careless sealer makes ([`TextPack::covers_dropped`]).
+    #[cfg(test)]
+    pub(crate) fn dropped_unpunctured(&self, slot: usize) -> TextPack {
+        let keys = self.keys();
+        let mut out = self.clone();
+        if let Slot::Text(text) = &self.slots[slot] {
+            out.slots[slot] = Slot::Gone(leaf(&keys[slot].expect("held"), self.ops[slot], text));
+        }
+        out
+    }
+
     /// The same pack with only the texts `keep` says yes to (asked with
     /// each slot's op counter) still held: each dropped one's leaf takes its
     /// place and the key tree is punctured there (the root is unchanged).

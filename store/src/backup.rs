@@ -78,8 +78,6 @@ const LAST_CHUNK: u32 = 1 << 31;
 /// a restore runs again over what one cut short left, and into no other
 /// directory that is not empty.
 const RESTORING_FILE: &str = "restoring";
-/// Rows written to the restored sled per batch.
-const RESTORE_BATCH: usize = 8192;
 
 /// One item of a backup's stream.
 #[derive(Serialize, Deserialize)]
@@ -810,7 +808,7 @@ fn restore_into(
             }
             Item::End(_) => {}
         }
-        if staged >= RESTORE_BATCH {
+        if staged >= crate::compact::COPY_BATCH {
             tree.apply_batch(std::mem::take(&mut rows))?;
             progress.rows_copied.fetch_add(staged as u64, Ordering::Relaxed);
             staged = 0;

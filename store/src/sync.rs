@@ -199,16 +199,31 @@ fn packed_texts(
 
 /// The texts an entry carries (`opened`: [`Envelope::open_texts_checked`])
 /// that its change names (each checked against its id), and the entry's
-/// bytes with only those texts.
+/// bytes with only those texts. A format 5 pack whose sealer left a key
+/// node over a slot it dropped is punctured there first (`root`: its
+/// body's).
 fn entry_texts(
     env: &Envelope,
     bytes: Vec<u8>,
     keys: &hearth_core::ChannelKeys,
-    effects: &ChangeEffects,
+    (effects, root): (&ChangeEffects, Option<&[u8; 32]>),
     opened: Vec<hearth_core::Content>,
 ) -> (Vec<hearth_core::Content>, Vec<u8>) {
     if !env.holds_texts() {
         return (Vec::new(), bytes);
+    }
+    let some_dropped = env
+        .pack
+        .as_deref()
+        .and_then(hearth_core::textpack::gone_of)
+        .unwrap_or(0)
+        > 0;
+    if let (true, Some(root)) = (some_dropped && !opened.is_empty(), root) {
+        let mut mended = env.clone();
+        if let Ok(true) = mended.puncture_dropped(keys, root) {
+            let bytes = mended.encode();
+            return entry_texts(&mended, bytes, keys, (effects, None), opened);
+        }
     }
     let texts: Vec<hearth_core::Content> = opened
         .iter()
@@ -527,7 +542,7 @@ impl Engine {
                         let packed = packed_texts(&env, &ch.keys, root.as_ref(), &effects);
                         top = top.max(epoch);
                         progressed = true;
-                        let (texts, bytes) = entry_texts(&env, bytes, &ch.keys, &effects, packed);
+                        let (texts, bytes) = entry_texts(&env, bytes, &ch.keys, (&effects, root.as_ref()), packed);
                         // A device linked through a revoked one (its chain may
                         // come in this very entry) gives no keys.
                         let through_revoked = !revoked.is_empty() && {
@@ -675,11 +690,11 @@ impl Engine {
                 let (change, effects) = decode_change_effects(&body.change, &device, &user)?;
                 effects.check_place(body.epoch, &channel, Timestamp(u64::MAX))?;
                 let packed = packed_texts(&env, &ch.keys, root.as_ref(), &effects);
-                Ok((body.epoch, change, effects, packed))
+                Ok((body.epoch, change, effects, packed, root))
             });
             match opened {
-                Ok((epoch, change, effects, packed)) => {
-                    let (texts, bytes) = entry_texts(&env, bytes, &ch.keys, &effects, packed);
+                Ok((epoch, change, effects, packed, root)) => {
+                    let (texts, bytes) = entry_texts(&env, bytes, &ch.keys, (&effects, root.as_ref()), packed);
                     accepted.entry(epoch).or_default().push(Accepted {
                         device,
                         user,
