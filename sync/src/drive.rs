@@ -268,6 +268,12 @@ fn pushed_heads(entries: &[Vec<u8>]) -> hearth_core::Vector {
     v
 }
 
+/// What an Ack says (protocol 12): of `vector`, this side's vector after
+/// taking a Push, the feeds the Push carried (`pushed`: [`pushed_heads`]).
+pub(crate) fn acked(vector: hearth_core::Vector, pushed: &hearth_core::Vector) -> hearth_core::Vector {
+    hearth_core::Vector(vector.0.into_iter().filter(|(d, _)| pushed.0.contains_key(d)).collect())
+}
+
 /// The answer to a request for a channel the peer did not prove: the same
 /// as for a channel not held, so that it learns nothing.
 fn unknown() -> Response {
@@ -436,7 +442,7 @@ pub async fn serve<R: Replica>(replica: &R, req: Request, conn: &Conn) -> (Respo
             match replica.ingest(wire, entries).await {
                 Ok(Some(r)) => {
                     if r.rejected.is_empty() {
-                        served.held = Some((wire, heads));
+                        served.held = Some((wire, heads.clone()));
                     }
                     served.accepted = r.accepted as u64;
                     served.rejected = r.rejected.len() as u64;
@@ -449,7 +455,7 @@ pub async fn serve<R: Replica>(replica: &R, req: Request, conn: &Conn) -> (Respo
                         .count() as u64;
                     served.acked = Some((wire, r.vector.clone()));
                     Response::Ack {
-                        vector: r.vector,
+                        vector: acked(r.vector, &heads),
                         accepted: r.accepted as u32,
                         rejected: r.rejected.len() as u32,
                         reason: served.reason.clone(),

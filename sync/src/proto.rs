@@ -12,6 +12,11 @@
 //! Link   {proof, keys}                         -> Link {sealed}       (a new device)
 //! ```
 //!
+//! Protocol 12 changes what an Ack says: the receiver's heads of the feeds
+//! the Push carried only (the pusher knows the rest of its vector from the
+//! Hello or the Acks before), so a live message's Ack does not grow with
+//! the channel's devices. The frames are the same.
+//!
 //! Protocol 11 carries feed entries of format 5 (texts named by slot, one
 //! root over them in the sealed body: `hearth_core::textpack`); protocol
 //! 10 carries stubs (entries of dead epochs cut to their body's hash). The
@@ -66,12 +71,12 @@ use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 
 /// The protocol name (the version is in it).
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/sync/11");
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/sync/12");
 /// Protocol version carried in Hello.
-pub const VERSION: u16 = 11;
+pub const VERSION: u16 = 12;
 /// Names of earlier versions of the protocol, which this node does not speak:
 /// a peer offering only these is reported as incompatible, not banned.
-pub const OLD_PROTOCOLS: [&str; 10] = [
+pub const OLD_PROTOCOLS: [&str; 11] = [
     "/hearth/sync/1",
     "/hearth/sync/2",
     "/hearth/sync/3",
@@ -82,6 +87,7 @@ pub const OLD_PROTOCOLS: [&str; 10] = [
     "/hearth/sync/8",
     "/hearth/sync/9",
     "/hearth/sync/10",
+    "/hearth/sync/11",
 ];
 /// The reason of a Hello refused for a device proof without a chain that
 /// the responder cannot check: say it again with the chain.

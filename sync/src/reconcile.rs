@@ -520,10 +520,14 @@ impl Session {
                 // Progress is what the peer's vector shows, not the count it
                 // claims: an Ack saying "accepted" with a vector that never moves
                 // would have the same batch sent forever.
+                // The Ack names the pushed feeds only (protocol 12): they
+                // take the heads it says, higher or lower than believed.
                 let local = self.local.get(&wire).cloned().unwrap_or_default();
                 let before = self.outcome.peer.get(&wire).cloned().unwrap_or_default();
-                let progressed = lacking(&vector, &local) < lacking(&before, &local);
-                self.outcome.peer.insert(wire, vector);
+                let mut after = before.clone();
+                after.0.extend(vector.0);
+                let progressed = lacking(&after, &local) < lacking(&before, &local);
+                self.outcome.peer.insert(wire, after);
                 if !progressed {
                     // Nothing taken: do not send the same batch forever.
                     return self.next_channel();

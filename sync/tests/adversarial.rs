@@ -1048,7 +1048,16 @@ async fn replayed_and_duplicated_entries_are_harmless() {
     // Replayed again, reversed, and as a suffix alone: nothing new.
     let reversed: Vec<Vec<u8>> = theirs.iter().rev().cloned().collect();
     for batch in [&theirs[..], &reversed[..], &theirs[theirs.len() - 1..]] {
-        assert_eq!(ack(raw.request(push(batch)).await).0, 0);
+        let (accepted, vector) = ack(raw.request(push(batch)).await);
+        assert_eq!(accepted, 0);
+        // The Ack names the feeds pushed only (protocol 12), at their heads.
+        let pushed: BTreeSet<_> = batch
+            .iter()
+            .map(|e| Envelope::decode(e).unwrap().header.device)
+            .collect();
+        assert_eq!(vector.0.keys().copied().collect::<BTreeSet<_>>(), pushed);
+        let held = f.store.vector(f.channel).await.unwrap();
+        assert!(vector.0.iter().all(|(d, p)| held.0.get(d) == Some(p)));
     }
     // The same new batch pushed 20 times at once: taken exactly once.
     for i in 0..5 {

@@ -232,9 +232,19 @@ impl Fake {
                 }
             }
             Request::Push { wire, entries } => {
-                match self.ingest(wire, entries.into_iter().map(ByteBuf::into_vec).collect()) {
+                let entries: Vec<Vec<u8>> = entries.into_iter().map(ByteBuf::into_vec).collect();
+                // The feeds pushed (fake entries: their device in front).
+                let pushed = Vector(
+                    entries
+                        .iter()
+                        .filter_map(|e| parse(e))
+                        .map(|(d, seq)| (d, hearth_core::FeedPos { seq, hash: [0; 32] }))
+                        .collect(),
+                );
+                match self.ingest(wire, entries) {
+                    // As a node answers (protocol 12): the pushed feeds only.
                     Some(r) => Response::Ack {
-                        vector: r.vector,
+                        vector: crate::drive::acked(r.vector, &pushed),
                         accepted: r.accepted as u32,
                         rejected: r.rejected.len() as u32,
                         reason: r.rejected.first().map(|x| x.reason.to_string()),
