@@ -59,11 +59,13 @@ pub const COMPACTED_DIR: &str = "compacted";
 /// closed store, until its swap is done.
 pub const LEGACY_COMPACT_DIR: &str = "compact";
 /// Rows copied into a fresh sled per batch (a compaction's and a
-/// restore's). sled 0.34's file depends on it: 200,000 rows of 80 to 400
-/// bytes (51.5 MB) written in key order take 252 MB one row a batch, 93 MB
-/// at 1,024 rows, 118 MB at 2,048, 137 MB at 4,096 and 160 MB at 16,384
-/// (docs/lifecycle.md, "Measured").
-pub(crate) const COPY_BATCH: usize = 1024;
+/// restore's). sled 0.34's file depends on it (rows written in key order,
+/// file after a flush; docs/lifecycle.md, "Measured"): 50,000 rows of 80
+/// to 400 bytes (12.9 MB) take 26.2 MB at 128 or 256 rows a batch, 27.8
+/// at 1,024 and 40.4 at 4,096; with one row in 20 of 16 to 20 KB (an
+/// entry; 22.9 MB), 39.8 MB at 256, 47.7 at 1,024 and 58.3 at 4,096. One
+/// row a batch is worst (five times the rows).
+pub(crate) const COPY_BATCH: usize = 256;
 
 /// Where a compaction stops early, for tests of what an open then finds (a
 /// crash at that step: the store stops writing there). `None`: run to the end.

@@ -249,9 +249,10 @@ pub struct Served {
     pub held: Option<(hearth_core::WireId, hearth_core::Vector)>,
 }
 
-/// Each feed of `entries` up to its highest entry there. Only meaningful for
-/// entries that were verified (the caller checks the ingest took them all).
-fn pushed_heads(entries: &[Vec<u8>]) -> hearth_core::Vector {
+/// Each feed of `entries` up to its highest entry there: what the peer that
+/// pushed them holds (verified or not: a peer that pushes forgeries only
+/// goes without what it claimed to hold).
+pub(crate) fn pushed_heads<'a>(entries: impl IntoIterator<Item = &'a [u8]>) -> hearth_core::Vector {
     let mut v = hearth_core::Vector::default();
     for e in entries {
         if let Ok(env) = hearth_core::Envelope::decode(e) {
@@ -438,7 +439,7 @@ pub async fn serve<R: Replica>(replica: &R, req: Request, conn: &Conn) -> (Respo
         },
         Request::Push { wire, entries } => {
             let entries: Vec<Vec<u8>> = entries.into_iter().map(ByteBuf::into_vec).collect();
-            let heads = pushed_heads(&entries);
+            let heads = pushed_heads(entries.iter().map(Vec::as_slice));
             match replica.ingest(wire, entries).await {
                 Ok(Some(r)) => {
                     if r.rejected.is_empty() {

@@ -1165,6 +1165,16 @@ impl<R: Replica> Loop<R> {
                         let _ = self.swarm.behaviour_mut().rr.send_response(channel, busy);
                         return;
                     };
+                    // A peer holds what it pushes: its worker learns that
+                    // before the ingest starts, so that the store's notice of
+                    // the entries it took does not send them back (a race
+                    // between that notice and the answer's, which bounced
+                    // about every other live message). A peer that pushed
+                    // forgeries only goes without them (and is refused).
+                    if let (Request::Push { wire, entries }, Some(p)) = (&request, self.peers.get(&peer)) {
+                        let heads = crate::drive::pushed_heads(entries.iter().map(|e| e.as_ref()));
+                        let _ = p.work.send(Work::Learned(*wire, heads, false));
+                    }
                     let replica = self.replica.clone();
                     let tx = self.cmd_tx.clone();
                     // A request racing the connection's setup proves nothing
