@@ -225,9 +225,16 @@ fn entry_texts(
             return entry_texts(&mended, bytes, keys, (effects, None), opened);
         }
     }
+    // A format 5 pack's texts are each the one its change puts in that
+    // slot (`Envelope::open_slots` checked it): all named.
+    if env.header.version >= hearth_core::ENVELOPE_V5 && !opened.is_empty() {
+        return (opened, bytes);
+    }
+    let in_change: std::collections::HashSet<&(hearth_core::MessageId, hearth_core::ContentId)> =
+        effects.texts.iter().collect();
     let texts: Vec<hearth_core::Content> = opened
         .iter()
-        .filter(|c| effects.texts.contains(&(c.msg, c.id())))
+        .filter(|c| in_change.contains(&(c.msg, c.id())))
         .cloned()
         .collect();
     let all_named = match env.pack {
