@@ -1382,6 +1382,21 @@ mod tests {
         (doc, ids)
     }
 
+    /// The first entry of `me`'s feed, format 5, of what `doc` staged: its
+    /// bytes, hash and texts.
+    fn sealed_first(
+        keys: &ChannelKeys,
+        me: &Identity,
+        doc: &mut crate::EpochDoc,
+    ) -> (Vec<u8>, EntryHash, Vec<Content>) {
+        let change = doc.commit(0).unwrap();
+        let texts = doc.take_texts();
+        let body = EntryBody { epoch: 4, change };
+        let chain = vec![me.device_cert().unwrap().clone()];
+        let (bytes, hash) = Envelope::seal_v5(keys, me, 1, [0; 32], &body, 0, chain, &texts).unwrap();
+        (bytes, hash, texts)
+    }
+
     /// A change of epoch 4 that posts three messages and edits one, its
     /// texts named by slot, and the texts staged for its pack.
     fn slotted(me: &Identity) -> (EntryBody, Vec<Content>) {
@@ -1514,11 +1529,7 @@ mod tests {
         let keys = ChannelKeys::generate().unwrap();
         let me = Identity::generate("a").unwrap();
         let (mut doc, _) = staged_posts(&me, 400, |i| format!("ok {i}"));
-        let change = doc.commit(0).unwrap();
-        let texts = doc.take_texts();
-        let body = EntryBody { epoch: 4, change };
-        let chain = vec![me.device_cert().unwrap().clone()];
-        let (bytes, hash) = Envelope::seal_v5(&keys, &me, 1, [0; 32], &body, 0, chain, &texts).unwrap();
+        let (bytes, hash, texts) = sealed_first(&keys, &me, &mut doc);
         let env = Envelope::decode(&bytes).unwrap();
         for at in [0, 1, 137, 255, 256, 399] {
             let mut one = env.clone();
@@ -1543,11 +1554,7 @@ mod tests {
         let keys = ChannelKeys::generate().unwrap();
         let me = Identity::generate("a").unwrap();
         let (mut doc, _) = staged_posts(&me, 3, |i| format!("text number {i}"));
-        let change = doc.commit(0).unwrap();
-        let texts = doc.take_texts();
-        let body = EntryBody { epoch: 4, change };
-        let chain = vec![me.device_cert().unwrap().clone()];
-        let (bytes, hash) = Envelope::seal_v5(&keys, &me, 1, [0; 32], &body, 0, chain, &texts).unwrap();
+        let (bytes, hash, _) = sealed_first(&keys, &me, &mut doc);
         let mut env = Envelope::decode(&bytes).unwrap();
         let (_, root) = env.open_full(&keys).unwrap();
         let root = root.unwrap();
