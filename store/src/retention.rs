@@ -250,11 +250,10 @@ impl Engine {
         let wire = ch.keys.wire();
         for (k, set) in [(dead_key(&wire), &ch.dead), (stubbed_key(&wire), &ch.stubbed)] {
             if set.is_empty() {
-                // Most channels never had a dead or stubbed epoch: no
-                // removal of a row that is not there goes into the batch.
-                if self.tree.contains_key(&k)? {
-                    batch.remove(k);
-                }
+                // Always: an insert of the row may be earlier in this very
+                // batch (epochs killed one after the other), and sled keeps
+                // a batch's last write of a key.
+                batch.remove(k);
             } else {
                 let plain = postcard::to_stdvec(set).expect("a set of epochs encodes");
                 batch.insert(k.clone(), seal_record(&self.records, &k, &plain)?);

@@ -218,7 +218,8 @@ fn entry_texts(
         .and_then(hearth_core::textpack::gone_of)
         .unwrap_or(0)
         > 0;
-    if let (true, Some(root)) = (some_dropped && !opened.is_empty(), root) {
+    // (Also a pack whose texts are all dropped: it still holds its nodes.)
+    if let (true, Some(root)) = (some_dropped, root) {
         let mut mended = env.clone();
         if let Ok(true) = mended.puncture_dropped(keys, root) {
             let bytes = mended.encode();
