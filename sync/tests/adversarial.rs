@@ -84,6 +84,8 @@ enum Forgery {
     Gap,
     /// Hello vectors with a feed it does not have; genuine entries served.
     ClaimsMore,
+    /// Nothing forged: a plain member's store (whose ingests are counted).
+    Honest,
     /// Genuine entries, then many feeds of one entry each, validly signed by
     /// their (made-up) authors but sealed under another key: each costs the
     /// receiver a decryption and is refused for its content.
@@ -138,6 +140,8 @@ struct Evil {
     /// Index of the first corrupted entry in each batch served.
     at: usize,
     other: WireId,
+    /// The feed of every entry pushed to it.
+    ingested: std::sync::Arc<std::sync::Mutex<Vec<DeviceId>>>,
 }
 
 fn reencode(bytes: &[u8], f: impl FnOnce(&mut Envelope)) -> Vec<u8> {
@@ -171,7 +175,7 @@ impl Evil {
                 e.truncate(at + 1);
             }
             Forgery::Gap => e.clear(),
-            Forgery::OtherChannel | Forgery::ClaimsMore | Forgery::Content => {}
+            Forgery::OtherChannel | Forgery::ClaimsMore | Forgery::Content | Forgery::Honest => {}
         }
         e
     }
@@ -300,6 +304,11 @@ impl Replica for Evil {
     }
 
     async fn ingest(&self, wire: WireId, entries: Vec<Vec<u8>>) -> hearth_store::Result<Option<IngestReport>> {
+        let feeds = entries
+            .iter()
+            .filter_map(|e| Envelope::decode(e).ok())
+            .map(|e| e.header.device);
+        self.ingested.lock().unwrap().extend(feeds);
         Replica::ingest(&self.store, wire, entries).await
     }
 
@@ -358,6 +367,7 @@ async fn refuses_forgery(forgery: Forgery, at: usize) {
         forgery,
         at,
         other,
+        ingested: Default::default(),
     };
     let (ne, addr_e) = start_node(evil, &e.node_secret().await.unwrap()).await;
     let (nh, _) = node(&h).await;
@@ -537,6 +547,7 @@ async fn entries_that_fail_for_their_content_are_rate_limited() {
         forgery: Forgery::Content,
         at: 0,
         other: keys.wire(),
+        ingested: Default::default(),
     };
     let (ne, addr_e) = start_node(evil, &e.node_secret().await.unwrap()).await;
     let (nh, _) = node(&h).await;
@@ -1265,4 +1276,44 @@ async fn a_peer_of_this_older_protocol_is_reported_incompatible(protocol: &'stat
     }
     let n = f.honest_peer_converges().await;
     f.finish(vec![n]).await;
+}
+
+/// A live entry travels once: the member it was pushed to does not push it
+/// back (its store's notice of the entry raced the answer that told its
+/// node the sender holds it, and bounced about every other live message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_entry_is_not_pushed_back_to_its_sender() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = Store::create(dirs[0].path(), &pass(), "a", config()).await.unwrap();
+    let b = Store::create(dirs[1].path(), &pass(), "b", config()).await.unwrap();
+    let ch = a.create_channel("general").await.unwrap();
+    let wire = a.channel_keys(ch).await.unwrap().wire();
+    b.join_channel(a.channel_keys(ch).await.unwrap()).await.unwrap();
+    // `a` as a plain member whose node counts what is pushed to it.
+    let counted = Evil {
+        store: a.clone(),
+        forgery: Forgery::Honest,
+        at: 0,
+        other: wire,
+        ingested: Default::default(),
+    };
+    let me_a = a.device_cert().await.unwrap().body.device;
+    let (na, _) = start_node(counted.clone(), &a.node_secret().await.unwrap()).await;
+    let (nb, addr_b) = node(&b).await;
+    na.dial(addr_b).await.unwrap();
+    assert!(converged(&[&a, &b], ch, PATIENCE).await);
+    counted.ingested.lock().unwrap().clear();
+    for i in 0..30 {
+        a.post(ch, &format!("live {i}")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    assert!(converged(&[&a, &b], ch, PATIENCE).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let back = counted.ingested.lock().unwrap().iter().filter(|d| **d == me_a).count();
+    assert_eq!(back, 0, "b pushed {back} of a's own entries back to it");
+    for n in [na, nb] {
+        n.stop().await.unwrap();
+    }
+    a.close().await.unwrap();
+    b.close().await.unwrap();
 }
