@@ -239,14 +239,8 @@ pub struct Served {
     /// Entries of a Push refused for their content (signed by their author,
     /// but not opening or not valid): not the peer's fault, but rate limited.
     pub failed_content: u64,
-    /// For a Push: the channel and this replica's vector after it.
-    pub acked: Option<(hearth_core::WireId, hearth_core::Vector)>,
     /// For a Fetch of a channel held here: what the peer said it holds.
     pub learned: Option<(hearth_core::WireId, hearth_core::Vector)>,
-    /// For a Push stored whole: the feed positions it shows the peer holds
-    /// (each pushed feed up to its highest pushed entry), so that they are not
-    /// pushed back to it.
-    pub held: Option<(hearth_core::WireId, hearth_core::Vector)>,
 }
 
 /// Each feed of `entries` up to its highest entry there: what the peer that
@@ -442,9 +436,6 @@ pub async fn serve<R: Replica>(replica: &R, req: Request, conn: &Conn) -> (Respo
             let heads = pushed_heads(entries.iter().map(Vec::as_slice));
             match replica.ingest(wire, entries).await {
                 Ok(Some(r)) => {
-                    if r.rejected.is_empty() {
-                        served.held = Some((wire, heads.clone()));
-                    }
                     served.accepted = r.accepted as u64;
                     served.rejected = r.rejected.len() as u64;
                     served.reason = r.rejected.first().map(|x| x.reason.to_string());
@@ -454,7 +445,6 @@ pub async fn serve<R: Replica>(replica: &R, req: Request, conn: &Conn) -> (Respo
                         .iter()
                         .filter(|x| matches!(x.reason, hearth_store::Refusal::Content(_)))
                         .count() as u64;
-                    served.acked = Some((wire, r.vector.clone()));
                     Response::Ack {
                         vector: acked(r.vector, &heads),
                         accepted: r.accepted as u32,

@@ -822,15 +822,10 @@ impl<R: Replica> Loop<R> {
     }
 
     fn after_serving(&mut self, peer: PeerId, served: Served) {
-        // `served.acked` is this replica's own vector (what the peer learns),
-        // not the peer's. A Fetch of a channel held here says what the peer has.
-        if let Some(p) = self.peers.get(&peer) {
-            if let Some((wire, have)) = served.learned {
-                let _ = p.work.send(Work::Learned(wire, have, true));
-            }
-            if let Some((wire, held)) = served.held {
-                let _ = p.work.send(Work::Learned(wire, held, false));
-            }
+        // A Fetch of a channel held here says what the peer has (what a Push
+        // says, its worker learnt when it arrived).
+        if let (Some(p), Some((wire, have))) = (self.peers.get(&peer), served.learned) {
+            let _ = p.work.send(Work::Learned(wire, have, true));
         }
         if served.rejected > 0 {
             let reason = served.reason.unwrap_or_default();
