@@ -522,7 +522,6 @@ impl Actor {
     }
 
     fn housekeeping(&mut self) -> Result<()> {
-        self.engine.evict()?;
         // Retention: a few epochs' expired texts dropped, once a second.
         if self.last_expiry.elapsed() >= EXPIRE_EVERY {
             self.last_expiry = Instant::now();
@@ -540,6 +539,9 @@ impl Actor {
         {
             self.compact(None, Arc::default(), None);
         }
+        // Last, so that the cache is back within its bound before the next
+        // command: expiring loads epochs (and each channel's meta epoch).
+        self.engine.evict()?;
         let due = self.last_checkpoint.elapsed() >= self.engine.config.checkpoint_interval;
         // The feed log counts too: a long catch-up writes no journal, and
         // what it stored is durable only once checkpointed. (Not the sum:

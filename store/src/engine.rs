@@ -280,6 +280,12 @@ pub(crate) struct Engine {
     /// The highest expiry floor applied, by channel (`M expired` rows, read
     /// when first needed).
     pub(crate) expired_high: HashMap<ChannelId, Option<MessageId>>,
+    /// Each channel's retention as its meta epoch's view said when that
+    /// epoch was last evicted (`crate::retention`): expiry asks every
+    /// channel once a second, and must not reload every meta epoch to
+    /// answer. An entry goes when its meta epoch is loaded again (the
+    /// loaded view answers then) or the channel's devices change.
+    pub(crate) retention_known: HashMap<ChannelId, Option<u64>>,
     /// Stored entries to rewrite without dropped segments, once the batch
     /// that wrote them is applied (`crate::prune`).
     pub(crate) prune_rows: crate::prune::PruneRows,
@@ -337,6 +343,7 @@ impl Engine {
             drops_due: Default::default(),
             expire_turn: 0,
             expired_high: HashMap::new(),
+            retention_known: HashMap::new(),
             prune_rows: Default::default(),
             dropped_since_compaction: None,
         })
@@ -457,6 +464,7 @@ impl Engine {
             for ch in self.channels.values_mut() {
                 ch.devices.insert(device, user);
             }
+            self.retention_known.clear();
         }
         self.identity = identity;
     }
@@ -580,6 +588,9 @@ impl Engine {
                 }
             }
         };
+        if epoch == META_EPOCH {
+            self.retention_known.remove(&channel);
+        }
         self.epochs.insert((channel, epoch), le);
         self.ensure_moderators(channel, epoch)?;
         self.prune_loaded(channel, epoch)?;

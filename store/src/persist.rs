@@ -3,7 +3,7 @@
 //! snapshots and the eviction that takes them. ARCHITECTURE.md, "Durability",
 //! has the order and why.
 
-use hearth_core::{ChannelId, Epoch};
+use hearth_core::{ChannelId, Epoch, META_EPOCH};
 
 use crate::engine::{Engine, summary_row};
 use crate::error::{Error, Result};
@@ -56,7 +56,11 @@ impl Engine {
                 .map(|(k, _)| *k);
             let Some((channel, epoch)) = victim else { break };
             self.maybe_snapshot(channel, epoch, self.config.snapshot_entries)?;
-            self.epochs.remove(&(channel, epoch));
+            if let Some(le) = self.epochs.remove(&(channel, epoch))
+                && epoch == META_EPOCH
+            {
+                self.retention_known.insert(channel, le.view.retention);
+            }
         }
         Ok(())
     }

@@ -52,6 +52,11 @@ impl Engine {
     /// The channel's retention, in seconds (`None`: for ever).
     pub(crate) fn retention(&mut self, channel: &ChannelId) -> Result<Option<u64>> {
         self.channel(channel)?;
+        if self.loaded(channel, META_EPOCH).is_none()
+            && let Some(known) = self.retention_known.get(channel)
+        {
+            return Ok(*known);
+        }
         self.ensure_epoch(*channel, META_EPOCH, false)?;
         Ok(self.loaded(channel, META_EPOCH).and_then(|le| le.view.retention))
     }

@@ -879,8 +879,13 @@ impl Engine {
         }
         {
             let ch = self.channels.get_mut(&channel).expect("checked by the caller");
+            let mut new_device = false;
             for (d, h) in heads {
-                ch.devices.insert(*d, h.user);
+                new_device |= ch.devices.insert(*d, h.user).is_none();
+            }
+            if new_device {
+                // A view's retention depends on who may set it.
+                self.retention_known.remove(&channel);
             }
         }
         // The feed log gets each feed's entries in seq order (they are grouped

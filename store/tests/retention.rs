@@ -29,6 +29,11 @@ async fn shown(s: &Store, c: ChannelId) -> Vec<String> {
     out
 }
 
+/// Whether sled still holds a text (the feed log keeps it until a compaction).
+async fn in_sled(s: &Store, text: &str) -> bool {
+    s.find_text(text).await.unwrap().iter().any(|w| w.starts_with("sled"))
+}
+
 async fn clean(s: &Store, who: &str) {
     let v = s.verify().await.unwrap();
     assert!(v.problems.is_empty(), "{who}: {:?}", v.problems);
@@ -158,6 +163,53 @@ async fn the_store_expires_texts_on_its_own() {
         }
     }
     assert!(gone, "the background expiry did not drop the text from sled");
+    clean(&a, "alice").await;
+}
+
+/// Expiry asks every channel for its retention once a second. With more
+/// channels than the cache holds, that must neither leave the cache over its
+/// bound between commands nor keep reloading evicted meta epochs, and a
+/// retention set on a channel whose meta epoch was evicted still counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_keeps_the_cache_within_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let pass = Passphrase::new("pw");
+    let a = Store::create(dir.path(), &pass, "alice", config().with_cached_epochs(2))
+        .await
+        .unwrap();
+    let mut channels = Vec::new();
+    for i in 0..5 {
+        let c = a.create_channel(&format!("channel {i}")).await.unwrap();
+        a.post(c, &format!("a text of channel {i}")).await.unwrap();
+        channels.push(c);
+    }
+    a.set_retention(channels[0], Some(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    // Three seconds of expiry rounds, asked in between.
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let stats = a.stats().await.unwrap();
+        assert!(stats.cached_epochs <= 2, "{stats:?}");
+    }
+    assert!(!in_sled(&a, "a text of channel 0").await, "channel 0 did not expire");
+    // Set on a channel whose meta epoch is out of the cache by now.
+    a.set_retention(channels[3], Some(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let stats = a.stats().await.unwrap();
+        assert!(stats.cached_epochs <= 2, "{stats:?}");
+    }
+    assert!(
+        !in_sled(&a, "a text of channel 3").await,
+        "the retention set after eviction did not expire channel 3"
+    );
+    for i in [1, 2, 4] {
+        let text = format!("a text of channel {i}");
+        assert!(in_sled(&a, &text).await, "{text}");
+    }
     clean(&a, "alice").await;
 }
 
