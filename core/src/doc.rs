@@ -1221,11 +1221,7 @@ pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> 
     if !expanded.extra_bytes.is_empty() || expanded.message.is_some() || expanded.author.is_some() {
         return Err(Error::corrupted("automerge change", "fields Hearth does not write"));
     }
-    let canonical = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Change::from(expanded.clone())))
-        .map_err(|_| Error::corrupted("automerge change", "malformed operations"))?;
-    if canonical.hash() != change.hash() || canonical.raw_bytes() != change.raw_bytes() {
-        return Err(Error::corrupted("automerge change", "not in canonical encoding"));
-    }
+    let writer = Writer::new(user, device);
     let mut effects = ChangeEffects::default();
     // The message maps this change makes, by op counter: a text id put in
     // one is that message's.
@@ -1286,7 +1282,7 @@ pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> 
             ));
         }
         match (&op.obj, &op.key) {
-            (ObjectId::Root, Key::Map(k)) => check_root_op(k, &op.action, op.pred.len(), user, device)?,
+            (ObjectId::Root, Key::Map(k)) => check_root_op(k, &op.action, op.pred.len(), &writer)?,
             (ObjectId::Id(id), Key::Map(k)) if id.actor() == change.actor_id() => match (k.as_str(), &op.action) {
                 ("t", OpType::Put(ScalarValue::Str(t))) => check_len("message text", t, MAX_TEXT_BYTES)?,
                 ("t", OpType::Put(ScalarValue::Bytes(b))) => {
@@ -1317,7 +1313,32 @@ pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> 
             }
         }
     }
+    // Re-encoded from the ops (moved: they were read above), it must give
+    // the very bytes received.
+    let canonical = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Change::from(expanded)))
+        .map_err(|_| Error::corrupted("automerge change", "malformed operations"))?;
+    if canonical.raw_bytes() != change.raw_bytes() {
+        return Err(Error::corrupted("automerge change", "not in canonical encoding"));
+    }
     Ok((change, effects))
+}
+
+/// The writer a change's root keys must name, as those keys spell it
+/// (worked out once a change, not once an op).
+struct Writer {
+    me: String,
+    dev: String,
+    tag: [u8; 8],
+}
+
+impl Writer {
+    fn new(user: &UserId, device: &DeviceId) -> Self {
+        Writer {
+            me: user.to_hex(),
+            dev: device.to_hex(),
+            tag: writer_tag(user, device),
+        }
+    }
 }
 
 fn parse_id(s: &str) -> Result<MessageId> {
@@ -1336,9 +1357,8 @@ fn check_len(what: &'static str, s: &str, limit: usize) -> Result<()> {
     Ok(())
 }
 
-fn check_root_op(key: &str, action: &OpType, preds: usize, user: &UserId, device: &DeviceId) -> Result<()> {
-    let (me, dev) = (user.to_hex(), device.to_hex());
-    let (me, dev) = (me.as_str(), dev.as_str());
+fn check_root_op(key: &str, action: &OpType, preds: usize, writer: &Writer) -> Result<()> {
+    let (me, dev) = (writer.me.as_str(), writer.dev.as_str());
     let bad = |why: &str| Err(Error::corrupted("automerge change", why));
     let text = match action {
         OpType::Put(ScalarValue::Str(s)) => Some(s.as_str()),
@@ -1351,26 +1371,34 @@ fn check_root_op(key: &str, action: &OpType, preds: usize, user: &UserId, device
     let is_true = matches!(action, OpType::Put(ScalarValue::Boolean(true)));
     // The local size limits hold for every writer's ops.
     let sized = |what: &'static str, limit: usize| text.map_or(Ok(()), |t| check_len(what, t, limit));
-    let parts: Vec<&str> = key.splitn(4, ':').collect();
-    match parts.as_slice() {
+    // At most four parts, without a Vec an op.
+    let mut split = key.splitn(4, ':');
+    let mut buf = [""; 4];
+    let mut n = 0;
+    for (slot, part) in buf.iter_mut().zip(&mut split) {
+        *slot = part;
+        n += 1;
+    }
+    let parts = &buf[..n];
+    match parts {
         ["name"] | ["n", _] => sized("name", MAX_NAME_BYTES)?,
         ["e", ..] => sized("edited text", MAX_TEXT_BYTES)?,
         ["r", _, _, emoji] if emoji.len() > MAX_EMOJI_BYTES => return bad("reaction longer than the emoji limit"),
         _ => {}
     }
-    if let ["e" | "x" | "r", id, ..] = parts.as_slice()
+    if let ["e" | "x" | "r", id, ..] = parts
         && id.parse::<MessageId>().is_err()
     {
         return bad("malformed message id");
     }
-    let ok = match parts.as_slice() {
+    let ok = match parts {
         ["name"] => is_str,
         ["m", id] => {
             // A message is created once by its author's device and never replaced.
             let Ok(id) = id.parse::<MessageId>() else {
                 return bad("malformed message id");
             };
-            matches!(action, OpType::Make(ObjType::Map)) && preds == 0 && id.writer() == writer_tag(user, device)
+            matches!(action, OpType::Make(ObjType::Map)) && preds == 0 && id.writer() == writer.tag
         }
         ["e", _, u] => *u == me && is_text,
         ["n", u] => *u == me && is_str,

@@ -162,14 +162,41 @@ impl DeviceId {
 /// prove nothing: a member could register a device with another's prefix and
 /// create a message under their id. Binding the user (whose key signs the feed)
 /// makes a collision cost about 2^64 work.
+///
+/// Every post's id is checked against it when a view is built, and a
+/// channel's posts come from a few devices: the last few tags a thread
+/// computed are kept ([`WRITER_TAGS`]), which saves the three blake3
+/// compressions a tag costs on all but the first post of a device.
 pub fn writer_tag(user: &UserId, device: &DeviceId) -> [u8; 8] {
-    let mut h = blake3::Hasher::new_derive_key("hearth v1 message writer tag");
-    h.update(&user.0);
-    h.update(&device.0);
-    let mut out = [0u8; 8];
-    out.copy_from_slice(&h.finalize().as_bytes()[..8]);
-    out
+    RECENT_TAGS.with(|recent| {
+        let mut recent = recent.borrow_mut();
+        if let Some((_, _, tag)) = recent.iter().find(|(u, d, _)| u == user && d == device) {
+            return *tag;
+        }
+        let mut h = TAG_HASHER.clone();
+        h.update(&user.0);
+        h.update(&device.0);
+        let mut tag = [0u8; 8];
+        tag.copy_from_slice(&h.finalize().as_bytes()[..8]);
+        if recent.len() == WRITER_TAGS {
+            recent.remove(0);
+        }
+        recent.push((*user, *device, tag));
+        tag
+    })
 }
+
+/// Writer tags a thread keeps ([`writer_tag`]).
+const WRITER_TAGS: usize = 8;
+
+thread_local! {
+    static RECENT_TAGS: std::cell::RefCell<Vec<(UserId, DeviceId, [u8; 8])>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The writer tag's keyed hasher, its context key derived once.
+static TAG_HASHER: std::sync::LazyLock<blake3::Hasher> =
+    std::sync::LazyLock::new(|| blake3::Hasher::new_derive_key("hearth v1 message writer tag"));
 
 impl ChannelId {
     /// A fresh random channel id.
@@ -300,6 +327,31 @@ mod tests {
         assert_eq!(
             postcard::from_bytes::<UserId>(&postcard::to_stdvec(&user).unwrap()).unwrap(),
             user
+        );
+    }
+
+    /// The kept tags are the tags: ids written before the cache existed
+    /// (every fixture) name their writer by the same bytes.
+    #[test]
+    fn kept_writer_tags_are_the_computed_ones() {
+        let computed = |u: &UserId, d: &DeviceId| {
+            let mut h = blake3::Hasher::new_derive_key("hearth v1 message writer tag");
+            h.update(&u.0);
+            h.update(&d.0);
+            h.finalize().as_bytes()[..8].to_vec()
+        };
+        // More writers than kept, asked in an order that evicts and reuses.
+        for round in 0..3u8 {
+            for i in 0..(WRITER_TAGS as u8 + 3) {
+                let (u, d) = (UserId([i; 32]), DeviceId([i.wrapping_mul(round + 1); 16]));
+                assert_eq!(writer_tag(&u, &d).to_vec(), computed(&u, &d));
+                assert_eq!(writer_tag(&u, &d).to_vec(), computed(&u, &d));
+            }
+        }
+        assert_eq!(
+            writer_tag(&UserId([1; 32]), &DeviceId([9; 16])),
+            [255, 26, 204, 249, 191, 60, 115, 117],
+            "a tag changed its bytes"
         );
     }
 
