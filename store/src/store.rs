@@ -21,6 +21,12 @@ use crate::rotate::{RotateReport, StopAt};
 use crate::sync::{EntryBatch, IngestReport, Receipts, StoreEvent};
 use crate::verify::{Stats, VerifyReport};
 
+/// Batches of at least this many bytes (and two entries) are opened ahead,
+/// on two threads ([`Store::ingest`]); a live entry is a few hundred bytes.
+/// Debug builds (the tests) open every batch of two entries or more
+/// ahead, and check it against the store's own opening.
+const OPEN_AHEAD_BYTES: usize = if cfg!(debug_assertions) { 1 } else { 64 * 1024 };
+
 /// A submitted write; resolves to its [`Outcome`] once durable.
 #[derive(Debug)]
 pub struct Pending(oneshot::Receiver<Result<Outcome>>);
@@ -664,11 +670,52 @@ impl Store {
     /// New messages get this device's delivery receipt: a small local write,
     /// queued (not awaited), that travels back to their writers by sync.
     pub async fn ingest(&self, wire: WireId, entries: Vec<Vec<u8>>) -> Result<IngestReport> {
-        let report = self.mutate(move |e| e.ingest(&wire, entries)).await?;
+        let entries = self.open_ahead(wire, entries).await?;
+        let report = self.mutate(move |e| e.ingest_opened(&wire, entries)).await?;
         if !report.newest.is_empty() || report.keys_owed {
             self.schedule_receipts();
         }
         Ok(report)
+    }
+
+    /// A large batch (a catch-up's) is opened on two threads before it
+    /// reaches the store's: the AEAD, the change's decoding and checks, and
+    /// the text pack's root (about a third of an ingest) are the same work
+    /// wherever they run, and the store's thread would do them one entry
+    /// after the other while the other core waits. A small batch (a live
+    /// message) goes straight to the store: asking for the keys would cost
+    /// it a round trip. ARCHITECTURE.md, "Sync".
+    async fn open_ahead(&self, wire: WireId, entries: Vec<Vec<u8>>) -> Result<Vec<crate::sync::ToIngest>> {
+        let bytes: usize = entries.iter().map(Vec::len).sum();
+        if entries.len() < 2 || bytes < OPEN_AHEAD_BYTES {
+            return Ok(entries.into_iter().map(|b| (b, None)).collect());
+        }
+        let Ok(keys) = self.query(move |e| e.keys_by_wire(&wire)).await else {
+            // Not a channel of this store: the store says so.
+            return Ok(entries.into_iter().map(|b| (b, None)).collect());
+        };
+        let keys = Arc::new(keys);
+        let open = |keys: Arc<ChannelKeys>, part: Vec<Vec<u8>>| {
+            tokio::task::spawn_blocking(move || {
+                part.into_iter()
+                    .map(|b| {
+                        // A panic is a bug; the store opens the entry again.
+                        let ahead = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            crate::sync::open_ahead(&keys, &b)
+                        }))
+                        .ok()
+                        .flatten();
+                        (b, ahead)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        let mut first = entries;
+        let second = first.split_off(first.len() / 2);
+        let (a, b) = tokio::join!(open(keys.clone(), first), open(keys, second));
+        let (mut a, b) = (a.map_err(|_| Error::Closed)?, b.map_err(|_| Error::Closed)?);
+        a.extend(b);
+        Ok(a)
     }
 
     /// Write the delivery receipts owed in [`Config::receipt_delay`], as one

@@ -197,6 +197,44 @@ fn packed_texts(
     }
 }
 
+/// An entry opened before the batch reached the store's thread
+/// ([`crate::Store::ingest`] opens a catch-up's on two threads while the
+/// store waits): what the store would find itself, since it is a function
+/// of the entry's bytes and the key that opened it alone. Where it stands in
+/// its feed, and every check that needs the store, is still the store's.
+pub(crate) struct Opened {
+    epoch: Epoch,
+    change: automerge::Change,
+    effects: ChangeEffects,
+    root: Option<[u8; 32]>,
+    /// `None` until opened ([`packed_texts`]).
+    packed: Option<Vec<hearth_core::Content>>,
+}
+
+/// An entry as [`Engine::ingest_opened`] takes it: its bytes, and what was
+/// opened of it ahead (`None`: the store opens it).
+pub(crate) type ToIngest = (Vec<u8>, Option<Box<Opened>>);
+
+/// Open an entry the way the store does ([`Opened`]); `None` when anything
+/// fails (also a stub, or an entry of another channel): the store then
+/// opens it itself and says why it refuses it.
+pub(crate) fn open_ahead(keys: &ChannelKeys, bytes: &[u8]) -> Option<Box<Opened>> {
+    let env = Envelope::decode(bytes).ok()?;
+    if env.header.wire != keys.wire() || env.pruned.is_some() || keys.opening_keys(env.header.generation).is_empty() {
+        return None;
+    }
+    let (body, root) = env.open_full(keys).ok()?;
+    let (change, effects) = decode_change_effects(&body.change, &env.header.device, &env.header.user).ok()?;
+    let packed = packed_texts(&env, keys, root.as_ref(), &effects);
+    Some(Box::new(Opened {
+        epoch: body.epoch,
+        change,
+        effects,
+        root,
+        packed: Some(packed),
+    }))
+}
+
 /// The texts an entry carries (`opened`: [`Envelope::open_texts_checked`])
 /// that its change names (each checked against its id), and the entry's
 /// bytes with only those texts. A format 5 pack whose sealer left a key
@@ -293,6 +331,11 @@ struct Incoming {
 }
 
 impl Engine {
+    /// The keys of the channel `wire` names (to open entries ahead).
+    pub(crate) fn keys_by_wire(&self, wire: &WireId) -> Result<ChannelKeys> {
+        Ok(self.channel(&self.channel_by_wire(wire)?)?.keys.clone())
+    }
+
     fn channel_by_wire(&self, wire: &WireId) -> Result<ChannelId> {
         self.by_wire.get(wire).copied().ok_or_else(|| Error::NotFound {
             what: "channel",
@@ -397,6 +440,12 @@ impl Engine {
 
     /// Verify and store a peer's entries of one channel (see the module docs).
     pub(crate) fn ingest(&mut self, wire: &WireId, entries: Vec<Vec<u8>>) -> Result<IngestReport> {
+        self.ingest_opened(wire, entries.into_iter().map(|b| (b, None)).collect())
+    }
+
+    /// [`Engine::ingest`], with what was opened of each entry ahead
+    /// ([`open_ahead`]) taken instead of opening it again.
+    pub(crate) fn ingest_opened(&mut self, wire: &WireId, entries: Vec<ToIngest>) -> Result<IngestReport> {
         let channel = self.channel_by_wire(wire)?;
         // Replaying the feed log at open brings this device's own entries
         // back; from a peer, they can only be forged.
@@ -446,16 +495,16 @@ impl Engine {
         let mut stubbed: BTreeSet<Epoch> = BTreeSet::new();
         let mut pending = entries;
         loop {
-            let mut waiting: Vec<Vec<u8>> = Vec::new();
+            let mut waiting: Vec<ToIngest> = Vec::new();
             let mut waiting_feeds: BTreeSet<DeviceId> = BTreeSet::new();
             let before = pending.len();
             let mut progressed = false;
-            for bytes in pending {
+            for (bytes, ahead) in pending {
                 if !waiting_feeds.is_empty()
                     && let Ok(env) = Envelope::decode(&bytes)
                     && waiting_feeds.contains(&env.header.device)
                 {
-                    waiting.push(bytes);
+                    waiting.push((bytes, ahead));
                     continue;
                 }
                 let ch = self.channel(&channel)?;
@@ -489,7 +538,7 @@ impl Engine {
                 {
                     if h.epoch > top.saturating_add(1) && !self.replaying {
                         waiting_feeds.insert(h.device);
-                        waiting.push(bytes);
+                        waiting.push((bytes, None));
                         continue;
                     }
                     if env.pruned.is_some() {
@@ -530,24 +579,53 @@ impl Engine {
                     admission.accept(&env, bytes);
                     continue;
                 }
-                let opened = env.open_full(&ch.keys).and_then(|(body, root)| {
-                    let (change, effects) = decode_change_effects(&body.change, &h.device, &h.user)?;
+                // Every debug build (all the tests) opens an entry opened
+                // ahead again, and checks that both agree.
+                #[cfg(debug_assertions)]
+                if let Some(a) = &ahead {
+                    let own = open_ahead(&ch.keys, &bytes).expect("what opened ahead opens here");
+                    assert_eq!(
+                        (a.epoch, a.change.raw_bytes(), &a.effects, a.root, &a.packed),
+                        (own.epoch, own.change.raw_bytes(), &own.effects, own.root, &own.packed),
+                        "an entry opened ahead differs"
+                    );
+                }
+                let opened = match ahead {
+                    Some(a) => Ok(*a),
+                    None => env.open_full(&ch.keys).and_then(|(body, root)| {
+                        let (change, effects) = decode_change_effects(&body.change, &h.device, &h.user)?;
+                        Ok(Opened {
+                            epoch: body.epoch,
+                            change,
+                            effects,
+                            root,
+                            packed: None,
+                        })
+                    }),
+                }
+                .and_then(|o| {
                     if !self.replaying {
-                        effects.check_place(body.epoch, &channel, latest)?;
+                        o.effects.check_place(o.epoch, &channel, latest)?;
                     }
-                    Ok((body.epoch, change, effects, root))
+                    Ok(o)
                 });
                 match opened {
-                    Ok((epoch, ..)) if epoch > top.saturating_add(1) && !self.replaying => {
+                    Ok(o) if o.epoch > top.saturating_add(1) && !self.replaying => {
                         waiting_feeds.insert(h.device);
-                        waiting.push(bytes);
+                        waiting.push((bytes, Some(Box::new(o))));
                     }
-                    Ok((epoch, change, effects, root)) => {
+                    Ok(Opened {
+                        epoch,
+                        change,
+                        effects,
+                        root,
+                        packed,
+                    }) => {
                         // A pack that does not open is nobody's provable
                         // fault (nothing about it is signed, and anyone may
                         // drop one): the entry is taken without it, its texts
                         // dropped, as if a forwarder had stripped it.
-                        let packed = packed_texts(&env, &ch.keys, root.as_ref(), &effects);
+                        let packed = packed.unwrap_or_else(|| packed_texts(&env, &ch.keys, root.as_ref(), &effects));
                         top = top.max(epoch);
                         progressed = true;
                         let (texts, bytes) = entry_texts(&env, bytes, &ch.keys, (&effects, root.as_ref()), packed);
@@ -591,7 +669,7 @@ impl Engine {
                 break;
             }
             if !progressed || waiting.len() == before {
-                for bytes in waiting {
+                for (bytes, _) in waiting {
                     if let Ok(env) = Envelope::decode(&bytes) {
                         let why = format!("an epoch beyond the newest held ({top}) plus one");
                         report.rejected.push(admission.refuse(&env, Refusal::Content(why)));
@@ -948,7 +1026,11 @@ impl Engine {
                 batch.remove(&unopened_key(wire, &a.device, a.seq)[..]);
             }
         }
-        for (epoch, list) in accepted {
+        // Bytes of texts this batch stores without (below), dead in the log.
+        let mut dropped_here = 0u64;
+        #[cfg(debug_assertions)]
+        let mut stored_here = BTreeSet::new();
+        for (epoch, mut list) in accepted {
             // A delete by someone other than its message's writer needs the
             // channel's moderators (an admin's counts).
             self.ensure_moderators(channel, epoch)?;
@@ -979,8 +1061,38 @@ impl Engine {
                     self.prune_queue.push((channel, epoch, *msg));
                 }
             }
+            // A text of a message this batch finds deleted (an edit made
+            // before the delete, arriving after it) never reaches a stored
+            // row: its entry is stored without it, in this very batch. Pruned
+            // after the batch, a crash in between could leave it in a row
+            // that nothing prunes again: loaded from its pack, an older
+            // edit's text is named by no message the document points at.
+            for a in &mut list {
+                let gone: Vec<hearth_core::ContentId> = a
+                    .texts
+                    .iter()
+                    .filter(|c| le.view.is_deleted(&c.msg))
+                    .map(hearth_core::Content::id)
+                    .collect();
+                if gone.is_empty() {
+                    continue;
+                }
+                let mut env = Envelope::decode(&a.bytes)?;
+                env.retain_texts(&ch.keys, |id| !gone.contains(id))?;
+                let now = env.encode();
+                if now != a.bytes {
+                    dropped_here += a.bytes.len() as u64;
+                    if env.header.version >= hearth_core::ENVELOPE_V4 {
+                        crate::prune::keep_drop(&mut batch, &env);
+                        self.drops_due.insert(*wire);
+                    }
+                    a.bytes = now;
+                }
+            }
             let s = ch.summaries.entry(epoch).or_default();
             for a in &list {
+                #[cfg(debug_assertions)]
+                stored_here.insert((a.device, a.seq));
                 batch.insert(&feed_key(wire, &a.device, a.seq)[..], &a.bytes[..]);
                 s.entries += 1;
                 batch.insert(&elog_key(wire, epoch, s.entries)[..], &elog_value(&a.device, a.seq)[..]);
@@ -1087,6 +1199,7 @@ impl Engine {
             crate::engine::put_owed(&mut batch, &self.records, wire, &ch.owed)?;
         }
         batch.insert(META_HLC, hlc_value(&self.records, self.hlc.last().0)?);
+        self.note_dropped(&mut batch, dropped_here)?;
         self.log_buf.extend_from_slice(&log_records);
         self.write_log_batch(&mut batch)?;
         self.tree.apply_batch(batch)?;
@@ -1098,6 +1211,8 @@ impl Engine {
         // every entry, and the lower vector after the restart asks for it again.
         self.dirty = true;
         self.run_prunes()?;
+        #[cfg(debug_assertions)]
+        self.assert_stored_pruned(wire, &stored_here);
         self.apply_prune_rows()?;
         let _ = self.events.send(crate::StoreEvent::Appended {
             channel,

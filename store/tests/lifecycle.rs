@@ -355,6 +355,69 @@ async fn an_admin_deletes_anyones_message_and_a_member_only_their_own() {
     b.close().await.unwrap();
 }
 
+/// Edits made before a delete that reach a member after it (Bob edits his
+/// message twice, the owner deletes it, Carol takes the delete first): their
+/// texts, the older edit's too, are never stored in a row of Carol's (the
+/// entry is stored without them in the batch that takes it, so no crash can
+/// leave one that the document no longer names), and a compaction leaves
+/// them in no file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_that_arrive_after_their_delete_are_never_stored() {
+    let (da, db, dc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let pass = Passphrase::new("pw");
+    let (a, b, general, wire) = alice_and_bob(da.path(), db.path()).await;
+    let c = Store::create(dc.path(), &pass, "carol", config()).await.unwrap();
+    c.join_channel(a.channel_keys(general).await.unwrap()).await.unwrap();
+    let words = b.post(general, "bob's first words").await.unwrap();
+    let stays = b.post(general, "bob's words that stay").await.unwrap();
+    pull(&b, &a, wire, general).await;
+    pull(&a, &c, wire, general).await;
+    b.edit(words, "an older edit that must go").await.unwrap();
+    b.checkpoint().await.unwrap();
+    b.edit(words, "the newest edit that must go").await.unwrap();
+    // Alice has not seen the edits; Carol takes her delete first.
+    a.delete(words).await.unwrap();
+    pull(&a, &c, wire, general).await;
+    assert!(c.message(words).await.unwrap().message.deleted);
+    pull(&b, &c, wire, general).await;
+    assert!(
+        c.vector(general)
+            .await
+            .unwrap()
+            .covers(&b.vector(general).await.unwrap())
+    );
+    let m = c.message(words).await.unwrap().message;
+    assert!(m.deleted && m.text.is_none(), "{m:?}");
+    // Carol's rows hold no text of it; Bob's other message is whole.
+    let held = segments(&c, general).await;
+    assert!(!held.contains_key(&words), "carol stored a text of the deleted message");
+    assert!(held.contains_key(&stays));
+    c.compact().await.unwrap();
+    for text in [
+        "an older edit that must go",
+        "the newest edit that must go",
+        "bob's first words",
+    ] {
+        assert_eq!(c.find_text(text).await.unwrap(), Vec::<String>::new(), "{text}");
+    }
+    assert!(!c.find_text("bob's words that stay").await.unwrap().is_empty());
+    assert!(c.verify().await.unwrap().is_clean());
+    // Reopened (the epoch loaded from its packs): the same.
+    c.close().await.unwrap();
+    let c = Store::open(dc.path(), &pass, config()).await.unwrap();
+    let m = c.message(words).await.unwrap().message;
+    assert!(m.deleted && m.text.is_none(), "{m:?}");
+    assert!(!segments(&c, general).await.contains_key(&words));
+    assert!(c.verify().await.unwrap().is_clean());
+    for s in [a, b, c] {
+        s.close().await.unwrap();
+    }
+}
+
 /// Compaction runs while the store is written and read: posts made while it
 /// copies are acknowledged (they wait only for the pause), every one is there
 /// after it, and the text deleted before it is gone from every file (the
