@@ -29,6 +29,16 @@ async fn shown(s: &Store, c: ChannelId) -> Vec<String> {
     out
 }
 
+/// Three seconds of the store's housekeeping rounds, asking its stats in
+/// between: its epoch cache never holds more than `cap`.
+async fn cache_stays_within(store: &Store, cap: u64) {
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let stats = store.stats().await.unwrap();
+        assert!(stats.cached_epochs <= cap, "{stats:?}");
+    }
+}
+
 /// Whether sled still holds a text (the feed log keeps it until a compaction).
 async fn in_sled(s: &Store, text: &str) -> bool {
     s.find_text(text).await.unwrap().iter().any(|w| w.starts_with("sled"))
@@ -187,21 +197,13 @@ async fn expiry_keeps_the_cache_within_its_bound() {
         .await
         .unwrap();
     // Three seconds of expiry rounds, asked in between.
-    for _ in 0..60 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let stats = a.stats().await.unwrap();
-        assert!(stats.cached_epochs <= 2, "{stats:?}");
-    }
+    cache_stays_within(&a, 2).await;
     assert!(!in_sled(&a, "a text of channel 0").await, "channel 0 did not expire");
     // Set on a channel whose meta epoch is out of the cache by now.
     a.set_retention(channels[3], Some(Duration::from_secs(1)))
         .await
         .unwrap();
-    for _ in 0..60 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let stats = a.stats().await.unwrap();
-        assert!(stats.cached_epochs <= 2, "{stats:?}");
-    }
+    cache_stays_within(&a, 2).await;
     assert!(
         !in_sled(&a, "a text of channel 3").await,
         "the retention set after eviction did not expire channel 3"
