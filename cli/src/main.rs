@@ -251,7 +251,7 @@ pub enum Command {
     /// Run a sync node: JSON events on stdout, JSON-line commands on stdin.
     Node {
         /// Address to listen on, e.g. /ip4/0.0.0.0/tcp/4001 or /ip4/0.0.0.0/udp/4001/quic-v1
-        /// (default: a free loopback TCP port).
+        /// (default: the last run's addresses and ports; the first time, a free loopback TCP port).
         #[arg(long)]
         listen: Vec<Multiaddr>,
         /// A peer to dial and keep dialing (ending in /p2p/<peer id>).

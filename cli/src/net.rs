@@ -1,10 +1,12 @@
 //! Network commands: invite, join, node, sync, relay.
 //!
-//! A store directory remembers two lists next to the sealed data, sealed too
+//! A store directory remembers three lists next to the sealed data, sealed too
 //! (`Store::write_private_file`: addresses travel in tickets, but they show
 //! where a device was reachable): `node.addrs`, the addresses the last
-//! `hearth node` listened on (what `invite` puts in a ticket), and `peers`,
-//! addresses learned from tickets (what `node` dials).
+//! `hearth node` listened on (what `invite` puts in a ticket), `node.listen`,
+//! the listen addresses it was given with the ports it bound (what a node
+//! started without `--listen` asks for again, so that its tickets outlive a
+//! restart), and `peers`, addresses learned from tickets (what `node` dials).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use hearth::sync::ticket::Ticket;
-use hearth::sync::{Multiaddr, NodeConfig, NodeEvent, NodeHandle, RelayStore};
+use hearth::sync::{Multiaddr, NodeConfig, NodeEvent, NodeHandle, RelayStore, listen};
 use hearth::{Hearth, StoreEvent, Write};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -21,6 +23,8 @@ use tokio::io::AsyncBufReadExt;
 use crate::output::print_json;
 
 const ADDRS_FILE: &str = "node.addrs";
+/// The listen addresses of the last `hearth node`, ports as bound.
+const LISTEN_FILE: &str = "node.listen";
 const PEERS_FILE: &str = "peers";
 
 /// One multiaddr per line (a file written before they were sealed is read
@@ -487,10 +491,17 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 
 /// `hearth node`: run until SIGINT/SIGTERM (or stdin closes with `--exit-on-eof`).
 pub async fn node(h: &Hearth, mut config: NodeConfig, exit_on_eof: bool) -> Result<ExitCode> {
-    if config.listen.is_empty() {
-        config
-            .listen
-            .push("/ip4/127.0.0.1/tcp/0".parse().expect("a valid address"));
+    // Without --listen: the addresses of the last run, on the ports it bound,
+    // so that the tickets and peer lists printed before a restart still reach
+    // this node (loopback TCP the first time).
+    let remembered = config.listen.is_empty();
+    if remembered {
+        config.listen = read_addrs(h, LISTEN_FILE).await?;
+        if config.listen.is_empty() {
+            config
+                .listen
+                .push("/ip4/127.0.0.1/tcp/0".parse().expect("a valid address"));
+        }
     }
     for a in read_addrs(h, PEERS_FILE).await? {
         if !config.peers.contains(&a) {
@@ -500,7 +511,27 @@ pub async fn node(h: &Hearth, mut config: NodeConfig, exit_on_eof: bool) -> Resu
     let signals = shutdown_signal();
     // Dial after subscribing, so that no peer_connected event is missed.
     let peers = std::mem::take(&mut config.peers);
-    let node = h.start_node(config).await?;
+    // What to try when the last run's addresses cannot be had (a port taken
+    // meanwhile, an address the machine no longer has): the same addresses
+    // on ports of the system's choice, then loopback.
+    let mut fallbacks = if remembered {
+        vec![
+            vec!["/ip4/127.0.0.1/tcp/0".parse().expect("a valid address")],
+            config.listen.iter().map(listen::with_any_port).collect(),
+        ]
+    } else {
+        Vec::new()
+    };
+    let node = loop {
+        match h.start_node(config.clone()).await {
+            Ok(node) => break node,
+            Err(hearth::sync::NodeError::Setup(why)) if !fallbacks.is_empty() => {
+                print_json(&json!({"event": "listen_moved", "error": why}));
+                config.listen = fallbacks.pop().expect("not empty");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let mut events = node.subscribe();
     for p in peers {
         node.dial(p).await?;
@@ -508,6 +539,7 @@ pub async fn node(h: &Hearth, mut config: NodeConfig, exit_on_eof: bool) -> Resu
     // Listen addresses may come up before the subscription: report them from the node.
     let addrs = listen_addrs(&node).await;
     write_addrs(h, ADDRS_FILE, &addrs).await?;
+    write_addrs(h, LISTEN_FILE, &listen::with_bound_ports(&config.listen, &addrs)).await?;
     for a in &addrs {
         print_json(&json!({"event": "listening", "addr": a.to_string()}));
     }

@@ -501,6 +501,56 @@ fn invite_join_then_sync_back() {
     }
 }
 
+/// A node started without `--listen` listens where its last run did, on the
+/// same port: a ticket printed before a restart still reaches it. When the
+/// port is taken meanwhile, the node takes another, says so, and keeps that
+/// one from then on.
+#[test]
+fn a_node_restarted_without_listen_keeps_its_port_and_its_tickets() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    init(&a, "alice");
+    init(&b, "bob");
+    ok(hearth(&a).args(["channel", "create", "general"]));
+    let hello = "posted before the restart";
+    ok(hearth(&a).args(["post", "general", hello]));
+
+    let (node, addr) = start_node("alice's first run", &a, &[]);
+    node.terminate();
+    let ticket = ok(hearth(&a).args(["invite", "general"])).trim().to_string();
+    // Kept sealed, as the other address lists are.
+    let saved = std::fs::read(a.join("node.listen")).expect("node.listen");
+    assert!(saved.starts_with(b"HEARTHSF"));
+
+    let (node, again) = start_node("alice's second run", &a, &[]);
+    assert_eq!(again, addr, "a restart without --listen moved the node");
+    let joined = json(&ok(hearth(&b).args(["--json", "join", &ticket, "--timeout", "60"])));
+    assert_eq!(joined["synced_with"], addr.as_str(), "{joined}");
+    let log = json_lines(&ok(hearth(&b).args(["--json", "log", "general"])));
+    assert_eq!(texts(&log), [hello]);
+    node.terminate();
+
+    // Someone else holds the port now.
+    let port: u16 = addr
+        .split("/tcp/")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .expect("a TCP port");
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the node's old port");
+    let mut node = Proc::spawn("alice's third run", hearth(&a).arg("node").stdin(Stdio::piped()));
+    let moved = node.wait_for("the move", |e| e["event"] == "listen_moved");
+    assert!(moved["error"].as_str().is_some_and(|e| !e.is_empty()), "{moved}");
+    let third = node.listening();
+    node.ready();
+    assert_ne!(third, addr);
+    node.terminate();
+    drop(squatter);
+    let (node, fourth) = start_node("alice's fourth run", &a, &[]);
+    assert_eq!(fourth, third, "the port taken last time is not kept");
+    node.terminate();
+}
+
 /// 2. `hearth node` as a scripting surface: every stdin command reaches the
 ///    other node as the matching event; bad input is reported and skipped.
 #[test]

@@ -8,11 +8,13 @@
 //! - [`reconcile`]: the sans-I/O reconciliation logic (what to ask, what to send);
 //! - [`Replica`]: what a node syncs (a member's [`hearth_store::Store`], or a
 //!   [`RelayStore`] that holds sealed entries without any channel key);
-//! - [`Node`]: the libp2p event loop, its handle and its events.
+//! - [`start`]: the libp2p event loop, its [`NodeHandle`] and its events;
+//! - [`listen`]: listen addresses kept across restarts.
 #![deny(missing_docs)]
 
 pub mod auth;
 pub mod drive;
+pub mod listen;
 mod node;
 pub mod proto;
 pub mod reconcile;

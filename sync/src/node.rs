@@ -546,7 +546,20 @@ pub async fn start<R: Replica>(
         .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_timeout))
         .build();
     for addr in &config.listen {
-        swarm.listen_on(addr.clone()).map_err(|e| setup(&e))?;
+        swarm.listen_on(addr.clone()).map_err(|e| {
+            // The transport's error says nothing by itself; its sources do.
+            let mut why = format!("listen on {addr}");
+            let mut cause: Option<&dyn std::error::Error> = Some(&e);
+            while let Some(c) = cause {
+                let text = c.to_string();
+                if !text.is_empty() {
+                    why.push_str(": ");
+                    why.push_str(&text);
+                }
+                cause = c.source();
+            }
+            NodeError::Setup(why)
+        })?;
     }
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let (events, _) = broadcast::channel(4096);
