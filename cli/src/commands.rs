@@ -398,6 +398,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             return crate::net::relay(&cli.store, listen.clone(), peer.clone(), retention).await;
         }
         Command::Bench(args) => return crate::bench::run(args, cli.json).await,
+        Command::Lab(args) => return crate::lab::run(args, cli.json).await,
+        Command::LabForward { tun, delay_ms } => {
+            let (tun, delay) = (tun.clone(), std::time::Duration::from_millis(*delay_ms));
+            return tokio::task::spawn_blocking(move || crate::lab::forward(&tun, delay)).await?;
+        }
         Command::Repair => return repair(&cli).await,
         Command::Migrate { check } => return migrate(&cli, *check).await,
         Command::Compact => return compact(&cli).await,
@@ -811,6 +816,8 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
         Command::Init { .. }
         | Command::Demo
         | Command::Bench(_)
+        | Command::Lab(_)
+        | Command::LabForward { .. }
         | Command::Relay { .. }
         | Command::Repair
         | Command::Migrate { .. }

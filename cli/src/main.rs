@@ -6,6 +6,7 @@
 mod bench;
 mod commands;
 mod demo;
+mod lab;
 mod net;
 mod output;
 mod pass;
@@ -303,6 +304,21 @@ pub enum Command {
     Demo,
     /// Benchmark against the SQLite baseline.
     Bench(bench::BenchArgs),
+    /// Run N nodes in network namespaces behind one router with an RTT and a
+    /// loss, have them talk in one channel, and report convergence and bytes
+    /// (root; tools/netlab/netlab.sh).
+    Lab(lab::LabArgs),
+    /// The network lab's delay: forward what a TUN device gives, later
+    /// (run by tools/netlab/netlab.sh inside a lab's router; root).
+    #[command(hide = true)]
+    LabForward {
+        /// The TUN device (made with `ip tuntap add mode tun`).
+        #[arg(long)]
+        tun: String,
+        /// How long each packet waits, in milliseconds.
+        #[arg(long)]
+        delay_ms: u64,
+    },
 }
 
 /// What `hearth export` writes.

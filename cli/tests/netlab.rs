@@ -9,7 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 #[path = "support/netlab.rs"]
 mod netlab;
@@ -47,6 +47,7 @@ fn ok(cmd: Command) -> String {
 /// killed on drop.
 struct Running {
     child: Child,
+    stdin: Option<std::process::ChildStdin>,
     lines: Receiver<Value>,
     seen: Vec<Value>,
 }
@@ -59,6 +60,7 @@ impl Running {
             .spawn()
             .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
         let out = child.stdout.take().expect("piped stdout");
+        let stdin = child.stdin.take();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
@@ -72,9 +74,19 @@ impl Running {
         });
         Running {
             child,
+            stdin,
             lines,
             seen: Vec::new(),
         }
+    }
+
+    /// One JSON command on the node's stdin (spawned with a piped stdin).
+    fn send(&mut self, v: &Value) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("a piped stdin");
+        writeln!(stdin, "{v}")
+            .and_then(|()| stdin.flush())
+            .expect("writing to a node");
     }
 
     /// The first event (seen before or coming) that `pred` accepts.
@@ -112,6 +124,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
+        self.stdin.take();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -215,4 +228,196 @@ fn the_nat_lab_lets_devices_out_and_nothing_in() {
         syncs(&lab, "dev1", &a, "--relay", &relay_addr),
         "no sync after the partition healed"
     );
+}
+
+/// One TCP connection from `from` to `to`'s listener on port 7000: the time
+/// its handshake and a one-byte echo took, or `None` if it did not connect
+/// within two seconds.
+fn round_trips(lab: &Lab, from: &str, to: &str) -> Option<(Duration, Duration)> {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    let target: SocketAddr = format!("{}:7000", lab.addr(to)).parse().expect("an address");
+    let listener = lab.in_host(to, || TcpListener::bind("0.0.0.0:7000").expect("bind in the lab"));
+    let echo = std::thread::spawn(move || {
+        if let Ok((mut c, _)) = listener.accept() {
+            let mut b = [0u8; 1];
+            if c.read_exact(&mut b).is_ok() {
+                let _ = c.write_all(&b);
+            }
+        }
+    });
+    let measured = lab.in_host(from, || {
+        let t = Instant::now();
+        let mut c = TcpStream::connect_timeout(&target, Duration::from_secs(2)).ok()?;
+        let handshake = t.elapsed();
+        c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let t = Instant::now();
+        c.write_all(b"x").ok()?;
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b).ok()?;
+        Some((handshake, t.elapsed()))
+    });
+    if measured.is_none() {
+        // Unblock the listener's accept: from inside its own host.
+        let _ = lab.in_host(to, || TcpStream::connect("127.0.0.1:7000"));
+    }
+    echo.join().expect("the echo thread");
+    measured
+}
+
+/// The star lab's delay (a TUN forwarder on its router, `hearth
+/// lab-forward`): 50 ms each way makes every round trip at least 100 ms, and
+/// ending it brings them back under that; loss and partitions still cut
+/// what crosses the delayed router.
+#[test]
+fn the_star_lab_delays_drops_and_partitions() {
+    let Some(lab) = Lab::up("the_star_lab_delays_drops_and_partitions", &["star", "3"]) else {
+        return;
+    };
+    let (hs, echo) = round_trips(&lab, "h1", "h2").expect("h1 reaches h2");
+    assert!(
+        hs < Duration::from_millis(100) && echo < Duration::from_millis(100),
+        "{hs:?} {echo:?}"
+    );
+
+    lab.delay(50);
+    let (hs, echo) = round_trips(&lab, "h1", "h2").expect("h1 reaches h2 through the delay");
+    let rtt = Duration::from_millis(100);
+    assert!(hs >= rtt && echo >= rtt, "{hs:?} {echo:?}: not delayed");
+    assert!(
+        hs < Duration::from_secs(2) && echo < Duration::from_secs(2),
+        "{hs:?} {echo:?}"
+    );
+
+    lab.partition("h1", "h2");
+    assert_eq!(round_trips(&lab, "h1", "h2"), None, "crossed a partition");
+    assert!(round_trips(&lab, "h1", "h3").is_some(), "the partition cut h3 too");
+    lab.heal();
+    lab.loss(100);
+    assert_eq!(round_trips(&lab, "h3", "h2"), None, "crossed total loss");
+    lab.loss(0);
+    assert!(
+        round_trips(&lab, "h1", "h2").is_some(),
+        "no way through after the loss ended"
+    );
+
+    lab.delay(0);
+    let (hs, echo) = round_trips(&lab, "h1", "h2").expect("h1 reaches h2 without the delay");
+    assert!(hs < rtt && echo < rtt, "{hs:?} {echo:?}: still delayed");
+}
+
+/// `hearth --json lab ARGS...` as a user runs it (root); its report, or
+/// `None` when labs cannot run here.
+fn lab_report(test: &str, args: &[&str]) -> Option<Value> {
+    if !netlab::should_run(test) {
+        return None;
+    }
+    let out = output({
+        let mut c = Command::new(env!("CARGO_BIN_EXE_hearth"));
+        c.args(["--json", "lab"]).args(args).stdin(Stdio::null());
+        c
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "hearth lab {args:?} failed ({}):\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}")))
+}
+
+/// The lab scenario of 100 ms RTT with 5% loss: three nodes converge, and no
+/// message reaches another node sooner than half the RTT.
+#[test]
+fn nodes_converge_over_100ms_rtt_with_5pct_loss() {
+    let Some(r) = lab_report(
+        "nodes_converge_over_100ms_rtt_with_5pct_loss",
+        &["--nodes", "3", "--rtt", "100ms", "--loss", "5%", "--messages", "4"],
+    ) else {
+        return;
+    };
+    assert_eq!((&r["converged"], &r["messages"]), (&json!(true), &json!(12)), "{r}");
+    assert_eq!((&r["rtt_ms"], &r["loss_pct"]), (&json!(100), &json!(5)), "{r}");
+    let p50 = r["delivery_p50_ms"].as_f64().expect("p50");
+    assert!(p50 >= 50.0, "delivered in {p50} ms through a 100 ms RTT: {r}");
+    assert!(r["bytes"].as_u64() > Some(0) && r["packets"].as_u64() > Some(0), "{r}");
+}
+
+/// The lab scenario of 20 nodes: each posts twice, all 40 messages reach
+/// all 20.
+#[test]
+fn twenty_nodes_converge() {
+    let Some(r) = lab_report("twenty_nodes_converge", &["--nodes", "20", "--messages", "2"]) else {
+        return;
+    };
+    assert_eq!(
+        (&r["converged"], &r["messages"], &r["nodes"]),
+        (&json!(true), &json!(40), &json!(20)),
+        "{r}"
+    );
+}
+
+/// The lab scenario of a partition that heals: Bob joins Alice's channel
+/// through the lab; cut apart, each posts and neither receives the other's;
+/// healed, both receive both posts, with nothing restarted.
+#[test]
+fn a_partition_heals_and_both_sides_converge() {
+    let Some(lab) = Lab::up("a_partition_heals_and_both_sides_converge", &["star", "2"]) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let [a, b] = ["a", "b"].map(|d| tmp.path().join(d));
+    ok(hearth(&lab, "h1", &a, &["init", "--user", "alice"]));
+    ok(hearth(&lab, "h1", &a, &["channel", "create", "general"]));
+    ok(hearth(&lab, "h2", &b, &["init", "--user", "bob"]));
+    let node = |host: &str, dir: &Path, extra: &[&str]| {
+        let listen = format!("/ip4/{}/tcp/4000", lab.addr(host));
+        let mut args = vec!["node", "--listen", listen.as_str()];
+        args.extend_from_slice(extra);
+        let mut c = hearth(&lab, host, dir, &args);
+        c.stdin(Stdio::piped());
+        Running::spawn(c)
+    };
+    let mut alice = node("h1", &a, &[]);
+    let alice_addr = listening(&mut alice);
+    alice.send(&json!({"cmd": "invite", "channel": "general"}));
+    let ticket = alice.wait_for("a ticket", |e| e["event"] == "done" && e["cmd"] == "invite")["ticket"]
+        .as_str()
+        .expect("a ticket")
+        .to_string();
+    ok(hearth(&lab, "h2", &b, &["join", &ticket, "--timeout", "60"]));
+    let mut bob = node("h2", &b, &["--peer", &alice_addr]);
+    bob.wait_for("bob's connection", |e| e["event"] == "peer_connected");
+
+    let posted = |who: &mut Running, text: &str| -> String {
+        who.send(&json!({"cmd": "post", "channel": "general", "text": text}));
+        who.wait_for("the post", |e| e["event"] == "done" && e["cmd"] == "post")["id"]
+            .as_str()
+            .expect("an id")
+            .to_string()
+    };
+    let holds = |e: &Value, id: &str| {
+        e["event"] == "messages"
+            && e["messages"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m["id"] == id))
+    };
+
+    lab.partition("h1", "h2");
+    let from_alice = posted(&mut alice, "alice, cut off");
+    let from_bob = posted(&mut bob, "bob, cut off");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !bob.drain_for(Duration::ZERO).iter().any(|e| holds(e, &from_alice)),
+        "crossed the partition"
+    );
+    assert!(
+        !alice.drain_for(Duration::ZERO).iter().any(|e| holds(e, &from_bob)),
+        "crossed the partition"
+    );
+
+    lab.heal();
+    bob.wait_for("alice's post after the heal", |e| holds(e, &from_alice));
+    alice.wait_for("bob's post after the heal", |e| holds(e, &from_bob));
 }

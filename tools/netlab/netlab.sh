@@ -12,8 +12,13 @@
 #   netlab.sh addr LAB HOST         the host's address as the others reach it
 #   netlab.sh exec LAB HOST CMD...  run CMD inside the host's namespace
 #   netlab.sh loss LAB PCT          drop PCT% of the packets router r forwards
+#   netlab.sh delay LAB MS [HEARTH] hold each packet MS ms at router r (each way:
+#                                   an RTT of 2 x MS between two hosts); 0 ends it.
+#                                   HEARTH is the hearth binary (default: $HEARTH_BIN,
+#                                   else hearth on PATH), whose lab-forward does it
 #   netlab.sh partition LAB A B     cut hosts A from hosts B (comma lists: h1,h2 h3)
 #   netlab.sh heal LAB              end every partition
+#   netlab.sh bytes LAB             packets and bytes router r forwarded so far
 #   netlab.sh down LAB              kill what runs in the lab and remove it
 #
 # Addresses: in a star, host hI is 10.9.I.2 and router r 10.9.I.1 on hI's link. In
@@ -22,7 +27,11 @@
 # A NAT router masquerades what leaves its public side and forwards nothing in that
 # the inside did not start (a home router's behaviour): dev1 and dev2 cannot reach
 # each other, both reach relay. The kernel has no netem here: loss uses nftables'
-# `numgen random` on router r (../shared/STACK-NOTES.md, "Network lab").
+# `numgen random` on router r (../shared/STACK-NOTES.md, "Network lab"), and delay a
+# TUN device there: what r forwards is routed into it (policy routing by the link
+# it came in on), `hearth lab-forward` holds each packet and writes it back, and r
+# forwards it on by its main table. Partitions match the hosts' subnets, so they
+# hold with a delay too.
 set -euo pipefail
 
 die() { echo "netlab: $*" >&2; exit 1; }
@@ -73,6 +82,7 @@ table inet lab {
   chain loss { }
   chain forward {
     type filter hook forward priority 0; policy accept;
+    iifname != "dly0" counter
     jump part
     jump loss
   }
@@ -142,16 +152,23 @@ addr() {
     grep . || die "no host $2 in lab $1"
 }
 
-# The router-side interfaces of a comma list of hosts (star labs: hI; NAT labs:
-# relay, nat1, nat2, dev1 and dev2 through their NAT router).
-ifaces() {
-  local IFS=,
-  for h in $1; do
+# The subnets router r reaches a comma list of hosts by (star labs: hI; NAT labs:
+# relay, nat1, nat2, and dev1 and dev2 by their NAT router's).
+subnets() {
+  local lab=$1 IFS=, link
+  for h in $2; do
     case "$h" in
-      dev*) echo "nat${h#dev}" ;;
-      *) echo "$h" ;;
+      dev*) link="nat${h#dev}" ;;
+      *) link="$h" ;;
     esac
+    ip -n "$(ns "$lab" r)" -4 -o addr show dev "$link" 2>/dev/null | awk '{print $4}' |
+      sed -E 's#\.[0-9]+/24$#.0/24#' | grep . || die "no host $h in lab $lab"
   done
+}
+
+# Router r's links to the hosts.
+router_links() {
+  ip -n "$(ns "$1" r)" -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -v -e '^lo$' -e '^dly0$'
 }
 
 loss() {
@@ -161,20 +178,63 @@ loss() {
   in_ns "$r" nft flush chain inet lab loss
   case "$pct" in
     0) ;;
-    100) in_ns "$r" nft add rule inet lab loss drop ;;
-    *) in_ns "$r" nft add rule inet lab loss numgen random mod 100 '<' "$pct" drop ;;
+    100) in_ns "$r" nft add rule inet lab loss iifname != "dly0" drop ;;
+    *) in_ns "$r" nft add rule inet lab loss iifname != "dly0" numgen random mod 100 '<' "$pct" drop ;;
   esac
 }
 
 partition() {
-  local r a b
+  local r a b sa sb
   r=$(ns "$1" r)
-  for a in $(ifaces "$2"); do
-    for b in $(ifaces "$3"); do
-      in_ns "$r" nft add rule inet lab part iifname "$a" oifname "$b" drop
-      in_ns "$r" nft add rule inet lab part iifname "$b" oifname "$a" drop
+  sa=$(subnets "$1" "$2")
+  sb=$(subnets "$1" "$3")
+  for a in $sa; do
+    for b in $sb; do
+      in_ns "$r" nft add rule inet lab part ip saddr "$a" ip daddr "$b" drop
+      in_ns "$r" nft add rule inet lab part ip saddr "$b" ip daddr "$a" drop
     done
   done
+}
+
+delay() {
+  local lab=$1 ms=$2 bin=${3:-${HEARTH_BIN:-hearth}} r pidf link
+  r=$(ns "$lab" r)
+  [[ "$ms" =~ ^[0-9]+$ ]] && [ "$ms" -le 10000 ] || die "a delay is whole milliseconds, 0 to 10000"
+  ip netns pids "$r" >/dev/null 2>&1 || die "no lab $lab"
+  pidf="/run/netlab-$lab-delay.pid"
+  if [ -f "$pidf" ]; then
+    kill "$(cat "$pidf")" 2>/dev/null || true
+    rm -f "$pidf"
+  fi
+  for link in $(router_links "$lab"); do
+    ip -n "$r" rule del iif "$link" lookup 100 2>/dev/null || true
+  done
+  ip -n "$r" link del dly0 2>/dev/null || true
+  [ "$ms" = 0 ] && return 0
+  in_ns "$r" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+  ip -n "$r" tuntap add dev dly0 mode tun
+  in_ns "$r" sysctl -qw net.ipv4.conf.dly0.rp_filter=0
+  ip -n "$r" link set dly0 up
+  ip -n "$r" route add default dev dly0 table 100
+  in_ns "$r" "$bin" lab-forward --tun dly0 --delay-ms "$ms" </dev/null >/dev/null 2>&1 &
+  echo $! >"$pidf"
+  # Attached once the device has a carrier.
+  for _ in $(seq 1 100); do
+    ip -n "$r" link show dly0 | grep -q NO-CARRIER || break
+    kill -0 "$(cat "$pidf")" 2>/dev/null || die "$bin lab-forward did not start"
+    sleep 0.05
+  done
+  ip -n "$r" link show dly0 | grep -q NO-CARRIER && die "$bin lab-forward did not attach to dly0"
+  for link in $(router_links "$lab"); do
+    ip -n "$r" rule add iif "$link" lookup 100
+  done
+}
+
+# Packets and bytes router r forwarded so far (a delayed packet counted once).
+bytes() {
+  in_ns "$(ns "$1" r)" nft list chain inet lab forward |
+    awk '/counter packets/ { for (i = 1; i < NF; i++) { if ($i == "packets") p = $(i + 1); if ($i == "bytes") b = $(i + 1) } }
+         END { if (p == "") exit 1; print p, b }' || die "no lab $1"
 }
 
 heal() {
@@ -187,6 +247,7 @@ down() {
     for pid in $(ip netns pids "$n" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
   done
   for n in $(hosts_of "$1"); do ip netns del "$n" 2>/dev/null || true; done
+  rm -f "/run/netlab-$1-delay.pid"
 }
 
 cmd=${1:-}
@@ -207,8 +268,10 @@ case "$cmd" in
   addr) addr "$1" "$2" ;;
   exec) lab=$1 host=$2; shift 2; exec ip netns exec "$(ns "$lab" "$host")" "$@" ;;
   loss) loss "$1" "$2" ;;
+  delay) delay "$@" ;;
   partition) partition "$1" "$2" "$3" ;;
   heal) heal "$1" ;;
+  bytes) bytes "$1" ;;
   down) down "$1" ;;
-  *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -36,6 +36,23 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Call first in a lab test: `true` when labs can run here (what they need
+/// installed by then). Otherwise print why and return `false` (the test
+/// should return and pass), or panic when `HEARTH_REQUIRE_NETLAB=1`.
+pub fn should_run(test: &str) -> bool {
+    let check = run(&["check"]);
+    if !check.status.success() {
+        let why = String::from_utf8_lossy(&check.stdout).trim().to_string();
+        if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") {
+            panic!("lab test {test} cannot run ({REQUIRE_ENV}=1): {why}");
+        }
+        eprintln!("lab test skipped: {why} ({test}; set {REQUIRE_ENV}=1 to make this a failure)");
+        return false;
+    }
+    ok(&["install"]);
+    true
+}
+
 /// A lab of namespaces `NAME-host`; removed on drop.
 pub struct Lab {
     name: String,
@@ -45,16 +62,9 @@ impl Lab {
     /// Make a lab of `topology` (`["nat"]`, `["star", "20"]`), or `None` when
     /// labs cannot run here (the test should return).
     pub fn up(test: &str, topology: &[&str]) -> Option<Lab> {
-        let check = run(&["check"]);
-        if !check.status.success() {
-            let why = String::from_utf8_lossy(&check.stdout).trim().to_string();
-            if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") {
-                panic!("lab test {test} cannot run ({REQUIRE_ENV}=1): {why}");
-            }
-            eprintln!("lab test skipped: {why} ({test}; set {REQUIRE_ENV}=1 to make this a failure)");
+        if !should_run(test) {
             return None;
         }
-        ok(&["install"]);
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = std::process::id().wrapping_mul(64) ^ NEXT.fetch_add(1, Ordering::Relaxed);
         let name = format!("l{:x}", n & 0x0fff_ffff);
@@ -82,6 +92,32 @@ impl Lab {
     /// Drop `pct` percent of what the lab's router forwards.
     pub fn loss(&self, pct: u32) {
         ok(&["loss", &self.name, &pct.to_string()]);
+    }
+
+    /// Hold each packet the lab's router forwards `ms` milliseconds (0: no
+    /// delay): an RTT of twice that between two hosts.
+    pub fn delay(&self, ms: u32) {
+        ok(&["delay", &self.name, &ms.to_string(), env!("CARGO_BIN_EXE_hearth")]);
+    }
+
+    /// Run `f` on a thread inside `host`'s network namespace (sockets it
+    /// opens live there).
+    pub fn in_host<T: Send>(&self, host: &str, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/var/run/netns/{}-{host}", self.name);
+        let netns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                use std::os::fd::AsRawFd;
+                // SAFETY: setns(2) on an open namespace file moves only this
+                // thread (spawned for it, ended after `f`) into it.
+                #[allow(unsafe_code)]
+                let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("the lab thread")
+        })
     }
 
     /// Cut the hosts `a` from the hosts `b` (comma lists).
