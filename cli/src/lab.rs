@@ -283,12 +283,20 @@ pub async fn run(args: &LabArgs, json_out: bool) -> Result<ExitCode> {
 
     let (messages, timeout) = (args.messages, Duration::from_secs(args.timeout));
     let (nodes, rtt_ms) = (args.nodes, rtt.as_millis() as u64);
-    let report = tokio::task::spawn_blocking(move || {
+    // Interrupted (Ctrl-C), the lab still goes: its nodes with it.
+    let (script, name) = (lab.script.clone(), lab.name.clone());
+    let talk = tokio::task::spawn_blocking(move || {
         let r = converse(&lab, &exe, &stores, &channel.to_hex(), messages, timeout);
         drop(lab);
         r
-    })
-    .await??;
+    });
+    let report = tokio::select! {
+        r = talk => r??,
+        _ = tokio::signal::ctrl_c() => {
+            drop(Lab { script, name });
+            bail!("interrupted: the lab is removed");
+        }
+    };
     let report = LabReport {
         nodes,
         rtt_ms,
