@@ -27,6 +27,11 @@ const ADDRS_FILE: &str = "node.addrs";
 const LISTEN_FILE: &str = "node.listen";
 const PEERS_FILE: &str = "peers";
 
+/// Where a node listens when told nothing: a free loopback TCP port.
+fn loopback() -> Multiaddr {
+    "/ip4/127.0.0.1/tcp/0".parse().expect("a valid address")
+}
+
 /// One multiaddr per line (a file written before they were sealed is read
 /// the same way).
 async fn read_addrs(h: &Hearth, name: &str) -> Result<Vec<Multiaddr>> {
@@ -498,9 +503,7 @@ pub async fn node(h: &Hearth, mut config: NodeConfig, exit_on_eof: bool) -> Resu
     if remembered {
         config.listen = read_addrs(h, LISTEN_FILE).await?;
         if config.listen.is_empty() {
-            config
-                .listen
-                .push("/ip4/127.0.0.1/tcp/0".parse().expect("a valid address"));
+            config.listen.push(loopback());
         }
     }
     for a in read_addrs(h, PEERS_FILE).await? {
@@ -516,7 +519,7 @@ pub async fn node(h: &Hearth, mut config: NodeConfig, exit_on_eof: bool) -> Resu
     // on ports of the system's choice, then loopback.
     let mut fallbacks = if remembered {
         vec![
-            vec!["/ip4/127.0.0.1/tcp/0".parse().expect("a valid address")],
+            vec![loopback()],
             config.listen.iter().map(listen::with_any_port).collect(),
         ]
     } else {
@@ -620,7 +623,7 @@ const SERVE_THE_NEW_DEVICE: Duration = Duration::from_secs(60);
 /// first sync; exit.
 pub async fn link(h: &Hearth, mut listen: Vec<Multiaddr>, timeout: Duration, as_json: bool) -> Result<ExitCode> {
     if listen.is_empty() {
-        listen.push("/ip4/127.0.0.1/tcp/0".parse().expect("a valid address"));
+        listen.push(loopback());
     }
     let signals = shutdown_signal();
     let node = h
