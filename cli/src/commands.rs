@@ -451,6 +451,8 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
             listen,
             peer,
             relay,
+            via,
+            relay_server,
             mdns,
             exit_on_eof,
             anti_entropy,
@@ -469,6 +471,8 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
                 listen: listen.clone(),
                 peers: peer.iter().chain(relay).cloned().collect(),
                 relays,
+                via: via.clone(),
+                serve_circuits: *relay_server,
                 mdns: *mdns,
                 anti_entropy: Duration::from_secs((*anti_entropy).max(1)),
                 ..Default::default()

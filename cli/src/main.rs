@@ -263,6 +263,17 @@ pub enum Command {
         /// keys, never their content keys.
         #[arg(long)]
         relay: Vec<Multiaddr>,
+        /// A circuit relay to listen through (ending in /p2p/<relay id>): peers
+        /// behind other NATs reach this node by its /p2p-circuit address, and
+        /// a hole punch then makes the connection direct when the NATs allow it.
+        /// The relay learns nothing of the channels. (A --relay that serves
+        /// circuits is listened through too.)
+        #[arg(long)]
+        via: Vec<Multiaddr>,
+        /// Serve circuits and AutoNAT checks to others (a node with a public
+        /// address; its listen addresses are announced as its own).
+        #[arg(long)]
+        relay_server: bool,
         /// Find peers on the local network by mDNS (multicasts on your network interfaces).
         #[arg(long)]
         mdns: bool,

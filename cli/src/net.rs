@@ -430,6 +430,16 @@ async fn event_json(h: &Hearth, e: NodeEvent) -> Option<Value> {
         NodeEvent::DialFailed { addr, error, retry_in } => json!({
             "event": "dial_failed", "addr": addr.to_string(), "error": error, "retry_in_ms": retry_in.as_millis() as u64,
         }),
+        NodeEvent::Reserved { relay } => json!({"event": "reserved", "relay": relay.to_string()}),
+        NodeEvent::ReservationFailed { relay, error } => {
+            json!({"event": "reservation_failed", "relay": relay.to_string(), "error": error})
+        }
+        NodeEvent::HolePunch { peer, error } => {
+            json!({"event": "hole_punch", "peer": peer.to_string(), "direct": error.is_none(), "error": error})
+        }
+        NodeEvent::Reachability { addr, reachable } => {
+            json!({"event": "reachability", "addr": addr.to_string(), "reachable": reachable})
+        }
         NodeEvent::Store(StoreEvent::Received {
             channel,
             author,
@@ -804,6 +814,9 @@ pub async fn relay(
         NodeConfig {
             listen,
             peers,
+            // Hearth's relays serve circuits too (NATed members reach each
+            // other through them, then directly after a hole punch).
+            serve_circuits: true,
             ..NodeConfig::default()
         },
     )

@@ -16,8 +16,12 @@ use futures::StreamExt;
 use hearth_core::{Vector, WireId};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
-use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, connection_limits, identify, mdns, noise, ping, tcp, yamux};
+use libp2p::core::transport::ListenerId;
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
+use libp2p::{
+    Multiaddr, PeerId, Swarm, SwarmBuilder, autonat, connection_limits, dcutr, identify, mdns, noise, ping, relay, tcp,
+    yamux,
+};
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 
 use crate::drive::{Conn, Served, run_session, serve};
@@ -71,7 +75,19 @@ pub struct NodeConfig {
     /// key (never the content key) of every channel it does not prove it
     /// holds, so that it carries them and serves them to members who prove
     /// membership. Any other peer learns only of the channels it proves.
+    /// Those that also serve circuits are listened through, as `via`'s are.
     pub relays: Vec<PeerId>,
+    /// Circuit relays (addresses ending in `/p2p/<relay id>`) to listen
+    /// through: the node keeps a reservation on each, so that peers reach it
+    /// by `<relay address>/p2p-circuit/p2p/<this node>` from anywhere, and
+    /// DCUtR then upgrades such a connection to a direct one when the NATs
+    /// on both sides allow it. They learn nothing of the channels (unlike
+    /// `relays`): a circuit carries only what the two ends encrypted.
+    pub via: Vec<Multiaddr>,
+    /// Serve circuits to others (circuit relay v2, and AutoNAT v2 checks of
+    /// their addresses): a node with a public address. Its listen addresses
+    /// are announced as its own (a relay must tell its clients where it is).
+    pub serve_circuits: bool,
 }
 
 impl Default for NodeConfig {
@@ -84,7 +100,9 @@ impl Default for NodeConfig {
             redial_min: Duration::from_millis(250),
             redial_max: Duration::from_secs(30),
             max_connections: 256,
-            max_per_peer: 2,
+            // A relayed and a direct connection, a simultaneous open of the
+            // hole punch, an AutoNAT dial-back.
+            max_per_peer: 4,
             max_per_ip: 16,
             idle_timeout: Duration::from_secs(300),
             max_inbound: 64,
@@ -93,6 +111,8 @@ impl Default for NodeConfig {
             ban: Duration::from_secs(60),
             max_failed_content_per_minute: 256,
             relays: Vec::new(),
+            via: Vec::new(),
+            serve_circuits: false,
         }
     }
 }
@@ -177,6 +197,35 @@ pub enum NodeEvent {
     Linked {
         /// The new device's (temporary) peer id.
         peer: PeerId,
+    },
+    /// A circuit relay took this node's reservation: peers reach it through
+    /// the relay (its `/p2p-circuit` address comes as [`NodeEvent::Listening`]).
+    Reserved {
+        /// The relay.
+        relay: PeerId,
+    },
+    /// A reservation could not be made or renewed; it is tried again later.
+    ReservationFailed {
+        /// The relay.
+        relay: PeerId,
+        /// Why.
+        error: String,
+    },
+    /// A hole punch (DCUtR) with a peer reached through a relay ended: on
+    /// success the node talks to it directly and drops the relayed connection.
+    HolePunch {
+        /// The peer.
+        peer: PeerId,
+        /// Why it failed (`None`: direct now).
+        error: Option<String>,
+    },
+    /// AutoNAT v2: a server dialed one of this node's addresses back (it is
+    /// reachable there), or could not.
+    Reachability {
+        /// The address tested.
+        addr: Multiaddr,
+        /// Reachable from outside.
+        reachable: bool,
     },
     /// Dialing a known peer failed; it is tried again later.
     DialFailed {
@@ -272,7 +321,45 @@ struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
+    relay_client: relay::client::Behaviour,
+    relay_server: Toggle<relay::Behaviour>,
+    dcutr: dcutr::Behaviour,
+    autonat: autonat::v2::client::Behaviour,
+    autonat_server: Toggle<autonat::v2::server::Behaviour>,
 }
+
+/// How a node that serves circuits (`NodeConfig::serve_circuits`) limits
+/// them: as libp2p's defaults, but a circuit is neither cut at 128 KiB nor
+/// after 2 minutes (a relayed connection may carry a whole sync when the
+/// NATs allow no hole punch), and more of them at once.
+fn circuit_limits() -> relay::Config {
+    relay::Config {
+        max_reservations: 1024,
+        max_circuits: 256,
+        max_circuit_duration: Duration::from_secs(24 * 3600),
+        max_circuit_bytes: 0,
+        ..relay::Config::default()
+    }
+}
+
+/// Whether an address goes through a circuit relay.
+pub fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| p == Protocol::P2pCircuit)
+}
+
+/// The relay part of a relayed address (up to `/p2p-circuit`).
+fn relay_part(addr: &Multiaddr) -> Option<Multiaddr> {
+    is_relayed(addr).then(|| addr.iter().take_while(|p| *p != Protocol::P2pCircuit).collect())
+}
+
+/// How often a dial through a relay checks whether the relay is ready.
+const RELAY_FIRST: Duration = Duration::from_millis(100);
+/// The protocol by which a peer tells it serves circuits.
+const HOP: &str = "/libp2p/circuit/relay/0.2.0/hop";
+/// First wait before a reservation that failed or ended is asked again.
+const RESERVE_RETRY_MIN: Duration = Duration::from_secs(1);
+/// Longest wait between such attempts.
+const RESERVE_RETRY_MAX: Duration = Duration::from_secs(60);
 
 enum Cmd {
     Request(PeerId, Request, oneshot::Sender<Result<Response, String>>),
@@ -484,12 +571,15 @@ fn keypair(secret: &hearth_core::SecretKey) -> Result<libp2p::identity::Keypair,
     kp
 }
 
-/// The peer id named by an address's `/p2p/` part.
+/// The peer an address reaches: its last `/p2p/` part (a relayed address
+/// names the relay first, then the peer).
 pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
-    addr.iter().find_map(|p| match p {
-        Protocol::P2p(id) => Some(id),
-        _ => None,
-    })
+    addr.iter()
+        .filter_map(|p| match p {
+            Protocol::P2p(id) => Some(id),
+            _ => None,
+        })
+        .last()
 }
 
 /// Start a node syncing `replica` under the network identity `secret`.
@@ -510,7 +600,9 @@ pub async fn start<R: Replica>(
         )
         .map_err(|e| setup(&e))?
         .with_quic()
-        .with_behaviour(|key| {
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| setup(&e))?
+        .with_behaviour(|key, relay_client| {
             let rr = request_response::Behaviour::with_codec(
                 proto::Codec,
                 [(proto::PROTOCOL, ProtocolSupport::Full)],
@@ -534,12 +626,18 @@ pub async fn start<R: Replica>(
             } else {
                 Toggle::from(None)
             };
+            let me = key.public().to_peer_id();
             Ok(Behaviour {
                 rr,
                 identify,
                 ping,
                 limits,
                 mdns,
+                relay_client,
+                relay_server: Toggle::from(cfg.serve_circuits.then(|| relay::Behaviour::new(me, circuit_limits()))),
+                dcutr: dcutr::Behaviour::new(me),
+                autonat: autonat::v2::client::Behaviour::default(),
+                autonat_server: Toggle::from(cfg.serve_circuits.then(autonat::v2::server::Behaviour::default)),
             })
         })
         .map_err(|e| setup(&e))?
@@ -584,8 +682,12 @@ pub async fn start<R: Replica>(
         per_ip: HashMap::new(),
         failed_content: HashMap::new(),
         noted: HashMap::new(),
+        identified: HashMap::new(),
+        reservations: HashMap::new(),
+        reserve_next: HashMap::new(),
+        relayed: HashMap::new(),
     };
-    for addr in config.peers {
+    for addr in config.peers.into_iter().chain(config.via) {
         node.add_known(addr, true);
     }
     let replica_events = replica.subscribe();
@@ -632,6 +734,18 @@ struct Loop<R: Replica> {
     /// removals (a relay), this device's chain, its certificate (a relay
     /// this user configured); each is sent once a run (`Conn::with_memo`).
     noted: HashMap<PeerId, Arc<std::sync::Mutex<crate::drive::PeerMemo>>>,
+    /// Connected peers whose identify came (a relay among them has told
+    /// this node its observed address, which a hole punch needs first).
+    /// Per peer: whether it serves circuits.
+    identified: HashMap<PeerId, bool>,
+    /// Circuit relays listened through: the listener of each.
+    reservations: HashMap<PeerId, ListenerId>,
+    /// Per circuit relay whose reservation ended: when to ask again, and
+    /// the wait after that.
+    reserve_next: HashMap<PeerId, (Instant, Duration)>,
+    /// Relayed connections, per peer (closed once a hole punch gives a
+    /// direct one: request-response spreads requests over all of them).
+    relayed: HashMap<PeerId, BTreeSet<ConnectionId>>,
 }
 
 /// The IP address a multiaddr starts with.
@@ -720,20 +834,83 @@ impl<R: Replica> Loop<R> {
         let now = Instant::now();
         let connected: BTreeSet<PeerId> = self.swarm.connected_peers().copied().collect();
         let mut dial = Vec::new();
+        let mut relays = Vec::new();
         for k in self.known.values_mut() {
             if k.peer.is_some_and(|p| connected.contains(&p)) {
                 continue;
             }
             if k.next.is_some_and(|t| t <= now) {
+                // Through a relay: first to the relay itself, until its
+                // identify tells this node its observed address (a hole
+                // punch offers those); the relay is then a known peer.
+                if let Some(relay) = relay_part(&k.addr)
+                    && peer_of(&relay).is_some_and(|r| !self.identified.contains_key(&r))
+                {
+                    k.next = Some(now + RELAY_FIRST);
+                    relays.push(relay);
+                    continue;
+                }
                 k.next = None; // the outcome of this dial schedules the next one
                 dial.push(k.addr.clone());
             }
         }
+        for relay in relays {
+            self.add_known(relay, true);
+        }
+        self.reserve_due();
         for addr in dial {
             if let Err(e) = self.swarm.dial(addr.clone()) {
                 self.dial_failed(&addr, e.to_string());
             }
         }
+    }
+
+    /// Whether this node listens through `peer` when it serves circuits: a
+    /// relay this user configured, or one named in `via`.
+    fn wants_circuits_of(&self, peer: &PeerId) -> bool {
+        self.config.relays.contains(peer) || self.config.via.iter().any(|a| peer_of(a) == Some(*peer))
+    }
+
+    /// Listen through every circuit relay that is connected, identified,
+    /// wanted, not listened through and not waiting for a retry.
+    fn reserve_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<PeerId> = self
+            .identified
+            .iter()
+            .filter(|(p, hop)| **hop && !self.reservations.contains_key(p))
+            .filter(|(p, _)| self.reserve_next.get(p).is_none_or(|(t, _)| *t <= now))
+            .map(|(p, _)| *p)
+            .filter(|p| self.wants_circuits_of(p))
+            .collect();
+        for relay in due {
+            // The relay's address as this node dials it (or as it reached it).
+            let known = self.known.values().find(|k| k.peer == Some(relay) && !is_relayed(&k.addr));
+            let Some(addr) = known
+                .map(|k| k.addr.clone())
+                .or_else(|| self.peers.get(&relay).and_then(|p| p.status.addr.clone()))
+                .filter(|a| !is_relayed(a))
+            else {
+                continue;
+            };
+            let base: Multiaddr = addr.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect();
+            let circuit = base.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
+            match self.swarm.listen_on(circuit) {
+                Ok(id) => {
+                    self.reservations.insert(relay, id);
+                }
+                Err(e) => self.reservation_failed(relay, e.to_string()),
+            }
+        }
+    }
+
+    /// A reservation failed or ended: ask again later, waiting longer each time.
+    fn reservation_failed(&mut self, relay: PeerId, error: String) {
+        self.reservations.remove(&relay);
+        let wait = self.reserve_next.get(&relay).map_or(RESERVE_RETRY_MIN, |(_, w)| *w);
+        self.reserve_next
+            .insert(relay, (Instant::now() + wait, (wait * 2).min(RESERVE_RETRY_MAX)));
+        self.emit(NodeEvent::ReservationFailed { relay, error });
     }
 
     fn dial_failed(&mut self, addr: &Multiaddr, error: String) {
@@ -767,6 +944,13 @@ impl<R: Replica> Loop<R> {
             }
             Cmd::SessionDone(peer, outcome, state) => self.session_done(peer, outcome, state),
             Cmd::Dial(addr, reply) => {
+                // Through a relay not identified yet: the next tick dials the
+                // relay first (`redial`).
+                if relay_part(&addr).and_then(|r| peer_of(&r)).is_some_and(|r| !self.identified.contains_key(&r)) {
+                    self.add_known(addr, true);
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
                 self.add_known(addr.clone(), false);
                 let r = self.swarm.dial(addr).map_err(|e| NodeError::Setup(e.to_string()));
                 let _ = reply.send(r);
@@ -984,12 +1168,44 @@ impl<R: Replica> Loop<R> {
         }
     }
 
+    /// A listen address, ending in `/p2p/<this node>` (a circuit's does already).
+    fn with_me(&self, addr: Multiaddr) -> Multiaddr {
+        let me = *self.swarm.local_peer_id();
+        if peer_of(&addr) == Some(me) {
+            addr
+        } else {
+            addr.with(Protocol::P2p(me))
+        }
+    }
+
     fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => {
-                let full = address.with(Protocol::P2p(*self.swarm.local_peer_id()));
+                // A relay tells its clients where it is: what it listens on.
+                if self.config.serve_circuits && !is_relayed(&address) {
+                    self.swarm.add_external_address(address.clone());
+                }
+                let full = self.with_me(address);
                 self.listening.push(full.clone());
                 self.emit(NodeEvent::Listening { addr: full });
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                let full = self.with_me(address);
+                self.listening.retain(|a| *a != full);
+            }
+            SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+                let relay = self
+                    .reservations
+                    .iter()
+                    .find(|(_, id)| **id == listener_id)
+                    .map(|(p, _)| *p);
+                if let Some(relay) = relay {
+                    let why = match reason {
+                        Ok(()) => "the relay ended the reservation".to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    self.reservation_failed(relay, why);
+                }
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -998,7 +1214,11 @@ impl<R: Replica> Loop<R> {
                 connection_id,
                 ..
             } => {
-                if let Some(ip) = ip_of(endpoint.get_remote_address()) {
+                let relayed = endpoint.is_relayed();
+                if relayed {
+                    // Counted by the relay, per peer, not here by its IP.
+                    self.relayed.entry(peer_id).or_default().insert(connection_id);
+                } else if let Some(ip) = ip_of(endpoint.get_remote_address()) {
                     let n = self.per_ip.entry(ip).or_insert(0);
                     *n += 1;
                     if *n > self.config.max_per_ip {
@@ -1025,7 +1245,12 @@ impl<R: Replica> Loop<R> {
                         k.next = None;
                     }
                 }
-                if num_established.get() == 1 {
+                if num_established.get() > 1 {
+                    // A direct connection next to a relayed one (a hole punch).
+                    if !relayed && let Some(p) = self.peers.get_mut(&peer_id) {
+                        p.status.addr = Some(addr);
+                    }
+                } else {
                     if self.noted.len() >= MAX_NOTED_PEERS && !self.noted.contains_key(&peer_id) {
                         self.noted.clear();
                     }
@@ -1081,9 +1306,17 @@ impl<R: Replica> Loop<R> {
                 peer_id,
                 num_established,
                 endpoint,
+                connection_id,
                 ..
             } => {
-                if let Some(ip) = ip_of(endpoint.get_remote_address())
+                if endpoint.is_relayed() {
+                    if let Some(set) = self.relayed.get_mut(&peer_id) {
+                        set.remove(&connection_id);
+                        if set.is_empty() {
+                            self.relayed.remove(&peer_id);
+                        }
+                    }
+                } else if let Some(ip) = ip_of(endpoint.get_remote_address())
                     && let Some(n) = self.per_ip.get_mut(&ip)
                 {
                     *n = n.saturating_sub(1);
@@ -1095,6 +1328,7 @@ impl<R: Replica> Loop<R> {
                     return;
                 }
                 self.peers.remove(&peer_id);
+                self.identified.remove(&peer_id);
                 // A banned peer is not redialed before its ban ends.
                 let at = self
                     .banned_until(&peer_id)
@@ -1120,6 +1354,15 @@ impl<R: Replica> Loop<R> {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Rr(ev)) => self.on_rr(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                let hop = info.protocols.iter().any(|p| p.as_ref() == HOP);
+                let first = self.identified.insert(peer_id, hop).is_none();
+                if first && !hop && self.config.via.iter().any(|a| peer_of(a) == Some(peer_id)) {
+                    self.emit(NodeEvent::ReservationFailed {
+                        relay: peer_id,
+                        error: "it does not serve circuits".into(),
+                    });
+                }
+                self.reserve_due();
                 let ours = proto::PROTOCOL.to_string();
                 let offers: Vec<String> = info
                     .protocols
@@ -1130,6 +1373,42 @@ impl<R: Replica> Loop<R> {
                 if !offers.is_empty() && !offers.contains(&ours) {
                     self.incompatible(peer_id, offers);
                 }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            })) => {
+                self.reserve_next.remove(&relay_peer_id);
+                if !renewal {
+                    self.emit(NodeEvent::Reserved { relay: relay_peer_id });
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result })) => {
+                let error = result.as_ref().err().map(|e| e.to_string());
+                if result.is_ok() {
+                    // Direct now: the relayed connections go (requests
+                    // would keep going over them too), and a session catches
+                    // up whatever a request lost on them as they closed.
+                    for id in self.relayed.get(&remote_peer_id).cloned().unwrap_or_default() {
+                        self.swarm.close_connection(id);
+                    }
+                    if let Some(p) = self.peers.get(&remote_peer_id) {
+                        let _ = p.work.send(Work::Reconcile(None));
+                    }
+                }
+                self.emit(NodeEvent::HolePunch {
+                    peer: remote_peer_id,
+                    error,
+                });
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::v2::client::Event {
+                tested_addr, result, ..
+            })) => {
+                self.emit(NodeEvent::Reachability {
+                    addr: tested_addr,
+                    reachable: result.is_ok(),
+                });
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
                 for (peer, addr) in list {

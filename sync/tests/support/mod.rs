@@ -27,6 +27,12 @@ pub async fn start_node_on<R: Replica>(replica: R, secret: &SecretKey, listen: &
         listen: vec![listen.parse().unwrap()],
         ..NodeConfig::default()
     };
+    start_node_with(replica, secret, cfg).await
+}
+
+/// Start a node on `replica` as `cfg` says (it must listen somewhere);
+/// returns it and its first address.
+pub async fn start_node_with<R: Replica>(replica: R, secret: &SecretKey, cfg: NodeConfig) -> (NodeHandle, Multiaddr) {
     let n = hearth_sync::start(replica, secret, cfg).await.unwrap();
     if std::env::var_os("HEARTH_TEST_TRACE").is_some() {
         let mut ev = n.subscribe();
