@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use hearth::sync::ticket::Ticket;
-use hearth::sync::{Multiaddr, NodeConfig, NodeEvent, NodeHandle, RelayStore, listen};
+use hearth::sync::{Multiaddr, NodeConfig, NodeEvent, NodeHandle, PeerId, RelayStore, listen};
 use hearth::{Hearth, StoreEvent, Write};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -127,19 +127,19 @@ pub async fn join(h: &Hearth, ticket: &str, timeout: Duration, as_json: bool) ->
     let mut synced = None;
     let mut refused = Vec::new();
     if !timeout.is_zero() {
-        for addr in ticket.addrs() {
+        for addrs in by_peer(ticket.addrs()) {
             let before = held_entries(h).await?;
-            match sync_once(h, addr.clone(), false, timeout).await {
+            match sync_once(h, addrs.clone(), false, timeout).await {
                 Ok(o) => {
                     // The peer may push the new channel's entries itself (its
                     // session started when the join was written): count what
                     // is held now.
                     let received = held_entries(h).await?.saturating_sub(before);
                     refused.extend(o.refused);
-                    synced = Some((addr.clone(), (received, o.sent)));
+                    synced = Some((o.via, (received, o.sent)));
                     break;
                 }
-                Err(e) => eprintln!("note: {addr}: {e:#}"),
+                Err(e) => eprintln!("note: {}: {e:#}", addrs[0]),
             }
         }
     }
@@ -199,26 +199,45 @@ async fn held_entries(h: &Hearth) -> Result<u64> {
         .fold(0u64, |n, (_, p)| n.saturating_add(p.seq)))
 }
 
+/// A ticket's addresses grouped by the peer they reach, in order: a peer
+/// is dialed at all of its addresses at once (some are private ones that
+/// time out from elsewhere, one may be a circuit through a relay).
+fn by_peer(addrs: &[Multiaddr]) -> Vec<Vec<Multiaddr>> {
+    let mut groups: Vec<(Option<PeerId>, Vec<Multiaddr>)> = Vec::new();
+    for addr in addrs {
+        let peer = hearth::sync::peer_of(addr);
+        match groups.iter_mut().find(|(p, _)| *p == peer) {
+            Some((_, list)) => list.push(addr.clone()),
+            None => groups.push((peer, vec![addr.clone()])),
+        }
+    }
+    groups.into_iter().map(|(_, list)| list).collect()
+}
+
 /// What [`sync_once`] did: entries received and sent, and the invites kept
 /// by `hearth join` that the peer did not take (channel name, why).
 struct SyncedOnce {
+    /// The address the peer was reached at.
+    via: Multiaddr,
     received: u64,
     sent: u64,
     refused: Vec<(String, String)>,
 }
 
-/// Dial one peer, let pending invites in through it, reconcile until a
+/// Dial one peer (at each of `addrs` at once, all ending in its
+/// `/p2p/<peer id>`), let pending invites in through it, reconcile until a
 /// session finds every shared channel equal (with `trusted`, the peer is a
 /// relay this user trusts: it is granted every channel).
-async fn sync_once(h: &Hearth, addr: Multiaddr, trusted: bool, timeout: Duration) -> Result<SyncedOnce> {
-    let peer = hearth::sync::peer_of(&addr).context("the address must end in /p2p/<peer id>")?;
+async fn sync_once(h: &Hearth, addrs: Vec<Multiaddr>, trusted: bool, timeout: Duration) -> Result<SyncedOnce> {
+    let first = addrs.first().context("no address")?;
+    let peer = hearth::sync::peer_of(first).context("the address must end in /p2p/<peer id>")?;
     let node = h
         .start_node(NodeConfig {
             relays: if trusted { vec![peer] } else { Vec::new() },
             ..NodeConfig::default()
         })
         .await?;
-    let res = tokio::time::timeout(timeout, sync_until_equal(h, &node, addr)).await;
+    let res = tokio::time::timeout(timeout, sync_until_equal(h, &node, peer, addrs)).await;
     node.stop().await.ok();
     match res {
         Ok(r) => r,
@@ -226,12 +245,23 @@ async fn sync_once(h: &Hearth, addr: Multiaddr, trusted: bool, timeout: Duration
     }
 }
 
-async fn sync_until_equal(h: &Hearth, node: &NodeHandle, addr: Multiaddr) -> Result<SyncedOnce> {
-    let peer = hearth::sync::peer_of(&addr).context("the address must end in /p2p/<peer id>")?;
+async fn sync_until_equal(h: &Hearth, node: &NodeHandle, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<SyncedOnce> {
     // Count every session with the peer: the one the node starts on connect too.
     let mut events = node.subscribe();
-    node.dial(addr).await?;
+    for addr in addrs {
+        if hearth::sync::peer_of(&addr) != Some(peer) {
+            bail!("{addr}: not an address of {peer}");
+        }
+        node.dial(addr).await?;
+    }
     node.wait_connected(peer, Duration::from_secs(3600)).await?;
+    let via = node
+        .status()
+        .await?
+        .into_iter()
+        .find(|s| s.peer == peer)
+        .and_then(|s| s.addr)
+        .context("connected, yet no address")?;
     // Invites kept by `hearth join` are let in through any member's node.
     let refused = h.join_through(node, peer).await?.refused;
     loop {
@@ -256,6 +286,7 @@ async fn sync_until_equal(h: &Hearth, node: &NodeHandle, addr: Multiaddr) -> Res
                 }
             }
             return Ok(SyncedOnce {
+                via,
                 received,
                 sent,
                 refused,
@@ -270,11 +301,12 @@ async fn sync_until_equal(h: &Hearth, node: &NodeHandle, addr: Multiaddr) -> Res
 
 /// `hearth sync --peer ADDR`: exit 0 once both sides hold the same entries.
 pub async fn sync(h: &Hearth, peer: &Multiaddr, trusted: bool, timeout: Duration, as_json: bool) -> Result<ExitCode> {
-    match sync_once(h, peer.clone(), trusted, timeout).await {
+    match sync_once(h, vec![peer.clone()], trusted, timeout).await {
         Ok(SyncedOnce {
             received,
             sent,
             refused,
+            ..
         }) => {
             for (name, why) in refused {
                 eprintln!("note: the invite to {name} was not taken: {why}");
@@ -752,8 +784,8 @@ pub async fn init_linked(
     };
     let h = Hearth::create_linked(store, pass, &ticket, hearth::Config::default(), timeout, show).await?;
     let mut synced = (0, 0);
-    for addr in ticket.addrs() {
-        if let Ok(r) = sync_once(&h, addr.clone(), false, timeout).await {
+    for addrs in by_peer(ticket.addrs()) {
+        if let Ok(r) = sync_once(&h, addrs, false, timeout).await {
             synced = (r.received, r.sent);
             break;
         }

@@ -421,3 +421,97 @@ fn a_partition_heals_and_both_sides_converge() {
     bob.wait_for("alice's post after the heal", |e| holds(e, &from_alice));
     alice.wait_for("bob's post after the heal", |e| holds(e, &from_bob));
 }
+
+/// The lab scenario of reach (issue 10, item 1): Alice on dev1 and Bob on
+/// dev2, each behind a NAT that lets nothing in unasked, and a public Hearth
+/// relay that serves circuits. Alice listens through the relay; Bob joins by
+/// her invite, whose address is her circuit, and his node dials her there;
+/// DCUtR punches through both NATs, and with the relay killed their posts
+/// still cross, so the connection they use is direct.
+#[test]
+fn devices_behind_two_nats_hole_punch_through_a_relay_and_sync() {
+    let test = "devices_behind_two_nats_hole_punch_through_a_relay_and_sync";
+    let Some(lab) = Lab::up(test, &["nat"]) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let [r, a, b] = ["relay", "a", "b"].map(|d| tmp.path().join(d));
+    let mut relay = Running::spawn(hearth(
+        &lab,
+        "relay",
+        &r,
+        &["relay", "--listen", "/ip4/100.64.1.2/tcp/4003"],
+    ));
+    let relay_addr = listening(&mut relay);
+
+    ok(hearth(&lab, "dev1", &a, &["init", "--user", "alice"]));
+    ok(hearth(&lab, "dev1", &a, &["channel", "create", "general"]));
+    ok(hearth(&lab, "dev2", &b, &["init", "--user", "bob"]));
+    let node = |host: &str, dir: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "node",
+            "--listen",
+            "/ip4/0.0.0.0/tcp/4001",
+            "--via",
+            relay_addr.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        let mut c = hearth(&lab, host, dir, &args);
+        c.stdin(Stdio::piped());
+        Running::spawn(c)
+    };
+    let circuit_of = |who: &mut Running| -> String {
+        who.wait_for("a reservation", |e| e["event"] == "reserved");
+        who.wait_for("a circuit address", |e| {
+            e["event"] == "listening" && e["addr"].as_str().is_some_and(|a| a.contains("/p2p-circuit/"))
+        })["addr"]
+            .as_str()
+            .expect("addr")
+            .to_string()
+    };
+    let mut alice = node("dev1", &a, &[]);
+    let alice_circuit = circuit_of(&mut alice);
+    assert!(alice_circuit.starts_with(&relay_addr), "{alice_circuit}");
+    alice.send(&json!({"cmd": "invite", "channel": "general"}));
+    let ticket = alice.wait_for("a ticket", |e| e["event"] == "done" && e["cmd"] == "invite")["ticket"]
+        .as_str()
+        .expect("a ticket")
+        .to_string();
+    ok(hearth(&lab, "dev2", &b, &["join", &ticket, "--timeout", "60"]));
+
+    let mut bob = node("dev2", &b, &["--peer", &alice_circuit]);
+    let punched = |e: &Value| e["event"] == "hole_punch" && e["direct"] == true;
+    bob.wait_for("bob's relayed connection", |e| {
+        e["event"] == "peer_connected" && e["addr"].as_str().is_some_and(|a| a.contains("/p2p-circuit/"))
+    });
+    let deadline = Instant::now() + WAIT;
+    while !alice.drain_for(Duration::from_millis(100)).iter().any(punched)
+        && !bob.drain_for(Duration::from_millis(100)).iter().any(punched)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no hole punch; alice saw {:?}; bob saw {:?}",
+            alice.seen,
+            bob.seen
+        );
+    }
+    drop(relay);
+
+    let posted = |who: &mut Running, text: &str| -> String {
+        who.send(&json!({"cmd": "post", "channel": "general", "text": text}));
+        who.wait_for("the post", |e| e["event"] == "done" && e["cmd"] == "post")["id"]
+            .as_str()
+            .expect("an id")
+            .to_string()
+    };
+    let holds = |e: &Value, id: &str| {
+        e["event"] == "messages"
+            && e["messages"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m["id"] == id))
+    };
+    let from_alice = posted(&mut alice, "straight through two NATs");
+    bob.wait_for("alice's post, the relay gone", |e| holds(e, &from_alice));
+    let from_bob = posted(&mut bob, "and back");
+    alice.wait_for("bob's post, the relay gone", |e| holds(e, &from_bob));
+}

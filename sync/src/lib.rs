@@ -23,7 +23,9 @@ mod replica;
 pub mod ticket;
 
 pub use libp2p::{Multiaddr, PeerId};
-pub use node::{NodeConfig, NodeError, NodeEvent, NodeHandle, PeerStatus, is_relayed, peer_id_of_secret, peer_of, start};
+pub use node::{
+    NodeConfig, NodeError, NodeEvent, NodeHandle, PeerStatus, is_relayed, peer_id_of_secret, peer_of, start,
+};
 pub use relay::{RelayConfig, RelayStats, RelayStore};
 pub use replica::{Detached, Replica, ReplicaEvent};
 pub use ticket::{Ticket, TicketError};

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use hearth_core::{Vector, WireId};
+use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
-use libp2p::core::transport::ListenerId;
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
 use libp2p::{
     Multiaddr, PeerId, Swarm, SwarmBuilder, autonat, connection_limits, dcutr, identify, mdns, noise, ping, relay, tcp,
@@ -885,7 +885,10 @@ impl<R: Replica> Loop<R> {
             .collect();
         for relay in due {
             // The relay's address as this node dials it (or as it reached it).
-            let known = self.known.values().find(|k| k.peer == Some(relay) && !is_relayed(&k.addr));
+            let known = self
+                .known
+                .values()
+                .find(|k| k.peer == Some(relay) && !is_relayed(&k.addr));
             let Some(addr) = known
                 .map(|k| k.addr.clone())
                 .or_else(|| self.peers.get(&relay).and_then(|p| p.status.addr.clone()))
@@ -946,7 +949,10 @@ impl<R: Replica> Loop<R> {
             Cmd::Dial(addr, reply) => {
                 // Through a relay not identified yet: the next tick dials the
                 // relay first (`redial`).
-                if relay_part(&addr).and_then(|r| peer_of(&r)).is_some_and(|r| !self.identified.contains_key(&r)) {
+                if relay_part(&addr)
+                    .and_then(|r| peer_of(&r))
+                    .is_some_and(|r| !self.identified.contains_key(&r))
+                {
                     self.add_known(addr, true);
                     let _ = reply.send(Ok(()));
                     return;
@@ -1193,7 +1199,9 @@ impl<R: Replica> Loop<R> {
                 let full = self.with_me(address);
                 self.listening.retain(|a| *a != full);
             }
-            SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+            SwarmEvent::ListenerClosed {
+                listener_id, reason, ..
+            } => {
                 let relay = self
                     .reservations
                     .iter()

@@ -60,14 +60,21 @@ async fn listening_through(b: &Store, relay: &Multiaddr, listen: bool) -> (NodeH
     let secret = b.node_secret().await.unwrap();
     let cfg = NodeConfig {
         // Without an address of its own, only the circuit reaches it.
-        listen: if listen { vec![LISTEN.parse().unwrap()] } else { Vec::new() },
+        listen: if listen {
+            vec![LISTEN.parse().unwrap()]
+        } else {
+            Vec::new()
+        },
         via: vec![relay.clone()],
         ..NodeConfig::default()
     };
     let n = hearth_sync::start(b.clone(), &secret, cfg).await.unwrap();
     let mut events = n.subscribe();
     let relay_id = hearth_sync::peer_of(relay).unwrap();
-    next_event(&mut events, |e| matches!(e, NodeEvent::Reserved { relay } if relay == relay_id).then_some(())).await;
+    next_event(&mut events, |e| {
+        matches!(e, NodeEvent::Reserved { relay } if relay == relay_id).then_some(())
+    })
+    .await;
     let circuit = loop {
         let found = n
             .listen_addrs()
@@ -148,7 +155,10 @@ async fn a_node_without_an_address_of_its_own_syncs_over_the_circuit() {
     assert!(b.message(last.unwrap()).await.is_ok());
     let status = na.status().await.unwrap();
     let to_b = status.iter().find(|s| s.peer == nb.peer_id()).unwrap();
-    assert!(to_b.connected && to_b.addr.as_ref().is_some_and(hearth_sync::is_relayed), "{to_b:?}");
+    assert!(
+        to_b.connected && to_b.addr.as_ref().is_some_and(hearth_sync::is_relayed),
+        "{to_b:?}"
+    );
     for n in [na, nb, relay] {
         n.stop().await.unwrap();
     }
@@ -163,7 +173,9 @@ async fn a_peer_that_serves_no_circuits_is_reported() {
         via: vec![a_addr],
         ..NodeConfig::default()
     };
-    let nb = hearth_sync::start(b.clone(), &b.node_secret().await.unwrap(), cfg).await.unwrap();
+    let nb = hearth_sync::start(b.clone(), &b.node_secret().await.unwrap(), cfg)
+        .await
+        .unwrap();
     let mut events = nb.subscribe();
     let a_id = na.peer_id();
     let why = next_event(&mut events, |e| match e {

@@ -25,7 +25,8 @@
 # the NAT lab, relay is 100.64.1.2, nat1 100.64.2.2 and nat2 100.64.3.2 (public
 # side, through router r), dev1 10.1.0.2 behind nat1 and dev2 10.2.0.2 behind nat2.
 # A NAT router masquerades what leaves its public side and forwards nothing in that
-# the inside did not start (a home router's behaviour): dev1 and dev2 cannot reach
+# the inside did not start, and drops (never answers) what comes to itself
+# unasked (a home router's behaviour): dev1 and dev2 cannot reach
 # each other, both reach relay. The kernel has no netem here: loss uses nftables'
 # `numgen random` on router r (../shared/STACK-NOTES.md, "Network lab"), and delay a
 # TUN device there: what r forwards is routed into it (policy routing by the link
@@ -135,6 +136,14 @@ table inet filter {
     type filter hook forward priority 0; policy drop;
     iifname "lan0" accept
     ct state established,related accept
+  }
+  # As a home router: what comes in unasked to the router itself is dropped,
+  # not answered (a reset would kill the other side of a hole punch, and the
+  # connection it leaves would take the mapped port from the next punch).
+  chain input {
+    type filter hook input priority 0; policy accept;
+    iifname "wan0" ct state established,related accept
+    iifname "wan0" drop
   }
 }
 NFT
