@@ -105,6 +105,11 @@ pub struct LabArgs {
     /// The longest wait for every node to hold every message, in seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
+    /// Each node behind a NAT router of its own (nothing reaches it unasked),
+    /// and a public Hearth relay: the nodes listen through the relay, reach
+    /// node 1 through it, and punch holes to direct connections (DCUtR).
+    #[arg(long)]
+    pub nat: bool,
 }
 
 /// `100ms`, `2s`, `0`: a duration of whole milliseconds or seconds.
@@ -223,6 +228,11 @@ struct LabReport {
     bytes: u64,
     packets: u64,
     bytes_per_message: f64,
+    /// Behind NATs (`--nat`).
+    nat: bool,
+    /// Nodes whose connection to node 1 a hole punch made direct (`--nat`;
+    /// in a star every connection is direct).
+    direct: usize,
 }
 
 /// `hearth lab`: N nodes in network namespaces behind one router with the
@@ -256,7 +266,8 @@ pub async fn run(args: &LabArgs, json_out: bool) -> Result<ExitCode> {
     };
     lab.run(&["install"])?;
     let _ = lab.run(&["down", &lab.name]);
-    lab.run(&["up", &lab.name, "star", &args.nodes.to_string()])?;
+    let topology = if args.nat { "nat" } else { "star" };
+    lab.run(&["up", &lab.name, topology, &args.nodes.to_string()])?;
 
     // The stores, made here (a lab's shortcut: the members get the channel's
     // keys directly instead of through invites).
@@ -282,11 +293,11 @@ pub async fn run(args: &LabArgs, json_out: bool) -> Result<ExitCode> {
     lab.run(&["loss", &lab.name, &loss.to_string()])?;
 
     let (messages, timeout) = (args.messages, Duration::from_secs(args.timeout));
-    let (nodes, rtt_ms) = (args.nodes, rtt.as_millis() as u64);
+    let (nodes, rtt_ms, nat) = (args.nodes, rtt.as_millis() as u64, args.nat);
     // Interrupted (Ctrl-C), the lab still goes: its nodes with it.
     let (script, name) = (lab.script.clone(), lab.name.clone());
     let talk = tokio::task::spawn_blocking(move || {
-        let r = converse(&lab, &exe, &stores, &channel.to_hex(), messages, timeout);
+        let r = converse(&lab, &exe, &stores, &channel.to_hex(), messages, timeout, nat);
         drop(lab);
         r
     });
@@ -308,8 +319,17 @@ pub async fn run(args: &LabArgs, json_out: bool) -> Result<ExitCode> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "{} nodes, RTT {} ms, loss {}%: {} messages {} in {:.0} ms",
+            "{} nodes{}, RTT {} ms, loss {}%: {} messages {} in {:.0} ms",
             report.nodes,
+            if report.nat {
+                format!(
+                    " behind NATs ({} of {} hole-punched to node 1)",
+                    report.direct,
+                    report.nodes - 1
+                )
+            } else {
+                String::new()
+            },
             report.rtt_ms,
             report.loss_pct,
             report.messages,
@@ -362,15 +382,56 @@ fn converse(
     channel: &str,
     messages: usize,
     timeout: Duration,
+    nat: bool,
 ) -> Result<LabReport> {
     use serde_json::{Value, json};
     use std::collections::HashSet;
     let (tx, events) = mpsc::channel::<(usize, Instant, Value)>();
     let mut nodes = Vec::new();
     let mut hub: Option<String> = None;
+    // Behind NATs: the relay first, on the public side.
+    let relay = if nat {
+        let dir = stores[0].with_file_name("relay");
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", &format!("{}-relay", lab.name)])
+            .arg(exe)
+            .arg("--store")
+            .arg(&dir)
+            .args(["relay", "--listen", &format!("/ip4/100.64.1.2/tcp/{LAB_PORT}")])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting the lab's relay")?;
+        let out = child.stdout.take().context("the relay's stdout")?;
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(out));
+        let addr = loop {
+            let line = lines.next().context("the relay never listened")??;
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && v["event"] == "listening"
+                && let Some(a) = v["addr"].as_str()
+            {
+                break a.to_string();
+            }
+        };
+        // Its later lines are not read: drained so that it never blocks.
+        std::thread::spawn(move || lines.for_each(drop));
+        Some((LabNode { child, stdin: None }, addr))
+    } else {
+        None
+    };
     for (i, store) in stores.iter().enumerate() {
-        let host = format!("{}-h{}", lab.name, i + 1);
-        let listen = format!("/ip4/10.9.{}.2/tcp/{LAB_PORT}", i + 1);
+        let (host, listen) = if nat {
+            (
+                format!("{}-dev{}", lab.name, i + 1),
+                format!("/ip4/0.0.0.0/tcp/{LAB_PORT}"),
+            )
+        } else {
+            (
+                format!("{}-h{}", lab.name, i + 1),
+                format!("/ip4/10.9.{}.2/tcp/{LAB_PORT}", i + 1),
+            )
+        };
         let mut cmd = std::process::Command::new("ip");
         cmd.args(["netns", "exec", &host])
             .arg(exe)
@@ -381,6 +442,9 @@ fn converse(
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null());
+        if let Some((_, relay)) = &relay {
+            cmd.args(["--via", relay]);
+        }
         if let Some(hub) = &hub {
             cmd.args(["--peer", hub]);
         }
@@ -407,8 +471,10 @@ fn converse(
                     .checked_duration_since(Instant::now())
                     .context("node 1 never listened")?;
                 let (_, _, v) = events.recv_timeout(left).context("node 1 never listened")?;
+                // Behind a NAT, only its circuit through the relay reaches it.
+                let addr = v["addr"].as_str().filter(|a| !nat || a.contains("/p2p-circuit/"));
                 if v["event"] == "listening" {
-                    hub = v["addr"].as_str().map(str::to_string);
+                    hub = addr.map(str::to_string);
                 }
             }
         }
@@ -419,12 +485,42 @@ fn converse(
         let left = deadline.checked_duration_since(Instant::now())?;
         events.recv_timeout(left).ok()
     };
-    // Every node connected to the hub.
+    // Every node connected to the hub (behind NATs: each with a hole
+    // punched to it, or 15 s gone by).
     let mut connected = HashSet::new();
-    while connected.len() < n - 1 {
-        let (i, _, v) = next(&events).context("the nodes did not all connect to node 1")?;
+    let mut direct = HashSet::new();
+    let mut ids: Vec<Option<String>> = vec![None; n];
+    let mut punched_at_hub = HashSet::new();
+    let punch_deadline = Instant::now() + Duration::from_secs(15);
+    while connected.len() < n - 1 || (nat && direct.len() < n - 1 && Instant::now() < punch_deadline) {
+        let Some((i, _, v)) = (if connected.len() < n - 1 {
+            Some(next(&events).context("the nodes did not all connect to node 1")?)
+        } else {
+            let left = punch_deadline.saturating_duration_since(Instant::now());
+            events.recv_timeout(left).ok()
+        }) else {
+            break;
+        };
+        if v["event"] == "listening" && ids[i].is_none() {
+            ids[i] = v["addr"]
+                .as_str()
+                .and_then(|a| a.rsplit("/p2p/").next())
+                .map(str::to_string);
+        }
         if i > 0 && v["event"] == "peer_connected" {
             connected.insert(i);
+        }
+        if v["event"] == "hole_punch" && v["direct"] == true {
+            if i > 0 {
+                direct.insert(i);
+            } else if let Some(p) = v["peer"].as_str() {
+                punched_at_hub.insert(p.to_string());
+            }
+        }
+        for (j, id) in ids.iter().enumerate().skip(1) {
+            if id.as_ref().is_some_and(|id| punched_at_hub.contains(id)) {
+                direct.insert(j);
+            }
         }
     }
     let (packets0, bytes0) = lab.forwarded()?;
@@ -494,5 +590,7 @@ fn converse(
         bytes,
         packets: packets1.saturating_sub(packets0),
         bytes_per_message: bytes as f64 / total as f64,
+        nat,
+        direct: if nat { direct.len() } else { n - 1 },
     })
 }

@@ -344,6 +344,21 @@ fn nodes_converge_over_100ms_rtt_with_5pct_loss() {
     assert!(r["bytes"].as_u64() > Some(0) && r["packets"].as_u64() > Some(0), "{r}");
 }
 
+/// `hearth lab --nat`: four nodes, each behind a NAT of its own, with a
+/// 50 ms RTT; each reaches node 1 through the lab's relay, punches a hole to
+/// it, and all converge.
+#[test]
+fn the_lab_command_runs_nodes_behind_nats() {
+    let Some(r) = lab_report(
+        "the_lab_command_runs_nodes_behind_nats",
+        &["--nodes", "4", "--nat", "--rtt", "50ms", "--messages", "3"],
+    ) else {
+        return;
+    };
+    assert_eq!((&r["converged"], &r["messages"]), (&json!(true), &json!(12)), "{r}");
+    assert_eq!((&r["nat"], &r["direct"]), (&json!(true), &json!(3)), "{r}");
+}
+
 /// The lab scenario of 20 nodes: each posts twice, all 40 messages reach
 /// all 20.
 #[test]

@@ -329,15 +329,17 @@ struct Behaviour {
 }
 
 /// How a node that serves circuits (`NodeConfig::serve_circuits`) limits
-/// them: as libp2p's defaults, but a circuit is neither cut at 128 KiB nor
-/// after 2 minutes (a relayed connection may carry a whole sync when the
-/// NATs allow no hole punch), and more of them at once.
+/// them: as libp2p's defaults (rate limits per peer and per IP included),
+/// but a circuit is cut at 64 MiB or an hour, not at 128 KiB or 2 minutes:
+/// when the NATs allow no hole punch, a relayed connection carries a whole
+/// sync, and the nodes redial when it ends. Bounded still, so that a relay
+/// open to anyone lends only so much of its bandwidth to one connection.
 fn circuit_limits() -> relay::Config {
     relay::Config {
         max_reservations: 1024,
         max_circuits: 256,
-        max_circuit_duration: Duration::from_secs(24 * 3600),
-        max_circuit_bytes: 0,
+        max_circuit_duration: Duration::from_secs(3600),
+        max_circuit_bytes: 64 << 20,
         ..relay::Config::default()
     }
 }

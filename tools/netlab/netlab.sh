@@ -7,8 +7,8 @@
 #   netlab.sh check                 exit 0 when the lab can run here, else why not
 #   netlab.sh install               install what it needs (nftables) with apt-get
 #   netlab.sh up LAB star N         N hosts h1..hN, each on its own link to router r
-#   netlab.sh up LAB nat            a public host "relay" and two hosts dev1, dev2,
-#                                   each behind its own NAT router (nat1, nat2)
+#   netlab.sh up LAB nat [N]        a public host "relay" and N hosts dev1..devN
+#                                   (default 2), each behind its own NAT router natI
 #   netlab.sh addr LAB HOST         the host's address as the others reach it
 #   netlab.sh exec LAB HOST CMD...  run CMD inside the host's namespace
 #   netlab.sh loss LAB PCT          drop PCT% of the packets router r forwards
@@ -22,8 +22,8 @@
 #   netlab.sh down LAB              kill what runs in the lab and remove it
 #
 # Addresses: in a star, host hI is 10.9.I.2 and router r 10.9.I.1 on hI's link. In
-# the NAT lab, relay is 100.64.1.2, nat1 100.64.2.2 and nat2 100.64.3.2 (public
-# side, through router r), dev1 10.1.0.2 behind nat1 and dev2 10.2.0.2 behind nat2.
+# the NAT lab, relay is 100.64.1.2 and natI 100.64.(I+1).2 (public side, through
+# router r); devI is 10.I.0.2 behind natI.
 # A NAT router masquerades what leaves its public side and forwards nothing in that
 # the inside did not start, and drops (never answers) what comes to itself
 # unasked (a home router's behaviour): dev1 and dev2 cannot reach
@@ -106,14 +106,15 @@ up_star() {
 }
 
 up_nat() {
-  local lab=$1 r relay
+  local lab=$1 n=$2 r relay
+  [ "$n" -ge 1 ] && [ "$n" -le 50 ] || die "a NAT lab has 1 to 50 devices"
   r=$(ns "$lab" r)
   router "$r"
   relay=$(ns "$lab" relay)
   mkns "$relay"
   link "$relay" eth0 100.64.1.2/24 "$r" relay 100.64.1.1/24
   ip -n "$relay" route add default via 100.64.1.1
-  for i in 1 2; do
+  for i in $(seq 1 "$n"); do
     local nat dev
     nat=$(ns "$lab" "nat$i")
     dev=$(ns "$lab" "dev$i")
@@ -265,12 +266,12 @@ case "$cmd" in
   check) check ;;
   install) install ;;
   up)
-    [ $# -ge 2 ] || die "up LAB star N | up LAB nat"
+    [ $# -ge 2 ] || die "up LAB star N | up LAB nat [N]"
     [[ "$1" =~ ^[a-z0-9]{1,8}$ ]] || die "a lab's name is 1 to 8 lowercase letters and digits"
     [ -z "$(hosts_of "$1")" ] || die "lab $1 exists: netlab.sh down $1 first"
     case "$2" in
       star) up_star "$1" "${3:-2}" ;;
-      nat) up_nat "$1" ;;
+      nat) up_nat "$1" "${3:-2}" ;;
       *) die "no topology $2 (star, nat)" ;;
     esac
     ;;
