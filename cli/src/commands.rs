@@ -453,6 +453,8 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
             relay,
             via,
             relay_server,
+            bootstrap,
+            no_discovery,
             mdns,
             exit_on_eof,
             anti_entropy,
@@ -473,6 +475,8 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
                 relays,
                 via: via.clone(),
                 serve_circuits: *relay_server,
+                bootstrap: bootstrap.clone(),
+                discovery: !*no_discovery,
                 mdns: *mdns,
                 anti_entropy: Duration::from_secs((*anti_entropy).max(1)),
                 ..Default::default()

@@ -271,9 +271,18 @@ pub enum Command {
         #[arg(long)]
         via: Vec<Multiaddr>,
         /// Serve circuits and AutoNAT checks to others (a node with a public
-        /// address; its listen addresses are announced as its own).
+        /// address; its listen addresses are announced as its own), and the DHT.
         #[arg(long)]
         relay_server: bool,
+        /// A node of Hearth's DHT to start from (ending in /p2p/<peer id>; a
+        /// relay serves it): this node announces its channels there under
+        /// rotating keys only members can compute, and finds their peers
+        /// again when their addresses change. Peers found are kept.
+        #[arg(long)]
+        bootstrap: Vec<Multiaddr>,
+        /// Neither announce nor look up channels in the DHT.
+        #[arg(long)]
+        no_discovery: bool,
         /// Find peers on the local network by mDNS (multicasts on your network interfaces).
         #[arg(long)]
         mdns: bool,

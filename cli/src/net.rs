@@ -54,6 +54,21 @@ async fn write_addrs(h: &Hearth, name: &str, addrs: &[Multiaddr]) -> Result<()> 
         .with_context(|| format!("writing {name}"))
 }
 
+/// Most peer addresses kept for `hearth node` (the oldest go first).
+const MAX_KEPT_PEERS: usize = 256;
+
+/// Remember where a peer found through the DHT was reached, in place of
+/// what was kept for it before (its address changed).
+async fn learn_peer(h: &Hearth, addr: &Multiaddr) -> Result<()> {
+    let peer = hearth::sync::peer_of(addr);
+    let mut all = read_addrs(h, PEERS_FILE).await?;
+    all.retain(|a| peer.is_none() || hearth::sync::peer_of(a) != peer);
+    all.push(addr.clone());
+    let over = all.len().saturating_sub(MAX_KEPT_PEERS);
+    all.drain(..over);
+    write_addrs(h, PEERS_FILE, &all).await
+}
+
 /// Remember peer addresses (from a ticket) for `hearth node`.
 async fn remember_peers(h: &Hearth, addrs: &[Multiaddr]) -> Result<()> {
     let mut all = read_addrs(h, PEERS_FILE).await?;
@@ -469,6 +484,9 @@ async fn event_json(h: &Hearth, e: NodeEvent) -> Option<Value> {
         NodeEvent::HolePunch { peer, error } => {
             json!({"event": "hole_punch", "peer": peer.to_string(), "direct": error.is_none(), "error": error})
         }
+        NodeEvent::Discovered { peer, addr } => {
+            json!({"event": "discovered", "peer": peer.to_string(), "addr": addr.to_string()})
+        }
         NodeEvent::Reachability { addr, reachable } => {
             json!({"event": "reachability", "addr": addr.to_string(), "reachable": reachable})
         }
@@ -612,6 +630,11 @@ pub async fn node(h: &Hearth, mut config: NodeConfig, exit_on_eof: bool) -> Resu
                             let _ = node.sync_with(peer).await;
                         }
                     });
+                }
+                if let NodeEvent::Discovered { addr, .. } = &e
+                    && let Err(err) = learn_peer(&h, addr).await
+                {
+                    print_json(&json!({"event": "error", "error": format!("keeping {addr}: {err:#}")}));
                 }
                 if let NodeEvent::Listening { addr } = &e {
                     if addrs.contains(addr) {

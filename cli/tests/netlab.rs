@@ -530,3 +530,81 @@ fn devices_behind_two_nats_hole_punch_through_a_relay_and_sync() {
     let from_bob = posted(&mut bob, "and back");
     alice.wait_for("bob's post, the relay gone", |e| holds(e, &from_bob));
 }
+
+/// Discovery behind NATs (issue 10, item 2): Bob joins Alice's channel by
+/// her invite, whose address is her circuit through relay 1. Then relay 1
+/// is gone for good, and Alice listens through relay 2: every address Bob
+/// holds for her is dead. Both bootstrap Hearth's DHT from relay 2; each
+/// finds the other under their channel's discovery key, reaches it at its
+/// new circuit address, and their posts cross.
+#[test]
+fn devices_behind_nats_find_each_other_again_through_the_dht() {
+    let test = "devices_behind_nats_find_each_other_again_through_the_dht";
+    let Some(lab) = Lab::up(test, &["nat"]) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let [r1, r2, a, b] = ["relay1", "relay2", "a", "b"].map(|d| tmp.path().join(d));
+    let relay = |dir: &Path, port: u16| {
+        let listen = format!("/ip4/100.64.1.2/tcp/{port}");
+        let mut r = Running::spawn(hearth(&lab, "relay", dir, &["relay", "--listen", &listen]));
+        let addr = listening(&mut r);
+        (r, addr)
+    };
+    let (relay1, relay1_addr) = relay(&r1, 4003);
+    ok(hearth(&lab, "dev1", &a, &["init", "--user", "alice"]));
+    ok(hearth(&lab, "dev1", &a, &["channel", "create", "general"]));
+    ok(hearth(&lab, "dev2", &b, &["init", "--user", "bob"]));
+    let node = |host: &str, dir: &Path, relay: &str, port: u16| {
+        let listen = format!("/ip4/0.0.0.0/tcp/{port}");
+        let args = ["node", "--listen", &listen, "--via", relay, "--bootstrap", relay];
+        let mut c = hearth(&lab, host, dir, &args);
+        c.stdin(Stdio::piped());
+        Running::spawn(c)
+    };
+    let mut alice = node("dev1", &a, &relay1_addr, 4001);
+    alice.wait_for("a circuit address", |e| {
+        e["event"] == "listening" && e["addr"].as_str().is_some_and(|a| a.contains("/p2p-circuit/"))
+    });
+    alice.send(&json!({"cmd": "invite", "channel": "general"}));
+    let ticket = alice.wait_for("a ticket", |e| e["event"] == "done" && e["cmd"] == "invite")["ticket"]
+        .as_str()
+        .expect("a ticket")
+        .to_string();
+    ok(hearth(&lab, "dev2", &b, &["join", &ticket, "--timeout", "60"]));
+    drop(alice);
+    drop(relay1);
+
+    let (_relay2, relay2_addr) = relay(&r2, 4004);
+    let mut alice = node("dev1", &a, &relay2_addr, 4002);
+    let mut bob = node("dev2", &b, &relay2_addr, 4001);
+    let deadline = Instant::now() + WAIT;
+    let found = |e: &Value| e["event"] == "discovered";
+    while !alice.drain_for(Duration::from_millis(100)).iter().any(found)
+        && !bob.drain_for(Duration::from_millis(100)).iter().any(found)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "they never found each other; alice saw {:?}; bob saw {:?}",
+            alice.seen,
+            bob.seen
+        );
+    }
+    let posted = |who: &mut Running, text: &str| -> String {
+        who.send(&json!({"cmd": "post", "channel": "general", "text": text}));
+        who.wait_for("the post", |e| e["event"] == "done" && e["cmd"] == "post")["id"]
+            .as_str()
+            .expect("an id")
+            .to_string()
+    };
+    let holds = |e: &Value, id: &str| {
+        e["event"] == "messages"
+            && e["messages"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m["id"] == id))
+    };
+    let from_alice = posted(&mut alice, "found again through the DHT");
+    bob.wait_for("alice's post", |e| holds(e, &from_alice));
+    let from_bob = posted(&mut bob, "likewise");
+    alice.wait_for("bob's post", |e| holds(e, &from_bob));
+}

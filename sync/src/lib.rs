@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod discovery;
 pub mod drive;
 pub mod listen;
 mod node;

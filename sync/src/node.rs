@@ -19,8 +19,8 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
 use libp2p::{
-    Multiaddr, PeerId, Swarm, SwarmBuilder, autonat, connection_limits, dcutr, identify, mdns, noise, ping, relay, tcp,
-    yamux,
+    Multiaddr, PeerId, Swarm, SwarmBuilder, autonat, connection_limits, dcutr, identify, kad, mdns, noise, ping, relay,
+    tcp, yamux,
 };
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 
@@ -88,6 +88,15 @@ pub struct NodeConfig {
     /// their addresses): a node with a public address. Its listen addresses
     /// are announced as its own (a relay must tell its clients where it is).
     pub serve_circuits: bool,
+    /// Find the peers of this node's channels through Hearth's DHT
+    /// (`crate::discovery`): announce each channel under its rotating
+    /// discovery key, look the others up, dial what is found.
+    pub discovery: bool,
+    /// DHT nodes to start from (addresses ending in `/p2p/<peer id>`);
+    /// dialed and kept like `peers`.
+    pub bootstrap: Vec<Multiaddr>,
+    /// How often the node announces its channels and looks their peers up.
+    pub discovery_interval: Duration,
 }
 
 impl Default for NodeConfig {
@@ -113,6 +122,9 @@ impl Default for NodeConfig {
             relays: Vec::new(),
             via: Vec::new(),
             serve_circuits: false,
+            discovery: true,
+            bootstrap: Vec::new(),
+            discovery_interval: Duration::from_secs(300),
         }
     }
 }
@@ -227,6 +239,14 @@ pub enum NodeEvent {
         /// Reachable from outside.
         reachable: bool,
     },
+    /// A peer found through the DHT (it announced a channel this node holds)
+    /// is connected; it is kept and redialed like a configured one.
+    Discovered {
+        /// The peer.
+        peer: PeerId,
+        /// Where it was reached.
+        addr: Multiaddr,
+    },
     /// Dialing a known peer failed; it is tried again later.
     DialFailed {
         /// The address.
@@ -326,6 +346,7 @@ struct Behaviour {
     dcutr: dcutr::Behaviour,
     autonat: autonat::v2::client::Behaviour,
     autonat_server: Toggle<autonat::v2::server::Behaviour>,
+    kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
 }
 
 /// How a node that serves circuits (`NodeConfig::serve_circuits`) limits
@@ -354,6 +375,8 @@ fn relay_part(addr: &Multiaddr) -> Option<Multiaddr> {
     is_relayed(addr).then(|| addr.iter().take_while(|p| *p != Protocol::P2pCircuit).collect())
 }
 
+/// How long after the DHT's first peer the first discovery round runs.
+const DISCOVERY_FIRST: Duration = Duration::from_millis(500);
 /// How often a dial through a relay checks whether the relay is ready.
 const RELAY_FIRST: Duration = Duration::from_millis(100);
 /// The protocol by which a peer tells it serves circuits.
@@ -375,6 +398,10 @@ enum Cmd {
     /// A confirmed link's answer is ready (its bundle built and sealed).
     LinkAnswer(PeerId, ResponseChannel<Response>, Response),
     ConfirmLink(PeerId, bool, oneshot::Sender<Result<(), NodeError>>),
+    /// A discovery round's keys: those to announce, those to look up.
+    Discover(Vec<[u8; 32]>, Vec<[u8; 32]>),
+    /// Start a discovery round now.
+    DiscoverNow,
     Stop(oneshot::Sender<()>),
 }
 
@@ -443,6 +470,12 @@ impl NodeHandle {
     /// Every peer the node knows, connected or not.
     pub async fn status(&self) -> Result<Vec<PeerStatus>, NodeError> {
         self.ask(Cmd::Status).await
+    }
+
+    /// Announce this node's channels and look their peers up in the DHT now
+    /// (a round also runs every `NodeConfig::discovery_interval`).
+    pub async fn discover(&self) -> Result<(), NodeError> {
+        self.cmd.send(Cmd::DiscoverNow).await.map_err(|_| NodeError::Stopped)
     }
 
     /// Run a full reconciliation with a connected peer now and return what it did.
@@ -640,6 +673,18 @@ pub async fn start<R: Replica>(
                 dcutr: dcutr::Behaviour::new(me),
                 autonat: autonat::v2::client::Behaviour::default(),
                 autonat_server: Toggle::from(cfg.serve_circuits.then(autonat::v2::server::Behaviour::default)),
+                kad: Toggle::from(cfg.discovery.then(|| {
+                    let mut c = kad::Config::new(crate::discovery::KAD_PROTOCOL);
+                    // Records outlive the periods they are announced for,
+                    // and are announced again every round.
+                    c.set_provider_record_ttl(Some(crate::discovery::PERIOD * 4));
+                    c.set_provider_publication_interval(None);
+                    let mut k = kad::Behaviour::with_config(me, kad::store::MemoryStore::new(me), c);
+                    // A public node serves the DHT; others only when their
+                    // addresses are confirmed reachable (libp2p's own rule).
+                    k.set_mode(cfg.serve_circuits.then_some(kad::Mode::Server));
+                    k
+                })),
             })
         })
         .map_err(|e| setup(&e))?
@@ -688,8 +733,18 @@ pub async fn start<R: Replica>(
         reservations: HashMap::new(),
         reserve_next: HashMap::new(),
         relayed: HashMap::new(),
+        providing: BTreeSet::new(),
+        discovering: BTreeSet::new(),
+        next_discovery: None,
+        told: HashMap::new(),
+        reported: BTreeSet::new(),
     };
-    for addr in config.peers.into_iter().chain(config.via) {
+    for addr in &config.bootstrap {
+        if let (Some(peer), Some(kad)) = (peer_of(addr), node.swarm.behaviour_mut().kad.as_mut()) {
+            kad.add_address(&peer, addr.clone());
+        }
+    }
+    for addr in config.peers.into_iter().chain(config.via).chain(config.bootstrap) {
         node.add_known(addr, true);
     }
     let replica_events = replica.subscribe();
@@ -748,6 +803,17 @@ struct Loop<R: Replica> {
     /// Relayed connections, per peer (closed once a hole punch gives a
     /// direct one: request-response spreads requests over all of them).
     relayed: HashMap<PeerId, BTreeSet<ConnectionId>>,
+    /// Discovery keys this node announces itself under.
+    providing: BTreeSet<[u8; 32]>,
+    /// Peers found through the DHT and dialed, not connected yet.
+    discovering: BTreeSet<PeerId>,
+    /// When the next discovery round is due (`None`: once the DHT knows a peer).
+    next_discovery: Option<Instant>,
+    /// Per connected peer: the addresses it told (identify), those a peer
+    /// elsewhere can use (no loopback unless reached over loopback).
+    told: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Connected peers reported found through the DHT (once a connection).
+    reported: BTreeSet<PeerId>,
 }
 
 /// The IP address a multiaddr starts with.
@@ -821,6 +887,10 @@ impl<R: Replica> Loop<R> {
                     let now = Instant::now();
                     self.banned.retain(|_, until| *until > now);
                     self.redial();
+                    if self.next_discovery.is_some_and(|t| t <= now) {
+                        self.next_discovery = Some(now + self.config.discovery_interval);
+                        self.start_discovery();
+                    }
                     if last_anti_entropy.elapsed() >= self.config.anti_entropy {
                         last_anti_entropy = Instant::now();
                         for p in self.peers.values() {
@@ -863,6 +933,125 @@ impl<R: Replica> Loop<R> {
         for addr in dial {
             if let Err(e) = self.swarm.dial(addr.clone()) {
                 self.dial_failed(&addr, e.to_string());
+            }
+        }
+    }
+
+    /// Compute this round's discovery keys off the swarm's task (they need
+    /// the replica), then run the round (`Cmd::Discover`).
+    fn start_discovery(&self) {
+        if !self.config.discovery {
+            return;
+        }
+        let (replica, cmd) = (self.replica.clone(), self.cmd_tx.clone());
+        tokio::spawn(async move {
+            let Ok(keys) = replica.access_keys().await else { return };
+            let now = std::time::SystemTime::now();
+            let current = crate::discovery::period_at(now);
+            let mut announce = Vec::new();
+            let mut lookup = Vec::new();
+            for (_, access) in &keys {
+                for p in crate::discovery::announced_periods(now) {
+                    announce.push(crate::discovery::channel_key(access, p));
+                }
+                lookup.push(crate::discovery::channel_key(access, current));
+            }
+            let _ = cmd.send(Cmd::Discover(announce, lookup)).await;
+        });
+    }
+
+    /// A discovery round: announce under `announce` (and no longer under
+    /// keys of past periods), look `lookup` up.
+    fn discover(&mut self, announce: Vec<[u8; 32]>, lookup: Vec<[u8; 32]>) {
+        let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else {
+            return;
+        };
+        let now: BTreeSet<[u8; 32]> = announce.into_iter().collect();
+        for old in self.providing.difference(&now) {
+            kad.stop_providing(&kad::RecordKey::new(old));
+        }
+        for key in &now {
+            let _ = kad.start_providing(kad::RecordKey::new(key));
+        }
+        self.providing = now;
+        for key in lookup {
+            kad.get_providers(kad::RecordKey::new(&key));
+        }
+    }
+
+    /// A peer that serves the DHT told its addresses: the DHT keeps them
+    /// (a loopback one only from a peer reached over loopback), and the
+    /// first such peer starts discovery.
+    fn kad_learn(&mut self, peer: PeerId, addrs: &[Multiaddr]) {
+        let local = self
+            .peers
+            .get(&peer)
+            .and_then(|p| p.status.addr.as_ref())
+            .and_then(ip_of)
+            .is_some_and(|ip| ip.is_loopback());
+        let usable: Vec<Multiaddr> = addrs
+            .iter()
+            .filter(|a| local || !ip_of(a).is_some_and(|ip| ip.is_loopback()))
+            .cloned()
+            .collect();
+        let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else {
+            return;
+        };
+        for a in &usable {
+            kad.add_address(&peer, a.clone());
+        }
+        self.told.insert(peer, usable);
+        if self.next_discovery.is_none() {
+            let _ = kad.bootstrap();
+            // A moment for the bootstrap to fill the routing table.
+            self.next_discovery = Some(Instant::now() + DISCOVERY_FIRST);
+        }
+    }
+
+    /// A peer that announced a channel this node holds, reached at `addr`:
+    /// kept and redialed from now on, like a configured peer (reported once
+    /// a connection).
+    fn found(&mut self, peer: PeerId, addr: Multiaddr) {
+        let full = if peer_of(&addr) == Some(peer) {
+            addr
+        } else {
+            addr.with(Protocol::P2p(peer))
+        };
+        self.add_known(full.clone(), false);
+        self.reported.insert(peer);
+        self.emit(NodeEvent::Discovered { peer, addr: full });
+    }
+
+    /// What the DHT said.
+    fn on_kad(&mut self, ev: kad::Event) {
+        let kad::Event::OutboundQueryProgressed {
+            result: kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })),
+            ..
+        } = ev
+        else {
+            return;
+        };
+        let me = *self.swarm.local_peer_id();
+        for peer in providers {
+            if peer == me || self.banned_until(&peer).is_some() || self.reported.contains(&peer) {
+                continue;
+            }
+            // Connected already (the DHT's own queries connect its nodes):
+            // kept at the address it told, or the one this node dialed.
+            if self.swarm.is_connected(&peer) {
+                let told = self.told.get(&peer).and_then(|a| a.first().cloned());
+                let dialed = self.peers.get(&peer).and_then(|p| p.status.addr.clone());
+                if let Some(addr) = told.or(dialed) {
+                    self.found(peer, addr);
+                }
+                continue;
+            }
+            // By peer id: the DHT gives the addresses the query learned.
+            if self.discovering.insert(peer) {
+                let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer).build();
+                if self.swarm.dial(opts).is_err() {
+                    self.discovering.remove(&peer);
+                }
             }
         }
     }
@@ -1008,6 +1197,8 @@ impl<R: Replica> Loop<R> {
                 }
                 let _ = self.swarm.behaviour_mut().rr.send_response(channel, resp);
             }
+            Cmd::DiscoverNow => self.start_discovery(),
+            Cmd::Discover(announce, lookup) => self.discover(announce, lookup),
             Cmd::ConfirmLink(peer, accept, reply) => {
                 let r = match &mut self.link {
                     Some(o) if o.asking.is_some_and(|(p, _)| p == peer) => {
@@ -1197,6 +1388,10 @@ impl<R: Replica> Loop<R> {
                 self.listening.push(full.clone());
                 self.emit(NodeEvent::Listening { addr: full });
             }
+            // Announced addresses are external ones: announce again with it.
+            SwarmEvent::ExternalAddrConfirmed { .. } if self.next_discovery.is_some() => {
+                self.next_discovery = Some(Instant::now() + DISCOVERY_FIRST);
+            }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 let full = self.with_me(address);
                 self.listening.retain(|a| *a != full);
@@ -1248,6 +1443,9 @@ impl<R: Replica> Loop<R> {
                 }
                 let addr = endpoint.get_remote_address().clone();
                 let dialer = endpoint.is_dialer();
+                if self.discovering.remove(&peer_id) && dialer {
+                    self.found(peer_id, addr.clone());
+                }
                 for k in self.known.values_mut() {
                     if k.peer == Some(peer_id) || (k.peer.is_none() && k.addr == addr) {
                         k.peer = Some(peer_id);
@@ -1339,6 +1537,8 @@ impl<R: Replica> Loop<R> {
                 }
                 self.peers.remove(&peer_id);
                 self.identified.remove(&peer_id);
+                self.told.remove(&peer_id);
+                self.reported.remove(&peer_id);
                 // A banned peer is not redialed before its ban ends.
                 let at = self
                     .banned_until(&peer_id)
@@ -1351,6 +1551,9 @@ impl<R: Replica> Loop<R> {
                 self.emit(NodeEvent::PeerDisconnected { peer: peer_id });
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                if let Some(p) = peer_id {
+                    self.discovering.remove(&p);
+                }
                 let addrs: Vec<Multiaddr> = self
                     .known
                     .values()
@@ -1366,6 +1569,9 @@ impl<R: Replica> Loop<R> {
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
                 let hop = info.protocols.iter().any(|p| p.as_ref() == HOP);
                 let first = self.identified.insert(peer_id, hop).is_none();
+                if info.protocols.contains(&crate::discovery::KAD_PROTOCOL) {
+                    self.kad_learn(peer_id, &info.listen_addrs);
+                }
                 if first && !hop && self.config.via.iter().any(|a| peer_of(a) == Some(peer_id)) {
                     self.emit(NodeEvent::ReservationFailed {
                         relay: peer_id,
@@ -1420,6 +1626,7 @@ impl<R: Replica> Loop<R> {
                     reachable: result.is_ok(),
                 });
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(ev)) => self.on_kad(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
                 for (peer, addr) in list {
                     if !self.swarm.is_connected(&peer) {
