@@ -66,6 +66,9 @@ async fn listening_through(b: &Store, relay: &Multiaddr, listen: bool) -> (NodeH
             Vec::new()
         },
         via: vec![relay.clone()],
+        // Not through the DHT: on loopback it would hand each the other's
+        // direct address before any circuit.
+        discovery: false,
         ..NodeConfig::default()
     };
     let n = hearth_sync::start(b.clone(), &secret, cfg).await.unwrap();
@@ -91,6 +94,16 @@ async fn listening_through(b: &Store, relay: &Multiaddr, listen: bool) -> (NodeH
     (n, circuit)
 }
 
+/// A node for `s` on loopback, not in the DHT.
+async fn plain_node(s: &Store) -> (NodeHandle, Multiaddr) {
+    let cfg = NodeConfig {
+        listen: vec![LISTEN.parse().unwrap()],
+        discovery: false,
+        ..NodeConfig::default()
+    };
+    start_node_with(s.clone(), &s.node_secret().await.unwrap(), cfg).await
+}
+
 /// Whether `n` talks to `peer` over a direct (not relayed) connection.
 async fn direct(n: &NodeHandle, peer: PeerId) -> bool {
     n.status()
@@ -106,7 +119,7 @@ async fn a_peer_reached_through_a_relay_syncs_then_goes_direct() {
     let (a, b, ch) = members(&dirs).await;
     let (_r, relay, relay_addr) = circuit_relay(&dirs[2]).await;
     let (nb, circuit) = listening_through(&b, &relay_addr, true).await;
-    let (na, _) = support::node(&a).await;
+    let (na, _) = plain_node(&a).await;
     let mut a_events = na.subscribe();
     na.dial(circuit).await.unwrap();
     // First through the relay, then the hole punch: both ends on loopback,
@@ -142,7 +155,7 @@ async fn a_node_without_an_address_of_its_own_syncs_over_the_circuit() {
     let (a, b, ch) = members(&dirs).await;
     let (_r, relay, relay_addr) = circuit_relay(&dirs[2]).await;
     let (nb, circuit) = listening_through(&b, &relay_addr, false).await;
-    let (na, _) = support::node(&a).await;
+    let (na, _) = plain_node(&a).await;
     na.dial(circuit).await.unwrap();
     assert!(converged(&[&a, &b], ch, Duration::from_secs(20)).await);
     // A steady stream over the circuit: Hearth's relays do not cut it at
