@@ -246,8 +246,8 @@ pub(crate) struct Engine {
     pub rows_pending: bool,
     /// Whether sled holds writes not yet covered by a checkpoint.
     pub dirty: bool,
-    /// Whether sled holds entries of this device not yet covered by a
-    /// checkpoint (they must not leave the device before; see `entries_after`).
+    /// Whether the feed log holds entries of this device that are not yet
+    /// durable (they must not leave the device before; see `entries_after`).
     pub own_unsynced: bool,
     /// Journal bytes written since the last checkpoint (kept by the store task).
     pub journal_pending: u64,

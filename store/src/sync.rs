@@ -385,10 +385,15 @@ impl Engine {
 
     /// The entries `have` lacks, feed by feed in seq order, within a budget.
     ///
-    /// Entries of this device are only handed out once durable in sled: an
-    /// entry above the last checkpoint could be produced again differently by
-    /// journal replay after a crash, and a peer holding the first version would
-    /// then see a fork. So this checkpoints first when sled holds unsynced writes.
+    /// Entries of this device are only handed out once durable in the feed
+    /// log: an entry beyond the log's durable part could be produced again
+    /// differently by journal replay after a crash, and a peer holding the
+    /// first version would then see a fork. So this makes the log durable
+    /// first when it holds entries of this device that are not. The log
+    /// alone, not sled: after a crash the open applies the log's batches
+    /// beyond sled (`recover::catch_up`) before the journal, and each batch's
+    /// commit record carries the journal watermark it covers, so the replay
+    /// skips what those entries hold and the same bytes come back.
     pub(crate) fn entries_after(
         &mut self,
         wire: &WireId,
@@ -404,7 +409,8 @@ impl Engine {
         }
         let me = self.identity.device();
         if self.own_unsynced && missing.iter().any(|m| m.device == me) {
-            self.checkpoint()?;
+            self.log.sync()?;
+            self.own_unsynced = false;
         }
         let mut batch = EntryBatch::default();
         let mut bytes = 0usize;
