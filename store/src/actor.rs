@@ -42,8 +42,12 @@ type Ack = Box<dyn FnOnce(Result<()>) + Send>;
 /// Longest time staged ops wait before they are closed into feed entries.
 const FINISH_AFTER: Duration = Duration::from_millis(5);
 /// The same when someone listens to store events (a sync node pushing new
-/// entries to peers, an app's UI): a shorter wait, since a peer waits on it.
-const FINISH_AFTER_LIVE: Duration = Duration::from_millis(1);
+/// entries to peers, an app's UI): no wait, since a peer waits on it. The
+/// group closes as soon as the commands queued are done (a burst still
+/// shares one entry), while the journal's fdatasync of the write is still
+/// under way on its thread. A 1 ms wait was 1 to 2 ms with the timer's
+/// granularity: about half of live delivery (ARCHITECTURE.md, "Sync").
+const FINISH_AFTER_LIVE: Duration = Duration::ZERO;
 
 pub(crate) type Query = Box<dyn FnOnce(&mut Engine) + Send>;
 
