@@ -11,7 +11,10 @@
 //! (acknowledged once durable), the vector it reported after an explicit
 //! checkpoint (entries received are durable from the next checkpoint on), and
 //! every entry a relay acknowledged (a relay acknowledges only durable
-//! entries). The next round goes on from what survived.
+//! entries). In live sync the child also hands its own new entries out, as a
+//! node does to its peers, and each one handed out must come back with the
+//! same bytes (a peer holding the first version would see a fork). The next
+//! round goes on from what survived.
 //!
 //! Rounds per test: 20 (`POWERCUT_ROUNDS` to change; the posting test in
 //! powercut.rs reads the same variable).
@@ -181,6 +184,10 @@ fn missing<'a>(src: &'a Source, have: &Vector) -> Vec<&'a Vec<u8>> {
         .collect()
 }
 
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 fn vector_line(v: &Vector) -> String {
     v.0.iter()
         .map(|(d, p)| format!("{d}:{}", p.seq))
@@ -289,6 +296,9 @@ fn powercut_child() {
             .await
             .expect("open the store");
         let channel = src.keys.id();
+        let me = store.whoami().device;
+        // Where this device's feed was last handed out up to.
+        let mut handed: Option<hearth::core::FeedPos> = None;
         let mut posts = 0u32;
         loop {
             let have = store.vector(channel).await.expect("vector");
@@ -305,6 +315,26 @@ fn powercut_child() {
                 let id = store.post(channel, &text).await.expect("post");
                 say(format!("posted {id} {text}"));
                 posts += 1;
+                if mode == "live" {
+                    // Handed out as to a peer that holds everything else.
+                    let mut have = store.vector(channel).await.expect("vector");
+                    have.0.remove(&me);
+                    if let Some(p) = &handed {
+                        have.0.insert(me, p.clone());
+                    }
+                    let batch = store
+                        .entries_after(wire, have, usize::MAX, usize::MAX)
+                        .await
+                        .expect("entries after");
+                    for e in &batch.entries {
+                        let h = Envelope::decode(e).expect("own entry").header;
+                        if h.device == me {
+                            let hash = Envelope::hash_of(e);
+                            say(format!("handed {me} {} {}", h.seq, hex(&hash)));
+                            handed = Some(hearth::core::FeedPos { seq: h.seq, hash });
+                        }
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(rng.below(5) as u64)).await;
             }
             if rng.below(6) == 0 {
@@ -424,6 +454,8 @@ struct Acked {
     posts: Vec<(MessageId, String)>,
     /// Deletes acknowledged (`compact` mode).
     deleted: Vec<MessageId>,
+    /// Own entries handed out (`live` mode): device, seq, hash in hex.
+    handed: Vec<(DeviceId, u64, String)>,
     lines: usize,
 }
 
@@ -475,6 +507,15 @@ fn run_child(mode: &str, dir: &Path, entries: &Path, rng: &mut Rng, round: u32) 
             "deleted" => {
                 acked.deleted.push(rest.parse().expect("message id"));
                 acked.lines += 1;
+            }
+            "handed" => {
+                let mut it = rest.split(' ');
+                let (d, seq, hash) = (it.next(), it.next(), it.next());
+                if let (Some(d), Some(seq), Some(hash)) = (d, seq, hash) {
+                    acked
+                        .handed
+                        .push((d.parse().expect("device"), seq.parse().expect("seq"), hash.to_string()));
+                }
             }
             _ => {}
         }
@@ -541,6 +582,25 @@ fn check_store(dir: &Path, src: &Source, acked: &Acked, mode: &str, round: u32) 
                 .unwrap_or_else(|e| panic!("{mode} round {round}: acknowledged post {id} is gone: {e}"));
             assert_eq!(m.message.text.as_deref(), Some(text.as_str()), "{mode} round {round}");
         }
+        // Every own entry handed out is there, with the same bytes.
+        if !acked.handed.is_empty() {
+            let all = s
+                .entries_after(src.keys.wire(), Vector::default(), usize::MAX, usize::MAX)
+                .await
+                .expect("entries");
+            for (d, seq, hash) in &acked.handed {
+                let found = all.entries.iter().find(|e| {
+                    let h = Envelope::decode(e).expect("entry").header;
+                    h.device == *d && h.seq == *seq
+                });
+                let found = found.unwrap_or_else(|| panic!("{mode} round {round}: handed-out entry {d}:{seq} is gone"));
+                assert_eq!(
+                    &hex(&Envelope::hash_of(found)),
+                    hash,
+                    "{mode} round {round}: entry {d}:{seq} came back with other bytes (a fork)"
+                );
+            }
+        }
         // What was received is a verified prefix of each source feed.
         for (d, p) in &v.0 {
             if let Some(e) = src.entries.iter().find(|e| {
@@ -578,7 +638,7 @@ fn store_rounds(mode: &str) {
         s.close().await.expect("close");
     });
     let mut rng = Rng(0x5eed_0000 + mode.len() as u64);
-    let (mut posts, mut rebuilt, mut last) = (0usize, 0u64, Vector::default());
+    let (mut posts, mut handed, mut rebuilt, mut last) = (0usize, 0usize, 0u64, Vector::default());
     let started = Instant::now();
     for round in 0..rounds() {
         let acked = run_child(mode, &dir, &entries, &mut rng, round);
@@ -596,13 +656,15 @@ fn store_rounds(mode: &str) {
         }
         fs.cut();
         posts += acked.posts.len();
+        handed += acked.handed.len();
         let (v, r) = check_store(&dir, &src, &acked, mode, round);
         rebuilt += r;
         last = v;
     }
     let received: u64 = last.0.values().map(|p| p.seq).sum();
     eprintln!(
-        "powercut {mode} summary: {} cuts, {posts} acknowledged own posts checked, {received} entries held at the end, \
+        "powercut {mode} summary: {} cuts, {posts} acknowledged own posts checked, {handed} own entries handed out \
+         checked, {received} entries held at the end, \
          {rebuilt} opens rebuilt sled, 0 stores failed to open, {:.1} s, peak LazyFS cache use {:.1}%",
         rounds(),
         started.elapsed().as_secs_f64(),
