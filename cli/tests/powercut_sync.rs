@@ -320,7 +320,7 @@ fn powercut_child() {
                     let mut have = store.vector(channel).await.expect("vector");
                     have.0.remove(&me);
                     if let Some(p) = &handed {
-                        have.0.insert(me, p.clone());
+                        have.0.insert(me, *p);
                     }
                     let batch = store
                         .entries_after(wire, have, usize::MAX, usize::MAX)
