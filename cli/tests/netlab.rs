@@ -130,6 +130,46 @@ impl Drop for Running {
     }
 }
 
+/// Post `text` to "general" through a node's stdin; the new message's id.
+fn posted(who: &mut Running, text: &str) -> String {
+    who.send(&json!({"cmd": "post", "channel": "general", "text": text}));
+    who.wait_for("the post", |e| e["event"] == "done" && e["cmd"] == "post")["id"]
+        .as_str()
+        .expect("an id")
+        .to_string()
+}
+
+/// Wait until one of two nodes reports an event `pred` accepts.
+fn either_sees(a: &mut Running, b: &mut Running, what: &str, pred: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !a.drain_for(Duration::from_millis(100)).iter().any(&pred)
+        && !b.drain_for(Duration::from_millis(100)).iter().any(&pred)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no {what}; one saw {:?}; the other saw {:?}",
+            a.seen,
+            b.seen
+        );
+    }
+}
+
+/// A post from each of two nodes reaches the other.
+fn posts_cross(a: &mut Running, b: &mut Running, text: &str) {
+    let from_a = posted(a, text);
+    b.wait_for("the first node's post", |e| holds(e, &from_a));
+    let from_b = posted(b, &format!("{text}, back"));
+    a.wait_for("the second node's post", |e| holds(e, &from_b));
+}
+
+/// Whether a node event brought message `id`.
+fn holds(e: &Value, id: &str) -> bool {
+    e["event"] == "messages"
+        && e["messages"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["id"] == id))
+}
+
 fn listening(r: &mut Running) -> String {
     let v = r.wait_for("listening address", |e| e["event"] == "listening");
     v["addr"].as_str().expect("addr").to_string()
@@ -405,20 +445,6 @@ fn a_partition_heals_and_both_sides_converge() {
     let mut bob = node("h2", &b, &["--peer", &alice_addr]);
     bob.wait_for("bob's connection", |e| e["event"] == "peer_connected");
 
-    let posted = |who: &mut Running, text: &str| -> String {
-        who.send(&json!({"cmd": "post", "channel": "general", "text": text}));
-        who.wait_for("the post", |e| e["event"] == "done" && e["cmd"] == "post")["id"]
-            .as_str()
-            .expect("an id")
-            .to_string()
-    };
-    let holds = |e: &Value, id: &str| {
-        e["event"] == "messages"
-            && e["messages"]
-                .as_array()
-                .is_some_and(|m| m.iter().any(|m| m["id"] == id))
-    };
-
     lab.partition("h1", "h2");
     let from_alice = posted(&mut alice, "alice, cut off");
     let from_bob = posted(&mut bob, "bob, cut off");
@@ -499,36 +525,9 @@ fn devices_behind_two_nats_hole_punch_through_a_relay_and_sync() {
     bob.wait_for("bob's relayed connection", |e| {
         e["event"] == "peer_connected" && e["addr"].as_str().is_some_and(|a| a.contains("/p2p-circuit/"))
     });
-    let deadline = Instant::now() + WAIT;
-    while !alice.drain_for(Duration::from_millis(100)).iter().any(punched)
-        && !bob.drain_for(Duration::from_millis(100)).iter().any(punched)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no hole punch; alice saw {:?}; bob saw {:?}",
-            alice.seen,
-            bob.seen
-        );
-    }
+    either_sees(&mut alice, &mut bob, "a hole punch", punched);
     drop(relay);
-
-    let posted = |who: &mut Running, text: &str| -> String {
-        who.send(&json!({"cmd": "post", "channel": "general", "text": text}));
-        who.wait_for("the post", |e| e["event"] == "done" && e["cmd"] == "post")["id"]
-            .as_str()
-            .expect("an id")
-            .to_string()
-    };
-    let holds = |e: &Value, id: &str| {
-        e["event"] == "messages"
-            && e["messages"]
-                .as_array()
-                .is_some_and(|m| m.iter().any(|m| m["id"] == id))
-    };
-    let from_alice = posted(&mut alice, "straight through two NATs");
-    bob.wait_for("alice's post, the relay gone", |e| holds(e, &from_alice));
-    let from_bob = posted(&mut bob, "and back");
-    alice.wait_for("bob's post, the relay gone", |e| holds(e, &from_bob));
+    posts_cross(&mut alice, &mut bob, "straight through two NATs");
 }
 
 /// Discovery behind NATs (issue 10, item 2): Bob joins Alice's channel by
@@ -578,33 +577,6 @@ fn devices_behind_nats_find_each_other_again_through_the_dht() {
     let (_relay2, relay2_addr) = relay(&r2, 4004);
     let mut alice = node("dev1", &a, &relay2_addr, 4002);
     let mut bob = node("dev2", &b, &relay2_addr, 4001);
-    let deadline = Instant::now() + WAIT;
-    let found = |e: &Value| e["event"] == "discovered";
-    while !alice.drain_for(Duration::from_millis(100)).iter().any(found)
-        && !bob.drain_for(Duration::from_millis(100)).iter().any(found)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "they never found each other; alice saw {:?}; bob saw {:?}",
-            alice.seen,
-            bob.seen
-        );
-    }
-    let posted = |who: &mut Running, text: &str| -> String {
-        who.send(&json!({"cmd": "post", "channel": "general", "text": text}));
-        who.wait_for("the post", |e| e["event"] == "done" && e["cmd"] == "post")["id"]
-            .as_str()
-            .expect("an id")
-            .to_string()
-    };
-    let holds = |e: &Value, id: &str| {
-        e["event"] == "messages"
-            && e["messages"]
-                .as_array()
-                .is_some_and(|m| m.iter().any(|m| m["id"] == id))
-    };
-    let from_alice = posted(&mut alice, "found again through the DHT");
-    bob.wait_for("alice's post", |e| holds(e, &from_alice));
-    let from_bob = posted(&mut bob, "likewise");
-    alice.wait_for("bob's post", |e| holds(e, &from_bob));
+    either_sees(&mut alice, &mut bob, "each other", |e| e["event"] == "discovered");
+    posts_cross(&mut alice, &mut bob, "found again through the DHT");
 }

@@ -10,25 +10,7 @@ use hearth_store::Store;
 use hearth_sync::{Multiaddr, NodeConfig, NodeEvent, NodeHandle, PeerId};
 
 mod support;
-use support::{LISTEN, config, converged, pass, start_node_with};
-
-/// Wait for the first event `want` picks (or panic after 20 s).
-async fn next_event<T>(
-    events: &mut tokio::sync::broadcast::Receiver<NodeEvent>,
-    mut want: impl FnMut(NodeEvent) -> Option<T>,
-) -> T {
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            if let Ok(e) = events.recv().await
-                && let Some(t) = want(e)
-            {
-                return t;
-            }
-        }
-    })
-    .await
-    .expect("the event came")
-}
+use support::{LISTEN, config, converged, next_event, pass, start_node_with};
 
 /// Alice and Bob, members of one channel with a post each.
 async fn members(dirs: &[tempfile::TempDir]) -> (Store, Store, ChannelId) {

@@ -7,7 +7,7 @@ use hearth_store::Store;
 use hearth_sync::{Multiaddr, NodeHandle};
 
 mod support;
-use support::{config, converged, start_node_on};
+use support::{config, converged, next_event, start_node_on};
 
 async fn node(store: &Store, listen: &str) -> (NodeHandle, Multiaddr) {
     start_node_on(store.clone(), &store.node_secret().await.unwrap(), listen).await
@@ -465,24 +465,6 @@ async fn strangers_learn_nothing_from_a_member_or_a_relay() {
     for s in [alice, bob, carol, stranger] {
         s.close().await.unwrap();
     }
-}
-
-/// Wait for the first event `want` picks (or panic after 20 s).
-async fn next_event<T>(
-    events: &mut tokio::sync::broadcast::Receiver<hearth_sync::NodeEvent>,
-    mut want: impl FnMut(hearth_sync::NodeEvent) -> Option<T>,
-) -> T {
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            if let Ok(e) = events.recv().await
-                && let Some(t) = want(e)
-            {
-                return t;
-            }
-        }
-    })
-    .await
-    .expect("the event came")
 }
 
 /// A new device on a fresh key, connected to `addr`.

@@ -97,3 +97,21 @@ pub async fn converged(stores: &[&Store], c: ChannelId, timeout: Duration) -> bo
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Wait for the first event `want` picks (or panic after 20 s).
+pub async fn next_event<T>(
+    events: &mut tokio::sync::broadcast::Receiver<hearth_sync::NodeEvent>,
+    mut want: impl FnMut(hearth_sync::NodeEvent) -> Option<T>,
+) -> T {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok(e) = events.recv().await
+                && let Some(t) = want(e)
+            {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("the event came")
+}
