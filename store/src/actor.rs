@@ -39,7 +39,8 @@ const COMPACT_POLL: Duration = Duration::from_millis(5);
 
 type Ack = Box<dyn FnOnce(Result<()>) + Send>;
 
-/// Longest time staged ops wait before they are closed into feed entries.
+/// Shortest time staged ops wait before they are closed into feed entries
+/// (then until the writers pause: `Actor::close_wait`).
 const FINISH_AFTER: Duration = Duration::from_millis(5);
 /// A group waits for its writers to pause this long before it closes.
 const IDLE_BEFORE_CLOSE: Duration = Duration::from_millis(1);

@@ -30,7 +30,8 @@ use crate::reconcile::{Outcome, Session};
 use crate::{Replica, ReplicaEvent};
 
 /// How a node runs. Defaults: no listen address, no peers, mDNS off,
-/// anti-entropy every 30 s, redial backoff 250 ms doubling to 30 s.
+/// anti-entropy every 30 s, redial backoff 250 ms doubling to 30 s, no
+/// circuits served, discovery on (with any DHT node it meets) every 5 min.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     /// Addresses to listen on (e.g. `/ip4/127.0.0.1/tcp/0`, `/ip4/127.0.0.1/udp/0/quic-v1`).
