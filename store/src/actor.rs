@@ -39,8 +39,7 @@ const COMPACT_POLL: Duration = Duration::from_millis(5);
 
 type Ack = Box<dyn FnOnce(Result<()>) + Send>;
 
-/// Shortest time staged ops wait before they are closed into feed entries
-/// (then until the writers pause: `Actor::close_wait`).
+/// Longest time staged ops wait before they are closed into feed entries.
 const FINISH_AFTER: Duration = Duration::from_millis(5);
 /// The same when someone listens to store events (a sync node pushing new
 /// entries to peers, an app's UI): no wait, since a peer waits on it. The
