@@ -41,6 +41,10 @@ type Ack = Box<dyn FnOnce(Result<()>) + Send>;
 
 /// Longest time staged ops wait before they are closed into feed entries.
 const FINISH_AFTER: Duration = Duration::from_millis(5);
+/// A group waits for its writers to pause this long before it closes.
+const IDLE_BEFORE_CLOSE: Duration = Duration::from_millis(1);
+/// ... but closes this long after its first op at the latest.
+const FINISH_AT_MOST: Duration = Duration::from_millis(50);
 /// The same when someone listens to store events (a sync node pushing new
 /// entries to peers, an app's UI): no wait, since a peer waits on it. The
 /// group closes as soon as the commands queued are done (a burst still
@@ -201,6 +205,8 @@ struct Actor {
     run: u64,
     /// When the oldest op not yet closed into a feed entry was staged.
     staged_since: Option<Instant>,
+    /// When the last write was staged.
+    last_write: Option<Instant>,
     /// Ops staged since then.
     staged_ops: usize,
     /// Highest journal seq handed to the journal thread but not yet in a sled batch.
@@ -274,6 +280,7 @@ impl Actor {
         let staged = self.engine.apply(&entries);
         self.unbatched = Some(seq);
         self.staged_since.get_or_insert_with(Instant::now);
+        self.last_write = Some(Instant::now());
         self.staged_ops += entries.len();
         let mut j = join.lock().unwrap_or_else(|p| p.into_inner());
         j.staged = Some(staged);
@@ -297,6 +304,26 @@ impl Actor {
             None => Ok(()),
         };
         self.poison_on(res)
+    }
+
+    /// How long staged ops may still wait before they are closed: with no
+    /// one listening, until the writers pause (`IDLE_BEFORE_CLOSE`) at least
+    /// `FINISH_AFTER` after the first op, and never past `FINISH_AT_MOST`
+    /// (a close is a stall of the store's thread: in a pause it delays no
+    /// writer); with listeners, at once.
+    fn close_wait(&self) -> Duration {
+        let Some(since) = self.staged_since else {
+            return Duration::ZERO;
+        };
+        let after = self.finish_after();
+        if after.is_zero() {
+            return Duration::ZERO;
+        }
+        let first = after.saturating_sub(since.elapsed());
+        let idle = self
+            .last_write
+            .map_or(Duration::ZERO, |t| IDLE_BEFORE_CLOSE.saturating_sub(t.elapsed()));
+        first.max(idle).min(FINISH_AT_MOST.saturating_sub(since.elapsed()))
     }
 
     fn finish_after(&self) -> Duration {
@@ -658,6 +685,7 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
         poisoned,
         run,
         staged_since: None,
+        last_write: None,
         staged_ops: 0,
         unbatched: None,
         next_seq,
@@ -678,7 +706,7 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
     loop {
         // With ops staged, wake up in time to close them into feed entries.
         let wait = match actor.staged_since {
-            Some(since) => actor.finish_after().saturating_sub(since.elapsed()),
+            Some(_) => actor.close_wait(),
             None => interval,
         };
         let wait = if actor.compaction.is_some() || actor.backup.is_some() {
@@ -757,7 +785,7 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
         // as much as an fsync. Writes are already durable in the journal, so a
         // lone writer's ops wait a little and share one entry with the next ones
         // instead of paying that cost each.
-        let due = actor.staged_since.is_some_and(|s| s.elapsed() >= actor.finish_after());
+        let due = actor.staged_since.is_some() && actor.close_wait().is_zero();
         if (due || actor.staged_ops >= max_batch || actor.staged_since.is_none())
             && let Err(e) = actor.close_group().and_then(|()| actor.housekeeping())
         {

@@ -97,6 +97,12 @@ async fn alice(dir: &Path) -> (Store, ChannelId) {
     let mut roots = Vec::new();
     for i in 0..200 {
         roots.push(a.post(general, &text(i)).await.unwrap());
+        if i % 20 == 19 {
+            // A read closes the posts staged so far into an entry: tests
+            // below need several entries, which a writer that never pauses
+            // would not otherwise make.
+            a.vector(general).await.unwrap();
+        }
     }
     for (i, r) in roots.iter().enumerate().step_by(10) {
         a.react(*r, "👍").await.unwrap();
@@ -495,6 +501,8 @@ async fn a_relay_takes_and_serves_the_stubs_of_dead_epochs() {
     let mut old = Vec::new();
     for i in 0..4 {
         old.push(a.post(general, &format!("old post {i}")).await.unwrap());
+        // An entry each (a read closes it), so that two epochs of two fill.
+        a.vector(general).await.unwrap();
     }
     a.set_retention(general, Some(std::time::Duration::from_secs(1)))
         .await
