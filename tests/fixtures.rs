@@ -119,6 +119,13 @@ async fn v12_stores_open_and_answer_the_same() {
     old_stores_open_migrate_and_answer_the_same("v12", 12).await;
 }
 
+/// Format 13: entries of format 5, texts named by slot (written by
+/// `d6f32f0`, the format's own code, ahead of the next format).
+#[tokio::test]
+async fn v13_stores_open_and_answer_the_same() {
+    old_stores_open_migrate_and_answer_the_same("v13", 13).await;
+}
+
 /// A text of format 9 rides in a segment of a format 3 entry: deleting its
 /// message on today's code drops the segment from sled at once and from every
 /// file at the next compaction, while the texts beside it stay.
