@@ -243,16 +243,17 @@ const FIRST_READ: usize = 64 << 10;
 /// Read the journal's records from the start of `file`, reading no further
 /// than they go: the file is preallocated (8 MiB of it, mostly zeros or an
 /// earlier run's records), and reading all of it took about 6 ms of a cold
-/// open that is otherwise about as long. Each read past the first is four
-/// times the one before, so decoding again from the start stays linear.
-fn read_records(file: &mut File, key: &SecretKey) -> Result<(Decoded, u64)> {
+/// open that is otherwise about as long. Each read appends the next bytes,
+/// four times as many as were held, so decoding again from the start stays
+/// linear.
+fn read_records(file: &File, key: &SecretKey) -> Result<(Decoded, u64)> {
     let len = file.metadata()?.len();
     let mut bytes = Vec::new();
     let mut want = FIRST_READ as u64;
     loop {
-        let upto = want.min(len);
+        let (held, upto) = (bytes.len(), want.min(len));
         bytes.resize(upto as usize, 0);
-        file.read_exact_at(&mut bytes, 0)?;
+        file.read_exact_at(&mut bytes[held..], held as u64)?;
         let (decoded, cut) = decode_prefix(key, &bytes);
         if !cut || upto >= len {
             return Ok((decoded, len));
@@ -285,14 +286,14 @@ impl Journal {
     /// then calls [`Journal::clear`]; until then nothing is written.
     pub fn open(path: &Path, key: &SecretKey) -> Result<(Journal, Decoded)> {
         use std::os::unix::fs::OpenOptionsExt;
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
             .open(path)?;
-        let (decoded, len) = read_records(&mut file, key)?;
+        let (decoded, len) = read_records(&file, key)?;
         if len < PREALLOCATED_BYTES {
             // Real zeros, not a sparse extension: writes into holes or unwritten
             // extents would change the allocation and cost a metadata commit.
