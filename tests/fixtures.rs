@@ -126,6 +126,23 @@ async fn v13_stores_open_and_answer_the_same() {
     old_stores_open_migrate_and_answer_the_same("v13", 13).await;
 }
 
+/// Format 14: front pages (written by the commit that made the format):
+/// `alice-phone`, closed cleanly, holds them, and its pages answer the same
+/// from them.
+#[tokio::test]
+async fn v14_stores_open_and_answer_the_same() {
+    old_stores_open_migrate_and_answer_the_same("v14", 14).await;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("alice-phone");
+    copy_dir(&fixture("v14").join("alice-phone"), &dir);
+    let s = Store::open(&dir, &Passphrase::new(FIXTURE_PASS), fixture_config())
+        .await
+        .expect("open");
+    let at = s.find_text("from the phone").await.expect("find");
+    assert!(at.iter().any(|w| w == "sled row front pages"), "{at:?}");
+    s.close().await.expect("close");
+}
+
 /// A text of format 9 rides in a segment of a format 3 entry: deleting its
 /// message on today's code drops the segment from sled at once and from every
 /// file at the next compaction, while the texts beside it stay.

@@ -607,6 +607,7 @@ impl Actor {
             Err(Error::Poisoned)
         } else {
             self.close_group()
+                .and_then(|()| self.engine.write_fronts())
                 .and_then(|()| self.engine.snapshot_all())
                 .and_then(|()| self.checkpoint())
                 .and_then(|()| {

@@ -291,6 +291,8 @@ pub(crate) struct Engine {
     pub(crate) prune_rows: crate::prune::PruneRows,
     /// Texts dropped from stored entries since the last compaction.
     pub(crate) dropped_since_compaction: Option<crate::compact::CompactDue>,
+    /// Front pages read and rows removed this session (`crate::front`).
+    pub(crate) fronts: crate::front::Fronts,
 }
 
 impl Engine {
@@ -345,6 +347,7 @@ impl Engine {
             expired_high: HashMap::new(),
             retention_known: HashMap::new(),
             prune_rows: Default::default(),
+            fronts: Default::default(),
             dropped_since_compaction: None,
         })
     }
@@ -1522,6 +1525,11 @@ impl Engine {
     /// newest held). Key packages go under generation 0, which every member
     /// holds, so that a device that missed rotations opens them.
     fn commit_epoch_under(&mut self, channel: ChannelId, epoch: Epoch, generation: Option<u32>) -> Result<()> {
+        // The channel's front page goes in the batch that stores the entry.
+        let wire = self.channel(&channel)?.keys.wire();
+        if let Some(k) = self.unfront_key(&wire) {
+            self.batch.remove(&k[..]);
+        }
         let le = self
             .epochs
             .get_mut(&(channel, epoch))

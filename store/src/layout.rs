@@ -78,6 +78,11 @@ pub const MAX_DROPS_PER_CHANNEL: usize = 4096;
 /// does not hold (format 6). It is applied when the key arrives.
 pub const T_UNOPENED: u8 = b'U';
 
+/// `N | wire [32]` -> sealed postcard(front page): the channel's newest
+/// top-level messages as a page shows them, with what they were computed
+/// from (store format 14, [`crate::front`]).
+pub const T_FRONTS: u8 = b'N';
+
 /// Key of an entry waiting for its key generation.
 pub fn unopened_key(wire: &WireId, device: &DeviceId, seq: u64) -> [u8; 57] {
     let mut k = feed_key(wire, device, seq);
@@ -176,7 +181,10 @@ pub fn expired_key(wire: &WireId) -> Vec<u8> {
 /// 13: feed entries of format 5: the change names each text by its slot in
 /// the entry's pack, and the sealed body carries one root over them
 /// (`hearth_core::textpack`); 12 is only marked.
-pub const STORE_FORMAT: u8 = 13;
+/// 14: front pages (table `T_FRONTS`): each channel's newest messages,
+/// sealed, written at a clean close and removed by any batch that stores
+/// its entries or drops its texts; 13 is only marked.
+pub const STORE_FORMAT: u8 = 14;
 
 /// What opening a store of format `from` does to bring it to
 /// [`STORE_FORMAT`], step by step (`hearth migrate --check`). Empty when
@@ -205,7 +213,7 @@ pub fn migration_steps(from: u8) -> Vec<&'static str> {
         steps.push(
             "the other steps only mark sled: the rows and kinds of record they add come with the content that \
              needs them (fork proofs, device chains, rosters, notices, texts beside their changes, packs, \
-             a restored device's own network key, dead epochs, texts named by slot)",
+             a restored device's own network key, dead epochs, texts named by slot, front pages)",
         );
         steps.push("sled's format row set to the current format, and the store checkpointed");
     }
@@ -228,6 +236,7 @@ pub fn table_name(tag: u8) -> &'static str {
         T_UNOPENED => "unopened entries",
         T_TOLD => "removals told",
         T_DROPS => "text drops",
+        T_FRONTS => "front pages",
         _ => "unknown",
     }
 }

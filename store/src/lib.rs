@@ -47,6 +47,7 @@ mod cuts;
 mod durable;
 mod engine;
 mod error;
+mod front;
 mod invite;
 mod journal;
 mod layout;

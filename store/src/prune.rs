@@ -135,6 +135,8 @@ impl Engine {
         let mut dropped = 0u64;
         let mut drops_in = std::collections::BTreeSet::new();
         for ((wire, device, seq), ids) in rows {
+            // The channel's front page may hold the texts that go.
+            self.unfront(&wire, &mut batch);
             let k = feed_key(&wire, &device, seq);
             let Some(bytes) = self.tree.get(k)? else { continue };
             let mut env = Envelope::decode(&bytes)?;

@@ -157,6 +157,12 @@ impl Engine {
             self.channel(channel)?;
             return Ok(Vec::new());
         }
+        // The first page, from the channel's front page while it is valid.
+        if before.is_none()
+            && let Some(newest) = self.front_page(channel, limit)?
+        {
+            return Ok(newest);
+        }
         if let Some(b) = before {
             // A cursor must name a message of this channel.
             let loc = self.get_message(&b)?;

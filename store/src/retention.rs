@@ -61,20 +61,24 @@ impl Engine {
         Ok(self.loaded(channel, META_EPOCH).and_then(|le| le.view.retention))
     }
 
-    /// The time before which the channel's messages are expired (`None`:
-    /// no retention).
-    pub(crate) fn expired_before(&mut self, channel: &ChannelId) -> Result<Option<Timestamp>> {
-        Ok(self
-            .retention(channel)?
-            .map(|secs| Timestamp::from_millis(now_ms().saturating_sub(secs.saturating_mul(1000)))))
-    }
-
     /// The lowest message id that is not expired (ids order by time
     /// first): every message below it is (`None`: nothing expired). It
     /// never goes back: a retention lengthened or turned off leaves what
     /// expired expired (its texts are gone).
     pub(crate) fn expiry_floor(&mut self, channel: &ChannelId) -> Result<Option<MessageId>> {
-        let now = self.expired_before(channel)?.map(|ts| {
+        let retention = self.retention(channel)?;
+        self.expiry_floor_under(channel, retention)
+    }
+
+    /// [`Engine::expiry_floor`] of a channel whose retention is `retention`
+    /// (seconds), without asking its metadata epoch.
+    pub(crate) fn expiry_floor_under(
+        &mut self,
+        channel: &ChannelId,
+        retention: Option<u64>,
+    ) -> Result<Option<MessageId>> {
+        let now = retention.map(|secs| {
+            let ts = Timestamp::from_millis(now_ms().saturating_sub(secs.saturating_mul(1000)));
             let mut b = [0u8; MessageId::LEN];
             b[..8].copy_from_slice(&ts.0.to_be_bytes());
             MessageId(b)
@@ -83,7 +87,7 @@ impl Engine {
     }
 
     /// The highest floor applied in the channel (`M expired`).
-    fn expired_high(&mut self, channel: &ChannelId) -> Result<Option<MessageId>> {
+    pub(crate) fn expired_high(&mut self, channel: &ChannelId) -> Result<Option<MessageId>> {
         if let Some(h) = self.expired_high.get(channel) {
             return Ok(*h);
         }
@@ -274,6 +278,7 @@ impl Engine {
     pub(crate) fn kill_epoch(&mut self, channel: ChannelId, epoch: Epoch, batch: &mut sled::Batch) -> Result<u64> {
         debug_assert_ne!(epoch, META_EPOCH, "the metadata epoch never dies");
         let wire = self.channel(&channel)?.keys.wire();
+        self.unfront(&wire, batch);
         let me = self.identity.device();
         let mut dropped = 0u64;
         let mut entries = Vec::new();

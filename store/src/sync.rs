@@ -993,6 +993,8 @@ impl Engine {
         // Phase 2: views, summaries, rows, events.
         let me = self.identity.user();
         let mut batch = sled::Batch::default();
+        // The channel's front page goes with whatever this batch changes.
+        self.unfront(wire, &mut batch);
         let mut events = Vec::new();
         for h in &held {
             batch.insert(&feed_key(wire, &h.device, h.seq)[..], &h.bytes[..]);

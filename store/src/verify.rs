@@ -186,6 +186,7 @@ impl Engine {
                         | T_CHAINS
                         | T_UNOPENED
                         | T_DROPS
+                        | T_FRONTS
                 )
             {
                 continue;
