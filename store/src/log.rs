@@ -439,21 +439,37 @@ impl Log {
     /// it) is cut off first, durably, so it can never be read as part of a
     /// later batch.
     pub fn open_at(dir: &Path, end: LogPos) -> Result<Log> {
+        Self::open_inner(dir, end, false)
+    }
+
+    /// [`Log::open_at`] a log known durable up to `end` (sled's record of
+    /// the last checkpoint says so): nothing past it to set aside, nothing
+    /// to cut, and nothing to fsync again.
+    pub fn open_durable(dir: &Path, end: LogPos) -> Result<Log> {
+        Self::open_inner(dir, end, true)
+    }
+
+    fn open_inner(dir: &Path, end: LogPos, durable: bool) -> Result<Log> {
+        let mut moved = false;
         for n in segments(dir)?.into_iter().filter(|n| *n > end.segment) {
+            moved = true;
             // Never read past `end`: a crash left it unfinished (or damage cut
             // the log before it). Kept aside, not deleted.
             fs::rename(segment_path(dir, n), dir.join(format!("{n:08x}.orphaned")))?;
         }
         let path = segment_path(dir, end.segment);
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
-        if file.metadata()?.len() != end.offset {
+        let cut = file.metadata()?.len() != end.offset;
+        if cut {
             file.set_len(end.offset)?;
         }
         // What was read back may sit only in the page cache (the process that
         // wrote it was killed before a checkpoint): it is called synced below,
         // so make it so, and the segment's directory entry with it.
-        file.sync_all()?;
-        sync_dir(dir)?;
+        if !durable || cut || moved {
+            file.sync_all()?;
+            sync_dir(dir)?;
+        }
         Ok(Log {
             dir: dir.to_path_buf(),
             file,

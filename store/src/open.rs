@@ -92,6 +92,13 @@ pub(crate) fn open_sled(dir: &Path) -> Result<sled::Db> {
     open_sled_at(&dir.join(DB_DIR))
 }
 
+/// The store's sled and its one tree.
+fn open_sled_tree(dir: &Path) -> Result<(sled::Db, sled::Tree)> {
+    let db = open_sled(dir)?;
+    let tree = db.open_tree(TREE)?;
+    Ok((db, tree))
+}
+
 pub(crate) fn open_sled_at(path: &Path) -> Result<sled::Db> {
     let cfg = sled::Config::new()
         .path(path)
@@ -248,6 +255,8 @@ struct Standing {
     /// 1: the end of its new log, which is sled's content exactly).
     applied: LogPos,
     end: LogPos,
+    /// The log is durable up to `end`: the last checkpoint recorded so.
+    durable: bool,
     stopped: Option<String>,
     format: u8,
 }
@@ -286,6 +295,7 @@ fn standing(tree: &sled::Tree, records: &SecretKey, log_dir: &Path) -> std::resu
         identity,
         applied: applied.unwrap_or(reach.end),
         end: reach.end,
+        durable: format != 1 && synced == reach.end,
         stopped: reach.stopped,
         format,
     })
@@ -309,12 +319,46 @@ pub(crate) fn open(
     // A compaction committed before a crash is finished (its fresh sled and
     // new log swapped in); one not committed is dropped.
     let compacted = crate::compact::recover(dir)?;
-    // Anything looser than owner-only is tightened, and reported: it was
-    // readable by other accounts until now.
-    let loose = crate::durable::make_private(dir)?;
+    // sled opens on a thread of its own while Argon2id unlocks the key
+    // (sled needs no key; the store's lock is held): its open, a few
+    // milliseconds, is hidden in the unlock's hundreds. Not for a format 1
+    // store, whose sled is copied before anything opens it, nor for a rebuild.
+    // Permissions are tightened first there too: anything looser than
+    // owner-only is reported, since other accounts could read it until now.
+    let early = (!rebuild && dir.join(crate::log::LOG_DIR).exists())
+        .then(|| {
+            let at = dir.to_path_buf();
+            std::thread::Builder::new()
+                .name("hearth-open".into())
+                .spawn(move || {
+                    let loose = crate::durable::make_private(&at)?;
+                    Ok((loose, open_sled_tree(&at)))
+                })
+                .ok()
+        })
+        .flatten();
     let started = std::time::Instant::now();
-    let master = header.unwrap(pass)?;
+    let master = header.unwrap(pass);
     let unlock_time = started.elapsed();
+    let (loose, early_sled) = match early {
+        Some(t) => {
+            let (loose, sled) = t
+                .join()
+                .unwrap_or_else(|_| Err(Error::corrupted("store", "the open's thread panicked")))?;
+            (loose, Some(sled))
+        }
+        None => (crate::durable::make_private(dir)?, None),
+    };
+    let master = match master {
+        Ok(m) => m,
+        Err(e) => {
+            // sled, closed again, wrote its snapshot under the process
+            // umask: owner only, like every other file of the store.
+            drop(early_sled);
+            crate::durable::make_private(dir)?;
+            return Err(e.into());
+        }
+    };
     let records = hearth_core::derive(&master, hearth_core::Purpose::LocalRecords);
     let mut report = OpenReport {
         loose_permissions: loose.iter().map(|p| p.display().to_string()).collect(),
@@ -344,10 +388,7 @@ pub(crate) fn open(
         fs::remove_dir_all(&copy)?;
         report.migrated_from = Some(1);
     }
-    let sled = open_sled(dir).and_then(|db| {
-        let tree = db.open_tree(TREE)?;
-        Ok((db, tree))
-    });
+    let sled = early_sled.unwrap_or_else(|| open_sled_tree(dir));
     let mut why = None;
     let mut engine = None;
     if rebuild {
@@ -367,7 +408,11 @@ pub(crate) fn open(
                     });
                 }
                 Ok(st) => {
-                    let log = Log::open_at(&log_dir, st.end)?;
+                    let log = if st.durable {
+                        Log::open_durable(&log_dir, st.end)?
+                    } else {
+                        Log::open_at(&log_dir, st.end)?
+                    };
                     let mut e = Engine::new(
                         dir.to_path_buf(),
                         config.clone(),
@@ -499,8 +544,9 @@ pub(crate) fn open(
         report.moved_from = Some(engine.identity.device());
         move_to_keyed_id(&mut engine)?;
     }
-    // Files sled made in this open (a rebuild makes all of them).
-    crate::durable::make_private(dir)?;
+    // Files sled made in this open (a rebuild makes all of them); the
+    // rest of the store was seen to before the unlock.
+    crate::durable::make_private(&dir.join(DB_DIR))?;
     Ok((engine, journal, report))
 }
 
