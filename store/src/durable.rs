@@ -91,6 +91,23 @@ pub fn make_private(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// [`make_private`] of the files directly in `dir` (not of its
+/// subdirectories, nor of `dir` itself). Returns the names that were looser.
+pub fn make_private_shallow(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        // Removed meanwhile, or not a file: left to the full walk.
+        if !e.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        if !make_private(&e.path())?.is_empty() {
+            out.push(PathBuf::from(e.file_name()));
+        }
+    }
+    Ok(out)
+}
+
 /// Create `dir` (and its missing parents) with the new directory owner-only.
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
@@ -221,5 +238,38 @@ fn sync_file(path: &Path) -> std::io::Result<bool> {
         Ok(f) => f.sync_all().map(|()| true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_shallow_pass_tightens_the_files_at_the_top_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        let top = tmp.path().join("snap.1");
+        let sub = tmp.path().join("blobs");
+        fs::create_dir(&sub).unwrap();
+        let deep = sub.join("7");
+        for f in [&top, &deep] {
+            fs::write(f, b"x").unwrap();
+            fs::set_permissions(f, fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(make_private_shallow(tmp.path()).unwrap(), vec![PathBuf::from("snap.1")]);
+        assert_eq!((mode(&top), mode(&deep), mode(&sub)), (0o600, 0o644, 0o755));
+        assert!(make_private_shallow(tmp.path()).unwrap().is_empty());
+        // The full walk takes the rest.
+        let mut loose = make_private(tmp.path()).unwrap();
+        loose.sort();
+        assert_eq!(loose, vec![PathBuf::from("blobs"), PathBuf::from("blobs/7")]);
     }
 }

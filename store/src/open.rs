@@ -544,9 +544,16 @@ pub(crate) fn open(
         report.moved_from = Some(engine.identity.device());
         move_to_keyed_id(&mut engine)?;
     }
-    // Files sled made in this open (a rebuild makes all of them); the
-    // rest of the store was seen to before the unlock.
-    crate::durable::make_private(&dir.join(DB_DIR))?;
+    // Files sled made in this open: all of them after a rebuild or a
+    // migration; otherwise at most its own files at the top of `db/` (a
+    // snapshot), since the blobs a write makes are seen to by the
+    // checkpoint that syncs them. The rest of the store was seen to
+    // before the unlock (a walk of every blob costs milliseconds).
+    if report.rebuilt.is_some() || report.migrated_from.is_some() {
+        crate::durable::make_private(&dir.join(DB_DIR))?;
+    } else {
+        crate::durable::make_private_shallow(&dir.join(DB_DIR))?;
+    }
     Ok((engine, journal, report))
 }
 
