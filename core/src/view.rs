@@ -41,6 +41,9 @@ pub struct EpochView {
     /// never spans epochs.
     threads: BTreeMap<MessageId, BTreeSet<MessageId>>,
     read: BTreeMap<UserId, MessageId>,
+    /// Messages not deleted, by author (no zero counts), kept with
+    /// `messages` so that [`EpochView::stats`] needs no pass over them.
+    live_by: BTreeMap<UserId, u64>,
     /// The channel name (metadata epoch only).
     pub name: Option<String>,
     /// Display names of members (metadata epoch only).
@@ -61,7 +64,25 @@ impl EpochView {
         if let Some(root) = m.reply_to {
             self.threads.entry(root).or_default().insert(m.id);
         }
-        self.messages.insert(m.id, m);
+        let (author, live) = (m.author, !m.deleted);
+        if let Some(old) = self.messages.insert(m.id, m)
+            && !old.deleted
+        {
+            self.unlive(&old.author);
+        }
+        if live {
+            *self.live_by.entry(author).or_default() += 1;
+        }
+    }
+
+    /// One message of `author` fewer that is not deleted.
+    fn unlive(&mut self, author: &UserId) {
+        if let Some(n) = self.live_by.get_mut(author) {
+            *n -= 1;
+            if *n == 0 {
+                self.live_by.remove(author);
+            }
+        }
     }
 
     /// Apply an op that `author` just wrote locally, without reading the
@@ -105,12 +126,17 @@ impl EpochView {
                 }
             }
             Op::Delete { msg } => {
+                let mut was_live = false;
                 if let Some(m) = self.messages.get_mut(msg).filter(|m| m.author == *author) {
+                    was_live = !m.deleted;
                     m.text = None;
                     m.edited = false;
                     m.deleted = true;
                     m.dropped = false;
                     m.reactions.clear();
+                }
+                if was_live {
+                    self.unlive(author);
                 }
             }
             Op::ReadUpTo { msg } => self.mark_read(*author, *msg),
@@ -257,7 +283,8 @@ impl EpochView {
         self.messages.is_empty()
     }
 
-    /// Counts and bounds of the epoch in one pass over borrowed messages.
+    /// Counts and bounds of the epoch, from counts kept as messages change
+    /// (no pass over them: a summary is refreshed at every write).
     pub fn stats(&self, me: &UserId) -> EpochStats {
         let mut st = EpochStats {
             messages: self.messages.len() as u64,
@@ -265,15 +292,13 @@ impl EpochView {
         };
         st.min = self.messages.keys().next().copied();
         st.max = self.messages.keys().next_back().copied();
-        for m in self.messages.values() {
-            if m.reply_to.is_none() {
-                st.top_min = st.top_min.or(Some(m.id));
-                st.top_max = Some(m.id);
-            }
-            if m.author != *me && !m.deleted {
-                st.others_live += 1;
-            }
-        }
+        // From each end to the first top-level message: a reply is newer
+        // than its root, which lives in the same epoch.
+        let top = |m: &&Message| m.reply_to.is_none();
+        st.top_min = self.messages.values().find(top).map(|m| m.id);
+        st.top_max = self.messages.values().rev().find(top).map(|m| m.id);
+        let live: u64 = self.live_by.values().sum();
+        st.others_live = live - self.live_by.get(me).copied().unwrap_or(0);
         st
     }
 
@@ -303,4 +328,77 @@ pub struct EpochStats {
     pub top_min: Option<MessageId>,
     /// Newest top-level message id.
     pub top_max: Option<MessageId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `stats` said before it kept counts: one pass over the messages.
+    fn counted(view: &EpochView, me: &UserId) -> EpochStats {
+        let all: Vec<&Message> = view.messages.values().collect();
+        let tops: Vec<MessageId> = all.iter().filter(|m| m.reply_to.is_none()).map(|m| m.id).collect();
+        EpochStats {
+            messages: all.len() as u64,
+            others_live: all.iter().filter(|m| m.author != *me && !m.deleted).count() as u64,
+            min: all.first().map(|m| m.id),
+            max: all.last().map(|m| m.id),
+            top_min: tops.first().copied(),
+            top_max: tops.last().copied(),
+        }
+    }
+
+    fn id(n: u64) -> MessageId {
+        let mut b = [0u8; MessageId::LEN];
+        b[..8].copy_from_slice(&n.to_be_bytes());
+        MessageId(b)
+    }
+
+    #[test]
+    fn kept_counts_agree_with_a_pass_over_the_messages() {
+        let users = [UserId([1; 32]), UserId([2; 32]), UserId([3; 32])];
+        let mut view = EpochView::default();
+        let mut roots = Vec::new();
+        // A fixed pseudo-random walk of posts, replies, deletes (twice
+        // over, and of others' messages, which do nothing) and messages
+        // read back from a document (inserted again, deleted or not).
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for n in 1..600u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let who = users[(x % 3) as usize];
+            let post = |reply_to| Op::Post {
+                id: id(n),
+                text: format!("m{n}"),
+                reply_to,
+            };
+            match x % 7 {
+                0 | 1 => {
+                    view.apply_local(&who, &post(None));
+                    roots.push(id(n));
+                }
+                2 if !roots.is_empty() => {
+                    let root = roots[(x as usize / 7) % roots.len()];
+                    view.apply_local(&who, &post(Some(root)));
+                }
+                3 | 4 => {
+                    let target = id(1 + (x / 7) % n);
+                    view.apply_local(&who, &Op::Delete { msg: target });
+                }
+                5 => {
+                    let target = id(1 + (x / 7) % n);
+                    if let Some(mut m) = view.messages.get(&target).cloned() {
+                        m.deleted = x.is_multiple_of(2);
+                        view.insert(m);
+                    }
+                }
+                _ => view.apply_local(&who, &post(None)),
+            }
+            for me in &users {
+                assert_eq!(view.stats(me), counted(&view, me), "after step {n}");
+            }
+        }
+        assert!(view.stats(&users[0]).others_live > 0);
+    }
 }
