@@ -143,6 +143,32 @@ async fn v14_stores_open_and_answer_the_same() {
     s.close().await.expect("close");
 }
 
+#[tokio::test]
+async fn v15_stores_open_and_answer_the_same() {
+    old_stores_open_migrate_and_answer_the_same("v15", 15).await;
+    // A store of format 15 closed cleanly (the phone): its open reads each
+    // channel's summary copy, not one row per epoch; one of format 14 has
+    // none to read until its first clean close.
+    for (version, copies) in [("v15", true), ("v14", false)] {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("alice-phone");
+        copy_dir(&fixture(version).join("alice-phone"), &dir);
+        let s = Store::open(&dir, &Passphrase::new(FIXTURE_PASS), fixture_config())
+            .await
+            .expect("open");
+        let channels = s.channels().await.expect("channels").len() as u64;
+        let read = s.open_report().summary_copies;
+        assert_eq!(read, if copies { channels } else { 0 }, "{version}");
+        s.close().await.expect("close");
+        let s = Store::open(&dir, &Passphrase::new(FIXTURE_PASS), fixture_config())
+            .await
+            .expect("open");
+        assert_eq!(s.open_report().summary_copies, channels, "{version}, after a close");
+        assert!(s.verify().await.expect("verify").is_clean());
+        s.close().await.expect("close");
+    }
+}
+
 /// A text of format 9 rides in a segment of a format 3 entry: deleting its
 /// message on today's code drops the segment from sled at once and from every
 /// file at the next compaction, while the texts beside it stay.

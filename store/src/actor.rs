@@ -609,6 +609,7 @@ impl Actor {
             self.close_group()
                 .and_then(|()| self.engine.write_fronts())
                 .and_then(|()| self.engine.snapshot_all())
+                .and_then(|()| self.engine.write_summary_copies())
                 .and_then(|()| self.checkpoint())
                 .and_then(|()| {
                     let (tx, rx) = oneshot::channel();

@@ -293,6 +293,8 @@ pub(crate) struct Engine {
     pub(crate) dropped_since_compaction: Option<crate::compact::CompactDue>,
     /// Front pages read and rows removed this session (`crate::front`).
     pub(crate) fronts: crate::front::Fronts,
+    /// Each channel's copy of its epoch summaries in one row (`crate::summaries`).
+    pub(crate) summary_rows: crate::summaries::SummaryRows,
 }
 
 impl Engine {
@@ -348,6 +350,7 @@ impl Engine {
             retention_known: HashMap::new(),
             prune_rows: Default::default(),
             fronts: Default::default(),
+            summary_rows: Default::default(),
             dropped_since_compaction: None,
         })
     }
@@ -440,17 +443,7 @@ impl Engine {
                 .ok_or_else(|| Error::corrupted("device chain", "empty"))?;
             state.chains.insert(device, (key, chain));
         }
-        for row in self.tree.scan_prefix(channel_prefix(T_EPOCHS, &wire)) {
-            let (k, v) = row?;
-            let epoch = u32::from_be_bytes(
-                k.get(33..37)
-                    .and_then(|b| b.try_into().ok())
-                    .ok_or_else(|| Error::corrupted("epoch summary", "bad key"))?,
-            );
-            let plain = open_record(&self.records, &k, &v)?;
-            let s: EpochSummary = postcard::from_bytes(&plain).map_err(|e| Error::corrupted("epoch summary", e))?;
-            state.summaries.insert(epoch, s);
-        }
+        state.summaries = self.load_summaries(&state)?;
         if let Some((&e, s)) = state.summaries.iter().next_back().filter(|(e, _)| **e != META_EPOCH) {
             state.current = (e, s.messages);
         }
@@ -1613,6 +1606,7 @@ impl Engine {
         s.refresh(&le.view, &self.identity.user());
         let (k, v) = summary_row(&self.records, &wire, epoch, s)?;
         self.batch.insert(&k[..], v);
+        self.summary_rows.remove_in(&wire, &mut self.batch);
         Ok(())
     }
 

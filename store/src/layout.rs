@@ -83,6 +83,13 @@ pub const T_UNOPENED: u8 = b'U';
 /// from (store format 14, [`crate::front`]).
 pub const T_FRONTS: u8 = b'N';
 
+/// `A | wire [32] | chunk u16` -> sealed chunk of postcard(copy of every
+/// `E` row of the channel, with a stamp of its feed heads): read by an open
+/// instead of the `E` rows, written at a clean close, removed by every
+/// batch that writes or removes an `E` row (store format 15,
+/// [`crate::summaries`]).
+pub const T_ALL_SUMMARIES: u8 = b'A';
+
 /// Key of an entry waiting for its key generation.
 pub fn unopened_key(wire: &WireId, device: &DeviceId, seq: u64) -> [u8; 57] {
     let mut k = feed_key(wire, device, seq);
@@ -184,7 +191,10 @@ pub fn expired_key(wire: &WireId) -> Vec<u8> {
 /// 14: front pages (table `T_FRONTS`): each channel's newest messages,
 /// sealed, written at a clean close and removed by any batch that stores
 /// its entries or drops its texts; 13 is only marked.
-pub const STORE_FORMAT: u8 = 14;
+/// 15: summary copies (table `T_ALL_SUMMARIES`): each channel's epoch
+/// summaries in one sealed row, written at a clean close and removed by any
+/// batch that writes an epoch summary; 14 is only marked.
+pub const STORE_FORMAT: u8 = 15;
 
 /// What opening a store of format `from` does to bring it to
 /// [`STORE_FORMAT`], step by step (`hearth migrate --check`). Empty when
@@ -213,7 +223,7 @@ pub fn migration_steps(from: u8) -> Vec<&'static str> {
         steps.push(
             "the other steps only mark sled: the rows and kinds of record they add come with the content that \
              needs them (fork proofs, device chains, rosters, notices, texts beside their changes, packs, \
-             a restored device's own network key, dead epochs, texts named by slot, front pages)",
+             a restored device's own network key, dead epochs, texts named by slot, front pages, summary copies)",
         );
         steps.push("sled's format row set to the current format, and the store checkpointed");
     }
@@ -237,6 +247,7 @@ pub fn table_name(tag: u8) -> &'static str {
         T_TOLD => "removals told",
         T_DROPS => "text drops",
         T_FRONTS => "front pages",
+        T_ALL_SUMMARIES => "summary copies",
         _ => "unknown",
     }
 }

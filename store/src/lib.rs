@@ -62,6 +62,7 @@ mod retention;
 mod root;
 mod rotate;
 mod store;
+mod summaries;
 mod sync;
 mod verify;
 

@@ -60,6 +60,10 @@ pub struct OpenReport {
     /// keyed id now (a store of format 6 or older: see
     /// [`hearth_core::Identity::with_keyed_id`]).
     pub moved_from: Option<hearth_core::DeviceId>,
+    /// Channels whose epoch summaries this open read from their one-row
+    /// copy, written at the last clean close, instead of one row per epoch
+    /// (store format 15).
+    pub summary_copies: u64,
 }
 
 pub(crate) fn lock(dir: &Path) -> Result<File> {
@@ -554,6 +558,7 @@ pub(crate) fn open(
     } else {
         crate::durable::make_private_shallow(&dir.join(DB_DIR))?;
     }
+    report.summary_copies = engine.summary_rows.read;
     Ok((engine, journal, report))
 }
 

@@ -99,6 +99,7 @@ impl Engine {
         s.snapshot_chunks = count;
         let (k, v) = summary_row(&self.records, &wire, epoch, s)?;
         batch.insert(&k[..], v);
+        self.summary_rows.remove_in(&wire, &mut batch);
         self.tree.apply_batch(batch)?;
         self.dirty = true;
         Ok(())

@@ -329,6 +329,7 @@ impl Engine {
             batch.remove(k);
         }
         batch.remove(&epoch_key(T_EPOCHS, &wire, epoch)[..]);
+        self.summary_rows.remove_in(&wire, batch);
         self.epochs.remove(&(channel, epoch));
         self.expired.remove(&(channel, epoch));
         let ch = self.channels.get_mut(&channel).expect("checked above");

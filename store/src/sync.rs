@@ -1125,6 +1125,7 @@ impl Engine {
             s.refresh(&le.view, &me);
             let (k, v) = summary_row(&self.records, wire, epoch, s)?;
             batch.insert(&k[..], v);
+            self.summary_rows.remove_in(wire, &mut batch);
             for ((user, device), marks) in &le.view.delivered {
                 for (author, up_to) in marks {
                     let before = delivered_before.get(&(*user, *device)).and_then(|m| m.get(author));

@@ -187,6 +187,7 @@ impl Engine {
                         | T_UNOPENED
                         | T_DROPS
                         | T_FRONTS
+                        | T_ALL_SUMMARIES
                 )
             {
                 continue;
@@ -474,6 +475,14 @@ impl Engine {
             r.problem(
                 format!("epochs/{}/{epoch}", ch.keys.id()),
                 "an epoch listed both as dead and as stubbed (`M stubbed`)",
+            );
+        }
+        // The copy of the summaries an open reads, if current, says what the
+        // `E` rows say (`crate::summaries`).
+        if self.summary_copy_agrees(ch)? == Some(false) {
+            r.problem(
+                format!("summary copies/{}", ch.keys.id()),
+                "the copy of the epoch summaries disagrees with the epoch rows",
             );
         }
         // Epochs: summary opens, log rows name existing entries, snapshot loads.

@@ -3,6 +3,10 @@
 use hearth_core::{KdfParams, Passphrase, Vector};
 use hearth_store::{Config, Refusal, Store, StoreEvent};
 
+#[path = "support/dirs.rs"]
+mod dirs;
+use dirs::copy_dir;
+
 fn config() -> Config {
     Config::default().with_kdf(KdfParams::INSECURE_FAST)
 }
@@ -155,19 +159,6 @@ async fn bad_entries_are_refused_and_nothing_is_lost() {
     assert!(b.verify().await.unwrap().is_clean());
     for s in [a, b, m] {
         s.close().await.unwrap();
-    }
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).unwrap();
-        }
     }
 }
 
