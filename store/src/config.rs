@@ -9,7 +9,7 @@ use hearth_core::KdfParams;
 /// | field | default |
 /// |---|---|
 /// | `kdf` | Argon2id m = 64 MiB, t = 3, p = 4 (used when creating or re-keying) |
-/// | `epoch_messages` | 2048 messages per epoch document before a new epoch opens |
+/// | `epoch_messages` | 1024 messages per epoch document before a new epoch opens |
 /// | `cached_epochs` | 48 epoch documents kept in memory |
 /// | `max_batch_ops` | 1024 operations per group commit |
 /// | `checkpoint_bytes` | 4 MiB of journal before sled is flushed and the journal emptied |
@@ -62,7 +62,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             kdf: KdfParams::default(),
-            epoch_messages: 2048,
+            epoch_messages: 1024,
             cached_epochs: 48,
             max_batch_ops: 1024,
             checkpoint_bytes: 4 << 20,

@@ -52,8 +52,13 @@ check() {
 
 install() {
   command -v nft >/dev/null && return 0
+  # Tests start labs in parallel: one installs, the others wait for it
+  # (two apt-gets at once fail on dpkg's lock).
+  exec 9>/tmp/hearth-netlab-install.lock
+  flock 9
+  command -v nft >/dev/null && return 0
   apt-get update -qq >/dev/null 2>&1 || true
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >/dev/null 2>&1 ||
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 nftables >/dev/null 2>&1 ||
     die "apt-get install nftables failed"
   command -v nft >/dev/null || die "nft still missing after apt-get"
 }
