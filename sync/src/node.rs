@@ -96,7 +96,9 @@ pub struct NodeConfig {
     /// DHT nodes to start from (addresses ending in `/p2p/<peer id>`);
     /// dialed and kept like `peers`.
     pub bootstrap: Vec<Multiaddr>,
-    /// How often the node announces its channels and looks their peers up.
+    /// How often the node announces its channels and looks their peers up,
+    /// once it has been running a while: the first rounds come sooner (2 s
+    /// after the first one, then twice as long each time, up to this).
     pub discovery_interval: Duration,
 }
 
@@ -378,6 +380,17 @@ fn relay_part(addr: &Multiaddr) -> Option<Multiaddr> {
 
 /// How long after the DHT's first peer the first discovery round runs.
 const DISCOVERY_FIRST: Duration = Duration::from_millis(500);
+/// The wait after the first discovery round. Each later wait is twice the
+/// one before, up to `NodeConfig::discovery_interval`: a first round can run
+/// before the peers it looks for have announced (they start at about the
+/// same time), and a round is a few small DHT queries.
+const DISCOVERY_RETRY: Duration = Duration::from_secs(2);
+
+/// The wait before the discovery round after one that waited `last`
+/// (`None`: after the first round), never more than `interval`.
+fn discovery_wait(last: Option<Duration>, interval: Duration) -> Duration {
+    last.map_or(DISCOVERY_RETRY, |w| w.saturating_mul(2)).min(interval)
+}
 /// How often a dial through a relay checks whether the relay is ready.
 const RELAY_FIRST: Duration = Duration::from_millis(100);
 /// The protocol by which a peer tells it serves circuits.
@@ -737,6 +750,7 @@ pub async fn start<R: Replica>(
         providing: BTreeSet::new(),
         discovering: BTreeSet::new(),
         next_discovery: None,
+        discovery_wait: None,
         told: HashMap::new(),
         reported: BTreeSet::new(),
     };
@@ -810,6 +824,9 @@ struct Loop<R: Replica> {
     discovering: BTreeSet<PeerId>,
     /// When the next discovery round is due (`None`: once the DHT knows a peer).
     next_discovery: Option<Instant>,
+    /// The wait that set `next_discovery` after the last round (`None`
+    /// before the first round): see [`discovery_wait`].
+    discovery_wait: Option<Duration>,
     /// Per connected peer: the addresses it told (identify), those a peer
     /// elsewhere can use (no loopback unless reached over loopback).
     told: HashMap<PeerId, Vec<Multiaddr>>,
@@ -889,7 +906,9 @@ impl<R: Replica> Loop<R> {
                     self.banned.retain(|_, until| *until > now);
                     self.redial();
                     if self.next_discovery.is_some_and(|t| t <= now) {
-                        self.next_discovery = Some(now + self.config.discovery_interval);
+                        let wait = discovery_wait(self.discovery_wait, self.config.discovery_interval);
+                        self.discovery_wait = Some(wait);
+                        self.next_discovery = Some(now + wait);
                         self.start_discovery();
                     }
                     if last_anti_entropy.elapsed() >= self.config.anti_entropy {
@@ -1894,4 +1913,26 @@ fn spawn_worker<R: Replica>(
         }
     });
     tx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovery_rounds_come_sooner_at_first_then_every_interval() {
+        let interval = Duration::from_secs(300);
+        let mut last = None;
+        let mut waits = Vec::new();
+        for _ in 0..10 {
+            let wait = discovery_wait(last, interval);
+            waits.push(wait.as_secs());
+            last = Some(wait);
+        }
+        assert_eq!(waits, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        // An interval shorter than the first retry is kept to.
+        let short = Duration::from_secs(1);
+        assert_eq!(discovery_wait(None, short), short);
+        assert_eq!(discovery_wait(Some(short), short), short);
+    }
 }
