@@ -1149,6 +1149,11 @@ pub struct ChangeEffects {
     /// (slot, message, id), in op order (a text's slot is its place among
     /// them); their ids are in `texts` too.
     pub slots: Vec<SlotRef>,
+    /// The posts it makes that reply to another message.
+    pub replies: Vec<MessageId>,
+    /// It edits, deletes or reacts to a message, or writes into a message
+    /// another change made.
+    pub touches: bool,
 }
 
 impl ChangeEffects {
@@ -1163,6 +1168,17 @@ impl ChangeEffects {
         self.mentioned.extend(other.mentioned);
         self.texts.extend(other.texts);
         self.slots.extend(other.slots);
+        self.replies.extend(other.replies);
+        self.touches |= other.touches;
+    }
+
+    /// Whether the change only makes new posts (replies included): no
+    /// edit, delete, reaction, read marker, metadata or key package. An
+    /// epoch's counts and bounds ([`EpochStats`](crate::EpochStats))
+    /// follow from such changes post by post, without the document: a store
+    /// can take them into an epoch nobody reads yet without applying them.
+    pub fn only_posts(&self) -> bool {
+        !self.touches && !self.meta && !self.read_markers && self.packages.is_empty()
     }
 
     /// Check that every message id the change names belongs where its entry
@@ -1239,6 +1255,7 @@ pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> 
                     effects.placed.push(id);
                 }
                 ("e" | "x" | "r", Some(id)) => {
+                    effects.touches = true;
                     effects.messages.insert(id);
                     effects.placed.push(id);
                     if let ("e", OpType::Put(ScalarValue::Bytes(b))) = (kind, &op.action)
@@ -1284,7 +1301,10 @@ pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> 
         match (&op.obj, &op.key) {
             (ObjectId::Root, Key::Map(k)) => check_root_op(k, &op.action, op.pred.len(), &writer)?,
             (ObjectId::Id(id), Key::Map(k)) if id.actor() == change.actor_id() => match (k.as_str(), &op.action) {
-                ("t", OpType::Put(ScalarValue::Str(t))) => check_len("message text", t, MAX_TEXT_BYTES)?,
+                ("t", OpType::Put(ScalarValue::Str(t))) => {
+                    check_len("message text", t, MAX_TEXT_BYTES)?;
+                    effects.touches |= !made.contains_key(&id.counter());
+                }
                 ("t", OpType::Put(ScalarValue::Bytes(b))) => {
                     let (Some(c), Some(msg)) = (ContentId::from_slice(b), made.get(&id.counter())) else {
                         return Err(Error::corrupted(
@@ -1302,7 +1322,13 @@ pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> 
                     effects.texts.push((*msg, c));
                     effects.slots.push((effects.slots.len() as u64, *msg, c));
                 }
-                ("p", OpType::Put(ScalarValue::Str(p))) => effects.placed.push(parse_id(p)?),
+                ("p", OpType::Put(ScalarValue::Str(p))) => {
+                    effects.placed.push(parse_id(p)?);
+                    match made.get(&id.counter()) {
+                        Some(msg) => effects.replies.push(*msg),
+                        None => effects.touches = true,
+                    }
+                }
                 _ => return Err(Error::corrupted("automerge change", "unexpected field in a message")),
             },
             _ => {

@@ -54,6 +54,28 @@ impl EpochSummary {
         self.top_max = st.top_max;
         self.my_read = view.read_marker(me);
     }
+
+    /// Count the posts of a change that only makes posts
+    /// ([`ChangeEffects::only_posts`](hearth_core::ChangeEffects::only_posts)),
+    /// by `author`, into an epoch whose document is not loaded (a deferred
+    /// epoch: `Engine::deferred`). The same counts and bounds as
+    /// [`EpochSummary::refresh`] would give once the document is read, unless
+    /// the author posted one id twice (its own feed's fault; the epoch's first
+    /// load counts again).
+    pub fn count_posts(&mut self, author: &UserId, me: &UserId, effects: &hearth_core::ChangeEffects) {
+        for id in &effects.posts {
+            self.messages += 1;
+            if author != me {
+                self.others_live += 1;
+            }
+            self.min = Some(self.min.map_or(*id, |m| m.min(*id)));
+            self.max = Some(self.max.map_or(*id, |m| m.max(*id)));
+            if !effects.replies.contains(id) {
+                self.top_min = Some(self.top_min.map_or(*id, |m| m.min(*id)));
+                self.top_max = Some(self.top_max.map_or(*id, |m| m.max(*id)));
+            }
+        }
+    }
 }
 
 /// A channel's in-memory state.

@@ -18,6 +18,7 @@ use hearth_core::KdfParams;
 /// | `command_queue` | 4096 commands queued to the store task before senders wait |
 /// | `receipt_delay` | 250 ms: delivery receipts of received messages gather this long into one entry per channel |
 /// | `max_clock_skew` | 10 min: a received post stamped further ahead of this device's clock waits (is refused until the clock gets there) |
+/// | `lazy_epochs` | on: received posts for an epoch nobody has read are stored, verified and counted, and applied to its document when it is first read |
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Argon2id parameters for new headers.
@@ -56,6 +57,13 @@ pub struct Config {
     pub compact_after: Option<Duration>,
     /// Bytes of dropped texts that start an automatic compaction at once.
     pub compact_dead_bytes: u64,
+    /// Deferred epochs: entries that only make posts, received for an epoch
+    /// this store has not loaded since it first heard of it, are verified,
+    /// stored and counted in the epoch's summary, but applied to the epoch's
+    /// automerge document only when something first reads it (a catch-up
+    /// then applies only the epochs a reader opens). Off: every received
+    /// entry is applied at once. ARCHITECTURE.md, "Deferred epochs".
+    pub lazy_epochs: bool,
 }
 
 impl Default for Config {
@@ -73,6 +81,7 @@ impl Default for Config {
             max_clock_skew: Duration::from_secs(600),
             compact_after: Some(Duration::from_secs(600)),
             compact_dead_bytes: 16 << 20,
+            lazy_epochs: true,
         }
     }
 }
@@ -123,6 +132,12 @@ impl Config {
     /// Set how far ahead of this clock a received post may be stamped.
     pub fn with_max_clock_skew(mut self, d: Duration) -> Self {
         self.max_clock_skew = d;
+        self
+    }
+
+    /// Turn deferred epochs ([`Config::lazy_epochs`]) on or off.
+    pub fn with_lazy_epochs(mut self, on: bool) -> Self {
+        self.lazy_epochs = on;
         self
     }
 }

@@ -13,7 +13,7 @@
 //!    the feed log, then applies every row of the group (entries, heads, epoch
 //!    log, summaries, watermark, log position) as one sled batch.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -83,6 +83,12 @@ pub(crate) fn put_owed(
     Ok(())
 }
 
+/// The entries whose segments carry each text held, by text.
+pub(crate) type Segments = HashMap<ContentId, Vec<(DeviceId, u64)>>;
+
+/// A stored entry's change, with its feed and seq.
+type EntryChange = (DeviceId, u64, automerge::Change);
+
 /// An epoch document in memory with its view.
 pub(crate) struct LoadedEpoch {
     /// Remote changes wait in automerge's queue for their dependencies: when
@@ -92,7 +98,7 @@ pub(crate) struct LoadedEpoch {
     pub view: EpochView,
     pub(crate) used: u64,
     /// The entries whose segments carry each text held (`crate::prune`).
-    pub segments: HashMap<ContentId, Vec<(DeviceId, u64)>>,
+    pub segments: Segments,
     /// Whether the channel's moderators were given to the document (once
     /// a delete by someone other than its message's writer is in it).
     pub moderated: bool,
@@ -295,6 +301,13 @@ pub(crate) struct Engine {
     pub(crate) fronts: crate::front::Fronts,
     /// Each channel's copy of its epoch summaries in one row (`crate::summaries`).
     pub(crate) summary_rows: crate::summaries::SummaryRows,
+    /// Deferred epochs ([`Config::lazy_epochs`]): epochs first heard of in
+    /// this session through entries that only make posts, taken into sled
+    /// and counted in their summaries but not applied, and not loaded since.
+    /// Loading one applies what it holds and counts it again from the view.
+    /// Not kept on disk: after a restart such an epoch is an ordinary one,
+    /// loaded when read (its entries are all in its epoch log).
+    pub(crate) deferred: HashSet<(ChannelId, Epoch)>,
 }
 
 impl Engine {
@@ -348,6 +361,7 @@ impl Engine {
             expire_turn: 0,
             expired_high: HashMap::new(),
             retention_known: HashMap::new(),
+            deferred: HashSet::new(),
             prune_rows: Default::default(),
             fronts: Default::default(),
             summary_rows: Default::default(),
@@ -508,76 +522,23 @@ impl Engine {
                 }
             }
             Some(s) => {
-                let wire = ch.keys.wire();
-                let mut doc = if s.snapshot_chunks > 0 {
-                    let mut bytes = Vec::new();
-                    for i in 0..s.snapshot_chunks {
-                        let k = snap_key(&wire, epoch, i);
-                        let v = self
-                            .tree
-                            .get(k)?
-                            .ok_or_else(|| Error::corrupted("snapshot", "missing chunk"))?;
-                        bytes.extend(open_record(&self.records, &k, &v)?);
-                    }
-                    EpochDoc::load(epoch, &bytes, &device)?
-                } else {
-                    EpochDoc::new(epoch, &device)
-                };
-                doc.set_inline_texts(self.identity.device_keys().is_none());
-                doc.set_slot_texts(true);
-                let mut changes = Vec::new();
-                let mut segments = HashMap::new();
-                // Every entry of the epoch is read for the texts its segments
-                // carry; those past the snapshot also for their changes.
-                let from = elog_key(&wire, epoch, 1);
-                let to = elog_key(&wire, epoch, u64::MAX);
-                for row in self.tree.range(from..=to) {
-                    let (k, v) = row?;
-                    let (dev, seq) = decode_elog_value(&v)?;
-                    let past_snapshot = key_u64(&k)? > s.snapshot_upto;
-                    let bytes = self.tree.get(feed_key(&wire, &dev, seq))?.ok_or_else(|| {
-                        Error::corrupted("feed", format!("epoch log names a missing entry {dev}/{seq}"))
-                    })?;
-                    let env = Envelope::decode(&bytes)?;
-                    if env.holds_texts() && env.header.version >= hearth_core::ENVELOPE_V5 {
-                        // Format 5: the pack names each text's op; their
-                        // messages are told when a delete needs them.
-                        let texts = env.open_pack_texts(&ch.keys).unwrap_or_default();
-                        doc.add_slot_texts(texts.into_iter().inspect(|(id, _)| {
-                            segments.entry(*id).or_insert_with(Vec::new).push((dev, seq));
-                        }));
-                    } else if env.holds_texts() {
-                        let texts = env.open_texts(&ch.keys).into_iter().map(|c| (c.id(), c));
-                        doc.add_texts_with_ids(texts.inspect(|(id, _)| {
-                            segments.entry(*id).or_insert_with(Vec::new).push((dev, seq));
-                        }));
-                    }
-                    if !past_snapshot {
-                        continue;
-                    }
-                    let body = env.open(&ch.keys)?;
-                    if body.epoch != epoch {
-                        return Err(Error::corrupted(
-                            "feed entry",
-                            "epoch log and entry disagree on the epoch",
-                        ));
-                    }
-                    let user = ch
-                        .devices
-                        .get(&dev)
-                        .ok_or_else(|| Error::corrupted("feed", "entry of a device with no head"))?;
-                    if env.header.user != *user {
-                        return Err(Error::corrupted("feed entry", "signed by another user than its feed's"));
-                    }
-                    changes.push(decode_change(&body.change, &dev, user)?);
-                }
-                doc.apply_remote(changes)?;
+                let s = s.clone();
+                let (doc, segments, changes) = self.read_epoch(channel, epoch, &s, &HashSet::new())?;
+                let mut doc = self.apply_loaded(channel, epoch, &s, doc, changes)?;
+                let ch = self.channels.get_mut(&channel).expect("looked up above");
                 doc.set_cuts(ch.cuts.get(&epoch).cloned().unwrap_or_default());
                 if epoch == META_EPOCH {
                     doc.set_issuers(ch.issuers());
                 }
                 let view = doc.view(&ch.devices);
                 let queued = doc.has_queued();
+                // A deferred epoch's summary counted its posts one by one:
+                // from its first load on, the view counts.
+                if self.deferred.remove(&(channel, epoch))
+                    && let Some(s) = ch.summaries.get_mut(&epoch)
+                {
+                    s.refresh(&view, &self.identity.user());
+                }
                 LoadedEpoch {
                     doc,
                     view,
@@ -595,6 +556,126 @@ impl Engine {
         self.ensure_moderators(channel, epoch)?;
         self.prune_loaded(channel, epoch)?;
         Ok(true)
+    }
+
+    /// An epoch's document as its snapshot has it, with the texts of all
+    /// its entries added, and the changes of its entries past the snapshot
+    /// but those in `skip`, not applied yet.
+    fn read_epoch(
+        &self,
+        channel: ChannelId,
+        epoch: Epoch,
+        s: &EpochSummary,
+        skip: &HashSet<(DeviceId, u64)>,
+    ) -> Result<(EpochDoc, Segments, Vec<EntryChange>)> {
+        let device = self.identity.device();
+        let ch = self.channel(&channel)?;
+        let wire = ch.keys.wire();
+        let mut doc = if s.snapshot_chunks > 0 {
+            let mut bytes = Vec::new();
+            for i in 0..s.snapshot_chunks {
+                let k = snap_key(&wire, epoch, i);
+                let v = self
+                    .tree
+                    .get(k)?
+                    .ok_or_else(|| Error::corrupted("snapshot", "missing chunk"))?;
+                bytes.extend(open_record(&self.records, &k, &v)?);
+            }
+            EpochDoc::load(epoch, &bytes, &device)?
+        } else {
+            EpochDoc::new(epoch, &device)
+        };
+        doc.set_inline_texts(self.identity.device_keys().is_none());
+        doc.set_slot_texts(true);
+        let mut changes = Vec::new();
+        let mut segments = HashMap::new();
+        // Every entry of the epoch is read for the texts its segments
+        // carry; those past the snapshot also for their changes.
+        let from = elog_key(&wire, epoch, 1);
+        let to = elog_key(&wire, epoch, u64::MAX);
+        for row in self.tree.range(from..=to) {
+            let (k, v) = row?;
+            let (dev, seq) = decode_elog_value(&v)?;
+            if skip.contains(&(dev, seq)) {
+                continue;
+            }
+            let past_snapshot = key_u64(&k)? > s.snapshot_upto;
+            let bytes = self
+                .tree
+                .get(feed_key(&wire, &dev, seq))?
+                .ok_or_else(|| Error::corrupted("feed", format!("epoch log names a missing entry {dev}/{seq}")))?;
+            let env = Envelope::decode(&bytes)?;
+            if env.holds_texts() && env.header.version >= hearth_core::ENVELOPE_V5 {
+                // Format 5: the pack names each text's op; their
+                // messages are told when a delete needs them.
+                let texts = env.open_pack_texts(&ch.keys).unwrap_or_default();
+                doc.add_slot_texts(texts.into_iter().inspect(|(id, _)| {
+                    segments.entry(*id).or_insert_with(Vec::new).push((dev, seq));
+                }));
+            } else if env.holds_texts() {
+                let texts = env.open_texts(&ch.keys).into_iter().map(|c| (c.id(), c));
+                doc.add_texts_with_ids(texts.inspect(|(id, _)| {
+                    segments.entry(*id).or_insert_with(Vec::new).push((dev, seq));
+                }));
+            }
+            if !past_snapshot {
+                continue;
+            }
+            let body = env.open(&ch.keys)?;
+            if body.epoch != epoch {
+                return Err(Error::corrupted(
+                    "feed entry",
+                    "epoch log and entry disagree on the epoch",
+                ));
+            }
+            let user = ch
+                .devices
+                .get(&dev)
+                .ok_or_else(|| Error::corrupted("feed", "entry of a device with no head"))?;
+            if env.header.user != *user {
+                return Err(Error::corrupted("feed entry", "signed by another user than its feed's"));
+            }
+            changes.push((dev, seq, decode_change(&body.change, &dev, user)?));
+        }
+        Ok((doc, segments, changes))
+    }
+
+    /// Apply an epoch's changes read by [`Engine::read_epoch`] in one call.
+    ///
+    /// Only a deferred epoch (`Engine::deferred`) can hold a change automerge
+    /// refuses (an epoch applied on arrival refused it then): its entries
+    /// were verified, signed by their authors and stored, but not applied.
+    /// Then the changes are applied one at a time from the snapshot, and one
+    /// refused is left out of the document (its entry stays in its feed, as
+    /// signed; a warning names it). Its author's later changes that depend on
+    /// it wait in automerge's queue.
+    fn apply_loaded(
+        &self,
+        channel: ChannelId,
+        epoch: Epoch,
+        s: &EpochSummary,
+        mut doc: EpochDoc,
+        changes: Vec<EntryChange>,
+    ) -> Result<EpochDoc> {
+        let err = match doc.apply_remote(changes.iter().map(|(_, _, c)| c.clone()).collect()) {
+            Ok(()) => return Ok(doc),
+            Err(e) => e,
+        };
+        eprintln!("hearth: automerge refused the changes of epoch {epoch} together ({err}); applying them one by one");
+        let mut skip = HashSet::new();
+        let mut good = Vec::new();
+        let (mut doc, _, _) = self.read_epoch(channel, epoch, s, &skip)?;
+        for (dev, seq, change) in changes {
+            if doc.apply_remote(vec![change.clone()]).is_ok() {
+                good.push(change);
+                continue;
+            }
+            eprintln!("hearth: automerge refused entry {dev}/{seq} of epoch {epoch}: left out of its document");
+            skip.insert((dev, seq));
+            doc = self.read_epoch(channel, epoch, s, &skip)?.0;
+            doc.apply_remote(good.clone())?;
+        }
+        Ok(doc)
     }
 
     pub(crate) fn loaded(&self, channel: &ChannelId, epoch: Epoch) -> Option<&LoadedEpoch> {

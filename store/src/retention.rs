@@ -277,6 +277,7 @@ impl Engine {
     /// own entries that carried texts become text drops for the relays.
     pub(crate) fn kill_epoch(&mut self, channel: ChannelId, epoch: Epoch, batch: &mut sled::Batch) -> Result<u64> {
         debug_assert_ne!(epoch, META_EPOCH, "the metadata epoch never dies");
+        self.deferred.remove(&(channel, epoch));
         let wire = self.channel(&channel)?.keys.wire();
         self.unfront(&wire, batch);
         let me = self.identity.device();

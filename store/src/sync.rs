@@ -895,7 +895,31 @@ impl Engine {
         // reloads from the log), new epochs are forgotten, nothing is written.
         let mut before = BTreeMap::new();
         let mut failure = None;
+        // Deferred epochs (`Engine::deferred`, `Config::lazy_epochs`): an
+        // epoch not loaded, first heard of in this session through entries
+        // that only make posts, whose entries in this batch only make posts
+        // too, is not applied: its entries are stored and its summary counts
+        // them (phase 2); its first load applies them all at once.
+        let deferred: BTreeSet<Epoch> = if self.config.lazy_epochs && !self.replaying && !late && report.cut == 0 {
+            let ch = self.channel(&channel)?;
+            accepted
+                .iter()
+                .filter(|(e, list)| {
+                    **e != META_EPOCH
+                        && !self.epochs.contains_key(&(channel, **e))
+                        && (!ch.summaries.contains_key(e) || self.deferred.contains(&(channel, **e)))
+                        && !ch.cuts.contains_key(e)
+                        && list.iter().all(|a| a.effects.only_posts())
+                })
+                .map(|(e, _)| *e)
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
         for (epoch, list) in &accepted {
+            if deferred.contains(epoch) {
+                continue;
+            }
             let existed = self.channel(&channel)?.summaries.contains_key(epoch);
             // A storage error here poisons the store (the caller's `mutate`).
             self.ensure_epoch(channel, *epoch, true)?;
@@ -1039,62 +1063,73 @@ impl Engine {
         #[cfg(debug_assertions)]
         let mut stored_here = BTreeSet::new();
         for (epoch, mut list) in accepted {
+            let lazy = deferred.contains(&epoch);
             // A delete by someone other than its message's writer needs the
             // channel's moderators (an admin's counts).
-            self.ensure_moderators(channel, epoch)?;
+            if !lazy {
+                self.ensure_moderators(channel, epoch)?;
+            }
             let ch = self.channels.get_mut(&channel).expect("checked by the caller");
-            let le = self.epochs.get_mut(&(channel, epoch)).expect("loaded in phase 1");
-            let (readers_before, delivered_before, _) = before.remove(&epoch).expect("recorded in phase 1");
-            // Live messages touch a few keys of a large epoch: update the view
-            // for those (cost per message, not per epoch). Metadata, or changes
-            // that waited for dependencies, need the full rebuild.
-            let mut effects = ChangeEffects::default();
-            for a in &list {
-                effects.merge(a.effects.clone());
-            }
-            let queued = le.doc.has_queued();
-            if epoch == META_EPOCH || effects.meta || le.queued || queued || effects.messages.len() > INCREMENTAL_MAX {
-                le.view = le.doc.view(&ch.devices);
+            let mut le = if lazy {
+                None
             } else {
-                le.doc.refresh_view(&mut le.view, &effects, &ch.devices);
-                // Every debug build (all the tests) checks the shortcut against
-                // the rebuild.
-                debug_assert_eq!(le.view, le.doc.view(&ch.devices), "incremental view diverged");
-            }
-            le.queued = queued;
-            // A delete that counts drops the message's texts (`crate::prune`),
-            // also one that arrived before the text it deletes.
-            for msg in &effects.messages {
-                if le.view.is_deleted(msg) && !le.doc.text_ids(msg).is_empty() {
-                    self.prune_queue.push((channel, epoch, *msg));
+                Some(self.epochs.get_mut(&(channel, epoch)).expect("loaded in phase 1"))
+            };
+            let (readers_before, delivered_before, _) = before.remove(&epoch).unwrap_or_default();
+            if let Some(le) = le.as_deref_mut() {
+                let mut effects = ChangeEffects::default();
+                for a in &list {
+                    effects.merge(a.effects.clone());
                 }
-            }
-            // A text of a message this batch finds deleted (an edit made
-            // before the delete, arriving after it) never reaches a stored
-            // row: its entry is stored without it, in this very batch. Pruned
-            // after the batch, a crash in between could leave it in a row
-            // that nothing prunes again: loaded from its pack, an older
-            // edit's text is named by no message the document points at.
-            for a in &mut list {
-                let gone: Vec<hearth_core::ContentId> = a
-                    .texts
-                    .iter()
-                    .filter(|c| le.view.is_deleted(&c.msg))
-                    .map(hearth_core::Content::id)
-                    .collect();
-                if gone.is_empty() {
-                    continue;
+                let queued = le.doc.has_queued();
+                if epoch == META_EPOCH
+                    || effects.meta
+                    || le.queued
+                    || queued
+                    || effects.messages.len() > INCREMENTAL_MAX
+                {
+                    le.view = le.doc.view(&ch.devices);
+                } else {
+                    le.doc.refresh_view(&mut le.view, &effects, &ch.devices);
+                    // Every debug build (all the tests) checks the shortcut against
+                    // the rebuild.
+                    debug_assert_eq!(le.view, le.doc.view(&ch.devices), "incremental view diverged");
                 }
-                let mut env = Envelope::decode(&a.bytes)?;
-                env.retain_texts(&ch.keys, |id| !gone.contains(id))?;
-                let now = env.encode();
-                if now != a.bytes {
-                    dropped_here += a.bytes.len() as u64;
-                    if env.header.version >= hearth_core::ENVELOPE_V4 {
-                        crate::prune::keep_drop(&mut batch, &env);
-                        self.drops_due.insert(*wire);
+                le.queued = queued;
+                // A delete that counts drops the message's texts (`crate::prune`),
+                // also one that arrived before the text it deletes.
+                for msg in &effects.messages {
+                    if le.view.is_deleted(msg) && !le.doc.text_ids(msg).is_empty() {
+                        self.prune_queue.push((channel, epoch, *msg));
                     }
-                    a.bytes = now;
+                }
+                // A text of a message this batch finds deleted (an edit made
+                // before the delete, arriving after it) never reaches a stored
+                // row: its entry is stored without it, in this very batch. Pruned
+                // after the batch, a crash in between could leave it in a row
+                // that nothing prunes again: loaded from its pack, an older
+                // edit's text is named by no message the document points at.
+                for a in &mut list {
+                    let gone: Vec<hearth_core::ContentId> = a
+                        .texts
+                        .iter()
+                        .filter(|c| le.view.is_deleted(&c.msg))
+                        .map(hearth_core::Content::id)
+                        .collect();
+                    if gone.is_empty() {
+                        continue;
+                    }
+                    let mut env = Envelope::decode(&a.bytes)?;
+                    env.retain_texts(&ch.keys, |id| !gone.contains(id))?;
+                    let now = env.encode();
+                    if now != a.bytes {
+                        dropped_here += a.bytes.len() as u64;
+                        if env.header.version >= hearth_core::ENVELOPE_V4 {
+                            crate::prune::keep_drop(&mut batch, &env);
+                            self.drops_due.insert(*wire);
+                        }
+                        a.bytes = now;
+                    }
                 }
             }
             let s = ch.summaries.entry(epoch).or_default();
@@ -1108,6 +1143,9 @@ impl Engine {
                     self.hlc.observe(p.timestamp());
                 }
                 report.messages += a.effects.posts.len();
+                if lazy {
+                    s.count_posts(&a.user, &me, &a.effects);
+                }
                 if let Some(last) = a.effects.posts.iter().max() {
                     let e = report.newest.entry(a.device).or_insert(*last);
                     *e = (*e).max(*last);
@@ -1122,10 +1160,13 @@ impl Engine {
                 }
             }
             report.accepted += list.len();
-            s.refresh(&le.view, &me);
+            if let Some(le) = &le {
+                s.refresh(&le.view, &me);
+            }
             let (k, v) = summary_row(&self.records, wire, epoch, s)?;
             batch.insert(&k[..], v);
             self.summary_rows.remove_in(wire, &mut batch);
+            let Some(le) = le else { continue };
             for ((user, device), marks) in &le.view.delivered {
                 for (author, up_to) in marks {
                     let before = delivered_before.get(&(*user, *device)).and_then(|m| m.get(author));
@@ -1150,6 +1191,7 @@ impl Engine {
                 }
             }
         }
+        self.deferred.extend(deferred.into_iter().map(|e| (channel, e)));
         for (d, h) in heads {
             batch.insert(&head_key(wire, d)[..], postcard::to_stdvec(h).expect("head encodes"));
             let ch = self.channels.get_mut(&channel).expect("checked by the caller");

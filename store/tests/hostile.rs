@@ -302,3 +302,62 @@ async fn a_stub_kills_no_epoch_that_is_not_behind_the_newest() {
     let v = a.verify().await.unwrap();
     assert!(v.problems.is_empty(), "{:?}", v.problems);
 }
+
+/// Deferred epochs (`Config::lazy_epochs`): a member takes the entries of an
+/// epoch it has not read without applying them, so a change automerge would
+/// refuse (here a second change of the author's automerge actor with the
+/// same sequence number) is stored, signed and verified. The epoch's first
+/// read leaves it out of the document and reads the rest; counts follow the
+/// document from then on. A member that applies on arrival refuses it.
+#[tokio::test]
+async fn a_change_refused_when_its_deferred_epoch_is_first_read_is_left_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, general) = alice(&tmp).await;
+    let keys = a.channel_keys(general).await.unwrap();
+    let wire = keys.wire();
+    let pass = Passphrase::new("pw");
+    let lazy = Store::create(tmp.path().join("b"), &pass, "bob", config())
+        .await
+        .unwrap();
+    let eager = Store::create(tmp.path().join("c"), &pass, "carol", config().with_lazy_epochs(false))
+        .await
+        .unwrap();
+    for s in [&lazy, &eager] {
+        s.join_channel(keys.clone()).await.unwrap();
+    }
+    let mut m = Mallory::new(keys);
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let (first, second) = (
+        m.id(Timestamp::from_millis(ms), 1, &general),
+        m.id(Timestamp::from_millis(ms + 1), 1, &general),
+    );
+    // Each entry is a change of a fresh document: both are seq 1 of the
+    // same actor.
+    let entries = vec![
+        m.entry(1, |d, _| post(d, &first, "the first")),
+        m.entry(1, |d, _| post(d, &second, "the same seq again")),
+    ];
+
+    let r = eager.ingest(wire, entries.clone()).await.unwrap();
+    assert_eq!(r.rejected.len(), 2, "applied together on arrival: {r:?}");
+    let r = lazy.ingest(wire, entries).await.unwrap();
+    assert!(r.rejected.is_empty(), "{r:?}");
+    assert_eq!(r.accepted, 2);
+    assert_eq!(lazy.channel(general).await.unwrap().messages, 2, "counted, not applied");
+
+    let page = lazy.page(general, None, 10).await.unwrap();
+    let texts: Vec<_> = page.iter().map(|m| m.text.clone()).collect();
+    assert_eq!(texts, [Some("the first".to_string())]);
+    assert_eq!(lazy.channel(general).await.unwrap().messages, 1);
+    assert!(lazy.message(second).await.is_err());
+    assert!(lazy.verify().await.unwrap().is_clean());
+    // The store goes on: its own posts land in the same epoch.
+    lazy.post(general, "bob is here").await.unwrap();
+    assert_eq!(lazy.page(general, None, 10).await.unwrap().len(), 2);
+    for s in [a, lazy, eager] {
+        s.close().await.unwrap();
+    }
+}
