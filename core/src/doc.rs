@@ -1151,9 +1151,9 @@ pub struct ChangeEffects {
     pub slots: Vec<SlotRef>,
     /// The posts it makes that reply to another message.
     pub replies: Vec<MessageId>,
-    /// It edits, deletes or reacts to a message, or writes into a message
-    /// another change made.
-    pub touches: bool,
+    /// It deletes a message, or sets what a message another change made
+    /// replies to: an epoch's counts and bounds move other than by its posts.
+    pub recounts: bool,
 }
 
 impl ChangeEffects {
@@ -1169,16 +1169,16 @@ impl ChangeEffects {
         self.texts.extend(other.texts);
         self.slots.extend(other.slots);
         self.replies.extend(other.replies);
-        self.touches |= other.touches;
+        self.recounts |= other.recounts;
     }
 
-    /// Whether the change only makes new posts (replies included): no
-    /// edit, delete, reaction, read marker, metadata or key package. An
-    /// epoch's counts and bounds ([`EpochStats`](crate::EpochStats))
-    /// follow from such changes post by post, without the document: a store
-    /// can take them into an epoch nobody reads yet without applying them.
-    pub fn only_posts(&self) -> bool {
-        !self.touches && !self.meta && !self.read_markers && self.packages.is_empty()
+    /// Whether an epoch's counts and bounds
+    /// ([`EpochStats`](crate::EpochStats)) move by the change's posts alone:
+    /// it makes posts (replies included), edits and reactions, and no
+    /// delete, read marker, metadata or key package. A store can take such
+    /// changes into an epoch nobody reads yet without applying them.
+    pub fn counted_by_posts(&self) -> bool {
+        !self.recounts && !self.meta && !self.read_markers && self.packages.is_empty()
     }
 
     /// Check that every message id the change names belongs where its entry
@@ -1255,7 +1255,7 @@ pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> 
                     effects.placed.push(id);
                 }
                 ("e" | "x" | "r", Some(id)) => {
-                    effects.touches = true;
+                    effects.recounts |= kind == "x";
                     effects.messages.insert(id);
                     effects.placed.push(id);
                     if let ("e", OpType::Put(ScalarValue::Bytes(b))) = (kind, &op.action)
@@ -1301,10 +1301,7 @@ pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> 
         match (&op.obj, &op.key) {
             (ObjectId::Root, Key::Map(k)) => check_root_op(k, &op.action, op.pred.len(), &writer)?,
             (ObjectId::Id(id), Key::Map(k)) if id.actor() == change.actor_id() => match (k.as_str(), &op.action) {
-                ("t", OpType::Put(ScalarValue::Str(t))) => {
-                    check_len("message text", t, MAX_TEXT_BYTES)?;
-                    effects.touches |= !made.contains_key(&id.counter());
-                }
+                ("t", OpType::Put(ScalarValue::Str(t))) => check_len("message text", t, MAX_TEXT_BYTES)?,
                 ("t", OpType::Put(ScalarValue::Bytes(b))) => {
                     let (Some(c), Some(msg)) = (ContentId::from_slice(b), made.get(&id.counter())) else {
                         return Err(Error::corrupted(
@@ -1326,7 +1323,7 @@ pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> 
                     effects.placed.push(parse_id(p)?);
                     match made.get(&id.counter()) {
                         Some(msg) => effects.replies.push(*msg),
-                        None => effects.touches = true,
+                        None => effects.recounts = true,
                     }
                 }
                 _ => return Err(Error::corrupted("automerge change", "unexpected field in a message")),

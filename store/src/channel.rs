@@ -55,8 +55,8 @@ impl EpochSummary {
         self.my_read = view.read_marker(me);
     }
 
-    /// Count the posts of a change that only makes posts
-    /// ([`ChangeEffects::only_posts`](hearth_core::ChangeEffects::only_posts)),
+    /// Count the posts of a change whose posts alone move the counts
+    /// ([`ChangeEffects::counted_by_posts`](hearth_core::ChangeEffects::counted_by_posts)),
     /// by `author`, into an epoch whose document is not loaded (a deferred
     /// epoch: `Engine::deferred`). The same counts and bounds as
     /// [`EpochSummary::refresh`] would give once the document is read, unless

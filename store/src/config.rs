@@ -18,7 +18,7 @@ use hearth_core::KdfParams;
 /// | `command_queue` | 4096 commands queued to the store task before senders wait |
 /// | `receipt_delay` | 250 ms: delivery receipts of received messages gather this long into one entry per channel |
 /// | `max_clock_skew` | 10 min: a received post stamped further ahead of this device's clock waits (is refused until the clock gets there) |
-/// | `lazy_epochs` | on: received posts for an epoch nobody has read are stored, verified and counted, and applied to its document when it is first read |
+/// | `lazy_epochs` | on: received posts, edits and reactions for an epoch nobody has read are verified, stored and counted, and applied to its document when it is first read |
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Argon2id parameters for new headers.
@@ -57,7 +57,8 @@ pub struct Config {
     pub compact_after: Option<Duration>,
     /// Bytes of dropped texts that start an automatic compaction at once.
     pub compact_dead_bytes: u64,
-    /// Deferred epochs: entries that only make posts, received for an epoch
+    /// Deferred epochs: entries that make posts, edits and reactions (no
+    /// delete, read marker or metadata), received for an epoch
     /// this store has not loaded since it first heard of it, are verified,
     /// stored and counted in the epoch's summary, but applied to the epoch's
     /// automerge document only when something first reads it (a catch-up

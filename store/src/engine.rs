@@ -302,7 +302,8 @@ pub(crate) struct Engine {
     /// Each channel's copy of its epoch summaries in one row (`crate::summaries`).
     pub(crate) summary_rows: crate::summaries::SummaryRows,
     /// Deferred epochs ([`Config::lazy_epochs`]): epochs first heard of in
-    /// this session through entries that only make posts, taken into sled
+    /// this session through entries whose posts alone move their counts
+    /// (posts, edits, reactions), taken into sled
     /// and counted in their summaries but not applied, and not loaded since.
     /// Loading one applies what it holds and counts it again from the view.
     /// Not kept on disk: after a restart such an epoch is an ordinary one,

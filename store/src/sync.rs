@@ -897,9 +897,10 @@ impl Engine {
         let mut failure = None;
         // Deferred epochs (`Engine::deferred`, `Config::lazy_epochs`): an
         // epoch not loaded, first heard of in this session through entries
-        // that only make posts, whose entries in this batch only make posts
-        // too, is not applied: its entries are stored and its summary counts
-        // them (phase 2); its first load applies them all at once.
+        // whose posts alone move its counts (posts, edits, reactions: no
+        // delete, read marker or metadata), whose entries in this batch are
+        // such too, is not applied: its entries are stored and its summary
+        // counts their posts (phase 2); its first load applies them all.
         let deferred: BTreeSet<Epoch> = if self.config.lazy_epochs && !self.replaying && !late && report.cut == 0 {
             let ch = self.channel(&channel)?;
             accepted
@@ -909,7 +910,7 @@ impl Engine {
                         && !self.epochs.contains_key(&(channel, **e))
                         && (!ch.summaries.contains_key(e) || self.deferred.contains(&(channel, **e)))
                         && !ch.cuts.contains_key(e)
-                        && list.iter().all(|a| a.effects.only_posts())
+                        && list.iter().all(|a| a.effects.counted_by_posts())
                 })
                 .map(|(e, _)| *e)
                 .collect()

@@ -93,8 +93,8 @@ async fn a_catch_up_leaves_unread_epochs_unapplied_and_answers_as_if_applied() {
     let lazy = member(dir.path(), "lazy", &a, ch, small()).await;
     let eager = member(dir.path(), "eager", &a, ch, small().with_lazy_epochs(false)).await;
 
-    // Only the epochs with an edit, a delete or a reaction (and the
-    // metadata epoch) were applied; the eager member applied them all.
+    // Only the epoch with a delete (and the metadata epoch) was applied;
+    // the eager member applied them all.
     let (l, e) = (lazy.stats().await.unwrap(), eager.stats().await.unwrap());
     assert!(e.epochs >= 25, "{} epochs", e.epochs);
     assert!(l.cached_epochs <= 4, "{} epochs in memory", l.cached_epochs);
@@ -134,7 +134,8 @@ async fn what_touches_a_deferred_epoch_applies_it_first() {
     let (gone, edited) = (old[100].id, old[120].id);
 
     // A delete, an edit and a reaction by the writer reach epochs the
-    // lazy member never read: each is applied there at once.
+    // lazy member never read: the delete's epoch is applied at once (its
+    // text is dropped in that batch), the others wait for a read.
     a.delete(gone).await.unwrap();
     a.edit(edited, "edited late").await.unwrap();
     a.react(old[140].id, "🎉").await.unwrap();

@@ -239,7 +239,8 @@ pub struct Served {
     /// Entries of a Push refused for their content (signed by their author,
     /// but not opening or not valid): not the peer's fault, but rate limited.
     pub failed_content: u64,
-    /// For a Fetch of a channel held here: what the peer said it holds.
+    /// For a Fetch of a channel held here: what the peer said it holds, with
+    /// the feeds' entries the answer sends it.
     pub learned: Option<(hearth_core::WireId, hearth_core::Vector)>,
 }
 
@@ -371,7 +372,13 @@ pub async fn serve<R: Replica>(replica: &R, req: Request, conn: &Conn) -> (Respo
             let (bytes, count) = fetch_budget(max_bytes);
             match replica.entries_after(wire, have.clone(), bytes, count).await {
                 Ok(Some(b)) => {
-                    served.learned = Some((wire, have));
+                    // What the peer holds once it takes this answer: a push
+                    // to it must not send the same entries again (a catch-up
+                    // that ingests fast gets its receipts back here before
+                    // it fetches again, and they set off a push).
+                    let mut learned = have;
+                    learned.merge(&pushed_heads(b.entries.iter().map(Vec::as_slice)));
+                    served.learned = Some((wire, learned));
                     Response::Entries {
                         entries: b.entries.into_iter().map(ByteBuf::from).collect(),
                         more: b.more,

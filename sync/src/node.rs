@@ -1238,8 +1238,9 @@ impl<R: Replica> Loop<R> {
     }
 
     fn after_serving(&mut self, peer: PeerId, served: Served) {
-        // A Fetch of a channel held here says what the peer has (what a Push
-        // says, its worker learnt when it arrived).
+        // A Fetch of a channel held here says what the peer has, and will
+        // have once it takes the answer (what a Push says, its worker learnt
+        // when it arrived).
         if let (Some(p), Some((wire, have))) = (self.peers.get(&peer), served.learned) {
             let _ = p.work.send(Work::Learned(wire, have, true));
         }

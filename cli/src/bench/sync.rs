@@ -63,6 +63,10 @@ pub struct SyncArgs {
     /// Messages per epoch document in Hearth's stores (default: the store's).
     #[arg(long)]
     pub epoch_messages: Option<usize>,
+    /// Apply every received entry on arrival (`Config::lazy_epochs` off), to
+    /// compare with deferred epochs.
+    #[arg(long)]
+    pub eager: bool,
 }
 
 const PASS: &str = "bench passphrase";
@@ -251,6 +255,8 @@ struct HearthCatchup {
     entries: usize,
     envelope_bytes: u64,
     apply_secs: f64,
+    /// The first page read after the last message arrived (in `secs`).
+    first_page_secs: f64,
     /// Sorted times of single-entry live applies into a member holding the history.
     live_apply: Vec<Duration>,
 }
@@ -330,9 +336,13 @@ async fn live_apply(
     let have = member.vector(ch).await?;
     let missed = writer.entries_after(wire, have, usize::MAX, usize::MAX).await?;
     member.ingest(wire, missed.entries).await?;
+    // The member shows the channel, as an app does: its newest epoch is
+    // read (applied, if the catch-up deferred it), and so is each new
+    // message (untimed), so that every timed ingest applies its change.
+    member.page(ch, None, 50).await?;
     let mut times = Vec::with_capacity(samples);
     for i in 0..samples {
-        writer.post(ch, &bench_text((1 << 46) + i as u64, text_len)).await?;
+        let id = writer.post(ch, &bench_text((1 << 46) + i as u64, text_len)).await?;
         let have = member.vector(ch).await?;
         let batch = writer.entries_after(wire, have, usize::MAX, usize::MAX).await?;
         let t = Instant::now();
@@ -342,6 +352,7 @@ async fn live_apply(
             r.messages == 1 && r.rejected.is_empty(),
             "live entry not applied: {r:?}"
         );
+        ensure!(member.page(ch, None, 1).await?.first().map(|m| m.id) == Some(id));
     }
     times.sort_unstable();
     Ok(times)
@@ -409,6 +420,13 @@ async fn hearth_catchup(
         ensure!(t0.elapsed() < PATIENCE, "catch-up of {n} did not finish");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    // Counted in the catch-up: the channel's first page, as an app opening
+    // the channel reads it (it applies the newest epochs a deferred
+    // catch-up left unapplied).
+    let t = Instant::now();
+    let first = b.page(ch, None, 50).await?;
+    ensure!(first.len() == 50, "the first page holds {} messages", first.len());
+    r.first_page_secs = t.elapsed().as_secs_f64();
     r.secs = t0.elapsed().as_secs_f64();
     r.bytes = proxy.bytes();
     // The session that pulled the history (the dialer's, on connect). The
@@ -425,7 +443,7 @@ async fn hearth_catchup(
     }
 
     let live = if samples > 0 {
-        Some(hearth_live(&a, &nb, ch, &proxy, samples, text_len).await?)
+        Some(hearth_live(&a, (&b, &nb), ch, &proxy, samples, text_len).await?)
     } else {
         None
     };
@@ -438,10 +456,13 @@ async fn hearth_catchup(
     Ok((r, live))
 }
 
-/// Post on `a`, time until `b`'s node reports the message received.
+/// Post on `a`, time until `b`'s node reports the message received. `b`
+/// then reads it, as an app showing the channel does (untimed), so that
+/// every sample is applied on arrival: an epoch opened by the samples is
+/// read, not deferred (`Config::lazy_epochs`).
 async fn hearth_live(
     a: &Hearth,
-    nb: &NodeHandle,
+    (b, nb): (&Hearth, &NodeHandle),
     ch: ChannelId,
     proxy: &Proxy,
     samples: usize,
@@ -485,6 +506,7 @@ async fn hearth_live(
             seen.insert(m, at);
         };
         deliver.push(at - t);
+        ensure!(b.page(ch, None, 1).await?.first().map(|m| m.id) == Some(id));
         tokio::time::sleep(LIVE_GAP).await;
     }
     let bytes = proxy.bytes().since(before);
@@ -857,6 +879,7 @@ pub async fn run(args: &SyncArgs, json_out: bool) -> Result<std::process::ExitCo
     };
     // Benches may lower the Argon2id cost: unlocking is not what is measured here.
     let mut config = Config::default().with_kdf(KdfParams::INSECURE_FAST);
+    config = config.with_lazy_epochs(!args.eager);
     if let Some(n) = args.epoch_messages {
         config = config.with_epoch_messages(n);
     }
@@ -872,6 +895,7 @@ pub async fn run(args: &SyncArgs, json_out: bool) -> Result<std::process::ExitCo
         "text_len": args.text_len,
         "kdf": "KdfParams::INSECURE_FAST (bench only: unlock is not measured here)",
         "epoch_messages": root.config.epoch_messages,
+        "lazy_epochs": root.config.lazy_epochs,
         "transport": "loopback; Hearth: libp2p TCP+noise+yamux; baseline: TCP, u32-length frames; both through a counting TCP proxy",
         "mdns": false,
     })];
@@ -892,7 +916,7 @@ pub async fn run(args: &SyncArgs, json_out: bool) -> Result<std::process::ExitCo
             "hearth": {
                 "secs": h.secs, "msgs_per_sec": nf / h.secs,
                 "round_trips": h.round_trips, "entries_received": h.received,
-                "writer_build_secs": h.build_secs,
+                "writer_build_secs": h.build_secs, "first_page_secs": h.first_page_secs,
             },
             "automerge": {
                 "secs": b.secs, "msgs_per_sec": nf / b.secs,
