@@ -170,24 +170,66 @@ where
     Fut: Future<Output = Result<Response, String>>,
 {
     let mut action = session.start();
+    // A catch-up fetches the next batch while it ingests this one: the Fetch
+    // the session will ask for next if every entry is taken goes out beside
+    // the ingest, and its answer stands in for the next Fetch's if that one
+    // holds all it held (entries after a lower vector are a good answer:
+    // those held already are duplicates); otherwise it is dropped.
+    let mut fetched: Option<(Request, bool)> = None;
+    let mut ahead: Option<(Request, Result<Response, String>)> = None;
     loop {
         action = match action {
-            Action::Send(req) => match send(req).await {
-                Ok(resp) => {
-                    let next = session.on_response(resp);
-                    conn.prove(session.take_proved());
-                    next
+            Action::Send(req) => {
+                let resp = match ahead.take() {
+                    Some((sent, resp)) if answers(&sent, &req) => resp,
+                    _ => send(req.clone()).await,
+                };
+                match resp {
+                    Ok(resp) => {
+                        fetched = match (&req, &resp) {
+                            (Request::Fetch { .. }, Response::Entries { more, .. }) => Some((req, *more)),
+                            _ => None,
+                        };
+                        let next = session.on_response(resp);
+                        conn.prove(session.take_proved());
+                        next
+                    }
+                    Err(e) => return failed(session, e),
                 }
-                Err(e) => return failed(session, e),
-            },
+            }
             Action::Read { wire, have } => match replica.entries_after(wire, have, BATCH_BYTES, BATCH_ENTRIES).await {
                 Ok(batch) => session.on_entries(batch),
                 Err(e) => return failed(session, e.to_string()),
             },
-            Action::Ingest { wire, entries } => match replica.ingest(wire, entries).await {
-                Ok(report) => session.on_ingested(report),
-                Err(e) => return failed(session, e.to_string()),
-            },
+            Action::Ingest { wire, entries } => {
+                let next = match fetched.take() {
+                    Some((
+                        Request::Fetch {
+                            wire: w,
+                            have,
+                            max_bytes,
+                        },
+                        true,
+                    )) if w == wire => {
+                        let mut have = have;
+                        have.merge(&pushed_heads(entries.iter().map(Vec::as_slice)));
+                        Some(Request::Fetch { wire, have, max_bytes })
+                    }
+                    _ => None,
+                };
+                let ingested = match next {
+                    Some(next) => {
+                        let (ingested, resp) = tokio::join!(replica.ingest(wire, entries), send(next.clone()));
+                        ahead = Some((next, resp));
+                        ingested
+                    }
+                    None => replica.ingest(wire, entries).await,
+                };
+                match ingested {
+                    Ok(report) => session.on_ingested(report),
+                    Err(e) => return failed(session, e.to_string()),
+                }
+            }
             Action::Vet { claim, wires } => match replica.vet(claim, wires.clone()).await {
                 Ok(v) => {
                     if let Vetting::Allowed { wires: allowed, .. } = &v {
@@ -216,6 +258,21 @@ where
                 return o;
             }
         }
+    }
+}
+
+/// Whether the answer to Fetch `sent` answers Fetch `next` too.
+fn answers(sent: &Request, next: &Request) -> bool {
+    match (sent, next) {
+        (
+            Request::Fetch { wire, have, max_bytes },
+            Request::Fetch {
+                wire: w,
+                have: h,
+                max_bytes: m,
+            },
+        ) => wire == w && max_bytes == m && h.covers(have),
+        _ => false,
     }
 }
 

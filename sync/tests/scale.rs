@@ -242,3 +242,71 @@ async fn a_node_offline_for_a_thousand_messages_catches_up() {
     }
     z.close().await.unwrap();
 }
+
+/// A catch-up of several batches (each Fetch answer is at most
+/// `BATCH_BYTES`) fetches the next batch while it ingests one
+/// (`drive::run_session`), into a member that defers the epochs it has not
+/// read (`Config::lazy_epochs`): nothing is missed or doubled, and what the
+/// member reads is what the writer holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_of_several_batches_fetches_ahead_and_misses_nothing() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (stores, ch) = stores(&dirs).await;
+    let (x, y) = (&stores[0], &stores[1]);
+    let mut tasks = Vec::new();
+    for w in 0..4u64 {
+        let x = x.clone();
+        tasks.push(tokio::spawn(async move {
+            // Texts that do not compress (changes are compressed).
+            let mut r = 0x9e37_79b9_7f4a_7c15u64 ^ w;
+            for i in 0..160 {
+                let long: String = (0..4000)
+                    .map(|_| {
+                        r ^= r << 13;
+                        r ^= r >> 7;
+                        r ^= r << 17;
+                        char::from(b'a' + (r % 26) as u8)
+                    })
+                    .collect();
+                x.post(ch, &format!("{w}/{i} {long}")).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let wire = x.channel_keys(ch).await.unwrap().wire();
+    let held = x
+        .entries_after(wire, hearth_core::Vector::default(), usize::MAX, usize::MAX)
+        .await
+        .unwrap();
+    let bytes: usize = held.entries.iter().map(Vec::len).sum();
+    assert!(
+        bytes > 2 * hearth_sync::proto::BATCH_BYTES,
+        "{bytes} bytes: at least three batches"
+    );
+
+    let (nx, addr_x) = node(x).await;
+    let (ny, _) = node(y).await;
+    let mut ev = ny.subscribe();
+    ny.dial(addr_x).await.unwrap();
+    assert!(converged(&[x, y], ch, Duration::from_secs(60)).await);
+    let synced = support::next_event(&mut ev, |e| match e {
+        hearth_sync::NodeEvent::Synced {
+            round_trips, received, ..
+        } if received > 0 => Some((round_trips, received)),
+        _ => None,
+    })
+    .await;
+    assert!(synced.0 >= 4, "{synced:?}: a Hello and three Fetches at least");
+    assert!(synced.1 >= held.entries.len() as u64, "{synced:?}");
+    assert_eq!(snapshot(x, ch).await, snapshot(y, ch).await);
+    assert_eq!(y.page(ch, None, 1000).await.unwrap().len(), 640);
+    assert!(y.verify().await.unwrap().is_clean());
+    for n in [nx, ny] {
+        n.stop().await.unwrap();
+    }
+    for s in stores {
+        s.close().await.unwrap();
+    }
+}
