@@ -309,7 +309,32 @@ pub(crate) struct Engine {
     /// Not kept on disk: after a restart such an epoch is an ordinary one,
     /// loaded when read (its entries are all in its epoch log).
     pub(crate) deferred: HashSet<(ChannelId, Epoch)>,
+    /// What the ingest of a deferred epoch's entries decoded and opened
+    /// (each entry's change and texts, in epoch-log order), kept so that its
+    /// first load need not read, open and decode them again; only for an
+    /// epoch whose every entry is here, newest epochs first within
+    /// [`DEFERRED_CACHE_BYTES`].
+    pub(crate) deferred_cache: BTreeMap<(ChannelId, Epoch), Vec<CachedEntry>>,
+    /// Bytes of changes and texts in `deferred_cache`.
+    pub(crate) deferred_cache_bytes: usize,
 }
+
+/// A deferred epoch's entry as its ingest decoded and opened it.
+pub(crate) struct CachedEntry {
+    pub device: DeviceId,
+    pub seq: u64,
+    pub change: automerge::Change,
+    pub texts: Vec<hearth_core::Content>,
+}
+
+impl CachedEntry {
+    fn bytes(&self) -> usize {
+        self.change.raw_bytes().len() + self.texts.iter().map(|c| c.text.len() + 64).sum::<usize>()
+    }
+}
+
+/// Most bytes of decoded changes and texts kept for deferred epochs.
+pub(crate) const DEFERRED_CACHE_BYTES: usize = 32 << 20;
 
 impl Engine {
     pub(crate) fn new(
@@ -363,6 +388,8 @@ impl Engine {
             expired_high: HashMap::new(),
             retention_known: HashMap::new(),
             deferred: HashSet::new(),
+            deferred_cache: BTreeMap::new(),
+            deferred_cache_bytes: 0,
             prune_rows: Default::default(),
             fronts: Default::default(),
             summary_rows: Default::default(),
@@ -524,7 +551,11 @@ impl Engine {
             }
             Some(s) => {
                 let s = s.clone();
-                let (doc, segments, changes) = self.read_epoch(channel, epoch, &s, &HashSet::new())?;
+                let cached = self.take_cached(channel, epoch, &s);
+                let (doc, segments, changes) = match cached {
+                    Some(c) => c,
+                    None => self.read_epoch(channel, epoch, &s, &HashSet::new())?,
+                };
                 let mut doc = self.apply_loaded(channel, epoch, &s, doc, changes)?;
                 let ch = self.channels.get_mut(&channel).expect("looked up above");
                 doc.set_cuts(ch.cuts.get(&epoch).cloned().unwrap_or_default());
@@ -639,6 +670,82 @@ impl Engine {
             changes.push((dev, seq, decode_change(&body.change, &dev, user)?));
         }
         Ok((doc, segments, changes))
+    }
+
+    /// A deferred epoch's document, texts and changes from what its ingest
+    /// kept (`deferred_cache`), if that is every entry of its epoch log and
+    /// it has no snapshot (it never had a document); `None` otherwise.
+    fn take_cached(
+        &mut self,
+        channel: ChannelId,
+        epoch: Epoch,
+        s: &EpochSummary,
+    ) -> Option<(EpochDoc, Segments, Vec<EntryChange>)> {
+        let cached = self.deferred_cache.remove(&(channel, epoch))?;
+        self.deferred_cache_bytes = self
+            .deferred_cache_bytes
+            .saturating_sub(cached.iter().map(CachedEntry::bytes).sum());
+        if !self.deferred.contains(&(channel, epoch)) || s.snapshot_chunks > 0 || cached.len() as u64 != s.entries {
+            return None;
+        }
+        let mut doc = EpochDoc::new(epoch, &self.identity.device());
+        doc.set_inline_texts(self.identity.device_keys().is_none());
+        doc.set_slot_texts(true);
+        let mut segments: Segments = HashMap::new();
+        let mut changes = Vec::with_capacity(cached.len());
+        for e in cached {
+            for c in &e.texts {
+                segments.entry(c.id()).or_default().push((e.device, e.seq));
+            }
+            doc.add_texts(e.texts);
+            changes.push((e.device, e.seq, e.change));
+        }
+        // Every debug build (all the tests) reads the epoch from sled too,
+        // and checks that both agree.
+        #[cfg(debug_assertions)]
+        if let Ok((_, own_segments, own)) = self.read_epoch(channel, epoch, s, &HashSet::new()) {
+            let raw = |v: &[EntryChange]| -> Vec<(DeviceId, u64, Vec<u8>)> {
+                v.iter().map(|(d, q, c)| (*d, *q, c.raw_bytes().to_vec())).collect()
+            };
+            assert_eq!(
+                raw(&changes),
+                raw(&own),
+                "a deferred epoch's cache differs from its log"
+            );
+            assert_eq!(
+                segments, own_segments,
+                "a deferred epoch's cached texts differ from its entries'"
+            );
+        }
+        Some((doc, segments, changes))
+    }
+
+    /// Keep what the ingest of a deferred epoch's entries decoded
+    /// (`deferred_cache`): `new` for an epoch this batch creates, otherwise
+    /// only added to an epoch already cached whole. Past
+    /// [`DEFERRED_CACHE_BYTES`], the oldest epochs' go.
+    pub(crate) fn cache_deferred(&mut self, channel: ChannelId, epoch: Epoch, new: bool, entries: Vec<CachedEntry>) {
+        let key = (channel, epoch);
+        if !new && !self.deferred_cache.contains_key(&key) {
+            return;
+        }
+        self.deferred_cache_bytes += entries.iter().map(CachedEntry::bytes).sum::<usize>();
+        self.deferred_cache.entry(key).or_default().extend(entries);
+        while self.deferred_cache_bytes > DEFERRED_CACHE_BYTES {
+            let Some(oldest) = self.deferred_cache.keys().min_by_key(|(_, e)| *e).copied() else {
+                break;
+            };
+            self.cache_dropped(oldest.0, oldest.1);
+        }
+    }
+
+    /// Forget what `deferred_cache` kept of an epoch (it died).
+    pub(crate) fn cache_dropped(&mut self, channel: ChannelId, epoch: Epoch) {
+        if let Some(gone) = self.deferred_cache.remove(&(channel, epoch)) {
+            self.deferred_cache_bytes = self
+                .deferred_cache_bytes
+                .saturating_sub(gone.iter().map(CachedEntry::bytes).sum());
+        }
     }
 
     /// Apply an epoch's changes read by [`Engine::read_epoch`] in one call.

@@ -278,6 +278,7 @@ impl Engine {
     pub(crate) fn kill_epoch(&mut self, channel: ChannelId, epoch: Epoch, batch: &mut sled::Batch) -> Result<u64> {
         debug_assert_ne!(epoch, META_EPOCH, "the metadata epoch never dies");
         self.deferred.remove(&(channel, epoch));
+        self.cache_dropped(channel, epoch);
         let wire = self.channel(&channel)?.keys.wire();
         self.unfront(&wire, batch);
         let me = self.identity.device();

@@ -1133,6 +1133,7 @@ impl Engine {
                     }
                 }
             }
+            let new = !ch.summaries.contains_key(&epoch);
             let s = ch.summaries.entry(epoch).or_default();
             for a in &list {
                 #[cfg(debug_assertions)]
@@ -1167,7 +1168,19 @@ impl Engine {
             let (k, v) = summary_row(&self.records, wire, epoch, s)?;
             batch.insert(&k[..], v);
             self.summary_rows.remove_in(wire, &mut batch);
-            let Some(le) = le else { continue };
+            let Some(le) = le else {
+                let kept = list
+                    .into_iter()
+                    .map(|a| crate::engine::CachedEntry {
+                        device: a.device,
+                        seq: a.seq,
+                        change: a.change,
+                        texts: a.texts,
+                    })
+                    .collect();
+                self.cache_deferred(channel, epoch, new, kept);
+                continue;
+            };
             for ((user, device), marks) in &le.view.delivered {
                 for (author, up_to) in marks {
                     let before = delivered_before.get(&(*user, *device)).and_then(|m| m.get(author));
