@@ -681,10 +681,7 @@ impl Engine {
         epoch: Epoch,
         s: &EpochSummary,
     ) -> Option<(EpochDoc, Segments, Vec<EntryChange>)> {
-        let cached = self.deferred_cache.remove(&(channel, epoch))?;
-        self.deferred_cache_bytes = self
-            .deferred_cache_bytes
-            .saturating_sub(cached.iter().map(CachedEntry::bytes).sum());
+        let cached = self.uncache(channel, epoch)?;
         if !self.deferred.contains(&(channel, epoch)) || s.snapshot_chunks > 0 || cached.len() as u64 != s.entries {
             return None;
         }
@@ -741,11 +738,16 @@ impl Engine {
 
     /// Forget what `deferred_cache` kept of an epoch (it died).
     pub(crate) fn cache_dropped(&mut self, channel: ChannelId, epoch: Epoch) {
-        if let Some(gone) = self.deferred_cache.remove(&(channel, epoch)) {
-            self.deferred_cache_bytes = self
-                .deferred_cache_bytes
-                .saturating_sub(gone.iter().map(CachedEntry::bytes).sum());
-        }
+        self.uncache(channel, epoch);
+    }
+
+    /// Take what `deferred_cache` kept of an epoch out of it.
+    fn uncache(&mut self, channel: ChannelId, epoch: Epoch) -> Option<Vec<CachedEntry>> {
+        let gone = self.deferred_cache.remove(&(channel, epoch))?;
+        self.deferred_cache_bytes = self
+            .deferred_cache_bytes
+            .saturating_sub(gone.iter().map(CachedEntry::bytes).sum());
+        Some(gone)
     }
 
     /// Apply an epoch's changes read by [`Engine::read_epoch`] in one call.
