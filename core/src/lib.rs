@@ -63,7 +63,7 @@ pub use doc::{
 };
 pub use envelope::{
     ENVELOPE_V2, ENVELOPE_V3, ENVELOPE_V4, ENVELOPE_V5, ENVELOPE_VERSION, EntryBody, EntryHash, EntryHeader, Envelope,
-    MAX_ENTRY_BYTES, MAX_ENTRY_CERTS, MAX_ENTRY_SEGMENTS,
+    LeanContext, MAX_ENTRY_BYTES, MAX_ENTRY_CERTS, MAX_ENTRY_SEGMENTS,
 };
 pub use error::{Error, Result};
 pub use fork::{Fork, ForkProof};

@@ -1,9 +1,11 @@
-//! The checks of the `sync_request`, `sync_response` and `ticket` targets: the
-//! decoders of bytes a peer sends (sync frames) and of text a user pastes (tickets).
+//! The checks of the `sync_request`, `sync_response`, `live_frames` and `ticket`
+//! targets: the decoders of bytes a peer sends (sync frames, live stream frames)
+//! and of text a user pastes (tickets).
 //! Kept out of `lib.rs` (which hearth-core's tests include) because they need
 //! hearth-sync; hearth-sync's `tests/fuzz_corpus.rs` includes this file, so it may
 //! only use `hearth_sync` and `blake3`, never `libfuzzer-sys`.
 
+use hearth_sync::live::{FeedTable, decode_ack, decode_push, encode_ack};
 use hearth_sync::proto::{BATCH_ENTRIES, MAX_BITMAP, MAX_CERTS, MAX_CHANNELS, MAX_NOTICES, Request, Response};
 use hearth_sync::ticket::{PREFIX, Ticket};
 
@@ -65,6 +67,52 @@ pub fn check_response(data: &[u8]) {
         bytes == data,
         "a response decodes from bytes that are not its encoding:\n input:      {data:02x?}\n re-encoded: {bytes:02x?}\n response: {resp:?}",
     );
+}
+
+/// Decode live stream frames ([`hearth_sync::live`]). `data` whole as a
+/// receiver's answer: on success it re-encodes to the input. And as two
+/// pusher frames read in turn with one feed table: a primer (its length in
+/// the first two bytes, big-endian) and the rest, so that lean entries
+/// reach the rebuild with a row to rebuild from. On success a frame gives
+/// one channel's entries, within the entry cap, and every rebuilt entry
+/// decodes as a whole entry of that channel.
+pub fn check_live(data: &[u8]) {
+    if let Ok(ack) = decode_ack(data) {
+        assert_eq!(
+            encode_ack(&ack),
+            data,
+            "a live answer decodes from bytes that are not its encoding"
+        );
+    }
+    let mut table = FeedTable::default();
+    let rest = match data {
+        [a, b, rest @ ..] => {
+            let n = usize::from(u16::from_be_bytes([*a, *b]));
+            if rest.len() >= n {
+                check_push(&mut table, &rest[..n]);
+                &rest[n..]
+            } else {
+                rest
+            }
+        }
+        _ => data,
+    };
+    check_push(&mut table, rest);
+}
+
+fn check_push(table: &mut FeedTable, frame: &[u8]) {
+    let Ok((wire, entries)) = decode_push(table, frame) else {
+        return;
+    };
+    assert!(
+        !entries.is_empty() && entries.len() <= BATCH_ENTRIES,
+        "a live push outside its count caps"
+    );
+    for e in &entries {
+        if let Ok(env) = hearth_core::Envelope::decode(e) {
+            assert_eq!(env.header.wire, wire, "a live push of two channels");
+        }
+    }
 }
 
 /// Decode a ticket twice: `data` as the text a user pasted (when it is UTF-8),

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod discovery;
 pub mod drive;
 pub mod listen;
+pub mod live;
 mod node;
 pub mod proto;
 pub mod reconcile;

@@ -350,6 +350,8 @@ struct Behaviour {
     autonat: autonat::v2::client::Behaviour,
     autonat_server: Toggle<autonat::v2::server::Behaviour>,
     kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
+    /// The live streams ([`crate::live`]).
+    stream: libp2p_stream::Behaviour,
 }
 
 /// How a node that serves circuits (`NodeConfig::serve_circuits`) limits
@@ -403,6 +405,12 @@ const RESERVE_RETRY_MAX: Duration = Duration::from_secs(60);
 enum Cmd {
     Request(PeerId, Request, oneshot::Sender<Result<Response, String>>),
     Respond(PeerId, ResponseChannel<Response>, Response, Served),
+    /// A peer opened a live stream.
+    LiveStream(PeerId, libp2p::Stream),
+    /// A live Push was served.
+    LiveServed(PeerId, Served),
+    /// A peer sent a live frame that is not one.
+    LiveMalformed(PeerId, String),
     SessionDone(PeerId, Outcome, SyncState),
     Dial(Multiaddr, oneshot::Sender<Result<(), NodeError>>),
     Status(oneshot::Sender<Vec<PeerStatus>>),
@@ -699,6 +707,7 @@ pub async fn start<R: Replica>(
                     k.set_mode(cfg.serve_circuits.then_some(kad::Mode::Server));
                     k
                 })),
+                stream: libp2p_stream::Behaviour::new(),
             })
         })
         .map_err(|e| setup(&e))?
@@ -722,6 +731,21 @@ pub async fn start<R: Replica>(
     }
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let (events, _) = broadcast::channel(4096);
+    let live = swarm.behaviour().stream.new_control();
+    let mut incoming = live
+        .clone()
+        .accept(crate::live::LIVE_PROTOCOL)
+        .map_err(|e| setup(&format!("{e:?}")))?;
+    {
+        let cmd = cmd_tx.clone();
+        tokio::spawn(async move {
+            while let Some((peer, stream)) = incoming.next().await {
+                if cmd.send(Cmd::LiveStream(peer, stream)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let handle = NodeHandle {
         cmd: cmd_tx.clone(),
         events: events.clone(),
@@ -753,6 +777,7 @@ pub async fn start<R: Replica>(
         discovery_wait: None,
         told: HashMap::new(),
         reported: BTreeSet::new(),
+        live,
     };
     for addr in &config.bootstrap {
         if let (Some(peer), Some(kad)) = (peer_of(addr), node.swarm.behaviour_mut().kad.as_mut()) {
@@ -773,6 +798,8 @@ struct PeerState {
     /// What the peer proved on this connection (shared with its worker and
     /// the tasks serving its requests).
     conn: Conn,
+    /// Live streams of the peer being served ([`crate::live::MAX_LIVE_STREAMS`]).
+    live_in: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A peer we keep dialing.
@@ -832,6 +859,8 @@ struct Loop<R: Replica> {
     told: HashMap<PeerId, Vec<Multiaddr>>,
     /// Connected peers reported found through the DHT (once a connection).
     reported: BTreeSet<PeerId>,
+    /// Opens the live streams of the workers ([`crate::live`]).
+    live: libp2p_stream::Control,
 }
 
 /// The IP address a multiaddr starts with.
@@ -1156,6 +1185,30 @@ impl<R: Replica> Loop<R> {
                 let _ = self.swarm.behaviour_mut().rr.send_response(channel, resp);
                 self.after_serving(peer, served);
             }
+            Cmd::LiveStream(peer, stream) => {
+                // Only a peer connected and not banned, with few streams open.
+                let Some(p) = self.peers.get(&peer) else { return };
+                if self.banned_until(&peer).is_some()
+                    || p.live_in.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= crate::live::MAX_LIVE_STREAMS
+                {
+                    p.live_in.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    return;
+                }
+                tokio::spawn(serve_live(
+                    peer,
+                    stream,
+                    LiveServing {
+                        replica: self.replica.clone(),
+                        conn: p.conn.clone(),
+                        work: p.work.clone(),
+                        inbound: self.inbound.clone(),
+                        cmd: self.cmd_tx.clone(),
+                        streams: p.live_in.clone(),
+                    },
+                ));
+            }
+            Cmd::LiveServed(peer, served) => self.after_serving(peer, served),
+            Cmd::LiveMalformed(peer, why) => self.reject(peer, why, true),
             Cmd::SessionDone(peer, outcome, state) => self.session_done(peer, outcome, state),
             Cmd::Dial(addr, reply) => {
                 // Through a relay not identified yet: the next tick dials the
@@ -1492,6 +1545,7 @@ impl<R: Replica> Loop<R> {
                             peer: peer_id,
                             conn: conn.clone(),
                             grant: self.config.relays.contains(&peer_id),
+                            live: crate::live::LiveLink::new(self.live.clone(), peer_id, self.config.request_timeout),
                         },
                         self.replica.clone(),
                         self.cmd_tx.clone(),
@@ -1526,6 +1580,7 @@ impl<R: Replica> Loop<R> {
                                 incompatible: false,
                             },
                             conn,
+                            live_in: Arc::default(),
                         },
                     );
                     self.emit(NodeEvent::PeerConnected { peer: peer_id, addr });
@@ -1756,16 +1811,91 @@ struct Worker {
     conn: Conn,
     /// The peer is a relay this user configured: grant it every channel.
     grant: bool,
+    /// The peer's live stream, which its Pushes take when it has one.
+    live: crate::live::LiveLink,
+}
+
+/// What serving a peer's live stream needs.
+struct LiveServing<R> {
+    replica: R,
+    conn: Conn,
+    work: mpsc::UnboundedSender<Work>,
+    inbound: Arc<Semaphore>,
+    cmd: mpsc::Sender<Cmd>,
+    /// The peer's count of live streams served, which this one leaves.
+    streams: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Serve a peer's live stream: each frame a Push (see [`crate::live`]),
+/// answered in order, until the stream ends or breaks the protocol.
+async fn serve_live<R: Replica>(peer: PeerId, mut stream: libp2p::Stream, s: LiveServing<R>) {
+    use crate::live::{self, LiveAck};
+    let mut table = live::FeedTable::default();
+    loop {
+        let frame = match live::read_frame(&mut stream, proto::MAX_REQUEST).await {
+            Ok(f) => f,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    let _ = s
+                        .cmd
+                        .send(Cmd::LiveMalformed(peer, format!("malformed live frame: {e}")))
+                        .await;
+                }
+                break;
+            }
+        };
+        let (wire, entries) = match live::decode_push(&mut table, &frame) {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = s.cmd.send(Cmd::LiveMalformed(peer, e.to_string())).await;
+                break;
+            }
+        };
+        let n = entries.len();
+        // As for a Push request: the worker learns what the peer holds
+        // before the ingest, so that the store's notice does not send it back.
+        let heads = crate::drive::pushed_heads(entries.iter().map(|e| e.as_ref()));
+        if s.conn.proved(&wire) {
+            let _ = s.work.send(Work::Learned(wire, heads.clone(), false));
+        }
+        let Ok(permit) = s.inbound.clone().acquire_owned().await else {
+            break;
+        };
+        let (resp, served) = serve(&s.replica, Request::Push { wire, entries }, &s.conn).await;
+        drop(permit);
+        let ack = match resp {
+            Response::Ack {
+                ref vector,
+                accepted,
+                rejected: 0,
+                ..
+            } if accepted as usize == n && *vector == heads => LiveAck::Took,
+            resp => LiveAck::Said(resp),
+        };
+        let sent = live::write_frame(&mut stream, &live::encode_ack(&ack)).await;
+        let _ = s.cmd.send(Cmd::LiveServed(peer, served)).await;
+        if sent.is_err() {
+            break;
+        }
+    }
+    s.streams.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// The worker of one connected peer: runs its sessions one at a time.
 fn spawn_worker<R: Replica>(
-    Worker { peer, conn, grant }: Worker,
+    Worker {
+        peer,
+        conn,
+        grant,
+        live,
+    }: Worker,
     replica: R,
     cmd: mpsc::Sender<Cmd>,
     events: broadcast::Sender<NodeEvent>,
 ) -> mpsc::UnboundedSender<Work> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Work>();
+    // Sessions run one at a time: the lock only lets `send` hold it.
+    let live = Arc::new(tokio::sync::Mutex::new(live));
     // Weak: the worker ends when the node drops the peer's sender.
     let me = tx.downgrade();
     tokio::spawn(async move {
@@ -1835,7 +1965,14 @@ fn spawn_worker<R: Replica>(
             }
             let send = |req: Request| {
                 let cmd = cmd.clone();
+                let live = live.clone();
                 async move {
+                    // A Push takes the live stream when the peer has one.
+                    if let Request::Push { entries, .. } = &req
+                        && let Some(answer) = live.lock().await.push(entries).await
+                    {
+                        return answer;
+                    }
                     let (tx, rx) = oneshot::channel();
                     cmd.send(Cmd::Request(peer, req, tx))
                         .await

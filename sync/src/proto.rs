@@ -12,6 +12,10 @@
 //! Link   {proof, keys}                         -> Link {sealed}       (a new device)
 //! ```
 //!
+//! Pushes take a long-lived stream of their own where the peer speaks it
+//! ([`crate::live`], `/hearth/live/1`): the same Push and Ack, with lean
+//! entries and a one-byte Ack.
+//!
 //! Protocol 12 changes what an Ack says: the receiver's heads of the feeds
 //! the Push carried only (the pusher knows the rest of its vector from the
 //! Hello or the Acks before), so a live message's Ack does not grow with

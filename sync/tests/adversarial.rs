@@ -586,6 +586,7 @@ async fn a_hello_claiming_more_than_is_served_ends_the_session() {
 // ---------------------------------------------------------------------------
 // A raw libp2p client speaking the sync protocol, or bytes that only look like it.
 
+#[derive(Debug)]
 enum Frame {
     /// Exactly these bytes, length prefix included.
     Raw(Vec<u8>),
@@ -638,11 +639,23 @@ impl request_response::Codec for RawCodec {
 
 type Reply = oneshot::Sender<Result<Response, String>>;
 
+/// The raw client's behaviours: requests, and raw streams (the live stream).
+#[derive(libp2p::swarm::NetworkBehaviour)]
+#[behaviour(prelude = "libp2p::swarm::derive_prelude")]
+struct RawBehaviour {
+    rr: request_response::Behaviour<RawCodec>,
+    stream: libp2p_stream::Behaviour,
+}
+
 /// A connected raw client: send frames, see whether the connection lives.
 struct RawPeer {
     id: PeerId,
+    /// The node's peer id.
+    node: PeerId,
     tx: mpsc::Sender<(Frame, Reply)>,
     open: watch::Receiver<bool>,
+    /// Opens live streams to the node.
+    control: libp2p_stream::Control,
 }
 
 impl RawPeer {
@@ -655,14 +668,15 @@ impl RawPeer {
                 yamux::Config::default,
             )
             .unwrap()
-            .with_behaviour(|_| {
-                request_response::Behaviour::with_codec(
+            .with_behaviour(|_| RawBehaviour {
+                rr: request_response::Behaviour::with_codec(
                     RawCodec,
                     [(PROTOCOL, ProtocolSupport::Outbound)],
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(90))
                         .with_max_concurrent_streams(1024),
-                )
+                ),
+                stream: libp2p_stream::Behaviour::new(),
             })
             .unwrap()
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
@@ -683,6 +697,7 @@ impl RawPeer {
         .await
         .expect("raw client connects");
         let id = *swarm.local_peer_id();
+        let control = swarm.behaviour().stream.new_control();
         let (tx, mut rx) = mpsc::channel::<(Frame, Reply)>(1024);
         let (open_tx, open) = watch::channel(true);
         tokio::spawn(async move {
@@ -690,15 +705,19 @@ impl RawPeer {
             loop {
                 tokio::select! {
                     ev = swarm.select_next_some() => match ev {
-                        SwarmEvent::Behaviour(request_response::Event::Message {
+                        SwarmEvent::Behaviour(RawBehaviourEvent::Rr(request_response::Event::Message {
                             message: request_response::Message::Response { request_id, response },
                             ..
-                        }) => {
+                        })) => {
                             if let Some(r) = pending.remove(&request_id) {
                                 let _ = r.send(Ok(response));
                             }
                         }
-                        SwarmEvent::Behaviour(request_response::Event::OutboundFailure { request_id, error, .. }) => {
+                        SwarmEvent::Behaviour(RawBehaviourEvent::Rr(request_response::Event::OutboundFailure {
+                            request_id,
+                            error,
+                            ..
+                        })) => {
                             if let Some(r) = pending.remove(&request_id) {
                                 let _ = r.send(Err(error.to_string()));
                             }
@@ -710,7 +729,7 @@ impl RawPeer {
                     },
                     cmd = rx.recv() => match cmd {
                         Some((frame, reply)) => {
-                            let id = swarm.behaviour_mut().send_request(&peer, frame);
+                            let id = swarm.behaviour_mut().rr.send_request(&peer, frame);
                             pending.insert(id, reply);
                         }
                         None => return,
@@ -718,7 +737,22 @@ impl RawPeer {
                 }
             }
         });
-        RawPeer { id, tx, open }
+        RawPeer {
+            id,
+            node: peer,
+            tx,
+            open,
+            control,
+        }
+    }
+
+    /// Open a live stream to the node.
+    async fn live(&self) -> libp2p::Stream {
+        self.control
+            .clone()
+            .open_stream(self.node, hearth_sync::live::LIVE_PROTOCOL)
+            .await
+            .expect("the node takes live streams")
     }
 
     /// Send a frame; the answer arrives on the receiver.
@@ -938,6 +972,114 @@ async fn a_malformed_frame_is_reported_and_its_sender_dropped() {
             "{what}: {rejected:?}"
         );
         assert!(raw.dropped().await, "{what}: the connection stays open");
+    }
+    let n = f.honest_peer_converges().await;
+    f.finish(vec![n]).await;
+}
+
+/// A member's live stream ([`hearth_sync::live`]): a feed's first entry
+/// whole, the rest lean, each frame answered `Took` in one byte, and every
+/// entry stored as its author wrote it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_stream_carries_a_feed_whole_then_lean_and_takes_it_all() {
+    use hearth_sync::live::{FeedTable, LiveAck, decode_ack, encode_push, read_frame, write_frame};
+    let f = fixture().await;
+    // More entries of Carol's feed, one each (a read closes a writer's group).
+    for i in 0..4 {
+        f.peer_store.post(f.channel, &format!("carol live {i}")).await.unwrap();
+        f.peer_store.page(f.channel, None, 1).await.unwrap();
+    }
+    let raw = f.member_raw().await;
+    let mine = all_entries(&f.store, f.wire).await;
+    let theirs: Vec<ByteBuf> = all_entries(&f.peer_store, f.wire)
+        .await
+        .into_iter()
+        .filter(|e| !mine.contains(e))
+        .map(ByteBuf::from)
+        .collect();
+    assert!(theirs.len() >= 5, "{} entries to push", theirs.len());
+    let mut stream = raw.live().await;
+    let mut table = FeedTable::default();
+    let mut sent = 0;
+    for part in [&theirs[..1], &theirs[1..]] {
+        let frame = encode_push(&mut table, part);
+        sent += frame.len();
+        write_frame(&mut stream, &frame).await.unwrap();
+        let ack = tokio::time::timeout(PATIENCE, read_frame(&mut stream, proto::MAX_RESPONSE))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert_eq!(ack, [0], "{:?}", decode_ack(&ack));
+        assert_eq!(decode_ack(&ack).unwrap(), LiveAck::Took);
+    }
+    // The lean entries left out about 115 bytes each.
+    let whole: usize = theirs.iter().map(|e| e.len()).sum();
+    assert!(sent + 100 * (theirs.len() - 1) < whole, "{sent} bytes sent for {whole}");
+    let stored = all_entries(&f.store, f.wire).await;
+    assert!(
+        theirs.iter().all(|e| stored.contains(&e.to_vec())),
+        "every entry stored as written"
+    );
+    assert!(connected(&f.node, raw.id).await);
+    let n = f.honest_peer_converges().await;
+    f.finish(vec![n]).await;
+}
+
+/// Live frames no honest peer sends: reported, the sender dropped, nothing
+/// stored, and the node keeps serving honest peers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_live_frame_is_reported_and_its_sender_dropped() {
+    use hearth_sync::live::{FeedTable, LiveEntry, LivePush, encode_push};
+    let f = fixture().await;
+    let theirs: Vec<ByteBuf> = all_entries(&f.peer_store, f.wire)
+        .await
+        .into_iter()
+        .map(ByteBuf::from)
+        .collect();
+    let lean_first = {
+        let mut table = FeedTable::default();
+        let _ = encode_push(&mut table, &theirs[..1]);
+        encode_push(&mut table, &theirs[1..2])
+    };
+    let varint = |n: usize| hearth_core::write_leb128(n as u64);
+    let framed = |body: &[u8]| [varint(body.len()), body.to_vec()].concat();
+    let unknown_feed = postcard::to_stdvec(&LivePush {
+        entries: vec![LiveEntry::Next {
+            feed: 3,
+            lean: ByteBuf::from(vec![5; 40]),
+        }],
+    })
+    .unwrap();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", framed(&[0xff; 32])),
+        ("a lean entry of a feed never sent", framed(&lean_first)),
+        ("a feed index out of the table", framed(&unknown_feed)),
+        (
+            "over the cap",
+            [varint(proto::MAX_REQUEST + 1), vec![0x5a; 4096]].concat(),
+        ),
+        ("a length not in its shortest form", vec![0x85, 0x00, 1, 2, 3, 4, 5]),
+    ];
+    for (what, bytes) in cases {
+        let before = snapshot(&f.store, f.channel).await;
+        let mut events = f.node.subscribe();
+        let mut raw = f.member_raw().await;
+        let mut stream = raw.live().await;
+        stream.write_all(&bytes).await.unwrap();
+        stream.flush().await.unwrap();
+        let rejected = wait_for(
+            &mut events,
+            PATIENCE,
+            |e| matches!(e, NodeEvent::Rejected { peer, .. } if *peer == raw.id),
+        )
+        .await;
+        assert!(
+            matches!(rejected, Some(NodeEvent::Rejected { dropped: true, .. })),
+            "{what}: {rejected:?}"
+        );
+        assert!(raw.dropped().await, "{what}: the connection stays open");
+        answers(&f.node).await;
+        assert_eq!(snapshot(&f.store, f.channel).await, before, "{what}");
     }
     let n = f.honest_peer_converges().await;
     f.finish(vec![n]).await;

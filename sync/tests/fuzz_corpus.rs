@@ -65,6 +65,11 @@ fn sync_response() {
 }
 
 #[test]
+fn live_frames() {
+    replay("live_frames", checks::check_live);
+}
+
+#[test]
 fn ticket() {
     replay("ticket", checks::check_ticket);
 }
@@ -108,6 +113,7 @@ mod seeds {
         match target {
             "sync_request" => Request::decode(data).is_ok(),
             "sync_response" => Response::decode(data).is_ok(),
+            "live_frames" => live_valid(data),
             "ticket" => {
                 std::str::from_utf8(data).is_ok_and(|t| Ticket::decode(t).is_ok())
                     || Ticket::decode(&ticket_from_body(data)).is_ok()
@@ -119,7 +125,68 @@ mod seeds {
     pub fn write_all() {
         requests();
         responses();
+        live();
         tickets();
+    }
+
+    /// Whether a live seed decodes: as an answer, or as a primer and a push.
+    fn live_valid(data: &[u8]) -> bool {
+        use hearth_sync::live::{FeedTable, decode_ack, decode_push};
+        if decode_ack(data).is_ok() {
+            return true;
+        }
+        let n = usize::from(u16::from_be_bytes([data[0], data[1]]));
+        let mut table = FeedTable::default();
+        decode_push(&mut table, &data[2..2 + n]).is_ok() && decode_push(&mut table, &data[2 + n..]).is_ok()
+    }
+
+    /// Live stream seeds: a feed's first entry whole as the primer, then its
+    /// next two lean (and broken variants); the answers.
+    fn live() {
+        use hearth_core::{ChannelKeys, EntryBody, Envelope, Identity};
+        use hearth_sync::live::{FeedTable, LiveAck, encode_ack, encode_push};
+        let keys = ChannelKeys::generate().unwrap();
+        let me = Identity::generate("seed").unwrap();
+        let mut prev = [0; 32];
+        let entries: Vec<ByteBuf> = (1..=3u8)
+            .map(|i| {
+                let body = EntryBody {
+                    epoch: 2,
+                    change: vec![i; 24],
+                };
+                let chain = if i == 1 {
+                    vec![me.device_cert().unwrap().clone()]
+                } else {
+                    Vec::new()
+                };
+                let (bytes, hash) = Envelope::seal_v5(&keys, &me, u64::from(i), prev, &body, 0, chain, &[]).unwrap();
+                prev = hash;
+                ByteBuf::from(bytes)
+            })
+            .collect();
+        let mut table = FeedTable::default();
+        let primer = encode_push(&mut table, &entries[..1]);
+        let lean = encode_push(&mut table, &entries[1..]);
+        let two = |a: &[u8], b: &[u8]| [&(a.len() as u16).to_be_bytes()[..], a, b].concat();
+        write("live_frames", "valid-primer-then-lean", &two(&primer, &lean));
+        write("live_frames", "truncated-lean", &two(&primer, &lean[..lean.len() - 3]));
+        let mut flipped = lean.clone();
+        flipped[lean.len() / 2] ^= 0x10;
+        write("live_frames", "flipped-lean", &two(&primer, &flipped));
+        write("live_frames", "lean-without-primer", &two(&[], &lean));
+        write("live_frames", "valid-took", &encode_ack(&LiveAck::Took));
+        let refused = LiveAck::Said(Response::Refused {
+            reason: "unknown channel".into(),
+        });
+        write("live_frames", "valid-refused", &encode_ack(&refused));
+        let ack = LiveAck::Said(Response::Ack {
+            vector: vector(),
+            accepted: 1,
+            rejected: 1,
+            reason: Some("a gap".into()),
+        });
+        write("live_frames", "valid-ack", &encode_ack(&ack));
+        write("live_frames", "variant-2", &[2, 0]);
     }
 
     fn vector() -> Vector {
