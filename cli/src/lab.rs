@@ -233,10 +233,17 @@ struct LabReport {
     /// Nodes whose connection to node 1 a hole punch made direct (`--nat`;
     /// in a star every connection is direct).
     direct: usize,
+    /// From every node connected to their first sessions settled (the
+    /// posts start after it).
+    settle_ms: f64,
 }
 
 /// `hearth lab`: N nodes in network namespaces behind one router with the
 /// given RTT and loss, all members of one channel (node 1 its owner and the
+/// How long the lab waits, once the nodes are in sync, for no session to end
+/// before the posts start.
+const SETTLE_QUIET: Duration = Duration::from_millis(1000);
+
 /// hub every other node dials); each posts its messages, and the lab
 /// reports when every node held every message and what crossed the router.
 /// Root only (namespaces); everything stays inside the lab, which is removed
@@ -356,6 +363,16 @@ pub async fn run(args: &LabArgs, json_out: bool) -> Result<ExitCode> {
 /// message id to when each node first held it.
 type Posted = std::collections::HashMap<String, (usize, Instant)>;
 type Seen = std::collections::HashMap<String, std::collections::HashMap<usize, Instant>>;
+
+/// Record a session that left node `i` in sync with its peer.
+fn note_in_sync(in_sync: &mut std::collections::HashSet<(usize, String)>, i: usize, v: &serde_json::Value) {
+    if v["event"] == "synced"
+        && v["in_sync"] == true
+        && let Some(peer) = v["peer"].as_str()
+    {
+        in_sync.insert((i, peer.to_string()));
+    }
+}
 
 /// Take one node event into what was posted and seen.
 fn note(i: usize, at: Instant, v: &serde_json::Value, posted: &mut Posted, seen: &mut Seen) {
@@ -488,6 +505,8 @@ fn converse(
     // Every node connected to the hub (behind NATs: each with a hole
     // punched to it, or 15 s gone by).
     let mut connected = HashSet::new();
+    // Which node found itself in sync with which peer after a session.
+    let mut in_sync: HashSet<(usize, String)> = HashSet::new();
     let mut direct = HashSet::new();
     let mut ids: Vec<Option<String>> = vec![None; n];
     let mut punched_at_hub = HashSet::new();
@@ -510,6 +529,7 @@ fn converse(
         if i > 0 && v["event"] == "peer_connected" {
             connected.insert(i);
         }
+        note_in_sync(&mut in_sync, i, &v);
         if v["event"] == "hole_punch" && v["direct"] == true {
             if i > 0 {
                 direct.insert(i);
@@ -523,6 +543,34 @@ fn converse(
             }
         }
     }
+    // The connections' first sessions settle before anyone posts: what is
+    // measured is a live message, not a connection's setup (which, at 100
+    // ms RTT, held the first posts back about half a second). Settled: each
+    // node found itself in sync with node 1 after a session, and node 1 with
+    // each of them (or 30 s gone by).
+    let settle_start = Instant::now();
+    let settle_deadline = settle_start + Duration::from_secs(30);
+    let settled = |in_sync: &HashSet<(usize, String)>| {
+        (1..n).all(|i| in_sync.iter().any(|(j, _)| *j == i)) && in_sync.iter().filter(|(j, _)| *j == 0).count() >= n - 1
+    };
+    // ... and then no session ended for SETTLE_QUIET (the sessions a
+    // connection starts a moment later, the receipts of the first sync).
+    let mut last_session = Instant::now();
+    while !settled(&in_sync) || last_session.elapsed() < SETTLE_QUIET {
+        let quiet_left = SETTLE_QUIET.saturating_sub(last_session.elapsed());
+        let left = settle_deadline.saturating_duration_since(Instant::now());
+        let wait = if settled(&in_sync) { quiet_left.min(left) } else { left };
+        match events.recv_timeout(wait) {
+            Ok((i, _, v)) if v["event"] == "synced" => {
+                last_session = Instant::now();
+                note_in_sync(&mut in_sync, i, &v);
+            }
+            Ok(_) => {}
+            Err(_) if Instant::now() >= settle_deadline => break,
+            Err(_) => {}
+        }
+    }
+    let settle_ms = settle_start.elapsed().as_secs_f64() * 1e3;
     let (packets0, bytes0) = lab.forwarded()?;
 
     // Round by round, each node posts; a post counts from its `done`.
@@ -592,5 +640,6 @@ fn converse(
         bytes_per_message: bytes as f64 / total as f64,
         nat,
         direct: if nat { direct.len() } else { n - 1 },
+        settle_ms,
     })
 }

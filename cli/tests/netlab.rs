@@ -381,6 +381,8 @@ fn nodes_converge_over_100ms_rtt_with_5pct_loss() {
     assert_eq!((&r["rtt_ms"], &r["loss_pct"]), (&json!(100), &json!(5)), "{r}");
     let p50 = r["delivery_p50_ms"].as_f64().expect("p50");
     assert!(p50 >= 50.0, "delivered in {p50} ms through a 100 ms RTT: {r}");
+    // The posts started once the connections' first sessions had settled.
+    assert!(r["settle_ms"].as_f64().is_some_and(|s| s > 0.0), "{r}");
     assert!(r["bytes"].as_u64() > Some(0) && r["packets"].as_u64() > Some(0), "{r}");
 }
 

@@ -21,6 +21,14 @@
 //! it without saying so; a wrong rebuild can only give an entry whose
 //! signature fails, which the store refuses as it refuses any forgery.
 //!
+//! The receiver answers frames in order, so a pusher need not wait: the
+//! Pushes of a live session (what the store just wrote) go out one after
+//! the other without waiting for the answers before (up to [`LIVE_WINDOW`]
+//! unanswered), and a task reads the answers as they come, reporting each
+//! to the worker (the peer acknowledged; or it did not take everything, so
+//! what it holds is learnt again by a full session). A full session's
+//! Pushes wait for their answers, as requests do.
+//!
 //! Every entry of a frame belongs to one channel (that of its first entry
 //! that decodes), proved on the connection as a Push's must be. A frame that
 //! does not decode, names a feed index the table has not got, rebuilds to a
@@ -258,16 +266,53 @@ pub fn encode_ack(ack: &LiveAck) -> Vec<u8> {
 
 /// How long a live stream that failed to open is left before it is tried again.
 const REOPEN_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+/// Most live Pushes a worker has unanswered on its stream at once.
+pub const LIVE_WINDOW: usize = 64;
+
+/// A Push on the live stream, waiting for its answer.
+struct InFlight {
+    wire: WireId,
+    /// The heads of the feeds pushed ([`crate::drive::pushed_heads`]).
+    heads: hearth_core::Vector,
+    entries: u32,
+    /// Who waits for the answer; `None`: nobody (a pipelined live push).
+    reply: Option<tokio::sync::oneshot::Sender<Result<Response, String>>>,
+}
+
+/// What the reader of a live stream reports to, for pushes nobody waits for.
+#[derive(Clone)]
+pub(crate) struct LiveReports {
+    /// A pipelined push was taken: the peer holds these heads.
+    pub taken: std::sync::Arc<dyn Fn(WireId, hearth_core::Vector) + Send + Sync>,
+    /// A pipelined push was not taken whole, or the stream broke with such
+    /// pushes unanswered: what the peer holds must be learnt again.
+    pub relearn: std::sync::Arc<dyn Fn() + Send + Sync>,
+}
+
+/// The live stream a worker writes on; a task of its own reads the answers.
+struct Open {
+    write: futures::io::WriteHalf<libp2p::Stream>,
+    table: FeedTable,
+    inflight: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<InFlight>>>,
+    /// Free places in the window: the reader gives one back per answer.
+    window: std::sync::Arc<tokio::sync::Semaphore>,
+    /// The reader saw the stream end or break.
+    broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
 
 /// A worker's end of its peer's live stream: opened at the first Push,
 /// kept while it works, opened again after a failure (not sooner than
 /// [`REOPEN_AFTER`]), and given up for good when the peer does not speak
-/// the protocol.
+/// the protocol. Pushes of a live session are pipelined: each goes out
+/// without waiting for the one before to be answered (up to
+/// [`LIVE_WINDOW`]), and the answers are read in order by a task that
+/// reports them ([`LiveReports`]); a session's pushes wait for their answer.
 pub(crate) struct LiveLink {
     control: libp2p_stream::Control,
     peer: libp2p::PeerId,
     timeout: std::time::Duration,
-    open: Option<(libp2p::Stream, FeedTable)>,
+    reports: LiveReports,
+    open: Option<Open>,
     /// The peer does not speak the protocol.
     off: bool,
     /// Not before then: the last open failed.
@@ -275,63 +320,203 @@ pub(crate) struct LiveLink {
 }
 
 impl LiveLink {
-    pub(crate) fn new(control: libp2p_stream::Control, peer: libp2p::PeerId, timeout: std::time::Duration) -> Self {
+    pub(crate) fn new(
+        control: libp2p_stream::Control,
+        peer: libp2p::PeerId,
+        timeout: std::time::Duration,
+        reports: LiveReports,
+    ) -> Self {
         LiveLink {
             control,
             peer,
             timeout,
+            reports,
             open: None,
             off: false,
             retry_at: None,
         }
     }
 
-    /// Push `entries` of `wire` over the live stream, and the answer a Push
-    /// request would have had; `None` when there is no live stream (push by
-    /// request). A stream that fails mid-push is dropped, and the push
-    /// fails (the entries go again in the next, as after a failed request).
-    pub(crate) async fn push(&mut self, entries: &[ByteBuf]) -> Option<Result<Response, String>> {
-        if entries.is_empty() || self.off || self.retry_at.is_some_and(|t| t > std::time::Instant::now()) {
+    /// Open the stream if it is not, and start its reader.
+    async fn ensure_open(&mut self) -> bool {
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|o| o.broken.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            self.open = None;
+        }
+        if self.open.is_some() {
+            return true;
+        }
+        if self.off || self.retry_at.is_some_and(|t| t > std::time::Instant::now()) {
+            return false;
+        }
+        let stream = match tokio::time::timeout(self.timeout, self.control.open_stream(self.peer, LIVE_PROTOCOL)).await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_))) => {
+                self.off = true;
+                return false;
+            }
+            Ok(Err(_)) | Err(_) => {
+                self.retry_at = Some(std::time::Instant::now() + REOPEN_AFTER);
+                return false;
+            }
+        };
+        let (read, write) = stream.split();
+        let open = Open {
+            write,
+            table: FeedTable::default(),
+            inflight: Default::default(),
+            window: std::sync::Arc::new(tokio::sync::Semaphore::new(LIVE_WINDOW)),
+            broken: Default::default(),
+        };
+        tokio::spawn(read_answers(
+            read,
+            open.inflight.clone(),
+            open.window.clone(),
+            open.broken.clone(),
+            self.reports.clone(),
+        ));
+        self.open = Some(open);
+        true
+    }
+
+    /// Open the live stream now, if it is not open and may be.
+    pub(crate) async fn warm(&mut self) {
+        self.ensure_open().await;
+    }
+
+    /// Push `entries` of `wire` over the live stream; `None` when there is
+    /// none (push by request). Pipelined (`wait` false): the answer is the
+    /// Ack a Push that took everything gets, given once the frame is
+    /// written, and what the peer really answers goes to [`LiveReports`].
+    /// Otherwise the peer's answer. A stream that fails mid-push is dropped,
+    /// and the push fails (the entries go again, as after a failed request).
+    pub(crate) async fn push(
+        &mut self,
+        wire: WireId,
+        entries: &[ByteBuf],
+        wait: bool,
+    ) -> Option<Result<Response, String>> {
+        if entries.is_empty() || !self.ensure_open().await {
             return None;
         }
-        if self.open.is_none() {
-            match tokio::time::timeout(self.timeout, self.control.open_stream(self.peer, LIVE_PROTOCOL)).await {
-                Ok(Ok(s)) => self.open = Some((s, FeedTable::default())),
-                Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_))) => {
-                    self.off = true;
-                    return None;
-                }
-                Ok(Err(_)) | Err(_) => {
-                    self.retry_at = Some(std::time::Instant::now() + REOPEN_AFTER);
-                    return None;
-                }
+        let timeout = self.timeout;
+        let open = self.open.as_mut()?;
+        // A place in the window: the peer answers in order, so a full
+        // window that stays full means the stream is stuck.
+        match tokio::time::timeout(timeout, open.window.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => permit.forget(),
+            _ => {
+                self.open = None;
+                return Some(Err("live stream: no answer in time".into()));
             }
         }
-        let (stream, table) = self.open.as_mut()?;
-        let frame = encode_push(table, entries);
-        let answer = tokio::time::timeout(self.timeout, async {
-            write_frame(stream, &frame).await?;
-            read_frame(stream, crate::proto::MAX_RESPONSE).await
-        })
-        .await;
-        let result = match answer {
-            Ok(Ok(bytes)) => match decode_ack(&bytes) {
-                Ok(LiveAck::Took) => Ok(Response::Ack {
-                    vector: crate::drive::pushed_heads(entries.iter().map(|e| e.as_ref())),
-                    accepted: entries.len() as u32,
-                    rejected: 0,
-                    reason: None,
-                }),
-                Ok(LiveAck::Said(r)) => Ok(r),
-                Err(e) => Err(e.to_string()),
-            },
-            Ok(Err(e)) => Err(format!("live stream: {e}")),
+        let heads = crate::drive::pushed_heads(entries.iter().map(|e| e.as_ref()));
+        let frame = encode_push(&mut open.table, entries);
+        let (reply, answer) = if wait {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        open.inflight.lock().expect("in-flight list").push_back(InFlight {
+            wire,
+            heads: heads.clone(),
+            entries: entries.len() as u32,
+            reply,
+        });
+        let written = tokio::time::timeout(timeout, write_frame(&mut open.write, &frame)).await;
+        if !matches!(written, Ok(Ok(()))) {
+            self.open = None;
+            return Some(Err("live stream: the frame did not go out".into()));
+        }
+        let Some(answer) = answer else {
+            return Some(Ok(Response::Ack {
+                vector: heads,
+                accepted: entries.len() as u32,
+                rejected: 0,
+                reason: None,
+            }));
+        };
+        let result = match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("live stream closed".into()),
             Err(_) => Err("live stream: no answer in time".into()),
         };
         if result.is_err() {
             self.open = None;
         }
         Some(result)
+    }
+}
+
+/// Read a live stream's answers in order, hand each to its push, and give
+/// its place in the window back. When the stream ends or breaks, every
+/// push still waiting fails, and pipelined ones unanswered are relearnt.
+async fn read_answers(
+    mut read: futures::io::ReadHalf<libp2p::Stream>,
+    inflight: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<InFlight>>>,
+    window: std::sync::Arc<tokio::sync::Semaphore>,
+    broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    reports: LiveReports,
+) {
+    let why = loop {
+        let frame = match read_frame(&mut read, crate::proto::MAX_RESPONSE).await {
+            Ok(f) => f,
+            Err(e) => break format!("live stream: {e}"),
+        };
+        let Some(push) = inflight.lock().expect("in-flight list").pop_front() else {
+            break "live stream: an answer to no push".into();
+        };
+        window.add_permits(1);
+        let answer = match decode_ack(&frame) {
+            Ok(LiveAck::Took) => Response::Ack {
+                vector: push.heads.clone(),
+                accepted: push.entries,
+                rejected: 0,
+                reason: None,
+            },
+            Ok(LiveAck::Said(r)) => r,
+            Err(e) => {
+                if let Some(reply) = push.reply {
+                    let _ = reply.send(Err(e.to_string()));
+                } else {
+                    (reports.relearn)();
+                }
+                break e.to_string();
+            }
+        };
+        match (push.reply, &answer) {
+            (Some(reply), _) => {
+                let _ = reply.send(Ok(answer));
+            }
+            // Taken, some of it held already: the peer holds at least what
+            // was pushed.
+            (
+                None,
+                Response::Ack {
+                    rejected: 0, vector, ..
+                },
+            ) if vector.covers(&push.heads) => (reports.taken)(push.wire, vector.clone()),
+            (None, _) => (reports.relearn)(),
+        }
+    };
+    broken.store(true, std::sync::atomic::Ordering::SeqCst);
+    let left: Vec<InFlight> = inflight.lock().expect("in-flight list").drain(..).collect();
+    let mut relearn = false;
+    for push in left {
+        match push.reply {
+            Some(reply) => {
+                let _ = reply.send(Err(why.clone()));
+            }
+            None => relearn = true,
+        }
+    }
+    if relearn {
+        (reports.relearn)();
     }
 }
 

@@ -1545,7 +1545,7 @@ impl<R: Replica> Loop<R> {
                             peer: peer_id,
                             conn: conn.clone(),
                             grant: self.config.relays.contains(&peer_id),
-                            live: crate::live::LiveLink::new(self.live.clone(), peer_id, self.config.request_timeout),
+                            live: (self.live.clone(), self.config.request_timeout),
                         },
                         self.replica.clone(),
                         self.cmd_tx.clone(),
@@ -1811,8 +1811,9 @@ struct Worker {
     conn: Conn,
     /// The peer is a relay this user configured: grant it every channel.
     grant: bool,
-    /// The peer's live stream, which its Pushes take when it has one.
-    live: crate::live::LiveLink,
+    /// Opens the peer's live stream, which its Pushes take when it has
+    /// one, and how long an answer on it may take.
+    live: (libp2p_stream::Control, Duration),
 }
 
 /// What serving a peer's live stream needs.
@@ -1894,10 +1895,33 @@ fn spawn_worker<R: Replica>(
     events: broadcast::Sender<NodeEvent>,
 ) -> mpsc::UnboundedSender<Work> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Work>();
-    // Sessions run one at a time: the lock only lets `send` hold it.
-    let live = Arc::new(tokio::sync::Mutex::new(live));
     // Weak: the worker ends when the node drops the peer's sender.
     let me = tx.downgrade();
+    // What the live stream's reader says of pipelined pushes: taken (the
+    // peer acknowledged them), or not whole (learn what it holds again).
+    let reports = crate::live::LiveReports {
+        taken: {
+            let events = events.clone();
+            Arc::new(move |wire, vector| {
+                let _ = events.send(NodeEvent::Acknowledged { peer, wire, vector });
+            })
+        },
+        relearn: {
+            let me = me.clone();
+            Arc::new(move || {
+                if let Some(tx) = me.upgrade() {
+                    let _ = tx.send(Work::Reconcile(None));
+                }
+            })
+        },
+    };
+    // Sessions run one at a time: the lock only lets `send` hold it.
+    let live = Arc::new(tokio::sync::Mutex::new(crate::live::LiveLink::new(
+        live.0, peer, live.1, reports,
+    )));
+    // Set when a live session's push was pipelined: its Ack is the
+    // reader's to report, not the session's.
+    let pipelined = Arc::new(std::sync::atomic::AtomicBool::new(false));
     tokio::spawn(async move {
         // What the peer holds, as last acknowledged.
         let mut known: BTreeMap<WireId, Vector> = BTreeMap::new();
@@ -1963,26 +1987,32 @@ fn spawn_worker<R: Replica>(
             if pushes.iter().any(|w| !known.contains_key(w)) {
                 reconcile = true;
             }
-            let send = |req: Request| {
-                let cmd = cmd.clone();
-                let live = live.clone();
-                async move {
-                    // A Push takes the live stream when the peer has one.
-                    if let Request::Push { entries, .. } = &req
-                        && let Some(answer) = live.lock().await.push(entries).await
-                    {
-                        return answer;
+            // A Push takes the live stream when the peer has one: a live
+            // session's (`wait` false) pipelined, a full session's answered.
+            let sender = |wait: bool| {
+                let (cmd, live, pipelined) = (cmd.clone(), live.clone(), pipelined.clone());
+                move |req: Request| {
+                    let (cmd, live, pipelined) = (cmd.clone(), live.clone(), pipelined.clone());
+                    async move {
+                        if let Request::Push { wire, entries } = &req
+                            && let Some(answer) = live.lock().await.push(*wire, entries, wait).await
+                        {
+                            if !wait && answer.is_ok() {
+                                pipelined.store(true, std::sync::atomic::Ordering::SeqCst);
+                            }
+                            return answer;
+                        }
+                        let (tx, rx) = oneshot::channel();
+                        cmd.send(Cmd::Request(peer, req, tx))
+                            .await
+                            .map_err(|_| "node stopped".to_string())?;
+                        rx.await.map_err(|_| "node stopped".to_string())?
                     }
-                    let (tx, rx) = oneshot::channel();
-                    cmd.send(Cmd::Request(peer, req, tx))
-                        .await
-                        .map_err(|_| "node stopped".to_string())?;
-                    rx.await.map_err(|_| "node stopped".to_string())?
                 }
             };
             let outcome = if reconcile {
                 let o = match conn.session(&replica, grant).await {
-                    Ok(session) => run_session(session, &replica, &conn, send).await,
+                    Ok(session) => run_session(session, &replica, &conn, sender(true)).await,
                     Err(e) => Outcome {
                         failed: Some(e.to_string()),
                         ..Outcome::default()
@@ -1990,6 +2020,13 @@ fn spawn_worker<R: Replica>(
                 };
                 for (w, v) in &o.peer {
                     known.insert(*w, v.clone());
+                }
+                // The live stream is opened once a session has settled what
+                // the peer holds, not at the first live push, which would
+                // wait for the stream's negotiation (a round trip).
+                if o.failed.is_none() && !o.peer.is_empty() {
+                    let live = live.clone();
+                    tokio::spawn(async move { live.lock().await.warm().await });
                 }
                 o
             } else {
@@ -2005,7 +2042,10 @@ fn spawn_worker<R: Replica>(
                     if theirs.covers(&mine) || !conn.proved(&wire) {
                         continue;
                     }
-                    let o = run_session(Session::push(wire, mine, theirs), &replica, &conn, send).await;
+                    let o = run_session(Session::push(wire, mine, theirs), &replica, &conn, sender(false)).await;
+                    // Pipelined, the peer's vector is what it will hold once
+                    // it takes the pushes; their Acks are the reader's.
+                    let unanswered = pipelined.swap(false, std::sync::atomic::Ordering::SeqCst);
                     if let Some(v) = o.peer.get(&wire) {
                         known.insert(wire, v.clone());
                     }
@@ -2014,7 +2054,9 @@ fn spawn_worker<R: Replica>(
                     total.round_trips += o.round_trips;
                     total.refused_there += o.refused_there;
                     total.failed = total.failed.or(o.failed);
-                    total.peer.extend(o.peer);
+                    if !unanswered {
+                        total.peer.extend(o.peer);
+                    }
                     total.channels += 1;
                 }
                 total

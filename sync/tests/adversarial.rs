@@ -86,6 +86,8 @@ enum Forgery {
     ClaimsMore,
     /// Nothing forged: a plain member's store (whose ingests are counted).
     Honest,
+    /// Honest, but each ingest takes [`SLOW_INGEST`] first.
+    Slow,
     /// Genuine entries, then many feeds of one entry each, validly signed by
     /// their (made-up) authors but sealed under another key: each costs the
     /// receiver a decryption and is refused for its content.
@@ -129,6 +131,9 @@ fn unopenable(wire: WireId, n: usize) -> Vec<Vec<u8>> {
         })
         .collect()
 }
+
+/// How long each ingest of a [`Forgery::Slow`] replica takes.
+const SLOW_INGEST: Duration = Duration::from_millis(400);
 
 /// A feed no one writes: what [`Forgery::ClaimsMore`] claims to hold.
 const PHANTOM: DeviceId = DeviceId([0xEE; 16]);
@@ -175,7 +180,7 @@ impl Evil {
                 e.truncate(at + 1);
             }
             Forgery::Gap => e.clear(),
-            Forgery::OtherChannel | Forgery::ClaimsMore | Forgery::Content | Forgery::Honest => {}
+            Forgery::OtherChannel | Forgery::ClaimsMore | Forgery::Content | Forgery::Honest | Forgery::Slow => {}
         }
         e
     }
@@ -309,6 +314,9 @@ impl Replica for Evil {
             .filter_map(|e| Envelope::decode(e).ok())
             .map(|e| e.header.device);
         self.ingested.lock().unwrap().extend(feeds);
+        if self.forgery == Forgery::Slow {
+            tokio::time::sleep(SLOW_INGEST).await;
+        }
         Replica::ingest(&self.store, wire, entries).await
     }
 
@@ -975,6 +983,65 @@ async fn a_malformed_frame_is_reported_and_its_sender_dropped() {
     }
     let n = f.honest_peer_converges().await;
     f.finish(vec![n]).await;
+}
+
+/// Live pushes are pipelined: each goes out on the live stream without
+/// waiting for the answer to the one before, so that a peer slow to take
+/// them (here 400 ms an ingest) does not hold back what follows; each is
+/// acknowledged once the peer took it, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_pushes_go_out_without_waiting_for_the_answers_before() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let h = Store::create(dirs[0].path(), &pass(), "honest", config())
+        .await
+        .unwrap();
+    let ch = h.create_channel("general").await.unwrap();
+    h.post(ch, "first").await.unwrap();
+    let keys = h.channel_keys(ch).await.unwrap();
+    let s = Store::create(dirs[1].path(), &pass(), "slow", config()).await.unwrap();
+    s.join_channel(keys.clone()).await.unwrap();
+    let slow = Evil {
+        store: s.clone(),
+        forgery: Forgery::Slow,
+        at: 0,
+        other: keys.wire(),
+        ingested: Default::default(),
+    };
+    let (ns, addr_s) = start_node(slow, &s.node_secret().await.unwrap()).await;
+    let (nh, _) = node(&h).await;
+    nh.dial(addr_s).await.unwrap();
+    assert!(converged(&[&h, &s], ch, PATIENCE).await);
+    // Settled: both sides' sessions and receipts done.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut events = nh.subscribe();
+    const POSTS: u64 = 4;
+    for i in 0..POSTS {
+        h.post(ch, &format!("live {i}")).await.unwrap();
+        // One entry each: a read closes the writer's group.
+        h.page(ch, None, 1).await.unwrap();
+    }
+    // The worker reports every post pushed before the slow peer has
+    // acknowledged the first (one push at a time, each waiting for its
+    // answer, would take 400 ms between them).
+    let (mut pushed, mut first_ack) = (0u64, None);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while first_ack.is_none() || pushed < POSTS {
+        let ev = match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(ev)) => ev,
+            Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
+            other => panic!("pushed {pushed}, acknowledged: {first_ack:?}; then {other:?}"),
+        };
+        match ev {
+            NodeEvent::Synced { pushed: n, .. } => pushed += n,
+            NodeEvent::Acknowledged { .. } if first_ack.is_none() => first_ack = Some(pushed),
+            _ => {}
+        }
+    }
+    assert_eq!(first_ack, Some(POSTS), "pushes waited for the answers before them");
+    assert!(converged(&[&h, &s], ch, PATIENCE).await);
+    assert_eq!(s.page(ch, None, 10).await.unwrap().len() as u64, POSTS + 1);
+    nh.stop().await.unwrap();
+    ns.stop().await.unwrap();
 }
 
 /// A member's live stream ([`hearth_sync::live`]): a feed's first entry
