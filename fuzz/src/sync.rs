@@ -101,7 +101,7 @@ pub fn check_live(data: &[u8]) {
 }
 
 fn check_push(table: &mut FeedTable, frame: &[u8]) {
-    let Ok((wire, entries)) = decode_push(table, frame) else {
+    let Ok(hearth_sync::live::Pushed { wire, entries, .. }) = decode_push(table, frame) else {
         return;
     };
     assert!(

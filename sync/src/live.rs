@@ -6,8 +6,8 @@
 //!
 //! ```text
 //! frame:  varint length | postcard body          (each way, one write a frame)
-//! pusher -> receiver:  LivePush { entries: [Whole(entry bytes) | Next { feed, lean bytes }] }
-//! receiver -> pusher:  LiveAck::Took               every entry stored, the heads are those pushed
+//! pusher -> receiver:  LivePush { entries: [Whole(entry bytes) | Next { feed, lean bytes }], wait }
+//! receiver -> pusher:  LiveAck::Took(n)            the next n frames: every entry stored, heads = those pushed
 //!                    | LiveAck::Said(Response)      anything else: the Ack or refusal a Push gets
 //! ```
 //!
@@ -27,7 +27,10 @@
 //! unanswered), and a task reads the answers as they come, reporting each
 //! to the worker (the peer acknowledged; or it did not take everything, so
 //! what it holds is learnt again by a full session). A full session's
-//! Pushes wait for their answers, as requests do.
+//! Pushes wait for their answers, as requests do, and say so
+//! ([`LivePush::wait`]); for the others the receiver holds `Took` back up
+//! to [`ACK_DELAY`] and says it once for up to [`ACK_BATCH`] frames, so
+//! that a conversation's messages share their Acks.
 //!
 //! Every entry of a frame belongs to one channel (that of its first entry
 //! that decodes), proved on the connection as a Push's must be. A frame that
@@ -74,14 +77,25 @@ pub enum LiveEntry {
 pub struct LivePush {
     /// The entries, in feed order.
     pub entries: Vec<LiveEntry>,
+    /// The pusher waits for the answer (a full session's push): answer at
+    /// once. Otherwise (a live push, pipelined) a `Took` may wait up to
+    /// [`ACK_DELAY`] to be said for several frames at once.
+    pub wait: bool,
 }
 
-/// A receiver's answer to one [`LivePush`].
+/// Longest a receiver holds back `Took` for frames whose pusher does not
+/// wait, so as to say it once for several.
+pub const ACK_DELAY: std::time::Duration = std::time::Duration::from_millis(25);
+/// Most frames one `Took` is held back for.
+pub const ACK_BATCH: u32 = 16;
+
+/// A receiver's answer to [`LivePush`] frames, in the order they came.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LiveAck {
-    /// Every entry was stored, and this node's heads of the feeds pushed are
-    /// the entries pushed (the Ack a Push would get, said in one byte).
-    Took,
+    /// For each of the next this many frames (1 to [`ACK_BATCH`]): every
+    /// entry was stored, and this node's heads of the feeds pushed are the
+    /// entries pushed (the Ack a Push would get, said in two bytes).
+    Took(u32),
     /// The answer a Push would get (an Ack or a refusal), when it says more
     /// than `Took`.
     Said(Response),
@@ -90,7 +104,7 @@ pub enum LiveAck {
 /// A [`LiveAck`] as sent: a response as its own frame encodes it.
 #[derive(Serialize, Deserialize)]
 enum AckWire {
-    Took,
+    Took(u32),
     Said(ByteBuf),
 }
 
@@ -141,8 +155,8 @@ impl FeedTable {
 }
 
 /// A pusher's frame for `entries` (bytes as stored), lean where the table
-/// allows; records them in the table.
-pub fn encode_push(table: &mut FeedTable, entries: &[ByteBuf]) -> Vec<u8> {
+/// allows; records them in the table. `wait`: see [`LivePush::wait`].
+pub fn encode_push(table: &mut FeedTable, entries: &[ByteBuf], wait: bool) -> Vec<u8> {
     let entries = entries
         .iter()
         .map(|bytes| match Envelope::decode(bytes) {
@@ -160,13 +174,24 @@ pub fn encode_push(table: &mut FeedTable, entries: &[ByteBuf]) -> Vec<u8> {
             Err(_) => LiveEntry::Whole(bytes.clone()),
         })
         .collect();
-    postcard::to_stdvec(&LivePush { entries }).expect("a live push encodes")
+    postcard::to_stdvec(&LivePush { entries, wait }).expect("a live push encodes")
+}
+
+/// A receiver's reading of a pusher's frame.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Pushed {
+    /// The channel.
+    pub wire: WireId,
+    /// The entries as stored (lean ones rebuilt).
+    pub entries: Vec<ByteBuf>,
+    /// [`LivePush::wait`].
+    pub wait: bool,
 }
 
 /// A receiver's reading of a pusher's frame: its channel and its entries as
 /// stored (lean ones rebuilt); records them in the table. Entries that do
 /// not decode are passed on as they came (the store refuses them).
-pub fn decode_push(table: &mut FeedTable, frame: &[u8]) -> Result<(WireId, Vec<ByteBuf>), Malformed> {
+pub fn decode_push(table: &mut FeedTable, frame: &[u8]) -> Result<Pushed, Malformed> {
     let push: LivePush = postcard::from_bytes(frame).map_err(|e| Malformed(e.to_string()))?;
     if push.entries.is_empty() || push.entries.len() > BATCH_ENTRIES {
         return Err(Malformed(format!("{} entries", push.entries.len())));
@@ -201,7 +226,11 @@ pub fn decode_push(table: &mut FeedTable, frame: &[u8]) -> Result<(WireId, Vec<B
         out.push(bytes);
     }
     let wire = wire.ok_or_else(|| Malformed("no entry decodes".into()))?;
-    Ok((wire, out))
+    Ok(Pushed {
+        wire,
+        entries: out,
+        wait: push.wait,
+    })
 }
 
 /// Write one frame (its length and body in one write) and flush it.
@@ -247,7 +276,8 @@ pub fn decode_ack(frame: &[u8]) -> Result<LiveAck, Malformed> {
         return Err(Malformed("not in canonical encoding".into()));
     }
     match ack {
-        AckWire::Took => Ok(LiveAck::Took),
+        AckWire::Took(n) if (1..=ACK_BATCH).contains(&n) => Ok(LiveAck::Took(n)),
+        AckWire::Took(n) => Err(Malformed(format!("took {n} frames"))),
         AckWire::Said(bytes) => match Response::decode(&bytes).map_err(|e| Malformed(e.to_string()))? {
             r @ (Response::Ack { .. } | Response::Refused { .. }) => Ok(LiveAck::Said(r)),
             _ => Err(Malformed("an answer that is neither an Ack nor a refusal".into())),
@@ -258,7 +288,7 @@ pub fn decode_ack(frame: &[u8]) -> Result<LiveAck, Malformed> {
 /// Encode a receiver's answer.
 pub fn encode_ack(ack: &LiveAck) -> Vec<u8> {
     let wire = match ack {
-        LiveAck::Took => AckWire::Took,
+        LiveAck::Took(n) => AckWire::Took(*n),
         LiveAck::Said(r) => AckWire::Said(ByteBuf::from(r.encode())),
     };
     postcard::to_stdvec(&wire).expect("a live ack encodes")
@@ -415,7 +445,7 @@ impl LiveLink {
             }
         }
         let heads = crate::drive::pushed_heads(entries.iter().map(|e| e.as_ref()));
-        let frame = encode_push(&mut open.table, entries);
+        let frame = encode_push(&mut open.table, entries, wait);
         let (reply, answer) = if wait {
             let (tx, rx) = tokio::sync::oneshot::channel();
             (Some(tx), Some(rx))
@@ -468,40 +498,43 @@ async fn read_answers(
             Ok(f) => f,
             Err(e) => break format!("live stream: {e}"),
         };
-        let Some(push) = inflight.lock().expect("in-flight list").pop_front() else {
-            break "live stream: an answer to no push".into();
+        let ack = match decode_ack(&frame) {
+            Ok(a) => a,
+            Err(e) => break e.to_string(),
         };
-        window.add_permits(1);
-        let answer = match decode_ack(&frame) {
-            Ok(LiveAck::Took) => Response::Ack {
+        let (taken, answer) = match ack {
+            LiveAck::Took(n) => (n as usize, None),
+            LiveAck::Said(r) => (1, Some(r)),
+        };
+        let pushes: Vec<InFlight> = {
+            let mut list = inflight.lock().expect("in-flight list");
+            if list.len() < taken {
+                break "live stream: an answer to no push".into();
+            }
+            list.drain(..taken).collect()
+        };
+        window.add_permits(taken);
+        for push in pushes {
+            let answer = answer.clone().unwrap_or_else(|| Response::Ack {
                 vector: push.heads.clone(),
                 accepted: push.entries,
                 rejected: 0,
                 reason: None,
-            },
-            Ok(LiveAck::Said(r)) => r,
-            Err(e) => {
-                if let Some(reply) = push.reply {
-                    let _ = reply.send(Err(e.to_string()));
-                } else {
-                    (reports.relearn)();
+            });
+            match (push.reply, &answer) {
+                (Some(reply), _) => {
+                    let _ = reply.send(Ok(answer));
                 }
-                break e.to_string();
+                // Taken, some of it held already: the peer holds at least
+                // what was pushed.
+                (
+                    None,
+                    Response::Ack {
+                        rejected: 0, vector, ..
+                    },
+                ) if vector.covers(&push.heads) => (reports.taken)(push.wire, vector.clone()),
+                (None, _) => (reports.relearn)(),
             }
-        };
-        match (push.reply, &answer) {
-            (Some(reply), _) => {
-                let _ = reply.send(Ok(answer));
-            }
-            // Taken, some of it held already: the peer holds at least what
-            // was pushed.
-            (
-                None,
-                Response::Ack {
-                    rejected: 0, vector, ..
-                },
-            ) if vector.covers(&push.heads) => (reports.taken)(push.wire, vector.clone()),
-            (None, _) => (reports.relearn)(),
         }
     };
     broken.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -560,13 +593,27 @@ mod tests {
         let (keys, me) = (ChannelKeys::generate().unwrap(), Identity::generate("a").unwrap());
         let entries = feed(&keys, &me, 5);
         let (mut tx, mut rx) = (FeedTable::default(), FeedTable::default());
-        let first = encode_push(&mut tx, &entries[..1]);
+        let first = encode_push(&mut tx, &entries[..1], false);
         assert_eq!(kinds(&first), [false]);
-        let rest = encode_push(&mut tx, &entries[1..3]);
+        let rest = encode_push(&mut tx, &entries[1..3], true);
         assert_eq!(kinds(&rest), [true, true]);
         let wire = Envelope::decode(&entries[0]).unwrap().header.wire;
-        assert_eq!(decode_push(&mut rx, &first).unwrap(), (wire, entries[..1].to_vec()));
-        assert_eq!(decode_push(&mut rx, &rest).unwrap(), (wire, entries[1..3].to_vec()));
+        assert_eq!(
+            decode_push(&mut rx, &first).unwrap(),
+            Pushed {
+                wire,
+                entries: entries[..1].to_vec(),
+                wait: false
+            }
+        );
+        assert_eq!(
+            decode_push(&mut rx, &rest).unwrap(),
+            Pushed {
+                wire,
+                entries: entries[1..3].to_vec(),
+                wait: true
+            }
+        );
         // Lean: wire, user, device, seq and prev left out of each.
         let whole: usize = entries[1..3].iter().map(|e| e.len()).sum();
         assert!(
@@ -576,9 +623,12 @@ mod tests {
         );
         // A gap (entry 4 never sent here) travels whole, and the feed goes
         // on lean after it.
-        let after_gap = encode_push(&mut tx, &entries[4..5]);
+        let after_gap = encode_push(&mut tx, &entries[4..5], false);
         assert_eq!(kinds(&after_gap), [false]);
-        assert_eq!(decode_push(&mut rx, &after_gap).unwrap().1, entries[4..5].to_vec());
+        assert_eq!(
+            decode_push(&mut rx, &after_gap).unwrap().entries,
+            entries[4..5].to_vec()
+        );
         assert_eq!((tx.len(), rx.len()), (1, 1));
     }
 
@@ -587,28 +637,38 @@ mod tests {
         let (keys, me) = (ChannelKeys::generate().unwrap(), Identity::generate("a").unwrap());
         let entries = feed(&keys, &me, 3);
         let mut tx = FeedTable::default();
-        let _ = encode_push(&mut tx, &entries[..1]);
-        let lean = encode_push(&mut tx, &entries[1..2]);
+        let _ = encode_push(&mut tx, &entries[..1], false);
+        let lean = encode_push(&mut tx, &entries[1..2], false);
         // A receiver that never saw the feed cannot rebuild its next entry.
         let err = decode_push(&mut FeedTable::default(), &lean).unwrap_err();
         assert!(err.0.contains("never sent"), "{err}");
         // One that holds another entry as the feed's last rebuilds one whose
         // signature fails (the store refuses it as a forgery).
         let mut rx = FeedTable::default();
-        let _ = decode_push(&mut rx, &encode_push(&mut FeedTable::default(), &entries[..1])).unwrap();
-        let (_, rebuilt) = decode_push(&mut rx, &encode_push(&mut tx, &entries[2..3])).unwrap();
+        let _ = decode_push(&mut rx, &encode_push(&mut FeedTable::default(), &entries[..1], false)).unwrap();
+        let rebuilt = decode_push(&mut rx, &encode_push(&mut tx, &entries[2..3], false))
+            .unwrap()
+            .entries;
         assert_ne!(rebuilt[0], entries[2]);
         let key = Envelope::decode(&entries[0]).unwrap().device_key().unwrap().unwrap();
         assert!(Envelope::decode(&rebuilt[0]).unwrap().verify_with(&key).is_err());
         Envelope::decode(&entries[2]).unwrap().verify_with(&key).unwrap();
         // Entries of two channels in one frame are refused.
         let other = feed(&ChannelKeys::generate().unwrap(), &me, 1);
-        let mixed = encode_push(&mut FeedTable::default(), &[entries[0].clone(), other[0].clone()]);
+        let mixed = encode_push(
+            &mut FeedTable::default(),
+            &[entries[0].clone(), other[0].clone()],
+            false,
+        );
         assert!(decode_push(&mut FeedTable::default(), &mixed).is_err());
         // No entries, trailing bytes and garbage are refused.
-        let empty = postcard::to_stdvec(&LivePush { entries: Vec::new() }).unwrap();
+        let empty = postcard::to_stdvec(&LivePush {
+            entries: Vec::new(),
+            wait: false,
+        })
+        .unwrap();
         assert!(decode_push(&mut FeedTable::default(), &empty).is_err());
-        let mut trailing = encode_push(&mut FeedTable::default(), &entries[..1]);
+        let mut trailing = encode_push(&mut FeedTable::default(), &entries[..1], false);
         trailing.push(0);
         assert!(decode_push(&mut FeedTable::default(), &trailing).is_err());
         assert!(decode_push(&mut FeedTable::default(), b"\x01\x01\xff\xff\xff\xff\x0f").is_err());
@@ -642,9 +702,12 @@ mod tests {
     }
 
     #[test]
-    fn an_ack_is_one_byte_when_everything_was_taken_and_a_response_otherwise() {
-        assert_eq!(encode_ack(&LiveAck::Took), [0]);
-        assert_eq!(decode_ack(&[0]).unwrap(), LiveAck::Took);
+    fn an_ack_is_two_bytes_for_frames_all_taken_and_a_response_otherwise() {
+        assert_eq!(encode_ack(&LiveAck::Took(1)), [0, 1]);
+        assert_eq!(decode_ack(&[0, 3]).unwrap(), LiveAck::Took(3));
+        // Took for no frame, or for more than a batch, is malformed.
+        assert!(decode_ack(&[0, 0]).is_err());
+        assert!(decode_ack(&encode_ack(&LiveAck::Took(ACK_BATCH + 1))).is_err());
         let refused = LiveAck::Said(Response::Refused {
             reason: "unknown channel".into(),
         });
@@ -654,6 +717,6 @@ mod tests {
             more: false,
         });
         assert!(decode_ack(&encode_ack(&entries)).is_err());
-        assert!(decode_ack(&[0, 0]).is_err());
+        assert!(decode_ack(&[0, 1, 0]).is_err(), "trailing bytes");
     }
 }

@@ -170,7 +170,9 @@ pub enum NodeEvent {
         /// Both hold the same entries of every shared channel now.
         in_sync: bool,
     },
-    /// A peer acknowledged holding a channel up to a vector (delivery receipts).
+    /// A peer acknowledged holding a channel's feeds up to a vector
+    /// (delivery receipts): after a session, what the peer holds of the
+    /// channel; after a live push, of the feeds pushed.
     Acknowledged {
         /// The peer.
         peer: PeerId,
@@ -1829,13 +1831,48 @@ struct LiveServing<R> {
 
 /// Serve a peer's live stream: each frame a Push (see [`crate::live`]),
 /// answered in order, until the stream ends or breaks the protocol.
-async fn serve_live<R: Replica>(peer: PeerId, mut stream: libp2p::Stream, s: LiveServing<R>) {
+async fn serve_live<R: Replica>(peer: PeerId, stream: libp2p::Stream, s: LiveServing<R>) {
+    use futures::AsyncReadExt;
+
     use crate::live::{self, LiveAck};
+    let (mut read, mut write) = stream.split();
+    // Frames are read by a task of their own, so that waiting for the next
+    // one can give way to saying `Took` for those held back.
+    let (frames_tx, mut frames) = mpsc::channel::<std::io::Result<Vec<u8>>>(4);
+    let reader = tokio::spawn(async move {
+        loop {
+            let frame = live::read_frame(&mut read, proto::MAX_REQUEST).await;
+            let end = frame.is_err();
+            if frames_tx.send(frame).await.is_err() || end {
+                return;
+            }
+        }
+    });
     let mut table = live::FeedTable::default();
+    // `Took` held back: for how many frames, and until when.
+    let (mut held, mut due): (u32, Option<tokio::time::Instant>) = (0, None);
     loop {
-        let frame = match live::read_frame(&mut stream, proto::MAX_REQUEST).await {
-            Ok(f) => f,
-            Err(e) => {
+        let next = match due {
+            Some(d) => tokio::select! {
+                f = frames.recv() => Some(f),
+                () = tokio::time::sleep_until(d) => None,
+            },
+            None => Some(frames.recv().await),
+        };
+        let frame = match next {
+            None => {
+                if live::write_frame(&mut write, &live::encode_ack(&LiveAck::Took(held)))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                (held, due) = (0, None);
+                continue;
+            }
+            Some(None) => break,
+            Some(Some(Ok(f))) => f,
+            Some(Some(Err(e))) => {
                 if e.kind() == std::io::ErrorKind::InvalidData {
                     let _ = s
                         .cmd
@@ -1845,40 +1882,57 @@ async fn serve_live<R: Replica>(peer: PeerId, mut stream: libp2p::Stream, s: Liv
                 break;
             }
         };
-        let (wire, entries) = match live::decode_push(&mut table, &frame) {
+        let pushed = match live::decode_push(&mut table, &frame) {
             Ok(x) => x,
             Err(e) => {
                 let _ = s.cmd.send(Cmd::LiveMalformed(peer, e.to_string())).await;
                 break;
             }
         };
-        let n = entries.len();
+        let (wire, n) = (pushed.wire, pushed.entries.len());
         // As for a Push request: the worker learns what the peer holds
         // before the ingest, so that the store's notice does not send it back.
-        let heads = crate::drive::pushed_heads(entries.iter().map(|e| e.as_ref()));
+        let heads = crate::drive::pushed_heads(pushed.entries.iter().map(|e| e.as_ref()));
         if s.conn.proved(&wire) {
             let _ = s.work.send(Work::Learned(wire, heads.clone(), false));
         }
         let Ok(permit) = s.inbound.clone().acquire_owned().await else {
             break;
         };
-        let (resp, served) = serve(&s.replica, Request::Push { wire, entries }, &s.conn).await;
-        drop(permit);
-        let ack = match resp {
-            Response::Ack {
-                ref vector,
-                accepted,
-                rejected: 0,
-                ..
-            } if accepted as usize == n && *vector == heads => LiveAck::Took,
-            resp => LiveAck::Said(resp),
+        let request = Request::Push {
+            wire,
+            entries: pushed.entries,
         };
-        let sent = live::write_frame(&mut stream, &live::encode_ack(&ack)).await;
+        let (resp, served) = serve(&s.replica, request, &s.conn).await;
+        drop(permit);
         let _ = s.cmd.send(Cmd::LiveServed(peer, served)).await;
+        let took = matches!(&resp, Response::Ack { vector, accepted, rejected: 0, .. }
+            if *accepted as usize == n && *vector == heads);
+        // A pipelined push taken: said later, for several at once.
+        if took && !pushed.wait && held + 1 < live::ACK_BATCH {
+            held += 1;
+            due.get_or_insert_with(|| tokio::time::Instant::now() + live::ACK_DELAY);
+            continue;
+        }
+        let mut out = Vec::new();
+        if took {
+            out.push(LiveAck::Took(held + 1));
+        } else {
+            if held > 0 {
+                out.push(LiveAck::Took(held));
+            }
+            out.push(LiveAck::Said(resp));
+        }
+        (held, due) = (0, None);
+        let mut sent = Ok(());
+        for ack in out {
+            sent = sent.and(live::write_frame(&mut write, &live::encode_ack(&ack)).await);
+        }
         if sent.is_err() {
             break;
         }
     }
+    reader.abort();
     s.streams.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
 }
 

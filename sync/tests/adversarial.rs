@@ -1068,17 +1068,53 @@ async fn a_live_stream_carries_a_feed_whole_then_lean_and_takes_it_all() {
     let mut stream = raw.live().await;
     let mut table = FeedTable::default();
     let mut sent = 0;
+    // Each frame waits for its answer: a `Took` for it alone.
     for part in [&theirs[..1], &theirs[1..]] {
-        let frame = encode_push(&mut table, part);
+        let frame = encode_push(&mut table, part, true);
         sent += frame.len();
         write_frame(&mut stream, &frame).await.unwrap();
         let ack = tokio::time::timeout(PATIENCE, read_frame(&mut stream, proto::MAX_RESPONSE))
             .await
             .expect("an answer in time")
             .unwrap();
-        assert_eq!(ack, [0], "{:?}", decode_ack(&ack));
-        assert_eq!(decode_ack(&ack).unwrap(), LiveAck::Took);
+        assert_eq!(ack, [0, 1], "{:?}", decode_ack(&ack));
+        assert_eq!(decode_ack(&ack).unwrap(), LiveAck::Took(1));
     }
+    // Pipelined frames (the pusher does not wait): their `Took`s are held
+    // back a moment and said for several at once, and a frame that waits
+    // has them said with its own.
+    let more: Vec<ByteBuf> = {
+        for i in 0..3 {
+            f.peer_store.post(f.channel, &format!("carol more {i}")).await.unwrap();
+            f.peer_store.page(f.channel, None, 1).await.unwrap();
+        }
+        let held = all_entries(&f.store, f.wire).await;
+        all_entries(&f.peer_store, f.wire)
+            .await
+            .into_iter()
+            .filter(|e| !held.contains(e))
+            .map(ByteBuf::from)
+            .collect()
+    };
+    assert_eq!(more.len(), 3);
+    for (i, e) in more.iter().enumerate() {
+        let frame = encode_push(&mut table, std::slice::from_ref(e), i == 2);
+        write_frame(&mut stream, &frame).await.unwrap();
+    }
+    let mut taken = 0;
+    while taken < 3 {
+        let ack = tokio::time::timeout(PATIENCE, read_frame(&mut stream, proto::MAX_RESPONSE))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        match decode_ack(&ack).unwrap() {
+            LiveAck::Took(n) => taken += n,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(taken, 3, "one Took for each frame, no more");
+    let stored = all_entries(&f.store, f.wire).await;
+    assert!(more.iter().all(|e| stored.contains(&e.to_vec())));
     // The lean entries left out about 115 bytes each.
     let whole: usize = theirs.iter().map(|e| e.len()).sum();
     assert!(sent + 100 * (theirs.len() - 1) < whole, "{sent} bytes sent for {whole}");
@@ -1105,8 +1141,8 @@ async fn a_malformed_live_frame_is_reported_and_its_sender_dropped() {
         .collect();
     let lean_first = {
         let mut table = FeedTable::default();
-        let _ = encode_push(&mut table, &theirs[..1]);
-        encode_push(&mut table, &theirs[1..2])
+        let _ = encode_push(&mut table, &theirs[..1], false);
+        encode_push(&mut table, &theirs[1..2], false)
     };
     let varint = |n: usize| hearth_core::write_leb128(n as u64);
     let framed = |body: &[u8]| [varint(body.len()), body.to_vec()].concat();
@@ -1115,6 +1151,7 @@ async fn a_malformed_live_frame_is_reported_and_its_sender_dropped() {
             feed: 3,
             lean: ByteBuf::from(vec![5; 40]),
         }],
+        wait: false,
     })
     .unwrap();
     let cases: Vec<(&str, Vec<u8>)> = vec![

@@ -165,8 +165,8 @@ mod seeds {
             })
             .collect();
         let mut table = FeedTable::default();
-        let primer = encode_push(&mut table, &entries[..1]);
-        let lean = encode_push(&mut table, &entries[1..]);
+        let primer = encode_push(&mut table, &entries[..1], false);
+        let lean = encode_push(&mut table, &entries[1..], true);
         let two = |a: &[u8], b: &[u8]| [&(a.len() as u16).to_be_bytes()[..], a, b].concat();
         write("live_frames", "valid-primer-then-lean", &two(&primer, &lean));
         write("live_frames", "truncated-lean", &two(&primer, &lean[..lean.len() - 3]));
@@ -174,7 +174,9 @@ mod seeds {
         flipped[lean.len() / 2] ^= 0x10;
         write("live_frames", "flipped-lean", &two(&primer, &flipped));
         write("live_frames", "lean-without-primer", &two(&[], &lean));
-        write("live_frames", "valid-took", &encode_ack(&LiveAck::Took));
+        write("live_frames", "valid-took", &encode_ack(&LiveAck::Took(1)));
+        write("live_frames", "valid-took-batch", &encode_ack(&LiveAck::Took(16)));
+        write("live_frames", "took-none", &[0, 0]);
         let refused = LiveAck::Said(Response::Refused {
             reason: "unknown channel".into(),
         });
