@@ -121,10 +121,20 @@ pub struct FeedTable {
 }
 
 impl FeedTable {
-    /// Record an entry sent or received on the stream.
-    fn note(&mut self, env: &Envelope) {
+    /// Record an entry sent or received on the stream, and raise `heads`
+    /// to it ([`crate::drive::pushed_heads`], without decoding and hashing
+    /// the entry a second time).
+    fn note(&mut self, env: &Envelope, heads: &mut hearth_core::Vector) {
         let key = (env.header.wire, env.header.device);
         let row = env.lean_context();
+        let pos = hearth_core::FeedPos {
+            seq: row.seq,
+            hash: row.hash,
+        };
+        let head = heads.0.entry(row.device).or_insert(pos);
+        if pos.seq > head.seq {
+            *head = pos;
+        }
         match self.index.get(&key) {
             Some(&i) => self.feeds[i as usize] = row,
             None if self.feeds.len() < MAX_LIVE_FEEDS => {
@@ -157,6 +167,12 @@ impl FeedTable {
 /// A pusher's frame for `entries` (bytes as stored), lean where the table
 /// allows; records them in the table. `wait`: see [`LivePush::wait`].
 pub fn encode_push(table: &mut FeedTable, entries: &[ByteBuf], wait: bool) -> Vec<u8> {
+    encode_push_heads(table, entries, wait).0
+}
+
+/// [`encode_push`], and the heads of the feeds pushed.
+fn encode_push_heads(table: &mut FeedTable, entries: &[ByteBuf], wait: bool) -> (Vec<u8>, hearth_core::Vector) {
+    let mut heads = hearth_core::Vector::default();
     let entries = entries
         .iter()
         .map(|bytes| match Envelope::decode(bytes) {
@@ -168,13 +184,14 @@ pub fn encode_push(table: &mut FeedTable, entries: &[ByteBuf], wait: bool) -> Ve
                         feed,
                         lean: ByteBuf::from(lean),
                     });
-                table.note(&env);
+                table.note(&env, &mut heads);
                 lean.unwrap_or_else(|| LiveEntry::Whole(bytes.clone()))
             }
             Err(_) => LiveEntry::Whole(bytes.clone()),
         })
         .collect();
-    postcard::to_stdvec(&LivePush { entries, wait }).expect("a live push encodes")
+    let frame = postcard::to_stdvec(&LivePush { entries, wait }).expect("a live push encodes");
+    (frame, heads)
 }
 
 /// A receiver's reading of a pusher's frame.
@@ -186,6 +203,8 @@ pub struct Pushed {
     pub entries: Vec<ByteBuf>,
     /// [`LivePush::wait`].
     pub wait: bool,
+    /// The heads of the feeds pushed ([`crate::drive::pushed_heads`]).
+    pub heads: hearth_core::Vector,
 }
 
 /// A receiver's reading of a pusher's frame: its channel and its entries as
@@ -200,6 +219,7 @@ pub fn decode_push(table: &mut FeedTable, frame: &[u8]) -> Result<Pushed, Malfor
         return Err(Malformed("not in canonical encoding".into()));
     }
     let mut wire = None;
+    let mut heads = hearth_core::Vector::default();
     let mut out = Vec::with_capacity(push.entries.len());
     for e in push.entries {
         let (env, bytes) = match e {
@@ -221,7 +241,7 @@ pub fn decode_push(table: &mut FeedTable, frame: &[u8]) -> Result<Pushed, Malfor
             if *wire.get_or_insert(env.header.wire) != env.header.wire {
                 return Err(Malformed("entries of more than one channel".into()));
             }
-            table.note(&env);
+            table.note(&env, &mut heads);
         }
         out.push(bytes);
     }
@@ -230,6 +250,7 @@ pub fn decode_push(table: &mut FeedTable, frame: &[u8]) -> Result<Pushed, Malfor
         wire,
         entries: out,
         wait: push.wait,
+        heads,
     })
 }
 
@@ -444,8 +465,7 @@ impl LiveLink {
                 return Some(Err("live stream: no answer in time".into()));
             }
         }
-        let heads = crate::drive::pushed_heads(entries.iter().map(|e| e.as_ref()));
-        let frame = encode_push(&mut open.table, entries, wait);
+        let (frame, heads) = encode_push_heads(&mut open.table, entries, wait);
         let (reply, answer) = if wait {
             let (tx, rx) = tokio::sync::oneshot::channel();
             (Some(tx), Some(rx))
@@ -603,7 +623,8 @@ mod tests {
             Pushed {
                 wire,
                 entries: entries[..1].to_vec(),
-                wait: false
+                wait: false,
+                heads: crate::drive::pushed_heads(entries[..1].iter().map(|e| e.as_ref())),
             }
         );
         assert_eq!(
@@ -611,7 +632,8 @@ mod tests {
             Pushed {
                 wire,
                 entries: entries[1..3].to_vec(),
-                wait: true
+                wait: true,
+                heads: crate::drive::pushed_heads(entries[1..3].iter().map(|e| e.as_ref())),
             }
         );
         // Lean: wire, user, device, seq and prev left out of each.

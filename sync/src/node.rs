@@ -1892,7 +1892,7 @@ async fn serve_live<R: Replica>(peer: PeerId, stream: libp2p::Stream, s: LiveSer
         let (wire, n) = (pushed.wire, pushed.entries.len());
         // As for a Push request: the worker learns what the peer holds
         // before the ingest, so that the store's notice does not send it back.
-        let heads = crate::drive::pushed_heads(pushed.entries.iter().map(|e| e.as_ref()));
+        let heads = pushed.heads;
         if s.conn.proved(&wire) {
             let _ = s.work.send(Work::Learned(wire, heads.clone(), false));
         }
