@@ -662,7 +662,10 @@ pub async fn node(h: &Hearth, mut config: NodeConfig, exit_on_eof: bool) -> Resu
         _ = stdin => {}
     }
     node.stop().await.ok();
+    // An aborted task may still be printing on another thread: `stopped`
+    // goes out once it has ended, so that it is always the last line.
     printer.abort();
+    let _ = printer.await;
     print_json(&json!({"event": "stopped"}));
     Ok(ExitCode::SUCCESS)
 }
@@ -944,7 +947,10 @@ pub async fn relay(
     signals.await;
     compactor.abort();
     node.stop().await.ok();
+    // An aborted task may still be printing on another thread: `stopped`
+    // goes out once it has ended, so that it is always the last line.
     printer.abort();
+    let _ = printer.await;
     print_json(&json!({"event": "stopped"}));
     Ok(ExitCode::SUCCESS)
 }
