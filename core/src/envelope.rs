@@ -62,7 +62,7 @@ use crate::device::{DeviceCert, domain_message, verify_chain};
 use crate::error::{Error, Result};
 use crate::id::{DeviceId, Epoch, UserId, WireId};
 use crate::identity::{Identity, verify_signature};
-use crate::seal::{open, seal};
+use crate::seal::{NONCE_PREFIX_LEN, NonceKind, counted_nonce, open, seal, seal_with_nonce};
 use crate::textpack::TextPack;
 
 /// The first envelope format (signed by user keys; read, and written only
@@ -96,6 +96,28 @@ pub const MAX_ENTRY_BYTES: usize = 96 * 1024;
 
 /// A blake3 hash of an encoded entry; entry `n` names entry `n-1` by it.
 pub type EntryHash = [u8; 32];
+
+/// How the sealed boxes of a new entry get their nonces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nonces {
+    /// Random, each drawn for the box.
+    Random,
+    /// [`counted_nonce`]s under this prefix, the entry's seq their counter
+    /// (the body's and the pack's differ by kind). The writer draws the
+    /// prefix at random for a run and never seals one seq twice under it;
+    /// a live stream then carries neither nonce of an entry whose feed it
+    /// has carried ([`Envelope::encode_lean`]).
+    Counted([u8; NONCE_PREFIX_LEN]),
+}
+
+impl Nonces {
+    fn of(self, kind: NonceKind, seq: u64) -> Option<[u8; 24]> {
+        match self {
+            Nonces::Random => None,
+            Nonces::Counted(prefix) => Some(counted_nonce(&prefix, kind, seq)),
+        }
+    }
+}
 
 /// The clear part of an entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,16 +241,47 @@ pub struct Envelope {
 
 /// A format 4 or 5 entry as a live stream carries it to a receiver that
 /// holds the entry before it in its feed ([`Envelope::encode_lean`]): the
-/// header's wire, user, device, seq and prev left out.
+/// header's wire, user, device, seq and prev left out, and each nonce that
+/// is the counted one the entry before it implies.
 #[derive(Serialize, Deserialize)]
-struct LeanV4 {
+struct Lean {
     version: u8,
     generation: u32,
     epoch: Epoch,
     certs: Vec<DeviceCert>,
-    body: BodyV3,
-    sig: Vec<u8>,
-    pack: Option<Vec<u8>>,
+    body: LeanBody,
+    sig: ([u8; 32], [u8; 32]),
+    pack: LeanPack,
+}
+
+/// A lean entry's body.
+#[derive(Serialize, Deserialize)]
+enum LeanBody {
+    /// Sealed: `nonce | ciphertext | tag`.
+    Sealed(Vec<u8>),
+    /// Sealed under the [`counted_nonce`] of kind body that the context's
+    /// prefix and the entry's seq give: `ciphertext | tag`.
+    Counted(Vec<u8>),
+    /// Dropped down to its hash.
+    Pruned([u8; 32]),
+}
+
+/// A lean entry's text pack.
+#[derive(Serialize, Deserialize)]
+enum LeanPack {
+    /// No pack.
+    None,
+    /// The pack's bytes.
+    Whole(Vec<u8>),
+    /// `gone u16 LE | ciphertext | tag`, sealed under the counted nonce of
+    /// kind pack.
+    Counted(Vec<u8>),
+}
+
+/// `sealed` (`nonce | rest`) without its nonce, when the nonce is `nonce`.
+fn without_nonce(sealed: &[u8], nonce: Option<[u8; 24]>) -> Option<Vec<u8>> {
+    let n = nonce?;
+    (sealed.len() >= 24 && sealed[..24] == n).then(|| sealed[24..].to_vec())
 }
 
 /// What a receiver holds of the entry before a lean one in its feed: the
@@ -245,6 +298,9 @@ pub struct LeanContext {
     pub seq: u64,
     /// The hash of the entry before.
     pub hash: EntryHash,
+    /// The first 15 bytes of the entry before's body nonce (`None` for a
+    /// stub): the prefix of the [`counted_nonce`]s a lean entry leaves out.
+    pub nonce_prefix: Option<[u8; NONCE_PREFIX_LEN]>,
 }
 
 /// A format 3 body: sealed, or dropped down to its hash.
@@ -461,7 +517,16 @@ impl Envelope {
         generation: u32,
         certs: Vec<DeviceCert>,
     ) -> Result<(Vec<u8>, EntryHash)> {
-        let (header, sealed, device) = Self::seal_body(keys, identity, seq, prev, body, generation, ENVELOPE_V2, None)?;
+        let (header, sealed, device) = Self::seal_body(
+            keys,
+            identity,
+            seq,
+            prev,
+            body,
+            generation,
+            (ENVELOPE_V2, Nonces::Random),
+            None,
+        )?;
         let sig = device.sign_raw(&signed_v2(&header.encode(), &certs, &sealed)).to_vec();
         Self::finish(Envelope {
             header,
@@ -484,7 +549,7 @@ impl Envelope {
         prev: EntryHash,
         body: &EntryBody,
         generation: u32,
-        version: u8,
+        (version, nonces): (u8, Nonces),
         root: Option<[u8; 32]>,
     ) -> Result<(EntryHeader, Vec<u8>, &'a crate::device::DeviceKeys)> {
         let device = identity
@@ -513,7 +578,10 @@ impl Envelope {
         let key = keys
             .sealing_key(generation)
             .ok_or_else(|| Error::invalid("key generation", "not held"))?;
-        let sealed = seal(key, &header.encode(), &plain)?;
+        let sealed = match nonces.of(NonceKind::Body, seq) {
+            Some(nonce) => seal_with_nonce(key, &header.encode(), &plain, nonce)?,
+            None => seal(key, &header.encode(), &plain)?,
+        };
         Ok((header, sealed, device))
     }
 
@@ -531,7 +599,16 @@ impl Envelope {
         certs: Vec<DeviceCert>,
         texts: &[Content],
     ) -> Result<(Vec<u8>, EntryHash)> {
-        Self::seal_with_texts(keys, identity, (seq, prev), body, generation, certs, texts, ENVELOPE_V3)
+        Self::seal_with_texts(
+            keys,
+            identity,
+            (seq, prev),
+            body,
+            generation,
+            certs,
+            texts,
+            (ENVELOPE_V3, Nonces::Random),
+        )
     }
 
     /// Seal a format 4 entry, signed by this device's key, with the texts its
@@ -548,12 +625,22 @@ impl Envelope {
         certs: Vec<DeviceCert>,
         texts: &[Content],
     ) -> Result<(Vec<u8>, EntryHash)> {
-        Self::seal_with_texts(keys, identity, (seq, prev), body, generation, certs, texts, ENVELOPE_V4)
+        Self::seal_with_texts(
+            keys,
+            identity,
+            (seq, prev),
+            body,
+            generation,
+            certs,
+            texts,
+            (ENVELOPE_V4, Nonces::Random),
+        )
     }
 
     /// Seal a format 5 entry, signed by this device's key, with the texts its
     /// change names by slot (`texts[i]` in slot `i`: [`crate::textpack`]) in
-    /// its pack; `certs` as in [`Envelope::seal_v2`].
+    /// its pack; `certs` as in [`Envelope::seal_v2`]; the body's and the
+    /// pack's nonces as `nonces` says.
     #[allow(clippy::too_many_arguments)]
     pub fn seal_v5(
         keys: &ChannelKeys,
@@ -564,8 +651,18 @@ impl Envelope {
         generation: u32,
         certs: Vec<DeviceCert>,
         texts: &[Content],
+        nonces: Nonces,
     ) -> Result<(Vec<u8>, EntryHash)> {
-        Self::seal_with_texts(keys, identity, (seq, prev), body, generation, certs, texts, ENVELOPE_V5)
+        Self::seal_with_texts(
+            keys,
+            identity,
+            (seq, prev),
+            body,
+            generation,
+            certs,
+            texts,
+            (ENVELOPE_V5, nonces),
+        )
     }
 
     /// A format 3 entry (a segment per text) or 4 (one pack of texts).
@@ -578,7 +675,7 @@ impl Envelope {
         generation: u32,
         certs: Vec<DeviceCert>,
         texts: &[Content],
-        version: u8,
+        (version, nonces): (u8, Nonces),
     ) -> Result<(Vec<u8>, EntryHash)> {
         let packed = if version >= ENVELOPE_V5 && !texts.is_empty() {
             let slotted: Option<Vec<(u64, Option<&str>)>> = texts
@@ -591,7 +688,8 @@ impl Envelope {
             None
         };
         let root = packed.as_ref().and_then(TextPack::root);
-        let (header, sealed, device) = Self::seal_body(keys, identity, seq, prev, body, generation, version, root)?;
+        let (header, sealed, device) =
+            Self::seal_body(keys, identity, seq, prev, body, generation, (version, nonces), root)?;
         let hb = header.encode();
         let body_hash = *blake3::hash(&sealed).as_bytes();
         let (segments, pack, signed) = if version >= ENVELOPE_V5 {
@@ -602,7 +700,11 @@ impl Envelope {
                     let key = keys
                         .sealing_key(generation)
                         .ok_or_else(|| Error::invalid("key generation", "not held"))?;
-                    Some(p.seal(key, &hb, flate2::Compression::default())?)
+                    let level = flate2::Compression::default();
+                    Some(match nonces.of(NonceKind::Pack, seq) {
+                        Some(nonce) => p.seal_at(key, &hb, level, nonce)?,
+                        None => p.seal(key, &hb, level)?,
+                    })
                 }
                 _ => None,
             };
@@ -969,21 +1071,49 @@ impl Envelope {
         .expect("envelope encodes")
     }
 
-    /// The entry's bytes without the header fields a receiver holding the
-    /// entry before it rebuilds ([`LeanContext`]): about 115 bytes fewer.
-    /// `None` before format 4 (such entries travel whole).
-    pub fn encode_lean(&self) -> Option<Vec<u8>> {
-        if self.header.version < ENVELOPE_V4 {
+    /// The entry's bytes for a receiver that holds the entry before it
+    /// (`before`): without the header fields it rebuilds from that
+    /// ([`LeanContext`], about 115 bytes), and without each nonce that is
+    /// the [`counted_nonce`] `before`'s prefix and this entry's seq give (24
+    /// bytes each for the body and the pack). `None` before format 4, for a
+    /// signature that is not 64 bytes, or when `before` is not the entry
+    /// before this one: such entries travel whole.
+    pub fn encode_lean(&self, before: &LeanContext) -> Option<Vec<u8>> {
+        let h = &self.header;
+        if h.version < ENVELOPE_V4
+            || (h.wire, h.user, h.device, h.prev) != (before.wire, before.user, before.device, before.hash)
+            || before.seq.checked_add(1) != Some(h.seq)
+        {
             return None;
         }
-        let lean = LeanV4 {
-            version: self.header.version,
-            generation: self.header.generation,
-            epoch: self.header.epoch,
+        let sig: [u8; 64] = self.sig.as_slice().try_into().ok()?;
+        let (lo, hi) = sig.split_at(32);
+        let counted = |kind| before.nonce_prefix.map(|p| counted_nonce(&p, kind, h.seq));
+        let body = match self.pruned {
+            Some(hash) => LeanBody::Pruned(hash),
+            None => match without_nonce(&self.body, counted(NonceKind::Body)) {
+                Some(rest) => LeanBody::Counted(rest),
+                None => LeanBody::Sealed(self.body.clone()),
+            },
+        };
+        let pack = match &self.pack {
+            None => LeanPack::None,
+            Some(p) => match p
+                .get(2..)
+                .and_then(|sealed| without_nonce(sealed, counted(NonceKind::Pack)))
+            {
+                Some(rest) => LeanPack::Counted([&p[..2], &rest[..]].concat()),
+                None => LeanPack::Whole(p.clone()),
+            },
+        };
+        let lean = Lean {
+            version: h.version,
+            generation: h.generation,
+            epoch: h.epoch,
             certs: self.certs.clone(),
-            body: self.body_v3(),
-            sig: self.sig.clone(),
-            pack: self.pack.clone(),
+            body,
+            sig: (lo.try_into().expect("32 bytes"), hi.try_into().expect("32 bytes")),
+            pack,
         };
         Some(postcard::to_stdvec(&lean).expect("lean entry encodes"))
     }
@@ -996,6 +1126,13 @@ impl Envelope {
             device: self.header.device,
             seq: self.header.seq,
             hash: self.hash(),
+            nonce_prefix: match self.pruned {
+                None => self
+                    .body
+                    .get(..NONCE_PREFIX_LEN)
+                    .map(|p| p.try_into().expect("15 bytes")),
+                Some(_) => None,
+            },
         }
     }
 
@@ -1003,11 +1140,11 @@ impl Envelope {
     /// what the receiver holds of the entry before it. Checked as
     /// [`Envelope::decode`] checks whole bytes (size, certificates, one
     /// encoding); nothing is trusted yet: a wrong context gives an entry
-    /// whose signature does not verify.
+    /// whose signature does not verify, or whose boxes do not open.
     pub fn decode_lean(bytes: &[u8], before: &LeanContext) -> Result<Self> {
         check_entry_size(bytes.len())?;
         let malformed = |e: &dyn std::fmt::Display| Error::corrupted("lean feed entry", e.to_string());
-        let (w, rest): (LeanV4, &[u8]) = postcard::take_from_bytes(bytes).map_err(|e| malformed(&e))?;
+        let (w, rest): (Lean, &[u8]) = postcard::take_from_bytes(bytes).map_err(|e| malformed(&e))?;
         if !rest.is_empty() {
             return Err(malformed(&"trailing bytes"));
         }
@@ -1023,6 +1160,23 @@ impl Envelope {
             .seq
             .checked_add(1)
             .ok_or_else(|| malformed(&"sequence number overflows"))?;
+        let counted = |kind| {
+            before
+                .nonce_prefix
+                .map(|p| counted_nonce(&p, kind, seq))
+                .ok_or_else(|| malformed(&"a counted nonce after an entry without one"))
+        };
+        let body = match w.body {
+            LeanBody::Sealed(b) => BodyV3::Sealed(b),
+            LeanBody::Counted(rest) => BodyV3::Sealed([&counted(NonceKind::Body)?[..], &rest[..]].concat()),
+            LeanBody::Pruned(h) => BodyV3::Pruned(h),
+        };
+        let pack = match w.pack {
+            LeanPack::None => None,
+            LeanPack::Whole(p) => Some(p),
+            LeanPack::Counted(p) if p.len() >= 2 => Some([&p[..2], &counted(NonceKind::Pack)?[..], &p[2..]].concat()),
+            LeanPack::Counted(_) => return Err(malformed(&"a counted pack shorter than its count")),
+        };
         let header = HeaderV3 {
             version: w.version,
             wire: before.wire,
@@ -1033,8 +1187,9 @@ impl Envelope {
             generation: w.generation,
             epoch: w.epoch,
         };
-        let env = Envelope::from_v3_parts(header, w.certs, w.body, w.sig, Vec::new(), w.pack)?;
-        if env.encode_lean().as_deref() != Some(bytes) {
+        let sig = [w.sig.0, w.sig.1].concat();
+        let env = Envelope::from_v3_parts(header, w.certs, body, sig, Vec::new(), pack)?;
+        if env.encode_lean(before).as_deref() != Some(bytes) {
             return Err(malformed(&"not in canonical encoding"));
         }
         Ok(env)
@@ -1496,7 +1651,7 @@ mod tests {
         let texts = doc.take_texts();
         let body = EntryBody { epoch: 4, change };
         let chain = vec![me.device_cert().unwrap().clone()];
-        let (bytes, hash) = Envelope::seal_v5(keys, me, 1, [0; 32], &body, 0, chain, &texts).unwrap();
+        let (bytes, hash) = Envelope::seal_v5(keys, me, 1, [0; 32], &body, 0, chain, &texts, Nonces::Random).unwrap();
         (bytes, hash, texts)
     }
 
@@ -1521,15 +1676,19 @@ mod tests {
         let (first, hash, _) = sealed_first(&keys, &me, &mut doc);
         let first = Envelope::decode(&first).unwrap();
         let (body, texts) = slotted(&me);
-        let (bytes, _) = Envelope::seal_v5(&keys, &me, 2, hash, &body, 0, Vec::new(), &texts).unwrap();
+        let (bytes, _) = Envelope::seal_v5(&keys, &me, 2, hash, &body, 0, Vec::new(), &texts, Nonces::Random).unwrap();
         let next = Envelope::decode(&bytes).unwrap();
-        let lean = next.encode_lean().unwrap();
+        let ctx = first.lean_context();
+        assert!(
+            next.encode_lean(&LeanContext { seq: 2, ..ctx }).is_none(),
+            "not the entry before"
+        );
+        let lean = next.encode_lean(&ctx).unwrap();
         assert_eq!(
             bytes.len() - lean.len(),
-            32 + 32 + 16 + 1 + 32,
-            "wire, user, device, seq, prev"
+            32 + 32 + 16 + 1 + 32 + 1,
+            "wire, user, device, seq, prev, the signature's length"
         );
-        let ctx = first.lean_context();
         let rebuilt = Envelope::decode_lean(&lean, &ctx).unwrap();
         assert_eq!(rebuilt.encode(), bytes);
         let key = first.device_key().unwrap().unwrap();
@@ -1537,7 +1696,7 @@ mod tests {
         // A stub travels lean too.
         let mut stub = next.clone();
         stub.prune_body();
-        let rebuilt = Envelope::decode_lean(&stub.encode_lean().unwrap(), &ctx).unwrap();
+        let rebuilt = Envelope::decode_lean(&stub.encode_lean(&ctx).unwrap(), &ctx).unwrap();
         assert_eq!(rebuilt.encode(), stub.encode());
         // Another context gives an entry that does not verify; trailing
         // bytes, an over-long varint and an older format are refused.
@@ -1555,13 +1714,112 @@ mod tests {
     }
 
     #[test]
+    fn a_lean_entry_leaves_out_the_nonces_its_feed_implies() {
+        let keys = ChannelKeys::generate().unwrap();
+        let me = Identity::generate("a").unwrap();
+        let prefix = [9u8; crate::seal::NONCE_PREFIX_LEN];
+        let (mut doc, _) = staged_posts(&me, 1, |i| format!("first text {i}"));
+        let change = doc.commit(0).unwrap();
+        let body = EntryBody { epoch: 4, change };
+        let chain = vec![me.device_cert().unwrap().clone()];
+        let (first, hash) = Envelope::seal_v5(
+            &keys,
+            &me,
+            1,
+            [0; 32],
+            &body,
+            0,
+            chain,
+            &doc.take_texts(),
+            Nonces::Counted(prefix),
+        )
+        .unwrap();
+        let first = Envelope::decode(&first).unwrap();
+        let key = first.device_key().unwrap().unwrap();
+        assert_eq!(
+            first.body[..24],
+            crate::seal::counted_nonce(&prefix, NonceKind::Body, 1)
+        );
+        let ctx = first.lean_context();
+        assert_eq!(ctx.nonce_prefix, Some(prefix));
+        let (body, texts) = slotted(&me);
+        let (bytes, next_hash) = Envelope::seal_v5(
+            &keys,
+            &me,
+            2,
+            hash,
+            &body,
+            0,
+            Vec::new(),
+            &texts,
+            Nonces::Counted(prefix),
+        )
+        .unwrap();
+        let next = Envelope::decode(&bytes).unwrap();
+        assert!(next.pack.is_some(), "the entry has texts");
+        let lean = next.encode_lean(&ctx).unwrap();
+        assert_eq!(
+            bytes.len() - lean.len(),
+            32 + 32 + 16 + 1 + 32 + 1 + 24 + 24,
+            "the header's fields, the signature's length, both nonces"
+        );
+        let rebuilt = Envelope::decode_lean(&lean, &ctx).unwrap();
+        assert_eq!(rebuilt.encode(), bytes);
+        rebuilt.verify_with(&key).unwrap();
+        assert_eq!(rebuilt.hash(), next_hash);
+        assert_eq!(rebuilt.open_texts_checked(&keys).unwrap().len(), texts.len());
+        // After a restart the writer draws a new prefix: the first entry
+        // under it carries its nonces, and sets the prefix for the next.
+        let other = [3u8; crate::seal::NONCE_PREFIX_LEN];
+        let (moved, _) = Envelope::seal_v5(
+            &keys,
+            &me,
+            2,
+            hash,
+            &body,
+            0,
+            Vec::new(),
+            &texts,
+            Nonces::Counted(other),
+        )
+        .unwrap();
+        let moved = Envelope::decode(&moved).unwrap();
+        let whole_nonces = moved.encode_lean(&ctx).unwrap();
+        assert_eq!(whole_nonces.len(), lean.len() + 48);
+        assert_eq!(
+            Envelope::decode_lean(&whole_nonces, &ctx).unwrap().encode(),
+            moved.encode()
+        );
+        assert_eq!(moved.lean_context().nonce_prefix, Some(other));
+        // A context with another prefix rebuilds boxes that neither verify
+        // nor open; one with none refuses the frame.
+        let wrong = LeanContext {
+            nonce_prefix: Some(other),
+            ..ctx
+        };
+        let forged = Envelope::decode_lean(&lean, &wrong).unwrap();
+        assert!(forged.verify_with(&key).is_err());
+        assert!(forged.open(&keys).is_err());
+        let none = LeanContext {
+            nonce_prefix: None,
+            ..ctx
+        };
+        assert!(Envelope::decode_lean(&lean, &none).is_err());
+        // A counted nonce sent whole is not the one encoding.
+        let mut whole = postcard::from_bytes::<Lean>(&lean).unwrap();
+        whole.body = LeanBody::Sealed(next.body.clone());
+        let whole = postcard::to_stdvec(&whole).unwrap();
+        assert!(Envelope::decode_lean(&whole, &ctx).is_err());
+    }
+
+    #[test]
     fn format_5_packs_name_texts_by_slot_and_drop_them_under_one_root() {
         let keys = ChannelKeys::generate().unwrap();
         let me = Identity::generate("a").unwrap();
         let chain = vec![me.device_cert().unwrap().clone()];
         let (body, texts) = slotted(&me);
         assert_eq!(texts.len(), 4);
-        let (bytes, hash) = Envelope::seal_v5(&keys, &me, 1, [0; 32], &body, 0, chain, &texts).unwrap();
+        let (bytes, hash) = Envelope::seal_v5(&keys, &me, 1, [0; 32], &body, 0, chain, &texts, Nonces::Random).unwrap();
         let env = Envelope::decode(&bytes).unwrap();
         assert_eq!((env.header.version, env.header.epoch), (ENVELOPE_V5, 4));
         env.verify().unwrap();
@@ -1595,7 +1853,7 @@ mod tests {
         assert!(!none.holds_texts() && none.hash() == hash);
         // A pack moved to another entry does not open there; a damaged one
         // opens to nothing and a member keeping texts drops it.
-        let (next, _) = Envelope::seal_v5(&keys, &me, 2, hash, &body, 0, Vec::new(), &texts).unwrap();
+        let (next, _) = Envelope::seal_v5(&keys, &me, 2, hash, &body, 0, Vec::new(), &texts, Nonces::Random).unwrap();
         let mut moved = Envelope::decode(&next).unwrap();
         moved.pack = env.pack.clone();
         assert!(moved.open_texts(&keys).is_empty());
@@ -1634,7 +1892,7 @@ mod tests {
         let me = Identity::generate("a").unwrap();
         let chain = vec![me.device_cert().unwrap().clone()];
         let (body, texts) = slotted(&me);
-        let (bytes, hash) = Envelope::seal_v5(&keys, &me, 1, [0; 32], &body, 0, chain, &texts).unwrap();
+        let (bytes, hash) = Envelope::seal_v5(&keys, &me, 1, [0; 32], &body, 0, chain, &texts, Nonces::Random).unwrap();
         let env = Envelope::decode(&bytes).unwrap();
         let drop_to = |e: &Envelope| crate::peer::TextDrop {
             wire: e.header.wire,
@@ -1735,7 +1993,7 @@ mod tests {
         assert!(texts[0].slot.unwrap().gone && texts[0].text.is_empty());
         let body = EntryBody { epoch: 4, change };
         let chain = vec![me.device_cert().unwrap().clone()];
-        let (bytes, _) = Envelope::seal_v5(&keys, &me, 1, [0; 32], &body, 0, chain, &texts).unwrap();
+        let (bytes, _) = Envelope::seal_v5(&keys, &me, 1, [0; 32], &body, 0, chain, &texts, Nonces::Random).unwrap();
         let env = Envelope::decode(&bytes).unwrap();
         let opened: Vec<String> = env.open_texts(&keys).into_iter().map(|c| c.text).collect();
         assert_eq!(opened, ["text number 1", "text number 2"]);

@@ -63,7 +63,7 @@ pub use doc::{
 };
 pub use envelope::{
     ENVELOPE_V2, ENVELOPE_V3, ENVELOPE_V4, ENVELOPE_V5, ENVELOPE_VERSION, EntryBody, EntryHash, EntryHeader, Envelope,
-    LeanContext, MAX_ENTRY_BYTES, MAX_ENTRY_CERTS, MAX_ENTRY_SEGMENTS,
+    LeanContext, MAX_ENTRY_BYTES, MAX_ENTRY_CERTS, MAX_ENTRY_SEGMENTS, Nonces,
 };
 pub use error::{Error, Result};
 pub use fork::{Fork, ForkProof};
@@ -75,7 +75,7 @@ pub use link::{LinkBundle, MAX_LINK_BUNDLE, link_code, link_proof};
 pub use member::{Action as MemberAction, MemberBody, OpKey, Role, Roster};
 pub use op::{MAX_EMOJI_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES, Op};
 pub use rotation::{KeyPackage, PackagedKey};
-pub use seal::{Purpose, SEAL_OVERHEAD, derive, open, seal};
+pub use seal::{NONCE_PREFIX_LEN, NonceKind, Purpose, SEAL_OVERHEAD, counted_nonce, derive, open, seal};
 pub use secret::{Passphrase, SecretKey};
 pub use vector::{FeedPos, Missing, Vector};
 pub use view::{EpochStats, EpochView, Message};

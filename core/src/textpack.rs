@@ -499,6 +499,28 @@ impl TextPack {
         Ok(out)
     }
 
+    /// [`TextPack::seal`] under `nonce` (a fresh pack of a new entry: the
+    /// entry's [`crate::seal::counted_nonce`] of kind pack). A pack sealed
+    /// again after drops takes a random nonce ([`TextPack::seal`]): two
+    /// members may drop different texts of one pack.
+    pub fn seal_at(
+        &self,
+        key: &crate::SecretKey,
+        header: &[u8],
+        level: flate2::Compression,
+        nonce: [u8; 24],
+    ) -> Result<Vec<u8>> {
+        let gone = (self.len() - self.held()) as u16;
+        let mut out = gone.to_le_bytes().to_vec();
+        out.extend(crate::seal::seal_with_nonce(
+            key,
+            &aad(header, gone),
+            &self.encode_plain(level),
+            nonce,
+        )?);
+        Ok(out)
+    }
+
     /// Its plaintext as sealed (`kind u8 | data`: deflated at `level` when
     /// that is shorter).
     pub fn encode_plain(&self, level: flate2::Compression) -> Vec<u8> {

@@ -173,8 +173,8 @@ mod seeds {
 
     use hearth_core::{
         ChannelId, ChannelKeys, ChannelRecord, DeviceId, ENVELOPE_VERSION, EntryBody, EntryHeader, Envelope, EpochDoc,
-        Identity, KdfParams, META_EPOCH, MessageId, Op, Passphrase, SecretKey, StoreHeader, Timestamp, decode_change,
-        writer_tag,
+        Identity, KdfParams, META_EPOCH, MessageId, Nonces, Op, Passphrase, SecretKey, StoreHeader, Timestamp,
+        decode_change, writer_tag,
     };
 
     use super::checks::{AUTHOR_DEVICE, EPOCH, LOCAL_DEVICE, PASSPHRASE, author, channel_keys};
@@ -956,7 +956,7 @@ mod seeds {
         let change = doc.commit(0).unwrap();
         let texts = doc.take_texts();
         let body = EntryBody { epoch: EPOCH, change };
-        let (full, _) = Envelope::seal_v5(keys, &me, 1, [0; 32], &body, 0, chain, &texts).unwrap();
+        let (full, _) = Envelope::seal_v5(keys, &me, 1, [0; 32], &body, 0, chain, &texts, Nonces::Random).unwrap();
         let env = Envelope::decode(&full).unwrap();
         let mut one = env.clone();
         one.retain_texts(keys, |id| *id != texts[0].id()).unwrap();

@@ -269,6 +269,8 @@ pub(crate) struct Engine {
     /// Applying the feed log to sled at open: entries of this device are
     /// accepted, and nothing is written to the log again.
     pub replaying: bool,
+    /// The nonces of this device's new entries ([`crate::nonces`]).
+    pub(crate) nonces: crate::nonces::FeedNonces,
     pub(crate) sled_files: SledFiles,
     pub _lock: File,
     /// Messages deleted since the last prune, whose texts go
@@ -379,6 +381,7 @@ impl Engine {
             log,
             log_buf: Vec::new(),
             replaying: false,
+            nonces: crate::nonces::FeedNonces::new()?,
             sled_files,
             _lock: lock,
             prune_queue: Vec::new(),
@@ -1751,6 +1754,7 @@ impl Engine {
                     own.to_vec()
                 };
                 let generation = generation.unwrap_or_else(|| ch.keys.current_generation());
+                let nonces = self.nonces.for_entry(wire, seq)?;
                 let sealed = Envelope::seal_v5(
                     &ch.keys,
                     &self.identity,
@@ -1760,6 +1764,7 @@ impl Engine {
                     generation,
                     chain.clone(),
                     &texts,
+                    nonces,
                 )?;
                 for c in texts.iter().filter(|c| !c.slot.is_some_and(|s| s.gone)) {
                     le.segments.entry(c.id()).or_default().push((device, seq));

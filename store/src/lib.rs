@@ -52,6 +52,7 @@ mod invite;
 mod journal;
 mod layout;
 mod log;
+mod nonces;
 mod open;
 mod peers;
 mod persist;

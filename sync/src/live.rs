@@ -1,4 +1,4 @@
-//! The live stream (`/hearth/live/1`): one long-lived libp2p stream per peer
+//! The live stream (`/hearth/live/2`): one long-lived libp2p stream per peer
 //! and direction that carries the Pushes of a connection, so that a live
 //! message costs one frame each way instead of a request-response stream
 //! (multistream-select both ways, a yamux open and two closes, each write its
@@ -15,9 +15,11 @@
 //! whole or lean, in the order sent, sets its feed's row (wire, user, device,
 //! seq, hash; a new feed gets the next index, up to [`MAX_LIVE_FEEDS`]). The
 //! pusher sends an entry lean ([`hearth_core::Envelope::encode_lean`]: no
-//! wire, user, device, seq or prev, about 115 bytes fewer) when the row of
-//! its feed is the entry just before it; the receiver rebuilds it from that
-//! row. The table is a function of the frames alone, so both ends agree on
+//! wire, user, device, seq or prev, about 115 bytes fewer, and no nonce
+//! that the row's body nonce and the entry's seq imply, 24 bytes each for
+//! the body and the texts) when the row of its feed is the entry just
+//! before it; the receiver rebuilds it from that row. (`/hearth/live/1`
+//! sent every nonce; a peer that speaks only it is pushed to by requests.) The table is a function of the frames alone, so both ends agree on
 //! it without saying so; a wrong rebuild can only give an entry whose
 //! signature fails, which the store refuses as it refuses any forgery.
 //!
@@ -51,7 +53,7 @@ use serde_bytes::ByteBuf;
 use crate::proto::{BATCH_ENTRIES, Response};
 
 /// The live stream's protocol name.
-pub const LIVE_PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/live/1");
+pub const LIVE_PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/live/2");
 /// Most feeds a live stream's table names (later feeds travel whole).
 pub const MAX_LIVE_FEEDS: usize = 4096;
 /// Most live streams a peer may hold open to this node at once (one, and
@@ -179,7 +181,7 @@ fn encode_push_heads(table: &mut FeedTable, entries: &[ByteBuf], wait: bool) -> 
             Ok(env) => {
                 let lean = table
                     .follows(&env)
-                    .and_then(|feed| Some((feed, env.encode_lean()?)))
+                    .and_then(|feed| Some((feed, env.encode_lean(&table.feeds[feed as usize])?)))
                     .map(|(feed, lean)| LiveEntry::Next {
                         feed,
                         lean: ByteBuf::from(lean),
@@ -575,7 +577,7 @@ async fn read_answers(
 
 #[cfg(test)]
 mod tests {
-    use hearth_core::{ChannelKeys, EntryBody, Identity};
+    use hearth_core::{ChannelKeys, EntryBody, Identity, Nonces};
 
     use super::*;
 
@@ -593,7 +595,18 @@ mod tests {
                 } else {
                     Vec::new()
                 };
-                let (bytes, hash) = Envelope::seal_v5(keys, me, u64::from(i), prev, &body, 0, chain, &[]).unwrap();
+                let (bytes, hash) = Envelope::seal_v5(
+                    keys,
+                    me,
+                    u64::from(i),
+                    prev,
+                    &body,
+                    0,
+                    chain,
+                    &[],
+                    Nonces::Counted([7; 15]),
+                )
+                .unwrap();
                 prev = hash;
                 ByteBuf::from(bytes)
             })

@@ -143,7 +143,7 @@ mod seeds {
     /// Live stream seeds: a feed's first entry whole as the primer, then its
     /// next two lean (and broken variants); the answers.
     fn live() {
-        use hearth_core::{ChannelKeys, EntryBody, Envelope, Identity};
+        use hearth_core::{ChannelKeys, EntryBody, Envelope, Identity, Nonces};
         use hearth_sync::live::{FeedTable, LiveAck, encode_ack, encode_push};
         let keys = ChannelKeys::generate().unwrap();
         let me = Identity::generate("seed").unwrap();
@@ -159,7 +159,18 @@ mod seeds {
                 } else {
                     Vec::new()
                 };
-                let (bytes, hash) = Envelope::seal_v5(&keys, &me, u64::from(i), prev, &body, 0, chain, &[]).unwrap();
+                let (bytes, hash) = Envelope::seal_v5(
+                    &keys,
+                    &me,
+                    u64::from(i),
+                    prev,
+                    &body,
+                    0,
+                    chain,
+                    &[],
+                    Nonces::Counted([7; 15]),
+                )
+                .unwrap();
                 prev = hash;
                 ByteBuf::from(bytes)
             })
