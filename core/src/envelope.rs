@@ -1743,18 +1743,20 @@ mod tests {
         let ctx = first.lean_context();
         assert_eq!(ctx.nonce_prefix, Some(prefix));
         let (body, texts) = slotted(&me);
-        let (bytes, next_hash) = Envelope::seal_v5(
-            &keys,
-            &me,
-            2,
-            hash,
-            &body,
-            0,
-            Vec::new(),
-            &texts,
-            Nonces::Counted(prefix),
-        )
-        .unwrap();
+        let second = |prefix| {
+            Envelope::seal_v5(
+                &keys,
+                &me,
+                2,
+                hash,
+                &body,
+                0,
+                Vec::new(),
+                &texts,
+                Nonces::Counted(prefix),
+            )
+        };
+        let (bytes, next_hash) = second(prefix).unwrap();
         let next = Envelope::decode(&bytes).unwrap();
         assert!(next.pack.is_some(), "the entry has texts");
         let lean = next.encode_lean(&ctx).unwrap();
@@ -1771,18 +1773,7 @@ mod tests {
         // After a restart the writer draws a new prefix: the first entry
         // under it carries its nonces, and sets the prefix for the next.
         let other = [3u8; crate::seal::NONCE_PREFIX_LEN];
-        let (moved, _) = Envelope::seal_v5(
-            &keys,
-            &me,
-            2,
-            hash,
-            &body,
-            0,
-            Vec::new(),
-            &texts,
-            Nonces::Counted(other),
-        )
-        .unwrap();
+        let (moved, _) = second(other).unwrap();
         let moved = Envelope::decode(&moved).unwrap();
         let whole_nonces = moved.encode_lean(&ctx).unwrap();
         assert_eq!(whole_nonces.len(), lean.len() + 48);
