@@ -32,6 +32,9 @@
 //! hold the texts themselves, and their devices write format 3 entries from
 //! then on; their relay is of format 8.
 //!
+//! The `v16` stores hold entries of format 6 (their changes without the
+//! chunk's framing and actor).
+//!
 //! Write the fixtures of a format only with the code of that format:
 //! `HEARTH_WRITE_FIXTURES=v2 cargo test --test fixtures -- --ignored`.
 
@@ -165,6 +168,44 @@ async fn v15_stores_open_and_answer_the_same() {
             .expect("open");
         assert_eq!(s.open_report().summary_copies, channels, "{version}, after a close");
         assert!(s.verify().await.expect("verify").is_clean());
+        s.close().await.expect("close");
+    }
+}
+
+/// Format 16: entries of format 6, their changes without the chunk's
+/// framing and actor (written by the commit that made the format). The
+/// stores of format 15 hold entries of format 5 alone; both open, answer
+/// the same, and their entries open to changes automerge takes.
+#[tokio::test]
+async fn v16_stores_open_and_answer_the_same() {
+    old_stores_open_migrate_and_answer_the_same("v16", 16).await;
+    for (version, format) in [("v16", hearth::core::ENVELOPE_V6), ("v15", hearth::core::ENVELOPE_V5)] {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("alice");
+        copy_dir(&fixture(version).join("alice"), &dir);
+        let s = Store::open(&dir, &Passphrase::new(FIXTURE_PASS), fixture_config())
+            .await
+            .expect("open");
+        let mut own = 0;
+        for c in s.channels().await.expect("channels") {
+            let keys = s.channel_keys(c.id).await.expect("keys");
+            let all = s
+                .entries_after(keys.wire(), Vector::default(), usize::MAX, usize::MAX)
+                .await
+                .expect("entries");
+            for bytes in &all.entries {
+                let env = hearth::core::Envelope::decode(bytes).expect("decode");
+                if env.header.device != s.whoami().device || env.pruned.is_some() {
+                    continue;
+                }
+                let body = env.open(&keys).expect("open");
+                assert_eq!(body.epoch, env.header.epoch);
+                hearth::core::decode_change(&body.change, &env.header.device, &env.header.user)
+                    .expect("a change automerge takes");
+                own += usize::from(env.header.version == format);
+            }
+        }
+        assert!(own > 10, "{version}: {own} entries of this device in format {format}");
         s.close().await.expect("close");
     }
 }

@@ -151,7 +151,8 @@ async fn repair_rebuilds_derived_rows_that_were_removed() {
     let want = populated(&dir, &peer).await;
     let pass = Passphrase::new("pw");
     {
-        let db = sled::open(dir.join("db")).expect("open sled");
+        // A closed store's sled lets go of its lock a moment after the close.
+        let db = hearth_store::open_sled_config(&sled::Config::new().path(dir.join("db"))).expect("open sled");
         let tree = db.open_tree("hearth.v1").expect("tree");
         let mut removed = 0;
         // One feed entry (table `F`) goes too: sled lacks what the log holds.

@@ -83,6 +83,55 @@ pub fn plain_change(bytes: &[u8]) -> Result<Cow<'_, [u8]>> {
     Ok(Cow::Owned(plain))
 }
 
+/// An uncompressed change chunk by `actor` without what an entry of format
+/// 6 rebuilds ([`unstrip_change`]): its magic, checksum, type and length
+/// (the entry's body says its length), and its actor (the entry's device):
+/// `leb128 deps count | deps | the rest after the actor`, 27 bytes fewer.
+/// `None` for any other chunk (compressed, by another actor, malformed):
+/// such a chunk is kept whole.
+pub fn strip_change(chunk: &[u8], actor: &[u8; 16]) -> Option<Vec<u8>> {
+    if chunk.len() < 9 || chunk[..4] != MAGIC || chunk[8] != TYPE_CHANGE {
+        return None;
+    }
+    let (len, leb) = read_leb128(&chunk[9..])?;
+    let data = &chunk[9 + leb..];
+    if usize::try_from(len).ok()? != data.len() || chunk_checksum(TYPE_CHANGE, data) != chunk[4..8] {
+        return None;
+    }
+    let (deps, n) = read_leb128(data)?;
+    let deps_end = usize::try_from(deps).ok()?.checked_mul(32)?.checked_add(n)?;
+    let after = data.get(deps_end..)?;
+    let (&16, rest) = after.split_first()? else {
+        return None;
+    };
+    if rest.get(..16)? != actor {
+        return None;
+    }
+    Some([&data[..deps_end], &rest[16..]].concat())
+}
+
+/// The change chunk [`strip_change`] took `stripped` from, for `actor`.
+/// Malformed bytes give a chunk automerge refuses, or an error here.
+pub fn unstrip_change(stripped: &[u8], actor: &[u8; 16]) -> Result<Vec<u8>> {
+    let (deps, n) = read_leb128(stripped).ok_or(bad("malformed dependency count"))?;
+    let deps_end = usize::try_from(deps)
+        .ok()
+        .and_then(|d| d.checked_mul(32)?.checked_add(n))
+        .filter(|&end| end <= stripped.len())
+        .ok_or(bad("dependencies beyond the change"))?;
+    if stripped.len() + 17 > MAX_CHANGE_BYTES {
+        return Err(bad("too large"));
+    }
+    let mut data = Vec::with_capacity(stripped.len() + 17);
+    data.extend_from_slice(&stripped[..deps_end]);
+    data.push(16);
+    data.extend_from_slice(actor);
+    data.extend_from_slice(&stripped[deps_end..]);
+    let mut chunk = chunk_header(TYPE_CHANGE, &data);
+    chunk.extend_from_slice(&data);
+    Ok(chunk)
+}
+
 /// Check that `bytes` is a sequence of whole document (type 0) or change
 /// (type 1 or 2) chunks, before automerge loads it as a document. automerge
 /// parses every chunk in full, and a crafted bundle chunk (type 3) makes it
@@ -182,6 +231,46 @@ mod tests {
         out.extend_from_slice(&len);
         out.extend_from_slice(&deflated);
         out
+    }
+
+    #[test]
+    fn a_stripped_change_comes_back_as_the_chunk_automerge_wrote() {
+        use automerge::transaction::Transactable;
+        let actor = [5u8; 16];
+        let mut doc = automerge::AutoCommit::new().with_actor(automerge::ActorId::from(&actor[..]));
+        for i in 0..3 {
+            doc.put(automerge::ROOT, format!("m:{i}"), "text").unwrap();
+            doc.commit();
+        }
+        let chunk = doc.get_last_local_change().unwrap().bytes().into_owned();
+        assert_eq!(chunk[8], TYPE_CHANGE);
+        let stripped = strip_change(&chunk, &actor).unwrap();
+        assert_eq!(
+            chunk.len() - stripped.len(),
+            4 + 4 + 1 + 1 + 17,
+            "magic, checksum, type, length, actor"
+        );
+        let back = unstrip_change(&stripped, &actor).unwrap();
+        assert_eq!(back, chunk);
+        automerge::Change::try_from(&back[..]).unwrap();
+        // Another actor's change, a compressed one and garbage stay whole;
+        // a wrong actor rebuilds a change with another hash.
+        assert!(strip_change(&chunk, &[6; 16]).is_none());
+        assert!(strip_change(&compressed(&chunk[10..], b""), &actor).is_none());
+        assert!(strip_change(b"not a chunk at all", &actor).is_none());
+        let other = unstrip_change(&stripped, &[6; 16]).unwrap();
+        assert_ne!(
+            automerge::Change::try_from(&other[..]).unwrap().hash(),
+            automerge::Change::try_from(&chunk[..]).unwrap().hash()
+        );
+        // Malformed stripped bytes are an error or a chunk automerge refuses.
+        assert!(unstrip_change(&[], &actor).is_err());
+        assert!(unstrip_change(&[3, 1, 2], &actor).is_err());
+        for cut in 0..stripped.len() {
+            if let Ok(c) = unstrip_change(&stripped[..cut], &actor) {
+                assert!(automerge::Change::try_from(&c[..]).is_err(), "cut at {cut}");
+            }
+        }
     }
 
     #[test]

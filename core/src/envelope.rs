@@ -49,6 +49,20 @@
 //! texts:          a [`crate::textpack::TextPack`], sealed, or none; the change
 //!                 names each text by its slot
 //! entry hash:     as in format 4
+//!
+//! format 6 (written from store format 16)
+//! header, certs:  as in format 5 (version 6)
+//! body:           Sealed(postcard(change, root?)) or Pruned, change =
+//!                 0 Whole(chunk) | 1 Stripped(the chunk without its magic,
+//!                 checksum, type, length and actor: [`crate::chunk::strip_change`]),
+//!                 rebuilt with the header's device as its actor; the epoch
+//!                 is the header's
+//! signature:      as in format 4, labelled "hearth v6 entry"
+//! texts, entry hash: as in format 5
+//! nonces:         the writer's choice, as in every format; this code seals
+//!                 under counted ones (`prefix | kind | seq`,
+//!                 [`crate::seal::counted_nonce`]), which a live stream
+//!                 leaves out ([`Envelope::encode_lean`])
 //! ```
 //!
 //! The same bytes are stored and sent: an entry is sealed once. Anyone can check
@@ -83,6 +97,12 @@ const ENTRY_DOMAIN_V4: &[u8] = b"hearth v4 entry";
 pub const ENVELOPE_V5: u8 = 5;
 /// The signing-domain label of format 5 entries.
 const ENTRY_DOMAIN_V5: &[u8] = b"hearth v5 entry";
+/// The envelope format whose body holds its change without what the entry
+/// says already ([`crate::chunk::strip_change`]: the chunk's framing and
+/// actor) and without the epoch its header says.
+pub const ENVELOPE_V6: u8 = 6;
+/// The signing-domain label of format 6 entries.
+const ENTRY_DOMAIN_V6: &[u8] = b"hearth v6 entry";
 /// Most segments an entry carries.
 pub const MAX_ENTRY_SEGMENTS: usize = 4096;
 /// The signing-domain label of format 3 entries.
@@ -245,13 +265,25 @@ pub struct Envelope {
 /// is the counted one the entry before it implies.
 #[derive(Serialize, Deserialize)]
 struct Lean {
-    version: u8,
-    generation: u32,
-    epoch: Epoch,
-    certs: Vec<DeviceCert>,
+    head: LeanHead,
     body: LeanBody,
     sig: ([u8; 32], [u8; 32]),
     pack: LeanPack,
+}
+
+/// A lean entry's header fields and certificates.
+#[derive(Serialize, Deserialize)]
+enum LeanHead {
+    /// The version, key generation and epoch of the entry before; no
+    /// certificates.
+    Same,
+    /// Any other.
+    Set {
+        version: u8,
+        generation: u32,
+        epoch: Epoch,
+        certs: Vec<DeviceCert>,
+    },
 }
 
 /// A lean entry's body.
@@ -273,9 +305,10 @@ enum LeanPack {
     None,
     /// The pack's bytes.
     Whole(Vec<u8>),
-    /// `gone u16 LE | ciphertext | tag`, sealed under the counted nonce of
-    /// kind pack.
-    Counted(Vec<u8>),
+    /// `ciphertext | tag` of a pack with nothing dropped (`gone` 0), sealed
+    /// under the counted nonce of kind pack (a pack sealed again after
+    /// drops has a random nonce, and travels whole).
+    Fresh(Vec<u8>),
 }
 
 /// `sealed` (`nonce | rest`) without its nonce, when the nonce is `nonce`.
@@ -301,6 +334,12 @@ pub struct LeanContext {
     /// The first 15 bytes of the entry before's body nonce (`None` for a
     /// stub): the prefix of the [`counted_nonce`]s a lean entry leaves out.
     pub nonce_prefix: Option<[u8; NONCE_PREFIX_LEN]>,
+    /// The format version of the entry before.
+    pub version: u8,
+    /// The key generation of the entry before.
+    pub generation: u32,
+    /// The epoch of the entry before.
+    pub epoch: Epoch,
 }
 
 /// A format 3 body: sealed, or dropped down to its hash.
@@ -344,12 +383,29 @@ fn signed_v4(version: u8, header_bytes: &[u8], certs: &[DeviceCert], body_hash: 
     let mut m = header_bytes.to_vec();
     m.extend(postcard::to_stdvec(certs).expect("certificates encode"));
     m.extend_from_slice(body_hash);
-    let domain = if version >= ENVELOPE_V5 {
-        ENTRY_DOMAIN_V5
-    } else {
-        ENTRY_DOMAIN_V4
+    let domain = match version {
+        ENVELOPE_V4 => ENTRY_DOMAIN_V4,
+        ENVELOPE_V5 => ENTRY_DOMAIN_V5,
+        _ => ENTRY_DOMAIN_V6,
     };
     domain_message(domain, &m)
+}
+
+/// A format 6 body as sealed (the epoch is the header's).
+#[derive(Serialize, Deserialize)]
+struct BodyV6 {
+    change: ChangeV6,
+    /// [`crate::textpack::TextPack::root`] of its texts (`None`: none).
+    texts: Option<[u8; 32]>,
+}
+
+/// A format 6 body's change.
+#[derive(Serialize, Deserialize)]
+enum ChangeV6 {
+    /// The chunk as automerge wrote it (compressed, or of another actor).
+    Whole(Vec<u8>),
+    /// [`crate::chunk::strip_change`] of it, for the entry's device.
+    Stripped(Vec<u8>),
 }
 
 /// A format 5 body as sealed.
@@ -565,7 +621,13 @@ impl Envelope {
             generation,
             epoch: if version >= ENVELOPE_V3 { body.epoch } else { 0 },
         };
-        let plain = if version >= ENVELOPE_V5 {
+        let plain = if version >= ENVELOPE_V6 {
+            let change = match crate::chunk::strip_change(&body.change, &header.device.0) {
+                Some(stripped) => ChangeV6::Stripped(stripped),
+                None => ChangeV6::Whole(body.change.clone()),
+            };
+            postcard::to_stdvec(&BodyV6 { change, texts: root })
+        } else if version >= ENVELOPE_V5 {
             postcard::to_stdvec(&BodyV5 {
                 epoch: body.epoch,
                 change: body.change.clone(),
@@ -662,6 +724,33 @@ impl Envelope {
             certs,
             texts,
             (ENVELOPE_V5, nonces),
+        )
+    }
+
+    /// Seal a format 6 entry: as [`Envelope::seal_v5`], its change (an
+    /// automerge change chunk by this device) held without its framing and
+    /// actor, which the entry says already, and no epoch but the header's.
+    #[allow(clippy::too_many_arguments)]
+    pub fn seal_v6(
+        keys: &ChannelKeys,
+        identity: &Identity,
+        seq: u64,
+        prev: EntryHash,
+        body: &EntryBody,
+        generation: u32,
+        certs: Vec<DeviceCert>,
+        texts: &[Content],
+        nonces: Nonces,
+    ) -> Result<(Vec<u8>, EntryHash)> {
+        Self::seal_with_texts(
+            keys,
+            identity,
+            (seq, prev),
+            body,
+            generation,
+            certs,
+            texts,
+            (ENVELOPE_V6, nonces),
         )
     }
 
@@ -1102,15 +1191,24 @@ impl Envelope {
                 .get(2..)
                 .and_then(|sealed| without_nonce(sealed, counted(NonceKind::Pack)))
             {
-                Some(rest) => LeanPack::Counted([&p[..2], &rest[..]].concat()),
-                None => LeanPack::Whole(p.clone()),
+                Some(rest) if p[..2] == [0, 0] => LeanPack::Fresh(rest),
+                _ => LeanPack::Whole(p.clone()),
             },
         };
+        let head = if (h.version, h.generation, h.epoch) == (before.version, before.generation, before.epoch)
+            && self.certs.is_empty()
+        {
+            LeanHead::Same
+        } else {
+            LeanHead::Set {
+                version: h.version,
+                generation: h.generation,
+                epoch: h.epoch,
+                certs: self.certs.clone(),
+            }
+        };
         let lean = Lean {
-            version: h.version,
-            generation: h.generation,
-            epoch: h.epoch,
-            certs: self.certs.clone(),
+            head,
             body,
             sig: (lo.try_into().expect("32 bytes"), hi.try_into().expect("32 bytes")),
             pack,
@@ -1133,6 +1231,9 @@ impl Envelope {
                     .map(|p| p.try_into().expect("15 bytes")),
                 Some(_) => None,
             },
+            version: self.header.version,
+            generation: self.header.generation,
+            epoch: self.header.epoch,
         }
     }
 
@@ -1148,14 +1249,23 @@ impl Envelope {
         if !rest.is_empty() {
             return Err(malformed(&"trailing bytes"));
         }
-        if w.version != ENVELOPE_V4 && w.version != ENVELOPE_V5 {
+        let (version, generation, epoch, certs) = match w.head {
+            LeanHead::Same => (before.version, before.generation, before.epoch, Vec::new()),
+            LeanHead::Set {
+                version,
+                generation,
+                epoch,
+                certs,
+            } => (version, generation, epoch, certs),
+        };
+        if !(ENVELOPE_V4..=ENVELOPE_V6).contains(&version) {
             return Err(Error::UnsupportedFormat {
                 what: "lean feed entry",
-                found: w.version,
-                expected: ENVELOPE_V5,
+                found: version,
+                expected: ENVELOPE_V6,
             });
         }
-        check_certs(&w.certs)?;
+        check_certs(&certs)?;
         let seq = before
             .seq
             .checked_add(1)
@@ -1174,21 +1284,20 @@ impl Envelope {
         let pack = match w.pack {
             LeanPack::None => None,
             LeanPack::Whole(p) => Some(p),
-            LeanPack::Counted(p) if p.len() >= 2 => Some([&p[..2], &counted(NonceKind::Pack)?[..], &p[2..]].concat()),
-            LeanPack::Counted(_) => return Err(malformed(&"a counted pack shorter than its count")),
+            LeanPack::Fresh(p) => Some([&[0, 0][..], &counted(NonceKind::Pack)?[..], &p[..]].concat()),
         };
         let header = HeaderV3 {
-            version: w.version,
+            version,
             wire: before.wire,
             user: before.user,
             device: before.device,
             seq,
             prev: before.hash,
-            generation: w.generation,
-            epoch: w.epoch,
+            generation,
+            epoch,
         };
         let sig = [w.sig.0, w.sig.1].concat();
-        let env = Envelope::from_v3_parts(header, w.certs, body, sig, Vec::new(), pack)?;
+        let env = Envelope::from_v3_parts(header, certs, body, sig, Vec::new(), pack)?;
         if env.encode_lean(before).as_deref() != Some(bytes) {
             return Err(malformed(&"not in canonical encoding"));
         }
@@ -1251,7 +1360,7 @@ impl Envelope {
                 }
                 Envelope::from_v3_parts(w.header, w.certs, w.body, w.sig, w.segments, None)?
             }
-            Some(&ENVELOPE_V4 | &ENVELOPE_V5) => {
+            Some(&ENVELOPE_V4 | &ENVELOPE_V5 | &ENVELOPE_V6) => {
                 let (w, rest): (EnvelopeV4, &[u8]) = postcard::take_from_bytes(bytes).map_err(|e| malformed(&e))?;
                 if !rest.is_empty() {
                     return Err(malformed(&"trailing bytes"));
@@ -1263,7 +1372,7 @@ impl Envelope {
                 return Err(Error::UnsupportedFormat {
                     what: "feed entry",
                     found: found.copied().unwrap_or(0),
-                    expected: ENVELOPE_V5,
+                    expected: ENVELOPE_V6,
                 });
             }
         };
@@ -1442,7 +1551,21 @@ impl Envelope {
         for key in candidates {
             match open(key, &hb, &self.body, "feed entry") {
                 Ok(plain) => {
-                    let (body, root) = if self.header.version >= ENVELOPE_V5 {
+                    let (body, root) = if self.header.version >= ENVELOPE_V6 {
+                        let b: BodyV6 =
+                            postcard::from_bytes(&plain).map_err(|e| Error::corrupted("feed entry body", e))?;
+                        let change = match b.change {
+                            ChangeV6::Whole(c) => c,
+                            ChangeV6::Stripped(s) => crate::chunk::unstrip_change(&s, &self.header.device.0)?,
+                        };
+                        (
+                            EntryBody {
+                                epoch: self.header.epoch,
+                                change,
+                            },
+                            b.texts,
+                        )
+                    } else if self.header.version >= ENVELOPE_V5 {
                         let b: BodyV5 =
                             postcard::from_bytes(&plain).map_err(|e| Error::corrupted("feed entry body", e))?;
                         (
@@ -1686,8 +1809,9 @@ mod tests {
         let lean = next.encode_lean(&ctx).unwrap();
         assert_eq!(
             bytes.len() - lean.len(),
-            32 + 32 + 16 + 1 + 32 + 1,
-            "wire, user, device, seq, prev, the signature's length"
+            32 + 32 + 16 + 1 + 32 + 1 + 3,
+            "wire, user, device, seq, prev, the signature's length; version, \
+             generation, epoch and certificates said in one byte"
         );
         let rebuilt = Envelope::decode_lean(&lean, &ctx).unwrap();
         assert_eq!(rebuilt.encode(), bytes);
@@ -1708,9 +1832,14 @@ mod tests {
         let mut overlong = lean.clone();
         overlong.splice(1..2, [0x80 | overlong[1], 0x00]);
         assert!(Envelope::decode_lean(&overlong, &ctx).is_err());
-        let mut old = lean;
-        old[0] = ENVELOPE_V3;
-        assert!(Envelope::decode_lean(&old, &ctx).is_err());
+        let mut old = postcard::from_bytes::<Lean>(&lean).unwrap();
+        old.head = LeanHead::Set {
+            version: ENVELOPE_V3,
+            generation: 0,
+            epoch: 4,
+            certs: Vec::new(),
+        };
+        assert!(Envelope::decode_lean(&postcard::to_stdvec(&old).unwrap(), &ctx).is_err());
     }
 
     #[test]
@@ -1762,21 +1891,38 @@ mod tests {
         let lean = next.encode_lean(&ctx).unwrap();
         assert_eq!(
             bytes.len() - lean.len(),
-            32 + 32 + 16 + 1 + 32 + 1 + 24 + 24,
-            "the header's fields, the signature's length, both nonces"
+            32 + 32 + 16 + 1 + 32 + 1 + 3 + 24 + 24 + 2,
+            "the header's fields, the signature's length, both nonces, the pack's count of drops"
         );
         let rebuilt = Envelope::decode_lean(&lean, &ctx).unwrap();
         assert_eq!(rebuilt.encode(), bytes);
         rebuilt.verify_with(&key).unwrap();
         assert_eq!(rebuilt.hash(), next_hash);
         assert_eq!(rebuilt.open_texts_checked(&keys).unwrap().len(), texts.len());
+        // A pack sealed again after a drop has a random nonce: it travels
+        // whole, the body still lean.
+        let mut dropped = next.clone();
+        dropped.retain_texts(&keys, |id| *id != texts[0].id()).unwrap();
+        let lean_dropped = dropped.encode_lean(&ctx).unwrap();
+        assert!(matches!(
+            postcard::from_bytes::<Lean>(&lean_dropped).unwrap().pack,
+            LeanPack::Whole(_)
+        ));
+        assert_eq!(
+            Envelope::decode_lean(&lean_dropped, &ctx).unwrap().encode(),
+            dropped.encode()
+        );
         // After a restart the writer draws a new prefix: the first entry
         // under it carries its nonces, and sets the prefix for the next.
         let other = [3u8; crate::seal::NONCE_PREFIX_LEN];
         let (moved, _) = second(other).unwrap();
         let moved = Envelope::decode(&moved).unwrap();
         let whole_nonces = moved.encode_lean(&ctx).unwrap();
-        assert_eq!(whole_nonces.len(), lean.len() + 48);
+        assert_eq!(
+            whole_nonces.len(),
+            lean.len() + 48 + 2,
+            "both nonces, the count of drops"
+        );
         assert_eq!(
             Envelope::decode_lean(&whole_nonces, &ctx).unwrap().encode(),
             moved.encode()

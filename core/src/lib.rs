@@ -56,14 +56,17 @@ mod vector;
 mod view;
 
 pub use channel::{ChannelKeys, ChannelRecord, MAX_GENERATIONS};
-pub use chunk::{CHUNK_MAGIC, MAX_CHANGE_BYTES, chunk_checksum, plain_change, read_leb128, write_leb128};
+pub use chunk::{
+    CHUNK_MAGIC, MAX_CHANGE_BYTES, chunk_checksum, plain_change, read_leb128, strip_change, unstrip_change,
+    write_leb128,
+};
 pub use content::{Content, ContentId, Segment, Slotted};
 pub use doc::{
     ChangeEffects, Cuts, Devices, EpochDoc, OpCut, SlotRef, decode_change, decode_change_effects, decode_change_posts,
 };
 pub use envelope::{
-    ENVELOPE_V2, ENVELOPE_V3, ENVELOPE_V4, ENVELOPE_V5, ENVELOPE_VERSION, EntryBody, EntryHash, EntryHeader, Envelope,
-    LeanContext, MAX_ENTRY_BYTES, MAX_ENTRY_CERTS, MAX_ENTRY_SEGMENTS, Nonces,
+    ENVELOPE_V2, ENVELOPE_V3, ENVELOPE_V4, ENVELOPE_V5, ENVELOPE_V6, ENVELOPE_VERSION, EntryBody, EntryHash,
+    EntryHeader, Envelope, LeanContext, MAX_ENTRY_BYTES, MAX_ENTRY_CERTS, MAX_ENTRY_SEGMENTS, Nonces,
 };
 pub use error::{Error, Result};
 pub use fork::{Fork, ForkProof};

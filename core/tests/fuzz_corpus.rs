@@ -152,6 +152,14 @@ fn regenerate_v5_seeds() {
     seeds::write_v5_seeds();
 }
 
+/// Writes the format 6 entry seeds (store format 16: changes stripped of
+/// their framing and actor; counted nonces) and stripped change seeds.
+#[test]
+#[ignore = "writes the envelope v6 and change stripped seeds; run by hand with --ignored"]
+fn regenerate_v6_seeds() {
+    seeds::write_v6_seeds();
+}
+
 /// Writes the format 4 entry seeds (store format 10: a pack of texts).
 #[test]
 #[ignore = "writes the envelope v4 seeds; run by hand with --ignored"]
@@ -967,6 +975,55 @@ mod seeds {
         write("envelope", "valid-v5-pruned-body", &stub.encode());
         write("envelope", "v5-flipped-in-pack", &flip(&full, full.len() - 20));
         write("envelope", "v5-truncated-pack", &full[..full.len() - 5]);
+    }
+
+    /// Format 6 entries: a post's change stripped, with a pack, under
+    /// counted nonces; and the stripped change alone (for the change
+    /// target's unstripping).
+    pub fn write_v6_seeds() {
+        let keys = channel_keys();
+        let (me, chain, _) = seed_writer();
+        let mut doc = EpochDoc::new(EPOCH, &me.device());
+        doc.set_slot_texts(true);
+        let tag = hearth_core::writer_tag(&me.user(), &me.device());
+        let id = hearth_core::MessageId::new(hearth_core::Timestamp::from_millis(1000), EPOCH, &keys.id(), tag);
+        let op = hearth_core::Op::Post {
+            id,
+            text: "a text of a format 6 entry".into(),
+            reply_to: None,
+        };
+        doc.stage(&me.user(), &me.device(), &op).unwrap();
+        let change = doc.commit(0).unwrap();
+        let texts = doc.take_texts();
+        let body = EntryBody { epoch: EPOCH, change };
+        let (full, _) = Envelope::seal_v6(
+            keys,
+            &me,
+            1,
+            [0; 32],
+            &body,
+            0,
+            chain,
+            &texts,
+            Nonces::Counted([0x33; 15]),
+        )
+        .unwrap();
+        write("envelope", "valid-v6-stripped-change", &full);
+        write("envelope", "v6-flipped-in-body", &flip(&full, full.len() - 200));
+        // The change target unstrips its input for the author's device too.
+        let user = author().user();
+        let mut doc = EpochDoc::new(EPOCH, &AUTHOR_DEVICE);
+        let tag = hearth_core::writer_tag(&user, &AUTHOR_DEVICE);
+        let id = hearth_core::MessageId::new(hearth_core::Timestamp::from_millis(1000), EPOCH, &keys.id(), tag);
+        let op = hearth_core::Op::Post {
+            id,
+            text: "by the author".into(),
+            reply_to: None,
+        };
+        doc.stage(&user, &AUTHOR_DEVICE, &op).unwrap();
+        let change = doc.commit(0).unwrap();
+        let stripped = hearth_core::strip_change(&change, &AUTHOR_DEVICE.0).unwrap();
+        write("change", "stripped-by-author", &stripped);
     }
 
     pub fn write_link_seeds() {

@@ -204,6 +204,15 @@ pub fn check_text_pack_v5(data: &[u8]) {
 /// document and view it. A document that accepted the change must also snapshot and
 /// reload to the same view, since the store snapshots whatever sync delivered.
 pub fn check_change(data: &[u8]) {
+    // As the sealed body of a format 6 entry holds it: stripped of its
+    // framing and actor, rebuilt for the entry's device.
+    if let Ok(chunk) = hearth_core::unstrip_change(data, &AUTHOR_DEVICE.0) {
+        check_change_chunk(&chunk);
+    }
+    check_change_chunk(data);
+}
+
+fn check_change_chunk(data: &[u8]) {
     let Ok(change) = decode_change(data, &AUTHOR_DEVICE, &author().user()) else {
         return;
     };

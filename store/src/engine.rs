@@ -1742,7 +1742,7 @@ impl Engine {
             .map(|h| (h.seq + 1, h.hash))
             .unwrap_or((1, [0; 32]));
         let body = EntryBody { epoch, change };
-        // Format 2, signed by this device's key; the feed's first such entry
+        // Format 6, signed by this device's key; the feed's first such entry
         // carries the chain (kept in `T_CHAINS`). A device without keys yet
         // (an older store replaying its journal before it gets them) writes
         // format 1.
@@ -1755,7 +1755,7 @@ impl Engine {
                 };
                 let generation = generation.unwrap_or_else(|| ch.keys.current_generation());
                 let nonces = self.nonces.for_entry(wire, seq)?;
-                let sealed = Envelope::seal_v5(
+                let sealed = Envelope::seal_v6(
                     &ch.keys,
                     &self.identity,
                     seq,

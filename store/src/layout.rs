@@ -194,7 +194,11 @@ pub fn expired_key(wire: &WireId) -> Vec<u8> {
 /// 15: summary copies (table `T_ALL_SUMMARIES`): each channel's epoch
 /// summaries in one sealed row, written at a clean close and removed by any
 /// batch that writes an epoch summary; 14 is only marked.
-pub const STORE_FORMAT: u8 = 15;
+/// 16: feed entries of format 6: the sealed body holds its change without
+/// the chunk's framing and actor, which the entry says already
+/// (`hearth_core::chunk::strip_change`), and no epoch but the header's;
+/// 15 is only marked.
+pub const STORE_FORMAT: u8 = 16;
 
 /// What opening a store of format `from` does to bring it to
 /// [`STORE_FORMAT`], step by step (`hearth migrate --check`). Empty when
@@ -223,7 +227,7 @@ pub fn migration_steps(from: u8) -> Vec<&'static str> {
         steps.push(
             "the other steps only mark sled: the rows and kinds of record they add come with the content that \
              needs them (fork proofs, device chains, rosters, notices, texts beside their changes, packs, \
-             a restored device's own network key, dead epochs, texts named by slot, front pages, summary copies)",
+             a restored device's own network key, dead epochs, texts named by slot, front pages, summary copies, changes without their framing)",
         );
         steps.push("sled's format row set to the current format, and the store checkpointed");
     }

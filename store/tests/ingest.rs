@@ -322,7 +322,7 @@ async fn a_forked_feed_is_proved_reported_and_kept() {
 #[tokio::test]
 async fn feeds_are_signed_by_device_keys() {
     use hearth_core::device::{DeviceCert, DeviceKeys};
-    use hearth_core::{ENVELOPE_V2, ENVELOPE_V5, ENVELOPE_VERSION, EntryHeader, Envelope, Identity};
+    use hearth_core::{ENVELOPE_V2, ENVELOPE_V6, ENVELOPE_VERSION, EntryHeader, Envelope, Identity};
 
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let pass = Passphrase::new("pw");
@@ -345,7 +345,7 @@ async fn feeds_are_signed_by_device_keys() {
         .entries;
     let envs: Vec<Envelope> = all.iter().map(|e| Envelope::decode(e).unwrap()).collect();
     let cert = a.device_cert().await.unwrap();
-    assert!(envs.iter().all(|e| e.header.version == ENVELOPE_V5));
+    assert!(envs.iter().all(|e| e.header.version == ENVELOPE_V6));
     assert_eq!(
         envs[0].certs,
         vec![cert.clone()],

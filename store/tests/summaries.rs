@@ -36,7 +36,8 @@ async fn answers(s: &Store, channels: &[ChannelId]) -> String {
 /// The `A` rows of a channel (key, value), read with sled while the store is
 /// closed (or in a copy of its directory); with `put`, they are replaced.
 fn copy_rows(db_dir: &Path, wire: &WireId, put: Option<&[(Vec<u8>, Vec<u8>)]>) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let db = sled::open(db_dir).unwrap();
+    // A closed store's sled lets go of its lock a moment after the close.
+    let db = hearth_store::open_sled_config(&sled::Config::new().path(db_dir)).unwrap();
     let tree = db.open_tree("hearth.v1").unwrap();
     let mut prefix = vec![b'A'];
     prefix.extend_from_slice(&wire.0);

@@ -16,7 +16,8 @@ const TREE: &str = "hearth.v1";
 
 /// Edit sled's tree of a closed store.
 fn edit_sled(dir: &std::path::Path, f: impl FnOnce(&sled::Tree)) {
-    let db = sled::open(dir.join("db")).unwrap();
+    // A closed store's sled lets go of its lock a moment after the close.
+    let db = hearth_store::open_sled_config(&sled::Config::new().path(dir.join("db"))).unwrap();
     let tree = db.open_tree(TREE).unwrap();
     f(&tree);
     db.flush().unwrap();

@@ -116,7 +116,7 @@ enum AckWire {
 pub struct Malformed(pub String);
 
 /// The feeds a live stream has carried, as both ends see them.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct FeedTable {
     index: HashMap<(WireId, DeviceId), u32>,
     feeds: Vec<LeanContext>,
@@ -192,8 +192,60 @@ fn encode_push_heads(table: &mut FeedTable, entries: &[ByteBuf], wait: bool) -> 
             Err(_) => LiveEntry::Whole(bytes.clone()),
         })
         .collect();
-    let frame = postcard::to_stdvec(&LivePush { entries, wait }).expect("a live push encodes");
-    (frame, heads)
+    (frame_of(&LivePush { entries, wait }), heads)
+}
+
+/// The first byte of a pusher's frame body.
+mod kind {
+    /// The rest is a postcard [`super::LivePush`].
+    pub const PUSH: u8 = 0;
+    /// One lean entry, the pusher not waiting: `varint feed | lean bytes`.
+    pub const ONE: u8 = 1;
+    /// One lean entry, the pusher waiting.
+    pub const ONE_WAIT: u8 = 2;
+}
+
+/// A pusher's frame body: a push of one lean entry (a live message) in
+/// its short form, which the frame's length bounds (no count, no length of
+/// its own: 4 bytes fewer); any other as postcard.
+fn frame_of(push: &LivePush) -> Vec<u8> {
+    match &push.entries[..] {
+        [LiveEntry::Next { feed, lean }] => {
+            let mut out = vec![if push.wait { kind::ONE_WAIT } else { kind::ONE }];
+            out.extend(hearth_core::write_leb128(u64::from(*feed)));
+            out.extend_from_slice(lean);
+            out
+        }
+        _ => {
+            let mut out = vec![kind::PUSH];
+            out.extend(postcard::to_stdvec(push).expect("a live push encodes"));
+            out
+        }
+    }
+}
+
+/// Read a pusher's frame body ([`frame_of`]), which must be in its one
+/// encoding.
+fn push_of(frame: &[u8]) -> Result<LivePush, Malformed> {
+    let push = match frame.split_first() {
+        Some((&kind::PUSH, rest)) => postcard::from_bytes(rest).map_err(|e| Malformed(e.to_string()))?,
+        Some((&k @ (kind::ONE | kind::ONE_WAIT), rest)) => {
+            let (feed, n) = hearth_core::read_leb128(rest).ok_or_else(|| Malformed("feed index".into()))?;
+            let feed = u32::try_from(feed).map_err(|_| Malformed("feed index".into()))?;
+            LivePush {
+                entries: vec![LiveEntry::Next {
+                    feed,
+                    lean: ByteBuf::from(&rest[n..]),
+                }],
+                wait: k == kind::ONE_WAIT,
+            }
+        }
+        _ => return Err(Malformed("unknown frame kind".into())),
+    };
+    if frame_of(&push) != frame {
+        return Err(Malformed("not in canonical encoding".into()));
+    }
+    Ok(push)
 }
 
 /// A receiver's reading of a pusher's frame.
@@ -213,12 +265,9 @@ pub struct Pushed {
 /// stored (lean ones rebuilt); records them in the table. Entries that do
 /// not decode are passed on as they came (the store refuses them).
 pub fn decode_push(table: &mut FeedTable, frame: &[u8]) -> Result<Pushed, Malformed> {
-    let push: LivePush = postcard::from_bytes(frame).map_err(|e| Malformed(e.to_string()))?;
+    let push = push_of(frame)?;
     if push.entries.is_empty() || push.entries.len() > BATCH_ENTRIES {
         return Err(Malformed(format!("{} entries", push.entries.len())));
-    }
-    if postcard::to_stdvec(&push).ok().as_deref() != Some(frame) {
-        return Err(Malformed("not in canonical encoding".into()));
     }
     let mut wire = None;
     let mut heads = hearth_core::Vector::default();
@@ -614,7 +663,7 @@ mod tests {
     }
 
     fn kinds(frame: &[u8]) -> Vec<bool> {
-        let push: LivePush = postcard::from_bytes(frame).unwrap();
+        let push = push_of(frame).unwrap();
         push.entries
             .iter()
             .map(|e| matches!(e, LiveEntry::Next { .. }))
@@ -697,12 +746,34 @@ mod tests {
         );
         assert!(decode_push(&mut FeedTable::default(), &mixed).is_err());
         // No entries, trailing bytes and garbage are refused.
-        let empty = postcard::to_stdvec(&LivePush {
+        let empty = frame_of(&LivePush {
             entries: Vec::new(),
             wait: false,
-        })
-        .unwrap();
+        });
         assert!(decode_push(&mut FeedTable::default(), &empty).is_err());
+        // A lone lean entry takes the short form: the long one is refused,
+        // as are an unknown kind and a feed index in a longer varint.
+        let Some(&[kind::ONE, 0, ref rest @ ..]) = lean.get(..) else {
+            panic!("a lone lean entry of feed 0 in the short form")
+        };
+        let long = [
+            &[kind::PUSH][..],
+            &postcard::to_stdvec(&push_of(&lean).unwrap()).unwrap(),
+        ]
+        .concat();
+        let mut with_first = FeedTable::default();
+        let _ = decode_push(
+            &mut with_first,
+            &encode_push(&mut FeedTable::default(), &entries[..1], false),
+        )
+        .unwrap();
+        assert!(decode_push(&mut with_first, &long).unwrap_err().0.contains("canonical"));
+        let overlong = [&[kind::ONE, 0x80, 0x00][..], rest].concat();
+        assert!(decode_push(&mut with_first, &overlong).is_err());
+        assert!(decode_push(&mut with_first, &[&[3u8][..], rest].concat()).is_err());
+        let mut waiting = lean.clone();
+        waiting[0] = kind::ONE_WAIT;
+        assert!(decode_push(&mut with_first, &waiting).unwrap().wait);
         let mut trailing = encode_push(&mut FeedTable::default(), &entries[..1], false);
         trailing.push(0);
         assert!(decode_push(&mut FeedTable::default(), &trailing).is_err());

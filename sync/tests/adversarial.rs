@@ -1146,18 +1146,32 @@ async fn a_malformed_live_frame_is_reported_and_its_sender_dropped() {
     };
     let varint = |n: usize| hearth_core::write_leb128(n as u64);
     let framed = |body: &[u8]| [varint(body.len()), body.to_vec()].concat();
-    let unknown_feed = postcard::to_stdvec(&LivePush {
-        entries: vec![LiveEntry::Next {
-            feed: 3,
-            lean: ByteBuf::from(vec![5; 40]),
-        }],
-        wait: false,
-    })
-    .unwrap();
+    // A lone lean entry's short frame (kind 1, feed 3), and the same in a
+    // push of two entries.
+    let unknown_feed = [&[1u8, 3][..], &[5; 40][..]].concat();
+    let unknown_feed_in_two = [
+        &[0u8][..],
+        &postcard::to_stdvec(&LivePush {
+            entries: vec![
+                LiveEntry::Whole(theirs[0].clone()),
+                LiveEntry::Next {
+                    feed: 3,
+                    lean: ByteBuf::from(vec![5; 40]),
+                },
+            ],
+            wait: false,
+        })
+        .unwrap(),
+    ]
+    .concat();
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("garbage", framed(&[0xff; 32])),
         ("a lean entry of a feed never sent", framed(&lean_first)),
         ("a feed index out of the table", framed(&unknown_feed)),
+        (
+            "a feed index out of the table, second of two",
+            framed(&unknown_feed_in_two),
+        ),
         (
             "over the cap",
             [varint(proto::MAX_REQUEST + 1), vec![0x5a; 4096]].concat(),

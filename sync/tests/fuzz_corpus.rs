@@ -177,8 +177,10 @@ mod seeds {
             .collect();
         let mut table = FeedTable::default();
         let primer = encode_push(&mut table, &entries[..1], false);
+        let one = encode_push(&mut table.clone(), &entries[1..2], false);
         let lean = encode_push(&mut table, &entries[1..], true);
         let two = |a: &[u8], b: &[u8]| [&(a.len() as u16).to_be_bytes()[..], a, b].concat();
+        write("live_frames", "valid-primer-then-one-lean", &two(&primer, &one));
         write("live_frames", "valid-primer-then-lean", &two(&primer, &lean));
         write("live_frames", "truncated-lean", &two(&primer, &lean[..lean.len() - 3]));
         let mut flipped = lean.clone();

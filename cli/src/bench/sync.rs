@@ -270,6 +270,8 @@ struct Live {
     other_p50_us: f64,
     other_p99_us: f64,
     bytes_per_message: f64,
+    /// The bytes of the run each way (`up`: from the dialer, the receiver).
+    bytes: Bytes,
 }
 
 fn live_stats(deliver: &mut [Duration], other: &mut [Duration], bytes: Bytes) -> Live {
@@ -281,6 +283,7 @@ fn live_stats(deliver: &mut [Duration], other: &mut [Duration], bytes: Bytes) ->
         other_p50_us: percentile_us(other, 0.5),
         other_p99_us: percentile_us(other, 0.99),
         bytes_per_message: bytes.total() as f64 / deliver.len().max(1) as f64,
+        bytes,
     }
 }
 
@@ -971,11 +974,13 @@ pub async fn run(args: &SyncArgs, json_out: bool) -> Result<std::process::ExitCo
                     "writer_durable_post_p50_us": h.other_p50_us,
                     "writer_durable_post_p99_us": h.other_p99_us,
                     "bytes_per_message": h.bytes_per_message,
+                    "bytes": h.bytes.json(),
                 },
                 "automerge": {
                     "p50_us": b.p50_us, "p99_us": b.p99_us,
                     "quiescent_p50_us": b.other_p50_us, "quiescent_p99_us": b.other_p99_us,
                     "bytes_per_message": b.bytes_per_message,
+                    "bytes": b.bytes.json(),
                 },
             }));
         }
