@@ -165,7 +165,7 @@ impl DeviceId {
 ///
 /// Every post's id is checked against it when a view is built, and a
 /// channel's posts come from a few devices: the last few tags a thread
-/// computed are kept ([`WRITER_TAGS`]), which saves the three blake3
+/// computed are kept (`WRITER_TAGS`), which saves the three blake3
 /// compressions a tag costs on all but the first post of a device.
 pub fn writer_tag(user: &UserId, device: &DeviceId) -> [u8; 8] {
     RECENT_TAGS.with(|recent| {

@@ -69,7 +69,7 @@ pub const BACKUP_VERSION: u8 = 1;
 /// Plaintext bytes gathered before a chunk is sealed.
 const CHUNK_PLAIN: usize = 1 << 20;
 /// Largest sealed chunk read back: a chunk is sealed once it passes
-/// [`CHUNK_PLAIN`], and no item comes near the rest (a log record is at most
+/// 1 MiB of plaintext, and no item comes near the rest (a log record is at most
 /// 1 MiB, a row less).
 pub const MAX_BACKUP_CHUNK: usize = 4 << 20;
 /// Bit 31 of a chunk's length word: the last chunk.

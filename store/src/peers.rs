@@ -273,7 +273,7 @@ impl Store {
     }
 
     /// Take notices of this user's removal that a member handed this device
-    /// (see [`Engine::take_told`](crate::engine::Engine)): a channel told
+    /// (the engine's `take_told`): a channel told
     /// so takes no more writes here (`Error::NotAllowed`) until its roster
     /// holds that removal. Returns how many stand.
     pub async fn take_told(&self, notices: Vec<RemovedNotice>) -> Result<u32> {

@@ -257,7 +257,8 @@ pub struct Pushed {
     pub entries: Vec<ByteBuf>,
     /// [`LivePush::wait`].
     pub wait: bool,
-    /// The heads of the feeds pushed ([`crate::drive::pushed_heads`]).
+    /// The heads of the feeds pushed: for each feed, the last entry of it
+    /// in the frame.
     pub heads: hearth_core::Vector,
 }
 
