@@ -13,7 +13,7 @@
 //! ```
 //!
 //! Pushes take a long-lived stream of their own where the peer speaks it
-//! ([`crate::live`], `/hearth/live/1`): the same Push and Ack, with lean
+//! ([`crate::live`], `/hearth/live/2`): the same Push and Ack, with lean
 //! entries, and an Ack of two bytes for several Pushes.
 //!
 //! Protocol 12 changes what an Ack says: the receiver's heads of the feeds
