@@ -56,6 +56,18 @@ use answers::{
 
 const STORES: [&str; 2] = ["alice", "alice-phone"];
 
+/// A copy of fixture store `name` of `format`, opened: the temporary
+/// directory (removed on drop), the store's directory in it, the store.
+async fn open_copy(format: &str, name: &str) -> (tempfile::TempDir, PathBuf, Store) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join(name);
+    copy_dir(&fixture(format).join(name), &dir);
+    let s = Store::open(&dir, &Passphrase::new(FIXTURE_PASS), fixture_config())
+        .await
+        .expect("open");
+    (tmp, dir, s)
+}
+
 #[tokio::test]
 async fn v1_stores_open_migrate_and_answer_the_same() {
     old_stores_open_migrate_and_answer_the_same("v1", 1).await;
@@ -135,12 +147,7 @@ async fn v13_stores_open_and_answer_the_same() {
 #[tokio::test]
 async fn v14_stores_open_and_answer_the_same() {
     old_stores_open_migrate_and_answer_the_same("v14", 14).await;
-    let tmp = tempfile::tempdir().expect("tmp");
-    let dir = tmp.path().join("alice-phone");
-    copy_dir(&fixture("v14").join("alice-phone"), &dir);
-    let s = Store::open(&dir, &Passphrase::new(FIXTURE_PASS), fixture_config())
-        .await
-        .expect("open");
+    let (_tmp, _, s) = open_copy("v14", "alice-phone").await;
     let at = s.find_text("from the phone").await.expect("find");
     assert!(at.iter().any(|w| w == "sled row front pages"), "{at:?}");
     s.close().await.expect("close");
@@ -153,12 +160,7 @@ async fn v15_stores_open_and_answer_the_same() {
     // channel's summary copy, not one row per epoch; one of format 14 has
     // none to read until its first clean close.
     for (version, copies) in [("v15", true), ("v14", false)] {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let dir = tmp.path().join("alice-phone");
-        copy_dir(&fixture(version).join("alice-phone"), &dir);
-        let s = Store::open(&dir, &Passphrase::new(FIXTURE_PASS), fixture_config())
-            .await
-            .expect("open");
+        let (_tmp, dir, s) = open_copy(version, "alice-phone").await;
         let channels = s.channels().await.expect("channels").len() as u64;
         let read = s.open_report().summary_copies;
         assert_eq!(read, if copies { channels } else { 0 }, "{version}");
@@ -180,12 +182,7 @@ async fn v15_stores_open_and_answer_the_same() {
 async fn v16_stores_open_and_answer_the_same() {
     old_stores_open_migrate_and_answer_the_same("v16", 16).await;
     for (version, format) in [("v16", hearth::core::ENVELOPE_V6), ("v15", hearth::core::ENVELOPE_V5)] {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let dir = tmp.path().join("alice");
-        copy_dir(&fixture(version).join("alice"), &dir);
-        let s = Store::open(&dir, &Passphrase::new(FIXTURE_PASS), fixture_config())
-            .await
-            .expect("open");
+        let (_tmp, _, s) = open_copy(version, "alice").await;
         let mut own = 0;
         for c in s.channels().await.expect("channels") {
             let keys = s.channel_keys(c.id).await.expect("keys");

@@ -131,10 +131,15 @@ pub enum Nonces {
 }
 
 impl Nonces {
-    fn of(self, kind: NonceKind, seq: u64) -> Option<[u8; 24]> {
+    /// The nonce of an entry's box of `kind`: drawn, or counted.
+    fn of(self, kind: NonceKind, seq: u64) -> Result<[u8; 24]> {
         match self {
-            Nonces::Random => None,
-            Nonces::Counted(prefix) => Some(counted_nonce(&prefix, kind, seq)),
+            Nonces::Random => {
+                let mut n = [0u8; 24];
+                crate::id::random_bytes(&mut n)?;
+                Ok(n)
+            }
+            Nonces::Counted(prefix) => Ok(counted_nonce(&prefix, kind, seq)),
         }
     }
 }
@@ -640,10 +645,7 @@ impl Envelope {
         let key = keys
             .sealing_key(generation)
             .ok_or_else(|| Error::invalid("key generation", "not held"))?;
-        let sealed = match nonces.of(NonceKind::Body, seq) {
-            Some(nonce) => seal_with_nonce(key, &header.encode(), &plain, nonce)?,
-            None => seal(key, &header.encode(), &plain)?,
-        };
+        let sealed = seal_with_nonce(key, &header.encode(), &plain, nonces.of(NonceKind::Body, seq)?)?;
         Ok((header, sealed, device))
     }
 
@@ -789,11 +791,8 @@ impl Envelope {
                     let key = keys
                         .sealing_key(generation)
                         .ok_or_else(|| Error::invalid("key generation", "not held"))?;
-                    let level = flate2::Compression::default();
-                    Some(match nonces.of(NonceKind::Pack, seq) {
-                        Some(nonce) => p.seal_at(key, &hb, level, nonce)?,
-                        None => p.seal(key, &hb, level)?,
-                    })
+                    let nonce = nonces.of(NonceKind::Pack, seq)?;
+                    Some(p.seal_at(key, &hb, flate2::Compression::default(), nonce)?)
                 }
                 _ => None,
             };

@@ -54,7 +54,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::id::random_bytes;
 use crate::op::MAX_TEXT_BYTES;
-use crate::seal::{open, seal};
+use crate::seal::{open, seal_with_nonce};
 
 /// AAD label of format 5 text packs.
 const PACK_DOMAIN: &[u8] = b"hearth v5 texts";
@@ -493,10 +493,9 @@ impl TextPack {
     /// Seal it for the format 5 entry whose header encodes to `header`,
     /// deflated at `level` when that is shorter.
     pub fn seal(&self, key: &crate::SecretKey, header: &[u8], level: flate2::Compression) -> Result<Vec<u8>> {
-        let gone = (self.len() - self.held()) as u16;
-        let mut out = gone.to_le_bytes().to_vec();
-        out.extend(seal(key, &aad(header, gone), &self.encode_plain(level))?);
-        Ok(out)
+        let mut nonce = [0u8; 24];
+        random_bytes(&mut nonce)?;
+        self.seal_at(key, header, level, nonce)
     }
 
     /// [`TextPack::seal`] under `nonce` (a fresh pack of a new entry: the
@@ -512,7 +511,7 @@ impl TextPack {
     ) -> Result<Vec<u8>> {
         let gone = (self.len() - self.held()) as u16;
         let mut out = gone.to_le_bytes().to_vec();
-        out.extend(crate::seal::seal_with_nonce(
+        out.extend(seal_with_nonce(
             key,
             &aad(header, gone),
             &self.encode_plain(level),
