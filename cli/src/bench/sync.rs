@@ -414,6 +414,7 @@ async fn hearth_catchup(
     let proxy = Proxy::start(a_sock).await?;
     let target = a.vector(ch).await?;
     let mut ev = nb.subscribe();
+    let mut stored = b.subscribe();
     let t0 = Instant::now();
     nb.dial(via(&proxy, na.peer_id())?).await?;
     loop {
@@ -421,7 +422,10 @@ async fn hearth_catchup(
             break;
         }
         ensure!(t0.elapsed() < PATIENCE, "catch-up of {n} did not finish");
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        // Looked at again when the store says entries arrived, as an app's
+        // view would be (the baseline's end is exact too): a fixed poll
+        // added up to its period to the figure.
+        appended_from_peer(&mut stored, ch, Duration::from_millis(20)).await;
     }
     // Counted in the catch-up: the channel's first page, as an app opening
     // the channel reads it (it applies the newest epochs a deferred
@@ -752,6 +756,28 @@ struct AmCatchup {
 
 /// A document with `n` messages; a fresh peer connects and syncs it to
 /// quiescence. Then (if `samples` > 0) live changes on the same connection.
+/// Wait until the store reports a peer's entries stored in `channel` (every
+/// such report already queued is taken too), or `at_most`.
+async fn appended_from_peer(
+    events: &mut tokio::sync::broadcast::Receiver<StoreEvent>,
+    channel: ChannelId,
+    at_most: Duration,
+) {
+    let from_peer = |e: &Result<StoreEvent, tokio::sync::broadcast::error::RecvError>| match e {
+        Ok(StoreEvent::Appended { channel: c, local, .. }) => *c == channel && !*local,
+        Ok(_) => false,
+        // Reports were missed: look now.
+        Err(_) => true,
+    };
+    let deadline = tokio::time::Instant::now() + at_most;
+    while let Ok(e) = tokio::time::timeout_at(deadline, events.recv()).await {
+        if from_peer(&e) {
+            break;
+        }
+    }
+    while events.try_recv().is_ok() {}
+}
+
 async fn am_catchup(
     n: usize,
     text_len: usize,
