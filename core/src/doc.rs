@@ -1151,6 +1151,14 @@ pub struct ChangeEffects {
     pub slots: Vec<SlotRef>,
     /// The posts it makes that reply to another message.
     pub replies: Vec<MessageId>,
+    /// Those replies with the root each names, as (reply, root).
+    pub reply_roots: Vec<(MessageId, MessageId)>,
+    /// It does more than make posts that name their texts by id or slot:
+    /// an edit, delete, reaction, read marker, receipt, metadata or key
+    /// package, a text written inline, or a field of a message another
+    /// change made. A view of changes that do no more can be built from
+    /// their effects alone (`posts`, `texts`, `reply_roots`).
+    pub beyond_posts: bool,
     /// It deletes a message, or sets what a message another change made
     /// replies to: an epoch's counts and bounds move other than by its posts.
     pub recounts: bool,
@@ -1169,7 +1177,9 @@ impl ChangeEffects {
         self.texts.extend(other.texts);
         self.slots.extend(other.slots);
         self.replies.extend(other.replies);
+        self.reply_roots.extend(other.reply_roots);
         self.recounts |= other.recounts;
+        self.beyond_posts |= other.beyond_posts;
     }
 
     /// Whether an epoch's counts and bounds
@@ -1247,6 +1257,7 @@ pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> 
         if let (ObjectId::Root, Key::Map(k)) = (&op.obj, &op.key) {
             let (kind, rest) = k.split_once(':').unwrap_or((k.as_str(), ""));
             let id = rest.split(':').next().and_then(|id| id.parse::<MessageId>().ok());
+            effects.beyond_posts |= kind != "m";
             match (kind, id) {
                 ("m", Some(id)) => {
                     made.insert(start + i as u64, id);
@@ -1301,7 +1312,10 @@ pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> 
         match (&op.obj, &op.key) {
             (ObjectId::Root, Key::Map(k)) => check_root_op(k, &op.action, op.pred.len(), &writer)?,
             (ObjectId::Id(id), Key::Map(k)) if id.actor() == change.actor_id() => match (k.as_str(), &op.action) {
-                ("t", OpType::Put(ScalarValue::Str(t))) => check_len("message text", t, MAX_TEXT_BYTES)?,
+                ("t", OpType::Put(ScalarValue::Str(t))) => {
+                    check_len("message text", t, MAX_TEXT_BYTES)?;
+                    effects.beyond_posts = true;
+                }
                 ("t", OpType::Put(ScalarValue::Bytes(b))) => {
                     let (Some(c), Some(msg)) = (ContentId::from_slice(b), made.get(&id.counter())) else {
                         return Err(Error::corrupted(
@@ -1320,10 +1334,17 @@ pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> 
                     effects.slots.push((effects.slots.len() as u64, *msg, c));
                 }
                 ("p", OpType::Put(ScalarValue::Str(p))) => {
-                    effects.placed.push(parse_id(p)?);
+                    let root = parse_id(p)?;
+                    effects.placed.push(root);
                     match made.get(&id.counter()) {
-                        Some(msg) => effects.replies.push(*msg),
-                        None => effects.recounts = true,
+                        Some(msg) => {
+                            effects.replies.push(*msg);
+                            effects.reply_roots.push((*msg, root));
+                        }
+                        None => {
+                            effects.recounts = true;
+                            effects.beyond_posts = true;
+                        }
                     }
                 }
                 _ => return Err(Error::corrupted("automerge change", "unexpected field in a message")),

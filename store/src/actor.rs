@@ -553,6 +553,8 @@ impl Actor {
     }
 
     fn housekeeping(&mut self) -> Result<()> {
+        // Epochs a page answered from their posts: loaded now that it replied.
+        self.engine.load_answered();
         // Retention: a few epochs' expired texts dropped, once a second.
         if self.last_expiry.elapsed() >= EXPIRE_EVERY {
             self.last_expiry = Instant::now();

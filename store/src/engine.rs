@@ -319,14 +319,24 @@ pub(crate) struct Engine {
     pub(crate) deferred_cache: BTreeMap<(ChannelId, Epoch), Vec<CachedEntry>>,
     /// Bytes of changes and texts in `deferred_cache`.
     pub(crate) deferred_cache_bytes: usize,
+    /// Deferred epochs a query answered from their posts
+    /// ([`Engine::posts_view`]): loaded once the query has replied
+    /// ([`Engine::load_answered`]).
+    pub(crate) answered_unloaded: Vec<(ChannelId, Epoch)>,
+    /// Epochs pages read from their posts since the open (`Stats`).
+    pub(crate) pages_from_posts: u64,
 }
 
 /// A deferred epoch's entry as its ingest decoded and opened it.
 pub(crate) struct CachedEntry {
     pub device: DeviceId,
+    /// The user who signed it.
+    pub user: hearth_core::UserId,
     pub seq: u64,
     pub change: automerge::Change,
     pub texts: Vec<hearth_core::Content>,
+    /// What its change does, as its ingest decoded it.
+    pub effects: hearth_core::ChangeEffects,
 }
 
 impl CachedEntry {
@@ -393,6 +403,8 @@ impl Engine {
             deferred: HashSet::new(),
             deferred_cache: BTreeMap::new(),
             deferred_cache_bytes: 0,
+            answered_unloaded: Vec::new(),
+            pages_from_posts: 0,
             prune_rows: Default::default(),
             fronts: Default::default(),
             summary_rows: Default::default(),
@@ -718,6 +730,107 @@ impl Engine {
             );
         }
         Some((doc, segments, changes))
+    }
+
+    /// The view of a deferred epoch built from what its ingest decoded and
+    /// kept (`deferred_cache`), without applying a change: when every
+    /// entry of the epoch is kept, each only makes posts that name their
+    /// texts by id or slot (`ChangeEffects::beyond_posts`), every change's
+    /// dependencies are among them (automerge would queue none), no post is
+    /// made twice and every writer is one the channel knows. Then each post
+    /// shows as the document's view would show it: its text (or dropped,
+    /// when its entry did not carry it), no edit, reaction or delete, its
+    /// replies counted. `None` otherwise: the epoch is loaded as usual.
+    ///
+    /// The first page after a catch-up reads the newest epochs this way
+    /// (about 0.3 ms for 800 messages against 4 to 6 ms to apply and view
+    /// them); the epoch is loaded after the reply (`load_answered`).
+    pub(crate) fn posts_view(&self, channel: ChannelId, epoch: Epoch) -> Option<EpochView> {
+        if !self.deferred.contains(&(channel, epoch)) {
+            return None;
+        }
+        let cached = self.deferred_cache.get(&(channel, epoch))?;
+        let ch = self.channels.get(&channel)?;
+        let s = ch.summaries.get(&epoch)?;
+        if s.snapshot_chunks > 0 || cached.len() as u64 != s.entries || ch.cuts.contains_key(&epoch) {
+            return None;
+        }
+        let hashes: HashSet<automerge::ChangeHash> = cached.iter().map(|e| e.change.hash()).collect();
+        // Each actor's changes as automerge takes them: seqs 1, 2, ... with
+        // op counters that do not overlap (two of one seq, as a hostile
+        // writer can sign, are refused when the epoch is applied).
+        let mut actors: HashMap<&automerge::ActorId, Vec<&automerge::Change>> = HashMap::new();
+        for e in cached {
+            actors.entry(e.change.actor_id()).or_default().push(&e.change);
+        }
+        for changes in actors.values_mut() {
+            changes.sort_by_key(|c| c.seq());
+            let mut next_op = 0;
+            for (i, c) in changes.iter().enumerate() {
+                if c.seq() != i as u64 + 1 || c.start_op().get() < next_op {
+                    return None;
+                }
+                next_op = c.start_op().get() + c.len() as u64;
+            }
+        }
+        let mut seen = HashSet::new();
+        let mut view = EpochView::default();
+        for e in cached {
+            if e.effects.beyond_posts
+                || ch.devices.get(&e.device) != Some(&e.user)
+                || !e.change.deps().iter().all(|d| hashes.contains(d))
+            {
+                return None;
+            }
+            let tag = hearth_core::writer_tag(&e.user, &e.device);
+            let texts: HashMap<hearth_core::ContentId, &hearth_core::Content> =
+                e.texts.iter().map(|c| (c.id(), c)).collect();
+            let named: HashMap<MessageId, hearth_core::ContentId> = e.effects.texts.iter().copied().collect();
+            let roots: HashMap<MessageId, MessageId> = e.effects.reply_roots.iter().copied().collect();
+            for id in &e.effects.posts {
+                if id.writer() != tag || !seen.insert(*id) {
+                    return None;
+                }
+                let content = named.get(id)?;
+                let text = texts.get(content).filter(|c| c.msg == *id).map(|c| c.text.clone());
+                view.insert(hearth_core::Message {
+                    id: *id,
+                    author: e.user,
+                    dropped: text.is_none(),
+                    text,
+                    reply_to: roots.get(id).copied(),
+                    edited: false,
+                    deleted: false,
+                    reactions: Default::default(),
+                    reply_count: 0,
+                });
+            }
+        }
+        // Every debug build (all the tests) applies the epoch too, and
+        // checks that both views agree.
+        #[cfg(debug_assertions)]
+        if let Ok((mut doc, _, changes)) = self.read_epoch(channel, epoch, s, &HashSet::new()) {
+            let changes: Vec<automerge::Change> = changes.into_iter().map(|(_, _, c)| c).collect();
+            if doc.apply_remote(changes).is_ok() && !doc.has_queued() {
+                assert_eq!(
+                    view,
+                    doc.view(&ch.devices),
+                    "a deferred epoch's posts view differs from its document's"
+                );
+            }
+        }
+        Some(view)
+    }
+
+    /// Load the deferred epochs a query answered from their posts
+    /// ([`Engine::posts_view`]), once it has replied. A failure is left for
+    /// the next read of the epoch to report.
+    pub(crate) fn load_answered(&mut self) {
+        for (channel, epoch) in std::mem::take(&mut self.answered_unloaded) {
+            if self.deferred.contains(&(channel, epoch)) {
+                let _ = self.ensure_epoch(channel, epoch, false);
+            }
+        }
     }
 
     /// Keep what the ingest of a deferred epoch's entries decoded

@@ -192,17 +192,29 @@ impl Engine {
             if out.len() >= limit && out.get(limit - 1).is_some_and(|m| m.id > top_max) {
                 break;
             }
-            self.ensure_epoch(*channel, epoch, false)?;
-            if let Some(le) = self.loaded(channel, epoch) {
+            // A deferred epoch that only holds posts answers from them; it
+            // is loaded once this query has replied.
+            let posts = self.posts_view(*channel, epoch);
+            let view = match &posts {
+                Some(v) => {
+                    self.answered_unloaded.push((*channel, epoch));
+                    self.pages_from_posts += 1;
+                    Some(v)
+                }
+                None => {
+                    self.ensure_epoch(*channel, epoch, false)?;
+                    self.loaded(channel, epoch).map(|le| &le.view)
+                }
+            };
+            if let Some(view) = view {
                 out.extend(
-                    le.view
-                        .page(before, limit.saturating_add(hidden.len()))
+                    view.page(before, limit.saturating_add(hidden.len()))
                         .into_iter()
                         .filter(|m| !hidden.contains(&m.id) && floor.is_none_or(|f| m.id >= f))
                         .map(|mut m| {
                             // Expired replies are not counted either.
                             if let Some(f) = floor {
-                                m.reply_count = le.view.replies_from(&m.id, f);
+                                m.reply_count = view.replies_from(&m.id, f);
                             }
                             m
                         }),

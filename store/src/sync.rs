@@ -1173,9 +1173,11 @@ impl Engine {
                     .into_iter()
                     .map(|a| crate::engine::CachedEntry {
                         device: a.device,
+                        user: a.user,
                         seq: a.seq,
                         change: a.change,
                         texts: a.texts,
+                        effects: a.effects,
                     })
                     .collect();
                 self.cache_deferred(channel, epoch, new, kept);

@@ -103,6 +103,9 @@ pub struct Stats {
     /// Journal bytes written since the last checkpoint (acknowledged writes that
     /// a crash would replay; the file itself is preallocated).
     pub journal_bytes: u64,
+    /// Epochs a page read from their posts as a catch-up's ingest decoded
+    /// them, before applying them (a catch-up's first page), since the open.
+    pub pages_from_posts: u64,
 }
 
 fn dir_bytes(p: &Path) -> u64 {
@@ -131,6 +134,7 @@ impl Engine {
         s.forked_feeds = self.tree.scan_prefix([T_FORKS]).count() as u64;
         s.disk_bytes = dir_bytes(&self.dir);
         s.journal_bytes = self.journal_pending;
+        s.pages_from_posts = self.pages_from_posts;
         s
     }
 

@@ -123,6 +123,46 @@ async fn a_catch_up_leaves_unread_epochs_unapplied_and_answers_as_if_applied() {
     }
 }
 
+/// The first page after a catch-up reads the newest epochs' posts as the
+/// ingest decoded them, without applying them; each is loaded once the page
+/// has replied. An epoch with more than posts (a reaction, an edit) is
+/// applied first, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_page_after_a_catch_up_comes_from_the_posts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, ch) = alice(dir.path()).await;
+    let lazy = member(dir.path(), "lazy", &a, ch, small()).await;
+    let eager = member(dir.path(), "eager", &a, ch, small().with_lazy_epochs(false)).await;
+    let before = lazy.stats().await.unwrap();
+    assert_eq!(before.pages_from_posts, 0);
+    // 25 top-level messages: the newest two or three epochs, posts and replies only.
+    let page = lazy.page(ch, None, 25).await.unwrap();
+    assert_eq!(page.len(), 25);
+    assert_eq!(page, eager.page(ch, None, 25).await.unwrap());
+    assert!(page.iter().any(|m| m.reply_count > 0), "replies are counted");
+    let after = lazy.stats().await.unwrap();
+    assert!(
+        after.pages_from_posts >= 2,
+        "{} epochs read from posts",
+        after.pages_from_posts
+    );
+    assert!(
+        after.cached_epochs >= before.cached_epochs + after.pages_from_posts,
+        "loaded after the reply: {} epochs in memory, {} before",
+        after.cached_epochs,
+        before.cached_epochs
+    );
+    // The same page again comes from the loaded epochs.
+    assert_eq!(lazy.page(ch, None, 25).await.unwrap(), page);
+    assert_eq!(lazy.stats().await.unwrap().pages_from_posts, after.pages_from_posts);
+    // Further back, past the epoch with a reaction: the same pages as the
+    // member that applied everything.
+    assert_eq!(everything(&lazy, ch).await, everything(&eager, ch).await);
+    for s in [a, lazy, eager] {
+        s.close().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_touches_a_deferred_epoch_applies_it_first() {
     let dir = tempfile::tempdir().unwrap();
