@@ -96,6 +96,31 @@ pub(crate) fn open_sled(dir: &Path) -> Result<sled::Db> {
     open_sled_at(&dir.join(DB_DIR))
 }
 
+/// Read the rows an open reads after the unlock (sled's standing, the
+/// channels with their heads, chains, summary copies, notices and owed
+/// receipts, and the front pages), so that sled has their pages in memory
+/// when the open needs them: done on the thread that opens sled during the
+/// Argon2id unlock, it takes about a fifth off the open's part after the
+/// unlock at a million messages (1.6 to 1.7 ms to 1.3 to 1.5 ms, `hearth
+/// bench --probe`). Only reads; what fails to read here fails again, and is
+/// reported, when the open reads it.
+fn warm(tree: &sled::Tree) {
+    for table in [
+        T_META,
+        T_CHANNELS,
+        T_HEADS,
+        T_CHAINS,
+        T_ALL_SUMMARIES,
+        T_FRONTS,
+        T_TOLD,
+        T_OWED,
+    ] {
+        for row in tree.scan_prefix([table]) {
+            std::hint::black_box(row.ok());
+        }
+    }
+}
+
 /// The store's sled and its one tree.
 fn open_sled_tree(dir: &Path) -> Result<(sled::Db, sled::Tree)> {
     let db = open_sled(dir)?;
@@ -336,7 +361,11 @@ pub(crate) fn open(
                 .name("hearth-open".into())
                 .spawn(move || {
                     let loose = crate::durable::make_private(&at)?;
-                    Ok((loose, open_sled_tree(&at)))
+                    let sled = open_sled_tree(&at);
+                    if let Ok((_, tree)) = &sled {
+                        warm(tree);
+                    }
+                    Ok((loose, sled))
                 })
                 .ok()
         })
