@@ -8,12 +8,13 @@
 //! <dir>/db/       sled: everything else, derived from the log (rebuilt when damaged)
 //! ```
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
-use hearth_core::{ChannelId, HEADER_MAX_LEN, Identity, Passphrase, SecretKey, StoreHeader};
+use hearth_core::{ChannelId, HEADER_MAX_LEN, Identity, Passphrase, SecretKey, StoreHeader, WireId};
 use serde::Serialize;
 
 use crate::config::Config;
@@ -205,7 +206,7 @@ pub(crate) fn create_as(
     let header = StoreHeader::wrap(&master, pass, config.kdf)?;
     let log = Log::create(&dir.join(crate::log::LOG_DIR))?;
     let db = open_sled(dir)?;
-    let mut engine = Engine::new(dir.to_path_buf(), config, db, master, identity, lock, log)?;
+    let mut engine = Engine::new(dir.to_path_buf(), config, db, master, identity, lock, log, None)?;
     let identity = engine.identity.encode();
     let sealed = seal_record(&engine.records, META_IDENTITY, &identity)?;
     let mut batch = sled::Batch::default();
@@ -290,8 +291,35 @@ struct Standing {
     format: u8,
 }
 
-fn standing(tree: &sled::Tree, records: &SecretKey, log_dir: &Path) -> std::result::Result<Standing, String> {
+fn standing(
+    tree: &sled::Tree,
+    records: &SecretKey,
+    position: std::result::Result<Position, String>,
+) -> std::result::Result<Standing, String> {
     let identity = read_identity(tree, records).map_err(|e| format!("sled's identity: {e}"))?;
+    let p = position?;
+    Ok(Standing {
+        identity,
+        applied: p.applied,
+        end: p.end,
+        durable: p.durable,
+        stopped: p.stopped,
+        format: p.format,
+    })
+}
+
+/// [`Standing`] but the identity: what needs no key (sled's unsealed
+/// format and log positions, and a scan of the log from its synced
+/// position), so the thread that opens sled reads it during the unlock.
+struct Position {
+    applied: LogPos,
+    end: LogPos,
+    durable: bool,
+    stopped: Option<String>,
+    format: u8,
+}
+
+fn position(tree: &sled::Tree, log_dir: &Path) -> std::result::Result<Position, String> {
     let meta = |k: &[u8]| tree.get(k).map_err(|e| format!("sled: {e}"));
     let format = match meta(META_FORMAT)? {
         None => 1,
@@ -320,14 +348,91 @@ fn standing(tree: &sled::Tree, records: &SecretKey, log_dir: &Path) -> std::resu
             reach.end
         ));
     }
-    Ok(Standing {
-        identity,
+    Ok(Position {
         applied: applied.unwrap_or(reach.end),
         end: reach.end,
         durable: format != 1 && synced == reach.end,
         stopped: reach.stopped,
         format,
     })
+}
+
+/// What the thread that opens sled during the Argon2id unlock gives the
+/// open: owner-only permissions seen to, sled, its rows read
+/// ([`warm`]) and the key-free part of its standing ([`position`]).
+type Opened = (
+    Vec<PathBuf>,
+    Result<(sled::Db, sled::Tree)>,
+    Option<std::result::Result<Position, String>>,
+    Events,
+);
+
+/// The store's event channel, made ahead ([`crate::engine::event_channel`]).
+type Events = tokio::sync::broadcast::Sender<crate::StoreEvent>;
+
+/// The thread that opens sled while Argon2id unlocks the key (sled needs no
+/// key; the store's lock is held): its open, a few milliseconds, is hidden
+/// in the unlock's hundreds. Once the key is there, it goes on reading the
+/// channels' summary copies ([`crate::summaries::read_copies_ahead`]) while
+/// the open's own thread reads the standing and makes the engine.
+struct Early {
+    opened: std::sync::mpsc::Receiver<Result<Opened>>,
+    key: std::sync::mpsc::SyncSender<SecretKey>,
+    thread: std::thread::JoinHandle<Option<HashMap<WireId, crate::summaries::CopyRead>>>,
+}
+
+impl Early {
+    fn start(at: PathBuf) -> Option<Early> {
+        let (opened_tx, opened) = std::sync::mpsc::sync_channel(1);
+        let (key, key_rx) = std::sync::mpsc::sync_channel::<SecretKey>(1);
+        let thread = std::thread::Builder::new()
+            .name("hearth-open".into())
+            .spawn(move || {
+                // Permissions are tightened first: anything looser than
+                // owner-only is reported, since other accounts could read it
+                // until now.
+                let loose = match crate::durable::make_private(&at) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = opened_tx.send(Err(e.into()));
+                        return None;
+                    }
+                };
+                let sled = open_sled_tree(&at);
+                let tree = sled.as_ref().ok().map(|(_, t)| t.clone());
+                let position = tree.as_ref().map(|tree| {
+                    warm(tree);
+                    position(tree, &at.join(crate::log::LOG_DIR))
+                });
+                let events = crate::engine::event_channel();
+                if opened_tx.send(Ok((loose, sled, position, events))).is_err() {
+                    return None;
+                }
+                // No key (a wrong passphrase): the tree is let go at once.
+                let (tree, records) = (tree?, key_rx.recv().ok()?);
+                crate::summaries::read_copies_ahead(&tree, &records)
+            })
+            .ok()?;
+        Some(Early { opened, key, thread })
+    }
+
+    /// What the thread opened, once the unlock is done; `records` (the
+    /// unlocked records key, `None` for a wrong passphrase) lets it go on
+    /// to the summary copies.
+    fn opened(self, records: Option<SecretKey>) -> Result<(Opened, Option<crate::summaries::Ahead>)> {
+        let opened = self.opened.recv();
+        let ahead = if records.is_some_and(|r| self.key.send(r).is_ok()) {
+            Some(crate::summaries::Ahead::Reading(self.thread))
+        } else {
+            // Nothing more for it to do: the tree it holds is let go before
+            // the caller closes sled (or reports a wrong passphrase).
+            drop(self.key);
+            let _ = self.thread.join();
+            None
+        };
+        let opened = opened.unwrap_or_else(|_| Err(Error::corrupted("store", "the open's thread panicked")))?;
+        Ok((opened, ahead))
+    }
 }
 
 /// Open an existing store: bring sled in line with the feed log (migrating a
@@ -349,38 +454,24 @@ pub(crate) fn open(
     // new log swapped in); one not committed is dropped.
     let compacted = crate::compact::recover(dir)?;
     // sled opens on a thread of its own while Argon2id unlocks the key
-    // (sled needs no key; the store's lock is held): its open, a few
-    // milliseconds, is hidden in the unlock's hundreds. Not for a format 1
-    // store, whose sled is copied before anything opens it, nor for a rebuild.
-    // Permissions are tightened first there too: anything looser than
-    // owner-only is reported, since other accounts could read it until now.
+    // ([`Early`]). Not for a format 1 store, whose sled is copied before
+    // anything opens it, nor for a rebuild.
     let early = (!rebuild && dir.join(crate::log::LOG_DIR).exists())
-        .then(|| {
-            let at = dir.to_path_buf();
-            std::thread::Builder::new()
-                .name("hearth-open".into())
-                .spawn(move || {
-                    let loose = crate::durable::make_private(&at)?;
-                    let sled = open_sled_tree(&at);
-                    if let Ok((_, tree)) = &sled {
-                        warm(tree);
-                    }
-                    Ok((loose, sled))
-                })
-                .ok()
-        })
+        .then(|| Early::start(dir.to_path_buf()))
         .flatten();
     let started = std::time::Instant::now();
     let master = header.unwrap(pass);
     let unlock_time = started.elapsed();
-    let (loose, early_sled) = match early {
-        Some(t) => {
-            let (loose, sled) = t
-                .join()
-                .unwrap_or_else(|_| Err(Error::corrupted("store", "the open's thread panicked")))?;
-            (loose, Some(sled))
+    let records = master
+        .as_ref()
+        .ok()
+        .map(|m| hearth_core::derive(m, hearth_core::Purpose::LocalRecords));
+    let (loose, early_sled, early_position, events, copies_ahead) = match early {
+        Some(e) => {
+            let ((loose, sled, position, events), ahead) = e.opened(records.clone())?;
+            (loose, Some(sled), position, Some(events), ahead)
         }
-        None => (crate::durable::make_private(dir)?, None),
+        None => (crate::durable::make_private(dir)?, None, None, None, None),
     };
     let master = match master {
         Ok(m) => m,
@@ -392,7 +483,7 @@ pub(crate) fn open(
             return Err(e.into());
         }
     };
-    let records = hearth_core::derive(&master, hearth_core::Purpose::LocalRecords);
+    let records = records.unwrap_or_else(|| hearth_core::derive(&master, hearth_core::Purpose::LocalRecords));
     let mut report = OpenReport {
         loose_permissions: loose.iter().map(|p| p.display().to_string()).collect(),
         ..OpenReport::default()
@@ -422,6 +513,7 @@ pub(crate) fn open(
         report.migrated_from = Some(1);
     }
     let sled = early_sled.unwrap_or_else(|| open_sled_tree(dir));
+    let (mut copies_ahead, mut events) = (copies_ahead, events);
     let mut why = None;
     let mut engine = None;
     if rebuild {
@@ -430,7 +522,11 @@ pub(crate) fn open(
     } else {
         match sled {
             Err(e) => why = Some(format!("sled does not open: {e}")),
-            Ok((db, tree)) => match standing(&tree, &records, &log_dir) {
+            Ok((db, tree)) => match standing(
+                &tree,
+                &records,
+                early_position.unwrap_or_else(|| position(&tree, &log_dir)),
+            ) {
                 Err(w) => why = Some(w),
                 Ok(st) if st.format > STORE_FORMAT => {
                     // Written by a newer Hearth: leave it as it is.
@@ -454,8 +550,10 @@ pub(crate) fn open(
                         st.identity,
                         lock.take().expect("the lock"),
                         log,
+                        events.take(),
                     )?;
                     report.log_tail = st.stopped;
+                    e.copies_ahead = copies_ahead.take();
                     if st.format == 1 {
                         // Just migrated: sled's content is exactly the new log.
                         // Durably so before anything else reaches the log, or
@@ -604,7 +702,7 @@ fn rebuild_sled(dir: &Path, config: Config, master: SecretKey, lock: File, repor
     }
     let db = open_sled(dir)?;
     let log = Log::open_at(&log_dir, reach.end)?;
-    let mut engine = Engine::new(dir.to_path_buf(), config, db, master, identity, lock, log)?;
+    let mut engine = Engine::new(dir.to_path_buf(), config, db, master, identity, lock, log, None)?;
     let sealed = seal_record(&engine.records, META_IDENTITY, &engine.identity.encode())?;
     let mut b = sled::Batch::default();
     b.insert(META_IDENTITY, sealed);
