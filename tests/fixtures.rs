@@ -168,7 +168,13 @@ async fn v15_stores_open_and_answer_the_same() {
         let s = Store::open(&dir, &Passphrase::new(FIXTURE_PASS), fixture_config())
             .await
             .expect("open");
-        assert_eq!(s.open_report().summary_copies, channels, "{version}, after a close");
+        // Left for later by the open after a clean close, then read.
+        assert_eq!(s.open_report().summary_copies, 0, "{version}, after a close");
+        assert_eq!(
+            s.stats().await.expect("stats").summary_copies,
+            channels,
+            "{version}, after a close"
+        );
         assert!(s.verify().await.expect("verify").is_clean());
         s.close().await.expect("close");
     }

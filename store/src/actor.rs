@@ -100,7 +100,7 @@ struct Compacting {
     waiters: Vec<oneshot::Sender<Result<CompactReport>>>,
 }
 
-enum JournalMsg {
+pub(crate) enum JournalMsg {
     Group(Vec<u8>, Vec<Ack>),
     /// Start a new run (everything written so far is durable in sled).
     Clear(u64, oneshot::Sender<()>),
@@ -237,6 +237,10 @@ impl Actor {
             let _ = reply.send(Err(Error::Poisoned));
             return;
         }
+        if let Err(e) = self.summaries() {
+            let _ = reply.send(Err(e));
+            return;
+        }
         let (entries, outcome) = match self.engine.prepare(w) {
             Ok(x) => x,
             Err(e) => {
@@ -332,6 +336,13 @@ impl Actor {
         } else {
             FINISH_AFTER
         }
+    }
+
+    /// [`Engine::ensure_summaries`], before any command but a query (which
+    /// calls it itself, `Store::query`); a failure poisons the store.
+    fn summaries(&mut self) -> Result<()> {
+        let res = self.engine.ensure_summaries();
+        self.poison_on(res)
     }
 
     fn guard(&self) -> Result<()> {
@@ -553,6 +564,9 @@ impl Actor {
     }
 
     fn housekeeping(&mut self) -> Result<()> {
+        // Summaries the open left for later: loaded once the first command
+        // that did without them (a front page) has replied.
+        self.summaries()?;
         // Epochs a page answered from their posts: loaded now that it replied.
         self.engine.load_answered();
         // Retention: a few epochs' expired texts dropped, once a second.
@@ -608,7 +622,8 @@ impl Actor {
         let res = if self.poisoned.load(Ordering::SeqCst) {
             Err(Error::Poisoned)
         } else {
-            self.close_group()
+            self.summaries()
+                .and_then(|()| self.close_group())
                 .and_then(|()| self.engine.write_fronts())
                 .and_then(|()| self.engine.snapshot_all())
                 .and_then(|()| self.engine.write_summary_copies())
@@ -669,16 +684,63 @@ fn report_failure(e: &Error) {
 /// How long [`spin_recv`] looks before parking.
 const SPIN: Duration = Duration::from_micros(500);
 
-/// Run the store task on the current thread until closed.
-pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>) {
-    let run = journal.run();
+/// The journal's thread and its queue, made before the store has its
+/// journal: an open makes them on its second thread during the Argon2id
+/// unlock, since the queue's 8,192 slots are about 0.2 ms of memory a fresh
+/// process touches first and the thread's start 0.1 ms more, which the
+/// first command would otherwise wait for. The thread waits for the
+/// journal; dropped without one, it ends.
+pub(crate) struct Prepared {
+    journal_tx: std_mpsc::SyncSender<JournalMsg>,
+    journal_to: std_mpsc::SyncSender<Journal>,
+    thread: std::thread::JoinHandle<()>,
+    poisoned: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Prepared")
+    }
+}
+
+/// Make the journal's thread and queue ([`Prepared`]).
+pub(crate) fn prepare() -> std::io::Result<Prepared> {
     let poisoned = Arc::new(AtomicBool::new(false));
-    let (jtx, jrx) = std_mpsc::sync_channel(JOURNAL_QUEUE);
+    let (journal_tx, jrx) = std_mpsc::sync_channel(JOURNAL_QUEUE);
+    let (journal_to, journal_rx) = std_mpsc::sync_channel::<Journal>(1);
     let p = poisoned.clone();
-    let journal_thread = std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("hearth-journal".into())
-        .spawn(move || journal_thread(journal, jrx, p))
-        .expect("spawn the journal thread");
+        .spawn(move || {
+            if let Ok(journal) = journal_rx.recv() {
+                journal_thread(journal, jrx, p);
+            }
+        })?;
+    Ok(Prepared {
+        journal_tx,
+        journal_to,
+        thread,
+        poisoned,
+    })
+}
+
+/// Run the store task on the current thread until closed.
+pub(crate) fn run(mut engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>) {
+    let run = journal.run();
+    let prepared = match engine.prepared.take() {
+        Some(p) => p,
+        None => prepare().expect("spawn the journal thread"),
+    };
+    let Prepared {
+        journal_tx: jtx,
+        journal_to,
+        thread: journal_thread,
+        poisoned,
+    } = prepared;
+    // The thread is there while its queue's sender is: it takes the journal.
+    journal_to
+        .send(journal)
+        .expect("the journal thread waits for its journal");
     let next_seq = engine.watermark + 1;
     let max_batch = engine.config.max_batch_ops;
     let interval = engine.config.checkpoint_interval;
@@ -766,16 +828,27 @@ pub(crate) fn run(engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>)
                     }
                 }
                 Cmd::Passwd(p, reply) => {
-                    let _ = reply.send(actor.close_group().and_then(|()| actor.engine.change_passphrase(&p)));
+                    let _ = reply.send(
+                        actor
+                            .summaries()
+                            .and_then(|()| actor.close_group())
+                            .and_then(|()| actor.engine.change_passphrase(&p)),
+                    );
                 }
                 Cmd::Checkpoint(reply) => {
-                    let _ = reply.send(actor.checkpoint());
+                    let _ = reply.send(actor.summaries().and_then(|()| actor.checkpoint()));
                 }
-                Cmd::Compact(stop, progress, reply) => actor.compact(stop, progress, Some(reply)),
-                Cmd::Backup(job) => {
-                    actor.backups_waiting.push_back(job);
-                    actor.next_backup();
-                }
+                Cmd::Compact(stop, progress, reply) => match actor.summaries() {
+                    Ok(()) => actor.compact(stop, progress, Some(reply)),
+                    Err(e) => drop(reply.send(Err(e))),
+                },
+                Cmd::Backup(job) => match actor.summaries() {
+                    Ok(()) => {
+                        actor.backups_waiting.push_back(job);
+                        actor.next_backup();
+                    }
+                    Err(e) => drop(job.reply.send(Err(e))),
+                },
                 Cmd::Close(_) => unreachable!("handled above"),
             }));
             if run.is_err() {

@@ -127,6 +127,18 @@ pub struct ChannelState {
 }
 
 impl ChannelState {
+    /// `current` from the summaries: the newest message epoch and its count.
+    pub(crate) fn set_current(&mut self) {
+        if let Some((&e, s)) = self
+            .summaries
+            .iter()
+            .next_back()
+            .filter(|(e, _)| **e != hearth_core::META_EPOCH)
+        {
+            self.current = (e, s.messages);
+        }
+    }
+
     /// The local user's read marker: the newest over every epoch.
     pub fn my_read(&self) -> Option<MessageId> {
         self.summaries

@@ -310,8 +310,15 @@ pub(crate) struct Engine {
     pub(crate) fronts: crate::front::Fronts,
     /// Each channel's copy of its epoch summaries in one row (`crate::summaries`).
     pub(crate) summary_rows: crate::summaries::SummaryRows,
+    /// The journal's thread and queue, made during the open's unlock
+    /// ([`crate::actor::Prepared`]); the store task takes them.
+    pub(crate) prepared: Option<crate::actor::Prepared>,
     /// Summary copies read ahead during the open, for its channel load.
     pub(crate) copies_ahead: Option<crate::summaries::Ahead>,
+    /// Channels the open loaded without their epoch summaries, which
+    /// [`Engine::ensure_summaries`] gives them before anything but a front
+    /// page reads the engine (`crate::summaries`, "Summaries after the open").
+    pub(crate) summaries_due: Vec<ChannelId>,
     /// Deferred epochs ([`Config::lazy_epochs`]): epochs first heard of in
     /// this session through entries whose posts alone move their counts
     /// (posts, edits, reactions), taken into sled
@@ -424,6 +431,8 @@ impl Engine {
             fronts: Default::default(),
             summary_rows: Default::default(),
             copies_ahead: None,
+            prepared: None,
+            summaries_due: Vec::new(),
             dropped_since_compaction: None,
         })
     }
@@ -449,18 +458,24 @@ impl Engine {
                 return Err(Error::corrupted("channel record", "stored under another channel's key"));
             }
             let id = keys.id();
-            self.load_channel(keys)?;
+            let later = self.copies_ahead.is_some() && crate::summaries::has_copy(&self.tree, &keys.wire())?;
+            self.load_channel_as(keys, later)?;
             if let Some(ch) = self.channels.get_mut(&id) {
                 ch.invited_name = invited;
             }
         }
-        // Channels loaded from now on (joined, or brought by the log) read
-        // their own copies.
-        self.copies_ahead = None;
         Ok(())
     }
 
+    /// Load a channel's state from sled, its summaries with it.
     pub(crate) fn load_channel(&mut self, keys: ChannelKeys) -> Result<()> {
+        self.load_channel_as(keys, false)
+    }
+
+    /// Load a channel's state from sled; `later`: its summaries are left to
+    /// [`Engine::ensure_summaries`] (the open's load, whose copies are being
+    /// read on the second core).
+    fn load_channel_as(&mut self, keys: ChannelKeys, later: bool) -> Result<()> {
         let wire = keys.wire();
         let mut state = ChannelState {
             keys,
@@ -519,12 +534,46 @@ impl Engine {
                 .ok_or_else(|| Error::corrupted("device chain", "empty"))?;
             state.chains.insert(device, (key, chain));
         }
-        state.summaries = self.load_summaries(&state)?;
-        if let Some((&e, s)) = state.summaries.iter().next_back().filter(|(e, _)| **e != META_EPOCH) {
-            state.current = (e, s.messages);
+        if later {
+            self.summaries_due.push(state.keys.id());
+        } else {
+            state.summaries = self.load_summaries(&state, false)?;
+            state.set_current();
         }
         self.by_wire.insert(wire, state.keys.id());
         self.channels.insert(state.keys.id(), state);
+        Ok(())
+    }
+
+    /// Give the channels the open loaded without them their epoch
+    /// summaries (from the copies read on the second core, or their own
+    /// rows). Cheap once done; every command but a front page's calls it
+    /// first (`crate::actor`), and so does the open before anything it
+    /// replays or writes.
+    pub(crate) fn ensure_summaries(&mut self) -> Result<()> {
+        while let Some(id) = self.summaries_due.last().copied() {
+            let Some(mut state) = self.channels.remove(&id) else {
+                self.summaries_due.pop();
+                continue;
+            };
+            let loaded = self.load_summaries(&state, true);
+            let failed = match loaded {
+                Ok(s) => {
+                    state.summaries = s;
+                    state.set_current();
+                    None
+                }
+                Err(e) => Some(e),
+            };
+            self.channels.insert(id, state);
+            if let Some(e) = failed {
+                // Left due: every later call fails too (the store is
+                // poisoned by it), and the next open loads it first.
+                return Err(self.summaries_failed(id, e));
+            }
+            self.summaries_due.pop();
+        }
+        self.copies_ahead = None;
         Ok(())
     }
 

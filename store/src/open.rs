@@ -63,7 +63,10 @@ pub struct OpenReport {
     pub moved_from: Option<hearth_core::DeviceId>,
     /// Channels whose epoch summaries this open read from their one-row
     /// copy, written at the last clean close, instead of one row per epoch
-    /// (store format 15).
+    /// (store format 15), before it returned. After a clean close the open
+    /// leaves them for later (they are read on a second thread and taken
+    /// when something first needs them), so this is 0 then:
+    /// [`crate::Stats::summary_copies`] counts them all.
     pub summary_copies: u64,
 }
 
@@ -358,9 +361,11 @@ fn position(tree: &sled::Tree, log_dir: &Path) -> std::result::Result<Position, 
 }
 
 /// What the thread that opens sled during the Argon2id unlock gives the
-/// open: owner-only permissions seen to, sled, its rows read
-/// ([`warm`]) and the key-free part of its standing ([`position`]).
+/// open: the journal's thread and queue ([`crate::actor::Prepared`]),
+/// owner-only permissions seen to, sled, its rows read ([`warm`]), the
+/// key-free part of its standing ([`position`]) and the event channel.
 type Opened = (
+    Option<crate::actor::Prepared>,
     Vec<PathBuf>,
     Result<(sled::Db, sled::Tree)>,
     Option<std::result::Result<Position, String>>,
@@ -372,9 +377,11 @@ type Events = tokio::sync::broadcast::Sender<crate::StoreEvent>;
 
 /// The thread that opens sled while Argon2id unlocks the key (sled needs no
 /// key; the store's lock is held): its open, a few milliseconds, is hidden
-/// in the unlock's hundreds. Once the key is there, it goes on reading the
+/// in the unlock's hundreds, and so is making what the store's first
+/// command would wait for. Once the key is there, it goes on reading the
 /// channels' summary copies ([`crate::summaries::read_copies_ahead`]) while
-/// the open's own thread reads the standing and makes the engine.
+/// the open's own thread reads the standing and makes the engine; after a
+/// clean close the open does not wait for them (`Engine::ensure_summaries`).
 struct Early {
     opened: std::sync::mpsc::Receiver<Result<Opened>>,
     key: std::sync::mpsc::SyncSender<SecretKey>,
@@ -405,7 +412,8 @@ impl Early {
                     position(tree, &at.join(crate::log::LOG_DIR))
                 });
                 let events = crate::engine::event_channel();
-                if opened_tx.send(Ok((loose, sled, position, events))).is_err() {
+                let prepared = crate::actor::prepare().ok();
+                if opened_tx.send(Ok((prepared, loose, sled, position, events))).is_err() {
                     return None;
                 }
                 // No key (a wrong passphrase): the tree is let go at once.
@@ -466,12 +474,12 @@ pub(crate) fn open(
         .as_ref()
         .ok()
         .map(|m| hearth_core::derive(m, hearth_core::Purpose::LocalRecords));
-    let (loose, early_sled, early_position, events, copies_ahead) = match early {
+    let (prepared, loose, early_sled, early_position, events, copies_ahead) = match early {
         Some(e) => {
-            let ((loose, sled, position, events), ahead) = e.opened(records.clone())?;
-            (loose, Some(sled), position, Some(events), ahead)
+            let ((prepared, loose, sled, position, events), ahead) = e.opened(records.clone())?;
+            (prepared, loose, Some(sled), position, Some(events), ahead)
         }
-        None => (crate::durable::make_private(dir)?, None, None, None, None),
+        None => (None, crate::durable::make_private(dir)?, None, None, None, None),
     };
     let master = match master {
         Ok(m) => m,
@@ -484,6 +492,9 @@ pub(crate) fn open(
         }
     };
     let records = records.unwrap_or_else(|| hearth_core::derive(&master, hearth_core::Purpose::LocalRecords));
+    // Read before sled is brought in line, so that the open knows whether
+    // it replays anything (a clean close leaves it empty).
+    let (mut journal, decoded) = Journal::open(&dir.join(JOURNAL_FILE), &records)?;
     let mut report = OpenReport {
         loose_permissions: loose.iter().map(|p| p.display().to_string()).collect(),
         ..OpenReport::default()
@@ -579,9 +590,15 @@ pub(crate) fn open(
                         e.dirty = true;
                         report.migrated_from = Some(st.format);
                     }
+                    // After a clean close the channels' summaries are left for
+                    // later (`Engine::ensure_summaries`); anything to catch
+                    // up or replay needs them first, and a failure to read
+                    // them here rebuilds sled like any other.
+                    let quiet = decoded.records.is_empty() && st.applied == st.end;
                     match e
                         .load()
                         .and_then(|()| e.check_root())
+                        .and_then(|()| if quiet { Ok(()) } else { e.ensure_summaries() })
                         .and_then(|()| recover::catch_up(&mut e, st.applied, &mut report))
                     {
                         Ok(()) => engine = Some(e),
@@ -608,8 +625,12 @@ pub(crate) fn open(
         }
     };
     engine.unlock_time = unlock_time;
+    engine.prepared = prepared;
     // Before the journal is replayed, so that what it brings back is signed
     // by the device's own key.
+    if engine.identity.device_keys().is_none() {
+        engine.ensure_summaries()?;
+    }
     give_device_keys(&mut engine)?;
     // Entries held sealed whose key generation arrived later in the log.
     let ids: Vec<ChannelId> = engine.channels.keys().copied().collect();
@@ -621,10 +642,10 @@ pub(crate) fn open(
             .next()
             .is_some()
         {
+            engine.ensure_summaries()?;
             engine.open_waiting(id, &mut crate::IngestReport::default())?;
         }
     }
-    let (mut journal, decoded) = Journal::open(&dir.join(JOURNAL_FILE), &engine.records)?;
     report.journal_tail = decoded.stopped;
     let mut last = engine.watermark;
     let journal_empty = decoded.records.is_empty();
@@ -661,6 +682,7 @@ pub(crate) fn open(
     // journal is empty: journal records name message ids of the old id.
     let moving = !engine.identity.on_keyed_id();
     if !journal_empty || engine.dirty || moving || compacted {
+        engine.ensure_summaries()?;
         engine.snapshot_all()?;
         engine.checkpoint()?;
         journal.clear(Journal::new_run()?);

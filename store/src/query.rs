@@ -163,6 +163,7 @@ impl Engine {
         {
             return Ok(newest);
         }
+        self.ensure_summaries()?;
         if let Some(b) = before {
             // A cursor must name a message of this channel.
             let loc = self.get_message(&b)?;

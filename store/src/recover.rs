@@ -195,6 +195,8 @@ fn apply(engine: &mut Engine, p: &mut Pending, report: &mut OpenReport) -> Resul
     let Some(end) = p.end.take() else {
         return Ok(());
     };
+    // The log holds more than sled: the channels need their summaries.
+    engine.ensure_summaries()?;
     let mut batch = sled::Batch::default();
     // Before the entries: this device's own may be signed by the keys it holds.
     if let Some(id) = p.identity.take() {

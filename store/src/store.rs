@@ -516,9 +516,22 @@ impl Store {
         &self,
         f: impl FnOnce(&mut Engine) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        self.query_as(true, f).await
+    }
+
+    /// A query; `summaries`: it reads the channels' epoch summaries, which
+    /// the open may have left for later ([`Engine::ensure_summaries`]).
+    /// Only a page, which can answer from a front page without them, and
+    /// calls it itself when it cannot, says no.
+    async fn query_as<T: Send + 'static>(
+        &self,
+        summaries: bool,
+        f: impl FnOnce(&mut Engine) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         let q: actor::Query = Box::new(move |e: &mut Engine| {
-            let _ = tx.send(f(e));
+            let ready = if summaries { e.ensure_summaries() } else { Ok(()) };
+            let _ = tx.send(ready.and_then(|()| f(e)));
         });
         self.tx.send(Cmd::Query(q)).await.map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
@@ -530,7 +543,7 @@ impl Store {
     ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         let m: actor::Mutation = Box::new(move |e: &mut Engine, ready: Result<()>| {
-            let r = ready.and_then(|()| f(e));
+            let r = ready.and_then(|()| e.ensure_summaries()).and_then(|()| f(e));
             // Input errors leave the engine as it was; anything else happened
             // half-way through a change and poisons the store.
             let failed = matches!(
@@ -871,7 +884,7 @@ impl Store {
 
     /// Top-level messages of a channel older than `before`, newest first.
     pub async fn page(&self, channel: ChannelId, before: Option<MessageId>, limit: usize) -> Result<Vec<Message>> {
-        self.query(move |e| e.page(&channel, before, limit)).await
+        self.query_as(false, move |e| e.page(&channel, before, limit)).await
     }
 
     /// Where in the store's files a key reachable from the passphrase opens

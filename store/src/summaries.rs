@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use hearth_core::{Epoch, WireId};
+use hearth_core::{ChannelId, Epoch, WireId};
 use serde::{Deserialize, Serialize};
 
 use crate::channel::{ChannelState, EpochSummary};
@@ -111,6 +111,12 @@ pub(crate) fn scan_summaries(tree: &sled::Tree, records: &hearth_core::SecretKey
         out.insert(epoch, s);
     }
     Ok(out)
+}
+
+/// Whether the channel has a copy in sled (its first chunk; read, not
+/// opened): the open leaves the summaries of such a channel for later.
+pub(crate) fn has_copy(tree: &sled::Tree, wire: &WireId) -> Result<bool> {
+    Ok(tree.get(chunk_key(wire, 0))?.is_some())
 }
 
 /// A channel's summaries by epoch.
@@ -250,19 +256,20 @@ impl std::fmt::Debug for Ahead {
 }
 
 impl Engine {
-    /// A channel's epoch summaries at open: from its copy when one is
-    /// current, else from its `E` rows.
-    pub(crate) fn load_summaries(&mut self, state: &ChannelState) -> Result<Summaries> {
+    /// A channel's epoch summaries: from its copy when one is current, else
+    /// from its `E` rows. `ahead`: the copy as the open's second thread read
+    /// it (its absence there means the channel had none).
+    pub(crate) fn load_summaries(&mut self, state: &ChannelState, ahead: bool) -> Result<Summaries> {
         let wire = state.keys.wire();
         let want = stamp(state);
-        if let Some(Ahead::Reading(_)) = &self.copies_ahead
+        if ahead
+            && let Some(Ahead::Reading(_)) = &self.copies_ahead
             && let Some(Ahead::Reading(t)) = self.copies_ahead.take()
         {
             self.copies_ahead = t.join().ok().flatten().map(Ahead::Read);
         }
         let read = match &mut self.copies_ahead {
-            // Read ahead: a channel with no copy then had none.
-            Some(Ahead::Read(copies)) => copies.remove(&wire).map(|r| usable(r, &want)),
+            Some(Ahead::Read(copies)) if ahead => copies.remove(&wire).map(|r| usable(r, &want)),
             _ => read_copy(&self.tree, &self.records, &wire, &want)?,
         };
         match read {
@@ -283,6 +290,29 @@ impl Engine {
             }
             None => scan_summaries(&self.tree, &self.records, &wire),
         }
+    }
+
+    /// A channel whose summaries were left for later did not get them: its
+    /// copy did not serve and its `E` rows do not read. Its copy is removed
+    /// (as far as sled still writes), so that the next open loads the
+    /// channel before it answers, and a failure there rebuilds sled from the
+    /// log as any damage found by an open does.
+    pub(crate) fn summaries_failed(&mut self, channel: ChannelId, why: Error) -> Error {
+        if let Ok(wire) = self.channel(&channel).map(|c| c.keys.wire()) {
+            let mut batch = sled::Batch::default();
+            for (k, _) in self.tree.scan_prefix(channel_prefix(T_ALL_SUMMARIES, &wire)).flatten() {
+                batch.remove(k);
+            }
+            self.summary_rows.held.remove(&wire);
+            let _ = self
+                .tree
+                .apply_batch(batch)
+                .and_then(|()| self.tree.flush().map(|_| ()));
+        }
+        Error::corrupted(
+            "epoch summaries",
+            format!("{why}; reopen the store: its open rebuilds sled from the feed log"),
+        )
     }
 
     /// Copy every channel's `E` rows into its summary copy, for each that

@@ -106,6 +106,9 @@ pub struct Stats {
     /// Epochs a page read from their posts as a catch-up's ingest decoded
     /// them, before applying them (a catch-up's first page), since the open.
     pub pages_from_posts: u64,
+    /// Channels whose epoch summaries came from their one-row copy (written
+    /// at the last clean close) since the open, instead of one row per epoch.
+    pub summary_copies: u64,
 }
 
 fn dir_bytes(p: &Path) -> u64 {
@@ -135,6 +138,7 @@ impl Engine {
         s.disk_bytes = dir_bytes(&self.dir);
         s.journal_bytes = self.journal_pending;
         s.pages_from_posts = self.pages_from_posts;
+        s.summary_copies = self.summary_rows.read;
         s
     }
 

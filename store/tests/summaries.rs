@@ -33,19 +33,29 @@ async fn answers(s: &Store, channels: &[ChannelId]) -> String {
     out
 }
 
-/// The `A` rows of a channel (key, value), read with sled while the store is
-/// closed (or in a copy of its directory); with `put`, they are replaced.
-fn copy_rows(db_dir: &Path, wire: &WireId, put: Option<&[(Vec<u8>, Vec<u8>)]>) -> Vec<(Vec<u8>, Vec<u8>)> {
+/// A closed store's sled (or one in a copy of its directory) and its tree.
+fn closed_tree(db_dir: &Path) -> (sled::Db, sled::Tree) {
     // A closed store's sled lets go of its lock a moment after the close.
     let db = hearth_store::open_sled_config(&sled::Config::new().path(db_dir)).unwrap();
     let tree = db.open_tree("hearth.v1").unwrap();
-    let mut prefix = vec![b'A'];
-    prefix.extend_from_slice(&wire.0);
-    let was: Vec<(Vec<u8>, Vec<u8>)> = tree
-        .scan_prefix(&prefix)
+    (db, tree)
+}
+
+/// The rows under `prefix` (key, value).
+fn scan(tree: &sled::Tree, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    tree.scan_prefix(prefix)
         .map(|r| r.unwrap())
         .map(|(k, v)| (k.to_vec(), v.to_vec()))
-        .collect();
+        .collect()
+}
+
+/// The `A` rows of a channel (key, value), read with sled while the store is
+/// closed (or in a copy of its directory); with `put`, they are replaced.
+fn copy_rows(db_dir: &Path, wire: &WireId, put: Option<&[(Vec<u8>, Vec<u8>)]>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let (db, tree) = closed_tree(db_dir);
+    let mut prefix = vec![b'A'];
+    prefix.extend_from_slice(&wire.0);
+    let was = scan(&tree, &prefix);
     if let Some(rows) = put {
         for (k, _) in &was {
             tree.remove(k).unwrap();
@@ -76,6 +86,17 @@ async fn two_channels(s: &Store) -> (ChannelId, ChannelId) {
     (general, random)
 }
 
+/// A new store in a temporary directory with [`two_channels`], and the
+/// first channel's wire id.
+async fn two_channels_in_a_new_store() -> (tempfile::TempDir, Passphrase, Store, ChannelId, ChannelId, WireId) {
+    let dir = tempfile::tempdir().unwrap();
+    let pass = Passphrase::new("pw");
+    let s = Store::create(dir.path(), &pass, "alice", small()).await.unwrap();
+    let (general, random) = two_channels(&s).await;
+    let wire = s.channel_keys(general).await.unwrap().wire();
+    (dir, pass, s, general, random, wire)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_after_a_clean_close_reads_each_channels_copy_and_answers_the_same() {
     let dir = tempfile::tempdir().unwrap();
@@ -91,7 +112,7 @@ async fn an_open_after_a_clean_close_reads_each_channels_copy_and_answers_the_sa
 
     for round in 0..2 {
         let s = Store::open(dir.path(), &pass, small()).await.unwrap();
-        assert_eq!(s.open_report().summary_copies, 2, "round {round}");
+        assert_eq!(s.stats().await.unwrap().summary_copies, 2, "round {round}");
         assert_eq!(answers(&s, &[general, random]).await, expected, "round {round}");
         assert!(s.verify().await.unwrap().is_clean());
         s.close().await.unwrap();
@@ -113,7 +134,7 @@ async fn a_write_takes_its_channels_copy_away_in_its_own_batch() {
     s.close().await.unwrap();
 
     let s = Store::open(dir.path().join("a"), &pass, small()).await.unwrap();
-    assert_eq!(s.open_report().summary_copies, 2);
+    assert_eq!(s.stats().await.unwrap().summary_copies, 2);
     for i in 0..10 {
         s.post(general, &format!("after the copy {i}")).await.unwrap();
     }
@@ -126,25 +147,25 @@ async fn a_write_takes_its_channels_copy_away_in_its_own_batch() {
     assert!(!copy_rows(&dir.path().join("b/db"), &other, None).is_empty());
 
     let s = Store::open(dir.path().join("b"), &pass, small()).await.unwrap();
-    assert_eq!(s.open_report().summary_copies, 1, "only the channel nobody wrote in");
+    assert_eq!(
+        s.stats().await.unwrap().summary_copies,
+        1,
+        "only the channel nobody wrote in"
+    );
     assert_eq!(answers(&s, &[general, random]).await, expected);
     assert!(s.verify().await.unwrap().is_clean());
     s.close().await.unwrap();
     // The close made a new copy, which the next open reads.
     let s = Store::open(dir.path().join("b"), &pass, small()).await.unwrap();
-    assert_eq!(s.open_report().summary_copies, 2);
+    assert_eq!(s.stats().await.unwrap().summary_copies, 2);
     assert_eq!(answers(&s, &[general, random]).await, expected);
     s.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_or_damaged_copy_is_a_miss() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, pass, s, general, random, wire) = two_channels_in_a_new_store().await;
     let db = dir.path().join("db");
-    let pass = Passphrase::new("pw");
-    let s = Store::create(dir.path(), &pass, "alice", small()).await.unwrap();
-    let (general, random) = two_channels(&s).await;
-    let wire = s.channel_keys(general).await.unwrap().wire();
     let other = s.channel_keys(random).await.unwrap().wire();
     s.close().await.unwrap();
     let old = copy_rows(&db, &wire, None);
@@ -160,7 +181,7 @@ async fn a_stale_or_damaged_copy_is_a_miss() {
     // The copy of the first close put back: the feed heads moved since.
     copy_rows(&db, &wire, Some(&old));
     let s = Store::open(dir.path(), &pass, small()).await.unwrap();
-    assert_eq!(s.open_report().summary_copies, 1);
+    assert_eq!(s.stats().await.unwrap().summary_copies, 1);
     assert_eq!(answers(&s, &[general, random]).await, expected);
     assert!(s.verify().await.unwrap().is_clean());
     s.close().await.unwrap();
@@ -194,14 +215,14 @@ async fn a_stale_or_damaged_copy_is_a_miss() {
     ] {
         copy_rows(&db, &wire, Some(&rows));
         let s = Store::open(dir.path(), &pass, small()).await.unwrap();
-        assert_eq!(s.open_report().summary_copies, 1, "{what}");
+        assert_eq!(s.stats().await.unwrap().summary_copies, 1, "{what}");
         assert_eq!(answers(&s, &[general, random]).await, expected, "{what}");
         assert!(s.verify().await.unwrap().is_clean(), "{what}");
         s.close().await.unwrap();
         // The close put a whole copy in its place, nothing of the bad one left.
         assert_eq!(copy_rows(&db, &wire, None).len(), fresh.len(), "{what}");
         let s = Store::open(dir.path(), &pass, small()).await.unwrap();
-        assert_eq!(s.open_report().summary_copies, 2, "{what}");
+        assert_eq!(s.stats().await.unwrap().summary_copies, 2, "{what}");
         s.close().await.unwrap();
     }
 }
@@ -228,7 +249,7 @@ async fn entries_taken_from_a_peer_take_the_copy_away_in_their_own_batch() {
     assert!(!copy_rows(&dir.path().join("bob/db"), &wire, None).is_empty());
 
     let bob = Store::open(dir.path().join("bob"), &pass, small()).await.unwrap();
-    assert_eq!(bob.open_report().summary_copies, 1);
+    assert_eq!(bob.stats().await.unwrap().summary_copies, 1);
     for i in 0..20 {
         alice.post(general, &format!("while bob was away {i}")).await.unwrap();
     }
@@ -241,9 +262,73 @@ async fn entries_taken_from_a_peer_take_the_copy_away_in_their_own_batch() {
     let bob = Store::open(dir.path().join("bob-crashed"), &pass, small())
         .await
         .unwrap();
-    assert_eq!(bob.open_report().summary_copies, 0);
+    assert_eq!(bob.stats().await.unwrap().summary_copies, 0);
     assert_eq!(answers(&bob, &[general]).await, expected);
     assert!(bob.verify().await.unwrap().is_clean());
     bob.close().await.unwrap();
     alice.close().await.unwrap();
+}
+
+/// Rows of a closed store's sled under `prefix` (key, value); with `put`,
+/// each row's value is replaced by it.
+fn rows_under(db_dir: &Path, prefix: &[u8], put: Option<&[u8]>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let (db, tree) = closed_tree(db_dir);
+    let was = scan(&tree, prefix);
+    if let Some(v) = put {
+        for (k, _) in &was {
+            tree.insert(k, v).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    was
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn summaries_the_open_left_for_later_that_do_not_read_rebuild_sled_at_the_next_open() {
+    let (dir, pass, s, general, random, wire) = two_channels_in_a_new_store().await;
+    let db = dir.path().join("db");
+    let expected = answers(&s, &[general, random]).await;
+    let first_page = s.page(general, None, 30).await.unwrap();
+    s.close().await.unwrap();
+
+    // The open after a clean close leaves the summaries for later, and the
+    // first page comes from the front page without them.
+    let s = Store::open(dir.path(), &pass, small()).await.unwrap();
+    assert_eq!(s.open_report().summary_copies, 0);
+    assert_eq!(s.page(general, None, 30).await.unwrap(), first_page);
+    assert_eq!(answers(&s, &[general, random]).await, expected);
+    assert_eq!(s.stats().await.unwrap().summary_copies, 2);
+    s.close().await.unwrap();
+
+    // General's copy is garbage (still there, so the open leaves it for
+    // later) and so is one of its epoch rows.
+    let garbage = b"not a sealed record".to_vec();
+    let copy = copy_rows(&db, &wire, None);
+    copy_rows(&db, &wire, Some(&[(copy[0].0.clone(), garbage.clone())]));
+    let mut epoch_rows = vec![b'E'];
+    epoch_rows.extend_from_slice(&wire.0);
+    let first_epoch = rows_under(&db, &epoch_rows, None)[0].0.clone();
+    rows_under(&db, &first_epoch, Some(&garbage));
+
+    let s = Store::open(dir.path(), &pass, small()).await.unwrap();
+    assert!(s.open_report().rebuilt.is_none());
+    // The front page does not need the summaries.
+    assert_eq!(s.page(general, None, 30).await.unwrap(), first_page);
+    // Anything that does fails, with the damage named, and the store takes
+    // no writes.
+    match s.channels().await {
+        Err(hearth_store::Error::Corrupted { .. }) => {}
+        other => panic!("the channel list read damaged summaries: {other:?}"),
+    }
+    assert!(s.post(random, "not taken").await.is_err());
+    let _ = s.close().await;
+    // The copy that did not serve is gone, so the next open loads the
+    // channel before it answers, finds the damage and rebuilds sled from
+    // the log, with every acknowledged message.
+    assert!(copy_rows(&db, &wire, None).is_empty());
+    let s = Store::open(dir.path(), &pass, small()).await.unwrap();
+    assert!(s.open_report().rebuilt.is_some(), "{:?}", s.open_report());
+    assert_eq!(answers(&s, &[general, random]).await, expected);
+    assert!(s.verify().await.unwrap().is_clean());
+    s.close().await.unwrap();
 }
