@@ -171,6 +171,22 @@ impl DeviceKeys {
 
     /// Decode what [`DeviceKeys::encode`] wrote.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
+        Self::decode_with(bytes, Self::from_secrets)
+    }
+
+    /// [`DeviceKeys::decode`] for keys whose public halves are known (from
+    /// the device's own certificate, in a record only its store sealed):
+    /// the X25519 public key is taken, not computed (a scalar
+    /// multiplication); the signing key's is still derived, and must match.
+    pub fn decode_known(bytes: &[u8], public: DevicePublic) -> Result<Self> {
+        let keys = Self::decode_with(bytes, |signing, kx| {
+            (signing.verifying_key().to_bytes() == public.signing).then_some(DeviceKeys { signing, kx, public })
+        })?;
+        keys.ok_or_else(|| Error::corrupted("device keys", "not the keys their certificate names"))
+    }
+
+    /// Decode a [`KeysRecord`] and make something of its secrets.
+    fn decode_with<T>(bytes: &[u8], make: impl FnOnce(SigningKey, StaticSecret) -> T) -> Result<T> {
         let rec: KeysRecord = postcard::from_bytes(bytes).map_err(|e| Error::corrupted("device keys", e))?;
         if rec.version != 1 {
             return Err(Error::UnsupportedFormat {
@@ -179,10 +195,7 @@ impl DeviceKeys {
                 expected: 1,
             });
         }
-        Ok(Self::from_secrets(
-            SigningKey::from_bytes(&rec.signing),
-            StaticSecret::from(rec.kx),
-        ))
+        Ok(make(SigningKey::from_bytes(&rec.signing), StaticSecret::from(rec.kx)))
     }
 
     /// Open what [`seal_to_device`] sealed to this device.
