@@ -465,8 +465,9 @@ impl Identity {
         }
     }
 
-    /// [`Identity::with_chain`] for a chain verified before it was sealed:
-    /// the same relations, without the signatures.
+    /// This identity with `keys` and their chain (verified, or verified
+    /// before it was sealed), which must certify this user's device and
+    /// those keys.
     fn with_known_chain(mut self, keys: DeviceKeys, chain: Vec<DeviceCert>) -> Result<Self> {
         let body = &chain
             .last()
@@ -492,16 +493,9 @@ impl Identity {
 
     /// This identity with `keys` and their chain, which must verify and
     /// certify this user's device and those keys.
-    fn with_chain(mut self, keys: DeviceKeys, chain: Vec<DeviceCert>) -> Result<Self> {
-        let body = crate::device::verify_chain(&chain)?;
-        if body.user != self.user || body.device != self.device || body.keys != keys.public() {
-            return Err(Error::corrupted(
-                "identity",
-                "the device certificate is not this device's",
-            ));
-        }
-        self.device_keys = Some((keys, chain));
-        Ok(self)
+    fn with_chain(self, keys: DeviceKeys, chain: Vec<DeviceCert>) -> Result<Self> {
+        crate::device::verify_chain(&chain)?;
+        self.with_known_chain(keys, chain)
     }
 }
 

@@ -19,6 +19,17 @@
 //! miss (the `E` rows are scanned) and is replaced at the next clean close.
 //! Debug builds (every test) compare a copy they use with the `E` rows, and
 //! `verify` reports one that disagrees.
+//!
+//! Summaries after the open: the open's second thread reads and opens every
+//! copy once the key is unlocked ([`read_copies_ahead`]). After a clean
+//! close (nothing to catch up or replay) the open loads the channels that
+//! have a copy without their summaries and returns; the first command that
+//! needs them ([`Engine::ensure_summaries`]: any but a page its front page
+//! answers) takes them from that thread, checking each copy's stamp as the
+//! load would. A channel whose copy does not serve and whose `E` rows do
+//! not read then fails that command; its copy is removed, so that the next
+//! open loads it before it answers and rebuilds sled
+//! ([`Engine::summaries_failed`]).
 
 use std::collections::{BTreeMap, HashMap};
 
