@@ -559,6 +559,17 @@ mod tests {
         assert_ne!(again.node_secret(), back.node_secret());
     }
 
+    /// An identity record of version 1 (no device keys).
+    fn v1_record() -> Vec<u8> {
+        postcard::to_stdvec(&IdentityRecord {
+            version: 1,
+            secret: [5; 32],
+            device: [6; 16],
+            name: "old".into(),
+        })
+        .unwrap()
+    }
+
     #[test]
     fn a_sealed_record_decodes_to_the_same_identity_and_its_relations_still_hold() {
         let id = Identity::generate("alice").unwrap().with_keyed_id().unwrap();
@@ -606,13 +617,7 @@ mod tests {
             assert!(Identity::decode(&bad).is_err());
         }
         // A record of an older version is read as `decode` reads it.
-        let v1 = postcard::to_stdvec(&IdentityRecord {
-            version: 1,
-            secret: [5; 32],
-            device: [6; 16],
-            name: "old".into(),
-        })
-        .unwrap();
+        let v1 = v1_record();
         assert_eq!(Identity::decode_sealed(&v1).unwrap().encode(), v1);
     }
 
@@ -630,13 +635,7 @@ mod tests {
         assert!(!back.device_cert().unwrap().body.legacy);
         // An identity of version 1 (no device keys) is read, and given keys
         // that keep its id.
-        let v1 = postcard::to_stdvec(&IdentityRecord {
-            version: 1,
-            secret: [5; 32],
-            device: [6; 16],
-            name: "old".into(),
-        })
-        .unwrap();
+        let v1 = v1_record();
         let old = Identity::decode(&v1).unwrap();
         assert!(old.device_keys().is_none());
         assert_eq!(old.encode(), v1);

@@ -339,8 +339,14 @@ impl Actor {
     }
 
     /// [`Engine::ensure_summaries`], before any command but a query (which
-    /// calls it itself, `Store::query`); a failure poisons the store.
+    /// calls it itself, `Store::query`); a failure poisons the store, and a
+    /// poisoned store does not try again here (housekeeping would report the
+    /// same failure at every turn).
     fn summaries(&mut self) -> Result<()> {
+        if self.engine.summaries_due.is_empty() {
+            return Ok(());
+        }
+        self.guard()?;
         let res = self.engine.ensure_summaries();
         self.poison_on(res)
     }
