@@ -52,9 +52,10 @@ pub use hearth_core as core;
 pub use hearth_core::{ChannelId, DeviceId, KdfParams, MAX_TEXT_BYTES, Message, MessageId, Passphrase, Role, UserId};
 pub use hearth_store::{
     BackupInfo, BackupReport, BackupSummary, ChannelInfo, CompactProgress, CompactReport, Config, DeviceInfo, Error,
-    InviteInfo, JoinRequest, Located, MemberInfo, MigrationPlan, NewInvite, OpenReport, OpenTimings, Outcome, Pending,
-    Problem, Receipts, RestoreReport, Result, RosterInfo, STORE_FORMAT, Stats, Store, StoreEvent, Thread, VerifyReport,
-    Whoami, Write, check_backup, copy_dir_durably, create_private_dir, dir_bytes, make_private, write_atomic,
+    IMPORT_CHUNK, ImportPost, InviteInfo, JoinRequest, Located, MemberInfo, MigrationPlan, NewInvite, OpenReport,
+    OpenTimings, Outcome, Pending, Problem, Receipts, RestoreReport, Result, RosterInfo, STORE_FORMAT, Stats, Store,
+    StoreEvent, Thread, VerifyReport, Whoami, Write, check_backup, copy_dir_durably, create_private_dir, dir_bytes,
+    make_private, write_atomic,
 };
 /// Sync over libp2p: nodes, events, tickets, relays.
 pub use hearth_sync as sync;

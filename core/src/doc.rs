@@ -751,6 +751,12 @@ impl EpochDoc {
         }
     }
 
+    /// The document's heads.
+    #[cfg(test)]
+    pub(crate) fn heads(&mut self) -> Vec<automerge::ChangeHash> {
+        self.doc.get_heads()
+    }
+
     /// Whether changes wait in automerge's queue for dependencies not applied yet.
     pub fn has_queued(&mut self) -> bool {
         !self.doc.get_missing_deps(&[]).is_empty()

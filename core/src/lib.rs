@@ -32,6 +32,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod bulk;
 mod channel;
 mod chunk;
 pub mod content;

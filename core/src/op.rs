@@ -125,7 +125,7 @@ fn check_name(what: &'static str, name: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_text(text: &str) -> Result<()> {
+pub(crate) fn check_text(text: &str) -> Result<()> {
     if text.is_empty() {
         return Err(Error::invalid("message text", "empty"));
     }

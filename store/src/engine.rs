@@ -35,14 +35,14 @@ use crate::log::{self, Log, kind};
 
 /// Staged bytes (text plus a per-op allowance) after which an epoch's change is
 /// closed early, so every feed entry stays far below [`hearth_core::MAX_ENTRY_BYTES`].
-const ENTRY_BUDGET: usize = 40 * 1024;
-const OP_ALLOWANCE: usize = 96;
+pub(crate) const ENTRY_BUDGET: usize = 40 * 1024;
+pub(crate) const OP_ALLOWANCE: usize = 96;
 /// What a text adds to an entry beside the text itself (entry format 5:
 /// its op's step and its length in the pack; the op is counted in
 /// `OP_ALLOWANCE`). Format 4 needed 112 (content id, salt, message id):
 /// entries held fewer messages, and their own overhead showed (docs/
 /// lifecycle.md, "Measured").
-const SEGMENT_ALLOWANCE: usize = 8;
+pub(crate) const SEGMENT_ALLOWANCE: usize = 8;
 /// Store events buffered per subscriber; a slower one misses events and is told
 /// it lagged (a sync node then reconciles everything).
 const EVENT_QUEUE: usize = 4096;
@@ -245,7 +245,7 @@ pub(crate) struct Engine {
     pub root_counter: u64,
     pub(crate) touched: BTreeMap<(ChannelId, Epoch), usize>,
     /// Channels with feed entries in the current batch (announced once it is applied).
-    appended: std::collections::BTreeSet<ChannelId>,
+    pub(crate) appended: std::collections::BTreeSet<ChannelId>,
     /// Channels where a member device may lack a key generation this device
     /// holds (a new device's chain arrived): shares go out with the next
     /// owed receipts.
@@ -253,7 +253,7 @@ pub(crate) struct Engine {
     /// Devices whose chains sync peers sent (`crate::peers`): their user and
     /// key, so that a peer's later proofs need no chain.
     pub(crate) peer_keys: HashMap<hearth_core::DeviceId, hearth_core::peer::Certifier>,
-    batch: sled::Batch,
+    pub(crate) batch: sled::Batch,
     /// Whether `batch` holds rows that no staged op will flush (owed receipts
     /// cleared by a receipt write that wrote nothing new).
     pub rows_pending: bool,
@@ -327,6 +327,9 @@ pub(crate) struct Engine {
     /// Not kept on disk: after a restart such an epoch is an ordinary one,
     /// loaded when read (its entries are all in its epoch log).
     pub(crate) deferred: HashSet<(ChannelId, Epoch)>,
+    /// Where this device's chain stands in the epochs the bulk path built
+    /// (`crate::bulk`).
+    pub(crate) bulk_tails: HashMap<(ChannelId, Epoch), crate::bulk::BulkTail>,
     /// What the ingest of a deferred epoch's entries decoded and opened
     /// (each entry's change and texts, in epoch-log order), kept so that its
     /// first load need not read, open and decode them again; only for an
@@ -423,6 +426,7 @@ impl Engine {
             expired_high: HashMap::new(),
             retention_known: HashMap::new(),
             deferred: HashSet::new(),
+            bulk_tails: HashMap::new(),
             deferred_cache: BTreeMap::new(),
             deferred_cache_bytes: 0,
             answered_unloaded: Vec::new(),
@@ -978,7 +982,7 @@ impl Engine {
 
     // ----- writes -----
 
-    fn top_epoch(&self, ch: &ChannelState) -> Epoch {
+    pub(crate) fn top_epoch(&self, ch: &ChannelState) -> Epoch {
         let (e, n) = ch.current;
         let top = if n as usize >= self.config.epoch_messages {
             e.saturating_add(1)
@@ -1321,7 +1325,7 @@ impl Engine {
     }
 
     /// Refuse writes in a channel the local user was removed from.
-    fn writable(&mut self, channel: &ChannelId) -> Result<()> {
+    pub(crate) fn writable(&mut self, channel: &ChannelId) -> Result<()> {
         let me = self.identity.user();
         self.channel(channel)?;
         self.ensure_epoch(*channel, META_EPOCH, false)?;
@@ -1717,7 +1721,7 @@ impl Engine {
         Ok(())
     }
 
-    fn stage(&mut self, channel: ChannelId, op: &Op) -> Result<()> {
+    pub(crate) fn stage(&mut self, channel: ChannelId, op: &Op) -> Result<()> {
         if let Op::Keys { package, .. } = op {
             return self.stage_keys(channel, op, package);
         }

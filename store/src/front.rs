@@ -245,14 +245,18 @@ impl Engine {
         self.fronts.absent.insert(*wire).then(|| front_key(wire))
     }
 
-    /// Write the front page of every channel whose messages are loaded
+    /// Write the front page of every channel whose messages are loaded, or
+    /// that the bulk path wrote to (its epochs deferred, `crate::bulk`)
     /// (called at a clean close, before the checkpoint). A channel whose
     /// page cannot be computed keeps no row; the close goes on.
     pub(crate) fn write_fronts(&mut self) -> Result<()> {
         let due: Vec<ChannelId> = self
             .channels
             .keys()
-            .filter(|c| self.epochs.keys().any(|(ch, e)| ch == *c && *e != META_EPOCH))
+            .filter(|c| {
+                self.epochs.keys().any(|(ch, e)| ch == *c && *e != META_EPOCH)
+                    || self.bulk_tails.keys().any(|(ch, _)| ch == *c)
+            })
             .copied()
             .collect();
         let mut batch = sled::Batch::default();

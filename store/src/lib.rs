@@ -40,6 +40,7 @@
 mod actor;
 mod admit;
 mod backup;
+mod bulk;
 mod channel;
 mod compact;
 mod config;
@@ -72,6 +73,7 @@ pub use backup::{
     BACKUP_MAGIC, BACKUP_VERSION, BackupInfo, BackupReport, BackupSummary, MAX_BACKUP_CHUNK, RestoreReport,
     check_backup, check_backup_bytes,
 };
+pub use bulk::{IMPORT_CHUNK, ImportPost};
 pub use compact::{
     CompactDue, CompactProgress, CompactReport, CompactStop, DirCompaction, dir_bytes, recover_dir_compaction,
     swap_compacted,
