@@ -549,11 +549,14 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
             channel,
             text,
             stdin,
+            bulk,
             reply_to,
         } => {
             let id = h.resolve_channel(channel).await?;
-            if *stdin {
-                stream_posts(cli, h, id, Source::Stdin(*reply_to), false).await?;
+            if *stdin && *bulk {
+                stream_bulk(cli, h, id, Source::Stdin(*reply_to), false).await?;
+            } else if *stdin {
+                stream_posts(cli, h, id, Source::Stdin(*reply_to)).await?;
             } else {
                 let text = text.as_deref().unwrap_or_default();
                 let msg = match reply_to {
@@ -693,7 +696,7 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
             new: false,
         } => {
             let id = h.resolve_channel(channel).await?;
-            stream_posts(cli, h, id, Source::JsonLines(file.clone()), true).await?;
+            stream_bulk(cli, h, id, Source::JsonLines(file.clone()), true).await?;
         }
         Command::Import {
             channel,
@@ -1080,20 +1083,16 @@ async fn drain(
     Ok(())
 }
 
-/// Post a stream of messages with up to [`IN_FLIGHT`] in flight, printing each
-/// id, in input order, as soon as that message is durable. With `import`, print
-/// a summary (and a progress line on a terminal) instead of every id.
-async fn stream_posts(cli: &Cli, h: &Hearth, channel: ChannelId, source: Source, import: bool) -> Result<()> {
-    let show_progress = import && std::io::stderr().is_terminal();
-    let started = Instant::now();
-    let mut last_tick = Instant::now();
+/// `post --stdin`: a stream of messages with up to [`IN_FLIGHT`] in flight,
+/// printing each id, in input order, as soon as that message is durable.
+async fn stream_posts(cli: &Cli, h: &Hearth, channel: ChannelId, source: Source) -> Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Line>(IN_FLIGHT);
     std::thread::spawn(move || read_source(source, tx));
     let mut queue: VecDeque<Pending> = VecDeque::new();
     let mut done = 0u64;
     let mut eof = false;
     let mut out = std::io::stdout().lock();
-    let print = !import;
+    let print = true;
     loop {
         tokio::select! {
             biased;
@@ -1107,10 +1106,6 @@ async fn stream_posts(cli: &Cli, h: &Hearth, channel: ChannelId, source: Source,
                     }
                 }
                 done += 1;
-                if show_progress && last_tick.elapsed() > Duration::from_millis(200) {
-                    eprint!("\rimported {done} messages");
-                    last_tick = Instant::now();
-                }
             }
             line = rx.recv(), if !eof && queue.len() < IN_FLIGHT => match line {
                 Some(Ok((text, _))) if text.is_empty() => eprintln!("hearth: skipped an empty line (no id printed for it)"),
@@ -1124,20 +1119,90 @@ async fn stream_posts(cli: &Cli, h: &Hearth, channel: ChannelId, source: Source,
             else => break,
         }
     }
+    Ok(())
+}
+
+/// The last line of an import: how many, how fast.
+fn import_summary(
+    json: bool,
+    show_progress: bool,
+    done: u64,
+    started: Instant,
+    out: &mut std::io::StdoutLock<'_>,
+) -> Result<()> {
+    let secs = started.elapsed().as_secs_f64();
+    if show_progress {
+        eprintln!();
+    }
+    if json {
+        writeln!(out, "{}", json!({"imported": done, "secs": secs}))?;
+    } else {
+        writeln!(
+            out,
+            "imported {done} messages in {secs:.2} s ({:.0} msg/s)",
+            done as f64 / secs.max(1e-9)
+        )?;
+    }
+    Ok(())
+}
+
+/// `post --stdin --bulk` and `import`: the lines through the bulk path
+/// (`Store::import_posts`), in runs of whatever has arrived (up to
+/// [`hearth::IMPORT_CHUNK`]), each run's ids printed once it is durable.
+/// A line that cannot be a post ends the import after the run before it.
+async fn stream_bulk(cli: &Cli, h: &Hearth, channel: ChannelId, source: Source, import: bool) -> Result<()> {
+    let show_progress = import && std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Line>(hearth::IMPORT_CHUNK);
+    std::thread::spawn(move || read_source(source, tx));
+    let mut out = std::io::stdout().lock();
+    let mut done = 0u64;
+    let mut failed = None;
+    while failed.is_none() {
+        let Some(first) = rx.recv().await else { break };
+        let mut run = Vec::new();
+        let mut next = Some(first);
+        while let Some(line) = next.take() {
+            match line.and_then(|(text, reply_to)| {
+                if text.is_empty() {
+                    return Ok(None);
+                }
+                hearth::core::bulk::check_text(&text).map_err(|e| e.to_string())?;
+                Ok(Some(hearth::ImportPost { text, reply_to }))
+            }) {
+                Ok(Some(p)) => run.push(p),
+                Ok(None) => eprintln!("hearth: skipped an empty line (no id printed for it)"),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            if run.len() < hearth::IMPORT_CHUNK {
+                next = rx.try_recv().ok();
+            }
+        }
+        if run.is_empty() {
+            continue;
+        }
+        let ids = h
+            .import_posts(channel, run)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e} ({done} messages were stored)"))?;
+        done += ids.len() as u64;
+        if !import {
+            for id in ids {
+                emit(cli.json, true, Outcome::Message(id), &mut out)?;
+            }
+            out.flush()?;
+        } else if show_progress {
+            eprint!("\rimported {done} messages");
+        }
+    }
+    if let Some(e) = failed {
+        bail!("{e} ({done} messages before it were stored)");
+    }
     if import {
-        let secs = started.elapsed().as_secs_f64();
-        if show_progress {
-            eprintln!();
-        }
-        if cli.json {
-            writeln!(out, "{}", json!({"imported": done, "secs": secs}))?;
-        } else {
-            writeln!(
-                out,
-                "imported {done} messages in {secs:.2} s ({:.0} msg/s)",
-                done as f64 / secs.max(1e-9)
-            )?;
-        }
+        import_summary(cli.json, show_progress, done, started, &mut out)?;
     }
     Ok(())
 }

@@ -82,6 +82,11 @@ pub enum Command {
         /// Post one message per input line, printing each id once durable.
         #[arg(long)]
         stdin: bool,
+        /// With --stdin: take the lines through the bulk path (no journal;
+        /// runs of what has arrived, up to 16,384 lines, each run's ids
+        /// printed once it is durable, a bad line refusing its run).
+        #[arg(long, requires = "stdin")]
+        bulk: bool,
         /// Reply in the thread of this message.
         #[arg(long)]
         reply_to: Option<MessageId>,
@@ -137,7 +142,8 @@ pub enum Command {
         /// The message.
         msg: MessageId,
     },
-    /// Bulk-load JSON lines {"text": ..., "reply_to"?: ...} into a channel;
+    /// Bulk-load JSON lines {"text": ..., "reply_to"?: ...} into a channel
+    /// (through the bulk path, `Store::import_posts`);
     /// with --new, take a `hearth export --format json` file back into a new
     /// channel of that name.
     Import {

@@ -267,26 +267,35 @@ fn every_command_works_and_speaks_json() {
         "{plain}"
     );
 
-    // Streaming posts: one id per line, in input order; empty lines are skipped.
-    let mut child = hearth(&dir)
-        .args(["post", "general", "--stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"stream 1\nstream 2\n\nstream 3\nstream 4\nstream 5\n")
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
-    assert!(out.status.success());
-    let streamed: Vec<MessageId> = String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .lines()
-        .map(|l| l.parse().expect("one id per line"))
-        .collect();
+    // Streaming posts: one id per line, in input order; empty lines are
+    // skipped. The same through the bulk path (`--bulk`).
+    let mut streamed = Vec::new();
+    for (args, lines) in [
+        (
+            &["post", "general", "--stdin"][..],
+            &b"stream 1\nstream 2\n\nstream 3\n"[..],
+        ),
+        (
+            &["post", "general", "--stdin", "--bulk"][..],
+            &b"stream 4\n\nstream 5\n"[..],
+        ),
+    ] {
+        let mut child = hearth(&dir)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        child.stdin.take().expect("stdin").write_all(lines).expect("write");
+        let out = child.wait_with_output().expect("wait");
+        assert!(out.status.success());
+        streamed.extend(
+            String::from_utf8(out.stdout)
+                .expect("utf-8")
+                .lines()
+                .map(|l| l.parse::<MessageId>().expect("one id per line")),
+        );
+    }
     assert_eq!(streamed.len(), 5);
     assert!(streamed.windows(2).all(|w| w[0] < w[1]), "ids in input order");
 

@@ -11,7 +11,8 @@
 //!   kills it at random moments (some while the store opens), cuts the power, and
 //!   checks that the store opens, `verify` passes and every id that was printed (an
 //!   id is printed only once its write is durable) is there with its exact text, and
-//!   that nothing is there that was never written. Every fifth round a single
+//!   that nothing is there that was never written. Every third stream goes
+//!   through the bulk path (`post --stdin --bulk`). Every fifth round a single
 //!   `hearth post` runs to completion before the cut instead. A fresh store every
 //!   five rounds, each cut once right after `init` and `channel create`. Every other
 //!   round posts long, incompressible lines, so that sled writes blob files.
@@ -149,6 +150,12 @@ fn single_post(round: u32) -> bool {
     round.is_multiple_of(5)
 }
 
+/// Stream rounds through the bulk path (`post --stdin --bulk`: no journal,
+/// each run of lines durable in the feed log before its ids are printed).
+fn bulk_round(round: u32) -> bool {
+    round % 3 == 1
+}
+
 /// Stream rounds killed while the store opens, before any id.
 fn kill_during_open(round: u32) -> bool {
     round % 4 == 2
@@ -251,6 +258,7 @@ fn stream_round(store: &Path, round: u32, kill: Kill) -> Result<Stream, String> 
     let started = Instant::now();
     let mut child = hearth(store)
         .args(["post", CHANNEL, "--stdin"])
+        .args(bulk_round(round).then_some("--bulk"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -535,7 +543,8 @@ fn run_rounds(fs: &LazyFs, figures: &mut Figures) -> Result<(), String> {
             }
             figures.acked += s.acked.len();
             desc = format!(
-                "stream, kill -9 {kill:?} -> {} acked of {} written, first id after {:?}",
+                "stream{}, kill -9 {kill:?} -> {} acked of {} written, first id after {:?}",
+                if bulk_round(round) { " (bulk)" } else { "" },
                 s.acked.len(),
                 s.written,
                 s.first_id
