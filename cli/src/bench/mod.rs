@@ -50,6 +50,11 @@ pub struct BenchArgs {
     /// reads the channel list first, which loads every channel's summaries).
     #[arg(long, hide = true)]
     pub probe_channel: Option<String>,
+    /// Internal: open the SQLite baseline's big database in this directory
+    /// in this fresh process, after an Argon2id unlock as the store's, and
+    /// print its cold figures (with `--probe-channel`).
+    #[arg(long, hide = true)]
+    pub probe_sqlite: Option<PathBuf>,
     /// Another benchmark instead of the storage one.
     #[command(subcommand)]
     pub mode: Option<BenchMode>,
@@ -67,6 +72,8 @@ pub enum BenchMode {
 }
 
 const PASS: &str = "bench passphrase";
+/// Fresh-process cold opens of each side in a `hearth bench` run.
+const COLD_RUNS: usize = 5;
 /// Rounds of each write measurement.
 const ROUNDS: usize = 3;
 
@@ -209,6 +216,82 @@ struct Probe {
     sled_open_ms: f64,
 }
 
+/// The SQLite baseline's cold figures in a fresh process, as the store's
+/// are taken: its row key derived from the bench passphrase by Argon2id
+/// with the store's default parameters (an app on SQLite unlocks too), then
+/// the database opened and its newest 50 read and opened.
+#[derive(Serialize, serde::Deserialize, Debug, Clone)]
+struct SqliteProbe {
+    unlock_ms: f64,
+    /// From the open's call to the page back, the unlock apart.
+    open_page_ms: f64,
+}
+
+/// The SQLite baseline's row key: Argon2id of the bench passphrase with the
+/// store's default parameters, under a salt kept beside the database.
+fn sqlite_key(dir: &Path) -> Result<SecretKey> {
+    let salt_path = dir.join("salt");
+    let salt: [u8; 16] = match std::fs::read(&salt_path) {
+        Ok(b) => b.try_into().map_err(|_| anyhow!("{}: not 16 bytes", salt_path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut salt = [0u8; 16];
+            hearth::core::random_bytes(&mut salt)?;
+            std::fs::create_dir_all(dir)?;
+            std::fs::write(&salt_path, salt)?;
+            salt
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(KdfParams::default().derive(&Passphrase::new(PASS), &salt)?)
+}
+
+fn probe_sqlite(dir: &Path, channel: CoreChannelId) -> Result<SqliteProbe> {
+    let t = Instant::now();
+    let key = sqlite_key(dir)?;
+    let unlock = t.elapsed();
+    let open_page = sqlite::cold_open_newest(dir, &key, &channel)?;
+    Ok(SqliteProbe {
+        unlock_ms: unlock.as_secs_f64() * 1e3,
+        open_page_ms: open_page.as_secs_f64() * 1e3,
+    })
+}
+
+/// The cold figures of both sides, each in a fresh process, alternating
+/// `runs` times: medians of the open and first page (unlock apart).
+fn cold_runs(hdir: &Path, hchannel: ChannelId, sdir: &Path, schannel: &CoreChannelId, runs: usize) -> Result<(Vec<Probe>, Vec<SqliteProbe>)> {
+    let exe = std::env::current_exe()?;
+    let child = |args: Vec<std::ffi::OsString>| -> Result<Vec<u8>> {
+        let out = std::process::Command::new(&exe)
+            .args(args)
+            .output()
+            .context("running a cold-open probe")?;
+        if !out.status.success() {
+            bail!("cold-open probe failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(out.stdout)
+    };
+    let (mut h, mut s) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let out = child(vec![
+            "bench".into(),
+            "--probe".into(),
+            hdir.into(),
+            "--probe-channel".into(),
+            hchannel.to_hex().into(),
+        ])?;
+        h.push(serde_json::from_slice::<Probe>(&out).context("reading the probe's figures")?);
+        let out = child(vec![
+            "bench".into(),
+            "--probe-sqlite".into(),
+            sdir.into(),
+            "--probe-channel".into(),
+            schannel.to_hex().into(),
+        ])?;
+        s.push(serde_json::from_slice::<SqliteProbe>(&out).context("reading the SQLite probe's figures")?);
+    }
+    Ok((h, s))
+}
+
 /// The bare cost of what bounds one durable writer: overwrite a record's
 /// worth of a preallocated file in place and fdatasync it, as the journal
 /// does, `n` times.
@@ -348,6 +431,12 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> Result<ExitCode> {
         println!("{}", serde_json::to_string(&p)?);
         return Ok(ExitCode::SUCCESS);
     }
+    if let Some(dir) = &args.probe_sqlite {
+        let channel = args.probe_channel.as_deref().context("--probe-sqlite needs --probe-channel")?;
+        let p = probe_sqlite(dir, channel.parse().context("--probe-channel")?)?;
+        println!("{}", serde_json::to_string(&p)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let tmp;
     let root = match &args.dir {
         Some(d) => {
@@ -428,28 +517,27 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> Result<ExitCode> {
     let stats = hearth_disk.stats().await?;
     hearth_disk.close().await?;
 
-    // Cold open in a fresh process (nothing of the store in this process's memory).
-    let exe = std::env::current_exe()?;
-    let out = std::process::Command::new(exe)
-        .args(["bench", "--probe"])
-        .arg(&bdir)
-        .arg("--probe-channel")
-        .arg(big.to_hex())
-        .output()
-        .context("running the cold-open probe")?;
-    if !out.status.success() {
-        bail!("cold-open probe failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let probe: Probe = serde_json::from_slice(&out.stdout).context("reading the probe's figures")?;
-
     let sdir = root.join("sqlite-big");
     std::fs::create_dir_all(&sdir)?;
-    let key = SecretKey::generate()?;
+    let key = sqlite_key(&sdir)?;
     let sch = CoreChannelId::generate()?;
     let t = Instant::now();
     sqlite::SqliteBaseline::open(&sdir, &key)?.bulk_fill(&sch, args.big, args.text_len)?;
     let sqlite_build = t.elapsed().as_secs_f64();
+    // In this process, as before (SQLite's code and allocator warm here).
     let sqlite_cold = sqlite::cold_open_newest(&sdir, &key, &sch)?;
+    // Both cold in fresh processes (nothing of either store in memory),
+    // each after its Argon2id unlock, alternating.
+    let (hruns, sruns) = cold_runs(&bdir, big, &sdir, &sch, COLD_RUNS)?;
+    let mut walls: Vec<f64> = hruns.iter().map(|p| p.open_page_wall_ms).collect();
+    let wall = median(&mut walls);
+    let probe = hruns
+        .iter()
+        .find(|p| p.open_page_wall_ms == wall)
+        .cloned()
+        .expect("the median is one of them");
+    let mut sopens: Vec<f64> = sruns.iter().map(|p| p.open_page_ms).collect();
+    let sqlite_fresh = median(&mut sopens);
     let sqlite_page = sqlite::page_latency(&sdir, &key, &sch, 2000)?;
     let sqlite_disk = sqlite::disk_bytes(&sdir)?;
 
@@ -466,7 +554,9 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> Result<ExitCode> {
             "hearth_build_secs": build_secs, "hearth_bulk_msgs_per_sec": bulk_rate,
             "sqlite_build_secs": sqlite_build,
             "hearth_cold": probe,
+            "hearth_cold_open_page_runs_ms": walls,
             "sqlite_cold_open_newest_ms": sqlite_cold.as_secs_f64() * 1e3,
+            "sqlite_cold_fresh": {"open_page_ms": sqlite_fresh, "runs_ms": sopens, "unlock_ms": sruns.first().map(|p| p.unlock_ms)},
             "sqlite_warm_page": sqlite_page,
             "hearth_disk_bytes": stats.disk_bytes,
             "hearth_disk_per_plaintext": stats.disk_bytes as f64 / plain,
@@ -541,14 +631,20 @@ fn print_table(r: &serde_json::Value) {
         f(&b["hearth_cold"]["unlock_ms"])
     );
     println!(
-        "{:<44} {:>14.1} {:>14.1}",
+        "{:<44} {:>14.2} {:>14.2}",
         "  cold open + newest 50, unlock apart (ms)",
         f(&b["hearth_cold"]["open_without_unlock_ms"]) + f(&b["hearth_cold"]["first_page_ms"]),
         f(&b["sqlite_cold_open_newest_ms"])
     );
     println!(
+        "{:<44} {:>14.2} {:>14.2}",
+        "  the same, call to page back, fresh processes",
+        f(&b["hearth_cold"]["open_page_wall_ms"]),
+        f(&b["sqlite_cold_fresh"]["open_page_ms"])
+    );
+    println!(
         "{:<44} {:>14.1}",
-        "    of which the floor: sled's own open (ms)",
+        "    the floor: sled's own open (ms)",
         f(&b["hearth_cold"]["sled_open_ms"])
     );
     println!(
