@@ -246,62 +246,19 @@ const FIRST_READ: usize = 64 << 10;
 /// open that is otherwise about as long. Each read appends the next bytes,
 /// four times as many as were held, so decoding again from the start stays
 /// linear.
-/// Decode the records of `file` (of `len` bytes) from `bytes`, its first
-/// bytes as read so far, reading four times more each time a record runs
-/// past them.
-fn read_records(file: &File, key: &SecretKey, mut bytes: Vec<u8>, len: u64) -> Result<Decoded> {
-    let mut want = (bytes.len() as u64).max(FIRST_READ as u64);
+fn read_records(file: &File, key: &SecretKey) -> Result<(Decoded, u64)> {
+    let len = file.metadata()?.len();
+    let mut bytes = Vec::new();
+    let mut want = FIRST_READ as u64;
     loop {
-        let (decoded, cut) = decode_prefix(key, &bytes);
-        if !cut || bytes.len() as u64 >= len {
-            return Ok(decoded);
-        }
-        want = want.saturating_mul(4);
         let (held, upto) = (bytes.len(), want.min(len));
         bytes.resize(upto as usize, 0);
         file.read_exact_at(&mut bytes[held..], held as u64)?;
-    }
-}
-
-/// The journal's file opened and its first bytes read, which needs no key:
-/// the open does it during the Argon2id unlock ([`Journal::start`]), and
-/// decodes the records once the key is there ([`JournalStart::finish`]).
-pub(crate) struct JournalStart {
-    path: std::path::PathBuf,
-    file: File,
-    bytes: Vec<u8>,
-    len: u64,
-}
-
-impl JournalStart {
-    /// Decode what the journal holds, and preallocate a short file.
-    pub(crate) fn finish(self, key: &SecretKey) -> Result<(Journal, Decoded)> {
-        let JournalStart { path, file, bytes, len } = self;
-        let decoded = read_records(&file, key, bytes, len)?;
-        if len < PREALLOCATED_BYTES {
-            // Real zeros, not a sparse extension: writes into holes or unwritten
-            // extents would change the allocation and cost a metadata commit.
-            let zeros = vec![0u8; 1 << 20];
-            let mut at = len;
-            while at < PREALLOCATED_BYTES {
-                let n = (PREALLOCATED_BYTES - at).min(zeros.len() as u64);
-                file.write_all_at(&zeros[..n as usize], at)?;
-                at += n;
-            }
-            file.sync_all()?;
-            if let Some(dir) = path.parent() {
-                File::open(dir)?.sync_all()?;
-            }
+        let (decoded, cut) = decode_prefix(key, &bytes);
+        if !cut || upto >= len {
+            return Ok((decoded, len));
         }
-        Ok((
-            Journal {
-                file,
-                offset: decoded.valid_len as u64,
-                run: random_run()?,
-                high: len.max(PREALLOCATED_BYTES),
-            },
-            decoded,
-        ))
+        want = want.saturating_mul(4);
     }
 }
 
@@ -328,12 +285,6 @@ impl Journal {
     /// holds. The caller replays what it needs, makes it durable elsewhere and
     /// then calls [`Journal::clear`]; until then nothing is written.
     pub fn open(path: &Path, key: &SecretKey) -> Result<(Journal, Decoded)> {
-        Self::start(path)?.finish(key)
-    }
-
-    /// Open (creating if needed) the journal's file and read its first
-    /// bytes: [`Journal::open`] but the decoding, which needs the key.
-    pub(crate) fn start(path: &Path) -> Result<JournalStart> {
         use std::os::unix::fs::OpenOptionsExt;
         let file = OpenOptions::new()
             .read(true)
@@ -342,15 +293,31 @@ impl Journal {
             .truncate(false)
             .mode(0o600)
             .open(path)?;
-        let len = file.metadata()?.len();
-        let mut bytes = vec![0u8; (FIRST_READ as u64).min(len) as usize];
-        file.read_exact_at(&mut bytes, 0)?;
-        Ok(JournalStart {
-            path: path.to_path_buf(),
-            file,
-            bytes,
-            len,
-        })
+        let (decoded, len) = read_records(&file, key)?;
+        if len < PREALLOCATED_BYTES {
+            // Real zeros, not a sparse extension: writes into holes or unwritten
+            // extents would change the allocation and cost a metadata commit.
+            let zeros = vec![0u8; 1 << 20];
+            let mut at = len;
+            while at < PREALLOCATED_BYTES {
+                let n = (PREALLOCATED_BYTES - at).min(zeros.len() as u64);
+                file.write_all_at(&zeros[..n as usize], at)?;
+                at += n;
+            }
+            file.sync_all()?;
+            if let Some(dir) = path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+        }
+        Ok((
+            Journal {
+                file,
+                offset: decoded.valid_len as u64,
+                run: random_run()?,
+                high: len.max(PREALLOCATED_BYTES),
+            },
+            decoded,
+        ))
     }
 
     /// The run new records must carry.

@@ -364,18 +364,14 @@ fn position(tree: &sled::Tree, log_dir: &Path) -> std::result::Result<Position, 
 /// What the thread that opens sled during the Argon2id unlock gives the
 /// open: the journal's thread and queue ([`crate::actor::Prepared`]),
 /// owner-only permissions seen to, sled, its rows read ([`warm`]), the
-/// key-free part of its standing ([`position`]), the event channel, and
-/// the journal's and the log's files opened (neither needs the key until
-/// its records are decoded).
-struct Opened {
-    prepared: Option<crate::actor::Prepared>,
-    loose: Vec<PathBuf>,
-    sled: Result<(sled::Db, sled::Tree)>,
-    position: Option<std::result::Result<Position, String>>,
-    events: Events,
-    journal: Option<crate::journal::JournalStart>,
-    log: Option<Log>,
-}
+/// key-free part of its standing ([`position`]) and the event channel.
+type Opened = (
+    Option<crate::actor::Prepared>,
+    Vec<PathBuf>,
+    Result<(sled::Db, sled::Tree)>,
+    Option<std::result::Result<Position, String>>,
+    Events,
+);
 
 /// The store's event channel, made ahead ([`crate::engine::event_channel`]).
 type Events = tokio::sync::broadcast::Sender<crate::StoreEvent>;
@@ -412,32 +408,13 @@ impl Early {
                 };
                 let sled = open_sled_tree(&at);
                 let tree = sled.as_ref().ok().map(|(_, t)| t.clone());
-                let log_dir = at.join(crate::log::LOG_DIR);
                 let position = tree.as_ref().map(|tree| {
                     warm(tree);
-                    position(tree, &log_dir)
+                    position(tree, &at.join(crate::log::LOG_DIR))
                 });
-                // The log, when its last checkpoint says it is durable to
-                // its end (a clean close: opening it changes nothing on
-                // disk, whatever the passphrase turns out to be); any error
-                // is left for the open to meet again.
-                let log = match &position {
-                    Some(Ok(p)) if p.durable && p.format <= STORE_FORMAT => Log::open_durable(&log_dir, p.end).ok(),
-                    _ => None,
-                };
-                let journal = crate::journal::Journal::start(&at.join(JOURNAL_FILE)).ok();
                 let events = crate::engine::event_channel();
                 let prepared = crate::actor::prepare().ok();
-                let opened = Opened {
-                    prepared,
-                    loose,
-                    sled,
-                    position,
-                    events,
-                    journal,
-                    log,
-                };
-                if opened_tx.send(Ok(opened)).is_err() {
+                if opened_tx.send(Ok((prepared, loose, sled, position, events))).is_err() {
                     return None;
                 }
                 // No key (a wrong passphrase): the tree is let go at once.
@@ -498,24 +475,12 @@ pub(crate) fn open(
         .as_ref()
         .ok()
         .map(|m| hearth_core::derive(m, hearth_core::Purpose::LocalRecords));
-    let (opened, copies_ahead) = match early {
+    let (prepared, loose, early_sled, early_position, events, copies_ahead) = match early {
         Some(e) => {
-            let (opened, ahead) = e.opened(records.clone())?;
-            (Some(opened), ahead)
+            let ((prepared, loose, sled, position, events), ahead) = e.opened(records.clone())?;
+            (prepared, loose, Some(sled), position, Some(events), ahead)
         }
-        None => (None, None),
-    };
-    let (prepared, loose, early_sled, early_position, events, early_journal, mut early_log) = match opened {
-        Some(o) => (
-            o.prepared,
-            o.loose,
-            Some(o.sled),
-            o.position,
-            Some(o.events),
-            o.journal,
-            o.log,
-        ),
-        None => (None, crate::durable::make_private(dir)?, None, None, None, None, None),
+        None => (None, crate::durable::make_private(dir)?, None, None, None, None),
     };
     let master = match master {
         Ok(m) => m,
@@ -530,10 +495,7 @@ pub(crate) fn open(
     let records = records.unwrap_or_else(|| hearth_core::derive(&master, hearth_core::Purpose::LocalRecords));
     // Read before sled is brought in line, so that the open knows whether
     // it replays anything (a clean close leaves it empty).
-    let (mut journal, decoded) = match early_journal {
-        Some(start) => start.finish(&records)?,
-        None => Journal::open(&dir.join(JOURNAL_FILE), &records)?,
-    };
+    let (mut journal, decoded) = Journal::open(&dir.join(JOURNAL_FILE), &records)?;
     let mut report = OpenReport {
         loose_permissions: loose.iter().map(|p| p.display().to_string()).collect(),
         ..OpenReport::default()
@@ -587,10 +549,10 @@ pub(crate) fn open(
                     });
                 }
                 Ok(st) => {
-                    let log = match early_log.take() {
-                        Some(log) => log,
-                        None if st.durable => Log::open_durable(&log_dir, st.end)?,
-                        None => Log::open_at(&log_dir, st.end)?,
+                    let log = if st.durable {
+                        Log::open_durable(&log_dir, st.end)?
+                    } else {
+                        Log::open_at(&log_dir, st.end)?
                     };
                     let mut e = Engine::new(
                         dir.to_path_buf(),
@@ -662,7 +624,6 @@ pub(crate) fn open(
     let mut engine = match engine {
         Some(e) => e,
         None => {
-            drop(early_log.take());
             report.rebuilt = why;
             report.log_batches = 0;
             report.log_entries = 0;
