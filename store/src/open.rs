@@ -447,11 +447,16 @@ impl Early {
 /// Open an existing store: bring sled in line with the feed log (migrating a
 /// format 1 store, catching up after a crash, rebuilding sled when it is
 /// missing or damaged, or when `rebuild` asks for it), then replay the journal.
+/// Called once an open's key is unlocked (the rest of the open is short),
+/// so that its caller can wait awake from then on (`Store::start`).
+pub(crate) type Unlocked = Box<dyn FnOnce() + Send>;
+
 pub(crate) fn open(
     dir: &Path,
     pass: &Passphrase,
     config: Config,
     rebuild: bool,
+    unlocked: Option<Unlocked>,
 ) -> Result<(Engine, Journal, OpenReport)> {
     let mut header = read_header(dir)?;
     let mut lock = Some(lock(dir)?);
@@ -483,7 +488,12 @@ pub(crate) fn open(
         None => (None, crate::durable::make_private(dir)?, None, None, None, None),
     };
     let master = match master {
-        Ok(m) => m,
+        Ok(m) => {
+            if let Some(tell) = unlocked {
+                tell();
+            }
+            m
+        }
         Err(e) => {
             // sled, closed again, wrote its snapshot under the process
             // umask: owner only, like every other file of the store.

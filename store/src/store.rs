@@ -21,6 +21,9 @@ use crate::rotate::{RotateReport, StopAt};
 use crate::sync::{EntryBatch, IngestReport, Receipts, StoreEvent};
 use crate::verify::{Stats, VerifyReport};
 
+/// Longest an open's caller waits awake for the open's end once the key is
+/// unlocked (`Store::start`); an open that takes longer is waited for parked.
+const OPEN_SPIN: std::time::Duration = std::time::Duration::from_millis(3);
 /// Batches of at least this many bytes (and two entries) are opened ahead,
 /// on two threads ([`Store::ingest`]); a live entry is a few hundred bytes.
 /// Debug builds (the tests) open every batch of two entries or more
@@ -160,17 +163,21 @@ fn closed_cleanly(dir: &Path, master: &hearth_core::SecretKey) -> Result<()> {
 impl Store {
     async fn start<F>(config: Config, opener: F) -> Result<Store>
     where
-        F: FnOnce(Config) -> Result<(Engine, crate::journal::Journal, OpenReport)> + Send + 'static,
+        F: FnOnce(Config, open::Unlocked) -> Result<(Engine, crate::journal::Journal, OpenReport)> + Send + 'static,
     {
         let config = config.clamped();
         let receipt_delay = config.receipt_delay;
         let (tx, rx) = mpsc::channel(config.command_queue);
-        let (ready_tx, ready_rx) = oneshot::channel();
+        let (ready_tx, mut ready_rx) = oneshot::channel();
+        let (unlocked_tx, unlocked_rx) = oneshot::channel();
         let started = std::time::Instant::now();
         std::thread::Builder::new().name("hearth-store".into()).spawn(move || {
             // A panic while opening (a bug, or a library on damaged bytes)
             // must reach the caller as an error, not as `Closed`.
-            let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| opener(config)))
+            let unlocked: open::Unlocked = Box::new(move || {
+                let _ = unlocked_tx.send(());
+            });
+            let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| opener(config, unlocked)))
                 .unwrap_or_else(|_| Err(Error::corrupted("store", "opening it failed unexpectedly")));
             match opened {
                 Ok((engine, journal, report)) => {
@@ -196,7 +203,33 @@ impl Store {
                 }
             }
         })?;
-        let (whoami, report, timings, events, owed) = ready_rx.await.map_err(|_| Error::Closed)??;
+        // Once the key is unlocked, the rest of an open is about half a
+        // millisecond: this thread waits for it awake instead of parked, so
+        // that the reply does not wait for a parked thread (often on a
+        // halted core) to be woken, 20 to 250 µs (docs/reach.md, "After the
+        // twelfth session"). At most `OPEN_SPIN`: an open that replays or
+        // rebuilds is waited for parked.
+        let ready = match unlocked_rx.await {
+            Ok(()) => {
+                let spun = std::time::Instant::now();
+                loop {
+                    match ready_rx.try_recv() {
+                        Ok(r) => break Some(r),
+                        Err(oneshot::error::TryRecvError::Closed) => return Err(Error::Closed),
+                        Err(oneshot::error::TryRecvError::Empty) if spun.elapsed() < OPEN_SPIN => {
+                            std::thread::yield_now()
+                        }
+                        Err(oneshot::error::TryRecvError::Empty) => break None,
+                    }
+                }
+            }
+            Err(_) => None,
+        };
+        let ready = match ready {
+            Some(r) => r,
+            None => ready_rx.await.map_err(|_| Error::Closed)?,
+        };
+        let (whoami, report, timings, events, owed) = ready?;
         let store = Store {
             tx,
             shared: Arc::new(Shared {
@@ -218,7 +251,7 @@ impl Store {
     pub async fn create(dir: impl AsRef<Path>, pass: &Passphrase, user_name: &str, config: Config) -> Result<Store> {
         let dir = open::abs(dir.as_ref());
         let (pass, name) = (pass.clone(), user_name.to_string());
-        Self::start(config, move |c| {
+        Self::start(config, move |c, _| {
             let (e, j) = open::create(&dir, &pass, &name, c)?;
             Ok((e, j, OpenReport::default()))
         })
@@ -236,7 +269,7 @@ impl Store {
     ) -> Result<Store> {
         let dir = open::abs(dir.as_ref());
         let pass = pass.clone();
-        Self::start(config, move |c| {
+        Self::start(config, move |c, _| {
             let (e, j) = open::create_as(&dir, &pass, identity, c)?;
             Ok((e, j, OpenReport::default()))
         })
@@ -285,7 +318,10 @@ impl Store {
     pub async fn open(dir: impl AsRef<Path>, pass: &Passphrase, config: Config) -> Result<Store> {
         let dir = open::abs(dir.as_ref());
         let pass = pass.clone();
-        Self::start(config, move |c| open::open(&dir, &pass, c, false)).await
+        Self::start(config, move |c, unlocked| {
+            open::open(&dir, &pass, c, false, Some(unlocked))
+        })
+        .await
     }
 
     /// Open the store in `dir` after rebuilding its sled database from the
@@ -297,7 +333,7 @@ impl Store {
     pub async fn repair(dir: impl AsRef<Path>, pass: &Passphrase, config: Config) -> Result<Store> {
         let dir = open::abs(dir.as_ref());
         let pass = pass.clone();
-        Self::start(config, move |c| open::open(&dir, &pass, c, true)).await
+        Self::start(config, move |c, _| open::open(&dir, &pass, c, true, None)).await
     }
 
     /// Replace the master key of the store in `dir` and wrap the new one under

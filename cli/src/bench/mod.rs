@@ -232,7 +232,9 @@ struct SqliteProbe {
 fn sqlite_key(dir: &Path) -> Result<SecretKey> {
     let salt_path = dir.join("salt");
     let salt: [u8; 16] = match std::fs::read(&salt_path) {
-        Ok(b) => b.try_into().map_err(|_| anyhow!("{}: not 16 bytes", salt_path.display()))?,
+        Ok(b) => b
+            .try_into()
+            .map_err(|_| anyhow!("{}: not 16 bytes", salt_path.display()))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut salt = [0u8; 16];
             hearth::core::random_bytes(&mut salt)?;
@@ -258,7 +260,13 @@ fn probe_sqlite(dir: &Path, channel: CoreChannelId) -> Result<SqliteProbe> {
 
 /// The cold figures of both sides, each in a fresh process, alternating
 /// `runs` times: medians of the open and first page (unlock apart).
-fn cold_runs(hdir: &Path, hchannel: ChannelId, sdir: &Path, schannel: &CoreChannelId, runs: usize) -> Result<(Vec<Probe>, Vec<SqliteProbe>)> {
+fn cold_runs(
+    hdir: &Path,
+    hchannel: ChannelId,
+    sdir: &Path,
+    schannel: &CoreChannelId,
+    runs: usize,
+) -> Result<(Vec<Probe>, Vec<SqliteProbe>)> {
     let exe = std::env::current_exe()?;
     let child = |args: Vec<std::ffi::OsString>| -> Result<Vec<u8>> {
         let out = std::process::Command::new(&exe)
@@ -432,7 +440,10 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(dir) = &args.probe_sqlite {
-        let channel = args.probe_channel.as_deref().context("--probe-sqlite needs --probe-channel")?;
+        let channel = args
+            .probe_channel
+            .as_deref()
+            .context("--probe-sqlite needs --probe-channel")?;
         let p = probe_sqlite(dir, channel.parse().context("--probe-channel")?)?;
         println!("{}", serde_json::to_string(&p)?);
         return Ok(ExitCode::SUCCESS);
