@@ -85,6 +85,30 @@ impl Engine {
                 roots.insert(parent, located.message.reply_to.unwrap_or(parent));
             }
         }
+        if self.identity.device_keys().is_none() || self.identity.device_chain().is_none() {
+            return Err(Error::invalid(
+                "bulk import",
+                "this device has no signing keys yet (an older store: open it once to finish its migration)",
+            ));
+        }
+        // From here on the engine changes: a failure leaves rows and staged
+        // ops behind that the next group would write, so whatever it is, it
+        // poisons the store (as a group that fails to close does), and the
+        // next open starts from what is on disk.
+        self.take_posts(channel, posts, &roots).map_err(|e| match e {
+            Error::Io(_) | Error::Corrupted { .. } | Error::UnsupportedFormat { .. } => e,
+            other => Error::corrupted("bulk import", format!("failed half-way: {other}")),
+        })
+    }
+
+    /// [`Engine::import_posts`] once every post is checked: `roots` has the
+    /// thread root of every message replied to.
+    fn take_posts(
+        &mut self,
+        channel: ChannelId,
+        posts: Vec<ImportPost>,
+        roots: &std::collections::HashMap<MessageId, MessageId>,
+    ) -> Result<Vec<MessageId>> {
         let tag = writer_tag(&self.identity.user(), &self.identity.device());
         let wire = self.channel(&channel)?.keys.wire();
         if let Some(k) = self.unfront_key(&wire) {
@@ -98,8 +122,9 @@ impl Engine {
                 Some(r) => r.epoch(),
                 None => self.top_epoch(self.channel(&channel)?),
             };
-            // Top-level posts moved on to a new epoch: the one before is
-            // closed now, so that its entries come in epoch order.
+            // Top-level posts moved on to a new epoch: the ones before are
+            // closed now (at most an entry's worth of posts waits per
+            // epoch).
             if root.is_none() {
                 let done: Vec<Epoch> = open.keys().copied().filter(|e| *e < epoch).collect();
                 for e in done {
@@ -182,10 +207,7 @@ impl Engine {
         };
         let built = posts_change(&device, &tail, posts)?;
         let (Some(keys), Some(own)) = (self.identity.device_keys(), self.identity.device_chain()) else {
-            return Err(Error::invalid(
-                "bulk import",
-                "this device has no signing keys yet (an older store: open it once to finish its migration)",
-            ));
+            return Err(Error::corrupted("bulk import", "the device's signing keys went away"));
         };
         let wire = ch.keys.wire();
         let (seq, prev) = ch

@@ -558,7 +558,9 @@ impl Store {
     /// ([`Error::TooLarge`] otherwise): a longer import is several calls,
     /// each taken whole or not at all. Every post is checked first (its
     /// text, the message it replies to, the right to post); an input error
-    /// takes none of them. The posts are durable (in the fdatasync'd feed
+    /// takes none of them. A failure after the checks (an I/O error) poisons
+    /// the store, as a group that fails to close does: the next open starts
+    /// from what is on disk. The posts are durable (in the fdatasync'd feed
     /// log) when the call returns; a crash before that keeps none, or whole
     /// entries of them, of a call that never returned.
     pub async fn import_posts(&self, channel: ChannelId, posts: Vec<crate::ImportPost>) -> Result<Vec<MessageId>> {
