@@ -112,6 +112,16 @@ fn store(tmp: &tempfile::TempDir) -> PathBuf {
     tmp.path().join("store")
 }
 
+/// A fresh store of `user` with a channel "general": its temporary
+/// directory (removed on drop) and the store's path.
+fn store_with_general(user: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = store(&tmp);
+    init(&dir, user);
+    ok(hearth(&dir).args(["channel", "create", "general"]));
+    (tmp, dir)
+}
+
 #[test]
 fn usage_errors_exit_2() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -175,10 +185,7 @@ fn passphrase_sources_and_their_errors() {
 
 #[test]
 fn a_store_held_by_another_process_is_locked() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = store(&tmp);
-    init(&dir, "lou");
-    ok(hearth(&dir).args(["channel", "create", "general"]));
+    let (_tmp, dir) = store_with_general("lou");
 
     let mut holder = hearth(&dir)
         .args(["post", "general", "--stdin"])
@@ -415,10 +422,7 @@ fn every_command_works_and_speaks_json() {
 /// was refused.
 #[test]
 fn import_reply_to_takes_a_printed_id() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = store(&tmp);
-    init(&dir, "ivy");
-    ok(hearth(&dir).args(["channel", "create", "general"]));
+    let (tmp, dir) = store_with_general("ivy");
     let root: MessageId = ok(hearth(&dir).args(["post", "general", "root"]))
         .trim()
         .parse()
@@ -438,6 +442,50 @@ fn import_reply_to_takes_a_printed_id() {
     let thread = json_lines(&ok(hearth(&dir).args(["--json", "thread", &root.to_hex()])));
     let texts: Vec<&str> = thread.iter().map(|m| m["text"].as_str().expect("text")).collect();
     assert_eq!(texts, ["root", "reply 1", "reply 2"]);
+}
+
+/// `hearth import` goes through the bulk path in runs of what has been
+/// read: a line that cannot be a post ends it, after everything before it
+/// is stored; a reply to a message that is not there refuses its whole run.
+#[test]
+fn an_import_stops_at_a_bad_line_and_keeps_the_lines_before_it() {
+    let (tmp, dir) = store_with_general("ivy");
+    let import = |name: &str, lines: String| {
+        let file = tmp.path().join(name);
+        std::fs::write(&file, lines).expect("write");
+        fails(hearth(&dir).args(["import", "general", file.to_str().expect("utf-8")]))
+    };
+    let count = || json_lines(&ok(hearth(&dir).args(["--json", "log", "general", "--limit", "100"]))).len();
+    let err = import(
+        "bad-json.jsonl",
+        "{\"text\": \"a\"}\n{\"text\": \"b\"}\n{\"text\": \"c\"}\n{\"text\": \n{\"text\": \"d\"}\n".into(),
+    );
+    assert!(
+        err.contains("line 4") && err.contains("(3 messages before it were stored)"),
+        "{err}"
+    );
+    assert_eq!(count(), 3);
+    let long = "x".repeat(hearth::MAX_TEXT_BYTES + 1);
+    let err = import(
+        "too-long.jsonl",
+        format!("{{\"text\": \"e\"}}\n{{\"text\": \"f\"}}\n{{\"text\": \"{long}\"}}\n{{\"text\": \"g\"}}\n"),
+    );
+    assert!(err.contains("(2 messages before it were stored)"), "{err}");
+    assert_eq!(count(), 5);
+    // A reply to nothing, first in its run: the run is refused whole.
+    let nowhere = format!("{:048x}", 1u128 << 100);
+    let err = import(
+        "reply-to-nothing.jsonl",
+        format!("{{\"text\": \"h\", \"reply_to\": \"{nowhere}\"}}\n{{\"text\": \"i\"}}\n"),
+    );
+    assert!(err.contains("(0 messages were stored)"), "{err}");
+    assert_eq!(count(), 5);
+    let texts: Vec<String> = json_lines(&ok(hearth(&dir).args(["--json", "log", "general"])))
+        .iter()
+        .map(|m| m["text"].as_str().expect("text").to_string())
+        .collect();
+    assert_eq!(texts, ["f", "e", "c", "b", "a"]);
+    ok(hearth(&dir).args(["verify"]));
 }
 
 #[test]
@@ -741,10 +789,7 @@ fn migrate_check_then_migrate() {
 /// devices, is shown by store/tests/members.rs).
 #[test]
 fn device_list_and_revoke_refusals() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = store(&tmp);
-    init(&dir, "alice");
-    ok(hearth(&dir).args(["channel", "create", "general"]));
+    let (_tmp, dir) = store_with_general("alice");
     let list = json_lines(&ok(hearth(&dir).args(["--json", "device", "list"])));
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["this"], true);
