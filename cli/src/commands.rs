@@ -1053,8 +1053,8 @@ fn read_source(source: Source, tx: tokio::sync::mpsc::Sender<Line>) {
     }
 }
 
-fn emit(json: bool, print: bool, o: Outcome, out: &mut std::io::StdoutLock) -> Result<()> {
-    if let (Outcome::Message(id), true) = (o, print) {
+fn emit(json: bool, o: Outcome, out: &mut std::io::StdoutLock) -> Result<()> {
+    if let Outcome::Message(id) = o {
         if json {
             writeln!(out, "{}", json!({"id": id.to_hex()}))?
         } else {
@@ -1069,14 +1069,13 @@ fn emit(json: bool, print: bool, o: Outcome, out: &mut std::io::StdoutLock) -> R
 /// ids before reporting it, so the output names everything stored.
 async fn drain(
     json: bool,
-    print: bool,
     queue: &mut VecDeque<Pending>,
     out: &mut std::io::StdoutLock<'_>,
     done: &mut u64,
 ) -> Result<()> {
     while let Some(p) = queue.pop_front() {
         if let Ok(o) = p.await {
-            emit(json, print, o, out)?;
+            emit(json, o, out)?;
             *done += 1;
         }
     }
@@ -1092,16 +1091,15 @@ async fn stream_posts(cli: &Cli, h: &Hearth, channel: ChannelId, source: Source)
     let mut done = 0u64;
     let mut eof = false;
     let mut out = std::io::stdout().lock();
-    let print = true;
     loop {
         tokio::select! {
             biased;
             r = async { queue.front_mut().expect("guarded by the condition").await }, if !queue.is_empty() => {
                 queue.pop_front();
                 match r {
-                    Ok(o) => emit(cli.json, print, o, &mut out)?,
+                    Ok(o) => emit(cli.json, o, &mut out)?,
                     Err(e) => {
-                        drain(cli.json, print, &mut queue, &mut out, &mut done).await?;
+                        drain(cli.json, &mut queue, &mut out, &mut done).await?;
                         bail!("{e} ({done} messages were stored)");
                     }
                 }
@@ -1111,7 +1109,7 @@ async fn stream_posts(cli: &Cli, h: &Hearth, channel: ChannelId, source: Source)
                 Some(Ok((text, _))) if text.is_empty() => eprintln!("hearth: skipped an empty line (no id printed for it)"),
                 Some(Ok((text, reply_to))) => queue.push_back(h.submit(Write::Post { channel, text, reply_to }).await?),
                 Some(Err(e)) => {
-                    drain(cli.json, print, &mut queue, &mut out, &mut done).await?;
+                    drain(cli.json, &mut queue, &mut out, &mut done).await?;
                     bail!("{e} ({done} messages before it were stored)");
                 }
                 None => eof = true,
@@ -1191,9 +1189,8 @@ async fn stream_bulk(cli: &Cli, h: &Hearth, channel: ChannelId, source: Source, 
         done += ids.len() as u64;
         if !import {
             for id in ids {
-                emit(cli.json, true, Outcome::Message(id), &mut out)?;
+                emit(cli.json, Outcome::Message(id), &mut out)?;
             }
-            out.flush()?;
         } else if show_progress {
             eprint!("\rimported {done} messages");
         }

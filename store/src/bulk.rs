@@ -23,13 +23,10 @@
 //! feed order, taken again by the next open like any other.
 
 use hearth_core::bulk::{ChangeTail, NewPost, posts_change};
-use hearth_core::{ChannelId, EntryBody, Envelope, Epoch, MessageId, Op, writer_tag};
+use hearth_core::{ChannelId, EntryBody, Epoch, MessageId, Op, writer_tag};
 
-use crate::channel::FeedHead;
-use crate::engine::{CachedEntry, ENTRY_BUDGET, Engine, OP_ALLOWANCE, SEGMENT_ALLOWANCE, now_ms, summary_row};
+use crate::engine::{CachedEntry, ENTRY_BUDGET, Engine, OP_ALLOWANCE, SEGMENT_ALLOWANCE, now_ms};
 use crate::error::{Error, Result};
-use crate::layout::*;
-use crate::log::{self, kind};
 
 /// Most posts one [`Store::import_posts`](crate::Store::import_posts) call
 /// takes into one store command (a longer list is cut into such calls).
@@ -145,12 +142,10 @@ impl Engine {
                 )?;
                 continue;
             }
-            let ch = self.channels.get_mut(&channel).expect("checked above");
-            if epoch == ch.current.0 {
-                ch.current.1 += 1;
-            } else if epoch > ch.current.0 {
-                ch.current = (epoch, 1);
-            }
+            self.channels
+                .get_mut(&channel)
+                .expect("checked above")
+                .count_post(epoch);
             let o = open.entry(epoch).or_default();
             o.bytes += OP_ALLOWANCE + p.text.len() + SEGMENT_ALLOWANCE;
             o.posts.push(NewPost { id, root, text: p.text });
@@ -199,72 +194,28 @@ impl Engine {
     fn bulk_entry(&mut self, channel: ChannelId, epoch: Epoch, posts: &[NewPost]) -> Result<()> {
         let device = self.identity.device();
         let me = self.identity.user();
-        let ch = self.channels.get_mut(&channel).expect("checked by the caller");
+        let ch = self.channel(&channel)?;
         let tail = match (ch.summaries.get(&epoch), self.bulk_tails.get(&(channel, epoch))) {
             (None, _) => ChangeTail::new_document(),
             (Some(s), Some(t)) if t.entries == s.entries => t.tail.clone(),
             _ => return Err(Error::invalid("bulk import", "an epoch's chain moved under the import")),
         };
+        let new = !ch.summaries.contains_key(&epoch);
         let built = posts_change(&device, &tail, posts)?;
-        let (Some(keys), Some(own)) = (self.identity.device_keys(), self.identity.device_chain()) else {
+        // Checked before the import took anything: never a format 1 entry.
+        if self.identity.device_keys().is_none() || self.identity.device_chain().is_none() {
             return Err(Error::corrupted("bulk import", "the device's signing keys went away"));
-        };
-        let wire = ch.keys.wire();
-        let (seq, prev) = ch
-            .heads
-            .get(&device)
-            .map(|h| (h.seq + 1, h.hash))
-            .unwrap_or((1, [0; 32]));
-        let chain = if ch.chains.contains_key(&device) {
-            Vec::new()
-        } else {
-            own.to_vec()
-        };
-        let generation = ch.keys.current_generation();
-        let nonces = self.nonces.for_entry(wire, seq)?;
+        }
         let body = EntryBody {
             epoch,
             change: built.bytes,
         };
-        let (bytes, hash) = Envelope::seal_v6(
-            &ch.keys,
-            &self.identity,
-            seq,
-            prev,
-            &body,
-            generation,
-            chain.clone(),
-            &built.texts,
-            nonces,
-        )?;
-        if !chain.is_empty() {
-            let k = prefixed(T_CHAINS, &wire, &device);
-            self.batch.insert(
-                &k[..],
-                seal_record(&self.records, &k, &crate::engine::encode_chain(&chain))?,
-            );
-            ch.chains.insert(device, (keys.public().signing, chain));
-        }
-        log::encode_record(&mut self.log_buf, kind::ENTRY, &bytes);
-        self.batch.insert(&feed_key(&wire, &device, seq)[..], bytes);
-        let head = FeedHead { user: me, seq, hash };
-        self.batch.insert(
-            &head_key(&wire, &device)[..],
-            postcard::to_stdvec(&head).expect("head encodes"),
-        );
-        let old = ch.heads.insert(device, head);
-        let new = !ch.summaries.contains_key(&epoch);
-        let s = ch.summaries.entry(epoch).or_default();
-        s.entries += 1;
-        self.batch
-            .insert(&elog_key(&wire, epoch, s.entries)[..], &elog_value(&device, seq)[..]);
+        let seq = self.append_own_entry(channel, epoch, body, &built.texts, None)?;
+        let ch = self.channels.get_mut(&channel).expect("checked above");
+        let s = ch.summaries.get_mut(&epoch).expect("counted by append_own_entry");
         s.count_posts(&me, &me, &built.effects);
         let entries = s.entries;
-        let (k, v) = summary_row(&self.records, &wire, epoch, s)?;
-        self.batch.insert(&k[..], v);
-        self.summary_rows.remove_in(&wire, &mut self.batch);
-        self.root_head_moved(&wire, &device, old.as_ref(), &head);
-        self.appended.insert(channel);
+        self.put_summary(channel, epoch)?;
         self.deferred.insert((channel, epoch));
         self.bulk_tails.insert(
             (channel, epoch),

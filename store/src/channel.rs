@@ -127,6 +127,17 @@ pub struct ChannelState {
 }
 
 impl ChannelState {
+    /// A post of this device's went into `epoch`: `current` counts it (the
+    /// epoch size counts every message in it, replies included, exactly
+    /// like the summaries it is rebuilt from on open).
+    pub(crate) fn count_post(&mut self, epoch: Epoch) {
+        if epoch == self.current.0 {
+            self.current.1 += 1;
+        } else if epoch > self.current.0 {
+            self.current = (epoch, 1);
+        }
+    }
+
     /// `current` from the summaries: the newest message epoch and its count.
     pub(crate) fn set_current(&mut self) {
         if let Some((&e, s)) = self

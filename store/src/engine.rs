@@ -245,7 +245,7 @@ pub(crate) struct Engine {
     pub root_counter: u64,
     pub(crate) touched: BTreeMap<(ChannelId, Epoch), usize>,
     /// Channels with feed entries in the current batch (announced once it is applied).
-    pub(crate) appended: std::collections::BTreeSet<ChannelId>,
+    appended: std::collections::BTreeSet<ChannelId>,
     /// Channels where a member device may lack a key generation this device
     /// holds (a new device's chain arrived): shares go out with the next
     /// owed receipts.
@@ -1764,19 +1764,13 @@ impl Engine {
             | Op::SetRetention { .. } => le.view = le.doc.view(&ch.devices),
             _ => le.view.apply_local(&user, op),
         }
-        // The epoch size counts every message in it, replies included, exactly
-        // like the summaries it is rebuilt from on open.
         match op {
             Op::Post { id, .. } => ch.staged_newest = ch.staged_newest.max(Some(*id)),
             Op::ReadUpTo { msg } => ch.staged_read = ch.staged_read.max(Some(*msg)),
             _ => {}
         }
         if let Op::Post { .. } = op {
-            if epoch == ch.current.0 {
-                ch.current.1 += 1;
-            } else if epoch > ch.current.0 {
-                ch.current = (epoch, 1);
-            }
+            ch.count_post(epoch);
         }
         let staged = self.touched.entry((channel, epoch)).or_default();
         *staged += size;
@@ -1917,8 +1911,44 @@ impl Engine {
             return Ok(());
         };
         let texts = le.doc.take_texts();
-        self.appended.insert(channel);
+        let seq = self.append_own_entry(channel, epoch, EntryBody { epoch, change }, &texts, generation)?;
+        let device = self.identity.device();
+        let le = self
+            .epochs
+            .get_mut(&(channel, epoch))
+            .expect("touched epochs stay loaded");
+        // (A device without keys yet stages its texts inline: none here.)
+        for c in texts.iter().filter(|c| !c.slot.is_some_and(|s| s.gone)) {
+            le.segments.entry(c.id()).or_default().push((device, seq));
+        }
         let ch = self.channels.get_mut(&channel).expect("touched channels exist");
+        ch.summaries
+            .get_mut(&epoch)
+            .expect("counted by append_own_entry")
+            .refresh(&le.view, &self.identity.user());
+        self.put_summary(channel, epoch)
+    }
+
+    /// Seal `body` and `texts` into this device's next entry of `channel`
+    /// and put it in the current group: its record in the log's buffer
+    /// (unless the log is being replayed), its entry, head and epoch-log
+    /// rows in the batch, and `epoch`'s summary counts one more entry (its
+    /// other counts and its row are the caller's: [`Engine::put_summary`]).
+    /// Format 6, sealed under `generation` (default: the newest held),
+    /// signed by this device's key; the feed's first such entry carries the
+    /// chain (kept in `T_CHAINS`). A device without keys yet (an older
+    /// store replaying its journal before it gets them) writes format 1.
+    /// Returns the entry's seq.
+    pub(crate) fn append_own_entry(
+        &mut self,
+        channel: ChannelId,
+        epoch: Epoch,
+        body: EntryBody,
+        texts: &[hearth_core::Content],
+        generation: Option<u32>,
+    ) -> Result<u64> {
+        self.appended.insert(channel);
+        let ch = self.channels.get_mut(&channel).expect("checked by the caller");
         let wire = ch.keys.wire();
         let device = self.identity.device();
         let (seq, prev) = ch
@@ -1926,11 +1956,6 @@ impl Engine {
             .get(&device)
             .map(|h| (h.seq + 1, h.hash))
             .unwrap_or((1, [0; 32]));
-        let body = EntryBody { epoch, change };
-        // Format 6, signed by this device's key; the feed's first such entry
-        // carries the chain (kept in `T_CHAINS`). A device without keys yet
-        // (an older store replaying its journal before it gets them) writes
-        // format 1.
         let (bytes, hash) = match (self.identity.device_keys(), self.identity.device_chain()) {
             (Some(keys), Some(own)) => {
                 let chain = if ch.chains.contains_key(&device) {
@@ -1948,12 +1973,9 @@ impl Engine {
                     &body,
                     generation,
                     chain.clone(),
-                    &texts,
+                    texts,
                     nonces,
                 )?;
-                for c in texts.iter().filter(|c| !c.slot.is_some_and(|s| s.gone)) {
-                    le.segments.entry(c.id()).or_default().push((device, seq));
-                }
                 if !chain.is_empty() {
                     let k = prefixed(T_CHAINS, &wire, &device);
                     self.batch
@@ -1979,15 +2001,20 @@ impl Engine {
             postcard::to_stdvec(&head).expect("head encodes"),
         );
         let old = ch.heads.insert(device, head);
-        if let Some(old) = &old {
-            crate::root::xor_into(&mut self.root_heads, &crate::root::head_term(&wire, &device, old));
-        }
-        crate::root::xor_into(&mut self.root_heads, &crate::root::head_term(&wire, &device, &head));
         let s = ch.summaries.entry(epoch).or_default();
         s.entries += 1;
         self.batch
             .insert(&elog_key(&wire, epoch, s.entries)[..], &elog_value(&device, seq)[..]);
-        s.refresh(&le.view, &self.identity.user());
+        self.root_head_moved(&wire, &device, old.as_ref(), &head);
+        Ok(seq)
+    }
+
+    /// Put `epoch`'s summary row in the current batch (and drop the
+    /// channel's copy of its summaries, which no longer holds).
+    pub(crate) fn put_summary(&mut self, channel: ChannelId, epoch: Epoch) -> Result<()> {
+        let ch = self.channels.get(&channel).expect("checked by the caller");
+        let wire = ch.keys.wire();
+        let s = ch.summaries.get(&epoch).expect("the epoch has a summary");
         let (k, v) = summary_row(&self.records, &wire, epoch, s)?;
         self.batch.insert(&k[..], v);
         self.summary_rows.remove_in(&wire, &mut self.batch);

@@ -268,9 +268,12 @@ fn cold_runs(
     runs: usize,
 ) -> Result<(Vec<Probe>, Vec<SqliteProbe>)> {
     let exe = std::env::current_exe()?;
-    let child = |args: Vec<std::ffi::OsString>| -> Result<Vec<u8>> {
+    // `hearth bench FLAG DIR --probe-channel HEX` in a fresh process: its stdout.
+    let child = |flag: &str, dir: &Path, channel: String| -> Result<Vec<u8>> {
         let out = std::process::Command::new(&exe)
-            .args(args)
+            .args(["bench", flag])
+            .arg(dir)
+            .args(["--probe-channel", &channel])
             .output()
             .context("running a cold-open probe")?;
         if !out.status.success() {
@@ -280,21 +283,9 @@ fn cold_runs(
     };
     let (mut h, mut s) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        let out = child(vec![
-            "bench".into(),
-            "--probe".into(),
-            hdir.into(),
-            "--probe-channel".into(),
-            hchannel.to_hex().into(),
-        ])?;
+        let out = child("--probe", hdir, hchannel.to_hex())?;
         h.push(serde_json::from_slice::<Probe>(&out).context("reading the probe's figures")?);
-        let out = child(vec![
-            "bench".into(),
-            "--probe-sqlite".into(),
-            sdir.into(),
-            "--probe-channel".into(),
-            schannel.to_hex().into(),
-        ])?;
+        let out = child("--probe-sqlite", sdir, schannel.to_hex())?;
         s.push(serde_json::from_slice::<SqliteProbe>(&out).context("reading the SQLite probe's figures")?);
     }
     Ok((h, s))
