@@ -30,6 +30,8 @@ use sha2::Sha256;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+use crate::signer::LazySigner;
+
 use crate::error::{Error, Result};
 use crate::id::{DeviceId, UserId, random_bytes};
 use crate::identity::verify_signature;
@@ -105,7 +107,7 @@ pub struct DevicePublic {
 /// A device's own secret keys. Never printed.
 #[derive(Clone)]
 pub struct DeviceKeys {
-    signing: SigningKey,
+    signing: LazySigner,
     kx: StaticSecret,
     /// The public halves, computed once (an X25519 public key costs a
     /// scalar multiplication).
@@ -136,7 +138,11 @@ impl DeviceKeys {
             signing: signing.verifying_key().to_bytes(),
             kx: PublicKey::from(&kx).to_bytes(),
         };
-        DeviceKeys { signing, kx, public }
+        DeviceKeys {
+            signing: LazySigner::made(signing),
+            kx,
+            public,
+        }
     }
 
     /// The public halves.
@@ -151,12 +157,12 @@ impl DeviceKeys {
 
     /// Sign `msg` in `domain` (see [`domain_message`]).
     pub fn sign(&self, domain: &[u8], msg: &[u8]) -> [u8; 64] {
-        self.signing.sign(&domain_message(domain, msg)).to_bytes()
+        self.signing.key().sign(&domain_message(domain, msg)).to_bytes()
     }
 
     /// Sign a message that already carries its domain label.
     pub(crate) fn sign_raw(&self, msg: &[u8]) -> [u8; 64] {
-        self.signing.sign(msg).to_bytes()
+        self.signing.key().sign(msg).to_bytes()
     }
 
     /// Encode for sealing into the store (the caller seals it).
@@ -171,22 +177,29 @@ impl DeviceKeys {
 
     /// Decode what [`DeviceKeys::encode`] wrote.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        Self::decode_with(bytes, Self::from_secrets)
+        let rec = Self::record(bytes)?;
+        Ok(Self::from_secrets(
+            SigningKey::from_bytes(&rec.signing),
+            StaticSecret::from(rec.kx),
+        ))
     }
 
     /// [`DeviceKeys::decode`] for keys whose public halves are known (from
-    /// the device's own certificate, in a record only its store sealed):
-    /// the X25519 public key is taken, not computed (a scalar
-    /// multiplication); the signing key's is still derived, and must match.
+    /// the device's own certificate, in a record only its store sealed,
+    /// which checked that they are these keys' before sealing it): neither
+    /// public key is computed here (each a scalar multiplication), and the
+    /// signing key is made when it first signs.
     pub fn decode_known(bytes: &[u8], public: DevicePublic) -> Result<Self> {
-        let keys = Self::decode_with(bytes, |signing, kx| {
-            (signing.verifying_key().to_bytes() == public.signing).then_some(DeviceKeys { signing, kx, public })
-        })?;
-        keys.ok_or_else(|| Error::corrupted("device keys", "not the keys their certificate names"))
+        let rec = Self::record(bytes)?;
+        Ok(DeviceKeys {
+            signing: LazySigner::later(&rec.signing),
+            kx: StaticSecret::from(rec.kx),
+            public,
+        })
     }
 
-    /// Decode a [`KeysRecord`] and make something of its secrets.
-    fn decode_with<T>(bytes: &[u8], make: impl FnOnce(SigningKey, StaticSecret) -> T) -> Result<T> {
+    /// Decode a [`KeysRecord`].
+    fn record(bytes: &[u8]) -> Result<KeysRecord> {
         let rec: KeysRecord = postcard::from_bytes(bytes).map_err(|e| Error::corrupted("device keys", e))?;
         if rec.version != 1 {
             return Err(Error::UnsupportedFormat {
@@ -195,7 +208,7 @@ impl DeviceKeys {
                 expected: 1,
             });
         }
-        Ok(make(SigningKey::from_bytes(&rec.signing), StaticSecret::from(rec.kx)))
+        Ok(rec)
     }
 
     /// Open what [`seal_to_device`] sealed to this device.

@@ -16,6 +16,7 @@ use crate::device::{DeviceCert, DeviceKeys};
 use crate::error::{Error, Result};
 use crate::id::{DeviceId, UserId};
 use crate::secret::SecretKey;
+use crate::signer::LazySigner;
 
 /// A user's identity on one device. The secret never prints.
 #[derive(Clone)]
@@ -23,7 +24,7 @@ pub struct Identity {
     /// The user's signing key: held by the device that made the user (and
     /// devices linked before identity record version 4), not by a device
     /// linked since, whose chain runs through the device that linked it.
-    signing: Option<SigningKey>,
+    signing: Option<LazySigner>,
     user: UserId,
     device: DeviceId,
     name: String,
@@ -149,10 +150,13 @@ impl Identity {
 
     /// The user key, which a device linked by another device does not hold.
     fn user_key(&self) -> Result<&SigningKey> {
-        self.signing.as_ref().ok_or_else(|| Error::Invalid {
-            what: "user key",
-            detail: "this device was linked by another device and holds no user key".into(),
-        })
+        self.signing
+            .as_ref()
+            .map(LazySigner::key)
+            .ok_or_else(|| Error::Invalid {
+                what: "user key",
+                detail: "this device was linked by another device and holds no user key".into(),
+            })
     }
 
     /// Whether this device holds the user's key (it made the user, or was
@@ -302,7 +306,7 @@ impl Identity {
         let signing = SigningKey::from_bytes(secret.expose());
         let user = UserId(signing.verifying_key().to_bytes());
         Identity {
-            signing: Some(signing),
+            signing: Some(LazySigner::made(signing)),
             user,
             device,
             name: name.to_string(),
@@ -344,7 +348,7 @@ impl Identity {
                 } else {
                     IDENTITY_VERSION
                 },
-                secret: signing.as_ref().map(SigningKey::to_bytes),
+                secret: signing.as_ref().map(LazySigner::to_bytes),
                 user: self.user.0,
                 device: self.device.0,
                 name: self.name.clone(),
@@ -442,16 +446,14 @@ impl Identity {
             _ => DeviceKeys::decode(&rec.keys)?,
         };
         let mut id = match &rec.secret {
-            Some(s) => Self::from_parts(&SecretKey::from_bytes(*s), DeviceId(rec.device), &rec.name),
-            None => Identity {
-                signing: None,
-                user: UserId(rec.user),
-                device: DeviceId(rec.device),
-                name: rec.name.clone(),
-                device_keys: None,
-                former: Vec::new(),
-                node: None,
+            // A record this store sealed names its user key's public half,
+            // checked when it was sealed: the key is made when first used.
+            Some(s) if known => Identity {
+                signing: Some(LazySigner::later(s)),
+                ..Self::public_parts(&rec)
             },
+            Some(s) => Self::from_parts(&SecretKey::from_bytes(*s), DeviceId(rec.device), &rec.name),
+            None => Self::public_parts(&rec),
         };
         if id.user.0 != rec.user {
             return Err(corrupted(&"the user id is not the user key's"));
@@ -462,6 +464,19 @@ impl Identity {
             id.with_known_chain(keys, chain)
         } else {
             id.with_chain(keys, chain)
+        }
+    }
+
+    /// An identity of a record's user, device and name, holding no keys yet.
+    fn public_parts(rec: &IdentityRecordV4) -> Self {
+        Identity {
+            signing: None,
+            user: UserId(rec.user),
+            device: DeviceId(rec.device),
+            name: rec.name.clone(),
+            device_keys: None,
+            former: Vec::new(),
+            node: None,
         }
     }
 
@@ -596,11 +611,16 @@ mod tests {
         // sealed to the device.
         let keys = sealed.device_keys().unwrap();
         assert_eq!(keys.sign(b"d", b"m"), full.device_keys().unwrap().sign(b"d", b"m"));
+        assert_eq!(sealed.sign(b"m").unwrap(), full.sign(b"m").unwrap());
+        assert_eq!(sealed.secret().map(|k| *k.expose()), full.secret().map(|k| *k.expose()));
         let to_device =
             crate::device::seal_to_device(&full.device_keys().unwrap().public().kx, b"aad", b"secret").unwrap();
         assert_eq!(keys.open_sealed(b"aad", &to_device).unwrap(), b"secret");
-        // Keys that are not the ones their certificate names are refused,
-        // and so is another device's certificate or another user's id.
+        // Another device's certificate, another user's id or no chain is
+        // refused; keys that are not the ones their certificate names are
+        // refused by `decode`, and taken by `decode_sealed`, which trusts
+        // what the store checked before sealing and makes them only when
+        // they first sign (they would sign what no peer accepts).
         let other = Identity::generate("x").unwrap();
         let rec = || -> IdentityRecordV4 { postcard::from_bytes(&bytes).unwrap() };
         let mut wrong_keys = rec();
@@ -611,11 +631,12 @@ mod tests {
         wrong_user.user = other.user().0;
         let mut no_chain = rec();
         no_chain.chain.clear();
-        for bad in [wrong_keys, wrong_chain, wrong_user, no_chain] {
+        for bad in [wrong_chain, wrong_user, no_chain] {
             let bad = postcard::to_stdvec(&bad).unwrap();
             assert!(Identity::decode_sealed(&bad).is_err());
             assert!(Identity::decode(&bad).is_err());
         }
+        assert!(Identity::decode(&postcard::to_stdvec(&wrong_keys).unwrap()).is_err());
         // A record of an older version is read as `decode` reads it.
         let v1 = v1_record();
         assert_eq!(Identity::decode_sealed(&v1).unwrap().encode(), v1);

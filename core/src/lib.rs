@@ -52,6 +52,7 @@ pub mod peer;
 pub mod rotation;
 mod seal;
 mod secret;
+mod signer;
 pub mod textpack;
 mod vector;
 mod view;

@@ -623,6 +623,9 @@ impl Actor {
         for t in self.finishing.drain(..) {
             let _ = t.join();
         }
+        for t in self.engine.readers_ending.drain(..) {
+            let _ = t.join();
+        }
         // A poisoned store leaves the disk as it is: the journal and sled's
         // atomic batches are what a reopen recovers from.
         let res = if self.poisoned.load(Ordering::SeqCst) {

@@ -315,6 +315,9 @@ pub(crate) struct Engine {
     pub(crate) prepared: Option<crate::actor::Prepared>,
     /// Summary copies read ahead during the open, for its channel load.
     pub(crate) copies_ahead: Option<crate::summaries::Ahead>,
+    /// Threads that read sled and were let go ([`crate::summaries::Ahead`]'s
+    /// once its copies are no longer wanted): joined before sled closes.
+    pub(crate) readers_ending: Vec<std::thread::JoinHandle<()>>,
     /// Channels the open loaded without their epoch summaries, which
     /// [`Engine::ensure_summaries`] gives them before anything but a front
     /// page reads the engine (`crate::summaries`, "Summaries after the open").
@@ -435,6 +438,7 @@ impl Engine {
             fronts: Default::default(),
             summary_rows: Default::default(),
             copies_ahead: None,
+            readers_ending: Vec::new(),
             prepared: None,
             summaries_due: Vec::new(),
             dropped_since_compaction: None,
@@ -577,7 +581,9 @@ impl Engine {
             }
             self.summaries_due.pop();
         }
-        self.copies_ahead = None;
+        if let Some(t) = self.copies_ahead.take().and_then(crate::summaries::Ahead::let_go) {
+            self.readers_ending.push(t);
+        }
         Ok(())
     }
 

@@ -238,27 +238,55 @@ fn decode_prefix(key: &SecretKey, bytes: &[u8]) -> (Decoded, bool) {
 
 /// The first bytes read of the journal at an open: after a clean close its
 /// first record header is zeroed, so this is all there is to read.
-const FIRST_READ: usize = 64 << 10;
+const FIRST_READ: usize = 4 << 10;
 
-/// Read the journal's records from the start of `file`, reading no further
-/// than they go: the file is preallocated (8 MiB of it, mostly zeros or an
-/// earlier run's records), and reading all of it took about 6 ms of a cold
-/// open that is otherwise about as long. Each read appends the next bytes,
-/// four times as many as were held, so decoding again from the start stays
-/// linear.
-fn read_records(file: &File, key: &SecretKey) -> Result<(Decoded, u64)> {
-    let len = file.metadata()?.len();
-    let mut bytes = Vec::new();
-    let mut want = FIRST_READ as u64;
+/// The journal's file and its first bytes, read without the key: the
+/// thread that opens sled during the Argon2id unlock reads them, so that
+/// the open's part after the unlock only decodes ([`Journal::open_read`]).
+pub struct JournalFile {
+    file: File,
+    /// The file's length when it was opened.
+    len: u64,
+    /// Its first [`FIRST_READ`] bytes (all of it when it is shorter).
+    head: Vec<u8>,
+}
+
+impl JournalFile {
+    /// Open the journal's file (creating it, owner-only, if there is none)
+    /// and read its first bytes.
+    pub fn read(path: &Path) -> Result<JournalFile> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)?;
+        let len = file.metadata()?.len();
+        let mut head = vec![0u8; (FIRST_READ as u64).min(len) as usize];
+        file.read_exact_at(&mut head, 0)?;
+        Ok(JournalFile { file, len, head })
+    }
+}
+
+/// Read the journal's records from the start of its file, reading no
+/// further than they go: the file is preallocated (8 MiB of it, mostly
+/// zeros or an earlier run's records), and reading all of it took about 6
+/// ms of a cold open that is otherwise about as long. Each read appends the
+/// next bytes, four times as many as were held, so decoding again from the
+/// start stays linear.
+fn read_records(jf: &mut JournalFile, key: &SecretKey) -> Result<Decoded> {
+    let mut bytes = std::mem::take(&mut jf.head);
     loop {
-        let (held, upto) = (bytes.len(), want.min(len));
-        bytes.resize(upto as usize, 0);
-        file.read_exact_at(&mut bytes[held..], held as u64)?;
         let (decoded, cut) = decode_prefix(key, &bytes);
-        if !cut || upto >= len {
-            return Ok((decoded, len));
+        let held = bytes.len();
+        if !cut || held as u64 >= jf.len {
+            return Ok(decoded);
         }
-        want = want.saturating_mul(4);
+        let upto = (held.max(FIRST_READ) as u64).saturating_mul(4).min(jf.len);
+        bytes.resize(upto as usize, 0);
+        jf.file.read_exact_at(&mut bytes[held..], held as u64)?;
     }
 }
 
@@ -285,15 +313,13 @@ impl Journal {
     /// holds. The caller replays what it needs, makes it durable elsewhere and
     /// then calls [`Journal::clear`]; until then nothing is written.
     pub fn open(path: &Path, key: &SecretKey) -> Result<(Journal, Decoded)> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)?;
-        let (decoded, len) = read_records(&file, key)?;
+        Self::open_read(path, JournalFile::read(path)?, key)
+    }
+
+    /// [`Journal::open`] of a file whose first bytes were read already.
+    pub fn open_read(path: &Path, mut jf: JournalFile, key: &SecretKey) -> Result<(Journal, Decoded)> {
+        let decoded = read_records(&mut jf, key)?;
+        let JournalFile { file, len, .. } = jf;
         if len < PREALLOCATED_BYTES {
             // Real zeros, not a sparse extension: writes into holes or unwritten
             // extents would change the allocation and cost a metadata commit.

@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::journal::Journal;
+use crate::journal::{Journal, JournalFile};
 use crate::layout::*;
 use crate::log::{Log, LogPos};
 use crate::recover;
@@ -277,8 +277,9 @@ fn read_identity(tree: &sled::Tree, records: &SecretKey) -> Result<Identity> {
     let sealed = tree
         .get(META_IDENTITY)?
         .ok_or_else(|| Error::corrupted("identity", "missing"))?;
+    let plain = open_record(records, META_IDENTITY, &sealed)?;
     // Sealed by this store once its chain was verified: not verified again.
-    Ok(Identity::decode_sealed(&open_record(records, META_IDENTITY, &sealed)?)?)
+    Ok(Identity::decode_sealed(&plain)?)
 }
 
 /// Where a sled tree stands against the feed log: sled's position, and how
@@ -362,16 +363,23 @@ fn position(tree: &sled::Tree, log_dir: &Path) -> std::result::Result<Position, 
 }
 
 /// What the thread that opens sled during the Argon2id unlock gives the
-/// open: the journal's thread and queue ([`crate::actor::Prepared`]),
-/// owner-only permissions seen to, sled, its rows read ([`warm`]), the
-/// key-free part of its standing ([`position`]) and the event channel.
-type Opened = (
-    Option<crate::actor::Prepared>,
-    Vec<PathBuf>,
-    Result<(sled::Db, sled::Tree)>,
-    Option<std::result::Result<Position, String>>,
-    Events,
-);
+/// open: everything of the open that needs no key.
+struct Opened {
+    /// The journal's thread and queue ([`crate::actor::Prepared`]).
+    prepared: Option<crate::actor::Prepared>,
+    /// Paths whose permissions were tightened to owner-only.
+    loose: Vec<PathBuf>,
+    /// sled, its rows read ([`warm`]).
+    sled: Result<(sled::Db, sled::Tree)>,
+    /// The key-free part of sled's standing ([`position`]).
+    position: Option<std::result::Result<Position, String>>,
+    /// Whether sled holds entries waiting for a later key generation
+    /// (`T_UNOPENED`), as sled stood when opened.
+    waiting: bool,
+    /// The journal's file and its first bytes.
+    journal: Result<JournalFile>,
+    events: Events,
+}
 
 /// The store's event channel, made ahead ([`crate::engine::event_channel`]).
 type Events = tokio::sync::broadcast::Sender<crate::StoreEvent>;
@@ -383,19 +391,35 @@ type Events = tokio::sync::broadcast::Sender<crate::StoreEvent>;
 /// channels' summary copies ([`crate::summaries::read_copies_ahead`]) while
 /// the open's own thread reads the standing and makes the engine; after a
 /// clean close the open does not wait for them (`Engine::ensure_summaries`).
-struct Early {
+/// It reads them at idle priority ([`idle_priority`]): they are read ahead
+/// of need, and must not slow the open and the first page, which is what
+/// they did at normal priority on two cores (the caller, the store thread
+/// and this one all runnable).
+pub(crate) struct Early {
+    /// Lets the thread begin, once the store's lock is held.
+    go: std::sync::mpsc::SyncSender<()>,
     opened: std::sync::mpsc::Receiver<Result<Opened>>,
-    key: std::sync::mpsc::SyncSender<SecretKey>,
-    thread: std::thread::JoinHandle<Option<HashMap<WireId, crate::summaries::CopyRead>>>,
+    key: std::sync::mpsc::SyncSender<(SecretKey, CopySink)>,
+    thread: std::thread::JoinHandle<()>,
 }
+
+/// Where [`crate::summaries::read_copies_ahead`] hands copies over.
+type CopySink = std::sync::Weak<std::sync::Mutex<HashMap<WireId, crate::summaries::CopyRead>>>;
 
 impl Early {
     fn start(at: PathBuf) -> Option<Early> {
         let (opened_tx, opened) = std::sync::mpsc::sync_channel(1);
-        let (key, key_rx) = std::sync::mpsc::sync_channel::<SecretKey>(1);
+        let (key, key_rx) = std::sync::mpsc::sync_channel::<(SecretKey, CopySink)>(1);
+        let (go, go_rx) = std::sync::mpsc::sync_channel::<()>(1);
         let thread = std::thread::Builder::new()
             .name("hearth-open".into())
             .spawn(move || {
+                // Nothing is touched before the open holds the store's lock
+                // (and has finished what a crash left): an open that fails
+                // first lets this thread go without it.
+                if go_rx.recv().is_err() {
+                    return;
+                }
                 // Permissions are tightened first: anything looser than
                 // owner-only is reported, since other accounts could read it
                 // until now.
@@ -403,7 +427,7 @@ impl Early {
                     Ok(l) => l,
                     Err(e) => {
                         let _ = opened_tx.send(Err(e.into()));
-                        return None;
+                        return;
                     }
                 };
                 let sled = open_sled_tree(&at);
@@ -412,17 +436,46 @@ impl Early {
                     warm(tree);
                     position(tree, &at.join(crate::log::LOG_DIR))
                 });
-                let events = crate::engine::event_channel();
-                let prepared = crate::actor::prepare().ok();
-                if opened_tx.send(Ok((prepared, loose, sled, position, events))).is_err() {
-                    return None;
+                let waiting = tree
+                    .as_ref()
+                    .is_some_and(|t| t.scan_prefix([T_UNOPENED]).next().is_some());
+                // The files sled made as it opened (a snapshot): owner-only.
+                // (Not reported: they are not loose, only new.)
+                if let Err(e) = crate::durable::make_private_shallow(&at.join(DB_DIR)) {
+                    let _ = opened_tx.send(Err(e.into()));
+                    return;
+                }
+                let journal = JournalFile::read(&at.join(JOURNAL_FILE));
+                let opened = Opened {
+                    prepared: crate::actor::prepare().ok(),
+                    loose,
+                    sled,
+                    position,
+                    waiting,
+                    journal,
+                    events: crate::engine::event_channel(),
+                };
+                if opened_tx.send(Ok(opened)).is_err() {
+                    return;
                 }
                 // No key (a wrong passphrase): the tree is let go at once.
-                let (tree, records) = (tree?, key_rx.recv().ok()?);
-                crate::summaries::read_copies_ahead(&tree, &records)
+                if let (Some(tree), Ok((records, sink))) = (tree, key_rx.recv()) {
+                    idle_priority();
+                    crate::summaries::read_copies_ahead(&tree, &records, &sink);
+                }
             })
             .ok()?;
-        Some(Early { opened, key, thread })
+        Some(Early {
+            go,
+            opened,
+            key,
+            thread,
+        })
+    }
+
+    /// Let the thread begin: the store's lock is held.
+    fn go(&self) {
+        let _ = self.go.send(());
     }
 
     /// What the thread opened, once the unlock is done; `records` (the
@@ -430,8 +483,9 @@ impl Early {
     /// to the summary copies.
     fn opened(self, records: Option<SecretKey>) -> Result<(Opened, Option<crate::summaries::Ahead>)> {
         let opened = self.opened.recv();
-        let ahead = if records.is_some_and(|r| self.key.send(r).is_ok()) {
-            Some(crate::summaries::Ahead::Reading(self.thread))
+        let ahead = crate::summaries::Ahead::new();
+        let ahead = if records.is_some_and(|r| self.key.send((r, ahead.sink())).is_ok()) {
+            Some(ahead.reading_on(self.thread))
         } else {
             // Nothing more for it to do: the tree it holds is let go before
             // the caller closes sled (or reports a wrong passphrase).
@@ -442,6 +496,33 @@ impl Early {
         let opened = opened.unwrap_or_else(|_| Err(Error::corrupted("store", "the open's thread panicked")))?;
         Ok((opened, ahead))
     }
+}
+
+/// What an open does on its caller's thread while the store thread starts
+/// (about 0.1 ms in a fresh process, most of it the new thread reaching a
+/// core): the header read, then the thread that opens sled started, waiting
+/// for the lock ([`Early`]).
+pub(crate) struct Started {
+    header: Result<StoreHeader>,
+    /// The thread, sent once it is started (none for a format 1 store,
+    /// whose sled is copied before anything opens it, nor for a rebuild).
+    early: std::sync::mpsc::Receiver<Option<Early>>,
+}
+
+/// Begin opening the store in `dir` ([`Started`]): the header goes to the
+/// store thread through `to` first, so that it can take the lock, and the
+/// thread that opens sled follows.
+pub(crate) fn start(dir: &Path, rebuild: bool, to: std::sync::mpsc::SyncSender<Started>) {
+    let (early_tx, early) = std::sync::mpsc::sync_channel(1);
+    let header = read_header(dir);
+    let go_on = header.is_ok();
+    if to.send(Started { header, early }).is_err() || !go_on {
+        return;
+    }
+    let early = (!rebuild && dir.join(crate::log::LOG_DIR).exists())
+        .then(|| Early::start(dir.to_path_buf()))
+        .flatten();
+    let _ = early_tx.send(early);
 }
 
 /// Open an existing store: bring sled in line with the feed log (migrating a
@@ -457,8 +538,10 @@ pub(crate) fn open(
     config: Config,
     rebuild: bool,
     unlocked: Option<Unlocked>,
+    started: Started,
 ) -> Result<(Engine, Journal, OpenReport)> {
-    let mut header = read_header(dir)?;
+    let Started { header, early } = started;
+    let mut header = header?;
     let mut lock = Some(lock(dir)?);
     if crate::rotate::recover(dir)? {
         // A key rotation was finished (or dropped): the header may be the new one.
@@ -468,11 +551,11 @@ pub(crate) fn open(
     // new log swapped in); one not committed is dropped.
     let compacted = crate::compact::recover(dir)?;
     // sled opens on a thread of its own while Argon2id unlocks the key
-    // ([`Early`]). Not for a format 1 store, whose sled is copied before
-    // anything opens it, nor for a rebuild.
-    let early = (!rebuild && dir.join(crate::log::LOG_DIR).exists())
-        .then(|| Early::start(dir.to_path_buf()))
-        .flatten();
+    // ([`Early`]).
+    let early = early.recv().ok().flatten();
+    if let Some(e) = &early {
+        e.go();
+    }
     let started = std::time::Instant::now();
     let master = header.unwrap(pass);
     let unlock_time = started.elapsed();
@@ -480,12 +563,24 @@ pub(crate) fn open(
         .as_ref()
         .ok()
         .map(|m| hearth_core::derive(m, hearth_core::Purpose::LocalRecords));
-    let (prepared, loose, early_sled, early_position, events, copies_ahead) = match early {
+    let (early, copies_ahead) = match early {
         Some(e) => {
-            let ((prepared, loose, sled, position, events), ahead) = e.opened(records.clone())?;
-            (prepared, loose, Some(sled), position, Some(events), ahead)
+            let (opened, ahead) = e.opened(records.clone())?;
+            (Some(opened), ahead)
         }
-        None => (None, crate::durable::make_private(dir)?, None, None, None, None),
+        None => (None, None),
+    };
+    let (prepared, loose, early_sled, early_position, early_waiting, early_journal, events) = match early {
+        Some(o) => (
+            o.prepared,
+            o.loose,
+            Some(o.sled),
+            o.position,
+            Some(o.waiting),
+            Some(o.journal),
+            Some(o.events),
+        ),
+        None => (None, crate::durable::make_private(dir)?, None, None, None, None, None),
     };
     let master = match master {
         Ok(m) => {
@@ -505,7 +600,11 @@ pub(crate) fn open(
     let records = records.unwrap_or_else(|| hearth_core::derive(&master, hearth_core::Purpose::LocalRecords));
     // Read before sled is brought in line, so that the open knows whether
     // it replays anything (a clean close leaves it empty).
-    let (mut journal, decoded) = Journal::open(&dir.join(JOURNAL_FILE), &records)?;
+    let journal_path = dir.join(JOURNAL_FILE);
+    let (mut journal, decoded) = match early_journal {
+        Some(jf) => Journal::open_read(&journal_path, jf?, &records)?,
+        None => Journal::open(&journal_path, &records)?,
+    };
     let mut report = OpenReport {
         loose_permissions: loose.iter().map(|p| p.display().to_string()).collect(),
         ..OpenReport::default()
@@ -538,6 +637,9 @@ pub(crate) fn open(
     let (mut copies_ahead, mut events) = (copies_ahead, events);
     let mut why = None;
     let mut engine = None;
+    // Whether sled is as the second thread opened it: the open brought in
+    // nothing from the log and migrated nothing (so far).
+    let mut as_opened = false;
     if rebuild {
         drop(sled);
         why = Some("a repair asked for it".to_string());
@@ -618,7 +720,10 @@ pub(crate) fn open(
                                 recover::catch_up(&mut e, st.applied, &mut report)
                             }
                         }) {
-                        Ok(()) => engine = Some(e),
+                        Ok(()) => {
+                            as_opened = early_waiting.is_some() && st.applied == st.end && st.format == STORE_FORMAT;
+                            engine = Some(e)
+                        }
                         // Any failure here is sled's (a blob file a power cut
                         // emptied reads as an I/O error) or the log's; a
                         // rebuild cures the first and fails again on the second.
@@ -634,6 +739,8 @@ pub(crate) fn open(
     let mut engine = match engine {
         Some(e) => e,
         None => {
+            // The thread reading copies ahead holds the old sled: it ends first.
+            drop(copies_ahead.take());
             report.rebuilt = why;
             report.log_batches = 0;
             report.log_entries = 0;
@@ -645,13 +752,18 @@ pub(crate) fn open(
     engine.prepared = prepared;
     // Before the journal is replayed, so that what it brings back is signed
     // by the device's own key.
-    if engine.identity.device_keys().is_none() {
+    let had_keys = engine.identity.device_keys().is_some();
+    if !had_keys {
         engine.ensure_summaries()?;
     }
     give_device_keys(&mut engine)?;
     // Entries held sealed whose key generation arrived later in the log (one
-    // look at the table first: it is empty but for such entries).
-    let waiting = engine.tree.scan_prefix([T_UNOPENED]).next().is_some();
+    // look at the table first, which the second thread took if nothing has
+    // been brought into sled since: it is empty but for such entries).
+    let waiting = match early_waiting {
+        Some(w) if as_opened => w,
+        _ => engine.tree.scan_prefix([T_UNOPENED]).next().is_some(),
+    };
     let ids: Vec<ChannelId> = if waiting {
         engine.channels.keys().copied().collect()
     } else {
@@ -724,10 +836,13 @@ pub(crate) fn open(
     // migration; otherwise at most its own files at the top of `db/` (a
     // snapshot), since the blobs a write makes are seen to by the
     // checkpoint that syncs them. The rest of the store was seen to
-    // before the unlock (a walk of every blob costs milliseconds).
+    // before the unlock (a walk of every blob costs milliseconds), and
+    // sled's own files as it opened by the second thread: an open that
+    // wrote nothing since has nothing to see to.
+    let wrote = !as_opened || !had_keys || waiting || !journal_empty || engine.dirty || moving || compacted;
     if report.rebuilt.is_some() || report.migrated_from.is_some() {
         crate::durable::make_private(&dir.join(DB_DIR))?;
-    } else {
+    } else if wrote {
         crate::durable::make_private_shallow(&dir.join(DB_DIR))?;
     }
     report.summary_copies = engine.summary_rows.read;
@@ -959,4 +1074,20 @@ fn copy_files_private(from: &Path, to: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Put the calling thread in the idle scheduling class (`SCHED_IDLE`): it
+/// runs only on a core nothing else wants. Lowering a thread's own priority
+/// needs no privilege; where it fails the thread goes on as it was.
+#[allow(unsafe_code)]
+fn idle_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: a system call on the calling thread (0) with a valid,
+        // initialized parameter that outlives the call.
+        unsafe {
+            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+        }
+    }
 }

@@ -160,16 +160,27 @@ fn closed_cleanly(dir: &Path, master: &hearth_core::SecretKey) -> Result<()> {
     Ok(())
 }
 
+/// `Store::start`'s `ahead` for a store that is made, not opened.
+fn send_nothing(to: std::sync::mpsc::SyncSender<()>) {
+    let _ = to.send(());
+}
+
 impl Store {
-    async fn start<F>(config: Config, opener: F) -> Result<Store>
+    /// Start the store thread, which runs `opener` and then the store;
+    /// `ahead` runs here meanwhile, and what it sends goes to `opener` (the
+    /// part of an open that needs neither the key nor the store thread:
+    /// [`open::start`]).
+    async fn start<A, F>(config: Config, ahead: impl FnOnce(std::sync::mpsc::SyncSender<A>), opener: F) -> Result<Store>
     where
-        F: FnOnce(Config, open::Unlocked) -> Result<(Engine, crate::journal::Journal, OpenReport)> + Send + 'static,
+        A: Send + 'static,
+        F: FnOnce(Config, open::Unlocked, A) -> Result<(Engine, crate::journal::Journal, OpenReport)> + Send + 'static,
     {
         let config = config.clamped();
         let receipt_delay = config.receipt_delay;
         let (tx, rx) = mpsc::channel(config.command_queue);
         let (ready_tx, mut ready_rx) = oneshot::channel();
         let (unlocked_tx, unlocked_rx) = oneshot::channel();
+        let (ahead_tx, ahead_rx) = std::sync::mpsc::sync_channel(1);
         let started = std::time::Instant::now();
         std::thread::Builder::new().name("hearth-store".into()).spawn(move || {
             // A panic while opening (a bug, or a library on damaged bytes)
@@ -177,8 +188,11 @@ impl Store {
             let unlocked: open::Unlocked = Box::new(move || {
                 let _ = unlocked_tx.send(());
             });
-            let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| opener(config, unlocked)))
-                .unwrap_or_else(|_| Err(Error::corrupted("store", "opening it failed unexpectedly")));
+            let opened = match ahead_rx.recv() {
+                Ok(a) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| opener(config, unlocked, a)))
+                    .unwrap_or_else(|_| Err(Error::corrupted("store", "opening it failed unexpectedly"))),
+                Err(_) => Err(Error::corrupted("store", "opening it failed unexpectedly")),
+            };
             match opened {
                 Ok((engine, journal, report)) => {
                     let timings = OpenTimings {
@@ -203,6 +217,7 @@ impl Store {
                 }
             }
         })?;
+        ahead(ahead_tx);
         // Once the key is unlocked, the rest of an open is about half a
         // millisecond: this thread waits for it awake instead of parked, so
         // that the reply does not wait for a parked thread (often on a
@@ -251,7 +266,7 @@ impl Store {
     pub async fn create(dir: impl AsRef<Path>, pass: &Passphrase, user_name: &str, config: Config) -> Result<Store> {
         let dir = open::abs(dir.as_ref());
         let (pass, name) = (pass.clone(), user_name.to_string());
-        Self::start(config, move |c, _| {
+        Self::start(config, send_nothing, move |c, _, ()| {
             let (e, j) = open::create(&dir, &pass, &name, c)?;
             Ok((e, j, OpenReport::default()))
         })
@@ -269,7 +284,7 @@ impl Store {
     ) -> Result<Store> {
         let dir = open::abs(dir.as_ref());
         let pass = pass.clone();
-        Self::start(config, move |c, _| {
+        Self::start(config, send_nothing, move |c, _, ()| {
             let (e, j) = open::create_as(&dir, &pass, identity, c)?;
             Ok((e, j, OpenReport::default()))
         })
@@ -318,9 +333,12 @@ impl Store {
     pub async fn open(dir: impl AsRef<Path>, pass: &Passphrase, config: Config) -> Result<Store> {
         let dir = open::abs(dir.as_ref());
         let pass = pass.clone();
-        Self::start(config, move |c, unlocked| {
-            open::open(&dir, &pass, c, false, Some(unlocked))
-        })
+        let at = dir.clone();
+        Self::start(
+            config,
+            move |to| open::start(&at, false, to),
+            move |c, unlocked, started| open::open(&dir, &pass, c, false, Some(unlocked), started),
+        )
         .await
     }
 
@@ -333,7 +351,13 @@ impl Store {
     pub async fn repair(dir: impl AsRef<Path>, pass: &Passphrase, config: Config) -> Result<Store> {
         let dir = open::abs(dir.as_ref());
         let pass = pass.clone();
-        Self::start(config, move |c, _| open::open(&dir, &pass, c, true, None)).await
+        let at = dir.clone();
+        Self::start(
+            config,
+            move |to| open::start(&at, true, to),
+            move |c, _, started| open::open(&dir, &pass, c, true, None, started),
+        )
+        .await
     }
 
     /// Replace the master key of the store in `dir` and wrap the new one under

@@ -213,26 +213,40 @@ fn usable((end, copy): CopyRead, want: &[u8; 32]) -> (u16, Option<Summaries>) {
 }
 
 /// Every channel's copy, read and opened ahead of the open's channel load,
-/// on the thread that opened sled, while the open's own thread reads the
-/// standing, opens the log and makes the engine: opening and decoding the
-/// copies is most of the channels' load (about 0.6 ms of 1,000 epoch
-/// summaries at a million messages), and the second core is idle then.
-/// Stamps are checked by the load, which knows the heads. `None` when a row
-/// does not read: the load reads the copies itself, and reports it.
+/// on the open's second thread once the key is unlocked, while the open's
+/// own thread reads the journal and the standing and makes the engine:
+/// opening and decoding the copies is most of the channels' load (about
+/// 0.45 ms of 1,000 epoch summaries at a million messages). Each channel's
+/// copy is handed over as soon as it is read ([`Ahead::take`]), in key
+/// order, while the store thread, when it needs them first, reads from the
+/// other end, so neither waits for the other. Stamps are checked by the
+/// load, which knows the heads. Stops at a row that does not read (the
+/// store thread reads that copy itself) or once the store has let go of
+/// `ahead`.
 pub(crate) fn read_copies_ahead(
     tree: &sled::Tree,
     records: &hearth_core::SecretKey,
-) -> Option<HashMap<WireId, CopyRead>> {
-    let mut out = HashMap::new();
+    ahead: &std::sync::Weak<std::sync::Mutex<HashMap<WireId, CopyRead>>>,
+) {
+    let hand_over = |wire: WireId, g: Gather| match (ahead.upgrade(), g.finish()) {
+        (Some(read), Some(copy)) => {
+            read.lock().unwrap_or_else(|e| e.into_inner()).insert(wire, copy);
+            true
+        }
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
     let mut current: Option<(WireId, Gather)> = None;
     for row in tree.scan_prefix([T_ALL_SUMMARIES]) {
-        let (k, v) = row.ok()?;
-        let wire = WireId(k.get(1..33)?.try_into().ok()?);
+        let Ok((k, v)) = row else { return };
+        let Some(wire) = k.get(1..33).and_then(|w| w.try_into().ok()).map(WireId) else {
+            return;
+        };
         if current.as_ref().is_none_or(|(w, _)| *w != wire) {
             if let Some((w, g)) = current.take()
-                && let Some(read) = g.finish()
+                && !hand_over(w, g)
             {
-                out.insert(w, read);
+                return;
             }
             current = Some((wire, Gather::new()));
         }
@@ -240,48 +254,83 @@ pub(crate) fn read_copies_ahead(
             g.add(records, &k, &v);
         }
     }
-    if let Some((w, g)) = current
-        && let Some(read) = g.finish()
-    {
-        out.insert(w, read);
+    if let Some((w, g)) = current {
+        hand_over(w, g);
     }
-    Some(out)
 }
 
-/// The copies [`read_copies_ahead`] reads, on their way from the thread that
-/// reads them to the open's channel load.
-pub(crate) enum Ahead {
-    /// Still being read.
-    Reading(std::thread::JoinHandle<Option<HashMap<WireId, CopyRead>>>),
-    /// Read: what is left of them, by channel.
-    Read(HashMap<WireId, CopyRead>),
+/// The copies [`read_copies_ahead`] reads, on their way from the open's
+/// second thread to the store thread, and that thread.
+pub(crate) struct Ahead {
+    read: Option<std::sync::Arc<std::sync::Mutex<HashMap<WireId, CopyRead>>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Ahead {
+    /// Copies the thread `start` makes will hand over.
+    pub(crate) fn new() -> Self {
+        Ahead {
+            read: Some(Default::default()),
+            thread: None,
+        }
+    }
+
+    /// Where the reading thread hands copies over.
+    pub(crate) fn sink(&self) -> std::sync::Weak<std::sync::Mutex<HashMap<WireId, CopyRead>>> {
+        self.read.as_ref().map(std::sync::Arc::downgrade).unwrap_or_default()
+    }
+
+    /// The thread that reads them, joined when this is dropped.
+    pub(crate) fn reading_on(mut self, thread: std::thread::JoinHandle<()>) -> Self {
+        self.thread = Some(thread);
+        self
+    }
+
+    /// The copy of `wire`, if the thread has read it and it was not taken.
+    fn take(&self, wire: &WireId) -> Option<CopyRead> {
+        self.read
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(wire)
+    }
+
+    /// Let the thread go without waiting for it: it stops at its next
+    /// channel. Its handle, to be joined before sled closes.
+    pub(crate) fn let_go(mut self) -> Option<std::thread::JoinHandle<()>> {
+        self.read = None;
+        self.thread.take()
+    }
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        // The thread holds sled open: it ends before the store lets sled go.
+        self.read = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for Ahead {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Ahead::Reading(_) => "Ahead::Reading",
-            Ahead::Read(_) => "Ahead::Read",
-        })
+        f.write_str("Ahead")
     }
 }
 
 impl Engine {
     /// A channel's epoch summaries: from its copy when one is current, else
     /// from its `E` rows. `ahead`: the copy as the open's second thread read
-    /// it (its absence there means the channel had none).
+    /// it, if it has.
     pub(crate) fn load_summaries(&mut self, state: &ChannelState, ahead: bool) -> Result<Summaries> {
         let wire = state.keys.wire();
         let want = stamp(state);
-        if ahead
-            && let Some(Ahead::Reading(_)) = &self.copies_ahead
-            && let Some(Ahead::Reading(t)) = self.copies_ahead.take()
-        {
-            self.copies_ahead = t.join().ok().flatten().map(Ahead::Read);
-        }
-        let read = match &mut self.copies_ahead {
-            Some(Ahead::Read(copies)) if ahead => copies.remove(&wire).map(|r| usable(r, &want)),
-            _ => read_copy(&self.tree, &self.records, &wire, &want)?,
+        // The second thread's copy if it has read it; otherwise this
+        // thread reads it (the copies are shared out, not waited for).
+        let read = match self.copies_ahead.as_ref().filter(|_| ahead).and_then(|a| a.take(&wire)) {
+            Some(r) => Some(usable(r, &want)),
+            None => read_copy(&self.tree, &self.records, &wire, &want)?,
         };
         match read {
             Some((chunks, Some(summaries))) => {
@@ -370,5 +419,41 @@ impl Engine {
             return Ok(None);
         };
         Ok(Some(copy == scan_summaries(&self.tree, &self.records, &wire)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tree with one unreadable copy chunk for each of `wires`.
+    fn tree_with_copies(wires: &[WireId]) -> (tempfile::TempDir, sled::Tree) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).temporary(true).open().unwrap();
+        let tree = db.open_tree("t").unwrap();
+        for w in wires {
+            tree.insert(chunk_key(w, 0), &b"not sealed"[..]).unwrap();
+        }
+        (dir, tree)
+    }
+
+    #[test]
+    fn copies_read_ahead_are_handed_over_one_channel_at_a_time_until_let_go() {
+        let wires = [WireId([1; 32]), WireId([2; 32]), WireId([3; 32])];
+        let (_dir, tree) = tree_with_copies(&wires);
+        let key = hearth_core::SecretKey::from_bytes([9; 32]);
+        let ahead = Ahead::new();
+        read_copies_ahead(&tree, &key, &ahead.sink());
+        // Each channel's copy is there to take once (a chunk that does not
+        // open is a copy that does not serve, its chunks still counted).
+        for w in &wires {
+            assert_eq!(ahead.take(w).map(|(end, copy)| (end, copy.is_none())), Some((1, true)));
+            assert!(ahead.take(w).is_none());
+        }
+        // Once the store lets go, the reader stops and hands nothing over.
+        let sink = ahead.sink();
+        assert!(ahead.let_go().is_none());
+        read_copies_ahead(&tree, &key, &sink);
+        assert!(sink.upgrade().is_none());
     }
 }
