@@ -315,6 +315,8 @@ pub(crate) struct Engine {
     pub(crate) prepared: Option<crate::actor::Prepared>,
     /// Summary copies read ahead during the open, for its channel load.
     pub(crate) copies_ahead: Option<crate::summaries::Ahead>,
+    /// The channels' states, being read on the open's second thread.
+    pub(crate) channels_ahead: Option<ChannelsAhead>,
     /// Threads that read sled and were let go ([`crate::summaries::Ahead`]'s
     /// once its copies are no longer wanted): joined before sled closes.
     pub(crate) readers_ending: Vec<std::thread::JoinHandle<()>>,
@@ -438,6 +440,7 @@ impl Engine {
             fronts: Default::default(),
             summary_rows: Default::default(),
             copies_ahead: None,
+            channels_ahead: None,
             readers_ending: Vec::new(),
             prepared: None,
             summaries_due: Vec::new(),
@@ -458,97 +461,41 @@ impl Engine {
             self.dropped_since_compaction =
                 Some(postcard::from_bytes(&plain).map_err(|e| Error::corrupted("compaction due", e.to_string()))?);
         }
-        for row in self.tree.scan_prefix([T_CHANNELS]) {
-            let (k, v) = row?;
-            let plain = open_record(&self.records, &k, &v)?;
-            let (keys, invited) = ChannelRecord::decode_named(&plain)?;
-            if channel_key(&keys.wire()) != *k {
-                return Err(Error::corrupted("channel record", "stored under another channel's key"));
-            }
-            let id = keys.id();
-            let later = self.copies_ahead.is_some() && crate::summaries::has_copy(&self.tree, &keys.wire())?;
-            self.load_channel_as(keys, later)?;
-            if let Some(ch) = self.channels.get_mut(&id) {
-                ch.invited_name = invited;
-            }
+        let read = match self.channels_ahead.take().and_then(ChannelsAhead::wait) {
+            Some(read) => read,
+            None => read_channels(&self.tree, &self.records, self.copies_ahead.is_some()),
+        };
+        for c in read? {
+            self.adopt_channel(c)?;
         }
         Ok(())
     }
 
     /// Load a channel's state from sled, its summaries with it.
     pub(crate) fn load_channel(&mut self, keys: ChannelKeys) -> Result<()> {
-        self.load_channel_as(keys, false)
+        let c = read_channel(&self.tree, &self.records, keys, None, false)?;
+        self.adopt_channel(c)
     }
 
-    /// Load a channel's state from sled; `later`: its summaries are left to
-    /// [`Engine::ensure_summaries`] (the open's load, whose copies are being
-    /// read on the second core).
-    fn load_channel_as(&mut self, keys: ChannelKeys, later: bool) -> Result<()> {
-        let wire = keys.wire();
-        let mut state = ChannelState {
-            keys,
-            heads: BTreeMap::new(),
-            chains: BTreeMap::new(),
-            devices: Default::default(),
-            summaries: BTreeMap::new(),
-            current: (1, 0),
-            staged_read: None,
-            staged_newest: None,
-            owed: BTreeMap::new(),
-            invited_name: None,
-            hidden: None,
-            cuts: BTreeMap::new(),
-            told: None,
-            dead: Default::default(),
-            stubbed: Default::default(),
-        };
-        for (key, set, what) in [
-            (crate::layout::dead_key(&wire), &mut state.dead, "dead epochs"),
-            (crate::layout::stubbed_key(&wire), &mut state.stubbed, "stubbed epochs"),
-        ] {
-            if let Some(v) = self.tree.get(&key)? {
-                let plain = open_record(&self.records, &key, &v)?;
-                *set = postcard::from_bytes(&plain).map_err(|e| Error::corrupted(what, e))?;
-            }
-        }
-        let owed_key = channel_prefix(T_OWED, &wire);
-        let told_key = channel_prefix(T_TOLD, &wire);
-        if let Some(v) = self.tree.get(told_key)? {
-            let plain = open_record(&self.records, &told_key, &v)?;
-            state.told = Some(hearth_core::peer::RemovedNotice::decode(&plain)?);
-        }
-        if let Some(v) = self.tree.get(owed_key)? {
-            let plain = open_record(&self.records, &owed_key, &v)?;
-            state.owed = postcard::from_bytes(&plain).map_err(|e| Error::corrupted("owed receipts", e))?;
-        }
-        state.devices.insert(self.identity.device(), self.identity.user());
-        for row in self.tree.scan_prefix(channel_prefix(T_HEADS, &wire)) {
-            let (k, v) = row?;
-            let device = hearth_core::DeviceId::from_slice(&k[33..])?;
-            let head: FeedHead = postcard::from_bytes(&v).map_err(|e| Error::corrupted("feed head", e))?;
-            state.devices.insert(device, head.user);
-            crate::root::xor_into(&mut self.root_heads, &crate::root::head_term(&wire, &device, &head));
-            state.heads.insert(device, head);
-        }
-        for row in self.tree.scan_prefix(channel_prefix(T_CHAINS, &wire)) {
-            let (k, v) = row?;
-            let device = hearth_core::DeviceId::from_slice(&k[33..])?;
-            let chain = decode_chain(&open_record(&self.records, &k, &v)?)?;
-            // Verified before it was stored; the sealed row (only the
-            // record key writes one) is its own proof since.
-            let key = chain
-                .last()
-                .map(|c| c.body.keys.signing)
-                .ok_or_else(|| Error::corrupted("device chain", "empty"))?;
-            state.chains.insert(device, (key, chain));
-        }
+    /// Take a channel's state as read from sled: this device among its
+    /// devices, its heads in the store root, its summaries read now or left
+    /// to [`Engine::ensure_summaries`] (the open's load, whose copies are
+    /// being read on the second core).
+    fn adopt_channel(&mut self, c: ChannelRead) -> Result<()> {
+        let ChannelRead { mut state, root, later } = c;
+        // Its heads name this device's user where it wrote.
+        state
+            .devices
+            .entry(self.identity.device())
+            .or_insert(self.identity.user());
+        crate::root::xor_into(&mut self.root_heads, &root);
         if later {
             self.summaries_due.push(state.keys.id());
         } else {
             state.summaries = self.load_summaries(&state, false)?;
             state.set_current();
         }
-        self.by_wire.insert(wire, state.keys.id());
+        self.by_wire.insert(state.keys.wire(), state.keys.id());
         self.channels.insert(state.keys.id(), state);
         Ok(())
     }
@@ -2087,3 +2034,127 @@ pub(crate) fn encode_chain(chain: &[hearth_core::device::DeviceCert]) -> Vec<u8>
 pub(crate) fn decode_chain(bytes: &[u8]) -> Result<Vec<hearth_core::device::DeviceCert>> {
     postcard::from_bytes(bytes).map_err(|e| Error::corrupted("device chain", e))
 }
+
+/// A channel's state as sled holds it, its summaries not read yet.
+pub(crate) struct ChannelRead {
+    state: ChannelState,
+    /// Its feed heads' part of the store root ([`crate::root`]).
+    root: [u8; 32],
+    /// Its summaries are left for later: it has a summary copy, which the
+    /// open's second thread reads.
+    later: bool,
+}
+
+/// Every channel's state, as the open loads it (not their epoch
+/// documents, nor their summaries). `ahead`: the summary copies are read
+/// ahead ([`crate::summaries::read_copies_ahead`]), so a channel that has
+/// one leaves its summaries for later. Needs no engine: the open's second
+/// thread reads them while the open's own reads the journal and the
+/// identity ([`ChannelsAhead`]).
+pub(crate) fn read_channels(tree: &sled::Tree, records: &SecretKey, ahead: bool) -> Result<Vec<ChannelRead>> {
+    let mut out = Vec::new();
+    for row in tree.scan_prefix([T_CHANNELS]) {
+        let (k, v) = row?;
+        let plain = open_record(records, &k, &v)?;
+        let (keys, invited) = ChannelRecord::decode_named(&plain)?;
+        if channel_key(&keys.wire()) != *k {
+            return Err(Error::corrupted("channel record", "stored under another channel's key"));
+        }
+        let later = ahead && crate::summaries::has_copy(tree, &keys.wire())?;
+        out.push(read_channel(tree, records, keys, invited, later)?);
+    }
+    Ok(out)
+}
+
+/// A channel's state from sled.
+fn read_channel(
+    tree: &sled::Tree,
+    records: &SecretKey,
+    keys: ChannelKeys,
+    invited_name: Option<String>,
+    later: bool,
+) -> Result<ChannelRead> {
+    let wire = keys.wire();
+    let mut state = ChannelState {
+        keys,
+        heads: BTreeMap::new(),
+        chains: BTreeMap::new(),
+        devices: Default::default(),
+        summaries: BTreeMap::new(),
+        current: (1, 0),
+        staged_read: None,
+        staged_newest: None,
+        owed: BTreeMap::new(),
+        invited_name,
+        hidden: None,
+        cuts: BTreeMap::new(),
+        told: None,
+        dead: Default::default(),
+        stubbed: Default::default(),
+    };
+    let mut root = [0u8; 32];
+    for (key, set, what) in [
+        (crate::layout::dead_key(&wire), &mut state.dead, "dead epochs"),
+        (crate::layout::stubbed_key(&wire), &mut state.stubbed, "stubbed epochs"),
+    ] {
+        if let Some(v) = tree.get(&key)? {
+            let plain = open_record(records, &key, &v)?;
+            *set = postcard::from_bytes(&plain).map_err(|e| Error::corrupted(what, e))?;
+        }
+    }
+    let owed_key = channel_prefix(T_OWED, &wire);
+    let told_key = channel_prefix(T_TOLD, &wire);
+    if let Some(v) = tree.get(told_key)? {
+        let plain = open_record(records, &told_key, &v)?;
+        state.told = Some(hearth_core::peer::RemovedNotice::decode(&plain)?);
+    }
+    if let Some(v) = tree.get(owed_key)? {
+        let plain = open_record(records, &owed_key, &v)?;
+        state.owed = postcard::from_bytes(&plain).map_err(|e| Error::corrupted("owed receipts", e))?;
+    }
+    for row in tree.scan_prefix(channel_prefix(T_HEADS, &wire)) {
+        let (k, v) = row?;
+        let device = hearth_core::DeviceId::from_slice(&k[33..])?;
+        let head: FeedHead = postcard::from_bytes(&v).map_err(|e| Error::corrupted("feed head", e))?;
+        state.devices.insert(device, head.user);
+        crate::root::xor_into(&mut root, &crate::root::head_term(&wire, &device, &head));
+        state.heads.insert(device, head);
+    }
+    for row in tree.scan_prefix(channel_prefix(T_CHAINS, &wire)) {
+        let (k, v) = row?;
+        let device = hearth_core::DeviceId::from_slice(&k[33..])?;
+        let chain = decode_chain(&open_record(records, &k, &v)?)?;
+        // Verified before it was stored; the sealed row (only the
+        // record key writes one) is its own proof since.
+        let key = chain
+            .last()
+            .map(|c| c.body.keys.signing)
+            .ok_or_else(|| Error::corrupted("device chain", "empty"))?;
+        state.chains.insert(device, (key, chain));
+    }
+    Ok(ChannelRead { state, root, later })
+}
+
+/// The channels' states, read on the open's second thread once the key is
+/// unlocked ([`read_channels`]), on their way to the open's load.
+pub(crate) struct ChannelsAhead(pub(crate) std::sync::mpsc::Receiver<Result<Vec<ChannelRead>>>);
+
+impl ChannelsAhead {
+    /// What the thread read, waited for awake (it is a fraction of a
+    /// millisecond, and a parked thread takes longer to wake on this kind
+    /// of machine); `None` if the thread is gone.
+    fn wait(self) -> Option<Result<Vec<ChannelRead>>> {
+        let start = std::time::Instant::now();
+        loop {
+            match self.0.try_recv() {
+                Ok(read) => return Some(read),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return None,
+                Err(std::sync::mpsc::TryRecvError::Empty) if start.elapsed() < AHEAD_SPIN => std::thread::yield_now(),
+                Err(std::sync::mpsc::TryRecvError::Empty) => return self.0.recv().ok(),
+            }
+        }
+    }
+}
+
+/// How long [`ChannelsAhead::wait`] waits awake.
+const AHEAD_SPIN: std::time::Duration = std::time::Duration::from_millis(3);

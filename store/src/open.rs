@@ -362,6 +362,10 @@ fn position(tree: &sled::Tree, log_dir: &Path) -> std::result::Result<Position, 
     })
 }
 
+/// What the thread that opens sled reads once the key is unlocked: the
+/// summary copies and the channels' states.
+type Ahead = (crate::summaries::Ahead, crate::engine::ChannelsAhead);
+
 /// What the thread that opens sled during the Argon2id unlock gives the
 /// open: everything of the open that needs no key.
 struct Opened {
@@ -399,17 +403,39 @@ pub(crate) struct Early {
     /// Lets the thread begin, once the store's lock is held.
     go: std::sync::mpsc::SyncSender<()>,
     opened: std::sync::mpsc::Receiver<Result<Opened>>,
-    key: std::sync::mpsc::SyncSender<(SecretKey, CopySink)>,
+    key: std::sync::mpsc::SyncSender<Unlocking>,
     thread: std::thread::JoinHandle<()>,
 }
 
 /// Where [`crate::summaries::read_copies_ahead`] hands copies over.
 type CopySink = std::sync::Weak<std::sync::Mutex<HashMap<WireId, crate::summaries::CopyRead>>>;
 
+/// What the thread that opened sled gets once the key is unlocked: the
+/// records key, where copies go, and where the channels' states go.
+type Unlocking = (
+    SecretKey,
+    CopySink,
+    std::sync::mpsc::SyncSender<Result<Vec<crate::engine::ChannelRead>>>,
+);
+
+/// The key, waited for awake: a thread parked through the unlock (about
+/// 0.1 s or more) is slow to wake on this kind of machine, and what it
+/// reads next is on the open's path. `None`: the open stopped (a wrong
+/// passphrase, or an error).
+fn awake_for<T>(rx: &std::sync::mpsc::Receiver<T>) -> Option<T> {
+    loop {
+        match rx.try_recv() {
+            Ok(t) => return Some(t),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => return None,
+            Err(std::sync::mpsc::TryRecvError::Empty) => std::thread::yield_now(),
+        }
+    }
+}
+
 impl Early {
     fn start(at: PathBuf) -> Option<Early> {
         let (opened_tx, opened) = std::sync::mpsc::sync_channel(1);
-        let (key, key_rx) = std::sync::mpsc::sync_channel::<(SecretKey, CopySink)>(1);
+        let (key, key_rx) = std::sync::mpsc::sync_channel::<Unlocking>(1);
         let (go, go_rx) = std::sync::mpsc::sync_channel::<()>(1);
         let thread = std::thread::Builder::new()
             .name("hearth-open".into())
@@ -459,7 +485,8 @@ impl Early {
                     return;
                 }
                 // No key (a wrong passphrase): the tree is let go at once.
-                if let (Some(tree), Ok((records, sink))) = (tree, key_rx.recv()) {
+                if let (Some(tree), Some((records, sink, channels))) = (tree, awake_for(&key_rx)) {
+                    let _ = channels.send(crate::engine::read_channels(&tree, &records, true));
                     idle_priority();
                     crate::summaries::read_copies_ahead(&tree, &records, &sink);
                 }
@@ -481,11 +508,12 @@ impl Early {
     /// What the thread opened, once the unlock is done; `records` (the
     /// unlocked records key, `None` for a wrong passphrase) lets it go on
     /// to the summary copies.
-    fn opened(self, records: Option<SecretKey>) -> Result<(Opened, Option<crate::summaries::Ahead>)> {
+    fn opened(self, records: Option<SecretKey>) -> Result<(Opened, Option<Ahead>)> {
         let opened = self.opened.recv();
-        let ahead = crate::summaries::Ahead::new();
-        let ahead = if records.is_some_and(|r| self.key.send((r, ahead.sink())).is_ok()) {
-            Some(ahead.reading_on(self.thread))
+        let copies = crate::summaries::Ahead::new();
+        let (channels_tx, channels) = std::sync::mpsc::sync_channel(1);
+        let ahead = if records.is_some_and(|r| self.key.send((r, copies.sink(), channels_tx)).is_ok()) {
+            Some((copies.reading_on(self.thread), crate::engine::ChannelsAhead(channels)))
         } else {
             // Nothing more for it to do: the tree it holds is let go before
             // the caller closes sled (or reports a wrong passphrase).
@@ -677,7 +705,10 @@ pub(crate) fn open(
                         events.take(),
                     )?;
                     report.log_tail = st.stopped;
-                    e.copies_ahead = copies_ahead.take();
+                    if let Some((copies, channels)) = copies_ahead.take() {
+                        e.copies_ahead = Some(copies);
+                        e.channels_ahead = Some(channels);
+                    }
                     if st.format == 1 {
                         // Just migrated: sled's content is exactly the new log.
                         // Durably so before anything else reaches the log, or

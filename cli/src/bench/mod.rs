@@ -394,6 +394,9 @@ async fn probe(dir: &Path, channel: Option<&str>) -> Result<Probe> {
             Ok(db) => {
                 let took = t.elapsed();
                 drop(db);
+                // sled wrote a snapshot under the process umask: owner-only,
+                // as the store keeps every file.
+                owner_only_files(&dir.join("db"))?;
                 break took;
             }
             Err(e) if tries >= 500 => return Err(e).context("sled's own open"),
@@ -415,6 +418,18 @@ async fn probe(dir: &Path, channel: Option<&str>) -> Result<Probe> {
         cached_channels: channels.len().min(10),
         sled_open_ms: sled_open.as_secs_f64() * 1e3,
     })
+}
+
+/// Make the files directly in `dir` readable by their owner only.
+fn owner_only_files(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
 }
 
 /// Run `hearth bench`.
