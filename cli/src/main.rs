@@ -483,7 +483,31 @@ pub enum MemberCmd {
     },
 }
 
+/// Tracing to stderr when `RUST_LOG` asks for it (for example
+/// `RUST_LOG=hearth_sync=info,hearth_store=debug`); off otherwise. Colours
+/// only on a terminal, and never with `NO_COLOR` set.
+fn install_tracing() {
+    use std::io::IsTerminal;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => match tracing_subscriber::EnvFilter::try_new(&spec) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("hearth: warning: RUST_LOG is not a filter ({e}); no tracing");
+                return;
+            }
+        },
+        _ => return,
+    };
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .try_init();
+}
+
 fn main() -> ExitCode {
+    install_tracing();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

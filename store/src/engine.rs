@@ -1977,9 +1977,11 @@ impl Engine {
     /// Close every touched epoch and write the group to sled as one batch,
     /// recording `journal_seq` as applied.
     pub(crate) fn finish_batch(&mut self, journal_seq: u64) -> Result<()> {
+        let started = std::time::Instant::now();
         // Deleted texts first: one staged in this group goes into no segment.
         self.run_prunes()?;
         let touched: Vec<(ChannelId, Epoch)> = self.touched.keys().copied().collect();
+        let epochs = touched.len();
         for (c, e) in touched {
             self.commit_epoch(c, e)?;
         }
@@ -1995,6 +1997,12 @@ impl Engine {
         self.dirty = true;
         self.own_unsynced |= !self.appended.is_empty();
         self.apply_prune_rows()?;
+        tracing::debug!(
+            epochs,
+            journal_seq,
+            micros = started.elapsed().as_micros() as u64,
+            "group committed"
+        );
         for channel in std::mem::take(&mut self.appended) {
             let wire = self.channel(&channel)?.keys.wire();
             let _ = self.events.send(crate::StoreEvent::Appended {

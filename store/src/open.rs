@@ -772,6 +772,7 @@ pub(crate) fn open(
         None => {
             // The thread reading copies ahead holds the old sled: it ends first.
             drop(copies_ahead.take());
+            tracing::warn!(why = why.as_deref().unwrap_or(""), "rebuilding sled from the feed log");
             report.rebuilt = why;
             report.log_batches = 0;
             report.log_entries = 0;

@@ -111,13 +111,20 @@ impl Engine {
     /// fsyncs its blob files). The log's synced position goes into sled
     /// between the two, so sled never names a durable log position that is not.
     pub(crate) fn checkpoint(&mut self) -> Result<()> {
+        let started = std::time::Instant::now();
         self.apply_prune_rows()?;
         self.log.sync()?;
         self.tree.insert(META_LOG_SYNCED, &self.log.synced().encode()[..])?;
-        self.db.flush()?;
+        let flushed = self.db.flush()?;
         self.sled_files.sync()?;
         self.dirty = false;
         self.own_unsynced = false;
+        tracing::debug!(
+            log = %self.log.synced(),
+            sled_bytes = flushed,
+            micros = started.elapsed().as_micros() as u64,
+            "checkpoint"
+        );
         Ok(())
     }
 

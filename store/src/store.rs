@@ -160,6 +160,26 @@ fn closed_cleanly(dir: &Path, master: &hearth_core::SecretKey) -> Result<()> {
     Ok(())
 }
 
+/// The open, as a tracing event (after the caller has its store).
+fn trace_open(engine: &Engine, report: &OpenReport, timings: OpenTimings) {
+    tracing::info!(
+        dir = %engine.dir.display(),
+        channels = engine.channels.len(),
+        unlock_ms = timings.unlock.as_secs_f64() * 1e3,
+        open_ms = timings.total.as_secs_f64() * 1e3,
+        replayed_records = report.replayed_records,
+        log_entries = report.log_entries,
+        rebuilt = report.rebuilt.as_deref(),
+        migrated_from = report.migrated_from,
+        journal_tail = report.journal_tail.as_deref(),
+        skipped = report.skipped.len(),
+        "store opened"
+    );
+    for s in &report.skipped {
+        tracing::warn!(what = %s, "skipped at the open");
+    }
+}
+
 /// `Store::start`'s `ahead` for a store that is made, not opened.
 fn send_nothing(to: std::sync::mpsc::SyncSender<()>) {
     let _ = to.send(());
@@ -209,10 +229,15 @@ impl Store {
                     // Receipts owed when the store last stopped (a crash while
                     // they gathered) are written soon.
                     let owed = engine.channels.values().any(|ch| !ch.owed.is_empty());
+                    let traced = tracing::enabled!(tracing::Level::INFO).then(|| report.clone());
                     let _ = ready_tx.send(Ok((whoami, report, timings, engine.events.clone(), owed)));
+                    if let Some(report) = traced {
+                        trace_open(&engine, &report, timings);
+                    }
                     actor::run(engine, journal, rx);
                 }
                 Err(e) => {
+                    tracing::warn!(error = %e, "store did not open");
                     let _ = ready_tx.send(Err(e));
                 }
             }

@@ -452,6 +452,44 @@ impl Engine {
     /// [`Engine::ingest`], with what was opened of each entry ahead
     /// ([`open_ahead`]) taken instead of opening it again.
     pub(crate) fn ingest_opened(&mut self, wire: &WireId, entries: Vec<ToIngest>) -> Result<IngestReport> {
+        let started = std::time::Instant::now();
+        let (count, bytes) = (entries.len(), entries.iter().map(|(b, _)| b.len()).sum::<usize>());
+        let res = self.take_entries(wire, entries);
+        if self.replaying {
+            return res;
+        }
+        let wire = WireShort(wire);
+        match &res {
+            Ok(r) => {
+                tracing::debug!(
+                    %wire,
+                    entries = count,
+                    bytes,
+                    accepted = r.accepted,
+                    duplicates = r.duplicates,
+                    rejected = r.rejected.len(),
+                    messages = r.messages,
+                    micros = started.elapsed().as_micros() as u64,
+                    "ingest"
+                );
+                for x in &r.rejected {
+                    tracing::warn!(
+                        %wire,
+                        device = x.device.map(|d| d.to_string()),
+                        seq = x.seq,
+                        reason = %x.reason,
+                        peer_fault = x.is_peer_fault(),
+                        "entry rejected"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(%wire, entries = count, error = %e, "ingest failed"),
+        }
+        res
+    }
+
+    /// [`Engine::ingest_opened`], untraced.
+    fn take_entries(&mut self, wire: &WireId, entries: Vec<ToIngest>) -> Result<IngestReport> {
         let channel = self.channel_by_wire(wire)?;
         // Replaying the feed log at open brings this device's own entries
         // back; from a peer, they can only be forged.
@@ -1372,4 +1410,14 @@ impl Feeds for MemberFeeds<'_> {
 
 fn hex_prefix(wire: &WireId) -> String {
     wire.0[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A channel's wire id (what peers and the feed log know it by) in
+/// tracing: its first 8 bytes in hex.
+struct WireShort<'a>(&'a WireId);
+
+impl std::fmt::Display for WireShort<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.0[..8].iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
 }

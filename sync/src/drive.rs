@@ -163,7 +163,26 @@ impl Conn {
 /// its answer (or why there is none). Channels the peer proves are recorded
 /// in `conn` as soon as they are. A local storage error ends the session
 /// with `failed` set.
-pub async fn run_session<R, F, Fut>(mut session: Session, replica: &R, conn: &Conn, mut send: F) -> Outcome
+pub async fn run_session<R, F, Fut>(session: Session, replica: &R, conn: &Conn, send: F) -> Outcome
+where
+    R: Replica,
+    F: FnMut(Request) -> Fut,
+    Fut: Future<Output = Result<Response, String>>,
+{
+    let mut bytes = (0, 0);
+    let mut o = drive(session, replica, conn, send, &mut bytes).await;
+    (o.entry_bytes_in, o.entry_bytes_out) = bytes;
+    o
+}
+
+/// [`run_session`]; `bytes`: the entries' bytes received and sent.
+async fn drive<R, F, Fut>(
+    mut session: Session,
+    replica: &R,
+    conn: &Conn,
+    mut send: F,
+    bytes: &mut (u64, u64),
+) -> Outcome
 where
     R: Replica,
     F: FnMut(Request) -> Fut,
@@ -198,10 +217,18 @@ where
                 }
             }
             Action::Read { wire, have } => match replica.entries_after(wire, have, BATCH_BYTES, BATCH_ENTRIES).await {
-                Ok(batch) => session.on_entries(batch),
+                Ok(batch) => {
+                    bytes.1 += batch
+                        .iter()
+                        .flat_map(|b| &b.entries)
+                        .map(|e| e.len() as u64)
+                        .sum::<u64>();
+                    session.on_entries(batch)
+                }
                 Err(e) => return failed(session, e.to_string()),
             },
             Action::Ingest { wire, entries } => {
+                bytes.0 += entries.iter().map(|e| e.len() as u64).sum::<u64>();
                 let next = match fetched.take() {
                     Some((
                         Request::Fetch {

@@ -1401,6 +1401,7 @@ impl<R: Replica> Loop<R> {
 
     /// Report a peer's bad input; drop and ban it if the input was forged or broken.
     fn reject(&mut self, peer: PeerId, reason: String, drop: bool) {
+        tracing::warn!(%peer, reason = %reason, dropped = drop, "peer input rejected");
         if drop {
             self.banned.insert(peer, Instant::now() + self.config.ban);
             let _ = self.swarm.disconnect_peer_id(peer);
@@ -1496,6 +1497,13 @@ impl<R: Replica> Loop<R> {
                 ..
             } => {
                 let relayed = endpoint.is_relayed();
+                tracing::debug!(
+                    peer = %peer_id,
+                    addr = %endpoint.get_remote_address(),
+                    relayed,
+                    connections = num_established.get(),
+                    "connection established"
+                );
                 if relayed {
                     // Counted by the relay, per peer, not here by its IP.
                     self.relayed.entry(peer_id).or_default().insert(connection_id);
@@ -1593,8 +1601,16 @@ impl<R: Replica> Loop<R> {
                 num_established,
                 endpoint,
                 connection_id,
+                cause,
                 ..
             } => {
+                tracing::debug!(
+                    peer = %peer_id,
+                    addr = %endpoint.get_remote_address(),
+                    connections = num_established,
+                    cause = cause.as_ref().map(|c| c.to_string()),
+                    "connection closed"
+                );
                 if endpoint.is_relayed() {
                     if let Some(set) = self.relayed.get_mut(&peer_id) {
                         set.remove(&connection_id);
@@ -2064,6 +2080,7 @@ fn spawn_worker<R: Replica>(
                     }
                 }
             };
+            let session_started = Instant::now();
             let outcome = if reconcile {
                 let o = match conn.session(&replica, grant).await {
                     Ok(session) => run_session(session, &replica, &conn, sender(true)).await,
@@ -2106,6 +2123,7 @@ fn spawn_worker<R: Replica>(
                     total.sent += o.sent;
                     total.pushed += o.pushed;
                     total.round_trips += o.round_trips;
+                    total.entry_bytes_out += o.entry_bytes_out;
                     total.refused_there += o.refused_there;
                     total.failed = total.failed.or(o.failed);
                     if !unanswered {
@@ -2138,6 +2156,25 @@ fn spawn_worker<R: Replica>(
                     round_trips: outcome.round_trips,
                     in_sync,
                 });
+            }
+            // (A session that only learned the peer's vector moved nothing.)
+            if reconcile || outcome.sent > 0 || outcome.received > 0 {
+                tracing::info!(
+                    %peer,
+                    full = reconcile,
+                    channels = outcome.channels,
+                    received = outcome.received,
+                    sent = outcome.sent,
+                    bytes_in = outcome.entry_bytes_in,
+                    bytes_out = outcome.entry_bytes_out,
+                    round_trips = outcome.round_trips,
+                    millis = session_started.elapsed().as_secs_f64() * 1e3,
+                    in_sync,
+                    behind,
+                    ahead,
+                    failed = outcome.failed.as_deref(),
+                    "sync session"
+                );
             }
             let state = SyncState { in_sync, behind, ahead };
             let _ = cmd.send(Cmd::SessionDone(peer, outcome.clone(), state)).await;

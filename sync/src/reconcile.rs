@@ -271,6 +271,10 @@ pub struct Outcome {
     pub peer: BTreeMap<WireId, Vector>,
     /// Requests sent.
     pub round_trips: u32,
+    /// Bytes of the entries received (ingested, taken or not).
+    pub entry_bytes_in: u64,
+    /// Bytes of the entries sent.
+    pub entry_bytes_out: u64,
     /// The session stopped on an unexpected answer.
     pub failed: Option<String>,
     /// Notices of this user's removal the peer handed (in its Hello

@@ -7,7 +7,7 @@ use hearth_store::Store;
 use hearth_sync::{Multiaddr, NodeHandle};
 
 mod support;
-use support::{config, converged, next_event, start_node_on};
+use support::{config, converged, next_event, start_node_on, two_members};
 
 async fn node(store: &Store, listen: &str) -> (NodeHandle, Multiaddr) {
     start_node_on(store.clone(), &store.node_secret().await.unwrap(), listen).await
@@ -106,17 +106,6 @@ async fn three_devices_converge_over_tcp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_devices_converge_over_quic() {
     three_devices_converge("/ip4/127.0.0.1/udp/0/quic-v1").await;
-}
-
-/// Two users' stores holding one channel (made by `a`).
-async fn two_members() -> (Vec<tempfile::TempDir>, Store, Store, hearth_core::ChannelId) {
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let pass = Passphrase::new("pw");
-    let a = Store::create(dirs[0].path(), &pass, "a", config()).await.unwrap();
-    let b = Store::create(dirs[1].path(), &pass, "b", config()).await.unwrap();
-    let ch = a.create_channel("general").await.unwrap();
-    b.join_channel(a.channel_keys(ch).await.unwrap()).await.unwrap();
-    (dirs, a, b, ch)
 }
 
 /// Nodes of `a` and `b` on loopback TCP, `a` dialing `b`, converged on `ch`;

@@ -115,3 +115,13 @@ pub async fn next_event<T>(
     .await
     .expect("the event came")
 }
+
+/// Two users' stores holding one channel (made by `a`).
+pub async fn two_members() -> (Vec<tempfile::TempDir>, Store, Store, ChannelId) {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = Store::create(dirs[0].path(), &pass(), "a", config()).await.unwrap();
+    let b = Store::create(dirs[1].path(), &pass(), "b", config()).await.unwrap();
+    let ch = a.create_channel("general").await.unwrap();
+    b.join_channel(a.channel_keys(ch).await.unwrap()).await.unwrap();
+    (dirs, a, b, ch)
+}
