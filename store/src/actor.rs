@@ -460,6 +460,17 @@ impl Actor {
                 Ok(report)
             }
             Ok(report) => {
+                tracing::info!(
+                    records = report.records,
+                    entries_rewritten = report.entries_rewritten,
+                    texts_dropped = report.texts_dropped,
+                    log_bytes_before = report.log_bytes_before,
+                    log_bytes_after = report.log_bytes_after,
+                    writes_applied = report.writes_applied,
+                    paused_ms = report.paused.as_secs_f64() * 1e3,
+                    took_ms = report.took.as_secs_f64() * 1e3,
+                    "compaction committed"
+                );
                 // The journal thread zeroes the old records before it writes
                 // the next ones; the callers hear once that is done, while
                 // this thread goes on.
@@ -487,6 +498,7 @@ impl Actor {
                 if committed {
                     self.poisoned.store(true, Ordering::SeqCst);
                 }
+                tracing::warn!(error = %e, committed, "compaction failed");
                 if waiters.is_empty() {
                     eprintln!("hearth: an automatic compaction failed: {e}");
                     self.auto_compact_after = Instant::now() + AUTO_COMPACT_RETRY;

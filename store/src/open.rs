@@ -568,6 +568,7 @@ pub(crate) fn open(
     unlocked: Option<Unlocked>,
     started: Started,
 ) -> Result<(Engine, Journal, OpenReport)> {
+    let _span = tracing::info_span!("open", dir = %dir.display()).entered();
     let Started { header, early } = started;
     let mut header = header?;
     let mut lock = Some(lock(dir)?);

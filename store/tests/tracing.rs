@@ -1,5 +1,5 @@
-//! Tracing (issue 11): an open, a group commit, a checkpoint, an ingest and
-//! a rejected entry each leave an event a developer can turn on with
+//! Tracing (issue 11): an open, a group commit, a checkpoint, an ingest, a
+//! rejected entry and a compaction each leave an event a developer can turn on with
 //! `RUST_LOG`, and no event carries a passphrase or a message's text.
 //!
 //! One test in its own binary: it installs the process's global subscriber,
@@ -66,6 +66,18 @@ async fn the_stores_durable_steps_and_rejections_are_traced_without_secrets() {
         lines
             .lines()
             .any(|l| l.contains("WARN") && l.contains("entry rejected") && l.contains("peer_fault=true")),
+        "{lines}"
+    );
+
+    // A compaction, after a delete.
+    let gone = a.post(ch, "soon deleted").await.unwrap();
+    a.delete(gone).await.unwrap();
+    let report = a.compact().await.unwrap();
+    let lines = out.take(&mut all);
+    assert!(
+        lines
+            .lines()
+            .any(|l| l.contains("compaction committed") && l.contains(&format!("records={}", report.records))),
         "{lines}"
     );
 

@@ -23,6 +23,7 @@ use libp2p::{
     tcp, yamux,
 };
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+use tracing::Instrument;
 
 use crate::drive::{Conn, Served, run_session, serve};
 use crate::proto::{self, Framed, Request, Response};
@@ -1992,198 +1993,215 @@ fn spawn_worker<R: Replica>(
     // Set when a live session's push was pipelined: its Ack is the
     // reader's to report, not the session's.
     let pipelined = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    tokio::spawn(async move {
-        // What the peer holds, as last acknowledged.
-        let mut known: BTreeMap<WireId, Vector> = BTreeMap::new();
-        // When the peer last fetched from here (its session is running).
-        let mut peer_fetched: Option<Instant> = None;
-        let connected = Instant::now();
-        while let Some(first) = rx.recv().await {
-            let mut reconcile = false;
-            let mut after_peer = false;
-            let mut fetched_now = false;
-            let mut replies = Vec::new();
-            let mut pushes = BTreeSet::new();
-            let mut absorb = |w: Work, known: &mut BTreeMap<WireId, Vector>| match w {
-                Work::Reconcile(r) => {
-                    reconcile = true;
-                    replies.extend(r);
-                }
-                Work::ReconcileAfterPeer => after_peer = true,
-                Work::Push(wire) => {
-                    pushes.insert(wire);
-                }
-                Work::Learned(wire, v, fetched) => {
-                    if fetched {
-                        known.entry(wire).or_default().merge(&v);
-                        peer_fetched = Some(Instant::now());
-                        fetched_now = true;
-                    } else if let Some(k) = known.get_mut(&wire) {
-                        // Pushed feeds only: a part of the peer's vector, that
-                        // can only raise one already known.
-                        k.merge(&v);
+    tokio::spawn(
+        async move {
+            // What the peer holds, as last acknowledged.
+            let mut known: BTreeMap<WireId, Vector> = BTreeMap::new();
+            // When the peer last fetched from here (its session is running).
+            let mut peer_fetched: Option<Instant> = None;
+            let connected = Instant::now();
+            while let Some(first) = rx.recv().await {
+                let mut reconcile = false;
+                let mut after_peer = false;
+                let mut fetched_now = false;
+                let mut replies = Vec::new();
+                let mut pushes = BTreeSet::new();
+                let mut absorb = |w: Work, known: &mut BTreeMap<WireId, Vector>| match w {
+                    Work::Reconcile(r) => {
+                        reconcile = true;
+                        replies.extend(r);
                     }
-                }
-            };
-            absorb(first, &mut known);
-            while let Ok(w) = rx.try_recv() {
-                absorb(w, &mut known);
-            }
-            if after_peer && !reconcile {
-                let peer_busy = peer_fetched.is_some_and(|t| t.elapsed() < PEER_SESSION_QUIET);
-                if peer_busy && connected.elapsed() < PEER_SESSION_PATIENCE {
-                    // Weak until it fires: a peer gone meanwhile ends the worker.
-                    let me = me.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(LISTENER_SESSION_DELAY).await;
-                        if let Some(tx) = me.upgrade() {
-                            let _ = tx.send(Work::ReconcileAfterPeer);
-                        }
-                    });
-                } else {
-                    reconcile = true;
-                }
-            }
-            // Only learned what the peer pushed (or a session put off): no
-            // session ran, so neither the store nor the status need a look.
-            if !reconcile && pushes.is_empty() && !fetched_now {
-                continue;
-            }
-            let local = match replica.vectors().await {
-                Ok(v) => v,
-                Err(_) => continue,
-            };
-            // A push to a channel the peer's vector is unknown for needs a Hello.
-            if pushes.iter().any(|w| !known.contains_key(w)) {
-                reconcile = true;
-            }
-            // A Push takes the live stream when the peer has one: a live
-            // session's (`wait` false) pipelined, a full session's answered.
-            let sender = |wait: bool| {
-                let (cmd, live, pipelined) = (cmd.clone(), live.clone(), pipelined.clone());
-                move |req: Request| {
-                    let (cmd, live, pipelined) = (cmd.clone(), live.clone(), pipelined.clone());
-                    async move {
-                        if let Request::Push { wire, entries } = &req
-                            && let Some(answer) = live.lock().await.push(*wire, entries, wait).await
-                        {
-                            if !wait && answer.is_ok() {
-                                pipelined.store(true, std::sync::atomic::Ordering::SeqCst);
-                            }
-                            return answer;
-                        }
-                        let (tx, rx) = oneshot::channel();
-                        cmd.send(Cmd::Request(peer, req, tx))
-                            .await
-                            .map_err(|_| "node stopped".to_string())?;
-                        rx.await.map_err(|_| "node stopped".to_string())?
+                    Work::ReconcileAfterPeer => after_peer = true,
+                    Work::Push(wire) => {
+                        pushes.insert(wire);
                     }
-                }
-            };
-            let session_started = Instant::now();
-            let outcome = if reconcile {
-                let o = match conn.session(&replica, grant).await {
-                    Ok(session) => run_session(session, &replica, &conn, sender(true)).await,
-                    Err(e) => Outcome {
-                        failed: Some(e.to_string()),
-                        ..Outcome::default()
-                    },
+                    Work::Learned(wire, v, fetched) => {
+                        if fetched {
+                            known.entry(wire).or_default().merge(&v);
+                            peer_fetched = Some(Instant::now());
+                            fetched_now = true;
+                        } else if let Some(k) = known.get_mut(&wire) {
+                            // Pushed feeds only: a part of the peer's vector, that
+                            // can only raise one already known.
+                            k.merge(&v);
+                        }
+                    }
                 };
-                for (w, v) in &o.peer {
-                    known.insert(*w, v.clone());
+                absorb(first, &mut known);
+                while let Ok(w) = rx.try_recv() {
+                    absorb(w, &mut known);
                 }
-                // The live stream is opened once a session has settled what
-                // the peer holds, not at the first live push, which would
-                // wait for the stream's negotiation (a round trip).
-                if o.failed.is_none() && !o.peer.is_empty() {
-                    let live = live.clone();
-                    tokio::spawn(async move { live.lock().await.warm().await });
+                if after_peer && !reconcile {
+                    let peer_busy = peer_fetched.is_some_and(|t| t.elapsed() < PEER_SESSION_QUIET);
+                    if peer_busy && connected.elapsed() < PEER_SESSION_PATIENCE {
+                        // Weak until it fires: a peer gone meanwhile ends the worker.
+                        let me = me.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(LISTENER_SESSION_DELAY).await;
+                            if let Some(tx) = me.upgrade() {
+                                let _ = tx.send(Work::ReconcileAfterPeer);
+                            }
+                        });
+                    } else {
+                        reconcile = true;
+                    }
                 }
-                o
-            } else {
-                let mut total = Outcome::default();
-                for wire in pushes {
-                    let (Some(mine), Some(theirs)) = (
-                        local.iter().find(|(w, _)| *w == wire).map(|(_, v)| v.clone()),
-                        known.get(&wire).cloned(),
-                    ) else {
-                        continue;
+                // Only learned what the peer pushed (or a session put off): no
+                // session ran, so neither the store nor the status need a look.
+                if !reconcile && pushes.is_empty() && !fetched_now {
+                    continue;
+                }
+                let local = match replica.vectors().await {
+                    Ok(v) => v,
+                    Err(_) => continue,
+                };
+                // A push to a channel the peer's vector is unknown for needs a Hello.
+                if pushes.iter().any(|w| !known.contains_key(w)) {
+                    reconcile = true;
+                }
+                // A Push takes the live stream when the peer has one: a live
+                // session's (`wait` false) pipelined, a full session's answered.
+                let sender = |wait: bool| {
+                    let (cmd, live, pipelined) = (cmd.clone(), live.clone(), pipelined.clone());
+                    move |req: Request| {
+                        let (cmd, live, pipelined) = (cmd.clone(), live.clone(), pipelined.clone());
+                        async move {
+                            if let Request::Push { wire, entries } = &req
+                                && let Some(answer) = live.lock().await.push(*wire, entries, wait).await
+                            {
+                                if !wait && answer.is_ok() {
+                                    pipelined.store(true, std::sync::atomic::Ordering::SeqCst);
+                                }
+                                return answer;
+                            }
+                            let (tx, rx) = oneshot::channel();
+                            cmd.send(Cmd::Request(peer, req, tx))
+                                .await
+                                .map_err(|_| "node stopped".to_string())?;
+                            rx.await.map_err(|_| "node stopped".to_string())?
+                        }
+                    }
+                };
+                let session_started = Instant::now();
+                let outcome = if reconcile {
+                    let o = match conn.session(&replica, grant).await {
+                        Ok(session) => run_session(session, &replica, &conn, sender(true)).await,
+                        Err(e) => Outcome {
+                            failed: Some(e.to_string()),
+                            ..Outcome::default()
+                        },
                     };
-                    // Only channels the peer proved on this connection.
-                    if theirs.covers(&mine) || !conn.proved(&wire) {
-                        continue;
+                    for (w, v) in &o.peer {
+                        known.insert(*w, v.clone());
                     }
-                    let o = run_session(Session::push(wire, mine, theirs), &replica, &conn, sender(false)).await;
-                    // Pipelined, the peer's vector is what it will hold once
-                    // it takes the pushes; their Acks are the reader's.
-                    let unanswered = pipelined.swap(false, std::sync::atomic::Ordering::SeqCst);
-                    if let Some(v) = o.peer.get(&wire) {
-                        known.insert(wire, v.clone());
+                    // The live stream is opened once a session has settled what
+                    // the peer holds, not at the first live push, which would
+                    // wait for the stream's negotiation (a round trip).
+                    if o.failed.is_none() && !o.peer.is_empty() {
+                        let live = live.clone();
+                        tokio::spawn(async move { live.lock().await.warm().await });
                     }
-                    total.sent += o.sent;
-                    total.pushed += o.pushed;
-                    total.round_trips += o.round_trips;
-                    total.entry_bytes_out += o.entry_bytes_out;
-                    total.refused_there += o.refused_there;
-                    total.failed = total.failed.or(o.failed);
-                    if !unanswered {
-                        total.peer.extend(o.peer);
+                    o
+                } else {
+                    let mut total = Outcome::default();
+                    for wire in pushes {
+                        let (Some(mine), Some(theirs)) = (
+                            local.iter().find(|(w, _)| *w == wire).map(|(_, v)| v.clone()),
+                            known.get(&wire).cloned(),
+                        ) else {
+                            continue;
+                        };
+                        // Only channels the peer proved on this connection.
+                        if theirs.covers(&mine) || !conn.proved(&wire) {
+                            continue;
+                        }
+                        let o = run_session(Session::push(wire, mine, theirs), &replica, &conn, sender(false)).await;
+                        // Pipelined, the peer's vector is what it will hold once
+                        // it takes the pushes; their Acks are the reader's.
+                        let unanswered = pipelined.swap(false, std::sync::atomic::Ordering::SeqCst);
+                        if let Some(v) = o.peer.get(&wire) {
+                            known.insert(wire, v.clone());
+                        }
+                        total.sent += o.sent;
+                        total.pushed += o.pushed;
+                        total.round_trips += o.round_trips;
+                        total.entry_bytes_out += o.entry_bytes_out;
+                        total.refused_there += o.refused_there;
+                        total.failed = total.failed.or(o.failed);
+                        if !unanswered {
+                            total.peer.extend(o.peer);
+                        }
+                        total.channels += 1;
                     }
-                    total.channels += 1;
+                    total
+                };
+                // In sync: for every channel both hold, the same vector.
+                let local_after = replica.vectors().await.unwrap_or(local);
+                let mut in_sync = outcome.failed.is_none();
+                let (mut behind, mut ahead) = (0u64, 0u64);
+                for (w, mine) in &local_after {
+                    if let Some(theirs) = known.get(w) {
+                        let b: u64 = mine.lacks(theirs).iter().fold(0u64, |s, m| s.saturating_add(m.len()));
+                        let a: u64 = theirs.lacks(mine).iter().fold(0u64, |s, m| s.saturating_add(m.len()));
+                        behind = behind.saturating_add(b);
+                        ahead = ahead.saturating_add(a);
+                        in_sync &= a == 0 && b == 0;
+                    }
                 }
-                total
-            };
-            // In sync: for every channel both hold, the same vector.
-            let local_after = replica.vectors().await.unwrap_or(local);
-            let mut in_sync = outcome.failed.is_none();
-            let (mut behind, mut ahead) = (0u64, 0u64);
-            for (w, mine) in &local_after {
-                if let Some(theirs) = known.get(w) {
-                    let b: u64 = mine.lacks(theirs).iter().fold(0u64, |s, m| s.saturating_add(m.len()));
-                    let a: u64 = theirs.lacks(mine).iter().fold(0u64, |s, m| s.saturating_add(m.len()));
-                    behind = behind.saturating_add(b);
-                    ahead = ahead.saturating_add(a);
-                    in_sync &= a == 0 && b == 0;
+                if reconcile || outcome.sent > 0 {
+                    let _ = events.send(NodeEvent::Synced {
+                        peer,
+                        channels: outcome.channels,
+                        received: outcome.received,
+                        sent: outcome.sent,
+                        pushed: outcome.pushed,
+                        round_trips: outcome.round_trips,
+                        in_sync,
+                    });
                 }
-            }
-            if reconcile || outcome.sent > 0 {
-                let _ = events.send(NodeEvent::Synced {
-                    peer,
-                    channels: outcome.channels,
-                    received: outcome.received,
-                    sent: outcome.sent,
-                    pushed: outcome.pushed,
-                    round_trips: outcome.round_trips,
-                    in_sync,
-                });
-            }
-            // (A session that only learned the peer's vector moved nothing.)
-            if reconcile || outcome.sent > 0 || outcome.received > 0 {
-                tracing::info!(
-                    %peer,
-                    full = reconcile,
-                    channels = outcome.channels,
-                    received = outcome.received,
-                    sent = outcome.sent,
-                    bytes_in = outcome.entry_bytes_in,
-                    bytes_out = outcome.entry_bytes_out,
-                    round_trips = outcome.round_trips,
-                    millis = session_started.elapsed().as_secs_f64() * 1e3,
-                    in_sync,
-                    behind,
-                    ahead,
-                    failed = outcome.failed.as_deref(),
-                    "sync session"
-                );
-            }
-            let state = SyncState { in_sync, behind, ahead };
-            let _ = cmd.send(Cmd::SessionDone(peer, outcome.clone(), state)).await;
-            for r in replies {
-                let _ = r.send(Ok(outcome.clone()));
+                // (A session that only learned the peer's vector moved nothing.)
+                if reconcile || outcome.sent > 0 || outcome.received > 0 {
+                    tracing::info!(
+                        %peer,
+                        full = reconcile,
+                        channels = outcome.channels,
+                        wires = %short_wires(outcome.peer.keys()),
+                        received = outcome.received,
+                        sent = outcome.sent,
+                        bytes_in = outcome.entry_bytes_in,
+                        bytes_out = outcome.entry_bytes_out,
+                        round_trips = outcome.round_trips,
+                        millis = session_started.elapsed().as_secs_f64() * 1e3,
+                        in_sync,
+                        behind,
+                        ahead,
+                        failed = outcome.failed.as_deref(),
+                        "sync session"
+                    );
+                }
+                let state = SyncState { in_sync, behind, ahead };
+                let _ = cmd.send(Cmd::SessionDone(peer, outcome.clone(), state)).await;
+                for r in replies {
+                    let _ = r.send(Ok(outcome.clone()));
+                }
             }
         }
-    });
+        .instrument(tracing::info_span!("peer", %peer)),
+    );
     tx
+}
+
+/// Channels' wire ids in tracing: the first 8 bytes of each in hex, comma
+/// separated.
+fn short_wires<'a>(wires: impl Iterator<Item = &'a WireId>) -> String {
+    let mut out = String::new();
+    for (i, w) in wires.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        w.0[..8].iter().for_each(|b| out.push_str(&format!("{b:02x}")));
+    }
+    out
 }
 
 #[cfg(test)]

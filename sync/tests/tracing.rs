@@ -55,6 +55,12 @@ async fn a_sync_session_is_traced_with_its_peer_entries_bytes_and_time() {
         waited += 1;
     };
     assert!(lines.contains(&format!("peer={peer_b}")), "{lines}");
+    // The channel, by the first 8 bytes of its wire id; the worker's span
+    // names the peer too.
+    let wire = a.channel_keys(ch).await.unwrap().wire();
+    let short: String = wire.0[..8].iter().map(|b| format!("{b:02x}")).collect();
+    assert!(lines.contains(&format!("wires={short}")), "{lines}");
+    assert!(lines.contains("peer{peer="), "{lines}");
     assert!(lines.contains("connection established"), "{lines}");
     assert!(!lines.contains(secret_text), "a message's text was traced");
     for n in [na, nb] {
