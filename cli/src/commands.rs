@@ -1,7 +1,7 @@
 //! Each command: open the store, call the API, print.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, IsTerminal, Write as _};
+use std::io::{BufRead, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -141,43 +141,14 @@ async fn migrate(cli: &Cli, check: bool) -> Result<ExitCode> {
     })
 }
 
-/// On a terminal: how far a copy is (a compaction's, a backup's, a
-/// restore's), redrawn in place until the task is aborted.
-fn show_progress(
-    what: &'static str,
-    progress: std::sync::Arc<hearth::CompactProgress>,
-) -> Option<tokio::task::JoinHandle<()>> {
-    std::io::stderr().is_terminal().then(|| {
-        tokio::spawn(async move {
-            use std::sync::atomic::Ordering::Relaxed;
-            loop {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                let (done, total) = (progress.rows_copied.load(Relaxed), progress.rows_total.load(Relaxed));
-                match (done * 100).checked_div(total) {
-                    Some(pct) => eprint!("\r{what}: {done} of about {total} rows copied ({pct}%)"),
-                    None => eprint!("\r{what}: {done} rows"),
-                }
-            }
-        })
-    })
-}
-
-/// Stop a progress display, ending its line.
-fn hide_progress(shown: Option<tokio::task::JoinHandle<()>>) {
-    if let Some(t) = shown {
-        t.abort();
-        eprintln!();
-    }
-}
-
 /// `hearth backup FILE`: a backup of the store, taken while it is open.
 async fn backup(cli: &Cli, file: &std::path::Path) -> Result<ExitCode> {
     let pass = crate::pass::passphrase(cli.passphrase_file.as_deref(), false)?;
     let h = Hearth::open(&cli.store, &pass, Config::default()).await?;
     let progress = std::sync::Arc::new(hearth::CompactProgress::default());
-    let shown = show_progress("backing up", progress.clone());
+    let shown = crate::progress::Copying::show("backing up", progress.clone());
     let report = h.backup_with(file, progress).await;
-    hide_progress(shown);
+    drop(shown);
     let closed = h.close().await;
     let report = report?;
     closed?;
@@ -246,9 +217,9 @@ fn backup_check(cli: &Cli, file: &std::path::Path) -> Result<ExitCode> {
 async fn restore(cli: &Cli, file: &std::path::Path) -> Result<ExitCode> {
     let pass = crate::pass::passphrase(cli.passphrase_file.as_deref(), false)?;
     let progress = std::sync::Arc::new(hearth::CompactProgress::default());
-    let shown = show_progress("restoring", progress.clone());
+    let shown = crate::progress::Copying::show("restoring", progress.clone());
     let report = Hearth::restore(file, &cli.store, &pass, progress).await;
-    hide_progress(shown);
+    drop(shown);
     let report = report?;
     let h = Hearth::open(&cli.store, &pass, Config::default()).await?;
     let v = h.verify().await?;
@@ -285,9 +256,9 @@ async fn compact(cli: &Cli) -> Result<ExitCode> {
     let started = Instant::now();
     let h = Hearth::open(&cli.store, &pass, Config::default()).await?;
     let progress = std::sync::Arc::new(hearth::CompactProgress::default());
-    let shown = show_progress("compacting", progress.clone());
+    let shown = crate::progress::Copying::show("compacting", progress.clone());
     let report = h.compact_with(progress).await;
-    hide_progress(shown);
+    drop(shown);
     let report = report?;
     let took = started.elapsed();
     let v = h.verify().await?;
@@ -362,6 +333,17 @@ async fn names(h: &Hearth, channel: ChannelId) -> Result<Names> {
 }
 
 /// Run a parsed command line.
+/// Write `bytes` to stdout; a reader that stopped reading (a closed pipe)
+/// is no error.
+fn print_all(bytes: &[u8]) -> Result<ExitCode> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Init {
@@ -386,6 +368,18 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             h.close().await?;
         }
         Command::Demo => return crate::demo::run(cli.json).await,
+        Command::Completions { shell } => {
+            // Made in memory first: clap_complete panics on a failed write.
+            let mut script = Vec::new();
+            let mut cmd = <crate::Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "hearth", &mut script);
+            return print_all(&script);
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(<crate::Cli as clap::CommandFactory>::command()).render(&mut page)?;
+            return print_all(&page);
+        }
         Command::Relay {
             listen,
             peer,
@@ -826,6 +820,8 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
         }
         Command::Init { .. }
         | Command::Demo
+        | Command::Completions { .. }
+        | Command::Man
         | Command::Bench(_)
         | Command::Lab(_)
         | Command::LabForward { .. }
@@ -1121,17 +1117,8 @@ async fn stream_posts(cli: &Cli, h: &Hearth, channel: ChannelId, source: Source)
 }
 
 /// The last line of an import: how many, how fast.
-fn import_summary(
-    json: bool,
-    show_progress: bool,
-    done: u64,
-    started: Instant,
-    out: &mut std::io::StdoutLock<'_>,
-) -> Result<()> {
+fn import_summary(json: bool, done: u64, started: Instant, out: &mut std::io::StdoutLock<'_>) -> Result<()> {
     let secs = started.elapsed().as_secs_f64();
-    if show_progress {
-        eprintln!();
-    }
     if json {
         writeln!(out, "{}", json!({"imported": done, "secs": secs}))?;
     } else {
@@ -1149,7 +1136,8 @@ fn import_summary(
 /// [`hearth::IMPORT_CHUNK`]), each run's ids printed once it is durable.
 /// A line that cannot be a post ends the import after the run before it.
 async fn stream_bulk(cli: &Cli, h: &Hearth, channel: ChannelId, source: Source, import: bool) -> Result<()> {
-    let show_progress = import && std::io::stderr().is_terminal();
+    // On a terminal only (indicatif hides it otherwise).
+    let progress = import.then(|| crate::progress::messages("imported"));
     let started = Instant::now();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Line>(hearth::IMPORT_CHUNK);
     std::thread::spawn(move || read_source(source, tx));
@@ -1191,15 +1179,18 @@ async fn stream_bulk(cli: &Cli, h: &Hearth, channel: ChannelId, source: Source, 
             for id in ids {
                 emit(cli.json, Outcome::Message(id), &mut out)?;
             }
-        } else if show_progress {
-            eprint!("\rimported {done} messages");
+        } else if let Some(bar) = &progress {
+            bar.set_position(done);
         }
     }
     if let Some(e) = failed {
         bail!("{e} ({done} messages before it were stored)");
     }
     if import {
-        import_summary(cli.json, show_progress, done, started, &mut out)?;
+        if let Some(bar) = &progress {
+            bar.finish_and_clear();
+        }
+        import_summary(cli.json, done, started, &mut out)?;
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ mod lab;
 mod net;
 mod output;
 mod pass;
+mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -328,6 +329,14 @@ pub enum Command {
     },
     /// Run the demo in a temporary directory: no set-up needed.
     Demo,
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish,
+    /// powershell): for example `hearth completions bash > /etc/bash_completion.d/hearth`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `hearth man | man -l -`.
+    Man,
     /// Benchmark against the SQLite baseline.
     Bench(bench::BenchArgs),
     /// Run N nodes in network namespaces behind one router with an RTT and a

@@ -139,6 +139,37 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
+fn completions_and_the_manual_page_need_no_store() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = store(&tmp);
+    // Every subcommand is completed, in each shell's own form.
+    let bash = ok(bare(&dir).args(["completions", "bash"]));
+    assert!(bash.starts_with("_hearth()"), "{bash}");
+    for sub in ["init", "post", "channel", "node", "completions", "man"] {
+        assert!(bash.contains(sub), "bash completion lacks {sub}");
+    }
+    assert!(ok(bare(&dir).args(["completions", "zsh"])).starts_with("#compdef hearth"));
+    assert!(ok(bare(&dir).args(["completions", "fish"])).contains("complete -c hearth"));
+    assert!(usage(bare(&dir).args(["completions", "tcsh"])).contains("tcsh"));
+    // The manual page: roff, named, with the commands.
+    let man = ok(bare(&dir).arg("man"));
+    assert!(man.contains(".TH hearth 1"), "{man}");
+    assert!(man.contains(".SH SUBCOMMANDS") && man.contains("completions"), "{man}");
+    // A reader that stops early is no error.
+    let mut child = bare(&dir)
+        .arg("man")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // None of them touched the store's directory.
+    assert!(!dir.exists());
+}
+
+#[test]
 fn passphrase_sources_and_their_errors() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = store(&tmp);
