@@ -568,7 +568,6 @@ pub(crate) fn open(
     unlocked: Option<Unlocked>,
     started: Started,
 ) -> Result<(Engine, Journal, OpenReport)> {
-    let _span = tracing::info_span!("open", dir = %dir.display()).entered();
     let Started { header, early } = started;
     let mut header = header?;
     let mut lock = Some(lock(dir)?);
@@ -773,7 +772,11 @@ pub(crate) fn open(
         None => {
             // The thread reading copies ahead holds the old sled: it ends first.
             drop(copies_ahead.take());
-            tracing::warn!(why = why.as_deref().unwrap_or(""), "rebuilding sled from the feed log");
+            tracing::warn!(
+                dir = %dir.display(),
+                why = why.as_deref().unwrap_or(""),
+                "rebuilding sled from the feed log"
+            );
             report.rebuilt = why;
             report.log_batches = 0;
             report.log_entries = 0;

@@ -229,11 +229,11 @@ impl Store {
                     // Receipts owed when the store last stopped (a crash while
                     // they gathered) are written soon.
                     let owed = engine.channels.values().any(|ch| !ch.owed.is_empty());
-                    let traced = tracing::enabled!(tracing::Level::INFO).then(|| report.clone());
+                    // Traced once the caller has its store: nothing of
+                    // tracing on the open's path.
+                    let traced = report.clone();
                     let _ = ready_tx.send(Ok((whoami, report, timings, engine.events.clone(), owed)));
-                    if let Some(report) = traced {
-                        trace_open(&engine, &report, timings);
-                    }
+                    trace_open(&engine, &traced, timings);
                     actor::run(engine, journal, rx);
                 }
                 Err(e) => {
