@@ -8,13 +8,12 @@
 //! <dir>/db/       sled: everything else, derived from the log (rebuilt when damaged)
 //! ```
 
-use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
-use hearth_core::{ChannelId, HEADER_MAX_LEN, Identity, Passphrase, SecretKey, StoreHeader, WireId};
+use hearth_core::{ChannelId, HEADER_MAX_LEN, Identity, Passphrase, SecretKey, StoreHeader};
 use serde::Serialize;
 
 use crate::config::Config;
@@ -24,6 +23,7 @@ use crate::journal::{Journal, JournalFile};
 use crate::layout::*;
 use crate::log::{Log, LogPos};
 use crate::recover;
+use crate::summaries::CopySink;
 
 /// What opening a store found and repaired.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -406,9 +406,6 @@ pub(crate) struct Early {
     key: std::sync::mpsc::SyncSender<Unlocking>,
     thread: std::thread::JoinHandle<()>,
 }
-
-/// Where [`crate::summaries::read_copies_ahead`] hands copies over.
-type CopySink = std::sync::Weak<std::sync::Mutex<HashMap<WireId, crate::summaries::CopyRead>>>;
 
 /// What the thread that opened sled gets once the key is unlocked: the
 /// records key, where copies go, and where the channels' states go.

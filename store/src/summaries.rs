@@ -223,11 +223,7 @@ fn usable((end, copy): CopyRead, want: &[u8; 32]) -> (u16, Option<Summaries>) {
 /// load, which knows the heads. Stops at a row that does not read (the
 /// store thread reads that copy itself) or once the store has let go of
 /// `ahead`.
-pub(crate) fn read_copies_ahead(
-    tree: &sled::Tree,
-    records: &hearth_core::SecretKey,
-    ahead: &std::sync::Weak<std::sync::Mutex<HashMap<WireId, CopyRead>>>,
-) {
+pub(crate) fn read_copies_ahead(tree: &sled::Tree, records: &hearth_core::SecretKey, ahead: &CopySink) {
     let hand_over = |wire: WireId, g: Gather| match (ahead.upgrade(), g.finish()) {
         (Some(read), Some(copy)) => {
             read.lock().unwrap_or_else(|e| e.into_inner()).insert(wire, copy);
@@ -259,10 +255,17 @@ pub(crate) fn read_copies_ahead(
     }
 }
 
+/// Copies read ahead and not yet taken, by channel.
+type Handed = std::sync::Mutex<HashMap<WireId, CopyRead>>;
+
+/// Where [`read_copies_ahead`] hands copies over: dead once the store lets
+/// go of them.
+pub(crate) type CopySink = std::sync::Weak<Handed>;
+
 /// The copies [`read_copies_ahead`] reads, on their way from the open's
 /// second thread to the store thread, and that thread.
 pub(crate) struct Ahead {
-    read: Option<std::sync::Arc<std::sync::Mutex<HashMap<WireId, CopyRead>>>>,
+    read: Option<std::sync::Arc<Handed>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -276,7 +279,7 @@ impl Ahead {
     }
 
     /// Where the reading thread hands copies over.
-    pub(crate) fn sink(&self) -> std::sync::Weak<std::sync::Mutex<HashMap<WireId, CopyRead>>> {
+    pub(crate) fn sink(&self) -> CopySink {
         self.read.as_ref().map(std::sync::Arc::downgrade).unwrap_or_default()
     }
 
