@@ -244,7 +244,7 @@ async fn an_open_store_holds_no_plaintext_in_its_journal_or_sled() {
     assert!(journal.iter().any(|b| *b != 0), "the writes should be in the journal");
     assert_no_plaintext(&dir, &needles, "open, before a checkpoint");
 
-    h.checkpoint().await.expect("checkpoint");
+    h.plumbing().store().checkpoint().await.expect("checkpoint");
     assert_no_plaintext(&dir, &needles, "open, after a checkpoint");
 
     // More writes on top of the checkpoint, still open.
@@ -277,7 +277,7 @@ async fn a_forced_checkpoint_empties_the_journal() {
         h.stats().await.expect("stats").journal_bytes > 0,
         "the post is in the journal"
     );
-    h.checkpoint().await.expect("checkpoint");
+    h.plumbing().store().checkpoint().await.expect("checkpoint");
     assert_eq!(
         h.stats().await.expect("stats").journal_bytes,
         0,
@@ -322,7 +322,7 @@ async fn store_and_relay_files_are_owner_only() {
     for i in 0..50 {
         h.post(c, &marker("perm", i)).await.expect("post");
     }
-    h.checkpoint().await.expect("checkpoint");
+    h.plumbing().store().checkpoint().await.expect("checkpoint");
     assert_eq!(loose(&dir), vec![], "an open store");
     h.close().await.expect("close");
     assert_eq!(loose(&dir), vec![], "a closed store");

@@ -91,7 +91,7 @@ async fn populate_early(h: &Hearth, early: usize) -> Written {
     h.edit(edited, "early post 1, edited").await.expect("edit");
     w.early[1].1 = "early post 1, edited".into();
     h.react(w.early[2].0, "👍").await.expect("react");
-    h.checkpoint().await.expect("checkpoint");
+    h.plumbing().store().checkpoint().await.expect("checkpoint");
     w
 }
 
@@ -356,14 +356,9 @@ async fn unknown_messages_and_channels_are_not_found() {
         nf("edit", h.edit(ghost, "new text").await);
         nf("delete", h.delete(ghost).await);
         nf("reply", h.reply(ghost, "hello?").await.map(drop));
-        nf("reply via submit", {
-            let write = hearth::Write::Post {
-                channel: c,
-                text: "hello?".into(),
-                reply_to: Some(ghost),
-            };
-            match h.submit(write).await {
-                Ok(p) => p.await.map(drop),
+        nf("reply queued", {
+            match h.queue_post(c, "hello?", Some(ghost)).await {
+                Ok(ack) => ack.await.map(drop),
                 Err(e) => Err(e),
             }
         });

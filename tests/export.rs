@@ -23,14 +23,24 @@ fn config() -> Config {
 
 /// Move everything `from` holds of a channel that `to` lacks.
 async fn pull(from: &Hearth, to: &Hearth, channel: ChannelId) {
-    let wire = from.channel_keys(channel).await.unwrap().wire();
+    let wire = from.plumbing().store().channel_keys(channel).await.unwrap().wire();
     loop {
-        let have = to.vector(channel).await.unwrap_or_else(|_| Vector::default());
-        let batch = from.entries_after(wire, have, 16 * 1024, 64).await.unwrap();
+        let have = to
+            .plumbing()
+            .store()
+            .vector(channel)
+            .await
+            .unwrap_or_else(|_| Vector::default());
+        let batch = from
+            .plumbing()
+            .store()
+            .entries_after(wire, have, 16 * 1024, 64)
+            .await
+            .unwrap();
         if batch.entries.is_empty() {
             return;
         }
-        let report = to.ingest(wire, batch.entries).await.unwrap();
+        let report = to.plumbing().store().ingest(wire, batch.entries).await.unwrap();
         assert!(report.rejected.is_empty(), "{:?}", report.rejected);
     }
 }
@@ -51,7 +61,9 @@ async fn chat() -> Chat {
     let alice = Hearth::create(dirs.0.path(), &pass, "alice", config()).await.unwrap();
     let bob = Hearth::create(dirs.1.path(), &pass, "bob", config()).await.unwrap();
     let general = alice.create_channel("general").await.unwrap();
-    bob.join_channel(alice.channel_keys(general).await.unwrap())
+    bob.plumbing()
+        .store()
+        .join_channel(alice.plumbing().store().channel_keys(general).await.unwrap())
         .await
         .unwrap();
     let root = alice.post(general, "lunch?").await.unwrap();

@@ -42,9 +42,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hearth::Passphrase;
 use hearth::core::Vector;
+use hearth::store::Store;
 use hearth::sync::{RelayStore, Replica};
-use hearth::{Passphrase, Store};
 use serde_json::{Value, json};
 
 #[path = "support/answers.rs"]
@@ -325,7 +326,7 @@ async fn a_migration_plan_says_what_an_open_would_do_and_writes_nothing() {
         assert_eq!(copies(), 0, "{format}: the copy of sled is left behind");
         assert!(matches!(
             Store::migration_plan(&dir, &Passphrase::new("wrong")).await,
-            Err(hearth::Error::WrongPassphrase)
+            Err(hearth::store::Error::WrongPassphrase)
         ));
         Store::open(&dir, &pass, fixture_config())
             .await

@@ -31,7 +31,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
-use hearth::{Passphrase, Store};
+use hearth::Passphrase;
+use hearth::store::Store;
 use serde_json::Value;
 
 #[path = "support/answers.rs"]

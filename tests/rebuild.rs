@@ -7,7 +7,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use hearth::{Config, KdfParams, Passphrase, Store};
+use hearth::store::Store;
+use hearth::{Config, KdfParams, Passphrase};
 
 #[path = "support/answers.rs"]
 mod answers;

@@ -9,9 +9,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
+use hearth::store::{Outcome, Write};
 use hearth::{
-    ChannelId, ChannelInfo, Config, Error, Hearth, KdfParams, Located, Message, MessageId, OpenReport, Outcome,
-    Passphrase, Thread, UserId, Write,
+    ChannelId, ChannelInfo, Config, Error, Hearth, KdfParams, Located, Message, MessageId, OpenReport, Passphrase,
+    Thread, UserId,
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -229,7 +230,7 @@ async fn pipelined_posts(
             text: text.clone(),
             reply_to: to,
         };
-        pending.push((channel, text, to, h.submit(w).await?));
+        pending.push((channel, text, to, h.plumbing().store().submit(w).await?));
     }
     let mut last: Option<MessageId> = None;
     for (channel, text, to, p) in pending {
@@ -533,7 +534,7 @@ async fn workload(h: &Hearth, model: &mut Model, rng: &mut Rng) -> hearth::Resul
     for action in bulk {
         let (w, post) = model.plan(rng, action, None);
         assert!(post.is_none());
-        pending.push(h.submit(w).await?);
+        pending.push(h.plumbing().store().submit(w).await?);
     }
     for p in pending {
         assert_eq!(p.await?, Outcome::Done);
@@ -559,7 +560,7 @@ async fn workload(h: &Hearth, model: &mut Model, rng: &mut Rng) -> hearth::Resul
             }
         }
         if run == RUNS / 2 {
-            h.checkpoint().await?;
+            h.plumbing().store().checkpoint().await?;
         }
     }
 
@@ -941,7 +942,7 @@ async fn post_roots(h: &Hearth, model: &mut Model, n: usize) -> hearth::Result<(
             text: text.clone(),
             reply_to: None,
         };
-        pending.push((ch, text, h.submit(w).await?));
+        pending.push((ch, text, h.plumbing().store().submit(w).await?));
     }
     for (ch, text, p) in pending {
         model.add(message_id(p.await?), ch, text, None);
@@ -962,7 +963,7 @@ async fn post_replies(h: &Hearth, model: &mut Model, rng: &mut Rng, n: usize) ->
             text: text.clone(),
             reply_to: Some(to),
         };
-        pending.push((to, text, h.submit(w).await?));
+        pending.push((to, text, h.plumbing().store().submit(w).await?));
     }
     let mut ids = Vec::new();
     for (to, text, p) in pending {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use hearth::{ChannelId, Config, Hearth, MessageId, Outcome, Pending, Write};
+use hearth::{Ack, ChannelId, Config, Hearth, MessageId};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -66,7 +66,7 @@ async fn rotate_key(cli: &Cli) -> Result<ExitCode> {
     // Reopened once: sled is rebuilt from the re-sealed log now rather than
     // at the next command, and the new peer id is known.
     let h = Hearth::open(&cli.store, &new, Config::default()).await?;
-    let peer = hearth::sync::peer_id_of_secret(&h.node_secret().await?)?;
+    let peer = hearth::sync::peer_id_of_secret(&h.plumbing().store().node_secret().await?)?;
     let v = h.verify().await?;
     h.close().await?;
     if cli.json {
@@ -200,7 +200,7 @@ fn backup_check(cli: &Cli, file: &std::path::Path) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(e @ (hearth::Error::WrongPassphrase | hearth::Error::Io(_))) => Err(e.into()),
+        Err(e @ (hearth::store::Error::WrongPassphrase | hearth::store::Error::Io(_))) => Err(e.into()),
         Err(e) => {
             if cli.json {
                 print_json(&json!({"ok": false, "error": e.to_string()}));
@@ -263,7 +263,7 @@ async fn compact(cli: &Cli) -> Result<ExitCode> {
     let took = started.elapsed();
     let v = h.verify().await?;
     h.close().await?;
-    let after = hearth::dir_bytes(&cli.store);
+    let after = hearth::store::dir_bytes(&cli.store);
     if cli.json {
         print_json(&json!({
             "entries_rewritten": report.entries_rewritten, "texts_dropped": report.texts_dropped,
@@ -554,20 +554,7 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
             } else {
                 let text = text.as_deref().unwrap_or_default();
                 let msg = match reply_to {
-                    Some(to) => {
-                        match h
-                            .submit(Write::Post {
-                                channel: id,
-                                text: text.to_string(),
-                                reply_to: Some(*to),
-                            })
-                            .await?
-                            .await?
-                        {
-                            Outcome::Message(m) => m,
-                            other => bail!("unexpected reply {other:?}"),
-                        }
-                    }
+                    Some(to) => h.queue_post(id, text, Some(*to)).await?.await?,
                     None => h.post(id, text).await?,
                 };
                 print_id(cli, msg);
@@ -730,7 +717,7 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
                 std::io::stdout().write_all(&bytes)?;
             } else {
                 // Owner-only (0600), like the store: an export holds every text.
-                hearth::write_atomic(out, &bytes)?;
+                hearth::store::write_atomic(out, &bytes)?;
                 eprintln!(
                     "{} messages of {} written to {}",
                     export.messages.len(),
@@ -759,7 +746,7 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
             if text.is_empty() {
                 anyhow::bail!("verify --find reads the text to look for from standard input: none came");
             }
-            let places = h.find_text(text).await?;
+            let places = h.plumbing().find_text(text).await?;
             if cli.json {
                 print_json(&json!({ "found": places }));
             } else if places.is_empty() {
@@ -1049,26 +1036,19 @@ fn read_source(source: Source, tx: tokio::sync::mpsc::Sender<Line>) {
     }
 }
 
-fn emit(json: bool, o: Outcome, out: &mut std::io::StdoutLock) -> Result<()> {
-    if let Outcome::Message(id) = o {
-        if json {
-            writeln!(out, "{}", json!({"id": id.to_hex()}))?
-        } else {
-            writeln!(out, "{id}")?
-        }
-        out.flush()?;
+fn emit(json: bool, id: MessageId, out: &mut std::io::StdoutLock) -> Result<()> {
+    if json {
+        writeln!(out, "{}", json!({"id": id.to_hex()}))?
+    } else {
+        writeln!(out, "{id}")?
     }
+    out.flush()?;
     Ok(())
 }
 
 /// On any error, the writes already submitted still become durable: print their
 /// ids before reporting it, so the output names everything stored.
-async fn drain(
-    json: bool,
-    queue: &mut VecDeque<Pending>,
-    out: &mut std::io::StdoutLock<'_>,
-    done: &mut u64,
-) -> Result<()> {
+async fn drain(json: bool, queue: &mut VecDeque<Ack>, out: &mut std::io::StdoutLock<'_>, done: &mut u64) -> Result<()> {
     while let Some(p) = queue.pop_front() {
         if let Ok(o) = p.await {
             emit(json, o, out)?;
@@ -1083,7 +1063,7 @@ async fn drain(
 async fn stream_posts(cli: &Cli, h: &Hearth, channel: ChannelId, source: Source) -> Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Line>(IN_FLIGHT);
     std::thread::spawn(move || read_source(source, tx));
-    let mut queue: VecDeque<Pending> = VecDeque::new();
+    let mut queue: VecDeque<Ack> = VecDeque::new();
     let mut done = 0u64;
     let mut eof = false;
     let mut out = std::io::stdout().lock();
@@ -1103,7 +1083,7 @@ async fn stream_posts(cli: &Cli, h: &Hearth, channel: ChannelId, source: Source)
             }
             line = rx.recv(), if !eof && queue.len() < IN_FLIGHT => match line {
                 Some(Ok((text, _))) if text.is_empty() => eprintln!("hearth: skipped an empty line (no id printed for it)"),
-                Some(Ok((text, reply_to))) => queue.push_back(h.submit(Write::Post { channel, text, reply_to }).await?),
+                Some(Ok((text, reply_to))) => queue.push_back(h.queue_post(channel, &text, reply_to).await?),
                 Some(Err(e)) => {
                     drain(cli.json, &mut queue, &mut out, &mut done).await?;
                     bail!("{e} ({done} messages before it were stored)");
@@ -1177,7 +1157,7 @@ async fn stream_bulk(cli: &Cli, h: &Hearth, channel: ChannelId, source: Source, 
         done += ids.len() as u64;
         if !import {
             for id in ids {
-                emit(cli.json, Outcome::Message(id), &mut out)?;
+                emit(cli.json, id, &mut out)?;
             }
         } else if let Some(bar) = &progress {
             bar.set_position(done);

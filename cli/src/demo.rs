@@ -10,9 +10,9 @@ use std::process::ExitCode;
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use hearth::sync::{Multiaddr, NodeConfig, NodeEvent, NodeHandle};
-use hearth::{ChannelId, Config, Hearth, Passphrase};
+use anyhow::{Result, bail};
+use hearth::sync::{Multiaddr, NodeConfig, NodeEvent};
+use hearth::{ChannelId, Config, Hearth, Passphrase, SyncHandle};
 use serde_json::json;
 
 use crate::output::{Names, message_json, message_line, print_json};
@@ -147,10 +147,10 @@ async fn wait_identical(devices: &[&Hearth], c: ChannelId, timeout: Duration) ->
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let first = view_of(devices[0], c).await?;
-        let vector = devices[0].vector(c).await?;
+        let vector = devices[0].plumbing().vector(c).await?;
         let mut same = true;
         for d in &devices[1..] {
-            same &= d.vector(c).await? == vector && view_of(d, c).await? == first;
+            same &= d.plumbing().vector(c).await? == vector && view_of(d, c).await? == first;
         }
         if same {
             return Ok(());
@@ -162,23 +162,18 @@ async fn wait_identical(devices: &[&Hearth], c: ChannelId, timeout: Duration) ->
     }
 }
 
-async fn start(h: &Hearth) -> Result<NodeHandle> {
+async fn start(h: &Hearth) -> Result<SyncHandle> {
     let node = h
-        .start_node(NodeConfig {
+        .start_sync(NodeConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
             ..NodeConfig::default()
         })
         .await?;
-    for _ in 0..200 {
-        if !node.listen_addrs().await?.is_empty() {
-            return Ok(node);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    bail!("the node did not start listening")
+    node.wait_listening(Duration::from_secs(2)).await?;
+    Ok(node)
 }
 
-async fn addr_of(node: &NodeHandle) -> Result<Multiaddr> {
+async fn addr_of(node: &SyncHandle) -> Result<Multiaddr> {
     node.listen_addrs()
         .await?
         .into_iter()
@@ -211,10 +206,10 @@ async fn sync_demo(
 
     // Alice links her phone: one-time ticket, a code both screens show,
     // then the sealed identity and channel keys.
-    let ticket = laptop.link_ticket(&laptop_node, vec![laptop_addr.clone()]).await?;
+    let ticket = laptop.link_ticket(vec![laptop_addr.clone()]).await?;
     let phone_dir = dir.join("phone");
     let on_phone = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
-    let mut laptop_events = laptop_node.subscribe();
+    let mut laptop_events = laptop_node.events();
     let confirm = {
         let (node, on_phone) = (laptop_node.clone(), on_phone.clone());
         tokio::spawn(async move {
@@ -263,14 +258,12 @@ async fn sync_demo(
     let bob = Hearth::create(dir.join("bob"), pass, "bob", Config::default()).await?;
     bob.join(&invite).await?;
     let bob_node = start(&bob).await?;
-    let laptop_peer = hearth::sync::peer_of(&laptop_addr).context("the laptop's peer id")?;
-    bob_node.dial(laptop_addr.clone()).await?;
-    bob_node.wait_connected(laptop_peer, T).await?;
-    let attempt = bob.join_through(&bob_node, laptop_peer).await?;
-    if attempt.joined.is_empty() {
-        bail!("Alice's node did not let Bob in: {:?}", attempt.refused);
+    let laptop_peer = bob_node.connect(std::slice::from_ref(&laptop_addr), T).await?;
+    // Lets Bob in through the pending invite, then syncs until both hold the same.
+    let synced = bob_node.sync_until_equal(laptop_peer, T).await?;
+    if synced.joined.is_empty() {
+        bail!("Alice's node did not let Bob in: {:?}", synced.refused);
     }
-    bob_node.sync_with(laptop_peer).await?;
     wait_identical(&[laptop, &bob], general, T).await?;
     say("Bob joined #general with a one-use invite that holds no channel key, and received its history");
 
@@ -278,18 +271,15 @@ async fn sync_demo(
     let eve = Hearth::create(dir.join("eve"), pass, "eve", Config::default()).await?;
     eve.join(&invite).await?;
     let eve_node = start(&eve).await?;
-    eve_node.dial(laptop_addr.clone()).await?;
-    eve_node.wait_connected(laptop_peer, T).await?;
-    let attempt = eve.join_through(&eve_node, laptop_peer).await?;
+    eve_node.connect(std::slice::from_ref(&laptop_addr), T).await?;
+    let attempt = eve.join_through(laptop_peer).await?;
     let Some((_, why)) = attempt.refused.first().filter(|_| attempt.joined.is_empty()) else {
         bail!("a used-up invite let a second user in");
     };
     say(&format!("Eve tried the same ticket: refused ({why})"));
-    eve_node.stop().await?;
     eve.close().await?;
 
     // The phone goes offline; Bob and the laptop keep talking.
-    phone_node.stop().await?;
     phone.close().await?;
     say("the phone goes offline");
     bob.reply(standup, "Bob here: I'll demo the sync.").await?;
@@ -310,19 +300,18 @@ async fn sync_demo(
     // The phone comes back, and restarts in the middle of its catch-up.
     let phone = Hearth::open(&phone_dir, pass, Config::default()).await?;
     phone_node = start(&phone).await?;
-    let mut events = phone_node.subscribe();
+    let mut events = phone_node.events();
     phone_node.dial(laptop_addr.clone()).await?;
     let first = tokio::time::timeout(T, async {
         loop {
             match events.recv().await {
-                Ok(NodeEvent::Store(hearth::StoreEvent::Received { messages, .. })) => return Ok(messages.len()),
+                Ok(NodeEvent::Store(hearth::store::StoreEvent::Received { messages, .. })) => return Ok(messages.len()),
                 Ok(_) => {}
                 Err(e) => return Err(anyhow::anyhow!("{e}")),
             }
         }
     })
     .await??;
-    phone_node.stop().await?;
     phone.close().await?;
     say(&format!(
         "the phone came back online, received {first} message(s), and restarted mid-sync"
@@ -363,7 +352,7 @@ async fn sync_demo(
         }
     ));
     for n in [&laptop_node, &phone_node, &bob_node] {
-        n.stop().await?;
+        n.stop().await;
     }
     for h in [&phone, &bob] {
         let r = h.verify().await?;

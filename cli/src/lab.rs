@@ -283,11 +283,11 @@ pub async fn run(args: &LabArgs, json_out: bool) -> Result<ExitCode> {
     let stores: Vec<_> = (1..=args.nodes).map(|i| dir.path().join(format!("node{i}"))).collect();
     let owner = hearth::Hearth::create(&stores[0], &pass, "node1", config.clone()).await?;
     let channel = owner.create_channel("lab").await?;
-    let keys = owner.channel_keys(channel).await?;
+    let keys = owner.plumbing().store().channel_keys(channel).await?;
     owner.close().await?;
     for (i, path) in stores.iter().enumerate().skip(1) {
         let h = hearth::Hearth::create(path, &pass, &format!("node{}", i + 1), config.clone()).await?;
-        h.join_channel_named(keys.clone(), "lab").await?;
+        h.plumbing().store().join_channel_named(keys.clone(), "lab").await?;
         h.close().await?;
     }
     let exe = std::env::current_exe()?;

@@ -13,9 +13,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use hearth::store::StoreEvent;
 use hearth::sync::ticket::Ticket;
-use hearth::sync::{Multiaddr, NodeConfig, NodeEvent, NodeHandle, PeerId, RelayStore, listen};
-use hearth::{Hearth, StoreEvent, Write};
+use hearth::sync::{Multiaddr, NodeConfig, NodeEvent, RelayStore, listen};
+use hearth::{Hearth, SyncHandle};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
@@ -35,7 +36,7 @@ fn loopback() -> Multiaddr {
 /// One multiaddr per line (a file written before they were sealed is read
 /// the same way).
 async fn read_addrs(h: &Hearth, name: &str) -> Result<Vec<Multiaddr>> {
-    let bytes = h.read_private_file(name).await?.unwrap_or_default();
+    let bytes = h.plumbing().read_private_file(name).await?.unwrap_or_default();
     Ok(String::from_utf8_lossy(&bytes)
         .lines()
         .filter_map(|l| l.trim().parse().ok())
@@ -49,7 +50,8 @@ async fn write_addrs(h: &Hearth, name: &str, addrs: &[Multiaddr]) -> Result<()> 
         text.push_str(&a.to_string());
         text.push('\n');
     }
-    h.write_private_file(name, text.into_bytes())
+    h.plumbing()
+        .write_private_file(name, text.into_bytes())
         .await
         .with_context(|| format!("writing {name}"))
 }
@@ -151,7 +153,8 @@ pub async fn join(h: &Hearth, ticket: &str, timeout: Duration, as_json: bool) ->
                     // is held now.
                     let received = held_entries(h).await?.saturating_sub(before);
                     refused.extend(o.refused);
-                    synced = Some((o.via, (received, o.sent)));
+                    let via = o.via.unwrap_or_else(|| addrs[0].clone());
+                    synced = Some((via, (received, o.sent)));
                     break;
                 }
                 Err(e) => eprintln!("note: {}: {e:#}", addrs[0]),
@@ -192,8 +195,8 @@ pub async fn join(h: &Hearth, ticket: &str, timeout: Duration, as_json: bool) ->
 
 /// Let pending invites in through `peer` (for `hearth node`), printing what
 /// happened as JSON lines.
-async fn join_through(h: &Hearth, node: &NodeHandle, peer: hearth::sync::PeerId) -> Result<hearth::JoinAttempt> {
-    let attempt = h.join_through(node, peer).await?;
+async fn join_through(h: &Hearth, peer: hearth::sync::PeerId) -> Result<hearth::JoinAttempt> {
+    let attempt = h.join_through(peer).await?;
     for (channel, name) in &attempt.joined {
         print_json(&json!({"event": "joined", "channel": channel.to_hex(), "name": name, "peer": peer.to_string()}));
     }
@@ -206,7 +209,8 @@ async fn join_through(h: &Hearth, node: &NodeHandle, peer: hearth::sync::PeerId)
 /// Entries of other devices held, over every channel.
 async fn held_entries(h: &Hearth) -> Result<u64> {
     let me = h.whoami().device;
-    Ok(h.vectors()
+    Ok(h.plumbing()
+        .vectors()
         .await?
         .iter()
         .flat_map(|(_, v)| v.0.iter())
@@ -218,7 +222,7 @@ async fn held_entries(h: &Hearth) -> Result<u64> {
 /// is dialed at all of its addresses at once (some are private ones that
 /// time out from elsewhere, one may be a circuit through a relay).
 fn by_peer(addrs: &[Multiaddr]) -> Vec<Vec<Multiaddr>> {
-    let mut groups: Vec<(Option<PeerId>, Vec<Multiaddr>)> = Vec::new();
+    let mut groups: Vec<(Option<hearth::PeerId>, Vec<Multiaddr>)> = Vec::new();
     for addr in addrs {
         let peer = hearth::sync::peer_of(addr);
         match groups.iter_mut().find(|(p, _)| *p == peer) {
@@ -229,95 +233,37 @@ fn by_peer(addrs: &[Multiaddr]) -> Vec<Vec<Multiaddr>> {
     groups.into_iter().map(|(_, list)| list).collect()
 }
 
-/// What [`sync_once`] did: entries received and sent, and the invites kept
-/// by `hearth join` that the peer did not take (channel name, why).
-struct SyncedOnce {
-    /// The address the peer was reached at.
-    via: Multiaddr,
-    received: u64,
-    sent: u64,
-    refused: Vec<(String, String)>,
-}
-
 /// Dial one peer (at each of `addrs` at once, all ending in its
 /// `/p2p/<peer id>`), let pending invites in through it, reconcile until a
 /// session finds every shared channel equal (with `trusted`, the peer is a
 /// relay this user trusts: it is granted every channel).
-async fn sync_once(h: &Hearth, addrs: Vec<Multiaddr>, trusted: bool, timeout: Duration) -> Result<SyncedOnce> {
+async fn sync_once(h: &Hearth, addrs: Vec<Multiaddr>, trusted: bool, timeout: Duration) -> Result<hearth::SyncReport> {
     let first = addrs.first().context("no address")?;
     let peer = hearth::sync::peer_of(first).context("the address must end in /p2p/<peer id>")?;
     let node = h
-        .start_node(NodeConfig {
+        .start_sync(NodeConfig {
             relays: if trusted { vec![peer] } else { Vec::new() },
             ..NodeConfig::default()
         })
         .await?;
-    let res = tokio::time::timeout(timeout, sync_until_equal(h, &node, peer, addrs)).await;
-    node.stop().await.ok();
+    let res = async {
+        let started = tokio::time::Instant::now();
+        node.connect(&addrs, timeout).await?;
+        node.sync_until_equal(peer, timeout.saturating_sub(started.elapsed()))
+            .await
+    }
+    .await;
+    h.stop_sync().await;
     match res {
-        Ok(r) => r,
-        Err(_) => bail!("not in sync after {} s", timeout.as_secs()),
-    }
-}
-
-async fn sync_until_equal(h: &Hearth, node: &NodeHandle, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<SyncedOnce> {
-    // Count every session with the peer: the one the node starts on connect too.
-    let mut events = node.subscribe();
-    for addr in addrs {
-        if hearth::sync::peer_of(&addr) != Some(peer) {
-            bail!("{addr}: not an address of {peer}");
-        }
-        node.dial(addr).await?;
-    }
-    node.wait_connected(peer, Duration::from_secs(3600)).await?;
-    let via = node
-        .status()
-        .await?
-        .into_iter()
-        .find(|s| s.peer == peer)
-        .and_then(|s| s.addr)
-        .context("connected, yet no address")?;
-    // Invites kept by `hearth join` are let in through any member's node.
-    let refused = h.join_through(node, peer).await?.refused;
-    loop {
-        let o = node.sync_with(peer).await?;
-        // This device's delivery receipts for what arrived (in this session or
-        // in the one the node ran on connect) go in now: if there were any,
-        // one more round carries them, so both sides end with the same entries.
-        let receipts = h.flush_receipts().await?;
-        if o.failed.is_none() && o.in_sync_at_hello && receipts == 0 {
-            let (mut received, mut sent) = (0, 0);
-            while let Ok(e) = events.try_recv() {
-                if let NodeEvent::Synced {
-                    peer: p,
-                    received: r,
-                    sent: s,
-                    ..
-                } = e
-                    && p == peer
-                {
-                    received += r;
-                    sent += s;
-                }
-            }
-            return Ok(SyncedOnce {
-                via,
-                received,
-                sent,
-                refused,
-            });
-        }
-        if o.failed.is_some() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            node.wait_connected(peer, Duration::from_secs(3600)).await?;
-        }
+        Err(hearth::Error::Timeout { .. }) => bail!("not in sync after {} s", timeout.as_secs()),
+        other => Ok(other?),
     }
 }
 
 /// `hearth sync --peer ADDR`: exit 0 once both sides hold the same entries.
 pub async fn sync(h: &Hearth, peer: &Multiaddr, trusted: bool, timeout: Duration, as_json: bool) -> Result<ExitCode> {
     match sync_once(h, vec![peer.clone()], trusted, timeout).await {
-        Ok(SyncedOnce {
+        Ok(hearth::SyncReport {
             received,
             sent,
             refused,
@@ -387,9 +333,9 @@ enum NodeCmd {
     },
 }
 
-async fn node_cmd(h: &Hearth, node: &NodeHandle, line: &str) -> Result<Value> {
+async fn node_cmd(h: &Hearth, node: &SyncHandle, line: &str) -> Result<Value> {
     let cmd: NodeCmd = serde_json::from_str(line).context("not a command")?;
-    let (name, w) = match cmd {
+    let (name, id) = match cmd {
         NodeCmd::Backup { file } => {
             let r = h.backup(&file).await?;
             return Ok(json!({
@@ -420,29 +366,34 @@ async fn node_cmd(h: &Hearth, node: &NodeHandle, line: &str) -> Result<Value> {
             channel,
             text,
             reply_to,
-        } => (
-            "post",
-            Write::Post {
-                channel: h.resolve_channel(&channel).await?,
-                text,
-                reply_to,
-            },
-        ),
-        NodeCmd::Reply { to, text } => ("reply", Write::Reply { to, text }),
-        NodeCmd::React { msg, emoji, remove } => ("react", Write::React { msg, emoji, remove }),
-        NodeCmd::Edit { msg, text } => ("edit", Write::Edit { msg, text }),
-        NodeCmd::Delete { msg } => ("delete", Write::Delete { msg }),
-        NodeCmd::Read { channel, up_to } => (
-            "read",
-            Write::MarkRead {
-                channel: h.resolve_channel(&channel).await?,
-                up_to,
-            },
-        ),
+        } => {
+            let channel = h.resolve_channel(&channel).await?;
+            ("post", Some(h.queue_post(channel, &text, reply_to).await?.await?))
+        }
+        NodeCmd::Reply { to, text } => ("reply", Some(h.reply(to, &text).await?)),
+        NodeCmd::React { msg, emoji, remove } => {
+            if remove {
+                h.unreact(msg, &emoji).await?
+            } else {
+                h.react(msg, &emoji).await?
+            }
+            ("react", None)
+        }
+        NodeCmd::Edit { msg, text } => {
+            h.edit(msg, &text).await?;
+            ("edit", None)
+        }
+        NodeCmd::Delete { msg } => {
+            h.delete(msg).await?;
+            ("delete", None)
+        }
+        NodeCmd::Read { channel, up_to } => {
+            h.mark_read(h.resolve_channel(&channel).await?, up_to).await?;
+            ("read", None)
+        }
     };
-    let outcome = h.submit(w).await?.await?;
     let mut v = json!({"event": "done", "cmd": name});
-    if let hearth::Outcome::Message(id) = outcome {
+    if let Some(id) = id {
         v["id"] = json!(id.to_hex());
     }
     Ok(v)
@@ -586,21 +537,21 @@ pub async fn node(h: &Hearth, mut config: NodeConfig, exit_on_eof: bool) -> Resu
         Vec::new()
     };
     let node = loop {
-        match h.start_node(config.clone()).await {
+        match h.start_sync(config.clone()).await {
             Ok(node) => break node,
-            Err(hearth::sync::NodeError::Setup(why)) if !fallbacks.is_empty() => {
+            Err(hearth::Error::Network(why)) if !fallbacks.is_empty() => {
                 print_json(&json!({"event": "listen_moved", "error": why}));
                 config.listen = fallbacks.pop().expect("not empty");
             }
             Err(e) => return Err(e.into()),
         }
     };
-    let mut events = node.subscribe();
+    let mut events = node.events();
     for p in peers {
         node.dial(p).await?;
     }
     // Listen addresses may come up before the subscription: report them from the node.
-    let addrs = listen_addrs(&node).await;
+    let addrs = node.wait_listening(LISTEN_WAIT).await.unwrap_or_default();
     write_addrs(h, ADDRS_FILE, &addrs).await?;
     write_addrs(h, LISTEN_FILE, &listen::with_bound_ports(&config.listen, &addrs)).await?;
     for a in &addrs {
@@ -624,7 +575,7 @@ pub async fn node(h: &Hearth, mut config: NodeConfig, exit_on_eof: bool) -> Resu
                     // this device in; then a session brings the history.
                     let (h, node, peer) = (h.clone(), node.clone(), *peer);
                     tokio::spawn(async move {
-                        if let Ok(a) = join_through(&h, &node, peer).await
+                        if let Ok(a) = join_through(&h, peer).await
                             && !a.joined.is_empty()
                         {
                             let _ = node.sync_with(peer).await;
@@ -661,7 +612,7 @@ pub async fn node(h: &Hearth, mut config: NodeConfig, exit_on_eof: bool) -> Resu
         _ = signals => {}
         _ = stdin => {}
     }
-    node.stop().await.ok();
+    h.stop_sync().await;
     // An aborted task may still be printing on another thread: `stopped`
     // goes out once it has ended, so that it is always the last line.
     printer.abort();
@@ -671,7 +622,7 @@ pub async fn node(h: &Hearth, mut config: NodeConfig, exit_on_eof: bool) -> Resu
 }
 
 /// Run the JSON-line commands of stdin until it closes; one result line each.
-async fn stdin_commands(h: &Hearth, node: &NodeHandle) {
+async fn stdin_commands(h: &Hearth, node: &SyncHandle) {
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         if line.trim().is_empty() {
@@ -695,14 +646,14 @@ pub async fn link(h: &Hearth, mut listen: Vec<Multiaddr>, timeout: Duration, as_
     }
     let signals = shutdown_signal();
     let node = h
-        .start_node(NodeConfig {
+        .start_sync(NodeConfig {
             listen,
             ..NodeConfig::default()
         })
         .await?;
-    let mut events = node.subscribe();
-    let addrs = listen_addrs(&node).await;
-    let ticket = h.link_ticket(&node, addrs).await?;
+    let mut events = node.events();
+    let addrs = node.wait_listening(LISTEN_WAIT).await.unwrap_or_default();
+    let ticket = h.link_ticket(addrs).await?;
     if as_json {
         print_json(&json!({"event": "link_ticket", "ticket": ticket.to_string()}));
     } else {
@@ -780,7 +731,7 @@ pub async fn link(h: &Hearth, mut listen: Vec<Multiaddr>, timeout: Duration, as_
         }
         _ = signals => Err("interrupted".to_string()),
     };
-    node.stop().await.ok();
+    h.stop_sync().await;
     match done {
         Ok(()) => {
             if !as_json {
@@ -836,21 +787,8 @@ pub async fn init_linked(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The node's listen addresses once they are up (at most a few seconds).
-async fn listen_addrs(node: &NodeHandle) -> Vec<Multiaddr> {
-    for _ in 0..100 {
-        match node.listen_addrs().await {
-            Ok(a) if !a.is_empty() => {
-                // Give the other listeners (TCP and QUIC) a moment to come up too.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                return node.listen_addrs().await.unwrap_or(a);
-            }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            Err(_) => break,
-        }
-    }
-    Vec::new()
-}
+/// How long a node's listeners get to come up.
+const LISTEN_WAIT: Duration = Duration::from_secs(5);
 
 /// `hearth relay --store DIR --listen A`: store and forward sealed entries.
 pub async fn relay(
@@ -862,7 +800,7 @@ pub async fn relay(
     if listen.is_empty() {
         bail!("a relay needs at least one --listen address");
     }
-    hearth::create_private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+    hearth::store::create_private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
     let signals = shutdown_signal();
     let relay = RelayStore::open_with(dir, hearth::sync::RelayConfig::default().with_retention(retention))?;
     let secret = relay_secret(dir)?;
@@ -880,7 +818,7 @@ pub async fn relay(
     )
     .await?;
     let mut events = node.subscribe();
-    let addrs = listen_addrs(&node).await;
+    let addrs = node.wait_listening(LISTEN_WAIT).await.unwrap_or_default();
     for a in &addrs {
         print_json(&json!({"event": "listening", "addr": a.to_string()}));
     }
@@ -970,6 +908,6 @@ fn relay_secret(dir: &Path) -> Result<hearth::core::SecretKey> {
         return Ok(hearth::core::SecretKey::from_bytes(b));
     }
     let key = hearth::core::SecretKey::generate()?;
-    hearth::write_atomic(&path, key.expose()).with_context(|| format!("writing {}", path.display()))?;
+    hearth::store::write_atomic(&path, key.expose()).with_context(|| format!("writing {}", path.display()))?;
     Ok(key)
 }

@@ -27,8 +27,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use hearth::core::{ChannelKeys, DeviceId, EntryBody, Envelope, Identity, KdfParams, Vector, WireId};
+use hearth::store::Store;
 use hearth::sync::{RelayStore, Replica};
-use hearth::{ChannelId, Config, MessageId, Passphrase, Store};
+use hearth::{ChannelId, Config, MessageId, Passphrase};
 
 #[path = "../../tests/support/answers.rs"]
 mod answers;
@@ -67,11 +68,11 @@ fn rt() -> tokio::runtime::Runtime {
 /// execs, the lock of a store another thread just closed included (flock
 /// locks belong to the description): a moment in which the store looks
 /// locked to the next opener.
-fn retry_locked<T>(mut open: impl FnMut() -> hearth::Result<T>) -> hearth::Result<T> {
+fn retry_locked<T>(mut open: impl FnMut() -> hearth::store::Result<T>) -> hearth::store::Result<T> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match open() {
-            Err(hearth::Error::Locked { .. }) if Instant::now() < deadline => {
+            Err(hearth::store::Error::Locked { .. }) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10));
             }
             other => return other,
@@ -79,11 +80,11 @@ fn retry_locked<T>(mut open: impl FnMut() -> hearth::Result<T>) -> hearth::Resul
     }
 }
 
-async fn open_store(dir: &Path, pass: &Passphrase, config: Config) -> hearth::Result<Store> {
+async fn open_store(dir: &Path, pass: &Passphrase, config: Config) -> hearth::store::Result<Store> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match Store::open(dir, pass, config.clone()).await {
-            Err(hearth::Error::Locked { .. }) if Instant::now() < deadline => {
+            Err(hearth::store::Error::Locked { .. }) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             other => return other,

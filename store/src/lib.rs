@@ -98,4 +98,4 @@ pub use query::{ChannelInfo, DeviceInfo, Located, MemberInfo, RosterInfo, Thread
 pub use rotate::{RotateReport, StopAt};
 pub use store::{OpenTimings, Pending, Store, Whoami};
 pub use sync::{EntryBatch, IngestReport, Receipts, StoreEvent};
-pub use verify::{ForkReport, Problem, Stats, VerifyReport};
+pub use verify::{ChannelStats, ForkReport, Problem, Stats, VerifyReport};

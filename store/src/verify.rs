@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use hearth_core::{ChannelId, ChannelKeys, Envelope, EpochDoc, WireId, decode_change};
+use hearth_core::{ChannelId, ChannelKeys, Envelope, EpochDoc, Vector, WireId, decode_change};
 use serde::Serialize;
 
 use crate::channel::{EpochSummary, FeedHead};
@@ -111,6 +111,30 @@ pub struct Stats {
     pub summary_copies: u64,
 }
 
+/// One channel's counts and sizes ([`crate::Store::channel_stats`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ChannelStats {
+    /// The channel.
+    pub channel: ChannelId,
+    /// Its wire id (what peers and relays know it by).
+    pub wire: WireId,
+    /// Messages (replies and tombstones included).
+    pub messages: u64,
+    /// Feed entries held, every device's.
+    pub feed_entries: u64,
+    /// Bytes of those entries as stored (sealed, signed envelopes).
+    pub entry_bytes: u64,
+    /// Devices whose feeds are held.
+    pub feeds: u64,
+    /// Epoch documents.
+    pub epochs: u64,
+    /// Of those, in memory now.
+    pub cached_epochs: u64,
+    /// What this device holds of the channel: per feed, up to where.
+    #[serde(skip)]
+    pub vector: Vector,
+}
+
 fn dir_bytes(p: &Path) -> u64 {
     let Ok(rd) = std::fs::read_dir(p) else { return 0 };
     rd.flatten()
@@ -140,6 +164,27 @@ impl Engine {
         s.pages_from_posts = self.pages_from_posts;
         s.summary_copies = self.summary_rows.read;
         s
+    }
+
+    pub(crate) fn channel_stats(&self, channel: ChannelId) -> Result<ChannelStats> {
+        let ch = self.channel(&channel)?;
+        let wire = ch.keys.wire();
+        let mut entry_bytes = 0u64;
+        for row in self.tree.scan_prefix(channel_prefix(T_FEEDS, &wire)) {
+            let (_, v) = row?;
+            entry_bytes += v.len() as u64;
+        }
+        Ok(ChannelStats {
+            channel,
+            wire,
+            messages: ch.message_count(),
+            feed_entries: ch.heads.values().map(|h| h.seq).sum(),
+            entry_bytes,
+            feeds: ch.heads.len() as u64,
+            epochs: ch.summaries.len() as u64,
+            cached_epochs: self.epochs.keys().filter(|(c, _)| *c == channel).count() as u64,
+            vector: self.vector_of(&channel)?,
+        })
     }
 
     pub(crate) fn verify(&mut self) -> Result<VerifyReport> {

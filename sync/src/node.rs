@@ -309,6 +309,9 @@ pub enum NodeError {
     /// Joining through an invite failed.
     #[error("the invite was not taken: {0}")]
     Join(String),
+    /// What was waited for did not happen in time.
+    #[error("timed out waiting for {0} after {1:?}")]
+    Timeout(&'static str, Duration),
 }
 
 /// What a linking node answers while its user has not confirmed the code.
@@ -450,12 +453,32 @@ enum Work {
     Learned(WireId, Vector, bool),
 }
 
-/// The cloneable handle of a running node.
+/// What each peer acknowledged holding, per channel (wire id): merged
+/// from its sessions and its live acknowledgements.
+type Acks = Arc<std::sync::Mutex<HashMap<(PeerId, WireId), Vector>>>;
+
+/// Note that `peer` acknowledged holding `vector` of `wire`, and say so.
+fn acknowledged(acks: &Acks, events: &broadcast::Sender<NodeEvent>, peer: PeerId, wire: WireId, vector: Vector) {
+    acks.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry((peer, wire))
+        .or_default()
+        .merge(&vector);
+    let _ = events.send(NodeEvent::Acknowledged { peer, wire, vector });
+}
+
+/// The cloneable handle of a running node. The node runs until
+/// [`NodeHandle::stop`] or until its last handle is dropped.
 #[derive(Clone)]
 pub struct NodeHandle {
     cmd: mpsc::Sender<Cmd>,
     events: broadcast::Sender<NodeEvent>,
     peer_id: PeerId,
+    /// The listen addresses it was started with (each gives at least one).
+    listeners: usize,
+    acks: Acks,
+    /// Dropped with the last handle: the node's loop then stops.
+    _alive: Arc<oneshot::Sender<()>>,
 }
 
 impl std::fmt::Debug for NodeHandle {
@@ -475,6 +498,20 @@ impl NodeHandle {
         self.events.subscribe()
     }
 
+    /// Per peer that acknowledged holding anything of the channel `wire`
+    /// since the node started: what it holds, as it last said (in a session
+    /// or acknowledging live pushes), by peer id.
+    pub fn acknowledged(&self, wire: &WireId) -> Vec<(PeerId, Vector)> {
+        let acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<(PeerId, Vector)> = acks
+            .iter()
+            .filter(|((_, w), _)| w == wire)
+            .map(|((peer, _), v)| (*peer, v.clone()))
+            .collect();
+        all.sort_by_key(|(p, _)| *p);
+        all
+    }
+
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, NodeError> {
         let (tx, rx) = oneshot::channel();
         self.cmd.send(make(tx)).await.map_err(|_| NodeError::Stopped)?;
@@ -484,6 +521,25 @@ impl NodeHandle {
     /// The addresses the node listens on, with `/p2p/<peer id>`.
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NodeError> {
         self.ask(Cmd::Listening).await
+    }
+
+    /// The listen addresses once every listener the node was started with
+    /// is up (a node started with none has none: it returns at once). Fails
+    /// when they are not up within `timeout`.
+    pub async fn wait_listening(&self, timeout: Duration) -> Result<Vec<Multiaddr>, NodeError> {
+        let mut events = self.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let addrs = self.listen_addrs().await?;
+            if addrs.len() >= self.listeners {
+                return Ok(addrs);
+            }
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Err(_) => return Err(NodeError::Timeout("listening", timeout)),
+                Ok(Err(broadcast::error::RecvError::Closed)) => return Err(NodeError::Stopped),
+                Ok(_) => {}
+            }
+        }
     }
 
     /// Dial a peer and keep it: it is redialed with backoff whenever the
@@ -749,10 +805,15 @@ pub async fn start<R: Replica>(
             }
         });
     }
+    let (alive, handles_gone) = oneshot::channel();
+    let acks = Acks::default();
     let handle = NodeHandle {
         cmd: cmd_tx.clone(),
         events: events.clone(),
         peer_id: *swarm.local_peer_id(),
+        listeners: config.listen.len(),
+        acks: acks.clone(),
+        _alive: Arc::new(alive),
     };
     let mut node = Loop {
         swarm,
@@ -780,6 +841,7 @@ pub async fn start<R: Replica>(
         discovery_wait: None,
         told: HashMap::new(),
         reported: BTreeSet::new(),
+        acks,
         live,
     };
     for addr in &config.bootstrap {
@@ -791,7 +853,7 @@ pub async fn start<R: Replica>(
         node.add_known(addr, true);
     }
     let replica_events = replica.subscribe();
-    tokio::spawn(node.run(cmd_rx, replica_events));
+    tokio::spawn(node.run(cmd_rx, replica_events, handles_gone));
     Ok(handle)
 }
 
@@ -860,6 +922,8 @@ struct Loop<R: Replica> {
     /// Per connected peer: the addresses it told (identify), those a peer
     /// elsewhere can use (no loopback unless reached over loopback).
     told: HashMap<PeerId, Vec<Multiaddr>>,
+    /// What each peer acknowledged holding (shared with the handles).
+    acks: Acks,
     /// Connected peers reported found through the DHT (once a connection).
     reported: BTreeSet<PeerId>,
     /// Opens the live streams of the workers ([`crate::live`]).
@@ -892,24 +956,39 @@ impl<R: Replica> Loop<R> {
         });
     }
 
+    /// Close every connection (the node is stopping).
+    fn hang_up(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for p in peers {
+            let _ = self.swarm.disconnect_peer_id(p);
+        }
+    }
+
     /// When a banned peer may be dialed again.
     fn banned_until(&self, peer: &PeerId) -> Option<Instant> {
         self.banned.get(peer).copied().filter(|t| *t > Instant::now())
     }
 
-    async fn run(mut self, mut cmds: mpsc::Receiver<Cmd>, mut replica_events: broadcast::Receiver<ReplicaEvent>) {
+    async fn run(
+        mut self,
+        mut cmds: mpsc::Receiver<Cmd>,
+        mut replica_events: broadcast::Receiver<ReplicaEvent>,
+        mut handles_gone: oneshot::Receiver<()>,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut last_anti_entropy = Instant::now();
         let mut replica_open = true;
         loop {
             tokio::select! {
                 ev = self.swarm.select_next_some() => self.on_swarm(ev),
+                // Every handle is dropped: nobody can use or stop the node.
+                _ = &mut handles_gone => {
+                    self.hang_up();
+                    return;
+                }
                 cmd = cmds.recv() => match cmd {
                     Some(Cmd::Stop(done)) => {
-                        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
-                        for p in peers {
-                            let _ = self.swarm.disconnect_peer_id(p);
-                        }
+                        self.hang_up();
                         let _ = done.send(());
                         return;
                     }
@@ -1435,13 +1514,7 @@ impl<R: Replica> Loop<R> {
         p.status.ahead = state.ahead;
         p.status.relay |= outcome.peer_relay;
         for (wire, vector) in &outcome.peer {
-            self.events
-                .send(NodeEvent::Acknowledged {
-                    peer,
-                    wire: *wire,
-                    vector: vector.clone(),
-                })
-                .ok();
+            acknowledged(&self.acks, &self.events, peer, *wire, vector.clone());
         }
     }
 
@@ -1560,7 +1633,7 @@ impl<R: Replica> Loop<R> {
                         },
                         self.replica.clone(),
                         self.cmd_tx.clone(),
-                        self.events.clone(),
+                        (self.events.clone(), self.acks.clone()),
                     );
                     if dialer {
                         let _ = work.send(Work::Reconcile(None));
@@ -1963,7 +2036,7 @@ fn spawn_worker<R: Replica>(
     }: Worker,
     replica: R,
     cmd: mpsc::Sender<Cmd>,
-    events: broadcast::Sender<NodeEvent>,
+    (events, acks): (broadcast::Sender<NodeEvent>, Acks),
 ) -> mpsc::UnboundedSender<Work> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Work>();
     // Weak: the worker ends when the node drops the peer's sender.
@@ -1972,10 +2045,8 @@ fn spawn_worker<R: Replica>(
     // peer acknowledged them), or not whole (learn what it holds again).
     let reports = crate::live::LiveReports {
         taken: {
-            let events = events.clone();
-            Arc::new(move |wire, vector| {
-                let _ = events.send(NodeEvent::Acknowledged { peer, wire, vector });
-            })
+            let (events, acks) = (events.clone(), acks.clone());
+            Arc::new(move |wire, vector| acknowledged(&acks, &events, peer, wire, vector))
         },
         relearn: {
             let me = me.clone();
@@ -2016,6 +2087,12 @@ fn spawn_worker<R: Replica>(
                         pushes.insert(wire);
                     }
                     Work::Learned(wire, v, fetched) => {
+                        // What it asked for or pushed, it holds.
+                        acks.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .entry((peer, wire))
+                            .or_default()
+                            .merge(&v);
                         if fetched {
                             known.entry(wire).or_default().merge(&v);
                             peer_fetched = Some(Instant::now());

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use hearth::core::WireId;
-use hearth::{ChannelId, Config, KdfParams, Store};
+use hearth::store::Store;
+use hearth::{ChannelId, Config, KdfParams};
 use serde_json::{Value, json};
 
 /// Every feed of every channel: its device and its last seq, by channel

@@ -16,7 +16,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use hearth::{ChannelId, Config, Hearth, KdfParams, Passphrase, dir_bytes};
+use hearth::store::dir_bytes;
+use hearth::{ChannelId, Config, Hearth, KdfParams, Passphrase};
 use serde_json::json;
 
 /// Options of `hearth bench lifecycle`.
@@ -348,7 +349,7 @@ async fn backup_and_restore(
     // The floor: the same bytes copied as files (the store is open: this
     // copy would not be consistent, it only says what the disk costs).
     let t = Instant::now();
-    hearth::copy_dir_durably(&h.whoami().dir, &tmp.join("copy"))?;
+    hearth::store::copy_dir_durably(&h.whoami().dir, &tmp.join("copy"))?;
     let copy_ms = t.elapsed().as_secs_f64() * 1e3;
     Ok(json!({
         "backup_ms": backup_ms,

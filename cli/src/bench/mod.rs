@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use hearth::core::{ChannelId as CoreChannelId, SecretKey};
-use hearth::{ChannelId, Config, Hearth, KdfParams, Passphrase, Pending, Write};
+use hearth::store::{Pending, Write};
+use hearth::{ChannelId, Config, Hearth, KdfParams, Passphrase};
 use serde::Serialize;
 use serde_json::json;
 
@@ -140,12 +141,14 @@ async fn hearth_stream(h: &Hearth, channel: ChannelId, n: usize, text_len: usize
     for i in 0..n {
         let text = sqlite::bench_text(seed + i as u64, text_len);
         queue.push_back(
-            h.submit(Write::Post {
-                channel,
-                text,
-                reply_to: None,
-            })
-            .await?,
+            h.plumbing()
+                .store()
+                .submit(Write::Post {
+                    channel,
+                    text,
+                    reply_to: None,
+                })
+                .await?,
         );
         if queue.len() >= 4096 {
             queue.pop_front().expect("non-empty").await?;
@@ -341,7 +344,10 @@ async fn probe(dir: &Path, channel: Option<&str>) -> Result<Probe> {
     let called = Instant::now();
     // The store times its own Argon2id unlock, so the rest of the open is exact.
     let h = Hearth::open(dir, &pass, Config::default()).await?;
-    let (unlock, open) = (h.open_timings().unlock, h.open_timings().total);
+    let (unlock, open) = (
+        h.plumbing().store().open_timings().unlock,
+        h.plumbing().store().open_timings().total,
+    );
     // With the channel given, its first page comes right after the open, as
     // SQLite's is timed; without it, the channel list is read first.
     let listed = match channel {
@@ -361,7 +367,9 @@ async fn probe(dir: &Path, channel: Option<&str>) -> Result<Probe> {
     let t = Instant::now();
     let page = h.page(big, None, 50).await?;
     let first_page = t.elapsed();
-    let open_page_wall = called.elapsed().saturating_sub(h.open_timings().unlock);
+    let open_page_wall = called
+        .elapsed()
+        .saturating_sub(h.plumbing().store().open_timings().unlock);
     if page.len() != 50 {
         bail!("the big channel returned {} messages instead of 50", page.len());
     }

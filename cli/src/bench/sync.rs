@@ -26,9 +26,10 @@ use automerge::sync::{self as am, SyncDoc};
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, ChangeHash, ObjType, ROOT, ReadDoc, ScalarValue};
 use hearth::core::{Vector, WireId};
+use hearth::store::StoreEvent;
 use hearth::sync::proto::{BATCH_BYTES, BATCH_ENTRIES};
-use hearth::sync::{Multiaddr, NodeConfig, NodeEvent, NodeHandle, PeerId};
-use hearth::{ChannelId, Config, Hearth, KdfParams, MessageId, Passphrase, StoreEvent};
+use hearth::sync::{Multiaddr, NodeConfig, NodeEvent, PeerId};
+use hearth::{ChannelId, Config, Hearth, KdfParams, MessageId, Passphrase, SyncHandle};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -206,9 +207,9 @@ fn via(proxy: &Proxy, peer: PeerId) -> Result<Multiaddr> {
 }
 
 /// Start a loopback-only node (mDNS off, as by default) and wait for its address.
-async fn start_node(h: &Hearth) -> Result<(NodeHandle, SocketAddr)> {
+async fn start_node(h: &Hearth) -> Result<(SyncHandle, SocketAddr)> {
     let node = h
-        .start_node(NodeConfig {
+        .start_sync(NodeConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
             ..NodeConfig::default()
         })
@@ -297,7 +298,7 @@ async fn apply_rate(
     entries: &[Vec<u8>],
 ) -> Result<(f64, Hearth)> {
     let c = create(root, &format!("apply-{}", entries.len())).await?;
-    c.join_channel(keys).await?;
+    c.plumbing().store().join_channel(keys).await?;
     let mut batches: Vec<Vec<Vec<u8>>> = vec![Vec::new()];
     let mut bytes = 0;
     for e in entries {
@@ -311,7 +312,7 @@ async fn apply_rate(
     }
     let t = Instant::now();
     for b in batches {
-        let r = c.ingest(wire, b).await?;
+        let r = c.plumbing().store().ingest(wire, b).await?;
         ensure!(
             r.rejected.is_empty(),
             "ingest refused entries: {:?}",
@@ -333,12 +334,16 @@ async fn live_apply(
     samples: usize,
     text_len: usize,
 ) -> Result<Vec<Duration>> {
-    let wire = writer.channel_keys(ch).await?.wire();
+    let wire = writer.plumbing().store().channel_keys(ch).await?.wire();
     // First what was written since the member caught up (the live-delivery
     // samples, the other member's receipts), untimed.
-    let have = member.vector(ch).await?;
-    let missed = writer.entries_after(wire, have, usize::MAX, usize::MAX).await?;
-    member.ingest(wire, missed.entries).await?;
+    let have = member.plumbing().store().vector(ch).await?;
+    let missed = writer
+        .plumbing()
+        .store()
+        .entries_after(wire, have, usize::MAX, usize::MAX)
+        .await?;
+    member.plumbing().store().ingest(wire, missed.entries).await?;
     // The member shows the channel, as an app does: its newest epoch is
     // read (applied, if the catch-up deferred it), and so is each new
     // message (untimed), so that every timed ingest applies its change.
@@ -346,10 +351,14 @@ async fn live_apply(
     let mut times = Vec::with_capacity(samples);
     for i in 0..samples {
         let id = writer.post(ch, &bench_text((1 << 46) + i as u64, text_len)).await?;
-        let have = member.vector(ch).await?;
-        let batch = writer.entries_after(wire, have, usize::MAX, usize::MAX).await?;
+        let have = member.plumbing().store().vector(ch).await?;
+        let batch = writer
+            .plumbing()
+            .store()
+            .entries_after(wire, have, usize::MAX, usize::MAX)
+            .await?;
         let t = Instant::now();
-        let r = member.ingest(wire, batch.entries).await?;
+        let r = member.plumbing().store().ingest(wire, batch.entries).await?;
         times.push(t.elapsed());
         ensure!(
             r.messages == 1 && r.rejected.is_empty(),
@@ -398,9 +407,13 @@ async fn hearth_catchup(
     let t = Instant::now();
     hearth_stream(&a, ch, n, text_len, 0).await?;
     r.build_secs = t.elapsed().as_secs_f64();
-    let keys = a.channel_keys(ch).await?;
+    let keys = a.plumbing().store().channel_keys(ch).await?;
     let wire = keys.wire();
-    let all = a.entries_after(wire, Vector::default(), usize::MAX, usize::MAX).await?;
+    let all = a
+        .plumbing()
+        .store()
+        .entries_after(wire, Vector::default(), usize::MAX, usize::MAX)
+        .await?;
     r.entries = all.entries.len();
     r.envelope_bytes = all.entries.iter().map(|e| e.len() as u64).sum();
     let (apply_secs, member) = apply_rate(root, keys.clone(), wire, &all.entries).await?;
@@ -408,17 +421,17 @@ async fn hearth_catchup(
     drop(all);
 
     let b = create(root, &format!("member-{n}")).await?;
-    b.join_channel(keys).await?;
+    b.plumbing().store().join_channel(keys).await?;
     let (na, a_sock) = start_node(&a).await?;
     let (nb, _) = start_node(&b).await?;
     let proxy = Proxy::start(a_sock).await?;
-    let target = a.vector(ch).await?;
-    let mut ev = nb.subscribe();
-    let mut stored = b.subscribe();
+    let target = a.plumbing().store().vector(ch).await?;
+    let mut ev = nb.events();
+    let mut stored = b.plumbing().store().subscribe();
     let t0 = Instant::now();
     nb.dial(via(&proxy, na.peer_id())?).await?;
     loop {
-        if b.vector(ch).await?.covers(&target) && b.channel(ch).await?.messages >= n as u64 {
+        if b.plumbing().store().vector(ch).await?.covers(&target) && b.channel(ch).await?.messages >= n as u64 {
             break;
         }
         ensure!(t0.elapsed() < PATIENCE, "catch-up of {n} did not finish");
@@ -454,8 +467,8 @@ async fn hearth_catchup(
     } else {
         None
     };
-    na.stop().await?;
-    nb.stop().await?;
+    na.stop().await;
+    nb.stop().await;
     b.close().await?;
     r.live_apply = live_apply(&a, &member, ch, apply_samples, text_len).await?;
     member.close().await?;
@@ -469,7 +482,7 @@ async fn hearth_catchup(
 /// read, not deferred (`Config::lazy_epochs`).
 async fn hearth_live(
     a: &Hearth,
-    (b, nb): (&Hearth, &NodeHandle),
+    (b, nb): (&Hearth, &SyncHandle),
     ch: ChannelId,
     proxy: &Proxy,
     samples: usize,
@@ -478,7 +491,7 @@ async fn hearth_live(
     // Let the receipts of the catch-up settle before counting bytes.
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Stamp arrivals in their own task: the waiting loop below may run late.
-    let mut ev = nb.subscribe();
+    let mut ev = nb.events();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(MessageId, Instant)>();
     let stamp = tokio::spawn(async move {
         loop {
@@ -548,13 +561,13 @@ async fn hearth_reconnect(
         let (n1, s1) = start_node(&e1).await?;
         let (n2, _) = start_node(&e2).await?;
         let proxy = Proxy::start(s1).await?;
-        let mut ev = n2.subscribe();
+        let mut ev = n2.events();
         n2.dial(via(&proxy, n1.peer_id())?).await?;
         next_synced(&mut ev, Duration::from_secs(30)).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         r.idle_connect = proxy.bytes();
-        n1.stop().await?;
-        n2.stop().await?;
+        n1.stop().await;
+        n2.stop().await;
         e1.close().await?;
         e2.close().await?;
     }
@@ -564,7 +577,10 @@ async fn hearth_reconnect(
     for i in 0..channels {
         let c = a.create_channel(&format!("c{i}")).await?;
         hearth_stream(&a, c, per_channel, text_len, (i * per_channel) as u64).await?;
-        b.join_channel(a.channel_keys(c).await?).await?;
+        b.plumbing()
+            .store()
+            .join_channel(a.plumbing().store().channel_keys(c).await?)
+            .await?;
     }
     let (na, a_sock) = start_node(&a).await?;
     let (nb, _) = start_node(&b).await?;
@@ -574,18 +590,18 @@ async fn hearth_reconnect(
     let t = Instant::now();
     let mut stable = 0;
     while stable < 10 {
-        let va: BTreeMap<WireId, Vector> = a.vectors().await?.into_iter().collect();
-        let vb: BTreeMap<WireId, Vector> = b.vectors().await?.into_iter().collect();
+        let va: BTreeMap<WireId, Vector> = a.plumbing().store().vectors().await?.into_iter().collect();
+        let vb: BTreeMap<WireId, Vector> = b.plumbing().store().vectors().await?.into_iter().collect();
         stable = if va == vb { stable + 1 } else { 0 };
         ensure!(t.elapsed() < PATIENCE, "the reconnect replicas never converged");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    nb.stop().await?;
+    nb.stop().await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let (nb, _) = start_node(&b).await?;
     let proxy = Proxy::start(a_sock).await?;
-    let mut ev = nb.subscribe();
+    let mut ev = nb.events();
     nb.dial(via(&proxy, na.peer_id())?).await?;
     if let NodeEvent::Synced { round_trips, .. } = next_synced(&mut ev, Duration::from_secs(30)).await? {
         r.first_session_round_trips = round_trips;
@@ -597,8 +613,8 @@ async fn hearth_reconnect(
     r.session = proxy.bytes().since(r.connection);
     r.round_trips = outcome.round_trips;
     r.in_sync_at_hello = outcome.in_sync_at_hello;
-    na.stop().await?;
-    nb.stop().await?;
+    na.stop().await;
+    nb.stop().await;
     a.close().await?;
     b.close().await?;
     Ok(r)

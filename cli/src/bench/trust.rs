@@ -45,7 +45,7 @@ pub async fn run(args: &TrustArgs, json_out: bool) -> Result<std::process::ExitC
     let config = Config::default().with_kdf(KdfParams::INSECURE_FAST);
     let h = Hearth::create(tmp.path().join("admin"), &pass, "admin", config).await?;
     let ch = h.create_channel("big").await?;
-    let keys = h.channel_keys(ch).await?;
+    let keys = h.plumbing().store().channel_keys(ch).await?;
     let wire = keys.wire();
     // Member devices: each writes its display name (a signed entry with its
     // certificate chain), which the admin takes as sync would.
@@ -65,7 +65,7 @@ pub async fn run(args: &TrustArgs, json_out: bool) -> Result<std::process::ExitC
         entries.push(bytes);
         members.push(id);
     }
-    let report = h.ingest(wire, entries).await?;
+    let report = h.plumbing().store().ingest(wire, entries).await?;
     anyhow::ensure!(
         report.accepted == args.devices,
         "members refused: {:?}",
@@ -98,21 +98,21 @@ pub async fn run(args: &TrustArgs, json_out: bool) -> Result<std::process::ExitC
     // Letting a device in through an invite (what a member's node does for a
     // ticket holder): the checks, the durable join op, every key generation
     // sealed to the device.
-    let invite = h.create_invite(ch, None, 0).await?;
+    let invite = h.plumbing().store().create_invite(ch, None, 0).await?;
     let mut admit = Vec::new();
     for _ in 0..rounds {
         let id = Identity::generate("joiner")?;
-        let req = hearth::JoinRequest {
+        let req = hearth::store::JoinRequest {
             invite: invite.id,
             user: id.user(),
             chain: vec![id.device_cert().expect("a new identity has a certificate").clone()],
             sig: hearth::core::member::sign_join(&invite.secret, &invite.id, &id.user(), &id.device()),
         };
         let t = Instant::now();
-        h.admit(req).await?;
+        h.plumbing().store().admit(req).await?;
         admit.push(ms(t.elapsed()));
     }
-    let generation = h.channel_keys(ch).await?.current_generation();
+    let generation = h.plumbing().store().channel_keys(ch).await?.current_generation();
     h.close().await?;
     let (r, s, p, a) = (median(removal), median(seal_only), median(post), median(admit));
     let out = json!({
