@@ -45,6 +45,7 @@
 #![deny(missing_docs)]
 
 mod error;
+mod events;
 mod export;
 mod hearth;
 mod invites;
@@ -52,6 +53,7 @@ mod node;
 mod plumbing;
 
 pub use error::{Error, Result};
+pub use events::{Event, Events};
 pub use export::{EXPORT_FORMAT, EXPORT_VERSION, Export, ExportChannel, ExportMessage, ImportReport};
 pub use hearth::{Ack, Hearth};
 pub use invites::{JoinAttempt, Joined, LINK_TTL};

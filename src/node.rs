@@ -16,6 +16,8 @@ use crate::error::{Error, Result};
 #[derive(Default)]
 pub(crate) struct Syncing {
     running: Mutex<Option<NodeHandle>>,
+    /// The node side of [`Hearth::subscribe`].
+    pub(crate) events: crate::events::NodeSide,
 }
 
 impl Syncing {
@@ -36,6 +38,7 @@ impl Syncing {
     /// Stop the node, if one runs; wait until it has.
     pub(crate) async fn stop(&self) {
         let running = self.lock().take();
+        self.events.stop_forwarding();
         if let Some(node) = running {
             let _ = node.stop().await;
         }
@@ -127,6 +130,7 @@ impl Hearth {
             let _ = node.stop().await;
             return Err(Error::SyncRunning);
         }
+        self.sync.events.forward(&node);
         Ok(SyncHandle {
             node,
             hearth: self.clone(),

@@ -381,12 +381,11 @@ fn note(i: usize, at: Instant, v: &serde_json::Value, posted: &mut Posted, seen:
             posted.insert(id.to_string(), (i, at));
             seen.entry(id.to_string()).or_default().insert(i, at);
         }
-    } else if v["event"] == "messages" {
-        for m in v["messages"].as_array().into_iter().flatten() {
-            if let Some(id) = m["id"].as_str() {
-                seen.entry(id.to_string()).or_default().entry(i).or_insert(at);
-            }
-        }
+    } else if (v["event"] == "message" || v["event"] == "reply")
+        && v["local"] == false
+        && let Some(id) = v["id"].as_str()
+    {
+        seen.entry(id.to_string()).or_default().entry(i).or_insert(at);
     }
 }
 

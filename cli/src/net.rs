@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use hearth::store::StoreEvent;
 use hearth::sync::ticket::Ticket;
 use hearth::sync::{Multiaddr, NodeConfig, NodeEvent, RelayStore, listen};
-use hearth::{Hearth, SyncHandle};
+use hearth::{Event, Hearth, SyncHandle};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
@@ -246,6 +246,7 @@ async fn sync_once(h: &Hearth, addrs: Vec<Multiaddr>, trusted: bool, timeout: Du
             ..NodeConfig::default()
         })
         .await?;
+    let _bar = crate::progress::Receiving::show(h);
     let res = async {
         let started = tokio::time::Instant::now();
         node.connect(&addrs, timeout).await?;
@@ -399,7 +400,7 @@ async fn node_cmd(h: &Hearth, node: &SyncHandle, line: &str) -> Result<Value> {
     Ok(v)
 }
 
-async fn event_json(h: &Hearth, e: NodeEvent) -> Option<Value> {
+fn event_json(e: NodeEvent) -> Option<Value> {
     Some(match e {
         NodeEvent::Listening { addr } => json!({"event": "listening", "addr": addr.to_string()}),
         NodeEvent::PeerConnected { peer, addr } => {
@@ -441,32 +442,6 @@ async fn event_json(h: &Hearth, e: NodeEvent) -> Option<Value> {
         NodeEvent::Reachability { addr, reachable } => {
             json!({"event": "reachability", "addr": addr.to_string(), "reachable": reachable})
         }
-        NodeEvent::Store(StoreEvent::Received {
-            channel,
-            author,
-            messages,
-            ..
-        }) => {
-            let mut list = Vec::new();
-            for id in messages {
-                let text = h.message(id).await.ok().and_then(|l| l.message.text);
-                list.push(json!({"id": id.to_hex(), "text": text}));
-            }
-            json!({"event": "messages", "channel": channel.to_hex(), "author": author.to_hex(), "messages": list})
-        }
-        NodeEvent::Store(StoreEvent::Delivered {
-            channel,
-            user,
-            device,
-            author,
-            up_to,
-        }) => json!({
-            "event": "receipt", "kind": "delivered", "channel": channel.to_hex(), "user": user.to_hex(),
-            "device": device.to_hex(), "writer_device": author.to_hex(), "up_to": up_to.to_hex(),
-        }),
-        NodeEvent::Store(StoreEvent::Read { channel, user, up_to }) => json!({
-            "event": "receipt", "kind": "read", "channel": channel.to_hex(), "user": user.to_hex(), "up_to": up_to.to_hex(),
-        }),
         NodeEvent::Store(StoreEvent::Forked {
             channel,
             user,
@@ -476,6 +451,116 @@ async fn event_json(h: &Hearth, e: NodeEvent) -> Option<Value> {
             "event": "forked", "channel": channel.to_hex(), "user": user.to_hex(), "device": device.to_hex(), "seq": seq,
         }),
         _ => return None,
+    })
+}
+
+/// The JSON line of an app-level event (docs/node-protocol.md); peers and
+/// sessions are left to the node's own lines.
+async fn app_event_json(h: &Hearth, e: Event) -> Option<Value> {
+    let text = |id| async move { h.message(id).await.ok().and_then(|l| l.message.text) };
+    Some(match e {
+        Event::Message {
+            channel,
+            id,
+            author,
+            local,
+        } => json!({
+            "event": "message", "channel": channel.to_hex(), "id": id.to_hex(), "author": author.to_hex(),
+            "local": local, "text": text(id).await,
+        }),
+        Event::Reply {
+            channel,
+            id,
+            root,
+            author,
+            local,
+        } => json!({
+            "event": "reply", "channel": channel.to_hex(), "id": id.to_hex(), "root": root.to_hex(),
+            "author": author.to_hex(), "local": local, "text": text(id).await,
+        }),
+        Event::Edited {
+            channel,
+            msg,
+            by,
+            local,
+        } => json!({
+            "event": "edited", "channel": channel.to_hex(), "msg": msg.to_hex(), "by": by.to_hex(), "local": local,
+            "text": text(msg).await,
+        }),
+        Event::Deleted {
+            channel,
+            msg,
+            by,
+            local,
+        } => json!({
+            "event": "deleted", "channel": channel.to_hex(), "msg": msg.to_hex(), "by": by.to_hex(), "local": local,
+        }),
+        Event::ReactionAdded {
+            channel,
+            msg,
+            user,
+            emoji,
+            local,
+        } => reaction_json(channel, msg, user, &emoji, true, local),
+        Event::ReactionRemoved {
+            channel,
+            msg,
+            user,
+            emoji,
+            local,
+        } => reaction_json(channel, msg, user, &emoji, false, local),
+        Event::ReadMarker {
+            channel,
+            user,
+            up_to,
+            local,
+        } => json!({
+            "event": "read_marker", "channel": channel.to_hex(), "user": user.to_hex(), "up_to": up_to.to_hex(),
+            "local": local,
+        }),
+        Event::ChannelCreated { channel, name, local } => {
+            json!({"event": "channel_created", "channel": channel.to_hex(), "name": name, "local": local})
+        }
+        Event::ChannelRenamed { channel, name, local } => {
+            json!({"event": "channel_renamed", "channel": channel.to_hex(), "name": name, "local": local})
+        }
+        Event::MemberJoined { channel, user } => {
+            json!({"event": "member_joined", "channel": channel.to_hex(), "user": user.to_hex()})
+        }
+        Event::MemberLeft { channel, user } => {
+            json!({"event": "member_left", "channel": channel.to_hex(), "user": user.to_hex()})
+        }
+        Event::Receipt {
+            channel,
+            user,
+            device,
+            author,
+            up_to,
+        } => json!({
+            "event": "receipt", "kind": "delivered", "channel": channel.to_hex(), "user": user.to_hex(),
+            "device": device.to_hex(), "writer_device": author.to_hex(), "up_to": up_to.to_hex(),
+        }),
+        Event::SyncProgress {
+            channel,
+            entries,
+            messages,
+        } => json!({"event": "sync_progress", "channel": channel.to_hex(), "entries": entries, "messages": messages}),
+        Event::Lagged { missed } => json!({"event": "lagged", "missed": missed}),
+        _ => return None,
+    })
+}
+
+fn reaction_json(
+    channel: hearth::ChannelId,
+    msg: hearth::MessageId,
+    user: hearth::UserId,
+    emoji: &str,
+    added: bool,
+    local: bool,
+) -> Value {
+    json!({
+        "event": "reaction", "channel": channel.to_hex(), "msg": msg.to_hex(), "user": user.to_hex(),
+        "emoji": emoji, "added": added, "local": local,
     })
 }
 
@@ -595,7 +680,20 @@ pub async fn node(h: &Hearth, mut config: NodeConfig, exit_on_eof: bool) -> Resu
                         let _ = write_addrs(&h, ADDRS_FILE, &all).await;
                     }
                 }
-                if let Some(v) = event_json(&h, e).await {
+                if let Some(v) = event_json(e) {
+                    print_json(&v);
+                }
+            }
+        })
+    };
+    // What changed, local and remote: the app-level events (peers and
+    // sessions come from the node's own lines above, with more detail).
+    let app = {
+        let h = h.clone();
+        let mut events = h.subscribe();
+        tokio::spawn(async move {
+            while let Some(e) = futures::StreamExt::next(&mut events).await {
+                if let Some(v) = app_event_json(&h, e).await {
                     print_json(&v);
                 }
             }
@@ -616,7 +714,9 @@ pub async fn node(h: &Hearth, mut config: NodeConfig, exit_on_eof: bool) -> Resu
     // An aborted task may still be printing on another thread: `stopped`
     // goes out once it has ended, so that it is always the last line.
     printer.abort();
+    app.abort();
     let _ = printer.await;
+    let _ = app.await;
     print_json(&json!({"event": "stopped"}));
     Ok(ExitCode::SUCCESS)
 }

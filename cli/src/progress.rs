@@ -1,5 +1,5 @@
 //! Progress bars on stderr for the CLI's long operations (an import, a
-//! compaction, a backup, a restore). indicatif hides them when stderr is not
+//! compaction, a backup, a restore, a catch-up from a peer). indicatif hides them when stderr is not
 //! a terminal (or `TERM` is dumb), so pipes and files get only the results;
 //! the templates use no colour, so `NO_COLOR` holds too.
 
@@ -59,6 +59,42 @@ impl Copying {
 impl Drop for Copying {
     fn drop(&mut self) {
         self.task.abort();
+        self.bar.finish_and_clear();
+    }
+}
+
+/// Messages arriving from peers (a catch-up), counted from the store's
+/// sync progress events until the guard is dropped. Off a terminal nothing
+/// is subscribed to (the store builds no events for nobody).
+pub struct Receiving {
+    bar: ProgressBar,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Receiving {
+    /// Count what arrives into `h`.
+    pub fn show(h: &hearth::Hearth) -> Receiving {
+        let bar = messages("received");
+        let task = (!bar.is_hidden()).then(|| {
+            let mut events = h.subscribe();
+            let shown = bar.clone();
+            tokio::spawn(async move {
+                while let Some(e) = futures::StreamExt::next(&mut events).await {
+                    if let hearth::Event::SyncProgress { messages, .. } = e {
+                        shown.inc(messages);
+                    }
+                }
+            })
+        });
+        Receiving { bar, task }
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
         self.bar.finish_and_clear();
     }
 }

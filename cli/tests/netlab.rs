@@ -164,10 +164,7 @@ fn posts_cross(a: &mut Running, b: &mut Running, text: &str) {
 
 /// Whether a node event brought message `id`.
 fn holds(e: &Value, id: &str) -> bool {
-    e["event"] == "messages"
-        && e["messages"]
-            .as_array()
-            .is_some_and(|m| m.iter().any(|m| m["id"] == id))
+    (e["event"] == "message" || e["event"] == "reply") && e["id"] == id
 }
 
 fn listening(r: &mut Running) -> String {

@@ -332,11 +332,9 @@ impl Drop for Proc {
     }
 }
 
+/// Whether a node event is message `id` (a post or a reply) with `text`.
 fn is_messages_with(e: &Value, id: &str, text: Option<&str>) -> bool {
-    e["event"] == "messages"
-        && e["messages"]
-            .as_array()
-            .is_some_and(|ms| ms.iter().any(|m| m["id"] == id && m["text"] == json!(text)))
+    (e["event"] == "message" || e["event"] == "reply") && e["id"] == id && e["text"] == json!(text)
 }
 
 /// Start `hearth node` on `dir` with `args`; returns it, ready, and its address.
@@ -605,7 +603,7 @@ fn node_stdin_commands_reach_the_other_node() {
     });
     an.command(json!({"cmd": "read", "channel": "general"}));
     let read = bn.wait_for("alice's read receipt", |e| {
-        e["event"] == "receipt" && e["kind"] == "read" && e["user"] == alice.as_str()
+        e["event"] == "read_marker" && e["local"] == false && e["user"] == alice.as_str()
     });
     assert_eq!(read["up_to"], marker.as_str());
 

@@ -36,6 +36,7 @@ use automerge::{
 
 use crate::content::{Content, ContentId};
 use crate::error::{Error, Result};
+use crate::happening::Happening;
 use crate::hlc::Timestamp;
 use crate::id::{ChannelId, DeviceId, Epoch, MessageId, UserId, writer_tag};
 use crate::member::{MemberBody, MemberOp, OpKey, Role, Roster};
@@ -1168,6 +1169,9 @@ pub struct ChangeEffects {
     /// It deletes a message, or sets what a message another change made
     /// replies to: an epoch's counts and bounds move other than by its posts.
     pub recounts: bool,
+    /// What it says happened besides its posts, in op order: edits,
+    /// deletes, reactions, read markers, names, joins and removals.
+    pub happenings: Vec<crate::Happening>,
 }
 
 impl ChangeEffects {
@@ -1186,6 +1190,7 @@ impl ChangeEffects {
         self.reply_roots.extend(other.reply_roots);
         self.recounts |= other.recounts;
         self.beyond_posts |= other.beyond_posts;
+        self.happenings.extend(other.happenings);
     }
 
     /// Whether an epoch's counts and bounds
@@ -1273,6 +1278,20 @@ pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> 
                 }
                 ("e" | "x" | "r", Some(id)) => {
                     effects.recounts |= kind == "x";
+                    let happened = match kind {
+                        "e" => Happening::Edited(id),
+                        "x" => Happening::Deleted(id),
+                        _ => Happening::Reacted {
+                            msg: id,
+                            // r:<message>:<user>:<emoji>; check_root_op checks the parts.
+                            emoji: k.splitn(4, ':').nth(3).unwrap_or_default().to_string(),
+                            added: !matches!(op.action, OpType::Delete),
+                        },
+                    };
+                    // An edit is one op, or two (a slot marker and its text).
+                    if effects.happenings.last() != Some(&happened) {
+                        effects.happenings.push(happened);
+                    }
                     effects.messages.insert(id);
                     effects.placed.push(id);
                     if let ("e", OpType::Put(ScalarValue::Bytes(b))) = (kind, &op.action)
@@ -1289,7 +1308,24 @@ pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> 
                 ("rd", _) => {
                     effects.read_markers = true;
                     if let OpType::Put(ScalarValue::Str(s)) = &op.action {
-                        effects.placed.push(parse_id(s)?);
+                        let msg = parse_id(s)?;
+                        effects.placed.push(msg);
+                        effects.happenings.push(Happening::ReadUpTo(msg));
+                    }
+                }
+                ("name", _) => {
+                    effects.meta = true;
+                    if let OpType::Put(ScalarValue::Str(s)) = &op.action {
+                        effects.happenings.push(Happening::Renamed(s.to_string()));
+                    }
+                }
+                ("mo", _) => {
+                    effects.meta = true;
+                    if let OpType::Put(ScalarValue::Bytes(b)) = &op.action
+                        && let Ok(body) = MemberBody::decode(b)
+                        && let Some(h) = Happening::of_member_op(user, &body)
+                    {
+                        effects.happenings.push(h);
                     }
                 }
                 ("kp", _) => {

@@ -41,6 +41,7 @@ mod doc;
 mod envelope;
 mod error;
 mod fork;
+mod happening;
 mod header;
 mod hlc;
 mod id;
@@ -72,6 +73,7 @@ pub use envelope::{
 };
 pub use error::{Error, Result};
 pub use fork::{Fork, ForkProof};
+pub use happening::Happening;
 pub use header::{HEADER_MAGIC, HEADER_MAX_LEN, HEADER_VERSION, KdfParams, StoreHeader};
 pub use hlc::{Hlc, Timestamp};
 pub use id::{ChannelId, DeviceId, Epoch, META_EPOCH, MessageId, UserId, WireId, random_bytes, writer_tag};

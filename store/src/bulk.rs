@@ -92,10 +92,33 @@ impl Engine {
         // ops behind that the next group would write, so whatever it is, it
         // poisons the store (as a group that fails to close does), and the
         // next open starts from what is on disk.
-        self.take_posts(channel, posts, &roots).map_err(|e| match e {
+        // Their events go out once they are durable, together, whichever
+        // way each is taken (staged or built).
+        let listening = self.chat.listening();
+        let threads: Vec<Option<MessageId>> = if listening {
+            posts.iter().map(|p| p.reply_to.map(|r| roots[&r])).collect()
+        } else {
+            Vec::new()
+        };
+        self.chat_muted = true;
+        let taken = self.take_posts(channel, posts, &roots);
+        self.chat_muted = false;
+        let ids = taken.map_err(|e| match e {
             Error::Io(_) | Error::Corrupted { .. } | Error::UnsupportedFormat { .. } => e,
             other => Error::corrupted("bulk import", format!("failed half-way: {other}")),
-        })
+        })?;
+        if listening {
+            let author = self.identity.user();
+            self.chat
+                .send(ids.iter().zip(threads).map(|(id, reply_to)| crate::ChatEvent::Posted {
+                    channel,
+                    id: *id,
+                    author,
+                    reply_to,
+                    local: true,
+                }));
+        }
+        Ok(ids)
     }
 
     /// [`Engine::import_posts`] once every post is checked: `roots` has the

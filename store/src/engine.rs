@@ -268,6 +268,12 @@ pub(crate) struct Engine {
     pub unlock_time: std::time::Duration,
     /// Where [`crate::StoreEvent`]s go (subscribers hold receivers).
     pub events: tokio::sync::broadcast::Sender<crate::StoreEvent>,
+    /// Where chat events go ([`crate::events`]).
+    pub chat: crate::events::ChatEvents,
+    /// Chat events of local writes staged, sent when their group commits.
+    pub(crate) chat_staged: Vec<crate::ChatEvent>,
+    /// A bulk import is staging posts: it sends their events itself.
+    pub(crate) chat_muted: bool,
     /// The feed log: what sled is rebuilt from ([`crate::log`]).
     pub log: Log,
     /// Log records of the sled batch being gathered (written to the log, with
@@ -418,6 +424,9 @@ impl Engine {
             journal_pending: 0,
             unlock_time: std::time::Duration::ZERO,
             events,
+            chat: Default::default(),
+            chat_staged: Vec::new(),
+            chat_muted: false,
             log,
             log_buf: Vec::new(),
             replaying: false,
@@ -1651,6 +1660,11 @@ impl Engine {
                 JournalEntry::Joined { id, key, name } => self.add_channel(id, key, Some(name))?,
                 JournalEntry::Op { channel, op } => self.stage(*channel, op)?,
             }
+            if let JournalEntry::Channel { id, .. } | JournalEntry::Joined { id, .. } = e
+                && self.chat.listening()
+            {
+                self.chat_staged.push(channel_added(entries, id));
+            }
         }
         Ok(())
     }
@@ -1696,6 +1710,12 @@ impl Engine {
             .expect("ensure_epoch checked the channel");
         let le = self.epochs.get_mut(&(channel, epoch)).expect("ensure_epoch loaded it");
         le.doc.stage(&user, &device, op)?;
+        if !self.chat_muted
+            && self.chat.listening()
+            && let Some(e) = crate::events::of_local_op(channel, user, op)
+        {
+            self.chat_staged.push(e);
+        }
         let size = OP_ALLOWANCE
             + match op {
                 Op::Post { text, .. } | Op::Edit { text, .. } => text.len() + SEGMENT_ALLOWANCE,
@@ -2011,7 +2031,29 @@ impl Engine {
                 local: true,
             });
         }
+        self.chat.send(std::mem::take(&mut self.chat_staged));
         Ok(())
+    }
+}
+
+/// The event of a channel added by a group's `entries`: created here (with
+/// its name) when they create it, else joined (with the invite's name).
+fn channel_added(entries: &[JournalEntry], id: &ChannelId) -> crate::ChatEvent {
+    let created = entries.iter().find_map(|e| match e {
+        JournalEntry::Op {
+            channel,
+            op: Op::CreateChannel { name },
+        } if channel == id => Some(name.clone()),
+        _ => None,
+    });
+    let invited = entries.iter().find_map(|e| match e {
+        JournalEntry::Joined { id: j, name, .. } if j == id => Some(name.clone()),
+        _ => None,
+    });
+    crate::ChatEvent::ChannelAdded {
+        channel: *id,
+        local: created.is_some(),
+        name: created.or(invited),
     }
 }
 

@@ -48,6 +48,7 @@ mod cuts;
 mod durable;
 mod engine;
 mod error;
+mod events;
 mod front;
 mod invite;
 mod journal;
@@ -82,6 +83,7 @@ pub use config::Config;
 pub use durable::{SledFiles, copy_dir_durably, create_private_dir, make_private, sync_dir, write_atomic};
 pub use engine::{Outcome, Write};
 pub use error::{Error, Result};
+pub use events::ChatEvent;
 pub use invite::{InviteInfo, JoinRequest, NewInvite};
 pub use journal::{
     Decoded as JournalContents, JournalEntry, JournalRecord, decode_records as decode_journal,

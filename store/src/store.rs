@@ -62,6 +62,7 @@ pub struct Whoami {
 
 struct Shared {
     events: tokio::sync::broadcast::Sender<StoreEvent>,
+    chat: crate::events::ChatEvents,
     receipts_scheduled: std::sync::atomic::AtomicBool,
     receipt_delay: std::time::Duration,
     whoami: Whoami,
@@ -232,7 +233,8 @@ impl Store {
                     // Traced once the caller has its store: nothing of
                     // tracing on the open's path.
                     let traced = report.clone();
-                    let _ = ready_tx.send(Ok((whoami, report, timings, engine.events.clone(), owed)));
+                    let events = (engine.events.clone(), engine.chat.clone());
+                    let _ = ready_tx.send(Ok((whoami, report, timings, events, owed)));
                     trace_open(&engine, &traced, timings);
                     actor::run(engine, journal, rx);
                 }
@@ -269,11 +271,12 @@ impl Store {
             Some(r) => r,
             None => ready_rx.await.map_err(|_| Error::Closed)?,
         };
-        let (whoami, report, timings, events, owed) = ready?;
+        let (whoami, report, timings, (events, chat), owed) = ready?;
         let store = Store {
             tx,
             shared: Arc::new(Shared {
                 events,
+                chat,
                 receipts_scheduled: Default::default(),
                 receipt_delay,
                 whoami,
@@ -676,6 +679,18 @@ impl Store {
     /// thousand events gets `Lagged` and should re-read what it shows.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StoreEvent> {
         self.shared.events.subscribe()
+    }
+
+    /// Subscribe to [`crate::ChatEvent`]s: what changed, in chat terms,
+    /// local writes and peers' alike (new messages and replies, edits,
+    /// deletes, reactions, read markers, channels added and renamed,
+    /// members joined and left, delivery receipts, progress of what peers
+    /// send). A local write's events go out when its group commits; a
+    /// peer's, when the batch that brought them is applied. A receiver that
+    /// falls behind by more than 16,384 events gets `Lagged` and should
+    /// re-read what it shows. Nothing is built while nobody listens.
+    pub fn chat_events(&self) -> tokio::sync::broadcast::Receiver<crate::ChatEvent> {
+        self.shared.chat.subscribe()
     }
 
     /// The secret of this device's network identity (its libp2p ed25519 key),

@@ -1059,6 +1059,9 @@ impl Engine {
         // The channel's front page goes with whatever this batch changes.
         self.unfront(wire, &mut batch);
         let mut events = Vec::new();
+        // Chat events, built only while an app listens.
+        let listening = self.chat.listening();
+        let mut chat = Vec::new();
         for h in &held {
             batch.insert(&feed_key(wire, &h.device, h.seq)[..], &h.bytes[..]);
             batch.insert(
@@ -1198,6 +1201,9 @@ impl Engine {
                         messages: a.effects.posts.clone(),
                     });
                 }
+                if listening {
+                    crate::events::of_remote_change(channel, a.user, &a.effects, &mut chat);
+                }
             }
             report.accepted += list.len();
             if let Some(le) = &le {
@@ -1232,6 +1238,15 @@ impl Engine {
                             author: *author,
                             up_to: *up_to,
                         });
+                        if listening {
+                            chat.push(crate::ChatEvent::Delivered {
+                                channel,
+                                user: *user,
+                                device: *device,
+                                author: *author,
+                                up_to: *up_to,
+                            });
+                        }
                     }
                 }
             }
@@ -1327,6 +1342,41 @@ impl Engine {
         for e in events {
             let _ = self.events.send(e);
         }
+        if listening {
+            self.send_remote_chat(channel, chat, report.accepted as u64, report.messages as u64)?;
+        }
+        Ok(())
+    }
+
+    /// Send a peer's batch's chat events, then its progress. A roster op
+    /// the roster's fold refused (not allowed, or undone) says nothing.
+    fn send_remote_chat(
+        &mut self,
+        channel: ChannelId,
+        mut chat: Vec<crate::ChatEvent>,
+        entries: u64,
+        messages: u64,
+    ) -> Result<()> {
+        use crate::ChatEvent::{MemberJoined, MemberLeft};
+        if chat
+            .iter()
+            .any(|e| matches!(e, MemberJoined { .. } | MemberLeft { .. }))
+        {
+            let members = self.members(&channel)?;
+            chat.retain(|e| match e {
+                MemberJoined { user, .. } => members.contains_key(user),
+                MemberLeft { user, .. } => !members.contains_key(user),
+                _ => true,
+            });
+        }
+        if entries > 0 {
+            chat.push(crate::ChatEvent::Received {
+                channel,
+                entries,
+                messages,
+            });
+        }
+        self.chat.send(chat);
         Ok(())
     }
 }
