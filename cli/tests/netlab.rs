@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 
 #[path = "support/netlab.rs"]
 mod netlab;
+#[path = "support/protocol.rs"]
+mod protocol;
 use netlab::Lab;
 
 const PASS: &str = "netlab test passphrase";
@@ -50,10 +52,14 @@ struct Running {
     stdin: Option<std::process::ChildStdin>,
     lines: Receiver<Value>,
     seen: Vec<Value>,
+    /// A `hearth node`: every line and command is checked against the
+    /// node protocol's schemas.
+    protocol: bool,
 }
 
 impl Running {
     fn spawn(mut cmd: Command) -> Running {
+        let protocol = cmd.get_args().any(|a| a == "node");
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -77,12 +83,16 @@ impl Running {
             stdin,
             lines,
             seen: Vec::new(),
+            protocol,
         }
     }
 
     /// One JSON command on the node's stdin (spawned with a piped stdin).
     fn send(&mut self, v: &Value) {
         use std::io::Write;
+        if self.protocol {
+            protocol::check_command(v);
+        }
         let stdin = self.stdin.as_mut().expect("a piped stdin");
         writeln!(stdin, "{v}")
             .and_then(|()| stdin.flush())
@@ -98,6 +108,9 @@ impl Running {
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match self.lines.recv_timeout(left) {
                 Ok(v) => {
+                    if self.protocol {
+                        protocol::check_event(&v);
+                    }
                     self.seen.push(v.clone());
                     if pred(&v) {
                         return v;

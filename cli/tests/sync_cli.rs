@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+#[path = "support/protocol.rs"]
+mod protocol;
 #[path = "../../tests/support/rng.rs"]
 mod rng;
 use rng::Rng;
@@ -126,10 +128,14 @@ struct Proc {
     stderr: Arc<Mutex<Vec<u8>>>,
     readers: Vec<thread::JoinHandle<()>>,
     status: Option<ExitStatus>,
+    /// A `hearth node`: every line and command is checked against the
+    /// node protocol's schemas.
+    protocol: bool,
 }
 
 impl Proc {
     fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let protocol = cmd.get_args().any(|a| a == "node");
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -167,6 +173,7 @@ impl Proc {
             stderr,
             readers,
             status: None,
+            protocol,
         }
     }
 
@@ -190,6 +197,11 @@ impl Proc {
         match self.lines.recv_timeout(left) {
             Ok(line) => {
                 self.seen.push(line.clone());
+                if self.protocol
+                    && let Ok(v) = serde_json::from_str::<Value>(&line)
+                {
+                    protocol::check_event(&v);
+                }
                 Some(line)
             }
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
@@ -257,6 +269,9 @@ impl Proc {
 
     /// Send one JSON command to a node and return its `done` event.
     fn command(&mut self, cmd: Value) -> Value {
+        if self.protocol {
+            protocol::check_command(&cmd);
+        }
         self.send_line(&cmd.to_string());
         let name = cmd["cmd"].clone();
         let done = self.wait_for(&format!("the result of {cmd}"), |e| {
@@ -313,6 +328,9 @@ impl Proc {
         self.drain();
         assert!(status.success(), "{status}\n{}", self.report());
         let events: Vec<Value> = self.seen.iter().map(|l| json(l)).collect();
+        if self.protocol {
+            events.iter().for_each(protocol::check_event);
+        }
         assert_eq!(
             events.last().map(|e| &e["event"]),
             Some(&json!("stopped")),
@@ -1201,4 +1219,28 @@ fn invites_end_by_uses_expiry_and_revocation_through_the_cli() {
     thread::sleep(Duration::from_secs(wait + 1));
     let err = fails(hearth(&d).args(["join", brief["ticket"].as_str().expect("ticket"), "--timeout", "5"]));
     assert!(err.contains("expired"), "{err}");
+}
+
+/// The schemas the node's lines are checked against refuse what does not
+/// follow them (so that passing the check means something).
+#[test]
+fn the_node_protocol_schemas_refuse_lines_that_break_them() {
+    let id = "ab".repeat(24);
+    let channel = "cd".repeat(32);
+    let user = "ef".repeat(32);
+    protocol::check_event(
+        &json!({"event": "message", "channel": channel, "id": id, "author": user, "local": false, "text": "hi"}),
+    );
+    protocol::check_command(&json!({"cmd": "post", "channel": "general", "text": "hi"}));
+    let refused = |f: fn()| std::panic::catch_unwind(f).is_err();
+    assert!(refused(|| protocol::check_event(
+        &json!({"event": "message", "id": "not hex"})
+    )));
+    assert!(refused(|| protocol::check_event(&json!({"event": "no such event"}))));
+    assert!(refused(|| protocol::check_event(
+        &json!({"event": "stopped", "extra": 1})
+    )));
+    assert!(refused(|| protocol::check_command(
+        &json!({"cmd": "post", "text": "no channel"})
+    )));
 }

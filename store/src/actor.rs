@@ -136,7 +136,10 @@ fn journal_thread(mut journal: Journal, rx: std_mpsc::Receiver<JournalMsg>, pois
                     journal.append_durable(&buf)
                 };
                 match res {
-                    Ok(()) => all.into_iter().for_each(|a| a(Ok(()))),
+                    Ok(()) => {
+                        crash_point!("journal.synced");
+                        all.into_iter().for_each(|a| a(Ok(())))
+                    }
                     Err(e) => {
                         poisoned.store(true, Ordering::SeqCst);
                         let text = e.to_string();

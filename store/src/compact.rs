@@ -747,6 +747,7 @@ impl Engine {
         if stop == Some(CompactStop::Prepared) {
             return Ok(report);
         }
+        crash_point!("compact.prepared");
         // The commit point.
         *committed = true;
         let done_dir = self.dir.join(COMPACTED_DIR);
@@ -757,6 +758,7 @@ impl Engine {
         if stop == Some(CompactStop::Committed) {
             return Ok(report);
         }
+        crash_point!("compact.committed");
         // sled is let go before its directory goes, then opened again on the
         // fresh one; the old log's file is closed before its directory goes.
         self.tree = standin.open_tree(TREE)?;

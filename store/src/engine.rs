@@ -2011,8 +2011,11 @@ impl Engine {
             .insert(META_HLC, hlc_value(&self.records, self.hlc.last().0)?);
         let mut batch = std::mem::take(&mut self.batch);
         self.put_root(&mut batch)?;
+        crash_point!("group.before_log");
         self.write_log_batch(&mut batch)?;
+        crash_point!("group.log_written");
         self.tree.apply_batch(batch)?;
+        crash_point!("group.applied");
         self.rows_pending = false;
         self.dirty = true;
         self.own_unsynced |= !self.appended.is_empty();

@@ -356,6 +356,7 @@ impl Journal {
         self.file.write_all_at(bytes, self.offset)?;
         self.offset += bytes.len() as u64;
         self.high = self.high.max(self.offset);
+        crash_point!("journal.written");
         self.file.sync_data()?;
         Ok(())
     }

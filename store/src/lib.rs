@@ -37,6 +37,8 @@
 //! ```
 #![deny(missing_docs)]
 
+#[macro_use]
+mod crash;
 mod actor;
 mod admit;
 mod backup;
@@ -80,6 +82,9 @@ pub use compact::{
     swap_compacted,
 };
 pub use config::Config;
+pub use crash::CRASH_POINTS;
+#[cfg(feature = "failpoints")]
+pub use crash::crash_at;
 pub use durable::{SledFiles, copy_dir_durably, create_private_dir, make_private, sync_dir, write_atomic};
 pub use engine::{Outcome, Write};
 pub use error::{Error, Result};

@@ -114,9 +114,12 @@ impl Engine {
         let started = std::time::Instant::now();
         self.apply_prune_rows()?;
         self.log.sync()?;
+        crash_point!("checkpoint.log_synced");
         self.tree.insert(META_LOG_SYNCED, &self.log.synced().encode()[..])?;
         let flushed = self.db.flush()?;
+        crash_point!("checkpoint.sled_flushed");
         self.sled_files.sync()?;
+        crash_point!("checkpoint.synced");
         self.dirty = false;
         self.own_unsynced = false;
         tracing::debug!(

@@ -228,6 +228,7 @@ pub(crate) fn move_log_in(dir: &Path, staging: &Path, stop_when_old_moved: bool)
             }
             fs::rename(&live, &old)?;
             sync_dir(dir)?;
+            crash_point!("compact.old_log_moved");
         }
         if stop_when_old_moved {
             return Ok(false);
@@ -235,6 +236,7 @@ pub(crate) fn move_log_in(dir: &Path, staging: &Path, stop_when_old_moved: bool)
         fs::rename(&new, &live)?;
         sync_dir(dir)?;
         sync_dir(staging)?;
+        crash_point!("compact.new_log_moved");
     }
     Ok(true)
 }

@@ -1321,8 +1321,11 @@ impl Engine {
         batch.insert(META_HLC, hlc_value(&self.records, self.hlc.last().0)?);
         self.note_dropped(&mut batch, dropped_here)?;
         self.log_buf.extend_from_slice(&log_records);
+        crash_point!("ingest.before_log");
         self.write_log_batch(&mut batch)?;
+        crash_point!("ingest.log_written");
         self.tree.apply_batch(batch)?;
+        crash_point!("ingest.applied");
         let drops_in = std::mem::take(&mut self.drops_due);
         self.cap_drops(drops_in)?;
         // Durable at the next checkpoint (at most `checkpoint_interval` away,

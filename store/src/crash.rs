@@ -1,0 +1,60 @@
+//! Named crash points at every durable step of a write, a group commit, a
+//! checkpoint, an ingest and a compaction, for restart-recovery tests.
+//!
+//! Built only with the cargo feature `failpoints` (the `fail` crate's
+//! failpoints); without it [`crash_point!`] is nothing and costs nothing. A
+//! test arms a point with [`crash_at`] in a child process, which then
+//! aborts (as a `kill -9` would stop it: no destructor, no flush) the
+//! `n`-th time the store passes there; the test reopens the store and
+//! checks that nothing acknowledged is lost. `tests/crash_points.rs` does
+//! it at every point, and `examples/restart_recovery.rs` shows how.
+
+/// Every crash point, in the order a store passes them.
+pub const CRASH_POINTS: &[&str] = &[
+    // A write: its journal record written, then fdatasync'd (acknowledged after).
+    "journal.written",
+    "journal.synced",
+    // A group commit: the feed log written, then sled's batch applied.
+    "group.before_log",
+    "group.log_written",
+    "group.applied",
+    // An ingest of a peer's entries: the same two steps.
+    "ingest.before_log",
+    "ingest.log_written",
+    "ingest.applied",
+    // A checkpoint: the log fsync'd, sled flushed, sled's files fsync'd
+    // (the journal starts over after).
+    "checkpoint.log_synced",
+    "checkpoint.sled_flushed",
+    "checkpoint.synced",
+    // A compaction: the copy prepared, committed, then the swap's steps.
+    "compact.prepared",
+    "compact.committed",
+    "compact.old_log_moved",
+    "compact.new_log_moved",
+];
+
+/// Stop the process here when the point is armed (feature `failpoints`).
+macro_rules! crash_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name);
+    };
+}
+
+/// Arm `point` (one of [`CRASH_POINTS`]): the process aborts the
+/// `(skip + 1)`-th time the store passes it. Arm one point a process, in a
+/// child process of the test.
+#[cfg(feature = "failpoints")]
+pub fn crash_at(point: &str, skip: u64) -> Result<(), String> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    if !CRASH_POINTS.contains(&point) {
+        return Err(format!("no crash point {point:?}"));
+    }
+    let passed = AtomicU64::new(0);
+    fail::cfg_callback(point, move || {
+        if passed.fetch_add(1, Ordering::SeqCst) == skip {
+            std::process::abort();
+        }
+    })
+}
