@@ -3,7 +3,7 @@
 //! sync progress).
 
 use std::pin::Pin;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 
 use futures::Stream;
@@ -334,7 +334,7 @@ impl Event {
 }
 
 /// The stream of [`Event`]s of [`Hearth::subscribe`]. It ends when the
-/// store is closed and dropped.
+/// store is closed.
 pub struct Events(Pin<Box<dyn Stream<Item = Event> + Send>>);
 
 impl std::fmt::Debug for Events {
@@ -376,7 +376,8 @@ fn stream_of<T: Clone + Send + 'static>(
 /// while both exist.
 #[derive(Default)]
 pub(crate) struct NodeSide {
-    tx: OnceLock<broadcast::Sender<Event>>,
+    /// Made on first subscription; `None` again once the store closed.
+    tx: Mutex<(Option<broadcast::Sender<Event>>, bool)>,
     forwarder: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -387,13 +388,33 @@ impl Drop for NodeSide {
 }
 
 impl NodeSide {
-    fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.tx.get_or_init(|| broadcast::channel(NODE_QUEUE).0).subscribe()
+    fn sender(&self) -> std::sync::MutexGuard<'_, (Option<broadcast::Sender<Event>>, bool)> {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A subscription, and whether it is the first.
+    fn subscribe(&self) -> (broadcast::Receiver<Event>, bool) {
+        let mut tx = self.sender();
+        if tx.1 {
+            // Closed: a subscription that ends at once.
+            return (broadcast::channel(1).1, false);
+        }
+        let first = tx.0.is_none();
+        (
+            tx.0.get_or_insert_with(|| broadcast::channel(NODE_QUEUE).0).subscribe(),
+            first,
+        )
+    }
+
+    /// The store closed: every subscription's node side ends.
+    pub(crate) fn close(&self) {
+        self.stop_forwarding();
+        *self.sender() = (None, true);
     }
 
     /// Forward `node`'s events, if anyone subscribed.
     pub(crate) fn forward(&self, node: &NodeHandle) {
-        let Some(tx) = self.tx.get().cloned() else { return };
+        let Some(tx) = self.sender().0.clone() else { return };
         let mut events = node.subscribe();
         let task = tokio::spawn(async move {
             loop {
@@ -435,8 +456,8 @@ impl Hearth {
     /// started.
     pub fn subscribe(&self) -> Events {
         let chat = stream_of(self.store.chat_events(), Event::of_chat);
-        let first = self.sync.events.tx.get().is_none();
-        let node = stream_of(self.sync.events.subscribe(), Some);
+        let (node, first) = self.sync.events.subscribe();
+        let node = stream_of(node, Some);
         if first && let Some(running) = self.sync_handle() {
             self.sync.events.forward(&running.node);
         }

@@ -146,7 +146,10 @@ impl Hearth {
     /// [`Error::Closed`] afterwards.
     pub async fn close(self) -> Result<()> {
         self.sync.stop().await;
-        Ok(self.store.close().await?)
+        let closed = self.store.close().await;
+        // Every subscription ends with the store.
+        self.sync.events.close();
+        Ok(closed?)
     }
 
     // ---- channels ----

@@ -139,6 +139,9 @@ async fn local_writes_are_events_in_order() -> Res {
         .collect();
     assert_eq!(posted, ids);
     h.close().await?;
+    // A subscription ends with its store.
+    let rest = tokio::time::timeout(T, events.collect::<Vec<_>>()).await?;
+    assert!(rest.len() < 10, "{rest:?}");
     Ok(())
 }
 

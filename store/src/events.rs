@@ -8,7 +8,7 @@
 //! local write's events go out when its group commits; a peer's, when the
 //! batch that brought them is applied.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use hearth_core::{ChangeEffects, ChannelId, DeviceId, Happening, MessageId, Op, UserId};
 use tokio::sync::broadcast;
@@ -140,26 +140,50 @@ pub enum ChatEvent {
     },
 }
 
-/// The chat events' channel, made on first subscription.
+/// The chat events' channel, made on first subscription and dropped when
+/// the store closes (so that every subscription ends then).
 #[derive(Clone, Default)]
-pub(crate) struct ChatEvents(Arc<OnceLock<broadcast::Sender<ChatEvent>>>);
+pub(crate) struct ChatEvents(Arc<Mutex<Channel>>);
+
+#[derive(Default)]
+struct Channel {
+    tx: Option<broadcast::Sender<ChatEvent>>,
+    closed: bool,
+}
 
 impl ChatEvents {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Channel> {
+        // Nothing is left half-done under it: a panic there poisons nothing.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<ChatEvent> {
-        self.0.get_or_init(|| broadcast::channel(CHAT_QUEUE).0).subscribe()
+        let mut c = self.lock();
+        if c.closed {
+            // Closed: a subscription that ends at once.
+            return broadcast::channel(1).1;
+        }
+        c.tx.get_or_insert_with(|| broadcast::channel(CHAT_QUEUE).0).subscribe()
     }
 
     /// Whether anyone listens (events are built only then).
     pub(crate) fn listening(&self) -> bool {
-        self.0.get().is_some_and(|tx| tx.receiver_count() > 0)
+        self.lock().tx.as_ref().is_some_and(|tx| tx.receiver_count() > 0)
     }
 
     pub(crate) fn send(&self, events: impl IntoIterator<Item = ChatEvent>) {
-        if let Some(tx) = self.0.get() {
+        if let Some(tx) = &self.lock().tx {
             for e in events {
                 let _ = tx.send(e);
             }
         }
+    }
+
+    /// The store closed: every subscription ends.
+    pub(crate) fn close(&self) {
+        let mut c = self.lock();
+        c.closed = true;
+        c.tx = None;
     }
 }
 

@@ -1228,6 +1228,9 @@ impl Store {
         let _ = self.submit(Write::OwedReceipts).await;
         let (tx, rx) = oneshot::channel();
         self.tx.send(Cmd::Close(tx)).await.map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)?
+        let closed = rx.await.map_err(|_| Error::Closed);
+        // Its chat events end (the store thread sends none after the close).
+        self.shared.chat.close();
+        closed?
     }
 }
