@@ -1,5 +1,5 @@
 //! Feed admission: the rules every received entry passes before anything of
-//! it is stored, shared by member ingest (`sync.rs`) and relays
+//! it is stored, shared by member ingest (`ingest.rs`) and relays
 //! (`hearth_sync::RelayStore`).
 //!
 //! In order: the entry decodes (size cap, canonical encoding), names the

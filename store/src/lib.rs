@@ -44,14 +44,17 @@ mod admit;
 mod backup;
 mod bulk;
 mod channel;
+mod commit;
 mod compact;
 mod config;
 mod cuts;
 mod durable;
 mod engine;
+mod epochs;
 mod error;
 mod events;
 mod front;
+mod ingest;
 mod invite;
 mod journal;
 mod layout;
@@ -60,15 +63,16 @@ mod nonces;
 mod open;
 mod peers;
 mod persist;
+mod prepare;
 mod prune;
 mod query;
 mod recover;
+mod replica;
 mod retention;
 mod root;
 mod rotate;
 mod store;
 mod summaries;
-mod sync;
 mod verify;
 
 pub use admit::{Admission, DeviceChains, Feeds, Head, Refusal, Rejection, Verdict, chain_key};
@@ -89,6 +93,7 @@ pub use durable::{SledFiles, copy_dir_durably, create_private_dir, make_private,
 pub use engine::{Outcome, Write};
 pub use error::{Error, Result};
 pub use events::ChatEvent;
+pub use ingest::IngestReport;
 pub use invite::{InviteInfo, JoinRequest, NewInvite};
 pub use journal::{
     Decoded as JournalContents, JournalEntry, JournalRecord, decode_records as decode_journal,
@@ -102,7 +107,7 @@ pub use log::{
 };
 pub use open::{MigrationPlan, OpenReport, open_sled_config};
 pub use query::{ChannelInfo, DeviceInfo, Located, MemberInfo, RosterInfo, Thread};
+pub use replica::{EntryBatch, Receipts, StoreEvent};
 pub use rotate::{RotateReport, StopAt};
 pub use store::{OpenTimings, Pending, Store, Whoami};
-pub use sync::{EntryBatch, IngestReport, Receipts, StoreEvent};
 pub use verify::{ChannelStats, ForkReport, Problem, Stats, VerifyReport};

@@ -216,7 +216,7 @@ impl Engine {
         &mut self,
         channel: &ChannelId,
         fresh: &BTreeSet<Epoch>,
-        accepted: &BTreeMap<Epoch, Vec<crate::sync::Accepted>>,
+        accepted: &BTreeMap<Epoch, Vec<crate::ingest::Accepted>>,
     ) -> Result<BTreeSet<Epoch>> {
         let ch = self.channel(channel)?;
         if fresh.is_empty() && ch.stubbed.is_empty() {

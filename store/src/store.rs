@@ -15,10 +15,11 @@ use crate::compact::{CompactProgress, CompactReport, CompactStop};
 use crate::config::Config;
 use crate::engine::{Engine, Outcome, Write};
 use crate::error::{Error, Result};
+use crate::ingest::IngestReport;
 use crate::open::{self, OpenReport};
 use crate::query::{ChannelInfo, DeviceInfo, Located, RosterInfo, Thread};
+use crate::replica::{EntryBatch, Receipts, StoreEvent};
 use crate::rotate::{RotateReport, StopAt};
-use crate::sync::{EntryBatch, IngestReport, Receipts, StoreEvent};
 use crate::verify::{ChannelStats, Stats, VerifyReport};
 
 /// Longest an open's caller waits awake for the open's end once the key is
@@ -827,7 +828,7 @@ impl Store {
     /// after the other while the other core waits. A small batch (a live
     /// message) goes straight to the store: asking for the keys would cost
     /// it a round trip. ARCHITECTURE.md, "Sync".
-    async fn open_ahead(&self, wire: WireId, entries: Vec<Vec<u8>>) -> Result<Vec<crate::sync::ToIngest>> {
+    async fn open_ahead(&self, wire: WireId, entries: Vec<Vec<u8>>) -> Result<Vec<crate::ingest::ToIngest>> {
         let bytes: usize = entries.iter().map(Vec::len).sum();
         if entries.len() < 2 || bytes < OPEN_AHEAD_BYTES {
             return Ok(entries.into_iter().map(|b| (b, None)).collect());
@@ -843,7 +844,7 @@ impl Store {
                     .map(|b| {
                         // A panic is a bug; the store opens the entry again.
                         let ahead = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            crate::sync::open_ahead(&keys, &b)
+                            crate::ingest::open_ahead(&keys, &b)
                         }))
                         .ok()
                         .flatten();
