@@ -8,6 +8,7 @@
 //! local write's events go out when its group commits; a peer's, when the
 //! batch that brought them is applied.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hearth_core::{ChangeEffects, ChannelId, DeviceId, Happening, MessageId, Op, UserId};
@@ -143,7 +144,7 @@ pub enum ChatEvent {
 /// The chat events' channel, made on first subscription and dropped when
 /// the store closes (so that every subscription ends then).
 #[derive(Clone, Default)]
-pub(crate) struct ChatEvents(Arc<Mutex<Channel>>);
+pub(crate) struct ChatEvents(Arc<Mutex<Channel>>, Arc<AtomicBool>);
 
 #[derive(Default)]
 struct Channel {
@@ -163,12 +164,14 @@ impl ChatEvents {
             // Closed: a subscription that ends at once.
             return broadcast::channel(1).1;
         }
+        self.1.store(true, Ordering::Relaxed);
         c.tx.get_or_insert_with(|| broadcast::channel(CHAT_QUEUE).0).subscribe()
     }
 
-    /// Whether anyone listens (events are built only then).
+    /// Whether anyone listens (events are built only then). Without a
+    /// subscription ever, no lock is taken: the write path pays a load.
     pub(crate) fn listening(&self) -> bool {
-        self.lock().tx.as_ref().is_some_and(|tx| tx.receiver_count() > 0)
+        self.1.load(Ordering::Relaxed) && self.lock().tx.as_ref().is_some_and(|tx| tx.receiver_count() > 0)
     }
 
     pub(crate) fn send(&self, events: impl IntoIterator<Item = ChatEvent>) {

@@ -10,6 +10,33 @@
 //!   [`RelayStore`] that holds sealed entries without any channel key);
 //! - [`start`]: the libp2p event loop, its [`NodeHandle`] and its events;
 //! - [`listen`]: listen addresses kept across restarts.
+//!
+//! An app embeds this through the `hearth` facade (`Hearth::start_sync`);
+//! relays, tests and tools start a node on a [`Replica`] themselves:
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use std::time::Duration;
+//! use hearth_sync::{Detached, NodeConfig, NodeEvent, start};
+//!
+//! // A node with nothing to sync (what a new device dials with to fetch its
+//! // link bundle); a member's node syncs a `hearth_store::Store` the same way.
+//! let secret = hearth_core::SecretKey::generate()?;
+//! let node = start(Detached, &secret, NodeConfig {
+//!     listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+//!     ..NodeConfig::default() // mDNS off; redial with backoff
+//! })
+//! .await?;
+//! let addrs = node.wait_listening(Duration::from_secs(5)).await?;
+//! assert!(addrs[0].to_string().ends_with(&format!("/p2p/{}", node.peer_id())));
+//! let mut events = node.subscribe(); // peers, sessions, rejections, links
+//! node.stop().await?; // or drop every handle
+//! while let Ok(e) = events.try_recv() {
+//!     assert!(!matches!(e, NodeEvent::Rejected { .. }));
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
 #![deny(missing_docs)]
 
 pub mod auth;

@@ -160,7 +160,7 @@ async fn hearth_stream(h: &Hearth, channel: ChannelId, n: usize, text_len: usize
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
-/// The bulk path ([`hearth::Store::import_posts`]): `n` posts in calls of
+/// The bulk path ([`hearth::Hearth::import_posts`]): `n` posts in calls of
 /// [`hearth::IMPORT_CHUNK`], made on another thread while the store takes
 /// the one before; posts a second.
 async fn hearth_import(h: &Hearth, channel: ChannelId, n: usize, text_len: usize) -> Result<f64> {
