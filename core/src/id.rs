@@ -147,6 +147,14 @@ byte_id!(
     WireId, 32, "wire id"
 );
 
+impl WireId {
+    /// Its first 8 bytes in hex: how traces, logs and error messages name a
+    /// channel's wire id (what peers and relays know it by) without the whole.
+    pub fn short(&self) -> String {
+        self.0[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
 impl DeviceId {
     /// A fresh random device id.
     pub fn generate() -> Result<Self> {

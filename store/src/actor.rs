@@ -526,7 +526,10 @@ impl Actor {
             .and_then(|()| self.engine.start_backup(&path, progress));
         match started {
             Ok(running) => self.backup = Some(BackingUp { running, path, reply }),
-            Err(e) => drop(reply.send(Err(e))),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "backup failed");
+                drop(reply.send(Err(e)));
+            }
         }
     }
 
@@ -553,6 +556,7 @@ impl Actor {
             Ok(c) => c,
             Err(e) => {
                 running.abandon();
+                tracing::warn!(path = %path.display(), error = %e, "backup failed");
                 let _ = reply.send(Err(e));
                 self.next_backup();
                 return;
@@ -578,6 +582,19 @@ impl Actor {
                     paused,
                     took: started.elapsed(),
                 });
+            match &res {
+                Ok(r) => tracing::info!(
+                    path = %r.path.display(),
+                    bytes = r.bytes,
+                    log_records = r.log_records,
+                    rows = r.rows_copied,
+                    writes_applied = r.writes_applied,
+                    paused_ms = r.paused.as_secs_f64() * 1e3,
+                    took_ms = r.took.as_secs_f64() * 1e3,
+                    "backup written"
+                ),
+                Err(e) => tracing::warn!(error = %e, "backup failed"),
+            }
             let _ = reply.send(res);
         });
         self.finishing.push(finishing);

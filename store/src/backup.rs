@@ -747,12 +747,19 @@ pub(crate) fn restore(file: &Path, dir: &Path, pass: &Passphrase, progress: &Com
             fs::remove_file(&marker)?;
             sync_dir(dir)?;
             report.took = started.elapsed();
+            tracing::info!(
+                dir = %dir.display(),
+                bytes = report.info.bytes,
+                took_ms = report.took.as_secs_f64() * 1e3,
+                "store restored from a backup"
+            );
             Ok(report)
         }
         Err(e) => {
             // A file that does not read leaves nothing behind.
             let _ = crate::open::remove_leftovers(dir);
             let _ = fs::remove_file(&marker);
+            tracing::warn!(dir = %dir.display(), error = %e, "restore failed");
             Err(e)
         }
     }

@@ -688,15 +688,7 @@ impl ChannelsAhead {
     /// millisecond, and a parked thread takes longer to wake on this kind
     /// of machine); `None` if the thread is gone.
     fn wait(self) -> Option<Result<Vec<ChannelRead>>> {
-        let start = std::time::Instant::now();
-        loop {
-            match self.0.try_recv() {
-                Ok(read) => return Some(read),
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => return None,
-                Err(std::sync::mpsc::TryRecvError::Empty) if start.elapsed() < AHEAD_SPIN => std::thread::yield_now(),
-                Err(std::sync::mpsc::TryRecvError::Empty) => return self.0.recv().ok(),
-            }
-        }
+        crate::open::recv_awake(&self.0, Some(AHEAD_SPIN))
     }
 }
 

@@ -257,7 +257,7 @@ impl Engine {
         if self.replaying {
             return res;
         }
-        let wire = WireShort(wire);
+        let wire = wire.short();
         match &res {
             Ok(r) => {
                 tracing::debug!(
@@ -1211,19 +1211,5 @@ impl Feeds for MemberFeeds<'_> {
 
     fn entry(&self, device: &DeviceId, seq: u64) -> Result<Option<Vec<u8>>> {
         Ok(self.tree.get(feed_key(self.wire, device, seq))?.map(|v| v.to_vec()))
-    }
-}
-
-pub(crate) fn hex_prefix(wire: &WireId) -> String {
-    wire.0[..8].iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A channel's wire id (what peers and the feed log know it by) in
-/// tracing: its first 8 bytes in hex.
-struct WireShort<'a>(&'a WireId);
-
-impl std::fmt::Display for WireShort<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.0[..8].iter().try_for_each(|b| write!(f, "{b:02x}"))
     }
 }

@@ -415,16 +415,21 @@ type Unlocking = (
     std::sync::mpsc::SyncSender<Result<Vec<crate::engine::ChannelRead>>>,
 );
 
-/// The key, waited for awake: a thread parked through the unlock (about
-/// 0.1 s or more) is slow to wake on this kind of machine, and what it
-/// reads next is on the open's path. `None`: the open stopped (a wrong
-/// passphrase, or an error).
-fn awake_for<T>(rx: &std::sync::mpsc::Receiver<T>) -> Option<T> {
+/// What `rx` brings, waited for awake (yielding) for at most `spin`
+/// (`None`: for as long as it takes), then parked. A thread parked through
+/// the unlock (about 0.1 s or more) is slow to wake on this kind of machine,
+/// and what such a thread does next is on the open's path. `None`: the
+/// sender went (the open stopped: a wrong passphrase, or an error).
+pub(crate) fn recv_awake<T>(rx: &std::sync::mpsc::Receiver<T>, spin: Option<std::time::Duration>) -> Option<T> {
+    let start = std::time::Instant::now();
     loop {
         match rx.try_recv() {
             Ok(t) => return Some(t),
             Err(std::sync::mpsc::TryRecvError::Disconnected) => return None,
-            Err(std::sync::mpsc::TryRecvError::Empty) => std::thread::yield_now(),
+            Err(std::sync::mpsc::TryRecvError::Empty) if spin.is_none_or(|s| start.elapsed() < s) => {
+                std::thread::yield_now()
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => return rx.recv().ok(),
         }
     }
 }
@@ -482,7 +487,7 @@ impl Early {
                     return;
                 }
                 // No key (a wrong passphrase): the tree is let go at once.
-                if let (Some(tree), Some((records, sink, channels))) = (tree, awake_for(&key_rx)) {
+                if let (Some(tree), Some((records, sink, channels))) = (tree, recv_awake(&key_rx, None)) {
                     let _ = channels.send(crate::engine::read_channels(&tree, &records, true));
                     idle_priority();
                     crate::summaries::read_copies_ahead(&tree, &records, &sink);

@@ -9,7 +9,6 @@ use hearth_core::{ChannelId, ChannelKeys, DeviceId, Epoch, FeedPos, META_EPOCH, 
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::ingest::hex_prefix;
 use crate::layout::*;
 
 /// Something the store tells its subscribers (the sync node, an app's UI).
@@ -110,7 +109,7 @@ impl Engine {
     pub(crate) fn channel_by_wire(&self, wire: &WireId) -> Result<ChannelId> {
         self.by_wire.get(wire).copied().ok_or_else(|| Error::NotFound {
             what: "channel",
-            id: hex_prefix(wire),
+            id: wire.short(),
         })
     }
 

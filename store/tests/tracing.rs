@@ -81,6 +81,22 @@ async fn the_stores_durable_steps_and_rejections_are_traced_without_secrets() {
         "{lines}"
     );
 
+    // A backup, and a restore of it.
+    let file = dir.path().join("a.backup");
+    let backup = a.backup(&file).await.unwrap();
+    let lines = out.take(&mut all);
+    assert!(
+        lines
+            .lines()
+            .any(|l| l.contains("backup written") && l.contains(&format!("bytes={}", backup.bytes))),
+        "{lines}"
+    );
+    Store::restore(&file, dir.path().join("restored"), &pw, Default::default())
+        .await
+        .unwrap();
+    let lines = out.take(&mut all);
+    assert!(lines.contains("store restored from a backup"), "{lines}");
+
     // A store that does not open says why.
     let wrong = Store::open(dir.path().join("a-copy"), &pw, config()).await;
     assert!(wrong.is_err());

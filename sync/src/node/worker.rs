@@ -379,14 +379,7 @@ pub(super) fn spawn_worker<R: Replica>(
 /// Channels' wire ids in tracing: the first 8 bytes of each in hex, comma
 /// separated.
 pub(super) fn short_wires<'a>(wires: impl Iterator<Item = &'a WireId>) -> String {
-    let mut out = String::new();
-    for (i, w) in wires.enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        w.0[..8].iter().for_each(|b| out.push_str(&format!("{b:02x}")));
-    }
-    out
+    wires.map(WireId::short).collect::<Vec<_>>().join(",")
 }
 
 #[cfg(test)]
