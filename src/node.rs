@@ -37,9 +37,21 @@ impl Syncing {
 
     /// Stop the node, if one runs; wait until it has.
     pub(crate) async fn stop(&self) {
-        let running = self.lock().take();
-        self.events.stop_forwarding();
+        self.stop_if(|_| true).await;
+    }
+
+    /// Stop the running node if `which` says it is the one.
+    async fn stop_if(&self, which: impl FnOnce(&NodeHandle) -> bool) {
+        let running = {
+            let mut running = self.lock();
+            if running.as_ref().is_some_and(which) {
+                running.take()
+            } else {
+                None
+            }
+        };
         if let Some(node) = running {
+            self.events.stop_forwarding();
             let _ = node.stop().await;
         }
     }
@@ -311,9 +323,10 @@ impl SyncHandle {
         Ok(self.node.confirm_link(peer, accept).await?)
     }
 
-    /// Stop the node (the store stays open).
+    /// Stop this node (the store stays open). A handle of a node stopped
+    /// already, and replaced since, leaves the new one running.
     pub async fn stop(&self) {
-        self.hearth.stop_sync().await;
+        self.hearth.sync.stop_if(|n| n.same_node(&self.node)).await;
         let _ = self.node.stop().await;
     }
 }

@@ -192,6 +192,18 @@ async fn two_stores_sync_until_equal_and_close_stops_the_node() -> Res {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // A handle of the node stopped earlier leaves the running one alone.
+    let old = bob.sync_handle().expect("bob's node");
+    old.stop().await;
+    let b_node = bob.start_sync(NodeConfig::default()).await?;
+    b_node.connect(&a_addrs, T).await?;
+    old.stop().await;
+    assert!(bob.sync_handle().is_some_and(|n| n.node().same_node(b_node.node())));
+    assert!(
+        b_node.listen_addrs().await.is_ok(),
+        "a stale handle stopped the new node"
+    );
+
     // Closing the store stops its node: nothing listens there any more.
     assert!(accepts(&a_addrs[0]));
     alice.close().await?;

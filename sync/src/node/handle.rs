@@ -45,6 +45,12 @@ impl std::fmt::Debug for NodeHandle {
 }
 
 impl NodeHandle {
+    /// Whether `other` is a handle of the same running node (two nodes of
+    /// one store, one after the other, share a peer id but not this).
+    pub fn same_node(&self, other: &NodeHandle) -> bool {
+        Arc::ptr_eq(&self._alive, &other._alive)
+    }
+
     /// This node's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
