@@ -1,0 +1,2 @@
+//! UniFFI bindings of the `hearth` facade (work in progress).
+uniffi::setup_scaffolding!();
