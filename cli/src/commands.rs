@@ -433,6 +433,20 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
         Command::Join { ticket, timeout } => {
             return crate::net::join(h, ticket, Duration::from_secs(*timeout), cli.json).await;
         }
+        Command::Chat {
+            channel,
+            listen,
+            peer,
+            offline,
+            log: _,
+        } => {
+            let config = (!*offline).then(|| hearth::sync::NodeConfig {
+                listen: listen.clone(),
+                peers: peer.clone(),
+                ..Default::default()
+            });
+            return crate::chat::chat(h, config, channel.as_deref()).await;
+        }
         Command::Sync { peer, relay, timeout } => {
             let (addr, trusted) = match (peer, relay) {
                 (Some(p), None) => (p, false),

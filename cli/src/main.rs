@@ -4,6 +4,7 @@
 //! Exit status: 0 on success, 1 on an error (one line on stderr), 2 on a usage error.
 
 mod bench;
+mod chat;
 mod commands;
 mod demo;
 mod lab;
@@ -300,6 +301,28 @@ pub enum Command {
         #[arg(long, default_value_t = 30)]
         anti_entropy: u64,
     },
+    /// Chat in the terminal: channels with unread counts, a channel's
+    /// messages, a thread pane, reactions, edits and deletes as they come,
+    /// and an input line with /reply, /react, /edit, /delete, /invite
+    /// (/help lists them). It runs a sync node as `hearth node` does, so
+    /// that two terminals (two devices, or two users) chat live.
+    Chat {
+        /// The channel to open first (id or name; default: the first).
+        channel: Option<String>,
+        /// Address to listen on (default: the last node's addresses and ports;
+        /// the first time, a free loopback TCP port).
+        #[arg(long)]
+        listen: Vec<Multiaddr>,
+        /// A peer to dial and keep dialing (ending in /p2p/<peer id>).
+        #[arg(long)]
+        peer: Vec<Multiaddr>,
+        /// Run no node: this store only, nothing sent or received.
+        #[arg(long, conflicts_with_all = ["listen", "peer"])]
+        offline: bool,
+        /// Write tracing (RUST_LOG) to this file: the screen has no room for it.
+        #[arg(long)]
+        log: Option<PathBuf>,
+    },
     /// Reconcile every shared channel with one peer; exit 0 once both hold the same entries.
     Sync {
         /// The peer's address (ending in /p2p/<peer id>): it is given only
@@ -492,10 +515,11 @@ pub enum MemberCmd {
     },
 }
 
-/// Tracing to stderr when `RUST_LOG` asks for it (for example
-/// `RUST_LOG=hearth_sync=info,hearth_store=debug`); off otherwise. Colours
-/// only on a terminal, and never with `NO_COLOR` set.
-fn install_tracing() {
+/// Tracing to stderr (or to `file`) when `RUST_LOG` asks for it (for
+/// example `RUST_LOG=hearth_sync=info,hearth_store=debug`); off otherwise.
+/// Colours only on a terminal, and never with `NO_COLOR` set. `hearth chat`
+/// owns the terminal: its tracing goes to `--log FILE`, or nowhere.
+fn install_tracing(command: &Command) {
     use std::io::IsTerminal;
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.trim().is_empty() => match tracing_subscriber::EnvFilter::try_new(&spec) {
@@ -508,16 +532,23 @@ fn install_tracing() {
         _ => return,
     };
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour)
-        .try_init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    match command {
+        Command::Chat { log: None, .. } => {}
+        Command::Chat { log: Some(path), .. } => {
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(path);
+            match file {
+                Ok(file) => drop(fmt.with_writer(std::sync::Mutex::new(file)).with_ansi(false).try_init()),
+                Err(e) => eprintln!("hearth: warning: {}: {e}; no tracing", path.display()),
+            }
+        }
+        _ => drop(fmt.with_writer(std::io::stderr).with_ansi(colour).try_init()),
+    }
 }
 
 fn main() -> ExitCode {
-    install_tracing();
     let cli = Cli::parse();
+    install_tracing(&cli.command);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -29,6 +29,7 @@ mod relay;
 
 pub use link::{init_linked, link};
 pub use node::node;
+pub(crate) use node::{serve, tend};
 pub use relay::relay;
 const ADDRS_FILE: &str = "node.addrs";
 /// The listen addresses of the last `hearth node`, ports as bound.
@@ -78,8 +79,14 @@ async fn learn_peer(h: &Hearth, addr: &Multiaddr) -> Result<()> {
     write_addrs(h, PEERS_FILE, &all).await
 }
 
+/// Where the last node of this store listened: what a ticket made with no
+/// node running carries.
+pub(crate) async fn ticket_addrs(h: &Hearth) -> Result<Vec<Multiaddr>> {
+    read_addrs(h, ADDRS_FILE).await
+}
+
 /// Remember peer addresses (from a ticket) for `hearth node`.
-async fn remember_peers(h: &Hearth, addrs: &[Multiaddr]) -> Result<()> {
+pub(crate) async fn remember_peers(h: &Hearth, addrs: &[Multiaddr]) -> Result<()> {
     let mut all = read_addrs(h, PEERS_FILE).await?;
     for a in addrs {
         if !all.contains(a) {
@@ -101,7 +108,7 @@ pub async fn invite(
     let channel = h.resolve_channel(channel).await?;
     let mut addrs = addrs.to_vec();
     if addrs.is_empty() {
-        addrs = read_addrs(h, ADDRS_FILE).await?;
+        addrs = ticket_addrs(h).await?;
     }
     let ticket = h.invite(channel, addrs.clone(), expires, uses).await?;
     if addrs.is_empty() {
@@ -200,15 +207,15 @@ pub async fn join(h: &Hearth, ticket: &str, timeout: Duration, as_json: bool) ->
     Ok(ExitCode::SUCCESS)
 }
 
-/// Let pending invites in through `peer` (for `hearth node`), printing what
-/// happened as JSON lines.
-async fn join_through(h: &Hearth, peer: hearth::sync::PeerId) -> Result<hearth::JoinAttempt> {
+/// Let pending invites in through `peer` (for a running node), telling
+/// `notify` what happened as JSON lines.
+async fn join_through(h: &Hearth, peer: hearth::sync::PeerId, notify: &impl Fn(Value)) -> Result<hearth::JoinAttempt> {
     let attempt = h.join_through(peer).await?;
     for (channel, name) in &attempt.joined {
-        print_json(&json!({"event": "joined", "channel": channel.to_hex(), "name": name, "peer": peer.to_string()}));
+        notify(json!({"event": "joined", "channel": channel.to_hex(), "name": name, "peer": peer.to_string()}));
     }
     for (name, why) in &attempt.refused {
-        print_json(&json!({"event": "invite_refused", "name": name, "peer": peer.to_string(), "why": why}));
+        notify(json!({"event": "invite_refused", "name": name, "peer": peer.to_string(), "why": why}));
     }
     Ok(attempt)
 }

@@ -282,11 +282,23 @@ fn reaction_json(
     })
 }
 
-/// `hearth node`: run until SIGINT/SIGTERM (or stdin closes with `--exit-on-eof`).
-pub async fn node(h: &Hearth, mut config: NodeConfig, exit_on_eof: bool) -> Result<ExitCode> {
-    // Without --listen: the addresses of the last run, on the ports it bound,
-    // so that the tickets and peer lists printed before a restart still reach
-    // this node (loopback TCP the first time).
+/// A node started the way `hearth node` and `hearth chat` start one.
+pub(crate) struct Serving {
+    /// The node.
+    pub node: SyncHandle,
+    /// Its events, subscribed before any peer was dialed.
+    pub events: tokio::sync::broadcast::Receiver<NodeEvent>,
+    /// Where it listens (once its listeners are up).
+    pub addrs: Vec<Multiaddr>,
+}
+
+/// Start `h`'s node: without `--listen`, on the addresses of the last run
+/// with the ports it bound, so that the tickets and peer lists printed before
+/// a restart still reach it (loopback TCP the first time); dialing the peers
+/// of `config` and those kept from tickets. `moved` hears why the last run's
+/// addresses could not be had (a port taken meanwhile, an address the
+/// machine no longer has), when the node then listens elsewhere.
+pub(crate) async fn serve(h: &Hearth, mut config: NodeConfig, mut moved: impl FnMut(&str)) -> Result<Serving> {
     let remembered = config.listen.is_empty();
     if remembered {
         config.listen = read_addrs(h, LISTEN_FILE).await?;
@@ -299,12 +311,9 @@ pub async fn node(h: &Hearth, mut config: NodeConfig, exit_on_eof: bool) -> Resu
             config.peers.push(a);
         }
     }
-    let signals = shutdown_signal();
     // Dial after subscribing, so that no peer_connected event is missed.
     let peers = std::mem::take(&mut config.peers);
-    // What to try when the last run's addresses cannot be had (a port taken
-    // meanwhile, an address the machine no longer has): the same addresses
-    // on ports of the system's choice, then loopback.
+    // The same addresses on ports of the system's choice, then loopback.
     let mut fallbacks = if remembered {
         vec![
             vec![loopback()],
@@ -317,20 +326,76 @@ pub async fn node(h: &Hearth, mut config: NodeConfig, exit_on_eof: bool) -> Resu
         match h.start_sync(config.clone()).await {
             Ok(node) => break node,
             Err(hearth::Error::Network(why)) if !fallbacks.is_empty() => {
-                print_json(&json!({"event": "listen_moved", "error": why}));
+                moved(&why);
                 config.listen = fallbacks.pop().expect("not empty");
             }
             Err(e) => return Err(e.into()),
         }
     };
-    let mut events = node.events();
+    let events = node.events();
     for p in peers {
         node.dial(p).await?;
     }
-    // Listen addresses may come up before the subscription: report them from the node.
+    // Listen addresses may come up before the subscription: ask the node.
     let addrs = node.wait_listening(LISTEN_WAIT).await.unwrap_or_default();
     write_addrs(h, ADDRS_FILE, &addrs).await?;
     write_addrs(h, LISTEN_FILE, &listen::with_bound_ports(&config.listen, &addrs)).await?;
+    Ok(Serving { node, events, addrs })
+}
+
+/// What a node started by [`serve`] does on each of its events besides
+/// reporting it: a peer connected lets in the invites kept by `hearth join`
+/// (then a session brings the history), a peer found through the DHT is
+/// kept, a new listen address goes into the next tickets. `notify` hears
+/// what came of it (JSON lines of docs/node-protocol.md). Whether the event
+/// is news: a listen address already reported when the node started is not.
+pub(crate) async fn tend(
+    h: &Hearth,
+    node: &SyncHandle,
+    e: &NodeEvent,
+    started_on: &[Multiaddr],
+    notify: impl Fn(Value) + Send + Sync + 'static,
+) -> bool {
+    match e {
+        NodeEvent::PeerConnected { peer, .. } => {
+            let (h, node, peer) = (h.clone(), node.clone(), *peer);
+            tokio::spawn(async move {
+                if let Ok(a) = join_through(&h, peer, &notify).await
+                    && !a.joined.is_empty()
+                {
+                    let _ = node.sync_with(peer).await;
+                }
+            });
+        }
+        NodeEvent::Discovered { addr, .. } => {
+            if let Err(err) = learn_peer(h, addr).await {
+                notify(json!({"event": "error", "error": format!("keeping {addr}: {err:#}")}));
+            }
+        }
+        NodeEvent::Listening { addr } => {
+            if started_on.contains(addr) {
+                return false;
+            }
+            if let Ok(all) = node.listen_addrs().await {
+                let _ = write_addrs(h, ADDRS_FILE, &all).await;
+            }
+        }
+        _ => {}
+    }
+    true
+}
+
+/// `hearth node`: run until SIGINT/SIGTERM (or stdin closes with `--exit-on-eof`).
+pub async fn node(h: &Hearth, config: NodeConfig, exit_on_eof: bool) -> Result<ExitCode> {
+    let signals = shutdown_signal();
+    let Serving {
+        node,
+        mut events,
+        addrs,
+    } = serve(h, config, |why| {
+        print_json(&json!({"event": "listen_moved", "error": why}))
+    })
+    .await?;
     for a in &addrs {
         print_json(&json!({"event": "listening", "addr": a.to_string()}));
     }
@@ -347,32 +412,9 @@ pub async fn node(h: &Hearth, mut config: NodeConfig, exit_on_eof: bool) -> Resu
                     }
                     Err(_) => return,
                 };
-                if let NodeEvent::PeerConnected { peer, .. } = &e {
-                    // Invites kept by `hearth join`: any member's node lets
-                    // this device in; then a session brings the history.
-                    let (h, node, peer) = (h.clone(), node.clone(), *peer);
-                    tokio::spawn(async move {
-                        if let Ok(a) = join_through(&h, peer).await
-                            && !a.joined.is_empty()
-                        {
-                            let _ = node.sync_with(peer).await;
-                        }
-                    });
-                }
-                if let NodeEvent::Discovered { addr, .. } = &e
-                    && let Err(err) = learn_peer(&h, addr).await
+                if tend(&h, &node, &e, &addrs, |v| print_json(&v)).await
+                    && let Some(v) = event_json(e)
                 {
-                    print_json(&json!({"event": "error", "error": format!("keeping {addr}: {err:#}")}));
-                }
-                if let NodeEvent::Listening { addr } = &e {
-                    if addrs.contains(addr) {
-                        continue;
-                    }
-                    if let Ok(all) = node.listen_addrs().await {
-                        let _ = write_addrs(&h, ADDRS_FILE, &all).await;
-                    }
-                }
-                if let Some(v) = event_json(e) {
                     print_json(&v);
                 }
             }

@@ -1,0 +1,94 @@
+//! `hearth chat`: a terminal chat client on a store (ratatui + crossterm).
+//! Channels with unread counts, a channel's messages with reply counts and
+//! reactions, a thread pane, edits and deletes shown as they come, and an
+//! input line with commands (`/reply`, `/react`, `/edit`, `/delete`,
+//! `/invite`, ...). It runs a sync node, so that two terminals chat live.
+//!
+//! - [`input`]: the input line, and what a typed line asks for.
+//! - [`app`]: the screen's state; keys, answers and events fold in.
+//! - [`worker`]: the store side, one action after another.
+//! - [`view`]: drawing.
+//! - [`session`]: the loop that joins them, over any terminal.
+
+mod app;
+mod input;
+mod session;
+mod view;
+mod worker;
+
+#[cfg(test)]
+mod tests;
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use hearth::Hearth;
+use hearth::sync::NodeConfig;
+use serde_json::Value;
+
+pub use session::Chat;
+use worker::Update;
+
+/// `hearth chat`: run until the user quits.
+pub async fn chat(h: &Hearth, config: Option<NodeConfig>, first: Option<&str>) -> Result<ExitCode> {
+    let first = match first {
+        Some(name) => Some(h.resolve_channel(name).await?),
+        None => None,
+    };
+    // The node first: what it says before the screen is up goes to the
+    // status line once it is.
+    let mut moved = None;
+    let serving = match config {
+        Some(config) => Some(crate::net::serve(h, config, |why| moved = Some(why.to_string())).await?),
+        None => None,
+    };
+    let terminal = ratatui::try_init().context("setting up the terminal")?;
+    let node = serving.as_ref().map(|s| s.node.clone());
+    let mut chat = Chat::new(h, node, terminal, first, view::Palette::from_env());
+    let notices = chat.notices();
+    if let Some(why) = moved {
+        let _ = notices.send(Update::Notice(format!("listening elsewhere than last time: {why}")));
+    }
+    let duties = serving.map(|s| {
+        let h = h.clone();
+        let (node, mut events, addrs) = (s.node, s.events, s.addrs);
+        if let Some(a) = addrs.first() {
+            let _ = notices.send(Update::Notice(format!("listening on {a}")));
+        }
+        tokio::spawn(async move {
+            loop {
+                let e = match events.recv().await {
+                    Ok(e) => e,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return,
+                };
+                let notices = notices.clone();
+                crate::net::tend(&h, &node, &e, &addrs, move |v| {
+                    let _ = notices.send(Update::Notice(notice_of(&v)));
+                })
+                .await;
+            }
+        })
+    });
+    let result = chat.run(crossterm::event::EventStream::new()).await;
+    drop(chat);
+    let restored = ratatui::try_restore();
+    if let Some(d) = duties {
+        d.abort();
+    }
+    h.stop_sync().await;
+    result?;
+    restored.context("restoring the terminal")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A line for the status bar from a node's JSON notice.
+fn notice_of(v: &Value) -> String {
+    let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    match v["event"].as_str() {
+        Some("joined") => format!("joined #{}", s("name")),
+        Some("invite_refused") => format!("the invite to #{} was refused: {}", s("name"), s("why")),
+        Some("error") => s("error"),
+        _ => v.to_string(),
+    }
+}

@@ -1,0 +1,1 @@
+//! `hearth chat` driven in-process on ratatui's test backend.
