@@ -13,9 +13,10 @@ use crate::{on_runtime, runtime};
 
 /// A Hearth store, opened with its passphrase: the chat API.
 ///
-/// Writes return once durable. Close it with [`Hearth::close`] when done:
-/// dropping it (a garbage-collected object) leaves the store to stop when
-/// the process does, and another open of it before then finds it locked.
+/// Writes return once durable. Close it with [`Hearth::close`] when done,
+/// which returns once the lock is released. A store only dropped (a
+/// garbage-collected object) closes in the background, so an open of the
+/// same directory right after may find it [`HearthError::Locked`].
 #[derive(uniffi::Object)]
 pub struct Hearth {
     inner: hearth::Hearth,

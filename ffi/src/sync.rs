@@ -43,7 +43,8 @@ impl SyncConfig {
 pub struct SyncReport {
     /// The address the peer was reached at.
     pub via: Option<String>,
-    /// Entries received and stored.
+    /// Entries received and stored while the call ran (those of a session
+    /// the node ran on connecting, before the call, are not counted).
     pub received: u64,
     /// Entries the peer acknowledged.
     pub sent: u64,

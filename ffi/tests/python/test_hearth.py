@@ -4,7 +4,8 @@ Run by ffi/tests/python.rs with PYTHONPATH set to a folder holding the
 generated hearth_ffi.py and libhearth_ffi.so. Standard library only. Every
 wait has a timeout, so a hang fails instead of hanging.
 
-Covers: create a store, create a channel, post, reply, react, read a page;
+Covers: create a store, create a channel, post, reply, react, read a page
+(and the rest of the chat calls, an event after a cancelled next());
 close and reopen with the passphrase and read the same page; a wrong
 passphrase, a malformed id, an unknown channel, a bad ticket and a closed
 store each raise their own HearthError; then a second user joins through an
@@ -89,7 +90,16 @@ async def first_store(root):
     assert thread.replies[0].id == answer and thread.replies[0].reply_to == lunch, thread
     ok("page (newest first, reply count, reaction), page before, thread")
 
+    # A next() given up on (a timeout) loses nothing: the stream goes on.
+    events = a.subscribe()
+    try:
+        e = await asyncio.wait_for(events.next(), 0.05)
+        assert not e.is_edited(), f"an edit before the edit: {e}"
+    except asyncio.TimeoutError:
+        pass  # the usual case: nothing happened since subscribing
     await step(a.edit(later, "and coffee after?"))
+    e, _ = await until(events, lambda e: e.is_edited())
+    assert e == h.Event.EDITED(channel=general, msg=later, by=me.user, local=True), e
     await step(a.unreact(lunch, "👍"))
     await step(a.react(lunch, "🎉"))
     await step(a.mark_read(general, None))
@@ -105,7 +115,8 @@ async def first_store(root):
     assert stats.channels == 1 and stats.messages == 3, stats
     report = await step(a.verify())
     assert report.problems == [] and report.entries > 0, report
-    ok("edit, unreact, mark_read, unread, channels, message, members, stats, verify")
+    ok("edit (its event after a cancelled next()), unreact, mark_read, unread, channels, message, members, "
+       "stats, verify")
     return a, me, general, await step(a.page(general, None, 50))
 
 
