@@ -5,6 +5,8 @@
 //!
 //! Skipped with a note when there is no `python3`, unless
 //! `HEARTH_REQUIRE_PYTHON=1`. `HEARTH_PYTHON` names another interpreter.
+//! After a failure the generated module, the library and the outputs stay
+//! in `<target>/tmp/python-<pid>/` to run again by hand.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
