@@ -15,6 +15,10 @@ use super::worker::{Action, PAGE, Update};
 /// Entries in one batch from peers that make a catch-up worth a notice.
 const CATCH_UP: u64 = 64;
 
+/// Messages a refresh reads beyond those held: what came since the last
+/// one (more than that, and the held ones below the page stay as they were).
+const REFRESH_SLACK: usize = 64;
+
 /// Lines a Page Up or Page Down scrolls.
 const PAGE_LINES: usize = 10;
 
@@ -95,6 +99,8 @@ pub struct App {
     pub scroll: usize,
     /// Lines the message pane held at the last draw (set by the view).
     pub lines_held: usize,
+    /// Rows the message pane showed at the last draw (set by the view).
+    pub rows_shown: usize,
     /// The status line's notice.
     pub notice: Option<Notice>,
     /// The box over the screen.
@@ -123,6 +129,7 @@ impl App {
             input: Line::default(),
             scroll: 0,
             lines_held: 0,
+            rows_shown: 0,
             notice: None,
             popup: None,
             peers: BTreeSet::new(),
@@ -135,7 +142,7 @@ impl App {
     pub fn refresh(&self) -> Action {
         Action::Refresh {
             channel: self.current,
-            limit: self.messages.len().max(PAGE),
+            limit: (self.messages.len() + REFRESH_SLACK).max(PAGE),
             thread: self.thread.as_ref().map(|(root, _)| *root),
         }
     }
@@ -257,7 +264,7 @@ impl App {
     fn scroll_up(&mut self, lines: usize) -> Option<Action> {
         self.scroll += lines;
         // Past the oldest line held: read the page before it.
-        let top = self.scroll + 1 >= self.lines_held;
+        let top = self.scroll + self.rows_shown >= self.lines_held;
         if top && self.more && !self.loading_older {
             let (Some(channel), Some(oldest)) = (self.current, self.messages.first()) else {
                 return None;
@@ -408,12 +415,18 @@ impl App {
                     messages.append(&mut self.messages);
                     self.messages = messages;
                 } else {
-                    // A refresh reads as many as are held: older ones the
-                    // screen had read are among them.
-                    if self.messages.len() <= messages.len() {
+                    // The newest ones, read again; those held older than
+                    // the page stay (read by scrolling up earlier).
+                    let first = messages.first().map(|m| m.id);
+                    let kept: Vec<Message> = match first {
+                        Some(first) if more => self.messages.drain(..).filter(|m| m.id < first).collect(),
+                        _ => Vec::new(),
+                    };
+                    if kept.is_empty() {
                         self.more = more;
                     }
-                    self.messages = messages;
+                    self.messages = kept;
+                    self.messages.append(&mut messages);
                 }
             }
             Update::Thread(thread) => {

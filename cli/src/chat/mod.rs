@@ -4,11 +4,11 @@
 //! input line with commands (`/reply`, `/react`, `/edit`, `/delete`,
 //! `/invite`, ...). It runs a sync node, so that two terminals chat live.
 //!
-//! - [`input`]: the input line, and what a typed line asks for.
-//! - [`app`]: the screen's state; keys, answers and events fold in.
-//! - [`worker`]: the store side, one action after another.
-//! - [`view`]: drawing.
-//! - [`session`]: the loop that joins them, over any terminal.
+//! - `input`: the input line, and what a typed line asks for.
+//! - `app`: the screen's state; keys, answers and events fold in.
+//! - `worker`: the store side, one action after another.
+//! - `view`: drawing.
+//! - `session`: the loop that joins them, over any terminal.
 
 mod app;
 mod input;
@@ -25,6 +25,9 @@ use anyhow::{Context, Result};
 use hearth::Hearth;
 use hearth::sync::NodeConfig;
 use serde_json::Value;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::net::Serving;
 
 pub use session::Chat;
 use worker::Update;
@@ -49,27 +52,7 @@ pub async fn chat(h: &Hearth, config: Option<NodeConfig>, first: Option<&str>) -
     if let Some(why) = moved {
         let _ = notices.send(Update::Notice(format!("listening elsewhere than last time: {why}")));
     }
-    let duties = serving.map(|s| {
-        let h = h.clone();
-        let (node, mut events, addrs) = (s.node, s.events, s.addrs);
-        if let Some(a) = addrs.first() {
-            let _ = notices.send(Update::Notice(format!("listening on {a}")));
-        }
-        tokio::spawn(async move {
-            loop {
-                let e = match events.recv().await {
-                    Ok(e) => e,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(_) => return,
-                };
-                let notices = notices.clone();
-                crate::net::tend(&h, &node, &e, &addrs, move |v| {
-                    let _ = notices.send(Update::Notice(notice_of(&v)));
-                })
-                .await;
-            }
-        })
-    });
+    let duties = serving.map(|s| tend_node(h, s, notices));
     let result = chat.run(crossterm::event::EventStream::new()).await;
     drop(chat);
     let restored = ratatui::try_restore();
@@ -80,6 +63,35 @@ pub async fn chat(h: &Hearth, config: Option<NodeConfig>, first: Option<&str>) -
     result?;
     restored.context("restoring the terminal")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Do the node's duties (`net::tend`: let pending invites in through peers
+/// that connect, keep peers found), saying what came of them on the status
+/// line.
+fn tend_node(h: &Hearth, serving: Serving, notices: UnboundedSender<Update>) -> tokio::task::JoinHandle<()> {
+    let h = h.clone();
+    let Serving {
+        node,
+        mut events,
+        addrs,
+    } = serving;
+    if let Some(a) = addrs.first() {
+        let _ = notices.send(Update::Notice(format!("listening on {a}")));
+    }
+    tokio::spawn(async move {
+        loop {
+            let e = match events.recv().await {
+                Ok(e) => e,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            };
+            let notices = notices.clone();
+            crate::net::tend(&h, &node, &e, &addrs, move |v| {
+                let _ = notices.send(Update::Notice(notice_of(&v)));
+            })
+            .await;
+        }
+    })
 }
 
 /// A line for the status bar from a node's JSON notice.

@@ -240,6 +240,7 @@ fn draw_messages(app: &mut App, palette: Palette, frame: &mut Frame, area: Rect)
         ));
     }
     app.lines_held = lines.len();
+    app.rows_shown = inner.height as usize;
     // Scroll no further than the oldest line.
     app.scroll = app.scroll.min(lines.len().saturating_sub(inner.height as usize));
     let title = match app.channel_name() {

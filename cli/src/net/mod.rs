@@ -29,7 +29,7 @@ mod relay;
 
 pub use link::{init_linked, link};
 pub use node::node;
-pub(crate) use node::{serve, tend};
+pub(crate) use node::{Serving, serve, tend};
 pub use relay::relay;
 const ADDRS_FILE: &str = "node.addrs";
 /// The listen addresses of the last `hearth node`, ports as bound.
