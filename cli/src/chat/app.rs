@@ -458,6 +458,8 @@ impl App {
                 self.loading_older = false;
                 self.fail(text)
             }
+            // The session keeps count of refreshes in flight.
+            Update::Refreshed => {}
         }
         None
     }

@@ -27,6 +27,12 @@ pub struct Chat<B: Backend> {
     updates: mpsc::UnboundedReceiver<Update>,
     events: hearth::Events,
     worker: tokio::task::JoinHandle<()>,
+    /// A refresh is in flight: the next waits for its end.
+    refreshing: bool,
+    /// Something changed while one was in flight: one more when it ends.
+    stale: bool,
+    /// Refreshes handed to the worker so far.
+    pub refreshes: u64,
 }
 
 impl<B: Backend> Drop for Chat<B> {
@@ -54,8 +60,8 @@ where
         let worker = tokio::spawn(worker::work(h.clone(), node, actions_rx, updates_in.clone()));
         let mut app = App::new(h.whoami().user, &h.whoami().name);
         app.current = first;
-        let _ = actions.send(app.refresh());
-        Chat {
+        let first = app.refresh();
+        let mut chat = Chat {
             terminal,
             app,
             palette,
@@ -64,7 +70,12 @@ where
             updates,
             events,
             worker,
-        }
+            refreshing: false,
+            stale: false,
+            refreshes: 0,
+        };
+        chat.send(Some(first));
+        chat
     }
 
     /// Where others (the node's duties) put notices for the status line.
@@ -72,10 +83,40 @@ where
         self.updates_in.clone()
     }
 
-    fn send(&self, action: Option<Action>) {
-        if let Some(a) = action {
-            let _ = self.actions.send(a);
+    /// Hand `action` to the worker. One refresh at a time: a catch-up's
+    /// thousands of events make a few reads, and the worker's queue stays
+    /// short.
+    fn send(&mut self, action: Option<Action>) {
+        let Some(a) = action else { return };
+        if matches!(a, Action::Refresh { .. }) {
+            if self.refreshing {
+                self.stale = true;
+                return;
+            }
+            self.refreshing = true;
+            self.refreshes += 1;
         }
+        let _ = self.actions.send(a);
+    }
+
+    /// Fold in one of the worker's answers.
+    fn take(&mut self, update: Update) {
+        if matches!(update, Update::Refreshed) {
+            self.refreshing = false;
+            if std::mem::take(&mut self.stale) {
+                let a = self.app.refresh();
+                self.send(Some(a));
+            }
+            return;
+        }
+        let a = self.app.apply(update);
+        self.send(a);
+    }
+
+    /// Fold in an app event.
+    pub fn on_event(&mut self, event: hearth::Event) {
+        let a = self.app.on_event(event);
+        self.send(a);
     }
 
     /// A key pressed.
@@ -89,14 +130,8 @@ where
     #[cfg(test)]
     pub async fn next(&mut self) -> bool {
         tokio::select! {
-            Some(u) = self.updates.recv() => {
-                let a = self.app.apply(u);
-                self.send(a);
-            }
-            Some(e) = self.events.next() => {
-                let a = self.app.on_event(e);
-                self.send(a);
-            }
+            Some(u) = self.updates.recv() => self.take(u),
+            Some(e) = self.events.next() => self.on_event(e),
             else => return false,
         }
         true
@@ -106,12 +141,10 @@ where
     /// once).
     fn absorb(&mut self) {
         while let Ok(u) = self.updates.try_recv() {
-            let a = self.app.apply(u);
-            self.send(a);
+            self.take(u);
         }
         while let Some(Some(e)) = self.events.next().now_or_never() {
-            let a = self.app.on_event(e);
-            self.send(a);
+            self.on_event(e);
         }
     }
 
@@ -133,14 +166,8 @@ where
                 return Ok(());
             }
             tokio::select! {
-                Some(u) = self.updates.recv() => {
-                    let a = self.app.apply(u);
-                    self.send(a);
-                }
-                Some(e) = self.events.next() => {
-                    let a = self.app.on_event(e);
-                    self.send(a);
-                }
+                Some(u) = self.updates.recv() => self.take(u),
+                Some(e) = self.events.next() => self.on_event(e),
                 k = keys.next() => match k {
                     Some(Ok(TermEvent::Key(key))) if key.is_press() => self.key(key),
                     // A resize, a release, a paste: drawn again.

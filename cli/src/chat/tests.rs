@@ -299,3 +299,32 @@ async fn scrolling_past_the_top_reads_older_pages() {
     let shown = until(&mut chat, "back at the bottom", |s| s.contains("ann: the newest")).await;
     assert_eq!(chat.app.messages.len(), total + 1, "{shown}");
 }
+
+#[tokio::test]
+async fn a_burst_of_events_makes_one_refresh_in_flight_and_one_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let h = store(dir.path(), "ann").await;
+    let c = h.create_channel("general").await.expect("a channel");
+    let mut chat = screen(&h, None);
+    until(&mut chat, "the channel", |s| s.contains("Message #general")).await;
+    // Settled: nothing in flight.
+    while tokio::time::timeout(Duration::from_millis(200), chat.next())
+        .await
+        .is_ok()
+    {}
+    let before = chat.refreshes;
+    // A catch-up's worth of events, as fast as they come.
+    for _ in 0..10_000 {
+        chat.on_event(hearth::Event::SyncProgress {
+            channel: c,
+            entries: 1,
+            messages: 1,
+        });
+    }
+    assert_eq!(chat.refreshes, before + 1, "one in flight; the rest wait for it");
+    while tokio::time::timeout(Duration::from_millis(200), chat.next())
+        .await
+        .is_ok()
+    {}
+    assert_eq!(chat.refreshes, before + 2, "and one more once it ended");
+}

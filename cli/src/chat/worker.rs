@@ -120,10 +120,13 @@ pub enum Update {
     Notice(String),
     /// Something failed: said on the status line, in red.
     Failed(String),
+    /// A refresh ended (read, or failed).
+    Refreshed,
 }
 
 /// Do `actions` in order until the screen goes, answering on `updates`.
-/// Refreshes queued behind one another are done once.
+/// Refreshes queued behind one another are done once (the screen keeps
+/// one in flight, but a refresh may queue behind a write).
 pub async fn work(
     h: Hearth,
     node: Option<SyncHandle>,
@@ -141,8 +144,12 @@ pub async fn work(
             if matches!(action, Action::Refresh { .. }) && Some(i) != last_refresh {
                 continue;
             }
+            let refresh = matches!(action, Action::Refresh { .. });
             if let Err(e) = act(&h, node.as_ref(), action, &updates).await {
                 let _ = updates.send(Update::Failed(crate::output::one_line(&e)));
+            }
+            if refresh {
+                let _ = updates.send(Update::Refreshed);
             }
         }
     }
