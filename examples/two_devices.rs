@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use hearth::{Config, Event, Hearth, NodeConfig, NodeEvent, Passphrase};
+use hearth::{Config, Event, Hearth, NodeConfig, Passphrase};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -44,10 +44,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let phone_code = Arc::new(Mutex::new(None::<String>));
     let confirm = {
         let (node, phone_code) = (laptop_sync.clone(), phone_code.clone());
-        let mut events = laptop_sync.events();
+        let mut events = laptop.subscribe();
         tokio::spawn(async move {
-            while let Ok(e) = events.recv().await {
-                if let NodeEvent::LinkRequested { peer, code } = e {
+            while let Some(e) = events.next().await {
+                if let Event::LinkRequested { peer, code } = e {
                     // In an app: show `code` and ask the user whether the
                     // phone shows the same. Here both are on one screen.
                     let same = phone_code.lock().ok().and_then(|c| c.clone()) == Some(code.clone());

@@ -185,6 +185,21 @@ pub enum Event {
         /// Both hold the same entries of every shared channel now.
         in_sync: bool,
     },
+    /// A new device asks to become this user's, through a ticket of
+    /// [`Hearth::link_ticket`]: show `code`, ask the user whether the new
+    /// device shows the same, and answer with
+    /// [`crate::SyncHandle::confirm_link`]. Nothing is sent before.
+    LinkRequested {
+        /// The asking device's (temporary) peer id.
+        peer: PeerId,
+        /// The six-digit code both devices show.
+        code: String,
+    },
+    /// A new device of this user received what it asked for: it is linked.
+    Linked {
+        /// The new device's (temporary) peer id.
+        peer: PeerId,
+    },
     /// The subscriber fell behind and `missed` events were dropped: re-read
     /// what the screen shows.
     Lagged {
@@ -316,6 +331,8 @@ impl Event {
         Some(match e {
             NodeEvent::PeerConnected { peer, addr } => Event::PeerConnected { peer, addr },
             NodeEvent::PeerDisconnected { peer } => Event::PeerLost { peer },
+            NodeEvent::LinkRequested { peer, code } => Event::LinkRequested { peer, code },
+            NodeEvent::Linked { peer } => Event::Linked { peer },
             NodeEvent::Synced {
                 peer,
                 received,

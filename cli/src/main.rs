@@ -319,7 +319,8 @@ pub enum Command {
         /// Run no node: this store only, nothing sent or received.
         #[arg(long, conflicts_with_all = ["listen", "peer"])]
         offline: bool,
-        /// Write tracing (RUST_LOG) to this file: the screen has no room for it.
+        /// Write tracing to this file (RUST_LOG's filter, else info): the
+        /// screen has no room for it.
         #[arg(long)]
         log: Option<PathBuf>,
     },
@@ -521,15 +522,24 @@ pub enum MemberCmd {
 /// owns the terminal: its tracing goes to `--log FILE`, or nowhere.
 fn install_tracing(command: &Command) {
     use std::io::IsTerminal;
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(spec) if !spec.trim().is_empty() => match tracing_subscriber::EnvFilter::try_new(&spec) {
+    // `hearth chat --log FILE` asks for tracing: info unless RUST_LOG says.
+    let default = match command {
+        Command::Chat { log: Some(_), .. } => Some("info".to_string()),
+        _ => None,
+    };
+    let spec = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .or(default);
+    let filter = match spec {
+        Some(spec) => match tracing_subscriber::EnvFilter::try_new(&spec) {
             Ok(f) => f,
             Err(e) => {
                 eprintln!("hearth: warning: RUST_LOG is not a filter ({e}); no tracing");
                 return;
             }
         },
-        _ => return,
+        None => return,
     };
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let fmt = tracing_subscriber::fmt().with_env_filter(filter);

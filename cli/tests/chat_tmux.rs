@@ -31,13 +31,24 @@ fn hearth(store: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The ticket on a screen showing `/invite`'s box: its first line starts
-/// with `hearth1`, the rest are the lines of letters and digits after it.
-fn ticket_on(screen: &str) -> String {
+/// The ticket's rows on a screen showing `/invite`'s box, as a mouse
+/// selection copies them: the first starts with `hearth1`, the rest are the
+/// rows of letters and digits after it.
+fn ticket_rows(screen: &str) -> Vec<&str> {
     let mut lines = screen.lines().skip_while(|l| !l.starts_with("hearth1"));
     let first = lines.next().expect("a ticket on the screen");
     let rest = lines.take_while(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric()));
     std::iter::once(first).chain(rest).collect()
+}
+
+/// The number the chat shows before a message: `#N` in the message pane's
+/// part of the row, just before `author: text`.
+fn number_of(screen: &str, author_text: &str) -> String {
+    let row = row_with(screen, author_text);
+    let before = &row[..row.find(author_text).expect("on the row")];
+    let n = before.trim_end().rsplit('#').next().expect("a number");
+    assert!(n.chars().all(|c| c.is_ascii_digit()) && !n.is_empty(), "{row}");
+    n.to_string()
 }
 
 fn row_with<'a>(screen: &'a str, needle: &str) -> &'a str {
@@ -76,26 +87,30 @@ fn two_chat_processes_invite_join_and_talk_live() {
 
     tmux.type_line("ann", "/invite");
     let screen = tmux.wait_for("ann", "the invite", T, |s| s.contains("Invite to #general"));
-    let ticket = ticket_on(&screen);
-    assert!(ticket.len() > 100, "{ticket}\n{screen}");
+    let rows = ticket_rows(&screen);
+    let ticket: String = rows.concat();
+    assert!(ticket.len() > 100 && rows.len() > 1, "{ticket}\n{screen}");
     tmux.key("ann", "Escape");
     tmux.wait_for("ann", "the invite box closed", T, |s| !s.contains("Invite to #general"));
 
-    // Bob's node dials Ann's, is let in through the invite, and the channel
-    // opens with its history.
-    tmux.type_line("bob", &format!("/join {ticket}"));
-    let screen = tmux.wait_for("bob", "the joined channel", T, |s| s.contains("ann: before the chat"));
+    // Bob pastes the ticket's rows as copied off Ann's screen (a bracketed
+    // paste, line breaks and all: nothing is sent before Enter); his node
+    // dials Ann's, is let in through the invite, and the channel opens with
+    // its history.
+    tmux.paste("bob", &format!("/join {}", rows.join("\n")));
+    let tail = &ticket[ticket.len() - 16..];
+    tmux.wait_for("bob", "the pasted ticket's end in the input line", T, |s| {
+        s.lines().any(|l| l.starts_with('│') && l.contains(tail))
+    });
+    tmux.key("bob", "Enter");
+    let screen = tmux.wait_for("bob", "the joined channel", T, |s| {
+        s.contains("ann: before the chat") && s.contains("1 peer")
+    });
     assert!(screen.contains("Message #general"), "{screen}");
-    assert!(screen.contains("1 peer"), "{screen}");
 
     tmux.type_line("bob", "hello from bob");
     let screen = tmux.wait_for("ann", "bob's message", T, |s| s.contains("bob: hello from bob"));
-    let number = row_with(&screen, "bob: hello from bob")
-        .split('#')
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .expect("a message number")
-        .to_string();
+    let number = number_of(&screen, "bob: hello from bob");
     tmux.type_line("ann", &format!("/react {number} 👍"));
     tmux.type_line("ann", "/edit 1 before the chat, edited");
     tmux.type_line("ann", "/reply 1 a reply from ann");
@@ -115,6 +130,9 @@ fn two_chat_processes_invite_join_and_talk_live() {
         tmux.key(name, "C-c");
         assert_eq!(tmux.wait_exit(name, T), 0, "{}", tmux.history(name));
     }
+    // The ticket made is printed whole once the screen is gone.
+    let after = tmux.history("ann");
+    assert!(after.contains(&format!("invite to #general: {ticket}")), "{after}");
     // What was typed is in the stores.
     let log = hearth(&a, &["log", "general"]);
     assert!(

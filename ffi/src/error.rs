@@ -94,6 +94,13 @@ pub enum HearthError {
     Internal(String),
 }
 
+/// A foreign callback ([`crate::LinkCodeListener`]) that raised.
+impl From<uniffi::UnexpectedUniFFICallbackError> for HearthError {
+    fn from(e: uniffi::UnexpectedUniFFICallbackError) -> Self {
+        HearthError::Internal(format!("the callback failed: {}", e.reason))
+    }
+}
+
 impl From<hearth::Error> for HearthError {
     fn from(e: hearth::Error) -> Self {
         use hearth::Error as E;

@@ -175,6 +175,21 @@ pub enum Event {
         /// Events missed.
         missed: u64,
     },
+    /// A new device asks to become this user's, through a ticket of
+    /// [`crate::Hearth::link_ticket`]: show `code`, ask the user whether the
+    /// new device shows the same, and answer with
+    /// [`crate::SyncHandle::confirm_link`].
+    LinkRequested {
+        /// The asking device's (temporary) peer id.
+        peer: String,
+        /// The six-digit code both devices show.
+        code: String,
+    },
+    /// A new device of this user received what it asked for: it is linked.
+    Linked {
+        /// The new device's (temporary) peer id.
+        peer: String,
+    },
     /// An event of a newer hearth than these bindings know, described.
     Other {
         /// What it was (its debug form).
@@ -327,6 +342,8 @@ impl From<hearth::Event> for Event {
                 in_sync,
             },
             E::Lagged { missed } => Event::Lagged { missed },
+            E::LinkRequested { peer, code } => Event::LinkRequested { peer: s(&peer), code },
+            E::Linked { peer } => Event::Linked { peer: s(&peer) },
             // hearth::Event is non-exhaustive: a kind added later is still seen.
             other => Event::Other {
                 description: format!("{other:?}"),

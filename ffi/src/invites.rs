@@ -40,6 +40,18 @@ impl Hearth {
         Ok(self.run(move |h| async move { h.join(&ticket).await }).await?.into())
     }
 
+    /// A one-time ticket (good for 10 minutes) that makes a new device this
+    /// user's: hand it to the new device's [`Hearth::create_linked`]. Sync
+    /// must run; `addrs` are where the new device reaches this one
+    /// ([`crate::SyncHandle::listen_addrs`]). When it asks, this store's
+    /// [`crate::EventStream`] gives [`crate::Event::LinkRequested`] with the
+    /// code to compare.
+    pub async fn link_ticket(&self, addrs: Vec<String>) -> Result<String, HearthError> {
+        let addrs = parse_addrs(&addrs)?;
+        let ticket = self.run(move |h| async move { h.link_ticket(addrs).await }).await?;
+        Ok(ticket.to_string())
+    }
+
     /// The invite tickets this device was given and not let in through yet.
     pub async fn pending_invites(&self) -> Result<Vec<String>, HearthError> {
         let pending = self.run(|h| async move { h.pending_invites().await }).await?;

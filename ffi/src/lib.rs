@@ -90,7 +90,7 @@ mod types;
 
 pub use error::HearthError;
 pub use events::{Event, EventStream};
-pub use store::{Hearth, exists};
+pub use store::{Hearth, LinkCodeListener, exists};
 pub use sync::{SyncConfig, SyncHandle, SyncReport};
 pub use types::{
     ChannelInfo, Delivery, Fork, JoinOutcome, JoinedChannel, LocatedMessage, Member, Message, PeerStatus, Problem,

@@ -53,6 +53,15 @@ pub fn exists(dir: String) -> bool {
     hearth::Hearth::exists(dir)
 }
 
+/// Told the code to show while this device is linked
+/// ([`Hearth::create_linked`]); implemented in the foreign language.
+#[uniffi::export(foreign)]
+pub trait LinkCodeListener: Send + Sync {
+    /// Show `code`: the linking device shows the same six digits, and its
+    /// user confirms there that they match.
+    fn show_code(&self, code: String) -> Result<(), HearthError>;
+}
+
 #[uniffi::export]
 impl Hearth {
     /// Create a store in `dir` (created if missing) for a new user named
@@ -80,6 +89,36 @@ impl Hearth {
         Self::start(async move {
             let pass = hearth::Passphrase::new(passphrase);
             hearth::Hearth::open(dir, &pass, config.into()).await
+        })
+        .await
+    }
+
+    /// Create a store in `dir` for a new device of the user who made the
+    /// link `ticket` ([`Hearth::link_ticket`] on one of their devices):
+    /// reach that device, tell `show` the six-digit code to show (the
+    /// other device shows the same, and its user confirms it there), then
+    /// create the store as that user, with every channel joined (their
+    /// history arrives by sync). [`HearthError::Link`] when the other
+    /// device refuses or does not answer within `timeout`.
+    #[uniffi::constructor]
+    pub async fn create_linked(
+        dir: String,
+        passphrase: String,
+        ticket: String,
+        config: StoreConfig,
+        timeout: Duration,
+        show: Arc<dyn LinkCodeListener>,
+    ) -> Result<Arc<Self>, HearthError> {
+        let ticket = crate::error::parse_ticket(&ticket)?;
+        let timeout = timeout.min(Duration::from_secs(24 * 3600));
+        Self::start(async move {
+            let pass = hearth::Passphrase::new(passphrase);
+            hearth::Hearth::create_linked(dir, &pass, &ticket, config.into(), timeout, |code| {
+                // What the listener does with it is the app's business; a
+                // failure there does not stop the linking.
+                let _ = show.show_code(code.to_string());
+            })
+            .await
         })
         .await
     }

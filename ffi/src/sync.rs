@@ -120,6 +120,16 @@ impl SyncHandle {
     }
 }
 
+/// The longest wait taken: a foreign `Duration` may be any size (a Kotlin
+/// `Long.MAX_VALUE` seconds), and a deadline past the clock's range would
+/// panic. A year is as good as for ever here.
+const LONGEST_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `timeout`, at most [`LONGEST_WAIT`].
+fn bounded(timeout: Duration) -> Duration {
+    timeout.min(LONGEST_WAIT)
+}
+
 /// Addresses as text.
 fn texts(addrs: Vec<hearth::Multiaddr>) -> Vec<String> {
     addrs.iter().map(ToString::to_string).collect()
@@ -140,6 +150,7 @@ impl SyncHandle {
     /// The listen addresses once every listener it was started with is up;
     /// [`HearthError::Timeout`] after `timeout`.
     pub async fn wait_listening(&self, timeout: Duration) -> Result<Vec<String>, HearthError> {
+        let timeout = bounded(timeout);
         Ok(texts(
             self.run(move |s| async move { s.wait_listening(timeout).await })
                 .await?,
@@ -156,7 +167,7 @@ impl SyncHandle {
     /// Dial one peer at each of `addrs` (all of them its, ending in its
     /// `/p2p/<peer id>`) and wait until it is connected; returns its peer id.
     pub async fn connect(&self, addrs: Vec<String>, timeout: Duration) -> Result<String, HearthError> {
-        let addrs = parse_addrs(&addrs)?;
+        let (addrs, timeout) = (parse_addrs(&addrs)?, bounded(timeout));
         let peer = self
             .run(move |s| async move { s.connect(&addrs, timeout).await })
             .await?;
@@ -168,11 +179,20 @@ impl SyncHandle {
     /// through it, then reconcile until a session finds everything equal.
     /// [`HearthError::Timeout`] after `timeout`.
     pub async fn sync_until_equal(&self, peer: String, timeout: Duration) -> Result<SyncReport, HearthError> {
-        let peer = parse_peer(&peer)?;
+        let (peer, timeout) = (parse_peer(&peer)?, bounded(timeout));
         let report = self
             .run(move |s| async move { s.sync_until_equal(peer, timeout).await })
             .await?;
         Ok(report.into())
+    }
+
+    /// Answer a device asking to be linked ([`crate::Event::LinkRequested`]):
+    /// `accept` only when the new device shows the same code. Nothing
+    /// leaves this device before.
+    pub async fn confirm_link(&self, peer: String, accept: bool) -> Result<(), HearthError> {
+        let peer = parse_peer(&peer)?;
+        self.run(move |s| async move { s.confirm_link(peer, accept).await })
+            .await
     }
 
     /// Every peer the node knows, connected or not.

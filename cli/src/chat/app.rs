@@ -85,8 +85,8 @@ pub struct App {
     pub messages: Vec<Message>,
     /// Older ones exist that are not held.
     pub more: bool,
-    /// An older page was asked for and has not come.
-    loading_older: bool,
+    /// The page before this message was asked for and has not come.
+    loading_older: Option<MessageId>,
     /// The open thread's root, and the thread once read.
     pub thread: Option<(MessageId, Option<Thread>)>,
     /// Display names.
@@ -107,8 +107,9 @@ pub struct App {
     pub popup: Option<Popup>,
     /// Peers connected.
     pub peers: BTreeSet<PeerId>,
-    /// The last invite ticket made (tests read it; the screen shows it).
-    pub ticket: Option<String>,
+    /// The invite tickets made, with their channels' names (printed when
+    /// the chat ends, for copying whole).
+    pub tickets: Vec<(String, String)>,
     /// The user asked to leave.
     pub quit: bool,
 }
@@ -122,7 +123,7 @@ impl App {
             current: None,
             messages: Vec::new(),
             more: false,
-            loading_older: false,
+            loading_older: None,
             thread: None,
             names: BTreeMap::from([(me, name.to_string())]),
             numbers: Numbers::default(),
@@ -133,17 +134,25 @@ impl App {
             notice: None,
             popup: None,
             peers: BTreeSet::new(),
-            ticket: None,
+            tickets: Vec::new(),
             quit: false,
         }
     }
 
-    /// What to read again for the screen as it is now.
+    /// What to read again for the screen as it is now. At the newest
+    /// messages, a page of them (older ones held are let go); scrolled up,
+    /// as many as are held and what came since.
     pub fn refresh(&self) -> Action {
+        let at_bottom = self.scroll == 0;
         Action::Refresh {
             channel: self.current,
-            limit: (self.messages.len() + REFRESH_SLACK).max(PAGE),
+            limit: if at_bottom {
+                PAGE
+            } else {
+                (self.messages.len() + REFRESH_SLACK).max(PAGE)
+            },
             thread: self.thread.as_ref().map(|(root, _)| *root),
+            seen: at_bottom && self.popup.is_none(),
         }
     }
 
@@ -181,7 +190,7 @@ impl App {
             self.current = Some(channel);
             self.messages.clear();
             self.more = false;
-            self.loading_older = false;
+            self.loading_older = None;
             self.thread = None;
             self.scroll = 0;
         }
@@ -205,6 +214,8 @@ impl App {
         if self.popup.is_some() {
             if matches!(key.code, KeyCode::Esc | KeyCode::Enter) {
                 self.popup = None;
+                // What was under it is seen now.
+                return Some(self.refresh());
             }
             return None;
         }
@@ -225,8 +236,8 @@ impl App {
             KeyCode::Char('p') if ctrl => return self.step_channel(-1),
             KeyCode::Up => return self.scroll_up(1),
             KeyCode::PageUp => return self.scroll_up(PAGE_LINES),
-            KeyCode::Down => self.scroll = self.scroll.saturating_sub(1),
-            KeyCode::PageDown => self.scroll = self.scroll.saturating_sub(PAGE_LINES),
+            KeyCode::Down => return self.scroll_down(1),
+            KeyCode::PageDown => return self.scroll_down(PAGE_LINES),
             KeyCode::Esc if self.thread.is_some() => self.thread = None,
             KeyCode::Esc => {
                 self.input.take();
@@ -265,11 +276,11 @@ impl App {
         self.scroll += lines;
         // Past the oldest line held: read the page before it.
         let top = self.scroll + self.rows_shown >= self.lines_held;
-        if top && self.more && !self.loading_older {
+        if top && self.more && self.loading_older.is_none() {
             let (Some(channel), Some(oldest)) = (self.current, self.messages.first()) else {
                 return None;
             };
-            self.loading_older = true;
+            self.loading_older = Some(oldest.id);
             return Some(Action::Older {
                 channel,
                 before: oldest.id,
@@ -278,9 +289,34 @@ impl App {
         None
     }
 
-    /// The message numbered `n`, or a notice why there is none.
+    fn scroll_down(&mut self, lines: usize) -> Option<Action> {
+        let was = self.scroll;
+        self.scroll = self.scroll.saturating_sub(lines);
+        // Back at the newest: they are seen (and older ones let go).
+        (was > 0 && self.scroll == 0).then(|| self.refresh())
+    }
+
+    /// Text pasted (bracketed paste): typed into the line, its line breaks
+    /// as spaces, so that a paste never sends anything by itself.
+    pub fn paste(&mut self, text: &str) {
+        if self.popup.is_some() {
+            return;
+        }
+        for c in text.chars() {
+            self.input.insert(if c == '\n' || c == '\r' { ' ' } else { c });
+        }
+    }
+
+    /// The message numbered `n` on the screen (the open channel's, or the
+    /// open thread's), or a notice why there is none: a number seen in
+    /// another channel does not reach into it.
     fn numbered(&mut self, n: Number) -> Option<MessageId> {
-        let id = self.numbers.id(n);
+        let thread = self.thread.as_ref().and_then(|(_, t)| t.as_ref());
+        let shown = |id: &MessageId| {
+            self.messages.iter().any(|m| m.id == *id)
+                || thread.is_some_and(|t| t.root.id == *id || t.replies.iter().any(|r| r.id == *id))
+        };
+        let id = self.numbers.id(n).filter(shown);
         if id.is_none() {
             self.fail(format!("no message #{n} here"));
         }
@@ -332,8 +368,8 @@ impl App {
                 text,
             },
             Typed::Delete(n) => Action::Delete { msg: self.numbered(n)? },
-            Typed::Invite => match channel {
-                Some(channel) => Action::Invite { channel },
+            Typed::Invite(expires) => match channel {
+                Some(channel) => Action::Invite { channel, expires },
                 None => {
                     self.fail(no_channel);
                     return None;
@@ -399,36 +435,54 @@ impl App {
             Update::Page {
                 channel,
                 mut messages,
-                older,
+                before,
                 more,
             } => {
                 if Some(channel) != self.current {
                     return None;
                 }
                 messages.reverse();
-                for m in &messages {
-                    self.numbers.number(m.id);
-                }
-                if older {
-                    self.loading_older = false;
+                if let Some(before) = before {
+                    // Only the page asked for, and only before what is
+                    // still the oldest held (not after a channel switch).
+                    if self.loading_older != Some(before) || self.messages.first().map(|m| m.id) != Some(before) {
+                        return None;
+                    }
+                    self.loading_older = None;
+                    for m in &messages {
+                        self.numbers.number(m.id);
+                    }
                     self.more = more;
                     messages.append(&mut self.messages);
                     self.messages = messages;
-                } else {
-                    // The newest ones, read again; those held older than
-                    // the page stay (read by scrolling up earlier).
-                    let first = messages.first().map(|m| m.id);
-                    let kept: Vec<Message> = match first {
-                        Some(first) if more => self.messages.drain(..).filter(|m| m.id < first).collect(),
-                        _ => Vec::new(),
-                    };
-                    if kept.is_empty() {
-                        self.more = more;
+                    return None;
+                }
+                for m in &messages {
+                    self.numbers.number(m.id);
+                }
+                // Scrolled up, those held older than the page stay (read
+                // by scrolling up); at the newest, a page is all that is
+                // held.
+                let first = messages.first().map(|m| m.id);
+                let kept: Vec<Message> = match first {
+                    Some(first) if more && self.scroll > 0 => {
+                        self.messages.drain(..).filter(|m| m.id < first).collect()
                     }
-                    self.messages = kept;
-                    self.messages.append(&mut messages);
+                    _ => Vec::new(),
+                };
+                if kept.is_empty() {
+                    self.more = more;
+                    self.loading_older = None;
+                }
+                self.messages = kept;
+                self.messages.append(&mut messages);
+            }
+            Update::NoOlder(before) => {
+                if self.loading_older == Some(before) {
+                    self.loading_older = None;
                 }
             }
+            Update::Peers(peers) => self.peers = peers.into_iter().collect(),
             Update::Thread(thread) => {
                 if let Some((root, shown)) = &mut self.thread
                     && *root == thread.root.id
@@ -450,14 +504,11 @@ impl App {
                     ),
                     copyable: true,
                 });
-                self.say(format!("invite to #{name} made"));
-                self.ticket = Some(ticket);
+                self.say(format!("invite to #{name} made (printed again when the chat ends)"));
+                self.tickets.push((name, ticket));
             }
             Update::Notice(text) => self.say(text),
-            Update::Failed(text) => {
-                self.loading_older = false;
-                self.fail(text)
-            }
+            Update::Failed(text) => self.fail(text),
             // The session keeps count of refreshes in flight.
             Update::Refreshed => {}
         }

@@ -96,8 +96,9 @@ pub enum Typed {
     Edit(Number, String),
     /// `/delete N`
     Delete(Number),
-    /// `/invite`: a ticket for the open channel.
-    Invite,
+    /// `/invite [SPAN]`: a ticket for the open channel, letting people in
+    /// for SPAN (`24h`) or until revoked.
+    Invite(Option<std::time::Duration>),
     /// `/join TICKET`
     Join(String),
     /// `/create NAME`: a new channel.
@@ -118,7 +119,10 @@ pub const HELP: &[(&str, &str)] = &[
     ("/react N EMOJI", "react to #N (/unreact N EMOJI takes it back)"),
     ("/edit N TEXT", "replace the text of your message #N"),
     ("/delete N", "delete your message #N"),
-    ("/invite", "an invite ticket for this channel"),
+    (
+        "/invite [SPAN]",
+        "an invite ticket for this channel (for 24h, 7d, ...; else until revoked)",
+    ),
     ("/join TICKET", "join a channel from a ticket"),
     ("/create NAME", "a new channel"),
     ("/rename NAME", "rename this channel"),
@@ -163,8 +167,11 @@ pub fn parse(line: &str) -> Result<Typed, String> {
             (n, t) if t.is_empty() => Typed::Delete(n),
             _ => return usage("/delete N"),
         },
-        "invite" if rest.is_empty() => Typed::Invite,
-        "invite" => return usage("/invite"),
+        "invite" if rest.is_empty() => Typed::Invite(None),
+        "invite" => match crate::parse_span(rest) {
+            Ok(span) => Typed::Invite(Some(span)),
+            Err(_) => return usage("/invite [SPAN, e.g. 24h]"),
+        },
         // A ticket copied off a screen may come in pieces: joined later.
         "join" if !rest.is_empty() => Typed::Join(rest.to_string()),
         "join" => return usage("/join TICKET"),
@@ -193,7 +200,11 @@ mod tests {
         assert_eq!(parse("/edit 2 fixed"), Ok(Typed::Edit(2, "fixed".into())));
         assert_eq!(parse("/delete 2"), Ok(Typed::Delete(2)));
         assert_eq!(parse("/thread 7"), Ok(Typed::Thread(7)));
-        assert_eq!(parse("/invite"), Ok(Typed::Invite));
+        assert_eq!(parse("/invite"), Ok(Typed::Invite(None)));
+        assert_eq!(
+            parse("/invite 24h"),
+            Ok(Typed::Invite(Some(std::time::Duration::from_secs(86_400))))
+        );
         assert_eq!(parse("/join hearth1abc"), Ok(Typed::Join("hearth1abc".into())));
         assert_eq!(parse("/join hearth1 abc"), Ok(Typed::Join("hearth1 abc".into())));
         assert_eq!(parse("/create random"), Ok(Typed::Create("random".into())));
@@ -213,7 +224,7 @@ mod tests {
             ("/edit 99999999999 x", "/edit N TEXT"),
             ("/join", "/join TICKET"),
             ("/create", "/create NAME"),
-            ("/invite now", "/invite"),
+            ("/invite now", "/invite [SPAN, e.g. 24h]"),
         ] {
             assert_eq!(parse(line), Err(format!("usage: {usage}")), "{line}");
         }

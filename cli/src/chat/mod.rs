@@ -40,30 +40,56 @@ pub async fn chat(h: &Hearth, config: Option<NodeConfig>, first: Option<&str>) -
     };
     // The node first: what it says before the screen is up goes to the
     // status line once it is.
-    let mut moved = None;
+    let mut said = Vec::new();
     let serving = match config {
-        Some(config) => Some(crate::net::serve(h, config, |why| moved = Some(why.to_string())).await?),
+        Some(config) => Some(crate::net::serve(h, config, |v| said.push(notice_of(&v))).await?),
         None => None,
     };
-    let terminal = ratatui::try_init().context("setting up the terminal")?;
+    let terminal = match ratatui::try_init() {
+        Ok(t) => t,
+        Err(e) => {
+            // Raw mode may be on already.
+            let _ = ratatui::try_restore();
+            h.stop_sync().await;
+            return Err(anyhow::Error::new(e).context("setting up the terminal"));
+        }
+    };
+    // A paste arrives whole (its line breaks do not send it line by line).
+    let _ = crossterm::execute!(std::io::stdout(), crossterm::event::EnableBracketedPaste);
     let node = serving.as_ref().map(|s| s.node.clone());
     let mut chat = Chat::new(h, node, terminal, first, view::Palette::from_env());
     let notices = chat.notices();
-    if let Some(why) = moved {
-        let _ = notices.send(Update::Notice(format!("listening elsewhere than last time: {why}")));
+    for notice in said {
+        let _ = notices.send(Update::Notice(notice));
     }
     let duties = serving.map(|s| tend_node(h, s, notices));
-    let result = chat.run(crossterm::event::EventStream::new()).await;
-    drop(chat);
+    // SIGTERM, SIGHUP and SIGINT end the chat as Ctrl-C does (raw mode
+    // turns Ctrl-C into a key; a signal still comes from `kill`).
+    let result = chat
+        .run(crossterm::event::EventStream::new(), crate::net::hangup_signal())
+        .await;
+    let tickets = std::mem::take(&mut chat.app.tickets);
+    let _ = crossterm::execute!(std::io::stdout(), crossterm::event::DisableBracketedPaste);
     let restored = ratatui::try_restore();
+    // What was typed and queued is written before the store closes.
+    let finished = chat.finish(FINISH).await;
     if let Some(d) = duties {
         d.abort();
     }
     h.stop_sync().await;
+    for (name, ticket) in tickets {
+        println!("invite to #{name}: {ticket}");
+    }
     result?;
     restored.context("restoring the terminal")?;
+    if !finished {
+        anyhow::bail!("writes still queued after {} s were not made", FINISH.as_secs());
+    }
     Ok(ExitCode::SUCCESS)
 }
+
+/// How long the writes queued when the chat ends get to be made.
+const FINISH: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Do the node's duties (`net::tend`: let pending invites in through peers
 /// that connect, keep peers found), saying what came of them on the status
@@ -101,6 +127,7 @@ fn notice_of(v: &Value) -> String {
         Some("joined") => format!("joined #{}", s("name")),
         Some("invite_refused") => format!("the invite to #{} was refused: {}", s("name"), s("why")),
         Some("error") => s("error"),
+        Some("listen_moved") => format!("listening elsewhere than last time: {}", s("error")),
         _ => v.to_string(),
     }
 }

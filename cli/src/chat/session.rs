@@ -15,6 +15,9 @@ use super::app::App;
 use super::view::{self, Palette};
 use super::worker::{self, Action, Update};
 
+/// Answers and events taken in at most between two draws.
+const ABSORB: usize = 1024;
+
 /// A chat screen on a store.
 pub struct Chat<B: Backend> {
     /// The terminal drawn on.
@@ -22,7 +25,8 @@ pub struct Chat<B: Backend> {
     /// What it shows.
     pub app: App,
     palette: Palette,
-    actions: mpsc::UnboundedSender<Action>,
+    /// `None` once the chat ends: the worker finishes what was queued.
+    actions: Option<mpsc::UnboundedSender<Action>>,
     updates_in: mpsc::UnboundedSender<Update>,
     updates: mpsc::UnboundedReceiver<Update>,
     events: hearth::Events,
@@ -65,7 +69,7 @@ where
             terminal,
             app,
             palette,
-            actions,
+            actions: Some(actions),
             updates_in,
             updates,
             events,
@@ -76,6 +80,16 @@ where
         };
         chat.send(Some(first));
         chat
+    }
+
+    /// End the chat: the writes already queued are done (within
+    /// `timeout`), not dropped; `false` if they were not all done.
+    pub async fn finish(mut self, timeout: std::time::Duration) -> bool {
+        self.actions = None;
+        if self.worker.is_finished() {
+            return true;
+        }
+        tokio::time::timeout(timeout, &mut self.worker).await.is_ok()
     }
 
     /// Where others (the node's duties) put notices for the status line.
@@ -96,7 +110,9 @@ where
             self.refreshing = true;
             self.refreshes += 1;
         }
-        let _ = self.actions.send(a);
+        if let Some(actions) = &self.actions {
+            let _ = actions.send(a);
+        }
     }
 
     /// Fold in one of the worker's answers.
@@ -125,6 +141,12 @@ where
         self.send(a);
     }
 
+    /// Nothing asked of the worker is unanswered.
+    #[cfg(test)]
+    pub fn idle(&self) -> bool {
+        !self.refreshing && !self.stale && self.updates.is_empty()
+    }
+
     /// Apply the next answer of the worker or app event, waiting for one;
     /// `false` once neither can come any more.
     #[cfg(test)]
@@ -140,10 +162,16 @@ where
     /// Apply what has come without waiting (a burst of events is drawn
     /// once).
     fn absorb(&mut self) {
-        while let Ok(u) = self.updates.try_recv() {
+        // Bounded, so that a flood of events still lets the screen draw
+        // and the keys in.
+        for _ in 0..ABSORB {
+            let Ok(u) = self.updates.try_recv() else { break };
             self.take(u);
         }
-        while let Some(Some(e)) = self.events.next().now_or_never() {
+        for _ in 0..ABSORB {
+            let Some(Some(e)) = self.events.next().now_or_never() else {
+                break;
+            };
             self.on_event(e);
         }
     }
@@ -155,21 +183,29 @@ where
         Ok(())
     }
 
-    /// Run until the user quits or `keys` ends.
-    pub async fn run<K>(&mut self, mut keys: K) -> anyhow::Result<()>
+    /// Run until the user quits, `keys` ends or `stop` (a signal) comes.
+    pub async fn run<K>(&mut self, mut keys: K, stop: impl Future<Output = ()>) -> anyhow::Result<()>
     where
         K: Stream<Item = io::Result<TermEvent>> + Unpin,
     {
+        let mut stop = std::pin::pin!(stop);
         loop {
             self.draw()?;
             if self.app.quit {
                 return Ok(());
             }
             tokio::select! {
+                () = &mut stop => return Ok(()),
+                // The worker ends only with the chat, unless it failed.
+                done = &mut self.worker => {
+                    let why = done.err().map_or("it ended".to_string(), |e| e.to_string());
+                    anyhow::bail!("the store side of the chat stopped: {why}");
+                }
                 Some(u) = self.updates.recv() => self.take(u),
                 Some(e) = self.events.next() => self.on_event(e),
                 k = keys.next() => match k {
                     Some(Ok(TermEvent::Key(key))) if key.is_press() => self.key(key),
+                    Some(Ok(TermEvent::Paste(text))) => self.app.paste(&text),
                     // A resize, a release, a paste: drawn again.
                     Some(Ok(_)) => {}
                     Some(Err(e)) => return Err(anyhow::Error::new(e).context("reading the terminal")),

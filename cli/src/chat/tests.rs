@@ -38,7 +38,9 @@ async fn online(h: &Hearth) -> (Screen, tokio::task::JoinHandle<()>) {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("an address")],
         ..NodeConfig::default()
     };
-    let serving = crate::net::serve(h, config, |_| {}).await.expect("a node");
+    let serving = crate::net::serve(h, config, |v| panic!("the node said {v}"))
+        .await
+        .expect("a node");
     let node = serving.node.clone();
     let chat = screen(h, Some(node));
     let duties = tend_node(h, serving, chat.notices());
@@ -81,6 +83,21 @@ async fn until(chat: &mut Screen, what: &str, pred: impl Fn(&str) -> bool) -> St
             Ok(true) => {}
             Ok(false) | Err(_) => panic!("{what}: never shown; the screen:\n{shown}"),
         }
+    }
+}
+
+/// Take in what comes until nothing asked of the worker is unanswered and
+/// nothing new came for a moment.
+async fn settle(chat: &mut Screen) {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        match tokio::time::timeout(Duration::from_millis(50), chat.next()).await {
+            Ok(true) => {}
+            Ok(false) => panic!("the chat's sources ended"),
+            Err(_) if chat.idle() => return,
+            Err(_) => {}
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the worker never caught up");
     }
 }
 
@@ -182,7 +199,6 @@ async fn bad_commands_and_unknown_numbers_are_said_and_change_nothing() {
         type_line(&mut chat, line);
         until(&mut chat, said, |s| s.lines().last().is_some_and(|l| l.contains(said))).await;
     }
-    // Someone else's message cannot be edited: the engine's refusal is said.
     let lunch = h.resolve_channel("lunch").await.expect("lunch");
     type_line(&mut chat, "/rename lunch room");
     until(&mut chat, "the rename", |s| s.contains("#lunch room")).await;
@@ -213,17 +229,18 @@ async fn two_chats_over_loopback_invite_join_and_see_each_other_live() {
     // let in, and the history comes.
     type_line(&mut a, "/invite");
     let shown = until(&mut a, "the ticket", |s| s.contains("Invite to #general")).await;
-    let ticket = a.app.ticket.clone().expect("a ticket");
+    let ticket = a.app.tickets.last().map(|(_, t)| t.clone()).expect("a ticket");
     assert!(shown.contains(&ticket[..40]), "{shown}");
     key(&mut a, KeyCode::Esc);
     until(&mut b, "bob's own channel", |s| s.contains("Message #notes")).await;
     type_line(&mut b, &format!("/join {ticket}"));
     // Not open on bob's screen: ann's message waits as unread.
-    let shown = until(&mut b, "the joined channel in bob's list, unread", |s| {
-        s.lines().any(|l| l.starts_with("│  #general (1)"))
-    })
+    until(
+        &mut b,
+        "the joined channel in bob's list, unread, and ann's node",
+        |s| s.lines().any(|l| l.starts_with("│  #general (1)")) && s.contains("1 peer"),
+    )
     .await;
-    assert!(shown.contains("1 peer"), "{shown}");
     key(&mut b, KeyCode::Tab);
     // Read once open.
     until(&mut b, "the history on bob's screen, read", |s| {
@@ -291,13 +308,24 @@ async fn scrolling_past_the_top_reads_older_pages() {
     assert!(row_with(&shown, "message 0").contains("ann: message 0"), "{shown}");
     assert!(!chat.app.more, "{shown}");
     assert!(shown.contains("scrolled up"), "{shown}");
-    // Down returns to the newest; a new message shows there.
+    // Scrolled up, what comes (here from the store, as from a peer) is
+    // added below what is held. (Typing a message returns to the newest.)
+    h.post(c, "while scrolled up").await.expect("a post");
+    settle(&mut chat).await;
+    let held: Vec<_> = chat.app.messages.iter().filter_map(|m| m.text.clone()).collect();
+    assert_eq!(held.len(), total + 1);
+    assert_eq!(held.last().map(String::as_str), Some("while scrolled up"));
+    // Down returns to the newest, and a page is all that is held again.
     for _ in 0..total {
         key(&mut chat, KeyCode::PageDown);
     }
-    type_line(&mut chat, "the newest");
-    let shown = until(&mut chat, "back at the bottom", |s| s.contains("ann: the newest")).await;
-    assert_eq!(chat.app.messages.len(), total + 1, "{shown}");
+    let shown = until(&mut chat, "back at the bottom", |s| {
+        s.contains("ann: while scrolled up")
+    })
+    .await;
+    settle(&mut chat).await;
+    assert_eq!(chat.app.messages.len(), super::worker::PAGE, "{shown}");
+    assert!(chat.app.more);
 }
 
 #[tokio::test]
@@ -307,11 +335,7 @@ async fn a_burst_of_events_makes_one_refresh_in_flight_and_one_after() {
     let c = h.create_channel("general").await.expect("a channel");
     let mut chat = screen(&h, None);
     until(&mut chat, "the channel", |s| s.contains("Message #general")).await;
-    // Settled: nothing in flight.
-    while tokio::time::timeout(Duration::from_millis(200), chat.next())
-        .await
-        .is_ok()
-    {}
+    settle(&mut chat).await;
     let before = chat.refreshes;
     // A catch-up's worth of events, as fast as they come.
     for _ in 0..10_000 {
@@ -322,9 +346,51 @@ async fn a_burst_of_events_makes_one_refresh_in_flight_and_one_after() {
         });
     }
     assert_eq!(chat.refreshes, before + 1, "one in flight; the rest wait for it");
-    while tokio::time::timeout(Duration::from_millis(200), chat.next())
-        .await
-        .is_ok()
-    {}
+    settle(&mut chat).await;
     assert_eq!(chat.refreshes, before + 2, "and one more once it ended");
+}
+
+#[tokio::test]
+async fn numbers_reach_only_what_is_on_screen_and_pastes_are_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let h = store(dir.path(), "ann").await;
+    h.create_channel("general").await.expect("a channel");
+    h.create_channel("random").await.expect("a channel");
+    let mut chat = screen(&h, None);
+    until(&mut chat, "general", |s| s.contains("Message #general")).await;
+    type_line(&mut chat, "in general");
+    until(&mut chat, "the post", |s| s.contains("#1 ann: in general")).await;
+    key(&mut chat, KeyCode::Tab);
+    until(&mut chat, "random", |s| s.contains("Message #random")).await;
+    // #1 is general's: not on this screen, so not reached from here.
+    type_line(&mut chat, "/delete 1");
+    until(&mut chat, "the refusal", |s| s.contains("no message #1 here")).await;
+    // A paste's line breaks do not send it: it is one line until Enter.
+    chat.app.paste("pasted\nin two lines");
+    assert_eq!(chat.app.input.text(), "pasted in two lines");
+    key(&mut chat, KeyCode::Enter);
+    until(&mut chat, "the pasted post", |s| s.contains("ann: pasted in two lines")).await;
+    let general = h.resolve_channel("general").await.expect("general");
+    let page = h.page(general, None, 10).await.expect("a page");
+    assert_eq!(page.len(), 1);
+    assert!(!page[0].deleted, "general's message was not deleted from random");
+}
+
+#[tokio::test]
+async fn writes_queued_when_the_chat_ends_are_made() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let h = store(dir.path(), "ann").await;
+    let c = h.create_channel("general").await.expect("a channel");
+    let mut chat = screen(&h, None);
+    until(&mut chat, "general", |s| s.contains("Message #general")).await;
+    // Typed faster than they are written, then Ctrl-C at once.
+    for i in 0..100 {
+        type_line(&mut chat, &format!("line {i}"));
+    }
+    chat.key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
+    assert!(chat.app.quit);
+    assert!(chat.finish(T).await, "the queued writes were made in time");
+    let all = h.all_messages(c).await.expect("the messages");
+    let texts: Vec<_> = all.iter().filter_map(|m| m.text.clone()).collect();
+    assert_eq!(texts, (0..100).map(|i| format!("line {i}")).collect::<Vec<_>>());
 }

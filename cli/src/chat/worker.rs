@@ -22,10 +22,13 @@ pub enum Action {
     Refresh {
         /// The open channel.
         channel: Option<ChannelId>,
-        /// How many of its messages the screen holds.
+        /// How many of its newest messages to read.
         limit: usize,
         /// The open thread's root.
         thread: Option<MessageId>,
+        /// The user sees the newest messages (not scrolled up, no box over
+        /// them): mark the channel read.
+        seen: bool,
     },
     /// The page of messages before `before`.
     Older {
@@ -73,6 +76,8 @@ pub enum Action {
     Invite {
         /// The channel.
         channel: ChannelId,
+        /// How long it lets people in (`None`: until revoked).
+        expires: Option<std::time::Duration>,
     },
     /// Join from a ticket.
     Join(String),
@@ -100,11 +105,16 @@ pub enum Update {
         channel: ChannelId,
         /// The messages.
         messages: Vec<Message>,
-        /// Older than those held (else the newest).
-        older: bool,
+        /// Those before this one (what [`Action::Older`] asked), else the
+        /// newest.
+        before: Option<MessageId>,
         /// More are older still.
         more: bool,
     },
+    /// The page before this message could not be read.
+    NoOlder(MessageId),
+    /// The peers connected now.
+    Peers(Vec<hearth::PeerId>),
     /// A thread, read again.
     Thread(Thread),
     /// A channel made or joined here: open it.
@@ -165,15 +175,28 @@ async fn act(
         let _ = updates.send(u);
     };
     match action {
-        Action::Refresh { channel, limit, thread } => {
+        Action::Refresh {
+            channel,
+            limit,
+            thread,
+            seen,
+        } => {
+            if let Some(node) = node {
+                let peers = node.status().await?;
+                send(Update::Peers(
+                    peers.into_iter().filter(|p| p.connected).map(|p| p.peer).collect(),
+                ));
+            }
             let mut channels = h.channels().await?;
             if let Some(channel) = channel
                 && channels.iter().any(|c| c.id == channel)
             {
-                // What the screen shows is read: the marker goes to peers
-                // as this user's read receipt. A channel this user may no
+                // What the user sees is read: the marker goes to peers as
+                // this user's read receipt. A channel this user may no
                 // longer write in keeps its count.
-                if channels.iter().any(|c| c.id == channel && c.unread > 0) && h.mark_read(channel, None).await.is_ok()
+                if seen
+                    && channels.iter().any(|c| c.id == channel && c.unread > 0)
+                    && h.mark_read(channel, None).await.is_ok()
                 {
                     channels = h.channels().await?;
                 }
@@ -183,7 +206,7 @@ async fn act(
                 send(Update::Page {
                     channel,
                     messages,
-                    older: false,
+                    before: None,
                     more,
                 });
             }
@@ -193,12 +216,18 @@ async fn act(
             }
         }
         Action::Older { channel, before } => {
-            let messages = h.page(channel, Some(before), PAGE).await?;
+            let messages = match h.page(channel, Some(before), PAGE).await {
+                Ok(m) => m,
+                Err(e) => {
+                    send(Update::NoOlder(before));
+                    return Err(e.into());
+                }
+            };
             let more = messages.len() == PAGE;
             send(Update::Page {
                 channel,
                 messages,
-                older: true,
+                before: Some(before),
                 more,
             });
         }
@@ -213,12 +242,12 @@ async fn act(
         }
         Action::Edit { msg, text } => h.edit(msg, &text).await?,
         Action::Delete { msg } => h.delete(msg).await?,
-        Action::Invite { channel } => {
+        Action::Invite { channel, expires } => {
             let addrs = match node {
                 Some(node) => node.listen_addrs().await?,
                 None => crate::net::ticket_addrs(h).await?,
             };
-            let ticket = h.invite(channel, addrs.clone(), None, 0).await?;
+            let ticket = h.invite(channel, addrs.clone(), expires, 0).await?;
             if addrs.is_empty() {
                 send(Update::Notice(
                     "the ticket carries no address: run hearth chat with a node (not --offline) once".into(),

@@ -304,25 +304,30 @@ pub async fn sync(h: &Hearth, peer: &Multiaddr, trusted: bool, timeout: Duration
 /// when it is first awaited): call it before announcing anything, so that a
 /// signal sent right after the announcement is not lost.
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).ok();
-    let mut int = signal(SignalKind::interrupt()).ok();
+    use tokio::signal::unix::SignalKind;
+    first_signal([SignalKind::terminate(), SignalKind::interrupt()])
+}
+
+/// As [`shutdown_signal`], and SIGHUP (the terminal went away): for
+/// `hearth chat`, which lives in its terminal (a node may run under nohup).
+pub(crate) fn hangup_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::SignalKind;
+    first_signal([SignalKind::terminate(), SignalKind::interrupt(), SignalKind::hangup()])
+}
+
+/// The first of `kinds` to come (handlers installed now; one that cannot be
+/// installed never comes).
+fn first_signal<const N: usize>(kinds: [tokio::signal::unix::SignalKind; N]) -> impl std::future::Future<Output = ()> {
+    let signals: Vec<_> = kinds
+        .into_iter()
+        .filter_map(|k| tokio::signal::unix::signal(k).ok())
+        .collect();
     async move {
-        let recv = |s: &mut Option<tokio::signal::unix::Signal>| {
-            let s = s.take();
-            async move {
-                match s {
-                    Some(mut s) => {
-                        s.recv().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            }
-        };
-        tokio::select! {
-            _ = recv(&mut term) => {}
-            _ = recv(&mut int) => {}
+        if signals.is_empty() {
+            return std::future::pending().await;
         }
+        let waits = signals.into_iter().map(|mut s| Box::pin(async move { s.recv().await }));
+        futures::future::select_all(waits).await;
     }
 }
 

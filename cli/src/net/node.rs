@@ -295,10 +295,12 @@ pub(crate) struct Serving {
 /// Start `h`'s node: without `--listen`, on the addresses of the last run
 /// with the ports it bound, so that the tickets and peer lists printed before
 /// a restart still reach it (loopback TCP the first time); dialing the peers
-/// of `config` and those kept from tickets. `moved` hears why the last run's
-/// addresses could not be had (a port taken meanwhile, an address the
-/// machine no longer has), when the node then listens elsewhere.
-pub(crate) async fn serve(h: &Hearth, mut config: NodeConfig, mut moved: impl FnMut(&str)) -> Result<Serving> {
+/// of `config` and those kept from tickets. `say` hears, as JSON lines of
+/// docs/node-protocol.md, why the last run's addresses could not be had (a
+/// port taken meanwhile, an address the machine no longer has: the node then
+/// listens elsewhere) and a peer that cannot be dialed at all (the others
+/// still are).
+pub(crate) async fn serve(h: &Hearth, mut config: NodeConfig, mut say: impl FnMut(Value)) -> Result<Serving> {
     let remembered = config.listen.is_empty();
     if remembered {
         config.listen = read_addrs(h, LISTEN_FILE).await?;
@@ -326,7 +328,7 @@ pub(crate) async fn serve(h: &Hearth, mut config: NodeConfig, mut moved: impl Fn
         match h.start_sync(config.clone()).await {
             Ok(node) => break node,
             Err(hearth::Error::Network(why)) if !fallbacks.is_empty() => {
-                moved(&why);
+                say(json!({"event": "listen_moved", "error": why}));
                 config.listen = fallbacks.pop().expect("not empty");
             }
             Err(e) => return Err(e.into()),
@@ -334,7 +336,9 @@ pub(crate) async fn serve(h: &Hearth, mut config: NodeConfig, mut moved: impl Fn
     };
     let events = node.events();
     for p in peers {
-        node.dial(p).await?;
+        if let Err(e) = node.dial(p.clone()).await {
+            say(json!({"event": "error", "error": format!("dialing {p}: {e}")}));
+        }
     }
     // Listen addresses may come up before the subscription: ask the node.
     let addrs = node.wait_listening(LISTEN_WAIT).await.unwrap_or_default();
@@ -392,10 +396,7 @@ pub async fn node(h: &Hearth, config: NodeConfig, exit_on_eof: bool) -> Result<E
         node,
         mut events,
         addrs,
-    } = serve(h, config, |why| {
-        print_json(&json!({"event": "listen_moved", "error": why}))
-    })
-    .await?;
+    } = serve(h, config, |v| print_json(&v)).await?;
     for a in &addrs {
         print_json(&json!({"event": "listening", "addr": a.to_string()}));
     }

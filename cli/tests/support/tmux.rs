@@ -126,6 +126,13 @@ impl Tmux {
         self.key(name, "Enter");
     }
 
+    /// Paste `text` as a terminal paste does: bracketed (the program sees
+    /// one paste, line breaks and all) when it asked for bracketed paste.
+    pub fn paste(&self, name: &str, text: &str) {
+        self.ok(&["set-buffer", "-b", "test-paste", "--", text]);
+        self.ok(&["paste-buffer", "-p", "-d", "-b", "test-paste", "-t", name]);
+    }
+
     /// Press a key by tmux's name for it (Enter, Escape, C-c, Tab, ...).
     pub fn key(&self, name: &str, key: &str) {
         self.ok(&["send-keys", "-t", name, key]);
@@ -136,10 +143,10 @@ impl Tmux {
         self.ok(&["capture-pane", "-p", "-t", name])
     }
 
-    /// Everything the pane printed, history included (what a program said
-    /// as it died).
+    /// Everything the pane printed, history included, lines it wrapped
+    /// joined (what a program said as it died).
     pub fn history(&self, name: &str) -> String {
-        self.ok(&["capture-pane", "-p", "-S", "-", "-t", name])
+        self.ok(&["capture-pane", "-p", "-J", "-S", "-", "-t", name])
     }
 
     /// The program's exit status, once it ended.

@@ -10,7 +10,9 @@ close and reopen with the passphrase and read the same page; a wrong
 passphrase, a malformed id, an unknown channel, a bad ticket and a closed
 store each raise their own HearthError; then a second user joins through an
 invite ticket, syncs over 127.0.0.1 and receives the first's new message
-as an event from its EventStream (and the first receives the reply).
+as an event from its EventStream (and the first receives the reply);
+and the first user links a phone (one code on both, confirmed from the
+first device's events), which catches up by sync.
 """
 
 import asyncio
@@ -172,6 +174,8 @@ async def sync_to_a_second_store(d, a, me, general):
     assert e.root == welcome and e.author == bob and not e.local, e
     ok("alice's EventStream: bob's reply arrived")
 
+    await link_a_phone(d, a, sa, addrs, me, general)
+
     await step(sb.stop())
     await step(b.close())
     # A subscription ends with its store.
@@ -179,6 +183,50 @@ async def sync_to_a_second_store(d, a, me, general):
         pass
     await raises(h.HearthError.Closed, b.page(general, None, 1))
     ok("stop, close; the stream ends with its store")
+
+
+class ShowCode(h.LinkCodeListener):
+    """The new device's screen: the code it shows while it is linked."""
+
+    def __init__(self):
+        self.codes = []
+
+    def show_code(self, code):
+        self.codes.append(code)
+
+
+async def link_a_phone(d, a, sa, addrs, me, general):
+    """Alice links a phone: both show one code, she confirms on the laptop."""
+    ticket = await step(a.link_ticket(addrs))
+    events = a.subscribe()
+    shown = ShowCode()
+    phone_dir = os.path.join(d, "alice-phone")
+    linking = asyncio.ensure_future(h.Hearth.create_linked(
+        phone_dir, "phone passphrase", ticket, FAST, WAIT_TD, shown))
+    asked, _ = await until(events, lambda e: e.is_link_requested())
+    digits = asked.code.replace(" ", "")
+    assert len(digits) == 6 and digits.isdigit(), asked
+    assert shown.codes == [asked.code], (shown.codes, asked.code)
+    await step(sa.confirm_link(asked.peer, True))
+    phone = await step(linking)
+    them = phone.whoami()
+    assert them.user == me.user and them.name == "alice", (them, me)
+    assert them.device != me.device, them
+    await until(events, lambda e: e.is_linked())
+    # Its channels come with the link; their history by sync.
+    assert [c.id for c in await step(phone.channels())] == [general]
+    sp = await step(phone.start_sync(h.SyncConfig()))
+    peer = await step(sp.connect(addrs, WAIT_TD))
+    await step(sp.sync_until_equal(peer, WAIT_TD))
+    texts = [m.text for m in await step(phone.page(general, None, 50))]
+    assert "welcome, bob" in texts and "lunch?" in texts, texts
+    await step(sp.stop())
+    await step(phone.close())
+    # A ticket is one-time: a second device cannot use it.
+    await raises(h.HearthError.Link, h.Hearth.create_linked(
+        os.path.join(d, "mallory"), "x", ticket, FAST, datetime.timedelta(seconds=5), ShowCode()))
+    ok("link_ticket, create_linked (the code shown on both), confirm_link, the phone catches up; "
+       "a used ticket is refused")
 
 
 async def main():
