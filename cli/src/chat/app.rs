@@ -499,8 +499,9 @@ impl App {
                     title: format!("Invite to #{name} (Esc closes)"),
                     text: format!(
                         "Anyone with this ticket can join #{name} while this invite is open \
-                         (`hearth invite revoke` ends it); it holds no channel key. \
-                         In another hearth chat: /join TICKET\n\n{ticket}"
+                         (for the span given to /invite, or until `hearth invite revoke`, run \
+                         once this chat ends); it holds no channel key. In another hearth \
+                         chat: /join TICKET (it is printed whole when this chat ends too)\n\n{ticket}"
                     ),
                     copyable: true,
                 });

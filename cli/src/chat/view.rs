@@ -91,7 +91,8 @@ pub fn draw(app: &mut App, palette: Palette, frame: &mut Frame) {
     draw_status(app, palette, frame, status);
     if let Some(popup) = &app.popup {
         let (area, block) = if popup.copyable {
-            let area = centered(frame.area(), 100, 60);
+            // The whole screen: a long ticket (many addresses) still fits.
+            let area = frame.area();
             (area, Block::new().borders(Borders::TOP | Borders::BOTTOM))
         } else {
             (centered(frame.area(), 80, 60), Block::bordered())
