@@ -195,20 +195,10 @@ pub(super) fn spawn_worker<R: Replica>(
                         pushes.insert(wire);
                     }
                     Work::Learned(wire, v, fetched) => {
-                        // What it asked for or pushed, it holds.
-                        acks.lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .entry((peer, wire))
-                            .or_default()
-                            .merge(&v);
+                        learn(&acks, peer, known, wire, &v, fetched);
                         if fetched {
-                            known.entry(wire).or_default().merge(&v);
                             peer_fetched = Some(Instant::now());
                             fetched_now = true;
-                        } else if let Some(k) = known.get_mut(&wire) {
-                            // Pushed feeds only: a part of the peer's vector, that
-                            // can only raise one already known.
-                            k.merge(&v);
                         }
                     }
                 };
@@ -240,6 +230,28 @@ pub(super) fn spawn_worker<R: Replica>(
                     Ok(v) => v,
                     Err(_) => continue,
                 };
+                // What the peer pushed is learned before its ingest starts,
+                // so every entry of its in `local` was learned by now: take
+                // what came while the vectors were read, or an entry it
+                // pushed meanwhile would be pushed back to it. The rest
+                // waits for the next round.
+                let mut later = Vec::new();
+                while let Ok(w) = rx.try_recv() {
+                    match w {
+                        Work::Learned(wire, v, fetched) => {
+                            learn(&acks, peer, &mut known, wire, &v, fetched);
+                            if fetched {
+                                peer_fetched = Some(Instant::now());
+                            }
+                        }
+                        other => later.push(other),
+                    }
+                }
+                if let Some(tx) = me.upgrade() {
+                    for w in later {
+                        let _ = tx.send(w);
+                    }
+                }
                 // A push to a channel the peer's vector is unknown for needs a Hello.
                 if pushes.iter().any(|w| !known.contains_key(w)) {
                     reconcile = true;
@@ -276,8 +288,12 @@ pub(super) fn spawn_worker<R: Replica>(
                             ..Outcome::default()
                         },
                     };
+                    // Merged, not replaced: the session's view of the peer
+                    // is as of its Hello, and a live push that came during
+                    // the session may have taught more (replaced, what the
+                    // peer had pushed meanwhile went back to it).
                     for (w, v) in &o.peer {
-                        known.insert(*w, v.clone());
+                        known.entry(*w).or_default().merge(v);
                     }
                     // The live stream is opened once a session has settled what
                     // the peer holds, not at the first live push, which would
@@ -401,5 +417,22 @@ mod tests {
         let short = Duration::from_secs(1);
         assert_eq!(discovery_wait(None, short), short);
         assert_eq!(discovery_wait(Some(short), short), short);
+    }
+}
+
+/// What the peer asked for (`fetched`: its whole vector of the channel) or
+/// pushed (its pushed feeds' heads), it holds.
+fn learn(acks: &Acks, peer: PeerId, known: &mut BTreeMap<WireId, Vector>, wire: WireId, v: &Vector, fetched: bool) {
+    acks.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry((peer, wire))
+        .or_default()
+        .merge(v);
+    if fetched {
+        known.entry(wire).or_default().merge(v);
+    } else if let Some(k) = known.get_mut(&wire) {
+        // Pushed feeds only: a part of the peer's vector, that can only
+        // raise one already known.
+        k.merge(v);
     }
 }
