@@ -398,6 +398,23 @@ pub(super) fn short_wires<'a>(wires: impl Iterator<Item = &'a WireId>) -> String
     wires.map(WireId::short).collect::<Vec<_>>().join(",")
 }
 
+/// What the peer asked for (`fetched`: its whole vector of the channel) or
+/// pushed (its pushed feeds' heads), it holds.
+fn learn(acks: &Acks, peer: PeerId, known: &mut BTreeMap<WireId, Vector>, wire: WireId, v: &Vector, fetched: bool) {
+    acks.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry((peer, wire))
+        .or_default()
+        .merge(v);
+    if fetched {
+        known.entry(wire).or_default().merge(v);
+    } else if let Some(k) = known.get_mut(&wire) {
+        // Pushed feeds only: a part of the peer's vector, that can only
+        // raise one already known.
+        k.merge(v);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,22 +434,5 @@ mod tests {
         let short = Duration::from_secs(1);
         assert_eq!(discovery_wait(None, short), short);
         assert_eq!(discovery_wait(Some(short), short), short);
-    }
-}
-
-/// What the peer asked for (`fetched`: its whole vector of the channel) or
-/// pushed (its pushed feeds' heads), it holds.
-fn learn(acks: &Acks, peer: PeerId, known: &mut BTreeMap<WireId, Vector>, wire: WireId, v: &Vector, fetched: bool) {
-    acks.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry((peer, wire))
-        .or_default()
-        .merge(v);
-    if fetched {
-        known.entry(wire).or_default().merge(v);
-    } else if let Some(k) = known.get_mut(&wire) {
-        // Pushed feeds only: a part of the peer's vector, that can only
-        // raise one already known.
-        k.merge(v);
     }
 }
