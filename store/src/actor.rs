@@ -10,10 +10,15 @@
 //! writers share one fsync, and the CRDT work of a write overlaps the fsync of
 //! its journal record. A reply waits for both (see [`Join`]). A query first
 //! closes the current group, so it sees every write queued before it.
+//!
+//! Both threads look for their next message for a moment before they sleep
+//! (a wake-up costs more than the look), but never while a journal fsync is
+//! in flight: on this machine's VM a busy core slows a concurrent fdatasync
+//! by 40 µs or more, half the fsync itself ([`InFlight`], docs/reach.md).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use hearth_core::Passphrase;
@@ -110,7 +115,83 @@ pub(crate) enum JournalMsg {
     Purge(oneshot::Sender<Result<()>>),
 }
 
-fn journal_thread(mut journal: Journal, rx: std_mpsc::Receiver<JournalMsg>, poisoned: Arc<AtomicBool>) {
+/// What the store thread and the journal thread share about the fsyncs under
+/// way, so that neither looks for work in a busy loop while one runs.
+///
+/// A core kept busy while an fdatasync is in flight slows the fdatasync (by
+/// 35 to 45 µs against a floor of 80 µs on this machine's VM, whether the
+/// loop yields or pauses; work that ends and sleeps costs little): so the
+/// store thread, its write staged, sleeps instead of looking for the next
+/// command while a record of its is being synced, and wakes a little before
+/// the fsync should end ([`sleep_on_sync`]), so that it is up when the
+/// writer's next command comes; if the fsync ends first, the journal thread
+/// wakes it, before it acknowledges the writes.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    /// Records handed to the journal thread and not yet synced.
+    records: AtomicUsize,
+    /// The store thread sleeps, waiting for a command or for the fsync's end.
+    parked: AtomicBool,
+    /// The store thread, to wake.
+    store: OnceLock<std::thread::Thread>,
+    /// Moving average of the journal's fsync time, in nanoseconds.
+    fsync_ns: AtomicU64,
+}
+
+impl InFlight {
+    /// The journal thread synced `n` records: wake the store thread if it
+    /// sleeps on them.
+    fn synced(&self, n: usize) {
+        self.records.fetch_sub(n, Ordering::SeqCst);
+        if self.parked.swap(false, Ordering::SeqCst)
+            && let Some(t) = self.store.get()
+        {
+            t.unpark();
+        }
+    }
+
+    /// One more fsync took `d` (a stall of more than 4 times the average
+    /// counts as 4 times).
+    fn timed(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let old = self.fsync_ns.load(Ordering::Relaxed);
+        let avg = if old == 0 {
+            ns
+        } else {
+            old.saturating_mul(7).saturating_add(ns.min(old.saturating_mul(4))) / 8
+        };
+        self.fsync_ns.store(avg, Ordering::Relaxed);
+    }
+
+    /// How long an fsync handed over at `sent` should still take.
+    fn left(&self, sent: Instant) -> Duration {
+        Duration::from_nanos(self.fsync_ns.load(Ordering::Relaxed)).saturating_sub(sent.elapsed())
+    }
+
+    fn busy(&self) -> bool {
+        self.records.load(Ordering::SeqCst) > 0
+    }
+}
+
+/// Wakes the store thread when a command comes while it sleeps on an fsync.
+struct Unpark(std::thread::Thread);
+
+impl std::task::Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+fn journal_thread(
+    mut journal: Journal,
+    rx: std_mpsc::Receiver<JournalMsg>,
+    poisoned: Arc<AtomicBool>,
+    inflight: Arc<InFlight>,
+) {
     let mut next = rx.recv().ok();
     while let Some(msg) = next.take() {
         match msg {
@@ -118,9 +199,11 @@ fn journal_thread(mut journal: Journal, rx: std_mpsc::Receiver<JournalMsg>, pois
                 // Take every group already queued: one write and one fsync for all.
                 let mut buf = bytes;
                 let mut all = acks;
+                let mut groups = 1;
                 while let Ok(m) = rx.try_recv() {
                     match m {
                         JournalMsg::Group(b, a) => {
+                            groups += 1;
                             buf.extend_from_slice(&b);
                             all.extend(a);
                         }
@@ -133,8 +216,14 @@ fn journal_thread(mut journal: Journal, rx: std_mpsc::Receiver<JournalMsg>, pois
                 let res = if poisoned.load(Ordering::SeqCst) {
                     Err(Error::Poisoned)
                 } else {
-                    journal.append_durable(&buf)
+                    let t = Instant::now();
+                    let r = journal.append_durable(&buf);
+                    inflight.timed(t.elapsed());
+                    r
                 };
+                // The store thread first: its wake-up runs alongside the
+                // writers' (it is up when their next commands come).
+                inflight.synced(groups);
                 match res {
                     Ok(()) => {
                         crash_point!("journal.synced");
@@ -160,7 +249,8 @@ fn journal_thread(mut journal: Journal, rx: std_mpsc::Receiver<JournalMsg>, pois
             }
         }
         if next.is_none() {
-            // As in `spin_recv`: the next record often follows at once.
+            // As in `spin_recv`: the next record often follows at once (and
+            // no fsync is in flight: this thread makes them all).
             let start = Instant::now();
             while next.is_none() && start.elapsed() < SPIN {
                 match rx.try_recv() {
@@ -202,6 +292,9 @@ impl Join {
 struct Actor {
     engine: Engine,
     journal: std_mpsc::SyncSender<JournalMsg>,
+    inflight: Arc<InFlight>,
+    /// When the last journal record was handed to the journal thread.
+    sent: Option<Instant>,
     journal_thread: Option<std::thread::JoinHandle<()>>,
     poisoned: Arc<AtomicBool>,
     /// The journal run new records carry.
@@ -277,9 +370,12 @@ impl Actor {
             j.journal = Some(r);
             j.settle();
         });
+        self.inflight.records.fetch_add(1, Ordering::SeqCst);
+        self.sent = Some(Instant::now());
         if let Err(std_mpsc::SendError(JournalMsg::Group(_, acks))) =
             self.journal.send(JournalMsg::Group(bytes, vec![ack]))
         {
+            self.inflight.records.fetch_sub(1, Ordering::SeqCst);
             acks.into_iter().for_each(|a| a(Err(Error::Closed)));
         }
         // A record is replayed exactly as staged here, so even a staging error
@@ -699,19 +795,96 @@ fn reply_all(waiters: Vec<oneshot::Sender<Result<CompactReport>>>, res: Result<C
     }
 }
 
+/// What [`spin_recv`] found instead of a command.
+enum Spun {
+    /// Every handle is gone.
+    Closed,
+    /// Nothing came for [`SPIN`].
+    Idle,
+    /// Nothing yet, and a record of this store's is being synced.
+    Syncing,
+}
+
 /// Look for a command for a few microseconds before parking: a caller that
 /// sends its next command right after a reply (a writer loop, a page walk) then
-/// skips a thread wake-up on each side, which costs more than the spin.
-fn spin_recv(rx: &mut mpsc::Receiver<Cmd>) -> Option<Cmd> {
+/// skips a thread wake-up on each side, which costs more than the spin. Not
+/// while a journal fsync is in flight ([`InFlight`]), unless `early` (the
+/// fsync is about to end, [`sleep_on_sync`]).
+fn spin_recv(rx: &mut mpsc::Receiver<Cmd>, inflight: &InFlight, early: bool) -> std::result::Result<Cmd, Spun> {
     let start = Instant::now();
     loop {
         match rx.try_recv() {
-            Ok(c) => return Some(c),
-            Err(mpsc::error::TryRecvError::Disconnected) => return None,
-            Err(mpsc::error::TryRecvError::Empty) if start.elapsed() > SPIN => return None,
+            Ok(c) => return Ok(c),
+            Err(mpsc::error::TryRecvError::Disconnected) => return Err(Spun::Closed),
+            Err(mpsc::error::TryRecvError::Empty) if !early && inflight.busy() => return Err(Spun::Syncing),
+            Err(mpsc::error::TryRecvError::Empty) if start.elapsed() > SPIN => return Err(Spun::Idle),
             Err(mpsc::error::TryRecvError::Empty) => std::thread::yield_now(),
         }
     }
+}
+
+/// Sleep while a record of this store's is being synced, until a command
+/// comes, the fsync ends, or `wait` passes: `Ok(None)` is "look again".
+/// `Err` when `wait` is zero (a group is due to close, and the fsync's time
+/// suits that work).
+///
+/// The sleep ends [`WAKE_AHEAD`] before the fsync handed over at `sent`
+/// should end (its moving average), and `early` is set: the thread then
+/// looks in a loop again, up and ready when the writer's next command comes
+/// (a wake-up at that moment costs 10 to 20 µs on this machine's VM, a look
+/// that overlaps the fsync's last microseconds little).
+fn sleep_on_sync(
+    rx: &mut mpsc::Receiver<Cmd>,
+    inflight: &InFlight,
+    wait: Duration,
+    sent: Option<Instant>,
+    early: &mut bool,
+) -> std::result::Result<Option<Option<Cmd>>, ()> {
+    if wait.is_zero() {
+        return Err(());
+    }
+    let nap = match sent.map(|t| inflight.left(t).saturating_sub(WAKE_AHEAD)) {
+        Some(d) if d.is_zero() => {
+            *early = true;
+            return Ok(None);
+        }
+        Some(d) if d < wait => {
+            *early = true;
+            d
+        }
+        _ => wait,
+    };
+    inflight.parked.store(true, Ordering::SeqCst);
+    // Either the journal thread sees `parked` (and wakes this thread), or
+    // this thread sees the fsync done.
+    if !inflight.busy() {
+        inflight.parked.store(false, Ordering::SeqCst);
+        return Ok(None);
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let got = match rx.poll_recv(&mut std::task::Context::from_waker(&waker)) {
+        std::task::Poll::Ready(c) => Ok(Some(c)),
+        std::task::Poll::Pending => {
+            std::thread::park_timeout(nap);
+            match rx.try_recv() {
+                Ok(c) => Ok(Some(Some(c))),
+                Err(mpsc::error::TryRecvError::Disconnected) => Ok(Some(None)),
+                Err(mpsc::error::TryRecvError::Empty) => Ok(None),
+            }
+        }
+    };
+    inflight.parked.store(false, Ordering::SeqCst);
+    got
+}
+
+/// Make this thread's timed sleeps wake within a microsecond of their time
+/// (Linux lets a normal thread's timers be 50 µs late, most of an fsync):
+/// [`sleep_on_sync`] times its wake-up to the fsync's end.
+#[allow(unsafe_code)]
+fn precise_timers() {
+    // SAFETY: prctl(PR_SET_TIMERSLACK) takes an integer and changes only this
+    // thread's timer slack; it touches no memory of this process.
+    let _ = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
 }
 
 /// Say once, on stderr, why the store stopped accepting writes (the callers get
@@ -722,6 +895,9 @@ fn report_failure(e: &Error) {
     }
 }
 
+/// How long before a journal fsync should end the store thread wakes to
+/// look for its next command ([`sleep_on_sync`]).
+const WAKE_AHEAD: Duration = Duration::from_micros(15);
 /// How long [`spin_recv`] looks before parking.
 const SPIN: Duration = Duration::from_micros(500);
 
@@ -736,6 +912,7 @@ pub(crate) struct Prepared {
     journal_to: std_mpsc::SyncSender<Journal>,
     thread: std::thread::JoinHandle<()>,
     poisoned: Arc<AtomicBool>,
+    inflight: Arc<InFlight>,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -749,12 +926,13 @@ pub(crate) fn prepare() -> std::io::Result<Prepared> {
     let poisoned = Arc::new(AtomicBool::new(false));
     let (journal_tx, jrx) = std_mpsc::sync_channel(JOURNAL_QUEUE);
     let (journal_to, journal_rx) = std_mpsc::sync_channel::<Journal>(1);
-    let p = poisoned.clone();
+    let inflight = Arc::new(InFlight::default());
+    let (p, i) = (poisoned.clone(), inflight.clone());
     let thread = std::thread::Builder::new()
         .name("hearth-journal".into())
         .spawn(move || {
             if let Ok(journal) = journal_rx.recv() {
-                journal_thread(journal, jrx, p);
+                journal_thread(journal, jrx, p, i);
             }
         })?;
     Ok(Prepared {
@@ -762,6 +940,7 @@ pub(crate) fn prepare() -> std::io::Result<Prepared> {
         journal_to,
         thread,
         poisoned,
+        inflight,
     })
 }
 
@@ -777,7 +956,10 @@ pub(crate) fn run(mut engine: Engine, journal: Journal, mut rx: mpsc::Receiver<C
         journal_to,
         thread: journal_thread,
         poisoned,
+        inflight,
     } = prepared;
+    // `set` fails only if this store's thread was set before, which cannot be.
+    let _ = inflight.store.set(std::thread::current());
     // The thread is there while its queue's sender is: it takes the journal.
     journal_to
         .send(journal)
@@ -788,6 +970,8 @@ pub(crate) fn run(mut engine: Engine, journal: Journal, mut rx: mpsc::Receiver<C
     let mut actor = Actor {
         engine,
         journal: jtx,
+        inflight,
+        sent: None,
         journal_thread: Some(journal_thread),
         poisoned,
         run,
@@ -810,6 +994,9 @@ pub(crate) fn run(mut engine: Engine, journal: Journal, mut rx: mpsc::Receiver<C
         .build()
         .expect("a timer runtime");
     let mut close_reply = None;
+    // Set by `sleep_on_sync`: look in a loop although an fsync is in flight.
+    let mut early = false;
+    precise_timers();
     loop {
         // With ops staged, wake up in time to close them into feed entries.
         let wait = match actor.staged_since {
@@ -821,12 +1008,21 @@ pub(crate) fn run(mut engine: Engine, journal: Journal, mut rx: mpsc::Receiver<C
         } else {
             wait
         };
-        let first = match spin_recv(&mut rx) {
-            Some(c) => Ok(Some(c)),
-            None => rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }),
+        let e = std::mem::take(&mut early);
+        let first = match spin_recv(&mut rx, &actor.inflight, e) {
+            Ok(c) => Ok(Some(c)),
+            Err(Spun::Closed) => Ok(None),
+            Err(Spun::Idle) => rt
+                .block_on(async { tokio::time::timeout(wait, rx.recv()).await })
+                .map_err(drop),
+            Err(Spun::Syncing) => match sleep_on_sync(&mut rx, &actor.inflight, wait, actor.sent, &mut early) {
+                Ok(None) => continue,
+                Ok(Some(c)) => Ok(c),
+                Err(()) => Err(()),
+            },
         };
         let mut cmds = match first {
-            Err(_) => {
+            Err(()) => {
                 if let Err(e) = actor.close_group().and_then(|()| actor.housekeeping()) {
                     actor.poisoned.store(true, Ordering::SeqCst);
                     report_failure(&e);
