@@ -1,24 +1,26 @@
-//! The store task: one thread owns the [`Engine`]; a second owns the journal
-//! file and does the group commit.
+//! The store task: one thread owns the [`Engine`]; the writers make their
+//! journal records durable themselves ([`GroupCommit`]).
 //!
 //! ```text
-//!  handles ──cmd──▶ store thread: prepare ──record──▶ journal thread: write + fdatasync (all queued records) → acks
-//!                                 └─ stage, then finish_batch (automerge commit, seal, sign, sled batch),
-//!                                    while the fsync runs
+//!  handle ──cmd──▶ store thread: prepare, queue the record ──reply──▶ handle: write + fdatasync
+//!                                 └─ stage, then finish_batch            (every record queued: a group)
+//!                                    (automerge commit, seal, sign,      then the staging's result
+//!                                    sled batch), while the fsync runs
 //! ```
 //! Records queued while an fsync is in flight share the next one, so concurrent
 //! writers share one fsync, and the CRDT work of a write overlaps the fsync of
-//! its journal record. A reply waits for both (see [`Join`]). A query first
-//! closes the current group, so it sees every write queued before it.
+//! its journal record. A write resolves once both are done ([`Written`]). A
+//! query first closes the current group, so it sees every write queued before
+//! it.
 //!
-//! Both threads look for their next message for a moment before they sleep
-//! (a wake-up costs more than the look), but never while a journal fsync is
-//! in flight: on this machine's VM a busy core slows a concurrent fdatasync
-//! by 40 µs or more, half the fsync itself ([`InFlight`], docs/reach.md).
+//! The store thread looks for its next command for a moment before it
+//! sleeps (a wake-up costs more than the look), but not while a record of
+//! its is being synced: on this machine's VM a busy core slows a concurrent
+//! fdatasync by 40 µs or more, half the fsync itself ([`sleep_on_sync`],
+//! docs/reach.md).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hearth_core::Passphrase;
@@ -27,11 +29,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::compact::{CompactProgress, CompactReport, CompactStop};
 use crate::engine::{Engine, Outcome, Write};
 use crate::error::{Error, Result};
+use crate::group_commit::GroupCommit;
 use crate::journal::{Journal, encode_record};
 
-/// Journal records queued to the journal thread before the store thread waits
-/// (the journal thread takes every queued record into one write and one fsync).
-const JOURNAL_QUEUE: usize = 8192;
 /// After an automatic compaction failed to start or finish, how long before
 /// the next try.
 const AUTO_COMPACT_RETRY: Duration = Duration::from_secs(60);
@@ -41,8 +41,6 @@ const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 const EXPIRE_EPOCHS: usize = 4;
 /// How often the store task looks at a compaction's copy while it runs.
 const COMPACT_POLL: Duration = Duration::from_millis(5);
-
-type Ack = Box<dyn FnOnce(Result<()>) + Send>;
 
 /// Longest time staged ops wait before they are closed into feed entries.
 const FINISH_AFTER: Duration = Duration::from_millis(5);
@@ -66,8 +64,17 @@ pub(crate) type Query = Box<dyn FnOnce(&mut Engine) + Send>;
 /// poisoned, like after a failed group close.
 pub(crate) type Mutation = Box<dyn FnOnce(&mut Engine, Result<()>) -> std::result::Result<(), ()> + Send>;
 
+/// A write taken by the store thread: its record's sequence number (none
+/// when it wrote nothing), what it did, and its staging's result to come.
+#[derive(Debug)]
+pub(crate) struct Written {
+    pub(crate) seq: Option<u64>,
+    pub(crate) outcome: Outcome,
+    pub(crate) staged: Option<oneshot::Receiver<Result<()>>>,
+}
+
 pub(crate) enum Cmd {
-    Write(Write, oneshot::Sender<Result<Outcome>>),
+    Write(Write, oneshot::Sender<Result<Written>>),
     Query(Query),
     Mutate(Mutation),
     Passwd(Passphrase, oneshot::Sender<Result<()>>),
@@ -105,74 +112,6 @@ struct Compacting {
     waiters: Vec<oneshot::Sender<Result<CompactReport>>>,
 }
 
-pub(crate) enum JournalMsg {
-    Group(Vec<u8>, Vec<Ack>),
-    /// Start a new run (everything written so far is durable in sled).
-    Clear(u64, oneshot::Sender<()>),
-    /// The store closed cleanly: leave an empty journal behind.
-    Finish(oneshot::Sender<Result<()>>),
-    /// A compaction swapped its files in: zero the old records.
-    Purge(oneshot::Sender<Result<()>>),
-}
-
-/// What the store thread and the journal thread share about the fsyncs under
-/// way, so that neither looks for work in a busy loop while one runs.
-///
-/// A core kept busy while an fdatasync is in flight slows the fdatasync (by
-/// 35 to 45 µs against a floor of 80 µs on this machine's VM, whether the
-/// loop yields or pauses; work that ends and sleeps costs little): so the
-/// store thread, its write staged, sleeps instead of looking for the next
-/// command while a record of its is being synced, and wakes a little before
-/// the fsync should end ([`sleep_on_sync`]), so that it is up when the
-/// writer's next command comes; if the fsync ends first, the journal thread
-/// wakes it, before it acknowledges the writes.
-#[derive(Debug, Default)]
-pub(crate) struct InFlight {
-    /// Records handed to the journal thread and not yet synced.
-    records: AtomicUsize,
-    /// The store thread sleeps, waiting for a command or for the fsync's end.
-    parked: AtomicBool,
-    /// The store thread, to wake.
-    store: OnceLock<std::thread::Thread>,
-    /// Moving average of the journal's fsync time, in nanoseconds.
-    fsync_ns: AtomicU64,
-}
-
-impl InFlight {
-    /// The journal thread synced `n` records: wake the store thread if it
-    /// sleeps on them.
-    fn synced(&self, n: usize) {
-        self.records.fetch_sub(n, Ordering::SeqCst);
-        if self.parked.swap(false, Ordering::SeqCst)
-            && let Some(t) = self.store.get()
-        {
-            t.unpark();
-        }
-    }
-
-    /// One more fsync took `d` (a stall of more than 4 times the average
-    /// counts as 4 times).
-    fn timed(&self, d: Duration) {
-        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        let old = self.fsync_ns.load(Ordering::Relaxed);
-        let avg = if old == 0 {
-            ns
-        } else {
-            old.saturating_mul(7).saturating_add(ns.min(old.saturating_mul(4))) / 8
-        };
-        self.fsync_ns.store(avg, Ordering::Relaxed);
-    }
-
-    /// How long an fsync handed over at `sent` should still take.
-    fn left(&self, sent: Instant) -> Duration {
-        Duration::from_nanos(self.fsync_ns.load(Ordering::Relaxed)).saturating_sub(sent.elapsed())
-    }
-
-    fn busy(&self) -> bool {
-        self.records.load(Ordering::SeqCst) > 0
-    }
-}
-
 /// Wakes the store thread when a command comes while it sleeps on an fsync.
 struct Unpark(std::thread::Thread);
 
@@ -186,116 +125,11 @@ impl std::task::Wake for Unpark {
     }
 }
 
-fn journal_thread(
-    mut journal: Journal,
-    rx: std_mpsc::Receiver<JournalMsg>,
-    poisoned: Arc<AtomicBool>,
-    inflight: Arc<InFlight>,
-) {
-    let mut next = rx.recv().ok();
-    while let Some(msg) = next.take() {
-        match msg {
-            JournalMsg::Group(bytes, acks) => {
-                // Take every group already queued: one write and one fsync for all.
-                let mut buf = bytes;
-                let mut all = acks;
-                let mut groups = 1;
-                while let Ok(m) = rx.try_recv() {
-                    match m {
-                        JournalMsg::Group(b, a) => {
-                            groups += 1;
-                            buf.extend_from_slice(&b);
-                            all.extend(a);
-                        }
-                        other => {
-                            next = Some(other);
-                            break;
-                        }
-                    }
-                }
-                let res = if poisoned.load(Ordering::SeqCst) {
-                    Err(Error::Poisoned)
-                } else {
-                    let t = Instant::now();
-                    let r = journal.append_durable(&buf);
-                    inflight.timed(t.elapsed());
-                    r
-                };
-                // The store thread first: its wake-up runs alongside the
-                // writers' (it is up when their next commands come).
-                inflight.synced(groups);
-                match res {
-                    Ok(()) => {
-                        crash_point!("journal.synced");
-                        all.into_iter().for_each(|a| a(Ok(())))
-                    }
-                    Err(e) => {
-                        poisoned.store(true, Ordering::SeqCst);
-                        let text = e.to_string();
-                        all.into_iter()
-                            .for_each(|a| a(Err(Error::Io(std::io::Error::other(text.clone())))));
-                    }
-                }
-            }
-            JournalMsg::Clear(run, done) => {
-                journal.clear(run);
-                let _ = done.send(());
-            }
-            JournalMsg::Finish(done) => {
-                let _ = done.send(journal.mark_empty());
-            }
-            JournalMsg::Purge(done) => {
-                let _ = done.send(journal.purge());
-            }
-        }
-        if next.is_none() {
-            // As in `spin_recv`: the next record often follows at once (and
-            // no fsync is in flight: this thread makes them all).
-            let start = Instant::now();
-            while next.is_none() && start.elapsed() < SPIN {
-                match rx.try_recv() {
-                    Ok(m) => next = Some(m),
-                    Err(std_mpsc::TryRecvError::Disconnected) => break,
-                    Err(std_mpsc::TryRecvError::Empty) => std::thread::yield_now(),
-                }
-            }
-        }
-        if next.is_none() {
-            next = rx.recv().ok();
-        }
-    }
-}
-
-/// The reply of a write waits for two things: its journal record being durable
-/// (journal thread) and its ops being staged (store thread). Whichever comes
-/// second sends the reply.
-struct Join {
-    journal: Option<Result<()>>,
-    staged: Option<Result<()>>,
-    reply: Option<oneshot::Sender<Result<Outcome>>>,
-    outcome: Outcome,
-}
-
-impl Join {
-    fn settle(&mut self) {
-        if self.journal.is_none() || self.staged.is_none() {
-            return;
-        }
-        let (Some(journal), Some(staged), Some(reply)) = (self.journal.take(), self.staged.take(), self.reply.take())
-        else {
-            return;
-        };
-        let _ = reply.send(journal.and(staged).map(|()| self.outcome));
-    }
-}
-
 struct Actor {
     engine: Engine,
-    journal: std_mpsc::SyncSender<JournalMsg>,
-    inflight: Arc<InFlight>,
-    /// When the last journal record was handed to the journal thread.
+    journal: Arc<GroupCommit>,
+    /// When the last journal record was queued.
     sent: Option<Instant>,
-    journal_thread: Option<std::thread::JoinHandle<()>>,
     poisoned: Arc<AtomicBool>,
     /// The journal run new records carry.
     run: u64,
@@ -305,7 +139,7 @@ struct Actor {
     last_write: Option<Instant>,
     /// Ops staged since then.
     staged_ops: usize,
-    /// Highest journal seq handed to the journal thread but not yet in a sled batch.
+    /// Highest journal seq queued but not yet in a sled batch.
     unbatched: Option<u64>,
     next_seq: u64,
     journal_bytes: u64,
@@ -316,7 +150,8 @@ struct Actor {
     backup: Option<BackingUp>,
     /// Backups asked for while another copy ran, in order.
     backups_waiting: std::collections::VecDeque<BackupJob>,
-    /// Backups whose file's end is being written.
+    /// Backups whose file's end is being written, and compactions' purges
+    /// of the journal's old records.
     finishing: Vec<std::thread::JoinHandle<()>>,
     /// When expired texts were last dropped (retention).
     last_expiry: Instant,
@@ -325,10 +160,11 @@ struct Actor {
 }
 
 impl Actor {
-    /// Journal first, then stage: the record goes to the journal thread as soon
-    /// as the write is validated, so its fsync runs while this thread does the
-    /// automerge work (and while the next writes of the group are validated).
-    fn write(&mut self, w: Write, reply: oneshot::Sender<Result<Outcome>>) {
+    /// Journal first, then stage: the record is queued and the writer told
+    /// as soon as the write is validated, so its fsync (on the writer's
+    /// thread) runs while this thread does the automerge work (and while the
+    /// next writes of the group are validated).
+    fn write(&mut self, w: Write, reply: oneshot::Sender<Result<Written>>) {
         if self.poisoned.load(Ordering::SeqCst) {
             let _ = reply.send(Err(Error::Poisoned));
             return;
@@ -345,7 +181,11 @@ impl Actor {
             }
         };
         if entries.is_empty() {
-            let _ = reply.send(Ok(outcome));
+            let _ = reply.send(Ok(Written {
+                seq: None,
+                outcome,
+                staged: None,
+            }));
             return;
         }
         let seq = self.next_seq;
@@ -358,26 +198,14 @@ impl Actor {
         };
         self.next_seq += 1;
         self.journal_bytes += bytes.len() as u64;
-        let join = Arc::new(Mutex::new(Join {
-            journal: None,
-            staged: None,
-            reply: Some(reply),
-            outcome,
-        }));
-        let j = join.clone();
-        let ack: Ack = Box::new(move |r| {
-            let mut j = j.lock().unwrap_or_else(|p| p.into_inner());
-            j.journal = Some(r);
-            j.settle();
-        });
-        self.inflight.records.fetch_add(1, Ordering::SeqCst);
+        self.journal.queue(seq, &bytes);
         self.sent = Some(Instant::now());
-        if let Err(std_mpsc::SendError(JournalMsg::Group(_, acks))) =
-            self.journal.send(JournalMsg::Group(bytes, vec![ack]))
-        {
-            self.inflight.records.fetch_sub(1, Ordering::SeqCst);
-            acks.into_iter().for_each(|a| a(Err(Error::Closed)));
-        }
+        let (staged_tx, staged_rx) = oneshot::channel();
+        let _ = reply.send(Ok(Written {
+            seq: Some(seq),
+            outcome,
+            staged: Some(staged_rx),
+        }));
         // A record is replayed exactly as staged here, so even a staging error
         // leaves the journal and the documents in agreement.
         let staged = self.engine.apply(&entries);
@@ -385,9 +213,7 @@ impl Actor {
         self.staged_since.get_or_insert_with(Instant::now);
         self.last_write = Some(Instant::now());
         self.staged_ops += entries.len();
-        let mut j = join.lock().unwrap_or_else(|p| p.into_inner());
-        j.staged = Some(staged);
-        j.settle();
+        let _ = staged_tx.send(staged);
     }
 
     /// Close the group: one automerge change per touched epoch, one sled batch.
@@ -476,11 +302,7 @@ impl Actor {
             return self.poison_on(Err(Error::corrupted("store task", "sled lags behind the journal")));
         }
         let run = Journal::new_run()?;
-        let (tx, rx) = oneshot::channel();
-        self.journal
-            .send(JournalMsg::Clear(run, tx))
-            .map_err(|_| Error::Closed)?;
-        rx.blocking_recv().map_err(|_| Error::Closed)?;
+        self.journal.clear(run, self.engine.watermark);
         self.run = run;
         self.journal_bytes = 0;
         self.engine.journal_pending = 0;
@@ -570,26 +392,17 @@ impl Actor {
                     took_ms = report.took.as_secs_f64() * 1e3,
                     "compaction committed"
                 );
-                // The journal thread zeroes the old records before it writes
-                // the next ones; the callers hear once that is done, while
-                // this thread goes on.
-                // Then the committed directory goes: until then an open
-                // after a crash zeroes the journal itself.
-                let (tx, rx) = oneshot::channel();
-                if self.journal.send(JournalMsg::Purge(tx)).is_err() {
-                    Err(Error::Closed)
-                } else {
-                    let dir = self.engine.dir.clone();
-                    std::thread::spawn(move || {
-                        let res = rx
-                            .blocking_recv()
-                            .map_err(|_| Error::Closed)
-                            .and_then(|r| r)
-                            .and_then(|()| crate::compact::done(&dir));
-                        reply_all(waiters, res.map(|()| report));
-                    });
-                    return;
-                }
+                // A thread of its own zeroes the old records (writers wait
+                // for the journal meanwhile); the callers hear once that is
+                // done, while this thread goes on. Then the committed
+                // directory goes: until then an open after a crash zeroes
+                // the journal itself.
+                let (dir, journal) = (self.engine.dir.clone(), self.journal.clone());
+                self.finishing.push(std::thread::spawn(move || {
+                    let res = journal.with(Journal::purge).and_then(|()| crate::compact::done(&dir));
+                    reply_all(waiters, res.map(|()| report));
+                }));
+                return;
             }
             Err(e) => {
                 // Committed but not all swapped in: only an open can finish
@@ -756,7 +569,7 @@ impl Actor {
         }
         // A poisoned store leaves the disk as it is: the journal and sled's
         // atomic batches are what a reopen recovers from.
-        let res = if self.poisoned.load(Ordering::SeqCst) {
+        if self.poisoned.load(Ordering::SeqCst) {
             Err(Error::Poisoned)
         } else {
             self.summaries()
@@ -765,17 +578,8 @@ impl Actor {
                 .and_then(|()| self.engine.snapshot_all())
                 .and_then(|()| self.engine.write_summary_copies())
                 .and_then(|()| self.checkpoint())
-                .and_then(|()| {
-                    let (tx, rx) = oneshot::channel();
-                    self.journal.send(JournalMsg::Finish(tx)).map_err(|_| Error::Closed)?;
-                    rx.blocking_recv().map_err(|_| Error::Closed)?
-                })
-        };
-        drop(self.journal);
-        if let Some(t) = self.journal_thread.take() {
-            let _ = t.join();
+                .and_then(|()| self.journal.with(Journal::mark_empty))
         }
-        res
     }
 }
 
@@ -808,15 +612,15 @@ enum Spun {
 /// Look for a command for a few microseconds before parking: a caller that
 /// sends its next command right after a reply (a writer loop, a page walk) then
 /// skips a thread wake-up on each side, which costs more than the spin. Not
-/// while a journal fsync is in flight ([`InFlight`]), unless `early` (the
+/// while a record of this store's is being synced ([`sleep_on_sync`]), unless `early` (the
 /// fsync is about to end, [`sleep_on_sync`]).
-fn spin_recv(rx: &mut mpsc::Receiver<Cmd>, inflight: &InFlight, early: bool) -> std::result::Result<Cmd, Spun> {
+fn spin_recv(rx: &mut mpsc::Receiver<Cmd>, journal: &GroupCommit, early: bool) -> std::result::Result<Cmd, Spun> {
     let start = Instant::now();
     loop {
         match rx.try_recv() {
             Ok(c) => return Ok(c),
             Err(mpsc::error::TryRecvError::Disconnected) => return Err(Spun::Closed),
-            Err(mpsc::error::TryRecvError::Empty) if !early && inflight.busy() => return Err(Spun::Syncing),
+            Err(mpsc::error::TryRecvError::Empty) if !early && journal.busy() => return Err(Spun::Syncing),
             Err(mpsc::error::TryRecvError::Empty) if start.elapsed() > SPIN => return Err(Spun::Idle),
             Err(mpsc::error::TryRecvError::Empty) => std::thread::yield_now(),
         }
@@ -825,17 +629,23 @@ fn spin_recv(rx: &mut mpsc::Receiver<Cmd>, inflight: &InFlight, early: bool) -> 
 
 /// Sleep while a record of this store's is being synced, until a command
 /// comes, the fsync ends, or `wait` passes: `Ok(None)` is "look again".
+///
+/// A core kept busy while an fdatasync is in flight slows the fdatasync (by
+/// 35 to 45 µs against a floor of 80 µs on this machine's VM, whether the
+/// loop yields or pauses; work that ends and sleeps costs little), so this
+/// thread, its write staged, sleeps instead of looking for the next command.
 /// `Err` when `wait` is zero (a group is due to close, and the fsync's time
 /// suits that work).
 ///
-/// The sleep ends [`WAKE_AHEAD`] before the fsync handed over at `sent`
-/// should end (its moving average), and `early` is set: the thread then
-/// looks in a loop again, up and ready when the writer's next command comes
-/// (a wake-up at that moment costs 10 to 20 µs on this machine's VM, a look
-/// that overlaps the fsync's last microseconds little).
+/// The sleep ends [`WAKE_AHEAD`] before the fsync of the record queued at
+/// `sent` should end (its moving average), and `early` is set: the thread
+/// then looks in a loop again, up and ready when the writer's next command
+/// comes (a wake-up at that moment costs 10 to 20 µs on this machine's VM,
+/// a look that overlaps the fsync's last microseconds little). If the fsync
+/// ends first, its leader wakes this thread.
 fn sleep_on_sync(
     rx: &mut mpsc::Receiver<Cmd>,
-    inflight: &InFlight,
+    journal: &GroupCommit,
     wait: Duration,
     sent: Option<Instant>,
     early: &mut bool,
@@ -843,7 +653,7 @@ fn sleep_on_sync(
     if wait.is_zero() {
         return Err(());
     }
-    let nap = match sent.map(|t| inflight.left(t).saturating_sub(WAKE_AHEAD)) {
+    let nap = match sent.map(|t| journal.left(t).saturating_sub(WAKE_AHEAD)) {
         Some(d) if d.is_zero() => {
             *early = true;
             return Ok(None);
@@ -854,11 +664,11 @@ fn sleep_on_sync(
         }
         _ => wait,
     };
-    inflight.parked.store(true, Ordering::SeqCst);
-    // Either the journal thread sees `parked` (and wakes this thread), or
-    // this thread sees the fsync done.
-    if !inflight.busy() {
-        inflight.parked.store(false, Ordering::SeqCst);
+    journal.parked.store(true, Ordering::SeqCst);
+    // Either the group's leader sees `parked` (and wakes this thread), or
+    // this thread sees the records durable.
+    if !journal.busy() {
+        journal.parked.store(false, Ordering::SeqCst);
         return Ok(None);
     }
     let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
@@ -873,7 +683,7 @@ fn sleep_on_sync(
             }
         }
     };
-    inflight.parked.store(false, Ordering::SeqCst);
+    journal.parked.store(false, Ordering::SeqCst);
     got
 }
 
@@ -897,82 +707,30 @@ fn report_failure(e: &Error) {
 
 /// How long before a journal fsync should end the store thread wakes to
 /// look for its next command ([`sleep_on_sync`]).
-const WAKE_AHEAD: Duration = Duration::from_micros(15);
+/// (60 µs measured best of 0 to 80 and never sleeping, in alternating
+/// runs of `hearth bench`: 1.14x SQLite on average, the others 0.96x to
+/// 1.11x; the figure is noisy, docs/reach.md.)
+const WAKE_AHEAD: Duration = Duration::from_micros(60);
+/// Records queued this long with no writer syncing them (writes nobody
+/// awaits, such as scheduled receipts) are synced by the store thread.
+const UNCLAIMED: Duration = Duration::from_millis(1);
 /// How long [`spin_recv`] looks before parking.
 const SPIN: Duration = Duration::from_micros(500);
 
-/// The journal's thread and its queue, made before the store has its
-/// journal: an open makes them on its second thread during the Argon2id
-/// unlock, since the queue's 8,192 slots are about 0.2 ms of memory a fresh
-/// process touches first and the thread's start 0.1 ms more, which the
-/// first command would otherwise wait for. The thread waits for the
-/// journal; dropped without one, it ends.
-pub(crate) struct Prepared {
-    journal_tx: std_mpsc::SyncSender<JournalMsg>,
-    journal_to: std_mpsc::SyncSender<Journal>,
-    thread: std::thread::JoinHandle<()>,
-    poisoned: Arc<AtomicBool>,
-    inflight: Arc<InFlight>,
-}
-
-impl std::fmt::Debug for Prepared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Prepared")
-    }
-}
-
-/// Make the journal's thread and queue ([`Prepared`]).
-pub(crate) fn prepare() -> std::io::Result<Prepared> {
-    let poisoned = Arc::new(AtomicBool::new(false));
-    let (journal_tx, jrx) = std_mpsc::sync_channel(JOURNAL_QUEUE);
-    let (journal_to, journal_rx) = std_mpsc::sync_channel::<Journal>(1);
-    let inflight = Arc::new(InFlight::default());
-    let (p, i) = (poisoned.clone(), inflight.clone());
-    let thread = std::thread::Builder::new()
-        .name("hearth-journal".into())
-        .spawn(move || {
-            if let Ok(journal) = journal_rx.recv() {
-                journal_thread(journal, jrx, p, i);
-            }
-        })?;
-    Ok(Prepared {
-        journal_tx,
-        journal_to,
-        thread,
-        poisoned,
-        inflight,
-    })
-}
-
-/// Run the store task on the current thread until closed.
-pub(crate) fn run(mut engine: Engine, journal: Journal, mut rx: mpsc::Receiver<Cmd>) {
-    let run = journal.run();
-    let prepared = match engine.prepared.take() {
-        Some(p) => p,
-        None => prepare().expect("spawn the journal thread"),
-    };
-    let Prepared {
-        journal_tx: jtx,
-        journal_to,
-        thread: journal_thread,
-        poisoned,
-        inflight,
-    } = prepared;
+/// Run the store task on the current thread until closed; the writers
+/// make `journal`'s records durable.
+pub(crate) fn run(engine: Engine, journal: Arc<GroupCommit>, mut rx: mpsc::Receiver<Cmd>) {
+    let run = journal.with(|j| j.run());
+    let poisoned = journal.poisoned();
     // `set` fails only if this store's thread was set before, which cannot be.
-    let _ = inflight.store.set(std::thread::current());
-    // The thread is there while its queue's sender is: it takes the journal.
-    journal_to
-        .send(journal)
-        .expect("the journal thread waits for its journal");
+    let _ = journal.store_thread.set(std::thread::current());
     let next_seq = engine.watermark + 1;
     let max_batch = engine.config.max_batch_ops;
     let interval = engine.config.checkpoint_interval;
     let mut actor = Actor {
         engine,
-        journal: jtx,
-        inflight,
+        journal,
         sent: None,
-        journal_thread: Some(journal_thread),
         poisoned,
         run,
         staged_since: None,
@@ -1008,14 +766,24 @@ pub(crate) fn run(mut engine: Engine, journal: Journal, mut rx: mpsc::Receiver<C
         } else {
             wait
         };
+        // Records nobody syncs: this thread makes them durable itself, and
+        // does not sleep past that.
+        let wait = if actor.journal.busy() {
+            if actor.sent.is_some_and(|t| t.elapsed() >= UNCLAIMED) {
+                actor.journal.sync_unclaimed();
+            }
+            wait.min(UNCLAIMED)
+        } else {
+            wait
+        };
         let e = std::mem::take(&mut early);
-        let first = match spin_recv(&mut rx, &actor.inflight, e) {
+        let first = match spin_recv(&mut rx, &actor.journal, e) {
             Ok(c) => Ok(Some(c)),
             Err(Spun::Closed) => Ok(None),
             Err(Spun::Idle) => rt
                 .block_on(async { tokio::time::timeout(wait, rx.recv()).await })
                 .map_err(drop),
-            Err(Spun::Syncing) => match sleep_on_sync(&mut rx, &actor.inflight, wait, actor.sent, &mut early) {
+            Err(Spun::Syncing) => match sleep_on_sync(&mut rx, &actor.journal, wait, actor.sent, &mut early) {
                 Ok(None) => continue,
                 Ok(Some(c)) => Ok(c),
                 Err(()) => Err(()),

@@ -23,7 +23,7 @@
 //! 4. the swap: `log/` becomes `log.old/`, `compacted/log/` becomes `log/`,
 //!    `db/` (sled, with its old pages) is deleted and `compacted/db/` takes
 //!    its place, `log.old/` is deleted; sled is opened again and the store
-//!    goes on. The journal thread then zeroes the journal's file past the
+//!    goes on. A thread of its own then zeroes the journal's file past the
 //!    records written since the checkpoint, and `compacted/` goes last.
 //!
 //! An open finishes or drops what it finds: `compact.tmp/` was never

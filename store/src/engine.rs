@@ -317,9 +317,6 @@ pub(crate) struct Engine {
     pub(crate) fronts: crate::front::Fronts,
     /// Each channel's copy of its epoch summaries in one row (`crate::summaries`).
     pub(crate) summary_rows: crate::summaries::SummaryRows,
-    /// The journal's thread and queue, made during the open's unlock
-    /// ([`crate::actor::Prepared`]); the store task takes them.
-    pub(crate) prepared: Option<crate::actor::Prepared>,
     /// Summary copies read ahead during the open, for its channel load.
     pub(crate) copies_ahead: Option<crate::summaries::Ahead>,
     /// The channels' states, being read on the open's second thread.
@@ -452,7 +449,6 @@ impl Engine {
             copies_ahead: None,
             channels_ahead: None,
             readers_ending: Vec::new(),
-            prepared: None,
             summaries_due: Vec::new(),
             dropped_since_compaction: None,
         })

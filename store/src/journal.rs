@@ -404,11 +404,12 @@ impl Journal {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use hearth_core::MessageId;
 
-    fn entry(i: u8) -> JournalEntry {
+    /// A small entry, distinct for each `i`.
+    pub(crate) fn entry(i: u8) -> JournalEntry {
         JournalEntry::Op {
             channel: ChannelId([i; 32]),
             op: Op::ReadUpTo {

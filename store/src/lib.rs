@@ -54,6 +54,7 @@ mod epochs;
 mod error;
 mod events;
 mod front;
+mod group_commit;
 mod ingest;
 mod invite;
 mod journal;

@@ -369,8 +369,6 @@ type Ahead = (crate::summaries::Ahead, crate::engine::ChannelsAhead);
 /// What the thread that opens sled during the Argon2id unlock gives the
 /// open: everything of the open that needs no key.
 struct Opened {
-    /// The journal's thread and queue ([`crate::actor::Prepared`]).
-    prepared: Option<crate::actor::Prepared>,
     /// Paths whose permissions were tightened to owner-only.
     loose: Vec<PathBuf>,
     /// sled, its rows read ([`warm`]).
@@ -475,7 +473,6 @@ impl Early {
                 }
                 let journal = JournalFile::read(&at.join(JOURNAL_FILE));
                 let opened = Opened {
-                    prepared: crate::actor::prepare().ok(),
                     loose,
                     sled,
                     position,
@@ -600,9 +597,8 @@ pub(crate) fn open(
         }
         None => (None, None),
     };
-    let (prepared, loose, early_sled, early_position, early_waiting, early_journal, events) = match early {
+    let (loose, early_sled, early_position, early_waiting, early_journal, events) = match early {
         Some(o) => (
-            o.prepared,
             o.loose,
             Some(o.sled),
             o.position,
@@ -610,7 +606,7 @@ pub(crate) fn open(
             Some(o.journal),
             Some(o.events),
         ),
-        None => (None, crate::durable::make_private(dir)?, None, None, None, None, None),
+        None => (crate::durable::make_private(dir)?, None, None, None, None, None),
     };
     let master = match master {
         Ok(m) => {
@@ -787,7 +783,6 @@ pub(crate) fn open(
         }
     };
     engine.unlock_time = unlock_time;
-    engine.prepared = prepared;
     // Before the journal is replayed, so that what it brings back is signed
     // by the device's own key.
     let had_keys = engine.identity.device_keys().is_some();
