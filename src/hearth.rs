@@ -41,7 +41,7 @@ impl std::fmt::Debug for Hearth {
 /// order. The task that awaits it makes the write durable (with every other
 /// write queued by then): its poll may block its thread for one journal
 /// write and fdatasync, about 0.1 ms ([`crate::store::Pending`]). A write
-/// nobody awaits is made durable by the store within about a millisecond.
+/// nobody awaits is made durable by the store within a few milliseconds.
 #[derive(Debug)]
 #[must_use = "a queued write is acknowledged only when awaited"]
 pub struct Ack {

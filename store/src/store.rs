@@ -686,7 +686,7 @@ impl Store {
     /// many in flight (a bulk import) and still get ids in input order; each
     /// [`Pending`] resolves once its write is durable (awaiting it is what
     /// makes it so, for it and the writes queued with it; one nobody awaits
-    /// is made durable by the store thread within about a millisecond).
+    /// is made durable by the store thread within a few milliseconds).
     pub async fn submit(&self, w: Write) -> Result<Pending> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Cmd::Write(w, tx)).await.map_err(|_| Error::Closed)?;
