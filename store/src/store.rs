@@ -69,62 +69,49 @@ impl std::future::Future for Pending {
     type Output = Result<Outcome>;
 
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
-        use std::task::Poll;
-        let this = &mut *self;
+        let done = self.step(cx);
+        if done.is_ready() {
+            self.state = PendingState::Done;
+        }
+        done
+    }
+}
+
+impl Pending {
+    /// Take the store thread's answer, make the record durable, then wait
+    /// for the staging: each step once.
+    fn step(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<Outcome>> {
+        use std::task::{Poll, ready};
         loop {
-            match &mut this.state {
+            match &mut self.state {
                 PendingState::Taking(rx) => {
                     let mut got = rx.try_recv();
-                    if matches!(got, Err(oneshot::error::TryRecvError::Empty)) && !this.journal.busy() {
+                    if matches!(got, Err(oneshot::error::TryRecvError::Empty)) && !self.journal.busy() {
                         let start = std::time::Instant::now();
                         while matches!(got, Err(oneshot::error::TryRecvError::Empty)) && start.elapsed() < TAKE_SPIN {
                             std::thread::yield_now();
                             got = rx.try_recv();
                         }
                     }
-                    let written = match got {
-                        Ok(w) => w,
-                        Err(oneshot::error::TryRecvError::Closed) => Err(Error::Closed),
-                        Err(oneshot::error::TryRecvError::Empty) => match std::pin::Pin::new(rx).poll(cx) {
-                            Poll::Pending => return Poll::Pending,
-                            Poll::Ready(r) => r.map_err(|_| Error::Closed).and_then(|r| r),
-                        },
+                    let Written { seq, outcome, staged } = match got {
+                        Ok(w) => w?,
+                        Err(oneshot::error::TryRecvError::Closed) => return Poll::Ready(Err(Error::Closed)),
+                        Err(oneshot::error::TryRecvError::Empty) => {
+                            ready!(std::pin::Pin::new(rx).poll(cx)).map_err(|_| Error::Closed)??
+                        }
                     };
-                    match written {
-                        Ok(Written { seq, outcome, staged }) => {
-                            this.state = PendingState::Syncing(seq, outcome, staged);
-                        }
-                        Err(e) => {
-                            this.state = PendingState::Done;
-                            return Poll::Ready(Err(e));
-                        }
-                    }
+                    self.state = PendingState::Syncing(seq, outcome, staged);
                 }
                 PendingState::Syncing(seq, outcome, staged) => {
                     if let Some(s) = *seq {
-                        match this.journal.poll_durable(s, cx) {
-                            Poll::Pending => return Poll::Pending,
-                            Poll::Ready(Err(e)) => {
-                                this.state = PendingState::Done;
-                                return Poll::Ready(Err(e));
-                            }
-                            Poll::Ready(Ok(())) => *seq = None,
-                        }
+                        ready!(self.journal.poll_durable(s, cx))?;
+                        *seq = None;
                     }
                     if let Some(rx) = staged {
-                        match std::pin::Pin::new(rx).poll(cx) {
-                            Poll::Pending => return Poll::Pending,
-                            Poll::Ready(r) => {
-                                if let Err(e) = r.map_err(|_| Error::Closed).and_then(|r| r) {
-                                    this.state = PendingState::Done;
-                                    return Poll::Ready(Err(e));
-                                }
-                            }
-                        }
+                        ready!(std::pin::Pin::new(rx).poll(cx)).map_err(|_| Error::Closed)??;
+                        *staged = None;
                     }
-                    let outcome = *outcome;
-                    this.state = PendingState::Done;
-                    return Poll::Ready(Ok(outcome));
+                    return Poll::Ready(Ok(*outcome));
                 }
                 PendingState::Done => return Poll::Ready(Err(Error::Closed)),
             }
