@@ -31,6 +31,7 @@ use crate::engine::{Engine, Outcome, Write};
 use crate::error::{Error, Result};
 use crate::group_commit::GroupCommit;
 use crate::journal::{Journal, encode_record};
+use crate::placement::{Placement, set_thread_cpus};
 
 /// After an automatic compaction failed to start or finish, how long before
 /// the next try.
@@ -157,6 +158,8 @@ struct Actor {
     last_expiry: Instant,
     /// No automatic compaction before then (after one failed).
     auto_compact_after: Instant,
+    /// Where this thread runs ([`crate::placement`]).
+    placement: Placement,
 }
 
 impl Actor {
@@ -240,6 +243,25 @@ impl Actor {
     /// `FINISH_AFTER` after the first op, and never past `FINISH_AT_MOST`
     /// (a close is a stall of the store's thread: in a pause it delays no
     /// writer); with listeners, at once.
+    /// Take the writers' fsync times measured since the last look, and
+    /// change this thread's CPU mask if the placement says so.
+    fn place(&mut self) {
+        if self.placement.off() {
+            return;
+        }
+        let was = self.placement.measuring();
+        let timed = if was { self.journal.timings(true) } else { Vec::new() };
+        if let Some(cpus) = self.placement.observe(&timed, Instant::now()) {
+            // Refused (a cpuset changed under the app): the thread keeps the
+            // mask it has, which is only slower.
+            let _ = set_thread_cpus(&cpus);
+        }
+        let measuring = self.placement.measuring();
+        if measuring != was {
+            self.journal.timings(measuring);
+        }
+    }
+
     fn close_wait(&self) -> Duration {
         let Some(since) = self.staged_since else {
             return Duration::ZERO;
@@ -727,6 +749,8 @@ pub(crate) fn run(engine: Engine, journal: Arc<GroupCommit>, mut rx: mpsc::Recei
     let next_seq = engine.watermark + 1;
     let max_batch = engine.config.max_batch_ops;
     let interval = engine.config.checkpoint_interval;
+    precise_timers();
+    let placement = Placement::for_this_thread(engine.config.place_store_thread);
     let mut actor = Actor {
         engine,
         journal,
@@ -746,6 +770,7 @@ pub(crate) fn run(engine: Engine, journal: Arc<GroupCommit>, mut rx: mpsc::Recei
         finishing: Vec::new(),
         auto_compact_after: Instant::now(),
         last_expiry: Instant::now(),
+        placement,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -754,8 +779,8 @@ pub(crate) fn run(engine: Engine, journal: Arc<GroupCommit>, mut rx: mpsc::Recei
     let mut close_reply = None;
     // Set by `sleep_on_sync`: look in a loop although an fsync is in flight.
     let mut early = false;
-    precise_timers();
     loop {
+        actor.place();
         // With ops staged, wake up in time to close them into feed entries.
         let wait = match actor.staged_since {
             Some(_) => actor.close_wait(),

@@ -18,6 +18,7 @@ use hearth_core::KdfParams;
 /// | `command_queue` | 4096 commands queued to the store task before senders wait |
 /// | `receipt_delay` | 250 ms: delivery receipts of received messages gather this long into one entry per channel |
 /// | `max_clock_skew` | 10 min: a received post stamped further ahead of this device's clock waits (is refused until the clock gets there) |
+/// | `place_store_thread` | on: the store thread keeps off the CPU where it slows the writers' fsyncs (it measures) |
 /// | `lazy_epochs` | on: received posts, edits and reactions for an epoch nobody has read are verified, stored and counted, and applied to its document when it is first read |
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -65,6 +66,14 @@ pub struct Config {
     /// then applies only the epochs a reader opens). Off: every received
     /// entry is applied at once. ARCHITECTURE.md, "Deferred epochs".
     pub lazy_epochs: bool,
+    /// The store thread measures the writers' fsyncs with each CPU in turn
+    /// left out of its own affinity mask, and keeps out of the one where it
+    /// slowed them (the CPU that takes the disk's interrupts, where a
+    /// writer's fsync returns soonest), if one clearly did; it measures
+    /// again every few minutes. Only the store thread's own mask is ever
+    /// changed. Off: it runs wherever the scheduler puts it.
+    /// ARCHITECTURE.md, "The store thread keeps off the disk's CPU".
+    pub place_store_thread: bool,
 }
 
 impl Default for Config {
@@ -83,6 +92,7 @@ impl Default for Config {
             compact_after: Some(Duration::from_secs(600)),
             compact_dead_bytes: 16 << 20,
             lazy_epochs: true,
+            place_store_thread: true,
         }
     }
 }
@@ -133,6 +143,13 @@ impl Config {
     /// Set how far ahead of this clock a received post may be stamped.
     pub fn with_max_clock_skew(mut self, d: Duration) -> Self {
         self.max_clock_skew = d;
+        self
+    }
+
+    /// Turn the store thread's placement ([`Config::place_store_thread`])
+    /// on or off.
+    pub fn with_store_thread_placement(mut self, on: bool) -> Self {
+        self.place_store_thread = on;
         self
     }
 

@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::journal::Journal;
 
+/// Most fsync times kept for the store thread between two looks.
+const MAX_TIMED: usize = 256;
+
 /// The journal and its queue of records not yet durable.
 pub(crate) struct GroupCommit {
     /// Held through a group's write and fsync (by its leader), and by the
@@ -36,6 +39,9 @@ pub(crate) struct GroupCommit {
     pub(crate) store_thread: OnceLock<std::thread::Thread>,
     /// Moving average of the journal's fsync time, in nanoseconds.
     fsync_ns: AtomicU64,
+    /// The store thread measures where to run ([`crate::placement`]): the
+    /// writers' fsyncs are timed into `Queue::timed`.
+    timing: AtomicBool,
 }
 
 struct Queue {
@@ -55,6 +61,9 @@ struct Queue {
     leading: bool,
     /// Writers waiting for the group under way.
     waiting: Vec<Waker>,
+    /// Writers' fsyncs (write included) in microseconds, while
+    /// `GroupCommit::timing`.
+    timed: Vec<u32>,
 }
 
 impl std::fmt::Debug for GroupCommit {
@@ -80,13 +89,22 @@ impl GroupCommit {
                 failed: None,
                 leading: false,
                 waiting: Vec::new(),
+                timed: Vec::new(),
             }),
             poisoned,
             pending: AtomicUsize::new(0),
             parked: AtomicBool::new(false),
             store_thread: OnceLock::new(),
             fsync_ns: AtomicU64::new(0),
+            timing: AtomicBool::new(false),
         }
+    }
+
+    /// The store thread: time the writers' fsyncs from now on (`on`), or
+    /// stop; the times measured since the last call, in microseconds.
+    pub(crate) fn timings(&self, on: bool) -> Vec<u32> {
+        self.timing.store(on, Ordering::Relaxed);
+        std::mem::take(&mut lock(&self.queue).timed)
     }
 
     /// The store's poisoned flag (shared with the store thread).
@@ -132,7 +150,7 @@ impl GroupCommit {
             // Taken only by a leader (there is one at a time) or, briefly, by
             // the store thread (a checkpoint's clear, a purge, the close).
             let journal = lock(&self.io);
-            if !self.lead(journal) {
+            if !self.lead(journal, true) {
                 // Nothing was queued, yet `seq` is not durable: it cannot
                 // become so (a bug; the write is not acknowledged).
                 return Poll::Ready(settled(&lock(&self.queue), seq).unwrap_or_else(|| {
@@ -156,17 +174,18 @@ impl GroupCommit {
             }
             q.leading = true;
         }
-        self.lead(lock(&self.io));
+        self.lead(lock(&self.io), false);
     }
 
-    /// As the group's leader: write and sync every record queued, as one
-    /// group, then wake the writers that waited. False when nothing was
-    /// queued.
-    fn lead(&self, mut journal: MutexGuard<'_, Journal>) -> bool {
+    /// As the group's leader (a writer if `writer`, else the store thread):
+    /// write and sync every record queued, as one group, then wake the
+    /// writers that waited. False when nothing was queued.
+    fn lead(&self, mut journal: MutexGuard<'_, Journal>, writer: bool) -> bool {
         let (bytes, upto, records) = {
             let mut q = lock(&self.queue);
             (std::mem::take(&mut q.bytes), q.last, std::mem::take(&mut q.records))
         };
+        let mut took = None;
         let res = if records == 0 {
             None
         } else if self.poisoned.load(Ordering::SeqCst) {
@@ -174,7 +193,9 @@ impl GroupCommit {
         } else {
             let t = Instant::now();
             let r = journal.append_durable(&bytes);
-            self.timed(t.elapsed());
+            let d = t.elapsed();
+            self.timed(d);
+            took = Some(d);
             Some(r)
         };
         if let Some(Ok(())) = res {
@@ -194,6 +215,11 @@ impl GroupCommit {
                 }
             }
             q.leading = false;
+            if let Some(d) = took.filter(|_| writer && self.timing.load(Ordering::Relaxed))
+                && q.timed.len() < MAX_TIMED
+            {
+                q.timed.push(u32::try_from(d.as_micros()).unwrap_or(u32::MAX));
+            }
             std::mem::take(&mut q.waiting)
         };
         drop(journal);

@@ -64,6 +64,7 @@ mod nonces;
 mod open;
 mod peers;
 mod persist;
+mod placement;
 mod prepare;
 mod prune;
 mod query;

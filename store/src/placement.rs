@@ -1,0 +1,311 @@
+//! Where the store thread runs: out of the way of the writers' fsyncs.
+//!
+//! A writer's fsync ([`crate::group_commit`]) returns soonest on the CPU
+//! that takes the disk's completion interrupts: woken on another, the
+//! writer's thread waits for a wake-up sent across to that CPU (tens of
+//! microseconds when it is halted). The scheduler moves a woken thread to
+//! the interrupt's CPU when that CPU is idle and leaves it where it was
+//! when the CPU is busy, and the store thread is often what keeps it busy:
+//! it wakes just before the fsync should end, to take the writer's next
+//! command. On the 2-core VM of docs/reach.md that alone made a lone
+//! writer's post 85 or 115 µs (p50), by where the scheduler happened to put
+//! the two threads.
+//!
+//! So the store thread measures: it takes each CPU in turn out of its own
+//! affinity mask (twice round, 24 fsyncs each time) while the writers'
+//! fsyncs are timed, and stays out of the one whose absence made them
+//! fastest, if their median was 5% or more below the slowest CPU's (if
+//! not, it keeps its whole mask). It measures again every
+//! few minutes, since interrupts can be moved. Nothing is learnt without
+//! writes, and only the store thread's own mask is changed: the callers'
+//! threads are never touched. [`crate::Config::place_store_thread`] turns it
+//! off.
+
+use std::time::{Duration, Instant};
+
+/// Fsyncs ignored after the mask changes (the threads settle).
+const SKIP: usize = 4;
+/// Fsyncs timed each time a CPU is left out.
+const PHASE: usize = 24;
+/// Times each CPU is left out in a measurement (in turn, so that a slow
+/// spell of the disk does not fall on one CPU only).
+const TURNS: usize = 2;
+/// How long a choice holds before the store thread measures again.
+const REMEASURE: Duration = Duration::from_secs(300);
+/// Most CPUs the store thread measures; with more, it keeps its mask (a
+/// measurement per CPU would take long, and such machines' disks usually
+/// have a completion queue per CPU).
+const MAX_CPUS: usize = 16;
+
+/// The store thread's placement: measuring, or settled until a time.
+#[derive(Debug)]
+pub(crate) struct Placement {
+    /// The CPUs the store thread may run on (its mask when it started).
+    cpus: Vec<usize>,
+    state: State,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Too few or too many CPUs, or turned off.
+    Off,
+    /// Turn `turn`: CPU `cpus[turn % cpus.len()]` is out of the mask, and
+    /// `seen` fsyncs were since; `timed[i]` the fsyncs (microseconds) with
+    /// `cpus[i]` out.
+    Measuring {
+        turn: usize,
+        seen: usize,
+        timed: Vec<Vec<u32>>,
+    },
+    /// The mask is chosen until then.
+    Settled { until: Instant },
+}
+
+impl Placement {
+    /// The placement of a thread allowed on `cpus` (none: off), first
+    /// measured at `now`.
+    pub(crate) fn new(cpus: Option<Vec<usize>>, now: Instant) -> Placement {
+        match cpus {
+            Some(cpus) if (2..=MAX_CPUS).contains(&cpus.len()) => Placement {
+                cpus,
+                state: State::Settled { until: now },
+            },
+            _ => Placement {
+                cpus: Vec::new(),
+                state: State::Off,
+            },
+        }
+    }
+
+    /// The store thread's placement, if `on`, from its current mask.
+    pub(crate) fn for_this_thread(on: bool) -> Placement {
+        Placement::new(on.then(thread_cpus).flatten(), Instant::now())
+    }
+
+    /// The writers' fsyncs are to be timed.
+    pub(crate) fn measuring(&self) -> bool {
+        matches!(self.state, State::Measuring { .. })
+    }
+
+    /// Whether there is anything to do at all.
+    pub(crate) fn off(&self) -> bool {
+        matches!(self.state, State::Off)
+    }
+
+    /// Take fsync times (microseconds) measured since the last call; the
+    /// mask the store thread is to take now, if it changes.
+    pub(crate) fn observe(&mut self, fsyncs: &[u32], now: Instant) -> Option<Vec<usize>> {
+        match &mut self.state {
+            State::Off => None,
+            State::Settled { until } => {
+                if now < *until {
+                    return None;
+                }
+                self.state = State::Measuring {
+                    turn: 0,
+                    seen: 0,
+                    timed: vec![Vec::with_capacity(PHASE * TURNS); self.cpus.len()],
+                };
+                Some(self.without(Some(0)))
+            }
+            State::Measuring { turn, seen, timed } => {
+                let n = self.cpus.len();
+                let now_out = &mut timed[*turn % n];
+                let want = PHASE * (*turn / n + 1);
+                for &us in fsyncs {
+                    *seen += 1;
+                    if *seen > SKIP && now_out.len() < want {
+                        now_out.push(us);
+                    }
+                }
+                if now_out.len() < want {
+                    return None;
+                }
+                *seen = 0;
+                *turn += 1;
+                if *turn < n * TURNS {
+                    let next = *turn % n;
+                    return Some(self.without(Some(next)));
+                }
+                let medians: Vec<u32> = timed
+                    .iter_mut()
+                    .map(|t| {
+                        t.sort_unstable();
+                        t[t.len() / 2]
+                    })
+                    .collect();
+                let choice = choose(&medians);
+                self.state = State::Settled { until: now + REMEASURE };
+                Some(self.without(choice))
+            }
+        }
+    }
+
+    /// The mask without `cpus[i]` (all of them for `None`).
+    fn without(&self, i: Option<usize>) -> Vec<usize> {
+        let skip = i.map(|i| self.cpus[i]);
+        self.cpus.iter().copied().filter(|&c| Some(c) != skip).collect()
+    }
+}
+
+/// Which CPU to stay out of, given the median fsync with each left out:
+/// the fastest, if it is at least 5% faster than the slowest.
+fn choose(medians: &[u32]) -> Option<usize> {
+    let (best, fastest) = medians.iter().copied().enumerate().min_by_key(|&(_, m)| m)?;
+    let slowest = medians.iter().copied().max()?;
+    (u64::from(fastest) * 20 <= u64::from(slowest) * 19).then_some(best)
+}
+
+/// The CPUs this thread may run on, if they can be read.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub(crate) fn thread_cpus() -> Option<Vec<usize>> {
+    // SAFETY: `set` is a plain bit set sized as the call is told; the call
+    // writes only into it, and reads this thread's mask.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return None;
+        }
+        set
+    };
+    let max = usize::try_from(libc::CPU_SETSIZE).unwrap_or(0);
+    // SAFETY: `CPU_ISSET` reads a bit of `set`, below its size.
+    Some((0..max).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect())
+}
+
+/// Allow this thread only on `cpus`. False if the system refused (the mask
+/// is then unchanged).
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub(crate) fn set_thread_cpus(cpus: &[usize]) -> bool {
+    if cpus.is_empty() {
+        return false;
+    }
+    // SAFETY: `set` is a plain bit set sized as the call is told; `CPU_SET`
+    // writes a bit of it below `CPU_SETSIZE`, and the call only reads it and
+    // changes this thread's mask.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let max = usize::try_from(libc::CPU_SETSIZE).unwrap_or(0);
+        for &c in cpus.iter().filter(|&&c| c < max) {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+/// Elsewhere than Linux the mask is not read (the placement is off).
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn thread_cpus() -> Option<Vec<usize>> {
+    None
+}
+
+/// Elsewhere than Linux the mask is not changed.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn set_thread_cpus(_cpus: &[usize]) -> bool {
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feed `p` the fsyncs of `fast` µs while `cpu` is left out, `slow`
+    /// otherwise, until it settles; the masks it asked for on the way.
+    fn run(p: &mut Placement, now: Instant, cpu: usize, fast: u32, slow: u32) -> Vec<Vec<usize>> {
+        let mut masks = vec![p.observe(&[], now).expect("a first mask")];
+        while p.measuring() {
+            let mask = masks.last().unwrap().clone();
+            let us = if !mask.contains(&cpu) { fast } else { slow };
+            // A few at a time, as the store thread sees them.
+            if let Some(m) = p.observe(&[us; 3], now) {
+                masks.push(m);
+            }
+        }
+        masks
+    }
+
+    #[test]
+    fn it_stays_out_of_the_cpu_whose_absence_makes_fsyncs_fastest() {
+        let now = Instant::now();
+        let mut p = Placement::new(Some(vec![0, 1, 2]), now);
+        let masks = run(&mut p, now, 1, 85, 115);
+        // One CPU left out at a time, each twice in turn, then the choice.
+        let turn = [vec![1, 2], vec![0, 2], vec![0, 1]];
+        assert_eq!(masks, [&turn[..], &turn[..], &[vec![0, 2]]].concat());
+        // Settled: nothing until it measures again.
+        assert!(!p.measuring());
+        assert_eq!(p.observe(&[200; 64], now + Duration::from_secs(1)), None);
+        // Then it measures again; the interrupts moved to CPU 2.
+        let later = now + REMEASURE;
+        assert_eq!(p.observe(&[], later), Some(vec![1, 2]));
+        let mut last = None;
+        while p.measuring() {
+            let mask: Vec<usize> = last.clone().unwrap_or(vec![1, 2]);
+            let us = if mask.contains(&2) { 115 } else { 85 };
+            if let Some(m) = p.observe(&[us], later) {
+                last = Some(m);
+            }
+        }
+        assert_eq!(last, Some(vec![0, 1]));
+    }
+
+    #[test]
+    fn it_keeps_its_whole_mask_when_no_cpu_matters() {
+        let now = Instant::now();
+        let mut p = Placement::new(Some(vec![0, 1]), now);
+        // 4% apart: not enough to give up a CPU.
+        let masks = run(&mut p, now, 0, 100, 104);
+        assert_eq!(masks.last(), Some(&vec![0, 1]));
+    }
+
+    #[test]
+    fn the_first_fsyncs_after_a_change_are_not_counted() {
+        let now = Instant::now();
+        let mut p = Placement::new(Some(vec![0, 1]), now);
+        assert_eq!(p.observe(&[], now), Some(vec![1]));
+        // Slow ones while the threads settle, then fast ones: the phase's
+        // median is fast.
+        assert_eq!(p.observe(&[1000; SKIP], now), None);
+        assert_eq!(p.observe(&[80; PHASE], now), Some(vec![0]));
+        assert_eq!(p.observe(&[120; SKIP + PHASE], now), Some(vec![1]));
+        // The second turn: CPU 0 out again, then CPU 1.
+        assert_eq!(p.observe(&[1000; SKIP], now), None);
+        assert_eq!(p.observe(&[80; PHASE], now), Some(vec![0]));
+        assert_eq!(p.observe(&[120; SKIP + PHASE], now), Some(vec![1]));
+    }
+
+    #[test]
+    fn one_cpu_or_none_known_is_off() {
+        let now = Instant::now();
+        for cpus in [None, Some(vec![3]), Some((0..MAX_CPUS + 1).collect())] {
+            let mut p = Placement::new(cpus, now);
+            assert!(p.off());
+            assert_eq!(p.observe(&[100; 100], now + REMEASURE), None);
+        }
+    }
+
+    #[test]
+    fn choose_needs_five_percent() {
+        assert_eq!(choose(&[90, 100]), Some(0));
+        assert_eq!(choose(&[100, 95]), Some(1));
+        assert_eq!(choose(&[100, 96]), None);
+        assert_eq!(choose(&[120, 80, 119]), Some(1));
+        assert_eq!(choose(&[]), None);
+    }
+
+    #[test]
+    fn this_threads_mask_can_be_read_and_narrowed() {
+        let Some(cpus) = thread_cpus() else { return };
+        assert!(!cpus.is_empty());
+        std::thread::spawn(move || {
+            assert!(set_thread_cpus(&cpus[..1]));
+            assert_eq!(thread_cpus(), Some(cpus[..1].to_vec()));
+            assert!(!set_thread_cpus(&[]));
+            assert_eq!(thread_cpus(), Some(cpus[..1].to_vec()));
+        })
+        .join()
+        .unwrap();
+    }
+}
