@@ -82,7 +82,9 @@ pub use link::{LinkBundle, MAX_LINK_BUNDLE, link_code, link_proof};
 pub use member::{Action as MemberAction, MemberBody, OpKey, Role, Roster};
 pub use op::{MAX_EMOJI_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES, Op};
 pub use rotation::{KeyPackage, PackagedKey};
-pub use seal::{NONCE_PREFIX_LEN, NonceKind, Purpose, SEAL_OVERHEAD, counted_nonce, derive, open, seal};
+pub use seal::{
+    NONCE_PREFIX_LEN, NonceKind, Purpose, SEAL_OVERHEAD, counted_nonce, derive, open, seal, seal_with_nonce,
+};
 pub use secret::{Passphrase, SecretKey};
 pub use vector::{FeedPos, Missing, Vector};
 pub use view::{EpochStats, EpochView, Message};

@@ -30,7 +30,7 @@ use crate::compact::{CompactProgress, CompactReport, CompactStop};
 use crate::engine::{Engine, Outcome, Write};
 use crate::error::{Error, Result};
 use crate::group_commit::GroupCommit;
-use crate::journal::{Journal, encode_record};
+use crate::journal::{Journal, NONCE_PREFIX, encode_record_under};
 use crate::placement::{Placement, set_thread_cpus};
 
 /// After an automatic compaction failed to start or finish, how long before
@@ -160,6 +160,9 @@ struct Actor {
     auto_compact_after: Instant,
     /// Where this thread runs ([`crate::placement`]).
     placement: Placement,
+    /// The journal records' nonce prefix, drawn at random when this thread
+    /// starts: `next_seq` never repeats while it runs.
+    nonce_prefix: [u8; NONCE_PREFIX],
 }
 
 impl Actor {
@@ -192,7 +195,7 @@ impl Actor {
             return;
         }
         let seq = self.next_seq;
-        let bytes = match encode_record(&self.engine.records, self.run, seq, &entries) {
+        let bytes = match encode_record_under(&self.engine.records, &self.nonce_prefix, self.run, seq, &entries) {
             Ok(b) => b,
             Err(e) => {
                 let _ = reply.send(Err(e));
@@ -238,20 +241,16 @@ impl Actor {
         self.poison_on(res)
     }
 
-    /// How long staged ops may still wait before they are closed: with no
-    /// one listening, until the writers pause (`IDLE_BEFORE_CLOSE`) at least
-    /// `FINISH_AFTER` after the first op, and never past `FINISH_AT_MOST`
-    /// (a close is a stall of the store's thread: in a pause it delays no
-    /// writer); with listeners, at once.
     /// Take the writers' fsync times measured since the last look, and
     /// change this thread's CPU mask if the placement says so.
     fn place(&mut self) {
-        if self.placement.off() {
+        let synced = self.journal.writers_synced();
+        if !self.placement.due(synced) {
             return;
         }
         let was = self.placement.measuring();
         let timed = if was { self.journal.timings(true) } else { Vec::new() };
-        if let Some(cpus) = self.placement.observe(&timed, Instant::now()) {
+        if let Some(cpus) = self.placement.observe(&timed, synced, Instant::now()) {
             // Refused (a cpuset changed under the app): the thread keeps the
             // mask it has, which is only slower.
             let _ = set_thread_cpus(&cpus);
@@ -262,6 +261,11 @@ impl Actor {
         }
     }
 
+    /// How long staged ops may still wait before they are closed: with no
+    /// one listening, until the writers pause (`IDLE_BEFORE_CLOSE`) at least
+    /// `FINISH_AFTER` after the first op, and never past `FINISH_AT_MOST`
+    /// (a close is a stall of the store's thread: in a pause it delays no
+    /// writer); with listeners, at once.
     fn close_wait(&self) -> Duration {
         let Some(since) = self.staged_since else {
             return Duration::ZERO;
@@ -751,6 +755,12 @@ pub(crate) fn run(engine: Engine, journal: Arc<GroupCommit>, mut rx: mpsc::Recei
     let interval = engine.config.checkpoint_interval;
     precise_timers();
     let placement = Placement::for_this_thread(engine.config.place_store_thread);
+    let mut nonce_prefix = [0u8; NONCE_PREFIX];
+    if let Err(e) = hearth_core::random_bytes(&mut nonce_prefix) {
+        // No randomness, no nonce to seal under: refuse every write.
+        poisoned.store(true, Ordering::SeqCst);
+        report_failure(&Error::from(e));
+    }
     let mut actor = Actor {
         engine,
         journal,
@@ -771,6 +781,7 @@ pub(crate) fn run(engine: Engine, journal: Arc<GroupCommit>, mut rx: mpsc::Recei
         auto_compact_after: Instant::now(),
         last_expiry: Instant::now(),
         placement,
+        nonce_prefix,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()

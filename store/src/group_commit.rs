@@ -42,6 +42,8 @@ pub(crate) struct GroupCommit {
     /// The store thread measures where to run ([`crate::placement`]): the
     /// writers' fsyncs are timed into `Queue::timed`.
     timing: AtomicBool,
+    /// Groups written and synced by writers (not by the store thread).
+    writers_synced: AtomicU64,
 }
 
 struct Queue {
@@ -97,7 +99,13 @@ impl GroupCommit {
             store_thread: OnceLock::new(),
             fsync_ns: AtomicU64::new(0),
             timing: AtomicBool::new(false),
+            writers_synced: AtomicU64::new(0),
         }
+    }
+
+    /// Groups the writers have written and synced so far.
+    pub(crate) fn writers_synced(&self) -> u64 {
+        self.writers_synced.load(Ordering::Relaxed)
     }
 
     /// The store thread: time the writers' fsyncs from now on (`on`), or
@@ -195,6 +203,9 @@ impl GroupCommit {
             let r = journal.append_durable(&bytes);
             let d = t.elapsed();
             self.timed(d);
+            if writer {
+                self.writers_synced.fetch_add(1, Ordering::Relaxed);
+            }
             took = Some(d);
             Some(r)
         };

@@ -32,12 +32,16 @@ const PHASE: usize = 24;
 const TURNS: usize = 2;
 /// How long a choice holds before the store thread measures again.
 const REMEASURE: Duration = Duration::from_secs(300);
+/// Writers' fsyncs before a measurement starts (a store opened to be read
+/// is never moved: a move costs its thread its caches).
+const START_AFTER: u64 = 8;
 /// Most CPUs the store thread measures; with more, it keeps its mask (a
 /// measurement per CPU would take long, and such machines' disks usually
 /// have a completion queue per CPU).
 const MAX_CPUS: usize = 16;
 
-/// The store thread's placement: measuring, or settled until a time.
+/// The store thread's placement: measuring, or settled until a time and a
+/// count of writers' fsyncs.
 #[derive(Debug)]
 pub(crate) struct Placement {
     /// The CPUs the store thread may run on (its mask when it started).
@@ -57,8 +61,9 @@ enum State {
         seen: usize,
         timed: Vec<Vec<u32>>,
     },
-    /// The mask is chosen until then.
-    Settled { until: Instant },
+    /// The mask is chosen until then, and until the writers have made
+    /// `after` fsyncs.
+    Settled { until: Instant, after: u64 },
 }
 
 impl Placement {
@@ -68,7 +73,10 @@ impl Placement {
         match cpus {
             Some(cpus) if (2..=MAX_CPUS).contains(&cpus.len()) => Placement {
                 cpus,
-                state: State::Settled { until: now },
+                state: State::Settled {
+                    until: now,
+                    after: START_AFTER,
+                },
             },
             _ => Placement {
                 cpus: Vec::new(),
@@ -87,18 +95,24 @@ impl Placement {
         matches!(self.state, State::Measuring { .. })
     }
 
-    /// Whether there is anything to do at all.
-    pub(crate) fn off(&self) -> bool {
-        matches!(self.state, State::Off)
+    /// Whether [`Placement::observe`] has anything to do, the writers having
+    /// made `synced` fsyncs so far (cheap: no clock read).
+    pub(crate) fn due(&self, synced: u64) -> bool {
+        match self.state {
+            State::Off => false,
+            State::Measuring { .. } => true,
+            State::Settled { after, .. } => synced >= after,
+        }
     }
 
-    /// Take fsync times (microseconds) measured since the last call; the
-    /// mask the store thread is to take now, if it changes.
-    pub(crate) fn observe(&mut self, fsyncs: &[u32], now: Instant) -> Option<Vec<usize>> {
+    /// Take fsync times (microseconds) measured since the last call, the
+    /// writers having made `synced` fsyncs so far; the mask the store
+    /// thread is to take now, if it changes.
+    pub(crate) fn observe(&mut self, fsyncs: &[u32], synced: u64, now: Instant) -> Option<Vec<usize>> {
         match &mut self.state {
             State::Off => None,
-            State::Settled { until } => {
-                if now < *until {
+            State::Settled { until, after } => {
+                if now < *until || synced < *after {
                     return None;
                 }
                 self.state = State::Measuring {
@@ -135,7 +149,16 @@ impl Placement {
                     })
                     .collect();
                 let choice = choose(&medians);
-                self.state = State::Settled { until: now + REMEASURE };
+                tracing::debug!(
+                    cpus = ?self.cpus,
+                    fsync_median_us_by_cpu_left_out = ?medians,
+                    stays_off = ?choice.map(|i| self.cpus[i]),
+                    "store thread placed"
+                );
+                self.state = State::Settled {
+                    until: now + REMEASURE,
+                    after: synced + START_AFTER,
+                };
                 Some(self.without(choice))
             }
         }
@@ -214,12 +237,12 @@ mod tests {
     /// Feed `p` the fsyncs of `fast` µs while `cpu` is left out, `slow`
     /// otherwise, until it settles; the masks it asked for on the way.
     fn run(p: &mut Placement, now: Instant, cpu: usize, fast: u32, slow: u32) -> Vec<Vec<usize>> {
-        let mut masks = vec![p.observe(&[], now).expect("a first mask")];
+        let mut masks = vec![p.observe(&[], START_AFTER, now).expect("a first mask")];
         while p.measuring() {
             let mask = masks.last().unwrap().clone();
             let us = if !mask.contains(&cpu) { fast } else { slow };
             // A few at a time, as the store thread sees them.
-            if let Some(m) = p.observe(&[us; 3], now) {
+            if let Some(m) = p.observe(&[us; 3], START_AFTER, now) {
                 masks.push(m);
             }
         }
@@ -236,15 +259,19 @@ mod tests {
         assert_eq!(masks, [&turn[..], &turn[..], &[vec![0, 2]]].concat());
         // Settled: nothing until it measures again.
         assert!(!p.measuring());
-        assert_eq!(p.observe(&[200; 64], now + Duration::from_secs(1)), None);
-        // Then it measures again; the interrupts moved to CPU 2.
+        assert_eq!(p.observe(&[200; 64], 1000, now + Duration::from_secs(1)), None);
+        // Then it measures again, once time has passed and writers wrote;
+        // the interrupts moved to CPU 2.
         let later = now + REMEASURE;
-        assert_eq!(p.observe(&[], later), Some(vec![1, 2]));
+        assert!(!p.due(START_AFTER * 2 - 1));
+        assert_eq!(p.observe(&[], START_AFTER * 2 - 1, later), None);
+        assert!(p.due(START_AFTER * 2));
+        assert_eq!(p.observe(&[], START_AFTER * 2, later), Some(vec![1, 2]));
         let mut last = None;
         while p.measuring() {
             let mask: Vec<usize> = last.clone().unwrap_or(vec![1, 2]);
             let us = if mask.contains(&2) { 115 } else { 85 };
-            if let Some(m) = p.observe(&[us], later) {
+            if let Some(m) = p.observe(&[us], START_AFTER * 2, later) {
                 last = Some(m);
             }
         }
@@ -264,16 +291,19 @@ mod tests {
     fn the_first_fsyncs_after_a_change_are_not_counted() {
         let now = Instant::now();
         let mut p = Placement::new(Some(vec![0, 1]), now);
-        assert_eq!(p.observe(&[], now), Some(vec![1]));
+        // Nothing before the writers have made a few fsyncs.
+        assert!(!p.due(START_AFTER - 1));
+        assert_eq!(p.observe(&[], START_AFTER - 1, now), None);
+        assert_eq!(p.observe(&[], START_AFTER, now), Some(vec![1]));
         // Slow ones while the threads settle, then fast ones: the phase's
         // median is fast.
-        assert_eq!(p.observe(&[1000; SKIP], now), None);
-        assert_eq!(p.observe(&[80; PHASE], now), Some(vec![0]));
-        assert_eq!(p.observe(&[120; SKIP + PHASE], now), Some(vec![1]));
+        assert_eq!(p.observe(&[1000; SKIP], START_AFTER, now), None);
+        assert_eq!(p.observe(&[80; PHASE], START_AFTER, now), Some(vec![0]));
+        assert_eq!(p.observe(&[120; SKIP + PHASE], START_AFTER, now), Some(vec![1]));
         // The second turn: CPU 0 out again, then CPU 1.
-        assert_eq!(p.observe(&[1000; SKIP], now), None);
-        assert_eq!(p.observe(&[80; PHASE], now), Some(vec![0]));
-        assert_eq!(p.observe(&[120; SKIP + PHASE], now), Some(vec![1]));
+        assert_eq!(p.observe(&[1000; SKIP], START_AFTER, now), None);
+        assert_eq!(p.observe(&[80; PHASE], START_AFTER, now), Some(vec![0]));
+        assert_eq!(p.observe(&[120; SKIP + PHASE], START_AFTER, now), Some(vec![1]));
     }
 
     #[test]
@@ -281,8 +311,8 @@ mod tests {
         let now = Instant::now();
         for cpus in [None, Some(vec![3]), Some((0..MAX_CPUS + 1).collect())] {
             let mut p = Placement::new(cpus, now);
-            assert!(p.off());
-            assert_eq!(p.observe(&[100; 100], now + REMEASURE), None);
+            assert!(!p.due(u64::MAX));
+            assert_eq!(p.observe(&[100; 100], u64::MAX, now + REMEASURE), None);
         }
     }
 

@@ -66,6 +66,11 @@ async fn masks_while_posting(dir: &std::path::Path, on: bool, posts: usize) -> (
         seen.push(allowed(Some(&mine[0])));
         callers.extend(allowed(None));
     }
+    // Reads: the store thread's loop goes round without writes.
+    for _ in 0..20 {
+        s.page(ch, None, 10).await.unwrap();
+        seen.push(allowed(Some(&mine[0])));
+    }
     let newest = s.page(ch, None, 1).await.unwrap();
     assert_eq!(newest[0].text, Some(format!("message {}", posts - 1)));
     s.close().await.unwrap();
@@ -102,6 +107,11 @@ async fn the_store_thread_measures_where_to_run_and_leaves_the_callers_alone() {
     let last = seen.last().unwrap();
     let settled = seen.iter().rev().take(100).all(|m| m == last);
     assert!(settled, "the mask settled for the last 100 posts: {seen:?}");
+
+    // On, but a store only read (a channel made, a few posts): its
+    // thread is not moved, which would cost it its caches for nothing.
+    let (seen, _) = masks_while_posting(&tmp.path().join("read"), true, 4).await;
+    assert!(seen.iter().all(|m| *m == all), "{seen:?}");
 
     // Off: the store thread's mask is never changed.
     let (seen, _) = masks_while_posting(&tmp.path().join("off"), false, 200).await;
