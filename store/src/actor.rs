@@ -31,7 +31,7 @@ use crate::engine::{Engine, Outcome, Write};
 use crate::error::{Error, Result};
 use crate::group_commit::GroupCommit;
 use crate::journal::{Journal, NONCE_PREFIX, encode_record_under};
-use crate::placement::{Placement, set_thread_cpus};
+use crate::placement::{Placement, set_thread_cpus, spawn_unplaced};
 
 /// After an automatic compaction failed to start or finish, how long before
 /// the next try.
@@ -424,10 +424,16 @@ impl Actor {
                 // directory goes: until then an open after a crash zeroes
                 // the journal itself.
                 let (dir, journal) = (self.engine.dir.clone(), self.journal.clone());
-                self.finishing.push(std::thread::spawn(move || {
+                let purge = spawn_unplaced(std::thread::Builder::new(), move || {
                     let res = journal.with(Journal::purge).and_then(|()| crate::compact::done(&dir));
                     reply_all(waiters, res.map(|()| report));
-                }));
+                });
+                match purge {
+                    Ok(t) => self.finishing.push(t),
+                    // No thread: the waiters' replies were dropped with the
+                    // closure (they hear `Closed`); an open zeroes the journal.
+                    Err(e) => report_failure(&e.into()),
+                }
                 return;
             }
             Err(e) => {
@@ -503,7 +509,7 @@ impl Actor {
         let taken_ms = crate::engine::now_ms();
         // The file's end is written off this thread; a close waits for it.
         self.finishing.retain(|t| !t.is_finished());
-        let finishing = std::thread::spawn(move || {
+        let finishing = spawn_unplaced(std::thread::Builder::new(), move || {
             let report = copied.report;
             let res = copied
                 .sink
@@ -532,7 +538,12 @@ impl Actor {
             }
             let _ = reply.send(res);
         });
-        self.finishing.push(finishing);
+        match finishing {
+            Ok(t) => self.finishing.push(t),
+            // No thread: the caller's reply went with the closure (it hears
+            // `Closed`); the file was never finished, so it is no backup.
+            Err(e) => tracing::warn!(error = %e, "backup failed: no thread to finish it"),
+        }
         self.next_backup();
     }
 

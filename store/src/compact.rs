@@ -587,9 +587,9 @@ pub(crate) fn start_copy_at<S: CopySink>(
     let mut subscriber = tree.watch_prefix(Vec::<u8>::new());
     let drain = {
         let (queue, abort, drained) = (queue.clone(), abort.clone(), drained.clone());
-        std::thread::Builder::new()
-            .name("hearth-copy-drain".into())
-            .spawn(move || {
+        crate::placement::spawn_unplaced(
+            std::thread::Builder::new().name("hearth-copy-drain".into()),
+            move || {
                 for e in &mut subscriber {
                     let key = match &e {
                         sled::Event::Insert { key, .. } | sled::Event::Remove { key } => key,
@@ -608,15 +608,17 @@ pub(crate) fn start_copy_at<S: CopySink>(
                     }
                 }
                 drained.store(true, Ordering::SeqCst);
-            })?
+            },
+        )?
     };
     let copier = {
         let (dir, copied) = (dir.to_path_buf(), tree.clone());
         let covered = log_end;
         let flags = (drained, abort.clone(), caught.clone());
-        let spawned = std::thread::Builder::new()
-            .name("hearth-copy".into())
-            .spawn(move || copy_in_background(dir, sink, covered, copied, keys, queue, flags, progress, report));
+        let spawned =
+            crate::placement::spawn_unplaced(std::thread::Builder::new().name("hearth-copy".into()), move || {
+                copy_in_background(dir, sink, covered, copied, keys, queue, flags, progress, report)
+            });
         match spawned {
             Ok(c) => c,
             Err(e) => {

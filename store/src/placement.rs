@@ -85,9 +85,12 @@ impl Placement {
         }
     }
 
-    /// The store thread's placement, if `on`, from its current mask.
+    /// The store thread's placement, if `on`, from its current mask (kept
+    /// for the threads it spawns: [`spawn_unplaced`]).
     pub(crate) fn for_this_thread(on: bool) -> Placement {
-        Placement::new(on.then(thread_cpus).flatten(), Instant::now())
+        let cpus = on.then(thread_cpus).flatten();
+        GIVEN.with(|g| *g.borrow_mut() = cpus.clone());
+        Placement::new(cpus, Instant::now())
     }
 
     /// The writers' fsyncs are to be timed.
@@ -169,6 +172,28 @@ impl Placement {
         let skip = i.map(|i| self.cpus[i]);
         self.cpus.iter().copied().filter(|&c| Some(c) != skip).collect()
     }
+}
+
+thread_local! {
+    /// On the store thread: the mask it was given, before it placed itself.
+    static GIVEN: std::cell::RefCell<Option<Vec<usize>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Spawn `f` on a thread made by `builder` that runs with the mask the
+/// spawning store thread was given, not the one it narrowed for itself (a
+/// compaction's copy or a backup's end must not share its one CPU).
+pub(crate) fn spawn_unplaced<T: Send + 'static>(
+    builder: std::thread::Builder,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<T>> {
+    let given = GIVEN.with(|g| g.borrow().clone());
+    builder.spawn(move || {
+        if let Some(cpus) = given {
+            // Refused: the thread runs where it was put, only slower.
+            let _ = set_thread_cpus(&cpus);
+        }
+        f()
+    })
 }
 
 /// Which CPU to stay out of, given the median fsync with each left out:
@@ -323,6 +348,27 @@ mod tests {
         assert_eq!(choose(&[100, 96]), None);
         assert_eq!(choose(&[120, 80, 119]), Some(1));
         assert_eq!(choose(&[]), None);
+    }
+
+    #[test]
+    fn threads_spawned_by_a_placed_thread_get_its_given_mask() {
+        let Some(cpus) = thread_cpus() else { return };
+        if cpus.len() < 2 {
+            return;
+        }
+        std::thread::spawn(move || {
+            let p = Placement::for_this_thread(true);
+            assert!(p.due(START_AFTER));
+            // Placed: this thread on one CPU only.
+            assert!(set_thread_cpus(&cpus[..1]));
+            let child = spawn_unplaced(std::thread::Builder::new(), thread_cpus).unwrap();
+            assert_eq!(child.join().unwrap(), Some(cpus.clone()));
+            // A plain spawn would have inherited the narrowed mask.
+            let plain = std::thread::spawn(thread_cpus);
+            assert_eq!(plain.join().unwrap(), Some(cpus[..1].to_vec()));
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
