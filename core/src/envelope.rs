@@ -672,6 +672,7 @@ impl Envelope {
             certs,
             texts,
             (ENVELOPE_V3, Nonces::Random),
+            None,
         )
     }
 
@@ -698,6 +699,7 @@ impl Envelope {
             certs,
             texts,
             (ENVELOPE_V4, Nonces::Random),
+            None,
         )
     }
 
@@ -726,6 +728,7 @@ impl Envelope {
             certs,
             texts,
             (ENVELOPE_V5, nonces),
+            None,
         )
     }
 
@@ -744,6 +747,34 @@ impl Envelope {
         texts: &[Content],
         nonces: Nonces,
     ) -> Result<(Vec<u8>, EntryHash)> {
+        Self::seal_v6_with(
+            keys,
+            identity,
+            (seq, prev),
+            body,
+            generation,
+            certs,
+            texts,
+            nonces,
+            None,
+        )
+    }
+
+    /// [`Envelope::seal_v6`] at `(seq, prev)`, the pack's texts taken
+    /// already deflated from `early` when it was fed exactly them
+    /// ([`crate::textpack::TextsDeflate`]; cleared either way).
+    #[allow(clippy::too_many_arguments)]
+    pub fn seal_v6_with(
+        keys: &ChannelKeys,
+        identity: &Identity,
+        (seq, prev): (u64, EntryHash),
+        body: &EntryBody,
+        generation: u32,
+        certs: Vec<DeviceCert>,
+        texts: &[Content],
+        nonces: Nonces,
+        early: Option<&mut crate::textpack::TextsDeflate>,
+    ) -> Result<(Vec<u8>, EntryHash)> {
         Self::seal_with_texts(
             keys,
             identity,
@@ -753,6 +784,7 @@ impl Envelope {
             certs,
             texts,
             (ENVELOPE_V6, nonces),
+            early,
         )
     }
 
@@ -767,6 +799,7 @@ impl Envelope {
         certs: Vec<DeviceCert>,
         texts: &[Content],
         (version, nonces): (u8, Nonces),
+        early: Option<&mut crate::textpack::TextsDeflate>,
     ) -> Result<(Vec<u8>, EntryHash)> {
         let packed = if version >= ENVELOPE_V5 && !texts.is_empty() {
             let slotted: Option<Vec<(u64, Option<&str>)>> = texts
@@ -792,7 +825,7 @@ impl Envelope {
                         .sealing_key(generation)
                         .ok_or_else(|| Error::invalid("key generation", "not held"))?;
                     let nonce = nonces.of(NonceKind::Pack, seq)?;
-                    Some(p.seal_at(key, &hb, flate2::Compression::default(), nonce)?)
+                    Some(p.seal_at_with(key, &hb, flate2::Compression::default(), nonce, early)?)
                 }
                 _ => None,
             };

@@ -233,7 +233,7 @@ impl Engine {
             epoch,
             change: built.bytes,
         };
-        let seq = self.append_own_entry(channel, epoch, body, &built.texts, None)?;
+        let seq = self.append_own_entry(channel, epoch, body, &built.texts, None, None)?;
         let ch = self.channels.get_mut(&channel).expect("checked above");
         let s = ch.summaries.get_mut(&epoch).expect("counted by append_own_entry");
         s.count_posts(&me, &me, &built.effects);

@@ -8,6 +8,8 @@ use hearth_core::{
     ChannelId, ChannelKeys, ChannelRecord, DeviceId, EntryBody, Envelope, Epoch, META_EPOCH, MessageId, Op, SecretKey,
 };
 
+use hearth_core::textpack::TextsDeflate;
+
 use crate::channel::FeedHead;
 use crate::engine::*;
 use crate::error::Result;
@@ -92,6 +94,11 @@ impl Engine {
             .expect("ensure_epoch checked the channel");
         let le = self.epochs.get_mut(&(channel, epoch)).expect("ensure_epoch loaded it");
         le.doc.stage(&user, &device, op)?;
+        if let Op::Post { text, .. } | Op::Edit { text, .. } = op
+            && self.identity.device_keys().is_some()
+        {
+            early_text(&mut self.early_texts, &mut self.early_spare, (channel, epoch), text);
+        }
         if !self.chat_muted
             && self.chat.listening()
             && let Some(e) = crate::events::of_local_op(channel, user, op)
@@ -271,7 +278,20 @@ impl Engine {
             return Ok(());
         };
         let texts = le.doc.take_texts();
-        let seq = self.append_own_entry(channel, epoch, EntryBody { epoch, change }, &texts, generation)?;
+        let mut early = self.early_texts.remove(&(channel, epoch));
+        let seq = self.append_own_entry(
+            channel,
+            epoch,
+            EntryBody { epoch, change },
+            &texts,
+            generation,
+            early.as_mut(),
+        );
+        if let Some(mut e) = early {
+            e.clear();
+            self.early_spare.push(e);
+        }
+        let seq = seq?;
         let device = self.identity.device();
         let le = self
             .epochs
@@ -306,6 +326,7 @@ impl Engine {
         body: EntryBody,
         texts: &[hearth_core::Content],
         generation: Option<u32>,
+        early: Option<&mut TextsDeflate>,
     ) -> Result<u64> {
         self.appended.insert(channel);
         let ch = self.channels.get_mut(&channel).expect("checked by the caller");
@@ -325,16 +346,16 @@ impl Engine {
                 };
                 let generation = generation.unwrap_or_else(|| ch.keys.current_generation());
                 let nonces = self.nonces.for_entry(wire, seq)?;
-                let sealed = Envelope::seal_v6(
+                let sealed = Envelope::seal_v6_with(
                     &ch.keys,
                     &self.identity,
-                    seq,
-                    prev,
+                    (seq, prev),
                     &body,
                     generation,
                     chain.clone(),
                     texts,
                     nonces,
+                    early,
                 )?;
                 if !chain.is_empty() {
                     let k = prefixed(T_CHAINS, &wire, &device);
@@ -393,6 +414,12 @@ impl Engine {
             self.commit_epoch(c, e)?;
         }
         self.touched.clear();
+        // Every touched epoch's entry is sealed: what is left was fed for
+        // texts that went another way (a document loaded again).
+        for (_, mut e) in self.early_texts.drain() {
+            e.clear();
+            self.early_spare.push(e);
+        }
         self.watermark = self.watermark.max(journal_seq);
         self.batch
             .insert(META_HLC, hlc_value(&self.records, self.hlc.last().0)?);
@@ -423,6 +450,27 @@ impl Engine {
         }
         self.chat.send(std::mem::take(&mut self.chat_staged));
         Ok(())
+    }
+}
+
+/// Deflate `text`, staged into `at`'s next entry, with the texts staged
+/// there before it: in a state kept for `at` (taken from `spare` or made,
+/// if fewer than [`EARLY_TEXTS`] epochs have one), or not at all (the pack
+/// is then deflated whole when sealed).
+fn early_text(
+    early: &mut std::collections::HashMap<(ChannelId, Epoch), TextsDeflate>,
+    spare: &mut Vec<TextsDeflate>,
+    at: (ChannelId, Epoch),
+    text: &str,
+) {
+    if !early.contains_key(&at) {
+        if early.len() >= EARLY_TEXTS {
+            return;
+        }
+        early.insert(at, spare.pop().unwrap_or_default());
+    }
+    if let Some(e) = early.get_mut(&at) {
+        e.push(text);
     }
 }
 

@@ -22,6 +22,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use hearth_core::textpack::TextsDeflate;
 use hearth_core::{
     ChannelId, ChannelKeys, ChannelRecord, ContentId, DeviceId, Epoch, EpochDoc, EpochView, Hlc, Identity,
     MemberAction, MessageId, SecretKey, WireId,
@@ -37,6 +38,10 @@ use crate::log::Log;
 /// Staged bytes (text plus a per-op allowance) after which an epoch's change is
 /// closed early, so every feed entry stays far below [`hearth_core::MAX_ENTRY_BYTES`].
 pub(crate) const ENTRY_BUDGET: usize = 40 * 1024;
+/// Most epochs whose next entry's texts are deflated as they are staged
+/// (`Engine::early_texts`): a lone writer has one, and each holds two
+/// deflate states, about 0.6 MiB.
+pub(crate) const EARLY_TEXTS: usize = 4;
 pub(crate) const OP_ALLOWANCE: usize = 96;
 /// What a text adds to an entry beside the text itself (entry format 5:
 /// its op's step and its length in the pack; the op is counted in
@@ -245,6 +250,11 @@ pub(crate) struct Engine {
     /// The counter of the last store root written.
     pub root_counter: u64,
     pub(crate) touched: BTreeMap<(ChannelId, Epoch), usize>,
+    /// The texts of epochs' next entries, deflated as they are staged
+    /// (`hearth_core::textpack::TextsDeflate`): at most `EARLY_TEXTS` epochs
+    /// at once, and their states kept for reuse in `early_spare`.
+    pub(crate) early_texts: HashMap<(ChannelId, Epoch), TextsDeflate>,
+    pub(crate) early_spare: Vec<TextsDeflate>,
     /// Channels with feed entries in the current batch (announced once it is applied).
     pub(crate) appended: std::collections::BTreeSet<ChannelId>,
     /// Channels where a member device may lack a key generation this device
@@ -412,6 +422,8 @@ impl Engine {
             root_heads: [0; 32],
             root_counter: 0,
             touched: BTreeMap::new(),
+            early_texts: HashMap::new(),
+            early_spare: Vec::new(),
             appended: Default::default(),
             shares_due: Default::default(),
             peer_keys: HashMap::new(),
