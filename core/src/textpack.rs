@@ -262,7 +262,9 @@ impl TextsDeflate {
             let _ = self.texts.reset(Vec::new());
             self.fed.clear();
         }
-        self.head.reset();
+        if self.head.total_in() > 0 {
+            self.head.reset();
+        }
     }
 
     /// The deflate stream of `encoded` (a pack's encoding, ending with

@@ -94,11 +94,6 @@ impl Engine {
             .expect("ensure_epoch checked the channel");
         let le = self.epochs.get_mut(&(channel, epoch)).expect("ensure_epoch loaded it");
         le.doc.stage(&user, &device, op)?;
-        if let Op::Post { text, .. } | Op::Edit { text, .. } = op
-            && self.identity.device_keys().is_some()
-        {
-            early_text(&mut self.early_texts, &mut self.early_spare, (channel, epoch), text);
-        }
         if !self.chat_muted
             && self.chat.listening()
             && let Some(e) = crate::events::of_local_op(channel, user, op)
@@ -136,7 +131,11 @@ impl Engine {
         }
         let staged = self.touched.entry((channel, epoch)).or_default();
         *staged += size;
-        if *staged >= ENTRY_BUDGET {
+        let staged = *staged;
+        if let Op::Post { text, .. } | Op::Edit { text, .. } = op {
+            self.early_text((channel, epoch), staged, text);
+        }
+        if staged >= ENTRY_BUDGET {
             self.commit_epoch(channel, epoch)?;
             self.touched.insert((channel, epoch), 0);
         }
@@ -162,6 +161,35 @@ impl Engine {
             self.refresh_moderators(channel)?;
         }
         Ok(())
+    }
+
+    /// Deflate `text`, just staged into `at`'s next entry (`staged` bytes
+    /// so far), with the texts staged there before it
+    /// ([`TextsDeflate`]): once the entry holds [`EARLY_FROM`] bytes (a
+    /// small entry's pack deflates quickly when sealed, and a burst closed
+    /// at once, as with listeners, would only pay for the state), in a
+    /// state kept for `at` if fewer than [`EARLY_TEXTS`] epochs have one.
+    /// Otherwise not at all: the pack is then deflated whole when sealed.
+    fn early_text(&mut self, at: (ChannelId, Epoch), staged: usize, text: &str) {
+        if let Some(e) = self.early_texts.get_mut(&at) {
+            e.push(text);
+            return;
+        }
+        if staged < EARLY_FROM || self.early_texts.len() >= EARLY_TEXTS || self.identity.device_keys().is_none() {
+            return;
+        }
+        let Some(le) = self.epochs.get(&at) else { return };
+        let texts = le.doc.staged_texts();
+        // A text dropped already, or one put in no slot: the pack will not
+        // hold these texts one after the other.
+        if texts.iter().any(|c| c.slot.is_none_or(|s| s.gone)) {
+            return;
+        }
+        let mut e = self.early_spare.pop().unwrap_or_default();
+        for c in texts {
+            e.push(&c.text);
+        }
+        self.early_texts.insert(at, e);
     }
 
     /// A key package goes alone into an entry sealed under generation 0
@@ -450,27 +478,6 @@ impl Engine {
         }
         self.chat.send(std::mem::take(&mut self.chat_staged));
         Ok(())
-    }
-}
-
-/// Deflate `text`, staged into `at`'s next entry, with the texts staged
-/// there before it: in a state kept for `at` (taken from `spare` or made,
-/// if fewer than [`EARLY_TEXTS`] epochs have one), or not at all (the pack
-/// is then deflated whole when sealed).
-fn early_text(
-    early: &mut std::collections::HashMap<(ChannelId, Epoch), TextsDeflate>,
-    spare: &mut Vec<TextsDeflate>,
-    at: (ChannelId, Epoch),
-    text: &str,
-) {
-    if !early.contains_key(&at) {
-        if early.len() >= EARLY_TEXTS {
-            return;
-        }
-        early.insert(at, spare.pop().unwrap_or_default());
-    }
-    if let Some(e) = early.get_mut(&at) {
-        e.push(text);
     }
 }
 

@@ -42,6 +42,9 @@ pub(crate) const ENTRY_BUDGET: usize = 40 * 1024;
 /// (`Engine::early_texts`): a lone writer has one, and each holds two
 /// deflate states, about 0.6 MiB.
 pub(crate) const EARLY_TEXTS: usize = 4;
+/// Staged bytes (as [`ENTRY_BUDGET`] counts them) from which an epoch's
+/// texts are deflated as they are staged.
+pub(crate) const EARLY_FROM: usize = 4 * 1024;
 pub(crate) const OP_ALLOWANCE: usize = 96;
 /// What a text adds to an entry beside the text itself (entry format 5:
 /// its op's step and its length in the pack; the op is counted in

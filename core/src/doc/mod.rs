@@ -275,6 +275,12 @@ impl EpochDoc {
         }
     }
 
+    /// The texts staged since the last commit, in the order the next
+    /// commit's entry will carry them.
+    pub fn staged_texts(&self) -> &[Content] {
+        &self.pending
+    }
+
     /// The texts staged since the last commit, for the segments of the entry
     /// that commit made (taken once).
     pub fn take_texts(&mut self) -> Vec<Content> {
