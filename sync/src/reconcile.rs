@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use hearth_core::{Vector, WireId};
+use hearth_core::{DeviceId, Vector, WireId};
 use hearth_store::{EntryBatch, IngestReport};
 use serde_bytes::ByteBuf;
 
@@ -347,6 +347,12 @@ pub struct Session {
     pushing: usize,
     /// Channels whose same-position forks were already probed this session.
     probed: BTreeSet<WireId>,
+    /// Channels probed this session for forks at different positions
+    /// ([`Session::probe_apart`]).
+    probed_apart: BTreeSet<WireId>,
+    /// The fetch or push under way is such a probe: the channel ends with it
+    /// unless it moved something.
+    probing: bool,
     /// The Hello answer being vetted: the channels proved, what differs,
     /// and the matched bitmap.
     answered: Option<Answered>,
@@ -373,6 +379,8 @@ impl Session {
             outcome: Outcome::default(),
             pushing: 0,
             probed: BTreeSet::new(),
+            probed_apart: BTreeSet::new(),
+            probing: false,
             answered: None,
         }
     }
@@ -498,6 +506,9 @@ impl Session {
             (Phase::AwaitEntries, Response::Entries { entries, more: _ }) => {
                 let wire = self.current.expect("pulling a channel");
                 if entries.is_empty() {
+                    if std::mem::take(&mut self.probing) {
+                        return self.next_channel();
+                    }
                     // The peer claimed entries it does not hand out: stop pulling.
                     self.phase = Phase::Push;
                     return self.step();
@@ -531,6 +542,22 @@ impl Session {
                 let mut after = before.clone();
                 after.0.extend(vector.0);
                 let progressed = lacking(&after, &local) < lacking(&before, &local);
+                let probed = std::mem::take(&mut self.probing);
+                if !progressed && rejected > 0 && !probed {
+                    // Refused where the peer is behind: its last entry of
+                    // such a feed may be another version of one held here.
+                    if let Some(have) = self.probe_apart(wire, &after, &local) {
+                        self.outcome.peer.insert(wire, after);
+                        self.probing = true;
+                        self.phase = Phase::AwaitEntries;
+                        self.outcome.round_trips += 1;
+                        return Action::Send(Request::Fetch {
+                            wire,
+                            have,
+                            max_bytes: BATCH_BYTES as u32,
+                        });
+                    }
+                }
                 self.outcome.peer.insert(wire, after);
                 if !progressed {
                     // Nothing taken: do not send the same batch forever.
@@ -605,9 +632,54 @@ impl Session {
             .iter()
             .filter(|x| matches!(x.reason, hearth_store::Refusal::Content(_)))
             .count() as u64;
+        let refused = !r.rejected.is_empty();
         self.local.insert(wire, r.vector);
+        if std::mem::take(&mut self.probing) && !progressed {
+            return self.next_channel();
+        }
+        if refused && !progressed {
+            // Refused where this side is behind: the peer may hold another
+            // version of this side's last entry of such a feed.
+            let local = self.local.get(&wire).cloned().unwrap_or_default();
+            let peer = self.outcome.peer.get(&wire).cloned().unwrap_or_default();
+            if let Some(have) = self.probe_apart(wire, &local, &peer) {
+                self.probing = true;
+                self.phase = Phase::AwaitRead;
+                return Action::Read { wire, have };
+            }
+        }
         self.phase = if progressed { Phase::Pull } else { Phase::Push };
         self.step()
+    }
+
+    /// A feed its author forked, each side holding one branch, at different
+    /// positions: the side ahead holds a version of the other's last entry
+    /// which the other never sends (the vectors show no lack that way), so
+    /// only the side behind, refusing what follows, kept the proof. When a
+    /// transfer from the side ahead to the side behind was refused and moved
+    /// nothing, the side behind's last entry of each feed where it holds
+    /// some but less is sent to the side ahead once, whichever side asked
+    /// for the session: ingest there sees the two versions and keeps the
+    /// proof too (or a duplicate, when the refusal was for another reason).
+    /// The `have` of that transfer (a Fetch when this side is ahead, a Read
+    /// of this side's entries when it is behind), or `None`: no such feed,
+    /// a push-only session, or probed already in this session.
+    fn probe_apart(&mut self, wire: WireId, behind: &Vector, ahead: &Vector) -> Option<Vector> {
+        let apart: Vec<(DeviceId, hearth_core::FeedPos)> = behind
+            .0
+            .iter()
+            .filter(|(d, p)| p.seq >= 1 && ahead.seq(d) > p.seq)
+            .map(|(d, p)| (*d, *p))
+            .collect();
+        if apart.is_empty() || self.auth.is_none() || !self.probed_apart.insert(wire) {
+            return None;
+        }
+        let mut have = ahead.clone();
+        for (d, p) in apart {
+            have.0.insert(d, p);
+            have.step_back(&d);
+        }
+        Some(have)
     }
 
     /// The peer's answer to the Hello: check its proof of the access keys,

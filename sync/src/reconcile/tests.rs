@@ -1,6 +1,7 @@
 //! The state machine driven by hand against in-memory replicas: no store, no
-//! socket, no runtime. A fake entry is `device (16 B) | seq (8 B, BE) | filler`,
-//! so the fake can check that every feed arrives in order without crypto.
+//! socket, no runtime. A fake entry is `device (16 B) | seq (8 B, BE) | branch
+//! (1 B) | filler`, so the fake can check that every feed arrives in order
+//! without crypto; the branch stands for the previous entry's hash (a fork).
 
 use super::*;
 use hearth_core::{DeviceId, FeedPos};
@@ -9,7 +10,7 @@ use std::collections::BTreeSet;
 use crate::proto::{MAX_REQUEST, MAX_RESPONSE};
 
 /// Bytes of a fake entry before its filler.
-const HEAD: usize = 24;
+const HEAD: usize = 25;
 
 /// A session that takes more actions than this is taken to loop.
 const MAX_ACTIONS: usize = 10_000;
@@ -38,16 +39,25 @@ fn device(n: u8) -> DeviceId {
 /// Entry `seq` of `device`'s feed, `size` bytes long. The same position always
 /// has the same bytes, so replicas that wrote it separately agree on it.
 fn entry(device: DeviceId, seq: u64, size: usize) -> Vec<u8> {
+    entry_on(device, seq, size, 0)
+}
+
+/// Entry `seq` of `device`'s feed on a branch: 0 is the feed as its author
+/// wrote it; another is a branch of a fork, which may follow branch 0 or
+/// itself only (an author that forked signed two entries onto one).
+fn entry_on(device: DeviceId, seq: u64, size: usize, branch: u8) -> Vec<u8> {
     let mut e = Vec::with_capacity(size.max(HEAD));
     e.extend(device.0);
     e.extend(seq.to_be_bytes());
+    e.push(branch);
     e.resize(size.max(HEAD), seq as u8);
     e
 }
 
 fn parse(bytes: &[u8]) -> Option<(DeviceId, u64)> {
     let device = DeviceId(bytes.get(..16)?.try_into().ok()?);
-    let seq = u64::from_be_bytes(bytes.get(16..HEAD)?.try_into().ok()?);
+    let seq = u64::from_be_bytes(bytes.get(16..24)?.try_into().ok()?);
+    bytes.get(24)?;
     Some((device, seq))
 }
 
@@ -85,6 +95,16 @@ impl Fake {
         while (feed.len() as u64) < seq {
             let next = feed.len() as u64 + 1;
             feed.push(entry(d, next, size));
+        }
+        self
+    }
+
+    /// Make `d`'s feed in `w` go on to `seq` on a branch of a fork.
+    fn branch(&mut self, w: WireId, d: DeviceId, seq: u64, branch: u8, size: usize) -> &mut Self {
+        let feed = self.channels.entry(w).or_default().entry(d).or_default();
+        while (feed.len() as u64) < seq {
+            let next = feed.len() as u64 + 1;
+            feed.push(entry_on(d, next, size, branch));
         }
         self
     }
@@ -186,6 +206,15 @@ impl Fake {
                 } else {
                     report.rejected.push(reject(hearth_store::Refusal::Forked { seq }));
                 }
+            } else if seq == held + 1
+                && held > 0
+                && feed[held as usize - 1][24] != 0
+                && feed[held as usize - 1][24] != bytes[24]
+            {
+                // Signed onto another version of the entry held last.
+                report
+                    .rejected
+                    .push(reject(hearth_store::Refusal::Forked { seq: held }));
             } else if seq == held + 1 {
                 feed.push(bytes);
                 report.accepted += 1;
@@ -954,4 +983,58 @@ fn a_push_session_only_pushes() {
     let session = Session::push(w, local.vector(&w), peer.vector(&w));
     let run = drive(session, &mut local, |req| -> Response { panic!("sent {req:?}") });
     assert_eq!(run.outcome.round_trips, 0);
+}
+
+/// A feed its author forked, each replica holding one branch, one of them
+/// further on: whichever side asks for the session, the side ahead is
+/// handed the other's version of the position where they part (once), so
+/// that both refuse the other branch and keep the proof, not only the side
+/// behind. Neither takes the other's branch, and a session never loops.
+#[test]
+fn replicas_on_two_branches_of_a_fork_at_different_positions_both_see_it() {
+    let w = wire(1);
+    let branches = || {
+        let (mut behind, mut ahead) = (Fake::default(), Fake::default());
+        behind.write(w, device(1), 3, 60).branch(w, device(1), 4, 1, 60);
+        ahead.write(w, device(1), 3, 60).branch(w, device(1), 5, 2, 60);
+        behind.write(w, device(2), 2, 60);
+        (behind, ahead)
+    };
+    // Asked by the side ahead: its entry 5 is refused there; then it
+    // fetches the other's entry 4 and refuses it here.
+    let (mut behind, mut ahead) = branches();
+    let run = sync(&mut ahead, &mut behind);
+    assert_eq!(run.outcome.failed, None);
+    assert_eq!((run.outcome.refused_there, run.outcome.refused_here), (1, 1));
+    assert_eq!(
+        (run.pushes, run.fetches),
+        (1, 2),
+        "the pull of device 2, the push, the probe"
+    );
+    // Asked by the side behind: the other's entry 5 is refused here; then
+    // it pushes its own entry 4, refused there.
+    let (mut behind, mut ahead) = branches();
+    let run = sync(&mut behind, &mut ahead);
+    assert_eq!(run.outcome.failed, None);
+    assert_eq!((run.outcome.refused_here, run.outcome.refused_there), (1, 1));
+    assert_eq!(
+        (run.pushes, run.fetches),
+        (1, 1),
+        "device 2's entries go with the probe"
+    );
+    assert_eq!(
+        ahead.vector(&w).seq(&device(2)),
+        2,
+        "device 2 still reached the side ahead"
+    );
+    for (f, seq, branch) in [(&behind, 4, 1), (&ahead, 5, 2)] {
+        let feed = &f.channels[&w][&device(1)];
+        assert_eq!(feed.len() as u64, seq, "each keeps its branch");
+        assert_eq!(feed.last().unwrap()[24], branch);
+    }
+    // A push-only session (live) does not probe.
+    let (mut behind, mut ahead) = branches();
+    let session = Session::push(w, ahead.vector(&w), behind.vector(&w));
+    let run = drive(session, &mut ahead, |req| behind.serve(req));
+    assert_eq!((run.pushes, run.fetches, run.outcome.refused_there), (1, 0, 1));
 }
