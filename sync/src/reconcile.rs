@@ -549,13 +549,7 @@ impl Session {
                     if let Some(have) = self.probe_apart(wire, &after, &local) {
                         self.outcome.peer.insert(wire, after);
                         self.probing = true;
-                        self.phase = Phase::AwaitEntries;
-                        self.outcome.round_trips += 1;
-                        return Action::Send(Request::Fetch {
-                            wire,
-                            have,
-                            max_bytes: BATCH_BYTES as u32,
-                        });
+                        return self.fetch(wire, have);
                     }
                 }
                 self.outcome.peer.insert(wire, after);
@@ -650,6 +644,17 @@ impl Session {
         }
         self.phase = if progressed { Phase::Pull } else { Phase::Push };
         self.step()
+    }
+
+    /// Ask the peer for the entries of `wire` after `have`.
+    fn fetch(&mut self, wire: WireId, have: Vector) -> Action {
+        self.phase = Phase::AwaitEntries;
+        self.outcome.round_trips += 1;
+        Action::Send(Request::Fetch {
+            wire,
+            have,
+            max_bytes: BATCH_BYTES as u32,
+        })
     }
 
     /// A feed its author forked, each side holding one branch, at different
@@ -919,13 +924,7 @@ impl Session {
                         have.step_back(&d);
                     }
                 }
-                self.phase = Phase::AwaitEntries;
-                self.outcome.round_trips += 1;
-                return Action::Send(Request::Fetch {
-                    wire,
-                    have,
-                    max_bytes: BATCH_BYTES as u32,
-                });
+                return self.fetch(wire, have);
             }
             self.phase = Phase::Push;
         }
