@@ -326,6 +326,9 @@ pub struct Served {
     /// For a Fetch of a channel held here: what the peer said it holds, with
     /// the feeds' entries the answer sends it.
     pub learned: Option<(hearth_core::WireId, hearth_core::Vector)>,
+    /// For a Fetch: the answer left entries out, so the peer's session will
+    /// fetch again once it has taken these (a catch-up under way).
+    pub more: bool,
 }
 
 /// Each feed of `entries` up to its highest entry there: what the peer that
@@ -463,6 +466,7 @@ pub async fn serve<R: Replica>(replica: &R, req: Request, conn: &Conn) -> (Respo
                     let mut learned = have;
                     learned.merge(&pushed_heads(b.entries.iter().map(Vec::as_slice)));
                     served.learned = Some((wire, learned));
+                    served.more = b.more;
                     Response::Entries {
                         entries: b.entries.into_iter().map(ByteBuf::from).collect(),
                         more: b.more,

@@ -62,7 +62,8 @@ const LISTENER_SESSION_DELAY: Duration = Duration::from_millis(300);
 const MAX_NOTED_PEERS: usize = 1024;
 /// The accepting side's session waits until the peer has not fetched from it
 /// for this long (a catch-up fetches batch after batch, each ingested before
-/// the next is asked for).
+/// the next is asked for), and while the last answer it fetched left
+/// entries out (it will fetch again, however long its ingest takes).
 const PEER_SESSION_QUIET: Duration = Duration::from_secs(2);
 /// ... but not for longer than this after connecting.
 const PEER_SESSION_PATIENCE: Duration = Duration::from_secs(30);
@@ -176,9 +177,19 @@ enum Work {
     /// a second one at the same time would push the same entries again).
     ReconcileAfterPeer,
     Push(WireId),
-    /// The peer holds at least this; `true` when it said so in a Fetch (its
-    /// session is running), `false` when it pushed these entries.
-    Learned(WireId, Vector, bool),
+    /// The peer holds at least this: said so in a Fetch (its session is
+    /// running), or pushed these entries.
+    Learned(WireId, Vector, Told),
+}
+
+/// How a node learned what a peer holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Told {
+    /// The peer pushed entries.
+    Pushed,
+    /// The peer fetched; `more` when the answer left entries out (its
+    /// catch-up will fetch again).
+    Fetched { more: bool },
 }
 
 /// Start a node syncing `replica` under the network identity `secret`.
@@ -690,7 +701,9 @@ impl<R: Replica> Loop<R> {
         // have once it takes the answer (what a Push says, its worker learnt
         // when it arrived).
         if let (Some(p), Some((wire, have))) = (self.peers.get(&peer), served.learned) {
-            let _ = p.work.send(Work::Learned(wire, have, true));
+            let _ = p
+                .work
+                .send(Work::Learned(wire, have, Told::Fetched { more: served.more }));
         }
         if served.rejected > 0 {
             let reason = served.reason.unwrap_or_default();

@@ -322,7 +322,7 @@ impl<R: Replica> Loop<R> {
                     // forgeries only goes without them (and is refused).
                     if let (Request::Push { wire, entries }, Some(p)) = (&request, self.peers.get(&peer)) {
                         let heads = crate::drive::pushed_heads(entries.iter().map(|e| e.as_ref()));
-                        let _ = p.work.send(Work::Learned(*wire, heads, false));
+                        let _ = p.work.send(Work::Learned(*wire, heads, Told::Pushed));
                     }
                     let replica = self.replica.clone();
                     let tx = self.cmd_tx.clone();

@@ -92,7 +92,7 @@ pub(super) async fn serve_live<R: Replica>(peer: PeerId, stream: libp2p::Stream,
         // before the ingest, so that the store's notice does not send it back.
         let heads = pushed.heads;
         if s.conn.proved(&wire) {
-            let _ = s.work.send(Work::Learned(wire, heads.clone(), false));
+            let _ = s.work.send(Work::Learned(wire, heads.clone(), Told::Pushed));
         }
         let Ok(permit) = s.inbound.clone().acquire_owned().await else {
             break;
@@ -177,7 +177,7 @@ pub(super) fn spawn_worker<R: Replica>(
             // What the peer holds, as last acknowledged.
             let mut known: BTreeMap<WireId, Vector> = BTreeMap::new();
             // When the peer last fetched from here (its session is running).
-            let mut peer_fetched: Option<Instant> = None;
+            let mut peer_fetched: Option<(Instant, bool)> = None;
             let connected = Instant::now();
             while let Some(first) = rx.recv().await {
                 let mut reconcile = false;
@@ -194,10 +194,10 @@ pub(super) fn spawn_worker<R: Replica>(
                     Work::Push(wire) => {
                         pushes.insert(wire);
                     }
-                    Work::Learned(wire, v, fetched) => {
-                        learn(&acks, peer, known, wire, &v, fetched);
-                        if fetched {
-                            peer_fetched = Some(Instant::now());
+                    Work::Learned(wire, v, told) => {
+                        learn(&acks, peer, known, wire, &v, told);
+                        if let Told::Fetched { more } = told {
+                            peer_fetched = Some((Instant::now(), more));
                             fetched_now = true;
                         }
                     }
@@ -207,7 +207,10 @@ pub(super) fn spawn_worker<R: Replica>(
                     absorb(w, &mut known);
                 }
                 if after_peer && !reconcile {
-                    let peer_busy = peer_fetched.is_some_and(|t| t.elapsed() < PEER_SESSION_QUIET);
+                    // Fetching lately, or sure to fetch again: the last
+                    // answer left entries out (an ingest of a batch may take
+                    // longer than the quiet on a busy disk).
+                    let peer_busy = peer_fetched.is_some_and(|(t, more)| more || t.elapsed() < PEER_SESSION_QUIET);
                     if peer_busy && connected.elapsed() < PEER_SESSION_PATIENCE {
                         // Weak until it fires: a peer gone meanwhile ends the worker.
                         let me = me.clone();
@@ -238,10 +241,10 @@ pub(super) fn spawn_worker<R: Replica>(
                 let mut later = Vec::new();
                 while let Ok(w) = rx.try_recv() {
                     match w {
-                        Work::Learned(wire, v, fetched) => {
-                            learn(&acks, peer, &mut known, wire, &v, fetched);
-                            if fetched {
-                                peer_fetched = Some(Instant::now());
+                        Work::Learned(wire, v, told) => {
+                            learn(&acks, peer, &mut known, wire, &v, told);
+                            if let Told::Fetched { more } = told {
+                                peer_fetched = Some((Instant::now(), more));
                             }
                         }
                         other => later.push(other),
@@ -400,13 +403,13 @@ pub(super) fn short_wires<'a>(wires: impl Iterator<Item = &'a WireId>) -> String
 
 /// What the peer asked for (`fetched`: its whole vector of the channel) or
 /// pushed (its pushed feeds' heads), it holds.
-fn learn(acks: &Acks, peer: PeerId, known: &mut BTreeMap<WireId, Vector>, wire: WireId, v: &Vector, fetched: bool) {
+fn learn(acks: &Acks, peer: PeerId, known: &mut BTreeMap<WireId, Vector>, wire: WireId, v: &Vector, told: Told) {
     acks.lock()
         .unwrap_or_else(|e| e.into_inner())
         .entry((peer, wire))
         .or_default()
         .merge(v);
-    if fetched {
+    if matches!(told, Told::Fetched { .. }) {
         known.entry(wire).or_default().merge(v);
     } else if let Some(k) = known.get_mut(&wire) {
         // Pushed feeds only: a part of the peer's vector, that can only
