@@ -30,6 +30,9 @@ async fn pull(from: &Store, to: &Store, wire: hearth_core::WireId, channel: hear
 async fn two_stores_converge_through_entries_and_ingest() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let pass = Passphrase::new("pw");
+    // No delivery receipts while the test runs (they would come 250 ms
+    // after each ingest, between two of its steps on a slow machine).
+    let config = || config().with_receipt_delay(std::time::Duration::from_secs(3600));
     let a = Store::create(da.path(), &pass, "alice", config()).await.unwrap();
     let b = Store::create(db.path(), &pass, "bob", config()).await.unwrap();
     let mut events = b.subscribe();

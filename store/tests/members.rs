@@ -98,8 +98,11 @@ async fn admins_remove_members_whose_later_messages_are_hidden_everywhere() {
     let report = bob.ingest(wire, wire_entries).await.unwrap();
     assert!(report.rejected.is_empty() && report.cut == 1, "{report:?}");
     // Alice learns of the removal from Bob: the message leaves her views too.
+    let bobs = bob.vector(ch).await.unwrap();
     assert!(pull(&bob, &alice, wire, ch).await.is_empty());
-    assert_eq!(alice.vector(ch).await.unwrap(), bob.vector(ch).await.unwrap());
+    // (Not equal vectors: delivery receipts come 250 ms after an ingest, so
+    // on a slow machine either side may have written one since.)
+    assert!(alice.vector(ch).await.unwrap().covers(&bobs));
     for s in [&alice, &bob] {
         let v = s.verify().await.unwrap();
         assert!(v.is_clean() && v.unopened == 0, "{v:?}");
@@ -207,8 +210,10 @@ async fn a_removal_rotates_the_key_and_the_removed_reads_nothing_new() {
 
     // Carol gets the removal and the package (sealed under generation 0),
     // but no key in it: she holds the later entries sealed, and they stay so.
+    let alices = alice.vector(ch).await.unwrap();
     assert!(pull(alice, carol, wire, ch).await.is_empty());
-    assert_eq!(carol.vector(ch).await.unwrap(), alice.vector(ch).await.unwrap());
+    // (Not equal vectors: delivery receipts come 250 ms after an ingest.)
+    assert!(carol.vector(ch).await.unwrap().covers(&alices));
     let v = carol.verify().await.unwrap();
     assert!(v.is_clean() && v.unopened == 2, "{v:?}");
     let carol_keys = carol.channel_keys(ch).await.unwrap();
