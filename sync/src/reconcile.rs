@@ -543,16 +543,16 @@ impl Session {
                 after.0.extend(vector.0);
                 let progressed = lacking(&after, &local) < lacking(&before, &local);
                 let probed = std::mem::take(&mut self.probing);
-                if !progressed && rejected > 0 && !probed {
-                    // Refused where the peer is behind: its last entry of
-                    // such a feed may be another version of one held here.
-                    if let Some(have) = self.probe_apart(wire, &after, &local) {
-                        self.outcome.peer.insert(wire, after);
-                        self.probing = true;
-                        return self.fetch(wire, have);
-                    }
-                }
+                // Refused where the peer is behind: its last entry of such a
+                // feed may be another version of one held here.
+                let probe = (!progressed && rejected > 0 && !probed)
+                    .then(|| self.probe_apart(wire, &after, &local))
+                    .flatten();
                 self.outcome.peer.insert(wire, after);
+                if let Some(have) = probe {
+                    self.probing = true;
+                    return self.fetch(wire, have);
+                }
                 if !progressed {
                     // Nothing taken: do not send the same batch forever.
                     return self.next_channel();
@@ -894,6 +894,9 @@ impl Session {
     }
 
     fn next_channel(&mut self) -> Action {
+        // A probe ends with its channel (one whose read found nothing to
+        // send leaves no answer to clear it).
+        self.probing = false;
         self.current = self.queue.pop_front();
         if self.current.is_none() {
             self.phase = Phase::Finished;
