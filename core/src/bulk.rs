@@ -100,22 +100,8 @@ pub fn posts_change(device: &DeviceId, tail: &ChangeTail, posts: &[NewPost]) -> 
             return Err(Error::invalid("reply", "a reply lives in its root's epoch"));
         }
         let map = counter;
-        ops.push(LegacyOp {
-            action: OpType::Make(ObjType::Map),
-            obj: ObjectId::Root,
-            key: Key::Map(format!("m:{}", p.id).into()),
-            pred: SortedVec::new(),
-            insert: false,
-        });
-        let slot = map + 1;
-        ops.push(LegacyOp {
-            action: OpType::Put(ScalarValue::Null),
-            obj: ObjectId::Id(OpId(map, actor.clone())),
-            key: Key::Map("t".into()),
-            pred: SortedVec::new(),
-            insert: false,
-        });
-        counter += 2;
+        let slot = push_post_ops(&mut ops, &actor, map, p.id, p.root);
+        counter = slot + 1 + u64::from(p.root.is_some());
         let content = ContentId::of_op(&device.0, slot);
         effects.posts.push(p.id);
         effects.messages.insert(p.id);
@@ -124,37 +110,14 @@ pub fn posts_change(device: &DeviceId, tail: &ChangeTail, posts: &[NewPost]) -> 
         effects.slots.push((effects.slots.len() as u64, p.id, content));
         texts.push(Content::in_slot(content, slot, p.id, p.text.clone()));
         if let Some(root) = p.root {
-            ops.push(LegacyOp {
-                action: OpType::Put(ScalarValue::Str(root.to_hex().into())),
-                obj: ObjectId::Id(OpId(map, actor.clone())),
-                key: Key::Map("p".into()),
-                pred: SortedVec::new(),
-                insert: false,
-            });
-            counter += 1;
             effects.placed.push(root);
             effects.replies.push(p.id);
             effects.reply_roots.push((p.id, root));
         }
     }
-    let start_op = std::num::NonZeroU64::new(tail.start_op)
-        .ok_or_else(|| Error::invalid("bulk change", "op counters start at 1"))?;
-    let expanded = ExpandedChange {
-        operations: ops,
-        actor_id: actor,
-        hash: None,
-        seq: tail.seq,
-        start_op,
-        time: 0,
-        message: None,
-        deps: tail.deps.clone(),
-        extra_bytes: Vec::new(),
-        author: None,
-    };
-    let mut change = Change::from(expanded);
-    // What `EpochDoc::commit` hands on: the change as automerge saves it
-    // (its columns deflated past a size).
-    let bytes = change.bytes().into_owned();
+    let change = change_of(ops, actor, tail, 0)?;
+    // What `EpochDoc::commit` hands on: the change compressed past a size.
+    let bytes = crate::chunk::compress_change(change.raw_bytes());
     let next = ChangeTail {
         seq: tail.seq + 1,
         start_op: counter,
@@ -167,6 +130,79 @@ pub fn posts_change(device: &DeviceId, tail: &ChangeTail, posts: &[NewPost]) -> 
         effects,
         next,
     })
+}
+
+/// The ops of one post, as [`EpochDoc::stage`](crate::EpochDoc::stage)
+/// makes them, appended to `ops` with the message's map at op counter
+/// `map`: the map under `m:<id>`, its text slot (`t`, `Null`), and for a
+/// reply its root (`p`). Returns the slot's counter.
+fn push_post_ops(ops: &mut Vec<LegacyOp>, actor: &ActorId, map: u64, id: MessageId, root: Option<MessageId>) -> u64 {
+    ops.push(LegacyOp {
+        action: OpType::Make(ObjType::Map),
+        obj: ObjectId::Root,
+        key: Key::Map(format!("m:{id}").into()),
+        pred: SortedVec::new(),
+        insert: false,
+    });
+    ops.push(LegacyOp {
+        action: OpType::Put(ScalarValue::Null),
+        obj: ObjectId::Id(OpId(map, actor.clone())),
+        key: Key::Map("t".into()),
+        pred: SortedVec::new(),
+        insert: false,
+    });
+    if let Some(root) = root {
+        ops.push(LegacyOp {
+            action: OpType::Put(ScalarValue::Str(root.to_hex().into())),
+            obj: ObjectId::Id(OpId(map, actor.clone())),
+            key: Key::Map("p".into()),
+            pred: SortedVec::new(),
+            insert: false,
+        });
+    }
+    map + 1
+}
+
+/// The change of `ops` by `actor` where its chain stands at `tail`.
+fn change_of(ops: Vec<LegacyOp>, actor: ActorId, tail: &ChangeTail, time: i64) -> Result<Change> {
+    let start_op = std::num::NonZeroU64::new(tail.start_op)
+        .ok_or_else(|| Error::invalid("bulk change", "op counters start at 1"))?;
+    let expanded = ExpandedChange {
+        operations: ops,
+        actor_id: actor,
+        hash: None,
+        seq: tail.seq,
+        start_op,
+        time,
+        message: None,
+        deps: tail.deps.clone(),
+        extra_bytes: Vec::new(),
+        author: None,
+    };
+    // automerge 0.12 panics on some inputs it cannot encode; none is built
+    // here, but a panic must not take the store thread down.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Change::from(expanded)))
+        .map_err(|_| Error::invalid("bulk change", "automerge could not encode it"))
+}
+
+/// The change `actor` commits for posts staged (ids and thread roots, in
+/// order) into a document where its chain stands at `tail`, at `time`:
+/// what [`EpochDoc::commit`](crate::EpochDoc::commit) builds itself for a
+/// change of posts alone, instead of collecting it back from automerge's
+/// op set (which costs more than twice as much). Plain (not compressed).
+pub(crate) fn staged_posts_change(
+    actor: &ActorId,
+    tail: &ChangeTail,
+    posts: &[(MessageId, Option<MessageId>)],
+    time: i64,
+) -> Result<Change> {
+    let mut ops = Vec::with_capacity(posts.len() * 2 + posts.iter().filter(|(_, r)| r.is_some()).count());
+    let mut counter = tail.start_op;
+    for (id, root) in posts {
+        let slot = push_post_ops(&mut ops, actor, counter, *id, *root);
+        counter = slot + 1 + u64::from(root.is_some());
+    }
+    change_of(ops, actor.clone(), tail, time)
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ use automerge::{
     ActorId, AutoCommit, Change, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, ScalarValueRef, Value, ValueRef,
 };
 
+use crate::bulk::ChangeTail;
 use crate::content::{Content, ContentId};
 use crate::error::{Error, Result};
 use crate::happening::Happening;
@@ -94,6 +95,19 @@ pub struct EpochDoc {
     /// Users whose deletes count for anyone's message: the channel's
     /// admins and owners ([`EpochDoc::set_moderators`]).
     moderators: BTreeSet<UserId>,
+    /// Where this device's chain of changes stands, while nothing but its
+    /// own changes came into the document since it was made or last
+    /// collected (`None`: unknown, after a load, an apply or a new
+    /// writer): what lets [`EpochDoc::commit`] build a change of posts
+    /// itself.
+    tail: Option<ChangeTail>,
+    /// The posts staged since the last commit (ids and thread roots), while
+    /// `posts_only`: nothing else was staged.
+    staged_posts: Vec<(MessageId, Option<MessageId>)>,
+    posts_only: bool,
+    /// Changes [`EpochDoc::commit`] built from their posts.
+    #[cfg(test)]
+    built_apart: usize,
 }
 
 fn device_of(actor: &ActorId) -> Option<DeviceId> {
@@ -198,6 +212,11 @@ impl EpochDoc {
             inline_texts: false,
             slot_texts: false,
             moderators: BTreeSet::new(),
+            tail: Some(ChangeTail::new_document()),
+            staged_posts: Vec::new(),
+            posts_only: true,
+            #[cfg(test)]
+            built_apart: 0,
         }
     }
 
@@ -221,6 +240,11 @@ impl EpochDoc {
             inline_texts: false,
             slot_texts: false,
             moderators: BTreeSet::new(),
+            tail: None,
+            staged_posts: Vec::new(),
+            posts_only: true,
+            #[cfg(test)]
+            built_apart: 0,
         })
     }
 
@@ -461,6 +485,7 @@ impl EpochDoc {
     /// id). Call it with nothing staged.
     pub fn set_writer(&mut self, device: &DeviceId) {
         self.doc.set_actor(ActorId::from(&device.0[..]));
+        self.tail = None;
     }
 
     /// The epoch number.
@@ -583,6 +608,8 @@ impl EpochDoc {
         for op in ops {
             if let Err(e) = self.stage(author, device, op) {
                 self.doc.rollback();
+                self.staged_posts.clear();
+                self.posts_only = true;
                 for c in self.pending.drain(staged..) {
                     self.texts.remove(&c.id());
                 }
@@ -611,6 +638,22 @@ impl EpochDoc {
     /// functions see it at once, and [`EpochDoc::commit`] later seals every staged
     /// op into one change (group commit at the CRDT level).
     pub fn stage(&mut self, author: &UserId, device: &DeviceId, op: &Op) -> Result<()> {
+        // A change of posts alone is built at commit from the posts (format
+        // 5 slots only); anything else staged, or a failure part way, and
+        // it is collected from automerge instead.
+        let only = std::mem::replace(&mut self.posts_only, false);
+        self.stage_op(author, device, op)?;
+        if let Op::Post { id, reply_to, .. } = op
+            && self.slot_texts
+            && !self.inline_texts
+        {
+            self.posts_only = only;
+            self.staged_posts.push((*id, *reply_to));
+        }
+        Ok(())
+    }
+
+    fn stage_op(&mut self, author: &UserId, device: &DeviceId, op: &Op) -> Result<()> {
         if self.broken {
             return Err(Error::invalid(
                 "epoch document",
@@ -737,10 +780,44 @@ impl EpochDoc {
 
     /// Close the staged ops into one change and return its bytes (compressed), or
     /// `None` if nothing was staged.
+    ///
+    /// A change of posts alone, staged where this device's chain is known
+    /// (`tail`), is built from the posts ([`crate::bulk`]), 70 to 100 µs
+    /// for 200 posts, instead of collected back from automerge's op set
+    /// (about 165 µs), and taken only if its hash is the one automerge
+    /// committed. Compressed by [`crate::chunk::compress_change`].
     pub fn commit(&mut self, time_ms: i64) -> Option<Vec<u8>> {
-        self.doc.commit_with(CommitOptions::default().with_time(time_ms))?;
-        let mut change = self.doc.get_last_local_change().expect("a change was just committed");
-        Some(change.bytes().into_owned())
+        let posts = std::mem::take(&mut self.staged_posts);
+        let only = std::mem::replace(&mut self.posts_only, true);
+        let tail = self.tail.take();
+        let Some(hash) = self.doc.commit_with(CommitOptions::default().with_time(time_ms)) else {
+            self.tail = tail;
+            return None;
+        };
+        if let Some(tail) = tail.filter(|_| only && !posts.is_empty())
+            && let Ok(change) = crate::bulk::staged_posts_change(self.doc.get_actor(), &tail, &posts, time_ms)
+        {
+            if change.hash() == hash {
+                #[cfg(test)]
+                {
+                    self.built_apart += 1;
+                }
+                self.tail = Some(ChangeTail {
+                    seq: tail.seq + 1,
+                    start_op: change.max_op() + 1,
+                    deps: vec![hash],
+                });
+                return Some(crate::chunk::compress_change(change.raw_bytes()));
+            }
+            debug_assert!(false, "a change of posts built apart is not the one committed");
+        }
+        let change = self.doc.get_last_local_change().expect("a change was just committed");
+        self.tail = Some(ChangeTail {
+            seq: change.seq() + 1,
+            start_op: change.max_op() + 1,
+            deps: vec![hash],
+        });
+        Some(crate::chunk::compress_change(change.raw_bytes()))
     }
 
     /// Apply a batch of remote changes in one automerge call (never one call per
@@ -753,6 +830,7 @@ impl EpochDoc {
     /// the caller drops it and loads the epoch again.
     pub fn apply_remote(&mut self, changes: Vec<Change>) -> Result<()> {
         self.no_pending()?;
+        self.tail = None;
         let doc = &mut self.doc;
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| doc.apply_changes(changes))) {
             Ok(r) => Ok(r?),
@@ -789,6 +867,109 @@ mod tests {
         // Texts named by content id (formats 3 and 4), then by slot (5).
         views_match(false);
         views_match(true);
+    }
+
+    /// A change of posts alone is built from its posts at commit, not
+    /// collected from automerge's op set: the same bytes as collected, for
+    /// posts and replies; a change with anything else in it is collected,
+    /// and so is the first after a remote apply (the chain's place is not
+    /// known then), after which changes are built again.
+    #[test]
+    fn changes_of_posts_are_built_as_automerge_commits_them() {
+        let me = Identity::generate("me").unwrap();
+        let (user, device) = (me.user(), me.device());
+        let channel = ChannelId([3; 32]);
+        let tag = writer_tag(&user, &device);
+        let mut built = EpochDoc::new(1, &device);
+        let mut collected = EpochDoc::new(1, &device);
+        built.set_slot_texts(true);
+        collected.set_slot_texts(true);
+        let mut n = 0;
+        let mut ids = Vec::new();
+        let mut post = |ids: &mut Vec<MessageId>, i: u64| {
+            n += 1;
+            let id = MessageId::new(Timestamp::from_millis(1000 + n), 1, &channel, tag);
+            let reply_to = (i % 5 == 3).then(|| ids[ids.len() / 2]);
+            ids.push(id);
+            Op::Post {
+                id,
+                text: format!("post {n}"),
+                reply_to,
+            }
+        };
+        let stage_both = |op: &Op, built: &mut EpochDoc, collected: &mut EpochDoc| {
+            built.stage(&user, &device, op).unwrap();
+            collected.stage(&user, &device, op).unwrap();
+        };
+        let commit_both = |built: &mut EpochDoc, collected: &mut EpochDoc| {
+            // Nothing known of the chain: collected.
+            collected.tail = None;
+            let (a, b) = (built.commit(0).unwrap(), collected.commit(0).unwrap());
+            assert_eq!(a, b);
+            decode_change_effects(&a, &device, &user).unwrap();
+            a
+        };
+        let mut changes = Vec::new();
+        for round in 0..3 {
+            for i in 0..(1 + round * 40) {
+                let op = post(&mut ids, i);
+                stage_both(&op, &mut built, &mut collected);
+            }
+            changes.push(commit_both(&mut built, &mut collected));
+            assert_eq!((built.built_apart, collected.built_apart), (round as usize + 1, 0));
+        }
+        // A reaction among the posts: collected.
+        let op = post(&mut ids, 1);
+        stage_both(&op, &mut built, &mut collected);
+        let react = Op::React {
+            msg: ids[0],
+            emoji: "👍".into(),
+        };
+        stage_both(&react, &mut built, &mut collected);
+        changes.push(commit_both(&mut built, &mut collected));
+        assert_eq!(built.built_apart, 3);
+        // Posts alone again: built.
+        let op = post(&mut ids, 1);
+        stage_both(&op, &mut built, &mut collected);
+        changes.push(commit_both(&mut built, &mut collected));
+        assert_eq!(built.built_apart, 4);
+
+        // Another device's change applied: the next change is collected,
+        // the one after built again.
+        let other = Identity::generate("other").unwrap();
+        let mut theirs = EpochDoc::new(1, &other.device());
+        theirs.set_slot_texts(true);
+        let their_post = Op::Post {
+            id: MessageId::new(
+                Timestamp::from_millis(5000),
+                1,
+                &channel,
+                writer_tag(&other.user(), &other.device()),
+            ),
+            text: "theirs".into(),
+            reply_to: None,
+        };
+        theirs.stage(&other.user(), &other.device(), &their_post).unwrap();
+        let change = theirs.commit(0).unwrap();
+        changes.push(change.clone());
+        let (change, _) = decode_change_effects(&change, &other.device(), &other.user()).unwrap();
+        built.apply_remote(vec![change.clone()]).unwrap();
+        collected.apply_remote(vec![change]).unwrap();
+        for expect in [4, 5] {
+            let op = post(&mut ids, 1);
+            stage_both(&op, &mut built, &mut collected);
+            changes.push(commit_both(&mut built, &mut collected));
+            assert_eq!(built.built_apart, expect);
+        }
+        // Every change, applied in order to a fresh document, gives the
+        // same document: the built ones chain as automerge's own.
+        let mut fresh = EpochDoc::new(1, &DeviceId([9; 16]));
+        for c in &changes {
+            let c = automerge::Change::from_bytes(crate::chunk::plain_change(c).unwrap().into_owned()).unwrap();
+            fresh.doc.apply_changes(vec![c]).unwrap();
+        }
+        assert!(!fresh.has_queued());
+        assert_eq!(fresh.heads(), built.heads());
     }
 
     fn views_match(slots: bool) {
