@@ -16,14 +16,24 @@ pub fn random_bytes(buf: &mut [u8]) -> Result<()> {
     getrandom::fill(buf).map_err(|_| Error::Random)
 }
 
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
 pub(crate) fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
+        s.push(HEX_DIGITS[(b >> 4) as usize] as char);
+        s.push(HEX_DIGITS[(b & 15) as usize] as char);
     }
     s
+}
+
+/// `bytes` in lower-case hex into `out` (twice as long), without a
+/// `String`: for keys built many at a time (`crate::bulk`).
+pub(crate) fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = HEX_DIGITS[(b >> 4) as usize];
+        pair[1] = HEX_DIGITS[(b & 15) as usize];
+    }
 }
 
 pub(crate) fn from_hex<const N: usize>(what: &'static str, s: &str) -> Result<[u8; N]> {

@@ -785,7 +785,7 @@ impl EpochDoc {
     /// (`tail`), is built from the posts ([`crate::bulk`]), 70 to 100 µs
     /// for 200 posts, instead of collected back from automerge's op set
     /// (about 165 µs), and taken only if its hash is the one automerge
-    /// committed. Compressed by [`crate::chunk::compress_change`].
+    /// committed. Compressed by `chunk::compress_change`.
     pub fn commit(&mut self, time_ms: i64) -> Option<Vec<u8>> {
         let posts = std::mem::take(&mut self.staged_posts);
         let only = std::mem::replace(&mut self.posts_only, true);
