@@ -788,7 +788,15 @@ impl EpochDoc {
     /// committed. Compressed by `chunk::compress_change`.
     pub fn commit(&mut self, time_ms: i64) -> Option<Vec<u8>> {
         let posts = std::mem::take(&mut self.staged_posts);
-        let only = std::mem::replace(&mut self.posts_only, true);
+        // Posts alone, and every op staged since the last commit is theirs
+        // (automerge closes an open change by itself on a save, an apply or
+        // a history read: a change closed so is not in this one).
+        let only = std::mem::replace(&mut self.posts_only, true)
+            && self.doc.pending_ops()
+                == posts
+                    .iter()
+                    .map(|(_, root)| 2 + usize::from(root.is_some()))
+                    .sum::<usize>();
         let tail = self.tail.take();
         let Some(hash) = self.doc.commit_with(CommitOptions::default().with_time(time_ms)) else {
             self.tail = tail;
@@ -849,6 +857,12 @@ impl EpochDoc {
 
     /// Whether changes wait in automerge's queue for dependencies not applied yet.
     pub fn has_queued(&mut self) -> bool {
+        if self.doc.pending_ops() > 0 {
+            // automerge closes the open change to answer: `commit` must
+            // collect what comes next.
+            self.tail = None;
+            self.posts_only = false;
+        }
         !self.doc.get_missing_deps(&[]).is_empty()
     }
 }
