@@ -252,7 +252,7 @@ mod tests {
                 };
                 doc.stage(&user, &device, &op).unwrap();
             }
-            let bytes = doc.commit(0).unwrap();
+            let bytes = doc.commit(0).unwrap().unwrap();
             let texts = doc.take_texts();
             let built = posts_change(&device, &tail, &posts).unwrap();
             assert_eq!(built.bytes, bytes, "change {n}");

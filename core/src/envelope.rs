@@ -1802,7 +1802,7 @@ mod tests {
         me: &Identity,
         doc: &mut crate::EpochDoc,
     ) -> (Vec<u8>, EntryHash, Vec<Content>) {
-        let change = doc.commit(0).unwrap();
+        let change = doc.commit(0).unwrap().unwrap();
         let texts = doc.take_texts();
         let body = EntryBody { epoch: 4, change };
         let chain = vec![me.device_cert().unwrap().clone()];
@@ -1819,7 +1819,7 @@ mod tests {
             text: "edited".into(),
         };
         doc.stage(&me.user(), &me.device(), &edit).unwrap();
-        let change = doc.commit(0).unwrap();
+        let change = doc.commit(0).unwrap().unwrap();
         (EntryBody { epoch: 4, change }, doc.take_texts())
     }
 
@@ -1880,7 +1880,7 @@ mod tests {
         let me = Identity::generate("a").unwrap();
         let prefix = [9u8; crate::seal::NONCE_PREFIX_LEN];
         let (mut doc, _) = staged_posts(&me, 1, |i| format!("first text {i}"));
-        let change = doc.commit(0).unwrap();
+        let change = doc.commit(0).unwrap().unwrap();
         let body = EntryBody { epoch: 4, change };
         let chain = vec![me.device_cert().unwrap().clone()];
         let (first, hash) = Envelope::seal_v5(
@@ -2156,7 +2156,7 @@ mod tests {
         let (mut doc, ids) = staged_posts(&me, 3, |i| format!("text number {i}"));
         let first = doc.text_ids(&ids[0]);
         doc.drop_texts(&first);
-        let change = doc.commit(0).unwrap();
+        let change = doc.commit(0).unwrap().unwrap();
         let texts = doc.take_texts();
         assert_eq!(texts.len(), 3);
         assert!(texts[0].slot.unwrap().gone && texts[0].text.is_empty());

@@ -837,10 +837,10 @@ fn staged_ops_survive_refused_save_apply_and_history_reads() {
     assert_invalid(a.apply_local(&alice.user(), &alice.device(), &more, 1), "apply_local");
     assert_eq!(a.pending_ops(), staged);
 
-    let sealed = a.commit(2).expect("the staged change");
+    let sealed = a.commit(2).unwrap().expect("the staged change");
     let sealed = written(&mut a, sealed);
     assert_eq!(a.pending_ops(), 0);
-    assert_eq!(a.commit(3), None);
+    assert_eq!(a.commit(3).unwrap(), None);
     a.apply_remote(bob_change()).unwrap();
     assert_eq!(a.change_count().unwrap(), 3);
     let snapshot = a.save().unwrap();

@@ -961,7 +961,7 @@ mod seeds {
             };
             doc.stage(&me.user(), &me.device(), &op).unwrap();
         }
-        let change = doc.commit(0).unwrap();
+        let change = doc.commit(0).unwrap().unwrap();
         let texts = doc.take_texts();
         let body = EntryBody { epoch: EPOCH, change };
         let (full, _) = Envelope::seal_v5(keys, &me, 1, [0; 32], &body, 0, chain, &texts, Nonces::Random).unwrap();
@@ -993,7 +993,7 @@ mod seeds {
             reply_to: None,
         };
         doc.stage(&me.user(), &me.device(), &op).unwrap();
-        let change = doc.commit(0).unwrap();
+        let change = doc.commit(0).unwrap().unwrap();
         let texts = doc.take_texts();
         let body = EntryBody { epoch: EPOCH, change };
         let (full, _) = Envelope::seal_v6(
@@ -1021,7 +1021,7 @@ mod seeds {
             reply_to: None,
         };
         doc.stage(&user, &AUTHOR_DEVICE, &op).unwrap();
-        let change = doc.commit(0).unwrap();
+        let change = doc.commit(0).unwrap().unwrap();
         let stripped = hearth_core::strip_change(&change, &AUTHOR_DEVICE.0).unwrap();
         write("change", "stripped-by-author", &stripped);
     }

@@ -223,7 +223,7 @@ fn check_change_chunk(data: &[u8]) {
     let devices = devices();
     let view = doc.view(&devices);
     let snapshot = doc.save().expect("a document with no staged ops saves");
-    let reloaded = EpochDoc::load(EPOCH, &snapshot, &LOCAL_DEVICE)
+    let mut reloaded = EpochDoc::load(EPOCH, &snapshot, &LOCAL_DEVICE)
         .expect("the snapshot of a document that accepted a change loads");
     assert_eq!(reloaded.view(&devices), view, "view changed across save and load");
 }
@@ -406,7 +406,7 @@ pub fn check_snapshot(data: &[u8]) {
 }
 
 fn snapshot_once(data: &[u8]) {
-    if let Ok(doc) = EpochDoc::load(EPOCH, data, &LOCAL_DEVICE) {
+    if let Ok(mut doc) = EpochDoc::load(EPOCH, data, &LOCAL_DEVICE) {
         doc.view(&devices());
     }
 }

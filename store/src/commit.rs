@@ -302,7 +302,7 @@ impl Engine {
         // The change's own time stays 0: every message id carries its time
         // already, nothing reads the change's, and a wall clock in ms costs
         // six bytes of every entry (five more than 0) on disk and the wire.
-        let Some(change) = le.doc.commit(0) else {
+        let Some(change) = le.doc.commit(0)? else {
             return Ok(());
         };
         let texts = le.doc.take_texts();

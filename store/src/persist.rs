@@ -55,7 +55,17 @@ impl Engine {
                 .min_by_key(|(_, le)| le.used)
                 .map(|(k, _)| *k);
             let Some((channel, epoch)) = victim else { break };
-            self.maybe_snapshot(channel, epoch, self.config.snapshot_entries)?;
+            // Posts whose changes never reached automerge (`EpochDoc`'s
+            // deferred posts) are not brought in to be snapshotted on their
+            // way out: a later read loads the epoch from its entries, which
+            // costs what bringing them in would.
+            if !self
+                .epochs
+                .get(&(channel, epoch))
+                .is_some_and(|le| le.doc.has_deferred())
+            {
+                self.maybe_snapshot(channel, epoch, self.config.snapshot_entries)?;
+            }
             if let Some(le) = self.epochs.remove(&(channel, epoch))
                 && epoch == META_EPOCH
             {

@@ -24,15 +24,9 @@ fn post(text: String) -> ImportPost {
 /// Every page of the channel, newest first, and its counts.
 async fn everything(s: &Store, ch: ChannelId) -> String {
     let mut out = String::new();
-    let mut before = None;
-    loop {
-        let page = s.page(ch, before, 25).await.unwrap();
-        let Some(oldest) = page.last() else { break };
-        before = Some(oldest.id);
-        for m in &page {
-            out += &format!("{m:?}\n");
-            out += &format!("  thread {:?}\n", s.thread(m.id).await.unwrap());
-        }
+    for m in two::pages(s, ch, 25).await.into_iter().flatten() {
+        out += &format!("{m:?}\n");
+        out += &format!("  thread {:?}\n", s.thread(m.id).await.unwrap());
     }
     let st = s.stats().await.unwrap();
     out + &format!(
@@ -130,13 +124,8 @@ async fn imported_posts_read_as_posts_written_one_by_one() {
 
     // A member that pulls it all, applying everything on arrival, answers
     // the same, and so does the writer after a restart.
-    let b = Store::create(dir.path().join("b"), &pw, "bob", small().with_lazy_epochs(false))
-        .await
-        .unwrap();
-    let keys = a.channel_keys(ch).await.unwrap();
-    let wire = keys.wire();
-    b.join_channel(keys).await.unwrap();
-    pull(&a, &b, wire, ch).await;
+    let b = two::member(dir.path(), "bob", &a, ch, small().with_lazy_epochs(false)).await;
+    let wire = a.channel_keys(ch).await.unwrap().wire();
     let seen = everything(&a, ch).await;
     assert_same_but_unread(&seen, &everything(&b, ch).await);
     a.close().await.unwrap();

@@ -29,15 +29,12 @@ fn text(channel: &str, i: usize) -> String {
 /// Every message of `channel` by id, read in pages larger than a front
 /// page (100), so that they are computed from the epochs.
 async fn everything(s: &Store, channel: ChannelId) -> BTreeMap<MessageId, Message> {
-    let mut all = BTreeMap::new();
-    let mut before = None;
-    loop {
-        let page = s.page(channel, before, 150).await.unwrap();
-        let Some(last) = page.last() else { break };
-        before = Some(last.id);
-        all.extend(page.into_iter().map(|m| (m.id, m)));
-    }
-    all
+    two::pages(s, channel, 150)
+        .await
+        .into_iter()
+        .flatten()
+        .map(|m| (m.id, m))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

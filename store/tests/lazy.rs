@@ -9,7 +9,7 @@ use hearth_store::{Config, Store};
 
 #[path = "support/two.rs"]
 mod two;
-use two::{config, pull};
+use two::{config, member, pull};
 
 /// Small epochs, so that a few hundred messages make many of them.
 fn small() -> Config {
@@ -33,12 +33,8 @@ async fn counts(s: &Store, ch: ChannelId) -> String {
 /// Every page of the channel, newest first, then the counts again.
 async fn everything(s: &Store, ch: ChannelId) -> String {
     let mut out = String::new();
-    let mut before = None;
-    loop {
-        // Top-level messages, newest first.
-        let page = s.page(ch, before, 25).await.unwrap();
-        let Some(oldest) = page.last() else { break };
-        before = Some(oldest.id);
+    // Top-level messages, newest first.
+    for page in two::pages(s, ch, 25).await {
         out += &format!("{page:?}\n");
     }
     out + &counts(s, ch).await
@@ -72,18 +68,6 @@ async fn alice(dir: &std::path::Path) -> (Store, ChannelId) {
         }
     }
     (a, ch)
-}
-
-/// A member of `a`'s channel that pulled all of it.
-async fn member(dir: &std::path::Path, name: &str, a: &Store, ch: ChannelId, c: Config) -> Store {
-    let s = Store::create(dir.join(name), &Passphrase::new("pw"), name, c)
-        .await
-        .unwrap();
-    let keys = a.channel_keys(ch).await.unwrap();
-    let wire = keys.wire();
-    s.join_channel(keys).await.unwrap();
-    pull(a, &s, wire, ch).await;
-    s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

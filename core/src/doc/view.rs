@@ -9,9 +9,10 @@ impl EpochDoc {
     /// Update `view` for what applied changes touched (see [`ChangeEffects`]),
     /// instead of rebuilding it: the cost is per touched message, whatever the
     /// epoch's size. Metadata changes need a rebuild ([`EpochDoc::view`]).
-    pub fn refresh_view(&self, view: &mut EpochView, effects: &ChangeEffects, devices: &Devices) {
+    pub fn refresh_view(&mut self, view: &mut EpochView, effects: &ChangeEffects, devices: &Devices) {
+        self.materialize_for_read();
         for id in &effects.messages {
-            if let Some(m) = self.message(id, devices) {
+            if let Some(m) = self.message_in(id, devices) {
                 view.insert(m);
             }
         }
@@ -33,7 +34,8 @@ impl EpochDoc {
     ///
     /// Keys whose value is in conflict (concurrent writes) take the slow path
     /// through `get_all`, which applies the writer checks to every candidate.
-    pub fn view(&self, devices: &Devices) -> EpochView {
+    pub fn view(&mut self, devices: &Devices) -> EpochView {
+        self.materialize_for_read();
         let mut view = EpochView::default();
         let mut slow: Vec<MessageId> = Vec::new();
         let mut posts: Vec<Message> = Vec::new();
@@ -132,7 +134,7 @@ impl EpochDoc {
             view.add_reaction(&msg, user, emoji);
         }
         for id in slow {
-            if let Some(m) = self.message(&id, devices) {
+            if let Some(m) = self.message_in(&id, devices) {
                 view.insert(m);
             }
         }
@@ -283,7 +285,12 @@ impl EpochDoc {
 
     /// Materialise one message, or `None` if it does not exist (or was written by
     /// a device no signed header vouches for).
-    pub fn message(&self, id: &MessageId, devices: &Devices) -> Option<Message> {
+    pub fn message(&mut self, id: &MessageId, devices: &Devices) -> Option<Message> {
+        self.materialize_for_read();
+        self.message_in(id, devices)
+    }
+
+    fn message_in(&self, id: &MessageId, devices: &Devices) -> Option<Message> {
         // Among concurrent maps under this key, the message is the one whose
         // creating device and user hash to the id's writer tag; any other is a
         // forgery that must neither show nor hide the real one.
