@@ -674,9 +674,12 @@ impl EpochDoc {
     /// committed from deferred posts applied to the op set (in one call),
     /// then the posts staged since, staged as [`EpochDoc::stage`] stages a
     /// post (their texts were taken when they were staged). Every method
-    /// that reads or writes the op set calls it first. A failure leaves the
-    /// document broken ([`EpochDoc::is_broken`]): the store drops it and
-    /// loads the epoch again from its entries.
+    /// that reads or writes the op set calls it first. A failure (only an
+    /// automerge bug could make one: the changes are this document's own)
+    /// leaves the document broken ([`EpochDoc::is_broken`]): it refuses
+    /// every later op, and the error reaches the write or the close that
+    /// asked (a close that fails poisons the store, and a reopen loads the
+    /// epoch again from its entries).
     fn materialize(&mut self) -> Result<()> {
         if !self.deferred.changes.is_empty() {
             let changes = std::mem::take(&mut self.deferred.changes);
