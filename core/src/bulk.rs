@@ -137,14 +137,10 @@ pub fn posts_change(device: &DeviceId, tail: &ChangeTail, posts: &[NewPost]) -> 
 /// `map`: the map under `m:<id>`, its text slot (`t`, `Null`), and for a
 /// reply its root (`p`). Returns the slot's counter.
 fn push_post_ops(ops: &mut Vec<LegacyOp>, actor: &ActorId, map: u64, id: MessageId, root: Option<MessageId>) -> u64 {
-    // `m:<id in hex>`, as `EpochDoc::stage` formats it, without a String.
-    let mut key = [0u8; 2 + 2 * MessageId::LEN];
-    key[..2].copy_from_slice(b"m:");
-    crate::id::hex_into(&id.0, &mut key[2..]);
     ops.push(LegacyOp {
         action: OpType::Make(ObjType::Map),
         obj: ObjectId::Root,
-        key: Key::Map(std::str::from_utf8(&key).expect("hex is ASCII").into()),
+        key: Key::Map(key_str(&post_key(&id)).into()),
         pred: SortedVec::new(),
         insert: false,
     });
@@ -165,6 +161,20 @@ fn push_post_ops(ops: &mut Vec<LegacyOp>, actor: &ActorId, map: u64, id: Message
         });
     }
     map + 1
+}
+
+/// A post's key in its epoch document, `m:<id in hex>` (as
+/// `EpochDoc::stage` formats it), without a `String`.
+pub(crate) fn post_key(id: &MessageId) -> [u8; 2 + 2 * MessageId::LEN] {
+    let mut key = [0u8; 2 + 2 * MessageId::LEN];
+    key[..2].copy_from_slice(b"m:");
+    crate::id::hex_into(&id.0, &mut key[2..]);
+    key
+}
+
+/// A key of [`post_key`] as text.
+pub(crate) fn key_str(key: &[u8; 2 + 2 * MessageId::LEN]) -> &str {
+    std::str::from_utf8(key).expect("hex is ASCII")
 }
 
 /// The change of `ops` by `actor` where its chain stands at `tail`.

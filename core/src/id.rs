@@ -19,12 +19,9 @@ pub fn random_bytes(buf: &mut [u8]) -> Result<()> {
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 pub(crate) fn to_hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(HEX_DIGITS[(b >> 4) as usize] as char);
-        s.push(HEX_DIGITS[(b & 15) as usize] as char);
-    }
-    s
+    let mut s = vec![0u8; bytes.len() * 2];
+    hex_into(bytes, &mut s);
+    String::from_utf8(s).expect("hex is ASCII")
 }
 
 /// `bytes` in lower-case hex into `out` (twice as long), without a

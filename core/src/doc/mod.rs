@@ -129,12 +129,16 @@ struct Deferred {
     changes: Vec<Change>,
     /// The posts staged since the last commit (`staged_posts`) are deferred.
     open: bool,
-    /// The op counter of the first deferred post's map, and the one the
-    /// next deferred post's map takes.
-    first_op: u64,
+    /// The op counter the next deferred post's map takes (the first's is
+    /// the chain's next, `tail`, which stays known while posts are open).
     next_op: u64,
     /// The ids of the deferred posts (a post id is used once).
     ids: HashSet<MessageId>,
+}
+
+/// The ops of these posts: a map and a text slot each, and a reply's root.
+fn posts_ops(posts: &[(MessageId, Option<MessageId>)]) -> usize {
+    posts.iter().map(|(_, root)| 2 + usize::from(root.is_some())).sum()
 }
 
 fn device_of(actor: &ActorId) -> Option<DeviceId> {
@@ -697,10 +701,10 @@ impl EpochDoc {
             }
         }
         if std::mem::take(&mut self.deferred.open) {
-            let mut counter = self.deferred.first_op;
+            let mut counter = self.first_deferred_op();
             for i in 0..self.staged_posts.len() {
                 let (id, root) = self.staged_posts[i];
-                let m = match self.put_post(id, root) {
+                let m = match self.put_post(id, root, ScalarValue::Null) {
                     Ok(m) => m,
                     Err(e) => {
                         self.broken = true;
@@ -726,12 +730,17 @@ impl EpochDoc {
         let _ = self.materialize();
     }
 
-    /// The ops of a post (its map, its text slot, its thread's root), as
-    /// [`crate::bulk`] writes them; returns the map.
-    fn put_post(&mut self, id: MessageId, root: Option<MessageId>) -> Result<ObjId> {
+    /// The first deferred post's map counter: where the chain stands.
+    fn first_deferred_op(&self) -> u64 {
+        self.tail.as_ref().map_or(0, |t| t.start_op)
+    }
+
+    /// The ops of a post (its map, its text `t`, its thread's root `p`), as
+    /// [`crate::bulk`] writes them for a slot (`Null`); returns the map.
+    fn put_post(&mut self, id: MessageId, root: Option<MessageId>, text: ScalarValue) -> Result<ObjId> {
         let d = &mut self.doc;
-        let m = d.put_object(ROOT, format!("m:{id}"), ObjType::Map)?;
-        d.put(&m, "t", ScalarValue::Null)?;
+        let m = d.put_object(ROOT, crate::bulk::key_str(&crate::bulk::post_key(&id)), ObjType::Map)?;
+        d.put(&m, "t", text)?;
         if let Some(root) = root {
             d.put(&m, "p", root.to_hex())?;
         }
@@ -755,19 +764,9 @@ impl EpochDoc {
         let Op::Post { id, text, reply_to } = op else {
             return Err(Error::invalid("epoch document", "only a post is deferred"));
         };
-        op.validate()?;
-        if op.epoch() != self.epoch {
-            return Err(Error::invalid("op", "op does not belong to this epoch"));
-        }
-        if id.writer() != writer_tag(author, device) {
-            return Err(Error::invalid("message id", "minted for another writer"));
-        }
-        if self.deferred.ids.contains(id) || self.doc.get(ROOT, format!("m:{id}").as_str())?.is_some() {
-            return Err(Error::invalid("message id", "already used"));
-        }
+        self.check_op(author, device, op)?;
         if !self.deferred.open {
-            self.deferred.first_op = self.tail.as_ref().map_or(0, |t| t.start_op);
-            self.deferred.next_op = self.deferred.first_op;
+            self.deferred.next_op = self.first_deferred_op();
         }
         let slot = self.deferred.next_op + 1;
         let content = ContentId::of_op(self.doc.get_actor().to_bytes(), slot);
@@ -817,7 +816,11 @@ impl EpochDoc {
         Ok(())
     }
 
-    fn stage_op(&mut self, author: &UserId, device: &DeviceId, op: &Op) -> Result<()> {
+    /// What staging checks of an op before it stages it, deferred or not:
+    /// the document usable, the op valid and of this epoch, and (what
+    /// decode_change refuses for the writer, stage refuses too) a post's id
+    /// minted for its writer and not used yet.
+    fn check_op(&self, author: &UserId, device: &DeviceId, op: &Op) -> Result<()> {
         if self.broken {
             return Err(Error::invalid(
                 "epoch document",
@@ -828,17 +831,21 @@ impl EpochDoc {
         if op.epoch() != self.epoch {
             return Err(Error::invalid("op", "op does not belong to this epoch"));
         }
-        let user = author.to_hex();
         if let Op::Post { id, .. } = op {
-            // What decode_change refuses for the writer, stage refuses too:
-            // an id minted for another writer, or one already used.
             if id.writer() != writer_tag(author, device) {
                 return Err(Error::invalid("message id", "minted for another writer"));
             }
-            if self.doc.get(ROOT, format!("m:{id}").as_str())?.is_some() {
+            let key = crate::bulk::post_key(id);
+            if self.deferred.ids.contains(id) || self.doc.get(ROOT, crate::bulk::key_str(&key))?.is_some() {
                 return Err(Error::invalid("message id", "already used"));
             }
         }
+        Ok(())
+    }
+
+    fn stage_op(&mut self, author: &UserId, device: &DeviceId, op: &Op) -> Result<()> {
+        self.check_op(author, device, op)?;
+        let user = author.to_hex();
         let text = match op {
             Op::Post { id, text, .. } => Some(self.stage_text(*id, text)?),
             Op::Edit { msg, text } => Some(self.stage_text(*msg, text)?),
@@ -862,11 +869,7 @@ impl EpochDoc {
                 reply_to,
                 text: plain,
             } => {
-                let m = d.put_object(ROOT, format!("m:{id}"), ObjType::Map)?;
-                d.put(&m, "t", text.expect("a post stages its text"))?;
-                if let Some(root) = reply_to {
-                    d.put(&m, "p", root.to_hex())?;
-                }
+                let m = self.put_post(*id, *reply_to, text.expect("a post stages its text"))?;
                 if self.slot_texts && !self.inline_texts {
                     // The text's op is the one right after the map's, by the
                     // same actor (automerge numbers a transaction's ops in
@@ -940,14 +943,9 @@ impl EpochDoc {
     /// Number of ops staged since the last commit.
     pub fn pending_ops(&self) -> usize {
         if self.deferred.open {
-            return self.posts_ops(&self.staged_posts);
+            return posts_ops(&self.staged_posts);
         }
         self.doc.pending_ops()
-    }
-
-    /// The ops of these posts: a map and a text slot each, and a reply's root.
-    fn posts_ops(&self, posts: &[(MessageId, Option<MessageId>)]) -> usize {
-        posts.iter().map(|(_, root)| 2 + usize::from(root.is_some())).sum()
     }
 
     /// Close the staged ops into one change and return its bytes (compressed), or
@@ -977,7 +975,7 @@ impl EpochDoc {
         // Posts alone, and every op staged since the last commit is theirs
         // (automerge closes an open change by itself on a save, an apply or
         // a history read: a change closed so is not in this one).
-        let only = std::mem::replace(&mut self.posts_only, true) && self.doc.pending_ops() == self.posts_ops(&posts);
+        let only = std::mem::replace(&mut self.posts_only, true) && self.doc.pending_ops() == posts_ops(&posts);
         let tail = self.tail.take();
         let Some(hash) = self.doc.commit_with(CommitOptions::default().with_time(time_ms)) else {
             self.tail = tail;
