@@ -295,8 +295,8 @@ fn cold_runs(
 }
 
 /// The bare cost of what bounds one durable writer: overwrite a record's
-/// worth of a preallocated file in place and fdatasync it, as the journal
-/// does, `n` times.
+/// worth of a preallocated file in place and make it durable, `n` times,
+/// in one of the journal's two ways ([`SyncWay`]).
 #[derive(Serialize, Debug)]
 struct FsyncFloor {
     ops_per_sec: f64,
@@ -305,9 +305,21 @@ struct FsyncFloor {
     record_bytes: usize,
 }
 
-fn fdatasync_floor(dir: &Path, n: usize, record_bytes: usize) -> Result<FsyncFloor> {
-    use std::os::unix::fs::FileExt;
-    let path = dir.join("fdatasync-floor");
+/// How a floor's writes reach the disk.
+#[derive(Clone, Copy)]
+enum SyncWay {
+    /// A buffered write, then `fdatasync` (SQLite's way, and the journal's
+    /// where direct I/O is refused).
+    Fdatasync,
+    /// One `pwrite` of the record's whole 4 KiB blocks through a handle
+    /// opened `O_DIRECT | O_DSYNC` (the journal's way where it can).
+    DirectDsync,
+}
+
+fn sync_floor(dir: &Path, n: usize, record_bytes: usize, way: SyncWay) -> Result<FsyncFloor> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    const BLOCK: usize = 4096;
+    let path = dir.join("sync-floor");
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(true)
@@ -315,20 +327,44 @@ fn fdatasync_floor(dir: &Path, n: usize, record_bytes: usize) -> Result<FsyncFlo
         .write(true)
         .open(&path)?;
     // Allocated and written once, as the journal's file is before use.
-    let size = (n * record_bytes) as u64;
-    f.write_all_at(&vec![0u8; size as usize], 0)?;
+    let size = (n * record_bytes).next_multiple_of(BLOCK) + BLOCK;
+    f.write_all_at(&vec![0u8; size], 0)?;
     f.sync_all()?;
+    let direct = match way {
+        SyncWay::Fdatasync => None,
+        SyncWay::DirectDsync => Some(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
+                .open(&path)
+                .context("opening the floor's file for direct I/O")?,
+        ),
+    };
     let record = vec![0xa5u8; record_bytes];
+    // A block-aligned window over the blocks a record touches.
+    let mut buf = vec![0xa5u8; record_bytes + 3 * BLOCK];
+    let skip = buf.as_ptr().align_offset(BLOCK);
+    let window = &mut buf[skip..];
     let mut lat = Vec::with_capacity(n);
     let t0 = Instant::now();
     for i in 0..n {
         let t = Instant::now();
-        f.write_all_at(&record, (i * record_bytes) as u64)?;
-        f.sync_data()?;
+        let at = i * record_bytes;
+        match &direct {
+            None => {
+                f.write_all_at(&record, at as u64)?;
+                f.sync_data()?;
+            }
+            Some(d) => {
+                let first = at - at % BLOCK;
+                let span = (at + record_bytes - first).next_multiple_of(BLOCK);
+                d.write_all_at(&window[..span], first as u64)?;
+            }
+        }
         lat.push(t.elapsed());
     }
     let secs = t0.elapsed().as_secs_f64();
-    drop(f);
+    drop((f, direct));
     std::fs::remove_file(&path)?;
     lat.sort_unstable();
     Ok(FsyncFloor {
@@ -505,7 +541,10 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> Result<ExitCode> {
     }
     let stream = hearth_stream(&h, ch, n.max(20_000), args.text_len, 1 << 40).await?;
     // A post's journal record: its text and about 200 bytes around it.
-    let floor = fdatasync_floor(&root, n.min(4000), args.text_len + 200)?;
+    let floor = sync_floor(&root, n.min(4000), args.text_len + 200, SyncWay::Fdatasync)?;
+    // Where the file system refuses direct I/O the journal writes buffered,
+    // and there is no second floor.
+    let direct_floor = sync_floor(&root, n.min(4000), args.text_len + 200, SyncWay::DirectDsync).ok();
     h.close().await?;
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -574,6 +613,7 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> Result<ExitCode> {
         "writes_8": {"hearth": h8, "sqlite": s8, "ratio": h8.msgs_per_sec / s8.msgs_per_sec},
         "stream_msgs_per_sec": stream,
         "fdatasync_floor": floor,
+        "direct_dsync_floor": direct_floor,
         "big": {
             "messages": args.big,
             "hearth_build_secs": build_secs, "hearth_bulk_msgs_per_sec": bulk_rate,
@@ -629,14 +669,23 @@ fn print_table(r: &serde_json::Value) {
             f(&w["sqlite"]["p99_us"])
         );
     }
-    let fl = &r["fdatasync_floor"];
-    println!(
-        "{:<44} {:>14.0}   p50/p99 {:.0}/{:.0} us",
-        "bare overwrite + fdatasync (ops/s)",
-        f(&fl["ops_per_sec"]),
-        f(&fl["p50_us"]),
-        f(&fl["p99_us"])
-    );
+    for (key, name) in [
+        ("fdatasync_floor", "bare overwrite + fdatasync (ops/s)"),
+        ("direct_dsync_floor", "bare overwrite, O_DIRECT|O_DSYNC (ops/s)"),
+    ] {
+        let fl = &r[key];
+        if fl.is_null() {
+            println!("{name:<44} {:>14}", "no direct I/O here");
+            continue;
+        }
+        println!(
+            "{:<44} {:>14.0}   p50/p99 {:.0}/{:.0} us",
+            name,
+            f(&fl["ops_per_sec"]),
+            f(&fl["p50_us"]),
+            f(&fl["p99_us"])
+        );
+    }
     println!(
         "{:<44} {:>14.0}",
         "streaming post (msg/s, durable)",
