@@ -250,7 +250,11 @@ impl Actor {
         }
         let was = self.placement.measuring();
         let timed = if was { self.journal.timings(true) } else { Vec::new() };
-        if let Some(cpus) = self.placement.observe(&timed, synced, Instant::now()) {
+        let now = Instant::now();
+        let read = || std::fs::read_to_string("/proc/interrupts").ok();
+        if let Some(cpus) =
+            (self.placement.observe(&timed, synced, now)).or_else(|| self.placement.by_interrupts(synced, now, read))
+        {
             // Refused (a cpuset changed under the app): the thread keeps the
             // mask it has, which is only slower.
             let _ = set_thread_cpus(&cpus);

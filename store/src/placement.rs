@@ -11,7 +11,10 @@
 //! writer's post 85 or 115 µs (p50), by where the scheduler happened to put
 //! the two threads.
 //!
-//! So the store thread measures: it takes each CPU in turn out of its own
+//! So the store thread finds that CPU. It first counts the device interrupts
+//! over 32 of the writers' fsyncs (`/proc/interrupts`, read twice), and
+//! stays out of the CPU that took them if one clearly did
+//! ([`Placement::by_interrupts`]). Otherwise it measures: it takes each CPU in turn out of its own
 //! affinity mask (four times round, 12 fsyncs each time) while the
 //! writers' fsyncs are timed, and stays out of the one whose absence made
 //! them fastest, if their median was 5% or more below the slowest CPU's
@@ -69,11 +72,12 @@ enum State {
     Off,
     /// Turn `turn`: CPU `cpus[turn % cpus.len()]` is out of the mask, and
     /// `seen` fsyncs were since; `timed[i]` the fsyncs (microseconds) with
-    /// `cpus[i]` out.
+    /// `cpus[i]` out; `irqs` the look at the device interrupts alongside.
     Measuring {
         turn: usize,
         seen: usize,
         timed: Vec<Vec<u32>>,
+        irqs: Irqs,
     },
     /// The mask is chosen until then, and until the writers have made
     /// `after` fsyncs.
@@ -138,10 +142,11 @@ impl Placement {
                     turn: 0,
                     seen: 0,
                     timed: vec![Vec::with_capacity(PHASE * TURNS); self.cpus.len()],
+                    irqs: Irqs::Unread,
                 };
                 Some(self.without(Some(0)))
             }
-            State::Measuring { turn, seen, timed } => {
+            State::Measuring { turn, seen, timed, .. } => {
                 let n = self.cpus.len();
                 let now_out = &mut timed[*turn % n];
                 let want = PHASE * (*turn / n + 1);
@@ -195,11 +200,146 @@ impl Placement {
         }
     }
 
+    /// While measuring, look at the device interrupts instead: counted
+    /// (`read` gives `/proc/interrupts`) when the measurement starts and
+    /// again [`IRQ_SYNCS`] writers' fsyncs later, the CPU that took a
+    /// device's interrupts for them ([`interrupt_cpu`]) is the one to stay
+    /// out of, and the measurement ends at once. The mask the store thread
+    /// is to take then, if any; otherwise the fsyncs' timing goes on.
+    ///
+    /// The timing alone chose wrongly in 4 of 18 runs of `hearth bench`
+    /// with the journal written direct: the writer's thread stayed on the
+    /// CPU without the interrupts for the whole turn that left the other
+    /// one out, so that turn timed the two threads sharing a CPU, and the
+    /// store thread settled on the interrupts' CPU (a lone writer's post 44
+    /// against 39 µs p50 for the whole run).
+    pub(crate) fn by_interrupts(
+        &mut self,
+        synced: u64,
+        now: Instant,
+        read: impl FnOnce() -> Option<String>,
+    ) -> Option<Vec<usize>> {
+        let State::Measuring { irqs, .. } = &mut self.state else {
+            return None;
+        };
+        let cpu = match std::mem::replace(irqs, Irqs::Done) {
+            Irqs::Unread => {
+                if let Some(counts) = read().as_deref().and_then(parse_interrupts) {
+                    *irqs = Irqs::Since(synced, counts);
+                }
+                return None;
+            }
+            Irqs::Since(at, before) if synced >= at + IRQ_SYNCS => {
+                let after = read().as_deref().and_then(parse_interrupts)?;
+                interrupt_cpu(&before, &after, synced - at)
+            }
+            waiting @ Irqs::Since(..) => {
+                *irqs = waiting;
+                return None;
+            }
+            Irqs::Done => return None,
+        };
+        let i = self.cpus.iter().position(|&c| Some(c) == cpu)?;
+        tracing::debug!(cpus = ?self.cpus, stays_off = self.cpus[i], "store thread placed by the disk's interrupts");
+        self.misses = 0;
+        self.state = State::Settled {
+            until: now + REMEASURE,
+            after: synced + START_AFTER,
+        };
+        Some(self.without(Some(i)))
+    }
+
     /// The mask without `cpus[i]` (all of them for `None`).
     fn without(&self, i: Option<usize>) -> Vec<usize> {
         let skip = i.map(|i| self.cpus[i]);
         self.cpus.iter().copied().filter(|&c| Some(c) != skip).collect()
     }
+}
+
+/// Writers' fsyncs between the two counts of device interrupts
+/// ([`Placement::by_interrupts`]).
+const IRQ_SYNCS: u64 = 32;
+
+/// Where a measurement stands with the device interrupts.
+#[derive(Debug)]
+enum Irqs {
+    /// Not counted yet.
+    Unread,
+    /// Counted when the writers had made this many fsyncs.
+    Since(u64, Interrupts),
+    /// Looked at (or unreadable): the timing decides.
+    Done,
+}
+
+/// Device interrupt counts, from `/proc/interrupts`.
+#[derive(Debug, PartialEq)]
+struct Interrupts {
+    /// The CPU of each column.
+    cpus: Vec<usize>,
+    /// Each numbered line (a device's interrupt): its number and counts.
+    lines: Vec<(u64, Vec<u64>)>,
+}
+
+/// Read `/proc/interrupts`' text: its header names the CPUs' columns, and
+/// lines numbered `N:` are devices' interrupts (the named ones, such as
+/// `LOC` or `RES`, are the CPUs' own and are left out). `None` if the
+/// header is not one.
+fn parse_interrupts(text: &str) -> Option<Interrupts> {
+    let mut lines = text.lines();
+    let cpus = lines
+        .next()?
+        .split_whitespace()
+        .map(|c| c.strip_prefix("CPU")?.parse().ok())
+        .collect::<Option<Vec<usize>>>()?;
+    if cpus.is_empty() {
+        return None;
+    }
+    let lines = lines
+        .filter_map(|l| {
+            let (n, rest) = l.split_once(':')?;
+            let n = n.trim().parse().ok()?;
+            let counts = rest
+                .split_whitespace()
+                .take(cpus.len())
+                .map(|v| v.parse().ok())
+                .collect::<Option<Vec<u64>>>()?;
+            (counts.len() == cpus.len()).then_some((n, counts))
+        })
+        .collect();
+    Some(Interrupts { cpus, lines })
+}
+
+/// The CPU that took the disk's completions over `syncs` fsyncs: every
+/// device line that counted at least one interrupt for two fsyncs (a
+/// write and its flush make one or two each) must have 90% of them on
+/// one CPU, and the same CPU for all. `None` when no line did, or they
+/// are spread (a completion queue per CPU, interrupts moved meanwhile) or
+/// disagree (another busy device elsewhere).
+fn interrupt_cpu(before: &Interrupts, after: &Interrupts, syncs: u64) -> Option<usize> {
+    if before.cpus != after.cpus {
+        return None;
+    }
+    let mut found = None;
+    for (n, counts) in &after.lines {
+        let Some((_, was)) = before.lines.iter().find(|(m, _)| m == n) else {
+            continue;
+        };
+        let d: Vec<u64> = counts.iter().zip(was).map(|(a, b)| a.saturating_sub(*b)).collect();
+        let total: u64 = d.iter().sum();
+        if total.saturating_mul(2) < syncs {
+            continue;
+        }
+        let (i, top) = d.iter().copied().enumerate().max_by_key(|&(_, v)| v)?;
+        if top.saturating_mul(10) < total.saturating_mul(9) {
+            return None;
+        }
+        match found {
+            None => found = Some(after.cpus[i]),
+            Some(c) if c == after.cpus[i] => {}
+            Some(_) => return None,
+        }
+    }
+    found
 }
 
 thread_local! {
@@ -464,6 +604,99 @@ mod tests {
             let mut p = Placement::new(cpus, now);
             assert!(!p.due(u64::MAX));
             assert_eq!(p.observe(&[100; 100], u64::MAX, now + REMEASURE), None);
+        }
+    }
+
+    /// `/proc/interrupts` of a 2-CPU VM whose disk (line 36) took `disk`
+    /// interrupts on each CPU, and a network card (line 34) `net`.
+    fn interrupts(disk: [u64; 2], net: [u64; 2]) -> String {
+        format!(
+            "           CPU0       CPU1\n \
+             28:          0          0 PCI-MSIX-0000:00:01.0   0-edge      virtio0-config\n \
+             34:  {}  {} PCI-MSIX-0000:00:05.0   1-edge      virtio4-input\n \
+             36:  {}  {} PCI-MSIX-0000:00:02.0   1-edge      virtio1-req.0\n\
+             NMI:          0          0   Non-maskable interrupts\n\
+             LOC:    9000000    8000000   Local timer interrupts\n",
+            net[0], net[1], disk[0], disk[1]
+        )
+    }
+
+    #[test]
+    fn device_interrupts_are_read_and_the_cpus_own_left_out() {
+        let i = parse_interrupts(&interrupts([5, 70], [3, 0])).unwrap();
+        assert_eq!(i.cpus, vec![0, 1]);
+        assert_eq!(i.lines, vec![(28, vec![0, 0]), (34, vec![3, 0]), (36, vec![5, 70])]);
+        assert_eq!(parse_interrupts("garbage\n 1: 2 3\n"), None);
+        assert_eq!(parse_interrupts(""), None);
+        // A short line (CPUs hot-added) is left out, not misread.
+        let i = parse_interrupts("  CPU0 CPU1\n 7: 1\n 8: 1 2 x\n").unwrap();
+        assert_eq!(i.lines, vec![(8, vec![1, 2])]);
+    }
+
+    #[test]
+    fn the_cpu_that_took_the_disks_completions_is_found() {
+        let before = parse_interrupts(&interrupts([5, 1000], [3, 0])).unwrap();
+        let at = |disk, net| interrupt_cpu(&before, &parse_interrupts(&interrupts(disk, net)).unwrap(), 32);
+        // Two a sync on CPU 1, a stray one on CPU 0.
+        assert_eq!(at([6, 1064], [3, 0]), Some(1));
+        // Fewer than one for two syncs: not the disk's line.
+        assert_eq!(at([5, 1015], [3, 0]), None);
+        // Spread over both CPUs (a queue per CPU, or moved meanwhile).
+        assert_eq!(at([40, 1040], [3, 0]), None);
+        // Another busy device on the other CPU: they disagree.
+        assert_eq!(at([5, 1064], [80, 0]), None);
+        // ... on the same CPU: they agree.
+        assert_eq!(at([5, 1064], [3, 60]), Some(1));
+        // CPUs changed between the two counts.
+        let other = parse_interrupts("  CPU0 CPU2\n 36: 5 1064\n").unwrap();
+        assert_eq!(interrupt_cpu(&before, &other, 32), None);
+    }
+
+    #[test]
+    fn a_measurement_ends_at_the_disks_interrupt_cpu() {
+        let now = Instant::now();
+        let mut p = Placement::new(Some(vec![0, 1]), now);
+        // Not measuring: nothing is read.
+        assert_eq!(p.by_interrupts(0, now, || panic!("read while settled")), None);
+        assert_eq!(p.observe(&[], START_AFTER, now), Some(vec![1]));
+        // Counted when the measurement starts, then IRQ_SYNCS fsyncs later.
+        assert_eq!(
+            p.by_interrupts(START_AFTER, now, || Some(interrupts([5, 1000], [3, 0]))),
+            None
+        );
+        let later = START_AFTER + IRQ_SYNCS - 1;
+        assert_eq!(p.by_interrupts(later, now, || panic!("read too soon")), None);
+        let done = START_AFTER + IRQ_SYNCS;
+        assert_eq!(
+            p.by_interrupts(done, now, || Some(interrupts([5, 1070], [3, 0]))),
+            Some(vec![0])
+        );
+        assert!(!p.measuring());
+        assert_eq!(p.observe(&[40; 64], done + 100, now + Duration::from_secs(1)), None);
+
+        // Unreadable, or no CPU found: the fsyncs' timing decides, as before.
+        for read in [None, Some(interrupts([40, 1040], [3, 0]))] {
+            let mut p = Placement::new(Some(vec![0, 1]), now);
+            let first = p.observe(&[], START_AFTER, now).unwrap();
+            assert_eq!(
+                p.by_interrupts(START_AFTER, now, || Some(interrupts([5, 1000], [3, 0]))),
+                None
+            );
+            assert_eq!(p.by_interrupts(START_AFTER + IRQ_SYNCS, now, || read.clone()), None);
+            assert!(p.measuring());
+            // Looked at once only.
+            assert_eq!(
+                p.by_interrupts(START_AFTER + 2 * IRQ_SYNCS, now, || panic!("read again")),
+                None
+            );
+            let mut masks = vec![first];
+            while p.measuring() {
+                let us = if masks.last().unwrap().contains(&1) { 115 } else { 85 };
+                if let Some(m) = p.observe(&[us; 3], START_AFTER, now) {
+                    masks.push(m);
+                }
+            }
+            assert_eq!(masks.last(), Some(&vec![0]));
         }
     }
 
