@@ -485,7 +485,8 @@ impl Journal {
                 }
                 // The file system took the handle but not the write (its
                 // alignment or direct I/O itself): write buffered from now on.
-                // A direct write that fails so changes nothing on disk.
+                // The buffered write below covers whatever part of the record
+                // a refused direct write may have left.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     tracing::warn!(error = %e, "the journal's file system refused a direct write: writing buffered");
                     self.sync = Sync::Buffered;
