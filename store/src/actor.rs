@@ -252,8 +252,10 @@ impl Actor {
         let timed = if was { self.journal.timings(true) } else { Vec::new() };
         let now = Instant::now();
         let read = || std::fs::read_to_string("/proc/interrupts").ok();
-        if let Some(cpus) =
-            (self.placement.observe(&timed, synced, now)).or_else(|| self.placement.by_interrupts(synced, now, read))
+        if let Some(cpus) = self
+            .placement
+            .observe(&timed, synced, now)
+            .or_else(|| self.placement.by_interrupts(synced, now, read))
         {
             // Refused (a cpuset changed under the app): the thread keeps the
             // mask it has, which is only slower.

@@ -506,20 +506,20 @@ impl Journal {
         self.high = self.high.max(self.offset);
     }
 
-    /// Where the next record goes moved to `offset`, with zeros after it
-    /// (the run started over, or the file was marked empty).
-    fn rewind(&mut self, offset: u64) {
+    /// The next record goes at offset 0, with zeros after it (the run
+    /// started over, or the file was marked empty).
+    fn rewind(&mut self) {
         if let Sync::Direct { tail, .. } = &mut self.sync {
             tail.reset((self.offset - tail.start) as usize);
         }
-        self.offset = offset;
+        self.offset = 0;
     }
 
     /// Start over: everything written so far is durable in sled. No I/O: the old
     /// records stay on disk until overwritten, and reading stops at the first of
     /// them (another run) or is harmless (all at or below sled's watermark).
     pub fn clear(&mut self, run: u64) {
-        self.rewind(0);
+        self.rewind();
         self.run = run;
     }
 
@@ -529,7 +529,7 @@ impl Journal {
     pub fn mark_empty(&mut self) -> Result<()> {
         self.file.write_all_at(&[0u8; RECORD_HEAD], 0)?;
         self.file.sync_data()?;
-        self.rewind(0);
+        self.rewind();
         Ok(())
     }
 

@@ -1088,6 +1088,24 @@ mod tests {
         views_match(true);
     }
 
+    /// Post number `n` of the writer `tag` into epoch 1 of `channel` (its
+    /// id stamped `1000 + n` ms, its text "post n"), its id pushed to `ids`.
+    fn numbered_post(
+        channel: &ChannelId,
+        tag: [u8; 8],
+        n: u64,
+        reply_to: Option<MessageId>,
+        ids: &mut Vec<MessageId>,
+    ) -> Op {
+        let id = MessageId::new(Timestamp::from_millis(1000 + n), 1, channel, tag);
+        ids.push(id);
+        Op::Post {
+            id,
+            text: format!("post {n}"),
+            reply_to,
+        }
+    }
+
     /// Posts kept out of automerge ([`Deferred`]) give what staged ones
     /// give: the same changes, texts and pending ops; the same view and
     /// messages once the document is read (deferred changes applied, the
@@ -1108,14 +1126,8 @@ mod tests {
         let mut n = 0u64;
         let mut post = |ids: &mut Vec<MessageId>| {
             n += 1;
-            let id = MessageId::new(Timestamp::from_millis(1000 + n), 1, &channel, tag);
             let reply_to = n.is_multiple_of(4).then(|| ids[ids.len() / 2]);
-            ids.push(id);
-            Op::Post {
-                id,
-                text: format!("post {n}"),
-                reply_to,
-            }
+            numbered_post(&channel, tag, n, reply_to, ids)
         };
         let stage_both = |op: &Op, lazy: &mut EpochDoc, eager: &mut EpochDoc| {
             lazy.stage(&user, &device, op).unwrap();
@@ -1207,14 +1219,8 @@ mod tests {
         let mut ids = Vec::new();
         let mut post = |ids: &mut Vec<MessageId>, i: u64| {
             n += 1;
-            let id = MessageId::new(Timestamp::from_millis(1000 + n), 1, &channel, tag);
             let reply_to = (i % 5 == 3).then(|| ids[ids.len() / 2]);
-            ids.push(id);
-            Op::Post {
-                id,
-                text: format!("post {n}"),
-                reply_to,
-            }
+            numbered_post(&channel, tag, n, reply_to, ids)
         };
         let stage_both = |op: &Op, built: &mut EpochDoc, collected: &mut EpochDoc| {
             built.stage(&user, &device, op).unwrap();
