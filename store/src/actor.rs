@@ -659,6 +659,9 @@ enum Spun {
 /// fsync is about to end, [`sleep_on_sync`]).
 fn spin_recv(rx: &mut mpsc::Receiver<Cmd>, journal: &GroupCommit, early: bool) -> std::result::Result<Cmd, Spun> {
     let start = Instant::now();
+    journal
+        .store_cpu
+        .store(crate::placement::current_cpu().unwrap_or(usize::MAX), Ordering::Relaxed);
     loop {
         match rx.try_recv() {
             Ok(c) => return Ok(c),

@@ -527,6 +527,11 @@ impl Engine {
     /// first (`crate::actor`), and so does the open before anything it
     /// replays or writes.
     pub(crate) fn ensure_summaries(&mut self) -> Result<()> {
+        if !self.summaries_due.is_empty()
+            && let Some(a) = self.copies_ahead.as_mut()
+        {
+            a.begin();
+        }
         while let Some(id) = self.summaries_due.last().copied() {
             let Some(mut state) = self.channels.remove(&id) else {
                 self.summaries_due.pop();

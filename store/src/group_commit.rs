@@ -37,6 +37,10 @@ pub(crate) struct GroupCommit {
     pub(crate) parked: AtomicBool,
     /// The store thread, to wake.
     pub(crate) store_thread: OnceLock<std::thread::Thread>,
+    /// The CPU the store thread was on when it last looked for a command
+    /// (`usize::MAX`: not known). A caller that waits awake for a reply
+    /// does not spin on it (`Store::page`).
+    pub(crate) store_cpu: AtomicUsize,
     /// Moving average of the journal's fsync time, in nanoseconds.
     fsync_ns: AtomicU64,
     /// The store thread measures where to run ([`crate::placement`]): the
@@ -97,6 +101,7 @@ impl GroupCommit {
             pending: AtomicUsize::new(0),
             parked: AtomicBool::new(false),
             store_thread: OnceLock::new(),
+            store_cpu: AtomicUsize::new(usize::MAX),
             fsync_ns: AtomicU64::new(0),
             timing: AtomicBool::new(false),
             writers_synced: AtomicU64::new(0),

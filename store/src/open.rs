@@ -389,14 +389,19 @@ type Events = tokio::sync::broadcast::Sender<crate::StoreEvent>;
 /// The thread that opens sled while Argon2id unlocks the key (sled needs no
 /// key; the store's lock is held): its open, a few milliseconds, is hidden
 /// in the unlock's hundreds, and so is making what the store's first
-/// command would wait for. Once the key is there, it goes on reading the
-/// channels' summary copies ([`crate::summaries::read_copies_ahead`]) while
-/// the open's own thread reads the standing and makes the engine; after a
-/// clean close the open does not wait for them (`Engine::ensure_summaries`).
-/// It reads them at idle priority ([`idle_priority`]): they are read ahead
-/// of need, and must not slow the open and the first page, which is what
+/// command would wait for. Once the key is there, it reads the channels'
+/// states while the open's own thread reads the standing and makes the
+/// engine. Then it waits until the store first asks for the channels'
+/// summaries (`Engine::ensure_summaries`: after its first command, or in
+/// an open that replays) to read their copies
+/// ([`crate::summaries::read_copies_ahead`]); after a clean close the open
+/// does not wait for them. It reads them at idle priority
+/// ([`idle_priority`]), and not before it is asked: they are read ahead of
+/// need, and must not slow the open and the first page, which is what
 /// they did at normal priority on two cores (the caller, the store thread
-/// and this one all runnable).
+/// and this one all runnable), and at idle priority too, read from the
+/// unlock on (a thread that yields to one at idle priority gives it the
+/// core for a whole time slice, 0.3 to 0.5 ms).
 pub(crate) struct Early {
     /// Lets the thread begin, once the store's lock is held.
     go: std::sync::mpsc::SyncSender<()>,
@@ -411,6 +416,7 @@ type Unlocking = (
     SecretKey,
     CopySink,
     std::sync::mpsc::SyncSender<Result<Vec<crate::engine::ChannelRead>>>,
+    crate::summaries::Asked,
 );
 
 /// What `rx` brings, waited for awake (yielding) for at most `spin`
@@ -484,10 +490,12 @@ impl Early {
                     return;
                 }
                 // No key (a wrong passphrase): the tree is let go at once.
-                if let (Some(tree), Some((records, sink, channels))) = (tree, recv_awake(&key_rx, None)) {
+                if let (Some(tree), Some((records, sink, channels, asked))) = (tree, recv_awake(&key_rx, None)) {
                     let _ = channels.send(crate::engine::read_channels(&tree, &records, true));
-                    idle_priority();
-                    crate::summaries::read_copies_ahead(&tree, &records, &sink);
+                    // The copies once the store asks for summaries (after
+                    // its first command, or in an open that replays): not
+                    // during the open's tail and its front page.
+                    crate::summaries::read_when_asked(&tree, &records, &sink, asked);
                 }
             })
             .ok()?;
@@ -509,9 +517,10 @@ impl Early {
     /// to the summary copies.
     fn opened(self, records: Option<SecretKey>) -> Result<(Opened, Option<Ahead>)> {
         let opened = self.opened.recv();
-        let copies = crate::summaries::Ahead::new();
+        let mut copies = crate::summaries::Ahead::new();
         let (channels_tx, channels) = std::sync::mpsc::sync_channel(1);
-        let ahead = if records.is_some_and(|r| self.key.send((r, copies.sink(), channels_tx)).is_ok()) {
+        let asked = copies.asked().expect("a new Ahead's");
+        let ahead = if records.is_some_and(|r| self.key.send((r, copies.sink(), channels_tx, asked)).is_ok()) {
             Some((copies.reading_on(self.thread), crate::engine::ChannelsAhead(channels)))
         } else {
             // Nothing more for it to do: the tree it holds is let go before
@@ -1113,7 +1122,7 @@ fn copy_files_private(from: &Path, to: &Path) -> Result<()> {
 /// runs only on a core nothing else wants. Lowering a thread's own priority
 /// needs no privilege; where it fails the thread goes on as it was.
 #[allow(unsafe_code)]
-fn idle_priority() {
+pub(crate) fn idle_priority() {
     #[cfg(target_os = "linux")]
     {
         let param = libc::sched_param { sched_priority: 0 };

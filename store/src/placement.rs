@@ -436,6 +436,20 @@ pub(crate) fn set_thread_cpus(cpus: &[usize]) -> bool {
     }
 }
 
+/// The CPU this thread is running on now, if it can be read.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub(crate) fn current_cpu() -> Option<usize> {
+    // SAFETY: a call without arguments that reads where the caller runs.
+    usize::try_from(unsafe { libc::sched_getcpu() }).ok()
+}
+
+/// Elsewhere than Linux where a thread runs is not read.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn current_cpu() -> Option<usize> {
+    None
+}
+
 /// Elsewhere than Linux the mask is not read (the placement is off).
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn thread_cpus() -> Option<Vec<usize>> {
@@ -451,6 +465,20 @@ pub(crate) fn set_thread_cpus(_cpus: &[usize]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn this_thread_runs_on_one_of_its_allowed_cpus() {
+        let (cpu, allowed) = (current_cpu(), thread_cpus());
+        if cfg!(target_os = "linux") {
+            let (cpu, allowed) = (
+                cpu.expect("Linux tells where a thread runs"),
+                allowed.expect("and where it may"),
+            );
+            assert!(allowed.contains(&cpu), "{cpu} not in {allowed:?}");
+        } else {
+            assert_eq!((cpu, allowed), (None, None));
+        }
+    }
 
     /// Feed `p` the fsyncs of `fast` µs while `cpu` is left out, `slow`
     /// otherwise, until it settles; the masks it asked for on the way.

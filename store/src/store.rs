@@ -26,6 +26,38 @@ use crate::verify::{ChannelStats, Stats, VerifyReport};
 /// Longest an open's caller waits awake for the open's end once the key is
 /// unlocked (`Store::start`); an open that takes longer is waited for parked.
 const OPEN_SPIN: std::time::Duration = std::time::Duration::from_millis(3);
+/// Longest a page's caller waits awake for its reply ([`Store::page`]).
+const PAGE_SPIN: std::time::Duration = std::time::Duration::from_micros(250);
+
+/// The store thread's reply, waited for awake for at most `spin`, then
+/// parked. Awake is spinning, not yielding (a thread at idle priority
+/// that is yielded to keeps the core for a whole time slice), and only on
+/// another core than the store thread's (`store_cpu`): on the same one,
+/// the spin would keep the store thread from making the reply, so the
+/// caller parks at once, and is woken by a thread that is running there.
+async fn reply_awake<T>(
+    mut rx: oneshot::Receiver<Result<T>>,
+    spin: std::time::Duration,
+    store_cpu: &std::sync::atomic::AtomicUsize,
+) -> Result<T> {
+    let start = std::time::Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(r) => return r,
+            Err(oneshot::error::TryRecvError::Closed) => return Err(Error::Closed),
+            Err(oneshot::error::TryRecvError::Empty)
+                if start.elapsed() < spin
+                    && crate::placement::current_cpu()
+                        .is_some_and(|c| c != store_cpu.load(std::sync::atomic::Ordering::Relaxed)) =>
+            {
+                std::hint::spin_loop()
+            }
+            Err(oneshot::error::TryRecvError::Empty) => break,
+        }
+    }
+    rx.await.map_err(|_| Error::Closed)?
+}
+
 /// Batches of at least this many bytes (and two entries) are opened ahead,
 /// on two threads ([`Store::ingest`]); a live entry is a few hundred bytes.
 /// Debug builds (the tests) open every batch of two entries or more
@@ -728,13 +760,23 @@ impl Store {
         summaries: bool,
         f: impl FnOnce(&mut Engine) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        let rx = self.send_query(summaries, f).await?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Send a query ([`Store::query_as`]); its reply comes on the receiver.
+    async fn send_query<T: Send + 'static>(
+        &self,
+        summaries: bool,
+        f: impl FnOnce(&mut Engine) -> Result<T> + Send + 'static,
+    ) -> Result<oneshot::Receiver<Result<T>>> {
         let (tx, rx) = oneshot::channel();
         let q: actor::Query = Box::new(move |e: &mut Engine| {
             let ready = if summaries { e.ensure_summaries() } else { Ok(()) };
             let _ = tx.send(ready.and_then(|()| f(e)));
         });
         self.tx.send(Cmd::Query(q)).await.map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)?
+        Ok(rx)
     }
 
     pub(crate) async fn mutate<T: Send + 'static>(
@@ -1095,8 +1137,15 @@ impl Store {
     }
 
     /// Top-level messages of a channel older than `before`, newest first.
+    ///
+    /// The reply is waited for awake for at most 250 µs, on another core
+    /// than the store thread's: a page is what a screen waits for, and a
+    /// caller parked for the 20 to 100 µs a page takes is often woken 200
+    /// µs late on this kind of machine (its virtual CPU halted meanwhile),
+    /// later than the page itself.
     pub async fn page(&self, channel: ChannelId, before: Option<MessageId>, limit: usize) -> Result<Vec<Message>> {
-        self.query_as(false, move |e| e.page(&channel, before, limit)).await
+        let rx = self.send_query(false, move |e| e.page(&channel, before, limit)).await?;
+        reply_awake(rx, PAGE_SPIN, &self.journal.store_cpu).await
     }
 
     /// Where in the store's files a key reachable from the passphrase opens
@@ -1315,5 +1364,43 @@ impl Store {
         // Its chat events end (the store thread sends none after the close).
         self.shared.chat.close();
         closed?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_reply_is_had_whether_it_comes_within_the_spin_or_after_it() {
+        let elsewhere = AtomicUsize::new(usize::MAX);
+        // Already there.
+        let (tx, rx) = oneshot::channel();
+        tx.send(Ok(1)).unwrap();
+        assert_eq!(reply_awake(rx, PAGE_SPIN, &elsewhere).await.unwrap(), 1);
+        // Long after the spin: waited for parked.
+        let (tx, rx) = oneshot::channel();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            tx.send(Ok(2)).unwrap();
+        });
+        assert_eq!(reply_awake(rx, PAGE_SPIN, &elsewhere).await.unwrap(), 2);
+        t.join().unwrap();
+        // With the store thread on this very core, no spin at all.
+        let here = AtomicUsize::new(crate::placement::current_cpu().unwrap_or(usize::MAX));
+        let (tx, rx) = oneshot::channel();
+        let t = std::thread::spawn(move || tx.send(Ok(3)).unwrap());
+        assert_eq!(reply_awake(rx, PAGE_SPIN, &here).await.unwrap(), 3);
+        t.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reply_never_sent_is_closed() {
+        let (tx, rx) = oneshot::channel::<Result<u8>>();
+        drop(tx);
+        let r = reply_awake(rx, PAGE_SPIN, &AtomicUsize::new(usize::MAX)).await;
+        assert!(matches!(r, Err(Error::Closed)), "{r:?}");
     }
 }

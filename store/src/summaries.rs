@@ -21,12 +21,13 @@
 //! `verify` reports one that disagrees.
 //!
 //! Summaries after the open: the open's second thread reads and opens every
-//! copy once the key is unlocked ([`read_copies_ahead`]). After a clean
-//! close (nothing to catch up or replay) the open loads the channels that
-//! have a copy without their summaries and returns; the first command that
-//! needs them ([`Engine::ensure_summaries`]: any but a page its front page
-//! answers) takes them from that thread, checking each copy's stamp as the
-//! load would. A channel whose copy does not serve and whose `E` rows do
+//! copy once the store first asks for summaries ([`read_copies_ahead`],
+//! [`Ahead::begin`]), while the store thread reads them from the other end.
+//! After a clean close (nothing to catch up or replay) the open loads the
+//! channels that have a copy without their summaries and returns; the
+//! first command that needs them ([`Engine::ensure_summaries`]: any but a
+//! page its front page answers) takes them from that thread, checking each
+//! copy's stamp as the load would. A channel whose copy does not serve and whose `E` rows do
 //! not read then fails that command; its copy is removed, so that the next
 //! open loads it before it answers and rebuilds sled
 //! ([`Engine::summaries_failed`]).
@@ -255,6 +256,23 @@ pub(crate) fn read_copies_ahead(tree: &sled::Tree, records: &hearth_core::Secret
     }
 }
 
+/// The copies read ahead ([`read_copies_ahead`]) by the open's second
+/// thread, at idle priority, once the store asks ([`Ahead::begin`]);
+/// nothing if the store lets go first. Whether they were read.
+pub(crate) fn read_when_asked(
+    tree: &sled::Tree,
+    records: &hearth_core::SecretKey,
+    ahead: &CopySink,
+    asked: Asked,
+) -> bool {
+    if asked.recv().is_err() {
+        return false;
+    }
+    crate::open::idle_priority();
+    read_copies_ahead(tree, records, ahead);
+    true
+}
+
 /// Copies read ahead and not yet taken, by channel.
 type Handed = std::sync::Mutex<HashMap<WireId, CopyRead>>;
 
@@ -267,14 +285,41 @@ pub(crate) type CopySink = std::sync::Weak<Handed>;
 pub(crate) struct Ahead {
     read: Option<std::sync::Arc<Handed>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Tells the thread to begin ([`Ahead::begin`]); dropped, it tells the
+    /// thread to end without reading.
+    begin: Option<std::sync::mpsc::SyncSender<()>>,
+    asked: Option<Asked>,
 }
+
+/// What the reading thread waits on before it reads: the store asking for
+/// summaries ([`Ahead::begin`]), or `Err` once the store let go.
+pub(crate) type Asked = std::sync::mpsc::Receiver<()>;
 
 impl Ahead {
     /// Copies the thread `start` makes will hand over.
     pub(crate) fn new() -> Self {
+        let (begin, asked) = std::sync::mpsc::sync_channel(1);
         Ahead {
             read: Some(Default::default()),
             thread: None,
+            begin: Some(begin),
+            asked: Some(asked),
+        }
+    }
+
+    /// What the reading thread waits on (once).
+    pub(crate) fn asked(&mut self) -> Option<Asked> {
+        self.asked.take()
+    }
+
+    /// Let the thread read: the store needs the summaries now. Until then
+    /// it waits, not runnable, so that nothing but the open's tail and its
+    /// front page runs on two cores (a thread at idle priority still takes
+    /// a whole time slice from a thread that yields to it: 0.3 to 0.5 ms of
+    /// a cold open that takes 0.4, docs/reach.md).
+    pub(crate) fn begin(&mut self) {
+        if let Some(b) = self.begin.take() {
+            let _ = b.send(());
         }
     }
 
@@ -302,6 +347,7 @@ impl Ahead {
     /// channel. Its handle, to be joined before sled closes.
     pub(crate) fn let_go(mut self) -> Option<std::thread::JoinHandle<()>> {
         self.read = None;
+        self.begin = None;
         self.thread.take()
     }
 }
@@ -310,6 +356,7 @@ impl Drop for Ahead {
     fn drop(&mut self) {
         // The thread holds sled open: it ends before the store lets sled go.
         self.read = None;
+        self.begin = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -438,6 +485,43 @@ mod tests {
             tree.insert(chunk_key(w, 0), &b"not sealed"[..]).unwrap();
         }
         (dir, tree)
+    }
+
+    /// The reader as the open's second thread runs it, on a thread.
+    fn reader(mut ahead: Ahead, tree: sled::Tree) -> (Ahead, std::thread::JoinHandle<bool>) {
+        let (asked, sink) = (ahead.asked().unwrap(), ahead.sink());
+        let key = hearth_core::SecretKey::from_bytes([9; 32]);
+        let t = std::thread::spawn(move || read_when_asked(&tree, &key, &sink, asked));
+        (ahead, t)
+    }
+
+    #[test]
+    fn copies_are_read_ahead_only_once_the_store_asks() {
+        let wires = [WireId([1; 32]), WireId([2; 32])];
+        let (_dir, tree) = tree_with_copies(&wires);
+        let (mut ahead, t) = reader(Ahead::new(), tree);
+        // Not asked: the thread waits and reads nothing, however long.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!t.is_finished());
+        assert!(wires.iter().all(|w| ahead.take(w).is_none()));
+        ahead.begin();
+        // Asked twice is asked once.
+        ahead.begin();
+        assert!(t.join().unwrap());
+        assert!(wires.iter().all(|w| ahead.take(w).is_some()));
+    }
+
+    #[test]
+    fn a_reader_never_asked_ends_without_reading_when_let_go() {
+        let (_dir, tree) = tree_with_copies(&[WireId([1; 32])]);
+        let (ahead, t) = reader(Ahead::new(), tree.clone());
+        let t2 = ahead.let_go();
+        assert!(t2.is_none(), "the reading thread is the test's own here");
+        assert!(!t.join().unwrap());
+        // Dropped without a word: the same.
+        let (ahead, t) = reader(Ahead::new(), tree);
+        drop(ahead);
+        assert!(!t.join().unwrap());
     }
 
     #[test]
