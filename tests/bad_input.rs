@@ -231,6 +231,10 @@ async fn a_store_open_twice_is_locked_until_closed() {
         matches!(again, Err(Error::Locked { ref path }) if path.ends_with(tmp.path().file_name().unwrap())),
         "{again:?}"
     );
+    // Locked comes first, whatever the passphrase (the key is unlocked
+    // while the lock is taken, on another thread).
+    let wrong = Hearth::open(tmp.path(), &Passphrase::new("not the passphrase"), config()).await;
+    assert!(matches!(wrong, Err(Error::Locked { .. })), "{wrong:?}");
     // The holder is unharmed.
     assert_eq!(
         h.message(w.early[0].0).await.expect("message").message.text.as_deref(),
@@ -249,6 +253,8 @@ async fn directories_that_are_not_stores_and_stores_that_exist() {
     std::fs::create_dir(&empty).expect("mkdir");
     let r = Hearth::open(&empty, &pass(), config()).await;
     assert!(matches!(r, Err(Error::NotAStore { .. })), "{r:?}");
+    // Nothing is made in it (no lock file either).
+    assert_eq!(std::fs::read_dir(&empty).expect("read_dir").count(), 0);
     let missing = tmp.path().join("missing");
     let r = Hearth::open(&missing, &pass(), config()).await;
     assert!(matches!(r, Err(Error::NotAStore { .. })), "{r:?}");

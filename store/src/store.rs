@@ -296,13 +296,20 @@ fn send_nothing(to: std::sync::mpsc::SyncSender<()>) {
 
 impl Store {
     /// Start the store thread, which runs `opener` and then the store;
-    /// `ahead` runs here meanwhile, and what it sends goes to `opener` (the
-    /// part of an open that needs neither the key nor the store thread:
-    /// [`open::start`]).
+    /// `ahead` runs here meanwhile, and what it sends goes to `opener`,
+    /// which takes it when it needs it (the part of an open that needs
+    /// neither the key nor the store thread: [`open::start`]; the open
+    /// takes it once the key is unlocked).
     async fn start<A, F>(config: Config, ahead: impl FnOnce(std::sync::mpsc::SyncSender<A>), opener: F) -> Result<Store>
     where
         A: Send + 'static,
-        F: FnOnce(Config, open::Unlocked, A) -> Result<(Engine, crate::journal::Journal, OpenReport)> + Send + 'static,
+        F: FnOnce(
+                Config,
+                open::Unlocked,
+                std::sync::mpsc::Receiver<A>,
+            ) -> Result<(Engine, crate::journal::Journal, OpenReport)>
+            + Send
+            + 'static,
     {
         let config = config.clamped();
         let receipt_delay = config.receipt_delay;
@@ -317,11 +324,8 @@ impl Store {
             let unlocked: open::Unlocked = Box::new(move || {
                 let _ = unlocked_tx.send(());
             });
-            let opened = match ahead_rx.recv() {
-                Ok(a) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| opener(config, unlocked, a)))
-                    .unwrap_or_else(|_| Err(Error::corrupted("store", "opening it failed unexpectedly"))),
-                Err(_) => Err(Error::corrupted("store", "opening it failed unexpectedly")),
-            };
+            let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| opener(config, unlocked, ahead_rx)))
+                .unwrap_or_else(|_| Err(Error::corrupted("store", "opening it failed unexpectedly")));
             match opened {
                 Ok((engine, journal, report)) => {
                     let timings = OpenTimings {
@@ -404,7 +408,7 @@ impl Store {
     pub async fn create(dir: impl AsRef<Path>, pass: &Passphrase, user_name: &str, config: Config) -> Result<Store> {
         let dir = open::abs(dir.as_ref());
         let (pass, name) = (pass.clone(), user_name.to_string());
-        Self::start(config, send_nothing, move |c, _, ()| {
+        Self::start(config, send_nothing, move |c, _, _| {
             let (e, j) = open::create(&dir, &pass, &name, c)?;
             Ok((e, j, OpenReport::default()))
         })
@@ -422,7 +426,7 @@ impl Store {
     ) -> Result<Store> {
         let dir = open::abs(dir.as_ref());
         let pass = pass.clone();
-        Self::start(config, send_nothing, move |c, _, ()| {
+        Self::start(config, send_nothing, move |c, _, _| {
             let (e, j) = open::create_as(&dir, &pass, identity, c)?;
             Ok((e, j, OpenReport::default()))
         })
@@ -472,10 +476,14 @@ impl Store {
         let dir = open::abs(dir.as_ref());
         let pass = pass.clone();
         let at = dir.clone();
+        // Read here, so that the store thread unlocks the key as soon as
+        // it runs.
+        let header = open::read_header(&dir);
+        let store = header.is_ok();
         Self::start(
             config,
-            move |to| open::start(&at, false, to),
-            move |c, unlocked, started| open::open(&dir, &pass, c, false, Some(unlocked), started),
+            move |to| open::start(&at, false, store, to),
+            move |c, unlocked, started| open::open(&dir, &pass, header, c, false, Some(unlocked), started),
         )
         .await
     }
@@ -490,10 +498,12 @@ impl Store {
         let dir = open::abs(dir.as_ref());
         let pass = pass.clone();
         let at = dir.clone();
+        let header = open::read_header(&dir);
+        let store = header.is_ok();
         Self::start(
             config,
-            move |to| open::start(&at, true, to),
-            move |c, _, started| open::open(&dir, &pass, c, true, None, started),
+            move |to| open::start(&at, true, store, to),
+            move |c, _, started| open::open(&dir, &pass, header, c, true, None, started),
         )
         .await
     }
