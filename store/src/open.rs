@@ -392,11 +392,12 @@ type Events = tokio::sync::broadcast::Sender<crate::StoreEvent>;
 /// hidden in the unlock's hundreds, and so is making what the store's
 /// first command would wait for; the unlock begins as soon as the store
 /// thread runs (the header read before it starts), 0.05 to 0.1 ms sooner
-/// than when the lock and the recovery came first on that thread. Once the key is there, it reads the channels'
-/// states while the open's own thread reads the standing and makes the
-/// engine. Then it waits until the store first asks for the channels'
-/// summaries (`Engine::ensure_summaries`: after its first command, or in
-/// an open that replays) to read their copies
+/// than when the lock and the recovery came first on that thread. Once
+/// the key is there, it reads the channels' states while the open's own
+/// thread reads the standing and makes the engine. Then it waits until
+/// the store first asks for the channels' summaries
+/// (`Engine::ensure_summaries`: after its first command, or in an open
+/// that replays) to read their copies
 /// ([`crate::summaries::read_copies_ahead`]); after a clean close the open
 /// does not wait for them. It reads them at idle priority
 /// ([`idle_priority`]), and not before it is asked: they are read ahead of
