@@ -568,9 +568,8 @@ impl Early {
     /// to the summary copies.
     fn opened(self, records: Option<SecretKey>) -> Result<(Opened, Option<Ahead>)> {
         let opened = self.opened.recv();
-        let mut copies = crate::summaries::Ahead::new();
+        let (copies, asked) = crate::summaries::Ahead::new();
         let (channels_tx, channels) = std::sync::mpsc::sync_channel(1);
-        let asked = copies.asked().expect("a new Ahead's");
         let ahead = if records.is_some_and(|r| self.key.send((r, copies.sink(), channels_tx, asked)).is_ok()) {
             Some((copies.reading_on(self.thread), crate::engine::ChannelsAhead(channels)))
         } else {
@@ -589,9 +588,7 @@ impl Early {
 /// started, which unlocks the key meanwhile: the thread that takes the
 /// lock, sees to what a crash left and opens sled ([`Early`]; none if it
 /// could not be started: the store thread does the first two itself).
-pub(crate) struct Started {
-    early: Option<Early>,
-}
+pub(crate) type Started = Option<Early>;
 
 /// The header, read on the caller's thread before the store thread starts,
 /// so that the store thread unlocks the key as soon as it runs.
@@ -602,9 +599,7 @@ pub(crate) type Header = Result<StoreHeader>;
 /// as it is.
 pub(crate) fn start(dir: &Path, rebuild: bool, store: bool, to: std::sync::mpsc::SyncSender<Started>) {
     if store {
-        let _ = to.send(Started {
-            early: Early::start(dir.to_path_buf(), rebuild),
-        });
+        let _ = to.send(Early::start(dir.to_path_buf(), rebuild));
     }
 }
 
@@ -630,7 +625,7 @@ pub(crate) fn open(
     let unlocking = std::time::Instant::now();
     let mut master = header.unwrap(pass);
     let mut unlock_time = unlocking.elapsed();
-    let early = started.recv().ok().and_then(|s| s.early);
+    let early = started.recv().ok().flatten();
     let (prepared, early) = match early {
         Some(e) => e.prepared()?,
         None => (prepare(dir, rebuild)?, None),

@@ -27,10 +27,10 @@
 //! channels that have a copy without their summaries and returns; the
 //! first command that needs them ([`Engine::ensure_summaries`]: any but a
 //! page its front page answers) takes them from that thread, checking each
-//! copy's stamp as the load would. A channel whose copy does not serve and whose `E` rows do
-//! not read then fails that command; its copy is removed, so that the next
-//! open loads it before it answers and rebuilds sled
-//! ([`Engine::summaries_failed`]).
+//! copy's stamp as the load would. A channel whose copy does not serve and
+//! whose `E` rows do not read then fails that command; its copy is
+//! removed, so that the next open loads it before it answers and rebuilds
+//! sled ([`Engine::summaries_failed`]).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -288,7 +288,6 @@ pub(crate) struct Ahead {
     /// Tells the thread to begin ([`Ahead::begin`]); dropped, it tells the
     /// thread to end without reading.
     begin: Option<std::sync::mpsc::SyncSender<()>>,
-    asked: Option<Asked>,
 }
 
 /// What the reading thread waits on before it reads: the store asking for
@@ -296,20 +295,16 @@ pub(crate) struct Ahead {
 pub(crate) type Asked = std::sync::mpsc::Receiver<()>;
 
 impl Ahead {
-    /// Copies the thread `start` makes will hand over.
-    pub(crate) fn new() -> Self {
+    /// Copies the thread `start` makes will hand over, and what that
+    /// thread waits on before it reads them.
+    pub(crate) fn new() -> (Self, Asked) {
         let (begin, asked) = std::sync::mpsc::sync_channel(1);
-        Ahead {
+        let ahead = Ahead {
             read: Some(Default::default()),
             thread: None,
             begin: Some(begin),
-            asked: Some(asked),
-        }
-    }
-
-    /// What the reading thread waits on (once).
-    pub(crate) fn asked(&mut self) -> Option<Asked> {
-        self.asked.take()
+        };
+        (ahead, asked)
     }
 
     /// Let the thread read: the store needs the summaries now. Until then
@@ -488,8 +483,8 @@ mod tests {
     }
 
     /// The reader as the open's second thread runs it, on a thread.
-    fn reader(mut ahead: Ahead, tree: sled::Tree) -> (Ahead, std::thread::JoinHandle<bool>) {
-        let (asked, sink) = (ahead.asked().unwrap(), ahead.sink());
+    fn reader((ahead, asked): (Ahead, Asked), tree: sled::Tree) -> (Ahead, std::thread::JoinHandle<bool>) {
+        let sink = ahead.sink();
         let key = hearth_core::SecretKey::from_bytes([9; 32]);
         let t = std::thread::spawn(move || read_when_asked(&tree, &key, &sink, asked));
         (ahead, t)
@@ -529,7 +524,7 @@ mod tests {
         let wires = [WireId([1; 32]), WireId([2; 32]), WireId([3; 32])];
         let (_dir, tree) = tree_with_copies(&wires);
         let key = hearth_core::SecretKey::from_bytes([9; 32]);
-        let ahead = Ahead::new();
+        let (ahead, _) = Ahead::new();
         read_copies_ahead(&tree, &key, &ahead.sink());
         // Each channel's copy is there to take once (a chunk that does not
         // open is a copy that does not serve, its chunks still counted).
