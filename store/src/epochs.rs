@@ -253,34 +253,14 @@ impl Engine {
         let mut seen = HashSet::new();
         let mut view = EpochView::default();
         for e in cached {
-            if e.effects.beyond_posts
-                || ch.devices.get(&e.device) != Some(&e.user)
-                || !e.change.deps().iter().all(|d| hashes.contains(d))
-            {
+            if ch.devices.get(&e.device) != Some(&e.user) || !e.change.deps().iter().all(|d| hashes.contains(d)) {
                 return None;
             }
-            let tag = hearth_core::writer_tag(&e.user, &e.device);
-            let texts: HashMap<hearth_core::ContentId, &hearth_core::Content> =
-                e.texts.iter().map(|c| (c.id(), c)).collect();
-            let named: HashMap<MessageId, hearth_core::ContentId> = e.effects.texts.iter().copied().collect();
-            let roots: HashMap<MessageId, MessageId> = e.effects.reply_roots.iter().copied().collect();
-            for id in &e.effects.posts {
-                if id.writer() != tag || !seen.insert(*id) {
+            for m in posts_of((&e.user, &e.device), &e.texts, &e.effects)? {
+                if !seen.insert(m.id) {
                     return None;
                 }
-                let content = named.get(id)?;
-                let text = texts.get(content).filter(|c| c.msg == *id).map(|c| c.text.clone());
-                view.insert(hearth_core::Message {
-                    id: *id,
-                    author: e.user,
-                    dropped: text.is_none(),
-                    text,
-                    reply_to: roots.get(id).copied(),
-                    edited: false,
-                    deleted: false,
-                    reactions: Default::default(),
-                    reply_count: 0,
-                });
+                view.insert(m);
             }
         }
         // Every debug build (all the tests) applies the epoch too, and
@@ -399,4 +379,46 @@ impl Engine {
         let stubs = ch.dead.last().max(ch.stubbed.last());
         top.max(stubs.map_or(1, |d| d.saturating_add(1)))
     }
+}
+
+/// The messages of a change that makes posts alone, as the document's view
+/// shows them once it is applied: each post with its text (or dropped,
+/// when its entry did not carry it), no edit, reaction or delete, its
+/// reply root; its writer `(user, device)`, known to the channel. `None`
+/// when the view cannot be built from the change's effects: it does more
+/// than make posts (`ChangeEffects::beyond_posts`), makes a post twice, a
+/// post of another writer or one that names no text.
+pub(crate) fn posts_of(
+    (user, device): (&hearth_core::UserId, &hearth_core::DeviceId),
+    texts: &[hearth_core::Content],
+    effects: &hearth_core::ChangeEffects,
+) -> Option<Vec<hearth_core::Message>> {
+    if effects.beyond_posts {
+        return None;
+    }
+    let tag = hearth_core::writer_tag(user, device);
+    let texts: HashMap<hearth_core::ContentId, &hearth_core::Content> = texts.iter().map(|c| (c.id(), c)).collect();
+    let named: HashMap<MessageId, hearth_core::ContentId> = effects.texts.iter().copied().collect();
+    let roots: HashMap<MessageId, MessageId> = effects.reply_roots.iter().copied().collect();
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(effects.posts.len());
+    for id in &effects.posts {
+        if id.writer() != tag || !seen.insert(*id) {
+            return None;
+        }
+        let content = named.get(id)?;
+        let text = texts.get(content).filter(|c| c.msg == *id).map(|c| c.text.clone());
+        out.push(hearth_core::Message {
+            id: *id,
+            author: *user,
+            dropped: text.is_none(),
+            text,
+            reply_to: roots.get(id).copied(),
+            edited: false,
+            deleted: false,
+            reactions: Default::default(),
+            reply_count: 0,
+        });
+    }
+    Some(out)
 }

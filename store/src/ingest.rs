@@ -80,6 +80,11 @@ pub struct IngestReport {
     /// Entries taken past a removal's cut: applied, their messages hidden
     /// (see `crate::cuts`).
     pub cut: usize,
+    /// Accepted entries of epochs being read whose changes make posts
+    /// alone: shown from their posts at once, and applied to their epoch's
+    /// document with others once something needs it (ARCHITECTURE.md,
+    /// "Sync").
+    pub kept_out: usize,
 }
 
 pub(crate) struct Accepted {
@@ -268,6 +273,7 @@ impl Engine {
                     duplicates = r.duplicates,
                     rejected = r.rejected.len(),
                     messages = r.messages,
+                    kept_out = r.kept_out,
                     micros = started.elapsed().as_micros() as u64,
                     "ingest"
                 );
@@ -732,6 +738,9 @@ impl Engine {
         // reloads from the log), new epochs are forgotten, nothing is written.
         let mut before = BTreeMap::new();
         let mut failure = None;
+        // Epochs whose changes this batch kept out of automerge
+        // (`EpochDoc::defer_remote`), with the messages they show.
+        let mut kept_out: BTreeMap<Epoch, Vec<hearth_core::Message>> = BTreeMap::new();
         // Deferred epochs (`Engine::deferred`, `Config::lazy_epochs`): an
         // epoch not loaded, first heard of in this session through entries
         // whose posts alone move its counts (posts, edits, reactions: no
@@ -761,22 +770,58 @@ impl Engine {
             let existed = self.channel(&channel)?.summaries.contains_key(epoch);
             // A storage error here poisons the store (the caller's `mutate`).
             self.ensure_epoch(channel, *epoch, true)?;
+            // Changes of posts alone, by writers the channel knows, into an
+            // epoch with no cut: their view is built from their effects
+            // (`posts_of`), and automerge gets them later, many at once.
+            let shown = if *epoch != META_EPOCH && report.cut == 0 {
+                let ch = self.channel(&channel)?;
+                let mut shown = Vec::new();
+                for a in list {
+                    match (ch.devices.get(&a.device) == Some(&a.user))
+                        .then(|| crate::epochs::posts_of((&a.user, &a.device), &a.texts, &a.effects))
+                        .flatten()
+                    {
+                        Some(m) if !ch.cuts.contains_key(epoch) => shown.extend(m),
+                        _ => {
+                            shown.clear();
+                            break;
+                        }
+                    }
+                }
+                Some(shown).filter(|s| !s.is_empty())
+            } else {
+                None
+            };
             let le = self.epochs.get_mut(&(channel, *epoch)).expect("ensure_epoch loaded it");
             let readers: BTreeMap<UserId, MessageId> = le.view.read_markers().map(|(u, m)| (*u, *m)).collect();
             before.insert(*epoch, (readers, le.view.delivered.clone(), existed));
-            let changes: Vec<automerge::Change> = list.iter().map(|a| a.change.clone()).collect();
             for a in list {
                 for c in &a.texts {
                     le.segments.entry(c.id()).or_default().push((a.device, a.seq));
                 }
                 le.doc.add_texts(a.texts.iter().cloned());
             }
+            // Kept out one after the other; what cannot be (and what
+            // follows it) is applied, with those kept out before it.
+            let mut taken = 0;
+            if shown.is_some() && !le.queued {
+                while taken < list.len() && le.doc.defer_remote(&list[taken].change, &list[taken].effects) {
+                    taken += 1;
+                }
+            }
+            if let Some(shown) = shown.filter(|_| taken == list.len()) {
+                report.kept_out += list.len();
+                kept_out.insert(*epoch, shown);
+                continue;
+            }
+            let changes: Vec<automerge::Change> = list[taken..].iter().map(|a| a.change.clone()).collect();
             if let Err(e) = le.doc.apply_remote(changes) {
                 failure = Some(e.to_string());
                 break;
             }
         }
         if let Some(why) = failure {
+            report.kept_out = 0;
             let ch = self.channels.get_mut(&channel).expect("checked by the caller");
             for (epoch, (_, _, existed)) in &before {
                 if !existed {
@@ -923,7 +968,19 @@ impl Engine {
                     effects.merge(a.effects.clone());
                 }
                 let queued = le.doc.has_queued();
-                if epoch == META_EPOCH
+                if let Some(shown) = kept_out.remove(&epoch) {
+                    for m in shown {
+                        le.view.insert(m);
+                    }
+                    // Every debug build (all the tests) checks the view
+                    // against a copy of the document with the changes applied.
+                    #[cfg(debug_assertions)]
+                    {
+                        let mut applied = le.doc.clone();
+                        assert_eq!(le.view, applied.view(&ch.devices), "a view of kept-out posts diverged");
+                        assert!(!applied.is_broken(), "kept-out changes did not apply");
+                    }
+                } else if epoch == META_EPOCH
                     || effects.meta
                     || le.queued
                     || queued

@@ -199,3 +199,75 @@ async fn what_touches_a_deferred_epoch_applies_it_first() {
         s.close().await.unwrap();
     }
 }
+
+/// Move what `to` lacks of `from`'s channel, one ingest per entry (as live
+/// messages come); returns how many entries were kept out of automerge.
+async fn pull_each(from: &Store, to: &Store, wire: hearth_core::WireId, ch: ChannelId) -> usize {
+    let mut kept_out = 0;
+    loop {
+        let have = to.vector(ch).await.unwrap();
+        let batch = from.entries_after(wire, have, usize::MAX, 1).await.unwrap();
+        let Some(entry) = batch.entries.into_iter().next() else {
+            return kept_out;
+        };
+        let report = to.ingest(wire, vec![entry]).await.unwrap();
+        assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+        kept_out += report.kept_out;
+    }
+}
+
+/// A peer's live posts into an epoch being read are shown from their
+/// posts, and reach the epoch's document later, many at once
+/// (`EpochDoc::defer_remote`): through edits of them, replies, the
+/// member's own reactions in the same epoch, new epochs and a restart,
+/// the member shows what the writer and a member that applied each on
+/// arrival show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_posts_into_a_read_epoch_are_shown_before_they_are_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Store::create(dir.path().join("a"), &Passphrase::new("pw"), "alice", small())
+        .await
+        .unwrap();
+    let ch = a.create_channel("general").await.unwrap();
+    let mut posted = Vec::new();
+    for i in 0..20 {
+        posted.push(a.post(ch, &format!("message {i}")).await.unwrap());
+    }
+    let kept = member(dir.path(), "kept", &a, ch, small()).await;
+    let eager = member(dir.path(), "eager", &a, ch, small().with_lazy_epochs(false)).await;
+    let wire = a.channel_keys(ch).await.unwrap().wire();
+    let mut kept_out = 0;
+    for i in 0..48 {
+        // Both show the channel, as an app does.
+        assert_eq!(kept.page(ch, None, 10).await.unwrap(), eager.page(ch, None, 10).await.unwrap());
+        let id = if i % 5 == 4 {
+            a.reply(posted[posted.len() - 2], &format!("reply {i}")).await.unwrap()
+        } else {
+            a.post(ch, &format!("live {i}")).await.unwrap()
+        };
+        posted.push(id);
+        if i % 7 == 6 {
+            a.edit(posted[posted.len() - 3], &format!("edited at {i}")).await.unwrap();
+        }
+        if i % 11 == 10 {
+            kept.react(posted[posted.len() - 2], "👍").await.unwrap();
+            pull(&kept, &a, wire, ch).await;
+        }
+        kept_out += pull_each(&a, &kept, wire, ch).await;
+        pull_each(&a, &eager, wire, ch).await;
+    }
+    assert!(kept_out >= 32, "{kept_out} of 48 live posts kept out");
+    let shown = two::pages(&a, ch, 10).await;
+    assert_eq!(two::pages(&kept, ch, 10).await, shown);
+    assert_eq!(two::pages(&eager, ch, 10).await, shown);
+    assert!(shown.concat().iter().any(|m| m.edited) && shown.concat().iter().any(|m| !m.reactions.is_empty()));
+    // What was kept out is stored: after a restart, the same.
+    kept.close().await.unwrap();
+    let kept = Store::open(dir.path().join("kept"), &Passphrase::new("pw"), small())
+        .await
+        .unwrap();
+    assert_eq!(two::pages(&kept, ch, 10).await, shown);
+    for s in [a, kept, eager] {
+        s.close().await.unwrap();
+    }
+}

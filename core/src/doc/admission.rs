@@ -58,8 +58,8 @@ pub struct ChangeEffects {
     pub reply_roots: Vec<(MessageId, MessageId)>,
     /// It does more than make posts that name their texts by id or slot:
     /// an edit, delete, reaction, read marker, receipt, metadata or key
-    /// package, a text written inline, or a field of a message another
-    /// change made. A view of changes that do no more can be built from
+    /// package, a text written inline, a field of a message another
+    /// change made, or any op that supersedes another. A view of changes that do no more can be built from
     /// their effects alone (`posts`, `texts`, `reply_roots`).
     pub beyond_posts: bool,
     /// It deletes a message, or sets what a message another change made
@@ -241,6 +241,9 @@ pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> 
                 _ => effects.meta = true,
             }
         }
+        // An op that names what it supersedes (an overwrite, a delete)
+        // needs the document to say what it does.
+        effects.beyond_posts |= !op.pred.is_empty();
         if op.insert {
             return Err(Error::corrupted(
                 "automerge change",
