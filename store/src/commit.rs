@@ -460,7 +460,15 @@ impl Engine {
         crash_point!("group.applied");
         self.rows_pending = false;
         self.dirty = true;
-        self.own_unsynced |= !self.appended.is_empty();
+        if !self.appended.is_empty() {
+            self.own_unsynced = true;
+            self.own_end = self.log.end();
+            // A peer waits for them (a sync node listens): their sync starts
+            // now, behind, rather than when the node asks for them.
+            if self.events.receiver_count() > 0 {
+                let _ = self.log.durable_behind(self.own_end)?;
+            }
+        }
         self.apply_prune_rows()?;
         tracing::debug!(
             epochs,

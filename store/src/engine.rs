@@ -276,6 +276,8 @@ pub(crate) struct Engine {
     /// Whether the feed log holds entries of this device that are not yet
     /// durable (they must not leave the device before; see `entries_after`).
     pub own_unsynced: bool,
+    /// The log's end after the last batch with entries of this device.
+    pub own_end: crate::log::LogPos,
     /// Journal bytes written since the last checkpoint (kept by the store task).
     pub journal_pending: u64,
     /// How long the Argon2id unlock took when this engine was opened.
@@ -434,6 +436,7 @@ impl Engine {
             rows_pending: false,
             dirty: false,
             own_unsynced: false,
+            own_end: crate::log::LogPos::default(),
             journal_pending: 0,
             unlock_time: std::time::Duration::ZERO,
             events,

@@ -402,6 +402,57 @@ pub struct Log {
     synced: LogPos,
     /// Whether a segment was created since the directory was last fsynced.
     dir_unsynced: bool,
+    /// Syncs run on a thread of their own ([`Log::durable_behind`]), once
+    /// one was asked for.
+    behind: Option<Behind>,
+}
+
+/// A thread that makes the log durable while its caller goes on, and what
+/// it made durable.
+struct Behind {
+    /// A segment's file (a second handle) and the position to sync it up to.
+    jobs: std::sync::mpsc::Sender<(std::sync::Arc<File>, LogPos)>,
+    /// The second handle of the current segment, and its number.
+    handle: Option<(u32, std::sync::Arc<File>)>,
+    flushed: tokio::sync::watch::Receiver<Flushed>,
+    /// The furthest position asked for.
+    asked: LogPos,
+}
+
+/// Up to where the syncs behind made the log durable, and whether one failed.
+#[derive(Clone, Copy, Debug, Default)]
+struct Flushed {
+    upto: LogPos,
+    failed: bool,
+}
+
+impl Behind {
+    fn start() -> Result<Behind> {
+        let (jobs, rx) = std::sync::mpsc::channel::<(std::sync::Arc<File>, LogPos)>();
+        let (tx, flushed) = tokio::sync::watch::channel(Flushed::default());
+        std::thread::Builder::new()
+            .name("hearth-log-sync".into())
+            .spawn(move || {
+                while let Ok(mut job) = rx.recv() {
+                    // The newest job's segment is the last one: those before
+                    // it were synced whole before it was made.
+                    while let Ok(next) = rx.try_recv() {
+                        job = next;
+                    }
+                    let synced = job.0.sync_data();
+                    tx.send_modify(|f| match synced {
+                        Ok(()) => f.upto = f.upto.max(job.1),
+                        Err(_) => f.failed = true,
+                    });
+                }
+            })?;
+        Ok(Behind {
+            jobs,
+            handle: None,
+            flushed,
+            asked: LogPos::default(),
+        })
+    }
 }
 
 impl std::fmt::Debug for Log {
@@ -431,6 +482,7 @@ impl Log {
             end: SEGMENT_HEAD,
             synced: LogPos::START,
             dir_unsynced: false,
+            behind: None,
         })
     }
 
@@ -477,6 +529,7 @@ impl Log {
             end: end.offset,
             synced: end,
             dir_unsynced: false,
+            behind: None,
         })
     }
 
@@ -521,8 +574,10 @@ impl Log {
     }
 
     /// Make everything appended durable: the segment's data, and the directory
-    /// when a segment was created.
+    /// when a segment was created. An error if a sync behind failed: what
+    /// it should have made durable may be lost, whatever a later fsync says.
     pub fn sync(&mut self) -> Result<()> {
+        self.take_flushed()?;
         if self.synced != self.end() {
             self.file.sync_data()?;
         }
@@ -535,7 +590,67 @@ impl Log {
         self.synced = self.end();
         Ok(())
     }
+
+    /// What the syncs behind made durable, taken into `synced`.
+    fn take_flushed(&mut self) -> Result<()> {
+        let Some(b) = &self.behind else { return Ok(()) };
+        let f = *b.flushed.borrow();
+        if f.failed {
+            return Err(Error::Io(std::io::Error::other("a sync of the feed log failed")));
+        }
+        self.synced = self.synced.max(f.upto);
+        Ok(())
+    }
+
+    /// Make the log durable up to `upto` without waiting here: `None` when
+    /// it is already (or was made so here, for a segment new since the
+    /// directory was synced), else a future that resolves once a sync on
+    /// the log's own thread got there. Asked right after a batch is
+    /// appended, the sync runs while the caller goes on.
+    pub fn durable_behind(&mut self, upto: LogPos) -> Result<Option<DurableWait>> {
+        self.take_flushed()?;
+        if self.synced >= upto {
+            return Ok(None);
+        }
+        if self.dir_unsynced {
+            self.sync()?;
+            return Ok(None);
+        }
+        if self.behind.is_none() {
+            self.behind = Some(Behind::start()?);
+        }
+        let end = self.end();
+        let handle = match &self.behind {
+            Some(Behind {
+                handle: Some((segment, f)),
+                ..
+            }) if *segment == self.segment => f.clone(),
+            _ => std::sync::Arc::new(self.file.try_clone()?),
+        };
+        let b = self.behind.as_mut().expect("started above");
+        b.handle = Some((self.segment, handle.clone()));
+        if b.asked < upto {
+            b.jobs
+                .send((handle, end))
+                .map_err(|_| Error::Io(std::io::Error::other("the feed log's sync thread is gone")))?;
+            b.asked = end;
+        }
+        let mut flushed = b.flushed.clone();
+        Ok(Some(Box::pin(async move {
+            let reached = flushed
+                .wait_for(|f| f.failed || f.upto >= upto)
+                .await
+                .map(|f| !f.failed);
+            match reached {
+                Ok(true) => Ok(()),
+                _ => Err(Error::Io(std::io::Error::other("a sync of the feed log failed"))),
+            }
+        })))
+    }
 }
+
+/// Resolves once the log is durable up to a position ([`Log::durable_behind`]).
+pub type DurableWait = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
 
 fn new_segment(dir: &Path, n: u32) -> Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -685,5 +800,57 @@ mod tests {
         let (all, e) = read_all(&dir, LogPos::START);
         assert_eq!(all.len(), 2);
         assert_eq!(e.end, end);
+    }
+
+    /// A sync asked behind runs on the log's own thread: its wait resolves
+    /// once the log is durable up to the position asked, which the log then
+    /// knows without syncing again; a segment new since the directory was
+    /// synced is synced at once, with the directory.
+    #[test]
+    fn a_sync_behind_makes_the_log_durable_while_its_caller_goes_on() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("log");
+        let mut log = Log::create(&dir).unwrap();
+        assert!(log.durable_behind(log.end()).unwrap().is_none(), "nothing written yet");
+        let first = log
+            .append(&batch(&[(kind::ENTRY, b"a"), (kind::COMMIT, b"c")]))
+            .unwrap();
+        let wait = log.durable_behind(first).unwrap().expect("not durable yet");
+        // More is written while the sync runs; the first wait is for `first`.
+        let second = log
+            .append(&batch(&[(kind::ENTRY, b"b"), (kind::COMMIT, b"c")]))
+            .unwrap();
+        rt.block_on(wait).unwrap();
+        assert!(log.synced() < second);
+        let wait = log
+            .durable_behind(second)
+            .unwrap()
+            .expect("the second batch is not durable yet");
+        rt.block_on(wait).unwrap();
+        assert!(log.durable_behind(second).unwrap().is_none());
+        assert_eq!(log.synced(), second);
+        assert_eq!(log.unsynced_bytes(), 0);
+        // A new segment: synced here, directory and all.
+        log.end = SEGMENT_BYTES;
+        let third = log
+            .append(&batch(&[(kind::ENTRY, b"d"), (kind::COMMIT, b"c")]))
+            .unwrap();
+        assert_eq!(third.segment, 2);
+        assert!(log.durable_behind(third).unwrap().is_none());
+        assert_eq!(log.synced(), third);
+        let fourth = log
+            .append(&batch(&[(kind::ENTRY, b"e"), (kind::COMMIT, b"c")]))
+            .unwrap();
+        rt.block_on(log.durable_behind(fourth).unwrap().expect("in segment 2"))
+            .unwrap();
+        assert!(log.durable_behind(fourth).unwrap().is_none());
+        drop(log);
+        let (all, e) = read_all(&dir, LogPos::START);
+        assert_eq!(all.len(), 4);
+        assert_eq!(e.end, fourth);
     }
 }

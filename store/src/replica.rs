@@ -164,24 +164,41 @@ impl Engine {
     /// beyond sled (`recover::catch_up`) before the journal, and each batch's
     /// commit record carries the journal watermark it covers, so the replay
     /// skips what those entries hold and the same bytes come back.
+    ///
+    /// The log is made durable on its own thread ([`crate::log::Log::durable_behind`],
+    /// started when the entries were written if someone listens): the
+    /// batch comes with what to wait for before it may leave.
     pub(crate) fn entries_after(
         &mut self,
         wire: &WireId,
         have: &Vector,
         max_bytes: usize,
         max_entries: usize,
-    ) -> Result<EntryBatch> {
+    ) -> Result<(EntryBatch, Option<crate::log::DurableWait>)> {
         let channel = self.channel_by_wire(wire)?;
         let mine = self.vector_of(&channel)?;
         let missing = have.lacks(&mine);
         if missing.is_empty() {
-            return Ok(EntryBatch::default());
+            return Ok((EntryBatch::default(), None));
         }
         let me = self.identity.device();
+        let mut wait = None;
         if self.own_unsynced && missing.iter().any(|m| m.device == me) {
-            self.log.sync()?;
-            self.own_unsynced = false;
+            wait = self.log.durable_behind(self.own_end)?;
+            self.own_unsynced = wait.is_some();
         }
+        let batch = self.read_entries(wire, missing, max_bytes, max_entries)?;
+        Ok((batch, wait))
+    }
+
+    /// The entries of `missing`, feed by feed, within a budget.
+    fn read_entries(
+        &self,
+        wire: &WireId,
+        missing: Vec<hearth_core::Missing>,
+        max_bytes: usize,
+        max_entries: usize,
+    ) -> Result<EntryBatch> {
         let mut batch = EntryBatch::default();
         let mut bytes = 0usize;
         for run in missing {

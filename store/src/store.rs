@@ -935,8 +935,13 @@ impl Store {
         max_bytes: usize,
         max_entries: usize,
     ) -> Result<EntryBatch> {
-        self.mutate(move |e| e.entries_after(&wire, &have, max_bytes, max_entries))
-            .await
+        let (batch, durable) = self
+            .mutate(move |e| e.entries_after(&wire, &have, max_bytes, max_entries))
+            .await?;
+        if let Some(durable) = durable {
+            durable.await?;
+        }
+        Ok(batch)
     }
 
     /// Verify and store a peer's entries for a channel (by wire id). What was

@@ -239,7 +239,10 @@ async fn a_peers_posts_into_a_read_epoch_are_shown_before_they_are_applied() {
     let mut kept_out = 0;
     for i in 0..48 {
         // Both show the channel, as an app does.
-        assert_eq!(kept.page(ch, None, 10).await.unwrap(), eager.page(ch, None, 10).await.unwrap());
+        assert_eq!(
+            kept.page(ch, None, 10).await.unwrap(),
+            eager.page(ch, None, 10).await.unwrap()
+        );
         let id = if i % 5 == 4 {
             a.reply(posted[posted.len() - 2], &format!("reply {i}")).await.unwrap()
         } else {
@@ -247,7 +250,9 @@ async fn a_peers_posts_into_a_read_epoch_are_shown_before_they_are_applied() {
         };
         posted.push(id);
         if i % 7 == 6 {
-            a.edit(posted[posted.len() - 3], &format!("edited at {i}")).await.unwrap();
+            a.edit(posted[posted.len() - 3], &format!("edited at {i}"))
+                .await
+                .unwrap();
         }
         if i % 11 == 10 {
             kept.react(posted[posted.len() - 2], "👍").await.unwrap();
