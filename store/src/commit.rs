@@ -456,19 +456,20 @@ impl Engine {
         crash_point!("group.before_log");
         self.write_log_batch(&mut batch)?;
         crash_point!("group.log_written");
-        self.tree.apply_batch(batch)?;
-        crash_point!("group.applied");
-        self.rows_pending = false;
-        self.dirty = true;
         if !self.appended.is_empty() {
             self.own_unsynced = true;
             self.own_end = self.log.end();
             // A peer waits for them (a sync node listens): their sync starts
-            // now, behind, rather than when the node asks for them.
+            // now, behind (before sled's batch), rather than when the node
+            // asks for them.
             if self.events.receiver_count() > 0 {
                 let _ = self.log.durable_behind(self.own_end)?;
             }
         }
+        self.tree.apply_batch(batch)?;
+        crash_point!("group.applied");
+        self.rows_pending = false;
+        self.dirty = true;
         self.apply_prune_rows()?;
         tracing::debug!(
             epochs,
