@@ -927,7 +927,10 @@ impl Store {
 
     /// The entries of a channel (by wire id) that `have` lacks, feed by feed in
     /// order, at most `max_entries` and about `max_bytes` (at least one entry).
-    /// Only durable entries leave the store: this checkpoints first if needed.
+    /// Only durable entries leave the store: with entries of this device
+    /// the feed log has not made durable yet, this returns once it has
+    /// (the sync runs on the log's own thread, and the store goes on
+    /// meanwhile).
     pub async fn entries_after(
         &self,
         wire: WireId,
