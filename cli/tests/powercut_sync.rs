@@ -298,6 +298,9 @@ fn powercut_child() {
             .expect("open the store");
         let channel = src.keys.id();
         let me = store.whoami().device;
+        // As a node does: while someone listens, a group closes at once,
+        // and the log's sync that lets its entries leave starts behind it.
+        let _listening = (mode == "live").then(|| store.subscribe());
         // Where this device's feed was last handed out up to.
         let mut handed: Option<hearth::core::FeedPos> = None;
         let mut posts = 0u32;
@@ -310,7 +313,14 @@ fn powercut_child() {
                 let r = store.ingest(wire, batch).await.expect("ingest");
                 assert!(r.rejected.is_empty(), "{:?}", r.rejected);
             }
-            if mode == "live" || todo.is_empty() {
+            // Live: up to three posts between two entries taken in, the
+            // first building on a peer's entry, the others on this device's
+            // own, each handed out once the log's sync behind it is done.
+            let writes = if mode == "live" { 1 + rng.below(3) } else { 1 };
+            for _ in 0..writes {
+                if !(mode == "live" || todo.is_empty()) {
+                    break;
+                }
                 // This device writes too: posts, acknowledged once durable.
                 let text = format!("own post {posts} of round child {}", std::process::id());
                 let id = store.post(channel, &text).await.expect("post");

@@ -48,6 +48,8 @@ pub(crate) struct GroupCommit {
     timing: AtomicBool,
     /// Groups written and synced by writers (not by the store thread).
     writers_synced: AtomicU64,
+    /// The cores are kept awake through each fsync ([`crate::awake`]).
+    pub(crate) awake: bool,
 }
 
 struct Queue {
@@ -105,6 +107,7 @@ impl GroupCommit {
             fsync_ns: AtomicU64::new(0),
             timing: AtomicBool::new(false),
             writers_synced: AtomicU64::new(0),
+            awake: false,
         }
     }
 
@@ -205,7 +208,9 @@ impl GroupCommit {
             Some(Err(Error::Poisoned))
         } else {
             let t = Instant::now();
+            let awake = crate::awake::Awake::begin(self.awake);
             let r = journal.append_durable(&bytes);
+            drop(awake);
             let d = t.elapsed();
             self.timed(d);
             if writer {

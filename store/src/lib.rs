@@ -41,6 +41,7 @@
 mod crash;
 mod actor;
 mod admit;
+mod awake;
 mod backup;
 mod bulk;
 mod channel;

@@ -405,6 +405,8 @@ pub struct Log {
     /// Syncs run on a thread of their own ([`Log::durable_behind`]), once
     /// one was asked for.
     behind: Option<Behind>,
+    /// That thread keeps the cores awake through each sync ([`crate::awake`]).
+    awake: bool,
 }
 
 /// A thread that makes the log durable while its caller goes on, and what
@@ -427,7 +429,7 @@ struct Flushed {
 }
 
 impl Behind {
-    fn start() -> Result<Behind> {
+    fn start(awake: bool) -> Result<Behind> {
         let (jobs, rx) = std::sync::mpsc::channel::<(std::sync::Arc<File>, LogPos)>();
         let (tx, flushed) = tokio::sync::watch::channel(Flushed::default());
         std::thread::Builder::new()
@@ -439,7 +441,9 @@ impl Behind {
                     while let Ok(next) = rx.try_recv() {
                         job = next;
                     }
+                    let on = crate::awake::Awake::begin(awake);
                     let synced = job.0.sync_data();
+                    drop(on);
                     tx.send_modify(|f| match synced {
                         Ok(()) => f.upto = f.upto.max(job.1),
                         Err(_) => f.failed = true,
@@ -483,6 +487,7 @@ impl Log {
             synced: LogPos::START,
             dir_unsynced: false,
             behind: None,
+            awake: false,
         })
     }
 
@@ -530,6 +535,7 @@ impl Log {
             synced: end,
             dir_unsynced: false,
             behind: None,
+            awake: false,
         })
     }
 
@@ -539,6 +545,12 @@ impl Log {
             segment: self.segment,
             offset: self.end,
         }
+    }
+
+    /// Keep the cores awake through the syncs behind ([`crate::awake`]),
+    /// from the next one that starts its thread.
+    pub fn set_awake(&mut self, on: bool) {
+        self.awake = on;
     }
 
     /// Up to where the log is durable.
@@ -617,7 +629,7 @@ impl Log {
             return Ok(None);
         }
         if self.behind.is_none() {
-            self.behind = Some(Behind::start()?);
+            self.behind = Some(Behind::start(self.awake)?);
         }
         let end = self.end();
         let handle = match &self.behind {

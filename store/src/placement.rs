@@ -399,13 +399,28 @@ fn choose(medians: &[u32]) -> Option<usize> {
 
 /// The CPUs this thread may run on, if they can be read.
 #[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
 pub(crate) fn thread_cpus() -> Option<Vec<usize>> {
+    cpus_of(0)
+}
+
+/// The CPUs the process's main thread may run on (those of the process,
+/// unless someone pinned that thread), if they can be read.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub(crate) fn process_cpus() -> Option<Vec<usize>> {
+    // SAFETY: a call without arguments that reads the process's id.
+    cpus_of(unsafe { libc::getpid() })
+}
+
+/// The CPUs thread `tid` (0: the calling one) may run on.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn cpus_of(tid: libc::pid_t) -> Option<Vec<usize>> {
     // SAFETY: `set` is a plain bit set sized as the call is told; the call
-    // writes only into it, and reads this thread's mask.
+    // writes only into it, and reads that thread's mask.
     let set = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+        if libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
             return None;
         }
         set
@@ -453,6 +468,12 @@ pub(crate) fn current_cpu() -> Option<usize> {
 /// Elsewhere than Linux the mask is not read (the placement is off).
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn thread_cpus() -> Option<Vec<usize>> {
+    None
+}
+
+/// Elsewhere than Linux the mask is not read.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn process_cpus() -> Option<Vec<usize>> {
     None
 }
 

@@ -327,7 +327,7 @@ impl Store {
             let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| opener(config, unlocked, ahead_rx)))
                 .unwrap_or_else(|_| Err(Error::corrupted("store", "opening it failed unexpectedly")));
             match opened {
-                Ok((engine, journal, report)) => {
+                Ok((mut engine, journal, report)) => {
                     let timings = OpenTimings {
                         unlock: engine.unlock_time,
                         total: started.elapsed(),
@@ -346,7 +346,10 @@ impl Store {
                     // tracing on the open's path.
                     let traced = report.clone();
                     let events = (engine.events.clone(), engine.chat.clone());
-                    let journal = Arc::new(GroupCommit::new(journal, engine.watermark, Arc::default()));
+                    let mut journal = GroupCommit::new(journal, engine.watermark, Arc::default());
+                    journal.awake = engine.config.awake_flushes;
+                    engine.log.set_awake(engine.config.awake_flushes);
+                    let journal = Arc::new(journal);
                     let _ = ready_tx.send(Ok((whoami, report, timings, events, owed, journal.clone())));
                     trace_open(&engine, &traced, timings);
                     actor::run(engine, journal, rx);
