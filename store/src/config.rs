@@ -20,7 +20,7 @@ use hearth_core::KdfParams;
 /// | `max_clock_skew` | 10 min: a received post stamped further ahead of this device's clock waits (is refused until the clock gets there) |
 /// | `place_store_thread` | on: the store thread keeps off the CPU where it slows the writers' fsyncs (it measures) |
 /// | `lazy_epochs` | on: received posts, edits and reactions for an epoch nobody has read are verified, stored and counted, and applied to its document when it is first read |
-/// | `awake_flushes` | on: while a journal record or the feed log is being made durable, an idle-priority thread on each core keeps the cores from halting |
+/// | `awake_flushes` | on: while events are listened to, a flush after a pause has an idle-priority thread on each core keep the cores from halting |
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Argon2id parameters for new headers.
@@ -75,15 +75,17 @@ pub struct Config {
     /// changed. Off: it runs wherever the scheduler puts it.
     /// ARCHITECTURE.md, "The store thread keeps off the disk's CPU".
     pub place_store_thread: bool,
-    /// While a journal record (or the feed log, for a peer waiting on this
-    /// device's entries) is being made durable, a thread in the idle
-    /// scheduling class spins on each core the process may use, so that
-    /// no core halts: on a virtual machine a halted core wakes only when
-    /// the host runs it again, which here made the disk's completion and
-    /// the wake-up of its waiter cost more than the flush. The threads
-    /// give way to any other at once and park when the flush ends (at the
-    /// latest 4 ms after it began). Off: nothing spins, for a device where
-    /// the power those microseconds cost matters more than the latency.
+    /// While anything listens to the store's events (a node, whose peers
+    /// wait for this device's entries; an app's screen) and a journal
+    /// record or the feed log is being made durable after a pause, a
+    /// thread in the idle scheduling class spins on each core the process
+    /// may use, so that no core halts: on a virtual machine a halted core
+    /// wakes only when the host runs it again, which here made the disk's
+    /// completion and the wake-up of its waiter cost more than the flush.
+    /// The threads give way to any other at once and park when the flush
+    /// ends (at the latest 4 ms after it began). Off: nothing spins, for a
+    /// device where the power those microseconds cost matters more than
+    /// the latency.
     /// ARCHITECTURE.md, "Cores kept awake through a flush".
     pub awake_flushes: bool,
 }

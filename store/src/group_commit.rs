@@ -48,8 +48,10 @@ pub(crate) struct GroupCommit {
     timing: AtomicBool,
     /// Groups written and synced by writers (not by the store thread).
     writers_synced: AtomicU64,
-    /// The cores are kept awake through each fsync ([`crate::awake`]).
-    pub(crate) awake: bool,
+    /// The store's events, when the cores are kept awake through an fsync
+    /// ([`crate::awake`]) while anything listens to them (a node's peer, an
+    /// app's screen waits on the write).
+    pub(crate) awake: Option<tokio::sync::broadcast::Sender<crate::StoreEvent>>,
 }
 
 struct Queue {
@@ -107,7 +109,7 @@ impl GroupCommit {
             fsync_ns: AtomicU64::new(0),
             timing: AtomicBool::new(false),
             writers_synced: AtomicU64::new(0),
-            awake: false,
+            awake: None,
         }
     }
 
@@ -208,7 +210,8 @@ impl GroupCommit {
             Some(Err(Error::Poisoned))
         } else {
             let t = Instant::now();
-            let awake = crate::awake::Awake::begin(self.awake);
+            let listened = self.awake.as_ref().is_some_and(|e| e.receiver_count() > 0);
+            let awake = crate::awake::Awake::begin(listened);
             let r = journal.append_durable(&bytes);
             drop(awake);
             let d = t.elapsed();

@@ -347,7 +347,7 @@ impl Store {
                     let traced = report.clone();
                     let events = (engine.events.clone(), engine.chat.clone());
                     let mut journal = GroupCommit::new(journal, engine.watermark, Arc::default());
-                    journal.awake = engine.config.awake_flushes;
+                    journal.awake = engine.config.awake_flushes.then(|| engine.events.clone());
                     engine.log.set_awake(engine.config.awake_flushes);
                     let journal = Arc::new(journal);
                     let _ = ready_tx.send(Ok((whoami, report, timings, events, owed, journal.clone())));
