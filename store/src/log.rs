@@ -547,7 +547,7 @@ impl Log {
         }
     }
 
-    /// Keep the cores awake through the syncs behind ([`crate::awake`]),
+    /// Keep the cores awake through the syncs behind (`Config::awake_flushes`),
     /// from the next one that starts its thread.
     pub fn set_awake(&mut self, on: bool) {
         self.awake = on;
