@@ -1458,6 +1458,16 @@ impl Envelope {
         })
     }
 
+    /// The feed and position an entry's header names, read from its first
+    /// bytes without decoding the rest (every format begins with version,
+    /// channel, user, device and position). Nothing is checked: a hint for
+    /// choosing which entries to decode.
+    pub fn peek_feed(bytes: &[u8]) -> Option<(DeviceId, u64)> {
+        let ((_, _, _, device, seq), _): ((u8, WireId, UserId, DeviceId, u64), _) =
+            postcard::take_from_bytes(bytes).ok()?;
+        Some((device, seq))
+    }
+
     /// The hash of an entry's bytes ([`Envelope::hash`]): of the bytes
     /// themselves before format 3; a later entry is decoded for it (bytes
     /// that do not decode hash as they are, and match no chain).
@@ -1684,6 +1694,11 @@ mod tests {
         assert_eq!(e.header.version, ENVELOPE_VERSION);
         e.verify().unwrap();
         assert!(e.device_key().unwrap().is_none());
+        // Every format's first bytes name its feed and position.
+        for (bytes, env) in [(&first, &e1), (&second, &e2), (&v1, &e)] {
+            assert_eq!(Envelope::peek_feed(bytes), Some((env.header.device, env.header.seq)));
+        }
+        assert_eq!(Envelope::peek_feed(&first[..40]), None);
     }
 
     /// Channel keys, a writer and its chain, a body of epoch 4 and two texts

@@ -235,6 +235,20 @@ impl Admission {
 
     /// Check one entry against the rules (module docs) and what is held.
     pub fn check(&mut self, feeds: &impl Feeds, bytes: &[u8]) -> Result<Verdict> {
+        self.check_presigned(feeds, bytes, None)
+    }
+
+    /// [`Admission::check`] for an entry whose signature was checked
+    /// already (on another thread, before the batch came here) under
+    /// `presigned`: not checked again when that is the key this check
+    /// would check it under (the user's for a format 1 entry, else the
+    /// device key its chain certifies, or its feed's held key).
+    pub(crate) fn check_presigned(
+        &mut self,
+        feeds: &impl Feeds,
+        bytes: &[u8],
+        presigned: Option<[u8; 32]>,
+    ) -> Result<Verdict> {
         let env = match Envelope::decode(bytes) {
             Ok(e) => e,
             Err(e) => {
@@ -282,18 +296,27 @@ impl Admission {
         }
         // The signature first: a forgery is the sender's fault, whatever else.
         let held_key = head.and_then(|h| h.key);
+        let verifies = |k: &[u8; 32]| {
+            let checked = presigned == Some(*k);
+            debug_assert!(
+                !checked || env.verify_with(k).is_ok(),
+                "a signature checked ahead does not verify"
+            );
+            checked || env.verify_with(k).is_ok()
+        };
         let (signed, key_reason) = if env.header.version >= ENVELOPE_V2 {
             match env.device_key() {
-                Ok(Some(k)) => (
-                    env.verify_with(&k).is_ok(),
-                    held_key.filter(|h| *h != k).map(|_| Refusal::KeyChanged),
-                ),
-                Ok(None) => (held_key.is_some_and(|k| env.verify_with(&k).is_ok()), None),
+                Ok(Some(k)) => (verifies(&k), held_key.filter(|h| *h != k).map(|_| Refusal::KeyChanged)),
+                Ok(None) => (held_key.is_some_and(|k| verifies(&k)), None),
                 Err(_) => (false, None),
             }
         } else {
             let squat = hearth_core::device::is_keyed_id(&device).then_some(Refusal::Squatting);
-            (env.verify().is_ok(), squat.or(held_key.map(|_| Refusal::Downgrade)))
+            // A format 1 entry is signed by the user key its header names.
+            (
+                verifies(&env.header.user.0),
+                squat.or(held_key.map(|_| Refusal::Downgrade)),
+            )
         };
         if !signed {
             self.refused.insert(device);

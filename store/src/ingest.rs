@@ -115,10 +115,11 @@ fn packed_texts(
 }
 
 /// An entry opened before the batch reached the store's thread
-/// ([`crate::Store::ingest`] opens a catch-up's on two threads while the
-/// store waits): what the store would find itself, since it is a function
-/// of the entry's bytes and the key that opened it alone. Where it stands in
-/// its feed, and every check that needs the store, is still the store's.
+/// ([`crate::Store::ingest`] opens a catch-up's on worker threads while the
+/// store waits, `crate::opener`): what the store would find itself, since it
+/// is a function of the entry's bytes and the keys that opened it alone.
+/// Where it stands in its feed, and every check that needs the store, is
+/// still the store's.
 pub(crate) struct Opened {
     epoch: Epoch,
     change: automerge::Change,
@@ -126,16 +127,42 @@ pub(crate) struct Opened {
     root: Option<[u8; 32]>,
     /// `None` until opened ([`packed_texts`]).
     packed: Option<Vec<hearth_core::Content>>,
+    /// The key its signature verifies under, when it was checked: the
+    /// user's for a format 1 entry, else the device key its chain
+    /// certifies or the one its feed was known by.
+    signed: Option<[u8; 32]>,
+    /// The device key its own certificate chain certifies.
+    carried: Option<[u8; 32]>,
+    device: DeviceId,
+}
+
+impl Opened {
+    /// The device key its chain certifies, with the device.
+    pub(crate) fn carried(&self) -> Option<(DeviceId, [u8; 32])> {
+        self.carried.map(|k| (self.device, k))
+    }
+
+    /// The key its signature was checked under, if it was.
+    #[cfg(test)]
+    pub(crate) fn signed(&self) -> Option<[u8; 32]> {
+        self.signed
+    }
 }
 
 /// An entry as [`Engine::ingest_opened`] takes it: its bytes, and what was
 /// opened of it ahead (`None`: the store opens it).
 pub(crate) type ToIngest = (Vec<u8>, Option<Box<Opened>>);
 
-/// Open an entry the way the store does ([`Opened`]); `None` when anything
-/// fails (also a stub, or an entry of another channel): the store then
-/// opens it itself and says why it refuses it.
-pub(crate) fn open_ahead(keys: &ChannelKeys, bytes: &[u8]) -> Option<Box<Opened>> {
+/// Open an entry the way the store does ([`Opened`]), and check its
+/// signature under the key its chain certifies or, without one, the key
+/// `key_of` knows its feed by; `None` when anything fails (also a stub, or
+/// an entry of another channel): the store then opens it itself and says
+/// why it refuses it.
+pub(crate) fn open_ahead(
+    keys: &ChannelKeys,
+    bytes: &[u8],
+    key_of: impl Fn(&DeviceId) -> Option<[u8; 32]>,
+) -> Option<Box<Opened>> {
     let env = Envelope::decode(bytes).ok()?;
     if env.header.wire != keys.wire() || env.pruned.is_some() || keys.opening_keys(env.header.generation).is_empty() {
         return None;
@@ -143,12 +170,23 @@ pub(crate) fn open_ahead(keys: &ChannelKeys, bytes: &[u8]) -> Option<Box<Opened>
     let (body, root) = env.open_full(keys).ok()?;
     let (change, effects) = decode_change_effects(&body.change, &env.header.device, &env.header.user).ok()?;
     let packed = packed_texts(&env, keys, root.as_ref(), &effects);
+    let carried = env.device_key().ok().flatten();
+    let signed = if env.header.version < hearth_core::ENVELOPE_V2 {
+        env.verify().is_ok().then_some(env.header.user.0)
+    } else {
+        carried
+            .or_else(|| key_of(&env.header.device))
+            .filter(|k| env.verify_with(k).is_ok())
+    };
     Some(Box::new(Opened {
         epoch: body.epoch,
         change,
         effects,
         root,
         packed: Some(packed),
+        signed,
+        carried,
+        device: env.header.device,
     }))
 }
 
@@ -363,7 +401,8 @@ impl Engine {
                     heads: &ch.heads,
                     chains: &ch.chains,
                 };
-                let env = match admission.check(&feeds, &bytes)? {
+                let presigned = ahead.as_ref().and_then(|a| a.signed);
+                let env = match admission.check_presigned(&feeds, &bytes, presigned)? {
                     Verdict::Next(env) => *env,
                     Verdict::Duplicate => {
                         report.duplicates += 1;
@@ -432,7 +471,7 @@ impl Engine {
                 // ahead again, and checks that both agree.
                 #[cfg(debug_assertions)]
                 if let Some(a) = &ahead {
-                    let own = open_ahead(&ch.keys, &bytes).expect("what opened ahead opens here");
+                    let own = open_ahead(&ch.keys, &bytes, |_| None).expect("what opened ahead opens here");
                     assert_eq!(
                         (a.epoch, a.change.raw_bytes(), &a.effects, a.root, &a.packed),
                         (own.epoch, own.change.raw_bytes(), &own.effects, own.root, &own.packed),
@@ -449,6 +488,9 @@ impl Engine {
                             effects,
                             root,
                             packed: None,
+                            signed: None,
+                            carried: None,
+                            device: h.device,
                         })
                     }),
                 }
@@ -469,6 +511,7 @@ impl Engine {
                         effects,
                         root,
                         packed,
+                        ..
                     }) => {
                         // A pack that does not open is nobody's provable
                         // fault (nothing about it is signed, and anyone may

@@ -63,6 +63,7 @@ mod layout;
 mod log;
 mod nonces;
 mod open;
+mod opener;
 mod peers;
 mod persist;
 mod placement;

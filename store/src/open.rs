@@ -1168,6 +1168,23 @@ fn copy_files_private(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Lower the calling thread's priority to nice value `nice` (Linux keeps a
+/// nice value per thread). Lowering needs no privilege; where it fails the
+/// thread goes on as it was.
+#[allow(unsafe_code)]
+pub(crate) fn lower_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: system calls on the calling thread, without pointers.
+        unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
+}
+
 /// Put the calling thread in the idle scheduling class (`SCHED_IDLE`): it
 /// runs only on a core nothing else wants. Lowering a thread's own priority
 /// needs no privilege; where it fails the thread goes on as it was.

@@ -59,10 +59,15 @@ async fn reply_awake<T>(
 }
 
 /// Batches of at least this many bytes (and two entries) are opened ahead,
-/// on two threads ([`Store::ingest`]); a live entry is a few hundred bytes.
+/// on worker threads ([`Store::ingest`]); a live entry is a few hundred bytes.
 /// Debug builds (the tests) open every batch of two entries or more
 /// ahead, and check it against the store's own opening.
 const OPEN_AHEAD_BYTES: usize = if cfg!(debug_assertions) { 1 } else { 64 * 1024 };
+
+/// Whether a batch is opened off the store's thread (`Store::open_ahead`).
+fn opens_ahead(entries: &[Vec<u8>]) -> bool {
+    entries.len() >= 2 && entries.iter().map(Vec::len).sum::<usize>() >= OPEN_AHEAD_BYTES
+}
 
 /// A submitted write; resolves to its [`Outcome`] once durable.
 ///
@@ -175,6 +180,8 @@ struct Shared {
     whoami: Whoami,
     report: OpenReport,
     timings: OpenTimings,
+    /// The threads that open a catch-up's entries.
+    opener: crate::opener::Opener,
 }
 
 /// How long opening took.
@@ -399,6 +406,7 @@ impl Store {
                 whoami,
                 report,
                 timings,
+                opener: Default::default(),
             }),
         };
         if owed {
@@ -966,44 +974,66 @@ impl Store {
         Ok(report)
     }
 
-    /// A large batch (a catch-up's) is opened on two threads before it
-    /// reaches the store's: the AEAD, the change's decoding and checks, and
-    /// the text pack's root (about a third of an ingest) are the same work
-    /// wherever they run, and the store's thread would do them one entry
-    /// after the other while the other core waits. A small batch (a live
-    /// message) goes straight to the store: asking for the keys would cost
-    /// it a round trip. ARCHITECTURE.md, "Sync".
+    /// A large batch (a catch-up's) is opened on worker threads before it
+    /// reaches the store's (`crate::opener`): the signature, the AEAD, the
+    /// change's decoding and checks, and the text pack's root are the same
+    /// work wherever they run, and the store's thread would do them one
+    /// entry after the other while the other cores wait. A batch handed
+    /// over ahead ([`Store::prepare`]) is taken as it was opened. A small
+    /// batch (a live message) goes straight to the store: asking for the
+    /// keys would cost it a round trip. ARCHITECTURE.md, "Sync".
     async fn open_ahead(&self, wire: WireId, entries: Vec<Vec<u8>>) -> Result<Vec<crate::ingest::ToIngest>> {
-        let bytes: usize = entries.iter().map(Vec::len).sum();
-        if entries.len() < 2 || bytes < OPEN_AHEAD_BYTES {
+        if !opens_ahead(&entries) {
             return Ok(entries.into_iter().map(|b| (b, None)).collect());
         }
-        let Ok(keys) = self.query(move |e| e.keys_by_wire(&wire)).await else {
-            // Not a channel of this store: the store says so.
-            return Ok(entries.into_iter().map(|b| (b, None)).collect());
-        };
-        let keys = Arc::new(keys);
-        let open = |keys: Arc<ChannelKeys>, part: Vec<Vec<u8>>| {
-            tokio::task::spawn_blocking(move || {
-                part.into_iter()
-                    .map(|b| {
-                        // A panic is a bug; the store opens the entry again.
-                        let ahead = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            crate::ingest::open_ahead(&keys, &b)
-                        }))
-                        .ok()
-                        .flatten();
-                        (b, ahead)
-                    })
-                    .collect::<Vec<_>>()
+        if let Some(opened) = self.shared.opener.take(&wire, &entries).await {
+            return Ok(opened);
+        }
+        match self.start_opening(wire, entries).await {
+            Ok(batch) => Ok(batch.wait().await),
+            Err(entries) => Ok(entries.into_iter().map(|b| (b, None)).collect()),
+        }
+    }
+
+    /// Queue a batch on the opening threads; its entries back when the
+    /// channel is not this store's (the store says so when it ingests).
+    async fn start_opening(
+        &self,
+        wire: WireId,
+        entries: Vec<Vec<u8>>,
+    ) -> std::result::Result<Arc<crate::opener::Batch>, Vec<Vec<u8>>> {
+        let Ok((keys, held)) = self
+            .query(move |e| {
+                let keys = e.keys_by_wire(&wire)?;
+                let held = e
+                    .channel(&e.channel_by_wire(&wire)?)?
+                    .chains
+                    .iter()
+                    .map(|(d, (k, _))| (*d, *k))
+                    .collect();
+                Ok((keys, held))
             })
+            .await
+        else {
+            return Err(entries);
         };
-        let mut first = entries;
-        let second = first.split_off(first.len() / 2);
-        let (a, b) = tokio::join!(open(keys.clone(), first), open(keys, second));
-        let (mut a, b) = (a.map_err(|_| Error::Closed)?, b.map_err(|_| Error::Closed)?);
-        a.extend(b);
-        Ok(a)
+        Ok(self.shared.opener.start(wire, keys, held, entries))
+    }
+
+    /// Start opening a batch of a channel's entries that [`Store::ingest`]
+    /// will be handed next (a catch-up's next batch, arrived while the one
+    /// before is being taken): it is opened on the worker threads once
+    /// the batches queued before it are, while the store's thread takes
+    /// those, and `ingest` of the same entries takes what was opened. A
+    /// hint: nothing is stored, and `ingest` of other entries opens them
+    /// as usual.
+    pub async fn prepare(&self, wire: WireId, entries: Vec<Vec<u8>>) {
+        if !opens_ahead(&entries) {
+            return;
+        }
+        if let Ok(batch) = self.start_opening(wire, entries).await {
+            self.shared.opener.keep(batch);
+        }
     }
 
     /// Write the delivery receipts owed in [`Config::receipt_delay`], as one

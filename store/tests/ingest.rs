@@ -582,3 +582,80 @@ async fn a_squatted_device_id_is_impossible() {
         s.close().await.unwrap();
     }
 }
+
+/// A catch-up's next batch handed over ahead ([`Store::prepare`]) while the
+/// one before is taken: the member ends as one that took every batch
+/// plainly, and a batch prepared but not ingested, or ingested with other
+/// bytes, changes nothing.
+#[tokio::test]
+async fn batches_prepared_ahead_are_taken_as_plain_ones_are() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let pass = Passphrase::new("pw");
+    let config = || config().with_receipt_delay(std::time::Duration::from_secs(3600));
+    let a = Store::create(dirs[0].path(), &pass, "alice", config()).await.unwrap();
+    let general = a.create_channel("general").await.unwrap();
+    let keys = a.channel_keys(general).await.unwrap();
+    let wire = keys.wire();
+    for i in 0..200 {
+        a.post(general, &format!("alice {i}")).await.unwrap();
+        if i % 20 == 0 {
+            a.entries_after(wire, Vector::default(), usize::MAX, usize::MAX)
+                .await
+                .unwrap();
+        }
+    }
+    let mut batches = Vec::new();
+    let mut have = Vector::default();
+    loop {
+        let b = a.entries_after(wire, have.clone(), 2048, 4).await.unwrap();
+        if b.entries.is_empty() {
+            break;
+        }
+        for e in &b.entries {
+            let env = hearth_core::Envelope::decode(e).unwrap();
+            have.0.insert(
+                env.header.device,
+                hearth_core::FeedPos {
+                    seq: env.header.seq,
+                    hash: env.hash(),
+                },
+            );
+        }
+        batches.push(b.entries);
+    }
+    let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+    assert!(sizes.len() >= 3 && sizes[..3].iter().all(|&n| n >= 2), "{sizes:?}");
+    let plain = Store::create(dirs[1].path(), &pass, "bob", config()).await.unwrap();
+    let ahead = Store::create(dirs[2].path(), &pass, "carol", config()).await.unwrap();
+    for s in [&plain, &ahead] {
+        s.join_channel(keys.clone()).await.unwrap();
+    }
+    // A batch with one entry forged, prepared: the real one is not taken
+    // for it, nor it for the real one.
+    let mut forged = batches[0].clone();
+    let mut env = hearth_core::Envelope::decode(&forged[1]).unwrap();
+    env.sig[3] ^= 1;
+    forged[1] = env.encode();
+    ahead.prepare(wire, forged.clone()).await;
+    ahead.prepare(wire, batches[0].clone()).await;
+    for (i, b) in batches.iter().enumerate() {
+        let r = plain.ingest(wire, b.clone()).await.unwrap();
+        assert!(r.rejected.is_empty() && r.accepted == b.len());
+        if let Some(next) = batches.get(i + 1) {
+            ahead.prepare(wire, next.clone()).await;
+        }
+        let r = ahead.ingest(wire, b.clone()).await.unwrap();
+        assert!(r.rejected.is_empty() && r.accepted == b.len(), "{r:?}");
+    }
+    let r = ahead.ingest(wire, forged).await.unwrap();
+    assert_eq!(r.duplicates, 1, "the untouched entry is held already");
+    assert_eq!(r.rejected[0].reason, Refusal::BadSignature);
+    let alice = a.vector(general).await.unwrap();
+    assert!(ahead.vector(general).await.unwrap().covers(&alice));
+    assert!(plain.vector(general).await.unwrap().covers(&alice));
+    assert_eq!(
+        ahead.page(general, None, 500).await.unwrap(),
+        plain.page(general, None, 500).await.unwrap()
+    );
+    assert_eq!(ahead.page(general, None, 500).await.unwrap().len(), 200);
+}

@@ -246,7 +246,18 @@ where
                 };
                 let ingested = match next {
                     Some(next) => {
-                        let (ingested, resp) = tokio::join!(replica.ingest(wire, entries), send(next.clone()));
+                        // The next batch starts opening as soon as it
+                        // arrives, behind this one (`Replica::prepare`).
+                        let ahead_of = async {
+                            let resp = send(next.clone()).await;
+                            if let Ok(Response::Entries { entries, .. }) = &resp {
+                                replica
+                                    .prepare(wire, entries.iter().map(|e| e.to_vec()).collect())
+                                    .await;
+                            }
+                            resp
+                        };
+                        let (ingested, resp) = tokio::join!(replica.ingest(wire, entries), ahead_of);
                         ahead = Some((next, resp));
                         ingested
                     }
@@ -335,8 +346,18 @@ pub struct Served {
 /// pushed them holds (verified or not: a peer that pushes forgeries only
 /// goes without what it claimed to hold).
 pub(crate) fn pushed_heads<'a>(entries: impl IntoIterator<Item = &'a [u8]>) -> hearth_core::Vector {
+    let entries: Vec<&[u8]> = entries.into_iter().collect();
     let mut v = hearth_core::Vector::default();
-    for e in entries {
+    // From the last: only an entry past the highest decoded of its feed is
+    // decoded (a batch holds each feed's entries in order, so mostly its
+    // last one).
+    for e in entries.into_iter().rev() {
+        let Some((device, seq)) = hearth_core::Envelope::peek_feed(e) else {
+            continue;
+        };
+        if v.0.get(&device).is_some_and(|p| p.seq >= seq) {
+            continue;
+        }
         if let Ok(env) = hearth_core::Envelope::decode(e) {
             let pos = hearth_core::FeedPos {
                 seq: env.header.seq,

@@ -670,6 +670,42 @@ mod tests {
     }
 
     #[test]
+    fn pushed_heads_name_each_feeds_highest_entry_that_decodes() {
+        let keys = ChannelKeys::generate().unwrap();
+        let (a, b) = (Identity::generate("a").unwrap(), Identity::generate("b").unwrap());
+        let (fa, fb) = (feed(&keys, &a, 4), feed(&keys, &b, 2));
+        let pos = |e: &ByteBuf| {
+            let env = Envelope::decode(e).unwrap();
+            (
+                env.header.device,
+                hearth_core::FeedPos {
+                    seq: env.header.seq,
+                    hash: env.hash(),
+                },
+            )
+        };
+        // The last of a's feed is cut short: its header still reads, the
+        // entry does not decode, and the one before it counts.
+        let mut cut = fa[3].to_vec();
+        cut.truncate(cut.len() - 3);
+        let batch: Vec<Vec<u8>> = vec![
+            fa[0].to_vec(),
+            fb[0].to_vec(),
+            fa[1].to_vec(),
+            b"garbage".to_vec(),
+            fb[1].to_vec(),
+            fa[2].to_vec(),
+            cut,
+        ];
+        let heads = crate::drive::pushed_heads(batch.iter().map(Vec::as_slice));
+        assert_eq!(heads, hearth_core::Vector([pos(&fa[2]), pos(&fb[1])].into()));
+        assert_eq!(
+            crate::drive::pushed_heads(fa.iter().map(|e| e.as_ref())),
+            hearth_core::Vector([pos(&fa[3])].into())
+        );
+    }
+
+    #[test]
     fn entries_after_the_first_of_a_feed_travel_lean_and_come_back_the_same_bytes() {
         let (keys, me) = (ChannelKeys::generate().unwrap(), Identity::generate("a").unwrap());
         let entries = feed(&keys, &me, 5);

@@ -71,6 +71,15 @@ pub trait Replica: Clone + Send + Sync + 'static {
         entries: Vec<Vec<u8>>,
     ) -> impl Future<Output = hearth_store::Result<Option<IngestReport>>> + Send;
 
+    /// Start work on entries that [`Replica::ingest`] will be handed next
+    /// (a catch-up's next batch, arrived while the one before is being
+    /// taken), so that the ingest finds it done. A hint: the default does
+    /// nothing.
+    fn prepare(&self, wire: WireId, entries: Vec<Vec<u8>>) -> impl Future<Output = ()> + Send {
+        let _ = (wire, entries);
+        async {}
+    }
+
     /// The revocation notices to hand relays, by channel (encoded
     /// `hearth_core::member::RevocationNotice`s).
     fn notices(&self) -> impl Future<Output = hearth_store::Result<Vec<(WireId, Vec<u8>)>>> + Send;
@@ -210,6 +219,10 @@ impl Replica for Store {
             Err(e) if unknown_channel(&e) => Ok(None),
             other => other.map(Some),
         }
+    }
+
+    async fn prepare(&self, wire: WireId, entries: Vec<Vec<u8>>) {
+        Store::prepare(self, wire, entries).await
     }
 
     async fn notices(&self) -> hearth_store::Result<Vec<(WireId, Vec<u8>)>> {
