@@ -13,7 +13,7 @@ use hearth_core::KdfParams;
 /// | `cached_epochs` | 48 epoch documents kept in memory |
 /// | `max_batch_ops` | 1024 operations per group commit |
 /// | `checkpoint_bytes` | 4 MiB of journal before sled is flushed and the journal emptied |
-/// | `checkpoint_interval` | 2 s: an idle store checkpoints at most this long after a write |
+/// | `checkpoint_interval` | 2 s: a store checkpoints this long after a write, at its first quiet moment (2 ms without a command), and at most twice this long after it |
 /// | `snapshot_entries` | 64 feed entries past an epoch's snapshot before it is re-snapshotted on eviction or close |
 /// | `command_queue` | 4096 commands queued to the store task before senders wait |
 /// | `receipt_delay` | 250 ms: delivery receipts of received messages gather this long into one entry per channel |
@@ -33,7 +33,9 @@ pub struct Config {
     pub max_batch_ops: usize,
     /// Journal size that triggers a checkpoint.
     pub checkpoint_bytes: u64,
-    /// Longest time between a write and the checkpoint that covers it.
+    /// Time between a write and the checkpoint that covers it: the store
+    /// checkpoints at its first quiet moment after it (2 ms without a
+    /// command), and at the latest after twice this time.
     pub checkpoint_interval: Duration,
     /// Entries past a snapshot that make an epoch worth re-snapshotting.
     pub snapshot_entries: u64,

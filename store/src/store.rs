@@ -959,8 +959,9 @@ impl Store {
     }
 
     /// Verify and store a peer's entries for a channel (by wire id). What was
-    /// accepted is visible at once and durable at the next checkpoint (within
-    /// `checkpoint_interval`); refused entries are listed, never stored, and
+    /// accepted is visible at once and durable at the next checkpoint (after
+    /// `checkpoint_interval` at the store's first quiet moment, within twice
+    /// that); refused entries are listed, never stored, and
     /// never stop the rest of the batch.
     ///
     /// New messages get this device's delivery receipt: a small local write,
