@@ -119,9 +119,17 @@ fn store_header_once(data: &[u8]) {
 /// blake3 hash of their bytes (the feed chain, deduplication) while the signature
 /// covers the decoded header, so two encodings of one entry must not both decode.
 pub fn check_envelope(data: &[u8]) {
+    // The header's first fields read alone (`peek_feed`) never panic, and
+    // name what a full decode finds.
+    let peeked = Envelope::peek_feed(data);
     let Ok(env) = Envelope::decode(data) else {
         return;
     };
+    assert_eq!(
+        peeked,
+        Some((env.header.device, env.header.seq)),
+        "the header read alone names another feed or position"
+    );
     let verified = env.verify();
     let opened = env.open(channel_keys());
     let texts = env.open_texts(channel_keys());
