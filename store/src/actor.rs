@@ -644,10 +644,11 @@ impl Actor {
 }
 
 /// Whether a checkpoint `late` past its time (`None`: not due) runs now,
-/// `quiet` after the store's last command (zero: right after one): when
-/// quiet, or once overdue by another `interval`.
+/// `quiet` after the store's last command (zero: right after one): once
+/// the store was quiet for [`QUIET`], or once overdue by another
+/// `interval`.
 fn checkpoint_now(late: Option<Duration>, quiet: Duration, interval: Duration) -> bool {
-    late.is_some_and(|late| !quiet.is_zero() || late >= interval)
+    late.is_some_and(|late| quiet >= QUIET || late >= interval)
 }
 
 /// Tell everyone waiting for a compaction how it went: the first gets the
@@ -995,7 +996,9 @@ mod tests {
         assert!(!checkpoint_now(Some(ms(1)), Duration::ZERO, interval));
         assert!(!checkpoint_now(Some(ms(1999)), Duration::ZERO, interval));
         assert!(checkpoint_now(Some(ms(1)), QUIET, interval));
-        assert!(checkpoint_now(Some(Duration::ZERO), ms(1), interval));
+        assert!(checkpoint_now(Some(Duration::ZERO), ms(3), interval));
+        // A shorter wait without a command (a group's close) is not quiet.
+        assert!(!checkpoint_now(Some(ms(1)), ms(1), interval));
         // Overdue by another interval: even right after a command.
         assert!(checkpoint_now(Some(ms(2000)), Duration::ZERO, interval));
     }
