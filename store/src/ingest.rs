@@ -1160,6 +1160,18 @@ impl Engine {
             }
         }
         self.deferred.extend(deferred.into_iter().map(|e| (channel, e)));
+        // What the batch shows is told now, before its rows and log record
+        // are written: the views hold it, and a reader's query queues behind
+        // this ingest on the store's thread. Taken entries are durable only
+        // at the next checkpoint either way, so telling first weakens no
+        // promise; on a live path it saves the sled batch's time (150 to
+        // 400 us). A failure below poisons the store, as before.
+        for e in events {
+            let _ = self.events.send(e);
+        }
+        if listening {
+            self.send_remote_chat(channel, chat, report.accepted as u64, report.messages as u64)?;
+        }
         for (d, h) in heads {
             batch.insert(&head_key(wire, d)[..], postcard::to_stdvec(h).expect("head encodes"));
             let ch = self.channels.get_mut(&channel).expect("checked by the caller");
@@ -1241,12 +1253,6 @@ impl Engine {
             wire: *wire,
             local: false,
         });
-        for e in events {
-            let _ = self.events.send(e);
-        }
-        if listening {
-            self.send_remote_chat(channel, chat, report.accepted as u64, report.messages as u64)?;
-        }
         Ok(())
     }
 
