@@ -278,6 +278,10 @@ pub(crate) struct Engine {
     pub own_unsynced: bool,
     /// The log's end after the last batch with entries of this device.
     pub own_end: crate::log::LogPos,
+    /// This device's entries of the group being closed, by channel, while
+    /// someone listens (`None`: more than [`crate::replica::OUTGOING_MAX`]):
+    /// they go out with the group's [`crate::StoreEvent::Appended`].
+    pub(crate) fresh: HashMap<ChannelId, Option<crate::replica::Fresh>>,
     /// Journal bytes written since the last checkpoint (kept by the store task).
     pub journal_pending: u64,
     /// How long the Argon2id unlock took when this engine was opened.
@@ -437,6 +441,7 @@ impl Engine {
             dirty: false,
             own_unsynced: false,
             own_end: crate::log::LogPos::default(),
+            fresh: HashMap::new(),
             journal_pending: 0,
             unlock_time: std::time::Duration::ZERO,
             events,

@@ -1252,6 +1252,7 @@ impl Engine {
             channel,
             wire: *wire,
             local: false,
+            outgoing: None,
         });
         Ok(())
     }

@@ -111,7 +111,7 @@ pub use log::{
 };
 pub use open::{MigrationPlan, OpenReport, open_sled_config};
 pub use query::{ChannelInfo, DeviceInfo, Located, MemberInfo, RosterInfo, Thread};
-pub use replica::{EntryBatch, Receipts, StoreEvent};
+pub use replica::{EntryBatch, Outgoing, Receipts, StoreEvent};
 pub use rotate::{RotateReport, StopAt};
 pub use store::{OpenTimings, Pending, Store, Whoami};
 pub use verify::{ChannelStats, ForkReport, Problem, Stats, VerifyReport};

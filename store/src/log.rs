@@ -647,22 +647,54 @@ impl Log {
                 .map_err(|_| Error::Io(std::io::Error::other("the feed log's sync thread is gone")))?;
             b.asked = end;
         }
-        let mut flushed = b.flushed.clone();
-        Ok(Some(Box::pin(async move {
-            let reached = flushed
-                .wait_for(|f| f.failed || f.upto >= upto)
-                .await
-                .map(|f| !f.failed);
-            match reached {
-                Ok(true) => Ok(()),
-                _ => Err(Error::Io(std::io::Error::other("a sync of the feed log failed"))),
-            }
-        })))
+        let durable = Durable {
+            flushed: b.flushed.clone(),
+            upto,
+        };
+        Ok(Some(Box::pin(async move { durable.wait().await })))
+    }
+
+    /// As [`Log::durable_behind`], as a `Durable` that any number of
+    /// waiters can share (`None`: durable already).
+    pub fn durable_shared(&mut self, upto: LogPos) -> Result<Option<Durable>> {
+        if self.durable_behind(upto)?.is_none() {
+            return Ok(None);
+        }
+        let b = self.behind.as_ref().expect("durable_behind started it");
+        Ok(Some(Durable {
+            flushed: b.flushed.clone(),
+            upto,
+        }))
     }
 }
 
 /// Resolves once the log is durable up to a position ([`Log::durable_behind`]).
 pub type DurableWait = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
+
+/// The log's durability up to a position, to wait for from any task
+/// ([`Log::durable_shared`]).
+#[derive(Clone, Debug)]
+pub struct Durable {
+    flushed: tokio::sync::watch::Receiver<Flushed>,
+    upto: LogPos,
+}
+
+impl Durable {
+    /// Wait until the log's own thread made it durable up to the position;
+    /// an error if a sync failed (or the log is gone).
+    pub async fn wait(&self) -> Result<()> {
+        let mut flushed = self.flushed.clone();
+        let upto = self.upto;
+        let reached = flushed
+            .wait_for(|f| f.failed || f.upto >= upto)
+            .await
+            .map(|f| !f.failed);
+        match reached {
+            Ok(true) => Ok(()),
+            _ => Err(Error::Io(std::io::Error::other("a sync of the feed log failed"))),
+        }
+    }
+}
 
 fn new_segment(dir: &Path, n: u32) -> Result<File> {
     use std::os::unix::fs::OpenOptionsExt;

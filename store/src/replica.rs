@@ -24,6 +24,9 @@ pub enum StoreEvent {
         wire: WireId,
         /// Written here (not received).
         local: bool,
+        /// This device's new entries, for a sync node to push without
+        /// asking the store for them (`None`: ask it).
+        outgoing: Option<Outgoing>,
     },
     /// Messages written on another device arrived.
     Received {
@@ -89,6 +92,122 @@ pub struct Receipts {
     pub delivered: Vec<(UserId, DeviceId)>,
     /// Users whose read marker is at or past it, the author apart.
     pub read: Vec<UserId>,
+}
+
+/// Most entries of one channel a group's [`Outgoing`] carries; a group with
+/// more (a bulk import's) is read from the store.
+pub(crate) const OUTGOING_MAX: usize = 16;
+
+/// A group's new entries of one channel: (seq, bytes).
+pub(crate) type Fresh = Vec<(u64, Vec<u8>)>;
+
+/// This device's entries of one channel that a group just wrote, handed to
+/// the store's listeners with its [`StoreEvent::Appended`], so that a sync
+/// node can push them to a peer that holds everything else without asking
+/// the store's thread (which is applying the group's sled batch meanwhile;
+/// ARCHITECTURE.md, "Sync"). They may leave once [`Outgoing::durable`]
+/// resolves: the fork invariant, as for [`crate::Store::entries_after`].
+#[derive(Clone)]
+pub struct Outgoing(std::sync::Arc<OutgoingInner>);
+
+struct OutgoingInner {
+    wire: WireId,
+    /// The channel's vector once the group is in.
+    vector: Vector,
+    device: DeviceId,
+    /// The seq of `entries[0]`; the last is the feed's head in `vector`.
+    first: u64,
+    entries: Vec<Vec<u8>>,
+    durable: Option<crate::log::Durable>,
+}
+
+impl Outgoing {
+    /// `entries` (seq, bytes) must be consecutive and end at `device`'s
+    /// position in `vector`; `None` otherwise.
+    pub(crate) fn new(
+        wire: WireId,
+        vector: Vector,
+        device: DeviceId,
+        entries: Vec<(u64, Vec<u8>)>,
+        durable: Option<crate::log::Durable>,
+    ) -> Option<Outgoing> {
+        let first = entries.first()?.0;
+        let consecutive = entries.iter().zip(first..).all(|((seq, _), want)| *seq == want);
+        let last = first + entries.len() as u64 - 1;
+        if !consecutive || vector.seq(&device) != last {
+            return None;
+        }
+        Some(Outgoing(std::sync::Arc::new(OutgoingInner {
+            wire,
+            vector,
+            device,
+            first,
+            entries: entries.into_iter().map(|(_, b)| b).collect(),
+            durable,
+        })))
+    }
+
+    /// The channel's wire id.
+    pub fn wire(&self) -> WireId {
+        self.0.wire
+    }
+
+    /// The channel's vector once these entries were in (entries stored
+    /// since are not in it: they come with events of their own).
+    pub fn vector(&self) -> &Vector {
+        &self.0.vector
+    }
+
+    /// What [`crate::Store::entries_after`] would give a peer holding
+    /// `have`, when that is some of these entries (within the budget):
+    /// `have` holds everything of [`Outgoing::vector`] but the tail of this
+    /// device's feed that these entries are. `None`: ask the store.
+    pub fn entries_after(&self, have: &Vector, max_bytes: usize, max_entries: usize) -> Option<EntryBatch> {
+        let o = &self.0;
+        let missing = have.lacks(&o.vector);
+        let from = match missing.as_slice() {
+            [] => return Some(EntryBatch::default()),
+            [m] if m.device == o.device && m.from >= o.first => m.from,
+            _ => return None,
+        };
+        let take = &o.entries[usize::try_from(from - o.first).ok()?..];
+        let bytes: usize = take.iter().map(Vec::len).sum();
+        if take.len() > max_entries || (bytes > max_bytes && take.len() > 1) {
+            return None;
+        }
+        Some(EntryBatch {
+            entries: take.to_vec(),
+            more: false,
+        })
+    }
+
+    /// Resolves once the entries may leave the device: the feed log holds
+    /// them durably. An error if its sync failed.
+    pub async fn durable(&self) -> Result<()> {
+        match &self.0.durable {
+            Some(d) => d.wait().await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl PartialEq for Outgoing {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Outgoing {}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let o = &self.0;
+        f.debug_struct("Outgoing")
+            .field("wire", &o.wire.short())
+            .field("device", &o.device)
+            .field("seqs", &(o.first..o.first + o.entries.len() as u64))
+            .finish_non_exhaustive()
+    }
 }
 
 /// A batch of a feed's entries for a peer.

@@ -56,5 +56,5 @@ pub use node::{
     NodeConfig, NodeError, NodeEvent, NodeHandle, PeerStatus, is_relayed, peer_id_of_secret, peer_of, start,
 };
 pub use relay::{RelayConfig, RelayStats, RelayStore};
-pub use replica::{Detached, Replica, ReplicaEvent};
+pub use replica::{Detached, Replica, ReplicaEvent, ReplicaEvents};
 pub use ticket::{Ticket, TicketError};

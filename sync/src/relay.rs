@@ -679,8 +679,8 @@ impl Replica for RelayStore {
         .map(Some)
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<ReplicaEvent> {
-        self.inner.events.subscribe()
+    fn subscribe(&self) -> crate::ReplicaEvents {
+        crate::ReplicaEvents::new(self.inner.events.subscribe())
     }
 }
 
@@ -1389,7 +1389,7 @@ impl Inner {
         }
         report.vector = self.served_vector(wire)?.unwrap_or_default();
         if report.accepted > 0 {
-            let _ = self.events.send(ReplicaEvent::Appended(*wire));
+            let _ = self.events.send(ReplicaEvent::Appended(*wire, None));
         }
         Ok(report)
     }
@@ -1718,13 +1718,13 @@ mod tests {
         assert_eq!(r.rejected[0].device, Some(a.device()));
         assert_eq!(r.rejected[0].seq, Some(3));
         assert_eq!(r.vector.seq(&a.device()), 1);
-        assert_eq!(events.try_recv().unwrap(), ReplicaEvent::Appended(wire));
+        assert_eq!(events.try_recv().unwrap(), ReplicaEvent::Appended(wire, None));
 
         // Same bytes again are duplicates; the rest chains on.
         let r = ingest(&relay, wire, &[&e[0].0, &e[1].0, &e[2].0, &e[2].0]).await;
         assert_eq!((r.accepted, r.duplicates, r.rejected.len()), (2, 2, 0));
         assert_eq!(r.vector.seq(&a.device()), 3);
-        assert_eq!(events.try_recv().unwrap(), ReplicaEvent::Appended(wire));
+        assert_eq!(events.try_recv().unwrap(), ReplicaEvent::Appended(wire, None));
 
         // Other bytes at a held position: a fork, refused with what follows.
         let (fork, _) = entry(&keys, &a, 2, e[0].1, 99);

@@ -12,7 +12,7 @@ use futures::{AsyncRead, AsyncWrite, AsyncWriteExt, StreamExt};
 use hearth_core::{ChannelId, DeviceId, Envelope, FeedPos, SecretKey, Vector, WireId};
 use hearth_store::{EntryBatch, IngestReport, Store};
 use hearth_sync::proto::{self, MAX_REQUEST, PROTOCOL, Request, Response};
-use hearth_sync::{Multiaddr, NodeEvent, NodeHandle, PeerId, Replica, ReplicaEvent, peer_of};
+use hearth_sync::{Multiaddr, NodeEvent, NodeHandle, PeerId, Replica, ReplicaEvents, peer_of};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{StreamProtocol, SwarmBuilder, noise, tcp, yamux};
@@ -320,7 +320,7 @@ impl Replica for Evil {
         Replica::ingest(&self.store, wire, entries).await
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<ReplicaEvent> {
+    fn subscribe(&self) -> ReplicaEvents {
         Replica::subscribe(&self.store)
     }
 }

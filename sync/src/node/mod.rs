@@ -25,7 +25,7 @@ use libp2p::{
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 use tracing::Instrument;
 
-use crate::drive::{Conn, Served, run_session, serve};
+use crate::drive::{Conn, Served, run_session, run_session_with, serve};
 use crate::proto::{self, Framed, Request, Response};
 use crate::reconcile::{Outcome, Session};
 use crate::{Replica, ReplicaEvent};
@@ -176,7 +176,9 @@ enum Work {
     /// peer is still fetching from here (its session moves both ways already;
     /// a second one at the same time would push the same entries again).
     ReconcileAfterPeer,
-    Push(WireId),
+    /// Push a channel's new entries; this device's, handed over, when the
+    /// store gave them with its event.
+    Push(WireId, Option<hearth_store::Outgoing>),
     /// The peer holds at least this: said so in a Fetch (its session is
     /// running), or pushed these entries.
     Learned(WireId, Vector, Told),
@@ -466,7 +468,7 @@ impl<R: Replica> Loop<R> {
     async fn run(
         mut self,
         mut cmds: mpsc::Receiver<Cmd>,
-        mut replica_events: broadcast::Receiver<ReplicaEvent>,
+        mut replica_events: crate::ReplicaEvents,
         mut handles_gone: oneshot::Receiver<()>,
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -490,9 +492,9 @@ impl<R: Replica> Loop<R> {
                     None => return,
                 },
                 ev = replica_events.recv(), if replica_open => match ev {
-                    Ok(ReplicaEvent::Appended(wire)) => {
+                    Ok(ReplicaEvent::Appended(wire, outgoing)) => {
                         for p in self.peers.values() {
-                            let _ = p.work.send(Work::Push(wire));
+                            let _ = p.work.send(Work::Push(wire, outgoing.clone()));
                         }
                     }
                     Ok(ReplicaEvent::Store(e)) => self.emit(NodeEvent::Store(e)),

@@ -184,15 +184,18 @@ pub(super) fn spawn_worker<R: Replica>(
                 let mut after_peer = false;
                 let mut fetched_now = false;
                 let mut replies = Vec::new();
-                let mut pushes = BTreeSet::new();
+                // Each with this device's new entries when the store handed
+                // them over (the newest group's; none if any push lacked them).
+                let mut pushes: BTreeMap<WireId, Option<hearth_store::Outgoing>> = BTreeMap::new();
                 let mut absorb = |w: Work, known: &mut BTreeMap<WireId, Vector>| match w {
                     Work::Reconcile(r) => {
                         reconcile = true;
                         replies.extend(r);
                     }
                     Work::ReconcileAfterPeer => after_peer = true,
-                    Work::Push(wire) => {
-                        pushes.insert(wire);
+                    Work::Push(wire, outgoing) => {
+                        let given = pushes.entry(wire).or_insert_with(|| outgoing.clone());
+                        *given = given.as_ref().and(outgoing);
                     }
                     Work::Learned(wire, v, told) => {
                         learn(&acks, peer, known, wire, &v, told);
@@ -229,9 +232,23 @@ pub(super) fn spawn_worker<R: Replica>(
                 if !reconcile && pushes.is_empty() && !fetched_now {
                     continue;
                 }
-                let local = match replica.vectors().await {
-                    Ok(v) => v,
-                    Err(_) => continue,
+                // Pushes of entries handed over with their event need not ask
+                // the store (its thread is applying their group meanwhile):
+                // each came with its channel's vector.
+                let handed: Option<Vec<(WireId, Vector)>> = (!reconcile && !pushes.is_empty())
+                    .then(|| {
+                        pushes
+                            .iter()
+                            .map(|(w, o)| o.as_ref().map(|o| (*w, o.vector().clone())))
+                            .collect()
+                    })
+                    .flatten();
+                let local = match handed {
+                    Some(v) => v,
+                    None => match replica.vectors().await {
+                        Ok(v) => v,
+                        Err(_) => continue,
+                    },
                 };
                 // What the peer pushed is learned before its ingest starts,
                 // so every entry of its in `local` was learned by now: take
@@ -256,7 +273,7 @@ pub(super) fn spawn_worker<R: Replica>(
                     }
                 }
                 // A push to a channel the peer's vector is unknown for needs a Hello.
-                if pushes.iter().any(|w| !known.contains_key(w)) {
+                if pushes.keys().any(|w| !known.contains_key(w)) {
                     reconcile = true;
                 }
                 // A Push takes the live stream when the peer has one: a live
@@ -308,7 +325,7 @@ pub(super) fn spawn_worker<R: Replica>(
                     o
                 } else {
                     let mut total = Outcome::default();
-                    for wire in pushes {
+                    for (wire, outgoing) in pushes {
                         let (Some(mine), Some(theirs)) = (
                             local.iter().find(|(w, _)| *w == wire).map(|(_, v)| v.clone()),
                             known.get(&wire).cloned(),
@@ -319,7 +336,8 @@ pub(super) fn spawn_worker<R: Replica>(
                         if theirs.covers(&mine) || !conn.proved(&wire) {
                             continue;
                         }
-                        let o = run_session(Session::push(wire, mine, theirs), &replica, &conn, sender(false)).await;
+                        let session = Session::push(wire, mine, theirs);
+                        let o = run_session_with(session, &replica, &conn, sender(false), outgoing.as_ref()).await;
                         // Pipelined, the peer's vector is what it will hold once
                         // it takes the pushes; their Acks are the reader's.
                         let unanswered = pipelined.swap(false, std::sync::atomic::Ordering::SeqCst);
