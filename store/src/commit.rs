@@ -401,7 +401,13 @@ impl Engine {
             if self.events.receiver_count() > 0 {
                 let fresh = self.fresh.entry(channel).or_insert_with(|| Some(Vec::new()));
                 match fresh {
-                    Some(list) if list.len() < crate::replica::OUTGOING_MAX => list.push((seq, bytes.clone())),
+                    Some(list)
+                        if list.len() < crate::replica::OUTGOING_MAX
+                            && list.iter().map(|(_, b)| b.len()).sum::<usize>() + bytes.len()
+                                <= crate::replica::OUTGOING_BYTES =>
+                    {
+                        list.push((seq, bytes.clone()))
+                    }
                     _ => *fresh = None,
                 }
             }

@@ -1165,11 +1165,22 @@ impl Engine {
         // this ingest on the store's thread. Taken entries are durable only
         // at the next checkpoint either way, so telling first weakens no
         // promise; on a live path it saves the sled batch's time (150 to
-        // 400 us). A failure below poisons the store, as before.
+        // 400 us). A failure below poisons the store, as before. Chat
+        // events that name members joining or leaving wait for the end:
+        // they are checked against the roster as this batch leaves it.
         for e in events {
             let _ = self.events.send(e);
         }
-        if listening {
+        let membership = chat.iter().any(|e| {
+            matches!(
+                e,
+                crate::ChatEvent::MemberJoined { .. } | crate::ChatEvent::MemberLeft { .. }
+            )
+        });
+        let mut chat_late = None;
+        if listening && membership {
+            chat_late = Some(chat);
+        } else if listening {
             self.send_remote_chat(channel, chat, report.accepted as u64, report.messages as u64)?;
         }
         for (d, h) in heads {
@@ -1254,6 +1265,9 @@ impl Engine {
             local: false,
             outgoing: None,
         });
+        if let Some(chat) = chat_late {
+            self.send_remote_chat(channel, chat, report.accepted as u64, report.messages as u64)?;
+        }
         Ok(())
     }
 

@@ -97,6 +97,9 @@ pub struct Receipts {
 /// Most entries of one channel a group's [`Outgoing`] carries; a group with
 /// more (a bulk import's) is read from the store.
 pub(crate) const OUTGOING_MAX: usize = 16;
+/// Most bytes of entries one [`Outgoing`] carries: an event queue a
+/// subscriber stopped reading holds at most its 4,096 events' worth.
+pub(crate) const OUTGOING_BYTES: usize = 8 << 10;
 
 /// A group's new entries of one channel: (seq, bytes).
 pub(crate) type Fresh = Vec<(u64, Vec<u8>)>;

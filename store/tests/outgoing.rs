@@ -88,7 +88,7 @@ async fn a_group_hands_over_what_entries_after_gives_a_peer_lacking_only_it() {
 }
 
 #[tokio::test]
-async fn a_group_of_many_entries_is_left_to_the_store() {
+async fn a_group_of_many_entries_or_large_ones_is_left_to_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let a = Store::create(
         dir.path(),
@@ -120,4 +120,22 @@ async fn a_group_of_many_entries_is_left_to_the_store() {
     // A lone post after it is handed over again.
     a.post(ch, "after").await.unwrap();
     assert!(next_local(&mut events).await.is_some());
+    // One too large to be held in the events' queue (more than 8 KiB of
+    // entry) is left to the store too.
+    // (Text that does not deflate.)
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let noise: String = (0..14 << 10)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(ALPHABET[(x % 64) as usize])
+        })
+        .collect();
+    a.post(ch, &noise).await.unwrap();
+    assert!(
+        next_local(&mut events).await.is_none(),
+        "a large entry is not handed over"
+    );
 }

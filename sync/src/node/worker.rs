@@ -179,7 +179,7 @@ pub(super) fn spawn_worker<R: Replica>(
             // When the peer last fetched from here (its session is running).
             let mut peer_fetched: Option<(Instant, bool)> = None;
             let connected = Instant::now();
-            while let Some(first) = rx.recv().await {
+            'work: while let Some(first) = rx.recv().await {
                 let mut reconcile = false;
                 let mut after_peer = false;
                 let mut fetched_now = false;
@@ -243,28 +243,44 @@ pub(super) fn spawn_worker<R: Replica>(
                             .collect()
                     })
                     .flatten();
-                let local = match handed {
-                    Some(v) => v,
-                    None => match replica.vectors().await {
-                        Ok(v) => v,
-                        Err(_) => continue,
-                    },
-                };
-                // What the peer pushed is learned before its ingest starts,
-                // so every entry of its in `local` was learned by now: take
-                // what came while the vectors were read, or an entry it
-                // pushed meanwhile would be pushed back to it. The rest
-                // waits for the next round.
+                let mut local = handed.clone().unwrap_or_default();
                 let mut later = Vec::new();
-                while let Ok(w) = rx.try_recv() {
-                    match w {
-                        Work::Learned(wire, v, told) => {
-                            learn(&acks, peer, &mut known, wire, &v, told);
-                            if let Told::Fetched { more } = told {
-                                peer_fetched = Some((Instant::now(), more));
+                // Twice at most: the vectors handed over are as of their
+                // group, and the peer may hold more since (it pushed to
+                // here): then they are read from the store after all, or the
+                // push session would fetch what this device holds already.
+                for read in [handed.is_none(), true] {
+                    if read {
+                        local = match replica.vectors().await {
+                            Ok(v) => v,
+                            // The store is gone or failing: this round's
+                            // work is dropped, as it always was.
+                            Err(_) => continue 'work,
+                        };
+                    }
+                    // What the peer pushed is learned before its ingest
+                    // starts, so every entry of its in `local` was learned by
+                    // now: take what came while the vectors were read, or an
+                    // entry it pushed meanwhile would be pushed back to it.
+                    // The rest waits for the next round.
+                    while let Ok(w) = rx.try_recv() {
+                        match w {
+                            Work::Learned(wire, v, told) => {
+                                learn(&acks, peer, &mut known, wire, &v, told);
+                                if let Told::Fetched { more } = told {
+                                    peer_fetched = Some((Instant::now(), more));
+                                }
                             }
+                            other => later.push(other),
                         }
-                        other => later.push(other),
+                    }
+                    let stale = handed.is_some()
+                        && !read
+                        && local
+                            .iter()
+                            .any(|(w, mine)| known.get(w).is_some_and(|theirs| !mine.covers(theirs)));
+                    if !stale {
+                        break;
                     }
                 }
                 if let Some(tx) = me.upgrade() {
