@@ -279,7 +279,8 @@ pub(crate) struct Engine {
     /// The log's end after the last batch with entries of this device.
     pub own_end: crate::log::LogPos,
     /// This device's entries of the group being closed, by channel, while
-    /// someone listens (`None`: more than [`crate::replica::OUTGOING_MAX`]):
+    /// someone listens (`None`: more than [`crate::replica::OUTGOING_MAX`]
+    /// or [`crate::replica::OUTGOING_BYTES`]):
     /// they go out with the group's [`crate::StoreEvent::Appended`].
     pub(crate) fresh: HashMap<ChannelId, Option<crate::replica::Fresh>>,
     /// Journal bytes written since the last checkpoint (kept by the store task).

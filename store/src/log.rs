@@ -620,6 +620,13 @@ impl Log {
     /// the log's own thread got there. Asked right after a batch is
     /// appended, the sync runs while the caller goes on.
     pub fn durable_behind(&mut self, upto: LogPos) -> Result<Option<DurableWait>> {
+        let durable = self.durable_shared(upto)?;
+        Ok(durable.map(|d| -> DurableWait { Box::pin(async move { d.wait().await }) }))
+    }
+
+    /// As [`Log::durable_behind`], as a `Durable` that any number of
+    /// waiters can share (`None`: durable already).
+    pub fn durable_shared(&mut self, upto: LogPos) -> Result<Option<Durable>> {
         self.take_flushed()?;
         if self.synced >= upto {
             return Ok(None);
@@ -647,20 +654,6 @@ impl Log {
                 .map_err(|_| Error::Io(std::io::Error::other("the feed log's sync thread is gone")))?;
             b.asked = end;
         }
-        let durable = Durable {
-            flushed: b.flushed.clone(),
-            upto,
-        };
-        Ok(Some(Box::pin(async move { durable.wait().await })))
-    }
-
-    /// As [`Log::durable_behind`], as a `Durable` that any number of
-    /// waiters can share (`None`: durable already).
-    pub fn durable_shared(&mut self, upto: LogPos) -> Result<Option<Durable>> {
-        if self.durable_behind(upto)?.is_none() {
-            return Ok(None);
-        }
-        let b = self.behind.as_ref().expect("durable_behind started it");
         Ok(Some(Durable {
             flushed: b.flushed.clone(),
             upto,

@@ -131,7 +131,7 @@ impl Outgoing {
         wire: WireId,
         vector: Vector,
         device: DeviceId,
-        entries: Vec<(u64, Vec<u8>)>,
+        entries: Fresh,
         durable: Option<crate::log::Durable>,
     ) -> Option<Outgoing> {
         let first = entries.first()?.0;
