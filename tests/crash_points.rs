@@ -13,6 +13,11 @@
 //! a clean verify; the peer's entries, taken again, leave the channel
 //! whole. Each point is also crashed at a later pass (its fourth), in the
 //! middle of the run.
+//!
+//! The same again with someone listening to the store's events, as a sync
+//! node does: a write is then acknowledged once the feed log's sync that
+//! covers its group ends, and its journal record is never synced (the
+//! child passes `journal.synced` never, and finishes).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -24,6 +29,8 @@ use hearth::{ChannelId, Config, Hearth, KdfParams, MessageId, Passphrase};
 const CHILD_DIR: &str = "HEARTH_CRASH_POINT_DIR";
 const CHILD_POINT: &str = "HEARTH_CRASH_POINT";
 const CHILD_SKIP: &str = "HEARTH_CRASH_POINT_SKIP";
+/// Set: the child listens to the store's events all along.
+const CHILD_LISTEN: &str = "HEARTH_CRASH_POINT_LISTEN";
 const PASS: &str = "crash points";
 /// The peer's entries, one hex line each, beside the store.
 const PEER_ENTRIES: &str = "peer-entries";
@@ -59,6 +66,7 @@ fn crash_points_child() {
         let h = Hearth::open(dir.join("store"), &Passphrase::new(PASS), config())
             .await
             .expect("the child's open");
+        let _listening = std::env::var_os(CHILD_LISTEN).map(|_| h.plumbing().store().subscribe());
         let channel = h.resolve_channel("shared").await.expect("the channel");
         let mut mine = Vec::new();
         for i in 0..30 {
@@ -134,6 +142,10 @@ async fn prepare(dir: &Path) -> (ChannelId, u64) {
         .await
         .expect("peer");
     let channel = peer.create_channel("shared").await.expect("a channel");
+    // Listened, each write closes its own entry: enough entries for the
+    // child's six parts, whatever the disk's speed (unlistened, writes
+    // that come within a few milliseconds share one).
+    let _listening = peer.subscribe();
     for i in 0..24 {
         let id = peer.post(channel, &format!("from the peer {i}")).await.expect("a post");
         if i % 4 == 0 {
@@ -159,12 +171,16 @@ async fn prepare(dir: &Path) -> (ChannelId, u64) {
 
 /// Run the child armed at `point` (its `skip + 1`-th pass); returns what it
 /// printed, and whether it crashed.
-fn run_child(dir: &Path, point: &str, skip: u64) -> (Vec<String>, bool) {
-    let mut child = Command::new(std::env::current_exe().expect("this binary"))
-        .args(["crash_points_child", "--exact", "--nocapture", "--test-threads=1"])
+fn run_child(dir: &Path, point: &str, skip: u64, listen: bool) -> (Vec<String>, bool) {
+    let mut cmd = Command::new(std::env::current_exe().expect("this binary"));
+    cmd.args(["crash_points_child", "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_DIR, dir)
         .env(CHILD_POINT, point)
-        .env(CHILD_SKIP, skip.to_string())
+        .env(CHILD_SKIP, skip.to_string());
+    if listen {
+        cmd.env(CHILD_LISTEN, "1");
+    }
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -182,12 +198,39 @@ fn run_child(dir: &Path, point: &str, skip: u64) -> (Vec<String>, bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_at_every_point_loses_nothing_acknowledged() {
+    crash_at_points(CRASH_POINTS, false).await;
+}
+
+/// Listened, a write's journal record is not synced: its acknowledgement
+/// waits for the feed log's sync instead, so a crash right after the log's
+/// batch or sled's, or in a checkpoint, must keep every write acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_with_a_listener_loses_nothing_acknowledged() {
+    let points: Vec<&str> = CRASH_POINTS
+        .iter()
+        .copied()
+        .filter(|p| p.starts_with("group.") || p.starts_with("checkpoint."))
+        .collect();
+    crash_at_points(&points, true).await;
+    // And no write needed the journal's sync.
+    let dir = tempfile::tempdir().expect("tempdir");
+    prepare(dir.path()).await;
+    let (lines, crashed) = run_child(dir.path(), "journal.synced", 0, true);
+    assert!(
+        !crashed,
+        "a listened write synced its journal record: {:?}",
+        lines.last()
+    );
+    assert!(lines.iter().filter(|l| l.starts_with("ack ")).count() >= 65);
+}
+
+async fn crash_at_points(points: &[&str], listen: bool) {
     let mut crashed_at = Vec::new();
-    for point in CRASH_POINTS {
+    for point in points {
         for skip in [0, 3] {
             let dir = tempfile::tempdir().expect("tempdir");
             let (channel, peer_messages) = prepare(dir.path()).await;
-            let (lines, crashed) = run_child(dir.path(), point, skip);
+            let (lines, crashed) = run_child(dir.path(), point, skip, listen);
             assert!(crashed, "{point} (pass {}): never reached", skip + 1);
             crashed_at.push(format!("{point}#{}", skip + 1));
             let acked: Vec<MessageId> = lines

@@ -556,6 +556,18 @@ fn run_child(mode: &str, dir: &Path, entries: &Path, rng: &mut Rng, round: u32) 
             }
         }
         std::thread::sleep(Duration::from_millis(20 + rng.below(600) as u64));
+        // Live, every other round: killed right as a post is acknowledged,
+        // when what made it durable has only just ended (the log's sync,
+        // its journal record being left unsynced while listened).
+        if mode == "live" && round % 2 == 1 {
+            while let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) {
+                let posted = line.starts_with("posted");
+                take(line, &mut acked);
+                if posted {
+                    break;
+                }
+            }
+        }
     }
     let _ = child.kill();
     let status = child.wait().expect("wait");

@@ -211,7 +211,11 @@ impl Actor {
         };
         self.next_seq += 1;
         self.journal_bytes += bytes.len() as u64;
-        self.journal.queue(seq, &bytes);
+        // Listened: the group closes at once and goes to the feed log,
+        // whose sync covers the record (`cover`): its writer leads no
+        // journal group.
+        let deferred = self.finish_after().is_zero();
+        self.journal.queue(seq, &bytes, deferred);
         self.sent = Some(Instant::now());
         let (staged_tx, staged_rx) = oneshot::channel();
         let _ = reply.send(Ok(Written {
@@ -240,12 +244,39 @@ impl Actor {
         self.engine.journal_pending = self.journal_bytes;
         self.staged_since = None;
         self.staged_ops = 0;
+        self.engine.logged = None;
         let res = match self.unbatched.take() {
             Some(seq) => self.engine.finish_batch(seq),
             None if self.engine.rows_pending => self.engine.finish_batch(self.engine.watermark),
             None => Ok(()),
         };
-        self.poison_on(res)
+        let res = self.poison_on(res);
+        self.cover(res.is_ok());
+        res
+    }
+
+    /// After a group's close (`closed`: it went well): the deferred
+    /// records are durable once the feed log's sync that reaches the
+    /// group's batch ends (that batch's commit carries their watermark);
+    /// when the group wrote nothing to the log, their writers make them
+    /// durable in the journal.
+    fn cover(&mut self, closed: bool) {
+        let logged = self.engine.logged.take();
+        if !self.journal.deferring() {
+            return;
+        }
+        let Some((upto, end)) = logged.filter(|_| closed) else {
+            self.journal.undefer();
+            return;
+        };
+        match self.engine.log.durable_shared(end) {
+            Ok(durable) => self.journal.cover(upto, durable),
+            Err(e) => {
+                self.poisoned.store(true, Ordering::SeqCst);
+                report_failure(&e);
+                self.journal.undefer();
+            }
+        }
     }
 
     /// Take the writers' fsync times measured since the last look, and
@@ -806,6 +837,7 @@ pub(crate) fn run(engine: Engine, journal: Arc<GroupCommit>, mut rx: mpsc::Recei
         poisoned.store(true, Ordering::SeqCst);
         report_failure(&Error::from(e));
     }
+    let actor_journal = journal.clone();
     let mut actor = Actor {
         engine,
         journal,
@@ -854,7 +886,9 @@ pub(crate) fn run(engine: Engine, journal: Arc<GroupCommit>, mut rx: mpsc::Recei
             wait
         };
         // Records nobody syncs: this thread makes them durable itself, and
-        // does not sleep past that.
+        // does not sleep past that (nor past a cover's sync, when nobody
+        // waits for it).
+        actor.journal.reap();
         let wait = if actor.journal.busy() {
             if actor.sent.is_some_and(|t| t.elapsed() >= UNCLAIMED) {
                 actor.journal.sync_unclaimed();
@@ -961,6 +995,9 @@ pub(crate) fn run(engine: Engine, journal: Arc<GroupCommit>, mut rx: mpsc::Recei
             actor.poisoned.store(true, Ordering::SeqCst);
             report_failure(&e);
         }
+        // Deferred records whose group does not close now (the listeners
+        // went): their writers sync them.
+        actor.journal.undefer();
         actor.poll_compaction();
         actor.poll_backup();
     }
@@ -977,6 +1014,8 @@ pub(crate) fn run(engine: Engine, journal: Arc<GroupCommit>, mut rx: mpsc::Recei
         }
     }
     let res = actor.shutdown();
+    // A poisoned store's close covers nothing: its writers hear `Poisoned`.
+    actor_journal.undefer();
     if let Some(reply) = close_reply {
         let _ = reply.send(res);
     }

@@ -58,3 +58,46 @@ pub fn crash_at(point: &str, skip: u64) -> Result<(), String> {
         }
     })
 }
+
+/// The feed log's syncs on its own thread wait while a [`LogSyncHold`] is
+/// held (feature `failpoints`): a test holds them to see what waits for
+/// them, such as a listened write's acknowledgement.
+#[cfg(feature = "failpoints")]
+pub fn hold_log_syncs() -> LogSyncHold {
+    use std::sync::{Condvar, Mutex};
+    static HELD: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+    *HELD.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    // `cfg_callback` refuses only an empty name.
+    let _ = fail::cfg_callback("log.sync_behind", || {
+        let mut held = HELD.0.lock().unwrap_or_else(|p| p.into_inner());
+        while *held {
+            held = HELD.1.wait(held).unwrap_or_else(|p| p.into_inner());
+        }
+    });
+    LogSyncHold {
+        release: Box::new(|| {
+            *HELD.0.lock().unwrap_or_else(|p| p.into_inner()) = false;
+            HELD.1.notify_all();
+        }),
+    }
+}
+
+/// Holds the feed log's syncs behind until dropped ([`hold_log_syncs`]).
+#[cfg(feature = "failpoints")]
+pub struct LogSyncHold {
+    release: Box<dyn Fn() + Send>,
+}
+
+#[cfg(feature = "failpoints")]
+impl Drop for LogSyncHold {
+    fn drop(&mut self) {
+        (self.release)();
+    }
+}
+
+#[cfg(feature = "failpoints")]
+impl std::fmt::Debug for LogSyncHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogSyncHold")
+    }
+}

@@ -278,6 +278,10 @@ pub(crate) struct Engine {
     pub own_unsynced: bool,
     /// The log's end after the last batch with entries of this device.
     pub own_end: crate::log::LogPos,
+    /// The last log batch written since the actor cleared it: the journal
+    /// watermark its commit carries, and the log's end after it (what
+    /// covers a deferred record, `GroupCommit::cover`).
+    pub logged: Option<(u64, crate::log::LogPos)>,
     /// This device's entries of the group being closed, by channel, while
     /// someone listens (`None`: more than [`crate::replica::OUTGOING_MAX`]
     /// or [`crate::replica::OUTGOING_BYTES`]):
@@ -442,6 +446,7 @@ impl Engine {
             dirty: false,
             own_unsynced: false,
             own_end: crate::log::LogPos::default(),
+            logged: None,
             fresh: HashMap::new(),
             journal_pending: 0,
             unlock_time: std::time::Duration::ZERO,

@@ -10,7 +10,19 @@
 //! fsync (the fsync returns on the thread that waits for it, as in SQLite),
 //! and the store thread's CRDT work for the write runs while the writer
 //! syncs (ARCHITECTURE.md, "The writer makes its own fsync").
+//!
+//! While someone listens to the store's events (a sync node), a group
+//! closes at once and the feed log's sync that lets its entries leave
+//! starts right behind it: the records of such writes are *deferred*
+//! (`queue(.., true)`), their writers lead no journal group but wait for
+//! the store thread to say which log sync covers them ([`GroupCommit::cover`]),
+//! and their write is durable once that sync ends, one flush instead of
+//! two. Their bytes stay queued and go out with the next group a writer
+//! leads (the journal's records must follow each other), or are dropped
+//! by the next checkpoint (ARCHITECTURE.md, "A live post is made durable
+//! by the log's sync").
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
@@ -18,9 +30,13 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::journal::Journal;
+use crate::log::Durable;
 
 /// Most fsync times kept for the store thread between two looks.
 const MAX_TIMED: usize = 256;
+/// Most log syncs kept as covers at once; past it the oldest is dropped
+/// (its writers wait for a later one, which covers them too).
+const MAX_COVERS: usize = 64;
 
 /// The journal and its queue of records not yet durable.
 pub(crate) struct GroupCommit {
@@ -30,8 +46,9 @@ pub(crate) struct GroupCommit {
     queue: Mutex<Queue>,
     /// The store is poisoned: nothing more is written.
     poisoned: Arc<AtomicBool>,
-    /// Records queued and not yet durable. The store thread does not spin
-    /// while there are any ([`crate::actor`]): a busy core slows the fsync.
+    /// Records queued and not yet durable (none once a group failed). The
+    /// store thread does not spin while there are any ([`crate::actor`]):
+    /// a busy core slows the fsync.
     pending: AtomicUsize,
     /// The store thread sleeps, waiting for a command or for the fsync's end.
     pub(crate) parked: AtomicBool,
@@ -74,6 +91,32 @@ struct Queue {
     /// Writers' fsyncs (write included) in microseconds, while
     /// `GroupCommit::timing`.
     timed: Vec<u32>,
+    /// Records up to this sequence number are deferred: the store thread
+    /// will cover them by a log sync, or give them back to the writers
+    /// ([`GroupCommit::undefer`]). Zero or at most `durable`: none.
+    deferred: u64,
+    /// Log syncs under way, each covering the records up to its `upto`,
+    /// oldest first.
+    covers: VecDeque<Cover>,
+}
+
+/// A log sync under way that makes every record up to `upto` durable: the
+/// log's batch it reaches carries `upto` as its journal watermark.
+#[derive(Clone, Debug)]
+pub(crate) struct Cover {
+    /// The last record covered.
+    pub(crate) upto: u64,
+    /// The log's sync to wait for.
+    pub(crate) durable: Durable,
+}
+
+/// How a writer's record becomes durable ([`GroupCommit::poll_settle`]).
+#[derive(Debug)]
+pub(crate) enum Settled {
+    /// It is durable.
+    Durable,
+    /// It will be once this log sync ends ([`GroupCommit::covered`]).
+    Cover(Cover),
 }
 
 impl std::fmt::Debug for GroupCommit {
@@ -100,6 +143,8 @@ impl GroupCommit {
                 leading: false,
                 waiting: Vec::new(),
                 timed: Vec::new(),
+                deferred: 0,
+                covers: VecDeque::new(),
             }),
             poisoned,
             pending: AtomicUsize::new(0),
@@ -130,13 +175,121 @@ impl GroupCommit {
         self.poisoned.clone()
     }
 
-    /// The store thread: queue record `seq` (one more than the last).
-    pub(crate) fn queue(&self, seq: u64, record: &[u8]) {
+    /// The store thread: queue record `seq` (one more than the last);
+    /// `deferred`: the store thread will cover it by a log sync (or give
+    /// it back, [`GroupCommit::undefer`]), so its writer leads no group.
+    pub(crate) fn queue(&self, seq: u64, record: &[u8], deferred: bool) {
         let mut q = lock(&self.queue);
         q.bytes.extend_from_slice(record);
         q.records += 1;
         q.last = seq;
-        self.pending.fetch_add(1, Ordering::SeqCst);
+        if deferred {
+            q.deferred = seq;
+        }
+        self.recount(&q);
+    }
+
+    /// Whether records wait for the store thread's cover.
+    pub(crate) fn deferring(&self) -> bool {
+        let q = lock(&self.queue);
+        q.deferred > q.durable
+    }
+
+    /// The store thread, once the group holding every deferred record is
+    /// in the feed log: the log's sync `durable` (`None`: the log is
+    /// durable there already) makes every record up to `upto` durable.
+    /// Wakes the writers waiting for it.
+    pub(crate) fn cover(&self, upto: u64, durable: Option<Durable>) {
+        let waiting = {
+            let mut q = lock(&self.queue);
+            if q.deferred <= upto {
+                q.deferred = 0;
+            }
+            match durable {
+                None => self.advance(&mut q, upto),
+                Some(durable) if upto > q.durable => {
+                    if q.covers.len() >= MAX_COVERS {
+                        q.covers.pop_front();
+                    }
+                    q.covers.push_back(Cover { upto, durable });
+                }
+                Some(_) => {}
+            }
+            std::mem::take(&mut q.waiting)
+        };
+        waiting.into_iter().for_each(Waker::wake);
+    }
+
+    /// The store thread: the deferred records will not be covered (their
+    /// group wrote nothing to the log, the log failed, or the group does
+    /// not close at once): their writers make them durable in the journal.
+    pub(crate) fn undefer(&self) {
+        let waiting = {
+            let mut q = lock(&self.queue);
+            if q.deferred <= q.durable {
+                return;
+            }
+            q.deferred = 0;
+            std::mem::take(&mut q.waiting)
+        };
+        waiting.into_iter().for_each(Waker::wake);
+    }
+
+    /// A cover's log sync ended (`res`): its records are durable, or, if
+    /// it failed, nothing more is (the store is poisoned).
+    pub(crate) fn covered(&self, upto: u64, res: &Result<()>) {
+        let waiting = {
+            let mut q = lock(&self.queue);
+            match res {
+                Ok(()) => {
+                    q.covers.retain(|c| c.upto > upto);
+                    self.advance(&mut q, upto);
+                }
+                Err(e) => {
+                    self.poisoned.store(true, Ordering::SeqCst);
+                    q.failed.get_or_insert_with(|| Some(e.to_string()));
+                    q.covers.clear();
+                    self.recount(&q);
+                }
+            }
+            std::mem::take(&mut q.waiting)
+        };
+        self.wake_store();
+        waiting.into_iter().for_each(Waker::wake);
+    }
+
+    /// The store thread: take in the covers whose sync ended (for writes
+    /// nobody awaits, whose writers would have).
+    pub(crate) fn reap(&self) {
+        loop {
+            let done = {
+                let q = lock(&self.queue);
+                let Some(c) = q.covers.front() else { return };
+                match c.durable.reached() {
+                    None => return,
+                    Some(res) => (c.upto, res),
+                }
+            };
+            self.covered(done.0, &done.1);
+        }
+    }
+
+    /// Every record up to `upto` is durable.
+    fn advance(&self, q: &mut Queue, upto: u64) {
+        q.durable = q.durable.max(upto);
+        self.recount(q);
+    }
+
+    /// Keep `pending` right: the records queued and not durable, none once
+    /// nothing more can become durable.
+    fn recount(&self, q: &Queue) {
+        let n = if q.failed.is_some() {
+            0
+        } else {
+            q.last.saturating_sub(q.durable)
+        };
+        self.pending
+            .store(usize::try_from(n).unwrap_or(usize::MAX), Ordering::SeqCst);
     }
 
     /// Records are queued and not yet durable.
@@ -149,17 +302,22 @@ impl GroupCommit {
         Duration::from_nanos(self.fsync_ns.load(Ordering::Relaxed)).saturating_sub(since.elapsed())
     }
 
-    /// Resolve once record `seq` is durable: lead a group if none is under
-    /// way (blocking this thread for its write and fsync), or wait for the
-    /// one under way (its leader wakes this writer when it is done).
-    pub(crate) fn poll_durable(&self, seq: u64, cx: &mut Context<'_>) -> Poll<Result<()>> {
+    /// Resolve once record `seq` is durable, or with the log sync that
+    /// will make it so (a deferred record, once the store thread covered
+    /// it): lead a group if none is under way (blocking this thread for its
+    /// write and fsync), or wait for the one under way (its leader wakes
+    /// this writer when it is done) or for the store thread's cover.
+    pub(crate) fn poll_settle(&self, seq: u64, cx: &mut Context<'_>) -> Poll<Result<Settled>> {
         loop {
             {
                 let mut q = lock(&self.queue);
                 if let Some(done) = settled(&q, seq) {
-                    return Poll::Ready(done);
+                    return Poll::Ready(done.map(|()| Settled::Durable));
                 }
-                if q.leading {
+                if let Some(c) = q.covers.iter().find(|c| c.upto >= seq) {
+                    return Poll::Ready(Ok(Settled::Cover(c.clone())));
+                }
+                if q.leading || seq <= q.deferred {
                     q.waiting.push(cx.waker().clone());
                     return Poll::Pending;
                 }
@@ -171,23 +329,26 @@ impl GroupCommit {
             if !self.lead(journal, true) {
                 // Nothing was queued, yet `seq` is not durable: it cannot
                 // become so (a bug; the write is not acknowledged).
-                return Poll::Ready(settled(&lock(&self.queue), seq).unwrap_or_else(|| {
+                let done = settled(&lock(&self.queue), seq).unwrap_or_else(|| {
                     Err(Error::corrupted(
                         "journal",
                         "a write's record is missing from the queue",
                     ))
-                }));
+                });
+                return Poll::Ready(done.map(|()| Settled::Durable));
             }
         }
     }
 
     /// The store thread: make the records queued durable if no writer
     /// leads a group (writes nobody awaits, such as scheduled receipts, and
-    /// writes whose futures were dropped).
+    /// writes whose futures were dropped), unless a cover or the store
+    /// thread's close will.
     pub(crate) fn sync_unclaimed(&self) {
         {
             let mut q = lock(&self.queue);
-            if q.leading || q.records == 0 {
+            let claimed = q.durable.max(q.deferred).max(q.covers.back().map_or(0, |c| c.upto));
+            if q.leading || q.records == 0 || q.last <= claimed {
                 return;
             }
             q.leading = true;
@@ -229,13 +390,15 @@ impl GroupCommit {
             let mut q = lock(&self.queue);
             match &res {
                 None => {}
-                Some(Ok(())) => q.durable = q.durable.max(upto),
+                Some(Ok(())) => self.advance(&mut q, upto),
                 Some(Err(Error::Poisoned)) => {
                     q.failed.get_or_insert(None);
+                    self.recount(&q);
                 }
                 Some(Err(e)) => {
                     self.poisoned.store(true, Ordering::SeqCst);
                     q.failed.get_or_insert_with(|| Some(e.to_string()));
+                    self.recount(&q);
                 }
             }
             q.leading = false;
@@ -248,16 +411,15 @@ impl GroupCommit {
         };
         drop(journal);
         if records > 0 {
-            self.synced(records);
+            self.wake_store();
         }
         waiting.into_iter().for_each(Waker::wake);
         records > 0
     }
 
-    /// `n` records are durable (or failed): wake the store thread if it
+    /// Records became durable (or failed): wake the store thread if it
     /// sleeps on them.
-    fn synced(&self, n: usize) {
-        self.pending.fetch_sub(n, Ordering::SeqCst);
+    fn wake_store(&self) {
         if self.parked.swap(false, Ordering::SeqCst)
             && let Some(t) = self.store_thread.get()
         {
@@ -283,15 +445,19 @@ impl GroupCommit {
     /// are durable now, and dropped).
     pub(crate) fn clear(&self, run: u64, upto: u64) {
         let mut journal = lock(&self.io);
-        let records = {
+        let waiting = {
             let mut q = lock(&self.queue);
             q.bytes.clear();
-            q.durable = q.durable.max(upto);
-            std::mem::take(&mut q.records)
+            q.records = 0;
+            q.covers.clear();
+            self.advance(&mut q, upto);
+            // Writers waiting for a cover: durable now.
+            std::mem::take(&mut q.waiting)
         };
         journal.clear(run);
         drop(journal);
-        self.synced(records);
+        self.wake_store();
+        waiting.into_iter().for_each(Waker::wake);
     }
 
     /// The store thread: run `f` on the journal (after the group under
@@ -359,7 +525,12 @@ mod tests {
     impl Fixture {
         fn queue(&self, seq: u64) {
             let r = encode_record(&self.key, self.run, seq, &[entry(seq as u8)]).unwrap();
-            self.gc.queue(seq, &r);
+            self.gc.queue(seq, &r, false);
+        }
+
+        fn queue_deferred(&self, seq: u64) {
+            let r = encode_record(&self.key, self.run, seq, &[entry(seq as u8)]).unwrap();
+            self.gc.queue(seq, &r, true);
         }
 
         fn on_disk(&self) -> Vec<u64> {
@@ -372,8 +543,17 @@ mod tests {
         }
 
         fn poll(&self, seq: u64, waker: &Arc<Count>) -> Poll<Result<()>> {
+            self.settle(seq, waker).map(|r| {
+                r.map(|s| match s {
+                    Settled::Durable => (),
+                    Settled::Cover(c) => panic!("record {seq} covered up to {}", c.upto),
+                })
+            })
+        }
+
+        fn settle(&self, seq: u64, waker: &Arc<Count>) -> Poll<Result<Settled>> {
             let waker = Waker::from(waker.clone());
-            self.gc.poll_durable(seq, &mut Context::from_waker(&waker))
+            self.gc.poll_settle(seq, &mut Context::from_waker(&waker))
         }
     }
 
@@ -422,7 +602,7 @@ mod tests {
         let gc = f.gc.clone();
         let leader = std::thread::spawn(move || {
             let w = Waker::from(Arc::new(Count::default()));
-            gc.poll_durable(1, &mut Context::from_waker(&w))
+            gc.poll_settle(1, &mut Context::from_waker(&w))
         });
         while !lock(&f.gc.queue).leading {
             std::thread::yield_now();
@@ -434,7 +614,7 @@ mod tests {
         assert!(f.poll(3, &w3).is_pending());
         go_tx.send(()).unwrap();
         holder.join().unwrap();
-        assert!(matches!(leader.join().unwrap(), Poll::Ready(Ok(()))));
+        assert!(matches!(leader.join().unwrap(), Poll::Ready(Ok(Settled::Durable))));
         assert_eq!(w.0.load(Ordering::SeqCst), 1, "woken at the group's end");
         assert_eq!(w3.0.load(Ordering::SeqCst), 1);
         // Both were queued before the leader took the queue.
@@ -486,5 +666,141 @@ mod tests {
         assert_eq!(f.on_disk(), vec![1]);
         let w = Arc::new(Count::default());
         assert!(matches!(f.poll(1, &w), Poll::Ready(Ok(()))));
+    }
+
+    fn pos(offset: u64) -> crate::log::LogPos {
+        crate::log::LogPos { segment: 1, offset }
+    }
+
+    fn flushed(upto: u64, failed: bool) -> crate::log::Flushed {
+        crate::log::Flushed {
+            upto: pos(upto),
+            failed,
+        }
+    }
+
+    /// A deferred record's writer leads no group: it waits for the store
+    /// thread's cover, then for that log sync, and the record is durable
+    /// without a journal write. Its bytes go out with the next group a
+    /// writer leads, so the journal's records still follow each other.
+    #[test]
+    fn a_deferred_record_is_durable_by_its_cover() {
+        let f = fixture();
+        f.queue_deferred(1);
+        f.queue_deferred(2);
+        assert!(f.gc.deferring());
+        let w = Arc::new(Count::default());
+        assert!(f.settle(2, &w).is_pending(), "no cover yet: it waits");
+        assert!(f.on_disk().is_empty(), "and leads no group");
+        // Nobody syncs them meanwhile: the store thread's close will cover them.
+        f.gc.sync_unclaimed();
+        assert!(f.on_disk().is_empty());
+        let (tx, durable) = crate::log::Durable::manual(pos(100));
+        f.gc.cover(2, Some(durable));
+        assert_eq!(w.0.load(Ordering::SeqCst), 1, "woken by the cover");
+        assert!(!f.gc.deferring());
+        let Poll::Ready(Ok(Settled::Cover(c))) = f.settle(2, &w) else {
+            panic!("covered")
+        };
+        assert_eq!(c.upto, 2);
+        assert!(c.durable.reached().is_none(), "the log's sync is under way");
+        assert!(f.gc.busy(), "not durable until it ends");
+        f.gc.sync_unclaimed();
+        assert!(f.on_disk().is_empty(), "a cover is under way: nothing unclaimed");
+        tx.send(flushed(150, false)).unwrap();
+        let res = c.durable.reached().expect("reached");
+        assert!(res.is_ok());
+        f.gc.covered(c.upto, &res);
+        assert!(!f.gc.busy());
+        assert!(matches!(f.poll(1, &w), Poll::Ready(Ok(()))));
+        assert!(matches!(f.poll(2, &w), Poll::Ready(Ok(()))));
+        assert!(f.on_disk().is_empty(), "durable by the log alone");
+        // The next record's leader writes the covered ones before it.
+        f.queue(3);
+        assert!(matches!(f.poll(3, &w), Poll::Ready(Ok(()))));
+        assert_eq!(f.on_disk(), vec![1, 2, 3]);
+    }
+
+    /// A cover nobody waits for (a write whose future was dropped) is taken
+    /// in by the store thread once its sync ended.
+    #[test]
+    fn the_store_thread_reaps_a_cover_nobody_waits_for() {
+        let f = fixture();
+        f.queue_deferred(1);
+        let (tx, durable) = crate::log::Durable::manual(pos(10));
+        f.gc.cover(1, Some(durable));
+        f.gc.reap();
+        assert!(f.gc.busy(), "its sync is under way");
+        tx.send(flushed(10, false)).unwrap();
+        f.gc.reap();
+        assert!(!f.gc.busy());
+        let w = Arc::new(Count::default());
+        assert!(matches!(f.poll(1, &w), Poll::Ready(Ok(()))));
+        // A cover whose log is gone (its thread ended) fails the store.
+        f.queue_deferred(2);
+        let (tx, durable) = crate::log::Durable::manual(pos(20));
+        f.gc.cover(2, Some(durable));
+        drop(tx);
+        f.gc.reap();
+        assert!(f.poisoned.load(Ordering::SeqCst));
+        assert!(matches!(f.poll(2, &w), Poll::Ready(Err(Error::Io(_)))));
+        assert!(!f.gc.busy(), "nothing more can become durable");
+    }
+
+    /// Records given back (their group wrote nothing to the log, or does
+    /// not close now) are synced by their writers; a cover that comes
+    /// with the log durable already makes them durable at once.
+    #[test]
+    fn undeferred_records_go_to_the_journal_and_a_durable_cover_settles_at_once() {
+        let f = fixture();
+        f.queue_deferred(1);
+        let w = Arc::new(Count::default());
+        assert!(f.settle(1, &w).is_pending());
+        f.gc.undefer();
+        assert_eq!(w.0.load(Ordering::SeqCst), 1, "woken to lead");
+        assert!(matches!(f.poll(1, &w), Poll::Ready(Ok(()))));
+        assert_eq!(f.on_disk(), vec![1]);
+        f.queue_deferred(2);
+        f.gc.cover(2, None);
+        assert!(!f.gc.busy());
+        assert!(matches!(f.poll(2, &w), Poll::Ready(Ok(()))));
+        assert_eq!(f.on_disk(), vec![1], "durable in the log already");
+    }
+
+    /// A cover's sync that fails fails its writers and poisons the store:
+    /// nothing more is acknowledged.
+    #[test]
+    fn a_failed_cover_fails_its_writers_and_the_store() {
+        let f = fixture();
+        f.queue_deferred(1);
+        let (tx, durable) = crate::log::Durable::manual(pos(10));
+        f.gc.cover(1, Some(durable));
+        let w = Arc::new(Count::default());
+        let Poll::Ready(Ok(Settled::Cover(c))) = f.settle(1, &w) else {
+            panic!("covered")
+        };
+        tx.send(flushed(0, true)).unwrap();
+        let res = c.durable.reached().expect("reached");
+        assert!(res.is_err());
+        f.gc.covered(c.upto, &res);
+        assert!(f.poisoned.load(Ordering::SeqCst));
+        assert!(matches!(f.poll(1, &w), Poll::Ready(Err(Error::Io(_)))));
+        f.queue(2);
+        assert!(matches!(f.poll(2, &w), Poll::Ready(Err(_))));
+        assert!(f.on_disk().is_empty());
+    }
+
+    /// A checkpoint's clear makes the deferred records durable and wakes
+    /// their writers.
+    #[test]
+    fn a_clear_wakes_the_writers_of_deferred_records() {
+        let f = fixture();
+        f.queue_deferred(1);
+        let w = Arc::new(Count::default());
+        assert!(f.settle(1, &w).is_pending());
+        f.gc.clear(Journal::new_run().unwrap(), 1);
+        assert_eq!(w.0.load(Ordering::SeqCst), 1);
+        assert!(matches!(f.poll(1, &w), Poll::Ready(Ok(()))));
+        assert!(!f.gc.busy());
     }
 }

@@ -423,9 +423,9 @@ struct Behind {
 
 /// Up to where the syncs behind made the log durable, and whether one failed.
 #[derive(Clone, Copy, Debug, Default)]
-struct Flushed {
-    upto: LogPos,
-    failed: bool,
+pub(crate) struct Flushed {
+    pub(crate) upto: LogPos,
+    pub(crate) failed: bool,
 }
 
 impl Behind {
@@ -441,6 +441,8 @@ impl Behind {
                     while let Ok(next) = rx.try_recv() {
                         job = next;
                     }
+                    #[cfg(feature = "failpoints")]
+                    fail::fail_point!("log.sync_behind");
                     let on = crate::awake::Awake::begin(awake);
                     let synced = job.0.sync_data();
                     drop(on);
@@ -608,7 +610,7 @@ impl Log {
         let Some(b) = &self.behind else { return Ok(()) };
         let f = *b.flushed.borrow();
         if f.failed {
-            return Err(Error::Io(std::io::Error::other("a sync of the feed log failed")));
+            return Err(sync_failed());
         }
         self.synced = self.synced.max(f.upto);
         Ok(())
@@ -684,9 +686,38 @@ impl Durable {
             .map(|f| !f.failed);
         match reached {
             Ok(true) => Ok(()),
-            _ => Err(Error::Io(std::io::Error::other("a sync of the feed log failed"))),
+            _ => Err(sync_failed()),
         }
     }
+
+    /// Whether the log's thread got there, without waiting: `None` not
+    /// yet, else how it went (an error if a sync failed or the log is
+    /// gone).
+    pub fn reached(&self) -> Option<Result<()>> {
+        let gone = self.flushed.has_changed().is_err();
+        let f = *self.flushed.borrow();
+        if f.failed {
+            Some(Err(sync_failed()))
+        } else if f.upto >= self.upto {
+            Some(Ok(()))
+        } else if gone {
+            Some(Err(sync_failed()))
+        } else {
+            None
+        }
+    }
+
+    /// A durability to drive by hand (tests): the sender says how far the
+    /// log is durable.
+    #[cfg(test)]
+    pub(crate) fn manual(upto: LogPos) -> (tokio::sync::watch::Sender<Flushed>, Durable) {
+        let (tx, flushed) = tokio::sync::watch::channel(Flushed::default());
+        (tx, Durable { flushed, upto })
+    }
+}
+
+fn sync_failed() -> Error {
+    Error::Io(std::io::Error::other("a sync of the feed log failed"))
 }
 
 fn new_segment(dir: &Path, n: u32) -> Result<File> {

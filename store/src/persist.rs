@@ -40,7 +40,9 @@ impl Engine {
         log::encode_record(&mut self.log_buf, kind::COMMIT, &sealed);
         let end = self.log.append(&self.log_buf);
         self.log_buf.clear();
-        batch.insert(META_LOG, &end?.encode()[..]);
+        let end = end?;
+        batch.insert(META_LOG, &end.encode()[..]);
+        self.logged = Some((self.watermark, end));
         Ok(())
     }
 

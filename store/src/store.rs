@@ -15,7 +15,7 @@ use crate::compact::{CompactProgress, CompactReport, CompactStop};
 use crate::config::Config;
 use crate::engine::{Engine, Outcome, Write};
 use crate::error::{Error, Result};
-use crate::group_commit::GroupCommit;
+use crate::group_commit::{GroupCommit, Settled};
 use crate::ingest::IngestReport;
 use crate::open::{self, OpenReport};
 use crate::query::{ChannelInfo, DeviceInfo, Located, RosterInfo, Thread};
@@ -78,6 +78,11 @@ fn opens_ahead(entries: &[Vec<u8>]) -> bool {
 /// is under way (then it waits for that one, without blocking). Awaiting on
 /// the writer's own thread is what lets a lone writer's acknowledgement
 /// come without a thread woken after the fsync (ARCHITECTURE.md).
+///
+/// While someone listens to the store's events ([`Store::subscribe`], a
+/// sync node), the write's group closes at once and goes to the feed log,
+/// whose sync lets its entries leave: the write is then durable once that
+/// sync ends, and its journal record is not synced (one flush, not two).
 pub struct Pending {
     state: PendingState,
     journal: Arc<GroupCommit>,
@@ -87,8 +92,18 @@ enum PendingState {
     /// The store thread has not taken the write yet.
     Taking(oneshot::Receiver<Result<Written>>),
     /// Taken: its record to be made durable, then its staging to end.
-    Syncing(Option<u64>, Outcome, Option<oneshot::Receiver<Result<()>>>),
+    Syncing(Syncing),
     Done,
+}
+
+/// What a taken write still waits for.
+struct Syncing {
+    /// Its record, until durable or covered.
+    seq: Option<u64>,
+    /// The log's sync that covers its record, and the last record it covers.
+    cover: Option<(u64, crate::log::DurableWait)>,
+    outcome: Outcome,
+    staged: Option<oneshot::Receiver<Result<()>>>,
 }
 
 impl std::fmt::Debug for Pending {
@@ -137,18 +152,32 @@ impl Pending {
                             ready!(std::pin::Pin::new(rx).poll(cx)).map_err(|_| Error::Closed)??
                         }
                     };
-                    self.state = PendingState::Syncing(seq, outcome, staged);
+                    self.state = PendingState::Syncing(Syncing {
+                        seq,
+                        cover: None,
+                        outcome,
+                        staged,
+                    });
                 }
-                PendingState::Syncing(seq, outcome, staged) => {
-                    if let Some(s) = *seq {
-                        ready!(self.journal.poll_durable(s, cx))?;
-                        *seq = None;
+                PendingState::Syncing(w) => {
+                    if let Some(s) = w.seq {
+                        if let Settled::Cover(c) = ready!(self.journal.poll_settle(s, cx))? {
+                            let durable = c.durable;
+                            w.cover = Some((c.upto, Box::pin(async move { durable.wait().await })));
+                        }
+                        w.seq = None;
                     }
-                    if let Some(rx) = staged {
+                    if let Some((upto, wait)) = &mut w.cover {
+                        let res = ready!(wait.as_mut().poll(cx));
+                        self.journal.covered(*upto, &res);
+                        res?;
+                        w.cover = None;
+                    }
+                    if let Some(rx) = &mut w.staged {
                         ready!(std::pin::Pin::new(rx).poll(cx)).map_err(|_| Error::Closed)??;
-                        *staged = None;
+                        w.staged = None;
                     }
-                    return Poll::Ready(Ok(*outcome));
+                    return Poll::Ready(Ok(w.outcome));
                 }
                 PendingState::Done => return Poll::Ready(Err(Error::Closed)),
             }
