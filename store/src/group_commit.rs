@@ -65,6 +65,8 @@ pub(crate) struct GroupCommit {
     timing: AtomicBool,
     /// Groups written and synced by writers (not by the store thread).
     writers_synced: AtomicU64,
+    /// Deferred records or covers may be queued ([`GroupCommit::cover`]).
+    watching: AtomicBool,
     /// The store's events, when the cores are kept awake through an fsync
     /// ([`crate::awake`]) while anything listens to them (a node's peer, an
     /// app's screen waits on the write).
@@ -154,6 +156,7 @@ impl GroupCommit {
             fsync_ns: AtomicU64::new(0),
             timing: AtomicBool::new(false),
             writers_synced: AtomicU64::new(0),
+            watching: AtomicBool::new(false),
             awake: None,
         }
     }
@@ -168,6 +171,13 @@ impl GroupCommit {
     pub(crate) fn timings(&self, on: bool) -> Vec<u32> {
         self.timing.store(on, Ordering::Relaxed);
         std::mem::take(&mut lock(&self.queue).timed)
+    }
+
+    /// Deferred records or covers may be queued: the store thread's
+    /// looks (`undefer`, `reap`) take no lock when not.
+    fn update_watch(&self, q: &Queue) {
+        self.watching
+            .store(q.deferred > q.durable || !q.covers.is_empty(), Ordering::SeqCst);
     }
 
     /// The store's poisoned flag (shared with the store thread).
@@ -191,6 +201,9 @@ impl GroupCommit {
 
     /// Whether records wait for the store thread's cover.
     pub(crate) fn deferring(&self) -> bool {
+        if !self.watching.load(Ordering::SeqCst) {
+            return false;
+        }
         let q = lock(&self.queue);
         q.deferred > q.durable
     }
@@ -215,6 +228,7 @@ impl GroupCommit {
                 }
                 Some(_) => {}
             }
+            self.update_watch(&q);
             std::mem::take(&mut q.waiting)
         };
         waiting.into_iter().for_each(Waker::wake);
@@ -224,12 +238,16 @@ impl GroupCommit {
     /// group wrote nothing to the log, the log failed, or the group does
     /// not close at once): their writers make them durable in the journal.
     pub(crate) fn undefer(&self) {
+        if !self.watching.load(Ordering::SeqCst) {
+            return;
+        }
         let waiting = {
             let mut q = lock(&self.queue);
             if q.deferred <= q.durable {
                 return;
             }
             q.deferred = 0;
+            self.update_watch(&q);
             std::mem::take(&mut q.waiting)
         };
         waiting.into_iter().for_each(Waker::wake);
@@ -261,6 +279,9 @@ impl GroupCommit {
     /// The store thread: take in the covers whose sync ended (for writes
     /// nobody awaits, whose writers would have).
     pub(crate) fn reap(&self) {
+        if !self.watching.load(Ordering::SeqCst) {
+            return;
+        }
         loop {
             let done = {
                 let q = lock(&self.queue);
@@ -283,6 +304,7 @@ impl GroupCommit {
     /// Keep `pending` right: the records queued and not durable, none once
     /// nothing more can become durable.
     fn recount(&self, q: &Queue) {
+        self.update_watch(q);
         let n = if q.failed.is_some() {
             0
         } else {
