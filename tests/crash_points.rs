@@ -186,7 +186,17 @@ fn run_child(dir: &Path, point: &str, skip: u64, listen: bool) -> (Vec<String>, 
         .spawn()
         .expect("spawn the child");
     let out = child.stdout.take().expect("stdout");
-    let lines: Vec<String> = BufReader::new(out).lines().map_while(Result::ok).collect();
+    // A child that hangs (a writer never acknowledged, say) fails the test
+    // instead of holding it up.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let lines: Vec<String> = BufReader::new(out).lines().map_while(Result::ok).collect();
+        let _ = tx.send(lines);
+    });
+    let Ok(lines) = rx.recv_timeout(std::time::Duration::from_secs(300)) else {
+        let _ = child.kill();
+        panic!("{point} (pass {}): the child hung for 5 minutes", skip + 1);
+    };
     let status = child.wait().expect("wait");
     let closed = lines.iter().any(|l| l == "closed");
     assert!(

@@ -5,19 +5,25 @@
 //! sync"). Here the log's syncs are held (`hearth_store::hold_log_syncs`,
 //! cargo feature `failpoints`), and a listened post must not be
 //! acknowledged until they go on; an unlisted one goes through the journal
-//! and does not wait for them.
+//! and does not wait for them. And a store thread that dies in a group's
+//! close (a bug that panics) leaves no listened writer waiting: it hears
+//! `Poisoned`.
 
 use std::time::Duration;
 
-use hearth::store::{Store, hold_log_syncs};
+use hearth::store::{Store, hold_log_syncs, panic_at};
 use hearth::{Config, KdfParams, Passphrase};
 
 fn config() -> Config {
     Config::default().with_kdf(KdfParams::INSECURE_FAST)
 }
 
+/// The fail points are the process's: one test at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listened_post_waits_for_the_log_sync_that_covers_it() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::create(dir.path().join("s"), &Passphrase::new("live ack"), "me", config())
         .await
@@ -50,4 +56,46 @@ async fn a_listened_post_waits_for_the_log_sync_that_covers_it() {
     }
     drop(events);
     store.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_thread_that_dies_in_a_close_leaves_no_listened_writer_waiting() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    for listened in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::create(dir.path().join("s"), &Passphrase::new("live ack"), "me", config())
+            .await
+            .expect("create");
+        let channel = store.create_channel("c").await.expect("a channel");
+        let events = listened.then(|| store.subscribe());
+        let kept = store.post(channel, "before").await.expect("post");
+        let panics = panic_at("group.before_log").expect("a crash point");
+        let got = tokio::time::timeout(Duration::from_secs(20), store.post(channel, "during"))
+            .await
+            .unwrap_or_else(|_| panic!("listened {listened}: the post never ended"));
+        drop(panics);
+        if listened {
+            // Its group's close panicked before any cover: not acknowledged.
+            assert!(matches!(got, Err(hearth::store::Error::Poisoned)), "listened: {got:?}");
+        }
+        drop(events);
+        drop(store);
+        // What was acknowledged is there after a reopen (once the dead
+        // store's threads let go of its lock).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let store = loop {
+            match Store::open(dir.path().join("s"), &Passphrase::new("live ack"), config()).await {
+                Err(hearth::store::Error::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                other => break other.expect("reopen"),
+            }
+        };
+        let m = store.message(kept).await.expect("the first post");
+        assert_eq!(m.message.text.as_deref(), Some("before"));
+        if let Ok(id) = got {
+            assert!(store.message(id).await.is_ok(), "an acknowledged post is lost");
+        }
+        store.close().await.expect("close");
+    }
 }

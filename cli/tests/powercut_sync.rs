@@ -560,7 +560,16 @@ fn run_child(mode: &str, dir: &Path, entries: &Path, rng: &mut Rng, round: u32) 
         // when what made it durable has only just ended (the log's sync,
         // its journal record being left unsynced while listened).
         if mode == "live" && round % 2 == 1 {
-            while let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) {
+            loop {
+                let line = match rx.recv_timeout(Duration::from_secs(30)) {
+                    Ok(line) => line,
+                    // The child ended on its own: the check below says how.
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        let _ = child.kill();
+                        panic!("live round {round}: no post acknowledged in 30 s");
+                    }
+                };
                 let posted = line.starts_with("posted");
                 take(line, &mut acked);
                 if posted {

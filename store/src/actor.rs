@@ -120,6 +120,19 @@ struct Compacting {
     waiters: Vec<oneshot::Sender<Result<CompactReport>>>,
 }
 
+/// Gives the deferred records back to their writers when the store thread
+/// ends ([`run`]), and poisons the store if it ends in a panic.
+struct ReleaseDeferred(Arc<GroupCommit>);
+
+impl Drop for ReleaseDeferred {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.poisoned().store(true, Ordering::SeqCst);
+        }
+        self.0.undefer();
+    }
+}
+
 /// Wakes the store thread when a command comes while it sleeps on an fsync.
 struct Unpark(std::thread::Thread);
 
@@ -251,8 +264,8 @@ impl Actor {
             None => Ok(()),
         };
         let res = self.poison_on(res);
-        self.cover(res.is_ok());
-        res
+        let covered = self.cover(res.is_ok());
+        res.and(covered)
     }
 
     /// After a group's close (`closed`: it went well): the deferred
@@ -260,21 +273,25 @@ impl Actor {
     /// group's batch ends (that batch's commit carries their watermark);
     /// when the group wrote nothing to the log, their writers make them
     /// durable in the journal.
-    fn cover(&mut self, closed: bool) {
+    fn cover(&mut self, closed: bool) -> Result<()> {
         let logged = self.engine.logged.take();
         if !self.journal.deferring() {
-            return;
+            return Ok(());
         }
         let Some((upto, end)) = logged.filter(|_| closed) else {
             self.journal.undefer();
-            return;
+            return Ok(());
         };
         match self.engine.log.durable_shared(end) {
-            Ok(durable) => self.journal.cover(upto, durable),
+            Ok(durable) => {
+                self.journal.cover(upto, durable);
+                Ok(())
+            }
             Err(e) => {
+                // The writers lead then, and hear `Poisoned`.
                 self.poisoned.store(true, Ordering::SeqCst);
-                report_failure(&e);
                 self.journal.undefer();
+                Err(e)
             }
         }
     }
@@ -755,7 +772,11 @@ fn sleep_on_sync(
     if wait.is_zero() {
         return Err(());
     }
-    let nap = match sent.map(|t| journal.left(t).saturating_sub(WAKE_AHEAD)) {
+    // Records covered by a log sync: their writer wakes this thread when it
+    // ends (the journal's average says nothing of it), and a core kept
+    // busy meanwhile would slow that sync, which acknowledges them.
+    let ahead = if journal.covering() { None } else { sent };
+    let nap = match ahead.map(|t| journal.left(t).saturating_sub(WAKE_AHEAD)) {
         Some(d) if d.is_zero() => {
             *early = true;
             return Ok(None);
@@ -837,7 +858,10 @@ pub(crate) fn run(engine: Engine, journal: Arc<GroupCommit>, mut rx: mpsc::Recei
         poisoned.store(true, Ordering::SeqCst);
         report_failure(&Error::from(e));
     }
-    let actor_journal = journal.clone();
+    // However this thread ends (a panic in a group's close included), no
+    // writer is left waiting for a cover: it is given back its record, and
+    // after a panic the store is poisoned, so that it hears `Poisoned`.
+    let _release = ReleaseDeferred(journal.clone());
     let mut actor = Actor {
         engine,
         journal,
@@ -1014,8 +1038,6 @@ pub(crate) fn run(engine: Engine, journal: Arc<GroupCommit>, mut rx: mpsc::Recei
         }
     }
     let res = actor.shutdown();
-    // A poisoned store's close covers nothing: its writers hear `Poisoned`.
-    actor_journal.undefer();
     if let Some(reply) = close_reply {
         let _ = reply.send(res);
     }

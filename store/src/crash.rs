@@ -101,3 +101,27 @@ impl std::fmt::Debug for LogSyncHold {
         f.write_str("LogSyncHold")
     }
 }
+
+/// Make the store panic at `point` (one of [`CRASH_POINTS`]) until the
+/// returned guard is dropped (feature `failpoints`): a test's way to see
+/// what a bug that panics on the store's thread leaves behind.
+#[cfg(feature = "failpoints")]
+pub fn panic_at(point: &str) -> Result<PanicAt, String> {
+    if !CRASH_POINTS.contains(&point) {
+        return Err(format!("no crash point {point:?}"));
+    }
+    fail::cfg(point, "panic")?;
+    Ok(PanicAt(point.to_string()))
+}
+
+/// Panics armed at a point until dropped ([`panic_at`]).
+#[cfg(feature = "failpoints")]
+#[derive(Debug)]
+pub struct PanicAt(String);
+
+#[cfg(feature = "failpoints")]
+impl Drop for PanicAt {
+    fn drop(&mut self) {
+        fail::remove(&self.0);
+    }
+}

@@ -199,6 +199,12 @@ impl GroupCommit {
         self.recount(&q);
     }
 
+    /// Whether deferred records or covers may be queued (their writers,
+    /// not the journal's fsync, wake the store thread).
+    pub(crate) fn covering(&self) -> bool {
+        self.watching.load(Ordering::SeqCst)
+    }
+
     /// Whether records wait for the store thread's cover.
     pub(crate) fn deferring(&self) -> bool {
         if !self.watching.load(Ordering::SeqCst) {
@@ -277,21 +283,29 @@ impl GroupCommit {
     }
 
     /// The store thread: take in the covers whose sync ended (for writes
-    /// nobody awaits, whose writers would have).
+    /// nobody awaits, whose writers would have). The furthest one that
+    /// ended settles every record up to it; one that failed fails the store.
     pub(crate) fn reap(&self) {
         if !self.watching.load(Ordering::SeqCst) {
             return;
         }
-        loop {
-            let done = {
-                let q = lock(&self.queue);
-                let Some(c) = q.covers.front() else { return };
+        let done = {
+            let q = lock(&self.queue);
+            let mut done = None;
+            for c in &q.covers {
                 match c.durable.reached() {
-                    None => return,
-                    Some(res) => (c.upto, res),
+                    Some(Err(e)) => {
+                        done = Some((c.upto, Err(e)));
+                        break;
+                    }
+                    Some(Ok(())) => done = Some((c.upto, Ok(()))),
+                    None => {}
                 }
-            };
-            self.covered(done.0, &done.1);
+            }
+            done
+        };
+        if let Some((upto, res)) = done {
+            self.covered(upto, &res);
         }
     }
 
@@ -823,6 +837,62 @@ mod tests {
         f.gc.clear(Journal::new_run().unwrap(), 1);
         assert_eq!(w.0.load(Ordering::SeqCst), 1);
         assert!(matches!(f.poll(1, &w), Poll::Ready(Ok(()))));
+        assert!(!f.gc.busy());
+    }
+
+    /// A cover short of the deferred records (a batch whose watermark is
+    /// below them) settles what it covers and leaves the rest deferred
+    /// until they are given back; past `MAX_COVERS` the oldest cover goes,
+    /// and its records wait for a later one, which covers them too.
+    #[test]
+    fn a_short_cover_leaves_the_rest_deferred_and_old_covers_give_way() {
+        let f = fixture();
+        f.queue_deferred(1);
+        f.queue_deferred(2);
+        f.gc.cover(1, None);
+        let w = Arc::new(Count::default());
+        assert!(matches!(f.poll(1, &w), Poll::Ready(Ok(()))));
+        assert!(f.settle(2, &w).is_pending(), "still deferred");
+        assert!(f.gc.deferring());
+        f.gc.undefer();
+        assert!(matches!(f.poll(2, &w), Poll::Ready(Ok(()))));
+        assert_eq!(f.on_disk(), vec![1, 2], "its leader wrote the covered one too");
+        assert!(!f.gc.covering(), "nothing deferred, no cover");
+        // More covers than are kept: the first records find a later one.
+        let mut senders = Vec::new();
+        for seq in 3..3 + MAX_COVERS as u64 + 2 {
+            f.queue_deferred(seq);
+            let (tx, durable) = crate::log::Durable::manual(pos(seq));
+            f.gc.cover(seq, Some(durable));
+            senders.push(tx);
+        }
+        let Poll::Ready(Ok(Settled::Cover(c))) = f.settle(3, &w) else {
+            panic!("covered")
+        };
+        assert_eq!(c.upto, 5, "the oldest two gave way");
+        assert!(f.gc.covering());
+        let last = senders.last().unwrap();
+        last.send(flushed(1000, false)).unwrap();
+        f.gc.reap();
+        assert!(!f.gc.busy());
+        assert!(!f.gc.covering());
+        assert!(matches!(f.poll(3, &w), Poll::Ready(Ok(()))));
+    }
+
+    /// A leader that writes deferred records (they came before its own)
+    /// settles them: their writers find them durable, and the store thread
+    /// has nothing left to look at.
+    #[test]
+    fn a_leader_settles_the_deferred_records_before_its_own() {
+        let f = fixture();
+        f.queue_deferred(1);
+        f.queue(2);
+        let w = Arc::new(Count::default());
+        assert!(f.settle(1, &w).is_pending());
+        assert!(matches!(f.poll(2, &w), Poll::Ready(Ok(()))));
+        assert_eq!(w.0.load(Ordering::SeqCst), 1, "the deferred writer is woken");
+        assert!(matches!(f.poll(1, &w), Poll::Ready(Ok(()))));
+        assert!(!f.gc.covering());
         assert!(!f.gc.busy());
     }
 }

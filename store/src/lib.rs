@@ -92,7 +92,7 @@ pub use compact::{
 pub use config::Config;
 pub use crash::CRASH_POINTS;
 #[cfg(feature = "failpoints")]
-pub use crash::{LogSyncHold, crash_at, hold_log_syncs};
+pub use crash::{LogSyncHold, PanicAt, crash_at, hold_log_syncs, panic_at};
 pub use durable::{SledFiles, copy_dir_durably, create_private_dir, make_private, sync_dir, write_atomic};
 pub use engine::{Outcome, Write};
 pub use error::{Error, Result};

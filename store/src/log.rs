@@ -646,7 +646,15 @@ impl Log {
                 handle: Some((segment, f)),
                 ..
             }) if *segment == self.segment => f.clone(),
-            _ => std::sync::Arc::new(self.file.try_clone()?),
+            // Its own open of the segment, not a `dup`: a writeback error is
+            // reported once to each open file, and the sync thread's report
+            // must not be taken from the store thread's own syncs (an
+            // inline one would then succeed before the failure is told).
+            _ => std::sync::Arc::new(
+                OpenOptions::new()
+                    .read(true)
+                    .open(segment_path(&self.dir, self.segment))?,
+            ),
         };
         let b = self.behind.as_mut().expect("started above");
         b.handle = Some((self.segment, handle.clone()));

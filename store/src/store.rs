@@ -96,12 +96,22 @@ enum PendingState {
     Done,
 }
 
+/// `Pending` stays `Send + Sync + Unpin`, as it was before it could wait
+/// for a log sync: an app may hold one across threads and awaits.
+const _: fn() = || {
+    fn check<T: Send + Sync + Unpin>() {}
+    check::<Pending>();
+};
+
+/// The log's sync a deferred write waits for.
+type CoverWait = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + Sync>>;
+
 /// What a taken write still waits for.
 struct Syncing {
     /// Its record, until durable or covered.
     seq: Option<u64>,
     /// The log's sync that covers its record, and the last record it covers.
-    cover: Option<(u64, crate::log::DurableWait)>,
+    cover: Option<(u64, CoverWait)>,
     outcome: Outcome,
     staged: Option<oneshot::Receiver<Result<()>>>,
 }
