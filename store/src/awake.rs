@@ -8,9 +8,10 @@
 //! twenty-sixth session"). So while a journal record or the feed log is
 //! being made durable after a pause of [`IDLE_GAP`] or more, a thread in
 //! the idle scheduling class (`SCHED_IDLE`) spins on each core the process
-//! may use. Any other thread that becomes runnable takes the core from it
-//! at once; it parks again as soon as no flush is under way, and never
-//! spins longer than [`MOST`] at a stretch. Flushes that follow each other
+//! may use, yielding at every turn ([`spin`]). Any other thread that wants
+//! the core takes it from the spinner at once; the spinner parks again as
+//! soon as no flush is under way, and never spins longer than [`MOST`] at
+//! a stretch. Flushes that follow each other
 //! closely (a busy writer) get no spinner: there the cores do not halt, and
 //! a core kept busy beside a flush slows it (ARCHITECTURE.md, "And no spin
 //! while a journal fsync is in flight").
@@ -79,6 +80,19 @@ fn spinners() -> Option<&'static Spinners> {
 
 /// A spinner's life: on `cpu` alone, in the idle class, spinning while a
 /// flush is under way (up to [`MOST`]) and parked otherwise.
+///
+/// Each turn of the spin is a `sched_yield`. The idle class alone does not
+/// keep the spinner off a core that other work wants: the scheduler (EEVDF)
+/// preempts it for a thread that *wakes*, but a thread that was itself
+/// preempted (the store thread, by the log's sync thread it just woke on
+/// its core) waits in the run queue, and the spinner, owed time from its
+/// own preemptions, could be picked before it and keep the core for
+/// milliseconds. Timed marks in `hearth bench sync` caught the store thread
+/// off its core for up to 3.5 ms between asking for the log's sync and
+/// telling its event (2 to 10 times in each run's 308 groups, its CPU
+/// time unchanged); with the yield, none over 0.3 ms in four runs. A yield
+/// with nothing else runnable returns at once, so the core still does not
+/// halt.
 fn spin(cpu: usize, active: &AtomicUsize) {
     if !crate::placement::set_thread_cpus(&[cpu]) {
         // Not on its core, it would keep the wrong one awake.
@@ -89,7 +103,7 @@ fn spin(cpu: usize, active: &AtomicUsize) {
         std::thread::park();
         let since = Instant::now();
         while active.load(Ordering::Relaxed) > 0 && since.elapsed() < MOST {
-            std::hint::spin_loop();
+            std::thread::yield_now();
         }
     }
 }
