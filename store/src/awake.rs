@@ -11,10 +11,10 @@
 //! may use, yielding at every turn ([`spin`]). Any other thread that wants
 //! the core takes it from the spinner at once; the spinner parks again as
 //! soon as no flush is under way, and never spins longer than [`MOST`] at
-//! a stretch. Flushes that follow each other
-//! closely (a busy writer) get no spinner: there the cores do not halt, and
-//! a core kept busy beside a flush slows it (ARCHITECTURE.md, "And no spin
-//! while a journal fsync is in flight").
+//! a stretch. Flushes that follow each other closely (a busy writer) get no
+//! spinner: there the cores do not halt, and a core kept busy beside a
+//! flush slows it (ARCHITECTURE.md, "And no spin while a journal fsync is
+//! in flight").
 //!
 //! The threads are the process's, shared by its stores, and made when the
 //! first flush asks for them.
