@@ -33,7 +33,9 @@
 //! then on; their relay is of format 8.
 //!
 //! The `v16` stores hold entries of format 6 (their changes without the
-//! chunk's framing and actor).
+//! chunk's framing and actor). The `v17` stores are of the format that may
+//! hold the flag of a run that sent entries early; a test adds one to a
+//! copy and sees the store reborn.
 //!
 //! Write the fixtures of a format only with the code of that format:
 //! `HEARTH_WRITE_FIXTURES=v2 cargo test --test fixtures -- --ignored`.
@@ -212,6 +214,69 @@ async fn v16_stores_open_and_answer_the_same() {
         assert!(own > 10, "{version}: {own} entries of this device in format {format}");
         s.close().await.expect("close");
     }
+}
+
+/// Format 17: the `early` file of a run that sends entries before they are
+/// durable (written by the commit that made the format, as format 16's).
+#[tokio::test]
+async fn v17_stores_open_and_answer_the_same() {
+    old_stores_open_migrate_and_answer_the_same("v17", 17).await;
+}
+
+/// A store of format 17 that holds the flag of an early run that ended
+/// uncleanly, and whose mark is gone (the machine went down): it opens as a
+/// new device of the same user, with the old id a former one, every message
+/// as before, and writes on in a feed of its own. The flag is written here
+/// as docs/format.md says it is.
+#[tokio::test]
+async fn a_store_left_by_an_unclean_early_run_opens_as_a_new_device() {
+    let pass = Passphrase::new(FIXTURE_PASS);
+    let (_plain_tmp, _, plain) = open_copy("v17", "alice").await;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("alice");
+    copy_dir(&fixture("v17").join("alice"), &dir);
+    let mut flag = vec![1u8];
+    flag.extend_from_slice(&[0x5a; 16]);
+    std::fs::write(dir.join(hearth::store::EARLY_FILE), &flag).expect("flag");
+    let s = Store::open(&dir, &pass, fixture_config()).await.expect("open");
+    let old = plain.whoami().device;
+    assert_eq!(s.open_report().reborn_from, Some(old));
+    assert_ne!(s.whoami().device, old);
+    assert_eq!(s.whoami().former.last(), Some(&old));
+    assert_eq!(s.whoami().user, plain.whoami().user);
+    assert!(!dir.join(hearth::store::EARLY_FILE).exists(), "the flag goes");
+    let cert = s.device_cert().await.expect("a certificate");
+    assert_eq!(cert.body.device, s.whoami().device);
+    hearth::core::device::verify_chain(&s.device_chain().await.expect("chain")).expect("its chain verifies");
+    for c in plain.channels().await.expect("channels") {
+        assert_eq!(
+            s.all_messages(c.id).await.expect("messages"),
+            plain.all_messages(c.id).await.expect("messages"),
+            "{}: the same messages",
+            c.name
+        );
+    }
+    let c = s.channels().await.expect("channels")[0].id;
+    s.post(c, "after the rebirth").await.expect("post");
+    assert_eq!(s.vector(c).await.expect("vector").seq(&s.whoami().device), 1);
+    assert!(s.verify().await.expect("verify").is_clean());
+    s.close().await.expect("close");
+    // It reopens as the new device, its identity rebuilt from the log too.
+    let device = {
+        let s = Store::open(&dir, &pass, fixture_config()).await.expect("reopen");
+        assert_eq!(s.open_report().reborn_from, None);
+        let d = s.whoami().device;
+        s.close().await.expect("close");
+        d
+    };
+    std::fs::remove_dir_all(dir.join("db")).expect("remove db");
+    let s = Store::open(&dir, &pass, fixture_config()).await.expect("rebuild");
+    assert!(s.open_report().rebuilt.is_some());
+    assert_eq!(s.whoami().device, device);
+    assert_eq!(s.whoami().former.last(), Some(&old));
+    assert!(s.verify().await.expect("verify").is_clean());
+    s.close().await.expect("close");
+    plain.close().await.expect("close");
 }
 
 /// A text of format 9 rides in a segment of a format 3 entry: deleting its

@@ -32,6 +32,14 @@ async fn open(cli: &Cli) -> Result<Hearth> {
             h.whoami().device
         );
     }
+    if let Some(old) = r.reborn_from {
+        eprintln!(
+            "hearth: this device continues as {}, a new device of its user: its last run sent entries before \
+             they were durable and did not end cleanly, and some may have been lost; its peers give back what it \
+             sent as {old}",
+            h.whoami().device
+        );
+    }
     if let Some(why) = &r.rebuilt {
         eprintln!(
             "hearth: rebuilt the database of {} from its feed log ({} entries): {why}",
@@ -463,6 +471,7 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
             relay_server,
             bootstrap,
             no_discovery,
+            no_send_early,
             mdns,
             exit_on_eof,
             anti_entropy,
@@ -485,6 +494,7 @@ async fn run_on(cli: &Cli, h: &Hearth) -> Result<ExitCode> {
                 serve_circuits: *relay_server,
                 bootstrap: bootstrap.clone(),
                 discovery: !*no_discovery,
+                send_early: !*no_send_early,
                 mdns: *mdns,
                 anti_entropy: Duration::from_secs((*anti_entropy).max(1)),
                 ..Default::default()

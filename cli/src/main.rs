@@ -291,6 +291,12 @@ pub enum Command {
         /// Neither announce nor look up channels in the DHT.
         #[arg(long)]
         no_discovery: bool,
+        /// Send this device's new entries only once they are durable. By
+        /// default they leave as soon as they are written, a disk sync
+        /// sooner; after a power cut that may have lost some of them, the
+        /// store then continues as a new device of the same user.
+        #[arg(long)]
+        no_send_early: bool,
         /// Find peers on the local network by mDNS (multicasts on your network interfaces).
         #[arg(long)]
         mdns: bool,

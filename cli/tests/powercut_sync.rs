@@ -13,8 +13,14 @@
 //! every entry a relay acknowledged (a relay acknowledges only durable
 //! entries). In live sync the child also hands its own new entries out, as a
 //! node does to its peers, and each one handed out must come back with the
-//! same bytes (a peer holding the first version would see a fork). The next
-//! round goes on from what survived.
+//! same bytes (a peer holding the first version would see a fork). In
+//! early sync (`Store::send_early`) the child sends each group's own
+//! entries as soon as its event comes, before their log sync ends (in some
+//! rounds it holds the syncs, so that the cut surely loses what it sent):
+//! each one sent is there with the same bytes, or the power cut lost it and
+//! the store reopened as a new device of the same user, which takes the lost
+//! entries back (as a peer would give them) with no fork. The next round
+//! goes on from what survived.
 //!
 //! Rounds per test: 20 (`POWERCUT_ROUNDS` to change; the posting test in
 //! powercut.rs reads the same variable).
@@ -189,6 +195,12 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect()
+}
+
 fn vector_line(v: &Vector) -> String {
     v.0.iter()
         .map(|(d, p)| format!("{d}:{}", p.seq))
@@ -301,13 +313,35 @@ fn powercut_child() {
         // As a node does: while someone listens, a group closes at once,
         // and the log's sync that lets its entries leave starts behind it.
         let _listening = (mode == "live").then(|| store.subscribe());
+        // Early: as a node that sends early does, each group's own entries
+        // go out as soon as its event comes, before their log sync ends.
+        let live = mode == "live" || mode == "early";
+        // Early rounds that hold the log's syncs after a few posts: the
+        // entries of the group that waits are sent, never durable, and the
+        // power cut loses them.
+        let hold_after = (std::env::var_os("HEARTH_POWERCUT_HOLD").is_some()).then(|| 1 + rng.below(8) as u32);
+        let mut held = Vec::new();
+        if mode == "early" {
+            assert!(store.send_early().await.expect("send early"));
+            let mut events = store.subscribe();
+            tokio::spawn(async move {
+                while let Ok(e) = events.recv().await {
+                    if let hearth::store::StoreEvent::Appended { outgoing: Some(o), .. } = e {
+                        o.sendable().await.expect("sendable");
+                        for e in o.entries() {
+                            say_line(&format!("sent {}", hex(e)));
+                        }
+                    }
+                }
+            });
+        }
         // Where this device's feed was last handed out up to.
         let mut handed: Option<hearth::core::FeedPos> = None;
         let mut posts = 0u32;
         loop {
             let have = store.vector(channel).await.expect("vector");
             let todo = missing(&src, &have);
-            let n = if mode == "live" { 1 } else { 1 + rng.below(400) };
+            let n = if live { 1 } else { 1 + rng.below(400) };
             let batch: Vec<Vec<u8>> = todo.iter().take(n).map(|e| (*e).clone()).collect();
             if !batch.is_empty() {
                 let r = store.ingest(wire, batch).await.expect("ingest");
@@ -316,10 +350,14 @@ fn powercut_child() {
             // Live: up to three posts between two entries taken in, the
             // first building on a peer's entry, the others on this device's
             // own, each handed out once the log's sync behind it is done.
-            let writes = if mode == "live" { 1 + rng.below(3) } else { 1 };
+            let writes = if live { 1 + rng.below(3) } else { 1 };
             for _ in 0..writes {
-                if !(mode == "live" || todo.is_empty()) {
+                if !(live || todo.is_empty()) {
                     break;
+                }
+                if hold_after == Some(posts) && held.is_empty() {
+                    held.push(hearth::store::hold_log_syncs());
+                    say("holding".to_string());
                 }
                 // This device writes too: posts, acknowledged once durable.
                 let text = format!("own post {posts} of round child {}", std::process::id());
@@ -467,12 +505,17 @@ struct Acked {
     deleted: Vec<MessageId>,
     /// Own entries handed out (`live` mode): device, seq, hash in hex.
     handed: Vec<(DeviceId, u64, String)>,
+    /// Own entries sent before they were durable (`early` mode).
+    sent: Vec<Vec<u8>>,
     lines: usize,
 }
 
-fn spawn_child(mode: &str, dir: &Path, entries: &Path, seed: u64) -> Child {
-    Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "powercut_child", "--nocapture", "--test-threads", "1"])
+fn spawn_child(mode: &str, dir: &Path, entries: &Path, seed: u64, hold: bool) -> Child {
+    let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
+    if hold {
+        cmd.env("HEARTH_POWERCUT_HOLD", "1");
+    }
+    cmd.args(["--exact", "powercut_child", "--nocapture", "--test-threads", "1"])
         .env(CHILD_ENV, mode)
         .env("HEARTH_POWERCUT_DIR", dir)
         .env("HEARTH_POWERCUT_ENTRIES", entries)
@@ -486,7 +529,10 @@ fn spawn_child(mode: &str, dir: &Path, entries: &Path, seed: u64) -> Child {
 /// Run a child for a random time after its first acknowledgement (or kill it
 /// while it opens), then SIGKILL it and collect what it acknowledged.
 fn run_child(mode: &str, dir: &Path, entries: &Path, rng: &mut Rng, round: u32) -> Acked {
-    let mut child = spawn_child(mode, dir, entries, rng.next());
+    // Early, every fourth round: the child holds its log's syncs after a
+    // few posts (and the kill comes right as an entry is sent).
+    let hold = mode == "early" && round % 4 == 1;
+    let mut child = spawn_child(mode, dir, entries, rng.next(), hold);
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
@@ -519,6 +565,7 @@ fn run_child(mode: &str, dir: &Path, entries: &Path, rng: &mut Rng, round: u32) 
                 acked.deleted.push(rest.parse().expect("message id"));
                 acked.lines += 1;
             }
+            "sent" => acked.sent.push(unhex(rest)),
             "handed" => {
                 let mut it = rest.split(' ');
                 let (d, seq, hash) = (it.next(), it.next(), it.next());
@@ -555,11 +602,29 @@ fn run_child(mode: &str, dir: &Path, entries: &Path, rng: &mut Rng, round: u32) 
                 }
             }
         }
-        std::thread::sleep(Duration::from_millis(20 + rng.below(600) as u64));
+        if hold {
+            // Until the child holds its syncs; the kill then comes as the
+            // entry that waits for one is sent.
+            loop {
+                match rx.recv_timeout(Duration::from_secs(30)) {
+                    Ok(line) if line == "holding" => break,
+                    Ok(line) => take(line, &mut acked),
+                    Err(_) => {
+                        let _ = child.kill();
+                        panic!("{mode} round {round}: the child never held its log's syncs");
+                    }
+                }
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(20 + rng.below(600) as u64));
+        }
         // Live, every other round: killed right as a post is acknowledged,
         // when what made it durable has only just ended (the log's sync,
         // its journal record being left unsynced while listened).
-        if mode == "live" && round % 2 == 1 {
+        // Early, every other round: killed right as an entry is sent,
+        // while its log sync is likely still under way.
+        let at = if mode == "early" { "sent" } else { "posted" };
+        if (mode == "live" || mode == "early") && round % 2 == 1 {
             loop {
                 let line = match rx.recv_timeout(Duration::from_secs(30)) {
                     Ok(line) => line,
@@ -570,7 +635,7 @@ fn run_child(mode: &str, dir: &Path, entries: &Path, rng: &mut Rng, round: u32) 
                         panic!("live round {round}: no post acknowledged in 30 s");
                     }
                 };
-                let posted = line.starts_with("posted");
+                let posted = line.starts_with(at);
                 take(line, &mut acked);
                 if posted {
                     break;
@@ -591,7 +656,15 @@ fn run_child(mode: &str, dir: &Path, entries: &Path, rng: &mut Rng, round: u32) 
     acked
 }
 
-fn check_store(dir: &Path, src: &Source, acked: &Acked, mode: &str, round: u32) -> (Vector, u64) {
+/// What [`check_store`] found: the channel's vector, whether sled was
+/// rebuilt, whether the device was reborn (entries sent early were lost).
+struct Checked {
+    vector: Vector,
+    rebuilt: u64,
+    reborn: u64,
+}
+
+fn check_store(dir: &Path, src: &Source, acked: &Acked, mode: &str, round: u32) -> Checked {
     rt().block_on(async {
         let s = open_store(dir, &Passphrase::new(PASS), config())
             .await
@@ -633,6 +706,51 @@ fn check_store(dir: &Path, src: &Source, acked: &Acked, mode: &str, round: u32) 
                 );
             }
         }
+        // Every own entry sent early is there with the same bytes; or the
+        // power cut lost some, and the device was reborn: then the peer
+        // that got them gives them back, and they are taken as the old
+        // device's, with no fork.
+        let reborn = s.open_report().reborn_from;
+        if !acked.sent.is_empty() {
+            let all = s
+                .entries_after(src.keys.wire(), Vector::default(), usize::MAX, usize::MAX)
+                .await
+                .expect("entries");
+            let mut lost = Vec::new();
+            for e in &acked.sent {
+                let h = Envelope::decode(e).expect("sent entry").header;
+                let found = all.entries.iter().find(|x| {
+                    let x = Envelope::decode(x).expect("entry").header;
+                    x.device == h.device && x.seq == h.seq
+                });
+                match found {
+                    Some(x) => assert_eq!(
+                        Envelope::hash_of(x),
+                        Envelope::hash_of(e),
+                        "{mode} round {round}: entry {}:{} came back with other bytes (a fork)",
+                        h.device,
+                        h.seq
+                    ),
+                    None => {
+                        assert_eq!(
+                            reborn,
+                            Some(h.device),
+                            "{mode} round {round}: entry {}:{} was sent, is lost, and the device was not reborn",
+                            h.device,
+                            h.seq
+                        );
+                        assert!(s.whoami().former.contains(&h.device));
+                        lost.push(e.clone());
+                    }
+                }
+            }
+            if !lost.is_empty() {
+                let r = s.ingest(src.keys.wire(), lost).await.expect("the lost entries back");
+                assert!(r.rejected.is_empty(), "{mode} round {round}: {:?}", r.rejected);
+                let report = s.verify().await.expect("verify");
+                assert!(report.is_clean(), "{mode} round {round}: verify: {:?}", report.problems);
+            }
+        }
         // What was received is a verified prefix of each source feed.
         for (d, p) in &v.0 {
             if let Some(e) = src.entries.iter().find(|e| {
@@ -648,7 +766,11 @@ fn check_store(dir: &Path, src: &Source, acked: &Acked, mode: &str, round: u32) 
         }
         let rebuilt = u64::from(s.open_report().rebuilt.is_some());
         s.close().await.expect("close");
-        (v, rebuilt)
+        Checked {
+            vector: v,
+            rebuilt,
+            reborn: u64::from(reborn.is_some()),
+        }
     })
 }
 
@@ -670,7 +792,8 @@ fn store_rounds(mode: &str) {
         s.close().await.expect("close");
     });
     let mut rng = Rng(0x5eed_0000 + mode.len() as u64);
-    let (mut posts, mut handed, mut rebuilt, mut last) = (0usize, 0usize, 0u64, Vector::default());
+    let (mut posts, mut handed, mut sent, mut rebuilt, mut reborn, mut last) =
+        (0usize, 0usize, 0usize, 0u64, 0u64, Vector::default());
     let started = Instant::now();
     for round in 0..rounds() {
         let acked = run_child(mode, &dir, &entries, &mut rng, round);
@@ -689,14 +812,23 @@ fn store_rounds(mode: &str) {
         fs.cut();
         posts += acked.posts.len();
         handed += acked.handed.len();
-        let (v, r) = check_store(&dir, &src, &acked, mode, round);
-        rebuilt += r;
-        last = v;
+        sent += acked.sent.len();
+        let c = check_store(&dir, &src, &acked, mode, round);
+        rebuilt += c.rebuilt;
+        reborn += c.reborn;
+        last = c.vector;
+    }
+    if mode == "early" && rounds() >= 8 {
+        // Rounds 5 and 9 hold the syncs, and are not reopened before the cut.
+        assert!(
+            reborn > 0,
+            "no power cut lost an entry sent early: the test missed its point"
+        );
     }
     let received: u64 = last.0.values().map(|p| p.seq).sum();
     eprintln!(
         "powercut {mode} summary: {} cuts, {posts} acknowledged own posts checked, {handed} own entries handed out \
-         checked, {received} entries held at the end, \
+         checked, {sent} own entries sent early checked, {reborn} devices reborn, {received} entries held at the end, \
          {rebuilt} opens rebuilt sled, 0 stores failed to open, {:.1} s, peak LazyFS cache use {:.1}%",
         rounds(),
         started.elapsed().as_secs_f64(),
@@ -712,6 +844,11 @@ fn ingest_of_a_catch_up_survives_power_cuts() {
 #[test]
 fn live_sync_with_own_posts_survives_power_cuts() {
     store_rounds("live");
+}
+
+#[test]
+fn own_entries_sent_early_survive_power_cuts_without_a_fork() {
+    store_rounds("early");
 }
 
 #[test]

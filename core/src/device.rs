@@ -133,6 +133,18 @@ impl DeviceKeys {
         Ok(keys)
     }
 
+    /// Keys for the device that succeeds this one in its own store
+    /// ([`crate::Identity::reborn`]): a fresh signing key (so a new device
+    /// id), the same key-agreement key, so that keys sealed to this device
+    /// still open.
+    pub fn successor(&self) -> Result<Self> {
+        let mut s = [0u8; 32];
+        random_bytes(&mut s)?;
+        let keys = Self::from_secrets(SigningKey::from_bytes(&s), self.kx.clone());
+        s.zeroize();
+        Ok(keys)
+    }
+
     fn from_secrets(signing: SigningKey, kx: StaticSecret) -> Self {
         let public = DevicePublic {
             signing: signing.verifying_key().to_bytes(),

@@ -235,16 +235,54 @@ impl Identity {
     /// it too). No former ids: what this device wrote is another device's
     /// feed to the new one.
     pub fn restored(&self) -> Result<Self> {
-        let mut id = match &self.signing {
-            Some(signing) => Self::new_device(&SecretKey::from_bytes(signing.to_bytes()), &self.name)?,
-            None => {
-                let keys = DeviceKeys::generate()?;
-                let chain = self.certify_device(keys.public())?;
-                Self::linked(keys, chain, &self.name)?
-            }
-        };
+        let mut id = self.certified(DeviceKeys::generate()?)?;
         id.node = Some(SecretKey::generate()?);
         Ok(id)
+    }
+
+    /// The device that succeeds this one in its own store after an unclean
+    /// shutdown of a run that sent entries before they were durable (a
+    /// power cut may have lost some that peers hold): a new signing key and
+    /// id, so that it never writes a feed sequence number the lost entries
+    /// have; the same key-agreement key, name and network key (the same
+    /// store and peer id); certified as [`Identity::restored`] is. This
+    /// device's id becomes a former one: the same store wrote under it, and
+    /// sync brings the lost entries back as that id's.
+    pub fn reborn(&self) -> Result<Self> {
+        let keys = match self.device_keys() {
+            Some(k) => k.successor()?,
+            None => DeviceKeys::generate()?,
+        };
+        let mut id = self.certified(keys)?;
+        id.former = self.former.clone();
+        id.former.push(self.device);
+        id.node = self.node.clone();
+        Ok(id)
+    }
+
+    /// Whether [`Identity::reborn`] can certify a successor: this device
+    /// holds the user key, or its chain is shorter than chains go.
+    pub fn can_be_reborn(&self) -> bool {
+        self.holds_user_key() || self.device_chain().is_some_and(|c| c.len() < crate::device::MAX_CHAIN)
+    }
+
+    /// A device of this user with `keys` and the same name: certified by
+    /// the user key where this device holds it (and keeps it), and
+    /// otherwise through this device's chain, as a link would certify it
+    /// (a revocation of this device then reaches it too).
+    fn certified(&self, keys: DeviceKeys) -> Result<Self> {
+        match &self.signing {
+            Some(signing) => {
+                let mut id = Self::from_parts(&SecretKey::from_bytes(signing.to_bytes()), keys.device_id(), &self.name);
+                let cert = DeviceCert::by_user(id.user_key()?, id.device, keys.public(), unix_millis(), false);
+                id.device_keys = Some((keys, vec![cert]));
+                Ok(id)
+            }
+            None => {
+                let chain = self.certify_device(keys.public())?;
+                Self::linked(keys, chain, &self.name)
+            }
+        }
     }
 
     /// This identity with `node` as its own network key, if it has one (a
@@ -572,6 +610,53 @@ mod tests {
             again.device()
         );
         assert_ne!(again.node_secret(), back.node_secret());
+    }
+
+    #[test]
+    fn a_reborn_device_is_a_new_device_with_the_same_network_key() {
+        let owner = Identity::generate("alice").unwrap();
+        let reborn = owner.reborn().unwrap();
+        assert_eq!((reborn.user(), reborn.name()), (owner.user(), "alice"));
+        assert_ne!(reborn.device(), owner.device());
+        assert!(reborn.on_keyed_id() && reborn.is_this_device(&owner.device()));
+        assert_eq!(reborn.former(), [owner.device()]);
+        // Keys sealed to the old device still open: the same exchange key.
+        let (old, new) = (owner.device_keys().unwrap(), reborn.device_keys().unwrap());
+        assert_eq!(old.public().kx, new.public().kx);
+        assert_ne!(old.public().signing, new.public().signing);
+        assert!(reborn.holds_user_key() && reborn.device_chain().unwrap().len() == 1);
+        assert!(reborn.node_secret().is_none(), "the store's own network key, as before");
+        // A restored device's own network key goes with it.
+        let restored = owner.restored().unwrap();
+        let again = restored.reborn().unwrap();
+        assert_eq!(again.node_secret(), restored.node_secret());
+        assert_ne!(again.device(), restored.device());
+        assert!(again.reborn().unwrap().former().len() == 2, "every id it wrote under");
+        // A linked device is reborn through its chain, one link longer each
+        // time, until the chain is as long as chains go.
+        let keys = DeviceKeys::generate().unwrap();
+        let chain = owner.certify_device(keys.public()).unwrap();
+        let mut linked = Identity::linked(keys, chain, "alice").unwrap();
+        let mut rebirths = 0;
+        while linked.can_be_reborn() {
+            let next = linked.reborn().unwrap();
+            assert!(!next.holds_user_key());
+            assert_eq!(
+                next.device_chain().unwrap().len(),
+                linked.device_chain().unwrap().len() + 1
+            );
+            assert_eq!(
+                crate::device::verify_chain(next.device_chain().unwrap())
+                    .unwrap()
+                    .device,
+                next.device()
+            );
+            linked = next;
+            rebirths += 1;
+        }
+        assert_eq!(rebirths, crate::device::MAX_CHAIN - 2);
+        assert!(linked.reborn().is_err(), "no successor past the chain's limit");
+        assert!(owner.can_be_reborn());
     }
 
     /// An identity record of version 1 (no device keys).

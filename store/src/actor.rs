@@ -343,7 +343,9 @@ impl Actor {
     }
 
     fn finish_after(&self) -> Duration {
-        if self.engine.events.receiver_count() > 0 {
+        // A run that sends entries early acknowledges every write by the
+        // log's sync of its group (`crate::early`): its groups close at once.
+        if self.engine.early.is_some() || self.engine.events.receiver_count() > 0 {
             FINISH_AFTER_LIVE
         } else {
             FINISH_AFTER
@@ -361,6 +363,18 @@ impl Actor {
         self.guard()?;
         let res = self.engine.ensure_summaries();
         self.poison_on(res)
+    }
+
+    /// Entries sent early may be lost once a log sync failed (the page
+    /// cache may still show them): their mark goes, so that a reopen makes
+    /// this a new device. A store poisoned otherwise (a bug) lost nothing
+    /// it wrote, and its mark stays true.
+    fn drop_early_mark(&mut self) {
+        if let Some(run) = &mut self.engine.early
+            && self.engine.log.sync_failed()
+        {
+            run.drop_mark("a sync of the feed log failed");
+        }
     }
 
     fn guard(&self) -> Result<()> {
@@ -678,6 +692,7 @@ impl Actor {
         // A poisoned store leaves the disk as it is: the journal and sled's
         // atomic batches are what a reopen recovers from.
         if self.poisoned.load(Ordering::SeqCst) {
+            self.drop_early_mark();
             Err(Error::Poisoned)
         } else {
             self.summaries()
@@ -687,6 +702,8 @@ impl Actor {
                 .and_then(|()| self.engine.write_summary_copies())
                 .and_then(|()| self.checkpoint())
                 .and_then(|()| self.journal.with(Journal::mark_empty))
+                // Everything sent early is durable now: the run ends cleanly.
+                .and_then(|()| self.engine.early.take().map_or(Ok(()), crate::early::EarlyRun::end))
         }
     }
 }
@@ -1022,6 +1039,9 @@ pub(crate) fn run(engine: Engine, journal: Arc<GroupCommit>, mut rx: mpsc::Recei
         // Deferred records whose group does not close now (the listeners
         // went): their writers sync them.
         actor.journal.undefer();
+        if actor.poisoned.load(Ordering::Relaxed) {
+            actor.drop_early_mark();
+        }
         actor.poll_compaction();
         actor.poll_backup();
     }

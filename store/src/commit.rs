@@ -510,7 +510,19 @@ impl Engine {
             let wire = self.channel(&channel)?.keys.wire();
             let outgoing = match (fresh.remove(&channel).flatten(), &durable) {
                 (Some(entries), Some(durable)) => {
-                    crate::Outgoing::new(wire, self.vector_of(&channel)?, device, entries, durable.clone())
+                    let early = self.early.as_mut().map(|run| {
+                        if let Some((seq, _)) = entries.last() {
+                            run.mark(&wire, *seq);
+                        }
+                    });
+                    crate::Outgoing::new(
+                        wire,
+                        self.vector_of(&channel)?,
+                        device,
+                        entries,
+                        durable.clone(),
+                        early.is_some(),
+                    )
                 }
                 _ => None,
             };

@@ -282,6 +282,9 @@ pub(crate) struct Engine {
     /// watermark its commit carries, and the log's end after it (what
     /// covers a deferred record, `GroupCommit::cover`).
     pub logged: Option<(u64, crate::log::LogPos)>,
+    /// This run sends its own entries before they are durable
+    /// ([`crate::Store::send_early`], `crate::early`).
+    pub(crate) early: Option<crate::early::EarlyRun>,
     /// This device's entries of the group being closed, by channel, while
     /// someone listens (`None`: more than [`crate::replica::OUTGOING_MAX`]
     /// or [`crate::replica::OUTGOING_BYTES`]):
@@ -447,6 +450,7 @@ impl Engine {
             own_unsynced: false,
             own_end: crate::log::LogPos::default(),
             logged: None,
+            early: None,
             fresh: HashMap::new(),
             journal_pending: 0,
             unlock_time: std::time::Duration::ZERO,

@@ -198,7 +198,11 @@ pub fn expired_key(wire: &WireId) -> Vec<u8> {
 /// the chunk's framing and actor, which the entry says already
 /// (`hearth_core::chunk::strip_change`), and no epoch but the header's;
 /// 15 is only marked.
-pub const STORE_FORMAT: u8 = 16;
+/// 17: the `early` file of a run that sends its entries before they are
+/// durable (`crate::early`), whose unclean end makes the device a new
+/// one, its old id kept as a former one (an identity record appended);
+/// 16 is only marked.
+pub const STORE_FORMAT: u8 = 17;
 
 /// What opening a store of format `from` does to bring it to
 /// [`STORE_FORMAT`], step by step (`hearth migrate --check`). Empty when
@@ -227,7 +231,8 @@ pub fn migration_steps(from: u8) -> Vec<&'static str> {
         steps.push(
             "the other steps only mark sled: the rows and kinds of record they add come with the content that \
              needs them (fork proofs, device chains, rosters, notices, texts beside their changes, packs, \
-             a restored device's own network key, dead epochs, texts named by slot, front pages, summary copies, changes without their framing)",
+             a restored device's own network key, dead epochs, texts named by slot, front pages, summary copies, changes without their framing, \
+             the flag of a run that sends entries early)",
         );
         steps.push("sled's format row set to the current format, and the store checkpointed");
     }

@@ -50,6 +50,7 @@ mod compact;
 mod config;
 mod cuts;
 mod durable;
+mod early;
 mod engine;
 mod epochs;
 mod error;
@@ -94,6 +95,9 @@ pub use crash::CRASH_POINTS;
 #[cfg(feature = "failpoints")]
 pub use crash::{LogSyncHold, PanicAt, crash_at, hold_log_syncs, panic_at};
 pub use durable::{SledFiles, copy_dir_durably, create_private_dir, make_private, sync_dir, write_atomic};
+pub use early::{
+    EARLY_FILE, decode_early_flag, decode_early_mark, early_mark_path, encode_early_flag, encode_early_slot,
+};
 pub use engine::{Outcome, Write};
 pub use error::{Error, Result};
 pub use events::ChatEvent;

@@ -407,6 +407,9 @@ pub struct Log {
     behind: Option<Behind>,
     /// That thread keeps the cores awake through each sync ([`crate::awake`]).
     awake: bool,
+    /// A sync on this thread failed: what it should have made durable may
+    /// be lost (and reads may still show it, from the page cache).
+    failed: bool,
 }
 
 /// A thread that makes the log durable while its caller goes on, and what
@@ -490,6 +493,7 @@ impl Log {
             dir_unsynced: false,
             behind: None,
             awake: false,
+            failed: false,
         })
     }
 
@@ -538,6 +542,7 @@ impl Log {
             dir_unsynced: false,
             behind: None,
             awake: false,
+            failed: false,
         })
     }
 
@@ -575,7 +580,10 @@ impl Log {
         if self.end >= SEGMENT_BYTES {
             // The full segment is made durable before the next one exists, so
             // a later segment only ever follows a complete one.
-            self.file.sync_data()?;
+            if let Err(e) = self.file.sync_data() {
+                self.failed = true;
+                return Err(e.into());
+            }
             let next = self.segment + 1;
             self.file = new_segment(&self.dir, next)?;
             self.segment = next;
@@ -592,17 +600,30 @@ impl Log {
     /// it should have made durable may be lost, whatever a later fsync says.
     pub fn sync(&mut self) -> Result<()> {
         self.take_flushed()?;
-        if self.synced != self.end() {
-            self.file.sync_data()?;
-        }
-        if self.dir_unsynced {
-            // A new segment's own size and entry: sync_all, then the directory.
-            self.file.sync_all()?;
-            sync_dir(&self.dir)?;
-            self.dir_unsynced = false;
+        let synced = (|| {
+            if self.synced != self.end() {
+                self.file.sync_data()?;
+            }
+            if self.dir_unsynced {
+                // A new segment's own size and entry: sync_all, then the directory.
+                self.file.sync_all()?;
+                sync_dir(&self.dir)?;
+                self.dir_unsynced = false;
+            }
+            Result::Ok(())
+        })();
+        if let Err(e) = synced {
+            self.failed = true;
+            return Err(e);
         }
         self.synced = self.end();
         Ok(())
+    }
+
+    /// Whether a sync of the log failed, here or on its own thread: what it
+    /// should have made durable may be lost.
+    pub(crate) fn sync_failed(&self) -> bool {
+        self.failed || self.behind.as_ref().is_some_and(|b| b.flushed.borrow().failed)
     }
 
     /// What the syncs behind made durable, taken into `synced`.

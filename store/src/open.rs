@@ -68,6 +68,15 @@ pub struct OpenReport {
     /// when something first needs them), so this is 0 then:
     /// [`crate::Stats::summary_copies`] counts them all.
     pub summary_copies: u64,
+    /// The id this device wrote under until this open, if it was reborn now
+    /// as a new device of the same user: its last run sent entries before
+    /// they were durable ([`crate::Store::send_early`]) and ended uncleanly,
+    /// and some of them may have been lost ([`hearth_core::Identity::reborn`]).
+    pub reborn_from: Option<hearth_core::DeviceId>,
+    /// Journal records past the durable feed log that such an open dropped
+    /// (none was acknowledged: a run that sends early acknowledges a write
+    /// once its group is durable in the log).
+    pub dropped_unacknowledged: u64,
 }
 
 pub(crate) fn lock(dir: &Path) -> Result<File> {
@@ -686,7 +695,7 @@ pub(crate) fn open(
     // Read before sled is brought in line, so that the open knows whether
     // it replays anything (a clean close leaves it empty).
     let journal_path = dir.join(JOURNAL_FILE);
-    let (mut journal, decoded) = match early_journal {
+    let (mut journal, mut decoded) = match early_journal {
         Some(jf) => Journal::open_read(&journal_path, jf?, &records)?,
         None => Journal::open(&journal_path, &records)?,
     };
@@ -785,8 +794,9 @@ pub(crate) fn open(
                         // derived rows and new kinds of content only; 6 to 7
                         // moves the device to its keyed id, once the journal
                         // is replayed (`move_to_keyed_id`); 7 to 8 changes
-                        // only identity records written from then on. The
-                        // store is marked here.
+                        // only identity records written from then on; 16 to
+                        // 17 adds the `early` file (`crate::early`), absent
+                        // until a run sends early. The store is marked here.
                         e.tree.insert(META_FORMAT, &[STORE_FORMAT][..])?;
                         e.dirty = true;
                         report.migrated_from = Some(st.format);
@@ -849,6 +859,20 @@ pub(crate) fn open(
         engine.ensure_summaries()?;
     }
     give_device_keys(&mut engine)?;
+    // A run that sent entries early and ended uncleanly: if the log may have
+    // lost some of them, this device is reborn before anything is replayed.
+    let marks = crate::early::mark_dir();
+    let left = crate::early::left(dir, marks.as_deref())?;
+    if let Some(l) = &left {
+        let device = engine.identity.device();
+        let lost = l.may_have_lost(|wire| {
+            let channel = engine.channel_by_wire(wire).ok()?;
+            Some(engine.vector_of(&channel).ok()?.seq(&device))
+        });
+        if lost {
+            rebirth(&mut engine, &mut decoded.records, &mut report)?;
+        }
+    }
     // Entries held sealed whose key generation arrived later in the log (one
     // look at the table first, which the second thread took if nothing has
     // been brought into sled since: it is empty but for such entries).
@@ -913,6 +937,11 @@ pub(crate) fn open(
         engine.snapshot_all()?;
         engine.checkpoint()?;
         journal.clear(Journal::new_run()?);
+    }
+    // The last run's flag and mark go once what this open made of them is
+    // durable (a rebirth among it).
+    if let Some(l) = left {
+        l.clear(dir, marks.as_deref())?;
     }
     // What the journal held is in sled now: its old records (texts a
     // compaction dropped among them) are zeroed.
@@ -993,6 +1022,35 @@ fn move_to_keyed_id(engine: &mut Engine) -> Result<()> {
     let identity = engine.identity.clone().with_keyed_id()?;
     write_identity(engine, identity)?;
     engine.checkpoint()
+}
+
+/// This device reborn as a new device of its user (`crate::early`): the
+/// journal's records past the durable log (none acknowledged) dropped, the
+/// new identity to the log and sled in one batch, as in [`give_device_keys`];
+/// the open's checkpoint makes it durable before the last run's flag goes,
+/// so that a crash in between has it reborn again, never writing the old feeds.
+fn rebirth(
+    engine: &mut Engine,
+    records: &mut Vec<crate::journal::JournalRecord>,
+    report: &mut OpenReport,
+) -> Result<()> {
+    let from = engine.identity.device();
+    let before = records.len();
+    records.retain(|r| r.seq <= engine.watermark);
+    engine.ensure_summaries()?;
+    let reborn = engine.identity.reborn()?;
+    let to = reborn.device();
+    write_identity(engine, reborn)?;
+    engine.dirty = true;
+    report.reborn_from = Some(from);
+    report.dropped_unacknowledged = (before - records.len()) as u64;
+    tracing::warn!(
+        from = %from,
+        to = %to,
+        dropped = report.dropped_unacknowledged,
+        "entries sent early may have been lost in an unclean shutdown: this device continues as a new device of its user"
+    );
+    Ok(())
 }
 
 /// A newer identity record of this device to the log and sled, in one batch

@@ -122,6 +122,8 @@ struct OutgoingInner {
     first: u64,
     entries: Vec<Vec<u8>>,
     durable: Option<crate::log::Durable>,
+    /// They may leave before they are durable (`crate::early`).
+    early: bool,
 }
 
 impl Outgoing {
@@ -133,6 +135,7 @@ impl Outgoing {
         device: DeviceId,
         entries: Fresh,
         durable: Option<crate::log::Durable>,
+        early: bool,
     ) -> Option<Outgoing> {
         let first = entries.first()?.0;
         let consecutive = entries.iter().zip(first..).all(|((seq, _), want)| *seq == want);
@@ -147,6 +150,7 @@ impl Outgoing {
             first,
             entries: entries.into_iter().map(|(_, b)| b).collect(),
             durable,
+            early,
         })))
     }
 
@@ -184,13 +188,33 @@ impl Outgoing {
         })
     }
 
-    /// Resolves once the entries may leave the device: the feed log holds
-    /// them durably. An error if its sync failed.
+    /// Resolves once the feed log holds the entries durably. An error if
+    /// its sync failed.
     pub async fn durable(&self) -> Result<()> {
         match &self.0.durable {
             Some(d) => d.wait().await,
             None => Ok(()),
         }
+    }
+
+    /// Resolves once the entries may leave the device: at once when the
+    /// store sends entries early ([`crate::Store::send_early`]: they are in
+    /// the log, and a loss of them makes this a new device at the next
+    /// open), else once they are durable ([`Outgoing::durable`]).
+    pub async fn sendable(&self) -> Result<()> {
+        if self.0.early { Ok(()) } else { self.durable().await }
+    }
+
+    /// The entries, in feed order (the last is this device's head in
+    /// [`Outgoing::vector`]).
+    pub fn entries(&self) -> &[Vec<u8>] {
+        &self.0.entries
+    }
+
+    /// Whether the entries may leave before they are durable
+    /// ([`Outgoing::sendable`]).
+    pub fn early(&self) -> bool {
+        self.0.early
     }
 }
 

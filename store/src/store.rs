@@ -859,6 +859,25 @@ impl Store {
         rx.await.map_err(|_| Error::Closed)?
     }
 
+    /// Let this device's new entries leave as soon as they are written to
+    /// the feed log, a sync before they are durable (a sync node calls it
+    /// as it starts): each group's [`Outgoing`](crate::Outgoing) is then
+    /// [`sendable`](crate::Outgoing::sendable) at once. From now until a
+    /// clean close, every write is acknowledged by the log's sync of its
+    /// group. Should the machine go down (or a sync of the log fail) before
+    /// a clean close, the next open cannot know that nothing sent was lost,
+    /// and continues as a new device of the same user
+    /// ([`OpenReport::reborn_from`](crate::OpenReport::reborn_from)); a
+    /// process killed loses nothing written, and stays the same device
+    /// where a tmpfs holds the run's mark. ARCHITECTURE.md, "Entries that
+    /// leave before they are durable".
+    ///
+    /// `false` (and nothing changes) for a device that cannot be reborn:
+    /// linked through a chain of certificates as long as chains go.
+    pub async fn send_early(&self) -> Result<bool> {
+        self.mutate(|e| e.start_early()).await
+    }
+
     /// Subscribe to [`StoreEvent`]s: new entries, messages and read markers
     /// from other devices. A receiver that falls behind by more than a few
     /// thousand events gets `Lagged` and should re-read what it shows.

@@ -209,3 +209,56 @@ fn regenerate_backup_seeds() {
         std::fs::write(backup_corpus().join(name), bytes).unwrap();
     }
 }
+
+#[path = "../../fuzz/src/early.rs"]
+mod early;
+
+fn early_corpus() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/early_files")
+}
+
+#[test]
+fn early_files_corpus_replays_cleanly() {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(early_corpus())
+        .expect("fuzz/corpus/early_files exists")
+        .map(|e| e.expect("an entry").path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "fuzz/corpus/early_files has too few inputs");
+    for f in files {
+        let data = std::fs::read(&f).expect("readable");
+        if std::panic::catch_unwind(|| early::check_early(&data)).is_err() {
+            panic!("{} fails the early files check", f.display());
+        }
+    }
+}
+
+#[test]
+#[ignore = "writes the seed corpus"]
+fn regenerate_early_files_seeds() {
+    use hearth_core::WireId;
+    use hearth_store::{encode_early_flag, encode_early_slot};
+    let mut mark = encode_early_slot(&early::RUN, &WireId([1; 32]), 5).to_vec();
+    mark.extend_from_slice(&encode_early_slot(&early::RUN, &WireId([2; 32]), 1 << 40));
+    let mut flipped = mark.clone();
+    flipped[33] ^= 4;
+    let mut cut = mark.clone();
+    cut.truncate(mark.len() - 9);
+    let mut flag_v2 = encode_early_flag(&[3; 16]);
+    flag_v2[0] = 2;
+    let seeds: [(&str, Vec<u8>); 6] = [
+        ("flag", encode_early_flag(&[3; 16])),
+        ("flag-unknown-version", flag_v2),
+        ("mark-two-slots", mark),
+        ("mark-bit-flipped", flipped),
+        ("mark-cut", cut),
+        (
+            "mark-other-run",
+            encode_early_slot(&[9; 16], &WireId([1; 32]), 5).to_vec(),
+        ),
+    ];
+    std::fs::create_dir_all(early_corpus()).unwrap();
+    for (name, bytes) in seeds {
+        std::fs::write(early_corpus().join(name), bytes).unwrap();
+    }
+}

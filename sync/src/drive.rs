@@ -174,7 +174,9 @@ where
 
 /// [`run_session`], reading the entries `ready` holds from it rather than
 /// from the replica (this device's new entries, handed over with the
-/// store's event: [`hearth_store::Outgoing`]) once they are durable.
+/// store's event: [`hearth_store::Outgoing`]) once they may leave: once
+/// durable, or at once when the store sends early
+/// ([`hearth_store::Outgoing::sendable`]).
 pub async fn run_session_with<R, F, Fut>(
     session: Session,
     replica: &R,
@@ -222,7 +224,7 @@ async fn read<R: Replica>(
             "handed-over entries the replica would not send"
         );
     }
-    o.durable().await.map(|()| Some(batch))
+    o.sendable().await.map(|()| Some(batch))
 }
 
 /// [`run_session`]; `bytes`: the entries' bytes received and sent.

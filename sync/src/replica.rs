@@ -220,6 +220,14 @@ pub trait Replica: Clone + Send + Sync + 'static {
         async { Ok(0) }
     }
 
+    /// Let this device's own entries leave as soon as they are in the
+    /// replica's log, before they are durable
+    /// ([`hearth_store::Store::send_early`]); `true` if they will. The
+    /// default (a relay, which writes no entries of its own) does nothing.
+    fn send_early(&self) -> impl Future<Output = hearth_store::Result<bool>> + Send {
+        async { Ok(false) }
+    }
+
     /// Events, from now on.
     fn subscribe(&self) -> ReplicaEvents;
 }
@@ -231,6 +239,10 @@ fn unknown_channel(e: &hearth_store::Error) -> bool {
 impl Replica for Store {
     fn is_relay(&self) -> bool {
         false
+    }
+
+    async fn send_early(&self) -> hearth_store::Result<bool> {
+        Store::send_early(self).await
     }
 
     async fn vectors(&self) -> hearth_store::Result<Vec<(WireId, Vector)>> {

@@ -74,6 +74,13 @@ pub struct NodeConfig {
     /// once it has been running a while: the first rounds come sooner (2 s
     /// after the first one, then twice as long each time, up to this).
     pub discovery_interval: Duration,
+    /// Send this device's new entries as soon as they are written to the
+    /// store's log, a sync before they are durable
+    /// ([`hearth_store::Store::send_early`]): a message reaches the peers
+    /// sooner, and never waits for a disk that stalls. The cost: after an
+    /// unclean shutdown that may have lost entries already sent (the
+    /// machine went down), the store continues as a new device of its user.
+    pub send_early: bool,
 }
 
 impl Default for NodeConfig {
@@ -102,6 +109,7 @@ impl Default for NodeConfig {
             discovery: true,
             bootstrap: Vec::new(),
             discovery_interval: Duration::from_secs(300),
+            send_early: true,
         }
     }
 }

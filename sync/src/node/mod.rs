@@ -340,6 +340,9 @@ pub async fn start<R: Replica>(
         acks,
         live,
     };
+    if config.send_early {
+        replica.send_early().await.map_err(|e| setup(&e))?;
+    }
     for addr in &config.bootstrap {
         if let (Some(peer), Some(kad)) = (peer_of(addr), node.swarm.behaviour_mut().kad.as_mut()) {
             kad.add_address(&peer, addr.clone());
