@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use hearth::store::{EARLY_FILE, Outgoing, Store, StoreEvent, early_mark_path, hold_log_syncs};
+use hearth::store::{
+    EARLY_FILE, EarlyFlag, Outgoing, Store, StoreEvent, early_mark_path, encode_early_flag, hold_log_syncs,
+};
 use hearth::{Config, KdfParams, MessageId, Passphrase};
 use tokio::sync::broadcast;
 
@@ -71,10 +73,18 @@ async fn an_early_entry_leaves_before_its_sync_and_its_write_waits_for_it() {
     let mut events = store.subscribe();
     assert!(path.join(EARLY_FILE).exists(), "the run's flag before any entry leaves");
 
+    let before = store.post(channel, "before the hold").await.unwrap();
+    let _ = next_local(&mut events).await;
     let hold = hold_log_syncs();
     let s = store.clone();
     let post = tokio::spawn(async move { s.post(channel, "sent early").await });
     let o = next_local(&mut events).await;
+    // A write that changes nothing (no such reaction): its group writes
+    // nothing to the log, and it waits for the log's sync all the same,
+    // which a journal sync of its own would not (and would settle the post
+    // before its entry is durable).
+    let s = store.clone();
+    let noop = tokio::spawn(async move { s.unreact(before, "🎉").await });
     assert!(o.early());
     tokio::time::timeout(Duration::from_secs(5), o.sendable())
         .await
@@ -85,7 +95,16 @@ async fn an_early_entry_leaves_before_its_sync_and_its_write_waits_for_it() {
     assert_eq!(o.entries_after(&before, BIG, 64).unwrap().entries.len(), 1);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!post.is_finished(), "a write acknowledged before its group is durable");
+    assert!(
+        !noop.is_finished(),
+        "a write that changed nothing acknowledged by the journal alone"
+    );
     drop(hold);
+    tokio::time::timeout(Duration::from_secs(20), noop)
+        .await
+        .expect("acknowledged once the sync goes on")
+        .unwrap()
+        .unwrap();
     let id = tokio::time::timeout(Duration::from_secs(20), post)
         .await
         .expect("acknowledged once the sync goes on")
@@ -312,7 +331,7 @@ fn entries_sent_early_and_lost_in_a_power_cut_come_back_to_a_reborn_device() {
         let cut = Store::open(&cut_dir, &pass, config()).await.unwrap();
         let report = cut.open_report().clone();
         assert_eq!(report.reborn_from, Some(old), "{report:?}");
-        let me = cut.whoami();
+        let me = cut.whoami().clone();
         assert_ne!(me.device, old, "a new device");
         assert_eq!(me.former, vec![old], "the old id a former one");
         assert!(!cut_dir.join(EARLY_FILE).exists());
@@ -324,6 +343,18 @@ fn entries_sent_early_and_lost_in_a_power_cut_come_back_to_a_reborn_device() {
             assert!(cut.message(*id).await.is_err(), "a post the power cut lost is there");
         }
         clean(&cut, "reborn").await;
+        // An open that reborn it and was cut short before the flag went
+        // leaves the old device's flag: the next open keeps the new device.
+        cut.close().await.unwrap();
+        let flag = EarlyFlag {
+            run: [9; 16],
+            device: old,
+        };
+        std::fs::write(cut_dir.join(EARLY_FILE), encode_early_flag(&flag)).unwrap();
+        let cut = Store::open(&cut_dir, &pass, config()).await.unwrap();
+        assert_eq!(cut.open_report().reborn_from, None);
+        assert_eq!(cut.whoami().device, me.device);
+        assert!(!cut_dir.join(EARLY_FILE).exists());
 
         // The peer got every entry as it was sent; the reborn device gets
         // the lost ones back from it, as the old device's.

@@ -235,11 +235,12 @@ async fn a_store_left_by_an_unclean_early_run_opens_as_a_new_device() {
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path().join("alice");
     copy_dir(&fixture("v17").join("alice"), &dir);
+    let old = plain.whoami().device;
     let mut flag = vec![1u8];
     flag.extend_from_slice(&[0x5a; 16]);
+    flag.extend_from_slice(&old.0);
     std::fs::write(dir.join(hearth::store::EARLY_FILE), &flag).expect("flag");
     let s = Store::open(&dir, &pass, fixture_config()).await.expect("open");
-    let old = plain.whoami().device;
     assert_eq!(s.open_report().reborn_from, Some(old));
     assert_ne!(s.whoami().device, old);
     assert_eq!(s.whoami().former.last(), Some(&old));
@@ -260,6 +261,15 @@ async fn a_store_left_by_an_unclean_early_run_opens_as_a_new_device() {
     s.post(c, "after the rebirth").await.expect("post");
     assert_eq!(s.vector(c).await.expect("vector").seq(&s.whoami().device), 1);
     assert!(s.verify().await.expect("verify").is_clean());
+    let reborn = s.whoami().clone();
+    s.close().await.expect("close");
+    // An open that reborn it and was cut short before the flag went leaves
+    // the flag of the old device: the next open does not make it new again.
+    std::fs::write(dir.join(hearth::store::EARLY_FILE), &flag).expect("flag");
+    let s = Store::open(&dir, &pass, fixture_config()).await.expect("open");
+    assert_eq!(s.open_report().reborn_from, None);
+    assert_eq!((s.whoami().device, &s.whoami().former), (reborn.device, &reborn.former));
+    assert!(!dir.join(hearth::store::EARLY_FILE).exists(), "the flag goes");
     s.close().await.expect("close");
     // It reopens as the new device, its identity rebuilt from the log too.
     let device = {

@@ -363,6 +363,13 @@ fn powercut_child() {
                 let text = format!("own post {posts} of round child {}", std::process::id());
                 let id = store.post(channel, &text).await.expect("post");
                 say(format!("posted {id} {text}"));
+                // Early: now and then a write that changes nothing (no such
+                // reaction), whose acknowledgement must not settle a post
+                // before its entry is durable.
+                if mode == "early" && rng.below(3) == 0 {
+                    let s = store.clone();
+                    tokio::spawn(async move { s.unreact(id, "🎉").await });
+                }
                 posts += 1;
                 if mode == "live" {
                     // Handed out as to a peer that holds everything else.

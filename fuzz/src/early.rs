@@ -13,8 +13,8 @@ pub const RUN: [u8; 16] = [7; 16];
 /// flag read back encodes to the bytes it was read from, and a mark read
 /// back is its slots, byte for byte.
 pub fn check_early(data: &[u8]) {
-    if let Some(run) = decode_early_flag(data) {
-        let again = encode_early_flag(&run);
+    if let Some(flag) = decode_early_flag(data) {
+        let again = encode_early_flag(&flag);
         assert_eq!(&data[..again.len().min(data.len())], &again[..], "the flag re-encodes");
     }
     if let Some(slots) = decode_early_mark(&RUN, data) {

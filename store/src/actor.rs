@@ -278,7 +278,18 @@ impl Actor {
         if !self.journal.deferring() {
             return Ok(());
         }
-        let Some((upto, end)) = logged.filter(|_| closed) else {
+        // A group that wrote nothing to the log (its ops changed nothing) in
+        // a run that sends early: covered by the log's sync up to its end,
+        // never by the journal alone, whose sync would settle the records
+        // before it whose entries are not durable yet; an unclean end that
+        // makes the device a new one drops every record past the durable log.
+        let early = || (self.engine.watermark, self.engine.log.end());
+        let target = match logged {
+            Some(l) if closed => Some(l),
+            None if closed && self.engine.early.is_some() => Some(early()),
+            _ => None,
+        };
+        let Some((upto, end)) = target else {
             self.journal.undefer();
             return Ok(());
         };

@@ -770,7 +770,9 @@ impl Engine {
         {
             return Ok(report);
         }
+        let hook = self.log.hook_slot();
         self.log = Log::open_at(&self.dir.join(log::LOG_DIR), end)?;
+        self.log.take_hook(hook);
         finish(&self.dir)?;
         self.db = crate::open::open_sled(&self.dir)?;
         self.tree = self.db.open_tree(TREE)?;

@@ -28,16 +28,26 @@
 //!   theirs can fork. Journal records past the durable log are dropped
 //!   (none was acknowledged), and the entries that were sent and lost come
 //!   back by sync, as the old device's, from the peers that got them. A
-//!   failed log sync removes the mark, since what it should have made
-//!   durable may be lost though the page cache still shows it.
+//!   failed log sync removes the mark at once (the thread that sees it,
+//!   before anyone is told), since what it should have made durable may be
+//!   lost though the page cache still shows it.
+//! - **A write that changes nothing** (its group writes nothing to the
+//!   log) is acknowledged by the log's sync up to its end too, never by
+//!   the journal alone: a journal sync settles every record before it,
+//!   whose entries may not be durable yet.
 //!
 //! The mark is a file of 64-byte slots, one per channel sent early in the
 //! run: `wire [32] | seq u64 LE | check [8] | zero [16]`, the check being
 //! the first 8 bytes of BLAKE3(`"hearth early mark"` ‖ run ‖ wire ‖ seq).
 //! A slot is rewritten in place (one `pwrite` inside a page); a slot that
-//! does not check counts as a loss. The flag is postcard `{ version u8 (1),
-//! run [16] }`. Neither holds anything secret (a channel's wire id is on the
-//! wire); both are owner-only.
+//! does not check counts as a loss. The flag is postcard `{ version u8
+//! (1), run [16], device [16] }`. Neither holds anything secret (a
+//! channel's wire id is on the wire); both are owner-only.
+//!
+//! The flag also names the device that sends early: an open that made it
+//! a new device and was cut short before the flag went leaves a flag of
+//! the old device, and the next open drops the run's journal records
+//! again, but makes nothing new.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -45,7 +55,7 @@ use std::io::ErrorKind;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use hearth_core::WireId;
+use hearth_core::{DeviceId, WireId};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -66,6 +76,17 @@ const MAX_SLOTS: u64 = 1024;
 struct Flag {
     version: u8,
     run: [u8; 16],
+    /// The device that sends early in the run.
+    device: [u8; 16],
+}
+
+/// What a flag file says: the run, and the device that sent early in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EarlyFlag {
+    /// The run's id (names its mark).
+    pub run: [u8; 16],
+    /// The device that sent entries early in the run.
+    pub device: DeviceId,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -83,21 +104,25 @@ fn check(run: &[u8; 16], wire: &[u8; 32], seq: u64) -> [u8; 8] {
     c
 }
 
-/// The flag file's bytes for run `run`.
-pub fn encode_early_flag(run: &[u8; 16]) -> Vec<u8> {
+/// The flag file's bytes.
+pub fn encode_early_flag(flag: &EarlyFlag) -> Vec<u8> {
     postcard::to_stdvec(&Flag {
         version: FLAG_VERSION,
-        run: *run,
+        run: flag.run,
+        device: flag.device.0,
     })
     .expect("the flag encodes")
 }
 
-/// The run a flag file names (`None`: not a flag this build reads).
-pub fn decode_early_flag(bytes: &[u8]) -> Option<[u8; 16]> {
+/// What a flag file says (`None`: not a flag this build reads).
+pub fn decode_early_flag(bytes: &[u8]) -> Option<EarlyFlag> {
     postcard::from_bytes::<Flag>(bytes)
         .ok()
         .filter(|f| f.version == FLAG_VERSION)
-        .map(|f| f.run)
+        .map(|f| EarlyFlag {
+            run: f.run,
+            device: DeviceId(f.device),
+        })
 }
 
 /// One slot of run `run`'s mark: `wire`'s own feed sent up to `seq`.
@@ -164,8 +189,8 @@ fn mark_path(dir: &Path, run: &[u8; 16]) -> PathBuf {
 /// is (`None`: no flag, or nowhere to keep marks). A test removes it to
 /// play a machine that went down.
 pub fn early_mark_path(store: &Path) -> Option<PathBuf> {
-    let run = decode_early_flag(&fs::read(store.join(EARLY_FILE)).ok()?)?;
-    Some(mark_path(&mark_dir()?, &run))
+    let flag = decode_early_flag(&fs::read(store.join(EARLY_FILE)).ok()?)?;
+    Some(mark_path(&mark_dir()?, &flag.run))
 }
 
 /// A run that sends entries early: its flag is durable, its mark kept.
@@ -181,6 +206,16 @@ struct Mark {
     slots: HashMap<WireId, u64>,
 }
 
+/// What the feed log calls as one of its syncs fails (on the thread that
+/// sees it, before anyone is told): the mark of `path` removed, so that an
+/// unclean end from then on makes the device a new one.
+fn drop_on_failure(path: PathBuf) -> crate::log::FailHook {
+    std::sync::Arc::new(move || {
+        tracing::warn!("a sync of the feed log failed: the mark of entries sent early is removed");
+        let _ = fs::remove_file(&path);
+    })
+}
+
 impl std::fmt::Debug for EarlyRun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EarlyRun")
@@ -191,12 +226,13 @@ impl std::fmt::Debug for EarlyRun {
 }
 
 impl EarlyRun {
-    /// Start a run in the store at `store`: the flag written durably, then
-    /// its mark created in `marks` ([`mark_dir`]; `None`: no mark).
-    pub(crate) fn start(store: &Path, marks: Option<PathBuf>) -> Result<EarlyRun> {
+    /// Start a run of `device` in the store at `store`: the flag written
+    /// durably, then its mark created in `marks` ([`mark_dir`]; `None`: no
+    /// mark).
+    pub(crate) fn start(store: &Path, device: DeviceId, marks: Option<PathBuf>) -> Result<EarlyRun> {
         let mut run = [0u8; 16];
         hearth_core::random_bytes(&mut run)?;
-        crate::durable::write_atomic(&store.join(EARLY_FILE), &encode_early_flag(&run))?;
+        crate::durable::write_atomic(&store.join(EARLY_FILE), &encode_early_flag(&EarlyFlag { run, device }))?;
         let mark = marks.and_then(|dir| {
             let path = mark_path(&dir, &run);
             match OpenOptions::new()
@@ -284,7 +320,18 @@ impl crate::engine::Engine {
             return Ok(false);
         }
         self.log.sync()?;
-        self.early = Some(EarlyRun::start(&self.dir, mark_dir())?);
+        // The flag not written: entries keep waiting until they are
+        // durable, and nothing else changes.
+        let run = match EarlyRun::start(&self.dir, self.identity.device(), mark_dir()) {
+            Ok(run) => run,
+            Err(e) => {
+                tracing::warn!(error = %e, "the flag of entries sent early cannot be written: they leave once durable");
+                return Ok(false);
+            }
+        };
+        self.log
+            .on_sync_failure(run.mark.as_ref().map(|m| drop_on_failure(m.path.clone())));
+        self.early = Some(run);
         Ok(true)
     }
 }
@@ -300,8 +347,8 @@ fn remove_durably(dir: &Path, name: &str) -> Result<()> {
 /// What a run that sent entries early and did not close cleanly left.
 #[derive(Debug)]
 pub(crate) struct Left {
-    /// The run's id (`None`: its flag does not read).
-    run: Option<[u8; 16]>,
+    /// The flag (`None`: it does not read).
+    flag: Option<EarlyFlag>,
     /// How far each channel's own feed was sent (`None`: no mark, or one
     /// that does not check).
     sent: Option<Vec<(WireId, u64)>>,
@@ -315,12 +362,12 @@ pub(crate) fn left(store: &Path, marks: Option<&Path>) -> Result<Option<Left>> {
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::Io(e)),
     };
-    let run = decode_early_flag(&bytes);
-    let sent = run.and_then(|run| {
-        let bytes = fs::read(mark_path(marks?, &run)).ok()?;
-        read_mark(&run, &bytes)
+    let flag = decode_early_flag(&bytes);
+    let sent = flag.and_then(|f| {
+        let bytes = fs::read(mark_path(marks?, &f.run)).ok()?;
+        read_mark(&f.run, &bytes)
     });
-    Ok(Some(Left { run, sent }))
+    Ok(Some(Left { flag, sent }))
 }
 
 /// A mark's slots, `None` if any does not check.
@@ -339,6 +386,13 @@ fn read_mark(run: &[u8; 16], bytes: &[u8]) -> Option<Vec<(WireId, u64)>> {
 }
 
 impl Left {
+    /// Whether the device the run sent early from is not `device` any more:
+    /// an open reborn it already, and was cut short before the flag went
+    /// (its records past the log are the run's, and go as they went then).
+    pub(crate) fn reborn_since(&self, device: &DeviceId) -> bool {
+        self.flag.is_some_and(|f| f.device != *device)
+    }
+
     /// Whether entries sent early may have been lost: no mark that checks,
     /// or a channel whose own feed (`head`: its seq, `None` for a channel
     /// the store does not hold) falls short of what was sent.
@@ -352,8 +406,8 @@ impl Left {
     /// Once the open made its outcome durable: the flag removed, then the mark.
     pub(crate) fn clear(self, store: &Path, marks: Option<&Path>) -> Result<()> {
         remove_durably(store, EARLY_FILE)?;
-        if let (Some(run), Some(dir)) = (self.run, marks) {
-            let _ = fs::remove_file(mark_path(dir, &run));
+        if let (Some(f), Some(dir)) = (self.flag, marks) {
+            let _ = fs::remove_file(mark_path(dir, &f.run));
         }
         Ok(())
     }
@@ -388,7 +442,10 @@ mod tests {
     #[test]
     fn a_loss_is_a_feed_short_of_its_mark_or_no_mark() {
         let sent = Left {
-            run: Some([1; 16]),
+            flag: Some(EarlyFlag {
+                run: [1; 16],
+                device: DeviceId([2; 16]),
+            }),
             sent: Some(vec![(wire(1), 5), (wire(2), 9)]),
         };
         assert!(!sent.may_have_lost(|w| Some(if *w == wire(1) { 5 } else { 10 })));
@@ -397,15 +454,20 @@ mod tests {
             sent.may_have_lost(|w| (*w == wire(1)).then_some(5)),
             "a channel the store lost"
         );
-        let none = Left { run: None, sent: None };
+        let none = Left { flag: None, sent: None };
         assert!(none.may_have_lost(|_| Some(u64::MAX)));
+        // Reborn already (an open cut short before the flag went): only
+        // when the flag names another device.
+        assert!(sent.reborn_since(&DeviceId([3; 16])));
+        assert!(!sent.reborn_since(&DeviceId([2; 16])));
+        assert!(!none.reborn_since(&DeviceId([3; 16])));
     }
 
     #[test]
     fn a_run_marks_in_place_and_its_clean_end_leaves_nothing() {
         let (store, marks) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (dir, m) = (store.path(), Some(marks.path()));
-        let mut run = EarlyRun::start(dir, m.map(Path::to_path_buf)).unwrap();
+        let mut run = EarlyRun::start(dir, DeviceId([6; 16]), m.map(Path::to_path_buf)).unwrap();
         run.mark(&wire(1), 1);
         run.mark(&wire(2), 3);
         run.mark(&wire(1), 2);
@@ -420,7 +482,7 @@ mod tests {
         assert!(super::left(dir, m).unwrap().is_none());
         assert_eq!(fs::read_dir(marks.path()).unwrap().count(), 0);
         // An open that finds both clears both.
-        let mut run = EarlyRun::start(dir, m.map(Path::to_path_buf)).unwrap();
+        let mut run = EarlyRun::start(dir, DeviceId([6; 16]), m.map(Path::to_path_buf)).unwrap();
         run.mark(&wire(4), 1);
         drop(run);
         assert_eq!(fs::read_dir(marks.path()).unwrap().count(), 1);
@@ -428,7 +490,7 @@ mod tests {
         assert!(super::left(dir, m).unwrap().is_none());
         assert_eq!(fs::read_dir(marks.path()).unwrap().count(), 0);
         // A flag without its mark (the machine went down): a loss.
-        let run = EarlyRun::start(dir, None).unwrap();
+        let run = EarlyRun::start(dir, DeviceId([6; 16]), None).unwrap();
         drop(run);
         assert!(super::left(dir, m).unwrap().unwrap().may_have_lost(|_| Some(u64::MAX)));
     }

@@ -410,6 +410,21 @@ pub struct Log {
     /// A sync on this thread failed: what it should have made durable may
     /// be lost (and reads may still show it, from the page cache).
     failed: bool,
+    /// Called as a sync fails, here or on the sync thread, before the
+    /// failure is told to anyone ([`Log::on_sync_failure`]).
+    fail_hook: FailHookSlot,
+}
+
+/// What to do at once when a sync of the log fails.
+pub(crate) type FailHook = std::sync::Arc<dyn Fn() + Send + Sync>;
+/// Where a log keeps its [`FailHook`], shared with its sync thread.
+pub(crate) type FailHookSlot = std::sync::Arc<std::sync::Mutex<Option<FailHook>>>;
+
+fn call_hook(slot: &FailHookSlot) {
+    let hook = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some(h) = hook {
+        h();
+    }
 }
 
 /// A thread that makes the log durable while its caller goes on, and what
@@ -432,7 +447,7 @@ pub(crate) struct Flushed {
 }
 
 impl Behind {
-    fn start(awake: bool) -> Result<Behind> {
+    fn start(awake: bool, hook: FailHookSlot) -> Result<Behind> {
         let (jobs, rx) = std::sync::mpsc::channel::<(std::sync::Arc<File>, LogPos)>();
         let (tx, flushed) = tokio::sync::watch::channel(Flushed::default());
         std::thread::Builder::new()
@@ -449,6 +464,9 @@ impl Behind {
                     let on = crate::awake::Awake::begin(awake);
                     let synced = job.0.sync_data();
                     drop(on);
+                    if synced.is_err() {
+                        call_hook(&hook);
+                    }
                     tx.send_modify(|f| match synced {
                         Ok(()) => f.upto = f.upto.max(job.1),
                         Err(_) => f.failed = true,
@@ -494,6 +512,7 @@ impl Log {
             behind: None,
             awake: false,
             failed: false,
+            fail_hook: FailHookSlot::default(),
         })
     }
 
@@ -543,6 +562,7 @@ impl Log {
             behind: None,
             awake: false,
             failed: false,
+            fail_hook: FailHookSlot::default(),
         })
     }
 
@@ -582,6 +602,7 @@ impl Log {
             // a later segment only ever follows a complete one.
             if let Err(e) = self.file.sync_data() {
                 self.failed = true;
+                call_hook(&self.fail_hook);
                 return Err(e.into());
             }
             let next = self.segment + 1;
@@ -614,6 +635,7 @@ impl Log {
         })();
         if let Err(e) = synced {
             self.failed = true;
+            call_hook(&self.fail_hook);
             return Err(e);
         }
         self.synced = self.end();
@@ -624,6 +646,22 @@ impl Log {
     /// should have made durable may be lost.
     pub(crate) fn sync_failed(&self) -> bool {
         self.failed || self.behind.as_ref().is_some_and(|b| b.flushed.borrow().failed)
+    }
+
+    /// Call `hook` as soon as a sync fails, on whichever thread sees it,
+    /// before the failure is told (`None`: no hook).
+    pub(crate) fn on_sync_failure(&mut self, hook: Option<FailHook>) {
+        *self.fail_hook.lock().unwrap_or_else(|p| p.into_inner()) = hook;
+    }
+
+    /// The hook a log that replaces this one takes over ([`Log::take_hook`]).
+    pub(crate) fn hook_slot(&self) -> FailHookSlot {
+        self.fail_hook.clone()
+    }
+
+    /// Take over `slot` (the hook of the log this one replaces).
+    pub(crate) fn take_hook(&mut self, slot: FailHookSlot) {
+        self.fail_hook = slot;
     }
 
     /// What the syncs behind made durable, taken into `synced`.
@@ -659,7 +697,7 @@ impl Log {
             return Ok(None);
         }
         if self.behind.is_none() {
-            self.behind = Some(Behind::start(self.awake)?);
+            self.behind = Some(Behind::start(self.awake, self.fail_hook.clone())?);
         }
         let end = self.end();
         let handle = match &self.behind {

@@ -865,11 +865,16 @@ pub(crate) fn open(
     let left = crate::early::left(dir, marks.as_deref())?;
     if let Some(l) = &left {
         let device = engine.identity.device();
-        let lost = l.may_have_lost(|wire| {
+        if l.reborn_since(&device) {
+            // An open reborn it already and was cut short before the flag
+            // went: the run's records past the log go, as they went then
+            // (and the journal is cleared below).
+            decoded.records.retain(|r| r.seq <= engine.watermark);
+            engine.dirty = true;
+        } else if l.may_have_lost(|wire| {
             let channel = engine.channel_by_wire(wire).ok()?;
             Some(engine.vector_of(&channel).ok()?.seq(&device))
-        });
-        if lost {
+        }) {
             rebirth(&mut engine, &mut decoded.records, &mut report)?;
         }
     }

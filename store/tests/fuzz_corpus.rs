@@ -236,18 +236,22 @@ fn early_files_corpus_replays_cleanly() {
 #[test]
 #[ignore = "writes the seed corpus"]
 fn regenerate_early_files_seeds() {
-    use hearth_core::WireId;
-    use hearth_store::{encode_early_flag, encode_early_slot};
+    use hearth_core::{DeviceId, WireId};
+    use hearth_store::{EarlyFlag, encode_early_flag, encode_early_slot};
+    let flag = EarlyFlag {
+        run: [3; 16],
+        device: DeviceId([4; 16]),
+    };
     let mut mark = encode_early_slot(&early::RUN, &WireId([1; 32]), 5).to_vec();
     mark.extend_from_slice(&encode_early_slot(&early::RUN, &WireId([2; 32]), 1 << 40));
     let mut flipped = mark.clone();
     flipped[33] ^= 4;
     let mut cut = mark.clone();
     cut.truncate(mark.len() - 9);
-    let mut flag_v2 = encode_early_flag(&[3; 16]);
+    let mut flag_v2 = encode_early_flag(&flag);
     flag_v2[0] = 2;
     let seeds: [(&str, Vec<u8>); 6] = [
-        ("flag", encode_early_flag(&[3; 16])),
+        ("flag", encode_early_flag(&flag)),
         ("flag-unknown-version", flag_v2),
         ("mark-two-slots", mark),
         ("mark-bit-flipped", flipped),
