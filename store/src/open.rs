@@ -1032,8 +1032,10 @@ fn move_to_keyed_id(engine: &mut Engine) -> Result<()> {
 /// This device reborn as a new device of its user (`crate::early`): the
 /// journal's records past the durable log (none acknowledged) dropped, the
 /// new identity to the log and sled in one batch, as in [`give_device_keys`];
-/// the open's checkpoint makes it durable before the last run's flag goes,
-/// so that a crash in between has it reborn again, never writing the old feeds.
+/// the open's checkpoint makes it durable before the last run's flag goes.
+/// A crash in between leaves the old identity (the next open makes the
+/// device new again) or the new one (the next open only drops the run's
+/// records, `Left::reborn_since`): the old feeds are never written again.
 fn rebirth(
     engine: &mut Engine,
     records: &mut Vec<crate::journal::JournalRecord>,
