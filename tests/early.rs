@@ -18,7 +18,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use hearth::store::{
-    EARLY_FILE, EarlyFlag, Outgoing, Store, StoreEvent, early_mark_path, encode_early_flag, hold_log_syncs,
+    EARLY_FILE, EarlyFlag, Outgoing, Store, StoreEvent, early_mark_path, encode_early_flag, fail_log_syncs,
+    hold_log_syncs,
 };
 use hearth::{Config, KdfParams, MessageId, Passphrase};
 use tokio::sync::broadcast;
@@ -58,14 +59,19 @@ async fn next_local(events: &mut broadcast::Receiver<StoreEvent>) -> Outgoing {
     }
 }
 
+/// A store of Alice's at `path` with one channel.
+async fn alice(path: &Path, pass: &Passphrase) -> (Store, hearth::ChannelId) {
+    let store = Store::create(path, pass, "alice", config()).await.unwrap();
+    let channel = store.create_channel("general").await.unwrap();
+    (store, channel)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_early_entry_leaves_before_its_sync_and_its_write_waits_for_it() {
     let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a");
-    let pass = Passphrase::new(PASS);
-    let store = Store::create(&path, &pass, "alice", config()).await.unwrap();
-    let channel = store.create_channel("general").await.unwrap();
+    let (path, pass) = (dir.path().join("a"), Passphrase::new(PASS));
+    let (store, channel) = alice(&path, &pass).await;
     let me = store.whoami().device;
     assert!(!path.join(EARLY_FILE).exists());
     assert!(store.send_early().await.unwrap(), "an owner's device can be reborn");
@@ -124,6 +130,43 @@ async fn an_early_entry_leaves_before_its_sync_and_its_write_waits_for_it() {
         again.message(id).await.unwrap().message.text.as_deref(),
         Some("sent early")
     );
+    again.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_log_sync_drops_the_mark_and_the_next_open_makes_a_new_device() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (path, pass) = (dir.path().join("a"), Passphrase::new(PASS));
+    let (store, channel) = alice(&path, &pass).await;
+    let old = store.whoami().device;
+    assert!(store.send_early().await.unwrap());
+    let Some(mark) = early_mark_path(&path) else {
+        eprintln!("no tmpfs for marks here: nothing to drop");
+        return;
+    };
+    assert!(mark.exists());
+    store.post(channel, "durable").await.unwrap();
+    // The sync that would make the next post durable fails: the post is
+    // refused, and its entry may have left; the mark goes at once, before
+    // the writer hears of it.
+    let fail = fail_log_syncs();
+    assert!(store.post(channel, "sent, never durable").await.is_err());
+    assert!(!mark.exists(), "the mark outlived a failed log sync");
+    drop(fail);
+    assert!(store.close().await.is_err(), "a poisoned store");
+    assert!(path.join(EARLY_FILE).exists(), "no clean close: the flag stays");
+    let again = Store::open(&path, &pass, config()).await.unwrap();
+    assert_eq!(again.open_report().reborn_from, Some(old));
+    assert_ne!(again.whoami().device, old);
+    let texts: Vec<Option<String>> = again
+        .all_messages(channel)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert!(texts.contains(&Some("durable".to_string())));
     again.close().await.unwrap();
 }
 

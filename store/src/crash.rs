@@ -102,6 +102,28 @@ impl std::fmt::Debug for LogSyncHold {
     }
 }
 
+/// The feed log's syncs on its own thread fail while the returned guard is
+/// held (feature `failpoints`): a test's way to see what a failed
+/// `fdatasync` leaves behind.
+#[cfg(feature = "failpoints")]
+pub fn fail_log_syncs() -> FailLogSyncs {
+    // `cfg` refuses only a bad action; "return" is a good one.
+    let _ = fail::cfg("log.sync_behind_fails", "return");
+    FailLogSyncs(())
+}
+
+/// The feed log's syncs fail until dropped ([`fail_log_syncs`]).
+#[cfg(feature = "failpoints")]
+#[derive(Debug)]
+pub struct FailLogSyncs(());
+
+#[cfg(feature = "failpoints")]
+impl Drop for FailLogSyncs {
+    fn drop(&mut self) {
+        fail::remove("log.sync_behind_fails");
+    }
+}
+
 /// Make the store panic at `point` (one of [`CRASH_POINTS`]) until the
 /// returned guard is dropped (feature `failpoints`): a test's way to see
 /// what a bug that panics on the store's thread leaves behind.

@@ -93,7 +93,7 @@ pub use compact::{
 pub use config::Config;
 pub use crash::CRASH_POINTS;
 #[cfg(feature = "failpoints")]
-pub use crash::{LogSyncHold, PanicAt, crash_at, hold_log_syncs, panic_at};
+pub use crash::{FailLogSyncs, LogSyncHold, PanicAt, crash_at, fail_log_syncs, hold_log_syncs, panic_at};
 pub use durable::{SledFiles, copy_dir_durably, create_private_dir, make_private, sync_dir, write_atomic};
 pub use early::{
     EARLY_FILE, EarlyFlag, decode_early_flag, decode_early_mark, early_mark_path, encode_early_flag, encode_early_slot,

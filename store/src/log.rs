@@ -462,7 +462,19 @@ impl Behind {
                     #[cfg(feature = "failpoints")]
                     fail::fail_point!("log.sync_behind");
                     let on = crate::awake::Awake::begin(awake);
-                    let synced = job.0.sync_data();
+                    // A failure a test asks for (`crate::fail_log_syncs`).
+                    #[cfg(feature = "failpoints")]
+                    let injected = (|| {
+                        fail::fail_point!("log.sync_behind_fails", |_| true);
+                        false
+                    })();
+                    #[cfg(not(feature = "failpoints"))]
+                    let injected = false;
+                    let synced = if injected {
+                        Err(std::io::Error::other("a sync failure a test asked for"))
+                    } else {
+                        job.0.sync_data()
+                    };
                     drop(on);
                     if synced.is_err() {
                         call_hook(&hook);
