@@ -376,18 +376,6 @@ impl Actor {
         self.poison_on(res)
     }
 
-    /// Entries sent early may be lost once a log sync failed (the page
-    /// cache may still show them): their mark goes, so that a reopen makes
-    /// this a new device. A store poisoned otherwise (a bug) lost nothing
-    /// it wrote, and its mark stays true.
-    fn drop_early_mark(&mut self) {
-        if let Some(run) = &mut self.engine.early
-            && self.engine.log.sync_failed()
-        {
-            run.drop_mark("a sync of the feed log failed");
-        }
-    }
-
     fn guard(&self) -> Result<()> {
         if self.poisoned.load(Ordering::SeqCst) {
             Err(Error::Poisoned)
@@ -703,7 +691,6 @@ impl Actor {
         // A poisoned store leaves the disk as it is: the journal and sled's
         // atomic batches are what a reopen recovers from.
         if self.poisoned.load(Ordering::SeqCst) {
-            self.drop_early_mark();
             Err(Error::Poisoned)
         } else {
             self.summaries()
@@ -1050,9 +1037,6 @@ pub(crate) fn run(engine: Engine, journal: Arc<GroupCommit>, mut rx: mpsc::Recei
         // Deferred records whose group does not close now (the listeners
         // went): their writers sync them.
         actor.journal.undefer();
-        if actor.poisoned.load(Ordering::Relaxed) {
-            actor.drop_early_mark();
-        }
         actor.poll_compaction();
         actor.poll_backup();
     }

@@ -510,19 +510,15 @@ impl Engine {
             let wire = self.channel(&channel)?.keys.wire();
             let outgoing = match (fresh.remove(&channel).flatten(), &durable) {
                 (Some(entries), Some(durable)) => {
-                    let early = self.early.as_mut().map(|run| {
-                        if let Some((seq, _)) = entries.last() {
+                    // Marked before the event tells anyone of them.
+                    let early = match (&mut self.early, entries.last()) {
+                        (Some(run), Some((seq, _))) => {
                             run.mark(&wire, *seq);
+                            true
                         }
-                    });
-                    crate::Outgoing::new(
-                        wire,
-                        self.vector_of(&channel)?,
-                        device,
-                        entries,
-                        durable.clone(),
-                        early.is_some(),
-                    )
+                        _ => false,
+                    };
+                    crate::Outgoing::new(wire, self.vector_of(&channel)?, device, entries, durable.clone(), early)
                 }
                 _ => None,
             };

@@ -126,17 +126,7 @@ pub fn decode_early_flag(bytes: &[u8]) -> Option<EarlyFlag> {
 }
 
 /// One slot of run `run`'s mark: `wire`'s own feed sent up to `seq`.
-pub fn encode_early_slot(run: &[u8; 16], wire: &WireId, seq: u64) -> [u8; 64] {
-    slot(run, wire, seq)
-}
-
-/// A mark's slots, each a channel and how far its own feed was sent;
-/// `None` if any slot does not check (or the file is cut mid-slot).
-pub fn decode_early_mark(run: &[u8; 16], bytes: &[u8]) -> Option<Vec<(WireId, u64)>> {
-    read_mark(run, bytes)
-}
-
-fn slot(run: &[u8; 16], wire: &WireId, seq: u64) -> [u8; SLOT] {
+pub fn encode_early_slot(run: &[u8; 16], wire: &WireId, seq: u64) -> [u8; SLOT] {
     let mut s = [0u8; SLOT];
     s[..32].copy_from_slice(wire.as_bytes());
     s[32..40].copy_from_slice(&seq.to_le_bytes());
@@ -277,16 +267,16 @@ impl EarlyRun {
                 return;
             }
         };
-        let bytes = slot(&self.run, wire, seq);
+        let bytes = encode_early_slot(&self.run, wire, seq);
         if let Err(e) = m.file.write_all_at(&bytes, at * SLOT as u64) {
             self.drop_mark(&e.to_string());
         }
     }
 
-    /// The mark is no longer true to what was sent, or cannot be trusted
-    /// (a log sync failed: entries that left may be lost, though the page
-    /// cache may still show them): removed, so that an unclean shutdown
-    /// makes the device a new one.
+    /// The mark can no longer say what was sent (it cannot be written, or
+    /// holds no more channels): removed, so that an unclean shutdown makes
+    /// the device a new one. (A failed log sync removes it through the
+    /// log's hook, `drop_on_failure`.)
     pub(crate) fn drop_mark(&mut self, why: &str) {
         if let Some(m) = self.mark.take() {
             tracing::warn!(why, "mark of entries sent early dropped");
@@ -365,13 +355,14 @@ pub(crate) fn left(store: &Path, marks: Option<&Path>) -> Result<Option<Left>> {
     let flag = decode_early_flag(&bytes);
     let sent = flag.and_then(|f| {
         let bytes = fs::read(mark_path(marks?, &f.run)).ok()?;
-        read_mark(&f.run, &bytes)
+        decode_early_mark(&f.run, &bytes)
     });
     Ok(Some(Left { flag, sent }))
 }
 
-/// A mark's slots, `None` if any does not check.
-fn read_mark(run: &[u8; 16], bytes: &[u8]) -> Option<Vec<(WireId, u64)>> {
+/// A mark's slots, each a channel and how far its own feed was sent;
+/// `None` if any slot does not check (or the file is cut mid-slot).
+pub fn decode_early_mark(run: &[u8; 16], bytes: &[u8]) -> Option<Vec<(WireId, u64)>> {
     if !bytes.len().is_multiple_of(SLOT) {
         return None;
     }
@@ -424,19 +415,19 @@ mod tests {
     #[test]
     fn slots_check_and_a_damaged_or_foreign_one_does_not() {
         let run = [7u8; 16];
-        let mut bytes = slot(&run, &wire(1), 5).to_vec();
-        bytes.extend_from_slice(&slot(&run, &wire(2), 9));
-        assert_eq!(read_mark(&run, &bytes), Some(vec![(wire(1), 5), (wire(2), 9)]));
-        assert_eq!(read_mark(&run, &[]), Some(vec![]));
+        let mut bytes = encode_early_slot(&run, &wire(1), 5).to_vec();
+        bytes.extend_from_slice(&encode_early_slot(&run, &wire(2), 9));
+        assert_eq!(decode_early_mark(&run, &bytes), Some(vec![(wire(1), 5), (wire(2), 9)]));
+        assert_eq!(decode_early_mark(&run, &[]), Some(vec![]));
         // Another run's slot, a changed seq, a torn file: no mark.
-        assert_eq!(read_mark(&[8u8; 16], &bytes), None);
+        assert_eq!(decode_early_mark(&[8u8; 16], &bytes), None);
         let mut changed = bytes.clone();
         changed[32] ^= 1;
-        assert_eq!(read_mark(&run, &changed), None);
-        assert_eq!(read_mark(&run, &bytes[..SLOT + 3]), None);
+        assert_eq!(decode_early_mark(&run, &changed), None);
+        assert_eq!(decode_early_mark(&run, &bytes[..SLOT + 3]), None);
         let mut padded = bytes.clone();
         padded[SLOT - 1] = 1;
-        assert_eq!(read_mark(&run, &padded), None);
+        assert_eq!(decode_early_mark(&run, &padded), None);
     }
 
     #[test]

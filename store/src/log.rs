@@ -407,9 +407,6 @@ pub struct Log {
     behind: Option<Behind>,
     /// That thread keeps the cores awake through each sync ([`crate::awake`]).
     awake: bool,
-    /// A sync on this thread failed: what it should have made durable may
-    /// be lost (and reads may still show it, from the page cache).
-    failed: bool,
     /// Called as a sync fails, here or on the sync thread, before the
     /// failure is told to anyone ([`Log::on_sync_failure`]).
     fail_hook: FailHookSlot,
@@ -523,7 +520,6 @@ impl Log {
             dir_unsynced: false,
             behind: None,
             awake: false,
-            failed: false,
             fail_hook: FailHookSlot::default(),
         })
     }
@@ -573,7 +569,6 @@ impl Log {
             dir_unsynced: false,
             behind: None,
             awake: false,
-            failed: false,
             fail_hook: FailHookSlot::default(),
         })
     }
@@ -613,7 +608,6 @@ impl Log {
             // The full segment is made durable before the next one exists, so
             // a later segment only ever follows a complete one.
             if let Err(e) = self.file.sync_data() {
-                self.failed = true;
                 call_hook(&self.fail_hook);
                 return Err(e.into());
             }
@@ -646,18 +640,11 @@ impl Log {
             Result::Ok(())
         })();
         if let Err(e) = synced {
-            self.failed = true;
             call_hook(&self.fail_hook);
             return Err(e);
         }
         self.synced = self.end();
         Ok(())
-    }
-
-    /// Whether a sync of the log failed, here or on its own thread: what it
-    /// should have made durable may be lost.
-    pub(crate) fn sync_failed(&self) -> bool {
-        self.failed || self.behind.as_ref().is_some_and(|b| b.flushed.borrow().failed)
     }
 
     /// Call `hook` as soon as a sync fails, on whichever thread sees it,
