@@ -188,6 +188,7 @@ pub struct Segment {
     /// blake3 of the sealed bytes.
     pub hash: [u8; 32],
     /// The sealed [`Content`], or `None` once dropped.
+    #[serde(with = "serde_bytes")]
     pub sealed: Option<Vec<u8>>,
 }
 

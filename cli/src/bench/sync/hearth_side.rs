@@ -31,9 +31,21 @@ pub(super) struct Live {
     pub(super) bytes_per_message: f64,
     /// The bytes of the run each way (`up`: from the dialer, the receiver).
     pub(super) bytes: Bytes,
+    /// The slowest deliveries, slowest first: (sample index, microseconds).
+    pub(super) slowest: Vec<(usize, f64)>,
 }
 
+/// How many of the slowest deliveries a run reports.
+const SLOWEST: usize = 5;
+
 pub(super) fn live_stats(deliver: &mut [Duration], other: &mut [Duration], bytes: Bytes) -> Live {
+    let mut slowest: Vec<(usize, f64)> = deliver
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (i, d.as_secs_f64() * 1e6))
+        .collect();
+    slowest.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+    slowest.truncate(SLOWEST);
     deliver.sort_unstable();
     other.sort_unstable();
     Live {
@@ -43,6 +55,7 @@ pub(super) fn live_stats(deliver: &mut [Duration], other: &mut [Duration], bytes
         other_p99_us: percentile_us(other, 0.99),
         bytes_per_message: bytes.total() as f64 / deliver.len().max(1) as f64,
         bytes,
+        slowest,
     }
 }
 

@@ -78,6 +78,14 @@ pub struct SyncArgs {
 }
 
 const PASS: &str = "bench passphrase";
+
+/// The slowest live deliveries as JSON: `[{"sample": i, "us": t}, ...]`,
+/// slowest first (the sample index says whether a slow one was the first
+/// after a pause, or where in the run it fell).
+fn slowest_json(slowest: &[(usize, f64)]) -> serde_json::Value {
+    slowest.iter().map(|(i, us)| json!({"sample": i, "us": us})).collect()
+}
+
 /// Pause between live samples, so each one is a lone message.
 const LIVE_GAP: Duration = Duration::from_millis(5);
 /// How long any one wait may take before the bench gives up.
@@ -205,12 +213,14 @@ pub async fn run(args: &SyncArgs, json_out: bool) -> Result<std::process::ExitCo
                     "writer_durable_post_p99_us": h.other_p99_us,
                     "bytes_per_message": h.bytes_per_message,
                     "bytes": h.bytes.json(),
+                    "slowest": slowest_json(&h.slowest),
                 },
                 "automerge": {
                     "p50_us": b.p50_us, "p99_us": b.p99_us,
                     "quiescent_p50_us": b.other_p50_us, "quiescent_p99_us": b.other_p99_us,
                     "bytes_per_message": b.bytes_per_message,
                     "bytes": b.bytes.json(),
+                    "slowest": slowest_json(&b.slowest),
                 },
             }));
         }
