@@ -1,8 +1,10 @@
 //! Power cuts (LazyFS: every write not fsynced is lost) while a store takes in
 //! a peer's entries (a catch-up, and live sync with the device's own posts
 //! and delivery receipts in between), while it checkpoints, while a relay
-//! stores entries (and compacts its files all along), while the passphrase changes, and while a store of format
-//! 1 is migrated.
+//! stores entries (and compacts its files all along), while a store compacts
+//! with posts beside it (killed at random, or stopped by a crash point at
+//! each step of the compaction), while the passphrase changes, and while a
+//! store of format 1 is migrated.
 //!
 //! Each round runs the writer in a child process (this test binary again, in
 //! the mode `HEARTH_POWERCUT_CHILD` names), kills it at a random moment, cuts
@@ -414,6 +416,12 @@ fn say_line(line: &str) {
 /// each is acknowledged.
 fn compact_child(dir: &Path) {
     say_line("");
+    // Armed to stop at a crash point (`point skip`), for the test of each
+    // of a compaction's steps.
+    if let Ok(arm) = std::env::var("HEARTH_POWERCUT_CRASH") {
+        let (point, skip) = arm.split_once(' ').expect("point skip");
+        hearth::store::crash_at(point, skip.parse().expect("skip")).expect("arm the crash point");
+    }
     rt().block_on(async {
         let store = std::sync::Arc::new(
             open_store(dir, &Passphrase::new(PASS), config())
@@ -435,7 +443,12 @@ fn compact_child(dir: &Path) {
             let id = store.post(channel, &format!("doomed {n}")).await.expect("post");
             store.delete(id).await.expect("delete");
             say_line(&format!("deleted {id}"));
-            store.compact().await.expect("compact");
+            let r = store.compact().await.expect("compact");
+            // For the parent's report of a loss: where the compactions fell.
+            say_line(&format!(
+                "compacted records {} rewritten {} rows {} writes {} paused {:?} took {:?}",
+                r.records, r.entries_rewritten, r.rows_copied, r.writes_applied, r.paused, r.took
+            ));
         }
         writer.await.expect("writer");
     });
@@ -451,6 +464,104 @@ fn an_online_compaction_with_writes_beside_it_survives_power_cuts() {
     if !lazyfs::should_run("compact online") {
         return;
     }
+    let no_entries = PathBuf::from("unused");
+    let mut rng = Rng(0xc0c1);
+    compaction_rounds("compact online", rounds(), |dir, round| {
+        run_child("compact", dir, &no_entries, &mut rng, round)
+    });
+}
+
+/// The crash points a compaction with writes beside it passes: the
+/// journal's sync of a post, the checkpoints (at its start and its pause,
+/// and every 2 s), and each step of the compaction.
+const COMPACTION_STEPS: &[(&str, u64)] = &[
+    ("journal.synced", 400),
+    ("checkpoint.log_synced", 12),
+    ("checkpoint.sled_flushed", 12),
+    ("checkpoint.synced", 12),
+    ("compact.paused", 6),
+    ("compact.prepared", 6),
+    ("compact.committed", 6),
+    ("compact.old_log_moved", 6),
+    ("compact.new_log_moved", 6),
+    ("compact.swapped", 6),
+    ("compact.purged", 6),
+];
+
+/// The same, but the child stops at one of the compaction's steps (a crash
+/// point: it aborts there, as a kill would stop it, at a random pass below
+/// the step's bound) and the power is cut right then: each step of the
+/// swap, and the checkpoints and journal syncs around it, with posts
+/// coming all along. Each step twice (`POWERCUT_ROUNDS` / 10 times).
+#[test]
+fn an_online_compaction_cut_at_each_of_its_steps_loses_nothing() {
+    if !lazyfs::should_run("compact steps") {
+        return;
+    }
+    let mut rng = Rng(0xc0c2);
+    let rounds = COMPACTION_STEPS.len() as u32 * (rounds() / 10).max(1);
+    compaction_rounds("compact steps", rounds, |dir, round| {
+        let (point, bound) = COMPACTION_STEPS[round as usize % COMPACTION_STEPS.len()];
+        crash_child(dir, point, rng.below_u64(bound), round)
+    });
+}
+
+/// A thread that sends each line `child` prints.
+fn read_lines(child: &mut Child) -> (std::thread::JoinHandle<()>, mpsc::Receiver<String>) {
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (reader, rx)
+}
+
+/// Run the `compact` child armed to abort at `point`'s `skip + 1`-th pass,
+/// and collect what it acknowledged until it did.
+fn crash_child(dir: &Path, point: &str, skip: u64, round: u32) -> Acked {
+    let mut child = child_command("compact", dir)
+        .env("HEARTH_POWERCUT_CRASH", format!("{point} {skip}"))
+        .spawn()
+        .expect("spawn the child");
+    let (reader, rx) = read_lines(&mut child);
+    let mut acked = Acked::default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => take_line("compact", line, &mut acked),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("wait");
+                panic!(
+                    "compact steps round {round}: {point} (pass {}) not reached in 60 s; stderr: {}",
+                    skip + 1,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+    let out = child.wait_with_output().expect("wait");
+    reader.join().expect("reader");
+    assert!(
+        out.status.code().is_none(),
+        "compact steps round {round}: the child did not stop at {point} ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    acked
+}
+
+/// Rounds of a child posting beside compactions in a store made here, each
+/// followed by the power cut and the checks (see
+/// [`an_online_compaction_with_writes_beside_it_survives_power_cuts`]).
+fn compaction_rounds(what: &str, rounds: u32, mut child: impl FnMut(&Path, u32) -> Acked) {
     let tmp = tempfile::tempdir().expect("tmp");
     let fs = LazyFs::mount(&tmp.path().join("lazy"));
     let dir = fs.mnt().join("store");
@@ -463,43 +574,128 @@ fn an_online_compaction_with_writes_beside_it_survives_power_cuts() {
         }
         s.close().await.expect("close");
     });
-    let no_entries = tmp.path().join("unused");
-    let mut rng = Rng(0xc0c1);
+    // Each acknowledged post with the round it came in, and each round's
+    // lines: what a loss is reported with.
     let (mut posts, mut deleted) = (Vec::new(), Vec::new());
-    for round in 0..rounds() {
-        let acked = run_child("compact", &dir, &no_entries, &mut rng, round);
+    let mut said: Vec<Vec<String>> = Vec::new();
+    // HEARTH_POWERCUT_KEEP=DIR: each round's durable state (right after
+    // the cut, before anything opens it) copied there, the last two kept.
+    let keep = std::env::var_os("HEARTH_POWERCUT_KEEP").map(PathBuf::from);
+    for round in 0..rounds {
+        let acked = child(&dir, round);
         fs.cut();
-        posts.extend(acked.posts);
+        if let Some(keep) = &keep {
+            let to = keep.join(format!("round-{round}"));
+            let _ = std::fs::remove_dir_all(&to);
+            copy_durably(&fs.root().join("store"), &to);
+            let _ = std::fs::remove_dir_all(keep.join(format!("round-{}", round.wrapping_sub(2))));
+        }
+        posts.extend(acked.posts.into_iter().map(|(id, text)| (id, text, round)));
         deleted.extend(acked.deleted);
+        said.push(acked.said);
         rt().block_on(async {
             let s = open_store(&dir, &pass, config())
                 .await
-                .unwrap_or_else(|e| panic!("round {round}: the store does not open after the cut: {e}"));
+                .unwrap_or_else(|e| panic!("{what} round {round}: the store does not open after the cut: {e}"));
             let report = s.verify().await.expect("verify");
-            assert!(report.is_clean(), "round {round}: verify: {:?}", report.problems);
-            for (id, text) in &posts {
-                let m = s
-                    .message(*id)
-                    .await
-                    .unwrap_or_else(|e| panic!("round {round}: acknowledged post {id} is gone: {e}"));
-                assert_eq!(m.message.text.as_deref(), Some(text.as_str()), "round {round}");
+            assert!(report.is_clean(), "{what} round {round}: verify: {:?}", report.problems);
+            let mut lost = Vec::new();
+            for (i, (id, text, when)) in posts.iter().enumerate() {
+                match s.message(*id).await {
+                    Ok(m) => assert_eq!(m.message.text.as_deref(), Some(text.as_str()), "{what} round {round}"),
+                    Err(e) => lost.push((i, format!("#{i} {id} ({text:?}, acknowledged in round {when}): {e}"))),
+                }
+            }
+            if !lost.is_empty() {
+                panic!(
+                    "{what} round {round}: {} of {} acknowledged posts are gone:\n  {}\nopen: {:?}\n{}",
+                    lost.len(),
+                    posts.len(),
+                    lost.iter()
+                        .take(12)
+                        .map(|(_, l)| l.as_str())
+                        .collect::<Vec<_>>()
+                        .join("\n  "),
+                    s.open_report(),
+                    where_lost(&said, &posts, &lost)
+                );
             }
             for id in &deleted {
                 let m = s.message(*id).await.expect("deleted message").message;
-                assert!(m.deleted && m.text.is_none(), "round {round}: {id} is back");
+                assert!(m.deleted && m.text.is_none(), "{what} round {round}: {id} is back");
             }
             s.close().await.expect("close");
         });
         for left in ["compact", "compacted", "compact.tmp", "log.old"] {
-            assert!(!dir.join(left).exists(), "round {round}: {left} left after an open");
+            assert!(
+                !dir.join(left).exists(),
+                "{what} round {round}: {left} left after an open"
+            );
         }
     }
     eprintln!(
-        "powercut compact online summary: {} cuts, {} posts and {} deletes acknowledged, all there",
-        rounds(),
+        "powercut {what} summary: {rounds} cuts, {} posts and {} deletes acknowledged, all there",
         posts.len(),
         deleted.len()
     );
+}
+
+/// The lines of the rounds that acknowledged the first lost posts, around
+/// each: where the compactions fell.
+fn where_lost(said: &[Vec<String>], posts: &[(MessageId, String, u32)], lost: &[(usize, String)]) -> String {
+    let mut out = String::new();
+    for (i, _) in lost.iter().take(3) {
+        let (id, _, round) = &posts[*i];
+        let id = id.to_string();
+        let lines = &said[*round as usize];
+        let at = lines.iter().position(|x| x.contains(&id)).unwrap_or(0);
+        let compactions = lines.iter().filter(|x| x.starts_with("compacted")).count();
+        out += &format!(
+            "{id}: line {at} of {} in round {round} ({compactions} compactions that round); around it:\n",
+            lines.len()
+        );
+        for x in &lines[at.saturating_sub(6)..(at + 6).min(lines.len())] {
+            out += &format!("    {x}\n");
+        }
+    }
+    out
+}
+
+/// Take one line a child printed into `acked`.
+fn take_line(mode: &str, line: String, acked: &mut Acked) {
+    if mode == "compact" {
+        acked.said.push(line.clone());
+    }
+    let (kind, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+    match kind {
+        "durable" | "acked" => {
+            for (d, s) in parse_vector(rest) {
+                let e = acked.durable.entry(d).or_default();
+                *e = (*e).max(s);
+            }
+            acked.lines += 1;
+        }
+        "posted" => {
+            let (id, text) = rest.split_once(' ').expect("id text");
+            acked.posts.push((id.parse().expect("message id"), text.to_string()));
+            acked.lines += 1;
+        }
+        "deleted" => {
+            acked.deleted.push(rest.parse().expect("message id"));
+            acked.lines += 1;
+        }
+        "sent" => acked.sent.push(unhex(rest)),
+        "handed" => {
+            let mut it = rest.split(' ');
+            let (d, seq, hash) = (it.next(), it.next(), it.next());
+            if let (Some(d), Some(seq), Some(hash)) = (d, seq, hash) {
+                acked
+                    .handed
+                    .push((d.parse().expect("device"), seq.parse().expect("seq"), hash.to_string()));
+            }
+        }
+        _ => {}
+    }
 }
 
 /// What a child reported before it was killed.
@@ -515,20 +711,30 @@ struct Acked {
     /// Own entries sent before they were durable (`early` mode).
     sent: Vec<Vec<u8>>,
     lines: usize,
+    /// Every line the child printed, in order (`compact` mode: for the
+    /// report of a loss).
+    said: Vec<String>,
 }
 
-fn spawn_child(mode: &str, dir: &Path, entries: &Path, seed: u64, hold: bool) -> Child {
+/// This test binary run again as the child `mode` on the store in `dir`,
+/// its output piped.
+fn child_command(mode: &str, dir: &Path) -> Command {
     let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
-    if hold {
-        cmd.env("HEARTH_POWERCUT_HOLD", "1");
-    }
     cmd.args(["--exact", "powercut_child", "--nocapture", "--test-threads", "1"])
         .env(CHILD_ENV, mode)
         .env("HEARTH_POWERCUT_DIR", dir)
-        .env("HEARTH_POWERCUT_ENTRIES", entries)
-        .env("HEARTH_POWERCUT_SEED", seed.to_string())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn spawn_child(mode: &str, dir: &Path, entries: &Path, seed: u64, hold: bool) -> Child {
+    let mut cmd = child_command(mode, dir);
+    if hold {
+        cmd.env("HEARTH_POWERCUT_HOLD", "1");
+    }
+    cmd.env("HEARTH_POWERCUT_ENTRIES", entries)
+        .env("HEARTH_POWERCUT_SEED", seed.to_string())
         .spawn()
         .expect("spawn the child")
 }
@@ -540,51 +746,11 @@ fn run_child(mode: &str, dir: &Path, entries: &Path, rng: &mut Rng, round: u32) 
     // few posts (and the kill comes right as an entry is sent).
     let hold = mode == "early" && round % 4 == 1;
     let mut child = spawn_child(mode, dir, entries, rng.next(), hold);
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let (reader, rx) = read_lines(&mut child);
     let during_open = round % 7 == 3;
     let started = Instant::now();
     let mut acked = Acked::default();
-    let take = |line: String, acked: &mut Acked| {
-        let (kind, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
-        match kind {
-            "durable" | "acked" => {
-                for (d, s) in parse_vector(rest) {
-                    let e = acked.durable.entry(d).or_default();
-                    *e = (*e).max(s);
-                }
-                acked.lines += 1;
-            }
-            "posted" => {
-                let (id, text) = rest.split_once(' ').expect("id text");
-                acked.posts.push((id.parse().expect("message id"), text.to_string()));
-                acked.lines += 1;
-            }
-            "deleted" => {
-                acked.deleted.push(rest.parse().expect("message id"));
-                acked.lines += 1;
-            }
-            "sent" => acked.sent.push(unhex(rest)),
-            "handed" => {
-                let mut it = rest.split(' ');
-                let (d, seq, hash) = (it.next(), it.next(), it.next());
-                if let (Some(d), Some(seq), Some(hash)) = (d, seq, hash) {
-                    acked
-                        .handed
-                        .push((d.parse().expect("device"), seq.parse().expect("seq"), hash.to_string()));
-                }
-            }
-            _ => {}
-        }
-    };
+    let take = |line: String, acked: &mut Acked| take_line(mode, line, acked);
     if during_open {
         std::thread::sleep(Duration::from_millis(rng.below(60) as u64));
     } else {

@@ -499,7 +499,10 @@ impl Actor {
                 // the journal itself.
                 let (dir, journal) = (self.engine.dir.clone(), self.journal.clone());
                 let purge = spawn_unplaced(std::thread::Builder::new(), move || {
-                    let res = journal.with(Journal::purge).and_then(|()| crate::compact::done(&dir));
+                    let res = journal.with(Journal::purge).and_then(|()| {
+                        crash_point!("compact.purged");
+                        crate::compact::done(&dir)
+                    });
                     reply_all(waiters, res.map(|()| report));
                 });
                 match purge {

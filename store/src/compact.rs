@@ -731,6 +731,7 @@ impl Engine {
         committed: &mut bool,
     ) -> Result<CompactReport> {
         let paused = Instant::now();
+        crash_point!("compact.paused");
         let staging = running.staging.clone();
         let due_at_start = running.due_at_start;
         let copied = self.end_copy(&mut running);
@@ -777,6 +778,7 @@ impl Engine {
         self.db = crate::open::open_sled(&self.dir)?;
         self.tree = self.db.open_tree(TREE)?;
         self.sled_files = SledFiles::new(&self.dir.join(DB_DIR));
+        crash_point!("compact.swapped");
         report.paused = paused.elapsed();
         report.took = running.started.elapsed();
         Ok(report)

@@ -27,11 +27,16 @@ pub const CRASH_POINTS: &[&str] = &[
     "checkpoint.log_synced",
     "checkpoint.sled_flushed",
     "checkpoint.synced",
-    // A compaction: the copy prepared, committed, then the swap's steps.
+    // A compaction: its pause (the checkpoint taken, the journal started
+    // over), the copy prepared, committed, the swap's steps, the store on
+    // the fresh sled, then the journal's old records zeroed.
+    "compact.paused",
     "compact.prepared",
     "compact.committed",
     "compact.old_log_moved",
     "compact.new_log_moved",
+    "compact.swapped",
+    "compact.purged",
 ];
 
 /// Stop the process here when the point is armed (feature `failpoints`).
