@@ -170,7 +170,7 @@ pub fn every_sealed_record(key: &SecretKey, bytes: &[u8]) -> Vec<(usize, Vec<u8>
 }
 
 /// What reading a journal found.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub struct Decoded {
     /// Every readable record, in order.
     pub records: Vec<JournalRecord>,
@@ -310,18 +310,43 @@ impl JournalFile {
 /// replayed: acknowledged writes lost at a crash, about one crash in 150
 /// with more than 4 KiB of records.)
 fn read_records(jf: &mut JournalFile, key: &SecretKey) -> Result<Decoded> {
-    let mut bytes = std::mem::take(&mut jf.head);
+    let head = std::mem::take(&mut jf.head);
+    let file = &jf.file;
+    read_on(key, head, jf.len, |buf, at| file.read_exact_at(buf, at))
+}
+
+/// [`read_records`] over any reader: `bytes` are the file's first ones, `len`
+/// its length, `read_at` fills a buffer from an offset.
+fn read_on(
+    key: &SecretKey,
+    mut bytes: Vec<u8>,
+    len: u64,
+    mut read_at: impl FnMut(&mut [u8], u64) -> std::io::Result<()>,
+) -> Result<Decoded> {
     loop {
         let (decoded, cut) = decode_prefix(key, &bytes);
         let held = bytes.len();
         let more = cut || decoded.valid_len == held;
-        if !more || held as u64 >= jf.len {
+        if !more || held as u64 >= len {
             return Ok(decoded);
         }
-        let upto = (held.max(FIRST_READ) as u64).saturating_mul(4).min(jf.len);
+        let upto = (held.max(FIRST_READ) as u64).saturating_mul(4).min(len);
         bytes.resize(upto as usize, 0);
-        jf.file.read_exact_at(&mut bytes[held..], held as u64)?;
+        read_at(&mut bytes[held..], held as u64)?;
     }
+}
+
+/// [`decode_records`] of `data` as an open reads a journal file that holds
+/// it: its first 4 KiB, then more while the records go on. It must find
+/// what decoding the whole does (the `journal` fuzz target checks it).
+pub fn decode_records_as_read(key: &SecretKey, data: &[u8]) -> Decoded {
+    let head = data[..FIRST_READ.min(data.len())].to_vec();
+    read_on(key, head, data.len() as u64, |buf, at| {
+        let at = at as usize;
+        buf.copy_from_slice(&data[at..at + buf.len()]);
+        Ok(())
+    })
+    .expect("reading from memory cannot fail")
 }
 
 /// The alignment of direct writes: the offset, length and address of

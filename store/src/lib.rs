@@ -105,7 +105,7 @@ pub use ingest::IngestReport;
 pub use invite::{InviteInfo, JoinRequest, NewInvite};
 pub use journal::{
     Decoded as JournalContents, JournalEntry, JournalRecord, decode_records as decode_journal,
-    encode_record as encode_journal_record,
+    decode_records_as_read as decode_journal_as_read, encode_record as encode_journal_record,
 };
 pub use layout::{STORE_FORMAT, migration_steps};
 pub use log::{

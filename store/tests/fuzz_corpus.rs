@@ -79,6 +79,66 @@ fn regenerate_journal_seeds() {
     }
 }
 
+/// A record of exactly `want` bytes: a post whose text is as long as that
+/// takes.
+fn record_of_len(key: &SecretKey, seq: u64, want: usize) -> Vec<u8> {
+    (0..want)
+        .map(|n| {
+            let post = JournalEntry::Op {
+                channel: ChannelId([1; 32]),
+                op: Op::Post {
+                    id: MessageId([seq as u8; 24]),
+                    text: "t".repeat(n),
+                    reply_to: None,
+                },
+            };
+            encode_journal_record(key, 7, seq, &[post]).unwrap()
+        })
+        .find(|r| r.len() == want)
+        .expect("a record of that length")
+}
+
+#[test]
+#[ignore = "writes seeds of the corpus"]
+fn regenerate_journal_read_seeds() {
+    // Records that end exactly where an open's first read of the journal
+    // ends (4 KiB), then more; and a record whose first byte is the last
+    // one of that read, and 0 (its length is 256): an open once took the
+    // first for the end of the records, and the reader must not take the
+    // second for zeros.
+    let key = SecretKey::from_bytes(journal::KEY);
+    let seeds = [
+        ("records-up-to-the-first-read", 4096),
+        ("zero-byte-at-the-first-read", 4095),
+    ];
+    for (name, at) in seeds {
+        let mut bytes = Vec::new();
+        let mut seq = 0;
+        while at - bytes.len() > 400 {
+            seq += 1;
+            bytes.extend(record_of_len(&key, seq, 160));
+        }
+        seq += 1;
+        bytes.extend(record_of_len(&key, seq, at - bytes.len()));
+        if at % 4096 != 0 {
+            seq += 1;
+            bytes.extend(record_of_len(&key, seq, 260));
+            assert_eq!(bytes[at], 0, "the length's low byte");
+        }
+        for _ in 0..3 {
+            seq += 1;
+            bytes.extend(record_of_len(&key, seq, 160));
+        }
+        assert_eq!(journal_records(&key, &bytes), seq as usize);
+        std::fs::write(corpus().join(name), bytes).unwrap();
+    }
+}
+
+/// How many records a whole decode finds.
+fn journal_records(key: &SecretKey, bytes: &[u8]) -> usize {
+    hearth_store::decode_journal(key, bytes).records.len()
+}
+
 #[path = "../../fuzz/src/log.rs"]
 mod log;
 
