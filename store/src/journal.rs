@@ -724,9 +724,6 @@ pub(crate) mod tests {
         assert_eq!(d.records[1].entries, vec![entry(1)]);
     }
 
-    /// An open reads no further than the records go, in reads that grow:
-    /// records well past the first read, one of them straddling two reads,
-    /// all come back, and a torn tail is still reported.
     /// A record of exactly `want` bytes (a post whose text is as long as
     /// that takes).
     fn record_of_len(key: &SecretKey, run: u64, seq: u64, want: usize) -> Vec<u8> {
@@ -812,6 +809,9 @@ pub(crate) mod tests {
         reads_all(&key, &bytes, last);
     }
 
+    /// An open reads no further than the records go, in reads that grow:
+    /// records well past the first read, one of them straddling two reads,
+    /// all come back, and a torn tail is still reported.
     #[test]
     fn an_open_reads_records_past_its_first_read() {
         let dir = tempfile::tempdir().unwrap();
