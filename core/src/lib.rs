@@ -84,6 +84,7 @@ pub use op::{MAX_EMOJI_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES, Op};
 pub use rotation::{KeyPackage, PackagedKey};
 pub use seal::{
     NONCE_PREFIX_LEN, NonceKind, Purpose, SEAL_OVERHEAD, counted_nonce, derive, open, seal, seal_with_nonce,
+    seal_with_nonce_into,
 };
 pub use secret::{Passphrase, SecretKey};
 pub use vector::{FeedPos, Missing, Vector};

@@ -87,6 +87,31 @@ pub fn seal_with_nonce(key: &SecretKey, aad: &[u8], plaintext: &[u8], nonce: [u8
     Ok(out)
 }
 
+/// [`seal_with_nonce`] built in place at the end of `out`, for a caller
+/// that frames the box itself: `nonce` is appended, then `plaintext`
+/// appends the plaintext, which is encrypted where it lies, and the tag
+/// follows it. `out` then ends with exactly the bytes [`seal_with_nonce`]
+/// returns, with no copy of the plaintext or the ciphertext. On an error
+/// `out` is left holding a part of the box; drop it. The error is
+/// `plaintext`'s own, or the encryption's turned into `E`.
+pub fn seal_with_nonce_into<E: From<Error>>(
+    key: &SecretKey,
+    aad: &[u8],
+    nonce: [u8; 24],
+    out: &mut Vec<u8>,
+    plaintext: impl FnOnce(&mut Vec<u8>) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    use chacha20poly1305::aead::AeadInOut;
+    out.extend_from_slice(&nonce);
+    let from = out.len();
+    plaintext(out)?;
+    let tag = cipher(key)
+        .encrypt_inout_detached(&XNonce::from(nonce), aad, out[from..].as_mut().into())
+        .map_err(|_| E::from(Error::corrupted("sealed box", "encryption failed")))?;
+    out.extend_from_slice(&tag);
+    Ok(())
+}
+
 /// Bytes of a [`counted_nonce`]'s prefix.
 pub const NONCE_PREFIX_LEN: usize = 15;
 
@@ -159,6 +184,30 @@ mod tests {
         assert_eq!(&b[..24], &body[..]);
         assert_eq!(open(&k, b"place", &b, "t").unwrap(), b"hello");
         assert!(open(&k, b"other", &b, "t").is_err());
+    }
+
+    /// Built in place after what the caller framed it with, a box is the
+    /// same bytes as [`seal_with_nonce`]'s, and opens; the caller's error
+    /// comes back as it was.
+    #[test]
+    fn a_box_sealed_in_place_is_the_same_box() {
+        let k = SecretKey::from_bytes([3; 32]);
+        let nonce = counted_nonce(&[5; NONCE_PREFIX_LEN], NonceKind::Body, 77);
+        for plain in [&b""[..], b"hi", &[9u8; 300], &[1u8; 5000]] {
+            let mut out = b"frame".to_vec();
+            seal_with_nonce_into(&k, b"place", nonce, &mut out, |o| {
+                o.extend_from_slice(plain);
+                Ok::<(), Error>(())
+            })
+            .unwrap();
+            let whole = seal_with_nonce(&k, b"place", plain, nonce).unwrap();
+            assert_eq!(&out[..5], b"frame");
+            assert_eq!(out[5..], whole[..]);
+            assert_eq!(open(&k, b"place", &out[5..], "t").unwrap(), plain);
+        }
+        let mut out = Vec::new();
+        let refused = seal_with_nonce_into(&k, b"place", nonce, &mut out, |_| Err(Error::Random));
+        assert!(matches!(refused, Err(Error::Random)));
     }
 
     #[test]

@@ -114,24 +114,32 @@ pub fn encode_record_under(
     seq: u64,
     entries: &[JournalEntry],
 ) -> Result<Vec<u8>> {
-    let plain = postcard::to_stdvec(entries).map_err(|e| Error::invalid("journal record", e))?;
     let mut nonce = [0u8; 24];
     nonce[..NONCE_PREFIX].copy_from_slice(prefix);
     nonce[NONCE_PREFIX..].copy_from_slice(&seq.to_le_bytes());
-    let sealed = hearth_core::seal_with_nonce(key, &aad(run, seq), &plain, nonce)?;
-    let len = 4 + 8 + 8 + sealed.len();
-    let mut out = Vec::with_capacity(4 + len);
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&run.to_le_bytes());
-    crc.update(&seq.to_le_bytes());
-    crc.update(&sealed);
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    // Built in one buffer, length and checksum filled in last: a post's
+    // record is sealed on its writer's path before the fsync, where a
+    // Vec grown a byte at a time and two more copies cost about 1 µs.
+    let mut out = Vec::with_capacity(RECORD_CAPACITY);
+    out.extend_from_slice(&[0u8; 8]);
     out.extend_from_slice(&run.to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&sealed);
+    hearth_core::seal_with_nonce_into(key, &aad(run, seq), nonce, &mut out, |out| {
+        let plain =
+            postcard::to_extend(entries, std::mem::take(out)).map_err(|e| Error::invalid("journal record", e))?;
+        *out = plain;
+        Ok::<(), Error>(())
+    })?;
+    let len = u32::try_from(out.len() - 4).map_err(|_| Error::invalid("journal record", "too long"))?;
+    let crc = crc32fast::hash(&out[8..]);
+    out[..4].copy_from_slice(&len.to_le_bytes());
+    out[4..8].copy_from_slice(&crc.to_le_bytes());
     Ok(out)
 }
+
+/// A record's first allocation: a post of a few hundred bytes of text
+/// fits, so its encoding never grows the buffer.
+const RECORD_CAPACITY: usize = 1024;
 
 fn aad(run: u64, seq: u64) -> [u8; 23] {
     let mut a = [0u8; 23];
@@ -722,6 +730,48 @@ pub(crate) mod tests {
         let d = decode_records(&key, &[a, b].concat());
         assert_eq!((d.records.len(), d.stopped), (2, None));
         assert_eq!(d.records[1].entries, vec![entry(1)]);
+    }
+
+    /// A record is built in one buffer: the same bytes as its framing
+    /// around a box of `seal_with_nonce` (the format of every journal
+    /// written before), for a small record and one past the buffer's
+    /// first allocation.
+    #[test]
+    fn records_are_the_bytes_of_their_framed_box() {
+        let key = SecretKey::from_bytes([4; 32]);
+        let prefix = [7u8; NONCE_PREFIX];
+        let long = JournalEntry::Op {
+            channel: ChannelId([2; 32]),
+            op: Op::Post {
+                id: MessageId([3; 24]),
+                text: "long ".repeat(1000),
+                reply_to: None,
+            },
+        };
+        for (seq, entries) in [
+            (1u64, vec![entry(1)]),
+            (2, vec![entry(2), long.clone()]),
+            (3, vec![long]),
+        ] {
+            let record = encode_record_under(&key, &prefix, 9, seq, &entries).unwrap();
+            let mut nonce = [0u8; 24];
+            nonce[..NONCE_PREFIX].copy_from_slice(&prefix);
+            nonce[NONCE_PREFIX..].copy_from_slice(&seq.to_le_bytes());
+            let plain = postcard::to_stdvec(&entries).unwrap();
+            let sealed = hearth_core::seal_with_nonce(&key, &aad(9, seq), &plain, nonce).unwrap();
+            let mut framed = Vec::new();
+            framed.extend_from_slice(&((4 + 8 + 8 + sealed.len()) as u32).to_le_bytes());
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&9u64.to_le_bytes());
+            crc.update(&seq.to_le_bytes());
+            crc.update(&sealed);
+            framed.extend_from_slice(&crc.finalize().to_le_bytes());
+            framed.extend_from_slice(&9u64.to_le_bytes());
+            framed.extend_from_slice(&seq.to_le_bytes());
+            framed.extend_from_slice(&sealed);
+            assert_eq!(record, framed, "record {seq}");
+            assert_eq!(decode_records(&key, &record).records[0].entries, entries);
+        }
     }
 
     /// A record of exactly `want` bytes (a post whose text is as long as

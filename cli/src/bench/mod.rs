@@ -2,7 +2,9 @@
 //! synchronous=FULL, the same sealed messages, one row per transaction), in one
 //! run, so the ratios hold on a noisy machine.
 //!
-//! Measured: durable post throughput and p50/p99 latency with 1 and 8 writers;
+//! Measured: durable post throughput and p50/p99 latency with 1 and 8 writers,
+//! next to the bare flush of a record (buffered + `fdatasync`, and direct),
+//! taken in each round right before the writes;
 //! streaming (bulk) post rate; cold open + newest 50 of a channel holding
 //! `--big` messages (in a fresh child process, the Argon2id unlock reported
 //! apart); warm page of 50; RSS with that store open and 10 channels cached;
@@ -529,7 +531,17 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> Result<ExitCode> {
     // machine's background writeback and noise shift over a run); the median
     // round of each side is reported.
     let (mut hr1, mut hr8, mut sr1, mut sr8) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // The bare flush floors are taken in each round, right before the one
+    // writer's rounds, since the disk's speed moves within a run (a post's
+    // record: its text and about 200 bytes around it). Where the file
+    // system refuses direct I/O the journal writes buffered, and there is
+    // no direct floor.
+    let (mut floors, mut direct_floors) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
+        floors.push(sync_floor(&root, n.min(4000), args.text_len + 200, SyncWay::Fdatasync)?);
+        if let Ok(f) = sync_floor(&root, n.min(4000), args.text_len + 200, SyncWay::DirectDsync) {
+            direct_floors.push(f);
+        }
         hr1.push(hearth_writers(&h, ch, 1, n, args.text_len).await?);
         let d = root.join(format!("sqlite-1-{round}"));
         std::fs::create_dir_all(&d)?;
@@ -540,11 +552,6 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> Result<ExitCode> {
         sr8.push(sqlite::run_writers(&d, 8, n / 8, args.text_len)?);
     }
     let stream = hearth_stream(&h, ch, n.max(20_000), args.text_len, 1 << 40).await?;
-    // A post's journal record: its text and about 200 bytes around it.
-    let floor = sync_floor(&root, n.min(4000), args.text_len + 200, SyncWay::Fdatasync)?;
-    // Where the file system refuses direct I/O the journal writes buffered,
-    // and there is no second floor.
-    let direct_floor = sync_floor(&root, n.min(4000), args.text_len + 200, SyncWay::DirectDsync).ok();
     h.close().await?;
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -562,6 +569,17 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> Result<ExitCode> {
             .find(|w| w.msgs_per_sec == m)
             .expect("the median is one of them")
     };
+    let runs_1 = json!({
+        "hearth": hr1.iter().map(|w| w.msgs_per_sec).collect::<Vec<_>>(),
+        "sqlite": sr1.iter().map(|w| w.msgs_per_sec).collect::<Vec<_>>(),
+        "fdatasync_floor": floors.iter().map(|f| f.ops_per_sec).collect::<Vec<_>>(),
+        "direct_dsync_floor": direct_floors.iter().map(|f| f.ops_per_sec).collect::<Vec<_>>(),
+    });
+    let pick_f = |v: Vec<FsyncFloor>| {
+        let m = median(&mut v.iter().map(|f| f.ops_per_sec).collect());
+        v.into_iter().find(|f| f.ops_per_sec == m)
+    };
+    let (floor, direct_floor) = (pick_f(floors), pick_f(direct_floors));
     let (h1, h8, s1, s8) = (pick_h(hr1), pick_h(hr8), pick_s(sr1), pick_s(sr8));
 
     // The big channel, built with the bulk path, on both sides.
@@ -610,6 +628,7 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> Result<ExitCode> {
         "machine": {"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)},
         "text_len": args.text_len,
         "writes_1": {"hearth": h1, "sqlite": s1, "ratio": h1.msgs_per_sec / s1.msgs_per_sec},
+        "writes_1_rounds": runs_1,
         "writes_8": {"hearth": h8, "sqlite": s8, "ratio": h8.msgs_per_sec / s8.msgs_per_sec},
         "stream_msgs_per_sec": stream,
         "fdatasync_floor": floor,
