@@ -29,6 +29,15 @@ const ROUNDS_PER_STORE: u32 = 10;
 /// Longest wait after the first acknowledged id before the kill.
 const MAX_STREAM_MS: u64 = 400;
 
+/// Mixed into every round's generator: `HEARTH_CRASH_SEED` (a number) for
+/// long runs that vary the kills' moments, 0 (CI's fixed rounds) without it.
+fn seed() -> u64 {
+    std::env::var("HEARTH_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Whether the check of a round is left to the next round, so that the next
 /// child's own open replays this round's journal (and may be killed during it).
 fn deferred(round: u32) -> bool {
@@ -268,7 +277,7 @@ fn sigkill_at_random_moments_never_loses_an_acknowledged_post() {
         let mut rounds: Vec<Round> = Vec::new();
         let mut unchecked = 0;
         for round in store * ROUNDS_PER_STORE..(store + 1) * ROUNDS_PER_STORE {
-            let mut rng = Rng(0x4845_4152_5448 ^ u64::from(round).wrapping_mul(0x1000_0000_01b3));
+            let mut rng = Rng(0x4845_4152_5448 ^ u64::from(round).wrapping_mul(0x1000_0000_01b3) ^ seed());
             let kill = match open_time {
                 // The first of these kills right after the spawn.
                 Some(open) if round % 3 == 2 => {

@@ -77,13 +77,11 @@ pub fn seal(key: &SecretKey, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
 /// ([`seal`]), or a [`counted_nonce`] under a prefix drawn at random for
 /// one run of one writer, whose counter never repeats in that run.
 pub fn seal_with_nonce(key: &SecretKey, aad: &[u8], plaintext: &[u8], nonce: [u8; 24]) -> Result<Vec<u8>> {
-    let n = XNonce::from(nonce);
-    let ct = cipher(key)
-        .encrypt(&n, Payload { msg: plaintext, aad })
-        .map_err(|_| Error::corrupted("sealed box", "encryption failed"))?;
-    let mut out = Vec::with_capacity(24 + ct.len());
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(&ct);
+    let mut out = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
+    seal_with_nonce_into(key, aad, nonce, &mut out, |o| {
+        o.extend_from_slice(plaintext);
+        Ok::<(), Error>(())
+    })?;
     Ok(out)
 }
 
@@ -187,8 +185,8 @@ mod tests {
     }
 
     /// Built in place after what the caller framed it with, a box is the
-    /// same bytes as [`seal_with_nonce`]'s, and opens; the caller's error
-    /// comes back as it was.
+    /// same bytes as the AEAD's whole encryption (and [`seal_with_nonce`]'s),
+    /// and opens; the caller's error comes back as it was.
     #[test]
     fn a_box_sealed_in_place_is_the_same_box() {
         let k = SecretKey::from_bytes([3; 32]);
@@ -200,9 +198,20 @@ mod tests {
                 Ok::<(), Error>(())
             })
             .unwrap();
-            let whole = seal_with_nonce(&k, b"place", plain, nonce).unwrap();
+            // The box as the AEAD makes it whole: nonce, ciphertext, tag.
+            let ct = cipher(&k)
+                .encrypt(
+                    &XNonce::from(nonce),
+                    Payload {
+                        msg: plain,
+                        aad: b"place",
+                    },
+                )
+                .unwrap();
+            let whole = [&nonce[..], &ct].concat();
             assert_eq!(&out[..5], b"frame");
             assert_eq!(out[5..], whole[..]);
+            assert_eq!(seal_with_nonce(&k, b"place", plain, nonce).unwrap(), whole);
             assert_eq!(open(&k, b"place", &out[5..], "t").unwrap(), plain);
         }
         let mut out = Vec::new();
