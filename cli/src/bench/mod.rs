@@ -80,6 +80,15 @@ const COLD_RUNS: usize = 5;
 /// Rounds of each write measurement.
 const ROUNDS: usize = 3;
 
+/// The round whose `rate` is the median of `rounds` (the upper one of an
+/// even count); `None` when there are none.
+fn median_round<T>(rounds: Vec<T>, rate: impl Fn(&T) -> f64) -> Option<T> {
+    let mut rates: Vec<f64> = rounds.iter().map(&rate).collect();
+    rates.sort_by(f64::total_cmp);
+    let m = *rates.get(rates.len() / 2)?;
+    rounds.into_iter().find(|r| rate(r) == m)
+}
+
 fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -557,30 +566,18 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> Result<ExitCode> {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let pick_h = |v: Vec<HearthWrites>| {
-        let m = median(&mut v.iter().map(|w| w.msgs_per_sec).collect());
-        v.into_iter()
-            .find(|w| w.msgs_per_sec == m)
-            .expect("the median is one of them")
-    };
-    let pick_s = |v: Vec<sqlite::WriteReport>| {
-        let m = median(&mut v.iter().map(|w| w.msgs_per_sec).collect());
-        v.into_iter()
-            .find(|w| w.msgs_per_sec == m)
-            .expect("the median is one of them")
-    };
     let runs_1 = json!({
         "hearth": hr1.iter().map(|w| w.msgs_per_sec).collect::<Vec<_>>(),
         "sqlite": sr1.iter().map(|w| w.msgs_per_sec).collect::<Vec<_>>(),
         "fdatasync_floor": floors.iter().map(|f| f.ops_per_sec).collect::<Vec<_>>(),
         "direct_dsync_floor": direct_floors.iter().map(|f| f.ops_per_sec).collect::<Vec<_>>(),
     });
-    let pick_f = |v: Vec<FsyncFloor>| {
-        let m = median(&mut v.iter().map(|f| f.ops_per_sec).collect());
-        v.into_iter().find(|f| f.ops_per_sec == m)
-    };
-    let (floor, direct_floor) = (pick_f(floors), pick_f(direct_floors));
-    let (h1, h8, s1, s8) = (pick_h(hr1), pick_h(hr8), pick_s(sr1), pick_s(sr8));
+    let hearth_rate = |w: &HearthWrites| w.msgs_per_sec;
+    let sqlite_rate = |w: &sqlite::WriteReport| w.msgs_per_sec;
+    let [h1, h8] = [hr1, hr8].map(|v| median_round(v, hearth_rate).expect("ROUNDS rounds"));
+    let [s1, s8] = [sr1, sr8].map(|v| median_round(v, sqlite_rate).expect("ROUNDS rounds"));
+    // None: no round took direct I/O.
+    let [floor, direct_floor] = [floors, direct_floors].map(|v| median_round(v, |f| f.ops_per_sec));
 
     // The big channel, built with the bulk path, on both sides.
     say(format!("big channel: {} messages (bulk path)", args.big));
@@ -757,4 +754,17 @@ fn print_table(r: &serde_json::Value) {
         f(&b["hearth_disk_per_plaintext"]),
         f(&b["sqlite_disk_per_plaintext"])
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median_round;
+
+    #[test]
+    fn the_median_round_is_the_middle_rate_kept_whole() {
+        let rounds = vec![("a", 3.0), ("b", 1.0), ("c", 2.0)];
+        assert_eq!(median_round(rounds, |r| r.1), Some(("c", 2.0)));
+        assert_eq!(median_round(vec![("a", 1.0), ("b", 2.0)], |r| r.1), Some(("b", 2.0)));
+        assert_eq!(median_round(Vec::<(&str, f64)>::new(), |r| r.1), None);
+    }
 }
