@@ -81,6 +81,14 @@ replay_tests! {
     peer_proofs => checks::check_peer_proofs,
     text_pack => checks::check_text_pack,
     text_pack_v5 => checks::check_text_pack_v5,
+    change_pair => checks::check_change_pair,
+}
+
+/// Writes the change pair seeds only.
+#[test]
+#[ignore = "writes the change_pair seeds; run by hand with --ignored"]
+fn regenerate_change_pair_seeds() {
+    seeds::write_change_pair_seeds();
 }
 
 /// Writes the relay certificate and removal seeds (sync protocol 5) and
@@ -208,6 +216,7 @@ mod seeds {
             "store_header" => StoreHeader::decode(data).is_ok(),
             "envelope" => Envelope::decode(data).is_ok_and(|e| e.verify().is_ok()),
             "change" => decode_change(data, &AUTHOR_DEVICE, &author().user()).is_ok(),
+            "change_pair" => true,
             "identity" => Identity::decode(data).is_ok(),
             "channel_record" => ChannelRecord::decode(data).is_ok(),
             "snapshot" => EpochDoc::load(EPOCH, data, &LOCAL_DEVICE).is_ok(),
@@ -980,6 +989,49 @@ mod seeds {
     /// Format 6 entries: a post's change stripped, with a pack, under
     /// counted nonces; and the stripped change alone (for the change
     /// target's unstripping).
+    /// Two changes of the author, stripped, `leb128 length | first | second`:
+    /// a post then a reaction to it, the reaction's ops numbered over the
+    /// post's, and the post then an empty second change with a gap.
+    pub fn write_change_pair_seeds() {
+        let user = author().user();
+        let mut doc = EpochDoc::new(EPOCH, &AUTHOR_DEVICE);
+        let tag = writer_tag(&user, &AUTHOR_DEVICE);
+        let id = MessageId::new(Timestamp::from_millis(1000), EPOCH, &channel_keys().id(), tag);
+        let post = Op::Post {
+            id,
+            text: "the first".into(),
+            reply_to: None,
+        };
+        doc.stage(&user, &AUTHOR_DEVICE, &post).unwrap();
+        let first = doc.commit(0).unwrap().unwrap();
+        let react = Op::React {
+            msg: id,
+            emoji: "👍".into(),
+        };
+        doc.stage(&user, &AUTHOR_DEVICE, &react).unwrap();
+        let second = doc.commit(0).unwrap().unwrap();
+        let strip = |c: &[u8]| hearth_core::strip_change(c, &AUTHOR_DEVICE.0).unwrap();
+        let (first, second) = (strip(&first), strip(&second));
+        let pair = |a: &[u8], b: &[u8]| [&hearth_core::write_leb128(a.len() as u64)[..], a, b].concat();
+        write("change_pair", "valid-post-then-reaction", &pair(&first, &second));
+        // The reaction's start op set to 1: no deps change, seq 2.
+        let (deps, n) = hearth_core::read_leb128(&second).unwrap();
+        let at = n + deps as usize * 32;
+        let (_, seq_len) = hearth_core::read_leb128(&second[at..]).unwrap();
+        let (_, start_len) = hearth_core::read_leb128(&second[at + seq_len..]).unwrap();
+        let overlapping = [&second[..at + seq_len], &[1], &second[at + seq_len + start_len..]].concat();
+        write(
+            "change_pair",
+            "crash-reaction-over-the-posts-ops",
+            &pair(&first, &overlapping),
+        );
+        write(
+            "change_pair",
+            "crash-then-empty-with-a-gap",
+            &pair(&first, &[0, 2, 9, 0, 0, 0, 0]),
+        );
+    }
+
     pub fn write_v6_seeds() {
         let keys = channel_keys();
         let (me, chain, _) = seed_writer();

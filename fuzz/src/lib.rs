@@ -236,6 +236,54 @@ fn check_change_chunk(data: &[u8]) {
     assert_eq!(reloaded.view(&devices), view, "view changed across save and load");
 }
 
+/// Two changes of the author's feed, one after the other: `leb128 length |
+/// first | second`, each stripped as a format 6 entry holds it. Applied to a
+/// fresh epoch document one call each, in order and in reverse order, and
+/// in one call together: whatever it accepts must snapshot and reload to
+/// the same view (a change whose ops overlap its predecessor's applied and
+/// left the snapshot unloadable).
+pub fn check_change_pair(data: &[u8]) {
+    let Some((len, n)) = hearth_core::read_leb128(data) else {
+        return;
+    };
+    let Some(split) = usize::try_from(len)
+        .ok()
+        .and_then(|l| l.checked_add(n))
+        .filter(|&e| e <= data.len())
+    else {
+        return;
+    };
+    let decode = |bytes: &[u8]| {
+        let chunk = hearth_core::unstrip_change(bytes, &AUTHOR_DEVICE.0).ok()?;
+        decode_change(&chunk, &AUTHOR_DEVICE, &author().user()).ok()
+    };
+    let (Some(first), Some(second)) = (decode(&data[n..split]), decode(&data[split..])) else {
+        return;
+    };
+    let devices = devices();
+    let orders = [
+        vec![vec![first.clone()], vec![second.clone()]],
+        vec![vec![second.clone()], vec![first.clone()]],
+        vec![vec![first, second]],
+    ];
+    for batches in orders {
+        let mut doc = EpochDoc::new(EPOCH, &LOCAL_DEVICE);
+        for batch in batches {
+            if doc.apply_remote(batch).is_err() {
+                break;
+            }
+        }
+        if doc.is_broken() {
+            continue;
+        }
+        let view = doc.view(&devices);
+        let snapshot = doc.save().expect("a document with no staged ops saves");
+        let mut reloaded = EpochDoc::load(EPOCH, &snapshot, &LOCAL_DEVICE)
+            .expect("the snapshot of a document that accepted two changes loads");
+        assert_eq!(reloaded.view(&devices), view, "view changed across save and load");
+    }
+}
+
 /// Decode a fork proof (from a feed log, where a rebuild reads it back). On
 /// success it re-encodes to exactly the input and its check names the feed
 /// of both entries.

@@ -93,6 +93,31 @@ impl Mallory {
         bytes
     }
 
+    /// The next entry of its feed: `write` edits the document of its last
+    /// entry, so that the change follows its previous one (seq after seq);
+    /// `start_op`, when given, replaces the change's first op number.
+    fn entry_after(&mut self, epoch: u32, start_op: Option<u64>, write: impl FnOnce(&mut AutoCommit, &str)) -> Vec<u8> {
+        write(&mut self.doc, &self.me.user().to_hex());
+        self.doc.commit();
+        let mut change = self.doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+        if let Some(start) = start_op {
+            let device = self.me.device().0;
+            let stripped = hearth_core::strip_change(&change, &device).unwrap();
+            let (deps, n) = hearth_core::read_leb128(&stripped).unwrap();
+            let at = n + deps as usize * 32;
+            let (_, seq_len) = hearth_core::read_leb128(&stripped[at..]).unwrap();
+            let (_, start_len) = hearth_core::read_leb128(&stripped[at + seq_len..]).unwrap();
+            let mut crafted = stripped[..at + seq_len].to_vec();
+            crafted.extend_from_slice(&hearth_core::write_leb128(start));
+            crafted.extend_from_slice(&stripped[at + seq_len + start_len..]);
+            change = hearth_core::unstrip_change(&crafted, &device).unwrap();
+        }
+        let body = EntryBody { epoch, change };
+        let (bytes, hash) = Envelope::seal_next(&self.keys, &self.me, self.seq + 1, self.prev, &body).unwrap();
+        (self.seq, self.prev) = (self.seq + 1, hash);
+        bytes
+    }
+
     /// Forget the last entry (it was refused; the next one takes its place).
     fn undo(&mut self, prev: EntryHash) {
         self.seq -= 1;
@@ -129,6 +154,28 @@ async fn alice(tmp: &tempfile::TempDir) -> (Store, ChannelId) {
         .unwrap();
     let general = a.create_channel("general").await.unwrap();
     (a, general)
+}
+
+/// Bob (who defers epochs he has not read) and Carol (who applies on
+/// arrival), in `tmp`'s `b` and `c`, both in Alice's channel; Mallory, a
+/// member writing into it; the time now in milliseconds.
+async fn lazy_eager_mallory(tmp: &tempfile::TempDir, a: &Store, general: ChannelId) -> (Store, Store, Mallory, u64) {
+    let keys = a.channel_keys(general).await.unwrap();
+    let pass = Passphrase::new("pw");
+    let lazy = Store::create(tmp.path().join("b"), &pass, "bob", config())
+        .await
+        .unwrap();
+    let eager = Store::create(tmp.path().join("c"), &pass, "carol", config().with_lazy_epochs(false))
+        .await
+        .unwrap();
+    for s in [&lazy, &eager] {
+        s.join_channel(keys.clone()).await.unwrap();
+    }
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    (lazy, eager, Mallory::new(keys), ms)
 }
 
 #[tokio::test]
@@ -347,23 +394,8 @@ async fn a_stub_kills_no_epoch_that_is_not_behind_the_newest() {
 async fn a_change_refused_when_its_deferred_epoch_is_first_read_is_left_out() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, general) = alice(&tmp).await;
-    let keys = a.channel_keys(general).await.unwrap();
-    let wire = keys.wire();
-    let pass = Passphrase::new("pw");
-    let lazy = Store::create(tmp.path().join("b"), &pass, "bob", config())
-        .await
-        .unwrap();
-    let eager = Store::create(tmp.path().join("c"), &pass, "carol", config().with_lazy_epochs(false))
-        .await
-        .unwrap();
-    for s in [&lazy, &eager] {
-        s.join_channel(keys.clone()).await.unwrap();
-    }
-    let mut m = Mallory::new(keys);
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let (lazy, eager, mut m, ms) = lazy_eager_mallory(&tmp, &a, general).await;
+    let wire = m.keys.wire();
     let (first, second) = (
         m.id(Timestamp::from_millis(ms), 1, &general),
         m.id(Timestamp::from_millis(ms + 1), 1, &general),
@@ -396,4 +428,71 @@ async fn a_change_refused_when_its_deferred_epoch_is_first_read_is_left_out() {
     for s in [a, lazy, eager] {
         s.close().await.unwrap();
     }
+}
+
+/// A member's change whose ops overlap its previous change's (its first op
+/// number rewritten, the entry signed as any other): automerge applies it,
+/// and the epoch's snapshot would no longer load. A member that applies on
+/// arrival refuses it as the author's fault; one that defers the epoch
+/// stores it and leaves it out when the epoch is first read. Both reopen
+/// with the epoch whole, and the author's honest change in its place is
+/// taken.
+#[tokio::test]
+async fn a_change_whose_ops_overlap_its_authors_last_is_refused_and_the_epoch_reopens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, general) = alice(&tmp).await;
+    let (lazy, eager, mut m, ms) = lazy_eager_mallory(&tmp, &a, general).await;
+    let wire = m.keys.wire();
+    let pass = Passphrase::new("pw");
+    let (bob, carol) = (tmp.path().join("b"), tmp.path().join("c"));
+    let first = m.id(Timestamp::from_millis(ms), 1, &general);
+    let e1 = m.entry_after(1, None, |d, _| post(d, &first, "the first"));
+    let react = |d: &mut AutoCommit, u: &str| {
+        d.put(ROOT, format!("r:{first}:{u}:👍"), true).unwrap();
+    };
+    // The reaction's change numbered from op 1 again: over the post's ops.
+    let mut fork = AutoCommit::load(&m.doc.save())
+        .unwrap()
+        .with_actor(ActorId::from(&m.me.device().0[..]));
+    std::mem::swap(&mut m.doc, &mut fork);
+    let prev = m.prev;
+    let overlapping = m.entry_after(1, Some(1), react);
+    m.undo(prev);
+    std::mem::swap(&mut m.doc, &mut fork);
+    let honest = m.entry_after(1, None, react);
+
+    assert_eq!(eager.ingest(wire, vec![e1.clone()]).await.unwrap().accepted, 1);
+    content(
+        &eager.ingest(wire, vec![overlapping.clone()]).await.unwrap(),
+        "do not follow",
+    );
+    let r = lazy.ingest(wire, vec![e1, overlapping]).await.unwrap();
+    assert_eq!((r.accepted, r.rejected.len()), (2, 0), "{r:?}");
+    let page = lazy.page(general, None, 10).await.unwrap();
+    assert_eq!(page.len(), 1);
+    assert!(page[0].reactions.is_empty(), "the overlapping change was left out");
+    assert!(lazy.verify().await.unwrap().is_clean());
+
+    // Both reopen with the epoch whole (its snapshot loads).
+    lazy.close().await.unwrap();
+    eager.close().await.unwrap();
+    for (dir, cfg) in [(&bob, config()), (&carol, config().with_lazy_epochs(false))] {
+        let s = Store::open(dir, &pass, cfg).await.unwrap();
+        let page = s.page(general, None, 10).await.unwrap();
+        assert_eq!(
+            page.iter().map(|m| m.text.as_deref()).collect::<Vec<_>>(),
+            [Some("the first")]
+        );
+        assert!(s.verify().await.unwrap().is_clean());
+        s.close().await.unwrap();
+    }
+    // Carol takes the honest reaction in the overlapping one's place.
+    let eager = Store::open(&carol, &pass, config().with_lazy_epochs(false))
+        .await
+        .unwrap();
+    assert_eq!(eager.ingest(wire, vec![honest]).await.unwrap().accepted, 1);
+    let page = eager.page(general, None, 10).await.unwrap();
+    assert_eq!(page[0].reactions.get("👍").map(|u| u.len()), Some(1));
+    eager.close().await.unwrap();
+    a.close().await.unwrap();
 }

@@ -154,6 +154,14 @@ pub fn decode_change_effects(bytes: &[u8], device: &DeviceId, user: &UserId) -> 
     if !expanded.extra_bytes.is_empty() || expanded.message.is_some() || expanded.author.is_some() {
         return Err(Error::corrupted("automerge change", "fields Hearth does not write"));
     }
+    // Hearth never commits an empty change (automerge makes none of an
+    // empty transaction). One whose start op leaves a gap before it applied
+    // fine yet made its epoch's snapshot unloadable: a document's changes
+    // are rebuilt from their ops, and automerge then looks for ops that
+    // were never made (found by fuzzing: fuzz/corpus/change/crash-empty-*).
+    if expanded.operations.is_empty() {
+        return Err(Error::corrupted("automerge change", "no operations"));
+    }
     let writer = Writer::new(user, device);
     let mut effects = ChangeEffects::default();
     // The message maps this change makes, by op counter: a text id put in

@@ -116,6 +116,9 @@ pub struct EpochDoc {
     /// loaded or took changes through automerge's apply), read from the
     /// document when [`EpochDoc::defer_remote`] first needs it.
     actor_tails: Option<HashMap<ActorId, ActorTail>>,
+    /// Changes passed to automerge that wait in its queue for a dependency
+    /// ([`EpochDoc::apply_remote`]): each writer's, by seq.
+    queued: HashMap<ActorId, BTreeMap<u64, QueuedChange>>,
     /// Changes [`EpochDoc::commit`] built from their posts.
     #[cfg(test)]
     built_apart: usize,
@@ -152,6 +155,24 @@ struct Deferred {
 struct ActorTail {
     seq: u64,
     max_op: u64,
+}
+
+/// A change automerge holds in its queue: its op counters and hash.
+#[derive(Clone, Copy, Debug)]
+struct QueuedChange {
+    start_op: u64,
+    max_op: u64,
+    hash: ChangeHash,
+}
+
+impl QueuedChange {
+    fn of(change: &Change) -> Self {
+        QueuedChange {
+            start_op: change.start_op().get(),
+            max_op: change.max_op(),
+            hash: change.hash(),
+        }
+    }
 }
 
 /// The ops of these posts: a map and a text slot each, and a reply's root.
@@ -266,6 +287,7 @@ impl EpochDoc {
             posts_only: true,
             deferred: Deferred::default(),
             actor_tails: Some(HashMap::new()),
+            queued: HashMap::new(),
             #[cfg(test)]
             built_apart: 0,
         }
@@ -296,6 +318,7 @@ impl EpochDoc {
             posts_only: true,
             deferred: Deferred::default(),
             actor_tails: None,
+            queued: HashMap::new(),
             #[cfg(test)]
             built_apart: 0,
         })
@@ -1184,19 +1207,125 @@ impl EpochDoc {
     /// fuzz/corpus/change/crash-unknown-other-actor-*). Such a panic becomes an
     /// error, and the document refuses further use ([`EpochDoc::is_broken`]):
     /// the caller drops it and loads the epoch again.
+    ///
+    /// Each writer's changes must follow each other: seq after seq, each
+    /// one's ops numbered past its predecessor's. automerge does not check
+    /// the op numbers, and a change whose ops overlap its predecessor's (or
+    /// that comes without its predecessor) applies fine, yet makes the
+    /// document's snapshot unloadable: its changes are rebuilt from their
+    /// ops. Such a change is refused here, before anything is applied,
+    /// against the writers' last changes, those waiting in automerge's
+    /// queue, and the rest of the batch.
     pub fn apply_remote(&mut self, changes: Vec<Change>) -> Result<()> {
         self.no_pending()?;
         self.materialize()?;
         self.tail = None;
-        self.actor_tails = None;
+        self.check_order(&changes)?;
         let doc = &mut self.doc;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| doc.apply_changes(changes))) {
-            Ok(r) => Ok(r?),
+        let hashes: Vec<(ActorId, u64, QueuedChange)> = changes
+            .iter()
+            .map(|c| (c.actor_id().clone(), c.seq(), QueuedChange::of(c)))
+            .collect();
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| doc.apply_changes(changes)));
+        match applied {
+            Ok(Ok(())) => self.note_applied(hashes),
+            Ok(Err(e)) => {
+                self.actor_tails = None;
+                Err(e.into())
+            }
             Err(_) => {
                 self.broken = true;
                 Err(Error::corrupted("automerge change", "automerge could not apply it"))
             }
         }
+    }
+
+    /// Refuse `changes` if one of them does not follow its writer's previous
+    /// change ([`EpochDoc::apply_remote`]).
+    fn check_order(&mut self, changes: &[Change]) -> Result<()> {
+        let refuse = |why| Err(Error::corrupted("automerge change", why));
+        let mut batch: HashMap<&ActorId, BTreeMap<u64, QueuedChange>> = HashMap::new();
+        for c in changes {
+            batch
+                .entry(c.actor_id())
+                .or_default()
+                .insert(c.seq(), QueuedChange::of(c));
+        }
+        let Some(tails) = self.tails() else {
+            return refuse("ops are staged");
+        };
+        let tails = tails.clone();
+        for (actor, mine) in &batch {
+            let tail = tails.get(*actor).copied().unwrap_or_default();
+            let queued = self.queued.get(*actor);
+            let known = |seq: u64| mine.get(&seq).or_else(|| queued.and_then(|q| q.get(&seq))).copied();
+            for (&seq, c) in mine {
+                // A seq the document holds: automerge skips the same change
+                // and refuses another one.
+                if seq <= tail.seq {
+                    continue;
+                }
+                // Without its predecessor, automerge queues a change (an
+                // honest one depends on it); one that applies all the same
+                // is refused once applied (`note_applied`).
+                let before = if seq == tail.seq + 1 {
+                    Some(tail.max_op)
+                } else {
+                    known(seq - 1).map(|p| p.max_op)
+                };
+                if before.is_some_and(|before| c.start_op <= before) {
+                    return refuse("its ops do not follow its writer's previous change");
+                }
+                if let Some(next) = queued.and_then(|q| q.get(&(seq + 1)))
+                    && next.start_op <= c.max_op
+                {
+                    return refuse("its ops overlap its writer's next change");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After an apply: the writers' last changes moved to those applied,
+    /// and what automerge still queues is kept. A change applied without
+    /// its predecessor (its dependencies were there, its writer's previous
+    /// change was not: no honest writer makes that) leaves the document
+    /// broken ([`EpochDoc::is_broken`]) and is refused.
+    fn note_applied(&mut self, changes: Vec<(ActorId, u64, QueuedChange)>) -> Result<()> {
+        let pending = std::mem::take(&mut self.queued)
+            .into_iter()
+            .flat_map(|(a, q)| q.into_iter().map(move |(seq, c)| (a.clone(), seq, c)));
+        let all: Vec<(ActorId, u64, QueuedChange)> = pending.chain(changes).collect();
+        let queue = !self.doc.get_missing_deps(&[]).is_empty();
+        let mut applied: Vec<(ActorId, u64, QueuedChange)> = Vec::with_capacity(all.len());
+        for (actor, seq, c) in all {
+            if queue && self.doc.get_change_meta_by_hash(&c.hash).is_none() {
+                self.queued.entry(actor).or_default().insert(seq, c);
+            } else {
+                applied.push((actor, seq, c));
+            }
+        }
+        applied.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        let Some(tails) = &mut self.actor_tails else {
+            return Ok(());
+        };
+        for (actor, seq, c) in applied {
+            let t = tails.entry(actor).or_default();
+            // A change the document held already (sent again) is skipped.
+            if seq <= t.seq {
+                continue;
+            }
+            if seq != t.seq + 1 || c.start_op <= t.max_op {
+                self.broken = true;
+                self.actor_tails = None;
+                return Err(Error::corrupted(
+                    "automerge change",
+                    "applied without its writer's previous change",
+                ));
+            }
+            *t = ActorTail { seq, max_op: c.max_op };
+        }
+        Ok(())
     }
 
     /// The document's heads.
@@ -1237,6 +1366,145 @@ mod tests {
 
     /// Post number `n` of the writer `tag` into epoch 1 of `channel` (its
     /// id stamped `1000 + n` ms, its text "post n"), its id pushed to `ids`.
+    /// `change` (by `device`) with its seq and start op set to `seq` and
+    /// `start` (`None`: as they were): a crafted change, its checksum right.
+    fn crafted(change: &[u8], device: &DeviceId, seq: Option<u64>, start: Option<u64>) -> Vec<u8> {
+        use crate::chunk::{read_leb128, strip_change, unstrip_change, write_leb128};
+        let stripped = strip_change(change, &device.0).unwrap();
+        let (deps, n) = read_leb128(&stripped).unwrap();
+        let at = n + deps as usize * 32;
+        let (old_seq, seq_len) = read_leb128(&stripped[at..]).unwrap();
+        let (old_start, start_len) = read_leb128(&stripped[at + seq_len..]).unwrap();
+        let mut out = stripped[..at].to_vec();
+        out.extend_from_slice(&write_leb128(seq.unwrap_or(old_seq)));
+        out.extend_from_slice(&write_leb128(start.unwrap_or(old_start)));
+        out.extend_from_slice(&stripped[at + seq_len + start_len..]);
+        unstrip_change(&out, &device.0).unwrap()
+    }
+
+    /// A writer's change whose ops overlap its previous change's applied
+    /// fine in automerge and made the document's snapshot unloadable
+    /// ("max_op is lower than start_op", "malformed document"): refused,
+    /// whether its predecessor is applied, in the same batch or waiting in
+    /// automerge's queue; a change that comes without its predecessor too.
+    /// The writers' honest changes still apply, in any of those ways.
+    #[test]
+    fn a_change_whose_ops_overlap_its_writers_last_is_refused() {
+        let (me, other) = (Identity::generate("me").unwrap(), Identity::generate("other").unwrap());
+        let (user, device) = (me.user(), me.device());
+        let channel = ChannelId([3; 32]);
+        let devices = Devices::from([(device, user), (other.device(), other.user())]);
+        let decode = |bytes: &[u8], who: &Identity| decode_change(bytes, &who.device(), &who.user()).unwrap();
+        // The other device posts; this one reacts to it twice (depending on
+        // it), then posts.
+        let mut theirs = EpochDoc::new(1, &other.device());
+        let their_post = numbered_post(
+            &channel,
+            writer_tag(&other.user(), &other.device()),
+            1,
+            None,
+            &mut Vec::new(),
+        );
+        theirs.stage(&other.user(), &other.device(), &their_post).unwrap();
+        let b1 = theirs.commit(0).unwrap().unwrap();
+        let mut mine = EpochDoc::new(1, &device);
+        mine.apply_remote(vec![decode(&b1, &other)]).unwrap();
+        let Op::Post { id, .. } = their_post else {
+            unreachable!()
+        };
+        let mut changes = Vec::new();
+        for emoji in ["👍", "🎉"] {
+            let react = Op::React {
+                msg: id,
+                emoji: emoji.into(),
+            };
+            mine.stage(&user, &device, &react).unwrap();
+            changes.push(mine.commit(0).unwrap().unwrap());
+        }
+        mine.stage(
+            &user,
+            &device,
+            &numbered_post(&channel, writer_tag(&user, &device), 2, None, &mut Vec::new()),
+        )
+        .unwrap();
+        changes.push(mine.commit(0).unwrap().unwrap());
+        let [a1, a2, a3] = [0, 1, 2].map(|i| decode(&changes[i], &me));
+        assert_eq!((a1.seq(), a2.seq(), a2.start_op().get()), (1, 2, a1.max_op() + 1));
+        let overlapping: Vec<Change> = [1, a1.max_op()]
+            .into_iter()
+            .map(|start| decode(&crafted(&changes[1], &device, None, Some(start)), &me))
+            .collect();
+        let reader = DeviceId([9; 16]);
+        #[track_caller]
+        fn refused(r: Result<()>) -> String {
+            match r {
+                Err(Error::Corrupted {
+                    what: "automerge change",
+                    detail,
+                }) => detail,
+                other => panic!("not refused: {other:?}"),
+            }
+        }
+
+        for bad in &overlapping {
+            // Its predecessor applied before.
+            let mut doc = EpochDoc::new(1, &reader);
+            doc.apply_remote(vec![decode(&b1, &other), a1.clone()]).unwrap();
+            let why = refused(doc.apply_remote(vec![bad.clone()]));
+            assert!(why.contains("do not follow"), "{why}");
+            // In the same batch.
+            let mut doc = EpochDoc::new(1, &reader);
+            refused(doc.apply_remote(vec![bad.clone(), decode(&b1, &other), a1.clone()]));
+            // Its predecessor waiting in automerge's queue (for b1).
+            let mut doc = EpochDoc::new(1, &reader);
+            doc.apply_remote(vec![a1.clone()]).unwrap();
+            assert!(doc.has_queued());
+            refused(doc.apply_remote(vec![bad.clone()]));
+            // The document was left as it was: the honest changes apply, and
+            // its snapshot loads with the same view.
+            doc.apply_remote(vec![a2.clone(), decode(&b1, &other), a3.clone()])
+                .unwrap();
+            assert!(!doc.has_queued());
+            let view = doc.view(&devices);
+            let mut loaded = EpochDoc::load(1, &doc.save().unwrap(), &reader).unwrap();
+            assert_eq!(loaded.view(&devices), view);
+            assert_eq!(view.messages().count(), 2);
+        }
+        // Without its predecessor, its dependencies there (a1 said to be
+        // the writer's second change): refused (automerge 0.12 panics on it
+        // here), and the document is to be loaded again.
+        let mut doc = EpochDoc::new(1, &reader);
+        doc.apply_remote(vec![decode(&b1, &other)]).unwrap();
+        let second = decode(&crafted(&changes[0], &device, Some(2), None), &me);
+        refused(doc.apply_remote(vec![second]));
+        assert!(doc.is_broken());
+        // Without its predecessor, queued: its predecessor applies it.
+        let mut doc = EpochDoc::new(1, &reader);
+        doc.apply_remote(vec![a2.clone()]).unwrap();
+        doc.apply_remote(vec![decode(&b1, &other)]).unwrap();
+        assert!(doc.has_queued());
+        doc.apply_remote(vec![a1.clone()]).unwrap();
+        assert!(!doc.has_queued());
+        // The honest chain, one change at a time, its first queued: every
+        // snapshot loads.
+        let mut doc = EpochDoc::new(1, &reader);
+        for batch in [
+            vec![a1.clone()],
+            vec![a2.clone()],
+            vec![decode(&b1, &other)],
+            vec![a3.clone()],
+        ] {
+            doc.apply_remote(batch).unwrap();
+            EpochDoc::load(1, &doc.save().unwrap(), &reader).unwrap();
+        }
+        assert_eq!(doc.view(&devices).messages().count(), 2);
+        // A change past its predecessor's ops with a gap between is fine.
+        let mut doc = EpochDoc::new(1, &reader);
+        let gapped = decode(&crafted(&changes[1], &device, None, Some(a1.max_op() + 5)), &me);
+        doc.apply_remote(vec![decode(&b1, &other), a1.clone(), gapped]).unwrap();
+        EpochDoc::load(1, &doc.save().unwrap(), &reader).unwrap();
+    }
+
     fn numbered_post(
         channel: &ChannelId,
         tag: [u8; 8],
