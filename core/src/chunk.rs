@@ -194,6 +194,24 @@ pub fn unstrip_change(stripped: &[u8], actor: &[u8; 16]) -> Result<Vec<u8>> {
     Ok(chunk)
 }
 
+/// `chunk`, an uncompressed change chunk by `actor`, with its seq and start
+/// op set to `seq` and `start_op` (`None`: left as they were) and its
+/// checksum made again: a change as a member that signs what it likes may
+/// write it (tests and fuzz seeds craft hostile changes with it). `None`
+/// for a chunk [`strip_change`] does not take.
+pub fn restamp_change(chunk: &[u8], actor: &[u8; 16], seq: Option<u64>, start_op: Option<u64>) -> Option<Vec<u8>> {
+    let stripped = strip_change(chunk, actor)?;
+    let (deps, n) = read_leb128(&stripped)?;
+    let at = usize::try_from(deps).ok()?.checked_mul(32)?.checked_add(n)?;
+    let (old_seq, seq_len) = read_leb128(stripped.get(at..)?)?;
+    let (old_start, start_len) = read_leb128(stripped.get(at + seq_len..)?)?;
+    let mut out = stripped[..at].to_vec();
+    out.extend_from_slice(&write_leb128(seq.unwrap_or(old_seq)));
+    out.extend_from_slice(&write_leb128(start_op.unwrap_or(old_start)));
+    out.extend_from_slice(&stripped[at + seq_len + start_len..]);
+    unstrip_change(&out, actor).ok()
+}
+
 /// Check that `bytes` is a sequence of whole document (type 0) or change
 /// (type 1 or 2) chunks, before automerge loads it as a document. automerge
 /// parses every chunk in full, and a crafted bundle chunk (type 3) makes it
@@ -332,6 +350,24 @@ mod tests {
             assert_eq!(compress_change(small), small);
         }
         assert_eq!(compress_change(&theirs), theirs, "compressed already");
+    }
+
+    #[test]
+    fn a_restamped_change_says_the_seq_and_start_op_it_was_given() {
+        use automerge::transaction::Transactable;
+        let actor = [5u8; 16];
+        let mut doc = automerge::AutoCommit::new().with_actor(automerge::ActorId::from(&actor[..]));
+        doc.put(automerge::ROOT, "k", "v").unwrap();
+        doc.commit();
+        let chunk = doc.get_last_local_change().unwrap().bytes().into_owned();
+        assert_eq!(restamp_change(&chunk, &actor, None, None).unwrap(), chunk);
+        // Numbers of one and of several leb128 bytes.
+        for (seq, start) in [(7, 300), (200, 2)] {
+            let bytes = restamp_change(&chunk, &actor, Some(seq), Some(start)).unwrap();
+            let change = automerge::Change::try_from(&bytes[..]).unwrap();
+            assert_eq!((change.seq(), change.start_op().get()), (seq, start));
+        }
+        assert!(restamp_change(&chunk, &[6; 16], None, Some(1)).is_none());
     }
 
     #[test]

@@ -60,8 +60,8 @@ mod view;
 
 pub use channel::{ChannelKeys, ChannelRecord, MAX_GENERATIONS};
 pub use chunk::{
-    CHUNK_MAGIC, MAX_CHANGE_BYTES, chunk_checksum, plain_change, read_leb128, strip_change, unstrip_change,
-    write_leb128,
+    CHUNK_MAGIC, MAX_CHANGE_BYTES, chunk_checksum, plain_change, read_leb128, restamp_change, strip_change,
+    unstrip_change, write_leb128,
 };
 pub use content::{Content, ContentId, Segment, Slotted};
 pub use doc::{

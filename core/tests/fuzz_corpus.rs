@@ -1010,16 +1010,12 @@ mod seeds {
         };
         doc.stage(&user, &AUTHOR_DEVICE, &react).unwrap();
         let second = doc.commit(0).unwrap().unwrap();
+        // The reaction's start op set to 1: over the post's ops.
+        let overlapping = hearth_core::restamp_change(&second, &AUTHOR_DEVICE.0, None, Some(1)).unwrap();
         let strip = |c: &[u8]| hearth_core::strip_change(c, &AUTHOR_DEVICE.0).unwrap();
-        let (first, second) = (strip(&first), strip(&second));
+        let (first, second, overlapping) = (strip(&first), strip(&second), strip(&overlapping));
         let pair = |a: &[u8], b: &[u8]| [&hearth_core::write_leb128(a.len() as u64)[..], a, b].concat();
         write("change_pair", "valid-post-then-reaction", &pair(&first, &second));
-        // The reaction's start op set to 1: no deps change, seq 2.
-        let (deps, n) = hearth_core::read_leb128(&second).unwrap();
-        let at = n + deps as usize * 32;
-        let (_, seq_len) = hearth_core::read_leb128(&second[at..]).unwrap();
-        let (_, start_len) = hearth_core::read_leb128(&second[at + seq_len..]).unwrap();
-        let overlapping = [&second[..at + seq_len], &[1], &second[at + seq_len + start_len..]].concat();
         write(
             "change_pair",
             "crash-reaction-over-the-posts-ops",

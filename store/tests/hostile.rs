@@ -100,17 +100,8 @@ impl Mallory {
         write(&mut self.doc, &self.me.user().to_hex());
         self.doc.commit();
         let mut change = self.doc.get_last_local_change().unwrap().raw_bytes().to_vec();
-        if let Some(start) = start_op {
-            let device = self.me.device().0;
-            let stripped = hearth_core::strip_change(&change, &device).unwrap();
-            let (deps, n) = hearth_core::read_leb128(&stripped).unwrap();
-            let at = n + deps as usize * 32;
-            let (_, seq_len) = hearth_core::read_leb128(&stripped[at..]).unwrap();
-            let (_, start_len) = hearth_core::read_leb128(&stripped[at + seq_len..]).unwrap();
-            let mut crafted = stripped[..at + seq_len].to_vec();
-            crafted.extend_from_slice(&hearth_core::write_leb128(start));
-            crafted.extend_from_slice(&stripped[at + seq_len + start_len..]);
-            change = hearth_core::unstrip_change(&crafted, &device).unwrap();
+        if start_op.is_some() {
+            change = hearth_core::restamp_change(&change, &self.me.device().0, None, start_op).unwrap();
         }
         let body = EntryBody { epoch, change };
         let (bytes, hash) = Envelope::seal_next(&self.keys, &self.me, self.seq + 1, self.prev, &body).unwrap();

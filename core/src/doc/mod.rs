@@ -113,8 +113,9 @@ pub struct EpochDoc {
     deferred: Deferred,
     /// Each writer's (automerge actor's) last change in the document,
     /// deferred changes included (`None`: not known since the document was
-    /// loaded or took changes through automerge's apply), read from the
-    /// document when [`EpochDoc::defer_remote`] first needs it.
+    /// loaded or an apply failed), read from the document when
+    /// [`EpochDoc::defer_remote`] or [`EpochDoc::apply_remote`] first needs
+    /// it, then kept up to date by them.
     actor_tails: Option<HashMap<ActorId, ActorTail>>,
     /// Changes passed to automerge that wait in its queue for a dependency
     /// ([`EpochDoc::apply_remote`]): each writer's, by seq.
@@ -1220,15 +1221,15 @@ impl EpochDoc {
         self.no_pending()?;
         self.materialize()?;
         self.tail = None;
-        self.check_order(&changes)?;
-        let doc = &mut self.doc;
-        let hashes: Vec<(ActorId, u64, QueuedChange)> = changes
+        let metas: Vec<(ActorId, u64, QueuedChange)> = changes
             .iter()
             .map(|c| (c.actor_id().clone(), c.seq(), QueuedChange::of(c)))
             .collect();
+        self.check_order(&metas)?;
+        let doc = &mut self.doc;
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| doc.apply_changes(changes)));
         match applied {
-            Ok(Ok(())) => self.note_applied(hashes),
+            Ok(Ok(())) => self.note_applied(metas),
             Ok(Err(e)) => {
                 self.actor_tails = None;
                 Err(e.into())
@@ -1240,21 +1241,18 @@ impl EpochDoc {
         }
     }
 
-    /// Refuse `changes` if one of them does not follow its writer's previous
-    /// change ([`EpochDoc::apply_remote`]).
-    fn check_order(&mut self, changes: &[Change]) -> Result<()> {
+    /// Refuse the changes of `metas` (writer, seq, ops) if one of them does
+    /// not follow its writer's previous change ([`EpochDoc::apply_remote`]).
+    fn check_order(&mut self, metas: &[(ActorId, u64, QueuedChange)]) -> Result<()> {
         let refuse = |why| Err(Error::corrupted("automerge change", why));
         let mut batch: HashMap<&ActorId, BTreeMap<u64, QueuedChange>> = HashMap::new();
-        for c in changes {
-            batch
-                .entry(c.actor_id())
-                .or_default()
-                .insert(c.seq(), QueuedChange::of(c));
+        for (actor, seq, c) in metas {
+            batch.entry(actor).or_default().insert(*seq, *c);
         }
-        let Some(tails) = self.tails() else {
+        if self.tails().is_none() {
             return refuse("ops are staged");
-        };
-        let tails = tails.clone();
+        }
+        let tails = self.actor_tails.as_ref().expect("read just above");
         for (actor, mine) in &batch {
             let tail = tails.get(*actor).copied().unwrap_or_default();
             let queued = self.queued.get(*actor);
@@ -1364,24 +1362,6 @@ mod tests {
         views_match(true);
     }
 
-    /// Post number `n` of the writer `tag` into epoch 1 of `channel` (its
-    /// id stamped `1000 + n` ms, its text "post n"), its id pushed to `ids`.
-    /// `change` (by `device`) with its seq and start op set to `seq` and
-    /// `start` (`None`: as they were): a crafted change, its checksum right.
-    fn crafted(change: &[u8], device: &DeviceId, seq: Option<u64>, start: Option<u64>) -> Vec<u8> {
-        use crate::chunk::{read_leb128, strip_change, unstrip_change, write_leb128};
-        let stripped = strip_change(change, &device.0).unwrap();
-        let (deps, n) = read_leb128(&stripped).unwrap();
-        let at = n + deps as usize * 32;
-        let (old_seq, seq_len) = read_leb128(&stripped[at..]).unwrap();
-        let (old_start, start_len) = read_leb128(&stripped[at + seq_len..]).unwrap();
-        let mut out = stripped[..at].to_vec();
-        out.extend_from_slice(&write_leb128(seq.unwrap_or(old_seq)));
-        out.extend_from_slice(&write_leb128(start.unwrap_or(old_start)));
-        out.extend_from_slice(&stripped[at + seq_len + start_len..]);
-        unstrip_change(&out, &device.0).unwrap()
-    }
-
     /// A writer's change whose ops overlap its previous change's applied
     /// fine in automerge and made the document's snapshot unloadable
     /// ("max_op is lower than start_op", "malformed document"): refused,
@@ -1395,6 +1375,7 @@ mod tests {
         let channel = ChannelId([3; 32]);
         let devices = Devices::from([(device, user), (other.device(), other.user())]);
         let decode = |bytes: &[u8], who: &Identity| decode_change(bytes, &who.device(), &who.user()).unwrap();
+        let crafted = |change: &[u8], seq, start| crate::chunk::restamp_change(change, &device.0, seq, start).unwrap();
         // The other device posts; this one reacts to it twice (depending on
         // it), then posts.
         let mut theirs = EpochDoc::new(1, &other.device());
@@ -1432,7 +1413,7 @@ mod tests {
         assert_eq!((a1.seq(), a2.seq(), a2.start_op().get()), (1, 2, a1.max_op() + 1));
         let overlapping: Vec<Change> = [1, a1.max_op()]
             .into_iter()
-            .map(|start| decode(&crafted(&changes[1], &device, None, Some(start)), &me))
+            .map(|start| decode(&crafted(&changes[1], None, Some(start)), &me))
             .collect();
         let reader = DeviceId([9; 16]);
         #[track_caller]
@@ -1475,7 +1456,7 @@ mod tests {
         // here), and the document is to be loaded again.
         let mut doc = EpochDoc::new(1, &reader);
         doc.apply_remote(vec![decode(&b1, &other)]).unwrap();
-        let second = decode(&crafted(&changes[0], &device, Some(2), None), &me);
+        let second = decode(&crafted(&changes[0], Some(2), None), &me);
         refused(doc.apply_remote(vec![second]));
         assert!(doc.is_broken());
         // Without its predecessor, queued: its predecessor applies it.
@@ -1500,11 +1481,13 @@ mod tests {
         assert_eq!(doc.view(&devices).messages().count(), 2);
         // A change past its predecessor's ops with a gap between is fine.
         let mut doc = EpochDoc::new(1, &reader);
-        let gapped = decode(&crafted(&changes[1], &device, None, Some(a1.max_op() + 5)), &me);
+        let gapped = decode(&crafted(&changes[1], None, Some(a1.max_op() + 5)), &me);
         doc.apply_remote(vec![decode(&b1, &other), a1.clone(), gapped]).unwrap();
         EpochDoc::load(1, &doc.save().unwrap(), &reader).unwrap();
     }
 
+    /// Post number `n` of the writer `tag` into epoch 1 of `channel` (its
+    /// id stamped `1000 + n` ms, its text "post n"), its id pushed to `ids`.
     fn numbered_post(
         channel: &ChannelId,
         tag: [u8; 8],
